@@ -1,0 +1,44 @@
+# Two commands on a fresh machine with Python 3.11:  make run   and   make test
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast lint format study browser clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: compose conf/ into params.yaml, then let DVC run what changed.
+run: setup
+	$(BIN)/python -m pipeline compose
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Headless Chromium renders the HTML report in a test (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: sudo apt-get install chromium"; exit 1; fi; }
+
+test: setup browser
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+test-fast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff format --check pipeline tests benchmarks
+
+format: setup
+	$(BIN)/ruff format pipeline tests benchmarks
+	$(BIN)/ruff check --fix pipeline tests benchmarks
+
+# The seed study on real Eurostat data (see docs/RESULTS.md).
+study: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline run experiment=seed

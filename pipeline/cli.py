@@ -1,0 +1,199 @@
+"""Command line: `python -m pipeline <command>` (also the `qpipe` console script).
+
+    compose [overrides]        write params.yaml from conf/ (what `dvc repro` reads)
+    write-config FILE          write a complete default config (FILE '-' prints it)
+    run [overrides] [-m]       run prepare -> probe -> train -> assemble in-process;
+                               --dry-run prints the plan; -m runs a Hydra multirun sweep
+    stage NAME [--model M]     run one stage from params.yaml (what dvc.yaml calls)
+    check                      verify the set-up: dependencies, data, cores, RAM, dashboard
+    monitor [--watch]          show the progress of a run in an output dir
+
+Bad configuration exits with code 2 and a one-line message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, StudyConfig
+from pipeline.data.errors import DataError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+log = logging.getLogger("pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.handler(args) or 0)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _cmd_compose(args: argparse.Namespace) -> int:
+    from pipeline.compose import write_params
+
+    config = write_params(Path(args.output), args.overrides)
+    print(f"wrote {args.output} (experiment {config.name!r})")
+    return 0
+
+
+def _cmd_write_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.compose import compose_dict
+
+    text = yaml.safe_dump(compose_dict(args.overrides), sort_keys=False)
+    if args.file == "-":
+        sys.stdout.write(text)
+        return 0
+    target = Path(args.file)
+    if target.exists() and not args.force:
+        raise ConfigError("write-config FILE", "a path that does not exist yet (or --force)", str(target))
+    from pipeline.io import write_text
+
+    write_text(target, text)
+    print(f"wrote {target}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.multirun:
+        from pipeline.sweep import run_multirun
+
+        return run_multirun(args.overrides)
+    from pipeline.compose import compose_config
+
+    config = compose_config(args.overrides)
+    return run_study(config, dry_run=args.dry_run)
+
+
+def run_study(config: StudyConfig, dry_run: bool = False) -> int:
+    """Run every stage in-process for one validated config."""
+    from pipeline.stages.prepare import prepare
+
+    root = Path.cwd()
+    if dry_run:
+        return _dry_run(config, root)
+    result = prepare(config, root)
+    log.info("prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12])
+    from pipeline.stages.probe import run_probe
+
+    plan = run_probe(config)
+    from pipeline.stages.train import run_train
+
+    failed = 0
+    for model in config.models.enabled():
+        summary = run_train(config, model, plan)
+        failed += getattr(summary, "failed", 0)
+    from pipeline.stages.assemble import assemble_study
+
+    assemble_study(config)
+    return 1 if failed else 0
+
+
+def _dry_run(config: StudyConfig, root: Path) -> int:
+    from pipeline.stages.prepare import PANEL_FILE, prepare
+    from pipeline.stages.probe import dry_run_plan
+    from pipeline.stages.train import dry_run
+
+    if not (config.output_dir / PANEL_FILE).exists():
+        prepare(config, root)  # cheap, and the plan needs the real data shapes
+    print(dry_run(config, dry_run_plan(config)))
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.compose import load_params
+
+    config = load_params(Path(args.params))
+    if args.name == "prepare":
+        from pipeline.stages.prepare import prepare
+
+        prepare(config, Path.cwd())
+    elif args.name == "probe":
+        from pipeline.stages.probe import run_probe
+
+        run_probe(config)
+    elif args.name == "train":
+        if not args.model:
+            raise ConfigError("stage train --model", "one of the enabled models", None)
+        from pipeline.stages.train import run_train
+
+        summary = run_train(config, args.model)
+        return 1 if getattr(summary, "failed", 0) else 0
+    elif args.name == "assemble":
+        from pipeline.stages.assemble import assemble_study
+
+        assemble_study(config)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pipeline.check import run_checks
+
+    return run_checks(args.overrides)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from pipeline.monitor import monitor
+
+    return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval)
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compose = commands.add_parser("compose", help="write params.yaml from conf/")
+    compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=seed")
+    compose.add_argument("--output", default="params.yaml")
+    compose.set_defaults(handler=_cmd_compose)
+
+    write_config = commands.add_parser("write-config", help="write a complete default config")
+    write_config.add_argument("file", help="target file, or - for stdout")
+    write_config.add_argument("overrides", nargs="*")
+    write_config.add_argument("--force", action="store_true", help="overwrite an existing file")
+    write_config.set_defaults(handler=_cmd_write_config)
+
+    run = commands.add_parser("run", help="run the study in-process")
+    run.add_argument("overrides", nargs="*")
+    run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
+    run.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun over comma-separated overrides")
+    run.set_defaults(handler=_cmd_run)
+
+    stage = commands.add_parser("stage", help="run one DVC stage from params.yaml")
+    stage.add_argument("name", choices=["prepare", "probe", "train", "assemble"])
+    stage.add_argument("--model", choices=["ar_qr", "lqr", "ensemble_nn"])
+    stage.add_argument("--params", default="params.yaml")
+    stage.set_defaults(handler=_cmd_stage)
+
+    check = commands.add_parser("check", help="verify the set-up")
+    check.add_argument("overrides", nargs="*")
+    check.set_defaults(handler=_cmd_check)
+
+    monitor = commands.add_parser("monitor", help="show a run's progress")
+    monitor.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")
+    monitor.add_argument("--watch", action="store_true", help="refresh live until interrupted")
+    monitor.add_argument("--interval", type=float, default=2.0)
+    monitor.set_defaults(handler=_cmd_monitor)
+    return parser
+
+
+if __name__ == "__main__":  # a cluster may start below: keep the guard
+    sys.exit(main())

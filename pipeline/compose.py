@@ -1,0 +1,74 @@
+"""Hydra composition: `conf/` -> a plain dict -> a validated StudyConfig, and params.yaml.
+
+This and `cli.py` are the only modules that touch Hydra/OmegaConf objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import ConfigError, StudyConfig, validate
+
+CONFIG_NAME = "config"
+PARAMS_FILE = "params.yaml"
+
+
+def find_conf_dir(start: Path | None = None) -> Path:
+    """The project's conf/ directory: under the working directory, else beside the package."""
+    for candidate in ((start or Path.cwd()) / "conf", Path(__file__).resolve().parents[1] / "conf"):
+        if (candidate / f"{CONFIG_NAME}.yaml").exists():
+            return candidate
+    raise ConfigError("conf/", "a conf/ directory with config.yaml (run from the project root)", str(start or Path.cwd()))
+
+
+def compose_dict(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> dict[str, Any]:
+    """Compose conf/ with Hydra overrides into a plain dict (interpolations resolved)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    conf_dir = conf_dir or find_conf_dir()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=None):
+            cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError("overrides", "keys and values that exist in conf/ (see `python -m pipeline write-config -`)", _first_line(error)) from None
+
+
+def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> StudyConfig:
+    return validate(compose_dict(overrides, conf_dir))
+
+
+def write_params(output: Path, overrides: Sequence[str] = (), conf_dir: Path | None = None) -> StudyConfig:
+    """Write params.yaml exactly as `dvc exp run -S` would (DVC's own composer and dumper).
+
+    The composed config is validated first, so an invalid override writes nothing.
+    """
+    from dvc.utils.hydra import compose_and_dump
+
+    conf_dir = conf_dir or find_conf_dir()
+    config = compose_config(overrides, conf_dir)
+    from pipeline.io import atomic_path
+
+    with atomic_path(output) as tmp:
+        compose_and_dump(tmp, str(conf_dir.resolve()), None, CONFIG_NAME, str(conf_dir.parent), list(overrides))
+    return config
+
+
+def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
+    """Read and validate params.yaml (what DVC stages run with)."""
+    if not path.exists():
+        raise ConfigError(str(path), "a params file; create it with `python -m pipeline compose`", "missing")
+    with open(path, encoding="utf-8") as handle:
+        return validate(yaml.safe_load(handle) or {})
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,5 @@
+"""The error every data source raises for bad input: the message names the problem and the fix."""
+
+
+class DataError(ValueError):
+    pass

@@ -1,0 +1,24 @@
+"""Generic panel files: any CSV or parquet with TIME, COUNTRY and value columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.data.errors import DataError
+
+
+def read_panel_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist; set data.path to an existing CSV or parquet file")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".txt"):
+        return pd.read_csv(path, dtype={"TIME": "string", "COUNTRY": "string"})
+    if suffix in (".tsv", ".gz"):
+        from pipeline.data.eurostat import read_eurostat_tsv
+
+        return read_eurostat_tsv(path)
+    raise DataError(f"unsupported data file type {suffix!r} for {path}; use .csv, .parquet or .tsv")

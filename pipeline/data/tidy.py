@@ -1,0 +1,63 @@
+"""Checks shared by every source: the tidy layout, monthly TIME, unique (TIME, COUNTRY)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from pipeline.data.errors import DataError
+from pipeline.schema import COUNTRY, TIME
+
+
+def parse_months(values: pd.Series, where: str) -> pd.Series:
+    """Parse TIME values like `2024-01`, `2024M01` or `2024-01-01` into month-start timestamps.
+
+    A value that is not a month start (e.g. a daily date `2024-01-15`) is an error, because
+    the pipeline's windows count months.
+    """
+    text = values.astype("string").str.strip().str.replace("M", "-", regex=False)
+    parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        sample = values[bad].astype(str).unique()[:3].tolist()
+        raise DataError(f"{where}: TIME values {sample} are not months; use YYYY-MM (e.g. 2024-01)")
+    not_month_start = parsed.dt.day != 1
+    if not_month_start.any():
+        sample = values[not_month_start].astype(str).unique()[:3].tolist()
+        raise DataError(
+            f"{where}: TIME is not monthly ({sample} are not month starts); "
+            "aggregate the data to one value per month and use YYYY-MM"
+        )
+    return parsed.astype("datetime64[ns]")
+
+
+def check_tidy(frame: pd.DataFrame, target: str, features: Sequence[str]) -> pd.DataFrame:
+    """Validate and normalize a tidy panel; raise DataError naming the problem and the fix."""
+    for column in (TIME, COUNTRY):
+        if column not in frame.columns:
+            raise DataError(f"the panel has no {column} column; columns are {list(frame.columns)}")
+    for column in (target, *features):
+        if column not in frame.columns:
+            available = [c for c in frame.columns if c not in (TIME, COUNTRY)]
+            raise DataError(
+                f"column {column!r} (data.target / data.features) is not in the data; "
+                f"available columns: {available}"
+            )
+    frame = frame.copy()
+    if not pd.api.types.is_datetime64_any_dtype(frame[TIME]):
+        frame[TIME] = parse_months(frame[TIME], "TIME")
+    elif (frame[TIME].dt.day != 1).any() or (frame[TIME].dt.normalize() != frame[TIME]).any():
+        raise DataError("TIME is not monthly: every TIME must be the first day of a month")
+    frame[TIME] = frame[TIME].astype("datetime64[ns]")
+    frame[COUNTRY] = frame[COUNTRY].astype("string").str.strip()
+    duplicated = frame.duplicated([TIME, COUNTRY], keep=False)
+    if duplicated.any():
+        sample = frame.loc[duplicated, [COUNTRY, TIME]].head(3)
+        pairs = [f"{c} {t:%Y-%m}" for c, t in sample.itertuples(index=False)]
+        raise DataError(
+            f"duplicate (TIME, COUNTRY) rows, e.g. {pairs}; keep one row per country and month"
+        )
+    for column in (target, *features):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    return frame.sort_values([COUNTRY, TIME], kind="stable").reset_index(drop=True)

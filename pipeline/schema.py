@@ -1,0 +1,77 @@
+"""Column names and dtypes of every table the pipeline writes. Defined once, used everywhere."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# --- prepared panel -----------------------------------------------------------------------
+COUNTRY = "COUNTRY"
+TIME = "TIME"
+Y_RAW = "y_raw"
+Y = "y"
+
+
+def lag_column(variable: str, lag: int) -> str:
+    """Name of the column holding `variable` lagged by `lag` months (lag 0 = current value)."""
+    return f"{variable}_lag{lag}"
+
+
+def lead_column(horizon: int) -> str:
+    """Name of the column holding the target `horizon` months ahead, y_{t+h}."""
+    return f"y_lead{horizon}"
+
+
+# --- forecast tables (the seed's columns, in the seed's order, then ours) -----------------
+FORECAST_COLUMNS: tuple[str, ...] = (
+    "TIME",
+    "COUNTRY",
+    "TARGET",
+    "MODEL",
+    "QUANTILE",
+    "HORIZON",
+    "WINDOW_START",
+    "WINDOW_END",
+    "FORECAST",
+    "ACTUAL",
+    "ALPHA",
+)
+SEED_FORECAST_COLUMNS: tuple[str, ...] = FORECAST_COLUMNS[:9]
+
+FORECAST_DTYPES: dict[str, str] = {
+    "TIME": "datetime64[ns]",
+    "COUNTRY": "string",
+    "TARGET": "string",
+    "MODEL": "string",
+    "QUANTILE": "float64",
+    "HORIZON": "int64",
+    "WINDOW_START": "datetime64[ns]",
+    "WINDOW_END": "datetime64[ns]",
+    "FORECAST": "float64",
+    "ACTUAL": "float64",
+    "ALPHA": "float64",
+}
+
+# Sort order that makes every forecast table deterministic.
+FORECAST_SORT: tuple[str, ...] = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
+
+
+def empty_forecast_frame() -> pd.DataFrame:
+    """A zero-row forecast table with the exact schema."""
+    return conform_forecasts(pd.DataFrame({c: [] for c in FORECAST_COLUMNS}))
+
+
+def conform_forecasts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return `frame` with exactly FORECAST_COLUMNS, in order, with FORECAST_DTYPES, sorted.
+
+    Missing optional columns (`ACTUAL`, `ALPHA`) are added as NaN; any other missing column
+    is an error, because a forecast without its coordinates is meaningless.
+    """
+    frame = frame.copy()
+    for optional in ("ACTUAL", "ALPHA"):
+        if optional not in frame.columns:
+            frame[optional] = float("nan")
+    missing = [c for c in FORECAST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"forecast table lacks columns {missing}")
+    frame = frame[list(FORECAST_COLUMNS)].astype(FORECAST_DTYPES)
+    return frame.sort_values(list(FORECAST_SORT), kind="stable").reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Thin stages: read inputs, call the pure core, write outputs atomically."""

@@ -1,0 +1,155 @@
+"""`prepare`: raw panel -> cleaned panel with lag features and direct targets, plus a fingerprint.
+
+Built on dask.dataframe: countries are partitions, the cross-country monthly means the
+missing-value policy needs are one dask groupby, and each partition is built by the pure
+`pipeline.features.build_panel`. The result is written atomically as one sorted parquet file
+(deterministic bytes) with `meta.json` beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+
+from pipeline.config import ConfigError, StudyConfig
+from pipeline.data import DataError, load_raw
+from pipeline.features import build_panel, cross_section_mean, panel_fingerprint
+from pipeline.io import write_json, write_parquet
+from pipeline.schema import COUNTRY, TIME, Y, lag_column
+from pipeline.windows import add_months, origins
+
+log = logging.getLogger(__name__)
+PANEL_FILE = Path("data/prepared/panel.parquet")
+META_FILE = Path("data/prepared/meta.json")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    panel_path: Path
+    meta_path: Path
+    fingerprint: str
+    countries: tuple[str, ...]
+    skipped: dict[str, str]  # country -> reason
+
+
+def needed_lags(config: StudyConfig) -> list[int]:
+    """Every lag any enabled model reads: data.lags plus 0..p-1 for ar_qr."""
+    lags = {0, *config.data.lags}
+    if config.models.ar_qr.enabled:
+        lags |= set(range(config.models.ar_qr.p))
+    return sorted(lags)
+
+
+def prepare(config: StudyConfig, root: Path) -> PrepareResult:
+    """Run the stage: load, select countries, build the panel, write panel + meta under output_dir."""
+    data = config.data
+    raw = load_raw(data, root, seed=config.seed)
+    raw = _select_countries(raw, data.countries)
+    panel = _build_with_dask(raw, config)
+    panel, skipped = _drop_short_countries(panel, config)
+    if panel.empty:
+        first_needed = add_months(config.rolling_window.start_date, -(config.rolling_window.size - 1) - max(needed_lags(config)))
+        raise ConfigError(
+            "rolling_window.size",
+            f"a window that fits the data: the first origin needs history from {first_needed:%Y-%m} "
+            f"(window {config.rolling_window.size} months + {max(needed_lags(config))} lags); reasons: {skipped}",
+            config.rolling_window.size,
+        )
+    out = config.output_dir
+    fingerprint = panel_fingerprint(panel)
+    countries = tuple(sorted(panel[COUNTRY].unique()))
+    meta = {
+        "fingerprint": fingerprint,
+        "target": data.target,
+        "features": list(data.features),
+        "lags": needed_lags(config),
+        "horizons": list(data.horizons),
+        "missing": data.missing,
+        "countries": list(countries),
+        "skipped": skipped,
+        "rows": len(panel),
+        "first_month": f"{panel[TIME].min():%Y-%m}",
+        "last_month": f"{panel[TIME].max():%Y-%m}",
+        "coverage": {
+            country: {"first": f"{g[TIME].min():%Y-%m}", "last": f"{g[TIME].max():%Y-%m}"}
+            for country, g in panel.groupby(COUNTRY, sort=True, observed=True)
+        },
+    }
+    write_parquet(out / PANEL_FILE, panel)
+    write_json(out / META_FILE, meta)
+    for country, reason in skipped.items():
+        log.warning("prepare: skipped %s: %s", country, reason)
+    return PrepareResult(out / PANEL_FILE, out / META_FILE, fingerprint, countries, skipped)
+
+
+def load_panel(output_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(output_dir / PANEL_FILE)
+
+
+def _select_countries(raw: pd.DataFrame, countries: tuple[str, ...] | None) -> pd.DataFrame:
+    if countries is None:
+        return raw
+    available = set(raw[COUNTRY].unique())
+    unknown = [c for c in countries if c not in available]
+    if unknown:
+        raise DataError(
+            f"data.countries lists {unknown}, which the data does not have; available: {sorted(available)}"
+        )
+    return raw[raw[COUNTRY].isin(countries)].reset_index(drop=True)
+
+
+def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    data = config.data
+    columns = [data.target, *data.features]
+    n_countries = max(1, raw[COUNTRY].nunique())
+    frame = dd.from_pandas(raw.set_index(COUNTRY), npartitions=min(8, n_countries), sort=True)
+    month_mean = frame.groupby(TIME)[columns].mean()
+    kwargs = dict(target=data.target, features=list(data.features), lags=needed_lags(config), horizons=list(data.horizons), missing=data.missing)
+    meta = build_panel(raw.iloc[0:0], month_mean=None, **kwargs)
+    built = frame.reset_index().map_partitions(
+        lambda part, mean: build_panel(part, month_mean=mean, **kwargs) if len(part) else meta,
+        month_mean,
+        meta=meta,
+    )
+    with dask.config.set(scheduler="synchronous"):  # small data; avoid thread start-up per call
+        panel = built.compute()
+    return panel.sort_values([COUNTRY, TIME], kind="stable").reset_index(drop=True)
+
+
+def _drop_short_countries(panel: pd.DataFrame, config: StudyConfig) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Keep countries with a complete window (y and all lags on every month) at some origin."""
+    window = config.rolling_window
+    origin_set = set(origins(window))
+    max_lag = max(needed_lags(config))
+    lag_columns = [lag_column(Y, lag) for lag in needed_lags(config)]
+    skipped: dict[str, str] = {}
+    keep = []
+    for country, group in panel.groupby(COUNTRY, sort=True, observed=True):
+        complete = group.loc[group[lag_columns].notna().all(axis=1), TIME]
+        if origin_set & set(complete_window_ends(complete, window.size)):
+            keep.append(country)
+            continue
+        first_origin = min(origin_set)
+        skipped[country] = (
+            f"too little history: data {group[TIME].min():%Y-%m}..{group[TIME].max():%Y-%m}, but every "
+            f"origin needs {window.size} months plus {max_lag} lags (the first origin "
+            f"{first_origin:%Y-%m} needs data from {add_months(first_origin, -(window.size - 1) - max_lag):%Y-%m})"
+        )
+    return panel[panel[COUNTRY].isin(keep)].reset_index(drop=True), skipped
+
+
+def complete_window_ends(months: pd.Series, size: int) -> list[pd.Timestamp]:
+    """Months T such that every month in [T - size + 1, T] is among `months` (sorted, unique)."""
+    index = (months.dt.year * 12 + months.dt.month).to_numpy()
+    ends = []
+    run = 0
+    for i in range(len(index)):
+        run = run + 1 if i > 0 and index[i] == index[i - 1] + 1 else 1
+        if run >= size:
+            ends.append(months.iloc[i])
+    return ends

@@ -1,0 +1,131 @@
+"""prepare: real Eurostat file, synthetic data, no look-ahead in imputation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import validate
+from pipeline.data import DataError
+from pipeline.features import build_panel, impute
+from pipeline.schema import COUNTRY, TIME, Y, Y_RAW, lag_column, lead_column
+from pipeline.stages.prepare import META_FILE, PANEL_FILE, prepare
+from pipeline.io import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "hicp_manr.csv"
+
+
+def _config(tmp_path, **data):
+    return validate({"data": data, "runtime": {"output_dir": str(tmp_path)}})
+
+
+@pytest.fixture(scope="module")
+def real_panel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    config = _config(out, source="eurostat", path=str(REAL), target="prc_hicp_manr_CP00")
+    result = prepare(config, ROOT)
+    return result, pd.read_parquet(result.panel_path)
+
+
+def test_real_file_all_38_countries_and_gaps_as_specified(real_panel):
+    result, panel = real_panel
+    raw = pd.read_csv(REAL)
+    assert raw["COUNTRY"].nunique() == 38 and len(raw) == 38 * 336
+    assert len(result.countries) + len(result.skipped) == 38
+    first = panel.groupby(COUNTRY)[TIME].min()
+    last = panel.groupby(COUNTRY)[TIME].max()
+    # leading gaps dropped: the official series starts 2000-01; late starters start later
+    assert first["DE"] == pd.Timestamp("2000-01-01")
+    assert first["AL"] == pd.Timestamp("2016-12-01") and first["US"] == pd.Timestamp("2002-12-01")
+    # a trailing gap is not invented: the UK stops where its data stops
+    assert last["UK"] == pd.Timestamp("2020-11-01") and last["DE"] == pd.Timestamp("2024-12-01")
+    assert panel[Y].notna().all()
+    # lags and leads follow the definition exactly
+    de = panel[panel[COUNTRY] == "DE"].set_index(TIME)
+    assert de.loc["2010-06-01", lag_column(Y, 12)] == de.loc["2009-06-01", Y]
+    assert de.loc["2010-06-01", lead_column(3)] == de.loc["2010-09-01", Y]
+    assert np.isnan(de.loc["2024-12-01", lead_column(1)])
+    meta = read_json(result.meta_path)
+    assert meta["fingerprint"] == result.fingerprint and meta["target"] == "prc_hicp_manr_CP00"
+
+
+def test_prepare_is_deterministic(real_panel, tmp_path):
+    result, _ = real_panel
+    again = prepare(_config(tmp_path, source="eurostat", path=str(REAL)), ROOT)
+    assert again.fingerprint == result.fingerprint
+    assert again.panel_path.read_bytes() == result.panel_path.read_bytes()
+
+
+def test_short_country_is_skipped_and_listed(tmp_path):
+    config = validate(
+        {
+            "data": {"source": "eurostat", "path": str(REAL), "countries": ["DE", "AL", "XK"]},
+            "rolling_window": {"start_date": "2018-01-01", "end_date": "2019-12-01"},
+            "runtime": {"output_dir": str(tmp_path)},
+        }
+    )
+    result = prepare(config, ROOT)
+    assert result.countries == ("DE",)
+    assert set(result.skipped) == {"AL", "XK"} and "too little history" in result.skipped["AL"]
+    assert read_json(tmp_path / META_FILE)["skipped"].keys() == {"AL", "XK"}
+
+
+def test_synthetic_panel_has_gaps_filled_without_look_ahead(tmp_path):
+    result = prepare(_config(tmp_path, source="synthetic", target="inflation"), ROOT)
+    panel = pd.read_parquet(result.panel_path)
+    assert len(result.countries) == 25
+    gap = panel[(panel[COUNTRY] == "C03") & panel[TIME].between("2010-05-01", "2010-07-01")]
+    assert gap[Y_RAW].isna().all()
+    before = panel[(panel[COUNTRY] == "C03") & (panel[TIME] == "2010-04-01")][Y].item()
+    assert (gap[Y] == before).all()  # forward filled from the last observed month
+    assert panel[(panel[COUNTRY] == "C02")][TIME].min() == pd.Timestamp("2003-01-01")
+
+
+def test_imputation_never_uses_later_values():
+    rng = np.random.default_rng(0)
+    months = pd.date_range("2000-01-01", periods=40, freq="MS")
+    frame = pd.DataFrame(
+        {TIME: np.tile(months, 3), COUNTRY: np.repeat(["A", "B", "C"], 40), "x": rng.normal(size=120), "f": rng.normal(size=120)}
+    )
+    frame.loc[rng.random(120) < 0.3, ["x", "f"]] = np.nan
+    frame.loc[(frame[COUNTRY] == "A") & (frame[TIME] < "2000-06-01"), "f"] = np.nan  # late-starting feature
+    cut = months[20]
+    base = impute(frame, ["x", "f"], "forward_fill_then_mean")
+    perturbed_frame = frame.copy()
+    later = perturbed_frame[TIME] > cut
+    perturbed_frame.loc[later, ["x", "f"]] = rng.normal(size=(later.sum(), 2)) * 100
+    perturbed = impute(perturbed_frame, ["x", "f"], "forward_fill_then_mean")
+    upto = base[TIME] <= cut
+    pd.testing.assert_frame_equal(base[upto], perturbed[upto])
+
+
+def test_build_panel_with_extra_feature_lags():
+    months = pd.date_range("2000-01-01", periods=30, freq="MS")
+    raw = pd.DataFrame({TIME: months, COUNTRY: "A", "y0": np.arange(30.0), "z": np.arange(30.0) * 10})
+    panel = build_panel(raw, "y0", ["z"], lags=[0, 1, 12], horizons=[2], missing="forward_fill_then_mean")
+    row = panel.set_index(TIME).loc["2001-03-01"]
+    assert row[lag_column(Y, 12)] == 2.0 and row[lag_column("z", 1)] == 130.0 and row[lead_column(2)] == 16.0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f, p: p.unlink(), "does not exist"),
+        (lambda f, p: f.drop(columns=["prc_hicp_manr_CP00"]).to_csv(p, index=False), "prc_hicp_manr_CP00"),
+        (lambda f, p: pd.concat([f, f.head(2)]).to_csv(p, index=False), "duplicate (TIME, COUNTRY)"),
+        (lambda f, p: f.assign(TIME=f["TIME"] + "-15").to_csv(p, index=False), "not monthly"),
+    ],
+)
+def test_bad_input_clear_error_and_nothing_written(tmp_path, mutate, message):
+    source = tmp_path / "panel.csv"
+    frame = pd.read_csv(REAL, dtype={"TIME": "string"}).query("COUNTRY in ['DE', 'FR']")
+    frame.to_csv(source, index=False)
+    mutate(frame, source)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        prepare(_config(out, source="eurostat", path=str(source)), ROOT)
+    assert not (out / PANEL_FILE).exists()

@@ -1,0 +1,46 @@
+"""Rolling windows: counts match the definition and no training target lies after its origin."""
+
+from __future__ import annotations
+
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import RollingWindowConfig
+from pipeline.windows import add_months, month_index, month_start, origins, training_range
+
+months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=months, span=st.integers(0, 120), step=st.integers(1, 12))
+def test_origin_count_and_spacing(start, span, step):
+    end = add_months(start, span)
+    config = RollingWindowConfig(size=24, step=step, start_date=str(start.date()), end_date=str(end.date()))
+    result = origins(config)
+    assert len(result) == span // step + 1
+    assert result[0] == start and result[-1] <= end
+    assert all(month_index(b) - month_index(a) == step for a, b in zip(result, result[1:], strict=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(origin=months, size=st.integers(2, 120), horizon=st.integers(1, 24))
+def test_training_range_never_looks_past_the_origin(origin, size, horizon):
+    if horizon >= size:
+        return
+    r = training_range(origin, size, horizon)
+    assert r.window_start == add_months(origin, -(size - 1))
+    assert r.first_t == r.window_start
+    # the last training pair's target is y_{last_t + h}, which must be known at the origin
+    assert add_months(r.last_t, horizon) == origin
+    assert r.n_pairs == size - horizon
+    assert r.forecast_time == add_months(origin, horizon) > origin
+
+
+def test_seed_grid_has_72_origins():
+    config = RollingWindowConfig()
+    result = origins(config)
+    assert len(result) == 72
+    assert (result[0], result[-1]) == (pd.Timestamp("2018-01-01"), pd.Timestamp("2023-12-01"))
+    r = training_range(result[0], 60, 12)
+    assert (r.window_start, r.last_t, r.n_pairs) == (pd.Timestamp("2013-02-01"), pd.Timestamp("2017-01-01"), 48)
