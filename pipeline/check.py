@@ -7,7 +7,21 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-REQUIRED = ("dask", "distributed", "pandas", "numpy", "torch", "pyarrow", "dvc", "yaml", "psutil", "hydra", "sklearn", "rich", "matplotlib")
+REQUIRED = (
+    "dask",
+    "distributed",
+    "pandas",
+    "numpy",
+    "torch",
+    "pyarrow",
+    "dvc",
+    "yaml",
+    "psutil",
+    "hydra",
+    "sklearn",
+    "rich",
+    "matplotlib",
+)
 
 
 def run_checks(overrides: Sequence[str] = ()) -> int:
@@ -38,7 +52,11 @@ def run_checks(overrides: Sequence[str] = ()) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     memory = psutil.virtual_memory()
     report(True, "cores", f"{cores} usable")
-    report(memory.available > 1 << 30, "RAM", f"{memory.available / 2**30:.1f} GiB available of {memory.total / 2**30:.1f} GiB")
+    report(
+        memory.available > 1 << 30,
+        "RAM",
+        f"{memory.available / 2**30:.1f} GiB available of {memory.total / 2**30:.1f} GiB",
+    )
 
     try:
         from pipeline.compose import compose_config
@@ -46,7 +64,11 @@ def run_checks(overrides: Sequence[str] = ()) -> int:
 
         config = compose_config(overrides)
         raw = load_raw(config.data, Path.cwd(), seed=config.seed)
-        report(True, "data", f"{config.data.source}: {raw['COUNTRY'].nunique()} countries, {len(raw)} rows, target {config.data.target}")
+        report(
+            True,
+            "data",
+            f"{config.data.source}: {raw['COUNTRY'].nunique()} countries, {len(raw)} rows, target {config.data.target}",
+        )
     except Exception as error:
         report(False, "data", str(error))
     print("all checks passed" if problems == 0 else f"{problems} check(s) failed")

@@ -28,7 +28,9 @@ log = logging.getLogger("pipeline")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, DataError) as error:
@@ -61,7 +63,9 @@ def _cmd_write_config(args: argparse.Namespace) -> int:
         return 0
     target = Path(args.file)
     if target.exists() and not args.force:
-        raise ConfigError("write-config FILE", "a path that does not exist yet (or --force)", str(target))
+        raise ConfigError(
+            "write-config FILE", "a path that does not exist yet (or --force)", str(target)
+        )
     from pipeline.io import write_text
 
     write_text(target, text)
@@ -88,7 +92,9 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     if dry_run:
         return _dry_run(config, root)
     result = prepare(config, root)
-    log.info("prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12])
+    log.info(
+        "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
+    )
     from pipeline.stages.probe import run_probe
 
     plan = run_probe(config)
@@ -157,7 +163,11 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     compose = commands.add_parser("compose", help="write params.yaml from conf/")
@@ -174,7 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the study in-process")
     run.add_argument("overrides", nargs="*")
     run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
-    run.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun over comma-separated overrides")
+    run.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="Hydra multirun over comma-separated overrides",
+    )
     run.set_defaults(handler=_cmd_run)
 
     stage = commands.add_parser("stage", help="run one DVC stage from params.yaml")

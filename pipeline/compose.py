@@ -22,7 +22,11 @@ def find_conf_dir(start: Path | None = None) -> Path:
     for candidate in ((start or Path.cwd()) / "conf", Path(__file__).resolve().parents[1] / "conf"):
         if (candidate / f"{CONFIG_NAME}.yaml").exists():
             return candidate
-    raise ConfigError("conf/", "a conf/ directory with config.yaml (run from the project root)", str(start or Path.cwd()))
+    raise ConfigError(
+        "conf/",
+        "a conf/ directory with config.yaml (run from the project root)",
+        str(start or Path.cwd()),
+    )
 
 
 def compose_dict(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> dict[str, Any]:
@@ -38,14 +42,20 @@ def compose_dict(overrides: Sequence[str] = (), conf_dir: Path | None = None) ->
             cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError("overrides", "keys and values that exist in conf/ (see `python -m pipeline write-config -`)", _first_line(error)) from None
+        raise ConfigError(
+            "overrides",
+            "keys and values that exist in conf/ (see `python -m pipeline write-config -`)",
+            _first_line(error),
+        ) from None
 
 
 def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> StudyConfig:
     return validate(compose_dict(overrides, conf_dir))
 
 
-def write_params(output: Path, overrides: Sequence[str] = (), conf_dir: Path | None = None) -> StudyConfig:
+def write_params(
+    output: Path, overrides: Sequence[str] = (), conf_dir: Path | None = None
+) -> StudyConfig:
     """Write params.yaml exactly as `dvc exp run -S` would (DVC's own composer and dumper).
 
     The composed config is validated first, so an invalid override writes nothing.
@@ -57,14 +67,18 @@ def write_params(output: Path, overrides: Sequence[str] = (), conf_dir: Path | N
     from pipeline.io import atomic_path
 
     with atomic_path(output) as tmp:
-        compose_and_dump(tmp, str(conf_dir.resolve()), None, CONFIG_NAME, str(conf_dir.parent), list(overrides))
+        compose_and_dump(
+            tmp, str(conf_dir.resolve()), None, CONFIG_NAME, str(conf_dir.parent), list(overrides)
+        )
     return config
 
 
 def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
     """Read and validate params.yaml (what DVC stages run with)."""
     if not path.exists():
-        raise ConfigError(str(path), "a params file; create it with `python -m pipeline compose`", "missing")
+        raise ConfigError(
+            str(path), "a params file; create it with `python -m pipeline compose`", "missing"
+        )
     with open(path, encoding="utf-8") as handle:
         return validate(yaml.safe_load(handle) or {})
 

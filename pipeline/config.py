@@ -246,7 +246,12 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _check_semantics(config: StudyConfig) -> None:
-    data, window, runtime, models = config.data, config.rolling_window, config.runtime, config.models
+    data, window, runtime, models = (
+        config.data,
+        config.rolling_window,
+        config.runtime,
+        config.models,
+    )
     _require(len(data.quantiles) > 0, "data.quantiles", "a non-empty list", data.quantiles)
     for i, q in enumerate(data.quantiles):
         _require(0.0 < q < 1.0, f"data.quantiles[{i}]", "a quantile strictly inside (0, 1)", q)
@@ -259,7 +264,12 @@ def _check_semantics(config: StudyConfig) -> None:
     _require(len(data.horizons) > 0, "data.horizons", "a non-empty list", data.horizons)
     for i, h in enumerate(data.horizons):
         _require(h >= 1, f"data.horizons[{i}]", "a horizon >= 1 (months ahead)", h)
-    _require(len(set(data.horizons)) == len(data.horizons), "data.horizons", "no duplicates", data.horizons)
+    _require(
+        len(set(data.horizons)) == len(data.horizons),
+        "data.horizons",
+        "no duplicates",
+        data.horizons,
+    )
     for i, lag in enumerate(data.lags):
         _require(lag >= 1, f"data.lags[{i}]", "a lag >= 1 (y_t itself is always a feature)", lag)
     _require(len(set(data.lags)) == len(data.lags), "data.lags", "no duplicates", data.lags)
@@ -268,7 +278,12 @@ def _check_semantics(config: StudyConfig) -> None:
         _require(data.path is not None, "data.path", "a file path for source 'panel'", data.path)
     if data.countries is not None:
         _require(len(data.countries) > 0, "data.countries", "null (all) or a non-empty list", [])
-    _require(data.synthetic.n_countries >= 1, "data.synthetic.n_countries", "at least 1", data.synthetic.n_countries)
+    _require(
+        data.synthetic.n_countries >= 1,
+        "data.synthetic.n_countries",
+        "at least 1",
+        data.synthetic.n_countries,
+    )
 
     start = _month(window.start_date, "rolling_window.start_date")
     end = _month(window.end_date, "rolling_window.end_date")
@@ -295,35 +310,101 @@ def _check_semantics(config: StudyConfig) -> None:
         runtime.safety_ram_fraction,
     )
     if runtime.max_cores != "auto":
-        _require(runtime.max_cores >= 1, "runtime.max_cores", "'auto' or an integer >= 1", runtime.max_cores)
+        _require(
+            runtime.max_cores >= 1,
+            "runtime.max_cores",
+            "'auto' or an integer >= 1",
+            runtime.max_cores,
+        )
     if runtime.max_ram_gb != "auto":
-        _require(runtime.max_ram_gb > 0, "runtime.max_ram_gb", "'auto' or a positive number", runtime.max_ram_gb)
+        _require(
+            runtime.max_ram_gb > 0,
+            "runtime.max_ram_gb",
+            "'auto' or a positive number",
+            runtime.max_ram_gb,
+        )
     if runtime.max_workers is not None:
-        _require(runtime.max_workers >= 1, "runtime.max_workers", "null or an integer >= 1", runtime.max_workers)
+        _require(
+            runtime.max_workers >= 1,
+            "runtime.max_workers",
+            "null or an integer >= 1",
+            runtime.max_workers,
+        )
     _require(runtime.retries >= 0, "runtime.retries", "an integer >= 0", runtime.retries)
-    _require(runtime.mem_probe_fudge_mb >= 0, "runtime.mem_probe_fudge_mb", "an integer >= 0", runtime.mem_probe_fudge_mb)
-    _require(runtime.task_seconds > 0, "runtime.task_seconds", "a positive number of seconds", runtime.task_seconds)
-    _require(0 <= runtime.dashboard_port <= 65535, "runtime.dashboard_port", "a TCP port (0 = any free port)", runtime.dashboard_port)
+    _require(
+        runtime.mem_probe_fudge_mb >= 0,
+        "runtime.mem_probe_fudge_mb",
+        "an integer >= 0",
+        runtime.mem_probe_fudge_mb,
+    )
+    _require(
+        runtime.task_seconds > 0,
+        "runtime.task_seconds",
+        "a positive number of seconds",
+        runtime.task_seconds,
+    )
+    _require(
+        0 <= runtime.dashboard_port <= 65535,
+        "runtime.dashboard_port",
+        "a TCP port (0 = any free port)",
+        runtime.dashboard_port,
+    )
 
     _require(len(models.enabled()) > 0, "models", "at least one enabled model", "all disabled")
-    _require(models.ar_qr.p >= 1, "models.ar_qr.p", "an autoregressive order p >= 1", models.ar_qr.p)
+    _require(
+        models.ar_qr.p >= 1, "models.ar_qr.p", "an autoregressive order p >= 1", models.ar_qr.p
+    )
     lqr = models.lqr
-    _require(len(lqr.alphas) > 0, "models.lqr.alphas", "a non-empty list of penalties", list(lqr.alphas))
+    _require(
+        len(lqr.alphas) > 0, "models.lqr.alphas", "a non-empty list of penalties", list(lqr.alphas)
+    )
     for i, alpha in enumerate(lqr.alphas):
         _require(alpha >= 0, f"models.lqr.alphas[{i}]", "a penalty >= 0", alpha)
-    _require(lqr.rff_features >= 0, "models.lqr.rff_features", "an integer >= 0 (0 = linear)", lqr.rff_features)
+    _require(
+        lqr.rff_features >= 0,
+        "models.lqr.rff_features",
+        "an integer >= 0 (0 = linear)",
+        lqr.rff_features,
+    )
     if lqr.rff_bandwidth != "auto":
-        _require(lqr.rff_bandwidth > 0, "models.lqr.rff_bandwidth", "'auto' or a positive number", lqr.rff_bandwidth)
-    _require(lqr.validation_size >= 1, "models.lqr.validation_size", "at least 1 month", lqr.validation_size)
+        _require(
+            lqr.rff_bandwidth > 0,
+            "models.lqr.rff_bandwidth",
+            "'auto' or a positive number",
+            lqr.rff_bandwidth,
+        )
+    _require(
+        lqr.validation_size >= 1,
+        "models.lqr.validation_size",
+        "at least 1 month",
+        lqr.validation_size,
+    )
     nn = models.ensemble_nn
-    _require(len(nn.units_per_layer) > 0, "models.ensemble_nn.units_per_layer", "a non-empty list of layer widths", [])
+    _require(
+        len(nn.units_per_layer) > 0,
+        "models.ensemble_nn.units_per_layer",
+        "a non-empty list of layer widths",
+        [],
+    )
     for i, units in enumerate(nn.units_per_layer):
         _require(units >= 1, f"models.ensemble_nn.units_per_layer[{i}]", "a width >= 1", units)
-    _require(nn.learning_rate > 0, "models.ensemble_nn.learning_rate", "a learning rate > 0", nn.learning_rate)
+    _require(
+        nn.learning_rate > 0,
+        "models.ensemble_nn.learning_rate",
+        "a learning rate > 0",
+        nn.learning_rate,
+    )
     _require(nn.epochs >= 1, "models.ensemble_nn.epochs", "at least 1 epoch", nn.epochs)
-    _require(nn.batch_size >= 1, "models.ensemble_nn.batch_size", "a batch size >= 1", nn.batch_size)
+    _require(
+        nn.batch_size >= 1, "models.ensemble_nn.batch_size", "a batch size >= 1", nn.batch_size
+    )
     _require(nn.patience >= 1, "models.ensemble_nn.patience", "a patience >= 1 epoch", nn.patience)
-    _require(nn.parallel_models >= 1, "models.ensemble_nn.parallel_models", "at least 1 member", nn.parallel_models)
+    _require(
+        nn.parallel_models >= 1,
+        "models.ensemble_nn.parallel_models",
+        "at least 1 member",
+        nn.parallel_models,
+    )
     _require(
         nn.device in ("auto", "cpu") or nn.device.startswith("cuda"),
         "models.ensemble_nn.device",

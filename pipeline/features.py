@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import COUNTRY, TIME, Y, Y_RAW, lag_column, lead_column
+from pipeline.schema import COUNTRY, TIME, Y_RAW, Y, lag_column, lead_column
 
 MISSING_POLICIES = ("forward_fill_then_mean", "drop")
 

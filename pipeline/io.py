@@ -62,9 +62,8 @@ def write_parquet(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

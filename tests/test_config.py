@@ -19,7 +19,11 @@ def test_seed_preset_has_every_seed_key_with_its_default():
     config = compose_config(["experiment=seed"])
     assert config.name == "seed"
     runtime = config.runtime
-    assert (runtime.allow_reload, runtime.retrain_if_exists, runtime.max_cores) == (True, False, "auto")
+    assert (runtime.allow_reload, runtime.retrain_if_exists, runtime.max_cores) == (
+        True,
+        False,
+        "auto",
+    )
     assert (runtime.safety_ram_fraction, runtime.max_ram_gb, runtime.retries) == (0.8, "auto", 1)
     assert runtime.max_workers is None and runtime.mem_probe_fudge_mb >= 0
     data = config.data
@@ -28,7 +32,12 @@ def test_seed_preset_has_every_seed_key_with_its_default():
     assert data.quantiles == (0.1, 0.5, 0.9)
     assert (data.missing, data.scale) == ("forward_fill_then_mean", "per_country")
     window = config.rolling_window
-    assert (window.size, window.step, window.start_date, window.end_date) == (60, 1, "2018-01-01", "2023-12-01")
+    assert (window.size, window.step, window.start_date, window.end_date) == (
+        60,
+        1,
+        "2018-01-01",
+        "2023-12-01",
+    )
     models = config.models
     assert models.ar_qr.p == 12
     assert models.lqr.alphas == (7.5, 10, 15, 20, 25, 30, 35)
@@ -73,14 +82,22 @@ def test_bad_values_name_key_allowed_and_given(override, key, fragment):
 
 
 def test_override_of_unknown_key_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.colour"):
+    with pytest.raises(ConfigError, match=r"data\.colour"):
         compose_config(["data.colour=red"])
 
 
 def test_cli_bad_config_exits_2_without_traceback_and_writes_nothing(tmp_path):
     params = tmp_path / "params.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "compose", "--output", str(params), "data.quantiles=[0.1,1.5]"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "compose",
+            "--output",
+            str(params),
+            "data.quantiles=[0.1,1.5]",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -93,7 +110,14 @@ def test_cli_bad_config_exits_2_without_traceback_and_writes_nothing(tmp_path):
 
 def test_window_larger_than_history_exits_2_and_writes_nothing(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "rolling_window.size=400", f"runtime.output_dir={tmp_path}"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "rolling_window.size=400",
+            f"runtime.output_dir={tmp_path}",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -109,16 +133,28 @@ def test_committed_params_yaml_matches_composition(tmp_path):
 
     fresh = tmp_path / "params.yaml"
     write_params(fresh)
-    assert (ROOT / "params.yaml").read_text() == fresh.read_text(), "run `python -m pipeline compose`"
+    assert (ROOT / "params.yaml").read_text() == fresh.read_text(), (
+        "run `python -m pipeline compose`"
+    )
 
 
 def test_write_config_is_complete_and_refuses_to_overwrite(tmp_path):
     target = tmp_path / "study.yaml"
-    ok = subprocess.run([sys.executable, "-m", "pipeline", "write-config", str(target)], cwd=ROOT, capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "pipeline", "write-config", str(target)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     written = yaml.safe_load(target.read_text())
     assert isinstance(validate(written), StudyConfig)
     assert set(written) == {"data", "rolling_window", "runtime", "models", "name", "seed"}
     before = target.read_text()
-    again = subprocess.run([sys.executable, "-m", "pipeline", "write-config", str(target)], cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", "write-config", str(target)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2 and target.read_text() == before

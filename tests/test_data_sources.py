@@ -29,7 +29,9 @@ def test_bulk_tsv_to_tidy(tmp_path):
     tidy = read_eurostat_tsv(path, "prc_hicp_manr").set_index(["COUNTRY", "TIME"]).sort_index()
     assert tidy.loc[("AT", pd.Timestamp("2024-03-01")), "prc_hicp_manr_CP00"] == 4.1
     assert np.isnan(tidy.loc[("AT", pd.Timestamp("2024-01-01")), "prc_hicp_manr_CP00"])
-    assert tidy.loc[("EL", pd.Timestamp("2024-03-01")), "prc_hicp_manr_CP00"] == 3.4  # flag 'd' dropped
+    assert (
+        tidy.loc[("EL", pd.Timestamp("2024-03-01")), "prc_hicp_manr_CP00"] == 3.4
+    )  # flag 'd' dropped
     assert tidy.loc[("EL", pd.Timestamp("2024-01-01")), "prc_hicp_manr_CP00"] == 3.2
     assert tidy.loc[("AT", pd.Timestamp("2024-02-01")), "prc_hicp_manr_CP01"] == 2.2
     assert tidy.loc[("AT", pd.Timestamp("2024-02-01")), "prc_hicp_manr_CP00_I15"] == 129.0
@@ -76,7 +78,11 @@ def test_synthetic_is_seeded_and_true_quantiles_are_calibrated():
     hits = []
     for t in range(100, 330, 3):
         q = true_quantiles(a, t, 1, [0.1, 0.9], n_draws=4000)
-        y = a.frame.pivot(index="TIME", columns="COUNTRY", values="inflation").iloc[t + 1].to_numpy()
+        y = (
+            a.frame.pivot(index="TIME", columns="COUNTRY", values="inflation")
+            .iloc[t + 1]
+            .to_numpy()
+        )
         ok = ~np.isnan(y)
         hits.append(np.stack([y[ok] <= q[ok, 0], y[ok] <= q[ok, 1]], axis=1))
     rate = np.concatenate(hits).mean(axis=0)

@@ -11,9 +11,9 @@ import pytest
 from pipeline.config import validate
 from pipeline.data import DataError
 from pipeline.features import build_panel, impute
-from pipeline.schema import COUNTRY, TIME, Y, Y_RAW, lag_column, lead_column
-from pipeline.stages.prepare import META_FILE, PANEL_FILE, prepare
 from pipeline.io import read_json
+from pipeline.schema import COUNTRY, TIME, Y_RAW, Y, lag_column, lead_column
+from pipeline.stages.prepare import META_FILE, PANEL_FILE, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "hicp_manr.csv"
@@ -89,10 +89,17 @@ def test_imputation_never_uses_later_values():
     rng = np.random.default_rng(0)
     months = pd.date_range("2000-01-01", periods=40, freq="MS")
     frame = pd.DataFrame(
-        {TIME: np.tile(months, 3), COUNTRY: np.repeat(["A", "B", "C"], 40), "x": rng.normal(size=120), "f": rng.normal(size=120)}
+        {
+            TIME: np.tile(months, 3),
+            COUNTRY: np.repeat(["A", "B", "C"], 40),
+            "x": rng.normal(size=120),
+            "f": rng.normal(size=120),
+        }
     )
     frame.loc[rng.random(120) < 0.3, ["x", "f"]] = np.nan
-    frame.loc[(frame[COUNTRY] == "A") & (frame[TIME] < "2000-06-01"), "f"] = np.nan  # late-starting feature
+    frame.loc[(frame[COUNTRY] == "A") & (frame[TIME] < "2000-06-01"), "f"] = (
+        np.nan
+    )  # late-starting feature
     cut = months[20]
     base = impute(frame, ["x", "f"], "forward_fill_then_mean")
     perturbed_frame = frame.copy()
@@ -105,18 +112,32 @@ def test_imputation_never_uses_later_values():
 
 def test_build_panel_with_extra_feature_lags():
     months = pd.date_range("2000-01-01", periods=30, freq="MS")
-    raw = pd.DataFrame({TIME: months, COUNTRY: "A", "y0": np.arange(30.0), "z": np.arange(30.0) * 10})
-    panel = build_panel(raw, "y0", ["z"], lags=[0, 1, 12], horizons=[2], missing="forward_fill_then_mean")
+    raw = pd.DataFrame(
+        {TIME: months, COUNTRY: "A", "y0": np.arange(30.0), "z": np.arange(30.0) * 10}
+    )
+    panel = build_panel(
+        raw, "y0", ["z"], lags=[0, 1, 12], horizons=[2], missing="forward_fill_then_mean"
+    )
     row = panel.set_index(TIME).loc["2001-03-01"]
-    assert row[lag_column(Y, 12)] == 2.0 and row[lag_column("z", 1)] == 130.0 and row[lead_column(2)] == 16.0
+    assert (
+        row[lag_column(Y, 12)] == 2.0
+        and row[lag_column("z", 1)] == 130.0
+        and row[lead_column(2)] == 16.0
+    )
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
         (lambda f, p: p.unlink(), "does not exist"),
-        (lambda f, p: f.drop(columns=["prc_hicp_manr_CP00"]).to_csv(p, index=False), "prc_hicp_manr_CP00"),
-        (lambda f, p: pd.concat([f, f.head(2)]).to_csv(p, index=False), "duplicate (TIME, COUNTRY)"),
+        (
+            lambda f, p: f.drop(columns=["prc_hicp_manr_CP00"]).to_csv(p, index=False),
+            "prc_hicp_manr_CP00",
+        ),
+        (
+            lambda f, p: pd.concat([f, f.head(2)]).to_csv(p, index=False),
+            "duplicate (TIME, COUNTRY)",
+        ),
         (lambda f, p: f.assign(TIME=f["TIME"] + "-15").to_csv(p, index=False), "not monthly"),
     ],
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,11 +18,13 @@ months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
 @given(start=months, span=st.integers(0, 120), step=st.integers(1, 12))
 def test_origin_count_and_spacing(start, span, step):
     end = add_months(start, span)
-    config = RollingWindowConfig(size=24, step=step, start_date=str(start.date()), end_date=str(end.date()))
+    config = RollingWindowConfig(
+        size=24, step=step, start_date=str(start.date()), end_date=str(end.date())
+    )
     result = origins(config)
     assert len(result) == span // step + 1
     assert result[0] == start and result[-1] <= end
-    assert all(month_index(b) - month_index(a) == step for a, b in zip(result, result[1:], strict=False))
+    assert all(month_index(b) - month_index(a) == step for a, b in itertools.pairwise(result))
 
 
 @settings(max_examples=300, deadline=None)
@@ -43,4 +47,8 @@ def test_seed_grid_has_72_origins():
     assert len(result) == 72
     assert (result[0], result[-1]) == (pd.Timestamp("2018-01-01"), pd.Timestamp("2023-12-01"))
     r = training_range(result[0], 60, 12)
-    assert (r.window_start, r.last_t, r.n_pairs) == (pd.Timestamp("2013-02-01"), pd.Timestamp("2017-01-01"), 48)
+    assert (r.window_start, r.last_t, r.n_pairs) == (
+        pd.Timestamp("2013-02-01"),
+        pd.Timestamp("2017-01-01"),
+        48,
+    )

@@ -19,7 +19,11 @@ def load_raw(data: DataConfig, root: Path, seed: int = 0) -> pd.DataFrame:
         from pipeline.data.synthetic import generate_panel
 
         frame = generate_panel(data.synthetic).frame
-        frame = frame.rename(columns={"inflation": data.target}) if data.target != "inflation" else frame
+        frame = (
+            frame.rename(columns={"inflation": data.target})
+            if data.target != "inflation"
+            else frame
+        )
     elif data.source == "eurostat":
         from pipeline.data.eurostat import load_eurostat
 

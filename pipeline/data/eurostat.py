@@ -2,9 +2,9 @@
 
 Bulk TSV (what the dissemination API returns with format=TSV) looks like
 
-    freq,unit,coicop,geo\\TIME_PERIOD\t2024-12 \t2024-11 
-    M,RCH_A,CP00,AT\t2.0 \t1.9 
-    M,RCH_A,CP00,EL\t2.9 d\t: 
+    freq,unit,coicop,geo\\TIME_PERIOD\t2024-12 \t2024-11
+    M,RCH_A,CP00,AT\t2.0 \t1.9
+    M,RCH_A,CP00,EL\t2.9 d\t:
 
 with `:` for missing values and flags (`d`, `p`, `e`, ...) after the number. It becomes the
 tidy layout: TIME, COUNTRY and one column per coicop named `{dataset}_{coicop}`.
@@ -85,7 +85,9 @@ def read_eurostat_tsv(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFram
         raise DataError(f"{path}: no monthly rows found")
     long = pd.DataFrame.from_records(records, columns=["TIME", "COUNTRY", "column", "value"])
     long["TIME"] = parse_months(long["TIME"], str(path))
-    tidy = long.pivot_table(index=["TIME", "COUNTRY"], columns="column", values="value", aggfunc="first", dropna=False)
+    tidy = long.pivot_table(
+        index=["TIME", "COUNTRY"], columns="column", values="value", aggfunc="first", dropna=False
+    )
     tidy.columns.name = None
     return tidy.reset_index()
 
@@ -118,7 +120,9 @@ def _parse_value(cell: str, path: Path, line: int) -> float:
         return float("nan")
     match = _VALUE.match(cell)
     if match is None or match.group(1) is None:
-        raise DataError(f"{path}:{line}: cannot read value {cell!r} (expected a number, ':' or a number with a flag)")
+        raise DataError(
+            f"{path}:{line}: cannot read value {cell!r} (expected a number, ':' or a number with a flag)"
+        )
     return float(match.group(1))
 
 

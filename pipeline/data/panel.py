@@ -11,7 +11,9 @@ from pipeline.data.errors import DataError
 
 def read_panel_file(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise DataError(f"data file {path} does not exist; set data.path to an existing CSV or parquet file")
+        raise DataError(
+            f"data file {path} does not exist; set data.path to an existing CSV or parquet file"
+        )
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)

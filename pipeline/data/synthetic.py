@@ -62,9 +62,16 @@ def generate_panel(config: SyntheticConfig) -> SyntheticPanel:
     eps = rng.standard_t(T_DOF, size=(n_c, n_t)) / _T_SD
     for t in range(1, n_t):
         factor[t] = PHI_F * factor[t - 1] + S_F * eta[t]
-        idio[:, t] = params["phi"].to_numpy() * idio[:, t - 1] + params["sigma"].to_numpy() * eps[:, t]
+        idio[:, t] = (
+            params["phi"].to_numpy() * idio[:, t - 1] + params["sigma"].to_numpy() * eps[:, t]
+        )
     surge = surge_path(months)
-    y = params["mu"].to_numpy()[:, None] + params["beta"].to_numpy()[:, None] * factor + surge + idio
+    y = (
+        params["mu"].to_numpy()[:, None]
+        + params["beta"].to_numpy()[:, None] * factor
+        + surge
+        + idio
+    )
     core = 0.5 * y + 0.5 * (params["mu"].to_numpy()[:, None] + surge)
     frame = pd.DataFrame(
         {
@@ -76,9 +83,16 @@ def generate_panel(config: SyntheticConfig) -> SyntheticPanel:
     )
     # Real panels have gaps: two late starters and a short interior gap, to exercise the policy.
     if n_c >= 3:
-        frame.loc[(frame[COUNTRY] == countries[1]) & (frame[TIME] < "2003-01-01"), ["inflation", "core"]] = np.nan
-        frame.loc[(frame[COUNTRY] == countries[2]) & frame[TIME].between("2010-05-01", "2010-07-01"), "inflation"] = np.nan
-    return SyntheticPanel(frame=frame, factor=factor, idiosyncratic=idio, params=params, surge=surge)
+        frame.loc[
+            (frame[COUNTRY] == countries[1]) & (frame[TIME] < "2003-01-01"), ["inflation", "core"]
+        ] = np.nan
+        frame.loc[
+            (frame[COUNTRY] == countries[2]) & frame[TIME].between("2010-05-01", "2010-07-01"),
+            "inflation",
+        ] = np.nan
+    return SyntheticPanel(
+        frame=frame, factor=factor, idiosyncratic=idio, params=params, surge=surge
+    )
 
 
 def true_quantiles(
@@ -99,5 +113,10 @@ def true_quantiles(
         f = PHI_F * f + S_F * rng.standard_normal(n_draws)
         x = phi_c * x + sigma_c * rng.standard_t(T_DOF, size=x.shape) / _T_SD
     target = origin_index + horizon
-    draws = panel.params["mu"].to_numpy()[:, None] + panel.params["beta"].to_numpy()[:, None] * f + panel.surge[target] + x
+    draws = (
+        panel.params["mu"].to_numpy()[:, None]
+        + panel.params["beta"].to_numpy()[:, None] * f
+        + panel.surge[target]
+        + x
+    )
     return np.quantile(draws, list(quantiles), axis=1).T

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data import DataError, load_raw
-from pipeline.features import build_panel, cross_section_mean, panel_fingerprint
+from pipeline.features import build_panel, panel_fingerprint
 from pipeline.io import write_json, write_parquet
 from pipeline.schema import COUNTRY, TIME, Y, lag_column
 from pipeline.windows import add_months, origins
@@ -53,7 +53,10 @@ def prepare(config: StudyConfig, root: Path) -> PrepareResult:
     panel = _build_with_dask(raw, config)
     panel, skipped = _drop_short_countries(panel, config)
     if panel.empty:
-        first_needed = add_months(config.rolling_window.start_date, -(config.rolling_window.size - 1) - max(needed_lags(config)))
+        first_needed = add_months(
+            config.rolling_window.start_date,
+            -(config.rolling_window.size - 1) - max(needed_lags(config)),
+        )
         raise ConfigError(
             "rolling_window.size",
             f"a window that fits the data: the first origin needs history from {first_needed:%Y-%m} "
@@ -109,7 +112,13 @@ def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
     n_countries = max(1, raw[COUNTRY].nunique())
     frame = dd.from_pandas(raw.set_index(COUNTRY), npartitions=min(8, n_countries), sort=True)
     month_mean = frame.groupby(TIME)[columns].mean()
-    kwargs = dict(target=data.target, features=list(data.features), lags=needed_lags(config), horizons=list(data.horizons), missing=data.missing)
+    kwargs = dict(
+        target=data.target,
+        features=list(data.features),
+        lags=needed_lags(config),
+        horizons=list(data.horizons),
+        missing=data.missing,
+    )
     meta = build_panel(raw.iloc[0:0], month_mean=None, **kwargs)
     built = frame.reset_index().map_partitions(
         lambda part, mean: build_panel(part, month_mean=mean, **kwargs) if len(part) else meta,
@@ -121,7 +130,9 @@ def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
     return panel.sort_values([COUNTRY, TIME], kind="stable").reset_index(drop=True)
 
 
-def _drop_short_countries(panel: pd.DataFrame, config: StudyConfig) -> tuple[pd.DataFrame, dict[str, str]]:
+def _drop_short_countries(
+    panel: pd.DataFrame, config: StudyConfig
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """Keep countries with a complete window (y and all lags on every month) at some origin."""
     window = config.rolling_window
     origin_set = set(origins(window))
