@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -125,6 +126,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.compose import load_params
 
     config = load_params(Path(args.params))
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: outputs must be where dvc.yaml says
+        _check_dvc_paths(config)
     if args.name == "prepare":
         from pipeline.stages.prepare import prepare
 
@@ -136,6 +139,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     elif args.name == "train":
         if not args.model:
             raise ConfigError("stage train --model", "one of the enabled models", None)
+        if args.model not in config.models.enabled():
+            _train_disabled(config, args.model)
+            return 0
         from pipeline.stages.train import run_train
 
         summary = run_train(config, args.model)
@@ -145,6 +151,37 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
         assemble_study(config)
     return 0
+
+
+def _check_dvc_paths(config: StudyConfig) -> None:
+    """dvc.yaml declares every output at the project root: refuse to write them elsewhere."""
+    if Path(config.runtime.output_dir) != Path("."):
+        raise ConfigError(
+            "runtime.output_dir",
+            "'.' under dvc repro (use `python -m pipeline run` for other dirs)",
+            config.runtime.output_dir,
+        )
+    if config.model_cache_dir.resolve() != Path("models").resolve():
+        raise ConfigError(
+            "runtime.model_cache_dir",
+            "null under dvc repro (dvc.yaml tracks models/<model>)",
+            config.runtime.model_cache_dir,
+        )
+
+
+def _train_disabled(config: StudyConfig, model: str) -> None:
+    """DVC runs train@<model> for every model: a disabled one writes an empty table (a no-op).
+
+    Its fit cache folder is created (a DVC output) but never emptied, so re-enabling the model
+    reuses every fit it had.
+    """
+    from pipeline.io import write_parquet
+    from pipeline.schema import empty_forecast_frame
+    from pipeline.stages.train import train_path
+
+    (config.model_cache_dir / model).mkdir(parents=True, exist_ok=True)
+    write_parquet(train_path(config, model), empty_forecast_frame())
+    log.info("train %s: disabled (models.%s.enabled=false): wrote an empty table", model, model)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

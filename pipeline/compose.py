@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.config import ConfigError, StudyConfig, validate
 
 CONFIG_NAME = "config"
@@ -64,12 +62,18 @@ def write_params(
 
     conf_dir = conf_dir or find_conf_dir()
     config = compose_config(overrides, conf_dir)
-    from pipeline.io import atomic_path
+    import tempfile
 
-    with atomic_path(output) as tmp:
+    from pipeline.io import write_text
+
+    # DVC picks its writer by the file's suffix (.yaml: OmegaConf.to_yaml): dump to a file of
+    # the same name, then move the text into place atomically
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir) / Path(output).name
         compose_and_dump(
             tmp, str(conf_dir.resolve()), None, CONFIG_NAME, str(conf_dir.parent), list(overrides)
         )
+        write_text(output, tmp.read_text(encoding="utf-8"))
     return config
 
 
@@ -79,8 +83,11 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
         raise ConfigError(
             str(path), "a params file; create it with `python -m pipeline compose`", "missing"
         )
+    # YAML 1.2, as DVC (ruamel) writes it: PyYAML's 1.1 rules read `5e-05` as a string
+    from ruamel.yaml import YAML
+
     with open(path, encoding="utf-8") as handle:
-        return validate(yaml.safe_load(handle) or {})
+        return validate(YAML(typ="safe", pure=True).load(handle) or {})
 
 
 def _first_line(error: Exception) -> str:

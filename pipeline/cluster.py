@@ -1,0 +1,149 @@
+"""The only module that imports dask.distributed: start or join a cluster and stream tasks to it.
+
+`make_client(plan, runtime)` starts a `LocalCluster` sized by the probe's plan (one thread per
+worker, the plan's memory limit, scheduler and dashboard on 127.0.0.1) or, when
+`runtime.scheduler_address` is set, connects to that existing cluster through the same code
+path. BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-spawn
+environment, set before any worker process starts. `TaskStream` submits a bounded number of
+tasks at a time and yields results as they complete, turning a worker lost to its memory
+limit (`KilledWorker` after `allowed-failures` restarts) into a plain "memory" failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster, as_completed
+from distributed.scheduler import KilledWorker
+
+from pipeline.config import RuntimeConfig
+
+log = logging.getLogger("pipeline.cluster")
+
+THREAD_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+# A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
+# itself, in halves, so a restart is not wasted on rerunning a task that will die again.
+ALLOWED_FAILURES = 0
+
+
+@dataclass
+class ClusterHandle:
+    client: Client
+    dashboard: str | None
+    n_workers: int
+    local: bool
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (so the dashboard can take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def make_client(n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig) -> Iterator[ClusterHandle]:
+    """A client on a fresh LocalCluster (or on runtime.scheduler_address); closed on exit."""
+    config = {
+        "distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **THREAD_ENV},
+        "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+        # one task per worker thread at a time: a worker killed for memory then takes down only
+        # the task that outgrew it, not innocent tasks queued behind it
+        "distributed.scheduler.worker-saturation": 1.0,
+        # LocalCluster closes a nanny whose worker has not reconnected within this time after
+        # a loss; a worker killed twice in a row for memory would otherwise lose its nanny
+        "distributed.deploy.lost-worker-timeout": "1 day",
+    }
+    with dask.config.set(config):
+        if runtime.scheduler_address:
+            client = Client(runtime.scheduler_address, timeout="30s")
+            cluster = None
+            workers = len(client.scheduler_info().get("workers", {}))
+            log.info("connected to scheduler %s with %d workers (allowed-failures is the scheduler's own setting)",
+                     runtime.scheduler_address, workers)
+        else:
+            host, port = runtime.dashboard_host, runtime.dashboard_port
+            if port and not port_is_free(host, port):
+                log.info("dashboard port %d is taken; using a free one", port)
+                port = 0
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=int(memory_limit_mb) * 2**20,
+                host="127.0.0.1",
+                scheduler_port=0,
+                dashboard_address=f"{host}:{port}",
+                silence_logs=logging.WARNING,
+            )
+            client = Client(cluster)
+            workers = n_workers
+        try:
+            client.forward_logging("pipeline", level=logging.INFO)
+            dashboard = _dashboard_link(client)
+            yield ClusterHandle(client, dashboard, workers, cluster is not None)
+        finally:
+            client.close(timeout=10)
+            if cluster is not None:
+                cluster.close(timeout=20)
+
+
+def _dashboard_link(client: Client) -> str | None:
+    try:
+        link = client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing or disabled)
+        return None
+    return link or None
+
+
+class TaskStream:
+    """Bounded submission + completion order. Yields (name, result, error) per finished task.
+
+    `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
+    "memory" when the task's worker was killed (nanny memory limit) too often.
+    """
+
+    def __init__(self, client: Client, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.client, self.fn = client, fn
+        self.pending = as_completed()
+        self.in_flight = 0
+
+    def submit(self, name: str, payload: dict[str, Any]) -> None:
+        future = self.client.submit(self.fn, payload, key=name, pure=False, retries=0)
+        self.pending.add(future)
+        self.in_flight += 1
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
+        for future in self.pending:
+            self.in_flight -= 1
+            name = str(future.key)
+            try:
+                result = future.result()
+            except KilledWorker as exc:
+                yield name, None, {"error_type": "memory", "message": f"worker killed while running the task: {exc}",
+                                   "traceback": traceback.format_exc()}
+            except Exception as exc:
+                yield name, None, {"error_type": type(exc).__name__, "message": str(exc)[:2000],
+                                   "traceback": traceback.format_exc()}
+            else:
+                yield name, result, None
+            finally:
+                future.release()
+
+    def cancel(self) -> None:
+        """Drop everything still queued or running (on interrupt)."""
+        futures = list(self.pending.futures)
+        self.pending.clear()
+        if futures:
+            self.client.cancel(futures, force=True)

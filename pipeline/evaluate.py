@@ -1,0 +1,464 @@
+"""Metrics on a forecast table (pure: no I/O, no dask).
+
+Every metric function has one signature style: `f(frame, *, by=..., ...) -> DataFrame`, where
+`frame` is a forecast table in the schema of `pipeline.schema` and the result is a tidy table
+sorted by the `by` columns, with a row count `N` and the metric columns. A row is *scored*
+when both ACTUAL and FORECAST are non-null; unscored rows never enter a loss or a coverage.
+
+Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
+
+- pinball loss  rho_q(u) = max(q * u, (q - 1) * u)
+- relative pinball  mean rho of the model / mean rho of the benchmark, on the common set of
+  (COUNTRY, HORIZON, QUANTILE, WINDOW_END) rows that both scored
+- coverage of a quantile  share of rows with y <= F
+- central interval  [F at the model's lowest level, F at its highest level]; coverage is the
+  share with F_lo <= y <= F_hi, width the mean of F_hi - F_lo, nominal q_hi - q_lo
+- CRPS approximation  CRPS = 2 * int_0^1 rho_q dq ~= 2 * mean over the forecast's quantile
+  levels of rho_q (equal-weight rule; crude with 3 levels, exact in the limit of a dense grid)
+- crossing rate  share of forecasts (MODEL, COUNTRY, HORIZON, WINDOW_END) whose FORECAST is
+  not non-decreasing in QUANTILE (computed on all rows with a forecast, scored or not)
+- Diebold-Mariano  d = rho(model) - rho(benchmark) per common row, averaged over the rows of a
+  group that share TIME (default: over quantiles and countries), giving one series per group
+  on a monthly grid; HAC variance with Bartlett weights and h - 1 lags; optional
+  Harvey-Leybourne-Newbold correction with a t(T - 1) p-value (else normal). Negative
+  statistic = the model beats the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
+TIME, WINDOW_END, FORECAST, ACTUAL = "TIME", "WINDOW_END", "FORECAST", "ACTUAL"
+EVAL_COLUMNS = (TIME, COUNTRY, MODEL, QUANTILE, HORIZON, WINDOW_END, FORECAST, ACTUAL)
+FORECAST_KEY = (MODEL, COUNTRY, HORIZON, WINDOW_END)  # one forecast = all its quantiles
+ROW_KEY = (COUNTRY, HORIZON, QUANTILE, WINDOW_END)  # rows compared across models
+BY_DEFAULT = (MODEL, HORIZON, QUANTILE)
+COVID_START, COVID_END = "2020-03", "2021-12"
+SIG_DIGITS = 6
+
+
+# --- helpers --------------------------------------------------------------------------------
+def quantile_label(quantile: float) -> str:
+    """`0.1 -> "q0.1"`: the seed's spelling, used in file names and metric keys."""
+    return f"q{float(quantile):g}"
+
+
+def horizon_label(horizon: int) -> str:
+    """`12 -> "h12"`."""
+    return f"h{int(horizon)}"
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"frame must be a pandas DataFrame; got {type(frame).__name__}")
+    missing = [c for c in EVAL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"frame must have the forecast columns {list(EVAL_COLUMNS)}; lacks {missing}"
+        )
+
+
+def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]) -> list[str]:
+    by = [by] if isinstance(by, str) else list(by)
+    bad = [c for c in by if c not in allowed]
+    absent = [c for c in required if c not in by]
+    if bad or absent or len(set(by)) != len(by):
+        raise ValueError(
+            f"by must be distinct columns among {list(allowed)} including {list(required)}; got {by}"
+        )
+    return by
+
+
+def _scored(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with both ACTUAL and FORECAST, plus their pinball loss in column LOSS."""
+    _check_frame(frame)
+    rows = frame.loc[frame[ACTUAL].notna() & frame[FORECAST].notna(), list(EVAL_COLUMNS)]
+    u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
+    q = rows[QUANTILE].to_numpy(np.float64)
+    return rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+
+
+def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
+    models = sorted(frame[MODEL].dropna().unique().tolist())
+    if benchmark not in models:
+        raise ValueError(
+            f"benchmark must be one of the models in frame {models}; got {benchmark!r}"
+        )
+
+
+def _group_mean(rows: pd.DataFrame, by: list[str], out: dict[str, str]) -> pd.DataFrame:
+    """Row count N and the mean of each `source` column as `name`, per `by` group, sorted."""
+    spec: dict[str, Any] = {"N": (next(iter(out.values())), "size")}
+    spec.update({name: (source, "mean") for name, source in out.items()})
+    table = rows.groupby(by, sort=True, observed=True).agg(**spec).reset_index()
+    return table.astype({"N": "int64"})
+
+
+def _with_benchmark(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
+    """Scored rows of every model joined to the benchmark's loss on the same row key."""
+    bench = rows.loc[rows[MODEL] == benchmark, [*ROW_KEY, "LOSS"]]
+    return rows.merge(bench.rename(columns={"LOSS": "BENCH_LOSS"}), on=list(ROW_KEY), how="inner")
+
+
+# --- metrics --------------------------------------------------------------------------------
+def pinball(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFrame:
+    """Mean pinball loss per group: columns `*by, N, PINBALL`."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL,))
+    return _group_mean(_scored(frame), by, {"PINBALL": "LOSS"})
+
+
+def relative_pinball(
+    frame: pd.DataFrame, *, benchmark: str = "ar_qr", by: Sequence[str] = BY_DEFAULT
+) -> pd.DataFrame:
+    """Pinball relative to `benchmark` on the common rows: `*by, N, PINBALL, BENCHMARK_PINBALL,
+    RELATIVE_PINBALL` (< 1 means the model beats the benchmark)."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL,))
+    _check_frame(frame)
+    _check_benchmark(frame, benchmark)
+    return _relative_table(frame, benchmark, by)
+
+
+def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.DataFrame:
+    joined = _with_benchmark(_scored(frame), benchmark)
+    table = _group_mean(joined, by, {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["RELATIVE_PINBALL"] = table["PINBALL"] / table["BENCHMARK_PINBALL"]
+    return table
+
+
+def coverage(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFrame:
+    """Empirical coverage of each quantile, share of y <= F: `*by, N, COVERAGE`."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL, QUANTILE))
+    rows = _scored(frame)
+    rows = rows.assign(HIT=(rows[ACTUAL] <= rows[FORECAST]).astype(np.float64))
+    return _group_mean(rows, by, {"COVERAGE": "HIT"})
+
+
+def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
+    """Coverage and width of each model's central interval (lowest to highest quantile level):
+    `*by, LOWER, UPPER, NOMINAL, N, COVERAGE, WIDTH`."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
+    rows = _scored(frame)
+    levels = rows.groupby(MODEL, observed=True)[QUANTILE].agg(LOWER="min", UPPER="max")
+    rows = rows.join(levels, on=MODEL)
+    rows = rows.loc[rows["LOWER"] < rows["UPPER"]]
+    key = list(FORECAST_KEY)
+    lo = rows.loc[rows[QUANTILE] == rows["LOWER"], [*key, ACTUAL, FORECAST, "LOWER", "UPPER"]]
+    hi = rows.loc[rows[QUANTILE] == rows["UPPER"], [*key, FORECAST]]
+    both = lo.merge(hi, on=key, suffixes=("_LO", "_HI"))
+    both = both.assign(
+        HIT=((both["FORECAST_LO"] <= both[ACTUAL]) & (both[ACTUAL] <= both["FORECAST_HI"])).astype(
+            np.float64
+        ),
+        W=both["FORECAST_HI"] - both["FORECAST_LO"],
+    )
+    groups = [*by, "LOWER", "UPPER"]
+    table = _group_mean(both, groups, {"COVERAGE": "HIT", "WIDTH": "W"})
+    table.insert(len(groups), "NOMINAL", table["UPPER"] - table["LOWER"])
+    return table
+
+
+def crps(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
+    """Quantile approximation of the CRPS, 2 * mean_q rho_q per forecast, averaged per group:
+    `*by, N, CRPS` (N counts forecasts, not rows)."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
+    rows = _scored(frame)
+    per_forecast = rows.groupby(list(FORECAST_KEY), observed=True)["LOSS"].mean().reset_index()
+    per_forecast["LOSS"] *= 2.0
+    return _group_mean(per_forecast, by, {"CRPS": "LOSS"})
+
+
+def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
+    """Share of forecasts whose quantiles are not non-decreasing: `*by, N, CROSSING_RATE`.
+
+    Uses every row with a FORECAST (crossing needs no ACTUAL)."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
+    _check_frame(frame)
+    key = list(FORECAST_KEY)
+    rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
+    rows = rows.sort_values([*key, QUANTILE], kind="stable")
+    step = rows.groupby(key, observed=True, sort=False)[FORECAST].diff()
+    rows = rows.assign(CROSSED=(step < 0).astype(np.float64))
+    per_forecast = rows.groupby(key, observed=True)["CROSSED"].max().reset_index()
+    return _group_mean(per_forecast, by, {"CROSSING_RATE": "CROSSED"})
+
+
+def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[float, float]:
+    """Diebold-Mariano statistic and two-sided p-value of a loss-differential series.
+
+    `d` is on a regular monthly grid; NaN marks a month without a differential (the gap stays
+    a gap: autocovariances use only pairs of observed months, divided by T = observed count).
+    Variance of the mean: (g0 + 2 sum_{k<h} (1 - k/h) g_k) / T (Bartlett, h - 1 lags), which
+    equals statsmodels' HAC covariance of a constant-only OLS with maxlags = h - 1 when there
+    are no gaps. `small_sample` applies the Harvey-Leybourne-Newbold factor and a t(T - 1)
+    p-value; otherwise the p-value is normal. Zero differential everywhere gives (0, 1).
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ValueError(f"horizon must be an integer >= 1; got {horizon!r}")
+    d = np.asarray(d, dtype=np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"d must be a 1-D series; got shape {d.shape}")
+    seen = np.isfinite(d)
+    t = int(seen.sum())
+    if t < 2:
+        return math.nan, math.nan
+    mean = float(d[seen].mean())
+    e = np.where(seen, d - mean, 0.0)  # a gap contributes no product
+    lags = min(int(horizon) - 1, d.size - 1)
+    gamma = np.array([e[k:] @ e[: d.size - k] for k in range(lags + 1)]) / t
+    weights = 1.0 - np.arange(lags + 1) / (lags + 1.0)
+    long_run = gamma[0] + 2.0 * float(weights[1:] @ gamma[1:])
+    if long_run <= 0.0:
+        return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
+    stat = mean / math.sqrt(long_run / t)
+    if not small_sample:
+        return stat, float(2.0 * stats.norm.sf(abs(stat)))
+    h = int(horizon)
+    factor = (t + 1 - 2 * h + h * (h - 1) / t) / t
+    if factor <= 0.0:
+        return math.nan, math.nan
+    stat *= math.sqrt(factor)
+    return stat, float(2.0 * stats.t.sf(abs(stat), df=t - 1))
+
+
+def diebold_mariano(
+    frame: pd.DataFrame,
+    *,
+    benchmark: str = "ar_qr",
+    by: Sequence[str] = (MODEL, HORIZON),
+    small_sample: bool = True,
+) -> pd.DataFrame:
+    """DM test of each model against `benchmark` on pinball losses of the common rows:
+    `*by, N, MONTHS, MEAN_DIFF, STAT, P_VALUE` (N rows, MONTHS = T of the series; the
+    benchmark itself is left out). Rows outside `by` are averaged per TIME first."""
+    by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL, HORIZON))
+    _check_frame(frame)
+    _check_benchmark(frame, benchmark)
+    return _dm_table(frame, benchmark, by, small_sample)
+
+
+def _dm_table(
+    frame: pd.DataFrame, benchmark: str, by: list[str], small_sample: bool
+) -> pd.DataFrame:
+    joined = _with_benchmark(_scored(frame), benchmark)
+    joined = joined.loc[joined[MODEL] != benchmark]
+    joined = joined.assign(
+        D=joined["LOSS"] - joined["BENCH_LOSS"],
+        M=joined[TIME].dt.year * 12 + joined[TIME].dt.month - 1,
+    )
+    series = joined.groupby([*by, "M"], sort=True, observed=True).agg(
+        D=("D", "mean"), N=("D", "size")
+    )
+    records = []
+    for keys, part in series.groupby(level=list(range(len(by))), sort=True, observed=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        months = part.index.get_level_values("M").to_numpy()
+        grid = np.full(months.max() - months.min() + 1, np.nan)
+        grid[months - months.min()] = part["D"].to_numpy()
+        horizon = int(dict(zip(by, keys, strict=True))[HORIZON])
+        stat, p_value = dm_test(grid, horizon, small_sample=small_sample)
+        records.append(
+            (*keys, int(part["N"].sum()), len(months), float(part["D"].mean()), stat, p_value)
+        )
+    columns = [*by, "N", "MONTHS", "MEAN_DIFF", "STAT", "P_VALUE"]
+    table = pd.DataFrame.from_records(records, columns=columns)
+    if not records:  # keep the key dtypes of the input on an empty result
+        table = table.astype({c: frame[c].dtype for c in by})
+    return table.astype({"N": "int64", "MONTHS": "int64"})
+
+
+# --- COVID window ---------------------------------------------------------------------------
+def _month_index(value: str, name: str) -> int:
+    try:
+        period = pd.Period(value, freq="M")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a month like '2020-03'; got {value!r}") from exc
+    return period.year * 12 + period.month - 1
+
+
+def exclude_covid(
+    frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END
+) -> pd.DataFrame:
+    """Drop rows whose TIME (the month forecast) lies in [start, end], both months included."""
+    lo, hi = _month_index(start, "start"), _month_index(end, "end")
+    if hi < lo:
+        raise ValueError(f"end must not precede start; got start={start!r}, end={end!r}")
+    month = frame[TIME].dt.year * 12 + frame[TIME].dt.month - 1
+    return frame.loc[~month.between(lo, hi)].reset_index(drop=True)
+
+
+# --- bundles for assemble -------------------------------------------------------------------
+def _periods(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {"all": frame, "ex_covid": exclude_covid(frame)}
+
+
+def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd.DataFrame]:
+    """Every metric table, each with a leading PERIOD column ("all", "ex_covid").
+
+    Benchmark-relative tables (relative pinball, DM) have zero rows when `benchmark` is not
+    among the models, instead of failing: a study may run without the benchmark."""
+    _check_frame(frame)
+    mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
+    makers = {
+        "pinball": lambda f: pinball(f),
+        "pinball_by_country": lambda f: pinball(f, by=mchq),
+        "relative_pinball": lambda f: _relative_table(f, benchmark, list(BY_DEFAULT)),
+        "coverage": lambda f: coverage(f),
+        "interval": lambda f: interval_coverage(f),
+        "crps": lambda f: crps(f),
+        "crossing": lambda f: crossing_rate(f),
+        "dm": lambda f: _dm_table(f, benchmark, [MODEL, HORIZON], True),
+        "dm_by_quantile": lambda f: _dm_table(f, benchmark, list(BY_DEFAULT), True),
+    }
+    periods = _periods(frame)
+    tables = {}
+    for name, make in makers.items():
+        parts = [make(part).assign(PERIOD=period) for period, part in periods.items()]
+        table = pd.concat(parts, ignore_index=True)
+        tables[name] = table[["PERIOD", *table.columns[:-1]]]
+    return tables
+
+
+def _num(value: Any) -> float | int | None:
+    """JSON-ready number rounded to SIG_DIGITS significant digits; NaN/inf -> None."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{SIG_DIGITS}g}")
+
+
+def _nest(
+    table: pd.DataFrame, value: str, levels: Sequence[str], leaf: str | None = None
+) -> dict[str, Any]:
+    """{model: {label(level1): {label(level2): value}}} from a tidy table; with `leaf`, the
+    innermost key is `leaf` instead of the last level's label (e.g. "mean")."""
+    labels = {HORIZON: horizon_label, QUANTILE: quantile_label}
+    out: dict[str, Any] = {}
+    for row in table.itertuples(index=False):
+        keys = [labels[c](getattr(row, c)) for c in levels]
+        keys = [*keys, leaf] if leaf is not None else keys
+        node = out.setdefault(str(getattr(row, MODEL)), {})
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = _num(getattr(row, value))
+    return out
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (extra wins on leaves)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _pooled(table: pd.DataFrame, by: list[str], values: Sequence[str]) -> pd.DataFrame:
+    """N-weighted means of `values` per `by` group: the pooled mean over the rows behind them."""
+    weighted = (
+        table[values].mul(table["N"], axis=0).assign(N=table["N"], **{c: table[c] for c in by})
+    )
+    sums = weighted.groupby(by, sort=True, observed=True).sum().reset_index()
+    return sums.assign(**{c: sums[c] / sums["N"] for c in values})
+
+
+def _with_means(table: pd.DataFrame, value: str, parts: Sequence[str] = ()) -> dict[str, Any]:
+    """{model: {h: {q: value, "mean": ...}, "mean": ...}} from a (MODEL, HORIZON, QUANTILE)
+    table; a mean pools the rows below it. With `parts` (numerator, denominator), `value` is
+    their ratio and each mean the ratio of pooled parts (the relative pinball)."""
+    out = _nest(table, value, (HORIZON, QUANTILE))
+    for by, levels in (([MODEL, HORIZON], (HORIZON,)), ([MODEL], ())):
+        pooled = _pooled(table, by, list(parts) or [value])
+        if parts:
+            pooled[value] = pooled[parts[0]] / pooled[parts[1]]
+        _merge(out, _nest(pooled, value, levels, leaf="mean"))
+    return out
+
+
+def _by_period(tables: Mapping[str, pd.DataFrame], period: str) -> dict[str, pd.DataFrame]:
+    return {k: t.loc[t["PERIOD"] == period].drop(columns="PERIOD") for k, t in tables.items()}
+
+
+def _period_metrics(t: dict[str, pd.DataFrame], has_bench: bool) -> dict[str, Any]:
+    crps_mean = _nest(_pooled(t["crps"], [MODEL], ["CRPS"]), "CRPS", (), leaf="mean")
+    out: dict[str, Any] = {
+        "n_scored": int(t["pinball"]["N"].sum()),
+        "pinball": _with_means(t["pinball"], "PINBALL"),
+        "coverage": _nest(t["coverage"], "COVERAGE", (HORIZON, QUANTILE)),
+        "crps": _merge(_nest(t["crps"], "CRPS", (HORIZON,)), crps_mean),
+        "crossing_rate": _nest(t["crossing"], "CROSSING_RATE", (HORIZON,)),
+        "interval": {},
+    }
+    for column in ("COVERAGE", "NOMINAL", "WIDTH"):
+        _merge(out["interval"], _nest(t["interval"], column, (HORIZON,), leaf=column.lower()))
+    if has_bench:
+        parts = ("PINBALL", "BENCHMARK_PINBALL")
+        out["relative_pinball"] = _with_means(t["relative_pinball"], "RELATIVE_PINBALL", parts)
+        out["dm"] = {}
+        for column in ("MEAN_DIFF", "STAT", "P_VALUE"):
+            _merge(out["dm"], _nest(t["dm"], column, (HORIZON,), leaf=column.lower()))
+    return out
+
+
+def compute_metrics(
+    frame: pd.DataFrame,
+    benchmark: str = "ar_qr",
+    *,
+    tables: Mapping[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """JSON-ready nested metrics for metrics.json, for all months and COVID months excluded.
+
+    Keys: metrics[period][metric][model][h][q], period in ("all", "ex_covid"); "mean" keys
+    pool the levels below them (pinball[m]["h1"]["mean"] over quantiles, pinball[m]["mean"]
+    over horizons and quantiles). Numbers have 6 significant digits. Built from
+    `metric_tables(frame, benchmark)` (pass `tables` when already computed), so the JSON and
+    the parquet tables cannot disagree.
+    """
+    _check_frame(frame)
+    tables = metric_tables(frame, benchmark) if tables is None else tables
+    has_bench = benchmark in set(frame[MODEL].dropna().tolist())
+    out: dict[str, Any] = {"benchmark_present": int(has_bench)}
+    for period, part in _periods(frame).items():
+        out[period] = {
+            "n_rows": len(part),
+            **_period_metrics(_by_period(tables, period), has_bench),
+        }
+    return out
+
+
+def summary_metrics(
+    frame: pd.DataFrame,
+    benchmark: str = "ar_qr",
+    *,
+    tables: Mapping[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """Headline numbers per period and model, pooled over horizons, quantiles and countries
+    (a few columns in `dvc metrics show`, where compute_metrics gives hundreds):
+    summary[period][model] = {pinball, relative_pinball, crps, interval_coverage,
+    crossing_rate}."""
+    _check_frame(frame)
+    tables = metric_tables(frame, benchmark) if tables is None else tables
+    out: dict[str, Any] = {}
+    for period in ("all", "ex_covid"):
+        t = _by_period(tables, period)
+        node: dict[str, Any] = {}
+        for name, column in (("pinball", "PINBALL"), ("crps", "CRPS"),
+                             ("interval", "COVERAGE"), ("crossing", "CROSSING_RATE")):  # fmt: skip
+            label = {"interval": "interval_coverage", "crossing": "crossing_rate"}.get(name, name)
+            _merge(node, _nest(_pooled(t[name], [MODEL], [column]), column, (), leaf=label))
+        relative = _pooled(t["relative_pinball"], [MODEL], ["PINBALL", "BENCHMARK_PINBALL"])
+        if len(relative):
+            relative["R"] = relative["PINBALL"] / relative["BENCHMARK_PINBALL"]
+            _merge(node, _nest(relative, "R", (), leaf="relative_pinball"))
+        out[period] = node
+    return out

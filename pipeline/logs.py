@@ -1,0 +1,59 @@
+"""Run logs: one file per run under `{output_dir}/logs/`, driver and worker messages together.
+
+Worker messages reach the driver through Dask's log forwarding (see `pipeline.cluster`) and
+land in the same file; the nanny's memory warnings and restarts are `distributed` records
+logged in the driver process itself. Only the file name carries the run id and time; the
+records carry a time stamp because a log is not an artifact any stage depends on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+LOG_DIR = Path("logs")
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# loggers whose records go to the run log (the pipeline's own and Dask's)
+_LOGGERS = ("pipeline", "distributed")
+
+
+def new_run_id(prefix: str) -> str:
+    """A run id unique on this machine: prefix, UTC time and pid."""
+    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+
+
+class RunLog:
+    """Attach a file handler for one run; detach it on close (usable as a context manager)."""
+
+    def __init__(self, output_dir: str | Path, run_id: str) -> None:
+        self.path = Path(output_dir) / LOG_DIR / f"{run_id}.log"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._levels: dict[str, int] = {}
+        # one handler per logger: LocalCluster(silence_logs=...) re-levels the handlers it
+        # finds on the distributed loggers, which must not silence the pipeline's records
+        self.handlers: dict[str, logging.Handler] = {}
+        for name in _LOGGERS:
+            handler = logging.FileHandler(self.path, encoding="utf-8")
+            handler.setFormatter(logging.Formatter(_FORMAT))
+            handler.setLevel(logging.INFO if name == "pipeline" else logging.WARNING)
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO if name == "pipeline" else logging.WARNING)
+            logger.addHandler(handler)
+            self.handlers[name] = handler
+
+    def close(self) -> None:
+        for name, level in self._levels.items():
+            logger = logging.getLogger(name)
+            logger.removeHandler(self.handlers[name])
+            logger.setLevel(level)
+            self.handlers[name].close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

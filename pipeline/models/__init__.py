@@ -1,0 +1,1 @@
+"""Quantile forecasting models (pure numpy/torch): estimators and batched solver cores."""

@@ -1,0 +1,331 @@
+"""Batched core of ensemble_nn: G windows x M members trained as one stacked network.
+
+Every parameter carries a leading member axis B = G * M and the layers are batched matrix
+products, so one optimizer step advances every member at once. Each member keeps its own
+epochs (own shuffles of its own training rows), validation block, early stopping and best
+weights; a member that stops is removed from the batch ("compaction"), so its weights can no
+longer change and the remaining members stop paying for it. Because all members start
+together and step on every step, they share Adam's step count, which lets one fused Adam
+call update the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.adam import adam as adam_step
+
+from pipeline.models._nn_data import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    NNSpec,
+    PreparedWindow,
+    WindowData,
+    encode_countries,
+    init_member,
+    member_seed,
+    prepare_window,
+)
+
+
+@dataclass
+class WindowResult:
+    """Forecast and fitted ensemble of one window.
+
+    pred (c, H, Q) in original units, or (c, Q) when the window's y was 1-D;
+    epochs (M,) epochs each member trained; state: arrays that reload the ensemble.
+    """
+
+    pred: np.ndarray
+    epochs: np.ndarray
+    state: dict[str, np.ndarray]
+
+
+def forward(
+    params: Sequence[torch.Tensor], x: torch.Tensor, design: torch.Tensor, Q: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantiles (B, n, H, Q) and factor activations (B, n, u_L) for x (B, n, p).
+
+    design (B, n, 2C) = [one-hot country, one-hot country * y_t]: a matmul with the AR table
+    (B, 2, C, H) gives a_c + phi_c * y_t, whose backward (unlike a gather's) is deterministic
+    on CUDA too. The head's lowest quantile per horizon gets that shift; the others add
+    cumulative softplus increments, so quantiles cannot cross.
+    """
+    n_lin = (len(params) - 1) // 2
+    weights, biases, ar = params[:n_lin], params[n_lin : 2 * n_lin], params[-1]
+    h = x
+    for w, b in zip(weights[:-1], biases[:-1], strict=True):
+        h = torch.relu(torch.baddbmm(b, h, w))
+    out = torch.baddbmm(biases[-1], h, weights[-1])  # (B, n, H*Q), quantile fastest
+    shift = torch.bmm(design, ar.flatten(1, 2))  # (B, n, H)
+    if Q > 1:
+        # softplus over the whole contiguous block is ~6x faster than over a strided slice
+        is_base = torch.arange(out.shape[-1], device=out.device) % Q == 0
+        out = torch.where(is_base, out, F.softplus(out))
+    q = out.unflatten(-1, (-1, Q)).cumsum(dim=-1) + shift.unsqueeze(-1)
+    return q, h
+
+
+def member_loss(
+    q: torch.Tensor, y: torch.Tensor, w: torch.Tensor, tau: torch.Tensor
+) -> torch.Tensor:
+    """Per-member mean pinball loss over quantiles and available (row, horizon) targets."""
+    u = y.unsqueeze(-1) - q
+    pin = (tau * u + torch.relu(-u)).mean(dim=-1)  # = max(tau*u, (tau-1)*u)
+    return (pin * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1.0)
+
+
+class _Stacked:
+    """All windows' rows in one table; row `dummy` (zeros, no target) pads ragged batches."""
+
+    def __init__(self, preps: Sequence[PreparedWindow], device: torch.device, dtype: torch.dtype):
+        self.n_countries = max(p.codes.size for p in preps)
+        self.p = preps[0].X.shape[1]
+        self.H = preps[0].Y.shape[1]
+        for prep in preps:
+            if prep.X.shape[1] != self.p or prep.Y.shape[1] != self.H:
+                raise ValueError("all windows in one batch need the same p features and H horizons")
+        offsets = np.cumsum([0] + [p.X.shape[0] for p in preps])
+        self.offsets = offsets
+        self.dummy = int(offsets[-1])
+        blocks = [
+            np.concatenate([p.X, design_matrix(p.X, p.cidx, self.n_countries), p.Y, p.W], axis=1)
+            for p in preps
+        ]
+        table = np.concatenate([*blocks, np.zeros((1, blocks[0].shape[1]))])
+        self.table = torch.as_tensor(table, dtype=dtype, device=device)
+
+    def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x, design, y, w for a (B, n) tensor of global row ids."""
+        z = self.table.index_select(0, rows.flatten()).unflatten(0, rows.shape)
+        p, c, h = self.p, 2 * self.n_countries, self.H
+        return z[..., :p], z[..., p : p + c], z[..., p + c : p + c + h], z[..., p + c + h :]
+
+
+def design_matrix(X: np.ndarray, cidx: np.ndarray, n_countries: int) -> np.ndarray:
+    """[one-hot country, one-hot country * y_t] (n, 2C) for the AR term."""
+    onehot = np.eye(n_countries)[cidx]
+    return np.concatenate([onehot, onehot * X[:, :1]], axis=1)
+
+
+def _padded(rows: Sequence[np.ndarray], width: int, fill: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.size] = torch.from_numpy(r)
+    return out
+
+
+def _members(
+    preps: Sequence[PreparedWindow], spec: NNSpec, data: _Stacked
+) -> tuple[list[torch.Generator], list[list[torch.Tensor]], list[np.ndarray], list[np.ndarray]]:
+    """Per member (window-major): generator, initial weights, global train and val row ids.
+
+    Member k of every window is seeded from (seed, k) alone, so a window's members are the
+    same whoever shares the batch.
+    """
+    Q = len(spec.quantiles)
+    gens, inits, train_ids, val_ids = [], [], [], []
+    for g, prep in enumerate(preps):
+        for k in range(spec.parallel_models):
+            gen = torch.Generator().manual_seed(member_seed(spec.seed, k))
+            inits.append(
+                init_member(gen, data.p, spec.units_per_layer, data.H * Q, data.n_countries, data.H)
+            )
+            gens.append(gen)
+            train_ids.append(prep.train_rows[k] + data.offsets[g])
+            val_ids.append(prep.val_rows[k] + data.offsets[g])
+    return gens, inits, train_ids, val_ids
+
+
+def train_members(
+    preps: Sequence[PreparedWindow], spec: NNSpec, device: torch.device, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
+    """Train all G*M members; return their best parameters (B, ...) and per-member stats.
+
+    A member's epoch is its own: ceil(n_train / batch_size) steps over a fresh shuffle of its
+    training rows (the last batch may be short; padding rows carry zero weight). At the end
+    of each of its epochs it is validated, and it stops after `patience` epochs without
+    improvement or after `epochs`; it is then dropped from the batch with its best weights.
+    """
+    bs, Q = spec.batch_size, len(spec.quantiles)
+    data = _Stacked(preps, device, dtype)
+    tau = torch.as_tensor(spec.quantiles, dtype=dtype, device=device)
+    gens, inits, train_ids, val_ids = _members(preps, spec, data)
+    B = len(inits)
+    n_train = np.array([t.size for t in train_ids])
+    steps_per_epoch = -(-n_train // bs)
+    width = int(steps_per_epoch.max()) * bs
+    val_table = _padded(val_ids, max(v.size for v in val_ids), data.dummy).to(device)
+    params = [
+        torch.stack([init[i] for init in inits]).to(device=device, dtype=dtype).requires_grad_()
+        for i in range(len(inits[0]))
+    ]
+    best = [p.detach().clone() for p in params]  # (B, ...) by global id; never compacted
+    exp_avg = [torch.zeros_like(p) for p in best]
+    exp_avg_sq = [torch.zeros_like(p) for p in best]
+    # every active member has taken every step so far, so one shared Adam step count is exact
+    # and a single fused Adam call updates the whole batch
+    adam_steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in params]
+    fused = device.type in ("cpu", "cuda")
+
+    pos = np.zeros(B, dtype=np.int64)  # step within the member's current epoch
+    epoch = np.zeros(B, dtype=np.int64)  # epochs completed
+    wait = np.zeros(B, dtype=np.int64)  # epochs since the last improvement
+    best_val = np.full(B, np.inf)
+    best_epoch = np.zeros(B, dtype=np.int64)
+
+    def shuffled(members: np.ndarray) -> torch.Tensor:
+        # each member draws from its own generator: independent of who else is batched
+        perms = [
+            train_ids[b][torch.randperm(n_train[b], generator=gens[b]).numpy()] for b in members
+        ]
+        return _padded(perms, width, data.dummy).to(device)
+
+    active = np.arange(B)  # global ids of the members still training, in batch order
+    order = shuffled(active)  # (A, width) this epoch's row order of each active member
+    offs = torch.arange(bs, device=device)
+    while active.size:
+        col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
+        x, oh, y, w = data.split(torch.gather(order, 1, col))
+        q, _ = forward(params, x, oh, Q)
+        grads = torch.autograd.grad(member_loss(q, y, w, tau).sum(), params)
+        with torch.no_grad():
+            adam_step(
+                params, list(grads), exp_avg, exp_avg_sq, [], adam_steps,
+                fused=fused, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
+                lr=spec.learning_rate, weight_decay=0.0, eps=ADAM_EPS, maximize=False,
+            )  # fmt: skip
+        pos[active] += 1
+        ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
+        if not ended.size:
+            continue
+        members = active[ended]
+        loc = torch.as_tensor(ended, device=device)
+        with torch.no_grad():
+            sub = [p[loc] for p in params]
+            x, oh, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
+            val = member_loss(forward(sub, x, oh, Q)[0], y, w, tau).cpu().numpy()
+        epoch[members] += 1
+        pos[members] = 0
+        improved = val < best_val[members]
+        if improved.any():
+            imp = members[improved]
+            best_val[imp], best_epoch[imp], wait[imp] = val[improved], epoch[imp], 0
+            imp_t = torch.as_tensor(imp, device=device)
+            for b_all, s in zip(best, sub, strict=True):
+                b_all[imp_t] = s[torch.as_tensor(np.flatnonzero(improved), device=device)]
+        wait[members[~improved]] += 1
+        stop = (wait[members] >= spec.patience) | (epoch[members] >= spec.epochs)
+        if (~stop).any():
+            order[torch.as_tensor(ended[~stop], device=device)] = shuffled(members[~stop])
+        if stop.any():
+            # compaction: stopped members leave the batch, so nothing can touch them again
+            keep = np.ones(active.size, dtype=bool)
+            keep[ended[stop]] = False
+            keep_t = torch.as_tensor(np.flatnonzero(keep), device=device)
+            params = [p.detach()[keep_t].requires_grad_() for p in params]
+            exp_avg = [m[keep_t] for m in exp_avg]
+            exp_avg_sq = [v[keep_t] for v in exp_avg_sq]
+            order = order[keep_t]
+            active = active[keep]
+    stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
+    return best, stats
+
+
+def train_predict_windows(
+    windows: Sequence[WindowData],
+    spec: NNSpec,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> list[WindowResult]:
+    """Train every window's ensemble as one batched network and forecast its X_new.
+
+    A window's result does not depend on which other windows share the batch: each member's
+    generator is seeded from (seed, member) and its rows come only from its own window.
+    """
+    if not windows:
+        raise ValueError("windows must hold at least one WindowData; got none")
+    preps = [prepare_window(w, spec) for w in windows]
+    best, stats = train_members(preps, spec, device, dtype)
+    M = spec.parallel_models
+    results = []
+    for g, prep in enumerate(preps):
+        sl = slice(g * M, (g + 1) * M)
+        state = _window_state(
+            prep, spec, [p[sl] for p in best], {k: v[sl] for k, v in stats.items()}
+        )
+        pred = _predict_prepared(state, prep.X_new, prep.cidx_new)
+        results.append(
+            WindowResult(pred=pred, epochs=stats["epochs_trained"][sl].copy(), state=state)
+        )
+    return results
+
+
+def _window_state(
+    prep: PreparedWindow, spec: NNSpec, params: list[torch.Tensor], stats: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    n_c = prep.codes.size
+    state = {f"param{i}": p.detach().cpu().double().numpy() for i, p in enumerate(params)}
+    # the AR table was padded to the batch's largest country count
+    state[f"param{len(params) - 1}"] = state[f"param{len(params) - 1}"][:, :, :n_c]
+    state.update(
+        codes=prep.codes,
+        x_loc=prep.x_loc,
+        x_scale=prep.x_scale,
+        quantiles=np.asarray(spec.quantiles),
+        multi_horizon=np.asarray(prep.multi_horizon),
+        **{k: np.asarray(v) for k, v in stats.items()},
+    )
+    return state
+
+
+def _state_forward(
+    state: dict[str, np.ndarray], X: np.ndarray, cidx: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members' quantiles and factors for scaled X, in float64 on the CPU.
+
+    Prediction is cheap, so it always runs here: forecasts from a reloaded state are then
+    bit-identical to the ones returned at fit time, whatever device trained the weights.
+    """
+    n = sum(1 for k in state if k.startswith("param"))
+    params = [torch.as_tensor(state[f"param{i}"], dtype=torch.float64) for i in range(n)]
+    M, n_c, Q = params[0].shape[0], state["codes"].size, state["quantiles"].size
+    x = torch.as_tensor(X, dtype=torch.float64).expand(M, -1, -1)
+    design = torch.as_tensor(design_matrix(X, cidx, n_c)).expand(M, -1, -1)
+    with torch.no_grad():
+        return forward(params, x, design, Q)
+
+
+def _predict_prepared(state: dict[str, np.ndarray], X: np.ndarray, cidx: np.ndarray) -> np.ndarray:
+    q = _state_forward(state, X, cidx)[0].mean(dim=0).numpy()
+    # back to original units: every horizon's target was scaled like y_t (column 0)
+    q = q * state["x_scale"][cidx, 0, None, None] + state["x_loc"][cidx, 0, None, None]
+    q = np.sort(q, axis=-1)
+    return q if bool(state["multi_horizon"]) else q[:, 0]
+
+
+def _scaled_inputs(
+    state: dict[str, np.ndarray], X: np.ndarray, country: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float64)
+    p = state["x_loc"].shape[1]
+    if X.ndim != 2 or X.shape[1] != p or np.asarray(country).shape != (X.shape[0],):
+        raise ValueError(f"X must be (m, {p}) and country (m,); got {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("X must be finite")
+    cidx = encode_countries(state["codes"], country)
+    return (X - state["x_loc"][cidx]) / state["x_scale"][cidx], cidx
+
+
+def predict_state(state: dict[str, np.ndarray], X: np.ndarray, country: np.ndarray) -> np.ndarray:
+    """Ensemble forecast (m, H, Q) or (m, Q) in original units from a window's state."""
+    return _predict_prepared(state, *_scaled_inputs(state, X, country))
+
+
+def factors_state(state: dict[str, np.ndarray], X: np.ndarray, country: np.ndarray) -> np.ndarray:
+    """Factor-layer (last hidden layer) activations (m, u_L), mean over members."""
+    return _state_forward(state, *_scaled_inputs(state, X, country))[1].mean(dim=0).numpy()

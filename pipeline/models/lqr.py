@@ -1,0 +1,408 @@
+"""Penalized linear quantile regression (`lqr`) with random Fourier features, batched.
+
+For each problem and quantile tau the model minimises, on the training window,
+
+    (1/N) sum_i w_i rho_tau(y~_i - b0 - b1 x~_i1 - phi(x~_i)' beta) + lam * ||beta||^2
+
+where x~ are the features standardized on the training window (weighted mean/std of the
+rows with w > 0) and y~ = (y - mean) / std is the target standardized the same way, so the
+penalty does not depend on the units of the target. phi(x~) = [x~, sqrt(2/D) cos(x~ W / bw
++ b)] appends D seeded random Fourier features approximating the RBF kernel
+exp(-|x - x'|^2 / (2 bw^2)) (bw: median pairwise distance of the standardized training
+rows, or a float). The intercept b0 is unpenalized; with `penalize_first_lag=False` so is
+the first lag y_t (b1; otherwise x~_1 sits in the penalized part).
+
+Alpha scale (convention): lam = alpha / N, i.e. alpha multiplies ||beta||^2 against the
+*sum* of pinball losses of the standardized target. With N ~ 50 rows the seed's grid
+7.5..35 then spans lam ~ 0.15..0.7: real HICP windows give forecasts that move with the
+lags but are clearly shrunk, instead of the flat forecasts a literal lam = alpha gives.
+
+The problem is solved in the n-dimensional dual (representer theorem: beta = phi' c), as
+the box-constrained QP  max_v y~'v - v'Kv/(4 lam N) - (eps/2) sum v_i^2 / w_i,
+v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi phi'.
+`solver="exact"`: eps = 0, the exact check loss. `solver="huberized"`: eps = `HUBER_EPS`,
+which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
+quadratic on [(tau-1) eps, tau eps]); the strongly convex dual converges in fewer
+interior-point (Newton) iterations. Both run through `solve_box_qp`.
+
+Alpha is chosen per quantile by time-ordered validation inside the window: fit on the first
+n - validation_size rows with weight > 0, score the mean pinball on the last validation_size
+ones, refit on all rows with the best alpha (first in `alphas` on ties). Scaling, bandwidth
+and features use the whole training window (all of it is known at the origin).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.io import read_npz, write_npz
+from pipeline.models.common import (
+    as_batch,
+    check_alphas,
+    check_choice,
+    check_positive_int,
+    check_quantiles,
+    crossing_rate_batch,
+    rearrange_quantiles,
+    torch_single_thread,
+)
+from pipeline.models.quantile_linear import kernel_pinball, solve_kernel_qr
+
+SOLVERS = ("huberized", "exact")
+HUBER_EPS = 1e-3  # smoothing threshold, in units of the standardized target
+MIN_LAM = 1e-8  # alpha = 0 is solved as this tiny ridge (the dual needs lam > 0)
+
+
+@dataclass(frozen=True)
+class LQRBatchResult:
+    """Forecasts (B, m, Q) sorted along Q, chosen alpha (B, Q), crossing rate before sorting
+    (B,), and the fitted state (arrays with leading dimension B) that `predict_lqr_state` uses."""
+
+    pred: np.ndarray
+    alpha: np.ndarray
+    crossing: np.ndarray
+    state: dict[str, np.ndarray]
+
+
+def check_lqr_params(
+    quantiles: Sequence[float],
+    alphas: Sequence[float],
+    solver: str,
+    rff_features: int,
+    rff_bandwidth: str | float,
+    validation_size: int,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Validate LQR parameters (ValueError naming the parameter); returns (quantiles, alphas)."""
+    qs, al = check_quantiles(quantiles), check_alphas(alphas)
+    check_choice("solver", solver, SOLVERS)
+    check_positive_int("rff_features", rff_features, minimum=0)
+    check_positive_int("validation_size", validation_size, minimum=1)
+    if isinstance(rff_bandwidth, str):
+        check_choice("rff_bandwidth", rff_bandwidth, ("median",))
+    elif isinstance(rff_bandwidth, bool) or not (
+        isinstance(rff_bandwidth, int | float) and np.isfinite(rff_bandwidth) and rff_bandwidth > 0
+    ):
+        raise ValueError(f"rff_bandwidth must be 'median' or a float > 0; got {rff_bandwidth!r}")
+    return qs, al
+
+
+def rff_weights(d: int, rff_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded RFF frequencies W (d, D) ~ N(0, 1) and phases b (D,) ~ U(0, 2 pi)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((d, rff_features)), rng.uniform(0.0, 2.0 * np.pi, rff_features)
+
+
+def _features(
+    Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, bw: torch.Tensor, penalize_first_lag: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penalized features phi (B, r, P) and unpenalized columns U (B, r, k) of standardized X."""
+    ones = torch.ones(*Xs.shape[:-1], 1, dtype=Xs.dtype)
+    lin = Xs if penalize_first_lag else Xs[..., 1:]
+    U = ones if penalize_first_lag else torch.cat([ones, Xs[..., :1]], -1)
+    D = W.shape[1]
+    if D == 0:
+        return lin, U
+    rff = np.sqrt(2.0 / D) * torch.cos(Xs @ W / bw[:, None, None] + b)
+    return torch.cat([lin, rff], -1), U
+
+
+def _median_bandwidth(Xs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Median pairwise distance of the active training rows (1 where undefined or zero)."""
+    dist = torch.cdist(Xs, Xs)
+    n = Xs.shape[1]
+    pair = act[:, :, None] & act[:, None, :] & torch.ones(n, n, dtype=torch.bool).triu(1)
+    med = torch.where(pair, dist, torch.nan).flatten(1).nanmedian(-1).values
+    return torch.where(torch.isfinite(med) & (med > 0), med, torch.ones_like(med))
+
+
+def _prepare(
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    rff_features: int,
+    rff_bandwidth: str | float,
+    penalize_first_lag: bool,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Standardization, bandwidth and features of one chunk of training windows."""
+    Xt, yt, wt = (torch.from_numpy(a) for a in (X, y, w))
+    act = wt > 0
+    N = wt.sum(-1).clamp(min=1e-300)
+    x_mean = (Xt * wt[..., None]).sum(1) / N[:, None]
+    x_sd = (((Xt - x_mean[:, None]) ** 2 * wt[..., None]).sum(1) / N[:, None]).sqrt()
+    x_sd = torch.where(x_sd > 1e-12 * (1.0 + x_mean.abs()), x_sd, torch.ones_like(x_sd))
+    y_mean = (yt * wt).sum(-1) / N
+    y_sd = (((yt - y_mean[:, None]) ** 2 * wt).sum(-1) / N).sqrt()
+    y_sd = torch.where(y_sd > 1e-12 * (1.0 + y_mean.abs()), y_sd, torch.ones_like(y_sd))
+    Xs = (Xt - x_mean[:, None]) / x_sd[:, None] * act[..., None]
+    if rff_bandwidth == "median":
+        bw = _median_bandwidth(Xs, act)
+    else:
+        bw = torch.full((X.shape[0],), float(rff_bandwidth), dtype=torch.float64)
+    W, b = (torch.from_numpy(a) for a in rff_weights(X.shape[2], rff_features, seed))
+    phi, U = _features(Xs, W, b, bw, penalize_first_lag)
+    return {
+        "phi": phi * act[..., None],
+        "U": U * act[..., None],
+        "ys": (yt - y_mean[:, None]) / y_sd[:, None] * act,
+        "w": wt,
+        "x_mean": x_mean,
+        "x_scale": x_sd,
+        "y_mean": y_mean,
+        "y_scale": y_sd,
+        "bandwidth": bw,
+        "W": W,
+        "b": b,
+    }
+
+
+def _fit_chunk(
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    tau: torch.Tensor,
+    alphas: torch.Tensor,
+    eps: float,
+    validation_size: int,
+    opts: dict,
+) -> dict[str, torch.Tensor]:
+    """Alpha selection and final fit for one chunk; returns the state as tensors."""
+    f = _prepare(X, y, w, **opts)
+    phi, U, ys, wt = f["phi"], f["U"], f["ys"], f["w"]
+    K = phi @ phi.transpose(1, 2)
+    B, Q = X.shape[0], tau.shape[0]
+    act = wt > 0
+    if alphas.numel() > 1:
+        rank = act.cumsum(-1) - 1
+        n_fit = (act.sum(-1) - validation_size)[:, None]
+        w_fit = torch.where(rank < n_fit, wt, 0.0)
+        w_val = wt - w_fit
+        lam = (alphas[None, :] / w_fit.sum(-1, keepdim=True)).clamp(min=MIN_LAM)
+        c, nu = solve_kernel_qr(K, U, ys, w_fit, tau, lam[..., None], eps)  # (B,A,Q,n), (B,A,Q,k)
+        fit = c @ K[:, None] + nu @ U.transpose(1, 2)[:, None]
+        score = kernel_pinball(ys[:, None, None], fit, tau, w_val[:, None, None])  # (B,A,Q)
+        best = score.argmin(1)  # first alpha on ties
+    else:
+        best = torch.zeros(B, Q, dtype=torch.long)
+    alpha = alphas[best]  # (B,Q)
+    lam = (alpha / wt.sum(-1, keepdim=True).clamp(min=1.0)).clamp(min=MIN_LAM)
+    c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps)  # (B,1,Q,n): alpha_q for tau_q
+    c, nu = c[:, 0], nu[:, 0]
+    return {
+        "beta": c @ phi,  # primal penalized coefficients (B,Q,P)
+        "gamma": nu,  # unpenalized coefficients (B,Q,k)
+        "alpha": alpha,
+        "x_mean": f["x_mean"],
+        "x_scale": f["x_scale"],
+        "y_mean": f["y_mean"],
+        "y_scale": f["y_scale"],
+        "bandwidth": f["bandwidth"],
+    }
+
+
+def predict_lqr_state(
+    state: dict[str, np.ndarray],
+    X_new: np.ndarray,
+    *,
+    rff_features: int,
+    penalize_first_lag: bool,
+    seed: int,
+) -> np.ndarray:
+    """Raw (unsorted) forecasts (B, m, Q) of a fitted state for X_new (B, m, d)."""
+    Xn = torch.from_numpy(np.asarray(X_new, dtype=np.float64))
+    st = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in state.items()}
+    Xs = (Xn - st["x_mean"][:, None]) / st["x_scale"][:, None]
+    W, b = (torch.from_numpy(a) for a in rff_weights(Xn.shape[2], rff_features, seed))
+    phi, U = _features(Xs, W, b, st["bandwidth"], penalize_first_lag)
+    f = phi @ st["beta"].transpose(1, 2) + U @ st["gamma"].transpose(1, 2)
+    return (f * st["y_scale"][:, None, None] + st["y_mean"][:, None, None]).numpy()
+
+
+def fit_predict_lqr_batch(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_new: np.ndarray,
+    *,
+    quantiles: Sequence[float],
+    alphas: Sequence[float] = (7.5, 10, 15, 20, 25, 30, 35),
+    solver: str = "huberized",
+    rff_features: int = 1000,
+    rff_bandwidth: str | float = "median",
+    validation_size: int = 12,
+    penalize_first_lag: bool = True,
+    seed: int = 0,
+    w: np.ndarray | None = None,
+    chunk: int = 32,
+) -> LQRBatchResult:
+    """Fit B independent LQR problems and forecast X_new.
+
+    X (B, n, d) training features in time order, y (B, n), X_new (B, m, d), w (B, n)
+    nonnegative row weights (0 = padding). Every problem needs more than validation_size
+    rows with w > 0 when len(alphas) > 1. See the module docstring for the objective.
+    """
+    qs, al = check_lqr_params(
+        quantiles, alphas, solver, rff_features, rff_bandwidth, validation_size
+    )
+    X, y, w = as_batch(X, y, w)
+    X_new = np.asarray(X_new, dtype=np.float64)
+    if X_new.ndim != 3 or X_new.shape[0] != X.shape[0] or X_new.shape[2] != X.shape[2]:
+        raise ValueError(
+            f"X_new must have shape (B, m, d) = ({X.shape[0]}, m, {X.shape[2]}); got {X_new.shape}"
+        )
+    n_act = (w > 0).sum(-1)
+    if len(al) > 1 and np.any(n_act <= validation_size):
+        raise ValueError(
+            f"validation_size must be smaller than the training rows of every problem; got "
+            f"validation_size={validation_size} with as few as {int(n_act.min())} rows"
+        )
+    opts = {
+        "rff_features": rff_features,
+        "rff_bandwidth": rff_bandwidth,
+        "penalize_first_lag": penalize_first_lag,
+        "seed": seed,
+    }
+    eps = HUBER_EPS if solver == "huberized" else 0.0
+    tau = torch.tensor(qs, dtype=torch.float64)
+    alphas_t = torch.tensor(al, dtype=torch.float64)
+    parts = []
+    with torch.no_grad(), torch_single_thread():
+        for lo in range(0, X.shape[0], chunk):
+            sl = slice(lo, lo + chunk)
+            parts.append(_fit_chunk(X[sl], y[sl], w[sl], tau, alphas_t, eps, validation_size, opts))
+    state = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+    raw = predict_lqr_state(
+        state, X_new, rff_features=rff_features, penalize_first_lag=penalize_first_lag, seed=seed
+    )
+    return LQRBatchResult(
+        pred=rearrange_quantiles(raw),
+        alpha=state["alpha"],
+        crossing=crossing_rate_batch(raw),
+        state=state,
+    )
+
+
+class LQR:
+    """Penalized (RFF) linear quantile regression estimator; the batch core with B = 1.
+
+    `fit(X, y)` takes X (n, d) features in time order (first column y_t) and y (n,);
+    `predict(X)` returns (m, Q) non-decreasing along Q. Fitted: `alpha_` (Q,) the chosen
+    penalties, `state_` (arrays of the fit), `crossing_` (of the last predict, pre-sorting).
+    """
+
+    def __init__(
+        self,
+        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        alphas: Sequence[float] = (7.5, 10, 15, 20, 25, 30, 35),
+        solver: str = "huberized",
+        rff_features: int = 1000,
+        rff_bandwidth: str | float = "median",
+        validation_size: int = 12,
+        penalize_first_lag: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.quantiles = quantiles
+        self.alphas = alphas
+        self.solver = solver
+        self.rff_features = rff_features
+        self.rff_bandwidth = rff_bandwidth
+        self.validation_size = validation_size
+        self.penalize_first_lag = penalize_first_lag
+        self.seed = seed
+
+    def _params(self) -> dict:
+        return {
+            "quantiles": self.quantiles,
+            "alphas": self.alphas,
+            "solver": self.solver,
+            "rff_features": self.rff_features,
+            "rff_bandwidth": self.rff_bandwidth,
+            "validation_size": self.validation_size,
+            "penalize_first_lag": self.penalize_first_lag,
+            "seed": self.seed,
+        }
+
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> LQR:
+        """Choose alpha per quantile by time-ordered validation, then fit on all rows."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError(f"X must have shape (n, d); got {X.shape}")
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[None]
+        res = fit_predict_lqr_batch(
+            X[None], np.asarray(y, dtype=np.float64)[None], X[None, :0], w=w, **self._params()
+        )
+        self.n_features_in_ = X.shape[1]
+        self.state_ = {k: v[0] for k, v in res.state.items()}
+        self.alpha_ = res.alpha[0]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Quantile forecasts (m, Q), rearranged so they never cross."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must have shape (m, {self.n_features_in_}); got {X.shape}")
+        raw = predict_lqr_state(
+            {k: v[None] for k, v in self.state_.items()},
+            X[None],
+            rff_features=self.rff_features,
+            penalize_first_lag=self.penalize_first_lag,
+            seed=self.seed,
+        )
+        self.crossing_ = float(crossing_rate_batch(raw)[0])
+        return rearrange_quantiles(raw[0])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Parameters and fitted state as plain arrays (for a safe .npz)."""
+        bw = self.rff_bandwidth
+        d = {
+            "quantiles": np.asarray(self.quantiles, dtype=np.float64),
+            "alphas": np.asarray(self.alphas, dtype=np.float64),
+            "solver": np.asarray(self.solver),
+            "rff_features": np.asarray(self.rff_features),
+            "rff_bandwidth": np.asarray(-1.0 if bw == "median" else float(bw)),
+            "validation_size": np.asarray(self.validation_size),
+            "penalize_first_lag": np.asarray(bool(self.penalize_first_lag)),
+            "seed": np.asarray(self.seed),
+            "n_features_in_": np.asarray(self.n_features_in_),
+        }
+        d.update({f"state_{k}": v for k, v in self.state_.items()})
+        return d
+
+    @classmethod
+    def from_arrays(cls, d: dict[str, np.ndarray]) -> LQR:
+        """Rebuild a fitted estimator from `to_arrays()` output."""
+        bw = float(d["rff_bandwidth"])
+        model = cls(
+            quantiles=tuple(float(q) for q in d["quantiles"]),
+            alphas=tuple(float(a) for a in d["alphas"]),
+            solver=str(d["solver"]),
+            rff_features=int(d["rff_features"]),
+            rff_bandwidth="median" if bw < 0 else bw,
+            validation_size=int(d["validation_size"]),
+            penalize_first_lag=bool(d["penalize_first_lag"]),
+            seed=int(d["seed"]),
+        )
+        check_lqr_params(
+            model.quantiles,
+            model.alphas,
+            model.solver,
+            model.rff_features,
+            model.rff_bandwidth,
+            model.validation_size,
+        )
+        model.n_features_in_ = int(d["n_features_in_"])
+        model.state_ = {k[6:]: np.asarray(v) for k, v in d.items() if k.startswith("state_")}
+        model.alpha_ = model.state_["alpha"]
+        return model
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Atomic .npz write (no pickle)."""
+        write_npz(path, self.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LQR:
+        return cls.from_arrays(read_npz(path))

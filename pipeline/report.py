@@ -1,0 +1,372 @@
+"""The one-page HTML report: metric tables (all months and COVID excluded) and the charts.
+
+`render_report` is pure (tables in, a string out) and deterministic: no timestamps, no external
+resources (styles inline, no script, images by relative path), so the page opens offline and
+rebuilding it from the same tables gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline import evaluate
+
+PERIOD_TITLES = {
+    "all": "All months",
+    "ex_covid": f"Excluding COVID months ({evaluate.COVID_START} to {evaluate.COVID_END})",
+}
+# A coverage cell is flagged when it misses the nominal level by more than this many binomial
+# standard errors (serial correlation ignored, so it is a screening rule, not a test).
+COVERAGE_FLAG_SE = 2.0
+DM_LEVEL = 0.05
+
+CSS = """
+:root { --ink:#1f2328; --muted:#59636e; --rule:#d8dee4; --head:#f3f5f7;
+        --good:#dff3e4; --good-ink:#14532d; --bad:#fde2e1; --bad-ink:#7f1d1d; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif;
+       color: var(--ink); background: #fafbfc; }
+header { background: #0b3d61; color: white; padding: 20px 32px; }
+header h1 { margin: 0 0 6px; font-size: 22px; }
+header p { margin: 0; opacity: .85; }
+main { max-width: 1240px; margin: 0 auto; padding: 8px 32px 48px; }
+section { background: white; border: 1px solid var(--rule); border-radius: 8px;
+          padding: 12px 20px 16px; margin: 18px 0; }
+h2 { font-size: 18px; margin: 6px 0 8px; }
+h3 { font-size: 15px; margin: 14px 0 6px; color: var(--muted); }
+p.note { color: var(--muted); margin: 4px 0 10px; font-size: 13px; }
+dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 6px 0; }
+dl.summary dt { color: var(--muted); }
+dl.summary dd { margin: 0; font-weight: 600; }
+.pair { display: flex; flex-wrap: wrap; gap: 14px 40px; }
+.pair > div { flex: 0 1 auto; min-width: 0; max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 13px; }
+th, td { padding: 3px 8px; border-bottom: 1px solid var(--rule); text-align: right; white-space: nowrap; }
+th { background: var(--head); font-weight: 600; }
+td.key, th.key { text-align: left; }
+td.good { background: var(--good); color: var(--good-ink); font-weight: 600; }
+td.bad { background: var(--bad); color: var(--bad-ink); }
+tr.first td { border-top: 2px solid #aab4be; }
+figure { margin: 10px 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--rule); border-radius: 4px;
+             background: white; }
+figcaption { color: var(--muted); font-size: 13px; }
+.fans { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 12px; }
+details summary { cursor: pointer; color: #0b5cad; margin: 6px 0; }
+code { background: var(--head); padding: 0 4px; border-radius: 3px; }
+"""
+
+
+@dataclass(frozen=True)
+class ReportImage:
+    """A chart on the page: `src` relative to the HTML file, `group` "metrics" or "h{n}"."""
+
+    src: str
+    caption: str
+    group: str = "metrics"
+
+
+@dataclass(frozen=True)
+class _Cell:
+    text: str
+    css: str = ""
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def _pct(value: float) -> str:
+    return "–" if not math.isfinite(value) else f"{value:.1%}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[_Cell]], n_keys: int) -> str:
+    """HTML table; the first `n_keys` columns are row labels; a new first key starts a band."""
+    head = "".join(
+        f'<th class="{"key" if i < n_keys else ""}">{html.escape(h)}</th>'
+        for i, h in enumerate(header)
+    )
+    body, previous = [], None
+    for row in rows:
+        new_block = n_keys > 1 and previous is not None and row[0].text != previous
+        band = ' class="first"' if new_block else ""
+        previous = row[0].text
+        cells = "".join(
+            f'<td class="{"key" if i < n_keys else cell.css}">{html.escape(cell.text)}</td>'
+            for i, cell in enumerate(row)
+        )
+        body.append(f"<tr{band}>{cells}</tr>")
+    if not rows:
+        return '<p class="note">No rows.</p>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _by_model_horizon(
+    table: pd.DataFrame, cells: Callable[[pd.DataFrame], list[_Cell]]
+) -> list[list[_Cell]]:
+    rows = []
+    for (model, horizon), part in table.groupby(["MODEL", "HORIZON"], sort=True):
+        rows.append([_Cell(str(model)), _Cell(evaluate.horizon_label(horizon)), *cells(part)])
+    return rows
+
+
+def _levels(table: pd.DataFrame) -> list[float]:
+    return sorted(table["QUANTILE"].unique().tolist()) if "QUANTILE" in table else []
+
+
+def _pinball_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    levels = _levels(table)
+
+    def cells(part: pd.DataFrame) -> list[_Cell]:
+        by_q = dict(zip(part["QUANTILE"], part["PINBALL"], strict=True))
+        pooled = float(np.average(part["PINBALL"], weights=part["N"]))
+        return [_Cell(_fmt(by_q.get(q, math.nan))) for q in levels] + [_Cell(_fmt(pooled))]
+
+    header = ["model", "horizon", *[evaluate.quantile_label(q) for q in levels], "mean"]
+    return header, _by_model_horizon(table, cells)
+
+
+def _ratio_cell(value: float) -> _Cell:
+    css = "good" if value < 0.99 else "bad" if value > 1.01 else ""
+    return _Cell(_fmt(value, 3), css if math.isfinite(value) else "")
+
+
+def _relative_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    levels = _levels(table)
+
+    def cells(part: pd.DataFrame) -> list[_Cell]:
+        by_q = dict(zip(part["QUANTILE"], part["RELATIVE_PINBALL"], strict=True))
+        n = part["N"].to_numpy(np.float64)
+        pooled = float((part["PINBALL"] * n).sum() / (part["BENCHMARK_PINBALL"] * n).sum())
+        return [_ratio_cell(by_q.get(q, math.nan)) for q in levels] + [_ratio_cell(pooled)]
+
+    header = ["model", "horizon", *[evaluate.quantile_label(q) for q in levels], "mean"]
+    return header, _by_model_horizon(table, cells)
+
+
+def _coverage_rows(
+    table: pd.DataFrame, interval: pd.DataFrame
+) -> tuple[list[str], list[list[_Cell]]]:
+    levels = _levels(table)
+    spans = interval.set_index(["MODEL", "HORIZON"]) if len(interval) else None
+
+    def cells(part: pd.DataFrame) -> list[_Cell]:
+        out = []
+        by_q = {row.QUANTILE: row for row in part.itertuples(index=False)}
+        for q in levels:
+            row = by_q.get(q)
+            if row is None:
+                out.append(_Cell("–"))
+                continue
+            se = math.sqrt(q * (1 - q) / max(row.N, 1))
+            flagged = abs(row.COVERAGE - q) > COVERAGE_FLAG_SE * se
+            out.append(_Cell(_pct(row.COVERAGE), "bad" if flagged else ""))
+        key = (part["MODEL"].iloc[0], part["HORIZON"].iloc[0])
+        if spans is not None and key in spans.index:
+            span = spans.loc[key]
+            out += [_Cell(_pct(span["COVERAGE"])), _Cell(_pct(span["NOMINAL"])),
+                    _Cell(_fmt(span["WIDTH"], 3))]  # fmt: skip
+        else:
+            out += [_Cell("–")] * 3
+        return out
+
+    header = ["model", "horizon", *[f"≤ {evaluate.quantile_label(q)}" for q in levels]]
+    return [*header, "interval", "nominal", "width"], _by_model_horizon(table, cells)
+
+
+def _crps_rows(crps: pd.DataFrame, crossing: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    merged = crps.merge(
+        crossing[["MODEL", "HORIZON", "CROSSING_RATE"]], on=["MODEL", "HORIZON"], how="outer"
+    )
+
+    def cells(part: pd.DataFrame) -> list[_Cell]:
+        row = part.iloc[0]
+        return [_Cell(_fmt(row["CRPS"])), _Cell(_pct(row["CROSSING_RATE"]))]
+
+    return ["model", "horizon", "CRPS ≈", "crossing rate"], _by_model_horizon(merged, cells)
+
+
+def _dm_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    def cells(part: pd.DataFrame) -> list[_Cell]:
+        row = part.iloc[0]
+        significant = math.isfinite(row["P_VALUE"]) and row["P_VALUE"] < DM_LEVEL
+        css = ("good" if row["STAT"] < 0 else "bad") if significant else ""
+        return [_Cell(_fmt(row["MEAN_DIFF"], 3)), _Cell(_fmt(row["STAT"], 3), css),
+                _Cell(_fmt(row["P_VALUE"], 3), css), _Cell(str(int(row["MONTHS"])))]  # fmt: skip
+
+    header = ["model", "horizon", "mean loss diff", "DM stat", "p-value", "months"]
+    return header, _by_model_horizon(table, cells)
+
+
+def _country_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    """Country x model mean pinball, pooled over horizons and quantiles."""
+    models = sorted(table["MODEL"].unique().tolist())
+    pooled = (
+        table.assign(W=table["PINBALL"] * table["N"])
+        .groupby(["COUNTRY", "MODEL"])[["W", "N"]]
+        .sum()
+    )
+    rows = []
+    for country in sorted(table["COUNTRY"].unique().tolist()):
+        values = [
+            pooled.loc[(country, m), "W"] / pooled.loc[(country, m), "N"]
+            if (country, m) in pooled.index
+            else math.nan
+            for m in models
+        ]
+        best = int(np.nanargmin(values)) if np.isfinite(values).any() else -1
+        rows.append([_Cell(str(country))] + [
+            _Cell(_fmt(v), "good" if i == best and len(models) > 1 else "") for i, v in enumerate(values)
+        ])  # fmt: skip
+    return ["country", *models], rows
+
+
+def _section(
+    name: str,
+    title: str,
+    note: str,
+    tables: Sequence[pd.DataFrame],
+    build: Callable[..., tuple[list[str], list[list[_Cell]]]],
+    *,
+    n_keys: int = 2,
+    collapsed: bool = False,
+) -> str:
+    """A section with the table of each period side by side (`note` is trusted HTML)."""
+    parts = []
+    for period, period_title in PERIOD_TITLES.items():
+        frames = [t.loc[t["PERIOD"] == period].drop(columns="PERIOD") for t in tables]
+        header, rows = build(*frames)
+        table = _table(header, rows, n_keys)
+        parts.append(f"<div><h3>{html.escape(period_title)}</h3>{table}</div>")
+    pair = f'<div class="pair">{"".join(parts)}</div>'
+    if collapsed:
+        pair = f"<details><summary>Show the tables</summary>{pair}</details>"
+    return f'<section id="{name}"><h2>{html.escape(title)}</h2><p class="note">{note}</p>{pair}</section>'
+
+
+def _group_title(group: str) -> str:
+    """Group "h3" -> "3 months ahead"; other group names as given."""
+    if re.fullmatch(r"h\d+", group):
+        n = int(group[1:])
+        return f"{n} month{'s' if n != 1 else ''} ahead"
+    return group
+
+
+def _group_order(group: str) -> tuple[int, int, str]:
+    """Horizon groups by horizon ("h2" before "h12"), then any others by name."""
+    return (0, int(group[1:]), "") if re.fullmatch(r"h\d+", group) else (1, 0, group)
+
+
+def _figure(image: ReportImage) -> str:
+    src, caption = html.escape(image.src, quote=True), html.escape(image.caption)
+    return f'<figure><img src="{src}" alt="{caption}" loading="eager"><figcaption>{caption}</figcaption></figure>'
+
+
+def render_report(
+    tables: Mapping[str, pd.DataFrame],
+    images: Sequence[ReportImage],
+    *,
+    title: str,
+    summary: Mapping[str, object],
+    missing: pd.DataFrame | None = None,
+    benchmark: str = "ar_qr",
+) -> str:
+    """The report page as a string. `tables` is `evaluate.metric_tables(...)` output."""
+    needed = {
+        "pinball",
+        "relative_pinball",
+        "coverage",
+        "interval",
+        "crps",
+        "crossing",
+        "dm",
+        "pinball_by_country",
+    }
+    absent = sorted(needed - set(tables))
+    if absent:
+        raise ValueError(f"tables must hold the evaluate.metric_tables entries; lacks {absent}")
+    esc = html.escape
+    bench = f"<code>{esc(benchmark)}</code>"
+    items = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(str(v))}</dd>" for k, v in summary.items())
+    metric_figs = "".join(_figure(i) for i in images if i.group == "metrics")
+    fan_groups: dict[str, list[ReportImage]] = {}
+    for image in images:
+        if image.group != "metrics":
+            fan_groups.setdefault(image.group, []).append(image)
+    fans = "".join(
+        f'<h3>{esc(_group_title(group))}</h3><div class="fans">{"".join(_figure(i) for i in group_images)}</div>'
+        for group, group_images in sorted(fan_groups.items(), key=lambda kv: _group_order(kv[0]))
+    )
+    t = tables
+    sections = [
+        _section("pinball", "Mean pinball loss",
+                 "Mean check loss per model, horizon and quantile level over scored forecasts "
+                 "(actual known); <i>mean</i> pools the levels. Lower is better.",
+                 [t["pinball"]], _pinball_rows),
+        _section("relative", f"Pinball loss relative to {benchmark}",
+                 f"Ratio of mean pinball loss to {bench} on the forecasts both scored (same "
+                 "country, horizon, level and origin). Green: better than the benchmark by more "
+                 "than 1%; red: worse by more than 1%.",
+                 [t["relative_pinball"]], _relative_rows),
+        _section("coverage", "Coverage",
+                 "Share of actuals at or below each quantile forecast (nominal = the level), and "
+                 "of the central interval from the lowest to the highest level, with its mean "
+                 f"width. Red: off the nominal level by more than {COVERAGE_FLAG_SE:g} binomial "
+                 "standard errors (a screen: serial correlation is ignored).",
+                 [t["coverage"], t["interval"]], _coverage_rows),
+        _section("crps", "CRPS and quantile crossing",
+                 "CRPS ≈ 2 × mean pinball loss over the forecast's quantile levels (equal-weight "
+                 "quadrature of CRPS = 2∫ρ<sub>τ</sub>dτ; crude with few levels). Crossing rate: "
+                 "share of forecasts whose quantiles are not non-decreasing.",
+                 [t["crps"], t["crossing"]], _crps_rows),
+        _section("dm", f"Diebold-Mariano tests against {benchmark}",
+                 f"Loss differential d = pinball(model) − pinball({bench}) on common forecasts, "
+                 "averaged over quantile levels and countries per forecast month; HAC variance "
+                 "with Bartlett weights and h−1 lags, Harvey-Leybourne-Newbold correction, "
+                 f"two-sided t p-value. Green: significantly better at {DM_LEVEL:g}; red: "
+                 "significantly worse.",
+                 [t["dm"]], _dm_rows),
+    ]  # fmt: skip
+    country = _section("country", "Mean pinball loss by country",
+                       "Pooled over horizons and quantile levels; green marks the best model "
+                       "of the country.",
+                       [t["pinball_by_country"]], _country_rows, n_keys=1, collapsed=True)  # fmt: skip
+    if missing is None or missing.empty:
+        missing_html = "<p>None: every expected fit has forecasts.</p>"
+    else:
+        shown = missing.head(50)
+        rows = [
+            [_Cell(str(v)) for v in record] for record in shown.astype(str).itertuples(index=False)
+        ]
+        more = f"<p class='note'>First 50 of {len(missing)}; all are in <code>forecasts/missing.parquet</code>.</p>" if len(missing) > 50 else ""  # fmt: skip
+        missing_html = f"<p><b>{len(missing)}</b> expected forecasts are missing.</p>{more}{_table(list(shown.columns), rows, 1)}"  # fmt: skip
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header><h1>{esc(title)}</h1><p>Out-of-sample quantile forecast evaluation; benchmark {esc(benchmark)}.</p></header>
+<main>
+<section id="summary"><h2>Run</h2><dl class="summary">{items}</dl></section>
+<section id="charts"><h2>Charts</h2>{metric_figs}</section>
+{"".join(sections)}
+<section id="fans"><h2>Fan charts</h2><p class="note">Actual series against each model's quantile forecasts, one horizon at a time; hatched: COVID months.</p>{fans or "<p>No fan charts.</p>"}</section>
+{country}
+<section id="missing"><h2>Missing forecasts</h2>{missing_html}</section>
+</main>
+</body>
+</html>
+"""

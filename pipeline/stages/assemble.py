@@ -1,0 +1,388 @@
+"""`assemble`: train shards -> the seed's forecast tables, metrics.json, metric tables, charts and
+the HTML report.
+
+Reads every `train/*.parquet` and the prepared panel with dask.dataframe, joins the actuals
+(ACTUAL = y_raw at (COUNTRY, TIME), null where unobserved or past the data), and writes:
+
+    forecasts/{model}_q{q}_h{h}.parquet   one per model x quantile x horizon, schema columns
+    forecasts/all.parquet                 every forecast
+    forecasts/missing.parquet             expected fits without a forecast (never dropped silently)
+    metrics.json                          evaluate.compute_metrics + fit counts (dvc metrics)
+    metrics_summary.json                  evaluate.summary_metrics: headline numbers per model
+    reports/tables/{metric}.parquet       evaluate.metric_tables (PERIOD = all / ex_covid)
+    reports/plots/*.csv                   small wide tables for `dvc plots`
+    reports/*.png, reports/fan/*.png      charts
+    reports/index.html                    the one-page report
+
+Every file is written atomically and deterministically, so assembling twice gives the same
+bytes; files a previous config left in these folders (a dropped model, horizon, country) are
+removed, so the folders always describe the current config only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import evaluate, plots
+from pipeline.io import read_json, write_json, write_parquet, write_text
+from pipeline.report import ReportImage, render_report
+from pipeline.schema import (
+    COUNTRY,
+    FORECAST_DTYPES,
+    TIME,
+    Y_RAW,
+    conform_forecasts,
+    empty_forecast_frame,
+)
+
+log = logging.getLogger(__name__)
+PANEL_FILE = Path("data/prepared/panel.parquet")
+META_FILE = Path("data/prepared/meta.json")
+FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
+MISSING_DTYPES = {**{c: FORECAST_DTYPES[c] for c in FIT_KEY}, "REASON": "string"}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes
+
+
+@dataclass(frozen=True)
+class AssembleResult:
+    """What assemble wrote (paths are absolute or relative as `output_dir` was given)."""
+
+    forecast_files: tuple[Path, ...]  # the per model/quantile/horizon tables
+    all_forecasts: Path
+    missing: Path
+    metrics: Path
+    metrics_summary: Path
+    tables: tuple[Path, ...]
+    images: tuple[Path, ...]
+    report: Path
+    n_rows: int
+    n_missing: int
+    n_unexpected: int  # rows in train that the config did not ask for (left out of the tables)
+    removed: tuple[Path, ...] = field(default=())  # stale files from a previous config
+
+
+def assemble(
+    output_dir: Path,
+    target: str,
+    benchmark: str = "ar_qr",
+    expected: pd.DataFrame | None = None,
+    *,
+    fan_countries: Sequence[str] | None = None,
+    n_fan_countries: int = 4,
+    fan_horizons: Sequence[int] | None = None,
+    max_fan_horizons: int = 4,
+) -> AssembleResult:
+    """Run the stage (see the module docstring).
+
+    `expected` (MODEL, COUNTRY, HORIZON, QUANTILE, WINDOW_END) lists the fits the config asked
+    for: those without a forecast are listed as missing; train rows outside it are left out.
+    Fan charts: `fan_countries`, else the first `n_fan_countries` alphabetically; `fan_horizons`,
+    else at most `max_fan_horizons` spread from the shortest to the longest horizon.
+    """
+    output_dir = Path(output_dir)
+    for name, value in (
+        ("n_fan_countries", n_fan_countries),
+        ("max_fan_horizons", max_fan_horizons),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    frame = read_forecasts(output_dir)
+    targets = sorted(frame["TARGET"].dropna().unique().tolist())
+    if targets and targets != [target]:
+        raise ValueError(
+            f"target must match the TARGET of the train shards {targets} (stale shards from another "
+            f"target?); got {target!r}"
+        )
+    frame, missing, n_unexpected = reconcile(frame, expected)
+    for model in frame["MODEL"].unique().tolist():
+        _check_name("MODEL", model)  # before anything is written
+    fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)
+    fdir, rdir = output_dir / "forecasts", output_dir / "reports"
+    written = _write_forecast_tables(fdir, frame, missing)
+    forecast_files = written[:-2]
+    tables, metric_files = _write_metrics(output_dir, frame, missing, n_unexpected, benchmark)
+    written += metric_files
+
+    # --- charts and report -----------------------------------------------------------------
+    images = _write_charts(frame, rdir, benchmark, fans)
+    written += [rdir / image.src for image in images]
+    html = render_report(
+        tables,
+        images,
+        title=f"{target}: quantile forecast evaluation",
+        summary=_summary(output_dir, frame, missing, n_unexpected, benchmark),
+        missing=missing,
+        benchmark=benchmark,
+    )
+    write_text(rdir / "index.html", html)
+    written.append(rdir / "index.html")
+
+    removed = _remove_stale(output_dir, written)
+    log.info("assemble: %d forecast rows, %d tables, %d missing fits, %d stale files removed",
+             len(frame), len(forecast_files), len(missing), len(removed))  # fmt: skip
+    return AssembleResult(
+        forecast_files=tuple(forecast_files),
+        all_forecasts=fdir / "all.parquet",
+        missing=fdir / "missing.parquet",
+        metrics=output_dir / "metrics.json",
+        metrics_summary=output_dir / "metrics_summary.json",
+        tables=tuple(rdir / "tables" / f"{name}.parquet" for name in tables),
+        images=tuple(rdir / image.src for image in images),
+        report=rdir / "index.html",
+        n_rows=len(frame),
+        n_missing=len(missing),
+        n_unexpected=n_unexpected,
+        removed=tuple(removed),
+    )
+
+
+def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
+    """The seed's table name, e.g. `lqr_q0.1_h12.parquet`."""
+    q, h = evaluate.quantile_label(quantile), evaluate.horizon_label(horizon)
+    return f"{model}_{q}_{h}.parquet"
+
+
+def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
+    """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
+    paths = []
+    for (model, q, h), part in frame.groupby(["MODEL", "QUANTILE", "HORIZON"], sort=True):
+        paths.append(fdir / forecast_file_name(model, q, h))
+        write_parquet(paths[-1], part.reset_index(drop=True))
+    write_parquet(fdir / "all.parquet", frame)
+    write_parquet(fdir / "missing.parquet", missing)
+    return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
+
+
+def _write_metrics(
+    output_dir: Path, frame: pd.DataFrame, missing: pd.DataFrame, n_unexpected: int, benchmark: str
+) -> tuple[dict[str, pd.DataFrame], list[Path]]:
+    """metrics.json, metrics_summary.json, the parquet metric tables and the dvc plot data."""
+    tables = evaluate.metric_tables(frame, benchmark)
+    metrics = evaluate.compute_metrics(frame, benchmark, tables=tables)
+    metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
+    write_json(output_dir / "metrics.json", metrics)
+    summary = evaluate.summary_metrics(frame, benchmark, tables=tables)
+    write_json(output_dir / "metrics_summary.json", summary)
+    paths = [output_dir / "metrics.json", output_dir / "metrics_summary.json"]
+    for name, table in tables.items():
+        paths.append(output_dir / "reports" / "tables" / f"{name}.parquet")
+        write_parquet(paths[-1], table)
+    # a disabled model keeps an empty shard: its (empty) column keeps `dvc plots` field lists valid
+    shard_models = [p.stem for p in (output_dir / "train").glob("*.parquet")]
+    models = sorted({*shard_models, *frame["MODEL"].unique().tolist()})
+    paths += _write_plot_data(output_dir / "reports" / "plots", tables, models)
+    return tables, paths
+
+
+def read_forecasts(output_dir: Path) -> pd.DataFrame:
+    """Every train shard, conformed to the forecast schema, with ACTUAL joined from the panel."""
+    import dask.dataframe as dd
+
+    output_dir = Path(output_dir)
+    shards = sorted((output_dir / "train").glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(
+            f"no train shards in {output_dir / 'train'}: run the train stage first"
+        )
+    panel_path = output_dir / PANEL_FILE
+    if not panel_path.exists():
+        raise FileNotFoundError(f"no prepared panel at {panel_path}: run the prepare stage first")
+    forecasts = dd.from_map(_read_shard, [str(p) for p in shards], meta=_shard_meta())
+    actuals = dd.read_parquet(str(panel_path), columns=[COUNTRY, TIME, Y_RAW])
+    actuals = actuals.astype({COUNTRY: "string", TIME: "datetime64[ns]", Y_RAW: "float64"})
+    joined = forecasts.merge(actuals, on=[COUNTRY, TIME], how="left")
+    frame = joined.compute()
+    frame = conform_forecasts(frame.drop(columns="ACTUAL").rename(columns={Y_RAW: "ACTUAL"}))
+    dup = frame.duplicated(list(FIT_KEY), keep=False)
+    if dup.any():
+        sample = frame.loc[dup, list(FIT_KEY)].head(3).to_dict("records")
+        raise ValueError(
+            f"train shards must hold each (model, country, horizon, quantile, origin) once, and "
+            f"the panel each (country, month) once; {int(dup.sum())} rows repeat, e.g. {sample}"
+        )
+    return frame
+
+
+def _shard_meta() -> pd.DataFrame:
+    return empty_forecast_frame()
+
+
+def _read_shard(path: str) -> pd.DataFrame:
+    return conform_forecasts(pd.read_parquet(path))
+
+
+def _conform_expected(expected: pd.DataFrame) -> pd.DataFrame:
+    absent = [c for c in FIT_KEY if c not in expected.columns]
+    if absent:
+        raise ValueError(f"expected must have the columns {list(FIT_KEY)}; lacks {absent}")
+    out = expected[list(FIT_KEY)].astype({c: FORECAST_DTYPES[c] for c in FIT_KEY})
+    return out.drop_duplicates().reset_index(drop=True)
+
+
+def reconcile(
+    frame: pd.DataFrame, expected: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Match forecasts to the expected fits: (forecasts kept, missing fits, rows left out).
+
+    A fit is missing when it is absent from train ("absent") or its FORECAST is null
+    ("no forecast"). Without `expected`, only the null forecasts are listed and nothing is
+    left out.
+    """
+    key = list(FIT_KEY)
+    n_unexpected, absent = 0, frame.iloc[:0][key].assign(REASON="absent")
+    if expected is not None:
+        wanted = _conform_expected(expected)
+        # float levels compared after rounding, so 0.1 from two float paths still matches
+        left = wanted.assign(_Q=wanted["QUANTILE"].round(10))
+        right = frame[key].assign(_Q=frame["QUANTILE"].round(10), _ROW=np.arange(len(frame)))
+        on = [c for c in key if c != "QUANTILE"] + ["_Q"]
+        matched = left.merge(right.drop(columns="QUANTILE"), on=on, how="left")
+        absent = matched.loc[matched["_ROW"].isna(), key].assign(REASON="absent")
+        keep = np.zeros(len(frame), dtype=bool)
+        keep[matched["_ROW"].dropna().to_numpy(np.int64)] = True
+        n_unexpected = int((~keep).sum())
+        frame = frame.loc[keep].reset_index(drop=True)
+    null = frame.loc[frame["FORECAST"].isna(), key].assign(REASON="no forecast")
+    missing = pd.concat([absent, null], ignore_index=True).astype(MISSING_DTYPES)
+    missing = missing.sort_values(key, kind="stable").reset_index(drop=True)
+    return frame, missing, n_unexpected
+
+
+def _check_name(column: str, value: Any) -> None:
+    if not SAFE_NAME.match(str(value)):
+        raise ValueError(
+            f"{column} values must be file-name safe (letters, digits, _ . -); got {value!r}"
+        )
+
+
+def _write_plot_data(pdir: Path, tables: dict[str, pd.DataFrame], models: list[str]) -> list[Path]:
+    """Wide CSVs (one column per model, empty for a model without scores) that `dvc plots`
+    can draw without a custom template."""
+    pinball = tables["pinball"]
+    pooled = pinball.assign(W=pinball["PINBALL"] * pinball["N"])
+    pooled = pooled.loc[pooled["PERIOD"] == "all"].groupby(["HORIZON", "MODEL"])[["W", "N"]].sum()
+    by_h = (pooled["W"] / pooled["N"]).unstack("MODEL").reindex(columns=models).reset_index()
+    cov = tables["coverage"]
+    cov = cov.loc[cov["PERIOD"] == "all"].assign(HIT=cov["COVERAGE"] * cov["N"])
+    cov = cov.groupby(["QUANTILE", "MODEL"])[["HIT", "N"]].sum()
+    by_q = (cov["HIT"] / cov["N"]).unstack("MODEL").reindex(columns=models).reset_index()
+    by_q.insert(1, "nominal", by_q["QUANTILE"])
+    paths = [pdir / "pinball_by_horizon.csv", pdir / "coverage.csv"]
+    for path, table in zip(paths, (by_h, by_q), strict=True):
+        table.columns = [str(c) for c in table.columns]
+        write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    return paths
+
+
+def _spread(values: Sequence[int], n: int) -> list[int]:
+    """At most n values evenly spread from the first to the last (both kept)."""
+    values = sorted(set(values))
+    if len(values) <= n:
+        return values
+    picks = np.linspace(0, len(values) - 1, n).round().astype(int)
+    return [values[i] for i in sorted(set(picks.tolist()))]
+
+
+def fan_selection(
+    frame: pd.DataFrame,
+    countries: Sequence[str] | None = None,
+    n_countries: int = 4,
+    horizons: Sequence[int] | None = None,
+    max_horizons: int = 4,
+) -> list[tuple[str, int]]:
+    """(country, horizon) pairs to draw, horizon-major: `countries` or the first `n_countries`
+    alphabetically; `horizons` or at most `max_horizons` spread over the forecast horizons.
+    Pairs without forecasts are skipped."""
+    present = sorted(frame["COUNTRY"].unique().tolist())
+    countries = present[:n_countries] if countries is None else list(countries)
+    unknown = sorted(set(countries) - set(present))
+    if unknown:
+        raise ValueError(
+            f"fan_countries must be among the forecast countries {present}; got {unknown}"
+        )
+    for country in countries:
+        _check_name("COUNTRY", country)
+    all_h = sorted(frame["HORIZON"].unique().tolist())
+    horizons = _spread(all_h, max_horizons) if horizons is None else sorted(set(horizons))
+    have = set(zip(frame["COUNTRY"], frame["HORIZON"], strict=True))
+    return [(c, int(h)) for h in horizons for c in countries if (c, h) in have]
+
+
+def _write_charts(
+    frame: pd.DataFrame, rdir: Path, benchmark: str, fans: list[tuple[str, int]]
+) -> list[ReportImage]:
+    """The two metric charts and one fan chart per (country, horizon) in `fans`."""
+    pinball_fig = plots.pinball_chart(frame, benchmark=benchmark)
+    plots.save_figure(pinball_fig, rdir / "pinball_by_horizon.png")
+    plots.save_figure(plots.coverage_chart(frame, benchmark=benchmark), rdir / "coverage.png")
+    images = [
+        ReportImage("pinball_by_horizon.png", "Mean pinball loss by horizon"),
+        ReportImage("coverage.png", "Coverage by quantile level"),
+    ]
+    for country, h in fans:
+        src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
+        plots.save_figure(plots.fan_chart(frame, country, h, benchmark=benchmark), rdir / src)
+        caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
+        images.append(ReportImage(src, caption, evaluate.horizon_label(h)))
+    return images
+
+
+def _summary(
+    output_dir: Path, frame: pd.DataFrame, missing: pd.DataFrame, n_unexpected: int, benchmark: str
+) -> dict[str, object]:
+    def listing(values: list[Any], limit: int = 12) -> str:
+        text = ", ".join(str(v) for v in values[:limit])
+        return f"{text}, … ({len(values)} in all)" if len(values) > limit else text
+
+    models = sorted(frame["MODEL"].unique().tolist())
+    origins = frame["WINDOW_END"]
+    scored = frame["ACTUAL"].notna() & frame["FORECAST"].notna()
+    summary: dict[str, object] = {
+        "models": listing(models),
+        "benchmark": benchmark if benchmark in models else f"{benchmark} (not in this run)",
+        "countries": listing(sorted(frame["COUNTRY"].unique().tolist())),
+        "horizons (months)": listing(sorted(frame["HORIZON"].unique().tolist())),
+        "quantile levels": listing([f"{q:g}" for q in sorted(frame["QUANTILE"].unique().tolist())]),
+        "origins": f"{origins.min():%Y-%m} to {origins.max():%Y-%m} ({origins.nunique()})"
+        if len(frame)
+        else "none",
+        "forecast rows": f"{len(frame):,} ({int(scored.sum()):,} with a known actual)",
+        "missing fits": f"{len(missing):,}",
+    }
+    if n_unexpected:
+        summary["rows left out (not in this config)"] = f"{n_unexpected:,}"
+    meta_path = output_dir / META_FILE
+    if meta_path.exists():
+        meta = read_json(meta_path)
+        if "fingerprint" in meta:
+            summary["data fingerprint"] = str(meta["fingerprint"])[:16]
+        if "first_month" in meta and "last_month" in meta:
+            summary["data months"] = f"{meta['first_month']} to {meta['last_month']}"
+    return summary
+
+
+def _remove_stale(output_dir: Path, written: list[Path]) -> list[Path]:
+    """Delete files a previous assemble wrote that this one did not (only in folders we own)."""
+    keep = {p.resolve() for p in written}
+    patterns = [
+        ("forecasts", "*.parquet"),
+        ("reports", "*.png"),
+        ("reports/fan", "*.png"),
+        ("reports/tables", "*.parquet"),
+        ("reports/plots", "*.csv"),
+    ]
+    removed = []
+    for folder, pattern in patterns:
+        for path in sorted((output_dir / folder).glob(pattern)):
+            if path.resolve() not in keep:
+                path.unlink()
+                removed.append(path)
+    return removed

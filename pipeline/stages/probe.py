@@ -1,0 +1,352 @@
+"""`probe`: measure one representative task per model in a fresh worker-like process; plan the cluster.
+
+Each measurement runs in a child process started like a Dask worker (same imports: the
+pipeline, numpy, pandas, torch, distributed; one BLAS/OpenMP/torch thread). Its exact peak
+RSS comes from `os.wait4` (ru_maxrss of that child alone). A child that only imports gives
+the worker baseline. The child first times a small calibration batch, sizes a task to
+about `runtime.task_seconds` of work, and runs it, so the peak is that of a real task.
+
+Plan: memory_limit = baseline + largest task peak above baseline + mem_probe_fudge_mb,
+rounded up to 256 MiB; budget = max_ram_gb or available RAM x safety_ram_fraction;
+n_workers = min(cores, max_workers, floor(budget / memory_limit)) >= 1.
+
+`probe.json` (DVC metrics) holds only the rounded plan, so it is byte-identical while the
+plan is; the jittery raw numbers (times, exact peaks, ETA) go to `probe_measurements.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from pipeline.adapters import get_adapter
+from pipeline.config import StudyConfig
+from pipeline.io import read_json, write_json
+from pipeline.tasks import FitGroup, build_groups, choose_fits_per_task, task_payload
+
+log = logging.getLogger("pipeline.probe")
+
+PROBE_FILE = "probe.json"
+MEASUREMENTS_FILE = "probe_measurements.json"
+ROUND_MB = 256
+CALIBRATION_FITS = 4
+DEFAULT_SECONDS_PER_FIT = 0.05  # used only when no probe ran (plan from default_plan)
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# what a worker process has imported once it ran a task (the probe child mirrors it)
+WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.adapters")
+
+
+class ProbeError(RuntimeError):
+    """The machine cannot run even one worker of the planned size."""
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    n_fits: int
+    fits_per_task: int
+    n_tasks: int
+    seconds_per_fit: float | None = None  # measured (None in a default plan)
+    peak_mb: float | None = None  # measured child peak RSS
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_workers: int
+    memory_limit_mb: int
+    threads_per_worker: int = 1
+    models: dict[str, ModelPlan] = field(default_factory=dict)
+    baseline_mb: float | None = None
+    ram_budget_mb: float | None = None
+    eta_seconds: float | None = None
+
+    def rounded(self) -> dict[str, Any]:
+        """The deterministic part written to probe.json."""
+        return {
+            "n_workers": self.n_workers,
+            "threads_per_worker": self.threads_per_worker,
+            "memory_limit_mb": self.memory_limit_mb,
+            "models": {
+                m: {"n_fits": p.n_fits, "fits_per_task": p.fits_per_task, "n_tasks": p.n_tasks}
+                for m, p in sorted(self.models.items())
+            },
+        }
+
+    def measurements(self) -> dict[str, Any]:
+        return {
+            "baseline_mb": self.baseline_mb,
+            "ram_budget_mb": self.ram_budget_mb,
+            "eta_seconds": self.eta_seconds,
+            "models": {m: {"seconds_per_fit": p.seconds_per_fit, "peak_mb": p.peak_mb} for m, p in sorted(self.models.items())},
+        }
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read probe.json (and probe_measurements.json beside it when present)."""
+    path = Path(path)
+    rounded = read_json(path)
+    extra_path = path.with_name(MEASUREMENTS_FILE)
+    extra = read_json(extra_path) if extra_path.exists() else {"models": {}}
+    models = {
+        m: ModelPlan(**p, **extra.get("models", {}).get(m, {}))
+        for m, p in rounded.get("models", {}).items()
+    }
+    return Plan(
+        n_workers=int(rounded["n_workers"]),
+        memory_limit_mb=int(rounded["memory_limit_mb"]),
+        threads_per_worker=int(rounded.get("threads_per_worker", 1)),
+        models=models,
+        baseline_mb=extra.get("baseline_mb"),
+        ram_budget_mb=extra.get("ram_budget_mb"),
+        eta_seconds=extra.get("eta_seconds"),
+    )
+
+
+def allowed_cores(config: StudyConfig) -> int:
+    rt = config.runtime
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if rt.max_cores != "auto":
+        cores = min(cores, int(rt.max_cores))
+    if rt.max_workers is not None:
+        cores = min(cores, rt.max_workers)
+    return max(1, cores)
+
+
+def ram_budget_mb(config: StudyConfig) -> float:
+    rt = config.runtime
+    if rt.max_ram_gb != "auto":
+        return float(rt.max_ram_gb) * 1024.0
+    return psutil.virtual_memory().available / 2**20 * rt.safety_ram_fraction
+
+
+def size_cluster(config: StudyConfig, memory_limit_mb: int, budget_mb: float) -> int:
+    """Workers the cores and the RAM budget allow; ProbeError when not even one fits."""
+    if budget_mb < memory_limit_mb:
+        raise ProbeError(
+            f"not enough memory for one worker: a worker needs {memory_limit_mb} MiB "
+            f"(baseline + largest task + runtime.mem_probe_fudge_mb) but the RAM budget is "
+            f"{budget_mb:.0f} MiB; raise runtime.max_ram_gb / runtime.safety_ram_fraction, free "
+            f"{memory_limit_mb - budget_mb:.0f} MiB, or lower runtime.task_seconds"
+        )
+    return max(1, min(allowed_cores(config), int(budget_mb // memory_limit_mb)))
+
+
+def round_up_mb(mb: float) -> int:
+    return int(math.ceil(mb / ROUND_MB) * ROUND_MB)
+
+
+def pow2_floor(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def default_plan(config: StudyConfig, groups: dict[str, list[FitGroup]]) -> Plan:
+    """A plan without measurements (no probe.json yet): every allowed core, an even RAM split."""
+    budget = ram_budget_mb(config)
+    n_workers = allowed_cores(config)
+    limit = max(ROUND_MB * 4, int(budget // n_workers) // ROUND_MB * ROUND_MB)
+    n_workers = size_cluster(config, limit, budget)
+    models = {}
+    for m, gs in groups.items():
+        n_fits = sum(len(g) for g in gs)
+        fpt = choose_fits_per_task(DEFAULT_SECONDS_PER_FIT, config.runtime.task_seconds, n_fits, n_workers)
+        models[m] = ModelPlan(n_fits, fpt, _n_tasks(gs, fpt))
+    return Plan(n_workers=n_workers, memory_limit_mb=limit, models=models, ram_budget_mb=budget)
+
+
+def _n_tasks(groups: list[FitGroup], fits_per_task: int) -> int:
+    return sum(math.ceil(len(g) / fits_per_task) for g in groups if len(g))
+
+
+def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
+    """Measure every enabled model (or `models`), write probe.json + probe_measurements.json."""
+    from pipeline.stages.prepare import load_panel
+
+    panel = load_panel(config.output_dir)
+    names = list(models) if models is not None else list(config.models.enabled())
+    baseline = measure_child(["--baseline"])[0]["peak_mb"]
+    log.info("probe: worker baseline %.0f MiB", baseline)
+    results: dict[str, tuple[int, dict[str, Any], list[FitGroup]]] = {}
+    for name in names:
+        adapter = get_adapter(name)
+        groups = build_groups(panel, config, adapter)
+        n_fits = sum(len(g) for g in groups)
+        if n_fits == 0:
+            raise ProbeError(f"model {name} has no fit with enough data in this study")
+        results[name] = (n_fits, probe_model(config, name, groups), groups)
+        log.info("probe: %s %.4f s/fit, peak %.0f MiB (%d fits per task)", name,
+                 results[name][1]["seconds_per_fit"], results[name][1]["peak_mb"], results[name][1]["fits"])
+    largest = max(max(r[1]["peak_mb"] - baseline for r in results.values()), 0.0)
+    limit = round_up_mb(baseline + largest + config.runtime.mem_probe_fudge_mb)
+    budget = ram_budget_mb(config)
+    n_workers = size_cluster(config, limit, budget)
+    plans = {}
+    eta = 0.0
+    for name, (n_fits, meas, groups) in results.items():
+        fpt = pow2_floor(choose_fits_per_task(meas["seconds_per_fit"], config.runtime.task_seconds, n_fits, n_workers))
+        plans[name] = ModelPlan(n_fits, fpt, _n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"])
+        eta += n_fits * meas["seconds_per_fit"] / n_workers
+    plan = Plan(n_workers, limit, 1, plans, baseline, budget, eta)
+    write_json(config.output_dir / PROBE_FILE, plan.rounded())
+    write_json(config.output_dir / MEASUREMENTS_FILE, plan.measurements())
+    return plan
+
+
+def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[str, Any]:
+    """Run a calibration batch and a task-sized batch of the largest group in a child process."""
+    adapter = get_adapter(name)
+    params = adapter.params(config)
+    scale = 1.0
+    if adapter.probe_params is not None:
+        params, scale = adapter.probe_params(params)
+    group = max(groups, key=lambda g: (int(np.prod(g.data["X"].shape[1:])), len(g)))
+    with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
+        payload = task_payload(group, np.arange(len(group)), params=params, quantiles=config.data.quantiles,
+                               seed=config.seed, cache_dir=str(Path(tmp) / "cache"))
+        payload_path = Path(tmp) / "payload.npz"
+        _save_payload(payload_path, payload)
+        out, _ = measure_child(["--task", str(payload_path), "--task-seconds", str(config.runtime.task_seconds / scale)])
+    out["seconds_per_fit"] = out["seconds_per_fit"] * scale
+    return out
+
+
+def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
+    """Run `python -m pipeline.stages.probe ARGS` like a worker; return its JSON and wall time.
+
+    peak_mb is the child's own ru_maxrss from os.wait4 (KiB on Linux), exact and unpolled.
+    """
+    env = {**os.environ, **THREAD_ENV}
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_path = handle.name
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.probe", *args, "--out", result_path], env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise ProbeError(f"probe child {' '.join(args)} exited with {proc.returncode}")
+        out = json.loads(Path(result_path).read_text() or "{}")
+    finally:
+        os.unlink(result_path)
+    out["peak_mb"] = usage.ru_maxrss / 1024.0
+    return out, wall
+
+
+def _save_payload(path: Path, payload: dict[str, Any]) -> None:
+    meta = {k: v for k, v in payload.items() if k not in ("data", "countries", "rows", "origins")}
+    arrays = {f"data_{k}": v for k, v in payload["data"].items()}
+    np.savez(path, meta=np.array(json.dumps(meta)), countries=payload["countries"].astype(str),
+             rows=payload["rows"], origins=payload["origins"], **arrays)
+
+
+def _load_payload(path: str) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as f:
+        payload = json.loads(str(f["meta"]))
+        payload["countries"] = f["countries"].astype(object)
+        payload["rows"] = f["rows"]
+        payload["origins"] = f["origins"]
+        payload["data"] = {k[5:]: f[k] for k in f.files if k.startswith("data_")}
+    return payload
+
+
+def _child(argv: list[str]) -> None:
+    import importlib
+
+    for module in WORKER_IMPORTS:
+        importlib.import_module(module)
+    out_path = argv[argv.index("--out") + 1]
+    result: dict[str, Any] = {}
+    if "--task" in argv:
+        from pipeline.adapters import run_task
+
+        payload = _load_payload(argv[argv.index("--task") + 1])
+        task_seconds = float(argv[argv.index("--task-seconds") + 1])
+        n_all = len(payload["keys"])
+        k0 = min(CALIBRATION_FITS, n_all)
+        first = run_task(_head(payload, k0))
+        spf = first["seconds"] / k0
+        k1 = int(min(n_all, max(k0, task_seconds / max(spf, 1e-9))))
+        second = run_task(_head(payload, k1))
+        if second["failed"]:
+            raise RuntimeError(f"probe task failed: {second['failed'][0]['traceback']}")
+        result = {"seconds_per_fit": second["seconds"] / k1, "fits": k1, "calibration_seconds_per_fit": spf}
+    Path(out_path).write_text(json.dumps(result))
+
+
+def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:
+    sub = dict(payload)
+    sub["keys"] = payload["keys"][:k]
+    sub["countries"], sub["rows"] = payload["countries"][:k], payload["rows"][:k]
+    sub["origins"] = payload["origins"][:k]
+    sub["data"] = {n: v[:k] for n, v in payload["data"].items()}
+    return sub
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
+
+
+
+
+def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | None = None) -> str:
+    """What train would do, as text: per model fits, tasks and status; cluster plan; ETA. Trains nothing.
+
+    Status: done = in the model cache (reused unless runtime.retrain_if_exists), failed = the
+    store's last attempt failed, pending = the rest. The store is read without blocking a
+    running train.
+    """
+    from pipeline.progress import db_path, read_table
+    from pipeline.stages.prepare import load_panel
+    from pipeline.stages.train import cached_mask
+
+    panel = load_panel(config.output_dir)
+    names = list(models) if models is not None else list(config.models.enabled())
+    groups = {m: build_groups(panel, config, get_adapter(m)) for m in names}
+    if plan is None:
+        probe = config.output_dir / PROBE_FILE
+        plan = load_plan(probe) if probe.exists() else default_plan(config, groups)
+    rt = config.runtime
+    n_workers = rt.max_workers or plan.n_workers
+    failed_keys: set[str] = set()
+    db = db_path(config.output_dir)
+    if db.exists():
+        table = read_table(db, "progress")
+        failed_keys = set(table.loc[table["status"] == "failed", "key"])
+    reuse = rt.allow_reload and not rt.retrain_if_exists
+    where = rt.scheduler_address or f"LocalCluster on 127.0.0.1, dashboard port {rt.dashboard_port}"
+    lines = [
+        f"cluster: {n_workers} workers x {plan.threads_per_worker} thread, memory limit {plan.memory_limit_mb} MiB "
+        f"per worker ({where})",
+        f"{'model':<12} {'fits':>7} {'done':>7} {'failed':>7} {'pending':>7} {'fits/task':>9} {'tasks':>6} {'ETA':>9}",
+    ]
+    total_eta = 0.0
+    for m in names:
+        gs = groups[m]
+        cached = cached_mask(config, gs) if reuse else [np.zeros(len(g), bool) for g in gs]
+        n_fits = sum(len(g) for g in gs)
+        done = int(sum(c.sum() for c in cached))
+        failed = int(sum(sum(1 for k in g.keys[~c] if k in failed_keys) for g, c in zip(gs, cached, strict=True)))
+        todo = n_fits - done
+        mp = plan.models.get(m)
+        spf = mp.seconds_per_fit if mp is not None and mp.seconds_per_fit else None
+        fpt = choose_fits_per_task(spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, max(todo, 1), n_workers)
+        if mp is not None:
+            fpt = min(fpt, mp.fits_per_task)
+        tasks = sum(math.ceil(int((~c).sum()) / fpt) for c in cached)
+        eta = todo * spf / n_workers if spf else None
+        total_eta += eta or 0.0
+        eta_text = f"{eta:8.0f}s" if eta is not None else "  unknown"
+        lines.append(f"{m:<12} {n_fits:>7} {done:>7} {failed:>7} {todo - failed:>7} {fpt:>9} {tasks:>6} {eta_text}")
+    lines.append(f"ETA: {total_eta:.0f} s of training (plus cluster start)" if total_eta else "ETA: unknown (run probe)")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Shared fixtures.
+
+- `study_dict(tmp_path)`: a small synthetic study as a plain config dict (4 countries, window 24,
+  origins 2018-01..2018-12, horizons 1 and 3, quantiles 0.1/0.5/0.9, ar_qr p=3, lqr off,
+  ensemble_nn off, no progress bar); tests edit it and call `make_config`.
+- `make_config(d)`: pipeline.config.validate.
+- `prepared_study(tmp_path)`: that study's config with `prepare` already run (panel on disk).
+- `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
+  PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import StudyConfig, validate
+
+FAKE_MODELS = str(Path(__file__).with_name("fake_models.py"))
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL_STUDY: dict[str, Any] = {
+    "name": "small",
+    "seed": 0,
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_countries": 4, "start": "2012-01-01", "end": "2019-12-01", "seed": 0},
+        "lags": [1, 2],
+        "horizons": [1, 3],
+        "quantiles": [0.1, 0.5, 0.9],
+    },
+    "rolling_window": {"size": 24, "step": 1, "start_date": "2018-01-01", "end_date": "2018-12-01"},
+    "runtime": {"progress_bar": False, "task_seconds": 0.5, "retries": 1, "max_workers": 2},
+    "models": {"ar_qr": {"p": 3}, "lqr": {"enabled": False}, "ensemble_nn": {"enabled": False}},
+}
+
+
+def make_config(d: dict[str, Any]) -> StudyConfig:
+    return validate(d)
+
+
+@pytest.fixture
+def study_dict(tmp_path: Path) -> dict[str, Any]:
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"]["output_dir"] = str(tmp_path / "out")
+    return d
+
+
+@pytest.fixture
+def prepared_study(study_dict: dict[str, Any]) -> StudyConfig:
+    from pipeline.stages.prepare import prepare
+
+    config = make_config(study_dict)
+    prepare(config, ROOT)
+    return config
+
+
+@pytest.fixture
+def fake_adapters(monkeypatch: pytest.MonkeyPatch) -> str:
+    current = os.environ.get("PIPELINE_EXTRA_ADAPTERS", "")
+    monkeypatch.setenv("PIPELINE_EXTRA_ADAPTERS", ",".join(filter(None, [current, FAKE_MODELS])))
+    return FAKE_MODELS

@@ -1,0 +1,101 @@
+"""Test-only model adapters, loaded through PIPELINE_EXTRA_ADAPTERS (never by the package).
+
+fake_quantile: per-country empirical quantiles of the window's targets (exact, batch-independent).
+fake_fail:     the same, but raises for fits of the countries in FAKE_FAIL_COUNTRIES.
+fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin month index
+               FAKE_HOG_ORIGIN when set) allocates FAKE_HOG_MB MiB
+               (touched page by page, slowly enough for the nanny's memory monitor to see it).
+slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP.
+FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run midway.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.adapters import Adapter, register
+from pipeline.schema import lag_column
+
+
+def _quantiles(payload: dict[str, Any]) -> dict[str, Any]:
+    d = payload["data"]
+    y = np.where(d["w"] > 0, d["y"], np.nan)  # (B, n)
+    q = np.asarray(payload["quantiles"])
+    pred = np.nanquantile(y, q, axis=1).T  # (B, Q)
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * y.shape[0])
+    return {"pred": pred[:, None, None, :], "state": {"n_rows": (d["w"] > 0).sum(1)}}
+
+
+def _countries(payload: dict[str, Any]) -> list[str]:
+    return [str(c) for c in np.asarray(payload["countries"])[:, 0]]
+
+
+def _env_set(name: str) -> set[str]:
+    return {c for c in os.environ.get(name, "").split(",") if c}
+
+
+def _fail(payload: dict[str, Any]) -> dict[str, Any]:
+    bad = _env_set("FAKE_FAIL_COUNTRIES") & set(_countries(payload))
+    if bad:
+        raise ValueError(f"injected failure for {sorted(bad)}")
+    return _quantiles(payload)
+
+
+def _hog(payload: dict[str, Any]) -> dict[str, Any]:
+    origin = os.environ.get("FAKE_HOG_ORIGIN")  # month index; unset: every origin
+    hog = [
+        c in _env_set("FAKE_HOG_COUNTRIES") and (origin is None or int(o) == int(origin))
+        for c, o in zip(_countries(payload), payload["origins"], strict=True)
+    ]
+    if any(hog):
+        chunks = []
+        for _ in range(int(os.environ.get("FAKE_HOG_MB", "2048")) // 64):
+            chunks.append(np.ones(64 * 2**20 // 8))  # touched: counts in RSS
+            time.sleep(0.02)
+    return _quantiles(payload)
+
+
+def _adapter(name: str, fit: Any) -> Adapter:
+    return Adapter(
+        name=name,
+        version=1,
+        pooled=False,
+        params=lambda c: {"kind": name},
+        features=lambda c: [lag_column("y", 0), lag_column("y", 1)],
+        min_rows=lambda c: 4,
+        fit_batch=fit,
+    )
+
+
+register(_adapter("fake_quantile", _quantiles))
+register(_adapter("fake_fail", _fail))
+register(_adapter("fake_hog", _hog))
+
+
+def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.adapters import get_adapter
+
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * len(payload["keys"]))
+    return get_adapter("ar_qr").fit_batch(payload)
+
+
+def _slow_ar_qr_adapter() -> Adapter:
+    from pipeline.adapters import get_adapter
+
+    real = get_adapter("ar_qr")
+    return Adapter(
+        name="slow_ar_qr",
+        version=real.version,
+        pooled=False,
+        params=real.params,
+        features=real.features,
+        min_rows=real.min_rows,
+        fit_batch=_slow_ar_qr,
+    )
+
+
+register(_slow_ar_qr_adapter())

@@ -1,0 +1,269 @@
+"""assemble on a small synthetic run: table naming and schema, actuals, metrics, idempotence,
+missing fits, stale files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import evaluate
+from pipeline.io import write_parquet
+from pipeline.schema import FORECAST_COLUMNS, FORECAST_DTYPES, conform_forecasts
+from pipeline.stages.assemble import assemble
+
+MODELS = ("ar_qr", "ensemble_nn", "lqr")
+COUNTRIES = ("AT", "BE", "DE")
+HORIZONS = (1, 12)
+LEVELS = (0.1, 0.5, 0.9)
+Z = np.array([-1.2815515655446004, 0.0, 1.2815515655446004])
+ORIGINS = pd.date_range(
+    "2019-01", periods=24, freq="MS"
+)  # TIME reaches into COVID and past the data
+LAST_MONTH = pd.Timestamp("2021-06")
+HOLE = ("BE", pd.Timestamp("2019-09"))  # an unobserved month inside the panel
+
+
+def _series(seed: int = 0) -> dict[str, pd.Series]:
+    rng = np.random.default_rng(seed)
+    months = pd.date_range("2015-01", LAST_MONTH, freq="MS")
+    return {
+        c: pd.Series(2 + np.cumsum(rng.normal(0, 0.3, months.size)), index=months)
+        for c in COUNTRIES
+    }
+
+
+def _shard(model: str, series: dict[str, pd.Series], rng: np.random.Generator, horizons=HORIZONS):
+    """One model's forecasts: a noisy centre plus a normal-ish fan (lqr gets ALPHA values)."""
+    spread = {"ar_qr": 0.5, "ensemble_nn": 0.8, "lqr": 0.4}[model]
+    parts = []
+    for country in COUNTRIES:
+        for h in horizons:
+            times = ORIGINS + pd.DateOffset(months=h)
+            last = series[country].loc[ORIGINS].to_numpy()
+            centre = last + rng.normal(0, 0.3, ORIGINS.size)
+            for q, z in zip(LEVELS, Z, strict=True):
+                parts.append(pd.DataFrame({
+                    "TIME": times, "COUNTRY": country, "TARGET": "prc_hicp_manr_CP00",
+                    "MODEL": model, "QUANTILE": q, "HORIZON": h,
+                    "WINDOW_START": ORIGINS - pd.DateOffset(months=47), "WINDOW_END": ORIGINS,
+                    "FORECAST": centre + z * spread * np.sqrt(h),
+                    "ACTUAL": 999.0,  # stale garbage: assemble must take actuals from the panel
+                    "ALPHA": 0.01 if model == "lqr" else np.nan,
+                }))  # fmt: skip
+    return conform_forecasts(pd.concat(parts, ignore_index=True))
+
+
+def make_run(root: Path, models=MODELS, horizons=HORIZONS, seed: int = 0) -> dict[str, pd.Series]:
+    series = _series(seed)
+    panel = pd.concat(
+        [
+            pd.DataFrame({"COUNTRY": c, "TIME": s.index, "y_raw": s.to_numpy()})
+            for c, s in series.items()
+        ]
+    )
+    panel.loc[(panel["COUNTRY"] == HOLE[0]) & (panel["TIME"] == HOLE[1]), "y_raw"] = np.nan
+    panel = panel.assign(y=panel["y_raw"].ffill(), COUNTRY=panel["COUNTRY"].astype("string"))
+    write_parquet(root / "data/prepared/panel.parquet", panel.reset_index(drop=True))
+    rng = np.random.default_rng(seed + 1)
+    for model in models:
+        write_parquet(root / "train" / f"{model}.parquet", _shard(model, series, rng, horizons))
+    return series
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.parts[len(root.parts)] not in ("train", "data")
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    series = make_run(root)
+    first = assemble(root, "prc_hicp_manr_CP00", fan_countries=("DE", "AT"))
+    digests = _digests(root)
+    second = assemble(root, "prc_hicp_manr_CP00", fan_countries=("DE", "AT"))
+    return root, series, first, second, digests
+
+
+def test_forecast_tables_are_named_and_shaped_like_the_seed(run):
+    root, _, result, _, _ = run
+    names = {p.name for p in (root / "forecasts").glob("*.parquet")}
+    expected = {f"{m}_q{q:g}_h{h}.parquet" for m in MODELS for q in LEVELS for h in HORIZONS}
+    assert names == expected | {"all.parquet", "missing.parquet"}
+    assert "lqr_q0.1_h12.parquet" in names  # the seed's spelling
+    assert {p.name for p in result.forecast_files} == expected
+    arrow_types = {"datetime64[ns]": "timestamp[ns]", "string": ("string", "large_string"),
+                   "float64": "double", "int64": "int64"}  # fmt: skip
+    parts = []
+    for path in sorted(result.forecast_files):
+        schema = pq.read_schema(path)
+        assert tuple(schema.names) == FORECAST_COLUMNS
+        for name in schema.names:
+            assert str(schema.field(name).type) in arrow_types[FORECAST_DTYPES[name]], name
+        table = pd.read_parquet(path)
+        model, q, h = re.fullmatch(r"(.+)_q([0-9.]+)_h(\d+)\.parquet", path.name).groups()
+        assert set(table["MODEL"]) == {model}
+        assert set(table["QUANTILE"]) == {float(q)} and set(table["HORIZON"]) == {int(h)}
+        assert len(table) == len(COUNTRIES) * len(ORIGINS)
+        assert (table["TIME"] == table["WINDOW_END"] + pd.DateOffset(months=int(h))).all()
+        parts.append(table)
+    combined = pd.read_parquet(root / "forecasts/all.parquet")
+    assert tuple(combined.columns) == FORECAST_COLUMNS
+    rebuilt = conform_forecasts(pd.concat(parts, ignore_index=True))
+    pd.testing.assert_frame_equal(conform_forecasts(combined), rebuilt)
+    assert result.n_rows == len(combined) == len(MODELS) * len(COUNTRIES) * len(HORIZONS) * 3 * 24
+    lqr = combined[combined["MODEL"] == "lqr"]
+    assert (lqr["ALPHA"] == 0.01).all() and combined.loc[
+        combined["MODEL"] != "lqr", "ALPHA"
+    ].isna().all()
+
+
+def test_actuals_come_from_the_panel(run):
+    root, series, _, _, _ = run
+    table = pd.read_parquet(root / "forecasts/all.parquet")
+    truth = np.array(
+        [series[c].get(t, np.nan) for c, t in zip(table["COUNTRY"], table["TIME"], strict=True)]
+    )
+    hole = (table["COUNTRY"] == HOLE[0]) & (table["TIME"] == HOLE[1])
+    truth[hole.to_numpy()] = np.nan
+    np.testing.assert_array_equal(table["ACTUAL"].to_numpy(), truth)
+    assert table.loc[table["TIME"] > LAST_MONTH, "ACTUAL"].isna().all()  # beyond the data
+    assert (table["TIME"] > LAST_MONTH).any() and hole.any()
+    assert not (table["ACTUAL"] == 999.0).any()
+
+
+def test_metrics_json_matches_the_tables(run):
+    root, _, _, _, _ = run
+    metrics = json.loads((root / "metrics.json").read_text())
+    frame = pd.read_parquet(root / "forecasts/all.parquet")
+    pinball = evaluate.pinball(frame)
+    for model in MODELS:
+        for h in HORIZONS:
+            for q in LEVELS:
+                value = pinball.query("MODEL == @model and HORIZON == @h and QUANTILE == @q")[
+                    "PINBALL"
+                ]
+                got = metrics["all"]["pinball"][model][f"h{h}"][f"q{q:g}"]
+                assert got == pytest.approx(float(value.iloc[0]), rel=1e-5)
+    assert set(metrics["all"]["dm"]) == {"ensemble_nn", "lqr"}
+    assert metrics["ex_covid"]["n_scored"] < metrics["all"]["n_scored"]
+    assert metrics["fits"] == {"rows": len(frame), "missing": 0, "unexpected": 0}
+    summary = json.loads((root / "metrics_summary.json").read_text())
+    assert set(summary) == {"all", "ex_covid"} and set(summary["all"]) == set(MODELS)
+    tables = {p.stem: pd.read_parquet(p) for p in (root / "reports/tables").glob("*.parquet")}
+    assert {"pinball", "relative_pinball", "coverage", "interval", "crps", "crossing", "dm"} <= set(
+        tables
+    )
+    for table in tables.values():
+        assert table.columns[0] == "PERIOD" and set(table["PERIOD"]) == {"all", "ex_covid"}
+    csv = pd.read_csv(root / "reports/plots/pinball_by_horizon.csv")
+    assert list(csv.columns) == ["HORIZON", *MODELS] and csv["HORIZON"].tolist() == list(HORIZONS)
+
+
+def test_assemble_is_idempotent_byte_for_byte(run):
+    root, _, _, second, digests = run
+    assert digests == _digests(root)
+    assert len(digests) > 30  # tables, metrics, tables, charts, report all covered
+    assert any(name.endswith(".png") for name in digests)
+    assert second.removed == ()
+
+
+def test_report_references_exactly_the_charts_written(run):
+    root, _, result, _, _ = run
+    html = (root / "reports/index.html").read_text()
+    sources = set(re.findall(r'<img src="([^"]+)"', html))
+    pngs = {str(p.relative_to(root / "reports")) for p in (root / "reports").rglob("*.png")}
+    assert sources == pngs == {str(p.relative_to(root / "reports")) for p in result.images}
+    assert {f"fan/{c}_h{h}.png" for c in ("AT", "DE") for h in HORIZONS} == pngs - {
+        "pinball_by_horizon.png",
+        "coverage.png",
+    }
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+
+
+def test_missing_fits_are_listed_and_stale_files_removed(tmp_path):
+    make_run(tmp_path)
+    train = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "train").glob("*.parquet"))])
+    key = ["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"]
+    expected = train[key].drop_duplicates()
+    # the config also asks for country FR from lqr at one origin, which train never produced
+    extra = pd.DataFrame({"MODEL": "lqr", "COUNTRY": "FR", "HORIZON": 1, "QUANTILE": list(LEVELS),
+                          "WINDOW_END": ORIGINS[0]})  # fmt: skip
+    # ... and not ensemble_nn at h=12: those rows are left out (and counted)
+    expected = pd.concat(
+        [expected[~((expected["MODEL"] == "ensemble_nn") & (expected["HORIZON"] == 12))], extra]
+    )
+    # one ar_qr fit failed: its forecast is null
+    shard = pd.read_parquet(tmp_path / "train/ar_qr.parquet")
+    failed = (
+        (shard["COUNTRY"] == "DE") & (shard["HORIZON"] == 1) & (shard["WINDOW_END"] == ORIGINS[5])
+    )
+    write_parquet(
+        tmp_path / "train/ar_qr.parquet", shard.assign(FORECAST=shard["FORECAST"].mask(failed))
+    )
+
+    result = assemble(tmp_path, "prc_hicp_manr_CP00", expected=expected,
+                      n_fan_countries=1, max_fan_horizons=1)  # fmt: skip
+    missing = pd.read_parquet(tmp_path / "forecasts/missing.parquet")
+    assert list(missing.columns) == [*key, "REASON"]
+    assert result.n_missing == len(missing) == 3 + 3
+    absent = missing[missing["REASON"] == "absent"]
+    assert set(absent["COUNTRY"]) == {"FR"} and sorted(absent["QUANTILE"]) == list(LEVELS)
+    null = missing[missing["REASON"] == "no forecast"]
+    assert set(null["MODEL"]) == {"ar_qr"} and set(null["WINDOW_END"]) == {ORIGINS[5]}
+    assert result.n_unexpected == len(COUNTRIES) * 3 * len(ORIGINS)
+    assert not (tmp_path / "forecasts/ensemble_nn_q0.5_h12.parquet").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["fits"]["missing"] == 6 and metrics["fits"]["unexpected"] == result.n_unexpected
+    assert (
+        "<b>6</b> expected forecasts are missing" in (tmp_path / "reports/index.html").read_text()
+    )
+    assert [p.name for p in (tmp_path / "reports/fan").glob("*.png")] == ["AT_h1.png"]
+
+    # the next config drops the benchmark and horizon 12, and disables ensemble_nn (an empty
+    # shard): their tables and charts must go, and the study still assembles without the
+    # benchmark-relative figures
+    for path in (tmp_path / "train").glob("*.parquet"):
+        path.unlink()
+    make_run(tmp_path, models=("lqr",), horizons=(1,))
+    empty = pd.read_parquet(tmp_path / "train/lqr.parquet").iloc[:0]
+    write_parquet(tmp_path / "train/ensemble_nn.parquet", empty)
+    again = assemble(tmp_path, "prc_hicp_manr_CP00", n_fan_countries=1, fan_horizons=(1,))
+    names = sorted(p.name for p in (tmp_path / "forecasts").glob("*.parquet"))
+    expected_names = [f"lqr_q{q:g}_h1.parquet" for q in LEVELS]
+    assert names == sorted([*expected_names, "all.parquet", "missing.parquet"])
+    assert {p.name for p in again.removed} >= {"ar_qr_q0.5_h1.parquet", "lqr_q0.9_h12.parquet"}
+    assert pd.read_parquet(tmp_path / "forecasts/missing.parquet").empty
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["benchmark_present"] == 0 and "dm" not in metrics["all"]
+    assert pd.read_parquet(tmp_path / "reports/tables/dm.parquet").empty
+    assert "ar_qr (not in this run)" in (tmp_path / "reports/index.html").read_text()
+    # the disabled model keeps an (empty) column, so `dvc plots` field lists stay valid
+    csv = pd.read_csv(tmp_path / "reports/plots/coverage.csv")
+    assert list(csv.columns) == ["QUANTILE", "nominal", "ensemble_nn", "lqr"]
+    assert csv["ensemble_nn"].isna().all() and csv["lqr"].notna().all()
+
+
+def test_inputs_are_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train"):
+        assemble(tmp_path, "prc_hicp_manr_CP00")
+    make_run(tmp_path, models=("lqr",), horizons=(1,))
+    with pytest.raises(ValueError, match="target"):
+        assemble(tmp_path, "another_target")
+    with pytest.raises(ValueError, match="expected"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", expected=pd.DataFrame({"MODEL": ["ar_qr"]}))
+    with pytest.raises(ValueError, match="n_fan_countries"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", n_fan_countries=0)
+    with pytest.raises(ValueError, match="fan_countries"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("XX",))
+    assert not (tmp_path / "forecasts").exists()  # nothing is written before the inputs pass

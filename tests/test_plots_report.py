@@ -1,0 +1,186 @@
+"""Charts draw the evaluated numbers, PNGs are byte-stable, and the report renders its images in
+a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import evaluate, plots
+from pipeline.report import ReportImage, render_report
+from pipeline.schema import conform_forecasts
+
+LEVELS = (0.1, 0.5, 0.9)
+ORIGINS = pd.date_range("2019-06", periods=30, freq="MS")  # spans the COVID window
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    months = pd.date_range("2019-01", "2022-06", freq="MS")
+    rows = []
+    for country in ("AT", "BE"):
+        y = pd.Series(2 + np.cumsum(rng.normal(0, 0.4, months.size)), index=months)
+        for model, spread in (("ar_qr", 0.5), ("lqr", 0.7)):
+            for h in (1, 3):
+                times = ORIGINS + pd.DateOffset(months=h)
+                centre = y.loc[times].to_numpy() + rng.normal(0, 0.4, ORIGINS.size)
+                for q, z in zip(LEVELS, (-1.28, 0.0, 1.28), strict=True):
+                    rows.append(pd.DataFrame({
+                        "TIME": times, "COUNTRY": country, "TARGET": "infl", "MODEL": model,
+                        "QUANTILE": q, "HORIZON": h, "WINDOW_START": ORIGINS - pd.DateOffset(months=35),
+                        "WINDOW_END": ORIGINS, "FORECAST": centre + z * spread,
+                        "ACTUAL": np.where(times < pd.Timestamp("2021-10"), y.loc[times], np.nan),
+                    }))  # fmt: skip
+    return conform_forecasts(pd.concat(rows, ignore_index=True))
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        assert (
+            zlib.crc32(kind + body)
+            == struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0]
+        )
+        chunks.append((kind, body))
+        pos += 12 + length
+    return chunks
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    kind, body = _png_chunks(path.read_bytes())[0]
+    assert kind == b"IHDR"
+    return struct.unpack(">II", body[:8])
+
+
+def _line(ax, label: str):
+    lines = [line for line in ax.get_lines() if line.get_label() == label]
+    assert len(lines) == 1, [line.get_label() for line in ax.get_lines()]
+    return lines[0]
+
+
+def test_fan_chart_draws_actuals_and_median_of_each_model(frame):
+    fig = plots.fan_chart(frame, "AT", 3)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["ar_qr", "lqr"]  # the benchmark first
+    rows = frame[(frame["COUNTRY"] == "AT") & (frame["HORIZON"] == 3)]
+    actual = rows.dropna(subset=["ACTUAL"]).groupby("TIME")["ACTUAL"].first()
+    for ax, model in zip(fig.axes, titles, strict=True):
+        np.testing.assert_allclose(_line(ax, "actual").get_ydata(), actual.to_numpy())
+        median = rows[(rows["MODEL"] == model) & (rows["QUANTILE"] == 0.5)].sort_values("TIME")
+        np.testing.assert_allclose(_line(ax, "q0.5 forecast").get_ydata(), median["FORECAST"])
+        assert len(ax.collections) >= 1  # the 10-90 band
+    with pytest.raises(ValueError, match="country"):
+        plots.fan_chart(frame, "XX", 3)
+
+
+def test_metric_charts_plot_the_evaluated_numbers(frame):
+    fig = plots.pinball_chart(frame)
+    for ax, part in zip(fig.axes, (frame, evaluate.exclude_covid(frame)), strict=True):
+        table = evaluate.pinball(part, by=("MODEL", "HORIZON"))
+        for model, label in (("ar_qr", "ar_qr (benchmark)"), ("lqr", "lqr")):
+            expected = table.loc[table["MODEL"] == model, "PINBALL"].to_numpy()
+            np.testing.assert_allclose(_line(ax, label).get_ydata(), expected)
+    fig = plots.coverage_chart(frame)
+    table = evaluate.coverage(evaluate.exclude_covid(frame), by=("MODEL", "QUANTILE"))
+    np.testing.assert_allclose(
+        _line(fig.axes[1], "lqr").get_ydata(), table.loc[table["MODEL"] == "lqr", "COVERAGE"]
+    )
+    np.testing.assert_allclose(_line(fig.axes[0], "nominal").get_ydata(), [0, 1])
+
+
+def test_pngs_are_byte_stable_sized_and_free_of_metadata(frame, tmp_path):
+    a = plots.save_figure(plots.fan_chart(frame, "BE", 1), tmp_path / "a.png")
+    b = plots.save_figure(plots.fan_chart(frame, "BE", 1), tmp_path / "b.png")
+    c = plots.save_figure(plots.fan_chart(frame, "BE", 3), tmp_path / "c.png")
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    kinds = [kind for kind, _ in _png_chunks(a.read_bytes())]
+    assert not {b"tEXt", b"iTXt", b"zTXt", b"tIME"} & set(kinds)  # no Software, no timestamp
+    assert _png_size(a) == (10 * plots.DPI, round((1.0 + 2.3 * 2) * plots.DPI))
+    assert list(tmp_path.iterdir()) and not list(tmp_path.glob(".*.tmp"))  # atomic, no leftovers
+
+
+def _chromium_dom(page: Path, profile: Path) -> str:
+    exe = shutil.which("chromium")
+    assert exe, "Debian's chromium is required: apt-get install -y chromium"
+    command = [
+        exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--dump-dom", page.as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+PROBE = """
+<img id="control" src="no-such-chart.png" alt="negative control">
+<script>
+window.addEventListener("load", function () {
+  var out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({
+    images: Array.from(document.images).map(function (i) {
+      return [i.getAttribute("src"), i.complete, i.naturalWidth, i.naturalHeight];
+    }),
+    tables: document.querySelectorAll("table").length,
+    title: document.title
+  });
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def test_report_renders_with_its_images_in_headless_chromium(frame, tmp_path):
+    reports = tmp_path / "reports"
+    images = [
+        ReportImage("pinball_by_horizon.png", "Pinball by horizon"),
+        ReportImage("coverage.png", "Coverage"),
+        ReportImage("fan/AT_h1.png", "AT, 1 month ahead", "h1"),
+        ReportImage("fan/BE_h3.png", "BE, 3 months ahead", "h3"),
+    ]
+    plots.save_figure(plots.pinball_chart(frame), reports / images[0].src)
+    plots.save_figure(plots.coverage_chart(frame), reports / images[1].src)
+    plots.save_figure(plots.fan_chart(frame, "AT", 1), reports / images[2].src)
+    plots.save_figure(plots.fan_chart(frame, "BE", 3), reports / images[3].src)
+    tables = evaluate.metric_tables(frame)
+    html = render_report(tables, images, title="infl: evaluation", summary={"models": "ar_qr, lqr"})
+    assert html == render_report(
+        tables, images, title="infl: evaluation", summary={"models": "ar_qr, lqr"}
+    )
+    assert not re.search(r"https?://|<script|<link", html)  # self-contained, no network
+    (reports / "index.html").write_text(html)
+    # the probe is the report itself plus a script that records what the browser decoded
+    (reports / "probe.html").write_text(html.replace("</body>", PROBE + "</body>"))
+
+    dom = _chromium_dom(reports / "probe.html", tmp_path / "profile")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    probe = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert probe["title"] == "infl: evaluation"
+    assert probe["tables"] >= 10  # five metric sections x two periods, plus by country
+    decoded = {src: (done, w, h) for src, done, w, h in probe["images"]}
+    assert decoded.pop("no-such-chart.png") == (True, 0, 0)  # the oracle sees a broken image
+    assert set(decoded) == {image.src for image in images}
+    for src, (done, width, height) in decoded.items():
+        assert done and (width, height) == _png_size(reports / src), src
+
+
+def test_render_report_needs_the_metric_tables(frame):
+    tables = evaluate.metric_tables(frame)
+    del tables["dm"]
+    with pytest.raises(ValueError, match="tables"):
+        render_report(tables, [], title="t", summary={})

@@ -1,0 +1,188 @@
+"""Hydra multirun (`python -m pipeline run -m ...`): Hydra's sweep syntax, one folder per job,
+one shared model cache, and a comparison table at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import pipeline.cli as cli
+from pipeline.config import ConfigError, StudyConfig
+from pipeline.io import write_json
+from pipeline.sweep import JobResult, format_table, launch, run_multirun, summary_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# tiny study: 3 countries, one horizon, 6 origins; ensemble_nn off (not what this is about)
+TINY = [
+    "data.synthetic.n_countries=3",
+    "data.horizons=[1]",
+    "rolling_window.size=36",
+    "rolling_window.start_date=2022-07-01",
+    "rolling_window.end_date=2022-12-01",
+    "models.ar_qr.p=3",
+    "models.lqr.rff_features=16",
+    "models.ensemble_nn.enabled=false",
+    "runtime.task_seconds=0.2",
+    "runtime.max_workers=1",
+    "runtime.dashboard_port=0",
+    "runtime.progress_bar=false",
+]
+
+
+@pytest.fixture
+def fake_study(monkeypatch: pytest.MonkeyPatch) -> list[StudyConfig]:
+    """Replace the study with a recorder that writes a metrics.json like assemble's."""
+    seen: list[StudyConfig] = []
+
+    def study(config: StudyConfig, dry_run: bool = False) -> int:
+        seen.append(config)
+        pinball = {
+            "ar_qr": {"mean": 0.5},
+            "lqr": {"mean": 0.1 * config.models.ar_qr.p + config.seed},
+        }
+        write_json(config.output_dir / "metrics.json", {"all": {"pinball": pinball}})
+        return 0
+
+    monkeypatch.setattr(cli, "run_study", study)
+    return seen
+
+
+def test_sweep_syntax_expands_to_every_combination_each_in_its_own_folder(
+    tmp_path, monkeypatch, fake_study
+):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory but the sweep dir
+    sweep = tmp_path / "sweep"
+    results = launch(["models.ar_qr.p=range(2,4)", "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    assert [r.number for r in results] == [0, 1, 2, 3]
+    got = sorted((c.models.ar_qr.p, c.seed) for c in fake_study)
+    assert got == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    # each job its own output dir, one model cache shared by all of them
+    assert sorted(c.output_dir.resolve() for c in fake_study) == [sweep / str(n) for n in range(4)]
+    assert {c.model_cache_dir.resolve() for c in fake_study} == {sweep / "models"}
+    assert all((sweep / str(n) / ".hydra" / "overrides.yaml").is_file() for n in range(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    assert [r.metrics["pinball:lqr"] for r in results] == pytest.approx([0.2, 1.2, 0.3, 1.3])
+
+
+def test_glob_sweep_over_a_config_group_and_explicit_cache_dir(tmp_path, monkeypatch, fake_study):
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "shared-cache"
+    launch(
+        [
+            "experiment=glob(q*)",
+            f"runtime.model_cache_dir={cache}",
+            f"hydra.sweep.dir={tmp_path / 's'}",
+        ]
+    )
+    assert [c.name for c in fake_study] == ["quick"]
+    assert fake_study[0].model_cache_dir == cache
+
+
+def test_bad_override_is_a_config_error(tmp_path, monkeypatch, fake_study):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="multirun overrides"):
+        launch(["models.lqr.colour=1,2", f"hydra.sweep.dir={tmp_path / 's'}"])
+    # a value the schema rejects fails that job only (exit 2 in its row), not the sweep
+    results = launch(["models.ar_qr.p=0,3", f"hydra.sweep.dir={tmp_path / 's'}"])
+    assert [r.status for r in results] == [2, 0]
+    assert "models.ar_qr.p" in (results[0].error or "")
+
+
+def test_table_has_one_row_per_job_and_stars_the_best():
+    results = [
+        JobResult(
+            0,
+            ("a=1",),
+            "s/0",
+            0,
+            trained=10,
+            loaded=0,
+            metrics={"pinball:lqr": 0.2, "pinball:ar_qr": 0.3},
+        ),
+        JobResult(
+            1,
+            ("a=2",),
+            "s/1",
+            0,
+            trained=4,
+            loaded=6,
+            metrics={"pinball:lqr": 0.1, "pinball:ar_qr": 0.3},
+        ),
+        JobResult(2, ("a=3",), "s/2", 1, error="ValueError: boom"),
+    ]
+    rows = summary_rows(results)
+    assert list(rows[0])[:6] == [
+        "job",
+        "overrides",
+        "status",
+        "trained",
+        "loaded",
+        "failed",
+    ]
+    assert list(rows[0])[6:] == ["pinball:ar_qr", "pinball:lqr"]
+    assert math.isnan(rows[2]["pinball:lqr"]) and rows[2]["status"] == "ValueError: boom"
+    lines = format_table(rows).splitlines()
+    assert len(lines) == 2 + 3 + 1
+    assert "0.1*" in lines[3] and "0.2*" not in lines[2]
+
+
+def _runs(job: Path) -> pd.DataFrame:
+    with sqlite3.connect(f"file:{job / 'progress/progress.sqlite'}?mode=ro", uri=True) as conn:
+        return pd.read_sql_query("SELECT model, trained, loaded, failed FROM runs", conn).set_index(
+            "model"
+        )
+
+
+@pytest.mark.slow
+def test_two_job_multirun_second_job_reuses_the_first_jobs_fits(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "-m",
+        *TINY,
+        "models.lqr.alphas=[10],[20]",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first, second = _runs(sweep / "0"), _runs(sweep / "1")
+    n = 3 * 6  # countries x origins, one horizon
+    assert first.loc["ar_qr"].tolist() == [n, 0, 0] and first.loc["lqr"].tolist() == [n, 0, 0]
+    # job 1 differs only in lqr's alphas: ar_qr's fits come from job 0 through the shared cache
+    assert second.loc["ar_qr"].tolist() == [0, n, 0] and second.loc["lqr"].tolist() == [n, 0, 0]
+    assert len(list((sweep / "models/ar_qr").rglob("*.npz"))) == n
+    assert len(list((sweep / "models/lqr").rglob("*.npz"))) == 2 * n
+    for job in (0, 1):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert set(metrics["all"]["pinball"]) == {"ar_qr", "lqr"}
+    # the same ar_qr fits give the same ar_qr forecasts in both jobs
+    a, b = (pd.read_parquet(sweep / str(j) / "train/ar_qr.parquet") for j in (0, 1))
+    pd.testing.assert_frame_equal(a, b)
+    # the comparison table: one row per job, fit counts and metrics, saved as CSV too
+    table = proc.stdout
+    assert "models.lqr.alphas=[10]" in table and "models.lqr.alphas=[20]" in table
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert summary["job"].tolist() == [0, 1]
+    assert summary["trained"].tolist() == [2 * n, n] and summary["loaded"].tolist() == [0, n]
+    assert {"pinball:ar_qr", "pinball:lqr"} <= set(summary.columns)
+    assert not (tmp_path / ".hydra").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "sweep"
+    ]
+
+
+def test_run_multirun_returns_nonzero_when_a_job_fails(tmp_path, monkeypatch, fake_study, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_multirun(["models.ar_qr.p=0,3", f"hydra.sweep.dir={tmp_path / 's'}"]) == 1
+    out = capsys.readouterr().out
+    assert "config error at 'models.ar_qr.p'" in out and (tmp_path / "s/summary.csv").is_file()
