@@ -253,7 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     ar = bench_ar_qr(args.B, args.baseline_fits, args.repeats)
     lq = bench_lqr(args.B_lqr, args.baseline_lqr, args.repeats)
-    out = f"ar_qr (n = 48..59, p = 13, Q = 3)\n{table(ar)}\n\nlqr (D = 1000, 7 alphas, Q = 3)\n{table(lq)}"
+    verdict_ar = "met" if ar[1][3] >= 25 else "MISSED"
+    verdict_lq = "met" if lq[0][3] >= 50 else "MISSED"
+    out = (
+        f"ar_qr (n = 48..59, p = 13, Q = 3); target >= 25x sklearn: {verdict_ar}\n\n{table(ar)}\n\n"
+        f"lqr (D = 1000, 7 alphas, Q = 3); target >= 50x L-BFGS: {verdict_lq}\n\n{table(lq)}"
+    )
     print(out)
     if args.write:
         cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_linear.py " + " ".join(

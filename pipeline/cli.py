@@ -105,7 +105,7 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     for model in config.models.enabled():
         summary = run_train(config, model, plan)
         failed += getattr(summary, "failed", 0)
-    from pipeline.stages.assemble import assemble_study
+    from pipeline.stages.study import assemble_study
 
     assemble_study(config)
     return 1 if failed else 0
@@ -147,7 +147,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         summary = run_train(config, args.model)
         return 1 if getattr(summary, "failed", 0) else 0
     elif args.name == "assemble":
-        from pipeline.stages.assemble import assemble_study
+        from pipeline.stages.study import assemble_study
 
         assemble_study(config)
     return 0

@@ -69,7 +69,8 @@ def make_client(n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig) ->
         if runtime.scheduler_address:
             client = Client(runtime.scheduler_address, timeout="30s")
             cluster = None
-            workers = len(client.scheduler_info().get("workers", {}))
+            client.wait_for_workers(1, timeout=120)
+            workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
             log.info("connected to scheduler %s with %d workers (allowed-failures is the scheduler's own setting)",
                      runtime.scheduler_address, workers)
         else:
@@ -101,6 +102,8 @@ def make_client(n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig) ->
 
 def _dashboard_link(client: Client) -> str | None:
     try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
         link = client.dashboard_link
     except Exception:  # no dashboard (bokeh missing or disabled)
         return None

@@ -36,7 +36,7 @@ body { margin: 0; font: 14px/1.45 "DejaVu Sans", "Segoe UI", Helvetica, Arial, s
 header { background: #0b3d61; color: white; padding: 20px 32px; }
 header h1 { margin: 0 0 6px; font-size: 22px; }
 header p { margin: 0; opacity: .85; }
-main { max-width: 1240px; margin: 0 auto; padding: 8px 32px 48px; }
+main { max-width: 1320px; margin: 0 auto; padding: 8px 32px 48px; }
 section { background: white; border: 1px solid var(--rule); border-radius: 8px;
           padding: 12px 20px 16px; margin: 18px 0; }
 h2 { font-size: 18px; margin: 6px 0 8px; }
@@ -45,7 +45,7 @@ p.note { color: var(--muted); margin: 4px 0 10px; font-size: 13px; }
 dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 6px 0; }
 dl.summary dt { color: var(--muted); }
 dl.summary dd { margin: 0; font-weight: 600; }
-.pair { display: flex; flex-wrap: wrap; gap: 14px 40px; }
+.pair { display: flex; flex-wrap: wrap; gap: 14px 28px; }
 .pair > div { flex: 0 1 auto; min-width: 0; max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 13px; }
 th, td { padding: 3px 8px; border-bottom: 1px solid var(--rule); text-align: right; white-space: nowrap; }

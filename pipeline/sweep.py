@@ -179,13 +179,15 @@ def headline_metrics(job_dir: Path) -> dict[str, float]:
 
 
 def summary_rows(results: Sequence[JobResult]) -> list[dict[str, Any]]:
-    """One row per job: number, overrides, status, fit counts, then every headline metric."""
+    """One row per job: number, its own overrides, status, fit counts, then the headline metrics."""
     metric_names = sorted({name for r in results for name in r.metrics}, key=_metric_order)
+    # overrides every job shares say nothing about the difference between jobs
+    common = set.intersection(*(set(r.overrides) for r in results)) if len(results) > 1 else set()
     rows = []
     for r in results:
         row: dict[str, Any] = {
             "job": r.number,
-            "overrides": " ".join(r.overrides),
+            "overrides": " ".join(o for o in r.overrides if o not in common) or "-",
             "status": "ok"
             if r.status == 0
             else (r.error or f"exit {r.status}").splitlines()[0][:60],
@@ -213,7 +215,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     if best:
         lines.append(
-            "(* = lowest in its column; pinball/crps: mean over countries, horizons, quantiles and origins)"
+            "(* = lowest in its column; losses pooled over countries, horizons, quantiles, origins)"
         )
     return "\n".join(lines)
 

@@ -142,43 +142,35 @@ def _runs(job: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_two_job_multirun_second_job_reuses_the_first_jobs_fits(tmp_path):
+def test_two_job_multirun_second_job_refits_only_what_differs(tmp_path):
+    # job 0: horizon 1; job 1: horizons 1 and 3 -> its horizon-1 fits come from job 0's cache
     sweep = tmp_path / "sweep"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "-m",
-        *TINY,
-        "models.lqr.alphas=[10],[20]",
-        f"hydra.sweep.dir={sweep}",
-    ]
+    cmd = [sys.executable, "-m", "pipeline", "run", "-m", *TINY, "models.lqr.enabled=false",
+           "data.horizons=[1],[1,3]", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    first, second = _runs(sweep / "0"), _runs(sweep / "1")
-    n = 3 * 6  # countries x origins, one horizon
-    assert first.loc["ar_qr"].tolist() == [n, 0, 0] and first.loc["lqr"].tolist() == [n, 0, 0]
-    # job 1 differs only in lqr's alphas: ar_qr's fits come from job 0 through the shared cache
-    assert second.loc["ar_qr"].tolist() == [0, n, 0] and second.loc["lqr"].tolist() == [n, 0, 0]
-    assert len(list((sweep / "models/ar_qr").rglob("*.npz"))) == n
-    assert len(list((sweep / "models/lqr").rglob("*.npz"))) == 2 * n
-    for job in (0, 1):
-        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
-        assert set(metrics["all"]["pinball"]) == {"ar_qr", "lqr"}
-    # the same ar_qr fits give the same ar_qr forecasts in both jobs
-    a, b = (pd.read_parquet(sweep / str(j) / "train/ar_qr.parquet") for j in (0, 1))
-    pd.testing.assert_frame_equal(a, b)
-    # the comparison table: one row per job, fit counts and metrics, saved as CSV too
-    table = proc.stdout
-    assert "models.lqr.alphas=[10]" in table and "models.lqr.alphas=[20]" in table
-    summary = pd.read_csv(sweep / "summary.csv")
-    assert summary["job"].tolist() == [0, 1]
-    assert summary["trained"].tolist() == [2 * n, n] and summary["loaded"].tolist() == [0, n]
-    assert {"pinball:ar_qr", "pinball:lqr"} <= set(summary.columns)
-    assert not (tmp_path / ".hydra").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "sweep"
+    n = 3 * 6  # countries x origins per horizon
+    assert _runs(sweep / "0").loc["ar_qr"].tolist() == [n, 0, 0]
+    assert _runs(sweep / "1").loc["ar_qr"].tolist() == [n, n, 0]  # (trained, loaded, failed)
+    assert len(list((sweep / "models/ar_qr").rglob("*.npz"))) == 2 * n
+    # reused fits give the very same forecasts
+    h1 = [
+        pd.read_parquet(sweep / str(j) / "train/ar_qr.parquet").query("HORIZON == 1")
+        for j in (0, 1)
     ]
+    pd.testing.assert_frame_equal(h1[0].reset_index(drop=True), h1[1].reset_index(drop=True))
+    for job, horizons in ((0, ["h1"]), (1, ["h1", "h3"])):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert sorted(metrics["all"]["pinball"]["ar_qr"]) == [*horizons, "mean"]
+    # the comparison table: one row per job with fit counts and metrics, also saved as CSV
+    assert "data.horizons=[1]" in proc.stdout and "data.horizons=[1,3]" in proc.stdout
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert summary[["job", "trained", "loaded", "failed"]].values.tolist() == [
+        [0, n, 0, 0],
+        [1, n, n, 0],
+    ]
+    assert summary["pinball:ar_qr"].notna().all() and summary["status"].tolist() == ["ok", "ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no .hydra/ or outputs here
 
 
 def test_run_multirun_returns_nonzero_when_a_job_fails(tmp_path, monkeypatch, fake_study, capsys):

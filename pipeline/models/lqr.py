@@ -22,8 +22,13 @@ the box-constrained QP  max_v y~'v - v'Kv/(4 lam N) - (eps/2) sum v_i^2 / w_i,
 v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi phi'.
 `solver="exact"`: eps = 0, the exact check loss. `solver="huberized"`: eps = `HUBER_EPS`,
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
-quadratic on [(tau-1) eps, tau eps]); the strongly convex dual converges in fewer
-interior-point (Newton) iterations. Both run through `solve_box_qp`.
+quadratic on [(tau-1) eps, tau eps]), solved to optimality by the same primal-dual
+Newton (interior-point) iterations; its dual is strongly convex. Both run through
+`solve_kernel_qr` / `solve_box_qp`, batched over problems, alphas and quantiles.
+
+When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
+as for the sample median of an even count); the interior point returns a point inside that
+interval (its analytic centre), deterministically for a given input.
 
 Alpha is chosen per quantile by time-ordered validation inside the window: fit on the first
 n - validation_size rows with weight > 0, score the mean pinball on the last validation_size

@@ -36,6 +36,7 @@ import torch
 from pipeline.models.common import as_batch, check_quantiles, torch_single_thread
 
 _STEP = 0.99995  # fraction of the way to the boundary (Portnoy & Koenker's choice)
+INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,13 @@ class LPInfo:
     gap: np.ndarray  # interior-point duality gap when stopped
     certified: np.ndarray  # bool: the returned vertex passed the exact optimality test
     iterations: int  # interior-point iterations, summed over the tolerance levels
+
+
+def _chol_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve (L L') x = b with two triangular solves (cheaper than cholesky_solve on CPU
+    for many tiny matrices: less per-matrix LAPACK overhead)."""
+    z = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.transpose(-1, -2), z, upper=True)
 
 
 def _max_step(v: torch.Tensor, u: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
@@ -125,7 +133,7 @@ def _frisch_newton(
         M.diagonal(dim1=-2, dim2=-1).add_(1e-300)  # null (dropped) directions: dy = 0
         L, _ = torch.linalg.cholesky_ex(M)
         rhs = (q * r) @ At
-        dy = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+        dy = _chol_solve(L, rhs[..., None])[..., 0]
         dx = q * (dy @ A - r)
         dz = -z * (dx / x + 1.0)
         dw = -w * (1.0 - dx / s)
@@ -141,7 +149,7 @@ def _frisch_newton(
         xinv, sinv = 1.0 / x, 1.0 / s
         xi = mu * (xinv - sinv)
         rhs = rhs + (q * (dxdz - dsdw - xi)) @ At
-        dy = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+        dy = _chol_solve(L, rhs[..., None])[..., 0]
         dx = q * (dy @ A + xi - r - dxdz + dsdw)
         dz = mu * xinv - z - xinv * z * dx - dxdz
         dw = mu * sinv - w + sinv * w * dx - dsdw
@@ -335,7 +343,6 @@ def solve_box_qp(
     Ut = U.transpose(-1, -2)
     v = 0.5 * (lo + hi)
     nu = torch.zeros(*y.shape[:-1], k, dtype=y.dtype)
-    zl, zu = torch.ones_like(v), torch.ones_like(v)
     n = v.shape[-1]
     scale = 1.0 + y.abs().amax(-1, keepdim=True)
     eye_k = torch.eye(k, dtype=y.dtype)
@@ -345,10 +352,15 @@ def solve_box_qp(
             return v @ H.squeeze(-3)  # H symmetric and shared along this axis: one GEMM
         return (H @ v[..., None])[..., 0]
 
+    # dual-feasible start: zl - zu equals the gradient at v, plus a common margin
+    g0 = hv(v) - y
+    margin = INIT_MARGIN * (1.0 + g0.abs().mean(-1, keepdim=True))
+    zl, zu = g0.clamp(min=0.0) + margin, (-g0).clamp(min=0.0) + margin
+
     def newton(L, UMU, Minv_U, rd, rp, sl, su, rl, ru, Minv_g=None):
         g = -rd + rl / sl - ru / su
         if Minv_g is None:
-            Minv_g = torch.cholesky_solve(g[..., None], L)[..., 0]
+            Minv_g = _chol_solve(L, g[..., None])[..., 0]
         rhs = (Ut @ Minv_g[..., None])[..., 0] + rp
         dnu = torch.linalg.solve(UMU, rhs[..., None])[..., 0] if k else nu
         dv = Minv_g - (Minv_U @ dnu[..., None])[..., 0] if k else Minv_g
@@ -378,7 +390,7 @@ def solve_box_qp(
         L, _ = torch.linalg.cholesky_ex(M)
         # predictor (affine scaling); one triangular solve for U and the right-hand side
         g_aff = -rd - zl + zu
-        sol = torch.cholesky_solve(torch.cat([U, g_aff[..., None]], -1), L)
+        sol = _chol_solve(L, torch.cat([U, g_aff[..., None]], -1))
         Minv_U = sol[..., :k]
         UMU = Ut @ Minv_U + 1e-14 * eye_k
         dv, dnu, dzl, dzu = newton(

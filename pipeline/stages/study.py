@@ -1,0 +1,39 @@
+"""Glue between a validated StudyConfig and the `assemble` stage: which fits the config asked for."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.adapters import get_adapter
+from pipeline.config import StudyConfig
+from pipeline.stages.assemble import AssembleResult, assemble
+from pipeline.stages.prepare import load_panel
+from pipeline.tasks import build_groups
+from pipeline.windows import month_start
+
+
+def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (MODEL, COUNTRY, HORIZON, QUANTILE, WINDOW_END) the enabled models must forecast.
+
+    Built from the same fit groups train builds, so a fit the data cannot support (a window
+    with a gap, a country whose data ended) is not expected, and every expected one is listed
+    as missing by assemble when train did not deliver it.
+    """
+    panel = load_panel(config.output_dir) if panel is None else panel
+    rows = []
+    for model in config.models.enabled():
+        for group in build_groups(panel, config, get_adapter(model)):
+            for i in range(len(group)):
+                origin = month_start(int(group.origin[i]))
+                for country in group.countries[i][group.rows[i]]:
+                    for horizon in group.horizons:
+                        rows.extend((model, str(country), int(horizon), float(q), origin) for q in config.data.quantiles)
+    frame = pd.DataFrame.from_records(rows, columns=["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"])
+    return frame.astype(
+        {"MODEL": "string", "COUNTRY": "string", "HORIZON": "int64", "QUANTILE": "float64", "WINDOW_END": "datetime64[ns]"}
+    )
+
+
+def assemble_study(config: StudyConfig) -> AssembleResult:
+    """Run assemble for the config's output dir, checking coverage against the expected fits."""
+    return assemble(config.output_dir, config.data.target, benchmark="ar_qr", expected=expected_fits(config))

@@ -1,0 +1,163 @@
+"""Fits, content keys, task batching and the worker task function (no cluster)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SMALL_STUDY, make_config
+
+from pipeline.adapters import cache_path, get_adapter, run_task
+from pipeline.io import read_npz
+from pipeline.schema import lag_column, lead_column
+from pipeline.tasks import build_groups, choose_fits_per_task, make_tasks, task_payload, window_arrays
+from pipeline.windows import month_index
+
+LAGS = range(0, 4)
+HORIZONS = (1, 3)
+
+
+def time_panel(countries: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """A prepared panel (ARCHITECTURE.md contract) whose values are their own month index.
+
+    y_t = m(t) + 1000 * country number, so every value says which month and country it is.
+    """
+    frames = []
+    for c, (code, (start, end)) in enumerate(sorted(countries.items())):
+        months = pd.date_range(start, end, freq="MS")
+        m = np.array([month_index(t) for t in months], dtype=np.float64) + 1000.0 * c
+        f = pd.DataFrame({"COUNTRY": code, "TIME": months, "y_raw": m, "y": m})
+        first = m[0]
+        for lag in LAGS:
+            f[lag_column("y", lag)] = np.where(m - lag >= first, m - lag, np.nan)
+        last = m[-1]
+        for h in HORIZONS:
+            f[lead_column(h)] = np.where(m + h <= last, m + h, np.nan)
+        frames.append(f)
+    panel = pd.concat(frames, ignore_index=True)
+    panel["COUNTRY"] = panel["COUNTRY"].astype("string")
+    return panel
+
+
+def study(**runtime: Any) -> Any:
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update(runtime)
+    return make_config(d)
+
+
+PANEL = time_panel({"AA": ("2014-01-01", "2019-12-01"), "BB": ("2016-06-01", "2019-12-01")})
+
+
+def test_windows_see_nothing_after_the_origin() -> None:
+    config = study()
+    (g1, g3) = build_groups(PANEL, config, get_adapter("ar_qr"))
+    size = config.rolling_window.size
+    for g in (g1, g3):
+        h = g.horizon
+        for i in range(len(g)):
+            T = int(g.origin[i]) + 1000.0 * (g.country[i] == "BB")
+            live = g.data["w"][i] > 0
+            X, y = g.data["X"][i][live], g.data["y"][i][live]
+            # features at t are y_t..y_{t-p+1}; targets y_{t+h}: never past the origin
+            t = X[:, 0]
+            assert np.all(t >= T - size + 1) and np.all(t <= T - h)
+            assert np.array_equal(y, t + h) and y.max() <= T
+            assert np.array_equal(X[:, 1], t - 1)
+            assert g.data["X_new"][i][0, 0] == T  # forecast-time features are those at T
+    # BB starts 2016-06: its early windows are partial (masked rows), never shifted
+    bb = g1.country == "BB"
+    assert g1.data["w"][bb].sum(1).min() < g1.data["w"][~bb].sum(1).min()
+
+
+def test_pooled_windows_mask_targets_past_the_origin() -> None:
+    grid = np.arange(40, dtype=np.float64)[None, :, None].repeat(3, axis=2)  # feature, lead1, lead3
+    grid[0, :, 1] += 1
+    grid[0, :, 2] += 3
+    origins = np.array([20, 30])
+    arr = window_arrays(grid, 0, origins, size=10, horizons=[1, 3], n_features=1)
+    for o, T in enumerate(origins):
+        t = arr["X"][0, o, :, 0]
+        assert np.array_equal(t, np.arange(T - 9, T))  # rows t = T-9 .. T-1
+        y1, y3 = arr["y"][0, o, :, 0], arr["y"][0, o, :, 1]
+        assert np.array_equal(y1, t + 1)
+        assert np.all(np.isnan(y3[t + 3 > T])) and np.array_equal(y3[t + 3 <= T], t[t + 3 <= T] + 3)
+
+
+def keys_of(panel: pd.DataFrame, config: Any, model: str) -> dict[tuple[str, int, int], str]:
+    out = {}
+    for g in build_groups(panel, config, get_adapter(model)):
+        for i, k in enumerate(g.keys):
+            out[(str(g.country[i]), g.horizon, int(g.origin[i]))] = str(k)
+    return out
+
+
+def test_keys_follow_content_not_the_whole_panel() -> None:
+    config = study()
+    base = keys_of(PANEL, config, "ar_qr")
+    assert len(set(base.values())) == len(base)
+    # appending a month of data changes no fit's key
+    longer = time_panel({"AA": ("2014-01-01", "2020-01-01"), "BB": ("2016-06-01", "2020-01-01")})
+    assert keys_of(longer, config, "ar_qr") == base
+    # changing one value changes exactly the keys of fits that read it (BB, month 2017-07)
+    edited = PANEL.copy()
+    hit = month_index("2017-07-01")
+    is_bb = (edited["COUNTRY"] == "BB").to_numpy()
+    for col in [c for c in PANEL.columns if c.startswith("y_")]:
+        edited.loc[is_bb & np.isclose(edited[col].to_numpy(), hit + 1000.0), col] = -1.0
+    changed = {k for k, v in keys_of(edited, config, "ar_qr").items() if base[k] != v}
+    assert changed and all(c == "BB" for c, _, _ in changed)
+    size = config.rolling_window.size
+    for _, h, origin in changed:  # every changed fit's window or forecast row holds that month
+        assert origin - size + 1 - max(LAGS) <= hit <= origin + h
+    # another model's parameters leave ar_qr's keys alone; ar_qr's own change all of them
+    d = copy.deepcopy(SMALL_STUDY)
+    d["models"]["lqr"] = {"enabled": True, "alphas": [1.0]}
+    assert keys_of(PANEL, make_config(d), "ar_qr") == base
+    d["models"]["ar_qr"]["p"] = 2
+    assert not set(keys_of(PANEL, make_config(d), "ar_qr").values()) & set(base.values())
+
+
+def test_tasks_cover_each_fit_once() -> None:
+    config = study()
+    groups = build_groups(PANEL, config, get_adapter("ar_qr"))
+    todo = [np.arange(len(g))[::2] for g in groups]
+    tasks = make_tasks(groups, todo, fits_per_task=5)
+    seen = [(t.group, int(i)) for t in tasks for i in t.index]
+    assert sorted(seen) == sorted((g, int(i)) for g, idx in enumerate(todo) for i in idx)
+    assert all(1 <= t.index.size <= 5 for t in tasks)
+    assert len({t.task_id for t in tasks}) == len(tasks)
+    assert [t.task_id for t in make_tasks(groups, todo, 5)] == [t.task_id for t in tasks]
+    with pytest.raises(ValueError, match="fits_per_task"):
+        make_tasks(groups, todo, 0)
+
+
+def test_fits_per_task_targets_task_seconds_but_keeps_workers_busy() -> None:
+    assert choose_fits_per_task(0.01, 5.0, 100_000, 2) == 500
+    assert choose_fits_per_task(0.01, 5.0, 1_000, 2) == 125  # 4 tasks per worker
+    assert choose_fits_per_task(60.0, 5.0, 10, 2) == 1
+
+
+def test_run_task_isolates_a_failing_fit(tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL_COUNTRIES", "BB")
+    config = study()
+    (g1, _) = build_groups(PANEL, config, get_adapter("fake_fail"))
+    idx = np.arange(len(g1))
+    payload = task_payload(g1, idx, params={}, quantiles=config.data.quantiles, seed=0, cache_dir=str(tmp_path))
+    out = run_task(payload)
+    bad = {str(k) for k, c in zip(g1.keys, g1.country, strict=True) if c == "BB"}
+    assert {f["key"] for f in out["failed"]} == bad
+    assert all("injected failure" in f["traceback"] and f["error_type"] == "ValueError" for f in out["failed"])
+    assert set(out["keys"]) == {str(k) for k in g1.keys} - bad
+    assert out["pred"].shape == (len(out["keys"]), 1, 1, 3)
+    for key, pred in zip(out["keys"], out["pred"], strict=True):
+        arrays = read_npz(cache_path(tmp_path, "fake_fail", key))
+        assert np.array_equal(arrays["pred"], pred)
+        # the fake model's forecast is the empirical quantile of the window's targets
+        i = list(g1.keys).index(key)
+        y = g1.data["y"][i][g1.data["w"][i] > 0]
+        assert np.allclose(pred[0, 0], np.quantile(y, config.data.quantiles))
+    assert not any(cache_path(tmp_path, "fake_fail", k).exists() for k in bad)
