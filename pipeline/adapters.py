@@ -71,7 +71,9 @@ def get_adapter(name: str) -> Adapter:
 
 
 def _load_extra() -> None:
-    for spec in filter(None, (s.strip() for s in os.environ.get(EXTRA_ADAPTERS_ENV, "").split(","))):
+    for spec in filter(
+        None, (s.strip() for s in os.environ.get(EXTRA_ADAPTERS_ENV, "").split(","))
+    ):
         if spec in _LOADED_EXTRA:
             continue
         _LOADED_EXTRA.add(spec)
@@ -110,9 +112,17 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         for j, i in enumerate(idx):
             key = payload["keys"][i]
             # state: stacked arrays (B, ...) or, for ragged models, one dict per fit ("states")
-            fit_state = out["states"][j] if "states" in out else {k: v[j] for k, v in out.get("state", {}).items()}
+            fit_state = (
+                out["states"][j]
+                if "states" in out
+                else {k: v[j] for k, v in out.get("state", {}).items()}
+            )
             state = {f"state_{k}": np.asarray(v) for k, v in fit_state.items()}
-            alpha = np.asarray(out["alpha"][j]) if "alpha" in out else np.full(len(payload["quantiles"]), np.nan)
+            alpha = (
+                np.asarray(out["alpha"][j])
+                if "alpha" in out
+                else np.full(len(payload["quantiles"]), np.nan)
+            )
             write_npz(
                 cache_path(payload["cache_dir"], payload["model"], key),
                 {
@@ -127,7 +137,11 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
             preds.append(out["pred"][j])
             alphas.append(alpha)
     order = np.argsort([payload["keys"].index(k) for k in keys], kind="stable")
-    C, H, Q = np.asarray(payload["countries"]).shape[1], len(payload["horizons"]), len(payload["quantiles"])
+    C, H, Q = (
+        np.asarray(payload["countries"]).shape[1],
+        len(payload["horizons"]),
+        len(payload["quantiles"]),
+    )
     return {
         "keys": [keys[i] for i in order],
         "pred": np.stack([preds[i] for i in order]) if keys else np.empty((0, C, H, Q)),
@@ -165,7 +179,9 @@ def _solve(
         rows = payload["rows"][idx]
         want = (len(idx), rows.shape[1], len(payload["horizons"]), len(payload["quantiles"]))
         if pred.shape != want:
-            raise ValueError(f"{adapter.name}: prediction shape {pred.shape} is not (B, C, H, Q) = {want}")
+            raise ValueError(
+                f"{adapter.name}: prediction shape {pred.shape} is not (B, C, H, Q) = {want}"
+            )
         if not np.isfinite(pred[rows]).all():
             raise FloatingPointError(f"{adapter.name}: non-finite forecast")
     except Exception as exc:
@@ -182,7 +198,9 @@ def _solve(
     key = payload["keys"][idx[0]]
     error_type = "memory" if isinstance(error, MemoryError) else type(error).__name__
     log.warning("fit %s of %s failed: %s: %s", key[:12], adapter.name, error_type, error)
-    failed.append({"key": key, "error_type": error_type, "message": str(error)[:2000], "traceback": trace})
+    failed.append(
+        {"key": key, "error_type": error_type, "message": str(error)[:2000], "traceback": trace}
+    )
 
 
 # --- the real models ------------------------------------------------------------------------
@@ -223,7 +241,11 @@ def _lqr_fit(payload: dict[str, Any]) -> dict[str, Any]:
     )
     state = {k: np.asarray(v) for k, v in res.state.items()}
     state["crossing"] = np.asarray(res.crossing)
-    return {"pred": np.asarray(res.pred)[:, :, None, :], "alpha": np.asarray(res.alpha), "state": state}
+    return {
+        "pred": np.asarray(res.pred)[:, :, None, :],
+        "alpha": np.asarray(res.alpha),
+        "state": state,
+    }
 
 
 register(
@@ -272,8 +294,14 @@ def _ensemble_fit(payload: dict[str, Any]) -> dict[str, Any]:
         new = np.nonzero(rows[b])[0]
         new_rows.append(new)
         windows.append(
-            WindowData(X=d["X"][b][ci, ti], y=d["y"][b][ci, ti], country=ci, X_new=d["X_new"][b][new],
-                       country_new=new, time=ti)
+            WindowData(
+                X=d["X"][b][ci, ti],
+                y=d["y"][b][ci, ti],
+                country=ci,
+                X_new=d["X_new"][b][new],
+                country_new=new,
+                time=ti,
+            )
         )
     results = fit_predict_ensemble_windows(
         windows,

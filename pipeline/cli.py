@@ -17,7 +17,10 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+
+import yaml
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
@@ -86,28 +89,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_study(config: StudyConfig, dry_run: bool = False) -> int:
-    """Run every stage in-process for one validated config."""
+    """Run every stage in-process for one validated config; stage wall times go to logs/."""
+    from pipeline.io import write_text
     from pipeline.stages.prepare import prepare
+    from pipeline.stages.probe import run_probe
+    from pipeline.stages.study import assemble_study
+    from pipeline.stages.train import run_train
+    from pipeline.timings import record_stage, timed_stage
 
     root = Path.cwd()
     if dry_run:
         return _dry_run(config, root)
-    result = prepare(config, root)
-    log.info(
-        "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
-    )
-    from pipeline.stages.probe import run_probe
-
-    plan = run_probe(config)
-    from pipeline.stages.train import run_train
-
+    out = config.output_dir
+    started = time.perf_counter()
+    result = prepare(config, root)  # validates the data first: a bad input writes nothing
+    record_stage(out, "prepare", time.perf_counter() - started)
+    log.info("prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12])
+    # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
+    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    with timed_stage(out, "probe"):
+        plan = run_probe(config)
     failed = 0
     for model in config.models.enabled():
-        summary = run_train(config, model, plan)
-        failed += getattr(summary, "failed", 0)
-    from pipeline.stages.study import assemble_study
-
-    assemble_study(config)
+        with timed_stage(out, f"train@{model}"):
+            failed += run_train(config, model, plan).failed
+    with timed_stage(out, "assemble"):
+        assemble_study(config)
     return 1 if failed else 0
 
 
@@ -190,6 +197,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return run_checks(args.overrides)
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    from pipeline.results import render_results
+
+    render_results(Path(args.output_dir), Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.monitor import monitor
 
@@ -238,6 +253,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="verify the set-up")
     check.add_argument("overrides", nargs="*")
     check.set_defaults(handler=_cmd_check)
+
+    results = commands.add_parser("results", help="write docs/RESULTS.md from a finished study")
+    results.add_argument("--output-dir", default="studies/seed", help="the study's runtime.output_dir")
+    results.add_argument("--out", default="docs/RESULTS.md")
+    results.set_defaults(handler=_cmd_results)
 
     monitor = commands.add_parser("monitor", help="show a run's progress")
     monitor.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")

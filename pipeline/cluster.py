@@ -53,10 +53,15 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 @contextmanager
-def make_client(n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig) -> Iterator[ClusterHandle]:
+def make_client(
+    n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig
+) -> Iterator[ClusterHandle]:
     """A client on a fresh LocalCluster (or on runtime.scheduler_address); closed on exit."""
     config = {
-        "distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **THREAD_ENV},
+        "distributed.nanny.pre-spawn-environ": {
+            **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+            **THREAD_ENV,
+        },
         "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
         # one task per worker thread at a time: a worker killed for memory then takes down only
         # the task that outgrew it, not innocent tasks queued behind it
@@ -71,8 +76,11 @@ def make_client(n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig) ->
             cluster = None
             client.wait_for_workers(1, timeout=120)
             workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-            log.info("connected to scheduler %s with %d workers (allowed-failures is the scheduler's own setting)",
-                     runtime.scheduler_address, workers)
+            log.info(
+                "connected to scheduler %s with %d workers (allowed-failures is the scheduler's own setting)",
+                runtime.scheduler_address,
+                workers,
+            )
         else:
             host, port = runtime.dashboard_host, runtime.dashboard_port
             if port and not port_is_free(host, port):
@@ -134,11 +142,25 @@ class TaskStream:
             try:
                 result = future.result()
             except KilledWorker as exc:
-                yield name, None, {"error_type": "memory", "message": f"worker killed while running the task: {exc}",
-                                   "traceback": traceback.format_exc()}
+                yield (
+                    name,
+                    None,
+                    {
+                        "error_type": "memory",
+                        "message": f"worker killed while running the task: {exc}",
+                        "traceback": traceback.format_exc(),
+                    },
+                )
             except Exception as exc:
-                yield name, None, {"error_type": type(exc).__name__, "message": str(exc)[:2000],
-                                   "traceback": traceback.format_exc()}
+                yield (
+                    name,
+                    None,
+                    {
+                        "error_type": type(exc).__name__,
+                        "message": str(exc)[:2000],
+                        "traceback": traceback.format_exc(),
+                    },
+                )
             else:
                 yield name, result, None
             finally:

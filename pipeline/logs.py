@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ LOG_DIR = Path("logs")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # loggers whose records go to the run log (the pipeline's own and Dask's)
 _LOGGERS = ("pipeline", "distributed")
+_progress_log = logging.getLogger("pipeline.train")
 
 
 def new_run_id(prefix: str) -> str:
@@ -57,3 +59,66 @@ class RunLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ProgressReporter:
+    """Rich progress bar on a TTY when enabled, else a log line about every 10 % / 30 s."""
+
+    def __init__(self, model: str, total: int, enabled: bool) -> None:
+        self.model, self.total = model, total
+        self.rich = None
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.done = self.logged = 0
+        if enabled and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.rich = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} fits/s"),
+                TextColumn("failed {task.fields[failed]}"),
+                TimeRemainingColumn(),
+            )
+            self.task = self.rich.add_task(model, total=total, rate=0.0, failed=0)
+
+    def __enter__(self) -> ProgressReporter:
+        if self.rich is not None:
+            self.rich.start()
+        return self
+
+    def update(self, advance: int, trained: int, failed: int) -> None:
+        self.done += advance
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self.rich is not None:
+            self.rich.update(self.task, advance=advance, rate=rate, failed=failed)
+            return
+        step = max(1, self.total // 10)
+        if (
+            self.done == self.total
+            or elapsed - self.last > 30
+            or self.done // step > self.logged // step
+        ):
+            self.last, self.logged = elapsed, self.done
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            _progress_log.info(
+                "%s: %d/%d fits, %.1f fits/s, %d failed, ETA %.0f s",
+                self.model,
+                self.done,
+                self.total,
+                rate,
+                failed,
+                eta,
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.rich is not None:
+            self.rich.stop()

@@ -24,12 +24,13 @@ table `progress`, one row per (model, country, quantile, horizon, origin), prima
 table `errors`: id INTEGER PK, run_id, model, key, country, horizon, origin, attempt,
   error_type, message, traceback (full text), at (unix seconds)
 table `runs`: run_id TEXT PK, model, pid, started, finished, state ('running' | 'finished' |
-  'interrupted' | 'failed'), dashboard (URL or NULL), n_workers, log_path, fits, trained,
+  'interrupted' | 'failed' | 'killed': found dead by a later run), dashboard (URL or NULL), n_workers, log_path, fits, trained,
   loaded, failed
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -97,8 +98,17 @@ class ProgressStore:
     # --- runs -----------------------------------------------------------------------------
 
     def start_run(self, run_id: str, model: str, pid: int, log_path: str) -> None:
+        """Record a new run; earlier runs still 'running' whose process is gone become 'killed'."""
+        stale = [
+            r
+            for (r, p) in self.conn.execute("SELECT run_id, pid FROM runs WHERE state = 'running'")
+            if not _alive(p)
+        ]
         with self.conn:
             self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "UPDATE runs SET state = 'killed' WHERE run_id = ?", [(r,) for r in stale]
+            )
             self.conn.execute(
                 "INSERT OR REPLACE INTO runs (run_id, model, pid, started, state, log_path) VALUES (?,?,?,?,?,?)",
                 (run_id, model, pid, time.time(), "running", log_path),
@@ -110,11 +120,15 @@ class ProgressStore:
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*fields.values(), run_id))
+            self.conn.execute(
+                f"UPDATE runs SET {cols} WHERE run_id = ?", (*fields.values(), run_id)
+            )
 
     # --- fits -----------------------------------------------------------------------------
 
-    def sync_rows(self, model: str, rows: Sequence[tuple[str, float, int, str, str]], run_id: str) -> None:
+    def sync_rows(
+        self, model: str, rows: Sequence[tuple[str, float, int, str, str]], run_id: str
+    ) -> None:
         """Make the model's rows exactly `rows` = [(country, quantile, horizon, origin, key)].
 
         A row whose key changed (new parameters or data) goes back to pending with zero
@@ -122,7 +136,9 @@ class ProgressStore:
         """
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (country TEXT, quantile REAL, horizon INTEGER, origin TEXT, key TEXT)")
+            self.conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS want (country TEXT, quantile REAL, horizon INTEGER, origin TEXT, key TEXT)"
+            )
             self.conn.execute("DELETE FROM want")
             self.conn.executemany("INSERT INTO want VALUES (?,?,?,?,?)", rows)
             self.conn.execute(
@@ -142,7 +158,9 @@ class ProgressStore:
             )
             self.conn.execute("DELETE FROM want")
 
-    def done_forecasts(self, model: str) -> dict[str, list[tuple[str, int, float, float, float | None]]]:
+    def done_forecasts(
+        self, model: str
+    ) -> dict[str, list[tuple[str, int, float, float, float | None]]]:
         """key -> [(country, horizon, quantile, forecast, alpha)] of rows recorded done."""
         out: dict[str, list[tuple[str, int, float, float, float | None]]] = {}
         cur = self.conn.execute(
@@ -155,10 +173,14 @@ class ProgressStore:
 
     def attempts(self, model: str) -> dict[str, int]:
         """key -> attempts so far."""
-        cur = self.conn.execute("SELECT key, MAX(attempts) FROM progress WHERE model = ? GROUP BY key", (model,))
+        cur = self.conn.execute(
+            "SELECT key, MAX(attempts) FROM progress WHERE model = ? GROUP BY key", (model,)
+        )
         return dict(cur.fetchall())
 
-    def set_status(self, model: str, keys: Iterable[str], status: str, run_id: str, **fields: Any) -> None:
+    def set_status(
+        self, model: str, keys: Iterable[str], status: str, run_id: str, **fields: Any
+    ) -> None:
         """Set status (and optional columns) on every row of the given fits."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {list(STATUSES)}; got {status!r}")
@@ -186,12 +208,31 @@ class ProgressStore:
                 "forecast = ?, alpha = ?, run_id = ? "
                 "WHERE model = ? AND key = ? AND country = ? AND horizon = ? AND quantile = ?",
                 [
-                    (task["worker"], task["started"], task["finished"], per_fit, task["peak_mb"], f, a, run_id, model, k, c, h, q)
+                    (
+                        task["worker"],
+                        task["started"],
+                        task["finished"],
+                        per_fit,
+                        task["peak_mb"],
+                        f,
+                        a,
+                        run_id,
+                        model,
+                        k,
+                        c,
+                        h,
+                        q,
+                    )
                     for k, c, h, q, f, a in rows
                 ],
             )
 
-    def mark_loaded(self, model: str, run_id: str, rows: Sequence[tuple[str, str, int, float, float, float | None]]) -> None:
+    def mark_loaded(
+        self,
+        model: str,
+        run_id: str,
+        rows: Sequence[tuple[str, str, int, float, float, float | None]],
+    ) -> None:
         """Mark fits found in the model cache done (attempts unchanged); rows as in record_done."""
         with self.conn:
             self.conn.execute("BEGIN")
@@ -219,8 +260,17 @@ class ProgressStore:
                     "UPDATE progress SET status = 'failed', attempts = attempts + 1, error_type = ?, "
                     "error_message = ?, worker = ?, started = ?, finished = ?, peak_mb = ?, run_id = ? "
                     "WHERE model = ? AND key = ?",
-                    (f["error_type"], f["message"], task.get("worker"), task.get("started"), task.get("finished", now),
-                     task.get("peak_mb"), run_id, model, f["key"]),
+                    (
+                        f["error_type"],
+                        f["message"],
+                        task.get("worker"),
+                        task.get("started"),
+                        task.get("finished", now),
+                        task.get("peak_mb"),
+                        run_id,
+                        model,
+                        f["key"],
+                    ),
                 )
                 self.conn.execute(
                     "INSERT INTO errors (run_id, model, key, country, horizon, origin, attempt, error_type, message, traceback, at) "
@@ -271,3 +321,15 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
         return pd.read_sql_query(f"SELECT * FROM {table}", conn)
     finally:
         conn.close()
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -84,7 +84,12 @@ def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str]
 
 
 def window_arrays(
-    grid: np.ndarray, m0: int, origins: np.ndarray, size: int, horizons: Sequence[int], n_features: int
+    grid: np.ndarray,
+    m0: int,
+    origins: np.ndarray,
+    size: int,
+    horizons: Sequence[int],
+    n_features: int,
 ) -> dict[str, np.ndarray]:
     """Training windows for every (country, origin).
 
@@ -249,7 +254,9 @@ def make_tasks(
         n_chunks = math.ceil(idx.size / fits_per_task)
         for part in np.array_split(idx, n_chunks):
             tid = stable_hash([group.model, group.horizon, *group.keys[part].tolist()], 16)
-            tasks.append(Task(group.model, group.horizon, g, part, f"{group.model}-h{group.horizon}-{tid}"))
+            tasks.append(
+                Task(group.model, group.horizon, g, part, f"{group.model}-h{group.horizon}-{tid}")
+            )
     return tasks
 
 
@@ -280,7 +287,11 @@ def task_payload(
 
 
 def choose_fits_per_task(
-    seconds_per_fit: float, task_seconds: float, n_fits: int, n_workers: int, min_tasks_per_worker: int = 4
+    seconds_per_fit: float,
+    task_seconds: float,
+    n_fits: int,
+    n_workers: int,
+    min_tasks_per_worker: int = 4,
 ) -> int:
     """Fits per task: about `task_seconds` of work, but at least a few tasks per worker."""
     by_time = max(1, int(task_seconds / max(seconds_per_fit, 1e-9)))
@@ -297,7 +308,9 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
     """
     from pipeline.windows import origins as window_origins
 
-    horizon_sets = [tuple(config.data.horizons)] if adapter.pooled else [(h,) for h in config.data.horizons]
+    horizon_sets = (
+        [tuple(config.data.horizons)] if adapter.pooled else [(h,) for h in config.data.horizons]
+    )
     return [
         build_group(
             panel,
@@ -315,3 +328,61 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
         )
         for hs in horizon_sets
     ]
+
+
+def forecast_table(
+    groups: Sequence[FitGroup],
+    where: Mapping[str, tuple[int, int]],
+    preds: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    config: Any,
+    model: str,
+    panel: pd.DataFrame,
+) -> pd.DataFrame:
+    """Forecast table (pipeline.schema) of the fits in `preds`: key -> (pred (C, H, Q), alpha (Q,)).
+
+    `where` maps a key to (group, position); ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
+    """
+    from pipeline.schema import Y_RAW, conform_forecasts
+
+    qs = np.asarray(config.data.quantiles, dtype=np.float64)
+    Q = len(qs)
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("COUNTRY", "HORIZON", "ORIGIN", "QUANTILE", "FORECAST", "ALPHA")
+    }
+    for key, (pred, alpha) in preds.items():
+        gi, i = where[key]
+        g = groups[gi]
+        live = np.nonzero(g.rows[i])[0]
+        H = len(g.horizons)
+        n = live.size * H * Q
+        parts["COUNTRY"].append(np.repeat(g.countries[i][live].astype(str), H * Q))
+        parts["HORIZON"].append(
+            np.tile(np.repeat(np.asarray(g.horizons, dtype=np.int64), Q), live.size)
+        )
+        parts["ORIGIN"].append(np.full(n, int(g.origin[i]), dtype=np.int64))
+        parts["QUANTILE"].append(np.tile(qs, live.size * H))
+        parts["FORECAST"].append(np.asarray(pred, dtype=np.float64)[live].reshape(-1))
+        parts["ALPHA"].append(np.tile(np.asarray(alpha, dtype=np.float64), live.size * H))
+    cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in parts.items()}
+    origin = cols.pop("ORIGIN").astype(np.int64)
+    frame = pd.DataFrame(cols)
+    frame["WINDOW_END"] = _months(origin)
+    frame["WINDOW_START"] = _months(origin - config.rolling_window.size + 1)
+    frame["TIME"] = _months(origin + frame["HORIZON"].to_numpy(dtype=np.int64))
+    frame["TARGET"] = config.data.target
+    frame["MODEL"] = model
+    actual = panel.set_index([COUNTRY, TIME])[Y_RAW]
+    idx = pd.MultiIndex.from_arrays([frame["COUNTRY"].astype(str), frame["TIME"]])
+    frame["ACTUAL"] = (
+        actual.reindex(idx).to_numpy() if len(frame) else np.array([], dtype=np.float64)
+    )
+    return conform_forecasts(frame)
+
+
+def _months(index: np.ndarray) -> pd.DatetimeIndex:
+    index = np.asarray(index, dtype=np.int64)
+    if not index.size:
+        return pd.DatetimeIndex([], dtype="datetime64[ns]")
+    return pd.DatetimeIndex(
+        pd.to_datetime({"year": index // 12, "month": index % 12 + 1, "day": 1})
+    )

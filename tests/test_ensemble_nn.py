@@ -285,3 +285,24 @@ def test_bad_parameters_raise_clear_errors(override, name):
         fit_predict_ensemble_windows(
             [window(2, 20, seed=0)], **{**SMALL, "device": "cpu", **override}
         )
+
+
+def test_origin_row_and_masked_targets_do_not_influence_training():
+    """No look-ahead: X_new (the origin's features) is not used for scaling or fitting, and a
+    row whose targets are all missing (the origin itself) is dropped, whatever its features."""
+    win = window(4, 30, seed=13)
+    spec = check_nn_params(**SMALL)
+    base = train_predict_windows([win], spec, CPU, torch.float64)[0]
+    shifted_new = WindowData(win.X, win.y, win.country, win.X_new + 50.0, win.country_new, win.time)
+    origin_rows = WindowData(
+        np.vstack([win.X, win.X_new + 1e6]),
+        np.vstack([win.y, np.full((4, win.y.shape[1]), np.nan)]),
+        np.concatenate([win.country, win.country_new]),
+        win.X_new,
+        win.country_new,
+        np.concatenate([win.time, np.full(4, win.time.max() + 1)]),
+    )
+    for other in (shifted_new, origin_rows):
+        res = train_predict_windows([other], spec, CPU, torch.float64)[0]
+        for key in ("x_loc", "x_scale", "param0", "param6"):
+            np.testing.assert_array_equal(res.state[key], base.state[key])

@@ -46,7 +46,9 @@ if __name__ == "__main__":
 
 
 def plan_for(model: str, fits_per_task: int, memory_limit_mb: int = 2048) -> Plan:
-    return Plan(n_workers=2, memory_limit_mb=memory_limit_mb, models={model: ModelPlan(0, fits_per_task, 0)})
+    return Plan(
+        n_workers=2, memory_limit_mb=memory_limit_mb, models={model: ModelPlan(0, fits_per_task, 0)}
+    )
 
 
 def study(root: Path, **runtime: Any) -> StudyConfig:
@@ -57,12 +59,24 @@ def study(root: Path, **runtime: Any) -> StudyConfig:
     return config
 
 
-def start_driver(tmp: Path, config: StudyConfig, model: str, fits_per_task: int, env: dict[str, str]) -> subprocess.Popen[str]:
+def start_driver(
+    tmp: Path, config: StudyConfig, model: str, fits_per_task: int, env: dict[str, str]
+) -> subprocess.Popen[str]:
     (tmp / "driver.py").write_text(DRIVER)
     (tmp / "config.json").write_text(json.dumps(config.to_dict()))
     return subprocess.Popen(
-        [sys.executable, str(tmp / "driver.py"), str(tmp / "config.json"), model, str(fits_per_task)],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(tmp / "driver.py"),
+            str(tmp / "config.json"),
+            model,
+            str(fits_per_task),
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -118,9 +132,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, pd
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, reference: tuple[StudyConfig, pd.DataFrame]) -> None:
+def test_sigkill_then_resume_equals_uninterrupted(
+    tmp_path: Path, reference: tuple[StudyConfig, pd.DataFrame]
+) -> None:
     config = study(tmp_path / "out")
-    proc = start_driver(tmp_path, config, "slow_ar_qr", 4, {"FAKE_SLEEP": "0.15", "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS})
+    proc = start_driver(
+        tmp_path,
+        config,
+        "slow_ar_qr",
+        4,
+        {"FAKE_SLEEP": "0.15", "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS},
+    )
     wait_for(lambda: done_rows(config) >= 60, 120, "a third of the fits")
     # while it runs, the dashboard answers on 127.0.0.1 with the real UI
     runs = read_table(db_path(config.output_dir), "runs")
@@ -136,6 +158,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, reference: tup
     assert summary.loaded == before and summary.trained == 96 - before and summary.failed == 0
     runs = read_table(db_path(config.output_dir), "runs").set_index("run_id")
     assert runs.loc[summary.run_id, "trained"] == 96 - before
+    assert sorted(runs["state"]) == ["finished", "killed"]
     table = read_table(db_path(config.output_dir), "progress")
     assert (table["status"] == "done").all() and len(table) == 96 * 3
     frame = pd.read_parquet(summary.path)
@@ -148,18 +171,46 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, reference: tup
 
 
 @pytest.mark.slow
-def test_external_cluster_gives_identical_forecasts(tmp_path: Path, reference: tuple[StudyConfig, pd.DataFrame]) -> None:
+def test_external_cluster_gives_identical_forecasts(
+    tmp_path: Path, reference: tuple[StudyConfig, pd.DataFrame]
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     dask = str(Path(sys.executable).with_name("dask"))
-    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers = [
-        subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard",
-                          "--host", "127.0.0.1"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                dask,
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--memory-limit",
+                "2GiB",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(2)
     ]
     try:
@@ -187,11 +238,16 @@ def test_injected_failures_are_recorded_and_retried_on_the_next_run(
     assert first.failed == 24 and first.trained == 72
     table = read_table(db_path(config.output_dir), "progress")
     bad = table[table["country"] == "C02"]
-    assert (bad["status"] == "failed").all() and (bad["attempts"] == 2).all()  # one retry in the run
+    assert (bad["status"] == "failed").all() and (
+        bad["attempts"] == 2
+    ).all()  # one retry in the run
     assert (bad["error_type"] == "ValueError").all()
     assert (table.loc[table["country"] != "C02", "status"] == "done").all()
     errors = pd.read_parquet(config.output_dir / "progress" / "errors.parquet")
-    assert len(errors) == 48 and errors["traceback"].str.contains("injected failure for \\['C02'\\]").all()
+    assert (
+        len(errors) == 48
+        and errors["traceback"].str.contains("injected failure for \\['C02'\\]").all()
+    )
     frame = pd.read_parquet(first.path)
     assert set(frame["COUNTRY"]) == {"C01", "C03", "C04"}
     monkeypatch.delenv("FAKE_FAIL_COUNTRIES")
@@ -228,7 +284,13 @@ def test_a_task_past_the_memory_limit_fails_as_memory_and_the_rest_finish(
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_exports_progress(tmp_path: Path) -> None:
     config = study(tmp_path / "out")
-    proc = start_driver(tmp_path, config, "slow_ar_qr", 2, {"FAKE_SLEEP": "0.2", "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS})
+    proc = start_driver(
+        tmp_path,
+        config,
+        "slow_ar_qr",
+        2,
+        {"FAKE_SLEEP": "0.2", "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS},
+    )
     wait_for(lambda: done_rows(config) >= 12, 120, "some fits")
     children = stop_tree(proc, signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
@@ -251,7 +313,9 @@ def test_probe_plans_a_memory_limit_that_holds_on_real_workers(tmp_path: Path) -
     assert summary.trained == 96 and summary.n_workers == plan.n_workers
     peak = read_table(db_path(config.output_dir), "progress")["peak_mb"].max()
     ratio = plan.memory_limit_mb / peak
-    print(f"probe memory_limit {plan.memory_limit_mb} MiB / worker peak {peak:.0f} MiB = {ratio:.2f}")
+    print(
+        f"probe memory_limit {plan.memory_limit_mb} MiB / worker peak {peak:.0f} MiB = {ratio:.2f}"
+    )
     assert 1.0 < ratio < 3.0, ratio  # the estimate covers the real peak without wasting RAM
     # an unchanged rounded plan writes the same bytes (DVC does not rerun train)
     run_probe(config)
@@ -262,6 +326,6 @@ def test_probe_plans_a_memory_limit_that_holds_on_real_workers(tmp_path: Path) -
 
 def test_a_machine_too_small_for_one_worker_says_what_it_needs() -> None:
     config = make_config({**copy.deepcopy(SMALL_STUDY), "runtime": {"max_ram_gb": 0.5}})
-    with pytest.raises(ProbeError, match="a worker needs 1024 MiB .* RAM budget is 512 MiB"):
+    with pytest.raises(ProbeError, match=r"a worker needs 1024 MiB .* RAM budget is 512 MiB"):
         size_cluster(config, 1024, 512.0)
     assert size_cluster(config, 256, 10_000.0) == min(2, len(os.sched_getaffinity(0)))

@@ -14,7 +14,13 @@ from conftest import SMALL_STUDY, make_config
 from pipeline.adapters import cache_path, get_adapter, run_task
 from pipeline.io import read_npz
 from pipeline.schema import lag_column, lead_column
-from pipeline.tasks import build_groups, choose_fits_per_task, make_tasks, task_payload, window_arrays
+from pipeline.tasks import (
+    build_groups,
+    choose_fits_per_task,
+    make_tasks,
+    task_payload,
+    window_arrays,
+)
 from pipeline.windows import month_index
 
 LAGS = range(0, 4)
@@ -141,16 +147,23 @@ def test_fits_per_task_targets_task_seconds_but_keeps_workers_busy() -> None:
     assert choose_fits_per_task(60.0, 5.0, 10, 2) == 1
 
 
-def test_run_task_isolates_a_failing_fit(tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_task_isolates_a_failing_fit(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_FAIL_COUNTRIES", "BB")
     config = study()
     (g1, _) = build_groups(PANEL, config, get_adapter("fake_fail"))
     idx = np.arange(len(g1))
-    payload = task_payload(g1, idx, params={}, quantiles=config.data.quantiles, seed=0, cache_dir=str(tmp_path))
+    payload = task_payload(
+        g1, idx, params={}, quantiles=config.data.quantiles, seed=0, cache_dir=str(tmp_path)
+    )
     out = run_task(payload)
     bad = {str(k) for k, c in zip(g1.keys, g1.country, strict=True) if c == "BB"}
     assert {f["key"] for f in out["failed"]} == bad
-    assert all("injected failure" in f["traceback"] and f["error_type"] == "ValueError" for f in out["failed"])
+    assert all(
+        "injected failure" in f["traceback"] and f["error_type"] == "ValueError"
+        for f in out["failed"]
+    )
     assert set(out["keys"]) == {str(k) for k in g1.keys} - bad
     assert out["pred"].shape == (len(out["keys"]), 1, 1, 3)
     for key, pred in zip(out["keys"], out["pred"], strict=True):

@@ -37,7 +37,11 @@ class WindowResult:
     """Forecast and fitted ensemble of one window.
 
     pred (c, H, Q) in original units, or (c, Q) when the window's y was 1-D;
-    epochs (M,) epochs each member trained; state: arrays that reload the ensemble.
+    epochs (M,) epochs each member trained; state: arrays that reload the ensemble with
+    `predict_state` / `factors_state`: param0..param{2L+2} the members' stacked weights
+    (layer weights, then biases, then the AR table (M, 2, C, H)), codes (C,) country codes,
+    x_loc / x_scale (C, p) the per-country scaling, quantiles, multi_horizon,
+    epochs_trained, best_epoch and val_loss (M,).
     """
 
     pred: np.ndarray

@@ -362,7 +362,10 @@ def solve_box_qp(
         if Minv_g is None:
             Minv_g = _chol_solve(L, g[..., None])[..., 0]
         rhs = (Ut @ Minv_g[..., None])[..., 0] + rp
-        dnu = torch.linalg.solve(UMU, rhs[..., None])[..., 0] if k else nu
+        if k == 1:  # the usual case (intercept only): a division, not a batched LAPACK call
+            dnu = rhs / UMU[..., 0]
+        else:
+            dnu = torch.linalg.solve(UMU, rhs[..., None])[..., 0] if k else nu
         dv = Minv_g - (Minv_U @ dnu[..., None])[..., 0] if k else Minv_g
         return dv, dnu, (rl - zl * dv) / sl, (ru + zu * dv) / su
 

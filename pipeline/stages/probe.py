@@ -88,7 +88,10 @@ class Plan:
             "baseline_mb": self.baseline_mb,
             "ram_budget_mb": self.ram_budget_mb,
             "eta_seconds": self.eta_seconds,
-            "models": {m: {"seconds_per_fit": p.seconds_per_fit, "peak_mb": p.peak_mb} for m, p in sorted(self.models.items())},
+            "models": {
+                m: {"seconds_per_fit": p.seconds_per_fit, "peak_mb": p.peak_mb}
+                for m, p in sorted(self.models.items())
+            },
         }
 
 
@@ -115,7 +118,9 @@ def load_plan(path: str | Path) -> Plan:
 
 def allowed_cores(config: StudyConfig) -> int:
     rt = config.runtime
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     if rt.max_cores != "auto":
         cores = min(cores, int(rt.max_cores))
     if rt.max_workers is not None:
@@ -159,7 +164,9 @@ def default_plan(config: StudyConfig, groups: dict[str, list[FitGroup]]) -> Plan
     models = {}
     for m, gs in groups.items():
         n_fits = sum(len(g) for g in gs)
-        fpt = choose_fits_per_task(DEFAULT_SECONDS_PER_FIT, config.runtime.task_seconds, n_fits, n_workers)
+        fpt = choose_fits_per_task(
+            DEFAULT_SECONDS_PER_FIT, config.runtime.task_seconds, n_fits, n_workers
+        )
         models[m] = ModelPlan(n_fits, fpt, _n_tasks(gs, fpt))
     return Plan(n_workers=n_workers, memory_limit_mb=limit, models=models, ram_budget_mb=budget)
 
@@ -184,8 +191,13 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
         if n_fits == 0:
             raise ProbeError(f"model {name} has no fit with enough data in this study")
         results[name] = (n_fits, probe_model(config, name, groups), groups)
-        log.info("probe: %s %.4f s/fit, peak %.0f MiB (%d fits per task)", name,
-                 results[name][1]["seconds_per_fit"], results[name][1]["peak_mb"], results[name][1]["fits"])
+        log.info(
+            "probe: %s %.4f s/fit, peak %.0f MiB (%d fits per task)",
+            name,
+            results[name][1]["seconds_per_fit"],
+            results[name][1]["peak_mb"],
+            results[name][1]["fits"],
+        )
     largest = max(max(r[1]["peak_mb"] - baseline for r in results.values()), 0.0)
     limit = round_up_mb(baseline + largest + config.runtime.mem_probe_fudge_mb)
     budget = ram_budget_mb(config)
@@ -193,8 +205,14 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     plans = {}
     eta = 0.0
     for name, (n_fits, meas, groups) in results.items():
-        fpt = pow2_floor(choose_fits_per_task(meas["seconds_per_fit"], config.runtime.task_seconds, n_fits, n_workers))
-        plans[name] = ModelPlan(n_fits, fpt, _n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"])
+        fpt = pow2_floor(
+            choose_fits_per_task(
+                meas["seconds_per_fit"], config.runtime.task_seconds, n_fits, n_workers
+            )
+        )
+        plans[name] = ModelPlan(
+            n_fits, fpt, _n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"]
+        )
         eta += n_fits * meas["seconds_per_fit"] / n_workers
     plan = Plan(n_workers, limit, 1, plans, baseline, budget, eta)
     write_json(config.output_dir / PROBE_FILE, plan.rounded())
@@ -211,11 +229,24 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
         params, scale = adapter.probe_params(params)
     group = max(groups, key=lambda g: (int(np.prod(g.data["X"].shape[1:])), len(g)))
     with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
-        payload = task_payload(group, np.arange(len(group)), params=params, quantiles=config.data.quantiles,
-                               seed=config.seed, cache_dir=str(Path(tmp) / "cache"))
+        payload = task_payload(
+            group,
+            np.arange(len(group)),
+            params=params,
+            quantiles=config.data.quantiles,
+            seed=config.seed,
+            cache_dir=str(Path(tmp) / "cache"),
+        )
         payload_path = Path(tmp) / "payload.npz"
         _save_payload(payload_path, payload)
-        out, _ = measure_child(["--task", str(payload_path), "--task-seconds", str(config.runtime.task_seconds / scale)])
+        out, _ = measure_child(
+            [
+                "--task",
+                str(payload_path),
+                "--task-seconds",
+                str(config.runtime.task_seconds / scale),
+            ]
+        )
     out["seconds_per_fit"] = out["seconds_per_fit"] * scale
     return out
 
@@ -230,7 +261,9 @@ def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
         result_path = handle.name
     try:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.probe", *args, "--out", result_path], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.stages.probe", *args, "--out", result_path], env=env
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
@@ -246,8 +279,14 @@ def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
 def _save_payload(path: Path, payload: dict[str, Any]) -> None:
     meta = {k: v for k, v in payload.items() if k not in ("data", "countries", "rows", "origins")}
     arrays = {f"data_{k}": v for k, v in payload["data"].items()}
-    np.savez(path, meta=np.array(json.dumps(meta)), countries=payload["countries"].astype(str),
-             rows=payload["rows"], origins=payload["origins"], **arrays)
+    np.savez(
+        path,
+        meta=np.array(json.dumps(meta)),
+        countries=payload["countries"].astype(str),
+        rows=payload["rows"],
+        origins=payload["origins"],
+        **arrays,
+    )
 
 
 def _load_payload(path: str) -> dict[str, Any]:
@@ -280,7 +319,11 @@ def _child(argv: list[str]) -> None:
         second = run_task(_head(payload, k1))
         if second["failed"]:
             raise RuntimeError(f"probe task failed: {second['failed'][0]['traceback']}")
-        result = {"seconds_per_fit": second["seconds"] / k1, "fits": k1, "calibration_seconds_per_fit": spf}
+        result = {
+            "seconds_per_fit": second["seconds"] / k1,
+            "fits": k1,
+            "calibration_seconds_per_fit": spf,
+        }
     Path(out_path).write_text(json.dumps(result))
 
 
@@ -295,8 +338,6 @@ def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
-
-
 
 
 def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | None = None) -> str:
@@ -336,17 +377,30 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
         cached = cached_mask(config, gs) if reuse else [np.zeros(len(g), bool) for g in gs]
         n_fits = sum(len(g) for g in gs)
         done = int(sum(c.sum() for c in cached))
-        failed = int(sum(sum(1 for k in g.keys[~c] if k in failed_keys) for g, c in zip(gs, cached, strict=True)))
+        failed = int(
+            sum(
+                sum(1 for k in g.keys[~c] if k in failed_keys)
+                for g, c in zip(gs, cached, strict=True)
+            )
+        )
         todo = n_fits - done
         mp = plan.models.get(m)
         spf = mp.seconds_per_fit if mp is not None and mp.seconds_per_fit else None
-        fpt = choose_fits_per_task(spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, max(todo, 1), n_workers)
+        fpt = choose_fits_per_task(
+            spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, max(todo, 1), n_workers
+        )
         if mp is not None:
             fpt = min(fpt, mp.fits_per_task)
         tasks = sum(math.ceil(int((~c).sum()) / fpt) for c in cached)
         eta = todo * spf / n_workers if spf else None
         total_eta += eta or 0.0
         eta_text = f"{eta:8.0f}s" if eta is not None else "  unknown"
-        lines.append(f"{m:<12} {n_fits:>7} {done:>7} {failed:>7} {todo - failed:>7} {fpt:>9} {tasks:>6} {eta_text}")
-    lines.append(f"ETA: {total_eta:.0f} s of training (plus cluster start)" if total_eta else "ETA: unknown (run probe)")
+        lines.append(
+            f"{m:<12} {n_fits:>7} {done:>7} {failed:>7} {todo - failed:>7} {fpt:>9} {tasks:>6} {eta_text}"
+        )
+    lines.append(
+        f"ETA: {total_eta:.0f} s of training (plus cluster start)"
+        if total_eta
+        else "ETA: unknown (run probe)"
+    )
     return "\n".join(lines)

@@ -31,11 +31,18 @@ import pandas as pd
 from pipeline.adapters import cache_path, get_adapter, run_task
 from pipeline.config import StudyConfig
 from pipeline.io import read_npz, write_parquet
-from pipeline.logs import RunLog, new_run_id
+from pipeline.logs import ProgressReporter, RunLog, new_run_id
 from pipeline.progress import ProgressStore, db_path
-from pipeline.schema import COUNTRY, TIME, Y_RAW, conform_forecasts
 from pipeline.stages.probe import DEFAULT_SECONDS_PER_FIT, PROBE_FILE, Plan, default_plan, load_plan
-from pipeline.tasks import FitGroup, Task, build_groups, choose_fits_per_task, make_tasks, task_payload
+from pipeline.tasks import (
+    FitGroup,
+    Task,
+    build_groups,
+    choose_fits_per_task,
+    forecast_table,
+    make_tasks,
+    task_payload,
+)
 from pipeline.windows import month_start
 
 log = logging.getLogger("pipeline.train")
@@ -75,7 +82,10 @@ def resolve_plan(config: StudyConfig, groups: dict[str, list[FitGroup]], plan: P
 def cached_mask(config: StudyConfig, groups: list[FitGroup]) -> list[np.ndarray]:
     """Per group: which fits have a file in the model cache."""
     cache = config.model_cache_dir
-    return [np.array([cache_path(cache, g.model, k).exists() for k in g.keys], dtype=bool) for g in groups]
+    return [
+        np.array([cache_path(cache, g.model, k).exists() for k in g.keys], dtype=bool)
+        for g in groups
+    ]
 
 
 def run_train(config: StudyConfig, model: str, plan: Plan | None = None) -> TrainSummary:
@@ -99,7 +109,9 @@ def run_train(config: StudyConfig, model: str, plan: Plan | None = None) -> Trai
         state.load_cached(cached)
         todo = [np.nonzero(~c)[0] for c in cached]
         n_todo = int(sum(t.size for t in todo))
-        log.info("train %s: %d fits, %d in cache, %d to train", model, state.n_fits, state.loaded, n_todo)
+        log.info(
+            "train %s: %d fits, %d in cache, %d to train", model, state.n_fits, state.loaded, n_todo
+        )
         dashboard, n_workers, status = None, 0, "finished"
         try:
             with _stop_on_signals():
@@ -120,37 +132,80 @@ def run_train(config: StudyConfig, model: str, plan: Plan | None = None) -> Trai
         write_parquet(train_path(config, model), frame)
         _finish(store, run_id, out, status, state)
         seconds = time.perf_counter() - t0
-        log.info("train %s: %d trained, %d loaded, %d failed in %.1f s", model, state.trained, state.loaded,
-                 state.failed_count(), seconds)
-        return TrainSummary(model, run_id, state.n_fits, state.trained, state.loaded, state.failed_count(),
-                            seconds, train_path(config, model), run_log.path, dashboard, n_workers)
+        log.info(
+            "train %s: %d trained, %d loaded, %d failed in %.1f s",
+            model,
+            state.trained,
+            state.loaded,
+            state.failed_count(),
+            seconds,
+        )
+        return TrainSummary(
+            model,
+            run_id,
+            state.n_fits,
+            state.trained,
+            state.loaded,
+            state.failed_count(),
+            seconds,
+            train_path(config, model),
+            run_log.path,
+            dashboard,
+            n_workers,
+        )
 
 
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: _RunState) -> None:
-    store.update_run(run_id, finished=time.time(), state=status, fits=state.n_fits, trained=state.trained,
-                     loaded=state.loaded, failed=state.failed_count())
+    store.update_run(
+        run_id,
+        finished=time.time(),
+        state=status,
+        fits=state.n_fits,
+        trained=state.trained,
+        loaded=state.loaded,
+        failed=state.failed_count(),
+    )
     store.export(out)
 
 
-def _progress_rows(groups: list[FitGroup], quantiles: tuple[float, ...]) -> list[tuple[str, float, int, str, str]]:
+def _progress_rows(
+    groups: list[FitGroup], quantiles: tuple[float, ...]
+) -> list[tuple[str, float, int, str, str]]:
     rows = []
     for g in groups:
         for i, key in enumerate(g.keys):
             origin = month_start(int(g.origin[i])).strftime("%Y-%m-%d")
             for country in g.countries[i][g.rows[i]]:
                 for h in g.horizons:
-                    rows.extend((str(country), float(q), int(h), origin, str(key)) for q in quantiles)
+                    rows.extend(
+                        (str(country), float(q), int(h), origin, str(key)) for q in quantiles
+                    )
     return rows
 
 
 class _RunState:
     """Forecasts of every fit known so far (loaded or trained) plus the counters of this run."""
 
-    def __init__(self, config: StudyConfig, model: str, run_id: str, store: ProgressStore, groups: list[FitGroup]) -> None:
-        self.config, self.model, self.run_id, self.store, self.groups = config, model, run_id, store, groups
+    def __init__(
+        self,
+        config: StudyConfig,
+        model: str,
+        run_id: str,
+        store: ProgressStore,
+        groups: list[FitGroup],
+    ) -> None:
+        self.config, self.model, self.run_id, self.store, self.groups = (
+            config,
+            model,
+            run_id,
+            store,
+            groups,
+        )
         self.where = {str(k): (gi, i) for gi, g in enumerate(groups) for i, k in enumerate(g.keys)}
         self.n_fits = len(self.where)
-        self.pred: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> (pred (C,H,Q), alpha (Q,))
+        self.pred: dict[
+            str, tuple[np.ndarray, np.ndarray]
+        ] = {}  # key -> (pred (C,H,Q), alpha (Q,))
         self.failed: dict[str, str] = {}
         self.trained = 0
         self.loaded = 0
@@ -186,7 +241,9 @@ class _RunState:
         if newly:
             self.store.mark_loaded(self.model, self.run_id, newly)
 
-    def _rows(self, key: str, pred: np.ndarray, alpha: np.ndarray) -> list[tuple[str, str, int, float, float, float | None]]:
+    def _rows(
+        self, key: str, pred: np.ndarray, alpha: np.ndarray
+    ) -> list[tuple[str, str, int, float, float, float | None]]:
         """Progress rows (key, country, horizon, quantile, forecast, alpha) of one fit."""
         gi, i = self.where[key]
         g = self.groups[gi]
@@ -195,8 +252,16 @@ class _RunState:
             for hi, h in enumerate(g.horizons):
                 for qi, q in enumerate(self.config.data.quantiles):
                     a = float(alpha[qi])
-                    out.append((key, str(g.countries[i][j]), int(h), float(q), float(pred[j, hi, qi]),
-                                None if np.isnan(a) else a))
+                    out.append(
+                        (
+                            key,
+                            str(g.countries[i][j]),
+                            int(h),
+                            float(q),
+                            float(pred[j, hi, qi]),
+                            None if np.isnan(a) else a,
+                        )
+                    )
         return out
 
     def failed_count(self) -> int:
@@ -204,7 +269,9 @@ class _RunState:
 
     # --- training ---------------------------------------------------------------------------
 
-    def train(self, plan: Plan, todo: list[np.ndarray], store: ProgressStore) -> tuple[str | None, int]:
+    def train(
+        self, plan: Plan, todo: list[np.ndarray], store: ProgressStore
+    ) -> tuple[str | None, int]:
         from pipeline.cluster import TaskStream, make_client
 
         rt = self.config.runtime
@@ -214,16 +281,27 @@ class _RunState:
         # the plan sizes tasks by time; a small remainder (a resumed run) is split evenly enough
         # that every worker gets a few tasks
         spf = mplan.seconds_per_fit if mplan is not None and mplan.seconds_per_fit else None
-        fpt = choose_fits_per_task(spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, n_todo, n_workers)
+        fpt = choose_fits_per_task(
+            spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, n_todo, n_workers
+        )
         if mplan is not None:
             fpt = min(fpt, mplan.fits_per_task)
         queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
         params = get_adapter(self.model).params(self.config)
         cache_dir = str(self.config.model_cache_dir.resolve())
-        log.info("train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)", self.model, len(queue), fpt,
-                 n_workers, plan.memory_limit_mb)
+        log.info(
+            "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
+            self.model,
+            len(queue),
+            fpt,
+            n_workers,
+            plan.memory_limit_mb,
+        )
         tasks: dict[str, Task] = {}
-        with make_client(n_workers, plan.memory_limit_mb, rt) as handle, _Bar(self.model, n_todo, rt.progress_bar) as bar:
+        with (
+            make_client(n_workers, plan.memory_limit_mb, rt) as handle,
+            ProgressReporter(self.model, n_todo, rt.progress_bar) as bar,
+        ):
             if handle.dashboard:
                 log.info("dashboard: %s", handle.dashboard)
                 print(f"Dask dashboard: {handle.dashboard}", file=sys.stderr, flush=True)
@@ -237,8 +315,14 @@ class _RunState:
                     g = self.groups[task.group]
                     keys = [str(k) for k in g.keys[task.index]]
                     store.set_status(self.model, keys, "training", self.run_id, started=time.time())
-                    payload = task_payload(g, task.index, params=params, quantiles=self.config.data.quantiles,
-                                           seed=self.config.seed, cache_dir=cache_dir)
+                    payload = task_payload(
+                        g,
+                        task.index,
+                        params=params,
+                        quantiles=self.config.data.quantiles,
+                        seed=self.config.seed,
+                        cache_dir=cache_dir,
+                    )
                     tasks[task.task_id] = task
                     stream.submit(task.task_id, payload)
 
@@ -249,14 +333,24 @@ class _RunState:
                     g = self.groups[task.group]
                     keys = [str(k) for k in g.keys[task.index]]
                     if error is not None:
-                        log.warning("task %s (%d fits) failed: %s: %s", name, len(keys), error["error_type"], error["message"])
+                        log.warning(
+                            "task %s (%d fits) failed: %s: %s",
+                            name,
+                            len(keys),
+                            error["error_type"],
+                            error["message"],
+                        )
                         failures = [{"key": k, **error} for k in keys]
-                        self._failed(failures, None, task, queue, split=error["error_type"] == "memory")
+                        self._failed(
+                            failures, None, task, queue, split=error["error_type"] == "memory"
+                        )
                     else:
                         self._done(result)
                         if result["failed"]:
                             self._failed(result["failed"], result, task, queue, split=False)
-                    bar.update(len(result["keys"]) if result else 0, self.trained, len(self.failed_now()))
+                    bar.update(
+                        len(result["keys"]) if result else 0, self.trained, len(self.failed_now())
+                    )
                     submit_more()
             except BaseException:
                 stream.cancel()
@@ -273,16 +367,34 @@ class _RunState:
             self.failed.pop(key, None)
             rows.extend(self._rows(key, *self.pred[key]))
         self.trained += len(result["keys"])
-        self.store.record_done(self.model, self.run_id, rows, result, max(len(result["keys"]) + len(result["failed"]), 1))
+        self.store.record_done(
+            self.model,
+            self.run_id,
+            rows,
+            result,
+            max(len(result["keys"]) + len(result["failed"]), 1),
+        )
 
-    def _failed(self, failures: list[dict[str, Any]], result: dict[str, Any] | None, task: Task,
-                queue: deque[Task], split: bool) -> None:
+    def _failed(
+        self,
+        failures: list[dict[str, Any]],
+        result: dict[str, Any] | None,
+        task: Task,
+        queue: deque[Task],
+        split: bool,
+    ) -> None:
         """Record failures; queue retries: a multi-fit task lost for memory is split in halves
         (not an attempt of its fits yet), single fits are retried up to runtime.retries times."""
         if split and task.index.size > 1:
             for n, part in enumerate(np.array_split(task.index, 2)):
-                queue.append(Task(task.model, task.horizon, task.group, part, f"{task.task_id}-s{n}"))
-            log.info("task %s lost for memory: retrying its %d fits in halves", task.task_id, task.index.size)
+                queue.append(
+                    Task(task.model, task.horizon, task.group, part, f"{task.task_id}-s{n}")
+                )
+            log.info(
+                "task %s lost for memory: retrying its %d fits in halves",
+                task.task_id,
+                task.index.size,
+            )
             return
         self.store.record_failed(self.model, self.run_id, failures, result)
         retry: list[str] = []
@@ -294,7 +406,15 @@ class _RunState:
                 retry.append(key)
         for key in retry:
             gi, i = self.where[key]
-            queue.append(Task(task.model, task.horizon, gi, np.array([i]), f"{task.task_id}-r{self.tries[key]}-{key[:12]}"))
+            queue.append(
+                Task(
+                    task.model,
+                    task.horizon,
+                    gi,
+                    np.array([i]),
+                    f"{task.task_id}-r{self.tries[key]}-{key[:12]}",
+                )
+            )
         if retry:
             log.info("retrying %d failed fits of task %s one by one", len(retry), task.task_id)
 
@@ -302,37 +422,7 @@ class _RunState:
 
     def forecast_frame(self, panel: pd.DataFrame) -> pd.DataFrame:
         """The forecast table of every fit known (schema order, deterministic sort)."""
-        cfg = self.config
-        qs = np.asarray(cfg.data.quantiles, dtype=np.float64)
-        cols: dict[str, list[Any]] = {k: [] for k in ("COUNTRY", "HORIZON", "ORIGIN", "QUANTILE", "FORECAST", "ALPHA")}
-        for key, (pred, alpha) in self.pred.items():
-            gi, i = self.where[key]
-            g = self.groups[gi]
-            for j in np.nonzero(g.rows[i])[0]:
-                for hi, h in enumerate(g.horizons):
-                    cols["COUNTRY"].extend([str(g.countries[i][j])] * len(qs))
-                    cols["HORIZON"].extend([int(h)] * len(qs))
-                    cols["ORIGIN"].extend([int(g.origin[i])] * len(qs))
-                    cols["QUANTILE"].extend(qs.tolist())
-                    cols["FORECAST"].extend(np.asarray(pred[j, hi], dtype=np.float64).tolist())
-                    cols["ALPHA"].extend(np.asarray(alpha, dtype=np.float64).tolist())
-        origin = np.asarray(cols.pop("ORIGIN"), dtype=np.int64)
-        horizon = np.asarray(cols["HORIZON"], dtype=np.int64)
-        frame = pd.DataFrame(cols)
-        frame["WINDOW_END"] = _months(origin)
-        frame["WINDOW_START"] = _months(origin - cfg.rolling_window.size + 1)
-        frame["TIME"] = _months(origin + horizon)
-        frame["TARGET"] = cfg.data.target
-        frame["MODEL"] = self.model
-        actual = panel.set_index([COUNTRY, TIME])[Y_RAW]
-        idx = pd.MultiIndex.from_arrays([frame["COUNTRY"].astype(str), frame["TIME"]])
-        frame["ACTUAL"] = actual.reindex(idx).to_numpy() if len(frame) else np.array([], dtype=np.float64)
-        return conform_forecasts(frame)
-
-
-def _months(index: np.ndarray) -> pd.DatetimeIndex:
-    index = np.asarray(index, dtype=np.int64)
-    return pd.to_datetime({"year": index // 12, "month": index % 12 + 1, "day": 1}) if index.size else pd.to_datetime([])
+        return forecast_table(self.groups, self.where, self.pred, self.config, self.model, panel)
 
 
 # --- signals and the progress bar -------------------------------------------------------------
@@ -361,45 +451,3 @@ class _stop_on_signals:
 
 def _raise_stop(sig: int, code: int) -> None:
     raise _Stop(signal.Signals(sig).name, code)
-
-
-class _Bar:
-    """Rich progress bar on a TTY when enabled, else a log line about every 10 % / 30 s."""
-
-    def __init__(self, model: str, total: int, enabled: bool) -> None:
-        self.model, self.total = model, total
-        self.rich = None
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.done = self.logged = 0
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.rich = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.1f} fits/s"), TextColumn("failed {task.fields[failed]}"),
-                TimeRemainingColumn(),
-            )
-            self.task = self.rich.add_task(model, total=total, rate=0.0, failed=0)
-
-    def __enter__(self) -> _Bar:
-        if self.rich is not None:
-            self.rich.start()
-        return self
-
-    def update(self, advance: int, trained: int, failed: int) -> None:
-        self.done += advance
-        elapsed = time.perf_counter() - self.t0
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        if self.rich is not None:
-            self.rich.update(self.task, advance=advance, rate=rate, failed=failed)
-            return
-        step = max(1, self.total // 10)
-        if self.done == self.total or elapsed - self.last > 30 or self.done // step > self.logged // step:
-            self.last, self.logged = elapsed, self.done
-            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            log.info("%s: %d/%d fits, %.1f fits/s, %d failed, ETA %.0f s", self.model, self.done, self.total, rate, failed, eta)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.rich is not None:
-            self.rich.stop()
