@@ -260,6 +260,7 @@ def write_section(text: str) -> None:
     path = ROOT / "benchmarks" / "README.md"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(SECTION) + r".*?(?=^## |\Z)", re.S | re.M)
+    text = text.rstrip() + "\n\n"
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
     from pipeline.io import write_text
 
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--B-lqr", type=int, default=300, help="lqr fits per batch")
     ap.add_argument("--baseline-fits", type=int, default=60, help="ar_qr baseline fits")
     ap.add_argument("--baseline-lqr", type=int, default=5, help="lqr L-BFGS baseline fits")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--write", action="store_true", help="update benchmarks/README.md")
     args = ap.parse_args(argv)
     ar = bench_ar_qr(args.B, args.baseline_fits, args.repeats)

@@ -110,6 +110,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     keys, preds, alphas = [], [], []
     for idx, out in done:
         for j, i in enumerate(idx):
+            if not out["ok"][j]:
+                continue
             key = payload["keys"][i]
             # state: stacked arrays (B, ...) or, for ragged models, one dict per fit ("states")
             fit_state = (
@@ -182,12 +184,28 @@ def _solve(
             raise ValueError(
                 f"{adapter.name}: prediction shape {pred.shape} is not (B, C, H, Q) = {want}"
             )
-        if not np.isfinite(pred[rows]).all():
-            raise FloatingPointError(f"{adapter.name}: non-finite forecast")
     except Exception as exc:
         error, trace = exc, traceback.format_exc()
     else:
-        done.append((idx, {**out, "pred": pred}))
+        # fits in one batched call are independent: a non-finite forecast fails only its fit
+        finite = np.array(
+            [np.isfinite(pred[j][rows[j]]).all() for j in range(len(idx))], dtype=bool
+        )
+        done.append((idx, {**out, "pred": pred, "ok": finite}))
+        for j in np.nonzero(~finite)[0]:
+            key = payload["keys"][idx[j]]
+            message = f"{adapter.name}: non-finite forecast {pred[j][rows[j]].ravel().tolist()}"
+            log.warning(
+                "fit %s of %s failed: FloatingPointError: %s", key[:12], adapter.name, message
+            )
+            failed.append(
+                {
+                    "key": key,
+                    "error_type": "FloatingPointError",
+                    "message": message[:2000],
+                    "traceback": f"FloatingPointError: {message}",
+                }
+            )
         return
     # outside the except block, so a bisected failure's traceback is not chained to its parents'
     if len(idx) > 1:

@@ -137,7 +137,8 @@ class ProgressStore:
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS want (country TEXT, quantile REAL, horizon INTEGER, origin TEXT, key TEXT)"
+                "CREATE TEMP TABLE IF NOT EXISTS want (country TEXT, quantile REAL, horizon INTEGER, "
+                "origin TEXT, key TEXT, PRIMARY KEY (country, quantile, horizon, origin))"
             )
             self.conn.execute("DELETE FROM want")
             self.conn.executemany("INSERT INTO want VALUES (?,?,?,?,?)", rows)

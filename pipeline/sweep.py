@@ -129,9 +129,9 @@ def _job(cfg: Any) -> JobResult:
         log.exception("multirun job %d failed", number)
         status, error = 1, f"{type(exc).__name__}: {exc}"
     counts = fit_counts(job_dir, since=started)
-    return JobResult(
-        number, overrides, str(job_dir), status, error, *counts, metrics=headline_metrics(job_dir)
-    )
+    # a job that stopped early may have a previous sweep's metrics in its folder: not shown
+    metrics = headline_metrics(job_dir) if error is None else {}
+    return JobResult(number, overrides, str(job_dir), status, error, *counts, metrics=metrics)
 
 
 def with_job_paths(plain: Mapping[str, Any], job_dir: Path, shared_cache: Path) -> dict[str, Any]:

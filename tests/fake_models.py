@@ -1,6 +1,7 @@
 """Test-only model adapters, loaded through PIPELINE_EXTRA_ADAPTERS (never by the package).
 
-fake_quantile: per-country empirical quantiles of the window's targets (exact, batch-independent).
+fake_quantile: per-country empirical quantiles of the window's targets (exact, batch-independent);
+               NaN forecasts for the countries in FAKE_NAN_COUNTRIES.
 fake_fail:     the same, but raises for fits of the countries in FAKE_FAIL_COUNTRIES.
 fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin month index
                FAKE_HOG_ORIGIN when set) allocates FAKE_HOG_MB MiB
@@ -20,12 +21,17 @@ import numpy as np
 from pipeline.adapters import Adapter, register
 from pipeline.schema import lag_column
 
+CALLS = {"fit_batch": 0}  # batched calls made in this process
+
 
 def _quantiles(payload: dict[str, Any]) -> dict[str, Any]:
+    CALLS["fit_batch"] += 1
     d = payload["data"]
     y = np.where(d["w"] > 0, d["y"], np.nan)  # (B, n)
     q = np.asarray(payload["quantiles"])
     pred = np.nanquantile(y, q, axis=1).T  # (B, Q)
+    nan = np.isin(_countries(payload), sorted(_env_set("FAKE_NAN_COUNTRIES")))
+    pred[nan] = np.nan
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * y.shape[0])
     return {"pred": pred[:, None, None, :], "state": {"n_rows": (d["w"] > 0).sum(1)}}
 

@@ -54,6 +54,7 @@ def test_batch_equals_one_at_a_time_and_never_crosses() -> None:
     X, y, X_new, _, _ = ar1_windows(5, 30, 3, seed=1)
     X_new = np.concatenate([X_new, 10 * X[:, :4]], 1)  # far-out rows provoke crossings
     pred, crossing, coef = fit_predict_ar_qr_batch(X, y, X_new, QS)
+    assert crossing.max() > 0  # the case really crosses before rearrangement
     assert np.all(np.diff(pred, axis=-1) >= 0)
     for b in range(5):
         model = ARQR(p=3, quantiles=QS).fit(X[b], y[b])

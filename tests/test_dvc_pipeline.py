@@ -1,10 +1,11 @@
 """The DVC pipeline end to end: real `dvc` and real `git` in a temporary clone of the project.
 
-One clone (module fixture) on a tiny synthetic config: a full `dvc repro`, then scenarios that
-each start from the committed baseline: a no-op repro runs nothing but the `machine` check; a
-`models.lqr.alphas` change through `dvc exp run -S` (DVC's Hydra composition) reruns exactly
-probe, train@lqr and assemble and fits only lqr; going back to the old alphas refits nothing
-(the persisted fit cache survived DVC's reruns).
+One clone (module fixture) on a tiny synthetic config, committed after a full `dvc repro`; then,
+in order: a no-op repro runs nothing but the `machine` check (in seconds); a `models.lqr.alphas`
+change through `dvc exp run -S` (DVC's Hydra composition, byte-identical to ours) reruns
+exactly probe, train@lqr and assemble and fits only lqr; going back to the old alphas refits
+nothing (the persisted fit cache survived DVC's reruns); a dvc.lock from another machine
+re-probes without retraining while the rounded plan holds.
 """
 
 from __future__ import annotations
@@ -273,3 +274,22 @@ def test_back_to_old_alphas_refits_nothing_thanks_to_the_persisted_fit_cache(rep
         )
         == ""
     )
+
+
+def test_a_lock_from_another_machine_reprobes_without_retraining_when_the_plan_holds(
+    repo: Repo,
+) -> None:
+    # pretend dvc.lock was committed on a 64-core machine (as after cloning from one)
+    facts = json.loads((repo.path / "machine.json").read_text())
+    (repo.path / "machine.json").write_text(json.dumps({**facts, "cores": 64}, indent=2) + "\n")
+    repo.dvc("commit", "-f", "machine", "probe")
+    plan = (repo.path / "probe.json").read_bytes()
+    out = repo.dvc("repro")
+    # this machine's facts differ, so probe reruns; the rounded plan (1 worker, as
+    # runtime.max_workers caps it) is the same, so no train stage reruns
+    assert json.loads((repo.path / "machine.json").read_text()) == facts
+    if (repo.path / "probe.json").read_bytes() == plan:
+        assert ran(out) == ["machine", "probe"], out
+    else:  # the measured memory crossed a rounding step: train stages rerun, loading every fit
+        assert ran(out)[:2] == ["machine", "probe"], out
+        assert all(r["trained"] == 0 for r in repo.latest_runs().values())

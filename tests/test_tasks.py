@@ -174,3 +174,28 @@ def test_run_task_isolates_a_failing_fit(
         y = g1.data["y"][i][g1.data["w"][i] > 0]
         assert np.allclose(pred[0, 0], np.quantile(y, config.data.quantiles))
     assert not any(cache_path(tmp_path, "fake_fail", k).exists() for k in bad)
+
+
+def test_a_non_finite_forecast_fails_only_its_fit_without_resolving(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_NAN_COUNTRIES", "AA")
+    config = study()
+    (g1, _) = build_groups(PANEL, config, get_adapter("fake_quantile"))
+    payload = task_payload(
+        g1,
+        np.arange(len(g1)),
+        params={},
+        quantiles=config.data.quantiles,
+        seed=0,
+        cache_dir=str(tmp_path),
+    )
+    import fake_models
+
+    calls = fake_models.CALLS["fit_batch"]
+    out = run_task(payload)
+    assert fake_models.CALLS["fit_batch"] == calls + 1  # one batched call, no bisection
+    bad = {str(k) for k, c in zip(g1.keys, g1.country, strict=True) if c == "AA"}
+    assert {f["key"] for f in out["failed"]} == bad
+    assert {f["error_type"] for f in out["failed"]} == {"FloatingPointError"}
+    assert set(out["keys"]) == {str(k) for k in g1.keys} - bad and np.isfinite(out["pred"]).all()
