@@ -27,7 +27,7 @@ Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,6 @@ FORECAST_KEY = (MODEL, COUNTRY, HORIZON, WINDOW_END)  # one forecast = all its q
 ROW_KEY = (COUNTRY, HORIZON, QUANTILE, WINDOW_END)  # rows compared across models
 BY_DEFAULT = (MODEL, HORIZON, QUANTILE)
 COVID_START, COVID_END = "2020-03", "2021-12"
-SIG_DIGITS = 6
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -55,7 +54,8 @@ def horizon_label(horizon: int) -> str:
     return f"h{int(horizon)}"
 
 
-def _check_frame(frame: pd.DataFrame) -> None:
+def check_frame(frame: pd.DataFrame) -> None:
+    """ValueError unless `frame` is a DataFrame with every forecast column (EVAL_COLUMNS)."""
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"frame must be a pandas DataFrame; got {type(frame).__name__}")
     missing = [c for c in EVAL_COLUMNS if c not in frame.columns]
@@ -78,7 +78,7 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
 
 def _scored(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows with both ACTUAL and FORECAST, plus their pinball loss in column LOSS."""
-    _check_frame(frame)
+    check_frame(frame)
     rows = frame.loc[frame[ACTUAL].notna() & frame[FORECAST].notna(), list(EVAL_COLUMNS)]
     u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
     q = rows[QUANTILE].to_numpy(np.float64)
@@ -120,7 +120,7 @@ def relative_pinball(
     """Pinball relative to `benchmark` on the common rows: `*by, N, PINBALL, BENCHMARK_PINBALL,
     RELATIVE_PINBALL` (< 1 means the model beats the benchmark)."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL,))
-    _check_frame(frame)
+    check_frame(frame)
     _check_benchmark(frame, benchmark)
     return _relative_table(frame, benchmark, by)
 
@@ -180,7 +180,7 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
 
     Uses every row with a FORECAST (crossing needs no ACTUAL)."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
-    _check_frame(frame)
+    check_frame(frame)
     key = list(FORECAST_KEY)
     rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
     rows = rows.sort_values([*key, QUANTILE], kind="stable")
@@ -239,7 +239,7 @@ def diebold_mariano(
     `*by, N, MONTHS, MEAN_DIFF, STAT, P_VALUE` (N rows, MONTHS = T of the series; the
     benchmark itself is left out). Rows outside `by` are averaged per TIME first."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL, HORIZON))
-    _check_frame(frame)
+    check_frame(frame)
     _check_benchmark(frame, benchmark)
     return _dm_table(frame, benchmark, by, small_sample)
 
@@ -294,8 +294,9 @@ def exclude_covid(
     return frame.loc[~month.between(lo, hi)].reset_index(drop=True)
 
 
-# --- bundles for assemble -------------------------------------------------------------------
-def _periods(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+# --- tables for assemble ---------------------------------------------------------------------
+def period_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The evaluation periods: {"all": frame, "ex_covid": frame without the COVID months}."""
     return {"all": frame, "ex_covid": exclude_covid(frame)}
 
 
@@ -304,7 +305,7 @@ def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd
 
     Benchmark-relative tables (relative pinball, DM) have zero rows when `benchmark` is not
     among the models, instead of failing: a study may run without the benchmark."""
-    _check_frame(frame)
+    check_frame(frame)
     mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
     makers = {
         "pinball": lambda f: pinball(f),
@@ -317,148 +318,10 @@ def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd
         "dm": lambda f: _dm_table(f, benchmark, [MODEL, HORIZON], True),
         "dm_by_quantile": lambda f: _dm_table(f, benchmark, list(BY_DEFAULT), True),
     }
-    periods = _periods(frame)
+    periods = period_frames(frame)
     tables = {}
     for name, make in makers.items():
         parts = [make(part).assign(PERIOD=period) for period, part in periods.items()]
         table = pd.concat(parts, ignore_index=True)
         tables[name] = table[["PERIOD", *table.columns[:-1]]]
     return tables
-
-
-def _num(value: Any) -> float | int | None:
-    """JSON-ready number rounded to SIG_DIGITS significant digits; NaN/inf -> None."""
-    if isinstance(value, int | np.integer) and not isinstance(value, bool):
-        return int(value)
-    value = float(value)
-    if not math.isfinite(value):
-        return None
-    return float(f"{value:.{SIG_DIGITS}g}")
-
-
-def _nest(
-    table: pd.DataFrame, value: str, levels: Sequence[str], leaf: str | None = None
-) -> dict[str, Any]:
-    """{model: {label(level1): {label(level2): value}}} from a tidy table; with `leaf`, the
-    innermost key is `leaf` instead of the last level's label (e.g. "mean")."""
-    labels = {HORIZON: horizon_label, QUANTILE: quantile_label}
-    out: dict[str, Any] = {}
-    for row in table.itertuples(index=False):
-        keys = [labels[c](getattr(row, c)) for c in levels]
-        keys = [*keys, leaf] if leaf is not None else keys
-        node = out.setdefault(str(getattr(row, MODEL)), {})
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = _num(getattr(row, value))
-    return out
-
-
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge (extra wins on leaves)."""
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-    return into
-
-
-def _pooled(table: pd.DataFrame, by: list[str], values: Sequence[str]) -> pd.DataFrame:
-    """N-weighted means of `values` per `by` group: the pooled mean over the rows behind them."""
-    weighted = (
-        table[values].mul(table["N"], axis=0).assign(N=table["N"], **{c: table[c] for c in by})
-    )
-    sums = weighted.groupby(by, sort=True, observed=True).sum().reset_index()
-    return sums.assign(**{c: sums[c] / sums["N"] for c in values})
-
-
-def _with_means(table: pd.DataFrame, value: str, parts: Sequence[str] = ()) -> dict[str, Any]:
-    """{model: {h: {q: value, "mean": ...}, "mean": ...}} from a (MODEL, HORIZON, QUANTILE)
-    table; a mean pools the rows below it. With `parts` (numerator, denominator), `value` is
-    their ratio and each mean the ratio of pooled parts (the relative pinball)."""
-    out = _nest(table, value, (HORIZON, QUANTILE))
-    for by, levels in (([MODEL, HORIZON], (HORIZON,)), ([MODEL], ())):
-        pooled = _pooled(table, by, list(parts) or [value])
-        if parts:
-            pooled[value] = pooled[parts[0]] / pooled[parts[1]]
-        _merge(out, _nest(pooled, value, levels, leaf="mean"))
-    return out
-
-
-def _by_period(tables: Mapping[str, pd.DataFrame], period: str) -> dict[str, pd.DataFrame]:
-    return {k: t.loc[t["PERIOD"] == period].drop(columns="PERIOD") for k, t in tables.items()}
-
-
-def _period_metrics(t: dict[str, pd.DataFrame], has_bench: bool) -> dict[str, Any]:
-    crps_mean = _nest(_pooled(t["crps"], [MODEL], ["CRPS"]), "CRPS", (), leaf="mean")
-    out: dict[str, Any] = {
-        "n_scored": int(t["pinball"]["N"].sum()),
-        "pinball": _with_means(t["pinball"], "PINBALL"),
-        "coverage": _nest(t["coverage"], "COVERAGE", (HORIZON, QUANTILE)),
-        "crps": _merge(_nest(t["crps"], "CRPS", (HORIZON,)), crps_mean),
-        "crossing_rate": _nest(t["crossing"], "CROSSING_RATE", (HORIZON,)),
-        "interval": {},
-    }
-    for column in ("COVERAGE", "NOMINAL", "WIDTH"):
-        _merge(out["interval"], _nest(t["interval"], column, (HORIZON,), leaf=column.lower()))
-    if has_bench:
-        parts = ("PINBALL", "BENCHMARK_PINBALL")
-        out["relative_pinball"] = _with_means(t["relative_pinball"], "RELATIVE_PINBALL", parts)
-        out["dm"] = {}
-        for column in ("MEAN_DIFF", "STAT", "P_VALUE"):
-            _merge(out["dm"], _nest(t["dm"], column, (HORIZON,), leaf=column.lower()))
-    return out
-
-
-def compute_metrics(
-    frame: pd.DataFrame,
-    benchmark: str = "ar_qr",
-    *,
-    tables: Mapping[str, pd.DataFrame] | None = None,
-) -> dict[str, Any]:
-    """JSON-ready nested metrics for metrics.json, for all months and COVID months excluded.
-
-    Keys: metrics[period][metric][model][h][q], period in ("all", "ex_covid"); "mean" keys
-    pool the levels below them (pinball[m]["h1"]["mean"] over quantiles, pinball[m]["mean"]
-    over horizons and quantiles). Numbers have 6 significant digits. Built from
-    `metric_tables(frame, benchmark)` (pass `tables` when already computed), so the JSON and
-    the parquet tables cannot disagree.
-    """
-    _check_frame(frame)
-    tables = metric_tables(frame, benchmark) if tables is None else tables
-    has_bench = benchmark in set(frame[MODEL].dropna().tolist())
-    out: dict[str, Any] = {"benchmark_present": int(has_bench)}
-    for period, part in _periods(frame).items():
-        out[period] = {
-            "n_rows": len(part),
-            **_period_metrics(_by_period(tables, period), has_bench),
-        }
-    return out
-
-
-def summary_metrics(
-    frame: pd.DataFrame,
-    benchmark: str = "ar_qr",
-    *,
-    tables: Mapping[str, pd.DataFrame] | None = None,
-) -> dict[str, Any]:
-    """Headline numbers per period and model, pooled over horizons, quantiles and countries
-    (a few columns in `dvc metrics show`, where compute_metrics gives hundreds):
-    summary[period][model] = {pinball, relative_pinball, crps, interval_coverage,
-    crossing_rate}."""
-    _check_frame(frame)
-    tables = metric_tables(frame, benchmark) if tables is None else tables
-    out: dict[str, Any] = {}
-    for period in ("all", "ex_covid"):
-        t = _by_period(tables, period)
-        node: dict[str, Any] = {}
-        for name, column in (("pinball", "PINBALL"), ("crps", "CRPS"),
-                             ("interval", "COVERAGE"), ("crossing", "CROSSING_RATE")):  # fmt: skip
-            label = {"interval": "interval_coverage", "crossing": "crossing_rate"}.get(name, name)
-            _merge(node, _nest(_pooled(t[name], [MODEL], [column]), column, (), leaf=label))
-        relative = _pooled(t["relative_pinball"], [MODEL], ["PINBALL", "BENCHMARK_PINBALL"])
-        if len(relative):
-            relative["R"] = relative["PINBALL"] / relative["BENCHMARK_PINBALL"]
-            _merge(node, _nest(relative, "R", (), leaf="relative_pinball"))
-        out[period] = node
-    return out

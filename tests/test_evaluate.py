@@ -12,6 +12,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from pipeline import evaluate as ev
+from pipeline import metrics_json
 from pipeline.schema import conform_forecasts
 
 
@@ -220,7 +221,7 @@ def test_bad_arguments_name_the_parameter(tiny):
 
 
 def test_compute_metrics_keys_values_and_json(tiny):
-    metrics = ev.compute_metrics(tiny)
+    metrics = metrics_json.compute_metrics(tiny)
     assert metrics["all"]["pinball"]["m"]["h1"]["q0.1"] == pytest.approx(0.4 / 3, rel=1e-5)
     assert metrics["all"]["pinball"]["m"]["h1"]["mean"] == pytest.approx(2.4 / 9, rel=1e-5)
     assert metrics["all"]["relative_pinball"]["m"]["h1"]["q0.1"] == 2.0
@@ -233,7 +234,7 @@ def test_compute_metrics_keys_values_and_json(tiny):
     assert metrics["all"]["pinball"]["m"]["h1"]["q0.1"] == 0.133333
     text = json.dumps(metrics, sort_keys=True, allow_nan=False)
     assert text == json.dumps(
-        ev.compute_metrics(tiny.sample(frac=1, random_state=1)), sort_keys=True
+        metrics_json.compute_metrics(tiny.sample(frac=1, random_state=1)), sort_keys=True
     )
     # every month of the tiny frame is before COVID: both periods agree
     assert metrics["ex_covid"]["pinball"] == metrics["all"]["pinball"]
@@ -249,11 +250,11 @@ def test_metric_tables_have_both_periods_and_survive_no_benchmark(tiny):
     assert all_n == 2 * ex_n  # the shifted copy lies inside the COVID window
     alone = ev.metric_tables(tiny[tiny["MODEL"] == "m"])
     assert alone["relative_pinball"].empty and alone["dm"].empty
-    assert ev.compute_metrics(tiny[tiny["MODEL"] == "m"])["benchmark_present"] == 0
+    assert metrics_json.compute_metrics(tiny[tiny["MODEL"] == "m"])["benchmark_present"] == 0
 
 
 def test_summary_metrics_pools_horizons_and_levels(tiny):
-    summary = ev.summary_metrics(tiny)
+    summary = metrics_json.summary_metrics(tiny)
     m = summary["all"]["m"]
     assert m["pinball"] == pytest.approx(2.4 / 9, rel=1e-5)
     assert m["relative_pinball"] == pytest.approx(1.2 / 1.5, rel=1e-5)

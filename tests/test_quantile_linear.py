@@ -13,7 +13,8 @@ from scipy.optimize import minimize
 from sklearn.linear_model import QuantileRegressor
 
 from pipeline.models.common import pinball_per_quantile
-from pipeline.models.quantile_linear import fit_quantile_lp, solve_kernel_qr
+from pipeline.models.quantile_kernel import solve_kernel_qr
+from pipeline.models.quantile_linear import fit_quantile_lp
 
 QS = (0.05, 0.1, 0.5, 0.9, 0.95)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicp_manr.csv"

@@ -24,7 +24,8 @@ v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi p
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
 quadratic on [(tau-1) eps, tau eps]), solved to optimality by the same primal-dual
 Newton (interior-point) iterations; its dual is strongly convex. Both run through
-`solve_kernel_qr` / `solve_box_qp`, batched over problems, alphas and quantiles.
+`pipeline.models.quantile_kernel`, batched over problems, alphas and quantiles; the
+features phi come from `pipeline.models.rff`.
 
 When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
 as for the sample median of an even count); the interior point returns a point inside that
@@ -56,7 +57,8 @@ from pipeline.models.common import (
     rearrange_quantiles,
     torch_single_thread,
 )
-from pipeline.models.quantile_linear import kernel_pinball, solve_kernel_qr
+from pipeline.models.quantile_kernel import kernel_pinball, solve_kernel_qr
+from pipeline.models.rff import lqr_features, median_bandwidth, rff_weights
 
 SOLVERS = ("huberized", "exact")
 HUBER_EPS = 1e-3  # smoothing threshold, in units of the standardized target
@@ -96,35 +98,6 @@ def check_lqr_params(
     return qs, al
 
 
-def rff_weights(d: int, rff_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded RFF frequencies W (d, D) ~ N(0, 1) and phases b (D,) ~ U(0, 2 pi)."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((d, rff_features)), rng.uniform(0.0, 2.0 * np.pi, rff_features)
-
-
-def _features(
-    Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, bw: torch.Tensor, penalize_first_lag: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penalized features phi (B, r, P) and unpenalized columns U (B, r, k) of standardized X."""
-    ones = torch.ones(*Xs.shape[:-1], 1, dtype=Xs.dtype)
-    lin = Xs if penalize_first_lag else Xs[..., 1:]
-    U = ones if penalize_first_lag else torch.cat([ones, Xs[..., :1]], -1)
-    D = W.shape[1]
-    if D == 0:
-        return lin, U
-    rff = np.sqrt(2.0 / D) * torch.cos(Xs @ W / bw[:, None, None] + b)
-    return torch.cat([lin, rff], -1), U
-
-
-def _median_bandwidth(Xs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """Median pairwise distance of the active training rows (1 where undefined or zero)."""
-    dist = torch.cdist(Xs, Xs)
-    n = Xs.shape[1]
-    pair = act[:, :, None] & act[:, None, :] & torch.ones(n, n, dtype=torch.bool).triu(1)
-    med = torch.where(pair, dist, torch.nan).flatten(1).nanmedian(-1).values
-    return torch.where(torch.isfinite(med) & (med > 0), med, torch.ones_like(med))
-
-
 def _prepare(
     X: np.ndarray,
     y: np.ndarray,
@@ -146,11 +119,11 @@ def _prepare(
     y_sd = torch.where(y_sd > 1e-12 * (1.0 + y_mean.abs()), y_sd, torch.ones_like(y_sd))
     Xs = (Xt - x_mean[:, None]) / x_sd[:, None] * act[..., None]
     if rff_bandwidth == "median":
-        bw = _median_bandwidth(Xs, act)
+        bw = median_bandwidth(Xs, act)
     else:
         bw = torch.full((X.shape[0],), float(rff_bandwidth), dtype=torch.float64)
     W, b = (torch.from_numpy(a) for a in rff_weights(X.shape[2], rff_features, seed))
-    phi, U = _features(Xs, W, b, bw, penalize_first_lag)
+    phi, U = lqr_features(Xs, W, b, bw, penalize_first_lag)
     return {
         "phi": phi * act[..., None],
         "U": U * act[..., None],
@@ -223,7 +196,7 @@ def predict_lqr_state(
     st = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in state.items()}
     Xs = (Xn - st["x_mean"][:, None]) / st["x_scale"][:, None]
     W, b = (torch.from_numpy(a) for a in rff_weights(Xn.shape[2], rff_features, seed))
-    phi, U = _features(Xs, W, b, st["bandwidth"], penalize_first_lag)
+    phi, U = lqr_features(Xs, W, b, st["bandwidth"], penalize_first_lag)
     f = phi @ st["beta"].transpose(1, 2) + U @ st["gamma"].transpose(1, 2)
     return (f * st["y_scale"][:, None, None] + st["y_mean"][:, None, None]).numpy()
 

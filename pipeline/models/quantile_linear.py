@@ -21,8 +21,8 @@ whose dual a_i is most interior) is solved and checked against the LP optimality
 to `tol` (1e-12 relative gap) and keep the better of the interior point and the vertex,
 certified where possible. On real HICP windows ~all fits end certified.
 
-`solve_box_qp` / `solve_kernel_qr` are the batched dual (kernel-form) solvers of the
-penalized model (`lqr`): a Mehrotra interior point on a box-constrained QP.
+The dual (kernel-form) solver of the penalized model `lqr` lives in
+`pipeline.models.quantile_kernel`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.models.common import as_batch, check_quantiles, torch_single_thread
+from pipeline.models.common import as_batch, check_quantiles, chol_solve, torch_single_thread
 
 _STEP = 0.99995  # fraction of the way to the boundary (Portnoy & Koenker's choice)
 LEVELS = (1e-5,)  # loose duality gaps at which vertices are tried (one level measured fastest)
-INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,6 @@ class LPInfo:
     gap: np.ndarray  # interior-point duality gap when stopped
     certified: np.ndarray  # bool: the returned vertex passed the exact optimality test
     iterations: int  # interior-point iterations, summed over the tolerance levels
-
-
-def _chol_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve (L L') x = b with two triangular solves (cheaper than cholesky_solve on CPU
-    for many tiny matrices: less per-matrix LAPACK overhead)."""
-    z = torch.linalg.solve_triangular(L, b, upper=False)
-    return torch.linalg.solve_triangular(L.transpose(-1, -2), z, upper=True)
 
 
 def _max_step(v: torch.Tensor, u: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
@@ -134,7 +126,7 @@ def _frisch_newton(
         M.diagonal(dim1=-2, dim2=-1).add_(1e-300)  # null (dropped) directions: dy = 0
         L, _ = torch.linalg.cholesky_ex(M)
         rhs = (q * r) @ At
-        dy = _chol_solve(L, rhs[..., None])[..., 0]
+        dy = chol_solve(L, rhs[..., None])[..., 0]
         dx = q * (dy @ A - r)
         dz = -z * (dx / x + 1.0)
         dw = -w * (1.0 - dx / s)
@@ -150,7 +142,7 @@ def _frisch_newton(
         xinv, sinv = 1.0 / x, 1.0 / s
         xi = mu * (xinv - sinv)
         rhs = rhs + (q * (dxdz - dsdw - xi)) @ At
-        dy = _chol_solve(L, rhs[..., None])[..., 0]
+        dy = chol_solve(L, rhs[..., None])[..., 0]
         dx = q * (dy @ A + xi - r - dxdz + dsdw)
         dz = mu * xinv - z - xinv * z * dx - dxdz
         dw = mu * sinv - w + sinv * w * dx - dsdw
@@ -320,168 +312,3 @@ def _solve_chunk(
     beta = (gamma * Sinv[:, None, :]) @ Vh * ys[:, None, None]
     scale = ys[:, None]
     return beta.numpy(), (obj * scale).numpy(), (gap * scale).numpy(), cert.numpy(), iters
-
-
-def _qp_newton(kkt: tuple, rl: torch.Tensor, ru: torch.Tensor, Minv_g=None) -> tuple:
-    """Newton direction of the box-QP KKT system for complementarity targets rl, ru."""
-    L, Ut, UMU, Minv_U, rd, rp, sl, su, zl, zu = kkt
-    k = Ut.shape[-2]
-    g = -rd + rl / sl - ru / su
-    if Minv_g is None:
-        Minv_g = _chol_solve(L, g[..., None])[..., 0]
-    if k == 0:
-        dv, dnu = Minv_g, torch.zeros(*rd.shape[:-1], 0, dtype=rd.dtype)
-    else:
-        rhs = (Ut * Minv_g[..., None, :]).sum(-1) + rp  # k is 1 or 2: no tiny GEMMs
-        # k == 1 (intercept only, the usual case): a division instead of a LAPACK call
-        dnu = rhs / UMU[..., 0] if k == 1 else torch.linalg.solve(UMU, rhs[..., None])[..., 0]
-        dv = Minv_g - (Minv_U * dnu[..., None, :]).sum(-1)
-    return dv, dnu, (rl - zl * dv) / sl, (ru + zu * dv) / su
-
-
-def _qp_step(sl, su, zl, zu, dv, dzl, dzu) -> torch.Tensor:
-    """Largest t keeping v inside the box and the multipliers nonnegative."""
-    big = torch.full_like(dv, 1e20)
-    t = torch.where(dv < 0, sl, su) / dv.abs().clamp(min=1e-300)
-    t = torch.minimum(t, torch.where(dzl < 0, zl / (-dzl).clamp(min=1e-300), big))
-    t = torch.minimum(t, torch.where(dzu < 0, zu / (-dzu).clamp(min=1e-300), big))
-    return t.amin(-1, keepdim=True)
-
-
-def solve_box_qp(
-    H: torch.Tensor,
-    y: torch.Tensor,
-    U: torch.Tensor,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    *,
-    tol: float = 1e-12,
-    max_iter: int = 60,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched primal-dual interior point (Mehrotra) for the kernel-form dual QP
-
-        min_v  1/2 v'Hv - y'v   s.t.  U'v = 0,  lo <= v <= hi.
-
-    y/lo/hi (..., n), U (..., n, k), H (..., n, n) symmetric positive semi-definite; H and U
-    may broadcast over the batch axes (e.g. one H shared by all quantiles) and are not
-    copied per problem. Returns v (..., n) and the equality multipliers nu (..., k) (the
-    unpenalized coefficients). Every problem needs lo < hi; pin a row to 0 with a unit
-    diagonal and wide bounds. Finished problems are dropped from the batch as they
-    converge (most finish within a couple of iterations of each other, a few lag).
-    """
-    batch, n, k = y.shape[:-1], y.shape[-1], U.shape[-1]
-    Hf = H.reshape(-1, n, n)
-    hidx = torch.arange(Hf.shape[0]).reshape(H.shape[:-2]).expand(batch).flatten()
-    Uf = U.expand(*batch, n, k).reshape(-1, n, k)
-    y, lo, hi = (a.reshape(-1, n) for a in (y, lo, hi))
-    N = y.shape[0]
-    v = 0.5 * (lo + hi)
-    nu = torch.zeros(N, k, dtype=y.dtype)
-    scale = 1.0 + y.abs().amax(-1, keepdim=True)
-    eye_k = torch.eye(k, dtype=y.dtype)
-    # dual-feasible start: zl - zu equals the gradient at v, plus a common margin
-    g0 = (Hf[hidx] @ v[..., None])[..., 0] - y
-    margin = INIT_MARGIN * (1.0 + g0.abs().mean(-1, keepdim=True))
-    zl, zu = g0.clamp(min=0.0) + margin, (-g0).clamp(min=0.0) + margin
-    v_out, nu_out = v.clone(), nu.clone()
-    idx = torch.arange(N)
-
-    for _ in range(max_iter):
-        Hc = Hf[hidx]  # this iteration's copy, turned into the Newton matrix below
-        sl, su = v - lo, hi - v
-        rd = (Hc @ v[..., None])[..., 0] - y + (Uf * nu[:, None, :]).sum(-1) - zl + zu
-        rp = (v[..., None] * Uf).sum(-2)
-        gap = (sl * zl).sum(-1, keepdim=True) + (su * zu).sum(-1, keepdim=True)
-        res = rd.abs().amax(-1, keepdim=True)
-        if k:
-            res = torch.maximum(res, rp.abs().amax(-1, keepdim=True))
-        done = ((gap <= tol * scale * n) & (res <= tol * scale))[:, 0]
-        if bool(done.any()):
-            v_out[idx[done]], nu_out[idx[done]] = v[done], nu[done]
-            keep = ~done
-            if not bool(keep.any()):
-                break
-            idx, hidx, Uf, y, lo, hi, scale = (a[keep] for a in (idx, hidx, Uf, y, lo, hi, scale))
-            v, nu, zl, zu, sl, su, rd, rp, gap, Hc = (
-                a[keep] for a in (v, nu, zl, zu, sl, su, rd, rp, gap, Hc)
-            )
-        Ut = Uf.transpose(-1, -2)
-        Hc.diagonal(dim1=-2, dim2=-1).add_(zl / sl + zu / su)
-        L, _ = torch.linalg.cholesky_ex(Hc)
-        # predictor (affine scaling); one triangular solve for U and the right-hand side
-        sol = _chol_solve(L, torch.cat([Uf, (-rd - zl + zu)[..., None]], -1))
-        Minv_U = sol[..., :k]
-        UMU = (Uf[..., :, None] * Minv_U[..., None, :]).sum(-3) + 1e-14 * eye_k
-
-        kkt = (L, Ut, UMU, Minv_U, rd, rp, sl, su, zl, zu)
-        dv, dnu, dzl, dzu = _qp_newton(kkt, -sl * zl, -su * zu, Minv_g=sol[..., k])
-        t = _qp_step(sl, su, zl, zu, dv, dzl, dzu).clamp(max=1.0)
-        gap_aff = ((sl + t * dv) * (zl + t * dzl)).sum(-1, keepdim=True) + (
-            (su - t * dv) * (zu + t * dzu)
-        ).sum(-1, keepdim=True)
-        mu = (gap_aff / gap) ** 3 * gap / (2 * n)
-        # corrector with the second-order terms of the affine step
-        dv, dnu, dzl, dzu = _qp_newton(kkt, mu - sl * zl - dv * dzl, mu - su * zu + dv * dzu)
-        t = (0.995 * _qp_step(sl, su, zl, zu, dv, dzl, dzu)).clamp(max=1.0)
-        v, nu = v + t * dv, nu + t * dnu
-        zl, zu = zl + t * dzl, zu + t * dzu
-    else:
-        v_out[idx], nu_out[idx] = v, nu  # max_iter reached: return the last iterate
-    return v_out.reshape(*batch, n), nu_out.reshape(*batch, k)
-
-
-def solve_kernel_qr(
-    K: torch.Tensor,
-    U: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor,
-    tau: torch.Tensor,
-    lam: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penalized QR in kernel form (objective in `pipeline.models.lqr`).
-
-    K (B,n,n) = phi phi' over the penalized features, U (B,n,k) unpenalized columns, y/w
-    (B,n) (w = 0: row not in this fit), tau (Q,), lam (B,A,1) or (B,1,Q), eps the Huber
-    (Moreau) smoothing (0 = exact check loss). Returns c (B,A,Q,n) and gamma (B,A,Q,k)
-    with fitted values f = K c + U gamma.
-    """
-    B, n = w.shape
-    act = w > 0
-    # move each problem's active rows to the front and drop the columns nobody uses, so
-    # the Newton systems are (rows in the fit)^2, not n^2 (validation fits use n - 12 rows)
-    order = torch.argsort((~act).to(torch.int8), dim=-1, stable=True)
-    r = max(int(act.sum(-1).max()), 1)
-    order = order[:, :r]
-    K = torch.gather(
-        torch.gather(K, 1, order[..., None].expand(B, r, n)), 2, order[:, None, :].expand(B, r, r)
-    )
-    U = torch.gather(U, 1, order[..., None].expand(B, r, U.shape[-1]))
-    y, w, act = (torch.gather(a, 1, order) for a in (y, w, act))
-    N = w.sum(-1).clamp(min=1.0)
-    m = act.to(K.dtype)
-    Km = K * m[:, :, None] * m[:, None, :]
-    scale = 2.0 * lam * N[:, None, None]  # (B,A,Q')
-    diag = torch.where(act, eps / w.clamp(min=1e-300), 1.0)  # padding rows pinned to v = 0
-    H = Km[:, None, None] / scale[..., None, None] + torch.diag_embed(diag)[:, None, None]
-    t = tau[None, None, :, None]
-    wq = w[:, None, None, :]
-    shape = (B, max(lam.shape[1], 1), tau.shape[0], r)
-    lo = torch.where(act[:, None, None, :], wq * (t - 1.0), -1.0).expand(shape)
-    hi = torch.where(act[:, None, None, :], wq * t, 1.0).expand(shape)
-    yq = (y * m)[:, None, None, :].expand(shape)
-    Uq = (U * m[..., None])[:, None, None].expand(*shape, U.shape[-1])
-    v, nu = solve_box_qp(H, yq, Uq, lo, hi)
-    c_act = v * m[:, None, None, :] / scale[..., None]
-    c = torch.zeros(*shape[:3], n, dtype=K.dtype)
-    c.scatter_(-1, order[:, None, None, :].expand(shape), c_act)
-    return c, nu
-
-
-def kernel_pinball(
-    y: torch.Tensor, f: torch.Tensor, tau: torch.Tensor, w: torch.Tensor
-) -> torch.Tensor:
-    """Weighted mean pinball over the last axis; y/f/w broadcast, tau (Q,) on axis -2."""
-    u = y - f
-    t = tau[:, None]
-    return (torch.maximum(t * u, (t - 1.0) * u) * w).sum(-1) / w.sum(-1).clamp(min=1e-300)

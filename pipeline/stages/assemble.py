@@ -7,8 +7,8 @@ Reads every `train/*.parquet` and the prepared panel with dask.dataframe, joins 
     forecasts/{model}_q{q}_h{h}.parquet   one per model x quantile x horizon, schema columns
     forecasts/all.parquet                 every forecast
     forecasts/missing.parquet             expected fits without a forecast (never dropped silently)
-    metrics.json                          evaluate.compute_metrics + fit counts (dvc metrics)
-    metrics_summary.json                  evaluate.summary_metrics: headline numbers per model
+    metrics.json                          metrics_json.compute_metrics + fit counts (dvc metrics)
+    metrics_summary.json                  metrics_json.summary_metrics: headline numbers per model
     reports/tables/{metric}.parquet       evaluate.metric_tables (PERIOD = all / ex_covid)
     reports/plots/*.csv                   small wide tables for `dvc plots`
     reports/*.png, reports/fan/*.png      charts
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import evaluate, plots
+from pipeline import evaluate, metrics_json, plots
 from pipeline.io import read_json, write_json, write_parquet, write_text
 from pipeline.report import ReportImage, render_report
 from pipeline.schema import (
@@ -166,10 +166,10 @@ def _write_metrics(
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
     """metrics.json, metrics_summary.json, the parquet metric tables and the dvc plot data."""
     tables = evaluate.metric_tables(frame, benchmark)
-    metrics = evaluate.compute_metrics(frame, benchmark, tables=tables)
+    metrics = metrics_json.compute_metrics(frame, benchmark, tables=tables)
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     write_json(output_dir / "metrics.json", metrics)
-    summary = evaluate.summary_metrics(frame, benchmark, tables=tables)
+    summary = metrics_json.summary_metrics(frame, benchmark, tables=tables)
     write_json(output_dir / "metrics_summary.json", summary)
     paths = [output_dir / "metrics.json", output_dir / "metrics_summary.json"]
     for name, table in tables.items():

@@ -1,0 +1,167 @@
+"""JSON bundles of the metric tables for assemble: metrics.json and metrics_summary.json.
+
+Both are built from `evaluate.metric_tables` (pass the tables when already computed), so the
+JSON and the parquet tables cannot disagree. Keys nest period / metric / model / horizon /
+quantile with the seed's labels ("h1", "q0.1"); a "mean" key pools the rows below it
+(N-weighted), and numbers keep SIG_DIGITS significant digits (NaN/inf become null).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.evaluate import (
+    HORIZON,
+    MODEL,
+    QUANTILE,
+    check_frame,
+    horizon_label,
+    metric_tables,
+    period_frames,
+    quantile_label,
+)
+
+SIG_DIGITS = 6
+
+
+def _num(value: Any) -> float | int | None:
+    """JSON-ready number rounded to SIG_DIGITS significant digits; NaN/inf -> None."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{SIG_DIGITS}g}")
+
+
+def _nest(
+    table: pd.DataFrame, value: str, levels: Sequence[str], leaf: str | None = None
+) -> dict[str, Any]:
+    """{model: {label(level1): {label(level2): value}}} from a tidy table; with `leaf`, the
+    innermost key is `leaf` instead of the last level's label (e.g. "mean")."""
+    labels = {HORIZON: horizon_label, QUANTILE: quantile_label}
+    out: dict[str, Any] = {}
+    for row in table.itertuples(index=False):
+        keys = [labels[c](getattr(row, c)) for c in levels]
+        keys = [*keys, leaf] if leaf is not None else keys
+        node = out.setdefault(str(getattr(row, MODEL)), {})
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = _num(getattr(row, value))
+    return out
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (extra wins on leaves)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _pooled(table: pd.DataFrame, by: list[str], values: Sequence[str]) -> pd.DataFrame:
+    """N-weighted means of `values` per `by` group: the pooled mean over the rows behind them."""
+    weighted = (
+        table[values].mul(table["N"], axis=0).assign(N=table["N"], **{c: table[c] for c in by})
+    )
+    sums = weighted.groupby(by, sort=True, observed=True).sum().reset_index()
+    return sums.assign(**{c: sums[c] / sums["N"] for c in values})
+
+
+def _with_means(table: pd.DataFrame, value: str, parts: Sequence[str] = ()) -> dict[str, Any]:
+    """{model: {h: {q: value, "mean": ...}, "mean": ...}} from a (MODEL, HORIZON, QUANTILE)
+    table; a mean pools the rows below it. With `parts` (numerator, denominator), `value` is
+    their ratio and each mean the ratio of pooled parts (the relative pinball)."""
+    out = _nest(table, value, (HORIZON, QUANTILE))
+    for by, levels in (([MODEL, HORIZON], (HORIZON,)), ([MODEL], ())):
+        pooled = _pooled(table, by, list(parts) or [value])
+        if parts:
+            pooled[value] = pooled[parts[0]] / pooled[parts[1]]
+        _merge(out, _nest(pooled, value, levels, leaf="mean"))
+    return out
+
+
+def _by_period(tables: Mapping[str, pd.DataFrame], period: str) -> dict[str, pd.DataFrame]:
+    return {k: t.loc[t["PERIOD"] == period].drop(columns="PERIOD") for k, t in tables.items()}
+
+
+def _period_metrics(t: dict[str, pd.DataFrame], has_bench: bool) -> dict[str, Any]:
+    crps_mean = _nest(_pooled(t["crps"], [MODEL], ["CRPS"]), "CRPS", (), leaf="mean")
+    out: dict[str, Any] = {
+        "n_scored": int(t["pinball"]["N"].sum()),
+        "pinball": _with_means(t["pinball"], "PINBALL"),
+        "coverage": _nest(t["coverage"], "COVERAGE", (HORIZON, QUANTILE)),
+        "crps": _merge(_nest(t["crps"], "CRPS", (HORIZON,)), crps_mean),
+        "crossing_rate": _nest(t["crossing"], "CROSSING_RATE", (HORIZON,)),
+        "interval": {},
+    }
+    for column in ("COVERAGE", "NOMINAL", "WIDTH"):
+        _merge(out["interval"], _nest(t["interval"], column, (HORIZON,), leaf=column.lower()))
+    if has_bench:
+        parts = ("PINBALL", "BENCHMARK_PINBALL")
+        out["relative_pinball"] = _with_means(t["relative_pinball"], "RELATIVE_PINBALL", parts)
+        out["dm"] = {}
+        for column in ("MEAN_DIFF", "STAT", "P_VALUE"):
+            _merge(out["dm"], _nest(t["dm"], column, (HORIZON,), leaf=column.lower()))
+    return out
+
+
+def compute_metrics(
+    frame: pd.DataFrame,
+    benchmark: str = "ar_qr",
+    *,
+    tables: Mapping[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """JSON-ready nested metrics for metrics.json, for all months and COVID months excluded.
+
+    Keys: metrics[period][metric][model][h][q], period in ("all", "ex_covid"); "mean" keys
+    pool the levels below them (pinball[m]["h1"]["mean"] over quantiles, pinball[m]["mean"]
+    over horizons and quantiles). Numbers have 6 significant digits. Built from
+    `metric_tables(frame, benchmark)` (pass `tables` when already computed), so the JSON and
+    the parquet tables cannot disagree.
+    """
+    check_frame(frame)
+    tables = metric_tables(frame, benchmark) if tables is None else tables
+    has_bench = benchmark in set(frame[MODEL].dropna().tolist())
+    out: dict[str, Any] = {"benchmark_present": int(has_bench)}
+    for period, part in period_frames(frame).items():
+        out[period] = {
+            "n_rows": len(part),
+            **_period_metrics(_by_period(tables, period), has_bench),
+        }
+    return out
+
+
+def summary_metrics(
+    frame: pd.DataFrame,
+    benchmark: str = "ar_qr",
+    *,
+    tables: Mapping[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """Headline numbers per period and model, pooled over horizons, quantiles and countries
+    (a few columns in `dvc metrics show`, where compute_metrics gives hundreds):
+    summary[period][model] = {pinball, relative_pinball, crps, interval_coverage,
+    crossing_rate}."""
+    check_frame(frame)
+    tables = metric_tables(frame, benchmark) if tables is None else tables
+    out: dict[str, Any] = {}
+    for period in ("all", "ex_covid"):
+        t = _by_period(tables, period)
+        node: dict[str, Any] = {}
+        for name, column in (("pinball", "PINBALL"), ("crps", "CRPS"),
+                             ("interval", "COVERAGE"), ("crossing", "CROSSING_RATE")):  # fmt: skip
+            label = {"interval": "interval_coverage", "crossing": "crossing_rate"}.get(name, name)
+            _merge(node, _nest(_pooled(t[name], [MODEL], [column]), column, (), leaf=label))
+        relative = _pooled(t["relative_pinball"], [MODEL], ["PINBALL", "BENCHMARK_PINBALL"])
+        if len(relative):
+            relative["R"] = relative["PINBALL"] / relative["BENCHMARK_PINBALL"]
+            _merge(node, _nest(relative, "R", (), leaf="relative_pinball"))
+        out[period] = node
+    return out

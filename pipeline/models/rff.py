@@ -1,0 +1,43 @@
+"""Random Fourier features (RFF) of the penalized linear model `lqr`.
+
+phi(x~) = [x~, sqrt(2/D) cos(x~ W / bw + b)] on standardized features x~: the linear part
+plus D seeded random features whose inner products approximate the RBF kernel
+exp(-|x - x'|^2 / (2 bw^2)) (Rahimi & Recht, 2007), W ~ N(0, 1), b ~ U(0, 2 pi).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def rff_weights(d: int, rff_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded RFF frequencies W (d, D) ~ N(0, 1) and phases b (D,) ~ U(0, 2 pi)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((d, rff_features)), rng.uniform(0.0, 2.0 * np.pi, rff_features)
+
+
+def lqr_features(
+    Xs: torch.Tensor, W: torch.Tensor, b: torch.Tensor, bw: torch.Tensor, penalize_first_lag: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penalized features phi (B, r, P) and unpenalized columns U (B, r, k) of standardized X.
+
+    U is the intercept column, plus the first lag x~_1 when `penalize_first_lag` is False
+    (then phi drops x~_1 from its linear part); D = 0 gives the linear model only."""
+    ones = torch.ones(*Xs.shape[:-1], 1, dtype=Xs.dtype)
+    lin = Xs if penalize_first_lag else Xs[..., 1:]
+    U = ones if penalize_first_lag else torch.cat([ones, Xs[..., :1]], -1)
+    D = W.shape[1]
+    if D == 0:
+        return lin, U
+    rff = np.sqrt(2.0 / D) * torch.cos(Xs @ W / bw[:, None, None] + b)
+    return torch.cat([lin, rff], -1), U
+
+
+def median_bandwidth(Xs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Median pairwise distance of the active training rows (1 where undefined or zero)."""
+    dist = torch.cdist(Xs, Xs)
+    n = Xs.shape[1]
+    pair = act[:, :, None] & act[:, None, :] & torch.ones(n, n, dtype=torch.bool).triu(1)
+    med = torch.where(pair, dist, torch.nan).flatten(1).nanmedian(-1).values
+    return torch.where(torch.isfinite(med) & (med > 0), med, torch.ones_like(med))
