@@ -120,12 +120,11 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
 
 def _dry_run(config: StudyConfig, root: Path) -> int:
     from pipeline.stages.prepare import PANEL_FILE, prepare
-    from pipeline.stages.probe import dry_run_plan
-    from pipeline.stages.train import dry_run
+    from pipeline.stages.probe import dry_run
 
     if not (config.output_dir / PANEL_FILE).exists():
         prepare(config, root)  # cheap, and the plan needs the real data shapes
-    print(dry_run(config, dry_run_plan(config)))
+    print(dry_run(config))
     return 0
 
 

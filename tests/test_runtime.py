@@ -27,7 +27,15 @@ from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 from pipeline.config import StudyConfig
 from pipeline.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
-from pipeline.stages.probe import ModelPlan, Plan, ProbeError, dry_run, run_probe, size_cluster
+from pipeline.stages.probe import (
+    ModelPlan,
+    Plan,
+    ProbeError,
+    dry_run,
+    load_plan,
+    run_probe,
+    size_cluster,
+)
 from pipeline.stages.train import run_train
 
 DRIVER = """
@@ -141,7 +149,7 @@ def test_sigkill_then_resume_equals_uninterrupted(
         config,
         "slow_ar_qr",
         4,
-        {"FAKE_SLEEP": "0.15", "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS},
+        {"FAKE_SLEEP": "0.25", "PIPELINE_EXTRA_ADAPTERS": FAKE_MODELS},
     )
     wait_for(lambda: done_rows(config) >= 60, 120, "a third of the fits")
     # while it runs, the dashboard answers on 127.0.0.1 with the real UI
@@ -306,7 +314,8 @@ def test_probe_plans_a_memory_limit_that_holds_on_real_workers(tmp_path: Path) -
     config = study(tmp_path / "out", max_workers=None, task_seconds=0.5)
     plan = run_probe(config)
     text = (config.output_dir / "probe.json").read_text()
-    assert json.loads(text)["models"]["ar_qr"]["n_fits"] == 96
+    assert json.loads(text)["models"] == {"ar_qr": {"n_fits": 96}}
+    assert load_plan(config.output_dir / "probe.json") == plan  # probe.json + measurements
     assert plan.memory_limit_mb % 256 == 0
     assert plan.memory_limit_mb >= plan.baseline_mb + config.runtime.mem_probe_fudge_mb
     summary = run_train(config, "ar_qr", plan)

@@ -10,8 +10,11 @@ Plan: memory_limit = baseline + largest task peak above baseline + mem_probe_fud
 rounded up to 256 MiB; budget = max_ram_gb or available RAM x safety_ram_fraction;
 n_workers = min(cores, max_workers, floor(budget / memory_limit)) >= 1.
 
-`probe.json` (DVC metrics) holds only the rounded plan, so it is byte-identical while the
-plan is; the jittery raw numbers (times, exact peaks, ETA) go to `probe_measurements.json`.
+`probe.json` (DVC metrics) holds only the rounded plan (workers, threads, memory limit, fits
+per model), so it is byte-identical while the plan is; everything derived from time (seconds
+per fit, fits per task, tasks, ETA) and the exact peaks go to `probe_measurements.json`, which
+`load_plan` merges back in when present. Fits per task only change how fits are batched, never
+a forecast (batched solvers are batch-independent), so they need not invalidate `train`.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ class ProbeError(RuntimeError):
 @dataclass(frozen=True)
 class ModelPlan:
     n_fits: int
-    fits_per_task: int
-    n_tasks: int
+    fits_per_task: int = 0  # 0: not measured (train sizes tasks from runtime.task_seconds)
+    n_tasks: int = 0
     seconds_per_fit: float | None = None  # measured (None in a default plan)
     peak_mb: float | None = None  # measured child peak RSS
 
@@ -72,24 +75,27 @@ class Plan:
     eta_seconds: float | None = None
 
     def rounded(self) -> dict[str, Any]:
-        """The deterministic part written to probe.json."""
+        """The deterministic part written to probe.json (what sizes the cluster)."""
         return {
             "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
             "memory_limit_mb": self.memory_limit_mb,
-            "models": {
-                m: {"n_fits": p.n_fits, "fits_per_task": p.fits_per_task, "n_tasks": p.n_tasks}
-                for m, p in sorted(self.models.items())
-            },
+            "models": {m: {"n_fits": p.n_fits} for m, p in sorted(self.models.items())},
         }
 
     def measurements(self) -> dict[str, Any]:
+        """Time-derived numbers (they jitter between probes): probe_measurements.json."""
         return {
             "baseline_mb": self.baseline_mb,
             "ram_budget_mb": self.ram_budget_mb,
             "eta_seconds": self.eta_seconds,
             "models": {
-                m: {"seconds_per_fit": p.seconds_per_fit, "peak_mb": p.peak_mb}
+                m: {
+                    "fits_per_task": p.fits_per_task,
+                    "n_tasks": p.n_tasks,
+                    "seconds_per_fit": p.seconds_per_fit,
+                    "peak_mb": p.peak_mb,
+                }
                 for m, p in sorted(self.models.items())
             },
         }
@@ -389,7 +395,7 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
         fpt = choose_fits_per_task(
             spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, max(todo, 1), n_workers
         )
-        if mp is not None:
+        if mp is not None and mp.fits_per_task:
             fpt = min(fpt, mp.fits_per_task)
         tasks = sum(math.ceil(int((~c).sum()) / fpt) for c in cached)
         eta = todo * spf / n_workers if spf else None

@@ -284,7 +284,7 @@ class _RunState:
         fpt = choose_fits_per_task(
             spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, n_todo, n_workers
         )
-        if mplan is not None:
+        if mplan is not None and mplan.fits_per_task:
             fpt = min(fpt, mplan.fits_per_task)
         queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
         params = get_adapter(self.model).params(self.config)
