@@ -41,4 +41,5 @@ format: setup
 
 # The seed study on real Eurostat data (see docs/RESULTS.md).
 study: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline run experiment=seed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline run experiment=seed runtime.progress_bar=false
+	$(BIN)/python -m pipeline results --output-dir studies/seed --out docs/RESULTS.md

@@ -50,6 +50,9 @@ class Adapter:
     fit_batch: Callable[[dict[str, Any]], dict[str, Any]]  # -> {"pred": (B,C,H,Q), "state": {...}}
     # lighter parameters for the probe and the factor its time per fit is scaled by
     probe_params: Callable[[dict[str, Any]], tuple[dict[str, Any], float]] | None = None
+    # fits one task should batch when a batched call amortizes (see tasks.batched_fits_per_task);
+    # the probe measures a task of this size, so its peak RSS is that of a real task
+    batch_fits: int = 1
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -342,10 +345,25 @@ def _ensemble_fit(payload: dict[str, Any]) -> dict[str, Any]:
     return {"pred": pred, "states": states}
 
 
+# Origins one ensemble_nn task trains as one batched network. Members of a window stop at
+# different epochs; batching windows fills the steps where few members are still training.
+# CPU s per window at seed settings (benchmarks/README.md "ensemble_nn"): 16.6 (G = 1),
+# 6.7 (4), 5.7 (8), 4.0 (18), 3.1 (36); 36 = the seed's 72 origins over 2 workers.
+ENSEMBLE_BATCH_FITS = 36
+PROBE_EPOCHS = 3
+# Early stopping: a batch of windows costs about this many epochs of all its members, in units
+# of `patience` (measured: ~94 full-batch epochs at G = 36 and ~120 at G = 18 with patience 50,
+# against 1500 allowed; most members stop after 100-200 epochs, the slowest after ~500).
+EARLY_STOP_PATIENCES = 2.5
+
+
 def _ensemble_probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """Probe with a few epochs; time scales with epochs (an upper bound: early stopping)."""
-    epochs = min(int(params["epochs"]), 20)
-    return {**params, "epochs": epochs}, params["epochs"] / epochs
+    """Probe with PROBE_EPOCHS epochs (no early stop) and scale the time per fit to the
+    epochs a batch really runs with early stopping (EARLY_STOP_PATIENCES x patience, at most
+    `epochs`), not to `epochs`, which overestimated ~10x."""
+    epochs = min(int(params["epochs"]), PROBE_EPOCHS)
+    expected = min(float(params["epochs"]), EARLY_STOP_PATIENCES * float(params["patience"]))
+    return {**params, "epochs": epochs}, max(expected, epochs) / epochs
 
 
 register(
@@ -367,5 +385,6 @@ register(
         min_rows=lambda c: 12,
         fit_batch=_ensemble_fit,
         probe_params=_ensemble_probe,
+        batch_fits=ENSEMBLE_BATCH_FITS,
     )
 )

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    # Dask's INFO chatter (nanny/scheduler lifecycle) drowns the run's own lines; keep its warnings.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     )
     try:
         return int(args.handler(args) or 0)

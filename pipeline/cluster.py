@@ -4,7 +4,8 @@
 worker, the plan's memory limit, scheduler and dashboard on 127.0.0.1) or, when
 `runtime.scheduler_address` is set, connects to that existing cluster through the same code
 path. BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-spawn
-environment, set before any worker process starts. `TaskStream` submits a bounded number of
+environment, set before any worker process starts; Dask's default MALLOC_TRIM_THRESHOLD_ is
+dropped from it (see `worker_environ`). `TaskStream` submits a bounded number of
 tasks at a time and yields results as they complete, turning a worker lost to its memory
 limit (`KilledWorker` after `allowed-failures` restarts) into a plain "memory" failure.
 """
@@ -28,6 +29,11 @@ from pipeline.config import RuntimeConfig
 log = logging.getLogger("pipeline.cluster")
 
 THREAD_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+# Setting M_TRIM_THRESHOLD switches off glibc's dynamic mmap threshold, so every tensor above
+# 128 KiB (lqr's kernel and feature matrices are MBs) is mmapped, page-faulted and unmapped on
+# each allocation: it halved lqr's fits per second on a worker (issue 8). Workers keep glibc's
+# defaults, like the probe child whose peak RSS sizes their memory limit.
+DROPPED_ENV = ("MALLOC_TRIM_THRESHOLD_",)
 # A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
 # itself, in halves, so a restart is not wasted on rerunning a task that will die again.
 ALLOWED_FAILURES = 0
@@ -58,10 +64,7 @@ def make_client(
 ) -> Iterator[ClusterHandle]:
     """A client on a fresh LocalCluster (or on runtime.scheduler_address); closed on exit."""
     config = {
-        "distributed.nanny.pre-spawn-environ": {
-            **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-            **THREAD_ENV,
-        },
+        "distributed.nanny.pre-spawn-environ": worker_environ(),
         "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
         # one task per worker thread at a time: a worker killed for memory then takes down only
         # the task that outgrew it, not innocent tasks queued behind it
@@ -106,6 +109,12 @@ def make_client(
             client.close(timeout=10)
             if cluster is not None:
                 cluster.close(timeout=20)
+
+
+def worker_environ() -> dict[str, Any]:
+    """Dask's pre-spawn environment with one thread per library and glibc's malloc defaults."""
+    base = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    return {**{k: v for k, v in base.items() if k not in DROPPED_ENV}, **THREAD_ENV}
 
 
 def _dashboard_link(client: Client) -> str | None:

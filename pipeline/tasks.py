@@ -299,6 +299,23 @@ def choose_fits_per_task(
     return int(min(by_time, by_balance))
 
 
+def batched_fits_per_task(fits_per_task: int, n_fits: int, n_workers: int, batch_fits: int) -> int:
+    """Raise `fits_per_task` towards `batch_fits` for models whose batched call amortizes.
+
+    A batched network (ensemble_nn) costs much less per fit when many fits share one call,
+    so time-based sizing (which would give one fit per task) is overridden: the fits are cut
+    into a multiple of `n_workers` tasks of at most `batch_fits` (the size the probe measured),
+    so every worker gets the same number of equal tasks.
+    """
+    if batch_fits < 1:
+        raise ValueError(f"batch_fits must be >= 1; got {batch_fits}")
+    if batch_fits <= fits_per_task or n_fits <= 0:
+        return fits_per_task
+    workers = max(1, n_workers)
+    n_tasks = workers * math.ceil(n_fits / (workers * batch_fits))
+    return max(fits_per_task, math.ceil(n_fits / n_tasks))
+
+
 def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGroup]:
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).

@@ -37,7 +37,13 @@ import psutil
 from pipeline.adapters import get_adapter
 from pipeline.config import StudyConfig
 from pipeline.io import read_json, write_json
-from pipeline.tasks import FitGroup, build_groups, choose_fits_per_task, task_payload
+from pipeline.tasks import (
+    FitGroup,
+    batched_fits_per_task,
+    build_groups,
+    choose_fits_per_task,
+    task_payload,
+)
 
 log = logging.getLogger("pipeline.probe")
 
@@ -216,6 +222,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
                 meas["seconds_per_fit"], config.runtime.task_seconds, n_fits, n_workers
             )
         )
+        fpt = batched_fits_per_task(fpt, n_fits, n_workers, get_adapter(name).batch_fits)
         plans[name] = ModelPlan(
             n_fits, fpt, _n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"]
         )
@@ -251,6 +258,9 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
                 str(payload_path),
                 "--task-seconds",
                 str(config.runtime.task_seconds / scale),
+                # a model that batches fits is measured on a task of that size (time and peak)
+                "--min-fits",
+                str(min(len(group), adapter.batch_fits)),
             ]
         )
     out["seconds_per_fit"] = out["seconds_per_fit"] * scale
@@ -262,7 +272,8 @@ def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
 
     peak_mb is the child's own ru_maxrss from os.wait4 (KiB on Linux), exact and unpolled.
     """
-    env = {**os.environ, **THREAD_ENV}
+    # like a worker (pipeline.cluster.worker_environ): one thread, glibc's malloc defaults
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"} | THREAD_ENV
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_path = handle.name
     try:
@@ -321,7 +332,8 @@ def _child(argv: list[str]) -> None:
         k0 = min(CALIBRATION_FITS, n_all)
         first = run_task(_head(payload, k0))
         spf = first["seconds"] / k0
-        k1 = int(min(n_all, max(k0, task_seconds / max(spf, 1e-9))))
+        min_fits = int(argv[argv.index("--min-fits") + 1]) if "--min-fits" in argv else 1
+        k1 = int(min(n_all, max(k0, min_fits, task_seconds / max(spf, 1e-9))))
         second = run_task(_head(payload, k1))
         if second["failed"]:
             raise RuntimeError(f"probe task failed: {second['failed'][0]['traceback']}")

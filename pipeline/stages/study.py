@@ -27,13 +27,26 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
                 origin = month_start(int(group.origin[i]))
                 for country in group.countries[i][group.rows[i]]:
                     for horizon in group.horizons:
-                        rows.extend((model, str(country), int(horizon), float(q), origin) for q in config.data.quantiles)
-    frame = pd.DataFrame.from_records(rows, columns=["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"])
+                        rows.extend(
+                            (model, str(country), int(horizon), float(q), origin)
+                            for q in config.data.quantiles
+                        )
+    frame = pd.DataFrame.from_records(
+        rows, columns=["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"]
+    )
     return frame.astype(
-        {"MODEL": "string", "COUNTRY": "string", "HORIZON": "int64", "QUANTILE": "float64", "WINDOW_END": "datetime64[ns]"}
+        {
+            "MODEL": "string",
+            "COUNTRY": "string",
+            "HORIZON": "int64",
+            "QUANTILE": "float64",
+            "WINDOW_END": "datetime64[ns]",
+        }
     )
 
 
 def assemble_study(config: StudyConfig) -> AssembleResult:
     """Run assemble for the config's output dir, checking coverage against the expected fits."""
-    return assemble(config.output_dir, config.data.target, benchmark="ar_qr", expected=expected_fits(config))
+    return assemble(
+        config.output_dir, config.data.target, benchmark="ar_qr", expected=expected_fits(config)
+    )

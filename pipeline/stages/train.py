@@ -37,6 +37,7 @@ from pipeline.stages.probe import DEFAULT_SECONDS_PER_FIT, PROBE_FILE, Plan, def
 from pipeline.tasks import (
     FitGroup,
     Task,
+    batched_fits_per_task,
     build_groups,
     choose_fits_per_task,
     forecast_table,
@@ -286,6 +287,7 @@ class _RunState:
         )
         if mplan is not None and mplan.fits_per_task:
             fpt = min(fpt, mplan.fits_per_task)
+        fpt = batched_fits_per_task(fpt, n_todo, n_workers, get_adapter(self.model).batch_fits)
         queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
         params = get_adapter(self.model).params(self.config)
         cache_dir = str(self.config.model_cache_dir.resolve())
