@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     # Dask's INFO chatter (nanny/scheduler lifecycle) drowns the run's own lines; keep its warnings.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    )
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, DataError) as error:
@@ -106,7 +106,9 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     started = time.perf_counter()
     result = prepare(config, root)  # validates the data first: a bad input writes nothing
     record_stage(out, "prepare", time.perf_counter() - started)
-    log.info("prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12])
+    log.info(
+        "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
+    )
     # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     with timed_stage(out, "probe"):
@@ -256,7 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_cmd_check)
 
     results = commands.add_parser("results", help="write docs/RESULTS.md from a finished study")
-    results.add_argument("--output-dir", default="studies/seed", help="the study's runtime.output_dir")
+    results.add_argument(
+        "--output-dir", default="studies/seed", help="the study's runtime.output_dir"
+    )
     results.add_argument("--out", default="docs/RESULTS.md")
     results.set_defaults(handler=_cmd_results)
 

@@ -112,8 +112,9 @@ def read_snapshot(
 
 def render(snapshot: Snapshot) -> Group:
     table = Table(title=f"run in {snapshot.output_dir}", title_justify="left")
-    for column in ("model", *STATUSES, "done %", "rate (rows/s)", "ETA", "run"):
-        table.add_column(column, justify="left" if column in ("model", "run") else "right")
+    for column in ("model", *STATUSES, "done%", "rows/s", "ETA", "run"):
+        justify = "left" if column in ("model", "run") else "right"
+        table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for state in snapshot.models:
         table.add_row(
             state.model,

@@ -281,7 +281,7 @@ def _probe_estimate(measurements: dict[str, Any], model: str) -> int | None:
         return None
     for key in ("estimated_worker_mb", "worker_estimate_mb", "peak_mb"):
         if key in entry:
-            return int(round(float(entry[key])))
+            return round(float(entry[key]))
     return None
 
 
