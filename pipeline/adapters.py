@@ -351,16 +351,17 @@ def _ensemble_fit(payload: dict[str, Any]) -> dict[str, Any]:
 # 6.7 (4), 5.7 (8), 4.0 (18), 3.1 (36); 36 = the seed's 72 origins over 2 workers.
 ENSEMBLE_BATCH_FITS = 36
 PROBE_EPOCHS = 3
-# Early stopping: a batch of windows costs about this many epochs of all its members, in units
-# of `patience` (measured: ~94 full-batch epochs at G = 36 and ~120 at G = 18 with patience 50,
-# against 1500 allowed; most members stop after 100-200 epochs, the slowest after ~500).
-EARLY_STOP_PATIENCES = 2.5
+# Early stopping: a batch's cost tracks its member-epochs (stopped members leave the batch), so
+# the probe's all-members epochs are scaled to the mean epochs a member runs, in units of
+# `patience`: 2.9 x patience on the seed (member epochs median 122, mean 145, max 875 with
+# patience 50 and 1500 allowed; seed run of issue 8), not `epochs`, which overestimated ~10x.
+EARLY_STOP_PATIENCES = 3.0
 
 
 def _ensemble_probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Probe with PROBE_EPOCHS epochs (no early stop) and scale the time per fit to the
-    epochs a batch really runs with early stopping (EARLY_STOP_PATIENCES x patience, at most
-    `epochs`), not to `epochs`, which overestimated ~10x."""
+    epochs a member really runs with early stopping (EARLY_STOP_PATIENCES x patience, at most
+    `epochs`)."""
     epochs = min(int(params["epochs"]), PROBE_EPOCHS)
     expected = min(float(params["epochs"]), EARLY_STOP_PATIENCES * float(params["patience"]))
     return {**params, "epochs": epochs}, max(expected, epochs) / epochs

@@ -92,6 +92,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     """Run every stage in-process for one validated config; stage wall times go to logs/."""
+    from pipeline.cluster import SharedCluster
     from pipeline.io import write_text
     from pipeline.stages.prepare import prepare
     from pipeline.stages.probe import run_probe
@@ -114,17 +115,19 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     with timed_stage(out, "probe"):
         plan = run_probe(config)
     failed = 0
-    for model in config.models.enabled():
-        with timed_stage(out, f"train@{model}"):
-            failed += run_train(config, model, plan).failed
+    # one cluster serves every model (started by the first one with fits to train)
+    with SharedCluster() as cluster:
+        for model in config.models.enabled():
+            with timed_stage(out, f"train@{model}"):
+                failed += run_train(config, model, plan, cluster).failed
     with timed_stage(out, "assemble"):
         assemble_study(config)
     return 1 if failed else 0
 
 
 def _dry_run(config: StudyConfig, root: Path) -> int:
+    from pipeline.stages.dry_run import dry_run
     from pipeline.stages.prepare import PANEL_FILE, prepare
-    from pipeline.stages.probe import dry_run
 
     if not (config.output_dir / PANEL_FILE).exists():
         prepare(config, root)  # cheap, and the plan needs the real data shapes

@@ -26,12 +26,12 @@ from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 
 from pipeline.config import StudyConfig
 from pipeline.progress import db_path, read_table
+from pipeline.stages.dry_run import dry_run
 from pipeline.stages.prepare import prepare
 from pipeline.stages.probe import (
     ModelPlan,
     Plan,
     ProbeError,
-    dry_run,
     load_plan,
     run_probe,
     size_cluster,

@@ -15,6 +15,7 @@ from pipeline.adapters import cache_path, get_adapter, run_task
 from pipeline.io import read_npz
 from pipeline.schema import lag_column, lead_column
 from pipeline.tasks import (
+    batched_fits_per_task,
     build_groups,
     choose_fits_per_task,
     make_tasks,
@@ -145,6 +146,32 @@ def test_fits_per_task_targets_task_seconds_but_keeps_workers_busy() -> None:
     assert choose_fits_per_task(0.01, 5.0, 100_000, 2) == 500
     assert choose_fits_per_task(0.01, 5.0, 1_000, 2) == 125  # 4 tasks per worker
     assert choose_fits_per_task(60.0, 5.0, 10, 2) == 1
+
+
+@pytest.mark.parametrize(
+    ("n_fits", "n_workers", "batch", "tasks"),
+    [
+        (72, 2, 36, 2),
+        (72, 2, 18, 4),
+        (100, 2, 36, 4),
+        (72, 3, 36, 3),
+        (10, 2, 36, 2),
+        (5, 1, 36, 1),
+    ],
+)
+def test_batched_fits_per_task_gives_workers_equal_tasks_no_larger_than_the_batch(
+    n_fits: int, n_workers: int, batch: int, tasks: int
+) -> None:
+    fpt = batched_fits_per_task(1, n_fits, n_workers, batch)
+    sizes = [len(p) for p in np.array_split(np.arange(n_fits), -(-n_fits // fpt))]
+    assert len(sizes) == tasks
+    assert max(sizes) <= batch  # the probe measured a task of `batch` fits: peak is an upper bound
+    assert max(sizes) - min(sizes) <= 1
+    # time-based sizing above the batch, or a model that does not batch, is left alone
+    assert batched_fits_per_task(500, n_fits, n_workers, batch) == 500
+    assert batched_fits_per_task(3, n_fits, n_workers, 1) == 3
+    with pytest.raises(ValueError, match="batch_fits"):
+        batched_fits_per_task(1, n_fits, n_workers, 0)
 
 
 def test_run_task_isolates_a_failing_fit(

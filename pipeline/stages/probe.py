@@ -4,7 +4,12 @@ Each measurement runs in a child process started like a Dask worker (same import
 pipeline, numpy, pandas, torch, distributed; one BLAS/OpenMP/torch thread). Its exact peak
 RSS comes from `os.wait4` (ru_maxrss of that child alone). A child that only imports gives
 the worker baseline. The child first times a small calibration batch, sizes a task to
-about `runtime.task_seconds` of work, and runs it, so the peak is that of a real task.
+about `runtime.task_seconds` of work (at least `Adapter.batch_fits` fits: a model that batches
+fits is measured on a task of the size train gives it), and runs it, so the peak is that of a
+real task. A model with `Adapter.probe_params` runs with lighter parameters (ensemble_nn: a
+few epochs) and its time per fit is scaled to the real ones by the factor they return.
+
+`dry_run` (the plan as text) lives in pipeline.stages.dry_run.
 
 Plan: memory_limit = baseline + largest task peak above baseline + mem_probe_fudge_mb,
 rounded up to 256 MiB; budget = max_ram_gb or available RAM x safety_ram_fraction;
@@ -179,8 +184,25 @@ def default_plan(config: StudyConfig, groups: dict[str, list[FitGroup]]) -> Plan
         fpt = choose_fits_per_task(
             DEFAULT_SECONDS_PER_FIT, config.runtime.task_seconds, n_fits, n_workers
         )
+        fpt = batched_fits_per_task(fpt, n_fits, n_workers, get_adapter(m).batch_fits)
         models[m] = ModelPlan(n_fits, fpt, _n_tasks(gs, fpt))
     return Plan(n_workers=n_workers, memory_limit_mb=limit, models=models, ram_budget_mb=budget)
+
+
+def task_size(
+    model_plan: ModelPlan | None, config: StudyConfig, n_todo: int, n_workers: int, batch_fits: int
+) -> int:
+    """Fits per task for `n_todo` fits still to train (what train does and dry_run shows).
+
+    The plan sizes tasks by time; a small remainder (a resumed run) is split evenly enough that
+    every worker gets a few tasks; a model that batches fits gets tasks of up to `batch_fits`.
+    """
+    rt = config.runtime
+    spf = model_plan.seconds_per_fit if model_plan is not None else None
+    fpt = choose_fits_per_task(spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, n_todo, n_workers)
+    if model_plan is not None and model_plan.fits_per_task:
+        fpt = min(fpt, model_plan.fits_per_task)
+    return batched_fits_per_task(fpt, n_todo, n_workers, batch_fits)
 
 
 def _n_tasks(groups: list[FitGroup], fits_per_task: int) -> int:
@@ -356,69 +378,3 @@ def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
-
-
-def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | None = None) -> str:
-    """What train would do, as text: per model fits, tasks and status; cluster plan; ETA. Trains nothing.
-
-    Status: done = in the model cache (reused unless runtime.retrain_if_exists), failed = the
-    store's last attempt failed, pending = the rest. The store is read without blocking a
-    running train.
-    """
-    from pipeline.progress import db_path, read_table
-    from pipeline.stages.prepare import load_panel
-    from pipeline.stages.train import cached_mask
-
-    panel = load_panel(config.output_dir)
-    names = list(models) if models is not None else list(config.models.enabled())
-    groups = {m: build_groups(panel, config, get_adapter(m)) for m in names}
-    if plan is None:
-        probe = config.output_dir / PROBE_FILE
-        plan = load_plan(probe) if probe.exists() else default_plan(config, groups)
-    rt = config.runtime
-    n_workers = rt.max_workers or plan.n_workers
-    failed_keys: set[str] = set()
-    db = db_path(config.output_dir)
-    if db.exists():
-        table = read_table(db, "progress")
-        failed_keys = set(table.loc[table["status"] == "failed", "key"])
-    reuse = rt.allow_reload and not rt.retrain_if_exists
-    where = rt.scheduler_address or f"LocalCluster on 127.0.0.1, dashboard port {rt.dashboard_port}"
-    lines = [
-        f"cluster: {n_workers} workers x {plan.threads_per_worker} thread, memory limit {plan.memory_limit_mb} MiB "
-        f"per worker ({where})",
-        f"{'model':<12} {'fits':>7} {'done':>7} {'failed':>7} {'pending':>7} {'fits/task':>9} {'tasks':>6} {'ETA':>9}",
-    ]
-    total_eta = 0.0
-    for m in names:
-        gs = groups[m]
-        cached = cached_mask(config, gs) if reuse else [np.zeros(len(g), bool) for g in gs]
-        n_fits = sum(len(g) for g in gs)
-        done = int(sum(c.sum() for c in cached))
-        failed = int(
-            sum(
-                sum(1 for k in g.keys[~c] if k in failed_keys)
-                for g, c in zip(gs, cached, strict=True)
-            )
-        )
-        todo = n_fits - done
-        mp = plan.models.get(m)
-        spf = mp.seconds_per_fit if mp is not None and mp.seconds_per_fit else None
-        fpt = choose_fits_per_task(
-            spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, max(todo, 1), n_workers
-        )
-        if mp is not None and mp.fits_per_task:
-            fpt = min(fpt, mp.fits_per_task)
-        tasks = sum(math.ceil(int((~c).sum()) / fpt) for c in cached)
-        eta = todo * spf / n_workers if spf else None
-        total_eta += eta or 0.0
-        eta_text = f"{eta:8.0f}s" if eta is not None else "  unknown"
-        lines.append(
-            f"{m:<12} {n_fits:>7} {done:>7} {failed:>7} {todo - failed:>7} {fpt:>9} {tasks:>6} {eta_text}"
-        )
-    lines.append(
-        f"ETA: {total_eta:.0f} s of training (plus cluster start)"
-        if total_eta
-        else "ETA: unknown (run probe)"
-    )
-    return "\n".join(lines)
