@@ -49,6 +49,11 @@ class FitGroup:
     countries: np.ndarray  # (F, C) str: forecast-row countries of each fit
     rows: np.ndarray  # (F, C) bool: forecast row exists
     data: dict[str, np.ndarray] = field(repr=False)
+    # (F,) batch block of each fit, or None. Fits of one block always train in one batched
+    # call: float32 results of a batched network depend (at rounding level, and then through
+    # early stopping) on its batch-mates, so batch-mates are fixed by the study, not by what
+    # is left to do or by the worker count, and they enter the fit's key.
+    block: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
@@ -169,6 +174,7 @@ def build_group(
     size: int,
     pooled: bool,
     min_rows: int,
+    batch_fits: int = 1,
 ) -> FitGroup:
     """Stack every fit of a model for `horizons` (one horizon per-country; any for pooled).
 
@@ -176,6 +182,8 @@ def build_group(
     holds at least `min_rows` complete rows. A pooled (panel) fit (one per origin, every
     country and every horizon in `horizons`) exists when at least one country qualifies;
     countries that do not are masked out of it (w = 0, no forecast row).
+    With `batch_fits` > 1 (pooled only), fits are cut into blocks of `batch_fits` consecutive
+    study origins, counted from the first origin; a fit's key includes its block's origins.
     """
     from pipeline.schema import lead_column
 
@@ -216,6 +224,17 @@ def build_group(
         row_countries = np.broadcast_to(carr, (len(o_idx), C)).copy()
         rows = mask
         key_horizon = [int(h) for h in horizons]
+    block = None
+    if pooled and batch_fits > 1:
+        block = (fit_origin - org.min()) // batch_fits
+        mates = {
+            b: [month_start(int(o)).strftime("%Y-%m") for o in fit_origin[block == b]]
+            for b in set(block.tolist())
+        }
+        fp = np.array(
+            [f + stable_hash(mates[int(b)], length=16) for f, b in zip(fp, block, strict=True)],
+            dtype=object,
+        )
     keys = np.array(
         [
             fit_key(model, version, params, quantiles, key_horizon, o, c, f, seed)
@@ -233,6 +252,7 @@ def build_group(
         countries=row_countries.astype(object),
         rows=rows,
         data=data,
+        block=block,
     )
 
 
@@ -242,7 +262,8 @@ def make_tasks(
     """Chunk the fits still to do (`todo[g]`: positions in group g) into tasks.
 
     Chunks are contiguous in (horizon, country, origin) order and sized evenly, so a task
-    never holds fewer than half of `fits_per_task` unless its group is that small.
+    never holds fewer than half of `fits_per_task` unless its group is that small. A group
+    with batch blocks gets one task per block instead (its fits still to do).
     """
     if fits_per_task < 1:
         raise ValueError(f"fits_per_task must be >= 1; got {fits_per_task}")
@@ -251,8 +272,11 @@ def make_tasks(
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size == 0:
             continue
-        n_chunks = math.ceil(idx.size / fits_per_task)
-        for part in np.array_split(idx, n_chunks):
+        if group.block is not None:
+            parts = [idx[group.block[idx] == b] for b in np.unique(group.block[idx])]
+        else:
+            parts = np.array_split(idx, math.ceil(idx.size / fits_per_task))
+        for part in parts:
             tid = stable_hash([group.model, group.horizon, *group.keys[part].tolist()], 16)
             tasks.append(
                 Task(group.model, group.horizon, g, part, f"{group.model}-h{group.horizon}-{tid}")
@@ -342,6 +366,7 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
             size=config.rolling_window.size,
             pooled=adapter.pooled,
             min_rows=adapter.min_rows(config),
+            batch_fits=adapter.batch_fits,
         )
         for hs in horizon_sets
     ]

@@ -226,3 +226,30 @@ def test_a_non_finite_forecast_fails_only_its_fit_without_resolving(
     assert {f["key"] for f in out["failed"]} == bad
     assert {f["error_type"] for f in out["failed"]} == {"FloatingPointError"}
     assert set(out["keys"]) == {str(k) for k in g1.keys} - bad and np.isfinite(out["pred"]).all()
+
+
+def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
+    """ensemble_nn fits train in blocks of study origins: a resumed run rebuilds the same
+    blocks (so it equals an uninterrupted run), and extending the study changes only the
+    keys of the block that gained origins."""
+    adapter = get_adapter("ensemble_nn")
+    b = adapter.batch_fits
+    d = copy.deepcopy(SMALL_STUDY)
+    d["models"]["ensemble_nn"] = {"enabled": True}
+    d["rolling_window"].update(start_date="2016-01-01", end_date="2019-06-01")  # 42 origins
+    (group,) = build_groups(PANEL, make_config(d), adapter)
+    n = len(group)
+    assert n == 42 and 1 < b < n and group.block is not None
+    assert (group.block == (group.origin - group.origin.min()) // b).all()
+    everything = make_tasks([group], [np.arange(n)], fits_per_task=1)
+    assert [len(t.index) for t in everything] == [b, n - b]
+    # a resumed run with half of the first block done: what is left of each block is one
+    # task, never mixed with another block's fits
+    left = np.arange(b // 2, n)
+    resumed = make_tasks([group], [left], fits_per_task=1)
+    assert [len(t.index) for t in resumed] == [b - b // 2, n - b]
+    assert all(len(set(group.block[t.index].tolist())) == 1 for t in resumed)
+    # one more origin at the end: only the keys of the last block change
+    d["rolling_window"]["end_date"] = "2019-07-01"
+    (longer,) = build_groups(PANEL, make_config(d), adapter)
+    assert set(longer.keys) & set(group.keys) == set(group.keys[group.block == 0])
