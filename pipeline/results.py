@@ -191,8 +191,16 @@ def _metrics_section(tables: dict[str, pd.DataFrame]) -> str:
 
 
 def _fan_section(output_dir: Path, doc_path: Path, countries: Sequence[str]) -> str:
-    fans = sorted((output_dir / "reports/fan").glob("*.png"))
-    chosen = [p for p in fans if p.stem.split("_h")[0] in countries][:4] or fans[:4]
+    fans = sorted(
+        (output_dir / "reports/fan").glob("*.png"),
+        key=lambda p: (p.stem.split("_h")[0], int(p.stem.split("_h")[1])),
+    )
+    by_country: dict[str, list[Path]] = {}
+    for path in fans:
+        by_country.setdefault(path.stem.split("_h")[0], []).append(path)
+    # the shortest and the longest horizon of the first two preferred countries present
+    names = [c for c in countries if c in by_country] or sorted(by_country)
+    chosen = [p for c in names[:2] for p in dict.fromkeys([by_country[c][0], by_country[c][-1]])]
     if not chosen:
         return ""
     img_dir = doc_path.parent / "img"
@@ -230,12 +238,43 @@ def _reading_section(tables: dict[str, pd.DataFrame], progress: pd.DataFrame) ->
                 f"{rows['COVERAGE'].max():.0%} of outcomes across horizons "
                 f"({'too narrow' if rows['COVERAGE'].mean() < nominal - 0.05 else 'about right' if rows['COVERAGE'].mean() <= nominal + 0.05 else 'too wide'})."
             )
+    pinball = tables.get("pinball")
+    if pinball is not None and not pinball.empty:
+        mean = pinball[pinball["PERIOD"] == "all"].groupby(["HORIZON", "MODEL"])["PINBALL"].mean()
+        for horizon, per_model in mean.groupby(level="HORIZON"):
+            ranked = per_model.droplevel("HORIZON").sort_values()
+            lines.append(
+                f"- h = {horizon}: lowest mean pinball `{ranked.index[0]}` ({ranked.iloc[0]:.3f}); "
+                + ", ".join(f"`{m}` {v:.3f}" for m, v in ranked.iloc[1:].items())
+                + "."
+            )
+    coverage = tables.get("coverage")
+    if coverage is not None and not coverage.empty:
+        part = coverage[coverage["PERIOD"] == "all"]
+        top = part[part["QUANTILE"] == part["QUANTILE"].max()]
+        for model, rows in top.groupby("MODEL"):
+            above = 1 - rows["COVERAGE"].mean()
+            lines.append(
+                f"- `{model}`: outcomes landed above the q{rows['QUANTILE'].iloc[0]:g} forecast "
+                f"{above:.0%} of the time (nominal {1 - rows['QUANTILE'].iloc[0]:.0%}), averaged over horizons"
+                + (
+                    ": upside risk was under-predicted."
+                    if above > 1.5 * (1 - rows["QUANTILE"].iloc[0])
+                    else "."
+                )
+            )
     dm = tables.get("dm")
     if dm is not None and not dm.empty:
-        significant = dm[(dm["PERIOD"] == "all") & (dm["P_VALUE"] < 0.05)]
+        part = dm[(dm["PERIOD"] == "all")]
+        significant = part[part["P_VALUE"] < 0.05]
+        verdicts = [
+            f"`{r.MODEL}` h={r.HORIZON} {'better' if r.MEAN_DIFF < 0 else 'worse'} (p={r.P_VALUE:.3f})"
+            for r in significant.itertuples()
+        ]
         lines.append(
-            f"- Diebold-Mariano: {len(significant)} of {int((dm['PERIOD'] == 'all').sum())} model x horizon "
-            "comparisons with ar_qr are significant at 5% over all months."
+            f"- Diebold-Mariano vs `ar_qr` over all months: {len(significant)} of {len(part)} "
+            f"model x horizon comparisons significant at 5%"
+            + (": " + "; ".join(verdicts) + "." if verdicts else ".")
         )
     failed = int((progress["status"] == "failed").sum())
     lines.append(f"- Failed progress rows at the end of the run: {failed}.")

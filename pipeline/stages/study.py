@@ -45,8 +45,20 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
     )
 
 
+# Fan charts show these economies when the study has them (else the first countries A-Z).
+PREFERRED_FAN_COUNTRIES = ("DE", "FR", "IT", "ES")
+N_FAN_COUNTRIES = 4
+
+
 def assemble_study(config: StudyConfig) -> AssembleResult:
     """Run assemble for the config's output dir, checking coverage against the expected fits."""
+    panel = load_panel(config.output_dir)
+    present = sorted(panel["COUNTRY"].unique().tolist())
+    preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
     return assemble(
-        config.output_dir, config.data.target, benchmark="ar_qr", expected=expected_fits(config)
+        config.output_dir,
+        config.data.target,
+        benchmark="ar_qr",
+        expected=expected_fits(config, panel),
+        fan_countries=preferred or present[:N_FAN_COUNTRIES],
     )
