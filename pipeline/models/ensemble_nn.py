@@ -75,8 +75,10 @@ def fit_predict_ensemble_windows(
 ) -> list[WindowResult]:
     """Train G windows x `parallel_models` members as one batched network; forecast each.
 
-    Each window has its own rows (ragged sizes are padded and masked) and its own members;
-    its result does not depend on which other windows share the batch. Returns one
+    Each window has its own rows (ragged sizes are padded and masked) and its own members, so
+    its result does not depend on which other windows share the batch, up to floating-point
+    rounding: in float32 the batch shape changes rounding, and early stopping can amplify it,
+    which is why the runtime fixes each window's batch-mates (pipeline.tasks batch blocks). Returns one
     `WindowResult` per window: pred (c, H, Q) (or (c, Q) for 1-D y), epochs (M,), state.
     """
     spec = check_nn_params(
