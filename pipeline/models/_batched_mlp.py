@@ -259,7 +259,7 @@ def train_predict_windows(
     results = []
     for g, prep in enumerate(preps):
         sl = slice(g * M, (g + 1) * M)
-        state = _window_state(
+        state = window_state(
             prep, spec, [p[sl] for p in best], {k: v[sl] for k, v in stats.items()}
         )
         pred = _predict_prepared(state, prep.X_new, prep.cidx_new)
@@ -269,7 +269,7 @@ def train_predict_windows(
     return results
 
 
-def _window_state(
+def window_state(
     prep: PreparedWindow, spec: NNSpec, params: list[torch.Tensor], stats: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     n_c = prep.codes.size

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models._batched_mlp import WindowResult, predict_state
+from pipeline.models._batched_mlp import WindowResult, predict_state, window_state
 from pipeline.models._nn_data import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -103,19 +103,12 @@ def fit_predict_member_loop(
     """One window's ensemble, members trained one after another (baseline and oracle)."""
     prep = prepare_window(window, spec)
     trained = [train_member_loop(prep, spec, k, device, dtype) for k in range(spec.parallel_models)]
-    state = {
-        f"param{i}": torch.stack([t[0][i] for t in trained]).cpu().double().numpy()
-        for i in range(len(trained[0][0]))
+    params = [torch.stack([t[0][i] for t in trained]) for i in range(len(trained[0][0]))]
+    stats = {
+        "epochs_trained": np.array([t[1] for t in trained]),
+        "best_epoch": np.array([t[2] for t in trained]),
+        "val_loss": np.array([t[3] for t in trained]),
     }
-    state.update(
-        codes=prep.codes,
-        x_loc=prep.x_loc,
-        x_scale=prep.x_scale,
-        quantiles=np.asarray(spec.quantiles),
-        multi_horizon=np.asarray(prep.multi_horizon),
-        epochs_trained=np.array([t[1] for t in trained]),
-        best_epoch=np.array([t[2] for t in trained]),
-        val_loss=np.array([t[3] for t in trained]),
-    )
+    state = window_state(prep, spec, params, stats)
     pred = predict_state(state, window.X_new, window.country_new)
     return WindowResult(pred=pred, epochs=state["epochs_trained"], state=state)
