@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StudyConfig, validate
-from pipeline.progress import db_path, read_table
+from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
-from pipeline.stages.probe import ModelPlan, Plan, run_probe
+from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicp_manr.csv"

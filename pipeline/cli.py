@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
-    from pipeline.compose import write_params
+    from pipeline.config.compose import write_params
 
     config = write_params(Path(args.output), args.overrides)
     print(f"wrote {args.output} (experiment {config.name!r})")
@@ -59,9 +58,8 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
 
 def _cmd_write_config(args: argparse.Namespace) -> int:
-    import yaml
 
-    from pipeline.compose import compose_dict
+    from pipeline.config.compose import compose_dict
 
     text = yaml.safe_dump(compose_dict(args.overrides), sort_keys=False)
     if args.file == "-":
@@ -84,59 +82,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from pipeline.sweep import run_multirun
 
         return run_multirun(args.overrides)
-    from pipeline.compose import compose_config
+    from pipeline.config.compose import compose_config
 
     config = compose_config(args.overrides)
+    from pipeline.runner import run_study
+
     return run_study(config, dry_run=args.dry_run)
 
 
-def run_study(config: StudyConfig, dry_run: bool = False) -> int:
-    """Run every stage in-process for one validated config; stage wall times go to logs/."""
-    from pipeline.cluster import SharedCluster
-    from pipeline.io import write_text
-    from pipeline.stages.prepare import prepare
-    from pipeline.stages.probe import run_probe
-    from pipeline.stages.study import assemble_study
-    from pipeline.stages.train import run_train
-    from pipeline.timings import record_stage, timed_stage
-
-    root = Path.cwd()
-    if dry_run:
-        return _dry_run(config, root)
-    out = config.output_dir
-    started = time.perf_counter()
-    result = prepare(config, root)  # validates the data first: a bad input writes nothing
-    record_stage(out, "prepare", time.perf_counter() - started)
-    log.info(
-        "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
-    )
-    # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
-    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    with timed_stage(out, "probe"):
-        plan = run_probe(config)
-    failed = 0
-    # one cluster serves every model (started by the first one with fits to train)
-    with SharedCluster() as cluster:
-        for model in config.models.enabled():
-            with timed_stage(out, f"train@{model}"):
-                failed += run_train(config, model, plan, cluster).failed
-    with timed_stage(out, "assemble"):
-        assemble_study(config)
-    return 1 if failed else 0
-
-
-def _dry_run(config: StudyConfig, root: Path) -> int:
-    from pipeline.stages.dry_run import dry_run
-    from pipeline.stages.prepare import PANEL_FILE, prepare
-
-    if not (config.output_dir / PANEL_FILE).exists():
-        prepare(config, root)  # cheap, and the plan needs the real data shapes
-    print(dry_run(config))
-    return 0
-
-
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.compose import load_params
+    from pipeline.config.compose import load_params
 
     config = load_params(Path(args.params))
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: outputs must be where dvc.yaml says
@@ -198,13 +153,13 @@ def _train_disabled(config: StudyConfig, model: str) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.check import run_checks
+    from pipeline.runtime.check import run_checks
 
     return run_checks(args.overrides)
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from pipeline.results import render_results
+    from pipeline.evaluation.results import render_results
 
     render_results(Path(args.output_dir), Path(args.out))
     print(f"wrote {args.out}")
@@ -212,7 +167,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from pipeline.monitor import monitor
+    from pipeline.runtime.monitor import monitor
 
     return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval)
 

@@ -1,8 +1,15 @@
-"""Column names and dtypes of every table the pipeline writes. Defined once, used everywhere."""
+"""Column names and dtypes of every table the pipeline writes, and where in an output dir the
+shared artifacts live. Defined once, used everywhere."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+
+# --- artifacts shared between stages (paths relative to runtime.output_dir) -------------------
+PANEL_FILE = Path("data/prepared/panel.parquet")
+META_FILE = Path("data/prepared/meta.json")
 
 # --- prepared panel -----------------------------------------------------------------------
 COUNTRY = "COUNTRY"

@@ -10,7 +10,7 @@ sequential one). Each job:
 - shares one model cache, `hydra.sweep.dir/models` (unless `runtime.model_cache_dir` is set),
   so a fit whose content key an earlier job (or an earlier sweep) already produced is loaded,
   not refitted: a job trains only what differs;
-- runs the whole study in-process through `pipeline.cli.run_study`, so each job starts its
+- runs the whole study in-process through `pipeline.runner.run_study`, so each job starts its
   own Dask cluster sized by its own probe and shuts it down before the next job starts (jobs
   run one after another; the parallelism is inside each job, which already uses every core).
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, validate
+from pipeline.config.structured import first_line
 
 log = logging.getLogger("pipeline.sweep")
 CACHE_SUBDIR = "models"
@@ -81,7 +82,7 @@ def launch(overrides: Sequence[str], conf_dir: Path | None = None) -> list[JobRe
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipeline.compose import CONFIG_NAME, find_conf_dir
+    from pipeline.config.compose import CONFIG_NAME, find_conf_dir
 
     conf_dir = (conf_dir or find_conf_dir()).resolve()
     GlobalHydra.instance().clear()
@@ -97,7 +98,7 @@ def launch(overrides: Sequence[str], conf_dir: Path | None = None) -> list[JobRe
         raise ConfigError(
             "multirun overrides",
             "keys and sweep values that exist in conf/ (e.g. models.lqr.alphas=[10],[20])",
-            _first_line(error),
+            first_line(error),
         ) from None
     finally:
         GlobalHydra.instance().clear()
@@ -109,8 +110,8 @@ def _job(cfg: Any) -> JobResult:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from pipeline.cli import run_study
     from pipeline.data.errors import DataError
+    from pipeline.runner import run_study
 
     hydra_cfg = HydraConfig.get()
     number = int(hydra_cfg.job.num)
@@ -145,7 +146,7 @@ def with_job_paths(plain: Mapping[str, Any], job_dir: Path, shared_cache: Path) 
 
 def fit_counts(job_dir: Path, since: float = 0.0) -> tuple[int, int, int]:
     """(trained, loaded, failed) fits over the train runs this job started (progress store)."""
-    from pipeline.progress import db_path, read_table
+    from pipeline.runtime.progress import db_path, read_table
 
     path = db_path(job_dir)
     if not path.exists():
@@ -259,8 +260,3 @@ def _relative(path: str) -> str:
         )
     except ValueError:  # another drive on Windows
         return path
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import evaluate
+from pipeline.evaluation import metrics as evaluate
 from pipeline.io import write_parquet
 from pipeline.schema import FORECAST_COLUMNS, FORECAST_DTYPES, conform_forecasts
 from pipeline.stages.assemble import assemble

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.compose import compose_config, compose_dict
 from pipeline.config import ConfigError, StudyConfig, validate
+from pipeline.config.compose import compose_config, compose_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_window_larger_than_history_exits_2_and_writes_nothing(tmp_path):
 
 def test_committed_params_yaml_matches_composition(tmp_path):
     """params.yaml is generated: edit conf/ and run `python -m pipeline compose`, never by hand."""
-    from pipeline.compose import write_params
+    from pipeline.config.compose import write_params
 
     fresh = tmp_path / "params.yaml"
     write_params(fresh)

@@ -11,8 +11,8 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from pipeline import evaluate as ev
-from pipeline import metrics_json
+from pipeline.evaluation import metrics as ev
+from pipeline.evaluation import metrics_json
 from pipeline.schema import conform_forecasts
 
 

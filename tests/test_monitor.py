@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 
-from pipeline.monitor import read_snapshot
+from pipeline.runtime.monitor import read_snapshot
 from pipeline.stages.prepare import prepare
 
 DRIVER = """
 import json, sys
 from pipeline.config import validate
-from pipeline.stages.probe import ModelPlan, Plan
+from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":

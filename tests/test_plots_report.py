@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate, plots
-from pipeline.report import ReportImage, render_report
+from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation import plots
+from pipeline.evaluation.report import ReportImage, render_report
 from pipeline.schema import conform_forecasts
 
 LEVELS = (0.1, 0.5, 0.9)

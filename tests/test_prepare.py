@@ -10,10 +10,10 @@ import pytest
 
 from pipeline.config import validate
 from pipeline.data import DataError
-from pipeline.features import build_panel, impute
+from pipeline.data.features import build_panel, impute
 from pipeline.io import read_json
-from pipeline.schema import COUNTRY, TIME, Y_RAW, Y, lag_column, lead_column
-from pipeline.stages.prepare import META_FILE, PANEL_FILE, prepare
+from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y_RAW, Y, lag_column, lead_column
+from pipeline.stages.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "hicp_manr.csv"

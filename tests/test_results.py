@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import run_study
-from pipeline.compose import compose_config
-from pipeline.results import render_results
+from pipeline.config.compose import compose_config
+from pipeline.evaluation.results import render_results
+from pipeline.runner import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "hicp_manr.csv"

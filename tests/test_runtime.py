@@ -25,23 +25,17 @@ import pytest
 from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 
 from pipeline.config import StudyConfig
-from pipeline.progress import db_path, read_table
+from pipeline.runtime.plan import ModelPlan, Plan, ProbeError, load_plan, size_cluster
+from pipeline.runtime.progress import db_path, read_table
 from pipeline.stages.dry_run import dry_run
 from pipeline.stages.prepare import prepare
-from pipeline.stages.probe import (
-    ModelPlan,
-    Plan,
-    ProbeError,
-    load_plan,
-    run_probe,
-    size_cluster,
-)
+from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train
 
 DRIVER = """
 import json, sys
 from pipeline.config import validate
-from pipeline.stages.probe import ModelPlan, Plan
+from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import pipeline.cli as cli
+import pipeline.runner as runner
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.sweep import JobResult, format_table, launch, run_multirun, summary_rows
@@ -51,7 +51,7 @@ def fake_study(monkeypatch: pytest.MonkeyPatch) -> list[StudyConfig]:
         write_json(config.output_dir / "metrics.json", {"all": {"pinball": pinball}})
         return 0
 
-    monkeypatch.setattr(cli, "run_study", study)
+    monkeypatch.setattr(runner, "run_study", study)
     return seen
 
 

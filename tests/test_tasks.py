@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from conftest import SMALL_STUDY, make_config
 
-from pipeline.adapters import cache_path, get_adapter, run_task
+from pipeline.data.windows import month_index
 from pipeline.io import read_npz
-from pipeline.schema import lag_column, lead_column
-from pipeline.tasks import (
+from pipeline.runtime.adapters import cache_path, get_adapter, run_task
+from pipeline.runtime.tasks import (
     batched_fits_per_task,
     build_groups,
     choose_fits_per_task,
@@ -22,7 +22,7 @@ from pipeline.tasks import (
     task_payload,
     window_arrays,
 )
-from pipeline.windows import month_index
+from pipeline.schema import lag_column, lead_column
 
 LAGS = range(0, 4)
 HORIZONS = (1, 3)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import RollingWindowConfig
-from pipeline.windows import add_months, month_index, month_start, origins, training_range
+from pipeline.data.windows import add_months, month_index, month_start, origins, training_range
 
 months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
 

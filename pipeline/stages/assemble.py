@@ -31,12 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import evaluate, metrics_json, plots
+from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation import metrics_json, plots
+from pipeline.evaluation.report import ReportImage, render_report
 from pipeline.io import read_json, write_json, write_parquet, write_text
-from pipeline.report import ReportImage, render_report
 from pipeline.schema import (
     COUNTRY,
     FORECAST_DTYPES,
+    META_FILE,
+    PANEL_FILE,
     TIME,
     Y_RAW,
     conform_forecasts,
@@ -44,8 +47,6 @@ from pipeline.schema import (
 )
 
 log = logging.getLogger(__name__)
-PANEL_FILE = Path("data/prepared/panel.parquet")
-META_FILE = Path("data/prepared/meta.json")
 FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 MISSING_DTYPES = {**{c: FORECAST_DTYPES[c] for c in FIT_KEY}, "REASON": "string"}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes

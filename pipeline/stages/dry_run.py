@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from pipeline.adapters import get_adapter
 from pipeline.config import StudyConfig
-from pipeline.stages.probe import PROBE_FILE, Plan, default_plan, load_plan, task_size
-from pipeline.tasks import build_groups
+from pipeline.runtime.adapters import get_adapter
+from pipeline.runtime.plan import Plan, resolve_plan, task_size
+from pipeline.runtime.tasks import build_groups
 
 
 def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | None = None) -> str:
@@ -19,16 +19,14 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
     store's last attempt failed, pending = the rest. The store is read without blocking a
     running train.
     """
-    from pipeline.progress import db_path, read_table
+    from pipeline.runtime.progress import db_path, read_table
     from pipeline.stages.prepare import load_panel
     from pipeline.stages.train import cached_mask
 
     panel = load_panel(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())
     groups = {m: build_groups(panel, config, get_adapter(m)) for m in names}
-    if plan is None:
-        probe = config.output_dir / PROBE_FILE
-        plan = load_plan(probe) if probe.exists() else default_plan(config, groups)
+    plan = resolve_plan(config, groups, plan)
     rt = config.runtime
     n_workers = rt.max_workers or plan.n_workers
     failed_keys: set[str] = set()

@@ -2,7 +2,7 @@
 
 Built on dask.dataframe: countries are partitions, the cross-country monthly means the
 missing-value policy needs are one dask groupby, and each partition is built by the pure
-`pipeline.features.build_panel`. The result is written atomically as one sorted parquet file
+`pipeline.data.features.build_panel`. The result is written atomically as one sorted parquet file
 (deterministic bytes) with `meta.json` beside it.
 """
 
@@ -18,14 +18,12 @@ import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data import DataError, load_raw
-from pipeline.features import build_panel, panel_fingerprint
+from pipeline.data.features import build_panel, panel_fingerprint
+from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
-from pipeline.schema import COUNTRY, TIME, Y, lag_column
-from pipeline.windows import add_months, origins
+from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column
 
 log = logging.getLogger(__name__)
-PANEL_FILE = Path("data/prepared/panel.parquet")
-META_FILE = Path("data/prepared/meta.json")
 
 
 @dataclass(frozen=True)

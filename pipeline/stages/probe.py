@@ -26,23 +26,33 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
-from pipeline.adapters import get_adapter
 from pipeline.config import StudyConfig
-from pipeline.io import read_json, write_json
-from pipeline.tasks import (
+from pipeline.io import write_json
+from pipeline.runtime.adapters import get_adapter
+from pipeline.runtime.plan import (
+    MEASUREMENTS_FILE,
+    PROBE_FILE,
+    ModelPlan,
+    Plan,
+    ProbeError,
+    n_tasks,
+    pow2_floor,
+    ram_budget_mb,
+    round_up_mb,
+    size_cluster,
+    worker_environment,
+)
+from pipeline.runtime.tasks import (
     FitGroup,
     batched_fits_per_task,
     build_groups,
@@ -52,161 +62,9 @@ from pipeline.tasks import (
 
 log = logging.getLogger("pipeline.probe")
 
-PROBE_FILE = "probe.json"
-MEASUREMENTS_FILE = "probe_measurements.json"
-ROUND_MB = 256
 CALIBRATION_FITS = 4
-DEFAULT_SECONDS_PER_FIT = 0.05  # used only when no probe ran (plan from default_plan)
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 # what a worker process has imported once it ran a task (the probe child mirrors it)
-WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.adapters")
-
-
-class ProbeError(RuntimeError):
-    """The machine cannot run even one worker of the planned size."""
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    n_fits: int
-    fits_per_task: int = 0  # 0: not measured (train sizes tasks from runtime.task_seconds)
-    n_tasks: int = 0
-    seconds_per_fit: float | None = None  # measured (None in a default plan)
-    peak_mb: float | None = None  # measured child peak RSS
-
-
-@dataclass(frozen=True)
-class Plan:
-    n_workers: int
-    memory_limit_mb: int
-    threads_per_worker: int = 1
-    models: dict[str, ModelPlan] = field(default_factory=dict)
-    baseline_mb: float | None = None
-    ram_budget_mb: float | None = None
-    eta_seconds: float | None = None
-
-    def rounded(self) -> dict[str, Any]:
-        """The deterministic part written to probe.json (what sizes the cluster)."""
-        return {
-            "n_workers": self.n_workers,
-            "threads_per_worker": self.threads_per_worker,
-            "memory_limit_mb": self.memory_limit_mb,
-            "models": {m: {"n_fits": p.n_fits} for m, p in sorted(self.models.items())},
-        }
-
-    def measurements(self) -> dict[str, Any]:
-        """Time-derived numbers (they jitter between probes): probe_measurements.json."""
-        return {
-            "baseline_mb": self.baseline_mb,
-            "ram_budget_mb": self.ram_budget_mb,
-            "eta_seconds": self.eta_seconds,
-            "models": {
-                m: {
-                    "fits_per_task": p.fits_per_task,
-                    "n_tasks": p.n_tasks,
-                    "seconds_per_fit": p.seconds_per_fit,
-                    "peak_mb": p.peak_mb,
-                }
-                for m, p in sorted(self.models.items())
-            },
-        }
-
-
-def load_plan(path: str | Path) -> Plan:
-    """Read probe.json (and probe_measurements.json beside it when present)."""
-    path = Path(path)
-    rounded = read_json(path)
-    extra_path = path.with_name(MEASUREMENTS_FILE)
-    extra = read_json(extra_path) if extra_path.exists() else {"models": {}}
-    models = {
-        m: ModelPlan(**p, **extra.get("models", {}).get(m, {}))
-        for m, p in rounded.get("models", {}).items()
-    }
-    return Plan(
-        n_workers=int(rounded["n_workers"]),
-        memory_limit_mb=int(rounded["memory_limit_mb"]),
-        threads_per_worker=int(rounded.get("threads_per_worker", 1)),
-        models=models,
-        baseline_mb=extra.get("baseline_mb"),
-        ram_budget_mb=extra.get("ram_budget_mb"),
-        eta_seconds=extra.get("eta_seconds"),
-    )
-
-
-def allowed_cores(config: StudyConfig) -> int:
-    rt = config.runtime
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
-    if rt.max_cores != "auto":
-        cores = min(cores, int(rt.max_cores))
-    if rt.max_workers is not None:
-        cores = min(cores, rt.max_workers)
-    return max(1, cores)
-
-
-def ram_budget_mb(config: StudyConfig) -> float:
-    rt = config.runtime
-    if rt.max_ram_gb != "auto":
-        return float(rt.max_ram_gb) * 1024.0
-    return psutil.virtual_memory().available / 2**20 * rt.safety_ram_fraction
-
-
-def size_cluster(config: StudyConfig, memory_limit_mb: int, budget_mb: float) -> int:
-    """Workers the cores and the RAM budget allow; ProbeError when not even one fits."""
-    if budget_mb < memory_limit_mb:
-        raise ProbeError(
-            f"not enough memory for one worker: a worker needs {memory_limit_mb} MiB "
-            f"(baseline + largest task + runtime.mem_probe_fudge_mb) but the RAM budget is "
-            f"{budget_mb:.0f} MiB; raise runtime.max_ram_gb / runtime.safety_ram_fraction, free "
-            f"{memory_limit_mb - budget_mb:.0f} MiB, or lower runtime.task_seconds"
-        )
-    return max(1, min(allowed_cores(config), int(budget_mb // memory_limit_mb)))
-
-
-def round_up_mb(mb: float) -> int:
-    return int(math.ceil(mb / ROUND_MB) * ROUND_MB)
-
-
-def pow2_floor(n: int) -> int:
-    return 1 << (max(1, int(n)).bit_length() - 1)
-
-
-def default_plan(config: StudyConfig, groups: dict[str, list[FitGroup]]) -> Plan:
-    """A plan without measurements (no probe.json yet): every allowed core, an even RAM split."""
-    budget = ram_budget_mb(config)
-    n_workers = allowed_cores(config)
-    limit = max(ROUND_MB * 4, int(budget // n_workers) // ROUND_MB * ROUND_MB)
-    n_workers = size_cluster(config, limit, budget)
-    models = {}
-    for m, gs in groups.items():
-        n_fits = sum(len(g) for g in gs)
-        fpt = choose_fits_per_task(
-            DEFAULT_SECONDS_PER_FIT, config.runtime.task_seconds, n_fits, n_workers
-        )
-        fpt = batched_fits_per_task(fpt, n_fits, n_workers, get_adapter(m).batch_fits)
-        models[m] = ModelPlan(n_fits, fpt, _n_tasks(gs, fpt))
-    return Plan(n_workers=n_workers, memory_limit_mb=limit, models=models, ram_budget_mb=budget)
-
-
-def task_size(
-    model_plan: ModelPlan | None, config: StudyConfig, n_todo: int, n_workers: int, batch_fits: int
-) -> int:
-    """Fits per task for `n_todo` fits still to train (what train does and dry_run shows).
-
-    The plan sizes tasks by time; a small remainder (a resumed run) is split evenly enough that
-    every worker gets a few tasks; a model that batches fits gets tasks of up to `batch_fits`.
-    """
-    rt = config.runtime
-    spf = model_plan.seconds_per_fit if model_plan is not None else None
-    fpt = choose_fits_per_task(spf or DEFAULT_SECONDS_PER_FIT, rt.task_seconds, n_todo, n_workers)
-    if model_plan is not None and model_plan.fits_per_task:
-        fpt = min(fpt, model_plan.fits_per_task)
-    return batched_fits_per_task(fpt, n_todo, n_workers, batch_fits)
-
-
-def _n_tasks(groups: list[FitGroup], fits_per_task: int) -> int:
-    return sum(math.ceil(len(g) / fits_per_task) for g in groups if len(g))
+WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.adapters")
 
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
@@ -246,7 +104,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
         )
         fpt = batched_fits_per_task(fpt, n_fits, n_workers, get_adapter(name).batch_fits)
         plans[name] = ModelPlan(
-            n_fits, fpt, _n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"]
+            n_fits, fpt, n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"]
         )
         eta += n_fits * meas["seconds_per_fit"] / n_workers
     plan = Plan(n_workers, limit, 1, plans, baseline, budget, eta)
@@ -294,8 +152,8 @@ def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
 
     peak_mb is the child's own ru_maxrss from os.wait4 (KiB on Linux), exact and unpolled.
     """
-    # like a worker (pipeline.cluster.worker_environ): one thread, glibc's malloc defaults
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"} | THREAD_ENV
+    # like a worker (pipeline.runtime.cluster.worker_environ): one thread, glibc's malloc defaults
+    env = worker_environment(os.environ)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_path = handle.name
     try:
@@ -346,7 +204,7 @@ def _child(argv: list[str]) -> None:
     out_path = argv[argv.index("--out") + 1]
     result: dict[str, Any] = {}
     if "--task" in argv:
-        from pipeline.adapters import run_task
+        from pipeline.runtime.adapters import run_task
 
         payload = _load_payload(argv[argv.index("--task") + 1])
         task_seconds = float(argv[argv.index("--task-seconds") + 1])

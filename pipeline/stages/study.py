@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.adapters import get_adapter
 from pipeline.config import StudyConfig
+from pipeline.data.windows import month_start
+from pipeline.runtime.adapters import get_adapter
+from pipeline.runtime.tasks import build_groups
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
-from pipeline.tasks import build_groups
-from pipeline.windows import month_start
 
 
 def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.DataFrame:

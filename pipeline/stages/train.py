@@ -25,21 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.adapters import cache_path, get_adapter
 from pipeline.config import StudyConfig
+from pipeline.data.windows import month_start
 from pipeline.io import write_parquet
-from pipeline.logs import RunLog, new_run_id
-from pipeline.progress import ProgressStore, db_path
-from pipeline.stages.probe import PROBE_FILE, Plan, default_plan, load_plan
-from pipeline.stages.train_state import RunState
-from pipeline.tasks import (
+from pipeline.runtime.adapters import cache_path, get_adapter
+from pipeline.runtime.logs import RunLog, new_run_id
+from pipeline.runtime.plan import Plan, resolve_plan
+from pipeline.runtime.progress import ProgressStore, db_path
+from pipeline.runtime.tasks import (
     FitGroup,
     build_groups,
 )
-from pipeline.windows import month_start
+from pipeline.runtime.train_loop import RunState
 
-if TYPE_CHECKING:  # pipeline.cluster imports dask.distributed: only where a cluster starts
-    from pipeline.cluster import SharedCluster
+if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
+    from pipeline.runtime.cluster import SharedCluster
 
 
 log = logging.getLogger("pipeline.train")
@@ -69,13 +69,6 @@ def train_path(config: StudyConfig, model: str) -> Path:
     return config.output_dir / TRAIN_DIR / f"{model}.parquet"
 
 
-def resolve_plan(config: StudyConfig, groups: dict[str, list[FitGroup]], plan: Plan | None) -> Plan:
-    if plan is not None:
-        return plan
-    probe = config.output_dir / PROBE_FILE
-    return load_plan(probe) if probe.exists() else default_plan(config, groups)
-
-
 def cached_mask(config: StudyConfig, groups: list[FitGroup]) -> list[np.ndarray]:
     """Per group: which fits have a file in the model cache."""
     cache = config.model_cache_dir
@@ -93,7 +86,7 @@ def run_train(
 ) -> TrainSummary:
     """Train (or reload) every fit of `model`; write train/{model}.parquet; return a summary.
 
-    `cluster`: a pipeline.cluster.SharedCluster to run on (kept open for the next model);
+    `cluster`: a pipeline.runtime.cluster.SharedCluster to run on (kept open for the next model);
     None starts a cluster for this call alone (only when there are fits to train).
     """
     from pipeline.stages.prepare import load_panel

@@ -8,7 +8,6 @@ is live. With no store it says so and exits non-zero.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.progress import STATUSES, db_path
+from pipeline.runtime.progress import STATUSES, db_path, pid_alive
 
 EXIT_NO_RUN = 1
 
@@ -78,7 +77,7 @@ def read_snapshot(
             state = None
             if model in runs:
                 run_id, started, finished, state, link, pid = runs[model]
-                if state == "running" and not _alive(pid):
+                if state == "running" and not pid_alive(pid):
                     state = "killed"  # the driver died without recording it
                 (done_now,) = connection.execute(
                     "SELECT COUNT(*) FROM progress WHERE model = ? AND run_id = ? AND status = 'done' AND finished IS NOT NULL",
@@ -170,18 +169,6 @@ def monitor(
                 live.update(render(snapshot))
     except KeyboardInterrupt:
         return 0
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _duration(seconds: float) -> str:

@@ -25,15 +25,10 @@ from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
 
 from pipeline.config import RuntimeConfig
+from pipeline.runtime.plan import worker_environment
 
-log = logging.getLogger("pipeline.cluster")
+log = logging.getLogger("pipeline.runtime.cluster")
 
-THREAD_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
-# Setting M_TRIM_THRESHOLD switches off glibc's dynamic mmap threshold, so every tensor above
-# 128 KiB (lqr's kernel and feature matrices are MBs) is mmapped, page-faulted and unmapped on
-# each allocation: it halved lqr's fits per second on a worker (issue 8). Workers keep glibc's
-# defaults, like the probe child whose peak RSS sizes their memory limit.
-DROPPED_ENV = ("MALLOC_TRIM_THRESHOLD_",)
 # A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
 # itself, in halves, so a restart is not wasted on rerunning a task that will die again.
 ALLOWED_FAILURES = 0
@@ -144,8 +139,7 @@ class SharedCluster:
 
 def worker_environ() -> dict[str, Any]:
     """Dask's pre-spawn environment with one thread per library and glibc's malloc defaults."""
-    base = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
-    return {**{k: v for k, v in base.items() if k not in DROPPED_ENV}, **THREAD_ENV}
+    return worker_environment(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
 
 
 def _dashboard_link(client: Client) -> str | None:

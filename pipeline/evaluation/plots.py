@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline import evaluate
+from pipeline.evaluation import metrics as evaluate
 from pipeline.io import atomic_path
 
 DPI = 100
@@ -148,7 +148,7 @@ def _fan_panel(ax, rows: pd.DataFrame, actual: pd.Series, color: str) -> None:
 def _panel_summary(grid: pd.DataFrame, actual: pd.Series) -> str:
     """Central-interval coverage and mean pinball of the panel's scored forecasts, one line.
 
-    Same definitions as `pipeline.evaluate`, on the (TIME x QUANTILE) grid of one model,
+    Same definitions as `pipeline.evaluation.metrics`, on the (TIME x QUANTILE) grid of one model,
     country and horizon (numpy here: the pandas path costs more than drawing the panel)."""
     y = actual.reindex(grid.index).to_numpy(np.float64)
     pred = grid.to_numpy(np.float64)

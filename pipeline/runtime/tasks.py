@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.data.windows import month_index, month_start
 from pipeline.io import stable_hash
 from pipeline.schema import COUNTRY, TIME
-from pipeline.windows import month_index, month_start
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
 
@@ -344,10 +344,10 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).
 
-    `config` is a StudyConfig and `adapter` a pipeline.adapters.Adapter (duck-typed here so
+    `config` is a StudyConfig and `adapter` a pipeline.runtime.adapters.Adapter (duck-typed here so
     this module stays free of model imports).
     """
-    from pipeline.windows import origins as window_origins
+    from pipeline.data.windows import origins as window_origins
 
     horizon_sets = (
         [tuple(config.data.horizons)] if adapter.pooled else [(h,) for h in config.data.horizons]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline import evaluate
+from pipeline.evaluation import metrics as evaluate
 
 PERIOD_TITLES = {
     "all": "All months",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluate import (
+from pipeline.evaluation.metrics import (
     HORIZON,
     MODEL,
     QUANTILE,

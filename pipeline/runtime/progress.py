@@ -102,7 +102,7 @@ class ProgressStore:
         stale = [
             r
             for (r, p) in self.conn.execute("SELECT run_id, pid FROM runs WHERE state = 'running'")
-            if not _alive(p)
+            if not pid_alive(p)
         ]
         with self.conn:
             self.conn.execute("BEGIN")
@@ -324,7 +324,7 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
         conn.close()
 
 
-def _alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:

@@ -59,7 +59,7 @@ def run_checks(overrides: Sequence[str] = ()) -> int:
     )
 
     try:
-        from pipeline.compose import compose_config
+        from pipeline.config.compose import compose_config
         from pipeline.data import load_raw
 
         config = compose_config(overrides)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, StudyConfig, validate
+from pipeline.config.structured import first_line
 
 CONFIG_NAME = "config"
 PARAMS_FILE = "params.yaml"
@@ -17,7 +18,7 @@ PARAMS_FILE = "params.yaml"
 
 def find_conf_dir(start: Path | None = None) -> Path:
     """The project's conf/ directory: under the working directory, else beside the package."""
-    for candidate in ((start or Path.cwd()) / "conf", Path(__file__).resolve().parents[1] / "conf"):
+    for candidate in ((start or Path.cwd()) / "conf", Path(__file__).resolve().parents[2] / "conf"):
         if (candidate / f"{CONFIG_NAME}.yaml").exists():
             return candidate
     raise ConfigError(
@@ -43,7 +44,7 @@ def compose_dict(overrides: Sequence[str] = (), conf_dir: Path | None = None) ->
         raise ConfigError(
             "overrides",
             "keys and values that exist in conf/ (see `python -m pipeline write-config -`)",
-            _first_line(error),
+            first_line(error),
         ) from None
 
 
@@ -88,8 +89,3 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
 
     with open(path, encoding="utf-8") as handle:
         return validate(YAML(typ="safe", pure=True).load(handle) or {})
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

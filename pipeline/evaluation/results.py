@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.io import read_json, write_text
-from pipeline.timings import read_timings
+from pipeline.runtime.timings import read_timings
 
 MODELS_ORDER = ("ar_qr", "lqr", "ensemble_nn")
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from pipeline.structured import ConfigError, build
+from pipeline.config.structured import ConfigError, build
 
 __all__ = ["ConfigError", "StudyConfig", "validate"]
 

@@ -22,6 +22,12 @@ class ConfigError(ValueError):
         super().__init__(f"config error at '{key}': expected {allowed}; got {given!r}")
 
 
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (Hydra's errors run to many lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def build(cls: type, mapping: Any, prefix: str = "") -> Any:
     """An instance of dataclass `cls` from `mapping`; unknown keys and wrong types raise ConfigError."""
     return _build(cls, mapping, prefix)

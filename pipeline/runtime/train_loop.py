@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.adapters import cache_path, get_adapter, run_task
 from pipeline.config import StudyConfig
 from pipeline.io import read_npz
-from pipeline.logs import ProgressReporter
-from pipeline.progress import ProgressStore
-from pipeline.stages.probe import Plan, task_size
-from pipeline.tasks import FitGroup, Task, forecast_table, make_tasks, task_payload
+from pipeline.runtime.adapters import cache_path, get_adapter, run_task
+from pipeline.runtime.logs import ProgressReporter
+from pipeline.runtime.plan import Plan, task_size
+from pipeline.runtime.progress import ProgressStore
+from pipeline.runtime.tasks import FitGroup, Task, forecast_table, make_tasks, task_payload
 
-if TYPE_CHECKING:  # pipeline.cluster imports dask.distributed: only where a cluster starts
-    from pipeline.cluster import SharedCluster
+if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
+    from pipeline.runtime.cluster import SharedCluster
 
 log = logging.getLogger("pipeline.train")
 
@@ -119,7 +119,7 @@ class RunState:
         store: ProgressStore,
         cluster: SharedCluster | None = None,
     ) -> tuple[str | None, int]:
-        from pipeline.cluster import TaskStream, make_client
+        from pipeline.runtime.cluster import TaskStream, make_client
 
         rt = self.config.runtime
         n_workers = rt.max_workers or plan.n_workers

@@ -1,0 +1,63 @@
+"""Run a whole study in-process: prepare -> probe -> train (every model) -> assemble.
+
+What `python -m pipeline run` and each Hydra sweep job call (dvc.yaml runs the same stages one
+by one through `python -m pipeline stage`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import StudyConfig
+
+log = logging.getLogger("pipeline")
+
+
+def run_study(config: StudyConfig, dry_run: bool = False) -> int:
+    """Run every stage in-process for one validated config; stage wall times go to logs/."""
+    from pipeline.io import write_text
+    from pipeline.runtime.cluster import SharedCluster
+    from pipeline.runtime.timings import record_stage, timed_stage
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.probe import run_probe
+    from pipeline.stages.study import assemble_study
+    from pipeline.stages.train import run_train
+
+    root = Path.cwd()
+    if dry_run:
+        return _dry_run(config, root)
+    out = config.output_dir
+    started = time.perf_counter()
+    result = prepare(config, root)  # validates the data first: a bad input writes nothing
+    record_stage(out, "prepare", time.perf_counter() - started)
+    log.info(
+        "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
+    )
+    # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
+    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    with timed_stage(out, "probe"):
+        plan = run_probe(config)
+    failed = 0
+    # one cluster serves every model (started by the first one with fits to train)
+    with SharedCluster() as cluster:
+        for model in config.models.enabled():
+            with timed_stage(out, f"train@{model}"):
+                failed += run_train(config, model, plan, cluster).failed
+    with timed_stage(out, "assemble"):
+        assemble_study(config)
+    return 1 if failed else 0
+
+
+def _dry_run(config: StudyConfig, root: Path) -> int:
+    from pipeline.schema import PANEL_FILE
+    from pipeline.stages.dry_run import dry_run
+    from pipeline.stages.prepare import prepare
+
+    if not (config.output_dir / PANEL_FILE).exists():
+        prepare(config, root)  # cheap, and the plan needs the real data shapes
+    print(dry_run(config))
+    return 0
