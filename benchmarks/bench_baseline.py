@@ -61,7 +61,7 @@ def timed(fn):
 def build(out_dir: str):
     """Seed config, prepared panel and every FitGroup of each model (project code only)."""
     from pipeline.config.compose import compose_config
-    from pipeline.runtime.adapters import get_adapter
+    from pipeline.models.registry import get_adapter
     from pipeline.runtime.tasks import build_groups
     from pipeline.stages.prepare import load_panel, prepare
 
@@ -76,7 +76,7 @@ def build(out_dir: str):
 
 
 def payload(config, model: str, group, idx: np.ndarray) -> dict:
-    from pipeline.runtime.adapters import get_adapter
+    from pipeline.models.registry import get_adapter
     from pipeline.runtime.tasks import task_payload
 
     adapter = get_adapter(model)
@@ -93,7 +93,7 @@ def payload(config, model: str, group, idx: np.ndarray) -> dict:
 def run_ours(config, model: str, groups, picks: list[np.ndarray], per_task: int):
     """Our batched solver (the adapter's fit_batch: what a worker runs, minus the cache write)
     on the picked fits of each group, in chunks of `per_task` fits; returns cpu, wall, outputs."""
-    from pipeline.runtime.adapters import get_adapter
+    from pipeline.models.registry import get_adapter
 
     fit = get_adapter(model).fit_batch
     cpu = wall = 0.0
@@ -334,7 +334,7 @@ def bench_ensemble(config, panel, groups, args, rng) -> dict:
     from pipeline.models._ensemble_loop import fit_predict_member_loop
     from pipeline.models._nn_data import WindowData, check_nn_params
     from pipeline.models.common import pinball_per_quantile
-    from pipeline.runtime.adapters import get_adapter
+    from pipeline.models.registry import get_adapter
     from pipeline.schema import COUNTRY, TIME, Y_RAW
 
     (g,) = groups

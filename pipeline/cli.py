@@ -105,8 +105,12 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
         run_probe(config)
     elif args.name == "train":
-        if not args.model:
-            raise ConfigError("stage train --model", "one of the enabled models", None)
+        if args.model not in config.models.names():
+            raise ConfigError(
+                "stage train --model",
+                f"one of the config's models {list(config.models.names())}",
+                args.model,
+            )
         if args.model not in config.models.enabled():
             _train_disabled(config, args.model)
             return 0
@@ -207,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="run one DVC stage from params.yaml")
     stage.add_argument("name", choices=["prepare", "probe", "train", "assemble"])
-    stage.add_argument("--model", choices=["ar_qr", "lqr", "ensemble_nn"])
+    stage.add_argument("--model", help="a model of the config (models.<name>)")
     stage.add_argument("--params", default="params.yaml")
     stage.set_defaults(handler=_cmd_stage)
 

@@ -1,8 +1,8 @@
 """Hydra multirun: `python -m pipeline run -m key=a,b other=[1],[3]` runs every combination.
 
-Hydra's own machinery expands the sweep (`a,b`, `glob(...)`, `range(...)`, `choice(...)`,
-lists such as `[1],[3]`) and launches the jobs with the configured launcher (the default,
-sequential one). Each job:
+Hydra's public override parser expands the sweep (`a,b`, `glob(...)`, `range(...)`,
+`choice(...)`, lists such as `[1],[3]`) and `hydra.compose` composes each job; the jobs run
+one after another in this process. Each job:
 
 - writes into its own folder, `hydra.sweep.dir/<job number>` (conf: `multirun/${name}/N`),
   which becomes the job's `runtime.output_dir`; Hydra records the job's composed config and
@@ -36,8 +36,6 @@ from pipeline.config.structured import first_line
 log = logging.getLogger("pipeline.sweep")
 CACHE_SUBDIR = "models"
 SUMMARY_FILE = "summary.csv"
-# Hydra leaves logging to the pipeline (cli.main configures it): no per-job hydra log files
-HYDRA_DEFAULTS = ("hydra/job_logging=none", "hydra/hydra_logging=none")
 HEADLINE = ("pinball", "crps")  # pooled losses; lower is better
 
 
@@ -74,51 +72,92 @@ def run_multirun(overrides: list[str]) -> int:
 
 
 def launch(overrides: Sequence[str], conf_dir: Path | None = None) -> list[JobResult]:
-    """Let Hydra expand and launch the sweep; return one JobResult per job, in job order."""
-    from hydra import version
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
+    """Expand the sweep with Hydra's override parser, compose every job, run them in order.
+
+    Only Hydra's public API is used: `hydra.compose` per job and
+    `hydra.core.override_parser` to expand sweeps (what Hydra's BasicSweeper does: the
+    cartesian product of each key's values, in the order the keys were given). Every job is
+    composed before the first one runs, so a bad key fails the sweep at once (ConfigError).
+    """
+    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from pipeline.config.compose import CONFIG_NAME, find_conf_dir
 
     conf_dir = (conf_dir or find_conf_dir()).resolve()
-    GlobalHydra.instance().clear()
-    version.setbase(None)  # conf/ states its own defaults (e.g. hydra.job.chdir: false)
     try:
-        hydra = Hydra.create_main_hydra2(
-            task_name="pipeline", config_search_path=create_config_search_path(str(conf_dir))
-        )
-        batches = hydra.multirun(
-            config_name=CONFIG_NAME, task_function=_job, overrides=[*HYDRA_DEFAULTS, *overrides]
-        )
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            jobs = [
+                (number, job, compose(CONFIG_NAME, overrides=job, return_hydra_config=True))
+                for number, job in enumerate(expand_sweep(overrides))
+            ]
+            composed = [(number, job, _job_config(cfg, number)) for number, job, cfg in jobs]
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(
             "multirun overrides",
             "keys and sweep values that exist in conf/ (e.g. models.lqr.alphas=[10],[20])",
             first_line(error),
         ) from None
-    finally:
-        GlobalHydra.instance().clear()
-    return [job.return_value for batch in batches for job in batch]
+    return [_job(number, job, plain, hydra) for number, job, (plain, hydra) in composed]
 
 
-def _job(cfg: Any) -> JobResult:
-    """One sweep job: the composed config, pointed at its own folder and the shared cache."""
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Every job's overrides: one value per swept key, in cartesian-product order.
+
+    Must run inside a Hydra initialize context (glob sweeps over a config group list the
+    group's options through the config loader).
+    """
+    import itertools
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    choices: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(list(overrides)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise HydraException(f"only discrete sweeps (a,b / range / glob): {key}")
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def _job_config(cfg: Any, number: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the job's plain study config, its hydra section) with `hydra.job.num` = number."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        cfg.hydra.job.num = number
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.num} in sweep.subdir
+    hydra = {"sweep": OmegaConf.to_container(cfg.hydra.sweep, resolve=True)}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict) and isinstance(hydra, dict)
+    return plain, hydra
+
+
+def _job(
+    number: int, overrides: list[str], plain: dict[str, Any], hydra: dict[str, Any]
+) -> JobResult:
+    """One sweep job: the composed config, pointed at its own folder and the shared cache."""
+    import yaml
 
     from pipeline.data.errors import DataError
+    from pipeline.io import write_text
     from pipeline.runner import run_study
 
-    hydra_cfg = HydraConfig.get()
-    number = int(hydra_cfg.job.num)
-    job_dir = Path(_relative(hydra_cfg.runtime.output_dir))
-    overrides = tuple(str(o) for o in hydra_cfg.overrides.task)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
+    sweep = hydra["sweep"]
+    job_dir = Path(_relative(str(Path(sweep["dir"]) / str(sweep["subdir"]))))
+    # what Hydra records for a job: its composed config and its overrides
+    write_text(job_dir / ".hydra" / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
+    write_text(job_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(list(overrides)))
     job_plain = with_job_paths(plain, job_dir, job_dir.parent / CACHE_SUBDIR)
     log.info("multirun job %d (%s) -> %s", number, " ".join(overrides) or "no overrides", job_dir)
     started = time.time()
@@ -132,7 +171,9 @@ def _job(cfg: Any) -> JobResult:
     counts = fit_counts(job_dir, since=started)
     # a job that stopped early may have a previous sweep's metrics in its folder: not shown
     metrics = headline_metrics(job_dir) if error is None else {}
-    return JobResult(number, overrides, str(job_dir), status, error, *counts, metrics=metrics)
+    return JobResult(
+        number, tuple(overrides), str(job_dir), status, error, *counts, metrics=metrics
+    )
 
 
 def with_job_paths(plain: Mapping[str, Any], job_dir: Path, shared_cache: Path) -> dict[str, Any]:
@@ -244,8 +285,10 @@ def _finite(value: Any) -> bool:
 
 
 def _metric_order(name: str) -> tuple[int, int, str]:
+    from pipeline.models.registry import builtin_names
+
     metric, _, model = name.partition(":")
-    models = {"ar_qr": 0, "lqr": 1, "ensemble_nn": 2}
+    models = {m: i for i, m in enumerate(builtin_names())}
     rank = HEADLINE.index(metric) if metric in HEADLINE else len(HEADLINE)
     return rank, models.get(model, len(models)), name
 

@@ -3,7 +3,7 @@
 - `study_dict(tmp_path)`: a small synthetic study as a plain config dict (4 countries, window 24,
   origins 2018-01..2018-12, horizons 1 and 3, quantiles 0.1/0.5/0.9, ar_qr p=3, lqr off,
   ensemble_nn off, no progress bar); tests edit it and call `make_config`.
-- `make_config(d)`: pipeline.config.validate.
+- `make_config(d)`: pipeline.config.validate of `d` over conf/'s defaults (their one source).
 - `prepared_study(tmp_path)`: that study's config with `prepare` already run (panel on disk).
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import StudyConfig, validate
+from pipeline.config.defaults import with_defaults
 
 FAKE_MODELS = str(Path(__file__).with_name("fake_models.py"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ SMALL_STUDY: dict[str, Any] = {
 
 
 def make_config(d: dict[str, Any]) -> StudyConfig:
-    return validate(d)
+    return validate(with_defaults(d))
 
 
 @pytest.fixture

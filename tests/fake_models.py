@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime.adapters import Adapter, register
+from pipeline.models.registry import register
+from pipeline.models.spec import Adapter
 from pipeline.schema import lag_column
 
 CALLS = {"fit_batch": 0}  # batched calls made in this process
@@ -83,14 +84,14 @@ register(_adapter("fake_hog", _hog))
 
 
 def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.runtime.adapters import get_adapter
+    from pipeline.models.registry import get_adapter
 
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * len(payload["keys"]))
     return get_adapter("ar_qr").fit_batch(payload)
 
 
 def _slow_ar_qr_adapter() -> Adapter:
-    from pipeline.runtime.adapters import get_adapter
+    from pipeline.models.registry import get_adapter
 
     real = get_adapter("ar_qr")
     return Adapter(

@@ -94,10 +94,10 @@ def test_save_load_round_trip(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"p": 0}, "p must be an integer >= 1"),
-        ({"p": 1.5}, "p must be an integer"),
-        ({"quantiles": (0.0, 0.5)}, "quantiles must lie strictly inside"),
-        ({"quantiles": (0.5, 1.2)}, "quantiles must lie strictly inside"),
+        ({"p": 0}, r"'p': expected an integer autoregressive order p >= 1; got 0"),
+        ({"p": 1.5}, r"'p': expected an integer"),
+        ({"quantiles": (0.0, 0.5)}, r"'quantiles\[0\]': expected a quantile strictly inside"),
+        ({"quantiles": (0.5, 1.2)}, r"'quantiles\[1\]': expected a quantile strictly inside"),
         ({"quantiles": (0.9, 0.1)}, "strictly increasing"),
         ({"quantiles": ()}, "non-empty"),
     ],

@@ -69,7 +69,7 @@ def test_default_is_quick_and_roundtrips_through_validate():
         ("models.ensemble_nn.learning_rate=0", "models.ensemble_nn.learning_rate", "> 0"),
         ("rolling_window.size=3", "rolling_window.size", "longest horizon"),
         ("+data.colour=red", "data.colour", "known keys"),
-        ("+models.xgboost.enabled=true", "models.xgboost", "known keys"),
+        ("+models.xgboost.enabled=true", "models.xgboost", "_target_"),
         ("runtime.max_cores=many", "runtime.max_cores", "'auto'"),
         ("data.lags=one", "data.lags", "list"),
     ],
@@ -149,7 +149,15 @@ def test_write_config_is_complete_and_refuses_to_overwrite(tmp_path):
     assert ok.returncode == 0, ok.stderr
     written = yaml.safe_load(target.read_text())
     assert isinstance(validate(written), StudyConfig)
-    assert set(written) == {"data", "rolling_window", "runtime", "models", "name", "seed"}
+    assert set(written) == {
+        "data",
+        "rolling_window",
+        "runtime",
+        "models",
+        "name",
+        "seed",
+        "model_names",
+    }
     before = target.read_text()
     again = subprocess.run(
         [sys.executable, "-m", "pipeline", "write-config", str(target)],

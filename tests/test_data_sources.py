@@ -70,8 +70,8 @@ def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_synthetic_is_seeded_and_true_quantiles_are_calibrated():
-    a = generate_panel(SyntheticConfig(n_countries=5, seed=3))
-    b = generate_panel(SyntheticConfig(n_countries=5, seed=3))
+    a = generate_panel(SyntheticConfig(n_countries=5, start="1997-01-01", end="2024-12-01", seed=3))
+    b = generate_panel(SyntheticConfig(n_countries=5, start="1997-01-01", end="2024-12-01", seed=3))
     pd.testing.assert_frame_equal(a.frame, b.frame)
     assert a.frame["inflation"].between(-10, 20).all() or a.frame["inflation"].isna().any()
     # the one-step true quantiles cover the realized values at their nominal rates

@@ -176,14 +176,14 @@ def test_real_hicp_defaults_give_sensible_forecasts() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"alphas": (1.0, -0.5)}, "alphas must be finite and >= 0"),
-        ({"alphas": ()}, "alphas must be a non-empty"),
-        ({"quantiles": (0.1, 1.0)}, "quantiles must lie strictly inside"),
-        ({"solver": "admm"}, "solver must be one of"),
-        ({"rff_bandwidth": "mean"}, "rff_bandwidth must be one of"),
-        ({"rff_bandwidth": -1.0}, "rff_bandwidth must be"),
-        ({"rff_features": -1}, "rff_features must be an integer >= 0"),
-        ({"validation_size": 0}, "validation_size must be an integer >= 1"),
+        ({"alphas": (1.0, -0.5)}, r"'alphas\[1\]': expected a penalty >= 0"),
+        ({"alphas": ()}, "'alphas': expected a non-empty list"),
+        ({"quantiles": (0.1, 1.0)}, "expected a quantile strictly inside"),
+        ({"solver": "admm"}, "'solver': expected one of"),
+        ({"rff_bandwidth": "mean"}, "'rff_bandwidth': expected 'median'"),
+        ({"rff_bandwidth": -1.0}, "'rff_bandwidth': expected a positive number"),
+        ({"rff_features": -1}, "'rff_features': expected an integer >= 0"),
+        ({"validation_size": 0}, "'validation_size': expected an integer >= 1"),
         ({"validation_size": 30}, "validation_size must be smaller"),
     ],
 )

@@ -20,11 +20,12 @@ from pipeline.stages.prepare import prepare
 DRIVER = """
 import json, sys
 from pipeline.config import validate
+from pipeline.config.defaults import with_defaults
 from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":
-    config = validate(json.load(open(sys.argv[1])))
+    config = validate(with_defaults(json.load(open(sys.argv[1]))))
     plan = Plan(n_workers=2, memory_limit_mb=2048, models={"slow_ar_qr": ModelPlan(0, 4, 0)})
     run_train(config, "slow_ar_qr", plan)
 """

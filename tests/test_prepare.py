@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import validate
+from pipeline.config.defaults import with_defaults
 from pipeline.data import DataError
 from pipeline.data.features import build_panel, impute
 from pipeline.io import read_json
@@ -20,7 +21,9 @@ REAL = ROOT.parent / "shared" / "data" / "hicp_manr.csv"
 
 
 def _config(tmp_path, **data):
-    return validate({"data": data, "runtime": {"output_dir": str(tmp_path)}})
+    if data.get("source") == "eurostat":  # conf/data/eurostat.yaml's target
+        data.setdefault("target", "prc_hicp_manr_CP00")
+    return validate(with_defaults({"data": data, "runtime": {"output_dir": str(tmp_path)}}))
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +65,18 @@ def test_prepare_is_deterministic(real_panel, tmp_path):
 
 def test_short_country_is_skipped_and_listed(tmp_path):
     config = validate(
-        {
-            "data": {"source": "eurostat", "path": str(REAL), "countries": ["DE", "AL", "XK"]},
-            "rolling_window": {"start_date": "2018-01-01", "end_date": "2019-12-01"},
-            "runtime": {"output_dir": str(tmp_path)},
-        }
+        with_defaults(
+            {
+                "data": {
+                    "source": "eurostat",
+                    "path": str(REAL),
+                    "target": "prc_hicp_manr_CP00",
+                    "countries": ["DE", "AL", "XK"],
+                },
+                "rolling_window": {"start_date": "2018-01-01", "end_date": "2019-12-01"},
+                "runtime": {"output_dir": str(tmp_path)},
+            }
+        )
     )
     result = prepare(config, ROOT)
     assert result.countries == ("DE",)

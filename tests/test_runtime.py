@@ -35,11 +35,12 @@ from pipeline.stages.train import run_train
 DRIVER = """
 import json, sys
 from pipeline.config import validate
+from pipeline.config.defaults import with_defaults
 from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":
-    config = validate(json.load(open(sys.argv[1])))
+    config = validate(with_defaults(json.load(open(sys.argv[1]))))
     model, fits_per_task = sys.argv[2], int(sys.argv[3])
     plan = Plan(n_workers=2, memory_limit_mb=2048, models={model: ModelPlan(0, fits_per_task, 0)})
     summary = run_train(config, model, plan)

@@ -13,7 +13,7 @@ from conftest import SMALL_STUDY, make_config
 
 from pipeline.data.windows import month_index
 from pipeline.io import read_npz
-from pipeline.runtime.adapters import cache_path, get_adapter, run_task
+from pipeline.models.registry import get_adapter
 from pipeline.runtime.tasks import (
     batched_fits_per_task,
     build_groups,
@@ -22,6 +22,7 @@ from pipeline.runtime.tasks import (
     task_payload,
     window_arrays,
 )
+from pipeline.runtime.worker import cache_path, run_task
 from pipeline.schema import lag_column, lead_column
 
 LAGS = range(0, 4)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import RollingWindowConfig
+from pipeline.config.compose import compose_config
 from pipeline.data.windows import add_months, month_index, month_start, origins, training_range
 
 months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
@@ -42,7 +43,7 @@ def test_training_range_never_looks_past_the_origin(origin, size, horizon):
 
 
 def test_seed_grid_has_72_origins():
-    config = RollingWindowConfig()
+    config = compose_config(["experiment=seed"]).rolling_window
     result = origins(config)
     assert len(result) == 72
     assert (result[0], result[-1]) == (pd.Timestamp("2018-01-01"), pd.Timestamp("2023-12-01"))

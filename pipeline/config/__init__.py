@@ -1,35 +1,31 @@
 """Configuration layer: typed study config, validation, Hydra composition of `conf/`.
 
 `pipeline.config` re-exports the typed objects (`StudyConfig` and its parts) and `validate`;
-`pipeline.config.compose` is the only place that talks to Hydra.
+`pipeline.config.compose` is the only place that talks to Hydra. Defaults live in `conf/`
+only; `pipeline.config.defaults.with_defaults` completes a partial mapping from there.
+The built-in models' config classes live with their models (pipeline.models.builtin).
 """
 
 from pipeline.config.structured import ConfigError
 from pipeline.config.study import (
-    MODEL_NAMES,
-    ArQrConfig,
     DataConfig,
-    EnsembleNNConfig,
-    LqrConfig,
     ModelsConfig,
     RollingWindowConfig,
     RuntimeConfig,
     StudyConfig,
     SyntheticConfig,
+    UserModelConfig,
     validate,
 )
 
 __all__ = [
-    "MODEL_NAMES",
-    "ArQrConfig",
     "ConfigError",
     "DataConfig",
-    "EnsembleNNConfig",
-    "LqrConfig",
     "ModelsConfig",
     "RollingWindowConfig",
     "RuntimeConfig",
     "StudyConfig",
     "SyntheticConfig",
+    "UserModelConfig",
     "validate",
 ]

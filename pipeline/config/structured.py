@@ -1,8 +1,14 @@
 """Build frozen dataclasses from plain mappings (what YAML/Hydra give), with errors people can act on.
 
 `build(cls, mapping)` checks every key and type against the dataclass's annotations (nested
-dataclasses, Optional, Literal, tuples of scalars, bool/int/float/str) and raises ConfigError
+dataclasses, Optional, Literal, tuples of scalars, bool/int/float/str), then each field's
+declared range (a `pipeline.models.rules.Rule` in the field's metadata), and raises ConfigError
 naming the dotted key, what is allowed and what was given, at the first problem.
+
+The dataclasses carry no defaults: every default lives in `conf/` (one source), so a mapping
+must give every key; `pipeline.config.defaults.with_defaults` fills a partial mapping from
+`conf/`. A class with a `from_mapping(mapping, prefix)` classmethod builds itself (ModelsConfig,
+whose keys are model names).
 """
 
 from __future__ import annotations
@@ -13,13 +19,10 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
+from pipeline.errors import ConfigError
+from pipeline.models.rules import RULE
 
-class ConfigError(ValueError):
-    """A bad configuration value. The message names the key, what is allowed and what was given."""
-
-    def __init__(self, key: str, allowed: str, given: Any) -> None:
-        self.key, self.allowed, self.given = key, allowed, given
-        super().__init__(f"config error at '{key}': expected {allowed}; got {given!r}")
+__all__ = ["ConfigError", "build", "first_line"]
 
 
 def first_line(error: Exception) -> str:
@@ -42,14 +45,28 @@ def _build(cls: type, mapping: Any, prefix: str) -> Any:
     if unknown:
         key = _join(prefix, str(unknown[0]))
         raise ConfigError(key, f"one of the known keys {sorted(fields)}", unknown[0])
+    missing = [name for name in fields if name not in mapping]
+    if missing:
+        raise ConfigError(
+            _join(prefix, missing[0]),
+            "a value (conf/ holds every default: compose it, or see `python -m pipeline "
+            "write-config -`)",
+            "nothing",
+        )
     values = {}
     for name, value in mapping.items():
-        values[name] = _coerce(hints[name], value, _join(prefix, name))
+        key = _join(prefix, name)
+        values[name] = _coerce(hints[name], value, key)
+        declared = fields[name].metadata.get(RULE)
+        if declared is not None and values[name] is not None:
+            declared.check(key, values[name])
     return cls(**values)
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if hasattr(hint, "from_mapping"):
+        return hint.from_mapping(value, key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin in (Union, types.UnionType):

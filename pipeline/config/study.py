@@ -16,120 +16,204 @@ from typing import Any, Literal
 import pandas as pd
 
 from pipeline.config.structured import ConfigError, build
+from pipeline.models import registry
+from pipeline.models.rules import QUANTILE_LEVEL, at_least, check_quantiles, declared, rule
 
 __all__ = ["ConfigError", "StudyConfig", "validate"]
 
-MODEL_NAMES: tuple[str, ...] = ("ar_qr", "lqr", "ensemble_nn")
 Auto = Literal["auto"]
+
+
+def _positive(allowed: str) -> dict[str, Any]:
+    return rule(lambda v: v > 0, allowed)
+
+
+# Every default lives in conf/ (one source): these classes declare keys, types and ranges only.
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """The seeded synthetic inflation panel (see pipeline.data.synthetic)."""
 
-    n_countries: int = 25
-    start: str = "1997-01-01"
-    end: str = "2024-12-01"
-    seed: int = 0
+    n_countries: int = field(metadata=at_least(1, "at least 1"))
+    start: str
+    end: str
+    seed: int
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "eurostat", "panel"] = "synthetic"
-    path: str | None = None  # file for eurostat/panel; relative paths are relative to the project
-    dataset: str = "prc_hicp_manr"  # eurostat dataset to download when `path` is not given
-    raw_dir: str = "data/raw"  # download cache
-    target: str = "prc_hicp_manr_CP00"
-    countries: tuple[str, ...] | None = None  # None: every country in the source
-    features: tuple[str, ...] = ()  # extra columns lagged like the target
-    lags: tuple[int, ...] = (1, 2, 3, 6, 12)
-    horizons: tuple[int, ...] = (1, 3, 6, 12)
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    missing: Literal["forward_fill_then_mean", "drop"] = "forward_fill_then_mean"
-    scale: Literal["per_country", "none"] = "per_country"
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    source: Literal["synthetic", "eurostat", "panel"]
+    path: str | None  # file for eurostat/panel; relative paths are relative to the project
+    dataset: str  # eurostat dataset to download when `path` is not given
+    raw_dir: str  # download cache
+    target: str = field(metadata=rule(lambda v: v.strip() != "", "a column name"))
+    countries: tuple[str, ...] | None = field(  # None: every country in the source
+        metadata=rule(lambda v: len(v) > 0, "null (all) or a non-empty list")
+    )
+    features: tuple[str, ...]  # extra columns lagged like the target
+    lags: tuple[int, ...] = field(
+        metadata=at_least(1, "a lag >= 1 (y_t itself is always a feature)", each=True)
+    )
+    horizons: tuple[int, ...] = field(
+        metadata=at_least(1, "a horizon >= 1 (months ahead)", each=True, non_empty=True)
+    )
+    quantiles: tuple[float, ...] = field(metadata=declared(QUANTILE_LEVEL))
+    missing: Literal["forward_fill_then_mean", "drop"]
+    scale: Literal["per_country", "none"]
+    synthetic: SyntheticConfig
 
 
 @dataclass(frozen=True)
 class RollingWindowConfig:
-    size: int = 60
-    step: int = 1
-    start_date: str = "2018-01-01"
-    end_date: str = "2023-12-01"
+    size: int = field(metadata=at_least(2, "a window of at least 2 months"))
+    step: int = field(metadata=at_least(1, "a step of at least 1 month"))
+    start_date: str
+    end_date: str
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    allow_reload: bool = True  # reuse fits already in the model cache
-    retrain_if_exists: bool = False  # refit even when a cached fit exists
-    max_cores: int | Auto = "auto"
-    safety_ram_fraction: float = 0.8
-    max_ram_gb: float | Auto = "auto"
-    retries: int = 1
-    mem_probe_fudge_mb: int = 256
-    max_workers: int | None = None  # overrides the probe's worker count
-    output_dir: str = "."
-    model_cache_dir: str | None = None  # None: {output_dir}/models; share it across sweeps
-    scheduler_address: str | None = None  # use an existing Dask cluster instead of a local one
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8787  # a free port is taken when this one is busy
-    task_seconds: float = 5.0  # target work per Dask task
-    max_in_flight: int | None = None  # tasks submitted at once; None: 4 per worker
-    progress_bar: bool = True
+    allow_reload: bool  # reuse fits already in the model cache
+    retrain_if_exists: bool  # refit even when a cached fit exists
+    max_cores: int | Auto = field(
+        metadata=rule(lambda v: v == "auto" or v >= 1, "'auto' or an integer >= 1")
+    )
+    safety_ram_fraction: float = field(
+        metadata=rule(lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]")
+    )
+    max_ram_gb: float | Auto = field(
+        metadata=rule(lambda v: v == "auto" or v > 0, "'auto' or a positive number")
+    )
+    retries: int = field(metadata=at_least(0, "an integer >= 0"))
+    mem_probe_fudge_mb: int = field(metadata=at_least(0, "an integer >= 0"))
+    max_workers: int | None = field(  # overrides the probe's worker count
+        metadata=at_least(1, "null or an integer >= 1")
+    )
+    output_dir: str
+    model_cache_dir: str | None  # None: {output_dir}/models; share it across sweeps
+    scheduler_address: str | None  # use an existing Dask cluster instead of a local one
+    dashboard_host: str
+    dashboard_port: int = field(  # a free port is taken when this one is busy
+        metadata=rule(lambda v: 0 <= v <= 65535, "a TCP port (0 = any free port)")
+    )
+    task_seconds: float = field(metadata=_positive("a positive number of seconds"))
+    max_in_flight: int | None  # tasks submitted at once; None: 4 per worker
+    progress_bar: bool
+
+
+# keys of a user model's entry that are not its parameters
+USER_MODEL_KEYS = ("_target_", "enabled", "version")
 
 
 @dataclass(frozen=True)
-class ArQrConfig:
-    enabled: bool = True
-    p: int = 12
+class UserModelConfig:
+    """`models.<name>: {_target_: pkg.module.Object, enabled, version, <params>}`."""
 
+    target: str
+    enabled: bool
+    version: int
+    params: Mapping[str, Any]
 
-@dataclass(frozen=True)
-class LqrConfig:
-    enabled: bool = True
-    alphas: tuple[float, ...] = (7.5, 10, 15, 20, 25, 30, 35)
-    solver: Literal["huberized", "exact"] = "huberized"
-    rff_features: int = 1000
-    rff_bandwidth: float | Auto = "auto"  # auto: median heuristic on the training window
-    validation_size: int = 12
-    penalize_first_lag: bool = True
+    @classmethod
+    def from_mapping(cls, mapping: Any, prefix: str) -> UserModelConfig:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(prefix, "a mapping with _target_ and the model's parameters", mapping)
+        target = mapping.get("_target_")
+        if not isinstance(target, str) or "." not in target.strip(".") or " " in target:
+            raise ConfigError(
+                f"{prefix}._target_", "an import path like mypkg.mymodule.MyQuantileModel", target
+            )
+        enabled, version = mapping.get("enabled", True), mapping.get("version", 1)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{prefix}.enabled", "true or false", enabled)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(
+                f"{prefix}.version", "an integer (bump it when the model changes)", version
+            )
+        params = {k: v for k, v in mapping.items() if k not in USER_MODEL_KEYS}
+        return cls(target, enabled, version, params)
 
-
-@dataclass(frozen=True)
-class EnsembleNNConfig:
-    enabled: bool = True
-    units_per_layer: tuple[int, ...] = (32, 32, 32, 32, 32)
-    learning_rate: float = 5.0e-5
-    epochs: int = 1500
-    batch_size: int = 32
-    patience: int = 50
-    parallel_models: int = 10
-    device: str = "auto"
+    def to_plain(self) -> dict[str, Any]:
+        return {"_target_": self.target, "enabled": self.enabled, "version": self.version,
+                **_to_plain(dict(self.params))}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    ar_qr: ArQrConfig = field(default_factory=ArQrConfig)
-    lqr: LqrConfig = field(default_factory=LqrConfig)
-    ensemble_nn: EnsembleNNConfig = field(default_factory=EnsembleNNConfig)
+    """`models.<name>` for every model: the built-ins (registry) and user models (_target_).
+
+    `config.models.<name>` reads an entry like an attribute.
+    """
+
+    entries: Mapping[str, Any]
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, prefix: str) -> ModelsConfig:
+        types = registry.builtin_config_types()
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(prefix, "a mapping of model names to their settings", mapping)
+        missing = [name for name in types if name not in mapping]
+        if missing:
+            raise ConfigError(f"{prefix}.{missing[0]}", "the built-in model's settings", "nothing")
+        entries: dict[str, Any] = {}
+        for name, value in mapping.items():
+            key = f"{prefix}.{name}"
+            if name in types:
+                entries[name] = build(types[name], value, key)
+            elif isinstance(value, Mapping) and "_target_" in value:
+                if not str(name).isidentifier():
+                    raise ConfigError(key, "a model name made of letters, digits and _", name)
+                entries[name] = UserModelConfig.from_mapping(value, key)
+            else:
+                raise ConfigError(
+                    key,
+                    f"a built-in model ({list(types)}) or a user model with a _target_",
+                    name,
+                )
+        return cls(entries)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        entries = self.__dict__.get("entries", {})
+        if name in entries:
+            return entries[name]
+        raise AttributeError(f"no model {name!r} in models")
+
+    def names(self) -> tuple[str, ...]:
+        """Every model in the config, in table order (built-ins first)."""
+        return tuple(registry.order(self.entries))
 
     def enabled(self) -> tuple[str, ...]:
-        return tuple(name for name in MODEL_NAMES if getattr(self, name).enabled)
+        return tuple(name for name in self.names() if self.entries[name].enabled)
 
-    def get(self, name: str) -> ArQrConfig | LqrConfig | EnsembleNNConfig:
-        if name not in MODEL_NAMES:
-            raise ConfigError("models", f"one of {list(MODEL_NAMES)}", name)
-        return getattr(self, name)
+    def user_models(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names() if isinstance(self.entries[n], UserModelConfig))
+
+    def get(self, name: str) -> Any:
+        if name not in self.entries:
+            raise ConfigError("models", f"one of {list(self.names())}", name)
+        return self.entries[name]
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            name: entry.to_plain()
+            if isinstance(entry, UserModelConfig)
+            else _to_plain(dataclasses.asdict(entry))
+            for name, entry in ((n, self.entries[n]) for n in self.names())
+        }
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    name: str = "default"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    rolling_window: RollingWindowConfig = field(default_factory=RollingWindowConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
+    name: str  # a label for the study (presets set it)
+    seed: int = field(metadata=at_least(0, "a seed >= 0"))
+    model_names: tuple[str, ...]  # derived: the keys of `models`, in order (dvc.yaml reads it)
+    data: DataConfig
+    rolling_window: RollingWindowConfig
+    runtime: RuntimeConfig
+    models: ModelsConfig
 
     @property
     def output_dir(self) -> Path:
@@ -142,7 +226,11 @@ class StudyConfig:
         return self.output_dir / "models"
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain = {k: _to_plain(dataclasses.asdict(v)) if dataclasses.is_dataclass(v) and k != "models" else v
+                 for k, v in out.items()}  # fmt: skip
+        plain["models"] = self.models.to_plain()
+        return plain
 
 
 def validate(mapping: Mapping[str, Any]) -> StudyConfig:
@@ -156,44 +244,18 @@ def validate(mapping: Mapping[str, Any]) -> StudyConfig:
 
 
 def _check_semantics(config: StudyConfig) -> None:
-    data, window, runtime, models = (
-        config.data,
-        config.rolling_window,
-        config.runtime,
-        config.models,
-    )
-    _require(len(data.quantiles) > 0, "data.quantiles", "a non-empty list", data.quantiles)
-    for i, q in enumerate(data.quantiles):
-        _require(0.0 < q < 1.0, f"data.quantiles[{i}]", "a quantile strictly inside (0, 1)", q)
-    _require(
-        list(data.quantiles) == sorted(set(data.quantiles)),
-        "data.quantiles",
-        "strictly increasing quantile levels",
-        list(data.quantiles),
-    )
-    _require(len(data.horizons) > 0, "data.horizons", "a non-empty list", data.horizons)
-    for i, h in enumerate(data.horizons):
-        _require(h >= 1, f"data.horizons[{i}]", "a horizon >= 1 (months ahead)", h)
+    """Checks across fields (each field's own range is declared on it and checked by `build`)."""
+    data, window = config.data, config.rolling_window
+    check_quantiles(data.quantiles, "data.quantiles")  # the kernels' own check: increasing
     _require(
         len(set(data.horizons)) == len(data.horizons),
         "data.horizons",
         "no duplicates",
         data.horizons,
     )
-    for i, lag in enumerate(data.lags):
-        _require(lag >= 1, f"data.lags[{i}]", "a lag >= 1 (y_t itself is always a feature)", lag)
     _require(len(set(data.lags)) == len(data.lags), "data.lags", "no duplicates", data.lags)
-    _require(data.target.strip() != "", "data.target", "a column name", data.target)
     if data.source in ("panel",):
         _require(data.path is not None, "data.path", "a file path for source 'panel'", data.path)
-    if data.countries is not None:
-        _require(len(data.countries) > 0, "data.countries", "null (all) or a non-empty list", [])
-    _require(
-        data.synthetic.n_countries >= 1,
-        "data.synthetic.n_countries",
-        "at least 1",
-        data.synthetic.n_countries,
-    )
 
     start = _month(window.start_date, "rolling_window.start_date")
     end = _month(window.end_date, "rolling_window.end_date")
@@ -203,8 +265,6 @@ def _check_semantics(config: StudyConfig) -> None:
         f"a date on or after rolling_window.start_date ({window.start_date})",
         window.end_date,
     )
-    _require(window.size >= 2, "rolling_window.size", "a window of at least 2 months", window.size)
-    _require(window.step >= 1, "rolling_window.step", "a step of at least 1 month", window.step)
     longest = max(data.horizons)
     _require(
         window.size > longest,
@@ -212,114 +272,14 @@ def _check_semantics(config: StudyConfig) -> None:
         f"more months than the longest horizon ({longest}) so that a training pair exists",
         window.size,
     )
-
     _require(
-        0.0 < runtime.safety_ram_fraction <= 1.0,
-        "runtime.safety_ram_fraction",
-        "a fraction in (0, 1]",
-        runtime.safety_ram_fraction,
-    )
-    if runtime.max_cores != "auto":
-        _require(
-            runtime.max_cores >= 1,
-            "runtime.max_cores",
-            "'auto' or an integer >= 1",
-            runtime.max_cores,
-        )
-    if runtime.max_ram_gb != "auto":
-        _require(
-            runtime.max_ram_gb > 0,
-            "runtime.max_ram_gb",
-            "'auto' or a positive number",
-            runtime.max_ram_gb,
-        )
-    if runtime.max_workers is not None:
-        _require(
-            runtime.max_workers >= 1,
-            "runtime.max_workers",
-            "null or an integer >= 1",
-            runtime.max_workers,
-        )
-    _require(runtime.retries >= 0, "runtime.retries", "an integer >= 0", runtime.retries)
-    _require(
-        runtime.mem_probe_fudge_mb >= 0,
-        "runtime.mem_probe_fudge_mb",
-        "an integer >= 0",
-        runtime.mem_probe_fudge_mb,
+        len(config.models.enabled()) > 0, "models", "at least one enabled model", "all disabled"
     )
     _require(
-        runtime.task_seconds > 0,
-        "runtime.task_seconds",
-        "a positive number of seconds",
-        runtime.task_seconds,
-    )
-    _require(
-        0 <= runtime.dashboard_port <= 65535,
-        "runtime.dashboard_port",
-        "a TCP port (0 = any free port)",
-        runtime.dashboard_port,
-    )
-
-    _require(len(models.enabled()) > 0, "models", "at least one enabled model", "all disabled")
-    _require(
-        models.ar_qr.p >= 1, "models.ar_qr.p", "an autoregressive order p >= 1", models.ar_qr.p
-    )
-    lqr = models.lqr
-    _require(
-        len(lqr.alphas) > 0, "models.lqr.alphas", "a non-empty list of penalties", list(lqr.alphas)
-    )
-    for i, alpha in enumerate(lqr.alphas):
-        _require(alpha >= 0, f"models.lqr.alphas[{i}]", "a penalty >= 0", alpha)
-    _require(
-        lqr.rff_features >= 0,
-        "models.lqr.rff_features",
-        "an integer >= 0 (0 = linear)",
-        lqr.rff_features,
-    )
-    if lqr.rff_bandwidth != "auto":
-        _require(
-            lqr.rff_bandwidth > 0,
-            "models.lqr.rff_bandwidth",
-            "'auto' or a positive number",
-            lqr.rff_bandwidth,
-        )
-    _require(
-        lqr.validation_size >= 1,
-        "models.lqr.validation_size",
-        "at least 1 month",
-        lqr.validation_size,
-    )
-    nn = models.ensemble_nn
-    _require(
-        len(nn.units_per_layer) > 0,
-        "models.ensemble_nn.units_per_layer",
-        "a non-empty list of layer widths",
-        [],
-    )
-    for i, units in enumerate(nn.units_per_layer):
-        _require(units >= 1, f"models.ensemble_nn.units_per_layer[{i}]", "a width >= 1", units)
-    _require(
-        nn.learning_rate > 0,
-        "models.ensemble_nn.learning_rate",
-        "a learning rate > 0",
-        nn.learning_rate,
-    )
-    _require(nn.epochs >= 1, "models.ensemble_nn.epochs", "at least 1 epoch", nn.epochs)
-    _require(
-        nn.batch_size >= 1, "models.ensemble_nn.batch_size", "a batch size >= 1", nn.batch_size
-    )
-    _require(nn.patience >= 1, "models.ensemble_nn.patience", "a patience >= 1 epoch", nn.patience)
-    _require(
-        nn.parallel_models >= 1,
-        "models.ensemble_nn.parallel_models",
-        "at least 1 member",
-        nn.parallel_models,
-    )
-    _require(
-        nn.device in ("auto", "cpu") or nn.device.startswith("cuda"),
-        "models.ensemble_nn.device",
-        "'auto', 'cpu' or 'cuda[:N]'",
-        nn.device,
+        sorted(config.model_names) == sorted(config.models.entries),
+        "model_names",
+        f"the keys of models {list(config.models.entries)} (derived: never set it)",
+        list(config.model_names),
     )
 
 

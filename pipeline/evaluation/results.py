@@ -17,8 +17,6 @@ import pandas as pd
 from pipeline.io import read_json, write_text
 from pipeline.runtime.timings import read_timings
 
-MODELS_ORDER = ("ar_qr", "lqr", "ensemble_nn")
-
 
 def render_results(
     output_dir: Path, doc_path: Path, fan_countries: Sequence[str] = ("DE", "FR", "IT", "ES")
@@ -325,10 +323,9 @@ def _probe_estimate(measurements: dict[str, Any], model: str) -> int | None:
 
 
 def _ordered(names: Any) -> list[str]:
-    names = list(names)
-    return [m for m in MODELS_ORDER if m in names] + sorted(
-        n for n in names if n not in MODELS_ORDER
-    )
+    from pipeline.models.registry import order
+
+    return order(names)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

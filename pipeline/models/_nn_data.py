@@ -14,7 +14,16 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from pipeline.models.common import check_choice, check_positive_int, check_quantiles
+from pipeline.models.builtin.ensemble_nn import (
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    PARALLEL_MODELS,
+    PATIENCE,
+    UNITS,
+)
+from pipeline.models.common import check_choice, check_positive_int
+from pipeline.models.rules import check_quantiles
 
 SCALES = ("per_country", "none")
 ADAM_BETAS = (0.9, 0.999)
@@ -50,19 +59,17 @@ def check_nn_params(
     validation_fraction: float,
     scale: str,
 ) -> NNSpec:
-    """Validate every parameter once; errors name the parameter, the rule and the value."""
+    """Validate every parameter once; errors name the parameter, the rule and the value.
+
+    The model parameters use the Rules the config declares (pipeline.models.builtin.ensemble_nn).
+    """
     try:
-        units = tuple(units_per_layer)
+        units = tuple(int(u) for u in UNITS.check("units_per_layer", list(units_per_layer)))
     except TypeError as exc:
         raise ValueError(
             f"units_per_layer must be a non-empty sequence of integers >= 1; got {units_per_layer!r}"
         ) from exc
-    if not units:
-        raise ValueError("units_per_layer must be a non-empty sequence of integers >= 1; got []")
-    units = tuple(check_positive_int("units_per_layer[i]", u) for u in units)
-    lr = _finite_float("learning_rate", learning_rate)
-    if lr <= 0:
-        raise ValueError(f"learning_rate must be a finite number > 0; got {learning_rate!r}")
+    lr = float(LEARNING_RATE.check("learning_rate", learning_rate))
     vf = _finite_float("validation_fraction", validation_fraction)
     if not 0 < vf < 1:
         raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction!r}")
@@ -70,10 +77,10 @@ def check_nn_params(
         quantiles=check_quantiles(quantiles),
         units_per_layer=units,
         learning_rate=lr,
-        epochs=check_positive_int("epochs", epochs),
-        batch_size=check_positive_int("batch_size", batch_size),
-        patience=check_positive_int("patience", patience),
-        parallel_models=check_positive_int("parallel_models", parallel_models),
+        epochs=int(EPOCHS.check("epochs", epochs)),
+        batch_size=int(BATCH_SIZE.check("batch_size", batch_size)),
+        patience=int(PATIENCE.check("patience", patience)),
+        parallel_models=int(PARALLEL_MODELS.check("parallel_models", parallel_models)),
         seed=check_positive_int("seed", seed, minimum=0),
         validation_fraction=vf,
         scale=check_choice("scale", scale, SCALES),

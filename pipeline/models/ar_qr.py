@@ -13,13 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.io import read_npz, write_npz
-from pipeline.models.common import (
-    check_positive_int,
-    check_quantiles,
-    crossing_rate_batch,
-    rearrange_quantiles,
-)
+from pipeline.models.builtin.ar_qr import P
+from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
 from pipeline.models.quantile_linear import fit_quantile_lp
+from pipeline.models.rules import check_quantiles
 
 
 def _with_intercept(X: np.ndarray) -> np.ndarray:
@@ -66,7 +63,7 @@ class ARQR:
         self.quantiles = quantiles
 
     def _check(self) -> tuple[int, tuple[float, ...]]:
-        return check_positive_int("p", self.p), check_quantiles(self.quantiles)
+        return int(P.check("p", self.p)), check_quantiles(self.quantiles)
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)

@@ -1,33 +1,15 @@
-"""Shared helpers for quantile models: pinball loss, rearrangement, crossing, parameter checks."""
+"""Shared helpers for quantile models: pinball loss, rearrangement, crossing, small checks.
+
+Parameter ranges are declared once, in pipeline.models.rules and the built-in model modules.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import pairwise
 
 import numpy as np
 import torch
-
-
-def check_quantiles(quantiles: Iterable[float]) -> tuple[float, ...]:
-    """Validate quantile levels: non-empty, finite, strictly increasing, each in (0, 1)."""
-    try:
-        qs = tuple(float(q) for q in quantiles)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"quantiles must be a sequence of numbers in (0, 1); got {quantiles!r}"
-        ) from exc
-    if not qs:
-        raise ValueError("quantiles must be a non-empty sequence of levels in (0, 1); got []")
-    for q in qs:
-        if not (np.isfinite(q) and 0.0 < q < 1.0):
-            raise ValueError(
-                f"quantiles must lie strictly inside (0, 1); got {q!r} in {list(qs)!r}"
-            )
-    if any(b <= a for a, b in pairwise(qs)):
-        raise ValueError(f"quantiles must be strictly increasing; got {list(qs)!r}")
-    return qs
 
 
 def pinball_loss(y: np.ndarray, pred: np.ndarray, quantiles: Sequence[float]) -> float:
@@ -87,20 +69,6 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return int(value)
-
-
-def check_alphas(alphas: Iterable[float]) -> tuple[float, ...]:
-    """Validate penalty grid: non-empty, finite, each >= 0."""
-    try:
-        vals = tuple(float(a) for a in alphas)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"alphas must be a sequence of numbers >= 0; got {alphas!r}") from exc
-    if not vals:
-        raise ValueError("alphas must be a non-empty sequence of penalties >= 0; got []")
-    for a in vals:
-        if not (np.isfinite(a) and a >= 0.0):
-            raise ValueError(f"alphas must be finite and >= 0; got {a!r} in {list(vals)!r}")
-    return vals
 
 
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:

@@ -47,20 +47,24 @@ import numpy as np
 import torch
 
 from pipeline.io import read_npz, write_npz
+from pipeline.models.builtin.lqr import (
+    ALPHAS,
+    BANDWIDTH,
+    RFF_FEATURES,
+    SOLVER,
+    VALIDATION_SIZE,
+)
 from pipeline.models.common import (
     as_batch,
-    check_alphas,
-    check_choice,
-    check_positive_int,
-    check_quantiles,
     crossing_rate_batch,
     rearrange_quantiles,
     torch_single_thread,
 )
 from pipeline.models.quantile_kernel import kernel_pinball, solve_kernel_qr
 from pipeline.models.rff import lqr_features, median_bandwidth, rff_weights
+from pipeline.models.rules import Rule, check_quantiles
 
-SOLVERS = ("huberized", "exact")
+MEDIAN = Rule(lambda v: v == "median", "'median' (the median heuristic) or a positive number")
 HUBER_EPS = 1e-3  # smoothing threshold, in units of the standardized target
 MIN_LAM = 1e-8  # alpha = 0 is solved as this tiny ridge (the dual needs lam > 0)
 
@@ -84,17 +88,14 @@ def check_lqr_params(
     rff_bandwidth: str | float,
     validation_size: int,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Validate LQR parameters (ValueError naming the parameter); returns (quantiles, alphas)."""
-    qs, al = check_quantiles(quantiles), check_alphas(alphas)
-    check_choice("solver", solver, SOLVERS)
-    check_positive_int("rff_features", rff_features, minimum=0)
-    check_positive_int("validation_size", validation_size, minimum=1)
-    if isinstance(rff_bandwidth, str):
-        check_choice("rff_bandwidth", rff_bandwidth, ("median",))
-    elif isinstance(rff_bandwidth, bool) or not (
-        isinstance(rff_bandwidth, int | float) and np.isfinite(rff_bandwidth) and rff_bandwidth > 0
-    ):
-        raise ValueError(f"rff_bandwidth must be 'median' or a float > 0; got {rff_bandwidth!r}")
+    """Validate LQR parameters with the Rules the config declares (pipeline.models.builtin.lqr);
+    a ConfigError (a ValueError) names the parameter; returns (quantiles, alphas)."""
+    qs = check_quantiles(quantiles)
+    al = tuple(float(a) for a in ALPHAS.check("alphas", list(alphas)))
+    SOLVER.check("solver", solver)
+    RFF_FEATURES.check("rff_features", rff_features)
+    VALIDATION_SIZE.check("validation_size", validation_size)
+    (MEDIAN if isinstance(rff_bandwidth, str) else BANDWIDTH).check("rff_bandwidth", rff_bandwidth)
     return qs, al
 
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.models.common import as_batch, check_quantiles, chol_solve, torch_single_thread
+from pipeline.models.common import as_batch, chol_solve, torch_single_thread
+from pipeline.models.rules import check_quantiles
 
 _STEP = 0.99995  # fraction of the way to the boundary (Portnoy & Koenker's choice)
 LEVELS = (1e-5,)  # loose duality gaps at which vertices are tried (one level measured fastest)

@@ -21,7 +21,7 @@ import psutil
 
 from pipeline.config import StudyConfig
 from pipeline.io import read_json
-from pipeline.runtime.adapters import get_adapter
+from pipeline.models.registry import adapter_for
 from pipeline.runtime.tasks import FitGroup, batched_fits_per_task, choose_fits_per_task
 
 PROBE_FILE = "probe.json"
@@ -164,7 +164,7 @@ def default_plan(config: StudyConfig, groups: dict[str, list[FitGroup]]) -> Plan
         fpt = choose_fits_per_task(
             DEFAULT_SECONDS_PER_FIT, config.runtime.task_seconds, n_fits, n_workers
         )
-        fpt = batched_fits_per_task(fpt, n_fits, n_workers, get_adapter(m).batch_fits)
+        fpt = batched_fits_per_task(fpt, n_fits, n_workers, adapter_for(config, m).batch_fits)
         models[m] = ModelPlan(n_fits, fpt, n_tasks(gs, fpt))
     return Plan(n_workers=n_workers, memory_limit_mb=limit, models=models, ram_budget_mb=budget)
 

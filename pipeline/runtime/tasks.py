@@ -292,9 +292,14 @@ def task_payload(
     quantiles: Sequence[float],
     seed: int,
     cache_dir: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Plain data a worker needs for one task (arrays sliced to the task's fits)."""
+    """Plain data a worker needs for one task (arrays sliced to the task's fits).
+
+    `extra`: the adapter's own payload entries (a user model's import path and contract).
+    """
     return {
+        **dict(extra or {}),
         "model": group.model,
         "horizon": int(group.horizon),
         "horizons": [int(h) for h in group.horizons],
@@ -344,7 +349,7 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).
 
-    `config` is a StudyConfig and `adapter` a pipeline.runtime.adapters.Adapter (duck-typed here so
+    `config` is a StudyConfig and `adapter` a pipeline.models.spec.Adapter (duck-typed here so
     this module stays free of model imports).
     """
     from pipeline.data.windows import origins as window_origins

@@ -14,11 +14,12 @@ import pandas as pd
 
 from pipeline.config import StudyConfig
 from pipeline.io import read_npz
-from pipeline.runtime.adapters import cache_path, get_adapter, run_task
+from pipeline.models.registry import adapter_for
 from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
 from pipeline.runtime.progress import ProgressStore
 from pipeline.runtime.tasks import FitGroup, Task, forecast_table, make_tasks, task_payload
+from pipeline.runtime.worker import cache_path, run_task
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
     from pipeline.runtime.cluster import SharedCluster
@@ -129,10 +130,11 @@ class RunState:
             self.config,
             n_todo,
             n_workers,
-            get_adapter(self.model).batch_fits,
+            adapter_for(self.config, self.model).batch_fits,
         )
         queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
-        params = get_adapter(self.model).params(self.config)
+        adapter = adapter_for(self.config, self.model)
+        params = adapter.params(self.config)
         cache_dir = str(self.config.model_cache_dir.resolve())
         log.info(
             "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
@@ -169,6 +171,7 @@ class RunState:
                         quantiles=self.config.data.quantiles,
                         seed=self.config.seed,
                         cache_dir=cache_dir,
+                        extra=adapter.payload,
                     )
                     tasks[task.task_id] = task
                     stream.submit(task.task_id, payload)

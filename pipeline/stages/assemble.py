@@ -266,7 +266,7 @@ def _check_name(column: str, value: Any) -> None:
 
 def _write_plot_data(pdir: Path, tables: dict[str, pd.DataFrame], models: list[str]) -> list[Path]:
     """Wide CSVs (one column per model, empty for a model without scores) that `dvc plots`
-    can draw without a custom template."""
+    can draw without a custom template; `models` is every model of the config."""
     pinball = tables["pinball"]
     pooled = pinball.assign(W=pinball["PINBALL"] * pinball["N"])
     pooled = pooled.loc[pooled["PERIOD"] == "all"].groupby(["HORIZON", "MODEL"])[["W", "N"]].sum()
@@ -275,9 +275,11 @@ def _write_plot_data(pdir: Path, tables: dict[str, pd.DataFrame], models: list[s
     cov = cov.loc[cov["PERIOD"] == "all"].assign(HIT=cov["COVERAGE"] * cov["N"])
     cov = cov.groupby(["QUANTILE", "MODEL"])[["HIT", "N"]].sum()
     by_q = (cov["HIT"] / cov["N"]).unstack("MODEL").reindex(columns=models).reset_index()
-    by_q.insert(1, "nominal", by_q["QUANTILE"])
-    paths = [pdir / "pinball_by_horizon.csv", pdir / "coverage.csv"]
-    for path, table in zip(paths, (by_h, by_q), strict=True):
+    # the nominal line in a file of its own: dvc.yaml draws coverage.csv's columns from the
+    # config's model list (${model_names}) and this file's `nominal` beside them
+    nominal = by_q[["QUANTILE"]].assign(nominal=by_q["QUANTILE"])
+    paths = [pdir / "pinball_by_horizon.csv", pdir / "coverage.csv", pdir / "coverage_nominal.csv"]
+    for path, table in zip(paths, (by_h, by_q, nominal), strict=True):
         table.columns = [str(c) for c in table.columns]
         write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     return paths

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from pipeline.config import StudyConfig
-from pipeline.runtime.adapters import get_adapter
+from pipeline.models.registry import adapter_for
 from pipeline.runtime.plan import Plan, resolve_plan, task_size
 from pipeline.runtime.tasks import build_groups
 
@@ -25,7 +25,7 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
 
     panel = load_panel(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())
-    groups = {m: build_groups(panel, config, get_adapter(m)) for m in names}
+    groups = {m: build_groups(panel, config, adapter_for(config, m)) for m in names}
     plan = resolve_plan(config, groups, plan)
     rt = config.runtime
     n_workers = rt.max_workers or plan.n_workers
@@ -56,7 +56,7 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
         todo = n_fits - done
         mp = plan.models.get(m)
         spf = mp.seconds_per_fit if mp is not None and mp.seconds_per_fit else None
-        fpt = task_size(mp, config, max(todo, 1), n_workers, get_adapter(m).batch_fits)
+        fpt = task_size(mp, config, max(todo, 1), n_workers, adapter_for(config, m).batch_fits)
         tasks = sum(math.ceil(int((~c).sum()) / fpt) for c in cached)
         eta = todo * spf / n_workers if spf else None
         total_eta += eta or 0.0

@@ -36,10 +36,14 @@ class PrepareResult:
 
 
 def needed_lags(config: StudyConfig) -> list[int]:
-    """Every lag any enabled model reads: data.lags plus 0..p-1 for ar_qr."""
+    """Every lag any enabled model reads: 0, data.lags, and each model's own (ar_qr: 0..p-1)."""
+    from pipeline.models.registry import adapter_for
+
     lags = {0, *config.data.lags}
-    if config.models.ar_qr.enabled:
-        lags |= set(range(config.models.ar_qr.p))
+    for name in config.models.enabled():
+        adapter = adapter_for(config, name)
+        if adapter.lags is not None:
+            lags |= {int(lag) for lag in adapter.lags(config)}
     return sorted(lags)
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from pipeline.config import StudyConfig
 from pipeline.io import write_json
-from pipeline.runtime.adapters import get_adapter
+from pipeline.models.registry import adapter_for
 from pipeline.runtime.plan import (
     MEASUREMENTS_FILE,
     PROBE_FILE,
@@ -64,7 +64,7 @@ log = logging.getLogger("pipeline.probe")
 
 CALIBRATION_FITS = 4
 # what a worker process has imported once it ran a task (the probe child mirrors it)
-WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.adapters")
+WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.worker")
 
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
@@ -77,7 +77,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     log.info("probe: worker baseline %.0f MiB", baseline)
     results: dict[str, tuple[int, dict[str, Any], list[FitGroup]]] = {}
     for name in names:
-        adapter = get_adapter(name)
+        adapter = adapter_for(config, name)
         groups = build_groups(panel, config, adapter)
         n_fits = sum(len(g) for g in groups)
         if n_fits == 0:
@@ -102,7 +102,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
                 meas["seconds_per_fit"], config.runtime.task_seconds, n_fits, n_workers
             )
         )
-        fpt = batched_fits_per_task(fpt, n_fits, n_workers, get_adapter(name).batch_fits)
+        fpt = batched_fits_per_task(fpt, n_fits, n_workers, adapter_for(config, name).batch_fits)
         plans[name] = ModelPlan(
             n_fits, fpt, n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"]
         )
@@ -115,7 +115,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
 
 def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[str, Any]:
     """Run a calibration batch and a task-sized batch of the largest group in a child process."""
-    adapter = get_adapter(name)
+    adapter = adapter_for(config, name)
     params = adapter.params(config)
     scale = 1.0
     if adapter.probe_params is not None:
@@ -129,6 +129,7 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
             quantiles=config.data.quantiles,
             seed=config.seed,
             cache_dir=str(Path(tmp) / "cache"),
+            extra=adapter.payload,
         )
         payload_path = Path(tmp) / "payload.npz"
         _save_payload(payload_path, payload)
@@ -204,7 +205,7 @@ def _child(argv: list[str]) -> None:
     out_path = argv[argv.index("--out") + 1]
     result: dict[str, Any] = {}
     if "--task" in argv:
-        from pipeline.runtime.adapters import run_task
+        from pipeline.runtime.worker import run_task
 
         payload = _load_payload(argv[argv.index("--task") + 1])
         task_seconds = float(argv[argv.index("--task-seconds") + 1])

@@ -6,7 +6,7 @@ import pandas as pd
 
 from pipeline.config import StudyConfig
 from pipeline.data.windows import month_start
-from pipeline.runtime.adapters import get_adapter
+from pipeline.models.registry import adapter_for
 from pipeline.runtime.tasks import build_groups
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
@@ -22,7 +22,7 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
     panel = load_panel(config.output_dir) if panel is None else panel
     rows = []
     for model in config.models.enabled():
-        for group in build_groups(panel, config, get_adapter(model)):
+        for group in build_groups(panel, config, adapter_for(config, model)):
             for i in range(len(group)):
                 origin = month_start(int(group.origin[i]))
                 for country in group.countries[i][group.rows[i]]:

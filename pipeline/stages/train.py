@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.config import StudyConfig
 from pipeline.data.windows import month_start
 from pipeline.io import write_parquet
-from pipeline.runtime.adapters import cache_path, get_adapter
+from pipeline.models.registry import adapter_for
 from pipeline.runtime.logs import RunLog, new_run_id
 from pipeline.runtime.plan import Plan, resolve_plan
 from pipeline.runtime.progress import ProgressStore, db_path
@@ -37,6 +37,7 @@ from pipeline.runtime.tasks import (
     build_groups,
 )
 from pipeline.runtime.train_loop import RunState
+from pipeline.runtime.worker import cache_path
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
     from pipeline.runtime.cluster import SharedCluster
@@ -92,7 +93,7 @@ def run_train(
     from pipeline.stages.prepare import load_panel
 
     t0 = time.perf_counter()
-    adapter = get_adapter(model)
+    adapter = adapter_for(config, model)
     run_id = new_run_id(f"train-{model}")
     out = config.output_dir
     with RunLog(out, run_id) as run_log, ProgressStore(db_path(out)) as store:

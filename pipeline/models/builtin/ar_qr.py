@@ -1,0 +1,57 @@
+"""`ar_qr`: direct autoregressive quantile regression, y_{t+h} on 1, y_t, ..., y_{t-p+1}.
+
+The kernel is pipeline.models.ar_qr (exact LP fit, batched over windows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.models.rules import declared, integer_rule
+from pipeline.models.spec import Adapter
+from pipeline.schema import lag_column
+
+if TYPE_CHECKING:
+    from pipeline.config import StudyConfig
+
+
+# declared once: checked on the config and by the kernel (pipeline.models.ar_qr.ARQR)
+P = integer_rule(1, "an integer autoregressive order p >= 1")
+
+
+@dataclass(frozen=True)
+class ArQrConfig:
+    enabled: bool
+    p: int = field(metadata=declared(P))
+
+
+def _params(config: StudyConfig) -> dict[str, Any]:
+    return {"p": config.models.ar_qr.p}
+
+
+def _fit(payload: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.models.ar_qr import fit_predict_ar_qr_batch
+
+    d = payload["data"]
+    pred, crossing, coef = fit_predict_ar_qr_batch(
+        d["X"], d["y"], d["X_new"], payload["quantiles"], w=d["w"]
+    )
+    return {"pred": np.asarray(pred)[:, :, None, :], "state": {"coef": coef, "crossing": crossing}}
+
+
+CONFIG = ArQrConfig
+ADAPTER = Adapter(
+    name="ar_qr",
+    version=1,
+    pooled=False,
+    params=_params,
+    features=lambda c: [lag_column("y", lag) for lag in range(c.models.ar_qr.p)],
+    min_rows=lambda c: c.models.ar_qr.p + 2,
+    fit_batch=_fit,
+    lags=lambda c: range(c.models.ar_qr.p),
+    config_type=ArQrConfig,
+    rank=0,
+)

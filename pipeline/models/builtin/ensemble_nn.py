@@ -1,0 +1,139 @@
+"""`ensemble_nn`: factor neural-network ensemble, a pooled MLP trunk + per-country AR term.
+
+The kernel is pipeline.models.ensemble_nn (members of many windows trained as one batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.models.rules import declared, integer_rule, number_rule, rule
+from pipeline.models.spec import Adapter, lag_features
+
+if TYPE_CHECKING:
+    from pipeline.config import StudyConfig
+
+
+# declared once: checked on the config and by the kernel (pipeline.models._nn_data)
+UNITS = integer_rule(1, "an integer width >= 1", each=True, non_empty=True)
+LEARNING_RATE = number_rule(lambda v: v > 0, "a finite learning rate > 0")
+EPOCHS = integer_rule(1, "an integer >= 1 (epochs)")
+BATCH_SIZE = integer_rule(1, "an integer batch size >= 1")
+PATIENCE = integer_rule(1, "an integer patience >= 1 epoch")
+PARALLEL_MODELS = integer_rule(1, "an integer >= 1 (ensemble members)")
+
+
+@dataclass(frozen=True)
+class EnsembleNNConfig:
+    enabled: bool
+    units_per_layer: tuple[int, ...] = field(metadata=declared(UNITS))
+    learning_rate: float = field(metadata=declared(LEARNING_RATE))
+    epochs: int = field(metadata=declared(EPOCHS))
+    batch_size: int = field(metadata=declared(BATCH_SIZE))
+    patience: int = field(metadata=declared(PATIENCE))
+    parallel_models: int = field(metadata=declared(PARALLEL_MODELS))
+    device: str = field(
+        metadata=rule(
+            lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "'auto', 'cpu' or 'cuda[:N]'"
+        )
+    )
+
+
+def _params(config: StudyConfig) -> dict[str, Any]:
+    m = config.models.ensemble_nn
+    return {
+        "units_per_layer": list(m.units_per_layer),
+        "learning_rate": m.learning_rate,
+        "epochs": m.epochs,
+        "batch_size": m.batch_size,
+        "patience": m.patience,
+        "parallel_models": m.parallel_models,
+        "scale": config.data.scale,
+        "lags": list(config.data.lags),
+    }
+
+
+def _fit(payload: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.models.ensemble_nn import WindowData, fit_predict_ensemble_windows
+
+    d, p = payload["data"], payload["params"]
+    rows = np.asarray(payload["rows"], dtype=bool)
+    B, C = rows.shape
+    H, Q = len(payload["horizons"]), len(payload["quantiles"])
+    windows, new_rows = [], []
+    for b in range(B):
+        ci, ti = np.nonzero(d["w"][b] > 0)  # complete rows of every country, in time order
+        new = np.nonzero(rows[b])[0]
+        new_rows.append(new)
+        windows.append(
+            WindowData(
+                X=d["X"][b][ci, ti],
+                y=d["y"][b][ci, ti],
+                country=ci,
+                X_new=d["X_new"][b][new],
+                country_new=new,
+                time=ti,
+            )
+        )
+    results = fit_predict_ensemble_windows(
+        windows,
+        units_per_layer=p["units_per_layer"],
+        learning_rate=p["learning_rate"],
+        epochs=p["epochs"],
+        batch_size=p["batch_size"],
+        patience=p["patience"],
+        parallel_models=p["parallel_models"],
+        quantiles=payload["quantiles"],
+        seed=payload["seed"],
+        device=p.get("device", "auto"),
+        scale=p["scale"],
+    )
+    pred = np.full((B, C, H, Q), np.nan)
+    states = []
+    for b, res in enumerate(results):
+        pred[b, new_rows[b]] = np.asarray(res.pred).reshape(len(new_rows[b]), H, Q)
+        states.append({**res.state, "epochs": res.epochs})
+    return {"pred": pred, "states": states}
+
+
+# Origins one ensemble_nn task trains as one batched network. Members of a window stop at
+# different epochs; batching windows fills the steps where few members are still training.
+# CPU s per window at seed settings (benchmarks/README.md "ensemble_nn"): 16.6 (G = 1),
+# 6.7 (4), 5.7 (8), 4.0 (18), 3.1 (36); 36 = the seed's 72 origins over 2 workers.
+ENSEMBLE_BATCH_FITS = 36
+PROBE_EPOCHS = 3
+# Early stopping: a batch's cost tracks its member-epochs (stopped members leave the batch), so
+# the probe's all-members epochs are scaled to the mean epochs a member runs, in units of
+# `patience`: 2.9 x patience on the seed (member epochs median 122, mean 145, max 875 with
+# patience 50 and 1500 allowed; seed run of issue 8), not `epochs`, which overestimated ~10x.
+EARLY_STOP_PATIENCES = 3.0
+
+
+def _probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Probe with PROBE_EPOCHS epochs (no early stop) and scale the time per fit to the
+    epochs a member really runs with early stopping (EARLY_STOP_PATIENCES x patience, at most
+    `epochs`)."""
+    epochs = min(int(params["epochs"]), PROBE_EPOCHS)
+    expected = min(float(params["epochs"]), EARLY_STOP_PATIENCES * float(params["patience"]))
+    return {**params, "epochs": epochs}, max(expected, epochs) / epochs
+
+
+CONFIG = EnsembleNNConfig
+# `device` is not a key parameter and (as before this module existed) not passed to the
+# kernel, which picks CUDA when present ("auto"); see docs/MODELS.md.
+ADAPTER = Adapter(
+    name="ensemble_nn",
+    version=1,
+    pooled=True,
+    params=_params,
+    features=lambda c: lag_features(c, [0, *c.data.lags]),
+    min_rows=lambda c: 12,
+    fit_batch=_fit,
+    probe_params=_probe,
+    batch_fits=ENSEMBLE_BATCH_FITS,
+    config_type=EnsembleNNConfig,
+    rank=2,
+)

@@ -1,0 +1,93 @@
+"""`lqr`: penalized linear quantile regression on lagged features + random Fourier features.
+
+The kernel is pipeline.models.lqr (penalty chosen per window by time-ordered validation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from pipeline.models.rules import Rule, declared, integer_rule, number_rule, rule
+from pipeline.models.spec import Adapter, lag_features
+
+if TYPE_CHECKING:
+    from pipeline.config import StudyConfig
+
+
+# declared once: checked on the config and by the kernel (pipeline.models.lqr)
+SOLVERS = ("huberized", "exact")
+ALPHAS = number_rule(lambda a: a >= 0, "a penalty >= 0", each=True, non_empty=True)
+SOLVER = Rule(lambda v: v in SOLVERS, f"one of {list(SOLVERS)}")
+RFF_FEATURES = integer_rule(0, "an integer >= 0 (0 = linear)")
+BANDWIDTH = number_rule(lambda v: v > 0, "a positive number")
+VALIDATION_SIZE = integer_rule(1, "an integer >= 1 (months)")
+
+
+@dataclass(frozen=True)
+class LqrConfig:
+    enabled: bool
+    alphas: tuple[float, ...] = field(metadata=declared(ALPHAS))
+    solver: str = field(metadata=declared(SOLVER))
+    rff_features: int = field(metadata=declared(RFF_FEATURES))
+    rff_bandwidth: float | Literal["auto"] = field(  # auto: the kernel's median heuristic
+        metadata=rule(lambda v: v == "auto" or BANDWIDTH.test(v), "'auto' or a positive number")
+    )
+    validation_size: int = field(metadata=declared(VALIDATION_SIZE))
+    penalize_first_lag: bool
+
+
+def _params(config: StudyConfig) -> dict[str, Any]:
+    m = config.models.lqr
+    return {
+        "alphas": [float(a) for a in m.alphas],
+        "solver": m.solver,
+        "rff_features": m.rff_features,
+        "rff_bandwidth": m.rff_bandwidth,
+        "validation_size": m.validation_size,
+        "penalize_first_lag": m.penalize_first_lag,
+        "lags": list(config.data.lags),
+    }
+
+
+def _fit(payload: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.models.lqr import fit_predict_lqr_batch
+
+    d, p = payload["data"], payload["params"]
+    res = fit_predict_lqr_batch(
+        d["X"],
+        d["y"],
+        d["X_new"],
+        quantiles=payload["quantiles"],
+        alphas=p["alphas"],
+        solver=p["solver"],
+        rff_features=p["rff_features"],
+        rff_bandwidth="median" if p["rff_bandwidth"] == "auto" else float(p["rff_bandwidth"]),
+        validation_size=p["validation_size"],
+        penalize_first_lag=p["penalize_first_lag"],
+        seed=payload["seed"],
+        w=d["w"],
+    )
+    state = {k: np.asarray(v) for k, v in res.state.items()}
+    state["crossing"] = np.asarray(res.crossing)
+    return {
+        "pred": np.asarray(res.pred)[:, :, None, :],
+        "alpha": np.asarray(res.alpha),
+        "state": state,
+    }
+
+
+CONFIG = LqrConfig
+ADAPTER = Adapter(
+    name="lqr",
+    version=1,
+    pooled=False,
+    params=_params,
+    features=lambda c: lag_features(c, [0, *c.data.lags]),
+    min_rows=lambda c: c.models.lqr.validation_size + 2,
+    fit_batch=_fit,
+    config_type=LqrConfig,
+    rank=1,
+)

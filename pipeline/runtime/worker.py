@@ -1,0 +1,159 @@
+"""The task function workers run (a plain top-level function of plain data).
+
+`run_task(payload)` is what a Dask worker (or the probe's child process) executes: it finds
+the model's adapter (pipeline.models.registry.task_adapter), times the batch, isolates
+failures by bisection (a fit that raises does not fail its neighbours), writes each
+successful fit's arrays and forecasts atomically to the model cache under its content key,
+and returns small plain results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import write_npz
+from pipeline.models.registry import task_adapter
+from pipeline.models.spec import Adapter
+
+log = logging.getLogger("pipeline.worker")
+
+
+def cache_path(cache_dir: str | Path, model: str, key: str) -> Path:
+    """Where the fit with content `key` lives in the model cache."""
+    return Path(cache_dir) / model / key[:2] / f"{key}.npz"
+
+
+def run_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fit a batch of fits, cache each success, return forecasts and failures (plain data).
+
+    Returns keys (fits that succeeded, in payload order), pred (k, C, H, Q), alpha (k, Q) (NaN
+    when the model has none), failed [{key, error_type, message, traceback}], started,
+    finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
+    """
+    started, t0 = time.time(), time.perf_counter()
+    adapter = task_adapter(payload)
+    n = len(payload["keys"])
+    done: list[tuple[np.ndarray, dict[str, Any]]] = []
+    failed: list[dict[str, Any]] = []
+    _solve(adapter, payload, np.arange(n), done, failed)
+    keys, preds, alphas = [], [], []
+    for idx, out in done:
+        for j, i in enumerate(idx):
+            if not out["ok"][j]:
+                continue
+            key = payload["keys"][i]
+            # state: stacked arrays (B, ...) or, for ragged models, one dict per fit ("states")
+            fit_state = (
+                out["states"][j]
+                if "states" in out
+                else {k: v[j] for k, v in out.get("state", {}).items()}
+            )
+            state = {f"state_{k}": np.asarray(v) for k, v in fit_state.items()}
+            alpha = (
+                np.asarray(out["alpha"][j])
+                if "alpha" in out
+                else np.full(len(payload["quantiles"]), np.nan)
+            )
+            write_npz(
+                cache_path(payload["cache_dir"], payload["model"], key),
+                {
+                    "pred": out["pred"][j],
+                    "alpha": alpha,
+                    "countries": np.asarray(payload["countries"][i], dtype=str),
+                    "rows": np.asarray(payload["rows"][i], dtype=bool),
+                    **state,
+                },
+            )
+            keys.append(key)
+            preds.append(out["pred"][j])
+            alphas.append(alpha)
+    order = np.argsort([payload["keys"].index(k) for k in keys], kind="stable")
+    C, H, Q = (
+        np.asarray(payload["countries"]).shape[1],
+        len(payload["horizons"]),
+        len(payload["quantiles"]),
+    )
+    return {
+        "keys": [keys[i] for i in order],
+        "pred": np.stack([preds[i] for i in order]) if keys else np.empty((0, C, H, Q)),
+        "alpha": np.stack([alphas[i] for i in order]) if keys else np.empty((0, Q)),
+        "failed": failed,
+        "started": started,
+        "finished": time.time(),
+        "seconds": time.perf_counter() - t0,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def _subset(payload: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    sub = dict(payload)
+    sub["keys"] = [payload["keys"][i] for i in idx]
+    sub["countries"] = payload["countries"][idx]
+    sub["rows"] = payload["rows"][idx]
+    sub["origins"] = payload["origins"][idx]
+    sub["data"] = {k: v[idx] for k, v in payload["data"].items()}
+    return sub
+
+
+def _solve(
+    adapter: Adapter,
+    payload: dict[str, Any],
+    idx: np.ndarray,
+    done: list[tuple[np.ndarray, dict[str, Any]]],
+    failed: list[dict[str, Any]],
+) -> None:
+    """One batched call; on an exception split the batch in halves until the bad fits are alone."""
+    try:
+        out = adapter.fit_batch(_subset(payload, idx))
+        pred = np.asarray(out["pred"], dtype=np.float64)
+        rows = payload["rows"][idx]
+        want = (len(idx), rows.shape[1], len(payload["horizons"]), len(payload["quantiles"]))
+        if pred.shape != want:
+            raise ValueError(
+                f"{adapter.name}: prediction shape {pred.shape} is not (B, C, H, Q) = {want}"
+            )
+    except Exception as exc:
+        error, trace = exc, traceback.format_exc()
+    else:
+        # fits in one batched call are independent: a non-finite forecast fails only its fit
+        finite = np.array(
+            [np.isfinite(pred[j][rows[j]]).all() for j in range(len(idx))], dtype=bool
+        )
+        done.append((idx, {**out, "pred": pred, "ok": finite}))
+        for j in np.nonzero(~finite)[0]:
+            key = payload["keys"][idx[j]]
+            message = f"{adapter.name}: non-finite forecast {pred[j][rows[j]].ravel().tolist()}"
+            log.warning(
+                "fit %s of %s failed: FloatingPointError: %s", key[:12], adapter.name, message
+            )
+            failed.append(
+                {
+                    "key": key,
+                    "error_type": "FloatingPointError",
+                    "message": message[:2000],
+                    "traceback": f"FloatingPointError: {message}",
+                }
+            )
+        return
+    # outside the except block, so a bisected failure's traceback is not chained to its parents'
+    if len(idx) > 1:
+        half = len(idx) // 2
+        _solve(adapter, payload, idx[:half], done, failed)
+        _solve(adapter, payload, idx[half:], done, failed)
+        return
+    key = payload["keys"][idx[0]]
+    error_type = "memory" if isinstance(error, MemoryError) else type(error).__name__
+    log.warning("fit %s of %s failed: %s: %s", key[:12], adapter.name, error_type, error)
+    failed.append(
+        {"key": key, "error_type": error_type, "message": str(error)[:2000], "traceback": trace}
+    )

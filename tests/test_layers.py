@@ -1,0 +1,88 @@
+"""The layering of docs/ARCHITECTURE.md holds: no import cycles, and the pure core imports no
+upper layer (module-level imports; function-level ones are deliberate lazy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_dvc_deps import ROOT, _imports, module_file
+
+PACKAGE = ROOT / "pipeline"
+
+
+def _module_names() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _module_level_graph() -> dict[str, set[str]]:
+    return {n: _imports(n, module_file(n), shallow=True) - {n} for n in _module_names()}
+
+
+def test_no_import_cycles_at_module_level():
+    graph = _module_level_graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_the_pure_core_imports_no_upper_layer():
+    allowed = {
+        "pipeline.models": ("pipeline.models", "pipeline.errors", "pipeline.schema", "pipeline.io"),
+        "pipeline.data": (
+            "pipeline.data",
+            "pipeline.config",
+            "pipeline.errors",
+            "pipeline.schema",
+            "pipeline.io",
+        ),
+    }
+    bad = []
+    for name, imports in _module_level_graph().items():
+        for layer, ok in allowed.items():
+            if name.startswith(layer + ".") or name == layer:
+                bad += [
+                    f"{name} -> {m}" for m in imports if not m.startswith(ok) and m != "pipeline"
+                ]
+    assert not bad, bad
+
+
+def test_only_the_cluster_module_imports_dask_distributed():
+    importers = [
+        str(p.relative_to(ROOT))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if any(
+            line.strip().startswith(
+                (
+                    "import distributed",
+                    "from distributed",
+                    "from dask.distributed",
+                    "import dask.distributed",
+                )
+            )
+            for line in p.read_text().splitlines()
+        )
+    ]
+    # check.py only asks whether the dashboard's bokeh import works; it starts nothing
+    assert importers == [
+        str(Path("pipeline/runtime/check.py")),
+        str(Path("pipeline/runtime/cluster.py")),
+    ]

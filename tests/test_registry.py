@@ -1,0 +1,96 @@
+"""The model registry is the one source of model names and per-model facts."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.config.compose import compose_config, compose_dict
+from pipeline.models import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_builtin_ships_its_conf_yaml_with_exactly_its_config_keys():
+    names = registry.builtin_names()
+    assert names == ("ar_qr", "lqr", "ensemble_nn")  # table order
+    assert sorted(p.name for p in (ROOT / "conf/models").iterdir() if p.is_dir()) == sorted(names)
+    for name, config_type in registry.builtin_config_types().items():
+        defaults = yaml.safe_load((ROOT / f"conf/models/{name}/default.yaml").read_text())
+        assert set(defaults) == {f.name for f in dataclasses.fields(config_type)}, name
+        # no second source of a default
+        assert all(
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            for f in dataclasses.fields(config_type)
+        ), name
+
+
+def test_conf_defaults_list_names_every_builtin():
+    # Hydra composes only what config.yaml's defaults list names: a module without its line
+    # would silently lack defaults, so this names the line to add
+    defaults = yaml.safe_load((ROOT / "conf/config.yaml").read_text())["defaults"]
+    listed = [next(iter(d)).split("/", 1)[1] for d in defaults
+              if isinstance(d, dict) and next(iter(d)).startswith("models/")]  # fmt: skip
+    missing = [f"- models/{n}: default" for n in registry.builtin_names() if n not in listed]
+    assert not missing, f"add to conf/config.yaml's defaults: {missing}"
+    assert listed == list(registry.builtin_names())
+
+
+def _name_lists(path: Path, names: set[str]) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.List | ast.Tuple | ast.Set | ast.Dict):
+            items = node.keys if isinstance(node, ast.Dict) else node.elts
+            consts = {i.value for i in items if isinstance(i, ast.Constant)}
+            if len(consts & names) >= 2:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_other_list_of_model_names_in_the_package_or_dvc_yaml():
+    names = set(registry.builtin_names())
+    found = {
+        str(p.relative_to(ROOT)): lines
+        for p in sorted((ROOT / "pipeline").rglob("*.py"))
+        if (lines := _name_lists(p, names))
+    }
+    assert not found, f"lists of model names outside the registry: {found}"
+    # dvc.yaml iterates over params.yaml's models; prepare's one params key on ar_qr's p (the
+    # lags its panel holds) is a dependency, not a list
+    dvc = (ROOT / "dvc.yaml").read_text()
+    code = "\n".join(line.split("#")[0] for line in dvc.splitlines())
+    assert [n for n in names if n in code] == ["ar_qr"]
+    assert {line.strip() for line in code.splitlines() if "ar_qr" in line} == {
+        "- models.ar_qr.enabled",
+        "- models.ar_qr.p",
+    }
+
+
+def test_models_config_reads_the_registry_and_user_entries():
+    config = compose_config(["+models.mine._target_=mypkg.mod.Model", "+models.mine.depth=3"])
+    assert config.models.names() == ("ar_qr", "lqr", "ensemble_nn", "mine")
+    assert config.model_names == ("ar_qr", "lqr", "ensemble_nn", "mine")
+    assert config.models.mine.params == {"depth": 3} and config.models.mine.version == 1
+    assert config.models.ar_qr.p == compose_dict([])["models"]["ar_qr"]["p"]
+    with pytest.raises(ConfigError, match=r"models\.mine\._target_"):
+        compose_config(["+models.mine._target_=nodots"])
+    with pytest.raises(ConfigError, match="model_names"):
+        compose_config(["model_names=[ar_qr]"])
+
+
+def test_a_range_is_declared_once_and_checked_on_config_and_kernel():
+    from pipeline.models.ar_qr import ARQR
+    from pipeline.models.builtin.ar_qr import P
+
+    with pytest.raises(ConfigError) as on_config:
+        compose_config(["models.ar_qr.p=0"])
+    with pytest.raises(ConfigError) as on_kernel:
+        ARQR(p=0, quantiles=(0.5,)).fit([[1.0]] * 5, [1.0] * 5)
+    assert on_config.value.allowed == on_kernel.value.allowed == P.allowed
+    assert on_config.value.key == "models.ar_qr.p" and on_kernel.value.key == "p"
