@@ -277,7 +277,8 @@ def _write_plot_data(pdir: Path, tables: dict[str, pd.DataFrame], models: list[s
     by_q = (cov["HIT"] / cov["N"]).unstack("MODEL").reindex(columns=models).reset_index()
     # the nominal line in a file of its own: dvc.yaml draws coverage.csv's columns from the
     # config's model list (${model_names}) and this file's `nominal` beside them
-    nominal = by_q[["QUANTILE"]].assign(nominal=by_q["QUANTILE"])
+    by_q.insert(1, "nominal", by_q["QUANTILE"])
+    nominal = by_q[["QUANTILE", "nominal"]]
     paths = [pdir / "pinball_by_horizon.csv", pdir / "coverage.csv", pdir / "coverage_nominal.csv"]
     for path, table in zip(paths, (by_h, by_q, nominal), strict=True):
         table.columns = [str(c) for c in table.columns]
