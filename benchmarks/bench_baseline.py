@@ -86,7 +86,6 @@ def payload(config, model: str, group, idx: np.ndarray) -> dict:
         params=adapter.params(config),
         quantiles=config.data.quantiles,
         seed=config.seed,
-        cache_dir="-",
     )
 
 

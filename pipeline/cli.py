@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
+from pipeline.runtime.run_lock import OutputDirBusy, RunLock, remove_temp_files
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, OutputDirBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -96,6 +97,12 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     config = load_params(Path(args.params))
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: outputs must be where dvc.yaml says
         _check_dvc_paths(config)
+    with RunLock(config.output_dir):  # one run per output dir (dvc stages, too)
+        remove_temp_files(config.output_dir)
+        return _run_stage(args, config)
+
+
+def _run_stage(args: argparse.Namespace, config: StudyConfig) -> int:
     if args.name == "prepare":
         from pipeline.stages.prepare import prepare
 

@@ -19,6 +19,15 @@ log = logging.getLogger("pipeline")
 
 def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     """Run every stage in-process for one validated config; stage wall times go to logs/."""
+    from pipeline.runtime.run_lock import RunLock, remove_temp_files
+
+    # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
+    with RunLock(config.output_dir):
+        remove_temp_files(config.output_dir)
+        return _run_locked(config, dry_run)
+
+
+def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.io import write_text
     from pipeline.runtime.cluster import SharedCluster
     from pipeline.runtime.timings import record_stage, timed_stage

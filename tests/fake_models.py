@@ -5,7 +5,8 @@ fake_quantile: per-country empirical quantiles of the window's targets (exact, b
 fake_fail:     the same, but raises for fits of the countries in FAKE_FAIL_COUNTRIES.
 fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin month index
                FAKE_HOG_ORIGIN when set) allocates FAKE_HOG_MB MiB
-               (touched page by page, slowly enough for the nanny's memory monitor to see it).
+               (touched page by page, slowly enough for the nanny's memory monitor to see it);
+               with FAKE_HOG_SIGKILL set, such a fit SIGKILLs its worker instead.
 slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP.
 FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run midway.
 """
@@ -13,6 +14,7 @@ FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -58,6 +60,8 @@ def _hog(payload: dict[str, Any]) -> dict[str, Any]:
         c in _env_set("FAKE_HOG_COUNTRIES") and (origin is None or int(o) == int(origin))
         for c, o in zip(_countries(payload), payload["origins"], strict=True)
     ]
+    if any(hog) and os.environ.get("FAKE_HOG_SIGKILL"):  # die without any memory event
+        os.kill(os.getpid(), signal.SIGKILL)
     if any(hog):
         chunks = []
         for _ in range(int(os.environ.get("FAKE_HOG_MB", "2048")) // 64):

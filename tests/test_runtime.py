@@ -10,6 +10,8 @@ import copy
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ import pytest
 from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 
 from pipeline.config import StudyConfig
+from pipeline.runtime.fit_cache import FitCache
 from pipeline.runtime.plan import ModelPlan, Plan, ProbeError, load_plan, size_cluster
 from pipeline.runtime.progress import db_path, read_table
 from pipeline.stages.dry_run import dry_run
@@ -155,7 +158,7 @@ def test_sigkill_then_resume_equals_uninterrupted(
     children = stop_tree(proc, signal.SIGKILL)
     proc.wait(timeout=30)
     reap(children)
-    before = len(list((config.model_cache_dir / "slow_ar_qr").rglob("*.npz")))
+    before = len(FitCache(config.model_cache_dir, "slow_ar_qr").keys())
     assert 20 <= before < 96, before  # stopped midway
     summary = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
     assert summary.loaded == before and summary.trained == 96 - before and summary.failed == 0
@@ -174,9 +177,15 @@ def test_sigkill_then_resume_equals_uninterrupted(
 
 
 @pytest.mark.slow
-def test_external_cluster_gives_identical_forecasts(
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="mount namespaces need root and util-linux unshare (CI runs as root)",
+)
+def test_workers_without_the_drivers_disk_give_identical_forecasts_and_a_full_cache(
     tmp_path: Path, reference: tuple[StudyConfig, pd.DataFrame]
 ) -> None:
+    """Two `dask worker`s, each in its own mount namespace with an empty tmpfs over the output
+    dir (a cloud cluster's view): the driver alone writes the cache, so a rerun trains nothing."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -188,6 +197,12 @@ def test_external_cluster_gives_identical_forecasts(
         "MKL_NUM_THREADS": "1",
     }
     dask = str(Path(sys.executable).with_name("dask"))
+    config = study(tmp_path / "out", scheduler_address=address)
+    out = shlex.quote(str(config.output_dir.resolve()))
+    worker = (
+        f'mount -t tmpfs tmpfs {out} && test -z "$(ls -A {out})" && exec {shlex.quote(dask)} '
+        f"worker {address} --nthreads 1 --memory-limit 2GiB --no-dashboard --host 127.0.0.1"
+    )
     scheduler = subprocess.Popen(
         [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         env=env,
@@ -197,18 +212,7 @@ def test_external_cluster_gives_identical_forecasts(
     )
     workers = [
         subprocess.Popen(
-            [
-                dask,
-                "worker",
-                address,
-                "--nthreads",
-                "1",
-                "--memory-limit",
-                "2GiB",
-                "--no-dashboard",
-                "--host",
-                "127.0.0.1",
-            ],
+            ["unshare", "-m", "--propagation", "private", "bash", "-c", worker],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -217,10 +221,20 @@ def test_external_cluster_gives_identical_forecasts(
         for _ in range(2)
     ]
     try:
-        config = study(tmp_path / "out", scheduler_address=address)
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:  # both workers up before the run
+            client.wait_for_workers(2, timeout=60)
         summary = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
-        assert summary.trained == 96 and summary.n_workers >= 1
+        assert summary.trained == 96 and summary.n_workers == 2
+        assert all(w.poll() is None for w in workers)  # both still up: none fell back
         pd.testing.assert_frame_equal(pd.read_parquet(summary.path), reference[1])
+        cache = FitCache(config.model_cache_dir, "slow_ar_qr")
+        report = cache.verify()
+        assert len(report.entries) == 96 and not report.damaged_keys
+        again = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
+        assert again.trained == 0 and again.loaded == 96 and again.n_workers == 0
+        pd.testing.assert_frame_equal(pd.read_parquet(again.path), reference[1])
     finally:
         for proc in [*workers, scheduler]:
             proc.terminate()
@@ -282,6 +296,25 @@ def test_a_task_past_the_memory_limit_fails_as_memory_and_the_rest_finish(
     assert (failed["error_type"] == "memory").all()
     assert (table.loc[table["status"] != "failed", "status"] == "done").all()
     assert "memory" in Path(summary.log_path).read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_lost_without_a_memory_event_is_labelled_worker_lost(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_HOG_COUNTRIES", "C03")
+    monkeypatch.setenv("FAKE_HOG_ORIGIN", str(2018 * 12))
+    monkeypatch.setenv("FAKE_HOG_SIGKILL", "1")
+    d = copy.deepcopy(SMALL_STUDY)
+    d["data"]["horizons"] = [1]
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "retries": 0})
+    config = make_config(d)
+    prepare(config, ROOT)
+    summary = run_train(config, "fake_hog", plan_for("fake_hog", 2))
+    assert summary.failed == 1 and summary.trained == summary.fits - 1
+    table = read_table(db_path(config.output_dir), "progress")
+    failed = table[table["status"] == "failed"]
+    assert set(failed["country"]) == {"C03"} and (failed["error_type"] == "worker-lost").all()
 
 
 @pytest.mark.slow

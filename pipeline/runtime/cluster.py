@@ -7,12 +7,14 @@ path. BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-
 environment, set before any worker process starts; Dask's default MALLOC_TRIM_THRESHOLD_ is
 dropped from it (see `worker_environ`). `TaskStream` submits a bounded number of
 tasks at a time and yields results as they complete, turning a worker lost to its memory
-limit (`KilledWorker` after `allowed-failures` restarts) into a plain "memory" failure.
+limit (`KilledWorker` after `allowed-failures` restarts) into a plain "memory" failure (or
+"worker-lost" when no nanny reported a memory kill).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import traceback
 from collections.abc import Callable, Iterator
@@ -152,17 +154,46 @@ def _dashboard_link(client: Client) -> str | None:
     return link or None
 
 
+class _MemoryEvents(logging.Handler):
+    """Addresses of workers a nanny of this process restarted for memory (LocalCluster's
+    nannies run in the driver; a remote cluster's do not, so its losses read `worker-lost`)."""
+
+    _ADDRESS = re.compile(r"Worker (\S+) \(pid=\d+\) exceeded")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.addresses: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._ADDRESS.search(record.getMessage())
+        if match:
+            self.addresses.add(match.group(1))
+
+
+def lost_worker_label(exc: KilledWorker, memory_events: set[str]) -> str:
+    """'memory' when the lost worker's nanny killed it for memory, else 'worker-lost'."""
+    last = exc.last_worker
+    address = getattr(last, "address", None) or str(last)
+    return "memory" if any(a in address for a in memory_events) else "worker-lost"
+
+
 class TaskStream:
     """Bounded submission + completion order. Yields (name, result, error) per finished task.
 
     `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
-    "memory" when the task's worker was killed (nanny memory limit) too often.
+    "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
+    when its worker died otherwise (SIGKILL, segfault, a node lost).
     """
 
     def __init__(self, client: Client, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.client, self.fn = client, fn
         self.pending = as_completed()
         self.in_flight = 0
+        self._memory = _MemoryEvents()
+        logging.getLogger("distributed.nanny.memory").addHandler(self._memory)
+
+    def close(self) -> None:
+        logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
 
     def submit(self, name: str, payload: dict[str, Any]) -> None:
         future = self.client.submit(self.fn, payload, key=name, pure=False, retries=0)
@@ -176,12 +207,14 @@ class TaskStream:
             try:
                 result = future.result()
             except KilledWorker as exc:
+                label = lost_worker_label(exc, self._memory.addresses)
                 yield (
                     name,
                     None,
                     {
-                        "error_type": "memory",
-                        "message": f"worker killed while running the task: {exc}",
+                        "error_type": label,
+                        "message": f"worker {'killed for memory' if label == 'memory' else 'lost'} "
+                        f"while running the task: {exc}",
                         "traceback": traceback.format_exc(),
                     },
                 )

@@ -20,6 +20,7 @@ from rich.text import Text
 from pipeline.runtime.progress import STATUSES, db_path, pid_alive
 
 EXIT_NO_RUN = 1
+EXIT_UNREADABLE = 2
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,11 @@ def monitor(
 ) -> int:
     """Print the run's state once, or refresh it live with --watch until Ctrl-C."""
     console = console or Console()
-    snapshot = read_snapshot(output_dir)
+    try:
+        snapshot = read_snapshot(output_dir)
+    except sqlite3.DatabaseError as error:
+        console.print(_unreadable(output_dir, error))
+        return EXIT_UNREADABLE
     if snapshot is None:
         console.print(
             f"no run found in {output_dir}: there is no {db_path(output_dir)}. "
@@ -165,10 +170,22 @@ def monitor(
         with Live(render(snapshot), console=console, refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
-                snapshot = read_snapshot(output_dir) or snapshot
+                try:
+                    snapshot = read_snapshot(output_dir) or snapshot
+                except sqlite3.DatabaseError as error:
+                    console.print(_unreadable(output_dir, error))
+                    return EXIT_UNREADABLE
                 live.update(render(snapshot))
     except KeyboardInterrupt:
         return 0
+
+
+def _unreadable(output_dir: Path, error: Exception) -> str:
+    return (
+        f"the progress store {db_path(output_dir)} is unreadable ({error}). It is derived data: "
+        "the next `python -m pipeline run` (or `dvc repro`) on this output dir moves it to "
+        "progress/damaged/ and rebuilds it from the fit cache; no fit is lost."
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -11,17 +11,15 @@ n_workers = min(cores, max_workers, floor(budget / memory_limit)) >= 1.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from pipeline.config import StudyConfig
 from pipeline.io import read_json
 from pipeline.models.registry import adapter_for
+from pipeline.runtime.resources import available_memory_bytes, usable_cores
 from pipeline.runtime.tasks import FitGroup, batched_fits_per_task, choose_fits_per_task
 
 PROBE_FILE = "probe.json"
@@ -115,9 +113,7 @@ def load_plan(path: str | Path) -> Plan:
 
 def allowed_cores(config: StudyConfig) -> int:
     rt = config.runtime
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
+    cores = usable_cores()  # affinity, capped by a cgroup CPU quota
     if rt.max_cores != "auto":
         cores = min(cores, int(rt.max_cores))
     if rt.max_workers is not None:
@@ -129,7 +125,8 @@ def ram_budget_mb(config: StudyConfig) -> float:
     rt = config.runtime
     if rt.max_ram_gb != "auto":
         return float(rt.max_ram_gb) * 1024.0
-    return psutil.virtual_memory().available / 2**20 * rt.safety_ram_fraction
+    # the cgroup limit, not the host's RAM, bounds what a container's workers may take
+    return available_memory_bytes() / 2**20 * rt.safety_ram_fraction
 
 
 def size_cluster(config: StudyConfig, memory_limit_mb: int, budget_mb: float) -> int:

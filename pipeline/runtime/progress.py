@@ -30,6 +30,7 @@ table `runs`: run_id TEXT PK, model, pid, started, finished, state ('running' | 
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -41,6 +42,7 @@ import pandas as pd
 
 from pipeline.io import write_parquet
 
+log = logging.getLogger("pipeline.train")
 PROGRESS_DIR = Path("progress")
 DB_NAME = "progress.sqlite"
 STATUSES = ("pending", "training", "done", "failed")
@@ -80,11 +82,43 @@ class ProgressStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rebuilt_from: Path | None = None  # where an unreadable store was moved
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            # the store is derived data (the fit cache holds every result): start a new one
+            self.rebuilt_from = self._quarantine()
+            log.warning(
+                "progress store %s is unreadable (%s): moved to %s; rebuilding it from the fit "
+                "cache (earlier runs' history and tracebacks stay in the moved file)",
+                self.path,
+                error,
+                self.rebuilt_from,
+            )
+            self._open()
+
+    def _open(self) -> None:
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a committed transaction survives a process crash (not power loss)
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed transaction survives a process crash (not power loss)
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+            (check,) = self.conn.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+        except sqlite3.DatabaseError:
+            self.conn.close()
+            raise
+
+    def _quarantine(self) -> Path:
+        target = self.path.parent / "damaged" / f"{self.path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                os.replace(src, target.with_name(target.name + suffix))
+        return target
 
     def close(self) -> None:
         self.conn.close()
@@ -171,6 +205,14 @@ class ProgressStore:
         for key, country, h, q, f, a in cur:
             out.setdefault(key, []).append((country, h, q, f, a))
         return out
+
+    def done_counts(self, model: str) -> dict[str, int]:
+        """key -> number of its rows recorded done."""
+        cur = self.conn.execute(
+            "SELECT key, COUNT(*) FROM progress WHERE model = ? AND status = 'done' GROUP BY key",
+            (model,),
+        )
+        return dict(cur.fetchall())
 
     def attempts(self, model: str) -> dict[str, int]:
         """key -> attempts so far."""

@@ -291,7 +291,6 @@ def task_payload(
     params: Mapping[str, Any],
     quantiles: Sequence[float],
     seed: int,
-    cache_dir: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plain data a worker needs for one task (arrays sliced to the task's fits).
@@ -306,7 +305,6 @@ def task_payload(
         "params": dict(params),
         "quantiles": [float(q) for q in quantiles],
         "seed": int(seed),
-        "cache_dir": str(cache_dir),
         "keys": [str(k) for k in group.keys[index]],
         "countries": group.countries[index].astype(str),
         "rows": group.rows[index],

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import StudyConfig
-from pipeline.io import read_npz
 from pipeline.models.registry import adapter_for
+from pipeline.runtime.fit_cache import Entry, FitCache
 from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
 from pipeline.runtime.progress import ProgressStore
 from pipeline.runtime.tasks import FitGroup, Task, forecast_table, make_tasks, task_payload
-from pipeline.runtime.worker import cache_path, run_task
+from pipeline.runtime.worker import run_task
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
     from pipeline.runtime.cluster import SharedCluster
@@ -54,32 +54,21 @@ class RunState:
         self.trained = 0
         self.loaded = 0
         self.tries: dict[str, int] = {}
+        self.cache = FitCache(config.model_cache_dir, model)
 
     # --- cache ------------------------------------------------------------------------------
 
-    def load_cached(self, cached: list[np.ndarray]) -> None:
-        """Take forecasts of cached fits from the store (fast path) or the npz file."""
-        known = self.store.done_forecasts(self.model)
+    def load_cached(self, cached: list[np.ndarray], entries: dict[str, Entry]) -> None:
+        """Take forecasts of cached fits from their verified cache entries; record in the
+        store those it does not already hold as done (a new output dir, a rebuilt store)."""
+        known = self.store.done_counts(self.model)
         Q = len(self.config.data.quantiles)
-        qpos = {float(q): j for j, q in enumerate(self.config.data.quantiles)}
         newly: list[tuple[str, str, int, float, float, float | None]] = []
         for gi, g in enumerate(self.groups):
-            hpos = {int(h): j for j, h in enumerate(g.horizons)}
             for i in np.nonzero(cached[gi])[0]:
                 key = str(g.keys[i])
-                countries = g.countries[i]
-                rows = known.get(key)
-                if rows is not None and len(rows) == int(g.rows[i].sum()) * len(g.horizons) * Q:
-                    pred = np.full((len(countries), len(g.horizons), Q), np.nan)
-                    alpha = np.full(Q, np.nan)
-                    cpos = {str(c): j for j, c in enumerate(countries)}
-                    for country, h, q, f, a in rows:
-                        pred[cpos[country], hpos[int(h)], qpos[float(q)]] = f
-                        alpha[qpos[float(q)]] = np.nan if a is None else a
-                    self.pred[key] = (pred, alpha)
-                else:
-                    arrays = read_npz(cache_path(self.config.model_cache_dir, self.model, key))
-                    self.pred[key] = (arrays["pred"], arrays["alpha"])
+                self.pred[key] = (entries[key]["pred"], entries[key]["alpha"])
+                if known.get(key, 0) != int(g.rows[i].sum()) * len(g.horizons) * Q:
                     newly.extend(self._rows(key, *self.pred[key]))
                 self.loaded += 1
         if newly:
@@ -135,7 +124,6 @@ class RunState:
         queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
         adapter = adapter_for(self.config, self.model)
         params = adapter.params(self.config)
-        cache_dir = str(self.config.model_cache_dir.resolve())
         log.info(
             "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
             self.model,
@@ -170,7 +158,6 @@ class RunState:
                         params=params,
                         quantiles=self.config.data.quantiles,
                         seed=self.config.seed,
-                        cache_dir=cache_dir,
                         extra=adapter.payload,
                     )
                     tasks[task.task_id] = task
@@ -191,11 +178,11 @@ class RunState:
                             error["message"],
                         )
                         failures = [{"key": k, **error} for k in keys]
-                        self._failed(
-                            failures, None, task, queue, split=error["error_type"] == "memory"
-                        )
+                        # a lost worker took the whole task down: find the culprit in halves
+                        lost = error["error_type"] in ("memory", "worker-lost")
+                        self._failed(failures, None, task, queue, split=lost)
                     else:
-                        self._done(result)
+                        self._done(result, task)
                         if result["failed"]:
                             self._failed(result["failed"], result, task, queue, split=False)
                     bar.update(
@@ -205,12 +192,29 @@ class RunState:
             except BaseException:
                 stream.cancel()
                 raise
+            finally:
+                stream.close()
         return handle.dashboard, handle.n_workers
 
     def failed_now(self) -> list[str]:
         return [k for k in self.failed if k not in self.pred]
 
-    def _done(self, result: dict[str, Any]) -> None:
+    def _done(self, result: dict[str, Any], task: Task) -> None:
+        """Write the task's fits as one cache shard (the driver is the only writer), then
+        record them in the progress store: a kill between the two leaves a cached fit that
+        the next run loads, never a store row without its cache entry."""
+        g = self.groups[task.group]
+        entries: dict[str, Entry] = {}
+        for j, key in enumerate(result["keys"]):
+            _, i = self.where[key]
+            entries[key] = {
+                "pred": np.asarray(result["pred"][j]),
+                "alpha": np.asarray(result["alpha"][j]),
+                "countries": np.asarray(g.countries[i], dtype=str),
+                "rows": np.asarray(g.rows[i], dtype=bool),
+                **result["states"][j],
+            }
+        self.cache.write_shard(entries, f"{self.run_id}-{task.task_id}")
         rows = []
         for j, key in enumerate(result["keys"]):
             self.pred[key] = (result["pred"][j], result["alpha"][j])
@@ -241,7 +245,7 @@ class RunState:
                     Task(task.model, task.horizon, task.group, part, f"{task.task_id}-s{n}")
                 )
             log.info(
-                "task %s lost for memory: retrying its %d fits in halves",
+                "task %s lost with its worker: retrying its %d fits in halves",
                 task.task_id,
                 task.index.size,
             )

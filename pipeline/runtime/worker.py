@@ -2,9 +2,9 @@
 
 `run_task(payload)` is what a Dask worker (or the probe's child process) executes: it finds
 the model's adapter (pipeline.models.registry.task_adapter), times the batch, isolates
-failures by bisection (a fit that raises does not fail its neighbours), writes each
-successful fit's arrays and forecasts atomically to the model cache under its content key,
-and returns small plain results.
+failures by bisection (a fit that raises does not fail its neighbours) and returns forecasts
+and fitted state as plain arrays; the driver writes them to the fit cache
+(pipeline/runtime/fit_cache.py).
 """
 
 from __future__ import annotations
@@ -15,28 +15,22 @@ import resource
 import socket
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.io import write_npz
 from pipeline.models.registry import task_adapter
 from pipeline.models.spec import Adapter
 
 log = logging.getLogger("pipeline.worker")
 
 
-def cache_path(cache_dir: str | Path, model: str, key: str) -> Path:
-    """Where the fit with content `key` lives in the model cache."""
-    return Path(cache_dir) / model / key[:2] / f"{key}.npz"
-
-
 def run_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """Fit a batch of fits, cache each success, return forecasts and failures (plain data).
+    """Fit a batch of fits; return forecasts, fitted state and failures (plain data only: the
+    driver writes the cache, so a worker needs no view of the driver's disk).
 
     Returns keys (fits that succeeded, in payload order), pred (k, C, H, Q), alpha (k, Q) (NaN
-    when the model has none), failed [{key, error_type, message, traceback}], started,
+    when the model has none), states (k dicts of `state_*` arrays), failed [{key, error_type, message, traceback}], started,
     finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
     """
     started, t0 = time.time(), time.perf_counter()
@@ -45,7 +39,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     done: list[tuple[np.ndarray, dict[str, Any]]] = []
     failed: list[dict[str, Any]] = []
     _solve(adapter, payload, np.arange(n), done, failed)
-    keys, preds, alphas = [], [], []
+    keys, preds, alphas, states = [], [], [], []
     for idx, out in done:
         for j, i in enumerate(idx):
             if not out["ok"][j]:
@@ -63,16 +57,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
                 if "alpha" in out
                 else np.full(len(payload["quantiles"]), np.nan)
             )
-            write_npz(
-                cache_path(payload["cache_dir"], payload["model"], key),
-                {
-                    "pred": out["pred"][j],
-                    "alpha": alpha,
-                    "countries": np.asarray(payload["countries"][i], dtype=str),
-                    "rows": np.asarray(payload["rows"][i], dtype=bool),
-                    **state,
-                },
-            )
+            states.append(state)
             keys.append(key)
             preds.append(out["pred"][j])
             alphas.append(alpha)
@@ -86,6 +71,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         "keys": [keys[i] for i in order],
         "pred": np.stack([preds[i] for i in order]) if keys else np.empty((0, C, H, Q)),
         "alpha": np.stack([alphas[i] for i in order]) if keys else np.empty((0, Q)),
+        "states": [states[i] for i in order],
         "failed": failed,
         "started": started,
         "finished": time.time(),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 
 import numpy as np
 
@@ -10,6 +12,8 @@ from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.plan import Plan, resolve_plan, task_size
 from pipeline.runtime.tasks import build_groups
+
+log = logging.getLogger("pipeline")
 
 
 def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | None = None) -> str:
@@ -32,8 +36,11 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
     failed_keys: set[str] = set()
     db = db_path(config.output_dir)
     if db.exists():
-        table = read_table(db, "progress")
-        failed_keys = set(table.loc[table["status"] == "failed", "key"])
+        try:
+            table = read_table(db, "progress")
+            failed_keys = set(table.loc[table["status"] == "failed", "key"])
+        except sqlite3.DatabaseError as error:  # derived data: the next run rebuilds it
+            log.warning("progress store %s is unreadable (%s): failures not shown", db, error)
     reuse = rt.allow_reload and not rt.retrain_if_exists
     where = rt.scheduler_address or f"LocalCluster on 127.0.0.1, dashboard port {rt.dashboard_port}"
     lines = [

@@ -16,13 +16,14 @@ rewrites the file only when the facts changed.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pipeline.runtime.resources import total_memory_bytes, usable_cores
 
 MACHINE_FILE = Path("machine.json")
 # packages whose versions change a worker's baseline memory or speed
@@ -42,26 +43,9 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def usable_cores() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
-    quota = _read("/sys/fs/cgroup/cpu.max").split()
-    if len(quota) == 2 and quota[0] != "max":
-        cores = min(cores, max(1, math.ceil(int(quota[0]) / int(quota[1]))))
-    return max(1, cores)
-
-
 def memory_gib() -> int:
-    """Total memory in whole GiB, capped by a cgroup v2 memory limit (rounded down)."""
-    total = (
-        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    )
-    limit = _read("/sys/fs/cgroup/memory.max").strip()
-    if limit.isdigit():
-        total = min(total, int(limit)) if total else int(limit)
-    return int(total // _GIB)
+    """Total memory in whole GiB, capped by a cgroup memory limit (rounded down)."""
+    return int(total_memory_bytes() // _GIB)
 
 
 def gpus() -> list[str]:

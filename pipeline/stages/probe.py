@@ -128,7 +128,6 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
             params=params,
             quantiles=config.data.quantiles,
             seed=config.seed,
-            cache_dir=str(Path(tmp) / "cache"),
             extra=adapter.payload,
         )
         payload_path = Path(tmp) / "payload.npz"

@@ -2,8 +2,8 @@
 
 Flow: build the model's fits and content keys from the prepared panel -> sync the progress
 store -> load every fit already in the model cache -> stream the rest as batched tasks to the
-cluster (bounded in flight, completion order) -> record results as they arrive (workers wrote
-the cache files atomically before returning) -> write `train/{model}.parquet` from the cache
+cluster (bounded in flight, completion order) -> record results as they arrive (the driver writes
+each task's fits as one checksummed cache shard, pipeline/runtime/fit_cache.py) -> write `train/{model}.parquet` from the cache
 and the store -> export the progress parquet files.
 
 A fit that raises is failed with its traceback and retried up to `runtime.retries` times
@@ -29,6 +29,7 @@ from pipeline.config import StudyConfig
 from pipeline.data.windows import month_start
 from pipeline.io import write_parquet
 from pipeline.models.registry import adapter_for
+from pipeline.runtime.fit_cache import FitCache
 from pipeline.runtime.logs import RunLog, new_run_id
 from pipeline.runtime.plan import Plan, resolve_plan
 from pipeline.runtime.progress import ProgressStore, db_path
@@ -37,7 +38,6 @@ from pipeline.runtime.tasks import (
     build_groups,
 )
 from pipeline.runtime.train_loop import RunState
-from pipeline.runtime.worker import cache_path
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
     from pipeline.runtime.cluster import SharedCluster
@@ -71,12 +71,12 @@ def train_path(config: StudyConfig, model: str) -> Path:
 
 
 def cached_mask(config: StudyConfig, groups: list[FitGroup]) -> list[np.ndarray]:
-    """Per group: which fits have a file in the model cache."""
-    cache = config.model_cache_dir
-    return [
-        np.array([cache_path(cache, g.model, k).exists() for k in g.keys], dtype=bool)
-        for g in groups
-    ]
+    """Per group: which fits the model cache's shard indexes list (checksums not read)."""
+    known: dict[str, set[str]] = {}
+    for g in groups:
+        if g.model not in known:
+            known[g.model] = FitCache(config.model_cache_dir, g.model).keys()
+    return [np.array([k in known[g.model] for k in g.keys], dtype=bool) for g in groups]
 
 
 def run_train(
@@ -104,9 +104,21 @@ def run_train(
         store.reset_training(model, run_id)
         rt = config.runtime
         reuse = rt.allow_reload and not rt.retrain_if_exists
-        cached = cached_mask(config, groups) if reuse else [np.zeros(len(g), bool) for g in groups]
         state = RunState(config, model, run_id, store, groups)
-        state.load_cached(cached)
+        state.cache.remove_orphans()
+        entries = {}
+        if reuse:
+            report = state.cache.verify(state.where, keep=("pred", "alpha"))
+            entries = report.entries
+            if report.damaged_keys:
+                log.warning(
+                    "train %s: %d damaged cache entries will be refit: %s",
+                    model,
+                    len(report.damaged_keys),
+                    ", ".join(k[:12] for k in report.damaged_keys[:20]),
+                )
+        cached = [np.array([str(k) in entries for k in g.keys], dtype=bool) for g in groups]
+        state.load_cached(cached, entries)
         todo = [np.nonzero(~c)[0] for c in cached]
         n_todo = int(sum(t.size for t in todo))
         log.info(

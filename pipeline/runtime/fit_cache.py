@@ -1,0 +1,237 @@
+"""The fit cache: every fit's arrays stored by content key, written by the driver alone.
+
+Layout under `{model_cache_dir}/{model}/shards/`: one shard per finished task, `<name>.npz`
+(the arrays of its fits, stacked per array name where every fit's array has the same shape,
+one member per fit otherwise) plus `<name>.json`, the shard's index (keys, the array names of
+each entry, one sha256 per entry). The index is written last, so a shard without one is a
+shard whose write was killed: it is removed at the start of a run. Shard names are unique
+(run id, task id, random suffix), so several drivers sharing one cache (a sweep, or two output
+dirs with `runtime.model_cache_dir`) never write the same file; a key trained twice is stored
+twice with the same bytes (one key, one result), and the first shard in name order wins.
+
+Integrity: `verify` reads every shard a run needs and checks each entry's sha256. A shard that
+cannot be read or whose entries do not match is moved to `{model}/damaged/`; its good entries
+are rewritten into a new shard first, so only the damaged fits are refit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_path, write_text
+
+log = logging.getLogger("pipeline.cache")
+FORMAT = 1
+SHARDS_DIR = "shards"
+DAMAGED_DIR = "damaged"
+Entry = dict[str, np.ndarray]
+# a live writer renames its index within milliseconds of its arrays; older orphans are dead
+ORPHAN_AGE_S = 600.0
+
+
+def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over an entry's array names, dtypes, shapes and bytes (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class VerifyReport:
+    """What `FitCache.verify` found: entries by key, and the damaged keys and shards by name."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    damaged_keys: list[str] = field(default_factory=list)
+    damaged_shards: list[str] = field(default_factory=list)
+
+
+class FitCache:
+    """The shards of one model in one cache dir (see module docstring)."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str], model: str) -> None:
+        self.root = Path(cache_dir) / model
+        self.shards = self.root / SHARDS_DIR
+
+    # --- index --------------------------------------------------------------------------
+
+    def _indexes(self) -> list[Path]:
+        return sorted(self.shards.glob("*.json")) if self.shards.is_dir() else []
+
+    def _read_index(self, path: Path) -> dict | None:
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            if index.get("format") != FORMAT or not isinstance(index.get("entries"), list):
+                raise ValueError("not a shard index")
+            return index
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+
+    def keys(self) -> set[str]:
+        """Keys the indexes list (no checksum read: for the dry run and the cached mask)."""
+        out: set[str] = set()
+        for path in self._indexes():
+            index = self._read_index(path)
+            if index is not None:
+                out.update(e["key"] for e in index["entries"])
+        return out
+
+    # --- write --------------------------------------------------------------------------
+
+    def write_shard(self, entries: Mapping[str, Entry], label: str = "") -> Path | None:
+        """Write entries (key -> arrays) as one new shard: arrays, then the index (atomic)."""
+        if not entries:
+            return None
+        keys = list(entries)
+        name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
+        members: dict[str, np.ndarray] = {}
+        index_entries = []
+        names = sorted({n for e in entries.values() for n in e})
+        stacked = []
+        for n in names:
+            arrays = [entries[k].get(n) for k in keys]
+            if (
+                all(a is not None for a in arrays)
+                and len({(np.asarray(a).dtype.str, np.asarray(a).shape) for a in arrays}) == 1
+            ):
+                members[n] = np.stack([np.asarray(a) for a in arrays])
+                stacked.append(n)
+        for i, k in enumerate(keys):
+            own = sorted(n for n in entries[k] if n not in stacked)
+            for n in own:
+                members[f"{i}/{n}"] = np.asarray(entries[k][n])
+            index_entries.append({"key": k, "own": own, "sha256": entry_checksum(entries[k])})
+        npz = self.shards / f"{name}.npz"
+        with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **members)
+        index = {"format": FORMAT, "stacked": stacked, "entries": index_entries}
+        write_text(self.shards / f"{name}.json", json.dumps(index, sort_keys=True) + "\n")
+        return npz
+
+    # --- read and verify ----------------------------------------------------------------
+
+    def verify(
+        self, wanted: Iterable[str] | None = None, keep: tuple[str, ...] | None = None
+    ) -> VerifyReport:
+        """Load and checksum every entry (of `wanted` keys, when given); heal damaged shards.
+
+        `keep`: array names to return per entry (None: all), so a driver verifying a large
+        cache holds only the forecasts in memory, not every fitted state."""
+        want = None if wanted is None else set(wanted)
+        report = VerifyReport()
+        for index_path in self._indexes():
+            name = index_path.stem
+            index = self._read_index(index_path)
+            keys = [] if index is None else [e["key"] for e in index["entries"]]
+            if want is not None and index is not None and not want.intersection(keys):
+                continue
+            good, bad = ({}, []) if index is None else self._load_shard(name, index)
+            if index is None or bad:
+                report.damaged_shards.append(name)
+                report.damaged_keys.extend(k for k in bad if want is None or k in want)
+                self._quarantine(name, good, unreadable_index=index is None)
+            for k, arrays in good.items():
+                if (want is None or k in want) and k not in report.entries:
+                    report.entries[k] = (
+                        arrays if keep is None else {n: arrays[n] for n in keep if n in arrays}
+                    )
+        report.damaged_keys = sorted(set(report.damaged_keys) - set(report.entries))
+        return report
+
+    def _load_shard(self, name: str, index: dict) -> tuple[dict[str, Entry], list[str]]:
+        good: dict[str, Entry] = {}
+        bad: list[str] = []
+        path = self.shards / f"{name}.npz"
+        stacked: dict[str, np.ndarray] = {}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                files = set(data.files)
+                for n in index["stacked"]:
+                    with contextlib.suppress(ValueError, OSError, zipfile.BadZipFile, EOFError):
+                        stacked[n] = data[n]
+                for i, entry in enumerate(index["entries"]):
+                    arrays: Entry = {}
+                    try:
+                        for n in index["stacked"]:
+                            arrays[n] = stacked[n][i]
+                        for n in entry["own"]:
+                            if f"{i}/{n}" not in files:
+                                raise KeyError(n)
+                            arrays[n] = data[f"{i}/{n}"]
+                    except (
+                        KeyError,
+                        IndexError,
+                        ValueError,
+                        OSError,
+                        zipfile.BadZipFile,
+                        EOFError,
+                    ):
+                        bad.append(entry["key"])
+                        continue
+                    if entry_checksum(arrays) == entry["sha256"]:
+                        good[entry["key"]] = arrays
+                    else:
+                        bad.append(entry["key"])
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            return {}, [e["key"] for e in index["entries"]]
+        return good, bad
+
+    def _quarantine(self, name: str, good: dict[str, Entry], unreadable_index: bool) -> None:
+        """Rewrite the good entries into a new shard, then move the damaged shard aside."""
+        if good:
+            self.write_shard(good, f"healed-{name[:40]}")
+        target = self.root / DAMAGED_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        for suffix in (".json", ".npz"):
+            # another driver sharing the cache may have moved it first
+            with contextlib.suppress(FileNotFoundError):
+                shutil.move(str(self.shards / f"{name}{suffix}"), str(target / f"{name}{suffix}"))
+        what = "unreadable index" if unreadable_index else "checksum mismatch or unreadable data"
+        log.warning(
+            "damaged cache shard %s (%s): moved to %s; %d good entries kept, the rest will be refit",
+            self.shards / f"{name}.npz",
+            what,
+            target,
+            len(good),
+        )
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def remove_orphans(self, min_age_s: float = ORPHAN_AGE_S) -> list[Path]:
+        """Shards whose index was never written (a driver killed mid-write) and temp files
+        of killed atomic writes: remove them. Only files older than `min_age_s`, since another
+        driver sharing this cache may be between its two renames right now."""
+        if not self.shards.is_dir():
+            return []
+        now = time.time()
+        indexed = {p.stem for p in self.shards.glob("*.json")}
+        orphans = [p for p in self.shards.glob("*.npz") if p.stem not in indexed]
+        orphans += list(self.shards.glob(".*.tmp"))
+        removed = []
+        for p in orphans:
+            try:
+                if now - p.stat().st_mtime >= min_age_s:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:80]

@@ -1,0 +1,83 @@
+"""What this process may use: CPUs (affinity mask, capped by a cgroup CPU quota) and memory
+(capped by a cgroup memory limit). Containers report the host's cores and RAM through
+os.cpu_count and psutil; the cgroup files say what the container really gets. stdlib only,
+so the fast `machine` stage can use it too (one source for the planner and that stage)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+# cgroup v2 (unified) files first, then v1's
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+_CPU_V1 = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+_MEM_MAX = "/sys/fs/cgroup/memory.max"
+_MEM_CURRENT = "/sys/fs/cgroup/memory.current"
+_MEM_V1 = (
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+)
+_V1_UNLIMITED = 1 << 60  # v1 reports "no limit" as a huge number
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def cpu_quota() -> float | None:
+    """CPUs the cgroup quota allows (quota / period), or None when unlimited or absent."""
+    parts = read_text(_CPU_MAX).split()
+    if len(parts) == 2 and parts[0] != "max":
+        return int(parts[0]) / int(parts[1])
+    quota, period = (read_text(p).strip() for p in _CPU_V1)
+    if quota.lstrip("-").isdigit() and period.isdigit() and int(quota) > 0:
+        return int(quota) / int(period)
+    return None
+
+
+def usable_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (rounded up)."""
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def cgroup_memory() -> tuple[int, int] | None:
+    """(limit, current usage) in bytes of this process's memory cgroup, or None if unlimited."""
+    limit, current = read_text(_MEM_MAX).strip(), read_text(_MEM_CURRENT).strip()
+    if not limit.isdigit():
+        limit, current = (read_text(p).strip() for p in _MEM_V1)
+        if not limit.isdigit() or int(limit) >= _V1_UNLIMITED:
+            return None
+    return int(limit), int(current) if current.isdigit() else 0
+
+
+def total_memory_bytes() -> int:
+    """Physical memory, capped by the cgroup memory limit."""
+    total = (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    )
+    cg = cgroup_memory()
+    if cg is not None:
+        total = min(total, cg[0]) if total else cg[0]
+    return total
+
+
+def available_memory_bytes() -> int:
+    """Memory a new process may still take: the host's available memory, capped by what the
+    cgroup limit leaves (limit - usage)."""
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    cg = cgroup_memory()
+    if cg is not None:
+        available = min(available, max(0, cg[0] - cg[1]))
+    return available

@@ -1,0 +1,153 @@
+"""Damaged files heal: cache shards (truncated, random bytes, unreadable index) are detected by
+checksum, named, moved aside and refit; an unreadable progress store is rebuilt from the cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.monitor import monitor
+from pipeline.runtime.progress import ProgressStore, db_path
+
+TINY = [
+    "data.synthetic.n_countries=3",
+    "data.horizons=[1]",
+    "rolling_window.size=36",
+    "rolling_window.start_date=2022-07-01",
+    "rolling_window.end_date=2022-12-01",
+    "models.ar_qr.p=3",
+    "models.lqr.enabled=false",
+    "models.ensemble_nn.enabled=false",
+    "runtime.task_seconds=0.2",
+    "runtime.max_workers=1",
+    "runtime.dashboard_port=0",
+    "runtime.progress_bar=false",
+    "runtime.max_in_flight=1",
+]
+
+
+def entry(i: int) -> dict[str, np.ndarray]:
+    return {
+        "pred": np.full((1, 1, 3), float(i)),
+        "alpha": np.full(3, np.nan),
+        "state_c": np.arange(i),
+    }
+
+
+def shard_paths(cache: FitCache) -> list[Path]:
+    return sorted(cache.shards.glob("*.npz"))
+
+
+def test_entries_round_trip_and_damage_is_found_and_healed(tmp_path: Path) -> None:
+    cache = FitCache(tmp_path, "m")
+    for s in range(3):
+        cache.write_shard({f"k{s}{i}": entry(i) for i in range(4)}, f"run-task{s}")
+    report = cache.verify()
+    assert len(report.entries) == 12 and not report.damaged_shards
+    assert np.array_equal(report.entries["k23"]["state_c"], np.arange(3))  # ragged state kept
+    a, b, c = shard_paths(cache)
+    a.write_bytes(a.read_bytes()[: a.stat().st_size // 2])  # truncated
+    raw = bytearray(b.read_bytes())
+    raw[40:80] = np.random.default_rng(0).integers(0, 256, 40, dtype=np.uint8).tobytes()
+    b.write_bytes(bytes(raw))  # random bytes inside the first entry's data
+    c.with_suffix(".json").write_text("{not json")  # unreadable index
+    report = cache.verify(keep=("pred",))
+    assert sorted(report.damaged_shards) == sorted(p.stem for p in (a, b, c))
+    # entries of the two readable indexes are damaged or kept; the unreadable index's keys are
+    # unknown, hence not cached, hence refit
+    assert set(report.damaged_keys) | set(report.entries) == {
+        f"k{s}{i}" for s in (0, 1) for i in range(4)
+    }
+    assert {"k00", "k10"} <= set(report.damaged_keys)
+    assert all(set(e) == {"pred"} for e in report.entries.values())
+    # damaged shards are moved aside (not deleted); good entries live on in a healed shard
+    assert sorted(p.name for p in (cache.root / "damaged").iterdir()) == sorted(
+        n for p in (a, b, c) for n in (p.name, p.with_suffix(".json").name)
+    )
+    again = cache.verify()
+    assert not again.damaged_shards and set(again.entries) == set(report.entries)
+
+
+def test_orphan_shards_and_temp_files_are_removed_only_when_old(tmp_path: Path) -> None:
+    cache = FitCache(tmp_path, "m")
+    cache.write_shard({"k": entry(1)}, "ok")
+    orphan = cache.shards / "dead.npz"
+    orphan.write_bytes(b"x")
+    tmp = cache.shards / ".dead.npz.abc.tmp"
+    tmp.write_bytes(b"x")
+    assert cache.remove_orphans() == []  # could be a live writer sharing the cache
+    assert sorted(cache.remove_orphans(min_age_s=0)) == sorted([orphan, tmp])
+    assert cache.keys() == {"k"}
+
+
+def test_an_unreadable_progress_store_is_moved_aside_and_monitor_explains(
+    tmp_path: Path, capsys
+) -> None:
+    path = db_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    assert monitor(tmp_path) == 2
+    out = capsys.readouterr().out
+    assert (
+        "unreadable" in out and "rebuilds it from the fit cache" in out and "Traceback" not in out
+    )
+    with ProgressStore(path) as store:
+        assert store.rebuilt_from is not None and store.rebuilt_from.exists()
+        assert store.done_counts("m") == {}
+
+
+def run_cli(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", *TINY, *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_damaged_cache_and_store_heal_in_the_same_dir_and_in_a_dir_sharing_the_cache(
+    tmp_path: Path,
+) -> None:
+    clean = run_cli(tmp_path, f"runtime.output_dir={tmp_path / 'a'}")
+    assert clean.returncode == 0, clean.stderr
+    want = pd.read_parquet(tmp_path / "a/forecasts/all.parquet")
+    cache = FitCache(tmp_path / "a/models", "ar_qr")
+    shards = shard_paths(cache)
+    assert len(shards) >= 3 and len(cache.keys()) == 18
+    index = {p: json.loads(p.with_suffix(".json").read_text()) for p in shards}
+    truncated, scrambled = shards[0], shards[1]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    raw = bytearray(scrambled.read_bytes())
+    raw[60:200] = bytes(range(140))
+    scrambled.write_bytes(bytes(raw))
+    store = db_path(tmp_path / "a")
+    raw = bytearray(store.read_bytes())
+    raw[0:4096] = b"\x5a" * 4096  # the header page: "file is not a database"
+    store.write_bytes(bytes(raw))
+    damaged = {e["key"] for p in (truncated, scrambled) for e in index[p]["entries"]}
+
+    same = run_cli(tmp_path, f"runtime.output_dir={tmp_path / 'a'}")
+    assert same.returncode == 0, same.stderr
+    assert truncated.name in same.stderr and scrambled.name in same.stderr  # named
+    assert f"{len(damaged)} damaged cache entries will be refit" in same.stderr
+    assert "progress store" in same.stderr and "rebuilding it from the fit cache" in same.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/forecasts/all.parquet"), want)
+    assert len(FitCache(tmp_path / "a/models", "ar_qr").verify().entries) == 18
+
+    # damage again, then a new output dir sharing the cache heals it too
+    healed = shard_paths(FitCache(tmp_path / "a/models", "ar_qr"))
+    healed[-1].write_bytes(b"garbage")
+    shared = run_cli(
+        tmp_path,
+        f"runtime.output_dir={tmp_path / 'b'}",
+        f"runtime.model_cache_dir={tmp_path / 'a/models'}",
+    )
+    assert shared.returncode == 0, shared.stderr
+    assert healed[-1].name in shared.stderr and "will be refit" in shared.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b/forecasts/all.parquet"), want)

@@ -1,0 +1,27 @@
+"""Atomic writes: outputs respect the umask (mkstemp alone would make every file 0600)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.io import write_json, write_npz, write_parquet, write_text
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    saved = os.umask(umask)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        write_json(tmp_path / "b.json", {"a": 1})
+        write_parquet(tmp_path / "c.parquet", pd.DataFrame({"a": [1]}))
+        write_npz(tmp_path / "d.npz", {"a": np.arange(3)})
+    finally:
+        os.umask(saved)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["a.txt", "b.json", "c.parquet", "d.npz"], mode)

@@ -1,0 +1,51 @@
+"""Planning follows the container: cgroup CPU quota and memory limit (v2 and v1 files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import SMALL_STUDY, make_config
+
+import pipeline.runtime.resources as resources
+from pipeline.runtime.plan import allowed_cores, ram_budget_mb
+from pipeline.stages.machine import machine_facts
+
+
+@pytest.fixture
+def cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("_CPU_MAX", "_MEM_MAX", "_MEM_CURRENT"):
+        monkeypatch.setattr(resources, name, str(tmp_path / name))
+    monkeypatch.setattr(resources, "_CPU_V1", (str(tmp_path / "q"), str(tmp_path / "p")))
+    monkeypatch.setattr(resources, "_MEM_V1", (str(tmp_path / "l"), str(tmp_path / "u")))
+    monkeypatch.setattr(resources.os, "sched_getaffinity", lambda pid: set(range(8)))
+    return tmp_path
+
+
+def test_v2_quota_and_memory_limit_bound_the_plan(cgroup: Path) -> None:
+    (cgroup / "_CPU_MAX").write_text("150000 100000\n")  # 1.5 CPUs -> 2 cores
+    (cgroup / "_MEM_MAX").write_text(f"{3 * 2**30}\n")
+    (cgroup / "_MEM_CURRENT").write_text(f"{2**30}\n")
+    assert resources.usable_cores() == 2
+    assert resources.available_memory_bytes() == min(2 * 2**30, psutil.virtual_memory().available)
+    config = make_config(
+        {**SMALL_STUDY, "runtime": {**SMALL_STUDY["runtime"], "max_workers": None}}
+    )
+    assert allowed_cores(config) == 2
+    assert ram_budget_mb(config) <= 2 * 1024 * config.runtime.safety_ram_fraction + 1e-6
+    facts = machine_facts()  # the machine stage reads the same function
+    assert facts["cores"] == 2 and facts["memory_gib"] == 3
+
+
+def test_v1_files_and_no_limit(cgroup: Path) -> None:
+    assert resources.cpu_quota() is None and resources.cgroup_memory() is None
+    assert resources.usable_cores() == 8
+    (cgroup / "q").write_text("300000\n")
+    (cgroup / "p").write_text("100000\n")
+    (cgroup / "l").write_text(f"{2**30}\n")
+    (cgroup / "u").write_text(f"{2**29}\n")
+    assert resources.usable_cores() == 3 and resources.cgroup_memory() == (2**30, 2**29)
+    (cgroup / "q").write_text("-1\n")  # v1's "no quota"
+    (cgroup / "l").write_text(f"{1 << 62}\n")  # v1's "no limit"
+    assert resources.cpu_quota() is None and resources.cgroup_memory() is None
