@@ -53,7 +53,19 @@ def _params(config: StudyConfig) -> dict[str, Any]:
         "parallel_models": m.parallel_models,
         "scale": config.data.scale,
         "lags": list(config.data.lags),
+        # the device enters the key: CUDA and CPU kernels round differently (one key, one
+        # result); "auto" is resolved here, on the driver, so the key names what ran
+        "device": resolve_device(m.device),
     }
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; explicit devices stay as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _fit(payload: dict[str, Any]) -> dict[str, Any]:
@@ -122,8 +134,6 @@ def _probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
 
 
 CONFIG = EnsembleNNConfig
-# `device` is not a key parameter and (as before this module existed) not passed to the
-# kernel, which picks CUDA when present ("auto"); see docs/MODELS.md.
 ADAPTER = Adapter(
     name="ensemble_nn",
     version=1,
