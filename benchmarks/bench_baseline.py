@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_baseline.py [--write]
 
 The fit problems are the seed study's, built by the project's code (compose_config with
-experiment=seed, prepare, build_groups + the model adapters), on ../shared/data/hicp_manr.csv.
+experiment=seed, prepare, build_groups + the model adapters), on data/eurostat/hicp_manr.csv.gz.
 "Naive" is one task per (model, country, quantile, horizon, origin), written the plain way:
 
 - ar_qr: scikit-learn QuantileRegressor(quantile=q, alpha=0, solver="highs") on intercept +

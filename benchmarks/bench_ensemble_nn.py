@@ -1,6 +1,6 @@
 """Benchmark: ensemble_nn training, batched members vs a Python loop over members.
 
-Real Eurostat data (../shared/data/hicp_manr.csv, target prc_hicp_manr_CP00), the seed's
+Real Eurostat data (data/eurostat/hicp_manr.csv.gz, target prc_hicp_manr_CP00), the seed's
 window (60 months), features y_t and lags 1, 2, 3, 6, 12, horizons 1, 3, 6, 12 in one head,
 25 countries complete over the window (48-59 training rows each), 10 members, one thread.
 
@@ -25,7 +25,7 @@ from pipeline.models._batched_mlp import train_predict_windows
 from pipeline.models._ensemble_loop import fit_predict_member_loop
 from pipeline.models._nn_data import WindowData, check_nn_params
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicp_manr.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "eurostat" / "hicp_manr.csv.gz"
 TARGET = "prc_hicp_manr_CP00"
 LAGS = (1, 2, 3, 6, 12)
 HORIZONS = (1, 3, 6, 12)

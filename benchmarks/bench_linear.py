@@ -36,7 +36,7 @@ from pipeline.models.rff import rff_weights  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hicp_manr.csv"
+DATA = ROOT / "data" / "eurostat" / "hicp_manr.csv.gz"
 QS = (0.1, 0.5, 0.9)
 ALPHAS = (7.5, 10, 15, 20, 25, 30, 35)
 SECTION = "## Linear models (issue 3)"

@@ -30,7 +30,7 @@ from pipeline.stages.prepare import prepare
 from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicp_manr.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "eurostat" / "hicp_manr.csv.gz"
 ROOT = Path(__file__).resolve().parents[1]
 
 

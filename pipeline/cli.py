@@ -8,12 +8,14 @@
     check                      verify the set-up: dependencies, data, cores, RAM, dashboard
     monitor [--watch]          show the progress of a run in an output dir
 
-Bad configuration exits with code 2 and a one-line message, without a traceback.
+Bad configuration or data, or an output dir that cannot be written, exits with code 2 and a
+one-line message; the traceback goes to a log file the line names, not to the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -23,6 +25,7 @@ import yaml
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
+from pipeline.errors import OutputError
 from pipeline.runtime.run_lock import OutputDirBusy, RunLock, remove_temp_files
 
 EXIT_BAD_INPUT = 2
@@ -39,12 +42,44 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, DataError, OutputDirBusy) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (ConfigError, DataError, OutputError, OutputDirBusy) as error:
+        return _bad_input(str(error))
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        from pipeline.io import describe_os_error
+
+        return _bad_input(f"cannot write: {describe_os_error(error)}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+# a write that fails for one of these reasons is the environment's fault, not a bug
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+def _bad_input(message: str) -> int:
+    """One line on the terminal; the traceback in a log file (named in the line)."""
+    log_path = _write_error_log()
+    where = f" (details: {log_path})" if log_path else ""
+    print(f"error: {message}{where}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _write_error_log() -> Path | None:
+    """The traceback, in the system temp dir: a failed start writes nothing in the output dir."""
+    import tempfile
+    import traceback
+
+    from pipeline.runtime.logs import new_run_id
+
+    path = Path(tempfile.gettempdir()) / f"qpipe-{new_run_id('error')}.log"
+    try:
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError:
+        return None
+    return path
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -97,6 +132,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     config = load_params(Path(args.params))
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: outputs must be where dvc.yaml says
         _check_dvc_paths(config)
+    if args.name == "prepare":  # the first stage: a bad output dir fails before any work
+        from pipeline.io import check_writable_dir
+
+        check_writable_dir(config.output_dir)
     with RunLock(config.output_dir):  # one run per output dir (dvc stages, too)
         remove_temp_files(config.output_dir)
         return _run_stage(args, config)

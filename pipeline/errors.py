@@ -15,3 +15,10 @@ class ConfigError(ValueError):
     def __init__(self, key: str, allowed: str, given: Any) -> None:
         self.key, self.allowed, self.given = key, allowed, given
         super().__init__(f"config error at '{key}': expected {allowed}; got {given!r}")
+
+
+class OutputError(RuntimeError):
+    """An output location that cannot be written (a file in the way, no permission, disk full).
+
+    The message names the path, the cause and what to do (exit code 2 at the CLI).
+    """

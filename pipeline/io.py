@@ -114,3 +114,48 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def check_writable_dir(path: str | os.PathLike[str], key: str = "runtime.output_dir") -> None:
+    """Raise OutputError unless `path` is (or can be made) a directory this process can write.
+
+    Called before any work starts, so a bad output location fails in one line and nothing of an
+    earlier run there is touched. A probe file is created and removed in `path` (or its nearest
+    existing parent, so nothing is created for a run that fails later): a full disk fails here.
+    """
+    import errno
+
+    from pipeline.errors import OutputError
+
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # probe the nearest existing folder: create nothing yet
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        raise OutputError(f"{key} {path} cannot be written: {describe_os_error(error)}") from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a write failure: the file, the cause and the fix."""
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free disk space there, or point runtime.output_dir at a disk with room"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = "a file is in the way: move it, or choose another runtime.output_dir"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "no permission to write there: choose a writable runtime.output_dir"
+    else:
+        fix = "choose another runtime.output_dir"
+    return f"{error.strerror or error}{where}; {fix}"

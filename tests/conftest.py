@@ -5,6 +5,7 @@
   ensemble_nn off, no progress bar); tests edit it and call `make_config`.
 - `make_config(d)`: pipeline.config.validate of `d` over conf/'s defaults (their one source).
 - `prepared_study(tmp_path)`: that study's config with `prepare` already run (panel on disk).
+- `REAL_DATA`: the real Eurostat extract shipped in data/eurostat/ (conf/data/eurostat.yaml).
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
 """
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.config import StudyConfig, validate
 from pipeline.config.defaults import with_defaults
 
 FAKE_MODELS = str(Path(__file__).with_name("fake_models.py"))
 ROOT = Path(__file__).resolve().parents[1]
+# The real Eurostat extract shipped in the repo, where conf/data/eurostat.yaml points (one source).
+REAL_DATA = ROOT / yaml.safe_load((ROOT / "conf/data/eurostat.yaml").read_text())["path"]
 
 SMALL_STUDY: dict[str, Any] = {
     "name": "small",

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL_DATA
 from scipy.optimize import minimize
 
 from pipeline.models.common import pinball_per_quantile
 from pipeline.models.lqr import HUBER_EPS, LQR, fit_predict_lqr_batch
 
 QS = (0.1, 0.5, 0.9)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicp_manr.csv"
+DATA = REAL_DATA
 SMALL = {"rff_features": 40, "alphas": (0.5, 2.0, 10.0), "validation_size": 10}
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL_DATA
 
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
@@ -17,7 +19,7 @@ from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y_RAW, Y, lag_
 from pipeline.stages.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "hicp_manr.csv"
+REAL = REAL_DATA
 
 
 def _config(tmp_path, **data):
@@ -78,10 +80,17 @@ def test_short_country_is_skipped_and_listed(tmp_path):
             }
         )
     )
+    # naming a country and then losing it is an error, with the reason, before anything is written
+    with pytest.raises(DataError, match=r"data.countries names \['AL', 'XK'\].*too little history"):
+        prepare(config, ROOT)
+    assert list(tmp_path.iterdir()) == []
+    # without naming them, they are skipped and listed with their reason in meta.json
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, countries=None))
     result = prepare(config, ROOT)
-    assert result.countries == ("DE",)
-    assert set(result.skipped) == {"AL", "XK"} and "too little history" in result.skipped["AL"]
-    assert read_json(tmp_path / META_FILE)["skipped"].keys() == {"AL", "XK"}
+    assert "DE" in result.countries and not {"AL", "XK"} & set(result.countries)
+    assert "too little history" in result.skipped["AL"]
+    skipped = read_json(tmp_path / META_FILE)["skipped"]
+    assert {"AL", "XK"} <= skipped.keys() and skipped == result.skipped
 
 
 def test_synthetic_panel_has_gaps_filled_without_look_ahead(tmp_path):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REAL_DATA
 from scipy.optimize import minimize
 from sklearn.linear_model import QuantileRegressor
 
@@ -17,7 +17,7 @@ from pipeline.models.quantile_kernel import solve_kernel_qr
 from pipeline.models.quantile_linear import fit_quantile_lp
 
 QS = (0.05, 0.1, 0.5, 0.9, 0.95)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicp_manr.csv"
+DATA = REAL_DATA
 
 
 def sklearn_objective(X: np.ndarray, y: np.ndarray, w: np.ndarray, q: float) -> float:

@@ -61,6 +61,14 @@ class DataConfig:
     quantiles: tuple[float, ...] = field(metadata=declared(QUANTILE_LEVEL))
     missing: Literal["forward_fill_then_mean", "drop"]
     scale: Literal["per_country", "none"]
+    # a value of data.target/data.features that is not a number (`n/a`, `1,5`, `inf`): `error`
+    # stops before any work; `coerce` reads it as missing and warns with counts per country
+    non_numeric: Literal["error", "coerce"]
+    # plausibility bound on |value| of those columns (a unit or parsing slip such as 1e12);
+    # null disables it
+    max_abs_value: float | None = field(
+        metadata=rule(lambda v: v is None or v > 0, "null (no bound) or a number > 0")
+    )
     synthetic: SyntheticConfig
 
 

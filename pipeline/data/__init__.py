@@ -34,7 +34,10 @@ def load_raw(data: DataConfig, root: Path, seed: int = 0) -> pd.DataFrame:
         frame = read_panel_file(_resolve(data.path, root))
     else:  # validated earlier; kept for a clear message if called directly
         raise DataError(f"data.source must be synthetic, eurostat or panel; got {data.source!r}")
-    return check_tidy(frame, data.target, data.features)
+    where = "the synthetic panel" if data.source == "synthetic" else str(data.path or data.dataset)
+    return check_tidy(
+        frame, data.target, data.features, where, data.non_numeric, data.max_abs_value
+    )
 
 
 def _resolve(path: str | None, root: Path) -> Path:

@@ -17,12 +17,14 @@ import io
 import re
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError
+from pipeline.data.files import read_csv_text
 from pipeline.data.tidy import parse_months
 from pipeline.io import atomic_path
 
@@ -39,7 +41,7 @@ def load_eurostat(data: DataConfig, root: Path) -> pd.DataFrame:
         if not path.exists():
             raise DataError(
                 f"Eurostat file {path} does not exist; set data.path to the file "
-                "(e.g. ../shared/data/hicp_manr.csv) or data.path=null to download"
+                "(e.g. data/eurostat/hicp_manr.csv.gz, shipped in the repo) or data.path=null to download"
             )
         return read_eurostat_file(path, data.dataset)
     return read_eurostat_file(download(data.dataset, root / data.raw_dir), data.dataset)
@@ -48,7 +50,7 @@ def load_eurostat(data: DataConfig, root: Path) -> pd.DataFrame:
 def read_eurostat_file(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFrame:
     if _is_bulk_tsv(path):
         return read_eurostat_tsv(path, dataset)
-    return pd.read_csv(path, dtype={"TIME": "string", "COUNTRY": "string"}, low_memory=False)
+    return read_csv_text(path)
 
 
 def read_eurostat_tsv(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFrame:
@@ -107,7 +109,7 @@ def download(dataset: str, raw_dir: Path, timeout: float = 60.0) -> Path:
         raise DataError(
             f"cannot download {dataset} from Eurostat ({error}); this machine looks offline. "
             f"Download {url} elsewhere and save it as {target}, or set data.path to a local file "
-            "(e.g. ../shared/data/hicp_manr.csv)"
+            "(e.g. data/eurostat/hicp_manr.csv.gz, shipped in the repo)"
         ) from None
     with atomic_path(target) as tmp:
         tmp.write_bytes(payload)
@@ -128,9 +130,14 @@ def _parse_value(cell: str, path: Path, line: int) -> float:
 
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return io.BytesIO(raw).read().decode("utf-8")
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        return io.BytesIO(raw).read().decode("utf-8")
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as error:
+        raise DataError(
+            f"{path} is truncated, corrupt or not UTF-8 text ({error}); copy or download it again"
+        ) from None
 
 
 def _is_bulk_tsv(path: Path) -> bool:

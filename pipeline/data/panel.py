@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.data.errors import DataError
+from pipeline.data.files import read_csv_text, read_parquet_file
 
 
 def read_panel_file(path: Path) -> pd.DataFrame:
@@ -16,9 +17,9 @@ def read_panel_file(path: Path) -> pd.DataFrame:
         )
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".txt"):
-        return pd.read_csv(path, dtype={"TIME": "string", "COUNTRY": "string"})
+        return read_parquet_file(path)
+    if suffix in (".csv", ".txt") or path.name.lower().endswith(".csv.gz"):
+        return read_csv_text(path)
     if suffix in (".tsv", ".gz"):
         from pipeline.data.eurostat import read_eurostat_tsv
 

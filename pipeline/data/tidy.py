@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from pipeline.data.errors import DataError
+from pipeline.data.values import to_numeric_columns
 from pipeline.schema import COUNTRY, TIME
 
 
@@ -32,16 +33,29 @@ def parse_months(values: pd.Series, where: str) -> pd.Series:
     return parsed.astype("datetime64[ns]")
 
 
-def check_tidy(frame: pd.DataFrame, target: str, features: Sequence[str]) -> pd.DataFrame:
-    """Validate and normalize a tidy panel; raise DataError naming the problem and the fix."""
+def check_tidy(
+    frame: pd.DataFrame,
+    target: str,
+    features: Sequence[str],
+    where: str = "the data",
+    non_numeric: str = "error",
+    max_abs_value: float | None = None,
+) -> pd.DataFrame:
+    """Validate and normalize a tidy panel; raise DataError naming the problem and the fix.
+
+    `where` names the source (its file) in every message; the value columns are checked by
+    `pipeline.data.values.to_numeric_columns` (non_numeric and max_abs_value are data.*).
+    """
+    if frame.empty:
+        raise DataError(f"{where} has no data rows; add rows or point data.path at the full file")
     for column in (TIME, COUNTRY):
         if column not in frame.columns:
-            raise DataError(f"the panel has no {column} column; columns are {list(frame.columns)}")
+            raise DataError(f"{where} has no {column} column; columns are {list(frame.columns)}")
     for column in (target, *features):
         if column not in frame.columns:
             available = [c for c in frame.columns if c not in (TIME, COUNTRY)]
             raise DataError(
-                f"column {column!r} (data.target / data.features) is not in the data; "
+                f"column {column!r} (data.target / data.features) is not in {where}; "
                 f"available columns: {available}"
             )
     frame = frame.copy()
@@ -56,8 +70,7 @@ def check_tidy(frame: pd.DataFrame, target: str, features: Sequence[str]) -> pd.
         sample = frame.loc[duplicated, [COUNTRY, TIME]].head(3)
         pairs = [f"{c} {t:%Y-%m}" for c, t in sample.itertuples(index=False)]
         raise DataError(
-            f"duplicate (TIME, COUNTRY) rows, e.g. {pairs}; keep one row per country and month"
+            f"{where}: duplicate (TIME, COUNTRY) rows, e.g. {pairs}; keep one row per country and month"
         )
-    for column in (target, *features):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    frame = to_numeric_columns(frame, [target, *features], where, non_numeric, max_abs_value)
     return frame.sort_values([COUNTRY, TIME], kind="stable").reset_index(drop=True)

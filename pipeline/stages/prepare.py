@@ -52,8 +52,25 @@ def prepare(config: StudyConfig, root: Path) -> PrepareResult:
     data = config.data
     raw = load_raw(data, root, seed=config.seed)
     raw = _select_countries(raw, data.countries)
-    panel = _build_with_dask(raw, config)
-    panel, skipped = _drop_short_countries(panel, config)
+    raw, skipped = _drop_countries_without_values(raw, data.target)
+    panel = _build_with_dask(raw, config) if not raw.empty else raw
+    if not panel.empty:
+        panel, too_short = _drop_short_countries(panel, config)
+        skipped.update(too_short)
+    for country, reason in sorted(skipped.items()):
+        log.warning("prepare: skipped %s: %s", country, reason)
+    named_lost = sorted(set(data.countries or ()) & set(skipped))
+    if named_lost:
+        reasons = "; ".join(f"{c}: {skipped[c]}" for c in named_lost)
+        raise DataError(
+            f"data.countries names {named_lost}, but prepare would drop them ({reasons}); "
+            "fix their data or remove them from data.countries"
+        )
+    if panel.empty and skipped and not set(skipped.values()) - {_NO_VALUE.format(data.target)}:
+        raise DataError(
+            f"no country has a usable value of {data.target!r} in {data.path or data.source}; "
+            "check data.target and the file's values"
+        )
     if panel.empty:
         first_needed = add_months(
             config.rolling_window.start_date,
@@ -87,8 +104,6 @@ def prepare(config: StudyConfig, root: Path) -> PrepareResult:
     }
     write_parquet(out / PANEL_FILE, panel)
     write_json(out / META_FILE, meta)
-    for country, reason in skipped.items():
-        log.warning("prepare: skipped %s: %s", country, reason)
     return PrepareResult(out / PANEL_FILE, out / META_FILE, fingerprint, countries, skipped)
 
 
@@ -106,6 +121,19 @@ def _select_countries(raw: pd.DataFrame, countries: tuple[str, ...] | None) -> p
             f"data.countries lists {unknown}, which the data does not have; available: {sorted(available)}"
         )
     return raw[raw[COUNTRY].isin(countries)].reset_index(drop=True)
+
+
+_NO_VALUE = "no usable value of {} (every value missing or read as missing)"
+
+
+def _drop_countries_without_values(
+    raw: pd.DataFrame, target: str
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Drop countries whose target is missing on every month; the reason goes to meta.json."""
+    has_value = raw[target].notna().groupby(raw[COUNTRY], observed=True).any()
+    empty = sorted(str(c) for c in has_value.index[~has_value.to_numpy()])
+    reasons = {country: _NO_VALUE.format(target) for country in empty}
+    return raw[~raw[COUNTRY].isin(empty)].reset_index(drop=True), reasons
 
 
 def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
