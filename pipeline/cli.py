@@ -35,11 +35,10 @@ log = logging.getLogger("pipeline")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # Dask's INFO chatter (nanny/scheduler lifecycle) drowns the run's own lines; keep its warnings.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    from pipeline.runtime.logs import configure_terminal_logging
+
+    # Dask's INFO chatter (nanny/scheduler lifecycle) goes to the run log only
+    configure_terminal_logging()
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, DataError, OutputError, OutputDirBusy) as error:

@@ -2,7 +2,8 @@
 
 Worker messages reach the driver through Dask's log forwarding (see `pipeline.runtime.cluster`) and
 land in the same file; the nanny's memory warnings and restarts are `distributed` records
-logged in the driver process itself. Only the file name carries the run id and time; the
+logged in the driver process itself. Dask's INFO lines go to this file only: the terminal
+handler (`configure_terminal_logging`) hides them. Only the file name carries the run id and time; the
 records carry a time stamp because a log is not an artifact any stage depends on.
 """
 
@@ -21,9 +22,49 @@ _LOGGERS = ("pipeline", "distributed")
 _progress_log = logging.getLogger("pipeline.train")
 
 
+class HideDaskInfo(logging.Filter):
+    """For the terminal: drop Dask's INFO chatter (`distributed.*` below WARNING).
+
+    A filter on the terminal handler, not a logger level: importing distributed sets its
+    logger back to INFO, and the run log (a file handler) should keep those records.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        is_dask = record.name == "distributed" or record.name.startswith("distributed.")
+        return not is_dask or record.levelno >= logging.WARNING
+
+
+def configure_terminal_logging() -> None:
+    """The command line's stderr: the pipeline's INFO lines, warnings and errors, no Dask INFO."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(HideDaskInfo())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_qpipe_terminal", False)]:
+        root.removeHandler(old)
+    handler._qpipe_terminal = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def new_run_id(prefix: str) -> str:
     """A run id unique on this machine: prefix, UTC time and pid."""
     return f"{prefix}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+
+
+class _Relay(logging.Handler):
+    """Hand records to another handler (not a StreamHandler, so Dask does not re-level it)."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+    def close(self) -> None:
+        self.target.close()
+        super().close()
 
 
 class RunLog:
@@ -33,17 +74,19 @@ class RunLog:
         self.path = Path(output_dir) / LOG_DIR / f"{run_id}.log"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._levels: dict[str, int] = {}
-        # one handler per logger: LocalCluster(silence_logs=...) re-levels the handlers it
-        # finds on the distributed loggers, which must not silence the pipeline's records
+        # one handler per logger: LocalCluster(silence_logs=...) re-levels every StreamHandler
+        # (FileHandler included) on the `distributed` logger, so Dask's records reach the file
+        # through a plain Handler that it leaves alone
         self.handlers: dict[str, logging.Handler] = {}
         for name in _LOGGERS:
-            handler = logging.FileHandler(self.path, encoding="utf-8")
-            handler.setFormatter(logging.Formatter(_FORMAT))
-            handler.setLevel(logging.INFO if name == "pipeline" else logging.WARNING)
+            file_handler = logging.FileHandler(self.path, encoding="utf-8")
+            file_handler.setFormatter(logging.Formatter(_FORMAT))
+            handler = file_handler if name == "pipeline" else _Relay(file_handler)
+            handler.setLevel(logging.INFO)  # Dask's INFO lines too: the file keeps them all
             logger = logging.getLogger(name)
             self._levels[name] = logger.level
             if logger.level == logging.NOTSET or logger.level > logging.INFO:
-                logger.setLevel(logging.INFO if name == "pipeline" else logging.WARNING)
+                logger.setLevel(logging.INFO)
             logger.addHandler(handler)
             self.handlers[name] = handler
 
