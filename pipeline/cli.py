@@ -3,7 +3,9 @@
     compose [overrides]        write params.yaml from conf/ (what `dvc repro` reads)
     write-config FILE          write a complete default config (FILE '-' prints it)
     run [overrides] [-m]       run prepare -> probe -> train -> assemble in-process;
-                               --dry-run prints the plan; -m runs a Hydra multirun sweep
+                               --dry-run prints the plan; -m runs a Hydra multirun sweep;
+                               --config FILE (a write-config file; overrides on top),
+                               --max-workers N, --write-config FILE (write it and stop)
     stage NAME [--model M]     run one stage from params.yaml (what dvc.yaml calls)
     check                      verify the set-up: dependencies, data, cores, RAM, dashboard
     monitor [--watch]          show the progress of a run in an output dir
@@ -96,30 +98,46 @@ def _cmd_write_config(args: argparse.Namespace) -> int:
 
     from pipeline.config.compose import compose_dict
 
-    text = yaml.safe_dump(compose_dict(args.overrides), sort_keys=False)
+    plain = compose_dict(args.overrides)
     if args.file == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(yaml.safe_dump(plain, sort_keys=False))
         return 0
-    target = Path(args.file)
-    if target.exists() and not args.force:
+    _write_config_file(Path(args.file), plain, args.force)
+    return 0
+
+
+def _write_config_file(target: Path, plain: dict, force: bool) -> None:
+    """A complete config that `run --config FILE` reads back; an existing file is kept."""
+    if target.exists() and not force:
         raise ConfigError(
             "write-config FILE", "a path that does not exist yet (or --force)", str(target)
         )
     from pipeline.io import write_text
 
-    write_text(target, text)
+    write_text(target, yaml.safe_dump(plain, sort_keys=False))
     print(f"wrote {target}")
-    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.max_workers is not None:  # the seed's flag: the same as runtime.max_workers=N
+        if args.max_workers < 1:
+            raise ConfigError("--max-workers", "an integer >= 1", args.max_workers)
+        overrides.append(f"runtime.max_workers={args.max_workers}")
     if args.multirun:
+        if args.config or args.write_config:
+            raise ConfigError("run -m", "no --config / --write-config (conf/ only)", "given")
         from pipeline.sweep import run_multirun
 
-        return run_multirun(args.overrides)
-    from pipeline.config.compose import compose_config
+        return run_multirun(overrides)
+    from pipeline.config import validate
+    from pipeline.config.compose import compose_dict, compose_file
 
-    config = compose_config(args.overrides)
+    plain = compose_file(Path(args.config), overrides) if args.config else compose_dict(overrides)
+    config = validate(plain)
+    if args.write_config:
+        _write_config_file(Path(args.write_config), plain, force=False)
+        return 0
     from pipeline.runner import run_study
 
     return run_study(config, dry_run=args.dry_run)
@@ -246,6 +264,19 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the study in-process")
     run.add_argument("overrides", nargs="*")
     run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a complete config (as write-config writes it) instead of conf/; overrides apply on top",
+    )
+    run.add_argument(
+        "--max-workers", type=int, metavar="N", help="at most N workers (runtime.max_workers=N)"
+    )
+    run.add_argument(
+        "--write-config",
+        metavar="FILE",
+        help="write the complete config this run would use to FILE and stop",
+    )
     run.add_argument(
         "-m",
         "--multirun",

@@ -52,6 +52,26 @@ def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) 
     return validate(compose_dict(overrides, conf_dir))
 
 
+def compose_file(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A complete config file (as `write-config` writes it) with Hydra overrides on top.
+
+    The file is Hydra's primary config (alone in a temp config dir), so `key=value`, `+key=v`
+    and `~key` overrides behave as on conf/; group choices (`data=eurostat`) do not exist there.
+    """
+    import shutil
+    import tempfile
+
+    if not path.is_file():
+        raise ConfigError(
+            "--config", "an existing config file (write one with --write-config FILE)", str(path)
+        )
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        shutil.copyfile(path, Path(tmp_dir) / f"{CONFIG_NAME}.yaml")
+        composed = compose_dict(overrides, Path(tmp_dir))
+    composed["model_names"] = list(composed.get("models") or {})  # derived, as in conf/
+    return composed
+
+
 def write_params(
     output: Path, overrides: Sequence[str] = (), conf_dir: Path | None = None
 ) -> StudyConfig:

@@ -44,7 +44,8 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["synthetic", "eurostat", "panel"]
-    path: str | None  # file for eurostat/panel; relative paths are relative to the project
+    path: str | None  # eurostat/panel file, or (panel) a directory of per-country files;
+    # relative paths are relative to the project
     dataset: str  # eurostat dataset to download when `path` is not given
     raw_dir: str  # download cache
     target: str = field(metadata=rule(lambda v: v.strip() != "", "a column name"))

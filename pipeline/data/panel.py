@@ -1,4 +1,5 @@
-"""Generic panel files: any CSV or parquet with TIME, COUNTRY and value columns."""
+"""Generic panel files: any CSV or parquet with TIME, COUNTRY and value columns, or a directory
+of per-country files (`pipeline.data.country_files`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from pipeline.data.files import read_csv_text, read_parquet_file
 
 
 def read_panel_file(path: Path) -> pd.DataFrame:
+    """One panel file (TIME, COUNTRY, value columns), or a directory of per-country files."""
     if not path.exists():
         raise DataError(
-            f"data file {path} does not exist; set data.path to an existing CSV or parquet file"
+            f"data file {path} does not exist; set data.path to an existing CSV or parquet "
+            "file, or to a directory of per-country files"
         )
+    if path.is_dir():
+        from pipeline.data.country_files import read_country_dir
+
+        return read_country_dir(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return read_parquet_file(path)

@@ -1,0 +1,78 @@
+"""A directory of per-country files (the seed's `processed_per_country` layout), read with Dask.
+
+Each file is `<COUNTRY>.csv`, `.csv.gz` or `.parquet` holding TIME plus value columns; the
+country comes from the file name. The files are the partitions of one dask.dataframe
+(`dd.from_map`), so a large panel is read file by file; every file must have the same columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+
+from pipeline.data.errors import DataError
+from pipeline.data.files import read_csv_text, read_parquet_file
+from pipeline.schema import COUNTRY, TIME
+
+_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def country_of(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def country_files(folder: Path) -> list[Path]:
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_SUFFIXES)
+    )
+    if not files:
+        raise DataError(
+            f"data.path {folder} is a directory without per-country files; put one "
+            f"<COUNTRY>.csv or <COUNTRY>.parquet per country there (TIME plus value columns)"
+        )
+    return files
+
+
+def read_country_file(path: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One file as a tidy frame: its country (from the name) as COUNTRY, TIME, value columns."""
+    frame = (
+        read_parquet_file(path)
+        if path.suffix.lower() in (".parquet", ".pq")
+        else read_csv_text(path)
+    )
+    if TIME not in frame.columns:
+        raise DataError(f"{path} has no {TIME} column; columns are {list(frame.columns)}")
+    if COUNTRY in frame.columns:
+        raise DataError(
+            f"{path} has a {COUNTRY} column; in a per-country directory the country is the "
+            "file name: drop the column (or use one panel file with data.path=FILE)"
+        )
+    if columns is not None and tuple(frame.columns) != columns:
+        raise DataError(
+            f"{path} has columns {list(frame.columns)}, the first file {list(columns)}; "
+            "give every per-country file the same columns"
+        )
+    frame.insert(1, COUNTRY, country_of(path))
+    return frame
+
+
+def read_country_dir(folder: Path) -> pd.DataFrame:
+    """Every per-country file of `folder` as one tidy frame (one Dask partition per file)."""
+    files = country_files(folder)
+    first = read_country_file(files[0])
+    columns = tuple(c for c in first.columns if c != COUNTRY)
+    dtypes = {c: (first[c].dtype if c == TIME else object) for c in first.columns}
+    frame = dd.from_map(
+        lambda path: read_country_file(path, columns).astype(dtypes),
+        files,
+        meta=first.iloc[0:0].astype(dtypes),
+    )
+    with dask.config.set(scheduler="synchronous"):  # small files: no thread start-up per call
+        return frame.compute().reset_index(drop=True)
