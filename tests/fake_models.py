@@ -7,7 +7,8 @@ fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin
                FAKE_HOG_ORIGIN when set) allocates FAKE_HOG_MB MiB
                (touched page by page, slowly enough for the nanny's memory monitor to see it);
                with FAKE_HOG_SIGKILL set, such a fit SIGKILLs its worker instead.
-slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP.
+slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP; FAKE_FAIL_ONCE_ORIGIN/_MARKER make
+               one origin's fits fail through bisection and succeed when retried alone.
 FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run midway.
 """
 
@@ -91,6 +92,16 @@ def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
     from pipeline.models.registry import get_adapter
 
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * len(payload["keys"]))
+    # FAKE_FAIL_ONCE_ORIGIN (month index): batches holding it raise until the fit is alone,
+    # which raises once more and leaves FAKE_FAIL_ONCE_MARKER: bisection, then a retry alone
+    origin, marker = (
+        os.environ.get("FAKE_FAIL_ONCE_ORIGIN"),
+        os.environ.get("FAKE_FAIL_ONCE_MARKER"),
+    )
+    if origin and marker and not os.path.exists(marker) and int(origin) in set(payload["origins"]):
+        if len(set(payload["keys"])) == 1:  # alone (slot fillers are copies of the fit)
+            open(marker, "w").close()
+        raise RuntimeError("injected failure (once)")
     return get_adapter("ar_qr").fit_batch(payload)
 
 
@@ -106,6 +117,7 @@ def _slow_ar_qr_adapter() -> Adapter:
         features=real.features,
         min_rows=real.min_rows,
         fit_batch=_slow_ar_qr,
+        slot_period=real.slot_period,
     )
 
 

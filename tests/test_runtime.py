@@ -169,11 +169,28 @@ def test_sigkill_then_resume_equals_uninterrupted(
     assert (table["status"] == "done").all() and len(table) == 96 * 3
     frame = pd.read_parquet(summary.path)
     assert not frame.duplicated(["COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"]).any()
-    pd.testing.assert_frame_equal(frame, reference[1])
+    pd.testing.assert_frame_equal(frame, reference[1], check_exact=True)  # bit for bit
+    assert (
+        summary.path.read_bytes()
+        == reference[0].output_dir.joinpath("train/slow_ar_qr.parquet").read_bytes()
+    )
     # a no-op rerun trains nothing, starts no cluster and writes the same bytes
     again = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
     assert again.trained == 0 and again.loaded == 96 and again.n_workers == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(again.path), reference[1])
+    pd.testing.assert_frame_equal(pd.read_parquet(again.path), reference[1], check_exact=True)
+
+
+def test_a_fit_failed_through_bisection_then_retried_alone_gives_the_same_bits(
+    tmp_path: Path, reference: tuple[StudyConfig, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL_ONCE_ORIGIN", str(2018 * 12 + 4))  # 2018-05
+    monkeypatch.setenv("FAKE_FAIL_ONCE_MARKER", str(tmp_path / "failed-once"))
+    config = study(tmp_path / "out")
+    summary = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 8))
+    assert (tmp_path / "failed-once").exists() and summary.failed == 0
+    errors = read_table(db_path(config.output_dir), "errors")
+    assert len(set(errors["key"])) >= 1 and "injected failure" in errors["message"].iloc[0]
+    pd.testing.assert_frame_equal(pd.read_parquet(summary.path), reference[1], check_exact=True)
 
 
 @pytest.mark.slow
@@ -228,13 +245,13 @@ def test_workers_without_the_drivers_disk_give_identical_forecasts_and_a_full_ca
         summary = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
         assert summary.trained == 96 and summary.n_workers == 2
         assert all(w.poll() is None for w in workers)  # both still up: none fell back
-        pd.testing.assert_frame_equal(pd.read_parquet(summary.path), reference[1])
+        pd.testing.assert_frame_equal(pd.read_parquet(summary.path), reference[1], check_exact=True)
         cache = FitCache(config.model_cache_dir, "slow_ar_qr")
         report = cache.verify()
         assert len(report.entries) == 96 and not report.damaged_keys
         again = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
         assert again.trained == 0 and again.loaded == 96 and again.n_workers == 0
-        pd.testing.assert_frame_equal(pd.read_parquet(again.path), reference[1])
+        pd.testing.assert_frame_equal(pd.read_parquet(again.path), reference[1], check_exact=True)
     finally:
         for proc in [*workers, scheduler]:
             proc.terminate()

@@ -15,6 +15,7 @@ from pipeline.data.windows import month_index
 from pipeline.models.registry import get_adapter
 from pipeline.runtime.tasks import (
     batched_fits_per_task,
+    block_task,
     build_groups,
     choose_fits_per_task,
     make_tasks,
@@ -240,13 +241,70 @@ def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
     assert (group.block == (group.origin - group.origin.min()) // b).all()
     everything = make_tasks([group], [np.arange(n)], fits_per_task=1)
     assert [len(t.index) for t in everything] == [b, n - b]
-    # a resumed run with half of the first block done: what is left of each block is one
-    # task, never mixed with another block's fits
+    assert all(t.want is None for t in everything)
+    # a resumed run with half of the first block done: each block trains whole (so its fits
+    # give the bits of an uninterrupted run) and the task wants only what is left
     left = np.arange(b // 2, n)
     resumed = make_tasks([group], [left], fits_per_task=1)
-    assert [len(t.index) for t in resumed] == [b - b // 2, n - b]
+    assert [len(t.index) for t in resumed] == [b, n - b]
+    assert [len(t.wanted) for t in resumed] == [b - b // 2, n - b]
     assert all(len(set(group.block[t.index].tolist())) == 1 for t in resumed)
+    # a retried fit trains in its own block
+    retry = block_task([group], resumed[0], 0, 3, "r")
+    assert np.array_equal(retry.index, np.arange(b)) and retry.wanted.tolist() == [3]
+    # blocks count origins, not months: with step=3 a block still holds `b` origins
+    d3 = copy.deepcopy(d)
+    d3["rolling_window"].update(step=3, start_date="2010-01-01")
+    (g3,) = build_groups(PANEL, make_config(d3), adapter)
+    from pipeline.data.windows import origins as window_origins
+
+    org = np.array([month_index(o) for o in window_origins(make_config(d3).rolling_window)])
+    assert (g3.block == np.searchsorted(org, g3.origin) // b).all()
+    assert ((g3.origin - org[0])[g3.block == 0] >= b).any()  # months past b, same block
     # one more origin at the end: only the keys of the last block change
     d["rolling_window"]["end_date"] = "2019-07-01"
     (longer,) = build_groups(PANEL, make_config(d), adapter)
     assert set(longer.keys) & set(group.keys) == set(group.keys[group.block == 0])
+
+
+def test_a_slotted_fit_gives_the_same_bits_in_any_batch() -> None:
+    """ar_qr's LP arithmetic follows a fit's batch position modulo its slot period (SIMD
+    alignment; visible with 12 lags); the worker places every fit at its keyed slot, so a
+    full task, a bisected half, a retry alone and a resumed remainder give the same bits."""
+    adapter = get_adapter("ar_qr")
+    assert adapter.slot_period > 1
+    rng = np.random.default_rng(0)
+    B, n, p = 40, 48, 12
+    X = rng.normal(size=(B, n, p))
+    y = X @ rng.normal(size=p) + rng.standard_t(3, size=(B, n))
+    w = np.ones((B, n))
+    w[::3, :10] = 0.0
+    payload = {
+        "model": "ar_qr", "horizon": 1, "horizons": [1], "params": {"p": p},
+        "quantiles": [0.1, 0.5, 0.9], "seed": 0, "keys": [f"k{i:02d}" for i in range(B)],
+        "countries": np.full((B, 1), "AA", dtype=object), "rows": np.ones((B, 1), dtype=bool),
+        "origins": np.arange(B, dtype=np.int64) + 24000,
+        "data": {"X": X, "y": y, "w": w, "X_new": rng.normal(size=(B, 1, p))},
+        "slots": [int(o) % adapter.slot_period for o in np.arange(B) + 24000],
+    }  # fmt: skip
+
+    def run(idx: np.ndarray) -> dict[str, Any]:
+        sub = {**payload, "keys": [payload["keys"][i] for i in idx]}
+        sub.update({k: payload[k][idx] for k in ("countries", "rows", "origins")})
+        sub["data"] = {k: v[idx] for k, v in payload["data"].items()}
+        sub["slots"] = [payload["slots"][i] for i in idx]
+        out = run_task(sub)
+        assert not out["failed"]
+        return {k: (p, s) for k, p, s in zip(out["keys"], out["pred"], out["states"], strict=True)}
+
+    full = run(np.arange(B))
+    parts = [
+        np.arange(3, 17),
+        np.array([5]),
+        np.array([8]),
+        np.sort(rng.choice(B, 11, replace=False)),
+    ]
+    for idx in parts:
+        for key, (pred, state) in run(idx).items():
+            assert pred.tobytes() == full[key][0].tobytes(), key
+            assert all(v.tobytes() == full[key][1][n].tobytes() for n, v in state.items()), key

@@ -43,6 +43,10 @@ class Adapter:
     rank: int = 100
     # extra payload entries a worker needs to rebuild this adapter (user models: the target)
     payload: dict[str, Any] | None = None
+    # > 1: a batched kernel whose per-fit arithmetic depends only on the fit's position in the
+    # batch modulo this period (SIMD alignment); the worker then places each fit at its own
+    # slot (in its key), so it gives the same bits in any batch (pipeline/runtime/worker.py)
+    slot_period: int = 1
 
 
 def lag_features(config: StudyConfig, lags: Iterable[int]) -> list[str]:

@@ -54,6 +54,8 @@ class FitGroup:
     # early stopping) on its batch-mates, so batch-mates are fixed by the study, not by what
     # is left to do or by the worker count, and they enter the fit's key.
     block: np.ndarray | None = field(default=None, repr=False)
+    # (F,) batch slot of each fit (adapter.slot_period > 1), or None: part of the fit's key
+    slot: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
@@ -66,8 +68,16 @@ class Task:
     model: str
     horizon: int
     group: int  # index of the FitGroup in its list
-    index: np.ndarray  # positions in the group
+    index: np.ndarray  # positions in the group: what the worker trains
     task_id: str  # deterministic name (stable across reruns of the same batch)
+    # the positions (a subset of index) whose results this run wants; None: all of index.
+    # A block's fits always train together, so a retry or a resume of part of a block
+    # trains the whole block and keeps the part it wants (one key, one result).
+    want: np.ndarray | None = None
+
+    @property
+    def wanted(self) -> np.ndarray:
+        return self.index if self.want is None else self.want
 
 
 def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], int, np.ndarray]:
@@ -175,6 +185,7 @@ def build_group(
     pooled: bool,
     min_rows: int,
     batch_fits: int = 1,
+    slot_period: int = 1,
 ) -> FitGroup:
     """Stack every fit of a model for `horizons` (one horizon per-country; any for pooled).
 
@@ -183,7 +194,8 @@ def build_group(
     country and every horizon in `horizons`) exists when at least one country qualifies;
     countries that do not are masked out of it (w = 0, no forecast row).
     With `batch_fits` > 1 (pooled only), fits are cut into blocks of `batch_fits` consecutive
-    study origins, counted from the first origin; a fit's key includes its block's origins.
+    study origins (by origin index, counted from the first origin); a fit's key includes its
+    block's origins.
     """
     from pipeline.schema import lead_column
 
@@ -226,7 +238,8 @@ def build_group(
         key_horizon = [int(h) for h in horizons]
     block = None
     if pooled and batch_fits > 1:
-        block = (fit_origin - org.min()) // batch_fits
+        # by origin index (not month offset: with step=3 that halved the blocks)
+        block = np.searchsorted(org, fit_origin) // batch_fits
         mates = {
             b: [month_start(int(o)).strftime("%Y-%m") for o in fit_origin[block == b]]
             for b in set(block.tolist())
@@ -235,6 +248,13 @@ def build_group(
             [f + stable_hash(mates[int(b)], length=16) for f, b in zip(fp, block, strict=True)],
             dtype=object,
         )
+    slot = None
+    if not pooled and slot_period > 1:
+        # consecutive origins take consecutive slots (so a task of them needs no filler);
+        # the slot enters the key: one key, one result
+        step = int(np.diff(org).min()) if len(org) > 1 else 1
+        slot = (fit_origin // max(step, 1)) % slot_period
+        fp = np.array([f"{f}|slot{int(s)}" for f, s in zip(fp, slot, strict=True)], dtype=object)
     keys = np.array(
         [
             fit_key(model, version, params, quantiles, key_horizon, o, c, f, seed)
@@ -253,6 +273,7 @@ def build_group(
         rows=rows,
         data=data,
         block=block,
+        slot=slot,
     )
 
 
@@ -263,7 +284,8 @@ def make_tasks(
 
     Chunks are contiguous in (horizon, country, origin) order and sized evenly, so a task
     never holds fewer than half of `fits_per_task` unless its group is that small. A group
-    with batch blocks gets one task per block instead (its fits still to do).
+    with batch blocks gets one task per block instead: the whole block trains, the fits
+    still to do are its `want`.
     """
     if fits_per_task < 1:
         raise ValueError(f"fits_per_task must be >= 1; got {fits_per_task}")
@@ -273,15 +295,37 @@ def make_tasks(
         if idx.size == 0:
             continue
         if group.block is not None:
-            parts = [idx[group.block[idx] == b] for b in np.unique(group.block[idx])]
+            blocks = np.unique(group.block[idx])
+            parts = [idx[group.block[idx] == b] for b in blocks]
+            full = [np.nonzero(group.block == b)[0] for b in blocks]
         else:
             parts = np.array_split(idx, math.ceil(idx.size / fits_per_task))
-        for part in parts:
+            full = parts
+        for part, index in zip(parts, full, strict=True):
             tid = stable_hash([group.model, group.horizon, *group.keys[part].tolist()], 16)
+            want = None if np.array_equal(part, index) else part
             tasks.append(
-                Task(group.model, group.horizon, g, part, f"{group.model}-h{group.horizon}-{tid}")
+                Task(
+                    group.model,
+                    group.horizon,
+                    g,
+                    index,
+                    f"{group.model}-h{group.horizon}-{tid}",
+                    want,
+                )
             )
     return tasks
+
+
+def block_task(groups: Sequence[FitGroup], task: Task, g: int, i: int, task_id: str) -> Task:
+    """A retry of fit `i` of group `g`: alone, or (a blocked group) in its whole block."""
+    group = groups[g]
+    if group.block is None:
+        return Task(task.model, task.horizon, g, np.array([i]), task_id)
+    return Task(
+        task.model, task.horizon, g, np.nonzero(group.block == group.block[i])[0], task_id,
+        np.array([i]),
+    )  # fmt: skip
 
 
 def task_payload(
@@ -310,6 +354,8 @@ def task_payload(
         "rows": group.rows[index],
         "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)
         "data": {k: np.ascontiguousarray(v[index]) for k, v in group.data.items()},
+        # each fit's batch slot (see FitGroup.slot); a plain list, so the payload stays JSON + arrays
+        "slots": None if group.slot is None else [int(s) for s in group.slot[index]],
     }
 
 
@@ -370,6 +416,7 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
             pooled=adapter.pooled,
             min_rows=adapter.min_rows(config),
             batch_fits=adapter.batch_fits,
+            slot_period=getattr(adapter, "slot_period", 1),
         )
         for hs in horizon_sets
     ]

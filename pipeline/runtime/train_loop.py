@@ -18,7 +18,14 @@ from pipeline.runtime.fit_cache import Entry, FitCache
 from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
 from pipeline.runtime.progress import ProgressStore
-from pipeline.runtime.tasks import FitGroup, Task, forecast_table, make_tasks, task_payload
+from pipeline.runtime.tasks import (
+    FitGroup,
+    Task,
+    block_task,
+    forecast_table,
+    make_tasks,
+    task_payload,
+)
 from pipeline.runtime.worker import run_task
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
@@ -150,7 +157,7 @@ class RunState:
                 while queue and stream.in_flight < limit:
                     task = queue.popleft()
                     g = self.groups[task.group]
-                    keys = [str(k) for k in g.keys[task.index]]
+                    keys = [str(k) for k in g.keys[task.wanted]]
                     store.set_status(self.model, keys, "training", self.run_id, started=time.time())
                     payload = task_payload(
                         g,
@@ -168,7 +175,9 @@ class RunState:
                 for name, result, error in stream:
                     task = tasks.pop(name)
                     g = self.groups[task.group]
-                    keys = [str(k) for k in g.keys[task.index]]
+                    keys = [str(k) for k in g.keys[task.wanted]]
+                    if result is not None and task.want is not None:
+                        result = _only(result, set(keys))  # a whole block ran for a part
                     if error is not None:
                         log.warning(
                             "task %s (%d fits) failed: %s: %s",
@@ -239,7 +248,8 @@ class RunState:
     ) -> None:
         """Record failures; queue retries: a multi-fit task lost for memory is split in halves
         (not an attempt of its fits yet), single fits are retried up to runtime.retries times."""
-        if split and task.index.size > 1:
+        # a blocked group's fits train in whole blocks only, so such a task is not split
+        if split and task.index.size > 1 and self.groups[task.group].block is None:
             for n, part in enumerate(np.array_split(task.index, 2)):
                 queue.append(
                     Task(task.model, task.horizon, task.group, part, f"{task.task_id}-s{n}")
@@ -260,15 +270,8 @@ class RunState:
                 retry.append(key)
         for key in retry:
             gi, i = self.where[key]
-            queue.append(
-                Task(
-                    task.model,
-                    task.horizon,
-                    gi,
-                    np.array([i]),
-                    f"{task.task_id}-r{self.tries[key]}-{key[:12]}",
-                )
-            )
+            tid = f"{task.task_id}-r{self.tries[key]}-{key[:12]}"
+            queue.append(block_task(self.groups, task, gi, i, tid))
         if retry:
             log.info("retrying %d failed fits of task %s one by one", len(retry), task.task_id)
 
@@ -277,3 +280,16 @@ class RunState:
     def forecast_frame(self, panel: pd.DataFrame) -> pd.DataFrame:
         """The forecast table of every fit known (schema order, deterministic sort)."""
         return forecast_table(self.groups, self.where, self.pred, self.config, self.model, panel)
+
+
+def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """The part of a task's result about `keys` (the rest of its block is known already)."""
+    pick = [j for j, k in enumerate(result["keys"]) if k in keys]
+    return {
+        **result,
+        "keys": [result["keys"][j] for j in pick],
+        "pred": result["pred"][pick],
+        "alpha": result["alpha"][pick],
+        "states": [result["states"][j] for j in pick],
+        "failed": [f for f in result["failed"] if f["key"] in keys],
+    }

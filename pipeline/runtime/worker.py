@@ -88,7 +88,38 @@ def _subset(payload: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
     sub["rows"] = payload["rows"][idx]
     sub["origins"] = payload["origins"][idx]
     sub["data"] = {k: v[idx] for k, v in payload["data"].items()}
+    if payload.get("slots") is not None:
+        sub["slots"] = [payload["slots"][i] for i in idx]
     return sub
+
+
+def _fit_slotted(adapter: Adapter, payload: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    """One batched call over the fits `idx`. With slots (adapter.slot_period > 1), each fit
+    sits at a batch position congruent to its slot, filler copies of the next fit taking the
+    gaps, so its arithmetic is the same whichever fits share the batch (a full task, a
+    bisected half, a retry alone, a resume): one key, one result."""
+    slots = payload.get("slots")
+    period = int(getattr(adapter, "slot_period", 1))
+    if slots is None or period <= 1:
+        return adapter.fit_batch(_subset(payload, idx))
+    layout: list[int] = []  # payload positions, fillers included
+    real: list[int] = []  # where in `layout` each fit of `idx` sits
+    for i in idx:
+        while len(layout) % period != slots[i] % period:
+            layout.append(int(i))
+        real.append(len(layout))
+        layout.append(int(i))
+    out = adapter.fit_batch(_subset(payload, np.asarray(layout)))
+    pick = np.asarray(real)
+    taken: dict[str, Any] = {}
+    for name, value in out.items():
+        if name == "state":
+            taken[name] = {k: np.asarray(v)[pick] for k, v in value.items()}
+        elif name == "states":
+            taken[name] = [value[j] for j in pick]
+        else:
+            taken[name] = np.asarray(value)[pick]
+    return taken
 
 
 def _solve(
@@ -100,7 +131,7 @@ def _solve(
 ) -> None:
     """One batched call; on an exception split the batch in halves until the bad fits are alone."""
     try:
-        out = adapter.fit_batch(_subset(payload, idx))
+        out = _fit_slotted(adapter, payload, idx)
         pred = np.asarray(out["pred"], dtype=np.float64)
         rows = payload["rows"][idx]
         want = (len(idx), rows.shape[1], len(payload["horizons"]), len(payload["quantiles"]))

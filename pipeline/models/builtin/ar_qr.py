@@ -54,4 +54,7 @@ ADAPTER = Adapter(
     lags=lambda c: range(c.models.ar_qr.p),
     config_type=ArQrConfig,
     rank=0,
+    # the LP's float64 rows are 32-byte multiples: a fit's bits follow its batch position's
+    # parity (AVX-512 alignment); 8 covers any 8-byte stride against 64-byte vectors
+    slot_period=8,
 )

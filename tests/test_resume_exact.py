@@ -1,0 +1,85 @@
+"""SIGKILL of the driver mid-train, then a rerun: forecasts and metrics byte-identical to an
+uninterrupted run, ensemble_nn included (its blocks train whole on resume)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+TINY = [
+    "data.synthetic.n_countries=3",
+    "data.horizons=[1]",
+    "rolling_window.size=36",
+    "rolling_window.start_date=2022-07-01",
+    "rolling_window.end_date=2022-12-01",
+    "models.ar_qr.p=3",
+    "models.lqr.rff_features=16",
+    "models.ensemble_nn.units_per_layer=[8]",
+    "models.ensemble_nn.epochs=120",
+    "models.ensemble_nn.patience=120",
+    "models.ensemble_nn.parallel_models=2",
+    "models.ensemble_nn.learning_rate=1e-3",
+    "models.ensemble_nn.device=cpu",
+    "runtime.task_seconds=0.2",
+    "runtime.max_workers=1",
+    "runtime.dashboard_port=0",
+    "runtime.progress_bar=false",
+]
+
+
+def start(out: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", *TINY, f"runtime.output_dir={out}"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def training(out: Path, model: str) -> bool:
+    path = out / "progress/progress.sqlite"
+    if not path.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM progress WHERE model = ? AND status = 'training'", (model,)
+            ).fetchone()
+        return bool(row and row[0])
+    except sqlite3.Error:
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_mid_train_then_rerun_is_byte_identical(tmp_path: Path) -> None:
+    clean = start(tmp_path / "clean", tmp_path)
+    _, err = clean.communicate(timeout=600)
+    assert clean.returncode == 0, err
+    out = tmp_path / "killed"
+    proc = start(out, tmp_path)
+    t0 = time.monotonic()
+    while not training(out, "ensemble_nn"):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 300, "ensemble_nn never started training"
+        time.sleep(0.02)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:
+        child.kill()
+    assert not (out / "forecasts/all.parquet").exists()  # killed before assemble
+    again = start(out, tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    for name in ("forecasts/all.parquet", "metrics.json", "train/ensemble_nn.parquet"):
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+    frame = pd.read_parquet(out / "forecasts/all.parquet")
+    assert set(frame["MODEL"]) == {"ar_qr", "lqr", "ensemble_nn"}
