@@ -1,0 +1,289 @@
+"""Coverage (backtesting) tests of quantile forecasts and the Model Confidence Set (pure).
+
+A *hit* is `1{y <= F}` (the convention of `metrics.coverage`); for a correct tau-quantile the
+hits are i.i.d. Bernoulli(tau). Each test returns `(statistic, p_value)`; `0 * log(0)` is 0.
+
+- Kupiec (1995) unconditional coverage:
+  `LR_uc = -2 [ n0 ln(1 - tau) + n1 ln(tau) - n0 ln(1 - pi) - n1 ln(pi) ]`, `pi = n1 / n`,
+  chi-square(1). Defined for any n >= 1 (no hits or all hits included); n = 0 gives NaN.
+- Christoffersen (1998) independence, first-order Markov alternative:
+  `LR_ind = -2 [ (n00 + n10) ln(1 - pi) + (n01 + n11) ln(pi)
+                 - n00 ln(1 - pi01) - n01 ln(pi01) - n10 ln(1 - pi11) - n11 ln(pi11) ]`
+  with `n_ij` the transitions i -> j, `pi01 = n01 / (n00 + n01)`, `pi11 = n11 / (n10 + n11)`,
+  `pi = (n01 + n11) / (n - 1)`; chi-square(1). It is undefined (NaN) when one of the two states
+  never occurs among the first n - 1 hits (no hits, all hits, n < 2): nothing can be said
+  about the dependence then.
+- Conditional coverage: `LR_cc = LR_uc + LR_ind`, chi-square(2) (Christoffersen's usual
+  decomposition; NaN when LR_ind is).
+- Engle and Manganelli (2004) dynamic quantile: `Hit_t = 1{y_t <= F_t} - tau` regressed on a
+  constant, `Hit_{t-1..t-lags}` and `F_t` over t = lags+1..n;
+  `DQ = Hit' X (X'X)^+ X' Hit / (tau (1 - tau))`, chi-square with rank(X) degrees of freedom
+  (the number of regressors, lags + 2, unless they are collinear, e.g. a constant forecast).
+  NaN with fewer usable rows than regressors + 1.
+
+Hits of an h-step forecast from monthly origins overlap by h - 1 months, so for h > 1 they are
+serially dependent by construction: the independence and DQ tests then reject correct
+forecasts too often and read as diagnostics, not as exact tests (SERIAL_DEPENDENCE_NOTE).
+
+`model_confidence_set` wraps `arch.bootstrap.MCS` (never a hand-written MCS).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.special import xlogy
+
+DQ_LAGS = 4
+SERIAL_DEPENDENCE_NOTE = (
+    "Hits of h > 1 forecasts from monthly origins overlap by h - 1 months, so they are "
+    "serially dependent by construction: Christoffersen's independence test and the DQ test "
+    "over-reject correct forecasts there; read them as diagnostics."
+)
+NAN_RESULT = (math.nan, math.nan)
+
+
+def _check_hits(hits: Sequence[int] | np.ndarray) -> np.ndarray:
+    h = np.asarray(hits)
+    if h.ndim != 1:
+        raise ValueError(f"hits must be a 1-D sequence of 0/1; got shape {h.shape}")
+    if h.size and not np.isin(h, (0, 1, True, False)).all():
+        raise ValueError("hits must hold only 0 and 1")
+    return h.astype(np.float64)
+
+
+def _check_tau(tau: float) -> float:
+    tau = float(tau)
+    if not 0.0 < tau < 1.0:
+        raise ValueError(f"tau must lie in (0, 1); got {tau}")
+    return tau
+
+
+def _bernoulli_loglik(ones: float, zeros: float, p: float) -> float:
+    return float(xlogy(ones, p) + xlogy(zeros, 1.0 - p))
+
+
+def kupiec(hits: Sequence[int] | np.ndarray, tau: float) -> tuple[float, float]:
+    """Kupiec's unconditional coverage LR statistic and its chi-square(1) p-value."""
+    h, tau = _check_hits(hits), _check_tau(tau)
+    n = h.size
+    if n == 0:
+        return NAN_RESULT
+    n1 = float(h.sum())
+    n0 = n - n1
+    stat = -2.0 * (_bernoulli_loglik(n1, n0, tau) - _bernoulli_loglik(n1, n0, n1 / n))
+    stat = max(stat, 0.0)
+    return stat, float(stats.chi2.sf(stat, 1))
+
+
+def _transitions(h: np.ndarray) -> np.ndarray:
+    """Counts (n00, n01, n10, n11) of the transitions i -> j of one hit sequence."""
+    prev, cur = h[:-1], h[1:]
+    return np.array([((prev == a) & (cur == b)).sum() for a in (0, 1) for b in (0, 1)], float)
+
+
+def _independence(counts: np.ndarray) -> tuple[float, float]:
+    n00, n01, n10, n11 = (float(c) for c in counts)
+    if n00 + n01 == 0 or n10 + n11 == 0:
+        return NAN_RESULT
+    pi = (n01 + n11) / (n00 + n01 + n10 + n11)
+    restricted = _bernoulli_loglik(n01 + n11, n00 + n10, pi)
+    markov = _bernoulli_loglik(n01, n00, n01 / (n00 + n01)) + _bernoulli_loglik(
+        n11, n10, n11 / (n10 + n11)
+    )
+    stat = max(-2.0 * (restricted - markov), 0.0)
+    return stat, float(stats.chi2.sf(stat, 1))
+
+
+def christoffersen_independence(hits: Sequence[int] | np.ndarray) -> tuple[float, float]:
+    """Christoffersen's independence LR statistic and its chi-square(1) p-value."""
+    h = _check_hits(hits)
+    if h.size < 2:
+        return NAN_RESULT
+    return _independence(_transitions(h))
+
+
+def christoffersen_conditional(hits: Sequence[int] | np.ndarray, tau: float) -> tuple[float, float]:
+    """Conditional coverage LR_cc = LR_uc + LR_ind and its chi-square(2) p-value."""
+    uc, _ = kupiec(hits, tau)
+    ind, _ = christoffersen_independence(hits)
+    if math.isnan(uc) or math.isnan(ind):
+        return NAN_RESULT
+    stat = uc + ind
+    return stat, float(stats.chi2.sf(stat, 2))
+
+
+def dq_test(
+    hits: Sequence[int] | np.ndarray,
+    forecast: Sequence[float] | np.ndarray,
+    tau: float,
+    lags: int = DQ_LAGS,
+) -> tuple[float, float]:
+    """Engle-Manganelli DQ statistic (constant, `lags` lagged hits, the forecast) and p-value."""
+    h, tau = _check_hits(hits), _check_tau(tau)
+    f = np.asarray(forecast, dtype=np.float64)
+    if f.shape != h.shape:
+        raise ValueError(f"forecast must match hits' shape {h.shape}; got {f.shape}")
+    x, target = _dq_design(h, f, tau, lags)
+    return _dq(x, target, tau)
+
+
+def _dq_design(
+    h: np.ndarray, f: np.ndarray, tau: float, lags: int = DQ_LAGS
+) -> tuple[np.ndarray, np.ndarray]:
+    """DQ regressors (constant, lagged demeaned hits, forecast) and target of one sequence."""
+    demeaned = h - tau
+    n_rows = max(h.size - lags, 0)
+    columns = [np.ones(n_rows)]
+    columns += [demeaned[lags - k : h.size - k] for k in range(1, lags + 1)]
+    columns.append(f[lags:])
+    return np.column_stack(columns).reshape(n_rows, lags + 2), demeaned[lags:]
+
+
+def _dq(x: np.ndarray, target: np.ndarray, tau: float) -> tuple[float, float]:
+    if len(target) < x.shape[1] + 1:
+        return NAN_RESULT
+    coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+    fitted = x @ coef
+    stat = float(fitted @ fitted) / (tau * (1.0 - tau))
+    return stat, float(stats.chi2.sf(stat, int(np.linalg.matrix_rank(x))))
+
+
+def coverage_test_row(hits: np.ndarray, forecast: np.ndarray, tau: float) -> dict[str, float | int]:
+    """Every test on one hit sequence (in time order): N, HIT_RATE and each STAT/P pair."""
+    uc = kupiec(hits, tau)
+    ind = christoffersen_independence(hits)
+    cc = christoffersen_conditional(hits, tau)
+    dq = dq_test(hits, forecast, tau)
+    return {
+        "N": len(hits),
+        "HIT_RATE": float(np.mean(hits)) if len(hits) else math.nan,
+        "LR_UC": uc[0],
+        "P_UC": uc[1],
+        "LR_IND": ind[0],
+        "P_IND": ind[1],
+        "LR_CC": cc[0],
+        "P_CC": cc[1],
+        "DQ": dq[0],
+        "P_DQ": dq[1],
+    }
+
+
+TEST_COLUMNS = tuple(coverage_test_row(np.array([1, 0]), np.zeros(2), 0.5))
+
+
+def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
+    """The tests per group of scored rows of a forecast table (`by` must include MODEL,
+    HORIZON and QUANTILE). Without COUNTRY in `by`, the countries' hit sequences (each in
+    WINDOW_END order) are concatenated country by country: the tests' pooled form, whose
+    DQ lags never cross from one country into the next (the first lags rows of each are
+    dropped)."""
+    by = list(by)
+    rows = frame.loc[frame["ACTUAL"].notna() & frame["FORECAST"].notna()]
+    rows = rows.sort_values([*by, "COUNTRY", "WINDOW_END"], kind="stable")
+    records = []
+    for keys, part in rows.groupby(by, sort=True, observed=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        tau = float(dict(zip(by, keys, strict=True))["QUANTILE"])
+        hits = (part["ACTUAL"] <= part["FORECAST"]).to_numpy(np.float64)
+        forecast = part["FORECAST"].to_numpy(np.float64)
+        row = coverage_test_row(hits, forecast, tau)
+        if "COUNTRY" not in by:
+            row["LR_IND"], row["P_IND"], row["DQ"], row["P_DQ"] = _pooled_dependence(part, tau)
+            lr_cc = row["LR_UC"] + row["LR_IND"]  # NaN when LR_IND is
+            row["LR_CC"] = lr_cc
+            row["P_CC"] = math.nan if math.isnan(lr_cc) else float(stats.chi2.sf(lr_cc, 2))
+        records.append((*keys, *row.values()))
+    table = pd.DataFrame.from_records(records, columns=[*by, *TEST_COLUMNS])
+    return table.astype({"N": "int64"})
+
+
+def _pooled_dependence(part: pd.DataFrame, tau: float) -> tuple[float, float, float, float]:
+    """Independence and DQ statistics pooled over countries: the transition counts and DQ
+    rows of each country's own sequence, summed (no transition or lag spans two countries)."""
+    counts = np.zeros(4)
+    designs, targets = [], []
+    for _, one in part.groupby("COUNTRY", sort=True, observed=True):
+        h = (one["ACTUAL"] <= one["FORECAST"]).to_numpy(np.float64)
+        counts += _transitions(h)
+        x, target = _dq_design(h, one["FORECAST"].to_numpy(np.float64), tau)
+        designs.append(x)
+        targets.append(target)
+    dq = _dq(np.vstack(designs), np.concatenate(targets), tau) if designs else NAN_RESULT
+    return (*_independence(counts), *dq)
+
+
+# --- Model Confidence Set --------------------------------------------------------------------
+def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """Per-origin losses of one horizon: mean pinball over countries and quantiles per
+    (WINDOW_END, MODEL), on the rows every model scored; a WINDOW_END x MODEL matrix."""
+    rows = frame.loc[
+        (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
+    ]
+    u = rows["ACTUAL"].to_numpy(np.float64) - rows["FORECAST"].to_numpy(np.float64)
+    q = rows["QUANTILE"].to_numpy(np.float64)
+    rows = rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+    key = ["COUNTRY", "QUANTILE", "WINDOW_END"]
+    wide = rows.pivot_table(index=key, columns="MODEL", values="LOSS", observed=True).dropna()
+    return wide.groupby(level="WINDOW_END").mean().sort_index()
+
+
+def model_confidence_set(
+    losses: pd.DataFrame,
+    *,
+    size: float = 0.1,
+    reps: int = 1000,
+    block_size: int | None = None,
+    method: str = "R",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`arch.bootstrap.MCS` on a (origins x models) loss matrix: one row per model with its
+    MCS p-value and whether it is in the set (`MODEL, P_VALUE, IN_MCS`), in the order of
+    `losses`' columns. Stationary bootstrap; `block_size` defaults to arch's own choice."""
+    from arch.bootstrap import MCS
+
+    if losses.shape[1] < 2 or losses.shape[0] < 2:
+        return pd.DataFrame({"MODEL": list(losses.columns), "P_VALUE": 1.0, "IN_MCS": True}).astype(
+            {"P_VALUE": "float64", "IN_MCS": "bool"}
+        )
+    mcs = MCS(
+        losses,
+        size=size,
+        reps=reps,
+        block_size=block_size,
+        method=method,
+        bootstrap="stationary",
+        seed=seed,
+    )
+    mcs.compute()
+    pvalues = mcs.pvalues["Pvalue"]
+    included = set(mcs.included)
+    return pd.DataFrame(
+        {
+            "MODEL": list(losses.columns),
+            "P_VALUE": [float(pvalues[m]) for m in losses.columns],
+            "IN_MCS": [m in included for m in losses.columns],
+        }
+    )
+
+
+def mcs_table(
+    frame: pd.DataFrame, *, size: float = 0.1, reps: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """The MCS per horizon: `HORIZON, MODEL, N_ORIGINS, P_VALUE, IN_MCS`."""
+    parts = []
+    for horizon in sorted(frame["HORIZON"].dropna().unique().tolist()):
+        losses = origin_losses(frame, int(horizon))
+        if losses.empty:
+            continue
+        table = model_confidence_set(losses, size=size, reps=reps, seed=seed)
+        table.insert(0, "HORIZON", int(horizon))
+        table.insert(2, "N_ORIGINS", len(losses))
+        parts.append(table)
+    if not parts:
+        return pd.DataFrame(columns=["HORIZON", "MODEL", "N_ORIGINS", "P_VALUE", "IN_MCS"])
+    return pd.concat(parts, ignore_index=True)

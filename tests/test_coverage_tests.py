@@ -1,0 +1,182 @@
+"""Coverage tests against independent hand computations; the MCS against a direct arch call."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+
+from pipeline.evaluation import coverage_tests as ct
+
+HITS = np.array([0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0])
+
+
+def test_kupiec_equals_binomial_likelihood_ratio():
+    tau, n1, n = 0.1, int(HITS.sum()), HITS.size
+    # the binomial coefficient cancels: LR = 2 [log B(n1; n, n1/n) - log B(n1; n, tau)]
+    expected = 2.0 * (stats.binom.logpmf(n1, n, n1 / n) - stats.binom.logpmf(n1, n, tau))
+    stat, p = ct.kupiec(HITS, tau)
+    assert stat == pytest.approx(expected, rel=1e-12)
+    assert p == pytest.approx(stats.chi2.sf(expected, 1), rel=1e-12)
+    assert 0.05 < p < 0.1  # 5 hits of 20 at tau = 0.1: rejected at 10%, not at 5%
+
+
+def test_kupiec_degenerate_sequences_are_defined():
+    # no hits: LR = -2 n log(1 - tau); all hits: LR = -2 n log(tau)
+    assert ct.kupiec(np.zeros(10), 0.1)[0] == pytest.approx(-20 * math.log(0.9))
+    assert ct.kupiec(np.ones(10), 0.1)[0] == pytest.approx(-20 * math.log(0.1))
+    assert all(math.isnan(v) for v in ct.kupiec([], 0.1))
+    with pytest.raises(ValueError, match="tau"):
+        ct.kupiec(HITS, 1.0)
+    with pytest.raises(ValueError, match="0 and 1"):
+        ct.kupiec([0, 2], 0.5)
+
+
+def _markov_loglik(hits: np.ndarray) -> tuple[float, float]:
+    """Restricted (i.i.d.) and Markov log likelihoods of the transitions, by a crosstab."""
+    table = pd.crosstab(pd.Series(hits[:-1], name="prev"), pd.Series(hits[1:], name="cur"))
+    table = table.reindex(index=[0, 1], columns=[0, 1], fill_value=0).to_numpy(float)
+    p_markov = table / table.sum(axis=1, keepdims=True)
+    p_iid = table.sum(axis=0) / table.sum()
+    with np.errstate(divide="ignore"):
+        markov = np.nansum(np.where(table > 0, table * np.log(p_markov), 0.0))
+        iid = np.nansum(np.where(table.sum(axis=0) > 0, table.sum(axis=0) * np.log(p_iid), 0.0))
+    return iid, markov
+
+
+def test_christoffersen_equals_crosstab_likelihoods():
+    iid, markov = _markov_loglik(HITS)
+    stat, p = ct.christoffersen_independence(HITS)
+    assert stat == pytest.approx(-2.0 * (iid - markov), rel=1e-12)
+    assert p == pytest.approx(stats.chi2.sf(stat, 1))
+    uc, _ = ct.kupiec(HITS, 0.1)
+    cc, p_cc = ct.christoffersen_conditional(HITS, 0.1)
+    assert cc == pytest.approx(uc + stat)
+    assert p_cc == pytest.approx(stats.chi2.sf(uc + stat, 2))
+
+
+def test_christoffersen_clustered_hits_reject_and_degenerate_is_nan():
+    clustered = np.array([0] * 10 + [1] * 5 + [0] * 10 + [1] * 5)
+    assert ct.christoffersen_independence(clustered)[1] < 0.01
+    for degenerate in (np.zeros(12), np.ones(12), np.array([1])):
+        assert all(math.isnan(v) for v in ct.christoffersen_independence(degenerate))
+        assert all(math.isnan(v) for v in ct.christoffersen_conditional(degenerate, 0.5))
+
+
+def test_dq_equals_statsmodels_ols():
+    rng = np.random.default_rng(3)
+    tau, n = 0.1, 60
+    forecast = rng.normal(size=n)
+    hits = (rng.uniform(size=n) < 0.2).astype(int)
+    demeaned = hits - tau
+    x = np.column_stack(
+        [np.ones(n - 4)] + [demeaned[4 - k : n - k] for k in range(1, 5)] + [forecast[4:]]
+    )
+    fit = sm.OLS(demeaned[4:], x).fit()
+    expected = float(fit.params @ x.T @ x @ fit.params) / (tau * (1 - tau))
+    stat, p = ct.dq_test(hits, forecast, tau)
+    assert stat == pytest.approx(expected, rel=1e-9)
+    assert p == pytest.approx(stats.chi2.sf(expected, 6), rel=1e-9)
+
+
+def test_dq_degenerate_cases():
+    assert all(math.isnan(v) for v in ct.dq_test(np.ones(8), np.zeros(8), 0.5))  # 4 rows < 7
+    # a constant forecast is collinear with the constant: dof drops to the rank (5)
+    rng = np.random.default_rng(0)
+    hits = (rng.uniform(size=40) < 0.5).astype(int)
+    stat, p = ct.dq_test(hits, np.ones(40), 0.5)
+    assert p == pytest.approx(stats.chi2.sf(stat, 5))
+    # no hits: Hit = -tau throughout, the lags are collinear with the constant (rank 2) and
+    # the fit is exact: DQ = (n - 4) tau^2 / (tau (1 - tau))
+    stat, p = ct.dq_test(np.zeros(40), rng.normal(size=40), 0.1)
+    assert stat == pytest.approx(36 * 0.1 / 0.9)
+    assert p == pytest.approx(stats.chi2.sf(stat, 2))
+
+
+def _frame(rng: np.random.Generator, countries=("AT", "BE"), n=30) -> pd.DataFrame:
+    rows = []
+    ends = pd.date_range("2018-01-01", periods=n, freq="MS")
+    for model, shift in (("a", 0.0), ("b", 2.0), ("c", 0.1)):
+        for country in countries:
+            y = rng.normal(size=n)
+            for q in (0.1, 0.9):
+                f = stats.norm.ppf(q) + shift + np.zeros(n)
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "MODEL": model,
+                            "COUNTRY": country,
+                            "HORIZON": 1,
+                            "QUANTILE": q,
+                            "WINDOW_END": ends,
+                            "TIME": ends + pd.DateOffset(months=1),
+                            "FORECAST": f,
+                            "ACTUAL": y,
+                        }
+                    )
+                )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_coverage_tests_table_per_country_matches_direct_calls():
+    frame = _frame(np.random.default_rng(1))
+    table = ct.coverage_tests(frame, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"])
+    one = frame.query("MODEL == 'b' and COUNTRY == 'BE' and QUANTILE == 0.9")
+    one = one.sort_values("WINDOW_END")
+    hits = (one["ACTUAL"] <= one["FORECAST"]).to_numpy(int)
+    row = table.query("MODEL == 'b' and COUNTRY == 'BE' and QUANTILE == 0.9").iloc[0]
+    assert row["N"] == 30
+    assert row["LR_UC"] == pytest.approx(ct.kupiec(hits, 0.9)[0])
+    assert row["DQ"] == pytest.approx(ct.dq_test(hits, one["FORECAST"].to_numpy(), 0.9)[0])
+
+
+def test_pooled_coverage_tests_sum_transitions_within_countries():
+    frame = _frame(np.random.default_rng(2))
+    pooled = ct.coverage_tests(frame, by=["MODEL", "HORIZON", "QUANTILE"])
+    part = frame.query("MODEL == 'a' and QUANTILE == 0.1").sort_values(["COUNTRY", "WINDOW_END"])
+    hits = {c: (g["ACTUAL"] <= g["FORECAST"]).to_numpy(int) for c, g in part.groupby("COUNTRY")}
+    all_hits = np.concatenate(list(hits.values()))
+    row = pooled.query("MODEL == 'a' and QUANTILE == 0.1").iloc[0]
+    assert row["N"] == 60
+    assert row["LR_UC"] == pytest.approx(ct.kupiec(all_hits, 0.1)[0])
+    # the independence test counts transitions inside each country only
+    counts = sum(
+        pd.crosstab(h[:-1], h[1:]).reindex(index=[0, 1], columns=[0, 1], fill_value=0).to_numpy()
+        for h in hits.values()
+    )
+    n00, n01, n10, n11 = counts.ravel().astype(float)
+    if n10 + n11 > 0:
+        pi, p0, p1 = (n01 + n11) / counts.sum(), n01 / (n00 + n01), n11 / (n10 + n11)
+        from scipy.special import xlogy
+
+        lr = -2 * (
+            xlogy(n01 + n11, pi)
+            + xlogy(n00 + n10, 1 - pi)
+            - xlogy(n01, p0)
+            - xlogy(n00, 1 - p0)
+            - xlogy(n11, p1)
+            - xlogy(n10, 1 - p1)
+        )
+        assert row["LR_IND"] == pytest.approx(lr)
+        assert row["LR_CC"] == pytest.approx(row["LR_UC"] + lr)
+
+
+def test_mcs_equals_a_direct_arch_call():
+    from arch.bootstrap import MCS
+
+    frame = _frame(np.random.default_rng(4), n=40)
+    losses = ct.origin_losses(frame, 1)
+    assert list(losses.columns) == ["a", "b", "c"] and len(losses) == 40
+    table = ct.model_confidence_set(losses, size=0.1, reps=200, seed=7)
+    direct = MCS(losses, size=0.1, reps=200, method="R", bootstrap="stationary", seed=7)
+    direct.compute()
+    expected = direct.pvalues["Pvalue"]
+    assert table["P_VALUE"].tolist() == [float(expected[m]) for m in losses.columns]
+    assert set(table.loc[table["IN_MCS"], "MODEL"]) == set(direct.included)
+    assert not table.set_index("MODEL").loc["b", "IN_MCS"]  # the biased model is excluded
+    per_horizon = ct.mcs_table(frame, reps=200, seed=7)
+    assert per_horizon["P_VALUE"].tolist() == table["P_VALUE"].tolist()
