@@ -45,7 +45,7 @@ def test_seed_preset_has_every_seed_key_with_its_default():
     nn = models.ensemble_nn
     assert nn.units_per_layer == (32,) * 5 and nn.learning_rate == 5e-5
     assert (nn.epochs, nn.batch_size, nn.patience, nn.parallel_models) == (1500, 32, 50, 10)
-    assert models.enabled() == ("ar_qr", "lqr", "ensemble_nn")
+    assert models.enabled() == ("ar_qr", "lqr", "ensemble_nn", "rw", "climatology")
 
 
 def test_default_is_quick_and_roundtrips_through_validate():
@@ -154,6 +154,8 @@ def test_write_config_is_complete_and_refuses_to_overwrite(tmp_path):
         "rolling_window",
         "runtime",
         "models",
+        "evaluation",
+        "calibration",
         "name",
         "seed",
         "model_names",

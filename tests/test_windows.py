@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from pipeline.config import RollingWindowConfig
 from pipeline.config.compose import compose_config
-from pipeline.data.windows import add_months, month_index, month_start, origins, training_range
+from pipeline.data.windows import (
+    add_months,
+    month_index,
+    month_start,
+    origins,
+    scored_origins,
+    training_range,
+    warmup_origins,
+)
 
 months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
 
@@ -20,7 +28,11 @@ months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
 def test_origin_count_and_spacing(start, span, step):
     end = add_months(start, span)
     config = RollingWindowConfig(
-        size=24, step=step, start_date=str(start.date()), end_date=str(end.date())
+        size=24,
+        step=step,
+        start_date=str(start.date()),
+        end_date=str(end.date()),
+        calibration_start=None,
     )
     result = origins(config)
     assert len(result) == span // step + 1
@@ -52,4 +64,22 @@ def test_seed_grid_has_72_origins():
         pd.Timestamp("2013-02-01"),
         pd.Timestamp("2017-01-01"),
         48,
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(start=months, warm=st.integers(0, 40), span=st.integers(0, 30), step=st.integers(1, 6))
+def test_warmup_origins_precede_the_scored_ones_on_their_grid(start, warm, span, step):
+    config = RollingWindowConfig(
+        size=24,
+        step=step,
+        start_date=str(start.date()),
+        end_date=str(add_months(start, span).date()),
+        calibration_start=str(add_months(start, -warm).date()),
+    )
+    warmup, scored = warmup_origins(config), scored_origins(config)
+    assert len(warmup) == warm // step and scored[0] == start
+    assert origins(config) == [*warmup, *scored]
+    assert all(
+        month_index(b) - month_index(a) == step for a, b in itertools.pairwise(origins(config))
     )

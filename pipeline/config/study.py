@@ -79,6 +79,38 @@ class RollingWindowConfig:
     step: int = field(metadata=at_least(1, "a step of at least 1 month"))
     start_date: str
     end_date: str
+    # warm-up: origins from here up to start_date are fitted and forecast to feed the
+    # calibrators (calibration group) but never scored; None: no warm-up
+    calibration_start: str | None
+
+
+@dataclass(frozen=True)
+class CombinationConfig:
+    """`evaluation.combo`: the equal-weight quantile average of member models' forecasts."""
+
+    enabled: bool
+    members: tuple[str, ...] = field(metadata=rule(lambda v: len(v) > 0, "a non-empty list"))
+    method: Literal["mean", "median"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    benchmark: str  # relative pinball and Diebold-Mariano are against this model
+    combo: CombinationConfig
+    mcs_size: float = field(metadata=rule(lambda v: 0.0 < v < 1.0, "a level in (0, 1)"))
+    mcs_reps: int = field(metadata=at_least(10, "an integer >= 10 bootstrap replications"))
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """`calibration`: recalibration of every model's forecasts from its past errors (extra
+    rows MODEL = <model>_cal; pipeline.evaluation.calibration)."""
+
+    method: Literal["none", "conformal", "tracker"]
+    step: float = field(metadata=_positive("a positive step (tracker)"))
+    window: int = field(metadata=at_least(1, "an integer >= 1 realized errors (conformal)"))
+    pool: Literal["country", "panel"]
+    min_history: int = field(metadata=at_least(0, "an integer >= 0"))
 
 
 @dataclass(frozen=True)
@@ -223,6 +255,8 @@ class StudyConfig:
     rolling_window: RollingWindowConfig
     runtime: RuntimeConfig
     models: ModelsConfig
+    evaluation: EvaluationConfig
+    calibration: CalibrationConfig
 
     @property
     def output_dir(self) -> Path:
@@ -274,6 +308,24 @@ def _check_semantics(config: StudyConfig) -> None:
         f"a date on or after rolling_window.start_date ({window.start_date})",
         window.end_date,
     )
+    if window.calibration_start is not None:
+        warm = _month(window.calibration_start, "rolling_window.calibration_start")
+        _require(
+            warm <= start,
+            "rolling_window.calibration_start",
+            f"null or a date on or before rolling_window.start_date ({window.start_date})",
+            window.calibration_start,
+        )
+    names = list(config.models.names())
+    evaluation = config.evaluation
+    _require(
+        evaluation.benchmark in names,
+        "evaluation.benchmark",
+        f"one of the models {names}",
+        evaluation.benchmark,
+    )
+    for member in evaluation.combo.members:
+        _require(member in names, "evaluation.combo.members", f"models among {names}", member)
     longest = max(data.horizons)
     _require(
         window.size > longest,

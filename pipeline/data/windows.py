@@ -46,9 +46,23 @@ class TrainRange:
 
 
 def origins(window: RollingWindowConfig) -> list[pd.Timestamp]:
+    """Every fitted origin: the warm-up ones (see warmup_origins), then the scored ones."""
+    return [*warmup_origins(window), *scored_origins(window)]
+
+
+def scored_origins(window: RollingWindowConfig) -> list[pd.Timestamp]:
     """Forecast origins from start_date to end_date (inclusive) every `step` months."""
     first, last = month_index(window.start_date), month_index(window.end_date)
     return [month_start(m) for m in range(first, last + 1, window.step)]
+
+
+def warmup_origins(window: RollingWindowConfig) -> list[pd.Timestamp]:
+    """Calibration warm-up origins: start_date - k * step for k >= 1, back to
+    calibration_start (the same grid as the scored origins); none when it is null."""
+    if window.calibration_start is None:
+        return []
+    first, start = month_index(window.calibration_start), month_index(window.start_date)
+    return [month_start(m) for m in range(start - window.step, first - 1, -window.step)][::-1]
 
 
 def training_range(origin: pd.Timestamp | str, size: int, horizon: int) -> TrainRange:
@@ -70,4 +84,4 @@ def training_range(origin: pd.Timestamp | str, size: int, horizon: int) -> Train
 
 def required_history(window: RollingWindowConfig, max_lag: int) -> pd.Timestamp:
     """First month whose value the earliest fit needs (its window start minus the longest lag)."""
-    return add_months(window.start_date, -(window.size - 1) - max_lag)
+    return add_months(origins(window)[0], -(window.size - 1) - max_lag)

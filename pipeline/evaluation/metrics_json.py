@@ -165,3 +165,35 @@ def summary_metrics(
             _merge(node, _nest(relative, "R", (), leaf="relative_pinball"))
         out[period] = node
     return out
+
+
+TEST_KEYS = {"HIT_RATE": "hit_rate", "LR_UC": "lr_uc", "P_UC": "p_uc", "LR_IND": "lr_ind",
+             "P_IND": "p_ind", "LR_CC": "lr_cc", "P_CC": "p_cc", "DQ": "dq", "P_DQ": "p_dq"}  # fmt: skip
+
+
+def test_metrics(tables: Mapping[str, pd.DataFrame], mcs_size: float) -> dict[str, Any]:
+    """metrics.json's coverage tests and Model Confidence Set (period "all"; the tables hold
+    both periods): coverage_tests[model][h][q] = {n, hit_rate, lr_uc, p_uc, lr_ind, p_ind,
+    lr_cc, p_cc, dq, p_dq} pooled over countries; mcs[h][model] = {p_value, in_mcs}; and the
+    caveat on h > 1 hits."""
+    from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
+
+    tests, mcs = (tables[k].loc[tables[k]["PERIOD"] == "all"] for k in ("coverage_tests", "mcs"))
+
+    node: dict[str, Any] = {}
+    for row in tests.itertuples(index=False):
+        leaf = node.setdefault(str(row.MODEL), {}).setdefault(horizon_label(row.HORIZON), {})
+        leaf[quantile_label(row.QUANTILE)] = {"n": int(row.N)} | {
+            key: _num(getattr(row, column)) for column, key in TEST_KEYS.items()
+        }
+    mcs_node: dict[str, Any] = {}
+    for row in mcs.itertuples(index=False):
+        mcs_node.setdefault(horizon_label(row.HORIZON), {})[str(row.MODEL)] = {
+            "p_value": _num(row.P_VALUE),
+            "in_mcs": int(bool(row.IN_MCS)),
+        }
+    return {
+        "coverage_tests": node,
+        "mcs": {"size": _num(mcs_size), **mcs_node},
+        "notes": {"coverage_tests": SERIAL_DEPENDENCE_NOTE},
+    }

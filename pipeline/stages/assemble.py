@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation import coverage_tests, metrics_json, plots
 from pipeline.evaluation import metrics as evaluate
-from pipeline.evaluation import metrics_json, plots
+from pipeline.evaluation.calibration import window_scale
+from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import ReportImage, render_report
 from pipeline.io import read_json, write_json, write_parquet, write_text
 from pipeline.schema import (
@@ -80,6 +82,9 @@ def assemble(
     n_fan_countries: int = 4,
     fan_horizons: Sequence[int] | None = None,
     max_fan_horizons: int = 4,
+    derived: DerivedSettings | None = None,
+    window_size: int | None = None,
+    mcs: tuple[float, int, int] = (0.1, 1000, 0),
 ) -> AssembleResult:
     """Run the stage (see the module docstring).
 
@@ -87,6 +92,9 @@ def assemble(
     for: those without a forecast are listed as missing; train rows outside it are left out.
     Fan charts: `fan_countries`, else the first `n_fan_countries` alphabetically; `fan_horizons`,
     else at most `max_fan_horizons` spread from the shortest to the longest horizon.
+    `derived`: the combo and calibrated rows and the first scored origin (warm-up origins
+    feed the calibrators, then leave every table); `window_size` sets the tracker's scale
+    (the target's std over each origin's window). `mcs`: (size, reps, seed) of the MCS.
     """
     output_dir = Path(output_dir)
     for name, value in (
@@ -103,13 +111,22 @@ def assemble(
             f"target?); got {target!r}"
         )
     frame, missing, n_unexpected = reconcile(frame, expected)
+    if derived is not None:
+        scale = None
+        if derived.calibration is not None and window_size is not None:
+            panel = pd.read_parquet(output_dir / PANEL_FILE, columns=[COUNTRY, TIME, "y"])
+            scale = window_scale(panel.astype({COUNTRY: "string"}), window_size)
+        frame = conform_forecasts(derive(frame, derived, scale))
+        if derived.score_from is not None:
+            missing = missing.loc[missing["WINDOW_END"] >= derived.score_from]
+            missing = missing.reset_index(drop=True)
     for model in frame["MODEL"].unique().tolist():
         _check_name("MODEL", model)  # before anything is written
     fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
     written = _write_forecast_tables(fdir, frame, missing)
     forecast_files = written[:-2]
-    tables, metric_files = _write_metrics(output_dir, frame, missing, n_unexpected, benchmark)
+    tables, metric_files = _write_metrics(output_dir, frame, missing, n_unexpected, benchmark, mcs)
     written += metric_files
 
     # --- charts and report -----------------------------------------------------------------
@@ -163,12 +180,21 @@ def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFram
 
 
 def _write_metrics(
-    output_dir: Path, frame: pd.DataFrame, missing: pd.DataFrame, n_unexpected: int, benchmark: str
+    output_dir: Path,
+    frame: pd.DataFrame,
+    missing: pd.DataFrame,
+    n_unexpected: int,
+    benchmark: str,
+    mcs: tuple[float, int, int],
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
     """metrics.json, metrics_summary.json, the parquet metric tables and the dvc plot data."""
     tables = evaluate.metric_tables(frame, benchmark)
     metrics = metrics_json.compute_metrics(frame, benchmark, tables=tables)
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
+    size, reps, seed = mcs
+    tests = _test_tables(frame, size, reps, seed)
+    metrics.update(metrics_json.test_metrics(tests, size))
+    tables.update(tests)
     write_json(output_dir / "metrics.json", metrics)
     summary = metrics_json.summary_metrics(frame, benchmark, tables=tables)
     write_json(output_dir / "metrics_summary.json", summary)
@@ -181,6 +207,26 @@ def _write_metrics(
     models = sorted({*shard_models, *frame["MODEL"].unique().tolist()})
     paths += _write_plot_data(output_dir / "reports" / "plots", tables, models)
     return tables, paths
+
+
+def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Coverage tests (pooled over countries, and per country) and the MCS per horizon, each
+    with a leading PERIOD column like the other metric tables."""
+    makers = {
+        "coverage_tests": lambda f: coverage_tests.coverage_tests(
+            f, by=["MODEL", "HORIZON", "QUANTILE"]
+        ),
+        "coverage_tests_by_country": lambda f: coverage_tests.coverage_tests(
+            f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"]
+        ),
+        "mcs": lambda f: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
+    }
+    out = {}
+    for name, make in makers.items():
+        parts = [make(part).assign(PERIOD=p) for p, part in evaluate.period_frames(frame).items()]
+        table = pd.concat(parts, ignore_index=True)
+        out[name] = table[["PERIOD", *table.columns[:-1]]]
+    return out
 
 
 def read_forecasts(output_dir: Path) -> pd.DataFrame:

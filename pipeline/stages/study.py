@@ -6,6 +6,8 @@ import pandas as pd
 
 from pipeline.config import StudyConfig
 from pipeline.data.windows import month_start
+from pipeline.evaluation.calibration import CalibrationSettings
+from pipeline.evaluation.derived import DerivedSettings
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.tasks import build_groups
 from pipeline.stages.assemble import AssembleResult, assemble
@@ -55,10 +57,27 @@ def assemble_study(config: StudyConfig) -> AssembleResult:
     panel = load_panel(config.output_dir)
     present = sorted(panel["COUNTRY"].unique().tolist())
     preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
+    evaluation = config.evaluation
     return assemble(
         config.output_dir,
         config.data.target,
-        benchmark="ar_qr",
+        benchmark=evaluation.benchmark,
         expected=expected_fits(config, panel),
         fan_countries=preferred or present[:N_FAN_COUNTRIES],
+        derived=derived_settings(config),
+        window_size=config.rolling_window.size,
+        mcs=(evaluation.mcs_size, evaluation.mcs_reps, config.seed),
+    )
+
+
+def derived_settings(config: StudyConfig) -> DerivedSettings:
+    """The combo, calibration and scoring settings of the config (evaluation, calibration)."""
+    combo, cal = config.evaluation.combo, config.calibration
+    return DerivedSettings(
+        combo_members=tuple(combo.members) if combo.enabled else None,
+        combo_method=combo.method,
+        calibration=None
+        if cal.method == "none"
+        else CalibrationSettings(cal.method, cal.step, cal.window, cal.pool, cal.min_history),
+        score_from=pd.Timestamp(config.rolling_window.start_date),
     )
