@@ -267,3 +267,62 @@ def test_inputs_are_checked(tmp_path):
     with pytest.raises(ValueError, match="fan_countries"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("XX",))
     assert not (tmp_path / "forecasts").exists()  # nothing is written before the inputs pass
+
+
+def test_assemble_adds_combo_and_calibrated_rows_and_scores_no_warmup(tmp_path):
+    from pipeline.evaluation.calibration import CalibrationSettings
+    from pipeline.evaluation.combination import combine
+    from pipeline.evaluation.derived import DerivedSettings
+    from pipeline.stages.assemble import read_forecasts
+
+    root = tmp_path / "run"
+    make_run(root)
+    score_from = pd.Timestamp("2019-07-01")  # the first six origins are warm-up
+    derived = DerivedSettings(
+        combo_members=("ar_qr", "lqr"),
+        calibration=CalibrationSettings("tracker", step=0.1, pool="country", min_history=0),
+        score_from=score_from,
+    )
+    assemble(root, "prc_hicp_manr_CP00", derived=derived, window_size=12, mcs=(0.1, 50, 0))
+    frame = pd.read_parquet(root / "forecasts/all.parquet")
+    models = set(frame["MODEL"])
+    assert models == {*MODELS, "combo", *(f"{m}_cal" for m in (*MODELS, "combo"))}
+    assert frame["WINDOW_END"].min() == score_from  # warm-up origins are never scored
+    # combo on the scored rows equals the combination of the raw members
+    raw = read_forecasts(root)
+    expected = combine(raw, ["ar_qr", "lqr"]).query("WINDOW_END >= @score_from")
+    got = frame.query("MODEL == 'combo'").sort_values(
+        ["COUNTRY", "HORIZON", "WINDOW_END", "QUANTILE"]
+    )
+    expected = expected.sort_values(["COUNTRY", "HORIZON", "WINDOW_END", "QUANTILE"])
+    np.testing.assert_allclose(got["FORECAST"].to_numpy(), expected["FORECAST"].to_numpy())
+    # the warm-up fed the tracker: the first scored calibrated forecast is already shifted
+    first = frame.query("MODEL == 'ar_qr_cal' and WINDOW_END == @score_from and HORIZON == 1")
+    plain = frame.query("MODEL == 'ar_qr' and WINDOW_END == @score_from and HORIZON == 1")
+    assert not np.allclose(first["FORECAST"].to_numpy(), plain["FORECAST"].to_numpy())
+    metrics = json.loads((root / "metrics.json").read_text())
+    test = metrics["coverage_tests"]["ar_qr_cal"]["h1"]["q0.1"]
+    assert set(test) == {
+        "n",
+        "hit_rate",
+        "lr_uc",
+        "p_uc",
+        "lr_ind",
+        "p_ind",
+        "lr_cc",
+        "p_cc",
+        "dq",
+        "p_dq",
+    }
+    assert (
+        set(metrics["mcs"]["h1"]) == models
+        and "serially dependent" in metrics["notes"]["coverage_tests"]
+    )
+    by_country = pd.read_parquet(root / "reports/tables/coverage_tests_by_country.parquet")
+    assert set(by_country["COUNTRY"]) == set(COUNTRIES)
+    page = (root / "reports/index.html").read_text()
+    assert "Coverage tests" in page and "Model Confidence Set" in page and "reliability.png" in page
+    # deterministic: assembling again gives the same bytes (chart included)
+    before = _digests(root)
+    assemble(root, "prc_hicp_manr_CP00", derived=derived, window_size=12, mcs=(0.1, 50, 0))
+    assert _digests(root) == before and "reports/reliability.png" in before

@@ -227,3 +227,39 @@ def coverage_chart(frame: pd.DataFrame, *, benchmark: str | None = "ar_qr") -> F
         axes["all"].set_ylabel("share of actuals ≤ forecast")
         axes["all"].legend(loc="upper left")
     return fig
+
+
+def reliability_chart(frame: pd.DataFrame, *, suffix: str = "_cal") -> Figure:
+    """Reliability diagram, raw against calibrated: observed hit rate (share of actuals at or
+    below the forecast, pooled over countries and horizons) against the nominal level, one
+    panel per model that has a `<model>{suffix}` variant (solid raw, dashed calibrated)."""
+    present = set(frame["MODEL"].unique().tolist())
+    bases = sorted(m for m in present if not m.endswith(suffix) and f"{m}{suffix}" in present)
+    table = evaluate.coverage(frame, by=("MODEL", "QUANTILE"))
+    colors = model_colors(bases)
+    n = max(len(bases), 1)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3.2 * cols, 3.1 * rows + 0.5), layout="constrained")
+        fig.suptitle(
+            "Reliability: observed hit rate vs nominal level (raw solid, calibrated dashed)"
+        )
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax in axes[len(bases) :]:
+            ax.set_axis_off()
+        if not bases:
+            axes[0].set_axis_on()
+            axes[0].text(0.5, 0.5, "no calibrated variants", transform=axes[0].transAxes,
+                         ha="center")  # fmt: skip
+        for ax, base in zip(axes, bases, strict=False):
+            ax.plot([0, 1], [0, 1], color="#777777", lw=1.0, ls=":")
+            for name, style in ((base, "-"), (f"{base}{suffix}", "--")):
+                part = table.loc[table["MODEL"] == name]
+                ax.plot(part["QUANTILE"], part["COVERAGE"], marker="o", ms=4, lw=1.5, ls=style,
+                        color=colors[base], label=name)  # fmt: skip
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_title(base, loc="left")
+            ax.legend(loc="upper left")
+    return fig

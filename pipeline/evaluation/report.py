@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
 
 PERIOD_TITLES = {
     "all": "All months",
@@ -230,6 +231,32 @@ def _country_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
     return ["country", *models], rows
 
 
+def _test_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    """Coverage tests: one row per (model, horizon, level); p-values below 5% in red."""
+
+    def p_cell(value: float) -> _Cell:
+        return _Cell(_fmt(value, 2), "bad" if math.isfinite(value) and value < 0.05 else "")
+
+    rows = []
+    for r in table.sort_values(["MODEL", "HORIZON", "QUANTILE"]).itertuples(index=False):
+        rows.append([_Cell(str(r.MODEL)), _Cell(evaluate.horizon_label(r.HORIZON)),
+                     _Cell(f"{r.QUANTILE:g}"), _Cell(str(r.N)), _Cell(_pct(r.HIT_RATE)),
+                     p_cell(r.P_UC), p_cell(r.P_IND), p_cell(r.P_CC), p_cell(r.P_DQ)])  # fmt: skip
+    return ["model", "h", "level", "N", "hit rate", "p UC", "p IND", "p CC", "p DQ"], rows
+
+
+def _mcs_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
+    """MCS: one row per (horizon, model); members of the set in green."""
+    rows = []
+    for r in table.sort_values(["HORIZON", "P_VALUE"], ascending=[True, False]).itertuples(
+        index=False
+    ):
+        rows.append([_Cell(evaluate.horizon_label(r.HORIZON)), _Cell(str(r.MODEL)),
+                     _Cell(_fmt(r.P_VALUE, 3), "good" if r.IN_MCS else ""),
+                     _Cell("in" if r.IN_MCS else "out", "good" if r.IN_MCS else "")])  # fmt: skip
+    return ["h", "model", "MCS p-value", "set"], rows
+
+
 def _section(
     name: str,
     title: str,
@@ -336,6 +363,21 @@ def render_report(
                  "significantly worse.",
                  [t["dm"]], _dm_rows),
     ]  # fmt: skip
+    if "coverage_tests" in t and "mcs" in t:
+        sections += [
+            _section("coverage_tests", "Coverage tests",
+                     "Per model, horizon and level, pooled over countries (per country in "
+                     "<code>reports/tables/coverage_tests_by_country.parquet</code>): Kupiec's "
+                     "unconditional coverage (UC), Christoffersen's independence (IND) and "
+                     "conditional coverage (CC), Engle-Manganelli's dynamic quantile test (DQ: "
+                     "constant, 4 lagged hits, the forecast). Red: p &lt; 0.05. "
+                     + html.escape(SERIAL_DEPENDENCE_NOTE),
+                     [t["coverage_tests"]], _test_rows, n_keys=3, collapsed=True),
+            _section("mcs", "Model Confidence Set",
+                     "arch's MCS (range statistic, stationary bootstrap) per horizon on per-origin "
+                     "mean pinball losses over the origins every model scored; green: in the set.",
+                     [t["mcs"]], _mcs_rows, n_keys=1),
+        ]  # fmt: skip
     country = _section("country", "Mean pinball loss by country",
                        "Pooled over horizons and quantile levels; green marks the best model "
                        "of the country.",

@@ -33,7 +33,7 @@ import pandas as pd
 
 from pipeline.evaluation import coverage_tests, metrics_json, plots
 from pipeline.evaluation import metrics as evaluate
-from pipeline.evaluation.calibration import window_scale
+from pipeline.evaluation.calibration import CAL_SUFFIX, window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import ReportImage, render_report
 from pipeline.io import read_json, write_json, write_parquet, write_text
@@ -377,6 +377,11 @@ def _write_charts(
         ReportImage("pinball_by_horizon.png", "Mean pinball loss by horizon"),
         ReportImage("coverage.png", "Coverage by quantile level"),
     ]
+    if frame["MODEL"].str.endswith(CAL_SUFFIX).any():
+        plots.save_figure(
+            plots.reliability_chart(frame, suffix=CAL_SUFFIX), rdir / "reliability.png"
+        )
+        images.append(ReportImage("reliability.png", "Reliability: raw against calibrated"))
     for country, h in fans:
         src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
         plots.save_figure(plots.fan_chart(frame, country, h, benchmark=benchmark), rdir / src)
