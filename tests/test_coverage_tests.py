@@ -180,3 +180,15 @@ def test_mcs_equals_a_direct_arch_call():
     assert not table.set_index("MODEL").loc["b", "IN_MCS"]  # the biased model is excluded
     per_horizon = ct.mcs_table(frame, reps=200, seed=7)
     assert per_horizon["P_VALUE"].tolist() == table["P_VALUE"].tolist()
+
+
+def test_mcs_shares_the_result_of_models_with_identical_losses():
+    frame = _frame(np.random.default_rng(5), n=40)
+    losses = ct.origin_losses(frame, 1)
+    twin = losses.assign(a_cal=losses["a"])[["a", "a_cal", "b", "c"]]
+    table = ct.model_confidence_set(twin, reps=200, seed=7).set_index("MODEL")
+    alone = ct.model_confidence_set(losses, reps=200, seed=7).set_index("MODEL")
+    assert table.loc["a_cal"].tolist() == table.loc["a"].tolist() == alone.loc["a"].tolist()
+    single = ct.model_confidence_set(losses[["a"]].assign(b=losses["a"]), reps=50)
+    assert single["IN_MCS"].all() and (single["P_VALUE"] == 1.0).all()
+    assert all(np.isnan(ct.dq_test([1, 0, 1], [0.0, 1.0, 2.0], 0.5)))  # fewer rows than lags

@@ -52,8 +52,11 @@ ALL_STAGES = [
     "train@ar_qr",
     "train@lqr",
     "train@ensemble_nn",
+    "train@rw",
+    "train@climatology",
     "assemble",
 ]
+SCORED = {"ar_qr", "lqr", "rw", "climatology", "combo"}  # benchmarks on by default; combo derived
 
 
 def project_files(root: Path) -> list[str]:
@@ -162,7 +165,7 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
         p / "data/prepared/meta.json"
     ).is_file()
     plan = json.loads((p / "probe.json").read_text())
-    assert plan["n_workers"] == 1 and set(plan["models"]) == {"ar_qr", "lqr"}
+    assert plan["n_workers"] == 1 and set(plan["models"]) == {"ar_qr", "lqr", "rw", "climatology"}
     assert json.loads((p / "machine.json").read_text())["cores"] >= 1
     # every fit in its content-addressed file; the disabled model wrote an empty table
     runs = repo.latest_runs()
@@ -174,10 +177,10 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
     assert pd.read_parquet(p / "train/ensemble_nn.parquet").empty
     assert (p / "models/ensemble_nn").is_dir() and not any((p / "models/ensemble_nn").iterdir())
     metrics = json.loads((p / "metrics.json").read_text())
-    assert set(metrics["all"]["pinball"]) == {"ar_qr", "lqr"}
-    assert set(json.loads((p / "metrics_summary.json").read_text())["all"]) == {"ar_qr", "lqr"}
+    assert set(metrics["all"]["pinball"]) == SCORED
+    assert set(json.loads((p / "metrics_summary.json").read_text())["all"]) == SCORED
     assert sorted(x.name for x in (p / "forecasts").glob("*_h1.parquet")) == sorted(
-        f"{m}_q{q}_h1.parquet" for m in ("ar_qr", "lqr") for q in ("0.1", "0.5", "0.9")
+        f"{m}_q{q}_h1.parquet" for m in SCORED for q in ("0.1", "0.5", "0.9")
     )
     assert (p / "reports/index.html").is_file() and list((p / "reports").glob("*.png"))
     # `dvc plots show` finds the charts (the CSV line plots need every model's column)
@@ -229,14 +232,18 @@ def test_alphas_change_via_exp_run_reruns_only_lqr_and_composes_params(repo: Rep
     repo.compose("models.lqr.alphas=[10,20]")
     assert set(repo.status()) == {"machine", "probe", "train@lqr", "assemble"}, repo.status()
     repo.git("checkout", "--", "params.yaml")
+    # calibration and evaluation settings are assemble's alone: no refit, no re-probe
+    repo.compose("calibration=tracker", "evaluation.benchmark=rw")
+    assert set(repo.status()) == {"machine", "assemble"}, repo.status()
+    repo.git("checkout", "--", "params.yaml")
     before = (repo.path / "probe.json").read_bytes()
     out = repo.dvc("exp", "run", "-S", "models.lqr.alphas=[10,20]")
     # probe measures lqr's new settings; the other train stages stay skipped unless the rounded
     # plan itself moved (then they rerun too, loading every fit from the cache)
     plan_moved = (repo.path / "probe.json").read_bytes() != before
-    expected = ["machine", "probe", "train@ar_qr", "train@lqr", "train@ensemble_nn", "assemble"]
+    expected = ["machine", "probe", *ALL_STAGES[3:]]
     if not plan_moved:
-        expected = [s for s in expected if s not in ("train@ar_qr", "train@ensemble_nn")]
+        expected = ["machine", "probe", "train@lqr", "assemble"]
     assert ran(out) == expected, out
     runs = repo.latest_runs()
     assert runs["lqr"] == {"trained": 3 * 6, "loaded": 0, "failed": 0}  # every lqr key changed
@@ -257,7 +264,7 @@ def test_alphas_change_via_exp_run_reruns_only_lqr_and_composes_params(repo: Rep
     data = exps[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["models"]["lqr"]["alphas"] == [10, 20]
     headline = data["metrics"]["metrics_summary.json"]["data"]["all"]
-    assert set(headline) == {"ar_qr", "lqr"} and headline["lqr"]["pinball"] > 0
+    assert set(headline) == SCORED and headline["lqr"]["pinball"] > 0
     assert data["metrics"]["probe.json"]["data"]["n_workers"] == 1
 
 

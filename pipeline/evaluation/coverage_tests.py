@@ -136,12 +136,14 @@ def _dq_design(
     h: np.ndarray, f: np.ndarray, tau: float, lags: int = DQ_LAGS
 ) -> tuple[np.ndarray, np.ndarray]:
     """DQ regressors (constant, lagged demeaned hits, forecast) and target of one sequence."""
+    if h.size <= lags:  # no row has all its lags (and no negative index may wrap around)
+        return np.empty((0, lags + 2)), np.empty(0)
     demeaned = h - tau
-    n_rows = max(h.size - lags, 0)
+    n_rows = h.size - lags
     columns = [np.ones(n_rows)]
     columns += [demeaned[lags - k : h.size - k] for k in range(1, lags + 1)]
     columns.append(f[lags:])
-    return np.column_stack(columns).reshape(n_rows, lags + 2), demeaned[lags:]
+    return np.column_stack(columns), demeaned[lags:]
 
 
 def _dq(x: np.ndarray, target: np.ndarray, tau: float) -> tuple[float, float]:
@@ -243,15 +245,24 @@ def model_confidence_set(
 ) -> pd.DataFrame:
     """`arch.bootstrap.MCS` on a (origins x models) loss matrix: one row per model with its
     MCS p-value and whether it is in the set (`MODEL, P_VALUE, IN_MCS`), in the order of
-    `losses`' columns. Stationary bootstrap; `block_size` defaults to arch's own choice."""
+    `losses`' columns. Stationary bootstrap; `block_size` defaults to arch's own choice.
+    Fewer than 2 origins or distinct models: every model is in the set with p-value 1."""
     from arch.bootstrap import MCS
 
-    if losses.shape[1] < 2 or losses.shape[0] < 2:
+    # arch cannot studentize a zero loss differential: models with identical losses (a _cal
+    # variant left unchanged, a one-member combo) share one representative and its result
+    representative = {}
+    for model in losses.columns:
+        twin = next((r for r in dict.fromkeys(representative.values())
+                     if np.array_equal(losses[r].to_numpy(), losses[model].to_numpy())), model)  # fmt: skip
+        representative[model] = twin
+    distinct = list(dict.fromkeys(representative.values()))
+    if len(distinct) < 2 or losses.shape[0] < 2:
         return pd.DataFrame({"MODEL": list(losses.columns), "P_VALUE": 1.0, "IN_MCS": True}).astype(
             {"P_VALUE": "float64", "IN_MCS": "bool"}
         )
     mcs = MCS(
-        losses,
+        losses[distinct],
         size=size,
         reps=reps,
         block_size=block_size,
@@ -265,8 +276,8 @@ def model_confidence_set(
     return pd.DataFrame(
         {
             "MODEL": list(losses.columns),
-            "P_VALUE": [float(pvalues[m]) for m in losses.columns],
-            "IN_MCS": [m in included for m in losses.columns],
+            "P_VALUE": [float(pvalues[representative[m]]) for m in losses.columns],
+            "IN_MCS": [representative[m] in included for m in losses.columns],
         }
     )
 
