@@ -166,9 +166,10 @@ def test_two_job_multirun_second_job_refits_only_what_differs(tmp_path):
     # the comparison table: one row per job with fit counts and metrics, also saved as CSV
     assert "data.horizons=[1]" in proc.stdout and "data.horizons=[1,3]" in proc.stdout
     summary = pd.read_csv(sweep / "summary.csv")
+    fits = 3 * n  # ar_qr and the two benchmarks (rw, climatology; on by default)
     assert summary[["job", "trained", "loaded", "failed"]].values.tolist() == [
-        [0, n, 0, 0],
-        [1, n, n, 0],
+        [0, fits, 0, 0],
+        [1, fits, fits, 0],
     ]
     assert summary["pinball:ar_qr"].notna().all() and summary["status"].tolist() == ["ok", "ok"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no .hydra/ or outputs here
