@@ -107,5 +107,6 @@ def test_a_second_run_on_a_live_runs_dir_exits_2_and_the_first_completes(tmp_pat
     assert clean.returncode == 0, err2
     got = pd.read_parquet(out / "forecasts/all.parquet")
     want = pd.read_parquet(tmp_path / "clean/forecasts/all.parquet")
-    assert len(got) == 3 * 6 * 3 * 2  # countries x origins x quantiles x models (ar_qr, lqr)
+    # countries x origins x quantiles x models (ar_qr, lqr, benchmarks rw and climatology, combo)
+    assert len(got) == 3 * 6 * 3 * 5
     pd.testing.assert_frame_equal(got, want)
