@@ -144,7 +144,7 @@ class RuntimeConfig:
 
 
 # keys of a user model's entry that are not its parameters
-USER_MODEL_KEYS = ("_target_", "enabled", "version")
+USER_MODEL_KEYS = ("_target_", "enabled", "version", "python_path")
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,9 @@ class UserModelConfig:
 
     target: str
     enabled: bool
-    version: int
-    params: Mapping[str, Any]
+    version: int  # bump when the model's code changes: it enters every fit key
+    params: Mapping[str, Any]  # every other key: passed to the model as keyword arguments
+    python_path: str | None = None  # a directory put on sys.path (driver and workers)
 
     @classmethod
     def from_mapping(cls, mapping: Any, prefix: str) -> UserModelConfig:
@@ -172,12 +173,17 @@ class UserModelConfig:
             raise ConfigError(
                 f"{prefix}.version", "an integer (bump it when the model changes)", version
             )
+        python_path = mapping.get("python_path")
+        if python_path is not None and not isinstance(python_path, str):
+            raise ConfigError(f"{prefix}.python_path", "null or a directory", python_path)
         params = {k: v for k, v in mapping.items() if k not in USER_MODEL_KEYS}
-        return cls(target, enabled, version, params)
+        return cls(target, enabled, version, params, python_path)
 
     def to_plain(self) -> dict[str, Any]:
-        return {"_target_": self.target, "enabled": self.enabled, "version": self.version,
-                **_to_plain(dict(self.params))}  # fmt: skip
+        out = {"_target_": self.target, "enabled": self.enabled, "version": self.version}
+        if self.python_path is not None:
+            out["python_path"] = self.python_path
+        return {**out, **_to_plain(dict(self.params))}
 
 
 @dataclass(frozen=True)

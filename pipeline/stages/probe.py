@@ -69,10 +69,12 @@ WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.w
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     """Measure every enabled model (or `models`), write probe.json + probe_measurements.json."""
+    from pipeline.runtime.model_check import check_user_models
     from pipeline.stages.prepare import load_panel
 
     panel = load_panel(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())
+    check_user_models(config, panel, names)  # before any child process or cluster
     baseline = measure_child(["--baseline"])[0]["peak_mb"]
     log.info("probe: worker baseline %.0f MiB", baseline)
     results: dict[str, tuple[int, dict[str, Any], list[FitGroup]]] = {}

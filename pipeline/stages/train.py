@@ -100,6 +100,10 @@ def run_train(
         store.start_run(run_id, model, os.getpid(), str(run_log.path))
         panel = load_panel(out)
         groups = build_groups(panel, config, adapter)
+        if model in config.models.user_models():  # before any cluster starts
+            from pipeline.runtime.model_check import check_user_model
+
+            check_user_model(config, model, groups)
         store.sync_rows(model, _progress_rows(groups, config.data.quantiles), run_id)
         store.reset_training(model, run_id)
         rt = config.runtime
