@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,examples]'
 	touch $(STAMP)
 
 # The main job: compose conf/ into params.yaml, then let DVC run what changed.
@@ -32,12 +32,12 @@ test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check pipeline tests benchmarks
-	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/ruff check pipeline tests benchmarks examples
+	$(BIN)/ruff format --check pipeline tests benchmarks examples
 
 format: setup
-	$(BIN)/ruff format pipeline tests benchmarks
-	$(BIN)/ruff check --fix pipeline tests benchmarks
+	$(BIN)/ruff format pipeline tests benchmarks examples
+	$(BIN)/ruff check --fix pipeline tests benchmarks examples
 
 # The seed study on real Eurostat data (see docs/RESULTS.md).
 study: setup

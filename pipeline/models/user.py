@@ -143,7 +143,8 @@ def _fit(
             preds.append(_checked(name, model.predict(X_new[b]), (m, Q)))
             states.append(_state(name, model))
         raw = np.stack(preds) if preds else np.empty((0, m, Q))
-    crossing = crossing_rate_batch(raw)
+    with np.errstate(invalid="ignore"):  # a non-finite forecast fails its fit, just below
+        crossing = crossing_rate_batch(raw)
     for b in range(B):
         states[b]["crossing"] = np.asarray(crossing[b])
     return {"pred": rearrange_quantiles(raw)[:, :, None, :], "states": states}
