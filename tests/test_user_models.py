@@ -23,6 +23,7 @@ from test_runtime import done_rows, reap, stop_tree, wait_for
 from pipeline.config import ConfigError
 from pipeline.config.compose import compose_config
 from pipeline.models.common import crossing_rate
+from pipeline.runtime.fit_cache import FitCache
 from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
@@ -80,6 +81,7 @@ TARGETS = {"estimator": "Persistence", "batched": "persistence_batch"}
 PLAN = Plan(n_workers=1, memory_limit_mb=2048, models={"um": ModelPlan(0, 2, 0)})
 DRIVER = """
 from pipeline.config.compose import compose_config
+from pipeline.runtime.fit_cache import FitCache
 from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
@@ -145,13 +147,13 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
     wide = full.pivot_table("FORECAST", ["COUNTRY", "HORIZON", "WINDOW_END"], "QUANTILE")
     assert crossing_rate(wide.to_numpy()) == 0.0  # rearranged
     assert set(pd.read_parquet(project / "full/forecasts/all.parquet")["MODEL"]) == {"um"}
-    cached = list((project / "full/models/um").rglob("*.npz"))
-    assert len(cached) == 36
-    if form == "estimator":  # to_arrays: the fitted state is cached beside the forecasts
-        import numpy as np
-
-        with np.load(cached[0]) as arrays:
-            assert arrays["state_offsets"].shape == (3,)
+    entries = FitCache(project / "full/models", "um").verify().entries
+    assert len(entries) == 36
+    # to_arrays: the estimator's fitted state is cached beside its forecasts
+    states = {name for entry in entries.values() for name in entry if name.startswith("state_")}
+    assert states == (
+        {"state_offsets", "state_crossing"} if form == "estimator" else {"state_crossing"}
+    )
 
     # 2. killed midway (SIGKILL), then resumed: equal to the uninterrupted run
     shutil.copytree(project / "full/data", project / "cut/data")  # the prepared panel
@@ -164,7 +166,7 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
     children = stop_tree(proc, signal.SIGKILL)
     proc.wait(timeout=30)
     reap(children)
-    stopped = len(list((project / "cut/models/um").rglob("*.npz")))
+    stopped = len(FitCache(project / "cut/models", "um").keys())
     assert 8 <= stopped < 36, stopped
     monkeypatch.chdir(project)
     config = compose_config(["experiment=um", "runtime.output_dir=cut"])

@@ -43,7 +43,6 @@ def check_user_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> 
         params=adapter.params(config),
         quantiles=config.data.quantiles,
         seed=config.seed,
-        cache_dir="",
         extra=adapter.payload,
     )
     key = f"models.{name}"
