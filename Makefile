@@ -39,7 +39,7 @@ format: setup
 	$(BIN)/ruff format pipeline tests benchmarks examples
 	$(BIN)/ruff check --fix pipeline tests benchmarks examples
 
-# The seed study on real Eurostat data (see docs/RESULTS.md).
+# The seed study on real Eurostat data plus the QRF user model (see docs/RESULTS.md).
 study: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline run experiment=seed runtime.progress_bar=false
-	$(BIN)/python -m pipeline results --output-dir studies/seed --out docs/RESULTS.md
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline run experiment=seed_qrf runtime.progress_bar=false
+	$(BIN)/python -m pipeline results --output-dir studies/seed_qrf --out docs/RESULTS.md

@@ -64,6 +64,16 @@ def _setup_section(meta: dict[str, Any], params: dict[str, Any] | None) -> str:
             f"- window {rw['size']} months, origins {rw['start_date'][:7]} .. {rw['end_date'][:7]} every {rw['step']} month(s); "
             f"quantiles {params['data']['quantiles']}"
         )
+        users = {
+            name: entry["_target_"]
+            for name, entry in (params.get("models") or {}).items()
+            if isinstance(entry, dict) and "_target_" in entry and entry.get("enabled", True)
+        }
+        if users:  # user models (docs/MODELS.md), plugged in by configuration
+            lines.append(
+                f"- experiment `{params.get('name')}`; user models: "
+                + ", ".join(f"`{n}` (`{t}`)" for n, t in sorted(users.items()))
+            )
     lines.append(
         "- countries with gaps: leading gaps are dropped, a country's panel ends at its last observation "
         "(the UK at 2020-11), and a fit exists only where its whole window (with lags) is observed; "
