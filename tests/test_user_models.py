@@ -99,6 +99,9 @@ def write_module(directory: Path, name: str) -> Path:
 
 def preset(module: str, target: str, python_path: Path) -> str:
     """3 countries x 6 origins x 2 horizons; only the user model is enabled."""
+    from pipeline.models.registry import builtin_names
+
+    builtins_off = "\n".join(f"  {n}: {{enabled: false}}" for n in builtin_names())
     return f"""\
 # @package _global_
 name: um
@@ -106,10 +109,9 @@ data:
   synthetic: {{n_countries: 3}}
   horizons: [1, 3]
 rolling_window: {{size: 36, start_date: "2022-07-01", end_date: "2022-12-01"}}
+evaluation: {{combo: {{enabled: false}}}}
 models:
-  ar_qr: {{enabled: false}}
-  lqr: {{enabled: false}}
-  ensemble_nn: {{enabled: false}}
+{builtins_off}
   um: {{_target_: {module}.{target}, python_path: {python_path}, version: 1, shrink: 0.9}}
 runtime: {{task_seconds: 0.2, max_workers: 1, dashboard_port: 0, progress_bar: false}}
 """
