@@ -4,15 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint format study browser clean-outputs
+LOCK := requirements.lock
+
+.PHONY: setup lock run test test-fast lint format study browser clean-outputs
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Reproducible installs: every dependency (dev extras too) at the exact version in $(LOCK),
+# then the project itself without resolving anything again. pip, not uv: torch comes from the
+# local wheel (find-links) that pip's configuration names.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[dev,examples]'
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Regenerate $(LOCK) from pyproject.toml (after changing a dependency). torch is written as the
+# public 2.13.0 so pip takes this machine's local build (2.13.0+cpu) or PyPI's elsewhere.
+lock:
+	@test -x $(BIN)/pip-compile || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet pip-tools; }
+	$(BIN)/pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --output-file $(LOCK) pyproject.toml
+	sed -i 's/^torch==\([0-9.]*\)+[a-z0-9]*$$/torch==\1/' $(LOCK)
 
 # The main job: compose conf/ into params.yaml, then let DVC run what changed.
 run: setup

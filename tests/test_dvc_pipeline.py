@@ -1,11 +1,11 @@
 """The DVC pipeline end to end: real `dvc` and real `git` in a temporary clone of the project.
 
 One clone (module fixture) on a tiny synthetic config, committed after a full `dvc repro`; then,
-in order: a no-op repro runs nothing but the `machine` check (in seconds); a `models.lqr.alphas`
-change through `dvc exp run -S` (DVC's Hydra composition, byte-identical to ours) reruns
-exactly probe, train@lqr and assemble and fits only lqr; going back to the old alphas refits
-nothing (the persisted fit cache survived DVC's reruns); a dvc.lock from another machine
-re-probes without retraining while the rounded plan holds.
+in order: a no-op repro runs no stage and `dvc status` says the pipeline is up to date; a
+`models.lqr.alphas` change through `dvc exp run -S` (DVC's Hydra composition, byte-identical to
+ours) reruns exactly probe, train@lqr and assemble and fits only lqr; going back to the old
+alphas refits nothing (the persisted fit cache survived DVC's reruns); execution knobs (worker
+counts, RAM limits: the plan is derived at train time) rerun no stage.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ models:
 runtime: {task_seconds: 0.2, max_workers: 1, dashboard_port: 0, progress_bar: false}
 """
 ALL_STAGES = [
-    "machine",
     "prepare",
     "probe",
     "train@ar_qr",
@@ -165,8 +164,11 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
         p / "data/prepared/meta.json"
     ).is_file()
     plan = json.loads((p / "probe.json").read_text())
-    assert plan["n_workers"] == 1 and set(plan["models"]) == {"ar_qr", "lqr", "rw", "climatology"}
-    assert json.loads((p / "machine.json").read_text())["cores"] >= 1
+    assert (
+        set(plan["models"]) == {"ar_qr", "lqr", "rw", "climatology"}
+        and plan["memory_limit_mb"] % 256 == 0
+    )
+    assert "n_workers" not in plan  # the machine's size is no stage's output
     # every fit in its content-addressed file; the disabled model wrote an empty table
     runs = repo.latest_runs()
     assert runs["ar_qr"]["trained"] == 3 * 6 and runs["lqr"]["trained"] == 3 * 6
@@ -200,7 +202,6 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
     tracked = set(repo.git("ls-files").split())
     assert {
         "dvc.lock",
-        "machine.json",
         "probe.json",
         "metrics.json",
         "metrics_summary.json",
@@ -209,19 +210,18 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
     assert not [t for t in tracked if t.startswith(outputs) and not t.endswith(".gitignore")]
 
 
-def test_second_repro_runs_no_work_and_takes_seconds(repo: Repo) -> None:
+def test_second_repro_runs_no_stage_and_status_says_up_to_date(repo: Repo) -> None:
     repo.to_baseline()
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
         out = repo.dvc("repro")
         times.append(time.perf_counter() - t0)
-        # only the machine check runs (a fraction of a second); it finds the same machine
-        assert ran(out) == ["machine"], out
-        for stage in ALL_STAGES[1:]:
-            assert f"Stage '{stage}' didn't change, skipping" in out
+        assert ran(out) == [], out
+        assert "Data and pipelines are up to date." in out, out
     assert sorted(times)[1] < 5.0, times
-    assert repo.status() == {"machine": ["always changed"]}
+    assert repo.status() == {}
+    assert "Data and pipelines are up to date." in repo.dvc("status")
     assert repo.git("status", "--porcelain") == ""  # byte-identical outputs, unchanged dvc.lock
 
 
@@ -230,20 +230,20 @@ def test_alphas_change_via_exp_run_reruns_only_lqr_and_composes_params(repo: Rep
     # what DVC sees: lqr's params changed, read by probe, train@lqr and assemble (which lists
     # the fits the config expects) but not by the other models' train stages
     repo.compose("models.lqr.alphas=[10,20]")
-    assert set(repo.status()) == {"machine", "probe", "train@lqr", "assemble"}, repo.status()
+    assert set(repo.status()) == {"probe", "train@lqr", "assemble"}, repo.status()
     repo.git("checkout", "--", "params.yaml")
     # calibration and evaluation settings are assemble's alone: no refit, no re-probe
     repo.compose("calibration=tracker", "evaluation.benchmark=rw")
-    assert set(repo.status()) == {"machine", "assemble"}, repo.status()
+    assert set(repo.status()) == {"assemble"}, repo.status()
     repo.git("checkout", "--", "params.yaml")
     before = (repo.path / "probe.json").read_bytes()
     out = repo.dvc("exp", "run", "-S", "models.lqr.alphas=[10,20]")
     # probe measures lqr's new settings; the other train stages stay skipped unless the rounded
     # plan itself moved (then they rerun too, loading every fit from the cache)
     plan_moved = (repo.path / "probe.json").read_bytes() != before
-    expected = ["machine", "probe", *ALL_STAGES[3:]]
+    expected = ["probe", *ALL_STAGES[2:]]
     if not plan_moved:
-        expected = ["machine", "probe", "train@lqr", "assemble"]
+        expected = ["probe", "train@lqr", "assemble"]
     assert ran(out) == expected, out
     runs = repo.latest_runs()
     assert runs["lqr"] == {"trained": 3 * 6, "loaded": 0, "failed": 0}  # every lqr key changed
@@ -265,14 +265,14 @@ def test_alphas_change_via_exp_run_reruns_only_lqr_and_composes_params(repo: Rep
     assert data["params"]["params.yaml"]["data"]["models"]["lqr"]["alphas"] == [10, 20]
     headline = data["metrics"]["metrics_summary.json"]["data"]["all"]
     assert set(headline) == SCORED and headline["lqr"]["pinball"] > 0
-    assert data["metrics"]["probe.json"]["data"]["n_workers"] == 1
+    assert data["metrics"]["probe.json"]["data"]["memory_limit_mb"] > 0
 
 
 def test_back_to_old_alphas_refits_nothing_thanks_to_the_persisted_fit_cache(repo: Repo) -> None:
     repo.compose("models.lqr.alphas=[10,20]")
     repo.dvc("repro")  # (already done by the previous test; trains whatever is missing)
     repo.compose()  # the committed alphas again
-    assert set(repo.status()) == {"machine", "probe", "train@lqr", "assemble"}
+    assert set(repo.status()) == {"probe", "train@lqr", "assemble"}
     out = repo.dvc("repro")
     assert {"probe", "train@lqr", "assemble"} <= set(ran(out)) <= set(ALL_STAGES) - {"prepare"}
     assert repo.latest_runs()["lqr"] == {"trained": 0, "loaded": 3 * 6, "failed": 0}
@@ -285,20 +285,17 @@ def test_back_to_old_alphas_refits_nothing_thanks_to_the_persisted_fit_cache(rep
     )
 
 
-def test_a_lock_from_another_machine_reprobes_without_retraining_when_the_plan_holds(
-    repo: Repo,
-) -> None:
-    # pretend dvc.lock was committed on a 64-core machine (as after cloning from one)
-    facts = json.loads((repo.path / "machine.json").read_text())
-    (repo.path / "machine.json").write_text(json.dumps({**facts, "cores": 64}, indent=2) + "\n")
-    repo.dvc("commit", "-f", "machine", "probe")
-    plan = (repo.path / "probe.json").read_bytes()
+def test_execution_knobs_and_another_machine_rerun_no_stage(repo: Repo) -> None:
+    repo.to_baseline()
+    # worker counts and RAM limits size the cluster at train time; no stage reads them
+    repo.compose("runtime.max_workers=2", "runtime.max_ram_gb=8", "runtime.max_cores=2")
+    assert repo.status() == {}, repo.status()
     out = repo.dvc("repro")
-    # this machine's facts differ, so probe reruns; the rounded plan (1 worker, as
-    # runtime.max_workers caps it) is the same, so no train stage reruns
-    assert json.loads((repo.path / "machine.json").read_text()) == facts
-    if (repo.path / "probe.json").read_bytes() == plan:
-        assert ran(out) == ["machine", "probe"], out
-    else:  # the measured memory crossed a rounding step: train stages rerun, loading every fit
-        assert ran(out)[:2] == ["machine", "probe"], out
-        assert all(r["trained"] == 0 for r in repo.latest_runs().values())
+    assert ran(out) == [] and "Data and pipelines are up to date." in out, out
+    # no stage's dependency describes the machine: nothing is always changed, no machine file
+    stages = yaml.safe_load((repo.path / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        assert not body.get("always_changed"), name
+        assert not [d for d in body.get("deps", []) if "machine" in str(d)], name
+    repo.git("checkout", "--", "params.yaml")

@@ -10,7 +10,6 @@ from conftest import SMALL_STUDY, make_config
 
 import pipeline.runtime.resources as resources
 from pipeline.runtime.plan import allowed_cores, ram_budget_mb
-from pipeline.stages.machine import machine_facts
 
 
 @pytest.fixture
@@ -34,8 +33,7 @@ def test_v2_quota_and_memory_limit_bound_the_plan(cgroup: Path) -> None:
     )
     assert allowed_cores(config) == 2
     assert ram_budget_mb(config) <= 2 * 1024 * config.runtime.safety_ram_fraction + 1e-6
-    facts = machine_facts()  # the machine stage reads the same function
-    assert facts["cores"] == 2 and facts["memory_gib"] == 3
+    assert resources.total_memory_bytes() <= 3 * 2**30
 
 
 def test_v1_files_and_no_limit(cgroup: Path) -> None:
@@ -49,3 +47,35 @@ def test_v1_files_and_no_limit(cgroup: Path) -> None:
     (cgroup / "q").write_text("-1\n")  # v1's "no quota"
     (cgroup / "l").write_text(f"{1 << 62}\n")  # v1's "no limit"
     assert resources.cpu_quota() is None and resources.cgroup_memory() is None
+
+
+def test_the_plan_follows_the_live_machine_not_the_probe_file(cgroup: Path, tmp_path: Path) -> None:
+    """probe.json says what a worker needs; the worker count comes from where train runs."""
+    from pipeline.io import write_json
+    from pipeline.runtime.plan import load_plan
+
+    probe = tmp_path / "probe.json"
+    write_json(
+        probe,
+        {"threads_per_worker": 1, "memory_limit_mb": 1024, "models": {"ar_qr": {"n_fits": 64}}},
+    )
+    write_json(tmp_path / "probe_measurements.json", {"baseline_mb": 300.0, "models": {"ar_qr": {"seconds_per_fit": 0.01, "peak_mb": 400.0}}})  # fmt: skip
+    text = probe.read_bytes()
+    config = make_config(
+        {
+            **SMALL_STUDY,
+            "runtime": {**SMALL_STUDY["runtime"], "max_workers": None, "max_ram_gb": 64},
+        }
+    )
+    (cgroup / "_CPU_MAX").write_text("800000 100000\n")  # an 8-core machine
+    assert load_plan(probe, config).n_workers == 8
+    (cgroup / "_CPU_MAX").write_text("300000 100000\n")  # the same study on 3 cores
+    plan = load_plan(probe, config)
+    assert plan.n_workers == 3 and plan.memory_limit_mb == 1024
+    assert plan.models["ar_qr"].seconds_per_fit == 0.01 and plan.models["ar_qr"].fits_per_task >= 1
+    # a tighter RAM limit: fewer workers of the same size
+    tight = make_config(
+        {**SMALL_STUDY, "runtime": {**SMALL_STUDY["runtime"], "max_workers": None, "max_ram_gb": 2}}
+    )
+    assert load_plan(probe, tight).n_workers == 2
+    assert probe.read_bytes() == text  # nothing written: no stage output changed

@@ -365,7 +365,16 @@ def test_probe_plans_a_memory_limit_that_holds_on_real_workers(tmp_path: Path) -
         "rw": {"n_fits": 96},
         "climatology": {"n_fits": 96},
     }
-    assert load_plan(config.output_dir / "probe.json") == plan  # probe.json + measurements
+    # probe.json + measurements, sized again for this machine: the same plan
+    again = load_plan(config.output_dir / "probe.json", config)
+    assert (again.n_workers, again.memory_limit_mb, again.baseline_mb) == (
+        plan.n_workers,
+        plan.memory_limit_mb,
+        plan.baseline_mb,
+    )
+    assert again.models["ar_qr"].seconds_per_fit == plan.models["ar_qr"].seconds_per_fit
+    assert again.models["ar_qr"].fits_per_task == plan.models["ar_qr"].fits_per_task
+    assert "n_workers" not in json.loads(text)  # nothing about the machine's size
     assert plan.memory_limit_mb % 256 == 0
     assert plan.memory_limit_mb >= plan.baseline_mb + config.runtime.mem_probe_fudge_mb
     summary = run_train(config, "ar_qr", plan)

@@ -126,8 +126,9 @@ def _cost_section(output_dir: Path, progress: pd.DataFrame) -> str:
     measurements = read_json(measured) if measured.exists() else {}
     if probe:
         lines.append(
-            f"Plan: {probe['n_workers']} workers x {probe.get('threads_per_worker', 1)} thread, "
-            f"`memory_limit` {probe['memory_limit_mb']} MiB per worker."
+            f"Plan: `memory_limit` {probe['memory_limit_mb']} MiB per worker x "
+            f"{probe.get('threads_per_worker', 1)} thread (the number of workers follows the "
+            "machine train ran on)."
         )
     peaks = progress.dropna(subset=["peak_mb"]).groupby(["model", "worker"])["peak_mb"].max()
     if not peaks.empty:

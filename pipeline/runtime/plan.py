@@ -1,7 +1,13 @@
 """The cluster plan: how many workers, how much memory each, how many fits per task.
 
-Pure sizing arithmetic shared by `probe` (which measures and writes the plan), `train` (which
-starts a cluster from it) and `--dry-run` (which prints it). Nothing here starts a process.
+Pure sizing arithmetic shared by `probe` (which measures), `train` (which starts a cluster from
+the plan) and `--dry-run` (which prints it). Nothing here starts a process.
+
+The plan is an execution detail, derived when it is used: `probe` records what a task needs
+(probe.json: the rounded worker memory limit and the fits per model; probe_measurements.json:
+baseline, seconds per fit and peaks), and `plan_from_measurements` combines that with the live
+machine (cores, available RAM) and the runtime.* limits at train time. So a new machine, more
+RAM or another runtime.max_workers reruns no DVC stage: none of their outputs could change.
 
 Plan: memory_limit = baseline + largest task peak above baseline + mem_probe_fudge_mb,
 rounded up to 256 MiB; budget = max_ram_gb or available RAM x safety_ram_fraction;
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,50 +70,91 @@ class Plan:
     eta_seconds: float | None = None
 
     def rounded(self) -> dict[str, Any]:
-        """The deterministic part written to probe.json (what sizes the cluster)."""
+        """What a task needs, rounded (probe.json): byte-stable while the needs are, and free of
+        anything about the machine it runs on (worker counts are derived at train time)."""
         return {
-            "n_workers": self.n_workers,
             "threads_per_worker": self.threads_per_worker,
             "memory_limit_mb": self.memory_limit_mb,
             "models": {m: {"n_fits": p.n_fits} for m, p in sorted(self.models.items())},
         }
 
     def measurements(self) -> dict[str, Any]:
-        """Time-derived numbers (they jitter between probes): probe_measurements.json."""
+        """The raw, jittery numbers of one probe (probe_measurements.json): nothing depends on it."""
         return {
             "baseline_mb": self.baseline_mb,
-            "ram_budget_mb": self.ram_budget_mb,
-            "eta_seconds": self.eta_seconds,
             "models": {
-                m: {
-                    "fits_per_task": p.fits_per_task,
-                    "n_tasks": p.n_tasks,
-                    "seconds_per_fit": p.seconds_per_fit,
-                    "peak_mb": p.peak_mb,
-                }
+                m: {"seconds_per_fit": p.seconds_per_fit, "peak_mb": p.peak_mb}
                 for m, p in sorted(self.models.items())
             },
         }
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read probe.json (and probe_measurements.json beside it when present)."""
+def load_plan(
+    path: str | Path, config: StudyConfig, groups: dict[str, list[FitGroup]] | None = None
+) -> Plan:
+    """The plan for this machine now: probe.json (and probe_measurements.json beside it when
+    present) sized by `plan_from_measurements`. `groups`: the fits to plan (default: the
+    probe's fit counts)."""
     path = Path(path)
     rounded = read_json(path)
     extra_path = path.with_name(MEASUREMENTS_FILE)
     extra = read_json(extra_path) if extra_path.exists() else {"models": {}}
-    models = {
-        m: ModelPlan(**p, **extra.get("models", {}).get(m, {}))
+    measured = {
+        m: ModelPlan(
+            int(p["n_fits"]),
+            seconds_per_fit=extra.get("models", {}).get(m, {}).get("seconds_per_fit"),
+            peak_mb=extra.get("models", {}).get(m, {}).get("peak_mb"),
+        )
         for m, p in rounded.get("models", {}).items()
     }
-    return Plan(
-        n_workers=int(rounded["n_workers"]),
+    return plan_from_measurements(
+        config,
         memory_limit_mb=int(rounded["memory_limit_mb"]),
+        measured=measured,
+        groups=groups,
         threads_per_worker=int(rounded.get("threads_per_worker", 1)),
-        models=models,
         baseline_mb=extra.get("baseline_mb"),
-        ram_budget_mb=extra.get("ram_budget_mb"),
-        eta_seconds=extra.get("eta_seconds"),
+    )
+
+
+def plan_from_measurements(
+    config: StudyConfig,
+    memory_limit_mb: int,
+    measured: Mapping[str, ModelPlan],
+    groups: dict[str, list[FitGroup]] | None = None,
+    threads_per_worker: int = 1,
+    baseline_mb: float | None = None,
+) -> Plan:
+    """Size the cluster for the live machine from what the probe measured.
+
+    Workers: as many as the usable cores, runtime.max_cores / max_workers and the RAM budget
+    (runtime.max_ram_gb, or available RAM x safety_ram_fraction) allow at `memory_limit_mb`
+    each; ProbeError when not even one fits. Fits per task: about runtime.task_seconds of
+    measured work (a power of two), at least the model's batch. `groups` (per model) gives the
+    fits to plan; without it the probe's fit counts are used and no task count is given.
+    """
+    budget = ram_budget_mb(config)
+    n_workers = size_cluster(config, memory_limit_mb, budget)
+    models: dict[str, ModelPlan] = {}
+    eta = 0.0
+    for name, mp in measured.items():
+        if groups is not None and name not in groups:
+            continue  # not asked for
+        gs = groups[name] if groups is not None else None
+        n_fits = sum(len(g) for g in gs) if gs is not None else mp.n_fits
+        spf = mp.seconds_per_fit or DEFAULT_SECONDS_PER_FIT
+        fpt = pow2_floor(
+            choose_fits_per_task(spf, config.runtime.task_seconds, max(n_fits, 1), n_workers)
+        )
+        fpt = batched_fits_per_task(
+            fpt, max(n_fits, 1), n_workers, adapter_for(config, name).batch_fits
+        )
+        tasks = n_tasks(gs, fpt) if gs is not None else 0
+        models[name] = ModelPlan(n_fits, fpt, tasks, mp.seconds_per_fit, mp.peak_mb)
+        if mp.seconds_per_fit:
+            eta += n_fits * mp.seconds_per_fit / n_workers
+    return Plan(
+        n_workers, memory_limit_mb, threads_per_worker, models, baseline_mb, budget, eta or None
     )
 
 
@@ -189,8 +236,16 @@ def n_tasks(groups: list[FitGroup], fits_per_task: int) -> int:
 def resolve_plan(
     config: StudyConfig, groups: dict[str, list[FitGroup]], plan: Plan | None = None
 ) -> Plan:
-    """`plan` if given, else the probe's plan in the output dir, else a default plan."""
+    """`plan` if given, else the probe's measurements in the output dir sized for this machine,
+    else a default plan."""
     if plan is not None:
         return plan
     probe = config.output_dir / PROBE_FILE
-    return load_plan(probe) if probe.exists() else default_plan(config, groups)
+    if not probe.exists():
+        return default_plan(config, groups)
+    plan = load_plan(probe, config, groups)
+    unmeasured = {m: gs for m, gs in groups.items() if m not in plan.models}
+    if unmeasured:  # a model the probe did not measure: sized like a default plan
+        extra = default_plan(config, unmeasured).models
+        plan = replace(plan, models={**plan.models, **extra})
+    return plan

@@ -1,7 +1,7 @@
 """What this process may use: CPUs (affinity mask, capped by a cgroup CPU quota) and memory
 (capped by a cgroup memory limit). Containers report the host's cores and RAM through
-os.cpu_count and psutil; the cgroup files say what the container really gets. stdlib only,
-so the fast `machine` stage can use it too (one source for the planner and that stage)."""
+os.cpu_count and psutil; the cgroup files say what the container really gets. The planner
+reads them at train time, on the machine that runs the study."""
 
 from __future__ import annotations
 

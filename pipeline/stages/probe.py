@@ -11,13 +11,14 @@ few epochs) and its time per fit is scaled to the real ones by the factor they r
 
 `dry_run` (the plan as text) lives in pipeline.stages.dry_run.
 
-Plan: memory_limit = baseline + largest task peak above baseline + mem_probe_fudge_mb,
-rounded up to 256 MiB; budget = max_ram_gb or available RAM x safety_ram_fraction;
-n_workers = min(cores, max_workers, floor(budget / memory_limit)) >= 1.
+memory_limit = baseline + largest task peak above baseline + mem_probe_fudge_mb, rounded up
+to 256 MiB. The number of workers is not the probe's business: train derives it from these
+measurements and the live machine (`pipeline.runtime.plan.plan_from_measurements`), so the
+probe's outputs hold nothing about the machine's size and a new machine reruns no stage.
 
-`probe.json` (DVC metrics) holds only the rounded plan (workers, threads, memory limit, fits
-per model), so it is byte-identical while the plan is; everything derived from time (seconds
-per fit, fits per task, tasks, ETA) and the exact peaks go to `probe_measurements.json`, which
+`probe.json` (DVC metrics, train's dependency) holds only what a task needs, rounded (threads
+and memory limit per worker, fits per model), so it is byte-identical while those are; the
+time-derived numbers (seconds per fit) and exact peaks go to `probe_measurements.json`, which
 `load_plan` merges back in when present. Fits per task only change how fits are batched, never
 a forecast (batched solvers are batch-independent), so they need not invalidate `train`.
 """
@@ -45,20 +46,11 @@ from pipeline.runtime.plan import (
     ModelPlan,
     Plan,
     ProbeError,
-    n_tasks,
-    pow2_floor,
-    ram_budget_mb,
+    plan_from_measurements,
     round_up_mb,
-    size_cluster,
     worker_environment,
 )
-from pipeline.runtime.tasks import (
-    FitGroup,
-    batched_fits_per_task,
-    build_groups,
-    choose_fits_per_task,
-    task_payload,
-)
+from pipeline.runtime.tasks import FitGroup, build_groups, task_payload
 
 log = logging.getLogger("pipeline.probe")
 
@@ -94,22 +86,21 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
         )
     largest = max(max(r[1]["peak_mb"] - baseline for r in results.values()), 0.0)
     limit = round_up_mb(baseline + largest + config.runtime.mem_probe_fudge_mb)
-    budget = ram_budget_mb(config)
-    n_workers = size_cluster(config, limit, budget)
-    plans = {}
-    eta = 0.0
-    for name, (n_fits, meas, groups) in results.items():
-        fpt = pow2_floor(
-            choose_fits_per_task(
-                meas["seconds_per_fit"], config.runtime.task_seconds, n_fits, n_workers
-            )
-        )
-        fpt = batched_fits_per_task(fpt, n_fits, n_workers, adapter_for(config, name).batch_fits)
-        plans[name] = ModelPlan(
-            n_fits, fpt, n_tasks(groups, fpt), meas["seconds_per_fit"], meas["peak_mb"]
-        )
-        eta += n_fits * meas["seconds_per_fit"] / n_workers
-    plan = Plan(n_workers, limit, 1, plans, baseline, budget, eta)
+    measured = {
+        name: ModelPlan(n_fits, seconds_per_fit=meas["seconds_per_fit"], peak_mb=meas["peak_mb"])
+        for name, (n_fits, meas, _) in results.items()
+    }
+    # sized for this machine only to report it (and fail early when not one worker fits);
+    # train sizes the cluster again from these measurements on the machine it runs on
+    plan = plan_from_measurements(
+        config, limit, measured, {n: r[2] for n, r in results.items()}, baseline_mb=baseline
+    )
+    log.info(
+        "probe: memory limit %d MiB per worker; here %d workers (budget %.0f MiB)",
+        limit,
+        plan.n_workers,
+        plan.ram_budget_mb,
+    )
     write_json(config.output_dir / PROBE_FILE, plan.rounded())
     write_json(config.output_dir / MEASUREMENTS_FILE, plan.measurements())
     return plan
