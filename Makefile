@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Regenerate $(LOCK) from pyproject.toml (after changing a dependency). torch is written as the
-# public 2.13.0 so pip takes this machine's local build (2.13.0+cpu) or PyPI's elsewhere.
+# Regenerate $(LOCK) from pyproject.toml after changing a dependency (every extra is locked).
+# torch is written as the public 2.13.0, so pip takes this machine's local build (2.13.0+cpu)
+# or PyPI's elsewhere.
 lock:
 	@test -x $(BIN)/pip-compile || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet pip-tools; }
-	$(BIN)/pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	$(BIN)/pip-compile --quiet --all-extras --strip-extras --allow-unsafe --no-emit-index-url \
 	  --no-emit-find-links --output-file $(LOCK) pyproject.toml
 	sed -i 's/^torch==\([0-9.]*\)+[a-z0-9]*$$/torch==\1/' $(LOCK)
 
