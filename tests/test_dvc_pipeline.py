@@ -17,7 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -212,14 +211,10 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
 
 def test_second_repro_runs_no_stage_and_status_says_up_to_date(repo: Repo) -> None:
     repo.to_baseline()
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
+    for _ in range(2):  # speed is a benchmark's business; here: nothing runs, twice
         out = repo.dvc("repro")
-        times.append(time.perf_counter() - t0)
         assert ran(out) == [], out
         assert "Data and pipelines are up to date." in out, out
-    assert sorted(times)[1] < 5.0, times
     assert repo.status() == {}
     assert "Data and pipelines are up to date." in repo.dvc("status")
     assert repo.git("status", "--porcelain") == ""  # byte-identical outputs, unchanged dvc.lock

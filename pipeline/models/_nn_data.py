@@ -14,7 +14,8 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from pipeline.models.builtin.ensemble_nn import (
+from pipeline.models.common import check_choice, check_positive_int
+from pipeline.models.parameters import (
     BATCH_SIZE,
     EPOCHS,
     LEARNING_RATE,
@@ -22,7 +23,6 @@ from pipeline.models.builtin.ensemble_nn import (
     PATIENCE,
     UNITS,
 )
-from pipeline.models.common import check_choice, check_positive_int
 from pipeline.models.rules import check_quantiles
 
 SCALES = ("per_country", "none")

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.io import read_npz, write_npz
-from pipeline.models.builtin.ar_qr import P
 from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
+from pipeline.models.parameters import P
 from pipeline.models.quantile_linear import fit_quantile_lp
 from pipeline.models.rules import check_quantiles
 

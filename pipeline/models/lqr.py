@@ -47,18 +47,18 @@ import numpy as np
 import torch
 
 from pipeline.io import read_npz, write_npz
-from pipeline.models.builtin.lqr import (
-    ALPHAS,
-    BANDWIDTH,
-    RFF_FEATURES,
-    SOLVER,
-    VALIDATION_SIZE,
-)
 from pipeline.models.common import (
     as_batch,
     crossing_rate_batch,
     rearrange_quantiles,
     torch_single_thread,
+)
+from pipeline.models.parameters import (
+    ALPHAS,
+    BANDWIDTH,
+    RFF_FEATURES,
+    SOLVER,
+    VALIDATION_SIZE,
 )
 from pipeline.models.quantile_kernel import kernel_pinball, solve_kernel_qr
 from pipeline.models.rff import lqr_features, median_bandwidth, rff_weights

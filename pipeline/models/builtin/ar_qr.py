@@ -10,16 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.models.rules import declared, integer_rule
+from pipeline.models.parameters import P
+from pipeline.models.rules import declared
 from pipeline.models.spec import Adapter
 from pipeline.schema import lag_column
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
-
-
-# declared once: checked on the config and by the kernel (pipeline.models.ar_qr.ARQR)
-P = integer_rule(1, "an integer autoregressive order p >= 1")
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.models.rules import declared, integer_rule, number_rule, rule
+from pipeline.models.parameters import (
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    PARALLEL_MODELS,
+    PATIENCE,
+    UNITS,
+)
+from pipeline.models.rules import declared, rule
 from pipeline.models.spec import Adapter, lag_features
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
-
-
-# declared once: checked on the config and by the kernel (pipeline.models._nn_data)
-UNITS = integer_rule(1, "an integer width >= 1", each=True, non_empty=True)
-LEARNING_RATE = number_rule(lambda v: v > 0, "a finite learning rate > 0")
-EPOCHS = integer_rule(1, "an integer >= 1 (epochs)")
-BATCH_SIZE = integer_rule(1, "an integer batch size >= 1")
-PATIENCE = integer_rule(1, "an integer patience >= 1 epoch")
-PARALLEL_MODELS = integer_rule(1, "an integer >= 1 (ensemble members)")
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.models.rules import Rule, declared, integer_rule, number_rule, rule
+from pipeline.models.parameters import ALPHAS, BANDWIDTH, RFF_FEATURES, SOLVER, VALIDATION_SIZE
+from pipeline.models.rules import declared, rule
 from pipeline.models.spec import Adapter, lag_features
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
-
-
-# declared once: checked on the config and by the kernel (pipeline.models.lqr)
-SOLVERS = ("huberized", "exact")
-ALPHAS = number_rule(lambda a: a >= 0, "a penalty >= 0", each=True, non_empty=True)
-SOLVER = Rule(lambda v: v in SOLVERS, f"one of {list(SOLVERS)}")
-RFF_FEATURES = integer_rule(0, "an integer >= 0 (0 = linear)")
-BANDWIDTH = number_rule(lambda v: v > 0, "a positive number")
-VALIDATION_SIZE = integer_rule(1, "an integer >= 1 (months)")
 
 
 @dataclass(frozen=True)
