@@ -9,7 +9,8 @@ import torch
 from conftest import ROOT, SMALL_STUDY, make_config
 
 from pipeline.models.registry import get_adapter
-from pipeline.runtime.tasks import build_groups, task_payload
+from pipeline.runtime.fit_groups import build_groups
+from pipeline.runtime.tasks import task_payload
 from pipeline.runtime.worker import run_task
 from pipeline.stages.prepare import load_panel, prepare
 

@@ -13,14 +13,13 @@ from conftest import SMALL_STUDY, make_config
 
 from pipeline.data.windows import month_index
 from pipeline.models.registry import get_adapter
+from pipeline.runtime.fit_groups import build_groups, window_arrays
 from pipeline.runtime.tasks import (
     batched_fits_per_task,
     block_task,
-    build_groups,
     choose_fits_per_task,
     make_tasks,
     task_payload,
-    window_arrays,
 )
 from pipeline.runtime.worker import run_task
 from pipeline.schema import lag_column, lead_column

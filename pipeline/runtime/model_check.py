@@ -15,7 +15,8 @@ import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig, UserModelConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.tasks import FitGroup, build_groups, task_payload
+from pipeline.runtime.fit_groups import FitGroup, build_groups
+from pipeline.runtime.tasks import task_payload
 
 log = logging.getLogger("pipeline.check")
 SLICE_FITS = 2

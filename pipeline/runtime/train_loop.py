@@ -15,17 +15,11 @@ import pandas as pd
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.fit_cache import Entry, FitCache
+from pipeline.runtime.fit_groups import FitGroup, forecast_table
 from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
 from pipeline.runtime.progress import ProgressStore
-from pipeline.runtime.tasks import (
-    FitGroup,
-    Task,
-    block_task,
-    forecast_table,
-    make_tasks,
-    task_payload,
-)
+from pipeline.runtime.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.worker import run_task
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts

@@ -10,8 +10,8 @@ import numpy as np
 
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
+from pipeline.runtime.fit_groups import build_groups
 from pipeline.runtime.plan import Plan, resolve_plan, task_size
-from pipeline.runtime.tasks import build_groups
 
 log = logging.getLogger("pipeline")
 

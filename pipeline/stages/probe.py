@@ -40,6 +40,7 @@ import numpy as np
 from pipeline.config import StudyConfig
 from pipeline.io import write_json
 from pipeline.models.registry import adapter_for
+from pipeline.runtime.fit_groups import FitGroup, build_groups
 from pipeline.runtime.plan import (
     MEASUREMENTS_FILE,
     PROBE_FILE,
@@ -50,7 +51,7 @@ from pipeline.runtime.plan import (
     round_up_mb,
     worker_environment,
 )
-from pipeline.runtime.tasks import FitGroup, build_groups, task_payload
+from pipeline.runtime.tasks import task_payload
 
 log = logging.getLogger("pipeline.probe")
 

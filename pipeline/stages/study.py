@@ -9,7 +9,7 @@ from pipeline.data.windows import month_start
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.derived import DerivedSettings
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.tasks import build_groups
+from pipeline.runtime.fit_groups import build_groups
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
 

@@ -30,13 +30,10 @@ from pipeline.data.windows import month_start
 from pipeline.io import write_parquet
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.fit_groups import FitGroup, build_groups
 from pipeline.runtime.logs import RunLog, new_run_id
 from pipeline.runtime.plan import Plan, resolve_plan
 from pipeline.runtime.progress import ProgressStore, db_path
-from pipeline.runtime.tasks import (
-    FitGroup,
-    build_groups,
-)
 from pipeline.runtime.train_loop import RunState
 
 if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
