@@ -11,9 +11,13 @@ numpy's default (linear interpolation), taken over the rows with w > 0 and a fin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+
+from pipeline.models.spec import Adapter
+from pipeline.schema import lag_column
 
 
 def _masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -62,3 +66,28 @@ def fit_predict_climatology_batch(
 def training_pairs(w: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(B,) number of training pairs each fit used."""
     return np.isfinite(_masked(np.asarray(y, dtype=np.float64), w)).sum(axis=1)
+
+
+def benchmark_adapter(
+    name: str, kernel: Callable[..., np.ndarray], config_type: type, rank: int
+) -> Adapter:
+    """The adapter of a parameter-free benchmark (rw, climatology): features y_t only, fits
+    cached by data alone, one batched numpy call per task of up to 256 fits."""
+
+    def fit(payload: dict[str, Any]) -> dict[str, Any]:
+        d = payload["data"]
+        pred = kernel(d["X"], d["y"], d["w"], d["X_new"], payload["quantiles"])
+        return {"pred": pred[:, :, None, :], "state": {"pairs": training_pairs(d["w"], d["y"])}}
+
+    return Adapter(
+        name=name,
+        version=1,
+        pooled=False,
+        params=lambda c: {},
+        features=lambda c: [lag_column("y", 0)],
+        min_rows=lambda c: 2,
+        fit_batch=fit,
+        batch_fits=256,
+        config_type=config_type,
+        rank=rank,
+    )

@@ -5,10 +5,8 @@ alone; one batched numpy call per task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from pipeline.models.spec import Adapter
-from pipeline.schema import lag_column
+from pipeline.models.benchmarks import benchmark_adapter, fit_predict_climatology_batch
 
 
 @dataclass(frozen=True)
@@ -16,24 +14,7 @@ class ClimatologyConfig:
     enabled: bool
 
 
-def _fit(payload: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.models.benchmarks import fit_predict_climatology_batch, training_pairs
-
-    d = payload["data"]
-    pred = fit_predict_climatology_batch(d["X"], d["y"], d["w"], d["X_new"], payload["quantiles"])
-    return {"pred": pred[:, :, None, :], "state": {"pairs": training_pairs(d["w"], d["y"])}}
-
-
 CONFIG = ClimatologyConfig
-ADAPTER = Adapter(
-    name="climatology",
-    version=1,
-    pooled=False,
-    params=lambda c: {},
-    features=lambda c: [lag_column("y", 0)],
-    min_rows=lambda c: 2,
-    fit_batch=_fit,
-    batch_fits=256,
-    config_type=ClimatologyConfig,
-    rank=11,
+ADAPTER = benchmark_adapter(
+    "climatology", fit_predict_climatology_batch, ClimatologyConfig, rank=11
 )
