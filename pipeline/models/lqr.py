@@ -173,7 +173,9 @@ def _fit_chunk(
     c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps)  # (B,1,Q,n): alpha_q for tau_q
     c, nu = c[:, 0], nu[:, 0]
     return {
-        "beta": c @ phi,  # primal penalized coefficients (B,Q,P)
+        # primal penalized coefficients (B,Q,P) as products and sums over rows: a batched GEMM
+        # with Q rows gives bits that depend on the batch size
+        "beta": torch.stack([(c[:, q, :, None] * phi).sum(1) for q in range(Q)], 1),
         "gamma": nu,  # unpenalized coefficients (B,Q,k)
         "alpha": alpha,
         "x_mean": f["x_mean"],
@@ -198,7 +200,10 @@ def predict_lqr_state(
     Xs = (Xn - st["x_mean"][:, None]) / st["x_scale"][:, None]
     W, b = (torch.from_numpy(a) for a in rff_weights(Xn.shape[2], rff_features, seed))
     phi, U = lqr_features(Xs, W, b, st["bandwidth"], penalize_first_lag)
-    f = phi @ st["beta"].transpose(1, 2) + U @ st["gamma"].transpose(1, 2)
+    # products and sums, not batched GEMMs (whose bits depend on the batch size)
+    f = (phi[:, :, None, :] * st["beta"][:, None]).sum(-1) + (
+        U[:, :, None, :] * st["gamma"][:, None]
+    ).sum(-1)
     return (f * st["y_scale"][:, None, None] + st["y_mean"][:, None, None]).numpy()
 
 

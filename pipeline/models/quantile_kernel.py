@@ -19,11 +19,14 @@ the corrector step).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pipeline.models.common import chol_solve
 
 INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
+ALIGN = 8  # Newton systems padded to a multiple of 8 rows: 64-byte aligned float64 matrices
 
 
 def _qp_newton(kkt: tuple, rl: torch.Tensor, ru: torch.Tensor, Minv_g=None) -> tuple:
@@ -84,7 +87,9 @@ def solve_box_qp(
     scale = 1.0 + y.abs().amax(-1, keepdim=True)
     eye_k = torch.eye(k, dtype=y.dtype)
     # dual-feasible start: zl - zu equals the gradient at v, plus a common margin
-    g0 = (Hf[hidx] @ v[..., None])[..., 0] - y
+    # H v as a product and a row sum, not a batched GEMV: BLAS picks a GEMV kernel by batch
+    # size, this gives each problem the same bits in any batch (one key, one result)
+    g0 = (Hf[hidx] * v[:, None, :]).sum(-1) - y
     margin = INIT_MARGIN * (1.0 + g0.abs().mean(-1, keepdim=True))
     zl, zu = g0.clamp(min=0.0) + margin, (-g0).clamp(min=0.0) + margin
     v_out, nu_out = v.clone(), nu.clone()
@@ -93,7 +98,7 @@ def solve_box_qp(
     for _ in range(max_iter):
         Hc = Hf[hidx]  # this iteration's copy, turned into the Newton matrix below
         sl, su = v - lo, hi - v
-        rd = (Hc @ v[..., None])[..., 0] - y + (Uf * nu[:, None, :]).sum(-1) - zl + zu
+        rd = (Hc * v[:, None, :]).sum(-1) - y + (Uf * nu[:, None, :]).sum(-1) - zl + zu
         rp = (v[..., None] * Uf).sum(-2)
         gap = (sl * zl).sum(-1, keepdim=True) + (su * zu).sum(-1, keepdim=True)
         res = rd.abs().amax(-1, keepdim=True)
@@ -150,13 +155,48 @@ def solve_kernel_qr(
     (Moreau) smoothing (0 = exact check loss). Returns c (B,A,Q,n) and gamma (B,A,Q,k)
     with fitted values f = K c + U gamma.
     """
+    counts = (w > 0).sum(-1)
+    if bool((counts == counts[0]).all()):
+        return _solve_equal_rows(K, U, y, w, tau, lam, eps)
+    # one solve per active-row count: a problem's arithmetic (its Newton system's size, the
+    # interior point's centering) then depends on its own rows only, never on its batch mates
     B, n = w.shape
+    A = max(lam.shape[1], 1)
+    c = torch.zeros(B, A, tau.shape[0], n, dtype=K.dtype)
+    nu = torch.zeros(B, A, tau.shape[0], U.shape[-1], dtype=K.dtype)
+    for r in torch.unique(counts).tolist():
+        sel = torch.nonzero(counts == r)[:, 0]
+        c[sel], nu[sel] = _solve_equal_rows(K[sel], U[sel], y[sel], w[sel], tau, lam[sel], eps)
+    return c, nu
+
+
+def _solve_equal_rows(
+    K: torch.Tensor,
+    U: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    tau: torch.Tensor,
+    lam: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`solve_kernel_qr` for problems that all have the same number of active rows.
+
+    The Newton systems are (rows in the fit)^2, not n^2 (validation fits use n - 12 rows),
+    padded to a multiple of ALIGN rows (pinned to v = 0): MKL's triangular solves give bits
+    that depend on a matrix's memory alignment, so every problem's matrices must start on a
+    64-byte boundary wherever it sits in the batch (one key, one result).
+    """
+    B, n0 = w.shape
+    r = ALIGN * max(1, math.ceil(int((w > 0).sum(-1).max()) / ALIGN))
+    if r > n0:  # room for the padding rows
+        pad = r - n0
+        K = torch.nn.functional.pad(K, (0, pad, 0, pad))
+        U = torch.nn.functional.pad(U, (0, 0, 0, pad))
+        y, w = torch.nn.functional.pad(y, (0, pad)), torch.nn.functional.pad(w, (0, pad))
+    n = w.shape[1]
     act = w > 0
-    # move each problem's active rows to the front and drop the columns nobody uses, so
-    # the Newton systems are (rows in the fit)^2, not n^2 (validation fits use n - 12 rows)
-    order = torch.argsort((~act).to(torch.int8), dim=-1, stable=True)
-    r = max(int(act.sum(-1).max()), 1)
-    order = order[:, :r]
+    # each problem's active rows first, then (inactive) padding rows
+    order = torch.argsort((~act).to(torch.int8), dim=-1, stable=True)[:, :r]
     K = torch.gather(
         torch.gather(K, 1, order[..., None].expand(B, r, n)), 2, order[:, None, :].expand(B, r, r)
     )
@@ -179,7 +219,7 @@ def solve_kernel_qr(
     c_act = v * m[:, None, None, :] / scale[..., None]
     c = torch.zeros(*shape[:3], n, dtype=K.dtype)
     c.scatter_(-1, order[:, None, None, :].expand(shape), c_act)
-    return c, nu
+    return c[..., :n0], nu
 
 
 def kernel_pinball(

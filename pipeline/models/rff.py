@@ -30,8 +30,21 @@ def lqr_features(
     D = W.shape[1]
     if D == 0:
         return lin, U
-    rff = np.sqrt(2.0 / D) * torch.cos(Xs @ W / bw[:, None, None] + b)
+    rff = np.sqrt(2.0 / D) * torch.cos(rowwise_matmul(Xs, W) / bw[:, None, None] + b)
     return torch.cat([lin, rff], -1), U
+
+
+def rowwise_matmul(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """X (..., d) @ W (d, D), summed over d in a fixed order, one multiply-add per column.
+
+    A BLAS GEMM picks its kernel by the number of rows, so a row of `X @ W` can differ in the
+    last bit with the batch it sits in; this form gives every row the same bits in any batch
+    (one key, one result), at the cost of d elementwise passes (d is a dozen lags here).
+    """
+    out = X[..., 0, None] * W[0]
+    for j in range(1, X.shape[-1]):
+        out = out + X[..., j, None] * W[j]
+    return out
 
 
 def median_bandwidth(Xs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

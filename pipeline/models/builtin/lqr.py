@@ -74,7 +74,7 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
 CONFIG = LqrConfig
 ADAPTER = Adapter(
     name="lqr",
-    version=1,
+    version=2,  # 2: batch-invariant arithmetic (a fit's bits no longer follow its batch)
     pooled=False,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
