@@ -12,7 +12,7 @@ import pytest
 from conftest import SMALL_STUDY, make_config
 
 from pipeline.data.windows import month_index
-from pipeline.models.registry import get_adapter
+from pipeline.models.registry import adapter_for, get_adapter
 from pipeline.runtime.fit_groups import build_groups, window_arrays
 from pipeline.runtime.tasks import (
     batched_fits_per_task,
@@ -229,11 +229,12 @@ def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
     """ensemble_nn fits train in blocks of study origins: a resumed run rebuilds the same
     blocks (so it equals an uninterrupted run), and extending the study changes only the
     keys of the block that gained origins."""
-    adapter = get_adapter("ensemble_nn")
-    b = adapter.batch_fits
     d = copy.deepcopy(SMALL_STUDY)
     d["models"]["ensemble_nn"] = {"enabled": True}
     d["rolling_window"].update(start_date="2016-01-01", end_date="2019-06-01")  # 42 origins
+    adapter = adapter_for(make_config(d), "ensemble_nn")
+    b = adapter.batch_fits  # models.ensemble_nn.block_origins
+    assert b == make_config(d).models.ensemble_nn.block_origins
     (group,) = build_groups(PANEL, make_config(d), adapter)
     n = len(group)
     assert n == 42 and 1 < b < n and group.block is not None
@@ -264,6 +265,12 @@ def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
     d["rolling_window"]["end_date"] = "2019-07-01"
     (longer,) = build_groups(PANEL, make_config(d), adapter)
     assert set(longer.keys) & set(group.keys) == set(group.keys[group.block == 0])
+    # the block size is a study parameter: other blocks, other keys
+    d["models"]["ensemble_nn"]["block_origins"] = 10
+    small = adapter_for(make_config(d), "ensemble_nn")
+    (tens,) = build_groups(PANEL, make_config(d), small)
+    assert small.batch_fits == 10 and np.bincount(tens.block).tolist() == [10, 10, 10, 10, 3]
+    assert not set(tens.keys) & set(longer.keys)
 
 
 def test_a_slotted_fit_gives_the_same_bits_in_any_batch() -> None:

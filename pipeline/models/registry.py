@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +83,10 @@ def extra_names() -> tuple[str, ...]:
 def adapter_for(config: StudyConfig | None, name: str) -> Adapter:
     """The adapter of model `name`: a built-in, a user model of `config`, or a test-only one."""
     if name in _builtins():
-        return _builtins()[name]
+        adapter = _builtins()[name]
+        if adapter.block_fits is not None and config is not None:
+            return replace(adapter, batch_fits=adapter.block_fits(config))
+        return adapter
     if config is not None:
         entry = config.models.entries.get(name)
         if entry is not None and getattr(entry, "target", None):

@@ -35,6 +35,10 @@ class Adapter:
     # fits one task should batch when a batched call amortizes (see tasks.batched_fits_per_task);
     # the probe measures a task of this size, so its peak RSS is that of a real task
     batch_fits: int = 1
+    # a pooled model whose fits train in fixed blocks of consecutive origins: the block size
+    # from the study config (it replaces batch_fits in adapter_for, and must be a key
+    # parameter, since a block's fits are trained as one batch)
+    block_fits: Callable[[StudyConfig], int] | None = None
     # lags of y the panel must hold for this model beyond data.lags (prepare builds them)
     lags: Callable[[StudyConfig], Iterable[int]] | None = None
     # the dataclass of `models.<name>` (built-in models; its fields' metadata declare ranges)

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.models.parameters import (
     BATCH_SIZE,
+    BLOCK_ORIGINS,
     EPOCHS,
     LEARNING_RATE,
     PARALLEL_MODELS,
@@ -39,6 +40,7 @@ class EnsembleNNConfig:
             lambda v: v in ("auto", "cpu") or v.startswith("cuda"), "'auto', 'cpu' or 'cuda[:N]'"
         )
     )
+    block_origins: int = field(metadata=declared(BLOCK_ORIGINS))
 
 
 def _params(config: StudyConfig) -> dict[str, Any]:
@@ -50,6 +52,9 @@ def _params(config: StudyConfig) -> dict[str, Any]:
         "batch_size": m.batch_size,
         "patience": m.patience,
         "parallel_models": m.parallel_models,
+        # the origins trained as one batched network: a fit's bits follow its block (its
+        # block mates enter the key too, pipeline.runtime.fit_groups)
+        "block_origins": m.block_origins,
         "scale": config.data.scale,
         "lags": list(config.data.lags),
         # the device enters the key: CUDA and CPU kernels round differently (one key, one
@@ -110,11 +115,10 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
     return {"pred": pred, "states": states}
 
 
-# Origins one ensemble_nn task trains as one batched network. Members of a window stop at
-# different epochs; batching windows fills the steps where few members are still training.
-# CPU s per window at seed settings (benchmarks/README.md "ensemble_nn"): 16.6 (G = 1),
-# 6.7 (4), 5.7 (8), 4.0 (18), 3.1 (36); 36 = the seed's 72 origins over 2 workers.
-ENSEMBLE_BATCH_FITS = 36
+# `block_origins` (conf/models/ensemble_nn/default.yaml): origins one task trains as one
+# batched network. Members of a window stop at different epochs; batching windows fills the
+# steps where few members are still training. CPU s per window at seed settings
+# (benchmarks/README.md "ensemble_nn"): 16.6 (G = 1), 6.7 (4), 5.7 (8), 4.0 (18), 3.1 (36).
 PROBE_EPOCHS = 3
 # Early stopping: a batch's cost tracks its member-epochs (stopped members leave the batch), so
 # the probe's all-members epochs are scaled to the mean epochs a member runs, in units of
@@ -142,7 +146,7 @@ ADAPTER = Adapter(
     min_rows=lambda c: 12,
     fit_batch=_fit,
     probe_params=_probe,
-    batch_fits=ENSEMBLE_BATCH_FITS,
+    block_fits=lambda c: c.models.ensemble_nn.block_origins,
     config_type=EnsembleNNConfig,
     rank=2,
 )
