@@ -122,3 +122,37 @@ def _slow_ar_qr_adapter() -> Adapter:
 
 
 register(_slow_ar_qr_adapter())
+
+
+def _block(payload: dict[str, Any]) -> dict[str, Any]:
+    """A pooled model trained in fixed blocks whose forecasts depend on the batch (as a batched
+    network's do): empirical quantiles per (country, horizon) plus 1e-3 x the batch's mean
+    target. FAKE_FAIL_ONCE_ORIGIN/_MARKER: the first batch holding that origin raises."""
+    origin, marker = (
+        os.environ.get("FAKE_FAIL_ONCE_ORIGIN"),
+        os.environ.get("FAKE_FAIL_ONCE_MARKER"),
+    )
+    if origin and marker and not os.path.exists(marker) and int(origin) in set(payload["origins"]):
+        open(marker, "w").close()
+        raise RuntimeError("injected failure (once)")
+    d = payload["data"]
+    y = np.where(d["w"][..., None] > 0, d["y"], np.nan)  # (B, C, n, H)
+    q = np.asarray(payload["quantiles"])
+    pred = np.moveaxis(np.nanquantile(y, q, axis=2), 0, -1)  # (B, C, H, Q)
+    pred = pred + 1e-3 * np.nanmean(y)  # coupled to the batch: one key, one block
+    pred[~np.asarray(payload["rows"], dtype=bool)] = np.nan
+    return {"pred": pred, "state": {"n_rows": (d["w"] > 0).sum(-1)}}
+
+
+register(
+    Adapter(
+        name="fake_block",
+        version=1,
+        pooled=True,
+        params=lambda c: {"kind": "fake_block"},
+        features=lambda c: [lag_column("y", 0), lag_column("y", 1)],
+        min_rows=lambda c: 4,
+        fit_batch=_block,
+        batch_fits=4,
+    )
+)

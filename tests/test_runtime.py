@@ -263,6 +263,27 @@ def test_workers_without_the_drivers_disk_give_identical_forecasts_and_a_full_ca
                 proc.wait()
 
 
+def test_a_block_that_failed_once_is_retried_whole_and_gives_the_same_bits(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled model trained in fixed blocks (like ensemble_nn): the failing block is not
+    bisected, its fits are retried as one block task, and the forecasts equal a clean run's."""
+    clean = run_train(study(tmp_path / "clean"), "fake_block", plan_for("fake_block", 1))
+    monkeypatch.setenv("FAKE_FAIL_ONCE_ORIGIN", str(2018 * 12 + 4))  # 2018-05
+    monkeypatch.setenv("FAKE_FAIL_ONCE_MARKER", str(tmp_path / "failed-once"))
+    config = study(tmp_path / "out", retries=1)
+    summary = run_train(config, "fake_block", plan_for("fake_block", 1))
+    assert (tmp_path / "failed-once").exists() and summary.failed == 0
+    errors = read_table(db_path(config.output_dir), "errors")
+    assert len(errors) == 4 and errors["message"].str.startswith("in its block of 4 fits").all()
+    table = read_table(db_path(config.output_dir), "progress")
+    # one block of the 12 fits (4 of them) took a second attempt, the rest one
+    assert set(table["attempts"]) == {1, 2} and 3 * (table["attempts"] == 2).sum() == len(table)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(summary.path), pd.read_parquet(clean.path), check_exact=True
+    )
+
+
 def test_injected_failures_are_recorded_and_retried_on_the_next_run(
     tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

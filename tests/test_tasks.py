@@ -357,3 +357,28 @@ def test_an_lqr_fit_gives_the_same_bits_in_any_batch(solver: str) -> None:
         for key, (pred, state) in run(idx).items():
             assert pred.tobytes() == full[key][0].tobytes(), key
             assert all(v.tobytes() == full[key][1][n].tobytes() for n, v in state.items()), key
+
+
+def test_a_failing_block_fails_whole_instead_of_training_in_parts(
+    fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fit of a fixed block (ensemble_nn) gives its key's bits only when trained with its
+    whole block, so a failing blocked batch is not bisected: every fit of it fails with the
+    error (named as the block's) and is retried with its block."""
+    monkeypatch.setenv("FAKE_FAIL_COUNTRIES", "BB")
+    config = study()
+    (g1, _) = build_groups(PANEL, config, get_adapter("fake_fail"))
+    payload = task_payload(
+        g1, np.arange(len(g1)), params={}, quantiles=config.data.quantiles, seed=0
+    )
+    import fake_models
+
+    calls = fake_models.CALLS["fit_batch"]
+    out = run_task({**payload, "blocked": True})
+    assert fake_models.CALLS["fit_batch"] == calls  # the failing call, no bisected ones
+    assert out["keys"] == [] and {f["key"] for f in out["failed"]} == set(payload["keys"])
+    assert all(
+        f["error_type"] == "ValueError"
+        and f["message"].startswith(f"in its block of {len(g1)} fits: injected failure")
+        for f in out["failed"]
+    )

@@ -114,6 +114,9 @@ def task_payload(
         "data": {k: np.ascontiguousarray(v[index]) for k, v in group.data.items()},
         # each fit's batch slot (see FitGroup.slot); a plain list, so the payload stays JSON + arrays
         "slots": None if group.slot is None else [int(s) for s in group.slot[index]],
+        # fits trained in fixed blocks (ensemble_nn): a failing batch is not bisected, since a
+        # fit trained in half its block would not give its key's bits
+        "blocked": group.block is not None,
     }
 
 

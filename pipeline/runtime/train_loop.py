@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -262,10 +263,20 @@ class RunState:
             self.tries[key] = self.tries.get(key, 0) + 1
             if self.tries[key] <= self.config.runtime.retries:
                 retry.append(key)
+        blocks: dict[tuple[int, int], Task] = {}  # a block's retried fits share one task
         for key in retry:
             gi, i = self.where[key]
+            block = self.groups[gi].block
+            if block is not None and (gi, int(block[i])) in blocks:
+                mate = blocks[(gi, int(block[i]))]
+                blocks[(gi, int(block[i]))] = replace(mate, want=np.append(mate.wanted, i))
+                continue
             tid = f"{task.task_id}-r{self.tries[key]}-{key[:12]}"
-            queue.append(block_task(self.groups, task, gi, i, tid))
+            if block is None:
+                queue.append(block_task(self.groups, task, gi, i, tid))
+            else:
+                blocks[(gi, int(block[i]))] = block_task(self.groups, task, gi, i, tid)
+        queue.extend(blocks.values())
         if retry:
             log.info("retrying %d failed fits of task %s one by one", len(retry), task.task_id)
 

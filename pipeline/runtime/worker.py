@@ -129,7 +129,8 @@ def _solve(
     done: list[tuple[np.ndarray, dict[str, Any]]],
     failed: list[dict[str, Any]],
 ) -> None:
-    """One batched call; on an exception split the batch in halves until the bad fits are alone."""
+    """One batched call; on an exception split the batch in halves until the bad fits are alone
+    (a fixed block, `payload["blocked"]`, fails whole instead)."""
     try:
         out = _fit_slotted(adapter, payload, idx)
         pred = np.asarray(out["pred"], dtype=np.float64)
@@ -163,6 +164,20 @@ def _solve(
             )
         return
     # outside the except block, so a bisected failure's traceback is not chained to its parents'
+    if len(idx) > 1 and payload.get("blocked"):
+        # a block trains as one batch or not at all: its fits fail together (and are retried
+        # together, pipeline.runtime.tasks.block_task), so no fit gets bits of a partial block
+        error_type = "memory" if isinstance(error, MemoryError) else type(error).__name__
+        log.warning(
+            "block of %d fits of %s failed: %s: %s", len(idx), adapter.name, error_type, error
+        )
+        message = f"in its block of {len(idx)} fits: {error}"[:2000]
+        failed.extend(
+            {"key": payload["keys"][i], "error_type": error_type, "message": message,
+             "traceback": trace}
+            for i in idx
+        )  # fmt: skip
+        return
     if len(idx) > 1:
         half = len(idx) // 2
         _solve(adapter, payload, idx[:half], done, failed)
