@@ -228,7 +228,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     from pipeline.evaluation.results import render_results
 
-    render_results(Path(args.output_dir), Path(args.out))
+    notes = Path(args.notes) if args.notes else None
+    if notes is not None and not notes.is_file():
+        raise ConfigError("--notes", "an existing Markdown file", str(notes))
+    render_results(Path(args.output_dir), Path(args.out), notes=notes)
     print(f"wrote {args.out}")
     return 0
 
@@ -300,6 +303,9 @@ def _parser() -> argparse.ArgumentParser:
         "--output-dir", default="studies/seed", help="the study's runtime.output_dir"
     )
     results.add_argument("--out", default="docs/RESULTS.md")
+    results.add_argument(
+        "--notes", default=None, help="hand-written Markdown appended under its own heading"
+    )
     results.set_defaults(handler=_cmd_results)
 
     monitor = commands.add_parser("monitor", help="show a run's progress")

@@ -19,9 +19,15 @@ from pipeline.runtime.timings import read_timings
 
 
 def render_results(
-    output_dir: Path, doc_path: Path, fan_countries: Sequence[str] = ("DE", "FR", "IT", "ES")
+    output_dir: Path,
+    doc_path: Path,
+    fan_countries: Sequence[str] = ("DE", "FR", "IT", "ES"),
+    notes: Path | None = None,
 ) -> str:
-    """Write the page to `doc_path` (images copied beside it under img/) and return its text."""
+    """Write the page to `doc_path` (images copied beside it under img/) and return its text.
+
+    `notes`: a hand-written Markdown file (the authors' reading of these numbers) placed after
+    the generated reading, under its own heading, so the page says which part is whose."""
     output_dir = Path(output_dir)
     meta = read_json(output_dir / "data/prepared/meta.json")
     tables = {
@@ -43,6 +49,7 @@ def render_results(
         _calibration_section(tables, output_dir, doc_path),
         _fan_section(output_dir, doc_path, fan_countries),
         _reading_section(tables, progress, benchmark),
+        _notes_section(notes),
     ]
     text = "\n".join(s for s in sections if s)
     write_text(doc_path, text)
@@ -373,6 +380,13 @@ def _reading_section(
     failed = int((progress["status"] == "failed").sum())
     lines.append(f"- Failed progress rows at the end of the run: {failed}.")
     return "\n".join(lines) + "\n"
+
+
+def _notes_section(notes: Path | None) -> str:
+    if notes is None:
+        return ""
+    text = Path(notes).read_text().strip()
+    return f"## Notes (hand-written, from `{Path(notes).name}`)\n\n{text}\n"
 
 
 # --- helpers --------------------------------------------------------------------------------------
