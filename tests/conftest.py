@@ -3,6 +3,9 @@
 - `study_dict(tmp_path)`: a small synthetic study as a plain config dict (4 countries, window 24,
   origins 2018-01..2018-12, horizons 1 and 3, quantiles 0.1/0.5/0.9, ar_qr p=3, lqr off,
   ensemble_nn off, no progress bar); tests edit it and call `make_config`.
+- `tiny_study(*changes)`: Hydra overrides of a seconds-long CLI study (TINY_STUDY: 3 countries,
+  one horizon, 6 origins, ar_qr and lqr only, 50 MCS replications), `changes` replacing or
+  adding overrides.
 - `make_config(d)`: pipeline.config.validate of `d` over conf/'s defaults (their one source).
 - `prepared_study(tmp_path)`: that study's config with `prepare` already run (panel on disk).
 - `REAL_DATA`: the real Eurostat extract shipped in data/eurostat/ (conf/data/eurostat.yaml).
@@ -42,6 +45,45 @@ SMALL_STUDY: dict[str, Any] = {
     "runtime": {"progress_bar": False, "task_seconds": 0.5, "retries": 1, "max_workers": 2},
     "models": {"ar_qr": {"p": 3}, "lqr": {"enabled": False}, "ensemble_nn": {"enabled": False}},
 }
+
+
+# A study that runs end to end through the CLI in seconds: 3 countries, one horizon, 6 origins,
+# small models (ar_qr, lqr); ensemble_nn, the benchmarks and the combo off and 50 MCS
+# replications (the probe measures every enabled model in a process of its own, and arch's
+# bootstrap is assemble's costliest step) unless a test turns them back on.
+TINY_STUDY: tuple[str, ...] = (
+    "data.synthetic.n_countries=3",
+    "data.horizons=[1]",
+    "rolling_window.size=36",
+    "rolling_window.start_date=2022-07-01",
+    "rolling_window.end_date=2022-12-01",
+    "models.ar_qr.p=3",
+    "models.lqr.rff_features=16",
+    "models.ensemble_nn.enabled=false",
+    "models.rw.enabled=false",
+    "models.climatology.enabled=false",
+    "evaluation.combo.enabled=false",
+    "evaluation.mcs_reps=50",
+    "runtime.task_seconds=0.2",
+    "runtime.max_workers=1",
+    "runtime.dashboard_port=0",
+    "runtime.progress_bar=false",
+)
+
+
+def tiny_study(*changes: str) -> list[str]:
+    """TINY_STUDY's overrides with `changes`: one for a key already there replaces it (e.g.
+    `models.ensemble_nn.enabled=true`, or a sweep `data.horizons=[1],[1,3]`), others are
+    appended in order."""
+    out = list(TINY_STUDY)
+    for change in changes:
+        key = change.split("=", 1)[0]
+        at = [i for i, o in enumerate(out) if o.split("=", 1)[0] == key]
+        if at:
+            out[at[0]] = change
+        else:
+            out.append(change)
+    return out
 
 
 def make_config(d: dict[str, Any]) -> StudyConfig:

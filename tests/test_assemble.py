@@ -164,8 +164,9 @@ def test_metrics_json_matches_the_tables(run):
     assert {"pinball", "relative_pinball", "coverage", "interval", "crps", "crossing", "dm"} <= set(
         tables
     )
-    for table in tables.values():
-        assert table.columns[0] == "PERIOD" and set(table["PERIOD"]) == {"all", "ex_covid"}
+    for name, table in tables.items():  # the decomposition (the costly one) is of "all" only
+        periods = {"all"} if name == "pinball_decomposition" else {"all", "ex_covid"}
+        assert table.columns[0] == "PERIOD" and set(table["PERIOD"]) == periods, name
     csv = pd.read_csv(root / "reports/plots/pinball_by_horizon.csv")
     assert list(csv.columns) == ["HORIZON", *MODELS] and csv["HORIZON"].tolist() == list(HORIZONS)
 
@@ -326,3 +327,63 @@ def test_assemble_adds_combo_and_calibrated_rows_and_scores_no_warmup(tmp_path):
     before = _digests(root)
     assemble(root, "prc_hicp_manr_CP00", derived=derived, window_size=12, mcs=(0.1, 50, 0))
     assert _digests(root) == before and "reports/reliability.png" in before
+
+
+def test_pinball_decomposition_adds_up_and_equals_model_diagnostics(run):
+    """score = miscalibration - discrimination + uncertainty per (model, horizon, level) of the
+    assembled forecasts, equal to a direct model_diagnostics call and to the pinball table."""
+    from model_diagnostics.scoring import PinballLoss, decompose
+
+    root = run[0]
+    table = pd.read_parquet(root / "reports/tables/pinball_decomposition.parquet")
+    frame = pd.read_parquet(root / "forecasts/all.parquet")
+    scored = frame.dropna(subset=["ACTUAL", "FORECAST"])
+    cells = scored.groupby(["MODEL", "HORIZON", "QUANTILE"]).size()
+    assert len(table) == len(cells) == len(MODELS) * len(HORIZONS) * len(LEVELS)
+    assert set(table["PERIOD"]) == {"all"} and table["N"].tolist() == cells.tolist()
+    terms = table["MISCALIBRATION"] - table["DISCRIMINATION"] + table["UNCERTAINTY"]
+    np.testing.assert_allclose(table["SCORE"], terms, rtol=1e-12, atol=1e-12)
+    assert (table["MISCALIBRATION"] >= -1e-12).all() and (table["DISCRIMINATION"] >= -1e-12).all()
+    pinball = pd.read_parquet(root / "reports/tables/pinball.parquet").query("PERIOD == 'all'")
+    np.testing.assert_allclose(table["SCORE"], pinball["PINBALL"], rtol=1e-12)
+    metrics = json.loads((root / "metrics.json").read_text())["pinball_decomposition"]
+    for row in table.itertuples(index=False):
+        part = scored.query("MODEL == @row.MODEL and HORIZON == @row.HORIZON")
+        part = part[np.isclose(part["QUANTILE"], row.QUANTILE)]
+        direct = decompose(
+            part["ACTUAL"].to_numpy(),
+            part["FORECAST"].to_numpy(),
+            scoring_function=PinballLoss(level=row.QUANTILE),
+        ).row(0, named=True)
+        got = metrics[row.MODEL][f"h{row.HORIZON}"][f"q{row.QUANTILE:g}"]
+        assert got["n"] == row.N == len(part)
+        for key in ("score", "miscalibration", "discrimination", "uncertainty"):
+            assert getattr(row, key.upper()) == pytest.approx(direct[key], rel=1e-12, abs=1e-14)
+            assert got[key] == pytest.approx(direct[key], rel=1e-5, abs=1e-12)  # 6 digits
+    page = (root / "reports/index.html").read_text()
+    assert 'id="decomposition"' in page and "miscalibration" in page
+
+
+def test_results_page_summarises_the_decomposition_per_model(run, tmp_path):
+    from pipeline.evaluation.results import _calibration_section
+
+    root = run[0]
+    tables = {p.stem: pd.read_parquet(p) for p in (root / "reports/tables").glob("*.parquet")}
+    text = _calibration_section(tables, root, tmp_path / "RESULTS.md")
+    block = text.split("**Pinball loss decomposition**")[1]
+    table = tables["pinball_decomposition"]
+    pinball = tables["pinball"].query("PERIOD == 'all'")
+    for model in MODELS:
+        row = re.search(
+            rf"^\| {model} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", block, re.M
+        )
+        assert row, model
+        score, mcb, dsc, unc = (float(v) for v in row.groups())
+        part = pinball[pinball["MODEL"] == model]
+        assert score == pytest.approx(
+            (part["PINBALL"] * part["N"]).sum() / part["N"].sum(), abs=5e-5
+        )
+        assert score == pytest.approx(mcb - dsc + unc, abs=2e-4)  # four decimals each
+        cells = table[table["MODEL"] == model]
+        mean_mcb = (cells["MISCALIBRATION"] * cells["N"]).sum() / cells["N"].sum()
+        assert mcb == pytest.approx(mean_mcb, abs=5e-5)

@@ -67,6 +67,55 @@ def test_christoffersen_clustered_hits_reject_and_degenerate_is_nan():
         assert all(math.isnan(v) for v in ct.christoffersen_conditional(degenerate, 0.5))
 
 
+def _sequence_with_transitions(n00: int, n01: int, n10: int, n11: int) -> np.ndarray:
+    """A 0/1 sequence that starts and ends with 0 and has exactly these transition counts:
+    n01 runs of hits, n11 of them of length 2 (needs n01 == n10 >= n11), zeros between."""
+    assert n01 == n10 >= n11
+    runs = [2] * n11 + [1] * (n01 - n11)
+    gaps = n00 + n01 + 1  # zeros: one more run of zeros than runs of hits, n00 0->0 steps
+    zero_runs = [gaps - n01] + [1] * n01  # the first gap takes every extra zero
+    out = [0] * zero_runs[0]
+    for run, zeros in zip(runs, zero_runs[1:], strict=True):
+        out += [1] * run + [0] * zeros
+    h = np.array(out)
+    counts = ct._transitions(h.astype(float))
+    assert counts.tolist() == [n00, n01, n10, n11]
+    return h
+
+
+def test_reproduces_matlab_varbacktest_published_example():
+    """The worked example of MATLAB's Risk Management Toolbox, `cc(vbt)` on `VaRBacktestData`
+    (`EquityIndex`, `Normal95`): 1043 observations, VaR level 0.95 (tau = 0.05), 57 failures,
+    N00 = 932, N10 = 53, N01 = 53, N11 = 4; published LRatioPOF 0.46147 (PValuePOF 0.49694),
+    LRatioCCI 0.25866 (PValueCCI 0.61104), LRatioCC 0.72013 (PValueCC 0.69763).
+    Source: https://www.mathworks.com/help/risk/varbacktest.cc.html (and varbacktest.cci.html,
+    which prints the same CCI row). POF is Kupiec's test and CCI Christoffersen's; both depend
+    on the sequence only through these counts, so any sequence with them reproduces the
+    published numbers (a failure is a hit: the return at or below the 5% quantile)."""
+    hits = _sequence_with_transitions(n00=932, n01=53, n10=53, n11=4)
+    assert hits.size == 1043 and hits.sum() == 57
+    published = {
+        ct.kupiec(hits, 0.05): (0.46147, 0.49694),
+        ct.christoffersen_independence(hits): (0.25866, 0.61104),
+        ct.christoffersen_conditional(hits, 0.05): (0.72013, 0.69763),
+    }
+    for (stat, p), (want_stat, want_p) in published.items():
+        assert stat == pytest.approx(want_stat, abs=5e-6)  # printed to 5 significant digits
+        assert p == pytest.approx(want_p, abs=5e-6)
+
+
+@pytest.mark.parametrize(("failures", "lr_uc", "p_uc"), [(5, 2.544, 0.111), (7, 6.535, 0.011)])
+def test_kupiec_reproduces_a_published_rugarch_vartest_table(failures, lr_uc, p_uc):
+    """rugarch's `VaRTest` output as published for 1% VaR over a 224-day backtest (GARCH and
+    EGARCH columns: 5 and 7 exceedances, LR.uc 2.544 and 6.535, p-values 0.111 and 0.011).
+    Source: https://html.scirp.org/file/_8-2410529_10.htm (table of a SCIRP journal article).
+    Kupiec's statistic depends on the count only, so the hits' positions do not matter."""
+    hits = np.zeros(224)
+    hits[np.linspace(0, 223, failures).astype(int)] = 1
+    stat, p = ct.kupiec(hits, 0.01)
+    assert stat == pytest.approx(lr_uc, abs=5e-4) and p == pytest.approx(p_uc, abs=5e-4)
+
+
 def test_dq_equals_statsmodels_ols():
     rng = np.random.default_rng(3)
     tau, n = 0.1, 60

@@ -11,26 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_study
 
 from pipeline.runtime.fit_cache import FitCache
 from pipeline.runtime.monitor import monitor
 from pipeline.runtime.progress import ProgressStore, db_path
 
-TINY = [
-    "data.synthetic.n_countries=3",
-    "data.horizons=[1]",
-    "rolling_window.size=36",
-    "rolling_window.start_date=2022-07-01",
-    "rolling_window.end_date=2022-12-01",
-    "models.ar_qr.p=3",
-    "models.lqr.enabled=false",
-    "models.ensemble_nn.enabled=false",
-    "runtime.task_seconds=0.2",
-    "runtime.max_workers=1",
-    "runtime.dashboard_port=0",
-    "runtime.progress_bar=false",
-    "runtime.max_in_flight=1",
-]
+TINY = tiny_study("models.lqr.enabled=false", "runtime.max_in_flight=1")
 
 
 def entry(i: int) -> dict[str, np.ndarray]:

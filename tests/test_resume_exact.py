@@ -14,26 +14,19 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from conftest import tiny_study
 
-TINY = [
-    "data.synthetic.n_countries=3",
-    "data.horizons=[1]",
-    "rolling_window.size=36",
-    "rolling_window.start_date=2022-07-01",
-    "rolling_window.end_date=2022-12-01",
-    "models.ar_qr.p=3",
-    "models.lqr.rff_features=16",
+# ensemble_nn on (its blocks are what a resume must retrain whole) and the combo of the three
+TINY = tiny_study(
+    "models.ensemble_nn.enabled=true",
     "models.ensemble_nn.units_per_layer=[8]",
     "models.ensemble_nn.epochs=120",
     "models.ensemble_nn.patience=120",
     "models.ensemble_nn.parallel_models=2",
     "models.ensemble_nn.learning_rate=1e-3",
     "models.ensemble_nn.device=cpu",
-    "runtime.task_seconds=0.2",
-    "runtime.max_workers=1",
-    "runtime.dashboard_port=0",
-    "runtime.progress_bar=false",
-]
+    "evaluation.combo.enabled=true",
+)
 
 
 def start(out: Path, cwd: Path) -> subprocess.Popen[str]:
@@ -82,5 +75,5 @@ def test_sigkill_mid_train_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     for name in ("forecasts/all.parquet", "metrics.json", "train/ensemble_nn.parquet"):
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
     frame = pd.read_parquet(out / "forecasts/all.parquet")
-    # the trained models (plus the default benchmarks and the combination built from them)
-    assert {"ar_qr", "lqr", "ensemble_nn"} <= set(frame["MODEL"])
+    # the trained models and the combination built from them (tiny_study: no benchmarks)
+    assert set(frame["MODEL"]) == {"ar_qr", "lqr", "ensemble_nn", "combo"}

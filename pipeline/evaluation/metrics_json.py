@@ -174,8 +174,9 @@ TEST_KEYS = {"HIT_RATE": "hit_rate", "LR_UC": "lr_uc", "P_UC": "p_uc", "LR_IND":
 def test_metrics(tables: Mapping[str, pd.DataFrame], mcs_size: float) -> dict[str, Any]:
     """metrics.json's coverage tests and Model Confidence Set (period "all"; the tables hold
     both periods): coverage_tests[model][h][q] = {n, hit_rate, lr_uc, p_uc, lr_ind, p_ind,
-    lr_cc, p_cc, dq, p_dq} pooled over countries; mcs[h][model] = {p_value, in_mcs}; and the
-    caveat on h > 1 hits."""
+    lr_cc, p_cc, dq, p_dq} pooled over countries; mcs[h][model] = {p_value, in_mcs}; the
+    caveat on h > 1 hits; and, when `tables` holds it, the pinball decomposition
+    (`decomposition_metrics`)."""
     from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
 
     tests, mcs = (tables[k].loc[tables[k]["PERIOD"] == "all"] for k in ("coverage_tests", "mcs"))
@@ -192,8 +193,28 @@ def test_metrics(tables: Mapping[str, pd.DataFrame], mcs_size: float) -> dict[st
             "p_value": _num(row.P_VALUE),
             "in_mcs": int(bool(row.IN_MCS)),
         }
-    return {
+    out = {
         "coverage_tests": node,
         "mcs": {"size": _num(mcs_size), **mcs_node},
         "notes": {"coverage_tests": SERIAL_DEPENDENCE_NOTE},
     }
+    if "pinball_decomposition" in tables:
+        out["pinball_decomposition"] = decomposition_metrics(tables["pinball_decomposition"])
+    return out
+
+
+DECOMPOSITION_KEYS = {"SCORE": "score", "MISCALIBRATION": "miscalibration",
+                      "DISCRIMINATION": "discrimination", "UNCERTAINTY": "uncertainty"}  # fmt: skip
+
+
+def decomposition_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """metrics.json's pinball decomposition (period "all"): [model][h][q] = {n, score,
+    miscalibration, discrimination, uncertainty}, score = miscalibration - discrimination +
+    uncertainty."""
+    node: dict[str, Any] = {}
+    for row in table.loc[table["PERIOD"] == "all"].itertuples(index=False):
+        leaf = node.setdefault(str(row.MODEL), {}).setdefault(horizon_label(row.HORIZON), {})
+        leaf[quantile_label(row.QUANTILE)] = {"n": int(row.N)} | {
+            key: _num(getattr(row, column)) for column, key in DECOMPOSITION_KEYS.items()
+        }
+    return node

@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
+from pipeline.evaluation.decomposition import DECOMPOSITION_NOTE, decomposition_cells
 
 PERIOD_TITLES = {
     "all": "All months",
@@ -378,6 +379,10 @@ def render_report(
                      "mean pinball losses over the origins every model scored; green: in the set.",
                      [t["mcs"]], _mcs_rows, n_keys=1),
         ]  # fmt: skip
+    if "pinball_decomposition" in t:  # period "all" only
+        header, cells = decomposition_cells(t["pinball_decomposition"])
+        table = _table(header, [[_Cell(c) for c in row] for row in cells], n_keys=3)
+        sections.append(f'<section id="decomposition"><h2>Pinball loss decomposition</h2><p class="note">{esc(DECOMPOSITION_NOTE)}</p><details><summary>Show the table</summary><div class="pair"><div><h3>{PERIOD_TITLES["all"]}</h3>{table}</div></div></details></section>')  # fmt: skip
     country = _section("country", "Mean pinball loss by country",
                        "Pooled over horizons and quantile levels; green marks the best model "
                        "of the country.",

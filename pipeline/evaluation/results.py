@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.evaluation.decomposition import decomposition_markdown
 from pipeline.io import read_json, write_text
 from pipeline.runtime.timings import read_timings
 
@@ -273,6 +274,9 @@ def _calibration_section(tables: dict[str, pd.DataFrame], output_dir: Path, doc_
             rows = part[part["MODEL"] == model]
             counts = [int((rows[c] < 0.05).sum()) for c in ("P_UC", "P_CC", "P_DQ")]
             lines.append(f"| {model} | {len(rows)} | " + " | ".join(map(str, counts)) + " |")
+    decomposition = tables.get("pinball_decomposition")
+    if decomposition is not None and not decomposition.empty:
+        lines += ["", decomposition_markdown(decomposition)]
     mcs = tables.get("mcs")
     if mcs is not None and not mcs.empty:
         part = mcs[mcs["PERIOD"] == "all"]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import coverage_tests, metrics_json, plots
+from pipeline.evaluation import coverage_tests, decomposition, metrics_json, plots
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.calibration import CAL_SUFFIX, window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
@@ -193,6 +193,7 @@ def _write_metrics(
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     size, reps, seed = mcs
     tests = _test_tables(frame, size, reps, seed)
+    tests["pinball_decomposition"] = decomposition.pinball_decomposition(frame)
     metrics.update(metrics_json.test_metrics(tests, size))
     tables.update(tests)
     write_json(output_dir / "metrics.json", metrics)
