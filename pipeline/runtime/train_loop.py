@@ -24,8 +24,8 @@ from pipeline.runtime.progress import ProgressStore
 from pipeline.runtime.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.worker import run_task
 
-if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
-    from pipeline.runtime.cluster import SharedCluster
+if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
+    from pipeline.runtime.shared_cluster import SharedCluster
 
 log = logging.getLogger("pipeline.train")
 
