@@ -209,3 +209,28 @@ def test_ensemble_tasks_hold_one_block_each_so_every_worker_gets_one(tmp_path: P
         tasks = make_tasks(groups, todo, fits_per_task)
         assert len(tasks) == n_blocks
         assert all(len(np.unique(groups[0].block[t.index])) == 1 for t in tasks)
+
+
+def test_assemble_renders_only_the_charts_whose_inputs_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.stages.study import assemble_study
+
+    caplog.set_level(logging.INFO, logger="pipeline.stages.assemble")
+    config = study(tmp_path / "out", in_process_below_s=60.0)
+    run_train(config, "ar_qr", _plan("ar_qr", 0.001))
+    first = assemble_study(config)
+    pngs = {p: p.read_bytes() for p in first.images}
+    assert len(pngs) >= 4 and "0 unchanged" in caplog.text
+    caplog.clear()
+    again = assemble_study(config)  # nothing changed: nothing rendered, the same bytes
+    assert f"0 charts rendered, {len(pngs)} unchanged" in caplog.text
+    assert {p: p.read_bytes() for p in again.images} == pngs
+    # a removed or altered PNG is rendered again, byte-identical to the first render
+    victim, other = sorted(pngs)[-1], sorted(pngs)[-2]
+    victim.unlink()
+    other.write_bytes(b"not a png")
+    caplog.clear()
+    assemble_study(config)
+    assert f"2 charts rendered, {len(pngs) - 2} unchanged" in caplog.text
+    assert victim.read_bytes() == pngs[victim] and other.read_bytes() == pngs[other]
