@@ -11,7 +11,6 @@ results are bit-identical to the cluster's. No Dask here.
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -52,14 +51,13 @@ def runs_in_process(
 def worker_threads() -> Iterator[None]:
     """One thread per math library for the duration, like a worker's environment (THREAD_ENV);
     the driver's settings are restored afterwards."""
+    import torch  # every built-in model's kernels import it anyway (pipeline.models.common)
     from threadpoolctl import threadpool_limits
 
     saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
     os.environ.update(THREAD_ENV)  # a library first loaded inside reads these
-    torch = sys.modules.get("torch")
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
             yield
@@ -69,8 +67,7 @@ def worker_threads() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if torch is not None and torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads)
 
 
 class InProcessStream:
