@@ -34,7 +34,7 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.io import write_text
-    from pipeline.runtime.cluster import SharedCluster
+    from pipeline.runtime.shared_cluster import SharedCluster
     from pipeline.runtime.timings import record_stage, timed_stage
     from pipeline.stages.prepare import prepare
     from pipeline.stages.probe import run_probe

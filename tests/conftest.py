@@ -9,6 +9,8 @@
 - `make_config(d)`: pipeline.config.validate of `d` over conf/'s defaults (their one source).
 - `prepared_study(tmp_path)`: that study's config with `prepare` already run (panel on disk).
 - `REAL_DATA`: the real Eurostat extract shipped in data/eurostat/ (conf/data/eurostat.yaml).
+- `probe_cache` (autouse): every test gets its own empty probe cache (QPIPE_PROBE_CACHE), so
+  no test reuses another's measurements or writes to the user's ~/.cache.
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
 """
@@ -111,3 +113,10 @@ def fake_adapters(monkeypatch: pytest.MonkeyPatch) -> str:
     current = os.environ.get("PIPELINE_EXTRA_ADAPTERS", "")
     monkeypatch.setenv("PIPELINE_EXTRA_ADAPTERS", ",".join(filter(None, [current, FAKE_MODELS])))
     return FAKE_MODELS
+
+
+@pytest.fixture(autouse=True)
+def probe_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path_factory.mktemp("probe-cache")
+    monkeypatch.setenv("QPIPE_PROBE_CACHE", str(path))
+    return path

@@ -28,6 +28,7 @@ def test_dask_info_goes_to_the_log_file_only(tmp_path):
             "models.ensemble_nn.enabled=false",
             "runtime.max_workers=1",
             "runtime.dashboard_port=0",
+            "runtime.in_process_below_s=0",  # a real cluster, whose INFO lines are checked
             "runtime.progress_bar=false",
             f"runtime.output_dir={out}",
         ],

@@ -141,6 +141,10 @@ class RuntimeConfig:
     task_seconds: float = field(metadata=_positive("a positive number of seconds"))
     max_in_flight: int | None  # tasks submitted at once; None: 4 per worker
     progress_bar: bool
+    reprobe: bool  # measure again even when this machine's probe cache has the measurement
+    # train runs in the driver, without a cluster, when the probe's estimate of the work
+    # (fits x seconds per fit) is below this; 0: always a cluster
+    in_process_below_s: float = field(metadata=at_least(0, "a number of seconds >= 0 (0: off)"))
 
 
 # keys of a user model's entry that are not its parameters

@@ -18,7 +18,7 @@ import re
 import socket
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,37 +106,6 @@ def make_client(
             client.close(timeout=10)
             if cluster is not None:
                 cluster.close(timeout=20)
-
-
-class SharedCluster:
-    """One cluster for several `run_train` calls (`python -m pipeline run` trains every model on
-    it): started by the first model that has fits to train, so a run with everything cached
-    starts none; closed by `close()` or on leaving `with`. Sized by the first caller's plan
-    (every model of a run shares one probe plan)."""
-
-    def __init__(self) -> None:
-        self._stack = ExitStack()
-        self.handle: ClusterHandle | None = None
-
-    def client(
-        self, n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig
-    ) -> AbstractContextManager[ClusterHandle]:
-        """The shared handle (started on first call); leaving the context does not close it."""
-        if self.handle is None:
-            self.handle = self._stack.enter_context(
-                make_client(n_workers, memory_limit_mb, runtime)
-            )
-        return nullcontext(self.handle)
-
-    def close(self) -> None:
-        self.handle = None
-        self._stack.close()
-
-    def __enter__(self) -> SharedCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def worker_environ() -> dict[str, Any]:

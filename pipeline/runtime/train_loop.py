@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +18,15 @@ from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.fit_cache import Entry, FitCache
 from pipeline.runtime.fit_groups import FitGroup, forecast_table
+from pipeline.runtime.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
 from pipeline.runtime.progress import ProgressStore
 from pipeline.runtime.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.worker import run_task
 
-if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
-    from pipeline.runtime.cluster import SharedCluster
+if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
+    from pipeline.runtime.shared_cluster import SharedCluster
 
 log = logging.getLogger("pipeline.train")
 
@@ -111,8 +113,6 @@ class RunState:
         store: ProgressStore,
         cluster: SharedCluster | None = None,
     ) -> tuple[str | None, int]:
-        from pipeline.runtime.cluster import TaskStream, make_client
-
         rt = self.config.runtime
         n_workers = rt.max_workers or plan.n_workers
         n_todo = int(sum(t.size for t in todo))
@@ -126,26 +126,43 @@ class RunState:
         queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
         adapter = adapter_for(self.config, self.model)
         params = adapter.params(self.config)
-        log.info(
-            "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
-            self.model,
-            len(queue),
-            fpt,
-            n_workers,
-            plan.memory_limit_mb,
-        )
         tasks: dict[str, Task] = {}
-        with (
-            (cluster.client if cluster is not None else make_client)(
+        model_plan = plan.models.get(self.model)
+        in_process = runs_in_process(
+            model_plan, n_todo, rt.in_process_below_s, rt.scheduler_address
+        )
+        opened: AbstractContextManager[Any]
+        if in_process:  # the same tasks as on a cluster (sized for it), run here one by one
+            log.info(
+                "train %s: %d tasks of <= %d fits in the driver, no cluster (about %.1f s of "
+                "work, below runtime.in_process_below_s = %g s)",
+                self.model,
+                len(queue),
+                fpt,
+                n_todo * (model_plan.seconds_per_fit or 0.0) if model_plan else 0.0,
+                rt.in_process_below_s,
+            )
+            opened = in_process_handle()
+        else:
+            from pipeline.runtime.cluster import make_client
+
+            log.info(
+                "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
+                self.model,
+                len(queue),
+                fpt,
+                n_workers,
+                plan.memory_limit_mb,
+            )
+            opened = (cluster.client if cluster is not None else make_client)(
                 n_workers, plan.memory_limit_mb, rt
-            ) as handle,
-            ProgressReporter(self.model, n_todo, rt.progress_bar) as bar,
-        ):
+            )
+        with opened as handle, ProgressReporter(self.model, n_todo, rt.progress_bar) as bar:
             if handle.dashboard:
                 log.info("dashboard: %s", handle.dashboard)
                 print(f"Dask dashboard: {handle.dashboard}", file=sys.stderr, flush=True)
             store.update_run(self.run_id, dashboard=handle.dashboard, n_workers=handle.n_workers)
-            stream = TaskStream(handle.client, run_task)
+            stream: Any = InProcessStream(run_task) if in_process else _task_stream(handle)
             limit = rt.max_in_flight or 4 * max(handle.n_workers, 1)
 
             def submit_more() -> None:
@@ -285,6 +302,12 @@ class RunState:
     def forecast_frame(self, panel: pd.DataFrame) -> pd.DataFrame:
         """The forecast table of every fit known (schema order, deterministic sort)."""
         return forecast_table(self.groups, self.where, self.pred, self.config, self.model, panel)
+
+
+def _task_stream(handle: Any) -> Any:
+    from pipeline.runtime.cluster import TaskStream
+
+    return TaskStream(handle.client, run_task)
 
 
 def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:

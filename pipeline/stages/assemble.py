@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import coverage_tests, decomposition, metrics_json, plots
+from pipeline.evaluation import coverage_tests, decomposition, metrics_json
 from pipeline.evaluation import metrics as evaluate
-from pipeline.evaluation.calibration import CAL_SUFFIX, window_scale
+from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
-from pipeline.evaluation.report import ReportImage, render_report
+from pipeline.evaluation.report import render_report
 from pipeline.io import read_json, write_json, write_parquet, write_text
 from pipeline.schema import (
     COUNTRY,
@@ -47,6 +47,7 @@ from pipeline.schema import (
     conform_forecasts,
     empty_forecast_frame,
 )
+from pipeline.stages.charts import write_charts
 
 log = logging.getLogger(__name__)
 FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
@@ -130,7 +131,7 @@ def assemble(
     written += metric_files
 
     # --- charts and report -----------------------------------------------------------------
-    images = _write_charts(frame, rdir, benchmark, fans)
+    images = write_charts(output_dir, frame, benchmark, fans)
     written += [rdir / image.src for image in images]
     html = render_report(
         tables,
@@ -365,30 +366,6 @@ def fan_selection(
     horizons = _spread(all_h, max_horizons) if horizons is None else sorted(set(horizons))
     have = set(zip(frame["COUNTRY"], frame["HORIZON"], strict=True))
     return [(c, int(h)) for h in horizons for c in countries if (c, h) in have]
-
-
-def _write_charts(
-    frame: pd.DataFrame, rdir: Path, benchmark: str, fans: list[tuple[str, int]]
-) -> list[ReportImage]:
-    """The two metric charts and one fan chart per (country, horizon) in `fans`."""
-    pinball_fig = plots.pinball_chart(frame, benchmark=benchmark)
-    plots.save_figure(pinball_fig, rdir / "pinball_by_horizon.png")
-    plots.save_figure(plots.coverage_chart(frame, benchmark=benchmark), rdir / "coverage.png")
-    images = [
-        ReportImage("pinball_by_horizon.png", "Mean pinball loss by horizon"),
-        ReportImage("coverage.png", "Coverage by quantile level"),
-    ]
-    if frame["MODEL"].str.endswith(CAL_SUFFIX).any():
-        plots.save_figure(
-            plots.reliability_chart(frame, suffix=CAL_SUFFIX), rdir / "reliability.png"
-        )
-        images.append(ReportImage("reliability.png", "Reliability: raw against calibrated"))
-    for country, h in fans:
-        src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
-        plots.save_figure(plots.fan_chart(frame, country, h, benchmark=benchmark), rdir / src)
-        caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
-        images.append(ReportImage(src, caption, evaluate.horizon_label(h)))
-    return images
 
 
 def _summary(

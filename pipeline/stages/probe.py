@@ -51,6 +51,7 @@ from pipeline.runtime.plan import (
     round_up_mb,
     worker_environment,
 )
+from pipeline.runtime.probe_cache import cached_measurement, code_fingerprint, machine_identity
 from pipeline.runtime.tasks import task_payload
 
 log = logging.getLogger("pipeline.probe")
@@ -68,7 +69,10 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     panel = load_panel(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())
     check_user_models(config, panel, names)  # before any child process or cluster
-    baseline = measure_child(["--baseline"])[0]["peak_mb"]
+    reprobe = config.runtime.reprobe
+    baseline = cached_measurement(
+        baseline_inputs(), lambda: measure_child(["--baseline"])[0], ("peak_mb",), reprobe
+    )["peak_mb"]
     log.info("probe: worker baseline %.0f MiB", baseline)
     results: dict[str, tuple[int, dict[str, Any], list[FitGroup]]] = {}
     for name in names:
@@ -107,14 +111,64 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     return plan
 
 
+def baseline_inputs() -> dict[str, Any]:
+    """What the worker baseline (an idle worker-like process) depends on: the probe cache key."""
+    return {"kind": "baseline", "imports": list(WORKER_IMPORTS), "machine": _machine()}
+
+
 def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[str, Any]:
-    """Run a calibration batch and a task-sized batch of the largest group in a child process."""
+    """Run a calibration batch and a task-sized batch of the largest group in a child process,
+    or reuse this machine's measurement of the same task (pipeline.runtime.probe_cache)."""
     adapter = adapter_for(config, name)
     params = adapter.params(config)
     scale = 1.0
     if adapter.probe_params is not None:
         params, scale = adapter.probe_params(params)
     group = max(groups, key=lambda g: (int(np.prod(g.data["X"].shape[1:])), len(g)))
+    task_seconds = config.runtime.task_seconds / scale
+    min_fits = min(len(group), adapter.batch_fits)
+    inputs = {
+        "kind": "model",
+        "model": name,
+        "version": adapter.version,
+        "params": params,
+        "scale": scale,
+        "payload": adapter.payload or {},
+        "quantiles": list(config.data.quantiles),
+        "seed": config.seed,
+        # the probed task's shape: the group's fits, each fit's arrays, horizons, sizing
+        "task": {
+            "fits": len(group),
+            "arrays": {k: [list(v.shape[1:]), v.dtype.str] for k, v in sorted(group.data.items())},
+            "countries": int(group.countries.shape[1]),
+            "horizons": [int(h) for h in group.horizons],
+            "task_seconds": task_seconds,
+            "min_fits": min_fits,
+        },
+        "code": code_fingerprint(),
+        "machine": _machine(),
+    }
+    return cached_measurement(
+        inputs,
+        lambda: _measure_model(config, adapter, group, params, scale, task_seconds, min_fits),
+        ("seconds_per_fit", "peak_mb", "fits"),
+        config.runtime.reprobe,
+    )
+
+
+def _machine() -> dict[str, Any]:
+    return machine_identity(worker_environment({}))
+
+
+def _measure_model(
+    config: StudyConfig,
+    adapter: Any,
+    group: FitGroup,
+    params: dict[str, Any],
+    scale: float,
+    task_seconds: float,
+    min_fits: int,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
         payload = task_payload(
             group,
@@ -131,10 +185,10 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
                 "--task",
                 str(payload_path),
                 "--task-seconds",
-                str(config.runtime.task_seconds / scale),
+                str(task_seconds),
                 # a model that batches fits is measured on a task of that size (time and peak)
                 "--min-fits",
-                str(min(len(group), adapter.batch_fits)),
+                str(min_fits),
             ]
         )
     out["seconds_per_fit"] = out["seconds_per_fit"] * scale

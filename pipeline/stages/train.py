@@ -36,8 +36,8 @@ from pipeline.runtime.plan import Plan, resolve_plan
 from pipeline.runtime.progress import ProgressStore, db_path
 from pipeline.runtime.train_loop import RunState
 
-if TYPE_CHECKING:  # pipeline.runtime.cluster imports dask.distributed: only where a cluster starts
-    from pipeline.runtime.cluster import SharedCluster
+if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
+    from pipeline.runtime.shared_cluster import SharedCluster
 
 
 log = logging.getLogger("pipeline.train")
@@ -84,7 +84,7 @@ def run_train(
 ) -> TrainSummary:
     """Train (or reload) every fit of `model`; write train/{model}.parquet; return a summary.
 
-    `cluster`: a pipeline.runtime.cluster.SharedCluster to run on (kept open for the next model);
+    `cluster`: a pipeline.runtime.shared_cluster.SharedCluster to run on (kept open for the next model);
     None starts a cluster for this call alone (only when there are fits to train).
     """
     from pipeline.stages.prepare import load_panel

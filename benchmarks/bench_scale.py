@@ -1,0 +1,161 @@
+"""How the cost grows with the work: the seed grid for ar_qr at 1x, 3x and 10x fits (issue 13).
+
+The seed grid (window 60, origins 2018-01..2023-12, horizons 1, 3, 6, 12, quantiles
+0.1/0.5/0.9) on the shipped real data with its 38 countries replicated `k` times (copy r of a
+country is `<code>_<r>`, its values shifted by r x 1e-4 so every fit has its own key): about
+10.6k x k ar_qr fits (rw, climatology, lqr, ensemble_nn and the combo off). For each k, one
+`python -m pipeline run` in a fresh output dir (the probe measures at each k: the task shape,
+the fits of the probed group, differs) measures:
+
+- train@ar_qr and assemble wall time (logs/timings.json) and the whole command's wall time;
+- the driver's peak memory: `os.wait4` on the child (ru_maxrss: the largest of the driver and
+  the children it reaped, i.e. an upper bound) and the driver's own VmHWM from /proc, polled
+  every 0.2 s until it exits (the kernel's high-water mark, so only growth in the last 0.2 s
+  can be missed);
+- the progress store's size (progress.sqlite plus its -wal file).
+
+Targets: time linear in the fits, driver memory < 1 GB at 10x.
+
+Usage: python benchmarks/bench_scale.py [--factors 1 3 10] [--out /tmp/bench_scale]
+       [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "eurostat" / "hicp_manr.csv.gz"
+TARGET = "prc_hicp_manr_CP00"
+
+
+def replicated_data(path: Path, k: int) -> Path:
+    import pandas as pd
+
+    base = pd.read_csv(DATA, usecols=["TIME", "COUNTRY", TARGET])
+    parts = [base]
+    for r in range(1, k):
+        part = base.copy()
+        part["COUNTRY"] = part["COUNTRY"] + f"_{r}"
+        part[TARGET] = part[TARGET] + r * 1e-4
+        parts.append(part)
+    pd.concat(parts, ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run_one(k: int, base: Path, cache: Path) -> dict[str, Any]:
+    data = replicated_data(base / f"hicp_x{k}.csv", k)
+    out = base / f"x{k}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "experiment=seed",
+        f"data.path={data}",
+        "models.lqr.enabled=false",
+        "models.ensemble_nn.enabled=false",
+        "models.rw.enabled=false",
+        "models.climatology.enabled=false",
+        "evaluation.combo.enabled=false",
+        f"runtime.output_dir={out}",
+        "runtime.progress_bar=false",
+        "runtime.dashboard_port=0",
+    ]
+    env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
+    with open(base / f"x{k}.log", "w") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        hwm = {"mb": 0.0}
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                value = vm_hwm_mb(proc.pid)
+                if value is not None:
+                    hwm["mb"] = max(hwm["mb"], value)
+                stop.wait(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        stop.set()
+        poller.join()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"x{k} failed: see {base / f'x{k}.log'}")
+    timings = json.loads((out / "logs" / "timings.json").read_text())
+    db = out / "progress" / "progress.sqlite"
+    store_mb = sum(p.stat().st_size for p in db.parent.glob("progress.sqlite*")) / 2**20
+    from pipeline.runtime.progress import db_path, read_table
+
+    runs = read_table(db_path(out), "runs")
+    fits = int(runs.loc[runs["model"] == "ar_qr", "fits"].max())
+    return {
+        "factor": k,
+        "fits": fits,
+        "wall_s": wall,
+        "stages": {name: t["seconds"] for name, t in timings.items()},
+        "driver_maxrss_wait4_mb": usage.ru_maxrss / 1024.0,
+        "driver_vmhwm_mb": hwm["mb"],
+        "progress_store_mb": store_mb,
+    }
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    per_fit0 = first["stages"]["train@ar_qr"] / first["fits"]
+    lines = [
+        "| fits (x) | whole run s | probe s | train@ar_qr s | train ms/fit (vs 1x) "
+        "| assemble s | driver peak MiB (wait4 / VmHWM) | progress.sqlite MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        st = r["stages"]
+        per_fit = st["train@ar_qr"] / r["fits"]
+        lines.append(
+            f"| {r['fits']:,} ({r['factor']}x) | {r['wall_s']:.1f} | {st.get('probe', 0):.1f} | "
+            f"{st['train@ar_qr']:.1f} | {1000 * per_fit:.2f} ({per_fit / per_fit0:.2f}) | "
+            f"{st['assemble']:.1f} | {r['driver_maxrss_wait4_mb']:.0f} / "
+            f"{r['driver_vmhwm_mb']:.0f} | {r['progress_store_mb']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--factors", nargs="+", type=int, default=[1, 3, 10])
+    parser.add_argument("--out", default="/tmp/bench_scale")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    base = Path(args.out)
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    rows = []
+    for k in args.factors:
+        rows.append(run_one(k, base, base / "probe-cache"))
+        print(json.dumps(rows[-1]), flush=True)
+    print(report(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -1,0 +1,198 @@
+"""A small ar_qr study end to end vs a plain scikit-learn loop over its fits (issue 13, item 5).
+
+The study: 3 countries of the shipped real data (data/eurostat/hicp_manr.csv.gz), the seed's
+72 origins (2018-01..2023-12) and 4 horizons, ar_qr only (rw, climatology, lqr, ensemble_nn
+and the combo off): 864 fits. Timed, each repeat:
+
+- cold: `python -m pipeline run ...` in a fresh output dir with an empty probe cache (the probe
+  measures), wall time of the whole command (interpreter start to exit);
+- warm probe: the same command in another fresh output dir, the probe cache kept (reused);
+- sklearn: the same 864 fits (windows, features and targets built by the project's code:
+  prepare + build_groups with the ar_qr adapter), one QuantileRegressor(quantile=q, alpha=0,
+  solver="highs") per fit and quantile on the fit's complete rows, predicting at the origin;
+  wall and CPU time of the loop only (data preparation not counted on that side).
+
+Ratio = sklearn loop wall / pipeline wall (target >= 3x). Medians of the repeats. Also checks
+that the forecasts agree (sklearn's, sorted per fit, against forecasts/all.parquet).
+
+Usage: python benchmarks/bench_small_study.py [--countries DE FR IT] [--repeats 3]
+       [--out /tmp/bench_small] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def overrides(countries: list[str], out: Path) -> list[str]:
+    return [
+        "experiment=seed",
+        f"data.countries=[{','.join(countries)}]",
+        "models.lqr.enabled=false",
+        "models.ensemble_nn.enabled=false",
+        "models.rw.enabled=false",
+        "models.climatology.enabled=false",
+        "evaluation.combo.enabled=false",
+        f"runtime.output_dir={out}",
+        "runtime.progress_bar=false",
+        "runtime.dashboard_port=0",
+    ]
+
+
+def run_study(countries: list[str], out: Path, cache: Path) -> dict[str, Any]:
+    """One `python -m pipeline run` with its own probe cache; wall time and stage timings."""
+    env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "pipeline", "run", *overrides(countries, out)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    timings = json.loads((out / "logs" / "timings.json").read_text())
+    return {
+        "wall_s": wall,
+        "stages": {k: v["seconds"] for k, v in timings.items()},
+        "reused": "reused measurement" in done.stderr,
+        "in_driver": "in the driver, no cluster" in done.stderr,
+    }
+
+
+def build_fits(countries: list[str], out: Path):
+    """The study's ar_qr fit groups, built by the project's own code."""
+    from pipeline.config.compose import compose_config
+    from pipeline.models.registry import get_adapter
+    from pipeline.runtime.fit_groups import build_groups
+    from pipeline.stages.prepare import load_panel, prepare
+
+    os.chdir(ROOT)
+    config = compose_config(overrides(countries, out))
+    prepare(config, ROOT)
+    return config, build_groups(load_panel(config.output_dir), config, get_adapter("ar_qr"))
+
+
+def sklearn_loop(groups, quantiles) -> tuple[float, float, list[tuple[str, int, int, np.ndarray]]]:
+    """(wall s, CPU s, forecasts per fit) of one QuantileRegressor per fit and quantile."""
+    from sklearn.linear_model import QuantileRegressor
+
+    out = []
+    c0, t0 = time.process_time(), time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for g in groups:
+            X, y, w, X_new = g.data["X"], g.data["y"], g.data["w"], g.data["X_new"]
+            for i in range(len(g)):
+                keep = w[i] > 0
+                fc = []
+                for q in quantiles:
+                    model = QuantileRegressor(quantile=q, alpha=0, solver="highs")
+                    model.fit(X[i][keep], y[i][keep])
+                    fc.append(float(model.predict(X_new[i])[0]))
+                out.append((str(g.countries[i][0]), int(g.origin[i]), int(g.horizon), np.sort(fc)))
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def agreement(forecasts_path: Path, fits, quantiles) -> float:
+    """max |ours - sklearn| over every forecast of the study."""
+    import pandas as pd
+
+    from pipeline.data.windows import month_start
+
+    ours = pd.read_parquet(forecasts_path)
+    ours = ours[ours["MODEL"] == "ar_qr"].set_index(
+        ["COUNTRY", "WINDOW_END", "HORIZON", "QUANTILE"]
+    )["FORECAST"]
+    gap = 0.0
+    for country, origin, h, fc in fits:
+        for q, value in zip(quantiles, fc, strict=True):
+            mine = ours.loc[(country, month_start(origin), h, float(q))]
+            gap = max(gap, abs(float(mine) - value))
+    return gap
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    base = Path(args.out)
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    config, groups = build_fits(args.countries, base / "fits")
+    quantiles = list(config.data.quantiles)
+    n_fits = sum(len(g) for g in groups)
+    rows: list[dict[str, Any]] = []
+    for r in range(args.repeats):
+        cache = base / f"probe-cache-{r}"  # empty: the cold run measures
+        cold = run_study(args.countries, base / f"cold-{r}", cache)
+        warm = run_study(args.countries, base / f"warm-{r}", cache)
+        sk_wall, sk_cpu, fits = sklearn_loop(groups, quantiles)
+        row = {"repeat": r, "cold": cold, "warm": warm, "sklearn_wall_s": sk_wall}
+        row["sklearn_cpu_s"] = sk_cpu
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    gap = agreement(base / "warm-0" / "forecasts" / "all.parquet", fits, quantiles)
+    med = {
+        "cold_s": statistics.median(r["cold"]["wall_s"] for r in rows),
+        "warm_s": statistics.median(r["warm"]["wall_s"] for r in rows),
+        "sklearn_s": statistics.median(r["sklearn_wall_s"] for r in rows),
+        "sklearn_cpu_s": statistics.median(r["sklearn_cpu_s"] for r in rows),
+    }
+    stages = sorted(rows[0]["warm"]["stages"])
+    for kind in ("cold", "warm"):
+        for stage in stages:
+            med[f"{kind}:{stage}"] = statistics.median(r[kind]["stages"][stage] for r in rows)
+    result = {
+        "countries": args.countries,
+        "fits": n_fits,
+        "repeats": rows,
+        "median": med,
+        "max_abs_forecast_gap": gap,
+        "load_average": os.getloadavg(),
+    }
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["median"]
+    stages = sorted({k.split(":", 1)[1] for k in m if ":" in k})
+    lines = [
+        f"{result['fits']} ar_qr fits ({', '.join(result['countries'])}), "
+        f"{len(result['repeats'])} repeats, medians; max |ours - sklearn| forecast "
+        f"{result['max_abs_forecast_gap']:.1e}",
+        "",
+        "| run | wall s | " + " | ".join(stages) + " | sklearn loop / run |",
+        "|---|---:|" + "---:|" * len(stages) + "---:|",
+    ]
+    for kind, label in (("cold", "cold (probe measured)"), ("warm", "warm probe (reused)")):
+        cells = " | ".join(f"{m[f'{kind}:{s}']:.1f}" for s in stages)
+        ratio = m["sklearn_s"] / m[f"{kind}_s"]
+        lines.append(f"| {label} | {m[f'{kind}_s']:.1f} | {cells} | {ratio:.2f}x |")
+    lines.append(
+        f"| sklearn QuantileRegressor(highs) loop | {m['sklearn_s']:.1f} (CPU "
+        f"{m['sklearn_cpu_s']:.1f}) |" + " |" * len(stages) + " 1.00x |"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--countries", nargs="+", default=["DE", "FR", "IT"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="/tmp/bench_small")
+    parser.add_argument("--json", default=None)
+    main(parser.parse_args())

@@ -1,0 +1,48 @@
+"""One cluster for every model of a `python -m pipeline run`, started only when needed.
+
+Kept apart from pipeline.runtime.cluster so that a run whose work is all cached or small enough
+to train in the driver (pipeline.runtime.inprocess) never imports dask.distributed.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from typing import TYPE_CHECKING
+
+from pipeline.config import RuntimeConfig
+
+if TYPE_CHECKING:
+    from pipeline.runtime.cluster import ClusterHandle
+
+
+class SharedCluster:
+    """One cluster for several `run_train` calls (`python -m pipeline run` trains every model on
+    it): started by the first model that has fits to train, so a run with everything cached
+    starts none; closed by `close()` or on leaving `with`. Sized by the first caller's plan
+    (every model of a run shares one probe plan)."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self.handle: ClusterHandle | None = None
+
+    def client(
+        self, n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig
+    ) -> AbstractContextManager[ClusterHandle]:
+        """The shared handle (started on first call); leaving the context does not close it."""
+        if self.handle is None:
+            from pipeline.runtime.cluster import make_client
+
+            self.handle = self._stack.enter_context(
+                make_client(n_workers, memory_limit_mb, runtime)
+            )
+        return nullcontext(self.handle)
+
+    def close(self) -> None:
+        self.handle = None
+        self._stack.close()
+
+    def __enter__(self) -> SharedCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

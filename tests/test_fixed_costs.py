@@ -1,0 +1,236 @@
+"""Small fixed costs (issue 13, item 5): the per-user probe cache and train in the driver.
+
+Real probe children, real files, a real LocalCluster on 127.0.0.1 for the comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, SMALL_STUDY, make_config
+
+import pipeline.stages.probe as probe_stage
+from pipeline.config import StudyConfig
+from pipeline.models.registry import adapter_for
+from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.fit_groups import build_groups
+from pipeline.runtime.inprocess import runs_in_process
+from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.progress import db_path, read_table
+from pipeline.runtime.tasks import make_tasks
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import run_train
+
+
+def study(
+    out: Path, models: dict[str, Any] | None = None, start: str | None = None, **runtime: Any
+) -> StudyConfig:
+    d = copy.deepcopy(SMALL_STUDY)
+    if start is not None:
+        d["rolling_window"]["start_date"] = start
+    d["runtime"].update({"output_dir": str(out), **runtime})
+    d["models"].update({"rw": {"enabled": False}, "climatology": {"enabled": False}})
+    d["models"].update(models or {})
+    config = make_config(d)
+    prepare(config, ROOT)
+    return config
+
+
+@pytest.fixture
+def child_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The probe's real child processes, counted (each call still measures)."""
+    calls: list[list[str]] = []
+    real = probe_stage.measure_child
+
+    def counting(args: list[str]) -> tuple[dict[str, Any], float]:
+        calls.append(list(args))
+        return real(args)
+
+    monkeypatch.setattr(probe_stage, "measure_child", counting)
+    return calls
+
+
+def test_a_probe_is_reused_across_output_dirs_unless_damaged_or_reprobe(
+    tmp_path: Path,
+    probe_cache: Path,
+    child_runs: list[list[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.probe")
+    first = study(tmp_path / "a")
+    probe_stage.run_probe(first)
+    assert len(child_runs) == 2  # the worker baseline and one ar_qr task
+    entries = sorted(probe_cache.glob("*.json"))
+    assert len(entries) == 2 and not list(probe_cache.glob(".*.tmp"))
+    assert "reused measurement" not in caplog.text
+
+    # another output dir, same settings and task shape: nothing is measured, same DVC outputs
+    second = study(tmp_path / "b")
+    probe_stage.run_probe(second)
+    assert len(child_runs) == 2
+    assert caplog.text.count("probe: reused measurement from") == 2
+    for name in ("probe.json", "probe_measurements.json"):
+        assert (first.output_dir / name).read_bytes() == (second.output_dir / name).read_bytes()
+
+    # a damaged entry is ignored with a warning and measured again (then valid again)
+    model_entry = next(p for p in entries if json.loads(p.read_text())["inputs"]["kind"] == "model")
+    body = json.loads(model_entry.read_text())
+    body["result"]["seconds_per_fit"] *= 1000  # edited: the checksum no longer matches
+    model_entry.write_text(json.dumps(body))
+    baseline_entry = next(p for p in entries if p != model_entry)
+    baseline_entry.write_text('{"key": "trunc')  # torn
+    caplog.clear()
+    third = study(tmp_path / "c")
+    probe_stage.run_probe(third)
+    assert len(child_runs) == 4
+    assert caplog.text.count("ignoring damaged cache entry") == 2
+    fixed = json.loads(model_entry.read_text())
+    assert fixed["result"]["seconds_per_fit"] < body["result"]["seconds_per_fit"] / 10
+
+    # other task settings are another key: measured, the old entries stay
+    probe_stage.run_probe(study(tmp_path / "d", task_seconds=0.25))
+    assert len(child_runs) == 5  # the baseline is reused, the ar_qr task is not
+    assert len(list(probe_cache.glob("*.json"))) == 3
+
+    # runtime.reprobe=true measures even with a valid entry, and replaces it
+    caplog.clear()
+    probe_stage.run_probe(study(tmp_path / "e", reprobe=True))
+    assert len(child_runs) == 7 and "reused measurement" not in caplog.text
+    assert len(list(probe_cache.glob("*.json"))) == 3
+
+
+def test_an_unwritable_probe_cache_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache dir would be")
+    monkeypatch.setenv("QPIPE_PROBE_CACHE", str(blocker / "probe"))
+    config = study(tmp_path / "out")
+    plan = probe_stage.run_probe(config)
+    assert plan.models["ar_qr"].seconds_per_fit and (config.output_dir / "probe.json").exists()
+    assert "could not cache the measurement" in caplog.text
+
+
+def test_tiny_work_is_decided_from_the_probe_estimate() -> None:
+    measured = ModelPlan(100, seconds_per_fit=0.01)
+    assert runs_in_process(measured, 100, 5.0, None)  # 1 s of work
+    assert not runs_in_process(measured, 1000, 5.0, None)  # 10 s
+    assert not runs_in_process(measured, 100, 0.0, None)  # 0: off
+    assert not runs_in_process(measured, 100, 5.0, "tcp://127.0.0.1:8786")  # a cluster given
+    assert not runs_in_process(ModelPlan(100), 100, 5.0, None)  # not measured
+
+
+def _plan(model: str, seconds_per_fit: float) -> Plan:
+    return Plan(
+        n_workers=2,
+        memory_limit_mb=2048,
+        models={model: ModelPlan(0, 8, 0, seconds_per_fit=seconds_per_fit)},
+    )
+
+
+def _outputs(config: StudyConfig, model: str) -> tuple[bytes, pd.DataFrame, dict[str, Any]]:
+    progress = read_table(db_path(config.output_dir), "progress")
+    progress = progress.sort_values(["key", "country", "horizon", "quantile"])
+    cols = ["key", "country", "horizon", "quantile", "status", "forecast", "attempts"]
+    entries = FitCache(config.model_cache_dir, model).verify().entries
+    return (
+        (config.output_dir / "train" / f"{model}.parquet").read_bytes(),
+        progress[cols].reset_index(drop=True),
+        entries,
+    )
+
+
+def test_in_process_train_equals_the_cluster_bit_for_bit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    here = study(tmp_path / "here", in_process_below_s=60.0)
+    summary = run_train(here, "ar_qr", _plan("ar_qr", 0.001))  # 96 fits: 0.1 s of work
+    assert summary.trained == 96 and summary.dashboard is None
+    assert "in the driver, no cluster" in caplog.text
+    there = study(tmp_path / "there", in_process_below_s=0.0)
+    remote = run_train(there, "ar_qr", _plan("ar_qr", 0.001))
+    assert remote.trained == 96 and remote.dashboard is not None  # a real LocalCluster
+    a, b = _outputs(here, "ar_qr"), _outputs(there, "ar_qr")
+    assert a[0] == b[0]  # train/ar_qr.parquet, byte for byte
+    pd.testing.assert_frame_equal(a[1], b[1], check_exact=True)
+    assert a[2].keys() == b[2].keys()
+    for key, entry in a[2].items():
+        for name, value in entry.items():
+            np.testing.assert_array_equal(value, b[2][key][name], err_msg=f"{key} {name}")
+    # resume: nothing left, nothing trained, no cluster either
+    again = run_train(here, "ar_qr", _plan("ar_qr", 0.001))
+    assert again.trained == 0 and again.loaded == 96 and again.n_workers == 0
+
+
+def test_in_process_failures_are_isolated_recorded_and_retried_like_on_a_cluster(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL_COUNTRIES", "C02")
+    config = study(tmp_path / "out", retries=1, in_process_below_s=60.0)
+    first = run_train(config, "fake_fail", _plan("fake_fail", 0.001))
+    assert first.failed == 24 and first.trained == 72 and first.dashboard is None
+    table = read_table(db_path(config.output_dir), "progress")
+    bad = table[table["country"] == "C02"]
+    assert (bad["status"] == "failed").all() and (bad["attempts"] == 2).all()
+    assert (bad["error_type"] == "ValueError").all()
+    assert (table.loc[table["country"] != "C02", "status"] == "done").all()
+    errors = pd.read_parquet(config.output_dir / "progress" / "errors.parquet")
+    assert len(errors) == 48
+    monkeypatch.delenv("FAKE_FAIL_COUNTRIES")
+    second = run_train(config, "fake_fail", _plan("fake_fail", 0.001))
+    assert second.trained == 24 and second.loaded == 72 and second.failed == 0
+
+
+def test_ensemble_tasks_hold_one_block_each_so_every_worker_gets_one(tmp_path: Path) -> None:
+    """Item 3: blocks of study origins are the key's business; tasks are one block each,
+    whatever the time-based size, so >= 2 blocks keep 2 workers busy."""
+    config = study(
+        tmp_path / "out",
+        models={"ar_qr": {"enabled": False}, "ensemble_nn": {"enabled": True}},
+        start="2015-01-01",  # 48 origins: two blocks of the adapter's default size
+    )
+    from pipeline.stages.prepare import load_panel
+
+    adapter = adapter_for(config, "ensemble_nn")
+    groups = build_groups(load_panel(config.output_dir), config, adapter)
+    assert len(groups) == 1 and groups[0].block is not None
+    n_blocks = len(np.unique(groups[0].block))
+    assert n_blocks >= 2
+    todo = [np.arange(len(groups[0]))]
+    for fits_per_task in (1, 4, 10_000):
+        tasks = make_tasks(groups, todo, fits_per_task)
+        assert len(tasks) == n_blocks
+        assert all(len(np.unique(groups[0].block[t.index])) == 1 for t in tasks)
+
+
+def test_assemble_renders_only_the_charts_whose_inputs_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.stages.study import assemble_study
+
+    caplog.set_level(logging.INFO, logger="pipeline.stages.assemble")
+    config = study(tmp_path / "out", in_process_below_s=60.0)
+    run_train(config, "ar_qr", _plan("ar_qr", 0.001))
+    first = assemble_study(config)
+    pngs = {p: p.read_bytes() for p in first.images}
+    assert len(pngs) >= 4 and "0 unchanged" in caplog.text
+    caplog.clear()
+    again = assemble_study(config)  # nothing changed: nothing rendered, the same bytes
+    assert f"0 charts rendered, {len(pngs)} unchanged" in caplog.text
+    assert {p: p.read_bytes() for p in again.images} == pngs
+    # a removed or altered PNG is rendered again, byte-identical to the first render
+    victim, other = sorted(pngs)[-1], sorted(pngs)[-2]
+    victim.unlink()
+    other.write_bytes(b"not a png")
+    caplog.clear()
+    assemble_study(config)
+    assert f"2 charts rendered, {len(pngs) - 2} unchanged" in caplog.text
+    assert victim.read_bytes() == pngs[victim] and other.read_bytes() == pngs[other]
