@@ -69,3 +69,11 @@ def test_reduced_seed_study_and_results_page(tmp_path, monkeypatch):
     images = re.findall(r"!\[[^\]]*\]\((img/[^)]+)\)", text)
     assert images and all((doc.parent / image).exists() for image in images)
     assert "## Reading" in text and "relative pinball" in text
+    # the authors' reading goes after the generated one, under its own heading
+    notes = tmp_path / "notes.md"
+    notes.write_text("Hand-written reading.\n")
+    with_notes = render_results(out, doc, fan_countries=("DE",), notes=notes)
+    assert with_notes.startswith(text) and with_notes.index("## Reading") < with_notes.index(
+        "## Notes (hand-written, from `notes.md`)"
+    )
+    assert with_notes.endswith("\n\nHand-written reading.\n")
