@@ -35,9 +35,7 @@ def test_benchmarks_equal_pandas_on_prepared_panel(prepared_study, country, orig
         adapter = get_adapter(name)
         (group,) = [g for g in build_groups(panel, config, adapter) if g.horizon == h]
         (i,) = np.nonzero((group.country == country) & (group.origin == month_index(origin)))[0]
-        out = adapter.fit_batch(
-            {"data": {k: v[i : i + 1] for k, v in group.data.items()}, "quantiles": quantiles}
-        )
+        out = adapter.fit_batch({"data": group.take(np.array([i])), "quantiles": quantiles})
         for j, q in enumerate(quantiles):
             rw, clim = _direct(panel, country, origin, h, size, q)
             expected = rw if name == "rw" else clim

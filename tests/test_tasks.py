@@ -13,7 +13,8 @@ from conftest import SMALL_STUDY, make_config
 
 from pipeline.data.windows import month_index
 from pipeline.models.registry import adapter_for, get_adapter
-from pipeline.runtime.fit_groups import build_groups, window_arrays
+from pipeline.runtime.fit_groups import build_groups
+from pipeline.runtime.fit_windows import country_grid, window_arrays
 from pipeline.runtime.tasks import (
     batched_fits_per_task,
     block_task,
@@ -64,20 +65,20 @@ def test_windows_see_nothing_after_the_origin() -> None:
     (g1, g3) = build_groups(PANEL, config, get_adapter("ar_qr"))
     size = config.rolling_window.size
     for g in (g1, g3):
-        h = g.horizon
+        h, data = g.horizon, g.take(np.arange(len(g)))
         for i in range(len(g)):
             T = int(g.origin[i]) + 1000.0 * (g.country[i] == "BB")
-            live = g.data["w"][i] > 0
-            X, y = g.data["X"][i][live], g.data["y"][i][live]
+            live = data["w"][i] > 0
+            X, y = data["X"][i][live], data["y"][i][live]
             # features at t are y_t..y_{t-p+1}; targets y_{t+h}: never past the origin
             t = X[:, 0]
             assert np.all(t >= T - size + 1) and np.all(t <= T - h)
             assert np.array_equal(y, t + h) and y.max() <= T
             assert np.array_equal(X[:, 1], t - 1)
-            assert g.data["X_new"][i][0, 0] == T  # forecast-time features are those at T
+            assert data["X_new"][i][0, 0] == T  # forecast-time features are those at T
     # BB starts 2016-06: its early windows are partial (masked rows), never shifted
-    bb = g1.country == "BB"
-    assert g1.data["w"][bb].sum(1).min() < g1.data["w"][~bb].sum(1).min()
+    bb, w = g1.country == "BB", g1.take(np.arange(len(g1)))["w"]
+    assert w[bb].sum(1).min() < w[~bb].sum(1).min()
 
 
 def test_pooled_windows_mask_targets_past_the_origin() -> None:
@@ -197,7 +198,8 @@ def test_run_task_isolates_a_failing_fit(
     for key, pred in zip(out["keys"], out["pred"], strict=True):
         # the fake model's forecast is the empirical quantile of the window's targets
         i = list(g1.keys).index(key)
-        y = g1.data["y"][i][g1.data["w"][i] > 0]
+        d = g1.take(np.array([i]))
+        y = d["y"][0][d["w"][0] > 0]
         assert np.allclose(pred[0, 0], np.quantile(y, config.data.quantiles))
 
 
@@ -382,3 +384,26 @@ def test_a_failing_block_fails_whole_instead_of_training_in_parts(
         and f["message"].startswith(f"in its block of {len(g1)} fits: injected failure")
         for f in out["failed"]
     )
+
+
+def test_country_windows_built_per_task_equal_the_stacked_windows() -> None:
+    """Per-country fits keep only (country, origin) and build their windows per task from the
+    country grid; the values are those of window_arrays' stacked windows, bit for bit."""
+    config = study()
+    for g in build_groups(PANEL, config, get_adapter("ar_qr")):
+        cols = [*get_adapter("ar_qr").features(config), lead_column(g.horizon)]
+        countries = sorted(PANEL["COUNTRY"].unique())
+        _, m0, grid = country_grid(PANEL, cols)
+        org = np.unique(g.origin)
+        arr = window_arrays(grid, m0, org, config.rolling_window.size, [g.horizon], len(cols) - 1)
+        ci = np.array([countries.index(c) for c in g.country])
+        oi = np.searchsorted(org, g.origin)
+        idx = np.random.default_rng(0).permutation(len(g))[:25]
+        got = g.take(idx)
+        want = {
+            "X": arr["X"][ci, oi][idx], "y": arr["y"][ci, oi][idx][..., 0],
+            "w": arr["w"][ci, oi][idx], "X_new": arr["X_new"][ci, oi][idx][:, None, :],
+        }  # fmt: skip
+        for name, value in want.items():
+            assert got[name].tobytes() == value.tobytes(), name
+            assert g.fit_shapes()[name] == (value.shape[1:], value.dtype.str)

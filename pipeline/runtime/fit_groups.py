@@ -26,9 +26,11 @@ import pandas as pd
 
 from pipeline.data.windows import month_index, month_start
 from pipeline.io import stable_hash
+from pipeline.runtime.fit_windows import CountryWindows, country_grid, window_arrays
 from pipeline.schema import COUNTRY, TIME
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
+COUNTRY_CHUNK = 8  # countries whose windows are built at once when grouping per-country fits
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class FitGroup:
     origin: np.ndarray  # (F,) int month index
     countries: np.ndarray  # (F, C) str: forecast-row countries of each fit
     rows: np.ndarray  # (F, C) bool: forecast row exists
-    data: dict[str, np.ndarray] = field(repr=False)
+    # the fits' arrays: stacked (panel fits) or built per task from the country grid
+    data: dict[str, np.ndarray] | CountryWindows = field(repr=False)
     # (F,) batch block of each fit, or None. Fits of one block always train in one batched
     # call: float32 results of a batched network depend (at rounding level, and then through
     # early stopping) on its batch-mates, so batch-mates are fixed by the study, not by what
@@ -60,56 +63,17 @@ class FitGroup:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
+    def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays of the fits `index` (X, y, w, X_new), contiguous."""
+        if isinstance(self.data, CountryWindows):
+            return self.data.take(np.asarray(index))
+        return {k: np.ascontiguousarray(v[index]) for k, v in self.data.items()}
 
-def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], int, np.ndarray]:
-    """Dense month grid of `columns`: (countries, first month index, values (C, M, k)).
-
-    Months a country has no row for are NaN, so a window reaching before a country's start
-    simply holds NaN rows (masked later) instead of shifting.
-    """
-    missing = [c for c in (COUNTRY, TIME, *columns) if c not in panel.columns]
-    if missing:
-        raise ValueError(f"prepared panel lacks columns {missing}")
-    countries = sorted(panel[COUNTRY].astype(str).unique())
-    months = panel[TIME].dt.year.to_numpy() * 12 + panel[TIME].dt.month.to_numpy() - 1
-    m0, m1 = int(months.min()), int(months.max())
-    grid = np.full((len(countries), m1 - m0 + 1, len(columns)), np.nan)
-    cidx = pd.Categorical(panel[COUNTRY].astype(str), categories=countries).codes
-    grid[cidx, months - m0, :] = panel[list(columns)].to_numpy(dtype=np.float64)
-    return countries, m0, grid
-
-
-def window_arrays(
-    grid: np.ndarray,
-    m0: int,
-    origins: np.ndarray,
-    size: int,
-    horizons: Sequence[int],
-    n_features: int,
-) -> dict[str, np.ndarray]:
-    """Training windows for every (country, origin).
-
-    grid (C, M, n_features + H) holds the features then the targets y_lead{h} for `horizons`.
-    Rows are t = T - size + 1 .. T - min(horizons); the target for h is kept only where
-    t + h <= T (DESIGN.md "Definitions": nothing after the origin). Returns X (C, O, n, p),
-    y (C, O, n, H) (NaN where unavailable), w (C, O, n) (1 = features complete and some
-    target available) and X_new (C, O, p), the features at the origin.
-    """
-    hs = np.asarray(horizons, dtype=np.int64)
-    n = size - int(hs.min())
-    first = origins - size + 1 - m0  # (O,) grid index of the window start
-    idx = first[:, None] + np.arange(n)[None, :]  # (O, n)
-    lo = min(0, int(idx.min()))
-    hi = max(grid.shape[1], int(origins.max() - m0) + 1)
-    pad = np.full((grid.shape[0], hi - lo, grid.shape[2]), np.nan)
-    pad[:, -lo : -lo + grid.shape[1]] = grid
-    rows = pad[:, idx - lo, :]  # (C, O, n, k)
-    X, y = rows[..., :n_features], rows[..., n_features:]
-    known = np.arange(n)[:, None] <= (size - 1 - hs)[None, :]  # (n, H): t + h <= T
-    y = np.where(known, y, np.nan)
-    complete = np.isfinite(X).all(-1) & np.isfinite(y).any(-1)
-    X_new = pad[:, origins - m0 - lo, :n_features]  # (C, O, p)
-    return {"X": X, "y": y, "w": complete.astype(np.float64), "X_new": X_new}
+    def fit_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Per-fit shape and dtype of each array of `take`."""
+        if isinstance(self.data, CountryWindows):
+            return self.data.fit_shapes()
+        return {k: (tuple(v.shape[1:]), v.dtype.str) for k, v in self.data.items()}
 
 
 def fingerprints(*arrays: np.ndarray) -> np.ndarray:
@@ -184,22 +148,33 @@ def build_group(
         raise ValueError(f"a per-country group has one horizon; got horizons={list(horizons)}")
     countries, m0, grid = country_grid(panel, [*features, *(lead_column(h) for h in horizons)])
     org = np.array([month_index(o) for o in origins], dtype=np.int64)
-    arr = window_arrays(grid, m0, org, size, horizons, len(features))
-    ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (C, O)
-    C = ok.shape[0]
     carr = np.array(countries, dtype=object)
     if not pooled:
-        c_idx, o_idx = np.nonzero(ok)
-        data = {k: v[c_idx, o_idx] for k, v in arr.items()}
-        data["y"] = data["y"][..., 0]  # (F, n)
-        data["X_new"] = data["X_new"][:, None, :]  # (F, 1, p)
-        fp = fingerprints(data["X"], data["y"], data["X_new"])
+        # a few countries at a time: the driver never holds every fit's window at once
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for c0 in range(0, len(countries), COUNTRY_CHUNK):
+            arr = window_arrays(
+                grid[c0 : c0 + COUNTRY_CHUNK], m0, org, size, horizons, len(features)
+            )
+            ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (c, O)
+            ci, oi = np.nonzero(ok)
+            X, y, x_new = arr["X"][ci, oi], arr["y"][ci, oi][..., 0], arr["X_new"][ci, oi]
+            parts.append((ci + c0, oi, fingerprints(X, y, x_new[:, None, :])))
+        c_idx, o_idx, fp = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        c_idx, o_idx = c_idx.astype(np.int64), o_idx.astype(np.int64)
+        fp = fp.astype(object)
+        data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
+            grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, org[o_idx]
+        )
         fit_country = carr[c_idx]
         fit_origin = org[o_idx]
         row_countries = fit_country[:, None]
         rows = np.ones((len(c_idx), 1), dtype=bool)
         key_horizon: int | list[int] = int(horizons[0])
     else:
+        arr = window_arrays(grid, m0, org, size, horizons, len(features))
+        ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (C, O)
+        C = ok.shape[0]
         o_idx = np.nonzero(ok.any(0))[0]
         mask = ok[:, o_idx].T  # (F, C)
         data = {k: np.swapaxes(v[:, o_idx], 0, 1) for k, v in arr.items()}  # (F, C, ...)

@@ -111,7 +111,7 @@ def task_payload(
         "countries": group.countries[index].astype(str),
         "rows": group.rows[index],
         "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)
-        "data": {k: np.ascontiguousarray(v[index]) for k, v in group.data.items()},
+        "data": group.take(index),
         # each fit's batch slot (see FitGroup.slot); a plain list, so the payload stays JSON + arrays
         "slots": None if group.slot is None else [int(s) for s in group.slot[index]],
         # fits trained in fixed blocks (ensemble_nn): a failing batch is not bisected, since a

@@ -124,7 +124,7 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
     scale = 1.0
     if adapter.probe_params is not None:
         params, scale = adapter.probe_params(params)
-    group = max(groups, key=lambda g: (int(np.prod(g.data["X"].shape[1:])), len(g)))
+    group = max(groups, key=lambda g: (int(np.prod(g.fit_shapes()["X"][0])), len(g)))
     task_seconds = config.runtime.task_seconds / scale
     min_fits = min(len(group), adapter.batch_fits)
     inputs = {
@@ -139,7 +139,7 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
         # the probed task's shape: the group's fits, each fit's arrays, horizons, sizing
         "task": {
             "fits": len(group),
-            "arrays": {k: [list(v.shape[1:]), v.dtype.str] for k, v in sorted(group.data.items())},
+            "arrays": {k: [list(s), t] for k, (s, t) in sorted(group.fit_shapes().items())},
             "countries": int(group.countries.shape[1]),
             "horizons": [int(h) for h in group.horizons],
             "task_seconds": task_seconds,
