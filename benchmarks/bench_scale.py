@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from study_overrides import AR_QR_ONLY, QUIET
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "eurostat" / "hicp_manr.csv.gz"
 TARGET = "prc_hicp_manr_CP00"
@@ -70,16 +72,10 @@ def run_one(k: int, base: Path, cache: Path) -> dict[str, Any]:
         "-m",
         "pipeline",
         "run",
-        "experiment=seed",
+        *AR_QR_ONLY,
         f"data.path={data}",
-        "models.lqr.enabled=false",
-        "models.ensemble_nn.enabled=false",
-        "models.rw.enabled=false",
-        "models.climatology.enabled=false",
-        "evaluation.combo.enabled=false",
         f"runtime.output_dir={out}",
-        "runtime.progress_bar=false",
-        "runtime.dashboard_port=0",
+        *QUIET,
     ]
     env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
     with open(base / f"x{k}.log", "w") as log:

@@ -34,22 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from study_overrides import AR_QR_ONLY, QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def overrides(countries: list[str], out: Path) -> list[str]:
     return [
-        "experiment=seed",
+        *AR_QR_ONLY,
         f"data.countries=[{','.join(countries)}]",
-        "models.lqr.enabled=false",
-        "models.ensemble_nn.enabled=false",
-        "models.rw.enabled=false",
-        "models.climatology.enabled=false",
-        "evaluation.combo.enabled=false",
         f"runtime.output_dir={out}",
-        "runtime.progress_bar=false",
-        "runtime.dashboard_port=0",
+        *QUIET,
     ]
 
 
