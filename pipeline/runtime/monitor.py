@@ -8,7 +8,9 @@ is live. With no store it says so and exits non-zero.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,18 +168,26 @@ def monitor(
         return 0
     from rich.live import Live
 
+    # Ctrl-C sets a flag the loop waits on, instead of raising KeyboardInterrupt wherever the
+    # main thread happens to be (inside rich's refresh lock it could hang the exit)
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
     try:
         with Live(render(snapshot), console=console, refresh_per_second=4) as live:
-            while True:
-                time.sleep(interval)
+            while not stop.wait(interval):
                 try:
                     snapshot = read_snapshot(output_dir) or snapshot
                 except sqlite3.DatabaseError as error:
                     console.print(_unreadable(output_dir, error))
                     return EXIT_UNREADABLE
                 live.update(render(snapshot))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # not the main thread: the default handler still applies
         return 0
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    return 0
 
 
 def _unreadable(output_dir: Path, error: Exception) -> str:
