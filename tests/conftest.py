@@ -9,8 +9,9 @@
 - `make_config(d)`: pipeline.config.validate of `d` over conf/'s defaults (their one source).
 - `prepared_study(tmp_path)`: that study's config with `prepare` already run (panel on disk).
 - `REAL_DATA`: the real Eurostat extract shipped in data/eurostat/ (conf/data/eurostat.yaml).
-- `probe_cache` (autouse): every test gets its own empty probe cache (QPIPE_PROBE_CACHE), so
-  no test reuses another's measurements or writes to the user's ~/.cache.
+- probe cache: tests share one session-wide probe cache (QPIPE_PROBE_CACHE, autouse), so a
+  study measured once is not probed again by the next test with the same settings, and no test
+  writes to the user's ~/.cache; `probe_cache` gives a test its own empty one instead.
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
 """
@@ -115,8 +116,24 @@ def fake_adapters(monkeypatch: pytest.MonkeyPatch) -> str:
     return FAKE_MODELS
 
 
+@pytest.fixture(scope="session")
+def _session_probe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("probe-cache-shared")
+
+
 @pytest.fixture(autouse=True)
-def probe_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _shared_probe_cache(_session_probe_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("QPIPE_PROBE_CACHE", str(_session_probe_cache))
+    return _session_probe_cache
+
+
+@pytest.fixture
+def probe_cache(
+    _shared_probe_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """An empty probe cache of this test's own (for tests about the cache itself)."""
     path = tmp_path_factory.mktemp("probe-cache")
     monkeypatch.setenv("QPIPE_PROBE_CACHE", str(path))
     return path

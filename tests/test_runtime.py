@@ -376,7 +376,9 @@ def test_sigterm_stops_cleanly_and_exports_progress(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_probe_plans_a_memory_limit_that_holds_on_real_workers(tmp_path: Path) -> None:
+def test_probe_plans_a_memory_limit_that_holds_on_real_workers(
+    tmp_path: Path, probe_cache: Path
+) -> None:
     # on real workers even though the work is tiny (in_process_below_s=0)
     config = study(tmp_path / "out", max_workers=None, task_seconds=0.5, in_process_below_s=0)
     plan = run_probe(config)
