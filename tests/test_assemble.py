@@ -365,11 +365,11 @@ def test_pinball_decomposition_adds_up_and_equals_model_diagnostics(run):
 
 
 def test_results_page_summarises_the_decomposition_per_model(run, tmp_path):
-    from pipeline.evaluation.results import _calibration_section
+    from pipeline.evaluation.results_calibration import calibration_section
 
     root = run[0]
     tables = {p.stem: pd.read_parquet(p) for p in (root / "reports/tables").glob("*.parquet")}
-    text = _calibration_section(tables, root, tmp_path / "RESULTS.md")
+    text = calibration_section(tables, root, tmp_path / "RESULTS.md")
     block = text.split("**Pinball loss decomposition**")[1]
     table = tables["pinball_decomposition"]
     pinball = tables["pinball"].query("PERIOD == 'all'")
