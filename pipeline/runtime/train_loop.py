@@ -283,16 +283,17 @@ class RunState:
         blocks: dict[tuple[int, int], Task] = {}  # a block's retried fits share one task
         for key in retry:
             gi, i = self.where[key]
-            block = self.groups[gi].block
-            if block is not None and (gi, int(block[i])) in blocks:
-                mate = blocks[(gi, int(block[i]))]
-                blocks[(gi, int(block[i]))] = replace(mate, want=np.append(mate.wanted, i))
-                continue
             tid = f"{task.task_id}-r{self.tries[key]}-{key[:12]}"
+            block = self.groups[gi].block
             if block is None:
                 queue.append(block_task(self.groups, task, gi, i, tid))
-            else:
-                blocks[(gi, int(block[i]))] = block_task(self.groups, task, gi, i, tid)
+                continue
+            mate = blocks.get((gi, int(block[i])))
+            blocks[(gi, int(block[i]))] = (
+                block_task(self.groups, task, gi, i, tid)
+                if mate is None
+                else replace(mate, want=np.append(mate.wanted, i))
+            )
         queue.extend(blocks.values())
         if retry:
             log.info("retrying %d failed fits of task %s one by one", len(retry), task.task_id)
