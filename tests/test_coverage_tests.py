@@ -241,3 +241,51 @@ def test_mcs_shares_the_result_of_models_with_identical_losses():
     single = ct.model_confidence_set(losses[["a"]].assign(b=losses["a"]), reps=50)
     assert single["IN_MCS"].all() and (single["P_VALUE"] == 1.0).all()
     assert all(np.isnan(ct.dq_test([1, 0, 1], [0.0, 1.0, 2.0], 0.5)))  # fewer rows than lags
+
+
+def _reference_row(part: pd.DataFrame, tau: float, pooled: bool) -> list[float]:
+    """The tests of one group from the single-sequence functions: per country when pooled
+    (transitions and DQ rows inside each country only), else on the one sequence."""
+    seqs = [
+        ((g["ACTUAL"] <= g["FORECAST"]).to_numpy(float), g["FORECAST"].to_numpy(float))
+        for _, g in part.groupby("COUNTRY", sort=True)
+    ]
+    hits = np.concatenate([h for h, _ in seqs])
+    row = ct.coverage_test_row(hits, np.concatenate([f for _, f in seqs]), tau)
+    if pooled:
+        counts = sum(ct._transitions(h) for h, _ in seqs)
+        designs = [ct._dq_design(h, f, tau) for h, f in seqs]
+        ind = ct._independence(counts)
+        dq = ct._dq(
+            np.vstack([x for x, _ in designs]), np.concatenate([t for _, t in designs]), tau
+        )
+        cc = row["LR_UC"] + ind[0]
+        row.update(LR_IND=ind[0], P_IND=ind[1], DQ=dq[0], P_DQ=dq[1], LR_CC=cc)
+        row["P_CC"] = stats.chi2.sf(cc, 2)
+    return [float(v) for v in row.values()]
+
+
+@pytest.mark.parametrize(
+    "by", [["MODEL", "HORIZON", "QUANTILE"], ["MODEL", "COUNTRY", "HORIZON", "QUANTILE"]]
+)
+def test_vectorised_table_equals_the_tests_group_by_group(by):
+    # edge cases in one table: a model that never hits (independence undefined), one whose
+    # forecast is constant (DQ rank 5), countries with too few rows for DQ, a gap in a series
+    rng = np.random.default_rng(11)
+    frame = _frame(rng, countries=("AT", "BE", "CY"), n=30)
+    frame.loc[frame["MODEL"] == "b", "FORECAST"] = -50.0
+    frame.loc[(frame["COUNTRY"] == "CY") & (frame["WINDOW_END"] > "2018-06-01"), "ACTUAL"] = np.nan
+    frame.loc[frame.sample(frac=0.05, random_state=1).index, "FORECAST"] = np.nan
+    frame.loc[frame["MODEL"] == "a", "FORECAST"] += rng.normal(
+        size=int((frame["MODEL"] == "a").sum())
+    )
+    table = ct.coverage_tests(frame, by=by)
+    scored = frame.loc[frame["ACTUAL"].notna() & frame["FORECAST"].notna()]
+    scored = scored.sort_values(["COUNTRY", "WINDOW_END"], kind="stable")
+    assert len(table) == scored.groupby(by).ngroups
+    for row in table.itertuples(index=False):
+        mask = np.logical_and.reduce([scored[c] == getattr(row, c) for c in by])
+        expected = _reference_row(scored.loc[mask], row.QUANTILE, "COUNTRY" not in by)
+        got = [float(getattr(row, c)) for c in ct.TEST_COLUMNS]
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, equal_nan=True)
+    assert table["LR_IND"].isna().any() and table["DQ"].notna().any()
