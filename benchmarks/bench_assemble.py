@@ -155,7 +155,9 @@ def step_times(frame: pd.DataFrame, spec: dict[str, Any], repeats: int) -> dict[
     """assemble's pure steps, each timed on its own (the order assemble runs them)."""
     settings = DerivedSettings(combo_members=spec["combo"])
     out: dict[str, float] = {}
-    out["derive (combo)"], frame = timed(lambda: conform_forecasts(derive(frame, settings)), repeats)
+    out["derive (combo)"], frame = timed(
+        lambda: conform_forecasts(derive(frame, settings)), repeats
+    )
     out["metric_tables"], tables = timed(lambda: evaluate.metric_tables(frame, "ar_qr"), repeats)
     out["compute_metrics json"], _ = timed(
         lambda: metrics_json.compute_metrics(frame, "ar_qr", tables=tables), repeats
