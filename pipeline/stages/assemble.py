@@ -189,12 +189,17 @@ def _write_metrics(
     mcs: tuple[float, int, int],
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
     """metrics.json, metrics_summary.json, the parquet metric tables and the dvc plot data."""
-    tables = evaluate.metric_tables(frame, benchmark)
-    metrics = metrics_json.compute_metrics(frame, benchmark, tables=tables)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
+    # loaded 2-core machine made the DQ regressions 100x slower (benchmarks/README.md)
+    with threadpool_limits(limits=1, user_api="blas"):
+        tables = evaluate.metric_tables(frame, benchmark)
+        metrics = metrics_json.compute_metrics(frame, benchmark, tables=tables)
+        size, reps, seed = mcs
+        tests = _test_tables(frame, size, reps, seed)
+        tests["pinball_decomposition"] = decomposition.pinball_decomposition(frame)
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
-    size, reps, seed = mcs
-    tests = _test_tables(frame, size, reps, seed)
-    tests["pinball_decomposition"] = decomposition.pinball_decomposition(frame)
     metrics.update(metrics_json.test_metrics(tests, size))
     tables.update(tests)
     write_json(output_dir / "metrics.json", metrics)
