@@ -17,8 +17,10 @@ an output dir holding the table as train shards plus a prepared panel (reading, 
 with the expected fits, writing every table, charts from scratch and the report).
 
 Usage: python benchmarks/bench_assemble.py [--scales seed 1m] [--repeats 3] [--profile DIR]
-       [--json results.json]
-(`--profile DIR` writes a pyinstrument text profile of one whole assemble per scale there.)
+       [--json results.json] [--baseline CHECKOUT] [--no-whole]
+`--profile DIR` writes a pyinstrument text profile of one whole assemble per scale there;
+`--baseline CHECKOUT` first runs the same benchmark on another checkout's `pipeline` (e.g. a
+`git archive` of the commit before, in a subprocess) and prints the ratios baseline / this.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(os.environ.get("BENCH_ASSEMBLE_ROOT", Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(ROOT))
 
 from pipeline.evaluation import coverage_tests, decomposition, metrics_json  # noqa: E402
@@ -141,51 +143,60 @@ def write_study(out: Path, rows: pd.DataFrame, panel: pd.DataFrame) -> None:
     write_parquet(out / PANEL_FILE, panel)
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall seconds over `repeats` calls, and the last call's result."""
-    times, result = [], None
+CPU: dict[str, float] = {}  # median process CPU seconds of the last `timed` call per label
+
+
+def timed(fn: Callable[[], Any], repeats: int, label: str = "") -> tuple[float, Any]:
+    """Median wall seconds over `repeats` calls, and the last call's result; the median CPU
+    seconds of this process go to CPU[label] (the machine is shared: wall time includes
+    waiting for a core, CPU time does not)."""
+    times, cpu, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    CPU[label] = statistics.median(cpu)
     return statistics.median(times), result
 
 
-def step_times(frame: pd.DataFrame, spec: dict[str, Any], repeats: int) -> dict[str, float]:
-    """assemble's pure steps, each timed on its own (the order assemble runs them)."""
+def step_times(
+    frame: pd.DataFrame, spec: dict[str, Any], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """assemble's pure steps, each timed on its own in the order assemble runs them, with one
+    BLAS thread for both checkouts (conservative for the baseline, which ran with two):
+    {step: (median wall s, median CPU s)}."""
+    from threadpoolctl import threadpool_limits
+
     settings = DerivedSettings(combo_members=spec["combo"])
-    out: dict[str, float] = {}
-    out["derive (combo)"], frame = timed(
-        lambda: conform_forecasts(derive(frame, settings)), repeats
-    )
-    out["metric_tables"], tables = timed(lambda: evaluate.metric_tables(frame, "ar_qr"), repeats)
-    out["compute_metrics json"], _ = timed(
-        lambda: metrics_json.compute_metrics(frame, "ar_qr", tables=tables), repeats
-    )
-    out["summary_metrics json"], _ = timed(
-        lambda: metrics_json.summary_metrics(frame, "ar_qr", tables=tables), repeats
-    )
-    for name, by in (
-        ("coverage_tests pooled", ["MODEL", "HORIZON", "QUANTILE"]),
-        ("coverage_tests by country", ["MODEL", "COUNTRY", "HORIZON", "QUANTILE"]),
-    ):
-        out[name], _ = timed(
-            lambda by=by: [
-                coverage_tests.coverage_tests(p, by=by)
-                for p in evaluate.period_frames(frame).values()
-            ],
-            repeats,
-        )
-    out["mcs"], _ = timed(
-        lambda: [
-            coverage_tests.mcs_table(p, size=0.1, reps=1000, seed=0)
-            for p in evaluate.period_frames(frame).values()
+    raw, frame = frame, conform_forecasts(derive(frame, settings))
+    periods = evaluate.period_frames(frame)
+    tables = evaluate.metric_tables(frame, "ar_qr")
+    steps: dict[str, Callable[[], Any]] = {
+        "derive (combo)": lambda: conform_forecasts(derive(raw, settings)),
+        "metric_tables": lambda: evaluate.metric_tables(frame, "ar_qr"),
+        "metrics.json + summary": lambda: (
+            metrics_json.compute_metrics(frame, "ar_qr", tables=tables),
+            metrics_json.summary_metrics(frame, "ar_qr", tables=tables),
+        ),
+        "coverage tests pooled": lambda: [
+            coverage_tests.coverage_tests(p, by=["MODEL", "HORIZON", "QUANTILE"])
+            for p in periods.values()
         ],
-        repeats,
-    )
-    out["pinball_decomposition"], _ = timed(
-        lambda: decomposition.pinball_decomposition(frame), repeats
-    )
+        "coverage tests by country": lambda: [
+            coverage_tests.coverage_tests(p, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"])
+            for p in periods.values()
+        ],
+        "mcs": lambda: [
+            coverage_tests.mcs_table(p, size=0.1, reps=1000, seed=0) for p in periods.values()
+        ],
+        "pinball decomposition": lambda: decomposition.pinball_decomposition(frame),
+    }
+    out = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for name, step in steps.items():
+            wall, _ = timed(step, repeats, name)
+            out[name] = (wall, CPU[name])
     return out
 
 
@@ -201,40 +212,74 @@ def whole_assemble(out: Path, rows: pd.DataFrame, spec: dict[str, Any]) -> Calla
     return run
 
 
+def run_baseline(checkout: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """This benchmark on `checkout`'s pipeline, in a subprocess; its JSON results."""
+    out = Path(tempfile.mkdtemp(prefix="bench_assemble_base_")) / "base.json"
+    command = [sys.executable, __file__, "--scales", *args.scales, "--repeats", str(args.repeats)]
+    command += ["--json", str(out)] + (["--no-whole"] if args.no_whole else [])
+    env = {**os.environ, "BENCH_ASSEMBLE_ROOT": str(checkout), "PYTHONPATH": str(checkout)}
+    print(f"baseline: {checkout}")
+    subprocess.run(command, env=env, check=True)
+    return json.loads(out.read_text())
+
+
+def measure(scale: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec = SCALES[scale]
+    rows, panel = synthetic_forecasts(scale)
+    frame = with_actuals(rows, panel)
+    n_fits = len(rows) // len(QUANTILES)
+    print(f"[{scale}] {n_fits:,} fits, {len(rows):,} rows; load {os.getloadavg()[0]:.2f}")
+    steps = step_times(frame, spec, args.repeats)
+    print(f"  {'step':28s} {'wall s':>8s} {'CPU s':>8s}")
+    for name, (wall, cpu) in steps.items():
+        print(f"  {name:28s} {wall:8.2f} {cpu:8.2f}")
+    result: dict[str, Any] = {"fits": n_fits, "rows": len(rows), "steps": steps}
+    if args.no_whole:
+        return result
+    with tempfile.TemporaryDirectory(prefix="bench_assemble_") as tmp:
+        out = Path(tmp)
+        write_study(out, rows, panel)
+        run = whole_assemble(out, rows, spec)
+        whole, done = timed(run, args.repeats, "whole")
+        print(f"  {'whole assemble()':28s} {whole:8.2f} {CPU['whole']:8.2f} ({done.n_rows:,} rows)")
+        result["assemble"] = (whole, CPU["whole"])
+        if args.profile is not None:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.005)
+            profiler.start()
+            run()
+            profiler.stop()
+            args.profile.mkdir(parents=True, exist_ok=True)
+            text = profiler.output_text(unicode=False, color=False, show_all=False)
+            (args.profile / f"assemble_{scale}.txt").write_text(text)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", default=["seed", "1m"], choices=list(SCALES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument("--no-whole", action="store_true", help="the steps only")
     args = parser.parse_args()
     results: dict[str, Any] = {"uptime": subprocess.getoutput("uptime"), "cpus": os.cpu_count()}
+    print(results["uptime"])
+    base = run_baseline(args.baseline, args) if args.baseline is not None else None
     for scale in args.scales:
-        spec = SCALES[scale]
-        rows, panel = synthetic_forecasts(scale)
-        frame = with_actuals(rows, panel)
-        n_fits = len(rows) // len(QUANTILES)
-        print(f"[{scale}] {n_fits:,} fits, {len(rows):,} rows; load {os.getloadavg()[0]:.2f}")
-        steps = step_times(frame, spec, args.repeats)
-        for name, seconds in steps.items():
-            print(f"  {name:28s} {seconds:8.2f} s")
-        with tempfile.TemporaryDirectory(prefix="bench_assemble_") as tmp:
-            out = Path(tmp)
-            write_study(out, rows, panel)
-            run = whole_assemble(out, rows, spec)
-            whole, result = timed(run, args.repeats)
-            print(f"  {'whole assemble()':28s} {whole:8.2f} s ({result.n_rows:,} rows out)")
-            if args.profile is not None:
-                from pyinstrument import Profiler
-
-                profiler = Profiler(interval=0.005)
-                profiler.start()
-                run()
-                profiler.stop()
-                args.profile.mkdir(parents=True, exist_ok=True)
-                text = profiler.output_text(unicode=False, color=False, show_all=False)
-                (args.profile / f"assemble_{scale}.txt").write_text(text)
-        results[scale] = {"fits": n_fits, "rows": len(rows), "steps": steps, "assemble": whole}
+        results[scale] = measure(scale, args)
+        if base is not None:
+            results[scale]["baseline"] = base[scale]
+            mine, theirs = results[scale], base[scale]
+            pairs = {**{k: (theirs["steps"][k], v) for k, v in mine["steps"].items()}}
+            if "assemble" in mine:
+                pairs["whole assemble()"] = (theirs["assemble"], mine["assemble"])
+            print(f"[{scale}] baseline / this, median wall s and CPU s:")
+            for name, (b, m) in pairs.items():
+                print(f"  {name:28s} wall {b[0]:7.2f} / {m[0]:6.2f} = {b[0] / m[0]:5.1f}x"
+                      f"   CPU {b[1]:7.2f} / {m[1]:6.2f} = {b[1] / m[1]:5.1f}x")  # fmt: skip
     results["uptime_end"] = subprocess.getoutput("uptime")
     print(results["uptime_end"])
     if args.json is not None:
