@@ -111,7 +111,11 @@ def _with_benchmark(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
 def pinball(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFrame:
     """Mean pinball loss per group: columns `*by, N, PINBALL`."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL,))
-    return _group_mean(_scored(frame), by, {"PINBALL": "LOSS"})
+    return _pinball_rows(_scored(frame), by)
+
+
+def _pinball_rows(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return _group_mean(scored, by, {"PINBALL": "LOSS"})
 
 
 def relative_pinball(
@@ -126,7 +130,10 @@ def relative_pinball(
 
 
 def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.DataFrame:
-    joined = _with_benchmark(_scored(frame), benchmark)
+    return _relative_rows(_with_benchmark(_scored(frame), benchmark), by)
+
+
+def _relative_rows(joined: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     table = _group_mean(joined, by, {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"})
     with np.errstate(divide="ignore", invalid="ignore"):
         table["RELATIVE_PINBALL"] = table["PINBALL"] / table["BENCHMARK_PINBALL"]
@@ -136,7 +143,10 @@ def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.Da
 def coverage(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFrame:
     """Empirical coverage of each quantile, share of y <= F: `*by, N, COVERAGE`."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL, QUANTILE))
-    rows = _scored(frame)
+    return _coverage_rows(_scored(frame), by)
+
+
+def _coverage_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     rows = rows.assign(HIT=(rows[ACTUAL] <= rows[FORECAST]).astype(np.float64))
     return _group_mean(rows, by, {"COVERAGE": "HIT"})
 
@@ -145,7 +155,10 @@ def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZO
     """Coverage and width of each model's central interval (lowest to highest quantile level):
     `*by, LOWER, UPPER, NOMINAL, N, COVERAGE, WIDTH`."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
-    rows = _scored(frame)
+    return _interval_rows(_scored(frame), by)
+
+
+def _interval_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     levels = rows.groupby(MODEL, observed=True)[QUANTILE].agg(LOWER="min", UPPER="max")
     rows = rows.join(levels, on=MODEL)
     rows = rows.loc[rows["LOWER"] < rows["UPPER"]]
@@ -169,7 +182,10 @@ def crps(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.Dat
     """Quantile approximation of the CRPS, 2 * mean_q rho_q per forecast, averaged per group:
     `*by, N, CRPS` (N counts forecasts, not rows)."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
-    rows = _scored(frame)
+    return _crps_rows(_scored(frame), by)
+
+
+def _crps_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     per_forecast = rows.groupby(list(FORECAST_KEY), observed=True)["LOSS"].mean().reset_index()
     per_forecast["LOSS"] *= 2.0
     return _group_mean(per_forecast, by, {"CRPS": "LOSS"})
@@ -248,6 +264,16 @@ def _dm_table(
     frame: pd.DataFrame, benchmark: str, by: list[str], small_sample: bool
 ) -> pd.DataFrame:
     joined = _with_benchmark(_scored(frame), benchmark)
+    return _dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
+
+
+def _dm_rows(
+    joined: pd.DataFrame,
+    benchmark: str,
+    by: list[str],
+    small_sample: bool,
+    key_dtypes: dict[str, Any],
+) -> pd.DataFrame:
     joined = joined.loc[joined[MODEL] != benchmark]
     joined = joined.assign(
         D=joined["LOSS"] - joined["BENCH_LOSS"],
@@ -270,7 +296,7 @@ def _dm_table(
     columns = [*by, "N", "MONTHS", "MEAN_DIFF", "STAT", "P_VALUE"]
     table = pd.DataFrame.from_records(records, columns=columns)
     if not records:  # keep the key dtypes of the input on an empty result
-        table = table.astype({c: frame[c].dtype for c in by})
+        table = table.astype({c: key_dtypes[c] for c in by})
     return table.astype({"N": "int64", "MONTHS": "int64"})
 
 
@@ -307,21 +333,28 @@ def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd
     among the models, instead of failing: a study may run without the benchmark."""
     check_frame(frame)
     mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
+    key_dtypes = {c: frame[c].dtype for c in mchq}
+    # the scored rows and their join to the benchmark, once per period for every table
     makers = {
-        "pinball": lambda f: pinball(f),
-        "pinball_by_country": lambda f: pinball(f, by=mchq),
-        "relative_pinball": lambda f: _relative_table(f, benchmark, list(BY_DEFAULT)),
-        "coverage": lambda f: coverage(f),
-        "interval": lambda f: interval_coverage(f),
-        "crps": lambda f: crps(f),
-        "crossing": lambda f: crossing_rate(f),
-        "dm": lambda f: _dm_table(f, benchmark, [MODEL, HORIZON], True),
-        "dm_by_quantile": lambda f: _dm_table(f, benchmark, list(BY_DEFAULT), True),
+        "pinball": lambda f, s, j: _pinball_rows(s, list(BY_DEFAULT)),
+        "pinball_by_country": lambda f, s, j: _pinball_rows(s, mchq),
+        "relative_pinball": lambda f, s, j: _relative_rows(j, list(BY_DEFAULT)),
+        "coverage": lambda f, s, j: _coverage_rows(s, list(BY_DEFAULT)),
+        "interval": lambda f, s, j: _interval_rows(s, [MODEL, HORIZON]),
+        "crps": lambda f, s, j: _crps_rows(s, [MODEL, HORIZON]),
+        "crossing": lambda f, s, j: crossing_rate(f),
+        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, key_dtypes),
+        "dm_by_quantile": lambda f, s, j: _dm_rows(
+            j, benchmark, list(BY_DEFAULT), True, key_dtypes
+        ),
     }
-    periods = period_frames(frame)
+    inputs = {}
+    for period, part in period_frames(frame).items():
+        scored = _scored(part)
+        inputs[period] = (part, scored, _with_benchmark(scored, benchmark))
     tables = {}
     for name, make in makers.items():
-        parts = [make(part).assign(PERIOD=period) for period, part in periods.items()]
+        parts = [make(*args).assign(PERIOD=period) for period, args in inputs.items()]
         table = pd.concat(parts, ignore_index=True)
         tables[name] = table[["PERIOD", *table.columns[:-1]]]
     return tables
