@@ -199,10 +199,15 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     check_frame(frame)
     key = list(FORECAST_KEY)
     rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
-    rows = rows.sort_values([*key, QUANTILE], kind="stable")
-    step = rows.groupby(key, observed=True, sort=False)[FORECAST].diff()
-    rows = rows.assign(CROSSED=(step < 0).astype(np.float64))
-    per_forecast = rows.groupby(key, observed=True)["CROSSED"].max().reset_index()
+    # one sort of numbers (forecast id, level) instead of a sort and two groupbys on the keys
+    forecast_id = rows.groupby(key, sort=True, observed=True).ngroup().to_numpy(np.int64)
+    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), forecast_id))
+    ids, values = forecast_id[order], rows[FORECAST].to_numpy(np.float64)[order]
+    same = ids[1:] == ids[:-1]
+    down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
+    crossed = np.bincount(ids[1:][down], minlength=int(ids.max()) + 1 if ids.size else 0) > 0
+    per_forecast = rows.iloc[order[np.r_[True, ~same]] if ids.size else []][key]
+    per_forecast = per_forecast.assign(CROSSED=crossed.astype(np.float64))
     return _group_mean(per_forecast, by, {"CROSSING_RATE": "CROSSED"})
 
 
