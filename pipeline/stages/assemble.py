@@ -369,7 +369,8 @@ def fan_selection(
         _check_name("COUNTRY", country)
     all_h = sorted(frame["HORIZON"].unique().tolist())
     horizons = _spread(all_h, max_horizons) if horizons is None else sorted(set(horizons))
-    have = set(zip(frame["COUNTRY"], frame["HORIZON"], strict=True))
+    pairs = frame[["COUNTRY", "HORIZON"]].drop_duplicates()  # not a Python loop over every row
+    have = set(zip(pairs["COUNTRY"].tolist(), pairs["HORIZON"].tolist(), strict=True))
     return [(c, int(h)) for h in horizons for c in countries if (c, h) in have]
 
 
