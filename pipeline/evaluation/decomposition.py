@@ -13,7 +13,7 @@ better calibrated, higher DSC better discrimination.
 
 The recalibrated score S* (the minimum mean pinball loss over forecasts non-decreasing in the
 original forecast, ties pooled) is what model_diagnostics' `decompose` with
-`PinballLoss(level=tau)` finds by its generalised PAV, a Python loop over every row (40 us per
+`PinballLoss(level=tau)` finds by its generalised PAV, a Python loop over every row (30 us per
 row: it was the costliest step of assemble). Here S* is exact too, from the threshold
 decomposition of the pinball loss: rho_tau(g, y) = int S_c(g, y) dc with the elementary
 scores S_c(g, y) = (1{y < c} - tau)(1{g > c} - 1{y > c}). For each threshold c the best set
