@@ -60,6 +60,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "models": ("ar_qr", "lqr", "ensemble_nn", "rw", "climatology"),
         "combo": ("ar_qr", "lqr", "ensemble_nn"),
     },
+    # a smoke test of the script itself (seconds)
+    "tiny": {"countries": 4, "origins": ("2019-01", 36), "models": ("ar_qr", "rw"), "combo": None},
     "1m": {"countries": 550, "origins": ("2005-01", 228), "models": ("ar_qr", "rw"), "combo": None},
 }
 Z = {0.1: -1.2815515655446004, 0.5: 0.0, 0.9: 1.2815515655446004}
