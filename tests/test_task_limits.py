@@ -3,17 +3,27 @@ the rest of the study completes; on a real LocalCluster and in the driver's chil
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import ROOT, SMALL_STUDY, make_config
+from test_runtime import wait_for
 
-from pipeline.config import StudyConfig
+from pipeline.config import ConfigError, StudyConfig
 from pipeline.runtime.plan import ModelPlan, Plan
 from pipeline.runtime.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
+from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train
 
 HANG_ORIGIN = str(2018 * 12 + 2)  # 2018-03
@@ -55,3 +65,90 @@ def test_a_hanging_fit_is_stopped_labelled_timeout_and_the_study_completes(
     assert (failed["error_type"] == "timeout").all() and (failed["attempts"] == 2).all()
     assert (table.loc[table["status"] != "failed", "status"] == "done").all()
     assert "task_timeout_s" in Path(summary.log_path).read_text()
+
+
+def test_a_model_that_hangs_in_the_probe_is_stopped_and_named(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before issue 22 the probe waited for its child forever."""
+    monkeypatch.setenv("FAKE_HANG_COUNTRIES", "C01,C02,C03,C04")
+    config = study(tmp_path / "out", task_timeout_s=2.0, reprobe=True)
+    with pytest.raises(ConfigError) as info:
+        run_probe(config, ["fake_hang"])
+    assert info.value.key == "models.fake_hang" and "task_timeout_s = 2 s" in str(info.value)
+    assert not [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+
+
+def test_a_user_model_that_hangs_in_the_driver_check_is_stopped_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_user_models import write_module
+
+    from pipeline.runtime.model_check import check_user_models
+    from pipeline.stages.prepare import load_panel
+
+    monkeypatch.setenv("UM_SLEEP", "3600")  # every fit of the user model sleeps an hour
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "task_timeout_s": 600.0})
+    d["runtime"]["task_timeout_s_by_model"] = {"hangs": 2}
+    d["models"]["hangs"] = {
+        "_target_": "um_hang.Persistence",
+        "python_path": str(write_module(tmp_path / "outside", "um_hang")),
+    }
+    config = make_config(d)
+    prepare(config, ROOT)
+    with pytest.raises(ConfigError) as info:
+        check_user_models(config, load_panel(config.output_dir), ["hangs"])
+    assert info.value.key == "models.hangs" and "task_timeout_s = 2 s" in str(info.value)
+
+
+PROBE_DRIVER = """
+import json, sys
+from pipeline.config import validate
+from pipeline.config.defaults import with_defaults
+from pipeline.stages.probe import run_probe
+
+if __name__ == "__main__":
+    run_probe(validate(with_defaults(json.load(open(sys.argv[1])))), ["fake_hang"])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it(
+    tmp_path: Path, fake_adapters: str, sig: int
+) -> None:
+    """Before issue 22 the probe child outlived the driver (parent PID 1) with its payload."""
+    config = study(tmp_path / "out", reprobe=True)
+    (tmp_path / "driver.py").write_text(PROBE_DRIVER)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "FAKE_HANG_COUNTRIES": "C01,C02,C03,C04"}
+    driver = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "config.json")],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def probe_child() -> list[psutil.Process]:
+            found = []
+            for p in psutil.Process(driver.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "--task" in p.cmdline():
+                        found.append(p)
+            return found
+
+        wait_for(lambda: bool(probe_child()) and any(tmp.iterdir()), 120, "the probe child")
+        (child,) = probe_child()
+        time.sleep(2)  # well into its hanging fit
+        os.kill(driver.pid, sig)
+        driver.wait(timeout=30)
+        gone, _ = psutil.wait_procs([child], timeout=20)
+        assert gone, "the probe child outlived its driver"
+        assert not list(tmp.iterdir()), "temporary files left behind"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
