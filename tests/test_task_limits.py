@@ -7,6 +7,7 @@ import contextlib
 import copy
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -152,3 +153,58 @@ def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+
+HOG_ORIGIN = str(2018 * 12)  # 2018-01
+
+
+def test_a_memory_hungry_task_in_the_driver_is_killed_in_its_child_not_the_driver(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks below in_process_below_s: before issue 22 the fit took 1.5 GiB in the driver
+    and succeeded; now the child running it is killed at the plan's memory limit."""
+    monkeypatch.setenv("FAKE_HOG_COUNTRIES", "C03")
+    monkeypatch.setenv("FAKE_HOG_ORIGIN", HOG_ORIGIN)
+    monkeypatch.setenv("FAKE_HOG_MB", "1536")
+    config = study(tmp_path / "out", retries=0, in_process_below_s=60.0)
+    small = Plan(
+        n_workers=1,
+        memory_limit_mb=1024,
+        models={"fake_hog": ModelPlan(0, 2, 0, seconds_per_fit=0.001)},
+    )
+    summary = run_train(config, "fake_hog", small)
+    assert summary.dashboard is None  # in the driver's child, no cluster
+    assert summary.failed == 2 and summary.trained == summary.fits - 2
+    table = read_table(db_path(config.output_dir), "progress")
+    failed = table[table["status"] == "failed"]
+    assert set(failed["country"]) == {"C03"} and set(failed["origin"]) == {"2018-01-01"}
+    assert (failed["error_type"] == "memory").all()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 1536 * 1024  # KiB
+
+
+def test_a_task_lost_for_memory_costs_at_most_allowed_failures_restarts(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fit outgrows its worker: before issue 22 its task was halved down to the fit and
+    retried alone (5 worker restarts here; 92 for a model whose every fit does); now after
+    runtime.allowed_failures + 1 restarts the fits left with it fail as `memory`."""
+    monkeypatch.setenv("FAKE_HOG_COUNTRIES", "C03")
+    monkeypatch.setenv("FAKE_HOG_ORIGIN", HOG_ORIGIN)
+    monkeypatch.setenv("FAKE_HOG_MB", "1536")
+    d = copy.deepcopy(SMALL_STUDY)
+    d["data"]["horizons"] = [1]
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "retries": 1, "allowed_failures": 1})
+    config = make_config(d)
+    prepare(config, ROOT)
+    lost = Plan(n_workers=2, memory_limit_mb=1024, models={"fake_hog": ModelPlan(0, 8, 0)})
+    summary = run_train(config, "fake_hog", lost)
+    log_text = Path(summary.log_path).read_text()
+    assert log_text.count("failed: memory") == 2  # the task, then its half holding the fit
+    assert "runtime.allowed_failures = 1" in log_text
+    table = read_table(db_path(config.output_dir), "progress")
+    failed = table[table["status"] == "failed"]
+    assert summary.failed == failed["key"].nunique() >= 1
+    assert (failed["error_type"] == "memory").all()
+    hog = (failed["country"] == "C03") & (failed["origin"] == "2018-01-01")
+    assert failed.loc[hog, "key"].nunique() == 1
+    assert (table.loc[table["status"] != "failed", "status"] == "done").all()
