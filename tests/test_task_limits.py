@@ -46,7 +46,7 @@ def plan(model: str, fits_per_task: int, seconds_per_fit: float | None = None) -
     )
 
 
-@pytest.mark.parametrize("where", ["cluster", "driver"])
+@pytest.mark.parametrize("where", [pytest.param("cluster", marks=pytest.mark.slow), "driver"])
 def test_a_hanging_fit_is_stopped_labelled_timeout_and_the_study_completes(
     tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -114,6 +114,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it(
     tmp_path: Path, fake_adapters: str, sig: int
@@ -158,6 +159,7 @@ def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it
 HOG_ORIGIN = str(2018 * 12)  # 2018-01
 
 
+@pytest.mark.slow
 def test_a_memory_hungry_task_in_the_driver_is_killed_in_its_child_not_the_driver(
     tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,6 +184,7 @@ def test_a_memory_hungry_task_in_the_driver_is_killed_in_its_child_not_the_drive
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 1536 * 1024  # KiB
 
 
+@pytest.mark.slow
 def test_a_task_lost_for_memory_costs_at_most_allowed_failures_restarts(
     tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
