@@ -270,7 +270,9 @@ class RunState:
         split: bool,
     ) -> None:
         """Record failures; queue retries: a multi-fit task lost for memory is split in halves
-        (not an attempt of its fits yet), single fits are retried up to runtime.retries times."""
+        (not an attempt of its fits yet), single fits are retried up to runtime.retries times.
+        A task as first made may lose runtime.allowed_failures workers (halves and retries
+        included); at the next loss its fits still lost or queued fail without another try."""
         root = self.root.get(task.task_id, task.task_id)
         give_up = False
         if split:  # each loss cost a worker restart: runtime.allowed_failures per root task
