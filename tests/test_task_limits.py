@@ -68,6 +68,17 @@ def test_a_hanging_fit_is_stopped_labelled_timeout_and_the_study_completes(
     assert "task_timeout_s" in Path(summary.log_path).read_text()
 
 
+def test_the_driver_child_s_log_records_reach_the_run_log(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks in the driver's child log like a worker does (forwarded, as forward_logging)."""
+    monkeypatch.setenv("FAKE_FAIL_COUNTRIES", "C02")
+    config = study(tmp_path / "out", retries=0, in_process_below_s=60.0)
+    summary = run_train(config, "fake_fail", plan("fake_fail", 8, seconds_per_fit=0.001))
+    assert summary.dashboard is None and summary.failed == 24
+    assert "injected failure for ['C02']" in Path(summary.log_path).read_text()
+
+
 def test_a_model_that_hangs_in_the_probe_is_stopped_and_named(
     tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,7 +88,7 @@ def test_a_model_that_hangs_in_the_probe_is_stopped_and_named(
     with pytest.raises(ConfigError) as info:
         run_probe(config, ["fake_hang"])
     assert info.value.key == "models.fake_hang" and "task_timeout_s = 2 s" in str(info.value)
-    assert not [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+    assert not probe_children(psutil.Process())  # the hanging child was killed and reaped
 
 
 def test_a_user_model_that_hangs_in_the_driver_check_is_stopped_and_named(
@@ -101,6 +112,16 @@ def test_a_user_model_that_hangs_in_the_driver_check_is_stopped_and_named(
     with pytest.raises(ConfigError) as info:
         check_user_models(config, load_panel(config.output_dir), ["hangs"])
     assert info.value.key == "models.hangs" and "task_timeout_s = 2 s" in str(info.value)
+
+
+def probe_children(parent: psutil.Process) -> list[psutil.Process]:
+    """The probe's model-measuring children of `parent` (still running)."""
+    found = []
+    for p in parent.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "--task" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+    return found
 
 
 PROBE_DRIVER = """
@@ -133,17 +154,9 @@ def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it
         stderr=subprocess.DEVNULL,
     )
     try:
-
-        def probe_child() -> list[psutil.Process]:
-            found = []
-            for p in psutil.Process(driver.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if "--task" in p.cmdline():
-                        found.append(p)
-            return found
-
-        wait_for(lambda: bool(probe_child()) and any(tmp.iterdir()), 120, "the probe child")
-        (child,) = probe_child()
+        parent = psutil.Process(driver.pid)
+        wait_for(lambda: bool(probe_children(parent)) and any(tmp.iterdir()), 120, "probe child")
+        (child,) = probe_children(parent)
         time.sleep(2)  # well into its hanging fit
         os.kill(driver.pid, sig)
         driver.wait(timeout=30)

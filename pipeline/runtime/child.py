@@ -4,14 +4,15 @@ Used where work would otherwise run inside the driver itself: tasks too small fo
 (pipeline.runtime.inprocess) and the user-model check (pipeline.runtime.model_check). The child
 is started like a worker (spawned, `worker_environment`: one thread per math library, glibc's
 malloc defaults), dies with the driver (PR_SET_PDEATHSIG), and is kept for the next call.
-`Child.run` waits for the result while watching the clock and the child's RSS, as a Dask nanny
-watches its worker: past the timeout or the memory limit the child is killed (SIGKILL, so a
+`Child.run` waits for the result (the child's `pipeline.*` log records are logged by the driver
+meanwhile) while watching the clock and the child's RSS, as a Dask nanny watches its worker: past the timeout or the memory limit the child is killed (SIGKILL, so a
 fit stuck in C code stops too) and `ChildKilled` says why; a fresh child serves the next call.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -91,6 +92,10 @@ class Child:
                     status, value = self.conn.recv()
                 except (EOFError, OSError):
                     raise self._lost() from None
+                if status == "log":  # the child's pipeline.* records, as forward_logging does
+                    record = logging.makeLogRecord(value)
+                    logging.getLogger(record.name).handle(record)
+                    continue
                 if status == "ok":
                     return value
                 raise ChildError(*value)
@@ -152,6 +157,9 @@ def _serve(conn: Connection, parent: int) -> None:
     if os.getppid() != parent:  # the driver died before the request above took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    forward = _Forward(conn)
+    logging.getLogger("pipeline").addHandler(forward)
+    logging.getLogger("pipeline").setLevel(logging.INFO)
     while True:
         try:
             fn, arg = conn.recv()
@@ -162,3 +170,19 @@ def _serve(conn: Connection, parent: int) -> None:
         except Exception as error:
             reply = ("error", (type(error).__name__, str(error), traceback.format_exc()))
         conn.send(reply)
+
+
+class _Forward(logging.Handler):
+    """Send the child's log records to the driver, which logs them (its run log included)."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(logging.INFO)
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {k: v for k, v in vars(record).items() if k not in ("args", "exc_info")}
+            fields["msg"], fields["args"] = record.getMessage(), None
+            self.conn.send(("log", fields))
+        except Exception:  # a record that cannot be sent is not worth failing a task
+            self.handleError(record)
