@@ -7,6 +7,8 @@ fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin
                FAKE_HOG_ORIGIN when set) allocates FAKE_HOG_MB MiB
                (touched page by page, slowly enough for the nanny's memory monitor to see it);
                with FAKE_HOG_SIGKILL set, such a fit SIGKILLs its worker instead.
+fake_hang:     the same, but a fit of a country in FAKE_HANG_COUNTRIES (at origin month index
+               FAKE_HANG_ORIGIN when set) never returns (it sleeps for an hour).
 slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP; FAKE_FAIL_ONCE_ORIGIN/_MARKER make
                one origin's fits fail through bisection and succeed when retried alone.
 FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run midway.
@@ -83,7 +85,18 @@ def _adapter(name: str, fit: Any) -> Adapter:
     )
 
 
+def _hang(payload: dict[str, Any]) -> dict[str, Any]:
+    origin = os.environ.get("FAKE_HANG_ORIGIN")  # month index; unset: every origin
+    if any(
+        c in _env_set("FAKE_HANG_COUNTRIES") and (origin is None or int(o) == int(origin))
+        for c, o in zip(_countries(payload), payload["origins"], strict=True)
+    ):
+        time.sleep(3600)
+    return _quantiles(payload)
+
+
 register(_adapter("fake_quantile", _quantiles))
+register(_adapter("fake_hang", _hang))
 register(_adapter("fake_fail", _fail))
 register(_adapter("fake_hog", _hog))
 

@@ -49,9 +49,9 @@ def child_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     calls: list[list[str]] = []
     real = probe_stage.measure_child
 
-    def counting(args: list[str]) -> tuple[dict[str, Any], float]:
+    def counting(args: list[str], **kwargs: Any) -> tuple[dict[str, Any], float]:
         calls.append(list(args))
-        return real(args)
+        return real(args, **kwargs)
 
     monkeypatch.setattr(probe_stage, "measure_child", counting)
     return calls

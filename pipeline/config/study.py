@@ -113,6 +113,28 @@ class CalibrationConfig:
     min_history: int = field(metadata=at_least(0, "an integer >= 0"))
 
 
+class TimeoutsByModel:
+    """`runtime.task_timeout_s_by_model`: {model name: 'auto' or seconds > 0} (a plain dict)."""
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, prefix: str) -> dict[str, float | str]:
+        if mapping is None:
+            return {}
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(prefix, "a mapping {model: seconds}", mapping)
+        out: dict[str, float | str] = {}
+        for name, value in mapping.items():
+            ok = value == "auto" or (
+                isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{prefix}.{name}", "'auto' or a positive number of seconds", value
+                )
+            out[str(name)] = value if value == "auto" else float(value)
+        return out
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     allow_reload: bool  # reuse fits already in the model cache
@@ -145,6 +167,20 @@ class RuntimeConfig:
     # train runs in the driver, without a cluster, when the probe's estimate of the work
     # (fits x seconds per fit) is below this; 0: always a cluster
     in_process_below_s: float = field(metadata=at_least(0, "a number of seconds >= 0 (0: off)"))
+    # seconds a task may run before it is stopped (its worker restarted, or its child process
+    # killed) and its fits labelled `timeout`; auto: derived from the probe
+    # (pipeline.runtime.timeouts); the probe and the user-model check use it too
+    task_timeout_s: float | Auto = field(
+        metadata=rule(lambda v: v == "auto" or v > 0, "'auto' or a positive number of seconds")
+    )
+    task_timeout_s_by_model: TimeoutsByModel  # {model: seconds or auto}, over task_timeout_s
+    # worker restarts one task's fits may cost (its halves and retries included) before the
+    # rest of them are labelled memory / worker-lost without another try
+    allowed_failures: int = field(metadata=at_least(0, "an integer >= 0"))
+    # TLS files for runtime.scheduler_address (a LocalCluster makes its own temporary ones)
+    tls_ca_file: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
 
 
 # keys of a user model's entry that are not its parameters
@@ -327,6 +363,15 @@ def _check_semantics(config: StudyConfig) -> None:
             window.calibration_start,
         )
     names = list(config.models.names())
+    for name in config.runtime.task_timeout_s_by_model:
+        _require(name in names, f"runtime.task_timeout_s_by_model.{name}", f"one of {names}", name)
+    tls = config.runtime.tls_cert_file, config.runtime.tls_key_file
+    _require(
+        (tls[0] is None) == (tls[1] is None),
+        "runtime.tls_key_file",
+        "tls_cert_file and tls_key_file both set or both null",
+        tls,
+    )
     evaluation = config.evaluation
     _require(
         evaluation.benchmark in names,

@@ -3,19 +3,25 @@
 `make_client(plan, runtime)` starts a `LocalCluster` sized by the probe's plan (one thread per
 worker, the plan's memory limit, scheduler and dashboard on 127.0.0.1) or, when
 `runtime.scheduler_address` is set, connects to that existing cluster through the same code
-path. BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-spawn
+path. The LocalCluster speaks TLS with temporary credentials (`Security.temporary()`, made
+for this run and held only by its client, scheduler and workers): another local process,
+even of the same user, cannot submit code to it (issue 22). An existing cluster is reached
+with runtime.tls_* files when given (else Dask's own `distributed.comm.tls` settings). BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-spawn
 environment, set before any worker process starts; Dask's default MALLOC_TRIM_THRESHOLD_ is
 dropped from it (see `worker_environ`). `TaskStream` submits a bounded number of
 tasks at a time and yields results as they complete, turning a worker lost to its memory
 limit (`KilledWorker` after `allowed-failures` restarts) into a plain "memory" failure (or
-"worker-lost" when no nanny reported a memory kill).
+"worker-lost" when no nanny reported a memory kill), and stopping a task that runs past its
+timeout by restarting its worker (its fits fail as "timeout").
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,8 +31,9 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, as_completed
 from distributed.scheduler import KilledWorker
+from distributed.security import Security
 
-from pipeline.config import RuntimeConfig
+from pipeline.config import ConfigError, RuntimeConfig
 from pipeline.runtime.plan import worker_environment
 
 log = logging.getLogger("pipeline.runtime.cluster")
@@ -34,6 +41,8 @@ log = logging.getLogger("pipeline.runtime.cluster")
 # A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
 # itself, in halves, so a restart is not wasted on rerunning a task that will die again.
 ALLOWED_FAILURES = 0
+# how often the stream asks the scheduler which tasks run where (to time them)
+TIMEOUT_POLL_S = 0.5
 
 
 @dataclass
@@ -72,7 +81,7 @@ def make_client(
     }
     with dask.config.set(config):
         if runtime.scheduler_address:
-            client = Client(runtime.scheduler_address, timeout="30s")
+            client = Client(runtime.scheduler_address, timeout="30s", security=_security(runtime))
             cluster = None
             client.wait_for_workers(1, timeout=120)
             workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -86,6 +95,7 @@ def make_client(
             if port and not port_is_free(host, port):
                 log.info("dashboard port %d is taken; using a free one", port)
                 port = 0
+            security = Security.temporary()  # this run's own CA and certificate, in memory
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,
@@ -93,10 +103,12 @@ def make_client(
                 memory_limit=int(memory_limit_mb) * 2**20,
                 host="127.0.0.1",
                 scheduler_port=0,
+                protocol="tls://",
+                security=security,
                 dashboard_address=f"{host}:{port}",
                 silence_logs=logging.WARNING,
             )
-            client = Client(cluster)
+            client = Client(cluster, security=security)
             workers = n_workers
         try:
             client.forward_logging("pipeline", level=logging.INFO)
@@ -106,6 +118,23 @@ def make_client(
             client.close(timeout=10)
             if cluster is not None:
                 cluster.close(timeout=20)
+
+
+def _security(runtime: RuntimeConfig) -> Security | None:
+    """TLS for an existing cluster from runtime.tls_* (None: Dask's own configuration)."""
+    files = {
+        "tls_ca_file": runtime.tls_ca_file,
+        "tls_client_cert": runtime.tls_cert_file,
+        "tls_client_key": runtime.tls_key_file,
+    }
+    if not any(files.values()):
+        return None
+    for key, path in zip(
+        ("tls_ca_file", "tls_cert_file", "tls_key_file"), files.values(), strict=True
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"runtime.{key}", "a readable PEM file", path)
+    return Security(require_encryption=True, **{k: v for k, v in files.items() if v})
 
 
 def worker_environ() -> dict[str, Any]:
@@ -151,15 +180,25 @@ class TaskStream:
 
     `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
     "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
-    when its worker died otherwise (SIGKILL, segfault, a node lost).
+    when its worker died otherwise (SIGKILL, segfault, a node lost), "timeout" when it ran
+    longer than `timeout_s` (from when the scheduler gave it to a worker) and its worker was
+    restarted to stop it (a thread cannot be stopped; the process can).
     """
 
-    def __init__(self, client: Client, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.client, self.fn = client, fn
+    def __init__(
+        self,
+        client: Client,
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+        timeout_s: float | None = None,
+    ) -> None:
+        self.client, self.fn, self.timeout_s = client, fn, timeout_s
         self.pending = as_completed()
         self.in_flight = 0
         self._memory = _MemoryEvents()
         logging.getLogger("distributed.nanny.memory").addHandler(self._memory)
+        self._started: dict[str, float] = {}  # key -> when first seen running on a worker
+        self._timed_out: set[str] = set()
+        self._polled = 0.0
 
     def close(self) -> None:
         logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
@@ -169,23 +208,71 @@ class TaskStream:
         self.pending.add(future)
         self.in_flight += 1
 
+    def _next(self) -> Any:
+        """The next finished future; meanwhile, stop tasks past their timeout."""
+        if self.timeout_s is None:
+            return next(self.pending)
+        while not self.pending.has_ready():
+            if self.pending.is_empty():
+                raise StopIteration
+            self._stop_overdue()
+            time.sleep(0.05)
+        return next(self.pending)
+
+    def _stop_overdue(self) -> None:
+        now = time.monotonic()
+        if now - self._polled < TIMEOUT_POLL_S:
+            return
+        self._polled = now
+        running = {
+            str(key): worker for worker, keys in self.client.processing().items() for key in keys
+        }
+        for key in list(self._started):
+            if key not in running:
+                del self._started[key]
+        for key, worker in running.items():
+            started = self._started.setdefault(key, now)
+            if key in self._timed_out or now - started <= float(self.timeout_s or 0):
+                continue
+            self._timed_out.add(key)
+            log.warning(
+                "task %s ran past runtime.task_timeout_s = %g s: restarting worker %s",
+                key,
+                self.timeout_s,
+                worker,
+            )
+            try:  # the task then fails with KilledWorker (allowed-failures is 0)
+                self.client.restart_workers([worker], timeout=60, raise_for_error=False)
+            except Exception as exc:  # e.g. a worker without a nanny: it cannot be restarted
+                log.warning("could not restart worker %s: %s", worker, exc)
+
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
-        for future in self.pending:
+        while True:
+            try:
+                future = self._next()
+            except StopIteration:
+                return
             self.in_flight -= 1
             name = str(future.key)
             try:
                 result = future.result()
             except KilledWorker as exc:
-                label = lost_worker_label(exc, self._memory.addresses)
+                if name in self._timed_out:
+                    label = "timeout"
+                    message = (
+                        f"still running after runtime.task_timeout_s = {self.timeout_s:g} s: "
+                        "its worker was restarted to stop it"
+                    )
+                else:
+                    label = lost_worker_label(exc, self._memory.addresses)
+                    message = (
+                        f"worker {'killed for memory' if label == 'memory' else 'lost'} "
+                        f"while running the task: {exc}"
+                    )
                 yield (
                     name,
                     None,
-                    {
-                        "error_type": label,
-                        "message": f"worker {'killed for memory' if label == 'memory' else 'lost'} "
-                        f"while running the task: {exc}",
-                        "traceback": traceback.format_exc(),
-                    },
+                    {"error_type": label, "message": message, "traceback": traceback.format_exc()},
                 )
             except Exception as exc:
                 yield (
@@ -200,6 +287,8 @@ class TaskStream:
             else:
                 yield name, result, None
             finally:
+                self._timed_out.discard(name)
+                self._started.pop(name, None)
                 future.release()
 
     def cancel(self) -> None:

@@ -1,24 +1,25 @@
-"""Tasks run in the driver process: work too small to pay for a cluster (issue 13, item 5).
+"""Tasks run without a cluster: work too small to pay for one (issue 13, item 5).
 
 `InProcessStream` has `cluster.TaskStream`'s interface (submit, iterate in completion order,
 in_flight, cancel, close) and runs each task through the same task function workers run
 (pipeline.runtime.worker.run_task), one at a time, so the train loop's result handling (the
 driver writes the cache shards and the progress rows, retries, bisection) is the same code.
-Each task runs like on a worker: one BLAS/OpenMP/torch thread (`worker_threads`), so its
-results are bit-identical to the cluster's. No Dask here.
+The tasks run in one worker-like child process of the driver (pipeline.runtime.child: one
+BLAS/OpenMP/torch thread, so results are bit-identical to the cluster's), held to the probe's
+memory limit per worker and to the task timeout like a worker: a task past either is killed
+and its fits fail as `memory` / `timeout` (issue 22), never the driver. No Dask here.
 """
 
 from __future__ import annotations
 
-import os
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.runtime.plan import THREAD_ENV, ModelPlan
+from pipeline.runtime.child import Child, ChildError, ChildKilled
+from pipeline.runtime.plan import ModelPlan
 
 
 @dataclass
@@ -47,36 +48,20 @@ def runs_in_process(
     return spf is not None and n_todo * spf < below_s
 
 
-@contextmanager
-def worker_threads() -> Iterator[None]:
-    """One thread per math library for the duration, like a worker's environment (THREAD_ENV);
-    the driver's settings are restored afterwards."""
-    import torch  # every built-in model's kernels import it anyway (pipeline.models.common)
-    from threadpoolctl import threadpool_limits
-
-    saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
-    os.environ.update(THREAD_ENV)  # a library first loaded inside reads these
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        torch.set_num_threads(torch_threads)
-
-
 class InProcessStream:
-    """Run submitted tasks one by one in this process; yields (name, result, error) like
-    `cluster.TaskStream` (`error`: {"error_type", "message", "traceback"} when the task raised)."""
+    """Run submitted tasks one by one in a worker-like child; yields (name, result, error) like
+    `cluster.TaskStream` (`error`: {"error_type", "message", "traceback"} when the task raised,
+    error_type "timeout" / "memory" / "worker-lost" when its child was killed or died)."""
 
-    def __init__(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.fn = fn
+    def __init__(
+        self,
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+        timeout_s: float | None = None,
+        memory_limit_mb: float | None = None,
+    ) -> None:
+        self.fn, self.timeout_s = fn, timeout_s
         self.pending: deque[tuple[str, dict[str, Any]]] = deque()
+        self.child = Child(memory_limit_mb)
 
     @property
     def in_flight(self) -> int:
@@ -89,24 +74,25 @@ class InProcessStream:
         while self.pending:
             name, payload = self.pending.popleft()
             try:
-                with worker_threads():
-                    result = self.fn(payload)
-            except Exception as exc:
-                error_type = "memory" if isinstance(exc, MemoryError) else type(exc).__name__
-                yield (
-                    name,
-                    None,
-                    {
-                        "error_type": error_type,
-                        "message": str(exc)[:2000],
-                        "traceback": traceback.format_exc(),
-                    },
-                )
+                result = self.child.run(self.fn, payload, self.timeout_s)
+            except ChildKilled as exc:
+                error = {"error_type": exc.reason, "message": str(exc), "traceback": ""}
+                yield name, None, error
+            except ChildError as exc:
+                error_type = "memory" if exc.error_type == "MemoryError" else exc.error_type
+                error = {
+                    "error_type": error_type,
+                    "message": str(exc)[:2000],
+                    "traceback": exc.trace,
+                }
+                yield name, None, error
             else:
                 yield name, result, None
 
     def cancel(self) -> None:
         self.pending.clear()
+        self.child.close()
 
     def close(self) -> None:
         self.pending.clear()
+        self.child.close()

@@ -3,6 +3,8 @@
 A user model whose import fails, that raises, whose forecasts have the wrong shape or are NaN
 or inf, or whose `from_arrays(to_arrays())` does not predict what it did, stops the run with
 a ConfigError naming `models.<name>` (exit code 2) instead of failing every fit on a worker.
+The check runs in a worker-like child process (pipeline.runtime.child), so a model that hangs
+is stopped after runtime.task_timeout_s (the probe's bound when `auto`) and named the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig, UserModelConfig
 from pipeline.models.registry import adapter_for
+from pipeline.runtime.child import Child, ChildError, ChildKilled
 from pipeline.runtime.fit_groups import FitGroup, build_groups
 from pipeline.runtime.tasks import task_payload
+from pipeline.runtime.timeouts import probe_timeout
 
 log = logging.getLogger("pipeline.check")
 SLICE_FITS = 2
@@ -26,17 +30,63 @@ def check_user_models(
     config: StudyConfig, panel: pd.DataFrame, names: list[str] | tuple[str, ...]
 ) -> None:
     """Run each user model among `names` on SLICE_FITS fits; ConfigError on the first problem."""
-    for name in names:
-        entry = config.models.entries.get(name)
-        if isinstance(entry, UserModelConfig):
-            check_user_model(config, name, build_groups(panel, config, adapter_for(config, name)))
+    with Child() as child:
+        for name in names:
+            entry = config.models.entries.get(name)
+            if isinstance(entry, UserModelConfig):
+                groups = build_groups(panel, config, adapter_for(config, name))
+                check_user_model(config, name, groups, child)
 
 
-def check_user_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> None:
-    adapter = adapter_for(config, name)
+def check_user_model(
+    config: StudyConfig, name: str, groups: list[FitGroup], child: Child | None = None
+) -> None:
+    """The check of one model in `child` (a new one when None), stopped after its timeout."""
     group = next((g for g in groups if len(g)), None)
     if group is None:
         return  # no fit has enough data; train reports an empty model the usual way
+    timeout = probe_timeout(config.runtime, name)
+    key = f"models.{name}"
+    own = child is None
+    runner = Child() if child is None else child
+    try:
+        problem = runner.run(_check_in_child, (config, name, group), timeout)
+    except ChildKilled as error:
+        if error.reason != "timeout":
+            raise ConfigError(key, "a model that checks out on a tiny slice", str(error)) from None
+        raise ConfigError(
+            key,
+            f"a model that fits and predicts a tiny slice of the study ({SLICE_FITS} fits) "
+            f"within runtime.task_timeout_s = {timeout:g} s",
+            "still running: stopped",
+        ) from None
+    except ChildError as error:  # not the check's own ConfigError: a bug worth a traceback
+        raise RuntimeError(f"checking {key} failed: {error.trace}") from None
+    finally:
+        if own:
+            runner.close()
+    if problem is not None:
+        raise ConfigError(*problem)
+    log.info("models.%s: checked on %d fits of a tiny slice", name, min(SLICE_FITS, len(group)))
+
+
+def _check_in_child(
+    args: tuple[StudyConfig, str, FitGroup],
+) -> tuple[str, str, Any] | None:
+    """The check itself (in the child): None, or a ConfigError's (key, allowed, given)."""
+    config, name, group = args
+    try:
+        _check(config, name, group)
+    except ConfigError as error:
+        given = (
+            error.given if isinstance(error.given, str | int | float | list) else repr(error.given)
+        )
+        return error.key, error.allowed, given
+    return None
+
+
+def _check(config: StudyConfig, name: str, group: FitGroup) -> None:
+    adapter = adapter_for(config, name)
     index = np.arange(min(SLICE_FITS, len(group)))
     payload = task_payload(
         group,
@@ -61,7 +111,6 @@ def check_user_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> 
         bad = pred[rows][~np.isfinite(pred[rows])][:3].tolist()
         raise ConfigError(key, "finite forecasts (predict returned NaN or inf)", bad)
     _check_round_trip(config, name, payload)
-    log.info("models.%s: checked on %d fits of a tiny slice", name, len(index))
 
 
 def _check_round_trip(config: StudyConfig, name: str, payload: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
 from pipeline.runtime.progress import ProgressStore
 from pipeline.runtime.tasks import Task, block_task, make_tasks, task_payload
+from pipeline.runtime.timeouts import task_timeout
 from pipeline.runtime.worker import run_task
 
 if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
@@ -58,6 +59,9 @@ class RunState:
         self.trained = 0
         self.loaded = 0
         self.tries: dict[str, int] = {}
+        # worker losses per task as first made (its halves and retries count against it)
+        self.losses: dict[str, int] = {}
+        self.root: dict[str, str] = {}
         self.cache = FitCache(config.model_cache_dir, model)
 
     # --- cache ------------------------------------------------------------------------------
@@ -162,7 +166,14 @@ class RunState:
                 log.info("dashboard: %s", handle.dashboard)
                 print(f"Dask dashboard: {handle.dashboard}", file=sys.stderr, flush=True)
             store.update_run(self.run_id, dashboard=handle.dashboard, n_workers=handle.n_workers)
-            stream: Any = InProcessStream(run_task) if in_process else _task_stream(handle)
+            timeout = task_timeout(
+                rt, self.model, model_plan.seconds_per_fit if model_plan else None, fpt
+            )
+            stream: Any = (
+                InProcessStream(run_task, timeout, plan.memory_limit_mb)
+                if in_process
+                else _task_stream(handle, timeout)
+            )
             limit = rt.max_in_flight or 4 * max(handle.n_workers, 1)
 
             def submit_more() -> None:
@@ -259,13 +270,33 @@ class RunState:
         split: bool,
     ) -> None:
         """Record failures; queue retries: a multi-fit task lost for memory is split in halves
-        (not an attempt of its fits yet), single fits are retried up to runtime.retries times."""
-        # a blocked group's fits train in whole blocks only, so such a task is not split
-        if split and task.index.size > 1 and self.groups[task.group].block is None:
-            for n, part in enumerate(np.array_split(task.index, 2)):
-                queue.append(
-                    Task(task.model, task.horizon, task.group, part, f"{task.task_id}-s{n}")
+        (not an attempt of its fits yet), single fits are retried up to runtime.retries times.
+        A task as first made may lose runtime.allowed_failures workers (halves and retries
+        included); at the next loss its fits still lost or queued fail without another try."""
+        root = self.root.get(task.task_id, task.task_id)
+        give_up = False
+        if split:  # each loss cost a worker restart: runtime.allowed_failures per root task
+            self.losses[root] = self.losses.get(root, 0) + 1
+            give_up = self.losses[root] > self.config.runtime.allowed_failures
+            if give_up:  # its parts still queued would cost a restart each: they fail too
+                for part in [t for t in queue if self.root.get(t.task_id) == root]:
+                    queue.remove(part)
+                    keys = self.groups[part.group].keys[part.wanted]
+                    failures = failures + [{**failures[0], "key": str(k)} for k in keys]
+                log.info(
+                    "task %s: %d workers lost on its fits (runtime.allowed_failures = %d): "
+                    "its %d fits fail without another try",
+                    root,
+                    self.losses[root],
+                    self.config.runtime.allowed_failures,
+                    len(failures),
                 )
+        # a blocked group's fits train in whole blocks only, so such a task is not split
+        if split and not give_up and task.index.size > 1 and self.groups[task.group].block is None:
+            for n, part in enumerate(np.array_split(task.index, 2)):
+                tid = f"{task.task_id}-s{n}"
+                self.root[tid] = root
+                queue.append(Task(task.model, task.horizon, task.group, part, tid))
             log.info(
                 "task %s lost with its worker: retrying its %d fits in halves",
                 task.task_id,
@@ -278,12 +309,13 @@ class RunState:
             key = f["key"]
             self.failed[key] = f["error_type"]
             self.tries[key] = self.tries.get(key, 0) + 1
-            if self.tries[key] <= self.config.runtime.retries:
+            if self.tries[key] <= self.config.runtime.retries and not give_up:
                 retry.append(key)
         blocks: dict[tuple[int, int], Task] = {}  # a block's retried fits share one task
         for key in retry:
             gi, i = self.where[key]
             tid = f"{task.task_id}-r{self.tries[key]}-{key[:12]}"
+            self.root[tid] = root
             block = self.groups[gi].block
             if block is None:
                 queue.append(block_task(self.groups, task, gi, i, tid))
@@ -305,10 +337,10 @@ class RunState:
         return forecast_table(self.groups, self.where, self.pred, self.config, self.model, panel)
 
 
-def _task_stream(handle: Any) -> Any:
+def _task_stream(handle: Any, timeout_s: float | None) -> Any:
     from pipeline.runtime.cluster import TaskStream
 
-    return TaskStream(handle.client, run_task)
+    return TaskStream(handle.client, run_task, timeout_s)
 
 
 def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:

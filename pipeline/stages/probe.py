@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import StudyConfig
+from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.fit_groups import FitGroup, build_groups
@@ -53,6 +53,7 @@ from pipeline.runtime.plan import (
 )
 from pipeline.runtime.probe_cache import cached_measurement, code_fingerprint, machine_identity
 from pipeline.runtime.tasks import task_payload
+from pipeline.runtime.timeouts import PROBE_TIMEOUT_S, probe_timeout
 
 log = logging.getLogger("pipeline.probe")
 
@@ -150,7 +151,7 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
     }
     return cached_measurement(
         inputs,
-        lambda: _measure_model(config, adapter, group, params, scale, task_seconds, min_fits),
+        lambda: _measure_model(config, name, group, params, scale, task_seconds, min_fits),
         ("seconds_per_fit", "peak_mb", "fits"),
         config.runtime.reprobe,
     )
@@ -162,63 +163,89 @@ def _machine() -> dict[str, Any]:
 
 def _measure_model(
     config: StudyConfig,
-    adapter: Any,
+    name: str,
     group: FitGroup,
     params: dict[str, Any],
     scale: float,
     task_seconds: float,
     min_fits: int,
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
-        payload = task_payload(
-            group,
-            np.arange(len(group)),
-            params=params,
-            quantiles=config.data.quantiles,
-            seed=config.seed,
-            extra=adapter.payload,
-        )
-        payload_path = Path(tmp) / "payload.npz"
-        _save_payload(payload_path, payload)
-        out, _ = measure_child(
-            [
-                "--task",
-                str(payload_path),
-                "--task-seconds",
-                str(task_seconds),
-                # a model that batches fits is measured on a task of that size (time and peak)
-                "--min-fits",
-                str(min_fits),
-            ]
-        )
+    payload = task_payload(
+        group,
+        np.arange(len(group)),
+        params=params,
+        quantiles=config.data.quantiles,
+        seed=config.seed,
+        extra=adapter_for(config, name).payload,
+    )
+    out, _ = measure_child(
+        # a model that batches fits is measured on a task of that size (time and peak)
+        ["--task-seconds", str(task_seconds), "--min-fits", str(min_fits)],
+        timeout_s=probe_timeout(config.runtime, name),
+        model=name,
+        payload=payload,
+    )
     out["seconds_per_fit"] = out["seconds_per_fit"] * scale
     return out
 
 
-def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
-    """Run `python -m pipeline.stages.probe ARGS` like a worker; return its JSON and wall time.
+def measure_child(
+    args: list[str],
+    timeout_s: float = PROBE_TIMEOUT_S,
+    model: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], float]:
+    """Run `python -m pipeline.stages.probe ARGS` like a worker (on `payload`, a task, when
+    given); return its JSON and wall time.
 
     peak_mb is the child's own ru_maxrss from os.wait4 (KiB on Linux), exact and unpolled.
+    The child dies with the driver (PR_SET_PDEATHSIG) and then removes its temporary dir
+    (payload and result); past `timeout_s` it is killed and `model` named in a ConfigError.
     """
     # like a worker (pipeline.runtime.cluster.worker_environ): one thread, glibc's malloc defaults
     env = worker_environment(os.environ)
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
-        result_path = handle.name
-    try:
+    with tempfile.TemporaryDirectory(prefix="qpipe-probe-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        if payload is not None:
+            _save_payload(Path(tmp) / "payload.npz", payload)
+            args = ["--task", str(Path(tmp) / "payload.npz"), *args]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stages.probe", *args, "--out", result_path], env=env
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        cmd = [sys.executable, "-m", "pipeline.stages.probe", *args, "--out", str(result_path)]
+        proc = subprocess.Popen([*cmd, "--parent", str(os.getpid()), "--tmp", tmp], env=env)
+        try:
+            status, usage = _wait(proc, timeout_s)
+        finally:
+            if proc.returncode is None:  # interrupted or past its timeout: it goes too
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                proc.returncode = -9
+        if status is None:
+            key = f"models.{model}" if model else "runtime.task_timeout_s"
+            raise ConfigError(
+                key,
+                f"a model whose probe task finishes within runtime.task_timeout_s = {timeout_s:g} s "
+                "(raise it for this model with runtime.task_timeout_s_by_model)",
+                f"still running after {timeout_s:g} s: stopped",
+            )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise ProbeError(f"probe child {' '.join(args)} exited with {proc.returncode}")
-        out = json.loads(Path(result_path).read_text() or "{}")
-    finally:
-        os.unlink(result_path)
+        out = json.loads(result_path.read_text() or "{}")
     out["peak_mb"] = usage.ru_maxrss / 1024.0
     return out, wall
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int | None, Any]:
+    """os.wait4 the child until `timeout_s`: (status, rusage), or (None, None) past it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return status, usage
+        if time.monotonic() > deadline:
+            return None, None
+        time.sleep(0.02)
 
 
 def _save_payload(path: Path, payload: dict[str, Any]) -> None:
@@ -247,6 +274,7 @@ def _load_payload(path: str) -> dict[str, Any]:
 def _child(argv: list[str]) -> None:
     import importlib
 
+    _die_with_driver(int(argv[argv.index("--parent") + 1]), argv[argv.index("--tmp") + 1])
     for module in WORKER_IMPORTS:
         importlib.import_module(module)
     out_path = argv[argv.index("--out") + 1]
@@ -271,6 +299,26 @@ def _child(argv: list[str]) -> None:
             "calibration_seconds_per_fit": spf,
         }
     Path(out_path).write_text(json.dumps(result))
+
+
+def _die_with_driver(parent: int, tmp: str) -> None:
+    """End this child with the driver, removing the driver's temporary dir for it (a driver
+    killed by SIGKILL cannot): SIGTERM on the parent's death, and a check for a parent gone
+    before that request took effect."""
+    import shutil
+    import signal
+
+    from pipeline.runtime.child import die_with_parent
+
+    def leave(*_: object) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it ends this child
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:
+        leave()
 
 
 def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:

@@ -1,0 +1,188 @@
+"""A killable child process that runs top-level functions for the driver (no Dask).
+
+Used where work would otherwise run inside the driver itself: tasks too small for a cluster
+(pipeline.runtime.inprocess) and the user-model check (pipeline.runtime.model_check). The child
+is started like a worker (spawned, `worker_environment`: one thread per math library, glibc's
+malloc defaults), dies with the driver (PR_SET_PDEATHSIG), and is kept for the next call.
+`Child.run` waits for the result (the child's `pipeline.*` log records are logged by the driver
+meanwhile) while watching the clock and the child's RSS, as a Dask nanny watches its worker: past the timeout or the memory limit the child is killed (SIGKILL, so a
+fit stuck in C code stops too) and `ChildKilled` says why; a fresh child serves the next call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pipeline.runtime.plan import worker_environment
+
+POLL_S = 0.05  # how often the clock and the child's RSS are checked while it works
+PR_SET_PDEATHSIG = 1
+
+
+class ChildKilled(Exception):
+    """The child was stopped: `reason` is 'timeout', 'memory' or 'worker-lost' (it died)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ChildError(Exception):
+    """The function raised in the child: its type name, message and traceback, as text
+    (exception objects are not sent back: a user's may not survive the trip)."""
+
+    def __init__(self, error_type: str, message: str, trace: str) -> None:
+        super().__init__(message)
+        self.error_type, self.trace = error_type, trace
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the driver's own cleanup still applies
+        pass
+
+
+class Child:
+    """One worker-like child process, started on first use; `close()` ends it."""
+
+    def __init__(self, memory_limit_mb: float | None = None) -> None:
+        self.memory_limit_mb = memory_limit_mb
+        self.proc: Any = None
+        self.conn: Connection | None = None
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a driver holding threads
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True)
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(worker_environment(saved))  # what the spawned child starts with
+        try:
+            proc.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        child.close()
+        self.proc, self.conn = proc, parent
+
+    def run(self, fn: Callable[[Any], Any], arg: Any, timeout_s: float | None) -> Any:
+        """fn(arg) in the child; ChildError when it raised, ChildKilled when it was stopped."""
+        if self.proc is None or not self.proc.is_alive():
+            self.close()
+            self._start()
+        assert self.conn is not None
+        self.conn.send((fn, arg))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            ready = self.conn.poll(POLL_S)
+            if ready:
+                try:
+                    status, value = self.conn.recv()
+                except (EOFError, OSError):
+                    raise self._lost() from None
+                if status == "log":  # the child's pipeline.* records, as forward_logging does
+                    record = logging.makeLogRecord(value)
+                    logging.getLogger(record.name).handle(record)
+                    continue
+                if status == "ok":
+                    return value
+                raise ChildError(*value)
+            if not self.proc.is_alive() and not self.conn.poll(0):
+                raise self._lost()
+            rss_mb = _rss_mb(self.proc.pid)
+            if self.memory_limit_mb and rss_mb > self.memory_limit_mb:
+                self.close()
+                raise ChildKilled(
+                    "memory",
+                    f"child process killed at {rss_mb:.0f} MiB, over the memory limit of "
+                    f"{self.memory_limit_mb:.0f} MiB",
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                self.close()
+                raise ChildKilled(
+                    "timeout",
+                    f"still running after runtime.task_timeout_s = {timeout_s:g} s: stopped",
+                )
+
+    def _lost(self) -> ChildKilled:
+        self.proc.join(5)
+        code = self.proc.exitcode
+        self.close()
+        if code == -signal.SIGKILL or code == -signal.SIGSEGV or code is None:
+            what = f"signal {-code}" if code is not None else "unknown cause"
+        else:
+            what = f"exit code {code}"
+        return ChildKilled("worker-lost", f"child process died ({what})")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join(10)
+            self.proc.close()
+        if self.conn is not None:
+            self.conn.close()
+        self.proc, self.conn = None, None
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _serve(conn: Connection, parent: int) -> None:
+    """The child's loop: run each (fn, arg) received, send back ("ok", result) or ("error", …)."""
+    die_with_parent()
+    if os.getppid() != parent:  # the driver died before the request above took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    forward = _Forward(conn)
+    logging.getLogger("pipeline").addHandler(forward)
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    while True:
+        try:
+            fn, arg = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", fn(arg))
+        except Exception as error:
+            reply = ("error", (type(error).__name__, str(error), traceback.format_exc()))
+        conn.send(reply)
+
+
+class _Forward(logging.Handler):
+    """Send the child's log records to the driver, which logs them (its run log included)."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(logging.INFO)
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {k: v for k, v in vars(record).items() if k not in ("args", "exc_info")}
+            fields["msg"], fields["args"] = record.getMessage(), None
+            self.conn.send(("log", fields))
+        except Exception:  # a record that cannot be sent is not worth failing a task
+            self.handleError(record)
