@@ -128,8 +128,14 @@ def check_writable_dir(path: str | os.PathLike[str], key: str = "runtime.output_
     from pipeline.errors import OutputError
 
     path = Path(path)
+    refuse_system_dir(path, key)
     existing = path
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail with "File exists"
+            raise OutputError(
+                f"{key} {path}: {existing} is a symlink to {os.readlink(existing)}, which does "
+                f"not exist; create that directory, remove the link, or choose another {key}"
+            )
         existing = existing.parent  # probe the nearest existing folder: create nothing yet
     try:
         if not existing.is_dir():
@@ -143,6 +149,33 @@ def check_writable_dir(path: str | os.PathLike[str], key: str = "runtime.output_
             os.unlink(probe)
     except OSError as error:
         raise OutputError(f"{key} {path} cannot be written: {describe_os_error(error)}") from None
+
+
+# Folders of the operating system: never an output dir, nor anything under the first group
+# (a run as root would write forecasts/ and logs/ among system files). /usr/src, /var/lib, /opt,
+# /srv, /home/<user> and /tmp/<dir> stay valid (containers and CI run projects there).
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                 "/run", "/sbin", "/sys", "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib32",
+                 "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/share", "/var/log",
+                 "/var/spool", "/var/cache", "/var/mail")  # fmt: skip
+_SYSTEM_DIRS = ("/", "/usr", "/var", "/opt", "/srv", "/home", "/mnt", "/media", "/tmp",
+                "/usr/local", "/var/lib", "/var/tmp", "/snap")  # fmt: skip
+_ALLOWED_UNDER_SYSTEM = ("/dev/shm",)  # a RAM disk users pick on purpose
+
+
+def refuse_system_dir(path: str | os.PathLike[str], key: str = "runtime.output_dir") -> None:
+    """Raise OutputError when `path` (symlinks resolved) is `/` or a system directory."""
+    from pipeline.errors import OutputError
+
+    real = os.path.realpath(path)
+    inside = [t for t in _SYSTEM_TREES if real == t or real.startswith(t + "/")]
+    allowed = any(real == a or real.startswith(a + "/") for a in _ALLOWED_UNDER_SYSTEM)
+    if real in _SYSTEM_DIRS or (inside and not allowed):
+        shown = path if str(path) == real else f"{path} (= {real})"
+        raise OutputError(
+            f"{key} {shown} is a system directory; a study writes forecasts/, reports/, logs/ "
+            f"... there: choose a folder of its own, e.g. {key}=studies/my-study"
+        )
 
 
 def describe_os_error(error: OSError) -> str:

@@ -24,6 +24,14 @@ log = logging.getLogger("pipeline")
 OUTPUT_SUBDIRS = ("data/prepared", "train", "forecasts", "reports", "progress", "logs")
 
 
+_last_held: list[Path] = []  # the output dir this process last held (the error log's home)
+
+
+def last_held_output_dir() -> Path | None:
+    """The output dir this process last held a RunLock on (None before any run took one)."""
+    return _last_held[-1] if _last_held else None
+
+
 class OutputDirBusy(RuntimeError):
     """Another live run holds the output dir (exit code 2: the message names it and the fix)."""
 
@@ -45,6 +53,7 @@ class RunLock:
             os.close(fd)
             raise OutputDirBusy(self._busy_message(holder)) from None
         self._fd = fd
+        _last_held[:] = [self.output_dir]
         return self
 
     def __exit__(

@@ -1,0 +1,123 @@
+"""Hostile conditions around files (issue 22): an error log no one can redirect, system dirs
+refused, damaged or odd state that heals or fails in one line instead of a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_study
+
+from pipeline.cli import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _log_of(line: str) -> Path:
+    return Path(line.rsplit("(details: ", 1)[1].rstrip(")"))
+
+
+def test_error_log_never_follows_a_symlink_planted_at_a_predictable_name(tmp_path, capsys):
+    """Another user pre-creates `qpipe-error-<UTC second>-<pid>.log` links to a victim file."""
+    import tempfile
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    now = time.time()
+    planted = []
+    for second in range(-2, 30):  # the names the old code would pick in the next half minute
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now + second))
+        link = Path(tempfile.gettempdir()) / f"qpipe-error-{stamp}-{os.getpid()}.log"
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(victim)
+            planted.append(link)
+    try:
+        assert main(["run", "rolling_window.size=1", f"runtime.output_dir={tmp_path / 'o'}"]) == 2
+        log = _log_of(_error_line(capsys))
+    finally:
+        for link in planted:
+            link.unlink()
+    assert victim.read_text() == "precious\n"
+    assert not log.is_symlink() and log not in planted
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert "Traceback" in log.read_text()
+    log.unlink()
+
+
+@pytest.mark.parametrize("out", ["/", "/etc", "/usr/lib/qpipe-study", "/proc/self"])
+def test_a_system_dir_as_output_dir_exits_2_before_anything_is_written(out, capsys, monkeypatch):
+    from pipeline.runtime.run_lock import RunLock
+
+    def must_not_start(self):  # a regression fails here instead of writing a study into /etc
+        raise AssertionError(f"a run started in {self.output_dir}")
+
+    monkeypatch.setattr(RunLock, "__enter__", must_not_start)
+    before = sorted(os.listdir("/")) + sorted(os.listdir("/etc"))
+    assert main(["run", *tiny_study(), f"runtime.output_dir={out}"]) == 2
+    line = _error_line(capsys)
+    assert "system directory" in line and "runtime.output_dir" in line
+    assert sorted(os.listdir("/")) + sorted(os.listdir("/etc")) == before
+    assert not Path("/usr/lib/qpipe-study").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("rolling_window.size=100000", "rolling_window.size"),
+        ("models.ensemble_nn.parallel_models=100000", "models.ensemble_nn.parallel_models"),
+    ],
+)
+def test_huge_sizes_are_one_line_config_errors(tmp_path, capsys, override, key):
+    out = tmp_path / "out"
+    assert main(["run", *tiny_study(), override, f"runtime.output_dir={out}"]) == 2
+    assert key in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_a_dangling_output_dir_symlink_is_one_line(tmp_path, capsys):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    assert main(["run", *tiny_study(), f"runtime.output_dir={link}"]) == 2
+    line = _error_line(capsys)
+    assert "symlink" in line and str(tmp_path / "gone") in line
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+def test_a_truncated_timings_file_heals(tmp_path, capsys):
+    from pipeline.runtime.timings import read_timings
+
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "timings.json").write_text('{"prepare": {"seconds": 0.1')  # torn write
+    assert main(["run", *tiny_study(), f"runtime.output_dir={out}"]) == 0, capsys.readouterr()
+    timings = json.loads((out / "logs" / "timings.json").read_text())
+    assert {"prepare", "probe", "assemble"} <= set(timings)
+    assert read_timings(out) == timings
+
+
+def test_a_full_disk_under_sqlite_is_the_disk_full_message(tmp_path, capsys, monkeypatch):
+    """SQLITE_FULL (a real one: the store may not grow past its size) is one line, exit 2."""
+    from pipeline.runtime.progress import ProgressStore
+
+    start_run = ProgressStore.start_run
+
+    def fill_up(self, *args, **kwargs):
+        (pages,) = self.conn.execute("PRAGMA page_count").fetchone()
+        self.conn.execute(f"PRAGMA max_page_count = {pages}")
+        return start_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProgressStore, "start_run", fill_up)
+    out = tmp_path / "out"
+    assert main(["run", *tiny_study(), f"runtime.output_dir={out}"]) == 2
+    line = _error_line(capsys)
+    assert "database or disk is full" in line and "free disk space" in line
+    assert not (out / "progress" / "damaged").exists()  # a full disk is not a damaged store
