@@ -121,3 +121,74 @@ def test_a_full_disk_under_sqlite_is_the_disk_full_message(tmp_path, capsys, mon
     line = _error_line(capsys)
     assert "database or disk is full" in line and "free disk space" in line
     assert not (out / "progress" / "damaged").exists()  # a full disk is not a damaged store
+
+
+def _cli_bounded(argv: list[str], seconds: float) -> tuple[int, str, float, float]:
+    """Run the CLI in a child: (exit code, stderr, wall seconds, peak RSS in MB via os.wait4).
+
+    A child still running after `seconds` is killed (and reported as rc -9), so a hang fails
+    the test instead of stalling the suite.
+    """
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - start > seconds:
+            child.kill()
+            pid, status, usage = os.wait4(child.pid, 0)
+            break
+        time.sleep(0.05)
+    wall = time.monotonic() - start
+    err = child.stderr.read().decode()
+    child.stderr.close()
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return child.returncode, err, wall, usage.ru_maxrss / 1024
+
+
+@pytest.fixture
+def junk_gigabyte(tmp_path: Path):
+    """1 GiB 'CSV' with a valid header: 600k rows of junk values, then a sparse hole (NULs)."""
+    path = tmp_path / "junk.csv"
+    with open(path, "wb") as handle:
+        handle.write(b"TIME,COUNTRY,inflation\n" + b"2019-01,C01,abc\n" * 600_000)
+        handle.truncate(2**30)
+    yield path
+    path.unlink()
+
+
+def test_hostile_data_paths_exit_2_within_seconds_and_bounded_memory(tmp_path, junk_gigabyte):
+    """/dev/zero, a FIFO without a writer and a 1 GB junk file (over data.max_file_mb, and
+    under a raised limit where the values are checked as the file streams): each one line,
+    exit 2, within 10 s and 1 GB of peak memory."""
+    fifo = tmp_path / "panel.csv"
+    os.mkfifo(fifo)
+    cases = [
+        ([f"data.path={Path('/dev/zero')}"], "character device"),
+        ([f"data.path={fifo}"], "FIFO"),
+        ([f"data.path={junk_gigabyte}"], "data.max_file_mb"),
+        ([f"data.path={junk_gigabyte}", "data.max_file_mb=4096"], "non-numeric values"),
+    ]
+    out = tmp_path / "out"
+    for extra, needle in cases:
+        argv = ["run", *tiny_study(), "data.source=panel", "data.target=inflation", *extra]
+        rc, err, wall, peak_mb = _cli_bounded([*argv, f"runtime.output_dir={out}"], 30)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(lines) == 1 and needle in lines[0], (extra, rc, err[-2000:])
+        assert "Traceback" not in err
+        assert wall < 10, (extra, wall)
+        assert peak_mb < 1024, (extra, peak_mb)
+        assert not (out / "data").exists()  # nothing prepared from it

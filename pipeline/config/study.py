@@ -77,6 +77,9 @@ class DataConfig:
     max_abs_value: float | None = field(
         metadata=rule(lambda v: v is None or v > 0, "null (no bound) or a number > 0")
     )
+    # the largest data file read (MB, on disk and after decompression): a wrong path (a disk
+    # image, a log) fails at once instead of filling memory
+    max_file_mb: float = field(metadata=at_least(1, "a size in MB >= 1"))
     synthetic: SyntheticConfig
 
 
