@@ -173,14 +173,18 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.config.compose import load_params
 
     config = load_params(Path(args.params))
-    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: outputs must be where dvc.yaml says
+    under_dvc = bool(os.environ.get("DVC_STAGE"))
+    if under_dvc:  # run by `dvc repro`: outputs must be where dvc.yaml says
         _check_dvc_paths(config)
     from pipeline.io import check_writable_dir, refuse_system_dir
 
     refuse_system_dir(config.output_dir)  # before the lock creates anything there
     if args.name == "prepare":  # the first stage: a bad output dir fails before any work
         check_writable_dir(config.output_dir)
-    with RunLock(config.output_dir):  # one run per output dir (dvc stages, too)
+    from pipeline.runtime.manifest import tracking
+
+    # one run per output dir (dvc stages, too); only files of its own are rewritten or removed
+    with RunLock(config.output_dir), tracking(config, by_naming=under_dvc):
         remove_temp_files(config.output_dir)
         return _run_stage(args, config)
 

@@ -6,13 +6,26 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+_write_guard: list[Callable[[Path], None]] = []
+
+
+def set_write_guard(
+    guard: Callable[[Path], None] | None,
+) -> Callable[[Path], None] | None:
+    """Install `guard` (called with each atomic write's target before anything is written; it
+    may raise to refuse): the run's record of its own files (pipeline.runtime.manifest).
+    Returns the previous guard."""
+    previous = _write_guard[0] if _write_guard else None
+    _write_guard[:] = [guard] if guard is not None else []
+    return previous
 
 
 @contextmanager
@@ -22,6 +35,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     A crash at any point leaves either the old file or the new one, never a torn file.
     """
     target = Path(target)
+    for guard in _write_guard:
+        guard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     # mkstemp creates 0600; an output is for others too (a web server, a colleague): umask rules

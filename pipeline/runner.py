@@ -21,6 +21,7 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     """Run every stage in-process for one validated config; stage wall times go to logs/."""
     from pipeline.data import check_data_path
     from pipeline.io import check_writable_dir
+    from pipeline.runtime.manifest import tracking
     from pipeline.runtime.run_lock import RunLock, remove_temp_files
 
     # before any work: a bad output location fails in one line and touches nothing
@@ -29,7 +30,7 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     if config.model_cache_dir != config.output_dir / "models":
         check_writable_dir(config.model_cache_dir, "runtime.model_cache_dir")
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
-    with RunLock(config.output_dir):
+    with RunLock(config.output_dir), tracking(config):
         remove_temp_files(config.output_dir)
         return _run_locked(config, dry_run)
 

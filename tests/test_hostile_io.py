@@ -96,9 +96,10 @@ def test_a_truncated_timings_file_heals(tmp_path, capsys):
     from pipeline.runtime.timings import read_timings
 
     out = tmp_path / "out"
-    (out / "logs").mkdir(parents=True)
+    argv = ["run", *tiny_study(), f"runtime.output_dir={out}"]
+    assert main(argv) == 0, capsys.readouterr()
     (out / "logs" / "timings.json").write_text('{"prepare": {"seconds": 0.1')  # torn write
-    assert main(["run", *tiny_study(), f"runtime.output_dir={out}"]) == 0, capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr()
     timings = json.loads((out / "logs" / "timings.json").read_text())
     assert {"prepare", "probe", "assemble"} <= set(timings)
     assert read_timings(out) == timings
@@ -192,3 +193,92 @@ def test_hostile_data_paths_exit_2_within_seconds_and_bounded_memory(tmp_path, j
         assert wall < 10, (extra, wall)
         assert peak_mb < 1024, (extra, peak_mb)
         assert not (out / "data").exists()  # nothing prepared from it
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_user_files_in_an_output_dir_are_kept_byte_for_byte(tmp_path, capsys):
+    """The issue's dir: a figure, a parquet file and a `.tmp` of the user's, among the study's
+    folders, plus a temp file a killed atomic write of the product left (removed)."""
+    out = tmp_path / "out"
+    user = {
+        "reports/figure1.png": b"\x89PNG user figure",
+        "forecasts/my.parquet": b"user parquet",
+        "logs/.session.tmp": b"user session",
+        ".notes.tmp": b"user notes",
+        "forecasts/.my.parquet.abcd1234.tmp": b"user temp of a user file",
+    }
+    for rel, data in user.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    killed = out / "forecasts" / ".all.parquet.k1ll3d_x.tmp"  # the product's own leftover
+    killed.write_bytes(b"torn")
+    argv = ["run", *tiny_study(), f"runtime.output_dir={out}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert not killed.exists()
+    tree = _tree(out)
+    assert {rel: tree.get(rel) for rel in user} == user
+    manifest = json.loads((out / "logs" / "qpipe-manifest.json").read_text())
+    assert "forecasts/all.parquet" in manifest["files"]
+    assert not set(user) & set(manifest["files"])
+    lqr_tables = [rel for rel in tree if rel.startswith("forecasts/lqr_")]
+    assert lqr_tables
+    # a rerun without lqr removes the study's stale lqr tables, and still no file of the user's
+    assert main([*argv, "models.lqr.enabled=false"]) == 0, capsys.readouterr().err
+    tree = _tree(out)
+    assert not [rel for rel in tree if rel.startswith("forecasts/lqr_")]
+    assert {rel: tree.get(rel) for rel in user} == user
+
+
+@pytest.mark.parametrize("rel", ["metrics.json", "forecasts/all.parquet", "train/ar_qr.parquet"])
+def test_a_user_file_where_the_study_would_write_is_exit_2_naming_it(tmp_path, capsys, rel):
+    out = tmp_path / "out"
+    (out / rel).parent.mkdir(parents=True)
+    (out / rel).write_bytes(b"the user's own")
+    before = _tree(out)
+    assert main(["run", *tiny_study(), f"runtime.output_dir={out}"]) == 2
+    line = _error_line(capsys)
+    assert str(out / rel) in line and "not written by this pipeline" in line
+    assert _tree(out) == before
+
+
+def test_missing_fits_that_train_gave_up_on_say_failed(tmp_path, fake_adapters, monkeypatch):
+    import copy
+
+    import pandas as pd
+    from conftest import ROOT, SMALL_STUDY, make_config
+
+    from pipeline.runtime.plan import ModelPlan, Plan
+    from pipeline.runtime.progress import db_path, read_table
+    from pipeline.stages.assemble import assemble
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import run_train
+
+    monkeypatch.setenv("FAKE_FAIL_COUNTRIES", "C02")
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "retries": 0})
+    config = make_config(d)
+    prepare(config, ROOT)
+    plan = Plan(n_workers=1, memory_limit_mb=2048, models={"fake_fail": ModelPlan(0, 8, 0)})
+    assert run_train(config, "fake_fail", plan).failed == 24
+    fits = read_table(db_path(config.output_dir), "progress")
+    expected = pd.DataFrame(
+        {
+            "MODEL": fits["model"],
+            "COUNTRY": fits["country"],
+            "HORIZON": fits["horizon"],
+            "QUANTILE": fits["quantile"],
+            "WINDOW_END": pd.to_datetime(fits["origin"]),
+        }
+    )
+    result = assemble(config.output_dir, "inflation", expected=expected, mcs=(0.1, 20, 0))
+    missing = pd.read_parquet(result.missing)
+    assert len(missing) == (fits["status"] == "failed").sum() and len(missing) > 0
+    assert set(missing["COUNTRY"]) == {"C02"}
+    assert set(missing["REASON"]) == {"failed"}
