@@ -29,7 +29,7 @@ import yaml
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
 from pipeline.errors import OutputError
-from pipeline.runtime.run_lock import OutputDirBusy, RunLock, remove_temp_files
+from pipeline.runtime.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -39,6 +39,8 @@ log = logging.getLogger("pipeline")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.runtime.logs import configure_terminal_logging
+
+    forget_held()  # the error log goes to this command's output dir only
 
     # Dask's INFO chatter (nanny/scheduler lifecycle) goes to the run log only
     configure_terminal_logging()

@@ -282,3 +282,26 @@ def test_missing_fits_that_train_gave_up_on_say_failed(tmp_path, fake_adapters, 
     assert len(missing) == (fits["status"] == "failed").sum() and len(missing) > 0
     assert set(missing["COUNTRY"]) == {"C02"}
     assert set(missing["REASON"]) == {"failed"}
+
+
+def test_an_error_during_a_run_logs_under_its_output_dir_and_only_its_own(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import pipeline.stages.prepare as prepare_module
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.parquet"))
+
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)  # a run is under way there: its logs/ is usable
+    monkeypatch.setattr(prepare_module, "write_parquet", no_space)
+    assert main(["run", *tiny_study(), f"runtime.output_dir={out}"]) == 2
+    log = _log_of(_error_line(capsys))
+    assert log.parent == out / "logs" and stat.S_IMODE(log.stat().st_mode) == 0o600
+    # the next command fails before holding a dir: its log is not put in the last one's dir
+    assert main(["run", "rolling_window.size=1", f"runtime.output_dir={out}"]) == 2
+    other = _log_of(_error_line(capsys))
+    assert other.parent != out / "logs"
+    other.unlink()

@@ -29,8 +29,13 @@ _last_held: list[Path] = []  # the output dir this process last held (the error 
 
 
 def last_held_output_dir() -> Path | None:
-    """The output dir this process last held a RunLock on (None before any run took one)."""
+    """The output dir this process last held a RunLock on since `forget_held` (None if none)."""
     return _last_held[-1] if _last_held else None
+
+
+def forget_held() -> None:
+    """Start of a command: an output dir an earlier command held is not this one's."""
+    _last_held.clear()
 
 
 class OutputDirBusy(RuntimeError):
