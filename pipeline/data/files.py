@@ -101,7 +101,8 @@ class _Guard(io.RawIOBase):
         if b"\0" in block:
             raise DataError(
                 f"{self.path} holds binary data (NUL bytes near byte {self.total - n:,}), not "
-                "text; point data.path at the CSV or TSV file itself"
+                "UTF-8 text; point data.path at the CSV or TSV file itself (a UTF-16 export: "
+                "save it as UTF-8)"
             )
         last = block.rfind(b"\n")
         self.line = self.line + n if last < 0 else n - last - 1
@@ -160,6 +161,8 @@ def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
             f"{path} is a truncated or corrupt compressed file ({_first_line(error)}); "
             "copy or download it again"
         ) from None
+    if not chunks:
+        raise DataError(f"{path} has no header and no rows; point data.path at the full file")
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
     return _require_rows(frame, path)
 
