@@ -20,6 +20,7 @@ import argparse
 import errno
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import yaml
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
 from pipeline.errors import OutputError
-from pipeline.runtime.run_lock import OutputDirBusy, RunLock, remove_temp_files
+from pipeline.runtime.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -38,6 +39,8 @@ log = logging.getLogger("pipeline")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.runtime.logs import configure_terminal_logging
+
+    forget_held()  # the error log goes to this command's output dir only
 
     # Dask's INFO chatter (nanny/scheduler lifecycle) goes to the run log only
     configure_terminal_logging()
@@ -51,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.io import describe_os_error
 
         return _bad_input(f"cannot write: {describe_os_error(error)}")
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        return _bad_input(
+            f"cannot write the progress store (progress/progress.sqlite): {error}; free disk "
+            "space there, or point runtime.output_dir at a disk with room"
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -69,18 +79,36 @@ def _bad_input(message: str) -> int:
 
 
 def _write_error_log() -> Path | None:
-    """The traceback, in the system temp dir: a failed start writes nothing in the output dir."""
+    """The traceback, in a new file of mode 0600 that no one else can have prepared.
+
+    Under `{output_dir}/logs/` when this run held its output dir and the run's logs/ folder is
+    there (a start refused for bad input leaves the dir as it was), else in the system temp
+    dir. mkstemp picks an unpredictable name and opens it with O_CREAT | O_EXCL (a symlink
+    planted at any name is never followed).
+    """
     import tempfile
     import traceback
 
-    from pipeline.runtime.logs import new_run_id
+    from pipeline.runtime.run_lock import last_held_output_dir
 
-    path = Path(tempfile.gettempdir()) / f"qpipe-{new_run_id('error')}.log"
+    held = last_held_output_dir()
+    logs = held / "logs" if held is not None else None
+    folder = logs if logs is not None and logs.is_dir() and not logs.is_symlink() else None
     try:
-        path.write_text(traceback.format_exc(), encoding="utf-8")
+        fd, name = tempfile.mkstemp(prefix="qpipe-error-", suffix=".log", dir=folder)
+    except OSError:
+        if folder is None:
+            return None
+        try:  # the output dir filled up or went away meanwhile: the temp dir still works
+            fd, name = tempfile.mkstemp(prefix="qpipe-error-", suffix=".log")
+        except OSError:
+            return None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc())
     except OSError:
         return None
-    return path
+    return Path(name)
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -147,13 +175,18 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.config.compose import load_params
 
     config = load_params(Path(args.params))
-    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: outputs must be where dvc.yaml says
+    under_dvc = bool(os.environ.get("DVC_STAGE"))
+    if under_dvc:  # run by `dvc repro`: outputs must be where dvc.yaml says
         _check_dvc_paths(config)
-    if args.name == "prepare":  # the first stage: a bad output dir fails before any work
-        from pipeline.io import check_writable_dir
+    from pipeline.io import check_writable_dir, refuse_system_dir
 
+    refuse_system_dir(config.output_dir)  # before the lock creates anything there
+    if args.name == "prepare":  # the first stage: a bad output dir fails before any work
         check_writable_dir(config.output_dir)
-    with RunLock(config.output_dir):  # one run per output dir (dvc stages, too)
+    from pipeline.runtime.manifest import tracking
+
+    # one run per output dir (dvc stages, too); only files of its own are rewritten or removed
+    with RunLock(config.output_dir), tracking(config, by_naming=under_dvc):
         remove_temp_files(config.output_dir)
         return _run_stage(args, config)
 

@@ -6,13 +6,26 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+_write_guard: list[Callable[[Path], None]] = []
+
+
+def set_write_guard(
+    guard: Callable[[Path], None] | None,
+) -> Callable[[Path], None] | None:
+    """Install `guard` (called with each atomic write's target before anything is written; it
+    may raise to refuse): the run's record of its own files (pipeline.runtime.manifest).
+    Returns the previous guard."""
+    previous = _write_guard[0] if _write_guard else None
+    _write_guard[:] = [guard] if guard is not None else []
+    return previous
 
 
 @contextmanager
@@ -22,6 +35,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     A crash at any point leaves either the old file or the new one, never a torn file.
     """
     target = Path(target)
+    for guard in _write_guard:
+        guard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     # mkstemp creates 0600; an output is for others too (a web server, a colleague): umask rules
@@ -128,8 +143,14 @@ def check_writable_dir(path: str | os.PathLike[str], key: str = "runtime.output_
     from pipeline.errors import OutputError
 
     path = Path(path)
+    refuse_system_dir(path, key)
     existing = path
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail with "File exists"
+            raise OutputError(
+                f"{key} {path}: {existing} is a symlink to {os.readlink(existing)}, which does "
+                f"not exist; create that directory, remove the link, or choose another {key}"
+            )
         existing = existing.parent  # probe the nearest existing folder: create nothing yet
     try:
         if not existing.is_dir():
@@ -143,6 +164,33 @@ def check_writable_dir(path: str | os.PathLike[str], key: str = "runtime.output_
             os.unlink(probe)
     except OSError as error:
         raise OutputError(f"{key} {path} cannot be written: {describe_os_error(error)}") from None
+
+
+# Folders of the operating system: never an output dir, nor anything under the first group
+# (a run as root would write forecasts/ and logs/ among system files). /usr/src, /var/lib, /opt,
+# /srv, /home/<user> and /tmp/<dir> stay valid (containers and CI run projects there).
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                 "/run", "/sbin", "/sys", "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib32",
+                 "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/share", "/var/log",
+                 "/var/spool", "/var/cache", "/var/mail")  # fmt: skip
+_SYSTEM_DIRS = ("/", "/usr", "/var", "/opt", "/srv", "/home", "/mnt", "/media", "/tmp",
+                "/usr/local", "/var/lib", "/var/tmp", "/snap")  # fmt: skip
+_ALLOWED_UNDER_SYSTEM = ("/dev/shm",)  # a RAM disk users pick on purpose
+
+
+def refuse_system_dir(path: str | os.PathLike[str], key: str = "runtime.output_dir") -> None:
+    """Raise OutputError when `path` (symlinks resolved) is `/` or a system directory."""
+    from pipeline.errors import OutputError
+
+    real = os.path.realpath(path)
+    inside = [t for t in _SYSTEM_TREES if real == t or real.startswith(t + "/")]
+    allowed = any(real == a or real.startswith(a + "/") for a in _ALLOWED_UNDER_SYSTEM)
+    if real in _SYSTEM_DIRS or (inside and not allowed):
+        shown = path if str(path) == real else f"{path} (= {real})"
+        raise OutputError(
+            f"{key} {shown} is a system directory; a study writes forecasts/, reports/, logs/ "
+            f"... there: choose a folder of its own, e.g. {key}=studies/my-study"
+        )
 
 
 def describe_os_error(error: OSError) -> str:

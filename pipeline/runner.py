@@ -19,27 +19,26 @@ log = logging.getLogger("pipeline")
 
 def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     """Run every stage in-process for one validated config; stage wall times go to logs/."""
+    from pipeline.data import check_data_path
     from pipeline.io import check_writable_dir
+    from pipeline.runtime.manifest import tracking
     from pipeline.runtime.run_lock import RunLock, remove_temp_files
 
     # before any work: a bad output location fails in one line and touches nothing
     check_writable_dir(config.output_dir)
+    check_data_path(config.data, Path.cwd())  # a device or FIFO as data.path: refused unread
     if config.model_cache_dir != config.output_dir / "models":
         check_writable_dir(config.model_cache_dir, "runtime.model_cache_dir")
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
-    with RunLock(config.output_dir):
+    with RunLock(config.output_dir), tracking(config):
         remove_temp_files(config.output_dir)
         return _run_locked(config, dry_run)
 
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.io import write_text
-    from pipeline.runtime.shared_cluster import SharedCluster
     from pipeline.runtime.timings import record_stage, timed_stage
     from pipeline.stages.prepare import prepare
-    from pipeline.stages.probe import run_probe
-    from pipeline.stages.study import assemble_study
-    from pipeline.stages.train import run_train
 
     root = Path.cwd()
     if dry_run:
@@ -48,6 +47,12 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     started = time.perf_counter()
     result = prepare(config, root)  # validates the data first: a bad input writes nothing
     record_stage(out, "prepare", time.perf_counter() - started)
+    # the later stages' imports (Dask, torch, scipy) after the data passed: bad data fails fast
+    from pipeline.runtime.shared_cluster import SharedCluster
+    from pipeline.stages.probe import run_probe
+    from pipeline.stages.study import assemble_study
+    from pipeline.stages.train import run_train
+
     log.info(
         "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
     )

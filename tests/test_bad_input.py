@@ -70,6 +70,7 @@ def earlier_run(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     (out / "data" / "prepared").mkdir(parents=True)
     (out / "data" / "prepared" / "panel.parquet").write_bytes(b"earlier panel")
+    (out / "data" / "prepared" / "meta.json").write_text('{"earlier": 1}\n')  # as prepare writes
     (out / "metrics.json").write_text('{"earlier": 1}\n')
     return out
 

@@ -47,14 +47,23 @@ def test_a_held_dir_refuses_a_second_holder_and_a_killed_holder_never_blocks(
 
 
 def test_temp_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
+    """Temp files named as pipeline.io.atomic_path names them (mkstemp's 8 random characters)
+    next to a file the product writes go; a user's `.tmp` files stay."""
+    import tempfile
+
     (tmp_path / "train").mkdir()
-    stale = [tmp_path / "train/.ar_qr.parquet.abc123.tmp", tmp_path / ".probe.json.x1.tmp"]
-    for p in stale:
-        p.write_bytes(b"torn")
-    keep = tmp_path / "train/ar_qr.parquet"
-    keep.write_bytes(b"ok")
+    stale = []
+    for folder, name in (("train", "ar_qr.parquet"), (".", "probe.json")):
+        fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=tmp_path / folder)
+        os.write(fd, b"torn")
+        os.close(fd)
+        stale.append(Path(path))
+    keep = [tmp_path / "train/ar_qr.parquet", tmp_path / ".session.tmp",
+            tmp_path / "train/.notes.txt.abcd1234.tmp"]  # fmt: skip
+    for p in keep:
+        p.write_bytes(b"ok")
     assert sorted(remove_temp_files(tmp_path)) == sorted(stale)
-    assert keep.exists() and not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
 
 
 def _run(out: Path, cwd: Path) -> subprocess.Popen[str]:

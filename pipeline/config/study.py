@@ -17,7 +17,14 @@ import pandas as pd
 
 from pipeline.config.structured import ConfigError, build
 from pipeline.models import registry
-from pipeline.models.rules import QUANTILE_LEVEL, at_least, check_quantiles, declared, rule
+from pipeline.models.rules import (
+    QUANTILE_LEVEL,
+    at_least,
+    check_quantiles,
+    declared,
+    is_integer,
+    rule,
+)
 
 __all__ = ["ConfigError", "StudyConfig", "validate"]
 
@@ -70,12 +77,19 @@ class DataConfig:
     max_abs_value: float | None = field(
         metadata=rule(lambda v: v is None or v > 0, "null (no bound) or a number > 0")
     )
+    # the largest data file read (MB, on disk and after decompression): a wrong path (a disk
+    # image, a log) fails at once instead of filling memory
+    max_file_mb: float = field(metadata=at_least(1, "a size in MB >= 1"))
     synthetic: SyntheticConfig
 
 
 @dataclass(frozen=True)
 class RollingWindowConfig:
-    size: int = field(metadata=at_least(2, "a window of at least 2 months"))
+    # at most 100 years: a larger window cannot fit any data and its start month is out of
+    # the calendar's range
+    size: int = field(
+        metadata=rule(lambda v: is_integer(v) and 2 <= v <= 1200, "a window of 2 to 1200 months")
+    )
     step: int = field(metadata=at_least(1, "a step of at least 1 month"))
     start_date: str
     end_date: str

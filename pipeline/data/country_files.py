@@ -14,7 +14,7 @@ import dask.dataframe as dd
 import pandas as pd
 
 from pipeline.data.errors import DataError
-from pipeline.data.files import read_csv_text, read_parquet_file
+from pipeline.data.files import NO_LIMITS, ReadLimits, read_csv_text, read_parquet_file
 from pipeline.schema import COUNTRY, TIME
 
 _SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
@@ -40,12 +40,20 @@ def country_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_country_file(path: Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """One file as a tidy frame: its country (from the name) as COUNTRY, TIME, value columns."""
+def read_country_file(
+    path: Path, columns: tuple[str, ...] | None = None, limits: ReadLimits = NO_LIMITS
+) -> pd.DataFrame:
+    """One file as a tidy frame: its country (from the name) as COUNTRY, TIME, value columns.
+
+    The chunk check of `limits` sees each chunk with its COUNTRY column already in place.
+    """
+    if limits.check is not None:
+        check, country = limits.check, country_of(path)
+        limits = ReadLimits(limits.max_bytes, lambda chunk: check(_with_country(chunk, country)))
     frame = (
-        read_parquet_file(path)
+        read_parquet_file(path, limits)
         if path.suffix.lower() in (".parquet", ".pq")
-        else read_csv_text(path)
+        else read_csv_text(path, limits)
     )
     if TIME not in frame.columns:
         raise DataError(f"{path} has no {TIME} column; columns are {list(frame.columns)}")
@@ -63,14 +71,20 @@ def read_country_file(path: Path, columns: tuple[str, ...] | None = None) -> pd.
     return frame
 
 
-def read_country_dir(folder: Path) -> pd.DataFrame:
+def _with_country(chunk: pd.DataFrame, country: str) -> pd.DataFrame:
+    if COUNTRY in chunk.columns:
+        return chunk  # read_country_file names that problem itself
+    return chunk.assign(**{COUNTRY: country})
+
+
+def read_country_dir(folder: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
     """Every per-country file of `folder` as one tidy frame (one Dask partition per file)."""
     files = country_files(folder)
-    first = read_country_file(files[0])
+    first = read_country_file(files[0], limits=limits)
     columns = tuple(c for c in first.columns if c != COUNTRY)
     dtypes = {c: (first[c].dtype if c == TIME else object) for c in first.columns}
     frame = dd.from_map(
-        lambda path: read_country_file(path, columns).astype(dtypes),
+        lambda path: read_country_file(path, columns, limits).astype(dtypes),
         files,
         meta=first.iloc[0:0].astype(dtypes),
     )

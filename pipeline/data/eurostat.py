@@ -18,13 +18,21 @@ import re
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError
-from pipeline.data.files import read_csv_text
+from pipeline.data.files import (
+    NO_LIMITS,
+    ReadLimits,
+    check_source,
+    open_guarded,
+    read_csv_text,
+    read_prefix,
+)
 from pipeline.data.tidy import parse_months
 from pipeline.io import atomic_path
 
@@ -34,32 +42,63 @@ KNOWN_DATASETS = ("prc_hicp_manr", "prc_hicp_minr")
 _VALUE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)?\s*([a-z ]*)$")
 
 
-def load_eurostat(data: DataConfig, root: Path) -> pd.DataFrame:
+def load_eurostat(data: DataConfig, root: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
     """Read data.path (tidy CSV or bulk TSV); without a path, the cached or downloaded dataset."""
     if data.path is not None:
         path = Path(data.path) if Path(data.path).is_absolute() else root / data.path
+        check_source(path, limits)
         if not path.exists():
             raise DataError(
                 f"Eurostat file {path} does not exist; set data.path to the file "
                 "(e.g. data/eurostat/hicp_manr.csv.gz, shipped in the repo) or data.path=null to download"
             )
-        return read_eurostat_file(path, data.dataset)
-    return read_eurostat_file(download(data.dataset, root / data.raw_dir), data.dataset)
+        return read_eurostat_file(path, data.dataset, limits)
+    return read_eurostat_file(download(data.dataset, root / data.raw_dir), data.dataset, limits)
 
 
-def read_eurostat_file(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFrame:
+def read_eurostat_file(
+    path: Path, dataset: str = "prc_hicp_manr", limits: ReadLimits = NO_LIMITS
+) -> pd.DataFrame:
+    check_source(path, limits)
     if _is_bulk_tsv(path):
-        return read_eurostat_tsv(path, dataset)
-    return read_csv_text(path)
+        return read_eurostat_tsv(path, dataset, limits)
+    return read_csv_text(path, limits)
 
 
-def read_eurostat_tsv(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFrame:
-    """Parse a bulk TSV (plain or gzipped) into the tidy layout. Only `unit` RCH_A rows for rates."""
-    text = _read_text(path)
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+def read_eurostat_tsv(
+    path: Path, dataset: str = "prc_hicp_manr", limits: ReadLimits = NO_LIMITS
+) -> pd.DataFrame:
+    """Parse a bulk TSV (plain or gzipped) into the tidy layout. Only `unit` RCH_A rows for rates.
+
+    Read line by line through the guarded stream: a bad value stops the read at its line.
+    """
+    check_source(path, limits)
+    try:
+        with open_guarded(path, limits) as stream:
+            records = _tsv_records(io.TextIOWrapper(stream, encoding="utf-8"), path, dataset)
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as error:
+        raise DataError(
+            f"{path} is truncated, corrupt or not UTF-8 text ({error}); copy or download it again"
+        ) from None
+    if not records:
+        raise DataError(f"{path}: no monthly rows found")
+    long = pd.DataFrame.from_records(records, columns=["TIME", "COUNTRY", "column", "value"])
+    long["TIME"] = parse_months(long["TIME"], str(path))
+    tidy = long.pivot_table(
+        index=["TIME", "COUNTRY"], columns="column", values="value", aggfunc="first", dropna=False
+    )
+    tidy.columns.name = None
+    return tidy.reset_index()
+
+
+def _tsv_records(
+    lines: Iterable[str], path: Path, dataset: str
+) -> list[tuple[str, str, str, float]]:
+    numbered = ((n, line) for n, line in enumerate(lines, start=1) if line.strip())
+    first = next(numbered, None)
+    if first is None:
         raise DataError(f"{path} is empty")
-    header = lines[0].split("\t")
+    header = first[1].rstrip("\r\n").split("\t")
     dims = header[0].split(",")
     if not dims or "\\" not in dims[-1]:
         raise DataError(
@@ -71,8 +110,8 @@ def read_eurostat_tsv(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFram
         raise DataError(f"{path}: no 'geo' dimension in the header {header[0]!r}")
     periods = [cell.strip() for cell in header[1:]]
     records = []
-    for number, line in enumerate(lines[1:], start=2):
-        cells = line.split("\t")
+    for number, line in numbered:
+        cells = line.rstrip("\r\n").split("\t")
         keys = dict(zip(dims, cells[0].split(","), strict=False))
         if keys.get("freq", "M") != "M":
             continue
@@ -83,15 +122,7 @@ def read_eurostat_tsv(path: Path, dataset: str = "prc_hicp_manr") -> pd.DataFram
         column = f"{dataset}_{coicop}" if unit == "RCH_A" else f"{dataset}_{coicop}_{unit}"
         for period, cell in zip(periods, cells[1:], strict=False):
             records.append((period, keys["geo"], column, _parse_value(cell, path, number)))
-    if not records:
-        raise DataError(f"{path}: no monthly rows found")
-    long = pd.DataFrame.from_records(records, columns=["TIME", "COUNTRY", "column", "value"])
-    long["TIME"] = parse_months(long["TIME"], str(path))
-    tidy = long.pivot_table(
-        index=["TIME", "COUNTRY"], columns="column", values="value", aggfunc="first", dropna=False
-    )
-    tidy.columns.name = None
-    return tidy.reset_index()
+    return records
 
 
 def download(dataset: str, raw_dir: Path, timeout: float = 60.0) -> Path:
@@ -128,18 +159,8 @@ def _parse_value(cell: str, path: Path, line: int) -> float:
     return float(match.group(1))
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return io.BytesIO(raw).read().decode("utf-8")
-    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as error:
-        raise DataError(
-            f"{path} is truncated, corrupt or not UTF-8 text ({error}); copy or download it again"
-        ) from None
-
-
 def _is_bulk_tsv(path: Path) -> bool:
-    head = _read_text(path)[:200] if path.stat().st_size < 50_000_000 else ""
-    return "\\TIME_PERIOD" in head.split("\n", 1)[0] or "\\time" in head.split("\n", 1)[0].lower()
+    """Sniff the first line of a bounded prefix (a device or a huge file is never read whole)."""
+    head = read_prefix(path).decode("utf-8", errors="replace")
+    first = head.split("\n", 1)[0]
+    return "\\TIME_PERIOD" in first or "\\time" in first.lower()

@@ -3,23 +3,149 @@
 CSV cells are read as text (only an empty cell is missing): whether `n/a` or `1,5` is a number
 is `pipeline.data.values`' decision, made with the column and country in hand, not pandas'
 silent guess.
+
+A data file may be hostile (a device, a FIFO, a huge or binary file): `check_source` accepts
+only a regular file or a directory, and text is read through a guarded stream that stops at
+data.max_file_mb (also after decompression), at a NUL byte and at an absurdly long line, in
+chunks that `ReadLimits.check` validates as they arrive. A bad file fails within its first
+chunk; memory stays bounded by the size limit.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import os
+import stat
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.data.errors import DataError
 
+CHUNK_ROWS = 50_000
+MAX_LINE_BYTES = 1 << 20  # no line of a monthly panel comes near 1 MiB
+SNIFF_BYTES = 64 << 10  # what a layout sniffer may read
+_BLOCK = 1 << 20
 
-def read_csv_text(path: Path) -> pd.DataFrame:
-    """Every cell as a string; an empty cell is missing. Compressed files (.gz) are read as is."""
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much of a data file may be read, and the check each chunk of rows must pass."""
+
+    max_bytes: int | None = None  # data.max_file_mb: on disk and after decompression
+    check: Callable[[pd.DataFrame], None] | None = None
+
+
+NO_LIMITS = ReadLimits()
+
+
+def check_source(path: Path, limits: ReadLimits = NO_LIMITS, key: str = "data.path") -> None:
+    """Raise DataError unless `path` is a regular file (within the size limit) or a directory."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        st = os.stat(path)
+    except FileNotFoundError:
+        return  # each source says what it expected there
+    except OSError as error:
+        raise DataError(f"{key} {path} cannot be read ({error.strerror}); check it") from None
+    if stat.S_ISDIR(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise DataError(
+            f"{key} {path} is {kind}, not a data file; point {key} at a CSV, parquet or TSV "
+            "file, or at a directory of per-country files"
+        )
+    if limits.max_bytes is not None and st.st_size > limits.max_bytes:
+        raise DataError(_too_big(path, st.st_size, limits.max_bytes))
+
+
+_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _too_big(path: Path, size: int, limit: int) -> str:
+    return (
+        f"{path} holds more than data.max_file_mb={limit / 2**20:g} MB ({size / 2**20:,.0f} MB "
+        "read so far or on disk); check it is the right file, or raise data.max_file_mb"
+    )
+
+
+class _Guard(io.RawIOBase):
+    """A byte stream that raises DataError past `max_bytes`, at a NUL byte or a huge line."""
+
+    def __init__(self, raw: io.BufferedIOBase, path: Path, max_bytes: int | None) -> None:
+        self.raw, self.path, self.max_bytes = raw, path, max_bytes
+        self.total = self.line = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        view = memoryview(buffer)[: min(len(buffer), _BLOCK)]
+        n = self.raw.readinto(view)
+        if not n:
+            return 0
+        block = bytes(view[:n])
+        self.total += n
+        if self.max_bytes is not None and self.total > self.max_bytes:
+            raise DataError(_too_big(self.path, self.total, self.max_bytes))
+        if b"\0" in block:
+            raise DataError(
+                f"{self.path} holds binary data (NUL bytes near byte {self.total - n:,}), not "
+                "UTF-8 text; point data.path at the CSV or TSV file itself (a UTF-16 export: "
+                "save it as UTF-8)"
+            )
+        last = block.rfind(b"\n")
+        self.line = self.line + n if last < 0 else n - last - 1
+        if self.line > MAX_LINE_BYTES:
+            raise DataError(
+                f"{self.path} has a line longer than {MAX_LINE_BYTES // 2**20} MiB near byte "
+                f"{self.total:,}; it is not a data table (or its line ends are lost)"
+            )
+        return n
+
+
+@contextmanager
+def open_guarded(path: Path, limits: ReadLimits = NO_LIMITS) -> Iterator[io.BufferedReader]:
+    """The file's bytes (gunzipped when it starts with the gzip magic), through the guard."""
+    with open(path, "rb") as raw:
+        magic = raw.read(2)
+        raw.seek(0)
+        inner: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
+        yield io.BufferedReader(_Guard(inner, path, limits.max_bytes), buffer_size=_BLOCK)
+
+
+def read_prefix(path: Path, size: int = SNIFF_BYTES) -> bytes:
+    """At most `size` bytes of the (decompressed) file, for sniffing its layout."""
+    try:
+        with open_guarded(path) as stream:
+            return stream.read(size)
+    except (EOFError, gzip.BadGzipFile, zlib.error, DataError):
+        return b""  # the reader proper names the problem
+
+
+def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
+    """Every cell as a string; an empty cell is missing. Compressed files (.gz) are read as is."""
+    check_source(path, limits)
+    chunks = []
+    try:
+        with open_guarded(path, limits) as stream:
+            reader = pd.read_csv(
+                stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=CHUNK_ROWS
+            )
+            for chunk in reader:
+                if limits.check is not None and not chunk.empty:
+                    limits.check(chunk)
+                chunks.append(chunk)
     except pd.errors.EmptyDataError:
         raise DataError(
             f"{path} is empty (no header, no rows); point data.path at a CSV with a header "
@@ -35,12 +161,16 @@ def read_csv_text(path: Path) -> pd.DataFrame:
             f"{path} is a truncated or corrupt compressed file ({_first_line(error)}); "
             "copy or download it again"
         ) from None
+    if not chunks:
+        raise DataError(f"{path} has no header and no rows; point data.path at the full file")
+    frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
     return _require_rows(frame, path)
 
 
-def read_parquet_file(path: Path) -> pd.DataFrame:
+def read_parquet_file(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
     import pyarrow as pa
 
+    check_source(path, limits)
     try:
         frame = pd.read_parquet(path)
     except (pa.ArrowException, OSError) as error:

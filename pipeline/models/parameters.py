@@ -26,5 +26,6 @@ LEARNING_RATE = number_rule(lambda v: v > 0, "a finite learning rate > 0")
 EPOCHS = integer_rule(1, "an integer >= 1 (epochs)")
 BATCH_SIZE = integer_rule(1, "an integer batch size >= 1")
 PATIENCE = integer_rule(1, "an integer patience >= 1 epoch")
-PARALLEL_MODELS = integer_rule(1, "an integer >= 1 (ensemble members)")
+# an upper bound: a typo such as 100000 would otherwise allocate until the worker is killed
+PARALLEL_MODELS = integer_rule(1, "an integer from 1 to 1000 (ensemble members)", maximum=1000)
 BLOCK_ORIGINS = integer_rule(1, "an integer >= 1 (origins trained as one batched network)")

@@ -55,10 +55,21 @@ def at_least(minimum: float, allowed: str, *, each: bool = False, non_empty: boo
 
 
 def integer_rule(
-    minimum: int, allowed: str, *, each: bool = False, non_empty: bool = False
+    minimum: int,
+    allowed: str,
+    *,
+    each: bool = False,
+    non_empty: bool = False,
+    maximum: int | None = None,
 ) -> Rule:
-    """A Rule: an integer >= minimum (for config fields and the kernels' direct callers)."""
-    return Rule(lambda v: is_integer(v) and v >= minimum, allowed, each, non_empty)
+    """A Rule: an integer >= minimum (and <= maximum when given), for config fields and the
+    kernels' direct callers."""
+    return Rule(
+        lambda v: is_integer(v) and v >= minimum and (maximum is None or v <= maximum),
+        allowed,
+        each,
+        non_empty,
+    )
 
 
 def number_rule(test: Callable[[float], bool], allowed: str, *, each: bool = False,

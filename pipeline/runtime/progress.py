@@ -86,6 +86,8 @@ class ProgressStore:
         try:
             self._open()
         except sqlite3.DatabaseError as error:
+            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise  # a full disk, not a damaged store: the CLI's disk-full message
             # the store is derived data (the fit cache holds every result): start a new one
             self.rebuilt_from = self._quarantine()
             log.warning(

@@ -19,9 +19,23 @@ from types import TracebackType
 
 log = logging.getLogger("pipeline")
 # where a run writes (atomic writes leave `.<name>.<random>.tmp` here when killed mid-way);
-# the output dir itself is scanned only at its top level (under dvc it is the repository root).
+# the output dir itself is scanned only at its top level (under dvc it is the repository root),
+# and only temp files of names the product writes are removed (pipeline.runtime.manifest).
 # The fit cache is not here: other dirs may share it, so fit_cache.py removes only old orphans.
 OUTPUT_SUBDIRS = ("data/prepared", "train", "forecasts", "reports", "progress", "logs")
+
+
+_last_held: list[Path] = []  # the output dir this process last held (the error log's home)
+
+
+def last_held_output_dir() -> Path | None:
+    """The output dir this process last held a RunLock on since `forget_held` (None if none)."""
+    return _last_held[-1] if _last_held else None
+
+
+def forget_held() -> None:
+    """Start of a command: an output dir an earlier command held is not this one's."""
+    _last_held.clear()
 
 
 class OutputDirBusy(RuntimeError):
@@ -45,6 +59,7 @@ class RunLock:
             os.close(fd)
             raise OutputDirBusy(self._busy_message(holder)) from None
         self._fd = fd
+        _last_held[:] = [self.output_dir]
         return self
 
     def __exit__(
@@ -95,14 +110,25 @@ def _holder(st: os.stat_result) -> dict[str, str]:
 
 
 def remove_temp_files(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Delete temp files of atomic writes killed mid-way (call while holding the RunLock)."""
+    """Delete temp files that the product's own atomic writes left when killed (call while
+    holding the RunLock): `.{name}.{8 random}.tmp` next to a `name` the product writes there
+    (its naming or its manifest). A user's file, `.tmp` or not, is never touched."""
+    from pipeline.runtime.manifest import OutputFiles, has_product_naming, temp_target
+
     out = Path(output_dir)
-    found = list(out.glob(".*.tmp"))
+    ours = OutputFiles(out)
+    found = [p for p in out.glob(".*.tmp")]
     for sub in OUTPUT_SUBDIRS:
         if (out / sub).is_dir():
             found.extend((out / sub).rglob(".*.tmp"))
     removed = []
     for path in found:
+        target = temp_target(path.name)
+        if target is None or not path.is_file() or path.is_symlink():
+            continue
+        rel = ours.rel(path.parent / target)
+        if rel is None or not (has_product_naming(rel) or ours.owns(path.parent / target)):
+            continue
         try:
             path.unlink()
             removed.append(path)

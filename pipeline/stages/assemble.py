@@ -6,7 +6,8 @@ Reads every `train/*.parquet` and the prepared panel with dask.dataframe, joins 
 
     forecasts/{model}_q{q}_h{h}.parquet   one per model x quantile x horizon, schema columns
     forecasts/all.parquet                 every forecast
-    forecasts/missing.parquet             expected fits without a forecast (never dropped silently)
+    forecasts/missing.parquet             expected fits without a forecast (never dropped silently;
+                                          REASON absent, failed (train gave up) or no forecast)
     metrics.json                          metrics_json.compute_metrics + fit counts (dvc metrics)
     metrics_summary.json                  metrics_json.summary_metrics: headline numbers per model
     reports/tables/{metric}.parquet       evaluate.metric_tables (PERIOD = all / ex_covid)
@@ -48,6 +49,7 @@ from pipeline.schema import (
     empty_forecast_frame,
 )
 from pipeline.stages.charts import write_charts
+from pipeline.stages.failed_fits import label_failed, read_failed_fits
 
 log = logging.getLogger(__name__)
 FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
@@ -112,6 +114,7 @@ def assemble(
             f"target?); got {target!r}"
         )
     frame, missing, n_unexpected = reconcile(frame, expected)
+    missing = label_failed(missing, read_failed_fits(output_dir), FIT_KEY)  # `failed`, not `absent`
     if derived is not None:
         scale = None
         if derived.calibration is not None and window_size is not None:
@@ -409,7 +412,13 @@ def _summary(
 
 
 def _remove_stale(output_dir: Path, written: list[Path]) -> list[Path]:
-    """Delete files a previous assemble wrote that this one did not (only in folders we own)."""
+    """Delete files an earlier assemble wrote that this one did not (a dropped model, horizon,
+    country): only the product's own (its manifest, or its naming in a dir older versions
+    wrote), never a user's file in these folders."""
+    from pipeline.runtime.manifest import active
+
+    ours = active(output_dir)
+    ours.written.update(r for r in map(ours.rel, written) if r is not None)
     keep = {p.resolve() for p in written}
     patterns = [
         ("forecasts", "*.parquet"),
@@ -421,7 +430,9 @@ def _remove_stale(output_dir: Path, written: list[Path]) -> list[Path]:
     removed = []
     for folder, pattern in patterns:
         for path in sorted((output_dir / folder).glob(pattern)):
-            if path.resolve() not in keep:
+            if path.resolve() not in keep and ours.owns(path) and not path.is_symlink():
                 path.unlink()
                 removed.append(path)
+    if not ours.tracked:  # called outside a run (a library call): record what it wrote
+        ours.save()
     return removed

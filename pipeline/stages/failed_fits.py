@@ -1,0 +1,53 @@
+"""Which missing fits train tried and gave up on: REASON `failed` in forecasts/missing.parquet.
+
+A fit absent from train/ is either never tried (REASON `absent`: a run stopped early) or tried
+and failed on every attempt (`failed`: progress/progress.parquet, which train exports, says so
+with status `failed`; its errors are in progress/errors.parquet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+PROGRESS_EXPORT = Path("progress/progress.parquet")
+
+
+def read_failed_fits(output_dir: Path) -> pd.DataFrame | None:
+    """Fits with status `failed` in the progress export, as FIT_KEY rows (None without one)."""
+    path = Path(output_dir) / PROGRESS_EXPORT
+    if not path.exists():
+        return None
+    columns = ["model", "country", "quantile", "horizon", "origin", "status"]
+    progress = pd.read_parquet(path, columns=columns)
+    failed = progress.loc[progress["status"] == "failed"]
+    return pd.DataFrame(
+        {
+            "MODEL": failed["model"].astype("string"),
+            "COUNTRY": failed["country"].astype("string"),
+            "HORIZON": failed["horizon"].astype("int64"),
+            "QUANTILE": failed["quantile"].astype("float64"),
+            "WINDOW_END": pd.to_datetime(failed["origin"]).astype("datetime64[ns]"),
+        }
+    )
+
+
+def label_failed(
+    missing: pd.DataFrame, failed: pd.DataFrame | None, key: Sequence[str]
+) -> pd.DataFrame:
+    """`missing` with REASON `failed` (instead of `absent`) for the fits in `failed`, matched
+    on `key` (assemble.FIT_KEY)."""
+    if failed is None or failed.empty or missing.empty:
+        return missing
+    # float levels compared after rounding (as assemble.reconcile does)
+    on = [c for c in key if c != "QUANTILE"] + ["_Q"]
+    right = failed.assign(_Q=failed["QUANTILE"].round(10), _FAILED=True)
+    flags = missing.assign(_Q=missing["QUANTILE"].round(10)).merge(
+        right[[*on, "_FAILED"]].drop_duplicates(on), on=on, how="left"
+    )
+    is_failed = flags["_FAILED"].eq(True).to_numpy() & missing["REASON"].eq("absent").to_numpy()
+    out = missing.copy()
+    out.loc[is_failed, "REASON"] = "failed"
+    return out
