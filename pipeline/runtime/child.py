@@ -4,13 +4,16 @@ Used where work would otherwise run inside the driver itself: tasks too small fo
 (pipeline.runtime.inprocess) and the user-model check (pipeline.runtime.model_check). The child
 is started like a worker (spawned, `worker_environment`: one thread per math library, glibc's
 malloc defaults), dies with the driver (PR_SET_PDEATHSIG), and is kept for the next call.
-`Child.run` waits for the result (the child's `pipeline.*` log records are logged by the driver
+`shared_child` keeps one such child for the driver's whole process, so the
+models of a run (and the user-model check) pay for one spawn and one import of the solvers, not
+one each. `Child.run` waits for the result (the child's `pipeline.*` log records are logged by the driver
 meanwhile) while watching the clock and the child's RSS, as a Dask nanny watches its worker: past the timeout or the memory limit the child is killed (SIGKILL, so a
 fit stuck in C code stops too) and `ChildKilled` says why; a fresh child serves the next call.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import multiprocessing
@@ -77,8 +80,16 @@ class Child:
         child.close()
         self.proc, self.conn = proc, parent
 
-    def run(self, fn: Callable[[Any], Any], arg: Any, timeout_s: float | None) -> Any:
-        """fn(arg) in the child; ChildError when it raised, ChildKilled when it was stopped."""
+    def run(
+        self,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        timeout_s: float | None,
+        memory_limit_mb: float | None = None,
+    ) -> Any:
+        """fn(arg) in the child; ChildError when it raised, ChildKilled when it was stopped
+        (`memory_limit_mb`, when given, replaces the child's own limit for this call)."""
+        limit_mb = memory_limit_mb or self.memory_limit_mb
         if self.proc is None or not self.proc.is_alive():
             self.close()
             self._start()
@@ -102,12 +113,12 @@ class Child:
             if not self.proc.is_alive() and not self.conn.poll(0):
                 raise self._lost()
             rss_mb = _rss_mb(self.proc.pid)
-            if self.memory_limit_mb and rss_mb > self.memory_limit_mb:
+            if limit_mb and rss_mb > limit_mb:
                 self.close()
                 raise ChildKilled(
                     "memory",
                     f"child process killed at {rss_mb:.0f} MiB, over the memory limit of "
-                    f"{self.memory_limit_mb:.0f} MiB",
+                    f"{limit_mb:.0f} MiB",
                 )
             if deadline is not None and time.monotonic() > deadline:
                 self.close()
@@ -141,6 +152,25 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARED: list[Child] = []
+
+
+def shared_child() -> Child:
+    """The driver's child, kept (alive between calls) until the process exits; a call that
+    kills it (timeout, memory) leaves a fresh one to start on next use. Each call passes its
+    own memory limit to `run`."""
+    if not _SHARED:
+        atexit.register(close_shared_child)
+        _SHARED.append(Child())
+    return _SHARED[0]
+
+
+def close_shared_child() -> None:
+    for child in _SHARED:
+        child.close()
+    _SHARED.clear()
 
 
 def _rss_mb(pid: int) -> float:

@@ -4,7 +4,7 @@
 in_flight, cancel, close) and runs each task through the same task function workers run
 (pipeline.runtime.worker.run_task), one at a time, so the train loop's result handling (the
 driver writes the cache shards and the progress rows, retries, bisection) is the same code.
-The tasks run in one worker-like child process of the driver (pipeline.runtime.child: one
+The tasks run in the driver's worker-like child process, kept between models (pipeline.runtime.child: one
 BLAS/OpenMP/torch thread, so results are bit-identical to the cluster's), held to the probe's
 memory limit per worker and to the task timeout like a worker: a task past either is killed
 and its fits fail as `memory` / `timeout` (issue 22), never the driver. No Dask here.
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.runtime.child import Child, ChildError, ChildKilled
+from pipeline.runtime.child import ChildError, ChildKilled, shared_child
 from pipeline.runtime.plan import ModelPlan
 
 
@@ -61,7 +61,8 @@ class InProcessStream:
     ) -> None:
         self.fn, self.timeout_s = fn, timeout_s
         self.pending: deque[tuple[str, dict[str, Any]]] = deque()
-        self.child = Child(memory_limit_mb)
+        self.memory_limit_mb = memory_limit_mb
+        self.child = shared_child()  # kept for the run's next model
 
     @property
     def in_flight(self) -> int:
@@ -74,7 +75,7 @@ class InProcessStream:
         while self.pending:
             name, payload = self.pending.popleft()
             try:
-                result = self.child.run(self.fn, payload, self.timeout_s)
+                result = self.child.run(self.fn, payload, self.timeout_s, self.memory_limit_mb)
             except ChildKilled as exc:
                 error = {"error_type": exc.reason, "message": str(exc), "traceback": ""}
                 yield name, None, error
@@ -94,5 +95,4 @@ class InProcessStream:
         self.child.close()
 
     def close(self) -> None:
-        self.pending.clear()
-        self.child.close()
+        self.pending.clear()  # the child stays: it is idle and serves the next stream

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig, UserModelConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.child import Child, ChildError, ChildKilled
+from pipeline.runtime.child import Child, ChildError, ChildKilled, shared_child
 from pipeline.runtime.fit_groups import FitGroup, build_groups
 from pipeline.runtime.tasks import task_payload
 from pipeline.runtime.timeouts import probe_timeout
@@ -30,12 +30,12 @@ def check_user_models(
     config: StudyConfig, panel: pd.DataFrame, names: list[str] | tuple[str, ...]
 ) -> None:
     """Run each user model among `names` on SLICE_FITS fits; ConfigError on the first problem."""
-    with Child() as child:
-        for name in names:
-            entry = config.models.entries.get(name)
-            if isinstance(entry, UserModelConfig):
-                groups = build_groups(panel, config, adapter_for(config, name))
-                check_user_model(config, name, groups, child)
+    child = shared_child()  # the same child then trains the run's small models
+    for name in names:
+        entry = config.models.entries.get(name)
+        if isinstance(entry, UserModelConfig):
+            groups = build_groups(panel, config, adapter_for(config, name))
+            check_user_model(config, name, groups, child)
 
 
 def check_user_model(
