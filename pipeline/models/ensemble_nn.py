@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from pipeline.io import atomic_path
 from pipeline.models._batched_mlp import (
@@ -34,6 +35,7 @@ from pipeline.models._batched_mlp import (
     train_predict_windows,
 )
 from pipeline.models._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
+from pipeline.models._sklearn import QuantileEstimator, mean_pinball
 
 __all__ = [
     "EnsembleNN",
@@ -96,18 +98,20 @@ def fit_predict_ensemble_windows(
     return train_predict_windows(windows, spec, resolve_device(device))
 
 
-class EnsembleNN:
-    """Factor neural-network ensemble (scikit-learn style; see the module docstring).
+class EnsembleNN(QuantileEstimator):
+    """Factor neural-network ensemble, a scikit-learn estimator (see the module docstring).
 
-    `fit(X, y, country, time=None)`: X (n, p) with column 0 = y_t, y (n,) or (n, H) with NaN
-    where a target is not available, country (n,) labels, time (n,) month index (None =
-    rows are in time order within each country). `predict(X, country)` returns (m, Q), or
-    (m, H, Q) when y had H columns. Fitted: `state_` (arrays that define the ensemble),
-    `countries_`, `epochs_` (M,) epochs each member trained, `best_epoch_`, `val_loss_`.
+    `fit(X, y, country=None, time=None)`: X (n, p) with column 0 = y_t, y (n,) or (n, H) with
+    NaN where a target is not available, country (n,) labels (None: one series), time (n,)
+    month index (None = rows are in time order within each country). `predict(X, country=None)`
+    returns (m, Q), or (m, H, Q) when y had H columns. Fitted: `state_` (arrays that define
+    the ensemble), `countries_`, `epochs_` (M,) epochs each member trained, `best_epoch_`,
+    `val_loss_`, `n_features_in_`.
     """
 
     def __init__(
         self,
+        *,
         units_per_layer: Sequence[int] = (32, 32, 32, 32, 32),
         learning_rate: float = 5e-5,
         epochs: int = 1500,
@@ -132,6 +136,11 @@ class EnsembleNN:
         self.scale = scale
         self.validation_fraction = validation_fraction
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # y (n, H): one column per horizon
+        return tags
+
     def _spec(self) -> NNSpec:
         return check_nn_params(
             quantiles=self.quantiles,
@@ -147,18 +156,29 @@ class EnsembleNN:
         )
 
     def fit(
-        self, X: np.ndarray, y: np.ndarray, country: np.ndarray, time: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        country: np.ndarray | None = None,
+        time: np.ndarray | None = None,
     ) -> EnsembleNN:
         """Train the ensemble on one window (all countries pooled); returns self."""
         spec = self._spec()
         device = resolve_device(self.device)
-        X = np.asarray(X, dtype=np.float64)
+        if y is None:  # scikit-learn's wording (its estimator checks look for it)
+            raise ValueError("EnsembleNN requires y to be passed, but the target y is None")
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        y = np.asarray(y, dtype=np.float64)  # NaN marks a target that is not available
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        country = _countries(country, X.shape[0])
+        check_consistent_length(X, y, country)
         window = WindowData(
             X=X,
-            y=np.asarray(y, dtype=np.float64),
-            country=np.asarray(country),
-            X_new=np.zeros((0, X.shape[1] if X.ndim == 2 else 0)),
-            country_new=np.asarray(country)[:0],
+            y=y,
+            country=country,
+            X_new=np.zeros((0, X.shape[1])),
+            country_new=country[:0],
             time=None if time is None else np.asarray(time),
         )
         (result,) = train_predict_windows([window], spec, device)
@@ -173,13 +193,33 @@ class EnsembleNN:
         self.val_loss_ = state["val_loss"]
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "state_"):
-            raise ValueError("this EnsembleNN is not fitted yet: call fit(X, y, country) first")
+        check_is_fitted(self, "state_")
 
-    def predict(self, X: np.ndarray, country: np.ndarray) -> np.ndarray:
-        """Quantile forecasts in original units: (m, Q), or (m, H, Q) for multi-horizon y."""
+    def predict(self, X: np.ndarray, country: np.ndarray | None = None) -> np.ndarray:
+        """Quantile forecasts in original units: (m, Q), or (m, H, Q) for multi-horizon y.
+
+        `country` may be left out when the model was fitted on one series.
+        """
         self._check_fitted()
-        return predict_state(self.state_, X, country)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        if country is None:
+            if len(self.countries_) != 1:
+                raise ValueError(
+                    f"predict(X, country) needs country: the model was fitted on "
+                    f"{len(self.countries_)} countries"
+                )
+            country = np.repeat(self.countries_[:1], X.shape[0])
+        return predict_state(self.state_, X, np.asarray(country))
+
+    def score(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        country: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> float:
+        """Negative mean pinball loss of `predict(X, country)` for 1-D y (higher is better)."""
+        return -mean_pinball(y, self.predict(X, country), self.quantiles, sample_weight)
 
     def factors(self, X: np.ndarray, country: np.ndarray | None = None) -> np.ndarray:
         """Factor-layer activations (m, units_per_layer[-1]), mean over members.
@@ -235,6 +275,7 @@ class EnsembleNN:
         )
         model._spec()  # a tampered file fails here, with the parameter named
         model._set_state({k[6:]: np.asarray(v) for k, v in d.items() if k.startswith("state_")})
+        model.n_features_in_ = int(model.state_["x_loc"].shape[1])  # p: the features' count
         return model
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -257,3 +298,10 @@ class EnsembleNN:
             for k, v in payload.items()
         }
         return cls.from_arrays(arrays)
+
+
+def _countries(country: np.ndarray | None, n: int) -> np.ndarray:
+    """The rows' country labels; None: every row is one series."""
+    if country is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.asarray(country)

@@ -45,8 +45,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from pipeline.io import read_npz, write_npz
+from pipeline.models._sklearn import QuantileEstimator
 from pipeline.models.common import (
     as_batch,
     crossing_rate_batch,
@@ -270,16 +272,17 @@ def fit_predict_lqr_batch(
     )
 
 
-class LQR:
-    """Penalized (RFF) linear quantile regression estimator; the batch core with B = 1.
+class LQR(QuantileEstimator):
+    """Penalized (RFF) linear quantile regression, a scikit-learn estimator; batch core B = 1.
 
     `fit(X, y)` takes X (n, d) features in time order (first column y_t) and y (n,);
     `predict(X)` returns (m, Q) non-decreasing along Q. Fitted: `alpha_` (Q,) the chosen
-    penalties, `state_` (arrays of the fit), `crossing_` (of the last predict, pre-sorting).
+    penalties, `state_` (arrays of the fit), `n_features_in_`.
     """
 
     def __init__(
         self,
+        *,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         alphas: Sequence[float] = (7.5, 10, 15, 20, 25, 30, 35),
         solver: str = "huberized",
@@ -298,49 +301,37 @@ class LQR:
         self.penalize_first_lag = penalize_first_lag
         self.seed = seed
 
-    def _params(self) -> dict:
-        return {
-            "quantiles": self.quantiles,
-            "alphas": self.alphas,
-            "solver": self.solver,
-            "rff_features": self.rff_features,
-            "rff_bandwidth": self.rff_bandwidth,
-            "validation_size": self.validation_size,
-            "penalize_first_lag": self.penalize_first_lag,
-            "seed": self.seed,
-        }
-
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> LQR:
         """Choose alpha per quantile by time-ordered validation, then fit on all rows."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape (n, d); got {X.shape}")
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[None]
-        res = fit_predict_lqr_batch(
-            X[None], np.asarray(y, dtype=np.float64)[None], X[None, :0], w=w, **self._params()
-        )
-        self.n_features_in_ = X.shape[1]
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        w = None if sample_weight is None else _check_sample_weight(sample_weight, X)[None]
+        res = fit_predict_lqr_batch(X[None], y[None], X[None, :0], w=w, **self.get_params())
         self.state_ = {k: v[0] for k, v in res.state.items()}
         self.alpha_ = res.alpha[0]
         return self
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Quantile forecasts (m, Q), rearranged so they never cross."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (m, {self.n_features_in_}); got {X.shape}")
-        raw = predict_lqr_state(
+    def _raw(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return predict_lqr_state(
             {k: v[None] for k, v in self.state_.items()},
             X[None],
             rff_features=self.rff_features,
             penalize_first_lag=self.penalize_first_lag,
             seed=self.seed,
         )
-        self.crossing_ = float(crossing_rate_batch(raw)[0])
-        return rearrange_quantiles(raw[0])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Quantile forecasts (m, Q), rearranged so they never cross."""
+        return rearrange_quantiles(self._raw(X)[0])
+
+    def crossing_rate(self, X: np.ndarray) -> float:
+        """Fraction of the rows of X whose raw quantiles cross (before `predict` sorts them)."""
+        return float(crossing_rate_batch(self._raw(X))[0])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Parameters and fitted state as plain arrays (for a safe .npz)."""
+        check_is_fitted(self)
         bw = self.rff_bandwidth
         d = {
             "quantiles": np.asarray(self.quantiles, dtype=np.float64),
