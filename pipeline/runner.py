@@ -9,16 +9,23 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline.config import StudyConfig
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger("pipeline")
 
 
-def run_study(config: StudyConfig, dry_run: bool = False) -> int:
-    """Run every stage in-process for one validated config; stage wall times go to logs/."""
+def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | None = None) -> int:
+    """Run every stage in-process for one validated config; stage wall times go to logs/.
+
+    `panel` (pipeline.backtest(data=...)) is written to config.data.path under the lock.
+    """
     from pipeline.io import check_writable_dir
     from pipeline.runtime.run_lock import RunLock, remove_temp_files
 
@@ -29,6 +36,10 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
     with RunLock(config.output_dir):
         remove_temp_files(config.output_dir)
+        if panel is not None:
+            from pipeline.io import write_parquet
+
+            write_parquet(Path(str(config.data.path)), panel)
         return _run_locked(config, dry_run)
 
 
