@@ -202,12 +202,17 @@ def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
     """
     # like a worker (pipeline.runtime.cluster.worker_environ): one thread, glibc's malloc defaults
     env = worker_environment(os.environ)
+    # -P: the working directory is not on the child's sys.path (a stray pipeline.py there must
+    # not replace the package); the package's own location is, so it imports this very copy
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_path = handle.name
     try:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stages.probe", *args, "--out", result_path], env=env
+            [sys.executable, "-P", "-m", "pipeline.stages.probe", *args, "--out", result_path],
+            env=env,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
