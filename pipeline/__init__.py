@@ -17,11 +17,11 @@ _EXPORTS = {
     "backtest": "pipeline.api",
     "Result": "pipeline.api",
     "QpipeError": "pipeline.errors",
-    "ARQR": "pipeline.models.ar_qr",
-    "LQR": "pipeline.models.lqr",
-    "EnsembleNN": "pipeline.models.ensemble_nn",
-    "RandomWalk": "pipeline.models.benchmarks",
-    "Climatology": "pipeline.models.benchmarks",
+    "ARQR": "pipeline.models.estimators",
+    "LQR": "pipeline.models.estimators",
+    "EnsembleNN": "pipeline.models.estimator_nn",
+    "RandomWalk": "pipeline.models.estimators",
+    "Climatology": "pipeline.models.estimators",
 }
 __all__ = [
     "ARQR",
@@ -37,10 +37,8 @@ __all__ = [
 if TYPE_CHECKING:
     from pipeline.api import Result, backtest
     from pipeline.errors import QpipeError
-    from pipeline.models.ar_qr import ARQR
-    from pipeline.models.benchmarks import Climatology, RandomWalk
-    from pipeline.models.ensemble_nn import EnsembleNN
-    from pipeline.models.lqr import LQR
+    from pipeline.models.estimator_nn import EnsembleNN
+    from pipeline.models.estimators import ARQR, LQR, Climatology, RandomWalk
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,8 @@ from conftest import REAL_DATA
 from scipy.optimize import minimize
 
 from pipeline.models.common import pinball_per_quantile
-from pipeline.models.lqr import HUBER_EPS, LQR, fit_predict_lqr_batch
+from pipeline.models.estimators import LQR
+from pipeline.models.lqr import HUBER_EPS, fit_predict_lqr_batch
 
 QS = (0.1, 0.5, 0.9)
 DATA = REAL_DATA

@@ -87,7 +87,7 @@ def test_models_config_reads_the_registry_and_user_entries():
 
 
 def test_a_range_is_declared_once_and_checked_on_config_and_kernel():
-    from pipeline.models.ar_qr import ARQR
+    from pipeline.models.estimators import ARQR
     from pipeline.models.parameters import P
 
     with pytest.raises(ConfigError) as on_config:
