@@ -23,7 +23,9 @@ from pipeline.models.estimators import mean_pinball
 from pipeline.models.lqr import fit_predict_lqr_batch
 
 QS = (0.1, 0.5, 0.9)
-TINY_NN = dict(units_per_layer=(4,), epochs=3, patience=2, parallel_models=2, device="cpu")
+TINY_NN = dict(
+    units_per_layer=(4,), epochs=2, patience=1, batch_size=256, parallel_models=2, device="cpu"
+)
 
 
 def small_estimators() -> list:
