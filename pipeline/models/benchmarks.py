@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+def masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where((np.asarray(w) > 0) & np.isfinite(values), values, np.nan)
 
 
@@ -29,7 +29,7 @@ def _check(X: np.ndarray, y: np.ndarray, w: np.ndarray, X_new: np.ndarray) -> No
         raise ValueError(f"X_new must be (B, m, p) matching X {X.shape}; got {X_new.shape}")
 
 
-def _quantiles(values: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+def nan_quantiles(values: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
     """(B, Q) linear-interpolation quantiles over axis 1, ignoring NaN (NaN if all are)."""
     q = np.asarray(quantiles, dtype=np.float64)
     empty = ~np.isfinite(values).any(axis=1)
@@ -45,8 +45,8 @@ def fit_predict_rw_batch(
     """Random-walk benchmark: (B, m, Q) forecasts y_T + Q_tau(y_{t+h} - y_t)."""
     X, y, w, X_new = (np.asarray(a, dtype=np.float64) for a in (X, y, w, X_new))
     _check(X, y, w, X_new)
-    changes = _masked(y - X[:, :, 0], w)
-    return X_new[:, :, :1] + _quantiles(changes, quantiles)[:, None, :]
+    changes = masked(y - X[:, :, 0], w)
+    return X_new[:, :, :1] + nan_quantiles(changes, quantiles)[:, None, :]
 
 
 def fit_predict_climatology_batch(
@@ -55,10 +55,10 @@ def fit_predict_climatology_batch(
     """Climatology benchmark: (B, m, Q) forecasts Q_tau(y_{t+h}), the same for every row."""
     X, y, w, X_new = (np.asarray(a, dtype=np.float64) for a in (X, y, w, X_new))
     _check(X, y, w, X_new)
-    levels = _quantiles(_masked(y, w), quantiles)
+    levels = nan_quantiles(masked(y, w), quantiles)
     return np.broadcast_to(levels[:, None, :], (X.shape[0], X_new.shape[1], levels.shape[1])).copy()
 
 
 def training_pairs(w: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(B,) number of training pairs each fit used."""
-    return np.isfinite(_masked(np.asarray(y, dtype=np.float64), w)).sum(axis=1)
+    return np.isfinite(masked(np.asarray(y, dtype=np.float64), w)).sum(axis=1)

@@ -21,7 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from pipeline.io import read_npz, write_npz
 from pipeline.models.ar_qr import with_intercept
-from pipeline.models.benchmarks import _masked, _quantiles
+from pipeline.models.benchmarks import masked, nan_quantiles
 from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
 from pipeline.models.lqr import check_lqr_params, fit_predict_lqr_batch, predict_lqr_state
 from pipeline.models.parameters import P
@@ -51,12 +51,6 @@ class QuantileEstimator(RegressorMixin, BaseEstimator):
     """Base of pipeline.ARQR, LQR, EnsembleNN, RandomWalk, Climatology (module docstring)."""
 
     quantiles: Sequence[float]
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.estimator_type = "regressor"
-        tags.target_tags.required = True
-        return tags
 
     def score(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
         """Negative mean pinball loss of `predict(X)` (higher is better; replaces R^2)."""
@@ -253,11 +247,13 @@ class _Benchmark(QuantileEstimator):
     def _values(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None):
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> _Benchmark:
         qs = check_quantiles(self.quantiles)
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         w = _check_sample_weight(sample_weight, X)
-        self.quantiles_ = _quantiles(_masked(self._values(X, y), w)[None], qs)[0]  # (Q,)
+        self.quantiles_ = nan_quantiles(masked(self._values(X, y), w)[None], qs)[0]  # (Q,)
         return self
 
 
