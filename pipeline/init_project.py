@@ -1,9 +1,10 @@
 """`qpipe init DIR`: scaffold a user project that runs the pipeline with `dvc repro`.
 
 The project gets an editable copy of the packaged conf/ (it then replaces the packaged one
-whole, see `pipeline.config.compose.find_conf_dir`), the stages (`pipeline/scaffold/dvc.yaml`:
-the repository's dvc.yaml run by the installed `qpipe`), params.yaml composed from that conf/,
-a .gitignore, and a git + DVC repository with DVC's Hydra composition pointed at conf/.
+whole, see `pipeline.config.compose.find_conf_dir`); the stages, `scaffold/dvc.yaml.tmpl`
+(the repository's dvc.yaml run by the installed `qpipe`; not named dvc.yaml, or DVC would
+collect it as a second pipeline of this repository); params.yaml composed from that conf/; a
+.gitignore; and a git + DVC repository with DVC's Hydra composition pointed at conf/.
 Whatever already exists is kept, so running it again (or inside an existing repository) only
 adds what is missing.
 """
@@ -35,7 +36,7 @@ def init_project(target: Path) -> list[str]:
         shutil.copytree(PACKAGED_CONF, tmp)
         tmp.rename(target / "conf")
         done.append("wrote conf/ (edit it: it replaces qpipe's packaged defaults)")
-    for name, source in (("dvc.yaml", "dvc.yaml"), (".gitignore", "gitignore")):
+    for name, source in (("dvc.yaml", "dvc.yaml.tmpl"), (".gitignore", "gitignore")):
         if (target / name).exists():
             done.append(f"kept {name}")
         else:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_scaffold_runs_the_repository_pipeline_with_the_installed_qpipe():
     repo = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    scaffold = yaml.safe_load((SCAFFOLD / "dvc.yaml").read_text())
+    scaffold = yaml.safe_load((SCAFFOLD / "dvc.yaml.tmpl").read_text())
     assert scaffold["plots"] == repo["plots"]
     assert scaffold["stages"].keys() == repo["stages"].keys()
     for name, stage in repo["stages"].items():
