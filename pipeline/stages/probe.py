@@ -202,10 +202,10 @@ def measure_child(args: list[str]) -> tuple[dict[str, Any], float]:
     """
     # like a worker (pipeline.runtime.cluster.worker_environ): one thread, glibc's malloc defaults
     env = worker_environment(os.environ)
-    # -P: the working directory is not on the child's sys.path (a stray pipeline.py there must
-    # not replace the package); the package's own location is, so it imports this very copy
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    # the child imports what this process imports (this copy of the package, a user model's
+    # module): its sys.path is ours, and -P keeps the working directory off it unless it is on
+    # ours (under the qpipe command it is not, so a stray pipeline.py there cannot run)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_path = handle.name
     try:
