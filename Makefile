@@ -28,7 +28,7 @@ lock:
 	  --no-emit-find-links --output-file $(LOCK) pyproject.toml
 	sed -i 's/^torch==\([0-9.]*\)+[a-z0-9]*$$/torch==\1/' $(LOCK)
 
-# The main job: compose conf/ into params.yaml, then let DVC run what changed.
+# The main job: compose pipeline/conf/ into params.yaml, then let DVC run what changed.
 run: setup
 	$(BIN)/python -m pipeline compose
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

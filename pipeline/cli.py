@@ -1,5 +1,6 @@
 """Command line: `python -m pipeline <command>` (also the `qpipe` console script).
 
+    init DIR                   scaffold a project: conf/, dvc.yaml, params.yaml, git + dvc
     compose [overrides]        write params.yaml from conf/ (what `dvc repro` reads)
     write-config FILE          write a complete default config (FILE '-' prints it)
     run [overrides] [-m]       run prepare -> probe -> train -> assemble in-process;
@@ -112,6 +113,15 @@ def _write_error_log() -> Path | None:
 
 
 # --- commands -----------------------------------------------------------------------------------
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pipeline.init_project import init_project
+
+    for line in init_project(Path(args.dir)):
+        print(line)
+    print(f"next: cd {args.dir} && dvc repro   (edit conf/, then `qpipe compose`)")
+    return 0
 
 
 def _cmd_compose(args: argparse.Namespace) -> int:
@@ -280,11 +290,15 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog="qpipe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="scaffold a qpipe project (conf/, dvc.yaml, git, dvc)")
+    init.add_argument("dir", help="the project directory (created if absent; nothing is replaced)")
+    init.set_defaults(handler=_cmd_init)
 
     compose = commands.add_parser("compose", help="write params.yaml from conf/")
     compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=seed")

@@ -9,16 +9,23 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline.config import StudyConfig
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger("pipeline")
 
 
-def run_study(config: StudyConfig, dry_run: bool = False) -> int:
-    """Run every stage in-process for one validated config; stage wall times go to logs/."""
+def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | None = None) -> int:
+    """Run every stage in-process for one validated config; stage wall times go to logs/.
+
+    `panel` (pipeline.backtest(data=...)) is written to config.data.path under the lock.
+    """
     from pipeline.data import check_data_path
     from pipeline.io import check_writable_dir
     from pipeline.runtime.manifest import tracking
@@ -26,12 +33,17 @@ def run_study(config: StudyConfig, dry_run: bool = False) -> int:
 
     # before any work: a bad output location fails in one line and touches nothing
     check_writable_dir(config.output_dir)
-    check_data_path(config.data, Path.cwd())  # a device or FIFO as data.path: refused unread
+    if panel is None:  # a device or FIFO as data.path: refused unread
+        check_data_path(config.data, Path.cwd())
     if config.model_cache_dir != config.output_dir / "models":
         check_writable_dir(config.model_cache_dir, "runtime.model_cache_dir")
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
     with RunLock(config.output_dir), tracking(config):
         remove_temp_files(config.output_dir)
+        if panel is not None:
+            from pipeline.io import write_parquet
+
+            write_parquet(Path(str(config.data.path)), panel)
         return _run_locked(config, dry_run)
 
 

@@ -32,7 +32,7 @@ from pipeline.config.defaults import with_defaults
 FAKE_MODELS = str(Path(__file__).with_name("fake_models.py"))
 ROOT = Path(__file__).resolve().parents[1]
 # The real Eurostat extract shipped in the repo, where conf/data/eurostat.yaml points (one source).
-REAL_DATA = ROOT / yaml.safe_load((ROOT / "conf/data/eurostat.yaml").read_text())["path"]
+REAL_DATA = ROOT / yaml.safe_load((ROOT / "pipeline/conf/data/eurostat.yaml").read_text())["path"]
 
 SMALL_STUDY: dict[str, Any] = {
     "name": "small",

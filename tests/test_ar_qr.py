@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.models.ar_qr import ARQR, fit_predict_ar_qr_batch
+from pipeline.models.ar_qr import fit_predict_ar_qr_batch
+from pipeline.models.estimators import ARQR
 
 QS = (0.1, 0.5, 0.9)
 
@@ -60,7 +61,7 @@ def test_batch_equals_one_at_a_time_and_never_crosses() -> None:
         model = ARQR(p=3, quantiles=QS).fit(X[b], y[b])
         np.testing.assert_allclose(model.coef_, coef[b], rtol=0, atol=1e-9)
         np.testing.assert_allclose(model.predict(X_new[b]), pred[b], rtol=0, atol=1e-9)
-        assert model.crossing_ == pytest.approx(crossing[b])
+        assert model.crossing_rate(X_new[b]) == pytest.approx(crossing[b])
     raw = np.concatenate([np.ones((*X_new.shape[:2], 1)), X_new], -1) @ coef.transpose(0, 2, 1)
     expected = np.any(np.diff(raw, axis=-1) < 0, -1).mean(1)
     np.testing.assert_array_equal(crossing, expected)
@@ -110,7 +111,19 @@ def test_bad_parameters(kwargs, match) -> None:
 
 
 def test_bad_shapes() -> None:
-    with pytest.raises(ValueError, match="X must have shape"):
+    with pytest.raises(ValueError, match="at least p=3 lag columns"):
         ARQR(p=3).fit(np.ones((10, 2)), np.ones(10))
+    fitted = ARQR(p=2).fit(np.random.default_rng(0).standard_normal((20, 3)), np.arange(20.0))
+    with pytest.raises(ValueError, match="3 features"):  # predict needs fit's columns
+        fitted.predict(np.ones((4, 2)))
+
+
+def test_a_wider_lag_matrix_uses_its_first_p_columns() -> None:
+    """One lag matrix serves a grid over p: the extra columns are not regressors."""
+    X, y, X_new, _, _ = ar1_windows(1, 40, 4, seed=3)
+    wide = ARQR(p=2, quantiles=QS).fit(X[0], y[0])
+    narrow = ARQR(p=2, quantiles=QS).fit(X[0, :, :2], y[0])
+    np.testing.assert_array_equal(wide.coef_, narrow.coef_)
+    np.testing.assert_array_equal(wide.predict(X_new[0]), narrow.predict(X_new[0, :, :2]))
     with pytest.raises(ValueError, match="X_new must have shape"):
         fit_predict_ar_qr_batch(np.ones((2, 10, 3)), np.ones((2, 10)), np.ones((2, 1, 4)), QS)

@@ -24,8 +24,9 @@ STAGE_MODULES = {
     "assemble": "pipeline.stages.study",
 }
 # cli's function-level imports belong to its other commands: only its module level counts
-# (the stage's own module is the second entry, above)
-SHALLOW = {"pipeline.cli"}
+# (the stage's own module is the second entry, above); the package's public names load on
+# attribute access (its __getattr__), which no stage makes
+SHALLOW = {"pipeline.cli", "pipeline"}
 # imports the AST cannot see: the registry walks pipeline.models.builtin with pkgutil
 DYNAMIC = {"pipeline.models.registry": "pipeline.models.builtin"}
 DOTTED = re.compile(r"^pipeline(\.\w+)*$")

@@ -70,8 +70,8 @@ def make_clone(dest: Path, preset: str = TINY_PRESET) -> Path:
     for rel in project_files(ROOT):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, repo / rel)
-    (repo / "conf/experiment/tiny.yaml").write_text(preset)
-    config = repo / "conf/config.yaml"
+    (repo / "pipeline/conf/experiment/tiny.yaml").write_text(preset)
+    config = repo / "pipeline/conf/config.yaml"
     text = config.read_text()
     assert "  - experiment: quick\n" in text
     config.write_text(text.replace("  - experiment: quick\n", "  - experiment: tiny\n"))

@@ -21,7 +21,8 @@ from pipeline.models._batched_mlp import (
 from pipeline.models._ensemble_loop import fit_predict_member_loop
 from pipeline.models._nn_data import check_nn_params, prepare_window
 from pipeline.models.common import crossing_rate
-from pipeline.models.ensemble_nn import EnsembleNN, WindowData, fit_predict_ensemble_windows
+from pipeline.models.ensemble_nn import WindowData, fit_predict_ensemble_windows
+from pipeline.models.estimator_nn import EnsembleNN
 
 CPU = torch.device("cpu")
 QS = (0.1, 0.5, 0.9)

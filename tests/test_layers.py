@@ -86,3 +86,43 @@ def test_only_the_cluster_module_imports_dask_distributed():
         str(Path("pipeline/runtime/check.py")),
         str(Path("pipeline/runtime/cluster.py")),
     ]
+
+
+# the plugin layer of pipeline.models: the only part that knows the study's config
+PLUGIN_LAYER = ("pipeline.models.registry", "pipeline.models.spec", "pipeline.models.user",
+                "pipeline.models.builtin")  # fmt: skip
+ESTIMATORS = ("pipeline.models.estimators", "pipeline.models.estimator_nn")
+
+
+def _all_imports(name: str) -> set[str]:
+    """Every pipeline.* import of `name`, at any level (function-level, TYPE_CHECKING too)."""
+    return _imports(name, module_file(name)) - {name}
+
+
+def test_estimators_and_solvers_know_nothing_of_the_config_or_the_plugins():
+    """Public estimators and private solvers take plain parameters (issue 20, item 4)."""
+    bad = []
+    for name in _module_names():
+        if name.startswith("pipeline.models.") and not name.startswith(PLUGIN_LAYER):
+            bad += [
+                f"{name} -> {m}"
+                for m in _all_imports(name)
+                if m.startswith(("pipeline.config", *PLUGIN_LAYER))
+            ]
+    assert not bad, bad
+
+
+def test_only_the_public_estimators_load_scikit_learn():
+    """The runtime and its workers import the kernels, never the estimator modules (whose
+    scikit-learn import costs seconds per process)."""
+    importers = [n for n in _module_names() if set(ESTIMATORS) & _all_imports(n)]
+    assert set(importers) <= {"pipeline", *ESTIMATORS}, importers
+    sklearn = [
+        n
+        for n in _module_names()
+        if any(
+            line.strip().startswith(("import sklearn", "from sklearn"))
+            for line in module_file(n).read_text(encoding="utf-8").splitlines()
+        )
+    ]
+    assert set(sklearn) <= {*ESTIMATORS, "pipeline.runtime.check"}, sklearn

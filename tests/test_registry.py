@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_builtin_ships_its_conf_yaml_with_exactly_its_config_keys():
     names = registry.builtin_names()
     assert names == ("ar_qr", "lqr", "ensemble_nn", "rw", "climatology")  # table order
-    assert sorted(p.name for p in (ROOT / "conf/models").iterdir() if p.is_dir()) == sorted(names)
+    assert sorted(
+        p.name for p in (ROOT / "pipeline/conf/models").iterdir() if p.is_dir()
+    ) == sorted(names)
     for name, config_type in registry.builtin_config_types().items():
-        defaults = yaml.safe_load((ROOT / f"conf/models/{name}/default.yaml").read_text())
+        defaults = yaml.safe_load((ROOT / f"pipeline/conf/models/{name}/default.yaml").read_text())
         assert set(defaults) == {f.name for f in dataclasses.fields(config_type)}, name
         # no second source of a default
         assert all(
@@ -33,7 +35,7 @@ def test_every_builtin_ships_its_conf_yaml_with_exactly_its_config_keys():
 def test_conf_defaults_list_names_every_builtin():
     # Hydra composes only what config.yaml's defaults list names: a module without its line
     # would silently lack defaults, so this names the line to add
-    defaults = yaml.safe_load((ROOT / "conf/config.yaml").read_text())["defaults"]
+    defaults = yaml.safe_load((ROOT / "pipeline/conf/config.yaml").read_text())["defaults"]
     listed = [next(iter(d)).split("/", 1)[1] for d in defaults
               if isinstance(d, dict) and next(iter(d)).startswith("models/")]  # fmt: skip
     missing = [f"- models/{n}: default" for n in registry.builtin_names() if n not in listed]
@@ -85,7 +87,7 @@ def test_models_config_reads_the_registry_and_user_entries():
 
 
 def test_a_range_is_declared_once_and_checked_on_config_and_kernel():
-    from pipeline.models.ar_qr import ARQR
+    from pipeline.models.estimators import ARQR
     from pipeline.models.parameters import P
 
     with pytest.raises(ConfigError) as on_config:

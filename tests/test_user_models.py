@@ -137,7 +137,7 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
     code = write_module(tmp_path / "outside", module)
     text = preset(module, TARGETS[form], code)
     project = tmp_path / "project"  # conf/ with the preset: the CLI reads ./conf
-    shutil.copytree(ROOT / "conf", project / "conf")
+    shutil.copytree(ROOT / "pipeline/conf", project / "conf")
     (project / "conf/experiment/um.yaml").write_text(text)
 
     # 1. python -m pipeline run

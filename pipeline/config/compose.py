@@ -1,5 +1,7 @@
 """Hydra composition: `conf/` -> a plain dict -> a validated StudyConfig, and params.yaml.
 
+`conf/` is the project's own (./conf, as `qpipe init` writes it), else the packaged one.
+
 This and `cli.py` are the only modules that touch Hydra/OmegaConf objects.
 """
 
@@ -16,15 +18,20 @@ CONFIG_NAME = "config"
 PARAMS_FILE = "params.yaml"
 
 
+# The groups and presets ship inside the package (package data), so an installed copy composes
+# from any directory; a project's own conf/ (what `qpipe init` copies) replaces them whole.
+PACKAGED_CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
 def find_conf_dir(start: Path | None = None) -> Path:
-    """The project's conf/ directory: under the working directory, else beside the package."""
-    for candidate in ((start or Path.cwd()) / "conf", Path(__file__).resolve().parents[2] / "conf"):
+    """The project's conf/ (./conf with a config.yaml), else the packaged one."""
+    for candidate in ((start or Path.cwd()) / "conf", PACKAGED_CONF):
         if (candidate / f"{CONFIG_NAME}.yaml").exists():
             return candidate
-    raise ConfigError(
+    raise ConfigError(  # only a damaged install gets here
         "conf/",
-        "a conf/ directory with config.yaml (run from the project root)",
-        str(start or Path.cwd()),
+        "the packaged pipeline/conf/config.yaml (reinstall qpipe) or a project conf/",
+        str(PACKAGED_CONF),
     )
 
 
@@ -43,7 +50,7 @@ def compose_dict(overrides: Sequence[str] = (), conf_dir: Path | None = None) ->
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(
             "overrides",
-            "keys and values that exist in conf/ (see `python -m pipeline write-config -`)",
+            "keys and values that exist in conf/ (see `qpipe write-config -`)",
             first_line(error),
         ) from None
 
@@ -101,9 +108,7 @@ def write_params(
 def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
     """Read and validate params.yaml (what DVC stages run with)."""
     if not path.exists():
-        raise ConfigError(
-            str(path), "a params file; create it with `python -m pipeline compose`", "missing"
-        )
+        raise ConfigError(str(path), "a params file; create it with `qpipe compose`", "missing")
     # YAML 1.2, as DVC (ruamel) writes it: PyYAML's 1.1 rules read `5e-05` as a string
     from ruamel.yaml import YAML
 

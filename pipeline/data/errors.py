@@ -1,5 +1,7 @@
 """The error every data source raises for bad input: the message names the problem and the fix."""
 
+from pipeline.errors import QpipeError
 
-class DataError(ValueError):
+
+class DataError(QpipeError, ValueError):
     pass

@@ -11,16 +11,12 @@ numpy's default (linear interpolation), taken over the rows with w > 0 and a fin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.models.spec import Adapter
-from pipeline.schema import lag_column
 
-
-def _masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+def masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where((np.asarray(w) > 0) & np.isfinite(values), values, np.nan)
 
 
@@ -33,7 +29,7 @@ def _check(X: np.ndarray, y: np.ndarray, w: np.ndarray, X_new: np.ndarray) -> No
         raise ValueError(f"X_new must be (B, m, p) matching X {X.shape}; got {X_new.shape}")
 
 
-def _quantiles(values: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+def nan_quantiles(values: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
     """(B, Q) linear-interpolation quantiles over axis 1, ignoring NaN (NaN if all are)."""
     q = np.asarray(quantiles, dtype=np.float64)
     empty = ~np.isfinite(values).any(axis=1)
@@ -49,8 +45,8 @@ def fit_predict_rw_batch(
     """Random-walk benchmark: (B, m, Q) forecasts y_T + Q_tau(y_{t+h} - y_t)."""
     X, y, w, X_new = (np.asarray(a, dtype=np.float64) for a in (X, y, w, X_new))
     _check(X, y, w, X_new)
-    changes = _masked(y - X[:, :, 0], w)
-    return X_new[:, :, :1] + _quantiles(changes, quantiles)[:, None, :]
+    changes = masked(y - X[:, :, 0], w)
+    return X_new[:, :, :1] + nan_quantiles(changes, quantiles)[:, None, :]
 
 
 def fit_predict_climatology_batch(
@@ -59,35 +55,10 @@ def fit_predict_climatology_batch(
     """Climatology benchmark: (B, m, Q) forecasts Q_tau(y_{t+h}), the same for every row."""
     X, y, w, X_new = (np.asarray(a, dtype=np.float64) for a in (X, y, w, X_new))
     _check(X, y, w, X_new)
-    levels = _quantiles(_masked(y, w), quantiles)
+    levels = nan_quantiles(masked(y, w), quantiles)
     return np.broadcast_to(levels[:, None, :], (X.shape[0], X_new.shape[1], levels.shape[1])).copy()
 
 
 def training_pairs(w: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(B,) number of training pairs each fit used."""
-    return np.isfinite(_masked(np.asarray(y, dtype=np.float64), w)).sum(axis=1)
-
-
-def benchmark_adapter(
-    name: str, kernel: Callable[..., np.ndarray], config_type: type, rank: int
-) -> Adapter:
-    """The adapter of a parameter-free benchmark (rw, climatology): features y_t only, fits
-    cached by data alone, one batched numpy call per task of up to 256 fits."""
-
-    def fit(payload: dict[str, Any]) -> dict[str, Any]:
-        d = payload["data"]
-        pred = kernel(d["X"], d["y"], d["w"], d["X_new"], payload["quantiles"])
-        return {"pred": pred[:, :, None, :], "state": {"pairs": training_pairs(d["w"], d["y"])}}
-
-    return Adapter(
-        name=name,
-        version=1,
-        pooled=False,
-        params=lambda c: {},
-        features=lambda c: [lag_column("y", 0)],
-        min_rows=lambda c: 2,
-        fit_batch=fit,
-        batch_fits=256,
-        config_type=config_type,
-        rank=rank,
-    )
+    return np.isfinite(masked(np.asarray(y, dtype=np.float64), w)).sum(axis=1)

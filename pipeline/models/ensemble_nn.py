@@ -15,28 +15,25 @@ networks of a per-horizon design on the seed grid, and rows, features and the tr
 the same for every horizon anyway. Pass y with one column to get one network per horizon.
 
 Several windows (origins) can be trained as one batched network with
-`fit_predict_ensemble_windows`; `EnsembleNN.fit` is that code path with a single window.
+`fit_predict_ensemble_windows`; `EnsembleNN.fit` (pipeline.models.estimator_nn) is that
+code path with a single window.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from pipeline.io import atomic_path
 from pipeline.models._batched_mlp import (
     WindowResult,
     factors_state,
     predict_state,
     train_predict_windows,
 )
-from pipeline.models._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
+from pipeline.models._nn_data import WindowData, check_nn_params, resolve_device
 
 __all__ = [
-    "EnsembleNN",
     "WindowData",
     "WindowResult",
     "factors_state",
@@ -94,166 +91,3 @@ def fit_predict_ensemble_windows(
         scale=scale,
     )
     return train_predict_windows(windows, spec, resolve_device(device))
-
-
-class EnsembleNN:
-    """Factor neural-network ensemble (scikit-learn style; see the module docstring).
-
-    `fit(X, y, country, time=None)`: X (n, p) with column 0 = y_t, y (n,) or (n, H) with NaN
-    where a target is not available, country (n,) labels, time (n,) month index (None =
-    rows are in time order within each country). `predict(X, country)` returns (m, Q), or
-    (m, H, Q) when y had H columns. Fitted: `state_` (arrays that define the ensemble),
-    `countries_`, `epochs_` (M,) epochs each member trained, `best_epoch_`, `val_loss_`.
-    """
-
-    def __init__(
-        self,
-        units_per_layer: Sequence[int] = (32, 32, 32, 32, 32),
-        learning_rate: float = 5e-5,
-        epochs: int = 1500,
-        batch_size: int = 32,
-        patience: int = 50,
-        parallel_models: int = 10,
-        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        seed: int = 0,
-        device: str = "auto",
-        scale: str = "per_country",
-        validation_fraction: float = 0.2,
-    ):
-        self.units_per_layer = units_per_layer
-        self.learning_rate = learning_rate
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.patience = patience
-        self.parallel_models = parallel_models
-        self.quantiles = quantiles
-        self.seed = seed
-        self.device = device
-        self.scale = scale
-        self.validation_fraction = validation_fraction
-
-    def _spec(self) -> NNSpec:
-        return check_nn_params(
-            quantiles=self.quantiles,
-            units_per_layer=self.units_per_layer,
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            patience=self.patience,
-            parallel_models=self.parallel_models,
-            seed=self.seed,
-            validation_fraction=self.validation_fraction,
-            scale=self.scale,
-        )
-
-    def fit(
-        self, X: np.ndarray, y: np.ndarray, country: np.ndarray, time: np.ndarray | None = None
-    ) -> EnsembleNN:
-        """Train the ensemble on one window (all countries pooled); returns self."""
-        spec = self._spec()
-        device = resolve_device(self.device)
-        X = np.asarray(X, dtype=np.float64)
-        window = WindowData(
-            X=X,
-            y=np.asarray(y, dtype=np.float64),
-            country=np.asarray(country),
-            X_new=np.zeros((0, X.shape[1] if X.ndim == 2 else 0)),
-            country_new=np.asarray(country)[:0],
-            time=None if time is None else np.asarray(time),
-        )
-        (result,) = train_predict_windows([window], spec, device)
-        self._set_state(result.state)
-        return self
-
-    def _set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.state_ = state
-        self.countries_ = state["codes"]
-        self.epochs_ = state["epochs_trained"]
-        self.best_epoch_ = state["best_epoch"]
-        self.val_loss_ = state["val_loss"]
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "state_"):
-            raise ValueError("this EnsembleNN is not fitted yet: call fit(X, y, country) first")
-
-    def predict(self, X: np.ndarray, country: np.ndarray) -> np.ndarray:
-        """Quantile forecasts in original units: (m, Q), or (m, H, Q) for multi-horizon y."""
-        self._check_fitted()
-        return predict_state(self.state_, X, country)
-
-    def factors(self, X: np.ndarray, country: np.ndarray | None = None) -> np.ndarray:
-        """Factor-layer activations (m, units_per_layer[-1]), mean over members.
-
-        With per-country scaling the inputs are standardized per country first, so
-        `country` is required then; with scale='none' it is not used.
-        """
-        self._check_fitted()
-        X = np.asarray(X, dtype=np.float64)
-        if country is None:
-            if self.scale != "none":
-                raise ValueError("factors(X, country) needs country when scale='per_country'")
-            country = np.repeat(self.countries_[:1], X.shape[0])
-        return factors_state(self.state_, X, country)
-
-    # ---- persistence: plain arrays only (npz or torch.load(weights_only=True)) ----
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Parameters and fitted state as plain arrays (safe for .npz, no pickle)."""
-        self._check_fitted()
-        spec = self._spec()
-        d = {
-            "units_per_layer": np.asarray(spec.units_per_layer, dtype=np.int64),
-            "learning_rate": np.asarray(spec.learning_rate),
-            "epochs": np.asarray(spec.epochs),
-            "batch_size": np.asarray(spec.batch_size),
-            "patience": np.asarray(spec.patience),
-            "parallel_models": np.asarray(spec.parallel_models),
-            "quantiles": np.asarray(spec.quantiles, dtype=np.float64),
-            "seed": np.asarray(spec.seed),
-            "device": np.asarray(str(self.device)),
-            "scale": np.asarray(spec.scale),
-            "validation_fraction": np.asarray(spec.validation_fraction),
-        }
-        d.update({f"state_{k}": np.asarray(v) for k, v in self.state_.items()})
-        return d
-
-    @classmethod
-    def from_arrays(cls, d: dict[str, np.ndarray]) -> EnsembleNN:
-        """Rebuild a fitted estimator from `to_arrays()` output."""
-        model = cls(
-            units_per_layer=tuple(int(u) for u in d["units_per_layer"]),
-            learning_rate=float(d["learning_rate"]),
-            epochs=int(d["epochs"]),
-            batch_size=int(d["batch_size"]),
-            patience=int(d["patience"]),
-            parallel_models=int(d["parallel_models"]),
-            quantiles=tuple(float(q) for q in d["quantiles"]),
-            seed=int(d["seed"]),
-            device=str(d["device"]),
-            scale=str(d["scale"]),
-            validation_fraction=float(d["validation_fraction"]),
-        )
-        model._spec()  # a tampered file fails here, with the parameter named
-        model._set_state({k[6:]: np.asarray(v) for k, v in d.items() if k.startswith("state_")})
-        return model
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """torch.save of plain tensors (numbers) and lists (labels, text); atomic write."""
-        payload: dict[str, object] = {}
-        for key, value in self.to_arrays().items():
-            if value.dtype.kind in "US":  # text: country labels, scale, device
-                payload[key] = value.tolist()
-            else:
-                payload[key] = torch.as_tensor(np.array(value))  # keeps 0-d arrays 0-d
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> EnsembleNN:
-        """Load a `save()` file with torch.load(weights_only=True): nothing is executed."""
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-        arrays = {
-            k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-            for k, v in payload.items()
-        }
-        return cls.from_arrays(arrays)

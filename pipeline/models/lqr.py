@@ -39,14 +39,12 @@ and features use the whole training window (all of it is known at the origin).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.io import read_npz, write_npz
 from pipeline.models.common import (
     as_batch,
     crossing_rate_batch,
@@ -268,125 +266,3 @@ def fit_predict_lqr_batch(
         crossing=crossing_rate_batch(raw),
         state=state,
     )
-
-
-class LQR:
-    """Penalized (RFF) linear quantile regression estimator; the batch core with B = 1.
-
-    `fit(X, y)` takes X (n, d) features in time order (first column y_t) and y (n,);
-    `predict(X)` returns (m, Q) non-decreasing along Q. Fitted: `alpha_` (Q,) the chosen
-    penalties, `state_` (arrays of the fit), `crossing_` (of the last predict, pre-sorting).
-    """
-
-    def __init__(
-        self,
-        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        alphas: Sequence[float] = (7.5, 10, 15, 20, 25, 30, 35),
-        solver: str = "huberized",
-        rff_features: int = 1000,
-        rff_bandwidth: str | float = "median",
-        validation_size: int = 12,
-        penalize_first_lag: bool = True,
-        seed: int = 0,
-    ) -> None:
-        self.quantiles = quantiles
-        self.alphas = alphas
-        self.solver = solver
-        self.rff_features = rff_features
-        self.rff_bandwidth = rff_bandwidth
-        self.validation_size = validation_size
-        self.penalize_first_lag = penalize_first_lag
-        self.seed = seed
-
-    def _params(self) -> dict:
-        return {
-            "quantiles": self.quantiles,
-            "alphas": self.alphas,
-            "solver": self.solver,
-            "rff_features": self.rff_features,
-            "rff_bandwidth": self.rff_bandwidth,
-            "validation_size": self.validation_size,
-            "penalize_first_lag": self.penalize_first_lag,
-            "seed": self.seed,
-        }
-
-    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> LQR:
-        """Choose alpha per quantile by time-ordered validation, then fit on all rows."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must have shape (n, d); got {X.shape}")
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[None]
-        res = fit_predict_lqr_batch(
-            X[None], np.asarray(y, dtype=np.float64)[None], X[None, :0], w=w, **self._params()
-        )
-        self.n_features_in_ = X.shape[1]
-        self.state_ = {k: v[0] for k, v in res.state.items()}
-        self.alpha_ = res.alpha[0]
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Quantile forecasts (m, Q), rearranged so they never cross."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (m, {self.n_features_in_}); got {X.shape}")
-        raw = predict_lqr_state(
-            {k: v[None] for k, v in self.state_.items()},
-            X[None],
-            rff_features=self.rff_features,
-            penalize_first_lag=self.penalize_first_lag,
-            seed=self.seed,
-        )
-        self.crossing_ = float(crossing_rate_batch(raw)[0])
-        return rearrange_quantiles(raw[0])
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Parameters and fitted state as plain arrays (for a safe .npz)."""
-        bw = self.rff_bandwidth
-        d = {
-            "quantiles": np.asarray(self.quantiles, dtype=np.float64),
-            "alphas": np.asarray(self.alphas, dtype=np.float64),
-            "solver": np.asarray(self.solver),
-            "rff_features": np.asarray(self.rff_features),
-            "rff_bandwidth": np.asarray(-1.0 if bw == "median" else float(bw)),
-            "validation_size": np.asarray(self.validation_size),
-            "penalize_first_lag": np.asarray(bool(self.penalize_first_lag)),
-            "seed": np.asarray(self.seed),
-            "n_features_in_": np.asarray(self.n_features_in_),
-        }
-        d.update({f"state_{k}": v for k, v in self.state_.items()})
-        return d
-
-    @classmethod
-    def from_arrays(cls, d: dict[str, np.ndarray]) -> LQR:
-        """Rebuild a fitted estimator from `to_arrays()` output."""
-        bw = float(d["rff_bandwidth"])
-        model = cls(
-            quantiles=tuple(float(q) for q in d["quantiles"]),
-            alphas=tuple(float(a) for a in d["alphas"]),
-            solver=str(d["solver"]),
-            rff_features=int(d["rff_features"]),
-            rff_bandwidth="median" if bw < 0 else bw,
-            validation_size=int(d["validation_size"]),
-            penalize_first_lag=bool(d["penalize_first_lag"]),
-            seed=int(d["seed"]),
-        )
-        check_lqr_params(
-            model.quantiles,
-            model.alphas,
-            model.solver,
-            model.rff_features,
-            model.rff_bandwidth,
-            model.validation_size,
-        )
-        model.n_features_in_ = int(d["n_features_in_"])
-        model.state_ = {k[6:]: np.asarray(v) for k, v in d.items() if k.startswith("state_")}
-        model.alpha_ = model.state_["alpha"]
-        return model
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomic .npz write (no pickle)."""
-        write_npz(path, self.to_arrays())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LQR:
-        return cls.from_arrays(read_npz(path))

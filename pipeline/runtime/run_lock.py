@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from pipeline.errors import QpipeError
+
 log = logging.getLogger("pipeline")
 # where a run writes (atomic writes leave `.<name>.<random>.tmp` here when killed mid-way);
 # the output dir itself is scanned only at its top level (under dvc it is the repository root),
@@ -38,7 +40,7 @@ def forget_held() -> None:
     _last_held.clear()
 
 
-class OutputDirBusy(RuntimeError):
+class OutputDirBusy(QpipeError, RuntimeError):
     """Another live run holds the output dir (exit code 2: the message names it and the fix)."""
 
 

@@ -204,13 +204,18 @@ def measure_child(
     """
     # like a worker (pipeline.runtime.cluster.worker_environ): one thread, glibc's malloc defaults
     env = worker_environment(os.environ)
+    # the child imports what this process imports (this copy of the package, a user model's
+    # module): its sys.path is ours, and -P keeps the working directory off it unless it is on
+    # ours (under the qpipe command it is not, so a stray pipeline.py there cannot run)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
     with tempfile.TemporaryDirectory(prefix="qpipe-probe-") as tmp:
         result_path = Path(tmp) / "result.json"
         if payload is not None:
             _save_payload(Path(tmp) / "payload.npz", payload)
             args = ["--task", str(Path(tmp) / "payload.npz"), *args]
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "pipeline.stages.probe", *args, "--out", str(result_path)]
+        cmd = [sys.executable, "-P", "-m", "pipeline.stages.probe", *args]
+        cmd += ["--out", str(result_path)]
         proc = subprocess.Popen([*cmd, "--parent", str(os.getpid()), "--tmp", tmp], env=env)
         try:
             status, usage = _wait(proc, timeout_s)

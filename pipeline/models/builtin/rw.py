@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.models.benchmarks import benchmark_adapter, fit_predict_rw_batch
+from pipeline.models.benchmarks import fit_predict_rw_batch
+from pipeline.models.builtin._benchmarks import benchmark_adapter
 
 
 @dataclass(frozen=True)

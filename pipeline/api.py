@@ -1,0 +1,121 @@
+"""The Python API: `pipeline.backtest(...)` runs a study as `qpipe run` does and returns it.
+
+Same composition (the project's ./conf, else the packaged one; or a `write-config` file), the
+same validation, caching, resume, output-dir lock and progress as the command line, because it
+is the same code (`pipeline.runner.run_study`). What the command line turns into exit code 2
+and one line is raised as a `QpipeError` (ConfigError, DataError, OutputError, OutputDirBusy)
+with that line as its message; exit code 1 (some fits failed) is `RunFailed`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ConfigError, OutputError, RunFailed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# where a `data=` DataFrame is written (under the run's output dir), so that `prepare` reads and
+# fingerprints it like any panel file and a rerun with the same frame reuses every fit
+PANEL_INPUT = Path("input") / "panel.parquet"
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished backtest: the forecast table (the seed's schema, with ACTUAL), the dict of
+    metrics.json, and the output dir holding every file of the run."""
+
+    forecasts: pd.DataFrame
+    metrics: dict[str, Any]
+    output_dir: Path
+
+    @classmethod
+    def read(cls, output_dir: Path) -> Result:
+        """The result a finished run left in `output_dir` (forecasts/all.parquet, metrics.json)."""
+        import pandas as pd
+
+        from pipeline.schema import conform_forecasts
+
+        forecasts = conform_forecasts(pd.read_parquet(output_dir / "forecasts" / "all.parquet"))
+        metrics = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+        return cls(forecasts=forecasts, metrics=metrics, output_dir=output_dir)
+
+
+def backtest(
+    overrides: Sequence[str] | None = None,
+    *,
+    config: str | Path | None = None,
+    data: pd.DataFrame | None = None,
+) -> Result:
+    """Run the study that `qpipe run [--config FILE] overrides...` runs; return its result.
+
+    overrides: Hydra overrides (["experiment=quick", "runtime.output_dir=studies/a"]).
+    config: a complete config file (as `qpipe write-config` writes it) instead of conf/.
+    data: a panel DataFrame (TIME, COUNTRY, value columns) instead of data.source/data.path;
+    validated as a file would be.
+    """
+    try:
+        return _backtest(overrides, config, data)
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        from pipeline.io import describe_os_error
+
+        raise OutputError(f"cannot write: {describe_os_error(error)}") from None
+
+
+def _backtest(
+    overrides: Sequence[str] | None, config: str | Path | None, data: pd.DataFrame | None
+) -> Result:
+    from pipeline.config import validate
+    from pipeline.config.compose import compose_dict, compose_file
+    from pipeline.runner import run_study
+
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides or ()):
+        raise ConfigError("overrides", "a list of strings such as ['experiment=quick']", overrides)
+    overrides = list(overrides or ())
+    plain = compose_file(Path(config), overrides) if config is not None else compose_dict(overrides)
+    panel = None
+    if data is not None:
+        panel = _checked_panel(data, plain["data"])
+        output_dir = Path(plain["runtime"]["output_dir"]).resolve()
+        plain["data"].update(source="panel", path=str(output_dir / PANEL_INPUT))
+    study = validate(plain)
+    code = run_study(study, panel=panel)
+    output_dir = study.output_dir.resolve()
+    if code != 0:
+        raise RunFailed(
+            f"some fits failed (forecasts/missing.parquet lists them; the log is under "
+            f"{output_dir / 'logs'})",
+            Result.read(output_dir),
+        )
+    return Result.read(output_dir)
+
+
+def _checked_panel(data: object, settings: dict[str, Any]) -> pd.DataFrame:
+    """The DataFrame checked as a panel file is (the same messages), before anything runs."""
+    import pandas as pd
+
+    from pipeline.data.errors import DataError
+    from pipeline.data.tidy import check_tidy
+
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(
+            f"data= must be a pandas DataFrame with TIME, COUNTRY and value columns; "
+            f"got {type(data).__name__}"
+        )
+    return check_tidy(
+        data,
+        settings["target"],
+        settings.get("features") or [],
+        "the data= DataFrame",
+        settings.get("non_numeric", "error"),
+        settings.get("max_abs_value"),
+    )

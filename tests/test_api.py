@@ -1,0 +1,81 @@
+"""pipeline.backtest: the command line's study from Python, with its result returned.
+
+One real run on a caller's DataFrame (`data=`): the Result is what the run wrote (forecast
+table with ACTUAL, metrics.json), the frame's values are what was forecast, and a second call
+resumes from the fit cache (no fit is written again). Bad input raises the command line's one
+line as a QpipeError, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_study
+
+import pipeline
+from pipeline.config.defaults import base_defaults
+from pipeline.data.synthetic import generate_panel
+from pipeline.errors import ConfigError, OutputError
+from pipeline.runtime.run_lock import OutputDirBusy, RunLock
+
+
+def synthetic_frame(n_countries: int = 3) -> pd.DataFrame:
+    """The seeded synthetic panel as a caller would hold it, under a column name of its own."""
+    from pipeline.config import SyntheticConfig
+
+    settings = {**base_defaults()["data"]["synthetic"], "n_countries": n_countries}
+    frame = generate_panel(SyntheticConfig(**settings)).frame
+    return frame.rename(columns={"inflation": "hicp"})
+
+
+@pytest.mark.slow
+def test_backtest_on_a_dataframe_returns_what_it_wrote_and_resumes(tmp_path):
+    frame = synthetic_frame()
+    overrides = tiny_study(f"runtime.output_dir={tmp_path / 'out'}", "data.target=hicp")
+    result = pipeline.backtest(overrides, data=frame)
+
+    assert result.output_dir == (tmp_path / "out").resolve()
+    on_disk = pd.read_parquet(result.output_dir / "forecasts" / "all.parquet")
+    pd.testing.assert_frame_equal(result.forecasts, on_disk, check_dtype=False)
+    assert result.metrics == json.loads((result.output_dir / "metrics.json").read_text())
+    assert {"ACTUAL", "FORECAST", "QUANTILE", "HORIZON", "MODEL"} <= set(result.forecasts)
+    assert set(result.forecasts["MODEL"]) >= {"ar_qr", "lqr"}
+    # the actuals are the caller's values
+    scored = result.forecasts.dropna(subset=["ACTUAL"]).iloc[0]
+    row = frame[(frame.COUNTRY == scored.COUNTRY) & (frame.TIME == scored.TIME)]
+    assert row["hicp"].item() == pytest.approx(scored.ACTUAL)
+    used = yaml.safe_load((result.output_dir / "config.yaml").read_text())["data"]
+    assert used["source"] == "panel" and used["path"].endswith("input/panel.parquet")
+
+    fits = sorted((result.output_dir / "models").rglob("*"))
+    stamps = {p: p.stat().st_mtime_ns for p in fits if p.is_file()}
+    again = pipeline.backtest(overrides, data=frame)  # resume: every fit comes from the cache
+    pd.testing.assert_frame_equal(again.forecasts, result.forecasts)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_bad_input_raises_the_one_line_as_a_qpipe_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(pipeline.QpipeError, match=r"config error at 'models.ar_qr.p'"):
+        pipeline.backtest(["models.ar_qr.p=0", f"runtime.output_dir={out}"])
+    with pytest.raises(ConfigError, match="a list of strings"):
+        pipeline.backtest("models.ar_qr.p=2")  # type: ignore[arg-type]
+    with pytest.raises(pipeline.QpipeError, match="no COUNTRY column"):
+        pipeline.backtest([f"runtime.output_dir={out}"], data=pd.DataFrame({"TIME": ["2020-01"]}))
+    with pytest.raises(pipeline.QpipeError, match="must be a pandas DataFrame"):
+        pipeline.backtest([f"runtime.output_dir={out}"], data={"TIME": []})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--config"):
+        pipeline.backtest(config=tmp_path / "missing.yaml")
+    assert not out.exists()  # nothing was written
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot be written"):
+        pipeline.backtest([f"runtime.output_dir={blocker / 'out'}"])
+    out.mkdir()
+    with RunLock(out), pytest.raises(OutputDirBusy):  # one run per output dir
+        pipeline.backtest(tiny_study(f"runtime.output_dir={out}"))
+    assert issubclass(OutputDirBusy, pipeline.QpipeError)
