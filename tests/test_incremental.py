@@ -88,3 +88,23 @@ def test_retrain_if_exists_never_skips_train(
     caplog.clear()
     assert run_study(make_config(d)) == 0
     assert "train@rw" not in skipped(caplog)
+
+
+def test_verify_checks_every_shard_on_demand_and_heals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from pipeline.cli import main
+
+    cache = FitCache(tmp_path / "models", "rw")
+    for s in range(3):
+        cache.write_shard({f"k{s}{i}": {"pred": np.full((1, 1, 3), float(i))} for i in range(4)})
+    assert main(["verify", "--output-dir", str(tmp_path)]) == 0
+    assert "rw: 12 fits checked, ok" in capsys.readouterr().out
+    shard = sorted(cache.shards.glob("*.npz"))[1]
+    shard.write_bytes(shard.read_bytes()[:80])  # truncated
+    assert main(["verify", "--output-dir", str(tmp_path)]) == 1
+    assert "1 damaged shards moved aside, 4 fits to refit" in capsys.readouterr().out
+    assert (tmp_path / "models/rw/damaged" / shard.name).exists()
+    assert main(["verify", "--output-dir", str(tmp_path)]) == 0
