@@ -28,6 +28,16 @@ no-op rerun's wall time, the driver peak (VmHWM) of both runs, the progress stor
 fit and `monitor`'s latency on the store.
 
 Usage: python benchmarks/bench_scale.py --rw 125 500 [--out /tmp/bench_scale]
+
+`--driver N` measures the driver's own CPU per fit (time.process_time of the driver process:
+a loaded machine stretches it far less than wall time, and the workers' CPU, where the solver
+runs, is not in it): prepare, then `run_train` for the same rw study on a local cluster (no
+probe: the default plan), then a second `run_train` that loads everything from the cache, then
+assemble's expected fits. What the driver spends is bookkeeping: keys, progress rows, the
+store, cache shards, payloads, the forecast table, plus the cluster's start. Run it with
+PYTHONPATH at the tree to measure, the same N and machine, before and after a change.
+
+Usage: python benchmarks/bench_scale.py --driver 125 [--out /tmp/bench_scale]
 """
 
 from __future__ import annotations
@@ -212,6 +222,45 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
     }
 
 
+def run_driver(n: int, base: Path) -> dict[str, Any]:
+    """CPU seconds of the driver's own work for an rw study of N countries (in-process)."""
+    from pipeline.config import validate
+    from pipeline.config.compose import compose_dict
+    from pipeline.stages.prepare import load_panel, prepare
+    from pipeline.stages.train import run_train
+
+    out = base / f"driver{n}"
+    overrides = [
+        *RW_ONLY,
+        f"data.synthetic.n_countries={n}",
+        f"runtime.output_dir={out}",
+        *QUIET,
+    ]
+    config = validate(compose_dict(overrides))
+    prepare(config, ROOT)
+    t0 = time.process_time()
+    summary = run_train(config, "rw")
+    first = time.process_time() - t0
+    t0 = time.process_time()
+    run_train(config, "rw")
+    again = time.process_time() - t0
+    import pipeline.stages.study as study
+
+    t0 = time.process_time()
+    study.expected_fits(config, load_panel(out))
+    expected = time.process_time() - t0
+    fits = summary.fits
+    return {
+        "countries": n,
+        "fits": fits,
+        "train_cpu_s": first,
+        "driver_us_per_fit": 1e6 * first / fits,
+        "reload_cpu_s": again,
+        "reload_us_per_fit": 1e6 * again / fits,
+        "expected_fits_cpu_s": expected,
+    }
+
+
 def report_rw(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| fits (N) | whole run s | train@rw s | train us/fit | assemble s | driver peak MiB "
@@ -257,10 +306,17 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="/tmp/bench_scale")
     parser.add_argument("--json", default=None)
     parser.add_argument("--rw", nargs="+", type=int, default=None, help="rw study sizes N")
+    parser.add_argument("--driver", type=int, default=None, help="rw study size N, in-process")
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
+    if args.driver:
+        row = run_driver(args.driver, base)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(row, indent=2))
+        sys.exit(0)
     if args.rw:
         rows = []
         for n in args.rw:
