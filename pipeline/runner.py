@@ -157,10 +157,11 @@ def _models_to_train(config: StudyConfig, records: Any, cfg: dict) -> list[str]:
 
     rt = config.runtime
     models = list(config.models.enabled())
-    if rt.retrain_if_exists or not rt.allow_reload:
-        return models
+    path = db_path(config.output_dir)
+    if rt.retrain_if_exists or not rt.allow_reload or not path.exists():
+        return models  # (no store: nothing ran here yet, and none is created before the probe)
     # an unreadable store is moved aside here (its models then train, rebuilding their rows)
-    with ProgressStore(db_path(config.output_dir)) as store:
+    with ProgressStore(path) as store:
         healthy = store.rebuilt_from is None
         done = store.counts()
     todo = []
