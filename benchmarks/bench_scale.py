@@ -18,6 +18,26 @@ Targets: time linear in the fits, driver memory < 1 GB at 10x.
 
 Usage: python benchmarks/bench_scale.py [--factors 1 3 10] [--out /tmp/bench_scale]
        [--json results.json]
+
+`--rw N [N ...]` (issue 18) measures the runtime's own cost instead: synthetic studies of the
+trivial `rw` model alone (`data.synthetic.n_countries=N`, combo off, origins 2005-01..2023-12,
+4 horizons, 3 quantiles: N x 912 fits), each run twice in the same dir: the first run trains
+everything, the second is a no-op rerun. Per N: train wall time and microseconds per fit
+(whole train stage: the rw arithmetic is about 10 us per fit, the rest is bookkeeping), the
+no-op rerun's wall time, the driver peak (VmHWM) of both runs, the progress store's bytes per
+fit and `monitor`'s latency on the store.
+
+Usage: python benchmarks/bench_scale.py --rw 125 500 [--out /tmp/bench_scale]
+
+`--driver N` measures the driver's own CPU per fit (time.process_time of the driver process:
+a loaded machine stretches it far less than wall time, and the workers' CPU, where the solver
+runs, is not in it): prepare, then `run_train` for the same rw study on a local cluster (no
+probe: the default plan), then a second `run_train` that loads everything from the cache, then
+assemble's expected fits. What the driver spends is bookkeeping: keys, progress rows, the
+store, cache shards, payloads, the forecast table, plus the cluster's start. Run it with
+PYTHONPATH at the tree to measure, the same N and machine, before and after a change.
+
+Usage: python benchmarks/bench_scale.py --driver 125 [--out /tmp/bench_scale]
 """
 
 from __future__ import annotations
@@ -117,6 +137,147 @@ def run_one(k: int, base: Path, cache: Path) -> dict[str, Any]:
     }
 
 
+RW_ONLY = [
+    "models.ar_qr.enabled=false",
+    "models.lqr.enabled=false",
+    "models.ensemble_nn.enabled=false",
+    "models.climatology.enabled=false",
+    "evaluation.combo.enabled=false",
+    "rolling_window.start_date=2005-01-01",
+    "rolling_window.end_date=2023-12-01",
+    "data.horizons=[1,3,6,12]",
+]
+
+
+def timed_run(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and driver VmHWM (MiB) of one command (polled every 0.2 s)."""
+    with open(log_path, "w") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        hwm = {"mb": 0.0}
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set():
+                value = vm_hwm_mb(proc.pid)
+                if value is not None:
+                    hwm["mb"] = max(hwm["mb"], value)
+                stop.wait(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        _, status, _ = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        stop.set()
+        poller.join()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: see {log_path}")
+    return wall, hwm["mb"]
+
+
+def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
+    out = base / f"rw{n}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        *RW_ONLY,
+        f"data.synthetic.n_countries={n}",
+        f"runtime.output_dir={out}",
+        *QUIET,
+    ]
+    env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
+    wall, hwm = timed_run(cmd, base / f"rw{n}.log", env)
+    stages = {
+        k: t["seconds"] for k, t in json.loads((out / "logs" / "timings.json").read_text()).items()
+    }
+    noop_wall, noop_hwm = timed_run(cmd, base / f"rw{n}-noop.log", env)
+    noop = {
+        k: t["seconds"] for k, t in json.loads((out / "logs" / "timings.json").read_text()).items()
+    }
+    store = sum(p.stat().st_size for p in (out / "progress").glob("progress.sqlite*"))
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "monitor", "--output-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    monitor_s = time.perf_counter() - t0
+    fits = n * 912  # N countries x 228 origins x 4 horizons (rw: every fit exists)
+    return {
+        "countries": n,
+        "fits": fits,
+        "wall_s": wall,
+        "stages": stages,
+        "train_us_per_fit": 1e6 * stages["train@rw"] / fits,
+        "driver_vmhwm_mb": hwm,
+        "noop_wall_s": noop_wall,
+        "noop_stages": noop,
+        "noop_vmhwm_mb": noop_hwm,
+        "progress_bytes_per_fit": store / fits,
+        "monitor_s": monitor_s,
+    }
+
+
+def run_driver(n: int, base: Path) -> dict[str, Any]:
+    """CPU seconds of the driver's own work for an rw study of N countries (in-process)."""
+    from pipeline.config import validate
+    from pipeline.config.compose import compose_dict
+    from pipeline.stages.prepare import load_panel, prepare
+    from pipeline.stages.train import run_train
+
+    out = base / f"driver{n}"
+    overrides = [
+        *RW_ONLY,
+        f"data.synthetic.n_countries={n}",
+        f"runtime.output_dir={out}",
+        *QUIET,
+    ]
+    config = validate(compose_dict(overrides))
+    prepare(config, ROOT)
+    t0 = time.process_time()
+    summary = run_train(config, "rw")
+    first = time.process_time() - t0
+    t0 = time.process_time()
+    run_train(config, "rw")
+    again = time.process_time() - t0
+    import pipeline.stages.study as study
+
+    t0 = time.process_time()
+    study.expected_fits(config, load_panel(out))
+    expected = time.process_time() - t0
+    fits = summary.fits
+    return {
+        "countries": n,
+        "fits": fits,
+        "train_cpu_s": first,
+        "driver_us_per_fit": 1e6 * first / fits,
+        "reload_cpu_s": again,
+        "reload_us_per_fit": 1e6 * again / fits,
+        "expected_fits_cpu_s": expected,
+    }
+
+
+def report_rw(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| fits (N) | whole run s | train@rw s | train us/fit | assemble s | driver peak MiB "
+        "| no-op rerun s (driver MiB) | progress B/fit | monitor s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        st = r["stages"]
+        lines.append(
+            f"| {r['fits']:,} ({r['countries']}) | {r['wall_s']:.1f} | {st['train@rw']:.1f} | "
+            f"{r['train_us_per_fit']:.0f} | {st['assemble']:.1f} | {r['driver_vmhwm_mb']:.0f} | "
+            f"{r['noop_wall_s']:.1f} ({r['noop_vmhwm_mb']:.0f}) | "
+            f"{r['progress_bytes_per_fit']:.0f} | {r['monitor_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     per_fit0 = first["stages"]["train@ar_qr"] / first["fits"]
@@ -144,10 +305,27 @@ if __name__ == "__main__":
     parser.add_argument("--factors", nargs="+", type=int, default=[1, 3, 10])
     parser.add_argument("--out", default="/tmp/bench_scale")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--rw", nargs="+", type=int, default=None, help="rw study sizes N")
+    parser.add_argument("--driver", type=int, default=None, help="rw study size N, in-process")
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
+    if args.driver:
+        row = run_driver(args.driver, base)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(row, indent=2))
+        sys.exit(0)
+    if args.rw:
+        rows = []
+        for n in args.rw:
+            rows.append(run_rw(n, base, base / "probe-cache"))
+            print(json.dumps(rows[-1]), flush=True)
+        print(report_rw(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        sys.exit(0)
     rows = []
     for k in args.factors:
         rows.append(run_one(k, base, base / "probe-cache"))

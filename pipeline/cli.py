@@ -10,6 +10,7 @@
     stage NAME [--model M]     run one stage from params.yaml (what dvc.yaml calls)
     check                      verify the set-up: dependencies, data, cores, RAM, dashboard
     monitor [--watch]          show the progress of a run in an output dir
+    verify                     check every fit-cache checksum now (a run checks what it uses)
 
 Bad configuration or data, or an output dir that cannot be written, exits with code 2 and a
 one-line message; the traceback goes to a log file the line names, not to the terminal.
@@ -285,6 +286,17 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.runtime.verify import verify_cache
+
+    out = Path(args.output_dir)
+    cache = Path(args.cache_dir) if args.cache_dir else out / "models"
+    with RunLock(out):  # a running train writes the cache: wait for no one, exit 2 instead
+        lines, damaged = verify_cache(cache)
+    print("\n".join(lines))
+    return 1 if damaged else 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -360,6 +372,11 @@ def _parser() -> argparse.ArgumentParser:
     monitor.add_argument("--watch", action="store_true", help="refresh live until interrupted")
     monitor.add_argument("--interval", type=float, default=2.0)
     monitor.set_defaults(handler=_cmd_monitor)
+
+    verify = commands.add_parser("verify", help="check every fit-cache checksum now")
+    verify.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")
+    verify.add_argument("--cache-dir", default=None, help="runtime.model_cache_dir, if set")
+    verify.set_defaults(handler=_cmd_verify)
     return parser
 
 

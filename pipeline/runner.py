@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -38,7 +38,9 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
     if config.model_cache_dir != config.output_dir / "models":
         check_writable_dir(config.model_cache_dir, "runtime.model_cache_dir")
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
-    with RunLock(config.output_dir), tracking(config):
+    from pipeline.runtime.shared_plan import one_plan_per_run
+
+    with RunLock(config.output_dir), tracking(config), one_plan_per_run():
         remove_temp_files(config.output_dir)
         if panel is not None:
             from pipeline.io import write_parquet
@@ -49,38 +51,162 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.io import write_text
+    from pipeline.runtime.incremental import StageRecords
     from pipeline.runtime.timings import record_stage, timed_stage
-    from pipeline.stages.prepare import prepare
+    from pipeline.schema import META_FILE, PANEL_FILE
 
     root = Path.cwd()
     if dry_run:
         return _dry_run(config, root)
     out = config.output_dir
-    started = time.perf_counter()
-    result = prepare(config, root)  # validates the data first: a bad input writes nothing
-    record_stage(out, "prepare", time.perf_counter() - started)
-    # the later stages' imports (Dask, torch, scipy) after the data passed: bad data fails fast
-    from pipeline.runtime.shared_cluster import SharedCluster
-    from pipeline.stages.probe import run_probe
-    from pipeline.stages.study import assemble_study
-    from pipeline.stages.train import run_train
+    records = StageRecords(out)
+    cfg = config.to_dict()
+    prep_params = {k: cfg[k] for k in ("data", "rolling_window", "seed")}
+    prep_inputs = _data_inputs(config, root)
+    if records.unchanged("prepare", prep_params, prep_inputs):
+        _skipped(out, "prepare", "the data, its params and the code")
+    else:
+        from pipeline.stages.prepare import prepare
 
-    log.info(
-        "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
-    )
+        records.forget("prepare")
+        started = time.perf_counter()
+        result = prepare(config, root)  # validates the data first: a bad input writes nothing
+        record_stage(out, "prepare", time.perf_counter() - started)
+        log.info(
+            "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
+        )
+        records.record("prepare", prep_params, prep_inputs, [out / PANEL_FILE, out / META_FILE])
     # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    with timed_stage(out, "probe"):
-        plan = run_probe(config)
+    todo = _models_to_train(config, records, cfg)
     failed = 0
-    # one cluster serves every model (started by the first one with fits to train)
-    with SharedCluster() as cluster:
-        for model in config.models.enabled():
-            with timed_stage(out, f"train@{model}"):
-                failed += run_train(config, model, plan, cluster).failed
-    with timed_stage(out, "assemble"):
-        assemble_study(config)
+    if todo:
+        from pipeline.runtime.shared_cluster import SharedCluster
+        from pipeline.stages.probe import run_probe
+        from pipeline.stages.train import run_train
+
+        with timed_stage(out, "probe"):
+            plan = run_probe(config, todo)
+        # one cluster serves every model (started by the first one with fits to train)
+        with SharedCluster() as cluster:
+            for model in todo:
+                records.forget(f"train@{model}")
+                with timed_stage(out, f"train@{model}"):
+                    summary = run_train(config, model, plan, cluster)
+                failed += summary.failed
+                _record_train(config, records, cfg, model, summary.failed)
+    assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
+    assemble_inputs = [out / PANEL_FILE, *(_train_file(config, m) for m in config.models.enabled())]
+    if records.unchanged("assemble", assemble_params, assemble_inputs):
+        _skipped(out, "assemble", "the forecasts, the params and the code")
+    else:
+        from pipeline.stages.study import assemble_study
+
+        records.forget("assemble")
+        with timed_stage(out, "assemble"):
+            written = assemble_study(config)
+        outputs = [
+            *written.forecast_files,
+            written.all_forecasts,
+            written.missing,
+            written.metrics,
+            written.metrics_summary,
+            *written.tables,
+            *written.images,
+            written.report,
+        ]
+        records.record("assemble", assemble_params, assemble_inputs, outputs)
     return 1 if failed else 0
+
+
+def _skipped(out: Path, stage: str, what: str) -> None:
+    from pipeline.runtime.timings import record_stage
+
+    log.info("%s: skipped, unchanged since the last run (%s)", stage, what)
+    record_stage(out, stage, 0.0, "skipped")
+
+
+def _data_inputs(config: StudyConfig, root: Path) -> list[Path]:
+    """The files prepare reads (none for synthetic data: its params say it all)."""
+    data = config.data
+    paths = []
+    if data.path:
+        path = Path(data.path)
+        paths.append(path if path.is_absolute() else root / path)
+    if data.source != "synthetic" and data.raw_dir:
+        raw = Path(data.raw_dir)
+        paths.append(raw if raw.is_absolute() else root / raw)
+    return paths
+
+
+def _train_file(config: StudyConfig, model: str) -> Path:
+    from pipeline.stages.train import train_path
+
+    return train_path(config, model)
+
+
+def _train_params(cfg: dict, model: str) -> dict:
+    """What a model's fits depend on (its keys read no more than this)."""
+    return {
+        "data": cfg["data"],
+        "rolling_window": cfg["rolling_window"],
+        "seed": cfg["seed"],
+        "model": cfg["models"].get(model),
+        "model_cache_dir": str(cfg["runtime"].get("model_cache_dir")),
+    }
+
+
+def _train_inputs(config: StudyConfig, model: str) -> list[Path]:
+    from pipeline.schema import META_FILE, PANEL_FILE
+
+    out = config.output_dir
+    # the model's cache shards: a shard added, removed or rewritten (damaged) reruns train,
+    # which then verifies what it loads
+    return [out / PANEL_FILE, out / META_FILE, Path(config.model_cache_dir) / model / "shards"]
+
+
+def _models_to_train(config: StudyConfig, records: Any, cfg: dict) -> list[str]:
+    """Enabled models whose train stage must run; one line for each that is skipped."""
+    from pipeline.runtime.progress import ProgressStore, db_path
+
+    rt = config.runtime
+    models = list(config.models.enabled())
+    path = db_path(config.output_dir)
+    if rt.retrain_if_exists or not rt.allow_reload or not path.exists():
+        return models  # (no store: nothing ran here yet, and none is created before the probe)
+    # an unreadable store is moved aside here (its models then train, rebuilding their rows)
+    with ProgressStore(path) as store:
+        healthy = store.rebuilt_from is None
+        done = store.counts()
+    todo = []
+    for model in models:
+        stage = f"train@{model}"
+        rec = records.get(stage)
+        if (
+            healthy
+            and rec.get("failed") == 0
+            and done.get(model, {}).get("done", -1) == rec.get("done_rows")
+            and records.unchanged(stage, _train_params(cfg, model), _train_inputs(config, model))
+        ):
+            _skipped(config.output_dir, stage, "its fits, the fit cache and the code")
+        else:
+            todo.append(model)
+    return todo
+
+
+def _record_train(config: StudyConfig, records: Any, cfg: dict, model: str, failed: int) -> None:
+    from pipeline.runtime.progress import ProgressStore, db_path
+
+    with ProgressStore(db_path(config.output_dir)) as store:
+        done = store.counts(model).get(model, {}).get("done", 0)
+    records.record(
+        f"train@{model}",
+        _train_params(cfg, model),
+        _train_inputs(config, model),
+        [_train_file(config, model)],
+        failed=int(failed),
+        done_rows=int(done),
+    )
 
 
 def _dry_run(config: StudyConfig, root: Path) -> int:

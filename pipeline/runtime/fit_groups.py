@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data.windows import month_index, month_start
+from pipeline.data.windows import month_index
 from pipeline.io import stable_hash
 from pipeline.runtime.fit_windows import CountryWindows, country_grid, window_arrays
 from pipeline.schema import COUNTRY, TIME
@@ -76,43 +76,69 @@ class FitGroup:
         return {k: (tuple(v.shape[1:]), v.dtype.str) for k, v in self.data.items()}
 
 
-def fingerprints(*arrays: np.ndarray) -> np.ndarray:
-    """sha256 per leading index over the given arrays' values (NaN canonicalised)."""
-    n = arrays[0].shape[0]
-    blobs = [np.ascontiguousarray(np.where(np.isnan(a), np.nan, a)).reshape(n, -1) for a in arrays]
-    out = np.empty(n, dtype=object)
-    for i in range(n):
-        digest = hashlib.sha256()
-        for blob in blobs:
-            digest.update(blob[i].tobytes())
-        out[i] = digest.hexdigest()
-    return out
+# Version of the key definition itself (bumped when the bytes a key hashes change; every
+# cached fit then refits once). 2: one sha256 per fit over the fit's raw bytes (issue 18).
+KEY_FORMAT = 2
 
 
-def fit_key(
+def key_prefix(
     model: str,
     version: int,
     params: Mapping[str, Any],
     quantiles: Sequence[float],
     horizon: int | Sequence[int],
-    origin: int,
-    country: str,
-    data_fingerprint: str,
     seed: int,
-) -> str:
-    """The content key of one fit (64 hex characters)."""
+    extra: str = "",
+) -> Any:
+    """The sha256 state every key of one group starts from (what its fits share)."""
     payload = {
+        "format": KEY_FORMAT,
         "model": model,
         "version": int(version),
         "params": dict(params),
         "quantiles": [float(q) for q in quantiles],
         "horizon": int(horizon) if np.isscalar(horizon) else [int(h) for h in horizon],
-        "origin": month_start(int(origin)).strftime("%Y-%m"),
-        "country": country,
-        "data": data_fingerprint,
         "seed": int(seed),
+        "extra": extra,
     }
-    return stable_hash(payload, length=64)
+    return hashlib.sha256(stable_hash(payload, length=64).encode())
+
+
+def _row_bytes(array: np.ndarray, n: int) -> np.ndarray:
+    """(n, B) uint8 view of an array's per-fit values (NaN canonicalised, bool as one byte)."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    elif a.dtype.kind == "f":
+        a = np.where(np.isnan(a), np.nan, a).astype("<f8")
+    elif a.dtype.kind in "iu":
+        a = a.astype("<i8")
+    return np.ascontiguousarray(a).reshape(n, -1).view(np.uint8)
+
+
+def bulk_keys(prefix: Any, *parts: np.ndarray) -> np.ndarray:
+    """Content keys (F,) of 64 hex characters: sha256(prefix, then each fit's bytes of `parts`).
+
+    One hashlib call per fit over one contiguous row: the per-fit Python cost is a copy of
+    the prefix state and a hexdigest (about a microsecond)."""
+    n = int(parts[0].shape[0])
+    out = np.empty(n, dtype=object)
+    if not n:
+        return out
+    rows = np.ascontiguousarray(np.concatenate([_row_bytes(p, n) for p in parts], axis=1))
+    width, flat = rows.shape[1], memoryview(rows.reshape(-1))
+    for i in range(n):
+        digest = prefix.copy()
+        digest.update(flat[i * width : (i + 1) * width])
+        out[i] = digest.hexdigest()
+    return out
+
+
+def country_digests(countries: Sequence[str]) -> np.ndarray:
+    """(C, 16) uint8: a fixed-width digest per country code (so a key does not depend on the
+    longest code of the study)."""
+    blob = b"".join(hashlib.sha256(str(c).encode()).digest()[:16] for c in countries)
+    return np.frombuffer(blob, dtype=np.uint8).reshape(len(countries), 16)
 
 
 def build_group(
@@ -149,7 +175,12 @@ def build_group(
     countries, m0, grid = country_grid(panel, [*features, *(lead_column(h) for h in horizons)])
     org = np.array([month_index(o) for o in origins], dtype=np.int64)
     carr = np.array(countries, dtype=object)
+    step = int(np.diff(org).min()) if len(org) > 1 else 1
+    slot = None
     if not pooled:
+        # per fit: country, origin, slot (when batched by slot) and the values it reads
+        prefix = key_prefix(model, version, params, quantiles, int(horizons[0]), seed)
+        cdig = country_digests(countries)
         # a few countries at a time: the driver never holds every fit's window at once
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for c0 in range(0, len(countries), COUNTRY_CHUNK):
@@ -159,10 +190,15 @@ def build_group(
             ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (c, O)
             ci, oi = np.nonzero(ok)
             X, y, x_new = arr["X"][ci, oi], arr["y"][ci, oi][..., 0], arr["X_new"][ci, oi]
-            parts.append((ci + c0, oi, fingerprints(X, y, x_new[:, None, :])))
-        c_idx, o_idx, fp = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            ident = [cdig[ci + c0], org[oi]]
+            if slot_period > 1:
+                # consecutive origins take consecutive slots (so a task of them needs no
+                # filler); the slot enters the key: one key, one result
+                ident.append((org[oi] // max(step, 1)) % slot_period)
+            parts.append((ci + c0, oi, bulk_keys(prefix, *ident, X, y, x_new)))
+        c_idx, o_idx, keys = (np.concatenate([p[i] for p in parts]) for i in range(3))
         c_idx, o_idx = c_idx.astype(np.int64), o_idx.astype(np.int64)
-        fp = fp.astype(object)
+        keys = keys.astype(object)
         data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
             grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, org[o_idx]
         )
@@ -170,7 +206,8 @@ def build_group(
         fit_origin = org[o_idx]
         row_countries = fit_country[:, None]
         rows = np.ones((len(c_idx), 1), dtype=bool)
-        key_horizon: int | list[int] = int(horizons[0])
+        if slot_period > 1:
+            slot = (fit_origin // max(step, 1)) % slot_period
     else:
         arr = window_arrays(grid, m0, org, size, horizons, len(features))
         ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (C, O)
@@ -183,41 +220,28 @@ def build_group(
         data["X"] = np.where(live[..., None], data["X"], np.nan)
         data["y"] = np.where(live[..., None], data["y"], np.nan)
         data["X_new"] = np.where(mask[..., None], data["X_new"], np.nan)
-        fp = fingerprints(data["X"], data["y"], data["X_new"], mask)
-        # country codes enter the fingerprint: a pooled model knows which row is whose
-        code_fp = stable_hash(countries, length=64)
-        fp = np.array([f + code_fp for f in fp], dtype=object)
         fit_country = np.full(len(o_idx), PANEL_COUNTRY, dtype=object)
         fit_origin = org[o_idx]
         row_countries = np.broadcast_to(carr, (len(o_idx), C)).copy()
         rows = mask
-        key_horizon = [int(h) for h in horizons]
+        # country codes enter the key: a pooled model knows which row is whose
+        prefix = key_prefix(
+            model,
+            version,
+            params,
+            quantiles,
+            [int(h) for h in horizons],
+            seed,
+            extra=stable_hash(countries, length=64),
+        )
+        ident = [fit_origin]
+        if batch_fits > 1:
+            ident.append(_block_mates(org, fit_origin, batch_fits))
+        keys = bulk_keys(prefix, *ident, data["X"], data["y"], data["X_new"], mask)
     block = None
     if pooled and batch_fits > 1:
         # by origin index (not month offset: with step=3 that halved the blocks)
         block = np.searchsorted(org, fit_origin) // batch_fits
-        mates = {
-            b: [month_start(int(o)).strftime("%Y-%m") for o in fit_origin[block == b]]
-            for b in set(block.tolist())
-        }
-        fp = np.array(
-            [f + stable_hash(mates[int(b)], length=16) for f, b in zip(fp, block, strict=True)],
-            dtype=object,
-        )
-    slot = None
-    if not pooled and slot_period > 1:
-        # consecutive origins take consecutive slots (so a task of them needs no filler);
-        # the slot enters the key: one key, one result
-        step = int(np.diff(org).min()) if len(org) > 1 else 1
-        slot = (fit_origin // max(step, 1)) % slot_period
-        fp = np.array([f"{f}|slot{int(s)}" for f, s in zip(fp, slot, strict=True)], dtype=object)
-    keys = np.array(
-        [
-            fit_key(model, version, params, quantiles, key_horizon, o, c, f, seed)
-            for o, c, f in zip(fit_origin, fit_country, fp, strict=True)
-        ],
-        dtype=object,
-    )
     return FitGroup(
         model=model,
         horizon=int(horizons[0]) if not pooled else 0,
@@ -231,6 +255,18 @@ def build_group(
         block=block,
         slot=slot,
     )
+
+
+def _block_mates(org: np.ndarray, fit_origin: np.ndarray, batch_fits: int) -> np.ndarray:
+    """(F, 16) uint8: per fit, a digest of its batch block's origins (batch-mates enter the
+    key: a batched network's results depend on them)."""
+    block = np.searchsorted(org, fit_origin) // batch_fits
+    digests = {
+        int(b): hashlib.sha256(fit_origin[block == b].astype("<i8").tobytes()).digest()[:16]
+        for b in np.unique(block)
+    }
+    blob = b"".join(digests[int(b)] for b in block)
+    return np.frombuffer(blob, dtype=np.uint8).reshape(len(block), 16)
 
 
 def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGroup]:
@@ -266,17 +302,38 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
     ]
 
 
+def expand(group: FitGroup, fits: np.ndarray, n_quantiles: int) -> tuple[np.ndarray, ...]:
+    """Index arrays (fit, row, horizon index, quantile index), one entry per forecast of the
+    fits `fits` (positions in the group), fit-major, then row, horizon, quantile."""
+    fits = np.asarray(fits, dtype=np.int64)
+    fr, cj = np.nonzero(group.rows[fits])
+    hq = len(group.horizons) * n_quantiles
+    fi, cj = np.repeat(fits[fr], hq), np.repeat(cj, hq)
+    hi = np.tile(np.repeat(np.arange(len(group.horizons)), n_quantiles), fr.size)
+    qi = np.tile(np.arange(n_quantiles), fr.size * len(group.horizons))
+    return fi, cj, hi, qi
+
+
+def origin_labels(origin: np.ndarray) -> np.ndarray:
+    """'YYYY-MM-DD' of month indexes (object array), formatted once per distinct month."""
+    months, inverse = np.unique(np.asarray(origin, dtype=np.int64), return_inverse=True)
+    labels = np.array([f"{m // 12:04d}-{m % 12 + 1:02d}-01" for m in months.tolist()], dtype=object)
+    return labels[inverse.reshape(-1)] if months.size else np.array([], dtype=object)
+
+
 def forecast_table(
     groups: Sequence[FitGroup],
-    where: Mapping[str, tuple[int, int]],
-    preds: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    pred: Sequence[np.ndarray],
+    alpha: Sequence[np.ndarray],
+    have: Sequence[np.ndarray],
     config: Any,
     model: str,
     panel: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Forecast table (pipeline.schema) of the fits in `preds`: key -> (pred (C, H, Q), alpha (Q,)).
+    """Forecast table (pipeline.schema) of the fits marked in `have` (per group, (F,) bool),
+    with per group `pred` (F, C, H, Q) and `alpha` (F, Q).
 
-    `where` maps a key to (group, position); ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
+    ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
     """
     from pipeline.schema import Y_RAW, conform_forecasts
 
@@ -285,20 +342,14 @@ def forecast_table(
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("COUNTRY", "HORIZON", "ORIGIN", "QUANTILE", "FORECAST", "ALPHA")
     }
-    for key, (pred, alpha) in preds.items():
-        gi, i = where[key]
-        g = groups[gi]
-        live = np.nonzero(g.rows[i])[0]
-        H = len(g.horizons)
-        n = live.size * H * Q
-        parts["COUNTRY"].append(np.repeat(g.countries[i][live].astype(str), H * Q))
-        parts["HORIZON"].append(
-            np.tile(np.repeat(np.asarray(g.horizons, dtype=np.int64), Q), live.size)
-        )
-        parts["ORIGIN"].append(np.full(n, int(g.origin[i]), dtype=np.int64))
-        parts["QUANTILE"].append(np.tile(qs, live.size * H))
-        parts["FORECAST"].append(np.asarray(pred, dtype=np.float64)[live].reshape(-1))
-        parts["ALPHA"].append(np.tile(np.asarray(alpha, dtype=np.float64), live.size * H))
+    for gi, g in enumerate(groups):
+        fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], Q)
+        parts["COUNTRY"].append(g.countries[fi, cj].astype(str))
+        parts["HORIZON"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
+        parts["ORIGIN"].append(g.origin[fi].astype(np.int64))
+        parts["QUANTILE"].append(qs[qi])
+        parts["FORECAST"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
+        parts["ALPHA"].append(alpha[gi][fi, qi].astype(np.float64))
     cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in parts.items()}
     origin = cols.pop("ORIGIN").astype(np.int64)
     frame = pd.DataFrame(cols)
@@ -319,6 +370,5 @@ def _months(index: np.ndarray) -> pd.DatetimeIndex:
     index = np.asarray(index, dtype=np.int64)
     if not index.size:
         return pd.DatetimeIndex([], dtype="datetime64[ns]")
-    return pd.DatetimeIndex(
-        pd.to_datetime({"year": index // 12, "month": index % 12 + 1, "day": 1})
-    )
+    # datetime64[M] counts months from 1970-01
+    return pd.DatetimeIndex((index - 1970 * 12).astype("datetime64[M]").astype("datetime64[ns]"))

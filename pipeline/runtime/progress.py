@@ -235,6 +235,9 @@ class ProgressStore:
             self.conn.execute("BEGIN")
             self.conn.executemany(f"UPDATE progress SET {cols} WHERE model = ? AND key = ?", params)
 
+    # The done updates name the key index: left alone, SQLite's planner takes the primary
+    # key's (model, country, quantile, horizon) prefix and walks every origin of that series
+    # for each row (O(origins) per row; 2.5x slower at 228 origins).
     def record_done(
         self,
         model: str,
@@ -248,7 +251,7 @@ class ProgressStore:
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.executemany(
-                "UPDATE progress SET status = 'done', attempts = attempts + 1, error_type = NULL, "
+                "UPDATE progress INDEXED BY progress_key SET status = 'done', attempts = attempts + 1, error_type = NULL, "
                 "error_message = NULL, worker = ?, started = ?, finished = ?, seconds = ?, peak_mb = ?, "
                 "forecast = ?, alpha = ?, run_id = ? "
                 "WHERE model = ? AND key = ? AND country = ? AND horizon = ? AND quantile = ?",
@@ -282,7 +285,7 @@ class ProgressStore:
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.executemany(
-                "UPDATE progress SET status = 'done', error_type = NULL, error_message = NULL, "
+                "UPDATE progress INDEXED BY progress_key SET status = 'done', error_type = NULL, error_message = NULL, "
                 "forecast = ?, alpha = ?, run_id = ? "
                 "WHERE model = ? AND key = ? AND country = ? AND horizon = ? AND quantile = ?",
                 [(f, a, run_id, model, k, c, h, q) for k, c, h, q, f, a in rows],

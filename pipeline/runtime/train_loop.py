@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.fit_cache import Entry, FitCache
-from pipeline.runtime.fit_groups import FitGroup, forecast_table
+from pipeline.runtime.fit_groups import FitGroup, expand, forecast_table
 from pipeline.runtime.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.logs import ProgressReporter
 from pipeline.runtime.plan import Plan, task_size
@@ -52,9 +52,11 @@ class RunState:
         )
         self.where = {str(k): (gi, i) for gi, g in enumerate(groups) for i, k in enumerate(g.keys)}
         self.n_fits = len(self.where)
-        self.pred: dict[
-            str, tuple[np.ndarray, np.ndarray]
-        ] = {}  # key -> (pred (C,H,Q), alpha (Q,))
+        Q = len(config.data.quantiles)
+        # forecasts known so far, per group: pred (F, C, H, Q), alpha (F, Q), have (F,)
+        self.pred = [np.full((len(g), g.rows.shape[1], len(g.horizons), Q), np.nan) for g in groups]
+        self.alpha = [np.full((len(g), Q), np.nan) for g in groups]
+        self.have = [np.zeros(len(g), dtype=bool) for g in groups]
         self.failed: dict[str, str] = {}
         self.trained = 0
         self.loaded = 0
@@ -73,40 +75,49 @@ class RunState:
         Q = len(self.config.data.quantiles)
         newly: list[tuple[str, str, int, float, float, float | None]] = []
         for gi, g in enumerate(self.groups):
-            for i in np.nonzero(cached[gi])[0]:
-                key = str(g.keys[i])
-                self.pred[key] = (entries[key]["pred"], entries[key]["alpha"])
-                if known.get(key, 0) != int(g.rows[i].sum()) * len(g.horizons) * Q:
-                    newly.extend(self._rows(key, *self.pred[key]))
-                self.loaded += 1
+            idx = np.nonzero(cached[gi])[0]
+            if not idx.size:
+                continue
+            keys = g.keys[idx]
+            self.pred[gi][idx] = np.stack([entries[k]["pred"] for k in keys])
+            self.alpha[gi][idx] = np.stack([entries[k]["alpha"] for k in keys])
+            self.have[gi][idx] = True
+            want = g.rows[idx].sum(1) * len(g.horizons) * Q
+            got = np.array([known.get(k, 0) for k in keys], dtype=np.int64)
+            newly.extend(self._rows(gi, idx[got != want]))
+            self.loaded += int(idx.size)
         if newly:
             self.store.mark_loaded(self.model, self.run_id, newly)
 
     def _rows(
-        self, key: str, pred: np.ndarray, alpha: np.ndarray
+        self, gi: int, fits: np.ndarray
     ) -> list[tuple[str, str, int, float, float, float | None]]:
-        """Progress rows (key, country, horizon, quantile, forecast, alpha) of one fit."""
-        gi, i = self.where[key]
+        """Progress rows (key, country, horizon, quantile, forecast, alpha) of fits `fits` of
+        group `gi` (their forecasts known), built from arrays."""
         g = self.groups[gi]
-        out = []
-        for j in np.nonzero(g.rows[i])[0]:
-            for hi, h in enumerate(g.horizons):
-                for qi, q in enumerate(self.config.data.quantiles):
-                    a = float(alpha[qi])
-                    out.append(
-                        (
-                            key,
-                            str(g.countries[i][j]),
-                            int(h),
-                            float(q),
-                            float(pred[j, hi, qi]),
-                            None if np.isnan(a) else a,
-                        )
-                    )
-        return out
+        qs = np.asarray(self.config.data.quantiles, dtype=np.float64)
+        fi, cj, hi, qi = expand(g, fits, len(qs))
+        alpha = self.alpha[gi][fi, qi]
+        alpha_obj = alpha.astype(object)
+        alpha_obj[np.isnan(alpha)] = None
+        return list(
+            zip(
+                g.keys[fi].tolist(),
+                g.countries[fi, cj].astype(str).tolist(),
+                np.asarray(g.horizons, dtype=np.int64)[hi].tolist(),
+                qs[qi].tolist(),
+                self.pred[gi][fi, cj, hi, qi].tolist(),
+                alpha_obj.tolist(),
+                strict=True,
+            )
+        )
+
+    def known(self, key: str) -> bool:
+        gi, i = self.where[key]
+        return bool(self.have[gi][i])
 
     def failed_count(self) -> int:
-        return len([k for k in self.failed if k not in self.pred])
+        return len(self.failed_now())
 
     # --- training ---------------------------------------------------------------------------
 
@@ -229,7 +240,7 @@ class RunState:
         return handle.dashboard, handle.n_workers
 
     def failed_now(self) -> list[str]:
-        return [k for k in self.failed if k not in self.pred]
+        return [k for k in self.failed if not self.known(k)]
 
     def _done(self, result: dict[str, Any], task: Task) -> None:
         """Write the task's fits as one cache shard (the driver is the only writer), then
@@ -247,11 +258,15 @@ class RunState:
                 **result["states"][j],
             }
         self.cache.write_shard(entries, f"{self.run_id}-{task.task_id}")
-        rows = []
-        for j, key in enumerate(result["keys"]):
-            self.pred[key] = (result["pred"][j], result["alpha"][j])
+        gi = task.group
+        idx = np.array([self.where[k][1] for k in result["keys"]], dtype=np.int64)
+        if idx.size:
+            self.pred[gi][idx] = np.asarray(result["pred"])
+            self.alpha[gi][idx] = np.asarray(result["alpha"])
+            self.have[gi][idx] = True
+        for key in result["keys"]:
             self.failed.pop(key, None)
-            rows.extend(self._rows(key, *self.pred[key]))
+        rows = self._rows(gi, idx)
         self.trained += len(result["keys"])
         self.store.record_done(
             self.model,
@@ -334,7 +349,9 @@ class RunState:
 
     def forecast_frame(self, panel: pd.DataFrame) -> pd.DataFrame:
         """The forecast table of every fit known (schema order, deterministic sort)."""
-        return forecast_table(self.groups, self.where, self.pred, self.config, self.model, panel)
+        return forecast_table(
+            self.groups, self.pred, self.alpha, self.have, self.config, self.model, panel
+        )
 
 
 def _task_stream(handle: Any, timeout_s: float | None) -> Any:

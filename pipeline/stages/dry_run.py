@@ -10,8 +10,8 @@ import numpy as np
 
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_groups import build_groups
 from pipeline.runtime.plan import Plan, resolve_plan, task_size
+from pipeline.runtime.shared_plan import fit_groups
 
 log = logging.getLogger("pipeline")
 
@@ -29,7 +29,7 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
 
     panel = load_panel(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())
-    groups = {m: build_groups(panel, config, adapter_for(config, m)) for m in names}
+    groups = {m: fit_groups(panel, config, adapter_for(config, m)) for m in names}
     plan = resolve_plan(config, groups, plan)
     rt = config.runtime
     n_workers = rt.max_workers or plan.n_workers

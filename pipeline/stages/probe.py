@@ -40,7 +40,7 @@ import numpy as np
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_groups import FitGroup, build_groups
+from pipeline.runtime.fit_groups import FitGroup
 from pipeline.runtime.plan import (
     MEASUREMENTS_FILE,
     PROBE_FILE,
@@ -52,6 +52,7 @@ from pipeline.runtime.plan import (
     worker_environment,
 )
 from pipeline.runtime.probe_cache import cached_measurement, code_fingerprint, machine_identity
+from pipeline.runtime.shared_plan import fit_groups
 from pipeline.runtime.tasks import task_payload
 from pipeline.runtime.timeouts import PROBE_TIMEOUT_S, probe_timeout
 
@@ -78,7 +79,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     results: dict[str, tuple[int, dict[str, Any], list[FitGroup]]] = {}
     for name in names:
         adapter = adapter_for(config, name)
-        groups = build_groups(panel, config, adapter)
+        groups = fit_groups(panel, config, adapter)
         n_fits = sum(len(g) for g in groups)
         if n_fits == 0:
             raise ProbeError(f"model {name} has no fit with enough data in this study")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import StudyConfig
-from pipeline.data.windows import month_start
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.derived import DerivedSettings
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_groups import build_groups
+from pipeline.runtime.fit_groups import expand
+from pipeline.runtime.shared_plan import fit_groups
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
+
+EXPECTED_COLUMNS = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 
 
 def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -22,20 +25,23 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
     as missing by assemble when train did not deliver it.
     """
     panel = load_panel(config.output_dir) if panel is None else panel
-    rows = []
+    qs = np.asarray(config.data.quantiles, dtype=np.float64)
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in EXPECTED_COLUMNS}
     for model in config.models.enabled():
-        for group in build_groups(panel, config, adapter_for(config, model)):
-            for i in range(len(group)):
-                origin = month_start(int(group.origin[i]))
-                for country in group.countries[i][group.rows[i]]:
-                    for horizon in group.horizons:
-                        rows.extend(
-                            (model, str(country), int(horizon), float(q), origin)
-                            for q in config.data.quantiles
-                        )
-    frame = pd.DataFrame.from_records(
-        rows, columns=["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"]
-    )
+        for group in fit_groups(panel, config, adapter_for(config, model)):
+            fi, cj, hi, qi = expand(group, np.arange(len(group)), len(qs))
+            cols["MODEL"].append(np.full(fi.size, model, dtype=object))
+            cols["COUNTRY"].append(group.countries[fi, cj].astype(str))
+            cols["HORIZON"].append(np.asarray(group.horizons, dtype=np.int64)[hi])
+            cols["QUANTILE"].append(qs[qi])
+            cols["WINDOW_END"].append(group.origin[fi].astype(np.int64))
+    if cols["MODEL"]:
+        data = {c: np.concatenate(v) for c, v in cols.items()}
+    else:
+        data = {c: np.array([], dtype=np.int64 if c == "WINDOW_END" else object) for c in cols}
+    months = data.pop("WINDOW_END").astype(np.int64) - 1970 * 12  # datetime64[M] epoch
+    frame = pd.DataFrame(data)
+    frame["WINDOW_END"] = months.astype("datetime64[M]").astype("datetime64[ns]")
     return frame.astype(
         {
             "MODEL": "string",

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import StudyConfig
-from pipeline.data.windows import month_start
 from pipeline.io import write_parquet
 from pipeline.models.registry import adapter_for
 from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.fit_groups import FitGroup, build_groups
+from pipeline.runtime.fit_groups import FitGroup, expand, origin_labels
 from pipeline.runtime.logs import RunLog, new_run_id
 from pipeline.runtime.plan import Plan, resolve_plan
 from pipeline.runtime.progress import ProgressStore, db_path
+from pipeline.runtime.shared_plan import fit_groups
 from pipeline.runtime.train_loop import RunState
 
 if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
@@ -96,7 +96,7 @@ def run_train(
     with RunLog(out, run_id) as run_log, ProgressStore(db_path(out)) as store:
         store.start_run(run_id, model, os.getpid(), str(run_log.path))
         panel = load_panel(out)
-        groups = build_groups(panel, config, adapter)
+        groups = fit_groups(panel, config, adapter)
         if model in config.models.user_models():  # before any cluster starts
             from pipeline.runtime.model_check import check_user_model
 
@@ -142,7 +142,7 @@ def run_train(
             _finish(store, run_id, out, "failed", state)
             raise
         frame = state.forecast_frame(panel)
-        write_parquet(train_path(config, model), frame)
+        _write_if_changed(train_path(config, model), frame)
         _finish(store, run_id, out, status, state)
         seconds = time.perf_counter() - t0
         log.info(
@@ -168,6 +168,25 @@ def run_train(
         )
 
 
+def _write_if_changed(path: Path, frame: Any) -> None:
+    """Write the table unless the file already holds these bytes: an unchanged table keeps
+    its file and mtime, so what reads it (assemble) need not run again."""
+    import filecmp
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    staged = Path(name)
+    try:
+        write_parquet(staged, frame)
+        if path.exists() and filecmp.cmp(staged, path, shallow=False):
+            return
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
     store.update_run(
         run_id,
@@ -184,15 +203,21 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
 def _progress_rows(
     groups: list[FitGroup], quantiles: tuple[float, ...]
 ) -> list[tuple[str, float, int, str, str]]:
-    rows = []
+    """(country, quantile, horizon, origin, key) of every forecast, built from arrays."""
+    qs = np.asarray(quantiles, dtype=np.float64)
+    rows: list[tuple[str, float, int, str, str]] = []
     for g in groups:
-        for i, key in enumerate(g.keys):
-            origin = month_start(int(g.origin[i])).strftime("%Y-%m-%d")
-            for country in g.countries[i][g.rows[i]]:
-                for h in g.horizons:
-                    rows.extend(
-                        (str(country), float(q), int(h), origin, str(key)) for q in quantiles
-                    )
+        fi, cj, hi, qi = expand(g, np.arange(len(g)), len(qs))
+        rows.extend(
+            zip(
+                g.countries[fi, cj].astype(str).tolist(),
+                qs[qi].tolist(),
+                np.asarray(g.horizons, dtype=np.int64)[hi].tolist(),
+                origin_labels(g.origin)[fi].tolist(),
+                g.keys[fi].tolist(),
+                strict=True,
+            )
+        )
     return rows
 
 
