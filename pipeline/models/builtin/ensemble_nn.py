@@ -139,7 +139,7 @@ def _probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
 CONFIG = EnsembleNNConfig
 ADAPTER = Adapter(
     name="ensemble_nn",
-    version=1,
+    version=2,  # 2: hand-written gradients, flat buffers (issue 19): other rounding
     pooled=True,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
