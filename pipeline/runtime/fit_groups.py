@@ -138,9 +138,9 @@ def build_group(
     holds at least `min_rows` complete rows. A pooled (panel) fit (one per origin, every
     country and every horizon in `horizons`) exists when at least one country qualifies;
     countries that do not are masked out of it (w = 0, no forecast row).
-    With `batch_fits` > 1 (pooled only), fits are cut into blocks of `batch_fits` consecutive
-    study origins (by origin index, counted from the first origin); a fit's key includes its
-    block's origins.
+    With `batch_fits` > 1 (pooled only), fits are cut into ceil(n / `batch_fits`) blocks of
+    at most `batch_fits` study origins, dealt round-robin by origin index (fit i -> block
+    i mod n_blocks); a fit's key includes its block's origins.
     """
     from pipeline.schema import lead_column
 
@@ -194,8 +194,11 @@ def build_group(
         key_horizon = [int(h) for h in horizons]
     block = None
     if pooled and batch_fits > 1:
-        # by origin index (not month offset: with step=3 that halved the blocks)
-        block = np.searchsorted(org, fit_origin) // batch_fits
+        # by origin index (not month offset: with step=3 that halved the blocks), dealt out
+        # round-robin: each block spans the whole study, so blocks cost about the same and
+        # the workers finish together (consecutive blocks put calm and volatile years apart)
+        n_blocks = -(-len(org) // batch_fits)
+        block = np.searchsorted(org, fit_origin) % n_blocks
         mates = {
             b: [month_start(int(o)).strftime("%Y-%m") for o in fit_origin[block == b]]
             for b in set(block.tolist())
