@@ -155,9 +155,8 @@ def train_members(
     training rows (the last batch may be short; padding rows carry zero weight). At the end
     of each of its epochs it is validated, and it stops after `patience` epochs without
     improvement or after `epochs`; it is then dropped from the batch with its best weights.
-    Gradients are hand-written (`_nn_step`) and every member's parameters, gradient and Adam
-    moments are one row of a flat buffer, so a step is a few batched matmuls and one fused
-    Adam call.
+    Gradients are hand-written (`_nn_step`) and the members' parameters, gradients and Adam
+    moments are each one buffer, so a step is a few batched matmuls and one fused Adam call.
     """
     bs, Q = spec.batch_size, len(spec.quantiles)
     data = _Stacked(preps, device, dtype)
@@ -169,14 +168,14 @@ def train_members(
     steps_per_epoch = -(-n_train // bs)
     width = int(steps_per_epoch.max()) * bs
     val_table = _padded(val_ids, max(v.size for v in val_ids), data.dummy).to(device)
-    flat = torch.stack([lay.pack([p[None] for p in init])[0] for init in inits])
-    flat = flat.to(device=device, dtype=dtype)
-    best = flat.clone()  # (B, P) by global id; never compacted
-    grad, exp_avg, exp_avg_sq = (torch.zeros_like(flat) for _ in range(3))
+    buf = lay.pack([torch.stack([init[i] for init in inits]) for i in range(len(inits[0]))])
+    buf = buf.to(device=device, dtype=dtype)
+    best = [v.clone() for v in lay.views(buf, B)]  # (B, ...) by global id; never compacted
+    grad, exp_avg, exp_avg_sq = (torch.zeros_like(buf) for _ in range(3))
     # every active member has taken every step so far, so one shared Adam step count is exact
     adam = _Adam(spec.learning_rate, device)
     step = Step(lay, tau)
-    step.rebind(flat, grad)
+    step.rebind(buf, grad, B)
 
     pos = np.zeros(B, dtype=np.int64)  # step within the member's current epoch
     epoch = np.zeros(B, dtype=np.int64)  # epochs completed
@@ -200,12 +199,12 @@ def train_members(
             col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
             x, oh, y, w = data.split(torch.gather(order, 1, col))
             step(x, oh, y, w)
-            adam.step(flat, grad, exp_avg, exp_avg_sq)
+            adam.step(buf, grad, exp_avg, exp_avg_sq)
             pos[active] += 1
         ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
         members = active[ended]
         loc = torch.as_tensor(ended, device=device)
-        sub = flat[loc]
+        sub = [v[loc] for v in step.views]
         x, oh, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
         val = member_loss(quantiles(lay, sub, x, oh), y, w, tau).cpu().numpy()
         epoch[members] += 1
@@ -215,7 +214,9 @@ def train_members(
             imp = members[improved]
             best_val[imp], best_epoch[imp], wait[imp] = val[improved], epoch[imp], 0
             keep = torch.as_tensor(np.flatnonzero(improved), device=device)
-            best[torch.as_tensor(imp, device=device)] = sub[keep]
+            imp_t = torch.as_tensor(imp, device=device)
+            for b_all, s_new in zip(best, sub, strict=True):
+                b_all[imp_t] = s_new[keep]
         wait[members[~improved]] += 1
         stop = (wait[members] >= spec.patience) | (epoch[members] >= spec.epochs)
         if (~stop).any():
@@ -225,13 +226,17 @@ def train_members(
             keep_rows = np.ones(active.size, dtype=bool)
             keep_rows[ended[stop]] = False
             keep_t = torch.as_tensor(np.flatnonzero(keep_rows), device=device)
-            flat, exp_avg, exp_avg_sq = flat[keep_t], exp_avg[keep_t], exp_avg_sq[keep_t]
-            grad = torch.empty_like(flat)
-            step.rebind(flat, grad)
+            n = int(keep_t.numel())
+            buf, exp_avg, exp_avg_sq = (
+                lay.pack([v[keep_t] for v in lay.views(t, active.size)])
+                for t in (buf, exp_avg, exp_avg_sq)
+            )
+            grad = torch.empty_like(buf)
+            step.rebind(buf, grad, n)
             order = order[keep_t]
             active = active[keep_rows]
     stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
-    return lay.unpack(best), stats
+    return lay.saved(best), stats
 
 
 class _Adam:

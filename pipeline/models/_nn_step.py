@@ -1,8 +1,9 @@
 """One training step of ensemble_nn's stacked members, written by hand (no autograd).
 
-Every member's parameters are one row of a flat (A, P) buffer; the layers are views into
-it, so the gradient is one (A, P) buffer too and a single fused Adam call updates the whole
-batch. Forward and backward are batched matrix products over the member axis: a member's
+All members' parameters live in one 1-D buffer, parameter-major: parameter i of every
+member is one contiguous (A, rows, cols) block of it (contiguous operands and outputs keep
+the batched matmuls on their fast path; strided ones cost 1.5-4x). The gradient is one such
+buffer too, so a single fused Adam call updates the whole batch. Forward and backward are batched matrix products over the member axis: a member's
 numbers never mix with another member's. `grad_check` in tests/test_ensemble_nn.py holds
 `loss_and_grad` to autograd on `_batched_mlp.forward` / `member_loss` in float64.
 """
@@ -37,23 +38,21 @@ class Layout:
     def width(self) -> int:
         return sum(a * b for a, b in self.shapes)
 
-    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """(A, rows, cols) views of a (A, P) buffer, in parameter order."""
+    def views(self, buf: torch.Tensor, A: int) -> list[torch.Tensor]:
+        """Contiguous (A, rows, cols) views of a 1-D parameter-major buffer, in order."""
         out, at = [], 0
         for a, b in self.shapes:
-            out.append(flat[:, at : at + a * b].unflatten(1, (a, b)))
-            at += a * b
+            out.append(buf[at : at + A * a * b].view(A, a, b))
+            at += A * a * b
         return out
 
     def pack(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """(A, P) from per-parameter stacks (A, ...) in parameter order."""
-        return torch.cat([p.flatten(1) for p in params], dim=1)
+        """1-D parameter-major buffer from per-parameter stacks (A, ...) in order."""
+        return torch.cat([p.reshape(-1) for p in params])
 
-    def unpack(self, flat: torch.Tensor) -> list[torch.Tensor]:
+    def saved(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-parameter stacks in the saved layout (the AR table back to (A, 2, C, H))."""
-        views = self.views(flat)
-        views[-1] = views[-1].unflatten(1, (2, self.n_countries))
-        return [v.clone() for v in views]
+        return [*params[:-1], params[-1].unflatten(1, (2, self.n_countries))]
 
 
 def _heads(out: torch.Tensor, Q: int, is_base: torch.Tensor) -> torch.Tensor:
@@ -62,10 +61,9 @@ def _heads(out: torch.Tensor, Q: int, is_base: torch.Tensor) -> torch.Tensor:
 
 
 def quantiles(
-    lay: Layout, flat: torch.Tensor, x: torch.Tensor, design: torch.Tensor
+    lay: Layout, views: list[torch.Tensor], x: torch.Tensor, design: torch.Tensor
 ) -> torch.Tensor:
-    """Quantiles (A, n, H, Q) of the members in `flat` for x (A, n, p): forward only."""
-    views = lay.views(flat)
+    """Quantiles (A, n, H, Q) of the members' parameters `views` for x (A, n, p)."""
     L = len(lay.sizes) - 1
     h = x
     for i in range(L - 1):
@@ -79,7 +77,7 @@ def quantiles(
 class Step:
     """Loss gradient of a batch of members, with the flat buffers' views made once.
 
-    `flat` and `grad` are (A, P); call `rebind` after the batch is compacted.
+    `buf` and `grad` are 1-D buffers of A members; call `rebind` after the batch is compacted.
     """
 
     def __init__(self, lay: Layout, tau: torch.Tensor):
@@ -87,15 +85,15 @@ class Step:
         self.L = len(lay.sizes) - 1
         self.is_base = torch.arange(lay.H * lay.Q, device=tau.device) % lay.Q == 0
 
-    def rebind(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
-        self.views, self.gviews = self.lay.views(flat), self.lay.views(grad)
+    def rebind(self, buf: torch.Tensor, grad: torch.Tensor, A: int) -> None:
+        self.views, self.gviews = self.lay.views(buf, A), self.lay.views(grad, A)
         L = self.L
         self.w_t = [v.transpose(1, 2) for v in self.views[:L]]  # for dz @ W^T
 
     def __call__(
         self, x: torch.Tensor, design: torch.Tensor, y: torch.Tensor, w: torch.Tensor
     ) -> None:
-        """Write d(sum of members' mean pinball losses)/d(flat) into `grad`.
+        """Write d(sum of members' mean pinball losses)/d(buf) into `grad`.
 
         Same loss as `_batched_mlp.member_loss`: per member, the mean over quantiles and over
         the available (row, horizon) targets (w = 1) of max(tau u, (tau - 1) u), u = y - q.
