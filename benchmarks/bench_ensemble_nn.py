@@ -1,19 +1,30 @@
-"""Benchmark: ensemble_nn training, batched members vs a Python loop over members.
+"""Benchmark: ensemble_nn training at the seed's settings, this checkout vs a reference commit.
 
 Real Eurostat data (data/eurostat/hicp_manr.csv.gz, target prc_hicp_manr_CP00), the seed's
 window (60 months), features y_t and lags 1, 2, 3, 6, 12, horizons 1, 3, 6, 12 in one head,
-25 countries complete over the window (48-59 training rows each), 10 members, one thread.
+25 countries complete over the window (48-59 training rows each), 10 members, one thread,
+1500 epochs with patience 50. G windows (spread over the seed's 72 origins, as the
+round-robin blocks are) train as one batch; the figure is CPU seconds per window.
+
+Each trainer runs in its own child process with PYTHONPATH at its checkout (the reference is
+a temporary `git worktree` of REFERENCE, the trainer before issue 19), the two alternating,
+so both are measured in one run under the same load. CPU seconds are the child's own
+(getrusage of the child, imports excluded: the child times its training call itself).
 
 Run from the repository root:
-    .venv/bin/python benchmarks/bench_ensemble_nn.py            # everything (~10 min)
-    .venv/bin/python benchmarks/bench_ensemble_nn.py --quick    # fewer repeats and sizes
+    .venv/bin/python benchmarks/bench_ensemble_nn.py                 # G = 36, 2 rounds
+    .venv/bin/python benchmarks/bench_ensemble_nn.py --sizes 9 36 --rounds 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,8 +32,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.models._batched_mlp import train_predict_windows
-from pipeline.models._ensemble_loop import fit_predict_member_loop
 from pipeline.models._nn_data import WindowData, check_nn_params
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "eurostat" / "hicp_manr.csv.gz"
@@ -89,74 +98,88 @@ def seed_windows(wide: pd.DataFrame) -> list[WindowData]:
     return [make_window(wide, str(o)) for o in origins]
 
 
-def _time(fn, repeats: int) -> tuple[float, float]:
-    """Median wall and median CPU (process) seconds of `repeats` calls.
+REFERENCE = "db7c48e"  # ensemble_nn's autograd trainer (model version 1)
+ROOT = Path(__file__).resolve().parents[1]
 
-    CPU time is reported too because this machine is shared: with one thread it is close to
-    the wall time an idle core would give.
-    """
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus)
+
+def spread(windows: list[WindowData], G: int) -> list[WindowData]:
+    """G of the windows, every (len / G)-th: one round-robin block of the study."""
+    return windows[:: max(1, len(windows) // G)][:G]
+
+
+def child(G: int) -> None:
+    """Train G windows with whatever `pipeline` is on PYTHONPATH; print one JSON line."""
+    torch.set_num_threads(1)
+    from pipeline.models._batched_mlp import train_predict_windows
+
+    windows = spread(seed_windows(load_panel()), G)
+    spec = check_nn_params(**SEED_PARAMS)
+    w0, c0 = time.perf_counter(), time.process_time()
+    res = train_predict_windows(windows, spec, torch.device("cpu"))
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    epochs = np.concatenate([r.epochs for r in res])
+    print(json.dumps({"G": G, "wall_s": wall, "cpu_s": cpu, "member_epochs": int(epochs.sum())}))
+
+
+def run_child(checkout: Path, G: int) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(checkout),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(G)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    result["cpu_s_per_window"] = result["cpu_s"] / G
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and batch sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[36], help="windows per batch")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per size")
+    parser.add_argument("--reference", default=REFERENCE, help="commit of the reference trainer")
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    wide = load_panel()
-    windows = seed_windows(wide)
-    results: dict[str, object] = {"threads": torch.get_num_threads()}
-
-    # 1) batched vs member loop, same fixed work: 20 epochs, no early stopping
-    fixed = check_nn_params(**{**SEED_PARAMS, "epochs": 20, "patience": 10_000})
-    reps = 1 if args.quick else 3
-    b_wall, b_cpu = _time(lambda: train_predict_windows(windows[:1], fixed, device), reps)
-    l_wall, l_cpu = _time(lambda: fit_predict_member_loop(windows[0], fixed, device), reps)
-    results["fixed_20_epochs_one_window"] = {
-        "repeats": reps,
-        "batched_wall_s": b_wall,
-        "batched_cpu_s": b_cpu,
-        "member_loop_wall_s": l_wall,
-        "member_loop_cpu_s": l_cpu,
-        "speedup_wall": l_wall / b_wall,
-        "speedup_cpu": l_cpu / b_cpu,
-    }
-    print(json.dumps(results, indent=2), flush=True)
-
-    # 2) seed settings (1500 epochs, patience 50): seconds per window, G windows batched
-    spec = check_nn_params(**SEED_PARAMS)
-    sizes = (1, 4, 18) if args.quick else (1, 4, 8, 18, 36)
-    per_g = {}
-    for G in sizes:
-        w0, c0 = time.perf_counter(), time.process_time()
-        res = train_predict_windows(windows[:G], spec, device)
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        epochs = np.concatenate([r.epochs for r in res])
-        per_g[G] = {
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "wall_s_per_window": wall / G,
-            "cpu_s_per_window": cpu / G,
-            "member_epochs_median": float(np.median(epochs)),
-            "member_epochs_max": int(epochs.max()),
-            "member_epochs_per_window": float(epochs.sum() / G),
-        }
-        print(G, json.dumps(per_g[G]), flush=True)
-    results["seed_settings"] = per_g
-    best = min(per_g.values(), key=lambda r: r["cpu_s_per_window"])
-    # 72 origins on 2 single-threaded workers, horizons sharing one head
-    results["seed_grid_estimate_s_2_workers"] = 72 * best["cpu_s_per_window"] / 2
+    if args.child is not None:
+        child(args.child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / "reference"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(ref), args.reference],
+            check=True,
+        )
+        try:
+            results: dict[str, object] = {"reference": args.reference, "load_before": _load()}
+            for G in args.sizes:
+                runs: dict[str, list[dict[str, float]]] = {"reference": [], "new": []}
+                for _ in range(args.rounds):
+                    for name, checkout in (("reference", ref), ("new", ROOT)):
+                        runs[name].append(run_child(checkout, G))
+                        print(name, json.dumps(runs[name][-1]), flush=True)
+                med = {
+                    k: statistics.median(r["cpu_s_per_window"] for r in v) for k, v in runs.items()
+                }
+                results[f"G={G}"] = {
+                    "runs": runs,
+                    "cpu_s_per_window_median": med,
+                    "speedup": med["reference"] / med["new"],
+                }
+                print(f"G={G}", json.dumps(results[f"G={G}"]["cpu_s_per_window_median"]),
+                      "speedup", round(med["reference"] / med["new"], 2), flush=True)  # fmt: skip
+            results["load_after"] = _load()
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)])
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

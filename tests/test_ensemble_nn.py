@@ -307,3 +307,35 @@ def test_origin_row_and_masked_targets_do_not_influence_training():
         res = train_predict_windows([other], spec, CPU, torch.float64)[0]
         for key in ("x_loc", "x_scale", "param0", "param6"):
             np.testing.assert_array_equal(res.state[key], base.state[key])
+
+
+@pytest.mark.parametrize(("Q", "units"), [(3, (5, 4)), (1, (6,)), (4, (3, 3, 3))])
+def test_hand_written_gradient_equals_autograd(Q, units):
+    """The training step's gradient (no autograd) against autograd through `forward` and
+    `member_loss` (an independent oracle), float64, ragged weights, ties excluded."""
+    from pipeline.models._nn_step import Layout, Step
+
+    rng = np.random.default_rng(Q)
+    A, n, p, H, C = 4, 9, 3, 2, 3
+    tau = torch.as_tensor(np.linspace(0.1, 0.9, Q) if Q > 1 else [0.3])
+    lay = Layout((p, *units, H * Q), C, H, Q)
+    buf = torch.as_tensor(rng.standard_normal(A * lay.width))
+    x = torch.as_tensor(rng.standard_normal((A, n, p)))
+    cidx = rng.integers(0, C, (A, n))
+    design = torch.as_tensor(np.stack([design_matrix(x[a].numpy(), cidx[a], C) for a in range(A)]))
+    y = torch.as_tensor(rng.standard_normal((A, n, H)) * 3)
+    w = torch.as_tensor((rng.random((A, n, H)) < 0.7).astype(float))
+    w[-1] = 0.0  # a member without targets in this batch: zero gradient, no division by 0
+    grad = torch.full_like(buf, np.nan)
+    step = Step(lay, tau)
+    step.rebind(buf, grad, A)
+    step(x, design, y, w)
+
+    params = [v.clone().requires_grad_() for v in lay.saved(lay.views(buf, A))]
+    q = forward(params, x, design, Q)[0]
+    member_loss(q, y, w, tau).sum().backward()
+    expected = lay.pack([prm.grad for prm in params])
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+    views = lay.views(grad, A)
+    assert all(torch.count_nonzero(g[-1]) == 0 for g in views)
+    assert sum(torch.count_nonzero(g[:-1]) for g in views) > 0.5 * (A - 1) * lay.width

@@ -228,9 +228,10 @@ def test_a_non_finite_forecast_fails_only_its_fit_without_resolving(
 
 
 def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
-    """ensemble_nn fits train in blocks of study origins: a resumed run rebuilds the same
-    blocks (so it equals an uninterrupted run), and extending the study changes only the
-    keys of the block that gained origins."""
+    """ensemble_nn fits train in blocks of study origins dealt round-robin (so every block
+    spans the study and blocks cost about the same): a resumed run rebuilds the same blocks
+    (so it equals an uninterrupted run), and one more origin at the end changes only the
+    keys of the block that gains it."""
     d = copy.deepcopy(SMALL_STUDY)
     d["models"]["ensemble_nn"] = {"enabled": True}
     d["rolling_window"].update(start_date="2016-01-01", end_date="2019-06-01")  # 42 origins
@@ -239,39 +240,41 @@ def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
     assert b == make_config(d).models.ensemble_nn.block_origins
     (group,) = build_groups(PANEL, make_config(d), adapter)
     n = len(group)
-    assert n == 42 and 1 < b < n and group.block is not None
-    assert (group.block == (group.origin - group.origin.min()) // b).all()
+    n_blocks = -(-n // b)
+    assert n == 42 and 1 < b < n and n_blocks == 2 and group.block is not None
+    assert (group.block == np.argsort(np.argsort(group.origin)) % n_blocks).all()
     everything = make_tasks([group], [np.arange(n)], fits_per_task=1)
-    assert [len(t.index) for t in everything] == [b, n - b]
+    assert [len(t.index) for t in everything] == [21, 21]
     assert all(t.want is None for t in everything)
-    # a resumed run with half of the first block done: each block trains whole (so its fits
-    # give the bits of an uninterrupted run) and the task wants only what is left
-    left = np.arange(b // 2, n)
+    # a resumed run with part of each block done: each block trains whole (so its fits give
+    # the bits of an uninterrupted run) and the task wants only what is left
+    left = np.arange(18, n)
     resumed = make_tasks([group], [left], fits_per_task=1)
-    assert [len(t.index) for t in resumed] == [b, n - b]
-    assert [len(t.wanted) for t in resumed] == [b - b // 2, n - b]
+    assert [len(t.index) for t in resumed] == [21, 21]
+    assert [len(t.wanted) for t in resumed] == [12, 12]
     assert all(len(set(group.block[t.index].tolist())) == 1 for t in resumed)
     # a retried fit trains in its own block
     retry = block_task([group], resumed[0], 0, 3, "r")
-    assert np.array_equal(retry.index, np.arange(b)) and retry.wanted.tolist() == [3]
-    # blocks count origins, not months: with step=3 a block still holds `b` origins
+    assert np.array_equal(retry.index, np.nonzero(group.block == group.block[3])[0])
+    assert retry.wanted.tolist() == [3]
+    # blocks count origins, not months: with step=3 the rule is the same by origin index
     d3 = copy.deepcopy(d)
     d3["rolling_window"].update(step=3, start_date="2010-01-01")
     (g3,) = build_groups(PANEL, make_config(d3), adapter)
     from pipeline.data.windows import origins as window_origins
 
     org = np.array([month_index(o) for o in window_origins(make_config(d3).rolling_window)])
-    assert (g3.block == np.searchsorted(org, g3.origin) // b).all()
-    assert ((g3.origin - org[0])[g3.block == 0] >= b).any()  # months past b, same block
-    # one more origin at the end: only the keys of the last block change
+    assert (g3.block == np.searchsorted(org, g3.origin) % -(-org.size // b)).all()
+    # one more origin at the end (still 2 blocks): only the keys of the block gaining it change
     d["rolling_window"]["end_date"] = "2019-07-01"
     (longer,) = build_groups(PANEL, make_config(d), adapter)
-    assert set(longer.keys) & set(group.keys) == set(group.keys[group.block == 0])
+    assert longer.block[-1] == 0
+    assert set(longer.keys) & set(group.keys) == set(group.keys[group.block == 1])
     # the block size is a study parameter: other blocks, other keys
     d["models"]["ensemble_nn"]["block_origins"] = 10
     small = adapter_for(make_config(d), "ensemble_nn")
     (tens,) = build_groups(PANEL, make_config(d), small)
-    assert small.batch_fits == 10 and np.bincount(tens.block).tolist() == [10, 10, 10, 10, 3]
+    assert small.batch_fits == 10 and np.bincount(tens.block).tolist() == [9, 9, 9, 8, 8]
     assert not set(tens.keys) & set(longer.keys)
 
 

@@ -30,6 +30,7 @@ from pipeline.models._nn_data import (
     member_seed,
     prepare_window,
 )
+from pipeline.models._nn_step import Layout, Step, quantiles
 
 
 @dataclass
@@ -154,27 +155,27 @@ def train_members(
     training rows (the last batch may be short; padding rows carry zero weight). At the end
     of each of its epochs it is validated, and it stops after `patience` epochs without
     improvement or after `epochs`; it is then dropped from the batch with its best weights.
+    Gradients are hand-written (`_nn_step`) and the members' parameters, gradients and Adam
+    moments are each one buffer, so a step is a few batched matmuls and one fused Adam call.
     """
     bs, Q = spec.batch_size, len(spec.quantiles)
     data = _Stacked(preps, device, dtype)
     tau = torch.as_tensor(spec.quantiles, dtype=dtype, device=device)
     gens, inits, train_ids, val_ids = _members(preps, spec, data)
     B = len(inits)
+    lay = Layout((data.p, *spec.units_per_layer, data.H * Q), data.n_countries, data.H, Q)
     n_train = np.array([t.size for t in train_ids])
     steps_per_epoch = -(-n_train // bs)
     width = int(steps_per_epoch.max()) * bs
     val_table = _padded(val_ids, max(v.size for v in val_ids), data.dummy).to(device)
-    params = [
-        torch.stack([init[i] for init in inits]).to(device=device, dtype=dtype).requires_grad_()
-        for i in range(len(inits[0]))
-    ]
-    best = [p.detach().clone() for p in params]  # (B, ...) by global id; never compacted
-    exp_avg = [torch.zeros_like(p) for p in best]
-    exp_avg_sq = [torch.zeros_like(p) for p in best]
+    buf = lay.pack([torch.stack([init[i] for init in inits]) for i in range(len(inits[0]))])
+    buf = buf.to(device=device, dtype=dtype)
+    best = [v.clone() for v in lay.views(buf, B)]  # (B, ...) by global id; never compacted
+    grad, exp_avg, exp_avg_sq = (torch.zeros_like(buf) for _ in range(3))
     # every active member has taken every step so far, so one shared Adam step count is exact
-    # and a single fused Adam call updates the whole batch
-    adam_steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in params]
-    fused = device.type in ("cpu", "cuda")
+    adam = _Adam(spec.learning_rate, device)
+    step = Step(lay, tau)
+    step.rebind(buf, grad, B)
 
     pos = np.zeros(B, dtype=np.int64)  # step within the member's current epoch
     epoch = np.zeros(B, dtype=np.int64)  # epochs completed
@@ -192,52 +193,74 @@ def train_members(
     active = np.arange(B)  # global ids of the members still training, in batch order
     order = shuffled(active)  # (A, width) this epoch's row order of each active member
     offs = torch.arange(bs, device=device)
+    # run the steps until the next member's epoch ends, then validate and stop who is done
     while active.size:
-        col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
-        x, oh, y, w = data.split(torch.gather(order, 1, col))
-        q, _ = forward(params, x, oh, Q)
-        grads = torch.autograd.grad(member_loss(q, y, w, tau).sum(), params)
-        with torch.no_grad():
-            adam_step(
-                params, list(grads), exp_avg, exp_avg_sq, [], adam_steps,
-                fused=fused, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1],
-                lr=spec.learning_rate, weight_decay=0.0, eps=ADAM_EPS, maximize=False,
-            )  # fmt: skip
-        pos[active] += 1
+        for _ in range(int((steps_per_epoch[active] - pos[active]).min())):
+            col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
+            x, oh, y, w = data.split(torch.gather(order, 1, col))
+            step(x, oh, y, w)
+            adam.step(buf, grad, exp_avg, exp_avg_sq)
+            pos[active] += 1
         ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
-        if not ended.size:
-            continue
         members = active[ended]
         loc = torch.as_tensor(ended, device=device)
-        with torch.no_grad():
-            sub = [p[loc] for p in params]
-            x, oh, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
-            val = member_loss(forward(sub, x, oh, Q)[0], y, w, tau).cpu().numpy()
+        sub = [v[loc] for v in step.views]
+        x, oh, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
+        val = member_loss(quantiles(lay, sub, x, oh), y, w, tau).cpu().numpy()
         epoch[members] += 1
         pos[members] = 0
         improved = val < best_val[members]
         if improved.any():
             imp = members[improved]
             best_val[imp], best_epoch[imp], wait[imp] = val[improved], epoch[imp], 0
+            keep = torch.as_tensor(np.flatnonzero(improved), device=device)
             imp_t = torch.as_tensor(imp, device=device)
-            for b_all, s in zip(best, sub, strict=True):
-                b_all[imp_t] = s[torch.as_tensor(np.flatnonzero(improved), device=device)]
+            for b_all, s_new in zip(best, sub, strict=True):
+                b_all[imp_t] = s_new[keep]
         wait[members[~improved]] += 1
         stop = (wait[members] >= spec.patience) | (epoch[members] >= spec.epochs)
         if (~stop).any():
             order[torch.as_tensor(ended[~stop], device=device)] = shuffled(members[~stop])
         if stop.any():
             # compaction: stopped members leave the batch, so nothing can touch them again
-            keep = np.ones(active.size, dtype=bool)
-            keep[ended[stop]] = False
-            keep_t = torch.as_tensor(np.flatnonzero(keep), device=device)
-            params = [p.detach()[keep_t].requires_grad_() for p in params]
-            exp_avg = [m[keep_t] for m in exp_avg]
-            exp_avg_sq = [v[keep_t] for v in exp_avg_sq]
+            keep_rows = np.ones(active.size, dtype=bool)
+            keep_rows[ended[stop]] = False
+            keep_t = torch.as_tensor(np.flatnonzero(keep_rows), device=device)
+            n = int(keep_t.numel())
+            buf, exp_avg, exp_avg_sq = (
+                lay.pack([v[keep_t] for v in lay.views(t, active.size)])
+                for t in (buf, exp_avg, exp_avg_sq)
+            )
+            grad = torch.empty_like(buf)
+            step.rebind(buf, grad, n)
             order = order[keep_t]
-            active = active[keep]
+            active = active[keep_rows]
     stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
-    return best, stats
+    return lay.saved(best), stats
+
+
+class _Adam:
+    """torch's Adam on one flat buffer with a shared step count: its fused kernel called
+    directly on CPU and CUDA (torch.optim's wrapper costs more than the update at these
+    sizes), torch.optim's functional Adam elsewhere."""
+
+    def __init__(self, lr: float, device: torch.device):
+        self.lr = lr
+        self.fused = device.type in ("cpu", "cuda")
+        self.steps = [torch.zeros((), dtype=torch.float32, device=device)]
+
+    def step(
+        self, flat: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        kw = dict(
+            amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
+            weight_decay=0.0, eps=ADAM_EPS, maximize=False,
+        )  # fmt: skip
+        if self.fused:
+            self.steps[0].add_(1)  # what torch.optim.adam does before its fused call
+            torch._fused_adam_([flat], [grad], [m], [v], [], self.steps, **kw)
+        else:
+            adam_step([flat], [grad], [m], [v], [], self.steps, fused=False, **kw)
 
 
 def train_predict_windows(

@@ -35,7 +35,7 @@ class Adapter:
     # fits one task should batch when a batched call amortizes (see tasks.batched_fits_per_task);
     # the probe measures a task of this size, so its peak RSS is that of a real task
     batch_fits: int = 1
-    # a pooled model whose fits train in fixed blocks of consecutive origins: the block size
+    # a pooled model whose fits train in fixed blocks of origins (dealt round-robin): the size
     # from the study config (it replaces batch_fits in adapter_for, and must be a key
     # parameter, since a block's fits are trained as one batch)
     block_fits: Callable[[StudyConfig], int] | None = None

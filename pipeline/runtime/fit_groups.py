@@ -164,9 +164,9 @@ def build_group(
     holds at least `min_rows` complete rows. A pooled (panel) fit (one per origin, every
     country and every horizon in `horizons`) exists when at least one country qualifies;
     countries that do not are masked out of it (w = 0, no forecast row).
-    With `batch_fits` > 1 (pooled only), fits are cut into blocks of `batch_fits` consecutive
-    study origins (by origin index, counted from the first origin); a fit's key includes its
-    block's origins.
+    With `batch_fits` > 1 (pooled only), fits are cut into ceil(n / `batch_fits`) blocks of
+    at most `batch_fits` study origins, dealt round-robin by origin index (fit i -> block
+    i mod n_blocks); a fit's key includes its block's origins.
     """
     from pipeline.schema import lead_column
 
@@ -240,8 +240,7 @@ def build_group(
         keys = bulk_keys(prefix, *ident, data["X"], data["y"], data["X_new"], mask)
     block = None
     if pooled and batch_fits > 1:
-        # by origin index (not month offset: with step=3 that halved the blocks)
-        block = np.searchsorted(org, fit_origin) // batch_fits
+        block = _blocks(org, fit_origin, batch_fits)
     return FitGroup(
         model=model,
         horizon=int(horizons[0]) if not pooled else 0,
@@ -257,10 +256,19 @@ def build_group(
     )
 
 
+def _blocks(org: np.ndarray, fit_origin: np.ndarray, batch_fits: int) -> np.ndarray:
+    """(F,) batch block of each fit: ceil(n / batch_fits) blocks dealt round-robin by origin
+    index (not month offset: with step=3 that halved the blocks), so each block spans the whole
+    study, blocks cost about the same and the workers finish together (consecutive blocks put
+    calm and volatile years apart)."""
+    n_blocks = -(-len(org) // batch_fits)
+    return np.searchsorted(org, fit_origin) % n_blocks
+
+
 def _block_mates(org: np.ndarray, fit_origin: np.ndarray, batch_fits: int) -> np.ndarray:
     """(F, 16) uint8: per fit, a digest of its batch block's origins (batch-mates enter the
     key: a batched network's results depend on them)."""
-    block = np.searchsorted(org, fit_origin) // batch_fits
+    block = _blocks(org, fit_origin, batch_fits)
     digests = {
         int(b): hashlib.sha256(fit_origin[block == b].astype("<i8").tobytes()).digest()[:16]
         for b in np.unique(block)

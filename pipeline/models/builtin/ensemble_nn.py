@@ -116,9 +116,9 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 # `block_origins` (conf/models/ensemble_nn/default.yaml): origins one task trains as one
-# batched network. Members of a window stop at different epochs; batching windows fills the
-# steps where few members are still training. CPU s per window at seed settings
-# (benchmarks/README.md "ensemble_nn"): 16.6 (G = 1), 6.7 (4), 5.7 (8), 4.0 (18), 3.1 (36).
+# batched network, taken round-robin from the study's origins (pipeline.runtime.fit_groups).
+# Members of a window stop at different epochs; batching windows fills the steps where few
+# members are still training (CPU s per window: benchmarks/README.md "ensemble_nn").
 PROBE_EPOCHS = 3
 # Early stopping: a batch's cost tracks its member-epochs (stopped members leave the batch), so
 # the probe's all-members epochs are scaled to the mean epochs a member runs, in units of
@@ -139,7 +139,7 @@ def _probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
 CONFIG = EnsembleNNConfig
 ADAPTER = Adapter(
     name="ensemble_nn",
-    version=1,
+    version=2,  # 2: hand-written gradients, flat buffers (issue 19): other rounding
     pooled=True,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
