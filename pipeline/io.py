@@ -29,10 +29,12 @@ def set_write_guard(
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], keep_same: bool = False) -> Iterator[Path]:
     """Yield a temp path next to `target`; on success fsync and rename it over `target`.
 
-    A crash at any point leaves either the old file or the new one, never a torn file.
+    A crash at any point leaves either the old file or the new one, never a torn file. With
+    `keep_same`, a target that already holds the new bytes is left as it is (its mtime too, so
+    what reads it need not run again).
     """
     target = Path(target)
     for guard in _write_guard:
@@ -45,6 +47,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if keep_same and target.exists():
+            import filecmp
+
+            if filecmp.cmp(tmp, target, shallow=False):
+                return
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -80,14 +87,17 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_parquet(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
-    """Write a parquet file deterministically (no pandas index, no timestamps in metadata)."""
+def write_parquet(
+    path: str | os.PathLike[str], frame: pd.DataFrame, keep_same: bool = False
+) -> None:
+    """Write a parquet file deterministically (no pandas index, no timestamps in metadata);
+    `keep_same`: leave a file that already holds these bytes untouched (see atomic_path)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata(None)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_same) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
 
 

@@ -101,7 +101,9 @@ def test_a_truncated_timings_file_heals(tmp_path, capsys):
     (out / "logs" / "timings.json").write_text('{"prepare": {"seconds": 0.1')  # torn write
     assert main(argv) == 0, capsys.readouterr()
     timings = json.loads((out / "logs" / "timings.json").read_text())
-    assert {"prepare", "probe", "assemble"} <= set(timings)
+    # the rerun is a no-op (every stage skipped, the probe not even needed), yet it records
+    # its stages in a rebuilt, readable file
+    assert {"prepare", "assemble"} <= set(timings)
     assert read_timings(out) == timings
 
 

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -154,23 +155,28 @@ class Child:
         self.close()
 
 
-_SHARED: list[Child] = []
+_SHARED: dict[int, Child] = {}  # at most one: the child of the current environment
 
 
 def shared_child() -> Child:
     """The driver's child, kept (alive between calls) until the process exits; a call that
     kills it (timeout, memory) leaves a fresh one to start on next use. Each call passes its
-    own memory limit to `run`."""
-    if not _SHARED:
-        atexit.register(close_shared_child)
-        _SHARED.append(Child())
-    return _SHARED[0]
+    own memory limit to `run`. A child sees the environment and sys.path it was spawned with,
+    so a change to either (a sweep job's, a test's) gets a fresh child."""
+    started_with = hash((tuple(sorted(os.environ.items())), tuple(sys.path)))
+    if started_with not in _SHARED:
+        close_shared_child()
+        _SHARED[started_with] = Child()
+    return _SHARED[started_with]
 
 
 def close_shared_child() -> None:
-    for child in _SHARED:
+    for child in _SHARED.values():
         child.close()
     _SHARED.clear()
+
+
+atexit.register(close_shared_child)
 
 
 def _rss_mb(pid: int) -> float:

@@ -242,9 +242,12 @@ class TaskStream:
                 worker,
             )
             try:  # the task then fails with KilledWorker (allowed-failures is 0)
-                self.client.restart_workers([worker], timeout=60, raise_for_error=False)
+                outcome = self.client.restart_workers([worker], timeout=60, raise_for_error=False)
             except Exception as exc:  # e.g. a worker without a nanny: it cannot be restarted
-                log.warning("could not restart worker %s: %s", worker, exc)
+                outcome = {worker: str(exc)}
+            if outcome.get(worker, "OK") not in ("OK", "removed"):  # e.g. timed out when loaded
+                log.warning("could not restart worker %s (%s): trying again", worker, outcome)
+                self._timed_out.discard(key)  # the next poll tries again
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
         while True:

@@ -45,7 +45,7 @@ _NAMING = re.compile(
             r"reports/tables/[a-z0-9_]+\.parquet",
             r"reports/plots/[a-z0-9_]+\.csv",
             r"progress/(?:progress|errors)\.parquet",
-            r"logs/(?:timings|charts)\.json",
+            r"logs/(?:timings|charts|stages)\.json",
         )
     )
 )
@@ -123,11 +123,16 @@ class OutputFiles:
         if rel is None or rel == MANIFEST_FILE.as_posix():
             return
         self.check_target(target)
+        new = rel not in self.written and rel not in self.earlier
         self.written.add(rel)
+        if new and self.tracked:  # recorded before it is written: a killed run's files stay ours
+            self.save(ahead=rel)
 
-    def save(self) -> None:
-        """Write the manifest: every file of ours that still exists."""
-        files = sorted(r for r in self.earlier | self.written if (self.root / r).exists())
+    def save(self, ahead: str | None = None) -> None:
+        """Write the manifest: every file of ours that still exists, and `ahead`, about to be."""
+        files = sorted(
+            r for r in self.earlier | self.written if r == ahead or (self.root / r).exists()
+        )
         write_json(self.path, {"files": files, "checksum": stable_hash(files, 64)})
 
 

@@ -142,7 +142,8 @@ def run_train(
             _finish(store, run_id, out, "failed", state)
             raise
         frame = state.forecast_frame(panel)
-        _write_if_changed(train_path(config, model), frame)
+        # an unchanged table keeps its file and mtime: assemble, which reads it, stays skipped
+        write_parquet(train_path(config, model), frame, keep_same=True)
         _finish(store, run_id, out, status, state)
         seconds = time.perf_counter() - t0
         log.info(
@@ -166,25 +167,6 @@ def run_train(
             dashboard,
             n_workers,
         )
-
-
-def _write_if_changed(path: Path, frame: Any) -> None:
-    """Write the table unless the file already holds these bytes: an unchanged table keeps
-    its file and mtime, so what reads it (assemble) need not run again."""
-    import filecmp
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    staged = Path(name)
-    try:
-        write_parquet(staged, frame)
-        if path.exists() and filecmp.cmp(staged, path, shallow=False):
-            return
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
 
 
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
