@@ -62,7 +62,7 @@ def build(out_dir: str):
     """Seed config, prepared panel and every FitGroup of each model (project code only)."""
     from pipeline.config.compose import compose_config
     from pipeline.models.registry import get_adapter
-    from pipeline.runtime.fit_groups import build_groups
+    from pipeline.runtime.fits.fit_groups import build_groups
     from pipeline.stages.prepare import load_panel, prepare
 
     os.chdir(ROOT)
@@ -77,7 +77,7 @@ def build(out_dir: str):
 
 def payload(config, model: str, group, idx: np.ndarray) -> dict:
     from pipeline.models.registry import get_adapter
-    from pipeline.runtime.tasks import task_payload
+    from pipeline.runtime.fits.tasks import task_payload
 
     adapter = get_adapter(model)
     return task_payload(

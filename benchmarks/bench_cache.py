@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import read_npz, write_npz
-from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.store.fit_cache import FitCache
 
 
 def entry(rng: np.random.Generator) -> dict[str, np.ndarray]:

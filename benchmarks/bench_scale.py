@@ -122,7 +122,7 @@ def run_one(k: int, base: Path, cache: Path) -> dict[str, Any]:
     timings = json.loads((out / "logs" / "timings.json").read_text())
     db = out / "progress" / "progress.sqlite"
     store_mb = sum(p.stat().st_size for p in db.parent.glob("progress.sqlite*")) / 2**20
-    from pipeline.runtime.progress import db_path, read_table
+    from pipeline.runtime.store.progress import db_path, read_table
 
     runs = read_table(db_path(out), "runs")
     fits = int(runs.loc[runs["model"] == "ar_qr", "fits"].max())

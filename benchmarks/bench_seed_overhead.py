@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stage_overheads(output_dir: Path) -> list[dict[str, Any]]:
-    from pipeline.runtime.progress import db_path, read_table
-    from pipeline.runtime.timings import read_timings
+    from pipeline.runtime.store.progress import db_path, read_table
+    from pipeline.runtime.store.timings import read_timings
 
     timings = read_timings(output_dir)
     runs = read_table(db_path(output_dir), "runs")
@@ -129,7 +129,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     out = Path(args.output_dir)
     wall = run_study(out, args.overrides) if args.run else None
-    from pipeline.runtime.timings import read_timings
+    from pipeline.runtime.store.timings import read_timings
 
     timings = read_timings(out)
     rows = stage_overheads(out)

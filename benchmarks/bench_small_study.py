@@ -70,7 +70,7 @@ def build_fits(countries: list[str], out: Path):
     """The study's ar_qr fit groups, built by the project's own code."""
     from pipeline.config.compose import compose_config
     from pipeline.models.registry import get_adapter
-    from pipeline.runtime.fit_groups import build_groups
+    from pipeline.runtime.fits.fit_groups import build_groups
     from pipeline.stages.prepare import load_panel, prepare
 
     os.chdir(ROOT)

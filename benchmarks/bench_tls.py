@@ -22,10 +22,10 @@ from typing import Any
 
 import distributed
 
-import pipeline.runtime.cluster as cluster
+import pipeline.runtime.execute.cluster as cluster
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
-from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import run_train
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StudyConfig, validate
-from pipeline.runtime.plan import ModelPlan, Plan
-from pipeline.runtime.progress import db_path, read_table
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
 from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train

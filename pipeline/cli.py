@@ -31,7 +31,7 @@ import yaml
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
 from pipeline.errors import OutputError
-from pipeline.runtime.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
+from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -40,7 +40,7 @@ log = logging.getLogger("pipeline")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.runtime.logs import configure_terminal_logging
+    from pipeline.runtime.ui.logs import configure_terminal_logging
 
     forget_held()  # the error log goes to this command's output dir only
 
@@ -91,7 +91,7 @@ def _write_error_log() -> Path | None:
     import tempfile
     import traceback
 
-    from pipeline.runtime.run_lock import last_held_output_dir
+    from pipeline.runtime.store.run_lock import last_held_output_dir
 
     held = last_held_output_dir()
     logs = held / "logs" if held is not None else None
@@ -194,7 +194,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     refuse_system_dir(config.output_dir)  # before the lock creates anything there
     if args.name == "prepare":  # the first stage: a bad output dir fails before any work
         check_writable_dir(config.output_dir)
-    from pipeline.runtime.manifest import tracking
+    from pipeline.runtime.store.manifest import tracking
 
     # one run per output dir (dvc stages, too); only files of its own are rewritten or removed
     with RunLock(config.output_dir), tracking(config, by_naming=under_dvc):
@@ -264,7 +264,7 @@ def _train_disabled(config: StudyConfig, model: str) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.runtime.check import run_checks
+    from pipeline.runtime.ui.check import run_checks
 
     return run_checks(args.overrides)
 
@@ -281,13 +281,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from pipeline.runtime.monitor import monitor
+    from pipeline.runtime.ui.monitor import monitor
 
     return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.runtime.verify import verify_cache
+    from pipeline.runtime.store.verify import verify_cache
 
     out = Path(args.output_dir)
     cache = Path(args.cache_dir) if args.cache_dir else out / "models"

@@ -21,7 +21,7 @@ def set_write_guard(
     guard: Callable[[Path], None] | None,
 ) -> Callable[[Path], None] | None:
     """Install `guard` (called with each atomic write's target before anything is written; it
-    may raise to refuse): the run's record of its own files (pipeline.runtime.manifest).
+    may raise to refuse): the run's record of its own files (pipeline.runtime.store.manifest).
     Returns the previous guard."""
     previous = _write_guard[0] if _write_guard else None
     _write_guard[:] = [guard] if guard is not None else []

@@ -28,8 +28,8 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
     """
     from pipeline.data import check_data_path
     from pipeline.io import check_writable_dir
-    from pipeline.runtime.manifest import tracking
-    from pipeline.runtime.run_lock import RunLock, remove_temp_files
+    from pipeline.runtime.store.manifest import tracking
+    from pipeline.runtime.store.run_lock import RunLock, remove_temp_files
 
     # before any work: a bad output location fails in one line and touches nothing
     check_writable_dir(config.output_dir)
@@ -38,7 +38,7 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
     if config.model_cache_dir != config.output_dir / "models":
         check_writable_dir(config.model_cache_dir, "runtime.model_cache_dir")
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
-    from pipeline.runtime.shared_plan import one_plan_per_run
+    from pipeline.runtime.fits.shared_plan import one_plan_per_run
 
     with RunLock(config.output_dir), tracking(config), one_plan_per_run():
         remove_temp_files(config.output_dir)
@@ -51,8 +51,8 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.io import write_text
-    from pipeline.runtime.incremental import StageRecords
-    from pipeline.runtime.timings import record_stage, timed_stage
+    from pipeline.runtime.store.incremental import StageRecords
+    from pipeline.runtime.store.timings import record_stage, timed_stage
     from pipeline.schema import META_FILE, PANEL_FILE
 
     root = Path.cwd()
@@ -81,7 +81,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     todo = _models_to_train(config, records, cfg)
     failed = 0
     if todo:
-        from pipeline.runtime.shared_cluster import SharedCluster
+        from pipeline.runtime.execute.shared_cluster import SharedCluster
         from pipeline.stages.probe import run_probe
         from pipeline.stages.train import run_train
 
@@ -120,7 +120,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
 
 
 def _skipped(out: Path, stage: str, what: str) -> None:
-    from pipeline.runtime.timings import record_stage
+    from pipeline.runtime.store.timings import record_stage
 
     log.info("%s: skipped, unchanged since the last run (%s)", stage, what)
     record_stage(out, stage, 0.0, "skipped")
@@ -167,7 +167,7 @@ def _train_inputs(config: StudyConfig, model: str) -> list[Path]:
 
 def _models_to_train(config: StudyConfig, records: Any, cfg: dict) -> list[str]:
     """Enabled models whose train stage must run; one line for each that is skipped."""
-    from pipeline.runtime.progress import ProgressStore, db_path
+    from pipeline.runtime.store.progress import ProgressStore, db_path
 
     rt = config.runtime
     models = list(config.models.enabled())
@@ -195,7 +195,7 @@ def _models_to_train(config: StudyConfig, records: Any, cfg: dict) -> list[str]:
 
 
 def _record_train(config: StudyConfig, records: Any, cfg: dict, model: str, failed: int) -> None:
-    from pipeline.runtime.progress import ProgressStore, db_path
+    from pipeline.runtime.store.progress import ProgressStore, db_path
 
     with ProgressStore(db_path(config.output_dir)) as store:
         done = store.counts(model).get(model, {}).get("done", 0)

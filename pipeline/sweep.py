@@ -187,7 +187,7 @@ def with_job_paths(plain: Mapping[str, Any], job_dir: Path, shared_cache: Path) 
 
 def fit_counts(job_dir: Path, since: float = 0.0) -> tuple[int, int, int]:
     """(trained, loaded, failed) fits over the train runs this job started (progress store)."""
-    from pipeline.runtime.progress import db_path, read_table
+    from pipeline.runtime.store.progress import db_path, read_table
 
     path = db_path(job_dir)
     if not path.exists():

@@ -19,7 +19,7 @@ import pipeline
 from pipeline.config.defaults import base_defaults
 from pipeline.data.synthetic import generate_panel
 from pipeline.errors import ConfigError, OutputError
-from pipeline.runtime.run_lock import OutputDirBusy, RunLock
+from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock
 
 
 def synthetic_frame(n_countries: int = 3) -> pd.DataFrame:

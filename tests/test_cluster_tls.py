@@ -14,7 +14,7 @@ from distributed import Client
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
-from pipeline.runtime.cluster import make_client
+from pipeline.runtime.execute.cluster import make_client
 
 
 def runtime_config(tmp_path: Path, **runtime: object) -> RuntimeConfig:

@@ -9,9 +9,9 @@ import torch
 from conftest import ROOT, SMALL_STUDY, make_config
 
 from pipeline.models.registry import get_adapter
-from pipeline.runtime.fit_groups import build_groups
-from pipeline.runtime.tasks import task_payload
-from pipeline.runtime.worker import run_task
+from pipeline.runtime.execute.worker import run_task
+from pipeline.runtime.fits.fit_groups import build_groups
+from pipeline.runtime.fits.tasks import task_payload
 from pipeline.stages.prepare import load_panel, prepare
 
 

@@ -121,7 +121,7 @@ def test_the_closure_walk_sees_function_level_relative_and_dynamic_imports():
         "pipeline/stages/prepare.py",  # imported inside run_train
         "pipeline/models/builtin/lqr.py",  # found by the registry's package walk
         "pipeline/models/lqr.py",  # imported inside the lqr adapter's fit_batch
-        "pipeline/runtime/worker.py",
+        "pipeline/runtime/execute/worker.py",
     ):
         assert Path(expected) in closure, expected
     # cli's other commands are not train's dependencies

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.store.fit_cache import FitCache
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

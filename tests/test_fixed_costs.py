@@ -19,12 +19,12 @@ from conftest import ROOT, SMALL_STUDY, make_config
 import pipeline.stages.probe as probe_stage
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.fit_groups import build_groups
-from pipeline.runtime.inprocess import runs_in_process
-from pipeline.runtime.plan import ModelPlan, Plan
-from pipeline.runtime.progress import db_path, read_table
-from pipeline.runtime.tasks import make_tasks
+from pipeline.runtime.execute.inprocess import runs_in_process
+from pipeline.runtime.fits.fit_groups import build_groups
+from pipeline.runtime.fits.tasks import make_tasks
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.store.fit_cache import FitCache
+from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import run_train
 

@@ -55,7 +55,7 @@ def test_error_log_never_follows_a_symlink_planted_at_a_predictable_name(tmp_pat
 
 @pytest.mark.parametrize("out", ["/", "/etc", "/usr/lib/qpipe-study", "/proc/self"])
 def test_a_system_dir_as_output_dir_exits_2_before_anything_is_written(out, capsys, monkeypatch):
-    from pipeline.runtime.run_lock import RunLock
+    from pipeline.runtime.store.run_lock import RunLock
 
     def must_not_start(self):  # a regression fails here instead of writing a study into /etc
         raise AssertionError(f"a run started in {self.output_dir}")
@@ -93,7 +93,7 @@ def test_a_dangling_output_dir_symlink_is_one_line(tmp_path, capsys):
 
 
 def test_a_truncated_timings_file_heals(tmp_path, capsys):
-    from pipeline.runtime.timings import read_timings
+    from pipeline.runtime.store.timings import read_timings
 
     out = tmp_path / "out"
     argv = ["run", *tiny_study(), f"runtime.output_dir={out}"]
@@ -109,7 +109,7 @@ def test_a_truncated_timings_file_heals(tmp_path, capsys):
 
 def test_a_full_disk_under_sqlite_is_the_disk_full_message(tmp_path, capsys, monkeypatch):
     """SQLITE_FULL (a real one: the store may not grow past its size) is one line, exit 2."""
-    from pipeline.runtime.progress import ProgressStore
+    from pipeline.runtime.store.progress import ProgressStore
 
     start_run = ProgressStore.start_run
 
@@ -256,8 +256,8 @@ def test_missing_fits_that_train_gave_up_on_say_failed(tmp_path, fake_adapters, 
     import pandas as pd
     from conftest import ROOT, SMALL_STUDY, make_config
 
-    from pipeline.runtime.plan import ModelPlan, Plan
-    from pipeline.runtime.progress import db_path, read_table
+    from pipeline.runtime.sizing.plan import ModelPlan, Plan
+    from pipeline.runtime.store.progress import db_path, read_table
     from pipeline.stages.assemble import assemble
     from pipeline.stages.prepare import prepare
     from pipeline.stages.train import run_train

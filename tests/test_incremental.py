@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL_STUDY, make_config
 
 from pipeline.runner import run_study
-from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.store.fit_cache import FitCache
 
 
 def rw_study(out: Path, **evaluation: object) -> dict:

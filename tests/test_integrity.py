@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from conftest import tiny_study
 
-from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.monitor import monitor
-from pipeline.runtime.progress import ProgressStore, db_path
+from pipeline.runtime.store.fit_cache import FitCache
+from pipeline.runtime.store.progress import ProgressStore, db_path
+from pipeline.runtime.ui.monitor import monitor
 
 TINY = tiny_study("models.lqr.enabled=false", "runtime.max_in_flight=1")
 

@@ -83,8 +83,8 @@ def test_only_the_cluster_module_imports_dask_distributed():
     ]
     # check.py only asks whether the dashboard's bokeh import works; it starts nothing
     assert importers == [
-        str(Path("pipeline/runtime/check.py")),
-        str(Path("pipeline/runtime/cluster.py")),
+        str(Path("pipeline/runtime/execute/cluster.py")),
+        str(Path("pipeline/runtime/ui/check.py")),
     ]
 
 
@@ -125,4 +125,25 @@ def test_only_the_public_estimators_load_scikit_learn():
             for line in module_file(n).read_text(encoding="utf-8").splitlines()
         )
     ]
-    assert set(sklearn) <= {*ESTIMATORS, "pipeline.runtime.check"}, sklearn
+    assert set(sklearn) <= {*ESTIMATORS, "pipeline.runtime.ui.check"}, sklearn
+
+
+RUNTIME_ORDER = ("fits", "sizing", "store", "ui", "execute")  # docs/ARCHITECTURE.md
+
+
+def test_runtime_folders_import_only_the_folders_before_them():
+    """runtime/ has one folder per job; the fit plan knows nothing of sizing, storage,
+    the user interface or execution, and so on down the list (issue 18, item 8)."""
+    bad = []
+    for name in _module_names():
+        parts = name.split(".")
+        if len(parts) < 4 or parts[1] != "runtime" or parts[2] not in RUNTIME_ORDER:
+            continue
+        allowed = RUNTIME_ORDER[: RUNTIME_ORDER.index(parts[2]) + 1]
+        for m in _all_imports(name):
+            target = m.split(".")
+            if len(target) >= 3 and target[1] == "runtime" and target[2] not in allowed:
+                bad.append(f"{name} -> {m}")
+    assert not bad, bad
+    flat = [p.name for p in (PACKAGE / "runtime").glob("*.py") if p.name != "__init__.py"]
+    assert not flat, f"runtime modules outside a job folder: {flat}"

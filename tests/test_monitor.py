@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 
-from pipeline.runtime.monitor import read_snapshot
+from pipeline.runtime.ui.monitor import read_snapshot
 from pipeline.stages.prepare import prepare
 
 DRIVER = """
 import json, sys
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
-from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.runtime.progress import ProgressStore, db_path, read_table
+from pipeline.runtime.store.progress import ProgressStore, db_path, read_table
 
 QS = (0.1, 0.5, 0.9)
 

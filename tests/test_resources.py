@@ -8,8 +8,8 @@ import psutil
 import pytest
 from conftest import SMALL_STUDY, make_config
 
-import pipeline.runtime.resources as resources
-from pipeline.runtime.plan import allowed_cores, ram_budget_mb
+import pipeline.runtime.sizing.resources as resources
+from pipeline.runtime.sizing.plan import allowed_cores, ram_budget_mb
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_v1_files_and_no_limit(cgroup: Path) -> None:
 def test_the_plan_follows_the_live_machine_not_the_probe_file(cgroup: Path, tmp_path: Path) -> None:
     """probe.json says what a worker needs; the worker count comes from where train runs."""
     from pipeline.io import write_json
-    from pipeline.runtime.plan import load_plan
+    from pipeline.runtime.sizing.plan import load_plan
 
     probe = tmp_path / "probe.json"
     write_json(

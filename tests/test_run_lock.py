@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from conftest import ROOT, tiny_study
 
-from pipeline.runtime.run_lock import OutputDirBusy, RunLock, _holder, remove_temp_files
+from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, _holder, remove_temp_files
 
-HOLD = "import sys, time; from pipeline.runtime.run_lock import RunLock\n" \
+HOLD = "import sys, time; from pipeline.runtime.store.run_lock import RunLock\n" \
     "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n"  # fmt: skip
 
 TINY = tiny_study()

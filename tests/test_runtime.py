@@ -27,9 +27,9 @@ import pytest
 from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 
 from pipeline.config import StudyConfig
-from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.plan import ModelPlan, Plan, ProbeError, load_plan, size_cluster
-from pipeline.runtime.progress import db_path, read_table
+from pipeline.runtime.sizing.plan import ModelPlan, Plan, ProbeError, load_plan, size_cluster
+from pipeline.runtime.store.fit_cache import FitCache
+from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.dry_run import dry_run
 from pipeline.stages.prepare import prepare
 from pipeline.stages.probe import run_probe
@@ -39,7 +39,7 @@ DRIVER = """
 import json, sys
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
-from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":

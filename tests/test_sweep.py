@@ -17,7 +17,7 @@ from conftest import tiny_study
 import pipeline.runner as runner
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
-from pipeline.runtime.fit_cache import FitCache
+from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.sweep import JobResult, format_table, launch, run_multirun, summary_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from conftest import ROOT, SMALL_STUDY, make_config
 from test_runtime import wait_for
 
 from pipeline.config import ConfigError, StudyConfig
-from pipeline.runtime.plan import ModelPlan, Plan
-from pipeline.runtime.progress import db_path, read_table
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
 from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train
@@ -96,7 +96,7 @@ def test_a_user_model_that_hangs_in_the_driver_check_is_stopped_and_named(
 ) -> None:
     from test_user_models import write_module
 
-    from pipeline.runtime.model_check import check_user_models
+    from pipeline.runtime.execute.model_check import check_user_models
     from pipeline.stages.prepare import load_panel
 
     monkeypatch.setenv("UM_SLEEP", "3600")  # every fit of the user model sleeps an hour

@@ -13,16 +13,16 @@ from conftest import SMALL_STUDY, make_config
 
 from pipeline.data.windows import month_index
 from pipeline.models.registry import adapter_for, get_adapter
-from pipeline.runtime.fit_groups import build_groups
-from pipeline.runtime.fit_windows import country_grid, window_arrays
-from pipeline.runtime.tasks import (
+from pipeline.runtime.execute.worker import run_task
+from pipeline.runtime.fits.fit_groups import build_groups
+from pipeline.runtime.fits.fit_windows import country_grid, window_arrays
+from pipeline.runtime.fits.tasks import (
     batched_fits_per_task,
     block_task,
     choose_fits_per_task,
     make_tasks,
     task_payload,
 )
-from pipeline.runtime.worker import run_task
 from pipeline.schema import lag_column, lead_column
 
 LAGS = range(0, 4)

@@ -23,8 +23,8 @@ from test_runtime import done_rows, reap, stop_tree, wait_for
 from pipeline.config import ConfigError
 from pipeline.config.compose import compose_config
 from pipeline.models.common import crossing_rate
-from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.stages.train import run_train
 
 # y_t plus the empirical quantiles of the errors y - shrink * y_t: exact, seeded by nothing.
@@ -81,8 +81,8 @@ TARGETS = {"estimator": "Persistence", "batched": "persistence_batch"}
 PLAN = Plan(n_workers=1, memory_limit_mb=2048, models={"um": ModelPlan(0, 2, 0)})
 DRIVER = """
 from pipeline.config.compose import compose_config
-from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.plan import ModelPlan, Plan
+from pipeline.runtime.store.fit_cache import FitCache
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.stages.train import run_train
 
 if __name__ == "__main__":

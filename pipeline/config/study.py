@@ -183,7 +183,7 @@ class RuntimeConfig:
     in_process_below_s: float = field(metadata=at_least(0, "a number of seconds >= 0 (0: off)"))
     # seconds a task may run before it is stopped (its worker restarted, or its child process
     # killed) and its fits labelled `timeout`; auto: derived from the probe
-    # (pipeline.runtime.timeouts); the probe and the user-model check use it too
+    # (pipeline.runtime.sizing.timeouts); the probe and the user-model check use it too
     task_timeout_s: float | Auto = field(
         metadata=rule(lambda v: v == "auto" or v > 0, "'auto' or a positive number of seconds")
     )

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.evaluation.results_calibration import calibration_section
 from pipeline.io import read_json, write_text
-from pipeline.runtime.timings import read_timings
+from pipeline.runtime.store.timings import read_timings
 
 
 def render_results(

@@ -75,7 +75,7 @@ def fit_predict_ensemble_windows(
     Each window has its own rows (ragged sizes are padded and masked) and its own members, so
     its result does not depend on which other windows share the batch, up to floating-point
     rounding: in float32 the batch shape changes rounding, and early stopping can amplify it,
-    which is why the runtime fixes each window's batch-mates (pipeline.runtime.fit_groups batch blocks). Returns one
+    which is why the runtime fixes each window's batch-mates (pipeline.runtime.fits.fit_groups batch blocks). Returns one
     `WindowResult` per window: pred (c, H, Q) (or (c, Q) for 1-D y), epochs (M,), state.
     """
     spec = check_nn_params(

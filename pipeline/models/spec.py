@@ -3,7 +3,7 @@
 An adapter tells the runtime, for one model: its key parameters, the panel columns a fit
 reads, how many complete window rows a fit needs, whether a fit pools every country, and
 `fit_batch(payload) -> dict`, one batched model call for a slice of fits. The payload is plain
-data (pipeline.runtime.tasks.task_payload): `data` holds X (B, n, p), y (B, n), w (B, n) and
+data (pipeline.runtime.fits.tasks.task_payload): `data` holds X (B, n, p), y (B, n), w (B, n) and
 X_new (B, 1, p) for per-country models (B, C, ... for pooled ones), plus `params`,
 `quantiles`, `seed`; `fit_batch` returns {"pred": (B, C, H, Q), "state": {name: (B, ...)}}
 (or "states": one dict per fit for ragged states) and optionally "alpha": (B, Q).
@@ -49,7 +49,7 @@ class Adapter:
     payload: dict[str, Any] | None = None
     # > 1: a batched kernel whose per-fit arithmetic depends only on the fit's position in the
     # batch modulo this period (SIMD alignment); the worker then places each fit at its own
-    # slot (in its key), so it gives the same bits in any batch (pipeline/runtime/worker.py)
+    # slot (in its key), so it gives the same bits in any batch (pipeline/runtime/execute/worker.py)
     slot_period: int = 1
 
 

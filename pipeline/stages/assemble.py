@@ -415,7 +415,7 @@ def _remove_stale(output_dir: Path, written: list[Path]) -> list[Path]:
     """Delete files an earlier assemble wrote that this one did not (a dropped model, horizon,
     country): only the product's own (its manifest, or its naming in a dir older versions
     wrote), never a user's file in these folders."""
-    from pipeline.runtime.manifest import active
+    from pipeline.runtime.store.manifest import active
 
     ours = active(output_dir)
     ours.written.update(r for r in map(ours.rel, written) if r is not None)

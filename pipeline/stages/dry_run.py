@@ -10,8 +10,8 @@ import numpy as np
 
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.plan import Plan, resolve_plan, task_size
-from pipeline.runtime.shared_plan import fit_groups
+from pipeline.runtime.fits.shared_plan import fit_groups
+from pipeline.runtime.sizing.plan import Plan, resolve_plan, task_size
 
 log = logging.getLogger("pipeline")
 
@@ -23,7 +23,7 @@ def dry_run(config: StudyConfig, plan: Plan | None = None, models: list[str] | N
     store's last attempt failed, pending = the rest. The store is read without blocking a
     running train.
     """
-    from pipeline.runtime.progress import db_path, read_table
+    from pipeline.runtime.store.progress import db_path, read_table
     from pipeline.stages.prepare import load_panel
     from pipeline.stages.train import cached_mask
 

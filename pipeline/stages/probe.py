@@ -13,7 +13,7 @@ few epochs) and its time per fit is scaled to the real ones by the factor they r
 
 memory_limit = baseline + largest task peak above baseline + mem_probe_fudge_mb, rounded up
 to 256 MiB. The number of workers is not the probe's business: train derives it from these
-measurements and the live machine (`pipeline.runtime.plan.plan_from_measurements`), so the
+measurements and the live machine (`pipeline.runtime.sizing.plan.plan_from_measurements`), so the
 probe's outputs hold nothing about the machine's size and a new machine reruns no stage.
 
 `probe.json` (DVC metrics, train's dependency) holds only what a task needs, rounded (threads
@@ -40,8 +40,10 @@ import numpy as np
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_groups import FitGroup
-from pipeline.runtime.plan import (
+from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.shared_plan import fit_groups
+from pipeline.runtime.fits.tasks import task_payload
+from pipeline.runtime.sizing.plan import (
     MEASUREMENTS_FILE,
     PROBE_FILE,
     ModelPlan,
@@ -51,21 +53,23 @@ from pipeline.runtime.plan import (
     round_up_mb,
     worker_environment,
 )
-from pipeline.runtime.probe_cache import cached_measurement, code_fingerprint, machine_identity
-from pipeline.runtime.shared_plan import fit_groups
-from pipeline.runtime.tasks import task_payload
-from pipeline.runtime.timeouts import PROBE_TIMEOUT_S, probe_timeout
+from pipeline.runtime.sizing.probe_cache import (
+    cached_measurement,
+    code_fingerprint,
+    machine_identity,
+)
+from pipeline.runtime.sizing.timeouts import PROBE_TIMEOUT_S, probe_timeout
 
 log = logging.getLogger("pipeline.probe")
 
 CALIBRATION_FITS = 4
 # what a worker process has imported once it ran a task (the probe child mirrors it)
-WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.worker")
+WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.execute.worker")
 
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     """Measure every enabled model (or `models`), write probe.json + probe_measurements.json."""
-    from pipeline.runtime.model_check import check_user_models
+    from pipeline.runtime.execute.model_check import check_user_models
     from pipeline.stages.prepare import load_panel
 
     panel = load_panel(config.output_dir)
@@ -120,7 +124,7 @@ def baseline_inputs() -> dict[str, Any]:
 
 def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[str, Any]:
     """Run a calibration batch and a task-sized batch of the largest group in a child process,
-    or reuse this machine's measurement of the same task (pipeline.runtime.probe_cache)."""
+    or reuse this machine's measurement of the same task (pipeline.runtime.sizing.probe_cache)."""
     adapter = adapter_for(config, name)
     params = adapter.params(config)
     scale = 1.0
@@ -203,7 +207,7 @@ def measure_child(
     The child dies with the driver (PR_SET_PDEATHSIG) and then removes its temporary dir
     (payload and result); past `timeout_s` it is killed and `model` named in a ConfigError.
     """
-    # like a worker (pipeline.runtime.cluster.worker_environ): one thread, glibc's malloc defaults
+    # like a worker (pipeline.runtime.execute.cluster.worker_environ): one thread, glibc's malloc defaults
     env = worker_environment(os.environ)
     # the child imports what this process imports (this copy of the package, a user model's
     # module): its sys.path is ours, and -P keeps the working directory off it unless it is on
@@ -286,7 +290,7 @@ def _child(argv: list[str]) -> None:
     out_path = argv[argv.index("--out") + 1]
     result: dict[str, Any] = {}
     if "--task" in argv:
-        from pipeline.runtime.worker import run_task
+        from pipeline.runtime.execute.worker import run_task
 
         payload = _load_payload(argv[argv.index("--task") + 1])
         task_seconds = float(argv[argv.index("--task-seconds") + 1])
@@ -314,7 +318,7 @@ def _die_with_driver(parent: int, tmp: str) -> None:
     import shutil
     import signal
 
-    from pipeline.runtime.child import die_with_parent
+    from pipeline.runtime.execute.child import die_with_parent
 
     def leave(*_: object) -> None:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,8 +9,8 @@ from pipeline.config import StudyConfig
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.derived import DerivedSettings
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_groups import expand
-from pipeline.runtime.shared_plan import fit_groups
+from pipeline.runtime.fits.fit_groups import expand
+from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
 

@@ -3,7 +3,7 @@
 Flow: build the model's fits and content keys from the prepared panel -> sync the progress
 store -> load every fit already in the model cache -> stream the rest as batched tasks to the
 cluster (bounded in flight, completion order) -> record results as they arrive (the driver writes
-each task's fits as one checksummed cache shard, pipeline/runtime/fit_cache.py) -> write `train/{model}.parquet` from the cache
+each task's fits as one checksummed cache shard, pipeline/runtime/store/fit_cache.py) -> write `train/{model}.parquet` from the cache
 and the store -> export the progress parquet files.
 
 A fit that raises is failed with its traceback and retried up to `runtime.retries` times
@@ -28,16 +28,16 @@ import numpy as np
 from pipeline.config import StudyConfig
 from pipeline.io import write_parquet
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_cache import FitCache
-from pipeline.runtime.fit_groups import FitGroup, expand, origin_labels
-from pipeline.runtime.logs import RunLog, new_run_id
-from pipeline.runtime.plan import Plan, resolve_plan
-from pipeline.runtime.progress import ProgressStore, db_path
-from pipeline.runtime.shared_plan import fit_groups
-from pipeline.runtime.train_loop import RunState
+from pipeline.runtime.execute.train_loop import RunState
+from pipeline.runtime.fits.fit_groups import FitGroup, expand, origin_labels
+from pipeline.runtime.fits.shared_plan import fit_groups
+from pipeline.runtime.sizing.plan import Plan, resolve_plan
+from pipeline.runtime.store.fit_cache import FitCache
+from pipeline.runtime.store.progress import ProgressStore, db_path
+from pipeline.runtime.ui.logs import RunLog, new_run_id
 
 if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
-    from pipeline.runtime.shared_cluster import SharedCluster
+    from pipeline.runtime.execute.shared_cluster import SharedCluster
 
 
 log = logging.getLogger("pipeline.train")
@@ -84,7 +84,7 @@ def run_train(
 ) -> TrainSummary:
     """Train (or reload) every fit of `model`; write train/{model}.parquet; return a summary.
 
-    `cluster`: a pipeline.runtime.shared_cluster.SharedCluster to run on (kept open for the next model);
+    `cluster`: a pipeline.runtime.execute.shared_cluster.SharedCluster to run on (kept open for the next model);
     None starts a cluster for this call alone (only when there are fits to train).
     """
     from pipeline.stages.prepare import load_panel
@@ -98,7 +98,7 @@ def run_train(
         panel = load_panel(out)
         groups = fit_groups(panel, config, adapter)
         if model in config.models.user_models():  # before any cluster starts
-            from pipeline.runtime.model_check import check_user_model
+            from pipeline.runtime.execute.model_check import check_user_model
 
             check_user_model(config, model, groups)
         store.sync_rows(model, _progress_rows(groups, config.data.quantiles), run_id)

@@ -53,7 +53,7 @@ def _params(config: StudyConfig) -> dict[str, Any]:
         "patience": m.patience,
         "parallel_models": m.parallel_models,
         # the origins trained as one batched network: a fit's bits follow its block (its
-        # block mates enter the key too, pipeline.runtime.fit_groups)
+        # block mates enter the key too, pipeline.runtime.fits.fit_groups)
         "block_origins": m.block_origins,
         "scale": config.data.scale,
         "lags": list(config.data.lags),
@@ -116,7 +116,7 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 # `block_origins` (conf/models/ensemble_nn/default.yaml): origins one task trains as one
-# batched network, taken round-robin from the study's origins (pipeline.runtime.fit_groups).
+# batched network, taken round-robin from the study's origins (pipeline.runtime.fits.fit_groups).
 # Members of a window stop at different epochs; batching windows fills the steps where few
 # members are still training (CPU s per window: benchmarks/README.md "ensemble_nn").
 PROBE_EPOCHS = 3

@@ -22,7 +22,7 @@ from pipeline.errors import QpipeError
 log = logging.getLogger("pipeline")
 # where a run writes (atomic writes leave `.<name>.<random>.tmp` here when killed mid-way);
 # the output dir itself is scanned only at its top level (under dvc it is the repository root),
-# and only temp files of names the product writes are removed (pipeline.runtime.manifest).
+# and only temp files of names the product writes are removed (pipeline.runtime.store.manifest).
 # The fit cache is not here: other dirs may share it, so fit_cache.py removes only old orphans.
 OUTPUT_SUBDIRS = ("data/prepared", "train", "forecasts", "reports", "progress", "logs")
 
@@ -115,7 +115,7 @@ def remove_temp_files(output_dir: str | os.PathLike[str]) -> list[Path]:
     """Delete temp files that the product's own atomic writes left when killed (call while
     holding the RunLock): `.{name}.{8 random}.tmp` next to a `name` the product writes there
     (its naming or its manifest). A user's file, `.tmp` or not, is never touched."""
-    from pipeline.runtime.manifest import OutputFiles, has_product_naming, temp_target
+    from pipeline.runtime.store.manifest import OutputFiles, has_product_naming, temp_target
 
     out = Path(output_dir)
     ours = OutputFiles(out)

@@ -1,7 +1,7 @@
 """One cluster for every model of a `python -m pipeline run`, started only when needed.
 
-Kept apart from pipeline.runtime.cluster so that a run whose work is all cached or small enough
-to train in the driver (pipeline.runtime.inprocess) never imports dask.distributed.
+Kept apart from pipeline.runtime.execute.cluster so that a run whose work is all cached or small enough
+to train in the driver (pipeline.runtime.execute.inprocess) never imports dask.distributed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import RuntimeConfig
 
 if TYPE_CHECKING:
-    from pipeline.runtime.cluster import ClusterHandle
+    from pipeline.runtime.execute.cluster import ClusterHandle
 
 
 class SharedCluster:
@@ -30,7 +30,7 @@ class SharedCluster:
     ) -> AbstractContextManager[ClusterHandle]:
         """The shared handle (started on first call); leaving the context does not close it."""
         if self.handle is None:
-            from pipeline.runtime.cluster import make_client
+            from pipeline.runtime.execute.cluster import make_client
 
             self.handle = self._stack.enter_context(
                 make_client(n_workers, memory_limit_mb, runtime)

@@ -3,7 +3,7 @@
 A user model whose import fails, that raises, whose forecasts have the wrong shape or are NaN
 or inf, or whose `from_arrays(to_arrays())` does not predict what it did, stops the run with
 a ConfigError naming `models.<name>` (exit code 2) instead of failing every fit on a worker.
-The check runs in a worker-like child process (pipeline.runtime.child), so a model that hangs
+The check runs in a worker-like child process (pipeline.runtime.execute.child), so a model that hangs
 is stopped after runtime.task_timeout_s (the probe's bound when `auto`) and named the same way.
 """
 
@@ -17,10 +17,10 @@ import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig, UserModelConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.child import Child, ChildError, ChildKilled, shared_child
-from pipeline.runtime.fit_groups import FitGroup, build_groups
-from pipeline.runtime.tasks import task_payload
-from pipeline.runtime.timeouts import probe_timeout
+from pipeline.runtime.execute.child import Child, ChildError, ChildKilled, shared_child
+from pipeline.runtime.fits.fit_groups import FitGroup, build_groups
+from pipeline.runtime.fits.tasks import task_payload
+from pipeline.runtime.sizing.timeouts import probe_timeout
 
 log = logging.getLogger("pipeline.check")
 SLICE_FITS = 2

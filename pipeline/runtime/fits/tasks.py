@@ -1,6 +1,6 @@
 """Tasks: batches of fits of one fit group, what one worker call solves in one batched call
 (pure: numpy only). Fits per task are sized from the measured time per fit; a model whose fits
-train in fixed blocks (ensemble_nn) always gets whole blocks (see pipeline.runtime.fit_groups).
+train in fixed blocks (ensemble_nn) always gets whole blocks (see pipeline.runtime.fits.fit_groups).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import stable_hash
-from pipeline.runtime.fit_groups import FitGroup
+from pipeline.runtime.fits.fit_groups import FitGroup
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 the model's adapter (pipeline.models.registry.task_adapter), times the batch, isolates
 failures by bisection (a fit that raises does not fail its neighbours) and returns forecasts
 and fitted state as plain arrays; the driver writes them to the fit cache
-(pipeline/runtime/fit_cache.py).
+(pipeline/runtime/store/fit_cache.py).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _solve(
     # outside the except block, so a bisected failure's traceback is not chained to its parents'
     if len(idx) > 1 and payload.get("blocked"):
         # a block trains as one batch or not at all: its fits fail together (and are retried
-        # together, pipeline.runtime.tasks.block_task), so no fit gets bits of a partial block
+        # together, pipeline.runtime.fits.tasks.block_task), so no fit gets bits of a partial block
         error_type = "memory" if isinstance(error, MemoryError) else type(error).__name__
         log.warning(
             "block of %d fits of %s failed: %s: %s", len(idx), adapter.name, error_type, error

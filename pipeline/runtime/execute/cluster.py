@@ -34,9 +34,9 @@ from distributed.scheduler import KilledWorker
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
-from pipeline.runtime.plan import worker_environment
+from pipeline.runtime.sizing.plan import worker_environment
 
-log = logging.getLogger("pipeline.runtime.cluster")
+log = logging.getLogger("pipeline.runtime.execute.cluster")
 
 # A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
 # itself, in halves, so a restart is not wasted on rerunning a task that will die again.

@@ -1,7 +1,7 @@
 """A killable child process that runs top-level functions for the driver (no Dask).
 
 Used where work would otherwise run inside the driver itself: tasks too small for a cluster
-(pipeline.runtime.inprocess) and the user-model check (pipeline.runtime.model_check). The child
+(pipeline.runtime.execute.inprocess) and the user-model check (pipeline.runtime.execute.model_check). The child
 is started like a worker (spawned, `worker_environment`: one thread per math library, glibc's
 malloc defaults), dies with the driver (PR_SET_PDEATHSIG), and is kept for the next call.
 `shared_child` keeps one such child for the driver's whole process, so the
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.runtime.plan import worker_environment
+from pipeline.runtime.sizing.plan import worker_environment
 
 POLL_S = 0.05  # how often the clock and the child's RSS are checked while it works
 PR_SET_PDEATHSIG = 1

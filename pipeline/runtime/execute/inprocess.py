@@ -2,9 +2,9 @@
 
 `InProcessStream` has `cluster.TaskStream`'s interface (submit, iterate in completion order,
 in_flight, cancel, close) and runs each task through the same task function workers run
-(pipeline.runtime.worker.run_task), one at a time, so the train loop's result handling (the
+(pipeline.runtime.execute.worker.run_task), one at a time, so the train loop's result handling (the
 driver writes the cache shards and the progress rows, retries, bisection) is the same code.
-The tasks run in the driver's worker-like child process, kept between models (pipeline.runtime.child: one
+The tasks run in the driver's worker-like child process, kept between models (pipeline.runtime.execute.child: one
 BLAS/OpenMP/torch thread, so results are bit-identical to the cluster's), held to the probe's
 memory limit per worker and to the task timeout like a worker: a task past either is killed
 and its fits fail as `memory` / `timeout` (issue 22), never the driver. No Dask here.
@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.runtime.child import ChildError, ChildKilled, shared_child
-from pipeline.runtime.plan import ModelPlan
+from pipeline.runtime.execute.child import ChildError, ChildKilled, shared_child
+from pipeline.runtime.sizing.plan import ModelPlan
 
 
 @dataclass

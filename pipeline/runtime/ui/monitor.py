@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.runtime.progress import STATUSES, db_path, pid_alive
+from pipeline.runtime.store.progress import STATUSES, db_path, pid_alive
 
 EXIT_NO_RUN = 1
 EXIT_UNREADABLE = 2

@@ -16,18 +16,18 @@ import pandas as pd
 
 from pipeline.config import StudyConfig
 from pipeline.models.registry import adapter_for
-from pipeline.runtime.fit_cache import Entry, FitCache
-from pipeline.runtime.fit_groups import FitGroup, expand, forecast_table
-from pipeline.runtime.inprocess import InProcessStream, in_process_handle, runs_in_process
-from pipeline.runtime.logs import ProgressReporter
-from pipeline.runtime.plan import Plan, task_size
-from pipeline.runtime.progress import ProgressStore
-from pipeline.runtime.tasks import Task, block_task, make_tasks, task_payload
-from pipeline.runtime.timeouts import task_timeout
-from pipeline.runtime.worker import run_task
+from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
+from pipeline.runtime.execute.worker import run_task
+from pipeline.runtime.fits.fit_groups import FitGroup, expand, forecast_table
+from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
+from pipeline.runtime.sizing.plan import Plan, task_size
+from pipeline.runtime.sizing.timeouts import task_timeout
+from pipeline.runtime.store.fit_cache import Entry, FitCache
+from pipeline.runtime.store.progress import ProgressStore
+from pipeline.runtime.ui.logs import ProgressReporter
 
 if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
-    from pipeline.runtime.shared_cluster import SharedCluster
+    from pipeline.runtime.execute.shared_cluster import SharedCluster
 
 log = logging.getLogger("pipeline.train")
 
@@ -159,7 +159,7 @@ class RunState:
             )
             opened = in_process_handle()
         else:
-            from pipeline.runtime.cluster import make_client
+            from pipeline.runtime.execute.cluster import make_client
 
             log.info(
                 "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
@@ -355,7 +355,7 @@ class RunState:
 
 
 def _task_stream(handle: Any, timeout_s: float | None) -> Any:
-    from pipeline.runtime.cluster import TaskStream
+    from pipeline.runtime.execute.cluster import TaskStream
 
     return TaskStream(handle.client, run_task, timeout_s)
 

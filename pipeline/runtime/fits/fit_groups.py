@@ -4,7 +4,7 @@ A *fit* is (model, country, horizon, origin) for every quantile at once; a panel
 (ensemble_nn) has one fit per origin pooling every country and every horizon (one network,
 one head), recorded with country "*". This module turns a prepared panel into stacked per-fit
 arrays, one `FitGroup` per (model, horizon) (one for a panel model) so that every fit of a group
-has the same shape and a task (pipeline.runtime.tasks) can hand a slice of the group to one
+has the same shape and a task (pipeline.runtime.fits.tasks) can hand a slice of the group to one
 batched solver call; `forecast_table` turns the groups' predictions back into forecast rows.
 
 Content key of a fit = hash of the model name, its code version, its parameters, the
@@ -26,7 +26,7 @@ import pandas as pd
 
 from pipeline.data.windows import month_index
 from pipeline.io import stable_hash
-from pipeline.runtime.fit_windows import CountryWindows, country_grid, window_arrays
+from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
 from pipeline.schema import COUNTRY, TIME
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)

@@ -1,6 +1,6 @@
 """Run logs: one file per run under `{output_dir}/logs/`, driver and worker messages together.
 
-Worker messages reach the driver through Dask's log forwarding (see `pipeline.runtime.cluster`) and
+Worker messages reach the driver through Dask's log forwarding (see `pipeline.runtime.execute.cluster`) and
 land in the same file; the nanny's memory warnings and restarts are `distributed` records
 logged in the driver process itself. Dask's INFO lines go to this file only: the terminal
 handler (`configure_terminal_logging`) hides them. Only the file name carries the run id and time; the

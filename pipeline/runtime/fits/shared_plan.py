@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.io import stable_hash
-from pipeline.runtime.fit_groups import FitGroup, build_groups
+from pipeline.runtime.fits.fit_groups import FitGroup, build_groups
 
 _memo: dict[tuple[str, str, str], list[FitGroup]] | None = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.runtime.fit_cache import SHARDS_DIR, FitCache
+from pipeline.runtime.store.fit_cache import SHARDS_DIR, FitCache
 
 
 def verify_cache(cache_dir: Path) -> tuple[list[str], int]:

@@ -1,0 +1,1 @@
+"""What a person sees: `monitor`, `check`, run logs and the progress bar."""
