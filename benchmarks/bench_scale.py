@@ -98,7 +98,42 @@ def run_one(k: int, base: Path, cache: Path) -> dict[str, Any]:
         *QUIET,
     ]
     env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
-    with open(base / f"x{k}.log", "w") as log:
+    wall, hwm_mb, usage = timed_run(cmd, base / f"x{k}.log", env)
+    timings = json.loads((out / "logs" / "timings.json").read_text())
+    db = out / "progress" / "progress.sqlite"
+    store_mb = sum(p.stat().st_size for p in db.parent.glob("progress.sqlite*")) / 2**20
+    from pipeline.runtime.store.progress import db_path, read_table
+
+    runs = read_table(db_path(out), "runs")
+    fits = int(runs.loc[runs["model"] == "ar_qr", "fits"].max())
+    return {
+        "factor": k,
+        "fits": fits,
+        "wall_s": wall,
+        "stages": {name: t["seconds"] for name, t in timings.items()},
+        "driver_maxrss_wait4_mb": usage.ru_maxrss / 1024.0,
+        "driver_vmhwm_mb": hwm_mb,
+        "progress_store_mb": store_mb,
+    }
+
+
+RW_ONLY = [
+    "models.ar_qr.enabled=false",
+    "models.lqr.enabled=false",
+    "models.ensemble_nn.enabled=false",
+    "models.climatology.enabled=false",
+    "evaluation.combo.enabled=false",
+    "rolling_window.start_date=2005-01-01",
+    "rolling_window.end_date=2023-12-01",
+    "data.horizons=[1,3,6,12]",
+]
+
+
+def timed_run(
+    cmd: list[str], log_path: Path, env: dict[str, str]
+) -> tuple[float, float, os.struct_rusage]:
+    """Wall seconds, driver VmHWM (MiB, polled every 0.2 s) and rusage of one command."""
+    with open(log_path, "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         hwm = {"mb": 0.0}
@@ -118,61 +153,8 @@ def run_one(k: int, base: Path, cache: Path) -> dict[str, Any]:
         stop.set()
         poller.join()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"x{k} failed: see {base / f'x{k}.log'}")
-    timings = json.loads((out / "logs" / "timings.json").read_text())
-    db = out / "progress" / "progress.sqlite"
-    store_mb = sum(p.stat().st_size for p in db.parent.glob("progress.sqlite*")) / 2**20
-    from pipeline.runtime.store.progress import db_path, read_table
-
-    runs = read_table(db_path(out), "runs")
-    fits = int(runs.loc[runs["model"] == "ar_qr", "fits"].max())
-    return {
-        "factor": k,
-        "fits": fits,
-        "wall_s": wall,
-        "stages": {name: t["seconds"] for name, t in timings.items()},
-        "driver_maxrss_wait4_mb": usage.ru_maxrss / 1024.0,
-        "driver_vmhwm_mb": hwm["mb"],
-        "progress_store_mb": store_mb,
-    }
-
-
-RW_ONLY = [
-    "models.ar_qr.enabled=false",
-    "models.lqr.enabled=false",
-    "models.ensemble_nn.enabled=false",
-    "models.climatology.enabled=false",
-    "evaluation.combo.enabled=false",
-    "rolling_window.start_date=2005-01-01",
-    "rolling_window.end_date=2023-12-01",
-    "data.horizons=[1,3,6,12]",
-]
-
-
-def timed_run(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and driver VmHWM (MiB) of one command (polled every 0.2 s)."""
-    with open(log_path, "w") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        hwm = {"mb": 0.0}
-        stop = threading.Event()
-
-        def poll() -> None:
-            while not stop.is_set():
-                value = vm_hwm_mb(proc.pid)
-                if value is not None:
-                    hwm["mb"] = max(hwm["mb"], value)
-                stop.wait(0.2)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        _, status, _ = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        stop.set()
-        poller.join()
-    if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd} failed: see {log_path}")
-    return wall, hwm["mb"]
+    return wall, hwm["mb"], usage
 
 
 def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
@@ -188,11 +170,11 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
         *QUIET,
     ]
     env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
-    wall, hwm = timed_run(cmd, base / f"rw{n}.log", env)
+    wall, hwm, _ = timed_run(cmd, base / f"rw{n}.log", env)
     stages = {
         k: t["seconds"] for k, t in json.loads((out / "logs" / "timings.json").read_text()).items()
     }
-    noop_wall, noop_hwm = timed_run(cmd, base / f"rw{n}-noop.log", env)
+    noop_wall, noop_hwm, _ = timed_run(cmd, base / f"rw{n}-noop.log", env)
     noop = {
         k: t["seconds"] for k, t in json.loads((out / "logs" / "timings.json").read_text()).items()
     }

@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 from conftest import ROOT, SMALL_STUDY, make_config
-from test_runtime import wait_for
+from test_runtime import study, wait_for
 
-from pipeline.config import ConfigError, StudyConfig
+from pipeline.config import ConfigError
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
@@ -28,14 +27,6 @@ from pipeline.stages.probe import run_probe
 from pipeline.stages.train import run_train
 
 HANG_ORIGIN = str(2018 * 12 + 2)  # 2018-03
-
-
-def study(root: Path, **runtime: Any) -> StudyConfig:
-    d = copy.deepcopy(SMALL_STUDY)
-    d["runtime"].update({"output_dir": str(root), **runtime})
-    config = make_config(d)
-    prepare(config, ROOT)
-    return config
 
 
 def plan(model: str, fits_per_task: int, seconds_per_fit: float | None = None) -> Plan:
