@@ -9,8 +9,8 @@ with that line as its message; exit code 1 (some fits failed) is `RunFailed`.
 
 from __future__ import annotations
 
-import errno
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 # where a `data=` DataFrame is written (under the run's output dir), so that `prepare` reads and
 # fingerprints it like any panel file and a rerun with the same frame reuses every fit
 PANEL_INPUT = Path("input") / "panel.parquet"
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,13 @@ def backtest(
     """
     try:
         return _backtest(overrides, config, data)
-    except OSError as error:
-        if error.errno not in _WRITE_ERRNOS:
-            raise
-        from pipeline.io import describe_os_error
+    except (OSError, sqlite3.OperationalError) as error:
+        from pipeline.io import write_failure_message
 
-        raise OutputError(f"cannot write: {describe_os_error(error)}") from None
+        message = write_failure_message(error)
+        if message is None:
+            raise
+        raise OutputError(message) from None
 
 
 def _backtest(

@@ -19,7 +19,6 @@ one-line message; the traceback goes to a log file the line names, not to the te
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sqlite3
@@ -50,26 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (ConfigError, DataError, OutputError, OutputDirBusy) as error:
         return _bad_input(str(error))
-    except OSError as error:
-        if error.errno not in _WRITE_ERRNOS:
-            raise
-        from pipeline.io import describe_os_error
+    except (OSError, sqlite3.OperationalError) as error:
+        from pipeline.io import write_failure_message
 
-        return _bad_input(f"cannot write: {describe_os_error(error)}")
-    except sqlite3.OperationalError as error:
-        if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+        message = write_failure_message(error)
+        if message is None:
             raise
-        return _bad_input(
-            f"cannot write the progress store (progress/progress.sqlite): {error}; free disk "
-            "space there, or point runtime.output_dir at a disk with room"
-        )
+        return _bad_input(message)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-# a write that fails for one of these reasons is the environment's fault, not a bug
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
 def _bad_input(message: str) -> int:

@@ -203,6 +203,27 @@ def refuse_system_dir(path: str | os.PathLike[str], key: str = "runtime.output_d
         )
 
 
+def write_failure_message(error: BaseException) -> str | None:
+    """The one line for a write the environment refused (a full disk, no permission, a
+    read-only or misplaced path), in a file or in the progress store; None for anything else
+    (a bug, worth its traceback). The CLI and pipeline.backtest both report these."""
+    import errno
+    import sqlite3
+
+    if isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR
+    ):  # fmt: skip
+        return f"cannot write: {describe_os_error(error)}"
+    if isinstance(error, sqlite3.OperationalError) and (
+        getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    ):
+        return (
+            f"cannot write the progress store (progress/progress.sqlite): {error}; free disk "
+            "space there, or point runtime.output_dir at a disk with room"
+        )
+    return None
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for a write failure: the file, the cause and the fix."""
     import errno
