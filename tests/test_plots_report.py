@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation import plots
@@ -75,10 +76,10 @@ def _line(ax, label: str):
 def test_fan_chart_draws_actuals_and_median_of_each_model(frame):
     fig = plots.fan_chart(frame, "AT", 3)
     titles = [ax.get_title(loc="left") for ax in fig.axes]
-    assert titles == ["ar_qr", "lqr"]  # the benchmark first
+    assert titles == ["ar_qr (benchmark)", "lqr"]  # the benchmark first
     rows = frame[(frame["COUNTRY"] == "AT") & (frame["HORIZON"] == 3)]
     actual = rows.dropna(subset=["ACTUAL"]).groupby("TIME")["ACTUAL"].first()
-    for ax, model in zip(fig.axes, titles, strict=True):
+    for ax, model in zip(fig.axes, ["ar_qr", "lqr"], strict=True):
         np.testing.assert_allclose(_line(ax, "actual").get_ydata(), actual.to_numpy())
         median = rows[(rows["MODEL"] == model) & (rows["QUANTILE"] == 0.5)].sort_values("TIME")
         np.testing.assert_allclose(_line(ax, "q0.5 forecast").get_ydata(), median["FORECAST"])
@@ -109,8 +110,119 @@ def test_pngs_are_byte_stable_sized_and_free_of_metadata(frame, tmp_path):
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     kinds = [kind for kind, _ in _png_chunks(a.read_bytes())]
     assert not {b"tEXt", b"iTXt", b"zTXt", b"tIME"} & set(kinds)  # no Software, no timestamp
-    assert _png_size(a) == (10 * plots.DPI, round((1.0 + 2.3 * 2) * plots.DPI))
+    # two panels stacked: 1.05 in title and legend, 0.62 in axis, 2 x 2.0 in panels, 0.5 in gap
+    assert _png_size(a) == (10 * plots.DPI, round((1.05 + 0.62 + 2 * 2.0 + 0.5) * plots.DPI))
     assert list(tmp_path.iterdir()) and not list(tmp_path.glob(".*.tmp"))  # atomic, no leftovers
+
+
+ORDER = ("ar_qr", "lqr", "ensemble_nn", "rw", "climatology", "combo")
+
+
+@pytest.fixture(scope="module")
+def calibrated(frame) -> pd.DataFrame:
+    """The two models, a benchmark and combo, each with a `_cal` variant (shifted forecasts)."""
+    parts = [frame]
+    for source, name, shift in (("ar_qr", "rw", 0.3), ("lqr", "combo", -0.2)):
+        parts.append(frame.loc[frame["MODEL"] == source].assign(MODEL=name, FORECAST=lambda f, s=shift: f["FORECAST"] + s))  # fmt: skip
+    raw = pd.concat(parts, ignore_index=True)
+    cal = raw.assign(MODEL=raw["MODEL"].astype(str) + "_cal", FORECAST=raw["FORECAST"] * 1.1)
+    return conform_forecasts(pd.concat([raw, cal], ignore_index=True))
+
+
+def _drawn_colors(fig) -> dict[str, tuple[str, str]]:
+    """{model: (colour, line style)} read back from the artists: a metric chart's labelled
+    lines, a fan chart's median line under each panel title."""
+    from matplotlib.colors import to_hex
+
+    out: dict[str, set[tuple[str, str]]] = {}
+    for ax in fig.axes:
+        title = ax.get_title(loc="left").removesuffix(" (benchmark)")
+        for line in ax.get_lines():
+            label = line.get_label().removesuffix(" (benchmark)")
+            model = title if label.endswith(" forecast") else label
+            if model and model not in ("actual", "nominal") and not model.startswith("_"):
+                out.setdefault(model, set()).add((to_hex(line.get_color()), line.get_linestyle()))
+    assert all(len(v) == 1 for v in out.values()), out  # one look per model within a chart
+    return {m: next(iter(v)) for m, v in out.items()}
+
+
+def test_a_model_has_one_colour_in_every_chart_and_its_cal_variant_is_dashed(calibrated):
+    charts = {
+        "pinball": plots.pinball_chart(calibrated, order=ORDER),
+        "coverage": plots.coverage_chart(calibrated, order=ORDER),
+        "reliability": plots.reliability_chart(calibrated, order=ORDER),
+        "fan": plots.fan_chart(calibrated, "AT", 1, order=ORDER),
+    }
+    drawn = {kind: _drawn_colors(fig) for kind, fig in charts.items()}
+    models = sorted(calibrated["MODEL"].unique().tolist())
+    for kind, looks in drawn.items():
+        assert sorted(looks) == models, kind
+    reference = drawn["pinball"]
+    for kind, looks in drawn.items():
+        assert looks == reference, kind
+    for model in models:
+        color, style = reference[model]
+        base = model.removesuffix("_cal")
+        assert color == reference[base][0] and style == ("--" if model != base else "-")
+    bases = {reference[m][0] for m in models if not m.endswith("_cal")}
+    assert len(bases) == 4  # distinct models, distinct colours
+    # the colour comes from the study's order: dropping a model recolours no other
+    fewer = calibrated.loc[~calibrated["MODEL"].str.startswith("lqr")]
+    assert _drawn_colors(plots.coverage_chart(fewer, order=ORDER)) == {
+        m: look for m, look in reference.items() if not m.startswith("lqr")
+    }
+    # the fan chart pairs each model with its calibrated variant, side by side
+    fan = charts["fan"]
+    assert [ax.get_title(loc="left") for ax in fan.axes[:2]] == ["ar_qr (benchmark)", "ar_qr_cal"]
+
+
+def _lab(color: str) -> np.ndarray:
+    """CIE L*a*b* (D65) of an sRGB colour."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(color))
+    rgb = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                    [0.0193, 0.1192, 0.9505]]) @ rgb / np.array([0.95047, 1.0, 1.08883])  # fmt: skip
+    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_palette_holds_15_plus_distinguishable_colours_none_like_the_actual():
+    labs = [_lab(c) for c in (*plots.PALETTE, plots.ACTUAL_COLOR)]
+    n = len(plots.PALETTE)
+    assert n >= 15 and len(set(plots.PALETTE)) == n
+    closest = min(np.linalg.norm(labs[i] - labs[j]) for i in range(n + 1) for j in range(i))
+    assert closest >= 18  # CIE76: about 2.3 is a just-noticeable difference
+    names = [f"m{i:02d}" for i in range(n)]
+    assert len(set(plots.model_colors(names, names).values())) == n
+
+
+def test_legends_sit_outside_the_data_and_every_panel_is_labelled(calibrated):
+    for fig in (
+        plots.pinball_chart(calibrated, order=ORDER),
+        plots.coverage_chart(calibrated, order=ORDER),
+        plots.reliability_chart(calibrated, order=ORDER),
+        plots.fan_chart(calibrated, "BE", 3, order=ORDER),
+    ):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        assert len(fig.legends) == 1 and not [ax for ax in fig.axes if ax.get_legend()]
+        legend = fig.legends[0].get_window_extent(renderer)
+        title = fig._suptitle.get_window_extent(renderer)
+        assert not legend.overlaps(title)
+        for ax in fig.axes:
+            if not ax.axison:
+                continue
+            assert not legend.overlaps(ax.get_window_extent(renderer))
+            assert ax.get_ylabel() and ax.get_xlabel() or ax not in _bottom_row(fig), ax
+            assert ax.get_ylabel(), ax.get_title(loc="left")
+
+
+def _bottom_row(fig) -> list:
+    """The axes with x tick labels showing (a shared x axis labels only the bottom row)."""
+    return [ax for ax in fig.axes if ax.axison and ax.xaxis.get_tick_params()["labelbottom"]]
 
 
 def _chromium_dom(page: Path, profile: Path) -> str:

@@ -113,6 +113,10 @@ class EvaluationConfig:
     combo: CombinationConfig
     mcs_size: float = field(metadata=rule(lambda v: 0.0 < v < 1.0, "a level in (0, 1)"))
     mcs_reps: int = field(metadata=at_least(10, "an integer >= 10 bootstrap replications"))
+    # countries with fan charts; None: the default choice (pipeline.stages.study.fan_countries)
+    fan_countries: tuple[str, ...] | None = field(
+        metadata=rule(lambda v: len(v) == len(set(v)) > 0, "null or a list of distinct countries")
+    )
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,7 @@ def _check_semantics(config: StudyConfig) -> None:
     )
     for member in evaluation.combo.members:
         _require(member in names, "evaluation.combo.members", f"models among {names}", member)
+    _check_fan_countries(config)
     longest = max(data.horizons)
     _require(
         window.size > longest,
@@ -411,6 +416,23 @@ def _check_semantics(config: StudyConfig) -> None:
         f"the keys of models {list(config.models.entries)} (derived: never set it)",
         list(config.model_names),
     )
+
+
+def _check_fan_countries(config: StudyConfig) -> None:
+    """Fan countries the data cannot have: against data.countries, or the synthetic panel's
+    names (other sources are checked against the prepared panel, before assemble draws)."""
+    fans, data = config.evaluation.fan_countries, config.data
+    known: list[str] | None = None
+    if fans is not None and data.countries is not None:
+        known = list(data.countries)
+    elif fans is not None and data.source == "synthetic":
+        from pipeline.data.synthetic import country_names  # lazy: data imports config
+
+        known = country_names(data.synthetic.n_countries)
+    if known is not None:
+        unknown = [c for c in fans if c not in known]
+        shown = known if len(known) <= 12 else [*known[:12], "..."]
+        _require(not unknown, "evaluation.fan_countries", f"countries of the data {shown}", unknown)
 
 
 def _require(ok: bool, key: str, allowed: str, given: Any) -> None:

@@ -4,6 +4,10 @@ Figures are built with the object API (`matplotlib.figure.Figure` on an Agg canv
 so no global backend switch and no figure registry to leak), under a
 fixed style, so the same table gives byte-identical PNGs (`save_figure` strips the metadata
 that would carry a version or a timestamp).
+
+A model has one colour in every chart (`model_colors`, the only place colours are picked): its
+index in `order` (the study's models, disabled ones included, so switching one off or adding
+one moves no other), and a `<model>_cal` variant is drawn in its model's colour, dashed.
 """
 
 from __future__ import annotations
@@ -14,18 +18,29 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.dates as mdates
+import matplotlib.patheffects as pe
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.io import atomic_path
 
 DPI = 100
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies, and in greyscale.
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
-ACTUAL_COLOR = "#222222"
+# 18 colours, no two closer than CIE76 distance 18 (tests/test_plots_report.py): Okabe-Ito's
+# seven (colour-vision-deficiency safe) first, then Paul Tol's and Kelly's. Black is the actual.
+PALETTE = (
+    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#999933",
+    "#332288", "#44AA99", "#AA4499", "#661100", "#117733", "#8DB600", "#BE0032", "#C2B280",
+    "#F99379", "#848482",
+)  # fmt: skip
+ACTUAL_COLOR = "#000000"
+NOMINAL_COLOR = "#777777"
+NEUTRAL = "#8c8c8c"  # legend keys for what every panel shares (bands, median)
 COVID_COLOR = "#f2f2f2"
 COVID_HATCH = "#d0d0d0"
 STYLE = {
@@ -51,14 +66,33 @@ STYLE = {
 }
 
 
-def model_colors(models: Iterable[str], benchmark: str | None = None) -> dict[str, str]:
-    """A stable colour per model (sorted names, palette order); the benchmark gets grey."""
-    names = sorted(set(models))
-    others = [m for m in names if m != benchmark]
-    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(others)}
-    if benchmark in names:
-        colors[benchmark] = "#555555"
-    return colors
+def base_model(name: str) -> str:
+    """The model a `<model>_cal` variant calibrates (a raw model is its own base)."""
+    return name[: -len(CAL_SUFFIX)] if name.endswith(CAL_SUFFIX) else name
+
+
+def model_colors(names: Iterable[str], order: Sequence[str] = ()) -> dict[str, str]:
+    """Each model's colour: PALETTE[i], i the index of its base model in `order`, then (for
+    bases not in `order`) in name order; `<m>_cal` gets m's colour (`line_style`: dashed)."""
+    names = list(names)
+    extra = sorted({base_model(n) for n in names} - set(order))
+    index = {b: i for i, b in enumerate(dict.fromkeys([*order, *extra]))}
+    return {n: PALETTE[index[base_model(n)] % len(PALETTE)] for n in names}
+
+
+def line_style(name: str) -> str:
+    """Dashed for a calibrated variant, solid for a raw model."""
+    return "--" if name.endswith(CAL_SUFFIX) else "-"
+
+
+def ordered(names: Iterable[str], order: Sequence[str] = ()) -> list[str]:
+    """Legend order: by base model as in `order` (others by name), each raw before its `_cal`."""
+    rank = {b: i for i, b in enumerate(dict.fromkeys(order))}
+    return sorted(set(names), key=lambda n: (rank.get(base_model(n), len(rank)), base_model(n), n))
+
+
+def _label(name: str, benchmark: str | None) -> str:
+    return f"{name} (benchmark)" if name == benchmark else name
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
@@ -79,6 +113,18 @@ def _covid_span(ax, times: pd.Index) -> None:
                    zorder=0, label="COVID months")  # fmt: skip
 
 
+def _fan_layout(names: list[str], order: Sequence[str]) -> list[list[str | None]]:
+    """Rows of panels: one row per base model, its raw forecasts left and `_cal` right when the
+    chart has calibrated variants; else the models two by two (one column up to three)."""
+    if any(n.endswith(CAL_SUFFIX) for n in names):
+        bases = list(dict.fromkeys(base_model(n) for n in names))
+        return [[b if b in names else None, f"{b}{CAL_SUFFIX}" if f"{b}{CAL_SUFFIX}" in names
+                 else None] for b in bases]  # fmt: skip
+    if len(names) <= 3:
+        return [[n] for n in names]
+    return [[*names[i : i + 2], *([None] * (i + 2 - len(names)))] for i in range(0, len(names), 2)]
+
+
 def fan_chart(
     frame: pd.DataFrame,
     country: str,
@@ -86,45 +132,79 @@ def fan_chart(
     *,
     models: Sequence[str] | None = None,
     benchmark: str | None = "ar_qr",
+    order: Sequence[str] = (),
 ) -> Figure:
-    """One panel per model: the actual series against the model's quantile fan for `country`
-    at `horizon` (bands between symmetric quantile pairs, line at the median level)."""
+    """One panel per model: the actual series (black) against the model's quantile fan for
+    `country` at `horizon` (bands between symmetric quantile pairs, line at the median level);
+    a `_cal` variant sits right of its raw model. `order` fixes the colours (`model_colors`)."""
     rows = frame.loc[(frame["COUNTRY"] == country) & (frame["HORIZON"] == horizon)]
     if rows.empty:
         raise ValueError(
             f"country/horizon must have forecasts in frame; got country={country!r}, horizon={horizon!r}"
         )
     if models is None:  # the benchmark first: it is the reference the others are read against
-        models = sorted(rows["MODEL"].unique().tolist(), key=lambda m: (m != benchmark, m))
+        bench = [benchmark] if benchmark is not None else []
+        models = ordered(rows["MODEL"].unique().tolist(), [*bench, *order])
     names = list(models)
-    colors = model_colors(frame["MODEL"].unique().tolist(), benchmark)
+    colors = model_colors(frame["MODEL"].unique().tolist(), order)
     actual = rows.dropna(subset=["ACTUAL"]).groupby("TIME")["ACTUAL"].first().sort_index()
-    target = ", ".join(sorted(rows["TARGET"].dropna().unique().tolist()))
+    target = ", ".join(sorted(rows["TARGET"].dropna().unique().tolist())) or "value"
+    layout = _fan_layout(names, order)
+    n_rows, n_cols = len(layout), len(layout[0])
     with matplotlib.rc_context(STYLE):
-        height = 1.0 + 2.3 * len(names)
         # fixed margins (in inches) instead of constrained layout: half the render time, and
-        # fan charts are the bulk of the PNGs
-        fig = Figure(figsize=(10, height))
-        axes = fig.subplots(len(names), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
-        fig.subplots_adjust(left=0.07, right=0.985, top=1 - 0.62 / height, bottom=0.62 / height,
-                            hspace=0.42 * len(names) / (height - 1.24))  # fmt: skip
-        for ax, name in zip(axes, names, strict=True):
-            _fan_panel(ax, rows.loc[rows["MODEL"] == name], actual, colors.get(name, PALETTE[0]))
-            ax.set_title(name, loc="left")
-            ax.set_ylabel(target or "value")
-        axes[0].legend(loc="lower right", ncols=4, bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2)
+        # fan charts are the bulk of the PNGs; the top holds the title and the legend
+        panel, gap, top, bottom = 2.0, 0.5, 1.05, 0.62
+        height = top + bottom + n_rows * panel + (n_rows - 1) * gap
+        width = 10.0 if n_cols == 1 else 12.0
+        fig = Figure(figsize=(width, height))
+        grid = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+        fig.subplots_adjust(left=0.72 / width, right=1 - 0.15 / width, top=1 - top / height,
+                            bottom=bottom / height, hspace=gap / panel, wspace=0.75 / (width / n_cols))  # fmt: skip
+        levels: list[float] = []
+        for row, axes in zip(layout, grid, strict=True):
+            for name, ax in zip(row, axes, strict=True):
+                if name is None:
+                    ax.set_axis_off()
+                    continue
+                part = rows.loc[rows["MODEL"] == name]
+                levels = _fan_panel(ax, part, actual, colors[name], line_style(name)) or levels
+                ax.set_title(_label(name, benchmark), loc="left", color=colors[name])
+                ax.set_ylabel(target)
+                ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them right of column 1
+        for ax in grid[-1]:
+            ax.set_xlabel("month forecast (origin + horizon)")
+            ax.xaxis.set_tick_params(labelbottom=True)
         locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
-        axes[-1].xaxis.set_major_locator(locator)
-        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-        axes[-1].set_xlabel("month forecast (origin + horizon)")
-        times = rows["TIME"]
+        grid[0][0].xaxis.set_major_locator(locator)
+        grid[0][0].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         pad = pd.Timedelta(days=20)
-        axes[-1].set_xlim(times.min() - pad, times.max() + pad)
-        fig.suptitle(f"{country}: {horizon}-month-ahead quantile forecasts vs actual", fontsize=12)
+        grid[0][0].set_xlim(rows["TIME"].min() - pad, rows["TIME"].max() + pad)
+        fig.suptitle(f"{country}: {horizon}-month-ahead quantile forecasts vs actual",
+                     fontsize=12, y=1 - 0.12 / height, va="top")  # fmt: skip
+        fig.legend(handles=_fan_legend(levels), loc="upper center", ncols=6,
+                   bbox_to_anchor=(0.5, 1 - 0.45 / height), borderaxespad=0)  # fmt: skip
     return fig
 
 
-def _fan_panel(ax, rows: pd.DataFrame, actual: pd.Series, color: str) -> None:
+def _fan_legend(levels: Sequence[float]) -> list:
+    """Legend keys shared by every panel, in neutral grey (each panel's colour is its model's)."""
+    handles: list = []
+    pairs = [(i, len(levels) - 1 - i) for i in range(len(levels) // 2)]
+    for depth, (lo, hi) in enumerate(pairs):
+        handles.append(Patch(color=NEUTRAL, alpha=0.18 + 0.14 * depth, lw=0,
+                             label=f"{levels[lo]:.0%}–{levels[hi]:.0%} band"))  # fmt: skip
+    if levels:
+        mid = levels[int(np.argmin(np.abs(np.asarray(levels) - 0.5)))]
+        handles.append(Line2D([], [], color=NEUTRAL, lw=1.8, label=f"q{mid:g} forecast"))
+    handles.append(Line2D([], [], color=ACTUAL_COLOR, lw=1.6, marker="o", ms=3.5,
+                          mfc="white", mew=1.2, label="actual"))  # fmt: skip
+    handles.append(Patch(facecolor=COVID_COLOR, edgecolor=COVID_HATCH, hatch="///", lw=0,
+                         label="COVID months"))  # fmt: skip
+    return handles
+
+
+def _fan_panel(ax, rows: pd.DataFrame, actual: pd.Series, color: str, style: str) -> list[float]:
     grid = rows.pivot_table(index="TIME", columns="QUANTILE", values="FORECAST", aggfunc="first")
     grid = grid.sort_index().sort_index(axis=1)
     levels = grid.columns.to_numpy(np.float64)
@@ -137,15 +217,15 @@ def _fan_panel(ax, rows: pd.DataFrame, actual: pd.Series, color: str) -> None:
         ax.fill_between(times, grid.iloc[:, lo], grid.iloc[:, hi], color=color,
                         alpha=0.18 + 0.14 * depth, lw=0, label=label)  # fmt: skip
     mid = int(np.argmin(np.abs(levels - 0.5)))
-    ax.plot(times, grid.iloc[:, mid], color=color, lw=1.8, label=f"q{levels[mid]:g} forecast")
+    ax.plot(times, grid.iloc[:, mid], color=color, lw=1.8, ls=style, label=f"q{levels[mid]:g} forecast")  # fmt: skip
+    # the actual on top in black, white-haloed with hollow markers: never read as a median
     shown = actual.loc[(actual.index >= times.min()) & (actual.index <= times.max())]
-    ax.plot(shown.index, shown.to_numpy(), color=ACTUAL_COLOR, lw=1.3, marker="o", ms=2.2,
-            label="actual")  # fmt: skip
-    summary = _panel_summary(grid, actual)
-    if summary:
-        ax.text(0.995, 0.03, summary, transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color="#333333",
-                bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "#cccccc", "alpha": 0.9})  # fmt: skip
+    ax.plot(shown.index, shown.to_numpy(), color=ACTUAL_COLOR, lw=1.6, marker="o", ms=3.5,
+            mfc="white", mew=1.2, zorder=5, label="actual",
+            path_effects=[pe.Stroke(linewidth=3.2, foreground="white"), pe.Normal()])  # fmt: skip
+    ax.set_title(_panel_summary(grid, actual), loc="right", fontsize=8, fontweight="normal",
+                 color="#333333")  # fmt: skip
+    return levels.tolist()
 
 
 def _panel_summary(grid: pd.DataFrame, actual: pd.Series) -> str:
@@ -169,7 +249,7 @@ def _panel_summary(grid: pd.DataFrame, actual: pd.Series) -> str:
     )
 
 
-def _two_periods(title: str, width: float = 11.0, height: float = 4.2):
+def _two_periods(title: str, width: float = 12.0, height: float = 4.4):
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     fig.suptitle(title, fontsize=12)
@@ -181,73 +261,87 @@ def _two_periods(title: str, width: float = 11.0, height: float = 4.2):
     )
 
 
-def pinball_chart(frame: pd.DataFrame, *, benchmark: str | None = "ar_qr") -> Figure:
+def _outside_legend(fig: Figure, ax) -> None:
+    """The models' legend right of the panels (constrained layout makes room for it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", ncols=1 if len(labels) <= 16 else 2)
+
+
+def pinball_chart(
+    frame: pd.DataFrame, *, benchmark: str | None = "ar_qr", order: Sequence[str] = ()
+) -> Figure:
     """Mean pinball loss (over quantiles and countries) by horizon, one line per model; all
-    months vs COVID months excluded."""
-    colors = model_colors(frame["MODEL"].unique().tolist(), benchmark)
+    months vs COVID months excluded. `order` fixes the colours (`model_colors`)."""
+    colors = model_colors(frame["MODEL"].unique().tolist(), order)
     with matplotlib.rc_context(STYLE):
         fig, axes, titles = _two_periods("Mean pinball loss by horizon (lower is better)")
         for period, part in (("all", frame), ("ex_covid", evaluate.exclude_covid(frame))):
             ax = axes[period]
             table = evaluate.pinball(part, by=("MODEL", "HORIZON"))
-            for name, rows in table.groupby("MODEL", sort=True):
-                dashed = name == benchmark
-                ax.plot(rows["HORIZON"], rows["PINBALL"], marker="o", ms=4.5, lw=1.8,
-                        ls="--" if dashed else "-", color=colors[name],
-                        label=f"{name} (benchmark)" if dashed else name)  # fmt: skip
+            for name in ordered(table["MODEL"].unique().tolist(), order):
+                rows = table.loc[table["MODEL"] == name]
+                ax.plot(rows["HORIZON"], rows["PINBALL"], marker="o", ms=4.5,
+                        lw=2.4 if name == benchmark else 1.6, ls=line_style(name),
+                        color=colors[name], label=_label(name, benchmark))  # fmt: skip
             ax.set_title(titles[period], loc="left")
             ax.set_xlabel("horizon (months)")
+            ax.set_ylabel("mean pinball loss")
+            ax.yaxis.set_tick_params(labelleft=True)
             horizons = sorted(frame["HORIZON"].unique().tolist())
             ax.set_xticks(horizons if len(horizons) <= 12 else horizons[:: len(horizons) // 12 + 1])
             if table.empty:
                 ax.text(0.5, 0.5, "no scored forecasts", transform=ax.transAxes, ha="center")
-        axes["all"].set_ylabel("mean pinball loss")
-        if axes["all"].get_legend_handles_labels()[0]:
-            axes["all"].legend(loc="best")
+        _outside_legend(fig, axes["all"])
     return fig
 
 
-def coverage_chart(frame: pd.DataFrame, *, benchmark: str | None = "ar_qr") -> Figure:
+def coverage_chart(
+    frame: pd.DataFrame, *, benchmark: str | None = "ar_qr", order: Sequence[str] = ()
+) -> Figure:
     """Empirical coverage (share of actuals at or below the forecast) against the nominal
     quantile level, pooled over horizons and countries; the diagonal is perfect calibration."""
-    colors = model_colors(frame["MODEL"].unique().tolist(), benchmark)
+    colors = model_colors(frame["MODEL"].unique().tolist(), order)
     with matplotlib.rc_context(STYLE):
-        fig, axes, titles = _two_periods("Coverage by quantile level (closer to the diagonal is better)", height=4.6)  # fmt: skip
+        fig, axes, titles = _two_periods("Coverage by quantile level (closer to the diagonal is better)")  # fmt: skip
         for period, part in (("all", frame), ("ex_covid", evaluate.exclude_covid(frame))):
             ax = axes[period]
-            ax.plot([0, 1], [0, 1], color="#777777", lw=1.0, ls=":", label="nominal")
+            ax.plot([0, 1], [0, 1], color=NOMINAL_COLOR, lw=1.0, ls=":", label="nominal")
             table = evaluate.coverage(part, by=("MODEL", "QUANTILE"))
-            for name, rows in table.groupby("MODEL", sort=True):
-                ax.plot(rows["QUANTILE"], rows["COVERAGE"], marker="o", ms=5, lw=1.5,
-                        ls="--" if name == benchmark else "-", color=colors[name],
-                        label=f"{name} (benchmark)" if name == benchmark else name)  # fmt: skip
+            for name in ordered(table["MODEL"].unique().tolist(), order):
+                rows = table.loc[table["MODEL"] == name]
+                ax.plot(rows["QUANTILE"], rows["COVERAGE"], marker="o", ms=4.5,
+                        lw=2.4 if name == benchmark else 1.5, ls=line_style(name),
+                        color=colors[name], label=_label(name, benchmark))  # fmt: skip
             levels = sorted(frame["QUANTILE"].unique().tolist())
             ax.set_xticks(levels, [f"{q:g}" for q in levels])
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.set_title(titles[period], loc="left")
             ax.set_xlabel("nominal quantile level")
-        axes["all"].set_ylabel("share of actuals ≤ forecast")
-        axes["all"].legend(loc="upper left")
+            ax.set_ylabel("share of actuals ≤ forecast")
+            ax.yaxis.set_tick_params(labelleft=True)
+        _outside_legend(fig, axes["all"])
     return fig
 
 
-def reliability_chart(frame: pd.DataFrame, *, suffix: str = "_cal") -> Figure:
+def reliability_chart(
+    frame: pd.DataFrame, *, suffix: str = CAL_SUFFIX, order: Sequence[str] = ()
+) -> Figure:
     """Reliability diagram, raw against calibrated: observed hit rate (share of actuals at or
     below the forecast, pooled over countries and horizons) against the nominal level, one
-    panel per model that has a `<model>{suffix}` variant (solid raw, dashed calibrated)."""
+    panel per model that has a `<model>{suffix}` variant (solid raw, dashed calibrated, both in
+    the model's colour)."""
     present = set(frame["MODEL"].unique().tolist())
-    bases = sorted(m for m in present if not m.endswith(suffix) and f"{m}{suffix}" in present)
+    bases = [m for m in ordered(present, order) if not m.endswith(suffix) and f"{m}{suffix}" in present]  # fmt: skip
     table = evaluate.coverage(frame, by=("MODEL", "QUANTILE"))
-    colors = model_colors(bases)
+    colors = model_colors(present, order)
     n = max(len(bases), 1)
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(3.2 * cols, 3.1 * rows + 0.5), layout="constrained")
-        fig.suptitle(
-            "Reliability: observed hit rate vs nominal level (raw solid, calibrated dashed)"
-        )
+        fig = Figure(figsize=(3.3 * cols, 3.2 * rows + 0.9), layout="constrained")
+        fig.suptitle("Reliability: observed hit rate vs nominal level, raw against calibrated")
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax in axes[len(bases) :]:
             ax.set_axis_off()
@@ -256,13 +350,19 @@ def reliability_chart(frame: pd.DataFrame, *, suffix: str = "_cal") -> Figure:
             axes[0].text(0.5, 0.5, "no calibrated variants", transform=axes[0].transAxes,
                          ha="center")  # fmt: skip
         for ax, base in zip(axes, bases, strict=False):
-            ax.plot([0, 1], [0, 1], color="#777777", lw=1.0, ls=":")
-            for name, style in ((base, "-"), (f"{base}{suffix}", "--")):
+            ax.plot([0, 1], [0, 1], color=NOMINAL_COLOR, lw=1.0, ls=":", label="nominal")
+            for name in (base, f"{base}{suffix}"):
                 part = table.loc[table["MODEL"] == name]
-                ax.plot(part["QUANTILE"], part["COVERAGE"], marker="o", ms=4, lw=1.5, ls=style,
-                        color=colors[base], label=name)  # fmt: skip
+                ax.plot(part["QUANTILE"], part["COVERAGE"], marker="o", ms=4, lw=1.6,
+                        ls=line_style(name), color=colors[name], label=name)  # fmt: skip
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            ax.set_title(base, loc="left")
-            ax.legend(loc="upper left")
+            ax.set_title(base, loc="left", color=colors[base])
+            ax.set_xlabel("nominal quantile level")
+            ax.set_ylabel("observed hit rate")
+        keys = [Line2D([], [], color=NEUTRAL, lw=1.6, marker="o", ms=4, label="raw"),
+                Line2D([], [], color=NEUTRAL, lw=1.6, ls="--", marker="o", ms=4,
+                       label=f"calibrated ({suffix})"),
+                Line2D([], [], color=NOMINAL_COLOR, lw=1.0, ls=":", label="nominal (perfect)")]  # fmt: skip
+        fig.legend(handles=keys, loc="outside lower center", ncols=3)
     return fig

@@ -60,7 +60,8 @@ figure { margin: 10px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--rule); border-radius: 4px;
              background: white; }
 figcaption { color: var(--muted); font-size: 13px; }
-.fans { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 12px; }
+/* one fan chart per row, at its own size: its text is sized for 100% */
+.fans { display: block; }
 details summary { cursor: pointer; color: #0b5cad; margin: 6px 0; }
 code { background: var(--head); padding: 0 4px; border-radius: 3px; }
 """
@@ -307,8 +308,10 @@ def render_report(
     summary: Mapping[str, object],
     missing: pd.DataFrame | None = None,
     benchmark: str = "ar_qr",
+    fan_note: str = "",
 ) -> str:
-    """The report page as a string. `tables` is `evaluate.metric_tables(...)` output."""
+    """The report page as a string. `tables` is `evaluate.metric_tables(...)` output;
+    `fan_note` (plain text) says which countries have fan charts and why."""
     needed = {
         "pinball",
         "relative_pinball",
@@ -410,7 +413,7 @@ def render_report(
 <section id="summary"><h2>Run</h2><dl class="summary">{items}</dl></section>
 <section id="charts"><h2>Charts</h2>{metric_figs}</section>
 {"".join(sections)}
-<section id="fans"><h2>Fan charts</h2><p class="note">Actual series against each model's quantile forecasts, one horizon at a time; hatched: COVID months.</p>{fans or "<p>No fan charts.</p>"}</section>
+<section id="fans"><h2>Fan charts</h2><p class="note">The actual series (black) against each model's quantile forecasts (in the model's colour; a calibrated variant dashed, right of its model), one horizon at a time; hatched: COVID months.{" " + esc(fan_note) if fan_note else ""}</p>{fans or "<p>No fan charts.</p>"}</section>
 {country}
 <section id="missing"><h2>Missing forecasts</h2>{missing_html}</section>
 </main>

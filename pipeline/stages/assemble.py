@@ -85,6 +85,8 @@ def assemble(
     n_fan_countries: int = 4,
     fan_horizons: Sequence[int] | None = None,
     max_fan_horizons: int = 4,
+    fan_note: str = "",
+    model_order: Sequence[str] = (),
     derived: DerivedSettings | None = None,
     window_size: int | None = None,
     mcs: tuple[float, int, int] = (0.1, 1000, 0),
@@ -94,7 +96,8 @@ def assemble(
     `expected` (MODEL, COUNTRY, HORIZON, QUANTILE, WINDOW_END) lists the fits the config asked
     for: those without a forecast are listed as missing; train rows outside it are left out.
     Fan charts: `fan_countries`, else the first `n_fan_countries` alphabetically; `fan_horizons`,
-    else at most `max_fan_horizons` spread from the shortest to the longest horizon.
+    else at most `max_fan_horizons` spread from the shortest to the longest horizon; `fan_note`
+    (why these countries) goes on the report. `model_order` fixes each model's chart colour.
     `derived`: the combo and calibrated rows and the first scored origin (warm-up origins
     feed the calibrators, then leave every table); `window_size` sets the tracker's scale
     (the target's std over each origin's window). `mcs`: (size, reps, seed) of the MCS.
@@ -134,7 +137,7 @@ def assemble(
     written += metric_files
 
     # --- charts and report -----------------------------------------------------------------
-    images = write_charts(output_dir, frame, benchmark, fans)
+    images = write_charts(output_dir, frame, benchmark, fans, model_order)
     written += [rdir / image.src for image in images]
     html = render_report(
         tables,
@@ -143,6 +146,7 @@ def assemble(
         summary=_summary(output_dir, frame, missing, n_unexpected, benchmark),
         missing=missing,
         benchmark=benchmark,
+        fan_note=_fan_note(fans, fan_note),
     )
     write_text(rdir / "index.html", html)
     written.append(rdir / "index.html")
@@ -375,6 +379,14 @@ def fan_selection(
     pairs = frame[["COUNTRY", "HORIZON"]].drop_duplicates()  # not a Python loop over every row
     have = set(zip(pairs["COUNTRY"].tolist(), pairs["HORIZON"].tolist(), strict=True))
     return [(c, int(h)) for h in horizons for c in countries if (c, h) in have]
+
+
+def _fan_note(fans: list[tuple[str, int]], why: str) -> str:
+    """The report's line on which countries have fan charts (and why, when the caller says)."""
+    countries = list(dict.fromkeys(c for c, _ in fans))
+    if not countries:
+        return ""
+    return f"Countries: {', '.join(countries)}" + (f": {why}." if why else ".")
 
 
 def _summary(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,15 @@ MANIFEST = Path("logs") / "charts.json"
 
 
 def write_charts(
-    output_dir: Path, frame: pd.DataFrame, benchmark: str, fans: list[tuple[str, int]]
+    output_dir: Path,
+    frame: pd.DataFrame,
+    benchmark: str,
+    fans: list[tuple[str, int]],
+    order: Sequence[str] = (),
 ) -> list[ReportImage]:
     """The two metric charts (plus reliability when calibrated rows exist) and one fan chart
-    per (country, horizon) in `fans`, under reports/; unchanged charts are not rendered."""
+    per (country, horizon) in `fans`, under reports/; unchanged charts are not rendered.
+    `order` fixes each model's colour, the same in every chart (`plots.model_colors`)."""
     rdir = output_dir / "reports"
     manifest_path = output_dir / MANIFEST
     try:
@@ -42,7 +47,8 @@ def write_charts(
     except ValueError:  # a torn manifest: render everything
         old = {}
     new: dict[str, dict[str, str]] = {}
-    common = {"code": _code_fingerprint(), "models": sorted(frame["MODEL"].unique().tolist())}
+    models = sorted(frame["MODEL"].unique().tolist())
+    common = {"code": _code_fingerprint(), "models": models, "order": list(order)}
     whole = _rows_hash(frame)
     rendered = 0
 
@@ -60,22 +66,22 @@ def write_charts(
 
     b = {"benchmark": benchmark}
     chart("pinball_by_horizon.png", "pinball", b, whole,
-          lambda: plots.pinball_chart(frame, benchmark=benchmark))  # fmt: skip
+          lambda: plots.pinball_chart(frame, benchmark=benchmark, order=order))  # fmt: skip
     chart("coverage.png", "coverage", b, whole,
-          lambda: plots.coverage_chart(frame, benchmark=benchmark))  # fmt: skip
+          lambda: plots.coverage_chart(frame, benchmark=benchmark, order=order))  # fmt: skip
     images = [
         ReportImage("pinball_by_horizon.png", "Mean pinball loss by horizon"),
         ReportImage("coverage.png", "Coverage by quantile level"),
     ]
     if frame["MODEL"].str.endswith(CAL_SUFFIX).any():
         chart("reliability.png", "reliability", {"suffix": CAL_SUFFIX}, whole,
-              lambda: plots.reliability_chart(frame, suffix=CAL_SUFFIX))  # fmt: skip
+              lambda: plots.reliability_chart(frame, suffix=CAL_SUFFIX, order=order))  # fmt: skip
         images.append(ReportImage("reliability.png", "Reliability: raw against calibrated"))
     for country, h in fans:
         src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
         rows = frame.loc[(frame["COUNTRY"] == country) & (frame["HORIZON"] == h)]
         chart(src, "fan", {**b, "country": country, "horizon": int(h)}, _rows_hash(rows),
-              lambda c=country, h=h: plots.fan_chart(frame, c, h, benchmark=benchmark))  # fmt: skip
+              lambda c=country, h=h: plots.fan_chart(frame, c, h, benchmark=benchmark, order=order))  # fmt: skip
         caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
         images.append(ReportImage(src, caption, evaluate.horizon_label(h)))
     write_json(manifest_path, new)

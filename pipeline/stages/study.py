@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import StudyConfig
+from pipeline.config import ConfigError, StudyConfig
 from pipeline.evaluation.calibration import CalibrationSettings
+from pipeline.evaluation.combination import COMBO
 from pipeline.evaluation.derived import DerivedSettings
-from pipeline.models.registry import adapter_for
+from pipeline.models.registry import adapter_for, builtin_names
 from pipeline.runtime.fits.fit_groups import expand
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.stages.assemble import AssembleResult, assemble
@@ -53,23 +54,54 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
     )
 
 
-# Fan charts show these economies when the study has them (else the first countries A-Z).
+# Fan charts' default countries (evaluation.fan_countries: null): the euro area's four largest
+# economies where the data has them, else the first N_FAN_COUNTRIES countries A-Z.
 PREFERRED_FAN_COUNTRIES = ("DE", "FR", "IT", "ES")
 N_FAN_COUNTRIES = 4
+
+
+def fan_countries(config: StudyConfig, present: list[str]) -> tuple[list[str], str]:
+    """The countries with fan charts and why (the report says it); a chosen country the
+    prepared data lacks is a ConfigError (the config checks what it can know before)."""
+    chosen = config.evaluation.fan_countries
+    if chosen is not None:
+        unknown = [c for c in chosen if c not in present]
+        if unknown:
+            shown = present if len(present) <= 12 else [*present[:12], "..."]
+            raise ConfigError("evaluation.fan_countries", f"countries of the data {shown}", unknown)
+        return list(chosen), "chosen by evaluation.fan_countries"
+    default = "the default (evaluation.fan_countries: null)"
+    preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
+    if preferred:
+        return preferred, f"{default}: {', '.join(PREFERRED_FAN_COUNTRIES)}, the euro area's four largest economies, where the data has them"  # fmt: skip
+    return present[:N_FAN_COUNTRIES], (
+        f"{default}: the first {N_FAN_COUNTRIES} countries A–Z, as the data has none of "
+        f"{', '.join(PREFERRED_FAN_COUNTRIES)}"
+    )
+
+
+def chart_order(config: StudyConfig) -> list[str]:
+    """The models in the order that fixes their chart colours: the built-ins (registry order),
+    combo, then the config's user models; disabled ones keep their place, so switching a model
+    off or adding one recolours no other."""
+    builtins = list(builtin_names())
+    return [*builtins, COMBO, *(m for m in config.model_names if m not in builtins)]
 
 
 def assemble_study(config: StudyConfig) -> AssembleResult:
     """Run assemble for the config's output dir, checking coverage against the expected fits."""
     panel = load_panel(config.output_dir)
     present = sorted(panel["COUNTRY"].unique().tolist())
-    preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
+    fans, why = fan_countries(config, present)
     evaluation = config.evaluation
     return assemble(
         config.output_dir,
         config.data.target,
         benchmark=evaluation.benchmark,
         expected=expected_fits(config, panel),
-        fan_countries=preferred or present[:N_FAN_COUNTRIES],
+        fan_countries=fans,
+        fan_note=why,
+        model_order=chart_order(config),
         derived=derived_settings(config),
         window_size=config.rolling_window.size,
         mcs=(evaluation.mcs_size, evaluation.mcs_reps, config.seed),
