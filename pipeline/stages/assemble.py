@@ -386,7 +386,7 @@ def _fan_note(fans: list[tuple[str, int]], why: str) -> str:
     countries = list(dict.fromkeys(c for c, _ in fans))
     if not countries:
         return ""
-    return f"Countries: {', '.join(countries)}" + (f": {why}." if why else ".")
+    return f"Countries: {', '.join(countries)}" + (f" ({why})." if why else ".")
 
 
 def _summary(

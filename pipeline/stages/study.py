@@ -69,14 +69,14 @@ def fan_countries(config: StudyConfig, present: list[str]) -> tuple[list[str], s
         if unknown:
             shown = present if len(present) <= 12 else [*present[:12], "..."]
             raise ConfigError("evaluation.fan_countries", f"countries of the data {shown}", unknown)
-        return list(chosen), "chosen by evaluation.fan_countries"
-    default = "the default (evaluation.fan_countries: null)"
+        return list(chosen), "set by evaluation.fan_countries"
     preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
+    big4 = f"{', '.join(PREFERRED_FAN_COUNTRIES)}, the euro area's four largest economies"
     if preferred:
-        return preferred, f"{default}: {', '.join(PREFERRED_FAN_COUNTRIES)}, the euro area's four largest economies, where the data has them"  # fmt: skip
+        return preferred, f"the default: {big4}, where the data has them; evaluation.fan_countries sets others"  # fmt: skip
     return present[:N_FAN_COUNTRIES], (
-        f"{default}: the first {N_FAN_COUNTRIES} countries A–Z, as the data has none of "
-        f"{', '.join(PREFERRED_FAN_COUNTRIES)}"
+        f"the default: the data has none of {big4}, so the first {N_FAN_COUNTRIES} countries "
+        "A–Z; evaluation.fan_countries sets others"
     )
 
 
