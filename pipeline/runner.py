@@ -111,6 +111,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
             written.missing,
             written.metrics,
             written.metrics_summary,
+            written.metrics_headline,
             *written.tables,
             *written.images,
             written.report,

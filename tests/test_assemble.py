@@ -160,6 +160,17 @@ def test_metrics_json_matches_the_tables(run):
     assert metrics["fits"] == {"rows": len(frame), "missing": 0, "unexpected": 0}
     summary = json.loads((root / "metrics_summary.json").read_text())
     assert set(summary) == {"all", "ex_covid"} and set(summary["all"]) == set(MODELS)
+    # the headline (DVC's only `metrics:` file): pooled pinball and interval coverage per model
+    headline = json.loads((root / "metrics_headline.json").read_text())
+    assert list(headline) == ["pinball", "coverage", "coverage_nominal"]
+    pooled = evaluate.pinball(frame, by=("MODEL",)).set_index("MODEL")["PINBALL"]
+    interval = evaluate.interval_coverage(frame, by=("MODEL",)).set_index("MODEL")
+    for model in MODELS:
+        assert headline["pinball"][model] == pytest.approx(pooled[model], rel=1e-5)
+        assert headline["coverage"][model] == pytest.approx(
+            interval.loc[model, "COVERAGE"], rel=1e-5
+        )
+    assert headline["coverage_nominal"] == pytest.approx(LEVELS[-1] - LEVELS[0])
     tables = {p.stem: pd.read_parquet(p) for p in (root / "reports/tables").glob("*.parquet")}
     assert {"pinball", "relative_pinball", "coverage", "interval", "crps", "crossing", "dm"} <= set(
         tables

@@ -180,6 +180,11 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
     metrics = json.loads((p / "metrics.json").read_text())
     assert set(metrics["all"]["pinball"]) == SCORED
     assert set(json.loads((p / "metrics_summary.json").read_text())["all"]) == SCORED
+    headline = json.loads((p / "metrics_headline.json").read_text())
+    assert list(headline) == ["pinball", "coverage", "coverage_nominal"]
+    assert set(headline["pinball"]) == set(headline["coverage"]) == SCORED
+    assert all(v > 0 for v in headline["pinball"].values())
+    assert all(0 <= v <= 1 for v in headline["coverage"].values())
     assert sorted(x.name for x in (p / "forecasts").glob("*_h1.parquet")) == sorted(
         f"{m}_q{q}_h1.parquet" for m in SCORED for q in ("0.1", "0.5", "0.9")
     )
@@ -197,13 +202,16 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
     outs = {stage: {o["path"] for o in lock[stage]["outs"]} for stage in ALL_STAGES}
     assert outs["train@lqr"] == {"models/lqr", "train/lqr.parquet"}
     assert outs["probe"] == {"probe.json", "probe_measurements.json"}
-    assert outs["assemble"] == {"forecasts", "reports", "metrics.json", "metrics_summary.json"}
+    assert outs["assemble"] == {
+        "forecasts", "reports", "metrics.json", "metrics_summary.json", "metrics_headline.json"
+    }  # fmt: skip
     tracked = set(repo.git("ls-files").split())
     assert {
         "dvc.lock",
         "probe.json",
         "metrics.json",
         "metrics_summary.json",
+        "metrics_headline.json",
     } <= tracked
     outputs = ("models/", "train/", "forecasts/", "reports/", "data/prepared/")
     assert not [t for t in tracked if t.startswith(outputs) and not t.endswith(".gitignore")]
@@ -258,9 +266,17 @@ def test_alphas_change_via_exp_run_reruns_only_lqr_and_composes_params(repo: Rep
     assert len(exps) == 1, shown
     data = exps[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["models"]["lqr"]["alphas"] == [10, 20]
-    headline = data["metrics"]["metrics_summary.json"]["data"]["all"]
-    assert set(headline) == SCORED and headline["lqr"]["pinball"] > 0
-    assert data["metrics"]["probe.json"]["data"]["memory_limit_mb"] > 0
+    # experiments compare the headline alone: pinball and coverage per model, not the probe's
+    # needs (memory, fits) nor the hundreds of numbers of metrics.json
+    assert list(data["metrics"]) == ["metrics_headline.json"], list(data["metrics"])
+    headline = data["metrics"]["metrics_headline.json"]["data"]
+    assert set(headline["pinball"]) == set(headline["coverage"]) == SCORED
+    baseline = json.loads(repo.git("show", "HEAD:metrics_headline.json"))
+    assert headline["pinball"]["lqr"] != baseline["pinball"]["lqr"]  # the change shows in it
+    assert headline["pinball"]["ar_qr"] == baseline["pinball"]["ar_qr"]
+    # `dvc metrics show`: one short row, the headline file's
+    shown = repo.dvc("metrics", "show")
+    assert "probe.json" not in shown and "metrics_summary.json" not in shown, shown
 
 
 def test_back_to_old_alphas_refits_nothing_thanks_to_the_persisted_fit_cache(repo: Repo) -> None:
@@ -274,7 +290,13 @@ def test_back_to_old_alphas_refits_nothing_thanks_to_the_persisted_fit_cache(rep
     # the committed forecasts and metrics come back byte for byte
     assert (
         repo.git(
-            "status", "--porcelain", "--", "metrics.json", "metrics_summary.json", "params.yaml"
+            "status",
+            "--porcelain",
+            "--",
+            "metrics.json",
+            "metrics_summary.json",
+            "metrics_headline.json",
+            "params.yaml",
         )
         == ""
     )

@@ -1,4 +1,5 @@
-"""JSON bundles of the metric tables for assemble: metrics.json and metrics_summary.json.
+"""JSON bundles of the metric tables for assemble: metrics.json, metrics_summary.json and
+metrics_headline.json.
 
 Both are built from `evaluate.metric_tables` (pass the tables when already computed), so the
 JSON and the parquet tables cannot disagree. Keys nest period / metric / model / horizon /
@@ -165,6 +166,23 @@ def summary_metrics(
             _merge(node, _nest(relative, "R", (), leaf="relative_pinball"))
         out[period] = node
     return out
+
+
+def headline_metrics(
+    summary: Mapping[str, Any], tables: Mapping[str, pd.DataFrame]
+) -> dict[str, Any]:
+    """metrics_headline.json, the only DVC `metrics:` file (the columns `dvc exp show` compares):
+    {"pinball": {model: ...}, "coverage": {model: ...}, "coverage_nominal": ...}, all months,
+    pooled over horizons, quantiles and countries; coverage is the central interval's (lowest
+    to highest level), taken from `summary_metrics` (`summary`) so the two files agree."""
+    models = summary.get("all", {})
+    interval = tables["interval"]
+    nominal = interval.loc[interval["PERIOD"] == "all", "NOMINAL"].dropna().unique().tolist()
+    return {
+        "pinball": {m: v.get("pinball") for m, v in models.items()},
+        "coverage": {m: v.get("interval_coverage") for m, v in models.items()},
+        "coverage_nominal": _num(nominal[0]) if len(nominal) == 1 else None,
+    }
 
 
 TEST_KEYS = {"HIT_RATE": "hit_rate", "LR_UC": "lr_uc", "P_UC": "p_uc", "LR_IND": "lr_ind",

@@ -10,6 +10,8 @@ Reads every `train/*.parquet` and the prepared panel with dask.dataframe, joins 
                                           REASON absent, failed (train gave up) or no forecast)
     metrics.json                          metrics_json.compute_metrics + fit counts (dvc metrics)
     metrics_summary.json                  metrics_json.summary_metrics: headline numbers per model
+    metrics_headline.json                 metrics_json.headline_metrics: pinball and coverage per
+                                          model (DVC's `metrics:`, the columns of `dvc exp show`)
     reports/tables/{metric}.parquet       evaluate.metric_tables (PERIOD = all / ex_covid)
     reports/plots/*.csv                   small wide tables for `dvc plots`
     reports/*.png, reports/fan/*.png      charts
@@ -22,6 +24,7 @@ removed, so the folders always describe the current config only.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -66,6 +69,7 @@ class AssembleResult:
     missing: Path
     metrics: Path
     metrics_summary: Path
+    metrics_headline: Path
     tables: tuple[Path, ...]
     images: tuple[Path, ...]
     report: Path
@@ -160,6 +164,7 @@ def assemble(
         missing=fdir / "missing.parquet",
         metrics=output_dir / "metrics.json",
         metrics_summary=output_dir / "metrics_summary.json",
+        metrics_headline=output_dir / "metrics_headline.json",
         tables=tuple(rdir / "tables" / f"{name}.parquet" for name in tables),
         images=tuple(rdir / image.src for image in images),
         report=rdir / "index.html",
@@ -195,7 +200,7 @@ def _write_metrics(
     benchmark: str,
     mcs: tuple[float, int, int],
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
-    """metrics.json, metrics_summary.json, the parquet metric tables and the dvc plot data."""
+    """metrics*.json, the parquet metric tables and the dvc plot data."""
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
@@ -212,7 +217,10 @@ def _write_metrics(
     write_json(output_dir / "metrics.json", metrics)
     summary = metrics_json.summary_metrics(frame, benchmark, tables=tables)
     write_json(output_dir / "metrics_summary.json", summary)
-    paths = [output_dir / "metrics.json", output_dir / "metrics_summary.json"]
+    # key order kept (not write_json's sorted keys): it is `dvc exp show`'s column order
+    headline = json.dumps(metrics_json.headline_metrics(summary, tables), indent=2, allow_nan=False)
+    write_text(output_dir / "metrics_headline.json", headline + "\n")
+    paths = [output_dir / f"metrics{part}.json" for part in ("", "_summary", "_headline")]
     for name, table in tables.items():
         paths.append(output_dir / "reports" / "tables" / f"{name}.parquet")
         write_parquet(paths[-1], table)

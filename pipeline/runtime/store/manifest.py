@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline")
 MANIFEST_FILE = Path("logs/qpipe-manifest.json")
-TOP_LEVEL = ("config.yaml", "metrics.json", "metrics_summary.json", "probe.json",
-             "probe_measurements.json")  # fmt: skip
+TOP_LEVEL = ("config.yaml", "metrics.json", "metrics_summary.json", "metrics_headline.json",
+             "probe.json", "probe_measurements.json")  # fmt: skip
 _SAFE = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # assemble.SAFE_NAME: model and country codes
 _NAMING = re.compile(
     "|".join(
