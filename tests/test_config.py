@@ -72,6 +72,9 @@ def test_default_is_quick_and_roundtrips_through_validate():
         ("+models.xgboost.enabled=true", "models.xgboost", "_target_"),
         ("runtime.max_cores=many", "runtime.max_cores", "'auto'"),
         ("data.lags=one", "data.lags", "list"),
+        ("evaluation.fan_countries=[C01,XX]", "evaluation.fan_countries", "'C06'"),
+        ("evaluation.fan_countries=[C01,C01]", "evaluation.fan_countries", "distinct"),
+        ("evaluation.fan_countries=[]", "evaluation.fan_countries", "distinct"),
     ],
 )
 def test_bad_values_name_key_allowed_and_given(override, key, fragment):
@@ -79,6 +82,23 @@ def test_bad_values_name_key_allowed_and_given(override, key, fragment):
         compose_config([override])
     assert info.value.key == key
     assert fragment in str(info.value)
+
+
+def test_fan_countries_default_is_stated_and_a_country_the_data_lacks_is_a_config_error():
+    from pipeline.stages.study import chart_order, fan_countries
+
+    config = compose_config([])  # synthetic: C01..C06, none of the default four
+    fans, why = fan_countries(config, ["C01", "C02", "C03", "C04", "C05", "C06"])
+    assert fans == ["C01", "C02", "C03", "C04"] and "none of DE, FR, IT, ES" in why
+    assert fan_countries(config, ["AT", "DE", "ES", "PL"]) == (["DE", "ES"], fan_countries(config, ["DE"])[1])  # fmt: skip
+    chosen = compose_config(["evaluation.fan_countries=[C05,C02]"])
+    assert fan_countries(chosen, ["C01", "C02", "C05"]) == (["C05", "C02"], "set by evaluation.fan_countries")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"evaluation\.fan_countries.*\['C05'\]"):
+        fan_countries(chosen, ["C01", "C02"])  # the prepared data lost C05 (e.g. no full window)
+    with pytest.raises(ConfigError, match="C07"):  # data.countries limits what can be drawn
+        compose_config(["data.countries=[C01,C02]", "evaluation.fan_countries=[C07]"])
+    # a model switched off keeps its place in the colour order: no other model is recoloured
+    assert chart_order(compose_config(["models.lqr.enabled=false"])) == chart_order(config)
 
 
 def test_override_of_unknown_key_is_a_config_error():
