@@ -71,9 +71,9 @@ def fan_countries(config: StudyConfig, present: list[str]) -> tuple[list[str], s
             raise ConfigError("evaluation.fan_countries", f"countries of the data {shown}", unknown)
         return list(chosen), "set by evaluation.fan_countries"
     preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
-    big4 = f"{', '.join(PREFERRED_FAN_COUNTRIES)}, the euro area's four largest economies"
+    big4 = f"the euro area's four largest economies ({', '.join(PREFERRED_FAN_COUNTRIES)})"
     if preferred:
-        return preferred, f"the default: {big4}, where the data has them; evaluation.fan_countries sets others"  # fmt: skip
+        return preferred, f"the default: {big4} that the data has; evaluation.fan_countries sets others"  # fmt: skip
     return present[:N_FAN_COUNTRIES], (
         f"the default: the data has none of {big4}, so the first {N_FAN_COUNTRIES} countries "
         "A–Z; evaluation.fan_countries sets others"
