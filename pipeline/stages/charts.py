@@ -1,7 +1,7 @@
 """assemble's charts, rendered only when what they plot changed (issue 13, item 5).
 
 Each chart has an input hash: its kind and arguments, the rows of the forecast table it plots
-(pandas' row hashes of those rows, all columns), the models present (they fix the colours) and
+(pandas' row hashes of those rows, all columns), the models present and their colour order, and
 a fingerprint of the plotting code, matplotlib's version and the DPI. `logs/charts.json` (not
 a DVC output: logs/ is a run log) records per PNG that hash and the sha256 of the bytes written.
 A chart is re-rendered unless its PNG is there with exactly those bytes and the same input
