@@ -220,6 +220,17 @@ def test_legends_sit_outside_the_data_and_every_panel_is_labelled(calibrated):
             assert ax.get_ylabel(), ax.get_title(loc="left")
 
 
+def test_fan_chart_of_five_models_dates_the_lowest_panel_of_each_column(calibrated):
+    raw = calibrated.loc[~calibrated["MODEL"].str.endswith("_cal")]
+    fifth = raw.loc[raw["MODEL"] == "rw"].assign(MODEL="climatology")
+    fig = plots.fan_chart(pd.concat([raw, fifth], ignore_index=True), "AT", 1, order=ORDER)
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(drawn) == 5 and len(fig.axes) == 6  # 3 rows x 2, the last slot empty
+    dated = _bottom_row(fig)
+    assert [ax.get_title(loc="left") for ax in dated] == ["climatology", "combo"]
+    assert all(ax.get_xlabel() for ax in dated)
+
+
 def _bottom_row(fig) -> list:
     """The axes with x tick labels showing (a shared x axis labels only the bottom row)."""
     return [ax for ax in fig.axes if ax.axison and ax.xaxis.get_tick_params()["labelbottom"]]

@@ -172,7 +172,11 @@ def fan_chart(
                 ax.set_title(_label(name, benchmark), loc="left", color=colors[name])
                 ax.set_ylabel(target)
                 ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them right of column 1
-        for ax in grid[-1]:
+        for j in range(n_cols):  # the lowest panel of each column shows the dates
+            shown = [i for i, row in enumerate(layout) if row[j] is not None]
+            if not shown:
+                continue
+            ax = grid[shown[-1]][j]
             ax.set_xlabel("month forecast (origin + horizon)")
             ax.xaxis.set_tick_params(labelbottom=True)
         locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
