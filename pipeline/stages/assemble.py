@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import ConfigError
 from pipeline.evaluation import coverage_tests, decomposition, metrics_json
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.calibration import window_scale
@@ -376,9 +377,9 @@ def fan_selection(
     present = sorted(frame["COUNTRY"].unique().tolist())
     countries = present[:n_countries] if countries is None else list(countries)
     unknown = sorted(set(countries) - set(present))
-    if unknown:
-        raise ValueError(
-            f"fan_countries must be among the forecast countries {present}; got {unknown}"
+    if unknown:  # a config error: exit 2 and one line at the command line
+        raise ConfigError(
+            "evaluation.fan_countries", f"countries with forecasts {present}", unknown
         )
     for country in countries:
         _check_name("COUNTRY", country)
