@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.evaluation import metrics as evaluate
 from pipeline.io import write_parquet
 from pipeline.schema import FORECAST_COLUMNS, FORECAST_DTYPES, conform_forecasts
@@ -276,7 +277,7 @@ def test_inputs_are_checked(tmp_path):
         assemble(tmp_path, "prc_hicp_manr_CP00", expected=pd.DataFrame({"MODEL": ["ar_qr"]}))
     with pytest.raises(ValueError, match="n_fan_countries"):
         assemble(tmp_path, "prc_hicp_manr_CP00", n_fan_countries=0)
-    with pytest.raises(ValueError, match="fan_countries"):
+    with pytest.raises(ConfigError, match=r"evaluation\.fan_countries.*XX"):  # exit 2 at the CLI
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("XX",))
     assert not (tmp_path / "forecasts").exists()  # nothing is written before the inputs pass
 
