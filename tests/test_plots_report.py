@@ -215,7 +215,7 @@ def test_legends_sit_outside_the_data_and_every_panel_is_labelled(calibrated):
         for ax in fig.axes:
             if not ax.axison:
                 continue
-            assert not legend.overlaps(ax.get_window_extent(renderer))
+            assert not legend.overlaps(ax.get_tightbbox(renderer))  # data, ticks, titles
             assert ax.get_xlabel() or ax not in _bottom_row(fig), ax
             assert ax.get_ylabel(), ax.get_title(loc="left")
 
