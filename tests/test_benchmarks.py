@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from pipeline.data.windows import month_index
-from pipeline.models.benchmarks import fit_predict_climatology_batch, fit_predict_rw_batch
-from pipeline.models.registry import get_adapter
+from pipeline.models.plugins.registry import get_adapter
+from pipeline.models.solvers.benchmarks import fit_predict_climatology_batch, fit_predict_rw_batch
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.stages.prepare import load_panel
 

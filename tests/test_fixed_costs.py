@@ -18,7 +18,7 @@ from conftest import ROOT, SMALL_STUDY, make_config
 
 import pipeline.stages.probe as probe_stage
 from pipeline.config import StudyConfig
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import runs_in_process
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.tasks import make_tasks

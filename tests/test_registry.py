@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.config.compose import compose_config, compose_dict
-from pipeline.models import registry
+from pipeline.models.plugins import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_models_config_reads_the_registry_and_user_entries():
 
 def test_a_range_is_declared_once_and_checked_on_config_and_kernel():
     from pipeline.models.estimators import ARQR
-    from pipeline.models.parameters import P
+    from pipeline.models.solvers.parameters import P
 
     with pytest.raises(ConfigError) as on_config:
         compose_config(["models.ar_qr.p=0"])

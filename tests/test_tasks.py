@@ -12,7 +12,7 @@ import pytest
 from conftest import SMALL_STUDY, make_config
 
 from pipeline.data.windows import month_index
-from pipeline.models.registry import adapter_for, get_adapter
+from pipeline.models.plugins.registry import adapter_for, get_adapter
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.fit_windows import country_grid, window_arrays

@@ -364,7 +364,7 @@ def _probe_estimate(measurements: dict[str, Any], model: str) -> int | None:
 
 
 def _ordered(names: Any) -> list[str]:
-    from pipeline.models.registry import order
+    from pipeline.models.plugins.registry import order
 
     return order(names)
 

@@ -1,7 +1,7 @@
 """EnsembleNN: the factor neural-network ensemble as a scikit-learn estimator.
 
 One window (all countries pooled) trained by the batched trainer of
-`pipeline.models.ensemble_nn` (see its docstring for the model); the runtime calls that
+`pipeline.models.solvers.ensemble_nn` (see its docstring for the model); the runtime calls that
 trainer directly, so its workers never load scikit-learn.
 """
 
@@ -15,9 +15,9 @@ import torch
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from pipeline.io import atomic_path
-from pipeline.models._batched_mlp import factors_state, predict_state, train_predict_windows
-from pipeline.models._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
 from pipeline.models.estimators import QuantileEstimator, mean_pinball
+from pipeline.models.solvers._batched_mlp import factors_state, predict_state, train_predict_windows
+from pipeline.models.solvers._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
 
 
 class EnsembleNN(QuantileEstimator):

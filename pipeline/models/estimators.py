@@ -6,7 +6,7 @@ Otherwise scikit-learn's contract holds: keyword-only parameters stored unchange
 `n_features_in_` set by `fit`, and `predict` changes nothing. `score` is the negative mean
 pinball loss over the quantiles, so GridSearchCV picks the best forecaster by default.
 
-The kernels (pipeline.models.ar_qr, lqr, benchmarks, ensemble_nn) do not import this module,
+The kernels (pipeline.models.solvers.ar_qr, lqr, benchmarks, ensemble_nn) do not import this module,
 so the runtime and its workers never load scikit-learn. EnsembleNN: pipeline.models.estimator_nn.
 """
 
@@ -20,13 +20,13 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from pipeline.io import read_npz, write_npz
-from pipeline.models.ar_qr import with_intercept
-from pipeline.models.benchmarks import masked, nan_quantiles
-from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
-from pipeline.models.lqr import check_lqr_params, fit_predict_lqr_batch, predict_lqr_state
-from pipeline.models.parameters import P
-from pipeline.models.quantile_linear import fit_quantile_lp
-from pipeline.models.rules import check_quantiles
+from pipeline.models.solvers.ar_qr import with_intercept
+from pipeline.models.solvers.benchmarks import masked, nan_quantiles
+from pipeline.models.solvers.common import crossing_rate_batch, rearrange_quantiles
+from pipeline.models.solvers.lqr import check_lqr_params, fit_predict_lqr_batch, predict_lqr_state
+from pipeline.models.solvers.parameters import P
+from pipeline.models.solvers.quantile_linear import fit_quantile_lp
+from pipeline.models.solvers.rules import check_quantiles
 
 
 def mean_pinball(

@@ -37,7 +37,7 @@ class PrepareResult:
 
 def needed_lags(config: StudyConfig) -> list[int]:
     """Every lag any enabled model reads: 0, data.lags, and each model's own (ar_qr: 0..p-1)."""
-    from pipeline.models.registry import adapter_for
+    from pipeline.models.plugins.registry import adapter_for
 
     lags = {0, *config.data.lags}
     for name in config.models.enabled():

@@ -8,7 +8,7 @@ import pandas as pd
 from pipeline.config import StudyConfig
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.derived import DerivedSettings
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.fits.fit_groups import expand
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.stages.assemble import AssembleResult, assemble

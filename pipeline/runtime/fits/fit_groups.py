@@ -281,7 +281,7 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).
 
-    `config` is a StudyConfig and `adapter` a pipeline.models.spec.Adapter (duck-typed here so
+    `config` is a StudyConfig and `adapter` a pipeline.models.plugins.spec.Adapter (duck-typed here so
     this module stays free of model imports).
     """
     from pipeline.data.windows import origins as window_origins

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.models._batched_mlp import (
+from pipeline.models.solvers._batched_mlp import (
     WindowResult,
     factors_state,
     predict_state,
     train_predict_windows,
 )
-from pipeline.models._nn_data import WindowData, check_nn_params, resolve_device
+from pipeline.models.solvers._nn_data import WindowData, check_nn_params, resolve_device
 
 __all__ = [
     "WindowData",
