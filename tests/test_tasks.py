@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from conftest import SMALL_STUDY, make_config
 
-from pipeline.data.windows import month_index
 from pipeline.models.plugins.registry import adapter_for, get_adapter
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import build_groups
@@ -23,7 +22,7 @@ from pipeline.runtime.fits.tasks import (
     make_tasks,
     task_payload,
 )
-from pipeline.schema import lag_column, lead_column
+from pipeline.schema import lag_column, lead_column, month_index
 
 LAGS = range(0, 4)
 HORIZONS = (1, 3)
