@@ -15,7 +15,7 @@ experiment=seed, prepare, build_groups + the model adapters), on data/eurostat/h
   timed: the literal scikit-learn version, QuantileRegressor(alpha=alpha / N, solver="highs")
   on the same features, whose penalty is L1 (a different estimator: timing only).
 - ensemble_nn: one network per (horizon, origin) (a single-horizon head), its 10 members
-  trained one after another with the reference loop `pipeline.models._ensemble_loop`
+  trained one after another with the reference loop `tests/ensemble_loop.py`
   (nn.Linear + torch.optim.Adam), seed settings (1500 epochs, patience 50). Ours trains one
   network per origin for all 4 horizons, members batched.
 
@@ -61,7 +61,7 @@ def timed(fn):
 def build(out_dir: str):
     """Seed config, prepared panel and every FitGroup of each model (project code only)."""
     from pipeline.config.compose import compose_config
-    from pipeline.models.registry import get_adapter
+    from pipeline.models.plugins.registry import get_adapter
     from pipeline.runtime.fits.fit_groups import build_groups
     from pipeline.stages.prepare import load_panel, prepare
 
@@ -76,7 +76,7 @@ def build(out_dir: str):
 
 
 def payload(config, model: str, group, idx: np.ndarray) -> dict:
-    from pipeline.models.registry import get_adapter
+    from pipeline.models.plugins.registry import get_adapter
     from pipeline.runtime.fits.tasks import task_payload
 
     adapter = get_adapter(model)
@@ -92,7 +92,7 @@ def payload(config, model: str, group, idx: np.ndarray) -> dict:
 def run_ours(config, model: str, groups, picks: list[np.ndarray], per_task: int):
     """Our batched solver (the adapter's fit_batch: what a worker runs, minus the cache write)
     on the picked fits of each group, in chunks of `per_task` fits; returns cpu, wall, outputs."""
-    from pipeline.models.registry import get_adapter
+    from pipeline.models.plugins.registry import get_adapter
 
     fit = get_adapter(model).fit_batch
     cpu = wall = 0.0
@@ -135,7 +135,7 @@ def naive_ar_qr(X, y, X_new, qs):
 
 
 def bench_ar_qr(config, groups, args, rng) -> dict:
-    from pipeline.models.common import pinball_per_quantile
+    from pipeline.models.solvers.common import pinball_per_quantile
 
     qs = config.data.quantiles
     n_study = sum(len(g) for g in groups)
@@ -205,7 +205,7 @@ def huber_obj(z, Phi, y, tau, lam, eps):
 
 def lqr_design(X, y, xn, D, seed):
     """Standardize on the window, median-distance bandwidth, [x~, RFF] features."""
-    from pipeline.models.rff import rff_weights
+    from pipeline.models.solvers.rff import rff_weights
 
     mx, sx = X.mean(0), X.std(0)
     sx = np.where(sx > 1e-12 * (1 + np.abs(mx)), sx, 1.0)
@@ -224,7 +224,7 @@ def lqr_design(X, y, xn, D, seed):
 def naive_lqr_quantile(X, y, xn, tau, how, *, alphas, D, seed, val):
     """One naive task: (model, country, quantile, horizon, origin). Returns (alpha, forecast,
     objective at the solution on all rows (L-BFGS only))."""
-    from pipeline.models.lqr import HUBER_EPS
+    from pipeline.models.solvers.lqr import HUBER_EPS
 
     Phi, ys, pn, my, sy = lqr_design(X, y, xn, D, seed)
     n = len(ys)
@@ -260,7 +260,7 @@ def naive_lqr_quantile(X, y, xn, tau, how, *, alphas, D, seed, val):
 
 
 def bench_lqr(config, groups, args, rng) -> dict:
-    from pipeline.models.lqr import HUBER_EPS
+    from pipeline.models.solvers.lqr import HUBER_EPS
 
     p = config.models.lqr
     qs, al = config.data.quantiles, tuple(float(a) for a in p.alphas)
@@ -330,10 +330,12 @@ def bench_lqr(config, groups, args, rng) -> dict:
 
 
 def bench_ensemble(config, panel, groups, args, rng) -> dict:
-    from pipeline.models._ensemble_loop import fit_predict_member_loop
-    from pipeline.models._nn_data import WindowData, check_nn_params
-    from pipeline.models.common import pinball_per_quantile
-    from pipeline.models.registry import get_adapter
+    sys.path.insert(0, str(ROOT / "tests"))  # the reference loop is test code
+    from ensemble_loop import fit_predict_member_loop
+
+    from pipeline.models.plugins.registry import get_adapter
+    from pipeline.models.solvers._nn_data import WindowData, check_nn_params
+    from pipeline.models.solvers.common import pinball_per_quantile
     from pipeline.schema import COUNTRY, TIME, Y_RAW
 
     (g,) = groups

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.models._nn_data import WindowData, check_nn_params
+from pipeline.models.solvers._nn_data import WindowData, check_nn_params
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "eurostat" / "hicp_manr.csv.gz"
 TARGET = "prc_hicp_manr_CP00"
@@ -110,7 +110,7 @@ def spread(windows: list[WindowData], G: int) -> list[WindowData]:
 def child(G: int) -> None:
     """Train G windows with whatever `pipeline` is on PYTHONPATH; print one JSON line."""
     torch.set_num_threads(1)
-    from pipeline.models._batched_mlp import train_predict_windows
+    from pipeline.models.solvers._batched_mlp import train_predict_windows
 
     windows = spread(seed_windows(load_panel()), G)
     spec = check_nn_params(**SEED_PARAMS)

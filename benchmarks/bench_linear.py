@@ -29,10 +29,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 
-from pipeline.models.common import pinball_per_quantile  # noqa: E402
-from pipeline.models.lqr import HUBER_EPS, fit_predict_lqr_batch  # noqa: E402
-from pipeline.models.quantile_linear import fit_quantile_lp  # noqa: E402
-from pipeline.models.rff import rff_weights  # noqa: E402
+from pipeline.models.solvers.common import pinball_per_quantile  # noqa: E402
+from pipeline.models.solvers.lqr import HUBER_EPS, fit_predict_lqr_batch  # noqa: E402
+from pipeline.models.solvers.quantile_linear import fit_quantile_lp  # noqa: E402
+from pipeline.models.solvers.rff import rff_weights  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -69,7 +69,7 @@ def run_study(countries: list[str], out: Path, cache: Path) -> dict[str, Any]:
 def build_fits(countries: list[str], out: Path):
     """The study's ar_qr fit groups, built by the project's own code."""
     from pipeline.config.compose import compose_config
-    from pipeline.models.registry import get_adapter
+    from pipeline.models.plugins.registry import get_adapter
     from pipeline.runtime.fits.fit_groups import build_groups
     from pipeline.stages.prepare import load_panel, prepare
 

@@ -260,11 +260,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     from pipeline.evaluation.results import render_results
+    from pipeline.runtime.store.timings import read_timings
 
     notes = Path(args.notes) if args.notes else None
     if notes is not None and not notes.is_file():
         raise ConfigError("--notes", "an existing Markdown file", str(notes))
-    render_results(Path(args.output_dir), Path(args.out), notes=notes)
+    output_dir = Path(args.output_dir)
+    render_results(output_dir, Path(args.out), notes=notes, timings=read_timings(output_dir))
     print(f"wrote {args.out}")
     return 0
 

@@ -1,15 +1,50 @@
-"""Column names and dtypes of every table the pipeline writes, and where in an output dir the
-shared artifacts live. Defined once, used everywhere."""
+"""Column names and dtypes of every table the pipeline writes, where in an output dir the
+shared artifacts live, and the integer month index every layer computes with. Defined once,
+used everywhere."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
+from typing import Any, overload
 
+import numpy as np
 import pandas as pd
 
 # --- artifacts shared between stages (paths relative to runtime.output_dir) -------------------
 PANEL_FILE = Path("data/prepared/panel.parquet")
 META_FILE = Path("data/prepared/meta.json")
+
+# --- months -----------------------------------------------------------------------------------
+# A month is a Timestamp at month start in tables; arithmetic uses m = year * 12 + (month - 1),
+# so consecutive months differ by exactly 1 (docs/ARCHITECTURE.md, "Time").
+_EPOCH = 1970 * 12  # numpy's datetime64[M] counts months from 1970-01
+
+
+@overload
+def month_index(times: str | date) -> int: ...
+@overload
+def month_index(times: Any) -> np.ndarray: ...
+def month_index(times: Any) -> int | np.ndarray:
+    """m = year * 12 + month - 1 of a month (str, Timestamp: an int) or of many (Series,
+    DatetimeIndex, datetime64 array: an int64 array); any day of a month gives its index."""
+    if isinstance(times, str | date):  # Timestamp and datetime are dates too
+        stamp = pd.Timestamp(times)
+        return stamp.year * 12 + stamp.month - 1
+    return np.asarray(times, dtype="datetime64[M]").astype(np.int64) + _EPOCH
+
+
+@overload
+def month_start(index: int) -> pd.Timestamp: ...
+@overload
+def month_start(index: np.ndarray) -> pd.DatetimeIndex: ...
+def month_start(index: int | np.ndarray) -> pd.Timestamp | pd.DatetimeIndex:
+    """Inverse of month_index: the month-start Timestamp (datetime64[ns] for an array)."""
+    if isinstance(index, int | np.integer):
+        return pd.Timestamp(year=int(index) // 12, month=int(index) % 12 + 1, day=1)
+    months = (np.asarray(index, dtype=np.int64) - _EPOCH).astype("datetime64[M]")
+    return pd.DatetimeIndex(months.astype("datetime64[ns]"))
+
 
 # --- prepared panel -----------------------------------------------------------------------
 COUNTRY = "COUNTRY"

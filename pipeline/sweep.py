@@ -285,7 +285,7 @@ def _finite(value: Any) -> bool:
 
 
 def _metric_order(name: str) -> tuple[int, int, str]:
-    from pipeline.models.registry import builtin_names
+    from pipeline.models.plugins.registry import builtin_names
 
     metric, _, model = name.partition(":")
     models = {m: i for i, m in enumerate(builtin_names())}

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models.registry import register
-from pipeline.models.spec import Adapter
+from pipeline.models.plugins.registry import register
+from pipeline.models.plugins.spec import Adapter
 from pipeline.schema import lag_column
 
 CALLS = {"fit_batch": 0}  # batched calls made in this process
@@ -102,7 +102,7 @@ register(_adapter("fake_hog", _hog))
 
 
 def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.models.registry import get_adapter
+    from pipeline.models.plugins.registry import get_adapter
 
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * len(payload["keys"]))
     # FAKE_FAIL_ONCE_ORIGIN (month index): batches holding it raise until the fit is alone,
@@ -119,7 +119,7 @@ def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _slow_ar_qr_adapter() -> Adapter:
-    from pipeline.models.registry import get_adapter
+    from pipeline.models.plugins.registry import get_adapter
 
     real = get_adapter("ar_qr")
     return Adapter(

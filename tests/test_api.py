@@ -18,7 +18,7 @@ from conftest import tiny_study
 import pipeline
 from pipeline.config.defaults import base_defaults
 from pipeline.data.synthetic import generate_panel
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError, OutputError, RunFailed
 from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock
 
 
@@ -79,3 +79,56 @@ def test_bad_input_raises_the_one_line_as_a_qpipe_error(tmp_path, monkeypatch):
     with RunLock(out), pytest.raises(OutputDirBusy):  # one run per output dir
         pipeline.backtest(tiny_study(f"runtime.output_dir={out}"))
     assert issubclass(OutputDirBusy, pipeline.QpipeError)
+
+
+# a user model (batched function) that fails on a constant series: the caller's frame decides
+# which fits fail (the country sorted last). The user-model check (the first two fits) and the
+# probe (its first 4 fits: at 0.1 s a fit, runtime.task_seconds=0.2 asks for no more) pass.
+FAILS_ON_CONSTANT = """
+import time
+
+import numpy as np
+
+
+def fit_batch(X, y, w, X_new, quantiles):
+    time.sleep(0.1 * X.shape[0])
+    out = np.empty((X.shape[0], X_new.shape[1], len(quantiles)))
+    for b in range(X.shape[0]):
+        live = y[b][w[b] > 0]
+        if np.ptp(live) == 0:
+            raise ValueError("a constant series has no quantiles to learn")
+        out[b] = X_new[b][:, [0]] + np.quantile(live - X[b][w[b] > 0, 0], quantiles)
+    return out
+"""
+
+
+@pytest.mark.slow
+def test_a_run_with_failed_fits_raises_run_failed_carrying_what_it_wrote(tmp_path):
+    frame = synthetic_frame(2)
+    flat = frame[frame.COUNTRY == "C01"].assign(COUNTRY="ZZ", hicp=7.0)
+    frame = pd.concat([frame, flat], ignore_index=True)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "um_flat.py").write_text(FAILS_ON_CONSTANT)
+    out = tmp_path / "out"
+    overrides = tiny_study(
+        f"runtime.output_dir={out}",
+        "data.target=hicp",
+        "models.lqr.enabled=false",
+        "+models.flat._target_=um_flat.fit_batch",
+        f"+models.flat.python_path={tmp_path / 'code'}",
+    )
+    with pytest.raises(RunFailed, match="some fits failed") as info:
+        pipeline.backtest(overrides, data=frame)
+
+    assert isinstance(info.value, pipeline.QpipeError)  # one base class for the caller
+    result = info.value.result
+    assert isinstance(result, pipeline.Result) and result.output_dir == out.resolve()
+    on_disk = pd.read_parquet(out / "forecasts" / "all.parquet")
+    pd.testing.assert_frame_equal(result.forecasts, on_disk, check_dtype=False)
+    assert result.metrics == json.loads((out / "metrics.json").read_text())
+    # exactly the constant country's fits of the user model failed; everything else is there
+    missing = pd.read_parquet(out / "forecasts" / "missing.parquet")
+    assert set(missing["MODEL"]) == {"flat"} and set(missing["COUNTRY"]) == {"ZZ"}
+    flat_rows = result.forecasts[result.forecasts.MODEL == "flat"]
+    assert len(flat_rows) and "ZZ" not in set(flat_rows.COUNTRY)
+    assert set(result.forecasts[result.forecasts.MODEL == "ar_qr"].COUNTRY) == {"C01", "C02", "ZZ"}

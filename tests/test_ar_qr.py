@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.models.ar_qr import fit_predict_ar_qr_batch
 from pipeline.models.estimators import ARQR
+from pipeline.models.solvers.ar_qr import fit_predict_ar_qr_batch
 
 QS = (0.1, 0.5, 0.9)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from conftest import ROOT, SMALL_STUDY, make_config
 
-from pipeline.models.registry import get_adapter
+from pipeline.models.plugins.registry import get_adapter
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.tasks import task_payload
@@ -41,7 +41,7 @@ def test_device_is_in_the_key_and_reaches_the_model(tmp_path, monkeypatch) -> No
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     assert keys["auto"] == keys[auto] and adapter.params(configs["auto"])["device"] == auto
 
-    import pipeline.models.ensemble_nn as ensemble
+    import pipeline.models.solvers.ensemble_nn as ensemble
 
     seen = []
     real = ensemble.fit_predict_ensemble_windows

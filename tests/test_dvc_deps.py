@@ -27,8 +27,8 @@ STAGE_MODULES = {
 # (the stage's own module is the second entry, above); the package's public names load on
 # attribute access (its __getattr__), which no stage makes
 SHALLOW = {"pipeline.cli", "pipeline"}
-# imports the AST cannot see: the registry walks pipeline.models.builtin with pkgutil
-DYNAMIC = {"pipeline.models.registry": "pipeline.models.builtin"}
+# imports the AST cannot see: the registry walks pipeline.models.plugins.builtin with pkgutil
+DYNAMIC = {"pipeline.models.plugins.registry": "pipeline.models.plugins.builtin"}
 DOTTED = re.compile(r"^pipeline(\.\w+)*$")
 
 
@@ -119,8 +119,8 @@ def test_the_closure_walk_sees_function_level_relative_and_dynamic_imports():
     for expected in (
         "pipeline/__init__.py",  # a parent package
         "pipeline/stages/prepare.py",  # imported inside run_train
-        "pipeline/models/builtin/lqr.py",  # found by the registry's package walk
-        "pipeline/models/lqr.py",  # imported inside the lqr adapter's fit_batch
+        "pipeline/models/plugins/builtin/lqr.py",  # found by the registry's package walk
+        "pipeline/models/solvers/lqr.py",  # imported inside the lqr adapter's fit_batch
         "pipeline/runtime/execute/worker.py",
     ):
         assert Path(expected) in closure, expected

@@ -9,20 +9,20 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import torch
+from ensemble_loop import fit_predict_member_loop
 from scipy.stats import norm
 
 from pipeline.io import read_npz, write_npz
-from pipeline.models._batched_mlp import (
+from pipeline.models.estimator_nn import EnsembleNN
+from pipeline.models.solvers._batched_mlp import (
     design_matrix,
     forward,
     member_loss,
     train_predict_windows,
 )
-from pipeline.models._ensemble_loop import fit_predict_member_loop
-from pipeline.models._nn_data import check_nn_params, prepare_window
-from pipeline.models.common import crossing_rate
-from pipeline.models.ensemble_nn import WindowData, fit_predict_ensemble_windows
-from pipeline.models.estimator_nn import EnsembleNN
+from pipeline.models.solvers._nn_data import check_nn_params, prepare_window
+from pipeline.models.solvers.common import crossing_rate
+from pipeline.models.solvers.ensemble_nn import WindowData, fit_predict_ensemble_windows
 
 CPU = torch.device("cpu")
 QS = (0.1, 0.5, 0.9)
@@ -313,7 +313,7 @@ def test_origin_row_and_masked_targets_do_not_influence_training():
 def test_hand_written_gradient_equals_autograd(Q, units):
     """The training step's gradient (no autograd) against autograd through `forward` and
     `member_loss` (an independent oracle), float64, ragged weights, ties excluded."""
-    from pipeline.models._nn_step import Layout, Step
+    from pipeline.models.solvers._nn_step import Layout, Step
 
     rng = np.random.default_rng(Q)
     A, n, p, H, C = 4, 9, 3, 2, 3

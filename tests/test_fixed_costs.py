@@ -18,7 +18,7 @@ from conftest import ROOT, SMALL_STUDY, make_config
 
 import pipeline.stages.probe as probe_stage
 from pipeline.config import StudyConfig
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import runs_in_process
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.tasks import make_tasks
@@ -104,6 +104,23 @@ def test_a_probe_is_reused_across_output_dirs_unless_damaged_or_reprobe(
     probe_stage.run_probe(study(tmp_path / "e", reprobe=True))
     assert len(child_runs) == 7 and "reused measurement" not in caplog.text
     assert len(list(probe_cache.glob("*.json"))) == 3
+
+
+def test_the_probe_cache_keys_on_the_model_code() -> None:
+    """A changed solver is measured again: the fingerprint hashes every file of models/ (it
+    once hashed a path that did not exist, so no code change ever re-probed)."""
+    import hashlib
+
+    import pipeline.models
+    from pipeline.runtime.sizing.probe_cache import code_fingerprint
+
+    root = Path(pipeline.models.__file__).parent
+    digest = hashlib.sha256()
+    files = sorted(root.rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    assert root / "solvers" / "lqr.py" in files and code_fingerprint() == digest.hexdigest()
 
 
 def test_an_unwritable_probe_cache_only_warns(

@@ -88,9 +88,9 @@ def test_only_the_cluster_module_imports_dask_distributed():
     ]
 
 
-# the plugin layer of pipeline.models: the only part that knows the study's config
-PLUGIN_LAYER = ("pipeline.models.registry", "pipeline.models.spec", "pipeline.models.user",
-                "pipeline.models.builtin")  # fmt: skip
+# pipeline.models: public estimators (top of models/), private solvers, the plugin layer
+PLUGIN_LAYER = "pipeline.models.plugins"  # the only part that knows the study's config
+SOLVERS = "pipeline.models.solvers"
 ESTIMATORS = ("pipeline.models.estimators", "pipeline.models.estimator_nn")
 
 
@@ -107,8 +107,37 @@ def test_estimators_and_solvers_know_nothing_of_the_config_or_the_plugins():
             bad += [
                 f"{name} -> {m}"
                 for m in _all_imports(name)
-                if m.startswith(("pipeline.config", *PLUGIN_LAYER))
+                if m.startswith(("pipeline.config", PLUGIN_LAYER))
             ]
+    assert not bad, bad
+
+
+def test_models_folders_show_public_private_and_plugins():
+    """models/ holds the public estimators at its top, the private solvers in solvers/ and the
+    plugin layer in plugins/; the solvers import nothing of the other two (the estimators wrap
+    the solvers, the plugins drive them), and the reference loop is test code."""
+    top = sorted(p.name for p in (PACKAGE / "models").iterdir() if p.name != "__pycache__")
+    assert top == ["__init__.py", "estimator_nn.py", "estimators.py", "plugins", "solvers"]
+    bad = [
+        f"{name} -> {m}"
+        for name in _module_names()
+        if name.startswith(SOLVERS + ".")
+        for m in _all_imports(name)
+        if m.startswith("pipeline.models") and not m.startswith(SOLVERS)
+    ]
+    assert not bad, bad
+
+
+def test_evaluation_imports_nothing_of_the_runtime():
+    """Evaluation is computed from tables and files; the runtime's own records (timings, the
+    progress store) are read by the entry points and passed in (issue 20, item 4)."""
+    bad = [
+        f"{name} -> {m}"
+        for name in _module_names()
+        if name.startswith("pipeline.evaluation.")
+        for m in _all_imports(name)
+        if m.startswith(("pipeline.runtime", "pipeline.stages", "pipeline.runner"))
+    ]
     assert not bad, bad
 
 

@@ -8,9 +8,9 @@ import pytest
 from conftest import REAL_DATA
 from scipy.optimize import minimize
 
-from pipeline.models.common import pinball_per_quantile
 from pipeline.models.estimators import LQR
-from pipeline.models.lqr import HUBER_EPS, fit_predict_lqr_batch
+from pipeline.models.solvers.common import pinball_per_quantile
+from pipeline.models.solvers.lqr import HUBER_EPS, fit_predict_lqr_batch
 
 QS = (0.1, 0.5, 0.9)
 DATA = REAL_DATA

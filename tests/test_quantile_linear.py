@@ -12,9 +12,9 @@ from conftest import REAL_DATA
 from scipy.optimize import minimize
 from sklearn.linear_model import QuantileRegressor
 
-from pipeline.models.common import pinball_per_quantile
-from pipeline.models.quantile_kernel import solve_kernel_qr
-from pipeline.models.quantile_linear import fit_quantile_lp
+from pipeline.models.solvers.common import pinball_per_quantile
+from pipeline.models.solvers.quantile_kernel import solve_kernel_qr
+from pipeline.models.solvers.quantile_linear import fit_quantile_lp
 
 QS = (0.05, 0.1, 0.5, 0.9, 0.95)
 DATA = REAL_DATA

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.config.compose import compose_config, compose_dict
-from pipeline.models import registry
+from pipeline.models.plugins import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_models_config_reads_the_registry_and_user_entries():
 
 def test_a_range_is_declared_once_and_checked_on_config_and_kernel():
     from pipeline.models.estimators import ARQR
-    from pipeline.models.parameters import P
+    from pipeline.models.solvers.parameters import P
 
     with pytest.raises(ConfigError) as on_config:
         compose_config(["models.ar_qr.p=0"])
@@ -96,3 +97,39 @@ def test_a_range_is_declared_once_and_checked_on_config_and_kernel():
         ARQR(p=0, quantiles=(0.5,)).fit([[1.0]] * 5, [1.0] * 5)
     assert on_config.value.allowed == on_kernel.value.allowed == P.allowed
     assert on_config.value.key == "models.ar_qr.p" and on_kernel.value.key == "p"
+
+
+def test_the_estimators_defaults_are_the_studys():
+    """`pipeline.LQR()` and a study with conf/'s defaults fit the same model: the library's
+    defaults (solvers/parameters.py, read by kernels and estimators) equal conf/models/."""
+    from pipeline import ARQR, LQR, Climatology, EnsembleNN, RandomWalk
+    from pipeline.models.solvers.ensemble_nn import fit_predict_ensemble_windows
+    from pipeline.models.solvers.lqr import fit_predict_lqr_batch
+
+    conf = compose_dict(["experiment=seed"])  # the models' default.yaml, unchanged
+    study = {name: dict(conf["models"][name]) for name in ("ar_qr", "lqr", "ensemble_nn")}
+    study["lqr"]["rff_bandwidth"] = {"auto": "median"}.get(study["lqr"]["rff_bandwidth"])
+    library = {"ar_qr": ARQR(), "lqr": LQR(), "ensemble_nn": EnsembleNN()}
+    for name, estimator in library.items():
+        params = estimator.get_params()
+        assert list(params["quantiles"]) == conf["data"]["quantiles"], name
+        for key, value in study[name].items():
+            if key in params:  # enabled, block_origins: the runner's, not the model's
+                expected = list(value) if isinstance(value, list) else value
+                got = list(params[key]) if isinstance(params[key], tuple) else params[key]
+                assert got == expected, (name, key)
+    for name in ("lqr", "ensemble_nn"):
+        assert set(study[name]) - {"enabled", "block_origins"} <= set(library[name].get_params())
+    for benchmark in (RandomWalk(), Climatology()):
+        assert list(benchmark.quantiles) == conf["data"]["quantiles"]
+    # the kernels' keyword defaults are the estimators' (the same objects)
+    for kernel, estimator in (
+        (fit_predict_lqr_batch, LQR()),
+        (fit_predict_ensemble_windows, EnsembleNN()),
+    ):
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(kernel).parameters.items()
+            if p.default is not inspect.Parameter.empty and k in estimator.get_params()
+        }
+        assert defaults and all(v is estimator.get_params()[k] for k, v in defaults.items())

@@ -11,6 +11,7 @@ import pytest
 from pipeline.config.compose import compose_config
 from pipeline.evaluation.results import render_results
 from pipeline.runner import run_study
+from pipeline.runtime.store.timings import read_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def test_reduced_seed_study_and_results_page(tmp_path, monkeypatch):
     )
     assert run_study(config) == 0
     doc = tmp_path / "docs" / "RESULTS.md"
-    text = render_results(out, doc, fan_countries=("DE",))
+    text = render_results(out, doc, fan_countries=("DE",), timings=read_timings(out))
     assert doc.read_text() == text
     # coverage: the UK's data ends in 2020-11, so it has fewer fits than DE; nothing failed
     assert "4 countries kept: DE, FR, IT, UK" in text
@@ -72,7 +73,9 @@ def test_reduced_seed_study_and_results_page(tmp_path, monkeypatch):
     # the authors' reading goes after the generated one, under its own heading
     notes = tmp_path / "notes.md"
     notes.write_text("Hand-written reading.\n")
-    with_notes = render_results(out, doc, fan_countries=("DE",), notes=notes)
+    with_notes = render_results(
+        out, doc, fan_countries=("DE",), notes=notes, timings=read_timings(out)
+    )
     assert with_notes.startswith(text) and with_notes.index("## Reading") < with_notes.index(
         "## Notes (hand-written, from `notes.md`)"
     )

@@ -17,10 +17,10 @@ from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import pipeline
-from pipeline.models.ar_qr import fit_predict_ar_qr_batch
-from pipeline.models.benchmarks import fit_predict_climatology_batch, fit_predict_rw_batch
 from pipeline.models.estimators import mean_pinball
-from pipeline.models.lqr import fit_predict_lqr_batch
+from pipeline.models.solvers.ar_qr import fit_predict_ar_qr_batch
+from pipeline.models.solvers.benchmarks import fit_predict_climatology_batch, fit_predict_rw_batch
+from pipeline.models.solvers.lqr import fit_predict_lqr_batch
 
 QS = (0.1, 0.5, 0.9)
 TINY_NN = dict(

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from conftest import SMALL_STUDY, make_config
 
-from pipeline.data.windows import month_index
-from pipeline.models.registry import adapter_for, get_adapter
+from pipeline.models.plugins.registry import adapter_for, get_adapter
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.fit_windows import country_grid, window_arrays
@@ -23,7 +22,7 @@ from pipeline.runtime.fits.tasks import (
     make_tasks,
     task_payload,
 )
-from pipeline.schema import lag_column, lead_column
+from pipeline.schema import lag_column, lead_column, month_index
 
 LAGS = range(0, 4)
 HORIZONS = (1, 3)

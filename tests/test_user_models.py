@@ -22,7 +22,7 @@ from test_runtime import done_rows, reap, stop_tree, wait_for
 
 from pipeline.config import ConfigError
 from pipeline.config.compose import compose_config
-from pipeline.models.common import crossing_rate
+from pipeline.models.solvers.common import crossing_rate
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.stages.train import run_train
@@ -99,7 +99,7 @@ def write_module(directory: Path, name: str) -> Path:
 
 def preset(module: str, target: str, python_path: Path) -> str:
     """3 countries x 6 origins x 2 horizons; only the user model is enabled."""
-    from pipeline.models.registry import builtin_names
+    from pipeline.models.plugins.registry import builtin_names
 
     builtins_off = "\n".join(f"  {n}: {{enabled: false}}" for n in builtin_names())
     return f"""\

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,15 +13,29 @@ from pipeline.config import RollingWindowConfig
 from pipeline.config.compose import compose_config
 from pipeline.data.windows import (
     add_months,
-    month_index,
-    month_start,
     origins,
     scored_origins,
     training_range,
     warmup_origins,
 )
+from pipeline.schema import month_index, month_start
 
 months = st.integers(min_value=2000 * 12, max_value=2030 * 12).map(month_start)
+
+
+@settings(max_examples=100, deadline=None)
+@given(index=st.lists(st.integers(1700 * 12, 2200 * 12), max_size=20), day=st.integers(1, 28))
+def test_month_index_one_arithmetic_for_scalars_and_columns(index, day):
+    """schema.month_index / month_start (the one month arithmetic): a column gives what each
+    of its months gives alone, any day of a month maps to that month, and they invert."""
+    stamps = [month_start(m) for m in index]
+    assert all(s.day == 1 and month_index(s) == m for s, m in zip(stamps, index, strict=True))
+    column = pd.Series([s.replace(day=day) for s in stamps], dtype="datetime64[ns]")
+    assert month_index(column).tolist() == index
+    assert month_start(np.asarray(index, dtype=np.int64)).equals(
+        pd.DatetimeIndex(stamps, dtype="datetime64[ns]")
+    )
+    assert month_index("1969-12-15") == 1969 * 12 + 11
 
 
 @settings(max_examples=200, deadline=None)

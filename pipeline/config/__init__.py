@@ -3,7 +3,7 @@
 `pipeline.config` re-exports the typed objects (`StudyConfig` and its parts) and `validate`;
 `pipeline.config.compose` is the only place that talks to Hydra. Defaults live in `conf/`
 only; `pipeline.config.defaults.with_defaults` completes a partial mapping from there.
-The built-in models' config classes live with their models (pipeline.models.builtin).
+The built-in models' config classes live with their models (pipeline.models.plugins.builtin).
 """
 
 from pipeline.config.structured import ConfigError

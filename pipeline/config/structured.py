@@ -2,7 +2,7 @@
 
 `build(cls, mapping)` checks every key and type against the dataclass's annotations (nested
 dataclasses, Optional, Literal, tuples of scalars, bool/int/float/str), then each field's
-declared range (a `pipeline.models.rules.Rule` in the field's metadata), and raises ConfigError
+declared range (a `pipeline.models.solvers.rules.Rule` in the field's metadata), and raises ConfigError
 naming the dotted key, what is allowed and what was given, at the first problem.
 
 The dataclasses carry no defaults: every default lives in `conf/` (one source), so a mapping
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 from pipeline.errors import ConfigError
-from pipeline.models.rules import RULE
+from pipeline.models.solvers.rules import RULE
 
 __all__ = ["ConfigError", "build", "first_line"]
 

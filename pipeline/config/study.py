@@ -16,8 +16,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from pipeline.config.structured import ConfigError, build
-from pipeline.models import registry
-from pipeline.models.rules import (
+from pipeline.models.plugins import registry
+from pipeline.models.solvers.rules import (
     QUANTILE_LEVEL,
     at_least,
     check_quantiles,

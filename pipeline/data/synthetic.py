@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import SyntheticConfig
-from pipeline.schema import COUNTRY, TIME
+from pipeline.schema import COUNTRY, TIME, month_index
 
 T_DOF = 5.0
 _T_SD = np.sqrt(T_DOF / (T_DOF - 2.0))  # makes the t(5) shocks unit variance
@@ -37,7 +37,7 @@ class SyntheticPanel:
 
 def surge_path(months: pd.DatetimeIndex) -> np.ndarray:
     """A hump rising from 2021-03, peaking at +6 pp in late 2022, fading through 2023."""
-    t = (months.year - 2021) * 12 + (months.month - 3)
+    t = month_index(months) - month_index("2021-03-01")
     bump = np.where((t >= 0) & (t <= 34), 6.0 * np.sin(np.pi * np.clip(t, 0, 34) / 34) ** 2, 0.0)
     return bump.astype(np.float64)
 

@@ -12,17 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.config import RollingWindowConfig
-
-
-def month_index(stamp: pd.Timestamp | str) -> int:
-    """Months since year 0: consecutive months differ by exactly 1."""
-    stamp = pd.Timestamp(stamp)
-    return stamp.year * 12 + stamp.month - 1
-
-
-def month_start(index: int) -> pd.Timestamp:
-    """Inverse of month_index."""
-    return pd.Timestamp(year=index // 12, month=index % 12 + 1, day=1)
+from pipeline.schema import month_index, month_start
 
 
 def add_months(stamp: pd.Timestamp | str, months: int) -> pd.Timestamp:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.combination import rearrange
+from pipeline.schema import month_index
 
 CAL_SUFFIX = "_cal"
 
@@ -39,10 +40,6 @@ class CalibrationSettings:
     window: int = 36
     pool: Literal["country", "panel"] = "country"
     min_history: int = 12
-
-
-def _months(stamps: pd.Series) -> np.ndarray:
-    return (stamps.dt.year * 12 + stamps.dt.month - 1).to_numpy(np.int64)
 
 
 def _conformal(
@@ -110,7 +107,7 @@ def calibrate(
     for keys, part in rows.groupby(by, sort=True, observed=True):
         h, tau = int(keys[1]), float(keys[2])
         index = part.index.to_numpy()
-        origin = _months(part["WINDOW_END"])
+        origin = month_index(part["WINDOW_END"])
         q = part["FORECAST"].to_numpy(np.float64)
         y = part["ACTUAL"].to_numpy(np.float64)
         if settings.method == "conformal":

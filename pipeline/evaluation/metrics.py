@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipeline.schema import month_index
+
 MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
 TIME, WINDOW_END, FORECAST, ACTUAL = "TIME", "WINDOW_END", "FORECAST", "ACTUAL"
 EVAL_COLUMNS = (TIME, COUNTRY, MODEL, QUANTILE, HORIZON, WINDOW_END, FORECAST, ACTUAL)
@@ -282,7 +284,7 @@ def _dm_rows(
     joined = joined.loc[joined[MODEL] != benchmark]
     joined = joined.assign(
         D=joined["LOSS"] - joined["BENCH_LOSS"],
-        M=joined[TIME].dt.year * 12 + joined[TIME].dt.month - 1,
+        M=month_index(joined[TIME]),
     )
     series = joined.groupby([*by, "M"], sort=True, observed=True).agg(
         D=("D", "mean"), N=("D", "size")
@@ -311,7 +313,7 @@ def _month_index(value: str, name: str) -> int:
         period = pd.Period(value, freq="M")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a month like '2020-03'; got {value!r}") from exc
-    return period.year * 12 + period.month - 1
+    return month_index(period.start_time)
 
 
 def exclude_covid(
@@ -321,8 +323,8 @@ def exclude_covid(
     lo, hi = _month_index(start, "start"), _month_index(end, "end")
     if hi < lo:
         raise ValueError(f"end must not precede start; got start={start!r}, end={end!r}")
-    month = frame[TIME].dt.year * 12 + frame[TIME].dt.month - 1
-    return frame.loc[~month.between(lo, hi)].reset_index(drop=True)
+    month = month_index(frame[TIME])
+    return frame.loc[~((month >= lo) & (month <= hi))].reset_index(drop=True)
 
 
 # --- tables for assemble ---------------------------------------------------------------------

@@ -98,6 +98,6 @@ def calibration_section(tables: dict[str, pd.DataFrame], output_dir: Path, doc_p
 
 
 def _ordered(names: Any) -> list[str]:
-    from pipeline.models.registry import order
+    from pipeline.models.plugins.registry import order
 
     return order(names)

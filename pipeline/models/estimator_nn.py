@@ -1,7 +1,7 @@
 """EnsembleNN: the factor neural-network ensemble as a scikit-learn estimator.
 
 One window (all countries pooled) trained by the batched trainer of
-`pipeline.models.ensemble_nn` (see its docstring for the model); the runtime calls that
+`pipeline.models.solvers.ensemble_nn` (see its docstring for the model); the runtime calls that
 trainer directly, so its workers never load scikit-learn.
 """
 
@@ -15,9 +15,10 @@ import torch
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from pipeline.io import atomic_path
-from pipeline.models._batched_mlp import factors_state, predict_state, train_predict_windows
-from pipeline.models._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
 from pipeline.models.estimators import QuantileEstimator, mean_pinball
+from pipeline.models.solvers._batched_mlp import factors_state, predict_state, train_predict_windows
+from pipeline.models.solvers._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
+from pipeline.models.solvers.parameters import NN_DEFAULTS, QUANTILES
 
 
 class EnsembleNN(QuantileEstimator):
@@ -34,17 +35,17 @@ class EnsembleNN(QuantileEstimator):
     def __init__(
         self,
         *,
-        units_per_layer: Sequence[int] = (32, 32, 32, 32, 32),
-        learning_rate: float = 5e-5,
-        epochs: int = 1500,
-        batch_size: int = 32,
-        patience: int = 50,
-        parallel_models: int = 10,
-        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        seed: int = 0,
-        device: str = "auto",
-        scale: str = "per_country",
-        validation_fraction: float = 0.2,
+        units_per_layer: Sequence[int] = NN_DEFAULTS["units_per_layer"],
+        learning_rate: float = NN_DEFAULTS["learning_rate"],
+        epochs: int = NN_DEFAULTS["epochs"],
+        batch_size: int = NN_DEFAULTS["batch_size"],
+        patience: int = NN_DEFAULTS["patience"],
+        parallel_models: int = NN_DEFAULTS["parallel_models"],
+        quantiles: Sequence[float] = QUANTILES,
+        seed: int = NN_DEFAULTS["seed"],
+        device: str = NN_DEFAULTS["device"],
+        scale: str = NN_DEFAULTS["scale"],
+        validation_fraction: float = NN_DEFAULTS["validation_fraction"],
     ):
         self.units_per_layer = units_per_layer
         self.learning_rate = learning_rate

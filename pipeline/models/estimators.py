@@ -6,7 +6,7 @@ Otherwise scikit-learn's contract holds: keyword-only parameters stored unchange
 `n_features_in_` set by `fit`, and `predict` changes nothing. `score` is the negative mean
 pinball loss over the quantiles, so GridSearchCV picks the best forecaster by default.
 
-The kernels (pipeline.models.ar_qr, lqr, benchmarks, ensemble_nn) do not import this module,
+The kernels (pipeline.models.solvers.ar_qr, lqr, benchmarks, ensemble_nn) do not import this module,
 so the runtime and its workers never load scikit-learn. EnsembleNN: pipeline.models.estimator_nn.
 """
 
@@ -20,13 +20,13 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from pipeline.io import read_npz, write_npz
-from pipeline.models.ar_qr import with_intercept
-from pipeline.models.benchmarks import masked, nan_quantiles
-from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
-from pipeline.models.lqr import check_lqr_params, fit_predict_lqr_batch, predict_lqr_state
-from pipeline.models.parameters import P
-from pipeline.models.quantile_linear import fit_quantile_lp
-from pipeline.models.rules import check_quantiles
+from pipeline.models.solvers.ar_qr import with_intercept
+from pipeline.models.solvers.benchmarks import masked, nan_quantiles
+from pipeline.models.solvers.common import crossing_rate_batch, rearrange_quantiles
+from pipeline.models.solvers.lqr import check_lqr_params, fit_predict_lqr_batch, predict_lqr_state
+from pipeline.models.solvers.parameters import AR_QR_DEFAULTS, LQR_DEFAULTS, QUANTILES, P
+from pipeline.models.solvers.quantile_linear import fit_quantile_lp
+from pipeline.models.solvers.rules import check_quantiles
 
 
 def mean_pinball(
@@ -65,7 +65,9 @@ class ARQR(QuantileEstimator):
     non-decreasing along Q. Fitted: `coef_` (Q, p + 1) intercept first, `n_features_in_`.
     """
 
-    def __init__(self, *, p: int = 12, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> None:
+    def __init__(
+        self, *, p: int = AR_QR_DEFAULTS["p"], quantiles: Sequence[float] = QUANTILES
+    ) -> None:
         self.p = p
         self.quantiles = quantiles
 
@@ -134,14 +136,14 @@ class LQR(QuantileEstimator):
     def __init__(
         self,
         *,
-        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        alphas: Sequence[float] = (7.5, 10, 15, 20, 25, 30, 35),
-        solver: str = "huberized",
-        rff_features: int = 1000,
-        rff_bandwidth: str | float = "median",
-        validation_size: int = 12,
-        penalize_first_lag: bool = True,
-        seed: int = 0,
+        quantiles: Sequence[float] = QUANTILES,
+        alphas: Sequence[float] = LQR_DEFAULTS["alphas"],
+        solver: str = LQR_DEFAULTS["solver"],
+        rff_features: int = LQR_DEFAULTS["rff_features"],
+        rff_bandwidth: str | float = LQR_DEFAULTS["rff_bandwidth"],
+        validation_size: int = LQR_DEFAULTS["validation_size"],
+        penalize_first_lag: bool = LQR_DEFAULTS["penalize_first_lag"],
+        seed: int = LQR_DEFAULTS["seed"],
     ) -> None:
         self.quantiles = quantiles
         self.alphas = alphas
@@ -241,7 +243,7 @@ class _Benchmark(QuantileEstimator):
     row weights: 0 leaves a row out); `predict(X)` returns (m, Q).
     """
 
-    def __init__(self, *, quantiles: Sequence[float] = (0.1, 0.5, 0.9)) -> None:
+    def __init__(self, *, quantiles: Sequence[float] = QUANTILES) -> None:
         self.quantiles = quantiles
 
     def _values(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 
 from pipeline.config import StudyConfig
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan, task_size
 

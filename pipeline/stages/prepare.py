@@ -21,7 +21,7 @@ from pipeline.data import DataError, load_raw
 from pipeline.data.features import build_panel, panel_fingerprint
 from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
-from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column
+from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column, month_index
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class PrepareResult:
 
 def needed_lags(config: StudyConfig) -> list[int]:
     """Every lag any enabled model reads: 0, data.lags, and each model's own (ar_qr: 0..p-1)."""
-    from pipeline.models.registry import adapter_for
+    from pipeline.models.plugins.registry import adapter_for
 
     lags = {0, *config.data.lags}
     for name in config.models.enabled():
@@ -186,7 +186,7 @@ def _drop_short_countries(
 
 def complete_window_ends(months: pd.Series, size: int) -> list[pd.Timestamp]:
     """Months T such that every month in [T - size + 1, T] is among `months` (sorted, unique)."""
-    index = (months.dt.year * 12 + months.dt.month).to_numpy()
+    index = month_index(months)
     ends = []
     run = 0
     for i in range(len(index)):

@@ -39,7 +39,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.fits.tasks import task_payload

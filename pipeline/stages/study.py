@@ -9,9 +9,10 @@ from pipeline.config import ConfigError, StudyConfig
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.combination import COMBO
 from pipeline.evaluation.derived import DerivedSettings
-from pipeline.models.registry import adapter_for, builtin_names
+from pipeline.models.plugins.registry import adapter_for, builtin_names
 from pipeline.runtime.fits.fit_groups import expand
 from pipeline.runtime.fits.shared_plan import fit_groups
+from pipeline.schema import month_start
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
 
@@ -40,9 +41,9 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
         data = {c: np.concatenate(v) for c, v in cols.items()}
     else:
         data = {c: np.array([], dtype=np.int64 if c == "WINDOW_END" else object) for c in cols}
-    months = data.pop("WINDOW_END").astype(np.int64) - 1970 * 12  # datetime64[M] epoch
+    months = data.pop("WINDOW_END").astype(np.int64)
     frame = pd.DataFrame(data)
-    frame["WINDOW_END"] = months.astype("datetime64[M]").astype("datetime64[ns]")
+    frame["WINDOW_END"] = month_start(months)
     return frame.astype(
         {
             "MODEL": "string",

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.config import StudyConfig
 from pipeline.io import write_parquet
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.train_loop import RunState
 from pipeline.runtime.fits.fit_groups import FitGroup, expand, origin_labels
 from pipeline.runtime.fits.shared_plan import fit_groups

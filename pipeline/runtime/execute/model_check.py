@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig, UserModelConfig
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.child import Child, ChildError, ChildKilled, shared_child
 from pipeline.runtime.fits.fit_groups import FitGroup, build_groups
 from pipeline.runtime.fits.tasks import task_payload
@@ -115,7 +115,7 @@ def _check(config: StudyConfig, name: str, group: FitGroup) -> None:
 
 def _check_round_trip(config: StudyConfig, name: str, payload: dict[str, Any]) -> None:
     """An estimator with to_arrays and from_arrays must predict the same after the round trip."""
-    from pipeline.models.user import ESTIMATOR, import_target
+    from pipeline.models.plugins.user import ESTIMATOR, import_target
 
     entry = config.models.entries[name]
     spec = payload["user_model"]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import StudyConfig
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import FitGroup, expand, forecast_table

@@ -1,7 +1,7 @@
 """The task function workers run (a plain top-level function of plain data).
 
 `run_task(payload)` is what a Dask worker (or the probe's child process) executes: it finds
-the model's adapter (pipeline.models.registry.task_adapter), times the batch, isolates
+the model's adapter (pipeline.models.plugins.registry.task_adapter), times the batch, isolates
 failures by bisection (a fit that raises does not fail its neighbours) and returns forecasts
 and fitted state as plain arrays; the driver writes them to the fit cache
 (pipeline/runtime/store/fit_cache.py).
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models.registry import task_adapter
-from pipeline.models.spec import Adapter
+from pipeline.models.plugins.registry import task_adapter
+from pipeline.models.plugins.spec import Adapter
 
 log = logging.getLogger("pipeline.worker")
 

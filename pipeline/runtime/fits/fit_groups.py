@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data.windows import month_index
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
-from pipeline.schema import COUNTRY, TIME
+from pipeline.schema import COUNTRY, TIME, month_index, month_start
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
 COUNTRY_CHUNK = 8  # countries whose windows are built at once when grouping per-country fits
@@ -281,7 +280,7 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).
 
-    `config` is a StudyConfig and `adapter` a pipeline.models.spec.Adapter (duck-typed here so
+    `config` is a StudyConfig and `adapter` a pipeline.models.plugins.spec.Adapter (duck-typed here so
     this module stays free of model imports).
     """
     from pipeline.data.windows import origins as window_origins
@@ -325,7 +324,7 @@ def expand(group: FitGroup, fits: np.ndarray, n_quantiles: int) -> tuple[np.ndar
 def origin_labels(origin: np.ndarray) -> np.ndarray:
     """'YYYY-MM-DD' of month indexes (object array), formatted once per distinct month."""
     months, inverse = np.unique(np.asarray(origin, dtype=np.int64), return_inverse=True)
-    labels = np.array([f"{m // 12:04d}-{m % 12 + 1:02d}-01" for m in months.tolist()], dtype=object)
+    labels = np.asarray(month_start(months).strftime("%Y-%m-%d"), dtype=object)
     return labels[inverse.reshape(-1)] if months.size else np.array([], dtype=object)
 
 
@@ -361,9 +360,9 @@ def forecast_table(
     cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in parts.items()}
     origin = cols.pop("ORIGIN").astype(np.int64)
     frame = pd.DataFrame(cols)
-    frame["WINDOW_END"] = _months(origin)
-    frame["WINDOW_START"] = _months(origin - config.rolling_window.size + 1)
-    frame["TIME"] = _months(origin + frame["HORIZON"].to_numpy(dtype=np.int64))
+    frame["WINDOW_END"] = month_start(origin)
+    frame["WINDOW_START"] = month_start(origin - config.rolling_window.size + 1)
+    frame["TIME"] = month_start(origin + frame["HORIZON"].to_numpy(dtype=np.int64))
     frame["TARGET"] = config.data.target
     frame["MODEL"] = model
     actual = panel.set_index([COUNTRY, TIME])[Y_RAW]
@@ -372,11 +371,3 @@ def forecast_table(
         actual.reindex(idx).to_numpy() if len(frame) else np.array([], dtype=np.float64)
     )
     return conform_forecasts(frame)
-
-
-def _months(index: np.ndarray) -> pd.DatetimeIndex:
-    index = np.asarray(index, dtype=np.int64)
-    if not index.size:
-        return pd.DatetimeIndex([], dtype="datetime64[ns]")
-    # datetime64[M] counts months from 1970-01
-    return pd.DatetimeIndex((index - 1970 * 12).astype("datetime64[M]").astype("datetime64[ns]"))

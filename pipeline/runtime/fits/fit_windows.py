@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import COUNTRY, TIME
+from pipeline.schema import COUNTRY, TIME, month_index
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str]
     if missing:
         raise ValueError(f"prepared panel lacks columns {missing}")
     countries = sorted(panel[COUNTRY].astype(str).unique())
-    months = panel[TIME].dt.year.to_numpy() * 12 + panel[TIME].dt.month.to_numpy() - 1
+    months = month_index(panel[TIME])
     m0, m1 = int(months.min()), int(months.max())
     grid = np.full((len(countries), m1 - m0 + 1, len(columns)), np.nan)
     cidx = pd.Categorical(panel[COUNTRY].astype(str), categories=countries).codes

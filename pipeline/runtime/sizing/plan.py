@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.config import StudyConfig
 from pipeline.io import read_json
-from pipeline.models.registry import adapter_for
+from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.tasks import batched_fits_per_task, choose_fits_per_task
 from pipeline.runtime.sizing.resources import available_memory_bytes, usable_cores

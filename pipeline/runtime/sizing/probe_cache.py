@@ -64,7 +64,7 @@ def machine_identity(thread_env: Mapping[str, str]) -> dict[str, Any]:
 
 def code_fingerprint() -> str:
     """sha256 of the model code (pipeline/models): a changed solver is measured again."""
-    root = Path(__file__).resolve().parents[1] / "models"
+    root = Path(__file__).resolve().parents[2] / "models"
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())

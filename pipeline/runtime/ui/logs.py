@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.runtime.ui.notebook import NotebookBar, in_notebook
+
 LOG_DIR = Path("logs")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # loggers whose records go to the run log (the pipeline's own and Dask's)
@@ -105,11 +107,14 @@ class RunLog:
 
 
 class ProgressReporter:
-    """Rich progress bar on a TTY when enabled, else a log line about every 10 % / 30 s."""
+    """When enabled: rich's progress bar on a TTY, an in-place bar in a Jupyter notebook;
+    otherwise a log line about every 10 % / 30 s."""
 
     def __init__(self, model: str, total: int, enabled: bool) -> None:
         self.model, self.total = model, total
         self.rich = None
+        self.notebook: NotebookBar | None = None
+        self.failed = 0
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.done = self.logged = 0
@@ -131,6 +136,8 @@ class ProgressReporter:
                 TimeRemainingColumn(),
             )
             self.task = self.rich.add_task(model, total=total, rate=0.0, failed=0)
+        elif enabled and in_notebook():
+            self.notebook = NotebookBar(model, total)
 
     def __enter__(self) -> ProgressReporter:
         if self.rich is not None:
@@ -141,8 +148,12 @@ class ProgressReporter:
         self.done += advance
         elapsed = time.perf_counter() - self.t0
         rate = self.done / elapsed if elapsed > 0 else 0.0
+        self.failed = failed
         if self.rich is not None:
             self.rich.update(self.task, advance=advance, rate=rate, failed=failed)
+            return
+        if self.notebook is not None:
+            self.notebook.update(self.done, rate, failed)
             return
         step = max(1, self.total // 10)
         if (
@@ -165,3 +176,7 @@ class ProgressReporter:
     def __exit__(self, *exc: object) -> None:
         if self.rich is not None:
             self.rich.stop()
+        if self.notebook is not None:  # the last state, even if redraws were throttled
+            elapsed = time.perf_counter() - self.t0
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            self.notebook.update(self.done, rate, self.failed, final=True)

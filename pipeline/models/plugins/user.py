@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
-from pipeline.models.spec import Adapter, lag_features
+from pipeline.models.plugins.spec import Adapter, lag_features
+from pipeline.models.solvers.common import crossing_rate_batch, rearrange_quantiles
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig, UserModelConfig

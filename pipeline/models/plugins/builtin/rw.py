@@ -1,13 +1,13 @@
 """`rw`: the no-change benchmark, y_T plus the empirical quantiles of the window's h-month
-changes (kernel: pipeline.models.benchmarks). Parameter-free, so its fits are cached by data
+changes (kernel: pipeline.models.solvers.benchmarks). Parameter-free, so its fits are cached by data
 alone; one batched numpy call per task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.models.benchmarks import fit_predict_rw_batch
-from pipeline.models.builtin._benchmarks import benchmark_adapter
+from pipeline.models.plugins.builtin._benchmarks import benchmark_adapter
+from pipeline.models.solvers.benchmarks import fit_predict_rw_batch
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam as adam_step
 
-from pipeline.models._nn_data import (
+from pipeline.models.solvers._nn_data import (
     ADAM_BETAS,
     ADAM_EPS,
     NNSpec,
@@ -30,7 +30,7 @@ from pipeline.models._nn_data import (
     member_seed,
     prepare_window,
 )
-from pipeline.models._nn_step import Layout, Step, quantiles
+from pipeline.models.solvers._nn_step import Layout, Step, quantiles
 
 
 @dataclass

@@ -24,8 +24,8 @@ v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi p
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
 quadratic on [(tau-1) eps, tau eps]), solved to optimality by the same primal-dual
 Newton (interior-point) iterations; its dual is strongly convex. Both run through
-`pipeline.models.quantile_kernel`, batched over problems, alphas and quantiles; the
-features phi come from `pipeline.models.rff`.
+`pipeline.models.solvers.quantile_kernel`, batched over problems, alphas and quantiles; the
+features phi come from `pipeline.models.solvers.rff`.
 
 When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
 as for the sample median of an even count); the interior point returns a point inside that
@@ -45,22 +45,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.models.common import (
+from pipeline.models.solvers.common import (
     as_batch,
     crossing_rate_batch,
     rearrange_quantiles,
     torch_single_thread,
 )
-from pipeline.models.parameters import (
+from pipeline.models.solvers.parameters import (
     ALPHAS,
     BANDWIDTH,
+    LQR_DEFAULTS,
     RFF_FEATURES,
     SOLVER,
     VALIDATION_SIZE,
 )
-from pipeline.models.quantile_kernel import kernel_pinball, solve_kernel_qr
-from pipeline.models.rff import lqr_features, median_bandwidth, rff_weights
-from pipeline.models.rules import Rule, check_quantiles
+from pipeline.models.solvers.quantile_kernel import kernel_pinball, solve_kernel_qr
+from pipeline.models.solvers.rff import lqr_features, median_bandwidth, rff_weights
+from pipeline.models.solvers.rules import Rule, check_quantiles
 
 MEDIAN = Rule(lambda v: v == "median", "'median' (the median heuristic) or a positive number")
 HUBER_EPS = 1e-3  # smoothing threshold, in units of the standardized target
@@ -86,7 +87,7 @@ def check_lqr_params(
     rff_bandwidth: str | float,
     validation_size: int,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Validate LQR parameters with the Rules the config declares (pipeline.models.builtin.lqr);
+    """Validate LQR parameters with the Rules the config declares (pipeline.models.plugins.builtin.lqr);
     a ConfigError (a ValueError) names the parameter; returns (quantiles, alphas)."""
     qs = check_quantiles(quantiles)
     al = tuple(float(a) for a in ALPHAS.check("alphas", list(alphas)))
@@ -211,13 +212,13 @@ def fit_predict_lqr_batch(
     X_new: np.ndarray,
     *,
     quantiles: Sequence[float],
-    alphas: Sequence[float] = (7.5, 10, 15, 20, 25, 30, 35),
-    solver: str = "huberized",
-    rff_features: int = 1000,
-    rff_bandwidth: str | float = "median",
-    validation_size: int = 12,
-    penalize_first_lag: bool = True,
-    seed: int = 0,
+    alphas: Sequence[float] = LQR_DEFAULTS["alphas"],
+    solver: str = LQR_DEFAULTS["solver"],
+    rff_features: int = LQR_DEFAULTS["rff_features"],
+    rff_bandwidth: str | float = LQR_DEFAULTS["rff_bandwidth"],
+    validation_size: int = LQR_DEFAULTS["validation_size"],
+    penalize_first_lag: bool = LQR_DEFAULTS["penalize_first_lag"],
+    seed: int = LQR_DEFAULTS["seed"],
     w: np.ndarray | None = None,
     chunk: int = 32,
 ) -> LQRBatchResult:

@@ -25,13 +25,14 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.models._batched_mlp import (
+from pipeline.models.solvers._batched_mlp import (
     WindowResult,
     factors_state,
     predict_state,
     train_predict_windows,
 )
-from pipeline.models._nn_data import WindowData, check_nn_params, resolve_device
+from pipeline.models.solvers._nn_data import WindowData, check_nn_params, resolve_device
+from pipeline.models.solvers.parameters import NN_DEFAULTS, QUANTILES
 
 __all__ = [
     "WindowData",
@@ -41,34 +42,21 @@ __all__ = [
     "predict_state",
 ]
 
-_DEFAULTS = dict(
-    units_per_layer=(32, 32, 32, 32, 32),
-    learning_rate=5e-5,
-    epochs=1500,
-    batch_size=32,
-    patience=50,
-    parallel_models=10,
-    quantiles=(0.1, 0.5, 0.9),
-    seed=0,
-    scale="per_country",
-    validation_fraction=0.2,
-)
-
 
 def fit_predict_ensemble_windows(
     windows: Sequence[WindowData],
     *,
-    units_per_layer: Sequence[int] = _DEFAULTS["units_per_layer"],  # type: ignore[assignment]
-    learning_rate: float = 5e-5,
-    epochs: int = 1500,
-    batch_size: int = 32,
-    patience: int = 50,
-    parallel_models: int = 10,
-    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    scale: str = "per_country",
-    validation_fraction: float = 0.2,
+    units_per_layer: Sequence[int] = NN_DEFAULTS["units_per_layer"],
+    learning_rate: float = NN_DEFAULTS["learning_rate"],
+    epochs: int = NN_DEFAULTS["epochs"],
+    batch_size: int = NN_DEFAULTS["batch_size"],
+    patience: int = NN_DEFAULTS["patience"],
+    parallel_models: int = NN_DEFAULTS["parallel_models"],
+    quantiles: Sequence[float] = QUANTILES,
+    seed: int = NN_DEFAULTS["seed"],
+    device: str | torch.device = NN_DEFAULTS["device"],
+    scale: str = NN_DEFAULTS["scale"],
+    validation_fraction: float = NN_DEFAULTS["validation_fraction"],
 ) -> list[WindowResult]:
     """Train G windows x `parallel_models` members as one batched network; forecast each.
 

@@ -1,4 +1,4 @@
-"""The built-in models: one module each, found by the registry (pipeline.models.registry).
+"""The built-in models: one module each, found by the registry (pipeline.models.plugins.registry).
 
 Each module defines `CONFIG` (the dataclass of `models.<name>`: its parameters and their
 allowed ranges; the defaults live in `conf/models/<name>/default.yaml`) and `ADAPTER` (how the

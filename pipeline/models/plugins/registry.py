@@ -1,10 +1,10 @@
 """The model registry: the one source of model names and of how each model is driven.
 
-- Built-in models: every module of `pipeline.models.builtin` that defines `ADAPTER` (and its
+- Built-in models: every module of `pipeline.models.plugins.builtin` that defines `ADAPTER` (and its
   `conf/models/<name>/default.yaml`); found by walking the package, so adding one touches
   that module and its YAML file.
 - User models: `models.<name>: {_target_: pkg.module.Object, ...}` in the config
-  (pipeline.models.user builds their adapters).
+  (pipeline.models.plugins.user builds their adapters).
 - Test-only adapters: `register(adapter)`, or modules named in PIPELINE_EXTRA_ADAPTERS
   (comma-separated module names or .py paths) that call `register` on import, so worker
   processes (which inherit the environment) see them too.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
-from pipeline.models.spec import Adapter
+from pipeline.models.plugins.spec import Adapter
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
@@ -37,7 +37,7 @@ _LOADED_EXTRA: set[str] = set()
 
 @cache
 def _builtins() -> dict[str, Adapter]:
-    import pipeline.models.builtin as package
+    import pipeline.models.plugins.builtin as package
 
     found = []
     for info in pkgutil.iter_modules(package.__path__):
@@ -90,7 +90,7 @@ def adapter_for(config: StudyConfig | None, name: str) -> Adapter:
     if config is not None:
         entry = config.models.entries.get(name)
         if entry is not None and getattr(entry, "target", None):
-            from pipeline.models.user import user_adapter
+            from pipeline.models.plugins.user import user_adapter
 
             return user_adapter(name, entry)
     _load_extra()
@@ -103,7 +103,7 @@ def adapter_for(config: StudyConfig | None, name: str) -> Adapter:
 def task_adapter(payload: dict[str, Any]) -> Adapter:
     """The adapter a worker runs for `payload` (user models travel as their target)."""
     if payload.get("user_model"):
-        from pipeline.models.user import adapter_from_payload
+        from pipeline.models.plugins.user import adapter_from_payload
 
         return adapter_from_payload(payload)
     return adapter_for(None, payload["model"])

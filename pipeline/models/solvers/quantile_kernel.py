@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from pipeline.models.common import chol_solve
+from pipeline.models.solvers.common import chol_solve
 
 INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
 ALIGN = 8  # Newton systems padded to a multiple of 8 rows: 64-byte aligned float64 matrices
@@ -148,7 +148,7 @@ def solve_kernel_qr(
     lam: torch.Tensor,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penalized QR in kernel form (objective in `pipeline.models.lqr`).
+    """Penalized QR in kernel form (objective in `pipeline.models.solvers.lqr`).
 
     K (B,n,n) = phi phi' over the penalized features, U (B,n,k) unpenalized columns, y/w
     (B,n) (w = 0: row not in this fit), tau (Q,), lam (B,A,1) or (B,1,Q), eps the Huber

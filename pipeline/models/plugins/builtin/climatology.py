@@ -1,13 +1,13 @@
 """`climatology`: the benchmark of the window's empirical quantiles of the target y_{t+h}
-(kernel: pipeline.models.benchmarks). Parameter-free, so its fits are cached by data
+(kernel: pipeline.models.solvers.benchmarks). Parameter-free, so its fits are cached by data
 alone; one batched numpy call per task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.models.benchmarks import fit_predict_climatology_batch
-from pipeline.models.builtin._benchmarks import benchmark_adapter
+from pipeline.models.plugins.builtin._benchmarks import benchmark_adapter
+from pipeline.models.solvers.benchmarks import fit_predict_climatology_batch
 
 
 @dataclass(frozen=True)

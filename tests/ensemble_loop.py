@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models._batched_mlp import WindowResult, predict_state, window_state
-from pipeline.models._nn_data import (
+from pipeline.models.solvers._batched_mlp import WindowResult, predict_state, window_state
+from pipeline.models.solvers._nn_data import (
     ADAM_BETAS,
     ADAM_EPS,
     NNSpec,

@@ -1,6 +1,6 @@
 """`ensemble_nn`: factor neural-network ensemble, a pooled MLP trunk + per-country AR term.
 
-The kernel is pipeline.models.ensemble_nn (members of many windows trained as one batch).
+The kernel is pipeline.models.solvers.ensemble_nn (members of many windows trained as one batch).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.models.parameters import (
+from pipeline.models.plugins.spec import Adapter, lag_features
+from pipeline.models.solvers.parameters import (
     BATCH_SIZE,
     BLOCK_ORIGINS,
     EPOCHS,
@@ -19,8 +20,7 @@ from pipeline.models.parameters import (
     PATIENCE,
     UNITS,
 )
-from pipeline.models.rules import declared, rule
-from pipeline.models.spec import Adapter, lag_features
+from pipeline.models.solvers.rules import declared, rule
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
@@ -73,7 +73,7 @@ def resolve_device(device: str) -> str:
 
 
 def _fit(payload: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.models.ensemble_nn import WindowData, fit_predict_ensemble_windows
+    from pipeline.models.solvers.ensemble_nn import WindowData, fit_predict_ensemble_windows
 
     d, p = payload["data"], payload["params"]
     rows = np.asarray(payload["rows"], dtype=bool)

@@ -1,6 +1,6 @@
 """`lqr`: penalized linear quantile regression on lagged features + random Fourier features.
 
-The kernel is pipeline.models.lqr (penalty chosen per window by time-ordered validation).
+The kernel is pipeline.models.solvers.lqr (penalty chosen per window by time-ordered validation).
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.models.parameters import ALPHAS, BANDWIDTH, RFF_FEATURES, SOLVER, VALIDATION_SIZE
-from pipeline.models.rules import declared, rule
-from pipeline.models.spec import Adapter, lag_features
+from pipeline.models.plugins.spec import Adapter, lag_features
+from pipeline.models.solvers.parameters import (
+    ALPHAS,
+    BANDWIDTH,
+    RFF_FEATURES,
+    SOLVER,
+    VALIDATION_SIZE,
+)
+from pipeline.models.solvers.rules import declared, rule
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
@@ -45,7 +51,7 @@ def _params(config: StudyConfig) -> dict[str, Any]:
 
 
 def _fit(payload: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.models.lqr import fit_predict_lqr_batch
+    from pipeline.models.solvers.lqr import fit_predict_lqr_batch
 
     d, p = payload["data"], payload["params"]
     res = fit_predict_lqr_batch(

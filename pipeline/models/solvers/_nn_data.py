@@ -1,7 +1,7 @@
 """Data side of ensemble_nn: parameters, window containers, scaling, validation blocks, init.
 
 Shared by the batched trainer (`_batched_mlp.py`) and the per-member reference loop
-(`_ensemble_loop.py`), so both see exactly the same rows, splits, seeds and initial weights.
+(tests/ensemble_loop.py), so both see exactly the same rows, splits, seeds and initial weights.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from pipeline.models.common import check_choice, check_positive_int
-from pipeline.models.parameters import (
+from pipeline.models.solvers.common import check_choice, check_positive_int
+from pipeline.models.solvers.parameters import (
     BATCH_SIZE,
     EPOCHS,
     LEARNING_RATE,
@@ -23,7 +23,7 @@ from pipeline.models.parameters import (
     PATIENCE,
     UNITS,
 )
-from pipeline.models.rules import check_quantiles
+from pipeline.models.solvers.rules import check_quantiles
 
 SCALES = ("per_country", "none")
 ADAM_BETAS = (0.9, 0.999)
@@ -61,7 +61,7 @@ def check_nn_params(
 ) -> NNSpec:
     """Validate every parameter once; errors name the parameter, the rule and the value.
 
-    The model parameters use the Rules the config declares (pipeline.models.builtin.ensemble_nn).
+    The model parameters use the Rules the config declares (pipeline.models.plugins.builtin.ensemble_nn).
     """
     try:
         units = tuple(int(u) for u in UNITS.check("units_per_layer", list(units_per_layer)))

@@ -1,5 +1,5 @@
 """The adapter of the parameter-free benchmarks (rw, climatology): the plugin side of their
-kernels in pipeline.models.benchmarks (which know nothing of the runtime or the config)."""
+kernels in pipeline.models.solvers.benchmarks (which know nothing of the runtime or the config)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models.benchmarks import training_pairs
-from pipeline.models.spec import Adapter
+from pipeline.models.plugins.spec import Adapter
+from pipeline.models.solvers.benchmarks import training_pairs
 from pipeline.schema import lag_column
 
 

@@ -1,6 +1,6 @@
 """Shared helpers for quantile models: pinball loss, rearrangement, crossing, small checks.
 
-Parameter ranges are declared once, in pipeline.models.rules and the built-in model modules.
+Parameter ranges are declared once, in pipeline.models.solvers.rules and the built-in model modules.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ to `tol` (1e-12 relative gap) and keep the better of the interior point and the 
 certified where possible. On real HICP windows ~all fits end certified.
 
 The dual (kernel-form) solver of the penalized model `lqr` lives in
-`pipeline.models.quantile_kernel`.
+`pipeline.models.solvers.quantile_kernel`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.models.common import as_batch, chol_solve, torch_single_thread
-from pipeline.models.rules import check_quantiles
+from pipeline.models.solvers.common import as_batch, chol_solve, torch_single_thread
+from pipeline.models.solvers.rules import check_quantiles
 
 _STEP = 0.99995  # fraction of the way to the boundary (Portnoy & Koenker's choice)
 LEVELS = (1e-5,)  # loose duality gaps at which vertices are tried (one level measured fastest)

@@ -2,7 +2,7 @@
 
 y_{t+h} is regressed on an intercept and the lags y_t, ..., y_{t-p+1} (the columns of X,
 in that order) by unpenalized linear quantile regression, solved exactly by
-`pipeline.models.quantile_linear.fit_quantile_lp` for all problems and quantiles at once.
+`pipeline.models.solvers.quantile_linear.fit_quantile_lp` for all problems and quantiles at once.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.models.common import crossing_rate_batch, rearrange_quantiles
-from pipeline.models.quantile_linear import fit_quantile_lp
-from pipeline.models.rules import check_quantiles
+from pipeline.models.solvers.common import crossing_rate_batch, rearrange_quantiles
+from pipeline.models.solvers.quantile_linear import fit_quantile_lp
+from pipeline.models.solvers.rules import check_quantiles
 
 
 def with_intercept(X: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """`ar_qr`: direct autoregressive quantile regression, y_{t+h} on 1, y_t, ..., y_{t-p+1}.
 
-The kernel is pipeline.models.ar_qr (exact LP fit, batched over windows).
+The kernel is pipeline.models.solvers.ar_qr (exact LP fit, batched over windows).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.models.parameters import P
-from pipeline.models.rules import declared
-from pipeline.models.spec import Adapter
+from pipeline.models.plugins.spec import Adapter
+from pipeline.models.solvers.parameters import P
+from pipeline.models.solvers.rules import declared
 from pipeline.schema import lag_column
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def _params(config: StudyConfig) -> dict[str, Any]:
 
 
 def _fit(payload: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.models.ar_qr import fit_predict_ar_qr_batch
+    from pipeline.models.solvers.ar_qr import fit_predict_ar_qr_batch
 
     d = payload["data"]
     pred, crossing, coef = fit_predict_ar_qr_batch(
