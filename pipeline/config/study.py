@@ -113,7 +113,7 @@ class EvaluationConfig:
     combo: CombinationConfig
     mcs_size: float = field(metadata=rule(lambda v: 0.0 < v < 1.0, "a level in (0, 1)"))
     mcs_reps: int = field(metadata=at_least(10, "an integer >= 10 bootstrap replications"))
-    # countries with fan charts; None: the default choice (pipeline.stages.study.fan_countries)
+    # countries with fan charts; None: the default choice (pipeline.evaluation.fan_choice)
     fan_countries: tuple[str, ...] | None = field(
         metadata=rule(lambda v: len(v) == len(set(v)) > 0, "null or a list of distinct countries")
     )

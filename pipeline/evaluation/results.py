@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.evaluation.fan_choice import choose_fan_countries
 from pipeline.evaluation.results_calibration import calibration_section
 from pipeline.io import read_json, write_text
 
@@ -22,7 +23,7 @@ from pipeline.io import read_json, write_text
 def render_results(
     output_dir: Path,
     doc_path: Path,
-    fan_countries: Sequence[str] = ("DE", "FR", "IT", "ES"),
+    fan_countries: Sequence[str] | None = None,
     notes: Path | None = None,
     *,
     timings: Mapping[str, Mapping[str, Any]],
@@ -52,7 +53,11 @@ def render_results(
         _cost_section(output_dir, progress, timings),
         _metrics_section(tables, benchmark),
         calibration_section(tables, output_dir, doc_path),
-        _fan_section(output_dir, doc_path, fan_countries),
+        _fan_section(
+            output_dir,
+            doc_path,
+            fan_countries or ((params or {}).get("evaluation") or {}).get("fan_countries"),
+        ),
         _reading_section(tables, progress, benchmark),
         _notes_section(notes),
     ]
@@ -225,7 +230,7 @@ def _metrics_section(tables: dict[str, pd.DataFrame], benchmark: str) -> str:
     return "\n".join(lines)
 
 
-def _fan_section(output_dir: Path, doc_path: Path, countries: Sequence[str]) -> str:
+def _fan_section(output_dir: Path, doc_path: Path, countries: Sequence[str] | None) -> str:
     fans = sorted(
         (output_dir / "reports/fan").glob("*.png"),
         key=lambda p: (p.stem.split("_h")[0], int(p.stem.split("_h")[1])),
@@ -233,8 +238,9 @@ def _fan_section(output_dir: Path, doc_path: Path, countries: Sequence[str]) -> 
     by_country: dict[str, list[Path]] = {}
     for path in fans:
         by_country.setdefault(path.stem.split("_h")[0], []).append(path)
-    # the shortest and the longest horizon of the first two preferred countries present
-    names = [c for c in countries if c in by_country] or sorted(by_country)
+    # the shortest and the longest horizon of the first two fan countries (the report's choice)
+    preferred = countries or choose_fan_countries(None, sorted(by_country))[0]
+    names = [c for c in preferred if c in by_country] or sorted(by_country)
     chosen = [p for c in names[:2] for p in dict.fromkeys([by_country[c][0], by_country[c][-1]])]
     if not chosen:
         return ""

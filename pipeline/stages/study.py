@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import ConfigError, StudyConfig
+from pipeline.config import StudyConfig
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.combination import COMBO
 from pipeline.evaluation.derived import DerivedSettings
+from pipeline.evaluation.fan_choice import choose_fan_countries
 from pipeline.models.plugins.registry import adapter_for, builtin_names
 from pipeline.runtime.fits.fit_groups import expand
 from pipeline.runtime.fits.shared_plan import fit_groups
@@ -55,30 +56,10 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
     )
 
 
-# Fan charts' default countries (evaluation.fan_countries: null): the euro area's four largest
-# economies where the data has them, else the first N_FAN_COUNTRIES countries A-Z.
-PREFERRED_FAN_COUNTRIES = ("DE", "FR", "IT", "ES")
-N_FAN_COUNTRIES = 4
-
-
 def fan_countries(config: StudyConfig, present: list[str]) -> tuple[list[str], str]:
-    """The countries with fan charts and why (the report says it); a chosen country the
+    """The countries with fan charts and why (evaluation/fan_choice.py); a chosen country the
     prepared data lacks is a ConfigError (the config checks what it can know before)."""
-    chosen = config.evaluation.fan_countries
-    if chosen is not None:
-        unknown = [c for c in chosen if c not in present]
-        if unknown:
-            shown = present if len(present) <= 12 else [*present[:12], "..."]
-            raise ConfigError("evaluation.fan_countries", f"countries of the data {shown}", unknown)
-        return list(chosen), "set by evaluation.fan_countries"
-    preferred = [c for c in PREFERRED_FAN_COUNTRIES if c in present]
-    big4 = f"the euro area's four largest economies ({', '.join(PREFERRED_FAN_COUNTRIES)})"
-    if preferred:
-        return preferred, f"the default: {big4} that the data has; evaluation.fan_countries sets others"  # fmt: skip
-    return present[:N_FAN_COUNTRIES], (
-        f"the default: the data has none of {big4}, so the first {N_FAN_COUNTRIES} countries "
-        "A–Z; evaluation.fan_countries sets others"
-    )
+    return choose_fan_countries(config.evaluation.fan_countries, present)
 
 
 def chart_order(config: StudyConfig) -> list[str]:
