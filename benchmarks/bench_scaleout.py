@@ -1,0 +1,184 @@
+"""Scale-out at the same cost (issue 18 item 7): an rw study on an existing Dask cluster of W
+workers, each in its own mount namespace with an empty tmpfs over the output dir (no view of
+the driver's disk, like tests/test_runtime.py's remote workers).
+
+One `dask scheduler` and W `dask worker`s (one thread each) on 127.0.0.1, then one
+`python -m pipeline run` of bench_scale's rw study (`data.synthetic.n_countries=N`: N x 912
+fits) with `runtime.scheduler_address` set. Measured, as CPU seconds (not wall: this machine
+has 2 cores for W workers, a scheduler and the driver, so wall time says nothing of a real
+cluster):
+
+- the driver: `os.wait4` rusage of the command (the driver and the children it reaped: its
+  probe child and its worker-like child);
+- the scheduler and the workers: psutil CPU times of each process tree (nanny, worker and the
+  children they reaped), read just before they are stopped;
+- overhead = (driver + scheduler) / workers, the issue's target being under 5 %;
+- per fit: each of the three in microseconds; the driver's peak memory (VmHWM) and the
+  scheduler's task count (the number of task-stream records the driver logged).
+
+Requires root and util-linux `unshare` (mount namespaces).
+
+Usage: python benchmarks/bench_scaleout.py --n 250 [--workers 4] [--out /tmp/bench_scaleout]
+       [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+from bench_scale import RW_ONLY, timed_run
+from study_overrides import QUIET
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tree_cpu_seconds(proc: psutil.Process) -> float:
+    """CPU seconds of a process, its live descendants and the children each of them reaped."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def start_cluster(
+    address: str, port: int, n_workers: int, out: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
+    scheduler = subprocess.Popen(
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = shlex.quote(str(out.resolve()))
+    worker = (
+        f'mount -t tmpfs tmpfs {target} && test -z "$(ls -A {target})" && exec '
+        f"{shlex.quote(DASK)} worker {address} --nthreads 1 --memory-limit 2GiB "
+        "--no-dashboard --host 127.0.0.1"
+    )
+    workers = [
+        subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "bash", "-c", worker],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(n_workers)
+    ]
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(n_workers, timeout=120)
+    return scheduler, workers
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(n: int, n_workers: int, base: Path) -> dict[str, Any]:
+    out = base / f"rw{n}_w{n_workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
+    }
+    scheduler, workers = start_cluster(address, port, n_workers, out, env)
+    try:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            *RW_ONLY,
+            f"data.synthetic.n_countries={n}",
+            f"runtime.output_dir={out}",
+            f"runtime.scheduler_address={address}",
+            *QUIET,
+        ]
+        wall, hwm_mb, usage = timed_run(cmd, base / f"rw{n}_w{n_workers}.log", env)
+        scheduler_cpu = tree_cpu_seconds(psutil.Process(scheduler.pid))
+        worker_cpu = [tree_cpu_seconds(psutil.Process(w.pid)) for w in workers]
+        alive = all(w.poll() is None for w in workers)
+    finally:
+        stop([*workers, scheduler])
+    table = pd.read_parquet(out / "train" / "rw.parquet", columns=["QUANTILE"])
+    fits = len(table) // table["QUANTILE"].nunique()
+    timings = json.loads((out / "logs" / "timings.json").read_text())
+    driver_cpu = usage.ru_utime + usage.ru_stime
+    workers_cpu = sum(worker_cpu)
+    return {
+        "countries": n,
+        "workers": n_workers,
+        "workers_stayed_up": alive,
+        "fits": fits,
+        "wall_s": round(wall, 1),
+        "stages_s": {name: round(t["seconds"], 1) for name, t in timings.items()},
+        "driver_cpu_s": round(driver_cpu, 2),
+        "scheduler_cpu_s": round(scheduler_cpu, 2),
+        "workers_cpu_s": round(workers_cpu, 2),
+        "per_worker_cpu_s": [round(c, 2) for c in worker_cpu],
+        "overhead_percent": round(100.0 * (driver_cpu + scheduler_cpu) / workers_cpu, 1),
+        "driver_us_per_fit": round(1e6 * driver_cpu / fits, 1),
+        "scheduler_us_per_fit": round(1e6 * scheduler_cpu / fits, 1),
+        "workers_us_per_fit": round(1e6 * workers_cpu / fits, 1),
+        "driver_peak_mb": round(hwm_mb, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[250])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scaleout"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        sys.exit("bench_scaleout needs root and util-linux unshare (mount namespaces)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.n:
+        result = run(n, args.workers, args.out)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
