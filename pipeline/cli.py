@@ -38,7 +38,7 @@ log = logging.getLogger("pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     from pipeline.runtime.ui.logs import configure_terminal_logging
 
     forget_held()  # the error log goes to this command's output dir only
@@ -287,6 +287,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 # --- parser -------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Options may come before, between or after a command's overrides (`run a=1 --dry-run b=2`).
+
+    argparse takes one run of positionals for `overrides` (nargs="*"); later ones come back
+    unrecognized and are appended in order. Anything else unrecognized is still an error.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def _parser() -> argparse.ArgumentParser:
