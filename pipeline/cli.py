@@ -25,8 +25,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
 from pipeline.errors import OutputError
@@ -124,17 +122,17 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
 def _cmd_write_config(args: argparse.Namespace) -> int:
 
-    from pipeline.config.compose import compose_dict
+    from pipeline.config.compose import compose_dict, config_text
 
     plain = compose_dict(args.overrides)
     if args.file == "-":
-        sys.stdout.write(yaml.safe_dump(plain, sort_keys=False))
+        sys.stdout.write(config_text(plain, args.overrides))
         return 0
-    _write_config_file(Path(args.file), plain, args.force)
+    _write_config_file(Path(args.file), config_text(plain, args.overrides), args.force)
     return 0
 
 
-def _write_config_file(target: Path, plain: dict, force: bool) -> None:
+def _write_config_file(target: Path, text: str, force: bool) -> None:
     """A complete config that `run --config FILE` reads back; an existing file is kept."""
     if target.exists() and not force:
         raise ConfigError(
@@ -142,7 +140,7 @@ def _write_config_file(target: Path, plain: dict, force: bool) -> None:
         )
     from pipeline.io import write_text
 
-    write_text(target, yaml.safe_dump(plain, sort_keys=False))
+    write_text(target, text)
     print(f"wrote {target}")
 
 
@@ -155,16 +153,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.multirun:
         if args.config or args.write_config:
             raise ConfigError("run -m", "no --config / --write-config (conf/ only)", "given")
+        from pipeline.config.compose import forgiving_overrides
         from pipeline.sweep import run_multirun
 
-        return run_multirun(overrides)
+        return run_multirun(forgiving_overrides(overrides))
     from pipeline.config import validate
     from pipeline.config.compose import compose_dict, compose_file
 
     plain = compose_file(Path(args.config), overrides) if args.config else compose_dict(overrides)
     config = validate(plain)
     if args.write_config:
-        _write_config_file(Path(args.write_config), plain, force=False)
+        from pipeline.config.compose import config_text
+
+        config_file = Path(args.config) if args.config else None
+        text = config_text(plain, overrides, config_file)
+        _write_config_file(Path(args.write_config), text, force=False)
         return 0
     from pipeline.runner import run_study
 
