@@ -171,7 +171,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from pipeline.runner import run_study
 
-    return run_study(config, dry_run=args.dry_run)
+    code = run_study(config, dry_run=args.dry_run)
+    if not args.dry_run:
+        _print_outputs(config)
+    return code
+
+
+def _print_outputs(config: StudyConfig) -> None:
+    """The run's last lines: where its report, forecast table and metrics are."""
+    from pipeline.schema import FORECASTS_FILE, METRICS_FILE, REPORT_FILE
+
+    for label, name in (
+        ("report", REPORT_FILE),
+        ("forecasts", FORECASTS_FILE),
+        ("metrics", METRICS_FILE),
+    ):
+        path = config.output_dir / name
+        if path.exists():
+            print(f"{label + ':':<11}{path}", flush=True)
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -200,9 +217,11 @@ def _run_stage(args: argparse.Namespace, config: StudyConfig) -> int:
 
         prepare(config, Path.cwd())
     elif args.name == "probe":
+        from pipeline.runtime.ui.logs import RunLog, new_run_id
         from pipeline.stages.probe import run_probe
 
-        run_probe(config)
+        with RunLog(config.output_dir, new_run_id("probe")):  # the probe's details
+            run_probe(config)
     elif args.name == "train":
         if args.model not in config.models.names():
             raise ConfigError(

@@ -46,7 +46,13 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
             from pipeline.io import write_parquet
 
             write_parquet(Path(str(config.data.path)), panel)
-        return _run_locked(config, dry_run)
+        if dry_run:
+            return _run_locked(config, dry_run)
+        from pipeline.runtime.ui.logs import RunLog, new_run_id
+
+        # the whole run's log: the probe's details, the cluster's and Dask's own lines
+        with RunLog(config.output_dir, new_run_id("run")):
+            return _run_locked(config, dry_run)
 
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:

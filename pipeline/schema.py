@@ -10,6 +10,10 @@ import pandas as pd
 # --- artifacts shared between stages (paths relative to runtime.output_dir) -------------------
 PANEL_FILE = Path("data/prepared/panel.parquet")
 META_FILE = Path("data/prepared/meta.json")
+# what a person opens after a run (`qpipe run` ends by naming them)
+REPORT_FILE = Path("reports/index.html")
+FORECASTS_FILE = Path("forecasts/all.parquet")
+METRICS_FILE = Path("metrics.json")
 
 # --- prepared panel -----------------------------------------------------------------------
 COUNTRY = "COUNTRY"
