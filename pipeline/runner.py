@@ -51,7 +51,7 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
         from pipeline.runtime.ui.logs import RunLog, new_run_id
 
         # the whole run's log: the probe's details, the cluster's and Dask's own lines
-        with RunLog(config.output_dir, new_run_id("run")):
+        with RunLog(config.output_dir, new_run_id("run"), hold=True):  # started after prepare
             return _run_locked(config, dry_run)
 
 
@@ -82,6 +82,9 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
             "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
         )
         records.record("prepare", prep_params, prep_inputs, [out / PANEL_FILE, out / META_FILE])
+    from pipeline.runtime.ui.logs import start_held_logs
+
+    start_held_logs()  # the data proved valid: the run's log file may be written now
     # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     todo = _models_to_train(config, records, cfg)

@@ -36,7 +36,7 @@ THIRD_PARTY = ("distributed", "bokeh", "tornado")
 # loggers whose INFO records are details for the run log (the terminal gets a summary line)
 DETAIL_LOGGERS = ("pipeline.probe",)
 _progress_log = logging.getLogger("pipeline.train")
-_open_logs: list[Path] = []  # the run logs open now, innermost last
+_open_logs: list[RunLog] = []  # the run logs open now, innermost last
 
 
 def _is_third_party(record: logging.LogRecord) -> bool:
@@ -93,8 +93,9 @@ def configure_terminal_logging() -> None:
 
 
 def current_log() -> Path | None:
-    """The innermost run log open now (named in summary lines), if any."""
-    return _open_logs[-1] if _open_logs else None
+    """The innermost run log being written now (named in summary lines), if any."""
+    started = [run_log.path for run_log in _open_logs if run_log.started]
+    return started[-1] if started else None
 
 
 @contextmanager
@@ -142,26 +143,58 @@ class _Relay(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.target.handle(record)
 
+
+class _RunFile(logging.Handler):
+    """The run log's file, created by `start()`; records before it are held in memory (a run
+    refused for bad input then leaves its output dir as it was)."""
+
+    def __init__(self, path: Path, hold: bool) -> None:
+        super().__init__()
+        self.path = path
+        self.file: logging.FileHandler | None = None
+        self.held: list[logging.LogRecord] = []
+        if not hold:
+            self.start()
+
+    def start(self) -> None:
+        if self.file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = logging.FileHandler(self.path, encoding="utf-8")
+        self.file.setFormatter(logging.Formatter(_FORMAT))
+        for record in self.held:
+            self.file.handle(record)
+        self.held = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is not None:
+            self.file.handle(record)
+        else:
+            self.held.append(record)
+
     def close(self) -> None:
-        self.target.close()
+        if self.file is not None:
+            self.file.close()
         super().close()
 
 
 class RunLog:
-    """Attach a file handler for one run; detach it on close (usable as a context manager)."""
+    """Attach a file handler for one run; detach it on close (usable as a context manager).
 
-    def __init__(self, output_dir: str | Path, run_id: str) -> None:
+    `hold=True`: the file (and logs/) is created only by `start()` (or `start_held_logs()`),
+    with every record since the open; closed unstarted, it writes nothing.
+    """
+
+    def __init__(self, output_dir: str | Path, run_id: str, hold: bool = False) -> None:
         self.path = Path(output_dir) / LOG_DIR / f"{run_id}.log"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = _RunFile(self.path, hold)
         self._levels: dict[str, int] = {}
-        # one handler per logger: LocalCluster(silence_logs=...) re-levels every StreamHandler
-        # (FileHandler included) on the `distributed` logger, so Dask's records reach the file
+        # one relay per logger: LocalCluster(silence_logs=...) re-levels every StreamHandler
+        # (FileHandler included) on the `distributed` logger, so records reach the file
         # through a plain Handler that it leaves alone
         self.handlers: dict[str, logging.Handler] = {}
         for name, level in _LOGGERS.items():
-            file_handler = logging.FileHandler(self.path, encoding="utf-8")
-            file_handler.setFormatter(logging.Formatter(_FORMAT))
-            handler = file_handler if name == "pipeline" else _Relay(file_handler)
+            handler = _Relay(self._file)
             handler.setLevel(level)  # Dask's INFO lines too: the file keeps them all
             logger = logging.getLogger(name)
             self._levels[name] = logger.level
@@ -169,22 +202,36 @@ class RunLog:
                 logger.setLevel(level)
             logger.addHandler(handler)
             self.handlers[name] = handler
-        _open_logs.append(self.path)
+        _open_logs.append(self)
+
+    @property
+    def started(self) -> bool:
+        return self._file.file is not None
+
+    def start(self) -> None:
+        self._file.start()
 
     def close(self) -> None:
-        if self.path in _open_logs:
-            _open_logs.remove(self.path)
+        if self in _open_logs:
+            _open_logs.remove(self)
         for name, level in self._levels.items():
             logger = logging.getLogger(name)
             logger.removeHandler(self.handlers[name])
             logger.setLevel(level)
             self.handlers[name].close()
+        self._file.close()
 
     def __enter__(self) -> RunLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def start_held_logs() -> None:
+    """Create the files of the run logs held so far (the run's input proved valid)."""
+    for run_log in _open_logs:
+        run_log.start()
 
 
 class ProgressReporter:
