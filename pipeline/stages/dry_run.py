@@ -105,9 +105,11 @@ def _plan_source(config: StudyConfig, groups: dict, plan: Plan | None) -> str:
     path = config.output_dir / PROBE_FILE
     if not path.exists():
         return "none"
+    # a run probes only the models it trains: compare those the probe measured
     probed = read_json(path).get("models", {})
-    same = all(
-        probed.get(m, {}).get("n_fits") == sum(len(g) for g in gs) for m, gs in groups.items()
+    measured = [m for m in groups if m in probed]
+    same = bool(measured) and all(
+        probed[m].get("n_fits") == sum(len(g) for g in groups[m]) for m in measured
     )
     return "probe" if same else "other-probe"
 
