@@ -254,25 +254,23 @@ class ProgressReporter:
                 BarColumn,
                 Progress,
                 TextColumn,
-                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
 
+            # fits an 80-column terminal with the longest built-in name (ensemble_nn)
             self.rich = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 TextColumn("{task.completed}/{task.total} fits"),
                 TextColumn("{task.fields[rate]:.1f} fits/s"),
                 TextColumn("{task.fields[failed]} failed"),
-                TextColumn("elapsed"),
-                TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=console if console is not None else Console(stderr=True),
                 redirect_stderr=True,
                 redirect_stdout=True,
             )
-            self.task = self.rich.add_task(f"train {model}", total=total, rate=0.0, failed=0)
+            self.task = self.rich.add_task(model, total=total, rate=0.0, failed=0)
 
     def __enter__(self) -> ProgressReporter:
         if self.rich is not None:
