@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-Path_ = tuple[str, ...]
+KeyPath = tuple[str, ...]
 DERIVED_KEYS = ("model_names",)
 _KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(.*)$")
 _GLOBAL = "# @package _global_"
@@ -50,12 +50,12 @@ def _eol_comment(rest: str) -> str | None:
     return None
 
 
-def read_comments(path: Path, package: Path_) -> dict[Path_, Comment]:
+def read_comments(path: Path, package: KeyPath) -> dict[KeyPath, Comment]:
     """Comments of the keys of one conf/ file whose content lands at `package`."""
     lines = path.read_text(encoding="utf-8").splitlines()
     if any(line.strip() == _GLOBAL for line in lines):
         package = ()
-    out: dict[Path_, Comment] = {}
+    out: dict[KeyPath, Comment] = {}
     stack: list[tuple[int, str]] = []
     block: list[str] = []
     leading = True  # still in the file's leading comment block
@@ -93,11 +93,11 @@ def read_comments(path: Path, package: Path_) -> dict[Path_, Comment]:
     return out
 
 
-def comment_sources(conf_dir: Path, choices: Mapping[str, Any]) -> list[tuple[Path, Path_]]:
+def comment_sources(conf_dir: Path, choices: Mapping[str, Any]) -> list[tuple[Path, KeyPath]]:
     """(file, package) for config.yaml, every chosen group option (then its group's other
     options), then the chosen preset and the presets it lists in its defaults (one level), in
     that order of precedence."""
-    sources: list[tuple[Path, Path_]] = [(conf_dir / "config.yaml", ())]
+    sources: list[tuple[Path, KeyPath]] = [(conf_dir / "config.yaml", ())]
     presets: list[Path] = []
     for group, option in choices.items():
         if option is None or group.startswith("hydra"):
@@ -115,8 +115,8 @@ def comment_sources(conf_dir: Path, choices: Mapping[str, Any]) -> list[tuple[Pa
     return sources + [(p, ()) for p in presets if p.is_file()]
 
 
-def collect_comments(sources: Iterable[tuple[Path, Path_]]) -> dict[Path_, Comment]:
-    merged: dict[Path_, Comment] = {}
+def collect_comments(sources: Iterable[tuple[Path, KeyPath]]) -> dict[KeyPath, Comment]:
+    merged: dict[KeyPath, Comment] = {}
     for path, package in sources:
         for key, comment in read_comments(path, package).items():
             have = merged.setdefault(key, Comment())
@@ -133,7 +133,7 @@ def _flow(value: Any) -> str:
 
 
 def dump_commented(
-    plain: Mapping[str, Any], comments: Mapping[Path_, Comment], header: Sequence[str] = ()
+    plain: Mapping[str, Any], comments: Mapping[KeyPath, Comment], header: Sequence[str] = ()
 ) -> str:
     """`plain` as block-style YAML with `comments`; loads back to `plain` (less DERIVED_KEYS)."""
     lines = [f"# {h}" for h in header] + ([""] if header else [])
@@ -144,9 +144,9 @@ def dump_commented(
 
 def _dump(
     mapping: Mapping[str, Any],
-    prefix: Path_,
+    prefix: KeyPath,
     indent: int,
-    comments: Mapping[Path_, Comment],
+    comments: Mapping[KeyPath, Comment],
     lines: list[str],
 ) -> None:
     pad = " " * indent
