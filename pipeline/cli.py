@@ -25,8 +25,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data.errors import DataError
 from pipeline.errors import OutputError
@@ -38,7 +36,7 @@ log = logging.getLogger("pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     from pipeline.runtime.ui.logs import configure_terminal_logging
 
     forget_held()  # the error log goes to this command's output dir only
@@ -124,17 +122,17 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
 def _cmd_write_config(args: argparse.Namespace) -> int:
 
-    from pipeline.config.compose import compose_dict
+    from pipeline.config.compose import compose_dict, config_text
 
     plain = compose_dict(args.overrides)
     if args.file == "-":
-        sys.stdout.write(yaml.safe_dump(plain, sort_keys=False))
+        sys.stdout.write(config_text(plain, args.overrides))
         return 0
-    _write_config_file(Path(args.file), plain, args.force)
+    _write_config_file(Path(args.file), config_text(plain, args.overrides), args.force)
     return 0
 
 
-def _write_config_file(target: Path, plain: dict, force: bool) -> None:
+def _write_config_file(target: Path, text: str, force: bool) -> None:
     """A complete config that `run --config FILE` reads back; an existing file is kept."""
     if target.exists() and not force:
         raise ConfigError(
@@ -142,7 +140,7 @@ def _write_config_file(target: Path, plain: dict, force: bool) -> None:
         )
     from pipeline.io import write_text
 
-    write_text(target, yaml.safe_dump(plain, sort_keys=False))
+    write_text(target, text)
     print(f"wrote {target}")
 
 
@@ -155,20 +153,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.multirun:
         if args.config or args.write_config:
             raise ConfigError("run -m", "no --config / --write-config (conf/ only)", "given")
+        from pipeline.config.compose import forgiving_overrides
         from pipeline.sweep import run_multirun
 
-        return run_multirun(overrides)
+        return run_multirun(forgiving_overrides(overrides))
     from pipeline.config import validate
     from pipeline.config.compose import compose_dict, compose_file
 
     plain = compose_file(Path(args.config), overrides) if args.config else compose_dict(overrides)
     config = validate(plain)
     if args.write_config:
-        _write_config_file(Path(args.write_config), plain, force=False)
+        from pipeline.config.compose import config_text
+
+        config_file = Path(args.config) if args.config else None
+        text = config_text(plain, overrides, config_file)
+        _write_config_file(Path(args.write_config), text, force=False)
         return 0
     from pipeline.runner import run_study
 
-    return run_study(config, dry_run=args.dry_run)
+    code = run_study(config, dry_run=args.dry_run)
+    if not args.dry_run:
+        _print_outputs(config)
+    return code
+
+
+def _print_outputs(config: StudyConfig) -> None:
+    """The run's last lines: where its report, forecast table and metrics are."""
+    from pipeline.schema import FORECASTS_FILE, METRICS_FILE, REPORT_FILE
+
+    for label, name in (
+        ("report", REPORT_FILE),
+        ("forecasts", FORECASTS_FILE),
+        ("metrics", METRICS_FILE),
+    ):
+        path = config.output_dir / name
+        if path.exists():
+            print(f"{label + ':':<11}{path}", flush=True)
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -197,9 +217,11 @@ def _run_stage(args: argparse.Namespace, config: StudyConfig) -> int:
 
         prepare(config, Path.cwd())
     elif args.name == "probe":
+        from pipeline.runtime.ui.logs import RunLog, new_run_id
         from pipeline.stages.probe import run_probe
 
-        run_probe(config)
+        with RunLog(config.output_dir, new_run_id("probe")):  # the probe's details
+            run_probe(config)
     elif args.name == "train":
         if args.model not in config.models.names():
             raise ConfigError(
@@ -289,6 +311,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 # --- parser -------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Options may come before, between or after a command's overrides (`run a=1 --dry-run b=2`).
+
+    argparse takes one run of positionals for `overrides` (nargs="*"); later ones come back
+    unrecognized and are appended in order. Anything else unrecognized is still an error.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -46,7 +46,13 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
             from pipeline.io import write_parquet
 
             write_parquet(Path(str(config.data.path)), panel)
-        return _run_locked(config, dry_run)
+        if dry_run:
+            return _run_locked(config, dry_run)
+        from pipeline.runtime.ui.logs import RunLog, new_run_id
+
+        # the whole run's log: the probe's details, the cluster's and Dask's own lines
+        with RunLog(config.output_dir, new_run_id("run"), hold=True):  # started after prepare
+            return _run_locked(config, dry_run)
 
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:
@@ -61,7 +67,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     out = config.output_dir
     records = StageRecords(out)
     cfg = config.to_dict()
-    prep_params = {k: cfg[k] for k in ("data", "rolling_window", "seed")}
+    prep_params = _prepare_params(cfg)
     prep_inputs = _data_inputs(config, root)
     if records.unchanged("prepare", prep_params, prep_inputs):
         _skipped(out, "prepare", "the data, its params and the code")
@@ -76,6 +82,9 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
             "prepare: %d countries, fingerprint %s", len(result.countries), result.fingerprint[:12]
         )
         records.record("prepare", prep_params, prep_inputs, [out / PANEL_FILE, out / META_FILE])
+    from pipeline.runtime.ui.logs import start_held_logs
+
+    start_held_logs()  # the data proved valid: the run's log file may be written now
     # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     todo = _models_to_train(config, records, cfg)
@@ -125,6 +134,11 @@ def _skipped(out: Path, stage: str, what: str) -> None:
 
     log.info("%s: skipped, unchanged since the last run (%s)", stage, what)
     record_stage(out, stage, 0.0, "skipped")
+
+
+def _prepare_params(cfg: dict) -> dict:
+    """What prepare's output depends on besides the data files."""
+    return {k: cfg[k] for k in ("data", "rolling_window", "seed")}
 
 
 def _data_inputs(config: StudyConfig, root: Path) -> list[Path]:
@@ -211,11 +225,23 @@ def _record_train(config: StudyConfig, records: Any, cfg: dict, model: str, fail
 
 
 def _dry_run(config: StudyConfig, root: Path) -> int:
+    """The plan for the config given: on the output dir's panel when prepare would keep it,
+    else on a panel prepared in memory (a finished run's panel is not replaced)."""
+    from pipeline.runtime.store.incremental import StageRecords
     from pipeline.schema import PANEL_FILE
     from pipeline.stages.dry_run import dry_run
-    from pipeline.stages.prepare import prepare
+    from pipeline.stages.prepare import build_prepared, prepare
 
-    if not (config.output_dir / PANEL_FILE).exists():
+    out = config.output_dir
+    panel = None
+    if not (out / PANEL_FILE).exists():
         prepare(config, root)  # cheap, and the plan needs the real data shapes
-    print(dry_run(config))
+    elif not StageRecords(out).unchanged(
+        "prepare", _prepare_params(config.to_dict()), _data_inputs(config, root)
+    ):
+        panel, _ = build_prepared(config, root)
+        log.info(
+            "dry run: planned on data prepared in memory (%s is of other settings)", PANEL_FILE
+        )
+    print(dry_run(config, panel=panel))
     return 0

@@ -14,6 +14,10 @@ import pandas as pd
 # --- artifacts shared between stages (paths relative to runtime.output_dir) -------------------
 PANEL_FILE = Path("data/prepared/panel.parquet")
 META_FILE = Path("data/prepared/meta.json")
+# what a person opens after a run (`qpipe run` ends by naming them)
+REPORT_FILE = Path("reports/index.html")
+FORECASTS_FILE = Path("forecasts/all.parquet")
+METRICS_FILE = Path("metrics.json")
 
 # --- months -----------------------------------------------------------------------------------
 # A month is a Timestamp at month start in tables; arithmetic uses m = year * 12 + (month - 1),

@@ -178,8 +178,7 @@ def test_write_config_is_complete_and_refuses_to_overwrite(tmp_path):
         "calibration",
         "name",
         "seed",
-        "model_names",
-    }
+    }  # no derived key (model_names): validate derives it
     before = target.read_text()
     again = subprocess.run(
         [sys.executable, "-m", "pipeline", "write-config", str(target)],

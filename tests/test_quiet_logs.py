@@ -1,12 +1,28 @@
-"""Quiet by default: Dask's INFO lines go to the run's log file, never to the terminal."""
+"""A quiet, useful terminal (issue 21, items 3 and 4): Dask's and bokeh's lines and warnings go
+to the run's log file, never to the terminal; the probe is one line, the dashboard URL appears
+once per run, the run ends naming its report, forecast table and metrics.json; log lines print
+above the progress bar, whose columns say what they count."""
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 import re
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+from pipeline.runtime.ui.logs import (
+    ProgressReporter,
+    RunLog,
+    configure_terminal_logging,
+    third_party_to_run_log,
+)
 
 
 def test_dask_info_goes_to_the_log_file_only(tmp_path):
@@ -43,3 +59,93 @@ def test_dask_info_goes_to_the_log_file_only(tmp_path):
     assert not re.search(r"INFO\s.*distributed\.", terminal), terminal
     (log,) = (out / "logs").glob("train-ar_qr-*.log")
     assert re.search(r"INFO distributed\.(scheduler|nanny|core)", log.read_text())
+    # no Dask/bokeh/tornado text, warning or traceback on the terminal (a real cluster ran)
+    for word in ("distributed", "bokeh", "tornado", "Traceback", "Warning", "WARNING"):
+        assert word not in terminal, (word, terminal)
+    # the probe in one line, naming the whole run's log, which holds the details
+    (probe_line,) = [line for line in done.stderr.splitlines() if "probe" in line]
+    (run_log,) = (out / "logs").glob("run-*.log")
+    assert str(run_log) in probe_line
+    assert "worker baseline" in run_log.read_text()
+    # three models trained on one cluster: its dashboard named once
+    assert done.stderr.count("dashboard:") == 1, done.stderr
+    # the last lines: the report, the forecast table, metrics.json (paths that exist)
+    last = done.stdout.strip().splitlines()[-3:]
+    assert [line.split()[0] for line in last] == ["report:", "forecasts:", "metrics:"]
+    named = [Path(line.split(None, 1)[1]) for line in last]
+    assert named == [
+        out / "reports/index.html",
+        out / "forecasts/all.parquet",
+        out / "metrics.json",
+    ]
+    assert all(path.is_file() for path in named)
+
+
+def test_dask_bokeh_and_their_warnings_reach_only_the_run_log(tmp_path, capfd):
+    import distributed  # noqa: F401
+
+    # what distributed and bokeh do on import outside pytest: a stderr handler of their own
+    # on loggers that do not propagate to the root
+    own = {name: logging.StreamHandler(sys.stderr) for name in ("distributed", "bokeh")}
+    for name, handler in own.items():
+        logging.getLogger(name).addHandler(handler)
+    configure_terminal_logging()
+    try:
+        with RunLog(tmp_path, "run-x") as run_log, third_party_to_run_log():
+            logging.getLogger("distributed.nanny").warning(
+                "Worker process still alive after 4.0 seconds, killing"
+            )
+            logging.getLogger("tornado.application").error(
+                "Uncaught exception\nTraceback (most recent call last):\nAssertionError"
+            )
+            logging.getLogger("bokeh.server.protocol_handler").error("browser went away")
+            warnings.warn_explicit(
+                "Port 8787 is already in use.",
+                UserWarning,
+                filename=f"{os.sep}site-packages{os.sep}distributed{os.sep}node.py",
+                lineno=1,
+            )
+            logging.getLogger("pipeline.train").warning("a warning of our own")
+        restored = all(handler in logging.getLogger(n).handlers for n, handler in own.items())
+    finally:
+        logging.captureWarnings(False)
+        for name, handler in own.items():
+            logging.getLogger(name).removeHandler(handler)
+    captured = capfd.readouterr()
+    terminal = captured.out + captured.err
+    assert "a warning of our own" in terminal  # the pipeline's own warnings stay
+    text = run_log.path.read_text()
+    for line in ("still alive", "AssertionError", "browser went away", "Port 8787"):
+        assert line not in terminal, terminal
+        assert line in text, text
+    assert restored  # their own handlers are back once the cluster is gone
+
+
+@pytest.fixture(autouse=True)
+def _terminal_logging_undone():
+    yield
+    logging.captureWarnings(False)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_qpipe_terminal", False)]:
+        root.removeHandler(handler)
+
+
+def test_log_lines_print_above_the_progress_bar_whose_columns_are_labelled(capsys):
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=150, color_system=None)
+    configure_terminal_logging()
+    with ProgressReporter("ar_qr", 10, True, console=console) as bar:
+        bar.update(4, 4, 0)
+        logging.getLogger("pipeline.train").warning("task t1 (2 fits) failed: memory")
+        bar.update(6, 10, 2)
+    text = screen.getvalue()
+    # the log line went through the bar's console: the bar's line erased, the log line
+    # printed whole, then the bar drawn again below it
+    line = "\x1b[2KWARNING pipeline.train: task t1 (2 fits) failed: memory\n"
+    assert line in text, text
+    assert "10/10 fits" in text.split(line, 1)[1]
+    assert "task t1" not in capsys.readouterr().err
+    final = text.rsplit("\x1b[2K", 1)[-1].splitlines()[0]  # the bar as last drawn
+    assert re.search(r"ar_qr .*10/10 fits .*fits/s .*2 failed .*ETA ", final)

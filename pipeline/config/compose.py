@@ -7,6 +7,7 @@ This and `cli.py` are the only modules that touch Hydra/OmegaConf objects.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,24 +36,82 @@ def find_conf_dir(start: Path | None = None) -> Path:
     )
 
 
+# `models.<name>.enabled=false` switches a model off whether or not its entry spells out
+# `enabled` (a user model's need not: it defaults to true), so the documented key needs no `+`
+_ENABLED = re.compile(r"^models\.[^.=]+\.enabled=")
+_NOT_OVERRIDDEN = re.compile(r"Could not override '([^']+)'")
+
+
+def forgiving_overrides(overrides: Sequence[str]) -> list[str]:
+    """`overrides` with `models.<name>.enabled=V` as `++models.<name>.enabled=V` (add or set).
+
+    A name that is no model then fails validation naming `models.<name>`."""
+    return [f"++{o}" if _ENABLED.match(o) else o for o in overrides]
+
+
 def compose_dict(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> dict[str, Any]:
     """Compose conf/ with Hydra overrides into a plain dict (interpolations resolved)."""
+    from omegaconf import OmegaConf
+
+    cfg = _compose(overrides, conf_dir or find_conf_dir())
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def chosen_options(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> dict[str, Any]:
+    """The option of each group the composition chose ({"data": "synthetic", ...})."""
+    from omegaconf import OmegaConf
+
+    cfg = _compose(overrides, conf_dir or find_conf_dir(), hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.runtime.choices)  # type: ignore[return-value]
+
+
+def _compose(overrides: Sequence[str], conf_dir: Path, hydra_config: bool = False) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    conf_dir = conf_dir or find_conf_dir()
+    overrides = forgiving_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=None):
-            cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+            return compose(
+                config_name=CONFIG_NAME, overrides=overrides, return_hydra_config=hydra_config
+            )
     except (HydraException, OmegaConfBaseException) as error:
+        missing = _NOT_OVERRIDDEN.search(str(error))
+        if missing:  # a key conf/ does not have: a typo, or a new key that needs `+`
+            key = missing.group(1)
+            given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+            raise ConfigError(
+                key,
+                "a key of the config (`qpipe write-config -` lists them); to add a new key, "
+                f"prefix it with +: +{given}",
+                "no such key",
+            ) from None
         raise ConfigError(
             "overrides",
             "keys and values that exist in conf/ (see `qpipe write-config -`)",
             first_line(error),
         ) from None
+
+
+def config_text(
+    plain: dict[str, Any], overrides: Sequence[str] = (), config_file: Path | None = None
+) -> str:
+    """`plain` as YAML with each key's comment from conf/ (the options `overrides` chose) and
+    from `config_file` (a `run --config` file), derived keys left out; see config.commented."""
+    from pipeline.config.commented import collect_comments, comment_sources, dump_commented
+
+    conf_dir = find_conf_dir()
+    # a --config file's overrides are keys of that file only: its own comments come first,
+    # then those of conf/'s default options
+    sources = comment_sources(conf_dir, chosen_options([] if config_file else overrides))
+    if config_file is not None:
+        sources.insert(0, (config_file, ()))
+    header = [
+        "A complete qpipe config (`qpipe write-config`); run it with",
+        "`qpipe run --config FILE [key=value ...]`.",
+    ]
+    return dump_commented(plain, collect_comments(sources), header)
 
 
 def compose_config(overrides: Sequence[str] = (), conf_dir: Path | None = None) -> StudyConfig:
@@ -99,7 +158,12 @@ def write_params(
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir) / Path(output).name
         compose_and_dump(
-            tmp, str(conf_dir.resolve()), None, CONFIG_NAME, str(conf_dir.parent), list(overrides)
+            tmp,
+            str(conf_dir.resolve()),
+            None,
+            CONFIG_NAME,
+            str(conf_dir.parent),
+            forgiving_overrides(overrides),
         )
         write_text(output, tmp.read_text(encoding="utf-8"))
     return config

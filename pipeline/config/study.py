@@ -342,6 +342,9 @@ class StudyConfig:
 
 def validate(mapping: Mapping[str, Any]) -> StudyConfig:
     """Build a StudyConfig from a composed config mapping; raise ConfigError on the first problem."""
+    if "model_names" not in mapping and isinstance(mapping.get("models"), Mapping):
+        # derived: a config file (`write-config`) leaves it out
+        mapping = {**mapping, "model_names": list(mapping["models"])}
     config = build(StudyConfig, mapping)
     _check_semantics(config)
     return config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.dataframe as dd
@@ -49,6 +50,22 @@ def needed_lags(config: StudyConfig) -> list[int]:
 
 def prepare(config: StudyConfig, root: Path) -> PrepareResult:
     """Run the stage: load, select countries, build the panel, write panel + meta under output_dir."""
+    panel, meta = build_prepared(config, root)
+    out = config.output_dir
+    write_parquet(out / PANEL_FILE, panel)
+    write_json(out / META_FILE, meta)
+    return PrepareResult(
+        out / PANEL_FILE,
+        out / META_FILE,
+        meta["fingerprint"],
+        tuple(meta["countries"]),
+        meta["skipped"],
+    )
+
+
+def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The prepared panel and its meta.json content, in memory (`--dry-run` plans on them
+    without replacing a finished run's panel)."""
     data = config.data
     raw = load_raw(data, root, seed=config.seed)
     raw = _select_countries(raw, data.countries)
@@ -82,7 +99,6 @@ def prepare(config: StudyConfig, root: Path) -> PrepareResult:
             f"(window {config.rolling_window.size} months + {max(needed_lags(config))} lags); reasons: {skipped}",
             config.rolling_window.size,
         )
-    out = config.output_dir
     fingerprint = panel_fingerprint(panel)
     countries = tuple(sorted(panel[COUNTRY].unique()))
     meta = {
@@ -102,9 +118,7 @@ def prepare(config: StudyConfig, root: Path) -> PrepareResult:
             for country, g in panel.groupby(COUNTRY, sort=True, observed=True)
         },
     }
-    write_parquet(out / PANEL_FILE, panel)
-    write_json(out / META_FILE, meta)
-    return PrepareResult(out / PANEL_FILE, out / META_FILE, fingerprint, countries, skipped)
+    return panel, meta
 
 
 def load_panel(output_dir: Path) -> pd.DataFrame:

@@ -114,7 +114,24 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     )
     write_json(config.output_dir / PROBE_FILE, plan.rounded())
     write_json(config.output_dir / MEASUREMENTS_FILE, plan.measurements())
+    _summary(limit, plan, {name: r[1]["seconds_per_fit"] for name, r in results.items()})
     return plan
+
+
+def _summary(limit: int, plan: Plan, seconds_per_fit: dict[str, float]) -> None:
+    """The probe in one terminal line (its details above go to the run log only)."""
+    from pipeline.runtime.ui.logs import current_log
+
+    per_fit = ", ".join(f"{name} {spf:.2g}" for name, spf in seconds_per_fit.items())
+    where = current_log()
+    logging.getLogger("pipeline").info(
+        "probe: %d MiB per worker, %d worker%s here; s/fit %s%s",
+        limit,
+        plan.n_workers,
+        "" if plan.n_workers == 1 else "s",
+        per_fit,
+        f" (details: {where})" if where else "",
+    )
 
 
 def baseline_inputs() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
 from pipeline.runtime.sizing.plan import worker_environment
+from pipeline.runtime.ui.logs import third_party_to_run_log
 
 log = logging.getLogger("pipeline.runtime.execute.cluster")
 
@@ -79,7 +80,9 @@ def make_client(
         # a loss; a worker killed twice in a row for memory would otherwise lose its nanny
         "distributed.deploy.lost-worker-timeout": "1 day",
     }
-    with dask.config.set(config):
+    # Dask's and bokeh's own stderr handlers are detached until the cluster is closed: their
+    # warnings (and the workers', forwarded below) go to the run log only
+    with dask.config.set(config), third_party_to_run_log() as detach:
         if runtime.scheduler_address:
             client = Client(runtime.scheduler_address, timeout="30s", security=_security(runtime))
             cluster = None
@@ -106,12 +109,14 @@ def make_client(
                 protocol="tls://",
                 security=security,
                 dashboard_address=f"{host}:{port}",
-                silence_logs=logging.WARNING,
+                silence_logs=logging.CRITICAL,  # workers' stderr: their warnings are forwarded
             )
             client = Client(cluster, security=security)
             workers = n_workers
+            detach()  # the dashboard's bokeh, imported just now
         try:
             client.forward_logging("pipeline", level=logging.INFO)
+            client.forward_logging("distributed", level=logging.WARNING)
             dashboard = _dashboard_link(client)
             yield ClusterHandle(client, dashboard, workers, cluster is not None)
         finally:

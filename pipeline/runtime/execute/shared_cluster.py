@@ -6,6 +6,7 @@ to train in the driver (pipeline.runtime.execute.inprocess) never imports dask.d
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ class SharedCluster:
             self.handle = self._stack.enter_context(
                 make_client(n_workers, memory_limit_mb, runtime)
             )
+            if self.handle.dashboard:  # once per run, whichever model starts the cluster
+                logging.getLogger("pipeline.train").info("dashboard: %s", self.handle.dashboard)
         return nullcontext(self.handle)
 
     def close(self) -> None:

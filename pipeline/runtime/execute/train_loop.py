@@ -4,7 +4,6 @@ failure bookkeeping and retries, and the forecast table at the end (split out of
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import deque
 from contextlib import AbstractContextManager
@@ -173,9 +172,8 @@ class RunState:
                 n_workers, plan.memory_limit_mb, rt
             )
         with opened as handle, ProgressReporter(self.model, n_todo, rt.progress_bar) as bar:
-            if handle.dashboard:
+            if handle.dashboard and cluster is None:  # a shared cluster says it once per run
                 log.info("dashboard: %s", handle.dashboard)
-                print(f"Dask dashboard: {handle.dashboard}", file=sys.stderr, flush=True)
             store.update_run(self.run_id, dashboard=handle.dashboard, n_workers=handle.n_workers)
             timeout = task_timeout(
                 rt, self.model, model_plan.seconds_per_fit if model_plan else None, fpt
