@@ -88,7 +88,8 @@ def sklearn_loop(groups, quantiles) -> tuple[float, float, list[tuple[str, int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for g in groups:
-            X, y, w, X_new = g.data["X"], g.data["y"], g.data["w"], g.data["X_new"]
+            data = g.take(np.arange(len(g)))
+            X, y, w, X_new = data["X"], data["y"], data["w"], data["X_new"]
             for i in range(len(g)):
                 keep = w[i] > 0
                 fc = []
