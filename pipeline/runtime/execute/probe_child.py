@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
     _die_with_driver(int(arg("--parent")), arg("--tmp"), running)
     for module in WORKER_IMPORTS:
         importlib.import_module(module)
-    baseline_mb = _maxrss_mb()
+    baseline_mb = _peak_mb()
     jobs = json.loads(Path(arg("--jobs")).read_text())
     parallel = max(1, int(arg("--parallel")))
     results: dict[str, dict[str, Any]] = {}
@@ -102,7 +102,17 @@ def main(argv: list[str]) -> None:
     Path(arg("--out")).write_text(json.dumps({"baseline_mb": baseline_mb, "models": results}))
 
 
-def _maxrss_mb() -> float:
+def _peak_mb() -> float:
+    """This process's own peak RSS since it started. Not getrusage's ru_maxrss: at exec the
+    kernel carries the spawning process's peak into it (the driver's, hundreds of MiB at a
+    large study), while VmHWM is the peak of this process image alone."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
@@ -167,6 +177,7 @@ def _result(job: dict[str, Any], status: int, usage: Any, baseline_mb: float) ->
     if "error" not in out:
         grown = max(usage.ru_maxrss / 1024.0 - out.pop("start_mb"), 0.0)
         out["peak_mb"] = baseline_mb + grown
+        out["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the whole job (for the record)
     return out
 
 
