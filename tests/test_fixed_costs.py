@@ -50,9 +50,9 @@ def child_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     calls: list[list[str]] = []
     real = probe_stage.measure_child
 
-    def counting(config: StudyConfig, jobs: list[Any]) -> tuple[float, dict[str, Any]]:
+    def counting(config: StudyConfig, jobs: list[Any], child: Any) -> tuple[float, dict[str, Any]]:
         calls.append([job.name for job in jobs])
-        return real(config, jobs)
+        return real(config, jobs, child)
 
     monkeypatch.setattr(probe_stage, "measure_child", counting)
     return calls

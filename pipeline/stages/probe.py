@@ -75,23 +75,30 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     reprobe = config.runtime.reprobe
     jobs: dict[str, ProbeJob] = {}
     groups: dict[str, list[FitGroup]] = {}
-    for name in names:
-        groups[name] = fit_groups(panel, config, adapter_for(config, name))
-        if sum(len(g) for g in groups[name]) == 0:
-            raise ProbeError(f"model {name} has no fit with enough data in this study")
-        jobs[name] = probe_job(config, name, groups[name])
-    # what this machine measured before is reused; the rest is measured in ONE child
+    # what this machine measured before is reused; the rest is measured in ONE child, started
+    # as soon as something must be measured: it imports while the plans below are built
     baseline_key = baseline_inputs()
-    cached = {} if reprobe else {n: lookup(j.inputs, MODEL_FIELDS) for n, j in jobs.items()}
-    old_baseline = None if reprobe else lookup(baseline_key, ("peak_mb",))
-    todo = [jobs[n] for n in names if cached.get(n) is None]
+    cached: dict[str, dict[str, Any] | None] = {}
     fresh: dict[str, dict[str, Any]] = {}
-    if todo or old_baseline is None:
-        baseline_mb, fresh = measure_child(config, todo)
+    with ProbeChild() as child:
+        old_baseline = None if reprobe else lookup(baseline_key, ("peak_mb",))
         if old_baseline is None:
-            remember(baseline_key, {"peak_mb": baseline_mb})
-        for job in todo:
-            remember(job.inputs, fresh[job.name])
+            child.start()
+        for name in names:
+            groups[name] = fit_groups(panel, config, adapter_for(config, name))
+            if sum(len(g) for g in groups[name]) == 0:
+                raise ProbeError(f"model {name} has no fit with enough data in this study")
+            jobs[name] = probe_job(config, name, groups[name])
+            cached[name] = None if reprobe else lookup(jobs[name].inputs, MODEL_FIELDS)
+            if cached[name] is None:
+                child.start()
+        todo = [jobs[n] for n in names if cached[n] is None]
+        if todo or old_baseline is None:
+            baseline_mb, fresh = measure_child(config, todo, child)
+            if old_baseline is None:
+                remember(baseline_key, {"peak_mb": baseline_mb})
+            for job in todo:
+                remember(job.inputs, fresh[job.name])
     baseline = (old_baseline or {"peak_mb": baseline_mb})["peak_mb"]
     log.info("probe: worker baseline %.0f MiB", baseline)
     results: dict[str, dict[str, Any]] = {}
@@ -143,7 +150,8 @@ class ProbeJob:
 
     name: str
     inputs: dict[str, Any]
-    payload: dict[str, Any]
+    group: FitGroup  # its task: the first fits of this group
+    params: dict[str, Any]
     scale: float  # the probed time per fit x scale = the real one (Adapter.probe_params)
     task_seconds: float
     min_fits: int
@@ -183,79 +191,112 @@ def probe_job(config: StudyConfig, name: str, groups: list[FitGroup]) -> ProbeJo
         "code": code_fingerprint(),
         "machine": _machine(),
     }
-    payload = task_payload(
-        group,
-        np.arange(len(group)),
-        params=params,
-        quantiles=config.data.quantiles,
-        seed=config.seed,
-        extra=adapter.payload,
-    )
     timeout_s = probe_timeout(config.runtime, name)
-    return ProbeJob(name, inputs, payload, scale, task_seconds, min_fits, timeout_s)
+    return ProbeJob(name, inputs, group, params, scale, task_seconds, min_fits, timeout_s)
 
 
 def _machine() -> dict[str, Any]:
     return machine_identity(worker_environment({}))
 
 
+class ProbeChild:
+    """The probe's one child process (`python -P -m pipeline.runtime.execute.probe_child`, in
+    a worker's environment: one thread, glibc's malloc defaults), started once something is
+    known to need measuring; it imports what a worker imports, then waits for its job list."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def tmp(self) -> Path:
+        assert self._tmp is not None, "start() first"
+        return Path(self._tmp.name)
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        from pipeline.runtime.sizing.resources import usable_cores
+
+        # like a worker (pipeline.runtime.execute.cluster.worker_environ)
+        env = worker_environment(os.environ)
+        # the child imports what this process imports (this copy of the package, a user
+        # model's module): its sys.path is ours, and -P keeps the working directory off it
+        # unless it is on ours (under the qpipe command it is not, so a stray pipeline.py
+        # there cannot run)
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
+        self._tmp = tempfile.TemporaryDirectory(prefix="qpipe-probe-")
+        cmd = [sys.executable, "-P", "-m", PROBE_CHILD, "--jobs", str(self.tmp / "jobs.json")]
+        cmd += ["--parallel", str(usable_cores()), "--out", str(self.tmp / "result.json")]
+        cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
+        self.proc = subprocess.Popen(cmd, env=env)
+
+    def close(self) -> None:
+        """Stop the child if it still runs (interrupted, past its timeout); remove its files."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            os.wait4(self.proc.pid, 0)
+            self.proc.returncode = -9
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        self.proc, self._tmp = None, None
+
+    def __enter__(self) -> ProbeChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def measure_child(
-    config: StudyConfig, jobs: list[ProbeJob]
+    config: StudyConfig, jobs: list[ProbeJob], child: ProbeChild
 ) -> tuple[float, dict[str, dict[str, Any]]]:
-    """Measure the worker baseline and every job in one worker-like child process:
+    """Measure the worker baseline and every job in `child` (started here if it is not yet):
     (baseline MiB, {model: {seconds_per_fit, peak_mb, fits, ...}}).
 
-    The child (`python -m pipeline.stages.probe`, one thread, glibc's malloc defaults, like a
-    worker) imports what a worker imports; its peak RSS then is the baseline. It measures
-    each job in a process forked from itself (up to `usable_cores()` at once, as the workers
-    will run), so the imports are paid once, not once per model; a job's peak is the baseline
-    plus what its fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and
-    its model named in a ConfigError; the child and its forks die with the driver
-    (PR_SET_PDEATHSIG) and remove their temporary dir.
+    The child's peak RSS after its imports is the baseline. It measures each job in a process
+    forked from itself (up to `usable_cores()` at once, as the workers will run), so the
+    imports are paid once, not once per model; a job's peak is the baseline plus what its
+    fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and its model
+    named in a ConfigError; the child and its forks die with the driver (PR_SET_PDEATHSIG) and
+    remove their temporary dir.
     """
-    from pipeline.runtime.sizing.resources import usable_cores
-
-    # like a worker (pipeline.runtime.execute.cluster.worker_environ): one thread, glibc's malloc defaults
-    env = worker_environment(os.environ)
-    # the child imports what this process imports (this copy of the package, a user model's
-    # module): its sys.path is ours, and -P keeps the working directory off it unless it is on
-    # ours (under the qpipe command it is not, so a stray pipeline.py there cannot run)
-    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
-    with tempfile.TemporaryDirectory(prefix="qpipe-probe-") as tmp:
-        specs = []
-        for i, job in enumerate(jobs):
-            path = Path(tmp) / f"payload-{i}.npz"
-            save_payload(path, job.payload)
-            specs.append(
-                {
-                    "name": job.name,
-                    "payload": str(path),
-                    "task_seconds": job.task_seconds,
-                    "min_fits": job.min_fits,
-                    "timeout_s": job.timeout_s,
-                    "out": str(Path(tmp) / f"result-{i}.json"),
-                }
-            )
-        jobs_path, result_path = Path(tmp) / "jobs.json", Path(tmp) / "result.json"
-        jobs_path.write_text(json.dumps(specs))
-        cmd = [sys.executable, "-P", "-m", PROBE_CHILD, "--jobs", str(jobs_path)]
-        cmd += ["--parallel", str(max(1, min(usable_cores(), len(jobs))))]
-        cmd += ["--out", str(result_path), "--parent", str(os.getpid()), "--tmp", tmp]
-        proc = subprocess.Popen(cmd, env=env)
-        # the child stops a job past its own timeout; this bound only catches a stuck child
-        timeout_s = PROBE_TIMEOUT_S + sum(job.timeout_s for job in jobs)
-        try:
-            status, _ = _wait(proc, timeout_s)
-        finally:
-            if proc.returncode is None:  # interrupted or past its timeout: it goes too
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                proc.returncode = -9
-        if status is None:
-            raise ProbeError(f"probe child still running after {timeout_s:g} s: stopped")
-        if proc.returncode != 0:
-            raise ProbeError(f"probe child exited with {proc.returncode}")
-        out = json.loads(result_path.read_text())
+    child.start()
+    assert child.proc is not None
+    specs = []
+    for i, job in enumerate(jobs):
+        path = child.tmp / f"payload-{i}.npz"
+        # built only for what is measured: a reused measurement needs no task arrays
+        payload = task_payload(
+            job.group,
+            np.arange(len(job.group)),
+            params=job.params,
+            quantiles=config.data.quantiles,
+            seed=config.seed,
+            extra=adapter_for(config, job.name).payload,
+        )
+        save_payload(path, payload)
+        specs.append(
+            {
+                "name": job.name,
+                "payload": str(path),
+                "task_seconds": job.task_seconds,
+                "min_fits": job.min_fits,
+                "timeout_s": job.timeout_s,
+                "out": str(child.tmp / f"result-{i}.json"),
+            }
+        )
+    staging = child.tmp / "jobs.json.part"
+    staging.write_text(json.dumps(specs))
+    staging.replace(child.tmp / "jobs.json")  # whole, or not there yet: the child waits for it
+    # the child stops a job past its own timeout; this bound only catches a stuck child
+    timeout_s = PROBE_TIMEOUT_S + sum(job.timeout_s for job in jobs)
+    status, _ = _wait(child.proc, timeout_s)
+    if status is None:
+        raise ProbeError(f"probe child still running after {timeout_s:g} s: stopped")
+    if child.proc.returncode != 0:
+        raise ProbeError(f"probe child exited with {child.proc.returncode}")
+    out = json.loads((child.tmp / "result.json").read_text())
     measured = {}
     for job in jobs:
         got = out["models"][job.name]

@@ -1,8 +1,9 @@
 """The probe's child process: the worker baseline and every model's task, one import.
 
 `python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel N --out FILE
---parent PID --tmp DIR` (started by pipeline.stages.probe.measure_child, in a worker's
-environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults).
+--parent PID --tmp DIR` (started by pipeline.stages.probe.ProbeChild, in a worker's
+environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
+driver knows its jobs: after its imports it waits for FILE to appear.
 
 It imports what a worker imports (WORKER_IMPORTS); its peak RSS at that point is the worker
 baseline, as a child that only imports measured it before. Each job (one model) then runs in
@@ -79,7 +80,10 @@ def main(argv: list[str]) -> None:
     for module in WORKER_IMPORTS:
         importlib.import_module(module)
     baseline_mb = _peak_mb()
-    jobs = json.loads(Path(arg("--jobs")).read_text())
+    jobs_path = Path(arg("--jobs"))
+    while not jobs_path.exists():  # the driver writes it (atomically) once its plans are built
+        time.sleep(POLL_S)
+    jobs = json.loads(jobs_path.read_text())
     parallel = max(1, int(arg("--parallel")))
     results: dict[str, dict[str, Any]] = {}
     pending = list(jobs)
