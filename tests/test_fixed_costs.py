@@ -235,3 +235,11 @@ def test_assemble_renders_only_the_charts_whose_inputs_changed(
     assemble_study(config)
     assert f"2 charts rendered, {len(pngs) - 2} unchanged" in caplog.text
     assert victim.read_bytes() == pngs[victim] and other.read_bytes() == pngs[other]
+
+
+def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
+    assert probe_stage.side_by_side(2, 1.0) == 2  # idle but for this driver
+    assert probe_stage.side_by_side(2, 2.0) == 1
+    assert probe_stage.side_by_side(2, 16.0) == 1  # a busy machine: one at a time
+    assert probe_stage.side_by_side(16, 5.0) == 12
+    assert probe_stage.side_by_side(1, 0.0) == 1

@@ -227,7 +227,8 @@ class ProbeChild:
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
         self._tmp = tempfile.TemporaryDirectory(prefix="qpipe-probe-")
         cmd = [sys.executable, "-P", "-m", PROBE_CHILD, "--jobs", str(self.tmp / "jobs.json")]
-        cmd += ["--parallel", str(usable_cores()), "--out", str(self.tmp / "result.json")]
+        cmd += ["--parallel", str(side_by_side(usable_cores(), os.getloadavg()[0]))]
+        cmd += ["--out", str(self.tmp / "result.json")]
         cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
         self.proc = subprocess.Popen(cmd, env=env)
 
@@ -248,6 +249,13 @@ class ProbeChild:
         self.close()
 
 
+def side_by_side(cores: int, load: float) -> int:
+    """Models measured at once: one per core nobody else is using (the load average less this
+    driver, which waits meanwhile), so a job's wall time is its own; one at a time on a busy
+    machine, as before (its jobs then time what a lone worker would see)."""
+    return max(1, min(cores, round(cores - load + 1.0)))
+
+
 def measure_child(
     config: StudyConfig, jobs: list[ProbeJob], child: ProbeChild
 ) -> tuple[float, dict[str, dict[str, Any]]]:
@@ -255,8 +263,8 @@ def measure_child(
     (baseline MiB, {model: {seconds_per_fit, peak_mb, fits, ...}}).
 
     The child's peak RSS after its imports is the baseline. It measures each job in a process
-    forked from itself (up to `usable_cores()` at once, as the workers will run), so the
-    imports are paid once, not once per model; a job's peak is the baseline plus what its
+    forked from itself (side by side on the idle cores: `side_by_side`), so the imports are
+    paid once, not once per model; a job's peak is the baseline plus what its
     fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and its model
     named in a ConfigError; the child and its forks die with the driver (PR_SET_PDEATHSIG) and
     remove their temporary dir.

@@ -7,8 +7,8 @@ driver knows its jobs: after its imports it waits for FILE to appear.
 
 It imports what a worker imports (WORKER_IMPORTS); its peak RSS at that point is the worker
 baseline, as a child that only imports measured it before. Each job (one model) then runs in
-a process forked from it, up to N at once, so the imports (2-3 CPU-s, torch and distributed)
-are paid once per probe instead of once per model. A fork's own peak RSS (`os.wait4`) starts
+a process forked from it, up to N at once (the driver picks N: its idle cores), so the
+imports (2-3 CPU-s, torch and distributed) are paid once per probe instead of once per model. A fork's own peak RSS (`os.wait4`) starts
 near the RSS it was forked with and grows by what the job allocates; the job's peak is the
 baseline plus that growth (pages of the imported libraries the job touches for the first time
 count as growth, so the estimate errs high, never low). A job past its timeout is killed
