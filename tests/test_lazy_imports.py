@@ -93,3 +93,24 @@ def test_monitor_and_a_noop_run_import_neither_solvers_nor_dask_nor_plotting(
         }
         == set()
     )
+
+
+def test_the_early_child_imports_what_the_models_tasks_import() -> None:
+    """runner starts the driver's child ahead of train with each model's solver imported:
+    torch for ar_qr, nothing of it for rw (a tiny rw study pays no torch import)."""
+    from conftest import SMALL_STUDY, make_config
+
+    from pipeline.runner import _task_imports
+
+    config = make_config(SMALL_STUDY)
+    check = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; " + (
+        "print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for model, torch in (("rw", "False"), ("ar_qr", "True")):
+        modules = _task_imports(config, [model])
+        assert "pipeline.runtime.execute.worker" in modules
+        done = subprocess.run(
+            [sys.executable, "-c", check, *modules], env=env, capture_output=True, text=True
+        )
+        assert done.stdout.strip() == torch, (model, modules, done.stderr[-2000:])
