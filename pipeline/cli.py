@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 # light imports only: `qpipe --help` and `monitor` load no pandas, numpy, Hydra, Dask or torch
-# (tests/test_fixed_costs.py); each command imports what it needs
+# (tests/test_lazy_imports.py); each command imports what it needs
 from pipeline.errors import ConfigError, OutputError
 from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
 
