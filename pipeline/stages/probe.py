@@ -227,7 +227,11 @@ class ProbeChild:
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
         self._tmp = tempfile.TemporaryDirectory(prefix="qpipe-probe-")
         cmd = [sys.executable, "-P", "-m", PROBE_CHILD, "--jobs", str(self.tmp / "jobs.json")]
-        cmd += ["--parallel", str(side_by_side(usable_cores(), os.getloadavg()[0]))]
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available here: assume an idle machine
+            load = 0.0
+        cmd += ["--parallel", str(side_by_side(usable_cores(), load))]
         cmd += ["--out", str(self.tmp / "result.json")]
         cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
         self.proc = subprocess.Popen(cmd, env=env)
