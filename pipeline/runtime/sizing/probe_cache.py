@@ -31,7 +31,9 @@ from pipeline.io import read_json, stable_hash, write_json
 log = logging.getLogger("pipeline.probe")
 
 ENV_VAR = "QPIPE_PROBE_CACHE"
-FORMAT = 1
+# 2: peaks from one child and its forks (VmHWM; os.wait4 growth): a spawned child's ru_maxrss
+# started at the driver's peak, so entries of format 1 may hold the driver's RSS
+FORMAT = 2
 # libraries whose version changes what a task costs (solvers, arrays, the worker's imports)
 VERSIONED = ("numpy", "scipy", "torch", "pandas", "pyarrow", "distributed")
 
