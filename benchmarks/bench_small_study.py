@@ -12,11 +12,15 @@ and the combo off): 864 fits. Timed, each repeat:
   solver="highs") per fit and quantile on the fit's complete rows, predicting at the origin;
   wall and CPU time of the loop only (data preparation not counted on that side).
 
-Ratio = sklearn loop wall / pipeline wall (target >= 3x). Medians of the repeats. Also checks
-that the forecasts agree (sklearn's, sorted per fit, against forecasts/all.parquet).
+Ratio = sklearn loop wall / pipeline wall (target >= 3x), and the same with CPU seconds (the
+pipeline's whole process tree: the driver, its child, the probe's child; getrusage of reaped
+children), which a loaded machine distorts far less. Medians of the repeats. `--baseline
+CHECKOUT` runs the same cold and warm commands with another checkout's code (e.g. the commit
+before a change), in the same repeats. Also checks that the forecasts agree (sklearn's, sorted
+per fit, against forecasts/all.parquet).
 
 Usage: python benchmarks/bench_small_study.py [--countries DE FR IT] [--repeats 3]
-       [--out /tmp/bench_small] [--json results.json]
+       [--baseline /work/main] [--out /tmp/bench_small] [--json results.json]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,18 +53,25 @@ def overrides(countries: list[str], out: Path) -> list[str]:
     ]
 
 
-def run_study(countries: list[str], out: Path, cache: Path) -> dict[str, Any]:
-    """One `python -m pipeline run` with its own probe cache; wall time and stage timings."""
-    env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
+def run_study(
+    countries: list[str], out: Path, cache: Path, checkout: Path = ROOT
+) -> dict[str, Any]:
+    """One `python -m pipeline run` of `checkout`'s code with its own probe cache; wall time,
+    CPU seconds of its process tree and stage timings."""
+    env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache), "PYTHONPATH": str(checkout)}
     cmd = [sys.executable, "-m", "pipeline", "run", *overrides(countries, out)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     timings = json.loads((out / "logs" / "timings.json").read_text())
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "stages": {k: v["seconds"] for k, v in timings.items()},
         "reused": "reused measurement" in done.stderr,
         "in_driver": "in the driver, no cluster" in done.stderr,
@@ -88,7 +100,8 @@ def sklearn_loop(groups, quantiles) -> tuple[float, float, list[tuple[str, int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for g in groups:
-            X, y, w, X_new = g.data["X"], g.data["y"], g.data["w"], g.data["X_new"]
+            data = g.take(np.arange(len(g)))
+            X, y, w, X_new = data["X"], data["y"], data["w"], data["X_new"]
             for i in range(len(g)):
                 keep = w[i] > 0
                 fc = []
@@ -125,34 +138,49 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config, groups = build_fits(args.countries, base / "fits")
     quantiles = list(config.data.quantiles)
     n_fits = sum(len(g) for g in groups)
+    kinds = ["cold", "warm"]
+    checkouts = {"": ROOT}
+    if args.baseline:  # its runs first in each repeat, as labelled kinds of their own
+        checkouts = {"baseline ": Path(args.baseline).resolve(), **checkouts}
+        kinds = ["baseline cold", "baseline warm", *kinds]
     rows: list[dict[str, Any]] = []
+    loads = [os.getloadavg()[0]]
     for r in range(args.repeats):
-        cache = base / f"probe-cache-{r}"  # empty: the cold run measures
-        cold = run_study(args.countries, base / f"cold-{r}", cache)
-        warm = run_study(args.countries, base / f"warm-{r}", cache)
+        row: dict[str, Any] = {"repeat": r}
+        for label, checkout in checkouts.items():
+            tag = label.strip() or "this"
+            cache = base / f"probe-cache-{tag}-{r}"  # empty: the cold run measures
+            row[f"{label}cold"] = run_study(
+                args.countries, base / f"{tag}-cold-{r}", cache, checkout
+            )
+            row[f"{label}warm"] = run_study(
+                args.countries, base / f"{tag}-warm-{r}", cache, checkout
+            )
+            loads.append(os.getloadavg()[0])
         sk_wall, sk_cpu, fits = sklearn_loop(groups, quantiles)
-        row = {"repeat": r, "cold": cold, "warm": warm, "sklearn_wall_s": sk_wall}
-        row["sklearn_cpu_s"] = sk_cpu
+        row["sklearn_wall_s"], row["sklearn_cpu_s"] = sk_wall, sk_cpu
+        loads.append(os.getloadavg()[0])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    gap = agreement(base / "warm-0" / "forecasts" / "all.parquet", fits, quantiles)
+    gap = agreement(base / "this-warm-0" / "forecasts" / "all.parquet", fits, quantiles)
     med = {
-        "cold_s": statistics.median(r["cold"]["wall_s"] for r in rows),
-        "warm_s": statistics.median(r["warm"]["wall_s"] for r in rows),
         "sklearn_s": statistics.median(r["sklearn_wall_s"] for r in rows),
         "sklearn_cpu_s": statistics.median(r["sklearn_cpu_s"] for r in rows),
     }
     stages = sorted(rows[0]["warm"]["stages"])
-    for kind in ("cold", "warm"):
+    for kind in kinds:
+        med[f"{kind}_s"] = statistics.median(r[kind]["wall_s"] for r in rows)
+        med[f"{kind}_cpu_s"] = statistics.median(r[kind]["cpu_s"] for r in rows)
         for stage in stages:
             med[f"{kind}:{stage}"] = statistics.median(r[kind]["stages"][stage] for r in rows)
     result = {
         "countries": args.countries,
         "fits": n_fits,
+        "kinds": kinds,
         "repeats": rows,
         "median": med,
         "max_abs_forecast_gap": gap,
-        "load_average": os.getloadavg(),
+        "load_average": [min(loads), max(loads)],
     }
     print(report(result))
     if args.json:
@@ -163,21 +191,31 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     m = result["median"]
     stages = sorted({k.split(":", 1)[1] for k in m if ":" in k})
+    lo, hi = result["load_average"]
     lines = [
         f"{result['fits']} ar_qr fits ({', '.join(result['countries'])}), "
-        f"{len(result['repeats'])} repeats, medians; max |ours - sklearn| forecast "
-        f"{result['max_abs_forecast_gap']:.1e}",
+        f"{len(result['repeats'])} repeats, medians, 1-min load average {lo:.1f}-{hi:.1f}; "
+        f"max |ours - sklearn| forecast {result['max_abs_forecast_gap']:.1e}",
         "",
-        "| run | wall s | " + " | ".join(stages) + " | sklearn loop / run |",
-        "|---|---:|" + "---:|" * len(stages) + "---:|",
+        "| run | wall s | CPU s | "
+        + " | ".join(stages)
+        + " | sklearn loop / run, wall | sklearn loop / run, CPU |",
+        "|---|---:|---:|" + "---:|" * len(stages) + "---:|---:|",
     ]
-    for kind, label in (("cold", "cold (probe measured)"), ("warm", "warm probe (reused)")):
+    labels = {"cold": "cold (probe measured)", "warm": "warm probe (reused)"}
+    for kind in result["kinds"]:
+        label = labels.get(
+            kind, kind.replace("cold", labels["cold"]).replace("warm", labels["warm"])
+        )
         cells = " | ".join(f"{m[f'{kind}:{s}']:.1f}" for s in stages)
-        ratio = m["sklearn_s"] / m[f"{kind}_s"]
-        lines.append(f"| {label} | {m[f'{kind}_s']:.1f} | {cells} | {ratio:.2f}x |")
+        ratio, cpu_ratio = m["sklearn_s"] / m[f"{kind}_s"], m["sklearn_cpu_s"] / m[f"{kind}_cpu_s"]
+        lines.append(
+            f"| {label} | {m[f'{kind}_s']:.1f} | {m[f'{kind}_cpu_s']:.1f} | {cells} | "
+            f"{ratio:.2f}x | {cpu_ratio:.2f}x |"
+        )
     lines.append(
-        f"| sklearn QuantileRegressor(highs) loop | {m['sklearn_s']:.1f} (CPU "
-        f"{m['sklearn_cpu_s']:.1f}) |" + " |" * len(stages) + " 1.00x |"
+        f"| sklearn QuantileRegressor(highs) loop | {m['sklearn_s']:.1f} | "
+        f"{m['sklearn_cpu_s']:.1f} |" + " |" * len(stages) + " 1.00x | 1.00x |"
     )
     return "\n".join(lines)
 
@@ -188,6 +226,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--countries", nargs="+", default=["DE", "FR", "IT"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", default=None, help="another checkout (e.g. /work/main)")
     parser.add_argument("--out", default="/tmp/bench_small")
     parser.add_argument("--json", default=None)
     main(parser.parse_args())

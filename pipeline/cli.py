@@ -24,11 +24,15 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import ConfigError, StudyConfig
-from pipeline.data.errors import DataError
-from pipeline.errors import OutputError
+# light imports only: `qpipe --help` and `monitor` load no pandas, numpy, Hydra, Dask or torch
+# (tests/test_lazy_imports.py); each command imports what it needs
+from pipeline.errors import ConfigError, OutputError
 from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
+
+if TYPE_CHECKING:
+    from pipeline.config import StudyConfig
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_terminal_logging()
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, DataError, OutputError, OutputDirBusy) as error:
+    except _bad_input_errors() as error:
         return _bad_input(str(error))
     except (OSError, sqlite3.OperationalError) as error:
         from pipeline.io import write_failure_message
@@ -57,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """The errors that are exit 2 (evaluated only when one propagates: pipeline.data loads pandas)."""
+    from pipeline.data.errors import DataError
+
+    return (ConfigError, DataError, OutputError, OutputDirBusy)
 
 
 def _bad_input(message: str) -> int:

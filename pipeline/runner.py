@@ -74,6 +74,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     else:
         from pipeline.stages.prepare import prepare
 
+        _start_child_early(config, list(config.models.enabled()))  # new data: they will train
         records.forget("prepare")
         started = time.perf_counter()
         result = prepare(config, root)  # validates the data first: a bad input writes nothing
@@ -90,12 +91,14 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     todo = _models_to_train(config, records, cfg)
     failed = 0
     if todo:
+        _start_child_early(config, todo)
         from pipeline.runtime.execute.shared_cluster import SharedCluster
         from pipeline.stages.probe import run_probe
         from pipeline.stages.train import run_train
 
         with timed_stage(out, "probe"):
             plan = run_probe(config, todo)
+        _import_in_background("pipeline.stages.study")  # assemble's, while train works
         # one cluster serves every model (started by the first one with fits to train)
         with SharedCluster() as cluster:
             for model in todo:
@@ -127,6 +130,49 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         ]
         records.record("assemble", assemble_params, assemble_inputs, outputs)
     return 1 if failed else 0
+
+
+def _start_child_early(config: StudyConfig, models: list[str]) -> None:
+    """Tasks below runtime.in_process_below_s of work run in the driver's child: spawn it and
+    import what the models' tasks import (their solvers: torch for ar_qr, lqr, ensemble_nn;
+    2-3 CPU-s) now, on the other core while prepare and the probe run, instead of when the
+    first task is sent. A study that then starts a cluster leaves it idle."""
+    rt = config.runtime
+    if rt.in_process_below_s and not rt.scheduler_address:
+        from pipeline.runtime.execute.child import shared_child
+
+        shared_child().start(_task_imports(config, models))
+
+
+def _task_imports(config: StudyConfig, models: list[str]) -> tuple[str, ...]:
+    """The task function's module and the modules each model's fit function imports in its
+    body (where the built-in adapters import their solvers), read from its bytecode: what a
+    task of these models will import, and no more (rw and climatology need no torch)."""
+    import dis
+
+    from pipeline.models.plugins.registry import adapter_for
+
+    found = ["pipeline.runtime.execute.worker"]
+    for name in models:
+        code = getattr(adapter_for(config, name).fit_batch, "__code__", None)
+        if code is not None:
+            found += [i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME"]
+    return tuple(dict.fromkeys(found))
+
+
+def _import_in_background(module: str) -> None:
+    """Import `module` on a daemon thread: assemble's imports (scipy.stats, matplotlib: 1-2
+    CPU-s) then overlap with train, whose driver mostly waits on its workers or child."""
+    import contextlib
+    import importlib
+    import threading
+
+    def load() -> None:
+        # on failure it is imported again where it is used, which then reports the error
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"qpipe-import-{module}", daemon=True).start()
 
 
 def _skipped(out: Path, stage: str, what: str) -> None:

@@ -45,13 +45,14 @@ def study(
 
 @pytest.fixture
 def child_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The probe's real child processes, counted (each call still measures)."""
+    """The probe's real child processes, counted, with the models each measured (each call
+    still measures, and always measures the worker baseline too)."""
     calls: list[list[str]] = []
     real = probe_stage.measure_child
 
-    def counting(args: list[str], **kwargs: Any) -> tuple[dict[str, Any], float]:
-        calls.append(list(args))
-        return real(args, **kwargs)
+    def counting(config: StudyConfig, jobs: list[Any], child: Any) -> tuple[float, dict[str, Any]]:
+        calls.append([job.name for job in jobs])
+        return real(config, jobs, child)
 
     monkeypatch.setattr(probe_stage, "measure_child", counting)
     return calls
@@ -66,7 +67,7 @@ def test_a_probe_is_reused_across_output_dirs_unless_damaged_or_reprobe(
     caplog.set_level(logging.INFO, logger="pipeline.probe")
     first = study(tmp_path / "a")
     probe_stage.run_probe(first)
-    assert len(child_runs) == 2  # the worker baseline and one ar_qr task
+    assert child_runs == [["ar_qr"]]  # one child: the worker baseline and one ar_qr task
     entries = sorted(probe_cache.glob("*.json"))
     assert len(entries) == 2 and not list(probe_cache.glob(".*.tmp"))
     assert "reused measurement" not in caplog.text
@@ -74,7 +75,7 @@ def test_a_probe_is_reused_across_output_dirs_unless_damaged_or_reprobe(
     # another output dir, same settings and task shape: nothing is measured, same DVC outputs
     second = study(tmp_path / "b")
     probe_stage.run_probe(second)
-    assert len(child_runs) == 2
+    assert len(child_runs) == 1
     assert caplog.text.count("probe: reused measurement from") == 2
     for name in ("probe.json", "probe_measurements.json"):
         assert (first.output_dir / name).read_bytes() == (second.output_dir / name).read_bytes()
@@ -89,20 +90,20 @@ def test_a_probe_is_reused_across_output_dirs_unless_damaged_or_reprobe(
     caplog.clear()
     third = study(tmp_path / "c")
     probe_stage.run_probe(third)
-    assert len(child_runs) == 4
+    assert child_runs[1:] == [["ar_qr"]]
     assert caplog.text.count("ignoring damaged cache entry") == 2
     fixed = json.loads(model_entry.read_text())
     assert fixed["result"]["seconds_per_fit"] < body["result"]["seconds_per_fit"] / 10
 
     # other task settings are another key: measured, the old entries stay
     probe_stage.run_probe(study(tmp_path / "d", task_seconds=0.25))
-    assert len(child_runs) == 5  # the baseline is reused, the ar_qr task is not
+    assert child_runs[2:] == [["ar_qr"]]  # the baseline is reused, the ar_qr task is not
     assert len(list(probe_cache.glob("*.json"))) == 3
 
     # runtime.reprobe=true measures even with a valid entry, and replaces it
     caplog.clear()
     probe_stage.run_probe(study(tmp_path / "e", reprobe=True))
-    assert len(child_runs) == 7 and "reused measurement" not in caplog.text
+    assert child_runs[3:] == [["ar_qr"]] and "reused measurement" not in caplog.text
     assert len(list(probe_cache.glob("*.json"))) == 3
 
 
@@ -251,3 +252,11 @@ def test_assemble_renders_only_the_charts_whose_inputs_changed(
     assemble_study(config)
     assert f"2 charts rendered, {len(pngs) - 2} unchanged" in caplog.text
     assert victim.read_bytes() == pngs[victim] and other.read_bytes() == pngs[other]
+
+
+def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
+    assert probe_stage.side_by_side(2, 1.0) == 2  # idle but for this driver
+    assert probe_stage.side_by_side(2, 2.0) == 1
+    assert probe_stage.side_by_side(2, 16.0) == 1  # a busy machine: one at a time
+    assert probe_stage.side_by_side(16, 5.0) == 12
+    assert probe_stage.side_by_side(1, 0.0) == 1

@@ -106,11 +106,12 @@ def test_a_user_model_that_hangs_in_the_driver_check_is_stopped_and_named(
 
 
 def probe_children(parent: psutil.Process) -> list[psutil.Process]:
-    """The probe's model-measuring children of `parent` (still running)."""
+    """The probe's child of `parent` and its forks measuring a model (still running)."""
     found = []
     for p in parent.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if "--task" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+            measuring = "pipeline.runtime.execute.probe_child" in p.cmdline()
+            if measuring and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
     return found
 
@@ -146,13 +147,14 @@ def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it
     )
     try:
         parent = psutil.Process(driver.pid)
-        wait_for(lambda: bool(probe_children(parent)) and any(tmp.iterdir()), 120, "probe child")
-        (child,) = probe_children(parent)
+        # the child and the fork that runs the hanging model's task
+        wait_for(lambda: len(probe_children(parent)) == 2 and any(tmp.iterdir()), 120, "probe")
+        children = probe_children(parent)
         time.sleep(2)  # well into its hanging fit
         os.kill(driver.pid, sig)
         driver.wait(timeout=30)
-        gone, _ = psutil.wait_procs([child], timeout=20)
-        assert gone, "the probe child outlived its driver"
+        _, alive = psutil.wait_procs(children, timeout=20)
+        assert not alive, "the probe child or its fork outlived the driver"
         assert not list(tmp.iterdir()), "temporary files left behind"
     finally:
         if driver.poll() is None:

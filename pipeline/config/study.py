@@ -11,9 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config.structured import ConfigError, build
 from pipeline.models.plugins import registry
@@ -25,6 +23,9 @@ from pipeline.models.solvers.rules import (
     is_integer,
     rule,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["ConfigError", "StudyConfig", "validate"]
 
@@ -444,6 +445,8 @@ def _require(ok: bool, key: str, allowed: str, given: Any) -> None:
 
 
 def _month(value: str, key: str) -> pd.Timestamp:
+    import pandas as pd  # here, not at the top: the CLI's light commands import this module
+
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError):

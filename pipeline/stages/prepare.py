@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.dataframe as dd
 import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig
@@ -151,6 +149,10 @@ def _drop_countries_without_values(
 
 
 def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    # here, not at the top: probe and train import this module for load_panel (about 1 s)
+    import dask
+    import dask.dataframe as dd
+
     data = config.data
     columns = [data.target, *data.features]
     n_countries = max(1, raw[COUNTRY].nunique())

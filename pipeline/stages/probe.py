@@ -1,13 +1,16 @@
 """`probe`: measure one representative task per model in a fresh worker-like process; plan the cluster.
 
-Each measurement runs in a child process started like a Dask worker (same imports: the
-pipeline, numpy, pandas, torch, distributed; one BLAS/OpenMP/torch thread). Its exact peak
-RSS comes from `os.wait4` (ru_maxrss of that child alone). A child that only imports gives
-the worker baseline. The child first times a small calibration batch, sizes a task to
-about `runtime.task_seconds` of work (at least `Adapter.batch_fits` fits: a model that batches
-fits is measured on a task of the size train gives it), and runs it, so the peak is that of a
-real task. A model with `Adapter.probe_params` runs with lighter parameters (ensemble_nn: a
-few epochs) and its time per fit is scaled to the real ones by the factor they return.
+The measurements run in ONE child process started like a Dask worker (same imports: the
+pipeline, numpy, pandas, torch, distributed; one BLAS/OpenMP/torch thread): its peak RSS after
+the imports is the worker baseline, and each model's task runs in a process forked from it
+(models measured side by side on the usable cores, the imports paid once: 2-3 CPU-s each
+before; pipeline.runtime.execute.probe_child). A job times a calibration batch, sizes a task
+to about `runtime.task_seconds` of work (at least `Adapter.batch_fits` fits: a model that
+batches fits is measured on a task of the size train gives it), and runs it, so the peak is
+that of a real task (exact: `os.wait4`). A model with `Adapter.probe_params` runs with lighter
+parameters (ensemble_nn: a few epochs) and its time per fit is scaled to the real ones by the
+factor they return. Measurements this machine already made for the same task are reused
+(pipeline.runtime.sizing.probe_cache); only the others start the child.
 
 `dry_run` (the plan as text) lives in pipeline.stages.dry_run.
 
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ import numpy as np
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.models.plugins.registry import adapter_for
+from pipeline.runtime.execute.probe_child import WORKER_IMPORTS, save_payload
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.fits.tasks import task_payload
@@ -53,18 +58,10 @@ from pipeline.runtime.sizing.plan import (
     round_up_mb,
     worker_environment,
 )
-from pipeline.runtime.sizing.probe_cache import (
-    cached_measurement,
-    code_fingerprint,
-    machine_identity,
-)
+from pipeline.runtime.sizing.probe_cache import code_fingerprint, lookup, machine_identity, remember
 from pipeline.runtime.sizing.timeouts import PROBE_TIMEOUT_S, probe_timeout
 
 log = logging.getLogger("pipeline.probe")
-
-CALIBRATION_FITS = 4
-# what a worker process has imported once it ran a task (the probe child mirrors it)
-WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.execute.worker")
 
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
@@ -76,36 +73,57 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     names = list(models) if models is not None else list(config.models.enabled())
     check_user_models(config, panel, names)  # before any child process or cluster
     reprobe = config.runtime.reprobe
-    baseline = cached_measurement(
-        baseline_inputs(), lambda: measure_child(["--baseline"])[0], ("peak_mb",), reprobe
-    )["peak_mb"]
+    jobs: dict[str, ProbeJob] = {}
+    groups: dict[str, list[FitGroup]] = {}
+    # what this machine measured before is reused; the rest is measured in ONE child, started
+    # as soon as something must be measured: it imports while the plans below are built
+    baseline_key = baseline_inputs()
+    cached: dict[str, dict[str, Any] | None] = {}
+    fresh: dict[str, dict[str, Any]] = {}
+    with ProbeChild() as child:
+        old_baseline = None if reprobe else lookup(baseline_key, ("peak_mb",))
+        if old_baseline is None:
+            child.start()
+        for name in names:
+            groups[name] = fit_groups(panel, config, adapter_for(config, name))
+            if sum(len(g) for g in groups[name]) == 0:
+                raise ProbeError(f"model {name} has no fit with enough data in this study")
+            jobs[name] = probe_job(config, name, groups[name])
+            cached[name] = None if reprobe else lookup(jobs[name].inputs, MODEL_FIELDS)
+            if cached[name] is None:
+                child.start()
+        todo = [jobs[n] for n in names if cached[n] is None]
+        if todo or old_baseline is None:
+            baseline_mb, fresh = measure_child(config, todo, child)
+            if old_baseline is None:
+                remember(baseline_key, {"peak_mb": baseline_mb})
+            for job in todo:
+                remember(job.inputs, fresh[job.name])
+    baseline = (old_baseline or {"peak_mb": baseline_mb})["peak_mb"]
     log.info("probe: worker baseline %.0f MiB", baseline)
-    results: dict[str, tuple[int, dict[str, Any], list[FitGroup]]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in names:
-        adapter = adapter_for(config, name)
-        groups = fit_groups(panel, config, adapter)
-        n_fits = sum(len(g) for g in groups)
-        if n_fits == 0:
-            raise ProbeError(f"model {name} has no fit with enough data in this study")
-        results[name] = (n_fits, probe_model(config, name, groups), groups)
+        results[name] = cached.get(name) or fresh[name]
         log.info(
             "probe: %s %.4f s/fit, peak %.0f MiB (%d fits per task)",
             name,
-            results[name][1]["seconds_per_fit"],
-            results[name][1]["peak_mb"],
-            results[name][1]["fits"],
+            results[name]["seconds_per_fit"],
+            results[name]["peak_mb"],
+            results[name]["fits"],
         )
-    largest = max(max(r[1]["peak_mb"] - baseline for r in results.values()), 0.0)
+    largest = max(max(r["peak_mb"] - baseline for r in results.values()), 0.0)
     limit = round_up_mb(baseline + largest + config.runtime.mem_probe_fudge_mb)
     measured = {
-        name: ModelPlan(n_fits, seconds_per_fit=meas["seconds_per_fit"], peak_mb=meas["peak_mb"])
-        for name, (n_fits, meas, _) in results.items()
+        name: ModelPlan(
+            sum(len(g) for g in groups[name]),
+            seconds_per_fit=meas["seconds_per_fit"],
+            peak_mb=meas["peak_mb"],
+        )
+        for name, meas in results.items()
     }
     # sized for this machine only to report it (and fail early when not one worker fits);
     # train sizes the cluster again from these measurements on the machine it runs on
-    plan = plan_from_measurements(
-        config, limit, measured, {n: r[2] for n, r in results.items()}, baseline_mb=baseline
-    )
+    plan = plan_from_measurements(config, limit, measured, groups, baseline_mb=baseline)
     log.info(
         "probe: memory limit %d MiB per worker; here %d workers (budget %.0f MiB)",
         limit,
@@ -114,7 +132,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     )
     write_json(config.output_dir / PROBE_FILE, plan.rounded())
     write_json(config.output_dir / MEASUREMENTS_FILE, plan.measurements())
-    _summary(limit, plan, {name: r[1]["seconds_per_fit"] for name, r in results.items()})
+    _summary(limit, plan, {name: r["seconds_per_fit"] for name, r in results.items()})
     return plan
 
 
@@ -134,14 +152,33 @@ def _summary(limit: int, plan: Plan, seconds_per_fit: dict[str, float]) -> None:
     )
 
 
+MODEL_FIELDS = ("seconds_per_fit", "peak_mb", "fits")
+PROBE_CHILD = "pipeline.runtime.execute.probe_child"
+
+
 def baseline_inputs() -> dict[str, Any]:
     """What the worker baseline (an idle worker-like process) depends on: the probe cache key."""
     return {"kind": "baseline", "imports": list(WORKER_IMPORTS), "machine": _machine()}
 
 
-def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[str, Any]:
-    """Run a calibration batch and a task-sized batch of the largest group in a child process,
-    or reuse this machine's measurement of the same task (pipeline.runtime.sizing.probe_cache)."""
+@dataclass
+class ProbeJob:
+    """One model's measurement: its cache key (`inputs`) and what the child needs to run it."""
+
+    name: str
+    inputs: dict[str, Any]
+    group: FitGroup  # its task: the first fits of this group
+    params: dict[str, Any]
+    scale: float  # the probed time per fit x scale = the real one (Adapter.probe_params)
+    task_seconds: float
+    min_fits: int
+    timeout_s: float
+
+
+def probe_job(config: StudyConfig, name: str, groups: list[FitGroup]) -> ProbeJob:
+    """A calibration batch and a task-sized batch of the model's largest group, and the key
+    this machine's measurement of the same task is cached under
+    (pipeline.runtime.sizing.probe_cache)."""
     adapter = adapter_for(config, name)
     params = adapter.params(config)
     scale = 1.0
@@ -171,95 +208,140 @@ def probe_model(config: StudyConfig, name: str, groups: list[FitGroup]) -> dict[
         "code": code_fingerprint(),
         "machine": _machine(),
     }
-    return cached_measurement(
-        inputs,
-        lambda: _measure_model(config, name, group, params, scale, task_seconds, min_fits),
-        ("seconds_per_fit", "peak_mb", "fits"),
-        config.runtime.reprobe,
-    )
+    timeout_s = probe_timeout(config.runtime, name)
+    return ProbeJob(name, inputs, group, params, scale, task_seconds, min_fits, timeout_s)
 
 
 def _machine() -> dict[str, Any]:
     return machine_identity(worker_environment({}))
 
 
-def _measure_model(
-    config: StudyConfig,
-    name: str,
-    group: FitGroup,
-    params: dict[str, Any],
-    scale: float,
-    task_seconds: float,
-    min_fits: int,
-) -> dict[str, Any]:
-    payload = task_payload(
-        group,
-        np.arange(len(group)),
-        params=params,
-        quantiles=config.data.quantiles,
-        seed=config.seed,
-        extra=adapter_for(config, name).payload,
-    )
-    out, _ = measure_child(
-        # a model that batches fits is measured on a task of that size (time and peak)
-        ["--task-seconds", str(task_seconds), "--min-fits", str(min_fits)],
-        timeout_s=probe_timeout(config.runtime, name),
-        model=name,
-        payload=payload,
-    )
-    out["seconds_per_fit"] = out["seconds_per_fit"] * scale
-    return out
+class ProbeChild:
+    """The probe's one child process (`python -P -m pipeline.runtime.execute.probe_child`, in
+    a worker's environment: one thread, glibc's malloc defaults), started once something is
+    known to need measuring; it imports what a worker imports, then waits for its job list."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def tmp(self) -> Path:
+        assert self._tmp is not None, "start() first"
+        return Path(self._tmp.name)
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        from pipeline.runtime.sizing.resources import usable_cores
+
+        # like a worker (pipeline.runtime.execute.cluster.worker_environ)
+        env = worker_environment(os.environ)
+        # the child imports what this process imports (this copy of the package, a user
+        # model's module): its sys.path is ours, and -P keeps the working directory off it
+        # unless it is on ours (under the qpipe command it is not, so a stray pipeline.py
+        # there cannot run)
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
+        self._tmp = tempfile.TemporaryDirectory(prefix="qpipe-probe-")
+        cmd = [sys.executable, "-P", "-m", PROBE_CHILD, "--jobs", str(self.tmp / "jobs.json")]
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available here: assume an idle machine
+            load = 0.0
+        cmd += ["--parallel", str(side_by_side(usable_cores(), load))]
+        cmd += ["--out", str(self.tmp / "result.json")]
+        cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
+        self.proc = subprocess.Popen(cmd, env=env)
+
+    def close(self) -> None:
+        """Stop the child if it still runs (interrupted, past its timeout); remove its files."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            os.wait4(self.proc.pid, 0)
+            self.proc.returncode = -9
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        self.proc, self._tmp = None, None
+
+    def __enter__(self) -> ProbeChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def side_by_side(cores: int, load: float) -> int:
+    """Models measured at once: one per core nobody else is using (the load average less this
+    driver, which waits meanwhile), so a job's wall time is its own; one at a time on a busy
+    machine, as before (its jobs then time what a lone worker would see)."""
+    return max(1, min(cores, round(cores - load + 1.0)))
 
 
 def measure_child(
-    args: list[str],
-    timeout_s: float = PROBE_TIMEOUT_S,
-    model: str | None = None,
-    payload: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], float]:
-    """Run `python -m pipeline.stages.probe ARGS` like a worker (on `payload`, a task, when
-    given); return its JSON and wall time.
+    config: StudyConfig, jobs: list[ProbeJob], child: ProbeChild
+) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Measure the worker baseline and every job in `child` (started here if it is not yet):
+    (baseline MiB, {model: {seconds_per_fit, peak_mb, fits, ...}}).
 
-    peak_mb is the child's own ru_maxrss from os.wait4 (KiB on Linux), exact and unpolled.
-    The child dies with the driver (PR_SET_PDEATHSIG) and then removes its temporary dir
-    (payload and result); past `timeout_s` it is killed and `model` named in a ConfigError.
+    The child's peak RSS after its imports is the baseline. It measures each job in a process
+    forked from itself (side by side on the idle cores: `side_by_side`), so the imports are
+    paid once, not once per model; a job's peak is the baseline plus what its
+    fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and its model
+    named in a ConfigError; the child and its forks die with the driver (PR_SET_PDEATHSIG) and
+    remove their temporary dir.
     """
-    # like a worker (pipeline.runtime.execute.cluster.worker_environ): one thread, glibc's malloc defaults
-    env = worker_environment(os.environ)
-    # the child imports what this process imports (this copy of the package, a user model's
-    # module): its sys.path is ours, and -P keeps the working directory off it unless it is on
-    # ours (under the qpipe command it is not, so a stray pipeline.py there cannot run)
-    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
-    with tempfile.TemporaryDirectory(prefix="qpipe-probe-") as tmp:
-        result_path = Path(tmp) / "result.json"
-        if payload is not None:
-            _save_payload(Path(tmp) / "payload.npz", payload)
-            args = ["--task", str(Path(tmp) / "payload.npz"), *args]
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-P", "-m", "pipeline.stages.probe", *args]
-        cmd += ["--out", str(result_path)]
-        proc = subprocess.Popen([*cmd, "--parent", str(os.getpid()), "--tmp", tmp], env=env)
-        try:
-            status, usage = _wait(proc, timeout_s)
-        finally:
-            if proc.returncode is None:  # interrupted or past its timeout: it goes too
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                proc.returncode = -9
-        if status is None:
-            key = f"models.{model}" if model else "runtime.task_timeout_s"
+    child.start()
+    assert child.proc is not None
+    specs = []
+    for i, job in enumerate(jobs):
+        path = child.tmp / f"payload-{i}.npz"
+        # built only for what is measured: a reused measurement needs no task arrays
+        payload = task_payload(
+            job.group,
+            np.arange(len(job.group)),
+            params=job.params,
+            quantiles=config.data.quantiles,
+            seed=config.seed,
+            extra=adapter_for(config, job.name).payload,
+        )
+        save_payload(path, payload)
+        specs.append(
+            {
+                "name": job.name,
+                "payload": str(path),
+                "task_seconds": job.task_seconds,
+                "min_fits": job.min_fits,
+                "timeout_s": job.timeout_s,
+                "out": str(child.tmp / f"result-{i}.json"),
+            }
+        )
+    staging = child.tmp / "jobs.json.part"
+    staging.write_text(json.dumps(specs))
+    staging.replace(child.tmp / "jobs.json")  # whole, or not there yet: the child waits for it
+    # the child stops a job past its own timeout; this bound only catches a stuck child
+    timeout_s = PROBE_TIMEOUT_S + sum(job.timeout_s for job in jobs)
+    status, _ = _wait(child.proc, timeout_s)
+    if status is None:
+        raise ProbeError(f"probe child still running after {timeout_s:g} s: stopped")
+    if child.proc.returncode != 0:
+        raise ProbeError(f"probe child exited with {child.proc.returncode}")
+    out = json.loads((child.tmp / "result.json").read_text())
+    measured = {}
+    for job in jobs:
+        got = out["models"][job.name]
+        if got.get("timeout"):
             raise ConfigError(
-                key,
-                f"a model whose probe task finishes within runtime.task_timeout_s = {timeout_s:g} s "
-                "(raise it for this model with runtime.task_timeout_s_by_model)",
-                f"still running after {timeout_s:g} s: stopped",
+                f"models.{job.name}",
+                f"a model whose probe task finishes within runtime.task_timeout_s = "
+                f"{job.timeout_s:g} s (raise it for this model with "
+                "runtime.task_timeout_s_by_model)",
+                f"still running after {job.timeout_s:g} s: stopped",
             )
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise ProbeError(f"probe child {' '.join(args)} exited with {proc.returncode}")
-        out = json.loads(result_path.read_text() or "{}")
-    out["peak_mb"] = usage.ru_maxrss / 1024.0
-    return out, wall
+        if "error" in got:
+            raise ProbeError(f"probe of {job.name} failed: {got['error']}")
+        got["seconds_per_fit"] = got["seconds_per_fit"] * job.scale
+        measured[job.name] = got
+    return out["baseline_mb"], measured
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int | None, Any]:
@@ -273,89 +355,3 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int | None, 
         if time.monotonic() > deadline:
             return None, None
         time.sleep(0.02)
-
-
-def _save_payload(path: Path, payload: dict[str, Any]) -> None:
-    meta = {k: v for k, v in payload.items() if k not in ("data", "countries", "rows", "origins")}
-    arrays = {f"data_{k}": v for k, v in payload["data"].items()}
-    np.savez(
-        path,
-        meta=np.array(json.dumps(meta)),
-        countries=payload["countries"].astype(str),
-        rows=payload["rows"],
-        origins=payload["origins"],
-        **arrays,
-    )
-
-
-def _load_payload(path: str) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as f:
-        payload = json.loads(str(f["meta"]))
-        payload["countries"] = f["countries"].astype(object)
-        payload["rows"] = f["rows"]
-        payload["origins"] = f["origins"]
-        payload["data"] = {k[5:]: f[k] for k in f.files if k.startswith("data_")}
-    return payload
-
-
-def _child(argv: list[str]) -> None:
-    import importlib
-
-    _die_with_driver(int(argv[argv.index("--parent") + 1]), argv[argv.index("--tmp") + 1])
-    for module in WORKER_IMPORTS:
-        importlib.import_module(module)
-    out_path = argv[argv.index("--out") + 1]
-    result: dict[str, Any] = {}
-    if "--task" in argv:
-        from pipeline.runtime.execute.worker import run_task
-
-        payload = _load_payload(argv[argv.index("--task") + 1])
-        task_seconds = float(argv[argv.index("--task-seconds") + 1])
-        n_all = len(payload["keys"])
-        k0 = min(CALIBRATION_FITS, n_all)
-        first = run_task(_head(payload, k0))
-        spf = first["seconds"] / k0
-        min_fits = int(argv[argv.index("--min-fits") + 1]) if "--min-fits" in argv else 1
-        k1 = int(min(n_all, max(k0, min_fits, task_seconds / max(spf, 1e-9))))
-        second = run_task(_head(payload, k1))
-        if second["failed"]:
-            raise RuntimeError(f"probe task failed: {second['failed'][0]['traceback']}")
-        result = {
-            "seconds_per_fit": second["seconds"] / k1,
-            "fits": k1,
-            "calibration_seconds_per_fit": spf,
-        }
-    Path(out_path).write_text(json.dumps(result))
-
-
-def _die_with_driver(parent: int, tmp: str) -> None:
-    """End this child with the driver, removing the driver's temporary dir for it (a driver
-    killed by SIGKILL cannot): SIGTERM on the parent's death, and a check for a parent gone
-    before that request took effect."""
-    import shutil
-    import signal
-
-    from pipeline.runtime.execute.child import die_with_parent
-
-    def leave(*_: object) -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os._exit(143)
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it ends this child
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() != parent:
-        leave()
-
-
-def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:
-    sub = dict(payload)
-    sub["keys"] = payload["keys"][:k]
-    sub["countries"], sub["rows"] = payload["countries"][:k], payload["rows"][:k]
-    sub["origins"] = payload["origins"][:k]
-    sub["data"] = {n: v[:k] for n, v in payload["data"].items()}
-    return sub
-
-
-if __name__ == "__main__":
-    _child(sys.argv[1:])

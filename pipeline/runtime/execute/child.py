@@ -66,10 +66,18 @@ class Child:
         self.proc: Any = None
         self.conn: Connection | None = None
 
-    def _start(self) -> None:
+    def start(self, preload: tuple[str, ...] = ()) -> None:
+        """Start the child now (if it is not running), importing `preload` before it serves:
+        the spawn and the imports then overlap with the driver's own work (prepare, the
+        probe) instead of delaying the first call."""
+        if self.proc is None or not self.proc.is_alive():
+            self.close()
+            self._start(preload)
+
+    def _start(self, preload: tuple[str, ...] = ()) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a driver holding threads
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True)
+        proc = ctx.Process(target=_serve, args=(child, os.getpid(), preload), daemon=True)
         saved = dict(os.environ)
         os.environ.clear()
         os.environ.update(worker_environment(saved))  # what the spawned child starts with
@@ -187,12 +195,19 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
-def _serve(conn: Connection, parent: int) -> None:
+def _serve(conn: Connection, parent: int, preload: tuple[str, ...] = ()) -> None:
     """The child's loop: run each (fn, arg) received, send back ("ok", result) or ("error", …)."""
+    import contextlib
+    import importlib
+
     die_with_parent()
     if os.getppid() != parent:  # the driver died before the request above took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    for module in preload:
+        # on failure it is imported again where it is used, which then reports the error
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
     forward = _Forward(conn)
     logging.getLogger("pipeline").addHandler(forward)
     logging.getLogger("pipeline").setLevel(logging.INFO)

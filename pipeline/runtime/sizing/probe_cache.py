@@ -21,7 +21,7 @@ import os
 import platform
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ from pipeline.io import read_json, stable_hash, write_json
 log = logging.getLogger("pipeline.probe")
 
 ENV_VAR = "QPIPE_PROBE_CACHE"
-FORMAT = 1
+# 2: peaks from one child and its forks (VmHWM; os.wait4 growth): a spawned child's ru_maxrss
+# started at the driver's peak, so entries of format 1 may hold the driver's RSS
+FORMAT = 2
 # libraries whose version changes what a task costs (solvers, arrays, the worker's imports)
 VERSIONED = ("numpy", "scipy", "torch", "pandas", "pyarrow", "distributed")
 
@@ -76,27 +78,25 @@ def entry_path(inputs: Mapping[str, Any]) -> Path:
     return cache_dir() / f"{stable_hash(dict(inputs), 40)}.json"
 
 
-def cached_measurement(
-    inputs: Mapping[str, Any],
-    measure: Callable[[], dict[str, Any]],
-    required: tuple[str, ...],
-    reprobe: bool = False,
-) -> dict[str, Any]:
-    """The cached result for `inputs` (valid, with every `required` field), else `measure()`,
-    stored for the next study. A cache that cannot be written only costs a warning."""
+def lookup(inputs: Mapping[str, Any], required: tuple[str, ...]) -> dict[str, Any] | None:
+    """This machine's earlier measurement for `inputs` (valid, with every `required` field),
+    or None."""
+    path = entry_path({"format": FORMAT, **inputs})
+    found = load_entry(path, required)
+    if found is not None:
+        log.info("probe: reused measurement from %s", path)
+    return found
+
+
+def remember(inputs: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    """Keep a measurement for the next study; a cache that cannot be written only costs a
+    warning."""
     inputs = {"format": FORMAT, **inputs}
     path = entry_path(inputs)
-    if not reprobe:
-        found = load_entry(path, required)
-        if found is not None:
-            log.info("probe: reused measurement from %s", path)
-            return found
-    result = measure()
     try:
         store_entry(path, inputs, result)
     except OSError as error:
         log.warning("probe: could not cache the measurement in %s: %s", path, error)
-    return result
 
 
 def store_entry(path: Path, inputs: Mapping[str, Any], result: Mapping[str, Any]) -> None:

@@ -1,0 +1,217 @@
+"""The probe's child process: the worker baseline and every model's task, one import.
+
+`python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel N --out FILE
+--parent PID --tmp DIR` (started by pipeline.stages.probe.ProbeChild, in a worker's
+environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
+driver knows its jobs: after its imports it waits for FILE to appear.
+
+It imports what a worker imports (WORKER_IMPORTS); its peak RSS at that point is the worker
+baseline, as a child that only imports measured it before. Each job (one model) then runs in
+a process forked from it, up to N at once (the driver picks N: its idle cores), so the
+imports (2-3 CPU-s, torch and distributed) are paid once per probe instead of once per model. A fork's own peak RSS (`os.wait4`) starts
+near the RSS it was forked with and grows by what the job allocates; the job's peak is the
+baseline plus that growth (pages of the imported libraries the job touches for the first time
+count as growth, so the estimate errs high, never low). A job past its timeout is killed
+(SIGKILL) and reported as such; the forks die with this process, and this process with the
+driver (PR_SET_PDEATHSIG), removing the driver's temporary dir on the way.
+
+A job: a calibration batch of the first `CALIBRATION_FITS` fits (or of `min_fits`, when a
+model batches at least that many: the calibration is then already a task of the size train
+gives it), then, if the time per fit it measured asks for a bigger task of about
+`task_seconds`, that task; time per fit and peak RSS are those of the last, task-sized batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.runtime.execute.child import die_with_parent
+
+CALIBRATION_FITS = 4
+# what a worker process has imported once it ran a task (this child mirrors it)
+WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.execute.worker")
+POLL_S = 0.01
+
+
+def save_payload(path: Path, payload: dict[str, Any]) -> None:
+    """A task payload as .npz (plain arrays and JSON: no pickle)."""
+    meta = {k: v for k, v in payload.items() if k not in ("data", "countries", "rows", "origins")}
+    arrays = {f"data_{k}": v for k, v in payload["data"].items()}
+    np.savez(
+        path,
+        meta=np.array(json.dumps(meta)),
+        countries=payload["countries"].astype(str),
+        rows=payload["rows"],
+        origins=payload["origins"],
+        **arrays,
+    )
+
+
+def load_payload(path: str) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as f:
+        payload = json.loads(str(f["meta"]))
+        payload["countries"] = f["countries"].astype(object)
+        payload["rows"] = f["rows"]
+        payload["origins"] = f["origins"]
+        payload["data"] = {k[5:]: f[k] for k in f.files if k.startswith("data_")}
+    return payload
+
+
+def main(argv: list[str]) -> None:
+    def arg(name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    running: dict[int, tuple[dict[str, Any], float]] = {}  # pid -> (job, deadline)
+    _die_with_driver(int(arg("--parent")), arg("--tmp"), running)
+    for module in WORKER_IMPORTS:
+        importlib.import_module(module)
+    baseline_mb = _peak_mb()
+    jobs_path = Path(arg("--jobs"))
+    while not jobs_path.exists():  # the driver writes it (atomically) once its plans are built
+        time.sleep(POLL_S)
+    jobs = json.loads(jobs_path.read_text())
+    parallel = max(1, int(arg("--parallel")))
+    results: dict[str, dict[str, Any]] = {}
+    pending = list(jobs)
+    while pending or running:
+        while pending and len(running) < parallel:
+            job = pending.pop(0)
+            running[_fork(job)] = (job, time.monotonic() + float(job["timeout_s"]))
+        pid, status, usage = os.wait4(-1, os.WNOHANG)
+        if pid:
+            job, _ = running.pop(pid)
+            results[job["name"]] = _result(job, status, usage, baseline_mb)
+            continue
+        for pid, (job, deadline) in list(running.items()):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.wait4(pid, 0)
+                del running[pid]
+                results[job["name"]] = {"timeout": True}
+        time.sleep(POLL_S)
+    Path(arg("--out")).write_text(json.dumps({"baseline_mb": baseline_mb, "models": results}))
+
+
+def _peak_mb() -> float:
+    """This process's own peak RSS since it started. Not getrusage's ru_maxrss: at exec the
+    kernel carries the spawning process's peak into it (the driver's, hundreds of MiB at a
+    large study), while VmHWM is the peak of this process image alone."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _fork(job: dict[str, Any]) -> int:
+    """Run `job` in a fork of this process; its pid."""
+    parent = os.getpid()
+    with warnings.catch_warnings():
+        # Python warns of fork with threads; the only other thread is pyarrow's jemalloc
+        # background thread, and jemalloc handles fork itself (pthread_atfork)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        die_with_parent(signal.SIGKILL)  # not inherited across fork: this child's own request
+        if os.getppid() != parent:  # this process ended before the request took effect
+            return
+        start_mb = _rss_mb()
+        try:
+            out = _measure(job)
+            out["start_mb"] = start_mb
+            code = 0
+        except Exception:
+            out = {"error": traceback.format_exc(limit=8)[-2000:]}
+        Path(job["out"]).write_text(json.dumps(out))
+    finally:
+        os._exit(code)
+
+
+def _measure(job: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.runtime.execute.worker import run_task
+
+    payload = load_payload(job["payload"])
+    n_all = len(payload["keys"])
+    min_fits = int(job["min_fits"])
+    k0 = min(n_all, max(CALIBRATION_FITS, min_fits))
+    first = _checked(run_task(_head(payload, k0)))
+    spf = first["seconds"] / k0
+    k1 = int(min(n_all, max(k0, float(job["task_seconds"]) / max(spf, 1e-9))))
+    last = first if k1 == k0 else _checked(run_task(_head(payload, k1)))
+    return {"seconds_per_fit": last["seconds"] / k1, "fits": k1, "calibration_seconds_per_fit": spf}
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    if result["failed"]:
+        raise RuntimeError(f"probe task failed: {result['failed'][0]['traceback']}")
+    return result
+
+
+def _result(job: dict[str, Any], status: int, usage: Any, baseline_mb: float) -> dict[str, Any]:
+    try:
+        out = json.loads(Path(job["out"]).read_text())
+    except (OSError, ValueError):
+        out = {"error": f"the probe's fork exited with {os.waitstatus_to_exitcode(status)}"}
+    if "error" not in out:
+        grown = max(usage.ru_maxrss / 1024.0 - out.pop("start_mb"), 0.0)
+        out["peak_mb"] = baseline_mb + grown
+        out["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the whole job (for the record)
+    return out
+
+
+def _die_with_driver(parent: int, tmp: str, running: dict[int, Any]) -> None:
+    """End this child (and its forks) with the driver, removing the driver's temporary dir for
+    it (a driver killed by SIGKILL cannot): SIGTERM on the parent's death, and a check for a
+    parent gone before that request took effect."""
+
+    def leave(*_: object) -> None:
+        for pid in list(running):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it ends this child
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:
+        leave()
+
+
+def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:
+    sub = dict(payload)
+    sub["keys"] = payload["keys"][:k]
+    sub["countries"], sub["rows"] = payload["countries"][:k], payload["rows"][:k]
+    sub["origins"] = payload["origins"][:k]
+    sub["data"] = {n: v[:k] for n, v in payload["data"].items()}
+    return sub
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
