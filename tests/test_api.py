@@ -82,16 +82,14 @@ def test_bad_input_raises_the_one_line_as_a_qpipe_error(tmp_path, monkeypatch):
 
 
 # a user model (batched function) that fails on a constant series: the caller's frame decides
-# which fits fail (the country sorted last). The user-model check (the first two fits) and the
-# probe (its first 4 fits: at 0.1 s a fit, runtime.task_seconds=0.2 asks for no more) pass.
+# which fits fail (the country sorted last). The user-model check (the first two fits) passes;
+# the probe's task reaches the failing fits (a fast model: it times a whole task), and a failure
+# there is timed and left to train to record, not a crash of the run.
 FAILS_ON_CONSTANT = """
-import time
-
 import numpy as np
 
 
 def fit_batch(X, y, w, X_new, quantiles):
-    time.sleep(0.1 * X.shape[0])
     out = np.empty((X.shape[0], X_new.shape[1], len(quantiles)))
     for b in range(X.shape[0]):
         live = y[b][w[b] > 0]

@@ -339,6 +339,14 @@ def measure_child(
             )
         if "error" in got:
             raise ProbeError(f"probe of {job.name} failed: {got['error']}")
+        if got.get("failed_fits"):
+            log.warning(
+                "probe: %d of the %d fits %s ran for its measurement failed; train tries them "
+                "again and records what fails (logs/errors, forecasts/missing.parquet)",
+                got["failed_fits"],
+                got["fits"],
+                job.name,
+            )
         got["seconds_per_fit"] = got["seconds_per_fit"] * job.scale
         measured[job.name] = got
     return out["baseline_mb"], measured

@@ -160,17 +160,18 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
     n_all = len(payload["keys"])
     min_fits = int(job["min_fits"])
     k0 = min(n_all, max(CALIBRATION_FITS, min_fits))
-    first = _checked(run_task(_head(payload, k0)))
+    # a fit that fails here is timed like the rest (train spends that time too, and records
+    # the failure where a user looks for it); the probe only says how many failed
+    first = run_task(_head(payload, k0))
     spf = first["seconds"] / k0
     k1 = int(min(n_all, max(k0, float(job["task_seconds"]) / max(spf, 1e-9))))
-    last = first if k1 == k0 else _checked(run_task(_head(payload, k1)))
-    return {"seconds_per_fit": last["seconds"] / k1, "fits": k1, "calibration_seconds_per_fit": spf}
-
-
-def _checked(result: dict[str, Any]) -> dict[str, Any]:
-    if result["failed"]:
-        raise RuntimeError(f"probe task failed: {result['failed'][0]['traceback']}")
-    return result
+    last = first if k1 == k0 else run_task(_head(payload, k1))
+    return {
+        "seconds_per_fit": last["seconds"] / k1,
+        "fits": k1,
+        "calibration_seconds_per_fit": spf,
+        "failed_fits": len(last["failed"]),
+    }
 
 
 def _result(job: dict[str, Any], status: int, usage: Any, baseline_mb: float) -> dict[str, Any]:
