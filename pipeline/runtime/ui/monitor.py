@@ -212,12 +212,13 @@ def monitor(
         return 0
     from rich.live import Live
 
+    if snapshot is None:  # said once (the live view shows only the latest state)
+        console.print(
+            f"waiting for a run in {output_dir}: no {db_path(output_dir)} yet (Ctrl-C to stop)"
+        )
+
     def view(snapshot: Snapshot | None) -> object:
-        if snapshot is None:
-            return Text(
-                f"waiting for a run in {output_dir} (no {db_path(output_dir)} yet); Ctrl-C to stop"
-            )
-        return render(snapshot)
+        return Text("") if snapshot is None else render(snapshot)
 
     # Ctrl-C sets a flag the loop waits on, instead of raising KeyboardInterrupt wherever the
     # main thread happens to be (inside rich's refresh lock it could hang the exit)
