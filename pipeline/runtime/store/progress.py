@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.io import write_parquet
-from pipeline.runtime.store.progress_view import (  # the format and its readers
+from pipeline.io import atomic_path, write_parquet
+from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
     FORMAT,
     PENDING,
@@ -36,15 +36,18 @@ from pipeline.runtime.store.progress_view import (  # the format and its readers
     OldFormat,
     apply_event,
     carry_state,
-    fit_counts,
     float_blob,
     fresh_state,
     group_row,
     load_groups,
     mirror_state,
     pack_index,
+)
+from pipeline.runtime.store.progress_view import (
+    ROW_COLUMNS,
+    fit_counts,
     read_table,
-    rows_frame,
+    row_chunks,
     side_tables,
 )
 
@@ -87,6 +90,16 @@ CREATE TABLE IF NOT EXISTS runs (
     fits INTEGER, trained INTEGER, loaded INTEGER, failed INTEGER
 );
 """
+
+
+def _arrow_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {
+        **dict.fromkeys(("quantile", "started", "finished", "seconds", "peak_mb"), pa.float64()),
+        **dict.fromkeys(("forecast", "alpha"), pa.float64()),
+        **dict.fromkeys(("horizon", "attempts"), pa.int64()),
+    }
 
 
 def db_path(output_dir: str | Path) -> Path:
@@ -394,9 +407,11 @@ class ProgressStore:
         return fit_counts(load_groups(self.conn, model, values=False))
 
     def export(self, output_dir: str | Path) -> None:
-        """Write progress/progress.parquet (one row per forecast) and progress/errors.parquet
-        (deterministic order)."""
+        """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
+        row groups) and progress/errors.parquet (deterministic order)."""
         import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         out = Path(output_dir) / PROGRESS_DIR
         self.conn.execute("BEGIN")
@@ -406,7 +421,15 @@ class ProgressStore:
             every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
         finally:
             self.conn.execute("COMMIT")
-        write_parquet(out / "progress.parquet", rows_frame(states, tasks, errors))
+        types = _arrow_types()
+        schema = pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
+        with (
+            atomic_path(out / "progress.parquet") as tmp,
+            pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+        ):
+            for chunk in row_chunks(states, tasks, errors):
+                table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+                writer.write_table(table.replace_schema_metadata(None))
         write_parquet(out / "errors.parquet", every_error)
 
 

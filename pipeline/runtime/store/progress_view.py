@@ -1,311 +1,34 @@
-"""Reading the progress store (format 2): its fits as arrays, and the per-row view derived from them.
-
-The store (pipeline/runtime/store/progress.py writes it) keeps a run's progress per fit group,
-not per forecast row, so that it grows by tens of bytes per fit:
-
-table `groups`, one row per (model, grp): the group's fit plan and the snapshot of its fits'
-  state as arrays: `keys` F x 32 raw sha256 bytes; zlib-packed `country` (F, C) int32 indexes
-  into `names` (JSON), `rows` (F, C) uint8 (forecast row exists), `origin` (F,) int32 month
-  index; `status` (F,) uint8 (index into STATUSES), `attempts` (F,) int32, `task` (F,) int64
-  (tasks.id of the last attempt, 0 none), `run` (F,) int32 (index into `runs`, JSON run ids),
-  `error` (F,) int64 (errors.id of the last failure, 0 none); raw float64 `forecast`
-  (F, C, H, Q) and `alpha` (F, Q) (NULL when every value is NaN).
-table `events`: what happened since the snapshot, one row per task transition (training,
-  done, failed, loaded), applied in id order on read; the driver folds them into the snapshot
-  at the start and end of each train run. `fits` are delta-encoded positions in the group.
-table `tasks`: one row per task run (worker, started, finished, seconds per fit, peak_mb).
-table `errors`: one row per failed fit with its full traceback; table `runs`: one per train run.
-
-The seed's per (model, country, quantile, horizon, origin) view (`rows_frame`, `read_table(path,
-"progress")`, the parquet export) is derived from these arrays on read.
-"""
+"""Views of the progress store derived on read: counts, the per (model, country, quantile,
+horizon, origin) table (read_table(path, "progress") and the parquet export, built in sorted
+chunks so that a million fits never sit in memory as Python rows), failed keys."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.store.progress_format import (
+    FAILED,
+    STATUSES,
+    GroupState,
+    hex_keys,
+    load_groups,
+)
 
-FORMAT = 2  # PRAGMA user_version of the store; format 1 was one row per forecast row
-STATUSES = ("pending", "training", "done", "failed")
-PENDING, TRAINING, DONE, FAILED = range(4)
-KEY_BYTES = 32
+# the export's columns (the seed's one row per forecast), in order, and their types
 ROW_COLUMNS = (
     "model", "country", "quantile", "horizon", "origin", "key", "status", "attempts",
     "error_type", "error_message", "worker", "started", "finished", "seconds", "peak_mb",
     "forecast", "alpha", "run_id",
 )  # fmt: skip
-
-
-class OldFormat(sqlite3.DatabaseError):
-    """The store was written by an earlier qpipe (another format): derived data, rebuilt."""
-
-
-# --- codecs -------------------------------------------------------------------------------------
-
-
-def pack(array: np.ndarray) -> bytes:
-    """zlib level 1 of the array's bytes (statuses, indexes and runs compress to almost nothing)."""
-    return zlib.compress(np.ascontiguousarray(array).tobytes(), 1)
-
-
-def unpack(blob: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(blob), dtype=dtype).reshape(shape).copy()
-
-
-def pack_index(index: np.ndarray) -> bytes:
-    """Positions in a group, delta-encoded (a task's fits are mostly consecutive)."""
-    index = np.asarray(index, dtype=np.int64)
-    return pack(np.diff(index, prepend=0).astype("<i4"))
-
-
-def unpack_index(blob: bytes) -> np.ndarray:
-    return np.cumsum(np.frombuffer(zlib.decompress(blob), dtype="<i4"), dtype=np.int64)
-
-
-def floats(blob: bytes | None, shape: tuple[int, ...]) -> np.ndarray:
-    if blob is None:
-        return np.full(shape, np.nan)
-    return np.frombuffer(blob, dtype="<f8").reshape(shape).copy()
-
-
-def float_blob(array: np.ndarray) -> bytes | None:
-    array = np.asarray(array, dtype="<f8")
-    return None if np.isnan(array).all() else np.ascontiguousarray(array).tobytes()
-
-
-def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
-    """(F, 32) uint8 from 64-hex-character content keys."""
-    if not len(keys):
-        return np.zeros((0, KEY_BYTES), dtype=np.uint8)
-    raw = bytes.fromhex("".join(str(k) for k in keys))
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
-
-
-def hex_keys(raw: np.ndarray) -> np.ndarray:
-    text = np.ascontiguousarray(raw).tobytes().hex()
-    width = 2 * KEY_BYTES
-    return np.array([text[i : i + width] for i in range(0, len(text), width)], dtype=object)
-
-
-# --- the fits of one group ------------------------------------------------------------------------
-
-
-@dataclass
-class GroupState:
-    """One fit group's plan and its fits' state (F fits, C forecast rows each, H horizons, Q levels)."""
-
-    model: str
-    grp: int
-    horizons: tuple[int, ...]
-    quantiles: tuple[float, ...]
-    names: np.ndarray  # (n,) country codes that `country` indexes
-    keys: np.ndarray  # (F, 32) uint8
-    country: np.ndarray  # (F, C) int32
-    rows: np.ndarray  # (F, C) bool
-    origin: np.ndarray  # (F,) int32 month index
-    status: np.ndarray  # (F,) uint8: index into STATUSES
-    attempts: np.ndarray  # (F,) int32
-    task: np.ndarray  # (F,) int64: tasks.id, 0 none
-    run: np.ndarray  # (F,) int32: index into runs, -1 none
-    runs: list[str]
-    error: np.ndarray  # (F,) int64: errors.id, 0 none
-    forecast: np.ndarray | None  # (F, C, H, Q) float64 (None: not read)
-    alpha: np.ndarray | None  # (F, Q) float64
-
-    def __len__(self) -> int:
-        return int(self.status.shape[0])
-
-    def run_index(self, run_id: str) -> int:
-        if run_id not in self.runs:
-            self.runs.append(run_id)
-        return self.runs.index(run_id)
-
-    def shape(self) -> tuple[int, int, int, int]:
-        return len(self), self.rows.shape[1], len(self.horizons), len(self.quantiles)
-
-
-_GROUP_COLUMNS = (
-    "model, grp, horizons, quantiles, names, runs, n_fits, n_cols, keys, country, rows, origin, "
-    "status, attempts, task, run, error"
-)
-
-
-def _group(row: tuple[Any, ...], values: bool, blobs: tuple[Any, Any]) -> GroupState:
-    model, grp, horizons, quantiles, names, runs, F, C = row[:8]
-    keys, country, rows, origin, status, attempts, task, run, error = row[8:]
-    H, Q = len(json.loads(horizons)), len(json.loads(quantiles))
-    return GroupState(
-        model=model,
-        grp=int(grp),
-        horizons=tuple(json.loads(horizons)),
-        quantiles=tuple(json.loads(quantiles)),
-        names=np.array(json.loads(names), dtype=object),
-        keys=np.frombuffer(keys, dtype=np.uint8).reshape(F, KEY_BYTES),
-        country=unpack(country, "<i4", (F, C)),
-        rows=unpack(rows, "u1", (F, C)).astype(bool),
-        origin=unpack(origin, "<i4", (F,)),
-        status=unpack(status, "u1", (F,)),
-        attempts=unpack(attempts, "<i4", (F,)),
-        task=unpack(task, "<i8", (F,)),
-        run=unpack(run, "<i4", (F,)),
-        runs=list(json.loads(runs)),
-        error=unpack(error, "<i8", (F,)),
-        forecast=floats(blobs[0], (F, C, H, Q)) if values else None,
-        alpha=floats(blobs[1], (F, Q)) if values else None,
-    )
-
-
-def load_groups(
-    conn: sqlite3.Connection, model: str | None = None, values: bool = True
-) -> list[GroupState]:
-    """Every group (of `model`) with the events since its snapshot applied, in one read
-    transaction (a consistent state while the driver writes). `values=False` skips the
-    forecasts (what the monitor needs is statuses)."""
-    check_format(conn)
-    where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
-    extra = ", forecast, alpha" if values else ""
-    in_tx = conn.in_transaction
-    if not in_tx:
-        conn.execute("BEGIN")
-    try:
-        states = [
-            _group(row[:17], values, tuple(row[17:]) if values else (None, None))
-            for row in conn.execute(
-                f"SELECT {_GROUP_COLUMNS}{extra} FROM groups {where} ORDER BY model, grp", args
-            )
-        ]
-        by = {(s.model, s.grp): s for s in states}
-        cols = "model, grp, status, fits, run_id, task, bump, error" + extra
-        for row in conn.execute(f"SELECT {cols} FROM events {where} ORDER BY id", args):
-            state = by.get((row[0], row[1]))
-            if state is not None:
-                apply_event(state, *row[2:8], *(row[8:10] if values else (None, None)))
-    finally:
-        if not in_tx:
-            conn.execute("COMMIT")
-    return states
-
-
-def apply_event(
-    state: GroupState,
-    status: str,
-    fits: bytes,
-    run_id: str,
-    task: int | None,
-    bump: int,
-    error: bytes | None,
-    forecast: bytes | None,
-    alpha: bytes | None,
-) -> np.ndarray:
-    """Apply one event to `state` (the reader's and the writer's one definition); its fits."""
-    idx = unpack_index(fits)
-    code = STATUSES.index(status)
-    state.status[idx] = code
-    state.attempts[idx] += int(bump)
-    if task is not None:
-        state.task[idx] = task
-    state.run[idx] = state.run_index(run_id)
-    if code == DONE:
-        state.error[idx] = 0
-    if error is not None:
-        state.error[idx] = np.frombuffer(error, dtype="<i8")
-    _, C, H, Q = state.shape()
-    if state.forecast is not None and forecast is not None:
-        state.forecast[idx] = np.frombuffer(forecast, dtype="<f8").reshape(idx.size, C, H, Q)
-    if state.alpha is not None and code == DONE:
-        state.alpha[idx] = floats(alpha, (idx.size, Q))
-    return idx
-
-
-# --- writing a group ------------------------------------------------------------------------------
-
-
-def fresh_state(model: str, grp: int, g: FitGroup, quantiles: Sequence[float]) -> GroupState:
-    """A group's state with every fit pending."""
-    F, C, H, Q = len(g), g.rows.shape[1], len(g.horizons), len(quantiles)
-    names, country = np.unique(np.asarray(g.countries, dtype=str), return_inverse=True)
-    return GroupState(
-        model=model,
-        grp=grp,
-        horizons=tuple(int(h) for h in g.horizons),
-        quantiles=tuple(float(q) for q in quantiles),
-        names=names.astype(object),
-        keys=raw_keys(g.keys),
-        country=country.reshape(F, C).astype(np.int32),
-        rows=np.asarray(g.rows, dtype=bool),
-        origin=np.asarray(g.origin, dtype=np.int32),
-        status=np.full(F, PENDING, dtype=np.uint8),
-        attempts=np.zeros(F, dtype=np.int32),
-        task=np.zeros(F, dtype=np.int64),
-        run=np.full(F, -1, dtype=np.int32),
-        runs=[],
-        error=np.zeros(F, dtype=np.int64),
-        forecast=np.full((F, C, H, Q), np.nan),
-        alpha=np.full((F, Q), np.nan),
-    )
-
-
-def carry_state(
-    new: GroupState, at: np.ndarray, old: GroupState, src: np.ndarray, run_id: str
-) -> None:
-    """Fits `at` of `new` are fits `src` of `old` (same keys): their state carries over."""
-    for name in ("status", "attempts", "task", "error"):
-        getattr(new, name)[at] = getattr(old, name)[src]
-    runs = np.array([new.run_index(r) for r in old.runs] + [new.run_index(run_id)], np.int32)
-    new.run[at] = runs[old.run[src]]  # -1 (none) picks the last: this run
-    same = old.forecast is not None and new.forecast.shape[1:] == old.forecast.shape[1:]
-    if new.forecast is not None and same:
-        new.forecast[at] = old.forecast[src]
-        new.alpha[at] = old.alpha[src]  # type: ignore[index]
-
-
-def mirror_state(states: Sequence[GroupState]) -> list[GroupState]:
-    """The writer's in-memory copy: statuses, attempts and runs (no forecasts)."""
-    from dataclasses import replace
-
-    return [replace(s, forecast=None, alpha=None, runs=list(s.runs)) for s in states]
-
-
-def group_row(s: GroupState) -> tuple[Any, ...]:
-    F, C, _, _ = s.shape()
-    return (
-        s.model,
-        s.grp,
-        json.dumps(list(s.horizons)),
-        json.dumps(list(s.quantiles)),
-        json.dumps([str(n) for n in s.names]),
-        json.dumps(s.runs),
-        F,
-        C,
-        np.ascontiguousarray(s.keys, dtype=np.uint8).tobytes(),
-        pack(s.country.astype("<i4")),
-        pack(s.rows.astype("u1")),
-        pack(s.origin.astype("<i4")),
-        pack(s.status.astype("u1")),
-        pack(s.attempts.astype("<i4")),
-        pack(s.task.astype("<i8")),
-        pack(s.run.astype("<i4")),
-        pack(s.error.astype("<i8")),
-        None if s.forecast is None else float_blob(s.forecast),
-        None if s.alpha is None else float_blob(s.alpha),
-    )
-
-
-def check_format(conn: sqlite3.Connection) -> None:
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version != FORMAT:
-        raise OldFormat(f"store format {version}, this qpipe reads format {FORMAT}")
+FLOAT_COLUMNS = ("quantile", "started", "finished", "seconds", "peak_mb", "forecast", "alpha")
+INT_COLUMNS = ("horizon", "attempts")
+CHUNK_ROWS = 1 << 18
 
 
 # --- views --------------------------------------------------------------------------------------
@@ -329,28 +52,90 @@ def rows_frame(
 ) -> pd.DataFrame:
     """The per (model, country, quantile, horizon, origin) table (ROW_COLUMNS), sorted by
     model, country, horizon, quantile, origin. `tasks`/`errors`: those tables, indexed by id."""
-    parts = [_rows(s, tasks, errors) for s in states if len(s)]
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS})
-    frame = pd.concat(parts, ignore_index=True)
-    order = np.lexsort(
-        [frame[c].to_numpy() for c in ("origin", "quantile", "horizon", "country", "model")]
-    )
-    return frame.iloc[order].reset_index(drop=True)
+    return pd.concat(list(row_chunks(states, tasks, errors)), ignore_index=True)
 
 
-def _rows(s: GroupState, tasks: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
-    F, C, H, Q = s.shape()
+def row_chunks(
+    states: Sequence[GroupState],
+    tasks: pd.DataFrame,
+    errors: pd.DataFrame,
+    chunk: int = CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """rows_frame in consecutive pieces of at most `chunk` rows: the sort runs on integer
+    arrays, and only one piece's strings exist at a time."""
+    states = [s for s in states if len(s)]
+    if not states:
+        yield _empty()
+        return
+    models = sorted({s.model for s in states})
+    names = np.array(sorted({str(n) for s in states for n in s.names}), dtype=object)
+    index, sort = [], []
+    for gi, s in enumerate(states):
+        fi, cj, hi, qi = _expand(s)
+        rank = np.searchsorted(names, s.names.astype(str).astype(object))
+        index.append((np.full(fi.size, gi, np.int32), np.arange(fi.size, dtype=np.int64)))
+        sort.append(
+            (
+                s.origin[fi],
+                np.asarray(s.quantiles)[qi],
+                np.asarray(s.horizons)[hi],
+                rank[s.country[fi, cj]],
+                np.full(fi.size, models.index(s.model)),
+            )
+        )
+    order = np.lexsort([np.concatenate(k) for k in zip(*sort, strict=True)])
+    del sort
+    group = np.concatenate([g for g, _ in index])[order]
+    row = np.concatenate([i for _, i in index])[order]
+    del index, order
+    for start in range(0, group.size, chunk):
+        g, r = group[start : start + chunk], row[start : start + chunk]
+        frames, where = [], []
+        for gi in np.unique(g).tolist():
+            sel = np.nonzero(g == gi)[0]
+            frames.append(_rows(states[gi], r[sel], tasks, errors))
+            where.append(sel)
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        yield frame.iloc[np.argsort(np.concatenate(where))].reset_index(drop=True)
+
+
+def _empty() -> pd.DataFrame:
+    def dtype(c: str) -> str:
+        return "float64" if c in FLOAT_COLUMNS else "int64" if c in INT_COLUMNS else "object"
+
+    return pd.DataFrame({c: pd.Series(dtype=dtype(c)) for c in ROW_COLUMNS})
+
+
+def _expand(s: GroupState) -> tuple[np.ndarray, ...]:
+    """(fit, row, horizon index, quantile index) of every forecast row of the group, fit-major."""
+    _, _, H, Q = s.shape()
     fr, cj = np.nonzero(s.rows)
     fi, cj = np.repeat(fr, H * Q), np.repeat(cj, H * Q)
     hi = np.tile(np.repeat(np.arange(H), Q), fr.size)
     qi = np.tile(np.arange(Q), fr.size * H)
+    return fi, cj, hi, qi
+
+
+def _rows(
+    s: GroupState, rows: np.ndarray, tasks: pd.DataFrame, errors: pd.DataFrame
+) -> pd.DataFrame:
+    """The rows `rows` (positions in _expand's order) of one group."""
     from pipeline.runtime.fits.fit_groups import origin_labels
 
+    _, _, H, Q = s.shape()
+    # _expand's order: row r is forecast (r // (H Q)) of the group's existing (fit, row) pairs
+    fr, cr = np.nonzero(s.rows)
+    pair, hq = np.divmod(rows, H * Q)
+    fi, cj = fr[pair], cr[pair]
+    hi, qi = np.divmod(hq, Q)
+    fits, inverse = np.unique(fi, return_inverse=True)
     task = _lookup(tasks, s.task[fi], ("worker", "started", "finished", "seconds", "peak_mb"))
     error = _lookup(errors, s.error[fi], ("error_type", "message"))
-    forecast = s.forecast if s.forecast is not None else np.full((F, C, H, Q), np.nan)
-    alpha = s.alpha[fi, qi] if s.alpha is not None else np.full(fi.size, np.nan)
+    if s.forecast is not None:
+        forecast = s.forecast[fi, cj, hi, qi]
+        alpha = s.alpha[fi, qi]  # type: ignore[index]
+    else:
+        forecast = alpha = np.full(fi.size, np.nan)
     runs = np.array([*s.runs, None], dtype=object)
     return pd.DataFrame(
         {
@@ -358,15 +143,15 @@ def _rows(s: GroupState, tasks: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFr
             "country": s.names[s.country[fi, cj]],
             "quantile": np.asarray(s.quantiles, dtype=np.float64)[qi],
             "horizon": np.asarray(s.horizons, dtype=np.int64)[hi],
-            "origin": origin_labels(s.origin)[fi],
-            "key": hex_keys(s.keys)[fi],
+            "origin": origin_labels(s.origin[fi]),
+            "key": hex_keys(s.keys[fits])[inverse],
             "status": np.array(STATUSES, dtype=object)[s.status[fi]],
             "attempts": s.attempts[fi].astype(np.int64),
             "error_type": error["error_type"],
             "error_message": error["message"],
             **task,
-            "forecast": forecast[fi, cj, hi, qi],
-            "alpha": np.where(np.isnan(alpha), None, alpha).astype(object),
+            "forecast": forecast.astype(np.float64),
+            "alpha": alpha.astype(np.float64),
             "run_id": runs[s.run[fi]],
         }
     )
