@@ -225,18 +225,22 @@ class RunState:
         g, gi = self.groups[task.group], task.group
         idx = np.array([self.where[k][1] for k in result["keys"]], dtype=np.int64)
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
-        countries, rows = g.countries[idx].astype(str), g.rows[idx]
-        entries: dict[str, Entry] = {
-            key: {
-                "pred": pred[j],
-                "alpha": alpha[j],
-                "countries": countries[j],
-                "rows": rows[j],
-                **result["states"][j],
-            }
-            for j, key in enumerate(result["keys"])
+        arrays = {
+            "pred": pred,
+            "alpha": alpha,
+            "countries": g.countries[idx].astype(str),
+            "rows": np.asarray(g.rows[idx], dtype=bool),
         }
-        self.cache.write_shard(entries, f"{self.run_id}-{task.task_id}")
+        label = f"{self.run_id}-{task.task_id}"
+        states = _stacked_states(result["states"])
+        if states is not None:
+            self.cache.write_stacked(list(result["keys"]), {**arrays, **states}, label)
+        else:  # ragged fitted states: one entry each
+            entries: dict[str, Entry] = {
+                key: {**{n: v[j] for n, v in arrays.items()}, **result["states"][j]}
+                for j, key in enumerate(result["keys"])
+            }
+            self.cache.write_shard(entries, label)
         if idx.size:
             self.pred[gi][idx] = pred
             self.alpha[gi][idx] = alpha
@@ -335,6 +339,23 @@ class RunState:
         return forecast_table(
             self.groups, self.pred, self.alpha, self.have, self.config, self.model, panel
         )
+
+
+def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """The fits' fitted states stacked per name; None when they do not stack (names, dtypes
+    or shapes differ between fits)."""
+    names = sorted(states[0]) if states else []
+    if any(len(s) != len(names) for s in states):
+        return None
+    out = {}
+    for name in names:
+        values = [s.get(name) for s in states]
+        if any(v is None for v in values):
+            return None
+        if len({(np.asarray(v).dtype.str, np.asarray(v).shape) for v in values}) != 1:
+            return None
+        out[name] = np.stack([np.asarray(v) for v in values])
+    return out
 
 
 def _task_stream(handle: Any, timeout_s: float | None) -> Any:
