@@ -45,6 +45,7 @@ def test_a_stacked_shard_is_the_shard_of_its_entries_and_damage_in_it_is_found(
         "countries": np.array([["AT"], ["BE"], ["CZ"], ["DE"], ["EE"]]),
         "rows": np.ones((5, 1), dtype=bool),
         "state_coef": rng.normal(size=(5, 3, 4)).astype(np.float32),
+        "state_crossing": rng.uniform(size=5),  # one scalar per entry
     }
     one, many = FitCache(tmp_path / "a", "m"), FitCache(tmp_path / "b", "m")
     stacked = one.write_stacked(keys, arrays, "t")

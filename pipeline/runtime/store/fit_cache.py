@@ -146,7 +146,8 @@ class FitCache:
             a = members[name]
             if a.shape[0] != n:
                 raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
-            header = np.frombuffer(f"{name}|{a.dtype.str}|{a.shape[1:]}|".encode(), np.uint8)
+            row = np.ascontiguousarray(a[0])  # as entry_checksum sees it (a scalar is (1,))
+            header = np.frombuffer(f"{name}|{row.dtype.str}|{row.shape}|".encode(), np.uint8)
             parts.append(np.broadcast_to(header, (n, header.size)))
             parts.append(a.reshape(n, -1).view(np.uint8).reshape(n, -1))
         rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
