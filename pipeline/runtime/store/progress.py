@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.io import atomic_path, write_parquet
+from pipeline.io import write_parquet
 from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
     FORMAT,
@@ -44,11 +44,11 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     pack_index,
 )
 from pipeline.runtime.store.progress_view import (
-    ROW_COLUMNS,
     fit_counts,
     read_table,
     row_chunks,
     side_tables,
+    write_rows,
 )
 
 if TYPE_CHECKING:
@@ -90,16 +90,6 @@ CREATE TABLE IF NOT EXISTS runs (
     fits INTEGER, trained INTEGER, loaded INTEGER, failed INTEGER
 );
 """
-
-
-def _arrow_types() -> dict[str, Any]:
-    import pyarrow as pa
-
-    return {
-        **dict.fromkeys(("quantile", "started", "finished", "seconds", "peak_mb"), pa.float64()),
-        **dict.fromkeys(("forecast", "alpha"), pa.float64()),
-        **dict.fromkeys(("horizon", "attempts"), pa.int64()),
-    }
 
 
 def db_path(output_dir: str | Path) -> Path:
@@ -410,8 +400,6 @@ class ProgressStore:
         """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
         row groups) and progress/errors.parquet (deterministic order)."""
         import pandas as pd
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         out = Path(output_dir) / PROGRESS_DIR
         self.conn.execute("BEGIN")
@@ -421,15 +409,7 @@ class ProgressStore:
             every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
         finally:
             self.conn.execute("COMMIT")
-        types = _arrow_types()
-        schema = pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
-        with (
-            atomic_path(out / "progress.parquet") as tmp,
-            pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
-        ):
-            for chunk in row_chunks(states, tasks, errors):
-                table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
-                writer.write_table(table.replace_schema_metadata(None))
+        write_rows(out / "progress.parquet", row_chunks(states, tasks, errors))
         write_parquet(out / "errors.parquet", every_error)
 
 

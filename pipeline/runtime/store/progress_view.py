@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.io import atomic_path
 from pipeline.runtime.store.progress_format import (
     FAILED,
     STATUSES,
@@ -97,6 +98,22 @@ def row_chunks(
             where.append(sel)
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         yield frame.iloc[np.argsort(np.concatenate(where))].reset_index(drop=True)
+
+
+def write_rows(path: Path, chunks: Iterator[pd.DataFrame]) -> None:
+    """The per-row table as parquet (atomic), one row group per chunk: the export."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {
+        **dict.fromkeys(FLOAT_COLUMNS, pa.float64()),
+        **dict.fromkeys(INT_COLUMNS, pa.int64()),
+    }
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for chunk in chunks:
+            table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+            writer.write_table(table.replace_schema_metadata(None))
 
 
 def _empty() -> pd.DataFrame:
