@@ -344,7 +344,9 @@ class RunState:
 def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
     """The fits' fitted states stacked per name; None when they do not stack (names, dtypes
     or shapes differ between fits)."""
-    names = sorted(states[0]) if states else []
+    if not any(states):  # no model state (rw, climatology): nothing to check per fit
+        return {}
+    names = sorted(states[0])
     if any(len(s) != len(names) for s in states):
         return None
     out = {}
