@@ -108,7 +108,8 @@ def run_train(
         state.cache.remove_orphans()
         entries = {}
         if reuse:
-            report = state.cache.verify(state.where, keep=("pred", "alpha"))
+            wanted = (k for g in groups for k in g.keys.tolist())
+            report = state.cache.verify(wanted, keep=("pred", "alpha"))
             entries = report.entries
             if report.damaged_keys:
                 log.warning(

@@ -8,6 +8,7 @@ import sys
 from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,8 +50,7 @@ class RunState:
             store,
             groups,
         )
-        self.where = {str(k): (gi, i) for gi, g in enumerate(groups) for i, k in enumerate(g.keys)}
-        self.n_fits = len(self.where)
+        self.n_fits = sum(len(g) for g in groups)
         Q = len(config.data.quantiles)
         # forecasts known so far, per group: pred (F, C, H, Q), alpha (F, Q), have (F,)
         self.pred = [np.full((len(g), g.rows.shape[1], len(g.horizons), Q), np.nan) for g in groups]
@@ -64,6 +64,12 @@ class RunState:
         self.losses: dict[str, int] = {}
         self.root: dict[str, str] = {}
         self.cache = FitCache(config.model_cache_dir, model)
+
+    @cached_property
+    def where(self) -> dict[str, tuple[int, int]]:
+        """key -> (group, position) of every fit: built on a failure's first need (a dict per
+        fit costs about 150 bytes; a task's results map their keys within the task)."""
+        return {str(k): (gi, i) for gi, g in enumerate(self.groups) for i, k in enumerate(g.keys)}
 
     # --- cache ------------------------------------------------------------------------------
 
@@ -223,7 +229,10 @@ class RunState:
         record them in the progress store: a kill between the two leaves a cached fit that
         the next run loads, never a store row without its cache entry."""
         g, gi = self.groups[task.group], task.group
-        idx = np.array([self.where[k][1] for k in result["keys"]], dtype=np.int64)
+        # the results are the task's wanted fits that did not fail, in the task's order
+        wanted = task.wanted
+        at = dict(zip(g.keys[wanted].tolist(), wanted.tolist(), strict=True))
+        idx = np.array([at[k] for k in result["keys"]], dtype=np.int64)
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
         arrays = {
             "pred": pred,
