@@ -26,7 +26,7 @@ import json
 import sqlite3
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -265,20 +265,24 @@ def carry_state(
 
 def mirror_state(states: Sequence[GroupState]) -> list[GroupState]:
     """The writer's in-memory copy: statuses, attempts and runs (no forecasts)."""
-    from dataclasses import replace
-
     return [replace(s, forecast=None, alpha=None, runs=list(s.runs)) for s in states]
 
 
 def group_row(s: GroupState) -> tuple[Any, ...]:
+    """The `groups` row of a state; only the run ids its fits still name are kept."""
     F, C, _, _ = s.shape()
+    used, run = np.unique(s.run, return_inverse=True)
+    if used.size and used[0] < 0:  # -1 (no run) stays -1
+        run = run - 1
+        used = used[1:]
+    runs = [s.runs[i] for i in used.tolist()]
     return (
         s.model,
         s.grp,
         json.dumps(list(s.horizons)),
         json.dumps(list(s.quantiles)),
         json.dumps([str(n) for n in s.names]),
-        json.dumps(s.runs),
+        json.dumps(runs),
         F,
         C,
         np.ascontiguousarray(s.keys, dtype=np.uint8).tobytes(),
@@ -288,7 +292,7 @@ def group_row(s: GroupState) -> tuple[Any, ...]:
         pack(s.status.astype("u1")),
         pack(s.attempts.astype("<i4")),
         pack(s.task.astype("<i8")),
-        pack(s.run.astype("<i4")),
+        pack(np.asarray(run, dtype="<i4").reshape(F)),
         pack(s.error.astype("<i8")),
         None if s.forecast is None else float_blob(s.forecast),
         None if s.alpha is None else float_blob(s.alpha),
