@@ -37,7 +37,10 @@ assemble's expected fits. What the driver spends is bookkeeping: keys, progress 
 store, cache shards, payloads, the forecast table, plus the cluster's start. Run it with
 PYTHONPATH at the tree to measure, the same N and machine, before and after a change.
 
-Usage: python benchmarks/bench_scale.py --driver 125 [--out /tmp/bench_scale]
+`--fits-per-task K` runs that train on a 2-worker cluster in tasks of K fits (a real run's
+probe gives rw about 8,192), so per-task costs weigh as they do in `--rw`.
+
+Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--out /tmp/bench_scale]
 """
 
 from __future__ import annotations
@@ -204,10 +207,14 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
     }
 
 
-def run_driver(n: int, base: Path) -> dict[str, Any]:
-    """CPU seconds of the driver's own work for an rw study of N countries (in-process)."""
+def run_driver(n: int, base: Path, fits_per_task: int | None = None) -> dict[str, Any]:
+    """CPU seconds of the driver's own work for an rw study of N countries (in-process).
+
+    `fits_per_task`: tasks of that size on a 2-worker cluster (what the probe gives a real
+    run: ~8k rw fits per task), instead of the default plan's (~250)."""
     from pipeline.config import validate
     from pipeline.config.compose import compose_dict
+    from pipeline.runtime.sizing.plan import ModelPlan, Plan
     from pipeline.stages.prepare import load_panel, prepare
     from pipeline.stages.train import run_train
 
@@ -218,13 +225,18 @@ def run_driver(n: int, base: Path) -> dict[str, Any]:
         f"runtime.output_dir={out}",
         *QUIET,
     ]
+    plan = None
+    if fits_per_task:  # the cluster always (the work is below runtime.in_process_below_s)
+        overrides.append("runtime.in_process_below_s=0")
+        model = ModelPlan(0, fits_per_task=fits_per_task, seconds_per_fit=3e-5)
+        plan = Plan(n_workers=2, memory_limit_mb=1024, models={"rw": model})
     config = validate(compose_dict(overrides))
     prepare(config, ROOT)
+    t0, w0 = time.process_time(), time.perf_counter()
+    summary = run_train(config, "rw", plan)
+    first, first_wall = time.process_time() - t0, time.perf_counter() - w0
     t0 = time.process_time()
-    summary = run_train(config, "rw")
-    first = time.process_time() - t0
-    t0 = time.process_time()
-    run_train(config, "rw")
+    run_train(config, "rw", plan)
     again = time.process_time() - t0
     import pipeline.stages.study as study
 
@@ -235,7 +247,9 @@ def run_driver(n: int, base: Path) -> dict[str, Any]:
     return {
         "countries": n,
         "fits": fits,
+        "fits_per_task": fits_per_task,
         "train_cpu_s": first,
+        "train_wall_s": first_wall,
         "driver_us_per_fit": 1e6 * first / fits,
         "reload_cpu_s": again,
         "reload_us_per_fit": 1e6 * again / fits,
@@ -289,12 +303,13 @@ if __name__ == "__main__":
     parser.add_argument("--json", default=None)
     parser.add_argument("--rw", nargs="+", type=int, default=None, help="rw study sizes N")
     parser.add_argument("--driver", type=int, default=None, help="rw study size N, in-process")
+    parser.add_argument("--fits-per-task", type=int, default=None, help="with --driver")
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     if args.driver:
-        row = run_driver(args.driver, base)
+        row = run_driver(args.driver, base, args.fits_per_task)
         print(json.dumps(row), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(row, indent=2))

@@ -9,7 +9,7 @@
                                --max-workers N, --write-config FILE (write it and stop)
     stage NAME [--model M]     run one stage from params.yaml (what dvc.yaml calls)
     check                      verify the set-up: dependencies, data, cores, RAM, dashboard
-    monitor [--watch]          show the progress of a run in an output dir
+    monitor [--watch] [--rows] show the progress of a run in an output dir
     verify                     check every fit-cache checksum now (a run checks what it uses)
 
 Bad configuration or data, or an output dir that cannot be written, exits with code 2 and a
@@ -307,7 +307,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.runtime.ui.monitor import monitor
 
-    return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval)
+    return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval, rows=args.rows)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -410,6 +410,11 @@ def _parser() -> argparse.ArgumentParser:
     monitor.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")
     monitor.add_argument("--watch", action="store_true", help="refresh live until interrupted")
     monitor.add_argument("--interval", type=float, default=2.0)
+    monitor.add_argument(
+        "--rows",
+        action="store_true",
+        help="count forecast rows (model, country, quantile, horizon, origin), not fits",
+    )
     monitor.set_defaults(handler=_cmd_monitor)
 
     verify = commands.add_parser("verify", help="check every fit-cache checksum now")

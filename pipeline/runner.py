@@ -246,7 +246,7 @@ def _models_to_train(config: StudyConfig, records: Any, cfg: dict) -> list[str]:
         if (
             healthy
             and rec.get("failed") == 0
-            and done.get(model, {}).get("done", -1) == rec.get("done_rows")
+            and done.get(model, {}).get("done", -1) == rec.get("done_fits")
             and records.unchanged(stage, _train_params(cfg, model), _train_inputs(config, model))
         ):
             _skipped(config.output_dir, stage, "its fits, the fit cache and the code")
@@ -266,7 +266,7 @@ def _record_train(config: StudyConfig, records: Any, cfg: dict, model: str, fail
         _train_inputs(config, model),
         [_train_file(config, model)],
         failed=int(failed),
-        done_rows=int(done),
+        done_fits=int(done),
     )
 
 

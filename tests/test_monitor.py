@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
+from test_progress import QS, group
 
+from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.ui.monitor import read_snapshot
 from pipeline.stages.prepare import prepare
 
@@ -89,4 +92,48 @@ def test_monitor_during_and_after_a_live_run(tmp_path):
     assert "finished" in after.stdout and "100.0" in after.stdout
     assert "dashboard" not in after.stdout  # only shown while a run is live
     snapshot = read_snapshot(config.output_dir)
-    assert snapshot.models[0].counts["done"] == 96 * 3 and snapshot.models[0].rate > 0
+    # fits, as train counts them; the per-row view on request
+    assert snapshot.models[0].counts["done"] == 96 and snapshot.models[0].rate > 0
+    assert read_snapshot(config.output_dir, rows=True).models[0].counts["done"] == 96 * 3
+    rows = monitor(config.output_dir, "--rows")
+    assert rows.returncode == 0 and "rows/s" in rows.stdout and "288" in rows.stdout
+
+
+def _store_with_a_task_in_flight(out: Path, pid: int) -> None:
+    with ProgressStore(db_path(out)) as store:
+        store.start_run("r1", "m", pid, "logs/r1.log")
+        store.sync("m", [group({("AA", 2018 * 12): "k1", ("BB", 2018 * 12): "k2"})], QS, "r1")
+        store.start_task("m", 0, np.array([0, 1]), "r1")
+
+
+def test_training_counts_only_fits_in_flight_of_a_live_run(tmp_path):
+    _store_with_a_task_in_flight(tmp_path / "live", os.getpid())
+    live = read_snapshot(tmp_path / "live").models[0]
+    assert live.run_state == "running" and live.counts["training"] == 2
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a driver killed mid-task: its fits are no longer in flight
+    _store_with_a_task_in_flight(tmp_path / "dead", dead.pid)
+    state = read_snapshot(tmp_path / "dead").models[0]
+    assert state.run_state == "killed" and state.counts["training"] == 0
+    assert state.counts["pending"] == 2
+
+
+def test_watch_started_before_the_run_waits_for_its_first_progress(tmp_path):
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "monitor", "--output-dir", str(tmp_path), "--watch", "--interval", "0.2"],
+        cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = watch.stdout.readline()  # blocks until the monitor has looked once
+        assert "waiting for a run" in first and watch.poll() is None
+        _store_with_a_task_in_flight(tmp_path, os.getpid())
+        time.sleep(1.5)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, err
+    assert "no run found" not in out
+    assert "training" in out and "running" in out  # the run, once it appeared

@@ -1,20 +1,44 @@
-"""The SQLite (WAL) progress store: transitions, key changes, readers that never block, export."""
+"""The SQLite (WAL) progress store: transitions, key changes, readers that never block, export,
+its size per fit, and an old-format store rebuilt instead of a crash."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.store.progress import ProgressStore, db_path, read_table
+from pipeline.runtime.store.progress_format import load_groups
+from pipeline.runtime.store.progress_view import connect_ro, fit_counts
+from pipeline.runtime.ui.monitor import monitor
 
 QS = (0.1, 0.5, 0.9)
+NO_ALPHA = np.full((1, 3), np.nan)
 
 
-def rows(keys: dict[tuple[str, int, str], str]) -> list[tuple[str, float, int, str, str]]:
-    return [(c, q, h, o, k) for (c, h, o), k in sorted(keys.items()) for q in QS]
+def key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def group(fits: dict[tuple[str, int], str], horizon: int = 1) -> FitGroup:
+    """Per-country fits {(country, origin month index): key name} of one horizon."""
+    items = sorted(fits.items())
+    return FitGroup(
+        model="m",
+        horizon=horizon,
+        horizons=(horizon,),
+        keys=np.array([key(k) for _, k in items], dtype=object),
+        country=np.array([c for (c, _), _ in items], dtype=object),
+        origin=np.array([o for (_, o), _ in items], dtype=np.int64),
+        countries=np.array([[c] for (c, _), _ in items], dtype=object),
+        rows=np.ones((len(items), 1), dtype=bool),
+        data={},
+    )
 
 
 def task(seconds: float = 2.0) -> dict[str, object]:
@@ -27,89 +51,90 @@ def task(seconds: float = 2.0) -> dict[str, object]:
     }
 
 
-def test_rows_move_through_statuses_and_keep_tracebacks(tmp_path: Path) -> None:
-    keys = {("AA", 1, "2018-01-01"): "k1", ("BB", 1, "2018-01-01"): "k2"}
+def pred(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float64).reshape(1, 1, 1, len(values))
+
+
+JAN18 = 2018 * 12
+
+
+def test_fits_move_through_statuses_and_keep_tracebacks(tmp_path: Path) -> None:
+    g = group({("AA", JAN18): "k1", ("BB", JAN18): "k2"})
     with ProgressStore(db_path(tmp_path)) as store:
-        store.sync_rows("m", rows(keys), "run1")
-        assert store.counts() == {"m": {"pending": 6}}
-        store.set_status("m", ["k1", "k2"], "training", "run1")
+        store.sync("m", [g], QS, "run1")
+        assert store.counts() == {"m": {"pending": 2, "training": 0, "done": 0, "failed": 0}}
+        t = store.start_task("m", 0, np.array([0, 1]), "run1")
+        assert store.counts()["m"]["training"] == 2  # fits, not rows
         store.record_done(
-            "m", "run1", [("k1", "AA", 1, q, 10.0 * q, None) for q in QS], task(), n_fits=2
+            "m", "run1", 0, np.array([0]), pred(1.0, 5.0, 9.0), NO_ALPHA, t, task(), 2
         )
-        store.record_failed(
-            "m",
-            "run1",
-            [
-                {
-                    "key": "k2",
-                    "error_type": "ValueError",
-                    "message": "boom",
-                    "traceback": "Traceback: boom",
-                }
-            ],
-            task(),
-        )
-        assert store.counts("m") == {"m": {"done": 3, "failed": 3}}
-        assert store.done_forecasts("m") == {"k1": [("AA", 1, q, 10.0 * q, None) for q in QS]}
+        failure = {"error_type": "ValueError", "message": "boom", "traceback": "Traceback: boom"}
+        store.record_failed("m", "run1", 0, np.array([1]), [failure], t, task())
+        assert store.counts("m") == {"m": {"pending": 0, "training": 0, "done": 1, "failed": 1}}
+        assert [m.tolist() for m in store.done_mask("m")] == [[True, False]]
         store.export(tmp_path)
     progress = pd.read_parquet(tmp_path / "progress" / "progress.parquet")
-    done = progress[progress["key"] == "k1"]
+    assert len(progress) == 6  # one row per (model, country, quantile, horizon, origin)
+    done = progress[progress["key"] == key("k1")]
+    assert done["forecast"].tolist() == [1.0, 5.0, 9.0] and done["quantile"].tolist() == list(QS)
+    assert (done["origin"] == "2018-01-01").all() and (done["horizon"] == 1).all()
     assert (
         (done["seconds"] == 1.0).all()
         and (done["attempts"] == 1).all()
         and (done["worker"] == "host:1").all()
+        and done["error_type"].isna().all()
     )
-    failed = progress[progress["key"] == "k2"]
+    failed = progress[progress["key"] == key("k2")]
     assert (failed["error_type"] == "ValueError").all() and (failed["attempts"] == 1).all()
+    assert (failed["error_message"] == "boom").all() and (failed["status"] == "failed").all()
     errors = pd.read_parquet(tmp_path / "progress" / "errors.parquet")
-    assert errors[["key", "country", "error_type", "traceback"]].values.tolist() == [
-        ["k2", "BB", "ValueError", "Traceback: boom"]
+    assert errors[["key", "country", "attempt", "error_type", "traceback"]].values.tolist() == [
+        [key("k2"), "BB", 1, "ValueError", "Traceback: boom"]
     ]
 
 
-def test_a_new_key_resets_only_its_rows_and_removed_fits_disappear(tmp_path: Path) -> None:
-    keys = {
-        ("AA", 1, "2018-01-01"): "k1",
-        ("BB", 1, "2018-01-01"): "k2",
-        ("CC", 1, "2018-01-01"): "k3",
-    }
+def test_a_new_key_resets_only_its_fits_and_removed_fits_disappear(tmp_path: Path) -> None:
+    g = group({("AA", JAN18): "k1", ("BB", JAN18): "k2", ("CC", JAN18): "k3"})
     with ProgressStore(db_path(tmp_path)) as store:
-        store.sync_rows("m", rows(keys), "run1")
-        for k, c in (("k1", "AA"), ("k2", "BB")):
-            store.record_done("m", "run1", [(k, c, 1, q, q, None) for q in QS], task(), n_fits=1)
-        keys2 = {("AA", 1, "2018-01-01"): "k1", ("BB", 1, "2018-01-01"): "k2-new"}
-        store.sync_rows("m", rows(keys2), "run2")
+        store.sync("m", [g], QS, "run1")
+        for i in (0, 1):
+            t = store.start_task("m", 0, np.array([i]), "run1")
+            store.record_done("m", "run1", 0, np.array([i]), pred(1, 2, 3), NO_ALPHA, t, task(), 1)
+        store.compact("m")
+        store.sync("m", [group({("AA", JAN18): "k1", ("BB", JAN18): "k2-new"})], QS, "run2")
         table = read_table(db_path(tmp_path), "progress").set_index("country")
     assert set(table.index) == {"AA", "BB"}
     assert (table.loc["AA", "status"] == "done").all() and (table.loc["AA", "attempts"] == 1).all()
-    assert (table.loc["BB", "status"] == "pending").all() and (
-        table.loc["BB", "attempts"] == 0
-    ).all()
-    assert table.loc["BB", "forecast"].isna().all()
+    assert table.loc["AA", "forecast"].tolist() == [1, 2, 3]  # carried over from the snapshot
+    assert (table.loc["BB", "status"] == "pending").all()
+    assert (table.loc["BB", "attempts"] == 0).all() and table.loc["BB", "forecast"].isna().all()
+
+
+def test_fits_left_training_by_a_dead_run_go_back_to_pending(tmp_path: Path) -> None:
+    with ProgressStore(db_path(tmp_path)) as store:  # a run killed mid-task: no compaction
+        store.sync("m", [group({("AA", JAN18): "k1"})], QS, "run1")
+        store.start_task("m", 0, np.array([0]), "run1")
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.sync("m", [group({("AA", JAN18): "k1"})], QS, "run2")
+        assert store.counts()["m"]["pending"] == 1
 
 
 def test_readers_never_block_the_writer(tmp_path: Path) -> None:
     path = db_path(tmp_path)
     with ProgressStore(path) as store:
-        store.sync_rows("m", rows({("AA", 1, "2018-01-01"): "k1"}), "run1")
-        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.1)
+        store.sync("m", [group({("AA", JAN18): "k1"})], QS, "run1")
+        t = store.start_task("m", 0, np.array([0]), "run1")
+        reader = connect_ro(path, timeout=0.1)
         assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         reader.execute("BEGIN")  # a long read transaction holds its snapshot ...
-        assert (
-            reader.execute("SELECT COUNT(*) FROM progress WHERE status = 'pending'").fetchone()[0]
-            == 3
-        )
+        assert fit_counts(load_groups(reader))["m"]["training"] == 1
         t0 = time.perf_counter()
-        store.record_done("m", "run1", [("k1", "AA", 1, q, q, None) for q in QS], task(), n_fits=1)
+        store.record_done("m", "run1", 0, np.array([0]), pred(1, 2, 3), NO_ALPHA, t, task(), 1)
+        store.compact("m")
         assert time.perf_counter() - t0 < 1.0  # ... and the writer commits anyway
-        assert (
-            reader.execute("SELECT COUNT(*) FROM progress WHERE status = 'pending'").fetchone()[0]
-            == 3
-        )
+        assert fit_counts(load_groups(reader))["m"]["training"] == 1
         reader.execute("COMMIT")
-        assert (
-            reader.execute("SELECT COUNT(*) FROM progress WHERE status = 'done'").fetchone()[0] == 3
-        )
+        assert fit_counts(load_groups(reader))["m"]["done"] == 1
         reader.close()
 
 
@@ -121,3 +146,43 @@ def test_runs_table_records_the_dashboard_and_state(tmp_path: Path) -> None:
         assert runs.loc[0, "state"] == "running" and runs.loc[0, "dashboard"].endswith("/status")
         store.update_run("r1", state="finished", finished=time.time())
     assert read_table(db_path(tmp_path), "runs").loc[0, "state"] == "finished"
+
+
+def test_the_store_grows_by_at_most_100_bytes_per_fit(tmp_path: Path) -> None:
+    """20,000 per-country fits (100 countries x 200 origins, one horizon) trained in tasks of
+    100 fits, then compacted as a run's end does."""
+    countries = [f"C{c:03d}" for c in range(100)]
+    fits = {(c, JAN18 + o): f"{c}-{o}" for c in countries for o in range(200)}
+    g = group(fits)
+    rng = np.random.default_rng(0)
+    path = db_path(tmp_path)
+    with ProgressStore(path) as store:
+        store.sync("m", [g], QS, "run1")
+        for part in np.array_split(np.arange(len(g)), len(g) // 100):
+            t = store.start_task("m", 0, part, "run1")
+            values = np.sort(rng.normal(size=(part.size, 1, 1, 3)), axis=-1)
+            store.record_done(
+                "m", "run1", 0, part, values, np.full((part.size, 3), np.nan), t, task(), part.size
+            )
+        store.compact("m")
+        assert store.counts()["m"]["done"] == len(g)
+    size = sum(p.stat().st_size for p in path.parent.glob("progress.sqlite*"))
+    print(f"{size / len(g):.1f} bytes per fit")
+    assert size / len(g) <= 100, f"{size / len(g):.0f} bytes per fit"
+    table = read_table(path, "progress")
+    assert len(table) == 3 * len(g) and (table["status"] == "done").all()
+
+
+def test_an_old_format_store_is_moved_aside_and_rebuilt(tmp_path: Path, capsys) -> None:
+    path = db_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as old:  # format 1: one row per forecast row
+        old.execute("CREATE TABLE progress (model TEXT, country TEXT, status TEXT)")
+        old.execute("INSERT INTO progress VALUES ('m', 'AA', 'done')")
+    assert monitor(tmp_path) == 2
+    out = capsys.readouterr().out
+    assert "earlier qpipe" in out and "rebuilds it" in out and "Traceback" not in out
+    with ProgressStore(path) as store:
+        assert store.rebuilt_from is not None and store.rebuilt_from.parent.name == "old"
+        assert store.rebuilt_from.exists() and store.counts() == {}
+    assert monitor(tmp_path) == 0

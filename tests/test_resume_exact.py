@@ -16,6 +16,8 @@ import psutil
 import pytest
 from conftest import tiny_study
 
+from pipeline.runtime.ui.monitor import read_snapshot
+
 # ensemble_nn on (its blocks are what a resume must retrain whole) and the combo of the three
 TINY = tiny_study(
     "models.ensemble_nn.enabled=true",
@@ -37,17 +39,12 @@ def start(out: Path, cwd: Path) -> subprocess.Popen[str]:
 
 
 def training(out: Path, model: str) -> bool:
-    path = out / "progress/progress.sqlite"
-    if not path.exists():
-        return False
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM progress WHERE model = ? AND status = 'training'", (model,)
-            ).fetchone()
-        return bool(row and row[0])
+        snapshot = read_snapshot(out)
     except sqlite3.Error:
         return False
+    states = {s.model: s for s in snapshot.models} if snapshot else {}
+    return model in states and states[model].counts.get("training", 0) > 0
 
 
 @pytest.mark.slow

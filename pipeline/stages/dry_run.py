@@ -40,7 +40,8 @@ def dry_run(
     running train. `panel`: the prepared panel (default: the output dir's). Memory and ETA say
     where they come from: a probe's measurements, or none yet (then no number is invented).
     """
-    from pipeline.runtime.store.progress import db_path, read_table
+    from pipeline.runtime.store.progress import db_path
+    from pipeline.runtime.store.progress_view import failed_keys as store_failed_keys
     from pipeline.stages.prepare import load_panel
     from pipeline.stages.train import cached_mask
 
@@ -56,8 +57,7 @@ def dry_run(
     db = db_path(config.output_dir)
     if db.exists():
         try:
-            table = read_table(db, "progress")
-            failed_keys = set(table.loc[table["status"] == "failed", "key"])
+            failed_keys = store_failed_keys(db)
         except sqlite3.DatabaseError as error:  # derived data: the next run rebuilds it
             log.warning("progress store %s is unreadable (%s): failures not shown", db, error)
     reuse = rt.allow_reload and not rt.retrain_if_exists

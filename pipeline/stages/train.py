@@ -1,7 +1,7 @@
 """`train`: run every fit of one model on a Dask cluster; resumable, failure-isolated, logged.
 
 Flow: build the model's fits and content keys from the prepared panel -> sync the progress
-store -> load every fit already in the model cache -> stream the rest as batched tasks to the
+store (its fits as arrays, one event per task) -> load every fit already in the model cache -> stream the rest as batched tasks to the
 cluster (bounded in flight, completion order) -> record results as they arrive (the driver writes
 each task's fits as one checksummed cache shard, pipeline/runtime/store/fit_cache.py) -> write `train/{model}.parquet` from the cache
 and the store -> export the progress parquet files.
@@ -29,7 +29,7 @@ from pipeline.config import StudyConfig
 from pipeline.io import write_parquet
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.train_loop import RunState
-from pipeline.runtime.fits.fit_groups import FitGroup, expand, origin_labels
+from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
 from pipeline.runtime.store.fit_cache import FitCache
@@ -101,15 +101,15 @@ def run_train(
             from pipeline.runtime.execute.model_check import check_user_model
 
             check_user_model(config, model, groups)
-        store.sync_rows(model, _progress_rows(groups, config.data.quantiles), run_id)
-        store.reset_training(model, run_id)
+        store.sync(model, groups, config.data.quantiles, run_id)
         rt = config.runtime
         reuse = rt.allow_reload and not rt.retrain_if_exists
         state = RunState(config, model, run_id, store, groups)
         state.cache.remove_orphans()
         entries = {}
         if reuse:
-            report = state.cache.verify(state.where, keep=("pred", "alpha"))
+            wanted = (k for g in groups for k in g.keys.tolist())
+            report = state.cache.verify(wanted, keep=("pred", "alpha"))
             entries = report.entries
             if report.damaged_keys:
                 log.warning(
@@ -134,11 +134,9 @@ def run_train(
         except _Stop as stop:
             status = "interrupted"
             log.warning("train %s interrupted (%s): progress saved", model, stop.name)
-            store.reset_training(model, run_id)
             _finish(store, run_id, out, status, state)
             raise TrainInterrupted(stop.code) from None
         except BaseException:
-            store.reset_training(model, run_id)
             _finish(store, run_id, out, "failed", state)
             raise
         frame = state.forecast_frame(panel)
@@ -170,6 +168,9 @@ def run_train(
 
 
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
+    """Record the run's end, fold its events into the store's snapshot (fits still 'training'
+    go back to pending) and export the progress tables."""
+    store.compact(state.model)
     store.update_run(
         run_id,
         finished=time.time(),
@@ -180,27 +181,6 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
         failed=state.failed_count(),
     )
     store.export(out)
-
-
-def _progress_rows(
-    groups: list[FitGroup], quantiles: tuple[float, ...]
-) -> list[tuple[str, float, int, str, str]]:
-    """(country, quantile, horizon, origin, key) of every forecast, built from arrays."""
-    qs = np.asarray(quantiles, dtype=np.float64)
-    rows: list[tuple[str, float, int, str, str]] = []
-    for g in groups:
-        fi, cj, hi, qi = expand(g, np.arange(len(g)), len(qs))
-        rows.extend(
-            zip(
-                g.countries[fi, cj].astype(str).tolist(),
-                qs[qi].tolist(),
-                np.asarray(g.horizons, dtype=np.int64)[hi].tolist(),
-                origin_labels(g.origin)[fi].tolist(),
-                g.keys[fi].tolist(),
-                strict=True,
-            )
-        )
-    return rows
 
 
 # --- signals and the progress bar -------------------------------------------------------------

@@ -4,10 +4,10 @@ failure bookkeeping and retries, and the forecast table at the end (split out of
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.execute.worker import run_task
-from pipeline.runtime.fits.fit_groups import FitGroup, expand, forecast_table
+from pipeline.runtime.fits.fit_groups import FitGroup, forecast_table
 from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.sizing.plan import Plan, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
@@ -49,8 +49,7 @@ class RunState:
             store,
             groups,
         )
-        self.where = {str(k): (gi, i) for gi, g in enumerate(groups) for i, k in enumerate(g.keys)}
-        self.n_fits = len(self.where)
+        self.n_fits = sum(len(g) for g in groups)
         Q = len(config.data.quantiles)
         # forecasts known so far, per group: pred (F, C, H, Q), alpha (F, Q), have (F,)
         self.pred = [np.full((len(g), g.rows.shape[1], len(g.horizons), Q), np.nan) for g in groups]
@@ -65,14 +64,18 @@ class RunState:
         self.root: dict[str, str] = {}
         self.cache = FitCache(config.model_cache_dir, model)
 
+    @cached_property
+    def where(self) -> dict[str, tuple[int, int]]:
+        """key -> (group, position) of every fit: built on a failure's first need (a dict per
+        fit costs about 150 bytes; a task's results map their keys within the task)."""
+        return {str(k): (gi, i) for gi, g in enumerate(self.groups) for i, k in enumerate(g.keys)}
+
     # --- cache ------------------------------------------------------------------------------
 
     def load_cached(self, cached: list[np.ndarray], entries: dict[str, Entry]) -> None:
         """Take forecasts of cached fits from their verified cache entries; record in the
         store those it does not already hold as done (a new output dir, a rebuilt store)."""
-        known = self.store.done_counts(self.model)
-        Q = len(self.config.data.quantiles)
-        newly: list[tuple[str, str, int, float, float, float | None]] = []
+        known = self.store.done_mask(self.model)
         for gi, g in enumerate(self.groups):
             idx = np.nonzero(cached[gi])[0]
             if not idx.size:
@@ -81,35 +84,12 @@ class RunState:
             self.pred[gi][idx] = np.stack([entries[k]["pred"] for k in keys])
             self.alpha[gi][idx] = np.stack([entries[k]["alpha"] for k in keys])
             self.have[gi][idx] = True
-            want = g.rows[idx].sum(1) * len(g.horizons) * Q
-            got = np.array([known.get(k, 0) for k in keys], dtype=np.int64)
-            newly.extend(self._rows(gi, idx[got != want]))
+            newly = idx[~known[gi][idx]]
+            if newly.size:
+                self.store.mark_loaded(
+                    self.model, self.run_id, gi, newly, self.pred[gi][newly], self.alpha[gi][newly]
+                )
             self.loaded += int(idx.size)
-        if newly:
-            self.store.mark_loaded(self.model, self.run_id, newly)
-
-    def _rows(
-        self, gi: int, fits: np.ndarray
-    ) -> list[tuple[str, str, int, float, float, float | None]]:
-        """Progress rows (key, country, horizon, quantile, forecast, alpha) of fits `fits` of
-        group `gi` (their forecasts known), built from arrays."""
-        g = self.groups[gi]
-        qs = np.asarray(self.config.data.quantiles, dtype=np.float64)
-        fi, cj, hi, qi = expand(g, fits, len(qs))
-        alpha = self.alpha[gi][fi, qi]
-        alpha_obj = alpha.astype(object)
-        alpha_obj[np.isnan(alpha)] = None
-        return list(
-            zip(
-                g.keys[fi].tolist(),
-                g.countries[fi, cj].astype(str).tolist(),
-                np.asarray(g.horizons, dtype=np.int64)[hi].tolist(),
-                qs[qi].tolist(),
-                self.pred[gi][fi, cj, hi, qi].tolist(),
-                alpha_obj.tolist(),
-                strict=True,
-            )
-        )
 
     def known(self, key: str) -> bool:
         gi, i = self.where[key]
@@ -141,6 +121,7 @@ class RunState:
         adapter = adapter_for(self.config, self.model)
         params = adapter.params(self.config)
         tasks: dict[str, Task] = {}
+        rows: dict[str, int] = {}  # task name -> its row in the store's tasks table
         model_plan = plan.models.get(self.model)
         in_process = runs_in_process(
             model_plan, n_todo, rt.in_process_below_s, rt.scheduler_address
@@ -189,8 +170,9 @@ class RunState:
                 while queue and stream.in_flight < limit:
                     task = queue.popleft()
                     g = self.groups[task.group]
-                    keys = [str(k) for k in g.keys[task.wanted]]
-                    store.set_status(self.model, keys, "training", self.run_id, started=time.time())
+                    rows[task.task_id] = store.start_task(
+                        self.model, task.group, task.wanted, self.run_id
+                    )
                     payload = task_payload(
                         g,
                         task.index,
@@ -205,7 +187,7 @@ class RunState:
             submit_more()
             try:
                 for name, result, error in stream:
-                    task = tasks.pop(name)
+                    task, row = tasks.pop(name), rows.pop(name)
                     g = self.groups[task.group]
                     keys = [str(k) for k in g.keys[task.wanted]]
                     if result is not None and task.want is not None:
@@ -221,11 +203,11 @@ class RunState:
                         failures = [{"key": k, **error} for k in keys]
                         # a lost worker took the whole task down: find the culprit in halves
                         lost = error["error_type"] in ("memory", "worker-lost")
-                        self._failed(failures, None, task, queue, split=lost)
+                        self._failed(failures, None, task, row, queue, split=lost)
                     else:
-                        self._done(result, task)
+                        self._done(result, task, row)
                         if result["failed"]:
-                            self._failed(result["failed"], result, task, queue, split=False)
+                            self._failed(result["failed"], result, task, row, queue, split=False)
                     bar.update(
                         len(result["keys"]) if result else 0, self.trained, len(self.failed_now())
                     )
@@ -240,36 +222,48 @@ class RunState:
     def failed_now(self) -> list[str]:
         return [k for k in self.failed if not self.known(k)]
 
-    def _done(self, result: dict[str, Any], task: Task) -> None:
+    def _done(self, result: dict[str, Any], task: Task, row: int) -> None:
         """Write the task's fits as one cache shard (the driver is the only writer), then
         record them in the progress store: a kill between the two leaves a cached fit that
         the next run loads, never a store row without its cache entry."""
-        g = self.groups[task.group]
-        entries: dict[str, Entry] = {}
-        for j, key in enumerate(result["keys"]):
-            _, i = self.where[key]
-            entries[key] = {
-                "pred": np.asarray(result["pred"][j]),
-                "alpha": np.asarray(result["alpha"][j]),
-                "countries": np.asarray(g.countries[i], dtype=str),
-                "rows": np.asarray(g.rows[i], dtype=bool),
-                **result["states"][j],
+        g, gi = self.groups[task.group], task.group
+        # the results are the task's wanted fits that did not fail, in the task's order
+        wanted = task.wanted
+        at = dict(zip(g.keys[wanted].tolist(), wanted.tolist(), strict=True))
+        idx = np.array([at[k] for k in result["keys"]], dtype=np.int64)
+        pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
+        arrays = {
+            "pred": pred,
+            "alpha": alpha,
+            "countries": g.countries[idx].astype(str),
+            "rows": np.asarray(g.rows[idx], dtype=bool),
+        }
+        label = f"{self.run_id}-{task.task_id}"
+        states = _stacked_states(result["states"])
+        if states is not None:
+            self.cache.write_stacked(list(result["keys"]), {**arrays, **states}, label)
+        else:  # ragged fitted states: one entry each
+            entries: dict[str, Entry] = {
+                key: {**{n: v[j] for n, v in arrays.items()}, **result["states"][j]}
+                for j, key in enumerate(result["keys"])
             }
-        self.cache.write_shard(entries, f"{self.run_id}-{task.task_id}")
-        gi = task.group
-        idx = np.array([self.where[k][1] for k in result["keys"]], dtype=np.int64)
+            self.cache.write_shard(entries, label)
         if idx.size:
-            self.pred[gi][idx] = np.asarray(result["pred"])
-            self.alpha[gi][idx] = np.asarray(result["alpha"])
+            self.pred[gi][idx] = pred
+            self.alpha[gi][idx] = alpha
             self.have[gi][idx] = True
-        for key in result["keys"]:
-            self.failed.pop(key, None)
-        rows = self._rows(gi, idx)
+        if self.failed:
+            for key in result["keys"]:
+                self.failed.pop(key, None)
         self.trained += len(result["keys"])
         self.store.record_done(
             self.model,
             self.run_id,
-            rows,
+            gi,
+            idx,
+            pred,
+            alpha,
+            row,
             result,
             max(len(result["keys"]) + len(result["failed"]), 1),
         )
@@ -279,6 +273,7 @@ class RunState:
         failures: list[dict[str, Any]],
         result: dict[str, Any] | None,
         task: Task,
+        row: int,
         queue: deque[Task],
         split: bool,
     ) -> None:
@@ -316,7 +311,8 @@ class RunState:
                 task.index.size,
             )
             return
-        self.store.record_failed(self.model, self.run_id, failures, result)
+        fits = np.array([self.where[f["key"]][1] for f in failures], dtype=np.int64)
+        self.store.record_failed(self.model, self.run_id, task.group, fits, failures, row, result)
         retry: list[str] = []
         for f in failures:
             key = f["key"]
@@ -350,6 +346,25 @@ class RunState:
         return forecast_table(
             self.groups, self.pred, self.alpha, self.have, self.config, self.model, panel
         )
+
+
+def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """The fits' fitted states stacked per name; None when they do not stack (names, dtypes
+    or shapes differ between fits)."""
+    if not any(states):  # no model state (rw, climatology): nothing to check per fit
+        return {}
+    names = sorted(states[0])
+    if any(len(s) != len(names) for s in states):
+        return None
+    out = {}
+    for name in names:
+        values = [s.get(name) for s in states]
+        if any(v is None for v in values):
+            return None
+        if len({(np.asarray(v).dtype.str, np.asarray(v).shape) for v in values}) != 1:
+            return None
+        out[name] = np.stack([np.asarray(v) for v in values])
+    return out
 
 
 def _task_stream(handle: Any, timeout_s: float | None) -> Any:

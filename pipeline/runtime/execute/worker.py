@@ -39,39 +39,36 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     done: list[tuple[np.ndarray, dict[str, Any]]] = []
     failed: list[dict[str, Any]] = []
     _solve(adapter, payload, np.arange(n), done, failed)
-    keys, preds, alphas, states = [], [], [], []
-    for idx, out in done:
-        for j, i in enumerate(idx):
-            if not out["ok"][j]:
-                continue
-            key = payload["keys"][i]
-            # state: stacked arrays (B, ...) or, for ragged models, one dict per fit ("states")
-            fit_state = (
-                out["states"][j]
-                if "states" in out
-                else {k: v[j] for k, v in out.get("state", {}).items()}
-            )
-            state = {f"state_{k}": np.asarray(v) for k, v in fit_state.items()}
-            alpha = (
-                np.asarray(out["alpha"][j])
-                if "alpha" in out
-                else np.full(len(payload["quantiles"]), np.nan)
-            )
-            states.append(state)
-            keys.append(key)
-            preds.append(out["pred"][j])
-            alphas.append(alpha)
-    order = np.argsort([payload["keys"].index(k) for k in keys], kind="stable")
     C, H, Q = (
         np.asarray(payload["countries"]).shape[1],
         len(payload["horizons"]),
         len(payload["quantiles"]),
     )
+    # per batch of `done`, arrays at once (a per-fit loop with a key search cost O(n^2))
+    where, preds, alphas, states = [], [], [], []
+    for idx, out in done:
+        ok = np.nonzero(np.asarray(out["ok"], dtype=bool))[0]
+        where.append(np.asarray(idx)[ok])
+        preds.append(np.asarray(out["pred"])[ok])
+        alphas.append(
+            np.asarray(out["alpha"])[ok] if "alpha" in out else np.full((ok.size, Q), np.nan)
+        )
+        # state: stacked arrays (B, ...) or, for ragged models, one dict per fit ("states")
+        if "states" in out:
+            states.extend(
+                {f"state_{k}": np.asarray(v) for k, v in out["states"][j].items()} for j in ok
+            )
+        else:
+            stacked = {f"state_{k}": np.asarray(v) for k, v in out.get("state", {}).items()}
+            states.extend({k: v[j] for k, v in stacked.items()} for j in ok)
+    position = np.concatenate(where) if where else np.empty(0, dtype=np.int64)
+    order = np.argsort(position, kind="stable")  # payload order
+    keys = [payload["keys"][i] for i in position[order].tolist()]
     return {
-        "keys": [keys[i] for i in order],
-        "pred": np.stack([preds[i] for i in order]) if keys else np.empty((0, C, H, Q)),
-        "alpha": np.stack([alphas[i] for i in order]) if keys else np.empty((0, Q)),
-        "states": [states[i] for i in order],
+        "keys": keys,
+        "pred": np.concatenate(preds)[order] if keys else np.empty((0, C, H, Q)),
+        "alpha": np.concatenate(alphas)[order] if keys else np.empty((0, Q)),
+        "states": [states[i] for i in order.tolist()],
         "failed": failed,
         "started": started,
         "finished": time.time(),

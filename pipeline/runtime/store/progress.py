@@ -1,64 +1,84 @@
 """The progress store: SQLite in WAL mode, one writer (the train driver), any number of readers.
 
 File: `{output_dir}/progress/progress.sqlite`; exported at the end of train (and on an
-interrupt) to `progress/progress.parquet` and `progress/errors.parquet`.
+interrupt) to `progress/progress.parquet` (one row per (model, country, quantile, horizon,
+origin), the columns of progress_view.ROW_COLUMNS) and `progress/errors.parquet`.
 
-Schema (for readers such as the monitor; open read-only with
-`sqlite3.connect(f"file:{path}?mode=ro", uri=True)`: in WAL mode a reader never blocks the
-writer and always sees the last committed state):
-
-table `progress`, one row per (model, country, quantile, horizon, origin), primary key those five
-  model TEXT, country TEXT, quantile REAL, horizon INTEGER, origin TEXT ('YYYY-MM-DD', = WINDOW_END)
-  key TEXT            content key of the fit (shared by a fit's quantiles; a panel fit's countries)
-  status TEXT         'pending' | 'training' | 'done' | 'failed'
-  attempts INTEGER    tries so far, over all runs
-  error_type TEXT     exception class name, 'memory' (worker killed / MemoryError) or NULL
-  error_message TEXT  last error's message or NULL
-  worker TEXT         host:pid of the worker that ran the last attempt
-  started REAL, finished REAL   unix seconds of the last attempt's task
-  seconds REAL        the fit's share of its task's time (task seconds / fits in the task)
-  peak_mb REAL        peak RSS of the worker process when the task finished
-  forecast REAL       the forecast (quantile of y at origin + horizon) once done
-  alpha REAL          chosen penalty (lqr) or NULL
-  run_id TEXT         run that last touched the row
-table `errors`: id INTEGER PK, run_id, model, key, country, horizon, origin, attempt,
-  error_type, message, traceback (full text), at (unix seconds)
-table `runs`: run_id TEXT PK, model, pid, started, finished, state ('running' | 'finished' |
-  'interrupted' | 'failed' | 'killed': found dead by a later run), dashboard (URL or NULL), n_workers, log_path, fits, trained,
-  loaded, failed
+The format (progress_view.py describes its tables) keeps each fit group's plan and state as
+arrays plus one event per task transition, so the store grows by tens of bytes per fit and
+the driver writes a few rows per task, not one per forecast. Readers open it read-only
+(`progress_view.connect_ro`): in WAL mode a reader never blocks the writer and always sees
+the last committed state. A store in another format (an earlier qpipe) or unreadable is moved
+aside and rebuilt: it is derived data, the fit cache holds every result.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+import numpy as np
 
 from pipeline.io import write_parquet
+from pipeline.runtime.store.progress_format import (  # the format, one place
+    DONE,
+    FORMAT,
+    PENDING,
+    STATUSES,
+    TRAINING,
+    GroupState,
+    OldFormat,
+    apply_event,
+    carry_state,
+    float_blob,
+    fresh_state,
+    group_row,
+    load_groups,
+    mirror_state,
+    pack_index,
+)
+from pipeline.runtime.store.progress_view import (
+    fit_counts,
+    read_table,
+    row_chunks,
+    side_tables,
+    write_rows,
+)
+
+if TYPE_CHECKING:
+    from pipeline.runtime.fits.fit_groups import FitGroup
+
+__all__ = ["STATUSES", "ProgressStore", "db_path", "pid_alive", "read_table"]
 
 log = logging.getLogger("pipeline.train")
 PROGRESS_DIR = Path("progress")
 DB_NAME = "progress.sqlite"
-STATUSES = ("pending", "training", "done", "failed")
-ROW_KEY = ("model", "country", "quantile", "horizon", "origin")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS progress (
-    model TEXT NOT NULL, country TEXT NOT NULL, quantile REAL NOT NULL,
-    horizon INTEGER NOT NULL, origin TEXT NOT NULL,
-    key TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    error_type TEXT, error_message TEXT, worker TEXT, started REAL, finished REAL,
-    seconds REAL, peak_mb REAL, forecast REAL, alpha REAL, run_id TEXT,
-    PRIMARY KEY (model, country, quantile, horizon, origin)
+CREATE TABLE IF NOT EXISTS groups (
+    model TEXT NOT NULL, grp INTEGER NOT NULL, horizons TEXT NOT NULL, quantiles TEXT NOT NULL,
+    names TEXT NOT NULL, runs TEXT NOT NULL, n_fits INTEGER NOT NULL, n_cols INTEGER NOT NULL,
+    keys BLOB NOT NULL, country BLOB NOT NULL, rows BLOB NOT NULL, origin BLOB NOT NULL,
+    status BLOB NOT NULL, attempts BLOB NOT NULL, task BLOB NOT NULL, run BLOB NOT NULL,
+    error BLOB NOT NULL, forecast BLOB, alpha BLOB,
+    PRIMARY KEY (model, grp)
 );
-CREATE INDEX IF NOT EXISTS progress_key ON progress (key);
-CREATE INDEX IF NOT EXISTS progress_status ON progress (model, status);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, grp INTEGER NOT NULL, status TEXT NOT NULL,
+    fits BLOB NOT NULL, run_id TEXT NOT NULL, task INTEGER, bump INTEGER NOT NULL,
+    error BLOB, forecast BLOB, alpha BLOB
+);
+CREATE INDEX IF NOT EXISTS events_model ON events (model, id);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY, model TEXT, worker TEXT, started REAL, finished REAL,
+    seconds REAL, peak_mb REAL
+);
 CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, model TEXT, key TEXT, country TEXT,
     horizon INTEGER, origin TEXT, attempt INTEGER, error_type TEXT, message TEXT,
@@ -77,23 +97,29 @@ def db_path(output_dir: str | Path) -> Path:
 
 
 class ProgressStore:
-    """The single writer of the progress database (the train driver owns one instance)."""
+    """The single writer of the progress database (the train driver owns one instance).
+
+    Fits are named by (group, positions in the group) of the groups given to `sync`; the
+    store mirrors its fits' statuses and attempts in memory (5 bytes per fit)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rebuilt_from: Path | None = None  # where an unreadable store was moved
+        self.rebuilt_from: Path | None = None  # where an unreadable or old store was moved
+        self._groups: dict[str, list[FitGroup]] = {}
+        self._states: dict[str, list[GroupState]] = {}  # statuses/attempts only (no values)
         try:
             self._open()
         except sqlite3.DatabaseError as error:
             if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                 raise  # a full disk, not a damaged store: the CLI's disk-full message
-            # the store is derived data (the fit cache holds every result): start a new one
-            self.rebuilt_from = self._quarantine()
+            old = isinstance(error, OldFormat)
+            self.rebuilt_from = self._quarantine("old" if old else "damaged")
             log.warning(
-                "progress store %s is unreadable (%s): moved to %s; rebuilding it from the fit "
+                "progress store %s is %s (%s): moved to %s; rebuilding it from the fit "
                 "cache (earlier runs' history and tracebacks stay in the moved file)",
                 self.path,
+                "in an earlier format" if old else "unreadable",
                 error,
                 self.rebuilt_from,
             )
@@ -105,16 +131,25 @@ class ProgressStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a committed transaction survives a process crash (not power loss)
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(_SCHEMA)
+            # a checkpointed WAL shrinks back (a run's compaction writes a few MB at once)
+            self.conn.execute("PRAGMA journal_size_limit=8388608")
             (check,) = self.conn.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
+            (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+            (tables,) = self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            if version != FORMAT and tables:
+                raise OldFormat(f"format {version}; this qpipe writes format {FORMAT}")
+            if not tables:  # a new file: pages freed by compaction go back to the disk
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # one transaction: a reader sees no tables or every table and the format
+            self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={FORMAT};COMMIT;")
         except sqlite3.DatabaseError:
             self.conn.close()
             raise
 
-    def _quarantine(self) -> Path:
-        target = self.path.parent / "damaged" / f"{self.path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    def _quarantine(self, folder: str) -> Path:
+        target = self.path.parent / folder / f"{self.path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
         target.parent.mkdir(parents=True, exist_ok=True)
         for suffix in ("", "-wal", "-shm"):
             src = self.path.with_name(self.path.name + suffix)
@@ -130,6 +165,11 @@ class ProgressStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _write(self, sql: str, *params: Any) -> int:
+        with self.conn:
+            self.conn.execute("BEGIN")
+            return int(self.conn.execute(sql, params).lastrowid or 0)
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -154,221 +194,223 @@ class ProgressStore:
         if not fields:
             return
         cols = ", ".join(f"{k} = ?" for k in fields)
+        self._write(f"UPDATE runs SET {cols} WHERE run_id = ?", *fields.values(), run_id)
+
+    # --- the plan -------------------------------------------------------------------------
+
+    def sync(
+        self, model: str, groups: Sequence[FitGroup], quantiles: Sequence[float], run_id: str
+    ) -> None:
+        """Make the model's fits exactly those of `groups`. A fit keeps its state when the store
+        knows its key; a new key (new parameters or data) starts pending with zero attempts;
+        fits no longer in the study are dropped. Fits left 'training' (a stopped run) go back
+        to pending."""
+        old = load_groups(self.conn, model)
+        have = np.concatenate([s.keys.view("S32").ravel() for s in old]) if old else None
+        order = np.argsort(have, kind="stable") if have is not None else None
+        ranked = have[order] if have is not None else None
+        starts = np.cumsum([0, *(len(s) for s in old)])
+        new: list[GroupState] = []
+        for gi, g in enumerate(groups):
+            state = fresh_state(model, gi, g, quantiles)
+            if have is not None and have.size and len(g):
+                keys = state.keys.view("S32").ravel()
+                pos = np.minimum(np.searchsorted(ranked, keys), have.size - 1)
+                hit = np.nonzero(ranked[pos] == keys)[0]
+                src = order[pos[hit]]
+                for oi, s in enumerate(old):  # carry each known fit's state over
+                    sel = (src >= starts[oi]) & (src < starts[oi + 1])
+                    if sel.any():
+                        carry_state(state, hit[sel], s, src[sel] - starts[oi], run_id)
+            state.status[state.status == TRAINING] = PENDING
+            state.run[state.run < 0] = state.run_index(run_id)
+            new.append(state)
+        self._write_groups(model, new)
+        self._groups[model] = list(groups)
+        self._states[model] = mirror_state(new)
+
+    def compact(self, model: str) -> None:
+        """Fold the model's events into its groups' snapshot (fits left 'training' by a stopped
+        run go back to pending); the store then holds one row per group."""
+        states = load_groups(self.conn, model)
+        for s in states:
+            s.status[s.status == TRAINING] = PENDING
+        self._write_groups(model, states)
+        if model in self._states:
+            self._states[model] = mirror_state(states)
+
+    def _write_groups(self, model: str, states: Sequence[GroupState]) -> None:
+        used = sorted({int(t) for s in states for t in np.unique(s.task) if t})
         with self.conn:
             self.conn.execute("BEGIN")
+            self.conn.execute("DELETE FROM groups WHERE model = ?", (model,))
+            self.conn.execute("DELETE FROM events WHERE model = ?", (model,))
             self.conn.execute(
-                f"UPDATE runs SET {cols} WHERE run_id = ?", (*fields.values(), run_id)
+                "DELETE FROM tasks WHERE model = ? AND id NOT IN (SELECT value FROM json_each(?))",
+                (model, json.dumps(used)),
             )
+            self.conn.executemany(
+                "INSERT INTO groups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [group_row(s) for s in states],
+            )
+        self.conn.execute("PRAGMA incremental_vacuum")
 
     # --- fits -----------------------------------------------------------------------------
 
-    def sync_rows(
-        self, model: str, rows: Sequence[tuple[str, float, int, str, str]], run_id: str
-    ) -> None:
-        """Make the model's rows exactly `rows` = [(country, quantile, horizon, origin, key)].
+    def done_mask(self, model: str) -> list[np.ndarray]:
+        """Per group of the last `sync`: which fits the store records done."""
+        return [s.status == DONE for s in self._states[model]]
 
-        A row whose key changed (new parameters or data) goes back to pending with zero
-        attempts; rows of fits no longer in the study are deleted.
-        """
+    def start_task(self, model: str, grp: int, fits: np.ndarray, run_id: str) -> int:
+        """Fits `fits` (positions in group `grp`) are submitted as one task: its tasks.id."""
+        fits = np.asarray(fits, dtype=np.int64)
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS want (country TEXT, quantile REAL, horizon INTEGER, "
-                "origin TEXT, key TEXT, PRIMARY KEY (country, quantile, horizon, origin))"
-            )
-            self.conn.execute("DELETE FROM want")
-            self.conn.executemany("INSERT INTO want VALUES (?,?,?,?,?)", rows)
-            self.conn.execute(
-                "DELETE FROM progress WHERE model = ? AND NOT EXISTS (SELECT 1 FROM want w WHERE "
-                "w.country = progress.country AND w.quantile = progress.quantile AND "
-                "w.horizon = progress.horizon AND w.origin = progress.origin)",
-                (model,),
-            )
-            self.conn.execute(
-                "INSERT INTO progress (model, country, quantile, horizon, origin, key, status, attempts, run_id) "
-                "SELECT ?, country, quantile, horizon, origin, key, 'pending', 0, ? FROM want WHERE true "
-                "ON CONFLICT (model, country, quantile, horizon, origin) DO UPDATE SET "
-                "key = excluded.key, status = 'pending', attempts = 0, error_type = NULL, "
-                "error_message = NULL, forecast = NULL, alpha = NULL, run_id = excluded.run_id "
-                "WHERE progress.key != excluded.key",
-                (model, run_id),
-            )
-            self.conn.execute("DELETE FROM want")
+            task = self.conn.execute(
+                "INSERT INTO tasks (model, started) VALUES (?, ?)", (model, time.time())
+            ).lastrowid
+            self._event(model, grp, "training", fits, run_id, task=task)
+        return int(task or 0)
 
-    def done_forecasts(
-        self, model: str
-    ) -> dict[str, list[tuple[str, int, float, float, float | None]]]:
-        """key -> [(country, horizon, quantile, forecast, alpha)] of rows recorded done."""
-        out: dict[str, list[tuple[str, int, float, float, float | None]]] = {}
-        cur = self.conn.execute(
-            "SELECT key, country, horizon, quantile, forecast, alpha FROM progress WHERE model = ? AND status = 'done'",
-            (model,),
-        )
-        for key, country, h, q, f, a in cur:
-            out.setdefault(key, []).append((country, h, q, f, a))
-        return out
-
-    def done_counts(self, model: str) -> dict[str, int]:
-        """key -> number of its rows recorded done."""
-        cur = self.conn.execute(
-            "SELECT key, COUNT(*) FROM progress WHERE model = ? AND status = 'done' GROUP BY key",
-            (model,),
-        )
-        return dict(cur.fetchall())
-
-    def attempts(self, model: str) -> dict[str, int]:
-        """key -> attempts so far."""
-        cur = self.conn.execute(
-            "SELECT key, MAX(attempts) FROM progress WHERE model = ? GROUP BY key", (model,)
-        )
-        return dict(cur.fetchall())
-
-    def set_status(
-        self, model: str, keys: Iterable[str], status: str, run_id: str, **fields: Any
-    ) -> None:
-        """Set status (and optional columns) on every row of the given fits."""
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {list(STATUSES)}; got {status!r}")
-        cols = ", ".join(["status = ?", "run_id = ?", *(f"{k} = ?" for k in fields)])
-        params = [(status, run_id, *fields.values(), model, k) for k in keys]
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(f"UPDATE progress SET {cols} WHERE model = ? AND key = ?", params)
-
-    # The done updates name the key index: left alone, SQLite's planner takes the primary
-    # key's (model, country, quantile, horizon) prefix and walks every origin of that series
-    # for each row (O(origins) per row; 2.5x slower at 228 origins).
     def record_done(
         self,
         model: str,
         run_id: str,
-        rows: Sequence[tuple[str, str, int, float, float, float | None]],
-        task: dict[str, Any],
+        grp: int,
+        fits: np.ndarray,
+        pred: np.ndarray,
+        alpha: np.ndarray,
+        task: int,
+        meta: dict[str, Any],
         n_fits: int,
     ) -> None:
-        """Mark fits done: rows = [(key, country, horizon, quantile, forecast, alpha)] from one task."""
-        per_fit = task["seconds"] / max(n_fits, 1)
+        """Fits done by task `task`: pred (n, C, H, Q), alpha (n, Q); `meta` the worker's
+        result (worker, started, finished, seconds, peak_mb), its time shared by `n_fits`."""
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "UPDATE progress INDEXED BY progress_key SET status = 'done', attempts = attempts + 1, error_type = NULL, "
-                "error_message = NULL, worker = ?, started = ?, finished = ?, seconds = ?, peak_mb = ?, "
-                "forecast = ?, alpha = ?, run_id = ? "
-                "WHERE model = ? AND key = ? AND country = ? AND horizon = ? AND quantile = ?",
-                [
-                    (
-                        task["worker"],
-                        task["started"],
-                        task["finished"],
-                        per_fit,
-                        task["peak_mb"],
-                        f,
-                        a,
-                        run_id,
-                        model,
-                        k,
-                        c,
-                        h,
-                        q,
-                    )
-                    for k, c, h, q, f, a in rows
-                ],
-            )
+            self._task_meta(task, meta, meta["seconds"] / max(n_fits, 1))
+            if len(fits):
+                self._event(model, grp, "done", fits, run_id, task, 1, forecast=pred, alpha=alpha)
 
     def mark_loaded(
         self,
         model: str,
         run_id: str,
-        rows: Sequence[tuple[str, str, int, float, float, float | None]],
+        grp: int,
+        fits: np.ndarray,
+        pred: np.ndarray,
+        alpha: np.ndarray,
     ) -> None:
-        """Mark fits found in the model cache done (attempts unchanged); rows as in record_done."""
+        """Fits found in the model cache are done (attempts and last task unchanged)."""
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "UPDATE progress INDEXED BY progress_key SET status = 'done', error_type = NULL, error_message = NULL, "
-                "forecast = ?, alpha = ?, run_id = ? "
-                "WHERE model = ? AND key = ? AND country = ? AND horizon = ? AND quantile = ?",
-                [(f, a, run_id, model, k, c, h, q) for k, c, h, q, f, a in rows],
-            )
+            self._event(model, grp, "done", fits, run_id, forecast=pred, alpha=alpha)
 
     def record_failed(
         self,
         model: str,
         run_id: str,
+        grp: int,
+        fits: np.ndarray,
         failures: Sequence[dict[str, Any]],
-        task: dict[str, Any] | None = None,
+        task: int | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
-        """Mark fits failed and append their tracebacks: failures = [{key, error_type, message, traceback}]."""
-        now = time.time()
-        task = task or {}
-        with self.conn:
-            self.conn.execute("BEGIN")
-            for f in failures:
-                self.conn.execute(
-                    "UPDATE progress SET status = 'failed', attempts = attempts + 1, error_type = ?, "
-                    "error_message = ?, worker = ?, started = ?, finished = ?, peak_mb = ?, run_id = ? "
-                    "WHERE model = ? AND key = ?",
-                    (
-                        f["error_type"],
-                        f["message"],
-                        task.get("worker"),
-                        task.get("started"),
-                        task.get("finished", now),
-                        task.get("peak_mb"),
-                        run_id,
-                        model,
-                        f["key"],
-                    ),
-                )
-                self.conn.execute(
-                    "INSERT INTO errors (run_id, model, key, country, horizon, origin, attempt, error_type, message, traceback, at) "
-                    "SELECT ?, model, key, country, horizon, origin, attempts, ?, ?, ?, ? FROM progress "
-                    "WHERE model = ? AND key = ? ORDER BY country, quantile LIMIT 1",
-                    (run_id, f["error_type"], f["message"], f["traceback"], now, model, f["key"]),
-                )
+        """Fits `fits` failed in task `task`; failures[i] = {error_type, message, traceback} of
+        fits[i], each appended to `errors` with its full traceback. `meta`: the task's result
+        when only some of its fits failed (record_done recorded its times)."""
+        from pipeline.runtime.fits.fit_groups import origin_labels
 
-    def reset_training(self, model: str, run_id: str) -> None:
-        """Rows left 'training' (a run that was stopped) go back to 'pending'."""
+        fits = np.asarray(fits, dtype=np.int64)
+        g, state, now = self._groups[model][grp], self._states[model][grp], time.time()
+        labels = origin_labels(g.origin[fits]) if fits.size else []
+        ids = []
         with self.conn:
             self.conn.execute("BEGIN")
-            self.conn.execute(
-                "UPDATE progress SET status = 'pending', run_id = ? WHERE model = ? AND status = 'training'",
-                (run_id, model),
-            )
+            if task and meta is None:  # the whole task failed: no result tells its times
+                self.conn.execute("UPDATE tasks SET finished = ? WHERE id = ?", (now, task))
+            for j, (i, f) in enumerate(zip(fits.tolist(), failures, strict=True)):
+                first = int(np.argmax(g.rows[i]))  # the fit's first forecast row
+                where = (str(g.keys[i]), str(g.countries[i, first]), int(g.horizons[0]), labels[j])
+                what = (f["error_type"], f["message"], f["traceback"], now)
+                cursor = self.conn.execute(
+                    "INSERT INTO errors (run_id, model, key, country, horizon, origin, attempt, "
+                    "error_type, message, traceback, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (run_id, model, *where, int(state.attempts[i]) + 1, *what),
+                )
+                ids.append(cursor.lastrowid)
+            error = np.asarray(ids, dtype="<i8")
+            self._event(model, grp, "failed", fits, run_id, task, 1, error=error)
+
+    def _task_meta(self, task: int, meta: dict[str, Any], per_fit: float | None) -> None:
+        self.conn.execute(
+            "UPDATE tasks SET worker = ?, started = COALESCE(?, started), finished = ?, "
+            "seconds = ?, peak_mb = ? WHERE id = ?",
+            (
+                meta.get("worker"),
+                meta.get("started"),
+                meta.get("finished"),
+                per_fit,
+                meta.get("peak_mb"),
+                task,
+            ),
+        )
+
+    def _event(
+        self,
+        model: str,
+        grp: int,
+        status: str,
+        fits: np.ndarray,
+        run_id: str,
+        task: int | None = None,
+        bump: int = 0,
+        error: np.ndarray | None = None,
+        forecast: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,
+    ) -> None:
+        """One event row (inside the caller's transaction), mirrored in memory."""
+        blob = pack_index(fits)
+        row = (
+            model,
+            grp,
+            status,
+            blob,
+            run_id,
+            task,
+            bump,
+            None if error is None else np.ascontiguousarray(error, dtype="<i8").tobytes(),
+            None if forecast is None else np.ascontiguousarray(forecast, dtype="<f8").tobytes(),
+            None if alpha is None else float_blob(alpha),
+        )
+        self.conn.execute(
+            "INSERT INTO events (model, grp, status, fits, run_id, task, bump, error, forecast, "
+            "alpha) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            row,
+        )
+        apply_event(self._states[model][grp], *row[2:])
 
     # --- reading and export ---------------------------------------------------------------
 
     def counts(self, model: str | None = None) -> dict[str, dict[str, int]]:
-        """model -> status -> number of rows."""
-        sql = "SELECT model, status, COUNT(*) FROM progress"
-        args: tuple[Any, ...] = ()
-        if model is not None:
-            sql, args = sql + " WHERE model = ?", (model,)
-        out: dict[str, dict[str, int]] = {}
-        for m, s, n in self.conn.execute(sql + " GROUP BY model, status", args):
-            out.setdefault(m, {})[s] = n
-        return out
+        """model -> status -> number of fits."""
+        return fit_counts(load_groups(self.conn, model, values=False))
 
     def export(self, output_dir: str | Path) -> None:
-        """Write progress/progress.parquet and progress/errors.parquet (deterministic order)."""
+        """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
+        row groups) and progress/errors.parquet (deterministic order)."""
+        import pandas as pd
+
         out = Path(output_dir) / PROGRESS_DIR
-        progress = pd.read_sql_query(
-            "SELECT * FROM progress ORDER BY model, country, horizon, quantile, origin", self.conn
-        )
-        errors = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
-        write_parquet(out / "progress.parquet", progress)
-        write_parquet(out / "errors.parquet", errors)
-
-
-def read_table(path: str | Path, table: str) -> pd.DataFrame:
-    """Read one table without taking any lock a writer would wait on (read-only URI)."""
-    if table not in ("progress", "errors", "runs"):
-        raise ValueError(f"table must be one of ['progress', 'errors', 'runs']; got {table!r}")
-    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30.0)
-    try:
-        return pd.read_sql_query(f"SELECT * FROM {table}", conn)
-    finally:
-        conn.close()
+        self.conn.execute("BEGIN")
+        try:
+            states = load_groups(self.conn)
+            tasks, errors = side_tables(self.conn)
+            every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
+        finally:
+            self.conn.execute("COMMIT")
+        write_rows(out / "progress.parquet", row_chunks(states, tasks, errors))
+        write_parquet(out / "errors.parquet", every_error)
 
 
 def pid_alive(pid: int | None) -> bool:

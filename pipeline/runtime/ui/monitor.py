@@ -1,9 +1,13 @@
-"""`python -m pipeline monitor [--watch]`: the state of a run, read from its progress store.
+"""`python -m pipeline monitor [--watch] [--rows]`: the state of a run, read from its progress store.
 
 Reads `{output_dir}/progress/progress.sqlite` read-only (WAL mode: never blocks the train
-driver, always sees its last commit). Shows per model the counts by status, percent done,
-throughput and ETA of the current run, the last failures, and the dashboard link while a run
-is live. With no store it says so and exits non-zero.
+driver, always sees its last commit). Shows per model the counts by status in fits, as train
+counts them (one fit = model, country, horizon, origin, every quantile at once; a panel
+model's fit pools every country), or with `--rows` in forecast rows (model, country, quantile,
+horizon, origin); percent done, throughput and ETA of the current run, the last failures, and
+the dashboard link while a run is live. Fits count as training only while their run is alive
+(a killed run's fits are pending), so "training" never exceeds the fits in flight. With no
+store it says so and exits non-zero; `--watch` waits for the run's first progress instead.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.runtime.store.progress import STATUSES, db_path, pid_alive
+from pipeline.runtime.store.progress_format import DONE, PENDING, TRAINING, OldFormat, load_groups
+from pipeline.runtime.store.progress_view import connect_ro, fit_counts
 
 EXIT_NO_RUN = 1
 EXIT_UNREADABLE = 2
@@ -29,7 +35,7 @@ EXIT_UNREADABLE = 2
 class ModelState:
     model: str
     counts: dict[str, int]
-    rate: float | None  # progress rows done per second in the latest run
+    rate: float | None  # fits (rows with --rows) done per second in the latest run
     eta_seconds: float | None
     run_state: str | None
 
@@ -49,23 +55,25 @@ class Snapshot:
     failures: list[dict[str, object]] = field(default_factory=list)
     dashboard: str | None = None  # set only while a run is live
     live_model: str | None = None
+    unit: str = "fits"  # or "rows": (model, country, quantile, horizon, origin)
 
 
 def read_snapshot(
-    output_dir: Path, now: float | None = None, last_failures: int = 5
+    output_dir: Path, now: float | None = None, last_failures: int = 5, rows: bool = False
 ) -> Snapshot | None:
-    """The run's state, or None when the directory has no progress store."""
+    """The run's state, or None when the directory has no progress store. Counts are fits
+    (forecast rows with `rows`)."""
     path = db_path(output_dir)
     if not path.exists():
         return None
     now = time.time() if now is None else now
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    connection = connect_ro(path, timeout=5)
     try:
-        counts: dict[str, dict[str, int]] = {}
-        for model, status, n in connection.execute(
-            "SELECT model, status, COUNT(*) FROM progress GROUP BY model, status"
-        ):
-            counts.setdefault(model, dict.fromkeys(STATUSES, 0))[status] = n
+        connection.execute("BEGIN")  # one consistent state while the driver writes
+        (tables,) = connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        if not tables:  # the driver is creating it
+            return Snapshot(Path(output_dir), [], unit="rows" if rows else "fits")
+        states = load_groups(connection, values=False)
         runs = {
             row[0]: row[1:]
             for row in connection.execute(
@@ -73,27 +81,13 @@ def read_snapshot(
                 "WHERE rowid IN (SELECT MAX(rowid) FROM runs GROUP BY model)"
             )
         }
-        models = []
-        dashboard = live_model = None
-        for model in sorted(counts):
-            rate = eta = None
-            state = None
-            if model in runs:
-                run_id, started, finished, state, link, pid = runs[model]
-                if state == "running" and not pid_alive(pid):
-                    state = "killed"  # the driver died without recording it
-                (done_now,) = connection.execute(
-                    "SELECT COUNT(*) FROM progress WHERE model = ? AND run_id = ? AND status = 'done' AND finished IS NOT NULL",
-                    (model, run_id),
-                ).fetchone()
-                elapsed = (finished or now) - started if started else 0.0
-                if done_now and elapsed > 0:
-                    rate = done_now / elapsed
-                    remaining = counts[model].get("pending", 0) + counts[model].get("training", 0)
-                    eta = remaining / rate if state == "running" else None
-                if state == "running":
-                    dashboard, live_model = link, model
-            models.append(ModelState(model, counts[model], rate, eta, state))
+        first_task = dict(
+            connection.execute(
+                "SELECT t.model, MIN(t.id) FROM tasks t JOIN runs r ON r.model = t.model "
+                "WHERE r.rowid IN (SELECT MAX(rowid) FROM runs GROUP BY model) "
+                "AND t.started >= r.started GROUP BY t.model"
+            ).fetchall()
+        )
         failures = [
             dict(
                 zip(
@@ -107,14 +101,49 @@ def read_snapshot(
                 (last_failures,),
             )
         ]
+        connection.execute("COMMIT")
     finally:
         connection.close()
-    return Snapshot(Path(output_dir), models, failures, dashboard, live_model)
+    models = []
+    dashboard = live_model = None
+    for model in sorted({s.model for s in states}):
+        mine = [s for s in states if s.model == model]
+        run_id, started, finished, state, link, pid = runs.get(model, (None,) * 6)
+        if state == "running" and not pid_alive(pid):
+            state = "killed"  # the driver died without recording it
+        if state != "running":  # no fit is in flight: those marked training wait again
+            for s in mine:
+                s.status[s.status == TRAINING] = PENDING
+        counts = fit_counts(mine, rows=rows)[model]
+        done_now = 0  # trained (not loaded) by the latest run's tasks
+        for s in mine:
+            if run_id not in s.runs or model not in first_task:
+                continue
+            now_done = (s.status == DONE) & (s.run == s.runs.index(run_id))
+            now_done &= s.task >= first_task[model]
+            weight = s.rows.sum(1) * len(s.horizons) * len(s.quantiles) if rows else 1
+            done_now += int((now_done * weight).sum())
+        rate = eta = None
+        elapsed = (finished or now) - started if started else 0.0
+        if done_now and elapsed > 0:
+            rate = done_now / elapsed
+            remaining = counts.get("pending", 0) + counts.get("training", 0)
+            eta = remaining / rate if state == "running" else None
+        if state == "running":
+            dashboard, live_model = link, model
+        models.append(ModelState(model, counts, rate, eta, state))
+    unit = "rows" if rows else "fits"
+    return Snapshot(Path(output_dir), models, failures, dashboard, live_model, unit)
 
 
 def render(snapshot: Snapshot) -> Group:
-    table = Table(title=f"run in {snapshot.output_dir}", title_justify="left")
-    for column in ("model", *STATUSES, "done%", "rows/s", "ETA", "run"):
+    what = (
+        "forecast rows (model, country, quantile, horizon, origin)"
+        if snapshot.unit == "rows"
+        else "fits (model, country, horizon, origin: every quantile at once)"
+    )
+    table = Table(title=f"run in {snapshot.output_dir}: {what}", title_justify="left")
+    for column in ("model", *STATUSES, "done%", f"{snapshot.unit}/s", "ETA", "run"):
         justify = "left" if column in ("model", "run") else "right"
         table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for state in snapshot.models:
@@ -127,6 +156,8 @@ def render(snapshot: Snapshot) -> Group:
             state.run_state or "-",
         )
     parts: list[object] = [table]
+    if not snapshot.models:
+        parts.append(Text("waiting for the run's first fits"))
     if snapshot.dashboard:
         parts.append(Text(f"dashboard ({snapshot.live_model} is training): {snapshot.dashboard}"))
     if snapshot.failures:
@@ -148,25 +179,39 @@ def render(snapshot: Snapshot) -> Group:
 
 
 def monitor(
-    output_dir: Path, watch: bool = False, interval: float = 2.0, console: Console | None = None
+    output_dir: Path,
+    watch: bool = False,
+    interval: float = 2.0,
+    console: Console | None = None,
+    rows: bool = False,
 ) -> int:
-    """Print the run's state once, or refresh it live with --watch until Ctrl-C."""
+    """Print the run's state once, or refresh it live with --watch until Ctrl-C (waiting for
+    the run's first progress write when there is none yet)."""
     console = console or Console()
     try:
-        snapshot = read_snapshot(output_dir)
+        snapshot = read_snapshot(output_dir, rows=rows)
     except sqlite3.DatabaseError as error:
         console.print(_unreadable(output_dir, error))
         return EXIT_UNREADABLE
-    if snapshot is None:
+    if snapshot is None and not watch:
         console.print(
             f"no run found in {output_dir}: there is no {db_path(output_dir)}. "
-            "Start one with `python -m pipeline run` (or `dvc repro`), or pass --output-dir of a run."
+            "Start one with `python -m pipeline run` (or `dvc repro`), pass --output-dir of a "
+            "run, or add --watch to wait for one."
         )
         return EXIT_NO_RUN
     if not watch:
-        console.print(render(snapshot))
+        console.print(render(snapshot))  # type: ignore[arg-type]
         return 0
     from rich.live import Live
+
+    if snapshot is None:  # said once (the live view shows only the latest state)
+        console.print(
+            f"waiting for a run in {output_dir}: no {db_path(output_dir)} yet (Ctrl-C to stop)"
+        )
+
+    def view(snapshot: Snapshot | None) -> object:
+        return Text("") if snapshot is None else render(snapshot)
 
     # Ctrl-C sets a flag the loop waits on, instead of raising KeyboardInterrupt wherever the
     # main thread happens to be (inside rich's refresh lock it could hang the exit)
@@ -174,14 +219,16 @@ def monitor(
     main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
     try:
-        with Live(render(snapshot), console=console, refresh_per_second=4) as live:
+        with Live(view(snapshot), console=console, refresh_per_second=4) as live:  # type: ignore[arg-type]
             while not stop.wait(interval):
                 try:
-                    snapshot = read_snapshot(output_dir) or snapshot
+                    snapshot = read_snapshot(output_dir, rows=rows) or snapshot
                 except sqlite3.DatabaseError as error:
+                    if snapshot is None:  # the store is being created: try again
+                        continue
                     console.print(_unreadable(output_dir, error))
                     return EXIT_UNREADABLE
-                live.update(render(snapshot))
+                live.update(view(snapshot))  # type: ignore[arg-type]
     except KeyboardInterrupt:  # not the main thread: the default handler still applies
         return 0
     finally:
@@ -191,6 +238,13 @@ def monitor(
 
 
 def _unreadable(output_dir: Path, error: Exception) -> str:
+    if isinstance(error, OldFormat):
+        return (
+            f"the progress store {db_path(output_dir)} was written by an earlier qpipe "
+            f"({error}). It is derived data: the next `python -m pipeline run` (or `dvc "
+            "repro`) on this output dir moves it to progress/old/ and rebuilds it from the fit "
+            "cache; no fit is lost."
+        )
     return (
         f"the progress store {db_path(output_dir)} is unreadable ({error}). It is derived data: "
         "the next `python -m pipeline run` (or `dvc repro`) on this output dir moves it to "

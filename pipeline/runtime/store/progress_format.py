@@ -1,0 +1,305 @@
+"""The progress store's format 2: its fits as arrays per group, encoded and decoded in one place.
+
+The store (pipeline/runtime/store/progress.py writes it) keeps a run's progress per fit group,
+not per forecast row, so that it grows by tens of bytes per fit:
+
+table `groups`, one row per (model, grp): the group's fit plan and the snapshot of its fits'
+  state as arrays: `keys` F x 32 raw sha256 bytes; zlib-packed `country` (F, C) int32 indexes
+  into `names` (JSON), `rows` (F, C) uint8 (forecast row exists), `origin` (F,) int32 month
+  index; `status` (F,) uint8 (index into STATUSES), `attempts` (F,) int32, `task` (F,) int64
+  (tasks.id of the last attempt, 0 none), `run` (F,) int32 (index into `runs`, JSON run ids),
+  `error` (F,) int64 (errors.id of the last failure, 0 none); raw float64 `forecast`
+  (F, C, H, Q) and `alpha` (F, Q) (NULL when every value is NaN).
+table `events`: what happened since the snapshot, one row per task transition (training,
+  done, failed, loaded), applied in id order on read; the driver folds them into the snapshot
+  at the start and end of each train run. `fits` are delta-encoded positions in the group.
+table `tasks`: one row per task run (worker, started, finished, seconds per fit, peak_mb).
+table `errors`: one row per failed fit with its full traceback; table `runs`: one per train run.
+
+The seed's per (model, country, quantile, horizon, origin) view (progress_view.py: `read_table(
+path, "progress")`, the parquet export) is derived from these arrays on read.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.runtime.fits.fit_groups import FitGroup
+
+FORMAT = 2  # PRAGMA user_version of the store; format 1 was one row per forecast row
+STATUSES = ("pending", "training", "done", "failed")
+PENDING, TRAINING, DONE, FAILED = range(4)
+KEY_BYTES = 32
+
+
+class OldFormat(sqlite3.DatabaseError):
+    """The store was written by an earlier qpipe (another format): derived data, rebuilt."""
+
+
+# --- codecs -------------------------------------------------------------------------------------
+
+
+def pack(array: np.ndarray) -> bytes:
+    """zlib level 1 of the array's bytes (statuses, indexes and runs compress to almost nothing)."""
+    return zlib.compress(np.ascontiguousarray(array).tobytes(), 1)
+
+
+def unpack(blob: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=dtype).reshape(shape).copy()
+
+
+def pack_index(index: np.ndarray) -> bytes:
+    """Positions in a group, delta-encoded (a task's fits are mostly consecutive)."""
+    index = np.asarray(index, dtype=np.int64)
+    return pack(np.diff(index, prepend=0).astype("<i4"))
+
+
+def unpack_index(blob: bytes) -> np.ndarray:
+    return np.cumsum(np.frombuffer(zlib.decompress(blob), dtype="<i4"), dtype=np.int64)
+
+
+def floats(blob: bytes | None, shape: tuple[int, ...]) -> np.ndarray:
+    if blob is None:
+        return np.full(shape, np.nan)
+    return np.frombuffer(blob, dtype="<f8").reshape(shape).copy()
+
+
+def float_blob(array: np.ndarray) -> bytes | None:
+    array = np.asarray(array, dtype="<f8")
+    return None if np.isnan(array).all() else np.ascontiguousarray(array).tobytes()
+
+
+def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
+    """(F, 32) uint8 from 64-hex-character content keys."""
+    if not len(keys):
+        return np.zeros((0, KEY_BYTES), dtype=np.uint8)
+    raw = bytes.fromhex("".join(str(k) for k in keys))
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
+
+
+def hex_keys(raw: np.ndarray) -> np.ndarray:
+    text = np.ascontiguousarray(raw).tobytes().hex()
+    width = 2 * KEY_BYTES
+    return np.array([text[i : i + width] for i in range(0, len(text), width)], dtype=object)
+
+
+# --- the fits of one group ------------------------------------------------------------------------
+
+
+@dataclass
+class GroupState:
+    """One fit group's plan and its fits' state (F fits, C forecast rows each, H horizons, Q levels)."""
+
+    model: str
+    grp: int
+    horizons: tuple[int, ...]
+    quantiles: tuple[float, ...]
+    names: np.ndarray  # (n,) country codes that `country` indexes
+    keys: np.ndarray  # (F, 32) uint8
+    country: np.ndarray  # (F, C) int32
+    rows: np.ndarray  # (F, C) bool
+    origin: np.ndarray  # (F,) int32 month index
+    status: np.ndarray  # (F,) uint8: index into STATUSES
+    attempts: np.ndarray  # (F,) int32
+    task: np.ndarray  # (F,) int64: tasks.id, 0 none
+    run: np.ndarray  # (F,) int32: index into runs, -1 none
+    runs: list[str]
+    error: np.ndarray  # (F,) int64: errors.id, 0 none
+    forecast: np.ndarray | None  # (F, C, H, Q) float64 (None: not read)
+    alpha: np.ndarray | None  # (F, Q) float64
+
+    def __len__(self) -> int:
+        return int(self.status.shape[0])
+
+    def run_index(self, run_id: str) -> int:
+        if run_id not in self.runs:
+            self.runs.append(run_id)
+        return self.runs.index(run_id)
+
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self), self.rows.shape[1], len(self.horizons), len(self.quantiles)
+
+
+_GROUP_COLUMNS = (
+    "model, grp, horizons, quantiles, names, runs, n_fits, n_cols, keys, country, rows, origin, "
+    "status, attempts, task, run, error"
+)
+
+
+def _group(row: tuple[Any, ...], values: bool, blobs: tuple[Any, Any]) -> GroupState:
+    model, grp, horizons, quantiles, names, runs, F, C = row[:8]
+    keys, country, rows, origin, status, attempts, task, run, error = row[8:]
+    H, Q = len(json.loads(horizons)), len(json.loads(quantiles))
+    return GroupState(
+        model=model,
+        grp=int(grp),
+        horizons=tuple(json.loads(horizons)),
+        quantiles=tuple(json.loads(quantiles)),
+        names=np.array(json.loads(names), dtype=object),
+        keys=np.frombuffer(keys, dtype=np.uint8).reshape(F, KEY_BYTES),
+        country=unpack(country, "<i4", (F, C)),
+        rows=unpack(rows, "u1", (F, C)).astype(bool),
+        origin=unpack(origin, "<i4", (F,)),
+        status=unpack(status, "u1", (F,)),
+        attempts=unpack(attempts, "<i4", (F,)),
+        task=unpack(task, "<i8", (F,)),
+        run=unpack(run, "<i4", (F,)),
+        runs=list(json.loads(runs)),
+        error=unpack(error, "<i8", (F,)),
+        forecast=floats(blobs[0], (F, C, H, Q)) if values else None,
+        alpha=floats(blobs[1], (F, Q)) if values else None,
+    )
+
+
+def load_groups(
+    conn: sqlite3.Connection, model: str | None = None, values: bool = True
+) -> list[GroupState]:
+    """Every group (of `model`) with the events since its snapshot applied, in one read
+    transaction (a consistent state while the driver writes). `values=False` skips the
+    forecasts (what the monitor needs is statuses)."""
+    check_format(conn)
+    where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
+    extra = ", forecast, alpha" if values else ""
+    in_tx = conn.in_transaction
+    if not in_tx:
+        conn.execute("BEGIN")
+    try:
+        states = [
+            _group(row[:17], values, tuple(row[17:]) if values else (None, None))
+            for row in conn.execute(
+                f"SELECT {_GROUP_COLUMNS}{extra} FROM groups {where} ORDER BY model, grp", args
+            )
+        ]
+        by = {(s.model, s.grp): s for s in states}
+        cols = "model, grp, status, fits, run_id, task, bump, error" + extra
+        for row in conn.execute(f"SELECT {cols} FROM events {where} ORDER BY id", args):
+            state = by.get((row[0], row[1]))
+            if state is not None:
+                apply_event(state, *row[2:8], *(row[8:10] if values else (None, None)))
+    finally:
+        if not in_tx:
+            conn.execute("COMMIT")
+    return states
+
+
+def apply_event(
+    state: GroupState,
+    status: str,
+    fits: bytes,
+    run_id: str,
+    task: int | None,
+    bump: int,
+    error: bytes | None,
+    forecast: bytes | None,
+    alpha: bytes | None,
+) -> np.ndarray:
+    """Apply one event to `state` (the reader's and the writer's one definition); its fits."""
+    idx = unpack_index(fits)
+    code = STATUSES.index(status)
+    state.status[idx] = code
+    state.attempts[idx] += int(bump)
+    if task is not None:
+        state.task[idx] = task
+    state.run[idx] = state.run_index(run_id)
+    if code == DONE:
+        state.error[idx] = 0
+    if error is not None:
+        state.error[idx] = np.frombuffer(error, dtype="<i8")
+    _, C, H, Q = state.shape()
+    if state.forecast is not None and forecast is not None:
+        state.forecast[idx] = np.frombuffer(forecast, dtype="<f8").reshape(idx.size, C, H, Q)
+    if state.alpha is not None and code == DONE:
+        state.alpha[idx] = floats(alpha, (idx.size, Q))
+    return idx
+
+
+# --- writing a group ------------------------------------------------------------------------------
+
+
+def fresh_state(model: str, grp: int, g: FitGroup, quantiles: Sequence[float]) -> GroupState:
+    """A group's state with every fit pending."""
+    F, C, H, Q = len(g), g.rows.shape[1], len(g.horizons), len(quantiles)
+    names, country = np.unique(np.asarray(g.countries, dtype=str), return_inverse=True)
+    return GroupState(
+        model=model,
+        grp=grp,
+        horizons=tuple(int(h) for h in g.horizons),
+        quantiles=tuple(float(q) for q in quantiles),
+        names=names.astype(object),
+        keys=raw_keys(g.keys),
+        country=country.reshape(F, C).astype(np.int32),
+        rows=np.asarray(g.rows, dtype=bool),
+        origin=np.asarray(g.origin, dtype=np.int32),
+        status=np.full(F, PENDING, dtype=np.uint8),
+        attempts=np.zeros(F, dtype=np.int32),
+        task=np.zeros(F, dtype=np.int64),
+        run=np.full(F, -1, dtype=np.int32),
+        runs=[],
+        error=np.zeros(F, dtype=np.int64),
+        forecast=np.full((F, C, H, Q), np.nan),
+        alpha=np.full((F, Q), np.nan),
+    )
+
+
+def carry_state(
+    new: GroupState, at: np.ndarray, old: GroupState, src: np.ndarray, run_id: str
+) -> None:
+    """Fits `at` of `new` are fits `src` of `old` (same keys): their state carries over."""
+    for name in ("status", "attempts", "task", "error"):
+        getattr(new, name)[at] = getattr(old, name)[src]
+    runs = np.array([new.run_index(r) for r in old.runs] + [new.run_index(run_id)], np.int32)
+    new.run[at] = runs[old.run[src]]  # -1 (none) picks the last: this run
+    same = old.forecast is not None and new.forecast.shape[1:] == old.forecast.shape[1:]
+    if new.forecast is not None and same:
+        new.forecast[at] = old.forecast[src]
+        new.alpha[at] = old.alpha[src]  # type: ignore[index]
+
+
+def mirror_state(states: Sequence[GroupState]) -> list[GroupState]:
+    """The writer's in-memory copy: statuses, attempts and runs (no forecasts)."""
+    return [replace(s, forecast=None, alpha=None, runs=list(s.runs)) for s in states]
+
+
+def group_row(s: GroupState) -> tuple[Any, ...]:
+    """The `groups` row of a state; only the run ids its fits still name are kept."""
+    F, C, _, _ = s.shape()
+    used, run = np.unique(s.run, return_inverse=True)
+    if used.size and used[0] < 0:  # -1 (no run) stays -1
+        run = run - 1
+        used = used[1:]
+    runs = [s.runs[i] for i in used.tolist()]
+    return (
+        s.model,
+        s.grp,
+        json.dumps(list(s.horizons)),
+        json.dumps(list(s.quantiles)),
+        json.dumps([str(n) for n in s.names]),
+        json.dumps(runs),
+        F,
+        C,
+        np.ascontiguousarray(s.keys, dtype=np.uint8).tobytes(),
+        pack(s.country.astype("<i4")),
+        pack(s.rows.astype("u1")),
+        pack(s.origin.astype("<i4")),
+        pack(s.status.astype("u1")),
+        pack(s.attempts.astype("<i4")),
+        pack(s.task.astype("<i8")),
+        pack(np.asarray(run, dtype="<i4").reshape(F)),
+        pack(s.error.astype("<i8")),
+        None if s.forecast is None else float_blob(s.forecast),
+        None if s.alpha is None else float_blob(s.alpha),
+    )
+
+
+def check_format(conn: sqlite3.Connection) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version != FORMAT:
+        raise OldFormat(f"store format {version}, this qpipe reads format {FORMAT}")
