@@ -6,14 +6,15 @@ window (60 months), features y_t and lags 1, 2, 3, 6, 12, horizons 1, 3, 6, 12 i
 1500 epochs with patience 50. G windows (spread over the seed's 72 origins, as the
 round-robin blocks are) train as one batch; the figure is CPU seconds per window.
 
-Each trainer runs in its own child process with PYTHONPATH at its checkout (the reference is
-a temporary `git worktree` of REFERENCE, the trainer before issue 19), the two alternating,
-so both are measured in one run under the same load. CPU seconds are the child's own
+Each trainer runs in its own child process with PYTHONPATH at its checkout (each reference is
+a temporary `git worktree` of its commit; REFERENCE is the trainer before issue 19), taking
+turns, so all are measured in one run under the same load. CPU seconds are the child's own
 (getrusage of the child, imports excluded: the child times its training call itself).
 
 Run from the repository root:
     .venv/bin/python benchmarks/bench_ensemble_nn.py                 # G = 36, 2 rounds
     .venv/bin/python benchmarks/bench_ensemble_nn.py --sizes 9 36 --rounds 1
+    .venv/bin/python benchmarks/bench_ensemble_nn.py --reference db7c48e 4c0e85c --rounds 1
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[36], help="windows per batch")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per size")
-    parser.add_argument("--reference", default=REFERENCE, help="commit of the reference trainer")
+    parser.add_argument(
+        "--reference", nargs="+", default=[REFERENCE], help="commits of the reference trainers"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,32 +150,37 @@ def main() -> None:
         child(args.child)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        ref = Path(tmp) / "reference"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(ref), args.reference],
-            check=True,
-        )
+        checkouts = {ref: Path(tmp) / ref for ref in args.reference}
+        for ref, path in checkouts.items():
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), ref],
+                check=True,
+            )
+        checkouts["new"] = ROOT
         try:
-            results: dict[str, object] = {"reference": args.reference, "load_before": _load()}
+            results: dict[str, object] = {"references": args.reference, "load_before": _load()}
             for G in args.sizes:
-                runs: dict[str, list[dict[str, float]]] = {"reference": [], "new": []}
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
                 for _ in range(args.rounds):
-                    for name, checkout in (("reference", ref), ("new", ROOT)):
+                    for name, checkout in checkouts.items():
                         runs[name].append(run_child(checkout, G))
                         print(name, json.dumps(runs[name][-1]), flush=True)
                 med = {
                     k: statistics.median(r["cpu_s_per_window"] for r in v) for k, v in runs.items()
                 }
+                speedup = {ref: med[ref] / med["new"] for ref in args.reference}
                 results[f"G={G}"] = {
                     "runs": runs,
                     "cpu_s_per_window_median": med,
-                    "speedup": med["reference"] / med["new"],
+                    "speedup_vs": speedup,
                 }
-                print(f"G={G}", json.dumps(results[f"G={G}"]["cpu_s_per_window_median"]),
-                      "speedup", round(med["reference"] / med["new"], 2), flush=True)  # fmt: skip
+                print(f"G={G}", json.dumps(med), "speed-up", json.dumps(speedup), flush=True)
             results["load_after"] = _load()
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)])
+            for ref in args.reference:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkouts[ref])]
+                )
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -339,3 +339,36 @@ def test_hand_written_gradient_equals_autograd(Q, units):
     views = lay.views(grad, A)
     assert all(torch.count_nonzero(g[-1]) == 0 for g in views)
     assert sum(torch.count_nonzero(g[:-1]) for g in views) > 0.5 * (A - 1) * lay.width
+
+
+def test_step_reuses_its_buffers_after_compaction():
+    """After the batch shrinks, the step writes into the first A rows of buffers sized for
+    the larger batch: a member's gradient is the same bits as from a step made for A alone,
+    and a call with the full batch again still matches."""
+    from pipeline.models._nn_step import Layout, Step
+
+    rng = np.random.default_rng(5)
+    A, n, p, H, C, Q = 5, 7, 3, 2, 3, 3
+    tau = torch.tensor([0.1, 0.5, 0.9])
+    lay = Layout((p, 4, 4, H * Q), C, H, Q)
+    buf = torch.as_tensor(rng.standard_normal(A * lay.width), dtype=torch.float32)
+    x = torch.as_tensor(rng.standard_normal((A, n, p)), dtype=torch.float32)
+    cidx = rng.integers(0, C, (A, n))
+    design = torch.as_tensor(
+        np.stack([design_matrix(x[a].numpy(), cidx[a], C) for a in range(A)]), dtype=torch.float32
+    )
+    y = torch.as_tensor(rng.standard_normal((A, n, H)), dtype=torch.float32)
+    w = torch.ones(A, n, H)
+
+    def grad_of(step: Step, k: int) -> torch.Tensor:
+        sub = lay.pack([v[:k] for v in lay.views(buf, A)])
+        grad = torch.full_like(sub, np.nan)
+        step.rebind(sub, grad, k)
+        step(x[:k], design[:k], y[:k], w[:k])
+        return grad
+
+    shared = Step(lay, tau)
+    full = grad_of(shared, A)
+    assert torch.equal(grad_of(shared, 2), grad_of(Step(lay, tau), 2))
+    assert torch.equal(grad_of(shared, A), full)
+    assert torch.isfinite(full).all()

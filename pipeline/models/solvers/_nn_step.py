@@ -3,9 +3,16 @@
 All members' parameters live in one 1-D buffer, parameter-major: parameter i of every
 member is one contiguous (A, rows, cols) block of it (contiguous operands and outputs keep
 the batched matmuls on their fast path; strided ones cost 1.5-4x). The gradient is one such
-buffer too, so a single fused Adam call updates the whole batch. Forward and backward are batched matrix products over the member axis: a member's
-numbers never mix with another member's. `grad_check` in tests/test_ensemble_nn.py holds
-`loss_and_grad` to autograd on `_batched_mlp.forward` / `member_loss` in float64.
+buffer too, so a single fused Adam call updates the whole batch. Forward and backward are
+batched matrix products over the member axis: a member's numbers never mix with another
+member's. `grad_check` in tests/test_ensemble_nn.py holds `Step` to autograd on
+`_batched_mlp.forward` / `member_loss` in float64.
+
+Speed (issue 19; profile in benchmarks/README.md): every activation and gradient has a
+preallocated buffer (a fresh 1.5 MB tensor per op cost more than the op: page faults), and
+the head and loss run transposed, (A, H, Q, n) with the n rows fastest, one quantile at a
+time, because torch's elementwise kernels are ~8x slower when an operand is broadcast
+along a short inner axis (Q = 3, H = 4).
 """
 
 from __future__ import annotations
@@ -74,6 +81,54 @@ def quantiles(
     return q + torch.bmm(design, views[-1]).unsqueeze(-1)
 
 
+class _Buffers:
+    """Activations and gradients of `cap` members for batches of n rows; `[:A]` of each is
+    the contiguous buffer of the first A members (the batch only shrinks)."""
+
+    def __init__(self, lay: Layout, cap: int, n: int, like: torch.Tensor):
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty((cap, *shape), dtype=like.dtype, device=like.device)
+
+        hidden = lay.sizes[1:-1]
+        H, Q = lay.H, lay.Q
+        self.cap, self.n = cap, n
+        self.full = {
+            "acts": [empty(n, u) for u in hidden],  # relu outputs (A, n, u)
+            "dx": [empty(n, u) for u in hidden],  # gradients w.r.t. them
+            "out": empty(H, Q, n),  # head output, transposed
+            "soft": empty(H, Q, n),  # softplus(out) for quantiles >= 1
+            "sig": empty(H, Q, n),  # sigmoid(out): d softplus / d out
+            "q": empty(H, Q, n),  # quantiles, transposed
+            "hit": empty(H, n),  # 1[y < q_j] for one quantile at a time
+            "ws": empty(H, n),  # w / (Q * available targets), per member
+            "neg": empty(Q, H, n),  # -tau_j * ws
+            "dz": empty(H, Q, n),  # d loss / d out, transposed
+            "shift": empty(H, n),  # a_c + phi_c * y_t, transposed
+        }
+        self._A = -1
+
+    def prefix(self, A: int) -> dict:
+        """Views of the first A members' buffers, made once per A (views cost ~1 us each):
+        the lists and per-quantile slices the step indexes."""
+        if A != self._A:
+            v = {
+                k: [b[:A] for b in t] if isinstance(t, list) else t[:A]
+                for k, t in self.full.items()
+            }
+            Q = self.full["q"].shape[2]
+            out = v["out"]
+            v["out_t"] = out.view(A, -1, self.n)  # (A, H*Q, n)
+            v["dz_t"] = v["dz"].view(A, -1, self.n)
+            for k in ("out", "soft", "sig", "q", "dz"):
+                v[k + "_j"] = [v[k][:, :, j] for j in range(Q)]
+            v["neg_j"] = [v["neg"][:, j] for j in range(Q)]
+            v["last_t"] = v["acts"][-1].mT if v["acts"] else None
+            v["dz_tt"] = v["dz_t"].mT
+            v["shift_t"] = v["dz"][:, :, 0].mT
+            self.views, self._A = v, A
+        return self.views
+
+
 class Step:
     """Loss gradient of a batch of members, with the flat buffers' views made once.
 
@@ -82,13 +137,18 @@ class Step:
 
     def __init__(self, lay: Layout, tau: torch.Tensor):
         self.lay, self.tau = lay, tau
+        self.taus = [float(t) for t in tau]
         self.L = len(lay.sizes) - 1
-        self.is_base = torch.arange(lay.H * lay.Q, device=tau.device) % lay.Q == 0
+        self.bufs: _Buffers | None = None
 
     def rebind(self, buf: torch.Tensor, grad: torch.Tensor, A: int) -> None:
         self.views, self.gviews = self.lay.views(buf, A), self.lay.views(grad, A)
-        L = self.L
+        L, H, Q = self.L, self.lay.H, self.lay.Q
         self.w_t = [v.transpose(1, 2) for v in self.views[:L]]  # for dz @ W^T
+        # the head's output comes out transposed, (A, H*Q, n); its bias as an (H*Q, 1) column
+        self.head_wt, self.head_bt = self.views[L - 1].mT, self.views[2 * L - 1].mT
+        self.ghead_w, self.ghead_b = self.gviews[L - 1], self.gviews[2 * L - 1].view(A, H * Q)
+        self.ar_t = self.views[-1].mT  # (A, H, 2C)
 
     def __call__(
         self, x: torch.Tensor, design: torch.Tensor, y: torch.Tensor, w: torch.Tensor
@@ -97,26 +157,57 @@ class Step:
 
         Same loss as `_batched_mlp.member_loss`: per member, the mean over quantiles and over
         the available (row, horizon) targets (w = 1) of max(tau u, (tau - 1) u), u = y - q.
+        x (A, n, p), design (A, n, 2C) contiguous; y and w (A, n, H), fastest along n
+        (`_Stacked.split` gives them so) or in any other layout, which costs more.
         """
         views, gviews, L = self.views, self.gviews, self.L
-        H, Q = self.lay.H, self.lay.Q
-        acts = [x]
+        Q = self.lay.Q
+        A, n = x.shape[:2]
+        if self.bufs is None or self.bufs.n != n or self.bufs.cap < A:
+            self.bufs = _Buffers(self.lay, A, n, x)
+        b = self.bufs.prefix(A)
+        # forward through the trunk, rows layout (A, n, units)
+        acts = [x, *b["acts"]]
         for i in range(L - 1):
-            acts.append(torch.baddbmm(views[L + i], acts[-1], views[i]).relu_())
-        out = torch.baddbmm(views[2 * L - 1], acts[-1], views[L - 1])  # (A, n, H*Q)
-        q = _heads(out, Q, self.is_base).unflatten(-1, (H, Q)).cumsum(dim=-1)
-        q += torch.bmm(design, views[-1]).unsqueeze(-1)
-        # d pinball / d q = 1[u < 0] - tau, weighted by w / (Q * available targets)
-        scale = w / (Q * w.sum(dim=(1, 2), keepdim=True).clamp_min(1.0))
-        dq = torch.lt(y.unsqueeze(-1), q).to(q.dtype).sub_(self.tau).mul_(scale.unsqueeze(-1))
+            torch.baddbmm(views[L + i], acts[i], views[i], out=acts[i + 1]).relu_()
+        # head, transposed: out (A, H*Q, n) = W^T h^T + b^T
+        last_t = b["last_t"] if L > 1 else x.mT
+        torch.baddbmm(self.head_bt, self.head_wt, last_t, out=b["out_t"])
+        out, q, soft, sig, dz = b["out_j"], b["q_j"], b["soft_j"], b["sig_j"], b["dz_j"]
+        torch.bmm(self.ar_t, design.mT, out=b["shift"])  # (A, H, n)
+        torch.add(out[0], b["shift"], out=q[0])
+        for j in range(1, Q):
+            # q_j = q_{j-1} + softplus(out_j); d softplus = sigmoid
+            torch._C._nn.softplus(out[j], 1, 20, out=soft[j])
+            torch.sigmoid(out[j], out=sig[j])
+            torch.add(q[j - 1], soft[j], out=q[j])
+        # d pinball / d q_j = (1[y < q_j] - tau_j) * w / (Q * available targets)
+        yt, wt, ws, hit = y.mT, w.mT, b["ws"], b["hit"]
+        count = wt.sum(dim=(1, 2), keepdim=True).clamp_min_(1.0).mul_(Q)
+        torch.div(wt, count, out=ws)
+        for j in range(Q):
+            neg = torch.mul(ws, -self.taus[j], out=b["neg_j"][j])
+            torch.lt(yt, q[j], out=hit)
+            torch.addcmul(neg, ws, hit, out=dz[j])
         # q_j = shift + out_0 + sum_{1 <= i <= j} softplus(out_i): reverse cumulative sums
-        dhead = dq.flip(-1).cumsum(dim=-1).flip(-1)  # d/d(head j) = sum_{i >= j} dq_i
-        torch.bmm(design.transpose(1, 2), dhead[..., 0], out=gviews[-1])  # shift = head 0's
-        dz = dhead.flatten(-2)
-        if Q > 1:
-            dz = torch.where(self.is_base, dz, dz * torch.sigmoid(out))
-        for i in range(L - 1, -1, -1):
-            torch.bmm(acts[i].transpose(1, 2), dz, out=gviews[i])
-            torch.sum(dz, dim=1, keepdim=True, out=gviews[L + i])
+        for j in range(Q - 2, -1, -1):
+            dz[j].add_(dz[j + 1])  # d/d(head j) = sum_{i >= j} dq_i
+        torch.bmm(design.mT, b["shift_t"], out=gviews[-1])  # the shift is head 0's
+        for j in range(1, Q):
+            dz[j].mul_(sig[j])
+        torch.bmm(last_t, b["dz_tt"], out=self.ghead_w)
+        torch.sum(b["dz_t"], dim=2, out=self.ghead_b)
+        if L == 1:
+            return
+        g = torch.bmm(b["dz_tt"], self.head_wt, out=b["dx"][-1])
+        _relu_backward(g, acts[-1], 0, grad_input=g)
+        # the trunk, rows layout
+        for i in range(L - 2, -1, -1):
+            torch.bmm(acts[i].mT, g, out=gviews[i])
+            torch.sum(g, dim=1, keepdim=True, out=gviews[L + i])
             if i:
-                dz = torch.ops.aten.threshold_backward(torch.bmm(dz, self.w_t[i]), acts[i], 0)
+                d = torch.bmm(g, self.w_t[i], out=b["dx"][i - 1])
+                g = _relu_backward(d, acts[i], 0, grad_input=d)
+
+
+_relu_backward = torch.ops.aten.threshold_backward.grad_input  # grad * (relu output > 0)

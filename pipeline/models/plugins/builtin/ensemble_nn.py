@@ -139,7 +139,7 @@ def _probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
 CONFIG = EnsembleNNConfig
 ADAPTER = Adapter(
     name="ensemble_nn",
-    version=2,  # 2: hand-written gradients, flat buffers (issue 19): other rounding
+    version=3,  # 2: hand-written gradients (issue 19); 3: transposed head, reused buffers
     pooled=True,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
