@@ -345,7 +345,7 @@ def test_step_reuses_its_buffers_after_compaction():
     """After the batch shrinks, the step writes into the first A rows of buffers sized for
     the larger batch: a member's gradient is the same bits as from a step made for A alone,
     and a call with the full batch again still matches."""
-    from pipeline.models._nn_step import Layout, Step
+    from pipeline.models.solvers._nn_step import Layout, Step
 
     rng = np.random.default_rng(5)
     A, n, p, H, C, Q = 5, 7, 3, 2, 3, 3
