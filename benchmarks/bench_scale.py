@@ -160,9 +160,9 @@ def timed_run(
     return wall, hwm["mb"], usage
 
 
-def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
-    out = base / f"rw{n}"
-    cmd = [
+def rw_command(n: int, out: Path, *extra: str) -> list[str]:
+    """`python -m pipeline run` of the rw study of N countries (N x 912 fits) into `out`."""
+    return [
         sys.executable,
         "-m",
         "pipeline",
@@ -171,7 +171,13 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
         f"data.synthetic.n_countries={n}",
         f"runtime.output_dir={out}",
         *QUIET,
+        *extra,
     ]
+
+
+def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
+    out = base / f"rw{n}"
+    cmd = rw_command(n, out)
     env = {**os.environ, "QPIPE_PROBE_CACHE": str(cache)}
     wall, hwm, _ = timed_run(cmd, base / f"rw{n}.log", env)
     stages = {

@@ -37,8 +37,7 @@ from typing import Any
 
 import pandas as pd
 import psutil
-from bench_scale import RW_ONLY, timed_run
-from study_overrides import QUIET
+from bench_scale import rw_command, timed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -120,17 +119,7 @@ def run(n: int, n_workers: int, base: Path) -> dict[str, Any]:
     }
     scheduler, workers = start_cluster(address, port, n_workers, out, env)
     try:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            *RW_ONLY,
-            f"data.synthetic.n_countries={n}",
-            f"runtime.output_dir={out}",
-            f"runtime.scheduler_address={address}",
-            *QUIET,
-        ]
+        cmd = rw_command(n, out, f"runtime.scheduler_address={address}")
         wall, hwm_mb, usage = timed_run(cmd, base / f"rw{n}_w{n_workers}.log", env)
         scheduler_cpu = tree_cpu_seconds(psutil.Process(scheduler.pid))
         worker_cpu = [tree_cpu_seconds(psutil.Process(w.pid)) for w in workers]
