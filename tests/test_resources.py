@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -79,3 +82,28 @@ def test_the_plan_follows_the_live_machine_not_the_probe_file(cgroup: Path, tmp_
     )
     assert load_plan(probe, tight).n_workers == 2
     assert probe.read_bytes() == text  # nothing written: no stage output changed
+
+
+# a process that peaks at 600 MiB, then spawns (fork + exec) a small one that reports its peak
+BIG_PARENT = """
+import json, resource, subprocess, sys
+big = bytearray(600 * 2**20)
+big[:: 4096] = b"x" * len(big[:: 4096])  # touch every page
+del big
+child = (
+    "import json, resource; from pipeline.runtime.sizing.resources import own_peak_mb; "
+    "print(json.dumps([own_peak_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))"
+)
+print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+def test_a_spawned_process_reports_its_own_peak_not_its_parents() -> None:
+    """Workers and the probe's child report own_peak_mb: Linux carries ru_maxrss across exec,
+    so a worker spawned by a 600 MiB process read 600 MiB as its own peak (a full test suite's
+    runner made a real worker "peak" above the probe's memory limit)."""
+    done = subprocess.run([sys.executable, "-c", BIG_PARENT], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    own, inherited = json.loads(done.stdout.strip().splitlines()[-1])
+    assert inherited >= 600  # the kernel's carried-over figure: why ru_maxrss is not used
+    assert own < 300, own

@@ -27,7 +27,6 @@ import contextlib
 import importlib
 import json
 import os
-import resource
 import shutil
 import signal
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime.execute.child import die_with_parent
+from pipeline.runtime.sizing.resources import own_peak_mb
 
 CALIBRATION_FITS = 4
 # what a worker process has imported once it ran a task (this child mirrors it)
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     _die_with_driver(int(arg("--parent")), arg("--tmp"), running)
     for module in WORKER_IMPORTS:
         importlib.import_module(module)
-    baseline_mb = _peak_mb()
+    baseline_mb = own_peak_mb()
     jobs_path = Path(arg("--jobs"))
     while not jobs_path.exists():  # the driver writes it (atomically) once its plans are built
         time.sleep(POLL_S)
@@ -104,20 +104,6 @@ def main(argv: list[str]) -> None:
                 results[job["name"]] = {"timeout": True}
         time.sleep(POLL_S)
     Path(arg("--out")).write_text(json.dumps({"baseline_mb": baseline_mb, "models": results}))
-
-
-def _peak_mb() -> float:
-    """This process's own peak RSS since it started. Not getrusage's ru_maxrss: at exec the
-    kernel carries the spawning process's peak into it (the driver's, hundreds of MiB at a
-    large study), while VmHWM is the peak of this process image alone."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _rss_mb() -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import socket
 import time
 import traceback
@@ -21,6 +20,7 @@ import numpy as np
 
 from pipeline.models.plugins.registry import task_adapter
 from pipeline.models.plugins.spec import Adapter
+from pipeline.runtime.sizing.resources import own_peak_mb
 
 log = logging.getLogger("pipeline.worker")
 
@@ -73,7 +73,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         "started": started,
         "finished": time.time(),
         "seconds": time.perf_counter() - t0,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_mb": own_peak_mb(),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 
 # cgroup v2 (unified) files first, then v1's
 _CPU_MAX = "/sys/fs/cgroup/cpu.max"
@@ -81,3 +82,17 @@ def available_memory_bytes() -> int:
     if cg is not None:
         available = min(available, max(0, cg[0] - cg[1]))
     return available
+
+
+def own_peak_mb() -> float:
+    """This process's own peak RSS (MiB) since it started. Not getrusage's ru_maxrss: Linux
+    carries it across exec, so a worker or child spawned by a large process (a driver at a big
+    study, a test runner) would start at that process's peak; VmHWM is this image's alone."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
