@@ -141,14 +141,23 @@ class RunState:
         else:
             from pipeline.runtime.execute.cluster import make_client
 
-            log.info(
-                "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
-                self.model,
-                len(queue),
-                fpt,
-                n_workers,
-                plan.memory_limit_mb,
-            )
+            if rt.scheduler_address:  # its workers and their memory limits are its own
+                log.info(
+                    "train %s: %d tasks of <= %d fits on the cluster at %s",
+                    self.model,
+                    len(queue),
+                    fpt,
+                    rt.scheduler_address,
+                )
+            else:
+                log.info(
+                    "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
+                    self.model,
+                    len(queue),
+                    fpt,
+                    n_workers,
+                    plan.memory_limit_mb,
+                )
             opened = (cluster.client if cluster is not None else make_client)(
                 n_workers, plan.memory_limit_mb, rt
             )
