@@ -312,12 +312,19 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
 def expand(group: FitGroup, fits: np.ndarray, n_quantiles: int) -> tuple[np.ndarray, ...]:
     """Index arrays (fit, row, horizon index, quantile index), one entry per forecast of the
     fits `fits` (positions in the group), fit-major, then row, horizon, quantile."""
+    return expand_rows(group.rows, fits, len(group.horizons), n_quantiles)
+
+
+def expand_rows(
+    rows: np.ndarray, fits: np.ndarray, n_horizons: int, n_quantiles: int
+) -> tuple[np.ndarray, ...]:
+    """`expand` over a (fits, countries) bool mask of the rows each fit forecasts."""
     fits = np.asarray(fits, dtype=np.int64)
-    fr, cj = np.nonzero(group.rows[fits])
-    hq = len(group.horizons) * n_quantiles
+    fr, cj = np.nonzero(rows[fits])
+    hq = n_horizons * n_quantiles
     fi, cj = np.repeat(fits[fr], hq), np.repeat(cj, hq)
-    hi = np.tile(np.repeat(np.arange(len(group.horizons)), n_quantiles), fr.size)
-    qi = np.tile(np.arange(n_quantiles), fr.size * len(group.horizons))
+    hi = np.tile(np.repeat(np.arange(n_horizons), n_quantiles), fr.size)
+    qi = np.tile(np.arange(n_quantiles), fr.size * n_horizons)
     return fi, cj, hi, qi
 
 

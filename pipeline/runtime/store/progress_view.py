@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import atomic_path
+from pipeline.runtime.fits.fit_groups import expand_rows
 from pipeline.runtime.store.progress_format import (
     FAILED,
     STATUSES,
@@ -125,12 +126,8 @@ def _empty() -> pd.DataFrame:
 
 def _expand(s: GroupState) -> tuple[np.ndarray, ...]:
     """(fit, row, horizon index, quantile index) of every forecast row of the group, fit-major."""
-    _, _, H, Q = s.shape()
-    fr, cj = np.nonzero(s.rows)
-    fi, cj = np.repeat(fr, H * Q), np.repeat(cj, H * Q)
-    hi = np.tile(np.repeat(np.arange(H), Q), fr.size)
-    qi = np.tile(np.arange(Q), fr.size * H)
-    return fi, cj, hi, qi
+    F, _, H, Q = s.shape()
+    return expand_rows(s.rows, np.arange(F), H, Q)
 
 
 def _rows(
