@@ -300,6 +300,18 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_all(run: Any, sizes: list[int], table: Any, base: Path, json_path: str | None) -> None:
+    """`run(size, base, probe cache)` per size, a JSON line each, then the table (and the
+    rows as JSON to `json_path`)."""
+    rows = []
+    for size in sizes:
+        rows.append(run(size, base, base / "probe-cache"))
+        print(json.dumps(rows[-1]), flush=True)
+    print(table(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -321,18 +333,6 @@ if __name__ == "__main__":
             Path(args.json).write_text(json.dumps(row, indent=2))
         sys.exit(0)
     if args.rw:
-        rows = []
-        for n in args.rw:
-            rows.append(run_rw(n, base, base / "probe-cache"))
-            print(json.dumps(rows[-1]), flush=True)
-        print(report_rw(rows))
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2))
-        sys.exit(0)
-    rows = []
-    for k in args.factors:
-        rows.append(run_one(k, base, base / "probe-cache"))
-        print(json.dumps(rows[-1]), flush=True)
-    print(report(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        run_all(run_rw, args.rw, report_rw, base, args.json)
+    else:
+        run_all(run_one, args.factors, report, base, args.json)
