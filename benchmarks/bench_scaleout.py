@@ -16,10 +16,19 @@ cluster):
 - per fit: each of the three in microseconds; the driver's peak memory (VmHWM) and the
   scheduler's task count (the number of task-stream records the driver logged).
 
+`--ar-qr K [K ...]` runs the seed grid's ar_qr study (real HICP, ar_qr alone, the series
+replicated K times as bench_scale's factor study does: about 10.6k x K fits) on the same kind
+of cluster, one DVC stage at a time (`python -m pipeline stage ...` from a composed
+params.yaml), so that each stage's driver CPU (wait4 of the stage command) stands beside the
+scheduler's and the workers' CPU spent while it ran. rw does about 25 us of arithmetic per fit,
+so its ratio measures the driver against almost nothing; ar_qr's solver is real work, and the
+train stage's ratio is the overhead a user of a cluster pays.
+
 Requires root and util-linux `unshare` (mount namespaces).
 
 Usage: python benchmarks/bench_scaleout.py --n 250 [--workers 4] [--out /tmp/bench_scaleout]
        [--json results.json]
+       python benchmarks/bench_scaleout.py --ar-qr 3 [--workers 4]
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from typing import Any
 
 import pandas as pd
 import psutil
-from bench_scale import rw_command, timed_run
+from bench_scale import replicated_data, rw_command, timed_run
+from study_overrides import AR_QR_ONLY, QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -150,9 +160,79 @@ def run(n: int, n_workers: int, base: Path) -> dict[str, Any]:
     }
 
 
+def run_ar_qr(k: int, n_workers: int, base: Path) -> dict[str, Any]:
+    """The ar_qr study x k on an existing cluster, stage by stage; CPU per stage and process."""
+    out = base / f"ar_qr_x{k}_w{n_workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    data = replicated_data(base / f"hicp_x{k}.csv", k)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
+    }
+    params = out / "params.yaml"
+    overrides = [*AR_QR_ONLY, f"data.path={data}", f"runtime.output_dir={out}", *QUIET]
+    overrides.append(f"runtime.scheduler_address={address}")
+    python = [sys.executable, "-m", "pipeline"]
+    subprocess.run([*python, "compose", *overrides, "--output", str(params)], cwd=ROOT, check=True)
+    stages = {
+        "prepare": ["stage", "prepare"],
+        "probe": ["stage", "probe"],
+        "train": ["stage", "train", "--model", "ar_qr"],
+        "assemble": ["stage", "assemble"],
+    }
+    scheduler, workers = start_cluster(address, port, n_workers, out, env)
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        procs = [psutil.Process(p.pid) for p in [scheduler, *workers]]
+        before = [tree_cpu_seconds(p) for p in procs]
+        for name, args in stages.items():
+            cmd = [*python, *args, "--params", str(params)]
+            wall, hwm_mb, usage = timed_run(cmd, base / f"ar_qr_x{k}_{name}.log", env)
+            after = [tree_cpu_seconds(p) for p in procs]
+            rows[name] = {
+                "wall_s": round(wall, 2),
+                "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                "scheduler_cpu_s": round(after[0] - before[0], 2),
+                "workers_cpu_s": round(sum(after[1:]) - sum(before[1:]), 2),
+                "driver_peak_mb": round(hwm_mb, 1),
+            }
+            before = after
+        alive = all(w.poll() is None for w in workers)
+    finally:
+        stop([*workers, scheduler])
+    table = pd.read_parquet(out / "train" / "ar_qr.parquet", columns=["QUANTILE"])
+    fits = len(table) // table["QUANTILE"].nunique()
+    whole = {
+        key: round(sum(r[key] for r in rows.values()), 2)
+        for key in ("driver_cpu_s", "scheduler_cpu_s", "workers_cpu_s")
+    }
+
+    def overhead(r: dict[str, float]) -> float:
+        return round(100.0 * (r["driver_cpu_s"] + r["scheduler_cpu_s"]) / r["workers_cpu_s"], 1)
+
+    return {
+        "factor": k,
+        "workers": n_workers,
+        "workers_stayed_up": alive,
+        "fits": fits,
+        "stages": rows,
+        "whole": whole,
+        "train_overhead_percent": overhead(rows["train"]),
+        "whole_overhead_percent": overhead(whole),
+        "train_driver_us_per_fit": round(1e6 * rows["train"]["driver_cpu_s"] / fits, 1),
+        "train_workers_us_per_fit": round(1e6 * rows["train"]["workers_cpu_s"] / fits, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[250])
+    parser.add_argument("--n", type=int, nargs="+", default=[])
+    parser.add_argument("--ar-qr", type=int, nargs="+", default=[], metavar="K")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scaleout"))
     parser.add_argument("--json", type=Path)
@@ -161,8 +241,11 @@ def main() -> None:
         sys.exit("bench_scaleout needs root and util-linux unshare (mount namespaces)")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    for n in args.n:
-        result = run(n, args.workers, args.out)
+    if not args.n and not args.ar_qr:
+        args.n = [250]
+    jobs = [(run, n) for n in args.n] + [(run_ar_qr, k) for k in args.ar_qr]
+    for job, size in jobs:
+        result = job(size, args.workers, args.out)
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.json:
