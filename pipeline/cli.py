@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 # light imports only: `qpipe --help` and `monitor` load no pandas, numpy, Hydra, Dask or torch
 # (tests/test_lazy_imports.py); each command imports what it needs
+from pipeline.cli_parser import parse_args
 from pipeline.errors import ConfigError, OutputError
 from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
 
@@ -40,7 +41,7 @@ log = logging.getLogger("pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+    args = parse_args(argv, __doc__ or "")
     from pipeline.runtime.ui.logs import configure_terminal_logging
 
     forget_held()  # the error log goes to this command's output dir only
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # Dask's INFO chatter (nanny/scheduler lifecycle) goes to the run log only
     configure_terminal_logging()
     try:
-        return int(args.handler(args) or 0)
+        return int(_HANDLERS[args.command](args) or 0)
     except _bad_input_errors() as error:
         return _bad_input(str(error))
     except (OSError, sqlite3.OperationalError) as error:
@@ -321,107 +322,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
-# --- parser -------------------------------------------------------------------------------------
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Options may come before, between or after a command's overrides (`run a=1 --dry-run b=2`).
-
-    argparse takes one run of positionals for `overrides` (nargs="*"); later ones come back
-    unrecognized and are appended in order. Anything else unrecognized is still an error.
-    """
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
-    return args
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qpipe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    init = commands.add_parser("init", help="scaffold a qpipe project (conf/, dvc.yaml, git, dvc)")
-    init.add_argument("dir", help="the project directory (created if absent; nothing is replaced)")
-    init.set_defaults(handler=_cmd_init)
-
-    compose = commands.add_parser("compose", help="write params.yaml from conf/")
-    compose.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=seed")
-    compose.add_argument("--output", default="params.yaml")
-    compose.set_defaults(handler=_cmd_compose)
-
-    write_config = commands.add_parser("write-config", help="write a complete default config")
-    write_config.add_argument("file", help="target file, or - for stdout")
-    write_config.add_argument("overrides", nargs="*")
-    write_config.add_argument("--force", action="store_true", help="overwrite an existing file")
-    write_config.set_defaults(handler=_cmd_write_config)
-
-    run = commands.add_parser("run", help="run the study in-process")
-    run.add_argument("overrides", nargs="*")
-    run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
-    run.add_argument(
-        "--config",
-        metavar="FILE",
-        help="a complete config (as write-config writes it) instead of conf/; overrides apply on top",
-    )
-    run.add_argument(
-        "--max-workers", type=int, metavar="N", help="at most N workers (runtime.max_workers=N)"
-    )
-    run.add_argument(
-        "--write-config",
-        metavar="FILE",
-        help="write the complete config this run would use to FILE and stop",
-    )
-    run.add_argument(
-        "-m",
-        "--multirun",
-        action="store_true",
-        help="Hydra multirun over comma-separated overrides",
-    )
-    run.set_defaults(handler=_cmd_run)
-
-    stage = commands.add_parser("stage", help="run one DVC stage from params.yaml")
-    stage.add_argument("name", choices=["prepare", "probe", "train", "assemble"])
-    stage.add_argument("--model", help="a model of the config (models.<name>)")
-    stage.add_argument("--params", default="params.yaml")
-    stage.set_defaults(handler=_cmd_stage)
-
-    check = commands.add_parser("check", help="verify the set-up")
-    check.add_argument("overrides", nargs="*")
-    check.set_defaults(handler=_cmd_check)
-
-    results = commands.add_parser("results", help="write docs/RESULTS.md from a finished study")
-    results.add_argument(
-        "--output-dir", default="studies/seed", help="the study's runtime.output_dir"
-    )
-    results.add_argument("--out", default="docs/RESULTS.md")
-    results.add_argument(
-        "--notes", default=None, help="hand-written Markdown appended under its own heading"
-    )
-    results.set_defaults(handler=_cmd_results)
-
-    monitor = commands.add_parser("monitor", help="show a run's progress")
-    monitor.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")
-    monitor.add_argument("--watch", action="store_true", help="refresh live until interrupted")
-    monitor.add_argument("--interval", type=float, default=2.0)
-    monitor.add_argument(
-        "--rows",
-        action="store_true",
-        help="count forecast rows (model, country, quantile, horizon, origin), not fits",
-    )
-    monitor.set_defaults(handler=_cmd_monitor)
-
-    verify = commands.add_parser("verify", help="check every fit-cache checksum now")
-    verify.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")
-    verify.add_argument("--cache-dir", default=None, help="runtime.model_cache_dir, if set")
-    verify.set_defaults(handler=_cmd_verify)
-    return parser
+_HANDLERS = {
+    "init": _cmd_init,
+    "compose": _cmd_compose,
+    "write-config": _cmd_write_config,
+    "run": _cmd_run,
+    "stage": _cmd_stage,
+    "check": _cmd_check,
+    "results": _cmd_results,
+    "monitor": _cmd_monitor,
+    "verify": _cmd_verify,
+}
 
 
 if __name__ == "__main__":  # a cluster may start below: keep the guard

@@ -131,8 +131,8 @@ def test_the_closure_walk_sees_function_level_relative_and_dynamic_imports():
 
 
 def test_the_stage_table_matches_the_cli():
-    from pipeline.cli import _parser
+    from pipeline.cli_parser import command_parser
 
-    stage = _parser()._subparsers._group_actions[0].choices["stage"]
+    stage = command_parser()._subparsers._group_actions[0].choices["stage"]
     (name_action,) = [a for a in stage._actions if a.dest == "name"]
     assert set(name_action.choices) == set(STAGE_MODULES)
