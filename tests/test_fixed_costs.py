@@ -260,3 +260,17 @@ def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
     assert probe_stage.side_by_side(2, 16.0) == 1  # a busy machine: one at a time
     assert probe_stage.side_by_side(16, 5.0) == 12
     assert probe_stage.side_by_side(1, 0.0) == 1
+
+
+def test_the_probe_times_a_task_by_its_cpu_not_the_wall_clock(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy machine stretches a task's wall time, not its work, so the probe sizes tasks by
+    the task's CPU seconds. The sleep stands in for the waiting a loaded machine imposes (both
+    are wall time in which the model does not run): timed by wall, 50 ms of it per fit gave
+    tasks of 100 fits where the work asks for thousands, and the probe cache kept that."""
+    monkeypatch.setenv("QPIPE_PROBE_CACHE", str(tmp_path / "probe-cache"))
+    config = study(tmp_path / "out")
+    monkeypatch.setenv("FAKE_SLEEP", "0.05")
+    measured = probe_stage.run_probe(config, ["fake_quantile"]).models["fake_quantile"]
+    assert measured.seconds_per_fit and measured.seconds_per_fit < 0.01  # wall: >= 0.05

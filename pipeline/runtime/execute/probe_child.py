@@ -18,7 +18,8 @@ driver (PR_SET_PDEATHSIG), removing the driver's temporary dir on the way.
 A job: a calibration batch of the first `CALIBRATION_FITS` fits (or of `min_fits`, when a
 model batches at least that many: the calibration is then already a task of the size train
 gives it), then, if the time per fit it measured asks for a bigger task of about
-`task_seconds`, that task; time per fit and peak RSS are those of the last, task-sized batch.
+`task_seconds`, that task; time per fit (CPU seconds: `_timed_task`) and peak RSS are those
+of the last, task-sized batch.
 """
 
 from __future__ import annotations
@@ -140,24 +141,44 @@ def _fork(job: dict[str, Any]) -> int:
 
 
 def _measure(job: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.runtime.execute.worker import run_task
-
     payload = load_payload(job["payload"])
     n_all = len(payload["keys"])
     min_fits = int(job["min_fits"])
     k0 = min(n_all, max(CALIBRATION_FITS, min_fits))
     # a fit that fails here is timed like the rest (train spends that time too, and records
     # the failure where a user looks for it); the probe only says how many failed
-    first = run_task(_head(payload, k0))
-    spf = first["seconds"] / k0
+    first = _timed_task(_head(payload, k0))
+    spf = first["cost_seconds"] / k0
     k1 = int(min(n_all, max(k0, float(job["task_seconds"]) / max(spf, 1e-9))))
-    last = first if k1 == k0 else run_task(_head(payload, k1))
+    last = first if k1 == k0 else _timed_task(_head(payload, k1))
     return {
-        "seconds_per_fit": last["seconds"] / k1,
+        "seconds_per_fit": last["cost_seconds"] / k1,
         "fits": k1,
         "calibration_seconds_per_fit": spf,
         "failed_fits": len(last["failed"]),
     }
+
+
+def _timed_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """One task's result with `cost_seconds`: the CPU seconds of this (one-thread) process.
+
+    CPU time is the work itself, which a loaded machine does not inflate as it does wall time:
+    sized by wall time, tasks measured on a busy machine came out tens of times too small
+    (their fixed costs then ruled train), and the probe cache kept that for later runs. A task
+    that used a GPU is timed by wall instead (its CPU waits for the device, so CPU time would
+    leave the device's work out)."""
+    from pipeline.runtime.execute.worker import run_task
+
+    t0 = time.process_time()
+    result = run_task(payload)
+    cpu = time.process_time() - t0
+    result["cost_seconds"] = result["seconds"] if _used_gpu() else cpu
+    return result
+
+
+def _used_gpu() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 def _result(job: dict[str, Any], status: int, usage: Any, baseline_mb: float) -> dict[str, Any]:

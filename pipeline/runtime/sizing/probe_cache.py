@@ -32,8 +32,9 @@ log = logging.getLogger("pipeline.probe")
 
 ENV_VAR = "QPIPE_PROBE_CACHE"
 # 2: peaks from one child and its forks (VmHWM; os.wait4 growth): a spawned child's ru_maxrss
-# started at the driver's peak, so entries of format 1 may hold the driver's RSS
-FORMAT = 2
+# started at the driver's peak, so entries of format 1 may hold the driver's RSS;
+# 3: time per fit in CPU seconds (wall before: inflated many times on a loaded machine)
+FORMAT = 3
 # libraries whose version changes what a task costs (solvers, arrays, the worker's imports)
 VERSIONED = ("numpy", "scipy", "torch", "pandas", "pyarrow", "distributed")
 
