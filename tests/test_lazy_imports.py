@@ -85,7 +85,8 @@ def test_monitor_and_a_noop_run_import_neither_solvers_nor_dask_nor_plotting(
 
 def test_the_early_child_imports_what_the_models_tasks_import() -> None:
     """runner starts the driver's child ahead of train with each model's solver imported:
-    torch for ar_qr, nothing of it for rw (a tiny rw study pays no torch import)."""
+    torch for lqr, nothing of it for rw or ar_qr (its LP solver is numpy: a small ar_qr study
+    pays no torch import)."""
     from conftest import SMALL_STUDY, make_config
 
     from pipeline.runner import _task_imports
@@ -95,7 +96,7 @@ def test_the_early_child_imports_what_the_models_tasks_import() -> None:
         "print('torch' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for model, torch in (("rw", "False"), ("ar_qr", "True")):
+    for model, torch in (("rw", "False"), ("ar_qr", "False"), ("lqr", "True")):
         modules = _task_imports(config, [model])
         assert "pipeline.runtime.execute.worker" in modules
         done = subprocess.run(
