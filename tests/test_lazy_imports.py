@@ -103,3 +103,33 @@ def test_the_early_child_imports_what_the_models_tasks_import() -> None:
             [sys.executable, "-c", check, *modules], env=env, capture_output=True, text=True
         )
         assert done.stdout.strip() == torch, (model, modules, done.stderr[-2000:])
+
+
+# the coverage tests and the MCS of a forecast table with MODELS, in a fresh interpreter
+MCS_SCRIPT = """
+import sys
+import numpy as np, pandas as pd
+from pipeline.evaluation import coverage_tests
+rng = np.random.default_rng(0)
+models = sys.argv[1:]
+n = 40
+frame = pd.DataFrame({
+    "MODEL": np.repeat(models, n), "COUNTRY": "DE", "HORIZON": 1, "QUANTILE": 0.5,
+    "WINDOW_END": np.tile(pd.date_range("2010-01-01", periods=n, freq="MS"), len(models)),
+    "FORECAST": rng.normal(size=n * len(models)), "ACTUAL": np.tile(rng.normal(size=n), len(models)),
+})
+coverage_tests.coverage_tests(frame, by=["MODEL", "HORIZON", "QUANTILE"])
+table = coverage_tests.mcs_table(frame, reps=50)
+print(len(table), "arch" in sys.modules, "scipy.stats" in sys.modules)
+"""
+
+
+def test_a_one_model_study_imports_neither_arch_nor_scipy_stats() -> None:
+    """p-values come from scipy.special, and arch (1.1 CPU-s with scipy.stats and statsmodels)
+    is imported only where a model confidence set of two or more models is computed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for models, expected in ((["ar_qr"], "1 False False"), (["ar_qr", "rw"], "2 True True")):
+        done = subprocess.run(
+            [sys.executable, "-c", MCS_SCRIPT, *models], env=env, capture_output=True, text=True
+        )
+        assert done.stdout.strip() == expected, done.stderr[-3000:]

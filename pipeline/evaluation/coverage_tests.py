@@ -328,8 +328,6 @@ def model_confidence_set(
     MCS p-value and whether it is in the set (`MODEL, P_VALUE, IN_MCS`), in the order of
     `losses`' columns. Stationary bootstrap; `block_size` defaults to arch's own choice.
     Fewer than 2 origins or distinct models: every model is in the set with p-value 1."""
-    from arch.bootstrap import MCS
-
     # arch cannot studentize a zero loss differential: models with identical losses (a _cal
     # variant left unchanged, a one-member combo) share one representative and its result
     representative = {}
@@ -342,6 +340,8 @@ def model_confidence_set(
         return pd.DataFrame({"MODEL": list(losses.columns), "P_VALUE": 1.0, "IN_MCS": True}).astype(
             {"P_VALUE": "float64", "IN_MCS": "bool"}
         )
+    from arch.bootstrap import MCS  # here: its import (1.1 CPU-s) only where a set is computed
+
     mcs = MCS(
         losses[distinct],
         size=size,
