@@ -69,12 +69,14 @@ def run_study(
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     timings = json.loads((out / "logs" / "timings.json").read_text())
+    # the stages' info lines go to the run's log files, not to a quiet run's stderr
+    logs = done.stderr + "".join(p.read_text() for p in sorted((out / "logs").glob("*.log")))
     return {
         "wall_s": wall,
         "cpu_s": cpu,
         "stages": {k: v["seconds"] for k, v in timings.items()},
-        "reused": "reused measurement" in done.stderr,
-        "in_driver": "in the driver, no cluster" in done.stderr,
+        "reused": "reused measurement" in logs,
+        "in_driver": "in the driver, no cluster" in logs,
     }
 
 

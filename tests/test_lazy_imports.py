@@ -73,7 +73,9 @@ def test_monitor_and_a_noop_run_import_neither_solvers_nor_dask_nor_plotting(
         f"runtime.output_dir={tmp_path / 'out'}",
     )
     first = imported_by("run", *overrides)
-    assert {"dask", "matplotlib", "scipy"} <= first  # prepare and assemble ran
+    assert {"matplotlib", "scipy"} <= first  # prepare and assemble ran
+    # a panel of two series and small train shards are built and read without dask
+    assert not first & {"dask", "distributed", "torch"}
     # (the progress store monitor reads is pandas-backed today)
     watched = imported_by("monitor", "--output-dir", str(tmp_path / "out"))
     assert not watched & {"hydra", "omegaconf", "torch", "dask", "distributed", "matplotlib"}
@@ -85,7 +87,8 @@ def test_monitor_and_a_noop_run_import_neither_solvers_nor_dask_nor_plotting(
 
 def test_the_early_child_imports_what_the_models_tasks_import() -> None:
     """runner starts the driver's child ahead of train with each model's solver imported:
-    torch for ar_qr, nothing of it for rw (a tiny rw study pays no torch import)."""
+    torch for lqr, nothing of it for rw or ar_qr (its LP solver is numpy: a small ar_qr study
+    pays no torch import)."""
     from conftest import SMALL_STUDY, make_config
 
     from pipeline.runner import _task_imports
@@ -95,10 +98,40 @@ def test_the_early_child_imports_what_the_models_tasks_import() -> None:
         "print('torch' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for model, torch in (("rw", "False"), ("ar_qr", "True")):
+    for model, torch in (("rw", "False"), ("ar_qr", "False"), ("lqr", "True")):
         modules = _task_imports(config, [model])
         assert "pipeline.runtime.execute.worker" in modules
         done = subprocess.run(
             [sys.executable, "-c", check, *modules], env=env, capture_output=True, text=True
         )
         assert done.stdout.strip() == torch, (model, modules, done.stderr[-2000:])
+
+
+# the coverage tests and the MCS of a forecast table with MODELS, in a fresh interpreter
+MCS_SCRIPT = """
+import sys
+import numpy as np, pandas as pd
+from pipeline.evaluation import coverage_tests
+rng = np.random.default_rng(0)
+models = sys.argv[1:]
+n = 40
+frame = pd.DataFrame({
+    "MODEL": np.repeat(models, n), "COUNTRY": "DE", "HORIZON": 1, "QUANTILE": 0.5,
+    "WINDOW_END": np.tile(pd.date_range("2010-01-01", periods=n, freq="MS"), len(models)),
+    "FORECAST": rng.normal(size=n * len(models)), "ACTUAL": np.tile(rng.normal(size=n), len(models)),
+})
+coverage_tests.coverage_tests(frame, by=["MODEL", "HORIZON", "QUANTILE"])
+table = coverage_tests.mcs_table(frame, reps=50)
+print(len(table), "arch" in sys.modules, "scipy.stats" in sys.modules)
+"""
+
+
+def test_a_one_model_study_imports_neither_arch_nor_scipy_stats() -> None:
+    """p-values come from scipy.special, and arch (1.1 CPU-s with scipy.stats and statsmodels)
+    is imported only where a model confidence set of two or more models is computed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for models, expected in ((["ar_qr"], "1 False False"), (["ar_qr", "rw"], "2 True True")):
+        done = subprocess.run(
+            [sys.executable, "-c", MCS_SCRIPT, *models], env=env, capture_output=True, text=True
+        )
+        assert done.stdout.strip() == expected, done.stderr[-3000:]

@@ -169,3 +169,30 @@ def test_bad_input_clear_error_and_nothing_written(tmp_path, mutate, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         prepare(_config(out, source="eurostat", path=str(source)), ROOT)
     assert not (out / PANEL_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "countries", [["DE", "FR", "IT"], ["AL", "DE", "EE", "FR", "IT", "MT", "US", "XK"]]
+)
+def test_small_panel_built_in_pandas_has_the_dask_paths_bytes(tmp_path, monkeypatch, countries):
+    # features that start later than the target in some countries: their gaps take the
+    # cross-country month means, the arithmetic the two paths compute separately
+    features = ["prc_hicp_manr_CP01111", "prc_hicp_midx_CP00_I05"]
+    data = dict(
+        source="eurostat",
+        path=str(REAL),
+        countries=countries,
+        features=features,
+        max_abs_value=None,
+    )
+    raw = pd.read_csv(REAL)
+    raw = raw[raw[COUNTRY].isin(countries)]
+    late = raw.groupby(COUNTRY)[features[0]].apply(lambda s: s.first_valid_index())
+    assert late.nunique() > 1  # the month means are used
+
+    in_memory = prepare(_config(tmp_path / "pandas", **data), ROOT)
+    monkeypatch.setattr("pipeline.stages.prepare.IN_MEMORY_COUNTRIES", 0)
+    with_dask = prepare(_config(tmp_path / "dask", **data), ROOT)
+    assert in_memory.panel_path.read_bytes() == with_dask.panel_path.read_bytes()
+    assert in_memory.fingerprint == with_dask.fingerprint
+    assert in_memory.meta_path.read_bytes() == with_dask.meta_path.read_bytes()

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from scipy.special import xlogy
+
+from pipeline.evaluation.pvalues import chi2_sf
 
 DQ_LAGS = 4
 SERIAL_DEPENDENCE_NOTE = (
@@ -77,7 +78,7 @@ def kupiec(hits: Sequence[int] | np.ndarray, tau: float) -> tuple[float, float]:
     n0 = n - n1
     stat = -2.0 * (_bernoulli_loglik(n1, n0, tau) - _bernoulli_loglik(n1, n0, n1 / n))
     stat = max(stat, 0.0)
-    return stat, float(stats.chi2.sf(stat, 1))
+    return stat, float(chi2_sf(stat, 1))
 
 
 def _transitions(h: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def _independence(counts: np.ndarray) -> tuple[float, float]:
         n11, n10, n11 / (n10 + n11)
     )
     stat = max(-2.0 * (restricted - markov), 0.0)
-    return stat, float(stats.chi2.sf(stat, 1))
+    return stat, float(chi2_sf(stat, 1))
 
 
 def christoffersen_independence(hits: Sequence[int] | np.ndarray) -> tuple[float, float]:
@@ -114,7 +115,7 @@ def christoffersen_conditional(hits: Sequence[int] | np.ndarray, tau: float) -> 
     if math.isnan(uc) or math.isnan(ind):
         return NAN_RESULT
     stat = uc + ind
-    return stat, float(stats.chi2.sf(stat, 2))
+    return stat, float(chi2_sf(stat, 2))
 
 
 def dq_test(
@@ -152,7 +153,7 @@ def _dq(x: np.ndarray, target: np.ndarray, tau: float) -> tuple[float, float]:
     coef, *_ = np.linalg.lstsq(x, target, rcond=None)
     fitted = x @ coef
     stat = float(fitted @ fitted) / (tau * (1.0 - tau))
-    return stat, float(stats.chi2.sf(stat, int(np.linalg.matrix_rank(x))))
+    return stat, float(chi2_sf(stat, int(np.linalg.matrix_rank(x))))
 
 
 def coverage_test_row(hits: np.ndarray, forecast: np.ndarray, tau: float) -> dict[str, float | int]:
@@ -215,13 +216,13 @@ def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
         N=n.astype(np.int64),
         HIT_RATE=n1 / n,
         LR_UC=lr_uc,
-        P_UC=stats.chi2.sf(lr_uc, 1),
+        P_UC=chi2_sf(lr_uc, 1),
         LR_IND=lr_ind,
-        P_IND=stats.chi2.sf(lr_ind, 1),
+        P_IND=chi2_sf(lr_ind, 1),
         LR_CC=lr_cc,
-        P_CC=stats.chi2.sf(lr_cc, 2),
+        P_CC=chi2_sf(lr_cc, 2),
         DQ=dq,
-        P_DQ=stats.chi2.sf(dq, dq_df),
+        P_DQ=chi2_sf(dq, dq_df),
     )
     return table[[*by, *TEST_COLUMNS]].reset_index(drop=True)
 
@@ -327,8 +328,6 @@ def model_confidence_set(
     MCS p-value and whether it is in the set (`MODEL, P_VALUE, IN_MCS`), in the order of
     `losses`' columns. Stationary bootstrap; `block_size` defaults to arch's own choice.
     Fewer than 2 origins or distinct models: every model is in the set with p-value 1."""
-    from arch.bootstrap import MCS
-
     # arch cannot studentize a zero loss differential: models with identical losses (a _cal
     # variant left unchanged, a one-member combo) share one representative and its result
     representative = {}
@@ -341,6 +340,8 @@ def model_confidence_set(
         return pd.DataFrame({"MODEL": list(losses.columns), "P_VALUE": 1.0, "IN_MCS": True}).astype(
             {"P_VALUE": "float64", "IN_MCS": "bool"}
         )
+    from arch.bootstrap import MCS  # here: its import (1.1 CPU-s) only where a set is computed
+
     mcs = MCS(
         losses[distinct],
         size=size,

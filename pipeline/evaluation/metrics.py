@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from pipeline.evaluation.pvalues import norm_sf, t_sf
 from pipeline.schema import month_index
 
 MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
@@ -242,13 +242,13 @@ def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[
         return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
     stat = mean / math.sqrt(long_run / t)
     if not small_sample:
-        return stat, float(2.0 * stats.norm.sf(abs(stat)))
+        return stat, float(2.0 * norm_sf(abs(stat)))
     h = int(horizon)
     factor = (t + 1 - 2 * h + h * (h - 1) / t) / t
     if factor <= 0.0:
         return math.nan, math.nan
     stat *= math.sqrt(factor)
-    return stat, float(2.0 * stats.t.sf(abs(stat), df=t - 1))
+    return stat, float(2.0 * t_sf(abs(stat), df=t - 1))
 
 
 def diebold_mariano(

@@ -24,10 +24,13 @@ FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 MISSING_DTYPES = {**{c: FORECAST_DTYPES[c] for c in FIT_KEY}, "REASON": "string"}
 
 
+# train shards up to this many bytes in all are read and joined in pandas: dask's import (about
+# 1 CPU-s with distributed) is most of a small study's read (issue 18); the same frame either way
+IN_MEMORY_BYTES = 64 * 2**20
+
+
 def read_forecasts(output_dir: Path) -> pd.DataFrame:
     """Every train shard, conformed to the forecast schema, with ACTUAL joined from the panel."""
-    import dask.dataframe as dd
-
     output_dir = Path(output_dir)
     shards = sorted((output_dir / "train").glob("*.parquet"))
     if not shards:
@@ -37,11 +40,18 @@ def read_forecasts(output_dir: Path) -> pd.DataFrame:
     panel_path = output_dir / PANEL_FILE
     if not panel_path.exists():
         raise FileNotFoundError(f"no prepared panel at {panel_path}: run the prepare stage first")
-    forecasts = dd.from_map(_read_shard, [str(p) for p in shards], meta=_shard_meta())
-    actuals = dd.read_parquet(str(panel_path), columns=[COUNTRY, TIME, Y_RAW])
-    actuals = actuals.astype({COUNTRY: "string", TIME: "datetime64[ns]", Y_RAW: "float64"})
-    joined = forecasts.merge(actuals, on=[COUNTRY, TIME], how="left")
-    frame = joined.compute()
+    actual_types = {COUNTRY: "string", TIME: "datetime64[ns]", Y_RAW: "float64"}
+    if sum(p.stat().st_size for p in shards) <= IN_MEMORY_BYTES:
+        forecasts = pd.concat([_read_shard(str(p)) for p in shards], ignore_index=True)
+        actuals = pd.read_parquet(panel_path, columns=[COUNTRY, TIME, Y_RAW]).astype(actual_types)
+        frame = forecasts.merge(actuals, on=[COUNTRY, TIME], how="left")
+    else:
+        import dask.dataframe as dd
+
+        forecasts = dd.from_map(_read_shard, [str(p) for p in shards], meta=_shard_meta())
+        actuals = dd.read_parquet(str(panel_path), columns=[COUNTRY, TIME, Y_RAW])
+        joined = forecasts.merge(actuals.astype(actual_types), on=[COUNTRY, TIME], how="left")
+        frame = joined.compute()
     frame = conform_forecasts(frame.drop(columns="ACTUAL").rename(columns={Y_RAW: "ACTUAL"}))
     dup = frame.duplicated(list(FIT_KEY), keep=False)
     if dup.any():

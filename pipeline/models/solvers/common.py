@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: ar_qr's tasks never import it
+    import torch
 
 
 def pinball_loss(y: np.ndarray, pred: np.ndarray, quantiles: Sequence[float]) -> float:
@@ -108,6 +111,8 @@ def as_batch(
 def chol_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Solve (L L') x = b with two triangular solves (cheaper than cholesky_solve on CPU
     for many tiny matrices: less per-matrix LAPACK overhead)."""
+    import torch
+
     z = torch.linalg.solve_triangular(L, b, upper=False)
     return torch.linalg.solve_triangular(L.transpose(-1, -2), z, upper=True)
 
@@ -120,6 +125,8 @@ def torch_single_thread() -> Iterator[None]:
     them over threads oversubscribes the cores (measured 2.9 s vs 48 s on a loaded 2-core
     machine), so parallelism belongs to the task runner's processes, not to these kernels.
     """
+    import torch
+
     previous = torch.get_num_threads()
     if previous == 1:
         yield

@@ -21,6 +21,9 @@ whose dual a_i is most interior) is solved and checked against the LP optimality
 to `tol` (1e-12 relative gap) and keep the better of the interior point and the vertex,
 certified where possible. On real HICP windows ~all fits end certified.
 
+Plain numpy (stacked LAPACK calls through np.linalg), no torch: a task of ar_qr then does not
+import torch (1.1-1.3 CPU-s, most of a small study's train; issue 18).
+
 The dual (kernel-form) solver of the penalized model `lqr` lives in
 `pipeline.models.solvers.quantile_kernel`.
 """
@@ -31,9 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from pipeline.models.solvers.common import as_batch, chol_solve, torch_single_thread
+from pipeline.models.solvers.common import as_batch
 from pipeline.models.solvers.rules import check_quantiles
 
 _STEP = 0.99995  # fraction of the way to the boundary (Portnoy & Koenker's choice)
@@ -50,26 +52,44 @@ class LPInfo:
     iterations: int  # interior-point iterations, summed over the tolerance levels
 
 
-def _max_step(v: torch.Tensor, u: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+def _max_step(v: np.ndarray, u: np.ndarray, dv: np.ndarray) -> np.ndarray:
     """Largest t with v + t*dv >= 0 and u - t*dv >= 0 (u = upper slack), over the last axis."""
-    room = torch.where(dv < 0, v, u) / dv.abs().clamp(min=1e-300)
-    return room.amin(dim=-1, keepdim=True).clamp(max=1e20)
+    room = np.where(dv < 0, v, u) / np.maximum(np.abs(dv), 1e-300)
+    return np.minimum(room.min(axis=-1, keepdims=True), 1e20)
 
 
-def _max_step_pos(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+def _max_step_pos(v: np.ndarray, dv: np.ndarray) -> np.ndarray:
     """Largest t with v + t*dv >= 0 over the last axis (v >= 0 without upper bound)."""
-    room = torch.where(dv < 0, v / (-dv).clamp(min=1e-300), 1e20)
-    return room.amin(dim=-1, keepdim=True)
+    room = np.where(dv < 0, v / np.maximum(-dv, 1e-300), 1e20)
+    return room.min(axis=-1, keepdims=True)
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve a x = b for stacked a (..., k, k) and b (..., k); returns (x, ok). A singular
+    matrix fails alone (np.linalg.solve fails the whole stack): x is NaN there, ok False."""
+    try:
+        return np.linalg.solve(a, b[..., None])[..., 0], np.ones(a.shape[:-2], dtype=bool)
+    except np.linalg.LinAlgError:
+        pass
+    x = np.full(b.shape, np.nan)
+    ok = np.zeros(a.shape[:-2], dtype=bool)
+    for i in np.ndindex(a.shape[:-2]):
+        try:
+            x[i] = np.linalg.solve(a[i], b[i])
+            ok[i] = True
+        except np.linalg.LinAlgError:
+            pass
+    return x, ok
 
 
 def _frisch_newton(
-    A: torch.Tensor,
-    c: torch.Tensor,
-    tau: torch.Tensor,
-    tol: torch.Tensor,
+    A: np.ndarray,
+    c: np.ndarray,
+    tau: np.ndarray,
+    tol: np.ndarray,
     max_iter: int,
-    state: dict[str, torch.Tensor] | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    state: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """min c'x s.t. A x = A 1 (1-tau), 0 <= x <= 1, all problems at once.
 
     A (B, p, n) is shared by the Q quantiles; c (B, Q, n), tau (Q,), tol (B, Q).
@@ -78,38 +98,39 @@ def _frisch_newton(
     """
     B, p, n = A.shape
     Q = tau.shape[0]
-    iu, ju = torch.triu_indices(p, p)
+    iu, ju = np.triu_indices(p)
     # M = A diag(q) A' for all quantiles as one product with the row outer products
     # (upper triangle only): q (B,Q,n) @ P (B,n,T)
-    P = (A[:, iu, :] * A[:, ju, :]).transpose(1, 2).contiguous()
-    full = torch.zeros(p, p, dtype=torch.long)
-    full[iu, ju] = torch.arange(iu.numel())
-    full[ju, iu] = torch.arange(iu.numel())
+    P = np.ascontiguousarray((A[:, iu, :] * A[:, ju, :]).transpose(0, 2, 1))
+    full = np.zeros((p, p), dtype=np.intp)
+    full[iu, ju] = np.arange(iu.size)
+    full[ju, iu] = np.arange(iu.size)
     full = full.reshape(-1)
-    At = A.transpose(1, 2).contiguous()
+    diag = np.arange(p)
+    At = np.ascontiguousarray(A.transpose(0, 2, 1))
 
     if state is None:
-        x = (1.0 - tau)[None, :, None].expand(B, Q, n).clone()
+        x = np.broadcast_to((1.0 - tau)[None, :, None], (B, Q, n)).copy()
         s = 1.0 - x
         y = c @ At  # A has orthonormal (or zero) rows: least-squares start
         r = c - y @ A
         r = r + 0.001 * (r == 0)
-        z = r.clamp(min=0.0)
+        z = np.maximum(r, 0.0)
         w = z - r
     else:
         x, s, y, z, w = (state[k] for k in "xsyzw")
     gap = (z * x).sum(-1) + (w * s).sum(-1)
-    out = {k: v.clone() for k, v in zip("xsyzw", (x, s, y, z, w), strict=True)}
-    gap_out = gap.clone()
-    idx = torch.arange(B)
+    out = {k: v.copy() for k, v in zip("xsyzw", (x, s, y, z, w), strict=True)}
+    gap_out = gap.copy()
+    idx = np.arange(B)
     it = 0
     for it in range(1, max_iter + 1):
         done = gap <= tol
         live = ~done.all(-1)
-        if not bool(live.any()):
+        if not live.any():
             it -= 1
             break
-        if int(live.sum()) <= 0.5 * live.numel():  # compact: drop finished problems
+        if live.sum() <= 0.5 * live.size:  # compact: drop finished problems
             _store(out, gap_out, idx, (x, s, y, z, w), gap)
             idx, A, At, P, c, tol = idx[live], A[live], At[live], P[live], c[live], tol[live]
             x, s, y, z, w, gap, done = (
@@ -124,39 +145,38 @@ def _frisch_newton(
         q = 1.0 / (z / x + w / s)
         r = z - w
         M = (q @ P)[..., full].reshape(*q.shape[:2], p, p)
-        M.diagonal(dim1=-2, dim2=-1).add_(1e-300)  # null (dropped) directions: dy = 0
-        L, _ = torch.linalg.cholesky_ex(M)
+        M[..., diag, diag] += 1e-300  # null (dropped) directions: dy = 0
         rhs = (q * r) @ At
-        dy = chol_solve(L, rhs[..., None])[..., 0]
+        dy, _ = _solve(M, rhs)
         dx = q * (dy @ A - r)
         dz = -z * (dx / x + 1.0)
         dw = -w * (1.0 - dx / s)
-        fp = (_STEP * _max_step(x, s, dx)).clamp(max=1.0)
-        fd = (_STEP * torch.minimum(_max_step_pos(z, dz), _max_step_pos(w, dw))).clamp(max=1.0)
+        fp = np.minimum(_STEP * _max_step(x, s, dx), 1.0)
+        fd = np.minimum(_STEP * np.minimum(_max_step_pos(z, dz), _max_step_pos(w, dw)), 1.0)
         # Mehrotra predictor-corrector
         mu = gap[..., None]
-        g = ((z + fd * dz) * (x + fp * dx)).sum(-1, keepdim=True) + (
+        g = ((z + fd * dz) * (x + fp * dx)).sum(-1, keepdims=True) + (
             (w + fd * dw) * (s - fp * dx)
-        ).sum(-1, keepdim=True)
+        ).sum(-1, keepdims=True)
         mu = mu * (g / mu) ** 3 / (2 * n)
         dxdz, dsdw = dx * dz, -dx * dw
         xinv, sinv = 1.0 / x, 1.0 / s
         xi = mu * (xinv - sinv)
         rhs = rhs + (q * (dxdz - dsdw - xi)) @ At
-        dy = chol_solve(L, rhs[..., None])[..., 0]
+        dy, _ = _solve(M, rhs)
         dx = q * (dy @ A + xi - r - dxdz + dsdw)
         dz = mu * xinv - z - xinv * z * dx - dxdz
         dw = mu * sinv - w + sinv * w * dx - dsdw
-        fp = (_STEP * _max_step(x, s, dx)).clamp(max=1.0)
-        fd = (_STEP * torch.minimum(_max_step_pos(z, dz), _max_step_pos(w, dw))).clamp(max=1.0)
-        if bool(done.any()):
+        fp = np.minimum(_STEP * _max_step(x, s, dx), 1.0)
+        fd = np.minimum(_STEP * np.minimum(_max_step_pos(z, dz), _max_step_pos(w, dw)), 1.0)
+        if done.any():
             # finished problems keep their iterate (their Newton system may be singular)
             d = done[..., None]
-            x = torch.where(d, x, x + fp * dx)
-            s = torch.where(d, s, s - fp * dx)
-            y = torch.where(d, y, y + fd * dy)
-            z = torch.where(d, z, z + fd * dz)
-            w = torch.where(d, w, w + fd * dw)
+            x = np.where(d, x, x + fp * dx)
+            s = np.where(d, s, s - fp * dx)
+            y = np.where(d, y, y + fd * dy)
+            z = np.where(d, z, z + fd * dz)
+            w = np.where(d, w, w + fd * dw)
         else:
             x, s, y = x + fp * dx, s - fp * dx, y + fd * dy
             z, w = z + fd * dz, w + fd * dw
@@ -165,28 +185,28 @@ def _frisch_newton(
     return out, gap_out, it
 
 
-def _store(out: dict, gap_out: torch.Tensor, idx: torch.Tensor, xsyzw: tuple, gap) -> None:
+def _store(out: dict, gap_out: np.ndarray, idx: np.ndarray, xsyzw: tuple, gap) -> None:
     for k, v in zip("xsyzw", xsyzw, strict=True):
         out[k][idx] = v
     gap_out[idx] = gap
 
 
-def _pinball_sum(y: torch.Tensor, fit: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+def _pinball_sum(y: np.ndarray, fit: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """Sum over rows of rho_tau(y - fit): y (B,1,n) or (B,Q,n), fit (B,Q,n), tau (Q,)."""
     u = y - fit
     t = tau[:, None]
-    return torch.maximum(t * u, (t - 1.0) * u).sum(-1)
+    return np.maximum(t * u, (t - 1.0) * u).sum(-1)
 
 
 def _vertex_cleanup(
-    U: torch.Tensor,
-    y: torch.Tensor,
-    act: torch.Tensor,
-    gamma: torch.Tensor,
-    d: torch.Tensor,
-    tau: torch.Tensor,
-    rank: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    U: np.ndarray,
+    y: np.ndarray,
+    act: np.ndarray,
+    gamma: np.ndarray,
+    d: np.ndarray,
+    tau: np.ndarray,
+    rank: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round an interior point to the optimal vertex and certify it.
 
     U (B,n,k) preconditioned design, y (B,n), act (B,n) rows with weight > 0, gamma (B,Q,k)
@@ -198,34 +218,36 @@ def _vertex_cleanup(
     psi_i = tau or tau - 1 by the residual sign (any value in between, here d_i, where the
     residual is zero), i.e. 0 is a subgradient.
     """
-    B, n, k = U.shape
-    Q = tau.shape[0]
+    B, _, k = U.shape
     t = tau[:, None]
     yq = y[:, None, :]
-    Ut = U.transpose(1, 2)
+    Ut = U.transpose(0, 2, 1)
     obj = _pinball_sum(yq, gamma @ Ut, tau)
-    interior = torch.minimum(d - (t - 1.0), t - d)
-    interior = torch.where(act[:, None, :], interior, -float("inf"))  # padding never basic
-    h = interior.argsort(dim=-1, descending=True)[..., :k]  # (B,Q,k)
-    Uh = torch.gather(U[:, None].expand(B, Q, n, k), 2, h[..., None].expand(B, Q, k, k))
-    yh = torch.gather(yq.expand(B, Q, n), 2, h)
-    sol, info = torch.linalg.solve_ex(Uh, yh)
-    ok = (info == 0) & torch.isfinite(sol).all(-1) & (rank == k)[:, None]
-    sol = torch.where(ok[..., None], sol, gamma)
-    r = yq - sol @ Ut
-    obj_v = _pinball_sum(yq, sol @ Ut, tau)
-    basic = torch.zeros(B, Q, n, dtype=torch.bool).scatter_(2, h, True)
-    zero = r.abs() <= 1e-11 * (1.0 + yq.abs().amax(-1, keepdim=True))
-    psi = torch.where(
-        zero, torch.minimum(torch.maximum(d, t - 1.0), t), torch.where(r > 0, t, t - 1.0)
-    )
-    psi = torch.where(basic | ~act[:, None, :], 0.0, psi)
-    xi, info2 = torch.linalg.solve_ex(Uh.transpose(-1, -2), -(psi @ U))
+    interior = np.minimum(d - (t - 1.0), t - d)
+    interior = np.where(act[:, None, :], interior, -np.inf)  # padding never basic
+    h = np.argsort(-interior, axis=-1, kind="stable")[..., :k]  # (B,Q,k)
+    rows = np.arange(B)[:, None, None]
+    full_rank = (rank == k)[:, None, None, None]
+    # a rank-deficient problem's basis is singular: solve the identity there (not used)
+    Uh = np.where(full_rank, U[rows, h], np.eye(k))  # (B,Q,k,k)
+    yh = y[rows, h]
+    sol, solved = _solve(Uh, yh)
+    ok = solved & np.isfinite(sol).all(-1) & (rank == k)[:, None]
+    sol = np.where(ok[..., None], sol, gamma)
+    fit = sol @ Ut
+    r = yq - fit
+    obj_v = _pinball_sum(yq, fit, tau)
+    basic = np.zeros(d.shape, dtype=bool)
+    np.put_along_axis(basic, h, True, axis=2)
+    zero = np.abs(r) <= 1e-11 * (1.0 + np.abs(yq).max(-1, keepdims=True))
+    psi = np.where(zero, np.minimum(np.maximum(d, t - 1.0), t), np.where(r > 0, t, t - 1.0))
+    psi = np.where(basic | ~act[:, None, :], 0.0, psi)
+    xi, solved2 = _solve(Uh.swapaxes(-1, -2), -(psi @ U))
     slack = 1e-9
     inside = ((xi >= t - 1.0 - slack) & (xi <= t + slack)).all(-1)
-    certified = ok & (info2 == 0) & inside
+    certified = ok & solved2 & inside
     use = certified | (ok & (obj_v <= obj))
-    return torch.where(use[..., None], sol, gamma), torch.where(use, obj_v, obj), certified
+    return np.where(use[..., None], sol, gamma), np.where(use, obj_v, obj), certified
 
 
 def fit_quantile_lp(
@@ -245,9 +267,8 @@ def fit_quantile_lp(
     quantiles (Q,) strictly increasing in (0, 1). Returns coef (B, Q, p) minimising the
     weighted pinball loss for every problem and quantile (the minimum-norm solution in
     rank-deficient directions). `tol` is the stopping duality gap relative to the
-    objective; problems are solved `chunk` at a time (256 keeps the working set in cache:
-    20% faster than 1024 on this machine); with `return_info`
-    also returns `LPInfo`.
+    objective; problems are solved `chunk` at a time (256 keeps the working set in cache);
+    with `return_info` also returns `LPInfo`.
     """
     qs = check_quantiles(quantiles)
     X, y, w = as_batch(X, y, w)
@@ -257,8 +278,9 @@ def fit_quantile_lp(
     objective, gap = np.empty((B, Q)), np.empty((B, Q))
     cert = np.zeros((B, Q), dtype=bool)
     iters = 0
-    with torch.no_grad(), torch_single_thread():
-        tau = torch.tensor(qs, dtype=torch.float64)
+    tau = np.asarray(qs, dtype=np.float64)
+    # steps past a boundary divide by ~0 on purpose (clamped right after): no warnings
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         for lo in range(0, B, chunk):
             sl = slice(lo, min(lo + chunk, B))
             b, o, g, ce, it = _solve_chunk(
@@ -272,44 +294,43 @@ def fit_quantile_lp(
 
 
 def _solve_chunk(
-    Xw: np.ndarray, active: np.ndarray, yw: np.ndarray, tau: torch.Tensor, tol: float, max_iter: int
+    Xw: np.ndarray, act: np.ndarray, yw: np.ndarray, tau: np.ndarray, tol: float, max_iter: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    Xt, yt, act = torch.from_numpy(Xw), torch.from_numpy(yw), torch.from_numpy(active)
-    B, n, p = Xt.shape
+    B, n, p = Xw.shape
     Q = tau.shape[0]
     # scale y so the tolerance is relative; precondition X by its thin SVD
-    ymax = yt.abs().amax(-1)
-    ys = torch.where(ymax > 0, ymax, torch.ones_like(ymax))
-    yr = yt / ys[:, None]
-    U, S, Vh = torch.linalg.svd(Xt, full_matrices=False)  # U (B,n,k), k = min(n,p)
+    ymax = np.abs(yw).max(-1)
+    ys = np.where(ymax > 0, ymax, 1.0)
+    yr = yw / ys[:, None]
+    U, S, Vh = np.linalg.svd(Xw, full_matrices=False)  # U (B,n,k), k = min(n,p)
     k = S.shape[-1]
     keep = S[:, :1] * (max(n, p) * 1e-13) < S
     rank = keep.sum(-1)
     U = U * keep[:, None, :] * act[..., None]  # exact zeros on padding rows
-    Sinv = torch.where(keep, 1.0 / S.clamp(min=1e-300), 0.0)
-    c = (-yr)[:, None, :].expand(-1, Q, -1)
-    A = U.transpose(1, 2).contiguous()
-    ysum = 1.0 + yr.abs().sum(-1)
-    gamma, obj = torch.zeros(B, Q, k, dtype=Xt.dtype), torch.zeros(B, Q, dtype=Xt.dtype)
-    gap, cert = torch.zeros(B, Q, dtype=Xt.dtype), torch.zeros(B, Q, dtype=torch.bool)
+    Sinv = np.where(keep, 1.0 / np.maximum(S, 1e-300), 0.0)
+    c = np.broadcast_to((-yr)[:, None, :], (B, Q, n))
+    A = np.ascontiguousarray(U.transpose(0, 2, 1))
+    ysum = 1.0 + np.abs(yr).sum(-1)
+    gamma, obj = np.zeros((B, Q, k)), np.zeros((B, Q))
+    gap, cert = np.zeros((B, Q)), np.zeros((B, Q), dtype=bool)
     # loosely solved interior points usually already identify the optimal vertex: certify
     # it and stop there; continue the others (warm) to the next level; at `tol` keep the
     # interior point where the vertex cannot be certified (degenerate or rank deficient)
     levels = [lv for lv in LEVELS if lv > tol] + [tol]
-    todo, state, iters = torch.arange(B), None, 0
+    todo, state, iters = np.arange(B), None, 0
     for i, level in enumerate(levels):
-        tl = (level * ysum[todo])[:, None].expand(-1, Q)
+        tl = np.broadcast_to((level * ysum[todo])[:, None], (todo.size, Q))
         state, g, it = _frisch_newton(A[todo], c[todo], tau, tl, max_iter, state)
         iters += it
         d = state["x"] - (1.0 - tau[:, None])
         gm, ob, ce = _vertex_cleanup(U[todo], yr[todo], act[todo], -state["y"], d, tau, rank[todo])
-        fin = ce.all(-1) if i < len(levels) - 1 else torch.ones_like(ce[:, 0])
+        fin = ce.all(-1) if i < len(levels) - 1 else np.ones(ce.shape[0], dtype=bool)
         sel = todo[fin]
         gamma[sel], obj[sel], gap[sel], cert[sel] = gm[fin], ob[fin], g[fin], ce[fin]
         todo, state = todo[~fin], {key: v[~fin] for key, v in state.items()}
-        if todo.numel() == 0:
+        if todo.size == 0:
             break
     # back to the original coordinates: beta = V diag(1/S) gamma, times the y scale
     beta = (gamma * Sinv[:, None, :]) @ Vh * ys[:, None, None]
     scale = ys[:, None]
-    return beta.numpy(), (obj * scale).numpy(), (gap * scale).numpy(), cert.numpy(), iters
+    return beta, obj * scale, gap * scale, cert, iters

@@ -42,7 +42,7 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
 CONFIG = ArQrConfig
 ADAPTER = Adapter(
     name="ar_qr",
-    version=1,
+    version=2,  # 2: the LP solver in numpy, not torch (same optima; last bits differ, issue 18)
     pooled=False,
     params=_params,
     features=lambda c: [lag_column("y", lag) for lag in range(c.models.ar_qr.p)],
