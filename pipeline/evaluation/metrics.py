@@ -56,6 +56,24 @@ def horizon_label(horizon: int) -> str:
     return f"h{int(horizon)}"
 
 
+def rank_codes(column: pd.Series) -> np.ndarray:
+    """Integer codes in the column's sort order, missing values last (as sort_values puts
+    them): sorting rows by codes sorts them by the values, without comparing strings."""
+    codes, _ = pd.factorize(column, sort=True)
+    codes = codes.astype(np.int64)
+    return np.where(codes < 0, codes.max(initial=-1) + 1, codes)
+
+
+def run_ids(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """0, 1, 2, ... numbering the runs of equal keys of rows sorted by those keys (the
+    ngroup of a sorted groupby), from each key column's codes."""
+    n = columns[0].size if len(columns) else 0
+    change = np.zeros(n, dtype=bool)
+    for codes in columns:
+        change[1:] |= codes[1:] != codes[:-1]
+    return np.cumsum(change)
+
+
 def check_frame(frame: pd.DataFrame) -> None:
     """ValueError unless `frame` is a DataFrame with every forecast column (EVAL_COLUMNS)."""
     if not isinstance(frame, pd.DataFrame):
