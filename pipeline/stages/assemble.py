@@ -124,7 +124,10 @@ def assemble(
         if derived.calibration is not None and window_size is not None:
             panel = pd.read_parquet(output_dir / PANEL_FILE, columns=[COUNTRY, TIME, "y"])
             scale = window_scale(panel.astype({COUNTRY: "string"}), window_size)
-        frame = conform_forecasts(derive(frame, derived, scale))
+        adds_rows = bool(derived.combo_members) or derived.calibration is not None
+        frame = derive(frame, derived, scale)
+        if adds_rows:  # else derive only dropped warm-up rows: still in schema and order
+            frame = conform_forecasts(frame)
         if derived.score_from is not None:
             missing = missing.loc[missing["WINDOW_END"] >= derived.score_from]
             missing = missing.reset_index(drop=True)
