@@ -27,7 +27,7 @@ Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -351,14 +351,33 @@ def period_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"all": frame, "ex_covid": exclude_covid(frame)}
 
 
-def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd.DataFrame]:
+def compact_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns the metrics read (EVAL_COLUMNS) with MODEL and COUNTRY categorical (sorted
+    categories, so groups sort as the strings do): every groupby, merge and sort of the
+    metric steps then works on small integer codes instead of strings."""
+    check_frame(frame)
+    out = frame[list(EVAL_COLUMNS)]
+    codes = {
+        c: pd.Categorical(out[c])
+        for c in (MODEL, COUNTRY)
+        if not isinstance(out[c].dtype, pd.CategoricalDtype)
+    }
+    return out.assign(**codes)
+
+
+def metric_tables(
+    frame: pd.DataFrame, benchmark: str = "ar_qr", *, key_dtypes: Mapping[str, Any] | None = None
+) -> dict[str, pd.DataFrame]:
     """Every metric table, each with a leading PERIOD column ("all", "ex_covid").
 
     Benchmark-relative tables (relative pinball, DM) have zero rows when `benchmark` is not
-    among the models, instead of failing: a study may run without the benchmark."""
+    among the models, instead of failing: a study may run without the benchmark. The key
+    columns get `key_dtypes` (default: the frame's; pass the original dtypes when `frame` is
+    a `compact_frame`)."""
     check_frame(frame)
     mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
-    key_dtypes = {c: frame[c].dtype for c in mchq}
+    dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
+    work = compact_frame(frame)
     # the scored rows and their join to the benchmark, once per period for every table
     makers = {
         "pinball": lambda f, s, j: _pinball_rows(s, list(BY_DEFAULT)),
@@ -368,18 +387,23 @@ def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd
         "interval": lambda f, s, j: _interval_rows(s, [MODEL, HORIZON]),
         "crps": lambda f, s, j: _crps_rows(s, [MODEL, HORIZON]),
         "crossing": lambda f, s, j: crossing_rate(f),
-        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, key_dtypes),
-        "dm_by_quantile": lambda f, s, j: _dm_rows(
-            j, benchmark, list(BY_DEFAULT), True, key_dtypes
-        ),
+        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
+        "dm_by_quantile": lambda f, s, j: _dm_rows(j, benchmark, list(BY_DEFAULT), True, dtypes),
     }
-    inputs = {}
-    for period, part in period_frames(frame).items():
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
+        part = work if period == "all" else exclude_covid(work)
         scored = _scored(part)
-        inputs[period] = (part, scored, _with_benchmark(scored, benchmark))
+        joined = _with_benchmark(scored, benchmark)
+        for name, make in makers.items():
+            parts[name].append(make(part, scored, joined).assign(PERIOD=period))
+        del part, scored, joined
     tables = {}
-    for name, make in makers.items():
-        parts = [make(*args).assign(PERIOD=period) for period, args in inputs.items()]
-        table = pd.concat(parts, ignore_index=True)
+    for name, pieces in parts.items():
+        table = pd.concat(pieces, ignore_index=True)
+        for c in mchq:  # categorical keys back to the frame's dtypes
+            coded = c in table.columns and isinstance(table[c].dtype, pd.CategoricalDtype)
+            if coded and not isinstance(dtypes[c], pd.CategoricalDtype):
+                table[c] = table[c].astype(dtypes[c])
         tables[name] = table[["PERIOD", *table.columns[:-1]]]
     return tables

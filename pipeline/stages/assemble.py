@@ -206,16 +206,19 @@ def _write_metrics(
     # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
     # loaded 2-core machine made the DQ regressions 100x slower (benchmarks/README.md)
     with threadpool_limits(limits=1, user_api="blas"):
-        tables = evaluate.metric_tables(frame, benchmark)
-        metrics = metrics_json.compute_metrics(frame, benchmark, tables=tables)
+        # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
+        scoring = evaluate.compact_frame(frame)
+        tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
+        metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
         size, reps, seed = mcs
-        tests = _test_tables(frame, size, reps, seed)
-        tests["pinball_decomposition"] = decomposition.pinball_decomposition(frame)
+        tests = _test_tables(scoring, size, reps, seed)
+        tests["pinball_decomposition"] = decomposition.pinball_decomposition(scoring)
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     metrics.update(metrics_json.test_metrics(tests, size))
     tables.update(tests)
     write_json(output_dir / "metrics.json", metrics)
-    summary = metrics_json.summary_metrics(frame, benchmark, tables=tables)
+    summary = metrics_json.summary_metrics(scoring, benchmark, tables=tables)
+    del scoring
     write_json(output_dir / "metrics_summary.json", summary)
     # key order kept (not write_json's sorted keys): it is `dvc exp show`'s column order
     headline = json.dumps(metrics_json.headline_metrics(summary, tables), indent=2, allow_nan=False)
