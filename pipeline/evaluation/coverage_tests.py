@@ -197,18 +197,20 @@ def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
     rows = frame.loc[scored, list(dict.fromkeys([*order_by, "ACTUAL", "FORECAST"]))]
     codes = {c: rank_codes(rows[c]) for c in order_by}
     order = np.lexsort([codes[c] for c in reversed(order_by)])
-    rows = rows.iloc[order]
     group = run_ids([codes[c][order] for c in by])
     segment_by = by if "COUNTRY" in by else [*by, "COUNTRY"]
     segment = run_ids([codes[c][order] for c in segment_by])
+    del codes
     n_groups = int(group[-1]) + 1 if group.size else 0
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if group.size else group
     # the keys as plain Python values, so the table's dtypes are those of a record table
     keys = pd.DataFrame.from_records(
-        list(rows[by].iloc[starts].itertuples(index=False, name=None)), columns=by
+        list(rows[by].iloc[order[starts]].itertuples(index=False, name=None)), columns=by
     )
     tau = keys["QUANTILE"].to_numpy(np.float64)
-    actual, forecast = rows["ACTUAL"].to_numpy(np.float64), rows["FORECAST"].to_numpy(np.float64)
+    actual = rows["ACTUAL"].to_numpy(np.float64)[order]
+    forecast = rows["FORECAST"].to_numpy(np.float64)[order]
+    del rows, order
     hits = (actual <= forecast).astype(np.float64)
 
     n = np.bincount(group, minlength=n_groups).astype(np.float64)

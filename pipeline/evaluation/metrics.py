@@ -219,10 +219,11 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     check_frame(frame)
     key = list(FORECAST_KEY)
     rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
-    # one sort of numbers (forecast id, level) instead of a sort and two groupbys on the keys
-    forecast_id = rows.groupby(key, sort=True, observed=True).ngroup().to_numpy(np.int64)
-    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), forecast_id))
-    ids, values = forecast_id[order], rows[FORECAST].to_numpy(np.float64)[order]
+    # one sort of numbers (the keys' codes, level) instead of a sort and groupbys on the keys
+    codes = [rank_codes(rows[c]) for c in key]
+    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), *codes[::-1]))
+    ids = run_ids([c[order] for c in codes])  # the forecast of each sorted row
+    values = rows[FORECAST].to_numpy(np.float64)[order]
     same = ids[1:] == ids[:-1]
     down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
     crossed = np.bincount(ids[1:][down], minlength=int(ids.max()) + 1 if ids.size else 0) > 0

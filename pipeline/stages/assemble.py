@@ -24,6 +24,7 @@ removed, so the folders always describe the current config only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -118,6 +119,7 @@ def assemble(
             f"target?); got {target!r}"
         )
     frame, missing, n_unexpected = reconcile(frame, expected)
+    del expected  # a row per expected fit: not needed again (the caller passes it, not keeps it)
     missing = label_failed(missing, read_failed_fits(output_dir), FIT_KEY)  # `failed`, not `absent`
     if derived is not None:
         scale = None
@@ -184,9 +186,18 @@ def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
 def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
     """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
     paths = []
-    for (model, q, h), part in frame.groupby(["MODEL", "QUANTILE", "HORIZON"], sort=True):
+    # the groups of a sorted groupby (rows in frame order within each), from integer codes
+    keys = ["MODEL", "QUANTILE", "HORIZON"]
+    codes = [evaluate.rank_codes(frame[c]) for c in keys]
+    order = np.lexsort(codes[::-1])
+    order = order[frame[keys].notna().all(axis=1).to_numpy()[order]]  # groupby drops NA keys
+    group = evaluate.run_ids([c[order] for c in codes])
+    edges = np.flatnonzero(np.r_[True, np.diff(group) != 0, True]) if group.size else []
+    for a, b in itertools.pairwise(edges):
+        part = frame.take(order[a:b]).reset_index(drop=True)
+        model, q, h = (part[c].iloc[0] for c in keys)
         paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet(paths[-1], part.reset_index(drop=True))
+        write_parquet(paths[-1], part)
     write_parquet(fdir / "all.parquet", frame)
     write_parquet(fdir / "missing.parquet", missing)
     return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
@@ -246,10 +257,15 @@ def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict
         ),
         "mcs": lambda f: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
     }
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
+        part = frame if period == "all" else evaluate.exclude_covid(frame)
+        for name, make in makers.items():
+            parts[name].append(make(part).assign(PERIOD=period))
+        del part
     out = {}
-    for name, make in makers.items():
-        parts = [make(part).assign(PERIOD=p) for p, part in evaluate.period_frames(frame).items()]
-        table = pd.concat(parts, ignore_index=True)
+    for name, pieces in parts.items():
+        table = pd.concat(pieces, ignore_index=True)
         out[name] = table[["PERIOD", *table.columns[:-1]]]
     return out
 

@@ -88,7 +88,7 @@ def assemble_study(config: StudyConfig) -> AssembleResult:
         config.output_dir,
         config.data.target,
         benchmark=evaluation.benchmark,
-        expected=expected_fits(config, panel),
+        expected=expected_fits(config, panel),  # not kept here: assemble frees it when done
         fan_countries=fans,
         fan_note=why,
         model_order=chart_order(config),
