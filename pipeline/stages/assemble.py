@@ -1,8 +1,9 @@
 """`assemble`: train shards -> the seed's forecast tables, metrics.json, metric tables, charts and
 the HTML report.
 
-Reads every `train/*.parquet` and the prepared panel with dask.dataframe, joins the actuals
-(ACTUAL = y_raw at (COUNTRY, TIME), null where unobserved or past the data), and writes:
+Reads every `train/*.parquet` and the prepared panel (stages/forecast_inputs.py: pyarrow and
+integer codes, no dask), joins the actuals (ACTUAL = y_raw at (COUNTRY, TIME), null where
+unobserved or past the data), and writes:
 
     forecasts/{model}_q{q}_h{h}.parquet   one per model x quantile x horizon, schema columns
     forecasts/all.parquet                 every forecast
