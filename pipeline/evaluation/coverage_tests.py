@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import stats
 from scipy.special import xlogy
 
-from pipeline.evaluation.metrics import rank_codes, run_ids
+from pipeline.evaluation.metrics import rank_codes, run_ids, select_rows
 
 DQ_LAGS = 4
 DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched SVD)
@@ -194,7 +194,7 @@ def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
     order_by = [*by, "COUNTRY", "WINDOW_END"] if "COUNTRY" not in by else [*by, "WINDOW_END"]
     scored = frame["ACTUAL"].notna() & frame["FORECAST"].notna()
     # only the columns the tests read: a copy of every column was the stage's peak memory
-    rows = frame.loc[scored, list(dict.fromkeys([*order_by, "ACTUAL", "FORECAST"]))]
+    rows = select_rows(frame, scored, list(dict.fromkeys([*order_by, "ACTUAL", "FORECAST"])))
     codes = {c: rank_codes(rows[c]) for c in order_by}
     order = np.lexsort([codes[c] for c in reversed(order_by)])
     group = run_ids([codes[c][order] for c in by])

@@ -76,6 +76,12 @@ def run_ids(columns: Sequence[np.ndarray]) -> np.ndarray:
     return np.cumsum(change)
 
 
+def select_rows(frame: pd.DataFrame, mask: pd.Series, columns: Sequence[str]) -> pd.DataFrame:
+    """`frame.loc[mask, columns]`, without copying millions of rows when the mask keeps all
+    (copy-on-write: a column selection shares the frame's arrays)."""
+    return frame[list(columns)] if bool(mask.all()) else frame.loc[mask, list(columns)]
+
+
 def check_frame(frame: pd.DataFrame) -> None:
     """ValueError unless `frame` is a DataFrame with every forecast column (EVAL_COLUMNS)."""
     if not isinstance(frame, pd.DataFrame):
@@ -101,7 +107,7 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
 def _scored(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows with both ACTUAL and FORECAST, plus their pinball loss in column LOSS."""
     check_frame(frame)
-    rows = frame.loc[frame[ACTUAL].notna() & frame[FORECAST].notna(), list(EVAL_COLUMNS)]
+    rows = select_rows(frame, frame[ACTUAL].notna() & frame[FORECAST].notna(), EVAL_COLUMNS)
     u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
     q = rows[QUANTILE].to_numpy(np.float64)
     return rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
