@@ -188,11 +188,14 @@ def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZO
 
 def _interval_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     levels = rows.groupby(MODEL, observed=True)[QUANTILE].agg(LOWER="min", UPPER="max")
-    rows = rows.join(levels, on=MODEL)
-    rows = rows.loc[rows["LOWER"] < rows["UPPER"]]
+    # each row's model levels as arrays: a join would copy every row and column
+    lower = levels["LOWER"].reindex(rows[MODEL]).to_numpy(np.float64)
+    upper = levels["UPPER"].reindex(rows[MODEL]).to_numpy(np.float64)
+    q, inner = rows[QUANTILE].to_numpy(np.float64), lower < upper
     key = list(FORECAST_KEY)
-    lo = rows.loc[rows[QUANTILE] == rows["LOWER"], [*key, ACTUAL, FORECAST, "LOWER", "UPPER"]]
-    hi = rows.loc[rows[QUANTILE] == rows["UPPER"], [*key, FORECAST]]
+    at_lo, at_hi = inner & (q == lower), inner & (q == upper)
+    lo = rows.loc[at_lo, [*key, ACTUAL, FORECAST]].assign(LOWER=lower[at_lo], UPPER=upper[at_lo])
+    hi = rows.loc[at_hi, [*key, FORECAST]]
     both = lo.merge(hi, on=key, suffixes=("_LO", "_HI"))
     both = both.assign(
         HIT=((both["FORECAST_LO"] <= both[ACTUAL]) & (both[ACTUAL] <= both["FORECAST_HI"])).astype(
