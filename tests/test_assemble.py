@@ -399,14 +399,3 @@ def test_results_page_summarises_the_decomposition_per_model(run, tmp_path):
         cells = table[table["MODEL"] == model]
         mean_mcb = (cells["MISCALIBRATION"] * cells["N"]).sum() / cells["N"].sum()
         assert mcb == pytest.approx(mean_mcb, abs=5e-5)
-
-
-def test_small_shards_read_in_pandas_give_the_dask_paths_frame(tmp_path, monkeypatch):
-    from pipeline.stages import forecast_inputs
-
-    make_run(tmp_path)
-    in_pandas = forecast_inputs.read_forecasts(tmp_path)
-    monkeypatch.setattr(forecast_inputs, "IN_MEMORY_BYTES", 0)
-    with_dask = forecast_inputs.read_forecasts(tmp_path)
-    pd.testing.assert_frame_equal(in_pandas, with_dask, check_exact=True)
-    assert in_pandas["ACTUAL"].notna().any() and (in_pandas["ACTUAL"] != 999.0).all()

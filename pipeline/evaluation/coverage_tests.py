@@ -37,9 +37,11 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
+from pipeline.evaluation.metrics import rank_codes, run_ids, select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 
 DQ_LAGS = 4
+DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched SVD)
 SERIAL_DEPENDENCE_NOTE = (
     "Hits of h > 1 forecasts from monthly origins overlap by h - 1 months, so they are "
     "serially dependent by construction: Christoffersen's independence test and the DQ test "
@@ -189,19 +191,26 @@ def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
     Vectorised over the groups (one pass over the sorted rows, no Python loop per group):
     the same statistics as `coverage_test_row` on each group's sequence (tests compare)."""
     by = list(by)
-    rows = frame.loc[frame["ACTUAL"].notna() & frame["FORECAST"].notna()]
-    rows = rows.sort_values([*by, "COUNTRY", "WINDOW_END"], kind="stable")
+    order_by = [*by, "COUNTRY", "WINDOW_END"] if "COUNTRY" not in by else [*by, "WINDOW_END"]
+    scored = frame["ACTUAL"].notna() & frame["FORECAST"].notna()
+    # only the columns the tests read: a copy of every column was the stage's peak memory
+    rows = select_rows(frame, scored, list(dict.fromkeys([*order_by, "ACTUAL", "FORECAST"])))
+    codes = {c: rank_codes(rows[c]) for c in order_by}
+    order = np.lexsort([codes[c] for c in reversed(order_by)])
+    group = run_ids([codes[c][order] for c in by])
     segment_by = by if "COUNTRY" in by else [*by, "COUNTRY"]
-    group = rows.groupby(by, sort=True, observed=True).ngroup().to_numpy(np.int64)
-    segment = rows.groupby(segment_by, sort=True, observed=True).ngroup().to_numpy(np.int64)
-    n_groups = int(group.max()) + 1 if group.size else 0
+    segment = run_ids([codes[c][order] for c in segment_by])
+    del codes
+    n_groups = int(group[-1]) + 1 if group.size else 0
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if group.size else group
     # the keys as plain Python values, so the table's dtypes are those of a record table
     keys = pd.DataFrame.from_records(
-        list(rows[by].iloc[starts].itertuples(index=False, name=None)), columns=by
+        list(rows[by].iloc[order[starts]].itertuples(index=False, name=None)), columns=by
     )
     tau = keys["QUANTILE"].to_numpy(np.float64)
-    actual, forecast = rows["ACTUAL"].to_numpy(np.float64), rows["FORECAST"].to_numpy(np.float64)
+    actual = rows["ACTUAL"].to_numpy(np.float64)[order]
+    forecast = rows["FORECAST"].to_numpy(np.float64)[order]
+    del rows, order
     hits = (actual <= forecast).astype(np.float64)
 
     n = np.bincount(group, minlength=n_groups).astype(np.float64)
@@ -282,21 +291,32 @@ def _dq_many(
     index = np.full(n_groups, -1)
     index[slots] = np.arange(slots.size)
     row_in_group = np.arange(usable.size) - np.r_[0, np.cumsum(count[slots])[:-1]][index[owner]]
-    x = np.zeros((slots.size, int(count[slots].max()), k))
-    y = np.zeros(x.shape[:2])
-    at = (index[owner], row_in_group)
-    x[(*at, 0)] = 1.0
-    for lag in range(1, lags + 1):
-        x[(*at, lag)] = demeaned[usable - lag]
-    x[(*at, k - 1)] = forecast[usable]
-    y[at] = demeaned[usable]
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    # np.linalg.lstsq's and matrix_rank's cut-off, with each group's own row count
-    m = np.maximum(count[slots], k)[:, None]
-    kept = s > s[:, :1] * m * np.finfo(np.float64).eps
-    projected = np.einsum("gnk,gn->gk", u, y) * kept
-    stat[slots] = (projected**2).sum(axis=1) / (tau[slots] * (1.0 - tau[slots]))
-    dof[slots] = kept.sum(axis=1)
+    length = int(count[slots].max())
+    # designs of DQ_BATCH_BYTES at a time: every design keeps one padded length, so each SVD
+    # is the one a single batch of all groups computed, with a bounded peak memory
+    per_batch = max(1, DQ_BATCH_BYTES // (length * k * 8))
+    first = np.r_[0, np.cumsum(count[slots])]  # each slot's first entry in `usable`
+    for b0 in range(0, slots.size, per_batch):
+        b1 = min(b0 + per_batch, slots.size)
+        part = slice(int(first[b0]), int(first[b1]))
+        rows = usable[part]
+        at = (index[owner[part]] - b0, row_in_group[part])
+        x = np.zeros((b1 - b0, length, k))
+        y = np.zeros(x.shape[:2])
+        x[(*at, 0)] = 1.0
+        for lag in range(1, lags + 1):
+            x[(*at, lag)] = demeaned[rows - lag]
+        x[(*at, k - 1)] = forecast[rows]
+        y[at] = demeaned[rows]
+        u, s, _ = np.linalg.svd(x, full_matrices=False)
+        del x
+        # np.linalg.lstsq's and matrix_rank's cut-off, with each group's own row count
+        batch = slots[b0:b1]
+        m = np.maximum(count[batch], k)[:, None]
+        kept = s > s[:, :1] * m * np.finfo(np.float64).eps
+        projected = np.einsum("gnk,gn->gk", u, y) * kept
+        stat[batch] = (projected**2).sum(axis=1) / (tau[batch] * (1.0 - tau[batch]))
+        dof[batch] = kept.sum(axis=1)
     return stat, dof
 
 

@@ -27,7 +27,7 @@ Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,32 @@ def horizon_label(horizon: int) -> str:
     return f"h{int(horizon)}"
 
 
+def rank_codes(column: pd.Series) -> np.ndarray:
+    """Integer codes in the column's sort order, missing values last (as sort_values puts
+    them): sorting rows by codes sorts them by the values, without comparing strings. int32
+    (half the memory of int64 over millions of rows) unless the column is longer."""
+    codes, _ = pd.factorize(column, sort=True)
+    codes = codes.astype(np.int32 if codes.size < 2**31 - 1 else np.int64, copy=False)
+    codes[codes < 0] = codes.max(initial=-1) + 1
+    return codes
+
+
+def run_ids(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """0, 1, 2, ... numbering the runs of equal keys of rows sorted by those keys (the
+    ngroup of a sorted groupby), from each key column's codes."""
+    n = columns[0].size if len(columns) else 0
+    change = np.zeros(n, dtype=bool)
+    for codes in columns:
+        change[1:] |= codes[1:] != codes[:-1]
+    return np.cumsum(change)
+
+
+def select_rows(frame: pd.DataFrame, mask: pd.Series, columns: Sequence[str]) -> pd.DataFrame:
+    """`frame.loc[mask, columns]`, without copying millions of rows when the mask keeps all
+    (copy-on-write: a column selection shares the frame's arrays)."""
+    return frame[list(columns)] if bool(mask.all()) else frame.loc[mask, list(columns)]
+
+
 def check_frame(frame: pd.DataFrame) -> None:
     """ValueError unless `frame` is a DataFrame with every forecast column (EVAL_COLUMNS)."""
     if not isinstance(frame, pd.DataFrame):
@@ -81,7 +107,7 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
 def _scored(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows with both ACTUAL and FORECAST, plus their pinball loss in column LOSS."""
     check_frame(frame)
-    rows = frame.loc[frame[ACTUAL].notna() & frame[FORECAST].notna(), list(EVAL_COLUMNS)]
+    rows = select_rows(frame, frame[ACTUAL].notna() & frame[FORECAST].notna(), EVAL_COLUMNS)
     u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
     q = rows[QUANTILE].to_numpy(np.float64)
     return rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
@@ -162,11 +188,14 @@ def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZO
 
 def _interval_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     levels = rows.groupby(MODEL, observed=True)[QUANTILE].agg(LOWER="min", UPPER="max")
-    rows = rows.join(levels, on=MODEL)
-    rows = rows.loc[rows["LOWER"] < rows["UPPER"]]
+    # each row's model levels as arrays: a join would copy every row and column
+    lower = levels["LOWER"].reindex(rows[MODEL]).to_numpy(np.float64)
+    upper = levels["UPPER"].reindex(rows[MODEL]).to_numpy(np.float64)
+    q, inner = rows[QUANTILE].to_numpy(np.float64), lower < upper
     key = list(FORECAST_KEY)
-    lo = rows.loc[rows[QUANTILE] == rows["LOWER"], [*key, ACTUAL, FORECAST, "LOWER", "UPPER"]]
-    hi = rows.loc[rows[QUANTILE] == rows["UPPER"], [*key, FORECAST]]
+    at_lo, at_hi = inner & (q == lower), inner & (q == upper)
+    lo = rows.loc[at_lo, [*key, ACTUAL, FORECAST]].assign(LOWER=lower[at_lo], UPPER=upper[at_lo])
+    hi = rows.loc[at_hi, [*key, FORECAST]]
     both = lo.merge(hi, on=key, suffixes=("_LO", "_HI"))
     both = both.assign(
         HIT=((both["FORECAST_LO"] <= both[ACTUAL]) & (both[ACTUAL] <= both["FORECAST_HI"])).astype(
@@ -201,10 +230,11 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     check_frame(frame)
     key = list(FORECAST_KEY)
     rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
-    # one sort of numbers (forecast id, level) instead of a sort and two groupbys on the keys
-    forecast_id = rows.groupby(key, sort=True, observed=True).ngroup().to_numpy(np.int64)
-    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), forecast_id))
-    ids, values = forecast_id[order], rows[FORECAST].to_numpy(np.float64)[order]
+    # one sort of numbers (the keys' codes, level) instead of a sort and groupbys on the keys
+    codes = [rank_codes(rows[c]) for c in key]
+    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), *codes[::-1]))
+    ids = run_ids([c[order] for c in codes])  # the forecast of each sorted row
+    values = rows[FORECAST].to_numpy(np.float64)[order]
     same = ids[1:] == ids[:-1]
     down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
     crossed = np.bincount(ids[1:][down], minlength=int(ids.max()) + 1 if ids.size else 0) > 0
@@ -333,14 +363,33 @@ def period_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"all": frame, "ex_covid": exclude_covid(frame)}
 
 
-def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd.DataFrame]:
+def compact_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns the metrics read (EVAL_COLUMNS) with MODEL and COUNTRY categorical (sorted
+    categories, so groups sort as the strings do): every groupby, merge and sort of the
+    metric steps then works on small integer codes instead of strings."""
+    check_frame(frame)
+    out = frame[list(EVAL_COLUMNS)]
+    codes = {
+        c: pd.Categorical(out[c])
+        for c in (MODEL, COUNTRY)
+        if not isinstance(out[c].dtype, pd.CategoricalDtype)
+    }
+    return out.assign(**codes)
+
+
+def metric_tables(
+    frame: pd.DataFrame, benchmark: str = "ar_qr", *, key_dtypes: Mapping[str, Any] | None = None
+) -> dict[str, pd.DataFrame]:
     """Every metric table, each with a leading PERIOD column ("all", "ex_covid").
 
     Benchmark-relative tables (relative pinball, DM) have zero rows when `benchmark` is not
-    among the models, instead of failing: a study may run without the benchmark."""
+    among the models, instead of failing: a study may run without the benchmark. The key
+    columns get `key_dtypes` (default: the frame's; pass the original dtypes when `frame` is
+    a `compact_frame`)."""
     check_frame(frame)
     mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
-    key_dtypes = {c: frame[c].dtype for c in mchq}
+    dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
+    work = compact_frame(frame)
     # the scored rows and their join to the benchmark, once per period for every table
     makers = {
         "pinball": lambda f, s, j: _pinball_rows(s, list(BY_DEFAULT)),
@@ -350,18 +399,23 @@ def metric_tables(frame: pd.DataFrame, benchmark: str = "ar_qr") -> dict[str, pd
         "interval": lambda f, s, j: _interval_rows(s, [MODEL, HORIZON]),
         "crps": lambda f, s, j: _crps_rows(s, [MODEL, HORIZON]),
         "crossing": lambda f, s, j: crossing_rate(f),
-        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, key_dtypes),
-        "dm_by_quantile": lambda f, s, j: _dm_rows(
-            j, benchmark, list(BY_DEFAULT), True, key_dtypes
-        ),
+        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
+        "dm_by_quantile": lambda f, s, j: _dm_rows(j, benchmark, list(BY_DEFAULT), True, dtypes),
     }
-    inputs = {}
-    for period, part in period_frames(frame).items():
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
+        part = work if period == "all" else exclude_covid(work)
         scored = _scored(part)
-        inputs[period] = (part, scored, _with_benchmark(scored, benchmark))
+        joined = _with_benchmark(scored, benchmark)
+        for name, make in makers.items():
+            parts[name].append(make(part, scored, joined).assign(PERIOD=period))
+        del part, scored, joined
     tables = {}
-    for name, make in makers.items():
-        parts = [make(*args).assign(PERIOD=period) for period, args in inputs.items()]
-        table = pd.concat(parts, ignore_index=True)
+    for name, pieces in parts.items():
+        table = pd.concat(pieces, ignore_index=True)
+        for c in mchq:  # categorical keys back to the frame's dtypes
+            coded = c in table.columns and isinstance(table[c].dtype, pd.CategoricalDtype)
+            if coded and not isinstance(dtypes[c], pd.CategoricalDtype):
+                table[c] = table[c].astype(dtypes[c])
         tables[name] = table[["PERIOD", *table.columns[:-1]]]
     return tables

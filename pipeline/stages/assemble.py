@@ -1,8 +1,9 @@
 """`assemble`: train shards -> the seed's forecast tables, metrics.json, metric tables, charts and
 the HTML report.
 
-Reads every `train/*.parquet` and the prepared panel with dask.dataframe, joins the actuals
-(ACTUAL = y_raw at (COUNTRY, TIME), null where unobserved or past the data), and writes:
+Reads every `train/*.parquet` and the prepared panel (stages/forecast_inputs.py: pyarrow and
+integer codes, no dask), joins the actuals (ACTUAL = y_raw at (COUNTRY, TIME), null where
+unobserved or past the data), and writes:
 
     forecasts/{model}_q{q}_h{h}.parquet   one per model x quantile x horizon, schema columns
     forecasts/all.parquet                 every forecast
@@ -24,6 +25,7 @@ removed, so the folders always describe the current config only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -118,13 +120,17 @@ def assemble(
             f"target?); got {target!r}"
         )
     frame, missing, n_unexpected = reconcile(frame, expected)
+    del expected  # a row per expected fit: not needed again (the caller passes it, not keeps it)
     missing = label_failed(missing, read_failed_fits(output_dir), FIT_KEY)  # `failed`, not `absent`
     if derived is not None:
         scale = None
         if derived.calibration is not None and window_size is not None:
             panel = pd.read_parquet(output_dir / PANEL_FILE, columns=[COUNTRY, TIME, "y"])
             scale = window_scale(panel.astype({COUNTRY: "string"}), window_size)
-        frame = conform_forecasts(derive(frame, derived, scale))
+        adds_rows = bool(derived.combo_members) or derived.calibration is not None
+        frame = derive(frame, derived, scale)
+        if adds_rows:  # else derive only dropped warm-up rows: still in schema and order
+            frame = conform_forecasts(frame)
         if derived.score_from is not None:
             missing = missing.loc[missing["WINDOW_END"] >= derived.score_from]
             missing = missing.reset_index(drop=True)
@@ -181,9 +187,18 @@ def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
 def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
     """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
     paths = []
-    for (model, q, h), part in frame.groupby(["MODEL", "QUANTILE", "HORIZON"], sort=True):
+    # the groups of a sorted groupby (rows in frame order within each), from integer codes
+    keys = ["MODEL", "QUANTILE", "HORIZON"]
+    codes = [evaluate.rank_codes(frame[c]) for c in keys]
+    order = np.lexsort(codes[::-1])
+    order = order[frame[keys].notna().all(axis=1).to_numpy()[order]]  # groupby drops NA keys
+    group = evaluate.run_ids([c[order] for c in codes])
+    edges = np.flatnonzero(np.r_[True, np.diff(group) != 0, True]) if group.size else []
+    for a, b in itertools.pairwise(edges):
+        part = frame.take(order[a:b]).reset_index(drop=True)
+        model, q, h = (part[c].iloc[0] for c in keys)
         paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet(paths[-1], part.reset_index(drop=True))
+        write_parquet(paths[-1], part)
     write_parquet(fdir / "all.parquet", frame)
     write_parquet(fdir / "missing.parquet", missing)
     return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
@@ -203,16 +218,19 @@ def _write_metrics(
     # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
     # loaded 2-core machine made the DQ regressions 100x slower (benchmarks/README.md)
     with threadpool_limits(limits=1, user_api="blas"):
-        tables = evaluate.metric_tables(frame, benchmark)
-        metrics = metrics_json.compute_metrics(frame, benchmark, tables=tables)
+        # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
+        scoring = evaluate.compact_frame(frame)
+        tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
+        metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
         size, reps, seed = mcs
-        tests = _test_tables(frame, size, reps, seed)
-        tests["pinball_decomposition"] = decomposition.pinball_decomposition(frame)
+        tests = _test_tables(scoring, size, reps, seed)
+        tests["pinball_decomposition"] = decomposition.pinball_decomposition(scoring)
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     metrics.update(metrics_json.test_metrics(tests, size))
     tables.update(tests)
     write_json(output_dir / "metrics.json", metrics)
-    summary = metrics_json.summary_metrics(frame, benchmark, tables=tables)
+    summary = metrics_json.summary_metrics(scoring, benchmark, tables=tables)
+    del scoring
     write_json(output_dir / "metrics_summary.json", summary)
     # key order kept (not write_json's sorted keys): it is `dvc exp show`'s column order
     headline = json.dumps(metrics_json.headline_metrics(summary, tables), indent=2, allow_nan=False)
@@ -240,10 +258,15 @@ def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict
         ),
         "mcs": lambda f: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
     }
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
+        part = frame if period == "all" else evaluate.exclude_covid(frame)
+        for name, make in makers.items():
+            parts[name].append(make(part).assign(PERIOD=period))
+        del part
     out = {}
-    for name, make in makers.items():
-        parts = [make(part).assign(PERIOD=p) for p, part in evaluate.period_frames(frame).items()]
-        table = pd.concat(parts, ignore_index=True)
+    for name, pieces in parts.items():
+        table = pd.concat(pieces, ignore_index=True)
         out[name] = table[["PERIOD", *table.columns[:-1]]]
     return out
 

@@ -21,8 +21,8 @@ def read_failed_fits(output_dir: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     columns = ["model", "country", "quantile", "horizon", "origin", "status"]
-    progress = pd.read_parquet(path, columns=columns)
-    failed = progress.loc[progress["status"] == "failed"]
+    # only the failed rows (usually none): the export holds a row per forecast
+    failed = pd.read_parquet(path, columns=columns, filters=[("status", "==", "failed")])
     return pd.DataFrame(
         {
             "MODEL": failed["model"].astype("string"),

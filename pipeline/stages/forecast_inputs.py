@@ -1,6 +1,10 @@
 """What assemble reads: every train shard conformed to the forecast schema with the actuals
 joined from the prepared panel (`read_forecasts`), and those forecasts matched to the fits the
-config expects (`reconcile`: kept rows, missing fits with their REASON)."""
+config expects (`reconcile`: kept rows, missing fits with their REASON).
+
+Both work on integer codes of the key columns (a million fits are three million rows): the
+actuals are looked up in a (country, month) grid, rows are sorted and checked for repeats by
+their codes, and forecasts are matched to expected fits by one int64 key per row."""
 
 from __future__ import annotations
 
@@ -9,24 +13,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.metrics import rank_codes
 from pipeline.schema import (
     COUNTRY,
+    FORECAST_COLUMNS,
     FORECAST_DTYPES,
+    FORECAST_SORT,
     PANEL_FILE,
     TIME,
     Y_RAW,
-    conform_forecasts,
-    empty_forecast_frame,
 )
 
 # one forecast row per fit key; a missing fit is named by it
 FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 MISSING_DTYPES = {**{c: FORECAST_DTYPES[c] for c in FIT_KEY}, "REASON": "string"}
-
-
-# train shards up to this many bytes in all are read and joined in pandas: dask's import (about
-# 1 CPU-s with distributed) is most of a small study's read (issue 18); the same frame either way
-IN_MEMORY_BYTES = 64 * 2**20
+assert FIT_KEY == FORECAST_SORT  # read_forecasts finds repeats as neighbours in sort order
 
 
 def read_forecasts(output_dir: Path) -> pd.DataFrame:
@@ -40,20 +41,24 @@ def read_forecasts(output_dir: Path) -> pd.DataFrame:
     panel_path = output_dir / PANEL_FILE
     if not panel_path.exists():
         raise FileNotFoundError(f"no prepared panel at {panel_path}: run the prepare stage first")
-    actual_types = {COUNTRY: "string", TIME: "datetime64[ns]", Y_RAW: "float64"}
-    if sum(p.stat().st_size for p in shards) <= IN_MEMORY_BYTES:
-        forecasts = pd.concat([_read_shard(str(p)) for p in shards], ignore_index=True)
-        actuals = pd.read_parquet(panel_path, columns=[COUNTRY, TIME, Y_RAW]).astype(actual_types)
-        frame = forecasts.merge(actuals, on=[COUNTRY, TIME], how="left")
+    parts = [_read_shard(path) for path in shards]
+    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    del parts
+    actuals = pd.read_parquet(panel_path, columns=[COUNTRY, TIME, Y_RAW])
+    actuals = actuals.astype({COUNTRY: "string", TIME: "datetime64[ns]", Y_RAW: "float64"})
+    if actuals.duplicated([COUNTRY, TIME]).any():  # the join repeats rows: reported below
+        frame = frame.drop(columns="ACTUAL").merge(actuals, on=[COUNTRY, TIME], how="left")
+        frame = frame.rename(columns={Y_RAW: "ACTUAL"})[list(FORECAST_COLUMNS)]
     else:
-        import dask.dataframe as dd
-
-        forecasts = dd.from_map(_read_shard, [str(p) for p in shards], meta=_shard_meta())
-        actuals = dd.read_parquet(str(panel_path), columns=[COUNTRY, TIME, Y_RAW])
-        joined = forecasts.merge(actuals.astype(actual_types), on=[COUNTRY, TIME], how="left")
-        frame = joined.compute()
-    frame = conform_forecasts(frame.drop(columns="ACTUAL").rename(columns={Y_RAW: "ACTUAL"}))
-    dup = frame.duplicated(list(FIT_KEY), keep=False)
+        frame["ACTUAL"] = _actuals(frame, actuals)
+    codes = [rank_codes(frame[c]) for c in FORECAST_SORT]
+    order = np.lexsort(codes[::-1])  # stable: sort_values(FORECAST_SORT, kind="stable")
+    frame = frame.take(order).reset_index(drop=True)
+    codes = [c[order] for c in codes]
+    same = np.ones(max(len(frame) - 1, 0), dtype=bool)  # a row equal to the one before it
+    for c in codes:
+        same &= c[1:] == c[:-1]
+    dup = np.r_[same, False] | np.r_[False, same]
     if dup.any():
         sample = frame.loc[dup, list(FIT_KEY)].head(3).to_dict("records")
         raise ValueError(
@@ -63,20 +68,76 @@ def read_forecasts(output_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def _shard_meta() -> pd.DataFrame:
-    return empty_forecast_frame()
+def _read_shard(path: Path) -> pd.DataFrame:
+    """One shard in the schema's columns and dtypes (`conform_forecasts` without its sort:
+    the rows are sorted once, after the join)."""
+    frame = pd.read_parquet(path)
+    for optional in ("ACTUAL", "ALPHA"):
+        if optional not in frame.columns:
+            frame[optional] = np.nan
+    missing = [c for c in FORECAST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"forecast table lacks columns {missing}")
+    return frame[list(FORECAST_COLUMNS)].astype(FORECAST_DTYPES)
 
 
-def _read_shard(path: str) -> pd.DataFrame:
-    return conform_forecasts(pd.read_parquet(path))
+def _actuals(frame: pd.DataFrame, panel: pd.DataFrame) -> np.ndarray:
+    """y_raw at each row's (COUNTRY, TIME), NaN where the panel has none (a left join on a
+    panel without repeats), from a (country, month) grid."""
+    countries = pd.Index(panel[COUNTRY].unique())
+    times = np.unique(panel[TIME].to_numpy())
+    if not len(countries) or not times.size or not len(frame):
+        return np.full(len(frame), np.nan)
+    grid = np.full((len(countries), times.size + 1), np.nan)  # the last column: no such TIME
+    grid[countries.get_indexer(panel[COUNTRY]), np.searchsorted(times, panel[TIME].to_numpy())] = (
+        panel[Y_RAW].to_numpy(np.float64)
+    )
+    # a row's country from the few distinct values, not a hash lookup per row
+    row_codes, row_countries = pd.factorize(frame[COUNTRY])
+    c = np.r_[countries.get_indexer(row_countries), -1][row_codes]  # -1: not in the panel
+    t_values = frame[TIME].to_numpy()
+    t = np.searchsorted(times, t_values)
+    t[(t == times.size) | (times[np.minimum(t, times.size - 1)] != t_values)] = times.size
+    return np.where(c >= 0, grid[c, t], np.nan)
 
 
-def _conform_expected(expected: pd.DataFrame) -> pd.DataFrame:
+def _check_expected(expected: pd.DataFrame) -> None:
     absent = [c for c in FIT_KEY if c not in expected.columns]
     if absent:
         raise ValueError(f"expected must have the columns {list(FIT_KEY)}; lacks {absent}")
-    out = expected[list(FIT_KEY)].astype({c: FORECAST_DTYPES[c] for c in FIT_KEY})
-    return out.drop_duplicates().reset_index(drop=True)
+
+
+def _fit_codes(frame: pd.DataFrame, wanted: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One int64 per row of each frame, equal iff the rows' FIT_KEY values are equal (float
+    levels compared after rounding to 10 decimals, so 0.1 from two float paths matches;
+    missing values match each other, as in a pandas merge)."""
+    left, right = np.zeros(len(frame), np.int64), np.zeros(len(wanted), np.int64)
+    room = np.iinfo(np.int64).max
+    for column in FIT_KEY:
+        a_codes, a_values = _factorize(frame[column], column)
+        b_codes, b_values = _factorize(wanted[column], column)
+        values = a_values.append(b_values).unique()  # the distinct values of both: few
+        size = len(values) + 1  # the last code: missing
+        room //= size
+        if room < 1:  # beyond about 1e18 distinct fit keys
+            raise OverflowError("too many distinct fit keys to code in one int64")
+        for codes, own, out in ((a_codes, a_values, left), (b_codes, b_values, right)):
+            code = np.r_[values.get_indexer(own), len(values)][codes]  # codes -1 -> missing
+            out *= size
+            out += code
+    return left, right
+
+
+def _factorize(column: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
+    """Codes (-1: missing) and distinct values of one key column, in the forecast dtypes."""
+    if isinstance(column.dtype, pd.CategoricalDtype):  # expected_fits' MODEL and COUNTRY
+        return column.cat.codes.to_numpy(np.int64), pd.Index(column.cat.categories.astype(str))
+    if name == "QUANTILE":
+        column = column.astype("float64").round(10)
+    else:
+        column = column.astype(FORECAST_DTYPES[name])
+    codes, values = pd.factorize(column)
+    return codes.astype(np.int64), pd.Index(values)
 
 
 def reconcile(
@@ -91,17 +152,18 @@ def reconcile(
     key = list(FIT_KEY)
     n_unexpected, absent = 0, frame.iloc[:0][key].assign(REASON="absent")
     if expected is not None:
-        wanted = _conform_expected(expected)
-        # float levels compared after rounding, so 0.1 from two float paths still matches
-        left = wanted.assign(_Q=wanted["QUANTILE"].round(10))
-        right = frame[key].assign(_Q=frame["QUANTILE"].round(10), _ROW=np.arange(len(frame)))
-        on = [c for c in key if c != "QUANTILE"] + ["_Q"]
-        matched = left.merge(right.drop(columns="QUANTILE"), on=on, how="left")
-        absent = matched.loc[matched["_ROW"].isna(), key].assign(REASON="absent")
-        keep = np.zeros(len(frame), dtype=bool)
-        keep[matched["_ROW"].dropna().to_numpy(np.int64)] = True
+        _check_expected(expected)
+        have, want = _fit_codes(frame, expected)
+        # each expected fit once, in its first place (the merge's drop_duplicates)
+        _, first = np.unique(want, return_index=True)
+        first.sort()
+        lacking = first[~np.isin(want[first], have)]
+        absent = expected.iloc[lacking][key].astype({c: FORECAST_DTYPES[c] for c in key})
+        absent = absent.reset_index(drop=True).assign(REASON="absent")
+        keep = np.isin(have, want)
         n_unexpected = int((~keep).sum())
-        frame = frame.loc[keep].reset_index(drop=True)
+        if n_unexpected or not frame.index.equals(pd.RangeIndex(len(frame))):
+            frame = frame.loc[keep].reset_index(drop=True)
     null = frame.loc[frame["FORECAST"].isna(), key].assign(REASON="no forecast")
     missing = pd.concat([absent, null], ignore_index=True).astype(MISSING_DTYPES)
     missing = missing.sort_values(key, kind="stable").reset_index(drop=True)

@@ -25,35 +25,43 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
 
     Built from the same fit groups train builds, so a fit the data cannot support (a window
     with a gap, a country whose data ended) is not expected, and every expected one is listed
-    as missing by assemble when train did not deliver it.
+    as missing by assemble when train did not deliver it. MODEL and COUNTRY are categorical
+    (a million fits are three million rows: codes, not strings).
     """
     panel = load_panel(config.output_dir) if panel is None else panel
     qs = np.asarray(config.data.quantiles, dtype=np.float64)
+    models = list(config.models.enabled())
     cols: dict[str, list[np.ndarray]] = {c: [] for c in EXPECTED_COLUMNS}
-    for model in config.models.enabled():
+    names: list[np.ndarray] = []  # each group's distinct countries; COUNTRY holds codes in them
+    for m, model in enumerate(models):
         for group in fit_groups(panel, config, adapter_for(config, model)):
             fi, cj, hi, qi = expand(group, np.arange(len(group)), len(qs))
-            cols["MODEL"].append(np.full(fi.size, model, dtype=object))
-            cols["COUNTRY"].append(group.countries[fi, cj].astype(str))
+            distinct, codes = np.unique(group.countries, return_inverse=True)
+            cols["MODEL"].append(np.full(fi.size, m, dtype=np.int64))
+            cols["COUNTRY"].append(codes.reshape(group.countries.shape)[fi, cj] + _offset(names))
+            names.append(distinct.astype(str))
             cols["HORIZON"].append(np.asarray(group.horizons, dtype=np.int64)[hi])
             cols["QUANTILE"].append(qs[qi])
             cols["WINDOW_END"].append(group.origin[fi].astype(np.int64))
-    if cols["MODEL"]:
-        data = {c: np.concatenate(v) for c, v in cols.items()}
-    else:
-        data = {c: np.array([], dtype=np.int64 if c == "WINDOW_END" else object) for c in cols}
-    months = data.pop("WINDOW_END").astype(np.int64)
-    frame = pd.DataFrame(data)
-    frame["WINDOW_END"] = month_start(months)
-    return frame.astype(
+    data = {c: np.concatenate(v) if v else np.array([], dtype=np.int64) for c, v in cols.items()}
+    countries = np.concatenate(names) if names else np.array([], dtype=str)
+    categories, country_code = np.unique(countries, return_inverse=True)
+    frame = pd.DataFrame(
         {
-            "MODEL": "string",
-            "COUNTRY": "string",
-            "HORIZON": "int64",
-            "QUANTILE": "float64",
-            "WINDOW_END": "datetime64[ns]",
+            "MODEL": pd.Categorical.from_codes(data["MODEL"], categories=models),
+            "COUNTRY": pd.Categorical.from_codes(
+                country_code.reshape(-1)[data["COUNTRY"]], categories=categories.tolist()
+            ),
+            "HORIZON": data["HORIZON"].astype(np.int64),
+            "QUANTILE": data["QUANTILE"].astype(np.float64),
         }
     )
+    frame["WINDOW_END"] = month_start(data["WINDOW_END"].astype(np.int64))
+    return frame
+
+
+def _offset(names: list[np.ndarray]) -> int:
+    return sum(len(n) for n in names)
 
 
 def fan_countries(config: StudyConfig, present: list[str]) -> tuple[list[str], str]:
@@ -80,7 +88,7 @@ def assemble_study(config: StudyConfig) -> AssembleResult:
         config.output_dir,
         config.data.target,
         benchmark=evaluation.benchmark,
-        expected=expected_fits(config, panel),
+        expected=expected_fits(config, panel),  # not kept here: assemble frees it when done
         fan_countries=fans,
         fan_note=why,
         model_order=chart_order(config),

@@ -1,0 +1,103 @@
+"""assemble alone on an existing output dir, this tree against a baseline checkout, in one run
+(issue 18 items 5 and 6: assemble at a million fits, its time and its peak memory).
+
+Make the output dir once, e.g. the 1M-fit rw study: `python benchmarks/bench_scale.py --rw 1100
+--out /tmp/asm` (its dir is /tmp/asm/rw1100), then
+
+    python benchmarks/bench_assemble_dir.py DIR [DIR ...] --baseline CHECKOUT [--repeats 2]
+
+`CHECKOUT` is another tree's root (e.g. `git archive <commit> | tar -x -C /tmp/base`). Each
+repeat runs, alternating baseline and this tree, one fresh Python process that loads the dir's
+config.yaml and calls `assemble_study` (what `python -m pipeline stage assemble` runs; nothing
+is retrained). Per run: wall and CPU seconds of the process (rusage of the child: CPU is far
+less sensitive than wall to other load on a shared machine), the child's own peak memory
+(VmHWM, read in the child at the end) and the load average. The dir's charts are unchanged
+between runs, so both trees skip them (`logs/charts.json`); the outputs of the two trees must
+be identical (compare them separately). Medians over the repeats; ratios baseline / this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = """
+import json, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+from pipeline.config import validate
+from pipeline.config.compose import compose_file
+config = validate(compose_file(out / "config.yaml", [f"runtime.output_dir={out}"]))
+from pipeline.stages.study import assemble_study
+assemble_study(config)
+status = Path("/proc/self/status").read_text().split("\\n")
+hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+print(json.dumps({"vmhwm_mib": hwm / 1024}))
+"""
+
+
+def run_once(tree: Path, out: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(out)],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"assemble failed in {tree} on {out}")
+    child = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_mib": child["vmhwm_mib"],
+        "load": load,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path)
+    parser.add_argument("--baseline", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    trees = {"baseline": args.baseline.resolve(), "this": ROOT}
+    results: dict[str, Any] = {"uptime_start": os.getloadavg()}
+    for out in args.dirs:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for _ in range(args.repeats):
+            for name, tree in trees.items():
+                runs[name].append(run_once(tree, out.resolve()))
+                print(out.name, name, json.dumps(runs[name][-1]), flush=True)
+        medians = {
+            name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for name, rs in runs.items()
+        }
+        ratios = {
+            k: medians["baseline"][k] / medians["this"][k] for k in ("wall_s", "cpu_s", "peak_mib")
+        }
+        results[str(out)] = {"runs": runs, "medians": medians, "ratios": ratios}
+        print(out.name, "medians", json.dumps(medians), "ratios", json.dumps(ratios), flush=True)
+    results["uptime_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
