@@ -165,11 +165,19 @@ def _fit_chunk(
         fit = c @ K[:, None] + nu @ U.transpose(1, 2)[:, None]
         score = kernel_pinball(ys[:, None, None], fit, tau, w_val[:, None, None])  # (B,A,Q)
         best = score.argmin(1)  # first alpha on ties
+        # the refit starts from the chosen fit's sides: a row above its fit (beyond the Huber
+        # band, where the dual is free) at its upper bound, below at its lower one
+        pick = best[:, None, :, None].expand(B, 1, Q, fit.shape[-1])
+        resid = torch.gather(ys[:, None, None] - fit, 1, pick)
+        band = max(eps, 1e-9) * tau[:, None]
+        start = (resid <= band - max(eps, 1e-9), resid >= band)
     else:
         best = torch.zeros(B, Q, dtype=torch.long)
+        start = None
     alpha = alphas[best]  # (B,Q)
     lam = (alpha / wt.sum(-1, keepdim=True).clamp(min=1.0)).clamp(min=MIN_LAM)
-    c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps)  # (B,1,Q,n): alpha_q for tau_q
+    # (B,1,Q,n): alpha_q for tau_q
+    c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps, start)
     c, nu = c[:, 0], nu[:, 0]
     return {
         # primal penalized coefficients (B,Q,P) as products and sums over rows: a batched GEMM
@@ -220,7 +228,7 @@ def fit_predict_lqr_batch(
     penalize_first_lag: bool = LQR_DEFAULTS["penalize_first_lag"],
     seed: int = LQR_DEFAULTS["seed"],
     w: np.ndarray | None = None,
-    chunk: int = 32,
+    chunk: int = 128,
 ) -> LQRBatchResult:
     """Fit B independent LQR problems and forecast X_new.
 

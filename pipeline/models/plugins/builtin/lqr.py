@@ -80,7 +80,9 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
 CONFIG = LqrConfig
 ADAPTER = Adapter(
     name="lqr",
-    version=2,  # 2: batch-invariant arithmetic (a fit's bits no longer follow its batch)
+    # 2: batch-invariant arithmetic (a fit's bits no longer follow its batch); 3: alphas after
+    # the first and the refit by an active-set method (exact optima, issue 19)
+    version=3,
     pooled=False,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
