@@ -61,6 +61,7 @@ def solve_active_set(
     hi: torch.Tensor,
     act: torch.Tensor,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = MAX_ITER,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve G box QPs per problem, H_g = Km / s_g + diag(d), sharing the problem's y, U, Km.
 
@@ -92,7 +93,7 @@ def solve_active_set(
     live = torch.ones(B, G, dtype=torch.bool)
     certified = torch.zeros(B, G, dtype=torch.bool)
     eye = None
-    for _ in range(MAX_ITER):
+    for _ in range(max_iter):
         free = a3 & ~lower & ~upper
         vb = torch.where(lower, lo, torch.where(upper, hi, 0.0))
         g_b = grad(vb, torch.zeros_like(nu))  # H v_B - y
@@ -140,16 +141,18 @@ def solve_active_set(
         t = torch.where(free, v, v - mu / hdiag)
         new_lower, new_upper = a3 & (t < lo), a3 & (t > hi)
         # one change per iteration, the most violated row: swapping every violated row at
-        # once (plain PDAS) cycles here, since nu moves every bound row's multiplier at once
+        # once (plain PDAS) cycles here, since nu moves every bound row's multiplier at once;
+        # and never the last free row to a bound (nu needs k free rows)
         changed = (new_lower != lower) | (new_upper != upper)
+        eligible = changed & ~(free & (free.sum(-1, keepdim=True) <= k))
         viol = torch.where(free, torch.maximum(lo - v, v - hi), (t - v).abs())
-        pick = torch.where(changed, viol, -1.0).argmax(-1, keepdim=True)
-        one = torch.zeros_like(changed).scatter_(-1, pick, True) & changed
+        pick = torch.where(eligible, viol, -1.0).argmax(-1, keepdim=True)
+        one = torch.zeros_like(changed).scatter_(-1, pick, True) & eligible
         new_lower = torch.where(one, new_lower, lower)
         new_upper = torch.where(one, new_upper, upper)
-        same = ((new_lower == lower) & (new_upper == upper)).all(-1)
-        fail = torch.zeros_like(live)
-        fail[bi, gi] = ~good
+        same = ~changed.any(-1)
+        fail = changed.any(-1) & ~eligible.any(-1)  # stuck: only the last free row moves
+        fail[bi, gi] |= ~good
         certified |= live & same & ~fail
         live &= ~same & ~fail
         lower = torch.where(live[..., None], new_lower, lower)

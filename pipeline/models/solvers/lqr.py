@@ -170,7 +170,11 @@ def _fit_chunk(
         pick = best[:, None, :, None].expand(B, 1, Q, fit.shape[-1])
         resid = torch.gather(ys[:, None, None] - fit, 1, pick)
         band = max(eps, 1e-9) * tau[:, None]
-        start = (resid <= band - max(eps, 1e-9), resid >= band)
+        lower, upper = resid <= band - max(eps, 1e-9), resid >= band
+        # and the row nearest its fit free (nu needs a free row)
+        near = torch.where(act[:, None, None], resid.abs(), torch.inf).argmin(-1, keepdim=True)
+        on = torch.zeros_like(lower).scatter_(-1, near, True)
+        start = (lower & ~on, upper & ~on)
     else:
         best = torch.zeros(B, Q, dtype=torch.long)
         start = None

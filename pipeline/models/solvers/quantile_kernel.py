@@ -24,9 +24,10 @@ import math
 import torch
 
 from pipeline.models.solvers.common import chol_solve
-from pipeline.models.solvers.kernel_active_set import solve_active_set
+from pipeline.models.solvers.kernel_active_set import MAX_ITER, solve_active_set
 
 INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
+START_ITER = 30  # active-set iterations from `start` (a rougher guess than the last alpha's)
 ALIGN = 8  # Newton systems padded to a multiple of 8 rows: 64-byte aligned float64 matrices
 
 
@@ -245,8 +246,9 @@ def _solve_equal_rows(
             else:
                 guess = bound_rows(v[:, a - 1], lo[:, a - 1], hi[:, a - 1], act)
             v[:, a], nu[:, a], done = solve_active_set(
-                Km, diag, scale[:, a], ym, Um, lo[:, a], hi[:, a], act, init=guess
-            )
+                Km, diag, scale[:, a], ym, Um, lo[:, a], hi[:, a], act, init=guess,
+                max_iter=START_ITER if a == 0 else MAX_ITER,
+            )  # fmt: skip
         if not bool(done.all()):
             bi, qi = torch.nonzero(~done, as_tuple=True)
             v[bi, a, qi], nu[bi, a, qi] = interior_point(bi, torch.full_like(bi, a), qi)
