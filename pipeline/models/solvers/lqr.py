@@ -54,6 +54,7 @@ from pipeline.models.solvers.common import (
 from pipeline.models.solvers.parameters import (
     ALPHAS,
     BANDWIDTH,
+    LQR_BATCH,
     LQR_DEFAULTS,
     RFF_FEATURES,
     SOLVER,
@@ -232,7 +233,7 @@ def fit_predict_lqr_batch(
     penalize_first_lag: bool = LQR_DEFAULTS["penalize_first_lag"],
     seed: int = LQR_DEFAULTS["seed"],
     w: np.ndarray | None = None,
-    chunk: int = 128,
+    chunk: int = LQR_BATCH,
 ) -> LQRBatchResult:
     """Fit B independent LQR problems and forecast X_new.
 

@@ -14,6 +14,7 @@ from pipeline.models.plugins.spec import Adapter, lag_features
 from pipeline.models.solvers.parameters import (
     ALPHAS,
     BANDWIDTH,
+    LQR_BATCH,
     RFF_FEATURES,
     SOLVER,
     VALIDATION_SIZE,
@@ -88,6 +89,7 @@ ADAPTER = Adapter(
     features=lambda c: lag_features(c, [0, *c.data.lags]),
     min_rows=lambda c: c.models.lqr.validation_size + 2,
     fit_batch=_fit,
+    batch_fits=LQR_BATCH,  # the solver's fixed cost per call is amortized over many fits
     config_type=LqrConfig,
     rank=1,
 )
