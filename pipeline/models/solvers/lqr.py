@@ -22,14 +22,16 @@ the box-constrained QP  max_v y~'v - v'Kv/(4 lam N) - (eps/2) sum v_i^2 / w_i,
 v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi phi'.
 `solver="exact"`: eps = 0, the exact check loss. `solver="huberized"`: eps = `HUBER_EPS`,
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
-quadratic on [(tau-1) eps, tau eps]), solved to optimality by the same primal-dual
-Newton (interior-point) iterations; its dual is strongly convex. Both run through
-`pipeline.models.solvers.quantile_kernel`, batched over problems, alphas and quantiles; the
-features phi come from `pipeline.models.solvers.rff`.
+quadratic on [(tau-1) eps, tau eps]); its dual is strongly convex. Both run through
+`pipeline.models.solvers.quantile_kernel` (an interior point for the first alpha, then an
+active-set method warm-started along the alphas, and for the refit from the chosen fit's
+residual signs), batched over problems, alphas and quantiles; the features phi come from
+`pipeline.models.solvers.rff`.
 
 When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
-as for the sample median of an even count); the interior point returns a point inside that
-interval (its analytic centre), deterministically for a given input.
+as for the sample median of an even count); such problems go to the interior point, which
+returns a point inside that interval (near its analytic centre), deterministically for a
+given input.
 
 Alpha is chosen per quantile by time-ordered validation inside the window: fit on the first
 n - validation_size rows with weight > 0, score the mean pinball on the last validation_size
@@ -172,8 +174,9 @@ def _fit_chunk(
         resid = torch.gather(ys[:, None, None] - fit, 1, pick)
         band = max(eps, 1e-9) * tau[:, None]
         lower, upper = resid <= band - max(eps, 1e-9), resid >= band
-        # and the row nearest its fit free (nu needs a free row)
-        near = torch.where(act[:, None, None], resid.abs(), torch.inf).argmin(-1, keepdim=True)
+        # and the k rows nearest their fit free (the k unpenalized coefficients need k)
+        gap = torch.where(act[:, None, None], resid.abs(), torch.inf)
+        near = torch.topk(gap, U.shape[-1], -1, largest=False).indices
         on = torch.zeros_like(lower).scatter_(-1, near, True)
         start = (lower & ~on, upper & ~on)
     else:

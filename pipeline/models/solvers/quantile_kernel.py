@@ -12,9 +12,13 @@ has n-dimensional dual (representer theorem: beta = phi' c, so only K = phi phi'
 with c = v / (2 lam N) and gamma the multipliers of U'v = 0. eps = 0 is the exact check
 loss; eps > 0 smooths it by its Moreau envelope (a Huber-type loss) and makes the dual
 strongly convex. `solve_kernel_qr` builds this box-constrained QP for all problems, alphas
-and quantiles at once; `solve_box_qp` solves it with a batched Mehrotra primal-dual interior
-point (one Cholesky factorization per problem and iteration, shared by the predictor and
-the corrector step).
+and quantiles at once. Alphas are solved in order, each by the active-set method of
+`pipeline.models.solvers.kernel_active_set` started from the previous alpha's optimum (its
+rows on their bounds: a few swaps away), which ends in the exact optimum of one small linear
+system; the first alpha (unless the caller passes a guess, as lqr's refit does), degenerate
+problems (no free row: tau N an integer) and the few whose swaps do not settle go to
+`solve_box_qp`, a batched Mehrotra primal-dual interior point (one Cholesky factorization
+per problem and iteration, shared by the predictor and the corrector step).
 """
 
 from __future__ import annotations
