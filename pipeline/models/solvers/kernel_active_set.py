@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-MAX_ITER = 10  # iterations before a problem is handed to the interior point
+MAX_ITER = 6  # iterations before a problem is handed to the interior point
 MARGIN = 1e-9  # a free row this close to a bound (relative to the box width) is on it
 PIVOT_TOL = 1e-10  # relative pivot below which the free-row system counts as singular
 
@@ -72,10 +72,51 @@ def solve_active_set(
     """
     B, G, r = lo.shape
     k = U.shape[-1]
-    dt = Km.dtype
     a3 = act[:, None, :].expand(B, G, r)
     hdiag = Km.diagonal(dim1=-2, dim2=-1)[:, None, :] / s[..., None] + d[:, None, :]
     hdiag = torch.where(a3, hdiag, 1.0)
+    if init is None:  # v = 0, nu = 0 (the fit is the standardized target's mean)
+        t = y[:, None, :] / hdiag
+        lower, upper = a3 & (t < lo), a3 & (t > hi)
+    else:
+        lower, upper = a3 & init[0], a3 & init[1]
+    v = torch.zeros(B, G, r, dtype=Km.dtype)
+    nu = torch.zeros(B, G, k, dtype=Km.dtype)
+    live = torch.ones(B, G, dtype=torch.bool)
+    certified = torch.zeros(B, G, dtype=torch.bool)
+    data = (Km, d, s, y, U, lo, hi, a3, hdiag)
+    for _ in range(max_iter):
+        # only the problems with a live QP (the last iterations are a few stragglers')
+        pb = torch.nonzero(live.any(-1))[:, 0]
+        if pb.shape[0] == B:
+            sub = slice(None)
+            out = _iteration(data, lower, upper, v, nu, live)
+        else:
+            sub = pb
+            out = _iteration(
+                tuple(a[pb] for a in data), lower[pb], upper[pb], v[pb], nu[pb], live[pb]
+            )
+        lower[sub], upper[sub], v[sub], nu[sub], live[sub], done = out
+        certified[sub] |= done
+        if not bool(live.any()):
+            break
+    return v, nu, certified
+
+
+def _iteration(
+    data: tuple[torch.Tensor, ...],
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    v: torch.Tensor,
+    nu: torch.Tensor,
+    live: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """One active-set iteration of the live QPs of some problems (each problem's arithmetic
+    is its own): solve the free rows' KKT system, then move the most violated row.
+    Returns the new lower, upper, v, nu, live and the QPs certified now."""
+    Km, d, s, y, U, lo, hi, a3, hdiag = data
+    k, dt = U.shape[-1], Km.dtype
+    B, G, r = lo.shape
     Ug = U[:, None].expand(B, G, r, k)
 
     def grad(v: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
@@ -83,80 +124,60 @@ def solve_active_set(
         hv = torch.matmul(v, Km) / s[..., None] + d[:, None, :] * v
         return hv - y[:, None, :] + (Ug * nu[:, :, None, :]).sum(-1)
 
-    # first guess: v = 0, nu = 0 (the fit is the standardized target's mean)
-    v = torch.zeros(B, G, r, dtype=dt)
-    nu = torch.zeros(B, G, k, dtype=dt)
-    t = -grad(v, nu) / hdiag
-    lower, upper = a3 & (t < lo), a3 & (t > hi)
-    if init is not None:
-        lower, upper = a3 & init[0], a3 & init[1]
-    live = torch.ones(B, G, dtype=torch.bool)
-    certified = torch.zeros(B, G, dtype=torch.bool)
-    eye = None
-    for _ in range(max_iter):
-        free = a3 & ~lower & ~upper
-        vb = torch.where(lower, lo, torch.where(upper, hi, 0.0))
-        g_b = grad(vb, torch.zeros_like(nu))  # H v_B - y
-        ub = (Ug * vb[..., None]).sum(-2)  # U' v_B (B, G, k)
-        # the live problems' free-row KKT systems, padded to the largest free set
-        bi, gi = torch.nonzero(live, as_tuple=True)
-        fr = free[bi, gi]  # (L, r)
-        cnt = fr.sum(-1)
-        f = int(cnt.max()) if cnt.numel() else 0
-        idx = torch.argsort((~fr).to(torch.int8), dim=-1, stable=True)[:, :f]  # free rows first
-        ok = torch.arange(f)[None, :] < cnt[:, None]  # (L, f) real (not padding) entries
-        m = f + k
-        M = torch.zeros(bi.shape[0], m, m, dtype=dt)
-        Kff = Km[bi[:, None, None], idx[:, :, None], idx[:, None, :]] / s[bi, gi][:, None, None]
-        pair = ok[:, :, None] & ok[:, None, :]
-        M[:, :f, :f] = torch.where(pair, Kff, 0.0)
-        if eye is None or eye.shape[0] != f:
-            eye = torch.eye(f, dtype=torch.bool)
-        dff = torch.where(ok, d[bi[:, None], idx], 1.0)  # padding: identity rows
-        M[:, :f, :f] += torch.where(eye, dff[:, :, None], 0.0)
-        Uf = torch.where(ok[..., None], U[bi[:, None], idx], 0.0)  # (L, f, k)
-        M[:, :f, f:] = Uf
-        M[:, f:, :f] = Uf.transpose(1, 2)
-        rhs = torch.cat([torch.where(ok, -g_b[bi, gi][torch.arange(len(bi))[:, None], idx], 0.0),
-                         -ub[bi, gi]], -1)  # fmt: skip
-        x, piv = _ldl_solve(M, rhs)
-        # singular free block (or no free row: nu not unique): not certifiable here
-        # (sums over all r rows, not the padded free rows: bits independent of the padding)
-        hf = torch.where(ok, hdiag[bi, gi][torch.arange(len(bi))[:, None], idx], 1.0)
-        hmax = torch.where(fr, hdiag[bi, gi], 0.0).amax(-1, keepdim=True).clamp(min=1e-300)
-        ref = ((U[bi] * U[bi]) * fr[..., None]).sum(-2) / hmax  # the scale of U_F' H_FF^-1 U_F
-        good = (piv[:, :f] > PIVOT_TOL * hf).all(-1) & (-piv[:, f:] > PIVOT_TOL * ref).all(-1)
-        good &= torch.isfinite(x).all(-1) & (cnt >= k)
-        vf = torch.where(ok, x[:, :f], 0.0)
-        vl = vb[bi, gi].scatter_add(-1, idx, vf)
-        # a free row on its bound (to rounding) is degenerate: then nu is an interval (tau N
-        # an integer, as for the median of an even count), whose centre the interior point gives
-        lol, hil = lo[bi, gi], hi[bi, gi]
-        edge = torch.minimum(vl - lol, hil - vl).abs() <= MARGIN * (hil - lol)
-        good &= ~(fr & edge).any(-1)
-        v[bi, gi] = torch.where(good[:, None], vl, v[bi, gi])
-        nu[bi, gi] = torch.where(good[:, None], x[:, f:], nu[bi, gi])
-        # new guess: the coordinate-wise Newton step of each bound row, v - mu / H_ii
-        mu = grad(v, nu)
-        t = torch.where(free, v, v - mu / hdiag)
-        new_lower, new_upper = a3 & (t < lo), a3 & (t > hi)
-        # one change per iteration, the most violated row: swapping every violated row at
-        # once (plain PDAS) cycles here, since nu moves every bound row's multiplier at once;
-        # and never the last free row to a bound (nu needs k free rows)
-        changed = (new_lower != lower) | (new_upper != upper)
-        eligible = changed & ~(free & (free.sum(-1, keepdim=True) <= k))
-        viol = torch.where(free, torch.maximum(lo - v, v - hi), (t - v).abs())
-        pick = torch.where(eligible, viol, -1.0).argmax(-1, keepdim=True)
-        one = torch.zeros_like(changed).scatter_(-1, pick, True) & eligible
-        new_lower = torch.where(one, new_lower, lower)
-        new_upper = torch.where(one, new_upper, upper)
-        same = ~changed.any(-1)
-        fail = changed.any(-1) & ~eligible.any(-1)  # stuck: only the last free row moves
-        fail[bi, gi] |= ~good
-        certified |= live & same & ~fail
-        live &= ~same & ~fail
-        lower = torch.where(live[..., None], new_lower, lower)
-        upper = torch.where(live[..., None], new_upper, upper)
-        if not bool(live.any()):
-            break
-    return v, nu, certified
+    v, nu = v.clone(), nu.clone()
+    free = a3 & ~lower & ~upper
+    vb = torch.where(lower, lo, torch.where(upper, hi, 0.0))
+    g_b = grad(vb, torch.zeros_like(nu))  # H v_B - y
+    ub = (Ug * vb[..., None]).sum(-2)  # U' v_B (B, G, k)
+    # the live QPs' free-row KKT systems, padded to the largest free set
+    bi, gi = torch.nonzero(live, as_tuple=True)
+    rows = torch.arange(len(bi))[:, None]
+    fr = free[bi, gi]  # (L, r)
+    cnt = fr.sum(-1)
+    f = int(cnt.max()) if cnt.numel() else 0
+    idx = torch.argsort((~fr).to(torch.int8), dim=-1, stable=True)[:, :f]  # free rows first
+    ok = torch.arange(f)[None, :] < cnt[:, None]  # (L, f) real (not padding) entries
+    M = torch.zeros(bi.shape[0], f + k, f + k, dtype=dt)
+    Kff = Km[bi[:, None, None], idx[:, :, None], idx[:, None, :]] / s[bi, gi][:, None, None]
+    M[:, :f, :f] = torch.where(ok[:, :, None] & ok[:, None, :], Kff, 0.0)
+    dff = torch.where(ok, d[bi[:, None], idx], 1.0)  # padding: identity rows
+    M[:, :f, :f] += torch.where(torch.eye(f, dtype=torch.bool), dff[:, :, None], 0.0)
+    Uf = torch.where(ok[..., None], U[bi[:, None], idx], 0.0)  # (L, f, k)
+    M[:, :f, f:] = Uf
+    M[:, f:, :f] = Uf.transpose(1, 2)
+    rhs = torch.cat([torch.where(ok, -g_b[bi, gi][rows, idx], 0.0), -ub[bi, gi]], -1)
+    x, piv = _ldl_solve(M, rhs)
+    # singular free block (or no free row: nu not unique): not certifiable here
+    # (sums over all r rows, not the padded free rows: bits independent of the padding)
+    hf = torch.where(ok, hdiag[bi, gi][rows, idx], 1.0)
+    hmax = torch.where(fr, hdiag[bi, gi], 0.0).amax(-1, keepdim=True).clamp(min=1e-300)
+    ref = ((U[bi] * U[bi]) * fr[..., None]).sum(-2) / hmax  # the scale of U_F' H_FF^-1 U_F
+    good = (piv[:, :f] > PIVOT_TOL * hf).all(-1) & (-piv[:, f:] > PIVOT_TOL * ref).all(-1)
+    good &= torch.isfinite(x).all(-1) & (cnt >= k)
+    vl = vb[bi, gi].scatter_add(-1, idx, torch.where(ok, x[:, :f], 0.0))
+    # a free row on its bound (to rounding) is degenerate: then nu is an interval (tau N an
+    # integer, as for the median of an even count), whose centre the interior point gives
+    lol, hil = lo[bi, gi], hi[bi, gi]
+    edge = torch.minimum(vl - lol, hil - vl).abs() <= MARGIN * (hil - lol)
+    good &= ~(fr & edge).any(-1)
+    v[bi, gi] = torch.where(good[:, None], vl, v[bi, gi])
+    nu[bi, gi] = torch.where(good[:, None], x[:, f:], nu[bi, gi])
+    # new guess: the coordinate-wise Newton step of each bound row, v - mu / H_ii
+    t = torch.where(free, v, v - grad(v, nu) / hdiag)
+    new_lower, new_upper = a3 & (t < lo), a3 & (t > hi)
+    # one change per iteration, the most violated row: swapping every violated row at once
+    # (plain PDAS) cycles here, since nu moves every bound row's multiplier at once; and
+    # never the last free row to a bound (nu needs k free rows)
+    changed = (new_lower != lower) | (new_upper != upper)
+    eligible = changed & ~(free & (free.sum(-1, keepdim=True) <= k))
+    viol = torch.where(free, torch.maximum(lo - v, v - hi), (t - v).abs())
+    pick = torch.where(eligible, viol, -1.0).argmax(-1, keepdim=True)
+    one = torch.zeros_like(changed).scatter_(-1, pick, True) & eligible
+    same = ~changed.any(-1)
+    fail = changed.any(-1) & ~eligible.any(-1)  # stuck: only the last free row moves
+    fail[bi, gi] |= ~good
+    done = live & same & ~fail
+    live = live & ~same & ~fail
+    lower = torch.where(live[..., None] & one, new_lower, lower)
+    upper = torch.where(live[..., None] & one, new_upper, upper)
+    return lower, upper, v, nu, live, done

@@ -31,7 +31,7 @@ from pipeline.models.solvers.common import chol_solve
 from pipeline.models.solvers.kernel_active_set import MAX_ITER, solve_active_set
 
 INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
-START_ITER = 30  # active-set iterations from `start` (a rougher guess than the last alpha's)
+START_ITER = 20  # active-set iterations from `start` (a rougher guess than the last alpha's)
 ALIGN = 8  # Newton systems padded to a multiple of 8 rows: 64-byte aligned float64 matrices
 
 
