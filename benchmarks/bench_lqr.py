@@ -3,11 +3,11 @@
 Real Eurostat data (data/eurostat/hicp_manr.csv.gz, target prc_hicp_manr_CP00), the seed's
 window (60 months), features y_t and lags 1, 2, 3, 6, 12, one horizon per fit as the study's
 per-country groups have (rows t = T-59 .. T-1, the target y_{t+h} known where t + h <= T:
-59, 57, 54, 48 training rows for h = 1, 3, 6, 12), the seed's lqr settings (7 alphas,
-validation 12, huberized, 1000 random Fourier features, median bandwidth, 3 quantiles).
-A task is FITS fits of one horizon (countries complete over their window, origins spread
-over the seed's 72), as the train stage sends them; the figure is CPU seconds per fit over
-one task per horizon.
+59, 57, 54, 48 training rows for h = 1, 3, 6, 12, fewer for countries whose series start
+late), the seed's lqr settings (7 alphas, validation 12, huberized, 1000 random Fourier
+features, median bandwidth, 3 quantiles). A task is FITS fits of one horizon (the study's
+fits, every k-th: all countries, origins spread over the seed's 72), as the train stage
+sends them; the figure is CPU seconds per fit over one task per horizon.
 
 Each version runs in its own child process with PYTHONPATH at its checkout (a reference is a
 temporary `git worktree` of its commit; REFERENCE is lqr before issue 19), one thread
@@ -65,26 +65,35 @@ def load_panel(path: Path = DATA) -> pd.DataFrame:
 def task_arrays(wide: pd.DataFrame, h: int, fits: int) -> dict[str, np.ndarray]:
     """`fits` per-country fits of horizon h: X (B, 59, 6), y (B, 59), w (B, 59), X_new (B, 1, 6).
 
-    (country, origin) pairs with a complete window, taken every k-th so they span countries
-    and the seed's 72 origins (2018-01 .. 2023-12)."""
+    Every (country, origin) the study fits (features complete at the origin, at least
+    validation_size + 2 complete rows: late-starting countries such as AL, ME, XK have a
+    different row count at each origin), taken every k-th so they span countries and the
+    seed's 72 origins (2018-01 .. 2023-12)."""
     origins = pd.period_range("2018-01", "2023-12", freq="M")
     n = WINDOW - 1
-    pairs = []
-    for o in origins:
-        T = wide.index.get_loc(o)
-        block = wide.iloc[T - WINDOW + 1 - max(LAGS) : T + 1]
-        pairs += [(c, T) for c in block.columns if block[c].notna().all()]
-    pairs = pairs[:: max(1, len(pairs) // fits)][:fits]
     X, y, w, X_new = [], [], [], []
-    for c, T in pairs:
+    for c in wide.columns:
         s = wide[c].to_numpy()
-        ts = np.arange(T - WINDOW + 1, T - WINDOW + 1 + n)
-        X.append(np.stack([s[ts]] + [s[ts - lag] for lag in LAGS], axis=1))
-        known = ts + h <= T
-        y.append(np.where(known, s[np.minimum(ts + h, T)], np.nan))
-        w.append(known.astype(np.float64))
-        X_new.append([[s[T]] + [s[T - lag] for lag in LAGS]])
-    return {"X": np.stack(X), "y": np.stack(y), "w": np.stack(w), "X_new": np.asarray(X_new)}
+        for o in origins:
+            T = wide.index.get_loc(o)
+            ts = np.arange(T - WINDOW + 1, T - WINDOW + 1 + n)
+            feats = np.stack([s[ts]] + [s[ts - lag] for lag in LAGS], axis=1)
+            tgt = np.where(ts + h <= T, s[np.minimum(ts + h, T)], np.nan)
+            ok = np.isfinite(feats).all(1) & np.isfinite(tgt)
+            x_new = [s[T]] + [s[T - lag] for lag in LAGS]
+            if ok.sum() < SEED_PARAMS["validation_size"] + 2 or not np.isfinite(x_new).all():
+                continue
+            X.append(feats)
+            y.append(tgt)
+            w.append(ok.astype(np.float64))
+            X_new.append([x_new])
+    pick = np.arange(len(X))[:: max(1, len(X) // fits)][:fits]
+    return {
+        "X": np.stack(X)[pick],
+        "y": np.stack(y)[pick],
+        "w": np.stack(w)[pick],
+        "X_new": np.asarray(X_new)[pick],
+    }
 
 
 def fit_tasks(tasks: list[dict[str, np.ndarray]]) -> list:

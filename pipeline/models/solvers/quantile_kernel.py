@@ -165,17 +165,19 @@ def solve_kernel_qr(
     (rows below / above their quantile fit); without one, the first alpha is solved by the
     interior point. Guesses only change the work, not the optimum.
     """
-    counts = (w > 0).sum(-1)
-    if bool((counts == counts[0]).all()):
+    # one solve per padded size (active rows rounded up to ALIGN): a problem's arithmetic (its
+    # systems' size, its pinned rows, the interior point's centering) then depends on its own
+    # rows only, never on its batch mates; late-starting countries' windows (a different row
+    # count at every origin) share a solve with their neighbours of the same size
+    size = ((w > 0).sum(-1) + ALIGN - 1).div(ALIGN, rounding_mode="floor").clamp(min=1)
+    if bool((size == size[0]).all()):
         return _solve_equal_rows(K, U, y, w, tau, lam, eps, start)
-    # one solve per active-row count: a problem's arithmetic (its Newton system's size, the
-    # interior point's centering) then depends on its own rows only, never on its batch mates
     B, n = w.shape
     A = max(lam.shape[1], 1)
     c = torch.zeros(B, A, tau.shape[0], n, dtype=K.dtype)
     nu = torch.zeros(B, A, tau.shape[0], U.shape[-1], dtype=K.dtype)
-    for r in torch.unique(counts).tolist():
-        sel = torch.nonzero(counts == r)[:, 0]
+    for r in torch.unique(size).tolist():
+        sel = torch.nonzero(size == r)[:, 0]
         part = None if start is None else tuple(g[sel] for g in start)
         c[sel], nu[sel] = _solve_equal_rows(
             K[sel], U[sel], y[sel], w[sel], tau, lam[sel], eps, part
@@ -193,7 +195,7 @@ def _solve_equal_rows(
     eps: float,
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`solve_kernel_qr` for problems that all have the same number of active rows.
+    """`solve_kernel_qr` for problems whose active rows pad to the same size.
 
     The Newton systems are (rows in the fit)^2, not n^2 (validation fits use n - 12 rows),
     padded to a multiple of ALIGN rows (pinned to v = 0): MKL's triangular solves give bits
