@@ -22,14 +22,16 @@ the box-constrained QP  max_v y~'v - v'Kv/(4 lam N) - (eps/2) sum v_i^2 / w_i,
 v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi phi'.
 `solver="exact"`: eps = 0, the exact check loss. `solver="huberized"`: eps = `HUBER_EPS`,
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
-quadratic on [(tau-1) eps, tau eps]), solved to optimality by the same primal-dual
-Newton (interior-point) iterations; its dual is strongly convex. Both run through
-`pipeline.models.solvers.quantile_kernel`, batched over problems, alphas and quantiles; the
-features phi come from `pipeline.models.solvers.rff`.
+quadratic on [(tau-1) eps, tau eps]); its dual is strongly convex. Both run through
+`pipeline.models.solvers.quantile_kernel` (an interior point for the first alpha, then an
+active-set method warm-started along the alphas, and for the refit from the chosen fit's
+residual signs), batched over problems, alphas and quantiles; the features phi come from
+`pipeline.models.solvers.rff`.
 
 When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
-as for the sample median of an even count); the interior point returns a point inside that
-interval (its analytic centre), deterministically for a given input.
+as for the sample median of an even count); such problems go to the interior point, which
+returns a point inside that interval (near its analytic centre), deterministically for a
+given input.
 
 Alpha is chosen per quantile by time-ordered validation inside the window: fit on the first
 n - validation_size rows with weight > 0, score the mean pinball on the last validation_size
@@ -54,6 +56,7 @@ from pipeline.models.solvers.common import (
 from pipeline.models.solvers.parameters import (
     ALPHAS,
     BANDWIDTH,
+    LQR_BATCH,
     LQR_DEFAULTS,
     RFF_FEATURES,
     SOLVER,
@@ -165,11 +168,24 @@ def _fit_chunk(
         fit = c @ K[:, None] + nu @ U.transpose(1, 2)[:, None]
         score = kernel_pinball(ys[:, None, None], fit, tau, w_val[:, None, None])  # (B,A,Q)
         best = score.argmin(1)  # first alpha on ties
+        # the refit starts from the chosen fit's sides: a row above its fit (beyond the Huber
+        # band, where the dual is free) at its upper bound, below at its lower one
+        pick = best[:, None, :, None].expand(B, 1, Q, fit.shape[-1])
+        resid = torch.gather(ys[:, None, None] - fit, 1, pick)
+        band = max(eps, 1e-9) * tau[:, None]
+        lower, upper = resid <= band - max(eps, 1e-9), resid >= band
+        # and the k rows nearest their fit free (the k unpenalized coefficients need k)
+        gap = torch.where(act[:, None, None], resid.abs(), torch.inf)
+        near = torch.topk(gap, U.shape[-1], -1, largest=False).indices
+        on = torch.zeros_like(lower).scatter_(-1, near, True)
+        start = (lower & ~on, upper & ~on)
     else:
         best = torch.zeros(B, Q, dtype=torch.long)
+        start = None
     alpha = alphas[best]  # (B,Q)
     lam = (alpha / wt.sum(-1, keepdim=True).clamp(min=1.0)).clamp(min=MIN_LAM)
-    c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps)  # (B,1,Q,n): alpha_q for tau_q
+    # (B,1,Q,n): alpha_q for tau_q
+    c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps, start)
     c, nu = c[:, 0], nu[:, 0]
     return {
         # primal penalized coefficients (B,Q,P) as products and sums over rows: a batched GEMM
@@ -220,7 +236,7 @@ def fit_predict_lqr_batch(
     penalize_first_lag: bool = LQR_DEFAULTS["penalize_first_lag"],
     seed: int = LQR_DEFAULTS["seed"],
     w: np.ndarray | None = None,
-    chunk: int = 32,
+    chunk: int = LQR_BATCH,
 ) -> LQRBatchResult:
     """Fit B independent LQR problems and forecast X_new.
 

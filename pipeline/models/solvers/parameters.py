@@ -35,6 +35,9 @@ LQR_DEFAULTS = {
     "penalize_first_lag": True,
     "seed": 0,
 }
+# fits per batched lqr call (and per task): the active-set iterations cost about the same for
+# 30 fits as for 128, so a call should hold many (peak ~200 MiB above a worker's at 128)
+LQR_BATCH = 128
 
 # ensemble_nn (pipeline.models.solvers._nn_data)
 UNITS = integer_rule(1, "an integer width >= 1", each=True, non_empty=True)

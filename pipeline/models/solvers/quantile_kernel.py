@@ -12,9 +12,13 @@ has n-dimensional dual (representer theorem: beta = phi' c, so only K = phi phi'
 with c = v / (2 lam N) and gamma the multipliers of U'v = 0. eps = 0 is the exact check
 loss; eps > 0 smooths it by its Moreau envelope (a Huber-type loss) and makes the dual
 strongly convex. `solve_kernel_qr` builds this box-constrained QP for all problems, alphas
-and quantiles at once; `solve_box_qp` solves it with a batched Mehrotra primal-dual interior
-point (one Cholesky factorization per problem and iteration, shared by the predictor and
-the corrector step).
+and quantiles at once. Alphas are solved in order, each by the active-set method of
+`pipeline.models.solvers.kernel_active_set` started from the previous alpha's optimum (its
+rows on their bounds: a few swaps away), which ends in the exact optimum of one small linear
+system; the first alpha (unless the caller passes a guess, as lqr's refit does), degenerate
+problems (no free row: tau N an integer) and the few whose swaps do not settle go to
+`solve_box_qp`, a batched Mehrotra primal-dual interior point (one Cholesky factorization
+per problem and iteration, shared by the predictor and the corrector step).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import math
 import torch
 
 from pipeline.models.solvers.common import chol_solve
+from pipeline.models.solvers.kernel_active_set import MAX_ITER, solve_active_set
 
 INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
+START_ITER = 20  # active-set iterations from `start` (a rougher guess than the last alpha's)
 ALIGN = 8  # Newton systems padded to a multiple of 8 rows: 64-byte aligned float64 matrices
 
 
@@ -147,26 +153,35 @@ def solve_kernel_qr(
     tau: torch.Tensor,
     lam: torch.Tensor,
     eps: float,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Penalized QR in kernel form (objective in `pipeline.models.solvers.lqr`).
 
     K (B,n,n) = phi phi' over the penalized features, U (B,n,k) unpenalized columns, y/w
     (B,n) (w = 0: row not in this fit), tau (Q,), lam (B,A,1) or (B,1,Q), eps the Huber
     (Moreau) smoothing (0 = exact check loss). Returns c (B,A,Q,n) and gamma (B,A,Q,k)
-    with fitted values f = K c + U gamma.
+    with fitted values f = K c + U gamma. `start`: optional guesses (lower, upper) (B,1,Q,n)
+    of the rows whose dual sits on its lower / upper bound at the first alpha's optimum
+    (rows below / above their quantile fit); without one, the first alpha is solved by the
+    interior point. Guesses only change the work, not the optimum.
     """
-    counts = (w > 0).sum(-1)
-    if bool((counts == counts[0]).all()):
-        return _solve_equal_rows(K, U, y, w, tau, lam, eps)
-    # one solve per active-row count: a problem's arithmetic (its Newton system's size, the
-    # interior point's centering) then depends on its own rows only, never on its batch mates
+    # one solve per padded size (active rows rounded up to ALIGN): a problem's arithmetic (its
+    # systems' size, its pinned rows, the interior point's centering) then depends on its own
+    # rows only, never on its batch mates; late-starting countries' windows (a different row
+    # count at every origin) share a solve with their neighbours of the same size
+    size = ((w > 0).sum(-1) + ALIGN - 1).div(ALIGN, rounding_mode="floor").clamp(min=1)
+    if bool((size == size[0]).all()):
+        return _solve_equal_rows(K, U, y, w, tau, lam, eps, start)
     B, n = w.shape
     A = max(lam.shape[1], 1)
     c = torch.zeros(B, A, tau.shape[0], n, dtype=K.dtype)
     nu = torch.zeros(B, A, tau.shape[0], U.shape[-1], dtype=K.dtype)
-    for r in torch.unique(counts).tolist():
-        sel = torch.nonzero(counts == r)[:, 0]
-        c[sel], nu[sel] = _solve_equal_rows(K[sel], U[sel], y[sel], w[sel], tau, lam[sel], eps)
+    for r in torch.unique(size).tolist():
+        sel = torch.nonzero(size == r)[:, 0]
+        part = None if start is None else tuple(g[sel] for g in start)
+        c[sel], nu[sel] = _solve_equal_rows(
+            K[sel], U[sel], y[sel], w[sel], tau, lam[sel], eps, part
+        )
     return c, nu
 
 
@@ -178,8 +193,9 @@ def _solve_equal_rows(
     tau: torch.Tensor,
     lam: torch.Tensor,
     eps: float,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`solve_kernel_qr` for problems that all have the same number of active rows.
+    """`solve_kernel_qr` for problems whose active rows pad to the same size.
 
     The Newton systems are (rows in the fit)^2, not n^2 (validation fits use n - 12 rows),
     padded to a multiple of ALIGN rows (pinned to v = 0): MKL's triangular solves give bits
@@ -190,6 +206,8 @@ def _solve_equal_rows(
     r = ALIGN * max(1, math.ceil(int((w > 0).sum(-1).max()) / ALIGN))
     if r > n0:  # room for the padding rows
         pad = r - n0
+        if start is not None:
+            start = tuple(torch.nn.functional.pad(g, (0, pad)) for g in start)
         K = torch.nn.functional.pad(K, (0, pad, 0, pad))
         U = torch.nn.functional.pad(U, (0, 0, 0, pad))
         y, w = torch.nn.functional.pad(y, (0, pad)), torch.nn.functional.pad(w, (0, pad))
@@ -205,21 +223,55 @@ def _solve_equal_rows(
     N = w.sum(-1).clamp(min=1.0)
     m = act.to(K.dtype)
     Km = K * m[:, :, None] * m[:, None, :]
-    scale = 2.0 * lam * N[:, None, None]  # (B,A,Q')
+    shape = (B, max(lam.shape[1], 1), tau.shape[0], r)
+    scale = (2.0 * lam * N[:, None, None]).expand(shape[:3])  # (B,A,Q)
     diag = torch.where(act, eps / w.clamp(min=1e-300), 1.0)  # padding rows pinned to v = 0
-    H = Km[:, None, None] / scale[..., None, None] + torch.diag_embed(diag)[:, None, None]
     t = tau[None, None, :, None]
     wq = w[:, None, None, :]
-    shape = (B, max(lam.shape[1], 1), tau.shape[0], r)
     lo = torch.where(act[:, None, None, :], wq * (t - 1.0), -1.0).expand(shape)
     hi = torch.where(act[:, None, None, :], wq * t, 1.0).expand(shape)
-    yq = (y * m)[:, None, None, :].expand(shape)
-    Uq = (U * m[..., None])[:, None, None].expand(*shape, U.shape[-1])
-    v, nu = solve_box_qp(H, yq, Uq, lo, hi)
+    Um, ym = U * m[..., None], y * m
+
+    def interior_point(bi: torch.Tensor, ai: torch.Tensor, qi: torch.Tensor) -> tuple:
+        # the QPs (problem bi[j], alpha ai[j], quantile qi[j]) by the interior point
+        H = Km[bi] / scale[bi, ai, qi][:, None, None] + torch.diag_embed(diag[bi])
+        return solve_box_qp(H, ym[bi], Um[bi], lo[bi, ai, qi], hi[bi, ai, qi])
+
+    # each alpha by the active-set method, started from the previous alpha's bounds (a
+    # nearby optimum) or from `start`; the first (without a start) and the uncertified by the
+    # interior point
+    v = torch.zeros(shape, dtype=K.dtype)
+    nu = torch.zeros(*shape[:3], U.shape[-1], dtype=K.dtype)
+    for a in range(shape[1]):
+        if a == 0 and start is None:
+            done = torch.zeros(shape[0], shape[2], dtype=torch.bool)
+        else:
+            if a == 0:
+                guess = [torch.gather(g[:, 0], -1, order[:, None].expand(shape[0], shape[2], r))
+                         for g in start]  # fmt: skip
+            else:
+                guess = bound_rows(v[:, a - 1], lo[:, a - 1], hi[:, a - 1], act)
+            v[:, a], nu[:, a], done = solve_active_set(
+                Km, diag, scale[:, a], ym, Um, lo[:, a], hi[:, a], act, init=guess,
+                max_iter=START_ITER if a == 0 else MAX_ITER,
+            )  # fmt: skip
+        if not bool(done.all()):
+            bi, qi = torch.nonzero(~done, as_tuple=True)
+            v[bi, a, qi], nu[bi, a, qi] = interior_point(bi, torch.full_like(bi, a), qi)
     c_act = v * m[:, None, None, :] / scale[..., None]
     c = torch.zeros(*shape[:3], n, dtype=K.dtype)
     c.scatter_(-1, order[:, None, None, :].expand(shape), c_act)
     return c[..., :n0], nu
+
+
+def bound_rows(
+    v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, act: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a solution v (B, G, r) at their lower and upper bounds (within 1e-6 of the
+    box width: the interior point's iterate sits that close), active rows only."""
+    width = (hi - lo) * 1e-6
+    a3 = act[:, None, :]
+    return a3 & (v - lo <= width), a3 & (hi - v <= width)
 
 
 def kernel_pinball(

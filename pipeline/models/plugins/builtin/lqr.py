@@ -14,6 +14,7 @@ from pipeline.models.plugins.spec import Adapter, lag_features
 from pipeline.models.solvers.parameters import (
     ALPHAS,
     BANDWIDTH,
+    LQR_BATCH,
     RFF_FEATURES,
     SOLVER,
     VALIDATION_SIZE,
@@ -80,12 +81,15 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
 CONFIG = LqrConfig
 ADAPTER = Adapter(
     name="lqr",
-    version=2,  # 2: batch-invariant arithmetic (a fit's bits no longer follow its batch)
+    # 2: batch-invariant arithmetic (a fit's bits no longer follow its batch); 3: alphas after
+    # the first and the refit by an active-set method (exact optima, issue 19)
+    version=3,
     pooled=False,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
     min_rows=lambda c: c.models.lqr.validation_size + 2,
     fit_batch=_fit,
+    batch_fits=LQR_BATCH,  # the solver's fixed cost per call is amortized over many fits
     config_type=LqrConfig,
     rank=1,
 )
