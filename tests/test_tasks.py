@@ -12,7 +12,7 @@ import pytest
 from conftest import SMALL_STUDY, make_config
 
 from pipeline.models.plugins.registry import adapter_for, get_adapter
-from pipeline.runtime.execute.worker import run_task
+from pipeline.runtime.execute.worker import fit_states, run_task
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.fit_windows import country_grid, window_arrays
 from pipeline.runtime.fits.tasks import (
@@ -21,6 +21,7 @@ from pipeline.runtime.fits.tasks import (
     choose_fits_per_task,
     make_tasks,
     task_payload,
+    with_data,
 )
 from pipeline.schema import lag_column, lead_column, month_index
 
@@ -193,7 +194,7 @@ def test_run_task_isolates_a_failing_fit(
     assert out["pred"].shape == (len(out["keys"]), 1, 1, 3)
     # the worker writes nothing: results come back as plain arrays (the driver writes the cache)
     assert not any(tmp_path.iterdir())
-    assert len(out["states"]) == len(out["keys"])
+    assert len(fit_states(out)) == len(out["keys"])
     for key, pred in zip(out["keys"], out["pred"], strict=True):
         # the fake model's forecast is the empirical quantile of the window's targets
         i = list(g1.keys).index(key)
@@ -305,7 +306,9 @@ def test_a_slotted_fit_gives_the_same_bits_in_any_batch() -> None:
         sub["slots"] = [payload["slots"][i] for i in idx]
         out = run_task(sub)
         assert not out["failed"]
-        return {k: (p, s) for k, p, s in zip(out["keys"], out["pred"], out["states"], strict=True)}
+        return {
+            k: (p, s) for k, p, s in zip(out["keys"], out["pred"], fit_states(out), strict=True)
+        }
 
     full = run(np.arange(B))
     parts = [
@@ -353,7 +356,9 @@ def test_an_lqr_fit_gives_the_same_bits_in_any_batch(solver: str) -> None:
         sub["data"] = {k: v[idx] for k, v in payload["data"].items()}
         out = run_task(sub)
         assert not out["failed"]
-        return {k: (p, s) for k, p, s in zip(out["keys"], out["pred"], out["states"], strict=True)}
+        return {
+            k: (p, s) for k, p, s in zip(out["keys"], out["pred"], fit_states(out), strict=True)
+        }
 
     full = run(np.arange(B))
     parts = [np.arange(3, 17), np.array([5]), np.array([30]), np.sort(rng.choice(B, 11, False))]
@@ -409,3 +414,39 @@ def test_country_windows_built_per_task_equal_the_stacked_windows() -> None:
         for name, value in want.items():
             assert got[name].tobytes() == value.tobytes(), name
             assert g.fit_shapes()[name] == (value.shape[1:], value.dtype.str)
+
+
+def test_a_compact_payload_gives_the_worker_the_same_windows_and_results() -> None:
+    """A task sent to a worker carries the grid rows and months its windows read, not the
+    windows (runtime/fits/tasks.task_payload(compact=True)); the worker builds the same
+    arrays, bit for bit, whatever the fits (both countries, windows reaching before a
+    country's first month, the group's first and last origins), and returns the same forecasts
+    and fitted state, stacked."""
+    config = study()
+    rng = np.random.default_rng(3)
+    for g in build_groups(PANEL, config, get_adapter("ar_qr")):
+        picks = [
+            np.arange(len(g)),
+            np.array([0]),
+            np.array([len(g) - 1]),
+            np.sort(rng.choice(len(g), 9, replace=False)),
+        ]
+        for idx in picks:
+            kw = {"params": {"p": 1}, "quantiles": config.data.quantiles, "seed": 0}
+            full = task_payload(g, idx, **kw)
+            compact = task_payload(g, idx, **kw, compact=True)
+            assert "data" not in compact
+            assert compact["windows"]["grid"].nbytes < max(full["data"]["X"].nbytes, 4096)
+            built = with_data(compact)["data"]
+            for name, value in full["data"].items():
+                assert built[name].tobytes() == value.tobytes(), name
+                assert built[name].shape == value.shape, name
+        a, b = (
+            run_task(task_payload(g, picks[0], **kw)),
+            run_task(task_payload(g, picks[0], **kw, compact=True)),
+        )
+        assert a["keys"] == b["keys"] and a["pred"].tobytes() == b["pred"].tobytes()
+        assert sorted(b["state"]) == sorted(a["state"]) and "states" not in b
+        for name, value in a["state"].items():
+            assert b["state"][name].tobytes() == value.tobytes(), name
+        assert [sorted(s) for s in fit_states(b)] == [sorted(b["state"])] * len(b["keys"])

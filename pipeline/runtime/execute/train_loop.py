@@ -189,6 +189,7 @@ class RunState:
                         quantiles=self.config.data.quantiles,
                         seed=self.config.seed,
                         extra=adapter.payload,
+                        compact=True,
                     )
                     tasks[task.task_id] = task
                     stream.submit(task.task_id, payload)
@@ -248,13 +249,13 @@ class RunState:
             "rows": np.asarray(g.rows[idx], dtype=bool),
         }
         label = f"{self.run_id}-{task.task_id}"
-        states = _stacked_states(result["states"])
+        states = result["state"] if "state" in result else _stacked_states(result["states"])
         if states is not None:
             self.cache.write_stacked(list(result["keys"]), {**arrays, **states}, label)
         else:  # ragged fitted states: one entry each
             entries: dict[str, Entry] = {
-                key: {**{n: v[j] for n, v in arrays.items()}, **result["states"][j]}
-                for j, key in enumerate(result["keys"])
+                key: {**{n: v[j] for n, v in arrays.items()}, **state}
+                for j, (key, state) in enumerate(zip(result["keys"], result["states"], strict=True))
             }
             self.cache.write_shard(entries, label)
         if idx.size:
@@ -385,11 +386,15 @@ def _task_stream(handle: Any, timeout_s: float | None) -> Any:
 def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     """The part of a task's result about `keys` (the rest of its block is known already)."""
     pick = [j for j, k in enumerate(result["keys"]) if k in keys]
-    return {
+    part = {
         **result,
         "keys": [result["keys"][j] for j in pick],
         "pred": result["pred"][pick],
         "alpha": result["alpha"][pick],
-        "states": [result["states"][j] for j in pick],
         "failed": [f for f in result["failed"] if f["key"] in keys],
     }
+    if "state" in result:
+        part["state"] = {n: v[pick] for n, v in result["state"].items()}
+    else:
+        part["states"] = [result["states"][j] for j in pick]
+    return part
