@@ -450,3 +450,81 @@ def test_a_compact_payload_gives_the_worker_the_same_windows_and_results() -> No
         for name, value in a["state"].items():
             assert b["state"][name].tobytes() == value.tobytes(), name
         assert [sorted(s) for s in fit_states(b)] == [sorted(b["state"])] * len(b["keys"])
+
+
+def _forecast_frame_reference(groups, pred, alpha, have, config, model, panel) -> pd.DataFrame:
+    """The forecast table the plain pandas way (rows of Python strings, reindexed actuals,
+    then conform_forecasts' cast and sort): the oracle for forecast_rows."""
+    from pipeline.runtime.fits.fit_groups import expand
+    from pipeline.schema import conform_forecasts, month_start
+
+    qs = np.asarray(config.data.quantiles)
+    rows = []
+    for gi, g in enumerate(groups):
+        fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], len(qs))
+        origin = g.origin[fi]
+        horizon = np.asarray(g.horizons)[hi]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "COUNTRY": g.countries[fi, cj].astype(str),
+                    "HORIZON": horizon,
+                    "QUANTILE": qs[qi],
+                    "FORECAST": pred[gi][fi, cj, hi, qi],
+                    "ALPHA": alpha[gi][fi, qi],
+                    "WINDOW_END": month_start(origin),
+                    "WINDOW_START": month_start(origin - config.rolling_window.size + 1),
+                    "TIME": month_start(origin + horizon),
+                }
+            )
+        )
+    frame = pd.concat(rows, ignore_index=True)
+    frame["TARGET"], frame["MODEL"] = config.data.target, model
+    actual = panel.set_index(["COUNTRY", "TIME"])["y_raw"]
+    index = pd.MultiIndex.from_arrays([frame["COUNTRY"], frame["TIME"]])
+    frame["ACTUAL"] = actual.reindex(index).to_numpy()
+    return conform_forecasts(frame)
+
+
+@pytest.mark.parametrize("model", ["ar_qr", "ensemble_nn"])
+def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
+    tmp_path: Path, model: str
+) -> None:
+    """train writes its forecast table from Arrow chunks built already sorted (integer codes,
+    no Python string per row); the file holds the same rows, types and order as the table
+    built with pandas, byte for byte, for per-country and pooled fits (masked rows), fits
+    not known, NaN forecasts, and chunks smaller than a group."""
+    import pyarrow as pa
+
+    from pipeline.io import write_parquet, write_parquet_tables
+    from pipeline.runtime.fits.forecast_rows import forecast_chunks, forecast_table
+    from pipeline.schema import forecast_arrow_schema
+
+    d = copy.deepcopy(SMALL_STUDY)
+    d["models"].setdefault(model, {})["enabled"] = True
+    config = make_config(d)
+    groups = build_groups(PANEL, config, adapter_for(config, model))
+    rng = np.random.default_rng(7)
+    Q = len(config.data.quantiles)
+    pred = [rng.normal(size=(len(g), g.rows.shape[1], len(g.horizons), Q)) for g in groups]
+    alpha = [rng.normal(size=(len(g), Q)) for g in groups]
+    have = [rng.random(len(g)) < 0.8 for g in groups]
+    pred[0][0, 0, 0, 0] = np.nan
+    # actuals come from the panel: one without BB's last year leaves some rows without
+    panel = PANEL[~((PANEL["COUNTRY"] == "BB") & (PANEL["TIME"] >= "2019-01-01"))]
+    args = (groups, pred, alpha, have, config, model, panel)
+    want = _forecast_frame_reference(*args)
+    assert len(want) > 50 and want["ACTUAL"].notna().any() and want["ACTUAL"].isna().any()
+    chunks = list(forecast_chunks(*args, chunk=37))
+    assert len(chunks) == -(-len(want) // 37)
+    got = pa.concat_tables(chunks).to_pandas()
+    pd.testing.assert_frame_equal(got.astype(want.dtypes.to_dict()), want)
+    pd.testing.assert_frame_equal(forecast_table(*args), want)
+    write_parquet(tmp_path / "pandas.parquet", want)
+    one = forecast_chunks(*args, chunk=len(want))
+    write_parquet_tables(tmp_path / "arrow.parquet", forecast_arrow_schema(), one)
+    assert (tmp_path / "arrow.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
+    # nothing known: one empty table with the schema
+    nothing = [h & False for h in have]
+    (empty,) = forecast_chunks(groups, pred, alpha, nothing, config, model, panel)
+    assert empty.num_rows == 0 and empty.schema == forecast_arrow_schema()

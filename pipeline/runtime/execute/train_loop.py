@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import cached_property
@@ -17,7 +18,8 @@ from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.execute.worker import run_task
-from pipeline.runtime.fits.fit_groups import FitGroup, forecast_table
+from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.sizing.plan import Plan, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
@@ -351,9 +353,10 @@ class RunState:
 
     # --- output -----------------------------------------------------------------------------
 
-    def forecast_frame(self, panel: pd.DataFrame) -> pd.DataFrame:
-        """The forecast table of every fit known (schema order, deterministic sort)."""
-        return forecast_table(
+    def forecast_chunks(self, panel: pd.DataFrame) -> Iterator[Any]:
+        """The forecast table of every fit known (schema order, deterministic sort), as Arrow
+        tables of at most a million rows (runtime/fits/forecast_rows.py)."""
+        return forecast_chunks(
             self.groups, self.pred, self.alpha, self.have, self.config, self.model, panel
         )
 
