@@ -38,7 +38,9 @@ store, cache shards, payloads, the forecast table, plus the cluster's start. Run
 PYTHONPATH at the tree to measure, the same N and machine, before and after a change.
 
 `--fits-per-task K` runs that train on a 2-worker cluster in tasks of K fits (a real run's
-probe gives rw about 8,192), so per-task costs weigh as they do in `--rw`.
+probe gives rw about 8,192), so per-task costs weigh as they do in `--rw`. It also gives the
+driver's peak memory during each `run_train` alone (VmHWM, reset before it through
+/proc/self/clear_refs): train's own peak, without prepare's or assemble's.
 
 Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--out /tmp/bench_scale]
 """
@@ -238,12 +240,16 @@ def run_driver(n: int, base: Path, fits_per_task: int | None = None) -> dict[str
         plan = Plan(n_workers=2, memory_limit_mb=1024, models={"rw": model})
     config = validate(compose_dict(overrides))
     prepare(config, ROOT)
+    base_mb = reset_peak()
     t0, w0 = time.process_time(), time.perf_counter()
     summary = run_train(config, "rw", plan)
     first, first_wall = time.process_time() - t0, time.perf_counter() - w0
+    train_peak = vm_hwm_mb(os.getpid())
+    reload_base_mb = reset_peak()
     t0 = time.process_time()
     run_train(config, "rw", plan)
     again = time.process_time() - t0
+    reload_peak = vm_hwm_mb(os.getpid())
     import pipeline.stages.study as study
 
     t0 = time.process_time()
@@ -260,7 +266,20 @@ def run_driver(n: int, base: Path, fits_per_task: int | None = None) -> dict[str
         "reload_cpu_s": again,
         "reload_us_per_fit": 1e6 * again / fits,
         "expected_fits_cpu_s": expected,
+        # the driver's peak RSS during each run_train (VmHWM reset before it) and its RSS
+        # before it (the panel, the imports: what prepare left)
+        "train_peak_mb": train_peak,
+        "train_start_mb": base_mb,
+        "reload_peak_mb": reload_peak,
+        "reload_start_mb": reload_base_mb,
     }
+
+
+def reset_peak() -> float:
+    """Reset this process's VmHWM to its current RSS (Linux: /proc/self/clear_refs "5");
+    returns that RSS in MiB, so the next VmHWM is the peak of what runs after."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return vm_hwm_mb(os.getpid()) or 0.0
 
 
 def report_rw(rows: list[dict[str, Any]]) -> str:

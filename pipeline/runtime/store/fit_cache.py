@@ -130,18 +130,21 @@ class FitCache:
             for n in own:
                 members[f"{i}/{n}"] = np.asarray(entries[k][n])
             index_entries.append({"key": k, "own": own, "sha256": entry_checksum(entries[k])})
-        return self._write_files(label, members, stacked, index_entries)
+        return self._write_files(label, members, stacked, json.dumps(index_entries, sort_keys=True))
 
     def _write_files(
-        self, label: str, members: dict[str, np.ndarray], stacked: list[str], entries: list[dict]
+        self, label: str, members: dict[str, np.ndarray], stacked: list[str], entries: str
     ) -> Path:
-        """The shard's arrays, then its index (the index last: see remove_orphans)."""
+        """The shard's arrays, then its index (the index last: see remove_orphans).
+
+        `entries`: the index's entry list as JSON text; the index is what
+        json.dumps({"format", "stacked", "entries"}, sort_keys=True) writes."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         npz = self.shards / f"{name}.npz"
         with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **members)
-        index = {"format": FORMAT, "stacked": stacked, "entries": entries}
-        write_text(self.shards / f"{name}.json", json.dumps(index, sort_keys=True) + "\n")
+        head = f'{{"entries": {entries}, "format": {json.dumps(FORMAT)}, "stacked": '
+        write_text(self.shards / f"{name}.json", f"{head}{json.dumps(stacked)}}}\n")
         return npz
 
     def write_stacked(
@@ -159,10 +162,13 @@ class FitCache:
             if members[name].shape[0] != n:
                 raise ValueError(f"{name}: {members[name].shape[0]} entries for {n} keys")
         sums = stacked_checksums(members, names, n)
-        index_entries = [
-            {"key": k, "own": [], "sha256": h} for k, h in zip(keys, sums, strict=True)
-        ]
-        return self._write_files(label, members, names, index_entries)
+        # the entries' JSON as json.dumps writes it, without a dict per entry
+        quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+        entries = ", ".join(
+            f'{{"key": {quote(k)}, "own": [], "sha256": "{h}"}}'
+            for k, h in zip(keys, sums, strict=True)
+        )
+        return self._write_files(label, members, names, f"[{entries}]")
 
     # --- read and verify ----------------------------------------------------------------
 
