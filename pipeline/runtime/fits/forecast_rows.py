@@ -20,7 +20,7 @@ from pipeline.runtime.fits.fit_groups import FitGroup, expand
 from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
 
-CHUNK_ROWS = 1 << 20
+CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
 
 
 def forecast_chunks(
@@ -54,8 +54,9 @@ def forecast_chunks(
         cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
         cols["a"].append(alpha[gi][fi, qi].astype(np.float64))
         del fi, cj, hi, qi
-    flat = {k: np.concatenate(v) if v else np.array([], np.int64) for k, v in cols.items()}
-    del cols
+    flat = {
+        k: np.concatenate(cols.pop(k)) if groups else np.array([], np.int64) for k in list(cols)
+    }
     # FORECAST_SORT: MODEL (one here), COUNTRY, HORIZON, QUANTILE, WINDOW_END (the origin);
     # stable, as conform_forecasts sorts (the keys are unique per row anyway)
     qrank = np.argsort(np.argsort(qs, kind="stable"), kind="stable")

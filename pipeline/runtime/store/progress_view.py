@@ -30,7 +30,7 @@ ROW_COLUMNS = (
 )  # fmt: skip
 FLOAT_COLUMNS = ("quantile", "started", "finished", "seconds", "peak_mb", "forecast", "alpha")
 INT_COLUMNS = ("horizon", "attempts")
-CHUNK_ROWS = 1 << 18
+CHUNK_ROWS = 1 << 16
 
 
 # --- views --------------------------------------------------------------------------------------
@@ -74,29 +74,39 @@ def row_chunks(
         return
     models = sorted({s.model for s in states})
     names = np.array(sorted({str(n) for s in states for n in s.names}), dtype=object)
-    index, sort = [], []
-    for gi, s in enumerate(states):
+    quantiles = np.unique(np.concatenate([np.asarray(s.quantiles, np.float64) for s in states]))
+    horizons = np.unique(np.concatenate([np.asarray(s.horizons, np.int64) for s in states]))
+    origins = np.unique(np.concatenate([np.asarray(s.origin, np.int64) for s in states]))
+    # one int64 sort key per row (model, country, horizon, quantile, origin: each its rank),
+    # groups one after another: a row is then its position, and the sort holds two int64 per
+    # row instead of five columns and their (group, row) index
+    sizes = [len(models), len(names), horizons.size, quantiles.size, origins.size]
+    if float(np.prod([max(n, 1) for n in sizes], dtype=np.float64)) >= 2.0**62:
+        raise ValueError(f"too many distinct (model, country, horizon, quantile, origin): {sizes}")
+    keys = []
+    for s in states:
         fi, cj, hi, qi = _expand(s)
         rank = np.searchsorted(names, s.names.astype(str).astype(object))
-        index.append((np.full(fi.size, gi, np.int32), np.arange(fi.size, dtype=np.int64)))
-        sort.append(
-            (
-                s.origin[fi],
-                np.asarray(s.quantiles)[qi],
-                np.asarray(s.horizons)[hi],
-                rank[s.country[fi, cj]],
-                np.full(fi.size, models.index(s.model)),
-            )
-        )
-    order = np.lexsort([np.concatenate(k) for k in zip(*sort, strict=True)])
-    del sort
-    group = np.concatenate([g for g, _ in index])[order]
-    row = np.concatenate([i for _, i in index])[order]
-    del index, order
+        key = np.full(fi.size, models.index(s.model), dtype=np.int64)
+        for values, n in (
+            (rank[s.country[fi, cj]], names.size),
+            (np.searchsorted(horizons, np.asarray(s.horizons, np.int64))[hi], horizons.size),
+            (np.searchsorted(quantiles, np.asarray(s.quantiles, np.float64))[qi], quantiles.size),
+            (np.searchsorted(origins, s.origin)[fi], origins.size),
+        ):
+            key *= n
+            key += values
+        keys.append(key)
+        del fi, cj, hi, qi
+    offsets = np.cumsum([0, *(k.size for k in keys)])
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    del keys
     import pyarrow as pa
 
-    for start in range(0, group.size, chunk):
-        g, r = group[start : start + chunk], row[start : start + chunk]
+    for start in range(0, order.size, chunk):
+        at = order[start : start + chunk]
+        g = np.searchsorted(offsets, at, side="right") - 1
+        r = at - offsets[g]
         tables, where = [], []
         for gi in np.unique(g).tolist():
             sel = np.nonzero(g == gi)[0]
