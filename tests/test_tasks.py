@@ -497,7 +497,7 @@ def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
     import pyarrow as pa
 
     from pipeline.io import write_parquet, write_parquet_tables
-    from pipeline.runtime.fits.forecast_rows import forecast_chunks, forecast_table
+    from pipeline.runtime.fits.forecast_rows import forecast_chunks
     from pipeline.schema import forecast_arrow_schema
 
     d = copy.deepcopy(SMALL_STUDY)
@@ -519,7 +519,6 @@ def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
     assert len(chunks) == -(-len(want) // 37)
     got = pa.concat_tables(chunks).to_pandas()
     pd.testing.assert_frame_equal(got.astype(want.dtypes.to_dict()), want)
-    pd.testing.assert_frame_equal(forecast_table(*args), want)
     write_parquet(tmp_path / "pandas.parquet", want)
     one = forecast_chunks(*args, chunk=len(want))
     write_parquet_tables(tmp_path / "arrow.parquet", forecast_arrow_schema(), one)

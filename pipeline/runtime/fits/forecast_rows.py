@@ -49,7 +49,7 @@ def forecast_chunks(
         C = g.countries.shape[1]
         cols["c"].append(rank[codes[fi * C + cj]].astype(np.int32))
         cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
-        cols["q"].append(qi.astype(np.int8))
+        cols["q"].append(qi.astype(np.int16))
         cols["o"].append(g.origin[fi].astype(np.int64))
         cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
         cols["a"].append(alpha[gi][fi, qi].astype(np.float64))
@@ -86,16 +86,6 @@ def forecast_chunks(
             "ALPHA": pa.array(flat["a"][s], from_pandas=True),
         }
         yield pa.table([columns[c] for c in FORECAST_COLUMNS], schema=schema)
-
-
-def forecast_table(*args: Any, **kwargs: Any) -> pd.DataFrame:
-    """forecast_chunks as one pandas frame (schema.conform_forecasts' dtypes and order)."""
-    import pyarrow as pa
-
-    from pipeline.schema import conform_forecasts
-
-    table = pa.concat_tables(list(forecast_chunks(*args, **kwargs)))
-    return conform_forecasts(table.to_pandas())
 
 
 def _names(groups: Sequence[FitGroup]) -> np.ndarray:
