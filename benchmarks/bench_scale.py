@@ -38,7 +38,10 @@ store, cache shards, payloads, the forecast table, plus the cluster's start. Run
 PYTHONPATH at the tree to measure, the same N and machine, before and after a change.
 
 `--fits-per-task K` runs that train on a 2-worker cluster in tasks of K fits (a real run's
-probe gives rw about 8,192), so per-task costs weigh as they do in `--rw`.
+probe gives rw about 8,192), so per-task costs weigh as they do in `--rw`. It also gives the
+driver's peak memory during each `run_train` alone (VmHWM, reset before it through
+/proc/self/clear_refs): train's own peak, without prepare's or assemble's. `--no-reload`
+stops after the first `run_train` (a million fits' reload is minutes on a loaded machine).
 
 Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--out /tmp/bench_scale]
 """
@@ -213,7 +216,9 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
     }
 
 
-def run_driver(n: int, base: Path, fits_per_task: int | None = None) -> dict[str, Any]:
+def run_driver(
+    n: int, base: Path, fits_per_task: int | None = None, reload: bool = True
+) -> dict[str, Any]:
     """CPU seconds of the driver's own work for an rw study of N countries (in-process).
 
     `fits_per_task`: tasks of that size on a 2-worker cluster (what the probe gives a real
@@ -238,29 +243,50 @@ def run_driver(n: int, base: Path, fits_per_task: int | None = None) -> dict[str
         plan = Plan(n_workers=2, memory_limit_mb=1024, models={"rw": model})
     config = validate(compose_dict(overrides))
     prepare(config, ROOT)
+    base_mb = reset_peak()
     t0, w0 = time.process_time(), time.perf_counter()
     summary = run_train(config, "rw", plan)
     first, first_wall = time.process_time() - t0, time.perf_counter() - w0
+    train_peak = vm_hwm_mb(os.getpid())
+    row = {
+        "countries": n,
+        "fits": summary.fits,
+        "fits_per_task": fits_per_task,
+        "train_cpu_s": first,
+        "train_wall_s": first_wall,
+        "driver_us_per_fit": 1e6 * first / summary.fits,
+        # the driver's peak RSS during run_train (VmHWM reset before it) and its RSS before it
+        # (the panel, the imports: what prepare left)
+        "train_peak_mb": train_peak,
+        "train_start_mb": base_mb,
+    }
+    if not reload:
+        return row
+    reload_base_mb = reset_peak()
     t0 = time.process_time()
     run_train(config, "rw", plan)
     again = time.process_time() - t0
+    reload_peak = vm_hwm_mb(os.getpid())
     import pipeline.stages.study as study
 
     t0 = time.process_time()
     study.expected_fits(config, load_panel(out))
     expected = time.process_time() - t0
-    fits = summary.fits
     return {
-        "countries": n,
-        "fits": fits,
-        "fits_per_task": fits_per_task,
-        "train_cpu_s": first,
-        "train_wall_s": first_wall,
-        "driver_us_per_fit": 1e6 * first / fits,
+        **row,
         "reload_cpu_s": again,
-        "reload_us_per_fit": 1e6 * again / fits,
+        "reload_us_per_fit": 1e6 * again / summary.fits,
         "expected_fits_cpu_s": expected,
+        "reload_peak_mb": reload_peak,
+        "reload_start_mb": reload_base_mb,
     }
+
+
+def reset_peak() -> float:
+    """Reset this process's VmHWM to its current RSS (Linux: /proc/self/clear_refs "5");
+    returns that RSS in MiB, so the next VmHWM is the peak of what runs after."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return vm_hwm_mb(os.getpid()) or 0.0
 
 
 def report_rw(rows: list[dict[str, Any]]) -> str:
@@ -322,12 +348,15 @@ if __name__ == "__main__":
     parser.add_argument("--rw", nargs="+", type=int, default=None, help="rw study sizes N")
     parser.add_argument("--driver", type=int, default=None, help="rw study size N, in-process")
     parser.add_argument("--fits-per-task", type=int, default=None, help="with --driver")
+    parser.add_argument(
+        "--no-reload", action="store_true", help="with --driver: the first run_train only"
+    )
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     if args.driver:
-        row = run_driver(args.driver, base, args.fits_per_task)
+        row = run_driver(args.driver, base, args.fits_per_task, reload=not args.no_reload)
         print(json.dumps(row), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(row, indent=2))

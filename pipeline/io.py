@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,21 @@ def write_parquet(
     table = table.replace_schema_metadata(None)
     with atomic_path(path, keep_same) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+
+
+def write_parquet_tables(
+    path: str | os.PathLike[str], schema: Any, tables: Iterable[Any], keep_same: bool = False
+) -> None:
+    """write_parquet for a table given as consecutive Arrow tables of `schema` (each its own
+    row groups), so only one of them need exist at a time."""
+    import pyarrow.parquet as pq
+
+    with (
+        atomic_path(path, keep_same) as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer,
+    ):
+        for table in tables:
+            writer.write_table(table)
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:

@@ -101,6 +101,20 @@ FORECAST_DTYPES: dict[str, str] = {
 FORECAST_SORT: tuple[str, ...] = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 
 
+def forecast_arrow_schema() -> Any:
+    """FORECAST_COLUMNS with FORECAST_DTYPES as Arrow types: what pandas writes for them
+    (train writes its table from Arrow directly, with these exact types)."""
+    import pyarrow as pa
+
+    types = {
+        "datetime64[ns]": pa.timestamp("ns"),
+        "string": pa.large_string(),
+        "float64": pa.float64(),
+        "int64": pa.int64(),
+    }
+    return pa.schema([(c, types[FORECAST_DTYPES[c]]) for c in FORECAST_COLUMNS])
+
+
 def empty_forecast_frame() -> pd.DataFrame:
     """A zero-row forecast table with the exact schema."""
     return conform_forecasts(pd.DataFrame({c: [] for c in FORECAST_COLUMNS}))

@@ -50,10 +50,9 @@ def test_a_stacked_shard_is_the_shard_of_its_entries_and_damage_in_it_is_found(
     one, many = FitCache(tmp_path / "a", "m"), FitCache(tmp_path / "b", "m")
     stacked = one.write_stacked(keys, arrays, "t")
     many.write_shard({k: {n: v[i] for n, v in arrays.items()} for i, k in enumerate(keys)}, "t")
-    index = [
-        json.loads(p.read_text()) for p in (*one.shards.glob("*.json"), *many.shards.glob("*.json"))
-    ]
-    assert index[0] == index[1]
+    texts = [p.read_text() for p in (*one.shards.glob("*.json"), *many.shards.glob("*.json"))]
+    # the same bytes, those json.dumps(index, sort_keys=True) writes (the text is built directly)
+    assert texts[0] == texts[1] == json.dumps(json.loads(texts[0]), sort_keys=True) + "\n"
     entries = one.verify().entries
     assert sorted(entries) == keys
     np.testing.assert_array_equal(entries["k3"]["state_coef"], arrays["state_coef"][3])
@@ -169,3 +168,31 @@ def test_damaged_cache_and_store_heal_in_the_same_dir_and_in_a_dir_sharing_the_c
     assert shared.returncode == 0, shared.stderr
     assert healed[-1].name in shared.stderr and "will be refit" in shared.stderr
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b/forecasts/all.parquet"), want)
+
+
+def test_verify_keeps_what_is_asked_but_heals_a_shard_with_every_array(tmp_path: Path) -> None:
+    """train verifies with keep=("pred", "alpha"), so a whole shard's entries hold only those;
+    a shard with a damaged entry is rewritten from its good entries with all their arrays
+    (their fitted state too), and only the damaged one is refit."""
+    rng = np.random.default_rng(1)
+    keys = [f"k{i}" for i in range(4)]
+    arrays = {
+        "pred": rng.normal(size=(4, 1, 1, 3)),
+        "alpha": rng.normal(size=(4, 3)),
+        "state_coef": rng.normal(size=(4, 5)),
+    }
+    cache = FitCache(tmp_path, "m")
+    cache.write_stacked(keys, arrays, "whole")
+    report = cache.verify(keep=("pred", "alpha"))
+    assert sorted(report.entries) == keys and not report.damaged_shards
+    assert all(sorted(e) == ["alpha", "pred"] for e in report.entries.values())
+    (index_path,) = cache.shards.glob("*.json")
+    index = json.loads(index_path.read_text())
+    index["entries"][2]["sha256"] = "0" * 64  # entry k2 no longer matches its bytes
+    index_path.write_text(json.dumps(index, sort_keys=True) + "\n")
+    report = FitCache(tmp_path, "m").verify(keep=("pred",))
+    assert report.damaged_keys == ["k2"] and sorted(report.entries) == ["k0", "k1", "k3"]
+    assert all(sorted(e) == ["pred"] for e in report.entries.values())
+    healed = FitCache(tmp_path, "m").verify().entries
+    assert sorted(healed) == ["k0", "k1", "k3"]
+    np.testing.assert_array_equal(healed["k3"]["state_coef"], arrays["state_coef"][3])

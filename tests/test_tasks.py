@@ -12,7 +12,7 @@ import pytest
 from conftest import SMALL_STUDY, make_config
 
 from pipeline.models.plugins.registry import adapter_for, get_adapter
-from pipeline.runtime.execute.worker import run_task
+from pipeline.runtime.execute.worker import fit_states, run_task
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.fit_windows import country_grid, window_arrays
 from pipeline.runtime.fits.tasks import (
@@ -21,6 +21,7 @@ from pipeline.runtime.fits.tasks import (
     choose_fits_per_task,
     make_tasks,
     task_payload,
+    with_data,
 )
 from pipeline.schema import lag_column, lead_column, month_index
 
@@ -193,7 +194,7 @@ def test_run_task_isolates_a_failing_fit(
     assert out["pred"].shape == (len(out["keys"]), 1, 1, 3)
     # the worker writes nothing: results come back as plain arrays (the driver writes the cache)
     assert not any(tmp_path.iterdir())
-    assert len(out["states"]) == len(out["keys"])
+    assert len(fit_states(out)) == len(out["keys"])
     for key, pred in zip(out["keys"], out["pred"], strict=True):
         # the fake model's forecast is the empirical quantile of the window's targets
         i = list(g1.keys).index(key)
@@ -305,7 +306,9 @@ def test_a_slotted_fit_gives_the_same_bits_in_any_batch() -> None:
         sub["slots"] = [payload["slots"][i] for i in idx]
         out = run_task(sub)
         assert not out["failed"]
-        return {k: (p, s) for k, p, s in zip(out["keys"], out["pred"], out["states"], strict=True)}
+        return {
+            k: (p, s) for k, p, s in zip(out["keys"], out["pred"], fit_states(out), strict=True)
+        }
 
     full = run(np.arange(B))
     parts = [
@@ -353,7 +356,9 @@ def test_an_lqr_fit_gives_the_same_bits_in_any_batch(solver: str) -> None:
         sub["data"] = {k: v[idx] for k, v in payload["data"].items()}
         out = run_task(sub)
         assert not out["failed"]
-        return {k: (p, s) for k, p, s in zip(out["keys"], out["pred"], out["states"], strict=True)}
+        return {
+            k: (p, s) for k, p, s in zip(out["keys"], out["pred"], fit_states(out), strict=True)
+        }
 
     full = run(np.arange(B))
     parts = [np.arange(3, 17), np.array([5]), np.array([30]), np.sort(rng.choice(B, 11, False))]
@@ -409,3 +414,116 @@ def test_country_windows_built_per_task_equal_the_stacked_windows() -> None:
         for name, value in want.items():
             assert got[name].tobytes() == value.tobytes(), name
             assert g.fit_shapes()[name] == (value.shape[1:], value.dtype.str)
+
+
+def test_a_compact_payload_gives_the_worker_the_same_windows_and_results() -> None:
+    """A task sent to a worker carries the grid rows and months its windows read, not the
+    windows (runtime/fits/tasks.task_payload(compact=True)); the worker builds the same
+    arrays, bit for bit, whatever the fits (both countries, windows reaching before a
+    country's first month, the group's first and last origins), and returns the same forecasts
+    and fitted state, stacked."""
+    config = study()
+    rng = np.random.default_rng(3)
+    for g in build_groups(PANEL, config, get_adapter("ar_qr")):
+        picks = [
+            np.arange(len(g)),
+            np.array([0]),
+            np.array([len(g) - 1]),
+            np.sort(rng.choice(len(g), 9, replace=False)),
+        ]
+        for idx in picks:
+            kw = {"params": {"p": 1}, "quantiles": config.data.quantiles, "seed": 0}
+            full = task_payload(g, idx, **kw)
+            compact = task_payload(g, idx, **kw, compact=True)
+            assert "data" not in compact
+            assert compact["windows"]["grid"].nbytes < max(full["data"]["X"].nbytes, 4096)
+            built = with_data(compact)["data"]
+            for name, value in full["data"].items():
+                assert built[name].tobytes() == value.tobytes(), name
+                assert built[name].shape == value.shape, name
+        a, b = (
+            run_task(task_payload(g, picks[0], **kw)),
+            run_task(task_payload(g, picks[0], **kw, compact=True)),
+        )
+        assert a["keys"] == b["keys"] and a["pred"].tobytes() == b["pred"].tobytes()
+        assert sorted(b["state"]) == sorted(a["state"]) and "states" not in b
+        for name, value in a["state"].items():
+            assert b["state"][name].tobytes() == value.tobytes(), name
+        assert [sorted(s) for s in fit_states(b)] == [sorted(b["state"])] * len(b["keys"])
+
+
+def _forecast_frame_reference(groups, pred, alpha, have, config, model, panel) -> pd.DataFrame:
+    """The forecast table the plain pandas way (rows of Python strings, reindexed actuals,
+    then conform_forecasts' cast and sort): the oracle for forecast_rows."""
+    from pipeline.runtime.fits.fit_groups import expand
+    from pipeline.schema import conform_forecasts, month_start
+
+    qs = np.asarray(config.data.quantiles)
+    rows = []
+    for gi, g in enumerate(groups):
+        fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], len(qs))
+        origin = g.origin[fi]
+        horizon = np.asarray(g.horizons)[hi]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "COUNTRY": g.countries[fi, cj].astype(str),
+                    "HORIZON": horizon,
+                    "QUANTILE": qs[qi],
+                    "FORECAST": pred[gi][fi, cj, hi, qi],
+                    "ALPHA": alpha[gi][fi, qi],
+                    "WINDOW_END": month_start(origin),
+                    "WINDOW_START": month_start(origin - config.rolling_window.size + 1),
+                    "TIME": month_start(origin + horizon),
+                }
+            )
+        )
+    frame = pd.concat(rows, ignore_index=True)
+    frame["TARGET"], frame["MODEL"] = config.data.target, model
+    actual = panel.set_index(["COUNTRY", "TIME"])["y_raw"]
+    index = pd.MultiIndex.from_arrays([frame["COUNTRY"], frame["TIME"]])
+    frame["ACTUAL"] = actual.reindex(index).to_numpy()
+    return conform_forecasts(frame)
+
+
+@pytest.mark.parametrize("model", ["ar_qr", "ensemble_nn"])
+def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
+    tmp_path: Path, model: str
+) -> None:
+    """train writes its forecast table from Arrow chunks built already sorted (integer codes,
+    no Python string per row); the file holds the same rows, types and order as the table
+    built with pandas, byte for byte, for per-country and pooled fits (masked rows), fits
+    not known, NaN forecasts, and chunks smaller than a group."""
+    import pyarrow as pa
+
+    from pipeline.io import write_parquet, write_parquet_tables
+    from pipeline.runtime.fits.forecast_rows import forecast_chunks
+    from pipeline.schema import forecast_arrow_schema
+
+    d = copy.deepcopy(SMALL_STUDY)
+    d["models"].setdefault(model, {})["enabled"] = True
+    config = make_config(d)
+    groups = build_groups(PANEL, config, adapter_for(config, model))
+    rng = np.random.default_rng(7)
+    Q = len(config.data.quantiles)
+    pred = [rng.normal(size=(len(g), g.rows.shape[1], len(g.horizons), Q)) for g in groups]
+    alpha = [rng.normal(size=(len(g), Q)) for g in groups]
+    have = [rng.random(len(g)) < 0.8 for g in groups]
+    pred[0][0, 0, 0, 0] = np.nan
+    # actuals come from the panel: one without BB's last year leaves some rows without
+    panel = PANEL[~((PANEL["COUNTRY"] == "BB") & (PANEL["TIME"] >= "2019-01-01"))]
+    args = (groups, pred, alpha, have, config, model, panel)
+    want = _forecast_frame_reference(*args)
+    assert len(want) > 50 and want["ACTUAL"].notna().any() and want["ACTUAL"].isna().any()
+    chunks = list(forecast_chunks(*args, chunk=37))
+    assert len(chunks) == -(-len(want) // 37)
+    got = pa.concat_tables(chunks).to_pandas()
+    pd.testing.assert_frame_equal(got.astype(want.dtypes.to_dict()), want)
+    write_parquet(tmp_path / "pandas.parquet", want)
+    one = forecast_chunks(*args, chunk=len(want))
+    write_parquet_tables(tmp_path / "arrow.parquet", forecast_arrow_schema(), one)
+    assert (tmp_path / "arrow.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
+    # nothing known: one empty table with the schema
+    nothing = [h & False for h in have]
+    (empty,) = forecast_chunks(groups, pred, alpha, nothing, config, model, panel)
+    assert empty.num_rows == 0 and empty.schema == forecast_arrow_schema()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import StudyConfig
-from pipeline.io import write_parquet
+from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.train_loop import RunState
 from pipeline.runtime.fits.fit_groups import FitGroup
@@ -35,6 +35,7 @@ from pipeline.runtime.sizing.plan import Plan, resolve_plan
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.ui.logs import RunLog, new_run_id
+from pipeline.schema import forecast_arrow_schema
 
 if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
@@ -139,9 +140,13 @@ def run_train(
         except BaseException:
             _finish(store, run_id, out, "failed", state)
             raise
-        frame = state.forecast_frame(panel)
         # an unchanged table keeps its file and mtime: assemble, which reads it, stays skipped
-        write_parquet(train_path(config, model), frame, keep_same=True)
+        write_parquet_tables(
+            train_path(config, model),
+            forecast_arrow_schema(),
+            state.forecast_chunks(panel),
+            keep_same=True,
+        )
         _finish(store, run_id, out, status, state)
         seconds = time.perf_counter() - t0
         log.info(

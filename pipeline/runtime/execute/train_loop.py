@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import cached_property
@@ -17,7 +18,8 @@ from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.execute.worker import run_task
-from pipeline.runtime.fits.fit_groups import FitGroup, forecast_table
+from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.sizing.plan import Plan, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
@@ -189,6 +191,7 @@ class RunState:
                         quantiles=self.config.data.quantiles,
                         seed=self.config.seed,
                         extra=adapter.payload,
+                        compact=True,
                     )
                     tasks[task.task_id] = task
                     stream.submit(task.task_id, payload)
@@ -248,13 +251,13 @@ class RunState:
             "rows": np.asarray(g.rows[idx], dtype=bool),
         }
         label = f"{self.run_id}-{task.task_id}"
-        states = _stacked_states(result["states"])
+        states = result["state"] if "state" in result else _stacked_states(result["states"])
         if states is not None:
             self.cache.write_stacked(list(result["keys"]), {**arrays, **states}, label)
         else:  # ragged fitted states: one entry each
             entries: dict[str, Entry] = {
-                key: {**{n: v[j] for n, v in arrays.items()}, **result["states"][j]}
-                for j, key in enumerate(result["keys"])
+                key: {**{n: v[j] for n, v in arrays.items()}, **state}
+                for j, (key, state) in enumerate(zip(result["keys"], result["states"], strict=True))
             }
             self.cache.write_shard(entries, label)
         if idx.size:
@@ -350,9 +353,10 @@ class RunState:
 
     # --- output -----------------------------------------------------------------------------
 
-    def forecast_frame(self, panel: pd.DataFrame) -> pd.DataFrame:
-        """The forecast table of every fit known (schema order, deterministic sort)."""
-        return forecast_table(
+    def forecast_chunks(self, panel: pd.DataFrame) -> Iterator[Any]:
+        """The forecast table of every fit known (schema order, deterministic sort), as Arrow
+        tables of at most a million rows (runtime/fits/forecast_rows.py)."""
+        return forecast_chunks(
             self.groups, self.pred, self.alpha, self.have, self.config, self.model, panel
         )
 
@@ -385,11 +389,15 @@ def _task_stream(handle: Any, timeout_s: float | None) -> Any:
 def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     """The part of a task's result about `keys` (the rest of its block is known already)."""
     pick = [j for j, k in enumerate(result["keys"]) if k in keys]
-    return {
+    part = {
         **result,
         "keys": [result["keys"][j] for j in pick],
         "pred": result["pred"][pick],
         "alpha": result["alpha"][pick],
-        "states": [result["states"][j] for j in pick],
         "failed": [f for f in result["failed"] if f["key"] in keys],
     }
+    if "state" in result:
+        part["state"] = {n: v[pick] for n, v in result["state"].items()}
+    else:
+        part["states"] = [result["states"][j] for j in pick]
+    return part

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.models.plugins.registry import task_adapter
 from pipeline.models.plugins.spec import Adapter
+from pipeline.runtime.fits.tasks import with_data
 from pipeline.runtime.sizing.resources import own_peak_mb
 
 log = logging.getLogger("pipeline.worker")
@@ -30,10 +31,13 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     driver writes the cache, so a worker needs no view of the driver's disk).
 
     Returns keys (fits that succeeded, in payload order), pred (k, C, H, Q), alpha (k, Q) (NaN
-    when the model has none), states (k dicts of `state_*` arrays), failed [{key, error_type, message, traceback}], started,
-    finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
+    when the model has none), the fitted state as `state` ({"state_<name>": (k, ...)}) or, when
+    it does not stack, `states` (k dicts of `state_*` arrays; see fit_states), failed [{key,
+    error_type, message, traceback}], started, finished (unix seconds), seconds, peak_mb (the
+    process's peak RSS) and worker.
     """
     started, t0 = time.time(), time.perf_counter()
+    payload = with_data(payload)  # a compact payload's windows, built here
     adapter = task_adapter(payload)
     n = len(payload["keys"])
     done: list[tuple[np.ndarray, dict[str, Any]]] = []
@@ -45,7 +49,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         len(payload["quantiles"]),
     )
     # per batch of `done`, arrays at once (a per-fit loop with a key search cost O(n^2))
-    where, preds, alphas, states = [], [], [], []
+    where, preds, alphas = [], [], []
+    parts: list[dict[str, np.ndarray] | list[dict[str, np.ndarray]]] = []  # state per batch
     for idx, out in done:
         ok = np.nonzero(np.asarray(out["ok"], dtype=bool))[0]
         where.append(np.asarray(idx)[ok])
@@ -55,27 +60,74 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         )
         # state: stacked arrays (B, ...) or, for ragged models, one dict per fit ("states")
         if "states" in out:
-            states.extend(
-                {f"state_{k}": np.asarray(v) for k, v in out["states"][j].items()} for j in ok
+            parts.append(
+                [{f"state_{k}": np.asarray(v) for k, v in out["states"][j].items()} for j in ok]
             )
         else:
-            stacked = {f"state_{k}": np.asarray(v) for k, v in out.get("state", {}).items()}
-            states.extend({k: v[j] for k, v in stacked.items()} for j in ok)
+            parts.append({f"state_{k}": np.asarray(v)[ok] for k, v in out.get("state", {}).items()})
     position = np.concatenate(where) if where else np.empty(0, dtype=np.int64)
     order = np.argsort(position, kind="stable")  # payload order
     keys = [payload["keys"][i] for i in position[order].tolist()]
-    return {
+    result: dict[str, Any] = {
         "keys": keys,
         "pred": np.concatenate(preds)[order] if keys else np.empty((0, C, H, Q)),
         "alpha": np.concatenate(alphas)[order] if keys else np.empty((0, Q)),
-        "states": [states[i] for i in order.tolist()],
         "failed": failed,
-        "started": started,
-        "finished": time.time(),
-        "seconds": time.perf_counter() - t0,
-        "peak_mb": own_peak_mb(),
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
+    # the state goes back stacked when it stacks: one array per name pickles in microseconds,
+    # thousands of per-fit dicts of small arrays cost the driver ~10 us per fit to unpickle
+    state = _stack_parts(parts)
+    if state is not None:
+        result["state"] = {k: v[order] for k, v in state.items()}
+    else:
+        sizes = [w.size for w in where]
+        per_fit = [s for part, n in zip(parts, sizes, strict=True) for s in _per_fit(part, n)]
+        result["states"] = [per_fit[i] for i in order.tolist()]
+    result.update(
+        started=started,
+        finished=time.time(),
+        seconds=time.perf_counter() - t0,
+        peak_mb=own_peak_mb(),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    return result
+
+
+def fit_states(result: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """One dict of `state_*` arrays per fit of a `run_task` result, in the order of its keys."""
+    if "states" in result:
+        return list(result["states"])
+    return _per_fit(result["state"], len(result["keys"]))
+
+
+def _per_fit(
+    part: dict[str, np.ndarray] | list[dict[str, np.ndarray]], n: int
+) -> list[dict[str, np.ndarray]]:
+    if isinstance(part, list):
+        return part
+    return [{k: v[j] for k, v in part.items()} for j in range(n)]
+
+
+def _stack_parts(
+    parts: list[dict[str, np.ndarray] | list[dict[str, np.ndarray]]],
+) -> dict[str, np.ndarray] | None:
+    """The batches' stacked states as one array per name; None when a batch is ragged or the
+    batches differ in names, dtypes or per-fit shapes."""
+    if any(isinstance(p, list) for p in parts):
+        return None
+    stacked = [p for p in parts if isinstance(p, dict)]
+    if not stacked:
+        return {}
+    names = set(stacked[0])
+    if any(set(p) != names for p in stacked):
+        return None
+    out = {}
+    for name in sorted(names):
+        arrays = [p[name] for p in stacked]
+        if len({(a.dtype.str, a.shape[1:]) for a in arrays}) != 1:
+            return None
+        out[name] = np.concatenate(arrays)
+    return out
 
 
 def _subset(payload: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:

@@ -5,7 +5,8 @@ A *fit* is (model, country, horizon, origin) for every quantile at once; a panel
 one head), recorded with country "*". This module turns a prepared panel into stacked per-fit
 arrays, one `FitGroup` per (model, horizon) (one for a panel model) so that every fit of a group
 has the same shape and a task (pipeline.runtime.fits.tasks) can hand a slice of the group to one
-batched solver call; `forecast_table` turns the groups' predictions back into forecast rows.
+batched solver call; `forecast_rows.forecast_chunks` turns the groups' predictions back into
+forecast rows.
 
 Content key of a fit = hash of the model name, its code version, its parameters, the
 quantiles, the horizon, the origin, the country, the seed and the fingerprint of exactly
@@ -26,7 +27,7 @@ import pandas as pd
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
-from pipeline.schema import COUNTRY, TIME, month_index, month_start
+from pipeline.schema import month_index, month_start
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
 COUNTRY_CHUNK = 8  # countries whose windows are built at once when grouping per-country fits
@@ -333,48 +334,3 @@ def origin_labels(origin: np.ndarray) -> np.ndarray:
     months, inverse = np.unique(np.asarray(origin, dtype=np.int64), return_inverse=True)
     labels = np.asarray(month_start(months).strftime("%Y-%m-%d"), dtype=object)
     return labels[inverse.reshape(-1)] if months.size else np.array([], dtype=object)
-
-
-def forecast_table(
-    groups: Sequence[FitGroup],
-    pred: Sequence[np.ndarray],
-    alpha: Sequence[np.ndarray],
-    have: Sequence[np.ndarray],
-    config: Any,
-    model: str,
-    panel: pd.DataFrame,
-) -> pd.DataFrame:
-    """Forecast table (pipeline.schema) of the fits marked in `have` (per group, (F,) bool),
-    with per group `pred` (F, C, H, Q) and `alpha` (F, Q).
-
-    ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
-    """
-    from pipeline.schema import Y_RAW, conform_forecasts
-
-    qs = np.asarray(config.data.quantiles, dtype=np.float64)
-    Q = len(qs)
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("COUNTRY", "HORIZON", "ORIGIN", "QUANTILE", "FORECAST", "ALPHA")
-    }
-    for gi, g in enumerate(groups):
-        fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], Q)
-        parts["COUNTRY"].append(g.countries[fi, cj].astype(str))
-        parts["HORIZON"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
-        parts["ORIGIN"].append(g.origin[fi].astype(np.int64))
-        parts["QUANTILE"].append(qs[qi])
-        parts["FORECAST"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
-        parts["ALPHA"].append(alpha[gi][fi, qi].astype(np.float64))
-    cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in parts.items()}
-    origin = cols.pop("ORIGIN").astype(np.int64)
-    frame = pd.DataFrame(cols)
-    frame["WINDOW_END"] = month_start(origin)
-    frame["WINDOW_START"] = month_start(origin - config.rolling_window.size + 1)
-    frame["TIME"] = month_start(origin + frame["HORIZON"].to_numpy(dtype=np.int64))
-    frame["TARGET"] = config.data.target
-    frame["MODEL"] = model
-    actual = panel.set_index([COUNTRY, TIME])[Y_RAW]
-    idx = pd.MultiIndex.from_arrays([frame["COUNTRY"].astype(str), frame["TIME"]])
-    frame["ACTUAL"] = (
-        actual.reindex(idx).to_numpy() if len(frame) else np.array([], dtype=np.float64)
-    )
-    return conform_forecasts(frame)

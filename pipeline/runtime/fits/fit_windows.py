@@ -56,6 +56,41 @@ class CountryWindows:
             "X_new": np.ascontiguousarray(X_new[:, None, :]),
         }
 
+    def part(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """The fits `index` with only the grid rows and months they read, as plain arrays:
+        `CountryWindows.from_part(part).take(np.arange(len(index)))` equals `take(index)`.
+
+        A task's windows overlap (monthly origins share all but one row), so this is ~100x
+        smaller than the windows themselves: what a worker is sent instead of them."""
+        index = np.asarray(index, dtype=np.int64)
+        ci, org = self.country[index], self.origin[index]
+        rows, inverse = np.unique(ci, return_inverse=True)
+        months = self.grid.shape[1]
+        # every month a window reads, clipped to the grid (months outside it read NaN anyway)
+        lo = int(np.clip(org.min() - self.size + 1 - self.m0, 0, months)) if index.size else 0
+        hi = int(np.clip(org.max() - self.m0 + 1, lo, months)) if index.size else 0
+        return {
+            "grid": np.ascontiguousarray(self.grid[rows, lo:hi]),
+            "m0": np.int64(self.m0 + lo),
+            "size": np.int64(self.size),
+            "horizons": np.asarray(self.horizons, dtype=np.int64),
+            "n_features": np.int64(self.n_features),
+            "country": inverse.reshape(-1).astype(np.int64),
+            "origin": org.astype(np.int64),
+        }
+
+    @classmethod
+    def from_part(cls, part: dict[str, np.ndarray]) -> CountryWindows:
+        return cls(
+            np.asarray(part["grid"]),
+            int(part["m0"]),
+            int(part["size"]),
+            tuple(int(h) for h in part["horizons"]),
+            int(part["n_features"]),
+            np.asarray(part["country"], dtype=np.int64),
+            np.asarray(part["origin"], dtype=np.int64),
+        )
+
     def fit_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         n, p, f8 = self.size - min(self.horizons), self.n_features, np.dtype(np.float64).str
         return {"X": ((n, p), f8), "y": ((n,), f8), "w": ((n,), f8), "X_new": ((1, p), f8)}

@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.fit_windows import CountryWindows
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,17 @@ def task_payload(
     quantiles: Sequence[float],
     seed: int,
     extra: Mapping[str, Any] | None = None,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """Plain data a worker needs for one task (arrays sliced to the task's fits).
 
     `extra`: the adapter's own payload entries (a user model's import path and contract).
+    `compact`: per-country fits send, instead of `data`, `windows`: the grid rows and months
+    their windows read (CountryWindows.part), from which `with_data` builds the same `data`
+    on the worker; a task's windows overlap, so this is about 100x smaller on the wire.
     """
-    return {
+    windows = group.data if compact and isinstance(group.data, CountryWindows) else None
+    payload = {
         **dict(extra or {}),
         "model": group.model,
         "horizon": int(group.horizon),
@@ -111,13 +117,25 @@ def task_payload(
         "countries": group.countries[index].astype(str),
         "rows": group.rows[index],
         "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)
-        "data": group.take(index),
+        **({"data": group.take(index)} if windows is None else {"windows": windows.part(index)}),
         # each fit's batch slot (see FitGroup.slot); a plain list, so the payload stays JSON + arrays
         "slots": None if group.slot is None else [int(s) for s in group.slot[index]],
         # fits trained in fixed blocks (ensemble_nn): a failing batch is not bisected, since a
         # fit trained in half its block would not give its key's bits
         "blocked": group.block is not None,
     }
+    return payload
+
+
+def with_data(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with `data` built from a compact payload's `windows` (see task_payload);
+    a payload that has `data` is returned as it is."""
+    if "windows" not in payload:
+        return payload
+    out = {k: v for k, v in payload.items() if k != "windows"}
+    windows = CountryWindows.from_part(payload["windows"])
+    out["data"] = windows.take(np.arange(windows.country.size))
+    return out
 
 
 def choose_fits_per_task(

@@ -130,18 +130,21 @@ class FitCache:
             for n in own:
                 members[f"{i}/{n}"] = np.asarray(entries[k][n])
             index_entries.append({"key": k, "own": own, "sha256": entry_checksum(entries[k])})
-        return self._write_files(label, members, stacked, index_entries)
+        return self._write_files(label, members, stacked, json.dumps(index_entries, sort_keys=True))
 
     def _write_files(
-        self, label: str, members: dict[str, np.ndarray], stacked: list[str], entries: list[dict]
+        self, label: str, members: dict[str, np.ndarray], stacked: list[str], entries: str
     ) -> Path:
-        """The shard's arrays, then its index (the index last: see remove_orphans)."""
+        """The shard's arrays, then its index (the index last: see remove_orphans).
+
+        `entries`: the index's entry list as JSON text; the index is what
+        json.dumps({"format", "stacked", "entries"}, sort_keys=True) writes."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         npz = self.shards / f"{name}.npz"
         with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **members)
-        index = {"format": FORMAT, "stacked": stacked, "entries": entries}
-        write_text(self.shards / f"{name}.json", json.dumps(index, sort_keys=True) + "\n")
+        head = f'{{"entries": {entries}, "format": {json.dumps(FORMAT)}, "stacked": '
+        write_text(self.shards / f"{name}.json", f"{head}{json.dumps(stacked)}}}\n")
         return npz
 
     def write_stacked(
@@ -159,10 +162,13 @@ class FitCache:
             if members[name].shape[0] != n:
                 raise ValueError(f"{name}: {members[name].shape[0]} entries for {n} keys")
         sums = stacked_checksums(members, names, n)
-        index_entries = [
-            {"key": k, "own": [], "sha256": h} for k, h in zip(keys, sums, strict=True)
-        ]
-        return self._write_files(label, members, names, index_entries)
+        # the entries' JSON as json.dumps writes it, without a dict per entry
+        quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+        entries = ", ".join(
+            f'{{"key": {quote(k)}, "own": [], "sha256": "{h}"}}'
+            for k, h in zip(keys, sums, strict=True)
+        )
+        return self._write_files(label, members, names, f"[{entries}]")
 
     # --- read and verify ----------------------------------------------------------------
 
@@ -181,20 +187,28 @@ class FitCache:
             keys = [] if index is None else [e["key"] for e in index["entries"]]
             if want is not None and index is not None and not want.intersection(keys):
                 continue
-            good, bad = ({}, []) if index is None else self._load_shard(name, index)
+            good, bad = ({}, []) if index is None else self._load_shard(name, index, keep)
             if index is None or bad:
                 report.damaged_shards.append(name)
                 report.damaged_keys.extend(k for k in bad if want is None or k in want)
                 self._quarantine(name, good, unreadable_index=index is None)
+            kept = None if keep is None else set(keep)
             for k, arrays in good.items():
                 if (want is None or k in want) and k not in report.entries:
                     report.entries[k] = (
-                        arrays if keep is None else {n: arrays[n] for n in keep if n in arrays}
+                        arrays
+                        if kept is None or arrays.keys() <= kept
+                        else {n: arrays[n] for n in keep or () if n in arrays}
                     )
         report.damaged_keys = sorted(set(report.damaged_keys) - set(report.entries))
         return report
 
-    def _load_shard(self, name: str, index: dict) -> tuple[dict[str, Entry], list[str]]:
+    def _load_shard(
+        self, name: str, index: dict, keep: tuple[str, ...] | None = None
+    ) -> tuple[dict[str, Entry], list[str]]:
+        """(good entries by key, damaged keys). `keep`: the arrays a good entry needs hold,
+        when every entry of the shard is good (a damaged shard's good entries are rewritten
+        whole into a new shard)."""
         good: dict[str, Entry] = {}
         bad: list[str] = []
         path = self.shards / f"{name}.npz"
@@ -214,9 +228,13 @@ class FitCache:
                     and all(n in stacked and len(stacked[n]) == len(entries) for n in names)
                 ):  # every array stacked: the checksums in bulk
                     sums = stacked_checksums(stacked, names, len(entries))
-                    for i, (entry, digest) in enumerate(zip(entries, sums, strict=True)):
-                        if digest == entry["sha256"]:
-                            good[entry["key"]] = {n: stacked[n][i] for n in names}
+                    fine = [d == e["sha256"] for d, e in zip(sums, entries, strict=True)]
+                    held = (
+                        names if keep is None or not all(fine) else [n for n in names if n in keep]
+                    )
+                    for i, (entry, ok) in enumerate(zip(entries, fine, strict=True)):
+                        if ok:
+                            good[entry["key"]] = {n: stacked[n][i] for n in held}
                         else:
                             bad.append(entry["key"])
                     return good, bad

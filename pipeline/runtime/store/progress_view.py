@@ -30,7 +30,7 @@ ROW_COLUMNS = (
 )  # fmt: skip
 FLOAT_COLUMNS = ("quantile", "started", "finished", "seconds", "peak_mb", "forecast", "alpha")
 INT_COLUMNS = ("horizon", "attempts")
-CHUNK_ROWS = 1 << 18
+CHUNK_ROWS = 1 << 16
 
 
 # --- views --------------------------------------------------------------------------------------
@@ -54,7 +54,9 @@ def rows_frame(
 ) -> pd.DataFrame:
     """The per (model, country, quantile, horizon, origin) table (ROW_COLUMNS), sorted by
     model, country, horizon, quantile, origin. `tasks`/`errors`: those tables, indexed by id."""
-    return pd.concat(list(row_chunks(states, tasks, errors)), ignore_index=True)
+    import pyarrow as pa
+
+    return pa.concat_tables(list(row_chunks(states, tasks, errors))).to_pandas()
 
 
 def row_chunks(
@@ -62,66 +64,80 @@ def row_chunks(
     tasks: pd.DataFrame,
     errors: pd.DataFrame,
     chunk: int = CHUNK_ROWS,
-) -> Iterator[pd.DataFrame]:
-    """rows_frame in consecutive pieces of at most `chunk` rows: the sort runs on integer
-    arrays, and only one piece's strings exist at a time."""
+) -> Iterator[Any]:
+    """rows_frame in consecutive Arrow tables of at most `chunk` rows: the sort runs on integer
+    arrays, and a string column is a take from its few distinct values (no Python object per
+    row)."""
     states = [s for s in states if len(s)]
     if not states:
         yield _empty()
         return
     models = sorted({s.model for s in states})
     names = np.array(sorted({str(n) for s in states for n in s.names}), dtype=object)
-    index, sort = [], []
-    for gi, s in enumerate(states):
+    quantiles = np.unique(np.concatenate([np.asarray(s.quantiles, np.float64) for s in states]))
+    horizons = np.unique(np.concatenate([np.asarray(s.horizons, np.int64) for s in states]))
+    origins = np.unique(np.concatenate([np.asarray(s.origin, np.int64) for s in states]))
+    # one int64 sort key per row (model, country, horizon, quantile, origin: each its rank),
+    # groups one after another: a row is then its position, and the sort holds two int64 per
+    # row instead of five columns and their (group, row) index
+    sizes = [len(models), len(names), horizons.size, quantiles.size, origins.size]
+    if float(np.prod([max(n, 1) for n in sizes], dtype=np.float64)) >= 2.0**62:
+        raise ValueError(f"too many distinct (model, country, horizon, quantile, origin): {sizes}")
+    keys = []
+    for s in states:
         fi, cj, hi, qi = _expand(s)
         rank = np.searchsorted(names, s.names.astype(str).astype(object))
-        index.append((np.full(fi.size, gi, np.int32), np.arange(fi.size, dtype=np.int64)))
-        sort.append(
-            (
-                s.origin[fi],
-                np.asarray(s.quantiles)[qi],
-                np.asarray(s.horizons)[hi],
-                rank[s.country[fi, cj]],
-                np.full(fi.size, models.index(s.model)),
-            )
-        )
-    order = np.lexsort([np.concatenate(k) for k in zip(*sort, strict=True)])
-    del sort
-    group = np.concatenate([g for g, _ in index])[order]
-    row = np.concatenate([i for _, i in index])[order]
-    del index, order
-    for start in range(0, group.size, chunk):
-        g, r = group[start : start + chunk], row[start : start + chunk]
-        frames, where = [], []
+        key = np.full(fi.size, models.index(s.model), dtype=np.int64)
+        for values, n in (
+            (rank[s.country[fi, cj]], names.size),
+            (np.searchsorted(horizons, np.asarray(s.horizons, np.int64))[hi], horizons.size),
+            (np.searchsorted(quantiles, np.asarray(s.quantiles, np.float64))[qi], quantiles.size),
+            (np.searchsorted(origins, s.origin)[fi], origins.size),
+        ):
+            key *= n
+            key += values
+        keys.append(key)
+        del fi, cj, hi, qi
+    offsets = np.cumsum([0, *(k.size for k in keys)])
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    del keys
+    import pyarrow as pa
+
+    for start in range(0, order.size, chunk):
+        at = order[start : start + chunk]
+        g = np.searchsorted(offsets, at, side="right") - 1
+        r = at - offsets[g]
+        tables, where = [], []
         for gi in np.unique(g).tolist():
             sel = np.nonzero(g == gi)[0]
-            frames.append(_rows(states[gi], r[sel], tasks, errors))
+            tables.append(_rows(states[gi], r[sel], tasks, errors))
             where.append(sel)
-        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        yield frame.iloc[np.argsort(np.concatenate(where))].reset_index(drop=True)
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        yield table.take(np.argsort(np.concatenate(where)))
 
 
-def write_rows(path: Path, chunks: Iterator[pd.DataFrame]) -> None:
-    """The per-row table as parquet (atomic), one row group per chunk: the export."""
+def row_schema() -> Any:
+    """The export's Arrow schema: ROW_COLUMNS, floats, ints, the rest strings."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     types = {
         **dict.fromkeys(FLOAT_COLUMNS, pa.float64()),
         **dict.fromkeys(INT_COLUMNS, pa.int64()),
     }
-    schema = pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    return pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
+
+
+def write_rows(path: Path, chunks: Iterator[Any]) -> None:
+    """The per-row table as parquet (atomic), one row group per chunk: the export."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, row_schema(), compression="zstd") as out:
         for chunk in chunks:
-            table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
-            writer.write_table(table.replace_schema_metadata(None))
+            out.write_table(chunk)
 
 
-def _empty() -> pd.DataFrame:
-    def dtype(c: str) -> str:
-        return "float64" if c in FLOAT_COLUMNS else "int64" if c in INT_COLUMNS else "object"
-
-    return pd.DataFrame({c: pd.Series(dtype=dtype(c)) for c in ROW_COLUMNS})
+def _empty() -> Any:
+    return row_schema().empty_table()
 
 
 def _expand(s: GroupState) -> tuple[np.ndarray, ...]:
@@ -130,10 +146,18 @@ def _expand(s: GroupState) -> tuple[np.ndarray, ...]:
     return expand_rows(s.rows, np.arange(F), H, Q)
 
 
-def _rows(
-    s: GroupState, rows: np.ndarray, tasks: pd.DataFrame, errors: pd.DataFrame
-) -> pd.DataFrame:
-    """The rows `rows` (positions in _expand's order) of one group."""
+def _coded(values: Any, codes: np.ndarray, valid: np.ndarray | None = None) -> Any:
+    """A string column: `values` (a few distinct strings) at `codes`, null where not `valid`."""
+    import pyarrow as pa
+
+    at = pa.array(codes, mask=None if valid is None else ~valid, type=pa.int64())
+    return pa.array(values, type=pa.string()).take(at)
+
+
+def _rows(s: GroupState, rows: np.ndarray, tasks: pd.DataFrame, errors: pd.DataFrame) -> Any:
+    """The rows `rows` (positions in _expand's order) of one group, as an Arrow table."""
+    import pyarrow as pa
+
     from pipeline.runtime.fits.fit_groups import origin_labels
 
     _, _, H, Q = s.shape()
@@ -143,6 +167,7 @@ def _rows(
     fi, cj = fr[pair], cr[pair]
     hi, qi = np.divmod(hq, Q)
     fits, inverse = np.unique(fi, return_inverse=True)
+    months, month = np.unique(s.origin[fi], return_inverse=True)
     task = _lookup(tasks, s.task[fi], ("worker", "started", "finished", "seconds", "peak_mb"))
     error = _lookup(errors, s.error[fi], ("error_type", "message"))
     if s.forecast is not None:
@@ -150,42 +175,46 @@ def _rows(
         alpha = s.alpha[fi, qi]  # type: ignore[index]
     else:
         forecast = alpha = np.full(fi.size, np.nan)
-    runs = np.array([*s.runs, None], dtype=object)
-    return pd.DataFrame(
-        {
-            "model": np.full(fi.size, s.model, dtype=object),
-            "country": s.names[s.country[fi, cj]],
-            "quantile": np.asarray(s.quantiles, dtype=np.float64)[qi],
-            "horizon": np.asarray(s.horizons, dtype=np.int64)[hi],
-            "origin": origin_labels(s.origin[fi]),
-            "key": hex_keys(s.keys[fits])[inverse],
-            "status": np.array(STATUSES, dtype=object)[s.status[fi]],
-            "attempts": s.attempts[fi].astype(np.int64),
-            "error_type": error["error_type"],
-            "error_message": error["message"],
-            **task,
-            "forecast": forecast.astype(np.float64),
-            "alpha": alpha.astype(np.float64),
-            "run_id": runs[s.run[fi]],
-        }
-    )
+    run = s.run[fi].astype(np.int64)
+    columns = {
+        "model": _coded([s.model], np.zeros(fi.size, np.int64)),
+        "country": _coded(s.names.astype(str), s.country[fi, cj].astype(np.int64)),
+        "quantile": np.asarray(s.quantiles, dtype=np.float64)[qi],
+        "horizon": np.asarray(s.horizons, dtype=np.int64)[hi],
+        "origin": _coded(origin_labels(months), month.reshape(-1)),
+        "key": _coded(hex_keys(s.keys[fits]), inverse.reshape(-1)),
+        "status": _coded(list(STATUSES), s.status[fi].astype(np.int64)),
+        "attempts": s.attempts[fi].astype(np.int64),
+        "error_type": error["error_type"],
+        "error_message": error["message"],
+        **task,
+        "forecast": forecast.astype(np.float64),
+        "alpha": alpha.astype(np.float64),
+        "run_id": _coded(list(s.runs) or [""], run, run < len(s.runs)),
+    }
+    for c in FLOAT_COLUMNS:  # NaN is null, as pandas writes it
+        columns[c] = pa.array(columns[c], type=pa.float64(), from_pandas=True)
+    return pa.table(columns, schema=row_schema())
 
 
 def _lookup(table: pd.DataFrame, ids: np.ndarray, columns: Sequence[str]) -> dict[str, Any]:
-    """Columns of `table` (indexed by id) at `ids` (0: none -> None/NaN)."""
+    """Columns of `table` (indexed by id) at `ids` (0: none -> null/NaN): floats as numpy,
+    strings as Arrow arrays."""
     known = table.reindex(np.unique(ids[ids > 0]))
     pos = np.searchsorted(known.index.to_numpy(), ids)
     hit = ids > 0
     out: dict[str, Any] = {}
     for c in columns:
         col = known[c].to_numpy() if c in known else np.array([])
-        if col.dtype.kind == "f":
+        if c in FLOAT_COLUMNS:
+            col = col.astype(np.float64)  # a column of NULLs reads as objects
             values = np.full(ids.size, np.nan)
-        else:
-            values = np.full(ids.size, None, dtype=object)
-        if hit.any():
-            values[hit] = col[pos[hit]]
-        out[c] = values
+            if hit.any():
+                values[hit] = col[pos[hit]]
+            out[c] = values
+        else:  # ids without a row (or a NULL cell) read null
+            strings = [None if v is None or v != v else str(v) for v in col] or [""]
+            out[c] = _coded(strings, np.where(hit, pos, 0).astype(np.int64), hit)
     return out
 
 

@@ -1,0 +1,132 @@
+"""A model's forecast table (pipeline.schema) from its fit groups' predictions, built already
+sorted and as Arrow tables of at most `chunk` rows (pure: numpy, pandas, pyarrow).
+
+At a million fits the table has millions of rows. Built as a pandas frame of Python strings,
+then copied, cast and sorted (schema.conform_forecasts), it held about a gigabyte at the end of
+train. Here the sort runs on integer codes (country rank, horizon, quantile, origin); the
+numeric columns are taken in that order; timestamps and strings (a take from the few distinct
+values) are made one chunk at a time, so a chunk's strings are the only ones alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.runtime.fits.fit_groups import FitGroup, expand
+from pipeline.runtime.fits.fit_windows import country_grid
+from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
+
+CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
+
+
+def forecast_chunks(
+    groups: Sequence[FitGroup],
+    pred: Sequence[np.ndarray],
+    alpha: Sequence[np.ndarray],
+    have: Sequence[np.ndarray],
+    config: Any,
+    model: str,
+    panel: pd.DataFrame,
+    chunk: int = CHUNK_ROWS,
+) -> Iterator[Any]:
+    """The forecast table of the fits marked in `have` (per group, (F,) bool), with per group
+    `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables (forecast_arrow_schema)
+    in FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`."""
+    import pyarrow as pa
+
+    qs = np.asarray(config.data.quantiles, dtype=np.float64)
+    Q = len(qs)
+    names = _names(groups)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("c", "h", "q", "o", "f", "a")}
+    for gi, g in enumerate(groups):
+        fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], Q)
+        codes, uniques = pd.factorize(g.countries.ravel())
+        rank = np.searchsorted(names, np.asarray(uniques, dtype=object))
+        C = g.countries.shape[1]
+        cols["c"].append(rank[codes[fi * C + cj]].astype(np.int32))
+        cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
+        cols["q"].append(qi.astype(np.int16))
+        cols["o"].append(g.origin[fi].astype(np.int64))
+        cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
+        cols["a"].append(alpha[gi][fi, qi].astype(np.float64))
+        del fi, cj, hi, qi
+    flat = {
+        k: np.concatenate(cols.pop(k)) if groups else np.array([], np.int64) for k in list(cols)
+    }
+    # FORECAST_SORT: MODEL (one here), COUNTRY, HORIZON, QUANTILE, WINDOW_END (the origin);
+    # stable, as conform_forecasts sorts (the keys are unique per row anyway)
+    qrank = np.argsort(np.argsort(qs, kind="stable"), kind="stable")
+    order = np.lexsort((flat["o"], qrank[flat["q"]], flat["h"], flat["c"]))
+    for k in flat:
+        flat[k] = flat[k][order]
+    del order
+    actual = _actuals(panel, names, flat["c"], flat["o"] + flat["h"])
+    schema = forecast_arrow_schema()
+    size = config.rolling_window.size
+    n = flat["c"].size
+    for start in range(0, max(n, 1), chunk):
+        s = slice(start, start + chunk)
+        origin = flat["o"][s]
+        m = origin.size
+        columns = {
+            "TIME": _stamps(origin + flat["h"][s]),
+            "COUNTRY": _coded(names, flat["c"][s]),
+            "TARGET": _coded([config.data.target], np.zeros(m, np.int32)),
+            "MODEL": _coded([model], np.zeros(m, np.int32)),
+            "QUANTILE": pa.array(qs[flat["q"][s]], from_pandas=True),
+            "HORIZON": pa.array(flat["h"][s]),
+            "WINDOW_START": _stamps(origin - size + 1),
+            "WINDOW_END": _stamps(origin),
+            "FORECAST": pa.array(flat["f"][s], from_pandas=True),  # NaN is null, as pandas writes
+            "ACTUAL": pa.array(actual[s], from_pandas=True),
+            "ALPHA": pa.array(flat["a"][s], from_pandas=True),
+        }
+        yield pa.table([columns[c] for c in FORECAST_COLUMNS], schema=schema)
+
+
+def _names(groups: Sequence[FitGroup]) -> np.ndarray:
+    """Every forecast-row country of the groups, sorted (the order of COUNTRY in the sort)."""
+    seen: set[str] = set()
+    for g in groups:
+        seen.update(str(c) for c in pd.unique(g.countries.ravel()))
+    return np.array(sorted(seen), dtype=object)
+
+
+def _actuals(
+    panel: pd.DataFrame, names: np.ndarray, country: np.ndarray, month: np.ndarray
+) -> np.ndarray:
+    """y_raw of the panel at (names[country], month index), NaN where the panel has no row."""
+    out = np.full(country.size, np.nan)
+    if not country.size or not len(panel):
+        return out
+    panel_names, m0, grid = country_grid(panel, [Y_RAW])
+    known = np.array(panel_names, dtype=object)
+    at = np.searchsorted(known, names)
+    found = (at < known.size) & (known[np.minimum(at, known.size - 1)] == names)
+    row = np.where(found, at, -1)[country]
+    col = month - m0
+    ok = (row >= 0) & (col >= 0) & (col < grid.shape[1])
+    out[ok] = grid[row[ok], col[ok], 0]
+    return out
+
+
+def _stamps(months: np.ndarray) -> Any:
+    """timestamp[ns] of month indexes (schema.month_start without a pandas index)."""
+    import pyarrow as pa
+
+    from pipeline.schema import month_index
+
+    epoch = month_index("1970-01-01")
+    stamps = (np.asarray(months, np.int64) - epoch).astype("datetime64[M]").astype("datetime64[ns]")
+    return pa.array(stamps, type=pa.timestamp("ns"))
+
+
+def _coded(values: Sequence[str] | np.ndarray, codes: np.ndarray) -> Any:
+    """A large_string column: `values` (a few distinct strings) at `codes`."""
+    import pyarrow as pa
+
+    return pa.array(list(values), type=pa.large_string()).take(pa.array(codes))
