@@ -93,6 +93,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     if todo:
         _start_child_early(config, todo)
         from pipeline.runtime.execute.shared_cluster import SharedCluster
+        from pipeline.runtime.sizing.resources import release_free_memory
         from pipeline.stages.probe import run_probe
         from pipeline.stages.train import run_train
 
@@ -107,6 +108,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
                     summary = run_train(config, model, plan, cluster)
                 failed += summary.failed
                 _record_train(config, records, cfg, model, summary.failed)
+        release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
     assemble_inputs = [out / PANEL_FILE, *(_train_file(config, m) for m in config.models.enabled())]
     if records.unchanged("assemble", assemble_params, assemble_inputs):

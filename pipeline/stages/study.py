@@ -12,7 +12,7 @@ from pipeline.evaluation.derived import DerivedSettings
 from pipeline.evaluation.fan_choice import choose_fan_countries
 from pipeline.models.plugins.registry import adapter_for, builtin_names
 from pipeline.runtime.fits.fit_groups import expand
-from pipeline.runtime.fits.shared_plan import fit_groups
+from pipeline.runtime.fits.shared_plan import fit_groups, release_plans
 from pipeline.schema import month_start
 from pipeline.stages.assemble import AssembleResult, assemble
 from pipeline.stages.prepare import load_panel
@@ -84,11 +84,13 @@ def assemble_study(config: StudyConfig) -> AssembleResult:
     present = sorted(panel["COUNTRY"].unique().tolist())
     fans, why = fan_countries(config, present)
     evaluation = config.evaluation
+    expected = expected_fits(config, panel)
+    release_plans()  # assemble is a run's last user of the fit groups (186 MB at 1M fits)
     return assemble(
         config.output_dir,
         config.data.target,
         benchmark=evaluation.benchmark,
-        expected=expected_fits(config, panel),  # not kept here: assemble frees it when done
+        expected=expected,  # assemble frees it when done (the one reference once passed on)
         fan_countries=fans,
         fan_note=why,
         model_order=chart_order(config),

@@ -33,6 +33,13 @@ def one_plan_per_run() -> Iterator[None]:
         _memo = saved
 
 
+def release_plans() -> None:
+    """Forget the plans built so far (their memory goes back) and keep sharing later ones; for
+    the run's last user of the plans (assemble, once its expected fits are built)."""
+    if _memo is not None:
+        _memo.clear()
+
+
 def panel_digest(panel: pd.DataFrame) -> str:
     """sha256 over the panel's column names and values (milliseconds for a large panel)."""
     digest = hashlib.sha256("|".join(map(str, panel.columns)).encode())

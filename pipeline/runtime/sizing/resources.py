@@ -5,6 +5,7 @@ reads them at train time, on the machine that runs the study."""
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import resource
@@ -82,6 +83,19 @@ def available_memory_bytes() -> int:
     if cg is not None:
         available = min(available, max(0, cg[0] - cg[1]))
     return available
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere a no-op).
+
+    Memory freed by the driver's other threads (Dask's comms: each has its own malloc arena)
+    stays in this process and is not reused by the main thread's next stage: after train at
+    1M fits that is about 300 MB on top of what assemble then allocates."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def own_peak_mb() -> float:
