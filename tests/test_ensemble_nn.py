@@ -309,10 +309,12 @@ def test_origin_row_and_masked_targets_do_not_influence_training():
             np.testing.assert_array_equal(res.state[key], base.state[key])
 
 
+@pytest.mark.parametrize("gather_ar", [True, False])
 @pytest.mark.parametrize(("Q", "units"), [(3, (5, 4)), (1, (6,)), (4, (3, 3, 3))])
-def test_hand_written_gradient_equals_autograd(Q, units):
+def test_hand_written_gradient_equals_autograd(Q, units, gather_ar):
     """The training step's gradient (no autograd) against autograd through `forward` and
-    `member_loss` (an independent oracle), float64, ragged weights, ties excluded."""
+    `member_loss` (an independent oracle), float64, ragged weights, ties excluded; the AR
+    term both ways (gathered on CPU; a one-hot matmul on CUDA, deterministic there)."""
     from pipeline.models.solvers._nn_step import Layout, Step, quantiles
 
     rng = np.random.default_rng(Q)
@@ -329,6 +331,7 @@ def test_hand_written_gradient_equals_autograd(Q, units):
     grad = torch.full_like(buf, np.nan)
     step = Step(lay, tau)
     step.rebind(buf, grad, A)
+    step.gather_ar = gather_ar
     step(x, torch.as_tensor(cidx), y, w)
 
     params = [v.clone().requires_grad_() for v in lay.saved(lay.views(buf, A))]

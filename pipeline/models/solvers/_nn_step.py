@@ -166,6 +166,9 @@ class Step:
         self.ar_t = (ar_t[:, :, :C], ar_t[:, :, C:])
         self.gar = self.gviews[-1]
         self.gar_t = (gar_t[:, :, :C], gar_t[:, :, C:])
+        # scatter_add_ is deterministic on CPU only (atomics on CUDA): elsewhere the one-hot
+        # matmul, as in `forward`
+        self.gather_ar = buf.device.type == "cpu"
 
     def __call__(
         self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, w: torch.Tensor
@@ -195,9 +198,13 @@ class Step:
         # shift = a_c + phi_c * y_t (A, H, n); y_t is column 0 of x
         idx = cid.unsqueeze(1).expand(-1, self.lay.H, -1)
         y0 = x[:, :, 0].unsqueeze(1)
-        torch.gather(self.ar_t[0], 2, idx, out=b["shift"])
-        torch.gather(self.ar_t[1], 2, idx, out=b["phi"])
-        b["shift"].addcmul_(b["phi"], y0)
+        design = None if self.gather_ar else _design(cid, x[:, :, 0], self.lay.n_countries)
+        if design is None:
+            torch.gather(self.ar_t[0], 2, idx, out=b["shift"])
+            torch.gather(self.ar_t[1], 2, idx, out=b["phi"])
+            b["shift"].addcmul_(b["phi"], y0)
+        else:
+            torch.bmm(self.views[-1].mT, design.mT, out=b["shift"])
         torch.add(out[0], b["shift"], out=q[0])
         for j in range(1, Q):
             # q_j = q_{j-1} + softplus(out_j); d softplus = sigmoid
@@ -217,9 +224,12 @@ class Step:
             dz[j].add_(dz[j + 1])  # d/d(head j) = sum_{i >= j} dq_i
         # the shift is head 0's: d/d a_c and d/d phi_c sum its gradient over c's rows
         dshift = b["dz"][:, :, 0]
-        self.gar.zero_()
-        self.gar_t[0].scatter_add_(2, idx, dshift)
-        self.gar_t[1].scatter_add_(2, idx, torch.mul(dshift, y0, out=b["phi"]))
+        if design is None:
+            self.gar.zero_()
+            self.gar_t[0].scatter_add_(2, idx, dshift)
+            self.gar_t[1].scatter_add_(2, idx, torch.mul(dshift, y0, out=b["phi"]))
+        else:
+            torch.bmm(design.mT, dshift.mT, out=self.gar)
         for j in range(1, Q):
             dz[j].mul_(sig[j])
         torch.bmm(last_t, b["dz_tt"], out=self.ghead_w)
@@ -235,6 +245,12 @@ class Step:
             if i:
                 d = torch.bmm(g, self.w_t[i], out=b["dx"][i - 1])
                 g = _relu_backward(d, acts[i], 0, grad_input=d)
+
+
+def _design(cid: torch.Tensor, y0: torch.Tensor, C: int) -> torch.Tensor:
+    """[one-hot country, one-hot country * y_t] (A, n, 2C) of rows of countries cid (A, n)."""
+    onehot = F.one_hot(cid, C).to(y0.dtype)
+    return torch.cat([onehot, onehot * y0.unsqueeze(-1)], dim=-1)
 
 
 _relu_backward = torch.ops.aten.threshold_backward.grad_input  # grad * (relu output > 0)
