@@ -2,12 +2,14 @@
 
 Real Eurostat data (data/eurostat/hicp_manr.csv.gz, target prc_hicp_manr_CP00), the seed's
 window (60 months), features y_t and lags 1, 2, 3, 6, 12, horizons 1, 3, 6, 12 in one head,
-25 countries complete over the window (48-59 training rows each), 10 members, one thread,
+every country complete over the window (35-37 of the 38; the seed study, which fills gaps,
+trains 36-38; `--countries 25`: the first 25, as measured before 2026-12-05, which took
+~1/3 fewer steps per epoch than the study), 10 members, one thread,
 1500 epochs with patience 50. G windows (spread over the seed's 72 origins, as the
 round-robin blocks are) train as one batch; the figure is CPU seconds per window.
 
 Each trainer runs in its own child process with PYTHONPATH at its checkout (each reference is
-a temporary `git worktree` of its commit; REFERENCE is the trainer before issue 19), taking
+a temporary `git worktree` of its commit; REFERENCE is model version 3), taking
 turns, so all are measured in one run under the same load. CPU seconds are the child's own
 (getrusage of the child, imports excluded: the child times its training call itself).
 
@@ -15,6 +17,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_ensemble_nn.py                 # G = 36, 2 rounds
     .venv/bin/python benchmarks/bench_ensemble_nn.py --sizes 9 36 --rounds 1
     .venv/bin/python benchmarks/bench_ensemble_nn.py --reference db7c48e 4c0e85c --rounds 1
+    .venv/bin/python benchmarks/bench_ensemble_nn.py --countries 25   # the earlier windows
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.models.solvers._nn_data import WindowData, check_nn_params
+from pipeline.models.solvers._nn_data import WindowData, check_nn_params, prepare_window
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "eurostat" / "hicp_manr.csv.gz"
 TARGET = "prc_hicp_manr_CP00"
 LAGS = (1, 2, 3, 6, 12)
 HORIZONS = (1, 3, 6, 12)
 WINDOW = 60
-N_COUNTRIES = 25
+N_COUNTRIES = None  # every country complete over the window, like the seed study
 SEED_PARAMS = dict(
     quantiles=(0.1, 0.5, 0.9),
     units_per_layer=(32,) * 5,
@@ -63,7 +66,9 @@ def load_panel(path: Path = DATA) -> pd.DataFrame:
     return wide.sort_index()
 
 
-def make_window(wide: pd.DataFrame, origin: str, n_countries: int = N_COUNTRIES) -> WindowData:
+def make_window(
+    wide: pd.DataFrame, origin: str, n_countries: int | None = N_COUNTRIES
+) -> WindowData:
     """Training pairs (features_t, y_{t+h}) for t in [T-W+1, T-1] as DESIGN.md defines them."""
     T = wide.index.get_loc(pd.Period(origin, freq="M"))
     start = T - WINDOW + 1
@@ -93,13 +98,15 @@ def make_window(wide: pd.DataFrame, origin: str, n_countries: int = N_COUNTRIES)
     )
 
 
-def seed_windows(wide: pd.DataFrame) -> list[WindowData]:
+def seed_windows(wide: pd.DataFrame, n_countries: int | None = N_COUNTRIES) -> list[WindowData]:
     """The seed's 72 origins 2018-01 .. 2023-12."""
     origins = pd.period_range("2018-01", "2023-12", freq="M")
-    return [make_window(wide, str(o)) for o in origins]
+    return [make_window(wide, str(o), n_countries) for o in origins]
 
 
-REFERENCE = "db7c48e"  # ensemble_nn's autograd trainer (model version 1)
+# the trainer of model version 3 (3.04 CPU-s per window on 25 countries): the oldest commit
+# this file still runs (db7c48e, version 1, predates the models/solvers/ split)
+REFERENCE = "8eb985b"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -108,21 +115,27 @@ def spread(windows: list[WindowData], G: int) -> list[WindowData]:
     return windows[:: max(1, len(windows) // G)][:G]
 
 
-def child(G: int) -> None:
+def child(G: int, n_countries: int | None) -> None:
     """Train G windows with whatever `pipeline` is on PYTHONPATH; print one JSON line."""
     torch.set_num_threads(1)
     from pipeline.models.solvers._batched_mlp import train_predict_windows
 
-    windows = spread(seed_windows(load_panel()), G)
+    windows = spread(seed_windows(load_panel(), n_countries), G)
     spec = check_nn_params(**SEED_PARAMS)
     w0, c0 = time.perf_counter(), time.process_time()
     res = train_predict_windows(windows, spec, torch.device("cpu"))
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    # a member's epoch is ceil(training rows / batch_size) steps: the work is member-steps
+    steps = [
+        int(r.epochs @ [-(-t.size // spec.batch_size) for t in prepare_window(w, spec).train_rows])
+        for w, r in zip(windows, res, strict=True)
+    ]
     epochs = np.concatenate([r.epochs for r in res])
-    print(json.dumps({"G": G, "wall_s": wall, "cpu_s": cpu, "member_epochs": int(epochs.sum())}))
+    out = {"G": G, "wall_s": wall, "cpu_s": cpu, "member_epochs": int(epochs.sum())}
+    print(json.dumps({**out, "member_steps": sum(steps), "countries": windows[0].X_new.shape[0]}))
 
 
-def run_child(checkout: Path, G: int) -> dict[str, float]:
+def run_child(checkout: Path, G: int, n_countries: int | None) -> dict[str, float]:
     env = {
         **os.environ,
         "PYTHONPATH": str(checkout),
@@ -130,6 +143,7 @@ def run_child(checkout: Path, G: int) -> dict[str, float]:
         "MKL_NUM_THREADS": "1",
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(G)]
+    cmd += [] if n_countries is None else ["--countries", str(n_countries)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     result["cpu_s_per_window"] = result["cpu_s"] / G
@@ -144,10 +158,13 @@ def main() -> None:
         "--reference", nargs="+", default=[REFERENCE], help="commits of the reference trainers"
     )
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument(
+        "--countries", type=int, default=None, help="the first N complete countries (default: all)"
+    )
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child)
+        child(args.child, args.countries)
         return
     with tempfile.TemporaryDirectory() as tmp:
         checkouts = {ref: Path(tmp) / ref for ref in args.reference}
@@ -158,12 +175,16 @@ def main() -> None:
             )
         checkouts["new"] = ROOT
         try:
-            results: dict[str, object] = {"references": args.reference, "load_before": _load()}
+            results: dict[str, object] = {
+                "references": args.reference,
+                "countries": args.countries or "all",
+                "load_before": _load(),
+            }
             for G in args.sizes:
                 runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
                 for _ in range(args.rounds):
                     for name, checkout in checkouts.items():
-                        runs[name].append(run_child(checkout, G))
+                        runs[name].append(run_child(checkout, G, args.countries))
                         print(name, json.dumps(runs[name][-1]), flush=True)
                 med = {
                     k: statistics.median(r["cpu_s_per_window"] for r in v) for k, v in runs.items()

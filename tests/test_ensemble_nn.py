@@ -309,11 +309,13 @@ def test_origin_row_and_masked_targets_do_not_influence_training():
             np.testing.assert_array_equal(res.state[key], base.state[key])
 
 
+@pytest.mark.parametrize("gather_ar", [True, False])
 @pytest.mark.parametrize(("Q", "units"), [(3, (5, 4)), (1, (6,)), (4, (3, 3, 3))])
-def test_hand_written_gradient_equals_autograd(Q, units):
+def test_hand_written_gradient_equals_autograd(Q, units, gather_ar):
     """The training step's gradient (no autograd) against autograd through `forward` and
-    `member_loss` (an independent oracle), float64, ragged weights, ties excluded."""
-    from pipeline.models.solvers._nn_step import Layout, Step
+    `member_loss` (an independent oracle), float64, ragged weights, ties excluded; the AR
+    term both ways (gathered on CPU; a one-hot matmul on CUDA, deterministic there)."""
+    from pipeline.models.solvers._nn_step import Layout, Step, quantiles
 
     rng = np.random.default_rng(Q)
     A, n, p, H, C = 4, 9, 3, 2, 3
@@ -329,13 +331,22 @@ def test_hand_written_gradient_equals_autograd(Q, units):
     grad = torch.full_like(buf, np.nan)
     step = Step(lay, tau)
     step.rebind(buf, grad, A)
-    step(x, design, y, w)
+    step.gather_ar = gather_ar
+    step(x, torch.as_tensor(cidx), y, w)
 
     params = [v.clone().requires_grad_() for v in lay.saved(lay.views(buf, A))]
     q = forward(params, x, design, Q)[0]
     member_loss(q, y, w, tau).sum().backward()
     expected = lay.pack([prm.grad for prm in params])
     np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+    # the validation's forward (the AR term gathered) against the one-hot matmul's
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            quantiles(lay, lay.views(buf, A), x, torch.as_tensor(cidx)).numpy(),
+            q.numpy(),
+            rtol=1e-12,
+            atol=1e-12,
+        )
     views = lay.views(grad, A)
     assert all(torch.count_nonzero(g[-1]) == 0 for g in views)
     assert sum(torch.count_nonzero(g[:-1]) for g in views) > 0.5 * (A - 1) * lay.width
@@ -353,10 +364,7 @@ def test_step_reuses_its_buffers_after_compaction():
     lay = Layout((p, 4, 4, H * Q), C, H, Q)
     buf = torch.as_tensor(rng.standard_normal(A * lay.width), dtype=torch.float32)
     x = torch.as_tensor(rng.standard_normal((A, n, p)), dtype=torch.float32)
-    cidx = rng.integers(0, C, (A, n))
-    design = torch.as_tensor(
-        np.stack([design_matrix(x[a].numpy(), cidx[a], C) for a in range(A)]), dtype=torch.float32
-    )
+    cidx = torch.as_tensor(rng.integers(0, C, (A, n)))
     y = torch.as_tensor(rng.standard_normal((A, n, H)), dtype=torch.float32)
     w = torch.ones(A, n, H)
 
@@ -364,7 +372,7 @@ def test_step_reuses_its_buffers_after_compaction():
         sub = lay.pack([v[:k] for v in lay.views(buf, A)])
         grad = torch.full_like(sub, np.nan)
         step.rebind(sub, grad, k)
-        step(x[:k], design[:k], y[:k], w[:k])
+        step(x[:k], cidx[:k], y[:k], w[:k])
         return grad
 
     shared = Step(lay, tau)
@@ -372,3 +380,41 @@ def test_step_reuses_its_buffers_after_compaction():
     assert torch.equal(grad_of(shared, 2), grad_of(Step(lay, tau), 2))
     assert torch.equal(grad_of(shared, A), full)
     assert torch.isfinite(full).all()
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_training_flushes_subnormals_and_restores_the_thread_setting(before):
+    """Adam's moments of dead units sink into subnormals, which cost the CPU microcode
+    assists: the trainer flushes them to zero while it trains, then leaves this thread's
+    setting as it found it (a worker's thread runs other models next)."""
+    from pipeline.models.solvers._nn_step import flush_denormals, flushes_denormals
+
+    tiny = torch.finfo(torch.float32).tiny
+    torch.set_flush_denormal(before)
+    try:
+        assert flushes_denormals() == before
+        with flush_denormals():
+            assert flushes_denormals()
+            assert torch.tensor(tiny).div(4.0).item() == 0.0
+        assert flushes_denormals() == before
+        assert (torch.tensor(tiny).div(4.0).item() == 0.0) == before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_the_trainer_trains_with_subnormals_flushed(monkeypatch):
+    from pipeline.models.solvers import _batched_mlp
+    from pipeline.models.solvers._nn_step import flushes_denormals
+
+    seen = []
+    real = _batched_mlp.train_members
+
+    def spy(*args, **kwargs):
+        seen.append(flushes_denormals())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_batched_mlp, "train_members", spy)
+    X, y, country, _, _ = ar_panel(3, 30, 0)
+    win = WindowData(X, y, country, X[:3], country[:3])
+    train_predict_windows([win], check_nn_params(**{**SMALL, "epochs": 2}), CPU)
+    assert seen == [True] and not flushes_denormals()

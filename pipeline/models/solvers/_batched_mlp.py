@@ -30,7 +30,7 @@ from pipeline.models.solvers._nn_data import (
     member_seed,
     prepare_window,
 )
-from pipeline.models.solvers._nn_step import Layout, Step, quantiles
+from pipeline.models.solvers._nn_step import Layout, Step, flush_denormals, quantiles
 
 
 @dataclass
@@ -87,8 +87,8 @@ def member_loss(
 class _Stacked:
     """All windows' rows in one table; row `dummy` (zeros, no target) pads ragged batches.
 
-    Each field is its own contiguous table (x, design rows; y, w transposed, (H, rows)) so a
-    gather lands in contiguous buffers: strided operands cost the matmuls 1.5-4x.
+    Each field is its own contiguous table (x rows, country index; y, w transposed, (H, rows))
+    so a gather lands in contiguous buffers: strided operands cost the matmuls 1.5-4x.
     """
 
     def __init__(self, preps: Sequence[PreparedWindow], device: torch.device, dtype: torch.dtype):
@@ -107,29 +107,29 @@ class _Stacked:
             return torch.as_tensor(full, dtype=dtype, device=device)
 
         self.x = table([p.X for p in preps])
-        self.design = table([design_matrix(p.X, p.cidx, self.n_countries) for p in preps])
+        self.cid = torch.as_tensor(np.concatenate([*(p.cidx for p in preps), [0]]), device=device)
         self.y_t = table([p.Y for p in preps]).T.contiguous()
         self.w_t = table([p.W for p in preps]).T.contiguous()
         self._out: dict[int, list[torch.Tensor]] = {}
 
     def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x (B, n, p), design (B, n, 2C), y and w (B, n, H) for a (B, n) tensor of row ids.
+        """x (B, n, p), country index (B, n), y and w (B, n, H) for a (B, n) tensor of row ids.
 
-        x and design are contiguous; y and w are transposed views. The outputs are reused
+        x and the index are contiguous; y and w are transposed views. The outputs are reused
         buffers (one set per row count n), valid until the next call with the same n.
         """
         B, n = rows.shape
         flat, m = rows.flatten(), B * n
-        widths = (self.p, 2 * self.n_countries, self.H, self.H)
         out = self._out.get(n)
-        if out is None or out[0].numel() < m * widths[0]:
-            out = self._out[n] = [self.x.new_empty(m * k) for k in widths]
-        x = torch.index_select(self.x, 0, flat, out=out[0][: m * widths[0]].view(m, -1))
-        d = torch.index_select(self.design, 0, flat, out=out[1][: m * widths[1]].view(m, -1))
-        y = torch.index_select(self.y_t, 1, flat, out=out[2][: m * self.H].view(self.H, m))
-        w = torch.index_select(self.w_t, 1, flat, out=out[3][: m * self.H].view(self.H, m))
-        x, d = x.view(B, n, -1), d.view(B, n, -1)
-        return x, d, y.view(-1, B, n).permute(1, 2, 0), w.view(-1, B, n).permute(1, 2, 0)
+        if out is None or out[0].numel() < m * self.p:
+            out = self._out[n] = [self.x.new_empty(m * k) for k in (self.p, self.H, self.H)]
+            out.append(self.cid.new_empty(m))
+        x = torch.index_select(self.x, 0, flat, out=out[0][: m * self.p].view(m, -1))
+        y = torch.index_select(self.y_t, 1, flat, out=out[1][: m * self.H].view(self.H, m))
+        w = torch.index_select(self.w_t, 1, flat, out=out[2][: m * self.H].view(self.H, m))
+        c = torch.index_select(self.cid, 0, flat, out=out[3][:m])
+        x, c = x.view(B, n, -1), c.view(B, n)
+        return x, c, y.view(-1, B, n).permute(1, 2, 0), w.view(-1, B, n).permute(1, 2, 0)
 
 
 def design_matrix(X: np.ndarray, cidx: np.ndarray, n_countries: int) -> np.ndarray:
@@ -218,16 +218,16 @@ def train_members(
     while active.size:
         for _ in range(int((steps_per_epoch[active] - pos[active]).min())):
             col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
-            x, oh, y, w = data.split(torch.gather(order, 1, col))
-            step(x, oh, y, w)
+            x, cid, y, w = data.split(torch.gather(order, 1, col))
+            step(x, cid, y, w)
             adam.step(buf, grad, exp_avg, exp_avg_sq)
             pos[active] += 1
         ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
         members = active[ended]
         loc = torch.as_tensor(ended, device=device)
         sub = [v[loc] for v in step.views]
-        x, oh, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
-        val = member_loss(quantiles(lay, sub, x, oh), y, w, tau).cpu().numpy()
+        x, cid, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
+        val = member_loss(quantiles(lay, sub, x, cid), y, w, tau).cpu().numpy()
         epoch[members] += 1
         pos[members] = 0
         improved = val < best_val[members]
@@ -298,7 +298,8 @@ def train_predict_windows(
     if not windows:
         raise ValueError("windows must hold at least one WindowData; got none")
     preps = [prepare_window(w, spec) for w in windows]
-    best, stats = train_members(preps, spec, device, dtype)
+    with flush_denormals():
+        best, stats = train_members(preps, spec, device, dtype)
     M = spec.parallel_models
     results = []
     for g, prep in enumerate(preps):

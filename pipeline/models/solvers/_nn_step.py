@@ -17,6 +17,8 @@ along a short inner axis (Q = 3, H = 4).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +30,7 @@ class Layout:
     """Where each parameter lives in a member's flat row.
 
     Order (as `init_member` and the saved state): W_0..W_L (in, out), b_0..b_L (1, out),
-    AR (2, C, H) stored as (2C, H) so that design (n, 2C) @ AR gives a_c + phi_c * y_t.
+    AR (2, C, H) stored as (2C, H): rows c and C + c are country c's a_c and phi_c.
     """
 
     sizes: tuple[int, ...]  # p, units..., H*Q
@@ -67,10 +69,19 @@ def _heads(out: torch.Tensor, Q: int, is_base: torch.Tensor) -> torch.Tensor:
     return torch.where(is_base, out, F.softplus(out)) if Q > 1 else out
 
 
+def ar_shift(ar: torch.Tensor, cid: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """a_c + phi_c * y_t (A, n, H) for rows of countries cid (A, n) with y_t = y0 (A, n);
+    ar (A, 2C, H). The same numbers as the one-hot design's matmul in `forward`."""
+    C, H = ar.shape[1] // 2, ar.shape[2]
+    idx = cid.unsqueeze(-1).expand(-1, -1, H)
+    return torch.addcmul(ar[:, :C].gather(1, idx), ar[:, C:].gather(1, idx), y0.unsqueeze(-1))
+
+
 def quantiles(
-    lay: Layout, views: list[torch.Tensor], x: torch.Tensor, design: torch.Tensor
+    lay: Layout, views: list[torch.Tensor], x: torch.Tensor, cid: torch.Tensor
 ) -> torch.Tensor:
-    """Quantiles (A, n, H, Q) of the members' parameters `views` for x (A, n, p)."""
+    """Quantiles (A, n, H, Q) of the members' parameters `views` for x (A, n, p) of rows of
+    countries cid (A, n)."""
     L = len(lay.sizes) - 1
     h = x
     for i in range(L - 1):
@@ -78,7 +89,7 @@ def quantiles(
     out = torch.baddbmm(views[2 * L - 1], h, views[L - 1])
     is_base = torch.arange(out.shape[-1], device=out.device) % lay.Q == 0
     q = _heads(out, lay.Q, is_base).unflatten(-1, (lay.H, lay.Q)).cumsum(dim=-1)
-    return q + torch.bmm(design, views[-1]).unsqueeze(-1)
+    return q + ar_shift(views[-1], cid, x[..., 0]).unsqueeze(-1)
 
 
 class _Buffers:
@@ -104,6 +115,7 @@ class _Buffers:
             "neg": empty(Q, H, n),  # -tau_j * ws
             "dz": empty(H, Q, n),  # d loss / d out, transposed
             "shift": empty(H, n),  # a_c + phi_c * y_t, transposed
+            "phi": empty(H, n),  # phi_c of each row, then d loss / d phi_c
         }
         self._A = -1
 
@@ -124,7 +136,6 @@ class _Buffers:
             v["neg_j"] = [v["neg"][:, j] for j in range(Q)]
             v["last_t"] = v["acts"][-1].mT if v["acts"] else None
             v["dz_tt"] = v["dz_t"].mT
-            v["shift_t"] = v["dz"][:, :, 0].mT
             self.views, self._A = v, A
         return self.views
 
@@ -148,16 +159,26 @@ class Step:
         # the head's output comes out transposed, (A, H*Q, n); its bias as an (H*Q, 1) column
         self.head_wt, self.head_bt = self.views[L - 1].mT, self.views[2 * L - 1].mT
         self.ghead_w, self.ghead_b = self.gviews[L - 1], self.gviews[2 * L - 1].view(A, H * Q)
-        self.ar_t = self.views[-1].mT  # (A, H, 2C)
+        # the AR table transposed, (A, H, C) for a_c and for phi_c: the shift is gathered
+        # from it (a one-hot matmul cost ~4 us per member-step at C = 38, growing with C)
+        C = self.lay.n_countries
+        ar_t, gar_t = self.views[-1].mT, self.gviews[-1].mT
+        self.ar_t = (ar_t[:, :, :C], ar_t[:, :, C:])
+        self.gar = self.gviews[-1]
+        self.gar_t = (gar_t[:, :, :C], gar_t[:, :, C:])
+        # scatter_add_ is deterministic on CPU only (atomics on CUDA): elsewhere the one-hot
+        # matmul, as in `forward`
+        self.gather_ar = buf.device.type == "cpu"
 
     def __call__(
-        self, x: torch.Tensor, design: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, w: torch.Tensor
     ) -> None:
         """Write d(sum of members' mean pinball losses)/d(buf) into `grad`.
 
         Same loss as `_batched_mlp.member_loss`: per member, the mean over quantiles and over
         the available (row, horizon) targets (w = 1) of max(tau u, (tau - 1) u), u = y - q.
-        x (A, n, p), design (A, n, 2C) contiguous; y and w (A, n, H), fastest along n
+        x (A, n, p) contiguous, cid (A, n) the rows' country indices; y and w (A, n, H),
+        fastest along n
         (`_Stacked.split` gives them so) or in any other layout, which costs more.
         """
         views, gviews, L = self.views, self.gviews, self.L
@@ -174,7 +195,16 @@ class Step:
         last_t = b["last_t"] if L > 1 else x.mT
         torch.baddbmm(self.head_bt, self.head_wt, last_t, out=b["out_t"])
         out, q, soft, sig, dz = b["out_j"], b["q_j"], b["soft_j"], b["sig_j"], b["dz_j"]
-        torch.bmm(self.ar_t, design.mT, out=b["shift"])  # (A, H, n)
+        # shift = a_c + phi_c * y_t (A, H, n); y_t is column 0 of x
+        idx = cid.unsqueeze(1).expand(-1, self.lay.H, -1)
+        y0 = x[:, :, 0].unsqueeze(1)
+        design = None if self.gather_ar else _design(cid, x[:, :, 0], self.lay.n_countries)
+        if design is None:
+            torch.gather(self.ar_t[0], 2, idx, out=b["shift"])
+            torch.gather(self.ar_t[1], 2, idx, out=b["phi"])
+            b["shift"].addcmul_(b["phi"], y0)
+        else:
+            torch.bmm(self.views[-1].mT, design.mT, out=b["shift"])
         torch.add(out[0], b["shift"], out=q[0])
         for j in range(1, Q):
             # q_j = q_{j-1} + softplus(out_j); d softplus = sigmoid
@@ -192,7 +222,14 @@ class Step:
         # q_j = shift + out_0 + sum_{1 <= i <= j} softplus(out_i): reverse cumulative sums
         for j in range(Q - 2, -1, -1):
             dz[j].add_(dz[j + 1])  # d/d(head j) = sum_{i >= j} dq_i
-        torch.bmm(design.mT, b["shift_t"], out=gviews[-1])  # the shift is head 0's
+        # the shift is head 0's: d/d a_c and d/d phi_c sum its gradient over c's rows
+        dshift = b["dz"][:, :, 0]
+        if design is None:
+            self.gar.zero_()
+            self.gar_t[0].scatter_add_(2, idx, dshift)
+            self.gar_t[1].scatter_add_(2, idx, torch.mul(dshift, y0, out=b["phi"]))
+        else:
+            torch.bmm(design.mT, dshift.mT, out=self.gar)
         for j in range(1, Q):
             dz[j].mul_(sig[j])
         torch.bmm(last_t, b["dz_tt"], out=self.ghead_w)
@@ -210,4 +247,35 @@ class Step:
                 g = _relu_backward(d, acts[i], 0, grad_input=d)
 
 
+def _design(cid: torch.Tensor, y0: torch.Tensor, C: int) -> torch.Tensor:
+    """[one-hot country, one-hot country * y_t] (A, n, 2C) of rows of countries cid (A, n)."""
+    onehot = F.one_hot(cid, C).to(y0.dtype)
+    return torch.cat([onehot, onehot * y0.unsqueeze(-1)], dim=-1)
+
+
 _relu_backward = torch.ops.aten.threshold_backward.grad_input  # grad * (relu output > 0)
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread's CPU flushes subnormal floats to zero (torch has no getter)."""
+    return torch.tensor(1e-44, dtype=torch.float32).mul(1.0).item() == 0.0
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Subnormal floats are zero in this thread while training, then as before.
+
+    Adam's first moment of a weight whose gradient stays 0 (a dead ReLU unit) decays by
+    beta1 per step into the subnormal range and sticks there (0.9 * k * 2^-149 rounds back
+    to k * 2^-149 for k <= 4): ~8 % of the moments of a seed window, every step. Each such
+    number costs the CPU a microcode assist, ~1/4 of the trainer's time (issue 19,
+    benchmarks/README.md). Flushed, those moments are 0; a parameter could only move by
+    lr * 1e-45 / eps from them anyway. The setting is per thread (MXCSR), so it is set and
+    restored around the fit in the thread that runs it (a Dask worker's executor thread).
+    """
+    before = flushes_denormals()
+    torch.set_flush_denormal(True)  # False (and nothing set) where the CPU cannot
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)

@@ -139,7 +139,9 @@ def _probe(params: dict[str, Any]) -> tuple[dict[str, Any], float]:
 CONFIG = EnsembleNNConfig
 ADAPTER = Adapter(
     name="ensemble_nn",
-    version=3,  # 2: hand-written gradients (issue 19); 3: transposed head, reused buffers
+    # 2: hand-written gradients (issue 19); 3: transposed head, reused buffers; 4: the AR term
+    # gathered (not a one-hot matmul), subnormals flushed while training
+    version=4,
     pooled=True,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
