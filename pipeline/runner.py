@@ -142,24 +142,9 @@ def _start_child_early(config: StudyConfig, models: list[str]) -> None:
     rt = config.runtime
     if rt.in_process_below_s and not rt.scheduler_address:
         from pipeline.runtime.execute.child import shared_child
+        from pipeline.runtime.execute.task_imports import task_imports
 
-        shared_child().start(_task_imports(config, models))
-
-
-def _task_imports(config: StudyConfig, models: list[str]) -> tuple[str, ...]:
-    """The task function's module and the modules each model's fit function imports in its
-    body (where the built-in adapters import their solvers), read from its bytecode: what a
-    task of these models will import, and no more (rw and climatology need no torch)."""
-    import dis
-
-    from pipeline.models.plugins.registry import adapter_for
-
-    found = ["pipeline.runtime.execute.worker"]
-    for name in models:
-        code = getattr(adapter_for(config, name).fit_batch, "__code__", None)
-        if code is not None:
-            found += [i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME"]
-    return tuple(dict.fromkeys(found))
+        shared_child().start(task_imports(config, models))
 
 
 def _import_in_background(module: str) -> None:

@@ -91,7 +91,7 @@ def test_the_early_child_imports_what_the_models_tasks_import() -> None:
     pays no torch import)."""
     from conftest import SMALL_STUDY, make_config
 
-    from pipeline.runner import _task_imports
+    from pipeline.runtime.execute.task_imports import task_imports
 
     config = make_config(SMALL_STUDY)
     check = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; " + (
@@ -99,7 +99,7 @@ def test_the_early_child_imports_what_the_models_tasks_import() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for model, torch in (("rw", "False"), ("ar_qr", "False"), ("lqr", "True")):
-        modules = _task_imports(config, [model])
+        modules = task_imports(config, [model])
         assert "pipeline.runtime.execute.worker" in modules
         done = subprocess.run(
             [sys.executable, "-c", check, *modules], env=env, capture_output=True, text=True

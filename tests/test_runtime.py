@@ -404,11 +404,11 @@ def test_probe_plans_a_memory_limit_that_holds_on_real_workers(
     summary = run_train(config, "ar_qr", plan)
     assert summary.trained == 96 and summary.n_workers == plan.n_workers
     peak = read_table(db_path(config.output_dir), "progress")["peak_mb"].max()
-    ratio = plan.memory_limit_mb / peak
-    print(
-        f"probe memory_limit {plan.memory_limit_mb} MiB / worker peak {peak:.0f} MiB = {ratio:.2f}"
-    )
-    assert 1.0 < ratio < 3.0, ratio  # the estimate covers the real peak without wasting RAM
+    # the estimate, before the configured headroom, covers the real peak without wasting RAM
+    # (a baseline with torch imported for models that never use it was ~170 MiB too much)
+    estimate = plan.memory_limit_mb - config.runtime.mem_probe_fudge_mb
+    print(f"probe estimate {estimate} MiB / worker peak {peak:.0f} MiB = {estimate / peak:.2f}")
+    assert 1.0 < estimate / peak < 3.0, (plan.memory_limit_mb, peak)
     # an unchanged rounded plan writes the same bytes (DVC does not rerun train)
     run_probe(config)
     assert (config.output_dir / "probe.json").read_text() == text

@@ -45,6 +45,7 @@ from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.probe_child import WORKER_IMPORTS, save_payload
+from pipeline.runtime.execute.task_imports import task_imports
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.fits.tasks import task_payload
@@ -77,10 +78,11 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     groups: dict[str, list[FitGroup]] = {}
     # what this machine measured before is reused; the rest is measured in ONE child, started
     # as soon as something must be measured: it imports while the plans below are built
-    baseline_key = baseline_inputs()
+    imports = task_imports(config, names)
+    baseline_key = baseline_inputs(imports)
     cached: dict[str, dict[str, Any] | None] = {}
     fresh: dict[str, dict[str, Any]] = {}
-    with ProbeChild() as child:
+    with ProbeChild(imports) as child:
         old_baseline = None if reprobe else lookup(baseline_key, ("peak_mb",))
         if old_baseline is None:
             child.start()
@@ -156,9 +158,10 @@ MODEL_FIELDS = ("seconds_per_fit", "peak_mb", "fits")
 PROBE_CHILD = "pipeline.runtime.execute.probe_child"
 
 
-def baseline_inputs() -> dict[str, Any]:
-    """What the worker baseline (an idle worker-like process) depends on: the probe cache key."""
-    return {"kind": "baseline", "imports": list(WORKER_IMPORTS), "machine": _machine()}
+def baseline_inputs(imports: tuple[str, ...]) -> dict[str, Any]:
+    """What the worker baseline (an idle worker-like process with `imports`, the probed models'
+    task imports) depends on: the probe cache key."""
+    return {"kind": "baseline", "imports": [*WORKER_IMPORTS, *imports], "machine": _machine()}
 
 
 @dataclass
@@ -219,9 +222,11 @@ def _machine() -> dict[str, Any]:
 class ProbeChild:
     """The probe's one child process (`python -P -m pipeline.runtime.execute.probe_child`, in
     a worker's environment: one thread, glibc's malloc defaults), started once something is
-    known to need measuring; it imports what a worker imports, then waits for its job list."""
+    known to need measuring; it imports what a worker running the probed models imports
+    (`imports`: their tasks' modules), then waits for its job list."""
 
-    def __init__(self) -> None:
+    def __init__(self, imports: tuple[str, ...] = ()) -> None:
+        self.imports = imports
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -251,6 +256,7 @@ class ProbeChild:
         cmd += ["--parallel", str(side_by_side(usable_cores(), load))]
         cmd += ["--out", str(self.tmp / "result.json")]
         cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
+        cmd += ["--imports", ",".join(self.imports)]
         self.proc = subprocess.Popen(cmd, env=env)
 
     def close(self) -> None:

@@ -1,11 +1,11 @@
 """The probe's child process: the worker baseline and every model's task, one import.
 
 `python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel N --out FILE
---parent PID --tmp DIR` (started by pipeline.stages.probe.ProbeChild, in a worker's
+--parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe.ProbeChild, in a worker's
 environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
 driver knows its jobs: after its imports it waits for FILE to appear.
 
-It imports what a worker imports (WORKER_IMPORTS); its peak RSS at that point is the worker
+It imports what a worker running the probed models imports (WORKER_IMPORTS and `--imports`); its peak RSS at that point is the worker
 baseline, as a child that only imports measured it before. Each job (one model) then runs in
 a process forked from it, up to N at once (the driver picks N: its idle cores), so the
 imports (2-3 CPU-s, torch and distributed) are paid once per probe instead of once per model. A fork's own peak RSS (`os.wait4`) starts
@@ -43,8 +43,9 @@ from pipeline.runtime.execute.child import die_with_parent
 from pipeline.runtime.sizing.resources import own_peak_mb
 
 CALIBRATION_FITS = 4
-# what a worker process has imported once it ran a task (this child mirrors it)
-WORKER_IMPORTS = ("numpy", "pandas", "torch", "distributed", "pipeline.runtime.execute.worker")
+# what every Dask worker process has imported; `--imports` adds what the probed models' tasks
+# import (pipeline.runtime.execute.task_imports: torch only for models that use it)
+WORKER_IMPORTS = ("numpy", "pandas", "distributed")
 POLL_S = 0.01
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> None:
 
     running: dict[int, tuple[dict[str, Any], float]] = {}  # pid -> (job, deadline)
     _die_with_driver(int(arg("--parent")), arg("--tmp"), running)
-    for module in WORKER_IMPORTS:
+    for module in [*WORKER_IMPORTS, *filter(None, arg("--imports").split(","))]:
         importlib.import_module(module)
     baseline_mb = own_peak_mb()
     jobs_path = Path(arg("--jobs"))
