@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import operator
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import SMALL_STUDY, make_config
-from distributed import Client
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
@@ -23,14 +23,33 @@ def runtime_config(tmp_path: Path, **runtime: object) -> RuntimeConfig:
     return make_config(d).runtime
 
 
-def refused(address: str, security: Security | None = None) -> bool:
-    """True when a client at `address` with `security` cannot run a task."""
+# a client that tries the scheduler, in a process of its own: a Client whose connection was
+# refused can deadlock when the garbage collector closes it later (distributed's loop-runner
+# lock; it hung the suite once), so the attempt must not live in the test process
+TRY_CLIENT = """
+import os, sys
+from distributed import Client
+from distributed.security import Security
+security = Security.temporary() if sys.argv[2] == "other-ca" else None
+with Client(sys.argv[1], security=security, timeout="3s") as client:
+    client.submit(os.getuid).result(timeout=3)
+print("ran")
+"""
+
+
+def refused(address: str, credentials: str = "none") -> bool:
+    """True when a client at `address` (no credentials, or those of `other-ca`) cannot run a
+    task."""
     try:
-        with Client(address, security=security, timeout="3s") as client:
-            client.submit(os.getuid).result(timeout=3)
-    except Exception:  # refused at the handshake (OSError, TimeoutError, ssl errors)
+        done = subprocess.run(
+            [sys.executable, "-c", TRY_CLIENT, address, credentials],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:  # hung at the handshake: it ran nothing
         return True
-    return False
+    return "ran" not in done.stdout
 
 
 def test_a_client_without_the_studys_credentials_cannot_submit(tmp_path: Path) -> None:
@@ -41,8 +60,20 @@ def test_a_client_without_the_studys_credentials_cannot_submit(tmp_path: Path) -
         assert handle.client.submit(operator.add, 1, 2).result() == 3  # the study's own client
         assert refused(address)  # no credentials
         assert refused(address.replace("tls://", "tcp://"))  # plain TCP to the same port
-        assert refused(address, Security.temporary())  # credentials of another CA
+        assert refused(address, "other-ca")  # credentials of another CA
         assert handle.dashboard is None or "127.0.0.1" in handle.dashboard
+    from distributed import LocalCluster
+
+    # the check itself sees a task run where nothing guards the scheduler
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as open_cluster:
+        assert not refused(open_cluster.scheduler_address)
 
 
 def test_an_existing_tls_cluster_is_joined_with_the_runtime_tls_files(tmp_path: Path) -> None:
