@@ -28,13 +28,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from reference_checkouts import machine_load, reference_checkouts
 
 from pipeline.models.solvers._nn_data import WindowData, check_nn_params, prepare_window
 
@@ -166,49 +166,30 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args.countries)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        checkouts = {ref: Path(tmp) / ref for ref in args.reference}
-        for ref, path in checkouts.items():
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), ref],
-                check=True,
-            )
-        checkouts["new"] = ROOT
-        try:
-            results: dict[str, object] = {
-                "references": args.reference,
-                "countries": args.countries or "all",
-                "load_before": _load(),
+    with reference_checkouts(args.reference) as checkouts:
+        results: dict[str, object] = {
+            "references": args.reference,
+            "countries": args.countries or "all",
+            "load_before": machine_load(),
+        }
+        for G in args.sizes:
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
+            for _ in range(args.rounds):
+                for name, checkout in checkouts.items():
+                    runs[name].append(run_child(checkout, G, args.countries))
+                    print(name, json.dumps(runs[name][-1]), flush=True)
+            med = {k: statistics.median(r["cpu_s_per_window"] for r in v) for k, v in runs.items()}
+            speedup = {ref: med[ref] / med["new"] for ref in args.reference}
+            results[f"G={G}"] = {
+                "runs": runs,
+                "cpu_s_per_window_median": med,
+                "speedup_vs": speedup,
             }
-            for G in args.sizes:
-                runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
-                for _ in range(args.rounds):
-                    for name, checkout in checkouts.items():
-                        runs[name].append(run_child(checkout, G, args.countries))
-                        print(name, json.dumps(runs[name][-1]), flush=True)
-                med = {
-                    k: statistics.median(r["cpu_s_per_window"] for r in v) for k, v in runs.items()
-                }
-                speedup = {ref: med[ref] / med["new"] for ref in args.reference}
-                results[f"G={G}"] = {
-                    "runs": runs,
-                    "cpu_s_per_window_median": med,
-                    "speedup_vs": speedup,
-                }
-                print(f"G={G}", json.dumps(med), "speed-up", json.dumps(speedup), flush=True)
-            results["load_after"] = _load()
-        finally:
-            for ref in args.reference:
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkouts[ref])]
-                )
+            print(f"G={G}", json.dumps(med), "speed-up", json.dumps(speedup), flush=True)
+        results["load_after"] = machine_load()
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def _load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from reference_checkouts import machine_load, reference_checkouts
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "eurostat" / "hicp_manr.csv.gz"
@@ -167,51 +168,33 @@ def main() -> None:
     if args.profile:
         profile(args.fits)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        checkouts = {ref: Path(tmp) / ref for ref in args.reference}
-        for ref, path in checkouts.items():
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), ref],
-                check=True,
-            )
-        checkouts["new"] = ROOT
-        try:
-            results: dict[str, object] = {"references": args.reference, "load_before": _load()}
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
-            for r in range(args.rounds):
-                for name, checkout in checkouts.items():
-                    save = Path(tmp) / f"{name}.npy" if r == 0 else None
-                    runs[name].append(run_child(checkout, args.fits, save))
-                    print(name, json.dumps(runs[name][-1]), flush=True)
-            med = {k: statistics.median(r["cpu_ms_per_fit"] for r in v) for k, v in runs.items()}
-            wall = {
-                k: statistics.median(1e3 * r["wall_s"] / r["fits"] for r in v)
-                for k, v in runs.items()
-            }
-            new = np.load(Path(tmp) / "new.npy")
-            results.update(
-                runs=runs,
-                cpu_ms_per_fit_median=med,
-                wall_ms_per_fit_median=wall,
-                speedup_cpu_vs={ref: med[ref] / med["new"] for ref in args.reference},
-                max_abs_forecast_diff_vs={
-                    ref: float(np.abs(np.load(Path(tmp) / f"{ref}.npy") - new).max())
-                    for ref in args.reference
-                },
-                load_after=_load(),
-            )
-        finally:
-            for ref in args.reference:
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(checkouts[ref])]
-                )
+    with tempfile.TemporaryDirectory() as tmp, reference_checkouts(args.reference) as checkouts:
+        results: dict[str, object] = {"references": args.reference, "load_before": machine_load()}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
+        for r in range(args.rounds):
+            for name, checkout in checkouts.items():
+                save = Path(tmp) / f"{name}.npy" if r == 0 else None
+                runs[name].append(run_child(checkout, args.fits, save))
+                print(name, json.dumps(runs[name][-1]), flush=True)
+        med = {k: statistics.median(r["cpu_ms_per_fit"] for r in v) for k, v in runs.items()}
+        wall = {
+            k: statistics.median(1e3 * r["wall_s"] / r["fits"] for r in v) for k, v in runs.items()
+        }
+        new = np.load(Path(tmp) / "new.npy")
+        results.update(
+            runs=runs,
+            cpu_ms_per_fit_median=med,
+            wall_ms_per_fit_median=wall,
+            speedup_cpu_vs={ref: med[ref] / med["new"] for ref in args.reference},
+            max_abs_forecast_diff_vs={
+                ref: float(np.abs(np.load(Path(tmp) / f"{ref}.npy") - new).max())
+                for ref in args.reference
+            },
+            load_after=machine_load(),
+        )
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def _load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -71,6 +71,16 @@ def tree_cpu_seconds(proc: psutil.Process) -> float:
     return total
 
 
+def bench_environ(base: Path) -> dict[str, str]:
+    """The environment of the cluster and the study: one math thread, the bench's probe cache."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
+    }
+
+
 def start_cluster(
     address: str, port: int, n_workers: int, out: Path, env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
@@ -121,12 +131,7 @@ def run(n: int, n_workers: int, base: Path) -> dict[str, Any]:
     out.mkdir(parents=True)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
-    }
+    env = bench_environ(base)
     scheduler, workers = start_cluster(address, port, n_workers, out, env)
     try:
         cmd = rw_command(n, out, f"runtime.scheduler_address={address}")
@@ -168,12 +173,7 @@ def run_ar_qr(k: int, n_workers: int, base: Path) -> dict[str, Any]:
     data = replicated_data(base / f"hicp_x{k}.csv", k)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
-    }
+    env = bench_environ(base)
     params = out / "params.yaml"
     overrides = [*AR_QR_ONLY, f"data.path={data}", f"runtime.output_dir={out}", *QUIET]
     overrides.append(f"runtime.scheduler_address={address}")
