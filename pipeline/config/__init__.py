@@ -6,6 +6,7 @@ only; `pipeline.config.defaults.with_defaults` completes a partial mapping from 
 The built-in models' config classes live with their models (pipeline.models.plugins.builtin).
 """
 
+from pipeline.config.semantics import validate
 from pipeline.config.structured import ConfigError
 from pipeline.config.study import (
     DataConfig,
@@ -15,7 +16,6 @@ from pipeline.config.study import (
     StudyConfig,
     SyntheticConfig,
     UserModelConfig,
-    validate,
 )
 
 __all__ = [

@@ -1,17 +1,28 @@
-"""Checks across a study config's fields, after `build` has checked each field's own type and
-range (declared on the field): dates in order, names that must exist, no duplicates."""
+"""`validate`: a StudyConfig built from a composed mapping, then the checks across its fields
+(after `build` has checked each field's own type and range, declared on the field): dates in
+order, names that must exist, no duplicates."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config.structured import ConfigError
+from pipeline.config.structured import ConfigError, build
+from pipeline.config.study import StudyConfig
 from pipeline.models.solvers.rules import check_quantiles
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.config.study import StudyConfig
+
+def validate(mapping: Mapping[str, Any]) -> StudyConfig:
+    """Build a StudyConfig from a composed config mapping; raise ConfigError on the first problem."""
+    if "model_names" not in mapping and isinstance(mapping.get("models"), Mapping):
+        # derived: a config file (`write-config`) leaves it out
+        mapping = {**mapping, "model_names": list(mapping["models"])}
+    config = build(StudyConfig, mapping)
+    check_semantics(config)
+    return config
 
 
 def check_semantics(config: StudyConfig) -> None:

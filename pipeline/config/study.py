@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config.semantics import check_semantics
 from pipeline.config.structured import ConfigError, build
 from pipeline.models.plugins import registry
 from pipeline.models.solvers.rules import (
@@ -24,7 +23,7 @@ from pipeline.models.solvers.rules import (
     rule,
 )
 
-__all__ = ["ConfigError", "StudyConfig", "validate"]
+__all__ = ["ConfigError", "StudyConfig"]
 
 Auto = Literal["auto"]
 
@@ -336,16 +335,6 @@ class StudyConfig:
                  for k, v in out.items()}  # fmt: skip
         plain["models"] = self.models.to_plain()
         return plain
-
-
-def validate(mapping: Mapping[str, Any]) -> StudyConfig:
-    """Build a StudyConfig from a composed config mapping; raise ConfigError on the first problem."""
-    if "model_names" not in mapping and isinstance(mapping.get("models"), Mapping):
-        # derived: a config file (`write-config`) leaves it out
-        mapping = {**mapping, "model_names": list(mapping["models"])}
-    config = build(StudyConfig, mapping)
-    check_semantics(config)
-    return config
 
 
 def _to_plain(value: Any) -> Any:
