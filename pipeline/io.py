@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where used: a worker's task hashes and writes no frames
+    import pandas as pd
 
 _write_guard: list[Callable[[Path], None]] = []
 
@@ -149,7 +152,8 @@ def _json_default(value: Any) -> Any:
         return float(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, pd.Timestamp):
+    pandas = sys.modules.get("pandas")  # not imported: the value cannot be a Timestamp
+    if pandas is not None and isinstance(value, pandas.Timestamp):
         return value.strftime("%Y-%m-%d")
     if isinstance(value, Path):
         return str(value)

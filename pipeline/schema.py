@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported where used: a worker's task needs the names, not pandas
+    import pandas as pd
 
 # --- artifacts shared between stages (paths relative to runtime.output_dir) -------------------
 PANEL_FILE = Path("data/prepared/panel.parquet")
@@ -33,6 +35,8 @@ def month_index(times: Any) -> int | np.ndarray:
     """m = year * 12 + month - 1 of a month (str, Timestamp: an int) or of many (Series,
     DatetimeIndex, datetime64 array: an int64 array); any day of a month gives its index."""
     if isinstance(times, str | date):  # Timestamp and datetime are dates too
+        import pandas as pd
+
         stamp = pd.Timestamp(times)
         return stamp.year * 12 + stamp.month - 1
     return np.asarray(times, dtype="datetime64[M]").astype(np.int64) + _EPOCH
@@ -44,6 +48,8 @@ def month_start(index: int) -> pd.Timestamp: ...
 def month_start(index: np.ndarray) -> pd.DatetimeIndex: ...
 def month_start(index: int | np.ndarray) -> pd.Timestamp | pd.DatetimeIndex:
     """Inverse of month_index: the month-start Timestamp (datetime64[ns] for an array)."""
+    import pandas as pd
+
     if isinstance(index, int | np.integer):
         return pd.Timestamp(year=int(index) // 12, month=int(index) % 12 + 1, day=1)
     months = (np.asarray(index, dtype=np.int64) - _EPOCH).astype("datetime64[M]")
@@ -117,6 +123,8 @@ def forecast_arrow_schema() -> Any:
 
 def empty_forecast_frame() -> pd.DataFrame:
     """A zero-row forecast table with the exact schema."""
+    import pandas as pd
+
     return conform_forecasts(pd.DataFrame({c: [] for c in FORECAST_COLUMNS}))
 
 

@@ -135,3 +135,43 @@ def test_a_one_model_study_imports_neither_arch_nor_scipy_stats() -> None:
             [sys.executable, "-c", MCS_SCRIPT, *models], env=env, capture_output=True, text=True
         )
         assert done.stdout.strip() == expected, done.stderr[-3000:]
+
+
+# after an ar_qr run in this interpreter, the heavy modules its driver's child (kept until
+# exit; the run's environment keyed it) had imported: what the child's tasks cost it
+CHILD_SCRIPT = """
+import json, sys
+from pipeline.cli import main
+from pipeline.runtime.execute import child
+import child_report
+code = main(sys.argv[1:])
+(kept,) = child._SHARED.values()
+print(json.dumps({"code": code, "child": kept.run(child_report.heavy, None, 60)}))
+"""
+
+
+def test_an_ar_qr_task_child_imports_neither_pandas_nor_pyarrow_nor_torch(tmp_path: Path) -> None:
+    """A small study's fits run in the driver's child; its tasks need numpy and the solver
+    only, so its import chain (the child module, the task function, fit windows, the schema's
+    names) leaves pandas and pyarrow to the driver (0.3 CPU-s a run; issue 18)."""
+    (tmp_path / "child_report.py").write_text(
+        "import sys\n\n\ndef heavy(names):\n"
+        f"    return [m for m in {list(HEAVY)!r} if m in sys.modules]\n"
+    )
+    overrides = tiny_study(
+        "models.lqr.enabled=false", f"runtime.output_dir={tmp_path / 'out'}"
+    )  # ar_qr alone
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_SCRIPT, "run", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0
+    logs = "".join(p.read_text() for p in (tmp_path / "out" / "logs").glob("*.log"))
+    assert "in the driver, no cluster" in logs  # the fits ran in that child
+    assert set(report["child"]) == {"numpy"}

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.runtime.sizing.plan import worker_environment
-
 POLL_S = 0.05  # how often the clock and the child's RSS are checked while it works
 PR_SET_PDEATHSIG = 1
 
@@ -75,6 +73,10 @@ class Child:
             self._start(preload)
 
     def _start(self, preload: tuple[str, ...] = ()) -> None:
+        # here, not at module level: the spawned child imports this module to unpickle
+        # `_serve`, and the sizing plan's chain (config, fit groups) is the driver's alone
+        from pipeline.runtime.sizing.plan import worker_environment
+
         ctx = multiprocessing.get_context("spawn")  # no fork of a driver holding threads
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child, os.getpid(), preload), daemon=True)

@@ -20,14 +20,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
 from pipeline.schema import month_index, month_start
+
+if TYPE_CHECKING:  # the driver builds groups from a frame; a worker's task needs no pandas
+    import pandas as pd
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
 COUNTRY_CHUNK = 8  # countries whose windows are built at once when grouping per-country fits

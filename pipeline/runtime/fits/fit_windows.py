@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipeline.schema import COUNTRY, TIME, month_index
+
+if TYPE_CHECKING:  # the driver lays out a frame; a worker's task needs no pandas
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str]
     Months a country has no row for are NaN, so a window reaching before a country's start
     simply holds NaN rows (masked later) instead of shifting.
     """
+    import pandas as pd
+
     missing = [c for c in (COUNTRY, TIME, *columns) if c not in panel.columns]
     if missing:
         raise ValueError(f"prepared panel lacks columns {missing}")
