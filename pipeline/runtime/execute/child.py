@@ -18,8 +18,10 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -63,6 +65,7 @@ class Child:
         self.memory_limit_mb = memory_limit_mb
         self.proc: Any = None
         self.conn: Connection | None = None
+        self.outstanding = 0  # requests sent whose result has not been received
 
     def start(self, preload: tuple[str, ...] = ()) -> None:
         """Start the child now (if it is not running), importing `preload` before it serves:
@@ -100,12 +103,26 @@ class Child:
     ) -> Any:
         """fn(arg) in the child; ChildError when it raised, ChildKilled when it was stopped
         (`memory_limit_mb`, when given, replaces the child's own limit for this call)."""
-        limit_mb = memory_limit_mb or self.memory_limit_mb
+        self.send(fn, arg)
+        return self.receive(timeout_s, memory_limit_mb)
+
+    def send(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        """Queue fn(arg) in the child (started if need be) without waiting: the child runs its
+        requests in order, so one sent while another runs starts as soon as that one ends, and
+        `receive` returns their results in the same order."""
         if self.proc is None or not self.proc.is_alive():
             self.close()
             self._start()
         assert self.conn is not None
         self.conn.send((fn, arg))
+        self.outstanding += 1
+
+    def receive(self, timeout_s: float | None, memory_limit_mb: float | None = None) -> Any:
+        """The result of the oldest request sent, as `run` returns it; `timeout_s` counts from
+        this call (the request started when the one before it returned, or was sent). When the
+        child is killed, the requests sent after this one are lost with it (`outstanding` 0)."""
+        limit_mb = memory_limit_mb or self.memory_limit_mb
+        assert self.conn is not None and self.outstanding > 0, "send() first"
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             ready = self.conn.poll(POLL_S)
@@ -118,6 +135,7 @@ class Child:
                     record = logging.makeLogRecord(value)
                     logging.getLogger(record.name).handle(record)
                     continue
+                self.outstanding -= 1
                 if status == "ok":
                     return value
                 raise ChildError(*value)
@@ -156,7 +174,7 @@ class Child:
             self.proc.close()
         if self.conn is not None:
             self.conn.close()
-        self.proc, self.conn = None, None
+        self.proc, self.conn, self.outstanding = None, None, 0
 
     def __enter__(self) -> Child:
         return self
@@ -213,16 +231,36 @@ def _serve(conn: Connection, parent: int, preload: tuple[str, ...] = ()) -> None
     forward = _Forward(conn)
     logging.getLogger("pipeline").addHandler(forward)
     logging.getLogger("pipeline").setLevel(logging.INFO)
+    # requests are read as they come, so the driver's send of the next one never waits for
+    # this one to end (both ends blocked on a full pipe would deadlock)
+    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(
+        target=_read, args=(conn, requests), name="qpipe-requests", daemon=True
+    ).start()
     while True:
-        try:
-            fn, arg = conn.recv()
-        except (EOFError, OSError):
+        request = requests.get()
+        if request is None:
             return
+        fn, arg = request
         try:
             reply: tuple[str, Any] = ("ok", fn(arg))
         except Exception as error:
             reply = ("error", (type(error).__name__, str(error), traceback.format_exc()))
         conn.send(reply)
+
+
+def _read(conn: Connection, requests: queue.SimpleQueue[Any]) -> None:
+    """Queue each (fn, arg) the driver sends; None when it is gone, or when a request cannot
+    be read (its function's module fails to import): the child then ends after the requests
+    before it, and the driver reports that one's task as lost."""
+    try:
+        while True:
+            requests.put(conn.recv())
+    except (EOFError, OSError):
+        pass
+    except Exception:
+        traceback.print_exc()
+    requests.put(None)
 
 
 class _Forward(logging.Handler):

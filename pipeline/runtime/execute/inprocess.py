@@ -51,7 +51,14 @@ def runs_in_process(
 class InProcessStream:
     """Run submitted tasks one by one in a worker-like child; yields (name, result, error) like
     `cluster.TaskStream` (`error`: {"error_type", "message", "traceback"} when the task raised,
-    error_type "timeout" / "memory" / "worker-lost" when its child was killed or died)."""
+    error_type "timeout" / "memory" / "worker-lost" when its child was killed or died).
+
+    The next task is sent before a result is yielded (AHEAD), so the child computes it while
+    the driver writes the last one's shard and progress: the child never waits on the driver.
+    A task's timeout counts from when the driver starts waiting for it (at most the driver's
+    handling of the task before it later than the child starts it)."""
+
+    AHEAD = 2  # tasks in the child at once: one running, one queued behind it
 
     def __init__(
         self,
@@ -61,22 +68,30 @@ class InProcessStream:
     ) -> None:
         self.fn, self.timeout_s = fn, timeout_s
         self.pending: deque[tuple[str, dict[str, Any]]] = deque()
+        self.sent: deque[tuple[str, dict[str, Any]]] = deque()  # in the child, in order
         self.memory_limit_mb = memory_limit_mb
         self.child = shared_child()  # kept for the run's next model
 
     @property
     def in_flight(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + len(self.sent)
 
     def submit(self, name: str, payload: dict[str, Any]) -> None:
         self.pending.append((name, payload))
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
-        while self.pending:
-            name, payload = self.pending.popleft()
+        while self.pending or self.sent:
+            while self.pending and len(self.sent) < self.AHEAD:
+                name, payload = self.pending.popleft()
+                self.child.send(self.fn, payload)
+                self.sent.append((name, payload))
+            name, _ = self.sent.popleft()
             try:
-                result = self.child.run(self.fn, payload, self.timeout_s, self.memory_limit_mb)
+                result = self.child.receive(self.timeout_s, self.memory_limit_mb)
             except ChildKilled as exc:
+                # the tasks queued behind this one never started: a fresh child runs them
+                self.pending.extendleft(reversed(self.sent))
+                self.sent.clear()
                 error = {"error_type": exc.reason, "message": str(exc), "traceback": ""}
                 yield name, None, error
             except ChildError as exc:
@@ -92,7 +107,11 @@ class InProcessStream:
 
     def cancel(self) -> None:
         self.pending.clear()
+        self.sent.clear()
         self.child.close()
 
     def close(self) -> None:
-        self.pending.clear()  # the child stays: it is idle and serves the next stream
+        self.pending.clear()
+        if self.sent:  # abandoned with tasks in the child: their results must not reach the
+            self.cancel()  # next stream, so that child goes (a fresh one serves the next)
+        # else the child stays: it is idle and serves the next stream
