@@ -1,7 +1,7 @@
 """`probe`: measure one representative task per model in a fresh worker-like process; plan the cluster.
 
 The measurements run in ONE child process started like a Dask worker (same imports: the
-pipeline, numpy, pandas, torch, distributed; one BLAS/OpenMP/torch thread): its peak RSS after
+pipeline, numpy, torch for the models that use it, distributed; one BLAS/OpenMP/torch thread): its peak RSS after
 the imports is the worker baseline, and each model's task runs in a process forked from it
 (models measured side by side on the usable cores, the imports paid once: 2-3 CPU-s each
 before; pipeline.runtime.execute.probe_child). A job times a calibration batch, sizes a task
