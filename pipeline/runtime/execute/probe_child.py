@@ -81,32 +81,24 @@ def main(argv: list[str]) -> None:
 
     running: dict[int, tuple[dict[str, Any], float]] = {}  # pid -> (job, deadline)
     _die_with_driver(int(arg("--parent")), arg("--tmp"), running)
-    # the tasks' own imports first: the jobs fork from here (a job's peak is the baseline plus
-    # its fork's growth, whatever the fork started with), so they run while the rest of a
-    # worker's imports (distributed: ~0.3 CPU-s) load for the baseline
-    for module in filter(None, arg("--imports").split(",")):
+    for module in [*WORKER_IMPORTS, *filter(None, arg("--imports").split(","))]:
         importlib.import_module(module)
-    baseline_mb: float | None = None
+    baseline_mb = own_peak_mb()
     jobs_path = Path(arg("--jobs"))
+    while not jobs_path.exists():  # the driver writes it (atomically) once its plans are built
+        time.sleep(POLL_S)
+    jobs = json.loads(jobs_path.read_text())
     parallel = max(1, int(arg("--parallel")))
     results: dict[str, dict[str, Any]] = {}
-    reaped: list[tuple[dict[str, Any], int, Any]] = []
-    pending: list[dict[str, Any]] | None = None
-    while pending is None or pending or running or baseline_mb is None:
-        if pending is None and jobs_path.exists():  # written atomically once plans are built
-            pending = json.loads(jobs_path.read_text())
+    pending = list(jobs)
+    while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
             running[_fork(job)] = (job, time.monotonic() + float(job["timeout_s"]))
-        if baseline_mb is None:
-            for module in WORKER_IMPORTS:
-                importlib.import_module(module)
-            baseline_mb = own_peak_mb()
-            continue
-        pid, status, usage = os.wait4(-1, os.WNOHANG) if running else (0, 0, None)
+        pid, status, usage = os.wait4(-1, os.WNOHANG)
         if pid:
             job, _ = running.pop(pid)
-            reaped.append((job, status, usage))
+            results[job["name"]] = _result(job, status, usage, baseline_mb)
             continue
         for pid, (job, deadline) in list(running.items()):
             if time.monotonic() > deadline:
@@ -115,8 +107,6 @@ def main(argv: list[str]) -> None:
                 del running[pid]
                 results[job["name"]] = {"timeout": True}
         time.sleep(POLL_S)
-    for job, status, usage in reaped:
-        results[job["name"]] = _result(job, status, usage, baseline_mb)
     Path(arg("--out")).write_text(json.dumps({"baseline_mb": baseline_mb, "models": results}))
 
 
