@@ -4,6 +4,7 @@ mixes their results into the next stream. A real spawned child; task functions l
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ def marked_task(payload: dict[str, Any]) -> dict[str, Any]:
     Path(payload["dir"], f"started-{payload['i']}").touch()
     if payload.get("hang"):
         time.sleep(3600)
+    if payload.get("die"):
+        os._exit(3)
     return {"i": payload["i"]}
 
 
@@ -31,9 +34,11 @@ def fresh_child() -> Iterator[None]:
     close_shared_child()
 
 
-def submit(stream: InProcessStream, tmp_path: Path, *tasks: int, hang: int = -1) -> None:
+def submit(
+    stream: InProcessStream, tmp_path: Path, *tasks: int, hang: int = -1, die: int = -1
+) -> None:
     for i in tasks:
-        stream.submit(f"t{i}", {"dir": str(tmp_path), "i": i, "hang": i == hang})
+        stream.submit(f"t{i}", {"dir": str(tmp_path), "i": i, "hang": i == hang, "die": i == die})
 
 
 def test_the_child_starts_the_next_task_before_the_driver_asks_for_it(tmp_path: Path) -> None:
@@ -51,10 +56,11 @@ def test_the_child_starts_the_next_task_before_the_driver_asks_for_it(tmp_path: 
 
 
 def test_a_task_killed_in_the_child_loses_none_queued_behind_it(tmp_path: Path) -> None:
-    stream = InProcessStream(marked_task, timeout_s=1.0)
-    submit(stream, tmp_path, 0, 1, 2, hang=0)
+    # (a timeout kills the same way: test_task_limits' hanging fit in the driver's child)
+    stream = InProcessStream(marked_task, timeout_s=60.0)
+    submit(stream, tmp_path, 0, 1, 2, die=0)
     out = {name: (result, error) for name, result, error in stream}
-    assert out["t0"][0] is None and out["t0"][1]["error_type"] == "timeout"
+    assert out["t0"][0] is None and out["t0"][1]["error_type"] == "worker-lost"
     assert out["t1"] == ({"i": 1}, None) and out["t2"] == ({"i": 2}, None)  # a fresh child
 
 
@@ -68,3 +74,17 @@ def test_an_abandoned_stream_s_results_do_not_reach_the_next_one(tmp_path: Path)
     submit(second, tmp_path, 9)
     assert [(n, r) for n, r, _ in second] == [("t9", {"i": 9})]
     second.close()
+
+
+def test_a_child_that_dies_on_the_task_sent_ahead_fails_that_task_only(tmp_path: Path) -> None:
+    """t1 kills the child while the driver still holds t0's result: t1 is lost, and t2 (sent
+    next) must go to a fresh child, not be read back as t1's result."""
+    stream = InProcessStream(marked_task, timeout_s=60.0)
+    submit(stream, tmp_path, 0, 1, 2, die=1)
+    out = {}
+    for name, result, error in stream:
+        out[name] = (result, error)
+        if name == "t0":  # the child runs t1 now: let it die before the stream goes on
+            wait_for(lambda: not stream.child.proc.is_alive(), 60, "the child to die on t1")
+    assert out["t0"] == ({"i": 0}, None) and out["t2"] == ({"i": 2}, None)
+    assert out["t1"][0] is None and out["t1"][1]["error_type"] == "worker-lost"

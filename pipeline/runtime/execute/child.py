@@ -14,6 +14,7 @@ fit stuck in C code stops too) and `ChildKilled` says why; a fresh child serves 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -110,11 +111,14 @@ class Child:
         """Queue fn(arg) in the child (started if need be) without waiting: the child runs its
         requests in order, so one sent while another runs starts as soon as that one ends, and
         `receive` returns their results in the same order."""
-        if self.proc is None or not self.proc.is_alive():
+        if self.outstanding == 0 and (self.proc is None or not self.proc.is_alive()):
             self.close()
             self._start()
         assert self.conn is not None
-        self.conn.send((fn, arg))
+        # a child that died with requests in it loses this one too, and `receive` of the
+        # first says so (no fresh child here: its results would be read back as theirs)
+        with contextlib.suppress(OSError):
+            self.conn.send((fn, arg))
         self.outstanding += 1
 
     def receive(self, timeout_s: float | None, memory_limit_mb: float | None = None) -> Any:
@@ -217,7 +221,6 @@ def _rss_mb(pid: int) -> float:
 
 def _serve(conn: Connection, parent: int, preload: tuple[str, ...] = ()) -> None:
     """The child's loop: run each (fn, arg) received, send back ("ok", result) or ("error", …)."""
-    import contextlib
     import importlib
 
     die_with_parent()
