@@ -7,9 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.evaluation import plots
 from pipeline.schema import conform_forecasts
@@ -66,3 +68,48 @@ def test_release_free_memory_imports_nothing_and_keeps_live_arrow_data() -> None
         "assert keep.to_pylist() == list(range(1000))\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_assemble_holds_the_expected_fits_only_until_they_are_reconciled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million fits' expected frame (80 MB) must not stay alive under assemble's later,
+    larger steps: after reconcile nothing references it any more."""
+    import copy
+    import gc
+    import weakref
+
+    from conftest import ROOT, SMALL_STUDY, make_config
+
+    import pipeline.stages.assemble as assemble_stage
+    import pipeline.stages.study as study
+    from pipeline.runtime.sizing.plan import ModelPlan, Plan
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import run_train
+
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "in_process_below_s": 60.0})
+    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
+    config = make_config(d)
+    prepare(config, ROOT)
+    plan = Plan(2, 2048, {"rw": ModelPlan(0, 8, 0, seconds_per_fit=0.001)})
+    run_train(config, "rw", plan)
+    made: list[weakref.ref] = []
+    alive_after_reconcile: list[bool] = []
+    real_expected, real_label = study.expected_fits, assemble_stage.label_failed
+
+    def expected_fits(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        frame = real_expected(*args, **kwargs)
+        made.append(weakref.ref(frame))
+        return frame
+
+    def label_failed(*args: Any, **kwargs: Any) -> pd.DataFrame:  # assemble's next step
+        gc.collect()
+        alive_after_reconcile.append(made[0]() is not None)
+        return real_label(*args, **kwargs)
+
+    monkeypatch.setattr(study, "expected_fits", expected_fits)
+    monkeypatch.setattr(assemble_stage, "label_failed", label_failed)
+    result = study.assemble_study(config)
+    assert result.n_rows > 0 and len(made) == 1
+    assert alive_after_reconcile == [False]
