@@ -23,15 +23,17 @@ v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi p
 `solver="exact"`: eps = 0, the exact check loss. `solver="huberized"`: eps = `HUBER_EPS`,
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
 quadratic on [(tau-1) eps, tau eps]); its dual is strongly convex. Both run through
-`pipeline.models.solvers.quantile_kernel` (an interior point for the first alpha, then an
-active-set method warm-started along the alphas, and for the refit from the chosen fit's
-residual signs), batched over problems, alphas and quantiles; the features phi come from
+`pipeline.models.solvers.quantile_kernel` (an interior point for the first alpha, crossing
+over to the active-set method once near, then the active-set method warm-started along the
+alphas, and for the refit from the chosen fit's residual signs), batched over problems, alphas and quantiles; the features phi come from
 `pipeline.models.solvers.rff`.
 
 When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
-as for the sample median of an even count); such problems go to the interior point, which
-returns a point inside that interval (near its analytic centre), deterministically for a
-given input.
+as for the sample median of an even count: every dual row on a bound). The active-set
+method recognizes that case and takes the interval's analytic centre (the maximizer of the
+sum of the log multipliers: where the interior point's central path ends); the few it does
+not reach stay with the interior point, whose answer is a point inside the interval near
+that centre, deterministically for a given input.
 
 Alpha is chosen per quantile by time-ordered validation inside the window: fit on the first
 n - validation_size rows with weight > 0, score the mean pinball on the last validation_size
