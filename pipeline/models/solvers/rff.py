@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+BLOCK_ROWS = 64  # rows of RFF features computed per block: 64 x 1000 float64 = 0.5 MB
+
 
 def rff_weights(d: int, rff_features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded RFF frequencies W (d, D) ~ N(0, 1) and phases b (D,) ~ U(0, 2 pi)."""
@@ -38,13 +40,15 @@ def lqr_features(
     phi[..., :p] = lin
     if D:
         rff = phi[..., p:]
-        tmp = torch.empty(1, Xs.shape[1], D, dtype=Xs.dtype)
+        # sqrt(2/D) cos(x W / bw + b), a few problems (BLOCK_ROWS rows) at a time: the block
+        # stays in the cache through the d + 4 passes (2.7x faster than whole-batch passes)
+        step = max(1, BLOCK_ROWS // max(1, Xs.shape[1]))
+        tmp = torch.empty(min(step, Xs.shape[0]), Xs.shape[1], D, dtype=Xs.dtype)
         scale = float(np.sqrt(2.0 / D))
-        # sqrt(2/D) cos(x W / bw + b), one problem at a time: its (r, D) block stays in the
-        # cache through the d + 4 passes (2.7x faster than whole-batch passes), in place
-        for i in range(Xs.shape[0]):
-            rowwise_matmul(Xs[i : i + 1], W, out=rff[i : i + 1], tmp=tmp)
-            rff[i].div_(bw[i]).add_(b).cos_().mul_(scale)
+        for i in range(0, Xs.shape[0], step):
+            out, x = rff[i : i + step], Xs[i : i + step]
+            rowwise_matmul(x, W, out=out, tmp=tmp[: x.shape[0]])
+            out.div_(bw[i : i + step, None, None]).add_(b).cos_().mul_(scale)
     if act is not None:
         phi.mul_(act[..., None])
         U = U * act[..., None]
