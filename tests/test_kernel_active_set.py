@@ -75,11 +75,63 @@ def test_a_guess_changes_the_work_not_the_answer() -> None:
     assert torch.equal(v1[both], v2[both]) and torch.equal(nu1[both], nu2[both])
 
 
-def test_no_free_row_is_not_certified() -> None:
-    """Every row on a bound (tau N an integer, nu an interval): left to the interior point."""
+def test_no_free_row_is_not_certified_off_the_optimum() -> None:
+    """Every row on a bound where U'v != 0 (no flat optimum there): left to the interior point."""
     Km, d, s, y, U, lo, hi, act = problems(3)
     none_free = (act[:, None] & (y[:, None] < 0)).expand_as(lo), (act[:, None] & (y[:, None] >= 0))
     _, _, ok = solve_active_set(
         Km, d, s, y, U, lo, hi, act, init=(none_free[0], none_free[1].expand_as(lo)), max_iter=1
     )
     assert not ok.any()
+
+
+def test_a_flat_intercept_is_the_analytic_centre_of_its_interval() -> None:
+    """tau N an integer (20 active rows, tau 0.1 / 0.5 / 0.9): where the optimum has every row
+    on a bound, nu is an interval. The certified answer is optimal (the interior point's v,
+    its nu inside the same interval) and nu is the interval's analytic centre: the sum of
+    1 / (nu - c_i) over the bound rows (the derivative of sum log multipliers) vanishes."""
+    Km, d, s, y, U, lo, hi, act = problems(0, B=40, r=24, pad=4)
+    v_ipm, nu_ipm = interior(Km, d, s, y, U, lo, hi)
+    lower, upper = bound_rows(v_ipm, lo, hi, act)
+    flat = ~(act[:, None] & ~lower & ~upper).any(-1)
+    assert flat.sum() >= 20  # the case is common here
+    v, nu, ok = solve_active_set(Km, d, s, y, U, lo, hi, act, init=(lower, upper))
+    sel = ok & flat
+    assert sel.float().mean() > 0.9 * flat.float().mean()
+    np.testing.assert_allclose(v[sel].numpy(), v_ipm[sel].numpy(), atol=1e-6)
+    H = Km[:, None] / s[..., None, None] + torch.diag_embed(d)[:, None]
+    c = -((H * v[..., None, :]).sum(-1) - y[:, None])  # multiplier of row i is zero at nu = c_i
+    on = lower | upper
+    for b, j in torch.nonzero(sel).tolist():
+        cl, cu = c[b, j][lower[b, j]], c[b, j][upper[b, j]]
+        for n in (nu[b, j, 0], nu_ipm[b, j, 0]):  # both inside the open interval
+            assert cl.max() < n < cu.min()
+        x = 1.0 / (nu[b, j, 0] - c[b, j][on[b, j]])
+        assert abs(float(x.sum())) <= 1e-9 * float(x.abs().sum())
+
+
+def test_the_interior_point_crossover_keeps_the_optimum() -> None:
+    """solve_box_qp hands its problems to a crossover once; what that certifies is the same
+    optimum (to the interior point's tolerance), the rest continues unchanged."""
+    Km, d, s, y, U, lo, hi, act = problems(4)
+    B, G, r = lo.shape
+    H = Km[:, None] / s[..., None, None] + torch.diag_embed(d)[:, None]
+    args = (H, y[:, None].expand(-1, G, -1), U[:, None].expand(-1, G, -1, -1), lo, hi)
+    v_ref, nu_ref = solve_box_qp(*args)
+    seen = []
+
+    def crossover(idx, lower, upper):
+        bi, gi = idx // G, idx % G
+        seen.append(len(idx))
+        init = tuple(
+            torch.zeros(B, G, r, dtype=torch.bool).index_put_((bi, gi), g) for g in (lower, upper)
+        )
+        live = torch.zeros(B, G, dtype=torch.bool).index_put_((bi, gi), torch.tensor(True))
+        v, nu, ok = solve_active_set(Km, d, s, y, U, lo, hi, act, init=init, live=live)
+        return ok[bi, gi], v[bi, gi], nu[bi, gi]
+
+    v_x, nu_x = solve_box_qp(*args, crossover=crossover)
+    assert len(seen) == 1 and seen[0] > 0
+    assert not torch.equal(v_x, v_ref)  # the crossover answered some (exactly)
+    np.testing.assert_allclose(v_x.numpy(), v_ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(nu_x.numpy(), nu_ref.numpy(), atol=1e-5)

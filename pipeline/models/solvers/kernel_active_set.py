@@ -14,9 +14,11 @@ rows' multipliers; when the guess repeats, the point satisfies the optimality co
 exactly (up to rounding): it is *certified*. A handful of iterations replaces the interior
 point's ~14 Cholesky factorizations of the full system per problem.
 
-Problems that are not certified (no free row so nu is not unique, a singular free block, or
-the guesses cycle) are left to the interior point (`solve_box_qp`), which also defines the
-answer in the non-unique case (the analytic centre).
+With one unpenalized column (the intercept) and every row on a bound (tau N an integer, as
+for the median of an even count), nu is not unique but an interval: the answer is then its
+analytic centre, the point where the interior point's central path ends (`_flat_intercept`).
+Problems that are not certified (a singular free block, a free row on its bound, or guesses
+that cycle) are left to the interior point (`solve_box_qp`).
 
 One key, one result: the free-row systems are solved by an elimination written as
 elementwise operations over a batch padded to its largest free set (padding rows are
@@ -31,6 +33,7 @@ import torch
 MAX_ITER = 6  # iterations before a problem is handed to the interior point
 MARGIN = 1e-9  # a free row this close to a bound (relative to the box width) is on it
 PIVOT_TOL = 1e-10  # relative pivot below which the free-row system counts as singular
+FLAT_NEWTON = 8  # Newton steps for a flat intercept (1e-14 after 6 on the tests' problems)
 
 
 def _ldl_solve(M: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,13 +65,15 @@ def solve_active_set(
     act: torch.Tensor,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_iter: int = MAX_ITER,
+    live: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve G box QPs per problem, H_g = Km / s_g + diag(d), sharing the problem's y, U, Km.
 
     Km (B, r, r) symmetric PSD (zero on inactive rows), d (B, r), s (B, G) positive, y (B, r),
     U (B, r, k), lo/hi (B, G, r) with lo < hi on active rows, act (B, r) (inactive rows are
     fixed at v = 0). Returns v (B, G, r), nu (B, G, k) and certified (B, G): where False, v and
-    nu are not the optimum and the caller must solve that QP otherwise.
+    nu are not the optimum and the caller must solve that QP otherwise. `live` (B, G): the QPs
+    to solve (default all; the others come back uncertified).
     """
     B, G, r = lo.shape
     k = U.shape[-1]
@@ -82,7 +87,7 @@ def solve_active_set(
         lower, upper = a3 & init[0], a3 & init[1]
     v = torch.zeros(B, G, r, dtype=Km.dtype)
     nu = torch.zeros(B, G, k, dtype=Km.dtype)
-    live = torch.ones(B, G, dtype=torch.bool)
+    live = torch.ones(B, G, dtype=torch.bool) if live is None else live.clone()
     certified = torch.zeros(B, G, dtype=torch.bool)
     data = (Km, d, s, y, U, lo, hi, a3, hdiag)
     for _ in range(max_iter):
@@ -103,32 +108,20 @@ def solve_active_set(
     return v, nu, certified
 
 
-def _iteration(
-    data: tuple[torch.Tensor, ...],
-    lower: torch.Tensor,
-    upper: torch.Tensor,
-    v: torch.Tensor,
-    nu: torch.Tensor,
-    live: torch.Tensor,
+def _free_solve(
+    data: tuple[torch.Tensor, ...], lower: torch.Tensor, upper: torch.Tensor, live: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """One active-set iteration of the live QPs of some problems (each problem's arithmetic
-    is its own): solve the free rows' KKT system, then move the most violated row.
-    Returns the new lower, upper, v, nu, live and the QPs certified now."""
-    Km, d, s, y, U, lo, hi, a3, hdiag = data
+    """The KKT solution of the live QPs' free rows (bound rows at their bounds) and nu.
+
+    Returns the live QPs' indices (bi, gi), their free rows (L, r), the solution vl (L, r),
+    nu (L, k), `good` (L,): a regular free block with k or more free rows, none of them on a
+    bound (to rounding), and H v_B - y (L, r). Each problem's arithmetic is its own (see `_ldl_solve`)."""
+    Km, d, s, _, U, lo, hi, a3, hdiag = data
     k, dt = U.shape[-1], Km.dtype
-    B, G, r = lo.shape
-    Ug = U[:, None].expand(B, G, r, k)
-
-    def grad(v: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
-        # H v - y + U nu; v @ Km is one GEMM per problem of a fixed shape (G, r) x (r, r)
-        hv = torch.matmul(v, Km) / s[..., None] + d[:, None, :] * v
-        return hv - y[:, None, :] + (Ug * nu[:, :, None, :]).sum(-1)
-
-    v, nu = v.clone(), nu.clone()
     free = a3 & ~lower & ~upper
     vb = torch.where(lower, lo, torch.where(upper, hi, 0.0))
-    g_b = grad(vb, torch.zeros_like(nu))  # H v_B - y
-    ub = (Ug * vb[..., None]).sum(-2)  # U' v_B (B, G, k)
+    g_b = _grad(data, vb, torch.zeros(*lo.shape[:2], k, dtype=dt))  # H v_B - y
+    ub = (U[:, None] * vb[..., None]).sum(-2)  # U' v_B (B, G, k)
     # the live QPs' free-row KKT systems, padded to the largest free set
     bi, gi = torch.nonzero(live, as_tuple=True)
     rows = torch.arange(len(bi))[:, None]
@@ -160,16 +153,54 @@ def _iteration(
     lol, hil = lo[bi, gi], hi[bi, gi]
     edge = torch.minimum(vl - lol, hil - vl).abs() <= MARGIN * (hil - lol)
     good &= ~(fr & edge).any(-1)
+    return bi, gi, fr, vl, x[:, f:], good, g_b[bi, gi]
+
+
+def _grad(data: tuple[torch.Tensor, ...], v: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
+    """H v - y + U nu (B, G, r); v @ Km is one GEMM per problem of a fixed shape (G, r) x (r, r)."""
+    Km, d, s, y, U = data[:5]
+    hv = torch.matmul(v, Km) / s[..., None] + d[:, None, :] * v
+    return hv - y[:, None, :] + (U[:, None] * nu[:, :, None, :]).sum(-1)
+
+
+def _iteration(
+    data: tuple[torch.Tensor, ...],
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    v: torch.Tensor,
+    nu: torch.Tensor,
+    live: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """One active-set iteration of the live QPs of some problems (each problem's arithmetic
+    is its own): solve the free rows' KKT system, then move the most violated row.
+    Returns the new lower, upper, v, nu, live and the QPs certified now."""
+    lo, hi, a3, hdiag = data[5:]
+    k = data[4].shape[-1]
+    v, nu = v.clone(), nu.clone()
+    free = a3 & ~lower & ~upper
+    bi, gi, fr, vl, nul, good, g_b = _free_solve(data, lower, upper, live)
+    nob = ~fr.any(-1)
+    if k == 1 and bool(nob.any()):
+        # every row on a bound: nu is an interval (tau N an integer), take its centre
+        j = torch.nonzero(nob)[:, 0]
+        flat, nu_flat = _flat_intercept(
+            data[4][bi[j]], lower[bi[j], gi[j]], upper[bi[j], gi[j]], vl[j], g_b[j]
+        )
+        good[j] |= flat
+        nul[j] = torch.where(flat[:, None], nu_flat, nul[j])
     v[bi, gi] = torch.where(good[:, None], vl, v[bi, gi])
-    nu[bi, gi] = torch.where(good[:, None], x[:, f:], nu[bi, gi])
+    nu[bi, gi] = torch.where(good[:, None], nul, nu[bi, gi])
     # new guess: the coordinate-wise Newton step of each bound row, v - mu / H_ii
-    t = torch.where(free, v, v - grad(v, nu) / hdiag)
+    t = torch.where(free, v, v - _grad(data, v, nu) / hdiag)
     new_lower, new_upper = a3 & (t < lo), a3 & (t > hi)
     # one change per iteration, the most violated row: swapping every violated row at once
     # (plain PDAS) cycles here, since nu moves every bound row's multiplier at once; and
-    # never the last free row to a bound (nu needs k free rows)
+    # never the last free row to a bound (nu needs k free rows), unless it is the only
+    # change and k = 1 (then every row is on a bound: the interval case above)
     changed = (new_lower != lower) | (new_upper != upper)
     eligible = changed & ~(free & (free.sum(-1, keepdim=True) <= k))
+    if k == 1:
+        eligible = torch.where(eligible.any(-1, keepdim=True), eligible, changed)
     viol = torch.where(free, torch.maximum(lo - v, v - hi), (t - v).abs())
     pick = torch.where(eligible, viol, -1.0).argmax(-1, keepdim=True)
     one = torch.zeros_like(changed).scatter_(-1, pick, True) & eligible
@@ -181,3 +212,36 @@ def _iteration(
     lower = torch.where(live[..., None] & one, new_lower, lower)
     upper = torch.where(live[..., None] & one, new_upper, upper)
     return lower, upper, v, nu, live, done
+
+
+def _flat_intercept(
+    U: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, v: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The optimum of QPs (L,) with every active row on a bound and one unpenalized column
+    U (L, r, 1) (the intercept), at v (L, r) with H v - y = g: U'v = 0 must hold (to rounding)
+    and the bound rows' multipliers z_i = +-(g_i + u_i nu) stay positive for nu in an open
+    interval. Returns (ok (L,), nu (L, 1)) with nu the interval's analytic centre (the
+    maximizer of sum log z_i, where the interior point's central path ends), by safeguarded
+    Newton steps on its monotone derivative."""
+    u = U[..., 0]
+    pos = u > 0
+    c = -g / torch.where(pos, u, 1.0)  # z_i = 0 at nu = c_i
+    inf = torch.full_like(c, torch.inf)
+    a, b = torch.where(lower, c, -inf).amax(-1), torch.where(upper, c, inf).amin(-1)
+    uv = (u * v).sum(-1).abs()
+    ok = (uv <= 1e-12 * (u * v).abs().sum(-1)) & (a < b) & torch.isfinite(a) & torch.isfinite(b)
+    ok &= ~((lower | upper) & ~pos).any(-1)
+    bound = lower | upper
+    nu = torch.where(ok, 0.5 * (a + b), 0.0)
+    lo_b, hi_b = torch.where(ok, a, -1.0), torch.where(ok, b, 1.0)
+    for _ in range(FLAT_NEWTON):
+        # d/dnu sum log z = sum 1 / (nu - c_i) over the bound rows (decreasing in nu), times
+        # (nu - a)(b - nu): the same root without the poles at the ends, for Newton's steps
+        r = torch.where(bound, 1.0 / torch.where(bound, nu[:, None] - c, 1.0), 0.0)
+        d1, d2 = r.sum(-1), -(r * r).sum(-1)
+        lo_b = torch.where(d1 > 0, nu, lo_b)
+        hi_b = torch.where(d1 < 0, nu, hi_b)
+        p = (nu - a) * (b - nu)
+        step = nu - p * d1 / ((a + b - 2.0 * nu) * d1 + p * d2)
+        nu = torch.where((step >= lo_b) & (step <= hi_b), step, 0.5 * (lo_b + hi_b))
+    return ok, nu[:, None]

@@ -23,15 +23,17 @@ v_i in [w_i (tau - 1), w_i tau], sum over unpenalized columns U'v = 0, K = phi p
 `solver="exact"`: eps = 0, the exact check loss. `solver="huberized"`: eps = `HUBER_EPS`,
 which is exactly the check loss smoothed by its Moreau envelope (a Huber-type function,
 quadratic on [(tau-1) eps, tau eps]); its dual is strongly convex. Both run through
-`pipeline.models.solvers.quantile_kernel` (an interior point for the first alpha, then an
-active-set method warm-started along the alphas, and for the refit from the chosen fit's
-residual signs), batched over problems, alphas and quantiles; the features phi come from
+`pipeline.models.solvers.quantile_kernel` (an interior point for the first alpha, crossing
+over to the active-set method once near, then the active-set method warm-started along the
+alphas, and for the refit from the chosen fit's residual signs), batched over problems, alphas and quantiles; the features phi come from
 `pipeline.models.solvers.rff`.
 
 When tau * N is an integer the intercept can be non-unique (a flat interval of the loss,
-as for the sample median of an even count); such problems go to the interior point, which
-returns a point inside that interval (near its analytic centre), deterministically for a
-given input.
+as for the sample median of an even count: every dual row on a bound). The active-set
+method recognizes that case and takes the interval's analytic centre (the maximizer of the
+sum of the log multipliers: where the interior point's central path ends); the few it does
+not reach stay with the interior point, whose answer is a point inside the interval near
+that centre, deterministically for a given input.
 
 Alpha is chosen per quantile by time-ordered validation inside the window: fit on the first
 n - validation_size rows with weight > 0, score the mean pinball on the last validation_size
@@ -69,6 +71,7 @@ from pipeline.models.solvers.rules import Rule, check_quantiles
 MEDIAN = Rule(lambda v: v == "median", "'median' (the median heuristic) or a positive number")
 HUBER_EPS = 1e-3  # smoothing threshold, in units of the standardized target
 MIN_LAM = 1e-8  # alpha = 0 is solved as this tiny ridge (the dual needs lam > 0)
+_PRIMAL_BLOCK = 8  # problems per pass of `_primal`: 8 x 3 x 1006 float64 sums fit in L2
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,10 @@ def _prepare(
     else:
         bw = torch.full((X.shape[0],), float(rff_bandwidth), dtype=torch.float64)
     W, b = (torch.from_numpy(a) for a in rff_weights(X.shape[2], rff_features, seed))
-    phi, U = lqr_features(Xs, W, b, bw, penalize_first_lag)
+    phi, U = lqr_features(Xs, W, b, bw, penalize_first_lag, act)
     return {
-        "phi": phi * act[..., None],
-        "U": U * act[..., None],
+        "phi": phi,
+        "U": U,
         "ys": (yt - y_mean[:, None]) / y_sd[:, None] * act,
         "w": wt,
         "x_mean": x_mean,
@@ -188,9 +191,7 @@ def _fit_chunk(
     c, nu = solve_kernel_qr(K, U, ys, wt, tau, lam[:, None, :], eps, start)
     c, nu = c[:, 0], nu[:, 0]
     return {
-        # primal penalized coefficients (B,Q,P) as products and sums over rows: a batched GEMM
-        # with Q rows gives bits that depend on the batch size
-        "beta": torch.stack([(c[:, q, :, None] * phi).sum(1) for q in range(Q)], 1),
+        "beta": _primal(c, phi),
         "gamma": nu,  # unpenalized coefficients (B,Q,k)
         "alpha": alpha,
         "x_mean": f["x_mean"],
@@ -199,6 +200,26 @@ def _fit_chunk(
         "y_scale": f["y_scale"],
         "bandwidth": f["bandwidth"],
     }
+
+
+def _primal(c: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """beta = phi' c (B,Q,P) from c (B,Q,n), summed over rows in order: a batched GEMM with Q
+    rows gives bits that depend on the batch size. A few problems at a time, so that their
+    (Q, P) sums stay in the cache over the n passes (5x faster than whole-batch sums)."""
+    B, Q, n = c.shape
+    beta = torch.empty(B, Q, phi.shape[-1], dtype=phi.dtype)
+    tmp = torch.empty(_PRIMAL_BLOCK, Q, phi.shape[-1], dtype=phi.dtype)
+    for lo in range(0, B, _PRIMAL_BLOCK):
+        cb, pb, out = (
+            c[lo : lo + _PRIMAL_BLOCK],
+            phi[lo : lo + _PRIMAL_BLOCK],
+            beta[lo : lo + _PRIMAL_BLOCK],
+        )
+        t = tmp[: out.shape[0]]
+        torch.mul(cb[:, :, 0, None], pb[:, None, 0], out=out)
+        for i in range(1, n):
+            out.add_(torch.mul(cb[:, :, i, None], pb[:, None, i], out=t))
+    return beta
 
 
 def predict_lqr_state(

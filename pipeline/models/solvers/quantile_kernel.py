@@ -15,15 +15,18 @@ strongly convex. `solve_kernel_qr` builds this box-constrained QP for all proble
 and quantiles at once. Alphas are solved in order, each by the active-set method of
 `pipeline.models.solvers.kernel_active_set` started from the previous alpha's optimum (its
 rows on their bounds: a few swaps away), which ends in the exact optimum of one small linear
-system; the first alpha (unless the caller passes a guess, as lqr's refit does), degenerate
-problems (no free row: tau N an integer) and the few whose swaps do not settle go to
-`solve_box_qp`, a batched Mehrotra primal-dual interior point (one Cholesky factorization
-per problem and iteration, shared by the predictor and the corrector step).
+system; the first alpha (unless the caller passes a guess, as lqr's refit does) and the few
+whose swaps do not settle go to `solve_box_qp`, a batched Mehrotra primal-dual interior
+point (one Cholesky factorization per problem and iteration, shared by the predictor and the
+corrector step), which after CROSSOVER_ITER iterations hands its problems to the active-set
+method with the bounds its iterate predicts (most certify at once: a third fewer interior
+point iterations).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -31,7 +34,9 @@ from pipeline.models.solvers.common import chol_solve
 from pipeline.models.solvers.kernel_active_set import MAX_ITER, solve_active_set
 
 INIT_MARGIN = 1.0  # box-QP start: multiplier margin, relative to the mean |gradient|
-START_ITER = 20  # active-set iterations from `start` (a rougher guess than the last alpha's)
+START_ITER = 10  # active-set iterations from `start` (a rougher guess than the last alpha's)
+CROSSOVER_ITER = 6  # interior-point iterations before the crossover to the active-set method
+CROSSOVER_AS_ITER = 2  # its active-set iterations (from the interior point's near guess)
 ALIGN = 8  # Newton systems padded to a multiple of 8 rows: 64-byte aligned float64 matrices
 
 
@@ -70,6 +75,7 @@ def solve_box_qp(
     *,
     tol: float = 1e-12,
     max_iter: int = 60,
+    crossover: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched primal-dual interior point (Mehrotra) for the kernel-form dual QP
 
@@ -81,6 +87,12 @@ def solve_box_qp(
     unpenalized coefficients). Every problem needs lo < hi; pin a row to 0 with a unit
     diagonal and wide bounds. Finished problems are dropped from the batch as they
     converge (most finish within a couple of iterations of each other, a few lag).
+
+    `crossover(idx, lower, upper)`, if given, is called once, after CROSSOVER_ITER iterations,
+    with the flat indices of the unfinished problems and the rows the iterate predicts on
+    their lower / upper bound (multiplier above slack); it returns (certified, v, nu) for
+    them, and the certified leave the interior point (an exact solution from a near-exact
+    guess: the active-set method's one solve, instead of the iterations left here).
     """
     batch, n, k = y.shape[:-1], y.shape[-1], U.shape[-1]
     Hf = H.reshape(-1, n, n)
@@ -101,7 +113,7 @@ def solve_box_qp(
     v_out, nu_out = v.clone(), nu.clone()
     idx = torch.arange(N)
 
-    for _ in range(max_iter):
+    for it in range(max_iter):
         Hc = Hf[hidx]  # this iteration's copy, turned into the Newton matrix below
         sl, su = v - lo, hi - v
         rd = (Hc * v[:, None, :]).sum(-1) - y + (Uf * nu[:, None, :]).sum(-1) - zl + zu
@@ -111,6 +123,11 @@ def solve_box_qp(
         if k:
             res = torch.maximum(res, rp.abs().amax(-1, keepdim=True))
         done = ((gap <= tol * scale * n) & (res <= tol * scale))[:, 0]
+        if crossover is not None and it == CROSSOVER_ITER:
+            ok, v_x, nu_x = crossover(idx, zl > sl, zu > su)
+            ok &= ~done
+            v, nu = torch.where(ok[:, None], v_x, v), torch.where(ok[:, None], nu_x, nu)
+            done |= ok
         if bool(done.any()):
             v_out[idx[done]], nu_out[idx[done]] = v[done], nu[done]
             keep = ~done
@@ -233,9 +250,25 @@ def _solve_equal_rows(
     Um, ym = U * m[..., None], y * m
 
     def interior_point(bi: torch.Tensor, ai: torch.Tensor, qi: torch.Tensor) -> tuple:
-        # the QPs (problem bi[j], alpha ai[j], quantile qi[j]) by the interior point
+        # the QPs (problem bi[j], alpha ai[j], quantile qi[j]) by the interior point, with a
+        # crossover to the active-set method once it is near (all of one alpha, ai[0])
         H = Km[bi] / scale[bi, ai, qi][:, None, None] + torch.diag_embed(diag[bi])
-        return solve_box_qp(H, ym[bi], Um[bi], lo[bi, ai, qi], hi[bi, ai, qi])
+        a = int(ai[0])
+
+        def crossover(j: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> tuple:
+            # the problems' QPs as (problem, quantile), the arithmetic of the alpha path
+            pb, inv = torch.unique(bi[j], return_inverse=True)
+            live = torch.zeros(pb.shape[0], shape[2], dtype=torch.bool)
+            live[inv, qi[j]] = True
+            guess = [torch.zeros(pb.shape[0], shape[2], r, dtype=torch.bool) for _ in "lu"]
+            guess[0][inv, qi[j]], guess[1][inv, qi[j]] = lower, upper
+            vx, nux, ok = solve_active_set(
+                Km[pb], diag[pb], scale[pb, a], ym[pb], Um[pb], lo[pb, a], hi[pb, a], act[pb],
+                init=tuple(guess), max_iter=CROSSOVER_AS_ITER, live=live,
+            )  # fmt: skip
+            return ok[inv, qi[j]], vx[inv, qi[j]], nux[inv, qi[j]]
+
+        return solve_box_qp(H, ym[bi], Um[bi], lo[bi, ai, qi], hi[bi, ai, qi], crossover=crossover)
 
     # each alpha by the active-set method, started from the previous alpha's bounds (a
     # nearby optimum) or from `start`; the first (without a start) and the uncertified by the

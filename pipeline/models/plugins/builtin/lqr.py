@@ -82,8 +82,10 @@ CONFIG = LqrConfig
 ADAPTER = Adapter(
     name="lqr",
     # 2: batch-invariant arithmetic (a fit's bits no longer follow its batch); 3: alphas after
-    # the first and the refit by an active-set method (exact optima, issue 19)
-    version=3,
+    # the first and the refit by an active-set method (exact optima, issue 19); 4: the
+    # interior point crosses over to the active set, a flat intercept is its interval's
+    # analytic centre (issue 19 item 4)
+    version=4,
     pooled=False,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
