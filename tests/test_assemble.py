@@ -204,6 +204,28 @@ def test_report_references_exactly_the_charts_written(run):
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
 
+def test_charts_from_the_helper_process_are_the_same_bytes(run, tmp_path, monkeypatch, caplog):
+    """The charts a helper process renders (from forecasts/all.parquet, while the metrics are
+    computed) are the bytes an in-process render writes: the whole output is."""
+    from pipeline.stages import charts
+
+    root, _, _, _, digests = run
+    make_run(tmp_path)
+    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
+    finish = charts.ChartRun.finish
+
+    def after_the_helper(self, frame):  # let the helper render all, not this process
+        if self._feeder is not None:
+            self._feeder.join()
+        return finish(self, frame)
+
+    monkeypatch.setattr(charts.ChartRun, "finish", after_the_helper)
+    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "4 charts rendered (4 by the helper process)" in caplog.text
+    assert _digests(tmp_path) == digests
+
+
 def test_missing_fits_are_listed_and_stale_files_removed(tmp_path):
     make_run(tmp_path)
     train = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "train").glob("*.parquet"))])

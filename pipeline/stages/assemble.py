@@ -51,7 +51,7 @@ from pipeline.schema import (
     TIME,
     conform_forecasts,
 )
-from pipeline.stages.charts import write_charts
+from pipeline.stages.charts import start_charts
 from pipeline.stages.failed_fits import label_failed, read_failed_fits
 from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
 
@@ -140,12 +140,21 @@ def assemble(
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
     written = _write_forecast_tables(fdir, frame, missing)
     forecast_files = written[:-2]
-    tables, metric_files = _write_metrics(output_dir, frame, missing, n_unexpected, benchmark, mcs)
-    written += metric_files
-
-    # --- charts and report -----------------------------------------------------------------
-    images = write_charts(output_dir, frame, benchmark, fans, model_order)
+    # the charts render in a helper process (from all.parquet) while the metrics are computed
+    charts = start_charts(
+        output_dir, frame, benchmark, fans, model_order, table=fdir / "all.parquet"
+    )
+    try:
+        tables, metric_files = _write_metrics(
+            output_dir, frame, missing, n_unexpected, benchmark, mcs
+        )
+        written += metric_files
+        images = charts.finish(frame)
+    finally:
+        charts.close()
     written += [rdir / image.src for image in images]
+
+    # --- report ----------------------------------------------------------------------------
     html = render_report(
         tables,
         images,
