@@ -209,7 +209,7 @@ def test_charts_from_the_helper_process_are_the_same_bytes(run, tmp_path, monkey
     computed) are the bytes an in-process render writes: the whole output is."""
     from pipeline.stages import charts
 
-    root, _, _, _, digests = run
+    digests = run[4]
     make_run(tmp_path)
     monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
     finish = charts.ChartRun.finish
