@@ -204,14 +204,16 @@ def test_report_references_exactly_the_charts_written(run):
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
 
-def test_charts_from_the_helper_process_are_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """The charts a helper process renders (from forecasts/all.parquet, while the metrics are
-    computed) are the bytes an in-process render writes: the whole output is."""
-    from pipeline.stages import charts
+def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
+    """The charts and test tables a helper process computes (from forecasts/all.parquet, while
+    the metric tables are computed here) are the bytes an in-process assemble writes: the
+    whole output is."""
+    from pipeline.stages import assemble_helper, charts
 
     digests = run[4]
     make_run(tmp_path)
     monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
+    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)  # and for the test tables
     finish = charts.ChartRun.finish
 
     def after_the_helper(self, frame):  # let the helper render all, not this process

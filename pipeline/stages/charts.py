@@ -10,12 +10,12 @@ hash, so the outputs are the same bytes as a full render (PNGs are deterministic
 software metadata). Under `dvc repro` assemble's outputs are deleted before it runs, so every
 chart is rendered there.
 
-`start_charts` decides what to render and, when that is enough work (`HELPER_MIN_PANELS`) and
-a second CPU is there, hands it to one helper process (spawned; it reads the forecast table
-assemble has just written, `forecasts/all.parquet`, and returns PNG bytes: this process owns
-the files and writes them). `ChartRun.finish`, called after the metric tables, renders here
-what the helper has not started, from the end of the queue, then collects the helper's PNGs:
-the same bytes as rendering everything here (tests/test_assemble.py).
+`plan_charts` decides what to render; `ChartRun.start` hands that to assemble's helper process
+(stages/assemble_helper.py: it renders from the forecast table assemble has just written and
+returns PNG bytes; this process owns the files and writes them). `ChartRun.finish`, called
+after the metric tables, renders here what the helper has not started, from the end of the
+queue, then collects the helper's PNGs: the same bytes as rendering everything here
+(tests/test_assemble.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from pipeline.evaluation import plots
 from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.evaluation.report import ReportImage
 from pipeline.io import atomic_path, read_json, stable_hash, write_json
+from pipeline.stages.assemble_helper import Helper
 
 log = logging.getLogger("pipeline.stages.assemble")
 MANIFEST = Path("logs") / "charts.json"
@@ -72,8 +71,8 @@ def figure(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence
 
 
 class ChartRun:
-    """The charts of one assemble: planned and (maybe) started by `start_charts`, written by
-    `finish`. `close` stops the helper; `finish` calls it, and a failed assemble must too.
+    """The charts of one assemble: planned by `plan_charts`, handed to the helper by `start`,
+    written by `finish`. `close` stops the feeding; `finish` calls it, a failed assemble must.
 
     The stale charts wait in one queue: a feeder thread hands the helper one at a time from
     the front (waiting on it holds no GIL), `finish` renders here from the back, so both end
@@ -95,19 +94,19 @@ class ChartRun:
         self._pngs: dict[str, bytes] = {}
         self._by_helper = 0
         self._error: BaseException | None = None
-        self._pool: ProcessPoolExecutor | None = None
         self._feeder: threading.Thread | None = None
 
-    def _start_helper(self, table: Path, n_rows: int) -> None:
-        import multiprocessing
+    @property
+    def stale_panels(self) -> int:
+        """The panels to render (a rough cost: `HELPER_MIN_PANELS`)."""
+        return sum(c.panels for c in self._stale)
 
-        stat = table.stat()
-        identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self._feeder = threading.Thread(target=self._feed, args=(self._pool, identity), daemon=True)
+    def start(self, helper: Helper) -> None:
+        """Let `helper` render the stale charts from the front of the queue meanwhile."""
+        self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
         self._feeder.start()
 
-    def _feed(self, pool: ProcessPoolExecutor, identity: tuple[str, int, int, int]) -> None:
+    def _feed(self, helper: Helper) -> None:
         chart = None
         try:
             while True:
@@ -115,8 +114,7 @@ class ChartRun:
                     if not self._queue:
                         return
                     chart = self._queue.popleft()
-                args = (identity, chart.kind, chart.args, self._order)
-                png = pool.submit(_render_in_helper, *args).result()
+                png = helper.submit(render_png, chart.kind, chart.args, self._order).result()
                 with self._lock:
                     self._pngs[chart.src] = png
                     self._by_helper += 1
@@ -137,14 +135,12 @@ class ChartRun:
         """Render what is stale (here, or collect it from the helper), write the PNGs and
         the manifest; the report's images."""
         while (chart := self._take_last()) is not None:
-            png = plots.png_bytes(figure(frame, chart.kind, chart.args, self._order))
-            self._pngs[chart.src] = png
+            self._pngs[chart.src] = render_png(frame, chart.kind, chart.args, self._order)
         self.close()  # waits for the helper's last chart
         if self._error is not None:
             raise self._error
         while (chart := self._take_last()) is not None:  # one the helper gave back
-            png = plots.png_bytes(figure(frame, chart.kind, chart.args, self._order))
-            self._pngs[chart.src] = png
+            self._pngs[chart.src] = render_png(frame, chart.kind, chart.args, self._order)
         rdir, pngs = self._output_dir / "reports", self._pngs
         new: dict[str, dict[str, str]] = {}
         for chart in self._charts:
@@ -161,8 +157,8 @@ class ChartRun:
         return self._images
 
     def close(self) -> None:
-        """Stop the helper after its current chart (what it has not started renders in
-        `finish`, or not at all after a failure)."""
+        """Stop feeding the helper after its current chart (what it has not started renders
+        in `finish`, or not at all after a failure)."""
         if self._feeder is not None:
             with self._lock:
                 left = list(self._queue)
@@ -171,27 +167,18 @@ class ChartRun:
             with self._lock:  # back in the queue: what finish has left to render
                 self._queue.extendleft(reversed(left))
             self._feeder = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
 
-def start_charts(
+def plan_charts(
     output_dir: Path,
     frame: pd.DataFrame,
     benchmark: str,
     fans: list[tuple[str, int]],
     order: Sequence[str] = (),
-    *,
-    table: Path | None = None,
-    min_panels: int | None = None,
 ) -> ChartRun:
     """Plan the two metric charts (plus reliability when calibrated rows exist) and one fan
     chart per (country, horizon) in `fans`, under reports/; `order` fixes each model's colour,
-    the same in every chart (`plots.model_colors`). `table`: a parquet file holding exactly
-    `frame`'s rows (forecasts/all.parquet), from which a helper process may render the
-    stale charts meanwhile, if they have at least `min_panels` panels and a second CPU is
-    there (default HELPER_MIN_PANELS); without it everything renders in `finish`."""
+    the same in every chart (`plots.model_colors`). Nothing is rendered yet."""
     manifest_path = output_dir / MANIFEST
     try:
         old = read_json(manifest_path) if manifest_path.exists() else {}
@@ -227,58 +214,18 @@ def start_charts(
     stale = [c for c in charts if not _unchanged(output_dir / "reports" / c.src, c, old)]
     # the costliest first: the helper takes the queue from the front, finish() from the end
     stale.sort(key=lambda c: -c.panels)
-    run = ChartRun(output_dir, charts, stale, images, old, order)
-    min_panels = HELPER_MIN_PANELS if min_panels is None else min_panels
-    if table is not None and sum(c.panels for c in stale) >= min_panels and _cpus() >= 2:
-        run._start_helper(table, len(frame))
-    return run
+    return ChartRun(output_dir, charts, stale, images, old, order)
 
 
-def write_charts(
-    output_dir: Path,
-    frame: pd.DataFrame,
-    benchmark: str,
-    fans: list[tuple[str, int]],
-    order: Sequence[str] = (),
-) -> list[ReportImage]:
-    """`start_charts` then `finish`, all in this process."""
-    return start_charts(output_dir, frame, benchmark, fans, order).finish(frame)
+def render_png(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence[str]) -> bytes:
+    """One chart's PNG bytes (here or in the helper)."""
+    return plots.png_bytes(figure(frame, kind, args, order))
 
 
 def _unchanged(path: Path, chart: _Chart, old: dict[str, Any]) -> bool:
     seen = old.get(chart.src, {})
     seen = seen if isinstance(seen, dict) else {}
     return seen.get("inputs") == chart.inputs and path.exists() and _sha(path) == seen.get("sha256")
-
-
-# --- the helper process ----------------------------------------------------------------------
-_HELPER_FRAME: dict[tuple[str, int, int, int], pd.DataFrame] = {}
-
-
-def _render_in_helper(
-    identity: tuple[str, int, int, int], kind: str, args: dict[str, Any], order: list[str]
-) -> bytes:
-    """(In the helper.) One chart's PNG bytes, from the table assemble wrote, read once."""
-    if identity not in _HELPER_FRAME:
-        from pipeline.schema import FORECAST_DTYPES
-
-        path, size, mtime_ns, n_rows = identity
-        frame = pd.read_parquet(path)
-        stat = os.stat(path)
-        # the very file assemble wrote for this frame (not one written since)
-        if (stat.st_size, stat.st_mtime_ns, len(frame)) != (size, mtime_ns, n_rows):
-            raise RuntimeError(f"the forecast table {path} changed while assemble ran")
-        dtypes = {c: t for c, t in FORECAST_DTYPES.items() if c in frame.columns}
-        _HELPER_FRAME.clear()
-        _HELPER_FRAME[identity] = frame.astype(dtypes)
-    return plots.png_bytes(figure(_HELPER_FRAME[identity], kind, args, order))
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _rows_hash(rows: pd.DataFrame) -> str:

@@ -1,0 +1,77 @@
+"""assemble's helper process: the second core renders charts and computes the test tables
+while this process computes the metric tables (issues 18 item 5 and 19 item 4).
+
+One spawned process (a `ProcessPoolExecutor` of one: it imports the package afresh, so the
+caller's `__main__` needs the `if __name__ == "__main__":` guard, as for the Dask cluster).
+It reads the forecast table assemble has just written (`forecasts/all.parquet`, the very rows
+of assemble's frame: its size, mtime and row count are checked) once, and sends back results
+(PNG bytes, small tables); it writes no file: this process owns the outputs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Forecast rows from which the test tables (coverage tests, MCS, decomposition: about 11 CPU-s
+# at 3M rows) go to the helper; below, the helper's start (~1.2 CPU-s) would cost more than
+# the tests (about 1 CPU-s at 342k rows).
+HELPER_MIN_ROWS = 1_000_000
+
+Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows
+
+
+class Helper:
+    """One helper process for one assemble; `close` when done (also after a failure)."""
+
+    def __init__(self, table: Path, n_rows: int) -> None:
+        stat = table.stat()
+        self.identity: Identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
+        context = multiprocessing.get_context("spawn")
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(1, mp_context=context)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """`fn(frame, *args)` in the helper, `frame` the table (FORECAST_DTYPES); `fn` must
+        be a module-level function (it is sent by name)."""
+        if self._pool is None:
+            raise RuntimeError("the helper process is closed")
+        return self._pool.submit(_call, self.identity, fn, args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- in the helper ---------------------------------------------------------------------------
+_FRAME: dict[Identity, pd.DataFrame] = {}
+
+
+def _call(identity: Identity, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    if identity not in _FRAME:
+        from pipeline.schema import FORECAST_DTYPES
+
+        path, size, mtime_ns, n_rows = identity
+        frame = pd.read_parquet(path)
+        stat = os.stat(path)
+        # the very file assemble wrote for its frame (not one written since)
+        if (stat.st_size, stat.st_mtime_ns, len(frame)) != (size, mtime_ns, n_rows):
+            raise RuntimeError(f"the forecast table {path} changed while assemble ran")
+        dtypes = {c: t for c, t in FORECAST_DTYPES.items() if c in frame.columns}
+        _FRAME.clear()
+        _FRAME[identity] = frame.astype(dtypes)
+    return fn(_FRAME[identity], *args)
