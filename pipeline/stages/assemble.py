@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError
+from pipeline.evaluation import decomposition, metrics_json
 from pipeline.evaluation import metrics as evaluate
-from pipeline.evaluation import metrics_json
 from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import render_report
@@ -54,7 +54,7 @@ from pipeline.schema import (
 )
 from pipeline.stages import assemble_helper
 from pipeline.stages import charts as chart_stage
-from pipeline.stages.assemble_tables import statistical_tables, write_plot_data
+from pipeline.stages.assemble_tables import coverage_test_tables, write_plot_data
 from pipeline.stages.failed_fits import label_failed, read_failed_fits
 from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
 
@@ -152,7 +152,7 @@ def assemble(
     if (helper_tests or helper_charts) and assemble_helper.cpus() >= 2:
         helper = assemble_helper.Helper(fdir / "all.parquet", len(frame))
     try:
-        tests = helper.submit(statistical_tables, *mcs) if helper and helper_tests else None
+        tests = helper.submit(coverage_test_tables, *mcs) if helper and helper_tests else None
         if helper and helper_charts:
             charts.start(helper)
         tables, metric_files = _write_metrics(
@@ -234,17 +234,20 @@ def _write_metrics(
     mcs: tuple[float, int, int],
     tests_future: Future[dict[str, pd.DataFrame]] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
-    """metrics*.json, the parquet metric tables and the dvc plot data; the test tables
-    from `tests_future` (the helper's `statistical_tables`) when given."""
+    """metrics*.json, the parquet metric tables and the dvc plot data; the coverage test
+    tables from `tests_future` (the helper's `coverage_test_tables`) when given."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):  # see statistical_tables
+    with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
         scoring = evaluate.compact_frame(frame)
         tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
         metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
+        # here while the helper runs the coverage tests: the two take about as long at scale
+        decomposed = decomposition.pinball_decomposition(scoring)
     size = mcs[0]
-    tests = statistical_tables(scoring, *mcs) if tests_future is None else tests_future.result()
+    tests = coverage_test_tables(scoring, *mcs) if tests_future is None else tests_future.result()
+    tests["pinball_decomposition"] = decomposed
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     metrics.update(metrics_json.test_metrics(tests, size))
     tables.update(tests)

@@ -1,4 +1,4 @@
-"""assemble's helper process: the second core renders charts and computes the test tables
+"""assemble's helper process: the second core renders charts and computes the coverage tests
 while this process computes the metric tables (issues 18 item 5 and 19 item 4).
 
 One spawned process (a `ProcessPoolExecutor` of one: it imports the package afresh, so the
@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-# Forecast rows from which the test tables (coverage tests, MCS, decomposition: about 11 CPU-s
-# at 3M rows) go to the helper; below, the helper's start (~1.2 CPU-s) would cost more than
-# the tests (about 1 CPU-s at 342k rows).
+# Forecast rows from which the coverage tests and MCS (about 8 CPU-s at 3M rows, while this
+# process computes the metric tables and the decomposition) go to the helper; below, the
+# helper's start (~1.2 CPU-s) would cost about what they do (under 1 CPU-s at 342k rows).
 HELPER_MIN_ROWS = 1_000_000
 
 Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows

@@ -1,4 +1,4 @@
-"""assemble's test tables (coverage tests, MCS, pinball decomposition) and the `dvc plots`
+"""assemble's test tables (coverage tests, MCS) and the `dvc plots`
 data: the parts of the metric step that stages/assemble.py hands on or writes last."""
 
 from __future__ import annotations
@@ -7,25 +7,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.evaluation import coverage_tests, decomposition
+from pipeline.evaluation import coverage_tests
 from pipeline.evaluation import metrics as evaluate
 from pipeline.io import write_text
 
 
-def statistical_tables(
+def coverage_test_tables(
     frame: pd.DataFrame, size: float, reps: int, seed: int
 ) -> dict[str, pd.DataFrame]:
-    """Coverage tests, MCS and the pinball decomposition of a forecast table (here, or in
-    the helper process: the same function on the same rows)."""
+    """Coverage tests (pooled, by country) and the MCS of a forecast table (here, or in the
+    helper process: the same function on the same rows)."""
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
     # loaded 2-core machine made the DQ regressions 100x slower (benchmarks/README.md)
     with threadpool_limits(limits=1, user_api="blas"):
         scoring = evaluate.compact_frame(frame)  # MODEL and COUNTRY as codes (if not yet)
-        tests = _test_tables(scoring, size, reps, seed)
-        tests["pinball_decomposition"] = decomposition.pinball_decomposition(scoring)
-    return tests
+        return _test_tables(scoring, size, reps, seed)
 
 
 def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
