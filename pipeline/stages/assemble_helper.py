@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -34,7 +35,9 @@ class Helper:
         stat = table.stat()
         self.identity: Identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
         context = multiprocessing.get_context("spawn")
-        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(1, mp_context=context)
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
+            1, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """`fn(frame, *args)` in the helper, `frame` the table (FORECAST_DTYPES); `fn` must
@@ -59,6 +62,19 @@ def cpus() -> int:
 
 # --- in the helper ---------------------------------------------------------------------------
 _FRAME: dict[Identity, pd.DataFrame] = {}
+
+
+def _exit_with(parent: int) -> None:
+    """Exit when assemble's process dies (a SIGKILL, say): a pool's worker would otherwise
+    wait for work forever, holding the forecast table."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _call(identity: Identity, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
