@@ -81,3 +81,12 @@ def test_the_helper_exits_when_assemble_is_killed(tmp_path):
     while _alive(helper) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(helper)
+
+
+def test_idle_cpus_is_a_share_of_the_machine():
+    from pipeline.stages.assemble_helper import IdleMeter, cpus
+
+    meter = IdleMeter()
+    sum(i * i for i in range(200_000))  # some ticks pass
+    idle = meter.idle_cpus()
+    assert 0.0 <= idle <= (os.cpu_count() or 1) and cpus() >= 1

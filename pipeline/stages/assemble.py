@@ -115,6 +115,7 @@ def assemble(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    idle = assemble_helper.IdleMeter()  # is a core free for a helper process? (below)
     frame = read_forecasts(output_dir)
     targets = sorted(frame["TARGET"].dropna().unique().tolist())
     if targets and targets != [target]:
@@ -150,7 +151,10 @@ def assemble(
     helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
     helper = None
     if (helper_tests or helper_charts) and assemble_helper.cpus() >= 2:
-        helper = assemble_helper.Helper(fdir / "all.parquet", len(frame))
+        free = idle.idle_cpus()
+        if free >= assemble_helper.MIN_IDLE_CPUS:
+            helper = assemble_helper.Helper(fdir / "all.parquet", len(frame))
+        log.info("assemble: %s helper process (%.1f CPUs idle)", "a" if helper else "no", free)
     try:
         tests = helper.submit(coverage_test_tables, *mcs) if helper and helper_tests else None
         if helper and helper_charts:

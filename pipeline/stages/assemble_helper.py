@@ -25,6 +25,12 @@ import pandas as pd
 # helper's start (~1.2 CPU-s) would cost about what they do (under 1 CPU-s at 342k rows).
 HELPER_MIN_ROWS = 1_000_000
 
+# Idle CPUs (averaged over assemble's first phase: reading, reconciling, writing the tables)
+# below which no helper starts: on a machine whose cores are busy (a loaded shared machine;
+# Linux's autogroup scheduler then splits this session's share between the two processes)
+# the helper only adds its start and a second read of the table (benchmarks/README.md).
+MIN_IDLE_CPUS = 0.5
+
 Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows
 
 
@@ -50,6 +56,30 @@ class Helper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+class IdleMeter:
+    """The machine's idle CPUs since it was made (from /proc/stat's idle and iowait time)."""
+
+    def __init__(self) -> None:
+        self._start = _cpu_ticks()
+
+    def idle_cpus(self) -> float:
+        """Average idle CPUs since the start; with no /proc/stat (not Linux), cpus() - 1."""
+        end = _cpu_ticks()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return float(cpus() - 1)
+        idle, total = end[0] - self._start[0], end[1] - self._start[1]
+        return (os.cpu_count() or 1) * idle / total
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[3] + ticks[4], sum(ticks)
 
 
 def cpus() -> int:
