@@ -44,7 +44,7 @@ from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import render_report
-from pipeline.io import read_json, write_json, write_parquet, write_text
+from pipeline.io import read_json, write_json, write_parquet, write_parquet_tables, write_text
 from pipeline.schema import (
     COUNTRY,
     META_FILE,
@@ -211,6 +211,8 @@ def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
 
 def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
     """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
+    import pyarrow as pa
+
     paths = []
     # the groups of a sorted groupby (rows in frame order within each), from integer codes
     keys = ["MODEL", "QUANTILE", "HORIZON"]
@@ -219,12 +221,17 @@ def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFram
     order = order[frame[keys].notna().all(axis=1).to_numpy()[order]]  # groupby drops NA keys
     group = evaluate.run_ids([c[order] for c in codes])
     edges = np.flatnonzero(np.r_[True, np.diff(group) != 0, True]) if group.size else []
+    # the frame to Arrow once (what write_parquet does per frame), each table its rows of
+    # that (one part at a time in memory): the bytes write_parquet writes for each part
+    whole = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     for a, b in itertools.pairwise(edges):
-        part = frame.take(order[a:b]).reset_index(drop=True)
-        model, q, h = (part[c].iloc[0] for c in keys)
+        part = whole.take(pa.array(order[a:b]))
+        model, q, h = (part.column(c)[0].as_py() for c in keys)
         paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet(paths[-1], part)
-    write_parquet(fdir / "all.parquet", frame)
+        write_parquet_tables(paths[-1], part.schema, [part])
+        del part
+    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole])
+    del whole
     write_parquet(fdir / "missing.parquet", missing)
     return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
 
