@@ -43,6 +43,12 @@ out = Path(sys.argv[1])
 from pipeline.config import validate
 from pipeline.config.compose import compose_file
 config = validate(compose_file(out / "config.yaml", [f"runtime.output_dir={out}"]))
+if sys.argv[2] == "always":  # a helper process however busy the machine (this tree only)
+    try:
+        import pipeline.stages.assemble_helper as helper
+        helper.MIN_IDLE_CPUS = float("-inf")
+    except ImportError:
+        pass
 from pipeline.stages.study import assemble_study
 cpu0 = time.process_time()
 assemble_study(config)
@@ -53,14 +59,16 @@ print(json.dumps({"vmhwm_mib": hwm / 1024, "own_cpu_s": own}))
 """
 
 
-def run_once(tree: Path, out: Path, fresh_charts: bool = False) -> dict[str, Any]:
+def run_once(
+    tree: Path, out: Path, fresh_charts: bool = False, helper: str = "auto"
+) -> dict[str, Any]:
     if fresh_charts:
         (out / "logs" / "charts.json").unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     load = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(out)],
+        [sys.executable, "-c", CHILD, str(out), helper],
         cwd=tree,
         env=env,
         stdout=subprocess.PIPE,
@@ -90,9 +98,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--charts", choices=("kept", "fresh"), default="kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_assemble_dir"))
+    parser.add_argument(
+        "--helper",
+        choices=("auto", "always"),
+        default="auto",
+        help="always: this tree starts its helper process even on a busy machine",
+    )
     args = parser.parse_args()
     trees = {"baseline": args.baseline.resolve(), "this": ROOT}
-    results: dict[str, Any] = {"uptime_start": os.getloadavg(), "charts": args.charts}
+    results: dict[str, Any] = {
+        "uptime_start": os.getloadavg(),
+        "charts": args.charts,
+        "helper": args.helper,
+    }
     fresh = args.charts == "fresh"
     for out in args.dirs:
         copies = {name: args.work / name / out.resolve().name for name in trees}
@@ -105,7 +123,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         for _ in range(args.repeats):
             for name, tree in trees.items():
-                runs[name].append(run_once(tree, copies[name], fresh))
+                runs[name].append(run_once(tree, copies[name], fresh, args.helper))
                 print(out.name, name, json.dumps(runs[name][-1]), flush=True)
         medians = {
             name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
