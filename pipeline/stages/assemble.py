@@ -31,6 +31,7 @@ import logging
 import re
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,7 +258,14 @@ def _write_metrics(
         # here while the helper runs the coverage tests: the two take about as long at scale
         decomposed = decomposition.pinball_decomposition(scoring)
     size = mcs[0]
-    tests = coverage_test_tables(scoring, *mcs) if tests_future is None else tests_future.result()
+    tests = None
+    if tests_future is not None:
+        try:
+            tests = tests_future.result()
+        except BrokenProcessPool:  # the helper died (killed for memory?): compute them here
+            log.warning("assemble: the helper process died; the coverage tests run here")
+    if tests is None:
+        tests = coverage_test_tables(scoring, *mcs)
     tests["pinball_decomposition"] = decomposed
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     metrics.update(metrics_json.test_metrics(tests, size))

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,16 @@ class Helper:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """`fn(frame, *args)` in the helper, `frame` the table (FORECAST_DTYPES); `fn` must
-        be a module-level function (it is sent by name)."""
+        be a module-level function (it is sent by name). A dead helper's future raises
+        BrokenProcessPool: the callers then do the work themselves."""
         if self._pool is None:
             raise RuntimeError("the helper process is closed")
-        return self._pool.submit(_call, self.identity, fn, args)
+        try:
+            return self._pool.submit(_call, self.identity, fn, args)
+        except BrokenProcessPool as exc:  # it died: the caller sees it where it waits
+            failed: Future[Any] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def close(self) -> None:
         if self._pool is not None:
