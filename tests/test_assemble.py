@@ -204,6 +204,56 @@ def test_report_references_exactly_the_charts_written(run):
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
 
+def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
+    """The charts and test tables a helper process computes (from forecasts/all.parquet, while
+    the metric tables are computed here) are the bytes an in-process assemble writes: the
+    whole output is."""
+    from pipeline.stages import assemble_helper, charts
+
+    digests = run[4]
+    make_run(tmp_path)
+    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
+    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)  # and for the test tables
+    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
+    finish = charts.ChartRun.finish
+
+    def after_the_helper(self, frame):  # let the helper render all, not this process
+        if self._feeder is not None:
+            self._feeder.join()
+        return finish(self, frame)
+
+    monkeypatch.setattr(charts.ChartRun, "finish", after_the_helper)
+    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "4 charts rendered (4 by the helper process)" in caplog.text
+    assert _digests(tmp_path) == digests
+
+
+def test_a_helper_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
+    """Killed (for memory, say) before it does anything: assemble does its work itself."""
+    import os
+    import signal
+
+    from pipeline.stages import assemble_helper, charts
+
+    make_run(tmp_path)
+    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)
+    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)
+    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
+
+    class Doomed(assemble_helper.Helper):
+        def __init__(self, *args):
+            super().__init__(*args)
+            pid = self._pool.submit(os.getpid).result()
+            os.kill(pid, signal.SIGKILL)
+
+    monkeypatch.setattr(assemble_helper, "Helper", Doomed)
+    with caplog.at_level("WARNING", logger="pipeline.stages"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "the helper process died" in caplog.text
+    assert _digests(tmp_path) == run[4]
+
+
 def test_missing_fits_are_listed_and_stale_files_removed(tmp_path):
     make_run(tmp_path)
     train = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "train").glob("*.parquet"))])

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.evaluation import plots
 from pipeline.schema import conform_forecasts
-from pipeline.stages.charts import write_charts
+from pipeline.stages.charts import plan_charts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def _frame() -> pd.DataFrame:
 def test_metric_charts_are_the_same_bytes_as_from_the_whole_frame(tmp_path: Path) -> None:
     frame = _frame()
     order = ["ar_qr", "rw", "zz_user"]
-    write_charts(tmp_path, frame, "ar_qr", [], order)
+    plan_charts(tmp_path, frame, "ar_qr", [], order).finish(frame)  # rendered here
     for name, draw in (
         ("pinball_by_horizon.png", plots.pinball_chart),
         ("coverage.png", plots.coverage_chart),

@@ -92,19 +92,30 @@ def _recalibrated(y: np.ndarray, f: np.ndarray, tau: float) -> np.ndarray:
     order = np.argsort(atom, kind="stable")
     kinks = (-y[order]).tolist()  # negated: heapq is a min-heap, the top is the largest y
     ends = np.cumsum(np.bincount(atom, minlength=values.size)).tolist()
-    heap: list[list[float]] = []  # [-y, weight]: weight 1 unless cut by a flattening
+    # the heap holds each distinct kink once (floats compare in C, lists did not) and `weight`
+    # its weight: the sum of its rows' 1s, less what flattenings cut from it
+    heap: list[float] = []
+    weight: dict[float, float] = {}
     push, pop = heapq.heappush, heapq.heappop
     best = []
     start = 0
     for end in ends:
         for kink in kinks[start:end]:
-            push(heap, [kink, 1.0])
+            w = weight.get(kink)
+            if w is None:
+                weight[kink] = 1.0
+                push(heap, kink)
+            else:
+                weight[kink] = w + 1.0
         need = tau * end  # the kinks' weight that brings the slope to 0
         total = tau * start + (end - start)
-        while total - heap[0][1] >= need:
-            total -= pop(heap)[1]
-        heap[0][1] -= total - need
-        best.append(-heap[0][0])
+        top = heap[0]
+        while total - weight[top] >= need:
+            total -= weight.pop(top)
+            pop(heap)
+            top = heap[0]
+        weight[top] -= total - need
+        best.append(-top)
         start = end
     return np.minimum.accumulate(np.asarray(best)[::-1])[::-1][atom]
 

@@ -12,6 +12,7 @@ one moves no other), and a `<model>_cal` variant is drawn in its model's colour,
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -98,10 +99,20 @@ def _label(name: str, benchmark: str | None) -> str:
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
     """Write `fig` as a PNG atomically, without Software/date metadata; returns the path."""
     path = Path(path)
-    FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
-    with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    data = png_bytes(fig, dpi)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return path
+
+
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
+    """`fig` as PNG bytes (what save_figure writes): a chart rendered in another process
+    comes back as bytes, and the process that owns the files writes them."""
+    FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
+    buffer = io.BytesIO()
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    return buffer.getvalue()
 
 
 def _covid_span(ax, times: pd.Index) -> None:

@@ -30,6 +30,8 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError
-from pipeline.evaluation import coverage_tests, decomposition, metrics_json
+from pipeline.evaluation import decomposition, metrics_json
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import render_report
-from pipeline.io import read_json, write_json, write_parquet, write_text
+from pipeline.io import read_json, write_json, write_parquet, write_parquet_tables, write_text
 from pipeline.schema import (
     COUNTRY,
     META_FILE,
@@ -51,7 +53,9 @@ from pipeline.schema import (
     TIME,
     conform_forecasts,
 )
-from pipeline.stages.charts import write_charts
+from pipeline.stages import assemble_helper
+from pipeline.stages import charts as chart_stage
+from pipeline.stages.assemble_tables import coverage_test_tables, write_plot_data
 from pipeline.stages.failed_fits import label_failed, read_failed_fits
 from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
 
@@ -112,6 +116,7 @@ def assemble(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    idle = assemble_helper.IdleMeter()  # is a core free for a helper process? (below)
     frame = read_forecasts(output_dir)
     targets = sorted(frame["TARGET"].dropna().unique().tolist())
     if targets and targets != [target]:
@@ -140,12 +145,33 @@ def assemble(
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
     written = _write_forecast_tables(fdir, frame, missing)
     forecast_files = written[:-2]
-    tables, metric_files = _write_metrics(output_dir, frame, missing, n_unexpected, benchmark, mcs)
-    written += metric_files
-
-    # --- charts and report -----------------------------------------------------------------
-    images = write_charts(output_dir, frame, benchmark, fans, model_order)
+    # a helper process (the second core, reading all.parquet) renders the charts and, at
+    # scale, computes the test tables while this one computes the metric tables
+    charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
+    helper_tests = len(frame) >= assemble_helper.HELPER_MIN_ROWS
+    helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
+    helper = None
+    if (helper_tests or helper_charts) and assemble_helper.cpus() >= 2:
+        free = idle.idle_cpus()
+        if free >= assemble_helper.MIN_IDLE_CPUS:
+            helper = assemble_helper.Helper(fdir / "all.parquet", len(frame))
+        log.info("assemble: %s helper process (%.1f CPUs idle)", "a" if helper else "no", free)
+    try:
+        tests = helper.submit(coverage_test_tables, *mcs) if helper and helper_tests else None
+        if helper and helper_charts:
+            charts.start(helper)
+        tables, metric_files = _write_metrics(
+            output_dir, frame, missing, n_unexpected, benchmark, mcs, tests
+        )
+        written += metric_files
+        images = charts.finish(frame)
+    finally:
+        charts.close()
+        if helper is not None:
+            helper.close()
     written += [rdir / image.src for image in images]
+
+    # --- report ----------------------------------------------------------------------------
     html = render_report(
         tables,
         images,
@@ -186,6 +212,8 @@ def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
 
 def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
     """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
+    import pyarrow as pa
+
     paths = []
     # the groups of a sorted groupby (rows in frame order within each), from integer codes
     keys = ["MODEL", "QUANTILE", "HORIZON"]
@@ -194,12 +222,17 @@ def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFram
     order = order[frame[keys].notna().all(axis=1).to_numpy()[order]]  # groupby drops NA keys
     group = evaluate.run_ids([c[order] for c in codes])
     edges = np.flatnonzero(np.r_[True, np.diff(group) != 0, True]) if group.size else []
+    # the frame to Arrow once (what write_parquet does per frame), each table its rows of
+    # that (one part at a time in memory): the bytes write_parquet writes for each part
+    whole = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     for a, b in itertools.pairwise(edges):
-        part = frame.take(order[a:b]).reset_index(drop=True)
-        model, q, h = (part[c].iloc[0] for c in keys)
+        part = whole.take(pa.array(order[a:b]))
+        model, q, h = (part.column(c)[0].as_py() for c in keys)
         paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet(paths[-1], part)
-    write_parquet(fdir / "all.parquet", frame)
+        write_parquet_tables(paths[-1], part.schema, [part])
+        del part
+    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole])
+    del whole
     write_parquet(fdir / "missing.parquet", missing)
     return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
 
@@ -211,20 +244,29 @@ def _write_metrics(
     n_unexpected: int,
     benchmark: str,
     mcs: tuple[float, int, int],
+    tests_future: Future[dict[str, pd.DataFrame]] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
-    """metrics*.json, the parquet metric tables and the dvc plot data."""
+    """metrics*.json, the parquet metric tables and the dvc plot data; the coverage test
+    tables from `tests_future` (the helper's `coverage_test_tables`) when given."""
     from threadpoolctl import threadpool_limits
 
-    # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
-    # loaded 2-core machine made the DQ regressions 100x slower (benchmarks/README.md)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
         scoring = evaluate.compact_frame(frame)
         tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
         metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
-        size, reps, seed = mcs
-        tests = _test_tables(scoring, size, reps, seed)
-        tests["pinball_decomposition"] = decomposition.pinball_decomposition(scoring)
+        # here while the helper runs the coverage tests: the two take about as long at scale
+        decomposed = decomposition.pinball_decomposition(scoring)
+    size = mcs[0]
+    tests = None
+    if tests_future is not None:
+        try:
+            tests = tests_future.result()
+        except BrokenProcessPool:  # the helper died (killed for memory?): compute them here
+            log.warning("assemble: the helper process died; the coverage tests run here")
+    if tests is None:
+        tests = coverage_test_tables(scoring, *mcs)
+    tests["pinball_decomposition"] = decomposed
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     metrics.update(metrics_json.test_metrics(tests, size))
     tables.update(tests)
@@ -242,33 +284,8 @@ def _write_metrics(
     # a disabled model keeps an empty shard: its (empty) column keeps `dvc plots` field lists valid
     shard_models = [p.stem for p in (output_dir / "train").glob("*.parquet")]
     models = sorted({*shard_models, *frame["MODEL"].unique().tolist()})
-    paths += _write_plot_data(output_dir / "reports" / "plots", tables, models)
+    paths += write_plot_data(output_dir / "reports" / "plots", tables, models)
     return tables, paths
-
-
-def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
-    """Coverage tests (pooled over countries, and per country) and the MCS per horizon, each
-    with a leading PERIOD column like the other metric tables."""
-    makers = {
-        "coverage_tests": lambda f: coverage_tests.coverage_tests(
-            f, by=["MODEL", "HORIZON", "QUANTILE"]
-        ),
-        "coverage_tests_by_country": lambda f: coverage_tests.coverage_tests(
-            f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"]
-        ),
-        "mcs": lambda f: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
-    }
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
-    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
-        part = frame if period == "all" else evaluate.exclude_covid(frame)
-        for name, make in makers.items():
-            parts[name].append(make(part).assign(PERIOD=period))
-        del part
-    out = {}
-    for name, pieces in parts.items():
-        table = pd.concat(pieces, ignore_index=True)
-        out[name] = table[["PERIOD", *table.columns[:-1]]]
-    return out
 
 
 def _check_name(column: str, value: Any) -> None:
@@ -276,28 +293,6 @@ def _check_name(column: str, value: Any) -> None:
         raise ValueError(
             f"{column} values must be file-name safe (letters, digits, _ . -); got {value!r}"
         )
-
-
-def _write_plot_data(pdir: Path, tables: dict[str, pd.DataFrame], models: list[str]) -> list[Path]:
-    """Wide CSVs (one column per model, empty for a model without scores) that `dvc plots`
-    can draw without a custom template; `models` is every model of the config."""
-    pinball = tables["pinball"]
-    pooled = pinball.assign(W=pinball["PINBALL"] * pinball["N"])
-    pooled = pooled.loc[pooled["PERIOD"] == "all"].groupby(["HORIZON", "MODEL"])[["W", "N"]].sum()
-    by_h = (pooled["W"] / pooled["N"]).unstack("MODEL").reindex(columns=models).reset_index()
-    cov = tables["coverage"]
-    cov = cov.loc[cov["PERIOD"] == "all"].assign(HIT=cov["COVERAGE"] * cov["N"])
-    cov = cov.groupby(["QUANTILE", "MODEL"])[["HIT", "N"]].sum()
-    by_q = (cov["HIT"] / cov["N"]).unstack("MODEL").reindex(columns=models).reset_index()
-    # the nominal line in a file of its own: dvc.yaml draws coverage.csv's columns from the
-    # config's model list (${model_names}) and this file's `nominal` beside them
-    by_q.insert(1, "nominal", by_q["QUANTILE"])
-    nominal = by_q[["QUANTILE", "nominal"]]
-    paths = [pdir / "pinball_by_horizon.csv", pdir / "coverage.csv", pdir / "coverage_nominal.csv"]
-    for path, table in zip(paths, (by_h, by_q, nominal), strict=True):
-        table.columns = [str(c) for c in table.columns]
-        write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
-    return paths
 
 
 def _spread(values: Sequence[int], n: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""assemble's charts, rendered only when what they plot changed (issue 13, item 5).
+"""assemble's charts, rendered only when what they plot changed (issue 13, item 5), and on the
+second core while assemble computes its metric tables (issue 19, item 4).
 
 Each chart has an input hash: its kind and arguments, the rows of the forecast table it plots
 (pandas' row hashes of those rows, all columns), the models present and their colour order, and
@@ -8,13 +9,24 @@ A chart is re-rendered unless its PNG is there with exactly those bytes and the 
 hash, so the outputs are the same bytes as a full render (PNGs are deterministic: no date or
 software metadata). Under `dvc repro` assemble's outputs are deleted before it runs, so every
 chart is rendered there.
+
+`plan_charts` decides what to render; `ChartRun.start` hands that to assemble's helper process
+(stages/assemble_helper.py: it renders from the forecast table assemble has just written and
+returns PNG bytes; this process owns the files and writes them). `ChartRun.finish`, called
+after the metric tables, renders here what the helper has not started, from the end of the
+queue, then collects the helper's PNGs: the same bytes as rendering everything here
+(tests/test_assemble.py).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,80 +36,210 @@ from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation import plots
 from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.evaluation.report import ReportImage
-from pipeline.io import read_json, stable_hash, write_json
+from pipeline.io import atomic_path, read_json, stable_hash, write_json
+from pipeline.stages.assemble_helper import Helper
 
 log = logging.getLogger("pipeline.stages.assemble")
 MANIFEST = Path("logs") / "charts.json"
+# Panels (a fan chart has one per model, a metric chart two) below which the charts render
+# here: a helper's start (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more
+# than it saves; the seed study's 18 charts have about 100 panels.
+HELPER_MIN_PANELS = 40
 
 
-def write_charts(
+@dataclass(frozen=True)
+class _Chart:
+    src: str  # relative to reports/
+    kind: str  # "pinball", "coverage", "reliability" or "fan"
+    args: dict[str, Any]  # JSON values: part of the input hash, and what the helper is sent
+    inputs: str  # the input hash
+    panels: int  # a rough cost
+
+
+def figure(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence[str]) -> Any:
+    """The matplotlib Figure of one chart of `frame` (pure: the same in either process)."""
+    if kind == "pinball":
+        return plots.pinball_chart(frame, benchmark=args["benchmark"], order=order)
+    if kind == "coverage":
+        return plots.coverage_chart(frame, benchmark=args["benchmark"], order=order)
+    if kind == "reliability":
+        return plots.reliability_chart(frame, suffix=args["suffix"], order=order)
+    if kind == "fan":
+        return plots.fan_chart(frame, args["country"], args["horizon"],
+                               benchmark=args["benchmark"], order=order)  # fmt: skip
+    raise ValueError(f"kind must be pinball, coverage, reliability or fan; got {kind!r}")
+
+
+class ChartRun:
+    """The charts of one assemble: planned by `plan_charts`, handed to the helper by `start`,
+    written by `finish`. `close` stops the feeding; `finish` calls it, a failed assemble must.
+
+    The stale charts wait in one queue: a feeder thread hands the helper one at a time from
+    the front (waiting on it holds no GIL), `finish` renders here from the back, so both end
+    together whatever the machine's load."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        charts: list[_Chart],
+        stale: list[_Chart],
+        images: list[ReportImage],
+        old: dict[str, dict[str, str]],
+        order: Sequence[str],
+    ) -> None:
+        self._output_dir, self._charts, self._stale = output_dir, charts, stale
+        self._images, self._old, self._order = images, old, list(order)
+        self._queue = collections.deque(stale)
+        self._lock = threading.Lock()
+        self._pngs: dict[str, bytes] = {}
+        self._by_helper = 0
+        self._error: BaseException | None = None
+        self._feeder: threading.Thread | None = None
+
+    @property
+    def stale_panels(self) -> int:
+        """The panels to render (a rough cost: `HELPER_MIN_PANELS`)."""
+        return sum(c.panels for c in self._stale)
+
+    def start(self, helper: Helper) -> None:
+        """Let `helper` render the stale charts from the front of the queue meanwhile."""
+        self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
+        self._feeder.start()
+
+    def _feed(self, helper: Helper) -> None:
+        chart = None
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return
+                    chart = self._queue.popleft()
+                png = helper.submit(render_png, chart.kind, chart.args, self._order).result()
+                with self._lock:
+                    self._pngs[chart.src] = png
+                    self._by_helper += 1
+                chart = None
+        except BrokenProcessPool:  # the helper died (killed for memory?): finish renders it
+            log.warning("assemble: the chart helper process died; rendering its charts here")
+        except BaseException as exc:  # re-raised by finish, in the caller's thread
+            self._error = exc
+        if chart is not None:
+            with self._lock:
+                self._queue.appendleft(chart)
+
+    def _take_last(self) -> _Chart | None:
+        with self._lock:
+            return self._queue.pop() if self._queue else None
+
+    def finish(self, frame: pd.DataFrame) -> list[ReportImage]:
+        """Render what is stale (here, or collect it from the helper), write the PNGs and
+        the manifest; the report's images."""
+        # The metric charts read the metric columns only, MODEL and COUNTRY as codes, as the
+        # metric tables do: their COVID split then copies those, not every string column (at
+        # 3M rows that copy was the driver's peak of the whole run). Same PNG bytes.
+        compact: list[pd.DataFrame] = []
+
+        def render(chart: _Chart) -> bytes:
+            rows = frame
+            if chart.kind in ("pinball", "coverage"):
+                if not compact:
+                    compact.append(evaluate.compact_frame(frame))
+                rows = compact[0]
+            return render_png(rows, chart.kind, chart.args, self._order)
+
+        while (chart := self._take_last()) is not None:
+            self._pngs[chart.src] = render(chart)
+        self.close()  # waits for the helper's last chart
+        if self._error is not None:
+            raise self._error
+        while (chart := self._take_last()) is not None:  # one the helper gave back
+            self._pngs[chart.src] = render(chart)
+        compact.clear()
+        rdir, pngs = self._output_dir / "reports", self._pngs
+        new: dict[str, dict[str, str]] = {}
+        for chart in self._charts:
+            if chart.src in pngs:
+                with atomic_path(rdir / chart.src) as tmp:
+                    tmp.write_bytes(pngs[chart.src])
+                sha = hashlib.sha256(pngs[chart.src]).hexdigest()
+                new[chart.src] = {"inputs": chart.inputs, "sha256": sha}
+            else:
+                new[chart.src] = self._old[chart.src]
+        write_json(self._output_dir / MANIFEST, new)
+        log.info("assemble: %d charts rendered (%d by the helper process), %d unchanged",
+                 len(self._stale), self._by_helper, len(self._charts) - len(self._stale))  # fmt: skip
+        return self._images
+
+    def close(self) -> None:
+        """Stop feeding the helper after its current chart (what it has not started renders
+        in `finish`, or not at all after a failure)."""
+        if self._feeder is not None:
+            with self._lock:
+                left = list(self._queue)
+                self._queue.clear()
+            self._feeder.join()
+            with self._lock:  # back in the queue: what finish has left to render
+                self._queue.extendleft(reversed(left))
+            self._feeder = None
+
+
+def plan_charts(
     output_dir: Path,
     frame: pd.DataFrame,
     benchmark: str,
     fans: list[tuple[str, int]],
     order: Sequence[str] = (),
-) -> list[ReportImage]:
-    """The two metric charts (plus reliability when calibrated rows exist) and one fan chart
-    per (country, horizon) in `fans`, under reports/; unchanged charts are not rendered.
-    `order` fixes each model's colour, the same in every chart (`plots.model_colors`)."""
-    rdir = output_dir / "reports"
+) -> ChartRun:
+    """Plan the two metric charts (plus reliability when calibrated rows exist) and one fan
+    chart per (country, horizon) in `fans`, under reports/; `order` fixes each model's colour,
+    the same in every chart (`plots.model_colors`). Nothing is rendered yet."""
     manifest_path = output_dir / MANIFEST
     try:
         old = read_json(manifest_path) if manifest_path.exists() else {}
     except ValueError:  # a torn manifest: render everything
         old = {}
-    new: dict[str, dict[str, str]] = {}
+    old = old if isinstance(old, dict) else {}
     models = sorted(frame["MODEL"].unique().tolist())
     common = {"code": _code_fingerprint(), "models": models, "order": list(order)}
     whole = _rows_hash(frame)
-    rendered = 0
+    charts: list[_Chart] = []
 
-    def chart(src: str, kind: str, args: dict[str, Any], rows: str, make: Callable[[], Any]):
-        nonlocal rendered
+    def chart(src: str, kind: str, args: dict[str, Any], rows: str, panels: int) -> None:
         inputs = stable_hash({**common, "kind": kind, "args": args, "rows": rows}, 64)
-        path = rdir / src
-        seen = old.get(src, {}) if isinstance(old, dict) else {}
-        if seen.get("inputs") == inputs and path.exists() and _sha(path) == seen.get("sha256"):
-            new[src] = seen
-            return
-        plots.save_figure(make(), path)
-        rendered += 1
-        new[src] = {"inputs": inputs, "sha256": _sha(path)}
+        charts.append(_Chart(src, kind, args, inputs, panels))
 
     b = {"benchmark": benchmark}
-    # The two metric charts read the metric columns only, MODEL and COUNTRY as codes, as the
-    # metric tables do: their COVID split then copies those, not every string column (at 3M
-    # rows that copy was the driver's peak of the whole run). Same figures, byte for byte.
-    compact: list[pd.DataFrame] = []
-
-    def scoring() -> pd.DataFrame:
-        if not compact:
-            compact.append(evaluate.compact_frame(frame))
-        return compact[0]
-
-    chart("pinball_by_horizon.png", "pinball", b, whole,
-          lambda: plots.pinball_chart(scoring(), benchmark=benchmark, order=order))  # fmt: skip
-    chart("coverage.png", "coverage", b, whole,
-          lambda: plots.coverage_chart(scoring(), benchmark=benchmark, order=order))  # fmt: skip
-    compact.clear()
+    chart("pinball_by_horizon.png", "pinball", b, whole, 2)
+    chart("coverage.png", "coverage", b, whole, 2)
     images = [
         ReportImage("pinball_by_horizon.png", "Mean pinball loss by horizon"),
         ReportImage("coverage.png", "Coverage by quantile level"),
     ]
     if frame["MODEL"].str.endswith(CAL_SUFFIX).any():
-        chart("reliability.png", "reliability", {"suffix": CAL_SUFFIX}, whole,
-              lambda: plots.reliability_chart(frame, suffix=CAL_SUFFIX, order=order))  # fmt: skip
+        chart("reliability.png", "reliability", {"suffix": CAL_SUFFIX}, whole, len(models) // 2)
         images.append(ReportImage("reliability.png", "Reliability: raw against calibrated"))
     for country, h in fans:
         src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
         rows = frame.loc[(frame["COUNTRY"] == country) & (frame["HORIZON"] == h)]
-        chart(src, "fan", {**b, "country": country, "horizon": int(h)}, _rows_hash(rows),
-              lambda c=country, h=h: plots.fan_chart(frame, c, h, benchmark=benchmark, order=order))  # fmt: skip
+        args = {**b, "country": country, "horizon": int(h)}
+        chart(src, "fan", args, _rows_hash(rows), rows["MODEL"].nunique())
         caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
         images.append(ReportImage(src, caption, evaluate.horizon_label(h)))
-    write_json(manifest_path, new)
-    log.info("assemble: %d charts rendered, %d unchanged", rendered, len(new) - rendered)
-    return images
+    stale = [c for c in charts if not _unchanged(output_dir / "reports" / c.src, c, old)]
+    # the costliest first: the helper takes the queue from the front, finish() from the end
+    stale.sort(key=lambda c: -c.panels)
+    return ChartRun(output_dir, charts, stale, images, old, order)
+
+
+def render_png(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence[str]) -> bytes:
+    """One chart's PNG bytes (here or in the helper)."""
+    return plots.png_bytes(figure(frame, kind, args, order))
+
+
+def _unchanged(path: Path, chart: _Chart, old: dict[str, Any]) -> bool:
+    seen = old.get(chart.src, {})
+    seen = seen if isinstance(seen, dict) else {}
+    return seen.get("inputs") == chart.inputs and path.exists() and _sha(path) == seen.get("sha256")
 
 
 def _rows_hash(rows: pd.DataFrame) -> str:

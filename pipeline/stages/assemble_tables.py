@@ -1,0 +1,73 @@
+"""assemble's test tables (coverage tests, MCS) and the `dvc plots`
+data: the parts of the metric step that stages/assemble.py hands on or writes last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.evaluation import coverage_tests
+from pipeline.evaluation import metrics as evaluate
+from pipeline.io import write_text
+
+
+def coverage_test_tables(
+    frame: pd.DataFrame, size: float, reps: int, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Coverage tests (pooled, by country) and the MCS of a forecast table (here, or in the
+    helper process: the same function on the same rows)."""
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
+    # loaded 2-core machine made the DQ regressions 100x slower (benchmarks/README.md)
+    with threadpool_limits(limits=1, user_api="blas"):
+        scoring = evaluate.compact_frame(frame)  # MODEL and COUNTRY as codes (if not yet)
+        return _test_tables(scoring, size, reps, seed)
+
+
+def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Coverage tests (pooled over countries, and per country) and the MCS per horizon, each
+    with a leading PERIOD column like the other metric tables."""
+    makers = {
+        "coverage_tests": lambda f: coverage_tests.coverage_tests(
+            f, by=["MODEL", "HORIZON", "QUANTILE"]
+        ),
+        "coverage_tests_by_country": lambda f: coverage_tests.coverage_tests(
+            f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"]
+        ),
+        "mcs": lambda f: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
+    }
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
+        part = frame if period == "all" else evaluate.exclude_covid(frame)
+        for name, make in makers.items():
+            parts[name].append(make(part).assign(PERIOD=period))
+        del part
+    out = {}
+    for name, pieces in parts.items():
+        table = pd.concat(pieces, ignore_index=True)
+        out[name] = table[["PERIOD", *table.columns[:-1]]]
+    return out
+
+
+def write_plot_data(pdir: Path, tables: dict[str, pd.DataFrame], models: list[str]) -> list[Path]:
+    """Wide CSVs (one column per model, empty for a model without scores) that `dvc plots`
+    can draw without a custom template; `models` is every model of the config."""
+    pinball = tables["pinball"]
+    pooled = pinball.assign(W=pinball["PINBALL"] * pinball["N"])
+    pooled = pooled.loc[pooled["PERIOD"] == "all"].groupby(["HORIZON", "MODEL"])[["W", "N"]].sum()
+    by_h = (pooled["W"] / pooled["N"]).unstack("MODEL").reindex(columns=models).reset_index()
+    cov = tables["coverage"]
+    cov = cov.loc[cov["PERIOD"] == "all"].assign(HIT=cov["COVERAGE"] * cov["N"])
+    cov = cov.groupby(["QUANTILE", "MODEL"])[["HIT", "N"]].sum()
+    by_q = (cov["HIT"] / cov["N"]).unstack("MODEL").reindex(columns=models).reset_index()
+    # the nominal line in a file of its own: dvc.yaml draws coverage.csv's columns from the
+    # config's model list (${model_names}) and this file's `nominal` beside them
+    by_q.insert(1, "nominal", by_q["QUANTILE"])
+    nominal = by_q[["QUANTILE", "nominal"]]
+    paths = [pdir / "pinball_by_horizon.csv", pdir / "coverage.csv", pdir / "coverage_nominal.csv"]
+    for path, table in zip(paths, (by_h, by_q, nominal), strict=True):
+        table.columns = [str(c) for c in table.columns]
+        write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    return paths

@@ -1,0 +1,92 @@
+"""assemble's helper process (stages/assemble_helper.py): it reads the table it is given, and
+it does not outlive a killed assemble (SIGKILL, as the resume tests do)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.stages.assemble_helper import Helper
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited
+
+
+def test_the_helper_reads_the_table_and_refuses_a_changed_one(tmp_path):
+    path = tmp_path / "all.parquet"
+    pd.DataFrame({"MODEL": ["a", "b"], "HORIZON": [1, 3]}).to_parquet(path)
+    helper = Helper(path, 2)
+    try:
+        assert helper.submit(len).result() == 2  # fn(frame): the table's rows
+    finally:
+        helper.close()
+    helper = Helper(path, 2)
+    try:
+        time.sleep(0.01)  # a later mtime: not the file assemble wrote
+        pd.DataFrame({"MODEL": ["a"], "HORIZON": [1]}).to_parquet(path)
+        with pytest.raises(RuntimeError, match="changed while assemble ran"):
+            helper.submit(len).result()
+    finally:
+        helper.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_the_helper_exits_when_assemble_is_killed(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time
+            from pathlib import Path
+            import pandas as pd
+            from pipeline.stages.assemble_helper import Helper
+
+            if __name__ == "__main__":
+                path = Path(sys.argv[1])
+                pd.DataFrame({"MODEL": ["a"]}).to_parquet(path)
+                helper = Helper(path, 1)
+                helper.submit(len).result()
+                print(*helper._pool._processes, flush=True)  # the helper's pid
+                time.sleep(60)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "t.parquet")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    helper = int(proc.stdout.readline())
+    assert _alive(helper)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(helper)
+
+
+def test_idle_cpus_is_a_share_of_the_machine():
+    from pipeline.stages.assemble_helper import IdleMeter, cpus
+
+    meter = IdleMeter()
+    sum(i * i for i in range(200_000))  # some ticks pass
+    idle = meter.idle_cpus()
+    assert 0.0 <= idle <= (os.cpu_count() or 1) and cpus() >= 1
