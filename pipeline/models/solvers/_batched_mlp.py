@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.adam import adam as adam_step
 
 from pipeline.models.solvers._nn_data import (
-    ADAM_BETAS,
-    ADAM_EPS,
     NNSpec,
     PreparedWindow,
     WindowData,
@@ -30,7 +27,8 @@ from pipeline.models.solvers._nn_data import (
     member_seed,
     prepare_window,
 )
-from pipeline.models.solvers._nn_step import Layout, Step, flush_denormals, quantiles
+from pipeline.models.solvers._nn_step import Layout, flush_denormals, quantiles
+from pipeline.models.solvers._nn_update import Update
 
 
 @dataclass
@@ -176,8 +174,9 @@ def train_members(
     training rows (the last batch may be short; padding rows carry zero weight). At the end
     of each of its epochs it is validated, and it stops after `patience` epochs without
     improvement or after `epochs`; it is then dropped from the batch with its best weights.
-    Gradients are hand-written (`_nn_step`) and the members' parameters, gradients and Adam
-    moments are each one buffer, so a step is a few batched matmuls and one fused Adam call.
+    Gradients are hand-written (`_nn_step`) and the members' parameters and Adam moments are
+    each one buffer; a step is a few batched matmuls and a fused Adam call per chunk of
+    members (`_nn_update`).
     """
     bs, Q = spec.batch_size, len(spec.quantiles)
     data = _Stacked(preps, device, dtype)
@@ -192,11 +191,10 @@ def train_members(
     buf = lay.pack([torch.stack([init[i] for init in inits]) for i in range(len(inits[0]))])
     buf = buf.to(device=device, dtype=dtype)
     best = [v.clone() for v in lay.views(buf, B)]  # (B, ...) by global id; never compacted
-    grad, exp_avg, exp_avg_sq = (torch.zeros_like(buf) for _ in range(3))
+    exp_avg, exp_avg_sq = torch.zeros_like(buf), torch.zeros_like(buf)
     # every active member has taken every step so far, so one shared Adam step count is exact
-    adam = _Adam(spec.learning_rate, device)
-    step = Step(lay, tau)
-    step.rebind(buf, grad, B)
+    update = Update(lay, tau, spec.learning_rate, device)
+    update.rebind(buf, exp_avg, exp_avg_sq, B)
 
     pos = np.zeros(B, dtype=np.int64)  # step within the member's current epoch
     epoch = np.zeros(B, dtype=np.int64)  # epochs completed
@@ -219,13 +217,12 @@ def train_members(
         for _ in range(int((steps_per_epoch[active] - pos[active]).min())):
             col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
             x, cid, y, w = data.split(torch.gather(order, 1, col))
-            step(x, cid, y, w)
-            adam.step(buf, grad, exp_avg, exp_avg_sq)
+            update(x, cid, y, w)
             pos[active] += 1
         ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
         members = active[ended]
         loc = torch.as_tensor(ended, device=device)
-        sub = [v[loc] for v in step.views]
+        sub = [v[loc] for v in lay.views(buf, active.size)]
         x, cid, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
         val = member_loss(quantiles(lay, sub, x, cid), y, w, tau).cpu().numpy()
         epoch[members] += 1
@@ -252,36 +249,11 @@ def train_members(
                 lay.pack([v[keep_t] for v in lay.views(t, active.size)])
                 for t in (buf, exp_avg, exp_avg_sq)
             )
-            grad = torch.empty_like(buf)
-            step.rebind(buf, grad, n)
+            update.rebind(buf, exp_avg, exp_avg_sq, n)
             order = order[keep_t]
             active = active[keep_rows]
     stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
     return lay.saved(best), stats
-
-
-class _Adam:
-    """torch's Adam on one flat buffer with a shared step count: its fused kernel called
-    directly on CPU and CUDA (torch.optim's wrapper costs more than the update at these
-    sizes), torch.optim's functional Adam elsewhere."""
-
-    def __init__(self, lr: float, device: torch.device):
-        self.lr = lr
-        self.fused = device.type in ("cpu", "cuda")
-        self.steps = [torch.zeros((), dtype=torch.float32, device=device)]
-
-    def step(
-        self, flat: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor
-    ) -> None:
-        kw = dict(
-            amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
-            weight_decay=0.0, eps=ADAM_EPS, maximize=False,
-        )  # fmt: skip
-        if self.fused:
-            self.steps[0].add_(1)  # what torch.optim.adam does before its fused call
-            torch._fused_adam_([flat], [grad], [m], [v], [], self.steps, **kw)
-        else:
-            adam_step([flat], [grad], [m], [v], [], self.steps, fused=False, **kw)
 
 
 def train_predict_windows(

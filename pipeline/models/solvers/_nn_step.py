@@ -117,12 +117,12 @@ class _Buffers:
             "shift": empty(H, n),  # a_c + phi_c * y_t, transposed
             "phi": empty(H, n),  # phi_c of each row, then d loss / d phi_c
         }
-        self._A = -1
+        self._views: dict[int, dict] = {}
 
     def prefix(self, A: int) -> dict:
         """Views of the first A members' buffers, made once per A (views cost ~1 us each):
         the lists and per-quantile slices the step indexes."""
-        if A != self._A:
+        if A not in self._views:
             v = {
                 k: [b[:A] for b in t] if isinstance(t, list) else t[:A]
                 for k, t in self.full.items()
@@ -136,8 +136,8 @@ class _Buffers:
             v["neg_j"] = [v["neg"][:, j] for j in range(Q)]
             v["last_t"] = v["acts"][-1].mT if v["acts"] else None
             v["dz_tt"] = v["dz_t"].mT
-            self.views, self._A = v, A
-        return self.views
+            self._views[A] = v
+        return self._views[A]
 
 
 class Step:
@@ -153,7 +153,13 @@ class Step:
         self.bufs: _Buffers | None = None
 
     def rebind(self, buf: torch.Tensor, grad: torch.Tensor, A: int) -> None:
-        self.views, self.gviews = self.lay.views(buf, A), self.lay.views(grad, A)
+        self.bind(self.lay.views(buf, A), self.lay.views(grad, A))
+
+    def bind(self, views: list[torch.Tensor], gviews: list[torch.Tensor]) -> None:
+        """Parameters and gradients as per-parameter (A, rows, cols) blocks (`Layout.views`
+        order), each contiguous: e.g. a chunk of members of the flat buffers."""
+        self.views, self.gviews = views, gviews
+        A = views[0].shape[0]
         L, H, Q = self.L, self.lay.H, self.lay.Q
         self.w_t = [v.transpose(1, 2) for v in self.views[:L]]  # for dz @ W^T
         # the head's output comes out transposed, (A, H*Q, n); its bias as an (H*Q, 1) column
@@ -168,7 +174,7 @@ class Step:
         self.gar_t = (gar_t[:, :, :C], gar_t[:, :, C:])
         # scatter_add_ is deterministic on CPU only (atomics on CUDA): elsewhere the one-hot
         # matmul, as in `forward`
-        self.gather_ar = buf.device.type == "cpu"
+        self.gather_ar = views[0].device.type == "cpu"
 
     def __call__(
         self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, w: torch.Tensor
