@@ -185,7 +185,7 @@ class Step:
         the available (row, horizon) targets (w = 1) of max(tau u, (tau - 1) u), u = y - q.
         x (A, n, p) contiguous, cid (A, n) the rows' country indices; y and w (A, n, H),
         fastest along n
-        (`_Stacked.split` gives them so) or in any other layout, which costs more.
+        (`_nn_rows` gives them so) or in any other layout, which costs more.
         """
         views, gviews, L = self.views, self.gviews, self.L
         Q = self.lay.Q
