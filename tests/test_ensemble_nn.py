@@ -315,7 +315,7 @@ def test_hand_written_gradient_equals_autograd(Q, units, gather_ar):
     """The training step's gradient (no autograd) against autograd through `forward` and
     `member_loss` (an independent oracle), float64, ragged weights, ties excluded; the AR
     term both ways (gathered on CPU; a one-hot matmul on CUDA, deterministic there)."""
-    from pipeline.models.solvers._nn_step import Layout, Step, quantiles
+    from pipeline.models.solvers._nn_step import Layout, Step, loss_weights, quantiles
 
     rng = np.random.default_rng(Q)
     A, n, p, H, C = 4, 9, 3, 2, 3
@@ -332,7 +332,7 @@ def test_hand_written_gradient_equals_autograd(Q, units, gather_ar):
     step = Step(lay, tau)
     step.rebind(buf, grad, A)
     step.gather_ar = gather_ar
-    step(x, torch.as_tensor(cidx), y, w)
+    step(x, torch.as_tensor(cidx), y, loss_weights(w, Q))
 
     params = [v.clone().requires_grad_() for v in lay.saved(lay.views(buf, A))]
     q = forward(params, x, design, Q)[0]
@@ -356,7 +356,7 @@ def test_step_reuses_its_buffers_after_compaction():
     """After the batch shrinks, the step writes into the first A rows of buffers sized for
     the larger batch: a member's gradient is the same bits as from a step made for A alone,
     and a call with the full batch again still matches."""
-    from pipeline.models.solvers._nn_step import Layout, Step
+    from pipeline.models.solvers._nn_step import Layout, Step, loss_weights
 
     rng = np.random.default_rng(5)
     A, n, p, H, C, Q = 5, 7, 3, 2, 3, 3
@@ -372,7 +372,7 @@ def test_step_reuses_its_buffers_after_compaction():
         sub = lay.pack([v[:k] for v in lay.views(buf, A)])
         grad = torch.full_like(sub, np.nan)
         step.rebind(sub, grad, k)
-        step(x[:k], cidx[:k], y[:k], w[:k])
+        step(x[:k], cidx[:k], y[:k], loss_weights(w[:k], Q))
         return grad
 
     shared = Step(lay, tau)

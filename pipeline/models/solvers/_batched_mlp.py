@@ -156,7 +156,7 @@ def train_members(
         return padded(perms, W * bs, data.dummy).to(device)
 
     active = np.arange(B)  # global ids of the members still training, in batch order
-    rows = EpochRows(data, bs, W, B)  # the coming steps' rows of each active member
+    rows = EpochRows(data, bs, W, B, Q)  # the coming steps' rows of each active member
     t = 0  # global step
     rows.start(torch.arange(B, device=device), shuffled(active), t)
     # run the steps until the next member's epoch ends, then validate and stop who is done

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.models.solvers._nn_data import PreparedWindow
+from pipeline.models.solvers._nn_step import loss_weights
 
 
 class Stacked:
@@ -78,32 +79,37 @@ class EpochRows:
     used up. Each member's rows are its own shuffle, as before; only where they wait moved.
     """
 
-    def __init__(self, data: Stacked, bs: int, W: int, B: int):
-        self.data, self.bs, self.W = data, bs, W
+    def __init__(self, data: Stacked, bs: int, W: int, B: int, Q: int):
+        self.data, self.bs, self.W, self.Q = data, bs, W, Q
         p, H = data.p, data.H
         self.x = data.x.new_empty((W, B, bs, p))
         self.cid = data.cid.new_empty((W, B, bs))
         self.y = data.x.new_empty((W, B, H, bs))
-        self.w = data.x.new_empty((W, B, H, bs))
+        self.ws = data.x.new_empty((W, B, H, bs))  # the step's loss weights (`loss_weights`)
 
     def start(self, loc: torch.Tensor, rows: torch.Tensor, t: int) -> None:
         """Members at batch positions loc (k,) start an epoch at step t on rows (k, W * bs)
         (their shuffled training rows, padded with the dummy row)."""
         k, W, bs, d = loc.numel(), self.W, self.bs, self.data
-        slots = (torch.arange(W, device=loc.device) + t) % W
-        at = (slots.unsqueeze(1), loc.unsqueeze(0))
-        flat = rows.flatten()
-        self.x[at] = d.x[flat].view(k, W, bs, -1).transpose(0, 1)
-        self.cid[at] = d.cid[flat].view(k, W, bs).transpose(0, 1)
-        for table, into in ((d.y_t, self.y), (d.w_t, self.w)):
-            into[at] = table[:, flat].view(-1, k, W, bs).permute(2, 1, 0, 3)
+        flat = rows.view(k, W, bs).transpose(0, 1).flatten()  # step-major
+        x, cid = d.x[flat].view(W, k, bs, -1), d.cid[flat].view(W, k, bs)
+        y, w = (tab[:, flat].view(-1, W, k, bs).permute(1, 2, 0, 3) for tab in (d.y_t, d.w_t))
+        ws = loss_weights(w, self.Q)  # sums over (H, bs): the same count
+        # the epoch's step s goes to slot (t + s) % W: two runs of consecutive slots
+        first = t % W
+        for src, dst in (
+            (slice(0, W - first), slice(first, W)),
+            (slice(W - first, W), slice(0, first)),
+        ):
+            for into, part in ((self.x, x), (self.cid, cid), (self.y, y), (self.ws, ws)):
+                into[dst].index_copy_(1, loc, part[src])
 
     def keep(self, loc: torch.Tensor) -> None:
         """Only the members at batch positions loc stay (compaction)."""
-        self.x, self.cid, self.y, self.w = (t[:, loc] for t in (self.x, self.cid, self.y, self.w))
+        self.x, self.cid, self.y, self.ws = (t[:, loc] for t in (self.x, self.cid, self.y, self.ws))
 
     def batch(self, t: int) -> tuple[torch.Tensor, ...]:
-        """x (A, bs, p), country index (A, bs), y and w (A, bs, H) of step t (views: y and
-        w fastest along the rows, as `Step` takes them)."""
+        """x (A, bs, p), country index (A, bs), y and loss weights (A, bs, H) of step t
+        (views: y and the weights fastest along the rows, as `Step` takes them)."""
         s = t % self.W
-        return self.x[s], self.cid[s], self.y[s].mT, self.w[s].mT
+        return self.x[s], self.cid[s], self.y[s].mT, self.ws[s].mT

@@ -111,7 +111,6 @@ class _Buffers:
             "sig": empty(H, Q, n),  # sigmoid(out): d softplus / d out
             "q": empty(H, Q, n),  # quantiles, transposed
             "hit": empty(H, n),  # 1[y < q_j] for one quantile at a time
-            "ws": empty(H, n),  # w / (Q * available targets), per member
             "neg": empty(Q, H, n),  # -tau_j * ws
             "dz": empty(H, Q, n),  # d loss / d out, transposed
             "shift": empty(H, n),  # a_c + phi_c * y_t, transposed
@@ -177,14 +176,14 @@ class Step:
         self.gather_ar = views[0].device.type == "cpu"
 
     def __call__(
-        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, ws: torch.Tensor
     ) -> None:
         """Write d(sum of members' mean pinball losses)/d(buf) into `grad`.
 
         Same loss as `_batched_mlp.member_loss`: per member, the mean over quantiles and over
         the available (row, horizon) targets (w = 1) of max(tau u, (tau - 1) u), u = y - q.
-        x (A, n, p) contiguous, cid (A, n) the rows' country indices; y and w (A, n, H),
-        fastest along n
+        x (A, n, p) contiguous, cid (A, n) the rows' country indices; y and the loss weights
+        ws = `loss_weights`(w, Q) (A, n, H), fastest along n
         (`_nn_rows` gives them so) or in any other layout, which costs more.
         """
         views, gviews, L = self.views, self.gviews, self.L
@@ -218,9 +217,7 @@ class Step:
             torch.sigmoid(out[j], out=sig[j])
             torch.add(q[j - 1], soft[j], out=q[j])
         # d pinball / d q_j = (1[y < q_j] - tau_j) * w / (Q * available targets)
-        yt, wt, ws, hit = y.mT, w.mT, b["ws"], b["hit"]
-        count = wt.sum(dim=(1, 2), keepdim=True).clamp_min_(1.0).mul_(Q)
-        torch.div(wt, count, out=ws)
+        yt, ws, hit = y.mT, ws.mT, b["hit"]
         for j in range(Q):
             neg = torch.mul(ws, -self.taus[j], out=b["neg_j"][j])
             torch.lt(yt, q[j], out=hit)
@@ -251,6 +248,12 @@ class Step:
             if i:
                 d = torch.bmm(g, self.w_t[i], out=b["dx"][i - 1])
                 g = _relu_backward(d, acts[i], 0, grad_input=d)
+
+
+def loss_weights(w: torch.Tensor, Q: int) -> torch.Tensor:
+    """w / (Q * available targets) of each member's batch: w (..., n, H) of 0/1, summed over
+    the last two axes (a count <= n * H: exact in float32, in any order)."""
+    return w / w.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0).mul(Q)
 
 
 def _design(cid: torch.Tensor, y0: torch.Tensor, C: int) -> torch.Tensor:

@@ -93,10 +93,10 @@ class Update:
             self.parts.append((lo, hi, step, chunk[0], g, chunk[1], chunk[2]))
 
     def __call__(
-        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, ws: torch.Tensor
     ) -> None:
-        """One Adam step of every member on its rows: x (A, n, p), cid (A, n), y and w
-        (A, n, H) as `Step` takes them."""
+        """One Adam step of every member on its rows: x (A, n, p), cid (A, n), y and loss
+        weights ws (A, n, H) as `Step` takes them."""
         n = x.shape[1]
         if self.bufs is None or self.bufs.n != n:
             cap = max(hi - lo for lo, hi, *_ in self.parts)
@@ -104,5 +104,5 @@ class Update:
         self.adam.tick()
         for lo, hi, step, params, grads, m, v in self.parts:
             step.bufs = self.bufs
-            step(x[lo:hi], cid[lo:hi], y[lo:hi], w[lo:hi])
+            step(x[lo:hi], cid[lo:hi], y[lo:hi], ws[lo:hi])
             self.adam.update(params, grads, m, v)
