@@ -91,18 +91,22 @@ class EpochRows:
         """Members at batch positions loc (k,) start an epoch at step t on rows (k, W * bs)
         (their shuffled training rows, padded with the dummy row)."""
         k, W, bs, d = loc.numel(), self.W, self.bs, self.data
+        A = self.x.shape[1]
         flat = rows.view(k, W, bs).transpose(0, 1).flatten()  # step-major
-        x, cid = d.x[flat].view(W, k, bs, -1), d.cid[flat].view(W, k, bs)
-        y, w = (tab[:, flat].view(-1, W, k, bs).permute(1, 2, 0, 3) for tab in (d.y_t, d.w_t))
+        # index_select: advanced indexing (tab[flat]) cost ~5x more here
+        x = torch.index_select(d.x, 0, flat)
+        cid = torch.index_select(d.cid, 0, flat)
+        y, w = (
+            torch.index_select(tab, 1, flat).view(-1, W * k, bs).transpose(0, 1)
+            for tab in (d.y_t, d.w_t)
+        )  # (W * k, H, bs)
         ws = loss_weights(w, self.Q)  # sums over (H, bs): the same count
-        # the epoch's step s goes to slot (t + s) % W: two runs of consecutive slots
-        first = t % W
-        for src, dst in (
-            (slice(0, W - first), slice(first, W)),
-            (slice(W - first, W), slice(0, first)),
-        ):
-            for into, part in ((self.x, x), (self.cid, cid), (self.y, y), (self.ws, ws)):
-                into[dst].index_copy_(1, loc, part[src])
+        # the epoch's step s goes to slot (t + s) % W; as rows of (W * A, ...) tables, whole
+        # (slot, member) blocks are copied at once
+        slots = (torch.arange(W, device=loc.device) + t) % W
+        at = (slots.unsqueeze(1) * A + loc.unsqueeze(0)).flatten()
+        for into, part in ((self.x, x), (self.cid, cid), (self.y, y), (self.ws, ws)):
+            into.view(W * A, -1).index_copy_(0, at, part.reshape(W * k, -1))
 
     def keep(self, loc: torch.Tensor) -> None:
         """Only the members at batch positions loc stay (compaction)."""
