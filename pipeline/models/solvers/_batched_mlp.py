@@ -29,7 +29,7 @@ from pipeline.models.solvers._nn_data import (
 )
 from pipeline.models.solvers._nn_rows import EpochRows, Stacked, padded
 from pipeline.models.solvers._nn_step import Layout, flush_denormals, quantiles
-from pipeline.models.solvers._nn_update import Update
+from pipeline.models.solvers._nn_update import CHUNK, Update
 
 
 @dataclass
@@ -170,8 +170,7 @@ def train_members(
         members = active[ended]
         loc = torch.as_tensor(ended, device=device)
         sub = [v[loc] for v in lay.views(buf, active.size)]
-        x, cid, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
-        val = member_loss(quantiles(lay, sub, x, cid), y, w, tau).cpu().numpy()
+        val = _validate(lay, sub, data, val_table[torch.as_tensor(members, device=device)], tau)
         epoch[members] += 1
         pos[members] = 0
         improved = val < best_val[members]
@@ -201,6 +200,19 @@ def train_members(
             active = active[keep_rows]
     stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
     return lay.saved(best), stats
+
+
+def _validate(
+    lay: Layout, params: list[torch.Tensor], data: Stacked, rows: torch.Tensor, tau: torch.Tensor
+) -> np.ndarray:
+    """Validation loss (k,) of k members' `params` on their rows (k, n), CHUNK members at a
+    time: the forward's fresh activations then stay small (cache, no page faults)."""
+    out = []
+    for lo in range(0, rows.shape[0], CHUNK):
+        sl = slice(lo, lo + CHUNK)
+        x, cid, y, w = data.split(rows[sl])
+        out.append(member_loss(quantiles(lay, [p[sl] for p in params], x, cid), y, w, tau))
+    return torch.cat(out).cpu().numpy()
 
 
 def train_predict_windows(
