@@ -34,6 +34,10 @@ class Adam:
         self.lr = lr
         self.fused = device.type in ("cpu", "cuda")
         self.count = torch.zeros((), dtype=torch.float32, device=device)
+        self.kw = dict(
+            amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=lr,
+            weight_decay=0.0, eps=ADAM_EPS, maximize=False,
+        )  # fmt: skip
 
     def tick(self) -> None:
         """One more step for every parameter (what torch.optim.adam does before updating)."""
@@ -46,17 +50,12 @@ class Adam:
         m: list[torch.Tensor],
         v: list[torch.Tensor],
     ) -> None:
-        kw = dict(
-            amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
-            weight_decay=0.0, eps=ADAM_EPS, maximize=False,
-        )  # fmt: skip
-        steps = [self.count] * len(params)
         if self.fused:
-            torch._fused_adam_(params, grads, m, v, [], steps, **kw)
+            torch._fused_adam_(params, grads, m, v, [], [self.count] * len(params), **self.kw)
         else:
             # the functional Adam increments the steps itself: give it copies at count - 1
             steps = [self.count - 1 for _ in params]
-            adam_step(params, grads, m, v, [], steps, fused=False, **kw)
+            adam_step(params, grads, m, v, [], steps, fused=False, **self.kw)
 
 
 class Update:
@@ -102,7 +101,11 @@ class Update:
             cap = max(hi - lo for lo, hi, *_ in self.parts)
             self.bufs = _Buffers(self.lay, cap, n, x)
         self.adam.tick()
+        whole = len(self.parts) == 1  # then no slices (the small batches' ops are all overhead)
         for lo, hi, step, params, grads, m, v in self.parts:
             step.bufs = self.bufs
-            step(x[lo:hi], cid[lo:hi], y[lo:hi], ws[lo:hi])
+            if whole:
+                step(x, cid, y, ws)
+            else:
+                step(x[lo:hi], cid[lo:hi], y[lo:hi], ws[lo:hi])
             self.adam.update(params, grads, m, v)
