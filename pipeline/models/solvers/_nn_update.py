@@ -66,6 +66,8 @@ class Update:
     def __init__(self, lay: Layout, tau: torch.Tensor, lr: float, device: torch.device):
         self.lay, self.tau = lay, tau
         self.adam = Adam(lr, device)
+        # the chunks are for a CPU's caches; on a GPU they would only add kernel launches
+        self.chunked = device.type == "cpu"
         self.grad: torch.Tensor | None = None  # one chunk's gradient, reused by every chunk
         self.bufs: _Buffers | None = None  # the step's activations, shared by the chunks
         self.parts: list[tuple[int, int, Step, list, list, list, list]] = []
@@ -75,7 +77,7 @@ class Update:
         self.parts = []
         if A == 0:
             return
-        k = max(1, A // CHUNK)
+        k = max(1, A // CHUNK) if self.chunked else 1
         edges = [round(i * A / k) for i in range(k + 1)]  # k chunks of equal size +- 1
         cap = max(hi - lo for lo, hi in pairwise(edges))
         if self.grad is None or self.grad.numel() < cap * lay.width:
