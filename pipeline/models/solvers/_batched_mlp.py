@@ -6,7 +6,7 @@ epochs (own shuffles of its own training rows), validation block, early stopping
 weights; a member that stops is removed from the batch ("compaction"), so its weights can no
 longer change and the remaining members stop paying for it. Because all members start
 together and step on every step, they share Adam's step count, which lets one fused Adam
-call update the whole batch.
+call update a whole chunk of members (`_nn_update`).
 """
 
 from __future__ import annotations

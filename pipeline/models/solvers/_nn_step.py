@@ -2,8 +2,9 @@
 
 All members' parameters live in one 1-D buffer, parameter-major: parameter i of every
 member is one contiguous (A, rows, cols) block of it (contiguous operands and outputs keep
-the batched matmuls on their fast path; strided ones cost 1.5-4x). The gradient is one such
-buffer too, so a single fused Adam call updates the whole batch. Forward and backward are
+the batched matmuls on their fast path; strided ones cost 1.5-4x); a contiguous range of
+members of every block is a chunk (`_nn_update` steps the batch chunk by chunk), and the
+gradient has the same layout, so one fused Adam call updates a chunk. Forward and backward are
 batched matrix products over the member axis: a member's numbers never mix with another
 member's. `grad_check` in tests/test_ensemble_nn.py holds `Step` to autograd on
 `_batched_mlp.forward` / `member_loss` in float64.
