@@ -122,6 +122,59 @@ def test_batched_members_equal_member_loop():
     np.testing.assert_allclose(batched.pred, loop.pred, rtol=0, atol=1e-10)
 
 
+def test_ragged_windows_in_chunks_equal_member_loop(monkeypatch):
+    """Oracle again, with what the batch adds: two windows of different epoch lengths (so
+    members start their epochs at different steps and the per-step row slots wrap around),
+    the step and Adam in several chunks of members, and compaction as members stop."""
+    from pipeline.models.solvers import _nn_update
+
+    monkeypatch.setattr(_nn_update, "CHUNK", 2)  # 6 members: 3 chunks, then fewer
+    wins = [window(5, 40, seed=1), window(3, 23, seed=4)]
+    spec = check_nn_params(**SMALL)
+    batched = train_predict_windows(wins, spec, CPU, torch.float64)
+    steps = {
+        -(-t.size // SMALL["batch_size"]) for w in wins for t in prepare_window(w, spec).train_rows
+    }
+    assert len(steps) > 1  # the windows' epochs differ in length
+    for win, res in zip(wins, batched, strict=True):
+        loop = fit_predict_member_loop(win, spec, CPU, torch.float64)
+        np.testing.assert_array_equal(res.epochs, loop.epochs)
+        assert np.unique(res.epochs).size > 1  # members stop at their own epochs
+        for key in res.state:
+            if key.startswith("param"):
+                np.testing.assert_allclose(res.state[key], loop.state[key], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(res.pred, loop.pred, rtol=0, atol=1e-10)
+
+
+def test_adam_fallback_equals_the_fused_kernel():
+    """Where torch has no fused Adam (devices other than CPU and CUDA) the functional Adam
+    runs on the same blocks with the same shared step count."""
+    from pipeline.models.solvers._nn_update import Adam
+
+    blocks = [(4, 3), (4, 1), (4, 7)]
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        adam = Adam(1e-2, CPU)
+        adam.fused = fused
+        params = [torch.as_tensor(rng.standard_normal(b)) for b in blocks]
+        m, v = (
+            [torch.zeros(b, dtype=torch.float64) for b in blocks],
+            [torch.zeros(b, dtype=torch.float64) for b in blocks],
+        )
+        for k in range(3):
+            grads = [torch.as_tensor(np.sin(np.arange(np.prod(b)) + k).reshape(b)) for b in blocks]
+            adam.tick()
+            adam.update(params, grads, m, v)
+        assert adam.count.item() == 3
+        return params
+
+    rng = np.random.default_rng(3)
+    fused = run(True)
+    rng = np.random.default_rng(3)
+    for a, b in zip(fused, run(False), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_early_stopping_stops_and_restores_best_weights():
     win = window(5, 40, seed=2)
     params = {**SMALL, "learning_rate": 3e-2, "epochs": 200, "patience": 3}
@@ -315,7 +368,7 @@ def test_hand_written_gradient_equals_autograd(Q, units, gather_ar):
     """The training step's gradient (no autograd) against autograd through `forward` and
     `member_loss` (an independent oracle), float64, ragged weights, ties excluded; the AR
     term both ways (gathered on CPU; a one-hot matmul on CUDA, deterministic there)."""
-    from pipeline.models.solvers._nn_step import Layout, Step, quantiles
+    from pipeline.models.solvers._nn_step import Layout, Step, loss_weights, quantiles
 
     rng = np.random.default_rng(Q)
     A, n, p, H, C = 4, 9, 3, 2, 3
@@ -332,7 +385,7 @@ def test_hand_written_gradient_equals_autograd(Q, units, gather_ar):
     step = Step(lay, tau)
     step.rebind(buf, grad, A)
     step.gather_ar = gather_ar
-    step(x, torch.as_tensor(cidx), y, w)
+    step(x, torch.as_tensor(cidx), y, loss_weights(w, Q))
 
     params = [v.clone().requires_grad_() for v in lay.saved(lay.views(buf, A))]
     q = forward(params, x, design, Q)[0]
@@ -356,7 +409,7 @@ def test_step_reuses_its_buffers_after_compaction():
     """After the batch shrinks, the step writes into the first A rows of buffers sized for
     the larger batch: a member's gradient is the same bits as from a step made for A alone,
     and a call with the full batch again still matches."""
-    from pipeline.models.solvers._nn_step import Layout, Step
+    from pipeline.models.solvers._nn_step import Layout, Step, loss_weights
 
     rng = np.random.default_rng(5)
     A, n, p, H, C, Q = 5, 7, 3, 2, 3, 3
@@ -372,7 +425,7 @@ def test_step_reuses_its_buffers_after_compaction():
         sub = lay.pack([v[:k] for v in lay.views(buf, A)])
         grad = torch.full_like(sub, np.nan)
         step.rebind(sub, grad, k)
-        step(x[:k], cidx[:k], y[:k], w[:k])
+        step(x[:k], cidx[:k], y[:k], loss_weights(w[:k], Q))
         return grad
 
     shared = Step(lay, tau)

@@ -6,7 +6,7 @@ epochs (own shuffles of its own training rows), validation block, early stopping
 weights; a member that stops is removed from the batch ("compaction"), so its weights can no
 longer change and the remaining members stop paying for it. Because all members start
 together and step on every step, they share Adam's step count, which lets one fused Adam
-call update the whole batch.
+call update a whole chunk of members (`_nn_update`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.adam import adam as adam_step
 
 from pipeline.models.solvers._nn_data import (
-    ADAM_BETAS,
-    ADAM_EPS,
     NNSpec,
     PreparedWindow,
     WindowData,
@@ -30,7 +27,9 @@ from pipeline.models.solvers._nn_data import (
     member_seed,
     prepare_window,
 )
-from pipeline.models.solvers._nn_step import Layout, Step, flush_denormals, quantiles
+from pipeline.models.solvers._nn_rows import EpochRows, Stacked, padded
+from pipeline.models.solvers._nn_step import Layout, flush_denormals, quantiles
+from pipeline.models.solvers._nn_update import Update
 
 
 @dataclass
@@ -84,69 +83,14 @@ def member_loss(
     return (pin * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1.0)
 
 
-class _Stacked:
-    """All windows' rows in one table; row `dummy` (zeros, no target) pads ragged batches.
-
-    Each field is its own contiguous table (x rows, country index; y, w transposed, (H, rows))
-    so a gather lands in contiguous buffers: strided operands cost the matmuls 1.5-4x.
-    """
-
-    def __init__(self, preps: Sequence[PreparedWindow], device: torch.device, dtype: torch.dtype):
-        self.n_countries = max(p.codes.size for p in preps)
-        self.p = preps[0].X.shape[1]
-        self.H = preps[0].Y.shape[1]
-        for prep in preps:
-            if prep.X.shape[1] != self.p or prep.Y.shape[1] != self.H:
-                raise ValueError("all windows in one batch need the same p features and H horizons")
-        offsets = np.cumsum([0] + [p.X.shape[0] for p in preps])
-        self.offsets = offsets
-        self.dummy = int(offsets[-1])
-
-        def table(parts: list[np.ndarray]) -> torch.Tensor:
-            full = np.concatenate([*parts, np.zeros((1, parts[0].shape[1]))])
-            return torch.as_tensor(full, dtype=dtype, device=device)
-
-        self.x = table([p.X for p in preps])
-        self.cid = torch.as_tensor(np.concatenate([*(p.cidx for p in preps), [0]]), device=device)
-        self.y_t = table([p.Y for p in preps]).T.contiguous()
-        self.w_t = table([p.W for p in preps]).T.contiguous()
-        self._out: dict[int, list[torch.Tensor]] = {}
-
-    def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x (B, n, p), country index (B, n), y and w (B, n, H) for a (B, n) tensor of row ids.
-
-        x and the index are contiguous; y and w are transposed views. The outputs are reused
-        buffers (one set per row count n), valid until the next call with the same n.
-        """
-        B, n = rows.shape
-        flat, m = rows.flatten(), B * n
-        out = self._out.get(n)
-        if out is None or out[0].numel() < m * self.p:
-            out = self._out[n] = [self.x.new_empty(m * k) for k in (self.p, self.H, self.H)]
-            out.append(self.cid.new_empty(m))
-        x = torch.index_select(self.x, 0, flat, out=out[0][: m * self.p].view(m, -1))
-        y = torch.index_select(self.y_t, 1, flat, out=out[1][: m * self.H].view(self.H, m))
-        w = torch.index_select(self.w_t, 1, flat, out=out[2][: m * self.H].view(self.H, m))
-        c = torch.index_select(self.cid, 0, flat, out=out[3][:m])
-        x, c = x.view(B, n, -1), c.view(B, n)
-        return x, c, y.view(-1, B, n).permute(1, 2, 0), w.view(-1, B, n).permute(1, 2, 0)
-
-
 def design_matrix(X: np.ndarray, cidx: np.ndarray, n_countries: int) -> np.ndarray:
     """[one-hot country, one-hot country * y_t] (n, 2C) for the AR term."""
     onehot = np.eye(n_countries)[cidx]
     return np.concatenate([onehot, onehot * X[:, :1]], axis=1)
 
 
-def _padded(rows: Sequence[np.ndarray], width: int, fill: int) -> torch.Tensor:
-    out = torch.full((len(rows), width), fill, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : r.size] = torch.from_numpy(r)
-    return out
-
-
 def _members(
-    preps: Sequence[PreparedWindow], spec: NNSpec, data: _Stacked
+    preps: Sequence[PreparedWindow], spec: NNSpec, data: Stacked
 ) -> tuple[list[torch.Generator], list[list[torch.Tensor]], list[np.ndarray], list[np.ndarray]]:
     """Per member (window-major): generator, initial weights, global train and val row ids.
 
@@ -176,27 +120,27 @@ def train_members(
     training rows (the last batch may be short; padding rows carry zero weight). At the end
     of each of its epochs it is validated, and it stops after `patience` epochs without
     improvement or after `epochs`; it is then dropped from the batch with its best weights.
-    Gradients are hand-written (`_nn_step`) and the members' parameters, gradients and Adam
-    moments are each one buffer, so a step is a few batched matmuls and one fused Adam call.
+    Gradients are hand-written (`_nn_step`) and the members' parameters and Adam moments are
+    each one buffer; a step is a few batched matmuls and a fused Adam call per chunk of
+    members (`_nn_update`).
     """
     bs, Q = spec.batch_size, len(spec.quantiles)
-    data = _Stacked(preps, device, dtype)
+    data = Stacked(preps, device, dtype)
     tau = torch.as_tensor(spec.quantiles, dtype=dtype, device=device)
     gens, inits, train_ids, val_ids = _members(preps, spec, data)
     B = len(inits)
     lay = Layout((data.p, *spec.units_per_layer, data.H * Q), data.n_countries, data.H, Q)
     n_train = np.array([t.size for t in train_ids])
     steps_per_epoch = -(-n_train // bs)
-    width = int(steps_per_epoch.max()) * bs
-    val_table = _padded(val_ids, max(v.size for v in val_ids), data.dummy).to(device)
+    W = int(steps_per_epoch.max())
+    val_table = padded(val_ids, max(v.size for v in val_ids), data.dummy).to(device)
     buf = lay.pack([torch.stack([init[i] for init in inits]) for i in range(len(inits[0]))])
     buf = buf.to(device=device, dtype=dtype)
     best = [v.clone() for v in lay.views(buf, B)]  # (B, ...) by global id; never compacted
-    grad, exp_avg, exp_avg_sq = (torch.zeros_like(buf) for _ in range(3))
+    exp_avg, exp_avg_sq = torch.zeros_like(buf), torch.zeros_like(buf)
     # every active member has taken every step so far, so one shared Adam step count is exact
-    adam = _Adam(spec.learning_rate, device)
-    step = Step(lay, tau)
-    step.rebind(buf, grad, B)
+    update = Update(lay, tau, spec.learning_rate, device)
+    update.rebind(buf, exp_avg, exp_avg_sq, B)
 
     pos = np.zeros(B, dtype=np.int64)  # step within the member's current epoch
     epoch = np.zeros(B, dtype=np.int64)  # epochs completed
@@ -209,25 +153,24 @@ def train_members(
         perms = [
             train_ids[b][torch.randperm(n_train[b], generator=gens[b]).numpy()] for b in members
         ]
-        return _padded(perms, width, data.dummy).to(device)
+        return padded(perms, W * bs, data.dummy).to(device)
 
     active = np.arange(B)  # global ids of the members still training, in batch order
-    order = shuffled(active)  # (A, width) this epoch's row order of each active member
-    offs = torch.arange(bs, device=device)
+    rows = EpochRows(data, bs, W, B, Q)  # the coming steps' rows of each active member
+    t = 0  # global step
+    rows.start(torch.arange(B, device=device), shuffled(active), t)
     # run the steps until the next member's epoch ends, then validate and stop who is done
     while active.size:
-        for _ in range(int((steps_per_epoch[active] - pos[active]).min())):
-            col = torch.as_tensor(pos[active] * bs, device=device).unsqueeze(1) + offs
-            x, cid, y, w = data.split(torch.gather(order, 1, col))
-            step(x, cid, y, w)
-            adam.step(buf, grad, exp_avg, exp_avg_sq)
-            pos[active] += 1
+        k = int((steps_per_epoch[active] - pos[active]).min())
+        for _ in range(k):
+            update(*rows.batch(t))
+            t += 1
+        pos[active] += k
         ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
         members = active[ended]
         loc = torch.as_tensor(ended, device=device)
-        sub = [v[loc] for v in step.views]
-        x, cid, y, w = data.split(val_table[torch.as_tensor(members, device=device)])
-        val = member_loss(quantiles(lay, sub, x, cid), y, w, tau).cpu().numpy()
+        sub = [v[loc] for v in lay.views(buf, active.size)]
+        val = _validate(lay, sub, data, val_table[torch.as_tensor(members, device=device)], tau)
         epoch[members] += 1
         pos[members] = 0
         improved = val < best_val[members]
@@ -241,7 +184,7 @@ def train_members(
         wait[members[~improved]] += 1
         stop = (wait[members] >= spec.patience) | (epoch[members] >= spec.epochs)
         if (~stop).any():
-            order[torch.as_tensor(ended[~stop], device=device)] = shuffled(members[~stop])
+            rows.start(torch.as_tensor(ended[~stop], device=device), shuffled(members[~stop]), t)
         if stop.any():
             # compaction: stopped members leave the batch, so nothing can touch them again
             keep_rows = np.ones(active.size, dtype=bool)
@@ -252,36 +195,28 @@ def train_members(
                 lay.pack([v[keep_t] for v in lay.views(t, active.size)])
                 for t in (buf, exp_avg, exp_avg_sq)
             )
-            grad = torch.empty_like(buf)
-            step.rebind(buf, grad, n)
-            order = order[keep_t]
+            update.rebind(buf, exp_avg, exp_avg_sq, n)
+            rows.keep(keep_t)
             active = active[keep_rows]
     stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
     return lay.saved(best), stats
 
 
-class _Adam:
-    """torch's Adam on one flat buffer with a shared step count: its fused kernel called
-    directly on CPU and CUDA (torch.optim's wrapper costs more than the update at these
-    sizes), torch.optim's functional Adam elsewhere."""
+VAL_CHUNK = 32
 
-    def __init__(self, lr: float, device: torch.device):
-        self.lr = lr
-        self.fused = device.type in ("cpu", "cuda")
-        self.steps = [torch.zeros((), dtype=torch.float32, device=device)]
 
-    def step(
-        self, flat: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor
-    ) -> None:
-        kw = dict(
-            amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
-            weight_decay=0.0, eps=ADAM_EPS, maximize=False,
-        )  # fmt: skip
-        if self.fused:
-            self.steps[0].add_(1)  # what torch.optim.adam does before its fused call
-            torch._fused_adam_([flat], [grad], [m], [v], [], self.steps, **kw)
-        else:
-            adam_step([flat], [grad], [m], [v], [], self.steps, fused=False, **kw)
+def _validate(
+    lay: Layout, params: list[torch.Tensor], data: Stacked, rows: torch.Tensor, tau: torch.Tensor
+) -> np.ndarray:
+    """Validation loss (k,) of k members' `params` on their rows (k, n), VAL_CHUNK members at
+    a time: the forward's fresh activations then stay small (k = 360 members of ~450 rows,
+    load 6: 87-115 ms in one go, 74 in chunks of 120, 61-64 in chunks of 16 or 32)."""
+    out = []
+    for lo in range(0, rows.shape[0], VAL_CHUNK):
+        sl = slice(lo, lo + VAL_CHUNK)
+        x, cid, y, w = data.split(rows[sl])
+        out.append(member_loss(quantiles(lay, [p[sl] for p in params], x, cid), y, w, tau))
+    return torch.cat(out).cpu().numpy()
 
 
 def train_predict_windows(

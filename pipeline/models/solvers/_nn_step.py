@@ -2,8 +2,9 @@
 
 All members' parameters live in one 1-D buffer, parameter-major: parameter i of every
 member is one contiguous (A, rows, cols) block of it (contiguous operands and outputs keep
-the batched matmuls on their fast path; strided ones cost 1.5-4x). The gradient is one such
-buffer too, so a single fused Adam call updates the whole batch. Forward and backward are
+the batched matmuls on their fast path; strided ones cost 1.5-4x); a contiguous range of
+members of every block is a chunk (`_nn_update` steps the batch chunk by chunk), and the
+gradient has the same layout, so one fused Adam call updates a chunk. Forward and backward are
 batched matrix products over the member axis: a member's numbers never mix with another
 member's. `grad_check` in tests/test_ensemble_nn.py holds `Step` to autograd on
 `_batched_mlp.forward` / `member_loss` in float64.
@@ -111,18 +112,17 @@ class _Buffers:
             "sig": empty(H, Q, n),  # sigmoid(out): d softplus / d out
             "q": empty(H, Q, n),  # quantiles, transposed
             "hit": empty(H, n),  # 1[y < q_j] for one quantile at a time
-            "ws": empty(H, n),  # w / (Q * available targets), per member
             "neg": empty(Q, H, n),  # -tau_j * ws
             "dz": empty(H, Q, n),  # d loss / d out, transposed
             "shift": empty(H, n),  # a_c + phi_c * y_t, transposed
             "phi": empty(H, n),  # phi_c of each row, then d loss / d phi_c
         }
-        self._A = -1
+        self._views: dict[int, dict] = {}
 
     def prefix(self, A: int) -> dict:
         """Views of the first A members' buffers, made once per A (views cost ~1 us each):
         the lists and per-quantile slices the step indexes."""
-        if A != self._A:
+        if A not in self._views:
             v = {
                 k: [b[:A] for b in t] if isinstance(t, list) else t[:A]
                 for k, t in self.full.items()
@@ -136,8 +136,8 @@ class _Buffers:
             v["neg_j"] = [v["neg"][:, j] for j in range(Q)]
             v["last_t"] = v["acts"][-1].mT if v["acts"] else None
             v["dz_tt"] = v["dz_t"].mT
-            self.views, self._A = v, A
-        return self.views
+            self._views[A] = v
+        return self._views[A]
 
 
 class Step:
@@ -153,7 +153,13 @@ class Step:
         self.bufs: _Buffers | None = None
 
     def rebind(self, buf: torch.Tensor, grad: torch.Tensor, A: int) -> None:
-        self.views, self.gviews = self.lay.views(buf, A), self.lay.views(grad, A)
+        self.bind(self.lay.views(buf, A), self.lay.views(grad, A))
+
+    def bind(self, views: list[torch.Tensor], gviews: list[torch.Tensor]) -> None:
+        """Parameters and gradients as per-parameter (A, rows, cols) blocks (`Layout.views`
+        order), each contiguous: e.g. a chunk of members of the flat buffers."""
+        self.views, self.gviews = views, gviews
+        A = views[0].shape[0]
         L, H, Q = self.L, self.lay.H, self.lay.Q
         self.w_t = [v.transpose(1, 2) for v in self.views[:L]]  # for dz @ W^T
         # the head's output comes out transposed, (A, H*Q, n); its bias as an (H*Q, 1) column
@@ -168,18 +174,18 @@ class Step:
         self.gar_t = (gar_t[:, :, :C], gar_t[:, :, C:])
         # scatter_add_ is deterministic on CPU only (atomics on CUDA): elsewhere the one-hot
         # matmul, as in `forward`
-        self.gather_ar = buf.device.type == "cpu"
+        self.gather_ar = views[0].device.type == "cpu"
 
     def __call__(
-        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+        self, x: torch.Tensor, cid: torch.Tensor, y: torch.Tensor, ws: torch.Tensor
     ) -> None:
         """Write d(sum of members' mean pinball losses)/d(buf) into `grad`.
 
         Same loss as `_batched_mlp.member_loss`: per member, the mean over quantiles and over
         the available (row, horizon) targets (w = 1) of max(tau u, (tau - 1) u), u = y - q.
-        x (A, n, p) contiguous, cid (A, n) the rows' country indices; y and w (A, n, H),
-        fastest along n
-        (`_Stacked.split` gives them so) or in any other layout, which costs more.
+        x (A, n, p) contiguous, cid (A, n) the rows' country indices; y and the loss weights
+        ws = `loss_weights`(w, Q) (A, n, H), fastest along n
+        (`_nn_rows` gives them so) or in any other layout, which costs more.
         """
         views, gviews, L = self.views, self.gviews, self.L
         Q = self.lay.Q
@@ -212,9 +218,7 @@ class Step:
             torch.sigmoid(out[j], out=sig[j])
             torch.add(q[j - 1], soft[j], out=q[j])
         # d pinball / d q_j = (1[y < q_j] - tau_j) * w / (Q * available targets)
-        yt, wt, ws, hit = y.mT, w.mT, b["ws"], b["hit"]
-        count = wt.sum(dim=(1, 2), keepdim=True).clamp_min_(1.0).mul_(Q)
-        torch.div(wt, count, out=ws)
+        yt, ws, hit = y.mT, ws.mT, b["hit"]
         for j in range(Q):
             neg = torch.mul(ws, -self.taus[j], out=b["neg_j"][j])
             torch.lt(yt, q[j], out=hit)
@@ -245,6 +249,12 @@ class Step:
             if i:
                 d = torch.bmm(g, self.w_t[i], out=b["dx"][i - 1])
                 g = _relu_backward(d, acts[i], 0, grad_input=d)
+
+
+def loss_weights(w: torch.Tensor, Q: int) -> torch.Tensor:
+    """w / (Q * available targets) of each member's batch: w (..., n, H) of 0/1, summed over
+    the last two axes (a count <= n * H: exact in float32, in any order)."""
+    return w / w.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0).mul(Q)
 
 
 def _design(cid: torch.Tensor, y0: torch.Tensor, C: int) -> torch.Tensor:

@@ -140,8 +140,9 @@ CONFIG = EnsembleNNConfig
 ADAPTER = Adapter(
     name="ensemble_nn",
     # 2: hand-written gradients (issue 19); 3: transposed head, reused buffers; 4: the AR term
-    # gathered (not a one-hot matmul), subnormals flushed while training
-    version=4,
+    # gathered (not a one-hot matmul), subnormals flushed while training; 5: the step and Adam
+    # per chunk of members (Adam's last bits of some head biases), rows laid out per epoch
+    version=5,
     pooled=True,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),
