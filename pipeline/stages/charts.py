@@ -166,8 +166,8 @@ class ChartRun:
             else:
                 new[chart.src] = self._old[chart.src]
         write_json(self._output_dir / MANIFEST, new)
-        log.info("assemble: %d charts rendered (%d by the helper process), %d unchanged",
-                 len(self._stale), self._by_helper, len(self._charts) - len(self._stale))  # fmt: skip
+        log.info("assemble: %d charts rendered, %d unchanged (%d rendered by the helper process)",
+                 len(self._stale), len(self._charts) - len(self._stale), self._by_helper)  # fmt: skip
         return self._images
 
     def close(self) -> None:
