@@ -52,6 +52,21 @@ def refused(address: str, credentials: str = "none") -> bool:
     return "ran" not in done.stdout
 
 
+def _in_process_cluster(protocol: str, **options: object):
+    """A one-worker cluster inside this process on 127.0.0.1 (no dashboard)."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol=protocol,
+        host="127.0.0.1",
+        dashboard_address=None,
+        **options,
+    )
+
+
 def test_a_client_without_the_studys_credentials_cannot_submit(tmp_path: Path) -> None:
     """Before issue 22 `Client(addr).submit(os.getuid)` from any local process returned 0."""
     with make_client(1, 1024, runtime_config(tmp_path)) as handle:
@@ -62,23 +77,12 @@ def test_a_client_without_the_studys_credentials_cannot_submit(tmp_path: Path) -
         assert refused(address.replace("tls://", "tcp://"))  # plain TCP to the same port
         assert refused(address, "other-ca")  # credentials of another CA
         assert handle.dashboard is None or "127.0.0.1" in handle.dashboard
-    from distributed import LocalCluster
-
     # the check itself sees a task run where nothing guards the scheduler
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,
-        protocol="tcp://",
-        host="127.0.0.1",
-        dashboard_address=None,
-    ) as open_cluster:
+    with _in_process_cluster("tcp://") as open_cluster:
         assert not refused(open_cluster.scheduler_address)
 
 
 def test_an_existing_tls_cluster_is_joined_with_the_runtime_tls_files(tmp_path: Path) -> None:
-    from distributed import LocalCluster
-
     security = Security.temporary()
     files = {}
     for key, attr in (
@@ -88,15 +92,7 @@ def test_an_existing_tls_cluster_is_joined_with_the_runtime_tls_files(tmp_path: 
     ):
         files[key] = tmp_path / f"{key}.pem"
         files[key].write_text(getattr(security, attr))  # the PEM text itself
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,
-        protocol="tls://",
-        host="127.0.0.1",
-        security=security,
-        dashboard_address=None,
-    ) as cluster:
+    with _in_process_cluster("tls://", security=security) as cluster:
         runtime = runtime_config(
             tmp_path,
             scheduler_address=cluster.scheduler_address,
