@@ -254,6 +254,29 @@ def test_assemble_renders_only_the_charts_whose_inputs_changed(
     assert victim.read_bytes() == pngs[victim] and other.read_bytes() == pngs[other]
 
 
+def test_charts_of_another_png_encoding_are_rendered_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """charts.json keys on the encoder's settings: PNGs of another compression level (an
+    older qpipe's, say) are not taken as current; the same level again renders nothing."""
+    from pipeline.evaluation import plots
+    from pipeline.stages.study import assemble_study
+
+    caplog.set_level(logging.INFO, logger="pipeline.stages.assemble")
+    config = study(tmp_path / "out", in_process_below_s=60.0)
+    run_train(config, "ar_qr", _plan("ar_qr", 0.001))
+    monkeypatch.setattr(plots, "PNG_COMPRESS_LEVEL", 9)
+    old = {p: p.read_bytes() for p in assemble_study(config).images}
+    monkeypatch.setattr(plots, "PNG_COMPRESS_LEVEL", 1)
+    caplog.clear()
+    new = {p: p.read_bytes() for p in assemble_study(config).images}
+    assert f"{len(old)} charts rendered, 0 unchanged" in caplog.text
+    assert all(new[p] != old[p] for p in old)  # re-encoded, not kept
+    caplog.clear()
+    assemble_study(config)
+    assert f"0 charts rendered, {len(old)} unchanged" in caplog.text
+
+
 def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
     assert probe_stage.side_by_side(2, 1.0) == 2  # idle but for this driver
     assert probe_stage.side_by_side(2, 2.0) == 1

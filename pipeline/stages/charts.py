@@ -251,10 +251,17 @@ def _rows_hash(rows: pd.DataFrame) -> str:
 
 
 def _code_fingerprint() -> str:
+    """What a chart's bytes depend on besides its rows: the plotting code, matplotlib (the
+    pixels), Pillow and zlib (the PNG encoding), DPI and compression level."""
+    import zlib
+
     import matplotlib
+    import PIL
 
     source = Path(plots.__file__).read_bytes()
-    return stable_hash([hashlib.sha256(source).hexdigest(), matplotlib.__version__, plots.DPI])
+    return stable_hash([hashlib.sha256(source).hexdigest(), matplotlib.__version__,
+                        PIL.__version__, zlib.ZLIB_RUNTIME_VERSION, plots.DPI,
+                        plots.PNG_COMPRESS_LEVEL])  # fmt: skip
 
 
 def _sha(path: Path) -> str:
