@@ -212,10 +212,16 @@ def test_legends_sit_outside_the_data_and_every_panel_is_labelled(calibrated):
         legend = fig.legends[0].get_window_extent(renderer)
         title = fig._suptitle.get_window_extent(renderer)
         assert not legend.overlaps(title)
+        inside = fig.bbox.padded(0.5)  # nothing cut off at the edges (fixed margins)
+        assert inside.contains(legend.x0, legend.y0) and inside.contains(legend.x1, legend.y1)
         for ax in fig.axes:
             if not ax.axison:
                 continue
-            assert not legend.overlaps(ax.get_tightbbox(renderer))  # data, ticks, titles
+            box = ax.get_tightbbox(renderer)
+            assert not legend.overlaps(box)  # data, ticks, titles
+            assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+            others = [o.get_tightbbox(renderer) for o in fig.axes if o is not ax and o.axison]
+            assert not any(box.overlaps(o) for o in others), ax.get_title(loc="left")
             assert ax.get_xlabel() or ax not in _bottom_row(fig), ax
             assert ax.get_ylabel(), ax.get_title(loc="left")
 
