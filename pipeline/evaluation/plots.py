@@ -2,7 +2,7 @@
 
 Figures are built with the object API (`matplotlib.figure.Figure` on an Agg canvas; no pyplot,
 so no global backend switch and no figure registry to leak), under a
-fixed style, so the same table gives byte-identical PNGs (`save_figure` strips the metadata
+fixed style, so the same table gives byte-identical PNGs (`png_bytes` writes no metadata
 that would carry a version or a timestamp).
 
 A model has one colour in every chart (`model_colors`, the only place colours are picked): its
@@ -31,9 +31,7 @@ from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.io import atomic_path
 
 DPI = 100
-# zlib level of the PNGs: level 1 is as small as the default 6 for these flat-colour charts
-# (within 1-2 %), at a third of the encoding time
-PNG_COMPRESS_LEVEL = 1
+PNG_COMPRESS_LEVEL = 1  # zlib: as small as level 6 for these flat charts, at a third the time
 # 18 colours, no two closer than CIE76 distance 18 (tests/test_plots_report.py): Okabe-Ito's
 # seven (colour-vision-deficiency safe) first, then Paul Tol's and Kelly's. Black is the actual.
 PALETTE = (
@@ -109,12 +107,9 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Pa
 
 def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     """`fig` as PNG bytes (what save_figure writes): a chart rendered in another process
-    comes back as bytes, and the process that owns the files writes them.
-
-    Encoded here rather than by `savefig`: the figure is opaque (white face), so the pixels
-    go out as RGB, and at zlib level 1 (`PNG_COMPRESS_LEVEL`); Pillow writes no Software or
-    date chunk. A third of the encoding time of savefig's RGBA at level 6, at about the same
-    size (benchmarks/README.md, fourth pass)."""
+    comes back as bytes, and the process that owns the files writes them. Encoded by Pillow
+    (no Software or date chunk), as RGB where opaque (all of ours), at `PNG_COMPRESS_LEVEL`:
+    a third of savefig's RGBA level-6 encoding, and smaller."""
     from PIL import Image
 
     canvas = FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
