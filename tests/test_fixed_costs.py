@@ -259,15 +259,15 @@ def test_charts_of_another_png_encoding_are_rendered_again(
 ) -> None:
     """charts.json keys on the encoder's settings: PNGs of another compression level (an
     older qpipe's, say) are not taken as current; the same level again renders nothing."""
-    from pipeline.evaluation import plots
+    from pipeline.evaluation import plot_style
     from pipeline.stages.study import assemble_study
 
     caplog.set_level(logging.INFO, logger="pipeline.stages.assemble")
     config = study(tmp_path / "out", in_process_below_s=60.0)
     run_train(config, "ar_qr", _plan("ar_qr", 0.001))
-    monkeypatch.setattr(plots, "PNG_COMPRESS_LEVEL", 9)
+    monkeypatch.setattr(plot_style, "PNG_COMPRESS_LEVEL", 9)
     old = {p: p.read_bytes() for p in assemble_study(config).images}
-    monkeypatch.setattr(plots, "PNG_COMPRESS_LEVEL", 1)
+    monkeypatch.setattr(plot_style, "PNG_COMPRESS_LEVEL", 1)
     caplog.clear()
     new = {p: p.read_bytes() for p in assemble_study(config).images}
     assert f"{len(old)} charts rendered, 0 unchanged" in caplog.text

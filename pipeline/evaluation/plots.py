@@ -1,130 +1,43 @@
 """Fan charts and metric charts of a forecast table (matplotlib, Agg, deterministic PNGs).
 
 Figures are built with the object API (`matplotlib.figure.Figure` on an Agg canvas; no pyplot,
-so no global backend switch and no figure registry to leak), under a
-fixed style, so the same table gives byte-identical PNGs (`png_bytes` writes no metadata
-that would carry a version or a timestamp).
-
-A model has one colour in every chart (`model_colors`, the only place colours are picked): its
-index in `order` (the study's models, disabled ones included, so switching one off or adding
-one moves no other), and a `<model>_cal` variant is drawn in its model's colour, dashed.
+so no global backend switch and no figure registry to leak), under the fixed style of
+`plot_style` (which also encodes them: `png_bytes`), so the same table gives byte-identical
+PNGs. Each model keeps one colour in every chart (`plot_style.model_colors`).
 """
 
 from __future__ import annotations
 
-import io
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.calibration import CAL_SUFFIX
-from pipeline.io import atomic_path
-
-DPI = 100
-PNG_COMPRESS_LEVEL = 1  # zlib: as small as level 6 for these flat charts, at a third the time
-# 18 colours, no two closer than CIE76 distance 18 (tests/test_plots_report.py): Okabe-Ito's
-# seven (colour-vision-deficiency safe) first, then Paul Tol's and Kelly's. Black is the actual.
-PALETTE = (
-    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#999933",
-    "#332288", "#44AA99", "#AA4499", "#661100", "#117733", "#8DB600", "#BE0032", "#C2B280",
-    "#F99379", "#848482",
-)  # fmt: skip
-ACTUAL_COLOR = "#000000"
-NOMINAL_COLOR = "#777777"
-NEUTRAL = "#8c8c8c"  # legend keys for what every panel shares (bands, median)
-COVID_COLOR = "#f2f2f2"
-COVID_HATCH = "#d0d0d0"
-STYLE = {
-    "font.family": "DejaVu Sans",  # ships with matplotlib: same glyphs on every machine
-    "font.size": 9.5,
-    "axes.titlesize": 10.5,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 9.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.color": "#e6e6e6",
-    "grid.linewidth": 0.8,
-    "axes.edgecolor": "#888888",
-    "legend.frameon": False,
-    "legend.fontsize": 8.5,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
-    "path.simplify": False,
-    # a fixed title height: matplotlib skips placing each title above the tick labels (a
-    # third of a fan chart's render time); no axes here has ticks on top, so same pixels
-    "axes.titley": 1.0,
-    # every artist here is given its colour: a one-entry cycle (each Axes and plot call
-    # walks the cycle; the default's ten entries cost ~2 ms per chart), same pixels
-    "axes.prop_cycle": matplotlib.rcsetup.cycler(color=[ACTUAL_COLOR]),
-}
-
-
-def base_model(name: str) -> str:
-    """The model a `<model>_cal` variant calibrates (a raw model is its own base)."""
-    return name[: -len(CAL_SUFFIX)] if name.endswith(CAL_SUFFIX) else name
-
-
-def model_colors(names: Iterable[str], order: Sequence[str] = ()) -> dict[str, str]:
-    """Each model's colour: PALETTE[i], i the index of its base model in `order`, then (for
-    bases not in `order`) in name order; `<m>_cal` gets m's colour (`line_style`: dashed)."""
-    names = list(names)
-    extra = sorted({base_model(n) for n in names} - set(order))
-    index = {b: i for i, b in enumerate(dict.fromkeys([*order, *extra]))}
-    return {n: PALETTE[index[base_model(n)] % len(PALETTE)] for n in names}
-
-
-def line_style(name: str) -> str:
-    """Dashed for a calibrated variant, solid for a raw model."""
-    return "--" if name.endswith(CAL_SUFFIX) else "-"
-
-
-def ordered(names: Iterable[str], order: Sequence[str] = ()) -> list[str]:
-    """Legend order: by base model as in `order` (others by name), each raw before its `_cal`."""
-    rank = {b: i for i, b in enumerate(dict.fromkeys(order))}
-    return sorted(set(names), key=lambda n: (rank.get(base_model(n), len(rank)), base_model(n), n))
-
-
-def _label(name: str, benchmark: str | None) -> str:
-    return f"{name} (benchmark)" if name == benchmark else name
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
-    """Write `fig` as a PNG atomically, without Software/date metadata; returns the path."""
-    path = Path(path)
-    data = png_bytes(fig, dpi)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return path
-
-
-def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
-    """`fig` as PNG bytes (what save_figure writes): a chart rendered in another process
-    comes back as bytes, and the process that owns the files writes them. Encoded by Pillow
-    (no Software or date chunk), as RGB where opaque (all of ours), at `PNG_COMPRESS_LEVEL`:
-    a third of savefig's RGBA level-6 encoding, and smaller."""
-    from PIL import Image
-
-    canvas = FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
-    fig.set_dpi(dpi)
-    with matplotlib.rc_context(STYLE):  # the figures are built white: STYLE's facecolor
-        canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    opaque = bool((rgba[..., 3] == 255).all())
-    image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
-    buffer = io.BytesIO()
-    image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi))
-    return buffer.getvalue()
+from pipeline.evaluation.plot_style import (  # noqa: F401  (DPI, PALETTE, ...: the charts' API)
+    ACTUAL_COLOR,
+    COVID_COLOR,
+    COVID_HATCH,
+    DPI,
+    NEUTRAL,
+    NOMINAL_COLOR,
+    PALETTE,
+    STYLE,
+    SharedCanvas,
+    base_model,
+    label,
+    line_style,
+    model_colors,
+    ordered,
+    png_bytes,
+    save_figure,
+)
 
 
 def _covid_span(ax, times: pd.Index) -> None:
@@ -192,7 +105,7 @@ def fan_chart(
                     continue
                 part = rows.loc[rows["MODEL"] == name]
                 levels = _fan_panel(ax, part, actual, colors[name], line_style(name)) or levels
-                ax.set_title(_label(name, benchmark), loc="left", color=colors[name])
+                ax.set_title(label(name, benchmark), loc="left", color=colors[name])
                 ax.set_ylabel(target)
                 ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them right of column 1
         for j in range(n_cols):  # the lowest panel of each column shows the dates
@@ -316,8 +229,8 @@ def _outside_legend(fig: Figure, ax) -> None:
         top = 1 - m["top"] / height
         legend = fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, top),
                             ncols=1 if len(labels) <= 16 else 2, borderaxespad=0)  # fmt: skip
-        renderer = FigureCanvasAgg(fig).get_renderer()
-        wide = legend.get_window_extent(renderer).width / fig.dpi
+        with SharedCanvas.lock:
+            wide = legend.get_window_extent(SharedCanvas(fig).get_renderer()).width / fig.dpi
         right = m["right"] + wide + 0.15
         legend.set_bbox_to_anchor((1 - (wide + m["right"]) / width, top), fig.transFigure)
     # the two panels share what is left, with room between them for the right one's y labels
@@ -340,7 +253,7 @@ def pinball_chart(
                 rows = table.loc[table["MODEL"] == name]
                 ax.plot(rows["HORIZON"], rows["PINBALL"], marker="o", ms=4.5,
                         lw=2.4 if name == benchmark else 1.6, ls=line_style(name),
-                        color=colors[name], label=_label(name, benchmark))  # fmt: skip
+                        color=colors[name], label=label(name, benchmark))  # fmt: skip
             ax.set_title(titles[period], loc="left")
             ax.set_xlabel("horizon (months)")
             ax.set_ylabel("mean pinball loss")
@@ -369,7 +282,7 @@ def coverage_chart(
                 rows = table.loc[table["MODEL"] == name]
                 ax.plot(rows["QUANTILE"], rows["COVERAGE"], marker="o", ms=4.5,
                         lw=2.4 if name == benchmark else 1.5, ls=line_style(name),
-                        color=colors[name], label=_label(name, benchmark))  # fmt: skip
+                        color=colors[name], label=label(name, benchmark))  # fmt: skip
             levels = sorted(frame["QUANTILE"].unique().tolist())
             ax.set_xticks(levels, [f"{q:g}" for q in levels])
             ax.set_xlim(0, 1)

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
-from pipeline.evaluation import plots
+from pipeline.evaluation import plot_style, plots
 from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.evaluation.report import ReportImage
 from pipeline.io import atomic_path, read_json, stable_hash, write_json
@@ -258,10 +258,11 @@ def _code_fingerprint() -> str:
     import matplotlib
     import PIL
 
-    source = Path(plots.__file__).read_bytes()
-    return stable_hash([hashlib.sha256(source).hexdigest(), matplotlib.__version__,
-                        PIL.__version__, zlib.ZLIB_RUNTIME_VERSION, plots.DPI,
-                        plots.PNG_COMPRESS_LEVEL])  # fmt: skip
+    sources = [
+        hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in (plots, plot_style)
+    ]
+    return stable_hash([*sources, matplotlib.__version__, PIL.__version__,
+                        zlib.ZLIB_RUNTIME_VERSION, plot_style.DPI, plot_style.PNG_COMPRESS_LEVEL])  # fmt: skip
 
 
 def _sha(path: Path) -> str:
