@@ -115,6 +115,21 @@ def test_pngs_are_byte_stable_sized_and_free_of_metadata(frame, tmp_path):
     assert list(tmp_path.iterdir()) and not list(tmp_path.glob(".*.tmp"))  # atomic, no leftovers
 
 
+def test_charts_drawn_on_threads_or_after_others_keep_their_bytes(frame):
+    """Figures of one size share a renderer (and its text metrics): the bytes of a chart do
+    not depend on what was drawn before it or beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def figures() -> list:
+        return [plots.fan_chart(frame, "BE", 1), plots.pinball_chart(frame),
+                plots.fan_chart(frame, "AT", 3), plots.fan_chart(frame, "BE", 1)]  # fmt: skip
+
+    one_by_one = [plots.png_bytes(fig) for fig in figures()]
+    assert one_by_one[0] == one_by_one[3] != one_by_one[2]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(plots.png_bytes, figures())) == one_by_one
+
+
 ORDER = ("ar_qr", "lqr", "ensemble_nn", "rw", "climatology", "combo")
 
 
