@@ -9,6 +9,7 @@ of the process, `time.process_time`, which a loaded machine distorts far less th
 time), and the PNG bytes written.
 
 Usage: python benchmarks/bench_charts.py RUN_DIR [--baseline CHECKOUT ...] [--repeats 3]
+       [--countries DE FR ...]  (fan charts of these countries only; default: every country)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ frame = pd.read_parquet(sys.argv[1])
 order = json.loads(sys.argv[2])
 bench = {"benchmark": "ar_qr"}
 fans = sorted(set(zip(frame["COUNTRY"].astype(str), frame["HORIZON"].astype(int))))
+fans = [(c, h) for c, h in fans if not sys.argv[3:] or c in sys.argv[3:]]
 specs = [("pinball", bench), ("coverage", bench)]
 specs += [("fan", {**bench, "country": c, "horizon": h}) for c, h in fans]
 compact = evaluate.compact_frame(frame)
@@ -46,10 +48,10 @@ print(json.dumps({"charts": len(specs), "first_s": times[0], "all_s": sum(times)
 """
 
 
-def measure(checkout: Path, table: Path, order: list[str]) -> dict:
+def measure(checkout: Path, table: Path, order: list[str], countries: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(table), json.dumps(order)],
+        [sys.executable, "-c", CHILD, str(table), json.dumps(order), *countries],
         cwd=checkout, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a finished run's output dir")
     parser.add_argument("--baseline", nargs="*", default=[], help="other checkouts")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--countries", nargs="*", default=[], help="fan charts of these only")
     parser.add_argument("--order", nargs="*", default=["ar_qr", "lqr", "ensemble_nn", "rw", "climatology"])  # fmt: skip
     args = parser.parse_args()
     table = (args.run_dir / "forecasts" / "all.parquet").resolve()
@@ -70,7 +73,7 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     for _ in range(args.repeats):
         for checkout in checkouts:
-            rows[checkout].append(measure(checkout, table, args.order))
+            rows[checkout].append(measure(checkout, table, args.order, args.countries))
             loads.append(os.getloadavg()[0])
     base = statistics.median(r["all_s"] for r in rows[checkouts[0]])
     print(f"{rows[ROOT][0]['charts']} charts of {table}, {args.repeats} repeats, "
