@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.grouping import Keys, group_mean
 from pipeline.evaluation.pvalues import norm_sf, t_sf
 from pipeline.schema import month_index
 
@@ -104,13 +105,19 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
     return by
 
 
-def _scored(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows with both ACTUAL and FORECAST, plus their pinball loss in column LOSS."""
+def _scored(frame: pd.DataFrame, mask: pd.Series | None = None) -> pd.DataFrame:
+    """Rows with both ACTUAL and FORECAST (`mask`, when already made), plus their pinball
+    loss in column LOSS."""
     check_frame(frame)
-    rows = select_rows(frame, frame[ACTUAL].notna() & frame[FORECAST].notna(), EVAL_COLUMNS)
+    mask = _scored_mask(frame) if mask is None else mask
+    rows = select_rows(frame, mask, EVAL_COLUMNS)
     u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
     q = rows[QUANTILE].to_numpy(np.float64)
     return rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+
+
+def _scored_mask(frame: pd.DataFrame) -> pd.Series:
+    return frame[ACTUAL].notna() & frame[FORECAST].notna()
 
 
 def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
@@ -121,12 +128,15 @@ def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
         )
 
 
-def _group_mean(rows: pd.DataFrame, by: list[str], out: dict[str, str]) -> pd.DataFrame:
-    """Row count N and the mean of each `source` column as `name`, per `by` group, sorted."""
-    spec: dict[str, Any] = {"N": (next(iter(out.values())), "size")}
-    spec.update({name: (source, "mean") for name, source in out.items()})
-    table = rows.groupby(by, sort=True, observed=True).agg(**spec).reset_index()
-    return table.astype({"N": "int64"})
+def _group_mean(
+    rows: pd.DataFrame,
+    by: list[str],
+    out: Mapping[str, str | np.ndarray],
+    keys: Keys | None = None,
+) -> pd.DataFrame:
+    """Row count N and the mean of each `source` column as `name`, per `by` group, sorted
+    (grouping.group_mean: pandas' groupby results from integer codes made once per rows)."""
+    return group_mean(rows, by, out, keys)
 
 
 def _with_benchmark(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
@@ -142,8 +152,8 @@ def pinball(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFr
     return _pinball_rows(_scored(frame), by)
 
 
-def _pinball_rows(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    return _group_mean(scored, by, {"PINBALL": "LOSS"})
+def _pinball_rows(scored: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    return _group_mean(scored, by, {"PINBALL": "LOSS"}, keys)
 
 
 def relative_pinball(
@@ -161,8 +171,9 @@ def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.Da
     return _relative_rows(_with_benchmark(_scored(frame), benchmark), by)
 
 
-def _relative_rows(joined: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    table = _group_mean(joined, by, {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"})
+def _relative_rows(joined: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    out = {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"}
+    table = _group_mean(joined, by, out, keys)
     with np.errstate(divide="ignore", invalid="ignore"):
         table["RELATIVE_PINBALL"] = table["PINBALL"] / table["BENCHMARK_PINBALL"]
     return table
@@ -174,9 +185,9 @@ def coverage(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataF
     return _coverage_rows(_scored(frame), by)
 
 
-def _coverage_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    rows = rows.assign(HIT=(rows[ACTUAL] <= rows[FORECAST]).astype(np.float64))
-    return _group_mean(rows, by, {"COVERAGE": "HIT"})
+def _coverage_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    hit = rows[ACTUAL].to_numpy(np.float64) <= rows[FORECAST].to_numpy(np.float64)
+    return _group_mean(rows, by, {"COVERAGE": hit.astype(np.float64)}, keys)
 
 
 def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -186,25 +197,60 @@ def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZO
     return _interval_rows(_scored(frame), by)
 
 
-def _interval_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    levels = rows.groupby(MODEL, observed=True)[QUANTILE].agg(LOWER="min", UPPER="max")
-    # each row's model levels as arrays: a join would copy every row and column
-    lower = levels["LOWER"].reindex(rows[MODEL]).to_numpy(np.float64)
-    upper = levels["UPPER"].reindex(rows[MODEL]).to_numpy(np.float64)
-    q, inner = rows[QUANTILE].to_numpy(np.float64), lower < upper
+def _interval_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    keys = keys if keys is not None and keys.rows is rows else Keys(rows)
+    # each row's model levels (lowest and highest) as arrays, from the model codes
+    model, n_models = keys.codes(MODEL)
+    q = rows[QUANTILE].to_numpy(np.float64)
+    levels = pd.Series(q).groupby(model).agg(["min", "max"]).reindex(range(n_models))
+    lower = np.where(model >= 0, levels["min"].to_numpy(np.float64)[model], np.nan)
+    upper = np.where(model >= 0, levels["max"].to_numpy(np.float64)[model], np.nan)
+    inner = lower < upper
+    at_lo, at_hi = np.flatnonzero(inner & (q == lower)), np.flatnonzero(inner & (q == upper))
+    # each lower-level row paired with its forecast's upper-level row, in the lower rows'
+    # order: the inner merge on the forecast key (FORECAST_KEY) that this replaces
+    forecast = keys.groups(FORECAST_KEY)
+    if forecast.kept is not None or len(forecast.ids) != len(rows):
+        return _interval_merge(rows, by, lower, upper, at_lo, at_hi)  # a key is missing
+    hi_id = forecast.ids[at_hi]
+    order = np.argsort(hi_id, kind="stable")
+    hi_sorted = hi_id[order]
+    if hi_sorted.size and (hi_sorted[1:] == hi_sorted[:-1]).any():  # not one row per forecast
+        return _interval_merge(rows, by, lower, upper, at_lo, at_hi)
+    lo_id = forecast.ids[at_lo]
+    pos = np.minimum(np.searchsorted(hi_sorted, lo_id), max(hi_sorted.size - 1, 0))
+    matched = hi_sorted[pos] == lo_id if hi_sorted.size else np.zeros(lo_id.size, bool)
+    lo, hi = at_lo[matched], at_hi[order[pos[matched]]]
+    actual = rows[ACTUAL].to_numpy(np.float64)[lo]
+    f = rows[FORECAST].to_numpy(np.float64)
+    f_lo, f_hi = f[lo], f[hi]
+    both = rows[by].iloc[lo].reset_index(drop=True).assign(LOWER=lower[lo], UPPER=upper[lo])
+    hit = ((f_lo <= actual) & (actual <= f_hi)).astype(np.float64)
+    return _interval_table(both, by, hit, f_hi - f_lo)
+
+
+def _interval_merge(
+    rows: pd.DataFrame,
+    by: list[str],
+    lower: np.ndarray,
+    upper: np.ndarray,
+    at_lo: np.ndarray,
+    at_hi: np.ndarray,
+) -> pd.DataFrame:
+    """The interval table by a pandas merge of the lower and upper rows (missing keys or
+    several rows per forecast and level: pandas' join semantics)."""
     key = list(FORECAST_KEY)
-    at_lo, at_hi = inner & (q == lower), inner & (q == upper)
-    lo = rows.loc[at_lo, [*key, ACTUAL, FORECAST]].assign(LOWER=lower[at_lo], UPPER=upper[at_lo])
-    hi = rows.loc[at_hi, [*key, FORECAST]]
-    both = lo.merge(hi, on=key, suffixes=("_LO", "_HI"))
-    both = both.assign(
-        HIT=((both["FORECAST_LO"] <= both[ACTUAL]) & (both[ACTUAL] <= both["FORECAST_HI"])).astype(
-            np.float64
-        ),
-        W=both["FORECAST_HI"] - both["FORECAST_LO"],
-    )
+    lo = rows.iloc[at_lo][[*key, ACTUAL, FORECAST]].assign(LOWER=lower[at_lo], UPPER=upper[at_lo])
+    both = lo.merge(rows.iloc[at_hi][[*key, FORECAST]], on=key, suffixes=("_LO", "_HI"))
+    f_lo, f_hi = both["FORECAST_LO"].to_numpy(np.float64), both["FORECAST_HI"].to_numpy(np.float64)
+    actual = both[ACTUAL].to_numpy(np.float64)
+    hit = ((f_lo <= actual) & (actual <= f_hi)).astype(np.float64)
+    return _interval_table(both, by, hit, f_hi - f_lo)
+
+
+def _interval_table(both: pd.DataFrame, by: list[str], hit: np.ndarray, width: np.ndarray):
     groups = [*by, "LOWER", "UPPER"]
-    table = _group_mean(both, groups, {"COVERAGE": "HIT", "WIDTH": "W"})
+    table = _group_mean(both, groups, {"COVERAGE": hit, "WIDTH": width})
     table.insert(len(groups), "NOMINAL", table["UPPER"] - table["LOWER"])
     return table
 
@@ -216,8 +262,14 @@ def crps(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.Dat
     return _crps_rows(_scored(frame), by)
 
 
-def _crps_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    per_forecast = rows.groupby(list(FORECAST_KEY), observed=True)["LOSS"].mean().reset_index()
+def _crps_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    keys = keys if keys is not None and keys.rows is rows else Keys(rows)
+    if rows.empty:
+        per_forecast = rows[list(FORECAST_KEY)].assign(LOSS=rows["LOSS"])
+    else:  # the mean loss of each forecast, forecasts in key order (a sorted groupby's)
+        forecast = keys.groups(FORECAST_KEY)
+        per_forecast = rows[list(FORECAST_KEY)].iloc[forecast.first].reset_index(drop=True)
+        per_forecast["LOSS"] = forecast.mean(rows["LOSS"].to_numpy(np.float64))
     per_forecast["LOSS"] *= 2.0
     return _group_mean(per_forecast, by, {"CRPS": "LOSS"})
 
@@ -228,19 +280,28 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     Uses every row with a FORECAST (crossing needs no ACTUAL)."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
     check_frame(frame)
+    return _crossing_rows(frame, by)
+
+
+def _crossing_rows(frame: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
     key = list(FORECAST_KEY)
-    rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
-    # one sort of numbers (the keys' codes, level) instead of a sort and groupbys on the keys
-    codes = [rank_codes(rows[c]) for c in key]
-    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), *codes[::-1]))
-    ids = run_ids([c[order] for c in codes])  # the forecast of each sorted row
+    has = frame[FORECAST].notna().to_numpy()
+    rows = frame.loc[has, [*key, QUANTILE, FORECAST]]
+    if rows.empty:
+        return _group_mean(rows[key], by, {"CROSSING_RATE": np.empty(0)})
+    # one sort of numbers (forecast id, level) instead of a sort and groupbys on the keys;
+    # a missing key is a value of its own here (the groupby below drops it where it is in `by`)
+    keys = Keys(frame) if keys is None or keys.rows is not frame else keys
+    forecast = keys.subset(rows, has, dropna=False).groups(key)
+    level = rows[QUANTILE].to_numpy(np.float64)
+    order = np.lexsort((level, forecast.ids))
+    ids = forecast.ids[order]  # the forecast of each sorted row
     values = rows[FORECAST].to_numpy(np.float64)[order]
     same = ids[1:] == ids[:-1]
     down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
-    crossed = np.bincount(ids[1:][down], minlength=int(ids.max()) + 1 if ids.size else 0) > 0
-    per_forecast = rows.iloc[order[np.r_[True, ~same]] if ids.size else []][key]
-    per_forecast = per_forecast.assign(CROSSED=crossed.astype(np.float64))
-    return _group_mean(per_forecast, by, {"CROSSING_RATE": "CROSSED"})
+    crossed = np.bincount(ids[1:][down], minlength=forecast.n_groups) > 0
+    per_forecast = rows[key].iloc[forecast.first].reset_index(drop=True)
+    return _group_mean(per_forecast, by, {"CROSSING_RATE": crossed.astype(np.float64)})
 
 
 def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[float, float]:
@@ -350,11 +411,16 @@ def exclude_covid(
     frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END
 ) -> pd.DataFrame:
     """Drop rows whose TIME (the month forecast) lies in [start, end], both months included."""
+    return frame.loc[~_covid_mask(frame, start, end)].reset_index(drop=True)
+
+
+def _covid_mask(frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END) -> np.ndarray:
+    """True where TIME lies in [start, end]."""
     lo, hi = _month_index(start, "start"), _month_index(end, "end")
     if hi < lo:
         raise ValueError(f"end must not precede start; got start={start!r}, end={end!r}")
-    month = month_index(frame[TIME])
-    return frame.loc[~((month >= lo) & (month <= hi))].reset_index(drop=True)
+    month = np.asarray(month_index(frame[TIME]))
+    return (month >= lo) & (month <= hi)
 
 
 # --- tables for assemble ---------------------------------------------------------------------
@@ -391,25 +457,41 @@ def metric_tables(
     dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
     work = compact_frame(frame)
     # the scored rows and their join to the benchmark, once per period for every table
+    # the scored rows, their join to the benchmark and the codes of their keys, once per
+    # period for every table (k: the scored rows' codes, jk: the joined rows')
     makers = {
-        "pinball": lambda f, s, j: _pinball_rows(s, list(BY_DEFAULT)),
-        "pinball_by_country": lambda f, s, j: _pinball_rows(s, mchq),
-        "relative_pinball": lambda f, s, j: _relative_rows(j, list(BY_DEFAULT)),
-        "coverage": lambda f, s, j: _coverage_rows(s, list(BY_DEFAULT)),
-        "interval": lambda f, s, j: _interval_rows(s, [MODEL, HORIZON]),
-        "crps": lambda f, s, j: _crps_rows(s, [MODEL, HORIZON]),
-        "crossing": lambda f, s, j: crossing_rate(f),
-        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
-        "dm_by_quantile": lambda f, s, j: _dm_rows(j, benchmark, list(BY_DEFAULT), True, dtypes),
+        "pinball": lambda f, s, j, k, jk: _pinball_rows(s, list(BY_DEFAULT), k),
+        "pinball_by_country": lambda f, s, j, k, jk: _pinball_rows(s, mchq, k),
+        "relative_pinball": lambda f, s, j, k, jk: _relative_rows(j, list(BY_DEFAULT), jk),
+        "coverage": lambda f, s, j, k, jk: _coverage_rows(s, list(BY_DEFAULT), k),
+        "interval": lambda f, s, j, k, jk: _interval_rows(s, [MODEL, HORIZON], k),
+        "crps": lambda f, s, j, k, jk: _crps_rows(s, [MODEL, HORIZON], k),
+        "crossing": lambda f, s, j, k, jk: _crossing_rows(f[0], [MODEL, HORIZON], f[1]),
+        "dm": lambda f, s, j, k, jk: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
+        "dm_by_quantile": lambda f, s, j, k, jk: _dm_rows(
+            j, benchmark, list(BY_DEFAULT), True, dtypes
+        ),
     }
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    # the key columns factorized once; each period, its scored rows and the forecast rows
+    # take their codes from these
+    work_keys = Keys(work)
+    covid = _covid_mask(work)
     for period in ("all", "ex_covid"):  # one period's rows in memory at a time
-        part = work if period == "all" else exclude_covid(work)
-        scored = _scored(part)
+        if period == "all":
+            part, part_keys = work, work_keys
+        else:  # exclude_covid(work)
+            part = work.loc[~covid].reset_index(drop=True)
+            part_keys = work_keys.subset(part, ~covid)
+        mask = _scored_mask(part)
+        scored = _scored(part, mask)
+        keys = part_keys.subset(scored, mask.to_numpy())
         joined = _with_benchmark(scored, benchmark)
+        joined_keys = Keys(joined)
         for name, make in makers.items():
-            parts[name].append(make(part, scored, joined).assign(PERIOD=period))
-        del part, scored, joined
+            table = make((part, part_keys), scored, joined, keys, joined_keys)
+            parts[name].append(table.assign(PERIOD=period))
+        del part, part_keys, scored, joined, keys, joined_keys
     tables = {}
     for name, pieces in parts.items():
         table = pd.concat(pieces, ignore_index=True)
