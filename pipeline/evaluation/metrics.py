@@ -411,10 +411,10 @@ def exclude_covid(
     frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END
 ) -> pd.DataFrame:
     """Drop rows whose TIME (the month forecast) lies in [start, end], both months included."""
-    return frame.loc[~_covid_mask(frame, start, end)].reset_index(drop=True)
+    return frame.loc[~covid_mask(frame, start, end)].reset_index(drop=True)
 
 
-def _covid_mask(frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END) -> np.ndarray:
+def covid_mask(frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END) -> np.ndarray:
     """True where TIME lies in [start, end]."""
     lo, hi = _month_index(start, "start"), _month_index(end, "end")
     if hi < lo:
@@ -476,7 +476,7 @@ def metric_tables(
     # the key columns factorized once; each period, its scored rows and the forecast rows
     # take their codes from these
     work_keys = Keys(work)
-    covid = _covid_mask(work)
+    covid = covid_mask(work)
     for period in ("all", "ex_covid"):  # one period's rows in memory at a time
         if period == "all":
             part, part_keys = work, work_keys
