@@ -19,15 +19,24 @@ import pandas as pd
 _MAX_KEY = 2**62  # combined codes stay exact int64 below this
 
 
-@dataclass(frozen=True)
+@dataclass
 class Groups:
     """Each kept row's group 0..n_groups-1 (numbered in sorted key order), which rows are kept
     (False where a key is missing: groupby drops those rows), and one row of each group."""
 
     ids: np.ndarray
     kept: np.ndarray | None  # None: every row is kept
-    first: np.ndarray  # a row (position in `rows`) of each group: its key values
     n_groups: int
+    _first: np.ndarray | None = None
+
+    @property
+    def first(self) -> np.ndarray:
+        """A row (position in `rows`) of each group: any row of a group has its key values."""
+        if self._first is None:
+            rows = np.arange(self.ids.size) if self.kept is None else np.flatnonzero(self.kept)
+            self._first = np.empty(self.n_groups, dtype=np.int64)
+            self._first[self.ids] = rows
+        return self._first
 
     def mean(self, values: np.ndarray) -> np.ndarray:
         """The mean of `values` (one per row of `rows`) per group: pandas' grouped mean."""
@@ -54,6 +63,7 @@ class Keys:
         self.rows, self.dropna = rows, dropna
         self._parent = parent  # (keys of a larger table, the positions of these rows in it)
         self._raw: dict[str, tuple[np.ndarray, int]] = {}
+        self._missing: dict[str, bool] = {}
         self._groups: dict[tuple[str, ...], Groups] = {}
 
     def subset(self, rows: pd.DataFrame, where: np.ndarray, dropna: bool | None = None) -> Keys:
@@ -92,30 +102,34 @@ class Keys:
 
     def _number(self, by: tuple[str, ...]) -> Groups:
         n = len(self.rows)
-        combined, span = np.zeros(n, dtype=np.int64), 1
-        missing = np.zeros(n, dtype=bool)
-        for column in by:
+        combined, span, missing = np.zeros(n, dtype=np.int64), 1, None
+        for column in by:  # one int64 per row, in place (millions of rows)
             codes, size = self.codes(column)
-            missing |= codes < 0
-            if span * max(size, 1) >= _MAX_KEY:  # renumber densely (order kept) before overflow
+            if self.dropna and self._has_missing(column):
+                missing = codes < 0 if missing is None else missing | (codes < 0)
+            size = max(size, 1)
+            if span * size >= _MAX_KEY:  # renumber densely (order kept) before overflow
                 combined, uniques = pd.factorize(combined, sort=True)
                 combined, span = combined.astype(np.int64), max(len(uniques), 1)
-            combined = combined * max(size, 1) + codes
-            span *= max(size, 1)
-        kept = ~missing if missing.any() else None
+            combined *= size
+            combined += codes
+            span *= size
+        kept = None if missing is None or not missing.any() else ~missing
         if kept is not None:
             combined = combined[kept]
         if span <= 4 * n + 1024:  # few possible keys: number the present ones by counting
             present = np.bincount(combined, minlength=span) > 0
-            ids = (np.cumsum(present) - 1)[combined]
             n_groups = int(present.sum())
+            ids = combined if n_groups == span else (np.cumsum(present) - 1)[combined]
         else:
             ids, uniques = pd.factorize(combined, sort=True)
             ids, n_groups = ids.astype(np.int64, copy=False), len(uniques)
-        rows = np.arange(n) if kept is None else np.flatnonzero(kept)
-        first = np.empty(n_groups, dtype=np.int64)
-        first[ids] = rows  # any row of a group has its key values
-        return Groups(ids=ids, kept=kept, first=first, n_groups=n_groups)
+        return Groups(ids=ids, kept=kept, n_groups=n_groups)
+
+    def _has_missing(self, column: str) -> bool:
+        if column not in self._missing:
+            self._missing[column] = bool(self._raw_codes(column)[0].min(initial=0) < 0)
+        return self._missing[column]
 
 
 def group_mean(
