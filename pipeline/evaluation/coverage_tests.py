@@ -209,6 +209,7 @@ def coverage_tests(
     group = keys.groups(by).ids[order]
     segment_by = by if "COUNTRY" in by else [*by, "COUNTRY"]
     segment = keys.groups(segment_by).ids[order]
+    del keys  # these rows' codes and numbers: not needed again (the tests' peak memory)
     n_groups = int(group[-1]) + 1 if group.size else 0
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if group.size else group
     # the keys as plain Python values, so the table's dtypes are those of a record table

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 _MAX_KEY = 2**62  # combined codes stay exact int64 below this
+_INT = np.int32  # codes and group numbers: half the memory of int64 over millions of rows
+# (int32 holds any code of a table under 2**31 rows; Keys refuses larger ones below)
 
 
 @dataclass
@@ -58,8 +60,10 @@ class Keys:
         self,
         rows: pd.DataFrame,
         dropna: bool = True,
-        parent: tuple[Keys, np.ndarray] | None = None,
+        parent: tuple[Keys, np.ndarray | None] | None = None,
     ) -> None:
+        if len(rows) >= np.iinfo(_INT).max:
+            raise ValueError(f"rows must number under 2**31 for int32 codes; got {len(rows)}")
         self.rows, self.dropna = rows, dropna
         self._parent = parent  # (keys of a larger table, the positions of these rows in it)
         self._raw: dict[str, tuple[np.ndarray, int]] = {}
@@ -69,18 +73,28 @@ class Keys:
     def subset(self, rows: pd.DataFrame, where: np.ndarray, dropna: bool | None = None) -> Keys:
         """The keys of `rows`, the rows of this table at `where` (a mask or positions): their
         codes are taken from this table's, not factorized again."""
-        where = np.flatnonzero(where) if where.dtype == bool else where
-        return Keys(rows, self.dropna if dropna is None else dropna, (self, where))
+        dropna = self.dropna if dropna is None else dropna
+        if where.dtype == bool:
+            if where.all():  # the same rows: share the codes (no copy of millions of rows)
+                return Keys(rows, dropna, (self, None))
+            where = np.flatnonzero(where)
+        return Keys(rows, dropna, (self, where))
 
     def _raw_codes(self, column: str) -> tuple[np.ndarray, int]:
         if column not in self._raw:
             if self._parent is not None:
                 keys, where = self._parent
                 codes, size = keys._raw_codes(column)
-                self._raw[column] = (codes[where], size)  # sorted codes stay sorted
+                # sorted codes stay sorted; None: every row of the parent's
+                self._raw[column] = (codes if where is None else codes[where], size)
+            elif isinstance(self.rows[column].dtype, pd.CategoricalDtype):
+                # a categorical's own codes: groupby sorts by its categories' order too
+                values = self.rows[column].cat
+                size = len(values.categories)
+                self._raw[column] = (values.codes.to_numpy(_small(size)), size)
             else:
                 codes, uniques = pd.factorize(self.rows[column], sort=True)
-                self._raw[column] = (codes.astype(np.int64, copy=False), len(uniques))
+                self._raw[column] = (codes.astype(_small(len(uniques))), len(uniques))
         return self._raw[column]
 
     def codes(self, column: str) -> tuple[np.ndarray, int]:
@@ -120,16 +134,29 @@ class Keys:
         if span <= 4 * n + 1024:  # few possible keys: number the present ones by counting
             present = np.bincount(combined, minlength=span) > 0
             n_groups = int(present.sum())
-            ids = combined if n_groups == span else (np.cumsum(present) - 1)[combined]
+            if n_groups == span:
+                ids = combined.astype(_INT)
+            else:
+                ids = (np.cumsum(present) - 1).astype(_INT)[combined]
         else:
             ids, uniques = pd.factorize(combined, sort=True)
-            ids, n_groups = ids.astype(np.int64, copy=False), len(uniques)
+            ids, n_groups = ids.astype(_INT, copy=False), len(uniques)
+        del combined
         return Groups(ids=ids, kept=kept, n_groups=n_groups)
 
     def _has_missing(self, column: str) -> bool:
         if column not in self._missing:
             self._missing[column] = bool(self._raw_codes(column)[0].min(initial=0) < 0)
         return self._missing[column]
+
+
+def _small(size: int) -> type[np.signedinteger]:
+    """The smallest integer type for codes -1..size (a missing value's own code included):
+    a key column's codes take 1-4 bytes per row, not 8."""
+    for kind in (np.int8, np.int16, np.int32):
+        if size < np.iinfo(kind).max:
+            return kind
+    return np.int64
 
 
 def group_mean(

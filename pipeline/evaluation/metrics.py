@@ -77,7 +77,9 @@ def run_ids(columns: Sequence[np.ndarray]) -> np.ndarray:
     return np.cumsum(change)
 
 
-def select_rows(frame: pd.DataFrame, mask: pd.Series, columns: Sequence[str]) -> pd.DataFrame:
+def select_rows(
+    frame: pd.DataFrame, mask: pd.Series | np.ndarray, columns: Sequence[str]
+) -> pd.DataFrame:
     """`frame.loc[mask, columns]`, without copying millions of rows when the mask keeps all
     (copy-on-write: a column selection shares the frame's arrays)."""
     return frame[list(columns)] if bool(mask.all()) else frame.loc[mask, list(columns)]
@@ -105,7 +107,7 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
     return by
 
 
-def _scored(frame: pd.DataFrame, mask: pd.Series | None = None) -> pd.DataFrame:
+def _scored(frame: pd.DataFrame, mask: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
     """Rows with both ACTUAL and FORECAST (`mask`, when already made), plus their pinball
     loss in column LOSS."""
     check_frame(frame)
@@ -270,8 +272,9 @@ def _crps_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> p
         forecast = keys.groups(FORECAST_KEY)
         per_forecast = rows[list(FORECAST_KEY)].iloc[forecast.first].reset_index(drop=True)
         per_forecast["LOSS"] = forecast.mean(rows["LOSS"].to_numpy(np.float64))
+        keys = keys.subset(per_forecast, forecast.first)
     per_forecast["LOSS"] *= 2.0
-    return _group_mean(per_forecast, by, {"CRPS": "LOSS"})
+    return _group_mean(per_forecast, by, {"CRPS": "LOSS"}, keys)
 
 
 def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -283,9 +286,17 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     return _crossing_rows(frame, by)
 
 
-def _crossing_rows(frame: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+def _crossing_rows(
+    frame: pd.DataFrame,
+    by: list[str],
+    keys: Keys | None = None,
+    where: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The crossing table of `frame`'s rows (those at `where`, when given)."""
     key = list(FORECAST_KEY)
     has = frame[FORECAST].notna().to_numpy()
+    if where is not None:
+        has = has & where
     rows = frame.loc[has, [*key, QUANTILE, FORECAST]]
     if rows.empty:
         return _group_mean(rows[key], by, {"CROSSING_RATE": np.empty(0)})
@@ -301,7 +312,9 @@ def _crossing_rows(frame: pd.DataFrame, by: list[str], keys: Keys | None = None)
     down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
     crossed = np.bincount(ids[1:][down], minlength=forecast.n_groups) > 0
     per_forecast = rows[key].iloc[forecast.first].reset_index(drop=True)
-    return _group_mean(per_forecast, by, {"CROSSING_RATE": crossed.astype(np.float64)})
+    per_keys = keys.subset(per_forecast, np.flatnonzero(has)[forecast.first], dropna=True)
+    crossing = crossed.astype(np.float64)
+    return _group_mean(per_forecast, by, {"CROSSING_RATE": crossing}, per_keys)
 
 
 def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[float, float]:
@@ -466,32 +479,30 @@ def metric_tables(
         "coverage": lambda f, s, j, k, jk: _coverage_rows(s, list(BY_DEFAULT), k),
         "interval": lambda f, s, j, k, jk: _interval_rows(s, [MODEL, HORIZON], k),
         "crps": lambda f, s, j, k, jk: _crps_rows(s, [MODEL, HORIZON], k),
-        "crossing": lambda f, s, j, k, jk: _crossing_rows(f[0], [MODEL, HORIZON], f[1]),
+        "crossing": lambda f, s, j, k, jk: _crossing_rows(f[0], [MODEL, HORIZON], f[1], f[2]),
         "dm": lambda f, s, j, k, jk: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
         "dm_by_quantile": lambda f, s, j, k, jk: _dm_rows(
             j, benchmark, list(BY_DEFAULT), True, dtypes
         ),
     }
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
-    # the key columns factorized once; each period, its scored rows and the forecast rows
-    # take their codes from these
+    # the key columns factorized once; each period's scored rows take their codes from these,
+    # and the COVID months are left out by a mask (no copy of the whole frame)
     work_keys = Keys(work)
     covid = covid_mask(work)
     for period in ("all", "ex_covid"):  # one period's rows in memory at a time
-        if period == "all":
-            part, part_keys = work, work_keys
-        else:  # exclude_covid(work)
-            part = work.loc[~covid].reset_index(drop=True)
-            part_keys = work_keys.subset(part, ~covid)
-        mask = _scored_mask(part)
-        scored = _scored(part, mask)
-        keys = part_keys.subset(scored, mask.to_numpy())
+        where = None if period == "all" else ~covid
+        mask = _scored_mask(work).to_numpy()
+        if where is not None:
+            mask = mask & where
+        scored = _scored(work, mask)
+        keys = work_keys.subset(scored, mask)
         joined = _with_benchmark(scored, benchmark)
         joined_keys = Keys(joined)
         for name, make in makers.items():
-            table = make((part, part_keys), scored, joined, keys, joined_keys)
+            table = make((work, work_keys, where), scored, joined, keys, joined_keys)
             parts[name].append(table.assign(PERIOD=period))
-        del part, part_keys, scored, joined, keys, joined_keys
+        del scored, joined, keys, joined_keys
     tables = {}
     for name, pieces in parts.items():
         table = pd.concat(pieces, ignore_index=True)
