@@ -26,15 +26,16 @@ Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.dm import dm_rows
+from pipeline.evaluation.dm import dm_test as dm_test  # public here too
 from pipeline.evaluation.grouping import Keys, group_mean
-from pipeline.evaluation.pvalues import norm_sf, t_sf
+from pipeline.evaluation.interval import interval_rows
 from pipeline.schema import month_index
 
 MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
@@ -196,65 +197,7 @@ def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZO
     """Coverage and width of each model's central interval (lowest to highest quantile level):
     `*by, LOWER, UPPER, NOMINAL, N, COVERAGE, WIDTH`."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
-    return _interval_rows(_scored(frame), by)
-
-
-def _interval_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
-    keys = keys if keys is not None and keys.rows is rows else Keys(rows)
-    # each row's model levels (lowest and highest) as arrays, from the model codes
-    model, n_models = keys.codes(MODEL)
-    q = rows[QUANTILE].to_numpy(np.float64)
-    levels = pd.Series(q).groupby(model).agg(["min", "max"]).reindex(range(n_models))
-    lower = np.where(model >= 0, levels["min"].to_numpy(np.float64)[model], np.nan)
-    upper = np.where(model >= 0, levels["max"].to_numpy(np.float64)[model], np.nan)
-    inner = lower < upper
-    at_lo, at_hi = np.flatnonzero(inner & (q == lower)), np.flatnonzero(inner & (q == upper))
-    # each lower-level row paired with its forecast's upper-level row, in the lower rows'
-    # order: the inner merge on the forecast key (FORECAST_KEY) that this replaces
-    forecast = keys.groups(FORECAST_KEY)
-    if forecast.kept is not None or len(forecast.ids) != len(rows):
-        return _interval_merge(rows, by, lower, upper, at_lo, at_hi)  # a key is missing
-    hi_id = forecast.ids[at_hi]
-    order = np.argsort(hi_id, kind="stable")
-    hi_sorted = hi_id[order]
-    if hi_sorted.size and (hi_sorted[1:] == hi_sorted[:-1]).any():  # not one row per forecast
-        return _interval_merge(rows, by, lower, upper, at_lo, at_hi)
-    lo_id = forecast.ids[at_lo]
-    pos = np.minimum(np.searchsorted(hi_sorted, lo_id), max(hi_sorted.size - 1, 0))
-    matched = hi_sorted[pos] == lo_id if hi_sorted.size else np.zeros(lo_id.size, bool)
-    lo, hi = at_lo[matched], at_hi[order[pos[matched]]]
-    actual = rows[ACTUAL].to_numpy(np.float64)[lo]
-    f = rows[FORECAST].to_numpy(np.float64)
-    f_lo, f_hi = f[lo], f[hi]
-    both = rows[by].iloc[lo].reset_index(drop=True).assign(LOWER=lower[lo], UPPER=upper[lo])
-    hit = ((f_lo <= actual) & (actual <= f_hi)).astype(np.float64)
-    return _interval_table(both, by, hit, f_hi - f_lo)
-
-
-def _interval_merge(
-    rows: pd.DataFrame,
-    by: list[str],
-    lower: np.ndarray,
-    upper: np.ndarray,
-    at_lo: np.ndarray,
-    at_hi: np.ndarray,
-) -> pd.DataFrame:
-    """The interval table by a pandas merge of the lower and upper rows (missing keys or
-    several rows per forecast and level: pandas' join semantics)."""
-    key = list(FORECAST_KEY)
-    lo = rows.iloc[at_lo][[*key, ACTUAL, FORECAST]].assign(LOWER=lower[at_lo], UPPER=upper[at_lo])
-    both = lo.merge(rows.iloc[at_hi][[*key, FORECAST]], on=key, suffixes=("_LO", "_HI"))
-    f_lo, f_hi = both["FORECAST_LO"].to_numpy(np.float64), both["FORECAST_HI"].to_numpy(np.float64)
-    actual = both[ACTUAL].to_numpy(np.float64)
-    hit = ((f_lo <= actual) & (actual <= f_hi)).astype(np.float64)
-    return _interval_table(both, by, hit, f_hi - f_lo)
-
-
-def _interval_table(both: pd.DataFrame, by: list[str], hit: np.ndarray, width: np.ndarray):
-    groups = [*by, "LOWER", "UPPER"]
-    table = _group_mean(both, groups, {"COVERAGE": hit, "WIDTH": width})
-    table.insert(len(groups), "NOMINAL", table["UPPER"] - table["LOWER"])
-    return table
+    return interval_rows(_scored(frame), by, list(FORECAST_KEY))
 
 
 def crps(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -317,44 +260,6 @@ def _crossing_rows(
     return _group_mean(per_forecast, by, {"CROSSING_RATE": crossing}, per_keys)
 
 
-def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[float, float]:
-    """Diebold-Mariano statistic and two-sided p-value of a loss-differential series.
-
-    `d` is on a regular monthly grid; NaN marks a month without a differential (the gap stays
-    a gap: autocovariances use only pairs of observed months, divided by T = observed count).
-    Variance of the mean: (g0 + 2 sum_{k<h} (1 - k/h) g_k) / T (Bartlett, h - 1 lags), which
-    equals statsmodels' HAC covariance of a constant-only OLS with maxlags = h - 1 when there
-    are no gaps. `small_sample` applies the Harvey-Leybourne-Newbold factor and a t(T - 1)
-    p-value; otherwise the p-value is normal. Zero differential everywhere gives (0, 1).
-    """
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"horizon must be an integer >= 1; got {horizon!r}")
-    d = np.asarray(d, dtype=np.float64)
-    if d.ndim != 1:
-        raise ValueError(f"d must be a 1-D series; got shape {d.shape}")
-    seen = np.isfinite(d)
-    t = int(seen.sum())
-    if t < 2:
-        return math.nan, math.nan
-    mean = float(d[seen].mean())
-    e = np.where(seen, d - mean, 0.0)  # a gap contributes no product
-    lags = min(int(horizon) - 1, d.size - 1)
-    gamma = np.array([e[k:] @ e[: d.size - k] for k in range(lags + 1)]) / t
-    weights = 1.0 - np.arange(lags + 1) / (lags + 1.0)
-    long_run = gamma[0] + 2.0 * float(weights[1:] @ gamma[1:])
-    if long_run <= 0.0:
-        return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
-    stat = mean / math.sqrt(long_run / t)
-    if not small_sample:
-        return stat, float(2.0 * norm_sf(abs(stat)))
-    h = int(horizon)
-    factor = (t + 1 - 2 * h + h * (h - 1) / t) / t
-    if factor <= 0.0:
-        return math.nan, math.nan
-    stat *= math.sqrt(factor)
-    return stat, float(2.0 * t_sf(abs(stat), df=t - 1))
-
-
 def diebold_mariano(
     frame: pd.DataFrame,
     *,
@@ -375,40 +280,7 @@ def _dm_table(
     frame: pd.DataFrame, benchmark: str, by: list[str], small_sample: bool
 ) -> pd.DataFrame:
     joined = _with_benchmark(_scored(frame), benchmark)
-    return _dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
-
-
-def _dm_rows(
-    joined: pd.DataFrame,
-    benchmark: str,
-    by: list[str],
-    small_sample: bool,
-    key_dtypes: dict[str, Any],
-) -> pd.DataFrame:
-    joined = joined.loc[joined[MODEL] != benchmark]
-    joined = joined.assign(
-        D=joined["LOSS"] - joined["BENCH_LOSS"],
-        M=month_index(joined[TIME]),
-    )
-    series = joined.groupby([*by, "M"], sort=True, observed=True).agg(
-        D=("D", "mean"), N=("D", "size")
-    )
-    records = []
-    for keys, part in series.groupby(level=list(range(len(by))), sort=True, observed=True):
-        keys = keys if isinstance(keys, tuple) else (keys,)
-        months = part.index.get_level_values("M").to_numpy()
-        grid = np.full(months.max() - months.min() + 1, np.nan)
-        grid[months - months.min()] = part["D"].to_numpy()
-        horizon = int(dict(zip(by, keys, strict=True))[HORIZON])
-        stat, p_value = dm_test(grid, horizon, small_sample=small_sample)
-        records.append(
-            (*keys, int(part["N"].sum()), len(months), float(part["D"].mean()), stat, p_value)
-        )
-    columns = [*by, "N", "MONTHS", "MEAN_DIFF", "STAT", "P_VALUE"]
-    table = pd.DataFrame.from_records(records, columns=columns)
-    if not records:  # keep the key dtypes of the input on an empty result
-        table = table.astype({c: key_dtypes[c] for c in by})
-    return table.astype({"N": "int64", "MONTHS": "int64"})
+    return dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
 
 
 # --- COVID window ---------------------------------------------------------------------------
@@ -477,11 +349,13 @@ def metric_tables(
         "pinball_by_country": lambda f, s, j, k, jk: _pinball_rows(s, mchq, k),
         "relative_pinball": lambda f, s, j, k, jk: _relative_rows(j, list(BY_DEFAULT), jk),
         "coverage": lambda f, s, j, k, jk: _coverage_rows(s, list(BY_DEFAULT), k),
-        "interval": lambda f, s, j, k, jk: _interval_rows(s, [MODEL, HORIZON], k),
+        "interval": lambda f, s, j, k, jk: interval_rows(
+            s, [MODEL, HORIZON], list(FORECAST_KEY), k
+        ),
         "crps": lambda f, s, j, k, jk: _crps_rows(s, [MODEL, HORIZON], k),
         "crossing": lambda f, s, j, k, jk: _crossing_rows(f[0], [MODEL, HORIZON], f[1], f[2]),
-        "dm": lambda f, s, j, k, jk: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
-        "dm_by_quantile": lambda f, s, j, k, jk: _dm_rows(
+        "dm": lambda f, s, j, k, jk: dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
+        "dm_by_quantile": lambda f, s, j, k, jk: dm_rows(
             j, benchmark, list(BY_DEFAULT), True, dtypes
         ),
     }
