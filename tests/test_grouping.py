@@ -56,3 +56,43 @@ def test_missing_keys_are_dropped_or_kept_as_their_own_value():
     # the missing country sorts last within its model, as sort_values puts it
     last = rows.iloc[kept.first[kept.ids.max()]]
     assert pd.isna(last["COUNTRY"]) and last["MODEL"] == "ar_qr"  # the last category seen
+
+
+def test_interval_table_equals_the_merge_of_lower_and_upper_rows():
+    """metrics' interval table pairs each forecast's lowest and highest level by its group
+    number; a pandas merge of the two levels' rows (the former code) is the oracle, also
+    where a model has one level only and where forecasts lack a level or an actual."""
+    from pipeline.evaluation import metrics as ev
+
+    rng = np.random.default_rng(3)
+    grid = pd.MultiIndex.from_product(
+        [["a", "b", "one"], ["AT", "BE"], [1, 3], pd.date_range("2019-01", periods=30, freq="MS"),
+         [0.1, 0.5, 0.9]],
+        names=["MODEL", "COUNTRY", "HORIZON", "WINDOW_END", "QUANTILE"],
+    ).to_frame(index=False)  # fmt: skip
+    grid = grid.loc[(grid["MODEL"] != "one") | (grid["QUANTILE"] == 0.5)]
+    grid = grid.sample(frac=0.9, random_state=1).reset_index(drop=True)  # levels missing
+    grid["TIME"] = grid["WINDOW_END"] + pd.DateOffset(months=1)
+    grid["FORECAST"] = rng.normal(size=len(grid)).round(1)
+    grid["ACTUAL"] = np.where(rng.random(len(grid)) < 0.05, np.nan, rng.normal(size=len(grid)))
+    got = ev.interval_coverage(grid, by=["MODEL", "HORIZON"])
+
+    rows = grid.dropna(subset=["ACTUAL", "FORECAST"])
+    levels = rows.groupby("MODEL")["QUANTILE"].agg(LOWER="min", UPPER="max").reset_index()
+    rows = rows.merge(levels, on="MODEL")
+    key = ["MODEL", "COUNTRY", "HORIZON", "WINDOW_END"]
+    inner = rows["LOWER"] < rows["UPPER"]
+    lo = rows.loc[inner & (rows["QUANTILE"] == rows["LOWER"])]
+    hi = rows.loc[inner & (rows["QUANTILE"] == rows["UPPER"]), [*key, "FORECAST"]]
+    both = lo.merge(hi, on=key, suffixes=("_LO", "_HI"))
+    both["HIT"] = (both["FORECAST_LO"] <= both["ACTUAL"]) & (both["ACTUAL"] <= both["FORECAST_HI"])
+    both["W"] = both["FORECAST_HI"] - both["FORECAST_LO"]
+    want = both.groupby(["MODEL", "HORIZON", "LOWER", "UPPER"]).agg(
+        N=("W", "size"), COVERAGE=("HIT", "mean"), WIDTH=("W", "mean")
+    )
+    want = want.reset_index()
+    assert got["MODEL"].tolist() == ["a", "a", "b", "b"]  # "one" has no interval
+    assert got["N"].tolist() == want["N"].tolist()
+    np.testing.assert_allclose(got["COVERAGE"], want["COVERAGE"], rtol=0, atol=0)
+    np.testing.assert_allclose(got["WIDTH"], want["WIDTH"], rtol=1e-15)
+    assert (got["NOMINAL"] == 0.8).all()
