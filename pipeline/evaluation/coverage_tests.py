@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from pipeline.evaluation.metrics import rank_codes, run_ids, select_rows
+from pipeline.evaluation.grouping import Keys
+from pipeline.evaluation.metrics import select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 
 DQ_LAGS = 4
@@ -181,7 +182,9 @@ def coverage_test_row(hits: np.ndarray, forecast: np.ndarray, tau: float) -> dic
 TEST_COLUMNS = tuple(coverage_test_row(np.array([1, 0]), np.zeros(2), 0.5))
 
 
-def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
+def coverage_tests(
+    frame: pd.DataFrame, *, by: Sequence[str], keys: Keys | None = None
+) -> pd.DataFrame:
     """The tests per group of scored rows of a forecast table (`by` must include MODEL,
     HORIZON and QUANTILE). Without COUNTRY in `by`, the countries' hit sequences (each in
     WINDOW_END order) are concatenated country by country: the tests' pooled form, whose
@@ -189,18 +192,24 @@ def coverage_tests(frame: pd.DataFrame, *, by: Sequence[str]) -> pd.DataFrame:
     of each are dropped).
 
     Vectorised over the groups (one pass over the sorted rows, no Python loop per group):
-    the same statistics as `coverage_test_row` on each group's sequence (tests compare)."""
+    the same statistics as `coverage_test_row` on each group's sequence (tests compare).
+    `keys`: the codes of `frame`'s columns (`Keys(frame, dropna=False)`), when already made."""
     by = list(by)
     order_by = [*by, "COUNTRY", "WINDOW_END"] if "COUNTRY" not in by else [*by, "WINDOW_END"]
-    scored = frame["ACTUAL"].notna() & frame["FORECAST"].notna()
+    scored = (frame["ACTUAL"].notna() & frame["FORECAST"].notna()).to_numpy()
     # only the columns the tests read: a copy of every column was the stage's peak memory
     rows = select_rows(frame, scored, list(dict.fromkeys([*order_by, "ACTUAL", "FORECAST"])))
-    codes = {c: rank_codes(rows[c]) for c in order_by}
-    order = np.lexsort([codes[c] for c in reversed(order_by)])
-    group = run_ids([codes[c][order] for c in by])
+    # a missing key sorts last as a value of its own; the rows sorted by one stable sort of
+    # their groups' numbers (sorted key order): the order of a lexsort of the columns' codes
+    if keys is None or keys.rows is not frame or keys.dropna:
+        keys = Keys(frame, dropna=False)
+    keys = keys.subset(rows, scored)
+    order = np.argsort(keys.groups(order_by).ids, kind="stable")
+    # the groups' and segments' numbers along that order (each a prefix of `order_by`)
+    group = keys.groups(by).ids[order]
     segment_by = by if "COUNTRY" in by else [*by, "COUNTRY"]
-    segment = run_ids([codes[c][order] for c in segment_by])
-    del codes
+    segment = keys.groups(segment_by).ids[order]
+    del keys  # these rows' codes and numbers: not needed again (the tests' peak memory)
     n_groups = int(group[-1]) + 1 if group.size else 0
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if group.size else group
     # the keys as plain Python values, so the table's dtypes are those of a record table

@@ -26,14 +26,16 @@ Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.pvalues import norm_sf, t_sf
+from pipeline.evaluation.dm import dm_rows
+from pipeline.evaluation.dm import dm_test as dm_test  # public here too
+from pipeline.evaluation.grouping import Keys, group_mean
+from pipeline.evaluation.interval import interval_rows
 from pipeline.schema import month_index
 
 MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
@@ -76,7 +78,9 @@ def run_ids(columns: Sequence[np.ndarray]) -> np.ndarray:
     return np.cumsum(change)
 
 
-def select_rows(frame: pd.DataFrame, mask: pd.Series, columns: Sequence[str]) -> pd.DataFrame:
+def select_rows(
+    frame: pd.DataFrame, mask: pd.Series | np.ndarray, columns: Sequence[str]
+) -> pd.DataFrame:
     """`frame.loc[mask, columns]`, without copying millions of rows when the mask keeps all
     (copy-on-write: a column selection shares the frame's arrays)."""
     return frame[list(columns)] if bool(mask.all()) else frame.loc[mask, list(columns)]
@@ -104,13 +108,19 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
     return by
 
 
-def _scored(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows with both ACTUAL and FORECAST, plus their pinball loss in column LOSS."""
+def _scored(frame: pd.DataFrame, mask: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+    """Rows with both ACTUAL and FORECAST (`mask`, when already made), plus their pinball
+    loss in column LOSS."""
     check_frame(frame)
-    rows = select_rows(frame, frame[ACTUAL].notna() & frame[FORECAST].notna(), EVAL_COLUMNS)
+    mask = _scored_mask(frame) if mask is None else mask
+    rows = select_rows(frame, mask, EVAL_COLUMNS)
     u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
     q = rows[QUANTILE].to_numpy(np.float64)
     return rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+
+
+def _scored_mask(frame: pd.DataFrame) -> pd.Series:
+    return frame[ACTUAL].notna() & frame[FORECAST].notna()
 
 
 def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
@@ -121,12 +131,15 @@ def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
         )
 
 
-def _group_mean(rows: pd.DataFrame, by: list[str], out: dict[str, str]) -> pd.DataFrame:
-    """Row count N and the mean of each `source` column as `name`, per `by` group, sorted."""
-    spec: dict[str, Any] = {"N": (next(iter(out.values())), "size")}
-    spec.update({name: (source, "mean") for name, source in out.items()})
-    table = rows.groupby(by, sort=True, observed=True).agg(**spec).reset_index()
-    return table.astype({"N": "int64"})
+def _group_mean(
+    rows: pd.DataFrame,
+    by: list[str],
+    out: Mapping[str, str | np.ndarray],
+    keys: Keys | None = None,
+) -> pd.DataFrame:
+    """Row count N and the mean of each `source` column as `name`, per `by` group, sorted
+    (grouping.group_mean: pandas' groupby results from integer codes made once per rows)."""
+    return group_mean(rows, by, out, keys)
 
 
 def _with_benchmark(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
@@ -142,8 +155,8 @@ def pinball(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFr
     return _pinball_rows(_scored(frame), by)
 
 
-def _pinball_rows(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    return _group_mean(scored, by, {"PINBALL": "LOSS"})
+def _pinball_rows(scored: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    return _group_mean(scored, by, {"PINBALL": "LOSS"}, keys)
 
 
 def relative_pinball(
@@ -161,8 +174,9 @@ def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.Da
     return _relative_rows(_with_benchmark(_scored(frame), benchmark), by)
 
 
-def _relative_rows(joined: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    table = _group_mean(joined, by, {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"})
+def _relative_rows(joined: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    out = {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"}
+    table = _group_mean(joined, by, out, keys)
     with np.errstate(divide="ignore", invalid="ignore"):
         table["RELATIVE_PINBALL"] = table["PINBALL"] / table["BENCHMARK_PINBALL"]
     return table
@@ -174,39 +188,16 @@ def coverage(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataF
     return _coverage_rows(_scored(frame), by)
 
 
-def _coverage_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    rows = rows.assign(HIT=(rows[ACTUAL] <= rows[FORECAST]).astype(np.float64))
-    return _group_mean(rows, by, {"COVERAGE": "HIT"})
+def _coverage_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    hit = rows[ACTUAL].to_numpy(np.float64) <= rows[FORECAST].to_numpy(np.float64)
+    return _group_mean(rows, by, {"COVERAGE": hit.astype(np.float64)}, keys)
 
 
 def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
     """Coverage and width of each model's central interval (lowest to highest quantile level):
     `*by, LOWER, UPPER, NOMINAL, N, COVERAGE, WIDTH`."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
-    return _interval_rows(_scored(frame), by)
-
-
-def _interval_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    levels = rows.groupby(MODEL, observed=True)[QUANTILE].agg(LOWER="min", UPPER="max")
-    # each row's model levels as arrays: a join would copy every row and column
-    lower = levels["LOWER"].reindex(rows[MODEL]).to_numpy(np.float64)
-    upper = levels["UPPER"].reindex(rows[MODEL]).to_numpy(np.float64)
-    q, inner = rows[QUANTILE].to_numpy(np.float64), lower < upper
-    key = list(FORECAST_KEY)
-    at_lo, at_hi = inner & (q == lower), inner & (q == upper)
-    lo = rows.loc[at_lo, [*key, ACTUAL, FORECAST]].assign(LOWER=lower[at_lo], UPPER=upper[at_lo])
-    hi = rows.loc[at_hi, [*key, FORECAST]]
-    both = lo.merge(hi, on=key, suffixes=("_LO", "_HI"))
-    both = both.assign(
-        HIT=((both["FORECAST_LO"] <= both[ACTUAL]) & (both[ACTUAL] <= both["FORECAST_HI"])).astype(
-            np.float64
-        ),
-        W=both["FORECAST_HI"] - both["FORECAST_LO"],
-    )
-    groups = [*by, "LOWER", "UPPER"]
-    table = _group_mean(both, groups, {"COVERAGE": "HIT", "WIDTH": "W"})
-    table.insert(len(groups), "NOMINAL", table["UPPER"] - table["LOWER"])
-    return table
+    return interval_rows(_scored(frame), by, list(FORECAST_KEY))
 
 
 def crps(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -216,10 +207,17 @@ def crps(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.Dat
     return _crps_rows(_scored(frame), by)
 
 
-def _crps_rows(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    per_forecast = rows.groupby(list(FORECAST_KEY), observed=True)["LOSS"].mean().reset_index()
+def _crps_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
+    keys = keys if keys is not None and keys.rows is rows else Keys(rows)
+    if rows.empty:
+        per_forecast = rows[list(FORECAST_KEY)].assign(LOSS=rows["LOSS"])
+    else:  # the mean loss of each forecast, forecasts in key order (a sorted groupby's)
+        forecast = keys.groups(FORECAST_KEY)
+        per_forecast = rows[list(FORECAST_KEY)].iloc[forecast.first].reset_index(drop=True)
+        per_forecast["LOSS"] = forecast.mean(rows["LOSS"].to_numpy(np.float64))
+        keys = keys.subset(per_forecast, forecast.first)
     per_forecast["LOSS"] *= 2.0
-    return _group_mean(per_forecast, by, {"CRPS": "LOSS"})
+    return _group_mean(per_forecast, by, {"CRPS": "LOSS"}, keys)
 
 
 def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -228,57 +226,38 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     Uses every row with a FORECAST (crossing needs no ACTUAL)."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
     check_frame(frame)
+    return _crossing_rows(frame, by)
+
+
+def _crossing_rows(
+    frame: pd.DataFrame,
+    by: list[str],
+    keys: Keys | None = None,
+    where: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The crossing table of `frame`'s rows (those at `where`, when given)."""
     key = list(FORECAST_KEY)
-    rows = frame.loc[frame[FORECAST].notna(), [*key, QUANTILE, FORECAST]]
-    # one sort of numbers (the keys' codes, level) instead of a sort and groupbys on the keys
-    codes = [rank_codes(rows[c]) for c in key]
-    order = np.lexsort((rows[QUANTILE].to_numpy(np.float64), *codes[::-1]))
-    ids = run_ids([c[order] for c in codes])  # the forecast of each sorted row
+    has = frame[FORECAST].notna().to_numpy()
+    if where is not None:
+        has = has & where
+    rows = frame.loc[has, [*key, QUANTILE, FORECAST]]
+    if rows.empty:
+        return _group_mean(rows[key], by, {"CROSSING_RATE": np.empty(0)})
+    # one sort of numbers (forecast id, level) instead of a sort and groupbys on the keys;
+    # a missing key is a value of its own here (the groupby below drops it where it is in `by`)
+    keys = Keys(frame) if keys is None or keys.rows is not frame else keys
+    forecast = keys.subset(rows, has, dropna=False).groups(key)
+    level = rows[QUANTILE].to_numpy(np.float64)
+    order = np.lexsort((level, forecast.ids))
+    ids = forecast.ids[order]  # the forecast of each sorted row
     values = rows[FORECAST].to_numpy(np.float64)[order]
     same = ids[1:] == ids[:-1]
     down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
-    crossed = np.bincount(ids[1:][down], minlength=int(ids.max()) + 1 if ids.size else 0) > 0
-    per_forecast = rows.iloc[order[np.r_[True, ~same]] if ids.size else []][key]
-    per_forecast = per_forecast.assign(CROSSED=crossed.astype(np.float64))
-    return _group_mean(per_forecast, by, {"CROSSING_RATE": "CROSSED"})
-
-
-def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[float, float]:
-    """Diebold-Mariano statistic and two-sided p-value of a loss-differential series.
-
-    `d` is on a regular monthly grid; NaN marks a month without a differential (the gap stays
-    a gap: autocovariances use only pairs of observed months, divided by T = observed count).
-    Variance of the mean: (g0 + 2 sum_{k<h} (1 - k/h) g_k) / T (Bartlett, h - 1 lags), which
-    equals statsmodels' HAC covariance of a constant-only OLS with maxlags = h - 1 when there
-    are no gaps. `small_sample` applies the Harvey-Leybourne-Newbold factor and a t(T - 1)
-    p-value; otherwise the p-value is normal. Zero differential everywhere gives (0, 1).
-    """
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"horizon must be an integer >= 1; got {horizon!r}")
-    d = np.asarray(d, dtype=np.float64)
-    if d.ndim != 1:
-        raise ValueError(f"d must be a 1-D series; got shape {d.shape}")
-    seen = np.isfinite(d)
-    t = int(seen.sum())
-    if t < 2:
-        return math.nan, math.nan
-    mean = float(d[seen].mean())
-    e = np.where(seen, d - mean, 0.0)  # a gap contributes no product
-    lags = min(int(horizon) - 1, d.size - 1)
-    gamma = np.array([e[k:] @ e[: d.size - k] for k in range(lags + 1)]) / t
-    weights = 1.0 - np.arange(lags + 1) / (lags + 1.0)
-    long_run = gamma[0] + 2.0 * float(weights[1:] @ gamma[1:])
-    if long_run <= 0.0:
-        return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
-    stat = mean / math.sqrt(long_run / t)
-    if not small_sample:
-        return stat, float(2.0 * norm_sf(abs(stat)))
-    h = int(horizon)
-    factor = (t + 1 - 2 * h + h * (h - 1) / t) / t
-    if factor <= 0.0:
-        return math.nan, math.nan
-    stat *= math.sqrt(factor)
-    return stat, float(2.0 * t_sf(abs(stat), df=t - 1))
+    crossed = np.bincount(ids[1:][down], minlength=forecast.n_groups) > 0
+    per_forecast = rows[key].iloc[forecast.first].reset_index(drop=True)
+    per_keys = keys.subset(per_forecast, np.flatnonzero(has)[forecast.first], dropna=True)
+    crossing = crossed.astype(np.float64)
+    return _group_mean(per_forecast, by, {"CROSSING_RATE": crossing}, per_keys)
 
 
 def diebold_mariano(
@@ -301,40 +280,7 @@ def _dm_table(
     frame: pd.DataFrame, benchmark: str, by: list[str], small_sample: bool
 ) -> pd.DataFrame:
     joined = _with_benchmark(_scored(frame), benchmark)
-    return _dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
-
-
-def _dm_rows(
-    joined: pd.DataFrame,
-    benchmark: str,
-    by: list[str],
-    small_sample: bool,
-    key_dtypes: dict[str, Any],
-) -> pd.DataFrame:
-    joined = joined.loc[joined[MODEL] != benchmark]
-    joined = joined.assign(
-        D=joined["LOSS"] - joined["BENCH_LOSS"],
-        M=month_index(joined[TIME]),
-    )
-    series = joined.groupby([*by, "M"], sort=True, observed=True).agg(
-        D=("D", "mean"), N=("D", "size")
-    )
-    records = []
-    for keys, part in series.groupby(level=list(range(len(by))), sort=True, observed=True):
-        keys = keys if isinstance(keys, tuple) else (keys,)
-        months = part.index.get_level_values("M").to_numpy()
-        grid = np.full(months.max() - months.min() + 1, np.nan)
-        grid[months - months.min()] = part["D"].to_numpy()
-        horizon = int(dict(zip(by, keys, strict=True))[HORIZON])
-        stat, p_value = dm_test(grid, horizon, small_sample=small_sample)
-        records.append(
-            (*keys, int(part["N"].sum()), len(months), float(part["D"].mean()), stat, p_value)
-        )
-    columns = [*by, "N", "MONTHS", "MEAN_DIFF", "STAT", "P_VALUE"]
-    table = pd.DataFrame.from_records(records, columns=columns)
-    if not records:  # keep the key dtypes of the input on an empty result
-        table = table.astype({c: key_dtypes[c] for c in by})
-    return table.astype({"N": "int64", "MONTHS": "int64"})
+    return dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
 
 
 # --- COVID window ---------------------------------------------------------------------------
@@ -350,11 +296,16 @@ def exclude_covid(
     frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END
 ) -> pd.DataFrame:
     """Drop rows whose TIME (the month forecast) lies in [start, end], both months included."""
+    return frame.loc[~covid_mask(frame, start, end)].reset_index(drop=True)
+
+
+def covid_mask(frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END) -> np.ndarray:
+    """True where TIME lies in [start, end]."""
     lo, hi = _month_index(start, "start"), _month_index(end, "end")
     if hi < lo:
         raise ValueError(f"end must not precede start; got start={start!r}, end={end!r}")
-    month = month_index(frame[TIME])
-    return frame.loc[~((month >= lo) & (month <= hi))].reset_index(drop=True)
+    month = np.asarray(month_index(frame[TIME]))
+    return (month >= lo) & (month <= hi)
 
 
 # --- tables for assemble ---------------------------------------------------------------------
@@ -391,25 +342,41 @@ def metric_tables(
     dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
     work = compact_frame(frame)
     # the scored rows and their join to the benchmark, once per period for every table
+    # the scored rows, their join to the benchmark and the codes of their keys, once per
+    # period for every table (k: the scored rows' codes, jk: the joined rows')
     makers = {
-        "pinball": lambda f, s, j: _pinball_rows(s, list(BY_DEFAULT)),
-        "pinball_by_country": lambda f, s, j: _pinball_rows(s, mchq),
-        "relative_pinball": lambda f, s, j: _relative_rows(j, list(BY_DEFAULT)),
-        "coverage": lambda f, s, j: _coverage_rows(s, list(BY_DEFAULT)),
-        "interval": lambda f, s, j: _interval_rows(s, [MODEL, HORIZON]),
-        "crps": lambda f, s, j: _crps_rows(s, [MODEL, HORIZON]),
-        "crossing": lambda f, s, j: crossing_rate(f),
-        "dm": lambda f, s, j: _dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
-        "dm_by_quantile": lambda f, s, j: _dm_rows(j, benchmark, list(BY_DEFAULT), True, dtypes),
+        "pinball": lambda f, s, j, k, jk: _pinball_rows(s, list(BY_DEFAULT), k),
+        "pinball_by_country": lambda f, s, j, k, jk: _pinball_rows(s, mchq, k),
+        "relative_pinball": lambda f, s, j, k, jk: _relative_rows(j, list(BY_DEFAULT), jk),
+        "coverage": lambda f, s, j, k, jk: _coverage_rows(s, list(BY_DEFAULT), k),
+        "interval": lambda f, s, j, k, jk: interval_rows(
+            s, [MODEL, HORIZON], list(FORECAST_KEY), k
+        ),
+        "crps": lambda f, s, j, k, jk: _crps_rows(s, [MODEL, HORIZON], k),
+        "crossing": lambda f, s, j, k, jk: _crossing_rows(f[0], [MODEL, HORIZON], f[1], f[2]),
+        "dm": lambda f, s, j, k, jk: dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
+        "dm_by_quantile": lambda f, s, j, k, jk: dm_rows(
+            j, benchmark, list(BY_DEFAULT), True, dtypes
+        ),
     }
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    # the key columns factorized once; each period's scored rows take their codes from these,
+    # and the COVID months are left out by a mask (no copy of the whole frame)
+    work_keys = Keys(work)
+    covid = covid_mask(work)
     for period in ("all", "ex_covid"):  # one period's rows in memory at a time
-        part = work if period == "all" else exclude_covid(work)
-        scored = _scored(part)
+        where = None if period == "all" else ~covid
+        mask = _scored_mask(work).to_numpy()
+        if where is not None:
+            mask = mask & where
+        scored = _scored(work, mask)
+        keys = work_keys.subset(scored, mask)
         joined = _with_benchmark(scored, benchmark)
+        joined_keys = Keys(joined)
         for name, make in makers.items():
-            parts[name].append(make(part, scored, joined).assign(PERIOD=period))
-        del part, scored, joined
+            table = make((work, work_keys, where), scored, joined, keys, joined_keys)
+            parts[name].append(table.assign(PERIOD=period))
+        del scored, joined, keys, joined_keys
     tables = {}
     for name, pieces in parts.items():
         table = pd.concat(pieces, ignore_index=True)

@@ -21,9 +21,9 @@ from pipeline.evaluation.metrics import (
     MODEL,
     QUANTILE,
     check_frame,
+    covid_mask,
     horizon_label,
     metric_tables,
-    period_frames,
     quantile_label,
 )
 
@@ -130,11 +130,13 @@ def compute_metrics(
     """
     check_frame(frame)
     tables = metric_tables(frame, benchmark) if tables is None else tables
-    has_bench = benchmark in set(frame[MODEL].dropna().tolist())
+    has_bench = benchmark in set(frame[MODEL].dropna().unique().tolist())
     out: dict[str, Any] = {"benchmark_present": int(has_bench)}
-    for period, part in period_frames(frame).items():
+    # the periods' row counts (period_frames' lengths) without copying the rows
+    n_rows = {"all": len(frame), "ex_covid": len(frame) - int(covid_mask(frame).sum())}
+    for period, count in n_rows.items():
         out[period] = {
-            "n_rows": len(part),
+            "n_rows": count,
             **_period_metrics(_by_period(tables, period), has_bench),
         }
     return out

@@ -218,14 +218,11 @@ def _country_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
         .groupby(["COUNTRY", "MODEL"])[["W", "N"]]
         .sum()
     )
+    countries = sorted(table["COUNTRY"].unique().tolist())
+    # one country x model table (NaN where a model has no rows), not a lookup per cell
+    ratio = (pooled["W"] / pooled["N"]).unstack("MODEL").reindex(index=countries, columns=models)
     rows = []
-    for country in sorted(table["COUNTRY"].unique().tolist()):
-        values = [
-            pooled.loc[(country, m), "W"] / pooled.loc[(country, m), "N"]
-            if (country, m) in pooled.index
-            else math.nan
-            for m in models
-        ]
+    for country, values in zip(countries, ratio.to_numpy(np.float64).tolist(), strict=True):
         best = int(np.nanargmin(values)) if np.isfinite(values).any() else -1
         rows.append([_Cell(str(country))] + [
             _Cell(_fmt(v), "good" if i == best and len(models) > 1 else "") for i, v in enumerate(values)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline.evaluation import coverage_tests
 from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation.grouping import Keys
 from pipeline.io import write_text
 
 
@@ -30,20 +31,27 @@ def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict
     """Coverage tests (pooled over countries, and per country) and the MCS per horizon, each
     with a leading PERIOD column like the other metric tables."""
     makers = {
-        "coverage_tests": lambda f: coverage_tests.coverage_tests(
-            f, by=["MODEL", "HORIZON", "QUANTILE"]
+        "coverage_tests": lambda f, k: coverage_tests.coverage_tests(
+            f, by=["MODEL", "HORIZON", "QUANTILE"], keys=k
         ),
-        "coverage_tests_by_country": lambda f: coverage_tests.coverage_tests(
-            f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"]
+        "coverage_tests_by_country": lambda f, k: coverage_tests.coverage_tests(
+            f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"], keys=k
         ),
-        "mcs": lambda f: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
+        "mcs": lambda f, k: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
     }
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    # the key columns factorized once for both periods and both test tables
+    keys = Keys(frame, dropna=False)
+    covid = evaluate.covid_mask(frame)
     for period in ("all", "ex_covid"):  # one period's rows in memory at a time
-        part = frame if period == "all" else evaluate.exclude_covid(frame)
+        if period == "all":
+            part, part_keys = frame, keys
+        else:  # exclude_covid(frame)
+            part = frame.loc[~covid].reset_index(drop=True)
+            part_keys = keys.subset(part, ~covid)
         for name, make in makers.items():
-            parts[name].append(make(part).assign(PERIOD=period))
-        del part
+            parts[name].append(make(part, part_keys).assign(PERIOD=period))
+        del part, part_keys
     out = {}
     for name, pieces in parts.items():
         table = pd.concat(pieces, ignore_index=True)
