@@ -259,7 +259,8 @@ def test_assemble_renders_only_the_charts_whose_inputs_changed(
 
 def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
     assert side_by_side(2, 0.1) == 2  # nobody else on the machine (this run does not count)
-    assert side_by_side(2, 0.7) == 1  # another process holds most of a core
+    assert side_by_side(2, 0.4) == 1  # another process holds part of a core
+    assert side_by_side(2, 0.7) == 1
     assert side_by_side(2, 16.0) == 1  # a busy machine: one at a time
     assert side_by_side(16, 5.0) == 11
     assert side_by_side(1, 0.0) == 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -120,13 +121,15 @@ def main(argv: list[str]) -> None:
 
 
 def side_by_side(cores: int, other_cpus: float | None) -> int:
-    """Jobs measured at once: one per core that other processes left idle while this child
-    imported (`OtherCpuMeter`: this child and the driver, which waits while jobs run, do not
-    count), so that a job's CPU time is its own and not a core shared with another process's
-    work; one at a time when that is unknown."""
+    """Jobs measured at once: one per core that other processes left idle (at most a quarter
+    of it used) while this child imported (`OtherCpuMeter`: this child and the driver, which
+    waits while jobs run, do not count); one at a time when that is unknown. A job beside
+    another process's work measures its time per fit too high: on the loaded machine two jobs
+    side by side measured it 2-33 % higher than one at a time (benchmarks/README.md, "The cold
+    probe on both cores")."""
     if other_cpus is None:
         return 1
-    return max(1, min(cores, round(cores - other_cpus)))
+    return max(1, min(cores, math.floor(cores - other_cpus + 0.25)))
 
 
 def _rss_mb() -> float:
