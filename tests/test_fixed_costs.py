@@ -258,12 +258,14 @@ def test_assemble_renders_only_the_charts_whose_inputs_changed(
 
 
 def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
-    assert side_by_side(2, 0.1) == 2  # nobody else on the machine (this run does not count)
-    assert side_by_side(2, 0.4) == 1  # another process holds part of a core
-    assert side_by_side(2, 0.7) == 1
-    assert side_by_side(2, 16.0) == 1  # a busy machine: one at a time
-    assert side_by_side(16, 5.0) == 11
-    assert side_by_side(1, 0.0) == 1
+    # (usable cores, CPUs the other processes left idle; this run's own do not count)
+    assert side_by_side(2, 1.9) == 2  # nobody else on the machine
+    assert side_by_side(2, 1.6) == 1  # another process holds part of a core
+    assert side_by_side(2, 1.3) == 1
+    assert side_by_side(2, -14.0) == 1  # a busy machine: one at a time
+    assert side_by_side(16, 11.0) == 11
+    assert side_by_side(8, 34.0) == 8  # a container's 8 cores on a host with 34 idle CPUs
+    assert side_by_side(1, 2.0) == 1
     assert side_by_side(2, None) == 1  # unknown (no /proc/stat): one at a time
 
 

@@ -283,8 +283,9 @@ def measure_child(
     (baseline MiB, {model: {seconds_per_fit, peak_mb, fits, ...}}).
 
     The child's peak RSS after its imports is the baseline. It measures each job in a process
-    forked from itself (side by side on the cores other processes leave idle: `probe_child.side_by_side`), so the imports are
-    paid once, not once per model; a job's peak is the baseline plus what its
+    forked from itself (side by side on the cores other processes leave idle:
+    `probe_child.side_by_side`), so the imports are paid once, not once per model; a job's
+    peak is the baseline plus what its
     fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and its model
     named in a ConfigError; the child and its forks die with the driver (PR_SET_PDEATHSIG) and
     remove their temporary dir.

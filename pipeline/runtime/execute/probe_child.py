@@ -1,8 +1,8 @@
 """The probe's child process: the worker baseline and every model's task, one import.
 
 `python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel auto|N --cores N
---out FILE --parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe.ProbeChild, in a worker's
-environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
+--out FILE --parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe.ProbeChild,
+in a worker's environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
 driver knows its jobs: after its imports it waits for FILE to appear.
 
 It imports what a worker running the probed models imports (WORKER_IMPORTS and `--imports`); its peak RSS at that point is the worker
@@ -95,7 +95,9 @@ def main(argv: list[str]) -> None:
     jobs = json.loads(jobs_path.read_text())
     other_cpus = others.other_cpus()
     if arg("--parallel") == "auto":
-        parallel = side_by_side(int(arg("--cores")), other_cpus)
+        # the machine's CPUs less the others' (a container's cores may be fewer than the host's)
+        free = None if other_cpus is None else (os.cpu_count() or 1) - other_cpus
+        parallel = side_by_side(int(arg("--cores")), free)
     else:
         parallel = max(1, int(arg("--parallel")))
     results: dict[str, dict[str, Any]] = {}
@@ -120,16 +122,16 @@ def main(argv: list[str]) -> None:
     Path(arg("--out")).write_text(json.dumps({**out, "other_cpus": other_cpus}))
 
 
-def side_by_side(cores: int, other_cpus: float | None) -> int:
-    """Jobs measured at once: one per core that other processes left idle (at most a quarter
-    of it used) while this child imported (`OtherCpuMeter`: this child and the driver, which
-    waits while jobs run, do not count); one at a time when that is unknown. A job beside
-    another process's work measures its time per fit too high: on the loaded machine two jobs
-    side by side measured it 2-33 % higher than one at a time (benchmarks/README.md, "The cold
-    probe on both cores")."""
-    if other_cpus is None:
+def side_by_side(cores: int, free_cpus: float | None) -> int:
+    """Jobs measured at once, at most `cores` (this process's usable cores): one per CPU that
+    other processes left idle (at most a quarter of it used) while this child imported
+    (`OtherCpuMeter`: this child and the driver, which waits while jobs run, do not count);
+    one at a time when that is unknown. A job beside another process's work measures its time
+    per fit too high: on the loaded machine two jobs side by side measured it 2-33 % higher
+    than one at a time (benchmarks/README.md, "The cold probe on both cores")."""
+    if free_cpus is None:
         return 1
-    return max(1, min(cores, math.floor(cores - other_cpus + 0.25)))
+    return max(1, min(cores, math.floor(free_cpus + 0.25)))
 
 
 def _rss_mb() -> float:
