@@ -8,7 +8,10 @@ its children (getrusage: the probe's child processes), the memory limit it plann
 model's measured time per fit and peak.
 
 Usage: python benchmarks/bench_probe.py [--baseline /work/main] [--repeats 2]
-       [--out /tmp/bench_probe] [--json results.json]
+       [--out /tmp/bench_probe] [--json results.json] [--modes auto 1 2]
+
+`--modes 1 2`: this checkout's probe with one job at a time and with two side by side (the
+probe's choice fixed), to compare their time per fit and peaks; `auto`: its own choice.
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ if __name__ == "__main__":
     config = compose_config(["experiment=seed", f"runtime.output_dir={out}"])
     if not (out / "data" / "prepared" / "panel.parquet").exists():
         prepare(config, Path.cwd())
+    if sys.argv[2] != "auto":  # jobs at once, fixed (this checkout's ProbeChild only)
+        import pipeline.stages.probe as probe_stage
+        probe_stage.ProbeChild.parallel = int(sys.argv[2])
+    import logging
+    said = []
+    class Said(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+    logging.getLogger("pipeline.probe").addHandler(Said())
+    logging.getLogger("pipeline.probe").setLevel(logging.INFO)
     s0, c0, t0 = resource.getrusage(0), resource.getrusage(-1), time.perf_counter()
     plan = run_probe(config)
     wall = time.perf_counter() - t0
@@ -48,15 +61,16 @@ if __name__ == "__main__":
               for m, p in plan.models.items()}
     print(json.dumps({"wall_s": wall, "driver_cpu_s": cpu(s0, s1), "children_cpu_s": cpu(c0, c1),
                       "memory_limit_mb": plan.memory_limit_mb, "baseline_mb": plan.baseline_mb,
-                      "models": models}))
+                      "models": models,
+                      "jobs_at_once": [m for m in said if "at a time" in m]}))
 """
 
 
-def probe_once(checkout: Path, out: Path, cache: Path) -> dict[str, Any]:
+def probe_once(checkout: Path, out: Path, cache: Path, mode: str = "auto") -> dict[str, Any]:
     shutil.rmtree(cache, ignore_errors=True)  # cold: nothing measured before
     env = {**os.environ, "PYTHONPATH": str(checkout), "QPIPE_PROBE_CACHE": str(cache)}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(out)],
+        [sys.executable, "-c", PROBE, str(out), mode],
         cwd=checkout,
         env=env,
         capture_output=True,
@@ -71,14 +85,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    checkouts = {"this": ROOT}
+    # (name, checkout, jobs at once: "auto" = the probe's own choice, or fixed)
+    variants = [(f"this ({m})", ROOT, m) for m in args.modes]
     if args.baseline:
-        checkouts = {"baseline": Path(args.baseline).resolve(), **checkouts}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
+        variants = [("baseline", Path(args.baseline).resolve(), "auto"), *variants]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
     loads = [os.getloadavg()[0]]
     for r in range(args.repeats):
-        for name, checkout in checkouts.items():
-            row = probe_once(checkout, base / name, base / f"cache-{name}")
+        for name, checkout, mode in variants:
+            slug = name.replace(" ", "").replace("(", "-").replace(")", "")
+            row = probe_once(checkout, base / slug, base / f"cache-{slug}", mode)
             runs[name].append(row)
             loads.append(os.getloadavg()[0])
             print(json.dumps({"repeat": r, "checkout": name, **row}), flush=True)
@@ -128,4 +144,10 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="/tmp/bench_probe")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["auto"],
+        help="jobs at once in this checkout's probe: auto (its choice) and/or fixed numbers",
+    )
     main(parser.parse_args())

@@ -71,13 +71,19 @@ def tree_cpu_seconds(proc: psutil.Process) -> float:
     return total
 
 
-def bench_environ(base: Path) -> dict[str, str]:
+# `--worker-profiler off`: the workers started as docs/SCALE.md advises, without Dask's
+# statistical profiler (a LocalCluster's default since issue 19; Dask's own default is on)
+WORKER_PROFILER = {"on": "True", "off": "False"}
+
+
+def bench_environ(base: Path, profiler: str = "on") -> dict[str, str]:
     """The environment of the cluster and the study: one math thread, the bench's probe cache."""
     return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": WORKER_PROFILER[profiler],
     }
 
 
@@ -125,13 +131,13 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def run(n: int, n_workers: int, base: Path) -> dict[str, Any]:
+def run(n: int, n_workers: int, base: Path, profiler: str = "on") -> dict[str, Any]:
     out = base / f"rw{n}_w{n_workers}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = bench_environ(base)
+    env = bench_environ(base, profiler)
     scheduler, workers = start_cluster(address, port, n_workers, out, env)
     try:
         cmd = rw_command(n, out, f"runtime.scheduler_address={address}")
@@ -165,7 +171,7 @@ def run(n: int, n_workers: int, base: Path) -> dict[str, Any]:
     }
 
 
-def run_ar_qr(k: int, n_workers: int, base: Path) -> dict[str, Any]:
+def run_ar_qr(k: int, n_workers: int, base: Path, profiler: str = "on") -> dict[str, Any]:
     """The ar_qr study x k on an existing cluster, stage by stage; CPU per stage and process."""
     out = base / f"ar_qr_x{k}_w{n_workers}"
     shutil.rmtree(out, ignore_errors=True)
@@ -173,7 +179,7 @@ def run_ar_qr(k: int, n_workers: int, base: Path) -> dict[str, Any]:
     data = replicated_data(base / f"hicp_x{k}.csv", k)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = bench_environ(base)
+    env = bench_environ(base, profiler)
     params = out / "params.yaml"
     overrides = [*AR_QR_ONLY, f"data.path={data}", f"runtime.output_dir={out}", *QUIET]
     overrides.append(f"runtime.scheduler_address={address}")
@@ -236,6 +242,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scaleout"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--worker-profiler", choices=list(WORKER_PROFILER), default="on")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         sys.exit("bench_scaleout needs root and util-linux unshare (mount namespaces)")
@@ -245,7 +252,7 @@ def main() -> None:
         args.n = [250]
     jobs = [(run, n) for n in args.n] + [(run_ar_qr, k) for k in args.ar_qr]
     for job, size in jobs:
-        result = job(size, args.workers, args.out)
+        result = job(size, args.workers, args.out, args.worker_profiler)
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.json:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import pipeline.stages.probe as probe_stage
 from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import runs_in_process
+from pipeline.runtime.execute.probe_child import side_by_side
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.tasks import make_tasks
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.resources import OtherCpuMeter
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
@@ -278,11 +281,49 @@ def test_charts_of_another_png_encoding_are_rendered_again(
 
 
 def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
-    assert probe_stage.side_by_side(2, 1.0) == 2  # idle but for this driver
-    assert probe_stage.side_by_side(2, 2.0) == 1
-    assert probe_stage.side_by_side(2, 16.0) == 1  # a busy machine: one at a time
-    assert probe_stage.side_by_side(16, 5.0) == 12
-    assert probe_stage.side_by_side(1, 0.0) == 1
+    # (usable cores, CPUs the other processes left idle; this run's own do not count)
+    assert side_by_side(2, 1.9) == 2  # nobody else on the machine
+    assert side_by_side(2, 1.6) == 1  # another process holds part of a core
+    assert side_by_side(2, 1.3) == 1
+    assert side_by_side(2, -14.0) == 1  # a busy machine: one at a time
+    assert side_by_side(16, 11.0) == 11
+    assert side_by_side(8, 34.0) == 8  # a container's 8 cores on a host with 34 idle CPUs
+    assert side_by_side(1, 2.0) == 1
+    assert side_by_side(2, None) == 1  # unknown (no /proc/stat): one at a time
+
+
+def test_the_probe_counts_only_other_processes_as_load() -> None:
+    """A process's own CPU (and its reaped children's) is not load from others: the probe's
+    child and its driver keep both cores busy while they import and plan."""
+    import subprocess
+    import sys
+
+    mine, anyone = OtherCpuMeter([os.getpid()]), OtherCpuMeter([])
+    child = subprocess.run([sys.executable, "-c", "sum(range(30_000_000))"], check=True)
+    assert child.returncode == 0
+    ours, all_of_it = mine.other_cpus(), anyone.other_cpus()
+    assert ours is not None and all_of_it is not None and ours < all_of_it
+
+
+def test_models_probed_side_by_side_give_the_same_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two models measured at once or one after the other (each in its own fork, each run
+    with an empty probe cache): the same probe.json (memory limit, fits per model)."""
+    caplog.set_level(logging.INFO, logger="pipeline.probe")
+    plans = {}
+    for parallel in (1, 2):
+        monkeypatch.setenv("QPIPE_PROBE_CACHE", str(tmp_path / f"cache{parallel}"))
+        monkeypatch.setattr(probe_stage.ProbeChild, "parallel", parallel)
+        config = study(tmp_path / f"out{parallel}", models={"lqr": {"enabled": True}})
+        caplog.clear()
+        plan = probe_stage.run_probe(config)
+        assert f"probe: {parallel} job(s) at a time" in caplog.text
+        assert sorted(plan.models) == ["ar_qr", "lqr"]
+        for got in plan.models.values():
+            assert got.seconds_per_fit and got.peak_mb and got.peak_mb > (plan.baseline_mb or 0)
+        plans[parallel] = (config.output_dir / "probe.json").read_bytes()
+    assert plans[1] == plans[2]
 
 
 def test_the_probe_times_a_task_by_its_cpu_not_the_wall_clock(

@@ -196,6 +196,9 @@ class RuntimeConfig:
     tls_ca_file: str | None
     tls_cert_file: str | None
     tls_key_file: str | None
+    # Dask's statistical profiler on a LocalCluster's workers (the dashboard's Profile page);
+    # off: it walks the running task's stack 100 times a second in the worker's event loop
+    worker_profiler: bool
 
 
 # keys of a user model's entry that are not its parameters

@@ -225,6 +225,10 @@ class ProbeChild:
     known to need measuring; it imports what a worker running the probed models imports
     (`imports`: their tasks' modules), then waits for its job list."""
 
+    # jobs measured at once; None: the child decides from the cores other processes leave
+    # idle (probe_child.side_by_side). Fixed only by benchmarks and tests comparing the two.
+    parallel: int | None = None
+
     def __init__(self, imports: tuple[str, ...] = ()) -> None:
         self.imports = imports
         self.proc: subprocess.Popen[bytes] | None = None
@@ -249,11 +253,7 @@ class ProbeChild:
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p == "" else p for p in sys.path)
         self._tmp = tempfile.TemporaryDirectory(prefix="qpipe-probe-")
         cmd = [sys.executable, "-P", "-m", PROBE_CHILD, "--jobs", str(self.tmp / "jobs.json")]
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # not available here: assume an idle machine
-            load = 0.0
-        cmd += ["--parallel", str(side_by_side(usable_cores(), load))]
+        cmd += ["--parallel", str(self.parallel or "auto"), "--cores", str(usable_cores())]
         cmd += ["--out", str(self.tmp / "result.json")]
         cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
         cmd += ["--imports", ",".join(self.imports)]
@@ -276,13 +276,6 @@ class ProbeChild:
         self.close()
 
 
-def side_by_side(cores: int, load: float) -> int:
-    """Models measured at once: one per core nobody else is using (the load average less this
-    driver, which waits meanwhile), so a job's wall time is its own; one at a time on a busy
-    machine, as before (its jobs then time what a lone worker would see)."""
-    return max(1, min(cores, round(cores - load + 1.0)))
-
-
 def measure_child(
     config: StudyConfig, jobs: list[ProbeJob], child: ProbeChild
 ) -> tuple[float, dict[str, dict[str, Any]]]:
@@ -290,8 +283,9 @@ def measure_child(
     (baseline MiB, {model: {seconds_per_fit, peak_mb, fits, ...}}).
 
     The child's peak RSS after its imports is the baseline. It measures each job in a process
-    forked from itself (side by side on the idle cores: `side_by_side`), so the imports are
-    paid once, not once per model; a job's peak is the baseline plus what its
+    forked from itself (side by side on the cores other processes leave idle:
+    `probe_child.side_by_side`), so the imports are paid once, not once per model; a job's
+    peak is the baseline plus what its
     fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and its model
     named in a ConfigError; the child and its forks die with the driver (PR_SET_PDEATHSIG) and
     remove their temporary dir.
@@ -332,6 +326,12 @@ def measure_child(
     if child.proc.returncode != 0:
         raise ProbeError(f"probe child exited with {child.proc.returncode}")
     out = json.loads((child.tmp / "result.json").read_text())
+    others = out.get("other_cpus")
+    log.info(
+        "probe: %d job(s) at a time (other processes used %s CPUs meanwhile)",
+        out.get("parallel", 1),
+        "?" if others is None else f"{others:.2f}",
+    )
     measured = {}
     for job in jobs:
         got = out["models"][job.name]

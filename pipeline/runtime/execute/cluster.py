@@ -80,6 +80,11 @@ def make_client(
         # LocalCluster closes a nanny whose worker has not reconnected within this time after
         # a loss; a worker killed twice in a row for memory would otherwise lose its nanny
         "distributed.deploy.lost-worker-timeout": "1 day",
+        # Dask's statistical profiler walks the running task's stack every 10 ms from the
+        # worker's event loop, taking the GIL from the task: ~1 % of a core per worker beside
+        # a long torch task (benchmarks/README.md, issue 19). Off unless the user wants the
+        # dashboard's Profile page; an existing cluster keeps its workers' own setting.
+        "distributed.worker.profile.enabled": runtime.worker_profiler,
     }
     # Dask's and bokeh's own stderr handlers are detached until the cluster is closed: their
     # warnings (and the workers', forwarded below) go to the run log only

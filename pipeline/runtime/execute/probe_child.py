@@ -1,13 +1,14 @@
 """The probe's child process: the worker baseline and every model's task, one import.
 
-`python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel N --out FILE
---parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe.ProbeChild, in a worker's
-environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
+`python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel auto|N --cores N
+--out FILE --parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe.ProbeChild,
+in a worker's environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
 driver knows its jobs: after its imports it waits for FILE to appear.
 
 It imports what a worker running the probed models imports (WORKER_IMPORTS and `--imports`); its peak RSS at that point is the worker
 baseline, as a child that only imports measured it before. Each job (one model) then runs in
-a process forked from it, up to N at once (the driver picks N: its idle cores), so the
+a process forked from it, up to N at once (`auto`: one per usable core that other processes
+left idle while this child imported, measured from /proc/stat: `side_by_side`), so the
 imports (2-3 CPU-s, torch and distributed) are paid once per probe instead of once per model. A fork's own peak RSS (`os.wait4`) starts
 near the RSS it was forked with and grows by what the job allocates; the job's peak is the
 baseline plus that growth (pages of the imported libraries the job touches for the first time
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime.execute.child import die_with_parent
-from pipeline.runtime.sizing.resources import own_peak_mb
+from pipeline.runtime.sizing.resources import OtherCpuMeter, own_peak_mb
 
 CALIBRATION_FITS = 4
 # what every Dask worker process has imported; `--imports` adds what the probed models' tasks
@@ -80,7 +82,10 @@ def main(argv: list[str]) -> None:
         return argv[argv.index(name) + 1]
 
     running: dict[int, tuple[dict[str, Any], float]] = {}  # pid -> (job, deadline)
-    _die_with_driver(int(arg("--parent")), arg("--tmp"), running)
+    parent = int(arg("--parent"))
+    _die_with_driver(parent, arg("--tmp"), running)
+    # what the rest of the machine uses while this child imports and the driver plans
+    others = OtherCpuMeter([os.getpid(), parent])
     for module in [*WORKER_IMPORTS, *filter(None, arg("--imports").split(","))]:
         importlib.import_module(module)
     baseline_mb = own_peak_mb()
@@ -88,7 +93,13 @@ def main(argv: list[str]) -> None:
     while not jobs_path.exists():  # the driver writes it (atomically) once its plans are built
         time.sleep(POLL_S)
     jobs = json.loads(jobs_path.read_text())
-    parallel = max(1, int(arg("--parallel")))
+    other_cpus = others.other_cpus()
+    if arg("--parallel") == "auto":
+        # the machine's CPUs less the others' (a container's cores may be fewer than the host's)
+        free = None if other_cpus is None else (os.cpu_count() or 1) - other_cpus
+        parallel = side_by_side(int(arg("--cores")), free)
+    else:
+        parallel = max(1, int(arg("--parallel")))
     results: dict[str, dict[str, Any]] = {}
     pending = list(jobs)
     while pending or running:
@@ -107,7 +118,20 @@ def main(argv: list[str]) -> None:
                 del running[pid]
                 results[job["name"]] = {"timeout": True}
         time.sleep(POLL_S)
-    Path(arg("--out")).write_text(json.dumps({"baseline_mb": baseline_mb, "models": results}))
+    out = {"baseline_mb": baseline_mb, "models": results, "parallel": parallel}
+    Path(arg("--out")).write_text(json.dumps({**out, "other_cpus": other_cpus}))
+
+
+def side_by_side(cores: int, free_cpus: float | None) -> int:
+    """Jobs measured at once, at most `cores` (this process's usable cores): one per CPU that
+    other processes left idle (at most a quarter of it used) while this child imported
+    (`OtherCpuMeter`: this child and the driver, which waits while jobs run, do not count);
+    one at a time when that is unknown. A job beside another process's work measures its time
+    per fit too high: on the loaded machine two jobs side by side measured it 2-33 % higher
+    than one at a time (benchmarks/README.md, "The cold probe on both cores")."""
+    if free_cpus is None:
+        return 1
+    return max(1, min(cores, math.floor(free_cpus + 0.25)))
 
 
 def _rss_mb() -> float:

@@ -1,0 +1,41 @@
+"""Issue 19: what a LocalCluster's workers run beside the study's tasks. Dask's statistical
+profiler is off on them unless `runtime.worker_profiler` is true; the config reaches the worker
+processes themselves (a nanny hands its worker the config it was started with)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SMALL_STUDY, make_config
+
+from pipeline.runtime.execute.cluster import make_client
+
+
+def _on_worker(dask_worker: Any) -> dict[str, Any]:
+    import dask
+
+    return {
+        "profile": dask.config.get("distributed.worker.profile.enabled"),
+        "profiling": "profile" in dask_worker.periodic_callbacks,
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "pid": os.getpid(),
+    }
+
+
+@pytest.mark.parametrize("profiler", [False, True])
+def test_the_workers_profiler_follows_runtime_worker_profiler(
+    tmp_path: Path, profiler: bool
+) -> None:
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update(
+        {"output_dir": str(tmp_path), "dashboard_port": 0, "worker_profiler": profiler}
+    )
+    with make_client(1, 1024, make_config(d).runtime) as handle:
+        (got,) = handle.client.run(_on_worker).values()
+    assert got["pid"] != os.getpid()  # a worker process of its own
+    assert got["profile"] is profiler and got["profiling"] is profiler
+    assert got["omp"] == "1"  # the rest of the workers' setup still holds
