@@ -95,19 +95,26 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         from pipeline.runtime.execute.shared_cluster import SharedCluster
         from pipeline.runtime.sizing.resources import release_free_memory
         from pipeline.stages.probe import run_probe
-        from pipeline.stages.train import run_train
+        from pipeline.stages.train_lanes import LaneEnd, train_side_by_side
 
         with timed_stage(out, "probe"):
             plan = run_probe(config, todo)
         _import_in_background("pipeline.stages.study")  # assemble's, while train works
-        # one cluster serves every model (started by the first one with fits to train)
+        for model in todo:
+            records.forget(f"train@{model}")
+
+        def ended(end: LaneEnd) -> None:  # in this thread, as each model's train ends
+            nonlocal failed
+            stage = f"train@{end.model}"
+            record_stage(out, stage, end.seconds, "failed" if end.summary is None else "ok")
+            if end.summary is not None:
+                failed += end.summary.failed
+                _record_train(config, records, cfg, end.model, end.summary.failed)
+
+        # one cluster serves every model (started by the first one with fits to train); the
+        # models train side by side on it, the longest tasks first
         with SharedCluster() as cluster:
-            for model in todo:
-                records.forget(f"train@{model}")
-                with timed_stage(out, f"train@{model}"):
-                    summary = run_train(config, model, plan, cluster)
-                failed += summary.failed
-                _record_train(config, records, cfg, model, summary.failed)
+            train_side_by_side(config, todo, plan, cluster, ended)
         release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
     assemble_inputs = [out / PANEL_FILE, *(_train_file(config, m) for m in config.models.enabled())]

@@ -35,6 +35,7 @@ from distributed.scheduler import KilledWorker
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
+from pipeline.runtime.execute.stop import POLL_S, StopFlag
 from pipeline.runtime.sizing.plan import worker_environment
 from pipeline.runtime.ui.logs import third_party_to_run_log
 
@@ -188,7 +189,9 @@ class TaskStream:
     "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
     when its worker died otherwise (SIGKILL, segfault, a node lost), "timeout" when it ran
     longer than `timeout_s` (from when the scheduler gave it to a worker) and its worker was
-    restarted to stop it (a thread cannot be stopped; the process can).
+    restarted to stop it (a thread cannot be stopped; the process can). With `stop`, waiting
+    raises `Stopped` once the flag is set (a driver thread of a run training models side by
+    side: signals reach only the main thread).
     """
 
     def __init__(
@@ -196,8 +199,9 @@ class TaskStream:
         client: Client,
         fn: Callable[[dict[str, Any]], dict[str, Any]],
         timeout_s: float | None = None,
+        stop: StopFlag | None = None,
     ) -> None:
-        self.client, self.fn, self.timeout_s = client, fn, timeout_s
+        self.client, self.fn, self.timeout_s, self.stop = client, fn, timeout_s, stop
         self.pending = as_completed()
         self.in_flight = 0
         self._memory = _MemoryEvents()
@@ -209,24 +213,34 @@ class TaskStream:
     def close(self) -> None:
         logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
 
-    def submit(self, name: str, payload: dict[str, Any]) -> None:
+    def submit(self, name: str, payload: dict[str, Any], priority: int = 0) -> None:
+        """Queue a task; among tasks waiting for a worker, the highest `priority` starts first
+        (models sharing the cluster: their longest tasks first, the short ones fill around)."""
         # the payload rides inside the callable: Dask walks a task's arguments element by
         # element looking for futures (~10 us per fit for a task's list of keys), not its function
         future = self.client.submit(
-            functools.partial(self.fn, payload), key=name, pure=False, retries=0
+            functools.partial(self.fn, payload),
+            key=name,
+            pure=False,
+            retries=0,
+            priority=priority,
         )
         self.pending.add(future)
         self.in_flight += 1
 
     def _next(self) -> Any:
-        """The next finished future; meanwhile, stop tasks past their timeout."""
-        if self.timeout_s is None:
+        """The next finished future; meanwhile, stop tasks past their timeout (and raise
+        `Stopped` when a stop was asked for)."""
+        if self.timeout_s is None and self.stop is None:
             return next(self.pending)
         while not self.pending.has_ready():
             if self.pending.is_empty():
                 raise StopIteration
-            self._stop_overdue()
-            time.sleep(0.05)
+            if self.stop is not None:
+                self.stop.check()
+            if self.timeout_s is not None:
+                self._stop_overdue()
+            time.sleep(POLL_S)
         return next(self.pending)
 
     def _stop_overdue(self) -> None:

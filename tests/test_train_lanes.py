@@ -1,0 +1,201 @@
+"""Models trained side by side on one real cluster (issue 19 item 3): their tasks share the
+workers, the results equal training them one after another, and a stop saves every model in
+flight. Test-only models from tests/fake_models.py (PIPELINE_EXTRA_ADAPTERS); real LocalCluster
+on 127.0.0.1, real SQLite and parquet."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
+
+from pipeline.config import StudyConfig
+from pipeline.models.plugins.registry import extra_names
+from pipeline.runtime.execute.shared_cluster import SharedCluster
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.store.progress import db_path, read_table
+from pipeline.stages.prepare import prepare
+from pipeline.stages.train import TrainInterrupted, run_train, train_path
+from pipeline.stages.train_lanes import LaneEnd, train_side_by_side
+
+MODELS = ["fake_hang", "fake_quantile"]
+SLOW_ORIGIN = str(2018 * 12 + 2)  # 2018-03: fake_hang's one slow fit (country C02)
+# fake_hang's tasks are planned longer than fake_quantile's (they start first when queued)
+PLAN = Plan(
+    n_workers=2,
+    memory_limit_mb=2048,
+    models={"fake_hang": ModelPlan(48, 6, 8, 0.05), "fake_quantile": ModelPlan(48, 3, 16, 0.01)},
+)
+
+DRIVER = """
+import json, sys
+from pipeline.config import validate
+from pipeline.config.defaults import with_defaults
+from pipeline.runtime.execute.shared_cluster import SharedCluster
+from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.stages.train_lanes import train_side_by_side
+
+if __name__ == "__main__":
+    config = validate(with_defaults(json.load(open(sys.argv[1]))))
+    models = {"fake_hang": ModelPlan(48, 2, 24, 0.05), "fake_quantile": ModelPlan(48, 2, 24, 0.01)}
+    with SharedCluster() as cluster:
+        train_side_by_side(config, list(models), Plan(2, 2048, models=models), cluster, print)
+"""
+
+
+def study(root: Path) -> StudyConfig:
+    """SMALL_STUDY at one horizon (48 fits a model), always on the cluster."""
+    d = copy.deepcopy(SMALL_STUDY)
+    d["data"]["horizons"] = [1]
+    d["runtime"].update({"output_dir": str(root), "in_process_below_s": 0})
+    config = make_config(d)
+    prepare(config, ROOT)
+    return config
+
+
+def task_times(config: StudyConfig) -> pd.DataFrame:
+    with sqlite3.connect(db_path(config.output_dir)) as conn:
+        return pd.read_sql_query(
+            "SELECT model, worker, started, finished FROM tasks WHERE finished IS NOT NULL", conn
+        )
+
+
+def sequential(root: Path) -> dict[str, pd.DataFrame]:
+    """The models trained one after another on one cluster: the forecasts to equal."""
+    config = study(root)
+    with SharedCluster() as cluster:
+        for model in MODELS:
+            assert run_train(config, model, PLAN, cluster).failed == 0
+    return {m: pd.read_parquet(train_path(config, m)) for m in MODELS}
+
+
+@pytest.fixture
+def fake_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("PIPELINE_EXTRA_ADAPTERS", FAKE_MODELS)
+    monkeypatch.setenv("FAKE_HANG_COUNTRIES", "C02")
+    monkeypatch.setenv("FAKE_HANG_ORIGIN", SLOW_ORIGIN)
+    monkeypatch.setenv("FAKE_HANG_S", "0")
+    extra_names()  # loaded here, not by two lanes at once (the test registry is not thread-safe)
+    return monkeypatch
+
+
+def test_a_short_models_tasks_run_beside_a_long_task_and_give_the_same_forecasts(
+    tmp_path: Path, fake_env: pytest.MonkeyPatch
+) -> None:
+    reference = sequential(tmp_path / "sequential")
+    # now fake_hang's task holding (C02, 2018-03) takes 3 s; fake_quantile's take 0.1 s each
+    fake_env.setenv("FAKE_HANG_S", "3")
+    fake_env.setenv("FAKE_SLEEP", "0.03")
+    config = study(tmp_path / "side")
+    ends: list[LaneEnd] = []
+    with SharedCluster() as cluster:
+        train_side_by_side(config, MODELS, PLAN, cluster, ends.append)
+    assert sorted(e.model for e in ends) == MODELS
+    assert all(e.error is None and e.summary and e.summary.failed == 0 for e in ends)
+    assert all(e.summary and e.summary.trained == 48 for e in ends)
+    tasks = task_times(config)
+    slow = tasks[(tasks["model"] == "fake_hang") & (tasks["finished"] - tasks["started"] > 2.5)]
+    assert len(slow) == 1, tasks
+    start, end = float(slow["started"].iloc[0]), float(slow["finished"].iloc[0])
+    # the other model's tasks ran on the other worker while the long task ran
+    beside = tasks[
+        (tasks["model"] == "fake_quantile")
+        & (tasks["started"] >= start)
+        & (tasks["finished"] <= end)
+    ]
+    assert len(beside) >= 3, tasks
+    assert set(beside["worker"]).isdisjoint(slow["worker"])
+    for model in MODELS:  # one key, one result: the same forecasts as one after another
+        pd.testing.assert_frame_equal(pd.read_parquet(train_path(config, model)), reference[model])
+    runs = read_table(db_path(config.output_dir), "runs")
+    assert sorted(runs["model"]) == MODELS and set(runs["state"]) == {"finished"}
+    # each model's train log holds its own lines, not the other's
+    logs = {m: ends[[e.model for e in ends].index(m)].summary.log_path.read_text() for m in MODELS}
+    assert "train fake_hang: 48 fits" in logs["fake_hang"]
+    assert "train fake_hang" not in logs["fake_quantile"]
+    assert "train fake_quantile: 48 fits" in logs["fake_quantile"]
+
+
+def test_a_failing_model_stops_the_others_with_their_progress_saved(
+    tmp_path: Path, fake_env: pytest.MonkeyPatch
+) -> None:
+    fake_env.setenv("FAKE_SLEEP", "0.05")
+    config = study(tmp_path / "out")
+    (config.output_dir / "train").mkdir()
+    (config.output_dir / "train" / "fake_hang.parquet").mkdir()  # its table cannot be written
+    ends: list[LaneEnd] = []
+    with SharedCluster() as cluster, pytest.raises(IsADirectoryError):
+        train_side_by_side(config, MODELS, PLAN, cluster, ends.append)
+    assert {e.model: type(e.error) for e in ends}["fake_hang"] is IsADirectoryError
+    runs = read_table(db_path(config.output_dir), "runs").set_index("model")["state"]
+    # fake_quantile ran beside it: either it finished first or it stopped with progress saved
+    other = next(e for e in ends if e.model == "fake_quantile")
+    if other.error is not None:
+        assert isinstance(other.error, TrainInterrupted) and runs["fake_quantile"] == "interrupted"
+    else:
+        assert runs["fake_quantile"] == "finished"
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_two_models_in_flight_saves_both_and_a_rerun_completes_them(
+    tmp_path: Path, fake_env: pytest.MonkeyPatch
+) -> None:
+    reference = sequential(tmp_path / "sequential")
+    config = study(tmp_path / "out")
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    env = {**os.environ, "FAKE_SLEEP": "0.25"}  # 24 tasks of 0.5 s per model on 2 workers
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "config.json")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+    def done(model: str) -> int:
+        try:
+            table = read_table(db_path(config.output_dir), "progress")
+        except Exception:  # not created yet
+            return 0
+        return int(((table["model"] == model) & (table["status"] == "done")).sum())
+
+    t0 = time.monotonic()
+    while not all(done(m) >= 2 for m in MODELS):
+        assert time.monotonic() - t0 < 120 and proc.poll() is None, proc.stderr
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:
+        child.kill()
+    runs = read_table(db_path(config.output_dir), "runs")
+    assert sorted(runs["model"]) == MODELS and set(runs["state"]) == {"interrupted"}, runs
+    progress = pd.read_parquet(config.output_dir / "progress" / "progress.parquet")
+    assert not (progress["status"] == "training").any()
+    for model in MODELS:  # both stopped midway, their done fits kept
+        status = progress.loc[progress["model"] == model, "status"]
+        assert (status == "done").any() and (status == "pending").any(), model
+    # a rerun loads what each trained and trains the rest: the same forecasts
+    ends: list[LaneEnd] = []
+    with SharedCluster() as cluster:
+        train_side_by_side(config, MODELS, PLAN, cluster, ends.append)
+    for end in ends:
+        assert end.summary is not None and end.summary.loaded > 0
+        assert end.summary.loaded + end.summary.trained == 48
+    for model in MODELS:
+        pd.testing.assert_frame_equal(pd.read_parquet(train_path(config, model)), reference[model])
