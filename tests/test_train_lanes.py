@@ -31,11 +31,17 @@ from pipeline.stages.train_lanes import LaneEnd, train_side_by_side
 
 MODELS = ["fake_hang", "fake_quantile"]
 SLOW_ORIGIN = str(2018 * 12 + 2)  # 2018-03: fake_hang's one slow fit (country C02)
-# fake_hang's tasks are planned longer than fake_quantile's (they start first when queued)
+# fake_hang's tasks are planned longer than fake_quantile's (they start first when queued);
+# fake_fail (no failure asked for: fake_quantile's forecasts) is small enough for the driver's
+# child at runtime.in_process_below_s = 1
 PLAN = Plan(
     n_workers=2,
     memory_limit_mb=2048,
-    models={"fake_hang": ModelPlan(48, 6, 8, 0.05), "fake_quantile": ModelPlan(48, 3, 16, 0.01)},
+    models={
+        "fake_hang": ModelPlan(48, 6, 8, 0.05),
+        "fake_quantile": ModelPlan(48, 3, 16, 0.03),
+        "fake_fail": ModelPlan(48, 6, 8, 0.001),
+    },
 )
 
 DRIVER = """
@@ -54,11 +60,11 @@ if __name__ == "__main__":
 """
 
 
-def study(root: Path) -> StudyConfig:
-    """SMALL_STUDY at one horizon (48 fits a model), always on the cluster."""
+def study(root: Path, in_process_below_s: float = 0) -> StudyConfig:
+    """SMALL_STUDY at one horizon (48 fits a model), on the cluster unless told otherwise."""
     d = copy.deepcopy(SMALL_STUDY)
     d["data"]["horizons"] = [1]
-    d["runtime"].update({"output_dir": str(root), "in_process_below_s": 0})
+    d["runtime"].update({"output_dir": str(root), "in_process_below_s": in_process_below_s})
     config = make_config(d)
     prepare(config, ROOT)
     return config
@@ -71,13 +77,13 @@ def task_times(config: StudyConfig) -> pd.DataFrame:
         )
 
 
-def sequential(root: Path) -> dict[str, pd.DataFrame]:
-    """The models trained one after another on one cluster: the forecasts to equal."""
-    config = study(root)
-    with SharedCluster() as cluster:
-        for model in MODELS:
-            assert run_train(config, model, PLAN, cluster).failed == 0
-    return {m: pd.read_parquet(train_path(config, m)) for m in MODELS}
+def sequential(root: Path, models: list[str]) -> dict[str, pd.DataFrame]:
+    """The models trained one after another (in the driver's child, which gives the cluster's
+    bits and starts faster): the forecasts to equal."""
+    config = study(root, in_process_below_s=1000)
+    for model in models:
+        assert run_train(config, model, PLAN).failed == 0
+    return {m: pd.read_parquet(train_path(config, m)) for m in models}
 
 
 @pytest.fixture
@@ -93,15 +99,16 @@ def fake_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_a_short_models_tasks_run_beside_a_long_task_and_give_the_same_forecasts(
     tmp_path: Path, fake_env: pytest.MonkeyPatch
 ) -> None:
-    reference = sequential(tmp_path / "sequential")
+    models = [*MODELS, "fake_fail"]
+    reference = sequential(tmp_path / "sequential", models)
     # now fake_hang's task holding (C02, 2018-03) takes 3 s; fake_quantile's take 0.1 s each
     fake_env.setenv("FAKE_HANG_S", "3")
     fake_env.setenv("FAKE_SLEEP", "0.03")
-    config = study(tmp_path / "side")
+    config = study(tmp_path / "side", in_process_below_s=1)  # fake_fail in the driver's child
     ends: list[LaneEnd] = []
     with SharedCluster() as cluster:
-        train_side_by_side(config, MODELS, PLAN, cluster, ends.append)
-    assert sorted(e.model for e in ends) == MODELS
+        train_side_by_side(config, models, PLAN, cluster, ends.append)
+    assert sorted(e.model for e in ends) == sorted(models)
     assert all(e.error is None and e.summary and e.summary.failed == 0 for e in ends)
     assert all(e.summary and e.summary.trained == 48 for e in ends)
     tasks = task_times(config)
@@ -116,12 +123,13 @@ def test_a_short_models_tasks_run_beside_a_long_task_and_give_the_same_forecasts
     ]
     assert len(beside) >= 3, tasks
     assert set(beside["worker"]).isdisjoint(slow["worker"])
-    for model in MODELS:  # one key, one result: the same forecasts as one after another
+    for model in models:  # one key, one result: the same forecasts as one after another
         pd.testing.assert_frame_equal(pd.read_parquet(train_path(config, model)), reference[model])
     runs = read_table(db_path(config.output_dir), "runs")
-    assert sorted(runs["model"]) == MODELS and set(runs["state"]) == {"finished"}
+    assert sorted(runs["model"]) == sorted(models) and set(runs["state"]) == {"finished"}
+    assert runs.set_index("model").loc["fake_fail", "n_workers"] == 1  # the child's lane
     # each model's train log holds its own lines, not the other's
-    logs = {m: ends[[e.model for e in ends].index(m)].summary.log_path.read_text() for m in MODELS}
+    logs = {e.model: e.summary.log_path.read_text() for e in ends if e.summary}
     assert "train fake_hang: 48 fits" in logs["fake_hang"]
     assert "train fake_hang" not in logs["fake_quantile"]
     assert "train fake_quantile: 48 fits" in logs["fake_quantile"]
@@ -151,7 +159,7 @@ def test_a_failing_model_stops_the_others_with_their_progress_saved(
 def test_ctrl_c_with_two_models_in_flight_saves_both_and_a_rerun_completes_them(
     tmp_path: Path, fake_env: pytest.MonkeyPatch
 ) -> None:
-    reference = sequential(tmp_path / "sequential")
+    reference = sequential(tmp_path / "sequential", MODELS)
     config = study(tmp_path / "out")
     (tmp_path / "driver.py").write_text(DRIVER)
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
