@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import extra_names
 from pipeline.runtime.execute.shared_cluster import SharedCluster
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
-from pipeline.runtime.store.progress import db_path, read_table
+from pipeline.runtime.store.progress import ProgressStore, db_path, read_table
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import TrainInterrupted, run_train, train_path
 from pipeline.stages.train_lanes import LaneEnd, train_side_by_side
@@ -207,3 +208,39 @@ def test_ctrl_c_with_two_models_in_flight_saves_both_and_a_rerun_completes_them(
         assert end.summary.loaded + end.summary.trained == 48
     for model in MODELS:
         pd.testing.assert_frame_equal(pd.read_parquet(train_path(config, model)), reference[model])
+
+
+def test_a_store_opened_by_lanes_while_another_writes_is_one_healthy_store(
+    tmp_path: Path,
+) -> None:
+    path = db_path(tmp_path)
+    start, writing = threading.Barrier(6), threading.Event()
+    moved: list[Path | None] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:  # a lane recording its tasks while the others open the store
+        with ProgressStore(path) as store:
+            start.wait()
+            while not writing.is_set():
+                store.start_run("r", "m", os.getpid(), "log")
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            with ProgressStore(path) as store:
+                moved.append(store.rebuilt_from)
+        except BaseException as error:
+            errors.append(error)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    threads = [threading.Thread(target=open_store) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writing.set()
+    writer.join()
+    assert not errors and len(moved) == 5
+    # none was taken for a damaged store and moved aside while the others used it
+    assert moved == [None] * 5 and not (path.parent / "damaged").exists()
