@@ -49,13 +49,16 @@ DRIVER = """
 import json, sys
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
+from pipeline.models.plugins.registry import extra_names
 from pipeline.runtime.execute.shared_cluster import SharedCluster
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.stages.train_lanes import train_side_by_side
 
 if __name__ == "__main__":
     config = validate(with_defaults(json.load(open(sys.argv[1]))))
-    models = {"fake_hang": ModelPlan(48, 2, 24, 0.05), "fake_quantile": ModelPlan(48, 2, 24, 0.01)}
+    extra_names()  # the test models, loaded before the lanes start
+    # tasks of equal priority: both models progress at once
+    models = {"fake_hang": ModelPlan(48, 2, 24, 0.01), "fake_quantile": ModelPlan(48, 2, 24, 0.01)}
     with SharedCluster() as cluster:
         train_side_by_side(config, list(models), Plan(2, 2048, models=models), cluster, print)
 """
@@ -183,7 +186,7 @@ def test_ctrl_c_with_two_models_in_flight_saves_both_and_a_rerun_completes_them(
 
     t0 = time.monotonic()
     while not all(done(m) >= 2 for m in MODELS):
-        assert time.monotonic() - t0 < 120 and proc.poll() is None, proc.stderr
+        assert time.monotonic() - t0 < 120 and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGINT)

@@ -46,6 +46,11 @@ log = logging.getLogger("pipeline.runtime.execute.cluster")
 ALLOWED_FAILURES = 0
 # how often the stream asks the scheduler which tasks run where (to time them)
 TIMEOUT_POLL_S = 0.5
+# Every task's Dask key is (TASK_GROUP, name): one task group, so the scheduler holds them all
+# in its queue (Dask queues a group's tasks once it has more than twice as many as threads) and
+# gives a free worker the one of highest priority, whichever model's it is; tasks of groups too
+# small for that would go to a busy worker at once and wait there behind its task.
+TASK_GROUP = "qpipe"
 
 
 @dataclass
@@ -188,7 +193,7 @@ class TaskStream:
     `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
     "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
     when its worker died otherwise (SIGKILL, segfault, a node lost), "timeout" when it ran
-    longer than `timeout_s` (from when the scheduler gave it to a worker) and its worker was
+    longer than `timeout_s` (from when its worker started it) and its worker was
     restarted to stop it (a thread cannot be stopped; the process can). With `stop`, waiting
     raises `Stopped` once the flag is set (a driver thread of a run training models side by
     side: signals reach only the main thread).
@@ -209,6 +214,7 @@ class TaskStream:
         self._started: dict[str, float] = {}  # key -> when first seen running on a worker
         self._timed_out: set[str] = set()
         self._polled = 0.0
+        self._by_heartbeat = True
 
     def close(self) -> None:
         logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
@@ -220,7 +226,7 @@ class TaskStream:
         # element looking for futures (~10 us per fit for a task's list of keys), not its function
         future = self.client.submit(
             functools.partial(self.fn, payload),
-            key=name,
+            key=(TASK_GROUP, name),
             pure=False,
             retries=0,
             priority=priority,
@@ -248,14 +254,14 @@ class TaskStream:
         if now - self._polled < TIMEOUT_POLL_S:
             return
         self._polled = now
-        running = {
-            str(key): worker for worker, keys in self.client.processing().items() for key in keys
-        }
+        running = self._running()
         for key in list(self._started):
             if key not in running:
                 del self._started[key]
-        for key, worker in running.items():
-            started = self._started.setdefault(key, now)
+        for key, (worker, ran) in running.items():
+            # the earliest start seen: a task whose worker stopped sending heartbeats (stuck
+            # holding the GIL) still times out
+            started = self._started.setdefault(key, now - ran)
             if key in self._timed_out or now - started <= float(self.timeout_s or 0):
                 continue
             self._timed_out.add(key)
@@ -273,6 +279,21 @@ class TaskStream:
                 log.warning("could not restart worker %s (%s): trying again", worker, outcome)
                 self._timed_out.discard(key)  # the next poll tries again
 
+    def _running(self) -> dict[str, tuple[str, float]]:
+        """Tasks that run now: name -> (worker, seconds since their worker started them), as
+        the workers' heartbeats tell the scheduler (a task queued on a worker behind another
+        has not started: its clock has not either). A scheduler that runs no function of
+        ours: the tasks it gave a worker, from now on."""
+        if self._by_heartbeat:
+            try:
+                running = self.client.run_on_scheduler(_executing())
+                return {_name(k): (w, ran) for k, (w, ran) in running.items()}
+            except Exception as exc:  # e.g. a scheduler that refuses pickled functions
+                self._by_heartbeat = False
+                log.info("task timeouts count from assignment (%s)", exc)
+        processing = self.client.processing()
+        return {_name(k): (w, 0.0) for w, keys in processing.items() for k in keys}
+
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
         while True:
             try:
@@ -280,7 +301,7 @@ class TaskStream:
             except StopIteration:
                 return
             self.in_flight -= 1
-            name = str(future.key)
+            name = _name(future.key)
             try:
                 result = future.result()
             except KilledWorker as exc:
@@ -324,3 +345,23 @@ class TaskStream:
         self.pending.clear()
         if futures:
             self.client.cancel(futures, force=True)
+
+
+def _name(key: Any) -> str:
+    """A task's name from its Dask key ((TASK_GROUP, name))."""
+    return str(key[1]) if isinstance(key, tuple) else str(key)
+
+
+def _executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
+    """A function for `run_on_scheduler`: each task a worker executes, with how long it had
+    run at that worker's last heartbeat. Made here, so it travels by value (a scheduler
+    elsewhere need not import qpipe)."""
+
+    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float]]:
+        return {
+            getattr(ts, "key", ts): (str(address), float(seconds))
+            for address, ws in dask_scheduler.workers.items()
+            for ts, seconds in ws.executing.items()
+        }
+
+    return executing
