@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -108,7 +109,11 @@ def test_a_short_models_tasks_run_beside_a_long_task_and_give_the_same_forecasts
     # now fake_hang's task holding (C02, 2018-03) takes 3 s; fake_quantile's take 0.1 s each
     fake_env.setenv("FAKE_HANG_S", "3")
     fake_env.setenv("FAKE_SLEEP", "0.03")
-    config = study(tmp_path / "side", in_process_below_s=1)  # fake_fail in the driver's child
+    # fake_fail in the driver's child; fake_quantile's tasks may run 2 s, fake_hang's the default
+    # (each stream times its own tasks: fake_hang's 3-s task is not fake_quantile's to stop)
+    config = study(tmp_path / "side", in_process_below_s=1)
+    timeouts = {"fake_quantile": 2.0}  # (set here: config validation knows no test model)
+    config = replace(config, runtime=replace(config.runtime, task_timeout_s_by_model=timeouts))
     ends: list[LaneEnd] = []
     with SharedCluster() as cluster:
         train_side_by_side(config, models, PLAN, cluster, ends.append)

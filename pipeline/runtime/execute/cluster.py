@@ -215,6 +215,9 @@ class TaskStream:
         self._timed_out: set[str] = set()
         self._polled = 0.0
         self._by_heartbeat = True
+        # this stream's tasks in flight: the cluster may run other models' streams too, each
+        # timing its own tasks by its own timeout
+        self._mine: set[str] = set()
 
     def close(self) -> None:
         logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
@@ -233,6 +236,7 @@ class TaskStream:
         )
         self.pending.add(future)
         self.in_flight += 1
+        self._mine.add(name)
 
     def _next(self) -> Any:
         """The next finished future; meanwhile, stop tasks past their timeout (and raise
@@ -287,12 +291,15 @@ class TaskStream:
         if self._by_heartbeat:
             try:
                 running = self.client.run_on_scheduler(_executing())
-                return {_name(k): (w, ran) for k, (w, ran) in running.items()}
+                return {
+                    _name(k): (w, ran) for k, (w, ran) in running.items() if _name(k) in self._mine
+                }
             except Exception as exc:  # e.g. a scheduler that refuses pickled functions
                 self._by_heartbeat = False
                 log.info("task timeouts count from assignment (%s)", exc)
         processing = self.client.processing()
-        return {_name(k): (w, 0.0) for w, keys in processing.items() for k in keys}
+        running = {_name(k): (w, 0.0) for w, keys in processing.items() for k in keys}
+        return {name: at for name, at in running.items() if name in self._mine}
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
         while True:
@@ -302,6 +309,7 @@ class TaskStream:
                 return
             self.in_flight -= 1
             name = _name(future.key)
+            self._mine.discard(name)
             try:
                 result = future.result()
             except KilledWorker as exc:
@@ -345,6 +353,16 @@ class TaskStream:
         self.pending.clear()
         if futures:
             self.client.cancel(futures, force=True)
+
+
+def _quiet_polls(record: logging.LogRecord) -> bool:
+    """Not the scheduler's INFO line for each poll of `_executing` (twice a second a stream)."""
+    args = record.args
+    ours = isinstance(args, tuple) and args and args[-1] == "executing"
+    return not (ours and "out-of-band" in str(record.msg))
+
+
+logging.getLogger("distributed.worker").addFilter(_quiet_polls)  # where Dask logs the polls
 
 
 def _name(key: Any) -> str:
