@@ -103,10 +103,17 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         for model in todo:
             records.forget(f"train@{model}")
 
+        last = started = time.perf_counter()
+
         def ended(end: LaneEnd) -> None:  # in this thread, as each model's train ends
-            nonlocal failed
-            stage = f"train@{end.model}"
-            record_stage(out, stage, end.seconds, "failed" if end.summary is None else "ok")
+            nonlocal failed, last
+            # the models overlap: each train@ stage is the wall time train took from the
+            # previous model's end to this one's, so the stages add up to train's wall time
+            # (the model's own wall time is in its summary line)
+            now = time.perf_counter()
+            status = "failed" if end.summary is None else "ok"
+            record_stage(out, f"train@{end.model}", now - last, status)
+            last = now
             if end.summary is not None:
                 failed += end.summary.failed
                 _record_train(config, records, cfg, end.model, end.summary.failed)
@@ -115,6 +122,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         # models train side by side on it, the longest tasks first
         with SharedCluster() as cluster:
             train_side_by_side(config, todo, plan, cluster, ended)
+        log.info("train: %d models in %.1f s", len(todo), time.perf_counter() - started)
         release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
     assemble_inputs = [out / PANEL_FILE, *(_train_file(config, m) for m in config.models.enabled())]
