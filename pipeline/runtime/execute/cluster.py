@@ -46,10 +46,9 @@ log = logging.getLogger("pipeline.runtime.execute.cluster")
 ALLOWED_FAILURES = 0
 # how often the stream asks the scheduler which tasks run where (to time them)
 TIMEOUT_POLL_S = 0.5
-# Every task's Dask key is (TASK_GROUP, name): one task group, so the scheduler holds them all
-# in its queue (Dask queues a group's tasks once it has more than twice as many as threads) and
-# gives a free worker the one of highest priority, whichever model's it is; tasks of groups too
-# small for that would go to a busy worker at once and wait there behind its task.
+# Every task's Dask key is (TASK_GROUP, name): one task group for every model's tasks, which
+# the scheduler holds in its queue and hands to a worker when it is free, the highest priority
+# first (see `queue_every_task`).
 TASK_GROUP = "qpipe"
 
 
@@ -125,11 +124,26 @@ def make_client(
             client.forward_logging("pipeline", level=logging.INFO)
             client.forward_logging("distributed", level=logging.WARNING)
             dashboard = _dashboard_link(client)
+            held = queue_every_task(client, workers)  # noqa: F841 (held while the cluster is)
             yield ClusterHandle(client, dashboard, workers, cluster is not None)
         finally:
             client.close(timeout=10)
             if cluster is not None:
                 cluster.close(timeout=20)
+
+
+def queue_every_task(client: Client, n_workers: int) -> list[Any]:
+    """No-op tasks of TASK_GROUP for the caller to hold: Dask queues a task on the scheduler
+    only once its group has had more than twice as many tasks as the cluster has threads
+    (the group lives while any of its tasks is held); before that it sends each task to a
+    worker at once, where it waits behind that worker's task whatever its priority (a short
+    task of one model behind a long one of another, its timeout clock running)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    threads = max(sum(int(w.get("nthreads", 1)) for w in workers), n_workers)
+    return [
+        client.submit(int, 0, key=(TASK_GROUP, f"queue-{i}"), pure=False)
+        for i in range(2 * threads + 1)
+    ]
 
 
 def _security(runtime: RuntimeConfig) -> Security | None:
