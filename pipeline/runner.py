@@ -99,6 +99,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
 
         with timed_stage(out, "probe"):
             plan = run_probe(config, todo)
+        plan = _side_by_side(config, plan, todo)
         _import_in_background("pipeline.stages.study")  # assemble's, while train works
         for model in todo:
             records.forget(f"train@{model}")
@@ -147,6 +148,22 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         ]
         records.record("assemble", assemble_params, assemble_inputs, outputs)
     return 1 if failed else 0
+
+
+def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> Any:
+    """The probe's plan with a worker memory limit for models mixing on a worker."""
+    from pipeline.runtime.sizing.plan import side_by_side
+
+    shared = side_by_side(config, plan, todo)
+    if shared.memory_limit_mb != plan.memory_limit_mb:
+        log.info(
+            "train: %d models side by side: %d MiB per worker (a worker may run one model's "
+            "task after another's; the probe's limit for one task is %d MiB)",
+            len(todo),
+            shared.memory_limit_mb,
+            plan.memory_limit_mb,
+        )
+    return shared
 
 
 def _start_child_early(config: StudyConfig, models: list[str]) -> None:

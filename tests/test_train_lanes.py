@@ -25,7 +25,7 @@ from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
 from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import extra_names
 from pipeline.runtime.execute.shared_cluster import SharedCluster
-from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.plan import ModelPlan, Plan, side_by_side
 from pipeline.runtime.store.progress import ProgressStore, db_path, read_table
 from pipeline.stages.prepare import prepare
 from pipeline.stages.train import TrainInterrupted, run_train, train_path
@@ -52,7 +52,7 @@ from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
 from pipeline.models.plugins.registry import extra_names
 from pipeline.runtime.execute.shared_cluster import SharedCluster
-from pipeline.runtime.sizing.plan import ModelPlan, Plan
+from pipeline.runtime.sizing.plan import ModelPlan, Plan, side_by_side
 from pipeline.stages.train_lanes import train_side_by_side
 
 if __name__ == "__main__":
@@ -252,3 +252,16 @@ def test_a_store_opened_by_lanes_while_another_writes_is_one_healthy_store(
     assert not errors and len(moved) == 5
     # none was taken for a damaged store and moved aside while the others used it
     assert moved == [None] * 5 and not (path.parent / "damaged").exists()
+
+
+def test_models_side_by_side_get_a_worker_limit_for_two_task_peaks() -> None:
+    # the seed study's probe: baseline 241 MiB; ensemble_nn, lqr, ar_qr peaks 480, 430, 322
+    config = make_config(copy.deepcopy(SMALL_STUDY))  # mem_probe_fudge_mb 256, max_workers 2
+    peaks = {"ensemble_nn": 480.0, "lqr": 430.0, "ar_qr": 322.0}
+    models = {m: ModelPlan(10, 1, 10, 0.1, peak) for m, peak in peaks.items()}
+    plan = Plan(2, 768, models=models, baseline_mb=241.0, ram_budget_mb=8192.0)
+    # 241 + (480 - 241) + (430 - 241) + 256 = 925, rounded up to 1024
+    assert side_by_side(config, plan, list(peaks)).memory_limit_mb == 1024
+    assert side_by_side(config, plan, ["ensemble_nn"]) == plan  # one model: the probe's limit
+    small = Plan(2, 768, models=models, baseline_mb=241.0, ram_budget_mb=1500.0)
+    assert side_by_side(config, small, list(peaks)).n_workers == 1  # what the RAM allows
