@@ -44,7 +44,9 @@ log = logging.getLogger("pipeline.runtime.execute.cluster")
 # A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
 # itself, in halves, so a restart is not wasted on rerunning a task that will die again.
 ALLOWED_FAILURES = 0
-# how often the stream asks the scheduler which tasks run where (to time them)
+# how often the stream asks the scheduler which tasks run where (to time them): every
+# TIMEOUT_POLL_S, or a hundredth of the timeout when that is longer (each ask is a round trip
+# to the scheduler, and several models' streams ask at once)
 TIMEOUT_POLL_S = 0.5
 # Every task's Dask key is (TASK_GROUP, name): one task group for every model's tasks, which
 # the scheduler holds in its queue and hands to a worker when it is free, the highest priority
@@ -269,7 +271,7 @@ class TaskStream:
 
     def _stop_overdue(self) -> None:
         now = time.monotonic()
-        if now - self._polled < TIMEOUT_POLL_S:
+        if now - self._polled < max(TIMEOUT_POLL_S, float(self.timeout_s or 0) / 100):
             return
         self._polled = now
         running = self._running()
