@@ -95,19 +95,35 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         from pipeline.runtime.execute.shared_cluster import SharedCluster
         from pipeline.runtime.sizing.resources import release_free_memory
         from pipeline.stages.probe import run_probe
-        from pipeline.stages.train import run_train
+        from pipeline.stages.train_lanes import LaneEnd, train_side_by_side
 
         with timed_stage(out, "probe"):
             plan = run_probe(config, todo)
+        plan = _side_by_side(config, plan, todo)
         _import_in_background("pipeline.stages.study")  # assemble's, while train works
-        # one cluster serves every model (started by the first one with fits to train)
+        for model in todo:
+            records.forget(f"train@{model}")
+
+        last = started = time.perf_counter()
+
+        def ended(end: LaneEnd) -> None:  # in this thread, as each model's train ends
+            nonlocal failed, last
+            # the models overlap: each train@ stage is the wall time train took from the
+            # previous model's end to this one's, so the stages add up to train's wall time
+            # (the model's own wall time is in its summary line)
+            now = time.perf_counter()
+            status = "failed" if end.summary is None else "ok"
+            record_stage(out, f"train@{end.model}", now - last, status)
+            last = now
+            if end.summary is not None:
+                failed += end.summary.failed
+                _record_train(config, records, cfg, end.model, end.summary.failed)
+
+        # one cluster serves every model (started by the first one with fits to train); the
+        # models train side by side on it, the longest tasks first
         with SharedCluster() as cluster:
-            for model in todo:
-                records.forget(f"train@{model}")
-                with timed_stage(out, f"train@{model}"):
-                    summary = run_train(config, model, plan, cluster)
-                failed += summary.failed
-                _record_train(config, records, cfg, model, summary.failed)
+            train_side_by_side(config, todo, plan, cluster, ended)
+        log.info("train: %d models in %.1f s", len(todo), time.perf_counter() - started)
         release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
     assemble_inputs = [out / PANEL_FILE, *(_train_file(config, m) for m in config.models.enabled())]
@@ -132,6 +148,22 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         ]
         records.record("assemble", assemble_params, assemble_inputs, outputs)
     return 1 if failed else 0
+
+
+def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> Any:
+    """The probe's plan with a worker memory limit for models mixing on a worker."""
+    from pipeline.runtime.sizing.plan import side_by_side
+
+    shared = side_by_side(config, plan, todo)
+    if shared.memory_limit_mb != plan.memory_limit_mb:
+        log.info(
+            "train: %d models side by side: %d MiB per worker (a worker may run one model's "
+            "task after another's; the probe's limit for one task is %d MiB)",
+            len(todo),
+            shared.memory_limit_mb,
+            plan.memory_limit_mb,
+        )
+    return shared
 
 
 def _start_child_early(config: StudyConfig, models: list[str]) -> None:

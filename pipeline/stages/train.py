@@ -9,7 +9,9 @@ and the store -> export the progress parquet files.
 A fit that raises is failed with its traceback and retried up to `runtime.retries` times
 (alone); a task whose worker was killed for memory is failed as "memory" and retried in
 halves. Ctrl-C / SIGTERM stop cleanly: in-flight fits go back to pending, progress is
-exported, and `TrainInterrupted` (a SystemExit with code 130/143) is raised.
+exported, and `TrainInterrupted` (a SystemExit with code 130/143) is raised. A train run in a
+driver thread of its own (`python -m pipeline run`: pipeline/stages/train_lanes.py) stops the
+same way when its `stop` flag is set.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from pipeline.config import StudyConfig
 from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
+from pipeline.runtime.execute.stop import StopFlag, Stopped
 from pipeline.runtime.execute.train_loop import RunState
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
@@ -43,6 +46,9 @@ if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
 
 log = logging.getLogger("pipeline.train")
 TRAIN_DIR = Path("train")
+# models training side by side export the one progress store in turn: the last export, of
+# the last model to finish, then holds every model's final state
+_EXPORTING = threading.Lock()
 
 
 class TrainInterrupted(SystemExit):
@@ -82,11 +88,14 @@ def run_train(
     model: str,
     plan: Plan | None = None,
     cluster: SharedCluster | None = None,
+    stop: StopFlag | None = None,
 ) -> TrainSummary:
     """Train (or reload) every fit of `model`; write train/{model}.parquet; return a summary.
 
     `cluster`: a pipeline.runtime.execute.shared_cluster.SharedCluster to run on (kept open for the next model);
     None starts a cluster for this call alone (only when there are fits to train).
+    `stop`: set by the main thread when this call runs in a driver thread of its own (signals
+    reach only the main thread); it stops this train as SIGINT/SIGTERM would.
     """
     from pipeline.stages.prepare import load_panel
 
@@ -129,14 +138,16 @@ def run_train(
         dashboard, n_workers, status = None, 0, "finished"
         try:
             with _stop_on_signals():
+                if stop is not None:
+                    stop.check()
                 if n_todo:
                     plan = resolve_plan(config, {model: groups}, plan)
-                    dashboard, n_workers = state.train(plan, todo, store, cluster)
-        except _Stop as stop:
+                    dashboard, n_workers = state.train(plan, todo, store, cluster, stop)
+        except Stopped as stopped:
             status = "interrupted"
-            log.warning("train %s interrupted (%s): progress saved", model, stop.name)
+            log.warning("train %s interrupted (%s): progress saved", model, stopped.name)
             _finish(store, run_id, out, status, state)
-            raise TrainInterrupted(stop.code) from None
+            raise TrainInterrupted(stopped.code) from None
         except BaseException:
             _finish(store, run_id, out, "failed", state)
             raise
@@ -185,20 +196,15 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
         loaded=state.loaded,
         failed=state.failed_count(),
     )
-    store.export(out)
+    with _EXPORTING:
+        store.export(out)
 
 
 # --- signals and the progress bar -------------------------------------------------------------
 
 
-class _Stop(BaseException):
-    def __init__(self, name: str, code: int) -> None:
-        super().__init__(name)
-        self.name, self.code = name, code
-
-
 class _stop_on_signals:
-    """Turn SIGINT/SIGTERM into _Stop in the main thread (elsewhere: leave handlers alone)."""
+    """Turn SIGINT/SIGTERM into Stopped in the main thread (elsewhere: leave handlers alone)."""
 
     def __enter__(self) -> None:
         self.saved: dict[int, Any] = {}
@@ -213,4 +219,4 @@ class _stop_on_signals:
 
 
 def _raise_stop(sig: int, code: int) -> None:
-    raise _Stop(signal.Signals(sig).name, code)
+    raise Stopped(signal.Signals(sig).name, code)

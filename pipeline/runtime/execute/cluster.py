@@ -35,6 +35,7 @@ from distributed.scheduler import KilledWorker
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
+from pipeline.runtime.execute.stop import POLL_S, StopFlag
 from pipeline.runtime.sizing.plan import worker_environment
 from pipeline.runtime.ui.logs import third_party_to_run_log
 
@@ -43,8 +44,14 @@ log = logging.getLogger("pipeline.runtime.execute.cluster")
 # A task is failed (KilledWorker) the first time its worker dies: the driver retries its fits
 # itself, in halves, so a restart is not wasted on rerunning a task that will die again.
 ALLOWED_FAILURES = 0
-# how often the stream asks the scheduler which tasks run where (to time them)
+# how often the stream asks the scheduler which tasks run where (to time them): every
+# TIMEOUT_POLL_S, or a hundredth of the timeout when that is longer (each ask is a round trip
+# to the scheduler, and several models' streams ask at once)
 TIMEOUT_POLL_S = 0.5
+# Every task's Dask key is (TASK_GROUP, name): one task group for every model's tasks, which
+# the scheduler holds in its queue and hands to a worker when it is free, the highest priority
+# first (see `queue_every_task`).
+TASK_GROUP = "qpipe"
 
 
 @dataclass
@@ -124,11 +131,26 @@ def make_client(
             client.forward_logging("pipeline", level=logging.INFO)
             client.forward_logging("distributed", level=logging.WARNING)
             dashboard = _dashboard_link(client)
+            held = queue_every_task(client, workers)  # noqa: F841 (held while the cluster is)
             yield ClusterHandle(client, dashboard, workers, cluster is not None)
         finally:
             client.close(timeout=10)
             if cluster is not None:
                 cluster.close(timeout=20)
+
+
+def queue_every_task(client: Client, n_workers: int) -> list[Any]:
+    """No-op tasks of TASK_GROUP for the caller to hold: Dask queues a task on the scheduler
+    only once its group has had more than twice as many tasks as the cluster has threads
+    (the group lives while any of its tasks is held); before that it sends each task to a
+    worker at once, where it waits behind that worker's task whatever its priority (a short
+    task of one model behind a long one of another, its timeout clock running)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    threads = max(sum(int(w.get("nthreads", 1)) for w in workers), n_workers)
+    return [
+        client.submit(int, 0, key=(TASK_GROUP, f"queue-{i}"), pure=False)
+        for i in range(2 * threads + 1)
+    ]
 
 
 def _security(runtime: RuntimeConfig) -> Security | None:
@@ -192,8 +214,10 @@ class TaskStream:
     `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
     "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
     when its worker died otherwise (SIGKILL, segfault, a node lost), "timeout" when it ran
-    longer than `timeout_s` (from when the scheduler gave it to a worker) and its worker was
-    restarted to stop it (a thread cannot be stopped; the process can).
+    longer than `timeout_s` (from when its worker started it) and its worker was
+    restarted to stop it (a thread cannot be stopped; the process can). With `stop`, waiting
+    raises `Stopped` once the flag is set (a driver thread of a run training models side by
+    side: signals reach only the main thread).
     """
 
     def __init__(
@@ -201,8 +225,9 @@ class TaskStream:
         client: Client,
         fn: Callable[[dict[str, Any]], dict[str, Any]],
         timeout_s: float | None = None,
+        stop: StopFlag | None = None,
     ) -> None:
-        self.client, self.fn, self.timeout_s = client, fn, timeout_s
+        self.client, self.fn, self.timeout_s, self.stop = client, fn, timeout_s, stop
         self.pending = as_completed()
         self.in_flight = 0
         self._memory = _MemoryEvents()
@@ -210,43 +235,58 @@ class TaskStream:
         self._started: dict[str, float] = {}  # key -> when first seen running on a worker
         self._timed_out: set[str] = set()
         self._polled = 0.0
+        self._by_heartbeat = True
+        # this stream's tasks in flight: the cluster may run other models' streams too, each
+        # timing its own tasks by its own timeout
+        self._mine: set[str] = set()
 
     def close(self) -> None:
         logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
 
-    def submit(self, name: str, payload: dict[str, Any]) -> None:
+    def submit(self, name: str, payload: dict[str, Any], priority: int = 0) -> None:
+        """Queue a task; among tasks waiting for a worker, the highest `priority` starts first
+        (models sharing the cluster: their longest tasks first, the short ones fill around)."""
         # the payload rides inside the callable: Dask walks a task's arguments element by
         # element looking for futures (~10 us per fit for a task's list of keys), not its function
         future = self.client.submit(
-            functools.partial(self.fn, payload), key=name, pure=False, retries=0
+            functools.partial(self.fn, payload),
+            key=(TASK_GROUP, name),
+            pure=False,
+            retries=0,
+            priority=priority,
         )
         self.pending.add(future)
         self.in_flight += 1
+        self._mine.add(name)
 
     def _next(self) -> Any:
-        """The next finished future; meanwhile, stop tasks past their timeout."""
-        if self.timeout_s is None:
+        """The next finished future; meanwhile, stop tasks past their timeout (and raise
+        `Stopped` when a stop was asked for)."""
+        if self.timeout_s is None and self.stop is None:
             return next(self.pending)
         while not self.pending.has_ready():
             if self.pending.is_empty():
                 raise StopIteration
-            self._stop_overdue()
-            time.sleep(0.05)
+            if self.stop is not None:
+                self.stop.check()
+            if self.timeout_s is not None:
+                self._stop_overdue()
+            time.sleep(POLL_S)
         return next(self.pending)
 
     def _stop_overdue(self) -> None:
         now = time.monotonic()
-        if now - self._polled < TIMEOUT_POLL_S:
+        if now - self._polled < max(TIMEOUT_POLL_S, float(self.timeout_s or 0) / 100):
             return
         self._polled = now
-        running = {
-            str(key): worker for worker, keys in self.client.processing().items() for key in keys
-        }
+        running = self._running()
         for key in list(self._started):
             if key not in running:
                 del self._started[key]
-        for key, worker in running.items():
-            started = self._started.setdefault(key, now)
+        for key, (worker, ran) in running.items():
+            # the earliest start seen: a task whose worker stopped sending heartbeats (stuck
+            # holding the GIL) still times out
+            started = self._started.setdefault(key, now - ran)
             if key in self._timed_out or now - started <= float(self.timeout_s or 0):
                 continue
             self._timed_out.add(key)
@@ -264,6 +304,24 @@ class TaskStream:
                 log.warning("could not restart worker %s (%s): trying again", worker, outcome)
                 self._timed_out.discard(key)  # the next poll tries again
 
+    def _running(self) -> dict[str, tuple[str, float]]:
+        """Tasks that run now: name -> (worker, seconds since their worker started them), as
+        the workers' heartbeats tell the scheduler (a task queued on a worker behind another
+        has not started: its clock has not either). A scheduler that runs no function of
+        ours: the tasks it gave a worker, from now on."""
+        if self._by_heartbeat:
+            try:
+                running = self.client.run_on_scheduler(_executing())
+                return {
+                    _name(k): (w, ran) for k, (w, ran) in running.items() if _name(k) in self._mine
+                }
+            except Exception as exc:  # e.g. a scheduler that refuses pickled functions
+                self._by_heartbeat = False
+                log.info("task timeouts count from assignment (%s)", exc)
+        processing = self.client.processing()
+        running = {_name(k): (w, 0.0) for w, keys in processing.items() for k in keys}
+        return {name: at for name, at in running.items() if name in self._mine}
+
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
         while True:
             try:
@@ -271,7 +329,8 @@ class TaskStream:
             except StopIteration:
                 return
             self.in_flight -= 1
-            name = str(future.key)
+            name = _name(future.key)
+            self._mine.discard(name)
             try:
                 result = future.result()
             except KilledWorker as exc:
@@ -315,3 +374,33 @@ class TaskStream:
         self.pending.clear()
         if futures:
             self.client.cancel(futures, force=True)
+
+
+def _quiet_polls(record: logging.LogRecord) -> bool:
+    """Not the scheduler's INFO line for each poll of `_executing` (twice a second a stream)."""
+    args = record.args
+    ours = isinstance(args, tuple) and args and args[-1] == "executing"
+    return not (ours and "out-of-band" in str(record.msg))
+
+
+logging.getLogger("distributed.worker").addFilter(_quiet_polls)  # where Dask logs the polls
+
+
+def _name(key: Any) -> str:
+    """A task's name from its Dask key ((TASK_GROUP, name))."""
+    return str(key[1]) if isinstance(key, tuple) else str(key)
+
+
+def _executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
+    """A function for `run_on_scheduler`: each task a worker executes, with how long it had
+    run at that worker's last heartbeat. Made here, so it travels by value (a scheduler
+    elsewhere need not import qpipe)."""
+
+    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float]]:
+        return {
+            getattr(ts, "key", ts): (str(address), float(seconds))
+            for address, ws in dask_scheduler.workers.items()
+            for ts, seconds in ws.executing.items()
+        }
+
+    return executing

@@ -12,6 +12,7 @@ and its fits fail as `memory` / `timeout` (issue 22), never the driver. No Dask 
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.runtime.execute.child import ChildError, ChildKilled, shared_child
+from pipeline.runtime.execute.stop import StopFlag, holding
 from pipeline.runtime.sizing.plan import ModelPlan
+
+# one model at a time in the driver's one child (a run trains its models side by side)
+_CHILD_IN_USE = threading.Lock()
 
 
 @dataclass
@@ -33,8 +38,10 @@ class InProcessHandle:
 
 
 @contextmanager
-def in_process_handle() -> Iterator[InProcessHandle]:
-    yield InProcessHandle()
+def in_process_handle(stop: StopFlag | None = None) -> Iterator[InProcessHandle]:
+    """The driver's child for one model's tasks, once no other model's are in it."""
+    with holding(_CHILD_IN_USE, stop):
+        yield InProcessHandle()
 
 
 def runs_in_process(
@@ -56,7 +63,8 @@ class InProcessStream:
     The next task is sent before a result is yielded (AHEAD), so the child computes it while
     the driver writes the last one's shard and progress: the child never waits on the driver.
     A task's timeout counts from when the driver starts waiting for it (at most the driver's
-    handling of the task before it later than the child starts it)."""
+    handling of the task before it later than the child starts it). With `stop`, a stop
+    asked for raises `Stopped` before the next result is waited for (tasks here are short)."""
 
     AHEAD = 2  # tasks in the child at once: one running, one queued behind it
 
@@ -65,8 +73,9 @@ class InProcessStream:
         fn: Callable[[dict[str, Any]], dict[str, Any]],
         timeout_s: float | None = None,
         memory_limit_mb: float | None = None,
+        stop: StopFlag | None = None,
     ) -> None:
-        self.fn, self.timeout_s = fn, timeout_s
+        self.fn, self.timeout_s, self.stop = fn, timeout_s, stop
         self.pending: deque[tuple[str, dict[str, Any]]] = deque()
         self.sent: deque[tuple[str, dict[str, Any]]] = deque()  # in the child, in order
         self.memory_limit_mb = memory_limit_mb
@@ -76,11 +85,13 @@ class InProcessStream:
     def in_flight(self) -> int:
         return len(self.pending) + len(self.sent)
 
-    def submit(self, name: str, payload: dict[str, Any]) -> None:
-        self.pending.append((name, payload))
+    def submit(self, name: str, payload: dict[str, Any], priority: int = 0) -> None:
+        self.pending.append((name, payload))  # one model here: its order is the priority
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
         while self.pending or self.sent:
+            if self.stop is not None:
+                self.stop.check()
             while self.pending and len(self.sent) < self.AHEAD:
                 name, payload = self.pending.popleft()
                 self.child.send(self.fn, payload)

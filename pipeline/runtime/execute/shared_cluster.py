@@ -7,10 +7,12 @@ to train in the driver (pipeline.runtime.execute.inprocess) never imports dask.d
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import TYPE_CHECKING
 
 from pipeline.config import RuntimeConfig
+from pipeline.runtime.execute.stop import StopFlag, holding
 
 if TYPE_CHECKING:
     from pipeline.runtime.execute.cluster import ClusterHandle
@@ -20,24 +22,32 @@ class SharedCluster:
     """One cluster for several `run_train` calls (`python -m pipeline run` trains every model on
     it): started by the first model that has fits to train, so a run with everything cached
     starts none; closed by `close()` or on leaving `with`. Sized by the first caller's plan
-    (every model of a run shares one probe plan)."""
+    (every model of a run shares one probe plan). Models training side by side (one driver
+    thread each) ask for it at once: the first starts it, the others wait for it."""
 
     def __init__(self) -> None:
         self._stack = ExitStack()
         self.handle: ClusterHandle | None = None
+        self._starting = threading.Lock()
 
     def client(
-        self, n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig
+        self,
+        n_workers: int,
+        memory_limit_mb: int,
+        runtime: RuntimeConfig,
+        stop: StopFlag | None = None,
     ) -> AbstractContextManager[ClusterHandle]:
         """The shared handle (started on first call); leaving the context does not close it."""
-        if self.handle is None:
-            from pipeline.runtime.execute.cluster import make_client
+        with holding(self._starting, stop):
+            if self.handle is None:
+                from pipeline.runtime.execute.cluster import make_client
 
-            self.handle = self._stack.enter_context(
-                make_client(n_workers, memory_limit_mb, runtime)
-            )
-            if self.handle.dashboard:  # once per run, whichever model starts the cluster
-                logging.getLogger("pipeline.train").info("dashboard: %s", self.handle.dashboard)
+                self.handle = self._stack.enter_context(
+                    make_client(n_workers, memory_limit_mb, runtime)
+                )
+                if self.handle.dashboard:  # once per run, whichever model starts the cluster
+                    log = logging.getLogger("pipeline.train")
+                    log.info("dashboard: %s", self.handle.dashboard)
         return nullcontext(self.handle)
 
     def close(self) -> None:

@@ -17,11 +17,12 @@ import pandas as pd
 from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
+from pipeline.runtime.execute.stop import StopFlag
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
-from pipeline.runtime.sizing.plan import Plan, task_size
+from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
 from pipeline.runtime.store.fit_cache import Entry, FitCache
 from pipeline.runtime.store.progress import ProgressStore
@@ -108,7 +109,10 @@ class RunState:
         todo: list[np.ndarray],
         store: ProgressStore,
         cluster: SharedCluster | None = None,
+        stop: StopFlag | None = None,
     ) -> tuple[str | None, int]:
+        """Run the fits `todo` (positions per group) as tasks; `stop`: a driver thread's stop
+        request (pipeline/runtime/execute/stop.py), checked while it waits."""
         rt = self.config.runtime
         n_workers = rt.max_workers or plan.n_workers
         n_todo = int(sum(t.size for t in todo))
@@ -139,7 +143,7 @@ class RunState:
                 n_todo * (model_plan.seconds_per_fit or 0.0) if model_plan else 0.0,
                 rt.in_process_below_s,
             )
-            opened = in_process_handle()
+            opened = in_process_handle(stop)
         else:
             from pipeline.runtime.execute.cluster import make_client
 
@@ -160,8 +164,10 @@ class RunState:
                     n_workers,
                     plan.memory_limit_mb,
                 )
-            opened = (cluster.client if cluster is not None else make_client)(
-                n_workers, plan.memory_limit_mb, rt
+            opened = (
+                cluster.client(n_workers, plan.memory_limit_mb, rt, stop)
+                if cluster is not None
+                else make_client(n_workers, plan.memory_limit_mb, rt)
             )
         with opened as handle, ProgressReporter(self.model, n_todo, rt.progress_bar) as bar:
             if handle.dashboard and cluster is None:  # a shared cluster says it once per run
@@ -171,11 +177,14 @@ class RunState:
                 rt, self.model, model_plan.seconds_per_fit if model_plan else None, fpt
             )
             stream: Any = (
-                InProcessStream(run_task, timeout, plan.memory_limit_mb)
+                InProcessStream(run_task, timeout, plan.memory_limit_mb, stop)
                 if in_process
-                else _task_stream(handle, timeout)
+                else _task_stream(handle, timeout, stop)
             )
             limit = rt.max_in_flight or 4 * max(handle.n_workers, 1)
+            # a task's expected seconds: on a cluster that other models share, the longest
+            # tasks start first and the short ones fill the cores around them
+            spf = (model_plan.seconds_per_fit if model_plan else None) or DEFAULT_SECONDS_PER_FIT
 
             def submit_more() -> None:
                 while queue and stream.in_flight < limit:
@@ -194,7 +203,9 @@ class RunState:
                         compact=True,
                     )
                     tasks[task.task_id] = task
-                    stream.submit(task.task_id, payload)
+                    stream.submit(
+                        task.task_id, payload, priority=round(1e3 * spf * task.index.size)
+                    )
 
             submit_more()
             try:
@@ -380,10 +391,10 @@ def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return out
 
 
-def _task_stream(handle: Any, timeout_s: float | None) -> Any:
+def _task_stream(handle: Any, timeout_s: float | None, stop: StopFlag | None) -> Any:
     from pipeline.runtime.execute.cluster import TaskStream
 
-    return TaskStream(handle.client, run_task, timeout_s)
+    return TaskStream(handle.client, run_task, timeout_s, stop)
 
 
 def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:

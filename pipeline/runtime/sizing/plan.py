@@ -159,6 +159,29 @@ def plan_from_measurements(
     )
 
 
+def side_by_side(config: StudyConfig, plan: Plan, models: list[str]) -> Plan:
+    """`plan` for `models` training side by side on one cluster. The probe's limit holds one
+    task above the worker's baseline; here a worker may run one model's task after another's
+    and still hold what the first left (freed heap the allocator keeps) while the second
+    peaks, so the limit allows the two largest task peaks above the baseline (the seed study:
+    an lqr task after an ensemble_nn block reached 684 MiB, the probe's limit was 768 MiB:
+    past the 80 % at which Dask pauses a worker). Fewer workers if the RAM budget says so."""
+    base = plan.baseline_mb
+    above = sorted(
+        (max(mp.peak_mb - base, 0.0) for m, mp in plan.models.items() if m in models and mp.peak_mb)
+        if base is not None
+        else (),
+        reverse=True,
+    )
+    if base is None or len(above) < 2:
+        return plan
+    limit = round_up_mb(base + above[0] + above[1] + config.runtime.mem_probe_fudge_mb)
+    if limit <= plan.memory_limit_mb:
+        return plan
+    budget = plan.ram_budget_mb if plan.ram_budget_mb is not None else ram_budget_mb(config)
+    return replace(plan, memory_limit_mb=limit, n_workers=size_cluster(config, limit, budget))
+
+
 def allowed_cores(config: StudyConfig) -> int:
     rt = config.runtime
     cores = usable_cores()  # affinity, capped by a cgroup CPU quota

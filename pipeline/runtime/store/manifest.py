@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,9 @@ class OutputFiles:
         self.exclude = [Path(os.path.abspath(p)) for p in exclude]
         self.written: set[str] = set()
         self.tracked = False  # True while a run's tracking() guards the dir's writes
+        # models training side by side write from several threads: one manifest write at a time
+        self._lock = threading.Lock()
+        self._announced: set[str] = set()  # recorded ahead of their writes (maybe not done yet)
         self.earlier, self.legacy = self._load()
 
     def _load(self) -> tuple[set[str], bool]:
@@ -123,15 +127,22 @@ class OutputFiles:
         if rel is None or rel == MANIFEST_FILE.as_posix():
             return
         self.check_target(target)
-        new = rel not in self.written and rel not in self.earlier
-        self.written.add(rel)
-        if new and self.tracked:  # recorded before it is written: a killed run's files stay ours
-            self.save(ahead=rel)
+        with self._lock:
+            new = rel not in self.written and rel not in self.earlier
+            self.written.add(rel)
+            if (
+                new and self.tracked
+            ):  # recorded before it is written: a killed run's files stay ours
+                self.save(ahead=rel)
 
     def save(self, ahead: str | None = None) -> None:
-        """Write the manifest: every file of ours that still exists, and `ahead`, about to be."""
+        """Write the manifest: every file of ours that still exists, and `ahead`, about to be
+        (with the others announced so far: another thread may be writing one still)."""
+        if ahead is not None:
+            self._announced.add(ahead)
+        keep = self._announced if ahead is not None else set()
         files = sorted(
-            r for r in self.earlier | self.written if r == ahead or (self.root / r).exists()
+            r for r in self.earlier | self.written if r in keep or (self.root / r).exists()
         )
         write_json(self.path, {"files": files, "checksum": stable_hash(files, 64)})
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ __all__ = ["STATUSES", "ProgressStore", "db_path", "pid_alive", "read_table"]
 log = logging.getLogger("pipeline.train")
 PROGRESS_DIR = Path("progress")
 DB_NAME = "progress.sqlite"
+# models training side by side open their stores at once: one open (WAL switch, schema) at a time
+_OPENING = threading.Lock()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -108,22 +111,24 @@ class ProgressStore:
         self.rebuilt_from: Path | None = None  # where an unreadable or old store was moved
         self._groups: dict[str, list[FitGroup]] = {}
         self._states: dict[str, list[GroupState]] = {}  # statuses/attempts only (no values)
-        try:
-            self._open()
-        except sqlite3.DatabaseError as error:
-            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise  # a full disk, not a damaged store: the CLI's disk-full message
-            old = isinstance(error, OldFormat)
-            self.rebuilt_from = self._quarantine("old" if old else "damaged")
-            log.warning(
-                "progress store %s is %s (%s): moved to %s; rebuilding it from the fit "
-                "cache (earlier runs' history and tracebacks stay in the moved file)",
-                self.path,
-                "in an earlier format" if old else "unreadable",
-                error,
-                self.rebuilt_from,
-            )
-            self._open()
+        with _OPENING:
+            try:
+                self._open()
+            except sqlite3.DatabaseError as error:
+                code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
+                if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise  # a full disk or a store in use, not a damaged store
+                old = isinstance(error, OldFormat)
+                self.rebuilt_from = self._quarantine("old" if old else "damaged")
+                log.warning(
+                    "progress store %s is %s (%s): moved to %s; rebuilding it from the fit "
+                    "cache (earlier runs' history and tracebacks stay in the moved file)",
+                    self.path,
+                    "in an earlier format" if old else "unreadable",
+                    error,
+                    self.rebuilt_from,
+                )
+                self._open()
 
     def _open(self) -> None:
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -143,7 +148,10 @@ class ProgressStore:
             if not tables:  # a new file: pages freed by compaction go back to the disk
                 self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             # one transaction: a reader sees no tables or every table and the format
-            self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={FORMAT};COMMIT;")
+            # (IMMEDIATE: it waits for another connection's write instead of failing as busy)
+            self.conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={FORMAT};COMMIT;"
+            )
         except sqlite3.DatabaseError:
             self.conn.close()
             raise

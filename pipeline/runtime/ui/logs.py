@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ THIRD_PARTY = ("distributed", "bokeh", "tornado")
 DETAIL_LOGGERS = ("pipeline.probe",)
 _progress_log = logging.getLogger("pipeline.train")
 _open_logs: list[RunLog] = []  # the run logs open now, innermost last
+# the name prefix of a driver thread that trains one model while others train beside it
+LANE_THREAD = "qpipe-lane-"
 
 
 def _is_third_party(record: logging.LogRecord) -> bool:
@@ -180,6 +183,18 @@ class _RunFile(logging.Handler):
         super().close()
 
 
+class _OwnLane(logging.Filter):
+    """A run log opened in a lane keeps no record of another lane (each model's train log
+    has its own lines, the cluster's and the workers')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ident = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.ident or not str(record.threadName).startswith(LANE_THREAD)
+
+
 class RunLog:
     """Attach a file handler for one run; detach it on close (usable as a context manager).
 
@@ -195,9 +210,12 @@ class RunLog:
         # (FileHandler included) on the `distributed` logger, so records reach the file
         # through a plain Handler that it leaves alone
         self.handlers: dict[str, logging.Handler] = {}
+        lane = threading.current_thread().name.startswith(LANE_THREAD)
         for name, level in _LOGGERS.items():
             handler = _Relay(self._file)
             handler.setLevel(level)  # Dask's INFO lines too: the file keeps them all
+            if lane:
+                handler.addFilter(_OwnLane())
             logger = logging.getLogger(name)
             self._levels[name] = logger.level
             if logger.level == logging.NOTSET or logger.level > level:
@@ -242,46 +260,27 @@ class ProgressReporter:
 
     The bar draws on stderr; while it is live, stderr is a proxy that prints each line above
     the bar (the terminal handler writes to the current sys.stderr), so log lines never
-    overwrite it. Each column says what it counts.
+    overwrite it. Each column says what it counts. Models training side by side share one
+    live display, a row each (two would each swap stderr and restore the other's proxy).
     """
 
     def __init__(self, model: str, total: int, enabled: bool, console: Any = None) -> None:
         self.model, self.total = model, total
-        self.rich = None
+        self.rich: Any = None
+        self.console = console
+        self.use_rich = enabled and (console is not None or sys.stderr.isatty())
         self.notebook: NotebookBar | None = None
         self.failed = 0
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.done = self.logged = 0
-        if enabled and (console is not None or sys.stderr.isatty()):
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            # fits an 80-column terminal with the longest built-in name (ensemble_nn)
-            self.rich = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=16),
-                TextColumn("{task.completed}/{task.total} fits"),
-                TextColumn("{task.fields[rate]:.1f} fits/s"),
-                TextColumn("{task.fields[failed]} failed"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=console if console is not None else Console(stderr=True),
-                redirect_stderr=True,
-                redirect_stdout=True,
-            )
-            self.task = self.rich.add_task(model, total=total, rate=0.0, failed=0)
-        elif enabled and in_notebook():
+        if not self.use_rich and enabled and in_notebook():
             self.notebook = NotebookBar(model, total)
 
     def __enter__(self) -> ProgressReporter:
-        if self.rich is not None:
-            self.rich.start()
+        if self.use_rich:
+            self.rich = _live_bar.join(self.console)
+            self.task = self.rich.add_task(self.model, total=self.total, rate=0.0, failed=0)
         return self
 
     def update(self, advance: int, trained: int, failed: int) -> None:
@@ -315,8 +314,54 @@ class ProgressReporter:
 
     def __exit__(self, *exc: object) -> None:
         if self.rich is not None:
-            self.rich.stop()
+            _live_bar.leave()
         if self.notebook is not None:  # the last state, even if redraws were throttled
             elapsed = time.perf_counter() - self.t0
             rate = self.done / elapsed if elapsed > 0 else 0.0
             self.notebook.update(self.done, rate, self.failed, final=True)
+
+
+class _LiveBar:
+    """rich's Progress while any reporter is live: started by the first, stopped by the last."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.progress: Any = None
+        self.users = 0
+
+    def join(self, console: Any) -> Any:
+        with self.lock:
+            if self.progress is None:
+                self.progress = _rich_progress(console)
+                self.progress.start()
+            self.users += 1
+            return self.progress
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.progress.stop()
+                self.progress = None
+
+
+def _rich_progress(console: Any) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # fits an 80-column terminal with the longest built-in name (ensemble_nn)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=16),
+        TextColumn("{task.completed}/{task.total} fits"),
+        TextColumn("{task.fields[rate]:.1f} fits/s"),
+        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console if console is not None else Console(stderr=True),
+        redirect_stderr=True,
+        redirect_stdout=True,
+    )
+
+
+_live_bar = _LiveBar()
