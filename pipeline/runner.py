@@ -99,7 +99,7 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
 
         with timed_stage(out, "probe"):
             plan = run_probe(config, todo)
-        plan = _side_by_side(config, plan, todo)
+        plan, together = _side_by_side(config, plan, todo)
         _import_in_background("pipeline.stages.study")  # assemble's, while train works
         for model in todo:
             records.forget(f"train@{model}")
@@ -122,7 +122,8 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         # one cluster serves every model (started by the first one with fits to train); the
         # models train side by side on it, the longest tasks first
         with SharedCluster() as cluster:
-            train_side_by_side(config, todo, plan, cluster, ended)
+            for models in [todo] if together else [[m] for m in todo]:
+                train_side_by_side(config, models, plan, cluster, ended)
         log.info("train: %d models in %.1f s", len(todo), time.perf_counter() - started)
         release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
@@ -150,11 +151,24 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     return 1 if failed else 0
 
 
-def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> Any:
-    """The probe's plan with a worker memory limit for models mixing on a worker."""
+def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> tuple[Any, bool]:
+    """The plan for the models to train and whether they train side by side: they do with a
+    worker memory limit for models mixing on a worker, unless that limit would cost workers
+    (then one after another, on the probe's plan). An existing cluster's workers keep their
+    own limits: its models always train side by side."""
     from pipeline.runtime.sizing.plan import side_by_side
 
+    if config.runtime.scheduler_address or len(todo) < 2:
+        return plan, True
     shared = side_by_side(config, plan, todo)
+    if shared is None:
+        log.info(
+            "train: %d models one after another: side by side a worker would need room for "
+            "two tasks, which the RAM budget holds for fewer than %d workers",
+            len(todo),
+            plan.n_workers,
+        )
+        return plan, False
     if shared.memory_limit_mb != plan.memory_limit_mb:
         log.info(
             "train: %d models side by side: %d MiB per worker (a worker may run one model's "
@@ -163,7 +177,7 @@ def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> Any:
             shared.memory_limit_mb,
             plan.memory_limit_mb,
         )
-    return shared
+    return shared, True
 
 
 def _start_child_early(config: StudyConfig, models: list[str]) -> None:

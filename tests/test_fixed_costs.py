@@ -21,7 +21,7 @@ import pipeline.stages.probe as probe_stage
 from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import runs_in_process
-from pipeline.runtime.execute.probe_child import side_by_side
+from pipeline.runtime.execute.probe_child import jobs_at_once
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.tasks import make_tasks
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
@@ -282,14 +282,14 @@ def test_charts_of_another_png_encoding_are_rendered_again(
 
 def test_models_are_probed_side_by_side_only_on_idle_cores() -> None:
     # (usable cores, CPUs the other processes left idle; this run's own do not count)
-    assert side_by_side(2, 1.9) == 2  # nobody else on the machine
-    assert side_by_side(2, 1.6) == 1  # another process holds part of a core
-    assert side_by_side(2, 1.3) == 1
-    assert side_by_side(2, -14.0) == 1  # a busy machine: one at a time
-    assert side_by_side(16, 11.0) == 11
-    assert side_by_side(8, 34.0) == 8  # a container's 8 cores on a host with 34 idle CPUs
-    assert side_by_side(1, 2.0) == 1
-    assert side_by_side(2, None) == 1  # unknown (no /proc/stat): one at a time
+    assert jobs_at_once(2, 1.9) == 2  # nobody else on the machine
+    assert jobs_at_once(2, 1.6) == 1  # another process holds part of a core
+    assert jobs_at_once(2, 1.3) == 1
+    assert jobs_at_once(2, -14.0) == 1  # a busy machine: one at a time
+    assert jobs_at_once(16, 11.0) == 11
+    assert jobs_at_once(8, 34.0) == 8  # a container's 8 cores on a host with 34 idle CPUs
+    assert jobs_at_once(1, 2.0) == 1
+    assert jobs_at_once(2, None) == 1  # unknown (no /proc/stat): one at a time
 
 
 def test_the_probe_counts_only_other_processes_as_load() -> None:

@@ -38,10 +38,13 @@ def test_backtest_in_a_notebook_shows_a_progress_bar_per_model(tmp_path):
     outputs = _run_in_kernel(tmp_path, shown)
     assert not [o for o in outputs if o["output_type"] == "error"], outputs
     bars = [o["data"] for o in outputs if o["output_type"] == "display_data"]
-    # ar_qr and lqr: 3 countries x 6 origins x 1 horizon each, drawn to their final state
-    assert [b["text/plain"].split(":")[0] for b in bars] == ["ar_qr", "lqr"], outputs
-    for bar in bars:
+    # ar_qr and lqr (3 countries x 6 origins x 1 horizon each) train side by side, each drawn
+    # to its final state in its own output (in the order their trains started)
+    names = [b["text/plain"].split(":")[0] for b in bars]
+    assert sorted(names) == ["ar_qr", "lqr"], outputs
+    for name, bar in zip(names, bars, strict=True):
         assert "18/18 fits" in bar["text/plain"] and "failed 0" in bar["text/plain"]
+        assert bar["text/html"].startswith(f"<b>{name}</b> "), outputs  # one model's bar
         assert '<progress value="18" max="18">' in bar["text/html"]
 
     quiet = tiny_study(f"runtime.output_dir={tmp_path / 'quiet'}", "runtime.progress_bar=false")

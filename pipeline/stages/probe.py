@@ -226,7 +226,7 @@ class ProbeChild:
     (`imports`: their tasks' modules), then waits for its job list."""
 
     # jobs measured at once; None: the child decides from the cores other processes leave
-    # idle (probe_child.side_by_side). Fixed only by benchmarks and tests comparing the two.
+    # idle (probe_child.jobs_at_once). Fixed only by benchmarks and tests comparing the two.
     parallel: int | None = None
 
     def __init__(self, imports: tuple[str, ...] = ()) -> None:
@@ -284,7 +284,7 @@ def measure_child(
 
     The child's peak RSS after its imports is the baseline. It measures each job in a process
     forked from itself (side by side on the cores other processes leave idle:
-    `probe_child.side_by_side`), so the imports are paid once, not once per model; a job's
+    `probe_child.jobs_at_once`), so the imports are paid once, not once per model; a job's
     peak is the baseline plus what its
     fork's RSS grew by (exact: `os.wait4`). A job past its timeout is killed and its model
     named in a ConfigError; the child and its forks die with the driver (PR_SET_PDEATHSIG) and

@@ -8,7 +8,7 @@ driver knows its jobs: after its imports it waits for FILE to appear.
 It imports what a worker running the probed models imports (WORKER_IMPORTS and `--imports`); its peak RSS at that point is the worker
 baseline, as a child that only imports measured it before. Each job (one model) then runs in
 a process forked from it, up to N at once (`auto`: one per usable core that other processes
-left idle while this child imported, measured from /proc/stat: `side_by_side`), so the
+left idle while this child imported, measured from /proc/stat: `jobs_at_once`), so the
 imports (2-3 CPU-s, torch and distributed) are paid once per probe instead of once per model. A fork's own peak RSS (`os.wait4`) starts
 near the RSS it was forked with and grows by what the job allocates; the job's peak is the
 baseline plus that growth (pages of the imported libraries the job touches for the first time
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
     if arg("--parallel") == "auto":
         # the machine's CPUs less the others' (a container's cores may be fewer than the host's)
         free = None if other_cpus is None else (os.cpu_count() or 1) - other_cpus
-        parallel = side_by_side(int(arg("--cores")), free)
+        parallel = jobs_at_once(int(arg("--cores")), free)
     else:
         parallel = max(1, int(arg("--parallel")))
     results: dict[str, dict[str, Any]] = {}
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> None:
     Path(arg("--out")).write_text(json.dumps({**out, "other_cpus": other_cpus}))
 
 
-def side_by_side(cores: int, free_cpus: float | None) -> int:
+def jobs_at_once(cores: int, free_cpus: float | None) -> int:
     """Jobs measured at once, at most `cores` (this process's usable cores): one per CPU that
     other processes left idle (at most a quarter of it used) while this child imported
     (`OtherCpuMeter`: this child and the driver, which waits while jobs run, do not count);

@@ -159,13 +159,15 @@ def plan_from_measurements(
     )
 
 
-def side_by_side(config: StudyConfig, plan: Plan, models: list[str]) -> Plan:
+def side_by_side(config: StudyConfig, plan: Plan, models: list[str]) -> Plan | None:
     """`plan` for `models` training side by side on one cluster. The probe's limit holds one
     task above the worker's baseline; here a worker may run one model's task after another's
     and still hold what the first left (freed heap the allocator keeps) while the second
     peaks, so the limit allows the two largest task peaks above the baseline (the seed study:
     an lqr task after an ensemble_nn block reached 684 MiB, the probe's limit was 768 MiB:
-    past the 80 % at which Dask pauses a worker). Fewer workers if the RAM budget says so."""
+    past the 80 % at which Dask pauses a worker). None when the RAM budget would then hold
+    fewer workers than `plan`: the models train one after another instead (more workers beat
+    the overlap)."""
     base = plan.baseline_mb
     above = sorted(
         (max(mp.peak_mb - base, 0.0) for m, mp in plan.models.items() if m in models and mp.peak_mb)
@@ -179,7 +181,9 @@ def side_by_side(config: StudyConfig, plan: Plan, models: list[str]) -> Plan:
     if limit <= plan.memory_limit_mb:
         return plan
     budget = plan.ram_budget_mb if plan.ram_budget_mb is not None else ram_budget_mb(config)
-    return replace(plan, memory_limit_mb=limit, n_workers=size_cluster(config, limit, budget))
+    if budget < limit or size_cluster(config, limit, budget) < plan.n_workers:
+        return None
+    return replace(plan, memory_limit_mb=limit)
 
 
 def allowed_cores(config: StudyConfig) -> int:

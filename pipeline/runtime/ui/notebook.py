@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import html
 import sys
+import threading
 import time
 from typing import Any
 
 _MIN_INTERVAL_S = 0.25  # redraws at most this often (each one is a message to the frontend)
+# Models training side by side draw from their own threads; the kernel's message socket is
+# not thread-safe (two bars sent at once reached the notebook as one output of both halves).
+_DRAWING = threading.Lock()
 
 
 def in_notebook() -> bool:
@@ -55,10 +59,12 @@ class NotebookBar:
 
         self.model, self.total = model, total
         self.last = 0.0
-        self.handle: Any = display(_Bar(model, 0, total, 0.0, 0), display_id=True)
+        with _DRAWING:
+            self.handle: Any = display(_Bar(model, 0, total, 0.0, 0), display_id=True)
 
     def update(self, done: int, rate: float, failed: int, final: bool = False) -> None:
         now = time.monotonic()
         if final or done >= self.total or now - self.last >= _MIN_INTERVAL_S:
             self.last = now
-            self.handle.update(_Bar(self.model, done, self.total, rate, failed))
+            with _DRAWING:
+                self.handle.update(_Bar(self.model, done, self.total, rate, failed))
