@@ -131,17 +131,6 @@ def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
         )
 
 
-def _group_mean(
-    rows: pd.DataFrame,
-    by: list[str],
-    out: Mapping[str, str | np.ndarray],
-    keys: Keys | None = None,
-) -> pd.DataFrame:
-    """Row count N and the mean of each `source` column as `name`, per `by` group, sorted
-    (grouping.group_mean: pandas' groupby results from integer codes made once per rows)."""
-    return group_mean(rows, by, out, keys)
-
-
 def _with_benchmark(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
     """Scored rows of every model joined to the benchmark's loss on the same row key."""
     bench = rows.loc[rows[MODEL] == benchmark, [*ROW_KEY, "LOSS"]]
@@ -156,7 +145,7 @@ def pinball(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataFr
 
 
 def _pinball_rows(scored: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
-    return _group_mean(scored, by, {"PINBALL": "LOSS"}, keys)
+    return group_mean(scored, by, {"PINBALL": "LOSS"}, keys)
 
 
 def relative_pinball(
@@ -176,7 +165,7 @@ def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.Da
 
 def _relative_rows(joined: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
     out = {"PINBALL": "LOSS", "BENCHMARK_PINBALL": "BENCH_LOSS"}
-    table = _group_mean(joined, by, out, keys)
+    table = group_mean(joined, by, out, keys)
     with np.errstate(divide="ignore", invalid="ignore"):
         table["RELATIVE_PINBALL"] = table["PINBALL"] / table["BENCHMARK_PINBALL"]
     return table
@@ -190,7 +179,7 @@ def coverage(frame: pd.DataFrame, *, by: Sequence[str] = BY_DEFAULT) -> pd.DataF
 
 def _coverage_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
     hit = rows[ACTUAL].to_numpy(np.float64) <= rows[FORECAST].to_numpy(np.float64)
-    return _group_mean(rows, by, {"COVERAGE": hit.astype(np.float64)}, keys)
+    return group_mean(rows, by, {"COVERAGE": hit.astype(np.float64)}, keys)
 
 
 def interval_coverage(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -217,7 +206,7 @@ def _crps_rows(rows: pd.DataFrame, by: list[str], keys: Keys | None = None) -> p
         per_forecast["LOSS"] = forecast.mean(rows["LOSS"].to_numpy(np.float64))
         keys = keys.subset(per_forecast, forecast.first)
     per_forecast["LOSS"] *= 2.0
-    return _group_mean(per_forecast, by, {"CRPS": "LOSS"}, keys)
+    return group_mean(per_forecast, by, {"CRPS": "LOSS"}, keys)
 
 
 def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) -> pd.DataFrame:
@@ -242,7 +231,7 @@ def _crossing_rows(
         has = has & where
     rows = frame.loc[has, [*key, QUANTILE, FORECAST]]
     if rows.empty:
-        return _group_mean(rows[key], by, {"CROSSING_RATE": np.empty(0)})
+        return group_mean(rows[key], by, {"CROSSING_RATE": np.empty(0)})
     # one sort of numbers (forecast id, level) instead of a sort and groupbys on the keys;
     # a missing key is a value of its own here (the groupby below drops it where it is in `by`)
     keys = Keys(frame) if keys is None or keys.rows is not frame else keys
@@ -257,7 +246,7 @@ def _crossing_rows(
     per_forecast = rows[key].iloc[forecast.first].reset_index(drop=True)
     per_keys = keys.subset(per_forecast, np.flatnonzero(has)[forecast.first], dropna=True)
     crossing = crossed.astype(np.float64)
-    return _group_mean(per_forecast, by, {"CROSSING_RATE": crossing}, per_keys)
+    return group_mean(per_forecast, by, {"CROSSING_RATE": crossing}, per_keys)
 
 
 def diebold_mariano(
