@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.runtime.sizing.resources import OtherCpuMeter
+
 # Forecast rows from which the coverage tests and MCS (about 8 CPU-s at 3M rows, while this
 # process computes the metric tables and the decomposition) go to the helper; below, the
 # helper's start (~1.2 CPU-s) would cost about what they do (under 1 CPU-s at 342k rows).
@@ -66,27 +68,15 @@ class Helper:
 
 
 class IdleMeter:
-    """The machine's idle CPUs since it was made (from /proc/stat's idle and iowait time)."""
+    """The machine's idle CPUs since it was made (every process's CPU counts as busy)."""
 
     def __init__(self) -> None:
-        self._start = _cpu_ticks()
+        self._busy = OtherCpuMeter([])
 
     def idle_cpus(self) -> float:
         """Average idle CPUs since the start; with no /proc/stat (not Linux), cpus() - 1."""
-        end = _cpu_ticks()
-        if self._start is None or end is None or end[1] <= self._start[1]:
-            return float(cpus() - 1)
-        idle, total = end[0] - self._start[0], end[1] - self._start[1]
-        return (os.cpu_count() or 1) * idle / total
-
-
-def _cpu_ticks() -> tuple[int, int] | None:
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    return ticks[3] + ticks[4], sum(ticks)
+        busy = self._busy.other_cpus()
+        return float(cpus() - 1) if busy is None else (os.cpu_count() or 1) - busy
 
 
 def cpus() -> int:

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.config import StudyConfig
 from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
-from pipeline.runtime.execute.stop import StopFlag, Stopped
+from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
 from pipeline.runtime.execute.train_loop import RunState
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
@@ -137,7 +136,7 @@ def run_train(
         )
         dashboard, n_workers, status = None, 0, "finished"
         try:
-            with _stop_on_signals():
+            with on_stop_signals(_raise_stopped):
                 if stop is not None:
                     stop.check()
                 if n_todo:
@@ -203,20 +202,5 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
 # --- signals and the progress bar -------------------------------------------------------------
 
 
-class _stop_on_signals:
-    """Turn SIGINT/SIGTERM into Stopped in the main thread (elsewhere: leave handlers alone)."""
-
-    def __enter__(self) -> None:
-        self.saved: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-            self.saved[sig] = signal.signal(sig, lambda s, f, c=code: _raise_stop(s, c))
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-def _raise_stop(sig: int, code: int) -> None:
-    raise Stopped(signal.Signals(sig).name, code)
+def _raise_stopped(name: str, code: int) -> None:
+    raise Stopped(name, code)

@@ -16,16 +16,14 @@ the same way; its error is raised once every lane has ended.
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.config import StudyConfig
 from pipeline.runtime.execute.shared_cluster import SharedCluster
-from pipeline.runtime.execute.stop import POLL_S, StopFlag
+from pipeline.runtime.execute.stop import POLL_S, StopFlag, on_stop_signals
 from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.ui.logs import LANE_THREAD
 from pipeline.stages.train import TrainSummary, run_train
@@ -67,7 +65,7 @@ def train_side_by_side(
         for m in _longest_first(models, plan)
     ]
     first: BaseException | None = None
-    with _signals_stop(stop):
+    with on_stop_signals(stop.set):
         try:
             for thread in threads:
                 thread.start()
@@ -107,19 +105,3 @@ def _next_end(ended: queue.Queue[LaneEnd]) -> LaneEnd:
             return ended.get(timeout=POLL_S * 4)
         except queue.Empty:
             continue
-
-
-@contextmanager
-def _signals_stop(stop: StopFlag) -> Iterator[None]:
-    """SIGINT/SIGTERM set `stop` (in the main thread; elsewhere handlers are left alone)."""
-    saved = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-            saved[sig] = signal.signal(
-                sig, lambda s, f, c=code: stop.set(signal.Signals(s).name, c)
-            )
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)

@@ -9,9 +9,11 @@ an interrupt does in the main thread (in-flight fits back to pending, progress e
 
 from __future__ import annotations
 
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 POLL_S = 0.05  # how often a waiting loop looks at the flag
 
@@ -54,3 +56,18 @@ def holding(lock: threading.Lock, stop: StopFlag | None) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def on_stop_signals(act: Callable[[str, int], None]) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM call `act(signal name, exit code 130/143)`; in the main
+    thread only (elsewhere Python cannot install handlers: they are left alone)."""
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            saved[sig] = signal.signal(sig, lambda s, f, c=code: act(signal.Signals(s).name, c))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

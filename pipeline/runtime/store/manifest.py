@@ -130,9 +130,8 @@ class OutputFiles:
         with self._lock:
             new = rel not in self.written and rel not in self.earlier
             self.written.add(rel)
-            if (
-                new and self.tracked
-            ):  # recorded before it is written: a killed run's files stay ours
+            # recorded before it is written: a killed run's files stay ours
+            if new and self.tracked:
                 self.save(ahead=rel)
 
     def save(self, ahead: str | None = None) -> None:
