@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.models.solvers import _nn_native
 from pipeline.models.solvers._nn_data import (
     NNSpec,
     PreparedWindow,
@@ -111,8 +112,33 @@ def _members(
     return gens, inits, train_ids, val_ids
 
 
+BACKENDS = ("auto", "native", "torch")
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """'auto' -> 'native' (the fused C kernel, `_nn_native`) for float32 on a CPU where it is
+    built, else 'torch'. The two round differently, so a fit's key names the one it ran."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    fits = device.type == "cpu" and dtype == torch.float32
+    if backend == "auto":
+        return "native" if fits and _nn_native.available() else "torch"
+    if backend == "native" and not fits:
+        raise ValueError(f"the native backend trains float32 on the CPU; got {device}, {dtype}")
+    if backend == "native" and not _nn_native.available():
+        raise RuntimeError(
+            "this fit asks for ensemble_nn's native kernel, which is not built for this "
+            "machine: install with a C compiler (`pip install -e .`) or use backend 'torch'"
+        )
+    return backend
+
+
 def train_members(
-    preps: Sequence[PreparedWindow], spec: NNSpec, device: torch.device, dtype: torch.dtype
+    preps: Sequence[PreparedWindow],
+    spec: NNSpec,
+    device: torch.device,
+    dtype: torch.dtype,
+    backend: str = "auto",
 ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
     """Train all G*M members; return their best parameters (B, ...) and per-member stats.
 
@@ -130,6 +156,9 @@ def train_members(
     gens, inits, train_ids, val_ids = _members(preps, spec, data)
     B = len(inits)
     lay = Layout((data.p, *spec.units_per_layer, data.H * Q), data.n_countries, data.H, Q)
+    if resolve_backend(backend, device, dtype) == "native":
+        best, stats = _nn_native.train_native(lay, data, spec, gens, inits, train_ids, val_ids)
+        return lay.saved(best), stats
     n_train = np.array([t.size for t in train_ids])
     steps_per_epoch = -(-n_train // bs)
     W = int(steps_per_epoch.max())
@@ -224,17 +253,19 @@ def train_predict_windows(
     spec: NNSpec,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
 ) -> list[WindowResult]:
     """Train every window's ensemble as one batched network and forecast its X_new.
 
     A window's result does not depend on which other windows share the batch: each member's
     generator is seeded from (seed, member) and its rows come only from its own window.
+    backend (`resolve_backend`): 'native' the fused C kernel, 'torch' the batched torch step.
     """
     if not windows:
         raise ValueError("windows must hold at least one WindowData; got none")
     preps = [prepare_window(w, spec) for w in windows]
     with flush_denormals():
-        best, stats = train_members(preps, spec, device, dtype)
+        best, stats = train_members(preps, spec, device, dtype, backend)
     M = spec.parallel_models
     results = []
     for g, prep in enumerate(preps):
