@@ -16,10 +16,7 @@ install, another ISA, another OS) `available()` is False and the torch path runs
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
 from collections.abc import Sequence
-from functools import cache
 
 import numpy as np
 import torch
@@ -27,61 +24,12 @@ import torch
 from pipeline.models.solvers._nn_data import ADAM_BETAS, ADAM_EPS, NNSpec
 from pipeline.models.solvers._nn_rows import Stacked
 from pipeline.models.solvers._nn_step import Layout
+from pipeline.models.solvers.native import available, load
 
-# variant module -> CPU flags it needs (Linux /proc/cpuinfo names), widest first
-VARIANTS = {"_nn_avx512": ("avx512f", "avx2", "fma"), "_nn_avx2": ("avx2", "fma")}
+__all__ = ["available", "load", "train_native"]
+
 MAX_LAYERS = 16  # MAXL in nn_kernel.c
 ALIGN = 16  # floats: each parameter of a member's row starts on a 64-byte line
-
-_P = ctypes.c_void_p
-_SIGNATURES = {
-    "nn_train": [_P, _P, _P, ctypes.c_int, _P, _P, ctypes.c_int64, _P, _P, _P, _P, _P] + [_P] * 4,
-    "nn_validate": [_P, _P, ctypes.c_int, _P, _P, ctypes.c_int64, _P, _P] + [_P] * 5,
-}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def variant_path(name: str) -> str | None:
-    """The built shared object of variant `name`, or None where it was not built."""
-    spec = importlib.util.find_spec(f"pipeline.models.solvers.native.{name}")
-    return spec.origin if spec is not None and spec.origin else None
-
-
-@cache
-def load(name: str | None = None) -> ctypes.CDLL | None:
-    """Variant `name`, or the widest this CPU runs (None: no usable variant was built).
-
-    QPIPE_NN_NATIVE=0 in the environment turns the kernel off (the torch path runs)."""
-    if name is None:
-        if os.environ.get("QPIPE_NN_NATIVE", "1") == "0":
-            return None
-        flags = _cpu_flags()
-        for cand, needs in VARIANTS.items():
-            if set(needs) <= flags and (lib := load(cand)) is not None:
-                return lib
-        return None
-    path = variant_path(name)
-    if path is None:
-        return None
-    lib = ctypes.CDLL(path)
-    for fn, args in _SIGNATURES.items():
-        getattr(lib, fn).argtypes = args
-        getattr(lib, fn).restype = ctypes.c_int
-    return lib
-
-
-def available() -> bool:
-    return load() is not None
 
 
 class RowLayout:
@@ -194,7 +142,7 @@ def train_native(
     """`_batched_mlp.train_members` on the kernel: the members' best parameters (B, ...) in
     `Layout.views` shapes and their stats. The same members, rows, shuffles, epochs and
     early stopping; float32 arithmetic in the kernel's own order."""
-    lib = load()
+    lib = load()  # the widest variant this CPU runs
     if lib is None:
         raise RuntimeError("the native ensemble_nn kernel is not built for this CPU")
     bs, B = spec.batch_size, len(inits)

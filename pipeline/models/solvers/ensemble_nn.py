@@ -57,6 +57,7 @@ def fit_predict_ensemble_windows(
     device: str | torch.device = NN_DEFAULTS["device"],
     scale: str = NN_DEFAULTS["scale"],
     validation_fraction: float = NN_DEFAULTS["validation_fraction"],
+    backend: str = "auto",
 ) -> list[WindowResult]:
     """Train G windows x `parallel_models` members as one batched network; forecast each.
 
@@ -65,6 +66,8 @@ def fit_predict_ensemble_windows(
     rounding: in float32 the batch shape changes rounding, and early stopping can amplify it,
     which is why the runtime fixes each window's batch-mates (pipeline.runtime.fits.fit_groups batch blocks). Returns one
     `WindowResult` per window: pred (c, H, Q) (or (c, Q) for 1-D y), epochs (M,), state.
+    backend: 'auto' (the native kernel for float32 on a CPU where it is built, else torch),
+    'native' or 'torch' (`_batched_mlp.resolve_backend`).
     """
     spec = check_nn_params(
         quantiles=quantiles,
@@ -78,4 +81,4 @@ def fit_predict_ensemble_windows(
         validation_fraction=validation_fraction,
         scale=scale,
     )
-    return train_predict_windows(windows, spec, resolve_device(device))
+    return train_predict_windows(windows, spec, resolve_device(device), backend=backend)

@@ -60,6 +60,8 @@ def _params(config: StudyConfig) -> dict[str, Any]:
         # the device enters the key: CUDA and CPU kernels round differently (one key, one
         # result); "auto" is resolved here, on the driver, so the key names what ran
         "device": resolve_device(m.device),
+        # the native kernel and torch's step round differently too: the key names the backend
+        "backend": resolve_backend(resolve_device(m.device)),
     }
 
 
@@ -70,6 +72,14 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_backend(device: str) -> str:
+    """'native' (the fused C kernel) on a CPU where it is built, else 'torch'; a worker
+    without the kernel fails such a fit rather than return torch's bits under its key."""
+    from pipeline.models.solvers.native import available
+
+    return "native" if device == "cpu" and available() else "torch"
 
 
 def _fit(payload: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +116,7 @@ def _fit(payload: dict[str, Any]) -> dict[str, Any]:
         seed=payload["seed"],
         device=p.get("device", "auto"),
         scale=p["scale"],
+        backend=p.get("backend", "auto"),
     )
     pred = np.full((B, C, H, Q), np.nan)
     states = []
@@ -141,8 +152,9 @@ ADAPTER = Adapter(
     name="ensemble_nn",
     # 2: hand-written gradients (issue 19); 3: transposed head, reused buffers; 4: the AR term
     # gathered (not a one-hot matmul), subnormals flushed while training; 5: the step and Adam
-    # per chunk of members (Adam's last bits of some head biases), rows laid out per epoch
-    version=5,
+    # per chunk of members (Adam's last bits of some head biases), rows laid out per epoch;
+    # 6: the native kernel on CPU (its own rounding; the backend enters the key)
+    version=6,
     pooled=True,
     params=_params,
     features=lambda c: lag_features(c, [0, *c.data.lags]),

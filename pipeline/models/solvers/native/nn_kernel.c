@@ -5,7 +5,7 @@
  * Built twice from this source: VW = 16 (AVX-512) and VW = 8 (AVX2 + FMA). The bits do not
  * depend on the variant: vectors run across independent outputs only (never across a sum),
  * every sum runs in one fixed order, products are summed with an explicit FMA in the vector
- * body and in the scalar tails alike, and -ffp-contract=off keeps the compiler from fusing
+ * body and in the masked tails alike, and -ffp-contract=off keeps the compiler from fusing
  * anything else. Elementwise loops the compiler vectorises keep each element's operations.
  *
  * A member's parameters are one float row of `width` floats (Layout order: W_0..W_{L-1}
@@ -25,6 +25,15 @@ typedef __m512 VT;
 #define VSET1 _mm512_set1_ps
 #define VZERO _mm512_setzero_ps
 #define VMAX _mm512_max_ps
+/* the first n lanes (0 < n <= VW); the others read as 0 / are not written */
+#define VLOADN(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), (p))
+#define VSTOREN(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), (v))
+#define VMIN _mm512_min_ps
+#define VLT_SEL(a, b, x, y) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ), (y), (x))
+#define VEXP2I(n) /* 2^n for int lanes n in [-126, 127] */ \
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32((n), _mm512_set1_epi32(127)), 23))
+#define VCVTT _mm512_cvttps_epi32
+#define VCVTF _mm512_cvtepi32_ps
 #elif VW == 8
 typedef __m256 VT;
 #define VLOAD _mm256_loadu_ps
@@ -33,6 +42,17 @@ typedef __m256 VT;
 #define VSET1 _mm256_set1_ps
 #define VZERO _mm256_setzero_ps
 #define VMAX _mm256_max_ps
+static inline __m256i lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#define VLOADN(p, n) _mm256_maskload_ps((p), lanes(n))
+#define VSTOREN(p, v, n) _mm256_maskstore_ps((p), lanes(n), (v))
+#define VMIN _mm256_min_ps
+#define VLT_SEL(a, b, x, y) _mm256_blendv_ps((y), (x), _mm256_cmp_ps((a), (b), _CMP_LT_OQ))
+#define VEXP2I(n) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32((n), _mm256_set1_epi32(127)), 23))
+#define VCVTT _mm256_cvttps_epi32
+#define VCVTF _mm256_cvtepi32_ps
 #else
 #error "VW must be 8 or 16"
 #endif
@@ -58,14 +78,21 @@ static int read_dims(const int32_t *d, const double *taus, Dims *o) {
     return 0;
 }
 
-/* One block of R rows x V vectors of C[i][o] = init[o] + sum_k A(i, k) B[k][o], k ascending. */
-INLINE void block(int R, int V, int K, const float *A, long sai, long sak, const float *B,
-                  long ldb, const float *init, float *Cp, long ldc, int relu) {
+/* One block of R rows x V vectors of C[i][o] = init[o] + sum_k A(i, k) B[k][o], k ascending;
+ * the last vector holds `last` outputs (a masked tail: the same arithmetic per output). */
+INLINE void block(int R, int V, int last, int K, const float *A, long sai, long sak,
+                  const float *B, long ldb, const float *init, float *Cp, long ldc, int relu) {
     VT acc[4][2];
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < V; v++) acc[r][v] = init ? VLOAD(init + v * VW) : VZERO();
+        for (int v = 0; v < V; v++) {
+            int n = v == V - 1 ? last : VW;
+            acc[r][v] = init ? (n == VW ? VLOAD(init + v * VW) : VLOADN(init + v * VW, n))
+                             : VZERO();
+        }
     for (int k = 0; k < K; k++) {
-        VT b0 = VLOAD(B + k * ldb), b1 = V > 1 ? VLOAD(B + k * ldb + VW) : b0;
+        const float *b = B + k * ldb;
+        VT b0 = V == 1 && last < VW ? VLOADN(b, last) : VLOAD(b);
+        VT b1 = V == 2 ? (last < VW ? VLOADN(b + VW, last) : VLOAD(b + VW)) : b0;
         for (int r = 0; r < R; r++) {
             VT s = VSET1(A[r * sai + k * sak]);
             acc[r][0] = VFMA(s, b0, acc[r][0]);
@@ -73,17 +100,43 @@ INLINE void block(int R, int V, int K, const float *A, long sai, long sak, const
         }
     }
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < V; v++)
-            VSTORE(Cp + r * ldc + v * VW, relu ? VMAX(acc[r][v], VZERO()) : acc[r][v]);
+        for (int v = 0; v < V; v++) {
+            VT a = relu ? VMAX(acc[r][v], VZERO()) : acc[r][v];
+            int n = v == V - 1 ? last : VW;
+            if (n == VW)
+                VSTORE(Cp + r * ldc + v * VW, a);
+            else
+                VSTOREN(Cp + r * ldc + v * VW, a, n);
+        }
 }
 
-INLINE void scalar_col(int R, int K, const float *A, long sai, long sak, const float *B,
-                       long ldb, const float *init, float *Cp, long ldc, int relu) {
-    for (int r = 0; r < R; r++) {
-        float acc = init ? init[0] : 0.0f;
-        for (int k = 0; k < K; k++) acc = fmaf(A[r * sai + k * sak], B[k * ldb], acc);
-        Cp[r * ldc] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
+/* the tiles as functions of their own: inlined into the step they spilled its registers */
+#define TILE(R, V)                                                                          \
+    static __attribute__((noinline)) void tile_##R##_##V(                                  \
+        int last, int K, const float *A, long sai, long sak, const float *B, long ldb,      \
+        const float *init, float *Cp, long ldc, int relu) {                                 \
+        block(R, V, last, K, A, sai, sak, B, ldb, init, Cp, ldc, relu);                     \
     }
+TILE(4, 2)
+TILE(4, 1)
+TILE(1, 2)
+TILE(1, 1)
+
+/* R rows x all N outputs, 2 vectors at a time, the remainder masked */
+INLINE void rows_block(int R, int K, int N, const float *A, long sai, long sak, const float *B,
+                       const float *init, float *Ci, int relu) {
+    void (*t2)(int, int, const float *, long, long, const float *, long, const float *,
+               float *, long, int) = R == 4 ? tile_4_2 : tile_1_2;
+    void (*t1)(int, int, const float *, long, long, const float *, long, const float *,
+               float *, long, int) = R == 4 ? tile_4_1 : tile_1_1;
+    int o = 0;
+    for (; o + 2 * VW <= N; o += 2 * VW)
+        t2(VW, K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
+    int left = N - o;
+    if (left > VW)
+        t2(left - VW, K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
+    else if (left > 0)
+        t1(left, K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
 }
 
 /* C (M, N), row stride N: C[i][o] = init[o] (or 0) + sum_k A[i*sai + k*sak] * B[k*N + o];
@@ -91,32 +144,26 @@ INLINE void scalar_col(int R, int K, const float *A, long sai, long sak, const f
 static void gemm(int M, int K, int N, const float *A, long sai, long sak, const float *B,
                  const float *init, float *Cp, int relu) {
     int i = 0;
-    for (; i + 4 <= M; i += 4) {
-        const float *Ai = A + i * sai;
-        float *Ci = Cp + (long)i * N;
-        int o = 0;
-        for (; o + 2 * VW <= N; o += 2 * VW)
-            block(4, 2, K, Ai, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
-        for (; o + VW <= N; o += VW)
-            block(4, 1, K, Ai, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
-        for (; o < N; o++)
-            scalar_col(4, K, Ai, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
-    }
-    for (; i < M; i++) {
-        const float *Ai = A + i * sai;
-        float *Ci = Cp + (long)i * N;
-        int o = 0;
-        for (; o + 2 * VW <= N; o += 2 * VW)
-            block(1, 2, K, Ai, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
-        for (; o + VW <= N; o += VW)
-            block(1, 1, K, Ai, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
-        for (; o < N; o++)
-            scalar_col(1, K, Ai, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
+    for (; i + 4 <= M; i += 4) rows_block(4, K, N, A + i * sai, sai, sak, B, init, Cp + (long)i * N, relu);
+    for (; i < M; i++) rows_block(1, K, N, A + i * sai, sai, sak, B, init, Cp + (long)i * N, relu);
+}
+
+/* out[o] = sum_r X[r][o], r ascending (the bias gradients) */
+static void colsum(int n, int N, const float *X, float *out) {
+    for (int o = 0; o < N; o += VW) {
+        int m = N - o < VW ? N - o : VW;
+        VT acc = VZERO();
+        for (int r = 0; r < n; r++)
+            acc = acc + (m == VW ? VLOAD(X + (long)r * N + o) : VLOADN(X + (long)r * N + o, m));
+        if (m == VW)
+            VSTORE(out + o, acc);
+        else
+            VSTOREN(out + o, acc, m);
     }
 }
 
 typedef struct {
-    float *x, *y, *w, *acts[MAXL], *out, *dz, *dx[2], *wt, *grad, *sig, *dshift;
+    float *x, *y, *w, *acts[MAXL], *out, *dz, *dx[2], *wt, *grad, *sig, *sp, *dshift;
     int32_t *cid;
     void *mem;
 } Work;
@@ -124,8 +171,8 @@ typedef struct {
 static int work_alloc(const Dims *d, int n, Work *k) {
     int umax = d->p;
     for (int i = 0; i <= d->L; i++) umax = d->sizes[i] > umax ? d->sizes[i] : umax;
-    long need = (long)n * d->p + 2L * n * d->H + 3L * n * d->hq + 2L * n * umax
-                + (long)umax * umax + d->width + (long)n * d->H + 16L * (2 * d->L + 16);
+    long need = (long)n * d->p + 2L * n * d->H + 4L * n * d->hq + 2L * n * umax
+                + (long)umax * umax + d->width + (long)n * d->H + 16L * (2 * d->L + 18);
     for (int i = 1; i < d->L; i++) need += (long)n * d->sizes[i];
     float *m = aligned_alloc(64, ((need * 4 + (long)n * 4 + 63) / 64) * 64);
     if (!m) return -1;
@@ -140,6 +187,7 @@ static int work_alloc(const Dims *d, int n, Work *k) {
     TAKE(k->out, (long)n * d->hq);
     TAKE(k->dz, (long)n * d->hq);
     TAKE(k->sig, (long)n * d->hq);
+    TAKE(k->sp, (long)n * d->hq);
     TAKE(k->dx[0], (long)n * umax);
     TAKE(k->dx[1], (long)n * umax);
     TAKE(k->wt, (long)umax * umax);
@@ -173,16 +221,59 @@ static void forward(const Dims *d, int n, const float *prm, Work *k) {
          prm + d->off[2 * L - 1], k->out, 0);
 }
 
-/* softplus (torch's: threshold 20) and its derivative, the sigmoid */
-INLINE void softplus(float z, float *sp, float *sg) {
-    if (z > 20.0f) {
-        *sp = z;
-        *sg = 1.0f;
-    } else {
-        float e = expf(z);
-        *sp = log1pf(e);
-        *sg = e / (1.0f + e);
+/* softplus(z) = max(z, 0) + log1p(exp(-|z|)) and its derivative sigmoid(z) of `count`
+ * values, lane by lane (a libm call per value cost ~1/5 of a step): the same operations in
+ * every lane and both variants. exp: 2^n e^r, |r| <= ln2 / 2, Taylor to r^7 (error < 1e-8);
+ * log1p(t) = 2 atanh(t / (2 + t)), t in [0, 1], series to s^15 (error < 1e-8). */
+#define C1(v) VSET1(v)
+static void softplus_all(int count, const float *restrict z, float *restrict sp,
+                         float *restrict sg) {
+    const VT zero = VZERO(), one = C1(1.0f);
+    for (int e = 0; e < count; e += VW) {
+        int m = count - e < VW ? count - e : VW;
+        VT x = m == VW ? VLOAD(z + e) : VLOADN(z + e, m);
+        VT a = VMIN(x, zero - x); /* -|x| */
+        VT ac = VMAX(a, C1(-87.0f));
+        VT nf = VCVTF(VCVTT(ac * C1(1.44269504f) - C1(0.5f))); /* round(a / ln2), a <= 0 */
+        VT r = VFMA(nf, C1(-0.693145751953125f), ac);
+        r = VFMA(nf, C1(-1.428606765330187e-6f), r);
+        VT p = C1(1.0f / 5040.0f);
+        p = VFMA(p, r, C1(1.0f / 720.0f));
+        p = VFMA(p, r, C1(1.0f / 120.0f));
+        p = VFMA(p, r, C1(1.0f / 24.0f));
+        p = VFMA(p, r, C1(1.0f / 6.0f));
+        p = VFMA(p, r, C1(0.5f));
+        p = VFMA(p, r, one);
+        p = VFMA(p, r, one);
+        VT t = VLT_SEL(a, C1(-87.0f), zero, p * VEXP2I(VCVTT(nf))); /* exp(-|x|) */
+        VT s = t / (C1(2.0f) + t), s2 = s * s;
+        VT q = C1(1.0f / 15.0f);
+        q = VFMA(q, s2, C1(1.0f / 13.0f));
+        q = VFMA(q, s2, C1(1.0f / 11.0f));
+        q = VFMA(q, s2, C1(1.0f / 9.0f));
+        q = VFMA(q, s2, C1(1.0f / 7.0f));
+        q = VFMA(q, s2, C1(1.0f / 5.0f));
+        q = VFMA(q, s2, C1(1.0f / 3.0f));
+        q = VFMA(q, s2, one);
+        VT soft = VMAX(x, zero) + C1(2.0f) * s * q;
+        VT inv = one / (one + t);
+        VT sig = VLT_SEL(x, zero, t * inv, inv);
+        if (m == VW) {
+            VSTORE(sp + e, soft);
+            VSTORE(sg + e, sig);
+        } else {
+            VSTOREN(sp + e, soft, m);
+            VSTOREN(sg + e, sig, m);
+        }
     }
+}
+#undef C1
+
+/* wt (kout, kin) = W (kin, kout) transposed (strided loads, contiguous stores: a store
+ * per cycle, two loads) */
+static void transpose(int kin, int kout, const float *restrict W, float *restrict wt) {
+    for (int b = 0; b < kout; b++)
+        for (int a = 0; a < kin; a++) wt[b * kin + a] = W[a * kout + b];
 }
 
 static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, const double *hyper,
@@ -195,20 +286,17 @@ static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, c
     for (int e = 0; e < n * H; e++) count += k->w[e];
     float denom = (count > 1.0f ? count : 1.0f) * (float)Q;
     forward(d, n, prm, k);
+    softplus_all(n * hq, k->out, k->sp, k->sig);
     memset(gar, 0, sizeof(float) * 2 * C * H);
     for (int r = 0; r < n; r++) {
         float y0 = k->x[r * d->p], *o = k->out + r * hq, *dz = k->dz + r * hq;
-        float *sg = k->sig + r * hq;
+        const float *sg = k->sig + r * hq, *sp = k->sp + r * hq;
         int c = k->cid[r];
         for (int h = 0; h < H; h++) {
             float ws = k->w[r * H + h] / denom, y = k->y[r * H + h];
             float q = o[h * Q] + (ar[c * H + h] + ar[(C + c) * H + h] * y0);
             for (int j = 0; j < Q; j++) {
-                if (j) {
-                    float sp;
-                    softplus(o[h * Q + j], &sp, &sg[h * Q + j]);
-                    q = q + sp;
-                }
+                if (j) q = q + sp[h * Q + j];
                 /* d pinball / d q_j = (1[y < q_j] - tau_j) * ws */
                 dz[h * Q + j] = ((y < q ? 1.0f : 0.0f) - d->tau[j]) * ws;
             }
@@ -226,23 +314,19 @@ static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, c
         int kin = d->sizes[i], kout = d->sizes[i + 1];
         float *gb = g + d->off[L + i];
         gemm(kin, n, kout, k->acts[i], 1, kin, dcur, 0, g + d->off[i], 0);
-        for (int o = 0; o < kout; o++) gb[o] = 0.0f;
-        for (int r = 0; r < n; r++)
-            for (int o = 0; o < kout; o++) gb[o] += dcur[r * kout + o];
+        colsum(n, kout, dcur, gb);
         if (i == 0) break;
-        const float *W = prm + d->off[i];
-        for (int a = 0; a < kin; a++)
-            for (int b = 0; b < kout; b++) k->wt[b * kin + a] = W[a * kout + b];
+        transpose(kin, kout, prm + d->off[i], k->wt);
         float *dx = k->dx[i & 1];
         gemm(n, kout, kin, dcur, kout, 1, k->wt, 0, dx, 0);
         const float *act = k->acts[i];
         for (int e = 0; e < n * kin; e++) dx[e] = act[e] > 0.0f ? dx[e] : 0.0f;
         dcur = dx;
     }
-    /* Adam (torch's formula), step count t */
+    /* Adam (torch's formula; 1 / sqrt(bias correction 2) as a factor), step count t */
     double lr = hyper[0], b1 = hyper[1], b2 = hyper[2];
     float ss = (float)(lr / (1.0 - pow(b1, (double)t)));
-    float bc2 = (float)sqrt(1.0 - pow(b2, (double)t));
+    float inv_bc2 = (float)(1.0 / sqrt(1.0 - pow(b2, (double)t)));
     float omb1 = (float)(1.0 - b1), fb2 = (float)b2, omb2 = (float)(1.0 - b2);
     float eps = (float)hyper[3];
     int width = d->width;
@@ -252,7 +336,7 @@ static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, c
         float vv = fb2 * v[e] + omb2 * (gr * gr);
         m[e] = mm;
         v[e] = vv;
-        prm[e] = prm[e] - ss * mm / (sqrtf(vv) / bc2 + eps);
+        prm[e] = prm[e] - ss * mm / (sqrtf(vv) * inv_bc2 + eps);
     }
 }
 
@@ -301,18 +385,15 @@ int nn_validate(const int32_t *dims, const double *taus, int A, const int64_t *m
             int n = n_rows[a] - lo < d.bs ? n_rows[a] - lo : d.bs;
             gather(&d, n, rows + a * row_stride + lo, X, cid, Y, Wm, &k);
             forward(&d, n, prm, &k);
+            softplus_all(n * hq, k.out, k.sp, k.sig);
             for (int r = 0; r < n; r++) {
-                float y0 = k.x[r * d.p], *o = k.out + r * hq;
+                float y0 = k.x[r * d.p], *o = k.out + r * hq, *sp = k.sp + r * hq;
                 int c = k.cid[r];
                 for (int h = 0; h < H; h++) {
                     float w = k.w[r * H + h], y = k.y[r * H + h];
                     float q = o[h * Q] + (ar[c * H + h] + ar[(C + c) * H + h] * y0), pin = 0.0f;
                     for (int j = 0; j < Q; j++) {
-                        if (j) {
-                            float sp, sg;
-                            softplus(o[h * Q + j], &sp, &sg);
-                            q = q + sp;
-                        }
+                        if (j) q = q + sp[h * Q + j];
                         float u = y - q;
                         pin += d.tau[j] * u + (u < 0.0f ? -u : 0.0f);
                     }
