@@ -269,11 +269,37 @@ static void softplus_all(int count, const float *restrict z, float *restrict sp,
 }
 #undef C1
 
-/* wt (kout, kin) = W (kin, kout) transposed (strided loads, contiguous stores: a store
- * per cycle, two loads) */
+/* dst[j][i] = src[i][j] for an 8 x 8 block: data movement only (AVX2 in both variants) */
+static inline void transpose8(const float *src, long ls, float *dst, long ld) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ls);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * ls), r3 = _mm256_loadu_ps(src + 3 * ls);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * ls), r5 = _mm256_loadu_ps(src + 5 * ls);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ls), r7 = _mm256_loadu_ps(src + 7 * ls);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* wt (kout, kin) = W (kin, kout) transposed: 8 x 8 blocks, the edges one by one */
 static void transpose(int kin, int kout, const float *restrict W, float *restrict wt) {
+    int a8 = kin / 8 * 8, b8 = kout / 8 * 8;
+    for (int a = 0; a < a8; a += 8)
+        for (int b = 0; b < b8; b += 8) transpose8(W + a * kout + b, kout, wt + b * kin + a, kin);
     for (int b = 0; b < kout; b++)
-        for (int a = 0; a < kin; a++) wt[b * kin + a] = W[a * kout + b];
+        for (int a = b < b8 ? a8 : 0; a < kin; a++) wt[b * kin + a] = W[a * kout + b];
 }
 
 static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, const double *hyper,
