@@ -121,6 +121,12 @@ TILE(4, 2)
 TILE(4, 1)
 TILE(1, 2)
 TILE(1, 1)
+/* full 2-vector tiles (no mask in the k loop): most of a step's products */
+static __attribute__((noinline)) void tile_4_2_full(int K, const float *A, long sai, long sak,
+                                                    const float *B, long ldb, const float *init,
+                                                    float *Cp, long ldc, int relu) {
+    block(4, 2, VW, K, A, sai, sak, B, ldb, init, Cp, ldc, relu);
+}
 
 /* R rows x all N outputs, 2 vectors at a time, the remainder masked */
 INLINE void rows_block(int R, int K, int N, const float *A, long sai, long sak, const float *B,
@@ -130,8 +136,12 @@ INLINE void rows_block(int R, int K, int N, const float *A, long sai, long sak, 
     void (*t1)(int, int, const float *, long, long, const float *, long, const float *,
                float *, long, int) = R == 4 ? tile_4_1 : tile_1_1;
     int o = 0;
-    for (; o + 2 * VW <= N; o += 2 * VW)
-        t2(VW, K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
+    for (; o + 2 * VW <= N; o += 2 * VW) {
+        if (R == 4)
+            tile_4_2_full(K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
+        else
+            t2(VW, K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
+    }
     int left = N - o;
     if (left > VW)
         t2(left - VW, K, A, sai, sak, B + o, N, init ? init + o : 0, Ci + o, N, relu);
