@@ -8,7 +8,9 @@ trains 36-38; `--countries 25`: the first 25, as measured before 2026-12-05, whi
 1500 epochs with patience 50. G windows (spread over the seed's 72 origins, as the
 round-robin blocks are) train as one batch; the figure is CPU seconds per window.
 
-Each trainer runs in its own child process with PYTHONPATH at its checkout (each reference is
+This checkout trains with the native kernel where it is built (`setup.py build_ext
+--inplace`), else torch; a reference checkout has no built kernel, so it trains with torch;
+each child reports its backend. Each trainer runs in its own child process with PYTHONPATH at its checkout (each reference is
 a temporary `git worktree` of its commit; REFERENCE is model version 3), taking
 turns, so all are measured in one run under the same load. CPU seconds are the child's own
 (getrusage of the child, imports excluded: the child times its training call itself).
@@ -132,7 +134,17 @@ def child(G: int, n_countries: int | None) -> None:
     ]
     epochs = np.concatenate([r.epochs for r in res])
     out = {"G": G, "wall_s": wall, "cpu_s": cpu, "member_epochs": int(epochs.sum())}
-    print(json.dumps({**out, "member_steps": sum(steps), "countries": windows[0].X_new.shape[0]}))
+    out.update(member_steps=sum(steps), countries=windows[0].X_new.shape[0], backend=backend())
+    print(json.dumps(out))
+
+
+def backend() -> str:
+    """What trained float32 on the CPU: the native kernel where this checkout has it built."""
+    try:
+        from pipeline.models.solvers.native import available
+    except ImportError:  # a checkout from before the kernel
+        return "torch"
+    return "native" if available() else "torch"
 
 
 def run_child(checkout: Path, G: int, n_countries: int | None) -> dict[str, float]:
