@@ -13,7 +13,10 @@ setup: $(STAMP)
 # Reproducible installs: every dependency (dev extras too) at the exact version in $(LOCK),
 # then the project itself without resolving anything again. pip, not uv: torch comes from the
 # local wheel (find-links) that pip's configuration names.
-$(STAMP): pyproject.toml $(LOCK)
+# setup.py builds ensemble_nn's optional native kernel in place: an edit of its C rebuilds it
+NATIVE_SRC := setup.py $(wildcard pipeline/models/solvers/native/*.c)
+
+$(STAMP): pyproject.toml $(LOCK) $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
