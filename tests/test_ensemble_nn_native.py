@@ -232,3 +232,25 @@ def test_forced_torch_path_trains(monkeypatch):
     spec = check_nn_params(**{**SMALL, "epochs": 3})
     res = train_predict_windows([window(3, 20, seed=0)], spec, CPU, torch.float32)[0]
     assert np.isfinite(res.pred).all() and (res.epochs == 3).all()
+
+
+@built
+def test_backend_enters_the_fit_key(tmp_path, monkeypatch):
+    """The native kernel and torch round differently: a CPU fit's key names the backend the
+    driver resolved, so a study run with the kernel never reuses torch's fits or back."""
+    from conftest import ROOT
+    from test_device_key import config_for
+
+    from pipeline.models.plugins.registry import get_adapter
+    from pipeline.runtime.fits.fit_groups import build_groups
+    from pipeline.stages.prepare import load_panel, prepare
+
+    adapter, cfg = get_adapter("ensemble_nn"), config_for(tmp_path, "cpu")
+    prepare(cfg, ROOT)
+    panel = load_panel(tmp_path)
+    assert adapter.params(cfg)["backend"] == "native"
+    with_kernel = build_groups(panel, cfg, adapter)[0].keys.tolist()
+    monkeypatch.setattr(native, "load", lambda name=None: None)
+    assert adapter.params(cfg)["backend"] == "torch"
+    assert build_groups(panel, cfg, adapter)[0].keys.tolist() != with_kernel
+    assert adapter.params(config_for(tmp_path, "cuda"))["backend"] == "torch"

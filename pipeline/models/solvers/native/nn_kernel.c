@@ -312,6 +312,31 @@ static void transpose(int kin, int kout, const float *restrict W, float *restric
         for (int a = b < b8 ? a8 : 0; a < kin; a++) wt[b * kin + a] = W[a * kout + b];
 }
 
+/* d loss / d head output (dz, rows layout) and the AR table's gradient (gar, zeroed) */
+INLINE void loss_grad(const Dims *d, int n, int Q, float denom, const float *ar, float *gar,
+                      Work *k) {
+    int H = d->H, C = d->C, hq = d->hq;
+    float dzl[64], qv[64];
+    for (int r = 0; r < n; r++) {
+        float y0 = k->x[r * d->p], *o = k->out + r * hq, *dz = k->dz + r * hq;
+        const float *sg = k->sig + r * hq, *sp = k->sp + r * hq;
+        int c = k->cid[r];
+        for (int h = 0; h < H; h++) {
+            float ws = k->w[r * H + h] / denom, y = k->y[r * H + h];
+            qv[0] = o[h * Q] + (ar[c * H + h] + ar[(C + c) * H + h] * y0);
+            for (int j = 1; j < Q; j++) qv[j] = qv[j - 1] + sp[h * Q + j];
+            /* d pinball / d q_j = (1[y < q_j] - tau_j) * ws */
+            for (int j = 0; j < Q; j++) dzl[j] = ((y < qv[j] ? 1.0f : 0.0f) - d->tau[j]) * ws;
+            /* q_j = q_0 + sum_{1 <= i <= j} softplus(out_i): reverse cumulative sums */
+            for (int j = Q - 2; j >= 0; j--) dzl[j] += dzl[j + 1];
+            gar[c * H + h] += dzl[0];
+            gar[(C + c) * H + h] += dzl[0] * y0;
+            dz[h * Q] = dzl[0];
+            for (int j = 1; j < Q; j++) dz[h * Q + j] = dzl[j] * sg[h * Q + j];
+        }
+    }
+}
+
 static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, const double *hyper,
                  Work *k) {
     int L = d->L, H = d->H, Q = d->Q, C = d->C, hq = d->hq;
@@ -324,26 +349,13 @@ static void step(const Dims *d, int n, float *prm, float *m, float *v, long t, c
     forward(d, n, prm, k);
     softplus_all(n * hq, k->out, k->sp, k->sig);
     memset(gar, 0, sizeof(float) * 2 * C * H);
-    for (int r = 0; r < n; r++) {
-        float y0 = k->x[r * d->p], *o = k->out + r * hq, *dz = k->dz + r * hq;
-        const float *sg = k->sig + r * hq, *sp = k->sp + r * hq;
-        int c = k->cid[r];
-        for (int h = 0; h < H; h++) {
-            float ws = k->w[r * H + h] / denom, y = k->y[r * H + h];
-            float q = o[h * Q] + (ar[c * H + h] + ar[(C + c) * H + h] * y0);
-            for (int j = 0; j < Q; j++) {
-                if (j) q = q + sp[h * Q + j];
-                /* d pinball / d q_j = (1[y < q_j] - tau_j) * ws */
-                dz[h * Q + j] = ((y < q ? 1.0f : 0.0f) - d->tau[j]) * ws;
-            }
-            /* q_j = q_0 + sum_{1 <= i <= j} softplus(out_i): reverse cumulative sums */
-            for (int j = Q - 2; j >= 0; j--) dz[h * Q + j] += dz[h * Q + j + 1];
-            float ds = dz[h * Q];
-            gar[c * H + h] += ds;
-            gar[(C + c) * H + h] += ds * y0;
-            for (int j = 1; j < Q; j++) dz[h * Q + j] *= sg[h * Q + j];
-        }
-    }
+    /* Q as a constant where it is 1 or 3 (the seed's): the quantile loops unroll into registers */
+    if (Q == 3)
+        loss_grad(d, n, 3, denom, ar, gar, k);
+    else if (Q == 1)
+        loss_grad(d, n, 1, denom, ar, gar, k);
+    else
+        loss_grad(d, n, Q, denom, ar, gar, k);
     /* head and trunk gradients; dcur = d loss / d (layer i's output) */
     const float *dcur = k->dz;
     for (int i = L - 1; i >= 0; i--) {
