@@ -28,7 +28,7 @@ from pipeline.models.solvers.native import available, load
 
 __all__ = ["available", "load", "train_native"]
 
-MAX_LAYERS = 16  # MAXL in nn_kernel.c
+MAX_LAYERS, MAX_QUANTILES = 256, 256  # MAXL, MAXQ in nn_kernel.c
 ALIGN = 16  # floats: each parameter of a member's row starts on a 64-byte line
 
 
@@ -47,8 +47,11 @@ class RowLayout:
     def dims(self, bs: int) -> np.ndarray:
         lay = self.lay
         L = len(lay.sizes) - 1
-        if L > MAX_LAYERS:
-            raise ValueError(f"the native kernel takes at most {MAX_LAYERS} layers; got {L}")
+        if L > MAX_LAYERS or lay.Q > MAX_QUANTILES:
+            raise ValueError(
+                f"the native kernel takes at most {MAX_LAYERS} layers and {MAX_QUANTILES} "
+                f"quantiles; got {L} and {lay.Q}"
+            )
         head = [L, lay.n_countries, lay.H, lay.Q, bs, self.width]
         return np.array([*head, *lay.sizes, *self.offsets], dtype=np.int32)
 

@@ -57,19 +57,20 @@ static inline __m256i lanes(int n) {
 #error "VW must be 8 or 16"
 #endif
 
-#define MAXL 16  /* linear layers at most (checked by the caller) */
+#define MAXL 256 /* linear layers at most (checked by the caller) */
+#define MAXQ 256 /* quantiles at most */
 #define INLINE static inline __attribute__((always_inline))
 
 typedef struct {
     int L, C, H, Q, bs, width, p, hq;
     int sizes[MAXL + 1];
     int off[2 * MAXL + 1];
-    float tau[64];
+    float tau[MAXQ];
 } Dims;
 
 static int read_dims(const int32_t *d, const double *taus, Dims *o) {
     o->L = d[0]; o->C = d[1]; o->H = d[2]; o->Q = d[3]; o->bs = d[4]; o->width = d[5];
-    if (o->L < 1 || o->L > MAXL || o->Q < 1 || o->Q > 64) return -1;
+    if (o->L < 1 || o->L > MAXL || o->Q < 1 || o->Q > MAXQ) return -1;
     for (int i = 0; i <= o->L; i++) o->sizes[i] = d[6 + i];
     for (int i = 0; i < 2 * o->L + 1; i++) o->off[i] = d[7 + o->L + i];
     for (int j = 0; j < o->Q; j++) o->tau[j] = (float)taus[j];
@@ -316,7 +317,7 @@ static void transpose(int kin, int kout, const float *restrict W, float *restric
 INLINE void loss_grad(const Dims *d, int n, int Q, float denom, const float *ar, float *gar,
                       Work *k) {
     int H = d->H, C = d->C, hq = d->hq;
-    float dzl[64], qv[64];
+    float dzl[MAXQ], qv[MAXQ];
     for (int r = 0; r < n; r++) {
         float y0 = k->x[r * d->p], *o = k->out + r * hq, *dz = k->dz + r * hq;
         const float *sg = k->sig + r * hq, *sp = k->sp + r * hq;
