@@ -14,7 +14,7 @@ setup: $(STAMP)
 # then the project itself without resolving anything again. pip, not uv: torch comes from the
 # local wheel (find-links) that pip's configuration names.
 # setup.py builds ensemble_nn's optional native kernel in place: an edit of its C rebuilds it
-NATIVE_SRC := setup.py $(wildcard pipeline/models/solvers/native/*.c)
+NATIVE_SRC := setup.py $(wildcard pipeline/models/solvers/native/*.c pipeline/models/solvers/native/*.h)
 
 $(STAMP): pyproject.toml $(LOCK) $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)

@@ -19,7 +19,7 @@ setup(
         Extension(
             f"pipeline.models.solvers.native._nn_{name}",
             sources=[f"{NATIVE}/nn_{name}.c"],
-            depends=[f"{NATIVE}/nn_kernel.c"],
+            depends=[f"{NATIVE}/nn_kernel.c", f"{NATIVE}/nn_simd.h"],
             extra_compile_args=COMMON + flags,
             libraries=["m"],
             optional=True,
