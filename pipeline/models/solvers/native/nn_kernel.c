@@ -35,7 +35,7 @@ static int read_dims(const int32_t *d, const double *taus, Dims *o) {
 }
 
 typedef struct {
-    float *x, *y, *w, *acts[MAXL], *out, *dz, *dx[2], *wt, *grad, *sig, *sp, *dshift;
+    float *x, *y, *w, *acts[MAXL], *out, *dz, *dx[2], *wt, *grad, *sig, *sp;
     int32_t *cid;
     void *mem;
 } Work;
@@ -44,7 +44,7 @@ static int work_alloc(const Dims *d, int n, Work *k) {
     int umax = d->p;
     for (int i = 0; i <= d->L; i++) umax = d->sizes[i] > umax ? d->sizes[i] : umax;
     long need = (long)n * d->p + 2L * n * d->H + 4L * n * d->hq + 2L * n * umax
-                + (long)umax * umax + d->width + (long)n * d->H + 16L * (2 * d->L + 18);
+                + (long)umax * umax + d->width + 16L * (2 * d->L + 18);
     for (int i = 1; i < d->L; i++) need += (long)n * d->sizes[i];
     float *m = aligned_alloc(64, ((need * 4 + (long)n * 4 + 63) / 64) * 64);
     if (!m) return -1;
@@ -64,7 +64,6 @@ static int work_alloc(const Dims *d, int n, Work *k) {
     TAKE(k->dx[1], (long)n * umax);
     TAKE(k->wt, (long)umax * umax);
     TAKE(k->grad, d->width);
-    TAKE(k->dshift, (long)n * d->H);
     k->cid = (int32_t *)m;
 #undef TAKE
     k->acts[0] = k->x;
