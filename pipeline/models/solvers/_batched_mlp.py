@@ -148,7 +148,9 @@ def train_members(
     improvement or after `epochs`; it is then dropped from the batch with its best weights.
     Gradients are hand-written (`_nn_step`) and the members' parameters and Adam moments are
     each one buffer; a step is a few batched matmuls and a fused Adam call per chunk of
-    members (`_nn_update`).
+    members (`_nn_update`). With backend 'native' (`resolve_backend`; the default for float32
+    on a CPU where it is built) the same members, rows and early stopping run in the fused C
+    kernel instead (`_nn_native`).
     """
     bs, Q = spec.batch_size, len(spec.quantiles)
     data = Stacked(preps, device, dtype)

@@ -1,7 +1,7 @@
 """ensemble_nn's trainer on the native kernel (`native/nn_kernel.c`): float32 on the CPU.
 
 One C call runs every active member through its whole epoch, member after member (its
-weights, Adam moments and activations stay in L1/L2 for its ~37 steps), and one more call
+weights, Adam moments and activations stay in L1/L2 for its ~53 steps on the seed), and one more call
 gives their validation losses; Python keeps the epoch loop: shuffles (each member's own
 generator, as the torch path draws them), early stopping, best weights. Members never meet:
 a member's steps read only its own parameter row and its own rows, so its bits do not
