@@ -1,9 +1,9 @@
 """ensemble_nn's trainer on the native kernel (`native/nn_kernel.c`): float32 on the CPU.
 
 One C call runs every active member through its whole epoch, member after member (its
-weights, Adam moments and activations stay in L1/L2 for its ~53 steps on the seed), and one more call
-gives their validation losses; Python keeps the epoch loop: shuffles (each member's own
-generator, as the torch path draws them), early stopping, best weights. Members never meet:
+weights, Adam moments and activations stay in L1/L2 for its ~53 steps on the seed), and one
+more call gives their validation losses; Python keeps the epoch loop: shuffles (each
+member's own generator, as the torch path draws them), early stopping, best weights. Members never meet:
 a member's steps read only its own parameter row and its own rows, so its bits do not
 depend on its batch-mates, their order or their count. Each member's Adam step count is its
 own (epochs x steps per epoch), which equals the torch path's shared count.
