@@ -42,7 +42,7 @@ from pipeline.evaluation.metrics import select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 
 DQ_LAGS = 4
-DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched SVD)
+DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched QR)
 SERIAL_DEPENDENCE_NOTE = (
     "Hits of h > 1 forecasts from monthly origins overlap by h - 1 months, so they are "
     "serially dependent by construction: Christoffersen's independence test and the DQ test "
@@ -278,7 +278,7 @@ def _dq_many(
     """The DQ statistic and its degrees of freedom (rank of the design) per group, as
     `_dq(_dq_design(...))` on each segment's rows stacked per group: the designs are padded
     with zero rows to one length (a zero row changes neither the projection nor the rank)
-    and solved by one batched SVD."""
+    and reduced by one batched QR (Householder: as stable as lstsq's SVD, about 5x cheaper)."""
     k = lags + 2
     stat, dof = np.full(n_groups, np.nan), np.ones(n_groups)
     if not hits.size:
@@ -301,29 +301,39 @@ def _dq_many(
     index[slots] = np.arange(slots.size)
     row_in_group = np.arange(usable.size) - np.r_[0, np.cumsum(count[slots])[:-1]][index[owner]]
     length = int(count[slots].max())
-    # designs of DQ_BATCH_BYTES at a time: every design keeps one padded length, so each SVD
+    # designs of DQ_BATCH_BYTES at a time: every design keeps one padded length, so each QR
     # is the one a single batch of all groups computed, with a bounded peak memory
-    per_batch = max(1, DQ_BATCH_BYTES // (length * k * 8))
+    per_batch = max(1, DQ_BATCH_BYTES // (length * (k + 1) * 8))
     first = np.r_[0, np.cumsum(count[slots])]  # each slot's first entry in `usable`
     for b0 in range(0, slots.size, per_batch):
         b1 = min(b0 + per_batch, slots.size)
         part = slice(int(first[b0]), int(first[b1]))
         rows = usable[part]
-        at = (index[owner[part]] - b0, row_in_group[part])
-        x = np.zeros((b1 - b0, length, k))
-        y = np.zeros(x.shape[:2])
-        x[(*at, 0)] = 1.0
+        # each design with its target as a last column (the R of its QR holds R_x and Q'y),
+        # its rows one after another, then placed in the padded stack (no copy when every
+        # group has `length` rows: a country's origins, say)
+        x = np.empty((rows.size, k + 1))
+        x[:, 0] = 1.0
         for lag in range(1, lags + 1):
-            x[(*at, lag)] = demeaned[rows - lag]
-        x[(*at, k - 1)] = forecast[rows]
-        y[at] = demeaned[rows]
-        u, s, _ = np.linalg.svd(x, full_matrices=False)
+            np.take(demeaned, rows - lag, out=x[:, lag])
+        np.take(forecast, rows, out=x[:, k - 1])
+        np.take(demeaned, rows, out=x[:, k])
+        if rows.size == (b1 - b0) * length:
+            x = x.reshape(b1 - b0, length, k + 1)
+        else:
+            padded = np.zeros((b1 - b0, length, k + 1))
+            padded[index[owner[part]] - b0, row_in_group[part]] = x
+            x = padded
+        r = np.linalg.qr(x, mode="r")
         del x
+        # the fitted values' norm is that of Q'y's part in the range of R_x (whose singular
+        # values are the design's), so the SVD is of k x k matrices, not of the designs
+        u, s, _ = np.linalg.svd(r[:, :k, :k])
         # np.linalg.lstsq's and matrix_rank's cut-off, with each group's own row count
         batch = slots[b0:b1]
         m = np.maximum(count[batch], k)[:, None]
         kept = s > s[:, :1] * m * np.finfo(np.float64).eps
-        projected = np.einsum("gnk,gn->gk", u, y) * kept
+        projected = np.einsum("gkj,gk->gj", u, r[:, :k, k]) * kept
         stat[batch] = (projected**2).sum(axis=1) / (tau[batch] * (1.0 - tau[batch]))
         dof[batch] = kept.sum(axis=1)
     return stat, dof
