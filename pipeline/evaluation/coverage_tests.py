@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from pipeline.evaluation.grouping import Keys
+from pipeline.evaluation.grouping import Groups, Keys
 from pipeline.evaluation.metrics import select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 
@@ -343,15 +343,40 @@ def _dq_many(
 def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
     """Per-origin losses of one horizon: mean pinball over countries and quantiles per
     (WINDOW_END, MODEL), on the rows every model scored; a WINDOW_END x MODEL matrix."""
-    rows = frame.loc[
-        (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
-    ]
+    at = (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
+    columns = ["MODEL", "COUNTRY", "QUANTILE", "WINDOW_END", "ACTUAL", "FORECAST"]
+    rows = select_rows(frame, at.to_numpy(), columns)
     u = rows["ACTUAL"].to_numpy(np.float64) - rows["FORECAST"].to_numpy(np.float64)
     q = rows["QUANTILE"].to_numpy(np.float64)
-    rows = rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+    loss = np.maximum(q * u, (q - 1.0) * u)
     key = ["COUNTRY", "QUANTILE", "WINDOW_END"]
-    wide = rows.pivot_table(index=key, columns="MODEL", values="LOSS", observed=True).dropna()
-    return wide.groupby(level="WINDOW_END").mean().sort_index()
+    # the (key x MODEL) table of a pivot_table, from integer codes (its cost at scale), where
+    # every key is known and no (key, model) has two rows (then pivot_table's mean is needed)
+    keys = Keys(rows)
+    cells, models = keys.groups(key), keys.groups(["MODEL"])
+    flat = None
+    if cells.kept is None and models.kept is None and len(rows):
+        flat = cells.ids.astype(np.int64) * models.n_groups + models.ids
+        if np.bincount(flat).max() > 1:
+            flat = None
+    if flat is None:
+        wide = rows.assign(LOSS=loss).pivot_table(
+            index=key, columns="MODEL", values="LOSS", observed=True
+        )
+        return wide.dropna().groupby(level="WINDOW_END").mean().sort_index()
+    wide = np.full((cells.n_groups, models.n_groups), np.nan)
+    wide.reshape(-1)[flat] = loss
+    complete = ~np.isnan(wide).any(axis=1)  # pivot_table(...).dropna()
+    window = keys.codes("WINDOW_END")[0][cells.first[complete]]
+    present, origin = np.unique(window, return_inverse=True)
+    # the means of pandas' groupby (its compensated sum in the pivot's row order)
+    by_origin = Groups(ids=origin.astype(np.int32), kept=None, n_groups=present.size)
+    first = np.empty(present.size, np.int64)
+    first[origin] = cells.first[complete]
+    return pd.DataFrame(
+        {j: by_origin.mean(wide[complete, j]) for j in range(models.n_groups)},
+        index=pd.Index(rows["WINDOW_END"].iloc[first], name="WINDOW_END"),
+    ).set_axis(pd.Index(rows["MODEL"].iloc[models.first], name="MODEL"), axis=1)
 
 
 def model_confidence_set(
