@@ -35,6 +35,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.grouping import Keys
 from pipeline.evaluation.metrics import HORIZON, MODEL, QUANTILE, horizon_label
 
 _BATCH_ROWS = 1 << 18  # rows of the groups recalibrated at once (see recalibrated_many)
@@ -207,16 +208,23 @@ def pinball_decomposition(frame: pd.DataFrame) -> pd.DataFrame:
     ("all"): `PERIOD, MODEL, HORIZON, QUANTILE, N, SCORE, MISCALIBRATION, DISCRIMINATION,
     UNCERTAINTY`, sorted by the keys."""
     keys = [MODEL, HORIZON, QUANTILE]
-    scored = frame["ACTUAL"].notna() & frame["FORECAST"].notna()
-    rows = frame.loc[scored, [*keys, "ACTUAL", "FORECAST"]].sort_values(keys, kind="stable")
-    group = rows.groupby(keys, sort=True, observed=True).ngroup().to_numpy(np.int64)
+    # the scored rows by group (sorted keys), each group's in frame order: integer codes and
+    # one stable sort, not a sort and a groupby of the frame (a copy of every row)
+    groups = Keys(frame).groups(keys)
+    rows = np.arange(len(frame)) if groups.kept is None else np.flatnonzero(groups.kept)
+    actual = frame["ACTUAL"].to_numpy(np.float64, na_value=np.nan)[rows]
+    forecast = frame["FORECAST"].to_numpy(np.float64, na_value=np.nan)[rows]
+    scored = ~(np.isnan(actual) | np.isnan(forecast))
+    order = np.argsort(groups.ids[scored], kind="stable")
+    rows, actual, forecast = rows[scored][order], actual[scored][order], forecast[scored][order]
+    group = groups.ids[scored][order]
+    del order, scored
     edges = (
         np.flatnonzero(np.r_[True, group[1:] != group[:-1], True])
         if group.size
         else np.zeros(1, np.int64)
     )
-    actual, forecast = rows["ACTUAL"].to_numpy(np.float64), rows["FORECAST"].to_numpy(np.float64)
-    cells = rows[keys].iloc[np.asarray(edges[:-1])].itertuples(index=False, name=None)
+    cells = frame[keys].iloc[rows[edges[:-1]]].itertuples(index=False, name=None)
     cells = [(str(model), int(horizon), float(tau)) for model, horizon, tau in cells]
     taus = np.array([tau for *_, tau in cells])
     if not np.all((taus > 0.0) & (taus < 1.0)):
