@@ -368,10 +368,11 @@ def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
     wide.reshape(-1)[flat] = loss
     complete = ~np.isnan(wide).any(axis=1)  # pivot_table(...).dropna()
     window = keys.codes("WINDOW_END")[0][cells.first[complete]]
-    present, origin = np.unique(window, return_inverse=True)
+    present = np.bincount(window, minlength=1) > 0  # the origins (sorted codes) kept
+    origin = (np.cumsum(present) - 1)[window]
     # the means of pandas' groupby (its compensated sum in the pivot's row order)
-    by_origin = Groups(ids=origin.astype(np.int32), kept=None, n_groups=present.size)
-    first = np.empty(present.size, np.int64)
+    by_origin = Groups(ids=origin.astype(np.int32), kept=None, n_groups=int(present.sum()))
+    first = np.empty(by_origin.n_groups, np.int64)
     first[origin] = cells.first[complete]
     return pd.DataFrame(
         {j: by_origin.mean(wide[complete, j]) for j in range(models.n_groups)},
