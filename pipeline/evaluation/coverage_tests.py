@@ -310,21 +310,22 @@ def _dq_many(
         part = slice(int(first[b0]), int(first[b1]))
         rows = usable[part]
         # each design with its target as a last column (the R of its QR holds R_x and Q'y),
-        # its rows one after another, then placed in the padded stack (no copy when every
+        # column by column (each a contiguous row of `x`: the column-major layout LAPACK
+        # copies each design into), then placed in the padded stack (no copy when every
         # group has `length` rows: a country's origins, say)
-        x = np.empty((rows.size, k + 1))
-        x[:, 0] = 1.0
+        x = np.empty((k + 1, rows.size))
+        x[0] = 1.0
         for lag in range(1, lags + 1):
-            np.take(demeaned, rows - lag, out=x[:, lag])
-        np.take(forecast, rows, out=x[:, k - 1])
-        np.take(demeaned, rows, out=x[:, k])
+            np.take(demeaned, rows - lag, out=x[lag])
+        np.take(forecast, rows, out=x[k - 1])
+        np.take(demeaned, rows, out=x[k])
         if rows.size == (b1 - b0) * length:
-            x = x.reshape(b1 - b0, length, k + 1)
+            x = x.reshape(k + 1, b1 - b0, length)
         else:
-            padded = np.zeros((b1 - b0, length, k + 1))
-            padded[index[owner[part]] - b0, row_in_group[part]] = x
+            padded = np.zeros((k + 1, b1 - b0, length))
+            padded[:, index[owner[part]] - b0, row_in_group[part]] = x
             x = padded
-        r = np.linalg.qr(x, mode="r")
+        r = np.linalg.qr(x.transpose(1, 2, 0), mode="r")
         del x
         # the fitted values' norm is that of Q'y's part in the range of R_x (whose singular
         # values are the design's), so the SVD is of k x k matrices, not of the designs
