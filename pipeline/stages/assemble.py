@@ -147,7 +147,7 @@ def assemble(
     # scale, computes the test tables while this one computes the metric tables; at scale
     # it starts now, so that its Python starts while this one writes the tables
     helper_tests = len(frame) >= assemble_helper.HELPER_MIN_ROWS
-    helper = _helper(idle) if helper_tests else None
+    helper = assemble_helper.start(idle) if helper_tests else None
     try:
         written = _write_forecast_tables(fdir, frame, missing)
         charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
@@ -158,7 +158,7 @@ def assemble(
     forecast_files = written[:-2]
     helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
     if helper is None and helper_charts:
-        helper = _helper(idle)
+        helper = assemble_helper.start(idle)
     if helper is not None:
         helper.serve(fdir / "all.parquet", len(frame))
     try:
@@ -207,16 +207,6 @@ def assemble(
         n_unexpected=n_unexpected,
         removed=tuple(removed),
     )
-
-
-def _helper(idle: assemble_helper.IdleMeter) -> assemble_helper.Helper | None:
-    """A helper process, when a second core was idle since assemble began."""
-    if assemble_helper.cpus() < 2:
-        return None
-    free = idle.idle_cpus()
-    helper = assemble_helper.Helper() if free >= assemble_helper.MIN_IDLE_CPUS else None
-    log.info("assemble: %s helper process (%.1f CPUs idle)", "a" if helper else "no", free)
-    return helper
 
 
 def forecast_file_name(model: str, quantile: float, horizon: int) -> str:

@@ -10,6 +10,7 @@ of assemble's frame: its size, mtime and row count are checked) once, and sends 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
@@ -22,6 +23,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.runtime.sizing.resources import OtherCpuMeter
+
+log = logging.getLogger(__name__)
 
 # Forecast rows from which the coverage tests and MCS (about 8 CPU-s at 3M rows, while this
 # process computes the metric tables and the decomposition) go to the helper; below, the
@@ -79,6 +82,17 @@ class Helper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def start(idle: IdleMeter) -> Helper | None:
+    """A helper process (started now, its table given later by `serve`), when a second core
+    was idle since `idle` was made."""
+    if cpus() < 2:
+        return None
+    free = idle.idle_cpus()
+    helper = Helper() if free >= MIN_IDLE_CPUS else None
+    log.info("assemble: %s helper process (%.1f CPUs idle)", "a" if helper else "no", free)
+    return helper
 
 
 class IdleMeter:
