@@ -43,6 +43,14 @@ def test_the_helper_reads_the_table_and_refuses_a_changed_one(tmp_path):
             helper.submit(len).result()
     finally:
         helper.close()
+    helper = Helper()  # started early, before assemble has written the table
+    try:
+        with pytest.raises(RuntimeError, match="call serve first"):
+            helper.submit(len)
+        helper.serve(path, 1)
+        assert helper.submit(len).result() == 1
+    finally:
+        helper.close()
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")

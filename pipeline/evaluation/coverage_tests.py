@@ -37,12 +37,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from pipeline.evaluation.grouping import Keys
+from pipeline.evaluation.grouping import Groups, Keys
 from pipeline.evaluation.metrics import select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 
 DQ_LAGS = 4
-DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched SVD)
+DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched QR)
 SERIAL_DEPENDENCE_NOTE = (
     "Hits of h > 1 forecasts from monthly origins overlap by h - 1 months, so they are "
     "serially dependent by construction: Christoffersen's independence test and the DQ test "
@@ -278,7 +278,7 @@ def _dq_many(
     """The DQ statistic and its degrees of freedom (rank of the design) per group, as
     `_dq(_dq_design(...))` on each segment's rows stacked per group: the designs are padded
     with zero rows to one length (a zero row changes neither the projection nor the rank)
-    and solved by one batched SVD."""
+    and reduced by one batched QR (Householder: as stable as lstsq's SVD, about 5x cheaper)."""
     k = lags + 2
     stat, dof = np.full(n_groups, np.nan), np.ones(n_groups)
     if not hits.size:
@@ -301,29 +301,40 @@ def _dq_many(
     index[slots] = np.arange(slots.size)
     row_in_group = np.arange(usable.size) - np.r_[0, np.cumsum(count[slots])[:-1]][index[owner]]
     length = int(count[slots].max())
-    # designs of DQ_BATCH_BYTES at a time: every design keeps one padded length, so each SVD
+    # designs of DQ_BATCH_BYTES at a time: every design keeps one padded length, so each QR
     # is the one a single batch of all groups computed, with a bounded peak memory
-    per_batch = max(1, DQ_BATCH_BYTES // (length * k * 8))
+    per_batch = max(1, DQ_BATCH_BYTES // (length * (k + 1) * 8))
     first = np.r_[0, np.cumsum(count[slots])]  # each slot's first entry in `usable`
     for b0 in range(0, slots.size, per_batch):
         b1 = min(b0 + per_batch, slots.size)
         part = slice(int(first[b0]), int(first[b1]))
         rows = usable[part]
-        at = (index[owner[part]] - b0, row_in_group[part])
-        x = np.zeros((b1 - b0, length, k))
-        y = np.zeros(x.shape[:2])
-        x[(*at, 0)] = 1.0
+        # each design with its target as a last column (the R of its QR holds R_x and Q'y),
+        # column by column (each a contiguous row of `x`: the column-major layout LAPACK
+        # copies each design into), then placed in the padded stack (no copy when every
+        # group has `length` rows: a country's origins, say)
+        x = np.empty((k + 1, rows.size))
+        x[0] = 1.0
         for lag in range(1, lags + 1):
-            x[(*at, lag)] = demeaned[rows - lag]
-        x[(*at, k - 1)] = forecast[rows]
-        y[at] = demeaned[rows]
-        u, s, _ = np.linalg.svd(x, full_matrices=False)
+            np.take(demeaned, rows - lag, out=x[lag])
+        np.take(forecast, rows, out=x[k - 1])
+        np.take(demeaned, rows, out=x[k])
+        if rows.size == (b1 - b0) * length:
+            x = x.reshape(k + 1, b1 - b0, length)
+        else:
+            padded = np.zeros((k + 1, b1 - b0, length))
+            padded[:, index[owner[part]] - b0, row_in_group[part]] = x
+            x = padded
+        r = np.linalg.qr(x.transpose(1, 2, 0), mode="r")
         del x
+        # the fitted values' norm is that of Q'y's part in the range of R_x (whose singular
+        # values are the design's), so the SVD is of k x k matrices, not of the designs
+        u, s, _ = np.linalg.svd(r[:, :k, :k])
         # np.linalg.lstsq's and matrix_rank's cut-off, with each group's own row count
         batch = slots[b0:b1]
         m = np.maximum(count[batch], k)[:, None]
         kept = s > s[:, :1] * m * np.finfo(np.float64).eps
-        projected = np.einsum("gnk,gn->gk", u, y) * kept
+        projected = np.einsum("gkj,gk->gj", u, r[:, :k, k]) * kept
         stat[batch] = (projected**2).sum(axis=1) / (tau[batch] * (1.0 - tau[batch]))
         dof[batch] = kept.sum(axis=1)
     return stat, dof
@@ -333,15 +344,41 @@ def _dq_many(
 def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
     """Per-origin losses of one horizon: mean pinball over countries and quantiles per
     (WINDOW_END, MODEL), on the rows every model scored; a WINDOW_END x MODEL matrix."""
-    rows = frame.loc[
-        (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
-    ]
+    at = (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
+    columns = ["MODEL", "COUNTRY", "QUANTILE", "WINDOW_END", "ACTUAL", "FORECAST"]
+    rows = select_rows(frame, at.to_numpy(), columns)
     u = rows["ACTUAL"].to_numpy(np.float64) - rows["FORECAST"].to_numpy(np.float64)
     q = rows["QUANTILE"].to_numpy(np.float64)
-    rows = rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+    loss = np.maximum(q * u, (q - 1.0) * u)
     key = ["COUNTRY", "QUANTILE", "WINDOW_END"]
-    wide = rows.pivot_table(index=key, columns="MODEL", values="LOSS", observed=True).dropna()
-    return wide.groupby(level="WINDOW_END").mean().sort_index()
+    # the (key x MODEL) table of a pivot_table, from integer codes (its cost at scale), where
+    # every key is known and no (key, model) has two rows (then pivot_table's mean is needed)
+    keys = Keys(rows)
+    cells, models = keys.groups(key), keys.groups(["MODEL"])
+    flat = None
+    if cells.kept is None and models.kept is None and len(rows):
+        flat = cells.ids.astype(np.int64) * models.n_groups + models.ids
+        if np.bincount(flat).max() > 1:
+            flat = None
+    if flat is None:
+        wide = rows.assign(LOSS=loss).pivot_table(
+            index=key, columns="MODEL", values="LOSS", observed=True
+        )
+        return wide.dropna().groupby(level="WINDOW_END").mean().sort_index()
+    wide = np.full((cells.n_groups, models.n_groups), np.nan)
+    wide.reshape(-1)[flat] = loss
+    complete = ~np.isnan(wide).any(axis=1)  # pivot_table(...).dropna()
+    window = keys.codes("WINDOW_END")[0][cells.first[complete]]
+    present = np.bincount(window, minlength=1) > 0  # the origins (sorted codes) kept
+    origin = (np.cumsum(present) - 1)[window]
+    # the means of pandas' groupby (its compensated sum in the pivot's row order)
+    by_origin = Groups(ids=origin.astype(np.int32), kept=None, n_groups=int(present.sum()))
+    first = np.empty(by_origin.n_groups, np.int64)
+    first[origin] = cells.first[complete]
+    return pd.DataFrame(
+        {j: by_origin.mean(wide[complete, j]) for j in range(models.n_groups)},
+        index=pd.Index(rows["WINDOW_END"].iloc[first], name="WINDOW_END"),
+    ).set_axis(pd.Index(rows["MODEL"].iloc[models.first], name="MODEL"), axis=1)
 
 
 def model_confidence_set(

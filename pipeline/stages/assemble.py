@@ -143,19 +143,24 @@ def assemble(
         _check_name("MODEL", model)  # before anything is written
     fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
-    written = _write_forecast_tables(fdir, frame, missing)
-    forecast_files = written[:-2]
     # a helper process (the second core, reading all.parquet) renders the charts and, at
-    # scale, computes the test tables while this one computes the metric tables
-    charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
+    # scale, computes the test tables while this one computes the metric tables; at scale
+    # it starts now, so that its Python starts while this one writes the tables
     helper_tests = len(frame) >= assemble_helper.HELPER_MIN_ROWS
+    helper = assemble_helper.start(idle) if helper_tests else None
+    try:
+        written = _write_forecast_tables(fdir, frame, missing)
+        charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
+    except BaseException:
+        if helper is not None:
+            helper.close()
+        raise
+    forecast_files = written[:-2]
     helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
-    helper = None
-    if (helper_tests or helper_charts) and assemble_helper.cpus() >= 2:
-        free = idle.idle_cpus()
-        if free >= assemble_helper.MIN_IDLE_CPUS:
-            helper = assemble_helper.Helper(fdir / "all.parquet", len(frame))
-        log.info("assemble: %s helper process (%.1f CPUs idle)", "a" if helper else "no", free)
+    if helper is None and helper_charts:
+        helper = assemble_helper.start(idle)
+    if helper is not None:
+        helper.serve(fdir / "all.parquet", len(frame))
     try:
         tests = helper.submit(coverage_test_tables, *mcs) if helper and helper_tests else None
         if helper and helper_charts:

@@ -10,6 +10,7 @@ of assemble's frame: its size, mtime and row count are checked) once, and sends 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
@@ -23,13 +24,16 @@ import pandas as pd
 
 from pipeline.runtime.sizing.resources import OtherCpuMeter
 
+log = logging.getLogger(__name__)
+
 # Forecast rows from which the coverage tests and MCS (about 8 CPU-s at 3M rows, while this
 # process computes the metric tables and the decomposition) go to the helper; below, the
 # helper's start (~1.2 CPU-s) would cost about what they do (under 1 CPU-s at 342k rows).
 HELPER_MIN_ROWS = 1_000_000
 
-# Idle CPUs (averaged over assemble's first phase: reading, reconciling, writing the tables)
-# below which no helper starts: on a machine whose cores are busy (a loaded shared machine;
+# Idle CPUs (averaged since assemble began: over its read and reconcile at scale, where the
+# helper starts before the tables are written; also over that write for charts) below which
+# no helper starts: on a machine whose cores are busy (a loaded shared machine;
 # Linux's autogroup scheduler then splits this session's share between the two processes)
 # the helper only adds its start and a second read of the table (benchmarks/README.md).
 MIN_IDLE_CPUS = 0.5
@@ -38,15 +42,26 @@ Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows
 
 
 class Helper:
-    """One helper process for one assemble; `close` when done (also after a failure)."""
+    """One helper process for one assemble; `close` when done (also after a failure).
 
-    def __init__(self, table: Path, n_rows: int) -> None:
-        stat = table.stat()
-        self.identity: Identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
+    Made with the table it reads, or started early (`Helper()`: its Python starts on the
+    second core while assemble reads and writes) and given the table by `serve`."""
+
+    def __init__(self, table: Path | None = None, n_rows: int = 0) -> None:
+        self.identity: Identity | None = None
         context = multiprocessing.get_context("spawn")
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             1, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
         )
+        if table is None:  # start it now (a pool starts its process at the first task)
+            self._pool.submit(_warm)
+        else:
+            self.serve(table, n_rows)
+
+    def serve(self, table: Path, n_rows: int) -> None:
+        """The table (n_rows rows, just written) that the tasks submitted next read."""
+        stat = table.stat()
+        self.identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """`fn(frame, *args)` in the helper, `frame` the table (FORECAST_DTYPES); `fn` must
@@ -54,6 +69,8 @@ class Helper:
         BrokenProcessPool: the callers then do the work themselves."""
         if self._pool is None:
             raise RuntimeError("the helper process is closed")
+        if self.identity is None:
+            raise RuntimeError("the helper has no table to read: call serve first")
         try:
             return self._pool.submit(_call, self.identity, fn, args)
         except BrokenProcessPool as exc:  # it died: the caller sees it where it waits
@@ -65,6 +82,17 @@ class Helper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def start(idle: IdleMeter) -> Helper | None:
+    """A helper process (started now, its table given later by `serve`), when a second core
+    was idle since `idle` was made."""
+    if cpus() < 2:
+        return None
+    free = idle.idle_cpus()
+    helper = Helper() if free >= MIN_IDLE_CPUS else None
+    log.info("assemble: %s helper process (%.1f CPUs idle)", "a" if helper else "no", free)
+    return helper
 
 
 class IdleMeter:
@@ -102,6 +130,12 @@ def _exit_with(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _warm() -> None:
+    """What every task needs, imported before the first one arrives."""
+    import pipeline.schema
+    import pipeline.stages.assemble_tables  # noqa: F401
 
 
 def _call(identity: Identity, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
