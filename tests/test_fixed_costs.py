@@ -341,7 +341,10 @@ def test_the_probe_times_a_task_by_its_cpu_not_the_wall_clock(
 
 
 def test_a_probe_child_that_will_measure_starts_before_prepare_and_ends_with_the_run(
-    tmp_path: Path, probe_cache: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    probe_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`run` with new data and no worker baseline in this machine's probe cache starts the
     probe's child before prepare (its imports overlap prepare) and the probe measures in it,
@@ -383,8 +386,10 @@ def test_a_probe_child_that_will_measure_starts_before_prepare_and_ends_with_the
     assert children[0].proc is None  # measured in, then closed by the probe
 
     events.clear()  # the baseline is cached; this task shape's measurement is not
+    caplog.set_level(logging.INFO, logger="pipeline.probe")
     assert run_study(rw(tmp_path / "b", task_seconds=0.25)) == 0
     assert events == ["prepare", "child"]
+    assert caplog.text.count("probe: reused measurement from") == 1  # looked up early unlogged
 
     def bad_data(*args: Any, **kwargs: Any) -> Any:
         events.append("prepare")

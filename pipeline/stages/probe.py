@@ -59,7 +59,13 @@ from pipeline.runtime.sizing.plan import (
     round_up_mb,
     worker_environment,
 )
-from pipeline.runtime.sizing.probe_cache import code_fingerprint, lookup, machine_identity, remember
+from pipeline.runtime.sizing.probe_cache import (
+    code_fingerprint,
+    has_entry,
+    lookup,
+    machine_identity,
+    remember,
+)
 from pipeline.runtime.sizing.timeouts import PROBE_TIMEOUT_S, probe_timeout
 
 log = logging.getLogger("pipeline.probe")
@@ -172,7 +178,7 @@ def start_early(config: StudyConfig, models: list[str]) -> None:
     imports = task_imports(config, models)
     if imports_torch(imports):
         return
-    if not config.runtime.reprobe and lookup(baseline_inputs(imports), ("peak_mb",)) is not None:
+    if not config.runtime.reprobe and has_entry(baseline_inputs(imports)):
         return  # whether a model needs measuring is known only from its plan, after prepare
     discard_early()
     _early = ProbeChild(imports)
