@@ -27,6 +27,19 @@ everything, the second is a no-op rerun. Per N: train wall time and microseconds
 no-op rerun's wall time, the driver peak (VmHWM) of both runs, the progress store's bytes per
 fit and `monitor`'s latency on the store.
 
+Train's cost **outside the solver** (issue 18's "at most 25 us per fit"): after the first run,
+the same tasks (the fit plan and task size the run logged) are solved again in the bench's own
+process, one after another, the model's `fit_batch` alone timed (CPU seconds: the solver's
+own arithmetic, one core). Then
+
+    outside us/fit = (train@rw wall - solver CPU s / workers) / fits
+
+i.e. the wall train took beyond its solver's arithmetic spread over the run's workers: what the
+runtime adds (the plan and keys, the cluster's start, payloads, the workers' task function
+beyond the fit, results, shards, the progress store, the forecast table and the export). The
+workers' whole task function (`run_task`) is timed the same way, so the part of the excess
+spent in the workers beside the solver shows too.
+
 Usage: python benchmarks/bench_scale.py --rw 125 500 [--out /tmp/bench_scale]
 
 `--driver N` measures the driver's own CPU per fit (time.process_time of the driver process:
@@ -34,7 +47,10 @@ a loaded machine stretches it far less than wall time, and the workers' CPU, whe
 runs, is not in it): prepare, then `run_train` for the same rw study on a local cluster (no
 probe: the default plan), then a second `run_train` that loads everything from the cache, then
 assemble's expected fits. What the driver spends is bookkeeping: keys, progress rows, the
-store, cache shards, payloads, the forecast table, plus the cluster's start. Run it with
+store, cache shards, payloads, the forecast table, plus the cluster's start. The solver's own
+CPU on the same tasks (as for `--rw`) and train's wall outside it are given as well, and
+`runtime_cpu_us_per_fit`: the CPU of every process of train (the driver, and its reaped
+children: workers, nannies, the driver's child) less the solver's, per fit. Run it with
 PYTHONPATH at the tree to measure, the same N and machine, before and after a change.
 
 `--fits-per-task K` runs that train on a 2-worker cluster in tasks of K fits (a real run's
@@ -51,6 +67,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -163,19 +181,74 @@ def timed_run(
     return wall, hwm["mb"], usage
 
 
+def rw_overrides(n: int, out: Path) -> list[str]:
+    """The rw study of N countries (N x 912 fits) into `out`."""
+    return [*RW_ONLY, f"data.synthetic.n_countries={n}", f"runtime.output_dir={out}", *QUIET]
+
+
 def rw_command(n: int, out: Path, *extra: str) -> list[str]:
-    """`python -m pipeline run` of the rw study of N countries (N x 912 fits) into `out`."""
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        *RW_ONLY,
-        f"data.synthetic.n_countries={n}",
-        f"runtime.output_dir={out}",
-        *QUIET,
-        *extra,
-    ]
+    """`python -m pipeline run` of the rw study of N countries into `out`."""
+    return [sys.executable, "-m", "pipeline", "run", *rw_overrides(n, out), *extra]
+
+
+TASKS_LINE = re.compile(
+    r"train (?P<model>\S+): (?P<tasks>\d+) tasks of <= (?P<fpt>\d+) fits "
+    r"(?:on (?P<workers>\d+) workers|in the driver)"
+)
+
+
+def task_shape(out: Path, model: str) -> tuple[int, int]:
+    """(fits per task, workers) of the first train of `model` logged under `out` (the
+    driver's child counts as one worker)."""
+    for path in sorted((out / "logs").glob(f"train-{model}-*.log")):
+        for line in path.read_text().splitlines():
+            m = TASKS_LINE.search(line)
+            if m and m["model"] == model:
+                return int(m["fpt"]), int(m["workers"] or 1)
+    raise RuntimeError(f"no task line of {model} in {out}/logs")
+
+
+def solver_alone(overrides: list[str], model: str, fits_per_task: int) -> dict[str, float]:
+    """CPU seconds of the study's tasks solved again here, one after another: the model's
+    `fit_batch` alone (the solver's arithmetic) and the workers' whole task function
+    (`run_task`: the windows built from the compact payload, the fit, checks, results)."""
+    import numpy as np
+
+    from pipeline.config import validate
+    from pipeline.config.compose import compose_dict
+    from pipeline.models.plugins.registry import adapter_for, task_adapter
+    from pipeline.runtime.execute.worker import run_task
+    from pipeline.runtime.fits.fit_groups import build_groups
+    from pipeline.runtime.fits.tasks import make_tasks, task_payload, with_data
+    from pipeline.stages.prepare import load_panel
+
+    config = validate(compose_dict(overrides))
+    adapter = adapter_for(config, model)
+    groups = build_groups(load_panel(config.output_dir), config, adapter)
+    tasks = make_tasks(groups, [np.arange(len(g)) for g in groups], fits_per_task)
+    params = adapter.params(config)
+    solver = task = 0.0
+    fits = 0
+    for t in tasks:
+        payload = task_payload(
+            groups[t.group], t.index, params=params, quantiles=config.data.quantiles,
+            seed=config.seed, extra=adapter.payload, compact=True,
+        )  # fmt: skip
+        full = with_data(payload)
+        fit = task_adapter(full)
+        t0 = time.process_time()
+        fit.fit_batch(full)
+        solver += time.process_time() - t0
+        t0 = time.process_time()
+        run_task(payload)
+        task += time.process_time() - t0
+        fits += t.index.size
+    return {"solver_cpu_s": solver, "task_cpu_s": task, "solver_fits": fits}
+
+
+def outside_solver(train_wall_s: float, solver_cpu_s: float, workers: int, fits: int) -> float:
+    """Microseconds per fit of train's wall beyond the solver's CPU spread over the workers."""
+    return 1e6 * (train_wall_s - solver_cpu_s / max(workers, 1)) / fits
 
 
 def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
@@ -186,6 +259,8 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
     stages = {
         k: t["seconds"] for k, t in json.loads((out / "logs" / "timings.json").read_text()).items()
     }
+    fpt, workers = task_shape(out, "rw")
+    alone = solver_alone(rw_overrides(n, out), "rw", fpt)
     noop_wall, noop_hwm, _ = timed_run(cmd, base / f"rw{n}-noop.log", env)
     noop = {
         k: t["seconds"] for k, t in json.loads((out / "logs" / "timings.json").read_text()).items()
@@ -207,6 +282,14 @@ def run_rw(n: int, base: Path, cache: Path) -> dict[str, Any]:
         "wall_s": wall,
         "stages": stages,
         "train_us_per_fit": 1e6 * stages["train@rw"] / fits,
+        "fits_per_task": fpt,
+        "workers": workers,
+        **alone,
+        "solver_us_per_fit": 1e6 * alone["solver_cpu_s"] / fits,
+        "task_us_per_fit": 1e6 * alone["task_cpu_s"] / fits,
+        "outside_us_per_fit": outside_solver(
+            stages["train@rw"], alone["solver_cpu_s"], workers, fits
+        ),
         "driver_vmhwm_mb": hwm,
         "noop_wall_s": noop_wall,
         "noop_stages": noop,
@@ -230,12 +313,7 @@ def run_driver(
     from pipeline.stages.train import run_train
 
     out = base / f"driver{n}"
-    overrides = [
-        *RW_ONLY,
-        f"data.synthetic.n_countries={n}",
-        f"runtime.output_dir={out}",
-        *QUIET,
-    ]
+    overrides = rw_overrides(n, out)
     plan = None
     if fits_per_task:  # the cluster always (the work is below runtime.in_process_below_s)
         overrides.append("runtime.in_process_below_s=0")
@@ -244,17 +322,32 @@ def run_driver(
     config = validate(compose_dict(overrides))
     prepare(config, ROOT)
     base_mb = reset_peak()
+    kids0 = children_cpu_s()
     t0, w0 = time.process_time(), time.perf_counter()
     summary = run_train(config, "rw", plan)
     first, first_wall = time.process_time() - t0, time.perf_counter() - w0
+    kids = children_cpu_s() - kids0  # the workers and nannies (reaped when the cluster closed)
     train_peak = vm_hwm_mb(os.getpid())
+    fpt, workers = task_shape(out, "rw")
+    alone = solver_alone(overrides, "rw", fpt)
     row = {
         "countries": n,
         "fits": summary.fits,
-        "fits_per_task": fits_per_task,
         "train_cpu_s": first,
         "train_wall_s": first_wall,
         "driver_us_per_fit": 1e6 * first / summary.fits,
+        "fits_per_task": fpt,
+        "workers": workers,
+        **alone,
+        "solver_us_per_fit": 1e6 * alone["solver_cpu_s"] / summary.fits,
+        "task_us_per_fit": 1e6 * alone["task_cpu_s"] / summary.fits,
+        "outside_us_per_fit": outside_solver(
+            first_wall, alone["solver_cpu_s"], workers, summary.fits
+        ),
+        # every process's CPU in train (driver, workers, nannies, the driver's child) less
+        # the solver's: what the runtime costs in CPU, far less load-sensitive than wall
+        "children_cpu_s": kids,
+        "runtime_cpu_us_per_fit": 1e6 * (first + kids - alone["solver_cpu_s"]) / summary.fits,
         # the driver's peak RSS during run_train (VmHWM reset before it) and its RSS before it
         # (the panel, the imports: what prepare left)
         "train_peak_mb": train_peak,
@@ -282,6 +375,12 @@ def run_driver(
     }
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def reset_peak() -> float:
     """Reset this process's VmHWM to its current RSS (Linux: /proc/self/clear_refs "5");
     returns that RSS in MiB, so the next VmHWM is the peak of what runs after."""
@@ -291,15 +390,18 @@ def reset_peak() -> float:
 
 def report_rw(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| fits (N) | whole run s | train@rw s | train us/fit | assemble s | driver peak MiB "
+        "| fits (N) | whole run s | train@rw s | train us/fit | solver CPU us/fit (task fn) "
+        "| **outside the solver us/fit** | assemble s | driver peak MiB "
         "| no-op rerun s (driver MiB) | progress B/fit | monitor s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         st = r["stages"]
         lines.append(
             f"| {r['fits']:,} ({r['countries']}) | {r['wall_s']:.1f} | {st['train@rw']:.1f} | "
-            f"{r['train_us_per_fit']:.0f} | {st['assemble']:.1f} | {r['driver_vmhwm_mb']:.0f} | "
+            f"{r['train_us_per_fit']:.0f} | {r['solver_us_per_fit']:.1f} "
+            f"({r['task_us_per_fit']:.1f}) | {r['outside_us_per_fit']:.1f} | "
+            f"{st['assemble']:.1f} | {r['driver_vmhwm_mb']:.0f} | "
             f"{r['noop_wall_s']:.1f} ({r['noop_vmhwm_mb']:.0f}) | "
             f"{r['progress_bytes_per_fit']:.0f} | {r['monitor_s']:.2f} |"
         )

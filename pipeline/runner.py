@@ -7,6 +7,7 @@ by one through `python -m pipeline stage`).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,17 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
 
 
 def _run_locked(config: StudyConfig, dry_run: bool) -> int:
+    try:
+        return _run_stages(config, dry_run)
+    finally:
+        # a probe child started before prepare and never used (bad data, a failed stage) ends
+        # with the run, also where the process goes on (backtest() in a notebook)
+        probe = sys.modules.get("pipeline.stages.probe")
+        if probe is not None:
+            probe.discard_early()
+
+
+def _run_stages(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.io import write_text
     from pipeline.runtime.store.incremental import StageRecords
     from pipeline.runtime.store.timings import record_stage, timed_stage
@@ -75,6 +87,10 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
         from pipeline.stages.prepare import prepare
 
         _start_child_early(config, list(config.models.enabled()))  # new data: they will train
+        if config.models.enabled():
+            from pipeline.stages.probe import start_early
+
+            start_early(config, list(config.models.enabled()))  # when it will surely measure
         records.forget("prepare")
         started = time.perf_counter()
         result = prepare(config, root)  # validates the data first: a bad input writes nothing

@@ -338,3 +338,78 @@ def test_the_probe_times_a_task_by_its_cpu_not_the_wall_clock(
     monkeypatch.setenv("FAKE_SLEEP", "0.05")
     measured = probe_stage.run_probe(config, ["fake_quantile"]).models["fake_quantile"]
     assert measured.seconds_per_fit and measured.seconds_per_fit < 0.01  # wall: >= 0.05
+
+
+def test_a_probe_child_that_will_measure_starts_before_prepare_and_ends_with_the_run(
+    tmp_path: Path,
+    probe_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`run` with new data and no worker baseline in this machine's probe cache starts the
+    probe's child before prepare (its imports overlap prepare) and the probe measures in it,
+    not in a second one; with the baseline cached, a child starts only at the probe, when a
+    model turns out to need measuring; a run that ends before its probe stops the early child."""
+    import pipeline.stages.prepare as prepare_stage
+    from pipeline.data.errors import DataError
+    from pipeline.runner import run_study
+
+    events: list[str] = []
+    children: list[Any] = []
+    pids: list[int] = []
+    real_start, real_prepare = probe_stage.ProbeChild.start, prepare_stage.prepare
+
+    def start(self: Any) -> None:
+        if self.proc is None:
+            events.append("child")
+            children.append(self)
+        real_start(self)
+        pids.append(self.proc.pid)
+
+    def prepare_logged(*args: Any, **kwargs: Any) -> Any:
+        events.append("prepare")
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(probe_stage.ProbeChild, "start", start)
+    monkeypatch.setattr(prepare_stage, "prepare", prepare_logged)
+
+    def rw(out: Path, **runtime: Any) -> StudyConfig:
+        d = copy.deepcopy(SMALL_STUDY)
+        d["runtime"].update({"output_dir": str(out), "in_process_below_s": 1e9, **runtime})
+        d["models"] = {m: {"enabled": m == "rw"} for m in ("ar_qr", "lqr", "ensemble_nn")}
+        d["models"].update({"climatology": {"enabled": False}, "rw": {"enabled": True}})
+        d["evaluation"] = {"combo": {"enabled": False}, "mcs_reps": 20}
+        return make_config(d)
+
+    assert run_study(rw(tmp_path / "a")) == 0
+    assert events == ["child", "prepare"] and probe_stage._early is None
+    assert children[0].proc is None  # measured in, then closed by the probe
+
+    events.clear()  # the baseline is cached; this task shape's measurement is not
+    caplog.set_level(logging.INFO, logger="pipeline.probe")
+    assert run_study(rw(tmp_path / "b", task_seconds=0.25)) == 0
+    assert events == ["prepare", "child"]
+    assert caplog.text.count("probe: reused measurement from") == 1  # looked up early unlogged
+
+    def bad_data(*args: Any, **kwargs: Any) -> Any:
+        events.append("prepare")
+        raise DataError("data.path: no usable rows (test)")
+
+    monkeypatch.setattr(prepare_stage, "prepare", bad_data)
+    monkeypatch.setenv("QPIPE_PROBE_CACHE", str(tmp_path / "empty-cache"))
+    events.clear()
+    with pytest.raises(DataError):
+        run_study(rw(tmp_path / "c"))
+    assert events == ["child", "prepare"]
+    early = children[-1]
+    assert early.proc is None and early._tmp is None and probe_stage._early is None
+    assert not Path(f"/proc/{pids[-1]}").exists()  # killed and reaped
+
+
+def test_only_tasks_without_torch_start_the_probe_child_early() -> None:
+    from pipeline.runtime.execute.task_imports import TASK_MODULE, imports_torch
+
+    assert not imports_torch((TASK_MODULE, "pipeline.models.solvers.ar_qr"))
+    assert imports_torch((TASK_MODULE, "pipeline.models.solvers.lqr"))
+    assert imports_torch((TASK_MODULE, "pipeline.models.solvers.ensemble_nn"))
+    assert imports_torch(("no_such_module_qpipe",))  # unreadable: assumed heavy

@@ -149,3 +149,25 @@ def test_log_lines_print_above_the_progress_bar_whose_columns_are_labelled(capsy
     assert "task t1" not in capsys.readouterr().err
     final = text.rsplit("\x1b[2K", 1)[-1].splitlines()[0]  # the bar as last drawn
     assert re.search(r"ar_qr .*10/10 fits .*fits/s .*2 failed .*ETA ", final)
+
+
+def test_a_model_waiting_behind_another_counts_its_rate_from_its_first_task(monkeypatch, caplog):
+    """Side by side (stages/train_lanes.py), a model's first task may start long after its
+    reporter: its rate and ETA count from that task's start, not from the reporter's."""
+    import pipeline.runtime.ui.logs as logs
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: clock["now"])
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    with ProgressReporter("rw", 100, False) as bar:
+        clock["now"] += 98.0  # waited 90 s behind another model's tasks, then ran 8 s
+        bar.update(40, 40, 0, busy_s=8.0)
+        clock["now"] += 2.0
+        bar.update(40, 80, 0, busy_s=2.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rw: ")]
+    # 40 fits in its first task's 8 s, then 80 in 10 s (counted from the reporter's start:
+    # 0.4 then 0.8 fits/s, ETA 150 then 25 s)
+    assert lines == [
+        "rw: 40/100 fits, 5.0 fits/s, 0 failed, ETA 12 s",
+        "rw: 80/100 fits, 8.0 fits/s, 0 failed, ETA 2 s",
+    ], lines

@@ -1,6 +1,7 @@
 """Issue 19: what a LocalCluster's workers run beside the study's tasks. Dask's statistical
 profiler is off on them unless `runtime.worker_profiler` is true; the config reaches the worker
-processes themselves (a nanny hands its worker the config it was started with)."""
+processes themselves (a nanny hands its worker the config it was started with). Issue 18: their
+event-loop tick and system monitor run at coarser periods than Dask's defaults."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def _on_worker(dask_worker: Any) -> dict[str, Any]:
         "profile": dask.config.get("distributed.worker.profile.enabled"),
         "profiling": "profile" in dask_worker.periodic_callbacks,
         "omp": os.environ.get("OMP_NUM_THREADS"),
+        # the observers' periods (ms): the event loop's health tick, the system monitor
+        "tick": dask_worker.periodic_callbacks["tick"].callback_time,
+        "monitor": dask_worker.periodic_callbacks["monitor"].callback_time,
         "pid": os.getpid(),
     }
 
@@ -39,3 +43,6 @@ def test_the_workers_profiler_follows_runtime_worker_profiler(
     assert got["pid"] != os.getpid()  # a worker process of its own
     assert got["profile"] is profiler and got["profiling"] is profiler
     assert got["omp"] == "1"  # the rest of the workers' setup still holds
+    # issue 18: an idle worker ticks every second, not every 20 ms (Dask's default), and its
+    # system monitor samples every 2 s, not 0.5
+    assert (got["tick"], got["monitor"]) == (1000, 2000)

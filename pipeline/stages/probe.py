@@ -45,7 +45,7 @@ from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.probe_child import WORKER_IMPORTS, save_payload
-from pipeline.runtime.execute.task_imports import task_imports
+from pipeline.runtime.execute.task_imports import imports_torch, task_imports
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.fits.tasks import task_payload
@@ -59,7 +59,13 @@ from pipeline.runtime.sizing.plan import (
     round_up_mb,
     worker_environment,
 )
-from pipeline.runtime.sizing.probe_cache import code_fingerprint, lookup, machine_identity, remember
+from pipeline.runtime.sizing.probe_cache import (
+    code_fingerprint,
+    has_entry,
+    lookup,
+    machine_identity,
+    remember,
+)
 from pipeline.runtime.sizing.timeouts import PROBE_TIMEOUT_S, probe_timeout
 
 log = logging.getLogger("pipeline.probe")
@@ -82,7 +88,7 @@ def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     baseline_key = baseline_inputs(imports)
     cached: dict[str, dict[str, Any] | None] = {}
     fresh: dict[str, dict[str, Any]] = {}
-    with ProbeChild(imports) as child:
+    with _take_early(imports) as child:
         old_baseline = None if reprobe else lookup(baseline_key, ("peak_mb",))
         if old_baseline is None:
             child.start()
@@ -152,6 +158,50 @@ def _summary(limit: int, plan: Plan, seconds_per_fit: dict[str, float]) -> None:
         per_fit,
         f" (details: {where})" if where else "",
     )
+
+
+# the probe's child started before prepare (`start_early`), waiting for run_probe
+_early: ProbeChild | None = None
+
+
+def start_early(config: StudyConfig, models: list[str]) -> None:
+    """Start the probe's child now, before prepare (`python -m pipeline run` with new data),
+    when it will surely be needed: the worker baseline is measured once per machine and import
+    list, and is not in this machine's probe cache (or `runtime.reprobe`). Its imports (numpy
+    and distributed: 0.35 s) then overlap with prepare and the plans instead of following
+    them. What it measures is unchanged: it waits for its jobs.
+
+    Only for models whose tasks import no torch (`imports_torch`): the child counts the CPU
+    other processes use from its start to choose how many jobs to run at once, and the
+    driver's own early child importing torch during prepare (1-2 CPU-s) would read as load."""
+    global _early
+    imports = task_imports(config, models)
+    if imports_torch(imports):
+        return
+    if not config.runtime.reprobe and has_entry(baseline_inputs(imports)):
+        return  # whether a model needs measuring is known only from its plan, after prepare
+    discard_early()
+    _early = ProbeChild(imports)
+    _early.start()
+
+
+def discard_early() -> None:
+    """Stop an early child run_probe did not take (the run ended before its probe)."""
+    global _early
+    child, _early = _early, None
+    if child is not None:
+        child.close()
+
+
+def _take_early(imports: tuple[str, ...]) -> ProbeChild:
+    """The early child when it imports `imports`, else a new (not yet started) one."""
+    global _early
+    child, _early = _early, None
+    if child is not None and child.imports == imports:
+        return child
+    if child is not None:
+        child.close()
+    return ProbeChild(imports)
 
 
 MODEL_FIELDS = ("seconds_per_fit", "peak_mb", "fits")

@@ -29,3 +29,25 @@ def task_imports(config: StudyConfig, models: list[str]) -> tuple[str, ...]:
         if code is not None:
             found += [i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME"]
     return tuple(dict.fromkeys(found))
+
+
+def imports_torch(modules: tuple[str, ...]) -> bool:
+    """Whether any of `modules` imports torch at module level (read from its compiled code, not
+    run), or cannot be read (then assumed to). The probe starts its child early only for tasks
+    that do not (pipeline.stages.probe.start_early)."""
+    import importlib.util
+
+    for name in modules:
+        if name == TASK_MODULE:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+            code = spec.loader.get_code(name) if spec and spec.loader else None  # type: ignore[attr-defined]
+        except (ImportError, AttributeError, ValueError, SyntaxError):
+            code = None
+        if code is None:
+            return True
+        names = (i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME")
+        if any(str(n).split(".")[0] == "torch" for n in names):
+            return True
+    return False

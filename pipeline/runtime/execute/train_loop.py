@@ -232,7 +232,10 @@ class RunState:
                         if result["failed"]:
                             self._failed(result["failed"], result, task, row, queue, split=False)
                     bar.update(
-                        len(result["keys"]) if result else 0, self.trained, len(self.failed_now())
+                        len(result["keys"]) if result else 0,
+                        self.trained,
+                        len(self.failed_now()),
+                        busy_s=result.get("seconds") if result else None,
                     )
                     submit_more()
             except BaseException:

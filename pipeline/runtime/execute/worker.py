@@ -193,9 +193,8 @@ def _solve(
         error, trace = exc, traceback.format_exc()
     else:
         # fits in one batched call are independent: a non-finite forecast fails only its fit
-        finite = np.array(
-            [np.isfinite(pred[j][rows[j]]).all() for j in range(len(idx))], dtype=bool
-        )
+        # (its existing rows only: a padding row may hold anything), for the batch at once
+        finite = ~(~np.isfinite(pred) & rows[:, :, None, None]).any(axis=(1, 2, 3))
         done.append((idx, {**out, "pred": pred, "ok": finite}))
         for j in np.nonzero(~finite)[0]:
             key = payload["keys"][idx[j]]

@@ -89,6 +89,12 @@ def lookup(inputs: Mapping[str, Any], required: tuple[str, ...]) -> dict[str, An
     return found
 
 
+def has_entry(inputs: Mapping[str, Any]) -> bool:
+    """Whether an entry for `inputs` exists (not read, nothing logged: a cheap look before
+    the entry is needed; `lookup` then reads and checks it)."""
+    return entry_path({"format": FORMAT, **inputs}).exists()
+
+
 def remember(inputs: Mapping[str, Any], result: Mapping[str, Any]) -> None:
     """Keep a measurement for the next study; a cache that cannot be written only costs a
     warning."""

@@ -103,6 +103,9 @@ def row_chunks(
     del keys
     import pyarrow as pa
 
+    # the side tables' columns once per export, not a pandas reindex per chunk and group
+    task_of = _Side(tasks, ("worker", "started", "finished", "seconds", "peak_mb"))
+    error_of = _Side(errors, ("error_type", "message"))
     for start in range(0, order.size, chunk):
         at = order[start : start + chunk]
         g = np.searchsorted(offsets, at, side="right") - 1
@@ -110,7 +113,7 @@ def row_chunks(
         tables, where = [], []
         for gi in np.unique(g).tolist():
             sel = np.nonzero(g == gi)[0]
-            tables.append(_rows(states[gi], r[sel], tasks, errors))
+            tables.append(_rows(states[gi], r[sel], task_of, error_of))
             where.append(sel)
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         yield table.take(np.argsort(np.concatenate(where)))
@@ -154,7 +157,7 @@ def _coded(values: Any, codes: np.ndarray, valid: np.ndarray | None = None) -> A
     return pa.array(values, type=pa.string()).take(at)
 
 
-def _rows(s: GroupState, rows: np.ndarray, tasks: pd.DataFrame, errors: pd.DataFrame) -> Any:
+def _rows(s: GroupState, rows: np.ndarray, tasks: _Side, errors: _Side) -> Any:
     """The rows `rows` (positions in _expand's order) of one group, as an Arrow table."""
     import pyarrow as pa
 
@@ -168,8 +171,8 @@ def _rows(s: GroupState, rows: np.ndarray, tasks: pd.DataFrame, errors: pd.DataF
     hi, qi = np.divmod(hq, Q)
     fits, inverse = np.unique(fi, return_inverse=True)
     months, month = np.unique(s.origin[fi], return_inverse=True)
-    task = _lookup(tasks, s.task[fi], ("worker", "started", "finished", "seconds", "peak_mb"))
-    error = _lookup(errors, s.error[fi], ("error_type", "message"))
+    task = tasks.at(s.task[fi])
+    error = errors.at(s.error[fi])
     if s.forecast is not None:
         forecast = s.forecast[fi, cj, hi, qi]
         alpha = s.alpha[fi, qi]  # type: ignore[index]
@@ -197,25 +200,41 @@ def _rows(s: GroupState, rows: np.ndarray, tasks: pd.DataFrame, errors: pd.DataF
     return pa.table(columns, schema=row_schema())
 
 
-def _lookup(table: pd.DataFrame, ids: np.ndarray, columns: Sequence[str]) -> dict[str, Any]:
-    """Columns of `table` (indexed by id) at `ids` (0: none -> null/NaN): floats as numpy,
-    strings as Arrow arrays."""
-    known = table.reindex(np.unique(ids[ids > 0]))
-    pos = np.searchsorted(known.index.to_numpy(), ids)
-    hit = ids > 0
-    out: dict[str, Any] = {}
-    for c in columns:
-        col = known[c].to_numpy() if c in known else np.array([])
-        if c in FLOAT_COLUMNS:
-            col = col.astype(np.float64)  # a column of NULLs reads as objects
-            values = np.full(ids.size, np.nan)
-            if hit.any():
-                values[hit] = col[pos[hit]]
-            out[c] = values
-        else:  # ids without a row (or a NULL cell) read null
-            strings = [None if v is None or v != v else str(v) for v in col] or [""]
-            out[c] = _coded(strings, np.where(hit, pos, 0).astype(np.int64), hit)
-    return out
+class _Side:
+    """Columns of a side table (`tasks`, `errors`: indexed by id) looked up by id: floats as
+    numpy, strings as one Arrow array taken from (ids 0 or without a row: null / NaN)."""
+
+    def __init__(self, table: pd.DataFrame, columns: Sequence[str]) -> None:
+        import pyarrow as pa
+
+        ids = table.index.to_numpy(dtype=np.int64)
+        self.row_of = np.full(int(ids.max(initial=0)) + 1, -1, dtype=np.int64)
+        self.row_of[ids[ids >= 0]] = np.nonzero(ids >= 0)[0]
+        self.columns: dict[str, Any] = {}
+        for c in columns:
+            col = table[c].to_numpy() if c in table else np.full(len(table), None)
+            if c in FLOAT_COLUMNS:
+                self.columns[c] = col.astype(np.float64)  # a column of NULLs reads as objects
+            else:  # a NULL cell reads null
+                strings = [None if v is None or v != v else str(v) for v in col]
+                self.columns[c] = pa.array(strings or [""], type=pa.string())
+
+    def at(self, ids: np.ndarray) -> dict[str, Any]:
+        import pyarrow as pa
+
+        ids = np.asarray(ids, dtype=np.int64)
+        known = (ids > 0) & (ids < self.row_of.size)
+        row = np.where(known, self.row_of[np.where(known, ids, 0)], -1)
+        hit = row >= 0
+        out: dict[str, Any] = {}
+        for c, col in self.columns.items():
+            if c in FLOAT_COLUMNS:
+                values = np.full(ids.size, np.nan)
+                values[hit] = col[row[hit]]
+                out[c] = values
+            else:
+                out[c] = col.take(pa.array(np.where(hit, row, 0), mask=~hit, type=pa.int64()))
+        return out
 
 
 def side_tables(conn: sqlite3.Connection) -> tuple[pd.DataFrame, pd.DataFrame]:

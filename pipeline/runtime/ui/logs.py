@@ -272,6 +272,10 @@ class ProgressReporter:
         self.notebook: NotebookBar | None = None
         self.failed = 0
         self.t0 = time.perf_counter()
+        # when this model's first task started: its rate and ETA count from then, not from
+        # the reporter's start (a model waiting behind another's tasks on a shared cluster
+        # would show a low rate and a long ETA); None until a result tells it
+        self.began: float | None = None
         self.last = 0.0
         self.done = self.logged = 0
         if not self.use_rich and enabled and in_notebook():
@@ -283,10 +287,15 @@ class ProgressReporter:
             self.task = self.rich.add_task(self.model, total=self.total, rate=0.0, failed=0)
         return self
 
-    def update(self, advance: int, trained: int, failed: int) -> None:
+    def update(self, advance: int, trained: int, failed: int, busy_s: float | None = None) -> None:
+        """`advance` more fits done; `busy_s`: the seconds the task that did them ran (its
+        start, the first time, is when this model's work began)."""
         self.done += advance
-        elapsed = time.perf_counter() - self.t0
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        now = time.perf_counter()
+        if self.began is None and busy_s is not None:
+            self.began = max(self.t0, now - busy_s)
+        elapsed = now - self.t0
+        rate = self._rate(now)
         self.failed = failed
         if self.rich is not None:
             self.rich.update(self.task, advance=advance, rate=rate, failed=failed)
@@ -316,9 +325,15 @@ class ProgressReporter:
         if self.rich is not None:
             _live_bar.leave()
         if self.notebook is not None:  # the last state, even if redraws were throttled
-            elapsed = time.perf_counter() - self.t0
-            rate = self.done / elapsed if elapsed > 0 else 0.0
-            self.notebook.update(self.done, rate, self.failed, final=True)
+            self.notebook.update(
+                self.done, self._rate(time.perf_counter()), self.failed, final=True
+            )
+
+    def _rate(self, now: float) -> float:
+        """Fits per second since this model's first task started (the reporter's start
+        until a result tells when that was)."""
+        elapsed = now - (self.t0 if self.began is None else self.began)
+        return self.done / elapsed if elapsed > 0 else 0.0
 
 
 class _LiveBar:
