@@ -7,7 +7,6 @@ by one through `python -m pipeline stage`).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,9 +61,9 @@ def _run_locked(config: StudyConfig, dry_run: bool) -> int:
     finally:
         # a probe child started before prepare and never used (bad data, a failed stage) ends
         # with the run, also where the process goes on (backtest() in a notebook)
-        probe = sys.modules.get("pipeline.stages.probe")
-        if probe is not None:
-            probe.discard_early()
+        from pipeline.stages.probe_process import discard_early
+
+        discard_early()
 
 
 def _run_stages(config: StudyConfig, dry_run: bool) -> int:
@@ -88,7 +87,7 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
 
         _start_child_early(config, list(config.models.enabled()))  # new data: they will train
         if config.models.enabled():
-            from pipeline.stages.probe import start_early
+            from pipeline.stages.probe_process import start_early
 
             start_early(config, list(config.models.enabled()))  # when it will surely measure
         records.forget("prepare")

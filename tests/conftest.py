@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,18 @@ def fake_adapters(monkeypatch: pytest.MonkeyPatch) -> str:
     current = os.environ.get("PIPELINE_EXTRA_ADAPTERS", "")
     monkeypatch.setenv("PIPELINE_EXTRA_ADAPTERS", ",".join(filter(None, [current, FAKE_MODELS])))
     return FAKE_MODELS
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread, as the workers run it; it also makes CPU results reproducible to
+    the bit. Modules that train take it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch  # here, not at the top: most tests never import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -40,13 +40,7 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the workers run single-threaded; it also makes CPU results reproducible to the bit
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def t64(a: np.ndarray) -> torch.Tensor:

@@ -23,12 +23,7 @@ CPU = torch.device("cpu")
 built = pytest.mark.skipif(not native.available(), reason="native kernel not built here")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tables(rng: np.random.Generator, n: int, p: int, H: int, C: int) -> types.SimpleNamespace:

@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, SMALL_STUDY, make_config
 
 import pipeline.stages.probe as probe_stage
+import pipeline.stages.probe_process as probe_process
 from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import runs_in_process
@@ -382,7 +383,7 @@ def test_a_probe_child_that_will_measure_starts_before_prepare_and_ends_with_the
         return make_config(d)
 
     assert run_study(rw(tmp_path / "a")) == 0
-    assert events == ["child", "prepare"] and probe_stage._early is None
+    assert events == ["child", "prepare"] and probe_process._early is None
     assert children[0].proc is None  # measured in, then closed by the probe
 
     events.clear()  # the baseline is cached; this task shape's measurement is not
@@ -402,7 +403,7 @@ def test_a_probe_child_that_will_measure_starts_before_prepare_and_ends_with_the
         run_study(rw(tmp_path / "c"))
     assert events == ["child", "prepare"]
     early = children[-1]
-    assert early.proc is None and early._tmp is None and probe_stage._early is None
+    assert early.proc is None and early._tmp is None and probe_process._early is None
     assert not Path(f"/proc/{pids[-1]}").exists()  # killed and reaped
 
 

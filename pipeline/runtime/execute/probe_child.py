@@ -1,7 +1,7 @@
 """The probe's child process: the worker baseline and every model's task, one import.
 
 `python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel auto|N --cores N
---out FILE --parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe.ProbeChild,
+--out FILE --parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe_process.ProbeChild,
 in a worker's environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
 driver knows its jobs: after its imports it waits for FILE to appear.
 

@@ -34,7 +34,7 @@ def task_imports(config: StudyConfig, models: list[str]) -> tuple[str, ...]:
 def imports_torch(modules: tuple[str, ...]) -> bool:
     """Whether any of `modules` imports torch at module level (read from its compiled code, not
     run), or cannot be read (then assumed to). The probe starts its child early only for tasks
-    that do not (pipeline.stages.probe.start_early)."""
+    that do not (pipeline.stages.probe_process.start_early)."""
     import importlib.util
 
     for name in modules:

@@ -61,7 +61,7 @@ def _params(config: StudyConfig) -> dict[str, Any]:
         # result); "auto" is resolved here, on the driver, so the key names what ran
         "device": resolve_device(m.device),
         # the native kernel and torch's step round differently too: the key names the backend
-        "backend": resolve_backend(resolve_device(m.device)),
+        "backend": key_backend(resolve_device(m.device)),
     }
 
 
@@ -74,9 +74,11 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_backend(device: str) -> str:
-    """'native' (the fused C kernel) on a CPU where it is built, else 'torch'; a worker
-    without the kernel fails such a fit rather than return torch's bits under its key."""
+def key_backend(device: str) -> str:
+    """The backend a fit's key names, decided on the driver: 'native' (the fused C kernel) on a
+    CPU where it is built, else 'torch' (what `_batched_mlp.resolve_backend` picks for 'auto'
+    in float32, the plugin's dtype). A worker without the kernel fails such a fit rather than
+    return torch's bits under its key."""
     from pipeline.models.solvers.native import available
 
     return "native" if device == "cpu" and available() else "torch"
