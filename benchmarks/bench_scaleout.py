@@ -39,17 +39,20 @@ import os
 import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import psutil
-from bench_scale import replicated_data, rw_command, timed_run
+from bench_scale import RW_ONLY, replicated_data, rw_command, timed_run
 from study_overrides import AR_QR_ONLY, QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
+IDLE_S = 10.0  # the cluster's own CPU per second, measured before the study
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -171,34 +174,101 @@ def run(n: int, n_workers: int, base: Path, profiler: str = "on") -> dict[str, A
     }
 
 
-def run_ar_qr(k: int, n_workers: int, base: Path, profiler: str = "on") -> dict[str, Any]:
+def run_ar_qr(
+    k: int,
+    n_workers: int,
+    base: Path,
+    profiler: str = "on",
+    repeats: int = 1,
+    profile: bool = False,
+) -> dict[str, Any]:
     """The ar_qr study x k on an existing cluster, stage by stage; CPU per stage and process."""
-    out = base / f"ar_qr_x{k}_w{n_workers}"
+    data = replicated_data(base / f"hicp_x{k}.csv", k)
+    overrides = [*AR_QR_ONLY, f"data.path={data}", *QUIET]
+    return {
+        "factor": k,
+        **run_staged(
+            f"ar_qr_x{k}", overrides, "ar_qr", n_workers, base, profiler, repeats, profile
+        ),
+    }
+
+
+def run_rw_staged(
+    n: int,
+    n_workers: int,
+    base: Path,
+    profiler: str = "on",
+    repeats: int = 1,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """bench_scale's rw study of N countries on an existing cluster, stage by stage."""
+    overrides = [*RW_ONLY, f"data.synthetic.n_countries={n}", *QUIET]
+    return {
+        "countries": n,
+        **run_staged(f"rw{n}_staged", overrides, "rw", n_workers, base, profiler, repeats, profile),
+    }
+
+
+# what a train of the model leaves in the output dir: removed before each repeat of train, so
+# that it trains every fit again (the cache, the progress store, the table)
+TRAIN_OUTPUTS = ("models", "progress", "train")
+
+
+def run_staged(
+    label: str,
+    overrides: list[str],
+    model: str,
+    n_workers: int,
+    base: Path,
+    profiler: str = "on",
+    repeats: int = 1,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """One study on an existing cluster, one DVC stage at a time; train `repeats` times.
+
+    Before the stages, the scheduler's and the workers' idle CPU over IDLE_S seconds (their
+    heartbeats with no client: the cluster's own cost per second, not the study's). With
+    `profile`, each train's driver runs under benchmarks/profile_driver.py (CPU by thread,
+    cProfile of the main thread) into base/{label}_train{r}.prof/.threads.json.
+    """
+    out = base / f"{label}_w{n_workers}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    data = replicated_data(base / f"hicp_x{k}.csv", k)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = bench_environ(base, profiler)
     params = out / "params.yaml"
-    overrides = [*AR_QR_ONLY, f"data.path={data}", f"runtime.output_dir={out}", *QUIET]
-    overrides.append(f"runtime.scheduler_address={address}")
+    overrides = [*overrides, f"runtime.output_dir={out}", f"runtime.scheduler_address={address}"]
     python = [sys.executable, "-m", "pipeline"]
     subprocess.run([*python, "compose", *overrides, "--output", str(params)], cwd=ROOT, check=True)
-    stages = {
-        "prepare": ["stage", "prepare"],
-        "probe": ["stage", "probe"],
-        "train": ["stage", "train", "--model", "ar_qr"],
-        "assemble": ["stage", "assemble"],
-    }
+    stages = [
+        ("prepare", ["stage", "prepare"]),
+        ("probe", ["stage", "probe"]),
+        *[(f"train{r}", ["stage", "train", "--model", model]) for r in range(repeats)],
+        ("assemble", ["stage", "assemble"]),
+    ]
     scheduler, workers = start_cluster(address, port, n_workers, out, env)
     rows: dict[str, dict[str, float]] = {}
     try:
         procs = [psutil.Process(p.pid) for p in [scheduler, *workers]]
         before = [tree_cpu_seconds(p) for p in procs]
-        for name, args in stages.items():
+        time.sleep(IDLE_S)
+        after = [tree_cpu_seconds(p) for p in procs]
+        idle = {
+            "scheduler_cpu_per_s": round((after[0] - before[0]) / IDLE_S, 4),
+            "workers_cpu_per_s": round((sum(after[1:]) - sum(before[1:])) / IDLE_S, 4),
+        }
+        before = after
+        for name, args in stages:
+            if name.startswith("train") and name != "train0":
+                for sub in TRAIN_OUTPUTS:
+                    shutil.rmtree(out / sub, ignore_errors=True)
             cmd = [*python, *args, "--params", str(params)]
-            wall, hwm_mb, usage = timed_run(cmd, base / f"ar_qr_x{k}_{name}.log", env)
+            if profile and name.startswith("train"):
+                prefix = base / f"{label}_{name}"
+                cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_driver.py"), str(prefix)]
+                cmd += [*args, "--params", str(params)]
+            wall, hwm_mb, usage = timed_run(cmd, base / f"{label}_{name}.log", env)
             after = [tree_cpu_seconds(p) for p in procs]
             rows[name] = {
                 "wall_s": round(wall, 2),
@@ -211,10 +281,13 @@ def run_ar_qr(k: int, n_workers: int, base: Path, profiler: str = "on") -> dict[
         alive = all(w.poll() is None for w in workers)
     finally:
         stop([*workers, scheduler])
-    table = pd.read_parquet(out / "train" / "ar_qr.parquet", columns=["QUANTILE"])
+    table = pd.read_parquet(out / "train" / f"{model}.parquet", columns=["QUANTILE"])
     fits = len(table) // table["QUANTILE"].nunique()
+    trains = [rows[f"train{r}"] for r in range(repeats)]
+    train = {key: statistics.median(t[key] for t in trains) for key in trains[0]}
+    once = [rows["prepare"], rows["probe"], trains[0], rows["assemble"]]
     whole = {
-        key: round(sum(r[key] for r in rows.values()), 2)
+        key: round(sum(r[key] for r in once), 2)
         for key in ("driver_cpu_s", "scheduler_cpu_s", "workers_cpu_s")
     }
 
@@ -222,16 +295,19 @@ def run_ar_qr(k: int, n_workers: int, base: Path, profiler: str = "on") -> dict[
         return round(100.0 * (r["driver_cpu_s"] + r["scheduler_cpu_s"]) / r["workers_cpu_s"], 1)
 
     return {
-        "factor": k,
         "workers": n_workers,
         "workers_stayed_up": alive,
         "fits": fits,
+        "idle": idle,
         "stages": rows,
         "whole": whole,
-        "train_overhead_percent": overhead(rows["train"]),
+        "train_median": train,
+        "train_overhead_percent": [overhead(t) for t in trains],
+        "train_overhead_percent_median": overhead(train),
         "whole_overhead_percent": overhead(whole),
-        "train_driver_us_per_fit": round(1e6 * rows["train"]["driver_cpu_s"] / fits, 1),
-        "train_workers_us_per_fit": round(1e6 * rows["train"]["workers_cpu_s"] / fits, 1),
+        "train_driver_us_per_fit": round(1e6 * train["driver_cpu_s"] / fits, 1),
+        "train_scheduler_us_per_fit": round(1e6 * train["scheduler_cpu_s"] / fits, 1),
+        "train_workers_us_per_fit": round(1e6 * train["workers_cpu_s"] / fits, 1),
     }
 
 
@@ -242,17 +318,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scaleout"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--rw-staged", type=int, nargs="+", default=[], metavar="N")
+    parser.add_argument("--train-repeats", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="profile each train's driver")
     parser.add_argument("--worker-profiler", choices=list(WORKER_PROFILER), default="on")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         sys.exit("bench_scaleout needs root and util-linux unshare (mount namespaces)")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
-    if not args.n and not args.ar_qr:
+    if not args.n and not args.ar_qr and not args.rw_staged:
         args.n = [250]
-    jobs = [(run, n) for n in args.n] + [(run_ar_qr, k) for k in args.ar_qr]
-    for job, size in jobs:
-        result = job(size, args.workers, args.out, args.worker_profiler)
+    staged = (args.train_repeats, args.profile)
+    jobs = [(run, n, ()) for n in args.n]
+    jobs += [(run_ar_qr, k, staged) for k in args.ar_qr]
+    jobs += [(run_rw_staged, n, staged) for n in args.rw_staged]
+    for job, size, extra in jobs:
+        result = job(size, args.workers, args.out, args.worker_profiler, *extra)
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.json:

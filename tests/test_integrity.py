@@ -32,13 +32,18 @@ def shard_paths(cache: FitCache) -> list[Path]:
     return sorted(cache.shards.glob("*.npz"))
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [[f"k{i}" for i in range(5)], ["k0", 'k"1', "k\\2", "k 3", "k\u00e94"]],
+    ids=["plain", "escaped"],
+)
 def test_a_stacked_shard_is_the_shard_of_its_entries_and_damage_in_it_is_found(
-    tmp_path: Path,
+    tmp_path: Path, keys: list[str]
 ) -> None:
     """write_stacked (train's fast path) writes what write_shard writes for the same entries:
-    the same index (checksums included), so verify treats both alike."""
+    the same index (checksums included), so verify treats both alike; keys JSON must escape
+    (a quote, a backslash, a space, non-ASCII) are written as json.dumps writes them."""
     rng = np.random.default_rng(0)
-    keys = [f"k{i}" for i in range(5)]
     arrays = {
         "pred": rng.normal(size=(5, 1, 2, 3)),
         "alpha": np.full((5, 3), np.nan),
@@ -54,8 +59,8 @@ def test_a_stacked_shard_is_the_shard_of_its_entries_and_damage_in_it_is_found(
     # the same bytes, those json.dumps(index, sort_keys=True) writes (the text is built directly)
     assert texts[0] == texts[1] == json.dumps(json.loads(texts[0]), sort_keys=True) + "\n"
     entries = one.verify().entries
-    assert sorted(entries) == keys
-    np.testing.assert_array_equal(entries["k3"]["state_coef"], arrays["state_coef"][3])
+    assert sorted(entries) == sorted(keys)
+    np.testing.assert_array_equal(entries[keys[3]]["state_coef"], arrays["state_coef"][3])
     raw = bytearray(stacked.read_bytes())
     raw[-400:-300] = bytes(100)  # inside the members
     stacked.write_bytes(bytes(raw))

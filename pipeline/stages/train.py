@@ -116,7 +116,7 @@ def run_train(
         state = RunState(config, model, run_id, store, groups)
         state.cache.remove_orphans()
         entries = {}
-        if reuse:
+        if reuse and state.cache.has_shards():  # a fresh cache: no key to look up
             wanted = (k for g in groups for k in g.keys.tolist())
             report = state.cache.verify(wanted, keep=("pred", "alpha"))
             entries = report.entries
@@ -127,7 +127,12 @@ def run_train(
                     len(report.damaged_keys),
                     ", ".join(k[:12] for k in report.damaged_keys[:20]),
                 )
-        cached = [np.array([str(k) in entries for k in g.keys], dtype=bool) for g in groups]
+        cached = [
+            np.array([k in entries for k in g.keys.tolist()], dtype=bool)
+            if entries
+            else np.zeros(len(g), dtype=bool)
+            for g in groups
+        ]
         state.load_cached(cached, entries)
         todo = [np.nonzero(~c)[0] for c in cached]
         n_todo = int(sum(t.size for t in todo))

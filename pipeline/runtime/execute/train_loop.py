@@ -255,8 +255,12 @@ class RunState:
         g, gi = self.groups[task.group], task.group
         # the results are the task's wanted fits that did not fail, in the task's order
         wanted = task.wanted
-        at = dict(zip(g.keys[wanted].tolist(), wanted.tolist(), strict=True))
-        idx = np.array([at[k] for k in result["keys"]], dtype=np.int64)
+        asked = g.keys[wanted].tolist()
+        if result["keys"] == asked:  # every fit back, in order (one list comparison)
+            idx = np.asarray(wanted, dtype=np.int64)
+        else:
+            at = dict(zip(asked, wanted.tolist(), strict=True))
+            idx = np.array([at[k] for k in result["keys"]], dtype=np.int64)
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
         arrays = {
             "pred": pred,

@@ -85,6 +85,10 @@ class FitCache:
 
     # --- index --------------------------------------------------------------------------
 
+    def has_shards(self) -> bool:
+        """Whether any shard index exists (a fresh cache has nothing to verify or load)."""
+        return bool(self._indexes())
+
     def _indexes(self) -> list[Path]:
         return sorted(self.shards.glob("*.json")) if self.shards.is_dir() else []
 
@@ -162,12 +166,14 @@ class FitCache:
             if members[name].shape[0] != n:
                 raise ValueError(f"{name}: {members[name].shape[0]} entries for {n} keys")
         sums = stacked_checksums(members, names, n)
-        # the entries' JSON as json.dumps writes it, without a dict per entry
-        quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-        entries = ", ".join(
-            f'{{"key": {quote(k)}, "own": [], "sha256": "{h}"}}'
-            for k, h in zip(keys, sums, strict=True)
-        )
+        # the entries' JSON as json.dumps writes it, without a dict per entry; keys that are
+        # plain ASCII letters and digits (content keys are hex) need no escaping
+        joined = "".join(keys)
+        if not (joined.isascii() and joined.isalnum()):
+            quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+            keys = [quote(k)[1:-1] for k in keys]
+        entry = '{{"key": "{}", "own": [], "sha256": "{}"}}'.format
+        entries = ", ".join(map(entry, keys, sums))
         return self._write_files(label, members, names, f"[{entries}]")
 
     # --- read and verify ----------------------------------------------------------------

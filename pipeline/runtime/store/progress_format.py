@@ -81,7 +81,12 @@ def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
     """(F, 32) uint8 from 64-hex-character content keys."""
     if not len(keys):
         return np.zeros((0, KEY_BYTES), dtype=np.uint8)
-    raw = bytes.fromhex("".join(str(k) for k in keys))
+    listed = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
+    try:
+        text = "".join(listed)
+    except TypeError:  # not every key a str
+        text = "".join(map(str, listed))
+    raw = bytes.fromhex(text)
     return np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
 
 

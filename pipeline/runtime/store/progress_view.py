@@ -106,6 +106,8 @@ def row_chunks(
     # the side tables' columns once per export, not a pandas reindex per chunk and group
     task_of = _Side(tasks, ("worker", "started", "finished", "seconds", "peak_mb"))
     error_of = _Side(errors, ("error_type", "message"))
+    # each group's existing (fit, row) pairs, once per export rather than once per chunk
+    pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for start in range(0, order.size, chunk):
         at = order[start : start + chunk]
         g = np.searchsorted(offsets, at, side="right") - 1
@@ -113,7 +115,9 @@ def row_chunks(
         tables, where = [], []
         for gi in np.unique(g).tolist():
             sel = np.nonzero(g == gi)[0]
-            tables.append(_rows(states[gi], r[sel], task_of, error_of))
+            if gi not in pairs:
+                pairs[gi] = np.nonzero(states[gi].rows)
+            tables.append(_rows(states[gi], r[sel], task_of, error_of, pairs[gi]))
             where.append(sel)
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         yield table.take(np.argsort(np.concatenate(where)))
@@ -157,15 +161,22 @@ def _coded(values: Any, codes: np.ndarray, valid: np.ndarray | None = None) -> A
     return pa.array(values, type=pa.string()).take(at)
 
 
-def _rows(s: GroupState, rows: np.ndarray, tasks: _Side, errors: _Side) -> Any:
-    """The rows `rows` (positions in _expand's order) of one group, as an Arrow table."""
+def _rows(
+    s: GroupState,
+    rows: np.ndarray,
+    tasks: _Side,
+    errors: _Side,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Any:
+    """The rows `rows` (positions in _expand's order) of one group, as an Arrow table;
+    `pairs`: np.nonzero(s.rows), when the caller has it."""
     import pyarrow as pa
 
     from pipeline.runtime.fits.fit_groups import origin_labels
 
     _, _, H, Q = s.shape()
     # _expand's order: row r is forecast (r // (H Q)) of the group's existing (fit, row) pairs
-    fr, cr = np.nonzero(s.rows)
+    fr, cr = np.nonzero(s.rows) if pairs is None else pairs
     pair, hq = np.divmod(rows, H * Q)
     fi, cj = fr[pair], cr[pair]
     hi, qi = np.divmod(hq, Q)
