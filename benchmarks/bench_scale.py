@@ -154,12 +154,12 @@ RW_ONLY = [
 
 
 def timed_run(
-    cmd: list[str], log_path: Path, env: dict[str, str]
+    cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path = ROOT
 ) -> tuple[float, float, os.struct_rusage]:
     """Wall seconds, driver VmHWM (MiB, polled every 0.2 s) and rusage of one command."""
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         hwm = {"mb": 0.0}
         stop = threading.Event()
 

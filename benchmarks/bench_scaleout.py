@@ -24,11 +24,22 @@ scheduler's and the workers' CPU spent while it ran. rw does about 25 us of arit
 so its ratio measures the driver against almost nothing; ar_qr's solver is real work, and the
 train stage's ratio is the overhead a user of a cluster pays.
 
+`--rw-staged N` runs the rw study of N countries the same way, stage by stage. For either
+staged study, `--train-repeats R` trains R times (each from an empty cache and progress store,
+on the same cluster and prepared data; medians reported), `--baseline DIR` alternates each
+train's driver between this checkout and another (DIR: e.g. `git archive` of main's HEAD), so
+that a before/after shares one cluster, one hour and one load, and `--profile` runs each
+train's driver under benchmarks/profile_driver.py (its CPU by thread, a cProfile of the main
+thread). Before the stages the cluster sits idle for IDLE_S seconds: the scheduler's and the
+workers' own CPU per second (their ticks and heartbeats), which the study does not control;
+`scheduler_less_idle_cpu_s` is the scheduler's CPU in train less that rate times train's wall.
+
 Requires root and util-linux `unshare` (mount namespaces).
 
 Usage: python benchmarks/bench_scaleout.py --n 250 [--workers 4] [--out /tmp/bench_scaleout]
        [--json results.json]
        python benchmarks/bench_scaleout.py --ar-qr 3 [--workers 4]
+       python benchmarks/bench_scaleout.py --ar-qr 10 --train-repeats 3 --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +91,23 @@ def tree_cpu_seconds(proc: psutil.Process) -> float:
 WORKER_PROFILER = {"on": "True", "off": "False"}
 
 
-def bench_environ(base: Path, profiler: str = "on") -> dict[str, str]:
-    """The environment of the cluster and the study: one math thread, the bench's probe cache."""
+def bench_environ(base: Path, profiler: str = "on", settings: str = "dask") -> dict[str, str]:
+    """The environment of the cluster and the study: one math thread, the bench's probe cache;
+    `settings` "qpipe": the cluster's processes tick and sample their system monitor as the
+    study's own LocalCluster does (cluster.OBSERVER_INTERVALS), "dask": Dask's defaults."""
+    from pipeline.runtime.execute.cluster import OBSERVER_INTERVALS
+
+    observers = {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): value
+        for key, value in OBSERVER_INTERVALS.items()
+    }
     return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "QPIPE_PROBE_CACHE": str(base / "probe-cache"),
         "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": WORKER_PROFILER[profiler],
+        **(observers if settings == "qpipe" else {}),
     }
 
 
@@ -174,39 +195,36 @@ def run(n: int, n_workers: int, base: Path, profiler: str = "on") -> dict[str, A
     }
 
 
+@dataclass(frozen=True)
+class Staged:
+    """How a staged study runs its train stage: `repeats` trains (each from an empty cache
+    and store), each driver under benchmarks/profile_driver.py with `profile`, and with
+    `baseline` (another checkout of qpipe) the trains alternate between this tree's driver
+    and that tree's (this tree first), on the same cluster and prepared data."""
+
+    repeats: int = 1
+    profile: bool = False
+    baseline: Path | None = None
+    settings: str = "dask"  # the cluster's tick and system-monitor intervals (bench_environ)
+
+
 def run_ar_qr(
-    k: int,
-    n_workers: int,
-    base: Path,
-    profiler: str = "on",
-    repeats: int = 1,
-    profile: bool = False,
+    k: int, n_workers: int, base: Path, profiler: str = "on", staged: Staged = Staged()
 ) -> dict[str, Any]:
     """The ar_qr study x k on an existing cluster, stage by stage; CPU per stage and process."""
     data = replicated_data(base / f"hicp_x{k}.csv", k)
     overrides = [*AR_QR_ONLY, f"data.path={data}", *QUIET]
-    return {
-        "factor": k,
-        **run_staged(
-            f"ar_qr_x{k}", overrides, "ar_qr", n_workers, base, profiler, repeats, profile
-        ),
-    }
+    label = f"ar_qr_x{k}"
+    return {"factor": k, **run_staged(label, overrides, "ar_qr", n_workers, base, profiler, staged)}
 
 
 def run_rw_staged(
-    n: int,
-    n_workers: int,
-    base: Path,
-    profiler: str = "on",
-    repeats: int = 1,
-    profile: bool = False,
+    n: int, n_workers: int, base: Path, profiler: str = "on", staged: Staged = Staged()
 ) -> dict[str, Any]:
     """bench_scale's rw study of N countries on an existing cluster, stage by stage."""
     overrides = [*RW_ONLY, f"data.synthetic.n_countries={n}", *QUIET]
-    return {
-        "countries": n,
-        **run_staged(f"rw{n}_staged", overrides, "rw", n_workers, base, profiler, repeats, profile),
-    }
+    label = f"rw{n}_staged"
+    return {"countries": n, **run_staged(label, overrides, "rw", n_workers, base, profiler, staged)}
 
 
 # what a train of the model leaves in the output dir: removed before each repeat of train, so
@@ -221,31 +239,32 @@ def run_staged(
     n_workers: int,
     base: Path,
     profiler: str = "on",
-    repeats: int = 1,
-    profile: bool = False,
+    staged: Staged = Staged(),
 ) -> dict[str, Any]:
-    """One study on an existing cluster, one DVC stage at a time; train `repeats` times.
+    """One study on an existing cluster, one DVC stage at a time, train as `staged` says.
 
     Before the stages, the scheduler's and the workers' idle CPU over IDLE_S seconds (their
-    heartbeats with no client: the cluster's own cost per second, not the study's). With
-    `profile`, each train's driver runs under benchmarks/profile_driver.py (CPU by thread,
-    cProfile of the main thread) into base/{label}_train{r}.prof/.threads.json.
+    heartbeats and ticks with no client: the cluster's own cost per second, not the study's).
+    Each train's row also gives the scheduler's CPU less that idle rate times train's wall:
+    what the study itself cost the scheduler.
     """
     out = base / f"{label}_w{n_workers}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = bench_environ(base, profiler)
+    env = bench_environ(base, profiler, staged.settings)
     params = out / "params.yaml"
     overrides = [*overrides, f"runtime.output_dir={out}", f"runtime.scheduler_address={address}"]
     python = [sys.executable, "-m", "pipeline"]
     subprocess.run([*python, "compose", *overrides, "--output", str(params)], cwd=ROOT, check=True)
+    trees = {"this": ROOT} if staged.baseline is None else {"this": ROOT, "base": staged.baseline}
+    order = [name for _ in range(staged.repeats) for name in trees]
     stages = [
-        ("prepare", ["stage", "prepare"]),
-        ("probe", ["stage", "probe"]),
-        *[(f"train{r}", ["stage", "train", "--model", model]) for r in range(repeats)],
-        ("assemble", ["stage", "assemble"]),
+        ("prepare", ["stage", "prepare"], "this"),
+        ("probe", ["stage", "probe"], "this"),
+        *[(f"train{r}-{t}", ["stage", "train", "--model", model], t) for r, t in enumerate(order)],
+        ("assemble", ["stage", "assemble"], "this"),
     ]
     scheduler, workers = start_cluster(address, port, n_workers, out, env)
     rows: dict[str, dict[str, float]] = {}
@@ -259,21 +278,27 @@ def run_staged(
             "workers_cpu_per_s": round((sum(after[1:]) - sum(before[1:])) / IDLE_S, 4),
         }
         before = after
-        for name, args in stages:
-            if name.startswith("train") and name != "train0":
+        for name, args, tree in stages:
+            train = name.startswith("train")
+            if train and not name.startswith("train0"):
                 for sub in TRAIN_OUTPUTS:
                     shutil.rmtree(out / sub, ignore_errors=True)
             cmd = [*python, *args, "--params", str(params)]
-            if profile and name.startswith("train"):
-                prefix = base / f"{label}_{name}"
-                cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_driver.py"), str(prefix)]
-                cmd += [*args, "--params", str(params)]
-            wall, hwm_mb, usage = timed_run(cmd, base / f"{label}_{name}.log", env)
+            if staged.profile and train:
+                cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_driver.py")]
+                cmd += [str(base / f"{label}_{name}"), *args, "--params", str(params)]
+            root = trees[tree]
+            wall, hwm_mb, usage = timed_run(
+                cmd, base / f"{label}_{name}.log", {**env, "PYTHONPATH": str(root)}, cwd=root
+            )
             after = [tree_cpu_seconds(p) for p in procs]
             rows[name] = {
                 "wall_s": round(wall, 2),
                 "driver_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
                 "scheduler_cpu_s": round(after[0] - before[0], 2),
+                "scheduler_less_idle_cpu_s": round(
+                    after[0] - before[0] - idle["scheduler_cpu_per_s"] * wall, 2
+                ),
                 "workers_cpu_s": round(sum(after[1:]) - sum(before[1:]), 2),
                 "driver_peak_mb": round(hwm_mb, 1),
             }
@@ -283,32 +308,36 @@ def run_staged(
         stop([*workers, scheduler])
     table = pd.read_parquet(out / "train" / f"{model}.parquet", columns=["QUANTILE"])
     fits = len(table) // table["QUANTILE"].nunique()
-    trains = [rows[f"train{r}"] for r in range(repeats)]
-    train = {key: statistics.median(t[key] for t in trains) for key in trains[0]}
-    once = [rows["prepare"], rows["probe"], trains[0], rows["assemble"]]
-    whole = {
-        key: round(sum(r[key] for r in once), 2)
-        for key in ("driver_cpu_s", "scheduler_cpu_s", "workers_cpu_s")
-    }
-
-    def overhead(r: dict[str, float]) -> float:
-        return round(100.0 * (r["driver_cpu_s"] + r["scheduler_cpu_s"]) / r["workers_cpu_s"], 1)
-
-    return {
+    result: dict[str, Any] = {
         "workers": n_workers,
         "workers_stayed_up": alive,
         "fits": fits,
         "idle": idle,
         "stages": rows,
-        "whole": whole,
-        "train_median": train,
-        "train_overhead_percent": [overhead(t) for t in trains],
-        "train_overhead_percent_median": overhead(train),
-        "whole_overhead_percent": overhead(whole),
-        "train_driver_us_per_fit": round(1e6 * train["driver_cpu_s"] / fits, 1),
-        "train_scheduler_us_per_fit": round(1e6 * train["scheduler_cpu_s"] / fits, 1),
-        "train_workers_us_per_fit": round(1e6 * train["workers_cpu_s"] / fits, 1),
     }
+    for tree in trees:
+        trains = [rows[name] for name, _, t in stages if name.startswith("train") and t == tree]
+        median = {key: round(statistics.median(t[key] for t in trains), 3) for key in trains[0]}
+        result[f"train_{tree}"] = {
+            "median": median,
+            "overhead_percent": [overhead(t) for t in trains],
+            "overhead_percent_median": overhead(median),
+            "overhead_less_idle_percent_median": overhead(median, "scheduler_less_idle_cpu_s"),
+            "driver_us_per_fit": round(1e6 * median["driver_cpu_s"] / fits, 1),
+            "scheduler_us_per_fit": round(1e6 * median["scheduler_cpu_s"] / fits, 1),
+            "workers_us_per_fit": round(1e6 * median["workers_cpu_s"] / fits, 1),
+        }
+    once = [rows["prepare"], rows["probe"], rows[stages[2][0]], rows["assemble"]]
+    whole = {
+        key: round(sum(r[key] for r in once), 2)
+        for key in ("driver_cpu_s", "scheduler_cpu_s", "workers_cpu_s")
+    }
+    return {**result, "whole": whole, "whole_overhead_percent": overhead(whole)}
+
+
+def overhead(r: dict[str, float], scheduler: str = "scheduler_cpu_s") -> float:
+    """(driver + scheduler) CPU as a percentage of the workers' CPU."""
+    return round(100.0 * (r["driver_cpu_s"] + r[scheduler]) / r["workers_cpu_s"], 1)
 
 
 def main() -> None:
@@ -321,7 +350,17 @@ def main() -> None:
     parser.add_argument("--rw-staged", type=int, nargs="+", default=[], metavar="N")
     parser.add_argument("--train-repeats", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="profile each train's driver")
+    parser.add_argument(
+        "--baseline", type=Path, help="another qpipe checkout: trains alternate with its driver"
+    )
     parser.add_argument("--worker-profiler", choices=list(WORKER_PROFILER), default="on")
+    parser.add_argument(
+        "--cluster-settings",
+        choices=("dask", "qpipe"),
+        default="dask",
+        help="staged studies: the cluster's tick and system-monitor intervals (Dask's defaults "
+        "or those the study's own LocalCluster uses)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         sys.exit("bench_scaleout needs root and util-linux unshare (mount namespaces)")
@@ -329,7 +368,7 @@ def main() -> None:
     results = []
     if not args.n and not args.ar_qr and not args.rw_staged:
         args.n = [250]
-    staged = (args.train_repeats, args.profile)
+    staged = (Staged(args.train_repeats, args.profile, args.baseline, args.cluster_settings),)
     jobs = [(run, n, ()) for n in args.n]
     jobs += [(run_ar_qr, k, staged) for k in args.ar_qr]
     jobs += [(run_rw_staged, n, staged) for n in args.rw_staged]

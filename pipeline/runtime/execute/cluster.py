@@ -52,6 +52,17 @@ TIMEOUT_POLL_S = 0.5
 # the scheduler holds in its queue and hands to a worker when it is free, the highest priority
 # first (see `queue_every_task`).
 TASK_GROUP = "qpipe"
+# every Dask process's event-loop health tick (20 ms) and the system monitor behind the
+# dashboard's graphs (psutil's CPU, memory, disk and network counters every 0.5 s) cost an
+# idle 2-worker cluster ~0.07 CPU-s per second of train, 0.03 at these intervals; an idle
+# scheduler 0.016 CPU-s per second, 0.007 (benchmarks/README.md, issue 18). Both only observe:
+# the memory limit is the nanny's own monitor (distributed.worker.memory.monitor-interval,
+# still 100 ms). The study's LocalCluster runs with them; an existing cluster keeps its own
+# settings (docs/SCALE.md advises these).
+OBSERVER_INTERVALS = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
 
 
 @dataclass
@@ -92,13 +103,7 @@ def make_client(
         # a long torch task (benchmarks/README.md, issue 19). Off unless the user wants the
         # dashboard's Profile page; an existing cluster keeps its workers' own setting.
         "distributed.worker.profile.enabled": runtime.worker_profiler,
-        # every process's event-loop health tick (20 ms) and the system monitor behind the
-        # dashboard's graphs (psutil's CPU, memory, disk and network counters every 0.5 s)
-        # cost an idle 2-worker cluster ~0.07 CPU-s per second of train, 0.03 at these
-        # intervals (benchmarks/README.md, issue 18). Both only observe: the memory limit is
-        # the nanny's own monitor (distributed.worker.memory.monitor-interval, still 100 ms).
-        "distributed.admin.tick.interval": "1s",
-        "distributed.admin.system-monitor.interval": "2s",
+        **OBSERVER_INTERVALS,
     }
     # Dask's and bokeh's own stderr handlers are detached until the cluster is closed: their
     # warnings (and the workers', forwarded below) go to the run log only

@@ -158,6 +158,7 @@ def build_group(
     min_rows: int,
     batch_fits: int = 1,
     slot_period: int = 1,
+    known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> FitGroup:
     """Stack every fit of a model for `horizons` (one horizon per-country; any for pooled).
 
@@ -168,6 +169,8 @@ def build_group(
     With `batch_fits` > 1 (pooled only), fits are cut into ceil(n / `batch_fits`) blocks of
     at most `batch_fits` study origins, dealt round-robin by origin index (fit i -> block
     i mod n_blocks); a fit's key includes its block's origins.
+    `known` (per-country only): the group's fits and keys as `plan_parts` gave them for the
+    same inputs (runtime/fits/plan_cache.py), so that no window is built or hashed here.
     """
     from pipeline.schema import lead_column
 
@@ -178,7 +181,9 @@ def build_group(
     carr = np.array(countries, dtype=object)
     step = int(np.diff(org).min()) if len(org) > 1 else 1
     slot = None
-    if not pooled:
+    if not pooled and known is not None:
+        c_idx, fit_origin, keys = known
+    elif not pooled:
         # per fit: country, origin, slot (when batched by slot) and the values it reads
         prefix = key_prefix(model, version, params, quantiles, int(horizons[0]), seed)
         cdig = country_digests(countries)
@@ -198,13 +203,13 @@ def build_group(
                 ident.append((org[oi] // max(step, 1)) % slot_period)
             parts.append((ci + c0, oi, bulk_keys(prefix, *ident, X, y, x_new)))
         c_idx, o_idx, keys = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        c_idx, o_idx = c_idx.astype(np.int64), o_idx.astype(np.int64)
+        c_idx, fit_origin = c_idx.astype(np.int64), org[o_idx.astype(np.int64)]
         keys = keys.astype(object)
+    if not pooled:
         data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
-            grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, org[o_idx]
+            grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, fit_origin
         )
         fit_country = carr[c_idx]
-        fit_origin = org[o_idx]
         row_countries = fit_country[:, None]
         rows = np.ones((len(c_idx), 1), dtype=bool)
         if slot_period > 1:
@@ -278,12 +283,43 @@ def _block_mates(org: np.ndarray, fit_origin: np.ndarray, batch_fits: int) -> np
     return np.frombuffer(blob, dtype=np.uint8).reshape(len(block), 16)
 
 
-def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGroup]:
+def group_facts(config: Any, adapter: Any) -> dict[str, Any]:
+    """What build_groups reads of the adapter, as plain data (the plan cache's name holds it:
+    a user model whose features or minimum rows change gets a new plan)."""
+    return {
+        "name": adapter.name,
+        "version": int(adapter.version),
+        "params": adapter.params(config),
+        "features": list(adapter.features(config)),
+        "pooled": bool(adapter.pooled),
+        "min_rows": int(adapter.min_rows(config)),
+        "batch_fits": int(adapter.batch_fits),
+        "slot_period": int(getattr(adapter, "slot_period", 1)),
+    }
+
+
+def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per per-country group: (country index, origin month, keys) of its fits, what
+    build_group's `known` takes back (empty for pooled groups: they are not kept)."""
+    return [
+        (g.data.country, g.data.origin, g.keys)
+        for g in groups
+        if isinstance(g.data, CountryWindows)
+    ]
+
+
+def build_groups(
+    panel: pd.DataFrame,
+    config: Any,
+    adapter: Any,
+    known: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+) -> list[FitGroup]:
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).
 
     `config` is a StudyConfig and `adapter` a pipeline.models.plugins.spec.Adapter (duck-typed here so
-    this module stays free of model imports).
+    this module stays free of model imports). `known`: plan_parts of the same model, panel
+    and config (per-country models only), reused instead of building the windows and keys.
     """
     from pipeline.data.windows import origins as window_origins
 
@@ -306,8 +342,9 @@ def build_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGrou
             min_rows=adapter.min_rows(config),
             batch_fits=adapter.batch_fits,
             slot_period=getattr(adapter, "slot_period", 1),
+            known=None if known is None or adapter.pooled else known[i],
         )
-        for hs in horizon_sets
+        for i, hs in enumerate(horizon_sets)
     ]
 
 

@@ -4,7 +4,9 @@ Inside `one_plan_per_run()` (what `python -m pipeline run` wraps a study in), `f
 builds a model's groups once and hands the same objects to every later caller with the same
 panel and config; outside it (one DVC stage per process) it builds them as before. The memo
 is keyed by what the groups depend on: the model, the whole study config and the panel's
-content, so a caller with another panel or config never gets a stale plan.
+content, so a caller with another panel or config never gets a stale plan. A per-country
+model's fits and keys are also kept on disk under the same names (plan_cache.py), so that one
+DVC stage per process builds them once per study, not once per stage.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.io import stable_hash
-from pipeline.runtime.fits.fit_groups import FitGroup, build_groups
+from pipeline.runtime.fits import plan_cache
+from pipeline.runtime.fits.fit_groups import FitGroup, build_groups, group_facts, plan_parts
 
 _memo: dict[tuple[str, str, str], list[FitGroup]] | None = None
 
@@ -48,10 +51,27 @@ def panel_digest(panel: pd.DataFrame) -> str:
 
 
 def fit_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGroup]:
-    """`build_groups(panel, config, adapter)`, built once per run inside one_plan_per_run."""
-    if _memo is None:
-        return build_groups(panel, config, adapter)
+    """`build_groups(panel, config, adapter)`, built once per run inside one_plan_per_run,
+    and a per-country model's fits and keys once per machine (runtime/fits/plan_cache.py):
+    the stages of `dvc repro`, each its own process, then build the keys once."""
     key = (adapter.name, stable_hash(config.to_dict(), length=64), panel_digest(panel))
-    if key not in _memo:
-        _memo[key] = build_groups(panel, config, adapter)
-    return _memo[key]
+    if _memo is not None and key in _memo:
+        return _memo[key]
+    groups = _built_or_loaded(panel, config, adapter, key)
+    if _memo is not None:
+        _memo[key] = groups
+    return groups
+
+
+def _built_or_loaded(
+    panel: pd.DataFrame, config: Any, adapter: Any, key: tuple[str, str, str]
+) -> list[FitGroup]:
+    if adapter.pooled:  # its windows are the plan: nothing smaller to keep
+        return build_groups(panel, config, adapter)
+    name = plan_cache.plan_name(key[0], group_facts(config, adapter), key[1], key[2])
+    parts = plan_cache.load(name)
+    if parts is not None and len(parts) == len(config.data.horizons):  # one group a horizon
+        return build_groups(panel, config, adapter, known=parts)
+    groups = build_groups(panel, config, adapter)
+    plan_cache.save(name, plan_parts(groups))
+    return groups
