@@ -2,7 +2,7 @@
 kept between processes so that the stages of one study (`dvc repro`: one process per stage)
 build a model's keys once, not once per stage (issue 18 item 1).
 
-Building a group hashes every fit's window (about 6 KB per ar_qr fit, 11 us per fit on this
+Building a group hashes every fit's window (about 6 KB per ar_qr fit, 10 us per fit on this
 machine); loading its entry costs about 50 bytes per fit read and one checksum. An entry is
 named by everything its groups depend on (`plan_name`: the panel's content, the whole study
 config, what the adapter tells the groups, and the source of the modules that build them), so
@@ -42,7 +42,7 @@ SOURCES = (
     "pipeline.schema",
 )
 
-Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # per group: country index, origin index, keys
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # per group: country index, origin month, keys
 
 
 def cache_dir() -> Path:
