@@ -131,3 +131,12 @@ def test_a_stage_process_reuses_the_plan_another_kept(plans: Path, tmp_path: Pat
     ]
     assert out[0][0] == "False" and out[1][0] == "True", out
     assert out[0][1] == out[1][1]
+
+
+def test_a_pooled_model_is_built_not_kept(plans: Path) -> None:
+    """A panel model's windows are its plan: nothing smaller to keep, so nothing is written."""
+    config = make_config(copy.deepcopy(SMALL_STUDY))
+    adapter = adapter_for(config, "ensemble_nn")
+    assert adapter.pooled
+    _same(shared_plan.fit_groups(PANEL, config, adapter), build_groups(PANEL, config, adapter))
+    assert not list(plans.glob("*.npz"))
