@@ -205,13 +205,18 @@ def test_report_references_exactly_the_charts_written(run):
 
 
 def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """The charts and test tables a helper process computes (from forecasts/all.parquet, while
-    the metric tables are computed here) are the bytes an in-process assemble writes: the
-    whole output is."""
+    """The charts, test tables and decomposition a helper process computes (from the rows
+    handed to it, while the metric tables are computed here) are the bytes an in-process
+    assemble writes: the whole output is. The hand-off file goes with the helper."""
+    import tempfile
+
     from pipeline.stages import assemble_helper, charts
 
     digests = run[4]
     make_run(tmp_path)
+    handoffs = tmp_path.parent / f"{tmp_path.name}-tmp"
+    handoffs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(handoffs))
     monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
     monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)  # and for the test tables
     monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
@@ -223,10 +228,20 @@ def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, cap
         return finish(self, frame)
 
     monkeypatch.setattr(charts.ChartRun, "finish", after_the_helper)
+    served = []
+    serve = assemble_helper.Helper.serve
+
+    def recorded(self, table):
+        serve(self, table)
+        served.append(Path(self.identity[0]))
+
+    monkeypatch.setattr(assemble_helper.Helper, "serve", recorded)
     with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert "(4 rendered by the helper process)" in caplog.text
     assert _digests(tmp_path) == digests
+    assert len(served) == 1 and served[0].parent == handoffs
+    assert not list(handoffs.iterdir())
 
 
 def test_a_helper_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):

@@ -3,9 +3,11 @@ while this process computes the metric tables (issues 18 item 5 and 19 item 4).
 
 One spawned process (a `ProcessPoolExecutor` of one: it imports the package afresh, so the
 caller's `__main__` needs the `if __name__ == "__main__":` guard, as for the Dask cluster).
-It reads the forecast table assemble has just written (`forecasts/all.parquet`, the very rows
-of assemble's frame: its size, mtime and row count are checked) once, and sends back results
-(PNG bytes, small tables); it writes no file: this process owns the outputs.
+It is handed assemble's rows as soon as they are reconciled, before the forecast tables are
+written (`serve`): an uncompressed Arrow IPC file in the temp dir, which it memory-maps once
+(no parse, no decompression; its size, mtime and row count are checked), and it sends back
+results (PNG bytes, small tables). It writes no output: this process owns them (and removes
+the hand-off file at `close`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipeline.runtime.sizing.resources import OtherCpuMeter
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +50,12 @@ Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows
 class Helper:
     """One helper process for one assemble; `close` when done (also after a failure).
 
-    Made with the table it reads, or started early (`Helper()`: its Python starts on the
-    second core while assemble reads and writes) and given the table by `serve`."""
+    Made with the rows it reads, or started early (`Helper()`: its Python starts on the
+    second core while assemble reads) and given the rows by `serve`."""
 
-    def __init__(self, table: Path | None = None, n_rows: int = 0) -> None:
+    def __init__(self, table: pa.Table | None = None) -> None:
         self.identity: Identity | None = None
+        self._handoff: Path | None = None
         context = multiprocessing.get_context("spawn")
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             1, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
@@ -56,12 +63,22 @@ class Helper:
         if table is None:  # start it now (a pool starts its process at the first task)
             self._pool.submit(_warm)
         else:
-            self.serve(table, n_rows)
+            self.serve(table)
 
-    def serve(self, table: Path, n_rows: int) -> None:
-        """The table (n_rows rows, just written) that the tasks submitted next read."""
-        stat = table.stat()
-        self.identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
+    def serve(self, table: pa.Table) -> None:
+        """The rows (assemble's frame as Arrow) that the tasks submitted next read: written
+        once, uncompressed, to a temp file that the helper memory-maps."""
+        import pyarrow as pa
+
+        if self._handoff is not None:
+            raise RuntimeError("the helper has its rows already")
+        fd, name = tempfile.mkstemp(prefix="assemble-rows-", suffix=".arrow")
+        os.close(fd)
+        self._handoff = Path(name)
+        with pa.OSFile(name, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        stat = self._handoff.stat()
+        self.identity = (name, stat.st_size, stat.st_mtime_ns, table.num_rows)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """`fn(frame, *args)` in the helper, `frame` the table (FORECAST_DTYPES); `fn` must
@@ -82,6 +99,9 @@ class Helper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._handoff is not None:
+            self._handoff.unlink(missing_ok=True)
+            self._handoff = None
 
 
 def start(idle: IdleMeter) -> Helper | None:
@@ -116,7 +136,7 @@ def cpus() -> int:
 
 
 # --- in the helper ---------------------------------------------------------------------------
-_FRAME: dict[Identity, pd.DataFrame] = {}
+_FRAME: dict[Identity, pd.DataFrame] = {}  # the frame (its strings still in the mapped file)
 
 
 def _exit_with(parent: int) -> None:
@@ -140,14 +160,20 @@ def _warm() -> None:
 
 def _call(identity: Identity, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     if identity not in _FRAME:
+        import pyarrow as pa
+
         from pipeline.schema import FORECAST_DTYPES
 
         path, size, mtime_ns, n_rows = identity
-        frame = pd.read_parquet(path)
+        # mapped, not read: the numbers are copied into the frame, the strings stay in the
+        # map (which lives as long as the frame's buffers do)
+        table = pa.ipc.open_file(pa.memory_map(path)).read_all()
         stat = os.stat(path)
-        # the very file assemble wrote for its frame (not one written since)
-        if (stat.st_size, stat.st_mtime_ns, len(frame)) != (size, mtime_ns, n_rows):
-            raise RuntimeError(f"the forecast table {path} changed while assemble ran")
+        # the very file assemble wrote for its rows (not one written since)
+        if (stat.st_size, stat.st_mtime_ns, table.num_rows) != (size, mtime_ns, n_rows):
+            raise RuntimeError(f"the rows {path} changed while assemble ran")
+        frame = table.to_pandas()
+        del table
         dtypes = {c: t for c, t in FORECAST_DTYPES.items() if c in frame.columns}
         _FRAME.clear()
         _FRAME[identity] = frame.astype(dtypes)
