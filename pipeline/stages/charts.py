@@ -2,7 +2,7 @@
 second core while assemble computes its metric tables (issue 19, item 4).
 
 Each chart has an input hash: its kind and arguments, the rows of the forecast table it plots
-(pandas' row hashes of those rows, all columns), the models present and their colour order, and
+(a sha256 of those rows' columns, `_rows_hash`), the models present and their colour order, and
 a fingerprint of the plotting code, matplotlib's version and the DPI. `logs/charts.json` (not
 a DVC output: logs/ is a run log) records per PNG that hash and the sha256 of the bytes written.
 A chart is re-rendered unless its PNG is there with exactly those bytes and the same input
@@ -11,7 +11,7 @@ software metadata). Under `dvc repro` assemble's outputs are deleted before it r
 chart is rendered there.
 
 `plan_charts` decides what to render; `ChartRun.start` hands that to assemble's helper process
-(stages/assemble_helper.py: it renders from the forecast table assemble has just written and
+(stages/assemble_helper.py: it renders from the rows assemble hands it and
 returns PNG bytes; this process owns the files and writes them). `ChartRun.finish`, called
 after the metric tables, renders here what the helper has not started, from the end of the
 queue, then collects the helper's PNGs: the same bytes as rendering everything here
