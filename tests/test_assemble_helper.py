@@ -32,14 +32,18 @@ def test_the_helper_reads_the_rows_and_refuses_changed_ones():
     rows = pa.table({"MODEL": ["a", "b"], "HORIZON": [1, 3]})
     helper = Helper(rows)
     try:
-        assert helper.submit(len).result() == 2  # fn(frame): the rows handed over
-        frame = helper.submit(_frame).result()
-        assert frame["MODEL"].tolist() == ["a", "b"] and str(frame["MODEL"].dtype) == "string"
         handoff = Path(helper.identity[0])
         assert handoff.exists()
+        assert helper.submit(len).result() == 2  # fn(frame): the rows handed over
+        assert not handoff.exists()  # removed once mapped: a killed assemble leaves none
+        frame = helper.submit(_frame).result()
+        assert frame["MODEL"].tolist() == ["a", "b"] and str(frame["MODEL"].dtype) == "string"
     finally:
         helper.close()
-    assert not handoff.exists()  # the hand-off file goes with the helper
+    helper = Helper(rows)
+    handoff = Path(helper.identity[0])
+    helper.close()  # before any task: the file goes with the helper
+    assert not handoff.exists()
     helper = Helper(rows)
     try:
         time.sleep(0.01)  # a later mtime: not the file assemble wrote

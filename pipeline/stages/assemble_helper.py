@@ -1,17 +1,19 @@
 """assemble's helper process: the second core renders charts and computes the coverage tests
-while this process computes the metric tables (issues 18 item 5 and 19 item 4).
+and the decomposition while this process writes the forecast tables and computes the metric
+tables (issues 18 item 5 and 19 item 4).
 
 One spawned process (a `ProcessPoolExecutor` of one: it imports the package afresh, so the
 caller's `__main__` needs the `if __name__ == "__main__":` guard, as for the Dask cluster).
 It is handed assemble's rows as soon as they are reconciled, before the forecast tables are
 written (`serve`): an uncompressed Arrow IPC file in the temp dir, which it memory-maps once
-(no parse, no decompression; its size, mtime and row count are checked), and it sends back
-results (PNG bytes, small tables). It writes no output: this process owns them (and removes
-the hand-off file at `close`).
+(no parse, no decompression; its size, mtime and row count are checked) and then removes from
+the temp dir, and it sends back results (PNG bytes, small tables). It writes no output: this
+process owns them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -172,6 +174,10 @@ def _call(identity: Identity, fn: Callable[..., Any], args: tuple[Any, ...]) -> 
         # the very file assemble wrote for its rows (not one written since)
         if (stat.st_size, stat.st_mtime_ns, table.num_rows) != (size, mtime_ns, n_rows):
             raise RuntimeError(f"the rows {path} changed while assemble ran")
+        # gone from the temp dir once mapped (the map keeps it), so an assemble killed now
+        # leaves no file of hundreds of MB behind; else `Helper.close` removes it
+        with contextlib.suppress(OSError):  # e.g. a system that cannot remove a mapped file
+            os.unlink(path)
         frame = table.to_pandas()
         del table
         dtypes = {c: t for c, t in FORECAST_DTYPES.items() if c in frame.columns}
