@@ -269,6 +269,26 @@ def test_a_helper_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, 
     assert _digests(tmp_path) == run[4]
 
 
+def test_a_temp_dir_that_cannot_take_the_rows_changes_nothing(run, tmp_path, monkeypatch, caplog):
+    """The helper's rows cannot be written (a full or misplaced temp dir): assemble works
+    alone, the same bytes, and says so in one line."""
+    import tempfile
+
+    from pipeline.stages import assemble_helper, charts
+
+    make_run(tmp_path)
+    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)
+    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)
+    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
+    blocker = tmp_path.parent / f"{tmp_path.name}-file"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))  # under a file: no dir
+    with caplog.at_level("WARNING", logger="pipeline.stages"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "its rows could not be written" in caplog.text
+    assert _digests(tmp_path) == run[4]
+
+
 def test_missing_fits_are_listed_and_stale_files_removed(tmp_path):
     make_run(tmp_path)
     train = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "train").glob("*.parquet"))])

@@ -153,11 +153,11 @@ def assemble(
     # tables and computes the metric tables: at scale it is handed the rows now
     helper_tests = len(frame) >= assemble_helper.HELPER_MIN_ROWS
     helper = assemble_helper.start(idle) if helper_tests else None
-    helped: dict[str, Future[pd.DataFrame]] = {}
+    helped: dict[str, Future[Any]] = {}
     try:
         whole = arrow_table(frame)
+        helper = _hand_over(helper, whole)
         if helper is not None:
-            helper.serve(whole)
             helped["tests"] = helper.submit(coverage_test_tables, *mcs)
             helped["decomposition"] = helper.submit(decomposition_table)
         written = write_forecast_tables(fdir, whole, frame, missing)
@@ -172,8 +172,7 @@ def assemble(
     try:
         if helper is None and helper_charts:
             helper = assemble_helper.start(idle)
-            if helper is not None:
-                helper.serve(arrow_table(frame))
+            helper = _hand_over(helper, arrow_table(frame)) if helper else None
         if helper and helper_charts:
             charts.start(helper)
         tables, metric_files = _write_metrics(
@@ -267,6 +266,19 @@ def _write_metrics(
     models = sorted({*shard_models, *frame["MODEL"].unique().tolist()})
     paths += write_plot_data(output_dir / "reports" / "plots", tables, models)
     return tables, paths
+
+
+def _hand_over(helper: assemble_helper.Helper | None, rows: Any) -> assemble_helper.Helper | None:
+    """The helper, handed `rows` (`arrow_table(frame)`); None where they cannot be written to
+    the temp dir (full, say): the helper closed, assemble works alone."""
+    try:
+        if helper is not None:
+            helper.serve(rows)
+    except OSError as error:
+        log.warning("assemble: no helper process (its rows could not be written: %s)", error)
+        helper.close()
+        return None
+    return helper
 
 
 def _helped(future: Future[Any] | None, what: str) -> Any:
