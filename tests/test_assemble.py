@@ -217,6 +217,7 @@ def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, cap
     handoffs = tmp_path.parent / f"{tmp_path.name}-tmp"
     handoffs.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(handoffs))
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", None)  # the temp dir, not /dev/shm
     monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
     monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)  # and for the test tables
     monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
@@ -283,6 +284,7 @@ def test_a_temp_dir_that_cannot_take_the_rows_changes_nothing(run, tmp_path, mon
     blocker = tmp_path.parent / f"{tmp_path.name}-file"
     blocker.write_text("a file, not a folder")
     monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))  # under a file: no dir
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", None)
     with caplog.at_level("WARNING", logger="pipeline.stages"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert "its rows could not be written" in caplog.text

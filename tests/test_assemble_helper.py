@@ -63,6 +63,29 @@ def test_the_helper_reads_the_rows_and_refuses_changed_ones():
         helper.close()
 
 
+def test_the_rows_go_to_a_ram_disk_with_room_else_to_the_temp_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    from pipeline.stages import assemble_helper
+
+    ram, temp = tmp_path / "ram", tmp_path / "temp"
+    ram.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    rows = pa.table({"MODEL": ["a", "b"], "HORIZON": [1, 3]})
+    for ram_dir, want in ((str(ram), ram), (str(tmp_path / "none"), temp), (None, temp)):
+        monkeypatch.setattr(assemble_helper, "RAM_DIR", ram_dir)
+        helper = Helper(rows)
+        try:
+            assert Path(helper.identity[0]).parent == want
+            assert helper.submit(len).result() == 2
+        finally:
+            helper.close()
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", str(ram))
+    assert assemble_helper._ram_dir(1 << 62) is None  # no room for it
+    assert assemble_helper._ram_dir(1 << 10) == str(ram)
+
+
 def _frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
