@@ -12,10 +12,10 @@ config.yaml and calls `assemble_study` (what `python -m pipeline stage assemble`
 is retrained). Per run: wall and CPU seconds of the process (rusage of the child: CPU is far
 less sensitive than wall to other load on a shared machine), the child's own peak memory
 (VmHWM, read in the child at the end) and the load average. CPU is the child's and its
-reaped children's: assemble's helper process (the charts and, at scale, the test tables on the
-second core) counts; `own_cpu_s` is the CPU of assemble_study in the child alone (its
-critical path when a second core is free: the helper works beside it). Each tree runs on its own copy of DIR (made once, under `--work`), so
-each keeps its own chart manifest: `--charts kept` (default) measures a rerun whose charts are
+reaped children's: assemble's helper process (the charts and, at scale, the test tables and
+the decomposition on the second core) counts; `own_cpu_s` is the CPU of assemble_study in the
+child alone (its critical path when a second core is free: the helper works beside it). Each
+tree runs on its own copy of DIR (made once, under `--work`), so each keeps its own chart manifest: `--charts kept` (default) measures a rerun whose charts are
 unchanged and skipped (after a first run that renders them, not timed), `--charts fresh`
 deletes `logs/charts.json` before each run, so every chart renders (a fresh output dir, as
 under `dvc repro`). The outputs of the two trees must be identical (compare the copies
@@ -43,7 +43,7 @@ out = Path(sys.argv[1])
 from pipeline.config import validate
 from pipeline.config.compose import compose_file
 config = validate(compose_file(out / "config.yaml", [f"runtime.output_dir={out}"]))
-if sys.argv[2] == "always":  # a helper process however busy the machine (this tree only)
+if sys.argv[2] == "always":  # a helper process however busy the machine (either tree)
     try:
         import pipeline.stages.assemble_helper as helper
         helper.MIN_IDLE_CPUS = float("-inf")

@@ -205,13 +205,19 @@ def test_report_references_exactly_the_charts_written(run):
 
 
 def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """The charts and test tables a helper process computes (from forecasts/all.parquet, while
-    the metric tables are computed here) are the bytes an in-process assemble writes: the
-    whole output is."""
+    """The charts, test tables and decomposition a helper process computes (from the rows
+    handed to it, while the metric tables are computed here) are the bytes an in-process
+    assemble writes: the whole output is. The hand-off file goes with the helper."""
+    import tempfile
+
     from pipeline.stages import assemble_helper, charts
 
     digests = run[4]
     make_run(tmp_path)
+    handoffs = tmp_path.parent / f"{tmp_path.name}-tmp"
+    handoffs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(handoffs))
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", None)  # the temp dir, not /dev/shm
     monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
     monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)  # and for the test tables
     monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
@@ -223,10 +229,20 @@ def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, cap
         return finish(self, frame)
 
     monkeypatch.setattr(charts.ChartRun, "finish", after_the_helper)
+    served = []
+    serve = assemble_helper.Helper.serve
+
+    def recorded(self, table):
+        serve(self, table)
+        served.append(Path(self.identity[0]))
+
+    monkeypatch.setattr(assemble_helper.Helper, "serve", recorded)
     with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert "(4 rendered by the helper process)" in caplog.text
     assert _digests(tmp_path) == digests
+    assert len(served) == 1 and served[0].parent == handoffs
+    assert not list(handoffs.iterdir())
 
 
 def test_a_helper_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
@@ -251,6 +267,27 @@ def test_a_helper_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, 
     with caplog.at_level("WARNING", logger="pipeline.stages"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert "the helper process died" in caplog.text
+    assert _digests(tmp_path) == run[4]
+
+
+def test_a_temp_dir_that_cannot_take_the_rows_changes_nothing(run, tmp_path, monkeypatch, caplog):
+    """The helper's rows cannot be written (a full or misplaced temp dir): assemble works
+    alone, the same bytes, and says so in one line."""
+    import tempfile
+
+    from pipeline.stages import assemble_helper, charts
+
+    make_run(tmp_path)
+    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)
+    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)
+    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
+    blocker = tmp_path.parent / f"{tmp_path.name}-file"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))  # under a file: no dir
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", None)
+    with caplog.at_level("WARNING", logger="pipeline.stages"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "its rows could not be written" in caplog.text
     assert _digests(tmp_path) == run[4]
 
 

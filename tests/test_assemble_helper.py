@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from pipeline.stages.assemble_helper import Helper
@@ -27,30 +28,66 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in state  # a zombie has exited
 
 
-def test_the_helper_reads_the_table_and_refuses_a_changed_one(tmp_path):
-    path = tmp_path / "all.parquet"
-    pd.DataFrame({"MODEL": ["a", "b"], "HORIZON": [1, 3]}).to_parquet(path)
-    helper = Helper(path, 2)
+def test_the_helper_reads_the_rows_and_refuses_changed_ones():
+    rows = pa.table({"MODEL": ["a", "b"], "HORIZON": [1, 3]})
+    helper = Helper(rows)
     try:
-        assert helper.submit(len).result() == 2  # fn(frame): the table's rows
+        handoff = Path(helper.identity[0])
+        assert handoff.exists()
+        assert helper.submit(len).result() == 2  # fn(frame): the rows handed over
+        assert not handoff.exists()  # removed once mapped: a killed assemble leaves none
+        frame = helper.submit(_frame).result()
+        assert frame["MODEL"].tolist() == ["a", "b"] and str(frame["MODEL"].dtype) == "string"
     finally:
         helper.close()
-    helper = Helper(path, 2)
+    helper = Helper(rows)
+    handoff = Path(helper.identity[0])
+    helper.close()  # before any task: the file goes with the helper
+    assert not handoff.exists()
+    helper = Helper(rows)
     try:
         time.sleep(0.01)  # a later mtime: not the file assemble wrote
-        pd.DataFrame({"MODEL": ["a"], "HORIZON": [1]}).to_parquet(path)
+        with pa.OSFile(helper.identity[0], "wb") as sink, pa.ipc.new_file(sink, rows.schema) as w:
+            w.write_table(rows.slice(0, 1))
         with pytest.raises(RuntimeError, match="changed while assemble ran"):
             helper.submit(len).result()
     finally:
         helper.close()
-    helper = Helper()  # started early, before assemble has written the table
+    helper = Helper()  # started early, before assemble has its rows
     try:
         with pytest.raises(RuntimeError, match="call serve first"):
             helper.submit(len)
-        helper.serve(path, 1)
+        helper.serve(rows.slice(1))
         assert helper.submit(len).result() == 1
     finally:
         helper.close()
+
+
+def test_the_rows_go_to_a_ram_disk_with_room_else_to_the_temp_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    from pipeline.stages import assemble_helper
+
+    ram, temp = tmp_path / "ram", tmp_path / "temp"
+    ram.mkdir()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    rows = pa.table({"MODEL": ["a", "b"], "HORIZON": [1, 3]})
+    for ram_dir, want in ((str(ram), ram), (str(tmp_path / "none"), temp), (None, temp)):
+        monkeypatch.setattr(assemble_helper, "RAM_DIR", ram_dir)
+        helper = Helper(rows)
+        try:
+            assert Path(helper.identity[0]).parent == want
+            assert helper.submit(len).result() == 2
+        finally:
+            helper.close()
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", str(ram))
+    assert assemble_helper._ram_dir(1 << 62) is None  # no room for it
+    assert assemble_helper._ram_dir(1 << 10) == str(ram)
+
+
+def _frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
@@ -61,13 +98,11 @@ def test_the_helper_exits_when_assemble_is_killed(tmp_path):
             """
             import os, sys, time
             from pathlib import Path
-            import pandas as pd
+            import pyarrow as pa
             from pipeline.stages.assemble_helper import Helper
 
             if __name__ == "__main__":
-                path = Path(sys.argv[1])
-                pd.DataFrame({"MODEL": ["a"]}).to_parquet(path)
-                helper = Helper(path, 1)
+                helper = Helper(pa.table({"MODEL": ["a"]}))
                 helper.submit(len).result()
                 print(*helper._pool._processes, flush=True)  # the helper's pid
                 time.sleep(60)
@@ -76,7 +111,7 @@ def test_the_helper_exits_when_assemble_is_killed(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "t.parquet")],
+        [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -95,3 +95,16 @@ def test_dq_statistics_do_not_depend_on_the_batch_size(monkeypatch):
     pd.testing.assert_frame_equal(ct.coverage_tests(frame, by=by), whole, check_exact=True)
     coded = frame.astype({"MODEL": "category", "COUNTRY": "category"})
     pd.testing.assert_frame_equal(ct.coverage_tests(coded, by=by), whole, check_exact=True)
+
+
+def test_shards_in_any_row_order_give_the_same_sorted_frame(tmp_path):
+    """Train writes its rows sorted (nothing moves then); a shard in another order is sorted."""
+    make_run(tmp_path)
+    want = read_forecasts(tmp_path)
+    path = sorted((tmp_path / "train").glob("*.parquet"))[-1]
+    shard = pd.read_parquet(path)
+    write_parquet(path, shard.sample(frac=1.0, random_state=0))
+    got = read_forecasts(tmp_path)
+    pd.testing.assert_frame_equal(got, want)
+    keys = got[list(FIT_KEY)]
+    assert keys.equals(keys.sort_values(list(FIT_KEY), kind="stable"))

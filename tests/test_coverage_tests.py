@@ -316,3 +316,24 @@ def test_origin_losses_equal_the_pivot_table_bit_for_bit(dtype):
         got = ct.origin_losses(rows, 1)
         pd.testing.assert_frame_equal(got, pivot(rows), check_exact=True)
         assert got.to_numpy().tobytes() == pivot(rows).to_numpy().tobytes()
+
+
+@pytest.mark.parametrize("model_dtype", ["string", "category"])
+def test_the_mcs_of_one_model_is_what_the_general_path_gives(model_dtype):
+    """One model: no losses are averaged (the set is that model), and the origins counted
+    are those the pivot keeps (missing keys, unscored rows and repeats as the general path)."""
+    rng = np.random.default_rng(6)
+    frame = _frame(rng, n=12).query("MODEL == 'a'").reset_index(drop=True)
+    later = frame.assign(HORIZON=3, ACTUAL=np.nan)  # a horizon without a scored row
+    frame = pd.concat([frame, later, frame.iloc[:2]], ignore_index=True)  # and repeated rows
+    frame.loc[3, "ACTUAL"] = np.nan  # unscored
+    frame.loc[[5, 17], "COUNTRY"] = None  # a missing key: the pivot drops the row
+    frame.loc[frame["WINDOW_END"] == frame["WINDOW_END"].max(), "QUANTILE"] = np.nan  # an origin
+    frame = frame.astype({"MODEL": model_dtype, "COUNTRY": "string"})
+    got = ct.mcs_table(frame, reps=50)
+    losses = ct.origin_losses(frame, 1)
+    want = ct.model_confidence_set(losses, reps=50)
+    want.insert(0, "HORIZON", 1)
+    want.insert(2, "N_ORIGINS", len(losses))
+    pd.testing.assert_frame_equal(got, want)
+    assert got["N_ORIGINS"].tolist() == [11]

@@ -25,7 +25,7 @@ Hits of an h-step forecast from monthly origins overlap by h - 1 months, so for 
 serially dependent by construction: the independence and DQ tests then reject correct
 forecasts too often and read as diagnostics, not as exact tests (SERIAL_DEPENDENCE_NOTE).
 
-`model_confidence_set` wraps `arch.bootstrap.MCS` (never a hand-written MCS).
+`model_confidence_set` (evaluation/mcs.py) wraps `arch.bootstrap.MCS` (never a hand-written MCS).
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from pipeline.evaluation.grouping import Groups, Keys
+from pipeline.evaluation.grouping import Keys
+from pipeline.evaluation.mcs import mcs_table as mcs_table  # the MCS: in its own module
+from pipeline.evaluation.mcs import model_confidence_set as model_confidence_set
+from pipeline.evaluation.mcs import origin_losses as origin_losses
 from pipeline.evaluation.metrics import select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 
@@ -338,110 +341,3 @@ def _dq_many(
         stat[batch] = (projected**2).sum(axis=1) / (tau[batch] * (1.0 - tau[batch]))
         dof[batch] = kept.sum(axis=1)
     return stat, dof
-
-
-# --- Model Confidence Set --------------------------------------------------------------------
-def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
-    """Per-origin losses of one horizon: mean pinball over countries and quantiles per
-    (WINDOW_END, MODEL), on the rows every model scored; a WINDOW_END x MODEL matrix."""
-    at = (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
-    columns = ["MODEL", "COUNTRY", "QUANTILE", "WINDOW_END", "ACTUAL", "FORECAST"]
-    rows = select_rows(frame, at.to_numpy(), columns)
-    u = rows["ACTUAL"].to_numpy(np.float64) - rows["FORECAST"].to_numpy(np.float64)
-    q = rows["QUANTILE"].to_numpy(np.float64)
-    loss = np.maximum(q * u, (q - 1.0) * u)
-    key = ["COUNTRY", "QUANTILE", "WINDOW_END"]
-    # the (key x MODEL) table of a pivot_table, from integer codes (its cost at scale), where
-    # every key is known and no (key, model) has two rows (then pivot_table's mean is needed)
-    keys = Keys(rows)
-    cells, models = keys.groups(key), keys.groups(["MODEL"])
-    flat = None
-    if cells.kept is None and models.kept is None and len(rows):
-        flat = cells.ids.astype(np.int64) * models.n_groups + models.ids
-        if np.bincount(flat).max() > 1:
-            flat = None
-    if flat is None:
-        wide = rows.assign(LOSS=loss).pivot_table(
-            index=key, columns="MODEL", values="LOSS", observed=True
-        )
-        return wide.dropna().groupby(level="WINDOW_END").mean().sort_index()
-    wide = np.full((cells.n_groups, models.n_groups), np.nan)
-    wide.reshape(-1)[flat] = loss
-    complete = ~np.isnan(wide).any(axis=1)  # pivot_table(...).dropna()
-    window = keys.codes("WINDOW_END")[0][cells.first[complete]]
-    present = np.bincount(window, minlength=1) > 0  # the origins (sorted codes) kept
-    origin = (np.cumsum(present) - 1)[window]
-    # the means of pandas' groupby (its compensated sum in the pivot's row order)
-    by_origin = Groups(ids=origin.astype(np.int32), kept=None, n_groups=int(present.sum()))
-    first = np.empty(by_origin.n_groups, np.int64)
-    first[origin] = cells.first[complete]
-    return pd.DataFrame(
-        {j: by_origin.mean(wide[complete, j]) for j in range(models.n_groups)},
-        index=pd.Index(rows["WINDOW_END"].iloc[first], name="WINDOW_END"),
-    ).set_axis(pd.Index(rows["MODEL"].iloc[models.first], name="MODEL"), axis=1)
-
-
-def model_confidence_set(
-    losses: pd.DataFrame,
-    *,
-    size: float = 0.1,
-    reps: int = 1000,
-    block_size: int | None = None,
-    method: str = "R",
-    seed: int = 0,
-) -> pd.DataFrame:
-    """`arch.bootstrap.MCS` on a (origins x models) loss matrix: one row per model with its
-    MCS p-value and whether it is in the set (`MODEL, P_VALUE, IN_MCS`), in the order of
-    `losses`' columns. Stationary bootstrap; `block_size` defaults to arch's own choice.
-    Fewer than 2 origins or distinct models: every model is in the set with p-value 1."""
-    # arch cannot studentize a zero loss differential: models with identical losses (a _cal
-    # variant left unchanged, a one-member combo) share one representative and its result
-    representative = {}
-    for model in losses.columns:
-        twin = next((r for r in dict.fromkeys(representative.values())
-                     if np.array_equal(losses[r].to_numpy(), losses[model].to_numpy())), model)  # fmt: skip
-        representative[model] = twin
-    distinct = list(dict.fromkeys(representative.values()))
-    if len(distinct) < 2 or losses.shape[0] < 2:
-        return pd.DataFrame({"MODEL": list(losses.columns), "P_VALUE": 1.0, "IN_MCS": True}).astype(
-            {"P_VALUE": "float64", "IN_MCS": "bool"}
-        )
-    from arch.bootstrap import MCS  # here: its import (1.1 CPU-s) only where a set is computed
-
-    mcs = MCS(
-        losses[distinct],
-        size=size,
-        reps=reps,
-        block_size=block_size,
-        method=method,
-        bootstrap="stationary",
-        seed=seed,
-    )
-    mcs.compute()
-    pvalues = mcs.pvalues["Pvalue"]
-    included = set(mcs.included)
-    return pd.DataFrame(
-        {
-            "MODEL": list(losses.columns),
-            "P_VALUE": [float(pvalues[representative[m]]) for m in losses.columns],
-            "IN_MCS": [representative[m] in included for m in losses.columns],
-        }
-    )
-
-
-def mcs_table(
-    frame: pd.DataFrame, *, size: float = 0.1, reps: int = 1000, seed: int = 0
-) -> pd.DataFrame:
-    """The MCS per horizon: `HORIZON, MODEL, N_ORIGINS, P_VALUE, IN_MCS`."""
-    parts = []
-    for horizon in sorted(frame["HORIZON"].dropna().unique().tolist()):
-        losses = origin_losses(frame, int(horizon))
-        if losses.empty:
-            continue
-        table = model_confidence_set(losses, size=size, reps=reps, seed=seed)
-        table.insert(0, "HORIZON", int(horizon))
-        table.insert(2, "N_ORIGINS", len(losses))
-        parts.append(table)
-    if not parts:
-        return pd.DataFrame(columns=["HORIZON", "MODEL", "N_ORIGINS", "P_VALUE", "IN_MCS"])
-    return pd.concat(parts, ignore_index=True)

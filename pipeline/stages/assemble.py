@@ -25,7 +25,6 @@ removed, so the folders always describe the current config only.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
@@ -40,12 +39,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError
-from pipeline.evaluation import decomposition, metrics_json
 from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation import metrics_json
 from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import render_report
-from pipeline.io import read_json, write_json, write_parquet, write_parquet_tables, write_text
+from pipeline.io import read_json, write_json, write_parquet, write_text
 from pipeline.schema import (
     COUNTRY,
     META_FILE,
@@ -55,7 +54,13 @@ from pipeline.schema import (
 )
 from pipeline.stages import assemble_helper
 from pipeline.stages import charts as chart_stage
-from pipeline.stages.assemble_tables import coverage_test_tables, write_plot_data
+from pipeline.stages.assemble_tables import (
+    arrow_table,
+    coverage_test_tables,
+    decomposition_table,
+    write_forecast_tables,
+    write_plot_data,
+)
 from pipeline.stages.failed_fits import label_failed, read_failed_fits
 from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
 
@@ -143,13 +148,20 @@ def assemble(
         _check_name("MODEL", model)  # before anything is written
     fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
-    # a helper process (the second core, reading all.parquet) renders the charts and, at
-    # scale, computes the test tables while this one computes the metric tables; at scale
-    # it starts now, so that its Python starts while this one writes the tables
+    # a helper process (the second core, handed these rows) renders the charts and, at scale,
+    # computes the test tables and the decomposition while this one writes the forecast
+    # tables and computes the metric tables: at scale it is handed the rows now
     helper_tests = len(frame) >= assemble_helper.HELPER_MIN_ROWS
     helper = assemble_helper.start(idle) if helper_tests else None
+    helped: dict[str, Future[Any]] = {}
     try:
-        written = _write_forecast_tables(fdir, frame, missing)
+        whole = arrow_table(frame)
+        helper = _hand_over(helper, whole)
+        if helper is not None:
+            helped["tests"] = helper.submit(coverage_test_tables, *mcs)
+            helped["decomposition"] = helper.submit(decomposition_table)
+        written = write_forecast_tables(fdir, whole, frame, missing)
+        del whole
         charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
     except BaseException:
         if helper is not None:
@@ -157,16 +169,14 @@ def assemble(
         raise
     forecast_files = written[:-2]
     helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
-    if helper is None and helper_charts:
-        helper = assemble_helper.start(idle)
-    if helper is not None:
-        helper.serve(fdir / "all.parquet", len(frame))
     try:
-        tests = helper.submit(coverage_test_tables, *mcs) if helper and helper_tests else None
-        if helper and helper_charts:
+        if helper is None and helper_charts:
+            helper = assemble_helper.start(idle)
+            helper = _hand_over(helper, arrow_table(frame)) if helper else None
+        if helper is not None and charts.stale_panels:  # one started for the tests too
             charts.start(helper)
         tables, metric_files = _write_metrics(
-            output_dir, frame, missing, n_unexpected, benchmark, mcs, tests
+            output_dir, frame, missing, n_unexpected, benchmark, mcs, helped
         )
         written += metric_files
         images = charts.finish(frame)
@@ -209,39 +219,6 @@ def assemble(
     )
 
 
-def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
-    """The seed's table name, e.g. `lqr_q0.1_h12.parquet`."""
-    q, h = evaluate.quantile_label(quantile), evaluate.horizon_label(horizon)
-    return f"{model}_{q}_{h}.parquet"
-
-
-def _write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
-    """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
-    import pyarrow as pa
-
-    paths = []
-    # the groups of a sorted groupby (rows in frame order within each), from integer codes
-    keys = ["MODEL", "QUANTILE", "HORIZON"]
-    codes = [evaluate.rank_codes(frame[c]) for c in keys]
-    order = np.lexsort(codes[::-1])
-    order = order[frame[keys].notna().all(axis=1).to_numpy()[order]]  # groupby drops NA keys
-    group = evaluate.run_ids([c[order] for c in codes])
-    edges = np.flatnonzero(np.r_[True, np.diff(group) != 0, True]) if group.size else []
-    # the frame to Arrow once (what write_parquet does per frame), each table its rows of
-    # that (one part at a time in memory): the bytes write_parquet writes for each part
-    whole = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    for a, b in itertools.pairwise(edges):
-        part = whole.take(pa.array(order[a:b]))
-        model, q, h = (part.column(c)[0].as_py() for c in keys)
-        paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet_tables(paths[-1], part.schema, [part])
-        del part
-    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole])
-    del whole
-    write_parquet(fdir / "missing.parquet", missing)
-    return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
-
-
 def _write_metrics(
     output_dir: Path,
     frame: pd.DataFrame,
@@ -249,28 +226,26 @@ def _write_metrics(
     n_unexpected: int,
     benchmark: str,
     mcs: tuple[float, int, int],
-    tests_future: Future[dict[str, pd.DataFrame]] | None = None,
+    helped: dict[str, Future[Any]] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
     """metrics*.json, the parquet metric tables and the dvc plot data; the coverage test
-    tables from `tests_future` (the helper's `coverage_test_tables`) when given."""
+    tables and the decomposition from `helped` ("tests", "decomposition": the helper's
+    `coverage_test_tables` and `decomposition_table`) where given."""
     from threadpoolctl import threadpool_limits
 
+    helped = helped or {}
     with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
         scoring = evaluate.compact_frame(frame)
         tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
         metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
-        # here while the helper runs the coverage tests: the two take about as long at scale
-        decomposed = decomposition.pinball_decomposition(scoring)
     size = mcs[0]
-    tests = None
-    if tests_future is not None:
-        try:
-            tests = tests_future.result()
-        except BrokenProcessPool:  # the helper died (killed for memory?): compute them here
-            log.warning("assemble: the helper process died; the coverage tests run here")
+    tests = _helped(helped.get("tests"), "the coverage tests")
     if tests is None:
         tests = coverage_test_tables(scoring, *mcs)
+    decomposed = _helped(helped.get("decomposition"), "the pinball decomposition")
+    if decomposed is None:
+        decomposed = decomposition_table(scoring)
     tests["pinball_decomposition"] = decomposed
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
     metrics.update(metrics_json.test_metrics(tests, size))
@@ -291,6 +266,30 @@ def _write_metrics(
     models = sorted({*shard_models, *frame["MODEL"].unique().tolist()})
     paths += write_plot_data(output_dir / "reports" / "plots", tables, models)
     return tables, paths
+
+
+def _hand_over(helper: assemble_helper.Helper | None, rows: Any) -> assemble_helper.Helper | None:
+    """The helper, handed `rows` (`arrow_table(frame)`); None where they cannot be written to
+    the temp dir (full, say): the helper closed, assemble works alone."""
+    try:
+        if helper is not None:
+            helper.serve(rows)
+    except OSError as error:
+        log.warning("assemble: no helper process (its rows could not be written: %s)", error)
+        helper.close()
+        return None
+    return helper
+
+
+def _helped(future: Future[Any] | None, what: str) -> Any:
+    """The helper's result, or None where it has none (none asked, or the helper died)."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except BrokenProcessPool:  # the helper died (killed for memory?): the caller computes it
+        log.warning("assemble: the helper process died; %s run here", what)
+        return None
 
 
 def _check_name(column: str, value: Any) -> None:

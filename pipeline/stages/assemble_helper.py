@@ -1,28 +1,37 @@
 """assemble's helper process: the second core renders charts and computes the coverage tests
-while this process computes the metric tables (issues 18 item 5 and 19 item 4).
+and the decomposition while this process writes the forecast tables and computes the metric
+tables (issues 18 item 5 and 19 item 4).
 
 One spawned process (a `ProcessPoolExecutor` of one: it imports the package afresh, so the
 caller's `__main__` needs the `if __name__ == "__main__":` guard, as for the Dask cluster).
-It reads the forecast table assemble has just written (`forecasts/all.parquet`, the very rows
-of assemble's frame: its size, mtime and row count are checked) once, and sends back results
-(PNG bytes, small tables); it writes no file: this process owns the outputs.
+It is handed assemble's rows as soon as they are reconciled, before the forecast tables are
+written (`serve`): an uncompressed Arrow IPC file (in /dev/shm where it has room, else the temp
+dir), which it memory-maps once
+(no parse, no decompression; its size, mtime and row count are checked) and then removes from
+the temp dir, and it sends back results (PNG bytes, small tables). It writes no output: this
+process owns them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipeline.runtime.sizing.resources import OtherCpuMeter
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +49,21 @@ MIN_IDLE_CPUS = 0.5
 
 Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows
 
+# Where the hand-off file goes when it has room for it twice over: a RAM disk (a new 300 MB file
+# took 0.1 CPU-s there against 0.7-1.0 on this machine's disk, for the 1M-fit study); else, or
+# where there is none (not Linux, a small container /dev/shm), the temp dir (TMPDIR).
+RAM_DIR: str | None = "/dev/shm"
+
 
 class Helper:
     """One helper process for one assemble; `close` when done (also after a failure).
 
-    Made with the table it reads, or started early (`Helper()`: its Python starts on the
-    second core while assemble reads and writes) and given the table by `serve`."""
+    Made with the rows it reads, or started early (`Helper()`: its Python starts on the
+    second core while assemble reads) and given the rows by `serve`."""
 
-    def __init__(self, table: Path | None = None, n_rows: int = 0) -> None:
+    def __init__(self, table: pa.Table | None = None) -> None:
         self.identity: Identity | None = None
+        self._handoff: Path | None = None
         context = multiprocessing.get_context("spawn")
         self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             1, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
@@ -56,12 +71,23 @@ class Helper:
         if table is None:  # start it now (a pool starts its process at the first task)
             self._pool.submit(_warm)
         else:
-            self.serve(table, n_rows)
+            self.serve(table)
 
-    def serve(self, table: Path, n_rows: int) -> None:
-        """The table (n_rows rows, just written) that the tasks submitted next read."""
-        stat = table.stat()
-        self.identity = (str(table), stat.st_size, stat.st_mtime_ns, n_rows)
+    def serve(self, table: pa.Table) -> None:
+        """The rows (assemble's frame as Arrow) that the tasks submitted next read: written
+        once, uncompressed, to a temp file that the helper memory-maps."""
+        import pyarrow as pa
+
+        if self._handoff is not None:
+            raise RuntimeError("the helper has its rows already")
+        where = _ram_dir(table.nbytes)
+        fd, name = tempfile.mkstemp(prefix="assemble-rows-", suffix=".arrow", dir=where)
+        os.close(fd)
+        self._handoff = Path(name)
+        with pa.OSFile(name, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        stat = self._handoff.stat()
+        self.identity = (name, stat.st_size, stat.st_mtime_ns, table.num_rows)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """`fn(frame, *args)` in the helper, `frame` the table (FORECAST_DTYPES); `fn` must
@@ -82,6 +108,9 @@ class Helper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._handoff is not None:
+            self._handoff.unlink(missing_ok=True)
+            self._handoff = None
 
 
 def start(idle: IdleMeter) -> Helper | None:
@@ -107,6 +136,19 @@ class IdleMeter:
         return float(cpus() - 1) if busy is None else (os.cpu_count() or 1) - busy
 
 
+def _ram_dir(nbytes: int) -> str | None:
+    """RAM_DIR where it is a writable folder with room for 2 x nbytes, else None (the temp
+    dir)."""
+    if RAM_DIR is None:
+        return None
+    try:
+        stat = os.statvfs(RAM_DIR)
+    except (OSError, AttributeError):  # none there, or not a POSIX system
+        return None
+    room = stat.f_bavail * stat.f_frsize
+    return RAM_DIR if room > 2 * nbytes and os.access(RAM_DIR, os.W_OK) else None
+
+
 def cpus() -> int:
     """CPUs this process may run on."""
     try:
@@ -116,7 +158,7 @@ def cpus() -> int:
 
 
 # --- in the helper ---------------------------------------------------------------------------
-_FRAME: dict[Identity, pd.DataFrame] = {}
+_FRAME: dict[Identity, pd.DataFrame] = {}  # the frame (its strings still in the mapped file)
 
 
 def _exit_with(parent: int) -> None:
@@ -140,14 +182,24 @@ def _warm() -> None:
 
 def _call(identity: Identity, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     if identity not in _FRAME:
+        import pyarrow as pa
+
         from pipeline.schema import FORECAST_DTYPES
 
         path, size, mtime_ns, n_rows = identity
-        frame = pd.read_parquet(path)
+        # mapped, not read: the numbers are copied into the frame, the strings stay in the
+        # map (which lives as long as the frame's buffers do)
+        table = pa.ipc.open_file(pa.memory_map(path)).read_all()
         stat = os.stat(path)
-        # the very file assemble wrote for its frame (not one written since)
-        if (stat.st_size, stat.st_mtime_ns, len(frame)) != (size, mtime_ns, n_rows):
-            raise RuntimeError(f"the forecast table {path} changed while assemble ran")
+        # the very file assemble wrote for its rows (not one written since)
+        if (stat.st_size, stat.st_mtime_ns, table.num_rows) != (size, mtime_ns, n_rows):
+            raise RuntimeError(f"the rows {path} changed while assemble ran")
+        # gone from the temp dir once mapped (the map keeps it), so an assemble killed now
+        # leaves no file of hundreds of MB behind; else `Helper.close` removes it
+        with contextlib.suppress(OSError):  # e.g. a system that cannot remove a mapped file
+            os.unlink(path)
+        frame = table.to_pandas()
+        del table
         dtypes = {c: t for c, t in FORECAST_DTYPES.items() if c in frame.columns}
         _FRAME.clear()
         _FRAME[identity] = frame.astype(dtypes)

@@ -1,16 +1,62 @@
-"""assemble's test tables (coverage tests, MCS) and the `dvc plots`
-data: the parts of the metric step that stages/assemble.py hands on or writes last."""
+"""assemble's forecast tables, its test tables (coverage tests, MCS, the decomposition) and the
+`dvc plots` data: the parts of stages/assemble.py's work that it hands on or writes."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import coverage_tests
+from pipeline.evaluation import coverage_tests, decomposition
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.grouping import Keys
-from pipeline.io import write_text
+from pipeline.io import write_parquet, write_parquet_tables, write_text
+
+
+def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
+    """The seed's table name, e.g. `lqr_q0.1_h12.parquet`."""
+    q, h = evaluate.quantile_label(quantile), evaluate.horizon_label(horizon)
+    return f"{model}_{q}_{h}.parquet"
+
+
+def arrow_table(frame: pd.DataFrame) -> Any:
+    """The frame as an Arrow table, as write_parquet converts it (no index, no metadata), each
+    column one chunk: a take of a chunked column is several times slower (the same bytes)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    return table.combine_chunks()
+
+
+def write_forecast_tables(
+    fdir: Path, whole: Any, frame: pd.DataFrame, missing: pd.DataFrame
+) -> list[Path]:
+    """One table per (model, quantile, horizon), then all.parquet and missing.parquet;
+    `whole` is `arrow_table(frame)`."""
+    import pyarrow as pa
+
+    paths = []
+    # the groups of a sorted groupby (rows in frame order within each), from integer codes
+    keys = ["MODEL", "QUANTILE", "HORIZON"]
+    codes = [evaluate.rank_codes(frame[c]) for c in keys]
+    order = np.lexsort(codes[::-1])
+    order = order[frame[keys].notna().all(axis=1).to_numpy()[order]]  # groupby drops NA keys
+    group = evaluate.run_ids([c[order] for c in codes])
+    edges = np.flatnonzero(np.r_[True, np.diff(group) != 0, True]) if group.size else []
+    # each table its rows of the frame's Arrow table (one part at a time in memory): the
+    # bytes write_parquet writes for each part
+    for a, b in itertools.pairwise(edges):
+        part = whole.take(pa.array(order[a:b]))
+        model, q, h = (part.column(c)[0].as_py() for c in keys)
+        paths.append(fdir / forecast_file_name(model, q, h))
+        write_parquet_tables(paths[-1], part.schema, [part])
+        del part
+    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole])
+    write_parquet(fdir / "missing.parquet", missing)
+    return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
 
 
 def coverage_test_tables(
@@ -25,6 +71,14 @@ def coverage_test_tables(
     with threadpool_limits(limits=1, user_api="blas"):
         scoring = evaluate.compact_frame(frame)  # MODEL and COUNTRY as codes (if not yet)
         return _test_tables(scoring, size, reps, seed)
+
+
+def decomposition_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The pinball decomposition of a forecast table (here, or in the helper process)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
+        return decomposition.pinball_decomposition(evaluate.compact_frame(frame))
 
 
 def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:

@@ -2,7 +2,7 @@
 second core while assemble computes its metric tables (issue 19, item 4).
 
 Each chart has an input hash: its kind and arguments, the rows of the forecast table it plots
-(pandas' row hashes of those rows, all columns), the models present and their colour order, and
+(a sha256 of those rows' columns, `_rows_hash`), the models present and their colour order, and
 a fingerprint of the plotting code, matplotlib's version and the DPI. `logs/charts.json` (not
 a DVC output: logs/ is a run log) records per PNG that hash and the sha256 of the bytes written.
 A chart is re-rendered unless its PNG is there with exactly those bytes and the same input
@@ -11,7 +11,7 @@ software metadata). Under `dvc repro` assemble's outputs are deleted before it r
 chart is rendered there.
 
 `plan_charts` decides what to render; `ChartRun.start` hands that to assemble's helper process
-(stages/assemble_helper.py: it renders from the forecast table assemble has just written and
+(stages/assemble_helper.py: it renders from the rows assemble hands it and
 returns PNG bytes; this process owns the files and writes them). `ChartRun.finish`, called
 after the metric tables, renders here what the helper has not started, from the end of the
 queue, then collects the helper's PNGs: the same bytes as rendering everything here
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
@@ -218,9 +219,13 @@ def plan_charts(
     if frame["MODEL"].str.endswith(CAL_SUFFIX).any():
         chart("reliability.png", "reliability", {"suffix": CAL_SUFFIX}, whole, len(models) // 2)
         images.append(ReportImage("reliability.png", "Reliability: raw against calibrated"))
+    # each fan's rows by integer codes (not a string comparison over every row per chart)
+    country_codes, countries = pd.factorize(frame["COUNTRY"])
+    horizons = frame["HORIZON"].to_numpy()
     for country, h in fans:
         src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
-        rows = frame.loc[(frame["COUNTRY"] == country) & (frame["HORIZON"] == h)]
+        code = countries.get_indexer([country])[0]
+        rows = frame.take(np.flatnonzero((country_codes == code) & (horizons == h)))
         args = {**b, "country": country, "horizon": int(h)}
         chart(src, "fan", args, _rows_hash(rows), rows["MODEL"].nunique())
         caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
@@ -243,10 +248,20 @@ def _unchanged(path: Path, chart: _Chart, old: dict[str, Any]) -> bool:
 
 
 def _rows_hash(rows: pd.DataFrame) -> str:
-    """sha256 of the rows' content (column names, dtypes and pandas' per-row hashes)."""
+    """sha256 of the rows' content: column names and dtypes, then each column's values (numbers
+    and dates as their bytes; anything else as its codes and distinct values, in order of
+    appearance: one pass of sha256 over the buffers, not pandas' per-row hashes)."""
     digest = hashlib.sha256()
     digest.update(repr([(c, str(t)) for c, t in rows.dtypes.items()]).encode())
-    digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    digest.update(f"|{len(rows)}".encode())
+    for name in rows.columns:
+        column = rows[name]
+        if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biufmM":
+            digest.update(np.ascontiguousarray(column.to_numpy()).view(np.uint8))
+        else:
+            codes, values = pd.factorize(column)
+            digest.update(np.ascontiguousarray(codes, dtype=np.int64).view(np.uint8))
+            digest.update(repr(values.tolist()).encode())
     return digest.hexdigest()
 
 
