@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipeline.stages import assemble_helper
 from pipeline.stages.assemble_helper import Helper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,21 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in state  # a zombie has exited
+
+
+def test_a_dead_assembles_hand_off_file_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(assemble_helper, "RAM_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{assemble_helper.HANDOFF_PREFIX}{dead.pid}-x.arrow"
+    busy = tmp_path / f"{assemble_helper.HANDOFF_PREFIX}{os.getppid()}-y.arrow"
+    orphan.write_bytes(b"rows"), busy.write_bytes(b"rows")
+    helper = Helper(pa.table({"MODEL": ["a"]}))
+    try:
+        assert not orphan.exists() and busy.exists()  # a live process's file is its own
+        assert Path(helper.identity[0]).parent == tmp_path
+    finally:
+        helper.close()
 
 
 def test_the_helper_reads_the_rows_and_refuses_changed_ones():

@@ -5,6 +5,7 @@ never reuses a plan."""
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,14 @@ def test_the_cache_keeps_the_most_recently_used_entries(
     assert sorted(p.stem for p in plans.glob("*.npz")) == ["b", "c"]
     (loaded,) = plan_cache.load("b") or []
     assert loaded[2].tolist() == ["ab" * 32]
+    # and at most KEEP_BYTES in all, the newest entry whatever its size
+    monkeypatch.setattr(plan_cache, "KEEP_BYTES", (plans / "b.npz").stat().st_size)
+    os.utime(plans / "c.npz", (1, 1))
+    plan_cache.save("e", [part])
+    assert sorted(p.stem for p in plans.glob("*.npz")) == ["e"]
+    monkeypatch.setattr(plan_cache, "KEEP_BYTES", 1)
+    plan_cache.save("f", [part])
+    assert sorted(p.stem for p in plans.glob("*.npz")) == ["f"]
     # an unwritable cache only costs time
     blocker = plans.parent / "file"
     blocker.write_text("")

@@ -53,6 +53,7 @@ Identity = tuple[str, int, int, int]  # path, size, mtime_ns, rows
 # took 0.1 CPU-s there against 0.7-1.0 on this machine's disk, for the 1M-fit study); else, or
 # where there is none (not Linux, a small container /dev/shm), the temp dir (TMPDIR).
 RAM_DIR: str | None = "/dev/shm"
+HANDOFF_PREFIX = "qpipe-assemble-rows-"  # then the writer's PID: orphans are found by it
 
 
 class Helper:
@@ -81,7 +82,10 @@ class Helper:
         if self._handoff is not None:
             raise RuntimeError("the helper has its rows already")
         where = _ram_dir(table.nbytes)
-        fd, name = tempfile.mkstemp(prefix="assemble-rows-", suffix=".arrow", dir=where)
+        _remove_orphans(Path(where or tempfile.gettempdir()))
+        fd, name = tempfile.mkstemp(
+            prefix=f"{HANDOFF_PREFIX}{os.getpid()}-", suffix=".arrow", dir=where
+        )
         os.close(fd)
         self._handoff = Path(name)
         with pa.OSFile(name, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -134,6 +138,27 @@ class IdleMeter:
         """Average idle CPUs since the start; with no /proc/stat (not Linux), cpus() - 1."""
         busy = self._busy.other_cpus()
         return float(cpus() - 1) if busy is None else (os.cpu_count() or 1) - busy
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Remove hand-off files whose assemble died (SIGKILL between the write and the helper's
+    map): in /dev/shm they would hold RAM until the next boot. The writer's PID is in the name;
+    a live process's file (another assemble now) is left alone."""
+    for path in folder.glob(f"{HANDOFF_PREFIX}*-*.arrow"):
+        pid = path.name[len(HANDOFF_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _ram_dir(nbytes: int) -> str | None:

@@ -12,7 +12,9 @@ a changed input never finds a stale plan. It is derived data: an unreadable or d
 Where: `$QPIPE_PLAN_CACHE`, else `plans/` inside `$QPIPE_PROBE_CACHE` when that is set (tests
 point it at a temp dir), else `$XDG_CACHE_HOME/qpipe/plans`, else `~/.cache/qpipe/plans`. The
 driver alone reads and writes it (atomic writes); at most KEEP entries stay, the least
-recently used go first. Pooled (panel) groups are not kept: their windows are the plan.
+recently used go first, and so do older entries beyond KEEP_BYTES in all (the newest entry
+always stays), so that a 10M-fit plan (about 480 MB) does not leave gigabytes in a user's home.
+Pooled (panel) groups are not kept: their windows are the plan.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger("pipeline.train")
 ENV_VAR = "QPIPE_PLAN_CACHE"
 FORMAT = 1
 KEEP = 8  # entries kept (a 1M-fit rw plan is about 48 MB)
+KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever its size
 KEY_BYTES = 32
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
@@ -130,8 +133,22 @@ def save(name: str, parts: list[Part]) -> None:
         root.mkdir(parents=True, exist_ok=True)
         with atomic_path(root / f"{name}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, checksum=_checksum(arrays), **arrays)
-        entries = sorted(root.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[KEEP:]:
-            old.unlink()
+        _prune(root)
     except OSError as exc:
         log.info("fit plan not kept in %s (%s)", root, exc)
+
+
+def _prune(root: Path) -> None:
+    """Keep the KEEP most recently used entries that fit in KEEP_BYTES (the newest always)."""
+    entries = []
+    for path in root.glob("*.npz"):
+        with contextlib.suppress(OSError):  # another driver removed it meanwhile
+            stat = path.stat()
+            entries.append((stat.st_mtime, stat.st_size, path))
+    entries.sort(key=lambda e: e[0], reverse=True)
+    kept_bytes = 0
+    for rank, (_, size, path) in enumerate(entries):
+        kept_bytes += size
+        if rank >= KEEP or (rank > 0 and kept_bytes > KEEP_BYTES):
+            with contextlib.suppress(OSError):
+                path.unlink()
