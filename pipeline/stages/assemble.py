@@ -165,6 +165,8 @@ def assemble(
         tests = helper.submit(coverage_test_tables, *mcs) if helper and helper_tests else None
         if helper and helper_charts:
             charts.start(helper)
+        elif helper is None:  # a small study's charts: a fork of this process takes some
+            charts.start_forked(frame, idle)
         tables, metric_files = _write_metrics(
             output_dir, frame, missing, n_unexpected, benchmark, mcs, tests
         )

@@ -37,6 +37,7 @@ from pipeline.evaluation import plot_style, plots
 from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.evaluation.report import ReportImage
 from pipeline.io import atomic_path, read_json, stable_hash, write_json
+from pipeline.stages import assemble_helper, chart_fork
 from pipeline.stages.assemble_helper import Helper
 
 log = logging.getLogger("pipeline.stages.assemble")
@@ -45,6 +46,9 @@ MANIFEST = Path("logs") / "charts.json"
 # here: a helper's start (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more
 # than it saves; the seed study's 18 charts have about 100 panels.
 HELPER_MIN_PANELS = 40
+# Stale charts from which a smaller set is split with a fork of this process (chart_fork.py:
+# a few milliseconds to start) instead of rendered here alone.
+FORK_MIN_CHARTS = 2
 
 
 @dataclass(frozen=True)
@@ -95,18 +99,38 @@ class ChartRun:
         self._by_helper = 0
         self._error: BaseException | None = None
         self._feeder: threading.Thread | None = None
+        self._fork: chart_fork.ForkedRenderer | None = None
 
     @property
     def stale_panels(self) -> int:
         """The panels to render (a rough cost: `HELPER_MIN_PANELS`)."""
         return sum(c.panels for c in self._stale)
 
-    def start(self, helper: Helper) -> None:
+    def start(self, helper: Helper | chart_fork.ForkedRenderer) -> None:
         """Let `helper` render the stale charts from the front of the queue meanwhile."""
         self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
         self._feeder.start()
 
-    def _feed(self, helper: Helper) -> None:
+    def start_forked(self, frame: pd.DataFrame, idle: assemble_helper.IdleMeter) -> None:
+        """Let a fork of this process render stale charts from the front of the queue
+        meanwhile (it holds `frame`), when there are a few and a second core was idle since
+        `idle` was made; closed by `close`."""
+        if len(self._queue) < FORK_MIN_CHARTS or not chart_fork.can_fork():
+            return
+        if assemble_helper.cpus() < 2:
+            return
+        free = idle.idle_cpus()
+        if free < assemble_helper.MIN_IDLE_CPUS:
+            log.info("assemble: no chart process (%.1f CPUs idle)", free)
+            return
+        try:
+            self._fork = chart_fork.ForkedRenderer(frame)
+        except OSError as exc:  # no memory or no process left for a fork: all rendered here
+            log.info("assemble: no chart process (%s)", exc)
+            return
+        self.start(self._fork)
+
+    def _feed(self, helper: Helper | chart_fork.ForkedRenderer) -> None:
         chart = None
         try:
             while True:
@@ -181,6 +205,9 @@ class ChartRun:
             with self._lock:  # back in the queue: what finish has left to render
                 self._queue.extendleft(reversed(left))
             self._feeder = None
+        if self._fork is not None:
+            self._fork.close()
+            self._fork = None
 
 
 def plan_charts(
