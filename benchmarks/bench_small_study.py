@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -71,12 +72,15 @@ def run_study(
     timings = json.loads((out / "logs" / "timings.json").read_text())
     # the stages' info lines go to the run's log files, not to a quiet run's stderr
     logs = done.stderr + "".join(p.read_text() for p in sorted((out / "logs").glob("*.log")))
+    split = re.search(r"\((\d+) rendered by the helper process\)", logs)
     return {
         "wall_s": wall,
         "cpu_s": cpu,
         "stages": {k: v["seconds"] for k, v in timings.items()},
         "reused": "reused measurement" in logs,
         "in_driver": "in the driver, no cluster" in logs,
+        # charts rendered by a second process (the fork or the helper: a core was idle)
+        "charts_elsewhere": int(split.group(1)) if split else 0,
     }
 
 
@@ -218,6 +222,17 @@ def report(result: dict[str, Any]) -> str:
     lines.append(
         f"| sklearn QuantileRegressor(highs) loop | {m['sklearn_s']:.1f} | "
         f"{m['sklearn_cpu_s']:.1f} |" + " |" * len(stages) + " 1.00x | 1.00x |"
+    )
+    # a second process renders charts only when a core was idle at assemble's start
+    split = {
+        kind: sum(1 for r in result["repeats"] if r[kind].get("charts_elsewhere", 0) > 0)
+        for kind in result["kinds"]
+    }
+    n = len(result["repeats"])
+    lines.append("")
+    lines.append(
+        "charts split with a second process: "
+        + ", ".join(f"{kind} {k} of {n} runs" for kind, k in split.items())
     )
     return "\n".join(lines)
 
