@@ -156,7 +156,7 @@ def assemble(
             helper.close()
         raise
     forecast_files = written[:-2]
-    helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
+    helper_charts = charts.wants_helper(helper is not None)
     if helper is None and helper_charts:
         helper = assemble_helper.start(idle)
     if helper is not None:

@@ -10,12 +10,14 @@ hash, so the outputs are the same bytes as a full render (PNGs are deterministic
 software metadata). Under `dvc repro` assemble's outputs are deleted before it runs, so every
 chart is rendered there.
 
-`plan_charts` decides what to render; `ChartRun.start` hands that to assemble's helper process
-(stages/assemble_helper.py: it renders from the forecast table assemble has just written and
-returns PNG bytes; this process owns the files and writes them). `ChartRun.finish`, called
-after the metric tables, renders here what the helper has not started, from the end of the
-queue, then collects the helper's PNGs: the same bytes as rendering everything here
-(tests/test_assemble.py).
+`plan_charts` decides what to render; `ChartRun.start_forked` hands that to a fork of this
+process (stages/chart_fork.py: it holds the frame already) or, where a helper process runs
+anyway (the coverage tests at scale) or no fork is possible, `ChartRun.start` to assemble's
+helper process (stages/assemble_helper.py: it renders from the forecast table assemble has
+just written); either returns PNG bytes, and this process owns the files and writes them.
+`ChartRun.finish`, called after the metric tables, renders here what the other process has
+not started, from the end of the queue, then collects its PNGs: the same bytes as rendering
+everything here (tests/test_assemble.py).
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ from pipeline.stages.assemble_helper import Helper
 
 log = logging.getLogger("pipeline.stages.assemble")
 MANIFEST = Path("logs") / "charts.json"
-# Panels (a fan chart has one per model, a metric chart two) below which the charts render
-# here: a helper's start (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more
-# than it saves; the seed study's 18 charts have about 100 panels.
+# Panels (a fan chart has one per model, a metric chart two) from which the charts go to
+# assemble's helper process where no fork takes them (`wants_helper`): below, a helper's start
+# (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more than it saves; the seed
+# study's 18 charts have about 100 panels.
 HELPER_MIN_PANELS = 40
-# Stale charts from which a smaller set is split with a fork of this process (chart_fork.py:
-# a few milliseconds to start) instead of rendered here alone.
+# Stale charts from which a fork of this process (chart_fork.py: a few milliseconds to start)
+# renders some of them, when a core is idle.
 FORK_MIN_CHARTS = 2
 
 
@@ -110,6 +113,14 @@ class ChartRun:
         """Let `helper` render the stale charts from the front of the queue meanwhile."""
         self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
         self._feeder.start()
+
+    def wants_helper(self, helper_running: bool) -> bool:
+        """Whether assemble's helper process renders the stale charts: when they are many
+        and a helper runs anyway (the coverage tests at scale), or where this process cannot
+        fork; else a fork of this process takes some (`start_forked`: no Python to start, no
+        second read of the table)."""
+        many = self.stale_panels >= HELPER_MIN_PANELS
+        return many and (helper_running or not chart_fork.can_fork())
 
     def start_forked(self, frame: pd.DataFrame, idle: assemble_helper.IdleMeter) -> None:
         """Let a fork of this process render stale charts from the front of the queue
