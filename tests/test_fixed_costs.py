@@ -469,3 +469,17 @@ def test_the_first_run_on_a_machine_starts_the_probe_child_before_composing_its_
     assert "pipeline.models.solvers.lqr" in task_imports(lqr, ["lqr"])
     probe_process.start_early(lqr, ["lqr"])
     assert probe_process._early is None and speculative.proc is None
+
+    # a user model's python_path, put on sys.path while the config is validated, is not on
+    # the speculative child's: a fresh child is started with it instead
+    probe_process.start_speculative()
+    speculative = probe_process._early
+    assert speculative is not None
+    monkeypatch.syspath_prepend(str(tmp_path / "user_models"))
+    probe_process.start_early(study(tmp_path / "e"), ["ar_qr"])
+    fresh = probe_process._early
+    try:
+        assert speculative.proc is None and fresh is not speculative
+        assert fresh is not None and fresh.imports and fresh.proc is not None
+    finally:
+        probe_process.discard_early()

@@ -49,6 +49,7 @@ class ProbeChild:
         self.imports = imports  # None: given later (`give_imports`), the child waits for them
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._started_with = 0  # the environment and sys.path it was started with
 
     @property
     def tmp(self) -> Path:
@@ -76,9 +77,16 @@ class ProbeChild:
             f"@{self.tmp / 'imports.json'}" if self.imports is None else ",".join(self.imports)
         )
         self.proc = subprocess.Popen([*cmd, "--imports", imports], env=env)
+        self._started_with = _environment()
+
+    def takes_imports(self) -> bool:
+        """Whether this child, started without imports, can still be given them: it sees the
+        sys.path and environment it was started with, which a user model's `python_path`
+        (put on sys.path while the config is validated) would change."""
+        return self.imports is None and self._started_with == _environment()
 
     def give_imports(self, imports: tuple[str, ...]) -> None:
-        """The models' task imports, for a child started without them."""
+        """The models' task imports, for a child started without them (`takes_imports`)."""
         assert self.imports is None, "the child has its imports"
         self.imports = imports
         if self._tmp is not None:
@@ -122,7 +130,7 @@ def start_early(config: StudyConfig, models: list[str]) -> None:
     ):  # whether a model needs measuring is known only from its plan, after prepare
         discard_early()  # a speculative child that guessed wrong
         return
-    if _early is not None and _early.imports is None:
+    if _early is not None and _early.takes_imports():
         _early.give_imports(imports)
         return
     discard_early()
@@ -145,6 +153,10 @@ def start_speculative() -> None:
     _early.start()
 
 
+def _environment() -> int:
+    return hash((tuple(sorted(os.environ.items())), tuple(sys.path)))
+
+
 def discard_early() -> None:
     """Stop an early child run_probe did not take (the run ended before its probe)."""
     global _early
@@ -157,7 +169,7 @@ def take_early(imports: tuple[str, ...]) -> ProbeChild:
     """The early child when it imports `imports`, else a new (not yet started) one."""
     global _early
     child, _early = _early, None
-    if child is not None and child.imports is None and not imports_torch(imports):
+    if child is not None and child.takes_imports() and not imports_torch(imports):
         child.give_imports(imports)  # started speculatively, and prepare was skipped
     if child is not None and child.imports == imports:
         return child
