@@ -20,7 +20,7 @@ before a change), in the same repeats. Also checks that the forecasts agree (skl
 per fit, against forecasts/all.parquet).
 
 Usage: python benchmarks/bench_small_study.py [--countries DE FR IT] [--repeats 3]
-       [--baseline /work/main] [--out /tmp/bench_small] [--json results.json]
+       [--baseline /work/main] [--out /tmp/bench_small] [--json results.json] [--when-idle]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -71,12 +72,15 @@ def run_study(
     timings = json.loads((out / "logs" / "timings.json").read_text())
     # the stages' info lines go to the run's log files, not to a quiet run's stderr
     logs = done.stderr + "".join(p.read_text() for p in sorted((out / "logs").glob("*.log")))
+    split = re.search(r"\((\d+) rendered by the helper process\)", logs)
     return {
         "wall_s": wall,
         "cpu_s": cpu,
         "stages": {k: v["seconds"] for k, v in timings.items()},
         "reused": "reused measurement" in logs,
         "in_driver": "in the driver, no cluster" in logs,
+        # charts rendered by a second process (the fork or the helper: a core was idle)
+        "charts_elsewhere": int(split.group(1)) if split else 0,
     }
 
 
@@ -149,6 +153,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     loads = [os.getloadavg()[0]]
     for r in range(args.repeats):
         row: dict[str, Any] = {"repeat": r}
+        if args.when_idle:
+            row["idle_before"] = wait_until_idle()
         for label, checkout in checkouts.items():
             tag = label.strip() or "this"
             cache = base / f"probe-cache-{tag}-{r}"  # empty: the cold run measures
@@ -161,6 +167,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             loads.append(os.getloadavg()[0])
         sk_wall, sk_cpu, fits = sklearn_loop(groups, quantiles)
         row["sklearn_wall_s"], row["sklearn_cpu_s"] = sk_wall, sk_cpu
+        row["idle_after"] = idle_cpus()
         loads.append(os.getloadavg()[0])
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -188,6 +195,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
+
+
+def idle_cpus(seconds: float = 1.5) -> float:
+    """The machine's idle CPUs over the next `seconds` (/proc/stat: idle + iowait)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)
+
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_until_idle(share: float = 0.85) -> float:
+    """Wait until `share` of every CPU was idle over 1.5 s (a shared machine: the chart fork
+    and the helper run only beside an idle core); that idle figure."""
+    while (idle := idle_cpus()) < share * (os.cpu_count() or 1):
+        time.sleep(3)
+    return idle
 
 
 def report(result: dict[str, Any]) -> str:
@@ -219,6 +248,24 @@ def report(result: dict[str, Any]) -> str:
         f"| sklearn QuantileRegressor(highs) loop | {m['sklearn_s']:.1f} | "
         f"{m['sklearn_cpu_s']:.1f} |" + " |" * len(stages) + " 1.00x | 1.00x |"
     )
+    # a second process renders charts only when a core was idle at assemble's start
+    split = {
+        kind: sum(1 for r in result["repeats"] if r[kind].get("charts_elsewhere", 0) > 0)
+        for kind in result["kinds"]
+    }
+    n = len(result["repeats"])
+    lines.append("")
+    lines.append(
+        "charts split with a second process: "
+        + ", ".join(f"{kind} {k} of {n} runs" for kind, k in split.items())
+    )
+    idle = [
+        f"{r['idle_before']:.1f}/{r['idle_after']:.1f}"
+        for r in result["repeats"]
+        if "idle_before" in r
+    ]
+    if idle:
+        lines.append(f"idle CPUs before/after each repeat: {', '.join(idle)}")
     return "\n".join(lines)
 
 
@@ -231,4 +278,10 @@ if __name__ == "__main__":
     parser.add_argument("--baseline", default=None, help="another checkout (e.g. /work/main)")
     parser.add_argument("--out", default="/tmp/bench_small")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--when-idle",
+        action="store_true",
+        help="start each repeat only when every core was 85%% idle over 1.5 s (a shared "
+        "machine); each repeat records its idle CPUs before and after",
+    )
     main(parser.parse_args())

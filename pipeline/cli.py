@@ -169,6 +169,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from pipeline.sweep import run_multirun
 
         return run_multirun(forgiving_overrides(overrides))
+    from pipeline.stages import probe_process
+
+    if not (args.dry_run or args.write_config):  # the first study on this machine: its
+        probe_process.start_speculative()  # probe's child imports while the config is made
+    try:
+        return _compose_and_run(args, overrides)
+    finally:
+        probe_process.discard_early()  # one the run did not take (a bad config, say)
+
+
+def _compose_and_run(args: argparse.Namespace, overrides: list[str]) -> int:
     from pipeline.config import validate
     from pipeline.config.compose import compose_dict, compose_file
 

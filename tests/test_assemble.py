@@ -17,6 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation import metrics as evaluate
 from pipeline.io import write_parquet
 from pipeline.schema import FORECAST_COLUMNS, FORECAST_DTYPES, conform_forecasts
+from pipeline.stages import chart_fork
 from pipeline.stages.assemble import assemble
 
 MODELS = ("ar_qr", "ensemble_nn", "lqr")
@@ -88,11 +89,15 @@ def _digests(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    from pipeline.stages import charts
+
     root = tmp_path_factory.mktemp("run")
     series = make_run(root)
-    first = assemble(root, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    digests = _digests(root)
-    second = assemble(root, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    with pytest.MonkeyPatch.context() as patch:  # every chart rendered in this process
+        patch.setattr(charts, "FORK_MIN_CHARTS", 10**9)
+        first = assemble(root, "prc_hicp_manr_CP00", fan_countries=("DE",))
+        digests = _digests(root)
+        second = assemble(root, "prc_hicp_manr_CP00", fan_countries=("DE",))
     return root, series, first, second, digests
 
 
@@ -288,6 +293,55 @@ def test_a_temp_dir_that_cannot_take_the_rows_changes_nothing(run, tmp_path, mon
     with caplog.at_level("WARNING", logger="pipeline.stages"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert "its rows could not be written" in caplog.text
+    assert _digests(tmp_path) == run[4]
+
+
+@pytest.mark.skipif(not chart_fork.can_fork(), reason="forks on Linux only")
+def test_a_forked_chart_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
+    """A small study's charts, rendered by a fork of assemble's process while the metric tables
+    are computed here, are the bytes an in-process assemble writes: the whole output is."""
+    from pipeline.stages import assemble_helper, charts
+
+    make_run(tmp_path)
+    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
+    monkeypatch.setattr(assemble_helper, "cpus", lambda: 2)
+    finish = charts.ChartRun.finish
+
+    def after_the_fork(self, frame):  # let the fork render all, not this process
+        assert self._fork is not None
+        if self._feeder is not None:
+            self._feeder.join()
+        return finish(self, frame)
+
+    monkeypatch.setattr(charts.ChartRun, "finish", after_the_fork)
+    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "(4 rendered by the helper process)" in caplog.text
+    assert _digests(tmp_path) == run[4]
+
+
+@pytest.mark.skipif(not chart_fork.can_fork(), reason="forks on Linux only")
+def test_a_forked_chart_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
+    """Killed (for memory, say) before its first chart: assemble renders them all itself."""
+    import os
+    import signal
+
+    from pipeline.stages import assemble_helper
+
+    make_run(tmp_path)
+    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
+    monkeypatch.setattr(assemble_helper, "cpus", lambda: 2)
+
+    class Doomed(chart_fork.ForkedRenderer):
+        def __init__(self, frame):
+            super().__init__(frame)
+            os.kill(self._pid, signal.SIGKILL)
+
+    monkeypatch.setattr(chart_fork, "ForkedRenderer", Doomed)
+    with caplog.at_level("INFO", logger="pipeline.stages"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "the chart helper process died" in caplog.text
+    assert "(0 rendered by the helper process)" in caplog.text
     assert _digests(tmp_path) == run[4]
 
 

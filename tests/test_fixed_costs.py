@@ -414,3 +414,72 @@ def test_only_tasks_without_torch_start_the_probe_child_early() -> None:
     assert imports_torch((TASK_MODULE, "pipeline.models.solvers.lqr"))
     assert imports_torch((TASK_MODULE, "pipeline.models.solvers.ensemble_nn"))
     assert imports_torch(("no_such_module_qpipe",))  # unreadable: assumed heavy
+
+
+def test_the_first_run_on_a_machine_starts_the_probe_child_before_composing_its_config(
+    tmp_path: Path, probe_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` with an empty probe cache starts the probe's child before the config is composed,
+    not knowing the models yet; the probe then measures in that child (one child, with the
+    models' imports). It is stopped when the config is bad (exit 2) or the tasks import torch,
+    and none starts early once the cache holds a measurement."""
+    from conftest import tiny_study
+
+    import pipeline.config.compose as compose
+    from pipeline.cli import main
+    from pipeline.runtime.execute.task_imports import task_imports
+
+    events: list[str] = []
+    children: list[Any] = []
+    real_start, real_compose = probe_stage.ProbeChild.start, compose.compose_dict
+
+    def start(self: Any) -> None:
+        if self.proc is None:
+            events.append("child" if self.imports is None else "child with imports")
+            children.append(self)
+        real_start(self)
+
+    def composing(*args: Any, **kwargs: Any) -> Any:
+        events.append("compose")
+        return real_compose(*args, **kwargs)
+
+    monkeypatch.setattr(probe_stage.ProbeChild, "start", start)
+    monkeypatch.setattr(compose, "compose_dict", composing)
+    ar_qr = tiny_study("models.lqr.enabled=false")
+    assert main(["run", *ar_qr, f"runtime.output_dir={tmp_path / 'a'}"]) == 0
+    assert events == ["child", "compose"] and probe_process._early is None
+    assert children[0].imports and children[0].proc is None  # given its imports, measured in
+    baseline = json.loads((tmp_path / "a/probe_measurements.json").read_text())
+    assert baseline["baseline_mb"] > 0
+
+    events.clear()  # the cache now holds this machine's baseline
+    assert main(["run", *ar_qr, f"runtime.output_dir={tmp_path / 'b'}"]) == 0
+    assert events == ["compose"]
+
+    monkeypatch.setenv("QPIPE_PROBE_CACHE", str(tmp_path / "empty-cache"))
+    events.clear()
+    assert main(["run", *ar_qr, "rolling_window.size=-1", f"runtime.output_dir={tmp_path}/c"]) == 2
+    assert events == ["child", "compose"] and probe_process._early is None
+    assert children[-1].proc is None and children[-1]._tmp is None  # killed, its dir removed
+
+    probe_process.start_speculative()  # then a study whose tasks import torch
+    speculative = probe_process._early
+    assert speculative is not None and speculative.proc is not None
+    lqr = study(tmp_path / "d", models={"ar_qr": {"enabled": False}, "lqr": {"enabled": True}})
+    assert "pipeline.models.solvers.lqr" in task_imports(lqr, ["lqr"])
+    probe_process.start_early(lqr, ["lqr"])
+    assert probe_process._early is None and speculative.proc is None
+
+    # a user model's python_path, put on sys.path while the config is validated, is not on
+    # the speculative child's: a fresh child is started with it instead
+    probe_process.start_speculative()
+    speculative = probe_process._early
+    assert speculative is not None
+    monkeypatch.syspath_prepend(str(tmp_path / "user_models"))
+    probe_process.start_early(study(tmp_path / "e"), ["ar_qr"])
+    fresh = probe_process._early
+    try:
+        assert speculative.proc is None and fresh is not speculative
+        assert fresh is not None and fresh.imports and fresh.proc is not None
+    finally:
+        probe_process.discard_early()

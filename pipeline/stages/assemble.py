@@ -168,13 +168,15 @@ def assemble(
             helper.close()
         raise
     forecast_files = written[:-2]
-    helper_charts = charts.stale_panels >= chart_stage.HELPER_MIN_PANELS
+    helper_charts = charts.wants_helper(helper is not None)
     try:
         if helper is None and helper_charts:
             helper = assemble_helper.start(idle)
             helper = _hand_over(helper, arrow_table(frame)) if helper else None
         if helper is not None and charts.stale_panels:  # one started for the tests too
             charts.start(helper)
+        elif helper is None:  # a small study's charts: a fork of this process takes some
+            charts.start_forked(frame, idle)
         tables, metric_files = _write_metrics(
             output_dir, frame, missing, n_unexpected, benchmark, mcs, helped
         )

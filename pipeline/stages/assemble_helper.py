@@ -144,7 +144,11 @@ def _remove_orphans(folder: Path) -> None:
     """Remove hand-off files whose assemble died (SIGKILL between the write and the helper's
     map): in /dev/shm they would hold RAM until the next boot. The writer's PID is in the name;
     a live process's file (another assemble now) is left alone."""
-    for path in folder.glob(f"{HANDOFF_PREFIX}*-*.arrow"):
+    try:
+        found = list(folder.glob(f"{HANDOFF_PREFIX}*-*.arrow"))
+    except OSError:  # no such folder: serve's write says so
+        return
+    for path in found:
         pid = path.name[len(HANDOFF_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):

@@ -10,12 +10,14 @@ hash, so the outputs are the same bytes as a full render (PNGs are deterministic
 software metadata). Under `dvc repro` assemble's outputs are deleted before it runs, so every
 chart is rendered there.
 
-`plan_charts` decides what to render; `ChartRun.start` hands that to assemble's helper process
-(stages/assemble_helper.py: it renders from the rows assemble hands it and
-returns PNG bytes; this process owns the files and writes them). `ChartRun.finish`, called
-after the metric tables, renders here what the helper has not started, from the end of the
-queue, then collects the helper's PNGs: the same bytes as rendering everything here
-(tests/test_assemble.py).
+`plan_charts` decides what to render. Where assemble's helper process runs (the coverage
+tests at scale, or where no fork is possible), `ChartRun.start` hands the stale charts to it
+(stages/assemble_helper.py: it renders from the rows assemble hands it); else
+`ChartRun.start_forked` hands them to a fork of this process (stages/chart_fork.py: it holds the
+frame already). Either returns PNG bytes; this process owns the files and writes them.
+`ChartRun.finish`, called after the metric tables, renders here what the other process has
+not started, from the end of the queue, then collects its PNGs: the same bytes as rendering
+everything here (tests/test_assemble.py).
 """
 
 from __future__ import annotations
@@ -38,14 +40,19 @@ from pipeline.evaluation import plot_style, plots
 from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.evaluation.report import ReportImage
 from pipeline.io import atomic_path, read_json, stable_hash, write_json
+from pipeline.stages import assemble_helper, chart_fork
 from pipeline.stages.assemble_helper import Helper
 
 log = logging.getLogger("pipeline.stages.assemble")
 MANIFEST = Path("logs") / "charts.json"
-# Panels (a fan chart has one per model, a metric chart two) below which the charts render
-# here: a helper's start (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more
-# than it saves; the seed study's 18 charts have about 100 panels.
+# Panels (a fan chart has one per model, a metric chart two) from which the charts go to
+# assemble's helper process where no fork takes them (`wants_helper`): below, a helper's start
+# (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more than it saves; the seed
+# study's 18 charts have about 100 panels.
 HELPER_MIN_PANELS = 40
+# Stale charts from which a fork of this process (chart_fork.py: a few milliseconds to start)
+# renders some of them, when a core is idle.
+FORK_MIN_CHARTS = 2
 
 
 @dataclass(frozen=True)
@@ -96,18 +103,46 @@ class ChartRun:
         self._by_helper = 0
         self._error: BaseException | None = None
         self._feeder: threading.Thread | None = None
+        self._fork: chart_fork.ForkedRenderer | None = None
 
     @property
     def stale_panels(self) -> int:
         """The panels to render (a rough cost: `HELPER_MIN_PANELS`)."""
         return sum(c.panels for c in self._stale)
 
-    def start(self, helper: Helper) -> None:
+    def start(self, helper: Helper | chart_fork.ForkedRenderer) -> None:
         """Let `helper` render the stale charts from the front of the queue meanwhile."""
         self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
         self._feeder.start()
 
-    def _feed(self, helper: Helper) -> None:
+    def wants_helper(self, helper_running: bool) -> bool:
+        """Whether assemble's helper process renders the stale charts: when they are many
+        and a helper runs anyway (the coverage tests at scale), or where this process cannot
+        fork; else a fork of this process takes some (`start_forked`: no Python to start, no
+        second read of the table)."""
+        many = self.stale_panels >= HELPER_MIN_PANELS
+        return many and (helper_running or not chart_fork.can_fork())
+
+    def start_forked(self, frame: pd.DataFrame, idle: assemble_helper.IdleMeter) -> None:
+        """Let a fork of this process render stale charts from the front of the queue
+        meanwhile (it holds `frame`), when there are a few and a second core was idle since
+        `idle` was made; closed by `close`."""
+        if len(self._queue) < FORK_MIN_CHARTS or not chart_fork.can_fork():
+            return
+        if assemble_helper.cpus() < 2:
+            return
+        free = idle.idle_cpus()
+        if free < assemble_helper.MIN_IDLE_CPUS:
+            log.info("assemble: no chart process (%.1f CPUs idle)", free)
+            return
+        try:
+            self._fork = chart_fork.ForkedRenderer(frame)
+        except OSError as exc:  # no memory or no process left for a fork: all rendered here
+            log.info("assemble: no chart process (%s)", exc)
+            return
+        self.start(self._fork)
+
+    def _feed(self, helper: Helper | chart_fork.ForkedRenderer) -> None:
         chart = None
         try:
             while True:
@@ -182,6 +217,9 @@ class ChartRun:
             with self._lock:  # back in the queue: what finish has left to render
                 self._queue.extendleft(reversed(left))
             self._feeder = None
+        if self._fork is not None:
+            self._fork.close()
+            self._fork = None
 
 
 def plan_charts(

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.io import write_json
 from pipeline.runtime.execute.probe_child import WORKER_IMPORTS
 from pipeline.runtime.execute.task_imports import imports_torch, task_imports
 from pipeline.runtime.sizing.plan import worker_environment
-from pipeline.runtime.sizing.probe_cache import has_entry, machine_identity
+from pipeline.runtime.sizing.probe_cache import cache_is_empty, has_entry, machine_identity
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
@@ -44,10 +45,11 @@ class ProbeChild:
     # idle (probe_child.jobs_at_once). Fixed only by benchmarks and tests comparing the two.
     parallel: int | None = None
 
-    def __init__(self, imports: tuple[str, ...] = ()) -> None:
-        self.imports = imports
+    def __init__(self, imports: tuple[str, ...] | None = ()) -> None:
+        self.imports = imports  # None: given later (`give_imports`), the child waits for them
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._started_with = 0  # the environment and sys.path it was started with
 
     @property
     def tmp(self) -> Path:
@@ -71,8 +73,24 @@ class ProbeChild:
         cmd += ["--parallel", str(self.parallel or "auto"), "--cores", str(usable_cores())]
         cmd += ["--out", str(self.tmp / "result.json")]
         cmd += ["--parent", str(os.getpid()), "--tmp", str(self.tmp)]
-        cmd += ["--imports", ",".join(self.imports)]
-        self.proc = subprocess.Popen(cmd, env=env)
+        imports = (
+            f"@{self.tmp / 'imports.json'}" if self.imports is None else ",".join(self.imports)
+        )
+        self.proc = subprocess.Popen([*cmd, "--imports", imports], env=env)
+        self._started_with = _environment()
+
+    def takes_imports(self) -> bool:
+        """Whether this child, started without imports, can still be given them: it sees the
+        sys.path and environment it was started with, which a user model's `python_path`
+        (put on sys.path while the config is validated) would change."""
+        return self.imports is None and self._started_with == _environment()
+
+    def give_imports(self, imports: tuple[str, ...]) -> None:
+        """The models' task imports, for a child started without them (`takes_imports`)."""
+        assert self.imports is None, "the child has its imports"
+        self.imports = imports
+        if self._tmp is not None:
+            write_json(self.tmp / "imports.json", list(imports))
 
     def close(self) -> None:
         """Stop the child if it still runs (interrupted, past its timeout); remove its files."""
@@ -107,13 +125,36 @@ def start_early(config: StudyConfig, models: list[str]) -> None:
     driver's own early child importing torch during prepare (1-2 CPU-s) would read as load."""
     global _early
     imports = task_imports(config, models)
-    if imports_torch(imports):
+    if imports_torch(imports) or (
+        not config.runtime.reprobe and has_entry(baseline_inputs(imports))
+    ):  # whether a model needs measuring is known only from its plan, after prepare
+        discard_early()  # a speculative child that guessed wrong
         return
-    if not config.runtime.reprobe and has_entry(baseline_inputs(imports)):
-        return  # whether a model needs measuring is known only from its plan, after prepare
+    if _early is not None and _early.takes_imports():
+        _early.give_imports(imports)
+        return
     discard_early()
     _early = ProbeChild(imports)
     _early.start()
+
+
+def start_speculative() -> None:
+    """Start the probe's child before the config is composed (`python -m pipeline run`) when
+    this machine's probe cache is empty (the first study here, or a cleared cache: the worker
+    baseline is then surely measured), its imports not yet known: numpy and distributed
+    (0.35 s) load on the second core while this process composes and validates the config
+    (which leaves that core idle). `start_early` or `take_early` give it the models' imports;
+    it is stopped (`discard_early`) when the study imports torch, finds a baseline, or ends
+    before its probe. What it measures is unchanged."""
+    global _early
+    if _early is not None or not cache_is_empty():
+        return
+    _early = ProbeChild(None)
+    _early.start()
+
+
+def _environment() -> int:
+    return hash((tuple(sorted(os.environ.items())), tuple(sys.path)))
 
 
 def discard_early() -> None:
@@ -128,6 +169,8 @@ def take_early(imports: tuple[str, ...]) -> ProbeChild:
     """The early child when it imports `imports`, else a new (not yet started) one."""
     global _early
     child, _early = _early, None
+    if child is not None and child.takes_imports() and not imports_torch(imports):
+        child.give_imports(imports)  # started speculatively, and prepare was skipped
     if child is not None and child.imports == imports:
         return child
     if child is not None:

@@ -1,7 +1,7 @@
 """The probe's child process: the worker baseline and every model's task, one import.
 
 `python -P -m pipeline.runtime.execute.probe_child --jobs FILE --parallel auto|N --cores N
---out FILE --parent PID --tmp DIR --imports A,B` (started by pipeline.stages.probe_process.ProbeChild,
+--out FILE --parent PID --tmp DIR --imports A,B|@FILE` (started by pipeline.stages.probe_process.ProbeChild,
 in a worker's environment: one BLAS/OpenMP/torch thread, glibc's malloc defaults). It may start before the
 driver knows its jobs: after its imports it waits for FILE to appear.
 
@@ -86,7 +86,9 @@ def main(argv: list[str]) -> None:
     _die_with_driver(parent, arg("--tmp"), running)
     # what the rest of the machine uses while this child imports and the driver plans
     others = OtherCpuMeter([os.getpid(), parent])
-    for module in [*WORKER_IMPORTS, *filter(None, arg("--imports").split(","))]:
+    for module in WORKER_IMPORTS:
+        importlib.import_module(module)
+    for module in _model_imports(arg("--imports")):
         importlib.import_module(module)
     baseline_mb = own_peak_mb()
     jobs_path = Path(arg("--jobs"))
@@ -120,6 +122,18 @@ def main(argv: list[str]) -> None:
         time.sleep(POLL_S)
     out = {"baseline_mb": baseline_mb, "models": results, "parallel": parallel}
     Path(arg("--out")).write_text(json.dumps({**out, "other_cpus": other_cpus}))
+
+
+def _model_imports(spec: str) -> list[str]:
+    """The probed models' task imports: `A,B`, or `@FILE` when this child started before the
+    driver knew its models (`probe_process.start_speculative`): FILE (a JSON list, written
+    atomically) is waited for after the worker's own imports."""
+    if not spec.startswith("@"):
+        return list(filter(None, spec.split(",")))
+    path = Path(spec[1:])
+    while not path.exists():
+        time.sleep(POLL_S)
+    return [str(m) for m in json.loads(path.read_text())]
 
 
 def jobs_at_once(cores: int, free_cpus: float | None) -> int:

@@ -95,6 +95,16 @@ def has_entry(inputs: Mapping[str, Any]) -> bool:
     return entry_path({"format": FORMAT, **inputs}).exists()
 
 
+def cache_is_empty() -> bool:
+    """Whether this machine's cache holds no measurement (missing or empty: nothing measured
+    here yet, or the cache was cleared)."""
+    try:
+        with os.scandir(cache_dir()) as entries:
+            return not any(e.name.endswith(".json") for e in entries)
+    except OSError:  # missing or unreadable: nothing to reuse
+        return True
+
+
 def remember(inputs: Mapping[str, Any], result: Mapping[str, Any]) -> None:
     """Keep a measurement for the next study; a cache that cannot be written only costs a
     warning."""

@@ -1,0 +1,110 @@
+"""The forked chart process (stages/chart_fork.py): it runs functions on the frame it was
+forked with, says when it died or failed, and does not outlive a killed assemble (SIGKILL, as
+the resume tests do), so the output dir's lock goes with the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.stages import chart_fork
+from pipeline.stages.chart_fork import ForkedRenderer
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not chart_fork.can_fork(), reason="forks on Linux only")
+
+
+def describe(frame: pd.DataFrame, column: str, times: int) -> bytes:
+    """What the tests ask the child for: its pid and a column of the frame it holds."""
+    return f"{os.getpid()}:{','.join(frame[column].astype(str)) * times}".encode()
+
+
+def fail(frame: pd.DataFrame) -> bytes:
+    raise ValueError(f"no chart for {len(frame)} rows")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited
+
+
+def test_the_child_answers_from_the_frame_it_was_forked_with():
+    frame = pd.DataFrame({"MODEL": ["ar_qr", "rw"]})
+    renderer = ForkedRenderer(frame)
+    try:
+        frame.loc[0, "MODEL"] = "changed here"  # the child has its own copy
+        first = renderer.submit(describe, "MODEL", 1).result().decode()
+        pid, models = first.split(":")
+        assert int(pid) != os.getpid() and models == "ar_qr,rw"
+        big = renderer.submit(describe, "MODEL", 200_000).result()  # several pipe buffers
+        assert big == f"{pid}:{'ar_qr,rw' * 200_000}".encode()
+        with pytest.raises(RuntimeError, match="ValueError: no chart for 2 rows"):
+            renderer.submit(fail).result()
+        assert renderer.submit(describe, "MODEL", 1).result().decode() == first  # still serves
+    finally:
+        renderer.close()
+    assert not _alive(int(pid))
+    with pytest.raises(BrokenProcessPool):
+        renderer.submit(describe, "MODEL", 1).result()
+
+
+def test_a_dead_child_is_reported_not_waited_for():
+    renderer = ForkedRenderer(pd.DataFrame({"MODEL": ["ar_qr"]}))
+    try:
+        pid = int(renderer.submit(describe, "MODEL", 1).result().decode().split(":")[0])
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool, match="died"):
+            renderer.submit(describe, "MODEL", 1).result()
+    finally:
+        renderer.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_the_child_dies_with_a_killed_assemble(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            import pandas as pd
+            from pipeline.stages.chart_fork import ForkedRenderer
+
+            def pid(frame):
+                import os
+                return str(os.getpid()).encode()
+
+            if __name__ == "__main__":
+                renderer = ForkedRenderer(pd.DataFrame({"MODEL": ["a"]}))
+                print(renderer.submit(pid).result().decode(), flush=True)
+                time.sleep(60)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        child = int(proc.stdout.readline())
+        assert _alive(child)
+        proc.kill()  # SIGKILL: no cleanup code runs in the parent
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        proc.kill()
+        proc.wait()
