@@ -40,8 +40,8 @@ import pandas as pd
 _HEADER = struct.Struct("<BQ")  # status (0 ok, 1 error), payload length
 _LENGTH = struct.Struct("<Q")
 # A chart the child has not answered in this long is taken back (the child killed, the chart
-# rendered here): a chart takes well under a second at the sizes that fork (stale charts
-# below `charts.HELPER_MIN_PANELS`), so only a stuck child waits this long.
+# rendered here): the largest (a seed fan chart of six panels) takes under a second, so only a
+# stuck child waits this long.
 REPLY_TIMEOUT_S = 300.0
 
 
