@@ -1,13 +1,16 @@
-"""A fork of assemble's process that renders some of a small study's charts on the second core
-while this process computes the metric tables (issue 18: the small ar_qr study).
+"""A fork of assemble's process that renders some of the charts on the second core while this
+process computes the metric tables (issue 18: the small ar_qr study).
 
 assemble's spawned helper (stages/assemble_helper.py) is a fresh Python that imports pandas and
-matplotlib and reads the forecast table again (~1.2 CPU-s): worth it for the seed's ~100 chart
-panels, more than it saves for a small study's 16. A fork costs a few milliseconds and
-already holds all of that: the frame, matplotlib, the fonts. Linux only (a fork of a process
-with threads is safe there for what the child does: the chart code and a pipe; it takes no
-lock another thread may hold: no logging handler of ours, no SQLite, no Dask), and it ends by
-`os._exit` (nothing of this process's state is flushed or closed twice).
+matplotlib and reads the forecast table again (~1.2 CPU-s): more than it saves for a small
+study's 16 chart panels, and it renders nothing for its first second. A fork costs a few
+milliseconds and already holds all of that: the frame, matplotlib, the fonts; the helper
+renders charts now only where it runs anyway (`charts.ChartRun.wants_helper`).
+
+Linux only (a fork of a process with threads is safe there for what the child does: the chart
+code and a pipe; it takes no lock another thread may hold: no logging handler of ours, no
+SQLite, no Dask), and it ends by `os._exit` (nothing of this process's state is flushed or
+closed twice).
 
 Protocol, one request at a time (`submit` blocks: the caller is `ChartRun`'s feeder thread):
 the parent writes a length-prefixed JSON request (a module-level function by name and its
@@ -40,8 +43,8 @@ import pandas as pd
 _HEADER = struct.Struct("<BQ")  # status (0 ok, 1 error), payload length
 _LENGTH = struct.Struct("<Q")
 # A chart the child has not answered in this long is taken back (the child killed, the chart
-# rendered here): a chart takes well under a second at the sizes that fork (stale charts
-# below `charts.HELPER_MIN_PANELS`), so only a stuck child waits this long.
+# rendered here): the largest (a seed fan chart of six panels) takes under a second, so only a
+# stuck child waits this long.
 REPLY_TIMEOUT_S = 300.0
 
 
