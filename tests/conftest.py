@@ -90,6 +90,15 @@ def tiny_study(*changes: str) -> list[str]:
     return out
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
+
+
 def make_config(d: dict[str, Any]) -> StudyConfig:
     return validate(with_defaults(d))
 

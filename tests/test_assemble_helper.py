@@ -14,19 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import process_alive
 
 from pipeline.stages import assemble_helper
 from pipeline.stages.assemble_helper import Helper
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in state  # a zombie has exited
 
 
 def test_a_dead_assembles_hand_off_file_is_removed(tmp_path, monkeypatch):
@@ -133,13 +126,13 @@ def test_the_helper_exits_when_assemble_is_killed(tmp_path):
         env=env,
     )
     helper = int(proc.stdout.readline())
-    assert _alive(helper)
+    assert process_alive(helper)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while _alive(helper) and time.monotonic() < deadline:
+    while process_alive(helper) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(helper)
+    assert not process_alive(helper)
 
 
 def test_idle_cpus_is_a_share_of_the_machine():

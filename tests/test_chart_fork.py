@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import process_alive
 
 from pipeline.stages import chart_fork
 from pipeline.stages.chart_fork import ForkedRenderer
@@ -32,14 +33,6 @@ def fail(frame: pd.DataFrame) -> bytes:
     raise ValueError(f"no chart for {len(frame)} rows")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in state  # a zombie has exited
-
-
 def test_the_child_answers_from_the_frame_it_was_forked_with():
     frame = pd.DataFrame({"MODEL": ["ar_qr", "rw"]})
     renderer = ForkedRenderer(frame)
@@ -55,7 +48,7 @@ def test_the_child_answers_from_the_frame_it_was_forked_with():
         assert renderer.submit(describe, "MODEL", 1).result().decode() == first  # still serves
     finally:
         renderer.close()
-    assert not _alive(int(pid))
+    assert not process_alive(int(pid))
     with pytest.raises(BrokenProcessPool):
         renderer.submit(describe, "MODEL", 1).result()
 
@@ -98,13 +91,13 @@ def test_the_child_dies_with_a_killed_assemble(tmp_path):
     )
     try:
         child = int(proc.stdout.readline())
-        assert _alive(child)
+        assert process_alive(child)
         proc.kill()  # SIGKILL: no cleanup code runs in the parent
         proc.wait()
         deadline = time.monotonic() + 30
-        while _alive(child) and time.monotonic() < deadline:
+        while process_alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child)
+        assert not process_alive(child)
     finally:
         proc.kill()
         proc.wait()
