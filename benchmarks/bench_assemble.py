@@ -44,7 +44,7 @@ import pandas as pd
 ROOT = Path(os.environ.get("BENCH_ASSEMBLE_ROOT", Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(ROOT))
 
-from pipeline.evaluation import coverage_tests, decomposition, metrics_json  # noqa: E402
+from pipeline.evaluation import coverage_tests, decomposition, mcs, metrics_json  # noqa: E402
 from pipeline.evaluation import metrics as evaluate  # noqa: E402
 from pipeline.evaluation.derived import DerivedSettings, derive  # noqa: E402
 from pipeline.io import write_parquet  # noqa: E402
@@ -189,9 +189,7 @@ def step_times(
             coverage_tests.coverage_tests(p, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"])
             for p in periods.values()
         ],
-        "mcs": lambda: [
-            coverage_tests.mcs_table(p, size=0.1, reps=1000, seed=0) for p in periods.values()
-        ],
+        "mcs": lambda: [mcs.mcs_table(p, size=0.1, reps=1000, seed=0) for p in periods.values()],
         "pinball decomposition": lambda: decomposition.pinball_decomposition(frame),
     }
     out = {}

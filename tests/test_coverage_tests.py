@@ -11,6 +11,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from pipeline.evaluation import coverage_tests as ct
+from pipeline.evaluation import mcs
 
 HITS = np.array([0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0])
 
@@ -218,27 +219,27 @@ def test_mcs_equals_a_direct_arch_call():
     from arch.bootstrap import MCS
 
     frame = _frame(np.random.default_rng(4), n=40)
-    losses = ct.origin_losses(frame, 1)
+    losses = mcs.origin_losses(frame, 1)
     assert list(losses.columns) == ["a", "b", "c"] and len(losses) == 40
-    table = ct.model_confidence_set(losses, size=0.1, reps=200, seed=7)
+    table = mcs.model_confidence_set(losses, size=0.1, reps=200, seed=7)
     direct = MCS(losses, size=0.1, reps=200, method="R", bootstrap="stationary", seed=7)
     direct.compute()
     expected = direct.pvalues["Pvalue"]
     assert table["P_VALUE"].tolist() == [float(expected[m]) for m in losses.columns]
     assert set(table.loc[table["IN_MCS"], "MODEL"]) == set(direct.included)
     assert not table.set_index("MODEL").loc["b", "IN_MCS"]  # the biased model is excluded
-    per_horizon = ct.mcs_table(frame, reps=200, seed=7)
+    per_horizon = mcs.mcs_table(frame, reps=200, seed=7)
     assert per_horizon["P_VALUE"].tolist() == table["P_VALUE"].tolist()
 
 
 def test_mcs_shares_the_result_of_models_with_identical_losses():
     frame = _frame(np.random.default_rng(5), n=40)
-    losses = ct.origin_losses(frame, 1)
+    losses = mcs.origin_losses(frame, 1)
     twin = losses.assign(a_cal=losses["a"])[["a", "a_cal", "b", "c"]]
-    table = ct.model_confidence_set(twin, reps=200, seed=7).set_index("MODEL")
-    alone = ct.model_confidence_set(losses, reps=200, seed=7).set_index("MODEL")
+    table = mcs.model_confidence_set(twin, reps=200, seed=7).set_index("MODEL")
+    alone = mcs.model_confidence_set(losses, reps=200, seed=7).set_index("MODEL")
     assert table.loc["a_cal"].tolist() == table.loc["a"].tolist() == alone.loc["a"].tolist()
-    single = ct.model_confidence_set(losses[["a"]].assign(b=losses["a"]), reps=50)
+    single = mcs.model_confidence_set(losses[["a"]].assign(b=losses["a"]), reps=50)
     assert single["IN_MCS"].all() and (single["P_VALUE"] == 1.0).all()
     assert all(np.isnan(ct.dq_test([1, 0, 1], [0.0, 1.0, 2.0], 0.5)))  # fewer rows than lags
 
@@ -313,7 +314,7 @@ def test_origin_losses_equal_the_pivot_table_bit_for_bit(dtype):
     unknown = frame.astype({"COUNTRY": "string"})
     unknown.loc[7, "COUNTRY"] = pd.NA
     for rows in (frame, twice, unknown, frame.iloc[:0]):
-        got = ct.origin_losses(rows, 1)
+        got = mcs.origin_losses(rows, 1)
         pd.testing.assert_frame_equal(got, pivot(rows), check_exact=True)
         assert got.to_numpy().tobytes() == pivot(rows).to_numpy().tobytes()
 
@@ -330,9 +331,9 @@ def test_the_mcs_of_one_model_is_what_the_general_path_gives(model_dtype):
     frame.loc[[5, 17], "COUNTRY"] = None  # a missing key: the pivot drops the row
     frame.loc[frame["WINDOW_END"] == frame["WINDOW_END"].max(), "QUANTILE"] = np.nan  # an origin
     frame = frame.astype({"MODEL": model_dtype, "COUNTRY": "string"})
-    got = ct.mcs_table(frame, reps=50)
-    losses = ct.origin_losses(frame, 1)
-    want = ct.model_confidence_set(losses, reps=50)
+    got = mcs.mcs_table(frame, reps=50)
+    losses = mcs.origin_losses(frame, 1)
+    want = mcs.model_confidence_set(losses, reps=50)
     want.insert(0, "HORIZON", 1)
     want.insert(2, "N_ORIGINS", len(losses))
     pd.testing.assert_frame_equal(got, want)

@@ -111,7 +111,7 @@ def test_the_early_child_imports_what_the_models_tasks_import() -> None:
 MCS_SCRIPT = """
 import sys
 import numpy as np, pandas as pd
-from pipeline.evaluation import coverage_tests
+from pipeline.evaluation import coverage_tests, mcs
 rng = np.random.default_rng(0)
 models = sys.argv[1:]
 n = 40
@@ -121,7 +121,7 @@ frame = pd.DataFrame({
     "FORECAST": rng.normal(size=n * len(models)), "ACTUAL": np.tile(rng.normal(size=n), len(models)),
 })
 coverage_tests.coverage_tests(frame, by=["MODEL", "HORIZON", "QUANTILE"])
-table = coverage_tests.mcs_table(frame, reps=50)
+table = mcs.mcs_table(frame, reps=50)
 print(len(table), "arch" in sys.modules, "scipy.stats" in sys.modules)
 """
 

@@ -1,4 +1,4 @@
-"""Coverage (backtesting) tests of quantile forecasts and the Model Confidence Set (pure).
+"""Coverage (backtesting) tests of quantile forecasts (pure).
 
 A *hit* is `1{y <= F}` (the convention of `metrics.coverage`); for a correct tau-quantile the
 hits are i.i.d. Bernoulli(tau). Each test returns `(statistic, p_value)`; `0 * log(0)` is 0.
@@ -25,7 +25,7 @@ Hits of an h-step forecast from monthly origins overlap by h - 1 months, so for 
 serially dependent by construction: the independence and DQ tests then reject correct
 forecasts too often and read as diagnostics, not as exact tests (SERIAL_DEPENDENCE_NOTE).
 
-`model_confidence_set` (evaluation/mcs.py) wraps `arch.bootstrap.MCS` (never a hand-written MCS).
+The Model Confidence Set is in evaluation/mcs.py.
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ import pandas as pd
 from scipy.special import xlogy
 
 from pipeline.evaluation.grouping import Keys
-from pipeline.evaluation.mcs import mcs_table as mcs_table  # the MCS: in its own module
-from pipeline.evaluation.mcs import model_confidence_set as model_confidence_set
-from pipeline.evaluation.mcs import origin_losses as origin_losses
 from pipeline.evaluation.metrics import select_rows
 from pipeline.evaluation.pvalues import chi2_sf
 

@@ -168,9 +168,8 @@ def assemble(
             helper.close()
         raise
     forecast_files = written[:-2]
-    helper_charts = charts.wants_helper(helper is not None)
     try:
-        if helper is None and helper_charts:
+        if helper is None and charts.wants_helper():
             helper = assemble_helper.start(idle)
             helper = _hand_over(helper, arrow_table(frame)) if helper else None
         if helper is not None and charts.stale_panels:  # one started for the tests too

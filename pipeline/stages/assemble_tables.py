@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import coverage_tests, decomposition
+from pipeline.evaluation import coverage_tests, decomposition, mcs
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.grouping import Keys
 from pipeline.io import write_parquet, write_parquet_tables, write_text
@@ -91,7 +91,7 @@ def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict
         "coverage_tests_by_country": lambda f, k: coverage_tests.coverage_tests(
             f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"], keys=k
         ),
-        "mcs": lambda f, k: coverage_tests.mcs_table(f, size=size, reps=reps, seed=seed),
+        "mcs": lambda f, k: mcs.mcs_table(f, size=size, reps=reps, seed=seed),
     }
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
     # the key columns factorized once for both periods and both test tables

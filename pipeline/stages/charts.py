@@ -115,13 +115,12 @@ class ChartRun:
         self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
         self._feeder.start()
 
-    def wants_helper(self, helper_running: bool) -> bool:
-        """Whether assemble's helper process renders the stale charts: when they are many
-        and a helper runs anyway (the coverage tests at scale), or where this process cannot
-        fork; else a fork of this process takes some (`start_forked`: no Python to start, no
-        second read of the table)."""
-        many = self.stale_panels >= HELPER_MIN_PANELS
-        return many and (helper_running or not chart_fork.can_fork())
+    def wants_helper(self) -> bool:
+        """Whether assemble's helper process is worth starting for the stale charts alone:
+        they are many and this process cannot fork (else a fork takes some, `start_forked`:
+        no Python to start, no second read of the rows). A helper that runs anyway (the
+        coverage tests at scale) takes them whatever their number."""
+        return self.stale_panels >= HELPER_MIN_PANELS and not chart_fork.can_fork()
 
     def start_forked(self, frame: pd.DataFrame, idle: assemble_helper.IdleMeter) -> None:
         """Let a fork of this process render stale charts from the front of the queue

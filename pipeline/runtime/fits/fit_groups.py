@@ -81,6 +81,7 @@ class FitGroup:
 # Version of the key definition itself (bumped when the bytes a key hashes change; every
 # cached fit then refits once). 2: one sha256 per fit over the fit's raw bytes (issue 18).
 KEY_FORMAT = 2
+KEY_BYTES = 32  # a content key's sha256 digest; 64 hex characters as a str
 
 
 def key_prefix(
@@ -116,6 +117,26 @@ def _row_bytes(array: np.ndarray, n: int) -> np.ndarray:
     elif a.dtype.kind in "iu":
         a = a.astype("<i8")
     return np.ascontiguousarray(a).reshape(n, -1).view(np.uint8)
+
+
+def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
+    """(F, KEY_BYTES) uint8 from 64-hex-character content keys (what bulk_keys makes)."""
+    if not len(keys):
+        return np.zeros((0, KEY_BYTES), dtype=np.uint8)
+    listed = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
+    try:
+        text = "".join(listed)
+    except TypeError:  # not every key a str
+        text = "".join(map(str, listed))
+    raw = bytes.fromhex(text)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
+
+
+def hex_keys(raw: np.ndarray) -> np.ndarray:
+    """The content keys (object array of str) of raw_keys' rows."""
+    text = np.ascontiguousarray(raw).tobytes().hex()
+    width = 2 * KEY_BYTES
+    return np.array([text[i : i + width] for i in range(0, len(text), width)], dtype=object)
 
 
 def bulk_keys(prefix: bytes, *parts: np.ndarray) -> np.ndarray:

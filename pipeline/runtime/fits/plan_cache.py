@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import atomic_path, stable_hash
+from pipeline.runtime.fits.fit_groups import hex_keys, raw_keys
 
 log = logging.getLogger("pipeline.train")
 ENV_VAR = "QPIPE_PLAN_CACHE"
 FORMAT = 1
 KEEP = 8  # entries kept (a 1M-fit rw plan is about 48 MB)
 KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever its size
-KEY_BYTES = 32
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
     "pipeline.runtime.fits.fit_groups",
@@ -103,11 +103,7 @@ def load(name: str) -> list[Part] | None:
             raise ValueError("checksum mismatch")
         parts = []
         for g in range(len(arrays) // 3):
-            raw = arrays[f"{g}_keys"]
-            text = raw.tobytes().hex()
-            width = 2 * KEY_BYTES
-            keys = np.empty(raw.shape[0], dtype=object)
-            keys[:] = [text[i : i + width] for i in range(0, len(text), width)]
+            keys = hex_keys(arrays[f"{g}_keys"])
             parts.append((arrays[f"{g}_country"], arrays[f"{g}_origin"], keys))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.info("fit plan %s unreadable (%s): rebuilt", path, exc)
@@ -126,8 +122,7 @@ def save(name: str, parts: list[Part]) -> None:
     for g, (country, origin, keys) in enumerate(parts):
         arrays[f"{g}_country"] = np.asarray(country, dtype=np.int64)
         arrays[f"{g}_origin"] = np.asarray(origin, dtype=np.int64)
-        raw = bytes.fromhex("".join(keys.tolist())) if len(keys) else b""
-        arrays[f"{g}_keys"] = np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
+        arrays[f"{g}_keys"] = raw_keys(keys)
     root = cache_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)

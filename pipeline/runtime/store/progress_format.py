@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.runtime.fits.fit_groups import KEY_BYTES, raw_keys
+
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
 
 FORMAT = 2  # PRAGMA user_version of the store; format 1 was one row per forecast row
 STATUSES = ("pending", "training", "done", "failed")
 PENDING, TRAINING, DONE, FAILED = range(4)
-KEY_BYTES = 32
 
 
 class OldFormat(sqlite3.DatabaseError):
@@ -75,25 +76,6 @@ def floats(blob: bytes | None, shape: tuple[int, ...]) -> np.ndarray:
 def float_blob(array: np.ndarray) -> bytes | None:
     array = np.asarray(array, dtype="<f8")
     return None if np.isnan(array).all() else np.ascontiguousarray(array).tobytes()
-
-
-def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
-    """(F, 32) uint8 from 64-hex-character content keys."""
-    if not len(keys):
-        return np.zeros((0, KEY_BYTES), dtype=np.uint8)
-    listed = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-    try:
-        text = "".join(listed)
-    except TypeError:  # not every key a str
-        text = "".join(map(str, listed))
-    raw = bytes.fromhex(text)
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
-
-
-def hex_keys(raw: np.ndarray) -> np.ndarray:
-    text = np.ascontiguousarray(raw).tobytes().hex()
-    width = 2 * KEY_BYTES
-    return np.array([text[i : i + width] for i in range(0, len(text), width)], dtype=object)
 
 
 # --- the fits of one group ------------------------------------------------------------------------

@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import atomic_path
-from pipeline.runtime.fits.fit_groups import expand_rows
+from pipeline.runtime.fits.fit_groups import expand_rows, hex_keys
 from pipeline.runtime.store.progress_format import (
     FAILED,
     STATUSES,
     GroupState,
-    hex_keys,
     load_groups,
 )
 
@@ -166,17 +165,17 @@ def _rows(
     rows: np.ndarray,
     tasks: _Side,
     errors: _Side,
-    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    pairs: tuple[np.ndarray, np.ndarray],
 ) -> Any:
     """The rows `rows` (positions in _expand's order) of one group, as an Arrow table;
-    `pairs`: np.nonzero(s.rows), when the caller has it."""
+    `pairs`: np.nonzero(s.rows), found once per export."""
     import pyarrow as pa
 
     from pipeline.runtime.fits.fit_groups import origin_labels
 
     _, _, H, Q = s.shape()
     # _expand's order: row r is forecast (r // (H Q)) of the group's existing (fit, row) pairs
-    fr, cr = np.nonzero(s.rows) if pairs is None else pairs
+    fr, cr = pairs
     pair, hq = np.divmod(rows, H * Q)
     fi, cj = fr[pair], cr[pair]
     hi, qi = np.divmod(hq, Q)
