@@ -13,7 +13,7 @@ from conftest import REAL_DATA
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
 from pipeline.data import DataError
-from pipeline.data.features import build_panel, impute
+from pipeline.data.features import build_panel, impute, month_mean_needed, regularize
 from pipeline.io import read_json
 from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y_RAW, Y, lag_column, lead_column
 from pipeline.stages.prepare import prepare
@@ -196,3 +196,76 @@ def test_small_panel_built_in_pandas_has_the_dask_paths_bytes(tmp_path, monkeypa
     assert in_memory.panel_path.read_bytes() == with_dask.panel_path.read_bytes()
     assert in_memory.fingerprint == with_dask.fingerprint
     assert in_memory.meta_path.read_bytes() == with_dask.meta_path.read_bytes()
+
+
+def test_large_panel_without_month_means_built_in_pandas_has_the_dask_paths_bytes(
+    tmp_path, monkeypatch
+):
+    # 38 countries, no extra feature: the month means (the one place the two paths' arithmetic
+    # differs) are never read, so pandas builds the panel whatever its size
+    data = dict(source="eurostat", path=str(REAL), missing="forward_fill_then_mean")
+
+    def no_dask(*args, **kwargs):
+        raise AssertionError("built with dask")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.stages.prepare._build_with_dask", no_dask)
+        in_memory = prepare(_config(tmp_path / "pandas", **data), ROOT)
+    monkeypatch.setattr("pipeline.stages.prepare.month_mean_needed", lambda *a: True)
+    with_dask = prepare(_config(tmp_path / "dask", **data), ROOT)
+    assert len(in_memory.countries) > 30
+    assert in_memory.panel_path.read_bytes() == with_dask.panel_path.read_bytes()
+    assert in_memory.meta_path.read_bytes() == with_dask.meta_path.read_bytes()
+
+
+def test_month_means_needed_only_for_a_feature_starting_after_the_target():
+    months = pd.date_range("2000-01-01", periods=6, freq="MS")
+    raw = pd.DataFrame(
+        {
+            TIME: np.tile(months, 2),
+            COUNTRY: np.repeat(["A", "B"], 6),
+            "y0": [np.nan, 1.0, np.nan, 2.0, 3.0, np.nan] * 2,  # gaps: forward filled
+            "f": [np.nan, 5.0, 6.0, np.nan, 7.0, 8.0] * 2,  # starts with the target
+        }
+    )
+    ffill = "forward_fill_then_mean"
+    assert not month_mean_needed(raw, "y0", [], ffill)
+    assert not month_mean_needed(raw, "y0", ["f"], ffill)
+    raw.loc[(raw[COUNTRY] == "B") & (raw[TIME] == months[1]), "f"] = np.nan  # B's starts later
+    assert month_mean_needed(raw, "y0", ["f"], ffill)
+    assert not month_mean_needed(raw, "y0", ["f"], "drop")
+
+
+def test_regularize_is_independent_of_row_order_and_drops_rows_without_country_or_month():
+    rng = np.random.default_rng(3)
+    months = pd.date_range("2001-01-01", periods=30, freq="MS")
+    raw = pd.DataFrame(
+        {
+            TIME: np.tile(months, 3),
+            COUNTRY: pd.array(np.repeat(["B", "A", "C"], 30), dtype="string"),
+            "y0": rng.normal(size=90),
+            "f": rng.normal(size=90),
+        }
+    )
+    raw.loc[rng.random(90) < 0.2, "y0"] = np.nan
+    raw = raw.drop(index=[5, 6, 40])  # months missing from the file: NaN rows
+    expected = regularize(raw, "y0")
+    assert expected[COUNTRY].tolist() == sorted(expected[COUNTRY].tolist())
+    for country, group in expected.groupby(COUNTRY):
+        observed = raw[(raw[COUNTRY] == country) & raw["y0"].notna()][TIME]
+        assert group[TIME].tolist() == list(
+            pd.date_range(observed.min(), observed.max(), freq="MS")
+        )
+    merged = expected.merge(raw, on=[TIME, COUNTRY], how="left", suffixes=("", "_file"))
+    for column in ("y0", "f"):  # each value in its (country, month) row; NaN where none
+        assert np.array_equal(merged[column], merged[f"{column}_file"], equal_nan=True)
+    shuffled = raw.sample(frac=1.0, random_state=0)
+    extra = pd.DataFrame(
+        {
+            TIME: [pd.NaT, months[3]],
+            COUNTRY: pd.array(["A", None], dtype="string"),
+            "y0": 1.0,
+            "f": 1.0,
+        }
+    )
+    pd.testing.assert_frame_equal(regularize(pd.concat([shuffled, extra]), "y0"), expected)

@@ -11,7 +11,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import COUNTRY, TIME, Y_RAW, Y, lag_column, lead_column
+from pipeline.schema import (
+    COUNTRY,
+    TIME,
+    Y_RAW,
+    Y,
+    lag_column,
+    lead_column,
+    month_index,
+    month_start,
+)
 
 MISSING_POLICIES = ("forward_fill_then_mean", "drop")
 
@@ -22,20 +31,38 @@ def regularize(raw: pd.DataFrame, target: str) -> pd.DataFrame:
     Leading gaps (before the first observation) are dropped. Trailing gaps (after the last
     observation, e.g. the UK after 2020-11) are dropped too: filling years past a country's
     last value would fabricate data. Interior months missing from the file become NaN rows.
+    Countries in sorted order, months ascending; (COUNTRY, TIME) must be unique (check_tidy).
+
+    Built with whole-column arrays (each country's month range laid out by its offset), not a
+    frame per country: a panel of 380 countries took 1.2 CPU-s by country, 20 ms so.
     """
-    pieces = []
-    for country, group in raw.groupby(COUNTRY, sort=True, observed=True):
-        observed = group.loc[group[target].notna(), TIME]
-        if observed.empty:
-            continue
-        months = pd.date_range(observed.min(), observed.max(), freq="MS")
-        piece = group.set_index(TIME).reindex(months)
-        piece.index.name = TIME
-        piece[COUNTRY] = country
-        pieces.append(piece.reset_index())
-    if not pieces:
+    columns = [c for c in raw.columns if c not in (TIME, COUNTRY)]
+    codes, countries = pd.factorize(raw[COUNTRY], sort=True)  # -1: no country (dropped)
+    countries = np.asarray(countries, dtype=object)
+    placed = (codes >= 0) & raw[TIME].notna().to_numpy()
+    observed = placed & raw[target].notna().to_numpy()
+    months = np.where(placed, month_index(raw[TIME]), 0)
+    if not observed.any():
         return raw.iloc[0:0].copy()
-    return pd.concat(pieces, ignore_index=True)
+    # each country's first and last observed month (a country without one gets no rows)
+    first = np.full(len(countries), np.iinfo(np.int64).max)
+    last = np.full(len(countries), np.iinfo(np.int64).min)
+    np.minimum.at(first, codes[observed], months[observed])
+    np.maximum.at(last, codes[observed], months[observed])
+    kept = last >= first
+    length = np.where(kept, last - first + 1, 0)
+    offset = np.concatenate([[0], np.cumsum(length)[:-1]])
+    n = int(length.sum())
+    out_country = np.repeat(np.arange(len(countries)), length)
+    out_month = first[out_country] + np.arange(n) - offset[out_country]
+    inside = placed & (months >= first[codes]) & (months <= last[codes])
+    position = offset[codes[inside]] + months[inside] - first[codes[inside]]
+    frame = {TIME: month_start(out_month).astype(raw[TIME].dtype), COUNTRY: countries[out_country]}
+    for column in columns:  # numbers (check_tidy), so float64 as build_panel writes them
+        filled = np.full(n, np.nan)
+        filled[position] = raw[column].to_numpy(dtype=np.float64, na_value=np.nan)[inside]
+        frame[column] = filled
+    return pd.DataFrame(frame)
 
 
 def impute(
@@ -59,11 +86,26 @@ def impute(
     if policy == "drop" or frame.empty:
         return frame
     filled = frame.groupby(COUNTRY, sort=False, observed=True)[list(columns)].ffill()
-    if month_mean is None:
-        month_mean = cross_section_mean(frame, columns)
-    same_month = month_mean.reindex(frame[TIME])[list(columns)].set_axis(frame.index)
-    frame[list(columns)] = filled.fillna(same_month)
+    if filled.isna().to_numpy().any():  # only values before a country's first one are left
+        if month_mean is None:
+            month_mean = cross_section_mean(frame, columns)
+        same_month = month_mean.reindex(frame[TIME])[list(columns)].set_axis(frame.index)
+        filled = filled.fillna(same_month)
+    frame[list(columns)] = filled
     return frame
+
+
+def month_mean_needed(
+    raw: pd.DataFrame, target: str, features: Sequence[str], missing: str
+) -> bool:
+    """Whether `build_panel` reads the month means (`impute`): only for a feature that starts
+    later than the target in some country. The target itself never needs them: its rows start
+    at each country's first value (`regularize`), and forward filling covers every gap after."""
+    if missing != "forward_fill_then_mean" or not features:
+        return False
+    frame = regularize(raw[[TIME, COUNTRY, target, *features]], target)
+    later = frame.groupby(COUNTRY, sort=False, observed=True)[list(features)].ffill()
+    return bool(later.isna().to_numpy().any())
 
 
 def cross_section_mean(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

@@ -1,11 +1,13 @@
 """`prepare`: raw panel -> cleaned panel with lag features and direct targets, plus a fingerprint.
 
-Built on dask.dataframe: countries are partitions, the cross-country monthly means the
-missing-value policy needs are one dask groupby, and each partition is built by the pure
-`pipeline.data.features.build_panel`. A panel of a few countries (`IN_MEMORY_COUNTRIES`) is
-built by the same function on the whole frame in pandas instead: the same bytes, without dask's
-import (0.7 CPU-s, most of a small study's prepare). The result is written atomically as one
-sorted parquet file (deterministic bytes) with `meta.json` beside it.
+Each panel is built by the pure `pipeline.data.features.build_panel` (whole-column arrays, no
+loop over countries). Its one step whose bits depend on how the countries are split is the
+cross-country month mean that the missing-value policy gives a feature starting later than the
+target (`month_mean_needed`); only a panel that needs it and has more than
+`IN_MEMORY_COUNTRIES` countries is built on dask.dataframe (countries as partitions, the means
+one dask groupby). Every other panel is built in pandas in one piece, with the same bytes and
+without dask's import (0.7-0.9 CPU-s, most of prepare's cost before). The result is written
+atomically as one sorted parquet file (deterministic bytes) with `meta.json` beside it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data import DataError, load_raw
-from pipeline.data.features import build_panel, panel_fingerprint
+from pipeline.data.features import build_panel, month_mean_needed, panel_fingerprint
 from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
 from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column, month_index
@@ -74,6 +77,10 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
         panel = raw
     elif raw[COUNTRY].nunique() <= IN_MEMORY_COUNTRIES:
         panel = _build_in_memory(raw, config)
+    elif not month_mean_needed(raw, data.target, data.features, data.missing):
+        panel = build_panel(
+            raw, **_panel_kwargs(config)
+        )  # its only partition-dependent bits unread
     else:
         panel = _build_with_dask(raw, config)
     if not panel.empty:
@@ -106,6 +113,7 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
         )
     fingerprint = panel_fingerprint(panel)
     countries = tuple(sorted(panel[COUNTRY].unique()))
+    span = panel.groupby(COUNTRY, sort=True, observed=True)[TIME].agg(["min", "max"])
     meta = {
         "fingerprint": fingerprint,
         "target": data.target,
@@ -119,8 +127,8 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
         "first_month": f"{panel[TIME].min():%Y-%m}",
         "last_month": f"{panel[TIME].max():%Y-%m}",
         "coverage": {
-            country: {"first": f"{g[TIME].min():%Y-%m}", "last": f"{g[TIME].max():%Y-%m}"}
-            for country, g in panel.groupby(COUNTRY, sort=True, observed=True)
+            str(country): {"first": f"{first:%Y-%m}", "last": f"{last:%Y-%m}"}
+            for country, first, last in span.itertuples()
         },
     }
     return panel, meta
@@ -155,8 +163,8 @@ def _drop_countries_without_values(
     return raw[~raw[COUNTRY].isin(empty)].reset_index(drop=True), reasons
 
 
-# up to this many countries the panel is built in pandas, in one piece (dask's import costs more
-# than the whole build); tests/test_prepare.py checks both paths give the same bytes
+# up to this many countries the panel is built in pandas even where it needs the month means:
+# `_month_mean_as_dask` gives them dask's bits; tests/test_prepare.py checks both paths' bytes
 IN_MEMORY_COUNTRIES = 8
 
 
@@ -214,32 +222,37 @@ def _drop_short_countries(
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Keep countries with a complete window (y and all lags on every month) at some origin."""
     window = config.rolling_window
-    origin_set = set(origins(window))
-    max_lag = max(needed_lags(config))
-    lag_columns = [lag_column(Y, lag) for lag in needed_lags(config)]
+    lags = needed_lags(config)
+    complete = panel[[lag_column(Y, lag) for lag in lags]].notna().all(axis=1).to_numpy()
+    codes, countries = pd.factorize(panel[COUNTRY], sort=True)
+    months = month_index(panel[TIME])
+    end_country, end_month = complete_window_ends(codes[complete], months[complete], window.size)
+    ok = np.zeros(len(countries), dtype=bool)
+    ok[end_country[np.isin(end_month, month_index(np.array(origins(window))))]] = True
+    first_origin = min(origins(window))
+    needs_from = add_months(first_origin, -(window.size - 1) - max(lags))
+    span = panel.groupby(codes, sort=True)[TIME].agg(["min", "max"])
     skipped: dict[str, str] = {}
-    keep = []
-    for country, group in panel.groupby(COUNTRY, sort=True, observed=True):
-        complete = group.loc[group[lag_columns].notna().all(axis=1), TIME]
-        if origin_set & set(complete_window_ends(complete, window.size)):
-            keep.append(country)
-            continue
-        first_origin = min(origin_set)
-        skipped[country] = (
-            f"too little history: data {group[TIME].min():%Y-%m}..{group[TIME].max():%Y-%m}, but every "
-            f"origin needs {window.size} months plus {max_lag} lags (the first origin "
-            f"{first_origin:%Y-%m} needs data from {add_months(first_origin, -(window.size - 1) - max_lag):%Y-%m})"
+    for code in np.flatnonzero(~ok):
+        skipped[str(countries[code])] = (
+            f"too little history: data {span.at[code, 'min']:%Y-%m}..{span.at[code, 'max']:%Y-%m}, "
+            f"but every origin needs {window.size} months plus {max(lags)} lags (the first "
+            f"origin {first_origin:%Y-%m} needs data from {needs_from:%Y-%m})"
         )
-    return panel[panel[COUNTRY].isin(keep)].reset_index(drop=True), skipped
+    keep = ok[codes]
+    return (panel if keep.all() else panel[keep].reset_index(drop=True)), skipped
 
 
-def complete_window_ends(months: pd.Series, size: int) -> list[pd.Timestamp]:
-    """Months T such that every month in [T - size + 1, T] is among `months` (sorted, unique)."""
-    index = month_index(months)
-    ends = []
-    run = 0
-    for i in range(len(index)):
-        run = run + 1 if i > 0 and index[i] == index[i - 1] + 1 else 1
-        if run >= size:
-            ends.append(months.iloc[i])
-    return ends
+def complete_window_ends(
+    country: np.ndarray, month: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(country, month T) of every T whose months T - size + 1 .. T are all among the rows
+    (`country` codes and month indices, sorted by country then month, unique): the ends of
+    complete windows, found from each run of consecutive months in one pass over the arrays."""
+    n = month.size
+    position = np.arange(n)
+    breaks = np.ones(n, dtype=bool)
+    breaks[1:] = (country[1:] != country[:-1]) | (month[1:] != month[:-1] + 1)
+    run_start = np.maximum.accumulate(np.where(breaks, position, 0)) if n else position
+    done = position - run_start + 1 >= size
+    return country[done], month[done]
