@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from pipeline.data.errors import DataError
@@ -17,8 +18,16 @@ def parse_months(values: pd.Series, where: str) -> pd.Series:
     A value that is not a month start (e.g. a daily date `2024-01-15`) is an error, because
     the pipeline's windows count months.
     """
-    text = values.astype("string").str.strip().str.replace("M", "-", regex=False)
-    parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    # each distinct value parsed once (format="mixed" reads every value on its own): a panel
+    # repeats a few hundred months over all its rows
+    codes, distinct = pd.factorize(values)  # a missing value: code -1, parsed as NaT
+    text = pd.Series(distinct).astype("string").str.strip().str.replace("M", "-", regex=False)
+    parsed_distinct = pd.to_datetime(text, errors="coerce", format="mixed").to_numpy()
+    parsed = pd.Series(
+        np.where(codes >= 0, parsed_distinct[codes], np.datetime64("NaT")),
+        index=values.index,
+        name=values.name,
+    )
     bad = parsed.isna() & values.notna()
     if bad.any():
         sample = values[bad].astype(str).unique()[:3].tolist()
