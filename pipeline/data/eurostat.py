@@ -15,8 +15,6 @@ from __future__ import annotations
 import gzip
 import io
 import re
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -132,6 +130,9 @@ def download(dataset: str, raw_dir: Path, timeout: float = 60.0) -> Path:
     target = raw_dir / f"{dataset}.tsv.gz"
     if target.exists():
         return target
+    import urllib.error  # here, not at the top: only a download needs http and ssl (20 ms)
+    import urllib.request
+
     url = API_URL.format(dataset=dataset)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
