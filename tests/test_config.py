@@ -72,6 +72,8 @@ def test_default_is_quick_and_roundtrips_through_validate():
         ("+models.xgboost.enabled=true", "models.xgboost", "_target_"),
         ("runtime.max_cores=many", "runtime.max_cores", "'auto'"),
         ("data.lags=one", "data.lags", "list"),
+        ("data.features=[core,core]", "data.features", "distinct columns"),
+        ("data.features=[inflation]", "data.features", "other than the target"),
         ("evaluation.fan_countries=[C01,XX]", "evaluation.fan_countries", "'C06'"),
         ("evaluation.fan_countries=[C01,C01]", "evaluation.fan_countries", "distinct"),
         ("evaluation.fan_countries=[]", "evaluation.fan_countries", "distinct"),

@@ -36,6 +36,12 @@ def check_semantics(config: StudyConfig) -> None:
         data.horizons,
     )
     _require(len(set(data.lags)) == len(data.lags), "data.lags", "no duplicates", data.lags)
+    _require(
+        len(set(data.features)) == len(data.features) and data.target not in data.features,
+        "data.features",
+        f"distinct columns other than the target {data.target!r} (its lags are always there)",
+        list(data.features),
+    )
     if data.source in ("panel",):
         _require(data.path is not None, "data.path", "a file path for source 'panel'", data.path)
 
