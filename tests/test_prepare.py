@@ -16,7 +16,7 @@ from pipeline.data import DataError
 from pipeline.data.features import build_panel, impute, month_mean_needed, regularize
 from pipeline.io import read_json
 from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y_RAW, Y, lag_column, lead_column
-from pipeline.stages.prepare import prepare
+from pipeline.stages.prepare import complete_window_ends, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = REAL_DATA
@@ -269,3 +269,16 @@ def test_regularize_is_independent_of_row_order_and_drops_rows_without_country_o
         }
     )
     pd.testing.assert_frame_equal(regularize(pd.concat([shuffled, extra]), "y0"), expected)
+
+
+def test_complete_windows_never_run_across_countries_or_gaps():
+    # B's months follow A's last month in the arrays (sorted by country, then month), and C's
+    # have a gap at 2: neither continues a run
+    country = np.array([0] * 5 + [1] * 5 + [2] * 5)
+    month = np.array([0, 1, 2, 3, 4] + [5, 6, 7, 8, 9] + [0, 1, 3, 4, 5])
+    ends_country, ends_month = complete_window_ends(country, month, 3)
+    assert list(zip(ends_country.tolist(), ends_month.tolist(), strict=True)) == [
+        (0, 2), (0, 3), (0, 4), (1, 7), (1, 8), (1, 9), (2, 5)
+    ]  # fmt: skip
+    assert complete_window_ends(country, month, 6)[0].size == 0
+    assert complete_window_ends(country[:0], month[:0], 1)[0].size == 0
