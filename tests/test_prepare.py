@@ -275,7 +275,7 @@ def test_complete_windows_never_run_across_countries_or_gaps():
     # B's months follow A's last month in the arrays (sorted by country, then month), and C's
     # have a gap at 2: neither continues a run
     country = np.array([0] * 5 + [1] * 5 + [2] * 5)
-    month = np.array([0, 1, 2, 3, 4] + [5, 6, 7, 8, 9] + [0, 1, 3, 4, 5])
+    month = np.array([*range(5), *range(5, 10), 0, 1, 3, 4, 5])
     ends_country, ends_month = complete_window_ends(country, month, 3)
     assert list(zip(ends_country.tolist(), ends_month.tolist(), strict=True)) == [
         (0, 2), (0, 3), (0, 4), (1, 7), (1, 8), (1, 9), (2, 5)
