@@ -78,9 +78,8 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
     elif raw[COUNTRY].nunique() <= IN_MEMORY_COUNTRIES:
         panel = _build_in_memory(raw, config)
     elif not month_mean_needed(raw, data.target, data.features, data.missing):
-        panel = build_panel(
-            raw, **_panel_kwargs(config)
-        )  # its only partition-dependent bits unread
+        # the month means, its only bits that depend on dask's partitions, are never read
+        panel = build_panel(raw, **_panel_kwargs(config))
     else:
         panel = _build_with_dask(raw, config)
     if not panel.empty:
@@ -253,6 +252,6 @@ def complete_window_ends(
     position = np.arange(n)
     breaks = np.ones(n, dtype=bool)
     breaks[1:] = (country[1:] != country[:-1]) | (month[1:] != month[:-1] + 1)
-    run_start = np.maximum.accumulate(np.where(breaks, position, 0)) if n else position
+    run_start = np.maximum.accumulate(np.where(breaks, position, 0))
     done = position - run_start + 1 >= size
     return country[done], month[done]
