@@ -7,6 +7,9 @@ and the combo off): 864 fits. Timed, each repeat:
 - cold: `python -m pipeline run ...` in a fresh output dir with an empty probe cache (the probe
   measures), wall time of the whole command (interpreter start to exit);
 - warm probe: the same command in another fresh output dir, the probe cache kept (reused);
+- rerun: the warm command once more in the same output dir, nothing changed: every stage is
+  skipped, so this is the fixed cost of starting a study (interpreter, imports, config,
+  the stage records' checks), issue 18 item 6's "starts in about a second";
 - sklearn: the same 864 fits (windows, features and targets built by the project's code:
   prepare + build_groups with the ar_qr adapter), one QuantileRegressor(quantile=q, alpha=0,
   solver="highs") per fit and quantile on the fit's complete rows, predicting at the origin;
@@ -144,11 +147,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config, groups = build_fits(args.countries, base / "fits")
     quantiles = list(config.data.quantiles)
     n_fits = sum(len(g) for g in groups)
-    kinds = ["cold", "warm"]
+    kinds = ["cold", "warm", "rerun"]
     checkouts = {"": ROOT}
     if args.baseline:  # its runs first in each repeat, as labelled kinds of their own
         checkouts = {"baseline ": Path(args.baseline).resolve(), **checkouts}
-        kinds = ["baseline cold", "baseline warm", *kinds]
+        kinds = ["baseline cold", "baseline warm", "baseline rerun", *kinds]
     rows: list[dict[str, Any]] = []
     loads = [os.getloadavg()[0]]
     for r in range(args.repeats):
@@ -162,6 +165,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 args.countries, base / f"{tag}-cold-{r}", cache, checkout
             )
             row[f"{label}warm"] = run_study(
+                args.countries, base / f"{tag}-warm-{r}", cache, checkout
+            )
+            row[f"{label}rerun"] = run_study(  # the same dir again: every stage skipped
                 args.countries, base / f"{tag}-warm-{r}", cache, checkout
             )
             loads.append(os.getloadavg()[0])
@@ -180,8 +186,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for kind in kinds:
         med[f"{kind}_s"] = statistics.median(r[kind]["wall_s"] for r in rows)
         med[f"{kind}_cpu_s"] = statistics.median(r[kind]["cpu_s"] for r in rows)
-        for stage in stages:
-            med[f"{kind}:{stage}"] = statistics.median(r[kind]["stages"][stage] for r in rows)
+        for stage in stages:  # a skipped stage takes 0 s (the rerun's probe: not recorded)
+            med[f"{kind}:{stage}"] = statistics.median(
+                r[kind]["stages"].get(stage, 0.0) for r in rows
+            )
     result = {
         "countries": args.countries,
         "fits": n_fits,
@@ -233,11 +241,14 @@ def report(result: dict[str, Any]) -> str:
         + " | sklearn loop / run, wall | sklearn loop / run, CPU |",
         "|---|---:|---:|" + "---:|" * len(stages) + "---:|---:|",
     ]
-    labels = {"cold": "cold (probe measured)", "warm": "warm probe (reused)"}
+    labels = {
+        "cold": "cold (probe measured)",
+        "warm": "warm probe (reused)",
+        "rerun": "rerun of warm (every stage skipped)",
+    }
     for kind in result["kinds"]:
-        label = labels.get(
-            kind, kind.replace("cold", labels["cold"]).replace("warm", labels["warm"])
-        )
+        checkout, _, short = kind.rpartition(" ")
+        label = f"{checkout} {labels[short]}".strip()
         cells = " | ".join(f"{m[f'{kind}:{s}']:.1f}" for s in stages)
         ratio, cpu_ratio = m["sklearn_s"] / m[f"{kind}_s"], m["sklearn_cpu_s"] / m[f"{kind}_cpu_s"]
         lines.append(

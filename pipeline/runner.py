@@ -105,6 +105,8 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     todo = _models_to_train(config, records, cfg)
     failed = 0
+    if not todo:  # nothing trains, so nothing is probed: not the last run's probe time
+        record_stage(out, "probe", 0.0, "skipped")
     if todo:
         _start_child_early(config, todo)
         from pipeline.runtime.execute.shared_cluster import SharedCluster

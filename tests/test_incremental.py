@@ -14,6 +14,7 @@ from conftest import SMALL_STUDY, make_config
 
 from pipeline.runner import run_study
 from pipeline.runtime.store.fit_cache import FitCache
+from pipeline.runtime.store.timings import read_timings
 
 
 def rw_study(out: Path, **evaluation: object) -> dict:
@@ -54,6 +55,10 @@ def test_a_noop_rerun_skips_every_stage_and_a_change_reruns_what_reads_it(
     assert run_study(make_config(rw_study(out))) == 0
     assert skipped(caplog) == {"prepare", "train@rw", "assemble"}
     assert (out / "forecasts/all.parquet").read_bytes() == forecasts
+    # the run's stage record holds no probe of an earlier run (results, benchmarks read it)
+    assert {s: t["status"] for s, t in read_timings(out).items()} == dict.fromkeys(
+        ["prepare", "probe", "train@rw", "assemble"], "skipped"
+    )
 
     # a cache shard rewritten in place (same bytes, new mtime): train runs and loads it all;
     # its table keeps the same bytes and mtime, so assemble stays skipped
