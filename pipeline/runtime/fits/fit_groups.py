@@ -61,9 +61,21 @@ class FitGroup:
     block: np.ndarray | None = field(default=None, repr=False)
     # (F,) batch slot of each fit (adapter.slot_period > 1), or None: part of the fit's key
     slot: np.ndarray | None = field(default=None, repr=False)
+    # (F,) S32: the keys' raw digests, made on first need by key_bytes (the cache's shards,
+    # the progress store and the tasks' payloads hold them raw)
+    raw: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
+
+    def key_bytes(self) -> np.ndarray:
+        """(F,) S32: each fit's content key as its raw 32-byte digest (computed once).
+
+        An S32 element drops trailing zero bytes when read alone: slice or view the array
+        (`raw[i : i + 1]`, `.view(np.uint8)`) rather than index one key."""
+        if self.raw is None:
+            object.__setattr__(self, "raw", raw_keys(self.keys).view(f"S{KEY_BYTES}").ravel())
+        return self.raw  # type: ignore[return-value]
 
     def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays of the fits `index` (X, y, w, X_new), contiguous."""

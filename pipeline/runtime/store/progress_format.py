@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.runtime.fits.fit_groups import KEY_BYTES, raw_keys
+from pipeline.runtime.fits.fit_groups import KEY_BYTES
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
@@ -221,7 +221,7 @@ def fresh_state(model: str, grp: int, g: FitGroup, quantiles: Sequence[float]) -
         horizons=tuple(int(h) for h in g.horizons),
         quantiles=tuple(float(q) for q in quantiles),
         names=names.astype(object),
-        keys=raw_keys(g.keys),
+        keys=g.key_bytes().view(np.uint8).reshape(F, KEY_BYTES),
         country=country.reshape(F, C).astype(np.int32),
         rows=np.asarray(g.rows, dtype=bool),
         origin=np.asarray(g.origin, dtype=np.int32),
