@@ -47,7 +47,8 @@ class FitGroup:
     model: str
     horizon: int  # the group's horizon; 0 when every fit forecasts all `horizons` at once
     horizons: tuple[int, ...]  # horizons each fit forecasts (pred is (F, C, H, Q))
-    keys: np.ndarray  # (F,) str
+    # (F,) S32: each fit's content key as its raw 32-byte digest; `keys` gives them as hex
+    key_raw: np.ndarray
     country: np.ndarray  # (F,) str, PANEL_COUNTRY for panel fits
     origin: np.ndarray  # (F,) int month index
     countries: np.ndarray  # (F, C) str: forecast-row countries of each fit
@@ -61,21 +62,27 @@ class FitGroup:
     block: np.ndarray | None = field(default=None, repr=False)
     # (F,) batch slot of each fit (adapter.slot_period > 1), or None: part of the fit's key
     slot: np.ndarray | None = field(default=None, repr=False)
-    # (F,) S32: the keys' raw digests, made on first need by key_bytes (the cache's shards,
-    # the progress store and the tasks' payloads hold them raw)
-    raw: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # (F,) object array of the keys' 64-character hex, made on first need by `keys` (the
+    # cache's shards, the progress store and the tasks' payloads take them raw, so a train
+    # from an empty cache never makes a str per fit)
+    key_hex: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
-        return int(self.keys.shape[0])
+        return int(self.key_raw.shape[0])
+
+    @property
+    def keys(self) -> np.ndarray:
+        """(F,) str: the content keys as 64 hex characters (object array, made once)."""
+        if self.key_hex is None:
+            object.__setattr__(self, "key_hex", hex_keys(self.key_raw.view(np.uint8)))
+        return self.key_hex  # type: ignore[return-value]
 
     def key_bytes(self) -> np.ndarray:
-        """(F,) S32: each fit's content key as its raw 32-byte digest (computed once).
+        """(F,) S32: each fit's content key as its raw 32-byte digest.
 
         An S32 element drops trailing zero bytes when read alone: slice or view the array
         (`raw[i : i + 1]`, `.view(np.uint8)`) rather than index one key."""
-        if self.raw is None:
-            object.__setattr__(self, "raw", raw_keys(self.keys).view(f"S{KEY_BYTES}").ravel())
-        return self.raw  # type: ignore[return-value]
+        return self.key_raw
 
     def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays of the fits `index` (X, y, w, X_new), contiguous."""
@@ -145,27 +152,26 @@ def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
 
 
 def hex_keys(raw: np.ndarray) -> np.ndarray:
-    """The content keys (object array of str) of raw_keys' rows."""
+    """The content keys (object array of str) of raw_keys' rows (or of an (F,) S32 array)."""
     text = np.ascontiguousarray(raw).tobytes().hex()
     width = 2 * KEY_BYTES
     return np.array([text[i : i + width] for i in range(0, len(text), width)], dtype=object)
 
 
 def bulk_keys(prefix: bytes, *parts: np.ndarray) -> np.ndarray:
-    """Content keys (F,) of 64 hex characters: sha256(prefix, then each fit's bytes of `parts`).
+    """Content keys (F,) S32, raw digests: sha256(prefix, then each fit's bytes of `parts`).
 
     One hashlib call per fit over one contiguous row that starts with the prefix (the same
     digest as hashing the prefix once and copying that state per fit, without the copy and
-    the update call: the per-fit Python cost is one slice, one call and a hexdigest)."""
+    the update call: the per-fit Python cost is one slice, one call and a digest)."""
     n = int(parts[0].shape[0])
-    out = np.empty(n, dtype=object)
     if not n:
-        return out
+        return np.empty(0, dtype=f"S{KEY_BYTES}")
     head = np.broadcast_to(np.frombuffer(prefix, dtype=np.uint8), (n, len(prefix)))
     rows = np.ascontiguousarray(np.concatenate([head, *(_row_bytes(p, n) for p in parts)], axis=1))
     width, flat, sha256 = rows.shape[1], memoryview(rows.reshape(-1)), hashlib.sha256
-    out[:] = [sha256(flat[i : i + width]).hexdigest() for i in range(0, n * width, width)]
-    return out
+    raw = b"".join([sha256(flat[i : i + width]).digest() for i in range(0, n * width, width)])
+    return np.frombuffer(raw, dtype=f"S{KEY_BYTES}")
 
 
 def country_digests(countries: Sequence[str]) -> np.ndarray:
@@ -237,7 +243,6 @@ def build_group(
             parts.append((ci + c0, oi, bulk_keys(prefix, *ident, X, y, x_new)))
         c_idx, o_idx, keys = (np.concatenate([p[i] for p in parts]) for i in range(3))
         c_idx, fit_origin = c_idx.astype(np.int64), org[o_idx.astype(np.int64)]
-        keys = keys.astype(object)
     if not pooled:
         data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
             grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, fit_origin
@@ -284,7 +289,7 @@ def build_group(
         model=model,
         horizon=int(horizons[0]) if not pooled else 0,
         horizons=tuple(int(h) for h in horizons),
-        keys=keys,
+        key_raw=np.asarray(keys).view(f"S{KEY_BYTES}").ravel(),
         country=np.asarray(fit_country, dtype=object),
         origin=fit_origin,
         countries=row_countries.astype(object),
@@ -335,7 +340,7 @@ def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray,
     """Per per-country group: (country index, origin month, keys) of its fits, what
     build_group's `known` takes back (empty for pooled groups: they are not kept)."""
     return [
-        (g.data.country, g.data.origin, g.keys)
+        (g.data.country, g.data.origin, g.key_raw)
         for g in groups
         if isinstance(g.data, CountryWindows)
     ]

@@ -133,7 +133,8 @@ class FitCache:
             if a.shape[0] != n:
                 raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
         text = key_text(keys)
-        sums = block_sums(text, members, None, n, self.block)
+        raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
+        sums = block_sums(text if raw is None else raw, members, None, n, self.block)
         return self._write_files(
             label, members, index_text(text, list(members), None, sums, n, self.block)
         )
@@ -209,7 +210,7 @@ class FitCache:
                     arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **own[i]}
                     fine[i] = entry_checksum(arrays) == index.sums[i]
         elif complete:
-            keys = index.key_bytes.hex() if index.key_bytes else index.keys
+            keys = index.key_bytes or index.keys
             sums = block_sums(keys, stacked, own if any(index.own) else None, n, index.block)
             ok = np.array([a == b for a, b in zip(sums, index.sums, strict=True)], dtype=bool)
             fine = np.repeat(ok, index.block)[:n]

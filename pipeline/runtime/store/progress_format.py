@@ -213,8 +213,16 @@ def apply_event(
 
 def fresh_state(model: str, grp: int, g: FitGroup, quantiles: Sequence[float]) -> GroupState:
     """A group's state with every fit pending."""
+    import pandas as pd
+
     F, C, H, Q = len(g), g.rows.shape[1], len(g.horizons), len(quantiles)
-    names, country = np.unique(np.asarray(g.countries, dtype=str), return_inverse=True)
+    # np.unique(countries as str) without sorting F x C strings: hash them, sort the few names
+    codes, found = pd.factorize(np.asarray(g.countries, dtype=object).ravel())
+    found = np.asarray(found, dtype=str)
+    order = np.argsort(found, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    names, country = found[order], rank[codes]
     return GroupState(
         model=model,
         grp=grp,

@@ -91,15 +91,18 @@ def key_text(keys: Sequence[str] | np.ndarray) -> str | list[str]:
 
 
 def block_sums(
-    keys: str | list[str],
+    keys: str | list[str] | bytes,
     stacked: Mapping[str, np.ndarray],
     own: Sequence[Mapping[str, np.ndarray]] | None,
     n: int,
     block: int = BLOCK,
 ) -> list[str]:
     """sha256 per block of entries: the block's keys (raw bytes, or a list's JSON), then per
-    stacked name (sorted) its header and the block's rows, then each entry's own arrays."""
-    raw = bytes.fromhex(keys) if isinstance(keys, str) else None
+    stacked name (sorted) its header and the block's rows, then each entry's own arrays.
+    `keys`: key_text's (a hex str or a list), or the raw digests as bytes."""
+    raw = (
+        bytes.fromhex(keys) if isinstance(keys, str) else keys if isinstance(keys, bytes) else None
+    )
     rows = {}
     for name in sorted(stacked):
         a = np.ascontiguousarray(stacked[name])
@@ -112,7 +115,7 @@ def block_sums(
         digest = hashlib.sha256(
             raw[lo * KEY_BYTES : hi * KEY_BYTES]  # type: ignore[index]
             if raw is not None
-            else json.dumps(keys[lo:hi]).encode()
+            else json.dumps(keys[lo:hi]).encode()  # type: ignore[index]
         )
         for header, flat in rows.values():
             digest.update(header)
