@@ -115,20 +115,23 @@ def row_chunks(
     run_offset = np.cumsum([0, *(len(s.runs) for s in states)])
     task_of = _Side(tasks, ("worker", "started", "finished", "seconds", "peak_mb"))
     error_of = _Side(errors, ("error_type", "message"))
-    # each group's existing (fit, row) pairs, once per export rather than once per chunk
-    pairs = [np.nonzero(s.rows) for s in states]
+    # per group, once per export rather than once per chunk: its existing (fit, row) pairs,
+    # and each fit's rows in the side tables (-1: none)
+    per_group = [
+        (rank, np.nonzero(s.rows), task_of.rows(s.task), error_of.rows(s.error))
+        for s, rank in zip(states, ranks, strict=True)
+    ]
     for start in range(0, order.size, chunk):
         at = order[start : start + chunk]
         g = np.searchsorted(offsets, at, side="right") - 1
-        yield _chunk(states, ranks, pairs, g, at - offsets[g], run_offset, origins)(
+        yield _chunk(states, per_group, g, at - offsets[g], run_offset, origins)(
             dictionaries, task_of, error_of
         )
 
 
 def _chunk(
     states: Sequence[GroupState],
-    ranks: Sequence[np.ndarray],
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    per_group: Sequence[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray]],
     g: np.ndarray,
     r: np.ndarray,
     run_offset: np.ndarray,
@@ -140,19 +143,21 @@ def _chunk(
     m = g.size
     code = {c: np.empty(m, np.int64) for c in ("model", "country", "origin", "status", "run_id")}
     num = {c: np.empty(m, np.float64) for c in ("quantile", "forecast", "alpha")}
+    # horizon, attempts; task and error: each row's row in the side tables (-1: none)
     ints = {c: np.empty(m, np.int64) for c in ("horizon", "attempts", "task", "error")}
     raw = np.empty((m, 32), np.uint8)
     models = sorted({s.model for s in states})
     for gi in np.unique(g).tolist():
         sel = np.nonzero(g == gi)[0]
         s = states[gi]
+        rank, (fr, cr), task_row, error_row = per_group[gi]
         _, _, H, Q = s.shape()
         # _expand's order: row r is forecast (r // (H Q)) of the group's (fit, row) pairs
         pair, hq = np.divmod(r[sel], H * Q)
-        fi, cj = pairs[gi][0][pair], pairs[gi][1][pair]
+        fi, cj = fr[pair], cr[pair]
         hi, qi = np.divmod(hq, Q)
         code["model"][sel] = models.index(s.model)
-        code["country"][sel] = ranks[gi][s.country[fi, cj]]
+        code["country"][sel] = rank[s.country[fi, cj]]
         code["origin"][sel] = np.searchsorted(origins, s.origin[fi])
         code["status"][sel] = s.status[fi]
         run = s.run[fi].astype(np.int64)
@@ -160,8 +165,8 @@ def _chunk(
         num["quantile"][sel] = np.asarray(s.quantiles, dtype=np.float64)[qi]
         ints["horizon"][sel] = np.asarray(s.horizons, dtype=np.int64)[hi]
         ints["attempts"][sel] = s.attempts[fi]
-        ints["task"][sel] = s.task[fi]
-        ints["error"][sel] = s.error[fi]
+        ints["task"][sel] = task_row[fi]
+        ints["error"][sel] = error_row[fi]
         if s.forecast is not None:
             num["forecast"][sel] = s.forecast[fi, cj, hi, qi]
             num["alpha"][sel] = s.alpha[fi, qi]  # type: ignore[index]
@@ -253,27 +258,31 @@ class _Side:
         self.columns: dict[str, Any] = {}
         for c in columns:
             col = table[c].to_numpy() if c in table else np.full(len(table), None)
-            if c in FLOAT_COLUMNS:
-                self.columns[c] = col.astype(np.float64)  # a column of NULLs reads as objects
+            if c in FLOAT_COLUMNS:  # a column of NULLs reads as objects; NaN for row -1
+                self.columns[c] = np.append(col.astype(np.float64), np.nan)
             else:  # a NULL cell reads null
                 strings = [None if v is None or v != v else str(v) for v in col]
                 self.columns[c] = pa.array(strings or [""], type=pa.string())
 
-    def at(self, ids: np.ndarray) -> dict[str, Any]:
-        import pyarrow as pa
-
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The table's row of each id; -1 for 0 and ids without a row."""
         ids = np.asarray(ids, dtype=np.int64)
         known = (ids > 0) & (ids < self.row_of.size)
-        row = np.where(known, self.row_of[np.where(known, ids, 0)], -1)
+        return np.where(known, self.row_of[np.where(known, ids, 0)], -1)
+
+    def at(self, row: np.ndarray) -> dict[str, Any]:
+        """The columns at rows `row` (self.rows' values: -1 is null / NaN)."""
+        import pyarrow as pa
+
         hit = row >= 0
+        every = bool(hit.all())
         out: dict[str, Any] = {}
         for c, col in self.columns.items():
-            if c in FLOAT_COLUMNS:
-                values = np.full(ids.size, np.nan)
-                values[hit] = col[row[hit]]
-                out[c] = values
+            if c in FLOAT_COLUMNS:  # row -1 takes the NaN appended after the last row
+                out[c] = col[row]
             else:
-                out[c] = col.take(pa.array(np.where(hit, row, 0), mask=~hit, type=pa.int64()))
+                at = row if every else np.where(hit, row, 0)
+                out[c] = col.take(pa.array(at, mask=None if every else ~hit, type=pa.int64()))
         return out
 
 
