@@ -198,6 +198,7 @@ def build_group(
     batch_fits: int = 1,
     slot_period: int = 1,
     known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    shared_grid: tuple[list[str], int, np.ndarray, list[str]] | None = None,
 ) -> FitGroup:
     """Stack every fit of a model for `horizons` (one horizon per-country; any for pooled).
 
@@ -210,12 +211,19 @@ def build_group(
     i mod n_blocks); a fit's key includes its block's origins.
     `known` (per-country only): the group's fits and keys as `plan_parts` gave them for the
     same inputs (runtime/fits/plan_cache.py), so that no window is built or hashed here.
+    `shared_grid`: country_grid of the panel over a superset of the columns this group reads, and
+    those columns' names (build_groups builds it once for every horizon).
     """
     from pipeline.schema import lead_column
 
     if not pooled and len(horizons) != 1:
         raise ValueError(f"a per-country group has one horizon; got horizons={list(horizons)}")
-    countries, m0, grid = country_grid(panel, [*features, *(lead_column(h) for h in horizons)])
+    columns = [*features, *(lead_column(h) for h in horizons)]
+    if shared_grid is None:
+        countries, m0, grid = country_grid(panel, columns)
+    else:  # the columns this group reads, from the study's one grid
+        countries, m0, every, names = shared_grid
+        grid = every[..., [names.index(c) for c in columns]]
     org = np.array([month_index(o) for o in origins], dtype=np.int64)
     carr = np.array(countries, dtype=object)
     step = int(np.diff(org).min()) if len(org) > 1 else 1
@@ -360,10 +368,16 @@ def build_groups(
     and config (per-country models only), reused instead of building the windows and keys.
     """
     from pipeline.data.windows import origins as window_origins
+    from pipeline.schema import lead_column
 
     horizon_sets = (
         [tuple(config.data.horizons)] if adapter.pooled else [(h,) for h in config.data.horizons]
     )
+    # one month grid of every column any group reads (a grid per group rebuilt the panel's
+    # country and month index each time)
+    features = list(adapter.features(config))
+    columns = [*features, *(lead_column(h) for h in config.data.horizons)]
+    countries, m0, every = country_grid(panel, columns)
     return [
         build_group(
             panel,
@@ -381,6 +395,7 @@ def build_groups(
             batch_fits=adapter.batch_fits,
             slot_period=getattr(adapter, "slot_period", 1),
             known=None if known is None or adapter.pooled else known[i],
+            shared_grid=(countries, m0, every, columns),
         )
         for i, hs in enumerate(horizon_sets)
     ]
