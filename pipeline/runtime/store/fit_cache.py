@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path, write_text
+from pipeline.io import atomic_path
 from pipeline.runtime.store.shard_format import (
     BLOCK,
     FORMAT,
@@ -145,7 +145,8 @@ class FitCache:
         npz = self.shards / f"{name}.npz"
         with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **members)
-        write_text(self.shards / f"{name}.json", index)
+        with atomic_path(self.shards / f"{name}.json") as tmp:
+            tmp.write_bytes(index.encode())  # bytes: no text layer over megabytes of hex
         return npz
 
     # --- read and verify ----------------------------------------------------------------

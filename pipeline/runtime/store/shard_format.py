@@ -137,17 +137,23 @@ def index_text(
     n: int,
     block: int = BLOCK,
 ) -> str:
-    """The index as json.dumps(..., sort_keys=True) writes it, plus a newline."""
+    """The index as json.dumps(..., sort_keys=True) writes it, plus a newline. A hex string
+    of keys (megabytes: 64 characters per entry) is spliced in, not run through the encoder:
+    hex needs no escaping, and `"keys": ""` can only be the key itself (json escapes quotes
+    inside strings)."""
     index = {
         "block": block,
         "format": FORMAT,
-        "keys": keys,
+        "keys": keys if isinstance(keys, list) else "",
         "n": n,
         "own": [sorted(o) for o in own] if own is not None and any(own) else [],
         "stacked": sorted(stacked),
         "sums": list(sums),
     }
-    return json.dumps(index, sort_keys=True) + "\n"
+    text = json.dumps(index, sort_keys=True) + "\n"
+    if isinstance(keys, str):
+        text = text.replace('"keys": ""', f'"keys": "{keys}"', 1)
+    return text
 
 
 def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
