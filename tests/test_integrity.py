@@ -219,6 +219,7 @@ def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) 
     b.write_stacked(keys, arrays, "t")
     texts = [next(c.shards.glob("*.json")).read_text() for c in (a, b)]
     assert texts[0] == texts[1] and json.loads(texts[0])["keys"] == "".join(keys)
+    assert texts[0] == json.dumps(json.loads(texts[0]), sort_keys=True) + "\n"  # hex spliced in
     assert sorted(a.verify().entries) == sorted(keys)
     (path,) = a.shards.glob("*.json")
     path.write_text(texts[0].replace(keys[5], keys[5][:-1] + ("0" if keys[5][-1] != "0" else "1")))
