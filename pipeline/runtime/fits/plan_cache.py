@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import atomic_path, stable_hash
-from pipeline.runtime.fits.fit_groups import KEY_BYTES, raw_keys
+from pipeline.runtime.fits.keys import KEY_BYTES, raw_keys
 
 log = logging.getLogger("pipeline.train")
 ENV_VAR = "QPIPE_PLAN_CACHE"
@@ -40,6 +40,7 @@ KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever 
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
     "pipeline.runtime.fits.fit_groups",
+    "pipeline.runtime.fits.keys",
     "pipeline.runtime.fits.fit_windows",
     "pipeline.data.windows",
     "pipeline.schema",

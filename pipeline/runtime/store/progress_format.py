@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.runtime.fits.fit_groups import KEY_BYTES
+from pipeline.runtime.fits.keys import KEY_BYTES
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import atomic_path
-from pipeline.runtime.fits.fit_groups import expand_rows, hex_keys
+from pipeline.runtime.fits.fit_groups import expand_rows
+from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.store.progress_format import (
     FAILED,
     STATUSES,
