@@ -30,7 +30,10 @@ on the same cluster and prepared data; medians reported), `--baseline DIR` alter
 train's driver between this checkout and another (DIR: e.g. `git archive` of main's HEAD), so
 that a before/after shares one cluster, one hour and one load, and `--profile` runs each
 train's driver under benchmarks/profile_driver.py (its CPU by thread, a cProfile of the main
-thread). Before the stages the cluster sits idle for IDLE_S seconds: the scheduler's and the
+thread). `--baseline` runs the other checkout's driver against this checkout's workers, so the
+two must share the task payload and result contract; across a change of it (issue 18's second
+pass: keys as raw digests, results by position) run each checkout's own bench in turn, in the
+same hour, instead. Before the stages the cluster sits idle for IDLE_S seconds: the scheduler's and the
 workers' own CPU per second (their ticks and heartbeats), which the study does not control;
 `scheduler_less_idle_cpu_s` is the scheduler's CPU in train less that rate times train's wall.
 

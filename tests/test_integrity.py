@@ -15,6 +15,7 @@ from conftest import tiny_study
 
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
+from pipeline.runtime.store.shard_format import parse_index
 from pipeline.runtime.ui.monitor import monitor
 
 TINY = tiny_study("models.lqr.enabled=false", "runtime.max_in_flight=1")
@@ -142,7 +143,7 @@ def test_damaged_cache_and_store_heal_in_the_same_dir_and_in_a_dir_sharing_the_c
     cache = FitCache(tmp_path / "a/models", "ar_qr")
     shards = shard_paths(cache)
     assert len(shards) >= 3 and len(cache.keys()) == 18
-    index = {p: json.loads(p.with_suffix(".json").read_text()) for p in shards}
+    index = {p: parse_index(p.with_suffix(".json").read_text()) for p in shards}
     truncated, scrambled = shards[0], shards[1]
     truncated.write_bytes(truncated.read_bytes()[:100])
     raw = bytearray(scrambled.read_bytes())
@@ -152,7 +153,7 @@ def test_damaged_cache_and_store_heal_in_the_same_dir_and_in_a_dir_sharing_the_c
     raw = bytearray(store.read_bytes())
     raw[0:4096] = b"\x5a" * 4096  # the header page: "file is not a database"
     store.write_bytes(bytes(raw))
-    damaged = {e["key"] for p in (truncated, scrambled) for e in index[p]["entries"]}
+    damaged = {k for p in (truncated, scrambled) for k in index[p].keys}
 
     same = run_cli(tmp_path, f"runtime.output_dir={tmp_path / 'a'}")
     assert same.returncode == 0, same.stderr
@@ -177,27 +178,79 @@ def test_damaged_cache_and_store_heal_in_the_same_dir_and_in_a_dir_sharing_the_c
 
 def test_verify_keeps_what_is_asked_but_heals_a_shard_with_every_array(tmp_path: Path) -> None:
     """train verifies with keep=("pred", "alpha"), so a whole shard's entries hold only those;
-    a shard with a damaged entry is rewritten from its good entries with all their arrays
-    (their fitted state too), and only the damaged one is refit."""
+    a shard with a damaged block is rewritten from its good blocks' entries with all their
+    arrays (their fitted state too), and only the damaged block's fits are refit."""
     rng = np.random.default_rng(1)
-    keys = [f"k{i}" for i in range(4)]
+    keys = [f"k{i}" for i in range(5)]
     arrays = {
-        "pred": rng.normal(size=(4, 1, 1, 3)),
-        "alpha": rng.normal(size=(4, 3)),
-        "state_coef": rng.normal(size=(4, 5)),
+        "pred": rng.normal(size=(5, 1, 1, 3)),
+        "alpha": rng.normal(size=(5, 3)),
+        "state_coef": rng.normal(size=(5, 5)),
     }
-    cache = FitCache(tmp_path, "m")
+    cache = FitCache(tmp_path, "m", block=2)  # blocks k0 k1 | k2 k3 | k4
     cache.write_stacked(keys, arrays, "whole")
     report = cache.verify(keep=("pred", "alpha"))
     assert sorted(report.entries) == keys and not report.damaged_shards
     assert all(sorted(e) == ["alpha", "pred"] for e in report.entries.values())
     (index_path,) = cache.shards.glob("*.json")
     index = json.loads(index_path.read_text())
-    index["entries"][2]["sha256"] = "0" * 64  # entry k2 no longer matches its bytes
+    assert index["block"] == 2 and len(index["sums"]) == 3
+    index["sums"][1] = "0" * 64  # the block of k2 and k3 no longer matches its bytes
     index_path.write_text(json.dumps(index, sort_keys=True) + "\n")
     report = FitCache(tmp_path, "m").verify(keep=("pred",))
-    assert report.damaged_keys == ["k2"] and sorted(report.entries) == ["k0", "k1", "k3"]
+    assert report.damaged_keys == ["k2", "k3"] and sorted(report.entries) == ["k0", "k1", "k4"]
     assert all(sorted(e) == ["pred"] for e in report.entries.values())
     healed = FitCache(tmp_path, "m").verify().entries
-    assert sorted(healed) == ["k0", "k1", "k3"]
-    np.testing.assert_array_equal(healed["k3"]["state_coef"], arrays["state_coef"][3])
+    assert sorted(healed) == ["k0", "k1", "k4"]
+    np.testing.assert_array_equal(healed["k4"]["state_coef"], arrays["state_coef"][4])
+
+
+def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) -> None:
+    """Content keys (64 lowercase hex) go into the index as one hex string of the raw
+    digests, whether given as str or as raw bytes, and the checksums cover them: a key
+    edited in the index (still valid hex) fails its block."""
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 256, (6, 32), dtype=np.uint8)
+    raw[0, -1] = 0  # a digest ending in a zero byte (an S32 element would drop it)
+    keys = [bytes(r).hex() for r in raw]
+    arrays = {"pred": rng.normal(size=(6, 1, 1, 3)), "alpha": np.full((6, 3), np.nan)}
+    a, b = FitCache(tmp_path / "a", "m", block=4), FitCache(tmp_path / "b", "m", block=4)
+    a.write_stacked(raw.view("S32").ravel(), arrays, "t")
+    b.write_stacked(keys, arrays, "t")
+    texts = [next(c.shards.glob("*.json")).read_text() for c in (a, b)]
+    assert texts[0] == texts[1] and json.loads(texts[0])["keys"] == "".join(keys)
+    assert texts[0] == json.dumps(json.loads(texts[0]), sort_keys=True) + "\n"  # hex spliced in
+    assert sorted(a.verify().entries) == sorted(keys)
+    (path,) = a.shards.glob("*.json")
+    path.write_text(texts[0].replace(keys[5], keys[5][:-1] + ("0" if keys[5][-1] != "0" else "1")))
+    report = FitCache(tmp_path / "a", "m").verify()
+    assert sorted(report.entries) == sorted(keys[:4]) and len(report.damaged_keys) == 2
+
+
+def test_a_format_1_shard_is_still_read(tmp_path: Path) -> None:
+    """A shard written before the columnar format (one sha256 per entry) is read and checked
+    entry by entry, so an upgraded qpipe does not refit an existing cache."""
+    from pipeline.runtime.store.shard_format import entry_checksum
+
+    cache = FitCache(tmp_path, "m")
+    cache.shards.mkdir(parents=True)
+    entries = {f"k{i}": entry(i + 1) for i in range(3)}
+    np.savez(
+        cache.shards / "old.npz",
+        pred=np.stack([e["pred"] for e in entries.values()]),
+        alpha=np.stack([e["alpha"] for e in entries.values()]),
+        **{f"{i}/state_c": e["state_c"] for i, e in enumerate(entries.values())},
+    )
+    index = {
+        "entries": [
+            {"key": k, "own": ["state_c"], "sha256": entry_checksum(e)} for k, e in entries.items()
+        ],
+        "format": 1,
+        "stacked": ["alpha", "pred"],
+    }
+    index["entries"][1]["sha256"] = "0" * 64
+    (cache.shards / "old.json").write_text(json.dumps(index, sort_keys=True))
+    report = cache.verify()
+    assert sorted(report.entries) == ["k0", "k2"] and report.damaged_keys == ["k1"]
+    np.testing.assert_array_equal(report.entries["k2"]["state_c"], np.arange(3))
+    assert FitCache(tmp_path, "m").verify().entries.keys() == {"k0", "k2"}  # healed, format 2

@@ -32,7 +32,7 @@ def group(fits: dict[tuple[str, int], str], horizon: int = 1) -> FitGroup:
         model="m",
         horizon=horizon,
         horizons=(horizon,),
-        keys=np.array([key(k) for _, k in items], dtype=object),
+        key_raw=np.array([bytes.fromhex(key(k)) for _, k in items], dtype="S32"),
         country=np.array([c for (c, _), _ in items], dtype=object),
         origin=np.array([o for (_, o), _ in items], dtype=np.int64),
         countries=np.array([[c] for (c, _), _ in items], dtype=object),

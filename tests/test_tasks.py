@@ -190,14 +190,15 @@ def test_run_task_isolates_a_failing_fit(
         "injected failure" in f["traceback"] and f["error_type"] == "ValueError"
         for f in out["failed"]
     )
-    assert set(out["keys"]) == {str(k) for k in g1.keys} - bad
-    assert out["pred"].shape == (len(out["keys"]), 1, 1, 3)
+    # results name fits by position in the payload; failures by position and key
+    assert {str(g1.keys[f["index"]]) for f in out["failed"]} == bad
+    assert set(g1.keys[out["index"]]) == {str(k) for k in g1.keys} - bad
+    assert out["pred"].shape == (len(out["index"]), 1, 1, 3)
     # the worker writes nothing: results come back as plain arrays (the driver writes the cache)
     assert not any(tmp_path.iterdir())
-    assert len(fit_states(out)) == len(out["keys"])
-    for key, pred in zip(out["keys"], out["pred"], strict=True):
+    assert len(fit_states(out)) == len(out["index"])
+    for i, pred in zip(out["index"].tolist(), out["pred"], strict=True):
         # the fake model's forecast is the empirical quantile of the window's targets
-        i = list(g1.keys).index(key)
         d = g1.take(np.array([i]))
         y = d["y"][0][d["w"][0] > 0]
         assert np.allclose(pred[0, 0], np.quantile(y, config.data.quantiles))
@@ -224,7 +225,8 @@ def test_a_non_finite_forecast_fails_only_its_fit_without_resolving(
     bad = {str(k) for k, c in zip(g1.keys, g1.country, strict=True) if c == "AA"}
     assert {f["key"] for f in out["failed"]} == bad
     assert {f["error_type"] for f in out["failed"]} == {"FloatingPointError"}
-    assert set(out["keys"]) == {str(k) for k in g1.keys} - bad and np.isfinite(out["pred"]).all()
+    assert set(g1.keys[out["index"]]) == {str(k) for k in g1.keys} - bad
+    assert np.isfinite(out["pred"]).all()
 
 
 def test_batched_network_blocks_are_fixed_by_the_study_not_by_what_is_left():
@@ -306,9 +308,8 @@ def test_a_slotted_fit_gives_the_same_bits_in_any_batch() -> None:
         sub["slots"] = [payload["slots"][i] for i in idx]
         out = run_task(sub)
         assert not out["failed"]
-        return {
-            k: (p, s) for k, p, s in zip(out["keys"], out["pred"], fit_states(out), strict=True)
-        }
+        keys = [sub["keys"][i] for i in out["index"].tolist()]
+        return {k: (p, s) for k, p, s in zip(keys, out["pred"], fit_states(out), strict=True)}
 
     full = run(np.arange(B))
     parts = [
@@ -356,9 +357,8 @@ def test_an_lqr_fit_gives_the_same_bits_in_any_batch(solver: str) -> None:
         sub["data"] = {k: v[idx] for k, v in payload["data"].items()}
         out = run_task(sub)
         assert not out["failed"]
-        return {
-            k: (p, s) for k, p, s in zip(out["keys"], out["pred"], fit_states(out), strict=True)
-        }
+        keys = [sub["keys"][i] for i in out["index"].tolist()]
+        return {k: (p, s) for k, p, s in zip(keys, out["pred"], fit_states(out), strict=True)}
 
     full = run(np.arange(B))
     parts = [np.arange(3, 17), np.array([5]), np.array([30]), np.sort(rng.choice(B, 11, False))]
@@ -385,7 +385,7 @@ def test_a_failing_block_fails_whole_instead_of_training_in_parts(
     calls = fake_models.CALLS["fit_batch"]
     out = run_task({**payload, "blocked": True})
     assert fake_models.CALLS["fit_batch"] == calls  # the failing call, no bisected ones
-    assert out["keys"] == [] and {f["key"] for f in out["failed"]} == set(payload["keys"])
+    assert out["index"].size == 0 and {f["key"] for f in out["failed"]} == set(g1.keys)
     assert all(
         f["error_type"] == "ValueError"
         and f["message"].startswith(f"in its block of {len(g1)} fits: injected failure")
@@ -445,11 +445,11 @@ def test_a_compact_payload_gives_the_worker_the_same_windows_and_results() -> No
             run_task(task_payload(g, picks[0], **kw)),
             run_task(task_payload(g, picks[0], **kw, compact=True)),
         )
-        assert a["keys"] == b["keys"] and a["pred"].tobytes() == b["pred"].tobytes()
+        assert np.array_equal(a["index"], b["index"]) and a["pred"].tobytes() == b["pred"].tobytes()
         assert sorted(b["state"]) == sorted(a["state"]) and "states" not in b
         for name, value in a["state"].items():
             assert b["state"][name].tobytes() == value.tobytes(), name
-        assert [sorted(s) for s in fit_states(b)] == [sorted(b["state"])] * len(b["keys"])
+        assert [sorted(s) for s in fit_states(b)] == [sorted(b["state"])] * len(b["index"])
 
 
 def _forecast_frame_reference(groups, pred, alpha, have, config, model, panel) -> pd.DataFrame:

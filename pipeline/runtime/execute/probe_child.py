@@ -55,7 +55,8 @@ POLL_S = 0.01
 
 def save_payload(path: Path, payload: dict[str, Any]) -> None:
     """A task payload as .npz (plain arrays and JSON: no pickle)."""
-    meta = {k: v for k, v in payload.items() if k not in ("data", "countries", "rows", "origins")}
+    arrays_of = ("data", "countries", "rows", "origins", "keys")
+    meta = {k: v for k, v in payload.items() if k not in arrays_of}
     arrays = {f"data_{k}": v for k, v in payload["data"].items()}
     np.savez(
         path,
@@ -63,6 +64,7 @@ def save_payload(path: Path, payload: dict[str, Any]) -> None:
         countries=payload["countries"].astype(str),
         rows=payload["rows"],
         origins=payload["origins"],
+        keys=np.asarray(payload["keys"]),  # raw digests (S32), or str
         **arrays,
     )
 
@@ -73,6 +75,7 @@ def load_payload(path: str) -> dict[str, Any]:
         payload["countries"] = f["countries"].astype(object)
         payload["rows"] = f["rows"]
         payload["origins"] = f["origins"]
+        payload["keys"] = f["keys"]
         payload["data"] = {k[5:]: f[k] for k in f.files if k.startswith("data_")}
     return payload
 

@@ -212,18 +212,17 @@ class RunState:
                 for name, result, error in stream:
                     task, row = tasks.pop(name), rows.pop(name)
                     g = self.groups[task.group]
-                    keys = [str(k) for k in g.keys[task.wanted]]
                     if result is not None and task.want is not None:
-                        result = _only(result, set(keys))  # a whole block ran for a part
+                        result = _only(result, task)  # a whole block ran for a part
                     if error is not None:
                         log.warning(
                             "task %s (%d fits) failed: %s: %s",
                             name,
-                            len(keys),
+                            task.wanted.size,
                             error["error_type"],
                             error["message"],
                         )
-                        failures = [{"key": k, **error} for k in keys]
+                        failures = [{"key": str(k), **error} for k in g.keys[task.wanted]]
                         # a lost worker took the whole task down: find the culprit in halves
                         lost = error["error_type"] in ("memory", "worker-lost")
                         self._failed(failures, None, task, row, queue, split=lost)
@@ -232,7 +231,7 @@ class RunState:
                         if result["failed"]:
                             self._failed(result["failed"], result, task, row, queue, split=False)
                     bar.update(
-                        len(result["keys"]) if result else 0,
+                        len(result["index"]) if result else 0,
                         self.trained,
                         len(self.failed_now()),
                         busy_s=result.get("seconds") if result else None,
@@ -253,14 +252,8 @@ class RunState:
         record them in the progress store: a kill between the two leaves a cached fit that
         the next run loads, never a store row without its cache entry."""
         g, gi = self.groups[task.group], task.group
-        # the results are the task's wanted fits that did not fail, in the task's order
-        wanted = task.wanted
-        asked = g.keys[wanted].tolist()
-        if result["keys"] == asked:  # every fit back, in order (one list comparison)
-            idx = np.asarray(wanted, dtype=np.int64)
-        else:
-            at = dict(zip(asked, wanted.tolist(), strict=True))
-            idx = np.array([at[k] for k in result["keys"]], dtype=np.int64)
+        # the results name the task's fits by position in its payload (task.index)
+        idx = np.asarray(task.index, dtype=np.int64)[np.asarray(result["index"], dtype=np.int64)]
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
         arrays = {
             "pred": pred,
@@ -271,11 +264,11 @@ class RunState:
         label = f"{self.run_id}-{task.task_id}"
         states = result["state"] if "state" in result else _stacked_states(result["states"])
         if states is not None:
-            self.cache.write_stacked(list(result["keys"]), {**arrays, **states}, label)
+            self.cache.write_stacked(g.key_bytes()[idx], {**arrays, **states}, label)
         else:  # ragged fitted states: one entry each
             entries: dict[str, Entry] = {
-                key: {**{n: v[j] for n, v in arrays.items()}, **state}
-                for j, (key, state) in enumerate(zip(result["keys"], result["states"], strict=True))
+                str(key): {**{n: v[j] for n, v in arrays.items()}, **state}
+                for j, (key, state) in enumerate(zip(g.keys[idx], result["states"], strict=True))
             }
             self.cache.write_shard(entries, label)
         if idx.size:
@@ -283,9 +276,9 @@ class RunState:
             self.alpha[gi][idx] = alpha
             self.have[gi][idx] = True
         if self.failed:
-            for key in result["keys"]:
+            for key in g.keys[idx].tolist():
                 self.failed.pop(key, None)
-        self.trained += len(result["keys"])
+        self.trained += int(idx.size)
         self.store.record_done(
             self.model,
             self.run_id,
@@ -295,7 +288,7 @@ class RunState:
             alpha,
             row,
             result,
-            max(len(result["keys"]) + len(result["failed"]), 1),
+            max(int(idx.size) + len(result["failed"]), 1),
         )
 
     def _failed(
@@ -404,18 +397,19 @@ def _task_stream(handle: Any, timeout_s: float | None, stop: StopFlag | None) ->
     return TaskStream(handle.client, run_task, timeout_s, stop)
 
 
-def _only(result: dict[str, Any], keys: set[str]) -> dict[str, Any]:
-    """The part of a task's result about `keys` (the rest of its block is known already)."""
-    pick = [j for j, k in enumerate(result["keys"]) if k in keys]
+def _only(result: dict[str, Any], task: Task) -> dict[str, Any]:
+    """The part of a task's result about its wanted fits (the rest of its block is known)."""
+    index = np.asarray(result["index"], dtype=np.int64)
+    pick = np.nonzero(np.isin(task.index[index], task.wanted))[0]
     part = {
         **result,
-        "keys": [result["keys"][j] for j in pick],
+        "index": index[pick],
         "pred": result["pred"][pick],
         "alpha": result["alpha"][pick],
-        "failed": [f for f in result["failed"] if f["key"] in keys],
+        "failed": [f for f in result["failed"] if task.index[f["index"]] in task.wanted],
     }
     if "state" in result:
         part["state"] = {n: v[pick] for n, v in result["state"].items()}
     else:
-        part["states"] = [result["states"][j] for j in pick]
+        part["states"] = [result["states"][j] for j in pick.tolist()]
     return part

@@ -30,11 +30,13 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Fit a batch of fits; return forecasts, fitted state and failures (plain data only: the
     driver writes the cache, so a worker needs no view of the driver's disk).
 
-    Returns keys (fits that succeeded, in payload order), pred (k, C, H, Q), alpha (k, Q) (NaN
-    when the model has none), the fitted state as `state` ({"state_<name>": (k, ...)}) or, when
-    it does not stack, `states` (k dicts of `state_*` arrays; see fit_states), failed [{key,
-    error_type, message, traceback}], started, finished (unix seconds), seconds, peak_mb (the
-    process's peak RSS) and worker.
+    The payload's `keys` are the fits' raw 32-byte content keys, (n,) S32 (or any sequence of
+    str). The result names fits by position in the payload, not by key (the driver knows what
+    it sent): index (int64 positions of the fits that succeeded, ascending), pred (k, C, H,
+    Q), alpha (k, Q) (NaN when the model has none), the fitted state as `state`
+    ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k dicts of `state_*`
+    arrays; see fit_states), failed [{index, key (hex), error_type, message, traceback}],
+    started, finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
     """
     started, t0 = time.time(), time.perf_counter()
     payload = with_data(payload)  # a compact payload's windows, built here
@@ -67,11 +69,11 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
             parts.append({f"state_{k}": np.asarray(v)[ok] for k, v in out.get("state", {}).items()})
     position = np.concatenate(where) if where else np.empty(0, dtype=np.int64)
     order = np.argsort(position, kind="stable")  # payload order
-    keys = [payload["keys"][i] for i in position[order].tolist()]
+    index = position[order].astype(np.int64)
     result: dict[str, Any] = {
-        "keys": keys,
-        "pred": np.concatenate(preds)[order] if keys else np.empty((0, C, H, Q)),
-        "alpha": np.concatenate(alphas)[order] if keys else np.empty((0, Q)),
+        "index": index,
+        "pred": np.concatenate(preds)[order] if index.size else np.empty((0, C, H, Q)),
+        "alpha": np.concatenate(alphas)[order] if index.size else np.empty((0, Q)),
         "failed": failed,
     }
     # the state goes back stacked when it stacks: one array per name pickles in microseconds,
@@ -94,10 +96,27 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit_states(result: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-    """One dict of `state_*` arrays per fit of a `run_task` result, in the order of its keys."""
+    """One dict of `state_*` arrays per fit of a `run_task` result, in the order of its index."""
     if "states" in result:
         return list(result["states"])
-    return _per_fit(result["state"], len(result["keys"]))
+    return _per_fit(result["state"], len(result["index"]))
+
+
+def key_hex(keys: Any, i: int) -> str:
+    """Fit `i`'s content key as hex: `keys` raw digests ((n,) S32) or a sequence of str."""
+    if isinstance(keys, np.ndarray) and keys.dtype.kind == "S":
+        return keys[i : i + 1].tobytes().hex()  # a slice: an element drops trailing zeros
+    return str(keys[i])
+
+
+def _failure(payload: dict[str, Any], i: int, error_type: str, message: str, trace: str) -> dict:
+    return {
+        "index": int(i),
+        "key": key_hex(payload["keys"], i),
+        "error_type": error_type,
+        "message": message,
+        "traceback": trace,
+    }
 
 
 def _per_fit(
@@ -132,7 +151,8 @@ def _stack_parts(
 
 def _subset(payload: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
     sub = dict(payload)
-    sub["keys"] = [payload["keys"][i] for i in idx]
+    keys = payload["keys"]
+    sub["keys"] = keys[idx] if isinstance(keys, np.ndarray) else [keys[i] for i in idx]
     sub["countries"] = payload["countries"][idx]
     sub["rows"] = payload["rows"][idx]
     sub["origins"] = payload["origins"][idx]
@@ -197,19 +217,13 @@ def _solve(
         finite = ~(~np.isfinite(pred) & rows[:, :, None, None]).any(axis=(1, 2, 3))
         done.append((idx, {**out, "pred": pred, "ok": finite}))
         for j in np.nonzero(~finite)[0]:
-            key = payload["keys"][idx[j]]
             message = f"{adapter.name}: non-finite forecast {pred[j][rows[j]].ravel().tolist()}"
+            f = _failure(payload, idx[j], "FloatingPointError", message[:2000], "")
+            f["traceback"] = f"FloatingPointError: {message}"
             log.warning(
-                "fit %s of %s failed: FloatingPointError: %s", key[:12], adapter.name, message
+                "fit %s of %s failed: FloatingPointError: %s", f["key"][:12], adapter.name, message
             )
-            failed.append(
-                {
-                    "key": key,
-                    "error_type": "FloatingPointError",
-                    "message": message[:2000],
-                    "traceback": f"FloatingPointError: {message}",
-                }
-            )
+            failed.append(f)
         return
     # outside the except block, so a bisected failure's traceback is not chained to its parents'
     if len(idx) > 1 and payload.get("blocked"):
@@ -220,20 +234,14 @@ def _solve(
             "block of %d fits of %s failed: %s: %s", len(idx), adapter.name, error_type, error
         )
         message = f"in its block of {len(idx)} fits: {error}"[:2000]
-        failed.extend(
-            {"key": payload["keys"][i], "error_type": error_type, "message": message,
-             "traceback": trace}
-            for i in idx
-        )  # fmt: skip
+        failed.extend(_failure(payload, i, error_type, message, trace) for i in idx)
         return
     if len(idx) > 1:
         half = len(idx) // 2
         _solve(adapter, payload, idx[:half], done, failed)
         _solve(adapter, payload, idx[half:], done, failed)
         return
-    key = payload["keys"][idx[0]]
     error_type = "memory" if isinstance(error, MemoryError) else type(error).__name__
-    log.warning("fit %s of %s failed: %s: %s", key[:12], adapter.name, error_type, error)
-    failed.append(
-        {"key": key, "error_type": error_type, "message": str(error)[:2000], "traceback": trace}
-    )
+    f = _failure(payload, idx[0], error_type, str(error)[:2000], trace)
+    log.warning("fit %s of %s failed: %s: %s", f["key"][:12], adapter.name, error_type, error)
+    failed.append(f)

@@ -13,6 +13,7 @@ quantiles, the horizon, the origin, the country, the seed and the fingerprint of
 the panel values the fit reads (its window's feature rows including lags, its targets and
 the forecast-time features). Appending a month of data or adding a country leaves old keys
 unchanged; changing one model's parameters changes only that model's keys.
+The keys themselves are made in keys.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
+from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
 from pipeline.schema import month_index, month_start
 
 if TYPE_CHECKING:  # the driver builds groups from a frame; a worker's task needs no pandas
@@ -47,7 +49,8 @@ class FitGroup:
     model: str
     horizon: int  # the group's horizon; 0 when every fit forecasts all `horizons` at once
     horizons: tuple[int, ...]  # horizons each fit forecasts (pred is (F, C, H, Q))
-    keys: np.ndarray  # (F,) str
+    # (F,) S32: each fit's content key as its raw 32-byte digest; `keys` gives them as hex
+    key_raw: np.ndarray
     country: np.ndarray  # (F,) str, PANEL_COUNTRY for panel fits
     origin: np.ndarray  # (F,) int month index
     countries: np.ndarray  # (F, C) str: forecast-row countries of each fit
@@ -61,9 +64,27 @@ class FitGroup:
     block: np.ndarray | None = field(default=None, repr=False)
     # (F,) batch slot of each fit (adapter.slot_period > 1), or None: part of the fit's key
     slot: np.ndarray | None = field(default=None, repr=False)
+    # (F,) object array of the keys' 64-character hex, made on first need by `keys` (the
+    # cache's shards, the progress store and the tasks' payloads take them raw, so a train
+    # from an empty cache never makes a str per fit)
+    key_hex: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
-        return int(self.keys.shape[0])
+        return int(self.key_raw.shape[0])
+
+    @property
+    def keys(self) -> np.ndarray:
+        """(F,) str: the content keys as 64 hex characters (object array, made once)."""
+        if self.key_hex is None:
+            object.__setattr__(self, "key_hex", hex_keys(self.key_raw.view(np.uint8)))
+        return self.key_hex  # type: ignore[return-value]
+
+    def key_bytes(self) -> np.ndarray:
+        """(F,) S32: each fit's content key as its raw 32-byte digest.
+
+        An S32 element drops trailing zero bytes when read alone: slice or view the array
+        (`raw[i : i + 1]`, `.view(np.uint8)`) rather than index one key."""
+        return self.key_raw
 
     def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays of the fits `index` (X, y, w, X_new), contiguous."""
@@ -76,91 +97,6 @@ class FitGroup:
         if isinstance(self.data, CountryWindows):
             return self.data.fit_shapes()
         return {k: (tuple(v.shape[1:]), v.dtype.str) for k, v in self.data.items()}
-
-
-# Version of the key definition itself (bumped when the bytes a key hashes change; every
-# cached fit then refits once). 2: one sha256 per fit over the fit's raw bytes (issue 18).
-KEY_FORMAT = 2
-KEY_BYTES = 32  # a content key's sha256 digest; 64 hex characters as a str
-
-
-def key_prefix(
-    model: str,
-    version: int,
-    params: Mapping[str, Any],
-    quantiles: Sequence[float],
-    horizon: int | Sequence[int],
-    seed: int,
-    extra: str = "",
-) -> bytes:
-    """The bytes every key of one group hashes first (what its fits share)."""
-    payload = {
-        "format": KEY_FORMAT,
-        "model": model,
-        "version": int(version),
-        "params": dict(params),
-        "quantiles": [float(q) for q in quantiles],
-        "horizon": int(horizon) if np.isscalar(horizon) else [int(h) for h in horizon],
-        "seed": int(seed),
-        "extra": extra,
-    }
-    return stable_hash(payload, length=64).encode()
-
-
-def _row_bytes(array: np.ndarray, n: int) -> np.ndarray:
-    """(n, B) uint8 view of an array's per-fit values (NaN canonicalised, bool as one byte)."""
-    a = np.asarray(array)
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    elif a.dtype.kind == "f":
-        a = np.where(np.isnan(a), np.nan, a).astype("<f8")
-    elif a.dtype.kind in "iu":
-        a = a.astype("<i8")
-    return np.ascontiguousarray(a).reshape(n, -1).view(np.uint8)
-
-
-def raw_keys(keys: Sequence[str] | np.ndarray) -> np.ndarray:
-    """(F, KEY_BYTES) uint8 from 64-hex-character content keys (what bulk_keys makes)."""
-    if not len(keys):
-        return np.zeros((0, KEY_BYTES), dtype=np.uint8)
-    listed = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-    try:
-        text = "".join(listed)
-    except TypeError:  # not every key a str
-        text = "".join(map(str, listed))
-    raw = bytes.fromhex(text)
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(keys), KEY_BYTES)
-
-
-def hex_keys(raw: np.ndarray) -> np.ndarray:
-    """The content keys (object array of str) of raw_keys' rows."""
-    text = np.ascontiguousarray(raw).tobytes().hex()
-    width = 2 * KEY_BYTES
-    return np.array([text[i : i + width] for i in range(0, len(text), width)], dtype=object)
-
-
-def bulk_keys(prefix: bytes, *parts: np.ndarray) -> np.ndarray:
-    """Content keys (F,) of 64 hex characters: sha256(prefix, then each fit's bytes of `parts`).
-
-    One hashlib call per fit over one contiguous row that starts with the prefix (the same
-    digest as hashing the prefix once and copying that state per fit, without the copy and
-    the update call: the per-fit Python cost is one slice, one call and a hexdigest)."""
-    n = int(parts[0].shape[0])
-    out = np.empty(n, dtype=object)
-    if not n:
-        return out
-    head = np.broadcast_to(np.frombuffer(prefix, dtype=np.uint8), (n, len(prefix)))
-    rows = np.ascontiguousarray(np.concatenate([head, *(_row_bytes(p, n) for p in parts)], axis=1))
-    width, flat, sha256 = rows.shape[1], memoryview(rows.reshape(-1)), hashlib.sha256
-    out[:] = [sha256(flat[i : i + width]).hexdigest() for i in range(0, n * width, width)]
-    return out
-
-
-def country_digests(countries: Sequence[str]) -> np.ndarray:
-    """(C, 16) uint8: a fixed-width digest per country code (so a key does not depend on the
-    longest code of the study)."""
-    blob = b"".join(hashlib.sha256(str(c).encode()).digest()[:16] for c in countries)
-    return np.frombuffer(blob, dtype=np.uint8).reshape(len(countries), 16)
 
 
 def build_group(
@@ -180,6 +116,7 @@ def build_group(
     batch_fits: int = 1,
     slot_period: int = 1,
     known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    shared_grid: tuple[list[str], int, np.ndarray, list[str]] | None = None,
 ) -> FitGroup:
     """Stack every fit of a model for `horizons` (one horizon per-country; any for pooled).
 
@@ -192,12 +129,19 @@ def build_group(
     i mod n_blocks); a fit's key includes its block's origins.
     `known` (per-country only): the group's fits and keys as `plan_parts` gave them for the
     same inputs (runtime/fits/plan_cache.py), so that no window is built or hashed here.
+    `shared_grid`: country_grid of the panel over a superset of the columns this group reads, and
+    those columns' names (build_groups builds it once for every horizon).
     """
     from pipeline.schema import lead_column
 
     if not pooled and len(horizons) != 1:
         raise ValueError(f"a per-country group has one horizon; got horizons={list(horizons)}")
-    countries, m0, grid = country_grid(panel, [*features, *(lead_column(h) for h in horizons)])
+    columns = [*features, *(lead_column(h) for h in horizons)]
+    if shared_grid is None:
+        countries, m0, grid = country_grid(panel, columns)
+    else:  # the columns this group reads, from the study's one grid
+        countries, m0, every, names = shared_grid
+        grid = every[..., [names.index(c) for c in columns]]
     org = np.array([month_index(o) for o in origins], dtype=np.int64)
     carr = np.array(countries, dtype=object)
     step = int(np.diff(org).min()) if len(org) > 1 else 1
@@ -225,7 +169,6 @@ def build_group(
             parts.append((ci + c0, oi, bulk_keys(prefix, *ident, X, y, x_new)))
         c_idx, o_idx, keys = (np.concatenate([p[i] for p in parts]) for i in range(3))
         c_idx, fit_origin = c_idx.astype(np.int64), org[o_idx.astype(np.int64)]
-        keys = keys.astype(object)
     if not pooled:
         data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
             grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, fit_origin
@@ -272,7 +215,7 @@ def build_group(
         model=model,
         horizon=int(horizons[0]) if not pooled else 0,
         horizons=tuple(int(h) for h in horizons),
-        keys=keys,
+        key_raw=np.asarray(keys).view(f"S{KEY_BYTES}").ravel(),
         country=np.asarray(fit_country, dtype=object),
         origin=fit_origin,
         countries=row_countries.astype(object),
@@ -323,7 +266,7 @@ def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray,
     """Per per-country group: (country index, origin month, keys) of its fits, what
     build_group's `known` takes back (empty for pooled groups: they are not kept)."""
     return [
-        (g.data.country, g.data.origin, g.keys)
+        (g.data.country, g.data.origin, g.key_raw)
         for g in groups
         if isinstance(g.data, CountryWindows)
     ]
@@ -343,10 +286,16 @@ def build_groups(
     and config (per-country models only), reused instead of building the windows and keys.
     """
     from pipeline.data.windows import origins as window_origins
+    from pipeline.schema import lead_column
 
     horizon_sets = (
         [tuple(config.data.horizons)] if adapter.pooled else [(h,) for h in config.data.horizons]
     )
+    # one month grid of every column any group reads (a grid per group rebuilt the panel's
+    # country and month index each time)
+    features = list(adapter.features(config))
+    columns = [*features, *(lead_column(h) for h in config.data.horizons)]
+    countries, m0, every = country_grid(panel, columns)
     return [
         build_group(
             panel,
@@ -364,6 +313,7 @@ def build_groups(
             batch_fits=adapter.batch_fits,
             slot_period=getattr(adapter, "slot_period", 1),
             known=None if known is None or adapter.pooled else known[i],
+            shared_grid=(countries, m0, every, columns),
         )
         for i, hs in enumerate(horizon_sets)
     ]

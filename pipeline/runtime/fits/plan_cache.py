@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import atomic_path, stable_hash
-from pipeline.runtime.fits.fit_groups import hex_keys, raw_keys
+from pipeline.runtime.fits.keys import KEY_BYTES, raw_keys
 
 log = logging.getLogger("pipeline.train")
 ENV_VAR = "QPIPE_PLAN_CACHE"
@@ -40,12 +40,14 @@ KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever 
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
     "pipeline.runtime.fits.fit_groups",
+    "pipeline.runtime.fits.keys",
     "pipeline.runtime.fits.fit_windows",
     "pipeline.data.windows",
     "pipeline.schema",
 )
 
-Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # per group: country index, origin month, keys
+# per group: country index, origin month, keys ((F,) S32 raw digests)
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def cache_dir() -> Path:
@@ -103,7 +105,7 @@ def load(name: str) -> list[Part] | None:
             raise ValueError("checksum mismatch")
         parts = []
         for g in range(len(arrays) // 3):
-            keys = hex_keys(arrays[f"{g}_keys"])
+            keys = arrays[f"{g}_keys"].view(f"S{KEY_BYTES}").ravel()  # raw digests
             parts.append((arrays[f"{g}_country"], arrays[f"{g}_origin"], keys))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.info("fit plan %s unreadable (%s): rebuilt", path, exc)
@@ -122,7 +124,9 @@ def save(name: str, parts: list[Part]) -> None:
     for g, (country, origin, keys) in enumerate(parts):
         arrays[f"{g}_country"] = np.asarray(country, dtype=np.int64)
         arrays[f"{g}_origin"] = np.asarray(origin, dtype=np.int64)
-        arrays[f"{g}_keys"] = raw_keys(keys)
+        keys = np.asarray(keys)  # raw digests (S32), or their hex
+        raw = keys.view(np.uint8).reshape(-1, KEY_BYTES) if keys.dtype.kind == "S" else None
+        arrays[f"{g}_keys"] = raw_keys(keys) if raw is None else raw
     root = cache_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ train in fixed blocks (ensemble_nn) always gets whole blocks (see pipeline.runti
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import stable_hash
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.fit_windows import CountryWindows
 
@@ -53,6 +53,7 @@ def make_tasks(
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size == 0:
             continue
+        raw = group.key_bytes()
         if group.block is not None:
             blocks = np.unique(group.block[idx])
             parts = [idx[group.block[idx] == b] for b in blocks]
@@ -61,7 +62,9 @@ def make_tasks(
             parts = np.array_split(idx, math.ceil(idx.size / fits_per_task))
             full = parts
         for part, index in zip(parts, full, strict=True):
-            tid = stable_hash([group.model, group.horizon, *group.keys[part].tolist()], 16)
+            # named by its fits' raw keys (one hash call per task, not a JSON list of keys)
+            head = f"{group.model}|{group.horizon}|".encode()
+            tid = hashlib.sha256(head + raw[part].tobytes()).hexdigest()[:16]
             want = None if np.array_equal(part, index) else part
             tasks.append(
                 Task(
@@ -113,7 +116,8 @@ def task_payload(
         "params": dict(params),
         "quantiles": [float(q) for q in quantiles],
         "seed": int(seed),
-        "keys": [str(k) for k in group.keys[index]],
+        # the fits' content keys as raw digests (one buffer on the wire, not a list of str)
+        "keys": group.key_bytes()[index],
         "countries": group.countries[index].astype(str),
         "rows": group.rows[index],
         "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)

@@ -2,69 +2,57 @@
 
 Layout under `{model_cache_dir}/{model}/shards/`: one shard per finished task, `<name>.npz`
 (the arrays of its fits, stacked per array name where every fit's array has the same shape,
-one member per fit otherwise) plus `<name>.json`, the shard's index (keys, the array names of
-each entry, one sha256 per entry). The index is written last, so a shard without one is a
-shard whose write was killed: it is removed at the start of a run. Shard names are unique
-(run id, task id, random suffix), so several drivers sharing one cache (a sweep, or two output
-dirs with `runtime.model_cache_dir`) never write the same file; a key trained twice is stored
-twice with the same bytes (one key, one result), and the first shard in name order wins.
+one member per fit otherwise) plus `<name>.json`, the shard's index (its keys, names and
+checksums: shard_format.py). The index is written last, so a shard without one is a shard
+whose write was killed: it is removed at the start of a run. Shard names are unique (run id,
+task id, random suffix), so several drivers sharing one cache (a sweep, or two output dirs
+with `runtime.model_cache_dir`) never write the same file; a key trained twice is stored twice
+with the same bytes (one key, one result), and the first shard in name order wins.
 
-Integrity: `verify` reads every shard a run needs and checks each entry's sha256. A shard that
-cannot be read or whose entries do not match is moved to `{model}/damaged/`; its good entries
-are rewritten into a new shard first, so only the damaged fits are refit.
+Integrity: one sha256 per block of consecutive entries (1,024 by default), over the block's
+keys and its rows of every array. `verify` reads every shard a run needs and checks each
+block. A shard that cannot be read or whose blocks do not all match is moved to
+`{model}/damaged/`; the entries of its good blocks are rewritten into a new shard first, so
+only the damaged blocks' fits are refit (a damaged entry costs its block: up to 1,024 refits).
+Shards of format 1 (a sha256 per entry; before issue 18's second pass) are still read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path, write_text
+from pipeline.io import atomic_path
+from pipeline.runtime.store.shard_format import (
+    BLOCK,
+    FORMAT,
+    Index,
+    block_sums,
+    entry_checksum,
+    index_text,
+    key_text,
+    parse_index,
+)
+
+__all__ = ["FORMAT", "Entry", "FitCache", "VerifyReport", "entry_checksum"]
 
 log = logging.getLogger("pipeline.cache")
-FORMAT = 1
 SHARDS_DIR = "shards"
 DAMAGED_DIR = "damaged"
 Entry = dict[str, np.ndarray]
 # a live writer renames its index within milliseconds of its arrays; older orphans are dead
 ORPHAN_AGE_S = 600.0
-
-
-def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """sha256 over an entry's array names, dtypes, shapes and bytes (sorted by name)."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
-
-
-def stacked_checksums(members: Mapping[str, np.ndarray], names: list[str], n: int) -> list[str]:
-    """entry_checksum of each of `n` entries whose arrays are rows of `members[name]` (sorted
-    `names`), from one byte row per entry: per name its header, then its values."""
-    parts: list[np.ndarray] = []
-    for name in names:
-        a = np.ascontiguousarray(members[name][:n])
-        row = np.ascontiguousarray(a[0])  # as entry_checksum sees it (a scalar is (1,))
-        header = np.frombuffer(f"{name}|{row.dtype.str}|{row.shape}|".encode(), np.uint8)
-        parts.append(np.broadcast_to(header, (n, header.size)))
-        parts.append(a.reshape(n, -1).view(np.uint8).reshape(n, -1))
-    rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    width, flat = rows.shape[1], memoryview(rows.reshape(-1))
-    return [hashlib.sha256(flat[i * width : (i + 1) * width]).hexdigest() for i in range(n)]
+_UNREADABLE = (KeyError, IndexError, ValueError, OSError, zipfile.BadZipFile, EOFError)
 
 
 @dataclass
@@ -77,11 +65,13 @@ class VerifyReport:
 
 
 class FitCache:
-    """The shards of one model in one cache dir (see module docstring)."""
+    """The shards of one model in one cache dir (see module docstring). `block`: entries per
+    checksum in the shards it writes."""
 
-    def __init__(self, cache_dir: str | os.PathLike[str], model: str) -> None:
+    def __init__(self, cache_dir: str | os.PathLike[str], model: str, block: int = BLOCK) -> None:
         self.root = Path(cache_dir) / model
         self.shards = self.root / SHARDS_DIR
+        self.block = block
 
     # --- index --------------------------------------------------------------------------
 
@@ -92,13 +82,10 @@ class FitCache:
     def _indexes(self) -> list[Path]:
         return sorted(self.shards.glob("*.json")) if self.shards.is_dir() else []
 
-    def _read_index(self, path: Path) -> dict | None:
+    def _read_index(self, path: Path) -> Index | None:
         try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-            if index.get("format") != FORMAT or not isinstance(index.get("entries"), list):
-                raise ValueError("not a shard index")
-            return index
-        except (OSError, ValueError, UnicodeDecodeError):
+            return parse_index(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             return None
 
     def keys(self) -> set[str]:
@@ -107,7 +94,7 @@ class FitCache:
         for path in self._indexes():
             index = self._read_index(path)
             if index is not None:
-                out.update(e["key"] for e in index["entries"])
+                out.update(index.keys)
         return out
 
     # --- write --------------------------------------------------------------------------
@@ -117,64 +104,50 @@ class FitCache:
         if not entries:
             return None
         keys = list(entries)
-        members: dict[str, np.ndarray] = {}
-        index_entries = []
-        names = sorted({n for e in entries.values() for n in e})
-        stacked = []
-        for n in names:
-            arrays = [entries[k].get(n) for k in keys]
-            if (
-                all(a is not None for a in arrays)
-                and len({(np.asarray(a).dtype.str, np.asarray(a).shape) for a in arrays}) == 1
+        values = [entries[k] for k in keys]
+        stacked: dict[str, np.ndarray] = {}
+        for n in sorted({n for e in values for n in e}):
+            arrays = [None if n not in e else np.asarray(e[n]) for e in values]
+            if all(a is not None for a in arrays) and (
+                len({(a.dtype.str, a.shape) for a in arrays}) == 1  # type: ignore[union-attr]
             ):
-                members[n] = np.stack([np.asarray(a) for a in arrays])
-                stacked.append(n)
-        for i, k in enumerate(keys):
-            own = sorted(n for n in entries[k] if n not in stacked)
-            for n in own:
-                members[f"{i}/{n}"] = np.asarray(entries[k][n])
-            index_entries.append({"key": k, "own": own, "sha256": entry_checksum(entries[k])})
-        return self._write_files(label, members, stacked, json.dumps(index_entries, sort_keys=True))
+                stacked[n] = np.stack(arrays)  # type: ignore[arg-type]
+        own = [{n: np.asarray(v) for n, v in e.items() if n not in stacked} for e in values]
+        members = {**stacked, **{f"{i}/{n}": a for i, o in enumerate(own) for n, a in o.items()}}
+        text = key_text(keys)
+        sums = block_sums(text, stacked, own, len(keys), self.block)
+        index = index_text(text, list(stacked), [list(o) for o in own], sums, len(keys), self.block)
+        return self._write_files(label, members, index)
 
-    def _write_files(
-        self, label: str, members: dict[str, np.ndarray], stacked: list[str], entries: str
-    ) -> Path:
-        """The shard's arrays, then its index (the index last: see remove_orphans).
+    def write_stacked(
+        self, keys: Sequence[str] | np.ndarray, arrays: Mapping[str, np.ndarray], label: str = ""
+    ) -> Path | None:
+        """write_shard for entries whose arrays stack: `arrays[name]` is (n, ...), entry i's
+        array at [i]; `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or (n,) S32.
+        The same files and bytes as write_shard, with no Python call per entry."""
+        n = len(keys)
+        if not n:
+            return None
+        members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        for name, a in members.items():
+            if a.shape[0] != n:
+                raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
+        text = key_text(keys)
+        raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
+        sums = block_sums(text if raw is None else raw, members, None, n, self.block)
+        return self._write_files(
+            label, members, index_text(text, list(members), None, sums, n, self.block)
+        )
 
-        `entries`: the index's entry list as JSON text; the index is what
-        json.dumps({"format", "stacked", "entries"}, sort_keys=True) writes."""
+    def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:
+        """The shard's arrays, then its index (the index last: see remove_orphans)."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         npz = self.shards / f"{name}.npz"
         with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **members)
-        head = f'{{"entries": {entries}, "format": {json.dumps(FORMAT)}, "stacked": '
-        write_text(self.shards / f"{name}.json", f"{head}{json.dumps(stacked)}}}\n")
+        with atomic_path(self.shards / f"{name}.json") as tmp:
+            tmp.write_bytes(index.encode())  # bytes: no text layer over megabytes of hex
         return npz
-
-    def write_stacked(
-        self, keys: list[str], arrays: Mapping[str, np.ndarray], label: str = ""
-    ) -> Path | None:
-        """write_shard for entries whose arrays stack: `arrays[name]` is (n, ...), entry i's
-        array at [i]. The same files, bytes and checksums as write_shard, without a dict or a
-        hash loop per array per entry (a task's thousands of fits cost about a microsecond each)."""
-        if not keys:
-            return None
-        n = len(keys)
-        names = sorted(arrays)
-        members = {name: np.ascontiguousarray(arrays[name]) for name in names}
-        for name in names:
-            if members[name].shape[0] != n:
-                raise ValueError(f"{name}: {members[name].shape[0]} entries for {n} keys")
-        sums = stacked_checksums(members, names, n)
-        # the entries' JSON as json.dumps writes it, without a dict per entry; keys that are
-        # plain ASCII letters and digits (content keys are hex) need no escaping
-        joined = "".join(keys)
-        if not (joined.isascii() and joined.isalnum()):
-            quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-            keys = [quote(k)[1:-1] for k in keys]
-        entry = '{{"key": "{}", "own": [], "sha256": "{}"}}'.format
-        entries = ", ".join(map(entry, keys, sums))
-        return self._write_files(label, members, names, f"[{entries}]")
 
     # --- read and verify ----------------------------------------------------------------
 
@@ -190,8 +163,7 @@ class FitCache:
         for index_path in self._indexes():
             name = index_path.stem
             index = self._read_index(index_path)
-            keys = [] if index is None else [e["key"] for e in index["entries"]]
-            if want is not None and index is not None and not want.intersection(keys):
+            if want is not None and index is not None and want.isdisjoint(index.keys):
                 continue
             good, bad = ({}, []) if index is None else self._load_shard(name, index, keep)
             if index is None or bad:
@@ -210,65 +182,47 @@ class FitCache:
         return report
 
     def _load_shard(
-        self, name: str, index: dict, keep: tuple[str, ...] | None = None
+        self, name: str, index: Index, keep: tuple[str, ...] | None = None
     ) -> tuple[dict[str, Entry], list[str]]:
         """(good entries by key, damaged keys). `keep`: the arrays a good entry needs hold,
         when every entry of the shard is good (a damaged shard's good entries are rewritten
         whole into a new shard)."""
-        good: dict[str, Entry] = {}
-        bad: list[str] = []
-        path = self.shards / f"{name}.npz"
+        n = len(index.keys)
         stacked: dict[str, np.ndarray] = {}
+        own: list[Entry] = [{} for _ in range(n)]
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(self.shards / f"{name}.npz", allow_pickle=False) as data:
                 files = set(data.files)
-                for n in index["stacked"]:
-                    with contextlib.suppress(ValueError, OSError, zipfile.BadZipFile, EOFError):
-                        stacked[n] = data[n]
-                entries = index["entries"]
-                names = index["stacked"]
-                if (
-                    entries
-                    and names == sorted(names)
-                    and all(not e["own"] for e in entries)
-                    and all(n in stacked and len(stacked[n]) == len(entries) for n in names)
-                ):  # every array stacked: the checksums in bulk
-                    sums = stacked_checksums(stacked, names, len(entries))
-                    fine = [d == e["sha256"] for d, e in zip(sums, entries, strict=True)]
-                    held = (
-                        names if keep is None or not all(fine) else [n for n in names if n in keep]
-                    )
-                    for i, (entry, ok) in enumerate(zip(entries, fine, strict=True)):
-                        if ok:
-                            good[entry["key"]] = {n: stacked[n][i] for n in held}
-                        else:
-                            bad.append(entry["key"])
-                    return good, bad
-                for i, entry in enumerate(index["entries"]):
-                    arrays: Entry = {}
-                    try:
-                        for n in index["stacked"]:
-                            arrays[n] = stacked[n][i]
-                        for n in entry["own"]:
-                            if f"{i}/{n}" not in files:
-                                raise KeyError(n)
-                            arrays[n] = data[f"{i}/{n}"]
-                    except (
-                        KeyError,
-                        IndexError,
-                        ValueError,
-                        OSError,
-                        zipfile.BadZipFile,
-                        EOFError,
-                    ):
-                        bad.append(entry["key"])
-                        continue
-                    if entry_checksum(arrays) == entry["sha256"]:
-                        good[entry["key"]] = arrays
-                    else:
-                        bad.append(entry["key"])
+                for nm in index.stacked:
+                    with contextlib.suppress(*_UNREADABLE):
+                        stacked[nm] = data[nm]
+                for i, names in enumerate(index.own):
+                    for nm in names:
+                        if f"{i}/{nm}" in files:
+                            with contextlib.suppress(*_UNREADABLE):
+                                own[i][nm] = data[f"{i}/{nm}"]
         except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-            return {}, [e["key"] for e in index["entries"]]
+            return {}, list(index.keys)
+        complete = all(nm in stacked and len(stacked[nm]) == n for nm in index.stacked)
+        fine = np.zeros(n, dtype=bool)
+        if complete and index.format == 1:
+            for i in range(n):
+                if len(own[i]) == len(index.own[i]):
+                    arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **own[i]}
+                    fine[i] = entry_checksum(arrays) == index.sums[i]
+        elif complete:
+            keys = index.key_bytes or index.keys
+            sums = block_sums(keys, stacked, own if any(index.own) else None, n, index.block)
+            ok = np.array([a == b for a, b in zip(sums, index.sums, strict=True)], dtype=bool)
+            fine = np.repeat(ok, index.block)[:n]
+        held = index.stacked if keep is None or not fine.all() else [
+            nm for nm in index.stacked if nm in keep
+        ]  # fmt: skip
+        good = {
+            index.keys[i]: {**{nm: stacked[nm][i] for nm in held}, **own[i]}
+            for i in np.nonzero(fine)[0].tolist()
+        }
+        bad = [index.keys[i] for i in np.nonzero(~fine)[0].tolist()]
         return good, bad
 
     def _quarantine(self, name: str, good: dict[str, Entry], unreadable_index: bool) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.runtime.fits.fit_groups import KEY_BYTES, raw_keys
+from pipeline.runtime.fits.keys import KEY_BYTES
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
@@ -213,15 +213,23 @@ def apply_event(
 
 def fresh_state(model: str, grp: int, g: FitGroup, quantiles: Sequence[float]) -> GroupState:
     """A group's state with every fit pending."""
+    import pandas as pd
+
     F, C, H, Q = len(g), g.rows.shape[1], len(g.horizons), len(quantiles)
-    names, country = np.unique(np.asarray(g.countries, dtype=str), return_inverse=True)
+    # np.unique(countries as str) without sorting F x C strings: hash them, sort the few names
+    codes, found = pd.factorize(np.asarray(g.countries, dtype=object).ravel())
+    found = np.asarray(found, dtype=str)
+    order = np.argsort(found, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    names, country = found[order], rank[codes]
     return GroupState(
         model=model,
         grp=grp,
         horizons=tuple(int(h) for h in g.horizons),
         quantiles=tuple(float(q) for q in quantiles),
         names=names.astype(object),
-        keys=raw_keys(g.keys),
+        keys=g.key_bytes().view(np.uint8).reshape(F, KEY_BYTES),
         country=country.reshape(F, C).astype(np.int32),
         rows=np.asarray(g.rows, dtype=bool),
         origin=np.asarray(g.origin, dtype=np.int32),

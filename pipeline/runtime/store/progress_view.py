@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import atomic_path
-from pipeline.runtime.fits.fit_groups import expand_rows, hex_keys
+from pipeline.runtime.fits.fit_groups import expand_rows
+from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.store.progress_format import (
     FAILED,
     STATUSES,
@@ -65,8 +66,9 @@ def row_chunks(
     chunk: int = CHUNK_ROWS,
 ) -> Iterator[Any]:
     """rows_frame in consecutive Arrow tables of at most `chunk` rows: the sort runs on integer
-    arrays, and a string column is a take from its few distinct values (no Python object per
-    row)."""
+    arrays, and each chunk's columns are filled group by group into numpy arrays in their final
+    order (a string column one take from its few distinct values, the keys' hex straight into
+    an Arrow buffer): no Python object per row and no reordering of built tables."""
     states = [s for s in states if len(s)]
     if not states:
         yield _empty()
@@ -82,10 +84,11 @@ def row_chunks(
     sizes = [len(models), len(names), horizons.size, quantiles.size, origins.size]
     if float(np.prod([max(n, 1) for n in sizes], dtype=np.float64)) >= 2.0**62:
         raise ValueError(f"too many distinct (model, country, horizon, quantile, origin): {sizes}")
-    keys = []
+    keys, ranks = [], []
     for s in states:
         fi, cj, hi, qi = _expand(s)
         rank = np.searchsorted(names, s.names.astype(str).astype(object))
+        ranks.append(rank)
         key = np.full(fi.size, models.index(s.model), dtype=np.int64)
         for values, n in (
             (rank[s.country[fi, cj]], names.size),
@@ -100,26 +103,108 @@ def row_chunks(
     offsets = np.cumsum([0, *(k.size for k in keys)])
     order = np.argsort(np.concatenate(keys), kind="stable")
     del keys
-    import pyarrow as pa
+    from pipeline.runtime.fits.fit_groups import origin_labels
 
-    # the side tables' columns once per export, not a pandas reindex per chunk and group
+    # every string column's distinct values once per export; rows hold codes into them
+    dictionaries = {
+        "model": models,
+        "country": names,
+        "origin": origin_labels(origins),
+        "status": list(STATUSES),
+        "run_id": [r for s in states for r in s.runs] or [""],
+    }
+    run_offset = np.cumsum([0, *(len(s.runs) for s in states)])
     task_of = _Side(tasks, ("worker", "started", "finished", "seconds", "peak_mb"))
     error_of = _Side(errors, ("error_type", "message"))
-    # each group's existing (fit, row) pairs, once per export rather than once per chunk
-    pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # per group, once per export rather than once per chunk: its existing (fit, row) pairs,
+    # and each fit's rows in the side tables (-1: none)
+    per_group = [
+        (rank, np.nonzero(s.rows), task_of.rows(s.task), error_of.rows(s.error))
+        for s, rank in zip(states, ranks, strict=True)
+    ]
     for start in range(0, order.size, chunk):
         at = order[start : start + chunk]
         g = np.searchsorted(offsets, at, side="right") - 1
-        r = at - offsets[g]
-        tables, where = [], []
-        for gi in np.unique(g).tolist():
-            sel = np.nonzero(g == gi)[0]
-            if gi not in pairs:
-                pairs[gi] = np.nonzero(states[gi].rows)
-            tables.append(_rows(states[gi], r[sel], task_of, error_of, pairs[gi]))
-            where.append(sel)
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        yield table.take(np.argsort(np.concatenate(where)))
+        yield _chunk(states, per_group, g, at - offsets[g], run_offset, origins)(
+            dictionaries, task_of, error_of
+        )
+
+
+def _chunk(
+    states: Sequence[GroupState],
+    per_group: Sequence[tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray]],
+    g: np.ndarray,
+    r: np.ndarray,
+    run_offset: np.ndarray,
+    origins: np.ndarray,
+) -> Any:
+    """The chunk's rows (group `g`, position `r` in _expand's order), filled group by group;
+    returns a function of the string columns' dictionaries and the side tables that builds
+    the Arrow table."""
+    m = g.size
+    code = {c: np.empty(m, np.int64) for c in ("model", "country", "origin", "status", "run_id")}
+    num = {c: np.empty(m, np.float64) for c in ("quantile", "forecast", "alpha")}
+    # horizon, attempts; task and error: each row's row in the side tables (-1: none)
+    ints = {c: np.empty(m, np.int64) for c in ("horizon", "attempts", "task", "error")}
+    raw = np.empty((m, 32), np.uint8)
+    models = sorted({s.model for s in states})
+    for gi in np.unique(g).tolist():
+        sel = np.nonzero(g == gi)[0]
+        s = states[gi]
+        rank, (fr, cr), task_row, error_row = per_group[gi]
+        _, _, H, Q = s.shape()
+        # _expand's order: row r is forecast (r // (H Q)) of the group's (fit, row) pairs
+        pair, hq = np.divmod(r[sel], H * Q)
+        fi, cj = fr[pair], cr[pair]
+        hi, qi = np.divmod(hq, Q)
+        code["model"][sel] = models.index(s.model)
+        code["country"][sel] = rank[s.country[fi, cj]]
+        code["origin"][sel] = np.searchsorted(origins, s.origin[fi])
+        code["status"][sel] = s.status[fi]
+        run = s.run[fi].astype(np.int64)
+        code["run_id"][sel] = np.where((run >= 0) & (run < len(s.runs)), run + run_offset[gi], -1)
+        num["quantile"][sel] = np.asarray(s.quantiles, dtype=np.float64)[qi]
+        ints["horizon"][sel] = np.asarray(s.horizons, dtype=np.int64)[hi]
+        ints["attempts"][sel] = s.attempts[fi]
+        ints["task"][sel] = task_row[fi]
+        ints["error"][sel] = error_row[fi]
+        if s.forecast is not None:
+            num["forecast"][sel] = s.forecast[fi, cj, hi, qi]
+            num["alpha"][sel] = s.alpha[fi, qi]  # type: ignore[index]
+        else:
+            num["forecast"][sel] = num["alpha"][sel] = np.nan
+        raw[sel] = s.keys[fi]
+
+    def build(dictionaries: dict[str, Any], tasks: _Side, errors: _Side) -> Any:
+        import pyarrow as pa
+
+        task, error = tasks.at(ints["task"]), errors.at(ints["error"])
+        strings = {c: _coded(dictionaries[c], code[c], code[c] >= 0) for c in code}
+        columns = {
+            **strings,
+            **num,
+            "horizon": ints["horizon"],
+            "key": _hex_column(raw),
+            "attempts": ints["attempts"],
+            "error_type": error["error_type"],
+            "error_message": error["message"],
+            **task,
+        }
+        for c in FLOAT_COLUMNS:  # NaN is null, as pandas writes it
+            columns[c] = pa.array(columns[c], type=pa.float64(), from_pandas=True)
+        return pa.table([columns[c] for c in ROW_COLUMNS], schema=row_schema())
+
+    return build
+
+
+def _hex_column(raw: np.ndarray) -> Any:
+    """A string column of each row's 64-character hex key, straight from the bytes."""
+    import pyarrow as pa
+
+    n, width = raw.shape[0], 2 * raw.shape[1]
+    data = np.ascontiguousarray(raw).tobytes().hex().encode("ascii")
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def row_schema() -> Any:
@@ -156,58 +241,9 @@ def _coded(values: Any, codes: np.ndarray, valid: np.ndarray | None = None) -> A
     """A string column: `values` (a few distinct strings) at `codes`, null where not `valid`."""
     import pyarrow as pa
 
-    at = pa.array(codes, mask=None if valid is None else ~valid, type=pa.int64())
-    return pa.array(values, type=pa.string()).take(at)
-
-
-def _rows(
-    s: GroupState,
-    rows: np.ndarray,
-    tasks: _Side,
-    errors: _Side,
-    pairs: tuple[np.ndarray, np.ndarray],
-) -> Any:
-    """The rows `rows` (positions in _expand's order) of one group, as an Arrow table;
-    `pairs`: np.nonzero(s.rows), found once per export."""
-    import pyarrow as pa
-
-    from pipeline.runtime.fits.fit_groups import origin_labels
-
-    _, _, H, Q = s.shape()
-    # _expand's order: row r is forecast (r // (H Q)) of the group's existing (fit, row) pairs
-    fr, cr = pairs
-    pair, hq = np.divmod(rows, H * Q)
-    fi, cj = fr[pair], cr[pair]
-    hi, qi = np.divmod(hq, Q)
-    fits, inverse = np.unique(fi, return_inverse=True)
-    months, month = np.unique(s.origin[fi], return_inverse=True)
-    task = tasks.at(s.task[fi])
-    error = errors.at(s.error[fi])
-    if s.forecast is not None:
-        forecast = s.forecast[fi, cj, hi, qi]
-        alpha = s.alpha[fi, qi]  # type: ignore[index]
-    else:
-        forecast = alpha = np.full(fi.size, np.nan)
-    run = s.run[fi].astype(np.int64)
-    columns = {
-        "model": _coded([s.model], np.zeros(fi.size, np.int64)),
-        "country": _coded(s.names.astype(str), s.country[fi, cj].astype(np.int64)),
-        "quantile": np.asarray(s.quantiles, dtype=np.float64)[qi],
-        "horizon": np.asarray(s.horizons, dtype=np.int64)[hi],
-        "origin": _coded(origin_labels(months), month.reshape(-1)),
-        "key": _coded(hex_keys(s.keys[fits]), inverse.reshape(-1)),
-        "status": _coded(list(STATUSES), s.status[fi].astype(np.int64)),
-        "attempts": s.attempts[fi].astype(np.int64),
-        "error_type": error["error_type"],
-        "error_message": error["message"],
-        **task,
-        "forecast": forecast.astype(np.float64),
-        "alpha": alpha.astype(np.float64),
-        "run_id": _coded(list(s.runs) or [""], run, run < len(s.runs)),
-    }
-    for c in FLOAT_COLUMNS:  # NaN is null, as pandas writes it
-        columns[c] = pa.array(columns[c], type=pa.float64(), from_pandas=True)
-    return pa.table(columns, schema=row_schema())
+    mask = None if valid is None or valid.all() else ~valid
+    at = pa.array(codes, mask=mask, type=pa.int64())
+    return pa.array(list(values), type=pa.string()).take(at)
 
 
 class _Side:
@@ -223,27 +259,31 @@ class _Side:
         self.columns: dict[str, Any] = {}
         for c in columns:
             col = table[c].to_numpy() if c in table else np.full(len(table), None)
-            if c in FLOAT_COLUMNS:
-                self.columns[c] = col.astype(np.float64)  # a column of NULLs reads as objects
+            if c in FLOAT_COLUMNS:  # a column of NULLs reads as objects; NaN for row -1
+                self.columns[c] = np.append(col.astype(np.float64), np.nan)
             else:  # a NULL cell reads null
                 strings = [None if v is None or v != v else str(v) for v in col]
                 self.columns[c] = pa.array(strings or [""], type=pa.string())
 
-    def at(self, ids: np.ndarray) -> dict[str, Any]:
-        import pyarrow as pa
-
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The table's row of each id; -1 for 0 and ids without a row."""
         ids = np.asarray(ids, dtype=np.int64)
         known = (ids > 0) & (ids < self.row_of.size)
-        row = np.where(known, self.row_of[np.where(known, ids, 0)], -1)
+        return np.where(known, self.row_of[np.where(known, ids, 0)], -1)
+
+    def at(self, row: np.ndarray) -> dict[str, Any]:
+        """The columns at rows `row` (self.rows' values: -1 is null / NaN)."""
+        import pyarrow as pa
+
         hit = row >= 0
+        every = bool(hit.all())
         out: dict[str, Any] = {}
         for c, col in self.columns.items():
-            if c in FLOAT_COLUMNS:
-                values = np.full(ids.size, np.nan)
-                values[hit] = col[row[hit]]
-                out[c] = values
+            if c in FLOAT_COLUMNS:  # row -1 takes the NaN appended after the last row
+                out[c] = col[row]
             else:
-                out[c] = col.take(pa.array(np.where(hit, row, 0), mask=~hit, type=pa.int64()))
+                at = row if every else np.where(hit, row, 0)
+                out[c] = col.take(pa.array(at, mask=None if every else ~hit, type=pa.int64()))
         return out
 
 

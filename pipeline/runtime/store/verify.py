@@ -1,4 +1,5 @@
-"""`python -m pipeline verify`: check every fit-cache entry's checksum, on demand.
+"""`python -m pipeline verify`: check every fit-cache shard's checksums (one per block of
+entries), on demand.
 
 A run trusts a stage whose inputs are unchanged without reading the cache (pipeline/runtime/
 incremental.py) and checks the checksum of every shard whose contents it uses; this command

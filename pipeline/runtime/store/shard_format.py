@@ -1,0 +1,166 @@
+"""One fit-cache shard's format on disk: its index and checksums (pure: numpy, hashlib, json).
+
+Format 2 (columnar, since issue 18's second pass). `<name>.npz` holds each array name stacked
+over the shard's entries, (n, ...), where every entry's array has the same dtype and shape, and
+`<i>/<name>` for entry i's array that does not stack (a ragged fitted state). `<name>.json`,
+the index, holds `keys` (content keys, the raw 32-byte digests, as one hex string; other keys
+as a list of str), `stacked`, `own` (each entry's unstacked names, [] when none), `block` and
+`sums`: one sha256 per block of `block` consecutive entries over the block's key bytes and its
+rows of every array, contiguous byte ranges, so writing or checking a task's 65,536 fits costs
+a few hundred hashlib calls, not one per fit. A damaged entry therefore refits its whole block
+(1,024 fits by default), not only itself.
+
+Format 1 (one sha256 per entry, one JSON object per entry) is still read, never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT = 2
+READS = (1, 2)
+BLOCK = 1024  # entries per checksum
+KEY_BYTES = 32
+
+
+@dataclass
+class Index:
+    """A shard's index, either format: keys, names, and the checksums to compare."""
+
+    format: int
+    keys: list[str]
+    stacked: list[str]
+    own: list[list[str]]  # per entry
+    block: int  # entries per checksum (1 in format 1)
+    sums: list[str]
+    key_bytes: bytes  # format 2: what the checksums cover of the keys
+
+
+def parse_index(text: str) -> Index:
+    """The index of either format; ValueError (KeyError, TypeError) when it is not one."""
+    index = json.loads(text)
+    fmt = index.get("format")
+    if fmt == 1:
+        entries = index["entries"]
+        if not isinstance(entries, list):
+            raise ValueError("not a shard index")
+        return Index(
+            1,
+            [e["key"] for e in entries],
+            list(index["stacked"]),
+            [list(e["own"]) for e in entries],
+            1,
+            [e["sha256"] for e in entries],
+            b"",
+        )
+    if fmt != 2:
+        raise ValueError(f"shard format {fmt!r}")
+    n, block, keys = int(index["n"]), int(index["block"]), index["keys"]
+    if isinstance(keys, str):
+        key_bytes = bytes.fromhex(keys)
+        if len(key_bytes) != n * KEY_BYTES:
+            raise ValueError("keys do not match n")
+        keys = [keys[i : i + 2 * KEY_BYTES] for i in range(0, len(keys), 2 * KEY_BYTES)]
+    else:
+        keys, key_bytes = [str(k) for k in keys], b""
+    own = index["own"] or [[] for _ in range(n)]
+    if len(keys) != n or len(own) != n or block < 1 or len(index["sums"]) != -(-n // block):
+        raise ValueError("inconsistent shard index")
+    return Index(2, keys, list(index["stacked"]), own, block, list(index["sums"]), key_bytes)
+
+
+def key_text(keys: Sequence[str] | np.ndarray) -> str | list[str]:
+    """The index's `keys`: raw digests ((n, 32) uint8 or (n,) S32) as one hex string; str keys
+    that are all such digests' lowercase hex likewise; any other keys as a list."""
+    if isinstance(keys, np.ndarray) and keys.dtype.kind in "uS":
+        return np.ascontiguousarray(keys).tobytes().hex()
+    listed = [str(k) for k in keys]
+    text = "".join(listed)
+    if len(text) == 2 * KEY_BYTES * len(listed) and all(len(k) == 2 * KEY_BYTES for k in listed):
+        try:
+            if bytes.fromhex(text).hex() == text:
+                return text
+        except ValueError:
+            pass
+    return listed
+
+
+def block_sums(
+    keys: str | list[str] | bytes,
+    stacked: Mapping[str, np.ndarray],
+    own: Sequence[Mapping[str, np.ndarray]] | None,
+    n: int,
+    block: int = BLOCK,
+) -> list[str]:
+    """sha256 per block of entries: the block's keys (raw bytes, or a list's JSON), then per
+    stacked name (sorted) its header and the block's rows, then each entry's own arrays.
+    `keys`: key_text's (a hex str or a list), or the raw digests as bytes."""
+    raw = (
+        bytes.fromhex(keys) if isinstance(keys, str) else keys if isinstance(keys, bytes) else None
+    )
+    rows = {}
+    for name in sorted(stacked):
+        a = np.ascontiguousarray(stacked[name])
+        header = f"{name}|{a.dtype.str}|{a.shape[1:]}|".encode()
+        flat = a.reshape(n, -1).view(np.uint8) if a.size else np.zeros((n, 0), np.uint8)
+        rows[name] = (header, flat)
+    sums = []
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        digest = hashlib.sha256(
+            raw[lo * KEY_BYTES : hi * KEY_BYTES]  # type: ignore[index]
+            if raw is not None
+            else json.dumps(keys[lo:hi]).encode()  # type: ignore[index]
+        )
+        for header, flat in rows.values():
+            digest.update(header)
+            digest.update(flat[lo:hi])
+        for i in range(lo, hi) if own is not None else ():
+            for name in sorted(own[i]):
+                a = np.ascontiguousarray(own[i][name])
+                digest.update(f"{i}/{name}|{a.dtype.str}|{a.shape}|".encode())
+                digest.update(a.tobytes())
+        sums.append(digest.hexdigest())
+    return sums
+
+
+def index_text(
+    keys: str | list[str],
+    stacked: Sequence[str],
+    own: Sequence[Sequence[str]] | None,
+    sums: Sequence[str],
+    n: int,
+    block: int = BLOCK,
+) -> str:
+    """The index as json.dumps(..., sort_keys=True) writes it, plus a newline. A hex string
+    of keys (megabytes: 64 characters per entry) is spliced in, not run through the encoder:
+    hex needs no escaping, and `"keys": ""` can only be the key itself (json escapes quotes
+    inside strings)."""
+    index = {
+        "block": block,
+        "format": FORMAT,
+        "keys": keys if isinstance(keys, list) else "",
+        "n": n,
+        "own": [sorted(o) for o in own] if own is not None and any(own) else [],
+        "stacked": sorted(stacked),
+        "sums": list(sums),
+    }
+    text = json.dumps(index, sort_keys=True) + "\n"
+    if isinstance(keys, str):
+        text = text.replace('"keys": ""', f'"keys": "{keys}"', 1)
+    return text
+
+
+def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """Format 1's per-entry sha256: array names, dtypes, shapes and bytes (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
