@@ -486,6 +486,32 @@ def _forecast_frame_reference(groups, pred, alpha, have, config, model, panel) -
     return conform_forecasts(frame)
 
 
+def test_the_probe_measures_a_compact_head_with_the_windows_a_worker_builds(tmp_path) -> None:
+    """The probe's child gets the compact payload a worker gets (saved as .npz, no pickle) and
+    measures batches of its first k fits: each batch is still compact, holds only the grid
+    those fits read, and gives the worker the same windows and forecasts as the full head."""
+    from pipeline.runtime.execute.probe_child import _head, load_payload, save_payload
+
+    config = study()
+    kw = {"params": {"p": 1}, "quantiles": config.data.quantiles, "seed": 0}
+    for g in build_groups(PANEL, config, get_adapter("ar_qr")):
+        everything = np.arange(len(g))
+        path = tmp_path / f"payload-{g.horizon}.npz"
+        save_payload(path, task_payload(g, everything, **kw, compact=True))
+        loaded = load_payload(str(path))
+        assert "data" not in loaded and loaded["keys"].tobytes() == g.key_bytes().tobytes()
+        for k in (1, 4, len(g)):
+            head = _head(loaded, k)
+            full = task_payload(g, everything[:k], **kw)
+            assert head["windows"]["grid"].nbytes <= loaded["windows"]["grid"].nbytes
+            built = with_data(head)["data"]
+            for name, value in full["data"].items():
+                assert built[name].tobytes() == value.tobytes(), name
+            a, b = run_task(full), run_task(head)
+            assert a["pred"].tobytes() == b["pred"].tobytes()
+        assert _head(loaded, 1)["windows"]["grid"].nbytes < loaded["windows"]["grid"].nbytes
+
+
 @pytest.mark.parametrize("model", ["ar_qr", "ensemble_nn"])
 def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
     tmp_path: Path, model: str

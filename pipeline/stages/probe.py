@@ -232,6 +232,7 @@ def measure_child(
             quantiles=config.data.quantiles,
             seed=config.seed,
             extra=adapter_for(config, job.name).payload,
+            compact=True,  # as train sends a worker its task: the child builds the windows
         )
         save_payload(path, payload)
         specs.append(

@@ -54,10 +54,13 @@ POLL_S = 0.01
 
 
 def save_payload(path: Path, payload: dict[str, Any]) -> None:
-    """A task payload as .npz (plain arrays and JSON: no pickle)."""
-    arrays_of = ("data", "countries", "rows", "origins", "keys")
+    """A task payload as .npz (plain arrays and JSON: no pickle). A compact payload (its
+    `windows`, see tasks.task_payload) keeps them; the fits' windows are built only in `_head`,
+    for the fits a batch measures, as a worker builds its task's."""
+    arrays_of = ("data", "windows", "countries", "rows", "origins", "keys")
     meta = {k: v for k, v in payload.items() if k not in arrays_of}
-    arrays = {f"data_{k}": v for k, v in payload["data"].items()}
+    part = "windows" if "windows" in payload else "data"
+    arrays = {f"{part}_{k}": v for k, v in payload[part].items()}
     np.savez(
         path,
         meta=np.array(json.dumps(meta)),
@@ -76,7 +79,10 @@ def load_payload(path: str) -> dict[str, Any]:
         payload["rows"] = f["rows"]
         payload["origins"] = f["origins"]
         payload["keys"] = f["keys"]
-        payload["data"] = {k[5:]: f[k] for k in f.files if k.startswith("data_")}
+        for part in ("data", "windows"):
+            members = {k[len(part) + 1 :]: f[k] for k in f.files if k.startswith(f"{part}_")}
+            if members:
+                payload[part] = members
     return payload
 
 
@@ -257,11 +263,19 @@ def _die_with_driver(parent: int, tmp: str, running: dict[int, Any]) -> None:
 
 
 def _head(payload: dict[str, Any], k: int) -> dict[str, Any]:
+    """The payload of its first `k` fits. A compact payload stays compact (only the grid rows
+    and months those fits read), so the measured batch builds its windows as a worker's task
+    does and its peak holds those k fits' windows, not the whole group's."""
     sub = dict(payload)
     sub["keys"] = payload["keys"][:k]
     sub["countries"], sub["rows"] = payload["countries"][:k], payload["rows"][:k]
     sub["origins"] = payload["origins"][:k]
-    sub["data"] = {n: v[:k] for n, v in payload["data"].items()}
+    if "windows" in payload:
+        from pipeline.runtime.fits.fit_windows import CountryWindows
+
+        sub["windows"] = CountryWindows.from_part(payload["windows"]).part(np.arange(k))
+    else:
+        sub["data"] = {n: v[:k] for n, v in payload["data"].items()}
     return sub
 
 

@@ -33,8 +33,10 @@ log = logging.getLogger("pipeline.probe")
 ENV_VAR = "QPIPE_PROBE_CACHE"
 # 2: peaks from one child and its forks (VmHWM; os.wait4 growth): a spawned child's ru_maxrss
 # started at the driver's peak, so entries of format 1 may hold the driver's RSS;
-# 3: time per fit in CPU seconds (wall before: inflated many times on a loaded machine)
-FORMAT = 3
+# 3: time per fit in CPU seconds (wall before: inflated many times on a loaded machine);
+# 4: a job's peak without the whole group's windows (the child gets the compact payload a
+# worker gets and builds only the measured fits' windows: x10 ar_qr 300 -> ~145 MiB)
+FORMAT = 4
 # libraries whose version changes what a task costs (solvers, arrays, the worker's imports)
 VERSIONED = ("numpy", "scipy", "torch", "pandas", "pyarrow", "distributed")
 
