@@ -64,7 +64,7 @@ def coverage_test_tables(
     frame: pd.DataFrame, size: float, reps: int, seed: int
 ) -> dict[str, pd.DataFrame]:
     """Coverage tests (pooled, by country) and the MCS of a forecast table (here, or in the
-    helper process: the same function on the same rows)."""
+    fork of assemble: the same function on the same rows)."""
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
@@ -75,7 +75,7 @@ def coverage_test_tables(
 
 
 def decomposition_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The pinball decomposition of a forecast table (here, or in the helper process)."""
+    """The pinball decomposition of a forecast table (here, or in the fork of assemble)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
