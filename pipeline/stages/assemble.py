@@ -166,12 +166,12 @@ def assemble(
         tests = fork.submit_async(test_tables_ipc, *mcs, timeout_s=timeout)
     charts = None
     try:
+        charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
+        if fork is not None:  # queued now: the fork takes them as soon as its tables are done
+            charts.start(fork)
         written = write_forecast_tables(fdir, arrow_table(frame), frame, missing)
         forecast_files = written[:-2]
-        charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
-        if fork is not None:
-            charts.start(fork)
-        else:  # charts only: a fork of this process takes some where they are a few
+        if fork is None:  # charts only: a fork of this process takes some where they are a few
             charts.start_forked(frame, idle)
         tables, metric_files = _write_metrics(
             output_dir, frame, missing, n_unexpected, benchmark, mcs, tests

@@ -85,8 +85,9 @@ def decomposition_table(frame: pd.DataFrame) -> pd.DataFrame:
 def test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
     """`coverage_test_tables` and, as "pinball_decomposition", `decomposition_table`: what
     assemble's fork computes at scale (`test_tables_ipc`), else this process."""
-    tables = coverage_test_tables(frame, size, reps, seed)
-    tables["pinball_decomposition"] = decomposition_table(frame)
+    scoring = evaluate.compact_frame(frame)  # once for both (each makes one if not given)
+    tables = coverage_test_tables(scoring, size, reps, seed)
+    tables["pinball_decomposition"] = decomposition_table(scoring)
     return tables
 
 
