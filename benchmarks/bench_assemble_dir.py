@@ -106,7 +106,7 @@ def main() -> None:
         "--helper",
         choices=("auto", "always"),
         default="auto",
-        help="always: this tree starts its helper process even on a busy machine",
+        help="always: either tree starts its fork (or helper) even on a busy machine",
     )
     args = parser.parse_args()
     trees = {"baseline": args.baseline.resolve(), "this": ROOT}
