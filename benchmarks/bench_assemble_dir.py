@@ -11,11 +11,11 @@ repeat runs, alternating baseline and this tree, one fresh Python process that l
 config.yaml and calls `assemble_study` (what `python -m pipeline stage assemble` runs; nothing
 is retrained). Per run: wall and CPU seconds of the process (rusage of the child: CPU is far
 less sensitive than wall to other load on a shared machine), the child's own peak memory
-(VmHWM, read in the child at the end) and the load average. CPU is the child's and its
-reaped children's: assemble's helper process (the charts and, at scale, the test tables and
-the decomposition on the second core) counts; `own_cpu_s` is the CPU of assemble_study in the
-child alone (its critical path when a second core is free: the helper works beside it). Each
-tree runs on its own copy of DIR (made once, under `--work`), so each keeps its own chart manifest: `--charts kept` (default) measures a rerun whose charts are
+(VmHWM, read in the child at the end), its fork's (or a baseline's helper's) max RSS and the
+load average. CPU is the child's and its reaped children's: assemble's fork (the charts and,
+at scale, the test tables and the decomposition on the second core) counts; `own_cpu_s` is
+the CPU of assemble_study in the child alone (its critical path when a second core is free:
+the fork works beside it). Each tree runs on its own copy of DIR (made once, under `--work`), so each keeps its own chart manifest: `--charts kept` (default) measures a rerun whose charts are
 unchanged and skipped (after a first run that renders them, not timed), `--charts fresh`
 deletes `logs/charts.json` before each run, so every chart renders (a fresh output dir, as
 under `dvc repro`). The outputs of the two trees must be identical (compare the copies
@@ -43,19 +43,22 @@ out = Path(sys.argv[1])
 from pipeline.config import validate
 from pipeline.config.compose import compose_file
 config = validate(compose_file(out / "config.yaml", [f"runtime.output_dir={out}"]))
-if sys.argv[2] == "always":  # a helper process however busy the machine (either tree)
-    try:
-        import pipeline.stages.assemble_helper as helper
-        helper.MIN_IDLE_CPUS = float("-inf")
-    except ImportError:
-        pass
+if sys.argv[2] == "always":  # a second process however busy the machine (either tree)
+    import importlib
+    for name in ("assemble_fork", "assemble_helper"):  # this tree's, or a baseline's
+        try:
+            importlib.import_module(f"pipeline.stages.{name}").MIN_IDLE_CPUS = float("-inf")
+        except ImportError:
+            pass
 from pipeline.stages.study import assemble_study
 cpu0 = time.process_time()
 assemble_study(config)
 own = time.process_time() - cpu0
 status = Path("/proc/self/status").read_text().split("\\n")
 hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-print(json.dumps({"vmhwm_mib": hwm / 1024, "own_cpu_s": own}))
+import resource  # the largest reaped child: assemble's fork (shared pages it touched count)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"vmhwm_mib": hwm / 1024, "own_cpu_s": own, "child_peak_mib": kids}))
 """
 
 
@@ -86,6 +89,7 @@ def run_once(
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "own_cpu_s": child["own_cpu_s"],  # assemble_study in the child itself, no helper
         "peak_mib": child["vmhwm_mib"],
+        "child_peak_mib": child["child_peak_mib"],  # its fork's (or helper's) max RSS
         "load": load,
     }
 
@@ -102,7 +106,7 @@ def main() -> None:
         "--helper",
         choices=("auto", "always"),
         default="auto",
-        help="always: this tree starts its helper process even on a busy machine",
+        help="always: either tree starts its fork (or helper) even on a busy machine",
     )
     args = parser.parse_args()
     trees = {"baseline": args.baseline.resolve(), "this": ROOT}

@@ -75,7 +75,7 @@ def run_study(
     timings = json.loads((out / "logs" / "timings.json").read_text())
     # the stages' info lines go to the run's log files, not to a quiet run's stderr
     logs = done.stderr + "".join(p.read_text() for p in sorted((out / "logs").glob("*.log")))
-    split = re.search(r"\((\d+) rendered by the helper process\)", logs)
+    split = re.search(r"\((\d+) rendered by the (?:helper|forked) process\)", logs)
     return {
         "wall_s": wall,
         "cpu_s": cpu,

@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation import metrics as evaluate
 from pipeline.io import write_parquet
 from pipeline.schema import FORECAST_COLUMNS, FORECAST_DTYPES, conform_forecasts
-from pipeline.stages import chart_fork
+from pipeline.stages import assemble_fork
 from pipeline.stages.assemble import assemble
 
 MODELS = ("ar_qr", "ensemble_nn", "lqr")
@@ -209,139 +209,172 @@ def test_report_references_exactly_the_charts_written(run):
     assert "http://" not in html and "https://" not in html and "<script" not in html
 
 
-def test_the_helper_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """The charts, test tables and decomposition a helper process computes (from the rows
-    handed to it, while the metric tables are computed here) are the bytes an in-process
-    assemble writes: the whole output is. The hand-off file goes with the helper."""
-    import tempfile
-
-    from pipeline.stages import assemble_helper, charts
-
-    digests = run[4]
-    make_run(tmp_path)
-    handoffs = tmp_path.parent / f"{tmp_path.name}-tmp"
-    handoffs.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(handoffs))
-    monkeypatch.setattr(assemble_helper, "RAM_DIR", None)  # the temp dir, not /dev/shm
-    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)  # a helper even for 4 small charts
-    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)  # and for the test tables
-    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
-    finish = charts.ChartRun.finish
-
-    def after_the_helper(self, frame):  # let the helper render all, not this process
-        if self._feeder is not None:
-            self._feeder.join()
-        return finish(self, frame)
-
-    monkeypatch.setattr(charts.ChartRun, "finish", after_the_helper)
-    served = []
-    serve = assemble_helper.Helper.serve
-
-    def recorded(self, table):
-        serve(self, table)
-        served.append(Path(self.identity[0]))
-
-    monkeypatch.setattr(assemble_helper.Helper, "serve", recorded)
-    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
-        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    assert "(4 rendered by the helper process)" in caplog.text
-    assert _digests(tmp_path) == digests
-    assert len(served) == 1 and served[0].parent == handoffs
-    assert not list(handoffs.iterdir())
-
-
-def test_a_helper_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
-    """Killed (for memory, say) before it does anything: assemble does its work itself."""
+def _forks_seen(monkeypatch, kill: bool = False) -> list[int]:
+    """Every fork assemble makes from now on (their pids), each killed at birth if `kill`,
+    and the fork made however busy the machine."""
     import os
     import signal
 
-    from pipeline.stages import assemble_helper, charts
+    from pipeline.stages import assemble_fork
 
-    make_run(tmp_path)
-    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)
-    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)
-    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
+    monkeypatch.setattr(assemble_fork, "MIN_IDLE_CPUS", float("-inf"))  # however busy
+    monkeypatch.setattr(assemble_fork, "cpus", lambda: 2)
+    pids: list[int] = []
 
-    class Doomed(assemble_helper.Helper):
-        def __init__(self, *args):
-            super().__init__(*args)
-            pid = self._pool.submit(os.getpid).result()
-            os.kill(pid, signal.SIGKILL)
+    class Seen(assemble_fork.Fork):
+        def __init__(self, frame):
+            super().__init__(frame)
+            pids.append(self._pid)
+            if kill:
+                os.kill(self._pid, signal.SIGKILL)
 
-    monkeypatch.setattr(assemble_helper, "Helper", Doomed)
-    with caplog.at_level("WARNING", logger="pipeline.stages"):
-        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    assert "the helper process died" in caplog.text
-    assert _digests(tmp_path) == run[4]
+    monkeypatch.setattr(assemble_fork, "Fork", Seen)
+    return pids
 
 
-def test_a_temp_dir_that_cannot_take_the_rows_changes_nothing(run, tmp_path, monkeypatch, caplog):
-    """The helper's rows cannot be written (a full or misplaced temp dir): assemble works
-    alone, the same bytes, and says so in one line."""
-    import tempfile
+def _fork_renders_all(monkeypatch) -> None:
+    """Let the fork render every chart, not this process (finish waits for it first)."""
+    from pipeline.stages import charts
 
-    from pipeline.stages import assemble_helper, charts
-
-    make_run(tmp_path)
-    monkeypatch.setattr(charts, "HELPER_MIN_PANELS", 0)
-    monkeypatch.setattr(assemble_helper, "HELPER_MIN_ROWS", 0)
-    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
-    blocker = tmp_path.parent / f"{tmp_path.name}-file"
-    blocker.write_text("a file, not a folder")
-    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))  # under a file: no dir
-    monkeypatch.setattr(assemble_helper, "RAM_DIR", None)
-    with caplog.at_level("WARNING", logger="pipeline.stages"):
-        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    assert "its rows could not be written" in caplog.text
-    assert _digests(tmp_path) == run[4]
-
-
-@pytest.mark.skipif(not chart_fork.can_fork(), reason="forks on Linux only")
-def test_a_forked_chart_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """A small study's charts, rendered by a fork of assemble's process while the metric tables
-    are computed here, are the bytes an in-process assemble writes: the whole output is."""
-    from pipeline.stages import assemble_helper, charts
-
-    make_run(tmp_path)
-    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))  # however busy
-    monkeypatch.setattr(assemble_helper, "cpus", lambda: 2)
     finish = charts.ChartRun.finish
 
-    def after_the_fork(self, frame):  # let the fork render all, not this process
-        assert self._fork is not None
+    def after_the_fork(self, frame):
         if self._feeder is not None:
             self._feeder.join()
         return finish(self, frame)
 
     monkeypatch.setattr(charts.ChartRun, "finish", after_the_fork)
-    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
-        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    assert "(4 rendered by the helper process)" in caplog.text
-    assert _digests(tmp_path) == run[4]
 
 
-@pytest.mark.skipif(not chart_fork.can_fork(), reason="forks on Linux only")
-def test_a_forked_chart_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
-    """Killed (for memory, say) before its first chart: assemble renders them all itself."""
-    import os
-    import signal
+def _tables_from_the_fork(monkeypatch) -> list[str]:
+    """The names of the test tables that came back from a fork."""
+    from pipeline.stages import assemble as stage
 
-    from pipeline.stages import assemble_helper
+    names: list[str] = []
+    decode = stage.tables_from_ipc
+
+    def recorded(data):
+        tables = decode(data)
+        names.extend(tables)
+        return tables
+
+    monkeypatch.setattr(stage, "tables_from_ipc", recorded)
+    return names
+
+
+@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
+def test_the_fork_at_scale_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
+    """The test tables, decomposition and charts a fork computes (from the rows it shares,
+    while the metric tables are computed here) are the bytes an in-process assemble writes:
+    the whole output is. The fork is gone when assemble returns."""
+    from conftest import process_alive
+
+    from pipeline.stages import assemble as stage
 
     make_run(tmp_path)
-    monkeypatch.setattr(assemble_helper, "MIN_IDLE_CPUS", float("-inf"))
-    monkeypatch.setattr(assemble_helper, "cpus", lambda: 2)
+    monkeypatch.setattr(stage, "FORK_TESTS_MIN_ROWS", 0)  # a fork for the test tables too
+    pids = _forks_seen(monkeypatch)
+    _fork_renders_all(monkeypatch)
+    names = _tables_from_the_fork(monkeypatch)
+    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "(4 rendered by the forked process)" in caplog.text
+    assert set(names) == {"coverage_tests", "coverage_tests_by_country", "mcs",
+                          "pinball_decomposition"}  # fmt: skip
+    assert _digests(tmp_path) == run[4]
+    assert len(pids) == 1 and not process_alive(pids[0])
 
-    class Doomed(chart_fork.ForkedRenderer):
-        def __init__(self, frame):
-            super().__init__(frame)
-            os.kill(self._pid, signal.SIGKILL)
 
-    monkeypatch.setattr(chart_fork, "ForkedRenderer", Doomed)
+@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
+def test_a_fork_at_scale_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
+    """Killed (for memory, say) before it does anything: assemble does its work itself."""
+    from pipeline.stages import assemble as stage
+
+    make_run(tmp_path)
+    monkeypatch.setattr(stage, "FORK_TESTS_MIN_ROWS", 0)
+    pids = _forks_seen(monkeypatch, kill=True)
+    names = _tables_from_the_fork(monkeypatch)
     with caplog.at_level("INFO", logger="pipeline.stages"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    assert "the chart helper process died" in caplog.text
-    assert "(0 rendered by the helper process)" in caplog.text
+    assert "the forked process failed" in caplog.text and names == []
+    assert "(0 rendered by the forked process)" in caplog.text
+    assert _digests(tmp_path) == run[4] and len(pids) == 1
+
+
+def hang(frame, *args):
+    """A fork's test tables that never come (a stuck child)."""
+    import time
+
+    time.sleep(600)
+
+
+@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
+def test_a_fork_that_hangs_is_killed_and_its_work_done_here(run, tmp_path, monkeypatch, caplog):
+    """A child that does not answer in time is killed (no process left behind) and assemble
+    computes the tables and renders the charts itself: the same bytes."""
+    from conftest import process_alive
+
+    from pipeline.stages import assemble as stage
+
+    make_run(tmp_path)
+    monkeypatch.setattr(stage, "FORK_TESTS_MIN_ROWS", 0)
+    monkeypatch.setattr(stage, "test_tables_ipc", hang)  # what the fork is asked to run
+    monkeypatch.setattr(assemble_fork, "REPLY_TIMEOUT_S", 0.5)
+    pids = _forks_seen(monkeypatch)
+    with caplog.at_level("INFO", logger="pipeline.stages"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "the forked process failed" in caplog.text and "no answer in" in caplog.text
+    assert _digests(tmp_path) == run[4]
+    assert len(pids) == 1 and not process_alive(pids[0])
+
+
+@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
+def test_a_failed_assemble_leaves_no_fork_behind(tmp_path, monkeypatch):
+    """assemble fails while its fork computes (here: a chart cannot be drawn): the fork is
+    killed, not waited for, and the error is the caller's."""
+    from conftest import process_alive
+
+    from pipeline.stages import assemble as stage
+    from pipeline.stages import charts
+
+    make_run(tmp_path)
+    monkeypatch.setattr(stage, "FORK_TESTS_MIN_ROWS", 0)
+    monkeypatch.setattr(stage, "test_tables_ipc", hang)
+    pids = _forks_seen(monkeypatch)
+
+    def broken(*args, **kwargs):
+        raise OSError("no room for the charts")
+
+    monkeypatch.setattr(charts, "plan_charts", broken)
+    with pytest.raises(OSError, match="no room for the charts"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert len(pids) == 1 and not process_alive(pids[0])
+
+
+@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
+def test_a_forked_chart_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
+    """A small study's charts, rendered by a fork of assemble's process while the metric tables
+    are computed here, are the bytes an in-process assemble writes: the whole output is."""
+    make_run(tmp_path)
+    pids = _forks_seen(monkeypatch)
+    _fork_renders_all(monkeypatch)
+    names = _tables_from_the_fork(monkeypatch)
+    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "(4 rendered by the forked process)" in caplog.text
+    assert names == []  # few rows: the test tables computed here
+    assert _digests(tmp_path) == run[4] and len(pids) == 1
+
+
+@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
+def test_a_forked_chart_process_that_dies_changes_nothing(run, tmp_path, monkeypatch, caplog):
+    """Killed (for memory, say) before its first chart: assemble renders them all itself."""
+    make_run(tmp_path)
+    _forks_seen(monkeypatch, kill=True)
+    with caplog.at_level("INFO", logger="pipeline.stages"):
+        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
+    assert "the forked process died" in caplog.text
+    assert "(0 rendered by the forked process)" in caplog.text
     assert _digests(tmp_path) == run[4]
 
 

@@ -52,12 +52,13 @@ from pipeline.schema import (
     TIME,
     conform_forecasts,
 )
-from pipeline.stages import assemble_helper
+from pipeline.stages import assemble_fork
 from pipeline.stages import charts as chart_stage
 from pipeline.stages.assemble_tables import (
     arrow_table,
-    coverage_test_tables,
-    decomposition_table,
+    tables_from_ipc,
+    test_tables,
+    test_tables_ipc,
     write_forecast_tables,
     write_plot_data,
 )
@@ -66,6 +67,10 @@ from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
 
 log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes
+# Forecast rows from which a fork computes the coverage tests, the MCS and the decomposition
+# (about 0.5 CPU-s at this size, 5 at 3M rows) while this process writes the forecast tables
+# and computes the metric tables; below, the fork (if any) renders charts only.
+FORK_TESTS_MIN_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ def assemble(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    idle = assemble_helper.IdleMeter()  # is a core free for a helper process? (below)
+    idle = assemble_fork.IdleMeter()  # is a core free for a fork? (below)
     frame = read_forecasts(output_dir)
     targets = sorted(frame["TARGET"].dropna().unique().tolist())
     if targets and targets != [target]:
@@ -148,43 +153,40 @@ def assemble(
         _check_name("MODEL", model)  # before anything is written
     fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
-    # a helper process (the second core, handed these rows) renders the charts and, at scale,
-    # computes the test tables and the decomposition while this one writes the forecast
-    # tables and computes the metric tables: at scale it is handed the rows now
-    helper_tests = len(frame) >= assemble_helper.HELPER_MIN_ROWS
-    helper = assemble_helper.start(idle) if helper_tests else None
-    helped: dict[str, Future[Any]] = {}
+    # a fork of this process (the second core, the rows shared copy-on-write) computes the
+    # test tables and the decomposition at scale, then renders charts, while this one writes
+    # the forecast tables and computes the metric tables
+    fork = None
+    tests: Future[bytes] | None = None
+    if len(frame) >= FORK_TESTS_MIN_ROWS:
+        fork = assemble_fork.start(frame, idle, "the test tables and charts")
+    if fork is not None:
+        # ~20x the idle machine's time: only a stuck child waits this long (then done here)
+        timeout = max(assemble_fork.REPLY_TIMEOUT_S, len(frame) * 20e-6)
+        tests = fork.submit_async(test_tables_ipc, *mcs, timeout_s=timeout)
+    charts = None
     try:
-        whole = arrow_table(frame)
-        helper = _hand_over(helper, whole)
-        if helper is not None:
-            helped["tests"] = helper.submit(coverage_test_tables, *mcs)
-            helped["decomposition"] = helper.submit(decomposition_table)
-        written = write_forecast_tables(fdir, whole, frame, missing)
-        del whole
         charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
-    except BaseException:
-        if helper is not None:
-            helper.close()
-        raise
-    forecast_files = written[:-2]
-    try:
-        if helper is None and charts.wants_helper():
-            helper = assemble_helper.start(idle)
-            helper = _hand_over(helper, arrow_table(frame)) if helper else None
-        if helper is not None and charts.stale_panels:  # one started for the tests too
-            charts.start(helper)
-        elif helper is None:  # a small study's charts: a fork of this process takes some
+        if fork is not None:  # queued now: the fork takes them as soon as its tables are done
+            charts.start(fork)
+        written = write_forecast_tables(fdir, arrow_table(frame), frame, missing)
+        forecast_files = written[:-2]
+        if fork is None:  # charts only: a fork of this process takes some where they are a few
             charts.start_forked(frame, idle)
         tables, metric_files = _write_metrics(
-            output_dir, frame, missing, n_unexpected, benchmark, mcs, helped
+            output_dir, frame, missing, n_unexpected, benchmark, mcs, tests
         )
         written += metric_files
         images = charts.finish(frame)
+    except BaseException:
+        if fork is not None:
+            fork.abort()  # first: the chart feeder may be waiting on it
+        raise
     finally:
-        charts.close()
-        if helper is not None:
-            helper.close()
+        if charts is not None:
+            charts.close()
+        if fork is not None:
+            fork.close()
     written += [rdir / image.src for image in images]
 
     # --- report ----------------------------------------------------------------------------
@@ -227,30 +229,23 @@ def _write_metrics(
     n_unexpected: int,
     benchmark: str,
     mcs: tuple[float, int, int],
-    helped: dict[str, Future[Any]] | None = None,
+    tests: Future[bytes] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[Path]]:
     """metrics*.json, the parquet metric tables and the dvc plot data; the coverage test
-    tables and the decomposition from `helped` ("tests", "decomposition": the helper's
-    `coverage_test_tables` and `decomposition_table`) where given."""
+    tables and the decomposition from `tests` (the fork's `test_tables_ipc`) where given."""
     from threadpoolctl import threadpool_limits
 
-    helped = helped or {}
     with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
         scoring = evaluate.compact_frame(frame)
         tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
         metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
     size = mcs[0]
-    tests = _helped(helped.get("tests"), "the coverage tests")
-    if tests is None:
-        tests = coverage_test_tables(scoring, *mcs)
-    decomposed = _helped(helped.get("decomposition"), "the pinball decomposition")
-    if decomposed is None:
-        decomposed = decomposition_table(scoring)
-    tests["pinball_decomposition"] = decomposed
+    tested = _forked(tests)
+    tests_tables = test_tables(scoring, *mcs) if tested is None else tables_from_ipc(tested)
     metrics["fits"] = {"rows": len(frame), "missing": len(missing), "unexpected": n_unexpected}
-    metrics.update(metrics_json.test_metrics(tests, size))
-    tables.update(tests)
+    metrics.update(metrics_json.test_metrics(tests_tables, size))
+    tables.update(tests_tables)
     write_json(output_dir / "metrics.json", metrics)
     summary = metrics_json.summary_metrics(scoring, benchmark, tables=tables)
     del scoring
@@ -269,27 +264,14 @@ def _write_metrics(
     return tables, paths
 
 
-def _hand_over(helper: assemble_helper.Helper | None, rows: Any) -> assemble_helper.Helper | None:
-    """The helper, handed `rows` (`arrow_table(frame)`); None where they cannot be written to
-    the temp dir (full, say): the helper closed, assemble works alone."""
-    try:
-        if helper is not None:
-            helper.serve(rows)
-    except OSError as error:
-        log.warning("assemble: no helper process (its rows could not be written: %s)", error)
-        helper.close()
-        return None
-    return helper
-
-
-def _helped(future: Future[Any] | None, what: str) -> Any:
-    """The helper's result, or None where it has none (none asked, or the helper died)."""
+def _forked(future: Future[bytes] | None) -> bytes | None:
+    """The fork's answer, or None where it has none (none asked, or it died or hung)."""
     if future is None:
         return None
     try:
         return future.result()
-    except BrokenProcessPool:  # the helper died (killed for memory?): the caller computes it
-        log.warning("assemble: the helper process died; %s run here", what)
+    except BrokenProcessPool as exc:  # killed for memory, say: computed here instead
+        log.warning("assemble: the forked process failed (%s); the test tables computed here", exc)
         return None
 
 

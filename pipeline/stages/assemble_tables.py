@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def coverage_test_tables(
     frame: pd.DataFrame, size: float, reps: int, seed: int
 ) -> dict[str, pd.DataFrame]:
     """Coverage tests (pooled, by country) and the MCS of a forecast table (here, or in the
-    helper process: the same function on the same rows)."""
+    fork of assemble: the same function on the same rows)."""
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: the matrices are small (6 columns), and two spinning BLAS threads on a
@@ -74,11 +75,54 @@ def coverage_test_tables(
 
 
 def decomposition_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The pinball decomposition of a forecast table (here, or in the helper process)."""
+    """The pinball decomposition of a forecast table (here, or in the fork of assemble)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         return decomposition.pinball_decomposition(evaluate.compact_frame(frame))
+
+
+def test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
+    """`coverage_test_tables` and, as "pinball_decomposition", `decomposition_table`: what
+    assemble's fork computes at scale (`test_tables_ipc`), else this process."""
+    scoring = evaluate.compact_frame(frame)  # once for both (each makes one if not given)
+    tables = coverage_test_tables(scoring, size, reps, seed)
+    tables["pinball_decomposition"] = decomposition_table(scoring)
+    return tables
+
+
+def test_tables_ipc(frame: pd.DataFrame, size: float, reps: int, seed: int) -> bytes:
+    """`test_tables` as bytes (in assemble's fork: `tables_from_ipc` reads them back)."""
+    return tables_to_ipc(test_tables(frame, size, reps, seed))
+
+
+def tables_to_ipc(tables: dict[str, pd.DataFrame]) -> bytes:
+    """Named frames as one Arrow IPC stream each (pandas' metadata kept: index and dtypes
+    come back as they were, so the tables written are the same bytes), behind a JSON header of
+    names and sizes."""
+    import pyarrow as pa
+
+    bodies = []
+    for table in tables.values():
+        arrow = pa.Table.from_pandas(table, preserve_index=None)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, arrow.schema) as writer:
+            writer.write_table(arrow)
+        bodies.append(sink.getvalue().to_pybytes())
+    header = json.dumps([[name, len(body)] for name, body in zip(tables, bodies, strict=True)])
+    return b"".join([len(header).to_bytes(8, "little"), header.encode(), *bodies])
+
+
+def tables_from_ipc(data: bytes) -> dict[str, pd.DataFrame]:
+    """The frames `tables_to_ipc` encoded, in order."""
+    import pyarrow as pa
+
+    size = int.from_bytes(data[:8], "little")
+    at, tables = 8 + size, {}
+    for name, length in json.loads(data[8:at]):
+        tables[name] = pa.ipc.open_stream(data[at : at + length]).read_all().to_pandas()
+        at += length
+    return tables
 
 
 def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:

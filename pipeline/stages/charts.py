@@ -10,13 +10,12 @@ hash, so the outputs are the same bytes as a full render (PNGs are deterministic
 software metadata). Under `dvc repro` assemble's outputs are deleted before it runs, so every
 chart is rendered there.
 
-`plan_charts` decides what to render. Where assemble's helper process runs (the coverage
-tests at scale, or where no fork is possible), `ChartRun.start` hands the stale charts to it
-(stages/assemble_helper.py: it renders from the rows assemble hands it); else
-`ChartRun.start_forked` hands them to a fork of this process (stages/chart_fork.py: it holds the
-frame already). Either returns PNG bytes; this process owns the files and writes them.
-`ChartRun.finish`, called after the metric tables, renders here what the other process has
-not started, from the end of the queue, then collects its PNGs: the same bytes as rendering
+`plan_charts` decides what to render. A fork of assemble's process (stages/assemble_fork.py:
+it holds the frame already) renders some of the stale charts on the second core: the one
+assemble made for its test tables at scale (`ChartRun.start`), else one made for the charts
+(`ChartRun.start_forked`). It returns PNG bytes; this process owns the files and writes them.
+`ChartRun.finish`, called after the metric tables, renders here what the fork has not
+started, from the end of the queue, then collects its PNGs: the same bytes as rendering
 everything here (tests/test_assemble.py).
 """
 
@@ -40,18 +39,13 @@ from pipeline.evaluation import plot_style, plots
 from pipeline.evaluation.calibration import CAL_SUFFIX
 from pipeline.evaluation.report import ReportImage
 from pipeline.io import atomic_path, read_json, stable_hash, write_json
-from pipeline.stages import assemble_helper, chart_fork
-from pipeline.stages.assemble_helper import Helper
+from pipeline.stages import assemble_fork
+from pipeline.stages.assemble_fork import Fork
 
 log = logging.getLogger("pipeline.stages.assemble")
 MANIFEST = Path("logs") / "charts.json"
-# Panels (a fan chart has one per model, a metric chart two) from which the charts go to
-# assemble's helper process where no fork takes them (`wants_helper`): below, a helper's start
-# (a Python with pandas and matplotlib, ~1.2 CPU-s) would cost more than it saves; the seed
-# study's 18 charts have about 100 panels.
-HELPER_MIN_PANELS = 40
-# Stale charts from which a fork of this process (chart_fork.py: a few milliseconds to start)
-# renders some of them, when a core is idle.
+# Stale charts from which a fork of this process (assemble_fork.py: a few milliseconds to
+# start) renders some of them, when a core is idle.
 FORK_MIN_CHARTS = 2
 
 
@@ -59,7 +53,7 @@ FORK_MIN_CHARTS = 2
 class _Chart:
     src: str  # relative to reports/
     kind: str  # "pinball", "coverage", "reliability" or "fan"
-    args: dict[str, Any]  # JSON values: part of the input hash, and what the helper is sent
+    args: dict[str, Any]  # JSON values: part of the input hash, and what the fork is sent
     inputs: str  # the input hash
     panels: int  # a rough cost
 
@@ -79,10 +73,10 @@ def figure(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence
 
 
 class ChartRun:
-    """The charts of one assemble: planned by `plan_charts`, handed to the helper by `start`,
+    """The charts of one assemble: planned by `plan_charts`, handed to a fork by `start`,
     written by `finish`. `close` stops the feeding; `finish` calls it, a failed assemble must.
 
-    The stale charts wait in one queue: a feeder thread hands the helper one at a time from
+    The stale charts wait in one queue: a feeder thread hands the fork one at a time from
     the front (waiting on it holds no GIL), `finish` renders here from the back, so both end
     together whatever the machine's load."""
 
@@ -100,48 +94,27 @@ class ChartRun:
         self._queue = collections.deque(stale)
         self._lock = threading.Lock()
         self._pngs: dict[str, bytes] = {}
-        self._by_helper = 0
+        self._by_fork = 0
         self._error: BaseException | None = None
         self._feeder: threading.Thread | None = None
-        self._fork: chart_fork.ForkedRenderer | None = None
+        self._fork: Fork | None = None  # made by start_forked (closed by close)
 
-    @property
-    def stale_panels(self) -> int:
-        """The panels to render (a rough cost: `HELPER_MIN_PANELS`)."""
-        return sum(c.panels for c in self._stale)
-
-    def start(self, helper: Helper | chart_fork.ForkedRenderer) -> None:
-        """Let `helper` render the stale charts from the front of the queue meanwhile."""
-        self._feeder = threading.Thread(target=self._feed, args=(helper,), daemon=True)
+    def start(self, fork: Fork) -> None:
+        """Let `fork` render the stale charts from the front of the queue meanwhile."""
+        self._feeder = threading.Thread(target=self._feed, args=(fork,), daemon=True)
         self._feeder.start()
 
-    def wants_helper(self) -> bool:
-        """Whether assemble's helper process is worth starting for the stale charts alone:
-        they are many and this process cannot fork (else a fork takes some, `start_forked`:
-        no Python to start, no second read of the rows). A helper that runs anyway (the
-        coverage tests at scale) takes them whatever their number."""
-        return self.stale_panels >= HELPER_MIN_PANELS and not chart_fork.can_fork()
-
-    def start_forked(self, frame: pd.DataFrame, idle: assemble_helper.IdleMeter) -> None:
+    def start_forked(self, frame: pd.DataFrame, idle: assemble_fork.IdleMeter) -> None:
         """Let a fork of this process render stale charts from the front of the queue
         meanwhile (it holds `frame`), when there are a few and a second core was idle since
         `idle` was made; closed by `close`."""
-        if len(self._queue) < FORK_MIN_CHARTS or not chart_fork.can_fork():
+        if len(self._queue) < FORK_MIN_CHARTS:
             return
-        if assemble_helper.cpus() < 2:
-            return
-        free = idle.idle_cpus()
-        if free < assemble_helper.MIN_IDLE_CPUS:
-            log.info("assemble: no chart process (%.1f CPUs idle)", free)
-            return
-        try:
-            self._fork = chart_fork.ForkedRenderer(frame)
-        except OSError as exc:  # no memory or no process left for a fork: all rendered here
-            log.info("assemble: no chart process (%s)", exc)
-            return
-        self.start(self._fork)
+        self._fork = assemble_fork.start(frame, idle, "the charts")
+        if self._fork is not None:
+            self.start(self._fork)
 
-    def _feed(self, helper: Helper | chart_fork.ForkedRenderer) -> None:
+    def _feed(self, fork: Fork) -> None:
         chart = None
         try:
             while True:
@@ -149,13 +122,13 @@ class ChartRun:
                     if not self._queue:
                         return
                     chart = self._queue.popleft()
-                png = helper.submit(render_png, chart.kind, chart.args, self._order).result()
+                png = fork.submit(render_png, chart.kind, chart.args, self._order).result()
                 with self._lock:
                     self._pngs[chart.src] = png
-                    self._by_helper += 1
+                    self._by_fork += 1
                 chart = None
-        except BrokenProcessPool:  # the helper died (killed for memory?): finish renders it
-            log.warning("assemble: the chart helper process died; rendering its charts here")
+        except BrokenProcessPool:  # the fork died (killed for memory?): finish renders it
+            log.warning("assemble: the forked process died; rendering its charts here")
         except BaseException as exc:  # re-raised by finish, in the caller's thread
             self._error = exc
         if chart is not None:
@@ -167,7 +140,7 @@ class ChartRun:
             return self._queue.pop() if self._queue else None
 
     def finish(self, frame: pd.DataFrame) -> list[ReportImage]:
-        """Render what is stale (here, or collect it from the helper), write the PNGs and
+        """Render what is stale (here, or collect it from the fork), write the PNGs and
         the manifest; the report's images."""
         # The metric charts read the metric columns only, MODEL and COUNTRY as codes, as the
         # metric tables do: their COVID split then copies those, not every string column (at
@@ -184,10 +157,10 @@ class ChartRun:
 
         while (chart := self._take_last()) is not None:
             self._pngs[chart.src] = render(chart)
-        self.close()  # waits for the helper's last chart
+        self.close()  # waits for the fork's last chart
         if self._error is not None:
             raise self._error
-        while (chart := self._take_last()) is not None:  # one the helper gave back
+        while (chart := self._take_last()) is not None:  # one the fork gave back
             self._pngs[chart.src] = render(chart)
         compact.clear()
         rdir, pngs = self._output_dir / "reports", self._pngs
@@ -201,12 +174,12 @@ class ChartRun:
             else:
                 new[chart.src] = self._old[chart.src]
         write_json(self._output_dir / MANIFEST, new)
-        log.info("assemble: %d charts rendered, %d unchanged (%d rendered by the helper process)",
-                 len(self._stale), len(self._charts) - len(self._stale), self._by_helper)  # fmt: skip
+        log.info("assemble: %d charts rendered, %d unchanged (%d rendered by the forked process)",
+                 len(self._stale), len(self._charts) - len(self._stale), self._by_fork)  # fmt: skip
         return self._images
 
     def close(self) -> None:
-        """Stop feeding the helper after its current chart (what it has not started renders
+        """Stop feeding the fork after its current chart (what it has not started renders
         in `finish`, or not at all after a failure)."""
         if self._feeder is not None:
             with self._lock:
@@ -268,13 +241,13 @@ def plan_charts(
         caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
         images.append(ReportImage(src, caption, evaluate.horizon_label(h)))
     stale = [c for c in charts if not _unchanged(output_dir / "reports" / c.src, c, old)]
-    # the costliest first: the helper takes the queue from the front, finish() from the end
+    # the costliest first: the fork takes the queue from the front, finish() from the end
     stale.sort(key=lambda c: -c.panels)
     return ChartRun(output_dir, charts, stale, images, old, order)
 
 
 def render_png(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence[str]) -> bytes:
-    """One chart's PNG bytes (here or in the helper)."""
+    """One chart's PNG bytes (here or in the fork)."""
     return plots.png_bytes(figure(frame, kind, args, order))
 
 

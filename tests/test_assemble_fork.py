@@ -1,6 +1,6 @@
-"""The forked chart process (stages/chart_fork.py): it runs functions on the frame it was
-forked with, says when it died or failed, and does not outlive a killed assemble (SIGKILL, as
-the resume tests do), so the output dir's lock goes with the run."""
+"""assemble's fork (stages/assemble_fork.py): it runs functions on the frame it was forked
+with, says when it died, failed or hung (then it is killed), and does not outlive a killed
+assemble (SIGKILL, as the resume tests do), so the output dir's lock goes with the run."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from conftest import process_alive
 
-from pipeline.stages import chart_fork
-from pipeline.stages.chart_fork import ForkedRenderer
+from pipeline.stages import assemble_fork
+from pipeline.stages.assemble_fork import Fork
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not chart_fork.can_fork(), reason="forks on Linux only")
+pytestmark = pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
 
 
 def describe(frame: pd.DataFrame, column: str, times: int) -> bytes:
@@ -33,9 +33,14 @@ def fail(frame: pd.DataFrame) -> bytes:
     raise ValueError(f"no chart for {len(frame)} rows")
 
 
+def stall(frame: pd.DataFrame, seconds: float) -> bytes:
+    time.sleep(seconds)
+    return str(os.getpid()).encode()
+
+
 def test_the_child_answers_from_the_frame_it_was_forked_with():
     frame = pd.DataFrame({"MODEL": ["ar_qr", "rw"]})
-    renderer = ForkedRenderer(frame)
+    renderer = Fork(frame)
     try:
         frame.loc[0, "MODEL"] = "changed here"  # the child has its own copy
         first = renderer.submit(describe, "MODEL", 1).result().decode()
@@ -54,12 +59,40 @@ def test_the_child_answers_from_the_frame_it_was_forked_with():
 
 
 def test_a_dead_child_is_reported_not_waited_for():
-    renderer = ForkedRenderer(pd.DataFrame({"MODEL": ["ar_qr"]}))
+    renderer = Fork(pd.DataFrame({"MODEL": ["ar_qr"]}))
     try:
         pid = int(renderer.submit(describe, "MODEL", 1).result().decode().split(":")[0])
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(BrokenProcessPool, match="died"):
             renderer.submit(describe, "MODEL", 1).result()
+    finally:
+        renderer.close()
+
+
+def test_a_child_that_hangs_is_killed():
+    renderer = Fork(pd.DataFrame({"MODEL": ["ar_qr"]}))
+    pid = renderer._pid
+    try:
+        with pytest.raises(BrokenProcessPool, match="no answer in"):
+            renderer.submit(stall, 60, timeout_s=0.3).result()
+        assert not process_alive(pid)
+        with pytest.raises(BrokenProcessPool, match="closed"):  # later requests: done here
+            renderer.submit(describe, "MODEL", 1).result()
+    finally:
+        renderer.close()
+
+
+def test_an_async_request_is_answered_and_abort_kills_the_child():
+    renderer = Fork(pd.DataFrame({"MODEL": ["ar_qr"]}))
+    try:
+        slow = renderer.submit_async(stall, 0.2)  # answered while this thread goes on
+        pid = int(slow.result(timeout=30))
+        assert pid != os.getpid() and renderer.submit(stall, 0).result() == str(pid).encode()
+        stuck = renderer.submit_async(stall, 60)
+        renderer.abort()  # does not wait the minute
+        with pytest.raises(BrokenProcessPool):
+            stuck.result(timeout=30)
+        assert not process_alive(pid)
     finally:
         renderer.close()
 
@@ -72,14 +105,14 @@ def test_the_child_dies_with_a_killed_assemble(tmp_path):
             """
             import time
             import pandas as pd
-            from pipeline.stages.chart_fork import ForkedRenderer
+            from pipeline.stages.assemble_fork import Fork
 
             def pid(frame):
                 import os
                 return str(os.getpid()).encode()
 
             if __name__ == "__main__":
-                renderer = ForkedRenderer(pd.DataFrame({"MODEL": ["a"]}))
+                renderer = Fork(pd.DataFrame({"MODEL": ["a"]}))
                 print(renderer.submit(pid).result().decode(), flush=True)
                 time.sleep(60)
             """
