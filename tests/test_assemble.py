@@ -263,24 +263,27 @@ def _tables_from_the_fork(monkeypatch) -> list[str]:
 
 
 @pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
-def test_the_fork_at_scale_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """The test tables, decomposition and charts a fork computes (from the rows it shares,
-    while the metric tables are computed here) are the bytes an in-process assemble writes:
-    the whole output is. The fork is gone when assemble returns."""
+@pytest.mark.parametrize("at_scale", [True, False], ids=["tests-and-charts", "charts-only"])
+def test_the_fork_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog, at_scale):
+    """What a fork of assemble's process computes while the metric tables are computed here
+    (at scale the test tables, decomposition and charts from the rows it shares; in a small
+    study only the charts) is the bytes an in-process assemble writes: the whole output is.
+    The fork is gone when assemble returns."""
     from conftest import process_alive
 
     from pipeline.stages import assemble as stage
 
     make_run(tmp_path)
-    monkeypatch.setattr(stage, "FORK_TESTS_MIN_ROWS", 0)  # a fork for the test tables too
+    if at_scale:
+        monkeypatch.setattr(stage, "FORK_TESTS_MIN_ROWS", 0)  # a fork for the test tables too
     pids = _forks_seen(monkeypatch)
     _fork_renders_all(monkeypatch)
     names = _tables_from_the_fork(monkeypatch)
     with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert "(4 rendered by the forked process)" in caplog.text
-    assert set(names) == {"coverage_tests", "coverage_tests_by_country", "mcs",
-                          "pinball_decomposition"}  # fmt: skip
+    tables = {"coverage_tests", "coverage_tests_by_country", "mcs", "pinball_decomposition"}
+    assert (set(names) == tables) if at_scale else (names == [])  # few rows: tables here
     assert _digests(tmp_path) == run[4]
     assert len(pids) == 1 and not process_alive(pids[0])
 
@@ -349,21 +352,6 @@ def test_a_failed_assemble_leaves_no_fork_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="no room for the charts"):
         assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
     assert len(pids) == 1 and not process_alive(pids[0])
-
-
-@pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
-def test_a_forked_chart_process_gives_the_same_bytes(run, tmp_path, monkeypatch, caplog):
-    """A small study's charts, rendered by a fork of assemble's process while the metric tables
-    are computed here, are the bytes an in-process assemble writes: the whole output is."""
-    make_run(tmp_path)
-    pids = _forks_seen(monkeypatch)
-    _fork_renders_all(monkeypatch)
-    names = _tables_from_the_fork(monkeypatch)
-    with caplog.at_level("INFO", logger="pipeline.stages.assemble"):
-        assemble(tmp_path, "prc_hicp_manr_CP00", fan_countries=("DE",))
-    assert "(4 rendered by the forked process)" in caplog.text
-    assert names == []  # few rows: the test tables computed here
-    assert _digests(tmp_path) == run[4] and len(pids) == 1
 
 
 @pytest.mark.skipif(not assemble_fork.can_fork(), reason="forks on Linux only")
