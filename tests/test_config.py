@@ -189,3 +189,45 @@ def test_write_config_is_complete_and_refuses_to_overwrite(tmp_path):
         text=True,
     )
     assert again.returncode == 2 and target.read_text() == before
+
+
+def _month_as_pandas_reads_it(value, key):
+    """The date check as it was (pd.Timestamp for every value): the reference."""
+    import pandas as pd
+
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(key, "a date like '2018-01-01'", value) from None
+    if stamp != stamp.to_period("M").to_timestamp():
+        raise ConfigError(key, "the first day of a month, like '2018-01-01'", value)
+    return stamp.year * 12 + stamp.month - 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2018-01-01", "2018-12-01", "1678-01-01", "2261-12-01", "2262-04-01", "1500-01-01",
+        "9999-12-01", "0000-01-01", "2018-01-15", "2018-02-30", "2018-13-01", "2018-00-01",
+        "2018-01-00", "2018-01", "2018-1-1", "20180101", "Jan 2018", "2018-01-01T00:00",
+        "2018-01-01T12:00", "2018-01-01 ", " 2018-01-01", "2018/01/01", "٢٠١٨-٠١-٠١", "soon", "2018-01-01x",
+    ],
+)  # fmt: skip
+def test_dates_are_read_as_pandas_reads_them_without_importing_it_for_iso_days(value):
+    """Config validation reads an ISO day itself (no pandas import on every run's start) and
+    hands any other spelling to pandas: the same dates accepted, the same exit-2 messages."""
+    from pipeline.config.semantics import _month
+
+    def outcome(check):
+        try:
+            return check(value, "rolling_window.start_date")
+        except ConfigError as error:
+            return str(error)
+
+    assert outcome(_month) == outcome(_month_as_pandas_reads_it)
+
+
+@pytest.mark.parametrize("value", ["", "NaT", "nat"])
+def test_an_empty_date_is_a_config_error_not_a_traceback(value):
+    with pytest.raises(ConfigError, match=r"rolling_window\.start_date.*a date like"):
+        compose_config([f"rolling_window.start_date='{value}'"])

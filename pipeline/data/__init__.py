@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError
 from pipeline.data.files import ReadLimits, check_source
-from pipeline.data.tidy import check_tidy, parse_months
-from pipeline.data.values import to_numeric_columns
 from pipeline.schema import COUNTRY, TIME
+
+if TYPE_CHECKING:  # the loaders import it: check_data_path and DataError need no pandas
+    import pandas as pd
 
 __all__ = ["DataError", "check_data_path", "load_raw"]
 
 
 def load_raw(data: DataConfig, root: Path, seed: int = 0) -> pd.DataFrame:
     """Load the configured source as a checked tidy frame. Relative paths resolve against `root`."""
+    from pipeline.data.tidy import check_tidy
+
     if data.source == "synthetic":
         from pipeline.data.synthetic import generate_panel
 
@@ -54,6 +56,9 @@ def read_limits(data: DataConfig, where: str) -> ReadLimits:
     """data.max_file_mb, and the checks every chunk of a file passes as it streams: months in
     TIME, and (with data.non_numeric=error) numbers in the study's value columns, so a bad
     file fails at its first bad chunk, not after the whole file is in memory."""
+    from pipeline.data.tidy import parse_months
+    from pipeline.data.values import to_numeric_columns
+
     columns = [data.target, *data.features]
 
     def check(chunk: pd.DataFrame) -> None:

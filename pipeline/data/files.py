@@ -22,10 +22,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.data.errors import DataError
+
+if TYPE_CHECKING:  # imported by the readers: check_source (every run's start) needs no pandas
+    import pandas as pd
 
 CHUNK_ROWS = 50_000
 MAX_LINE_BYTES = 1 << 20  # no line of a monthly panel comes near 1 MiB
@@ -135,6 +137,8 @@ def read_prefix(path: Path, size: int = SNIFF_BYTES) -> bytes:
 
 def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
     """Every cell as a string; an empty cell is missing. Compressed files (.gz) are read as is."""
+    import pandas as pd
+
     check_source(path, limits)
     chunks = []
     try:
@@ -168,6 +172,7 @@ def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
 
 
 def read_parquet_file(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
+    import pandas as pd
     import pyarrow as pa
 
     check_source(path, limits)

@@ -12,7 +12,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.config import StudyConfig
 from pipeline.models.plugins.registry import adapter_for
@@ -28,7 +27,9 @@ from pipeline.runtime.store.fit_cache import Entry, FitCache
 from pipeline.runtime.store.progress import ProgressStore
 from pipeline.runtime.ui.logs import ProgressReporter
 
-if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
+if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
+    import pandas as pd
+
     from pipeline.runtime.execute.shared_cluster import SharedCluster
 
 log = logging.getLogger("pipeline.train")

@@ -11,14 +11,16 @@ values) are made one chunk at a time, so a chunk's strings are the only ones ali
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.runtime.fits.fit_groups import FitGroup, expand
 from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
+
+if TYPE_CHECKING:  # imported where the table is built: importing train (a no-op run) needs none
+    import pandas as pd
 
 CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
 
@@ -36,6 +38,7 @@ def forecast_chunks(
     """The forecast table of the fits marked in `have` (per group, (F,) bool), with per group
     `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables (forecast_arrow_schema)
     in FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`."""
+    import pandas as pd
     import pyarrow as pa
 
     qs = np.asarray(config.data.quantiles, dtype=np.float64)
@@ -109,6 +112,8 @@ def _sort_order(*columns: np.ndarray) -> np.ndarray:
 
 def _names(groups: Sequence[FitGroup]) -> np.ndarray:
     """Every forecast-row country of the groups, sorted (the order of COUNTRY in the sort)."""
+    import pandas as pd
+
     seen: set[str] = set()
     for g in groups:
         seen.update(str(c) for c in pd.unique(g.countries.ravel()))

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits import plan_cache
 from pipeline.runtime.fits.fit_groups import FitGroup, build_groups, group_facts, plan_parts
+
+if TYPE_CHECKING:  # imported where a panel is hashed: one_plan_per_run (every run) needs none
+    import pandas as pd
 
 _memo: dict[tuple[str, str, str], list[FitGroup]] | None = None
 
@@ -45,6 +46,8 @@ def release_plans() -> None:
 
 def panel_digest(panel: pd.DataFrame) -> str:
     """sha256 over the panel's column names and values (milliseconds for a large panel)."""
+    import pandas as pd
+
     digest = hashlib.sha256("|".join(map(str, panel.columns)).encode())
     digest.update(pd.util.hash_pandas_object(panel, index=False).to_numpy().tobytes())
     return digest.hexdigest()

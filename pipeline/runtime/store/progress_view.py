@@ -7,10 +7,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.io import atomic_path
 from pipeline.runtime.fits.fit_groups import expand_rows
@@ -21,6 +20,9 @@ from pipeline.runtime.store.progress_format import (
     GroupState,
     load_groups,
 )
+
+if TYPE_CHECKING:  # imported where a frame is made: counts (monitor, a no-op run) need none
+    import pandas as pd
 
 # the export's columns (the seed's one row per forecast), in order, and their types
 ROW_COLUMNS = (
@@ -289,6 +291,8 @@ class _Side:
 
 def side_tables(conn: sqlite3.Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(tasks, errors) indexed by id, the columns rows_frame reads."""
+    import pandas as pd
+
     tasks = pd.read_sql_query(
         "SELECT id, worker, started, finished, seconds, peak_mb FROM tasks", conn, index_col="id"
     )
@@ -305,6 +309,8 @@ def connect_ro(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
 
 def read_table(path: str | Path, table: str) -> pd.DataFrame:
     """One table of the store; "progress" is the per-row view derived from the groups."""
+    import pandas as pd
+
     names = ("progress", "errors", "runs", "tasks")
     if table not in names:
         raise ValueError(f"table must be one of {list(names)}; got {table!r}")
