@@ -169,14 +169,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from pipeline.sweep import run_multirun
 
         return run_multirun(forgiving_overrides(overrides))
-    from pipeline.stages import probe_process
+    from pipeline.runtime.sizing.probe_cache import cache_is_empty
 
-    if not (args.dry_run or args.write_config):  # the first study on this machine: its
-        probe_process.start_speculative()  # probe's child imports while the config is made
+    # the first study on this machine: its probe's child imports while the config is made
+    # (probe_process, with the child's and the plan's modules, imported only then)
+    speculative = not (args.dry_run or args.write_config) and cache_is_empty()
+    if speculative:
+        from pipeline.stages import probe_process
+
+        probe_process.start_speculative()
     try:
         return _compose_and_run(args, overrides)
     finally:
-        probe_process.discard_early()  # one the run did not take (a bad config, say)
+        if speculative:  # one the run did not take (a bad config, say)
+            probe_process.discard_early()
 
 
 def _compose_and_run(args: argparse.Namespace, overrides: list[str]) -> int:
