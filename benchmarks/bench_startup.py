@@ -41,6 +41,7 @@ from study_overrides import AR_QR_ONLY, QUIET
 ROOT = Path(__file__).resolve().parents[1]
 COUNTRIES = ["DE", "FR", "IT"]
 DASK = str(Path(sys.executable).with_name("dask"))
+WORKER_ARGS = ["--no-dashboard", "--host", "127.0.0.1"]
 
 # the stage's function, where its start ends: (module, function) per stage
 STAGE_FUNCTIONS = {
@@ -227,8 +228,7 @@ def start_cluster(base: Path, env: dict[str, str]) -> tuple[str, list[subprocess
             **quiet,
         ),
         subprocess.Popen(
-            [DASK, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB"]
-            + ["--no-dashboard", "--host", "127.0.0.1"],
+            [DASK, "worker", address, "--nthreads", "1", "--memory-limit", "2GiB", *WORKER_ARGS],
             **quiet,
         ),
     ]
@@ -251,7 +251,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     loads = [os.getloadavg()[0]]
     rows = []
     try:
-        for r in range(args.repeats):
+        for _ in range(args.repeats):
             row = {
                 tag: one_tree(tag, checkout, base, env, cluster) for tag, checkout in trees.items()
             }
