@@ -30,7 +30,6 @@ from pipeline.config import StudyConfig
 from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
-from pipeline.runtime.execute.train_loop import RunState
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
@@ -39,8 +38,9 @@ from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.ui.logs import RunLog, new_run_id
 from pipeline.schema import forecast_arrow_schema
 
-if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
+if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
+    from pipeline.runtime.execute.train_loop import RunState
 
 
 log = logging.getLogger("pipeline.train")
@@ -96,6 +96,7 @@ def run_train(
     `stop`: set by the main thread when this call runs in a driver thread of its own (signals
     reach only the main thread); it stops this train as SIGINT/SIGTERM would.
     """
+    from pipeline.runtime.execute.train_loop import RunState  # train_path's callers need none
     from pipeline.stages.prepare import load_panel
 
     t0 = time.perf_counter()
