@@ -121,7 +121,7 @@ def _require(ok: bool, key: str, allowed: str, given: Any) -> None:
 
 
 # conf/ and write-config spell dates this way; years that every pandas reads the same way
-_ISO_DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_ISO_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _ISO_YEARS = range(1678, 2262)
 
 
@@ -132,16 +132,15 @@ def _month(value: str, key: str) -> int:
     same result, so validating the usual config imports no pandas (0.3 CPU-s of a no-op run).
     """
     match = _ISO_DAY.fullmatch(value) if isinstance(value, str) else None
-    if match is not None and int(match[1]) in _ISO_YEARS:
-        try:
-            day = date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
-            day = None  # not a day of the calendar: pandas' message path below
-        if day is not None:
-            if day.day != 1:
-                raise ConfigError(key, "the first day of a month, like '2018-01-01'", value)
-            return day.year * 12 + day.month - 1
-    return _month_by_pandas(value, key)
+    if match is None or int(match[1]) not in _ISO_YEARS:
+        return _month_by_pandas(value, key)
+    try:
+        day = date(*map(int, match.groups()))
+    except ValueError:  # no such day (2018-02-30): pandas' message
+        return _month_by_pandas(value, key)
+    if day.day != 1:
+        raise ConfigError(key, "the first day of a month, like '2018-01-01'", value)
+    return day.year * 12 + day.month - 1
 
 
 def _month_by_pandas(value: Any, key: str) -> int:
