@@ -168,8 +168,8 @@ class FitCache:
 
     def lookup(self, wanted: np.ndarray, keep: Sequence[str] = ("pred", "alpha")) -> Found:
         """The cached entries of `wanted` content keys ((W,) S32 raw digests, or (W, 32)
-        uint8), columnar: their positions in `wanted` and their arrays `keep` stacked in that
-        order, with no object per entry. Only shards holding a wanted key not found in an
+        uint8, each key once), columnar: their positions in `wanted` and their arrays `keep`
+        stacked in that order (arrays of one shape per name), with no object per entry. Only shards holding a wanted key not found in an
         earlier shard (name order) are read; each is checked block by block before any of
         its rows is used, and a damaged one is healed (see module docstring)."""
         wanted = np.ascontiguousarray(wanted).view(f"S{KEY_BYTES}").ravel()
@@ -196,8 +196,8 @@ class FitCache:
             if not fine.all():
                 out.damaged_shards.append(name)
                 self._quarantine(name, read, unreadable_index=False)
+            damaged[where[~fine[rows]]] = True
             ok = fine[rows] & (read.has(keep, rows) if read is not None else False)
-            damaged[where[~ok]] = True
             rows, where = rows[ok], where[ok]
             if rows.size and read is not None:
                 found[where] = True
@@ -246,14 +246,14 @@ class FitCache:
         arrays cannot be read at all."""
         n = index.n
         stacked: dict[str, np.ndarray] = {}
-        own: list[Entry] = [{} for _ in range(n)]
+        own: list[Entry] = [{} for _ in range(n)] if any(index.own) else []
         try:
             with np.load(self.shards / f"{name}.npz", allow_pickle=False) as data:
                 files = set(data.files)
                 for nm in index.stacked:
                     with contextlib.suppress(*_UNREADABLE):
                         stacked[nm] = data[nm]
-                for i, names in enumerate(index.own):
+                for i, names in enumerate(index.own if own else ()):
                     for nm in names:
                         if f"{i}/{nm}" in files:
                             with contextlib.suppress(*_UNREADABLE):
@@ -264,12 +264,13 @@ class FitCache:
         fine = np.zeros(n, dtype=bool)
         if complete and index.format == 1:
             for i in range(n):
-                if len(own[i]) == len(index.own[i]):
-                    arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **own[i]}
+                mine = own[i] if own else {}
+                if len(mine) == len(index.own[i]):
+                    arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **mine}
                     fine[i] = entry_checksum(arrays) == index.sums[i]
         elif complete:
             keys = index.key_bytes or index.keys
-            sums = block_sums(keys, stacked, own if any(index.own) else None, n, index.block)
+            sums = block_sums(keys, stacked, own or None, n, index.block)
             ok = np.array([a == b for a, b in zip(sums, index.sums, strict=True)], dtype=bool)
             fine = np.repeat(ok, index.block)[:n]
         return ShardArrays(index, stacked, own, fine)

@@ -35,7 +35,7 @@ class Index:
     format: int
     n: int
     stacked: list[str]
-    own: list[list[str]]  # per entry
+    own: list[list[str]]  # per entry; [] when no entry has arrays of its own (format 2)
     block: int  # entries per checksum (1 in format 1)
     sums: list[str]
     key_bytes: bytes  # format 2 with content keys: the raw digests, what the checksums cover
@@ -94,8 +94,8 @@ def parse_index(text: str | bytes) -> Index:
         listed, key_bytes = [str(k) for k in keys], b""
         if len(listed) != n:
             raise ValueError("keys do not match n")
-    own = index["own"] or [[] for _ in range(n)]
-    if len(own) != n or block < 1 or len(index["sums"]) != -(-n // block):
+    own = index["own"] or []
+    if (own and len(own) != n) or block < 1 or len(index["sums"]) != -(-n // block):
         raise ValueError("inconsistent shard index")
     return Index(2, n, list(index["stacked"]), own, block, list(index["sums"]), key_bytes, listed)
 

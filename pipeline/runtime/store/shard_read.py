@@ -28,7 +28,7 @@ class ShardArrays:
 
     index: Index
     stacked: dict[str, np.ndarray]
-    own: list[Entry]
+    own: list[Entry]  # per entry; [] when no entry has arrays of its own
     fine: np.ndarray  # (n,) bool
 
     def names(self) -> list[str]:
@@ -37,7 +37,7 @@ class ShardArrays:
 
     def entry(self, i: int, names: Sequence[str] | None = None) -> Entry:
         """Entry i's arrays (`names` of them, None: all) as a dict."""
-        own = self.own[i]
+        own = self.own[i] if self.own else {}
         if names is None:
             return {**{n: a[i] for n, a in self.stacked.items()}, **own}
         return {
@@ -51,7 +51,7 @@ class ShardArrays:
         ok = np.ones(rows.size, dtype=bool)
         for n in names:
             if n not in self.stacked:
-                ok &= np.array([n in self.own[r] for r in rows.tolist()], dtype=bool)
+                ok &= np.array([bool(self.own) and n in self.own[r] for r in rows.tolist()], bool)
         return ok
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -64,7 +64,7 @@ class ShardArrays:
         """Write the confirmed entries, whole, as a new shard of `cache`."""
         good = np.nonzero(self.fine)[0]
         raw = self.index.raw_keys()
-        if raw is not None and not any(self.own):  # columnar: no object per entry
+        if raw is not None and not self.own:  # columnar: no object per entry
             cache.write_stacked(raw[good], {n: a[good] for n, a in self.stacked.items()}, label)
             return
         keys = self.index.keys
