@@ -165,3 +165,28 @@ def test_keys_sharing_their_first_bytes_are_matched_whole() -> None:
     near[0, 20] ^= 1
     assert unique.by_prefix and unique(near.view("S32").ravel())[0].size == 0
     assert unique(wanted[10:11])[1].tolist() == [0]
+
+
+def test_check_counts_what_verify_finds(tmp_path: Path) -> None:
+    """`python -m pipeline verify`'s columnar count: distinct keys good, distinct keys only in
+    damaged blocks, damaged shards; the same as the per-entry verify on a copy."""
+    import shutil
+
+    rng = np.random.default_rng(5)
+    keys = digests(rng, 40)
+    arrays = arrays_of(rng, 40)
+    cache = FitCache(tmp_path / "a", "m", block=4)
+    cache.write_stacked(keys[:30], {n: a[:30] for n, a in arrays.items()}, "a")
+    cache.write_stacked(keys[20:], {n: a[20:] for n, a in arrays.items()}, "b")
+    cache.write_shard({"plain": {"pred": np.zeros(3)}}, "c")
+    first = next(cache.shards.glob("a-*.json"))
+    index = json.loads(first.read_text())
+    index["sums"][0] = index["sums"][6] = "0" * 64  # keys 0-3 (lost) and 24-27 (also in b)
+    first.write_text(json.dumps(index, sort_keys=True) + "\n")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    report = cache.check()
+    per_entry = FitCache(tmp_path / "b", "m").verify(keep=())
+    assert (report.fits, report.damaged) == (len(per_entry.entries), len(per_entry.damaged_keys))
+    assert (report.fits, report.damaged) == (37, 4)
+    assert report.damaged_shards == [first.stem] == per_entry.damaged_shards
+    assert FitCache(tmp_path / "a", "m").check().damaged_shards == []  # healed

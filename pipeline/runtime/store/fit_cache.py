@@ -48,7 +48,7 @@ from pipeline.runtime.store.shard_format import (
 )
 from pipeline.runtime.store.shard_read import Entry, KeyMatcher, ShardArrays
 
-__all__ = ["FORMAT", "Entry", "FitCache", "Found", "VerifyReport", "entry_checksum"]
+__all__ = ["FORMAT", "CheckReport", "Entry", "FitCache", "Found", "VerifyReport", "entry_checksum"]
 
 log = logging.getLogger("pipeline.cache")
 SHARDS_DIR = "shards"
@@ -76,6 +76,16 @@ class Found:
     index: np.ndarray
     arrays: dict[str, np.ndarray]
     damaged: np.ndarray
+    damaged_shards: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """What `FitCache.check` found: distinct keys checked good, distinct keys found only in
+    damaged blocks (to refit), and the damaged shards by name."""
+
+    fits: int = 0
+    damaged: int = 0
     damaged_shards: list[str] = field(default_factory=list)
 
 
@@ -207,6 +217,39 @@ class FitCache:
             out.arrays = {nm: np.concatenate([a[nm] for _, a in parts]) for nm in keep}
         out.damaged = np.nonzero(damaged & ~found)[0]
         return out
+
+    def check(self) -> CheckReport:
+        """Check every shard's checksums and heal the damaged ones (`python -m pipeline
+        verify`), counting distinct keys columnar: no object per content key."""
+        good: list[np.ndarray] = []
+        bad: list[np.ndarray] = []
+        good_listed: set[str] = set()
+        bad_listed: set[str] = set()
+        report = CheckReport()
+        for index_path in self._indexes():
+            name = index_path.stem
+            index = self._read_index(index_path)
+            read = None if index is None else self._read_checked(name, index)
+            if index is None or read is None or not read.fine.all():
+                report.damaged_shards.append(name)
+                self._quarantine(name, read, unreadable_index=index is None)
+            if index is None:
+                continue
+            fine = read.fine if read is not None else np.zeros(index.n, dtype=bool)
+            raw = index.raw_keys()
+            if raw is not None:
+                good.append(raw[fine])
+                bad.append(raw[~fine])
+            else:
+                for key, ok in zip(index.keys, fine.tolist(), strict=True):
+                    (good_listed if ok else bad_listed).add(key)
+        found = np.unique(np.concatenate(good)) if good else np.zeros(0, f"S{KEY_BYTES}")
+        lost = np.unique(np.concatenate(bad)) if bad else found[:0]
+        report.fits = found.size + len(good_listed)
+        report.damaged = int(np.setdiff1d(lost, found, assume_unique=True).size) + len(
+            bad_listed - good_listed
+        )
+        return report
 
     def verify(
         self, wanted: Iterable[str] | None = None, keep: tuple[str, ...] | None = None
