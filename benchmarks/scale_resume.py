@@ -3,11 +3,12 @@ paths between a fresh run and a no-op rerun, on the rw study of N countries (N x
 
 `--resume N`: `python -m pipeline run` of the study (prepare, probe, train with the probe's
 task size), SIGKILLed (its whole process group: driver, workers, nannies) once about half of
-the fits are in the cache's shards; then `run_train` resumed in this process, measured as
-`--driver` measures it: the driver's CPU (time.process_time: the workers' CPU is not in it),
-wall, its peak (VmHWM reset before), and the CPU of the reload itself, i.e. of the cache's
-lookup (`FitCache.verify` before, `FitCache.lookup` after) and `RunState.load_cached`, per
-reloaded fit. `--incremental` then resumes the finished study with a later end date
+the fits are in the cache's shards; then `run_train` resumed in a fresh Python process (a
+driver as a run starts it), measured as `--driver` measures it: the driver's CPU
+(time.process_time: the workers' CPU is not in it), wall, its peak (VmHWM reset after the
+imports and prepare, so the panel and imports are in it, prepare's own peak is not), and the
+CPU of the reload itself, i.e. of the cache's lookup (`FitCache.verify` before,
+`FitCache.lookup` after) and `RunState.load_cached`, per reloaded fit. `--incremental` then resumes the finished study with a later end date
 (`rolling_window.end_date`, a few more origins: most fits cached, some new) the same way.
 `--profile PATH` writes the resumed train's cProfile stats there (and prints the top).
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 import cProfile
 import functools
 import io
+import json
 import os
 import pstats
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -145,6 +148,17 @@ def resumed_train(overrides: list[str], profile: str | None = None) -> dict[str,
     return row
 
 
+def resumed_in_child(overrides: list[str], profile: str | None) -> dict[str, Any]:
+    """resumed_train in a fresh Python process (its JSON row is the last line it prints)."""
+    cmd = [sys.executable, __file__, json.dumps(overrides), profile or ""]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"resumed train failed:\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)  # the profile's top, when asked
+    return json.loads(lines[-1])
+
+
 def run_resume(
     n: int, base: Path, incremental: bool = False, profile: str | None = None
 ) -> dict[str, Any]:
@@ -153,8 +167,12 @@ def run_resume(
     killed = killed_half_way(n, out, base / f"resume{n}.log")
     fpt, workers = task_shape(out, "rw")
     row: dict[str, Any] = {"countries": n, **killed, "fits_per_task": fpt, "workers": workers}
-    row["resume"] = resumed_train(rw_overrides(n, out), profile)
+    row["resume"] = resumed_in_child(rw_overrides(n, out), profile)
     if incremental:
         inc_profile = f"{profile}.incremental" if profile else None
-        row["incremental"] = resumed_train([*rw_overrides(n, out), LATER_END], inc_profile)
+        row["incremental"] = resumed_in_child([*rw_overrides(n, out), LATER_END], inc_profile)
     return row
+
+
+if __name__ == "__main__":  # the child of resumed_in_child: overrides as JSON, profile path
+    print(json.dumps(resumed_train(json.loads(sys.argv[1]), sys.argv[2] or None)), flush=True)
