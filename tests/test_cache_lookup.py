@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.store.fit_cache import DAMAGED_DIR, FitCache, entry_checksum
@@ -190,3 +191,41 @@ def test_check_counts_what_verify_finds(tmp_path: Path) -> None:
     assert (report.fits, report.damaged) == (37, 4)
     assert report.damaged_shards == [first.stem] == per_entry.damaged_shards
     assert FitCache(tmp_path / "a", "m").check().damaged_shards == []  # healed
+
+
+def test_train_reloads_without_a_str_or_dict_per_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed train (one task's shard gone: its fits refit, the rest reloaded) makes no
+    hex key per fit and no entry dict: the cache's per-entry `verify` and the groups' hex keys
+    are never called, and its table is the uninterrupted run's, byte for byte."""
+    import copy
+
+    from conftest import ROOT, SMALL_STUDY, make_config
+
+    import pipeline.runtime.fits.fit_groups as fit_groups
+    from pipeline.runtime.sizing.plan import ModelPlan, Plan
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import run_train, train_path
+
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "in_process_below_s": 60.0})
+    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
+    config = make_config(d)
+    prepare(config, ROOT)
+    # in the driver (no cluster to start: the test takes seconds), tasks of 8 fits
+    plan = Plan(1, 2048, models={"rw": ModelPlan(96, 8, 12, seconds_per_fit=0.001)})
+    first = run_train(config, "rw", plan)
+    table = train_path(config, "rw").read_bytes()
+    shards = sorted(FitCache(config.model_cache_dir, "rw").shards.glob("*.npz"))
+    assert len(shards) >= 2
+    shards[1].with_suffix(".json").unlink()  # a task killed before its index was written
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a str or dict per fit on the reload path")
+
+    monkeypatch.setattr(fit_groups, "hex_keys", forbidden)
+    monkeypatch.setattr(FitCache, "verify", forbidden)
+    again = run_train(config, "rw", plan)
+    assert 0 < again.trained < first.fits and again.loaded + again.trained == first.fits
+    assert train_path(config, "rw").read_bytes() == table
