@@ -8,8 +8,9 @@ driver as a run starts it), measured as `--driver` measures it: the driver's CPU
 (time.process_time: the workers' CPU is not in it), wall, its peak (VmHWM reset after the
 imports and prepare, so the panel and imports are in it, prepare's own peak is not), and the
 CPU of the reload itself, i.e. of the cache's lookup (`FitCache.verify` before,
-`FitCache.lookup` after) and `RunState.load_cached`, per reloaded fit. `--incremental` then resumes the finished study with a later end date
-(`rolling_window.end_date`, a few more origins: most fits cached, some new) the same way.
+`FitCache.lookup` after) and `RunState.load_cached`, per reloaded fit. `--incremental` then
+resumes the finished study with a later end date (`rolling_window.end_date`, a few more
+origins: most fits cached, some new) the same way.
 `--profile PATH` writes the resumed train's cProfile stats there (and prints the top).
 
 The fresh run's driver cost per fit, to compare with: `--driver N --no-reload

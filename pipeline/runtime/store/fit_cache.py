@@ -12,10 +12,11 @@ with the same bytes (one key, one result), and the first shard in name order win
 Integrity: one sha256 per block of consecutive entries (1,024 by default), over the block's
 keys and its rows of every array. A run's `lookup` matches its wanted keys against each
 index's raw keys in bulk, reads only the shards holding a key it still needs and checks every
-block of such a shard before using any of its rows (columnar: no object per entry);
-`verify` checks every shard on demand (`python -m pipeline verify`). A shard that cannot be read or whose blocks do not all match is moved to
-`{model}/damaged/`; the entries of its good blocks are rewritten into a new shard first, so
-only the damaged blocks' fits are refit (a damaged entry costs its block: up to 1,024 refits).
+block of such a shard before using any of its rows (columnar: no object per entry); `check`
+(`python -m pipeline verify`) checks every shard on demand. A shard that cannot be read or
+whose blocks do not all match is moved to `{model}/damaged/`; the entries of its good blocks
+are rewritten into a new shard first, so only the damaged blocks' fits are refit (a damaged
+entry costs its block: up to 1,024 refits). `verify` returns entries by key (tests, tools).
 Shards of format 1 (a sha256 per entry; before issue 18's second pass) are still read.
 """
 
@@ -179,9 +180,10 @@ class FitCache:
     def lookup(self, wanted: np.ndarray, keep: Sequence[str] = ("pred", "alpha")) -> Found:
         """The cached entries of `wanted` content keys ((W,) S32 raw digests, or (W, 32)
         uint8, each key once), columnar: their positions in `wanted` and their arrays `keep`
-        stacked in that order (arrays of one shape per name), with no object per entry. Only shards holding a wanted key not found in an
-        earlier shard (name order) are read; each is checked block by block before any of
-        its rows is used, and a damaged one is healed (see module docstring)."""
+        stacked in that order (arrays of one shape per name), with no object per entry.
+        Only shards holding a wanted key not found in an earlier shard (name order) are
+        read; each is checked block by block before any of its rows is used, and a damaged
+        one is healed (see module docstring)."""
         wanted = np.ascontiguousarray(wanted).view(f"S{KEY_BYTES}").ravel()
         match = KeyMatcher(wanted)
         found = np.zeros(wanted.size, dtype=bool)
