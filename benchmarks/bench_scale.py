@@ -60,6 +60,9 @@ driver's peak memory during each `run_train` alone (VmHWM, reset before it throu
 stops after the first `run_train` (a million fits' reload is minutes on a loaded machine).
 
 Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--out /tmp/bench_scale]
+
+`--resume N [--incremental] [--profile PATH]`: a run SIGKILLed half-way, then resumed (and
+then a later end date): benchmarks/scale_resume.py.
 """
 
 from __future__ import annotations
@@ -453,12 +456,25 @@ if __name__ == "__main__":
     parser.add_argument(
         "--no-reload", action="store_true", help="with --driver: the first run_train only"
     )
+    parser.add_argument("--resume", type=int, default=None, help="rw N: kill half-way, resume")
+    parser.add_argument(
+        "--incremental", action="store_true", help="with --resume: then a later end date"
+    )
+    parser.add_argument("--profile", default=None, help="with --resume: cProfile stats file")
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     if args.driver:
         row = run_driver(args.driver, base, args.fits_per_task, reload=not args.no_reload)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(row, indent=2))
+        sys.exit(0)
+    if args.resume:  # scale_resume.py: issue 18's resume and incremental paths
+        from scale_resume import run_resume
+
+        row = run_resume(args.resume, base, args.incremental, args.profile)
         print(json.dumps(row), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(row, indent=2))

@@ -31,6 +31,7 @@ from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
 from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
 from pipeline.runtime.store.fit_cache import FitCache
@@ -116,25 +117,18 @@ def run_train(
         reuse = rt.allow_reload and not rt.retrain_if_exists
         state = RunState(config, model, run_id, store, groups)
         state.cache.remove_orphans()
-        entries = {}
+        found = None
         if reuse and state.cache.has_shards():  # a fresh cache: no key to look up
-            wanted = (k for g in groups for k in g.keys.tolist())
-            report = state.cache.verify(wanted, keep=("pred", "alpha"))
-            entries = report.entries
-            if report.damaged_keys:
+            wanted = np.concatenate([g.key_bytes() for g in groups] or [np.zeros(0, "S32")])
+            found = state.cache.lookup(wanted, keep=("pred", "alpha"))
+            if found.damaged.size:
                 log.warning(
                     "train %s: %d damaged cache entries will be refit: %s",
                     model,
-                    len(report.damaged_keys),
-                    ", ".join(k[:12] for k in report.damaged_keys[:20]),
+                    found.damaged.size,
+                    ", ".join(k[:12] for k in hex_keys(wanted[found.damaged[:20]])),
                 )
-        cached = [
-            np.array([k in entries for k in g.keys.tolist()], dtype=bool)
-            if entries
-            else np.zeros(len(g), dtype=bool)
-            for g in groups
-        ]
-        state.load_cached(cached, entries)
+        cached = state.load_cached(found)
         todo = [np.nonzero(~c)[0] for c in cached]
         n_todo = int(sum(t.size for t in todo))
         log.info(

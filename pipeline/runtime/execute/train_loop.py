@@ -23,7 +23,7 @@ from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
 from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
-from pipeline.runtime.store.fit_cache import Entry, FitCache
+from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
 from pipeline.runtime.store.progress import ProgressStore
 from pipeline.runtime.ui.logs import ProgressReporter
 
@@ -76,24 +76,35 @@ class RunState:
 
     # --- cache ------------------------------------------------------------------------------
 
-    def load_cached(self, cached: list[np.ndarray], entries: dict[str, Entry]) -> None:
-        """Take forecasts of cached fits from their verified cache entries; record in the
-        store those it does not already hold as done (a new output dir, a rebuilt store)."""
+    def load_cached(self, found: Found | None) -> list[np.ndarray]:
+        """Take forecasts of cached fits from the cache's lookup over every group's keys in
+        order (`found.index`: positions in that concatenation), columnar; record in the store
+        those it does not already hold as done (a new output dir, a rebuilt store). Returns
+        per group which fits came from the cache."""
+        cached = [np.zeros(len(g), dtype=bool) for g in self.groups]
+        if found is None or not found.index.size:
+            return cached
+        order = np.argsort(found.index, kind="stable")
+        at = found.index[order]
+        ends = np.cumsum([len(g) for g in self.groups])
+        cuts = np.searchsorted(at, ends)
         known = self.store.done_mask(self.model)
-        for gi, g in enumerate(self.groups):
-            idx = np.nonzero(cached[gi])[0]
-            if not idx.size:
+        for gi, (lo, hi) in enumerate(zip(np.r_[0, cuts[:-1]], cuts, strict=True)):
+            if lo == hi:
                 continue
-            keys = g.keys[idx]
-            self.pred[gi][idx] = np.stack([entries[k]["pred"] for k in keys])
-            self.alpha[gi][idx] = np.stack([entries[k]["alpha"] for k in keys])
+            pick = order[lo:hi]
+            idx = at[lo:hi] - (ends[gi] - len(self.groups[gi]))
+            self.pred[gi][idx] = found.arrays["pred"][pick]
+            self.alpha[gi][idx] = found.arrays["alpha"][pick]
             self.have[gi][idx] = True
+            cached[gi][idx] = True
             newly = idx[~known[gi][idx]]
             if newly.size:
                 self.store.mark_loaded(
                     self.model, self.run_id, gi, newly, self.pred[gi][newly], self.alpha[gi][newly]
                 )
             self.loaded += int(idx.size)
+        return cached
 
     def known(self, key: str) -> bool:
         gi, i = self.where[key]

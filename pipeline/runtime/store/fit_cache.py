@@ -10,10 +10,13 @@ with `runtime.model_cache_dir`) never write the same file; a key trained twice i
 with the same bytes (one key, one result), and the first shard in name order wins.
 
 Integrity: one sha256 per block of consecutive entries (1,024 by default), over the block's
-keys and its rows of every array. `verify` reads every shard a run needs and checks each
-block. A shard that cannot be read or whose blocks do not all match is moved to
-`{model}/damaged/`; the entries of its good blocks are rewritten into a new shard first, so
-only the damaged blocks' fits are refit (a damaged entry costs its block: up to 1,024 refits).
+keys and its rows of every array. A run's `lookup` matches its wanted keys against each
+index's raw keys in bulk, reads only the shards holding a key it still needs and checks every
+block of such a shard before using any of its rows (columnar: no object per entry); `check`
+(`python -m pipeline verify`) checks every shard on demand. A shard that cannot be read or
+whose blocks do not all match is moved to `{model}/damaged/`; the entries of its good blocks
+are rewritten into a new shard first, so only the damaged blocks' fits are refit (a damaged
+entry costs its block: up to 1,024 refits). `verify` returns entries by key (tests, tools).
 Shards of format 1 (a sha256 per entry; before issue 18's second pass) are still read.
 """
 
@@ -36,6 +39,7 @@ from pipeline.io import atomic_path
 from pipeline.runtime.store.shard_format import (
     BLOCK,
     FORMAT,
+    KEY_BYTES,
     Index,
     block_sums,
     entry_checksum,
@@ -43,13 +47,13 @@ from pipeline.runtime.store.shard_format import (
     key_text,
     parse_index,
 )
+from pipeline.runtime.store.shard_read import Entry, KeyMatcher, ShardArrays
 
-__all__ = ["FORMAT", "Entry", "FitCache", "VerifyReport", "entry_checksum"]
+__all__ = ["FORMAT", "CheckReport", "Entry", "FitCache", "Found", "VerifyReport", "entry_checksum"]
 
 log = logging.getLogger("pipeline.cache")
 SHARDS_DIR = "shards"
 DAMAGED_DIR = "damaged"
-Entry = dict[str, np.ndarray]
 # a live writer renames its index within milliseconds of its arrays; older orphans are dead
 ORPHAN_AGE_S = 600.0
 _UNREADABLE = (KeyError, IndexError, ValueError, OSError, zipfile.BadZipFile, EOFError)
@@ -61,6 +65,28 @@ class VerifyReport:
 
     entries: dict[str, Entry] = field(default_factory=dict)
     damaged_keys: list[str] = field(default_factory=list)
+    damaged_shards: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Found:
+    """What `FitCache.lookup` found, columnar: `index`, the positions in `wanted` of the
+    entries found good (in no particular order), `arrays[name]` their arrays in that order;
+    `damaged`, the positions of wanted entries found only in damaged blocks (refit them)."""
+
+    index: np.ndarray
+    arrays: dict[str, np.ndarray]
+    damaged: np.ndarray
+    damaged_shards: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """What `FitCache.check` found: distinct keys checked good, distinct keys found only in
+    damaged blocks (to refit), and the damaged shards by name."""
+
+    fits: int = 0
+    damaged: int = 0
     damaged_shards: list[str] = field(default_factory=list)
 
 
@@ -151,84 +177,154 @@ class FitCache:
 
     # --- read and verify ----------------------------------------------------------------
 
+    def lookup(self, wanted: np.ndarray, keep: Sequence[str] = ("pred", "alpha")) -> Found:
+        """The cached entries of `wanted` content keys ((W,) S32 raw digests, or (W, 32)
+        uint8, each key once), columnar: their positions in `wanted` and their arrays `keep`
+        stacked in that order (arrays of one shape per name), with no object per entry.
+        Only shards holding a wanted key not found in an earlier shard (name order) are
+        read; each is checked block by block before any of its rows is used, and a damaged
+        one is healed (see module docstring)."""
+        wanted = np.ascontiguousarray(wanted).view(f"S{KEY_BYTES}").ravel()
+        match = KeyMatcher(wanted)
+        found = np.zeros(wanted.size, dtype=bool)
+        damaged = np.zeros(wanted.size, dtype=bool)
+        parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        out = Found(np.zeros(0, np.int64), {}, np.zeros(0, np.int64))
+        for index_path in self._indexes() if wanted.size else ():
+            name = index_path.stem
+            index = self._read_index(index_path)
+            if index is None:
+                out.damaged_shards.append(name)
+                self._quarantine(name, None, unreadable_index=True)
+                continue
+            raw = index.raw_keys()
+            rows, where = match(raw) if raw is not None else (np.zeros(0, np.int64),) * 2
+            fresh = ~found[where]
+            rows, where = rows[fresh], where[fresh]
+            if not rows.size:
+                continue  # nothing of it is used: not read
+            read = self._read_checked(name, index)
+            fine = read.fine if read is not None else np.zeros(index.n, dtype=bool)
+            if not fine.all():
+                out.damaged_shards.append(name)
+                self._quarantine(name, read, unreadable_index=False)
+            damaged[where[~fine[rows]]] = True
+            ok = fine[rows] & (read.has(keep, rows) if read is not None else False)
+            rows, where = rows[ok], where[ok]
+            if rows.size and read is not None:
+                found[where] = True
+                parts.append((where, {nm: read.rows(nm, rows) for nm in keep}))
+        if parts:
+            out.index = np.concatenate([w for w, _ in parts])
+            out.arrays = {nm: np.concatenate([a[nm] for _, a in parts]) for nm in keep}
+        out.damaged = np.nonzero(damaged & ~found)[0]
+        return out
+
+    def check(self) -> CheckReport:
+        """Check every shard's checksums and heal the damaged ones (`python -m pipeline
+        verify`), counting distinct keys columnar: no object per content key."""
+        good: list[np.ndarray] = []
+        bad: list[np.ndarray] = []
+        good_listed: set[str] = set()
+        bad_listed: set[str] = set()
+        report = CheckReport()
+        for index_path in self._indexes():
+            name = index_path.stem
+            index = self._read_index(index_path)
+            read = None if index is None else self._read_checked(name, index)
+            if index is None or read is None or not read.fine.all():
+                report.damaged_shards.append(name)
+                self._quarantine(name, read, unreadable_index=index is None)
+            if index is None:
+                continue
+            fine = read.fine if read is not None else np.zeros(index.n, dtype=bool)
+            raw = index.raw_keys()
+            if raw is not None:
+                good.append(raw[fine])
+                bad.append(raw[~fine])
+            else:
+                for key, ok in zip(index.keys, fine.tolist(), strict=True):
+                    (good_listed if ok else bad_listed).add(key)
+        found = np.unique(np.concatenate(good)) if good else np.zeros(0, f"S{KEY_BYTES}")
+        lost = np.unique(np.concatenate(bad)) if bad else found[:0]
+        report.fits = found.size + len(good_listed)
+        report.damaged = int(np.setdiff1d(lost, found, assume_unique=True).size) + len(
+            bad_listed - good_listed
+        )
+        return report
+
     def verify(
         self, wanted: Iterable[str] | None = None, keep: tuple[str, ...] | None = None
     ) -> VerifyReport:
         """Load and checksum every entry (of `wanted` keys, when given); heal damaged shards.
+        Entries by key (a dict per entry): for `python -m pipeline verify` and tests; a run
+        uses `lookup`.
 
-        `keep`: array names to return per entry (None: all), so a driver verifying a large
-        cache holds only the forecasts in memory, not every fitted state."""
+        `keep`: array names to return per entry (None: all)."""
         want = None if wanted is None else set(wanted)
         report = VerifyReport()
         for index_path in self._indexes():
             name = index_path.stem
             index = self._read_index(index_path)
-            if want is not None and index is not None and want.isdisjoint(index.keys):
+            keys = None if index is None else index.keys
+            if want is not None and keys is not None and want.isdisjoint(keys):
                 continue
-            good, bad = ({}, []) if index is None else self._load_shard(name, index, keep)
-            if index is None or bad:
+            read = None if index is None else self._read_checked(name, index)
+            fine = np.zeros(len(keys or ()), bool) if read is None else read.fine
+            if index is None or not fine.all():
                 report.damaged_shards.append(name)
+                bad = [keys[i] for i in np.nonzero(~fine)[0].tolist()] if keys else []
                 report.damaged_keys.extend(k for k in bad if want is None or k in want)
-                self._quarantine(name, good, unreadable_index=index is None)
-            kept = None if keep is None else set(keep)
-            for k, arrays in good.items():
+                self._quarantine(name, read, unreadable_index=index is None)
+            if read is None or keys is None:
+                continue
+            names = read.names() if keep is None else [n for n in keep if n in read.names()]
+            for i in np.nonzero(fine)[0].tolist():
+                k = keys[i]
                 if (want is None or k in want) and k not in report.entries:
-                    report.entries[k] = (
-                        arrays
-                        if kept is None or arrays.keys() <= kept
-                        else {n: arrays[n] for n in keep or () if n in arrays}
-                    )
+                    report.entries[k] = read.entry(i, names)
         report.damaged_keys = sorted(set(report.damaged_keys) - set(report.entries))
         return report
 
-    def _load_shard(
-        self, name: str, index: Index, keep: tuple[str, ...] | None = None
-    ) -> tuple[dict[str, Entry], list[str]]:
-        """(good entries by key, damaged keys). `keep`: the arrays a good entry needs hold,
-        when every entry of the shard is good (a damaged shard's good entries are rewritten
-        whole into a new shard)."""
-        n = len(index.keys)
+    def _read_checked(self, name: str, index: Index) -> ShardArrays | None:
+        """The shard's arrays and which entries their checksums confirm; None when its
+        arrays cannot be read at all."""
+        n = index.n
         stacked: dict[str, np.ndarray] = {}
-        own: list[Entry] = [{} for _ in range(n)]
+        own: list[Entry] = [{} for _ in range(n)] if any(index.own) else []
         try:
             with np.load(self.shards / f"{name}.npz", allow_pickle=False) as data:
                 files = set(data.files)
                 for nm in index.stacked:
                     with contextlib.suppress(*_UNREADABLE):
                         stacked[nm] = data[nm]
-                for i, names in enumerate(index.own):
+                for i, names in enumerate(index.own if own else ()):
                     for nm in names:
                         if f"{i}/{nm}" in files:
                             with contextlib.suppress(*_UNREADABLE):
                                 own[i][nm] = data[f"{i}/{nm}"]
         except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-            return {}, list(index.keys)
+            return None
         complete = all(nm in stacked and len(stacked[nm]) == n for nm in index.stacked)
         fine = np.zeros(n, dtype=bool)
         if complete and index.format == 1:
             for i in range(n):
-                if len(own[i]) == len(index.own[i]):
-                    arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **own[i]}
+                mine = own[i] if own else {}
+                if len(mine) == len(index.own[i]):
+                    arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **mine}
                     fine[i] = entry_checksum(arrays) == index.sums[i]
         elif complete:
             keys = index.key_bytes or index.keys
-            sums = block_sums(keys, stacked, own if any(index.own) else None, n, index.block)
+            sums = block_sums(keys, stacked, own or None, n, index.block)
             ok = np.array([a == b for a, b in zip(sums, index.sums, strict=True)], dtype=bool)
             fine = np.repeat(ok, index.block)[:n]
-        held = index.stacked if keep is None or not fine.all() else [
-            nm for nm in index.stacked if nm in keep
-        ]  # fmt: skip
-        good = {
-            index.keys[i]: {**{nm: stacked[nm][i] for nm in held}, **own[i]}
-            for i in np.nonzero(fine)[0].tolist()
-        }
-        bad = [index.keys[i] for i in np.nonzero(~fine)[0].tolist()]
-        return good, bad
+        return ShardArrays(index, stacked, own, fine)
 
-    def _quarantine(self, name: str, good: dict[str, Entry], unreadable_index: bool) -> None:
+    def _quarantine(self, name: str, read: ShardArrays | None, unreadable_index: bool) -> None:
         """Rewrite the good entries into a new shard, then move the damaged shard aside."""
-        if good:
-            self.write_shard(good, f"healed-{name[:40]}")
+        good = 0 if read is None else int(read.fine.sum())
+        if read is not None and good:
+            read.rewrite_good(self, f"healed-{name[:40]}")
         target = self.root / DAMAGED_DIR
         target.mkdir(parents=True, exist_ok=True)
         for suffix in (".json", ".npz"):
@@ -241,7 +337,7 @@ class FitCache:
             self.shards / f"{name}.npz",
             what,
             target,
-            len(good),
+            good,
         )
 
     # --- housekeeping -------------------------------------------------------------------

@@ -33,15 +33,38 @@ class Index:
     """A shard's index, either format: keys, names, and the checksums to compare."""
 
     format: int
-    keys: list[str]
+    n: int
     stacked: list[str]
-    own: list[list[str]]  # per entry
+    own: list[list[str]]  # per entry; [] when no entry has arrays of its own (format 2)
     block: int  # entries per checksum (1 in format 1)
     sums: list[str]
-    key_bytes: bytes  # format 2: what the checksums cover of the keys
+    key_bytes: bytes  # format 2 with content keys: the raw digests, what the checksums cover
+    listed: list[str] | None = None  # keys stored as a list (format 1, keys of tests)
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys as str (64-hex content keys): made on each call, a str per entry."""
+        if self.listed is not None:
+            return self.listed
+        text, width = self.key_bytes.hex(), 2 * KEY_BYTES
+        return [text[i : i + width] for i in range(0, len(text), width)]
+
+    def raw_keys(self) -> np.ndarray | None:
+        """(n,) S32: the keys as raw digests, no object per key; None when some key is not a
+        content key (listed keys that are not 64 lowercase hex characters each)."""
+        if self.listed is None:
+            return np.frombuffer(self.key_bytes, dtype=f"S{KEY_BYTES}")
+        text = "".join(self.listed)
+        if any(len(k) != 2 * KEY_BYTES for k in self.listed):
+            return None
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            return None
+        return np.frombuffer(raw, dtype=f"S{KEY_BYTES}") if raw.hex() == text else None
 
 
-def parse_index(text: str) -> Index:
+def parse_index(text: str | bytes) -> Index:
     """The index of either format; ValueError (KeyError, TypeError) when it is not one."""
     index = json.loads(text)
     fmt = index.get("format")
@@ -51,27 +74,30 @@ def parse_index(text: str) -> Index:
             raise ValueError("not a shard index")
         return Index(
             1,
-            [e["key"] for e in entries],
+            len(entries),
             list(index["stacked"]),
             [list(e["own"]) for e in entries],
             1,
             [e["sha256"] for e in entries],
             b"",
+            [e["key"] for e in entries],
         )
     if fmt != 2:
         raise ValueError(f"shard format {fmt!r}")
     n, block, keys = int(index["n"]), int(index["block"]), index["keys"]
+    listed = None
     if isinstance(keys, str):
         key_bytes = bytes.fromhex(keys)
         if len(key_bytes) != n * KEY_BYTES:
             raise ValueError("keys do not match n")
-        keys = [keys[i : i + 2 * KEY_BYTES] for i in range(0, len(keys), 2 * KEY_BYTES)]
     else:
-        keys, key_bytes = [str(k) for k in keys], b""
-    own = index["own"] or [[] for _ in range(n)]
-    if len(keys) != n or len(own) != n or block < 1 or len(index["sums"]) != -(-n // block):
+        listed, key_bytes = [str(k) for k in keys], b""
+        if len(listed) != n:
+            raise ValueError("keys do not match n")
+    own = index["own"] or []
+    if (own and len(own) != n) or block < 1 or len(index["sums"]) != -(-n // block):
         raise ValueError("inconsistent shard index")
-    return Index(2, keys, list(index["stacked"]), own, block, list(index["sums"]), key_bytes)
+    return Index(2, n, list(index["stacked"]), own, block, list(index["sums"]), key_bytes, listed)
 
 
 def key_text(keys: Sequence[str] | np.ndarray) -> str | list[str]:

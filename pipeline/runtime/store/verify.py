@@ -20,15 +20,15 @@ def verify_cache(cache_dir: Path) -> tuple[list[str], int]:
     lines, damaged = [], 0
     models = sorted(p.parent.name for p in Path(cache_dir).glob(f"*/{SHARDS_DIR}"))
     for model in models:
-        report = FitCache(cache_dir, model).verify(keep=())
-        damaged += len(report.damaged_keys)
+        report = FitCache(cache_dir, model).check()
+        damaged += report.damaged
         status = (
             f"{len(report.damaged_shards)} damaged shards moved aside, "
-            f"{len(report.damaged_keys)} fits to refit"
+            f"{report.damaged} fits to refit"
             if report.damaged_shards
             else "ok"
         )
-        lines.append(f"{model}: {len(report.entries)} fits checked, {status}")
+        lines.append(f"{model}: {report.fits} fits checked, {status}")
     if not models:
         lines.append(f"no fit cache under {cache_dir}")
     return lines, damaged

@@ -1,0 +1,179 @@
+"""bench_scale.py's `--resume N` and `--incremental N` modes (issue 18 items 1 and 3): the
+paths between a fresh run and a no-op rerun, on the rw study of N countries (N x 912 fits).
+
+`--resume N`: `python -m pipeline run` of the study (prepare, probe, train with the probe's
+task size), SIGKILLed (its whole process group: driver, workers, nannies) once about half of
+the fits are in the cache's shards; then `run_train` resumed in a fresh Python process (a
+driver as a run starts it), measured as `--driver` measures it: the driver's CPU
+(time.process_time: the workers' CPU is not in it), wall, its peak (VmHWM reset after the
+imports and prepare, so the panel and imports are in it, prepare's own peak is not), and the
+CPU of the reload itself, i.e. of the cache's lookup (`FitCache.verify` before,
+`FitCache.lookup` after) and `RunState.load_cached`, per reloaded fit. `--incremental` then
+resumes the finished study with a later end date (`rolling_window.end_date`, a few more
+origins: most fits cached, some new) the same way.
+`--profile PATH` writes the resumed train's cProfile stats there (and prints the top).
+
+The fresh run's driver cost per fit, to compare with: `--driver N --no-reload
+--fits-per-task K` on the same tree (K: the task size printed here).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import io
+import json
+import os
+import pstats
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_scale import ROOT, reset_peak, rw_command, rw_overrides, task_shape, vm_hwm_mb
+
+N_FIELD = re.compile(rb'"n": (\d+)')
+LATER_END = "rolling_window.end_date=2024-06-01"
+
+
+def stored_fits(shards: Path, seen: dict[str, int]) -> int:
+    """Fits in the shards whose index exists (an index is written last, whole)."""
+    for path in shards.glob("*.json") if shards.is_dir() else ():
+        if path.name not in seen:
+            m = N_FIELD.search(path.read_bytes())
+            seen[path.name] = int(m[1]) if m else 0
+    return sum(seen.values())
+
+
+def killed_half_way(n: int, out: Path, log_path: Path, share: float = 0.5) -> dict[str, Any]:
+    """Run the whole study as a user would; SIGKILL its process group once `share` of the
+    fits are stored. Returns what was stored when it died."""
+    fits = n * 912
+    shards = out / "models" / "rw" / "shards"
+    seen: dict[str, int] = {}
+    with open(log_path, "w") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            rw_command(n, out),
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: the kill takes the workers too
+        )
+        while proc.poll() is None and stored_fits(shards, seen) < share * fits:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the run ended before {share:.0%} of its fits: see {log_path}")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return {"killed_after_s": time.perf_counter() - t0, "stored_at_kill": stored_fits(shards, {})}
+
+
+class ReloadTimer:
+    """CPU seconds spent in the cache's lookup and RunState.load_cached (whichever of the
+    tree's functions exist: `verify` before this branch, `lookup` after)."""
+
+    def __init__(self) -> None:
+        from pipeline.runtime.execute.train_loop import RunState
+        from pipeline.runtime.store.fit_cache import FitCache
+
+        self.cpu = 0.0
+        self.patched: list[tuple[Any, str, Any]] = []
+        for owner, name in ((FitCache, "verify"), (FitCache, "lookup"), (RunState, "load_cached")):
+            if hasattr(owner, name):
+                self._wrap(owner, name)
+
+    def _wrap(self, owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.cpu += time.process_time() - t0
+
+        setattr(owner, name, timed)
+        self.patched.append((owner, name, original))
+
+    def close(self) -> None:
+        for owner, name, original in self.patched:
+            setattr(owner, name, original)
+
+
+def resumed_train(overrides: list[str], profile: str | None = None) -> dict[str, Any]:
+    """`run_train` of rw in this process on what the output dir holds; driver CPU, wall, peak."""
+    from pipeline.config import validate
+    from pipeline.config.compose import compose_dict
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import run_train
+
+    config = validate(compose_dict(overrides))
+    prepare(config, ROOT)
+    timer = ReloadTimer()
+    start_mb = reset_peak()
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    t0, w0 = time.process_time(), time.perf_counter()
+    try:
+        if profiler:
+            profiler.enable()
+        summary = run_train(config, "rw")
+    finally:
+        if profiler:
+            profiler.disable()
+        timer.close()
+    cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+    row = {
+        "fits": summary.fits,
+        "loaded": summary.loaded,
+        "trained": summary.trained,
+        "train_cpu_s": cpu,
+        "train_wall_s": wall,
+        "driver_us_per_fit": 1e6 * cpu / summary.fits,
+        "reload_cpu_s": timer.cpu,
+        "reload_us_per_loaded_fit": 1e6 * timer.cpu / max(summary.loaded, 1),
+        "train_peak_mb": vm_hwm_mb(os.getpid()),
+        "train_start_mb": start_mb,
+    }
+    if profiler and profile:
+        profiler.dump_stats(profile)
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
+        row["profile"] = profile
+        print(text.getvalue(), flush=True)
+    return row
+
+
+def resumed_in_child(overrides: list[str], profile: str | None) -> dict[str, Any]:
+    """resumed_train in a fresh Python process (its JSON row is the last line it prints)."""
+    cmd = [sys.executable, __file__, json.dumps(overrides), profile or ""]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"resumed train failed:\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)  # the profile's top, when asked
+    return json.loads(lines[-1])
+
+
+def run_resume(
+    n: int, base: Path, incremental: bool = False, profile: str | None = None
+) -> dict[str, Any]:
+    """Kill the study half-way, resume it here; with `incremental`, then a later end date."""
+    out = base / f"resume{n}"
+    killed = killed_half_way(n, out, base / f"resume{n}.log")
+    fpt, workers = task_shape(out, "rw")
+    row: dict[str, Any] = {"countries": n, **killed, "fits_per_task": fpt, "workers": workers}
+    row["resume"] = resumed_in_child(rw_overrides(n, out), profile)
+    if incremental:
+        inc_profile = f"{profile}.incremental" if profile else None
+        row["incremental"] = resumed_in_child([*rw_overrides(n, out), LATER_END], inc_profile)
+    return row
+
+
+if __name__ == "__main__":  # the child of resumed_in_child: overrides as JSON, profile path
+    print(json.dumps(resumed_train(json.loads(sys.argv[1]), sys.argv[2] or None)), flush=True)
