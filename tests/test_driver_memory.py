@@ -92,7 +92,7 @@ def test_assemble_holds_the_expected_fits_only_until_they_are_reconciled(
     d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
     config = make_config(d)
     prepare(config, ROOT)
-    plan = Plan(2, 2048, {"rw": ModelPlan(0, 8, 0, seconds_per_fit=0.001)})
+    plan = Plan(2, 2048, models={"rw": ModelPlan(0, 8, 0, seconds_per_fit=0.001)})
     run_train(config, "rw", plan)
     made: list[weakref.ref] = []
     alive_after_reconcile: list[bool] = []
