@@ -32,6 +32,7 @@ from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
 from pipeline.runtime.execute.train_loop import RunState
 from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
 from pipeline.runtime.store.fit_cache import FitCache
@@ -161,6 +162,7 @@ def run_train(
             forecast_arrow_schema(),
             state.forecast_chunks(panel),
             keep_same=True,
+            options=TABLE_OPTIONS,
         )
         _finish(store, run_id, out, status, state)
         seconds = time.perf_counter() - t0
@@ -190,7 +192,7 @@ def run_train(
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
     """Record the run's end, fold its events into the store's snapshot (fits still 'training'
     go back to pending) and export the progress tables."""
-    store.compact(state.model)
+    compacted = store.compact(state.model)
     store.update_run(
         run_id,
         finished=time.time(),
@@ -201,7 +203,7 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
         failed=state.failed_count(),
     )
     with _EXPORTING:
-        store.export(out)
+        store.export(out, compacted)
 
 
 # --- signals and the progress bar -------------------------------------------------------------

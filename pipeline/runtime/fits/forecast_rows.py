@@ -21,6 +21,14 @@ from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
 
 CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
+# how train writes the table (pipeline.io.write_parquet_tables' options): the forecasts, all
+# but unique doubles, neither dictionary-encoded (pyarrow tries, then falls back to plain
+# after a page: 0.2 CPU-s per 3M rows for nothing) nor compressed (zstd saves under 5 % of
+# them); the other columns, few distinct values each, keep both
+TABLE_OPTIONS = {
+    "use_dictionary": [c for c in FORECAST_COLUMNS if c != "FORECAST"],
+    "compression": {c: "none" if c == "FORECAST" else "zstd" for c in FORECAST_COLUMNS},
+}
 
 
 def forecast_chunks(
@@ -51,8 +59,8 @@ def forecast_chunks(
         cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
         cols["q"].append(qi.astype(np.int16))
         cols["o"].append(g.origin[fi].astype(np.int64))
-        cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
-        cols["a"].append(alpha[gi][fi, qi].astype(np.float64))
+        cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64, copy=False))
+        cols["a"].append(alpha[gi][fi, qi].astype(np.float64, copy=False))
         del fi, cj, hi, qi
     flat = {
         k: np.concatenate(cols.pop(k)) if groups else np.array([], np.int64) for k in list(cols)
@@ -134,13 +142,18 @@ def _actuals(
 
 
 def _stamps(months: np.ndarray) -> Any:
-    """timestamp[ns] of month indexes (schema.month_start without a pandas index)."""
+    """timestamp[ns] of month indexes (schema.month_start without a pandas index): each
+    distinct month converted once, the rows taken from those few stamps."""
     import pyarrow as pa
 
     from pipeline.schema import month_index
 
-    epoch = month_index("1970-01-01")
-    stamps = (np.asarray(months, np.int64) - epoch).astype("datetime64[M]").astype("datetime64[ns]")
+    months = np.asarray(months, np.int64)
+    if not months.size:
+        return pa.array(months.astype("datetime64[ns]"), type=pa.timestamp("ns"))
+    lo = int(months.min())
+    span = np.arange(lo, int(months.max()) + 1, dtype=np.int64) - month_index("1970-01-01")
+    stamps = span.astype("datetime64[M]").astype("datetime64[ns]")[months - lo]
     return pa.array(stamps, type=pa.timestamp("ns"))
 
 

@@ -37,6 +37,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     OldFormat,
     apply_event,
     carry_state,
+    drop_unused_runs,
     float_blob,
     fresh_state,
     group_row,
@@ -237,15 +238,19 @@ class ProgressStore:
         self._groups[model] = list(groups)
         self._states[model] = mirror_state(new)
 
-    def compact(self, model: str) -> None:
+    def compact(self, model: str) -> list[GroupState]:
         """Fold the model's events into its groups' snapshot (fits left 'training' by a stopped
-        run go back to pending); the store then holds one row per group."""
+        run go back to pending); the store then holds one row per group. Returns the snapshot
+        (what load_groups would read back: `export` takes it instead of reading it again)."""
         states = load_groups(self.conn, model)
         for s in states:
             s.status[s.status == TRAINING] = PENDING
         self._write_groups(model, states)
+        for s in states:  # as written, so as load_groups would read them back
+            drop_unused_runs(s)
         if model in self._states:
             self._states[model] = mirror_state(states)
+        return states
 
     def _write_groups(self, model: str, states: Sequence[GroupState]) -> None:
         used = sorted({int(t) for s in states for t in np.unique(s.task) if t})
@@ -404,15 +409,22 @@ class ProgressStore:
         """model -> status -> number of fits."""
         return fit_counts(load_groups(self.conn, model, values=False))
 
-    def export(self, output_dir: str | Path) -> None:
+    def export(self, output_dir: str | Path, compacted: Sequence[GroupState] = ()) -> None:
         """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
-        row groups) and progress/errors.parquet (deterministic order)."""
+        row groups) and progress/errors.parquet (deterministic order). `compacted`: one model's
+        groups as `compact` just returned them (this writer's own, so nothing changed them
+        since); only the other models' groups are read."""
         import pandas as pd
 
         out = Path(output_dir) / PROGRESS_DIR
+        own = {s.model for s in compacted}
         self.conn.execute("BEGIN")
         try:
-            states = load_groups(self.conn)
+            others = self.conn.execute("SELECT DISTINCT model FROM groups ORDER BY model")
+            states = [
+                s for (m,) in others.fetchall() if m not in own for s in load_groups(self.conn, m)
+            ]
+            states = sorted([*states, *compacted], key=lambda s: (s.model, s.grp))
             tasks, errors = side_tables(self.conn)
             every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
         finally:

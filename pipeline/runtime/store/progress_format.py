@@ -263,14 +263,23 @@ def mirror_state(states: Sequence[GroupState]) -> list[GroupState]:
     return [replace(s, forecast=None, alpha=None, runs=list(s.runs)) for s in states]
 
 
-def group_row(s: GroupState) -> tuple[Any, ...]:
-    """The `groups` row of a state; only the run ids its fits still name are kept."""
-    F, C, _, _ = s.shape()
+def drop_unused_runs(s: GroupState) -> None:
+    """Keep only the run ids the state's fits still name (what its `groups` row stores)."""
     used, run = np.unique(s.run, return_inverse=True)
     if used.size and used[0] < 0:  # -1 (no run) stays -1
         run = run - 1
         used = used[1:]
-    runs = [s.runs[i] for i in used.tolist()]
+    s.runs = [s.runs[i] for i in used.tolist()]
+    s.run = np.asarray(run, dtype=np.int32).reshape(len(s))
+
+
+def group_row(s: GroupState) -> tuple[Any, ...]:
+    """The `groups` row of a state; only the run ids its fits still name are kept (the state
+    itself is left as it is)."""
+    F, C, _, _ = s.shape()
+    s = replace(s, runs=list(s.runs), run=s.run.copy())
+    drop_unused_runs(s)
+    runs, run = s.runs, s.run
     return (
         s.model,
         s.grp,
