@@ -4,7 +4,7 @@ Flow: build the model's fits and content keys from the prepared panel -> sync th
 store (its fits as arrays, one event per task) -> load every fit already in the model cache -> stream the rest as batched tasks to the
 cluster (bounded in flight, completion order) -> record results as they arrive (the driver writes
 each task's fits as one checksummed cache shard, pipeline/runtime/store/fit_cache.py) -> write `train/{model}.parquet` from the cache
-and the store -> export the progress parquet files.
+and the store -> export the progress store's errors (progress/errors.parquet).
 
 A fit that raises is failed with its traceback and retried up to `runtime.retries` times
 (alone); a task whose worker was killed for memory is failed as "memory" and retried in
@@ -46,8 +46,7 @@ if TYPE_CHECKING:  # only for the type: a cluster starts only where needed
 
 log = logging.getLogger("pipeline.train")
 TRAIN_DIR = Path("train")
-# models training side by side export the one progress store in turn: the last export, of
-# the last model to finish, then holds every model's final state
+# models training side by side export the one progress store's errors in turn
 _EXPORTING = threading.Lock()
 
 
@@ -191,8 +190,8 @@ def run_train(
 
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
     """Record the run's end, fold its events into the store's snapshot (fits still 'training'
-    go back to pending) and export the progress tables."""
-    compacted = store.compact(state.model)
+    go back to pending) and export its errors (the per-row view is derived on read)."""
+    store.compact(state.model)
     store.update_run(
         run_id,
         finished=time.time(),
@@ -203,7 +202,7 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
         failed=state.failed_count(),
     )
     with _EXPORTING:
-        store.export(out, compacted)
+        store.export_errors(out)
 
 
 # --- signals and the progress bar -------------------------------------------------------------

@@ -365,6 +365,27 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
         conn.close()
 
 
+def failed_rows(path: str | Path) -> pd.DataFrame:
+    """The per-row view (ROW_COLUMNS) of the fits whose last attempt failed only: what
+    assemble labels `failed` among the missing forecasts (usually none, so a few rows)."""
+    from dataclasses import replace
+
+    conn = connect_ro(path)
+    try:
+        conn.execute("BEGIN")
+        states = load_groups(conn, values=False)
+        tasks, errors = side_tables(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    only = []
+    for s in states:
+        i = np.nonzero(s.status == FAILED)[0]
+        per_fit = ("keys", "country", "rows", "origin", "status", "attempts", "task", "run")
+        only.append(replace(s, **{n: getattr(s, n)[i] for n in (*per_fit, "error")}))
+    return rows_frame(only, tasks, errors)
+
+
 def failed_keys(path: str | Path) -> set[str]:
     """Content keys of the fits whose last attempt failed."""
     conn = connect_ro(path)
