@@ -127,18 +127,22 @@ def _actuals(
     panel: pd.DataFrame, names: np.ndarray, country: np.ndarray, month: np.ndarray
 ) -> np.ndarray:
     """y_raw of the panel at (names[country], month index), NaN where the panel has no row."""
-    out = np.full(country.size, np.nan)
     if not country.size or not len(panel):
-        return out
+        return np.full(country.size, np.nan)
     panel_names, m0, grid = country_grid(panel, [Y_RAW])
     known = np.array(panel_names, dtype=object)
     at = np.searchsorted(known, names)
     found = (at < known.size) & (known[np.minimum(at, known.size - 1)] == names)
-    row = np.where(found, at, -1)[country]
-    col = month - m0
-    ok = (row >= 0) & (col >= 0) & (col < grid.shape[1])
-    out[ok] = grid[row[ok], col[ok], 0]
-    return out
+    # one row per name, a NaN column on either side of the panel's months (months outside
+    # it clip to them): one flat take per forecast row, no masks over the rows
+    width = grid.shape[1] + 2
+    padded = np.full((names.size, width), np.nan)
+    padded[np.nonzero(found)[0], 1:-1] = grid[at[found], :, 0]
+    at_row = month - (m0 - 1)  # a new array (np.clip is several times slower)
+    np.maximum(at_row, 0, out=at_row)
+    np.minimum(at_row, width - 1, out=at_row)
+    at_row += country.astype(np.int64) * width
+    return padded.ravel().take(at_row)
 
 
 def _stamps(months: np.ndarray) -> Any:
