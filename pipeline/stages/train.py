@@ -189,9 +189,13 @@ def run_train(
 
 
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
-    """Record the run's end, fold its events into the store's snapshot (fits still 'training'
-    go back to pending) and export its errors (the per-row view is derived on read)."""
-    store.compact(state.model)
+    """Record the run's end and export its errors (the per-row view is derived on read). A
+    stopped or failed run folds its events into the store's snapshot now (its fits still
+    'training' go back to pending); a finished run has none training and leaves its events
+    (one per task, read as the snapshot's changes) to the next run's `sync`, which folds
+    them anyway: compacting here rewrote every forecast of the run once more."""
+    if status != "finished":
+        store.compact(state.model)
     store.update_run(
         run_id,
         finished=time.time(),

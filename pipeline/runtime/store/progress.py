@@ -3,7 +3,7 @@
 File: `{output_dir}/progress/progress.sqlite`; its errors exported at the end of train (and on
 an interrupt) to `progress/errors.parquet`. The seed's one row per (model, country, quantile,
 horizon, origin) (progress_view.ROW_COLUMNS) is derived on read: `read_table(path,
-"progress")` (the results page, `monitor --rows`), `progress_view.failed_rows` (assemble), or
+"progress")` (the results page), `progress_view.failed_rows` (assemble's failed fits), or
 `ProgressStore.export` to `progress/progress.parquet` on demand. Train no longer writes that
 file at every run (at 1M fits 3M rows, about 2 of its 6 CPU-s in the driver).
 
@@ -40,7 +40,6 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     OldFormat,
     apply_event,
     carry_state,
-    drop_unused_runs,
     float_blob,
     fresh_state,
     group_row,
@@ -241,19 +240,15 @@ class ProgressStore:
         self._groups[model] = list(groups)
         self._states[model] = mirror_state(new)
 
-    def compact(self, model: str) -> list[GroupState]:
+    def compact(self, model: str) -> None:
         """Fold the model's events into its groups' snapshot (fits left 'training' by a stopped
-        run go back to pending); the store then holds one row per group. Returns the snapshot
-        (what load_groups would read back: `export` takes it instead of reading it again)."""
+        run go back to pending); the store then holds one row per group."""
         states = load_groups(self.conn, model)
         for s in states:
             s.status[s.status == TRAINING] = PENDING
         self._write_groups(model, states)
-        for s in states:  # as written, so as load_groups would read them back
-            drop_unused_runs(s)
         if model in self._states:
             self._states[model] = mirror_state(states)
-        return states
 
     def _write_groups(self, model: str, states: Sequence[GroupState]) -> None:
         used = sorted({int(t) for s in states for t in np.unique(s.task) if t})
@@ -427,22 +422,16 @@ class ProgressStore:
         if stale.exists() and active(output_dir).owns(stale):
             stale.unlink()
 
-    def export(self, output_dir: str | Path, compacted: Sequence[GroupState] = ()) -> None:
+    def export(self, output_dir: str | Path) -> None:
         """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
-        row groups) and progress/errors.parquet (deterministic order). `compacted`: one model's
-        groups as `compact` just returned them (this writer's own, so nothing changed them
-        since); only the other models' groups are read."""
+        row groups) and progress/errors.parquet (deterministic order): the whole per-row view
+        as files, on demand (train writes only the errors: export_errors)."""
         import pandas as pd
 
         out = Path(output_dir) / PROGRESS_DIR
-        own = {s.model for s in compacted}
         self.conn.execute("BEGIN")
         try:
-            others = self.conn.execute("SELECT DISTINCT model FROM groups ORDER BY model")
-            states = [
-                s for (m,) in others.fetchall() if m not in own for s in load_groups(self.conn, m)
-            ]
-            states = sorted([*states, *compacted], key=lambda s: (s.model, s.grp))
+            states = load_groups(self.conn)
             tasks, errors = side_tables(self.conn)
             every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
         finally:

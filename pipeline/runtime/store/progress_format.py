@@ -12,7 +12,8 @@ table `groups`, one row per (model, grp): the group's fit plan and the snapshot 
   (F, C, H, Q) and `alpha` (F, Q) (NULL when every value is NaN).
 table `events`: what happened since the snapshot, one row per task transition (training,
   done, failed, loaded), applied in id order on read; the driver folds them into the snapshot
-  at the start and end of each train run. `fits` are delta-encoded positions in the group.
+  at the start of each train run (`sync`) and at the end of a stopped one (`compact`). `fits`
+  are delta-encoded positions in the group.
 table `tasks`: one row per task run (worker, started, finished, seconds per fit, peak_mb).
 table `errors`: one row per failed fit with its full traceback; table `runs`: one per train run.
 
@@ -263,23 +264,14 @@ def mirror_state(states: Sequence[GroupState]) -> list[GroupState]:
     return [replace(s, forecast=None, alpha=None, runs=list(s.runs)) for s in states]
 
 
-def drop_unused_runs(s: GroupState) -> None:
-    """Keep only the run ids the state's fits still name (what its `groups` row stores)."""
+def group_row(s: GroupState) -> tuple[Any, ...]:
+    """The `groups` row of a state; only the run ids its fits still name are kept."""
+    F, C, _, _ = s.shape()
     used, run = np.unique(s.run, return_inverse=True)
     if used.size and used[0] < 0:  # -1 (no run) stays -1
         run = run - 1
         used = used[1:]
-    s.runs = [s.runs[i] for i in used.tolist()]
-    s.run = np.asarray(run, dtype=np.int32).reshape(len(s))
-
-
-def group_row(s: GroupState) -> tuple[Any, ...]:
-    """The `groups` row of a state; only the run ids its fits still name are kept (the state
-    itself is left as it is)."""
-    F, C, _, _ = s.shape()
-    s = replace(s, runs=list(s.runs), run=s.run.copy())
-    drop_unused_runs(s)
-    runs, run = s.runs, s.run
+    runs = [s.runs[i] for i in used.tolist()]
     return (
         s.model,
         s.grp,
