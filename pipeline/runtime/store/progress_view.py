@@ -378,11 +378,11 @@ def failed_rows(path: str | Path) -> pd.DataFrame:
         conn.execute("COMMIT")
     finally:
         conn.close()
+    per_fit = ("keys", "country", "rows", "origin", "status", "attempts", "task", "run", "error")
     only = []
     for s in states:
         i = np.nonzero(s.status == FAILED)[0]
-        per_fit = ("keys", "country", "rows", "origin", "status", "attempts", "task", "run")
-        only.append(replace(s, **{n: getattr(s, n)[i] for n in (*per_fit, "error")}))
+        only.append(replace(s, **{n: getattr(s, n)[i] for n in per_fit}))
     return rows_frame(only, tasks, errors)
 
 
