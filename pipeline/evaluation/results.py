@@ -1,8 +1,9 @@
 """`docs/RESULTS.md` from a finished study's output dir: coverage, cost, memory, metrics, a reading.
 
 Every number comes from the run's own files (meta.json, probe.json, probe_measurements.json,
-the progress store's per-row view, reports/tables/*.parquet, and the stage timings the caller reads from
-logs/timings.json: that file is the runtime's, and evaluation imports nothing of runtime/), so
+reports/tables/*.parquet, and what the caller reads and passes in: the progress store's per-row
+view and the stage timings of logs/timings.json; those are the runtime's, and evaluation
+imports nothing of runtime/), so
 regenerating after a new run cannot leave stale figures behind. The short reading is written from the same numbers.
 """
 
