@@ -317,7 +317,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if notes is not None and not notes.is_file():
         raise ConfigError("--notes", "an existing Markdown file", str(notes))
     output_dir = Path(args.output_dir)
-    render_results(output_dir, Path(args.out), notes=notes, timings=read_timings(output_dir))
+    from pipeline.runtime.store.progress import db_path, read_table
+
+    db = db_path(output_dir)  # the per-row view derived on read (else an earlier export)
+    progress = read_table(db, "progress") if db.exists() else None
+    timings = read_timings(output_dir)
+    render_results(output_dir, Path(args.out), notes=notes, timings=timings, progress=progress)
     print(f"wrote {args.out}")
     return 0
 

@@ -105,15 +105,21 @@ def write_parquet(
 
 
 def write_parquet_tables(
-    path: str | os.PathLike[str], schema: Any, tables: Iterable[Any], keep_same: bool = False
+    path: str | os.PathLike[str],
+    schema: Any,
+    tables: Iterable[Any],
+    keep_same: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """write_parquet for a table given as consecutive Arrow tables of `schema` (each its own
-    row groups), so only one of them need exist at a time."""
+    row groups), so only one of them need exist at a time. `options`: pyarrow ParquetWriter
+    arguments over the defaults (zstd, statistics), e.g. per-column encodings."""
     import pyarrow.parquet as pq
 
+    settings = {"compression": "zstd", "write_statistics": True, **(options or {})}
     with (
         atomic_path(path, keep_same) as tmp,
-        pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer,
+        pq.ParquetWriter(tmp, schema, **settings) as writer,
     ):
         for table in tables:
             writer.write_table(table)

@@ -286,6 +286,7 @@ def test_missing_fits_that_train_gave_up_on_say_failed(tmp_path, fake_adapters, 
     assert len(missing) == (fits["status"] == "failed").sum() and len(missing) > 0
     assert set(missing["COUNTRY"]) == {"C02"}
     assert set(missing["REASON"]) == {"failed"}
+    assert not (config.output_dir / "progress" / "progress.parquet").exists()  # from the store
 
 
 def test_an_error_during_a_run_logs_under_its_output_dir_and_only_its_own(

@@ -93,6 +93,46 @@ def test_fits_move_through_statuses_and_keep_tracebacks(tmp_path: Path) -> None:
     ]
 
 
+def test_the_per_row_view_is_derived_on_read_and_train_leaves_no_stale_export(
+    tmp_path: Path,
+) -> None:
+    from pipeline.runtime.store.manifest import MANIFEST_FILE, OutputFiles
+    from pipeline.runtime.store.progress_view import failed_rows
+
+    g = group({("AA", JAN18): "k1", ("BB", JAN18): "k2", ("CC", JAN18): "k3"})
+    failure = {"error_type": "ValueError", "message": "boom", "traceback": "Traceback: boom"}
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.sync("m", [g], QS, "run1")
+        t = store.start_task("m", 0, np.array([0, 1, 2]), "run1")
+        store.record_done(
+            "m", "run1", 0, np.array([0]), pred(1.0, 5.0, 9.0), NO_ALPHA, t, task(), 3
+        )
+        store.record_failed("m", "run1", 0, np.array([2]), [failure], t, task())
+        store.export(tmp_path)  # on demand: the whole per-row view as a file
+        whole = pd.read_parquet(tmp_path / "progress" / "progress.parquet")
+        # the failed fit's rows, as the whole view has them (assemble labels them `failed`)
+        failed = failed_rows(db_path(tmp_path))
+        expected = whole[whole["status"] == "failed"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(failed, expected)
+        assert failed["country"].tolist() == ["CC"] * 3 and len(whole) == 9
+        pd.testing.assert_frame_equal(read_table(db_path(tmp_path), "progress"), whole)
+        # train's own export: the errors; the per-row file, the product's own, now stale, goes
+        files = OutputFiles(tmp_path)
+        files.written.add("progress/progress.parquet")
+        files.save()
+        store.export_errors(tmp_path)
+        assert not (tmp_path / "progress" / "progress.parquet").exists()
+        assert pd.read_parquet(tmp_path / "progress" / "errors.parquet")["key"].tolist() == [
+            key("k3")
+        ]
+        # a user's file of that name (not in the manifest) is left alone
+        (tmp_path / "progress" / "progress.parquet").write_bytes(b"mine")
+        (tmp_path / MANIFEST_FILE).unlink()
+        OutputFiles(tmp_path).save()
+        store.export_errors(tmp_path)
+        assert (tmp_path / "progress" / "progress.parquet").read_bytes() == b"mine"
+
+
 def test_a_new_key_resets_only_its_fits_and_removed_fits_disappear(tmp_path: Path) -> None:
     g = group({("AA", JAN18): "k1", ("BB", JAN18): "k2", ("CC", JAN18): "k3"})
     with ProgressStore(db_path(tmp_path)) as store:

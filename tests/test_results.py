@@ -11,6 +11,7 @@ import pytest
 from pipeline.config.compose import compose_config
 from pipeline.evaluation.results import render_results
 from pipeline.runner import run_study
+from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.runtime.store.timings import read_timings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,14 +41,17 @@ def test_reduced_seed_study_and_results_page(tmp_path, monkeypatch):
     )
     assert run_study(config) == 0
     doc = tmp_path / "docs" / "RESULTS.md"
-    text = render_results(out, doc, fan_countries=("DE",), timings=read_timings(out))
+    progress = read_table(db_path(out), "progress")  # the store's per-row view, as the CLI reads it
+    text = render_results(
+        out, doc, fan_countries=("DE",), timings=read_timings(out), progress=progress
+    )
     assert doc.read_text() == text
     # coverage: the UK's data ends in 2020-11, so it has fewer fits than DE; nothing failed
     assert "4 countries kept: DE, FR, IT, UK" in text
     covered = text.split("## Countries and fits covered")[1].split("## Wall time")[0]
     rows = dict(re.findall(r"^\| (ar_qr|lqr|ensemble_nn) \| ([\d,]+) \|", covered, re.M))
     assert rows["ar_qr"] == rows["lqr"] and int(rows["ensemble_nn"]) == 12
-    progress = pd.read_parquet(out / "progress/progress.parquet")
+    assert not (out / "progress/progress.parquet").exists()  # train writes no per-row export
     assert (progress["status"] == "done").all()
     uk = progress[(progress["model"] == "ar_qr") & (progress["country"] == "UK")]
     de = progress[(progress["model"] == "ar_qr") & (progress["country"] == "DE")]
@@ -74,7 +78,7 @@ def test_reduced_seed_study_and_results_page(tmp_path, monkeypatch):
     notes = tmp_path / "notes.md"
     notes.write_text("Hand-written reading.\n")
     with_notes = render_results(
-        out, doc, fan_countries=("DE",), notes=notes, timings=read_timings(out)
+        out, doc, fan_countries=("DE",), notes=notes, timings=read_timings(out), progress=progress
     )
     assert with_notes.startswith(text) and with_notes.index("## Reading") < with_notes.index(
         "## Notes (hand-written, from `notes.md`)"

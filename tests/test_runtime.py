@@ -363,7 +363,7 @@ def test_a_worker_lost_without_a_memory_event_is_labelled_worker_lost(
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_exports_progress(tmp_path: Path) -> None:
+def test_sigterm_stops_cleanly_and_saves_progress(tmp_path: Path) -> None:
     config = study(tmp_path / "out")
     proc = start_driver(
         tmp_path,
@@ -378,8 +378,9 @@ def test_sigterm_stops_cleanly_and_exports_progress(tmp_path: Path) -> None:
     reap(children)
     runs = read_table(db_path(config.output_dir), "runs")
     assert list(runs["state"]) == ["interrupted"]
-    progress = pd.read_parquet(config.output_dir / "progress" / "progress.parquet")
+    progress = read_table(db_path(config.output_dir), "progress")  # derived on read
     assert not (progress["status"] == "training").any() and (progress["status"] == "done").any()
+    assert (config.output_dir / "progress" / "errors.parquet").exists()
 
 
 @pytest.mark.slow

@@ -521,9 +521,10 @@ def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
     built with pandas, byte for byte, for per-country and pooled fits (masked rows), fits
     not known, NaN forecasts, and chunks smaller than a group."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from pipeline.io import write_parquet, write_parquet_tables
-    from pipeline.runtime.fits.forecast_rows import forecast_chunks
+    from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS, forecast_chunks
     from pipeline.schema import forecast_arrow_schema
 
     d = copy.deepcopy(SMALL_STUDY)
@@ -549,6 +550,14 @@ def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
     one = forecast_chunks(*args, chunk=len(want))
     write_parquet_tables(tmp_path / "arrow.parquet", forecast_arrow_schema(), one)
     assert (tmp_path / "arrow.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
+    # as train writes it (no dictionary or compression on FORECAST): other bytes, the same table
+    one = forecast_chunks(*args, chunk=37)
+    write_parquet_tables(
+        tmp_path / "train.parquet", forecast_arrow_schema(), one, options=TABLE_OPTIONS
+    )
+    assert pq.read_table(tmp_path / "train.parquet").equals(
+        pq.read_table(tmp_path / "pandas.parquet")
+    )
     # nothing known: one empty table with the schema
     nothing = [h & False for h in have]
     (empty,) = forecast_chunks(groups, pred, alpha, nothing, config, model, panel)

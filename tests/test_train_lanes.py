@@ -202,7 +202,7 @@ def test_ctrl_c_with_two_models_in_flight_saves_both_and_a_rerun_completes_them(
         child.kill()
     runs = read_table(db_path(config.output_dir), "runs")
     assert sorted(runs["model"]) == MODELS and set(runs["state"]) == {"interrupted"}, runs
-    progress = pd.read_parquet(config.output_dir / "progress" / "progress.parquet")
+    progress = read_table(db_path(config.output_dir), "progress")  # derived on read
     assert not (progress["status"] == "training").any()
     for model in MODELS:  # both stopped midway, their done fits kept
         status = progress.loc[progress["model"] == model, "status"]

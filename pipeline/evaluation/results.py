@@ -1,8 +1,9 @@
 """`docs/RESULTS.md` from a finished study's output dir: coverage, cost, memory, metrics, a reading.
 
 Every number comes from the run's own files (meta.json, probe.json, probe_measurements.json,
-progress.parquet, reports/tables/*.parquet, and the stage timings the caller reads from
-logs/timings.json: that file is the runtime's, and evaluation imports nothing of runtime/), so
+reports/tables/*.parquet, and what the caller reads and passes in: the progress store's per-row
+view and the stage timings of logs/timings.json; those are the runtime's, and evaluation
+imports nothing of runtime/), so
 regenerating after a new run cannot leave stale figures behind. The short reading is written from the same numbers.
 """
 
@@ -27,10 +28,13 @@ def render_results(
     notes: Path | None = None,
     *,
     timings: Mapping[str, Mapping[str, Any]],
+    progress: pd.DataFrame | None = None,
 ) -> str:
     """Write the page to `doc_path` (images copied beside it under img/) and return its text.
 
     `timings`: stage -> {"seconds", "status"} of the run (runtime.store.timings.read_timings).
+    `progress`: the progress store's per-row view (runtime.store.progress.read_table(db,
+    "progress")); None reads progress/progress.parquet (an export, or an earlier qpipe's).
 
     `notes`: a hand-written Markdown file (the authors' reading of these numbers) placed after
     the generated reading, under its own heading, so the page says which part is whose."""
@@ -40,7 +44,8 @@ def render_results(
         p.stem: pd.read_parquet(p)
         for p in sorted((output_dir / "reports/tables").glob("*.parquet"))
     }
-    progress = pd.read_parquet(output_dir / "progress/progress.parquet")
+    if progress is None:
+        progress = pd.read_parquet(output_dir / "progress/progress.parquet")
     params = (
         _read_yaml(output_dir / "config.yaml") if (output_dir / "config.yaml").exists() else None
     )

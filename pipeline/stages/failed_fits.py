@@ -1,28 +1,43 @@
 """Which missing fits train tried and gave up on: REASON `failed` in forecasts/missing.parquet.
 
 A fit absent from train/ is either never tried (REASON `absent`: a run stopped early) or tried
-and failed on every attempt (`failed`: progress/progress.parquet, which train exports, says so
-with status `failed`; its errors are in progress/errors.parquet).
+and failed on every attempt (`failed`: the progress store, which train writes, says so with
+status `failed`; its errors are in progress/errors.parquet).
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-PROGRESS_EXPORT = Path("progress/progress.parquet")
+log = logging.getLogger("pipeline")
+PROGRESS_EXPORT = Path("progress/progress.parquet")  # an earlier qpipe's per-row export
 
 
 def read_failed_fits(output_dir: Path) -> pd.DataFrame | None:
-    """Fits with status `failed` in the progress export, as FIT_KEY rows (None without one)."""
-    path = Path(output_dir) / PROGRESS_EXPORT
-    if not path.exists():
-        return None
-    columns = ["model", "country", "quantile", "horizon", "origin", "status"]
-    # only the failed rows (usually none): the export holds a row per forecast
-    failed = pd.read_parquet(path, columns=columns, filters=[("status", "==", "failed")])
+    """Fits with status `failed` in the progress store (or, from an earlier qpipe without one
+    readable, in its per-row export), as FIT_KEY rows (None without either)."""
+    from pipeline.runtime.store.progress import db_path
+    from pipeline.runtime.store.progress_view import failed_rows
+
+    failed = None
+    db, path = db_path(output_dir), Path(output_dir) / PROGRESS_EXPORT
+    if db.exists():
+        try:
+            failed = failed_rows(db)  # only the failed fits' rows (usually none)
+        except sqlite3.DatabaseError as error:  # derived data: the next train rebuilds it
+            log.warning(
+                "progress store %s is unreadable (%s): failed fits read as absent", db, error
+            )
+    if failed is None:
+        if not path.exists():
+            return None
+        columns = ["model", "country", "quantile", "horizon", "origin", "status"]
+        failed = pd.read_parquet(path, columns=columns, filters=[("status", "==", "failed")])
     return pd.DataFrame(
         {
             "MODEL": failed["model"].astype("string"),

@@ -4,7 +4,7 @@ Flow: build the model's fits and content keys from the prepared panel -> sync th
 store (its fits as arrays, one event per task) -> load every fit already in the model cache -> stream the rest as batched tasks to the
 cluster (bounded in flight, completion order) -> record results as they arrive (the driver writes
 each task's fits as one checksummed cache shard, pipeline/runtime/store/fit_cache.py) -> write `train/{model}.parquet` from the cache
-and the store -> export the progress parquet files.
+and the store -> export the progress store's errors (progress/errors.parquet).
 
 A fit that raises is failed with its traceback and retried up to `runtime.retries` times
 (alone); a task whose worker was killed for memory is failed as "memory" and retried in
@@ -31,6 +31,7 @@ from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
 from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
@@ -46,8 +47,7 @@ if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
 
 log = logging.getLogger("pipeline.train")
 TRAIN_DIR = Path("train")
-# models training side by side export the one progress store in turn: the last export, of
-# the last model to finish, then holds every model's final state
+# models training side by side export the one progress store's errors in turn
 _EXPORTING = threading.Lock()
 
 
@@ -156,6 +156,7 @@ def run_train(
             forecast_arrow_schema(),
             state.forecast_chunks(panel),
             keep_same=True,
+            options=TABLE_OPTIONS,
         )
         _finish(store, run_id, out, status, state)
         seconds = time.perf_counter() - t0
@@ -183,9 +184,13 @@ def run_train(
 
 
 def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: RunState) -> None:
-    """Record the run's end, fold its events into the store's snapshot (fits still 'training'
-    go back to pending) and export the progress tables."""
-    store.compact(state.model)
+    """Record the run's end and export its errors (the per-row view is derived on read). A
+    stopped or failed run folds its events into the store's snapshot now (its fits still
+    'training' go back to pending); a finished run has none training and leaves its events
+    (one per task, read as the snapshot's changes) to the next run's `sync`, which folds
+    them anyway: compacting here rewrote every forecast of the run once more."""
+    if status != "finished":
+        store.compact(state.model)
     store.update_run(
         run_id,
         finished=time.time(),
@@ -196,7 +201,7 @@ def _finish(store: ProgressStore, run_id: str, out: Path, status: str, state: Ru
         failed=state.failed_count(),
     )
     with _EXPORTING:
-        store.export(out)
+        store.export_errors(out)
 
 
 # --- signals and the progress bar -------------------------------------------------------------

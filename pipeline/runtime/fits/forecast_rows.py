@@ -23,6 +23,14 @@ if TYPE_CHECKING:  # imported where the table is built: importing train (a no-op
     import pandas as pd
 
 CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
+# how train writes the table (pipeline.io.write_parquet_tables' options): the forecasts, all
+# but unique doubles, neither dictionary-encoded (pyarrow tries, then falls back to plain
+# after a page: 0.2 CPU-s per 3M rows for nothing) nor compressed (zstd saves under 5 % of
+# them); the other columns, few distinct values each, keep both
+TABLE_OPTIONS = {
+    "use_dictionary": [c for c in FORECAST_COLUMNS if c != "FORECAST"],
+    "compression": {c: "none" if c == "FORECAST" else "zstd" for c in FORECAST_COLUMNS},
+}
 
 
 def forecast_chunks(
@@ -54,8 +62,8 @@ def forecast_chunks(
         cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
         cols["q"].append(qi.astype(np.int16))
         cols["o"].append(g.origin[fi].astype(np.int64))
-        cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64))
-        cols["a"].append(alpha[gi][fi, qi].astype(np.float64))
+        cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64, copy=False))
+        cols["a"].append(alpha[gi][fi, qi].astype(np.float64, copy=False))
         del fi, cj, hi, qi
     flat = {
         k: np.concatenate(cols.pop(k)) if groups else np.array([], np.int64) for k in list(cols)
@@ -124,28 +132,37 @@ def _actuals(
     panel: pd.DataFrame, names: np.ndarray, country: np.ndarray, month: np.ndarray
 ) -> np.ndarray:
     """y_raw of the panel at (names[country], month index), NaN where the panel has no row."""
-    out = np.full(country.size, np.nan)
     if not country.size or not len(panel):
-        return out
+        return np.full(country.size, np.nan)
     panel_names, m0, grid = country_grid(panel, [Y_RAW])
     known = np.array(panel_names, dtype=object)
     at = np.searchsorted(known, names)
     found = (at < known.size) & (known[np.minimum(at, known.size - 1)] == names)
-    row = np.where(found, at, -1)[country]
-    col = month - m0
-    ok = (row >= 0) & (col >= 0) & (col < grid.shape[1])
-    out[ok] = grid[row[ok], col[ok], 0]
-    return out
+    # one row per name, a NaN column on either side of the panel's months (months outside
+    # it clip to them): one flat take per forecast row, no masks over the rows
+    width = grid.shape[1] + 2
+    padded = np.full((names.size, width), np.nan)
+    padded[np.nonzero(found)[0], 1:-1] = grid[at[found], :, 0]
+    at_row = month - (m0 - 1)  # a new array (np.clip is several times slower)
+    np.maximum(at_row, 0, out=at_row)
+    np.minimum(at_row, width - 1, out=at_row)
+    at_row += country.astype(np.int64) * width
+    return padded.ravel().take(at_row)
 
 
 def _stamps(months: np.ndarray) -> Any:
-    """timestamp[ns] of month indexes (schema.month_start without a pandas index)."""
+    """timestamp[ns] of month indexes (schema.month_start without a pandas index): each
+    distinct month converted once, the rows taken from those few stamps."""
     import pyarrow as pa
 
     from pipeline.schema import month_index
 
-    epoch = month_index("1970-01-01")
-    stamps = (np.asarray(months, np.int64) - epoch).astype("datetime64[M]").astype("datetime64[ns]")
+    months = np.asarray(months, np.int64)
+    if not months.size:
+        return pa.array(months.astype("datetime64[ns]"), type=pa.timestamp("ns"))
+    lo = int(months.min())
+    span = np.arange(lo, int(months.max()) + 1, dtype=np.int64) - month_index("1970-01-01")
+    stamps = span.astype("datetime64[M]").astype("datetime64[ns]")[months - lo]
     return pa.array(stamps, type=pa.timestamp("ns"))
 
 

@@ -12,7 +12,8 @@ table `groups`, one row per (model, grp): the group's fit plan and the snapshot 
   (F, C, H, Q) and `alpha` (F, Q) (NULL when every value is NaN).
 table `events`: what happened since the snapshot, one row per task transition (training,
   done, failed, loaded), applied in id order on read; the driver folds them into the snapshot
-  at the start and end of each train run. `fits` are delta-encoded positions in the group.
+  at the start of each train run (`sync`) and at the end of a stopped one (`compact`). `fits`
+  are delta-encoded positions in the group.
 table `tasks`: one row per task run (worker, started, finished, seconds per fit, peak_mb).
 table `errors`: one row per failed fit with its full traceback; table `runs`: one per train run.
 

@@ -58,7 +58,8 @@ def rows_frame(
     model, country, horizon, quantile, origin. `tasks`/`errors`: those tables, indexed by id."""
     import pyarrow as pa
 
-    return pa.concat_tables(list(row_chunks(states, tasks, errors))).to_pandas()
+    table = pa.concat_tables(list(row_chunks(states, tasks, errors)))
+    return table.cast(row_schema()).to_pandas()  # the string columns decoded
 
 
 def row_chunks(
@@ -67,10 +68,12 @@ def row_chunks(
     errors: pd.DataFrame,
     chunk: int = CHUNK_ROWS,
 ) -> Iterator[Any]:
-    """rows_frame in consecutive Arrow tables of at most `chunk` rows: the sort runs on integer
-    arrays, and each chunk's columns are filled group by group into numpy arrays in their final
-    order (a string column one take from its few distinct values, the keys' hex straight into
-    an Arrow buffer): no Python object per row and no reordering of built tables."""
+    """rows_frame in consecutive Arrow tables of at most `chunk` rows (write_schema: its
+    string columns, but the keys, dictionary-encoded over the same values in every chunk): the
+    sort runs on integer arrays, and each chunk's columns are filled group by group into numpy
+    arrays in their final order (a string column its codes into its few distinct values, the
+    keys' hex straight into an Arrow buffer): no Python object per row and no reordering of
+    built tables."""
     states = [s for s in states if len(s)]
     if not states:
         yield _empty()
@@ -105,15 +108,20 @@ def row_chunks(
     offsets = np.cumsum([0, *(k.size for k in keys)])
     order = np.argsort(np.concatenate(keys), kind="stable")
     del keys
+    import pyarrow as pa
+
     from pipeline.runtime.fits.fit_groups import origin_labels
 
     # every string column's distinct values once per export; rows hold codes into them
     dictionaries = {
-        "model": models,
-        "country": names,
-        "origin": origin_labels(origins),
-        "status": list(STATUSES),
-        "run_id": [r for s in states for r in s.runs] or [""],
+        c: pa.array(list(values), type=pa.string())
+        for c, values in (
+            ("model", models),
+            ("country", names),
+            ("origin", origin_labels(origins)),
+            ("status", STATUSES),
+            ("run_id", [r for s in states for r in s.runs] or [""]),
+        )
     }
     run_offset = np.cumsum([0, *(len(s.runs) for s in states)])
     task_of = _Side(tasks, ("worker", "started", "finished", "seconds", "peak_mb"))
@@ -181,7 +189,7 @@ def _chunk(
         import pyarrow as pa
 
         task, error = tasks.at(ints["task"]), errors.at(ints["error"])
-        strings = {c: _coded(dictionaries[c], code[c], code[c] >= 0) for c in code}
+        strings = {c: _coded(dictionaries[c], code[c]) for c in code}
         columns = {
             **strings,
             **num,
@@ -194,7 +202,7 @@ def _chunk(
         }
         for c in FLOAT_COLUMNS:  # NaN is null, as pandas writes it
             columns[c] = pa.array(columns[c], type=pa.float64(), from_pandas=True)
-        return pa.table([columns[c] for c in ROW_COLUMNS], schema=row_schema())
+        return pa.table([columns[c] for c in ROW_COLUMNS], schema=write_schema())
 
     return build
 
@@ -220,17 +228,49 @@ def row_schema() -> Any:
     return pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
 
 
+def write_schema() -> Any:
+    """row_schema with its string columns but `key` dictionary-encoded: row_chunks' tables. The
+    parquet writer then writes a chunk's dictionary and codes as they are, instead of hashing
+    every string of the chunk to find them again."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field(f.name, pa.dictionary(pa.int32(), f.type))
+            if f.type == pa.string() and f.name != "key"
+            else f
+            for f in row_schema()
+        ]
+    )
+
+
+# the export's parquet settings: the forecasts (unique doubles) and the keys (unique hex) are
+# neither dictionary-encoded (pyarrow tries, then falls back after a page) nor given statistics;
+# the forecasts are not compressed either (zstd saves under 5 % of random doubles). No Arrow
+# schema is stored, so that a reader gets `string` columns, not the dictionaries written.
+_UNIQUE = ("key", "forecast")
+_WRITE_OPTIONS = {
+    "use_dictionary": [c for c in ROW_COLUMNS if c not in _UNIQUE],
+    "write_statistics": [c for c in ROW_COLUMNS if c not in _UNIQUE],
+    "compression": {c: "none" if c == "forecast" else "zstd" for c in ROW_COLUMNS},
+    "store_schema": False,
+}
+
+
 def write_rows(path: Path, chunks: Iterator[Any]) -> None:
     """The per-row table as parquet (atomic), one row group per chunk: the export."""
     import pyarrow.parquet as pq
 
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, row_schema(), compression="zstd") as out:
+    with (
+        atomic_path(path) as tmp,
+        pq.ParquetWriter(tmp, write_schema(), **_WRITE_OPTIONS) as out,
+    ):
         for chunk in chunks:
             out.write_table(chunk)
 
 
 def _empty() -> Any:
-    return row_schema().empty_table()
+    return write_schema().empty_table()
 
 
 def _expand(s: GroupState) -> tuple[np.ndarray, ...]:
@@ -239,18 +279,21 @@ def _expand(s: GroupState) -> tuple[np.ndarray, ...]:
     return expand_rows(s.rows, np.arange(F), H, Q)
 
 
-def _coded(values: Any, codes: np.ndarray, valid: np.ndarray | None = None) -> Any:
-    """A string column: `values` (a few distinct strings) at `codes`, null where not `valid`."""
+def _coded(values: Any, codes: np.ndarray) -> Any:
+    """A dictionary-encoded string column: `values` (an Arrow string array of a few distinct
+    strings) at `codes`, null where a code is -1."""
     import pyarrow as pa
 
-    mask = None if valid is None or valid.all() else ~valid
-    at = pa.array(codes, mask=mask, type=pa.int64())
-    return pa.array(list(values), type=pa.string()).take(at)
+    valid = codes >= 0
+    mask = None if valid.all() else ~valid
+    at = pa.array(np.where(valid, codes, 0).astype(np.int32), mask=mask, type=pa.int32())
+    return pa.DictionaryArray.from_arrays(at, values)
 
 
 class _Side:
     """Columns of a side table (`tasks`, `errors`: indexed by id) looked up by id: floats as
-    numpy, strings as one Arrow array taken from (ids 0 or without a row: null / NaN)."""
+    numpy, strings as codes into their sorted distinct values (ids 0 or without a row, and
+    NULL cells: null / NaN)."""
 
     def __init__(self, table: pd.DataFrame, columns: Sequence[str]) -> None:
         import pyarrow as pa
@@ -263,9 +306,14 @@ class _Side:
             col = table[c].to_numpy() if c in table else np.full(len(table), None)
             if c in FLOAT_COLUMNS:  # a column of NULLs reads as objects; NaN for row -1
                 self.columns[c] = np.append(col.astype(np.float64), np.nan)
-            else:  # a NULL cell reads null
+            else:  # a NULL cell reads null (code -1, as row -1 gets from the appended -1)
                 strings = [None if v is None or v != v else str(v) for v in col]
-                self.columns[c] = pa.array(strings or [""], type=pa.string())
+                known = np.nonzero([v is not None for v in strings])[0]
+                present = np.array([strings[i] for i in known.tolist()], dtype=object)
+                codes, values = pd.factorize(present, sort=True)
+                at = np.full(len(strings) + 1, -1, dtype=np.int64)
+                at[known] = codes
+                self.columns[c] = (at, pa.array(list(values) or [""], type=pa.string()))
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """The table's row of each id; -1 for 0 and ids without a row."""
@@ -275,17 +323,13 @@ class _Side:
 
     def at(self, row: np.ndarray) -> dict[str, Any]:
         """The columns at rows `row` (self.rows' values: -1 is null / NaN)."""
-        import pyarrow as pa
-
-        hit = row >= 0
-        every = bool(hit.all())
         out: dict[str, Any] = {}
         for c, col in self.columns.items():
             if c in FLOAT_COLUMNS:  # row -1 takes the NaN appended after the last row
                 out[c] = col[row]
-            else:
-                at = row if every else np.where(hit, row, 0)
-                out[c] = col.take(pa.array(at, mask=None if every else ~hit, type=pa.int64()))
+            else:  # ... and the code -1 (null)
+                codes, values = col
+                out[c] = _coded(values, codes[row])
         return out
 
 
@@ -325,6 +369,27 @@ def read_table(path: str | Path, table: str) -> pd.DataFrame:
         return rows_frame(states, tasks, errors)
     finally:
         conn.close()
+
+
+def failed_rows(path: str | Path) -> pd.DataFrame:
+    """The per-row view (ROW_COLUMNS) of the fits whose last attempt failed only: what
+    assemble labels `failed` among the missing forecasts (usually none, so a few rows)."""
+    from dataclasses import replace
+
+    conn = connect_ro(path)
+    try:
+        conn.execute("BEGIN")
+        states = load_groups(conn, values=False)
+        tasks, errors = side_tables(conn)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    per_fit = ("keys", "country", "rows", "origin", "status", "attempts", "task", "run", "error")
+    only = []
+    for s in states:
+        i = np.nonzero(s.status == FAILED)[0]
+        only.append(replace(s, **{n: getattr(s, n)[i] for n in per_fit}))
+    return rows_frame(only, tasks, errors)
 
 
 def failed_keys(path: str | Path) -> set[str]:
