@@ -296,6 +296,7 @@ class _Side:
     NULL cells: null / NaN)."""
 
     def __init__(self, table: pd.DataFrame, columns: Sequence[str]) -> None:
+        import pandas as pd
         import pyarrow as pa
 
         ids = table.index.to_numpy(dtype=np.int64)
