@@ -330,7 +330,26 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.runtime.ui.monitor import monitor
 
+    if args.export:
+        return _export_progress(Path(args.output_dir))
     return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval, rows=args.rows)
+
+
+def _export_progress(out: Path) -> int:
+    """The per-row progress table as files, on demand (train writes only errors.parquet; its
+    next run removes this export, which would then be stale)."""
+    from pipeline.runtime.store.manifest import tracking_dir
+    from pipeline.runtime.store.progress import ProgressStore, db_path
+
+    db = db_path(out)
+    if not db.is_file():
+        raise ConfigError(
+            "--output-dir", "a run's output dir (with progress/progress.sqlite)", str(out)
+        )
+    with RunLock(out), tracking_dir(out), ProgressStore(db) as store:
+        store.export(out)
+    print(f"wrote {db.parent / 'progress.parquet'} and {db.parent / 'errors.parquet'}")
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -94,6 +94,11 @@ def command_parser(description: str = "") -> argparse.ArgumentParser:
         action="store_true",
         help="count forecast rows (model, country, quantile, horizon, origin), not fits",
     )
+    monitor.add_argument(
+        "--export",
+        action="store_true",
+        help="write the per-row view to progress/progress.parquet (and errors.parquet), then exit",
+    )
 
     verify = commands.add_parser("verify", help="check every fit-cache checksum now")
     verify.add_argument("--output-dir", default=".", help="the run's runtime.output_dir")

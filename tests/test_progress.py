@@ -133,6 +133,48 @@ def test_the_per_row_view_is_derived_on_read_and_train_leaves_no_stale_export(
         assert (tmp_path / "progress" / "progress.parquet").read_bytes() == b"mine"
 
 
+def test_monitor_export_writes_the_view_on_demand_and_keeps_a_users_file(tmp_path: Path) -> None:
+    """`monitor --export`: the per-row view as files, recorded as the product's (so train's
+    next run removes it as stale); a user's file there, or no store, exits 2 and keeps all."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def export(out: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pipeline", "monitor", "--output-dir", str(out)]
+        return subprocess.run([*command, "--export"], cwd=ROOT, capture_output=True, text=True)
+
+    missing = export(tmp_path / "none")
+    assert missing.returncode == 2 and "progress.sqlite" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    g = group({("AA", JAN18): "k1", ("BB", JAN18): "k2"})
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.sync("m", [g], QS, "run1")
+        t = store.start_task("m", 0, np.array([0, 1]), "run1")
+        store.record_done(
+            "m", "run1", 0, np.array([0]), pred(1.0, 5.0, 9.0), NO_ALPHA, t, task(), 2
+        )
+    exported = tmp_path / "progress" / "progress.parquet"
+    result = export(tmp_path)
+    assert result.returncode == 0, result.stderr
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(exported), read_table(db_path(tmp_path), "progress")
+    )
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.export_errors(tmp_path)  # what train does at its end: the export is stale
+    assert not exported.exists()
+    from pipeline.runtime.store.manifest import MANIFEST_FILE, OutputFiles
+
+    exported.write_bytes(b"mine")  # a user's file of that name (not in the manifest)
+    (tmp_path / MANIFEST_FILE).unlink()
+    OutputFiles(tmp_path).save()
+    refused = export(tmp_path)
+    assert refused.returncode == 2 and "not written by this pipeline" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert exported.read_bytes() == b"mine"
+
+
 def test_a_new_key_resets_only_its_fits_and_removed_fits_disappear(tmp_path: Path) -> None:
     g = group({("AA", JAN18): "k1", ("BB", JAN18): "k2", ("CC", JAN18): "k3"})
     with ProgressStore(db_path(tmp_path)) as store:

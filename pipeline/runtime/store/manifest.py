@@ -177,6 +177,20 @@ def tracking(config: StudyConfig, by_naming: bool = False) -> Iterator[OutputFil
     files.legacy = files.legacy or by_naming
     for target in predictable_targets(config.output_dir, config.models.names()):
         files.check_target(target)
+    with _guarding(files):
+        yield files
+
+
+@contextmanager
+def tracking_dir(output_dir: str | os.PathLike[str]) -> Iterator[OutputFiles]:
+    """tracking for a command that writes into a finished run's dir without its config (the
+    on-demand progress export): the same guard and record (hold the dir's RunLock)."""
+    with _guarding(OutputFiles(output_dir)) as files:
+        yield files
+
+
+@contextmanager
+def _guarding(files: OutputFiles) -> Iterator[OutputFiles]:
     files.tracked = True
     _active.append(files)
     previous = set_write_guard(files.guard)
