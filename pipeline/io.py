@@ -105,15 +105,24 @@ def write_parquet(
 
 
 def write_parquet_tables(
-    path: str | os.PathLike[str], schema: Any, tables: Iterable[Any], keep_same: bool = False
+    path: str | os.PathLike[str],
+    schema: Any,
+    tables: Iterable[Any],
+    keep_same: bool = False,
+    plain: Iterable[str] = (),
 ) -> None:
     """write_parquet for a table given as consecutive Arrow tables of `schema` (each its own
-    row groups), so only one of them need exist at a time."""
+    row groups), so only one of them need exist at a time. `plain`: columns written without
+    a dictionary (where nearly every value differs, pyarrow's attempt at one only costs)."""
     import pyarrow.parquet as pq
 
+    plain = set(plain)
+    use_dictionary = [n for n in schema.names if n not in plain] if plain else True
     with (
         atomic_path(path, keep_same) as tmp,
-        pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=True) as writer,
+        pq.ParquetWriter(
+            tmp, schema, compression="zstd", write_statistics=True, use_dictionary=use_dictionary
+        ) as writer,
     ):
         for table in tables:
             writer.write_table(table)
