@@ -84,21 +84,16 @@ def _read_shard(path: Path) -> pd.DataFrame:
     """One shard in the schema's columns and dtypes (`conform_forecasts` without its sort:
     the rows are sorted once, after the join)."""
     import pyarrow as pa
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    # Arrow's buffers from the C library's allocator, not its default (mimalloc): this first
-    # large allocation of assemble's process spent 0.9-2.5 CPU-s in the kernel faulting in
-    # mimalloc's fresh (huge) pages, 0.3-0.6 so (benchmarks/README.md, ninth pass); the
-    # same table as pq.read_table's (the scan pq.read_table does, with a pool of its own)
-    pool = pa.system_memory_pool()
-    table = ds.dataset(path, format="parquet").to_table(memory_pool=pool)
     # each string column one Arrow chunk (pandas' read leaves them in 64k-row chunks, and a
     # take of a chunked Arrow column, as in a sort or each forecast table's rows, was about
     # 7x slower; numbers become one numpy array anyway); else what pd.read_parquet does
+    table = pq.read_table(path)
     for i, column in enumerate(table.columns):
         if column.num_chunks > 1 and not pa.types.is_primitive(column.type):
-            table = table.set_column(i, table.field(i), column.combine_chunks(memory_pool=pool))
-    frame = table.to_pandas(memory_pool=pool)
+            table = table.set_column(i, table.field(i), column.combine_chunks())
+    frame = table.to_pandas()
     del table
     for optional in ("ACTUAL", "ALPHA"):
         if optional not in frame.columns:
