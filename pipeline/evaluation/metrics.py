@@ -355,7 +355,6 @@ def metric_tables(
     mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
     dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
     work = compact_frame(frame)
-    # the scored rows and their join to the benchmark, once per period for every table
     # the scored rows, their join to the benchmark and the codes of their keys, once per
     # period for every table (k: the scored rows' codes, jk: the joined rows')
     makers = {
