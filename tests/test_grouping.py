@@ -96,3 +96,52 @@ def test_interval_table_equals_the_merge_of_lower_and_upper_rows():
     np.testing.assert_allclose(got["COVERAGE"], want["COVERAGE"], rtol=0, atol=0)
     np.testing.assert_allclose(got["WIDTH"], want["WIDTH"], rtol=1e-15)
     assert (got["NOMINAL"] == 0.8).all()
+
+
+def _benchmark_merge(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
+    """The join metrics made with pandas before (the oracle)."""
+    from pipeline.evaluation import metrics as ev
+
+    bench = rows.loc[rows["MODEL"] == benchmark, [*ev.ROW_KEY, "LOSS"]]
+    return rows.merge(bench.rename(columns={"LOSS": "BENCH_LOSS"}), on=list(ev.ROW_KEY))
+
+
+@pytest.mark.parametrize("case", ["partial", "benchmark_only", "absent", "missing_key", "repeat"])
+def test_the_benchmark_join_is_pandas_inner_merge(case):
+    """Rows joined to the benchmark's loss by their row keys' group numbers: the rows and
+    order, columns, dtypes, values and codes of pandas' inner merge on ROW_KEY, where the
+    benchmark lacks rows or has others, is the only model, is absent, and (by the merge
+    itself) where a key is missing or the benchmark repeats a row key."""
+    from pipeline.evaluation import metrics as ev
+
+    rng = np.random.default_rng(11)
+    grid = pd.MultiIndex.from_product(
+        [["rw", "ar_qr", "lqr"], ["AT", "BE", "CZ"], [1, 3], [0.1, 0.5, 0.9],
+         pd.date_range("2019-01", periods=24, freq="MS")],
+        names=["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END"],
+    ).to_frame(index=False)  # fmt: skip
+    grid = grid.sample(frac=0.8, random_state=2)  # each model lacks some of the others' rows
+    grid["TIME"] = grid["WINDOW_END"] + pd.DateOffset(months=1)
+    grid["TARGET"] = "y"
+    grid["FORECAST"], grid["ACTUAL"] = rng.normal(size=(2, len(grid)))
+    grid.loc[rng.random(len(grid)) < 0.05, "ACTUAL"] = np.nan
+    benchmark = "ar_qr"
+    if case == "benchmark_only":
+        grid = grid.loc[grid["MODEL"] == "ar_qr"]
+    elif case == "absent":
+        benchmark = "none"
+    elif case == "missing_key":
+        grid["COUNTRY"] = pd.array(grid["COUNTRY"], dtype="string")
+        grid.iloc[::7, grid.columns.get_loc("COUNTRY")] = pd.NA
+    elif case == "repeat":  # one row key twice for the benchmark (another origin's window)
+        first = grid.loc[grid["MODEL"] == "ar_qr"].iloc[:1]
+        grid = pd.concat([grid, first.assign(FORECAST=0.5)])
+    rows = ev._scored(ev.compact_frame(grid))
+    assert not rows.index.equals(pd.RangeIndex(len(rows)))  # the merge renumbers the rows
+    joined, keys = ev._with_benchmark(rows, benchmark)
+    want = _benchmark_merge(rows, benchmark)
+    pd.testing.assert_frame_equal(joined, want, check_exact=True)
+    assert (len(want) > 0) == (case != "absent")
+    by = ["MODEL", "HORIZON", "QUANTILE"]
+    assert keys.rows is joined
+    np.testing.assert_array_equal(keys.groups(by).ids, ev.Keys(want).groups(by).ids)

@@ -18,35 +18,55 @@ def interval_rows(
     of forecasts (rows sharing `forecast_key`) whose actual lies between the forecasts at the
     model's lowest and highest level, and the mean width between them. `keys`: the codes of
     `rows`, when already made."""
-    keys = keys if keys is not None and keys.rows is rows else Keys(rows)
-    # each row's model levels (lowest and highest) as arrays, from the model codes
+    if keys is None or keys.rows is not rows or not keys.dropna:
+        keys = Keys(rows)
+    # each model's lowest and highest level, from the codes of its rows' levels (sorted, -1:
+    # missing): a table of which (model, level) pairs occur, not a groupby over every row
     model, n_models = keys.codes(MODEL)
+    level, n_levels = keys.codes(QUANTILE)
     q = rows[QUANTILE].to_numpy(np.float64)
-    levels = pd.Series(q).groupby(model).agg(["min", "max"]).reindex(range(n_models))
-    lower = np.where(model >= 0, levels["min"].to_numpy(np.float64)[model], np.nan)
-    upper = np.where(model >= 0, levels["max"].to_numpy(np.float64)[model], np.nan)
-    inner = lower < upper
-    at_lo, at_hi = np.flatnonzero(inner & (q == lower)), np.flatnonzero(inner & (q == upper))
+    known = (model >= 0) & (level >= 0)
+    cells = np.bincount(
+        model[known].astype(np.int64) * n_levels + level[known], minlength=n_models * n_levels
+    )
+    present = cells.reshape(n_models, n_levels) > 0
+    has = present.any(axis=1)
+    lo_code = np.where(has, present.argmax(axis=1), -1)
+    hi_code = np.where(has, n_levels - 1 - present[:, ::-1].argmax(axis=1), -1)
+    value = np.full(n_levels + 1, np.nan)  # each level code's value; the last: none
+    value[level[known]] = q[known]
+    model_lower = np.r_[value[lo_code], np.nan]  # by model code; the last: no model (-1)
+    model_upper = np.r_[value[hi_code], np.nan]
+    inner = model_lower < model_upper  # a model with one level has no interval
+    at_lo = np.flatnonzero(level == np.where(inner, np.r_[lo_code, -1], -2)[model])
+    at_hi = np.flatnonzero(level == np.where(inner, np.r_[hi_code, -1], -2)[model])
     # each lower-level row paired with its forecast's upper-level row, in the lower rows'
-    # order: the inner merge on the forecast key that this replaces
+    # order (the inner merge on the forecast key that this replaces), by forecast number
     forecast = keys.groups(forecast_key)
-    if forecast.kept is not None:  # a key is missing: pandas' merge
+    hi_of = np.full(forecast.n_groups if forecast.kept is None else 0, -1, dtype=np.int64)
+    if forecast.kept is None:
+        hi_of[forecast.ids[at_hi]] = at_hi
+    if forecast.kept is not None or np.count_nonzero(hi_of >= 0) != at_hi.size or not at_lo.size:
+        # a key is missing, a forecast has several upper rows, or none: pandas' merge
+        lower, upper = model_lower[model], model_upper[model]
         return _interval_merge(rows, by, forecast_key, lower, upper, at_lo, at_hi)
-    hi_id = forecast.ids[at_hi]
-    order = np.argsort(hi_id, kind="stable")
-    hi_sorted = hi_id[order]
-    if hi_sorted.size and (hi_sorted[1:] == hi_sorted[:-1]).any():  # not one row per forecast
-        return _interval_merge(rows, by, forecast_key, lower, upper, at_lo, at_hi)
-    lo_id = forecast.ids[at_lo]
-    pos = np.minimum(np.searchsorted(hi_sorted, lo_id), max(hi_sorted.size - 1, 0))
-    matched = hi_sorted[pos] == lo_id if hi_sorted.size else np.zeros(lo_id.size, bool)
-    lo, hi = at_lo[matched], at_hi[order[pos[matched]]]
+    partner = hi_of[forecast.ids[at_lo]]
+    matched = partner >= 0
+    lo, hi = at_lo[matched], partner[matched]
     actual = rows[ACTUAL].to_numpy(np.float64)[lo]
     f = rows[FORECAST].to_numpy(np.float64)
     f_lo, f_hi = f[lo], f[hi]
-    both = rows[by].iloc[lo].reset_index(drop=True).assign(LOWER=lower[lo], UPPER=upper[lo])
+    both = rows[by].iloc[lo].reset_index(drop=True)
     hit = ((f_lo <= actual) & (actual <= f_hi)).astype(np.float64)
-    return _interval_table(both, by, hit, f_hi - f_lo)
+    both_keys = keys.subset(both, lo)
+    table = group_mean(both, by, {"COVERAGE": hit, "WIDTH": f_hi - f_lo}, both_keys)
+    # LOWER and UPPER are the model's (MODEL is in `by`): grouping by them too, as the
+    # merge did, gives these groups, each with its model's pair
+    group_model = model[lo][both_keys.groups(by).first]
+    table.insert(len(by), "LOWER", model_lower[group_model])
+    table.insert(len(by) + 1, "UPPER", model_upper[group_model])
+    table.insert(len(by) + 2, "NOMINAL", table["UPPER"] - table["LOWER"])
+    return table
 
 
 def _interval_merge(

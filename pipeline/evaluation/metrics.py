@@ -131,10 +131,34 @@ def _check_benchmark(frame: pd.DataFrame, benchmark: str) -> None:
         )
 
 
-def _with_benchmark(rows: pd.DataFrame, benchmark: str) -> pd.DataFrame:
-    """Scored rows of every model joined to the benchmark's loss on the same row key."""
-    bench = rows.loc[rows[MODEL] == benchmark, [*ROW_KEY, "LOSS"]]
-    return rows.merge(bench.rename(columns={"LOSS": "BENCH_LOSS"}), on=list(ROW_KEY), how="inner")
+def _with_benchmark(
+    rows: pd.DataFrame, benchmark: str, keys: Keys | None = None
+) -> tuple[pd.DataFrame, Keys]:
+    """Scored rows of every model joined to the benchmark's loss on the same row key (column
+    BENCH_LOSS), and the joined rows' codes: pandas' inner merge on ROW_KEY (the rows with a
+    benchmark row, in `rows`' order), from the row keys' group numbers instead of hashing
+    the key columns again. `keys`: the codes of `rows`, when already made."""
+    keys = keys if keys is not None and keys.rows is rows else Keys(rows)
+    is_bench = rows[MODEL].eq(benchmark).to_numpy(dtype=bool, na_value=False)
+    row = keys.groups(ROW_KEY)
+    bench_at = np.full(row.n_groups if row.kept is None else 0, -1, dtype=np.int64)
+    if row.kept is None:  # the benchmark's row of each row key (-1: none)
+        bench_at[row.ids[is_bench]] = np.flatnonzero(is_bench)
+    if row.kept is not None or np.count_nonzero(bench_at >= 0) != np.count_nonzero(is_bench):
+        # a missing key (the merge matches NaN to NaN) or a row key the benchmark repeats
+        bench = rows.loc[is_bench, [*ROW_KEY, "LOSS"]].rename(columns={"LOSS": "BENCH_LOSS"})
+        joined = rows.merge(bench, on=list(ROW_KEY), how="inner")
+        return joined, Keys(joined)
+    partner = bench_at[row.ids]
+    loss = rows["LOSS"].to_numpy(np.float64)
+    match = partner >= 0
+    if match.all():  # every row (a study of the benchmark alone): no copy of the rows
+        joined = rows.reset_index(drop=True).assign(BENCH_LOSS=loss[partner])
+        return joined, keys.subset(joined, match)
+    where = np.flatnonzero(match)
+    joined = rows.iloc[where].reset_index(drop=True)
+    joined["BENCH_LOSS"] = loss[partner[where]]
+    return joined, keys.subset(joined, where)
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -160,7 +184,8 @@ def relative_pinball(
 
 
 def _relative_table(frame: pd.DataFrame, benchmark: str, by: list[str]) -> pd.DataFrame:
-    return _relative_rows(_with_benchmark(_scored(frame), benchmark), by)
+    joined, keys = _with_benchmark(_scored(frame), benchmark)
+    return _relative_rows(joined, by, keys)
 
 
 def _relative_rows(joined: pd.DataFrame, by: list[str], keys: Keys | None = None) -> pd.DataFrame:
@@ -268,7 +293,7 @@ def diebold_mariano(
 def _dm_table(
     frame: pd.DataFrame, benchmark: str, by: list[str], small_sample: bool
 ) -> pd.DataFrame:
-    joined = _with_benchmark(_scored(frame), benchmark)
+    joined, _ = _with_benchmark(_scored(frame), benchmark)
     return dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
 
 
@@ -330,7 +355,6 @@ def metric_tables(
     mchq = [MODEL, COUNTRY, HORIZON, QUANTILE]
     dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
     work = compact_frame(frame)
-    # the scored rows and their join to the benchmark, once per period for every table
     # the scored rows, their join to the benchmark and the codes of their keys, once per
     # period for every table (k: the scored rows' codes, jk: the joined rows')
     makers = {
@@ -360,8 +384,7 @@ def metric_tables(
             mask = mask & where
         scored = _scored(work, mask)
         keys = work_keys.subset(scored, mask)
-        joined = _with_benchmark(scored, benchmark)
-        joined_keys = Keys(joined)
+        joined, joined_keys = _with_benchmark(scored, benchmark, keys)
         for name, make in makers.items():
             table = make((work, work_keys, where), scored, joined, keys, joined_keys)
             parts[name].append(table.assign(PERIOD=period))

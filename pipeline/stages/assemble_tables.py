@@ -14,7 +14,7 @@ import pandas as pd
 from pipeline.evaluation import coverage_tests, decomposition, mcs
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.grouping import Keys
-from pipeline.io import write_parquet, write_parquet_tables, write_text
+from pipeline.io import column_encodings, write_parquet, write_parquet_tables, write_text
 
 
 def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
@@ -32,6 +32,13 @@ def arrow_table(frame: pd.DataFrame) -> Any:
     return table.combine_chunks()
 
 
+# Written without a dictionary: nearly every forecast (and actual, over many countries) is a
+# value of its own, so pyarrow hashed each into a dictionary as large as the column, or gave
+# it up at its 1 MiB page (~131k values): plain, the tables encode in ~55-75% of the CPU and
+# are ~10% smaller (benchmarks/README.md, ninth pass). A deliberate change of their bytes.
+PLAIN_COLUMNS = ("FORECAST", "ACTUAL")
+
+
 def write_forecast_tables(
     fdir: Path, whole: Any, frame: pd.DataFrame, missing: pd.DataFrame
 ) -> list[Path]:
@@ -39,7 +46,7 @@ def write_forecast_tables(
     `whole` is `arrow_table(frame)`."""
     import pyarrow as pa
 
-    paths = []
+    paths, encodings = [], column_encodings(whole.schema.names, plain=PLAIN_COLUMNS)
     # the groups of a sorted groupby (rows in frame order within each), from integer codes
     keys = ["MODEL", "QUANTILE", "HORIZON"]
     codes = [evaluate.rank_codes(frame[c]) for c in keys]
@@ -53,9 +60,9 @@ def write_forecast_tables(
         part = whole.take(pa.array(order[a:b]))
         model, q, h = (part.column(c)[0].as_py() for c in keys)
         paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet_tables(paths[-1], part.schema, [part])
+        write_parquet_tables(paths[-1], part.schema, [part], options=encodings)
         del part
-    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole])
+    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole], options=encodings)
     write_parquet(fdir / "missing.parquet", missing)
     return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.io import column_encodings
 from pipeline.runtime.fits.fit_groups import FitGroup, expand
 from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
@@ -27,10 +28,7 @@ CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
 # but unique doubles, neither dictionary-encoded (pyarrow tries, then falls back to plain
 # after a page: 0.2 CPU-s per 3M rows for nothing) nor compressed (zstd saves under 5 % of
 # them); the other columns, few distinct values each, keep both
-TABLE_OPTIONS = {
-    "use_dictionary": [c for c in FORECAST_COLUMNS if c != "FORECAST"],
-    "compression": {c: "none" if c == "FORECAST" else "zstd" for c in FORECAST_COLUMNS},
-}
+TABLE_OPTIONS = column_encodings(FORECAST_COLUMNS, plain=["FORECAST"], uncompressed=["FORECAST"])
 
 
 def forecast_chunks(
