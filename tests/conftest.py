@@ -19,11 +19,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -101,6 +103,42 @@ def process_alive(pid: int) -> bool:
 
 def make_config(d: dict[str, Any]) -> StudyConfig:
     return validate(with_defaults(d))
+
+
+def prepared_rw_study(tmp_path: Path) -> StudyConfig:
+    """The small study with only rw enabled, its tasks run in the driver (no cluster: the test
+    takes seconds), prepared into tmp_path/out."""
+    from pipeline.stages.prepare import prepare
+
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update({"output_dir": str(tmp_path / "out"), "in_process_below_s": 60.0})
+    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
+    config = make_config(d)
+    prepare(config, ROOT)
+    return config
+
+
+def write_format_1_shard(shards: Path, entries: dict[str, dict[str, Any]], damaged: int) -> None:
+    """A fit-cache shard `old` as format 1 wrote it (a sha256 per entry; pred and alpha
+    stacked, state_c each entry's own), the checksum of entry `damaged` not matching."""
+    from pipeline.runtime.store.shard_format import entry_checksum
+
+    shards.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        shards / "old.npz",
+        pred=np.stack([e["pred"] for e in entries.values()]),
+        alpha=np.stack([e["alpha"] for e in entries.values()]),
+        **{f"{i}/state_c": e["state_c"] for i, e in enumerate(entries.values())},
+    )
+    index = {
+        "entries": [
+            {"key": k, "own": ["state_c"], "sha256": entry_checksum(e)} for k, e in entries.items()
+        ],
+        "format": 1,
+        "stacked": ["alpha", "pred"],
+    }
+    index["entries"][damaged]["sha256"] = "0" * 64
+    (shards / "old.json").write_text(json.dumps(index, sort_keys=True))
 
 
 @pytest.fixture

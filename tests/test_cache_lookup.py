@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import prepared_rw_study, write_format_1_shard
 
 from pipeline.runtime.fits.keys import hex_keys
-from pipeline.runtime.store.fit_cache import DAMAGED_DIR, FitCache, entry_checksum
+from pipeline.runtime.store.fit_cache import DAMAGED_DIR, FitCache
 from pipeline.runtime.store.shard_read import KeyMatcher
 
 
@@ -30,6 +31,12 @@ def arrays_of(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     }
 
 
+def write_parts(cache: FitCache, keys: np.ndarray, arrays: dict, **parts: slice) -> None:
+    """One shard per part (label -> the rows of keys and arrays it holds)."""
+    for label, rows in parts.items():
+        cache.write_stacked(keys[rows], {n: a[rows] for n, a in arrays.items()}, label)
+
+
 def as_dict(cache: FitCache, wanted: np.ndarray) -> dict[str, np.ndarray]:
     """lookup's result as key -> pred (what the test compares)."""
     found = cache.lookup(wanted, keep=("pred", "alpha"))
@@ -43,9 +50,8 @@ def test_lookup_finds_what_verify_finds_by_position(tmp_path: Path) -> None:
     keys = digests(rng, 300)
     arrays = arrays_of(rng, 300)
     cache = FitCache(tmp_path, "m", block=16)
-    cache.write_stacked(keys[:200], {n: a[:200] for n, a in arrays.items()}, "a")
     # the second shard repeats 50 keys of the first (trained twice: the same bytes)
-    cache.write_stacked(keys[150:300], {n: a[150:300] for n, a in arrays.items()}, "b")
+    write_parts(cache, keys, arrays, a=slice(200), b=slice(150, 300))
     unknown = digests(np.random.default_rng(9), 40)
     wanted = np.concatenate([keys[::3], unknown, keys[1::3]])
     rng.shuffle(wanted)
@@ -67,8 +73,7 @@ def test_lookup_reads_only_shards_it_needs_and_heals_a_damaged_block(tmp_path: P
     keys = digests(rng, 64)
     arrays = arrays_of(rng, 64)
     cache = FitCache(tmp_path, "m", block=8)
-    cache.write_stacked(keys[:32], {n: a[:32] for n, a in arrays.items()}, "a")
-    cache.write_stacked(keys[32:], {n: a[32:] for n, a in arrays.items()}, "b")
+    write_parts(cache, keys, arrays, a=slice(32), b=slice(32, None))
     first, second = sorted(cache.shards.glob("*.json"))
     # shard b: the block of its entries 8..15 no longer matches its bytes
     index = json.loads(second.read_text())
@@ -115,26 +120,11 @@ def test_a_format_1_shard_and_listed_keys_are_looked_up(tmp_path: Path) -> None:
     keys = digests(rng, 3)
     hexed = hex_keys(keys).tolist()
     cache = FitCache(tmp_path, "m")
-    cache.shards.mkdir(parents=True)
     entries = {
         k: {"pred": np.full((1, 1, 3), float(i)), "alpha": np.zeros(3), "state_c": np.arange(i)}
         for i, k in enumerate(hexed)
     }
-    np.savez(
-        cache.shards / "old.npz",
-        pred=np.stack([e["pred"] for e in entries.values()]),
-        alpha=np.stack([e["alpha"] for e in entries.values()]),
-        **{f"{i}/state_c": e["state_c"] for i, e in enumerate(entries.values())},
-    )
-    index = {
-        "entries": [
-            {"key": k, "own": ["state_c"], "sha256": entry_checksum(e)} for k, e in entries.items()
-        ],
-        "format": 1,
-        "stacked": ["alpha", "pred"],
-    }
-    index["entries"][1]["sha256"] = "0" * 64
-    (cache.shards / "old.json").write_text(json.dumps(index, sort_keys=True))
+    write_format_1_shard(cache.shards, entries, damaged=1)
     found = cache.lookup(keys, keep=("pred", "alpha"))
     assert found.index.tolist() == [0, 2] and found.damaged.tolist() == [1]
     np.testing.assert_array_equal(found.arrays["pred"][:, 0, 0, 0], [0.0, 2.0])
@@ -177,8 +167,7 @@ def test_check_counts_what_verify_finds(tmp_path: Path) -> None:
     keys = digests(rng, 40)
     arrays = arrays_of(rng, 40)
     cache = FitCache(tmp_path / "a", "m", block=4)
-    cache.write_stacked(keys[:30], {n: a[:30] for n, a in arrays.items()}, "a")
-    cache.write_stacked(keys[20:], {n: a[20:] for n, a in arrays.items()}, "b")
+    write_parts(cache, keys, arrays, a=slice(30), b=slice(20, None))
     cache.write_shard({"plain": {"pred": np.zeros(3)}}, "c")
     first = next(cache.shards.glob("a-*.json"))
     index = json.loads(first.read_text())
@@ -199,21 +188,11 @@ def test_train_reloads_without_a_str_or_dict_per_fit(
     """A resumed train (one task's shard gone: its fits refit, the rest reloaded) makes no
     hex key per fit and no entry dict: the cache's per-entry `verify` and the groups' hex keys
     are never called, and its table is the uninterrupted run's, byte for byte."""
-    import copy
-
-    from conftest import ROOT, SMALL_STUDY, make_config
-
     import pipeline.runtime.fits.fit_groups as fit_groups
     from pipeline.runtime.sizing.plan import ModelPlan, Plan
-    from pipeline.stages.prepare import prepare
     from pipeline.stages.train import run_train, train_path
 
-    d = copy.deepcopy(SMALL_STUDY)
-    d["runtime"].update({"output_dir": str(tmp_path / "out"), "in_process_below_s": 60.0})
-    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
-    config = make_config(d)
-    prepare(config, ROOT)
-    # in the driver (no cluster to start: the test takes seconds), tasks of 8 fits
+    config = prepared_rw_study(tmp_path)  # tasks of 8 fits, in the driver
     plan = Plan(1, 2048, models={"rw": ModelPlan(96, 8, 12, seconds_per_fit=0.001)})
     first = run_train(config, "rw", plan)
     table = train_path(config, "rw").read_bytes()

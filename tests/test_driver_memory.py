@@ -75,23 +75,17 @@ def test_assemble_holds_the_expected_fits_only_until_they_are_reconciled(
 ) -> None:
     """A million fits' expected frame (80 MB) must not stay alive under assemble's later,
     larger steps: after reconcile nothing references it any more."""
-    import copy
     import gc
     import weakref
 
-    from conftest import ROOT, SMALL_STUDY, make_config
+    from conftest import prepared_rw_study
 
     import pipeline.stages.assemble as assemble_stage
     import pipeline.stages.study as study
     from pipeline.runtime.sizing.plan import ModelPlan, Plan
-    from pipeline.stages.prepare import prepare
     from pipeline.stages.train import run_train
 
-    d = copy.deepcopy(SMALL_STUDY)
-    d["runtime"].update({"output_dir": str(tmp_path / "out"), "in_process_below_s": 60.0})
-    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
-    config = make_config(d)
-    prepare(config, ROOT)
+    config = prepared_rw_study(tmp_path)
     plan = Plan(2, 2048, models={"rw": ModelPlan(0, 8, 0, seconds_per_fit=0.001)})
     run_train(config, "rw", plan)
     made: list[weakref.ref] = []

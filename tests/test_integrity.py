@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_study
+from conftest import tiny_study, write_format_1_shard
 
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
@@ -230,26 +230,8 @@ def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) 
 def test_a_format_1_shard_is_still_read(tmp_path: Path) -> None:
     """A shard written before the columnar format (one sha256 per entry) is read and checked
     entry by entry, so an upgraded qpipe does not refit an existing cache."""
-    from pipeline.runtime.store.shard_format import entry_checksum
-
     cache = FitCache(tmp_path, "m")
-    cache.shards.mkdir(parents=True)
-    entries = {f"k{i}": entry(i + 1) for i in range(3)}
-    np.savez(
-        cache.shards / "old.npz",
-        pred=np.stack([e["pred"] for e in entries.values()]),
-        alpha=np.stack([e["alpha"] for e in entries.values()]),
-        **{f"{i}/state_c": e["state_c"] for i, e in enumerate(entries.values())},
-    )
-    index = {
-        "entries": [
-            {"key": k, "own": ["state_c"], "sha256": entry_checksum(e)} for k, e in entries.items()
-        ],
-        "format": 1,
-        "stacked": ["alpha", "pred"],
-    }
-    index["entries"][1]["sha256"] = "0" * 64
-    (cache.shards / "old.json").write_text(json.dumps(index, sort_keys=True))
+    write_format_1_shard(cache.shards, {f"k{i}": entry(i + 1) for i in range(3)}, damaged=1)
     report = cache.verify()
     assert sorted(report.entries) == ["k0", "k2"] and report.damaged_keys == ["k1"]
     np.testing.assert_array_equal(report.entries["k2"]["state_c"], np.arange(3))
