@@ -4,7 +4,7 @@ File: `{output_dir}/progress/progress.sqlite`; its errors exported at the end of
 an interrupt) to `progress/errors.parquet`. The seed's one row per (model, country, quantile,
 horizon, origin) (progress_view.ROW_COLUMNS) is derived on read: `read_table(path,
 "progress")` (the results page), `progress_view.failed_rows` (assemble's failed fits), or
-`ProgressStore.export` to `progress/progress.parquet` on demand. Train no longer writes that
+`ProgressStore.export` to `progress/progress.parquet` on demand (`monitor --export`). Train no longer writes that
 file at every run (at 1M fits 3M rows, about 2 of its 6 CPU-s in the driver).
 
 The format (progress_view.py describes its tables) keeps each fit group's plan and state as
@@ -34,6 +34,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
     FORMAT,
     PENDING,
+    SCHEMA,
     STATUSES,
     TRAINING,
     GroupState,
@@ -65,37 +66,6 @@ PROGRESS_DIR = Path("progress")
 DB_NAME = "progress.sqlite"
 # models training side by side open their stores at once: one open (WAL switch, schema) at a time
 _OPENING = threading.Lock()
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS groups (
-    model TEXT NOT NULL, grp INTEGER NOT NULL, horizons TEXT NOT NULL, quantiles TEXT NOT NULL,
-    names TEXT NOT NULL, runs TEXT NOT NULL, n_fits INTEGER NOT NULL, n_cols INTEGER NOT NULL,
-    keys BLOB NOT NULL, country BLOB NOT NULL, rows BLOB NOT NULL, origin BLOB NOT NULL,
-    status BLOB NOT NULL, attempts BLOB NOT NULL, task BLOB NOT NULL, run BLOB NOT NULL,
-    error BLOB NOT NULL, forecast BLOB, alpha BLOB,
-    PRIMARY KEY (model, grp)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, model TEXT NOT NULL, grp INTEGER NOT NULL, status TEXT NOT NULL,
-    fits BLOB NOT NULL, run_id TEXT NOT NULL, task INTEGER, bump INTEGER NOT NULL,
-    error BLOB, forecast BLOB, alpha BLOB
-);
-CREATE INDEX IF NOT EXISTS events_model ON events (model, id);
-CREATE TABLE IF NOT EXISTS tasks (
-    id INTEGER PRIMARY KEY, model TEXT, worker TEXT, started REAL, finished REAL,
-    seconds REAL, peak_mb REAL
-);
-CREATE TABLE IF NOT EXISTS errors (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, model TEXT, key TEXT, country TEXT,
-    horizon INTEGER, origin TEXT, attempt INTEGER, error_type TEXT, message TEXT,
-    traceback TEXT, at REAL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, model TEXT, pid INTEGER, started REAL, finished REAL,
-    state TEXT, dashboard TEXT, n_workers INTEGER, log_path TEXT,
-    fits INTEGER, trained INTEGER, loaded INTEGER, failed INTEGER
-);
-"""
 
 
 def db_path(output_dir: str | Path) -> Path:
@@ -152,9 +122,7 @@ class ProgressStore:
                 self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             # one transaction: a reader sees no tables or every table and the format
             # (IMMEDIATE: it waits for another connection's write instead of failing as busy)
-            self.conn.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={FORMAT};COMMIT;"
-            )
+            self.conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={FORMAT};COMMIT;")
         except sqlite3.DatabaseError:
             self.conn.close()
             raise

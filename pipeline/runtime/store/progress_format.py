@@ -38,6 +38,38 @@ if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
 
 FORMAT = 2  # PRAGMA user_version of the store; format 1 was one row per forecast row
+
+# the tables the module docstring describes, as the store creates them
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS groups (
+    model TEXT NOT NULL, grp INTEGER NOT NULL, horizons TEXT NOT NULL, quantiles TEXT NOT NULL,
+    names TEXT NOT NULL, runs TEXT NOT NULL, n_fits INTEGER NOT NULL, n_cols INTEGER NOT NULL,
+    keys BLOB NOT NULL, country BLOB NOT NULL, rows BLOB NOT NULL, origin BLOB NOT NULL,
+    status BLOB NOT NULL, attempts BLOB NOT NULL, task BLOB NOT NULL, run BLOB NOT NULL,
+    error BLOB NOT NULL, forecast BLOB, alpha BLOB,
+    PRIMARY KEY (model, grp)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, grp INTEGER NOT NULL, status TEXT NOT NULL,
+    fits BLOB NOT NULL, run_id TEXT NOT NULL, task INTEGER, bump INTEGER NOT NULL,
+    error BLOB, forecast BLOB, alpha BLOB
+);
+CREATE INDEX IF NOT EXISTS events_model ON events (model, id);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY, model TEXT, worker TEXT, started REAL, finished REAL,
+    seconds REAL, peak_mb REAL
+);
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, model TEXT, key TEXT, country TEXT,
+    horizon INTEGER, origin TEXT, attempt INTEGER, error_type TEXT, message TEXT,
+    traceback TEXT, at REAL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, model TEXT, pid INTEGER, started REAL, finished REAL,
+    state TEXT, dashboard TEXT, n_workers INTEGER, log_path TEXT,
+    fits INTEGER, trained INTEGER, loaded INTEGER, failed INTEGER
+);
+"""
 STATUSES = ("pending", "training", "done", "failed")
 PENDING, TRAINING, DONE, FAILED = range(4)
 
