@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 from conftest import SMALL_STUDY, make_config
 
+from pipeline.data.windows import origins as window_origins
 from pipeline.models.plugins.registry import adapter_for, get_adapter
 from pipeline.runtime.execute.worker import fit_states, run_task
+from pipeline.runtime.fits.country_keys import country_fit_keys
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.fit_windows import country_grid, window_arrays
+from pipeline.runtime.fits.keys import bulk_keys, country_digests, key_prefix
 from pipeline.runtime.fits.tasks import (
     batched_fits_per_task,
     block_task,
@@ -562,3 +565,59 @@ def test_the_forecast_table_built_sorted_in_chunks_equals_the_pandas_one(
     nothing = [h & False for h in have]
     (empty,) = forecast_chunks(groups, pred, alpha, nothing, config, model, panel)
     assert empty.num_rows == 0 and empty.schema == forecast_arrow_schema()
+
+
+def stacked_keys(grid, m0, org, size, h, p, min_rows, prefix, cdig, slots):  # type: ignore[no-untyped-def]
+    """The per-country fits and keys as the plan built them before issue 18's tenth pass:
+    every window stacked by window_arrays, then keys.bulk_keys over the stacked rows."""
+    arr = window_arrays(grid, m0, org, size, [h], p)
+    ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)
+    ci, oi = np.nonzero(ok)
+    ident = [cdig[ci], org[oi], *([slots[oi]] if slots is not None else [])]
+    parts = (arr["X"][ci, oi], arr["y"][ci, oi][..., 0], arr["X_new"][ci, oi])
+    return ci, oi, bulk_keys(prefix, *ident, *parts)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keys_gathered_from_the_grid_equal_the_stacked_windows_keys(seed: int) -> None:
+    """country_fit_keys hashes exactly the bytes the stacked windows gave (the same fits, the
+    same keys byte for byte): gaps, NaN of another sign or payload, origins before a
+    country's data and past the grid, slots and a minimum of rows all included."""
+    rng = np.random.default_rng(seed)
+    C, M, p, size, h = 5, 40, int(rng.integers(1, 4)), 12, int(rng.integers(1, 4))
+    grid = rng.normal(size=(C, M, p + 1))
+    grid[rng.random(grid.shape) < 0.08] = np.nan
+    grid[rng.random(grid.shape) < 0.03] = -np.nan  # another NaN's bits: canonicalised
+    grid[1, :15] = np.nan  # a country that starts late
+    org = np.arange(3, M + 4, 1 + seed % 2, dtype=np.int64) + 500  # some past the grid's end
+    cdig = country_digests([f"C{i}" for i in range(C)])
+    prefix = key_prefix("m", 1, {"a": seed}, [0.1, 0.5], h, seed)
+    for slots, min_rows in [(None, 3), ((org // 2) % 3, 8)]:
+        got = country_fit_keys(grid, 500, org, size, h, p, min_rows, prefix, cdig, slots)
+        want = stacked_keys(grid, 500, org, size, h, p, min_rows, prefix, cdig, slots)
+        assert got[0].size > 0 and (got[0] != 0).any()
+        for a, b in zip(got, want, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_a_real_plans_keys_equal_the_stacked_windows_keys() -> None:
+    """build_groups' keys of a real study (ar_qr, slotted) are the stacked windows' keys."""
+    config = study()
+    adapter = get_adapter("ar_qr")
+    countries = sorted(PANEL["COUNTRY"].unique())
+    for g in build_groups(PANEL, config, adapter):
+        p = len(adapter.features(config))
+        _, m0, grid = country_grid(PANEL, [*adapter.features(config), lead_column(g.horizon)])
+        org = np.array([month_index(o) for o in window_origins(config.rolling_window)])
+        prefix = key_prefix(
+            adapter.name, adapter.version, adapter.params(config), config.data.quantiles,
+            g.horizon, config.seed,
+        )  # fmt: skip
+        ci, oi, keys = stacked_keys(
+            grid, m0, org, config.rolling_window.size, g.horizon, p,
+            adapter.min_rows(config), prefix, country_digests(countries),
+            (org // int(np.diff(org).min())) % adapter.slot_period,
+        )  # fmt: skip
+        assert len(g) == keys.size > 0
+        assert g.key_raw.tobytes() == keys.tobytes()
+        assert (g.origin == org[oi]).all() and (g.country == np.array(countries)[ci]).all()

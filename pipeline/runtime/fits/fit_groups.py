@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.io import stable_hash
+from pipeline.runtime.fits.country_keys import country_fit_keys
 from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
 from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
 from pipeline.schema import month_index, month_start
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # the driver builds groups from a frame; a worker's task need
     import pandas as pd
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
-COUNTRY_CHUNK = 8  # countries whose windows are built at once when grouping per-country fits
 
 
 @dataclass(frozen=True)
@@ -149,25 +149,21 @@ def build_group(
     if not pooled and known is not None:
         c_idx, fit_origin, keys = known
     elif not pooled:
-        # per fit: country, origin, slot (when batched by slot) and the values it reads
-        prefix = key_prefix(model, version, params, quantiles, int(horizons[0]), seed)
-        cdig = country_digests(countries)
-        # a few countries at a time: the driver never holds every fit's window at once
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for c0 in range(0, len(countries), COUNTRY_CHUNK):
-            arr = window_arrays(
-                grid[c0 : c0 + COUNTRY_CHUNK], m0, org, size, horizons, len(features)
-            )
-            ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (c, O)
-            ci, oi = np.nonzero(ok)
-            X, y, x_new = arr["X"][ci, oi], arr["y"][ci, oi][..., 0], arr["X_new"][ci, oi]
-            ident = [cdig[ci + c0], org[oi]]
-            if slot_period > 1:
-                # consecutive origins take consecutive slots (so a task of them needs no
-                # filler); the slot enters the key: one key, one result
-                ident.append((org[oi] // max(step, 1)) % slot_period)
-            parts.append((ci + c0, oi, bulk_keys(prefix, *ident, X, y, x_new)))
-        c_idx, o_idx, keys = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        # per fit: country, origin, slot (when batched by slot) and the values it reads;
+        # consecutive origins take consecutive slots (so a task of them needs no filler)
+        slots = (org // max(step, 1)) % slot_period if slot_period > 1 else None
+        c_idx, o_idx, keys = country_fit_keys(
+            grid,
+            m0,
+            org,
+            size,
+            int(horizons[0]),
+            len(features),
+            min_rows,
+            key_prefix(model, version, params, quantiles, int(horizons[0]), seed),
+            country_digests(countries),
+            slots,
+        )
         c_idx, fit_origin = c_idx.astype(np.int64), org[o_idx.astype(np.int64)]
     if not pooled:
         data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
