@@ -13,7 +13,7 @@ quantiles, the horizon, the origin, the country, the seed and the fingerprint of
 the panel values the fit reads (its window's feature rows including lags, its targets and
 the forecast-time features). Appending a month of data or adding a country leaves old keys
 unchanged; changing one model's parameters changes only that model's keys.
-The keys themselves are made in keys.py.
+The keys themselves are made in keys.py (per-country fits: country_keys.py, same bytes).
 """
 
 from __future__ import annotations
