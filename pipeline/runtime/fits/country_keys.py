@@ -4,7 +4,7 @@ The same fits and byte-identical keys as stacking `window_arrays` per chunk of c
 hashing the stacked rows with `keys.bulk_keys` (tests/test_tasks.py compares them), without
 its copies: the windows are never stacked. Whether a fit exists comes from a running count of
 complete months; each fit's hashed row (prefix, country, origin, slot, X, y, X_new) is gathered
-into one buffer reused for every chunk, so the build neither faults fresh pages per chunk nor
+into one buffer reused for every chunk (~2 MiB), so the build neither faults fresh pages per chunk nor
 copies a window four times (profile: issue 18, benchmarks/README.md "The fit plan's build at a
 million fits").
 """
@@ -18,7 +18,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.runtime.fits.keys import KEY_BYTES
 
-CHUNK_FITS = 2048  # fits hashed per chunk: their rows (~1 KB each for rw) stay in L2
+# bytes of rows gathered and hashed per chunk: they stay in a core's L2 (2 MiB here); 512 to
+# 8,192 rw fits a chunk measured the same at 1M fits
+CHUNK_BYTES = 2 << 20
 
 
 def country_fit_keys(
@@ -66,7 +68,7 @@ def country_fit_keys(
     head = len(prefix)
     widths = [16, 1, *([1] if slots is not None else []), n * p, n, p]  # in 8-byte words
     width = head + 8 * sum(widths)
-    chunk = min(CHUNK_FITS, max(1, ci.size))
+    chunk = max(1, min(CHUNK_BYTES // width, ci.size))
     buf = np.empty((chunk, width), dtype=np.uint8)
     buf[:, :head] = np.frombuffer(prefix, dtype=np.uint8)
     words = buf[:, head:].view("<i8")  # (chunk, width words): head is 64 bytes
