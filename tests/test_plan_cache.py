@@ -149,3 +149,23 @@ def test_a_pooled_model_is_built_not_kept(plans: Path) -> None:
     assert adapter.pooled
     _same(shared_plan.fit_groups(PANEL, config, adapter), build_groups(PANEL, config, adapter))
     assert not list(plans.glob("*.npz"))
+
+
+def test_every_fits_module_the_plan_is_built_from_names_the_entry() -> None:
+    """A kept plan is named by the code of every module of runtime/fits/ that build_groups
+    reads (an edit to one of them must not reuse a plan made by the old code)."""
+    import ast
+
+    package = "pipeline.runtime.fits"
+    seen, todo = set(), ["fit_groups"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        tree = ast.parse((ROOT / "pipeline/runtime/fits" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package + "."):
+                child = node.module.rsplit(".", 1)[1]
+                if child not in seen:
+                    todo.append(child)
+    assert {f"{package}.{m}" for m in seen} <= set(plan_cache.SOURCES)
+    assert f"{package}.country_keys" in plan_cache.SOURCES

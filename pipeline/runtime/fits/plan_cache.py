@@ -41,6 +41,7 @@ KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever 
 SOURCES = (
     "pipeline.runtime.fits.fit_groups",
     "pipeline.runtime.fits.keys",
+    "pipeline.runtime.fits.country_keys",
     "pipeline.runtime.fits.fit_windows",
     "pipeline.data.windows",
     "pipeline.schema",
