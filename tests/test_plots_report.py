@@ -225,6 +225,20 @@ def test_a_model_has_one_colour_in_every_chart_and_its_cal_variant_is_dashed(cal
     assert [ax.get_title(loc="left") for ax in fan.axes[:2]] == ["ar_qr (benchmark)", "ar_qr_cal"]
 
 
+def test_a_fan_chart_colours_the_models_of_its_palette_not_of_its_rows(calibrated):
+    # the stage passes the study's models (charts.plan_charts), so a fan chart drawn from
+    # fewer rows keeps each model's colour without a pass over every row of the study
+    study = sorted(calibrated["MODEL"].unique().tolist())
+    whole = _drawn_colors(plots.fan_chart(calibrated, "AT", 1))
+    part = calibrated.loc[~calibrated["MODEL"].str.startswith("ar_qr")]
+    assert _drawn_colors(plots.fan_chart(part, "AT", 1, palette=study)) == {
+        m: look for m, look in whole.items() if not m.startswith("ar_qr")
+    }
+    assert _drawn_colors(plots.fan_chart(part, "AT", 1)) != {
+        m: look for m, look in whole.items() if not m.startswith("ar_qr")
+    }
+
+
 def _lab(color: str) -> np.ndarray:
     """CIE L*a*b* (D65) of an sRGB colour."""
     from matplotlib.colors import to_rgb

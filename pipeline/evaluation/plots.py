@@ -70,10 +70,12 @@ def fan_chart(
     models: Sequence[str] | None = None,
     benchmark: str | None = "ar_qr",
     order: Sequence[str] = (),
+    palette: Sequence[str] | None = None,
 ) -> Figure:
     """One panel per model: the actual series (black) against the model's quantile fan for
     `country` at `horizon` (bands between symmetric quantile pairs, line at the median level);
-    a `_cal` variant sits right of its raw model. `order` fixes the colours (`model_colors`)."""
+    a `_cal` variant sits right of its raw model. `order` fixes the colours (`model_colors`) of
+    `palette`'s models (default: the frame's, found over every row)."""
     rows = frame.loc[(frame["COUNTRY"] == country) & (frame["HORIZON"] == horizon)]
     if rows.empty:
         raise ValueError(
@@ -83,7 +85,8 @@ def fan_chart(
         bench = [benchmark] if benchmark is not None else []
         models = ordered(rows["MODEL"].unique().tolist(), [*bench, *order])
     names = list(models)
-    colors = model_colors(frame["MODEL"].unique().tolist(), order)
+    palette = frame["MODEL"].unique().tolist() if palette is None else palette
+    colors = model_colors(palette, order)
     actual = rows.dropna(subset=["ACTUAL"]).groupby("TIME")["ACTUAL"].first().sort_index()
     target = ", ".join(sorted(rows["TARGET"].dropna().unique().tolist())) or "value"
     layout = _fan_layout(names, order)
