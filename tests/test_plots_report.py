@@ -103,6 +103,40 @@ def test_metric_charts_plot_the_evaluated_numbers(frame):
     np.testing.assert_allclose(_line(fig.axes[0], "nominal").get_ydata(), [0, 1])
 
 
+def _cases(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    covid = evaluate.covid_mask(frame)
+    odd = frame.copy()
+    odd.loc[odd.index % 7 == 0, "FORECAST"] = np.nan  # unscored rows
+    odd.loc[odd.index % 11 == 0, "MODEL"] = pd.NA  # rows groupby drops
+    odd.loc[covid & (odd["HORIZON"] == 3).to_numpy(), "ACTUAL"] = np.nan  # h3: no COVID rows
+    only = frame.loc[~covid & (frame["MODEL"] == "lqr").to_numpy()]  # lqr outside COVID only
+    return {
+        "plain": frame,
+        "compact": evaluate.compact_frame(frame),
+        "odd": odd,
+        "a group only in one period": pd.concat([frame.loc[covid], only], ignore_index=True),
+        "COVID months only: an empty period": frame.loc[covid].iloc[::-1],
+        "nothing scored": frame.assign(ACTUAL=np.nan),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "plain", "compact", "odd", "a group only in one period",
+    "COVID months only: an empty period", "nothing scored"])  # fmt: skip
+def test_metric_charts_numbers_are_the_metric_tables_bit_for_bit(frame, case):
+    # the charts' own grouped means (no copy of the rows) against evaluate's, both periods
+    rows = _cases(frame)[case]
+    periods = {"all": rows, "ex_covid": evaluate.exclude_covid(rows)}
+    for by, name, metric in (
+        (("MODEL", "HORIZON"), "PINBALL", evaluate.pinball),
+        (("MODEL", "QUANTILE"), "COVERAGE", evaluate.coverage),
+    ):
+        got = plots._period_means(rows, by, name)
+        assert list(got) == list(periods)
+        for period, part in periods.items():
+            pd.testing.assert_frame_equal(got[period], metric(part, by=by), check_exact=True)
+
+
 def test_pngs_are_byte_stable_sized_and_free_of_metadata(frame, tmp_path):
     a = plots.save_figure(plots.fan_chart(frame, "BE", 1), tmp_path / "a.png")
     b = plots.save_figure(plots.fan_chart(frame, "BE", 1), tmp_path / "b.png")
@@ -189,6 +223,20 @@ def test_a_model_has_one_colour_in_every_chart_and_its_cal_variant_is_dashed(cal
     # the fan chart pairs each model with its calibrated variant, side by side
     fan = charts["fan"]
     assert [ax.get_title(loc="left") for ax in fan.axes[:2]] == ["ar_qr (benchmark)", "ar_qr_cal"]
+
+
+def test_a_fan_chart_colours_the_models_of_its_palette_not_of_its_rows(calibrated):
+    # the stage passes the study's models (charts.plan_charts), so a fan chart drawn from
+    # fewer rows keeps each model's colour without a pass over every row of the study
+    study = sorted(calibrated["MODEL"].unique().tolist())
+    whole = _drawn_colors(plots.fan_chart(calibrated, "AT", 1))
+    part = calibrated.loc[~calibrated["MODEL"].str.startswith("ar_qr")]
+    assert _drawn_colors(plots.fan_chart(part, "AT", 1, palette=study)) == {
+        m: look for m, look in whole.items() if not m.startswith("ar_qr")
+    }
+    assert _drawn_colors(plots.fan_chart(part, "AT", 1)) != {
+        m: look for m, look in whole.items() if not m.startswith("ar_qr")
+    }
 
 
 def _lab(color: str) -> np.ndarray:

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.calibration import CAL_SUFFIX
+from pipeline.evaluation.grouping import Keys, group_mean
 from pipeline.evaluation.plot_style import (  # noqa: F401  (DPI, PALETTE, ...: the charts' API)
     ACTUAL_COLOR,
     COVID_COLOR,
@@ -69,10 +70,12 @@ def fan_chart(
     models: Sequence[str] | None = None,
     benchmark: str | None = "ar_qr",
     order: Sequence[str] = (),
+    palette: Sequence[str] | None = None,
 ) -> Figure:
     """One panel per model: the actual series (black) against the model's quantile fan for
     `country` at `horizon` (bands between symmetric quantile pairs, line at the median level);
-    a `_cal` variant sits right of its raw model. `order` fixes the colours (`model_colors`)."""
+    a `_cal` variant sits right of its raw model. `order` fixes the colours (`model_colors`) of
+    `palette`'s models (default: the frame's, found over every row)."""
     rows = frame.loc[(frame["COUNTRY"] == country) & (frame["HORIZON"] == horizon)]
     if rows.empty:
         raise ValueError(
@@ -82,7 +85,8 @@ def fan_chart(
         bench = [benchmark] if benchmark is not None else []
         models = ordered(rows["MODEL"].unique().tolist(), [*bench, *order])
     names = list(models)
-    colors = model_colors(frame["MODEL"].unique().tolist(), order)
+    palette = frame["MODEL"].unique().tolist() if palette is None else palette
+    colors = model_colors(palette, order)
     actual = rows.dropna(subset=["ACTUAL"]).groupby("TIME")["ACTUAL"].first().sort_index()
     target = ", ".join(sorted(rows["TARGET"].dropna().unique().tolist())) or "value"
     layout = _fan_layout(names, order)
@@ -238,6 +242,41 @@ def _outside_legend(fig: Figure, ax) -> None:
     fig.subplots_adjust(right=1 - right / width, wspace=m["gap"] / ((inner - m["gap"]) / 2))
 
 
+def _period_means(frame: pd.DataFrame, by: tuple[str, str], name: str) -> dict[str, pd.DataFrame]:
+    """`evaluate.pinball` (name PINBALL) or `evaluate.coverage` (COVERAGE) by `by` of both
+    periods, all months and COVID months excluded, bit for bit: the same rows in the same
+    order into pandas' grouped mean, but the groups numbered once over the whole frame and no
+    row copied (exclude_covid, then the scored rows copied every column: ~80 % of these
+    charts' time at 3M rows)."""
+    evaluate.check_frame(frame)
+    scored = (frame["ACTUAL"].notna() & frame["FORECAST"].notna()).to_numpy(dtype=bool)
+    y = frame["ACTUAL"].to_numpy(np.float64)
+    f = frame["FORECAST"].to_numpy(np.float64)
+    if name == "PINBALL":  # elementwise: the same bits over all rows as over the scored ones
+        u, q = y - f, frame["QUANTILE"].to_numpy(np.float64)
+        value = np.maximum(q * u, (q - 1.0) * u)
+    else:
+        value = (y <= f).astype(np.float64)
+    groups = Keys(frame[list(by)]).groups(by)
+    kept = np.ones(len(frame), dtype=bool) if groups.kept is None else groups.kept
+    tables = {}
+    for period, mask in (("all", scored), ("ex_covid", scored & ~evaluate.covid_mask(frame))):
+        if not (mask & kept).any():  # pandas' own empty table (its dtypes)
+            rows = frame.loc[mask, list(by)]
+            tables[period] = group_mean(rows, by, {name: value[mask]})
+            continue
+        ids = groups.ids[mask[kept]]  # group numbers of the whole frame: some may be absent
+        n = np.bincount(ids, minlength=groups.n_groups)
+        key = pd.Categorical.from_codes(ids, categories=pd.RangeIndex(groups.n_groups))
+        means = pd.Series(value[mask & kept]).groupby(key, sort=True, observed=True).mean()
+        present = np.flatnonzero(n)
+        table = frame[list(by)].iloc[groups.first[present]].reset_index(drop=True)
+        table["N"] = n[present].astype(np.int64)
+        table[name] = means.to_numpy()
+        tables[period] = table
+    return tables
+
+
 def pinball_chart(
     frame: pd.DataFrame, *, benchmark: str | None = "ar_qr", order: Sequence[str] = ()
 ) -> Figure:
@@ -246,9 +285,9 @@ def pinball_chart(
     colors = model_colors(frame["MODEL"].unique().tolist(), order)
     with matplotlib.rc_context(STYLE):
         fig, axes, titles = _two_periods("Mean pinball loss by horizon (lower is better)")
-        for period, part in (("all", frame), ("ex_covid", evaluate.exclude_covid(frame))):
+        horizons = sorted(frame["HORIZON"].unique().tolist())
+        for period, table in _period_means(frame, ("MODEL", "HORIZON"), "PINBALL").items():
             ax = axes[period]
-            table = evaluate.pinball(part, by=("MODEL", "HORIZON"))
             for name in ordered(table["MODEL"].unique().tolist(), order):
                 rows = table.loc[table["MODEL"] == name]
                 ax.plot(rows["HORIZON"], rows["PINBALL"], marker="o", ms=4.5,
@@ -258,7 +297,6 @@ def pinball_chart(
             ax.set_xlabel("horizon (months)")
             ax.set_ylabel("mean pinball loss")
             ax.yaxis.set_tick_params(labelleft=True)
-            horizons = sorted(frame["HORIZON"].unique().tolist())
             ax.set_xticks(horizons if len(horizons) <= 12 else horizons[:: len(horizons) // 12 + 1])
             if table.empty:
                 ax.text(0.5, 0.5, "no scored forecasts", transform=ax.transAxes, ha="center")
@@ -274,16 +312,15 @@ def coverage_chart(
     colors = model_colors(frame["MODEL"].unique().tolist(), order)
     with matplotlib.rc_context(STYLE):
         fig, axes, titles = _two_periods("Coverage by quantile level (closer to the diagonal is better)")  # fmt: skip
-        for period, part in (("all", frame), ("ex_covid", evaluate.exclude_covid(frame))):
+        levels = sorted(frame["QUANTILE"].unique().tolist())
+        for period, table in _period_means(frame, ("MODEL", "QUANTILE"), "COVERAGE").items():
             ax = axes[period]
             ax.plot([0, 1], [0, 1], color=NOMINAL_COLOR, lw=1.0, ls=":", label="nominal")
-            table = evaluate.coverage(part, by=("MODEL", "QUANTILE"))
             for name in ordered(table["MODEL"].unique().tolist(), order):
                 rows = table.loc[table["MODEL"] == name]
                 ax.plot(rows["QUANTILE"], rows["COVERAGE"], marker="o", ms=4.5,
                         lw=2.4 if name == benchmark else 1.5, ls=line_style(name),
                         color=colors[name], label=label(name, benchmark))  # fmt: skip
-            levels = sorted(frame["QUANTILE"].unique().tolist())
             ax.set_xticks(levels, [f"{q:g}" for q in levels])
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)

@@ -67,8 +67,8 @@ def figure(frame: pd.DataFrame, kind: str, args: dict[str, Any], order: Sequence
     if kind == "reliability":
         return plots.reliability_chart(frame, suffix=args["suffix"], order=order)
     if kind == "fan":
-        return plots.fan_chart(frame, args["country"], args["horizon"],
-                               benchmark=args["benchmark"], order=order)  # fmt: skip
+        return plots.fan_chart(frame, args["country"], args["horizon"], benchmark=args["benchmark"],
+                               order=order, palette=args["palette"])  # fmt: skip
     raise ValueError(f"kind must be pinball, coverage, reliability or fan; got {kind!r}")
 
 
@@ -236,7 +236,8 @@ def plan_charts(
         src = f"fan/{country}_{evaluate.horizon_label(h)}.png"
         code = countries.get_indexer([country])[0]
         rows = frame.take(np.flatnonzero((country_codes == code) & (horizons == h)))
-        args = {**b, "country": country, "horizon": int(h)}
+        # the study's models (their colours), not found again over every row per chart
+        args = {**b, "country": country, "horizon": int(h), "palette": models}
         chart(src, "fan", args, _rows_hash(rows), rows["MODEL"].nunique())
         caption = f"{country}, {h} month{'s' if h != 1 else ''} ahead"
         images.append(ReportImage(src, caption, evaluate.horizon_label(h)))
