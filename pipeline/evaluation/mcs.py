@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.grouping import Groups, Keys
-from pipeline.evaluation.metrics import select_rows
+from pipeline.evaluation.metrics import pinball_loss, select_rows
 
 
 def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
@@ -17,9 +17,8 @@ def origin_losses(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
     at = (frame["HORIZON"] == horizon) & frame["ACTUAL"].notna() & frame["FORECAST"].notna()
     columns = ["MODEL", "COUNTRY", "QUANTILE", "WINDOW_END", "ACTUAL", "FORECAST"]
     rows = select_rows(frame, at.to_numpy(), columns)
-    u = rows["ACTUAL"].to_numpy(np.float64) - rows["FORECAST"].to_numpy(np.float64)
-    q = rows["QUANTILE"].to_numpy(np.float64)
-    loss = np.maximum(q * u, (q - 1.0) * u)
+    y, f = rows["ACTUAL"].to_numpy(np.float64), rows["FORECAST"].to_numpy(np.float64)
+    loss = pinball_loss(y, f, rows["QUANTILE"].to_numpy(np.float64))
     key = ["COUNTRY", "QUANTILE", "WINDOW_END"]
     # the (key x MODEL) table of a pivot_table, from integer codes (its cost at scale), where
     # every key is known and no (key, model) has two rows (then pivot_table's mean is needed)

@@ -108,15 +108,20 @@ def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]
     return by
 
 
+def pinball_loss(actual: np.ndarray, forecast: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """The pinball (check) loss of each forecast at its quantile level (float64 arrays)."""
+    u = actual - forecast
+    return np.maximum(level * u, (level - 1.0) * u)
+
+
 def _scored(frame: pd.DataFrame, mask: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
     """Rows with both ACTUAL and FORECAST (`mask`, when already made), plus their pinball
     loss in column LOSS."""
     check_frame(frame)
     mask = _scored_mask(frame) if mask is None else mask
     rows = select_rows(frame, mask, EVAL_COLUMNS)
-    u = rows[ACTUAL].to_numpy(np.float64) - rows[FORECAST].to_numpy(np.float64)
-    q = rows[QUANTILE].to_numpy(np.float64)
-    return rows.assign(LOSS=np.maximum(q * u, (q - 1.0) * u))
+    y, f = rows[ACTUAL].to_numpy(np.float64), rows[FORECAST].to_numpy(np.float64)
+    return rows.assign(LOSS=pinball_loss(y, f, rows[QUANTILE].to_numpy(np.float64)))
 
 
 def _scored_mask(frame: pd.DataFrame) -> pd.Series:

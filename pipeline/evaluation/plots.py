@@ -253,8 +253,7 @@ def _period_means(frame: pd.DataFrame, by: tuple[str, str], name: str) -> dict[s
     y = frame["ACTUAL"].to_numpy(np.float64)
     f = frame["FORECAST"].to_numpy(np.float64)
     if name == "PINBALL":  # elementwise: the same bits over all rows as over the scored ones
-        u, q = y - f, frame["QUANTILE"].to_numpy(np.float64)
-        value = np.maximum(q * u, (q - 1.0) * u)
+        value = evaluate.pinball_loss(y, f, frame["QUANTILE"].to_numpy(np.float64))
     else:
         value = (y <= f).astype(np.float64)
     groups = Keys(frame[list(by)]).groups(by)
