@@ -320,11 +320,21 @@ class FitCache:
             fine = np.repeat(ok, index.block)[:n]
         return ShardArrays(index, stacked, own, fine)
 
+    def _rewrite_good(self, read: ShardArrays, label: str) -> None:
+        """Write a damaged shard's confirmed entries, whole, as a new shard."""
+        good = np.nonzero(read.fine)[0]
+        raw = read.index.raw_keys()
+        if raw is not None and not read.own:  # columnar: no object per entry
+            self.write_stacked(raw[good], {n: a[good] for n, a in read.stacked.items()}, label)
+            return
+        keys = read.index.keys
+        self.write_shard({keys[i]: read.entry(i) for i in good.tolist()}, label)
+
     def _quarantine(self, name: str, read: ShardArrays | None, unreadable_index: bool) -> None:
         """Rewrite the good entries into a new shard, then move the damaged shard aside."""
         good = 0 if read is None else int(read.fine.sum())
         if read is not None and good:
-            read.rewrite_good(self, f"healed-{name[:40]}")
+            self._rewrite_good(read, f"healed-{name[:40]}")
         target = self.root / DAMAGED_DIR
         target.mkdir(parents=True, exist_ok=True)
         for suffix in (".json", ".npz"):

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.runtime.store.shard_format import KEY_BYTES, Index
-
-if TYPE_CHECKING:
-    from pipeline.runtime.store.fit_cache import FitCache
 
 Entry = dict[str, np.ndarray]
 
@@ -59,16 +55,6 @@ class ShardArrays:
         if name in self.stacked:
             return self.stacked[name][rows]
         return np.stack([self.own[r][name] for r in rows.tolist()])
-
-    def rewrite_good(self, cache: FitCache, label: str) -> None:
-        """Write the confirmed entries, whole, as a new shard of `cache`."""
-        good = np.nonzero(self.fine)[0]
-        raw = self.index.raw_keys()
-        if raw is not None and not self.own:  # columnar: no object per entry
-            cache.write_stacked(raw[good], {n: a[good] for n, a in self.stacked.items()}, label)
-            return
-        keys = self.index.keys
-        cache.write_shard({keys[i]: self.entry(i) for i in good.tolist()}, label)
 
 
 class KeyMatcher:
