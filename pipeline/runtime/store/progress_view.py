@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, column_encodings
 from pipeline.runtime.fits.fit_groups import expand_rows
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.store.progress_format import (
@@ -250,9 +250,8 @@ def write_schema() -> Any:
 # schema is stored, so that a reader gets `string` columns, not the dictionaries written.
 _UNIQUE = ("key", "forecast")
 _WRITE_OPTIONS = {
-    "use_dictionary": [c for c in ROW_COLUMNS if c not in _UNIQUE],
+    **column_encodings(ROW_COLUMNS, plain=_UNIQUE, uncompressed=["forecast"]),
     "write_statistics": [c for c in ROW_COLUMNS if c not in _UNIQUE],
-    "compression": {c: "none" if c == "forecast" else "zstd" for c in ROW_COLUMNS},
     "store_schema": False,
 }
 
