@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +47,10 @@ print(json.dumps({{"code": code, "imported": [m for m in heavy if m in sys.modul
 """
 
 
-def imported_by(*argv: str, cwd: Path = ROOT) -> set[str]:
-    """The HEAVY modules `qpipe *argv` imported (it must exit 0)."""
+def imported_by(*argv: str, cwd: Path = ROOT, watch: tuple[str, ...] = HEAVY) -> set[str]:
+    """The `watch` modules (default: HEAVY) `qpipe *argv` imported (it must exit 0)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = REPORT.format(heavy=json.dumps(HEAVY))
+    script = REPORT.format(heavy=json.dumps(watch))
     done = subprocess.run(
         [sys.executable, "-c", script, *argv], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -117,6 +118,15 @@ def test_each_dvc_stage_process_imports_only_what_it_uses(tmp_path: Path) -> Non
         imported = imported_by("stage", *stage, "--params", str(params))
         assert {"pandas", "numpy"} <= imported and not imported & unused, (stage, imported)
     assert (out / "train" / "lqr.parquet").is_file()  # the disabled model's empty table
+    # probe and train read the prepared panel (pipeline.data.prepared) without importing what
+    # builds it: prepare's module, the raw readers and the feature builders
+    builders = ("pipeline.stages.prepare", "pipeline.data.features", "pipeline.data.tidy")
+    watch = ("pipeline.data.prepared", *builders)
+    for stage in (["probe"], ["train", "--model", "ar_qr"]):
+        for sub in ("models", "progress", "train"):  # train from an empty cache again
+            shutil.rmtree(out / sub, ignore_errors=True)
+        imported = imported_by("stage", *stage, "--params", str(params), watch=watch)
+        assert imported == {"pipeline.data.prepared"}, (stage, imported)
 
 
 def test_the_early_child_imports_what_the_models_tasks_import() -> None:

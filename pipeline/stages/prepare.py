@@ -23,6 +23,7 @@ import pandas as pd
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data import DataError, load_raw
 from pipeline.data.features import build_panel, month_mean_needed, panel_fingerprint
+from pipeline.data.prepared import load_panel  # noqa: F401 (its readers' import path)
 from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
 from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column, month_index
@@ -133,10 +134,6 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
     return panel, meta
 
 
-def load_panel(output_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(output_dir / PANEL_FILE)
-
-
 def _select_countries(raw: pd.DataFrame, countries: tuple[str, ...] | None) -> pd.DataFrame:
     if countries is None:
         return raw
@@ -196,7 +193,7 @@ def _month_mean_as_dask(raw: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
-    # here, not at the top: probe and train import this module for load_panel (about 1 s)
+    # here, not at the top: dask's import costs about 1 s, and only this path needs it
     import dask
     import dask.dataframe as dd
 

@@ -64,8 +64,8 @@ log = logging.getLogger("pipeline.probe")
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     """Measure every enabled model (or `models`), write probe.json + probe_measurements.json."""
+    from pipeline.data.prepared import load_panel
     from pipeline.runtime.execute.model_check import check_user_models
-    from pipeline.stages.prepare import load_panel
 
     panel = load_panel(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())

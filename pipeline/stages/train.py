@@ -97,8 +97,8 @@ def run_train(
     `stop`: set by the main thread when this call runs in a driver thread of its own (signals
     reach only the main thread); it stops this train as SIGINT/SIGTERM would.
     """
+    from pipeline.data.prepared import load_panel
     from pipeline.runtime.execute.train_loop import RunState  # train_path's callers need none
-    from pipeline.stages.prepare import load_panel
 
     t0 = time.perf_counter()
     adapter = adapter_for(config, model)
