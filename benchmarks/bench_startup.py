@@ -12,14 +12,20 @@ The small ar_qr study of bench_small_study.py (3 countries of the shipped real d
   empty fit cache and progress store) and assemble;
 - with `--cluster`: the train stage on an existing Dask cluster (one `dask scheduler` and one
   `dask worker` on 127.0.0.1, started here; `runtime.scheduler_address` set), the same
-  figures, plus the CPU seconds until its client has connected.
+  figures, plus the CPU seconds until its client has connected and until its first task was
+  submitted (the first `Client.submit` of something other than the cluster's no-op `int`
+  placeholders): the train stage's fixed start as a cluster's workers see it.
+- with `--cluster --rw N`: the same cluster train of bench_scale's rw study of N countries
+  (N x 912 fits; N=1100 is issue 18's 1,003,200), prepared and probed once per checkout,
+  trained `--repeats` times from an empty fit cache and progress store; only this row (the
+  small study's are not run).
 
 `--baseline CHECKOUT` runs the same commands with another checkout's code (e.g. `git archive`
 of main), alternating with this one in each repeat. Medians of `--repeats`; the 1-min load
 average before and after. CPU seconds are the figures to compare on a shared machine.
 
 Usage: python benchmarks/bench_startup.py [--repeats 5] [--baseline /tmp/base] [--cluster]
-       [--out /tmp/bench_startup] [--json results.json]
+       [--rw N] [--out /tmp/bench_startup] [--json results.json]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_scale import rw_overrides
 from study_overrides import AR_QR_ONLY, QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +60,8 @@ STAGE_FUNCTIONS = {
 
 # Runs `qpipe ARGV` after wrapping MODULE.FUNC as it is first imported (an import hook, so the
 # import itself is timed as the command pays it): the process's CPU seconds and the time when
-# the function is called go to OUT. With a cluster, also when its client connected.
+# the function is called go to OUT. With a cluster, also when its client connected and when
+# its first task (not one of the cluster's `int` placeholders) was submitted.
 HOOK = r"""
 import importlib.machinery, json, sys, time
 
@@ -102,17 +110,32 @@ class Hook:
 
         def exec_module(module):
             run(module)
-            for func, label in self.targets[name]:
-                wrap(module, func, label)
+            for target in self.targets[name]:
+                if callable(target):
+                    target(module)
+                else:
+                    wrap(module, *target)
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+def mark_first_task(module):
+    submit = module.Client.submit
+
+    def first(self, fn, *args, **kwargs):
+        if fn is not int:
+            mark("first_task")
+        return submit(self, fn, *args, **kwargs)
+
+    module.Client.submit = first
 
 
 sys.meta_path.insert(0, Hook({
     module_name: [(func_name, "start")],
     "distributed.client": [("Client", "client")],
 }))
+sys.meta_path.insert(0, Hook({"distributed.client": [mark_first_task]}))
 from pipeline.cli import main
 
 sys.exit(main(sys.argv[4:]))
@@ -150,13 +173,18 @@ def timed(cmd: list[str], checkout: Path, env: dict[str, str]) -> tuple[float, f
 
 
 def stage(
-    name: str, params: Path, checkout: Path, env: dict[str, str], marks: Path
+    name: str,
+    params: Path,
+    checkout: Path,
+    env: dict[str, str],
+    marks: Path,
+    model: str = "ar_qr",
 ) -> dict[str, float]:
     """One `stage NAME` process: CPU and wall to the stage's call, and of the whole process."""
     module, func = STAGE_FUNCTIONS[name]
     args = ["stage", name, "--params", str(params)]
     if name == "train":
-        args += ["--model", "ar_qr"]
+        args += ["--model", model]
     marks.unlink(missing_ok=True)
     cmd = [sys.executable, "-c", HOOK, module, func, str(marks), *args]
     launched, wall, cpu = timed(cmd, checkout, env)
@@ -169,6 +197,9 @@ def stage(
     }
     if "client" in seen:
         row["client_cpu_s"] = seen["client"]["cpu_s"]
+    if "first_task" in seen:
+        row["first_task_cpu_s"] = seen["first_task"]["cpu_s"]
+        row["first_task_wall_s"] = seen["first_task"]["time"] - launched
     return row
 
 
@@ -179,8 +210,11 @@ def noop_run(out: Path, checkout: Path, env: dict[str, str]) -> dict[str, float]
     return {"cpu_s": cpu, "wall_s": wall}
 
 
-def compose(params: Path, out: Path, extra: list[str], env: dict[str, str]) -> None:
-    cmd = [sys.executable, "-m", "pipeline", "compose", *overrides(out, extra)]
+def compose(
+    params: Path, out: Path, extra: list[str], env: dict[str, str], rw: int | None = None
+) -> None:
+    study = overrides(out, extra) if rw is None else [*rw_overrides(rw, out), *extra]
+    cmd = [sys.executable, "-m", "pipeline", "compose", *study]
     subprocess.run(
         [*cmd, "--output", str(params)],
         cwd=ROOT,
@@ -214,6 +248,25 @@ def one_tree(
             shutil.rmtree(staged / sub, ignore_errors=True)
         row["train on a cluster"] = stage("train", params_cl, checkout, env, marks)
     return row
+
+
+def rw_train_tree(
+    tag: str, checkout: Path, base: Path, env: dict[str, str], cluster: str, n: int
+) -> dict[str, Any]:
+    """The rw study of N countries trained on the cluster from an empty cache (prepared and
+    probed by this checkout on its first repeat)."""
+    staged = base / f"{tag}-rw{n}"
+    params = staged / "params.yaml"
+    if not params.exists():
+        staged.mkdir(parents=True)
+        compose(params, staged, [f"runtime.scheduler_address={cluster}"], env, rw=n)
+        for name in ("prepare", "probe"):
+            cmd = [sys.executable, "-m", "pipeline", "stage", name, "--params", str(params)]
+            timed(cmd, checkout, env)
+    for sub in ("models", "progress", "train"):
+        shutil.rmtree(staged / sub, ignore_errors=True)
+    marks = base / f"{tag}-marks.json"
+    return {f"rw {n} train on a cluster": stage("train", params, checkout, env, marks, "rw")}
 
 
 def start_cluster(base: Path, env: dict[str, str]) -> tuple[str, list[subprocess.Popen[bytes]]]:
@@ -253,7 +306,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for _ in range(args.repeats):
             row = {
-                tag: one_tree(tag, checkout, base, env, cluster) for tag, checkout in trees.items()
+                tag: one_tree(tag, checkout, base, env, cluster)
+                if args.rw is None
+                else rw_train_tree(tag, checkout, base, env, cluster, args.rw)
+                for tag, checkout in trees.items()
             }
             loads.append(os.getloadavg()[0])
             rows.append(row)
@@ -299,6 +355,8 @@ def report(result: dict[str, Any], trees: list[str]) -> str:
             )
             if "client_cpu_s" in m:
                 start += f" (client connected: {m['client_cpu_s']:.2f} CPU s)"
+            if "first_task_cpu_s" in m:
+                start += f" (first task: {m['first_task_cpu_s']:.2f} CPU s)"
             lines.append(f"| {kind} | {tag} | {start} | {m['cpu_s']:.2f} | {m['wall_s']:.2f} |")
     return "\n".join(lines)
 
@@ -310,6 +368,10 @@ if __name__ == "__main__":  # guard required: the cluster's client
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", default=None, help="another checkout (e.g. git archive)")
     parser.add_argument("--cluster", action="store_true", help="also train on an existing cluster")
+    parser.add_argument("--rw", type=int, default=None, metavar="N", help="with --cluster")
     parser.add_argument("--out", default="/tmp/bench_startup")
     parser.add_argument("--json", default=None)
-    main(parser.parse_args())
+    parsed = parser.parse_args()
+    if parsed.rw is not None and not parsed.cluster:
+        parser.error("--rw N measures the train stage on a cluster: add --cluster")
+    main(parsed)
