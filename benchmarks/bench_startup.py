@@ -133,9 +133,8 @@ def mark_first_task(module):
 
 sys.meta_path.insert(0, Hook({
     module_name: [(func_name, "start")],
-    "distributed.client": [("Client", "client")],
+    "distributed.client": [("Client", "client"), mark_first_task],
 }))
-sys.meta_path.insert(0, Hook({"distributed.client": [mark_first_task]}))
 from pipeline.cli import main
 
 sys.exit(main(sys.argv[4:]))
@@ -342,22 +341,20 @@ def report(result: dict[str, Any], trees: list[str]) -> str:
     lines = [
         f"medians of {len(result['repeats'])} repeats, 1-min load average {lo:.1f}-{hi:.1f}",
         "",
-        "| command | tree | start CPU s | start wall s | CPU s | wall s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| command | tree | start CPU s | start wall s | client CPU s | first task CPU s "
+        "| CPU s | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for kind in result["median"][trees[0]]:
         for tag in trees:
             m = result["median"][tag][kind]
-            start = (
-                f"{m['start_cpu_s']:.2f} | {m['start_wall_s']:.2f}"
-                if "start_cpu_s" in m
-                else "- | -"
+            cells = [
+                f"{m[key]:.2f}" if key in m else "-"
+                for key in ("start_cpu_s", "start_wall_s", "client_cpu_s", "first_task_cpu_s")
+            ]
+            lines.append(
+                f"| {kind} | {tag} | {' | '.join(cells)} | {m['cpu_s']:.2f} | {m['wall_s']:.2f} |"
             )
-            if "client_cpu_s" in m:
-                start += f" (client connected: {m['client_cpu_s']:.2f} CPU s)"
-            if "first_task_cpu_s" in m:
-                start += f" (first task: {m['first_task_cpu_s']:.2f} CPU s)"
-            lines.append(f"| {kind} | {tag} | {start} | {m['cpu_s']:.2f} | {m['wall_s']:.2f} |")
     return "\n".join(lines)
 
 
