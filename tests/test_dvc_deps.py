@@ -118,7 +118,7 @@ def test_the_closure_walk_sees_function_level_relative_and_dynamic_imports():
     closure = import_closure(stage_entries("python -m pipeline stage train --model x"))
     for expected in (
         "pipeline/__init__.py",  # a parent package
-        "pipeline/stages/prepare.py",  # imported inside run_train
+        "pipeline/data/prepared.py",  # imported inside run_train
         "pipeline/models/plugins/builtin/lqr.py",  # found by the registry's package walk
         "pipeline/models/solvers/lqr.py",  # imported inside the lqr adapter's fit_batch
         "pipeline/runtime/execute/worker.py",
