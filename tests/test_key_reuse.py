@@ -185,3 +185,49 @@ def test_the_monthly_update_of_a_real_plan_reuses_its_keys(
         assert g.key_raw.tobytes() == f.key_raw.tobytes()
         changed += int((g.key_raw != before.key_raw).sum())
     assert changed > 0 and hashed == changed
+
+
+def test_a_plan_of_other_code_is_no_basis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counted: CountingSha256
+) -> None:
+    """The basis comes from the newest entry of the same family only: a plan kept by other
+    code (or another model) is never read for keys."""
+    monkeypatch.setenv(plan_cache.ENV_VAR, str(tmp_path / "plans"))
+    first = _study("2018-12-01", "ar_qr")
+    shared_plan.fit_groups(PANEL, first, adapter_for(first, "rw"))  # another model's entry
+    monkeypatch.setattr(plan_cache, "SOURCES", ("pipeline.runtime.fits.fit_groups",))
+    shared_plan.fit_groups(PANEL, first, adapter_for(first, "ar_qr"))  # other code's entry
+    monkeypatch.undo()
+    monkeypatch.setenv(plan_cache.ENV_VAR, str(tmp_path / "plans"))
+    monkeypatch.setattr(country_keys, "hashlib", counted)
+    later = _study("2019-06-01", "ar_qr")
+    counted.calls = 0
+    groups = shared_plan.fit_groups(PANEL, later, adapter_for(later, "ar_qr"))
+    assert counted.calls == sum(len(g) for g in groups)  # every key hashed: no basis
+
+
+@pytest.mark.slow
+def test_the_monthly_update_run_equals_a_fresh_run_of_the_later_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` of a finished study after its end date moves on (keys reused from its plan) gives
+    the forecasts and tables a run of the later study from nothing gives, byte for byte."""
+    from test_incremental import rw_study
+
+    from pipeline.runner import run_study
+
+    def study(out: Path, end: str) -> object:
+        d = rw_study(out)
+        d["rolling_window"]["end_date"] = end
+        return make_config(d)
+
+    monkeypatch.setenv(plan_cache.ENV_VAR, str(tmp_path / "plans"))
+    updated = tmp_path / "updated"
+    assert run_study(study(updated, "2018-12-01")) == 0
+    assert run_study(study(updated, "2019-06-01")) == 0  # the monthly update
+    assert len(list((tmp_path / "plans").glob("rw-*.npz"))) == 2
+    monkeypatch.setenv(plan_cache.ENV_VAR, str(tmp_path / "fresh-plans"))
+    fresh = tmp_path / "fresh"
+    assert run_study(study(fresh, "2019-06-01")) == 0
+    for name in ("train/rw.parquet", "forecasts/all.parquet", "metrics.json"):
+        assert (updated / name).read_bytes() == (fresh / name).read_bytes(), name
