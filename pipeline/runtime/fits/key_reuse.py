@@ -113,9 +113,8 @@ def reusable(
     count_y = np.zeros_like(count_x)
     np.cumsum(changed_x, axis=1, out=count_x[:, 1:])
     np.cumsum(changed_y, axis=1, out=count_y[:, 1:])
-    s, e = start[oi], start[oi] + n
-    same = (count_x[ci, e] == count_x[ci, s]) & (count_y[ci, e] == count_y[ci, s])
-    same &= ~changed_x[ci, at[oi]]
-    position = previous.position[ci, oi]
-    keep = same & (position >= 0)
-    return keep, np.where(keep, position, -1)
+    # per (country, origin), then gathered once per fit (C x O is small beside F)
+    s, e = start, start + n
+    same = (count_x[:, e] == count_x[:, s]) & (count_y[:, e] == count_y[:, s]) & ~changed_x[:, at]
+    position = np.where(same, previous.position, -1)[ci, oi]
+    return position >= 0, position

@@ -106,7 +106,7 @@ def _checksum(arrays: dict[str, np.ndarray]) -> np.ndarray:
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
+        digest.update(a.reshape(-1).view(np.uint8))  # its bytes, not a copy of them
     return np.frombuffer(digest.digest(), dtype=np.uint8)
 
 
