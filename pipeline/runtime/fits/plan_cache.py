@@ -13,7 +13,8 @@ Where: `$QPIPE_PLAN_CACHE`, else `plans/` inside `$QPIPE_PROBE_CACHE` when that 
 point it at a temp dir), else `$XDG_CACHE_HOME/qpipe/plans`, else `~/.cache/qpipe/plans`. The
 driver alone reads and writes it (atomic writes); at most KEEP entries stay, the least
 recently used go first, and so do older entries beyond KEEP_BYTES in all (the newest entry
-always stays), so that a 10M-fit plan (about 480 MB) does not leave gigabytes in a user's home.
+always stays), so that a 10M-fit plan (about 630 MB with its basis) does not leave gigabytes
+in a user's home.
 Pooled (panel) groups are not kept: their windows are the plan.
 
 An entry also keeps what its keys were made from (key_reuse.PlanBasis: the grid's features
@@ -43,7 +44,7 @@ from pipeline.runtime.fits.keys import KEY_BYTES, raw_keys
 log = logging.getLogger("pipeline.train")
 ENV_VAR = "QPIPE_PLAN_CACHE"
 FORMAT = 2  # 2: the plan's basis kept with it, entries named by family first
-KEEP = 8  # entries kept (a 1M-fit rw plan is about 48 MB)
+KEEP = 8  # entries kept (a 1M-fit rw plan is about 63 MB)
 KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever its size
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
