@@ -63,6 +63,8 @@ Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--o
 
 `--resume N [--incremental] [--profile PATH]`: a run SIGKILLed half-way, then resumed (and
 then a later end date): benchmarks/scale_resume.py.
+`--monthly N [--repeats R] [--baseline TREE] [--profile PATH]`: the monthly update (a later end
+date) of a finished study, the whole `run` by stage: benchmarks/scale_resume.py.
 """
 
 from __future__ import annotations
@@ -461,12 +463,24 @@ if __name__ == "__main__":
         "--incremental", action="store_true", help="with --resume: then a later end date"
     )
     parser.add_argument("--profile", default=None, help="with --resume: cProfile stats file")
+    parser.add_argument("--monthly", type=int, default=None, help="rw N: the monthly update")
+    parser.add_argument("--repeats", type=int, default=3, help="with --monthly")
+    parser.add_argument("--baseline", default=None, help="with --monthly: another tree")
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     if args.driver:
         row = run_driver(args.driver, base, args.fits_per_task, reload=not args.no_reload)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(row, indent=2))
+        sys.exit(0)
+    if args.monthly:  # scale_resume.py: the monthly update, the whole run by stage
+        from scale_resume import run_monthly
+
+        baseline = Path(args.baseline) if args.baseline else None
+        row = run_monthly(args.monthly, base, args.repeats, baseline, args.profile)
         print(json.dumps(row), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(row, indent=2))

@@ -13,6 +13,16 @@ resumes the finished study with a later end date (`rolling_window.end_date`, a f
 origins: most fits cached, some new) the same way.
 `--profile PATH` writes the resumed train's cProfile stats there (and prints the top).
 
+`--monthly N [--repeats R] [--baseline TREE] [--profile PATH]`: the monthly update of a finished
+study, end to end. The study is run once to the end (`python -m pipeline run`, its probe and
+plan caches in a directory of its own); that output dir and caches are copied aside. Each
+repeat restores them and runs `python -m pipeline run` with the later end date in a fresh
+Python process (`cli.main` in-process), recording the driver's CPU (process_time) and wall
+between the stages' records (prepare, with the start-up before it, probe, train@rw,
+assemble), its children's CPU (the probe child, the workers) and its peak. With `--baseline
+TREE` (e.g. `git archive` of main with the native .so copied in) the same is done for that
+tree, alternating with this one, repeat by repeat (compare CPU seconds on a shared machine).
+
 The fresh run's driver cost per fit, to compare with: `--driver N --no-reload
 --fits-per-task K` on the same tree (K: the task size printed here).
 """
@@ -21,11 +31,14 @@ from __future__ import annotations
 
 import cProfile
 import functools
+import hashlib
 import io
 import json
 import os
 import pstats
 import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,5 +188,97 @@ def run_resume(
     return row
 
 
-if __name__ == "__main__":  # the child of resumed_in_child: overrides as JSON, profile path
-    print(json.dumps(resumed_train(json.loads(sys.argv[1]), sys.argv[2] or None)), flush=True)
+def monthly_run(overrides: list[str], profile: str | None = None) -> dict[str, Any]:
+    """`python -m pipeline run` in this process, the driver's CPU and wall per stage."""
+    t0, w0 = time.process_time(), time.perf_counter()
+    from pipeline.cli import main
+    from pipeline.runtime.store import timings
+
+    marks: list[tuple[str, str, float, float]] = []
+    record = timings.record_stage
+
+    def marked(output_dir: Path, stage: str, seconds: float, status: str = "ok") -> None:
+        marks.append((stage, status, time.process_time(), time.perf_counter()))
+        record(output_dir, stage, seconds, status)
+
+    timings.record_stage = marked  # runner and timed_stage look it up at call time
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    if profiler:
+        profiler.enable()
+    rc = main(["run", *overrides])
+    if profiler:
+        profiler.disable()
+    cpu, wall = time.process_time() - t0, time.perf_counter() - w0
+    stages, last_cpu, last_wall = {}, t0, w0
+    for stage, status, at_cpu, at_wall in marks:
+        stages[stage] = {
+            "status": status,
+            "driver_cpu_s": round(at_cpu - last_cpu, 3),
+            "wall_s": round(at_wall - last_wall, 3),
+        }
+        last_cpu, last_wall = at_cpu, at_wall
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = {
+        "rc": rc,
+        "driver_cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
+        "children_cpu_s": round(children.ru_utime + children.ru_stime, 3),
+        "driver_peak_mb": vm_hwm_mb(os.getpid()),
+        "stages": stages,
+    }
+    if profiler and profile:
+        profiler.dump_stats(profile)
+        row["profile"] = profile
+    return row
+
+
+def _tree_env(tree: Path, cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "QPIPE_PROBE_CACHE": str(cache)}
+
+
+def run_monthly(
+    n: int, base: Path, repeats: int = 3, baseline: Path | None = None, profile: str | None = None
+) -> dict[str, Any]:
+    """The monthly update of a finished study, `repeats` times per tree, alternating."""
+    trees = {"this": ROOT, **({"baseline": baseline} if baseline else {})}
+    row: dict[str, Any] = {"countries": n, "fits": n * 912, "trees": {}}
+    for name, tree in trees.items():  # each tree's finished study, kept aside
+        kept, cache = base / f"{name}-kept" / "out", base / f"{name}-kept" / "cache"
+        w0 = time.perf_counter()
+        with open(base / f"{name}-fresh.log", "w") as log:
+            subprocess.run(
+                [sys.executable, "-m", "pipeline", "run", *rw_overrides(n, kept)],
+                cwd=tree, env=_tree_env(tree, cache), stdout=log, stderr=subprocess.STDOUT,
+                check=True,
+            )  # fmt: skip
+        row["trees"][name] = {"tree": str(tree), "fresh_wall_s": time.perf_counter() - w0}
+        row["trees"][name]["runs"] = []
+    for r in range(repeats):
+        for name, tree in trees.items():
+            work = base / f"{name}-work"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(base / f"{name}-kept", work, symlinks=True)
+            overrides = [*rw_overrides(n, work / "out"), LATER_END]
+            prof = f"{profile}.{name}.{r}" if profile else ""
+            cmd = [sys.executable, __file__, "--monthly", json.dumps(overrides), prof]
+            done = subprocess.run(
+                cmd, cwd=tree, env=_tree_env(tree, work / "cache"), capture_output=True,
+                text=True,
+            )  # fmt: skip
+            if done.returncode:
+                raise RuntimeError(f"monthly update failed ({name}):\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result["load_1min"] = os.getloadavg()[0]
+            table = work / "out" / "train" / "rw.parquet"  # the same forecasts in every tree
+            result["train_sha256"] = hashlib.sha256(table.read_bytes()).hexdigest()[:16]
+            row["trees"][name]["runs"].append(result)
+            print(name, json.dumps(result), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--monthly":  # the child of run_monthly: overrides as JSON, profile path
+        row = monthly_run(json.loads(sys.argv[2]), sys.argv[3] or None)
+    else:  # the child of resumed_in_child: overrides as JSON, profile path
+        row = resumed_train(json.loads(sys.argv[1]), sys.argv[2] or None)
+    print(json.dumps(row), flush=True)

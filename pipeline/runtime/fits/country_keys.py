@@ -16,6 +16,7 @@ import hashlib
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from pipeline.runtime.fits.key_reuse import PreviousFits, reusable
 from pipeline.runtime.fits.keys import KEY_BYTES
 
 # bytes of rows gathered and hashed per chunk: they stay in a core's L2 (2 MiB here); 512 to
@@ -34,6 +35,7 @@ def country_fit_keys(
     prefix: bytes,
     cdig: np.ndarray,
     slots: np.ndarray | None = None,
+    previous: PreviousFits | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(country index, origin index, keys (F,) S32) of every per-country fit, country-major.
 
@@ -41,6 +43,8 @@ def country_fit_keys(
     when its features at origin org[o] are complete and its window (months org[o] - size + 1
     .. org[o] - horizon) holds at least `min_rows` complete months. `cdig` (C, 16) uint8:
     country_digests; `slots` (O,) int: each origin's batch slot (entered in the key), or None.
+    `previous` (key_reuse.previous_fits, same prefix, size and slots): a fit whose hashed
+    values are bitwise those of the previous plan takes its key from there, unhashed.
     """
     C, M, p = grid.shape[0], grid.shape[1], n_features
     n = size - int(horizon)
@@ -59,6 +63,10 @@ def country_fit_keys(
     at = org - m0 - lo  # (O,) origin month in pad
     ok = (count[:, start + n] - count[:, start] >= min_rows) & np.isfinite(padX[:, at]).all(-1)
     ci, oi = np.nonzero(ok)  # (C, O) row-major: country-major, as the stacked chunks gave
+    todo = np.arange(ci.size)
+    if previous is not None:
+        kept, position = reusable(previous, pad, m0 + lo, ci, oi, start, at, n)
+        todo = np.nonzero(~kept)[0]
     # each window's bytes are one contiguous run of padX (and of pady): strided views, no copy
     win_X = sliding_window_view(padX.reshape(C, -1), n * p, axis=1)[:, ::p]  # (C, S, n p)
     win_y = sliding_window_view(pady, n, axis=1)  # (C, S, n)
@@ -68,7 +76,7 @@ def country_fit_keys(
     head = len(prefix)
     widths = [16, 1, *([1] if slots is not None else []), n * p, n, p]  # in 8-byte words
     width = head + 8 * sum(widths)
-    chunk = max(1, min(CHUNK_BYTES // width, ci.size))
+    chunk = max(1, min(CHUNK_BYTES // width, todo.size))
     buf = np.empty((chunk, width), dtype=np.uint8)
     buf[:, :head] = np.frombuffer(prefix, dtype=np.uint8)
     words = buf[:, head:].view("<i8")  # (chunk, width words): head is 64 bytes
@@ -80,8 +88,8 @@ def country_fit_keys(
     )
     cdig64 = cdig.astype("<i8")
     sha256, digests = hashlib.sha256, []
-    for f0 in range(0, ci.size, chunk):
-        c, o = ci[f0 : f0 + chunk], oi[f0 : f0 + chunk]
+    for f0 in range(0, todo.size, chunk):
+        c, o = ci[todo[f0 : f0 + chunk]], oi[todo[f0 : f0 + chunk]]
         f = c.size
         country[:f] = cdig64[c]
         origin[:f, 0] = org[o]
@@ -94,5 +102,12 @@ def country_fit_keys(
         digests.append(
             b"".join([sha256(flat[i : i + width]).digest() for i in range(0, f * width, width)])
         )
-    keys = np.frombuffer(b"".join(digests), dtype=f"S{KEY_BYTES}")
+    hashed = np.frombuffer(b"".join(digests), dtype=f"S{KEY_BYTES}")
+    if previous is None:
+        return ci, oi, hashed
+    keys = np.empty(ci.size, dtype=f"S{KEY_BYTES}")
+    # whole 32-byte rows (an S32 element read alone would drop trailing zero bytes)
+    rows = keys.view(np.uint8).reshape(-1, KEY_BYTES)
+    rows[kept] = previous.keys.view(np.uint8).reshape(-1, KEY_BYTES)[position[kept]]
+    rows[todo] = hashed.view(np.uint8).reshape(-1, KEY_BYTES)
     return ci, oi, keys

@@ -27,7 +27,13 @@ import numpy as np
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.country_keys import country_fit_keys
-from pipeline.runtime.fits.fit_windows import CountryWindows, country_grid, window_arrays
+from pipeline.runtime.fits.fit_windows import (
+    CountryWindows,
+    country_grid,
+    grid_countries,
+    window_arrays,
+)
+from pipeline.runtime.fits.key_reuse import PlanBasis, canonical, previous_fits
 from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
 from pipeline.schema import month_index, month_start
 
@@ -117,6 +123,7 @@ def build_group(
     slot_period: int = 1,
     known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     shared_grid: tuple[list[str], int, np.ndarray, list[str]] | None = None,
+    basis: PlanBasis | None = None,
 ) -> FitGroup:
     """Stack every fit of a model for `horizons` (one horizon per-country; any for pooled).
 
@@ -131,6 +138,8 @@ def build_group(
     same inputs (runtime/fits/plan_cache.py), so that no window is built or hashed here.
     `shared_grid`: country_grid of the panel over a superset of the columns this group reads, and
     those columns' names (build_groups builds it once for every horizon).
+    `basis` (per-country only): a previous plan of the same model (plan_cache.py); the keys of
+    fits whose hashed values it holds unchanged are taken from it (key_reuse.py), not hashed.
     """
     from pipeline.schema import lead_column
 
@@ -152,6 +161,7 @@ def build_group(
         # per fit: country, origin, slot (when batched by slot) and the values it reads;
         # consecutive origins take consecutive slots (so a task of them needs no filler)
         slots = (org // max(step, 1)) % slot_period if slot_period > 1 else None
+        prefix = key_prefix(model, version, params, quantiles, int(horizons[0]), seed)
         c_idx, o_idx, keys = country_fit_keys(
             grid,
             m0,
@@ -160,9 +170,10 @@ def build_group(
             int(horizons[0]),
             len(features),
             min_rows,
-            key_prefix(model, version, params, quantiles, int(horizons[0]), seed),
+            prefix,
             country_digests(countries),
             slots,
+            previous_fits(basis, prefix, countries, org, size, step, slot_period, len(features)),
         )
         c_idx, fit_origin = c_idx.astype(np.int64), org[o_idx.astype(np.int64)]
     if not pooled:
@@ -268,11 +279,50 @@ def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray,
     ]
 
 
+def plan_basis(
+    panel: pd.DataFrame, groups: Sequence[FitGroup], config: Any, adapter: Any
+) -> PlanBasis:
+    """What a per-country model's keys were made from (kept with them by plan_cache.py, so
+    that the next plan of the model, e.g. the monthly update's, reuses its unchanged keys)."""
+    from pipeline.data.windows import origins as window_origins
+
+    windows = [g.data for g in groups if isinstance(g.data, CountryWindows)]
+    p = len(adapter.features(config))
+    org = np.array([month_index(o) for o in window_origins(config.rolling_window)])
+    step = int(np.diff(org).min()) if len(org) > 1 else 1
+    every = (  # the features once, then each group's target
+        (w.grid[..., :p], w.grid[..., p]) for w in windows
+    )
+    features, leads = zip(*every, strict=True) if windows else ((), ())
+    return PlanBasis(
+        countries=np.asarray(grid_countries(panel), dtype=str),
+        m0=windows[0].m0 if windows else 0,
+        features=canonical(features[0]) if windows else np.zeros((0, 0, p)),
+        size=int(config.rolling_window.size),
+        step=step,
+        prefixes=tuple(
+            key_prefix(
+                adapter.name,
+                adapter.version,
+                adapter.params(config),
+                config.data.quantiles,
+                g.horizon,
+                config.seed,
+            )
+            for g in groups
+            if isinstance(g.data, CountryWindows)
+        ),
+        leads=tuple(canonical(lead) for lead in leads),
+        parts=tuple(plan_parts(groups)),
+    )
+
+
 def build_groups(
     panel: pd.DataFrame,
     config: Any,
     adapter: Any,
     known: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    basis: PlanBasis | None = None,
 ) -> list[FitGroup]:
     """Every fit of one model for this study: one FitGroup per horizon (one in all for a
     pooled model, whose fits forecast every horizon at once).
@@ -280,6 +330,8 @@ def build_groups(
     `config` is a StudyConfig and `adapter` a pipeline.models.plugins.spec.Adapter (duck-typed here so
     this module stays free of model imports). `known`: plan_parts of the same model, panel
     and config (per-country models only), reused instead of building the windows and keys.
+    `basis`: plan_basis of an earlier plan of the model (another panel or end date): the keys
+    of fits whose hashed bytes it holds unchanged are reused (per-country models only).
     """
     from pipeline.data.windows import origins as window_origins
     from pipeline.schema import lead_column
@@ -310,6 +362,7 @@ def build_groups(
             slot_period=getattr(adapter, "slot_period", 1),
             known=None if known is None or adapter.pooled else known[i],
             shared_grid=(countries, m0, every, columns),
+            basis=None if adapter.pooled else basis,
         )
         for i, hs in enumerate(horizon_sets)
     ]

@@ -99,6 +99,11 @@ class CountryWindows:
         return {"X": ((n, p), f8), "y": ((n,), f8), "w": ((n,), f8), "X_new": ((1, p), f8)}
 
 
+def grid_countries(panel: pd.DataFrame) -> list[str]:
+    """The country of each row of country_grid's grid, in order."""
+    return sorted(panel[COUNTRY].astype(str).unique())
+
+
 def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], int, np.ndarray]:
     """Dense month grid of `columns`: (countries, first month index, values (C, M, k)).
 
@@ -110,7 +115,7 @@ def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str]
     missing = [c for c in (COUNTRY, TIME, *columns) if c not in panel.columns]
     if missing:
         raise ValueError(f"prepared panel lacks columns {missing}")
-    countries = sorted(panel[COUNTRY].astype(str).unique())
+    countries = grid_countries(panel)
     months = month_index(panel[TIME])
     m0, m1 = int(months.min()), int(months.max())
     grid = np.full((len(countries), m1 - m0 + 1, len(columns)), np.nan)

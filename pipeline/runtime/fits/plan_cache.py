@@ -13,8 +13,16 @@ Where: `$QPIPE_PLAN_CACHE`, else `plans/` inside `$QPIPE_PROBE_CACHE` when that 
 point it at a temp dir), else `$XDG_CACHE_HOME/qpipe/plans`, else `~/.cache/qpipe/plans`. The
 driver alone reads and writes it (atomic writes); at most KEEP entries stay, the least
 recently used go first, and so do older entries beyond KEEP_BYTES in all (the newest entry
-always stays), so that a 10M-fit plan (about 480 MB) does not leave gigabytes in a user's home.
+always stays), so that a 10M-fit plan (about 630 MB with its basis) does not leave gigabytes
+in a user's home.
 Pooled (panel) groups are not kept: their windows are the plan.
+
+An entry also keeps what its keys were made from (key_reuse.PlanBasis: the grid's features
+and targets, the groups' key prefixes, the window size and origin step), and its name starts
+with its model's *family* (the model, what the adapter tells the groups and the code: not the
+config or panel). A plan built anew (the monthly update: a later end date, new or revised
+data) takes the keys of unchanged fits from the newest entry of its family instead of
+hashing them (`previous`).
 """
 
 from __future__ import annotations
@@ -30,18 +38,20 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import atomic_path, stable_hash
+from pipeline.runtime.fits.key_reuse import PlanBasis
 from pipeline.runtime.fits.keys import KEY_BYTES, raw_keys
 
 log = logging.getLogger("pipeline.train")
 ENV_VAR = "QPIPE_PLAN_CACHE"
-FORMAT = 1
-KEEP = 8  # entries kept (a 1M-fit rw plan is about 48 MB)
+FORMAT = 2  # 2: the plan's basis kept with it, entries named by family first
+KEEP = 8  # entries kept (a 1M-fit rw plan is about 63 MB)
 KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever its size
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
     "pipeline.runtime.fits.fit_groups",
     "pipeline.runtime.fits.keys",
     "pipeline.runtime.fits.country_keys",
+    "pipeline.runtime.fits.key_reuse",
     "pipeline.runtime.fits.fit_windows",
     "pipeline.data.windows",
     "pipeline.schema",
@@ -72,16 +82,24 @@ def _source_digest() -> str:
 
 
 def plan_name(model: str, adapter_facts: dict[str, Any], config_hash: str, panel: str) -> str:
-    """The entry's name: a digest of everything the model's groups depend on."""
-    what = {
-        "format": FORMAT,
-        "model": model,
-        "adapter": adapter_facts,
-        "config": config_hash,
-        "panel": panel,
-        "code": _source_digest(),
-    }
-    return f"{model}-{stable_hash(what, length=40)}"
+    """The entry's name: its family, then a digest of everything the model's groups depend on."""
+    family = {"format": FORMAT, "model": model, "adapter": adapter_facts, "code": _source_digest()}
+    what = {"family": family, "config": config_hash, "panel": panel}
+    return f"{model}-{stable_hash(family, length=16)}-{stable_hash(what, length=32)}"
+
+
+def previous(name: str) -> PlanBasis | None:
+    """The basis of the most recently used other entry of `name`'s family, or None."""
+    family = name.rsplit("-", 1)[0]
+    others = []
+    for path in cache_dir().glob(f"{family}-*.npz"):
+        with contextlib.suppress(OSError):
+            if path.stem != name and path.stem.rsplit("-", 1)[0] == family:
+                others.append((path.stat().st_mtime, path.stem))
+    for _, other in sorted(others, reverse=True)[:1]:
+        entry = load_entry(other)
+        return entry[1] if entry is not None else None
+    return None
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -89,12 +107,19 @@ def _checksum(arrays: dict[str, np.ndarray]) -> np.ndarray:
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        digest.update(a.tobytes())
+        digest.update(a.reshape(-1).view(np.uint8))  # its bytes, not a copy of them
     return np.frombuffer(digest.digest(), dtype=np.uint8)
 
 
 def load(name: str) -> list[Part] | None:
     """The groups' parts of entry `name`, or None (absent, unreadable or damaged: removed)."""
+    entry = load_entry(name)
+    return entry[0] if entry is not None else None
+
+
+def load_entry(name: str) -> tuple[list[Part], PlanBasis | None] | None:
+    """The groups' parts of entry `name` and its basis (None if saved without one), or None
+    (absent, unreadable or damaged: removed)."""
     path = cache_dir() / f"{name}.npz"
     if not path.is_file():
         return None
@@ -105,9 +130,10 @@ def load(name: str) -> list[Part] | None:
         if not np.array_equal(stored, _checksum(arrays)):
             raise ValueError("checksum mismatch")
         parts = []
-        for g in range(len(arrays) // 3):
+        for g in range(sum(k.endswith("_keys") for k in arrays)):
             keys = arrays[f"{g}_keys"].view(f"S{KEY_BYTES}").ravel()  # raw digests
             parts.append((arrays[f"{g}_country"], arrays[f"{g}_origin"], keys))
+        basis = _basis(arrays, parts) if "basis_features" in arrays else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.info("fit plan %s unreadable (%s): rebuilt", path, exc)
         with contextlib.suppress(OSError):
@@ -115,13 +141,35 @@ def load(name: str) -> list[Part] | None:
         return None
     with contextlib.suppress(OSError):
         os.utime(path)  # recently used: pruned last
-    return parts
+    return parts, basis
 
 
-def save(name: str, parts: list[Part]) -> None:
-    """Keep the groups' parts as entry `name` (atomic); drop the least recently used beyond
-    KEEP. A cache that cannot be written is skipped: it only saves time."""
+def _basis(arrays: dict[str, np.ndarray], parts: list[Part]) -> PlanBasis:
+    size, step, m0 = (int(v) for v in arrays["basis_size_step_m0"])
+    return PlanBasis(
+        countries=arrays["basis_countries"],
+        m0=m0,
+        features=arrays["basis_features"],
+        size=size,
+        step=step,
+        prefixes=tuple(arrays[f"{g}_prefix"].tobytes() for g in range(len(parts))),
+        leads=tuple(arrays[f"{g}_lead"] for g in range(len(parts))),
+        parts=tuple(parts),
+    )
+
+
+def save(name: str, parts: list[Part], basis: PlanBasis | None = None) -> None:
+    """Keep the groups' parts (and what their keys were made from) as entry `name` (atomic);
+    drop the least recently used beyond KEEP. A cache that cannot be written is skipped: it
+    only saves time."""
     arrays: dict[str, np.ndarray] = {}
+    if basis is not None:
+        arrays["basis_countries"] = np.asarray(basis.countries, dtype=str)
+        arrays["basis_features"] = np.asarray(basis.features, dtype=np.float64)
+        arrays["basis_size_step_m0"] = np.array([basis.size, basis.step, basis.m0], np.int64)
+        for g, (prefix, lead) in enumerate(zip(basis.prefixes, basis.leads, strict=True)):
+            arrays[f"{g}_prefix"] = np.frombuffer(prefix, dtype=np.uint8)
+            arrays[f"{g}_lead"] = np.asarray(lead, dtype=np.float64)
     for g, (country, origin, keys) in enumerate(parts):
         arrays[f"{g}_country"] = np.asarray(country, dtype=np.int64)
         arrays[f"{g}_origin"] = np.asarray(origin, dtype=np.int64)

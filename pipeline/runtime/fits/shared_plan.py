@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits import plan_cache
-from pipeline.runtime.fits.fit_groups import FitGroup, build_groups, group_facts, plan_parts
+from pipeline.runtime.fits.fit_groups import (
+    FitGroup,
+    build_groups,
+    group_facts,
+    plan_basis,
+    plan_parts,
+)
 
 if TYPE_CHECKING:  # imported where a panel is hashed: one_plan_per_run (every run) needs none
     import pandas as pd
@@ -75,6 +81,7 @@ def _built_or_loaded(
     parts = plan_cache.load(name)
     if parts is not None and len(parts) == len(config.data.horizons):  # one group a horizon
         return build_groups(panel, config, adapter, known=parts)
-    groups = build_groups(panel, config, adapter)
-    plan_cache.save(name, plan_parts(groups))
+    # a new plan (a later end date, new or revised data): the previous one's unchanged keys
+    groups = build_groups(panel, config, adapter, basis=plan_cache.previous(name))
+    plan_cache.save(name, plan_parts(groups), plan_basis(panel, groups, config, adapter))
     return groups
