@@ -90,9 +90,10 @@ def run_study(
 def build_fits(countries: list[str], out: Path):
     """The study's ar_qr fit groups, built by the project's own code."""
     from pipeline.config.compose import compose_config
+    from pipeline.data.prepared import load_panel
     from pipeline.models.plugins.registry import get_adapter
     from pipeline.runtime.fits.fit_groups import build_groups
-    from pipeline.stages.prepare import load_panel, prepare
+    from pipeline.stages.prepare import prepare
 
     os.chdir(ROOT)
     config = compose_config(overrides(countries, out))

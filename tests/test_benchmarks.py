@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.data.prepared import load_panel
 from pipeline.models.plugins.registry import get_adapter
 from pipeline.models.solvers.benchmarks import fit_predict_climatology_batch, fit_predict_rw_batch
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.schema import month_index
-from pipeline.stages.prepare import load_panel
 
 CASES = [("C01", "2018-01-01", 1), ("C02", "2018-07-01", 3), ("C04", "2018-12-01", 1)]
 

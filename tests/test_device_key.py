@@ -8,11 +8,12 @@ import numpy as np
 import torch
 from conftest import ROOT, SMALL_STUDY, make_config
 
+from pipeline.data.prepared import load_panel
 from pipeline.models.plugins.registry import get_adapter
 from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import build_groups
 from pipeline.runtime.fits.tasks import task_payload
-from pipeline.stages.prepare import load_panel, prepare
+from pipeline.stages.prepare import prepare
 
 
 def config_for(tmp_path, device: str):

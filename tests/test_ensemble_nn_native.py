@@ -236,9 +236,10 @@ def test_backend_enters_the_fit_key(tmp_path, monkeypatch):
     from conftest import ROOT
     from test_device_key import config_for
 
+    from pipeline.data.prepared import load_panel
     from pipeline.models.plugins.registry import get_adapter
     from pipeline.runtime.fits.fit_groups import build_groups
-    from pipeline.stages.prepare import load_panel, prepare
+    from pipeline.stages.prepare import prepare
 
     adapter, cfg = get_adapter("ensemble_nn"), config_for(tmp_path, "cpu")
     prepare(cfg, ROOT)

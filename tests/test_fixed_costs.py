@@ -219,7 +219,7 @@ def test_ensemble_tasks_hold_one_block_each_so_every_worker_gets_one(tmp_path: P
         models={"ar_qr": {"enabled": False}, "ensemble_nn": {"enabled": True}},
         start="2015-01-01",  # 48 origins: two blocks of the adapter's default size
     )
-    from pipeline.stages.prepare import load_panel
+    from pipeline.data.prepared import load_panel
 
     adapter = adapter_for(config, "ensemble_nn")
     groups = build_groups(load_panel(config.output_dir), config, adapter)

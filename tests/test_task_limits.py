@@ -87,8 +87,8 @@ def test_a_user_model_that_hangs_in_the_driver_check_is_stopped_and_named(
 ) -> None:
     from test_user_models import write_module
 
+    from pipeline.data.prepared import load_panel
     from pipeline.runtime.execute.model_check import check_user_models
-    from pipeline.stages.prepare import load_panel
 
     monkeypatch.setenv("UM_SLEEP", "3600")  # every fit of the user model sleeps an hour
     d = copy.deepcopy(SMALL_STUDY)

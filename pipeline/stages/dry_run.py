@@ -40,9 +40,9 @@ def dry_run(
     running train. `panel`: the prepared panel (default: the output dir's). Memory and ETA say
     where they come from: a probe's measurements, or none yet (then no number is invented).
     """
+    from pipeline.data.prepared import load_panel
     from pipeline.runtime.store.progress import db_path
     from pipeline.runtime.store.progress_view import failed_keys as store_failed_keys
-    from pipeline.stages.prepare import load_panel
     from pipeline.stages.train import cached_mask
 
     if panel is None:

@@ -23,7 +23,6 @@ import pandas as pd
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data import DataError, load_raw
 from pipeline.data.features import build_panel, month_mean_needed, panel_fingerprint
-from pipeline.data.prepared import load_panel  # noqa: F401 (its readers' import path)
 from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
 from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column, month_index

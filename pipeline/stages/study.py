@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import StudyConfig
+from pipeline.data.prepared import load_panel
 from pipeline.evaluation.calibration import CalibrationSettings
 from pipeline.evaluation.combination import COMBO
 from pipeline.evaluation.derived import DerivedSettings
@@ -16,7 +17,6 @@ from pipeline.runtime.fits.shared_plan import fit_groups, release_plans
 from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.schema import month_start
 from pipeline.stages.assemble import AssembleResult, assemble
-from pipeline.stages.prepare import load_panel
 
 EXPECTED_COLUMNS = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 
