@@ -64,8 +64,8 @@ OBSERVER_INTERVALS = {
     "distributed.admin.system-monitor.interval": "2s",
 }
 # Dask's own setting for how a client gathers results: null (its default) has the scheduler
-# relay every result (a task's forecasts: megabytes), which cost the scheduler more CPU than
-# everything else it did in train (benchmarks/README.md, issue 18 item 7). The stream gathers
+# relay every result (a task's forecasts: megabytes), about a third of the CPU the study cost
+# the scheduler in train at rw 1M (benchmarks/README.md, issue 18 item 7). The stream gathers
 # straight from the workers unless the user set it false (a driver that cannot reach the
 # workers; a direct gather that fails falls back to the relay anyway, after a connect timeout).
 DIRECT_TO_WORKERS = "distributed.client.direct-to-workers"
