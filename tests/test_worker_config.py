@@ -46,3 +46,47 @@ def test_the_workers_profiler_follows_runtime_worker_profiler(
     # issue 18: an idle worker ticks every second, not every 20 ms (Dask's default), and its
     # system monitor samples every 2 s, not 0.5
     assert (got["tick"], got["monitor"]) == (1000, 2000)
+
+
+def _result(payload: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    return {"pred": np.arange(payload["n"], dtype=np.float64)}
+
+
+@pytest.mark.parametrize("setting", [None, False])
+def test_results_come_straight_from_the_workers_unless_dask_says_not(
+    tmp_path: Path, setting: bool | None
+) -> None:
+    """Issue 18 item 7: the scheduler relayed every task's result (megabytes of forecasts) to
+    the client, its largest CPU cost in train; the stream gathers from the workers unless
+    Dask's own `distributed.client.direct-to-workers` is false (a driver that cannot reach
+    them)."""
+    import dask
+    import numpy as np
+
+    from pipeline.runtime.execute.cluster import TaskStream
+
+    d = copy.deepcopy(SMALL_STUDY)
+    d["runtime"].update({"output_dir": str(tmp_path), "dashboard_port": 0})
+    relayed: list[Any] = []
+    with (
+        dask.config.set({"distributed.client.direct-to-workers": setting}),
+        make_client(1, 1024, make_config(d).runtime) as handle,
+    ):
+        handlers = handle.client.cluster.scheduler.handlers  # the LocalCluster's, in-process
+        relay = handlers["gather"]
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            relayed.append(kwargs.get("keys"))
+            return relay(*args, **kwargs)
+
+        handlers["gather"] = counted
+        stream = TaskStream(handle.client, _result)
+        for i in range(3):
+            stream.submit(f"t{i}", {"n": 1000 * (i + 1)})
+        got = {name: result for name, result, error in stream if error is None}
+        stream.close()
+    assert {k: v["pred"].size for k, v in got.items()} == {"t0": 1000, "t1": 2000, "t2": 3000}
+    np.testing.assert_array_equal(got["t2"]["pred"], np.arange(3000.0))
+    assert len(relayed) == (0 if setting is None else 3)
