@@ -5,6 +5,7 @@ event-loop tick and system monitor run at coarser periods than Dask's defaults."
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -54,34 +55,43 @@ def _result(payload: dict[str, Any]) -> dict[str, Any]:
     return {"pred": np.arange(payload["n"], dtype=np.float64)}
 
 
-@pytest.mark.parametrize("setting", [None, False])
-def test_results_come_straight_from_the_workers_unless_dask_says_not(
-    tmp_path: Path, setting: bool | None
+@pytest.mark.parametrize("existing", [False, True])
+def test_results_come_from_own_workers_and_through_an_existing_clusters_scheduler(
+    tmp_path: Path, existing: bool
 ) -> None:
     """Issue 18 item 7: the scheduler relayed every task's result (megabytes of forecasts) to
-    the client, its largest CPU cost in train; the stream gathers from the workers unless
-    Dask's own `distributed.client.direct-to-workers` is false (a driver that cannot reach
-    them)."""
-    import dask
+    the client, its largest CPU cost in train. The study's own LocalCluster gathers straight
+    from its workers; on an existing cluster Dask's own setting decides (by default the
+    scheduler relays: a driver may reach the scheduler and not the workers)."""
     import numpy as np
+    from distributed import LocalCluster
 
     from pipeline.runtime.execute.cluster import TaskStream
 
     d = copy.deepcopy(SMALL_STUDY)
     d["runtime"].update({"output_dir": str(tmp_path), "dashboard_port": 0})
     relayed: list[Any] = []
-    with (
-        dask.config.set({"distributed.client.direct-to-workers": setting}),
-        make_client(1, 1024, make_config(d).runtime) as handle,
-    ):
-        handlers = handle.client.cluster.scheduler.handlers  # the LocalCluster's, in-process
-        relay = handlers["gather"]
+    with contextlib.ExitStack() as stack:
+        if existing:
+            other = stack.enter_context(
+                LocalCluster(
+                    n_workers=1,
+                    threads_per_worker=1,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    processes=True,
+                )
+            )
+            d["runtime"]["scheduler_address"] = other.scheduler_address
+        handle = stack.enter_context(make_client(1, 1024, make_config(d).runtime))
+        scheduler = (other if existing else handle.client.cluster).scheduler  # in-process
+        relay = scheduler.handlers["gather"]
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             relayed.append(kwargs.get("keys"))
             return relay(*args, **kwargs)
 
-        handlers["gather"] = counted
+        scheduler.handlers["gather"] = counted
         stream = TaskStream(handle.client, _result)
         for i in range(3):
             stream.submit(f"t{i}", {"n": 1000 * (i + 1)})
@@ -89,4 +99,4 @@ def test_results_come_straight_from_the_workers_unless_dask_says_not(
         stream.close()
     assert {k: v["pred"].size for k, v in got.items()} == {"t0": 1000, "t1": 2000, "t2": 3000}
     np.testing.assert_array_equal(got["t2"]["pred"], np.arange(3000.0))
-    assert len(relayed) == (0 if setting is None else 3)
+    assert len(relayed) == (3 if existing else 0)

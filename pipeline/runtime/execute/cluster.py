@@ -63,12 +63,6 @@ OBSERVER_INTERVALS = {
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
 }
-# Dask's own setting for how a client gathers results: null (its default) has the scheduler
-# relay every result (a task's forecasts: megabytes), about a third of the CPU the study cost
-# the scheduler in train at rw 1M (benchmarks/README.md, issue 18 item 7). The stream gathers
-# straight from the workers unless the user set it false (a driver that cannot reach the
-# workers; a direct gather that fails falls back to the relay anyway, after a connect timeout).
-DIRECT_TO_WORKERS = "distributed.client.direct-to-workers"
 
 
 @dataclass
@@ -115,12 +109,9 @@ def make_client(
     # warnings (and the workers', forwarded below) go to the run log only
     with dask.config.set(config), third_party_to_run_log() as detach:
         if runtime.scheduler_address:
-            client = Client(
-                runtime.scheduler_address,
-                timeout="30s",
-                security=_security(runtime),
-                direct_to_workers=direct_to_workers(),
-            )
+            # results relayed by the scheduler unless Dask's own config says otherwise
+            # (`distributed.client.direct-to-workers`): a driver may reach the scheduler only
+            client = Client(runtime.scheduler_address, timeout="30s", security=_security(runtime))
             cluster = None
             client.wait_for_workers(1, timeout=120)
             workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
@@ -147,7 +138,9 @@ def make_client(
                 dashboard_address=f"{host}:{port}",
                 silence_logs=logging.CRITICAL,  # workers' stderr: their warnings are forwarded
             )
-            client = Client(cluster, security=security, direct_to_workers=direct_to_workers())
+            # results gathered straight from these workers (127.0.0.1): relaying every
+            # task's forecasts (megabytes) was the scheduler's largest CPU cost in train
+            client = Client(cluster, security=security, direct_to_workers=True)
             workers = n_workers
             detach()  # the dashboard's bokeh, imported just now
         try:
@@ -160,15 +153,6 @@ def make_client(
             client.close(timeout=10)
             if cluster is not None:
                 cluster.close(timeout=20)
-
-
-def direct_to_workers() -> bool:
-    """Whether the client gathers results from the workers (see DIRECT_TO_WORKERS): yes,
-    unless Dask's configuration says otherwise (DASK_DISTRIBUTED__CLIENT__DIRECT_TO_WORKERS)."""
-    value = dask.config.get(DIRECT_TO_WORKERS, None)
-    if isinstance(value, str):  # a YAML or environment string Dask did not parse
-        return value.strip().lower() not in ("false", "no", "0", "off")
-    return True if value is None else bool(value)
 
 
 def queue_every_task(client: Client, n_workers: int) -> list[Any]:
