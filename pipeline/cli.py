@@ -294,12 +294,14 @@ def _train_disabled(config: StudyConfig, model: str) -> None:
     Its fit cache folder is created (a DVC output) but never emptied, so re-enabling the model
     reuses every fit it had.
     """
-    from pipeline.io import write_parquet
-    from pipeline.schema import empty_forecast_frame
+    from pipeline.data.arrow_columns import empty_table
+    from pipeline.io import write_parquet_tables
+    from pipeline.schema import forecast_arrow_schema
     from pipeline.stages.train import train_path
 
     (config.model_cache_dir / model).mkdir(parents=True, exist_ok=True)
-    write_parquet(train_path(config, model), empty_forecast_frame())
+    schema = forecast_arrow_schema()  # the bytes pandas wrote for empty_forecast_frame()
+    write_parquet_tables(train_path(config, model), schema, [empty_table(schema)])
     log.info("train %s: disabled (models.%s.enabled=false): wrote an empty table", model, model)
 
 

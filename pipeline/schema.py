@@ -4,6 +4,7 @@ used everywhere."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -34,12 +35,31 @@ def month_index(times: Any) -> np.ndarray: ...
 def month_index(times: Any) -> int | np.ndarray:
     """m = year * 12 + month - 1 of a month (str, Timestamp: an int) or of many (Series,
     DatetimeIndex, datetime64 array: an int64 array); any day of a month gives its index."""
-    if isinstance(times, str | date):  # Timestamp and datetime are dates too
-        import pandas as pd
+    if isinstance(times, date):  # Timestamp and datetime are dates too
+        return times.year * 12 + times.month - 1
+    if isinstance(times, str):
+        day = _iso_day(times)
+        if day is None:  # any other spelling, as pandas reads it
+            import pandas as pd
 
-        stamp = pd.Timestamp(times)
-        return stamp.year * 12 + stamp.month - 1
+            day = pd.Timestamp(times)
+        return day.year * 12 + day.month - 1
     return np.asarray(times, dtype="datetime64[M]").astype(np.int64) + _EPOCH
+
+
+# an ISO day ('2018-01-01', what conf/ and the plan's origins spell) of a year every pandas
+# reads the same way: read without pandas (probe and train import none)
+_ISO_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+
+
+def _iso_day(text: str) -> date | None:
+    match = _ISO_DAY.fullmatch(text)
+    if match is None or not 1678 <= int(match[1]) <= 2261:
+        return None
+    try:
+        return date(*map(int, match.groups()))
+    except ValueError:  # no such day (2018-02-30): pandas' error
+        return None
 
 
 @overload

@@ -8,11 +8,13 @@ training target lies after the origin. The forecast for T + h uses the features 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.config import RollingWindowConfig
 from pipeline.schema import month_index, month_start
+
+if TYPE_CHECKING:  # month_start makes the stamps; the fit plan takes origin_months (no pandas)
+    import pandas as pd
 
 
 def add_months(stamp: pd.Timestamp | str, months: int) -> pd.Timestamp:
@@ -37,22 +39,35 @@ class TrainRange:
 
 def origins(window: RollingWindowConfig) -> list[pd.Timestamp]:
     """Every fitted origin: the warm-up ones (see warmup_origins), then the scored ones."""
-    return [*warmup_origins(window), *scored_origins(window)]
+    return [month_start(m) for m in origin_months(window)]
+
+
+def origin_months(window: RollingWindowConfig) -> list[int]:
+    """`origins` as month indexes (pipeline.schema.month_index)."""
+    return [*_warmup_months(window), *_scored_months(window)]
 
 
 def scored_origins(window: RollingWindowConfig) -> list[pd.Timestamp]:
     """Forecast origins from start_date to end_date (inclusive) every `step` months."""
+    return [month_start(m) for m in _scored_months(window)]
+
+
+def _scored_months(window: RollingWindowConfig) -> list[int]:
     first, last = month_index(window.start_date), month_index(window.end_date)
-    return [month_start(m) for m in range(first, last + 1, window.step)]
+    return list(range(first, last + 1, window.step))
 
 
 def warmup_origins(window: RollingWindowConfig) -> list[pd.Timestamp]:
     """Calibration warm-up origins: start_date - k * step for k >= 1, back to
     calibration_start (the same grid as the scored origins); none when it is null."""
+    return [month_start(m) for m in _warmup_months(window)]
+
+
+def _warmup_months(window: RollingWindowConfig) -> list[int]:
     if window.calibration_start is None:
         return []
     first, start = month_index(window.calibration_start), month_index(window.start_date)
-    return [month_start(m) for m in range(start - window.step, first - 1, -window.step)][::-1]
+    return list(range(start - window.step, first - 1, -window.step))[::-1]
 
 
 def training_range(origin: pd.Timestamp | str, size: int, horizon: int) -> TrainRange:

@@ -64,10 +64,10 @@ log = logging.getLogger("pipeline.probe")
 
 def run_probe(config: StudyConfig, models: list[str] | None = None) -> Plan:
     """Measure every enabled model (or `models`), write probe.json + probe_measurements.json."""
-    from pipeline.data.prepared import load_panel
+    from pipeline.data.prepared import load_panel_columns
     from pipeline.runtime.execute.model_check import check_user_models
 
-    panel = load_panel(config.output_dir)
+    panel = load_panel_columns(config.output_dir)
     names = list(models) if models is not None else list(config.models.enabled())
     check_user_models(config, panel, names)  # before any child process or cluster
     reprobe = config.runtime.reprobe

@@ -97,7 +97,7 @@ def run_train(
     `stop`: set by the main thread when this call runs in a driver thread of its own (signals
     reach only the main thread); it stops this train as SIGINT/SIGTERM would.
     """
-    from pipeline.data.prepared import load_panel
+    from pipeline.data.prepared import load_panel_columns
     from pipeline.runtime.execute.train_loop import RunState  # train_path's callers need none
 
     t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def run_train(
     out = config.output_dir
     with RunLog(out, run_id) as run_log, ProgressStore(db_path(out)) as store:
         store.start_run(run_id, model, os.getpid(), str(run_log.path))
-        panel = load_panel(out)
+        panel = load_panel_columns(out)
         groups = fit_groups(panel, config, adapter)
         if model in config.models.user_models():  # before any cluster starts
             from pipeline.runtime.execute.model_check import check_user_model

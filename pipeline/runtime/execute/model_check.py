@@ -10,10 +10,9 @@ is stopped after runtime.task_timeout_s (the probe's bound when `auto`) and name
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.config import ConfigError, StudyConfig, UserModelConfig
 from pipeline.models.plugins.registry import adapter_for
@@ -22,12 +21,15 @@ from pipeline.runtime.fits.fit_groups import FitGroup, build_groups
 from pipeline.runtime.fits.tasks import task_payload
 from pipeline.runtime.sizing.timeouts import probe_timeout
 
+if TYPE_CHECKING:
+    from pipeline.runtime.fits.fit_windows import Panel
+
 log = logging.getLogger("pipeline.check")
 SLICE_FITS = 2
 
 
 def check_user_models(
-    config: StudyConfig, panel: pd.DataFrame, names: list[str] | tuple[str, ...]
+    config: StudyConfig, panel: Panel, names: list[str] | tuple[str, ...]
 ) -> None:
     """Run each user model among `names` on SLICE_FITS fits; ConfigError on the first problem."""
     child = shared_child()  # the same child then trains the run's small models

@@ -28,9 +28,8 @@ from pipeline.runtime.store.progress import ProgressStore
 from pipeline.runtime.ui.logs import ProgressReporter
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
-    import pandas as pd
-
     from pipeline.runtime.execute.shared_cluster import SharedCluster
+    from pipeline.runtime.fits.fit_windows import Panel
 
 log = logging.getLogger("pipeline.train")
 
@@ -376,7 +375,7 @@ class RunState:
 
     # --- output -----------------------------------------------------------------------------
 
-    def forecast_chunks(self, panel: pd.DataFrame) -> Iterator[Any]:
+    def forecast_chunks(self, panel: Panel) -> Iterator[Any]:
         """The forecast table of every fit known (schema order, deterministic sort), as Arrow
         tables of at most a million rows (runtime/fits/forecast_rows.py)."""
         return forecast_chunks(

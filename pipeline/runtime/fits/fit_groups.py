@@ -1,4 +1,4 @@
-"""Fit groups and content keys (pure: numpy and pandas only; DESIGN.md "Task model").
+"""Fit groups and content keys (pure: numpy only; DESIGN.md "Task model").
 
 A *fit* is (model, country, horizon, origin) for every quantile at once; a panel model
 (ensemble_nn) has one fit per origin pooling every country and every horizon (one network,
@@ -35,7 +35,7 @@ from pipeline.runtime.fits.fit_windows import (
 )
 from pipeline.runtime.fits.key_reuse import PlanBasis, canonical, previous_fits
 from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
-from pipeline.schema import month_index, month_start
+from pipeline.schema import month_index
 
 if TYPE_CHECKING:  # the driver builds groups from a frame; a worker's task needs no pandas
     import pandas as pd
@@ -92,6 +92,23 @@ class FitGroup:
         (`raw[i : i + 1]`, `.view(np.uint8)`) rather than index one key."""
         return self.key_raw
 
+    def country_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct forecast-row countries, sorted (object array of str), and each (fit,
+        row)'s index in them ((F * C,) int64, row-major): `np.unique(countries.astype(str),
+        return_inverse=True)` without sorting F x C strings (0.1 s at 250k fits)."""
+        if isinstance(self.data, CountryWindows):
+            # one row a fit: its country is the grid's row `data.country`, and the grid's
+            # countries are sorted, so the grid rows' order is the names' order
+            grid_row = self.data.country
+            if not grid_row.size:
+                return np.array([], dtype=object), np.zeros(0, dtype=np.int64)
+            fit_of_row = np.full(int(grid_row.max()) + 1, -1, dtype=np.int64)
+            fit_of_row[grid_row] = np.arange(grid_row.size)  # any fit of each row will do
+            present = fit_of_row >= 0
+            names = np.asarray(self.countries[fit_of_row[present], 0], dtype=str)
+            return names.astype(object), (np.cumsum(present) - 1)[grid_row]
+        return sorted_codes(self.countries)
+
     def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
         """The arrays of the fits `index` (X, y, w, X_new), contiguous."""
         if isinstance(self.data, CountryWindows):
@@ -115,7 +132,7 @@ def build_group(
     seed: int,
     features: Sequence[str],
     horizons: Sequence[int],
-    origins: Sequence[pd.Timestamp],
+    origins: Sequence[pd.Timestamp | int],
     size: int,
     pooled: bool,
     min_rows: int,
@@ -151,7 +168,7 @@ def build_group(
     else:  # the columns this group reads, from the study's one grid
         countries, m0, every, names = shared_grid
         grid = every[..., [names.index(c) for c in columns]]
-    org = np.array([month_index(o) for o in origins], dtype=np.int64)
+    org = np.array([_month(o) for o in origins], dtype=np.int64)
     carr = np.array(countries, dtype=object)
     step = int(np.diff(org).min()) if len(org) > 1 else 1
     slot = None
@@ -233,6 +250,11 @@ def build_group(
     )
 
 
+def _month(origin: Any) -> int:
+    """The month index of an origin given as one (an int) or as a date."""
+    return int(origin) if isinstance(origin, int | np.integer) else month_index(origin)
+
+
 def _blocks(org: np.ndarray, fit_origin: np.ndarray, batch_fits: int) -> np.ndarray:
     """(F,) batch block of each fit: ceil(n / batch_fits) blocks dealt round-robin by origin
     index (not month offset: with step=3 that halved the blocks), so each block spans the whole
@@ -284,11 +306,11 @@ def plan_basis(
 ) -> PlanBasis:
     """What a per-country model's keys were made from (kept with them by plan_cache.py, so
     that the next plan of the model, e.g. the monthly update's, reuses its unchanged keys)."""
-    from pipeline.data.windows import origins as window_origins
+    from pipeline.data.windows import origin_months
 
     windows = [g.data for g in groups if isinstance(g.data, CountryWindows)]
     p = len(adapter.features(config))
-    org = np.array([month_index(o) for o in window_origins(config.rolling_window)])
+    org = np.array(origin_months(config.rolling_window))
     step = int(np.diff(org).min()) if len(org) > 1 else 1
     every = (  # the features once, then each group's target
         (w.grid[..., :p], w.grid[..., p]) for w in windows
@@ -333,7 +355,7 @@ def build_groups(
     `basis`: plan_basis of an earlier plan of the model (another panel or end date): the keys
     of fits whose hashed bytes it holds unchanged are reused (per-country models only).
     """
-    from pipeline.data.windows import origins as window_origins
+    from pipeline.data.windows import origin_months
     from pipeline.schema import lead_column
 
     horizon_sets = (
@@ -354,7 +376,7 @@ def build_groups(
             seed=config.seed,
             features=adapter.features(config),
             horizons=hs,
-            origins=window_origins(config.rolling_window),
+            origins=origin_months(config.rolling_window),
             size=config.rolling_window.size,
             pooled=adapter.pooled,
             min_rows=adapter.min_rows(config),
@@ -387,8 +409,22 @@ def expand_rows(
     return fi, cj, hi, qi
 
 
+def sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct strings among `values` (F, C), sorted (object array), and each element's
+    index in them ((F * C,) int64, row-major): np.unique(return_inverse=True), sorting one row
+    only where every row holds the same countries (a pooled group's: each fit forecasts every
+    country)."""
+    values = np.asarray(values, dtype=object)
+    if values.ndim == 2 and values.shape[0] > 1 and (values == values[:1]).all():
+        names, row = np.unique(values[0].astype(str), return_inverse=True)
+        return names.astype(object), np.tile(row.reshape(-1).astype(np.int64), values.shape[0])
+    names, codes = np.unique(values.astype(str).ravel(), return_inverse=True)
+    return names.astype(object), codes.reshape(-1).astype(np.int64)
+
+
 def origin_labels(origin: np.ndarray) -> np.ndarray:
     """'YYYY-MM-DD' of month indexes (object array), formatted once per distinct month."""
     months, inverse = np.unique(np.asarray(origin, dtype=np.int64), return_inverse=True)
-    labels = np.asarray(month_start(months).strftime("%Y-%m-%d"), dtype=object)
+    days = (months - month_index("1970-01-01")).astype("datetime64[M]").astype("datetime64[D]")
+    labels = np.asarray(np.datetime_as_string(days, unit="D"), dtype=object)
     return labels[inverse.reshape(-1)] if months.size else np.array([], dtype=object)

@@ -1,6 +1,7 @@
-"""Training windows of fits, from a prepared panel's dense month grid (pure: numpy, pandas).
+"""Training windows of fits, from a prepared panel's dense month grid (pure: numpy).
 
-`country_grid` lays the panel out as (country, month, column); `window_arrays` stacks the
+`country_grid` lays the panel out as (country, month, column) (the panel as a DataFrame, or as
+the Arrow columns probe and train read without pandas: pipeline.data.prepared.PanelColumns); `window_arrays` stacks the
 windows of every (country, origin) (panel fits, and the grouping pass of per-country fits);
 `CountryWindows` keeps only each per-country fit's (country, origin) and builds its window
 when a task needs it, with the same values (DESIGN.md "Definitions": nothing after the origin).
@@ -14,10 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.data.prepared import PanelColumns
 from pipeline.schema import COUNTRY, TIME, month_index
 
-if TYPE_CHECKING:  # the driver lays out a frame; a worker's task needs no pandas
+if TYPE_CHECKING:  # the driver lays out a panel; a worker's task needs no pandas
     import pandas as pd
+
+    Panel = pd.DataFrame | PanelColumns
 
 
 @dataclass(frozen=True)
@@ -99,28 +103,40 @@ class CountryWindows:
         return {"X": ((n, p), f8), "y": ((n,), f8), "w": ((n,), f8), "X_new": ((1, p), f8)}
 
 
-def grid_countries(panel: pd.DataFrame) -> list[str]:
+def grid_countries(panel: Panel) -> list[str]:
     """The country of each row of country_grid's grid, in order."""
+    if isinstance(panel, PanelColumns):
+        return panel.codes(COUNTRY)[0]
     return sorted(panel[COUNTRY].astype(str).unique())
 
 
-def country_grid(panel: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], int, np.ndarray]:
+def country_grid(panel: Panel, columns: Sequence[str]) -> tuple[list[str], int, np.ndarray]:
     """Dense month grid of `columns`: (countries, first month index, values (C, M, k)).
 
     Months a country has no row for are NaN, so a window reaching before a country's start
     simply holds NaN rows (masked later) instead of shifting.
     """
-    import pandas as pd
-
     missing = [c for c in (COUNTRY, TIME, *columns) if c not in panel.columns]
     if missing:
         raise ValueError(f"prepared panel lacks columns {missing}")
-    countries = grid_countries(panel)
-    months = month_index(panel[TIME])
+    if isinstance(panel, PanelColumns):
+        countries, cidx = panel.codes(COUNTRY)
+        months = month_index(panel.values(TIME))
+    else:
+        import pandas as pd
+
+        countries = grid_countries(panel)
+        months = month_index(panel[TIME])
+        cidx = pd.Categorical(panel[COUNTRY].astype(str), categories=countries).codes
     m0, m1 = int(months.min()), int(months.max())
     grid = np.full((len(countries), m1 - m0 + 1, len(columns)), np.nan)
-    cidx = pd.Categorical(panel[COUNTRY].astype(str), categories=countries).codes
-    grid[cidx, months - m0, :] = panel[list(columns)].to_numpy(dtype=np.float64)
+    if isinstance(panel, PanelColumns):
+        values = np.empty((len(panel), len(columns)))
+        for k, name in enumerate(columns):
+            values[:, k] = panel.values(name)
+    else:
+        values = panel[list(columns)].to_numpy(dtype=np.float64)
+    grid[cidx, months - m0, :] = values
     return countries, m0, grid
 
 

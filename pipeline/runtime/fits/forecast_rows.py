@@ -1,5 +1,5 @@
 """A model's forecast table (pipeline.schema) from its fit groups' predictions, built already
-sorted and as Arrow tables of at most `chunk` rows (pure: numpy, pandas, pyarrow).
+sorted and as Arrow tables of at most `chunk` rows (pure: numpy, pyarrow).
 
 At a million fits the table has millions of rows. Built as a pandas frame of Python strings,
 then copied, cast and sorted (schema.conform_forecasts), it held about a gigabyte at the end of
@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.data.arrow_columns import from_numpy, strings
 from pipeline.io import column_encodings
 from pipeline.runtime.fits.fit_groups import FitGroup, expand
 from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
 
-if TYPE_CHECKING:  # imported where the table is built: importing train (a no-op run) needs none
-    import pandas as pd
+if TYPE_CHECKING:
+    from pipeline.runtime.fits.fit_windows import Panel
 
 CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
 # how train writes the table (pipeline.io.write_parquet_tables' options): the forecasts, all
@@ -38,23 +39,23 @@ def forecast_chunks(
     have: Sequence[np.ndarray],
     config: Any,
     model: str,
-    panel: pd.DataFrame,
+    panel: Panel,
     chunk: int = CHUNK_ROWS,
 ) -> Iterator[Any]:
     """The forecast table of the fits marked in `have` (per group, (F,) bool), with per group
     `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables (forecast_arrow_schema)
     in FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`."""
-    import pandas as pd
     import pyarrow as pa
 
     qs = np.asarray(config.data.quantiles, dtype=np.float64)
     Q = len(qs)
-    names = _names(groups)
+    coded = [g.country_codes() for g in groups]
+    names = _names([found for found, _ in coded])
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("c", "h", "q", "o", "f", "a")}
     for gi, g in enumerate(groups):
         fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], Q)
-        codes, uniques = pd.factorize(g.countries.ravel())
-        rank = np.searchsorted(names, np.asarray(uniques, dtype=object))
+        uniques, codes = coded[gi]
+        rank = np.searchsorted(names, uniques)
         C = g.countries.shape[1]
         cols["c"].append(rank[codes[fi * C + cj]].astype(np.int32))
         cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
@@ -86,15 +87,15 @@ def forecast_chunks(
             "COUNTRY": _coded(names, flat["c"][s]),
             "TARGET": _coded([config.data.target], np.zeros(m, np.int32)),
             "MODEL": _coded([model], np.zeros(m, np.int32)),
-            "QUANTILE": pa.array(qs[flat["q"][s]], from_pandas=True),
-            "HORIZON": pa.array(flat["h"][s]),
+            "QUANTILE": from_numpy(qs[flat["q"][s]], nan_is_null=True),
+            "HORIZON": from_numpy(flat["h"][s]),
             "WINDOW_START": _stamps(origin - size + 1),
             "WINDOW_END": _stamps(origin),
-            "FORECAST": pa.array(flat["f"][s], from_pandas=True),  # NaN is null, as pandas writes
-            "ACTUAL": pa.array(actual[s], from_pandas=True),
-            "ALPHA": pa.array(flat["a"][s], from_pandas=True),
+            "FORECAST": from_numpy(flat["f"][s], nan_is_null=True),  # NaN is null, as pandas writes
+            "ACTUAL": from_numpy(actual[s], nan_is_null=True),
+            "ALPHA": from_numpy(flat["a"][s], nan_is_null=True),
         }
-        yield pa.table([columns[c] for c in FORECAST_COLUMNS], schema=schema)
+        yield pa.Table.from_arrays([columns[c] for c in FORECAST_COLUMNS], schema=schema)
 
 
 def _sort_order(*columns: np.ndarray) -> np.ndarray:
@@ -116,19 +117,16 @@ def _sort_order(*columns: np.ndarray) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
-def _names(groups: Sequence[FitGroup]) -> np.ndarray:
-    """Every forecast-row country of the groups, sorted (the order of COUNTRY in the sort)."""
-    import pandas as pd
-
+def _names(per_group: Sequence[np.ndarray]) -> np.ndarray:
+    """Every forecast-row country of the groups (each group's distinct ones), sorted (the order
+    of COUNTRY in the sort)."""
     seen: set[str] = set()
-    for g in groups:
-        seen.update(str(c) for c in pd.unique(g.countries.ravel()))
+    for found in per_group:
+        seen.update(str(c) for c in found)
     return np.array(sorted(seen), dtype=object)
 
 
-def _actuals(
-    panel: pd.DataFrame, names: np.ndarray, country: np.ndarray, month: np.ndarray
-) -> np.ndarray:
+def _actuals(panel: Panel, names: np.ndarray, country: np.ndarray, month: np.ndarray) -> np.ndarray:
     """y_raw of the panel at (names[country], month index), NaN where the panel has no row."""
     if not country.size or not len(panel):
         return np.full(country.size, np.nan)
@@ -157,15 +155,13 @@ def _stamps(months: np.ndarray) -> Any:
 
     months = np.asarray(months, np.int64)
     if not months.size:
-        return pa.array(months.astype("datetime64[ns]"), type=pa.timestamp("ns"))
+        return from_numpy(months.astype("datetime64[ns]"), pa.timestamp("ns"))
     lo = int(months.min())
     span = np.arange(lo, int(months.max()) + 1, dtype=np.int64) - month_index("1970-01-01")
     stamps = span.astype("datetime64[M]").astype("datetime64[ns]")[months - lo]
-    return pa.array(stamps, type=pa.timestamp("ns"))
+    return from_numpy(stamps, pa.timestamp("ns"))
 
 
 def _coded(values: Sequence[str] | np.ndarray, codes: np.ndarray) -> Any:
     """A large_string column: `values` (a few distinct strings) at `codes`."""
-    import pyarrow as pa
-
-    return pa.array(list(values), type=pa.large_string()).take(pa.array(codes))
+    return strings([str(v) for v in values], large=True).take(from_numpy(np.asarray(codes)))

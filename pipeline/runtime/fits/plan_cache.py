@@ -72,11 +72,14 @@ def cache_dir() -> Path:
 
 
 def _source_digest() -> str:
-    import importlib
+    """sha256 of SOURCES' files, found without importing them (pipeline.data.windows would
+    bring pandas into the probe and train processes)."""
+    import importlib.util
 
     digest = hashlib.sha256()
     for name in SOURCES:
-        path = getattr(importlib.import_module(name), "__file__", None)
+        spec = importlib.util.find_spec(name)
+        path = spec.origin if spec is not None else None
         digest.update(Path(path).read_bytes() if path else name.encode())
     return digest.hexdigest()
 

@@ -12,10 +12,14 @@ DVC stage per process builds them once per study, not once per stage.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from pipeline.data.prepared import PanelColumns
 from pipeline.io import stable_hash
 from pipeline.runtime.fits import plan_cache
 from pipeline.runtime.fits.fit_groups import (
@@ -26,8 +30,8 @@ from pipeline.runtime.fits.fit_groups import (
     plan_parts,
 )
 
-if TYPE_CHECKING:  # imported where a panel is hashed: one_plan_per_run (every run) needs none
-    import pandas as pd
+if TYPE_CHECKING:
+    from pipeline.runtime.fits.fit_windows import Panel
 
 _memo: dict[tuple[str, str, str], list[FitGroup]] | None = None
 
@@ -50,16 +54,46 @@ def release_plans() -> None:
         _memo.clear()
 
 
-def panel_digest(panel: pd.DataFrame) -> str:
-    """sha256 over the panel's column names and values (milliseconds for a large panel)."""
-    import pandas as pd
-
-    digest = hashlib.sha256("|".join(map(str, panel.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(panel, index=False).to_numpy().tobytes())
+def panel_digest(panel: Panel) -> str:
+    """sha256 over the panel's column names, kinds and values, the same for its DataFrame and
+    its Arrow columns (pipeline.data.prepared.PanelColumns: probe and train read no pandas):
+    a string column as its sorted distinct values and each row's code, times as int64
+    nanoseconds, numbers as their bytes (about 30 ms for a 40 MB panel)."""
+    digest = hashlib.sha256(b"panel columns 1")
+    for name in panel.columns:
+        values, distinct = _canonical(panel, name)
+        values = np.ascontiguousarray(values)
+        head = json.dumps([str(name), values.dtype.str, int(values.size), distinct]).encode()
+        digest.update(len(head).to_bytes(8, "little") + head)
+        digest.update(memoryview(values).cast("B"))
     return digest.hexdigest()
 
 
-def fit_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGroup]:
+def _canonical(panel: Panel, name: str) -> tuple[np.ndarray, list[str] | None]:
+    """Column `name` as (values, distinct strings or None) for panel_digest."""
+    if isinstance(panel, PanelColumns):
+        import pyarrow as pa
+
+        kind = panel.table.schema.field(name).type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            distinct, codes = panel.codes(name)
+            return codes, distinct
+        values = panel.values(name)
+    else:
+        column = panel[name]
+        if column.dtype.kind in "OSU" or str(column.dtype) in ("string", "category"):
+            import pandas as pd
+
+            distinct = sorted(column.astype(str).unique())
+            codes = pd.Categorical(column.astype(str), categories=distinct).codes
+            return codes.astype(np.int64), distinct
+        values = column.to_numpy()
+    if values.dtype.kind == "M":
+        return values.astype("datetime64[ns]").view(np.int64), None
+    return values, None
+
+
+def fit_groups(panel: Panel, config: Any, adapter: Any) -> list[FitGroup]:
     """`build_groups(panel, config, adapter)`, built once per run inside one_plan_per_run,
     and a per-country model's fits and keys once per machine (runtime/fits/plan_cache.py):
     the stages of `dvc repro`, each its own process, then build the keys once."""
@@ -73,7 +107,7 @@ def fit_groups(panel: pd.DataFrame, config: Any, adapter: Any) -> list[FitGroup]
 
 
 def _built_or_loaded(
-    panel: pd.DataFrame, config: Any, adapter: Any, key: tuple[str, str, str]
+    panel: Panel, config: Any, adapter: Any, key: tuple[str, str, str]
 ) -> list[FitGroup]:
     if adapter.pooled:  # its windows are the plan: nothing smaller to keep
         return build_groups(panel, config, adapter)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.io import write_parquet
+from pipeline.io import write_parquet_tables
 from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
     FORMAT,
@@ -49,6 +49,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     pack_index,
 )
 from pipeline.runtime.store.progress_view import (
+    errors_table,
     fit_counts,
     read_table,
     row_chunks,
@@ -379,13 +380,10 @@ class ProgressStore:
         """Write progress/errors.parquet (every failure with its traceback, in id order): what
         train exports at its end. A progress/progress.parquet of this product (an earlier
         version's export, or `export`'s) would now be stale: it is removed."""
-        import pandas as pd
-
         from pipeline.runtime.store.manifest import active
 
         out = Path(output_dir) / PROGRESS_DIR
-        every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
-        write_parquet(out / "errors.parquet", every_error)
+        _write_table(out / "errors.parquet", errors_table(self.conn))
         stale = out / "progress.parquet"
         if stale.exists() and active(output_dir).owns(stale):
             stale.unlink()
@@ -394,18 +392,21 @@ class ProgressStore:
         """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
         row groups) and progress/errors.parquet (deterministic order): the whole per-row view
         as files, on demand (train writes only the errors: export_errors)."""
-        import pandas as pd
-
         out = Path(output_dir) / PROGRESS_DIR
         self.conn.execute("BEGIN")
         try:
             states = load_groups(self.conn)
             tasks, errors = side_tables(self.conn)
-            every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", self.conn)
+            every_error = errors_table(self.conn)
         finally:
             self.conn.execute("COMMIT")
         write_rows(out / "progress.parquet", row_chunks(states, tasks, errors))
-        write_parquet(out / "errors.parquet", every_error)
+        _write_table(out / "errors.parquet", every_error)
+
+
+def _write_table(path: Path, table: Any) -> None:
+    """An Arrow table as pipeline.io.write_parquet writes a frame (the same bytes)."""
+    write_parquet_tables(path, table.schema, [table])
 
 
 def pid_alive(pid: int | None) -> bool:

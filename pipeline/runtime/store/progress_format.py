@@ -248,16 +248,8 @@ def fresh_state(model: str, grp: int, g: FitGroup, quantiles: Sequence[float]) -
     """A group's state with every fit pending. No forecast is known: `forecast` and `alpha`
     are None (what group_row writes for all-NaN ones: NULL), made by carry_state only where
     an old state's values carry over (at 1M fits, 100 MB of NaN filled and then scanned)."""
-    import pandas as pd
-
     F, C = len(g), g.rows.shape[1]
-    # np.unique(countries as str) without sorting F x C strings: hash them, sort the few names
-    codes, found = pd.factorize(np.asarray(g.countries, dtype=object).ravel())
-    found = np.asarray(found, dtype=str)
-    order = np.argsort(found, kind="stable")
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    names, country = found[order], rank[codes]
+    names, country = g.country_codes()
     return GroupState(
         model=model,
         grp=grp,
