@@ -57,14 +57,15 @@ def _bits(buffer: Any, offset: int, n: int) -> np.ndarray:
 
 def from_numpy(values: np.ndarray, kind: Any = None, nan_is_null: bool = False) -> Any:
     """An Arrow array of a numeric or datetime64 numpy array (`kind`: its Arrow type, by default
-    the array's own); `nan_is_null`: NaN (NaT) as null, as `pa.array(from_pandas=True)`."""
+    the array's own), as `pa.array(values, kind, from_pandas=nan_is_null)`: NaT always null,
+    NaN null with `nan_is_null`."""
     import pyarrow as pa
 
     values = np.ascontiguousarray(values)
     if kind is None:
         kind = pa.from_numpy_dtype(values.dtype)
     if values.dtype.kind == "M":
-        null = np.isnat(values) if nan_is_null else None
+        null = np.isnat(values)
         values = values.view(np.int64)
     else:
         null = np.isnan(values) if nan_is_null and values.dtype.kind == "f" else None

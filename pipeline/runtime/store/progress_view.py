@@ -361,8 +361,8 @@ def errors_table(conn: sqlite3.Connection) -> Any:
         kinds = {type(v) for v in values} - {type(None)}
         if not kinds:
             arrays.append(nulls(len(values)))
-        elif kinds == {str}:
-            arrays.append(strings(values))
+        elif kinds == {str}:  # pandas' str dtype: large_string
+            arrays.append(strings(values, large=True))
         elif kinds == {int} and None not in values:
             arrays.append(from_numpy(np.array(values, dtype=np.int64)))
         elif kinds <= {int, float}:  # pandas' float64, NaN as null
