@@ -61,6 +61,10 @@ stops after the first `run_train` (a million fits' reload is minutes on a loaded
 
 Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--out /tmp/bench_scale]
 
+`--stages N [N ...]`: the rw study's run stage by stage (each stage's wall, the driver's CPU and
+peak VmHWM), the output dir's and the plan cache's bytes, the no-op rerun and `monitor`:
+benchmarks/scale_stages.py (the 10M-fit point of docs/SCALE.md: `--stages 1100 2400 11000`).
+
 `--resume N [--incremental] [--profile PATH]`: a run SIGKILLed half-way, then resumed (and
 then a later end date): benchmarks/scale_resume.py.
 """
@@ -411,6 +415,41 @@ def report_rw(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_stages(rows: list[dict[str, Any]]) -> str:
+    """scale_stages.run_stages' rows: one line per stage of the first run, then one per size."""
+    lines = [
+        "| fits (N) | stage | wall s | driver CPU s (us/fit) | driver peak MiB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        for st in r["first"]["stages"]:
+            cpu = st["driver_cpu_s"] or 0.0
+            lines.append(
+                f"| {r['fits']:,} ({r['countries']}) | {st['stage']} | {st['seconds']:.1f} | "
+                f"{cpu:.1f} ({1e6 * cpu / r['fits']:.2f}) | {st['driver_peak_mb']:,.0f} |"
+            )
+    lines += [
+        "",
+        "| fits (N) | whole s | every process CPU s | no-op s (driver CPU s, MiB) | monitor s "
+        "| progress B/fit | output dir MiB | plan cache MiB | least MemAvailable MiB |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        first, noop = r["first"], r["noop"]
+        # a no-op run records its skipped stages at once: its CPU and peak as one
+        parts = [*noop["stages"], noop["after_last_stage"]]
+        noop_cpu = sum(p["driver_cpu_s"] or 0.0 for p in parts)
+        noop_mb = max(p["driver_peak_mb"] for p in parts)
+        dirs = ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in r["output_dir_bytes"].items())
+        lines.append(
+            f"| {r['fits']:,} ({r['countries']}) | {first['wall_s']:.1f} | "
+            f"{first['wait4_cpu_s']:.1f} | {noop['wall_s']:.2f} ({noop_cpu:.2f}, {noop_mb:,.0f}) | "
+            f"{r['monitor_s']:.2f} | {r['progress_bytes_per_fit']:.0f} | {dirs} | "
+            f"{r['plan_cache_bytes'] / 2**20:,.0f} | {first['min_mem_available_mb']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     per_fit0 = first["stages"]["train@ar_qr"] / first["fits"]
@@ -461,6 +500,9 @@ if __name__ == "__main__":
         "--incremental", action="store_true", help="with --resume: then a later end date"
     )
     parser.add_argument("--profile", default=None, help="with --resume: cProfile stats file")
+    parser.add_argument(
+        "--stages", nargs="+", type=int, default=None, help="rw N: each stage's driver peak"
+    )
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
@@ -478,6 +520,11 @@ if __name__ == "__main__":
         print(json.dumps(row), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(row, indent=2))
+        sys.exit(0)
+    if args.stages:  # scale_stages.py: the driver's peak and CPU per stage, disk, no-op
+        from scale_stages import run_stages
+
+        run_all(run_stages, args.stages, report_stages, base, args.json)
         sys.exit(0)
     if args.rw:
         run_all(run_rw, args.rw, report_rw, base, args.json)
