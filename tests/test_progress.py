@@ -226,6 +226,31 @@ def test_a_fits_state_follows_its_key_across_groups_and_positions(tmp_path: Path
     assert k4["forecast"].tolist() == [1, 2, 3]  # k4's forecasts came with it
 
 
+def test_counts_read_the_statuses_alone_and_equal_the_whole_states(tmp_path: Path) -> None:
+    """counts (what a no-op run asks) reads the statuses and the events' fit lists only; its
+    counts are those of the whole states, before and after compaction, per model and in all."""
+    fits = {("AA", JAN18): "k1", ("BB", JAN18): "k2", ("CC", JAN18): "k3", ("DD", JAN18): "k4"}
+    failure = {"error_type": "ValueError", "message": "boom", "traceback": "Traceback"}
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.sync("m", [group(fits), group(fits, horizon=2)], QS, "run1")
+        store.sync("n", [group({("AA", JAN18): "n1"})], QS, "run1")
+        t = store.start_task("m", 0, np.array([0, 1, 2]), "run1")
+        store.record_done("m", "run1", 0, np.array([0]), pred(1, 2, 3), NO_ALPHA, t, task(), 3)
+        store.record_failed("m", "run1", 0, np.array([2]), [failure], t, task())
+        t = store.start_task("m", 1, np.array([3]), "run1")
+        store.record_done("m", "run1", 1, np.array([3]), pred(1, 2, 3), NO_ALPHA, t, task(), 1)
+        expected = {
+            "m": {"pending": 4, "training": 1, "done": 2, "failed": 1},
+            "n": {"pending": 1, "training": 0, "done": 0, "failed": 0},
+        }
+        for compacted in (False, True):
+            whole = fit_counts(load_groups(store.conn, values=False))
+            assert store.counts() == whole == expected, compacted
+            assert store.counts("m") == {"m": expected["m"]}
+            store.compact("m")
+            expected["m"].update(pending=5, training=0)  # compaction: training -> pending
+
+
 def test_fits_left_training_by_a_dead_run_go_back_to_pending(tmp_path: Path) -> None:
     with ProgressStore(db_path(tmp_path)) as store:  # a run killed mid-task: no compaction
         store.sync("m", [group({("AA", JAN18): "k1"})], QS, "run1")

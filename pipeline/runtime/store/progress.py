@@ -46,14 +46,15 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     fresh_state,
     group_row,
     load_groups,
+    load_statuses,
     mirror_state,
     pack_index,
 )
 from pipeline.runtime.store.progress_view import (
-    fit_counts,
     read_table,
     row_chunks,
     side_tables,
+    tally,
     write_rows,
 )
 
@@ -370,8 +371,8 @@ class ProgressStore:
     # --- reading and export ---------------------------------------------------------------
 
     def counts(self, model: str | None = None) -> dict[str, dict[str, int]]:
-        """model -> status -> number of fits."""
-        return fit_counts(load_groups(self.conn, model, values=False))
+        """model -> status -> number of fits (the statuses alone read: a no-op run asks)."""
+        return tally((name, status, None) for name, status in load_statuses(self.conn, model))
 
     def export_errors(self, output_dir: str | Path) -> None:
         """Write progress/errors.parquet (every failure with its traceback, in id order): what
