@@ -184,7 +184,7 @@ class RunState:
                 log.info(
                     "train %s: sized %d tasks of <= %d fits for %d worker threads (the most "
                     "of the %d threads connected to the cluster at %s, runtime.max_workers = "
-                    "%s and the %d workers of the probe's plan)",
+                    "%s and the %d workers this machine's plan would run)",
                     self.model,
                     len(queue),
                     fpt,
