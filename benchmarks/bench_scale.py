@@ -61,6 +61,10 @@ stops after the first `run_train` (a million fits' reload is minutes on a loaded
 
 Usage: python benchmarks/bench_scale.py --driver 125 [--fits-per-task 8192] [--out /tmp/bench_scale]
 
+`--stages N [N ...]`: the rw study's run stage by stage (each stage's wall, the driver's CPU and
+peak VmHWM), the output dir's and the plan cache's bytes, the no-op rerun and `monitor`:
+benchmarks/scale_stages.py (the 10M-fit point of docs/SCALE.md: `--stages 1100 2400 11000`).
+
 `--resume N [--incremental] [--profile PATH]`: a run SIGKILLed half-way, then resumed (and
 then a later end date): benchmarks/scale_resume.py.
 `--monthly N [--repeats R] [--baseline TREE] [--profile PATH]`: the monthly update (a later end
@@ -213,10 +217,19 @@ def task_shape(out: Path, model: str) -> tuple[int, int]:
     raise RuntimeError(f"no task line of {model} in {out}/logs")
 
 
-def solver_alone(overrides: list[str], model: str, fits_per_task: int) -> dict[str, float]:
+# above this many fits the solver is timed on evenly spaced tasks and scaled to all of them
+# (rw's tasks are alike: a 10M-fit study would otherwise be solved again for ~10 minutes)
+SOLVER_SAMPLE_FITS = 1_100_000
+
+
+def solver_alone(
+    overrides: list[str], model: str, fits_per_task: int, sample_fits: int = SOLVER_SAMPLE_FITS
+) -> dict[str, float]:
     """CPU seconds of the study's tasks solved again here, one after another: the model's
     `fit_batch` alone (the solver's arithmetic) and the workers' whole task function
-    (`run_task`: the windows built from the compact payload, the fit, checks, results)."""
+    (`run_task`: the windows built from the compact payload, the fit, checks, results).
+    Beyond `sample_fits`, evenly spaced tasks of about that many fits are timed and their CPU
+    scaled by all fits / timed fits (`solver_fits` is then the number timed)."""
     import numpy as np
 
     from pipeline.config import validate
@@ -231,10 +244,12 @@ def solver_alone(overrides: list[str], model: str, fits_per_task: int) -> dict[s
     adapter = adapter_for(config, model)
     groups = build_groups(load_panel(config.output_dir), config, adapter)
     tasks = make_tasks(groups, [np.arange(len(g)) for g in groups], fits_per_task)
+    total = sum(t.index.size for t in tasks)
+    every = max(1, -(-total // max(sample_fits, 1)))  # ceil: every k-th task
     params = adapter.params(config)
     solver = task = 0.0
     fits = 0
-    for t in tasks:
+    for t in tasks[::every]:
         payload = task_payload(
             groups[t.group], t.index, params=params, quantiles=config.data.quantiles,
             seed=config.seed, extra=adapter.payload, compact=True,
@@ -248,7 +263,8 @@ def solver_alone(overrides: list[str], model: str, fits_per_task: int) -> dict[s
         run_task(payload)
         task += time.process_time() - t0
         fits += t.index.size
-    return {"solver_cpu_s": solver, "task_cpu_s": task, "solver_fits": fits}
+    scale = total / max(fits, 1)
+    return {"solver_cpu_s": solver * scale, "task_cpu_s": task * scale, "solver_fits": fits}
 
 
 def outside_solver(train_wall_s: float, solver_cpu_s: float, workers: int, fits: int) -> float:
@@ -413,6 +429,41 @@ def report_rw(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_stages(rows: list[dict[str, Any]]) -> str:
+    """scale_stages.run_stages' rows: one line per stage of the first run, then one per size."""
+    lines = [
+        "| fits (N) | stage | wall s | driver CPU s (us/fit) | driver peak MiB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        for st in r["first"]["stages"]:
+            cpu = st["driver_cpu_s"] or 0.0
+            lines.append(
+                f"| {r['fits']:,} ({r['countries']}) | {st['stage']} | {st['seconds']:.1f} | "
+                f"{cpu:.1f} ({1e6 * cpu / r['fits']:.2f}) | {st['driver_peak_mb']:,.0f} |"
+            )
+    lines += [
+        "",
+        "| fits (N) | whole s | every process CPU s | no-op s (driver CPU s, MiB) | monitor s "
+        "| progress B/fit | output dir MiB | plan cache MiB | least MemAvailable MiB |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        first, noop = r["first"], r["noop"]
+        # a no-op run records its skipped stages at once: its CPU and peak as one
+        parts = [*noop["stages"], noop["after_last_stage"]]
+        noop_cpu = sum(p["driver_cpu_s"] or 0.0 for p in parts)
+        noop_mb = max(p["driver_peak_mb"] for p in parts)
+        dirs = ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in r["output_dir_bytes"].items())
+        lines.append(
+            f"| {r['fits']:,} ({r['countries']}) | {first['wall_s']:.1f} | "
+            f"{first['wait4_cpu_s']:.1f} | {noop['wall_s']:.2f} ({noop_cpu:.2f}, {noop_mb:,.0f}) | "
+            f"{r['monitor_s']:.2f} | {r['progress_bytes_per_fit']:.0f} | {dirs} | "
+            f"{r['plan_cache_bytes'] / 2**20:,.0f} | {first['min_mem_available_mb']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     per_fit0 = first["stages"]["train@ar_qr"] / first["fits"]
@@ -466,6 +517,9 @@ if __name__ == "__main__":
     parser.add_argument("--monthly", type=int, default=None, help="rw N: the monthly update")
     parser.add_argument("--repeats", type=int, default=3, help="with --monthly")
     parser.add_argument("--baseline", default=None, help="with --monthly: another tree")
+    parser.add_argument(
+        "--stages", nargs="+", type=int, default=None, help="rw N: each stage's driver peak"
+    )
     args = parser.parse_args()
     base = Path(args.out)
     shutil.rmtree(base, ignore_errors=True)
@@ -492,6 +546,11 @@ if __name__ == "__main__":
         print(json.dumps(row), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(row, indent=2))
+        sys.exit(0)
+    if args.stages:  # scale_stages.py: the driver's peak and CPU per stage, disk, no-op
+        from scale_stages import run_stages
+
+        run_all(run_stages, args.stages, report_stages, base, args.json)
         sys.exit(0)
     if args.rw:
         run_all(run_rw, args.rw, report_rw, base, args.json)

@@ -14,7 +14,7 @@ from conftest import prepared_rw_study, write_format_1_shard
 
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.store.fit_cache import DAMAGED_DIR, FitCache
-from pipeline.runtime.store.shard_read import KeyMatcher
+from pipeline.runtime.store.key_match import KeyMatcher
 
 
 def digests(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -192,6 +192,65 @@ def test_a_new_key_resets_only_its_fits_and_removed_fits_disappear(tmp_path: Pat
     assert (table.loc["BB", "attempts"] == 0).all() and table.loc["BB", "forecast"].isna().all()
 
 
+def test_a_fits_state_follows_its_key_across_groups_and_positions(tmp_path: Path) -> None:
+    """sync matches the store's keys in bulk (key_match.KeyMatcher): a fit keeps its state
+    when its key moves to another group or position (countries added before it), and only
+    there; a new key starts pending."""
+    h1 = group({("BB", JAN18): "k1", ("DD", JAN18): "k2"}, horizon=1)
+    h2 = group({("BB", JAN18): "k3", ("DD", JAN18): "k4"}, horizon=2)
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.sync("m", [h1, h2], QS, "run1")
+        for gi, i in ((0, 0), (1, 1)):  # k1 and k4 done
+            t = store.start_task("m", gi, np.array([i]), "run1")
+            store.record_done(
+                "m", "run1", gi, np.array([i]), pred(gi, 2, 3), NO_ALPHA, t, task(), 1
+            )
+        t = store.start_task("m", 0, np.array([1]), "run1")
+        failure = {"error_type": "ValueError", "message": "boom", "traceback": "Traceback"}
+        store.record_failed("m", "run1", 0, np.array([1]), [failure], t, task())  # k2 failed
+        store.compact("m")
+        # the same keys under other countries' positions and the other horizon's group
+        moved1 = group({("AA", JAN18): "k4", ("CC", JAN18): "k2", ("EE", JAN18): "k5"}, 1)
+        moved2 = group({("AA", JAN18): "k1", ("CC", JAN18): "k3"}, horizon=2)
+        store.sync("m", [moved1, moved2], QS, "run2")
+        table = read_table(db_path(tmp_path), "progress")
+    status = table.groupby(["horizon", "country"])["status"].agg(set).map(list).map(tuple)
+    assert status.to_dict() == {
+        (1, "AA"): ("done",),  # k4
+        (1, "CC"): ("failed",),  # k2
+        (1, "EE"): ("pending",),  # k5: new
+        (2, "AA"): ("done",),  # k1
+        (2, "CC"): ("pending",),  # k3: known, never trained
+    }
+    k4 = table[(table["horizon"] == 1) & (table["country"] == "AA")]
+    assert k4["forecast"].tolist() == [1, 2, 3]  # k4's forecasts came with it
+
+
+def test_counts_read_the_statuses_alone_and_equal_the_whole_states(tmp_path: Path) -> None:
+    """counts (what a no-op run asks) reads the statuses and the events' fit lists only; its
+    counts are those of the whole states, before and after compaction, per model and in all."""
+    fits = {("AA", JAN18): "k1", ("BB", JAN18): "k2", ("CC", JAN18): "k3", ("DD", JAN18): "k4"}
+    failure = {"error_type": "ValueError", "message": "boom", "traceback": "Traceback"}
+    with ProgressStore(db_path(tmp_path)) as store:
+        store.sync("m", [group(fits), group(fits, horizon=2)], QS, "run1")
+        store.sync("n", [group({("AA", JAN18): "n1"})], QS, "run1")
+        t = store.start_task("m", 0, np.array([0, 1, 2]), "run1")
+        store.record_done("m", "run1", 0, np.array([0]), pred(1, 2, 3), NO_ALPHA, t, task(), 3)
+        store.record_failed("m", "run1", 0, np.array([2]), [failure], t, task())
+        t = store.start_task("m", 1, np.array([3]), "run1")
+        store.record_done("m", "run1", 1, np.array([3]), pred(1, 2, 3), NO_ALPHA, t, task(), 1)
+        expected = {
+            "m": {"pending": 4, "training": 1, "done": 2, "failed": 1},
+            "n": {"pending": 1, "training": 0, "done": 0, "failed": 0},
+        }
+        for compacted in (False, True):
+            whole = fit_counts(load_groups(store.conn, values=False))
+            assert store.counts() == whole == expected, compacted
+            assert store.counts("m") == {"m": expected["m"]}
+            store.compact("m")
+            expected["m"].update(pending=5, training=0)  # compaction: training -> pending
+
+
 def test_fits_left_training_by_a_dead_run_go_back_to_pending(tmp_path: Path) -> None:
     with ProgressStore(db_path(tmp_path)) as store:  # a run killed mid-task: no compaction
         store.sync("m", [group({("AA", JAN18): "k1"})], QS, "run1")

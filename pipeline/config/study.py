@@ -165,7 +165,7 @@ class RuntimeConfig:
     )
     retries: int = field(metadata=at_least(0, "an integer >= 0"))
     mem_probe_fudge_mb: int = field(metadata=at_least(0, "an integer >= 0"))
-    max_workers: int | None = field(  # overrides the probe's worker count
+    max_workers: int | None = field(  # the probe's worker count; on a cluster, the least sized for
         metadata=at_least(1, "null or an integer >= 1")
     )
     output_dir: str

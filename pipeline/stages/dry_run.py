@@ -18,6 +18,7 @@ from pipeline.runtime.sizing.plan import (
     PROBE_FILE,
     Plan,
     resolve_plan,
+    sizing_workers,
     task_size,
 )
 
@@ -52,7 +53,8 @@ def dry_run(
     source = _plan_source(config, groups, plan)
     plan = resolve_plan(config, groups, plan)
     rt = config.runtime
-    n_workers = rt.max_workers or plan.n_workers
+    # what train sizes for before it knows an existing cluster's threads (not asked here)
+    n_workers = sizing_workers(config, plan)
     failed_keys: set[str] = set()
     db = db_path(config.output_dir)
     if db.exists():
@@ -61,9 +63,8 @@ def dry_run(
         except sqlite3.DatabaseError as error:  # derived data: the next run rebuilds it
             log.warning("progress store %s is unreadable (%s): failures not shown", db, error)
     reuse = rt.allow_reload and not rt.retrain_if_exists
-    where = rt.scheduler_address or f"LocalCluster on 127.0.0.1, dashboard port {rt.dashboard_port}"
     lines = [
-        f"cluster: {n_workers} workers x {plan.threads_per_worker} thread ({where})",
+        _cluster_line(config, n_workers, plan.threads_per_worker),
         _memory_line(plan, n_workers, source),
         f"{'model':<12} {'fits':>7} {'done':>7} {'failed':>7} {'pending':>7} {'fits/task':>9} {'tasks':>6} {'ETA':>9}",
     ]
@@ -95,6 +96,21 @@ def dry_run(
         )
     lines.extend(_eta_lines(total_eta, unmeasured, source))
     return "\n".join(lines)
+
+
+def _cluster_line(config: StudyConfig, n_workers: int, threads_per_worker: int) -> str:
+    rt = config.runtime
+    if not rt.scheduler_address:
+        return (
+            f"cluster: {n_workers} workers x {threads_per_worker} thread (LocalCluster on "
+            f"127.0.0.1, dashboard port {rt.dashboard_port})"
+        )
+    basis = "runtime.max_workers" if rt.max_workers else "the workers of this machine's plan"
+    return (
+        f"cluster: the existing cluster at {rt.scheduler_address} (not contacted by a dry run): "
+        f"tasks below sized for {n_workers} worker threads ({basis}); at train time the "
+        "cluster's connected threads decide when they are more"
+    )
 
 
 def _plan_source(config: StudyConfig, groups: dict, plan: Plan | None) -> str:

@@ -3,7 +3,8 @@
 `make_client(plan, runtime)` starts a `LocalCluster` sized by the probe's plan (one thread per
 worker, the plan's memory limit, scheduler and dashboard on 127.0.0.1) or, when
 `runtime.scheduler_address` is set, connects to that existing cluster through the same code
-path. The LocalCluster speaks TLS with temporary credentials (`Security.temporary()`, made
+path (waiting for its first worker; `ClusterHandle.threads` reads its threads again whenever
+train sizes a model's tasks). The LocalCluster speaks TLS with temporary credentials (`Security.temporary()`, made
 for this run and held only by its client, scheduler and workers): another local process,
 even of the same user, cannot submit code to it (issue 22). An existing cluster is reached
 with runtime.tls_* files when given (else Dask's own `distributed.comm.tls` settings). BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-spawn
@@ -72,6 +73,17 @@ class ClusterHandle:
     n_workers: int
     local: bool
 
+    def threads(self) -> int:
+        """Worker threads now: the study's own cluster's (one per worker), or those an existing
+        cluster's scheduler reports (a cluster may scale while a run trains model after model)."""
+        return self.n_workers if self.local else worker_threads(self.client)
+
+
+def worker_threads(client: Client) -> int:
+    """Threads of the workers connected to the client's scheduler now."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    return sum(int(w.get("nthreads", 1)) for w in workers)
+
 
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on host:port (so the dashboard can take it)."""
@@ -116,9 +128,11 @@ def make_client(
             client.wait_for_workers(1, timeout=120)
             workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
             log.info(
-                "connected to scheduler %s with %d workers (allowed-failures is the scheduler's own setting)",
+                "connected to scheduler %s with %d workers, %d threads (allowed-failures is "
+                "the scheduler's own setting)",
                 runtime.scheduler_address,
                 workers,
+                worker_threads(client),
             )
         else:
             host, port = runtime.dashboard_host, runtime.dashboard_port
@@ -147,7 +161,9 @@ def make_client(
             client.forward_logging("pipeline", level=logging.INFO)
             client.forward_logging("distributed", level=logging.WARNING)
             dashboard = _dashboard_link(client)
-            held = queue_every_task(client, workers)  # noqa: F841 (held while the cluster is)
+            # an existing cluster still scaling up to runtime.max_workers: queue for that many
+            expected = max(workers, runtime.max_workers or 0) if cluster is None else workers
+            held = queue_every_task(client, expected)  # noqa: F841 (held while the cluster is)
             yield ClusterHandle(client, dashboard, workers, cluster is not None)
         finally:
             client.close(timeout=10)
@@ -161,8 +177,7 @@ def queue_every_task(client: Client, n_workers: int) -> list[Any]:
     (the group lives while any of its tasks is held); before that it sends each task to a
     worker at once, where it waits behind that worker's task whatever its priority (a short
     task of one model behind a long one of another, its timeout clock running)."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
-    threads = max(sum(int(w.get("nthreads", 1)) for w in workers), n_workers)
+    threads = max(worker_threads(client), n_workers)
     return [
         client.submit(int, 0, key=(TASK_GROUP, f"queue-{i}"), pure=False)
         for i in range(2 * threads + 1)

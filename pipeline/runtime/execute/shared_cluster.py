@@ -22,7 +22,9 @@ class SharedCluster:
     """One cluster for several `run_train` calls (`python -m pipeline run` trains every model on
     it): started by the first model that has fits to train, so a run with everything cached
     starts none; closed by `close()` or on leaving `with`. Sized by the first caller's plan
-    (every model of a run shares one probe plan). Models training side by side (one driver
+    (every model of a run shares one probe plan); on an existing cluster each model's train
+    sizes its tasks for the threads the cluster has when it starts (`ClusterHandle.threads`:
+    workers that joined since count). Models training side by side (one driver
     thread each) ask for it at once: the first starts it, the others wait for it."""
 
     def __init__(self) -> None:

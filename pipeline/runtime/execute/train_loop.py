@@ -21,7 +21,7 @@ from pipeline.runtime.execute.worker import run_task
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
-from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, task_size
+from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, sizing_workers, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
 from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
 from pipeline.runtime.store.progress import ProgressStore
@@ -125,16 +125,7 @@ class RunState:
         """Run the fits `todo` (positions per group) as tasks; `stop`: a driver thread's stop
         request (pipeline/runtime/execute/stop.py), checked while it waits."""
         rt = self.config.runtime
-        n_workers = rt.max_workers or plan.n_workers
         n_todo = int(sum(t.size for t in todo))
-        fpt = task_size(
-            plan.models.get(self.model),
-            self.config,
-            n_todo,
-            n_workers,
-            adapter_for(self.config, self.model).batch_fits,
-        )
-        queue: deque[Task] = deque(make_tasks(self.groups, todo, fpt))
         adapter = adapter_for(self.config, self.model)
         params = adapter.params(self.config)
         tasks: dict[str, Task] = {}
@@ -143,8 +134,17 @@ class RunState:
         in_process = runs_in_process(
             model_plan, n_todo, rt.in_process_below_s, rt.scheduler_address
         )
+        # the study's own cluster and the driver's child: tasks sized for the plan's workers;
+        # an existing cluster: for its threads too, known only once connected (below)
+        n_workers = sizing_workers(self.config, plan)
+
+        def sized(workers: int) -> tuple[int, deque[Task]]:
+            fpt = task_size(model_plan, self.config, n_todo, workers, adapter.batch_fits)
+            return fpt, deque(make_tasks(self.groups, todo, fpt))
+
         opened: AbstractContextManager[Any]
         if in_process:  # the same tasks as on a cluster (sized for it), run here one by one
+            fpt, queue = sized(n_workers)
             log.info(
                 "train %s: %d tasks of <= %d fits in the driver, no cluster (about %.1f s of "
                 "work, below runtime.in_process_below_s = %g s)",
@@ -158,15 +158,8 @@ class RunState:
         else:
             from pipeline.runtime.execute.cluster import make_client
 
-            if rt.scheduler_address:  # its workers and their memory limits are its own
-                log.info(
-                    "train %s: %d tasks of <= %d fits on the cluster at %s",
-                    self.model,
-                    len(queue),
-                    fpt,
-                    rt.scheduler_address,
-                )
-            else:
+            if not rt.scheduler_address:
+                fpt, queue = sized(n_workers)
                 log.info(
                     "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
                     self.model,
@@ -183,6 +176,23 @@ class RunState:
         with opened as handle, ProgressReporter(self.model, n_todo, rt.progress_bar) as bar:
             if handle.dashboard and cluster is None:  # a shared cluster says it once per run
                 log.info("dashboard: %s", handle.dashboard)
+            if rt.scheduler_address:  # its workers, their threads and memory limits are its own
+                threads = handle.threads()
+                n_workers = sizing_workers(self.config, plan, threads)
+                fpt, queue = sized(n_workers)
+                log.info(
+                    "train %s: sized %d tasks of <= %d fits for %d worker threads (the most "
+                    "of the %d threads connected to the cluster at %s, runtime.max_workers = "
+                    "%s and the %d workers this machine's plan would run)",
+                    self.model,
+                    len(queue),
+                    fpt,
+                    n_workers,
+                    threads,
+                    rt.scheduler_address,
+                    rt.max_workers,
+                    plan.n_workers,
+                )
             store.update_run(self.run_id, dashboard=handle.dashboard, n_workers=handle.n_workers)
             timeout = task_timeout(
                 rt, self.model, model_plan.seconds_per_fit if model_plan else None, fpt
@@ -192,7 +202,9 @@ class RunState:
                 if in_process
                 else _task_stream(handle, timeout, stop)
             )
-            limit = rt.max_in_flight or 4 * max(handle.n_workers, 1)
+            # a cluster: enough in flight for the threads its tasks were sized for (one still
+            # scaling up gets them as its workers come); the driver's child runs one at a time
+            limit = rt.max_in_flight or 4 * max(handle.n_workers, 1 if in_process else n_workers)
             # a task's expected seconds: on a cluster that other models share, the longest
             # tasks start first and the short ones fill the cores around them
             spf = (model_plan.seconds_per_fit if model_plan else None) or DEFAULT_SECONDS_PER_FIT

@@ -257,6 +257,19 @@ def task_size(
     return batched_fits_per_task(fpt, n_todo, n_workers, batch_fits)
 
 
+def sizing_workers(config: StudyConfig, plan: Plan, cluster_threads: int | None = None) -> int:
+    """The worker threads train sizes its tasks for (at least 4 tasks each).
+
+    The study's own cluster (and the driver's child, which runs the same tasks): the plan's
+    workers, or runtime.max_workers. An existing cluster (`cluster_threads`: the threads its
+    scheduler reports at train time): the largest of those threads, runtime.max_workers and the
+    plan's workers, since a cluster still scaling up (dask-jobqueue starts its workers over
+    minutes) may show 1 of its 64 workers at connect, and tasks sized for too many workers cost
+    only a few more tasks while tasks sized for too few leave workers idle."""
+    n_workers = config.runtime.max_workers or plan.n_workers
+    return n_workers if cluster_threads is None else max(n_workers, cluster_threads)
+
+
 def n_tasks(groups: list[FitGroup], fits_per_task: int) -> int:
     return sum(math.ceil(len(g) / fits_per_task) for g in groups if len(g))
 

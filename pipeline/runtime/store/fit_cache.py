@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_path
+from pipeline.runtime.store.key_match import KeyMatcher
 from pipeline.runtime.store.shard_format import (
     BLOCK,
     FORMAT,
@@ -47,7 +48,7 @@ from pipeline.runtime.store.shard_format import (
     key_text,
     parse_index,
 )
-from pipeline.runtime.store.shard_read import Entry, KeyMatcher, ShardArrays
+from pipeline.runtime.store.shard_read import Entry, ShardArrays
 
 __all__ = ["FORMAT", "CheckReport", "Entry", "FitCache", "Found", "VerifyReport", "entry_checksum"]
 

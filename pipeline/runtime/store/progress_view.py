@@ -5,7 +5,7 @@ chunks so that a million fits never sit in memory as Python rows), failed keys."
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +41,20 @@ CHUNK_ROWS = 1 << 16
 def fit_counts(states: Sequence[GroupState], rows: bool = False) -> dict[str, dict[str, int]]:
     """model -> status -> number of fits (or, `rows`, of forecast rows: fits x their
     countries x horizons x quantiles)."""
+    return tally(
+        (s.model, s.status, s.rows.sum(1) * len(s.horizons) * len(s.quantiles) if rows else None)
+        for s in states
+    )
+
+
+def tally(
+    statuses: Iterable[tuple[str, np.ndarray, np.ndarray | None]],
+) -> dict[str, dict[str, int]]:
+    """model -> status -> count, from (model, status per fit, weight per fit or None)."""
     out: dict[str, dict[str, int]] = {}
-    for s in states:
-        weight = s.rows.sum(1) * len(s.horizons) * len(s.quantiles) if rows else None
-        n = np.bincount(s.status, weights=weight, minlength=len(STATUSES))
-        counts = out.setdefault(s.model, dict.fromkeys(STATUSES, 0))
+    for model, status, weight in statuses:
+        n = np.bincount(status, weights=weight, minlength=len(STATUSES))
+        counts = out.setdefault(model, dict.fromkeys(STATUSES, 0))
         for code, name in enumerate(STATUSES):
             counts[name] += int(n[code])
     return out
