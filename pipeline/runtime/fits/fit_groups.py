@@ -37,8 +37,10 @@ from pipeline.runtime.fits.key_reuse import PlanBasis, canonical, previous_fits
 from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
 from pipeline.schema import month_index
 
-if TYPE_CHECKING:  # the driver builds groups from a frame; a worker's task needs no pandas
+if TYPE_CHECKING:  # the driver builds groups from a panel; a worker's task needs no pandas
     import pandas as pd
+
+    from pipeline.runtime.fits.fit_windows import Panel
 
 PANEL_COUNTRY = "*"  # the country of a panel model's fit (it pools all countries)
 
@@ -95,10 +97,10 @@ class FitGroup:
     def country_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct forecast-row countries, sorted (object array of str), and each (fit,
         row)'s index in them ((F * C,) int64, row-major): `np.unique(countries.astype(str),
-        return_inverse=True)` without sorting F x C strings (0.1 s at 250k fits)."""
+        return_inverse=True)` without sorting F x C strings (0.05-0.08 s per 250k fits)."""
         if isinstance(self.data, CountryWindows):
             # one row a fit: its country is the grid's row `data.country`, and the grid's
-            # countries are sorted, so the grid rows' order is the names' order
+            # countries are sorted (country_grid), so the grid rows' order is the names' order
             grid_row = self.data.country
             if not grid_row.size:
                 return np.array([], dtype=object), np.zeros(0, dtype=np.int64)
@@ -106,7 +108,8 @@ class FitGroup:
             fit_of_row[grid_row] = np.arange(grid_row.size)  # any fit of each row will do
             present = fit_of_row >= 0
             names = np.asarray(self.countries[fit_of_row[present], 0], dtype=str)
-            return names.astype(object), (np.cumsum(present) - 1)[grid_row]
+            if np.all(names[:-1] < names[1:]):
+                return names.astype(object), (np.cumsum(present) - 1)[grid_row]
         return sorted_codes(self.countries)
 
     def take(self, index: np.ndarray) -> dict[str, np.ndarray]:
@@ -123,7 +126,7 @@ class FitGroup:
 
 
 def build_group(
-    panel: pd.DataFrame,
+    panel: Panel,
     *,
     model: str,
     version: int,
@@ -301,9 +304,7 @@ def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray,
     ]
 
 
-def plan_basis(
-    panel: pd.DataFrame, groups: Sequence[FitGroup], config: Any, adapter: Any
-) -> PlanBasis:
+def plan_basis(panel: Panel, groups: Sequence[FitGroup], config: Any, adapter: Any) -> PlanBasis:
     """What a per-country model's keys were made from (kept with them by plan_cache.py, so
     that the next plan of the model, e.g. the monthly update's, reuses its unchanged keys)."""
     from pipeline.data.windows import origin_months
@@ -340,7 +341,7 @@ def plan_basis(
 
 
 def build_groups(
-    panel: pd.DataFrame,
+    panel: Panel,
     config: Any,
     adapter: Any,
     known: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
