@@ -85,7 +85,7 @@ def test_the_plan_from_columns_is_the_plan_from_the_frame(tmp_path: Path) -> Non
     they read (train the columns, assemble the frame)."""
     config = make_config(SMALL_STUDY)
     columns = _columns(PANEL, tmp_path)
-    for model in ("ar_qr", "rw"):
+    for model in ("ar_qr", "rw", "ensemble_nn"):  # per-country, and pooled
         adapter = adapter_for(config, model)
         for a, b in zip(
             build_groups(PANEL, config, adapter),
