@@ -38,7 +38,7 @@ def month_index(times: Any) -> int | np.ndarray:
     if isinstance(times, date):  # Timestamp and datetime are dates too
         return times.year * 12 + times.month - 1
     if isinstance(times, str):
-        day = _iso_day(times)
+        day = iso_day(times)
         if day is None:  # any other spelling, as pandas reads it
             import pandas as pd
 
@@ -47,18 +47,19 @@ def month_index(times: Any) -> int | np.ndarray:
     return np.asarray(times, dtype="datetime64[M]").astype(np.int64) + _EPOCH
 
 
-# an ISO day ('2018-01-01', what conf/ and the plan's origins spell) of a year every pandas
-# reads the same way: read without pandas (probe and train import none)
 _ISO_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 
 
-def _iso_day(text: str) -> date | None:
+def iso_day(text: str) -> date | None:
+    """An ISO day ('2018-01-01': what conf/ and the plan's origins spell) of a year every
+    pandas reads the same way, read without pandas (probe, train and config validation import
+    none); None for any other spelling or no such day (2018-02-30), for pandas to read."""
     match = _ISO_DAY.fullmatch(text)
     if match is None or not 1678 <= int(match[1]) <= 2261:
         return None
     try:
         return date(*map(int, match.groups()))
-    except ValueError:  # no such day (2018-02-30): pandas' error
+    except ValueError:
         return None
 
 

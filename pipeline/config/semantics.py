@@ -4,14 +4,13 @@ order, names that must exist, no duplicates."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from datetime import date
 from typing import Any
 
 from pipeline.config.structured import ConfigError, build
 from pipeline.config.study import StudyConfig
 from pipeline.models.solvers.rules import check_quantiles
+from pipeline.schema import iso_day
 
 
 def validate(mapping: Mapping[str, Any]) -> StudyConfig:
@@ -120,23 +119,14 @@ def _require(ok: bool, key: str, allowed: str, given: Any) -> None:
         raise ConfigError(key, allowed, given)
 
 
-# conf/ and write-config spell dates this way; years that every pandas reads the same way
-_ISO_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-_ISO_YEARS = range(1678, 2262)
-
-
 def _month(value: str, key: str) -> int:
     """The month index (year * 12 + month - 1) of a date that must be a month's first day.
 
     pandas' parser defines what is accepted; an ISO day ('2018-01-01') is read here with the
     same result, so validating the usual config imports no pandas (0.3 CPU-s of a no-op run).
     """
-    match = _ISO_DAY.fullmatch(value) if isinstance(value, str) else None
-    if match is None or int(match[1]) not in _ISO_YEARS:
-        return _month_by_pandas(value, key)
-    try:
-        day = date(*map(int, match.groups()))
-    except ValueError:  # no such day (2018-02-30): pandas' message
+    day = iso_day(value) if isinstance(value, str) else None
+    if day is None:  # any other spelling, or no such day (2018-02-30): pandas' message
         return _month_by_pandas(value, key)
     if day.day != 1:
         raise ConfigError(key, "the first day of a month, like '2018-01-01'", value)
