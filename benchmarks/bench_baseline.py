@@ -61,9 +61,10 @@ def timed(fn):
 def build(out_dir: str):
     """Seed config, prepared panel and every FitGroup of each model (project code only)."""
     from pipeline.config.compose import compose_config
+    from pipeline.data.prepared import load_panel
     from pipeline.models.plugins.registry import get_adapter
     from pipeline.runtime.fits.fit_groups import build_groups
-    from pipeline.stages.prepare import load_panel, prepare
+    from pipeline.stages.prepare import prepare
 
     os.chdir(ROOT)
     config = compose_config(["experiment=seed", f"runtime.output_dir={out_dir}"])

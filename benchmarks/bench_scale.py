@@ -234,11 +234,11 @@ def solver_alone(
 
     from pipeline.config import validate
     from pipeline.config.compose import compose_dict
+    from pipeline.data.prepared import load_panel
     from pipeline.models.plugins.registry import adapter_for, task_adapter
     from pipeline.runtime.execute.worker import run_task
     from pipeline.runtime.fits.fit_groups import build_groups
     from pipeline.runtime.fits.tasks import make_tasks, task_payload, with_data
-    from pipeline.stages.prepare import load_panel
 
     config = validate(compose_dict(overrides))
     adapter = adapter_for(config, model)
@@ -329,8 +329,9 @@ def run_driver(
     run: ~8k rw fits per task), instead of the default plan's (~250)."""
     from pipeline.config import validate
     from pipeline.config.compose import compose_dict
+    from pipeline.data.prepared import load_panel
     from pipeline.runtime.sizing.plan import ModelPlan, Plan
-    from pipeline.stages.prepare import load_panel, prepare
+    from pipeline.stages.prepare import prepare
     from pipeline.stages.train import run_train
 
     out = base / f"driver{n}"
