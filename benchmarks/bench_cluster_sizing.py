@@ -20,13 +20,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_scaleout import free_port, stop  # the same cluster helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -56,25 +57,8 @@ print(json.dumps({"train_wall_s": round(wall, 2), "trained": summary.trained,
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def fake_models(tree: Path) -> str:
     return str(tree / "tests" / "fake_models.py")
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def train(tree: Path, out: Path, address: str, sleep: float, script: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,19 @@ def process_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in state
+
+
+def stop_processes(procs: list[subprocess.Popen[Any]]) -> None:
+    """Stop processes a test started (a scheduler, its workers) by their PID: SIGTERM, then
+    SIGKILL after 20 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def make_config(d: dict[str, Any]) -> StudyConfig:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
+from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config, stop_processes
 
 from pipeline.config import StudyConfig
 from pipeline.data.prepared import load_panel
@@ -62,17 +62,6 @@ def tasks_run(config: StudyConfig, model: str) -> int:
     return int((tasks["model"] == model).sum())
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def cluster_env() -> dict[str, str]:
     env = {
         **os.environ,
@@ -112,8 +101,8 @@ def address() -> Iterator[str]:
             client.wait_for_workers(THREADS, timeout=90)
         yield address
     finally:
-        stop(procs[1:])
-        stop(procs[:1])
+        stop_processes(procs[1:])
+        stop_processes(procs[:1])
 
 
 def test_the_sizing_rule() -> None:
@@ -220,7 +209,7 @@ def test_a_shared_cluster_sizes_each_model_for_the_threads_it_has_by_then(
                 client.wait_for_workers(THREADS + 1, timeout=90)
             second = run_train(config, "fake_fail", one_worker_plan("fake_fail"), cluster)
         finally:
-            stop([extra])
+            stop_processes([extra])
     assert first.trained == first.fits and second.trained == second.fits
     for summary, model, threads in ((first, "slow_ar_qr", THREADS), (second, "fake_fail", 4)):
         log = Path(summary.log_path).read_text()

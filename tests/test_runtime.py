@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import psutil
 import pytest
-from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config
+from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config, stop_processes
 
 from pipeline.config import StudyConfig
 from pipeline.runtime.sizing.plan import (
@@ -260,14 +260,7 @@ def test_workers_without_the_drivers_disk_give_identical_forecasts_and_a_full_ca
         assert again.trained == 0 and again.loaded == 96 and again.n_workers == 0
         pd.testing.assert_frame_equal(pd.read_parquet(again.path), reference[1], check_exact=True)
     finally:
-        for proc in [*workers, scheduler]:
-            proc.terminate()
-        for proc in [*workers, scheduler]:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([*workers, scheduler])
 
 
 def test_a_block_that_failed_once_is_retried_whole_and_gives_the_same_bits(
