@@ -30,10 +30,9 @@ from pipeline.runtime.fits.country_keys import country_fit_keys
 from pipeline.runtime.fits.fit_windows import (
     CountryWindows,
     country_grid,
-    grid_countries,
     window_arrays,
 )
-from pipeline.runtime.fits.key_reuse import PlanBasis, canonical, previous_fits
+from pipeline.runtime.fits.key_reuse import PlanBasis, previous_fits
 from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
 from pipeline.schema import month_index
 
@@ -304,42 +303,6 @@ def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray,
     ]
 
 
-def plan_basis(panel: Panel, groups: Sequence[FitGroup], config: Any, adapter: Any) -> PlanBasis:
-    """What a per-country model's keys were made from (kept with them by plan_cache.py, so
-    that the next plan of the model, e.g. the monthly update's, reuses its unchanged keys)."""
-    from pipeline.data.windows import origin_months
-
-    windows = [g.data for g in groups if isinstance(g.data, CountryWindows)]
-    p = len(adapter.features(config))
-    org = np.array(origin_months(config.rolling_window))
-    step = int(np.diff(org).min()) if len(org) > 1 else 1
-    every = (  # the features once, then each group's target
-        (w.grid[..., :p], w.grid[..., p]) for w in windows
-    )
-    features, leads = zip(*every, strict=True) if windows else ((), ())
-    return PlanBasis(
-        countries=np.asarray(grid_countries(panel), dtype=str),
-        m0=windows[0].m0 if windows else 0,
-        features=canonical(features[0]) if windows else np.zeros((0, 0, p)),
-        size=int(config.rolling_window.size),
-        step=step,
-        prefixes=tuple(
-            key_prefix(
-                adapter.name,
-                adapter.version,
-                adapter.params(config),
-                config.data.quantiles,
-                g.horizon,
-                config.seed,
-            )
-            for g in groups
-            if isinstance(g.data, CountryWindows)
-        ),
-        leads=tuple(canonical(lead) for lead in leads),
-        parts=tuple(plan_parts(groups)),
-    )
-
-
 def build_groups(
     panel: Panel,
     config: Any,
@@ -353,8 +316,9 @@ def build_groups(
     `config` is a StudyConfig and `adapter` a pipeline.models.plugins.spec.Adapter (duck-typed here so
     this module stays free of model imports). `known`: plan_parts of the same model, panel
     and config (per-country models only), reused instead of building the windows and keys.
-    `basis`: plan_basis of an earlier plan of the model (another panel or end date): the keys
-    of fits whose hashed bytes it holds unchanged are reused (per-country models only).
+    `basis`: shared_plan.plan_basis of an earlier plan of the model (another panel or end
+    date): the keys of fits whose hashed bytes it holds unchanged are reused (per-country
+    models only).
     """
     from pipeline.data.windows import origin_months
     from pipeline.schema import lead_column

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +22,10 @@ import numpy as np
 from pipeline.data.prepared import PanelColumns
 from pipeline.io import stable_hash
 from pipeline.runtime.fits import plan_cache
-from pipeline.runtime.fits.fit_groups import (
-    FitGroup,
-    build_groups,
-    group_facts,
-    plan_basis,
-    plan_parts,
-)
+from pipeline.runtime.fits.fit_groups import FitGroup, build_groups, group_facts, plan_parts
+from pipeline.runtime.fits.fit_windows import CountryWindows, grid_countries
+from pipeline.runtime.fits.key_reuse import PlanBasis, canonical
+from pipeline.runtime.fits.keys import key_prefix
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_windows import Panel
@@ -119,3 +116,39 @@ def _built_or_loaded(
     groups = build_groups(panel, config, adapter, basis=plan_cache.previous(name))
     plan_cache.save(name, plan_parts(groups), plan_basis(panel, groups, config, adapter))
     return groups
+
+
+def plan_basis(panel: Panel, groups: Sequence[FitGroup], config: Any, adapter: Any) -> PlanBasis:
+    """What a per-country model's keys were made from (kept with them by plan_cache.py, so
+    that the next plan of the model, e.g. the monthly update's, reuses its unchanged keys)."""
+    from pipeline.data.windows import origin_months
+
+    windows = [g.data for g in groups if isinstance(g.data, CountryWindows)]
+    p = len(adapter.features(config))
+    org = np.array(origin_months(config.rolling_window))
+    step = int(np.diff(org).min()) if len(org) > 1 else 1
+    every = (  # the features once, then each group's target
+        (w.grid[..., :p], w.grid[..., p]) for w in windows
+    )
+    features, leads = zip(*every, strict=True) if windows else ((), ())
+    return PlanBasis(
+        countries=np.asarray(grid_countries(panel), dtype=str),
+        m0=windows[0].m0 if windows else 0,
+        features=canonical(features[0]) if windows else np.zeros((0, 0, p)),
+        size=int(config.rolling_window.size),
+        step=step,
+        prefixes=tuple(
+            key_prefix(
+                adapter.name,
+                adapter.version,
+                adapter.params(config),
+                config.data.quantiles,
+                g.horizon,
+                config.seed,
+            )
+            for g in groups
+            if isinstance(g.data, CountryWindows)
+        ),
+        leads=tuple(canonical(lead) for lead in leads),
+        parts=tuple(plan_parts(groups)),
+    )
