@@ -2,18 +2,18 @@
 
 `make_client(plan, runtime)` starts a `LocalCluster` sized by the probe's plan (one thread per
 worker, the plan's memory limit, scheduler and dashboard on 127.0.0.1) or, when
-`runtime.scheduler_address` is set, connects to that existing cluster through the same code
-path (waiting for its first worker; `ClusterHandle.threads` reads its threads again whenever
-train sizes a model's tasks). The LocalCluster speaks TLS with temporary credentials (`Security.temporary()`, made
-for this run and held only by its client, scheduler and workers): another local process,
-even of the same user, cannot submit code to it (issue 22). An existing cluster is reached
-with runtime.tls_* files when given (else Dask's own `distributed.comm.tls` settings). BLAS/OpenMP/torch threads are pinned to one per worker through Dask's pre-spawn
-environment, set before any worker process starts; Dask's default MALLOC_TRIM_THRESHOLD_ is
-dropped from it (see `worker_environ`). `TaskStream` submits a bounded number of
-tasks at a time and yields results as they complete, turning a worker lost to its memory
-limit (`KilledWorker` after `allowed-failures` restarts) into a plain "memory" failure (or
-"worker-lost" when no nanny reported a memory kill), and stopping a task that runs past its
-timeout by restarting its worker (its fits fail as "timeout").
+`runtime.scheduler_address` is set, connects to that existing cluster through the same code path
+(waiting for its first worker; `ClusterHandle.threads` reads its threads again whenever train sizes
+a model's tasks). The LocalCluster speaks TLS with temporary credentials (`Security.temporary()`,
+made for this run and held only by its client, scheduler and workers): another local process, even
+of the same user, cannot submit code to it (issue 22). An existing cluster is reached with
+runtime.tls_* files when given (else Dask's own `distributed.comm.tls` settings). BLAS/OpenMP/torch
+threads are pinned to one per worker through Dask's pre-spawn environment, set before any worker
+process starts; Dask's default MALLOC_TRIM_THRESHOLD_ is dropped from it (see `worker_environ`).
+`TaskStream` submits a bounded number of tasks at a time and yields results as they complete,
+turning a worker lost to its memory limit (`KilledWorker` after `allowed-failures` restarts) into a
+plain "memory" failure (or "worker-lost" when no nanny reported a memory kill), and stopping a task
+that runs past its timeout by restarting its worker (its fits fail as "timeout").
 """
 
 from __future__ import annotations

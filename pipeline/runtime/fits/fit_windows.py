@@ -1,8 +1,9 @@
 """Training windows of fits, from a prepared panel's dense month grid (pure: numpy).
 
 `country_grid` lays the panel out as (country, month, column) (the panel as a DataFrame, or as
-the Arrow columns probe and train read without pandas: pipeline.data.prepared.PanelColumns); `window_arrays` stacks the
-windows of every (country, origin) (panel fits, and the grouping pass of per-country fits);
+the Arrow columns probe and train read without pandas: pipeline.data.prepared.PanelColumns);
+`window_arrays` stacks the windows of every (country, origin) (panel fits, and the grouping pass
+of per-country fits);
 `CountryWindows` keeps only each per-country fit's (country, origin) and builds its window
 when a task needs it, with the same values (DESIGN.md "Definitions": nothing after the origin).
 """
