@@ -2,7 +2,7 @@
 
 File: `{output_dir}/progress/progress.sqlite`; its errors exported at the end of train (and on
 an interrupt) to `progress/errors.parquet`. The seed's one row per (model, country, quantile,
-horizon, origin) (progress_view.ROW_COLUMNS) is derived on read: `read_table(path,
+horizon, origin) (progress_rows.ROW_COLUMNS) is derived on read: `read_table(path,
 "progress")` (the results page), `progress_view.failed_rows` (assemble's failed fits), or
 `ProgressStore.export` to `progress/progress.parquet` on demand (`monitor --export`). Train no longer writes that
 file at every run (at 1M fits 3M rows, about 2 of its 6 CPU-s in the driver).
@@ -50,14 +50,8 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     mirror_state,
     pack_index,
 )
-from pipeline.runtime.store.progress_view import (
-    errors_table,
-    read_table,
-    row_chunks,
-    side_tables,
-    tally,
-    write_rows,
-)
+from pipeline.runtime.store.progress_rows import row_chunks, write_rows
+from pipeline.runtime.store.progress_view import errors_table, read_table, side_tables, tally
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
