@@ -300,7 +300,7 @@ def _train_disabled(config: StudyConfig, model: str) -> None:
     from pipeline.stages.train import train_path
 
     (config.model_cache_dir / model).mkdir(parents=True, exist_ok=True)
-    schema = forecast_arrow_schema()  # the bytes pandas wrote for empty_forecast_frame()
+    schema = forecast_arrow_schema()  # zero rows: the bytes pandas wrote for such a frame
     write_parquet_tables(train_path(config, model), schema, [empty_table(schema)])
     log.info("train %s: disabled (models.%s.enabled=false): wrote an empty table", model, model)
 

@@ -142,13 +142,6 @@ def forecast_arrow_schema() -> Any:
     return pa.schema([(c, types[FORECAST_DTYPES[c]]) for c in FORECAST_COLUMNS])
 
 
-def empty_forecast_frame() -> pd.DataFrame:
-    """A zero-row forecast table with the exact schema."""
-    import pandas as pd
-
-    return conform_forecasts(pd.DataFrame({c: [] for c in FORECAST_COLUMNS}))
-
-
 def conform_forecasts(frame: pd.DataFrame) -> pd.DataFrame:
     """Return `frame` with exactly FORECAST_COLUMNS, in order, with FORECAST_DTYPES, sorted.
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -179,19 +180,29 @@ def _group(row: tuple[Any, ...], values: bool, blobs: tuple[Any, Any]) -> GroupS
     )
 
 
+@contextmanager
+def _read(conn: sqlite3.Connection, model: str | None) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """One read transaction (unless the caller holds one: a consistent state while the driver
+    writes) over a store of this format; yields the WHERE clause and arguments for `model`."""
+    check_format(conn)
+    in_tx = conn.in_transaction
+    if not in_tx:
+        conn.execute("BEGIN")
+    try:
+        yield ("WHERE model = ?", (model,)) if model is not None else ("", ())
+    finally:
+        if not in_tx:
+            conn.execute("COMMIT")
+
+
 def load_groups(
     conn: sqlite3.Connection, model: str | None = None, values: bool = True
 ) -> list[GroupState]:
     """Every group (of `model`) with the events since its snapshot applied, in one read
     transaction (a consistent state while the driver writes). `values=False` skips the
     forecasts (what the monitor needs is statuses)."""
-    check_format(conn)
-    where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
     extra = ", forecast, alpha" if values else ""
-    in_tx = conn.in_transaction
-    if not in_tx:
-        conn.execute("BEGIN")
-    try:
+    with _read(conn, model) as (where, args):
         states = [
             _group(row[:17], values, tuple(row[17:]) if values else (None, None))
             for row in conn.execute(
@@ -204,9 +215,6 @@ def load_groups(
             state = by.get((row[0], row[1]))
             if state is not None:
                 apply_event(state, *row[2:8], *(row[8:10] if values else (None, None)))
-    finally:
-        if not in_tx:
-            conn.execute("COMMIT")
     return states
 
 
@@ -216,12 +224,7 @@ def load_statuses(
     """(model, status per fit) of every group (of `model`), what load_groups gives for
     statuses, reading no other column: counting a 10M-fit store's statuses this way reads
     10 MB, not the fits' keys, countries and origins (about 700 MB)."""
-    check_format(conn)
-    where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
-    in_tx = conn.in_transaction
-    if not in_tx:
-        conn.execute("BEGIN")
-    try:
+    with _read(conn, model) as (where, args):
         by = {
             (m, grp): unpack(status, "u1", (F,))
             for m, grp, F, status in conn.execute(
@@ -233,9 +236,6 @@ def load_statuses(
         ):
             if (m, grp) in by:  # as apply_event sets them
                 by[m, grp][unpack_index(fits)] = STATUSES.index(status)
-    finally:
-        if not in_tx:
-            conn.execute("COMMIT")
     return [(m, status) for (m, _), status in by.items()]
 
 
