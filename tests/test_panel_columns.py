@@ -1,20 +1,17 @@
 """Probe and train read the prepared panel as Arrow columns and write their tables without
 pandas (issue 18 item 6): each piece equals what the pandas path gave, value for value and byte
-for byte (the panel's grid and digest, numpy to and from Arrow, the errors export, the
-countries' codes, origin labels and month indexes)."""
+for byte (the panel's grid and digest, numpy to and from Arrow, the countries'
+codes, origin labels and month indexes; the errors export: tests/test_errors_schema.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_STUDY, make_config
-from test_progress import QS, group, key, task
 from test_tasks import PANEL
 
 from pipeline.data import arrow_columns
@@ -24,7 +21,6 @@ from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.fits import shared_plan
 from pipeline.runtime.fits.fit_groups import build_groups, origin_labels, sorted_codes
 from pipeline.runtime.fits.fit_windows import country_grid, grid_countries
-from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.schema import PANEL_FILE, month_index, month_start
 
 
@@ -135,38 +131,6 @@ def test_numpy_and_arrow_convert_as_pyarrow_does() -> None:
     assert arrow_columns.strings(words, large=True).equals(pa.array(words, pa.large_string()))
     schema = pa.schema([("t", pa.timestamp("ns")), ("s", pa.large_string()), ("x", pa.int64())])
     assert arrow_columns.empty_table(schema).equals(schema.empty_table())
-
-
-def test_the_errors_export_has_the_bytes_pandas_wrote(tmp_path: Path) -> None:
-    """progress/errors.parquet with no error, then with errors whose columns hold NULLs (an
-    integer column with a NULL is a float64 column in pandas' read), byte for byte."""
-
-    def oracle(name: str) -> bytes:
-        with sqlite3.connect(db_path(tmp_path)) as conn:
-            frame = pd.read_sql_query("SELECT * FROM errors ORDER BY id", conn)
-        write_parquet(tmp_path / name, frame)
-        return (tmp_path / name).read_bytes()
-
-    exported = tmp_path / "progress" / "errors.parquet"
-    g = group({("AA", 2018 * 12): "k1", ("BB", 2018 * 12): "k2", ("CC", 2018 * 12): "k3"})
-    with ProgressStore(db_path(tmp_path)) as store:
-        store.sync("m", [g], QS, "run1")
-        store.export_errors(tmp_path)
-        assert exported.read_bytes() == oracle("none.parquet")
-        t = store.start_task("m", 0, np.array([0, 1, 2]), "run1")
-        failures = [
-            {"error_type": "ValueError", "message": "boom", "traceback": "Traceback: boom"},
-            {"error_type": "memory", "message": "", "traceback": "é"},
-        ]
-        store.record_failed("m", "run1", 0, np.array([0, 1]), failures, t, task())
-        store.export_errors(tmp_path)
-        assert exported.read_bytes() == oracle("two.parquet")
-        with store.conn:
-            store.conn.execute("UPDATE errors SET horizon = NULL, message = NULL WHERE id = 1")
-        store.export_errors(tmp_path)
-        assert exported.read_bytes() == oracle("nulls.parquet")
-        assert pq.read_table(exported).column("horizon").type == pa.float64()
-    assert pd.read_parquet(exported)["key"].tolist() == [key("k1"), key("k2")]
 
 
 def test_country_codes_are_np_unique() -> None:

@@ -1,18 +1,17 @@
-"""The progress store: SQLite in WAL mode, one writer (the train driver), any number of readers.
+"""The progress store's writer: SQLite in WAL mode, one writer (the train driver), any number
+of readers.
 
-File: `{output_dir}/progress/progress.sqlite`; its errors exported at the end of train (and on
-an interrupt) to `progress/errors.parquet`. The seed's one row per (model, country, quantile,
-horizon, origin) (progress_rows.ROW_COLUMNS) is derived on read: `read_table(path,
-"progress")` (the results page), `progress_view.failed_rows` (assemble's failed fits), or
-`ProgressStore.export` to `progress/progress.parquet` on demand (`monitor --export`). Train no longer writes that
-file at every run (at 1M fits 3M rows, about 2 of its 6 CPU-s in the driver).
-
-The format (progress_view.py describes its tables) keeps each fit group's plan and state as
-arrays plus one event per task transition, so the store grows by tens of bytes per fit and
-the driver writes a few rows per task, not one per forecast. Readers open it read-only
-(`progress_view.connect_ro`): in WAL mode a reader never blocks the writer and always sees
-the last committed state. A store in another format (an earlier qpipe) or unreadable is moved
-aside and rebuilt: it is derived data, the fit cache holds every result.
+File: `{output_dir}/progress/progress.sqlite`. Its format (the tables, and each fit group's
+plan and state as arrays plus one event per task transition) is progress_format.py's, so the
+store grows by tens of bytes per fit and the driver writes a few rows per task, not one per
+forecast. Readers open it read-only (`progress_view.connect_ro`): in WAL mode a reader never
+blocks the writer and always sees the last committed state. What is derived on read lives
+apart: the counts and tables (progress_view.py: `read_table(path, "progress")` is the seed's
+one row per (model, country, quantile, horizon, origin), built by progress_rows.py), and the
+files (progress_export.py: `progress/errors.parquet`, which train writes at its end and on an
+interrupt; `progress/progress.parquet` only on demand, `monitor --export`). A store in another
+format (an earlier qpipe) or unreadable is moved aside and rebuilt: it is derived data, the fit
+cache holds every result.
 """
 
 from __future__ import annotations
@@ -29,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.io import write_parquet_tables
 from pipeline.runtime.store.key_match import KeyMatcher
+from pipeline.runtime.store.progress_export import write_errors, write_export
 from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
     FORMAT,
     PENDING,
+    PROGRESS_DIR,
     SCHEMA,
     STATUSES,
     TRAINING,
@@ -50,8 +50,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     mirror_state,
     pack_index,
 )
-from pipeline.runtime.store.progress_rows import row_chunks, write_rows
-from pipeline.runtime.store.progress_view import errors_table, read_table, side_tables, tally
+from pipeline.runtime.store.progress_view import read_table, tally
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["STATUSES", "ProgressStore", "db_path", "pid_alive", "read_table"]
 
 log = logging.getLogger("pipeline.train")
-PROGRESS_DIR = Path("progress")
 DB_NAME = "progress.sqlite"
 # models training side by side open their stores at once: one open (WAL switch, schema) at a time
 _OPENING = threading.Lock()
@@ -370,39 +368,18 @@ class ProgressStore:
         return tally((name, status, None) for name, status in load_statuses(self.conn, model))
 
     def export_errors(self, output_dir: str | Path) -> None:
-        """Write progress/errors.parquet (every failure with its traceback, in id order): what
-        train exports at its end. A progress/progress.parquet of this product (an earlier
-        version's export, or `export`'s) would now be stale: it is removed."""
-        from pipeline.runtime.store.manifest import active
-
-        out = Path(output_dir) / PROGRESS_DIR
-        _write_table(out / "errors.parquet", errors_table(self.conn))
-        stale = out / "progress.parquet"
-        if stale.exists() and active(output_dir).owns(stale):
-            stale.unlink()
+        """Write progress/errors.parquet (progress_export.write_errors): what train exports at
+        its end; a progress/progress.parquet of this product, now stale, is removed."""
+        write_errors(self.conn, output_dir)
 
     def export(self, output_dir: str | Path) -> None:
-        """Write progress/progress.parquet (one row per forecast, ROW_COLUMNS, written in sorted
-        row groups) and progress/errors.parquet (deterministic order): the whole per-row view
-        as files, on demand (train writes only the errors: export_errors)."""
-        out = Path(output_dir) / PROGRESS_DIR
-        self.conn.execute("BEGIN")
-        try:
-            states = load_groups(self.conn)
-            tasks, errors = side_tables(self.conn)
-            every_error = errors_table(self.conn)
-        finally:
-            self.conn.execute("COMMIT")
-        write_rows(out / "progress.parquet", row_chunks(states, tasks, errors))
-        _write_table(out / "errors.parquet", every_error)
-
-
-def _write_table(path: Path, table: Any) -> None:
-    """An Arrow table as pipeline.io.write_parquet writes a frame (the same bytes)."""
-    write_parquet_tables(path, table.schema, [table])
+        """Write progress/progress.parquet (the per-row view) and progress/errors.parquet
+        (progress_export.write_export): on demand, `monitor --export`."""
+        write_export(self.conn, output_dir)
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` (a run's recorded driver) still runs on this machine."""
     if not pid:
         return False
     try:

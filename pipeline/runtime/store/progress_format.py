@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from pipeline.runtime.fits.keys import KEY_BYTES
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_groups import FitGroup
 
+PROGRESS_DIR = Path("progress")  # under the output dir: the store and its exports
 FORMAT = 2  # PRAGMA user_version of the store; format 1 was one row per forecast row
 
 # the tables the module docstring describes, as the store creates them

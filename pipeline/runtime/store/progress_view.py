@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,43 +55,6 @@ def side_tables(conn: sqlite3.Connection) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     errors = pd.read_sql_query("SELECT id, error_type, message FROM errors", conn, index_col="id")
     return tasks, errors
-
-
-def errors_table(conn: sqlite3.Connection) -> Any:
-    """The errors table in id order as an Arrow table (progress/errors.parquet), its columns
-    typed as pandas' read_sql_query types them, so that the file's bytes are what they were
-    with pandas: integers with a NULL as doubles, a column of NULLs (or of no rows) as Arrow's
-    null type. A column of mixed types (SQLite allows it) goes through pandas itself."""
-    import pyarrow as pa
-
-    from pipeline.data.arrow_columns import from_numpy, nulls, strings
-
-    cursor = conn.execute("SELECT * FROM errors ORDER BY id")
-    names = [d[0] for d in cursor.description]
-    rows = cursor.fetchall()
-    arrays = []
-    for values in zip(*rows, strict=True) if rows else [() for _ in names]:
-        kinds = {type(v) for v in values} - {type(None)}
-        if not kinds:
-            arrays.append(nulls(len(values)))
-        elif kinds == {str}:  # pandas' str dtype: large_string
-            arrays.append(strings(values, large=True))
-        elif kinds == {int} and None not in values:
-            arrays.append(from_numpy(np.array(values, dtype=np.int64)))
-        elif kinds <= {int, float}:  # pandas' float64, NaN as null
-            floats = [np.nan if v is None else float(v) for v in values]
-            arrays.append(from_numpy(np.array(floats, dtype=np.float64), nan_is_null=True))
-        else:  # bytes, or a column of mixed types
-            return _errors_by_pandas(conn)
-    return pa.Table.from_arrays(arrays, names=names)
-
-
-def _errors_by_pandas(conn: sqlite3.Connection) -> Any:
-    import pandas as pd
-    import pyarrow as pa
-
-    every_error = pd.read_sql_query("SELECT * FROM errors ORDER BY id", conn)
-    return pa.Table.from_pandas(every_error, preserve_index=False).replace_schema_metadata(None)
 
 
 def connect_ro(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
