@@ -97,8 +97,9 @@ WORKER_PROFILER = {"on": "True", "off": "False"}
 def bench_environ(base: Path, profiler: str = "on", settings: str = "dask") -> dict[str, str]:
     """The environment of the cluster and the study: one math thread, the bench's probe cache;
     `settings` "qpipe": the cluster's processes tick and sample their system monitor as the
-    study's own LocalCluster does (cluster.OBSERVER_INTERVALS), "dask": Dask's defaults."""
-    from pipeline.runtime.execute.cluster import OBSERVER_INTERVALS
+    study's own LocalCluster does (runtime/execute/dask/settings.py: OBSERVER_INTERVALS), "dask":
+    Dask's defaults."""
+    from pipeline.runtime.execute.dask.settings import OBSERVER_INTERVALS
 
     observers = {
         "DASK_" + key.upper().replace(".", "__").replace("-", "_"): value

@@ -22,7 +22,7 @@ from typing import Any
 
 import distributed
 
-import pipeline.runtime.execute.cluster as cluster
+import pipeline.runtime.execute.dask.cluster as cluster
 from pipeline.config import validate
 from pipeline.config.defaults import with_defaults
 from pipeline.runtime.sizing.plan import ModelPlan, Plan

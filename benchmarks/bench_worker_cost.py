@@ -135,7 +135,7 @@ def run_variant(name: str, blocks: list[list[Any]]) -> list[dict[str, Any]]:
     from distributed import Client, LocalCluster
     from distributed.security import Security
 
-    from pipeline.runtime.execute.cluster import worker_environ
+    from pipeline.runtime.execute.dask.settings import worker_environ
 
     settings = dict(VARIANTS[name])
     switch = settings.pop("switch", None)

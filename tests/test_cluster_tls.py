@@ -14,7 +14,7 @@ from conftest import SMALL_STUDY, make_config
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
-from pipeline.runtime.execute.cluster import make_client
+from pipeline.runtime.execute.dask.cluster import make_client
 
 
 def runtime_config(tmp_path: Path, **runtime: object) -> RuntimeConfig:

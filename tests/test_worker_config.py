@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import SMALL_STUDY, make_config
 
-from pipeline.runtime.execute.cluster import make_client
+from pipeline.runtime.execute.dask.cluster import make_client
 
 
 def _on_worker(dask_worker: Any) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def test_results_come_from_own_workers_and_through_an_existing_clusters_schedule
     import numpy as np
     from distributed import LocalCluster
 
-    from pipeline.runtime.execute.cluster import TaskStream
+    from pipeline.runtime.execute.dask.task_stream import TaskStream
 
     d = copy.deepcopy(SMALL_STUDY)
     d["runtime"].update({"output_dir": str(tmp_path), "dashboard_port": 0})

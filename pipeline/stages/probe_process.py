@@ -61,7 +61,7 @@ class ProbeChild:
             return
         from pipeline.runtime.sizing.resources import usable_cores
 
-        # like a worker (pipeline.runtime.execute.cluster.worker_environ)
+        # like a worker (pipeline.runtime.execute.dask.settings.worker_environ)
         env = worker_environment(os.environ)
         # the child imports what this process imports (this copy of the package, a user
         # model's module): its sys.path is ours, and -P keeps the working directory off it

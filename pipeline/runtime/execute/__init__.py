@@ -1,1 +1,2 @@
-"""Executing tasks: the Dask cluster (the only importer of dask.distributed), the worker's task function, the driver's child process, the train loop."""
+"""Executing tasks: the Dask layer (dask/, the only importer of dask.distributed), the worker's
+task function, the driver's child process and in-process runner, the train loop."""

@@ -1,7 +1,8 @@
 """One cluster for every model of a `python -m pipeline run`, started only when needed.
 
-Kept apart from pipeline.runtime.execute.cluster so that a run whose work is all cached or small enough
-to train in the driver (pipeline.runtime.execute.inprocess) never imports dask.distributed.
+Kept apart from the Dask layer (pipeline.runtime.execute.dask), which it imports only when a
+model has fits to train on a cluster: a run whose work is all cached or small enough to train
+in the driver's child (pipeline.runtime.execute.inprocess) never imports dask.distributed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pipeline.config import RuntimeConfig
 from pipeline.runtime.execute.stop import StopFlag, holding
 
 if TYPE_CHECKING:
-    from pipeline.runtime.execute.cluster import ClusterHandle
+    from pipeline.runtime.execute.dask.cluster import ClusterHandle
 
 
 class SharedCluster:
@@ -42,7 +43,7 @@ class SharedCluster:
         """The shared handle (started on first call); leaving the context does not close it."""
         with holding(self._starting, stop):
             if self.handle is None:
-                from pipeline.runtime.execute.cluster import make_client
+                from pipeline.runtime.execute.dask.cluster import make_client
 
                 self.handle = self._stack.enter_context(
                     make_client(n_workers, memory_limit_mb, runtime)

@@ -156,7 +156,7 @@ class RunState:
             )
             opened = in_process_handle(stop)
         else:
-            from pipeline.runtime.execute.cluster import make_client
+            from pipeline.runtime.execute.dask.cluster import make_client
 
             if not rt.scheduler_address:
                 fpt, queue = sized(n_workers)
@@ -415,7 +415,7 @@ def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
 
 
 def _task_stream(handle: Any, timeout_s: float | None, stop: StopFlag | None) -> Any:
-    from pipeline.runtime.execute.cluster import TaskStream
+    from pipeline.runtime.execute.dask.task_stream import TaskStream
 
     return TaskStream(handle.client, run_task, timeout_s, stop)
 

@@ -1,12 +1,12 @@
 """Run logs: one file per run under `{output_dir}/logs/`, driver and worker messages together.
 
-Worker messages reach the driver through Dask's log forwarding (see `pipeline.runtime.execute.cluster`) and
-land in the same file; the nanny's memory warnings and restarts are `distributed` records
-logged in the driver process itself. The terminal shows the pipeline's own lines only: Dask,
-bokeh and tornado records (any level; Dask adds stderr handlers of its own, which
-`third_party_to_run_log` detaches while a cluster runs), their Python warnings and the probe's
-details go to the run log. Only the file name carries the run id and time; the records carry a
-time stamp because a log is not an artifact any stage depends on.
+Worker messages reach the driver through Dask's log forwarding (see
+`pipeline.runtime.execute.dask.cluster`) and land in the same file; the nanny's memory warnings
+and restarts are `distributed` records logged in the driver process itself. The terminal shows
+the pipeline's own lines only: Dask, bokeh and tornado records (any level; Dask adds stderr
+handlers of its own, which `third_party_to_run_log` detaches while a cluster runs), their Python
+warnings and the probe's details go to the run log. Only the file name carries the run id and
+time; the records carry a time stamp because a log is not an artifact any stage depends on.
 """
 
 from __future__ import annotations

@@ -1,0 +1,140 @@
+"""Start or join the study's Dask cluster (imports dask.distributed; its settings are
+settings.py's, the tasks streamed to it task_stream.py's).
+
+`make_client(n_workers, memory_limit_mb, runtime)` starts a `LocalCluster` sized by the probe's
+plan (one thread per worker, the plan's memory limit, scheduler and dashboard on 127.0.0.1) or,
+when `runtime.scheduler_address` is set, connects to that existing cluster through the same
+code path (waiting for its first worker; `ClusterHandle.threads` reads its threads again
+whenever train sizes a model's tasks). The LocalCluster speaks TLS with temporary credentials
+(`Security.temporary()`, made for this run and held only by its client, scheduler and
+workers): another local process, even of the same user, cannot submit code to it (issue 22).
+An existing cluster is reached with runtime.tls_* files when given (else Dask's own
+`distributed.comm.tls` settings). BLAS/OpenMP/torch threads are pinned to one per worker
+through Dask's pre-spawn environment, set before any worker process starts; Dask's default
+MALLOC_TRIM_THRESHOLD_ is dropped from it (see `settings.worker_environ`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster
+from distributed.security import Security
+
+from pipeline.config import RuntimeConfig
+from pipeline.runtime.execute.dask.settings import TASK_GROUP, dask_config, port_is_free, tls_files
+from pipeline.runtime.ui.logs import third_party_to_run_log
+
+log = logging.getLogger("pipeline.runtime.execute.dask.cluster")
+
+
+@dataclass
+class ClusterHandle:
+    client: Client
+    dashboard: str | None
+    n_workers: int
+    local: bool
+
+    def threads(self) -> int:
+        """Worker threads now: the study's own cluster's (one per worker), or those an existing
+        cluster's scheduler reports (a cluster may scale while a run trains model after model)."""
+        return self.n_workers if self.local else worker_threads(self.client)
+
+
+def worker_threads(client: Client) -> int:
+    """Threads of the workers connected to the client's scheduler now."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    return sum(int(w.get("nthreads", 1)) for w in workers)
+
+
+@contextmanager
+def make_client(
+    n_workers: int, memory_limit_mb: int, runtime: RuntimeConfig
+) -> Iterator[ClusterHandle]:
+    """A client on a fresh LocalCluster (or on runtime.scheduler_address); closed on exit."""
+    # Dask's and bokeh's own stderr handlers are detached until the cluster is closed: their
+    # warnings (and the workers', forwarded below) go to the run log only
+    with dask.config.set(dask_config(runtime)), third_party_to_run_log() as detach:
+        if runtime.scheduler_address:
+            # results relayed by the scheduler unless Dask's own config says otherwise
+            # (`distributed.client.direct-to-workers`): a driver may reach the scheduler only
+            client = Client(runtime.scheduler_address, timeout="30s", security=_security(runtime))
+            cluster = None
+            client.wait_for_workers(1, timeout=120)
+            workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            log.info(
+                "connected to scheduler %s with %d workers, %d threads (allowed-failures is "
+                "the scheduler's own setting)",
+                runtime.scheduler_address,
+                workers,
+                worker_threads(client),
+            )
+        else:
+            host, port = runtime.dashboard_host, runtime.dashboard_port
+            if port and not port_is_free(host, port):
+                log.info("dashboard port %d is taken; using a free one", port)
+                port = 0
+            security = Security.temporary()  # this run's own CA and certificate, in memory
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=int(memory_limit_mb) * 2**20,
+                host="127.0.0.1",
+                scheduler_port=0,
+                protocol="tls://",
+                security=security,
+                dashboard_address=f"{host}:{port}",
+                silence_logs=logging.CRITICAL,  # workers' stderr: their warnings are forwarded
+            )
+            # results gathered straight from these workers (127.0.0.1): relaying every
+            # task's forecasts (megabytes) was the scheduler's largest CPU cost in train
+            client = Client(cluster, security=security, direct_to_workers=True)
+            workers = n_workers
+            detach()  # the dashboard's bokeh, imported just now
+        try:
+            client.forward_logging("pipeline", level=logging.INFO)
+            client.forward_logging("distributed", level=logging.WARNING)
+            dashboard = _dashboard_link(client)
+            # an existing cluster still scaling up to runtime.max_workers: queue for that many
+            expected = max(workers, runtime.max_workers or 0) if cluster is None else workers
+            held = queue_every_task(client, expected)  # noqa: F841 (held while the cluster is)
+            yield ClusterHandle(client, dashboard, workers, cluster is not None)
+        finally:
+            client.close(timeout=10)
+            if cluster is not None:
+                cluster.close(timeout=20)
+
+
+def queue_every_task(client: Client, n_workers: int) -> list[Any]:
+    """No-op tasks of TASK_GROUP for the caller to hold: Dask queues a task on the scheduler
+    only once its group has had more than twice as many tasks as the cluster has threads
+    (the group lives while any of its tasks is held); before that it sends each task to a
+    worker at once, where it waits behind that worker's task whatever its priority (a short
+    task of one model behind a long one of another, its timeout clock running)."""
+    threads = max(worker_threads(client), n_workers)
+    return [
+        client.submit(int, 0, key=(TASK_GROUP, f"queue-{i}"), pure=False)
+        for i in range(2 * threads + 1)
+    ]
+
+
+def _security(runtime: RuntimeConfig) -> Security | None:
+    """TLS for an existing cluster from runtime.tls_* (None: Dask's own configuration)."""
+    files = tls_files(runtime)
+    return None if files is None else Security(require_encryption=True, **files)
+
+
+def _dashboard_link(client: Client) -> str | None:
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        link = client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing or disabled)
+        return None
+    return link or None

@@ -1,0 +1,209 @@
+"""Stream one model's tasks to the cluster (imports dask.distributed): a bounded number in
+flight, results yielded as they complete.
+
+`TaskStream` turns a worker lost to its memory limit (`KilledWorker` after `allowed-failures`
+restarts, settings.ALLOWED_FAILURES) into a plain "memory" failure (or "worker-lost" when no
+nanny reported a memory kill), and stops a task that runs past its timeout by restarting its
+worker (its fits fail as "timeout"); what it learns about running tasks is task_watch.py's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from distributed import Client, as_completed
+from distributed.scheduler import KilledWorker
+
+from pipeline.runtime.execute.dask.settings import TASK_GROUP
+from pipeline.runtime.execute.dask.task_watch import (
+    MemoryEvents,
+    executing,
+    lost_worker_label,
+    quiet_polls,
+    task_name,
+)
+from pipeline.runtime.execute.stop import POLL_S, StopFlag
+
+log = logging.getLogger("pipeline.runtime.execute.dask.task_stream")
+
+# how often the stream asks the scheduler which tasks run where (to time them): every
+# TIMEOUT_POLL_S, or a hundredth of the timeout when that is longer (each ask is a round trip
+# to the scheduler, and several models' streams ask at once)
+TIMEOUT_POLL_S = 0.5
+# the scheduler logs each of those asks at INFO on its `distributed.worker` logger
+logging.getLogger("distributed.worker").addFilter(quiet_polls)
+
+
+class TaskStream:
+    """Bounded submission + completion order. Yields (name, result, error) per finished task.
+
+    `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
+    "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
+    when its worker died otherwise (SIGKILL, segfault, a node lost), "timeout" when it ran
+    longer than `timeout_s` (from when its worker started it) and its worker was
+    restarted to stop it (a thread cannot be stopped; the process can). With `stop`, waiting
+    raises `Stopped` once the flag is set (a driver thread of a run training models side by
+    side: signals reach only the main thread).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+        timeout_s: float | None = None,
+        stop: StopFlag | None = None,
+    ) -> None:
+        self.client, self.fn, self.timeout_s, self.stop = client, fn, timeout_s, stop
+        self.pending = as_completed()
+        self.in_flight = 0
+        self._memory = MemoryEvents()
+        logging.getLogger("distributed.nanny.memory").addHandler(self._memory)
+        self._started: dict[str, float] = {}  # key -> when first seen running on a worker
+        self._timed_out: set[str] = set()
+        self._polled = 0.0
+        self._by_heartbeat = True
+        # this stream's tasks in flight: the cluster may run other models' streams too, each
+        # timing its own tasks by its own timeout
+        self._mine: set[str] = set()
+
+    def close(self) -> None:
+        logging.getLogger("distributed.nanny.memory").removeHandler(self._memory)
+
+    def submit(self, name: str, payload: dict[str, Any], priority: int = 0) -> None:
+        """Queue a task; among tasks waiting for a worker, the highest `priority` starts first
+        (models sharing the cluster: their longest tasks first, the short ones fill around)."""
+        # the payload rides inside the callable: Dask walks a task's arguments element by
+        # element looking for futures (~10 us per fit for a task's list of keys), not its function
+        future = self.client.submit(
+            functools.partial(self.fn, payload),
+            key=(TASK_GROUP, name),
+            pure=False,
+            retries=0,
+            priority=priority,
+        )
+        self.pending.add(future)
+        self.in_flight += 1
+        self._mine.add(name)
+
+    def _next(self) -> Any:
+        """The next finished future; meanwhile, stop tasks past their timeout (and raise
+        `Stopped` when a stop was asked for)."""
+        if self.timeout_s is None and self.stop is None:
+            return next(self.pending)
+        while not self.pending.has_ready():
+            if self.pending.is_empty():
+                raise StopIteration
+            if self.stop is not None:
+                self.stop.check()
+            if self.timeout_s is not None:
+                self._stop_overdue()
+            time.sleep(POLL_S)
+        return next(self.pending)
+
+    def _stop_overdue(self) -> None:
+        now = time.monotonic()
+        if now - self._polled < max(TIMEOUT_POLL_S, float(self.timeout_s or 0) / 100):
+            return
+        self._polled = now
+        running = self._running()
+        for key in list(self._started):
+            if key not in running:
+                del self._started[key]
+        for key, (worker, ran) in running.items():
+            # the earliest start seen: a task whose worker stopped sending heartbeats (stuck
+            # holding the GIL) still times out
+            started = self._started.setdefault(key, now - ran)
+            if key in self._timed_out or now - started <= float(self.timeout_s or 0):
+                continue
+            self._timed_out.add(key)
+            log.warning(
+                "task %s ran past runtime.task_timeout_s = %g s: restarting worker %s",
+                key,
+                self.timeout_s,
+                worker,
+            )
+            try:  # the task then fails with KilledWorker (allowed-failures is 0)
+                outcome = self.client.restart_workers([worker], timeout=60, raise_for_error=False)
+            except Exception as exc:  # e.g. a worker without a nanny: it cannot be restarted
+                outcome = {worker: str(exc)}
+            if outcome.get(worker, "OK") not in ("OK", "removed"):  # e.g. timed out when loaded
+                log.warning("could not restart worker %s (%s): trying again", worker, outcome)
+                self._timed_out.discard(key)  # the next poll tries again
+
+    def _running(self) -> dict[str, tuple[str, float]]:
+        """Tasks that run now: name -> (worker, seconds since their worker started them), as
+        the workers' heartbeats tell the scheduler (a task queued on a worker behind another
+        has not started: its clock has not either). A scheduler that runs no function of
+        ours: the tasks it gave a worker, from now on."""
+        if self._by_heartbeat:
+            try:
+                running = self.client.run_on_scheduler(executing())
+                return {
+                    task_name(k): (w, ran)
+                    for k, (w, ran) in running.items()
+                    if task_name(k) in self._mine
+                }
+            except Exception as exc:  # e.g. a scheduler that refuses pickled functions
+                self._by_heartbeat = False
+                log.info("task timeouts count from assignment (%s)", exc)
+        processing = self.client.processing()
+        running = {task_name(k): (w, 0.0) for w, keys in processing.items() for k in keys}
+        return {name: at for name, at in running.items() if name in self._mine}
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
+        while True:
+            try:
+                future = self._next()
+            except StopIteration:
+                return
+            self.in_flight -= 1
+            name = task_name(future.key)
+            self._mine.discard(name)
+            try:
+                result = future.result()
+            except KilledWorker as exc:
+                if name in self._timed_out:
+                    label = "timeout"
+                    message = (
+                        f"still running after runtime.task_timeout_s = {self.timeout_s:g} s: "
+                        "its worker was restarted to stop it"
+                    )
+                else:
+                    label = lost_worker_label(exc, self._memory.addresses)
+                    message = (
+                        f"worker {'killed for memory' if label == 'memory' else 'lost'} "
+                        f"while running the task: {exc}"
+                    )
+                yield (
+                    name,
+                    None,
+                    {"error_type": label, "message": message, "traceback": traceback.format_exc()},
+                )
+            except Exception as exc:
+                yield (
+                    name,
+                    None,
+                    {
+                        "error_type": type(exc).__name__,
+                        "message": str(exc)[:2000],
+                        "traceback": traceback.format_exc(),
+                    },
+                )
+            else:
+                yield name, result, None
+            finally:
+                self._timed_out.discard(name)
+                self._started.pop(name, None)
+                future.release()
+
+    def cancel(self) -> None:
+        """Drop everything still queued or running (on interrupt)."""
+        futures = list(self.pending.futures)
+        self.pending.clear()
+        if futures:
+            self.client.cancel(futures, force=True)
