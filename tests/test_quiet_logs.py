@@ -17,12 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from pipeline.runtime.ui.logs import (
-    ProgressReporter,
-    RunLog,
-    configure_terminal_logging,
-    third_party_to_run_log,
-)
+from pipeline.runtime.ui.logs import RunLog, configure_terminal_logging, third_party_to_run_log
+from pipeline.runtime.ui.progress_bar import ProgressReporter
 
 
 def test_dask_info_goes_to_the_log_file_only(tmp_path):
@@ -154,10 +150,10 @@ def test_log_lines_print_above_the_progress_bar_whose_columns_are_labelled(capsy
 def test_a_model_waiting_behind_another_counts_its_rate_from_its_first_task(monkeypatch, caplog):
     """Side by side (stages/train_lanes.py), a model's first task may start long after its
     reporter: its rate and ETA count from that task's start, not from the reporter's."""
-    import pipeline.runtime.ui.logs as logs
+    import pipeline.runtime.ui.progress_bar as progress_bar
 
     clock = {"now": 1000.0}
-    monkeypatch.setattr(logs.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(progress_bar.time, "perf_counter", lambda: clock["now"])
     caplog.set_level(logging.INFO, logger="pipeline.train")
     with ProgressReporter("rw", 100, False) as bar:
         clock["now"] += 98.0  # waited 90 s behind another model's tasks, then ran 8 s

@@ -25,7 +25,7 @@ from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, sizing_w
 from pipeline.runtime.sizing.timeouts import task_timeout
 from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
 from pipeline.runtime.store.progress import ProgressStore
-from pipeline.runtime.ui.logs import ProgressReporter
+from pipeline.runtime.ui.progress_bar import ProgressReporter
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
