@@ -1,14 +1,16 @@
 """A killable child process that runs top-level functions for the driver (no Dask).
 
 Used where work would otherwise run inside the driver itself: tasks too small for a cluster
-(pipeline.runtime.execute.inprocess) and the user-model check (pipeline.runtime.execute.model_check). The child
-is started like a worker (spawned, `worker_environment`: one thread per math library, glibc's
-malloc defaults), dies with the driver (PR_SET_PDEATHSIG), and is kept for the next call.
-`shared_child` keeps one such child for the driver's whole process, so the
-models of a run (and the user-model check) pay for one spawn and one import of the solvers, not
-one each. `Child.run` waits for the result (the child's `pipeline.*` log records are logged by the driver
-meanwhile) while watching the clock and the child's RSS, as a Dask nanny watches its worker: past the timeout or the memory limit the child is killed (SIGKILL, so a
-fit stuck in C code stops too) and `ChildKilled` says why; a fresh child serves the next call.
+(pipeline.runtime.execute.inprocess) and the user-model check
+(pipeline.runtime.execute.model_check). The child is started like a worker (spawned,
+`worker_environment`: one thread per math library, glibc's malloc defaults), dies with the
+driver (PR_SET_PDEATHSIG), and is kept for the next call. `shared_child` keeps one such child
+for the driver's whole process, so the models of a run (and the user-model check) pay for one
+spawn and one import of the solvers, not one each. `Child.run` waits for the result (the
+child's `pipeline.*` log records are logged by the driver meanwhile) while watching the clock
+and the child's RSS, as a Dask nanny watches its worker: past the timeout or the memory limit
+the child is killed (SIGKILL, so a fit stuck in C code stops too) and `ChildKilled` says why;
+a fresh child serves the next call.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def float_blob(array: np.ndarray) -> bytes | None:
 
 @dataclass
 class GroupState:
-    """One fit group's plan and its fits' state (F fits, C forecast rows each, H horizons, Q levels)."""
+    """One fit group's plan and its fits' state (F fits, C forecast rows each, H horizons, Q
+    levels)."""
 
     model: str
     grp: int

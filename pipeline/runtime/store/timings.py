@@ -1,6 +1,7 @@
 """Wall time of each stage of the last run, in `{output_dir}/logs/timings.json`.
 
-Kept under logs/ (not a DVC output) because it changes every run; RESULTS.md reads it.
+Kept under logs/ (not a DVC output) because it changes every run; `python -m pipeline results`
+reads it (`read_timings`) for the results page's cost section (evaluation/results.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def timed_stage(output_dir: Path, stage: str) -> Iterator[None]:
 
 
 def record_stage(output_dir: Path, stage: str, seconds: float, status: str = "ok") -> None:
+    """Set `stage`'s entry of logs/timings.json (the other stages' entries kept)."""
     path = Path(output_dir) / TIMINGS_FILE
     timings = read_timings(output_dir)
     timings[stage] = {"seconds": round(seconds, 3), "status": status}

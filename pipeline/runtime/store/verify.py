@@ -1,11 +1,11 @@
 """`python -m pipeline verify`: check every fit-cache shard's checksums (one per block of
 entries), on demand.
 
-A run trusts a stage whose inputs are unchanged without reading the cache (pipeline/runtime/
-incremental.py) and checks the checksum of every shard whose contents it uses; this command
-reads every shard of every model and heals what is damaged (the same quarantine as a run:
-good entries rewritten, the shard moved to `models/<model>/damaged/`, its fits refit by the
-next run).
+A run trusts a stage whose inputs are unchanged without reading the cache
+(pipeline/runtime/store/incremental.py) and checks the checksum of every shard whose contents it
+uses; this command reads every shard of every model and heals what is damaged (the same
+quarantine as a run: good entries rewritten, the shard moved to `models/<model>/damaged/`, its
+fits refit by the next run).
 """
 
 from __future__ import annotations

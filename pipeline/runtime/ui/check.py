@@ -1,4 +1,5 @@
-"""`python -m pipeline check`: is this machine ready to run a study? Says what is wrong and how to fix it."""
+"""`python -m pipeline check`: is this machine ready to run a study? Says what is wrong and how
+to fix it."""
 
 from __future__ import annotations
 

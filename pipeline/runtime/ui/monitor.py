@@ -1,4 +1,5 @@
-"""`python -m pipeline monitor [--watch] [--rows]`: the state of a run, read from its progress store.
+"""`python -m pipeline monitor [--watch] [--rows]`: the state of a run, read from its progress
+store.
 
 Reads `{output_dir}/progress/progress.sqlite` read-only (WAL mode: never blocks the train
 driver, always sees its last commit). Shows per model the counts by status in fits, as train
