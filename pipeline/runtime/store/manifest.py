@@ -95,7 +95,8 @@ class OutputFiles:
             return set(), True
 
     def rel(self, path: str | os.PathLike[str]) -> str | None:
-        """`path` relative to the output dir (posix), or None outside it or in an excluded folder."""
+        """`path` relative to the output dir (posix), or None outside it or in an excluded
+        folder."""
         full = Path(os.path.abspath(path))
         if any(full == e or e in full.parents for e in self.exclude):
             return None

@@ -160,7 +160,8 @@ class ProgressStore:
                 "UPDATE runs SET state = 'killed' WHERE run_id = ?", [(r,) for r in stale]
             )
             self.conn.execute(
-                "INSERT OR REPLACE INTO runs (run_id, model, pid, started, state, log_path) VALUES (?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO runs (run_id, model, pid, started, state, log_path) "
+                "VALUES (?,?,?,?,?,?)",
                 (run_id, model, pid, time.time(), "running", log_path),
             )
 

@@ -68,7 +68,8 @@ def run_checks(overrides: Sequence[str] = ()) -> int:
         report(
             True,
             "data",
-            f"{config.data.source}: {raw['COUNTRY'].nunique()} countries, {len(raw)} rows, target {config.data.target}",
+            f"{config.data.source}: {raw['COUNTRY'].nunique()} countries, {len(raw)} rows, "
+            f"target {config.data.target}",
         )
     except Exception as error:
         report(False, "data", str(error))

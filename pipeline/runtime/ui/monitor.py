@@ -98,7 +98,8 @@ def read_snapshot(
                 )
             )
             for row in connection.execute(
-                "SELECT model, country, horizon, origin, error_type, message, attempt FROM errors ORDER BY id DESC LIMIT ?",
+                "SELECT model, country, horizon, origin, error_type, message, attempt FROM errors "
+                "ORDER BY id DESC LIMIT ?",
                 (last_failures,),
             )
         ]
