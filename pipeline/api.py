@@ -9,9 +9,11 @@ with that line as its message; exit code 1 (some fits failed) is `RunFailed`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,7 +90,8 @@ def _backtest(
         output_dir = Path(plain["runtime"]["output_dir"]).resolve()
         plain["data"].update(source="panel", path=str(output_dir / PANEL_INPUT))
     study = validate(plain)
-    code = run_study(study, panel=panel)
+    with _script_not_rerun_by_spawn():
+        code = run_study(study, panel=panel)
     output_dir = study.output_dir.resolve()
     if code != 0:
         raise RunFailed(
@@ -97,6 +100,32 @@ def _backtest(
             Result.read(output_dir),
         )
     return Result.read(output_dir)
+
+
+@contextlib.contextmanager
+def _script_not_rerun_by_spawn() -> Iterator[None]:
+    """While the study runs, processes it spawns (the driver's child, Dask's workers) do not
+    run the caller's script again.
+
+    Python's `spawn` start method runs the parent's `__main__` script anew in every child
+    (as `__mp_main__`), so a script that calls `backtest` at top level, as a notebook cell
+    does, without `if __name__ == "__main__":`, would start the study again in each child: a
+    lock error per child and no forecasts. Those children need nothing from the script (they
+    run pipeline functions and user models by import path), so the script's `__main__` is
+    given a spec named `__main__`, which spawn's preparation skips (as for `python -m`). A
+    notebook or `python -c` has no script file and is left as it is.
+    """
+    from importlib.machinery import ModuleSpec
+
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
+        yield
+        return
+    main.__spec__ = ModuleSpec("__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = None
 
 
 def _checked_panel(data: object, settings: dict[str, Any]) -> pd.DataFrame:

@@ -129,7 +129,27 @@ def _cmd_compose(args: argparse.Namespace) -> int:
 
     config = write_params(Path(args.output), args.overrides)
     print(f"wrote {args.output} (experiment {config.name!r})")
+    if args.overrides and _dvc_composes_conf(Path.cwd()):
+        # DVC's Hydra composition starts from conf/ alone, not from the params.yaml just written
+        print(
+            "note: `dvc exp run -S` composes conf/ afresh, without these overrides; to keep "
+            "them in every experiment, write them into conf/ (conf/config.yaml, or a preset "
+            "in conf/experiment/)"
+        )
     return 0
+
+
+def _dvc_composes_conf(project: Path) -> bool:
+    """Whether `dvc exp run -S` in `project` composes params.yaml from conf/ ([hydra] in
+    .dvc/config, as `qpipe init` sets it)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(project / ".dvc" / "config", encoding="utf-8")
+        return parser.getboolean("hydra", "enabled", fallback=False)
+    except (configparser.Error, ValueError, UnicodeDecodeError):
+        return False
 
 
 def _cmd_write_config(args: argparse.Namespace) -> int:

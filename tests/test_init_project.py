@@ -8,6 +8,7 @@ cannot drift apart. `dvc repro` inside a scaffolded project runs in tests/test_w
 from __future__ import annotations
 
 import filecmp
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from test_dvc_pipeline import dvc_env
 
 from pipeline.cli import main
 from pipeline.config.compose import PACKAGED_CONF, compose_dict
-from pipeline.init_project import SCAFFOLD, init_project
+from pipeline.init_project import HYDRA, SCAFFOLD, init_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +74,35 @@ def test_init_into_a_path_under_a_file_is_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "qpipe init DIR" in err[0] and "cannot be written" in err[0]
     assert blocker.read_text() == "x"
+
+
+def _project_with_conf(root: Path, hydra: bool) -> Path:
+    """A project as `qpipe init` leaves it (conf/, .dvc/config), without git or dvc runs."""
+    shutil.copytree(PACKAGED_CONF, root / "conf")
+    (root / ".dvc").mkdir()
+    (root / ".dvc" / "config").write_text(HYDRA if hydra else "[core]\n    autostage = true\n")
+    return root
+
+
+@pytest.mark.parametrize("hydra", [True, False])
+def test_compose_overrides_say_that_dvc_exp_run_drops_them(tmp_path, monkeypatch, capsys, hydra):
+    # `dvc exp run -S` composes conf/ afresh: overrides given only to `qpipe compose` (the
+    # quick start's data settings once were) silently vanish from every experiment
+    monkeypatch.chdir(_project_with_conf(tmp_path, hydra))
+    assert main(["compose"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert main(["compose", "data.horizons=[1]"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: `dvc exp run -S` composes conf/ afresh" in out) is hydra
+    assert yaml.safe_load(Path("params.yaml").read_text())["data"]["horizons"] == [1]
+
+
+def test_data_settings_in_conf_config_yaml_reach_params_yaml(tmp_path, monkeypatch):
+    # the README's way to point a project at its own panel, for `qpipe compose` and for DVC
+    project = _project_with_conf(tmp_path, hydra=True)
+    with (project / "conf" / "config.yaml").open("a") as f:
+        f.write("\ndata:\n  source: panel\n  path: data/panel.csv\n  target: hicp\n")
+    monkeypatch.chdir(project)
+    assert main(["compose"]) == 0
+    data = yaml.safe_load(Path("params.yaml").read_text())["data"]
+    assert (data["source"], data["path"], data["target"]) == ("panel", "data/panel.csv", "hicp")

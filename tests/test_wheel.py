@@ -54,8 +54,13 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     purelib = Path(sysconfig.get_paths(vars={"base": str(env), "platbase": str(env)})["purelib"])
     # a plain path line: this venv's packages, but not its .pth files (its editable qpipe)
     (purelib / "borrowed-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # without PYTHONPATH: a checkout on it that holds qpipe.egg-info (left by `python -m build`
+    # or `pip install .`) would make pip skip the install as "already satisfied"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([*pip, "--python", str(env / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)  # fmt: skip
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True,
+                   env=clean)  # fmt: skip
+    assert (env / "bin" / "qpipe").is_file(), "the wheel was not installed"
     return env
 
 

@@ -28,11 +28,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
 POLL_S = 0.05  # how often the clock and the child's RSS are checked while it works
 PR_SET_PDEATHSIG = 1
+# starts every child (Child._start); its one thread waits for work until the driver exits
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpipe-child-spawner")
 
 
 class ChildKilled(Exception):
@@ -86,14 +89,22 @@ class Child:
         ctx = multiprocessing.get_context("spawn")  # no fork of a driver holding threads
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child, os.getpid(), preload), daemon=True)
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(worker_environment(saved))  # what the spawned child starts with
-        try:
-            proc.start()
-        finally:
+
+        def spawn() -> None:
+            saved = dict(os.environ)
             os.environ.clear()
-            os.environ.update(saved)
+            os.environ.update(worker_environment(saved))  # what the spawned child starts with
+            try:
+                proc.start()
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+
+        # Linux sends PR_SET_PDEATHSIG when the *thread* that started the child ends, not the
+        # process: a child started by one model's lane thread was killed with that lane while
+        # another model's task ran in it. So every child is started by one thread that lives
+        # as long as the driver.
+        _SPAWNER.submit(spawn).result()
         child.close()
         self.proc, self.conn = proc, parent
 

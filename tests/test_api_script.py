@@ -1,0 +1,52 @@
+"""pipeline.backtest called at the top level of a script, as a notebook cell would be.
+
+Python's `spawn` runs the parent's `__main__` script again in every child process it starts,
+so a script without `if __name__ == "__main__":` used to start the study again in the
+driver's child and in each Dask worker: one OutputDirBusy traceback per child, minutes lost
+and no forecasts. The script here has no guard and counts its own runs in a file; the tiny
+study trains in the driver's spawned child, or with runtime.in_process_below_s=0 on a Dask
+cluster (spawned nannies and workers).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_study
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SCRIPT = """\
+import pipeline
+
+with open("runs.txt", "a") as f:  # every execution of this script, in any process
+    f.write("ran\\n")
+result = pipeline.backtest({overrides!r})
+print("rows", len(result.forecasts))
+"""
+
+
+@pytest.mark.parametrize("where", ["child", "cluster"])
+def test_a_script_without_a_main_guard_runs_once(tmp_path, where):
+    changes = ["runtime.output_dir=out"]
+    if where == "cluster":
+        changes.append("runtime.in_process_below_s=0")  # every model on a Dask cluster
+    (tmp_path / "study.py").write_text(SCRIPT.format(overrides=tiny_study(*changes)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "study.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "runs.txt").read_text() == "ran\n"  # the parent only
+    assert "rows " in proc.stdout and (tmp_path / "out" / "forecasts" / "all.parquet").is_file()
