@@ -90,7 +90,7 @@ def _backtest(
         output_dir = Path(plain["runtime"]["output_dir"]).resolve()
         plain["data"].update(source="panel", path=str(output_dir / PANEL_INPUT))
     study = validate(plain)
-    with _script_not_rerun_by_spawn():
+    with _script_not_rerun_by_spawn(_models_from_script(study)):
         code = run_study(study, panel=panel)
     output_dir = study.output_dir.resolve()
     if code != 0:
@@ -102,8 +102,14 @@ def _backtest(
     return Result.read(output_dir)
 
 
+def _models_from_script(study: Any) -> bool:
+    """Whether a user model lives in the running script itself (`_target_: __main__.X`)."""
+    models = study.models
+    return any(models.get(n).target.startswith("__main__.") for n in models.user_models())
+
+
 @contextlib.contextmanager
-def _script_not_rerun_by_spawn() -> Iterator[None]:
+def _script_not_rerun_by_spawn(models_in_script: bool = False) -> Iterator[None]:
     """While the study runs, processes it spawns (the driver's child, Dask's workers) do not
     run the caller's script again.
 
@@ -113,12 +119,19 @@ def _script_not_rerun_by_spawn() -> Iterator[None]:
     lock error per child and no forecasts. Those children need nothing from the script (they
     run pipeline functions and user models by import path), so the script's `__main__` is
     given a spec named `__main__`, which spawn's preparation skips (as for `python -m`). A
-    notebook or `python -c` has no script file and is left as it is.
+    notebook or `python -c` has no script file and is left as it is, and so is a script that
+    defines a model itself (`_target_: __main__.X`): the children need its import, so such a
+    script must keep the guard, as multiprocessing asks of any script.
     """
     from importlib.machinery import ModuleSpec
 
     main = sys.modules.get("__main__")
-    if main is None or getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
+    if (
+        models_in_script
+        or main is None
+        or getattr(main, "__spec__", None) is not None
+        or not hasattr(main, "__file__")
+    ):
         yield
         return
     main.__spec__ = ModuleSpec("__main__", None)

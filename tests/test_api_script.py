@@ -50,3 +50,48 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path, where):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert (tmp_path / "runs.txt").read_text() == "ran\n"  # the parent only
     assert "rows " in proc.stdout and (tmp_path / "out" / "forecasts" / "all.parquet").is_file()
+
+
+GUARDED = """\
+import numpy as np
+
+import pipeline
+
+
+class Median:
+    \"\"\"A model defined in the script itself: the children import it from __main__.\"\"\"
+
+    def __init__(self, quantiles):
+        self.quantiles = quantiles
+
+    def fit(self, X, y):
+        self.level = np.quantile(y, self.quantiles)
+        return self
+
+    def predict(self, X):
+        return np.tile(self.level, (len(X), 1))
+
+
+if __name__ == "__main__":
+    result = pipeline.backtest({overrides!r})
+    print("rows", len(result.forecasts[result.forecasts.MODEL == "mine"]))
+"""
+
+
+def test_a_guarded_script_may_define_its_own_model(tmp_path):
+    """A script with the guard keeps spawn's import of it, so `_target_: __main__.X` works in
+    the spawned children too."""
+    changes = ["runtime.output_dir=out", "+models.mine._target_=__main__.Median"]
+    (tmp_path / "study.py").write_text(GUARDED.format(overrides=tiny_study(*changes)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "study.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("rows ")]
+    assert rows and int(rows[0].split()[1]) > 0, proc.stdout
