@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_STUDY, make_config
+from conftest import ROOT, SMALL_STUDY, make_config, stop_processes
 from test_dvc_pipeline import BIN, Repo, dvc_env, make_clone, ran
 from test_runtime import done_rows, reap, stop_tree, wait_for
 
@@ -131,7 +131,7 @@ def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", sorted(TARGETS))
-def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
+def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, request, form):
     """Both contracts through `run`; the paths after it (a killed run resumed, `dvc repro`, a
     multirun) see only the adapter's arrays, the same for either contract, so the batched
     function takes them once and the estimator class is checked through `run` alone."""
@@ -143,6 +143,17 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
     project = tmp_path / "project"  # conf/ with the preset: the CLI reads ./conf
     shutil.copytree(ROOT / "pipeline/conf", project / "conf")
     (project / "conf/experiment/um.yaml").write_text(text)
+    if form == "batched":
+        # 3. starts first and runs beside 1 and 2 (its own clone and outputs; 2 cores)
+        repo = Repo(make_clone(tmp_path / "dvc", text.replace("name: um", "name: tiny")),
+                    dvc_env(tmp_path / "dvc"))  # fmt: skip
+        repo.git("init", "-q", "-b", "main")
+        repo.compose()
+        repro_log = tmp_path / "repro.log"
+        with repro_log.open("w") as log:
+            repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo.path, env=repo.env,
+                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        request.addfinalizer(lambda: stop_processes([repro]))
 
     # 1. python -m pipeline run
     proc = cli(project, "run", "experiment=um", "runtime.output_dir=full")
@@ -184,11 +195,8 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
     pd.testing.assert_frame_equal(pd.read_parquet(summary.path), full)
 
     # 3. dvc repro in a temporary git repo: the model gets its own train@um stage
-    repo = Repo(make_clone(tmp_path / "dvc", text.replace("name: um", "name: tiny")),
-                dvc_env(tmp_path / "dvc"))  # fmt: skip
-    repo.git("init", "-q", "-b", "main")
-    repo.compose()
-    output = repo.dvc("repro")
+    assert repro.wait(timeout=300) == 0, repro_log.read_text()
+    output = repro_log.read_text()
     assert "train@um" in ran(output)
     pd.testing.assert_frame_equal(pd.read_parquet(repo.path / "train/um.parquet"), full)
     assert "train@um" in repo.run(str(BIN / "dvc"), "stage", "list").stdout
