@@ -91,7 +91,11 @@ def test_a_second_run_on_a_live_runs_dir_exits_2_and_the_first_completes(tmp_pat
         _, err = second.communicate(timeout=120)
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    # the undisturbed run the first must equal goes on beside it (2 cores)
+    # the undisturbed run the first must equal goes on beside it (2 cores), once the first
+    # has probed: it reuses that measurement instead of taking its own
+    while not (out / "probe.json").exists() and first.poll() is None:
+        assert time.monotonic() - t0 < 300, "the first run never probed"
+        time.sleep(0.05)
     clean = _run(tmp_path / "clean", tmp_path)
     assert second.returncode == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]

@@ -143,20 +143,23 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, reques
     project = tmp_path / "project"  # conf/ with the preset: the CLI reads ./conf
     shutil.copytree(ROOT / "pipeline/conf", project / "conf")
     (project / "conf/experiment/um.yaml").write_text(text)
+
+    # 1. python -m pipeline run
+    proc = cli(project, "run", "experiment=um", "runtime.output_dir=full")
     if form == "batched":
-        # 3. starts first and runs beside 1 and 2 (its own clone and outputs; 2 cores)
+        # 3. starts here and runs beside 1 and 2 (its own clone and outputs; 2 cores), once
+        # 1 has probed: its probe stage reuses that measurement
         repo = Repo(make_clone(tmp_path / "dvc", text.replace("name: um", "name: tiny")),
                     dvc_env(tmp_path / "dvc"))  # fmt: skip
         repo.git("init", "-q", "-b", "main")
         repo.compose()
+        wait_for(lambda: (project / "full/probe.json").exists() or proc.poll() is not None,
+                 300, "the first run's probe")  # fmt: skip
         repro_log = tmp_path / "repro.log"
         with repro_log.open("w") as log:
             repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo.path, env=repo.env,
                                      stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         request.addfinalizer(lambda: stop_processes([repro]))
-
-    # 1. python -m pipeline run
-    proc = cli(project, "run", "experiment=um", "runtime.output_dir=full")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     full = pd.read_parquet(project / "full/train/um.parquet")
