@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL_STUDY, make_config, stop_processes
+from conftest import ROOT, SMALL_STUDY, make_config
 from test_dvc_pipeline import BIN, Repo, dvc_env, make_clone, ran
 from test_runtime import done_rows, reap, stop_tree, wait_for
 
@@ -131,7 +131,7 @@ def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", sorted(TARGETS))
-def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, request, form):
+def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, form):
     """Both contracts through `run`; the paths after it (a killed run resumed, `dvc repro`, a
     multirun) see only the adapter's arrays, the same for either contract, so the batched
     function takes them once and the estimator class is checked through `run` alone."""
@@ -146,20 +146,6 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, reques
 
     # 1. python -m pipeline run
     proc = cli(project, "run", "experiment=um", "runtime.output_dir=full")
-    if form == "batched":
-        # 3. starts here and runs beside 1 and 2 (its own clone and outputs; 2 cores), once
-        # 1 has probed: its probe stage reuses that measurement
-        repo = Repo(make_clone(tmp_path / "dvc", text.replace("name: um", "name: tiny")),
-                    dvc_env(tmp_path / "dvc"))  # fmt: skip
-        repo.git("init", "-q", "-b", "main")
-        repo.compose()
-        wait_for(lambda: (project / "full/probe.json").exists() or proc.poll() is not None,
-                 300, "the first run's probe")  # fmt: skip
-        repro_log = tmp_path / "repro.log"
-        with repro_log.open("w") as log:
-            repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo.path, env=repo.env,
-                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        request.addfinalizer(lambda: stop_processes([repro]))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     full = pd.read_parquet(project / "full/train/um.parquet")
@@ -198,8 +184,11 @@ def test_user_model_runs_resumes_repros_and_sweeps(tmp_path, monkeypatch, reques
     pd.testing.assert_frame_equal(pd.read_parquet(summary.path), full)
 
     # 3. dvc repro in a temporary git repo: the model gets its own train@um stage
-    assert repro.wait(timeout=300) == 0, repro_log.read_text()
-    output = repro_log.read_text()
+    repo = Repo(make_clone(tmp_path / "dvc", text.replace("name: um", "name: tiny")),
+                dvc_env(tmp_path / "dvc"))  # fmt: skip
+    repo.git("init", "-q", "-b", "main")
+    repo.compose()
+    output = repo.dvc("repro")
     assert "train@um" in ran(output)
     pd.testing.assert_frame_equal(pd.read_parquet(repo.path / "train/um.parquet"), full)
     assert "train@um" in repo.run(str(BIN / "dvc"), "stage", "list").stdout
