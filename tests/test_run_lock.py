@@ -91,6 +91,12 @@ def test_a_second_run_on_a_live_runs_dir_exits_2_and_the_first_completes(tmp_pat
         _, err = second.communicate(timeout=120)
     finally:
         os.kill(first.pid, signal.SIGCONT)
+    # the undisturbed run the first must equal goes on beside it (2 cores), once the first
+    # has probed: it reuses that measurement instead of taking its own
+    while not (out / "probe.json").exists() and first.poll() is None:
+        assert time.monotonic() - t0 < 300, "the first run never probed"
+        time.sleep(0.05)
+    clean = _run(tmp_path / "clean", tmp_path)
     assert second.returncode == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err
@@ -98,7 +104,6 @@ def test_a_second_run_on_a_live_runs_dir_exits_2_and_the_first_completes(tmp_pat
     _, err1 = first.communicate(timeout=300)
     assert first.returncode == 0, err1
     # the first run's forecasts are complete and equal an undisturbed run's
-    clean = _run(tmp_path / "clean", tmp_path)
     _, err2 = clean.communicate(timeout=300)
     assert clean.returncode == 0, err2
     got = pd.read_parquet(out / "forecasts/all.parquet")

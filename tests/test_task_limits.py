@@ -150,7 +150,7 @@ def test_a_driver_killed_during_the_probe_takes_its_child_and_temp_files_with_it
         # the child and the fork that runs the hanging model's task
         wait_for(lambda: len(probe_children(parent)) == 2 and any(tmp.iterdir()), 120, "probe")
         children = probe_children(parent)
-        time.sleep(2)  # well into its hanging fit
+        time.sleep(0.5)  # into its hanging fit (the fork is up: it only has to call it)
         os.kill(driver.pid, sig)
         driver.wait(timeout=30)
         _, alive = psutil.wait_procs(children, timeout=20)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_study
+from conftest import stop_processes, tiny_study
 from test_api import synthetic_frame
 from test_dvc_pipeline import BIN, dvc_env, project_files
 
@@ -64,7 +64,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return env
 
 
-def test_the_installed_wheel_runs_from_an_empty_directory(venv, tmp_path):
+def test_the_installed_wheel_runs_from_an_empty_directory(venv, tmp_path, request):
     env = dvc_env(tmp_path)
     env.pop("PYTHONPATH", None)  # the installed copy, not this checkout
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
@@ -73,13 +73,8 @@ def test_the_installed_wheel_runs_from_an_empty_directory(venv, tmp_path):
     (work / "pipeline.py").write_text(STRAY)
     qpipe = str(venv / "bin" / "qpipe")
 
-    # 1. write-config + run --config, with nothing of the repository around
-    run([qpipe, "write-config", "my.yaml", *STUDY], work, env)
-    run([qpipe, "run", "--config", "my.yaml", "runtime.output_dir=run1"], work, env)
-    assert (work / "run1" / "forecasts" / "all.parquet").is_file()
-    assert (work / "run1" / "metrics.json").is_file()
-
-    # 2. a project of the user's own: qpipe init, their panel file, dvc repro
+    # 2. a project of the user's own: qpipe init, their panel file, dvc repro (started first:
+    # it runs beside 1 and 3, in its own directory; 2 cores)
     run([qpipe, "init", "proj"], work, env)
     proj = work / "proj"
     assert {"conf", "dvc.yaml", "params.yaml", ".gitignore", ".git", ".dvc"} <= {
@@ -89,10 +84,17 @@ def test_the_installed_wheel_runs_from_an_empty_directory(venv, tmp_path):
     synthetic_frame().to_csv(proj / "data" / "panel.csv", index=False)
     panel = ["data.source=panel", "data.path=data/panel.csv", "data.target=hicp"]
     run([qpipe, "compose", *STUDY, *panel], proj, env)
-    run([str(BIN / "dvc"), "repro"], proj, env)
-    metrics = json.loads((proj / "metrics.json").read_text())
-    assert metrics and (proj / "forecasts" / "all.parquet").is_file()
-    assert "up to date" in run([str(BIN / "dvc"), "status"], proj, env)
+    repro_log = tmp_path / "repro.log"
+    with repro_log.open("w") as log:
+        repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=proj, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)  # fmt: skip
+    request.addfinalizer(lambda: stop_processes([repro]))
+
+    # 1. write-config + run --config, with nothing of the repository around
+    run([qpipe, "write-config", "my.yaml", *STUDY], work, env)
+    run([qpipe, "run", "--config", "my.yaml", "runtime.output_dir=run1"], work, env)
+    assert (work / "run1" / "forecasts" / "all.parquet").is_file()
+    assert (work / "run1" / "metrics.json").is_file()
 
     # 3. Python: backtest returns what it wrote (-P: a script in this directory would import
     # the stray pipeline.py, as any Python module of that name would)
@@ -112,4 +114,10 @@ def test_the_installed_wheel_runs_from_an_empty_directory(venv, tmp_path):
     assert json.loads((work / "returned.json").read_text()) == json.loads(
         (work / "run2" / "metrics.json").read_text()
     )
+
+    # 2., its end: the pipeline ran and is up to date
+    assert repro.wait(timeout=300) == 0, f"dvc repro failed:\n{repro_log.read_text()}"
+    metrics = json.loads((proj / "metrics.json").read_text())
+    assert metrics and (proj / "forecasts" / "all.parquet").is_file()
+    assert "up to date" in run([str(BIN / "dvc"), "status"], proj, env)
     assert not (work / "STRAY_RAN").exists()  # the stray pipeline.py never ran
