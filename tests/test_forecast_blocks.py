@@ -93,3 +93,36 @@ def test_no_known_fit_gives_one_empty_table_in_blocks() -> None:
             groups, pred, alpha, nothing, config, model, panel, block_rows=block_rows
         )
         assert empty.num_rows == 0 and empty.schema == forecast_arrow_schema()
+
+
+def test_the_blocks_bound_the_tables_build_memory() -> None:
+    """The driver's memory for the table is one block's (and one chunk's), not the table's:
+    on a fixed study of 300 countries, the numpy memory traced while the whole table streams
+    out in blocks of ~5,000 rows is under a third of the one-block build's (0.23 when written:
+    the panel's grid, 2.1 MB, is most of it)."""
+    import tracemalloc
+
+    spans = {f"C{i:03d}": ("2013-01-01", "2019-12-01") for i in range(300)}
+    panel = time_panel(spans)
+    d = copy.deepcopy(SMALL_STUDY)
+    d["models"].setdefault("ar_qr", {})["enabled"] = True
+    d["data"]["quantiles"] = [round(0.05 * k, 2) for k in range(1, 20)]  # rows, not grid
+    config = make_config(d)
+    groups = build_groups(panel, config, adapter_for(config, "ar_qr"))
+    Q = len(config.data.quantiles)
+    pred = [np.ones((len(g), g.rows.shape[1], len(g.horizons), Q)) for g in groups]
+    alpha = [np.ones((len(g), Q)) for g in groups]
+    have = [np.ones(len(g), dtype=bool) for g in groups]
+    args = (groups, pred, alpha, have, config, "ar_qr", panel)
+
+    def peak(block_rows: int) -> tuple[int, int]:
+        tracemalloc.start()
+        try:
+            rows = sum(t.num_rows for t in forecast_chunks(*args, chunk=500, block_rows=block_rows))
+            return rows, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    (rows, whole), (same, blocks) = peak(WHOLE), peak(5000)
+    assert rows == same > 100_000
+    assert blocks < whole / 3, (blocks, whole)
