@@ -142,6 +142,9 @@ def run_train(
                     stop.check()
                 if n_todo:
                     plan = resolve_plan(config, {model: groups}, plan)
+                    # the groups' and the sync's temporaries: the task loop's results arrive in
+                    # the Dask comms threads' own arenas, which would not reuse them
+                    release_free_memory()
                     dashboard, n_workers = state.train(plan, todo, store, cluster, stop)
         except Stopped as stopped:
             status = "interrupted"
