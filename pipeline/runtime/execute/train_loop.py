@@ -146,7 +146,8 @@ class RunState:
             # a lost worker took the whole task down: find the culprit in halves
             lost = error["error_type"] in ("memory", "worker-lost")
             self.retries.record(self, failures, None, task, row, queue, split=lost)
-        elif result is not None:
+        else:
+            assert result is not None  # a stream gives a result or an error
             self._done(result, task, row)
             if result["failed"]:
                 self.retries.record(self, result["failed"], result, task, row, queue, split=False)
