@@ -35,6 +35,7 @@ from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
+from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.ui.logs import RunLog, new_run_id
@@ -141,6 +142,9 @@ def run_train(
                     stop.check()
                 if n_todo:
                     plan = resolve_plan(config, {model: groups}, plan)
+                    # the groups' and the sync's temporaries: the task loop's results arrive in
+                    # the Dask comms threads' own arenas, which would not reuse them
+                    release_free_memory()
                     dashboard, n_workers = state.train(plan, todo, store, cluster, stop)
         except Stopped as stopped:
             status = "interrupted"
@@ -150,6 +154,9 @@ def run_train(
         except BaseException:
             _finish(store, run_id, out, "failed", state)
             raise
+        # what the task loop freed (results and payloads, much of it in the Dask comms
+        # threads' own malloc arenas, which the table's build on this thread would not reuse)
+        release_free_memory()
         # an unchanged table keeps its file and mtime: assemble, which reads it, stays skipped
         write_parquet_tables(
             train_path(config, model),

@@ -3,7 +3,7 @@
 One driver thread (a "lane") per model runs that model's `run_train`, as the models ran one
 after another before: its own progress-store connection, train log, summary line, stage
 record and resume. Their tasks share the cluster, the longest first (each task's priority is
-its expected seconds, pipeline/runtime/execute/train_loop.py), so the next models' tasks fill
+its expected seconds, pipeline/runtime/execute/task_loop.py), so the next models' tasks fill
 a core while a model's last tasks run instead of waiting for them. Models small enough for
 the driver's child take it in turn (pipeline/runtime/execute/inprocess.py).
 

@@ -1,6 +1,6 @@
 """Tasks run without a cluster: work too small to pay for one (issue 13, item 5).
 
-`InProcessStream` has `cluster.TaskStream`'s interface (submit, iterate in completion order,
+`InProcessStream` has `dask.task_stream.TaskStream`'s interface (submit, iterate in completion order,
 in_flight, cancel, close) and runs each task through the same task function workers run
 (pipeline.runtime.execute.worker.run_task), one at a time, so the train loop's result handling (the
 driver writes the cache shards and the progress rows, retries, bisection) is the same code.
@@ -57,7 +57,7 @@ def runs_in_process(
 
 class InProcessStream:
     """Run submitted tasks one by one in a worker-like child; yields (name, result, error) like
-    `cluster.TaskStream` (`error`: {"error_type", "message", "traceback"} when the task raised,
+    `dask.task_stream.TaskStream` (`error`: {"error_type", "message", "traceback"} when the task raised,
     error_type "timeout" / "memory" / "worker-lost" when its child was killed or died).
 
     The next task is sent before a result is yielded (AHEAD), so the child computes it while

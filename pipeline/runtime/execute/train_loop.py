@@ -1,31 +1,27 @@
-"""The state of one `run_train` call: forecasts known so far, the task loop on the cluster,
-failure bookkeeping and retries, and the forecast table at the end (split out of train.py)."""
+"""The state of one `run_train` call: forecasts known so far (loaded from the cache or trained),
+each task's result recorded as it arrives (a cache shard, then the progress store), and the
+forecast table at the end. The task loop is task_loop.py; failures and retries, retries.py."""
 
 from __future__ import annotations
 
 import logging
 from collections import deque
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
-from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.config import StudyConfig
-from pipeline.models.plugins.registry import adapter_for
-from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
+from pipeline.runtime.execute.retries import Retries
 from pipeline.runtime.execute.stop import StopFlag
-from pipeline.runtime.execute.worker import run_task
+from pipeline.runtime.execute.task_loop import run_tasks
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.forecast_rows import forecast_chunks
-from pipeline.runtime.fits.tasks import Task, block_task, make_tasks, task_payload
-from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, sizing_workers, task_size
-from pipeline.runtime.sizing.timeouts import task_timeout
+from pipeline.runtime.fits.tasks import Task
+from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
 from pipeline.runtime.store.progress import ProgressStore
-from pipeline.runtime.ui.progress_bar import ProgressReporter
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
@@ -58,13 +54,9 @@ class RunState:
         self.pred = [np.full((len(g), g.rows.shape[1], len(g.horizons), Q), np.nan) for g in groups]
         self.alpha = [np.full((len(g), Q), np.nan) for g in groups]
         self.have = [np.zeros(len(g), dtype=bool) for g in groups]
-        self.failed: dict[str, str] = {}
+        self.retries = Retries()
         self.trained = 0
         self.loaded = 0
-        self.tries: dict[str, int] = {}
-        # worker losses per task as first made (its halves and retries count against it)
-        self.losses: dict[str, int] = {}
-        self.root: dict[str, str] = {}
         self.cache = FitCache(config.model_cache_dir, model)
 
     @cached_property
@@ -122,150 +114,49 @@ class RunState:
         cluster: SharedCluster | None = None,
         stop: StopFlag | None = None,
     ) -> tuple[str | None, int]:
-        """Run the fits `todo` (positions per group) as tasks; `stop`: a driver thread's stop
-        request (pipeline/runtime/execute/stop.py), checked while it waits."""
-        rt = self.config.runtime
-        n_todo = int(sum(t.size for t in todo))
-        adapter = adapter_for(self.config, self.model)
-        params = adapter.params(self.config)
-        tasks: dict[str, Task] = {}
-        rows: dict[str, int] = {}  # task name -> its row in the store's tasks table
-        model_plan = plan.models.get(self.model)
-        in_process = runs_in_process(
-            model_plan, n_todo, rt.in_process_below_s, rt.scheduler_address
-        )
-        # the study's own cluster and the driver's child: tasks sized for the plan's workers;
-        # an existing cluster: for its threads too, known only once connected (below)
-        n_workers = sizing_workers(self.config, plan)
+        """Run the fits `todo` (positions per group) as tasks (task_loop.run_tasks); `stop`: a
+        driver thread's stop request (pipeline/runtime/execute/stop.py), checked while it
+        waits. Returns the dashboard's address and the workers."""
+        return run_tasks(self, plan, todo, store, cluster, stop)
 
-        def sized(workers: int) -> tuple[int, deque[Task]]:
-            fpt = task_size(model_plan, self.config, n_todo, workers, adapter.batch_fits)
-            return fpt, deque(make_tasks(self.groups, todo, fpt))
+    # --- results ----------------------------------------------------------------------------
 
-        opened: AbstractContextManager[Any]
-        if in_process:  # the same tasks as on a cluster (sized for it), run here one by one
-            fpt, queue = sized(n_workers)
-            log.info(
-                "train %s: %d tasks of <= %d fits in the driver, no cluster (about %.1f s of "
-                "work, below runtime.in_process_below_s = %g s)",
-                self.model,
-                len(queue),
-                fpt,
-                n_todo * (model_plan.seconds_per_fit or 0.0) if model_plan else 0.0,
-                rt.in_process_below_s,
+    def record_result(
+        self,
+        task: Task,
+        row: int,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        queue: deque[Task],
+    ) -> dict[str, Any] | None:
+        """Record one task's outcome: its fits into the cache and the store, its failures
+        (retries queued on `queue`). Returns the result about the task's wanted fits."""
+        g = self.groups[task.group]
+        if result is not None and task.want is not None:
+            result = _only(result, task)  # a whole block ran for a part
+        if error is not None:
+            log.warning(
+                "task %s (%d fits) failed: %s: %s",
+                task.task_id,
+                task.wanted.size,
+                error["error_type"],
+                error["message"],
             )
-            opened = in_process_handle(stop)
+            failures = [{"key": str(k), **error} for k in g.keys[task.wanted]]
+            # a lost worker took the whole task down: find the culprit in halves
+            lost = error["error_type"] in ("memory", "worker-lost")
+            self.retries.record(self, failures, None, task, row, queue, split=lost)
         else:
-            from pipeline.runtime.execute.dask.cluster import make_client
+            assert result is not None  # a stream gives a result or an error
+            self._done(result, task, row)
+            if result["failed"]:
+                self.retries.record(self, result["failed"], result, task, row, queue, split=False)
+        return result
 
-            if not rt.scheduler_address:
-                fpt, queue = sized(n_workers)
-                log.info(
-                    "train %s: %d tasks of <= %d fits on %d workers (memory limit %d MiB)",
-                    self.model,
-                    len(queue),
-                    fpt,
-                    n_workers,
-                    plan.memory_limit_mb,
-                )
-            opened = (
-                cluster.client(n_workers, plan.memory_limit_mb, rt, stop)
-                if cluster is not None
-                else make_client(n_workers, plan.memory_limit_mb, rt)
-            )
-        with opened as handle, ProgressReporter(self.model, n_todo, rt.progress_bar) as bar:
-            if handle.dashboard and cluster is None:  # a shared cluster says it once per run
-                log.info("dashboard: %s", handle.dashboard)
-            if rt.scheduler_address:  # its workers, their threads and memory limits are its own
-                threads = handle.threads()
-                n_workers = sizing_workers(self.config, plan, threads)
-                fpt, queue = sized(n_workers)
-                log.info(
-                    "train %s: sized %d tasks of <= %d fits for %d worker threads (the most "
-                    "of the %d threads connected to the cluster at %s, runtime.max_workers = "
-                    "%s and the %d workers this machine's plan would run)",
-                    self.model,
-                    len(queue),
-                    fpt,
-                    n_workers,
-                    threads,
-                    rt.scheduler_address,
-                    rt.max_workers,
-                    plan.n_workers,
-                )
-            store.update_run(self.run_id, dashboard=handle.dashboard, n_workers=handle.n_workers)
-            timeout = task_timeout(
-                rt, self.model, model_plan.seconds_per_fit if model_plan else None, fpt
-            )
-            stream: Any = (
-                InProcessStream(run_task, timeout, plan.memory_limit_mb, stop)
-                if in_process
-                else _task_stream(handle, timeout, stop)
-            )
-            # a cluster: enough in flight for the threads its tasks were sized for (one still
-            # scaling up gets them as its workers come); the driver's child runs one at a time
-            limit = rt.max_in_flight or 4 * max(handle.n_workers, 1 if in_process else n_workers)
-            # a task's expected seconds: on a cluster that other models share, the longest
-            # tasks start first and the short ones fill the cores around them
-            spf = (model_plan.seconds_per_fit if model_plan else None) or DEFAULT_SECONDS_PER_FIT
-
-            def submit_more() -> None:
-                while queue and stream.in_flight < limit:
-                    task = queue.popleft()
-                    g = self.groups[task.group]
-                    rows[task.task_id] = store.start_task(
-                        self.model, task.group, task.wanted, self.run_id
-                    )
-                    payload = task_payload(
-                        g,
-                        task.index,
-                        params=params,
-                        quantiles=self.config.data.quantiles,
-                        seed=self.config.seed,
-                        extra=adapter.payload,
-                        compact=True,
-                    )
-                    tasks[task.task_id] = task
-                    stream.submit(
-                        task.task_id, payload, priority=round(1e3 * spf * task.index.size)
-                    )
-
-            submit_more()
-            try:
-                for name, result, error in stream:
-                    task, row = tasks.pop(name), rows.pop(name)
-                    g = self.groups[task.group]
-                    if result is not None and task.want is not None:
-                        result = _only(result, task)  # a whole block ran for a part
-                    if error is not None:
-                        log.warning(
-                            "task %s (%d fits) failed: %s: %s",
-                            name,
-                            task.wanted.size,
-                            error["error_type"],
-                            error["message"],
-                        )
-                        failures = [{"key": str(k), **error} for k in g.keys[task.wanted]]
-                        # a lost worker took the whole task down: find the culprit in halves
-                        lost = error["error_type"] in ("memory", "worker-lost")
-                        self._failed(failures, None, task, row, queue, split=lost)
-                    else:
-                        self._done(result, task, row)
-                        if result["failed"]:
-                            self._failed(result["failed"], result, task, row, queue, split=False)
-                    bar.update(
-                        len(result["index"]) if result else 0,
-                        self.trained,
-                        len(self.failed_now()),
-                        busy_s=result.get("seconds") if result else None,
-                    )
-                    submit_more()
-            except BaseException:
-                stream.cancel()
-                raise
-            finally:
-                stream.close()
-        return handle.dashboard, handle.n_workers
+    @property
+    def failed(self) -> dict[str, str]:
+        """key -> error type of every fit failed so far (a later success removes it)."""
+        return self.retries.failed
 
     def failed_now(self) -> list[str]:
         return [k for k in self.failed if not self.known(k)]
@@ -314,77 +205,6 @@ class RunState:
             max(int(idx.size) + len(result["failed"]), 1),
         )
 
-    def _failed(
-        self,
-        failures: list[dict[str, Any]],
-        result: dict[str, Any] | None,
-        task: Task,
-        row: int,
-        queue: deque[Task],
-        split: bool,
-    ) -> None:
-        """Record failures; queue retries: a multi-fit task lost for memory is split in halves
-        (not an attempt of its fits yet), single fits are retried up to runtime.retries times.
-        A task as first made may lose runtime.allowed_failures workers (halves and retries
-        included); at the next loss its fits still lost or queued fail without another try."""
-        root = self.root.get(task.task_id, task.task_id)
-        give_up = False
-        if split:  # each loss cost a worker restart: runtime.allowed_failures per root task
-            self.losses[root] = self.losses.get(root, 0) + 1
-            give_up = self.losses[root] > self.config.runtime.allowed_failures
-            if give_up:  # its parts still queued would cost a restart each: they fail too
-                for part in [t for t in queue if self.root.get(t.task_id) == root]:
-                    queue.remove(part)
-                    keys = self.groups[part.group].keys[part.wanted]
-                    failures = failures + [{**failures[0], "key": str(k)} for k in keys]
-                log.info(
-                    "task %s: %d workers lost on its fits (runtime.allowed_failures = %d): "
-                    "its %d fits fail without another try",
-                    root,
-                    self.losses[root],
-                    self.config.runtime.allowed_failures,
-                    len(failures),
-                )
-        # a blocked group's fits train in whole blocks only, so such a task is not split
-        if split and not give_up and task.index.size > 1 and self.groups[task.group].block is None:
-            for n, part in enumerate(np.array_split(task.index, 2)):
-                tid = f"{task.task_id}-s{n}"
-                self.root[tid] = root
-                queue.append(Task(task.model, task.horizon, task.group, part, tid))
-            log.info(
-                "task %s lost with its worker: retrying its %d fits in halves",
-                task.task_id,
-                task.index.size,
-            )
-            return
-        fits = np.array([self.where[f["key"]][1] for f in failures], dtype=np.int64)
-        self.store.record_failed(self.model, self.run_id, task.group, fits, failures, row, result)
-        retry: list[str] = []
-        for f in failures:
-            key = f["key"]
-            self.failed[key] = f["error_type"]
-            self.tries[key] = self.tries.get(key, 0) + 1
-            if self.tries[key] <= self.config.runtime.retries and not give_up:
-                retry.append(key)
-        blocks: dict[tuple[int, int], Task] = {}  # a block's retried fits share one task
-        for key in retry:
-            gi, i = self.where[key]
-            tid = f"{task.task_id}-r{self.tries[key]}-{key[:12]}"
-            self.root[tid] = root
-            block = self.groups[gi].block
-            if block is None:
-                queue.append(block_task(self.groups, task, gi, i, tid))
-                continue
-            mate = blocks.get((gi, int(block[i])))
-            blocks[(gi, int(block[i]))] = (
-                block_task(self.groups, task, gi, i, tid)
-                if mate is None
-                else replace(mate, want=np.append(mate.wanted, i))
-            )
-        queue.extend(blocks.values())
-        if retry:
-            log.info("retrying %d failed fits of task %s one by one", len(retry), task.task_id)
-
     # --- output -----------------------------------------------------------------------------
 
     def forecast_chunks(self, panel: Panel) -> Iterator[Any]:
@@ -412,12 +232,6 @@ def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
             return None
         out[name] = np.stack([np.asarray(v) for v in values])
     return out
-
-
-def _task_stream(handle: Any, timeout_s: float | None, stop: StopFlag | None) -> Any:
-    from pipeline.runtime.execute.dask.task_stream import TaskStream
-
-    return TaskStream(handle.client, run_task, timeout_s, stop)
 
 
 def _only(result: dict[str, Any], task: Task) -> dict[str, Any]:

@@ -5,7 +5,10 @@ At a million fits the table has millions of rows. Built as a pandas frame of Pyt
 then copied, cast and sorted (schema.conform_forecasts), it held about a gigabyte at the end of
 train. Here the sort runs on integer codes (country rank, horizon, quantile, origin); the
 numeric columns are taken in that order; timestamps and strings (a take from the few distinct
-values) are made one chunk at a time, so a chunk's strings are the only ones alive.
+values) are made one chunk at a time, so a chunk's strings are the only ones alive. The flat
+numeric columns (about 60 bytes per row while sorted: 190 per rw fit, 1.9 GB at 10M fits) are
+made for one block of countries at a time: COUNTRY leads the sort, so the blocks in rank order
+are the sorted table.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from pipeline.data.arrow_columns import from_numpy, strings
 from pipeline.io import column_encodings
-from pipeline.runtime.fits.fit_groups import FitGroup, expand
+from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
 
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_windows import Panel
 
 CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
+# forecast rows built at once (a block of countries): about 60 bytes each while built
+BLOCK_ROWS = 1 << 19
 # how train writes the table (pipeline.io.write_parquet_tables' options): the forecasts, all
 # but unique doubles, neither dictionary-encoded (pyarrow tries, then falls back to plain
 # after a page: 0.2 CPU-s per 3M rows for nothing) nor compressed (zstd saves under 5 % of
@@ -41,61 +46,167 @@ def forecast_chunks(
     model: str,
     panel: Panel,
     chunk: int = CHUNK_ROWS,
+    block_rows: int = BLOCK_ROWS,
 ) -> Iterator[Any]:
     """The forecast table of the fits marked in `have` (per group, (F,) bool), with per group
-    `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables (forecast_arrow_schema)
-    in FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`."""
+    `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables of `chunk` rows (the
+    last shorter; one empty table when no fit is known; forecast_arrow_schema) in
+    FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
+
+    The rows are built in blocks of countries (about `block_rows` rows each, one country at
+    least): COUNTRY leads the sort, so each block sorted alone is a run of the whole sorted
+    table, and only one block's flat columns exist at a time (they were about 190 bytes per
+    fit at once, most of train's driver peak at 10M fits)."""
     import pyarrow as pa
 
     qs = np.asarray(config.data.quantiles, dtype=np.float64)
-    Q = len(qs)
-    coded = [g.country_codes() for g in groups]
-    names = _names([found for found, _ in coded])
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("c", "h", "q", "o", "f", "a")}
-    for gi, g in enumerate(groups):
-        fi, cj, hi, qi = expand(g, np.nonzero(have[gi])[0], Q)
-        uniques, codes = coded[gi]
-        rank = np.searchsorted(names, uniques)
-        C = g.countries.shape[1]
-        cols["c"].append(rank[codes[fi * C + cj]].astype(np.int32))
-        cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi])
-        cols["q"].append(qi.astype(np.int16))
-        cols["o"].append(g.origin[fi].astype(np.int64))
-        cols["f"].append(pred[gi][fi, cj, hi, qi].astype(np.float64, copy=False))
-        cols["a"].append(alpha[gi][fi, qi].astype(np.float64, copy=False))
-        del fi, cj, hi, qi
-    flat = {
-        k: np.concatenate(cols.pop(k)) if groups else np.array([], np.int64) for k in list(cols)
-    }
+    schema = forecast_arrow_schema()
+    size = config.rolling_window.size
+
+    def table(cols: dict[str, np.ndarray]) -> Any:
+        origin, h = cols["o"], cols["h"]
+        m = origin.size
+        columns = {
+            "TIME": _stamps(origin + h),
+            "COUNTRY": _coded(names, cols["c"]),
+            "TARGET": _coded([config.data.target], np.zeros(m, np.int32)),
+            "MODEL": _coded([model], np.zeros(m, np.int32)),
+            "QUANTILE": from_numpy(qs[cols["q"]], nan_is_null=True),
+            "HORIZON": from_numpy(h),
+            "WINDOW_START": _stamps(origin - size + 1),
+            "WINDOW_END": _stamps(origin),
+            "FORECAST": from_numpy(cols["f"], nan_is_null=True),  # NaN is null, as pandas writes
+            "ACTUAL": from_numpy(cols["actual"], nan_is_null=True),
+            "ALPHA": from_numpy(cols["a"], nan_is_null=True),
+        }
+        return pa.Table.from_arrays([columns[c] for c in FORECAST_COLUMNS], schema=schema)
+
+    rows = _RowsByCountry(groups, have, len(qs))
+    names = rows.names
+    blocks = _sorted_blocks(rows, pred, alpha, qs, _Actuals(panel, names), block_rows)
+    yield from (table(cols) for cols in _rechunk(blocks, chunk))
+
+
+class _RowsByCountry:
+    """The known fits' (fit, row) pairs of every group, ordered by their country's rank in
+    `names` (stable): a block of countries is then one slice per group. 12 bytes per pair
+    (a per-country fit has one), against the flat columns' ~60 bytes per forecast row."""
+
+    def __init__(self, groups: Sequence[FitGroup], have: Sequence[np.ndarray], Q: int) -> None:
+        coded = [g.country_codes() for g in groups]
+        self.names = _names([found for found, _ in coded])
+        self.groups, self.Q = groups, Q
+        self.fit: list[np.ndarray] = []  # (pairs,) int32: the fit, a position in its group
+        self.col: list[np.ndarray] = []  # (pairs,) int32: its forecast row (the country column)
+        self.rank: list[np.ndarray] = []  # (pairs,) int32: its country's rank, non-decreasing
+        self.per_rank = np.zeros(self.names.size, dtype=np.int64)  # forecast rows per country
+        for gi, g in enumerate(groups):
+            fits = np.nonzero(have[gi])[0]
+            fr, cj = np.nonzero(g.rows[fits])
+            uniques, codes = coded[gi]
+            C = g.countries.shape[1]
+            fi = fits[fr]
+            rank = np.searchsorted(self.names, uniques).astype(np.int32)[codes[fi * C + cj]]
+            if rank.size and np.any(rank[1:] < rank[:-1]):  # pooled fits: every country each
+                order = np.argsort(rank, kind="stable")
+                fi, cj, rank = fi[order], cj[order], rank[order]
+            self.fit.append(fi.astype(np.int32))
+            self.col.append(cj.astype(np.int32))
+            self.rank.append(rank)
+            self.per_rank += np.bincount(rank, minlength=self.names.size) * len(g.horizons) * Q
+
+    def cuts(self, block_rows: int) -> np.ndarray:
+        """Rank boundaries of blocks of about `block_rows` rows (a country's rows never split)."""
+        ends = np.cumsum(self.per_rank)
+        if not ends.size:
+            return np.zeros(1, dtype=np.int64)
+        marks = np.arange(block_rows, int(ends[-1]), max(block_rows, 1))
+        inner = np.unique(np.searchsorted(ends, marks, side="left") + 1)
+        inner = inner[inner < self.names.size]
+        return np.r_[0, inner, self.names.size].astype(np.int64)
+
+    def block(self, gi: int, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        """Group `gi`'s forecasts of the countries ranked lo..hi-1: the rank of each and index
+        arrays (fit, row, horizon index, quantile index), as `expand` orders them per country."""
+        rank = self.rank[gi]
+        a, b = np.searchsorted(rank, [lo, hi])
+        H = len(self.groups[gi].horizons)
+        hq, n = H * self.Q, int(b - a)
+        return (
+            np.repeat(rank[a:b], hq),
+            np.repeat(self.fit[gi][a:b].astype(np.int64), hq),
+            np.repeat(self.col[gi][a:b].astype(np.int64), hq),
+            np.tile(np.repeat(np.arange(H), self.Q), n),
+            np.tile(np.arange(self.Q), n * H),
+        )
+
+
+def _sorted_blocks(
+    rows: _RowsByCountry,
+    pred: Sequence[np.ndarray],
+    alpha: Sequence[np.ndarray],
+    qs: np.ndarray,
+    actuals: _Actuals,
+    block_rows: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The flat columns of each block of countries, sorted: c (country rank), h, q (quantile
+    index), o (origin), f, a, actual."""
     # FORECAST_SORT: MODEL (one here), COUNTRY, HORIZON, QUANTILE, WINDOW_END (the origin);
     # stable, as conform_forecasts sorts (the keys are unique per row anyway)
     qrank = np.argsort(np.argsort(qs, kind="stable"), kind="stable")
-    order = _sort_order(flat["c"], flat["h"], qrank[flat["q"]], flat["o"])
-    for k in flat:
-        flat[k] = flat[k][order]
-    del order
-    actual = _actuals(panel, names, flat["c"], flat["o"] + flat["h"])
-    schema = forecast_arrow_schema()
-    size = config.rolling_window.size
-    n = flat["c"].size
-    for start in range(0, max(n, 1), chunk):
-        s = slice(start, start + chunk)
-        origin = flat["o"][s]
-        m = origin.size
-        columns = {
-            "TIME": _stamps(origin + flat["h"][s]),
-            "COUNTRY": _coded(names, flat["c"][s]),
-            "TARGET": _coded([config.data.target], np.zeros(m, np.int32)),
-            "MODEL": _coded([model], np.zeros(m, np.int32)),
-            "QUANTILE": from_numpy(qs[flat["q"][s]], nan_is_null=True),
-            "HORIZON": from_numpy(flat["h"][s]),
-            "WINDOW_START": _stamps(origin - size + 1),
-            "WINDOW_END": _stamps(origin),
-            "FORECAST": from_numpy(flat["f"][s], nan_is_null=True),  # NaN is null, as pandas writes
-            "ACTUAL": from_numpy(actual[s], nan_is_null=True),
-            "ALPHA": from_numpy(flat["a"][s], nan_is_null=True),
-        }
-        yield pa.Table.from_arrays([columns[c] for c in FORECAST_COLUMNS], schema=schema)
+    cuts = rows.cuts(block_rows)
+    for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("c", "h", "q", "o", "f", "a")}
+        for gi, g in enumerate(rows.groups):
+            c, fi, cj, hi_, qi = rows.block(gi, lo, hi)
+            if not c.size:
+                continue
+            cols["c"].append(c)
+            cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi_])
+            cols["q"].append(qi.astype(np.int16))
+            cols["o"].append(g.origin[fi].astype(np.int64))
+            cols["f"].append(pred[gi][fi, cj, hi_, qi].astype(np.float64, copy=False))
+            cols["a"].append(alpha[gi][fi, qi].astype(np.float64, copy=False))
+            del fi, cj, hi_, qi
+        if not cols["c"]:
+            continue
+        flat = {k: np.concatenate(cols.pop(k)) for k in list(cols)}
+        order = _sort_order(flat["c"], flat["h"], qrank[flat["q"]], flat["o"])
+        for k in flat:
+            flat[k] = flat[k][order]
+        del order
+        flat["actual"] = actuals(flat["c"], flat["o"] + flat["h"])
+        yield flat
+
+
+def _rechunk(
+    blocks: Iterator[dict[str, np.ndarray]], chunk: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """The blocks' rows again as consecutive pieces of exactly `chunk` rows (the last shorter;
+    one empty piece when there are no rows), as the whole table's slices were: the parquet
+    file's row groups, and so its bytes, do not depend on the blocks."""
+    held: dict[str, np.ndarray] = _no_rows()
+    emitted = False
+    for block in blocks:
+        if held["c"].size:  # under a chunk left over from the blocks before
+            block = {k: np.concatenate([held[k], v]) for k, v in block.items()}
+        n = block["c"].size
+        full = n - n % chunk
+        for start in range(0, full, chunk):
+            yield {k: v[start : start + chunk] for k, v in block.items()}
+            emitted = True
+        held = {k: v[full:].copy() for k, v in block.items()}  # a copy frees the block
+    if held["c"].size or not emitted:
+        yield held
+
+
+def _no_rows() -> dict[str, np.ndarray]:
+    """Flat columns of no rows, with the dtypes of a block's."""
+    ints = {"c": np.int32, "h": np.int64, "q": np.int16, "o": np.int64}
+    return {
+        **{k: np.zeros(0, dtype=t) for k, t in ints.items()},
+        **{k: np.zeros(0, dtype=np.float64) for k in ("f", "a", "actual")},
+    }
 
 
 def _sort_order(*columns: np.ndarray) -> np.ndarray:
@@ -126,24 +237,32 @@ def _names(per_group: Sequence[np.ndarray]) -> np.ndarray:
     return np.array(sorted(seen), dtype=object)
 
 
-def _actuals(panel: Panel, names: np.ndarray, country: np.ndarray, month: np.ndarray) -> np.ndarray:
-    """y_raw of the panel at (names[country], month index), NaN where the panel has no row."""
-    if not country.size or not len(panel):
-        return np.full(country.size, np.nan)
-    panel_names, m0, grid = country_grid(panel, [Y_RAW])
-    known = np.array(panel_names, dtype=object)
-    at = np.searchsorted(known, names)
-    found = (at < known.size) & (known[np.minimum(at, known.size - 1)] == names)
-    # one row per name, a NaN column on either side of the panel's months (months outside
-    # it clip to them): one flat take per forecast row, no masks over the rows
-    width = grid.shape[1] + 2
-    padded = np.full((names.size, width), np.nan)
-    padded[np.nonzero(found)[0], 1:-1] = grid[at[found], :, 0]
-    at_row = month - (m0 - 1)  # a new array (np.clip is several times slower)
-    np.maximum(at_row, 0, out=at_row)
-    np.minimum(at_row, width - 1, out=at_row)
-    at_row += country.astype(np.int64) * width
-    return padded.ravel().take(at_row)
+class _Actuals:
+    """y_raw of the panel at (names[country], month index), NaN where the panel has no row:
+    the panel's grid made once, looked up per block."""
+
+    def __init__(self, panel: Panel, names: np.ndarray) -> None:
+        self.padded: np.ndarray | None = None
+        if not names.size or not len(panel):
+            return
+        panel_names, self.m0, grid = country_grid(panel, [Y_RAW])
+        known = np.array(panel_names, dtype=object)
+        at = np.searchsorted(known, names)
+        found = (at < known.size) & (known[np.minimum(at, known.size - 1)] == names)
+        # one row per name, a NaN column on either side of the panel's months (months outside
+        # it clip to them): one flat take per forecast row, no masks over the rows
+        self.width = grid.shape[1] + 2
+        self.padded = np.full((names.size, self.width), np.nan)
+        self.padded[np.nonzero(found)[0], 1:-1] = grid[at[found], :, 0]
+
+    def __call__(self, country: np.ndarray, month: np.ndarray) -> np.ndarray:
+        if self.padded is None or not country.size:
+            return np.full(country.size, np.nan)
+        at_row = month - (self.m0 - 1)  # a new array (np.clip is several times slower)
+        np.maximum(at_row, 0, out=at_row)
+        np.minimum(at_row, self.width - 1, out=at_row)
+        at_row += country.astype(np.int64) * self.width
+        return self.padded.ravel().take(at_row)
 
 
 def _stamps(months: np.ndarray) -> Any:
