@@ -63,7 +63,13 @@ from pipeline.stages.assemble_tables import (
     write_plot_data,
 )
 from pipeline.stages.failed_fits import label_failed, read_failed_fits
-from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
+from pipeline.stages.forecast_inputs import (
+    FIT_KEY,
+    lean_frame,
+    read_forecasts,
+    reconcile,
+    schema_dtypes,
+)
 
 log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes
@@ -145,7 +151,7 @@ def assemble(
         adds_rows = bool(derived.combo_members) or derived.calibration is not None
         frame = derive(frame, derived, scale)
         if adds_rows:  # else derive only dropped warm-up rows: still in schema and order
-            frame = conform_forecasts(frame)
+            frame = lean_frame(conform_forecasts(frame))
         if derived.score_from is not None:
             missing = missing.loc[missing["WINDOW_END"] >= derived.score_from]
             missing = missing.reset_index(drop=True)
@@ -238,7 +244,7 @@ def _write_metrics(
     with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
         scoring = evaluate.compact_frame(frame)
-        tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
+        tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=schema_dtypes(frame))
         metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
     size = mcs[0]
     tested = _forked(tests)

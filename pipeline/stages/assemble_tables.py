@@ -29,6 +29,10 @@ def arrow_table(frame: pd.DataFrame) -> Any:
     import pyarrow as pa
 
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    # a lean frame's categorical columns (forecast_inputs.lean_frame) as the schema's strings
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(i, table.field(i).name, column.cast(pa.large_string()))
     return table.combine_chunks()
 
 
