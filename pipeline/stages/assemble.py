@@ -77,6 +77,8 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/
 # (about 0.5 CPU-s at this size, 5 at 3M rows) while this process writes the forecast tables
 # and computes the metric tables; below, the fork (if any) renders charts only.
 FORK_TESTS_MIN_ROWS = 100_000
+# forecast columns only the forecast tables hold (no metric, chart or summary reads them)
+WRITTEN_ONLY = ("WINDOW_START", "ALPHA")
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,9 @@ def assemble(
             charts.start(fork)
         written = write_forecast_tables(fdir, arrow_table(frame), frame, missing)
         forecast_files = written[:-2]
+        # written: what the metrics, charts and summary read stays (WINDOW_START and ALPHA,
+        # 16 of a lean row's ~70 bytes, go before the metric steps' working sets)
+        frame = frame.drop(columns=list(WRITTEN_ONLY))
         if fork is None:  # charts only: a fork of this process takes some where they are a few
             charts.start_forked(frame, idle)
         tables, metric_files = _write_metrics(
