@@ -43,11 +43,12 @@ out = Path(sys.argv[1])
 from pipeline.config import validate
 from pipeline.config.compose import compose_file
 config = validate(compose_file(out / "config.yaml", [f"runtime.output_dir={out}"]))
-if sys.argv[2] == "always":  # a second process however busy the machine (either tree)
+if sys.argv[2] in ("always", "never"):  # a second process however busy (idle) the machine
     import importlib
+    floor = float("-inf") if sys.argv[2] == "always" else float("inf")
     for name in ("assemble_fork", "assemble_helper"):  # this tree's, or a baseline's
         try:
-            importlib.import_module(f"pipeline.stages.{name}").MIN_IDLE_CPUS = float("-inf")
+            importlib.import_module(f"pipeline.stages.{name}").MIN_IDLE_CPUS = floor
         except ImportError:
             pass
 from pipeline.stages.study import assemble_study
@@ -104,9 +105,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_assemble_dir"))
     parser.add_argument(
         "--helper",
-        choices=("auto", "always"),
+        choices=("auto", "always", "never"),
         default="auto",
-        help="always: either tree starts its fork (or helper) even on a busy machine",
+        help="always: either tree starts its fork (or helper) even on a busy machine; never: "
+        "neither does (every step in the driver: its worst-case peak, as on a loaded machine)",
     )
     args = parser.parse_args()
     trees = {"baseline": args.baseline.resolve(), "this": ROOT}

@@ -183,7 +183,11 @@ TEST_COLUMNS = tuple(coverage_test_row(np.array([1, 0]), np.zeros(2), 0.5))
 
 
 def coverage_tests(
-    frame: pd.DataFrame, *, by: Sequence[str], keys: Keys | None = None
+    frame: pd.DataFrame,
+    *,
+    by: Sequence[str],
+    keys: Keys | None = None,
+    where: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The tests per group of scored rows of a forecast table (`by` must include MODEL,
     HORIZON and QUANTILE). Without COUNTRY in `by`, the countries' hit sequences (each in
@@ -193,10 +197,14 @@ def coverage_tests(
 
     Vectorised over the groups (one pass over the sorted rows, no Python loop per group):
     the same statistics as `coverage_test_row` on each group's sequence (tests compare).
-    `keys`: the codes of `frame`'s columns (`Keys(frame, dropna=False)`), when already made."""
+    `keys`: the codes of `frame`'s columns (`Keys(frame, dropna=False)`), when already made;
+    `where`: a mask of the rows to test (the same table as `frame.loc[where]`'s, without a
+    copy of the frame's rows)."""
     by = list(by)
     order_by = [*by, "COUNTRY", "WINDOW_END"] if "COUNTRY" not in by else [*by, "WINDOW_END"]
     scored = (frame["ACTUAL"].notna() & frame["FORECAST"].notna()).to_numpy()
+    if where is not None:
+        scored = scored & where
     # only the columns the tests read: a copy of every column was the stage's peak memory
     rows = select_rows(frame, scored, list(dict.fromkeys([*order_by, "ACTUAL", "FORECAST"])))
     # a missing key sorts last as a value of its own; the rows sorted by one stable sort of

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.crossing import crossing_rows as _crossing_rows
 from pipeline.evaluation.dm import dm_rows
 from pipeline.evaluation.dm import dm_test as dm_test  # public here too
 from pipeline.evaluation.grouping import Keys, group_mean
@@ -246,37 +247,6 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
     by = _check_by(by, (MODEL, COUNTRY, HORIZON), (MODEL,))
     check_frame(frame)
     return _crossing_rows(frame, by)
-
-
-def _crossing_rows(
-    frame: pd.DataFrame,
-    by: list[str],
-    keys: Keys | None = None,
-    where: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """The crossing table of `frame`'s rows (those at `where`, when given)."""
-    key = list(FORECAST_KEY)
-    has = frame[FORECAST].notna().to_numpy()
-    if where is not None:
-        has = has & where
-    rows = frame.loc[has, [*key, QUANTILE, FORECAST]]
-    if rows.empty:
-        return group_mean(rows[key], by, {"CROSSING_RATE": np.empty(0)})
-    # one sort of numbers (forecast id, level) instead of a sort and groupbys on the keys;
-    # a missing key is a value of its own here (the groupby below drops it where it is in `by`)
-    keys = Keys(frame) if keys is None or keys.rows is not frame else keys
-    forecast = keys.subset(rows, has, dropna=False).groups(key)
-    level = rows[QUANTILE].to_numpy(np.float64)
-    order = np.lexsort((level, forecast.ids))
-    ids = forecast.ids[order]  # the forecast of each sorted row
-    values = rows[FORECAST].to_numpy(np.float64)[order]
-    same = ids[1:] == ids[:-1]
-    down = same & (values[1:] < values[:-1])  # a step down between adjacent levels
-    crossed = np.bincount(ids[1:][down], minlength=forecast.n_groups) > 0
-    per_forecast = rows[key].iloc[forecast.first].reset_index(drop=True)
-    per_keys = keys.subset(per_forecast, np.flatnonzero(has)[forecast.first], dropna=True)
-    crossing = crossed.astype(np.float64)
-    return group_mean(per_forecast, by, {"CROSSING_RATE": crossing}, per_keys)
 
 
 def diebold_mariano(

@@ -45,6 +45,7 @@ from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import render_report
 from pipeline.io import read_json, write_json, write_parquet, write_text
+from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.schema import (
     COUNTRY,
     META_FILE,
@@ -63,7 +64,13 @@ from pipeline.stages.assemble_tables import (
     write_plot_data,
 )
 from pipeline.stages.failed_fits import label_failed, read_failed_fits
-from pipeline.stages.forecast_inputs import FIT_KEY, read_forecasts, reconcile
+from pipeline.stages.forecast_inputs import (
+    FIT_KEY,
+    lean_frame,
+    read_forecasts,
+    reconcile,
+    schema_dtypes,
+)
 
 log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes
@@ -71,6 +78,8 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/
 # (about 0.5 CPU-s at this size, 5 at 3M rows) while this process writes the forecast tables
 # and computes the metric tables; below, the fork (if any) renders charts only.
 FORK_TESTS_MIN_ROWS = 100_000
+# forecast columns only the forecast tables hold (no metric, chart or summary reads them)
+WRITTEN_ONLY = ("WINDOW_START", "ALPHA")
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ def assemble(
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     idle = assemble_fork.IdleMeter()  # is a core free for a fork? (below)
     frame = read_forecasts(output_dir)
+    release_free_memory()  # the shards' Arrow buffers, kept by the pool: not under reconcile's
     targets = sorted(frame["TARGET"].dropna().unique().tolist())
     if targets and targets != [target]:
         raise ValueError(
@@ -145,7 +155,7 @@ def assemble(
         adds_rows = bool(derived.combo_members) or derived.calibration is not None
         frame = derive(frame, derived, scale)
         if adds_rows:  # else derive only dropped warm-up rows: still in schema and order
-            frame = conform_forecasts(frame)
+            frame = lean_frame(conform_forecasts(frame))
         if derived.score_from is not None:
             missing = missing.loc[missing["WINDOW_END"] >= derived.score_from]
             missing = missing.reset_index(drop=True)
@@ -171,6 +181,10 @@ def assemble(
             charts.start(fork)
         written = write_forecast_tables(fdir, arrow_table(frame), frame, missing)
         forecast_files = written[:-2]
+        frame = frame.drop(columns=list(WRITTEN_ONLY))  # 16 of a lean row's ~70 bytes
+        # the tables' freed Arrow buffers stay in Arrow's pool and the C heap unless handed
+        # back: ~350 MiB at 2.2M fits under the metric steps' working set (their peak -20 %)
+        release_free_memory()
         if fork is None:  # charts only: a fork of this process takes some where they are a few
             charts.start_forked(frame, idle)
         tables, metric_files = _write_metrics(
@@ -238,7 +252,7 @@ def _write_metrics(
     with threadpool_limits(limits=1, user_api="blas"):  # see coverage_test_tables
         # the metric columns only, MODEL and COUNTRY as codes: what every step below reads
         scoring = evaluate.compact_frame(frame)
-        tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=frame.dtypes)
+        tables = evaluate.metric_tables(scoring, benchmark, key_dtypes=schema_dtypes(frame))
         metrics = metrics_json.compute_metrics(scoring, benchmark, tables=tables)
     size = mcs[0]
     tested = _forked(tests)

@@ -29,6 +29,10 @@ def arrow_table(frame: pd.DataFrame) -> Any:
     import pyarrow as pa
 
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    # a lean frame's categorical columns (forecast_inputs.lean_frame) as the schema's strings
+    for i, column in enumerate(table.columns):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(i, table.field(i).name, column.cast(pa.large_string()))
     return table.combine_chunks()
 
 
@@ -132,31 +136,33 @@ def tables_from_ipc(data: bytes) -> dict[str, pd.DataFrame]:
     return tables
 
 
+# what mcs.mcs_table reads of a forecast table
+MCS_COLUMNS = ["MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END", "ACTUAL", "FORECAST"]
+
+
 def _test_tables(frame: pd.DataFrame, size: float, reps: int, seed: int) -> dict[str, pd.DataFrame]:
     """Coverage tests (pooled over countries, and per country) and the MCS per horizon, each
     with a leading PERIOD column like the other metric tables."""
-    makers = {
-        "coverage_tests": lambda f, k: coverage_tests.coverage_tests(
-            f, by=["MODEL", "HORIZON", "QUANTILE"], keys=k
-        ),
-        "coverage_tests_by_country": lambda f, k: coverage_tests.coverage_tests(
-            f, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"], keys=k
-        ),
-        "mcs": lambda f, k: mcs.mcs_table(f, size=size, reps=reps, seed=seed),
+    tests = {
+        "coverage_tests": ["MODEL", "HORIZON", "QUANTILE"],
+        "coverage_tests_by_country": ["MODEL", "COUNTRY", "HORIZON", "QUANTILE"],
     }
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in [*tests, "mcs"]}
     # the key columns factorized once for both periods and both test tables
     keys = Keys(frame, dropna=False)
     covid = evaluate.covid_mask(frame)
     for period in ("all", "ex_covid"):  # one period's rows in memory at a time
-        if period == "all":
-            part, part_keys = frame, keys
-        else:  # exclude_covid(frame)
-            part = frame.loc[~covid].reset_index(drop=True)
-            part_keys = keys.subset(part, ~covid)
-        for name, make in makers.items():
-            parts[name].append(make(part, part_keys).assign(PERIOD=period))
-        del part, part_keys
+        where = None if period == "all" else ~covid
+        # the tests on the frame's rows at `where`: the table of exclude_covid(frame)'s rows,
+        # without a copy of the frame (the tests' peak memory at scale)
+        for name, by in tests.items():
+            table = coverage_tests.coverage_tests(frame, by=by, keys=keys, where=where)
+            parts[name].append(table.assign(PERIOD=period))
+        # exclude_covid(frame), its columns the MCS reads, after the tests (not beside them)
+        part = frame if where is None else frame.loc[where, MCS_COLUMNS].reset_index(drop=True)
+        table = mcs.mcs_table(part, size=size, reps=reps, seed=seed)
+        parts["mcs"].append(table.assign(PERIOD=period))
+        del part
     out = {}
     for name, pieces in parts.items():
         table = pd.concat(pieces, ignore_index=True)

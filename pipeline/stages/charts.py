@@ -263,7 +263,13 @@ def _rows_hash(rows: pd.DataFrame) -> str:
     and dates as their bytes; anything else as its codes and distinct values, in order of
     appearance: one pass of sha256 over the buffers, not pandas' per-row hashes)."""
     digest = hashlib.sha256()
-    digest.update(repr([(c, str(t)) for c, t in rows.dtypes.items()]).encode())
+    # a lean frame's categorical column hashes as the string column it stands for (its
+    # values below are the same): the manifest's hashes do not depend on how assemble holds it
+    names = [
+        (c, "string" if isinstance(t, pd.CategoricalDtype) else str(t))
+        for c, t in rows.dtypes.items()
+    ]
+    digest.update(repr(names).encode())
     digest.update(f"|{len(rows)}".encode())
     for name in rows.columns:
         column = rows[name]

@@ -24,6 +24,8 @@ from pipeline.schema import (
     Y_RAW,
 )
 
+# string columns assemble holds as categoricals (few distinct values over millions of rows)
+LEAN_COLUMNS = ("COUNTRY", "TARGET", "MODEL")
 # one forecast row per fit key; a missing fit is named by it
 FIT_KEY = ("MODEL", "COUNTRY", "HORIZON", "QUANTILE", "WINDOW_END")
 MISSING_DTYPES = {**{c: FORECAST_DTYPES[c] for c in FIT_KEY}, "REASON": "string"}
@@ -42,7 +44,7 @@ def read_forecasts(output_dir: Path) -> pd.DataFrame:
     if not panel_path.exists():
         raise FileNotFoundError(f"no prepared panel at {panel_path}: run the prepare stage first")
     parts = [_read_shard(path) for path in shards]
-    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    frame = parts[0] if len(parts) == 1 else _concat_lean(parts)
     del parts
     actuals = pd.read_parquet(panel_path, columns=[COUNTRY, TIME, Y_RAW])
     actuals = actuals.astype({COUNTRY: "string", TIME: "datetime64[ns]", Y_RAW: "float64"})
@@ -69,6 +71,55 @@ def read_forecasts(output_dir: Path) -> pd.DataFrame:
     return frame
 
 
+def lean_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its LEAN_COLUMNS categorical, categories sorted and all used (as
+    `compact_frame` codes them, so the metric steps use these codes as they are): 1-2 bytes a
+    row instead of an Arrow string's 8-byte offset and its characters (~40 B of a row's ~103
+    at a million fits). Written tables cast them back to the schema's strings
+    (`schema_dtypes`, `assemble_tables.arrow_table`)."""
+    lean = {}
+    for c in LEAN_COLUMNS:
+        if c not in frame.columns:
+            continue
+        column = frame[c]
+        if not isinstance(column.dtype, pd.CategoricalDtype):
+            lean[c] = pd.Categorical(column)
+            continue
+        column = column.cat.remove_unused_categories()  # a read dictionary's: in read order
+        categories = column.cat.categories
+        if not categories.is_monotonic_increasing:
+            column = column.cat.reorder_categories(categories.sort_values())
+            categories = column.cat.categories
+        string = pd.api.types.pandas_dtype(FORECAST_DTYPES[c])
+        if categories.dtype != string:  # a read dictionary's `str`: as pd.Categorical codes
+            column = column.cat.rename_categories(categories.astype(string))
+        if column is not frame[c]:
+            lean[c] = column
+    return frame.assign(**lean) if lean else frame
+
+
+def schema_dtypes(frame: pd.DataFrame) -> dict[str, object]:
+    """The frame's dtypes as the forecast schema has them: a lean column's string dtype."""
+    dtypes: dict[str, object] = dict(frame.dtypes.items())
+    for c in LEAN_COLUMNS:
+        if c in dtypes and isinstance(dtypes[c], pd.CategoricalDtype):
+            dtypes[c] = pd.api.types.pandas_dtype(FORECAST_DTYPES[c])
+    return dtypes
+
+
+def _concat_lean(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """pd.concat of lean frames, their categoricals kept (pandas makes differing categories
+    object columns): each part's on the sorted union of every part's categories."""
+    for c in LEAN_COLUMNS:
+        union = sorted(set().union(*(p[c].cat.categories.tolist() for p in parts)))
+        for i, part in enumerate(parts):
+            categories = part[c].cat.categories
+            if categories.tolist() != union:
+                union_index = pd.Index(union, dtype=categories.dtype)
+                parts[i] = part.assign(**{c: part[c].cat.set_categories(union_index)})
+    return pd.concat(parts, ignore_index=True)
+
+
 def _sorted(codes: list[np.ndarray]) -> bool:
     """Whether the rows are in the order of their key codes (each row <= the next)."""
     n = codes[0].size if codes else 0
@@ -82,18 +133,23 @@ def _sorted(codes: list[np.ndarray]) -> bool:
 
 def _read_shard(path: Path) -> pd.DataFrame:
     """One shard in the schema's columns and dtypes (`conform_forecasts` without its sort:
-    the rows are sorted once, after the join)."""
+    the rows are sorted once, after the join), its LEAN_COLUMNS categorical: read as Arrow
+    dictionaries, never as a string per row (a million fits' shard then peaks ~40% lower)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    names = pq.read_schema(path).names
+    table = pq.read_table(path, read_dictionary=[c for c in LEAN_COLUMNS if c in names])
     # each string column one Arrow chunk (pandas' read leaves them in 64k-row chunks, and a
     # take of a chunked Arrow column, as in a sort or each forecast table's rows, was about
-    # 7x slower; numbers become one numpy array anyway); else what pd.read_parquet does
-    table = pq.read_table(path)
+    # 7x slower); numbers become one numpy array anyway
     for i, column in enumerate(table.columns):
-        if column.num_chunks > 1 and not pa.types.is_primitive(column.type):
+        plain = not pa.types.is_primitive(column.type) and not pa.types.is_dictionary(column.type)
+        if column.num_chunks > 1 and plain:
             table = table.set_column(i, table.field(i), column.combine_chunks())
-    frame = table.to_pandas()
+    # a column at a time, each Arrow buffer freed once converted (not the whole table beside
+    # the frame)
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
     del table
     for optional in ("ACTUAL", "ALPHA"):
         if optional not in frame.columns:
@@ -101,7 +157,15 @@ def _read_shard(path: Path) -> pd.DataFrame:
     missing = [c for c in FORECAST_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"forecast table lacks columns {missing}")
-    return frame[list(FORECAST_COLUMNS)].astype(FORECAST_DTYPES)
+    frame = frame[list(FORECAST_COLUMNS)]
+    # only the columns whose dtype differs (an astype of every column consolidated the frame's
+    # float and date columns into 2-D blocks: a copy of each, ~55 B a row, at the read's peak)
+    cast = {
+        c: t
+        for c, t in FORECAST_DTYPES.items()
+        if not isinstance(frame[c].dtype, pd.CategoricalDtype) and frame[c].dtype != t
+    }
+    return lean_frame(frame.astype(cast) if cast else frame)
 
 
 def _actuals(frame: pd.DataFrame, panel: pd.DataFrame) -> np.ndarray:
