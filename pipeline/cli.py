@@ -13,7 +13,8 @@
     verify                     check every fit-cache checksum now (a run checks what it uses)
 
 Bad configuration or data, or an output dir that cannot be written, exits with code 2 and a
-one-line message; the traceback goes to a log file the line names, not to the terminal.
+one-line message; the traceback goes to a log file the line names, not to the terminal. A run
+in which some fits failed exits with code 1 (one in which none gave a forecast says so in a line).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from typing import TYPE_CHECKING
 # light imports only: `qpipe --help` and `monitor` load no pandas, numpy, Hydra, Dask or torch
 # (tests/test_lazy_imports.py); each command imports what it needs
 from pipeline.cli_parser import parse_args
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError, OutputError, RunFailed
 from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
 
+EXIT_FITS_FAILED = 1  # as run_study returns when some fits failed
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 log = logging.getLogger("pipeline")
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(_HANDLERS[args.command](args) or 0)
     except _bad_input_errors() as error:
         return _bad_input(str(error))
+    except RunFailed as error:  # no fit gave a forecast: exit 1 (fits failed), not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FITS_FAILED
     except (OSError, sqlite3.OperationalError) as error:
         from pipeline.io import write_failure_message
 

@@ -26,6 +26,12 @@ class RunFailed(QpipeError):
         self.result = result
 
 
+class NoForecasts(RunFailed):
+    """A study whose train gave no forecast at all (every fit failed, or gave NaN): nothing to
+    evaluate. Exit code 1 at the CLI, like any failed fit; the message says where the errors are.
+    """
+
+
 class ConfigError(QpipeError, ValueError):
     """A bad configuration value. The message names the key, what is allowed and what was given."""
 

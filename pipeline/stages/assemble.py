@@ -63,7 +63,7 @@ from pipeline.stages.assemble_tables import (
     write_forecast_tables,
     write_plot_data,
 )
-from pipeline.stages.failed_fits import label_failed, read_failed_fits
+from pipeline.stages.failed_fits import label_failed, no_forecasts, read_failed_fits
 from pipeline.stages.forecast_inputs import (
     FIT_KEY,
     lean_frame,
@@ -159,6 +159,8 @@ def assemble(
         if derived.score_from is not None:
             missing = missing.loc[missing["WINDOW_END"] >= derived.score_from]
             missing = missing.reset_index(drop=True)
+    if frame.empty:  # every fit failed or gave NaN: say so, and write (or remove) nothing
+        raise no_forecasts(output_dir, missing)
     for model in frame["MODEL"].unique().tolist():
         _check_name("MODEL", model)  # before anything is written
     fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import NoForecasts
+
 log = logging.getLogger("pipeline")
+ERRORS_EXPORT = Path("progress/errors.parquet")  # every failed attempt, with its traceback
 PROGRESS_EXPORT = Path("progress/progress.parquet")  # an earlier qpipe's per-row export
 
 
@@ -66,3 +69,16 @@ def label_failed(
     out = missing.copy()
     out.loc[is_failed, "REASON"] = "failed"
     return out
+
+
+def no_forecasts(output_dir: Path, missing: pd.DataFrame) -> NoForecasts:
+    """The error for a study without one forecast to assemble: how many fits it expected, why
+    they are missing and where to look (before issue 18's fixes a later step misreported it as
+    a config error at evaluation.fan_countries)."""
+    reasons = missing["REASON"].value_counts().sort_index() if len(missing) else pd.Series()
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items()) or "none expected"
+    return NoForecasts(
+        f"no fit produced a forecast, so there is nothing to assemble ({len(missing)} forecasts "
+        f"expected: {why}); the errors are in {Path(output_dir) / ERRORS_EXPORT}, and "
+        f"`qpipe monitor --output-dir {output_dir}` shows the run"
+    )
