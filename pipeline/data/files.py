@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import stat
 import zlib
 from collections.abc import Callable, Iterator
@@ -147,6 +148,12 @@ def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
                 stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=CHUNK_ROWS
             )
             for chunk in reader:
+                if not isinstance(chunk.index, pd.RangeIndex):
+                    # pandas takes the first column as an index when the first data row has a
+                    # field more than the header (`2000-01,DE,1,5`): every column would shift
+                    raise DataError(
+                        _extra_fields(path, *_first_long_line(path, len(chunk.columns)))
+                    )
                 if limits.check is not None and not chunk.empty:
                     limits.check(chunk)
                 chunks.append(chunk)
@@ -155,11 +162,15 @@ def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
             f"{path} is empty (no header, no rows); point data.path at a CSV with a header "
             "line (TIME, COUNTRY, value columns) and data rows"
         ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(
-            f"{path} is not a readable CSV ({_first_line(error)}); save it as UTF-8 CSV with "
-            "one header line and the same number of cells on every row"
-        ) from None
+    except pd.errors.ParserError as error:
+        # the C parser's "Expected 3 fields in line 7, saw 4" (lines counted from the header's)
+        counts = _FIELD_COUNTS.search(str(error))
+        if counts is None:
+            raise DataError(_unreadable(path, error)) from None
+        expected, line, saw = (int(n) for n in counts.groups())
+        raise DataError(_extra_fields(path, line, saw, expected)) from None
+    except UnicodeDecodeError as error:
+        raise DataError(_unreadable(path, error)) from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise DataError(
             f"{path} is a truncated or corrupt compressed file ({_first_line(error)}); "
@@ -193,6 +204,36 @@ def _require_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
             "add the rows or point data.path at the full file"
         )
     return frame
+
+
+_FIELD_COUNTS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    return (
+        f"{path} is not a readable CSV ({_first_line(error)}); save it as UTF-8 CSV with "
+        "one header line and the same number of cells on every row"
+    )
+
+
+def _extra_fields(path: Path, line: int, saw: int, expected: int) -> str:
+    return (
+        f"{path} line {line} has {saw} fields where the header has {expected} (an extra field: "
+        "a decimal comma, as in 1,5?); write decimals with a point (1.5)"
+    )
+
+
+def _first_long_line(path: Path, n_header: int) -> tuple[int, int, int]:
+    """(line number, fields, header fields) of the first row with more fields than the header:
+    read again only to name it (an error path; the stream is guarded as before)."""
+    import csv
+
+    with open_guarded(path) as stream:
+        rows = csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline=""))
+        for row in rows:
+            if rows.line_num > 1 and len(row) > n_header:
+                return rows.line_num, len(row), n_header
+    return 2, n_header + 1, n_header  # not reached: pandas saw such a row
 
 
 def _first_line(error: BaseException) -> str:
