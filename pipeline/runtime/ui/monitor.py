@@ -9,6 +9,8 @@ horizon, origin); percent done, throughput and ETA of the current run, the last 
 the dashboard link while a run is live. Fits count as training only while their run is alive
 (a killed run's fits are pending), so "training" never exceeds the fits in flight. With no
 store it says so and exits non-zero; `--watch` waits for the run's first progress instead.
+`--watch` into a pipe or a file (`| cat`, `> log`) appends each refresh as plain text under a
+time stamp, flushed, instead of redrawing the terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,38 +208,72 @@ def monitor(
     if not watch:
         console.print(render(snapshot))  # type: ignore[arg-type]
         return 0
-    from rich.live import Live
-
-    if snapshot is None:  # said once (the live view shows only the latest state)
+    if snapshot is None:  # said once (each refresh shows only the latest state)
         console.print(
             f"waiting for a run in {output_dir}: no {db_path(output_dir)} yet (Ctrl-C to stop)"
         )
-
-    def view(snapshot: Snapshot | None) -> object:
-        return Text("") if snapshot is None else render(snapshot)
-
+        console.file.flush()
     # Ctrl-C sets a flag the loop waits on, instead of raising KeyboardInterrupt wherever the
     # main thread happens to be (inside rich's refresh lock it could hang the exit)
     stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
     try:
-        with Live(view(snapshot), console=console, refresh_per_second=4) as live:  # type: ignore[arg-type]
-            while not stop.wait(interval):
-                try:
-                    snapshot = read_snapshot(output_dir, rows=rows) or snapshot
-                except sqlite3.DatabaseError as error:
-                    if snapshot is None:  # the store is being created: try again
-                        continue
-                    console.print(_unreadable(output_dir, error))
-                    return EXIT_UNREADABLE
-                live.update(view(snapshot))  # type: ignore[arg-type]
+        if not console.is_terminal:  # a pipe or a log file: rich's Live would print nothing
+            show = _plain_printer(console)
+            show(snapshot)
+            return _follow(output_dir, rows, interval, snapshot, stop, console, show)
+        from rich.live import Live
+
+        with Live(_view(snapshot), console=console, refresh_per_second=4) as live:  # type: ignore[arg-type]
+            return _follow(
+                output_dir, rows, interval, snapshot, stop, console, lambda s: live.update(_view(s))
+            )
     except KeyboardInterrupt:  # not the main thread: the default handler still applies
         return 0
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
+
+
+def _follow(
+    output_dir: Path,
+    rows: bool,
+    interval: float,
+    snapshot: Snapshot | None,
+    stop: threading.Event,
+    console: Console,
+    show: Callable[[Snapshot | None], object],
+) -> int:
+    """Read the store every `interval` seconds and `show` its latest state until `stop`."""
+    while not stop.wait(interval):
+        try:
+            snapshot = read_snapshot(output_dir, rows=rows) or snapshot
+        except sqlite3.DatabaseError as error:
+            if snapshot is None:  # the store is being created: try again
+                continue
+            console.print(_unreadable(output_dir, error))
+            return EXIT_UNREADABLE
+        show(snapshot)
     return 0
+
+
+def _view(snapshot: Snapshot | None) -> object:
+    return Text("") if snapshot is None else render(snapshot)
+
+
+def _plain_printer(console: Console) -> Callable[[Snapshot | None], object]:
+    """Each refresh appended as plain text under a time stamp, flushed (no cursor control:
+    what `| cat`, `| tee` or a log file can show)."""
+
+    def show(snapshot: Snapshot | None) -> None:
+        if snapshot is None:
+            return
+        console.print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} ---")
+        console.print(render(snapshot))
+        console.file.flush()
+
+    return show
 
 
 def _unreadable(output_dir: Path, error: Exception) -> str:
