@@ -2,32 +2,41 @@
 
 `render_report` is pure (tables in, a string out) and deterministic: no timestamps, no external
 resources (styles inline, no script, images by relative path), so the page opens offline and
-rebuilding it from the same tables gives the same bytes.
+rebuilding it from the same tables gives the same bytes. What each table's cells say and which
+are flagged is `pipeline.evaluation.report_rows`; this module lays them out as the page.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
 from pipeline.evaluation.decomposition import DECOMPOSITION_NOTE, decomposition_cells
+from pipeline.evaluation.report_rows import (
+    COVERAGE_FLAG_SE,
+    DM_LEVEL,
+    Cell,
+    Rows,
+    country_rows,
+    coverage_rows,
+    coverage_test_rows,
+    crps_rows,
+    dm_rows,
+    mcs_rows,
+    pinball_rows,
+    relative_rows,
+)
 
 PERIOD_TITLES = {
     "all": "All months",
     "ex_covid": f"Excluding COVID months ({evaluate.COVID_START} to {evaluate.COVID_END})",
 }
-# A coverage cell is flagged when it misses the nominal level by more than this many binomial
-# standard errors (serial correlation ignored, so it is a screening rule, not a test).
-COVERAGE_FLAG_SE = 2.0
-DM_LEVEL = 0.05
 
 CSS = """
 :root { --ink:#1f2328; --muted:#59636e; --rule:#d8dee4; --head:#f3f5f7;
@@ -76,23 +85,7 @@ class ReportImage:
     group: str = "metrics"
 
 
-@dataclass(frozen=True)
-class _Cell:
-    text: str
-    css: str = ""
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}g}"
-
-
-def _pct(value: float) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.1%}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[_Cell]], n_keys: int) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[Cell]], n_keys: int) -> str:
     """HTML table; the first `n_keys` columns are row labels; a new first key starts a band."""
     head = "".join(
         f'<th class="{"key" if i < n_keys else ""}">{html.escape(h)}</th>'
@@ -113,155 +106,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[_Cell]], n_keys: int) 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _by_model_horizon(
-    table: pd.DataFrame, cells: Callable[[pd.DataFrame], list[_Cell]]
-) -> list[list[_Cell]]:
-    rows = []
-    for (model, horizon), part in table.groupby(["MODEL", "HORIZON"], sort=True):
-        rows.append([_Cell(str(model)), _Cell(evaluate.horizon_label(horizon)), *cells(part)])
-    return rows
-
-
-def _levels(table: pd.DataFrame) -> list[float]:
-    return sorted(table["QUANTILE"].unique().tolist()) if "QUANTILE" in table else []
-
-
-def _pinball_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    levels = _levels(table)
-
-    def cells(part: pd.DataFrame) -> list[_Cell]:
-        by_q = dict(zip(part["QUANTILE"], part["PINBALL"], strict=True))
-        pooled = float(np.average(part["PINBALL"], weights=part["N"]))
-        return [_Cell(_fmt(by_q.get(q, math.nan))) for q in levels] + [_Cell(_fmt(pooled))]
-
-    header = ["model", "horizon", *[evaluate.quantile_label(q) for q in levels], "mean"]
-    return header, _by_model_horizon(table, cells)
-
-
-def _ratio_cell(value: float) -> _Cell:
-    css = "good" if value < 0.99 else "bad" if value > 1.01 else ""
-    return _Cell(_fmt(value, 3), css if math.isfinite(value) else "")
-
-
-def _relative_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    levels = _levels(table)
-
-    def cells(part: pd.DataFrame) -> list[_Cell]:
-        by_q = dict(zip(part["QUANTILE"], part["RELATIVE_PINBALL"], strict=True))
-        n = part["N"].to_numpy(np.float64)
-        pooled = float((part["PINBALL"] * n).sum() / (part["BENCHMARK_PINBALL"] * n).sum())
-        return [_ratio_cell(by_q.get(q, math.nan)) for q in levels] + [_ratio_cell(pooled)]
-
-    header = ["model", "horizon", *[evaluate.quantile_label(q) for q in levels], "mean"]
-    return header, _by_model_horizon(table, cells)
-
-
-def _coverage_rows(
-    table: pd.DataFrame, interval: pd.DataFrame
-) -> tuple[list[str], list[list[_Cell]]]:
-    levels = _levels(table)
-    spans = interval.set_index(["MODEL", "HORIZON"]) if len(interval) else None
-
-    def cells(part: pd.DataFrame) -> list[_Cell]:
-        out = []
-        by_q = {row.QUANTILE: row for row in part.itertuples(index=False)}
-        for q in levels:
-            row = by_q.get(q)
-            if row is None:
-                out.append(_Cell("–"))
-                continue
-            se = math.sqrt(q * (1 - q) / max(row.N, 1))
-            flagged = abs(row.COVERAGE - q) > COVERAGE_FLAG_SE * se
-            out.append(_Cell(_pct(row.COVERAGE), "bad" if flagged else ""))
-        key = (part["MODEL"].iloc[0], part["HORIZON"].iloc[0])
-        if spans is not None and key in spans.index:
-            span = spans.loc[key]
-            out += [_Cell(_pct(span["COVERAGE"])), _Cell(_pct(span["NOMINAL"])),
-                    _Cell(_fmt(span["WIDTH"], 3))]  # fmt: skip
-        else:
-            out += [_Cell("–")] * 3
-        return out
-
-    header = ["model", "horizon", *[f"≤ {evaluate.quantile_label(q)}" for q in levels]]
-    return [*header, "interval", "nominal", "width"], _by_model_horizon(table, cells)
-
-
-def _crps_rows(crps: pd.DataFrame, crossing: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    merged = crps.merge(
-        crossing[["MODEL", "HORIZON", "CROSSING_RATE"]], on=["MODEL", "HORIZON"], how="outer"
-    )
-
-    def cells(part: pd.DataFrame) -> list[_Cell]:
-        row = part.iloc[0]
-        return [_Cell(_fmt(row["CRPS"])), _Cell(_pct(row["CROSSING_RATE"]))]
-
-    return ["model", "horizon", "CRPS ≈", "crossing rate"], _by_model_horizon(merged, cells)
-
-
-def _dm_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    def cells(part: pd.DataFrame) -> list[_Cell]:
-        row = part.iloc[0]
-        significant = math.isfinite(row["P_VALUE"]) and row["P_VALUE"] < DM_LEVEL
-        css = ("good" if row["STAT"] < 0 else "bad") if significant else ""
-        return [_Cell(_fmt(row["MEAN_DIFF"], 3)), _Cell(_fmt(row["STAT"], 3), css),
-                _Cell(_fmt(row["P_VALUE"], 3), css), _Cell(str(int(row["MONTHS"])))]  # fmt: skip
-
-    header = ["model", "horizon", "mean loss diff", "DM stat", "p-value", "months"]
-    return header, _by_model_horizon(table, cells)
-
-
-def _country_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    """Country x model mean pinball, pooled over horizons and quantiles."""
-    models = sorted(table["MODEL"].unique().tolist())
-    pooled = (
-        table.assign(W=table["PINBALL"] * table["N"])
-        .groupby(["COUNTRY", "MODEL"])[["W", "N"]]
-        .sum()
-    )
-    countries = sorted(table["COUNTRY"].unique().tolist())
-    # one country x model table (NaN where a model has no rows), not a lookup per cell
-    ratio = (pooled["W"] / pooled["N"]).unstack("MODEL").reindex(index=countries, columns=models)
-    rows = []
-    for country, values in zip(countries, ratio.to_numpy(np.float64).tolist(), strict=True):
-        best = int(np.nanargmin(values)) if np.isfinite(values).any() else -1
-        rows.append([_Cell(str(country))] + [
-            _Cell(_fmt(v), "good" if i == best and len(models) > 1 else "") for i, v in enumerate(values)
-        ])  # fmt: skip
-    return ["country", *models], rows
-
-
-def _test_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    """Coverage tests: one row per (model, horizon, level); p-values below 5% in red."""
-
-    def p_cell(value: float) -> _Cell:
-        return _Cell(_fmt(value, 2), "bad" if math.isfinite(value) and value < 0.05 else "")
-
-    rows = []
-    for r in table.sort_values(["MODEL", "HORIZON", "QUANTILE"]).itertuples(index=False):
-        rows.append([_Cell(str(r.MODEL)), _Cell(evaluate.horizon_label(r.HORIZON)),
-                     _Cell(f"{r.QUANTILE:g}"), _Cell(str(r.N)), _Cell(_pct(r.HIT_RATE)),
-                     p_cell(r.P_UC), p_cell(r.P_IND), p_cell(r.P_CC), p_cell(r.P_DQ)])  # fmt: skip
-    return ["model", "h", "level", "N", "hit rate", "p UC", "p IND", "p CC", "p DQ"], rows
-
-
-def _mcs_rows(table: pd.DataFrame) -> tuple[list[str], list[list[_Cell]]]:
-    """MCS: one row per (horizon, model); members of the set in green."""
-    rows = []
-    for r in table.sort_values(["HORIZON", "P_VALUE"], ascending=[True, False]).itertuples(
-        index=False
-    ):
-        rows.append([_Cell(evaluate.horizon_label(r.HORIZON)), _Cell(str(r.MODEL)),
-                     _Cell(_fmt(r.P_VALUE, 3), "good" if r.IN_MCS else ""),
-                     _Cell("in" if r.IN_MCS else "out", "good" if r.IN_MCS else "")])  # fmt: skip
-    return ["h", "model", "MCS p-value", "set"], rows
-
-
 def _section(
     name: str,
     title: str,
     note: str,
     tables: Sequence[pd.DataFrame],
-    build: Callable[..., tuple[list[str], list[list[_Cell]]]],
+    build: Callable[..., Rows],
     *,
     n_keys: int = 2,
     collapsed: bool = False,
@@ -339,30 +189,30 @@ def render_report(
         _section("pinball", "Mean pinball loss",
                  "Mean check loss per model, horizon and quantile level over scored forecasts "
                  "(actual known); <i>mean</i> pools the levels. Lower is better.",
-                 [t["pinball"]], _pinball_rows),
+                 [t["pinball"]], pinball_rows),
         _section("relative", f"Pinball loss relative to {benchmark}",
                  f"Ratio of mean pinball loss to {bench} on the forecasts both scored (same "
                  "country, horizon, level and origin). Green: better than the benchmark by more "
                  "than 1%; red: worse by more than 1%.",
-                 [t["relative_pinball"]], _relative_rows),
+                 [t["relative_pinball"]], relative_rows),
         _section("coverage", "Coverage",
                  "Share of actuals at or below each quantile forecast (nominal = the level), and "
                  "of the central interval from the lowest to the highest level, with its mean "
                  f"width. Red: off the nominal level by more than {COVERAGE_FLAG_SE:g} binomial "
                  "standard errors (a screen: serial correlation is ignored).",
-                 [t["coverage"], t["interval"]], _coverage_rows),
+                 [t["coverage"], t["interval"]], coverage_rows),
         _section("crps", "CRPS and quantile crossing",
                  "CRPS ≈ 2 × mean pinball loss over the forecast's quantile levels (equal-weight "
                  "quadrature of CRPS = 2∫ρ<sub>τ</sub>dτ; crude with few levels). Crossing rate: "
                  "share of forecasts whose quantiles are not non-decreasing.",
-                 [t["crps"], t["crossing"]], _crps_rows),
+                 [t["crps"], t["crossing"]], crps_rows),
         _section("dm", f"Diebold-Mariano tests against {benchmark}",
                  f"Loss differential d = pinball(model) − pinball({bench}) on common forecasts, "
                  "averaged over quantile levels and countries per forecast month; HAC variance "
                  "with Bartlett weights and h−1 lags, Harvey-Leybourne-Newbold correction, "
                  f"two-sided t p-value. Green: significantly better at {DM_LEVEL:g}; red: "
                  "significantly worse.",
-                 [t["dm"]], _dm_rows),
+                 [t["dm"]], dm_rows),
     ]  # fmt: skip
     if "coverage_tests" in t and "mcs" in t:
         sections += [
@@ -373,26 +223,26 @@ def render_report(
                      "conditional coverage (CC), Engle-Manganelli's dynamic quantile test (DQ: "
                      "constant, 4 lagged hits, the forecast). Red: p &lt; 0.05. "
                      + html.escape(SERIAL_DEPENDENCE_NOTE),
-                     [t["coverage_tests"]], _test_rows, n_keys=3, collapsed=True),
+                     [t["coverage_tests"]], coverage_test_rows, n_keys=3, collapsed=True),
             _section("mcs", "Model Confidence Set",
                      "arch's MCS (range statistic, stationary bootstrap) per horizon on per-origin "
                      "mean pinball losses over the origins every model scored; green: in the set.",
-                     [t["mcs"]], _mcs_rows, n_keys=1),
+                     [t["mcs"]], mcs_rows, n_keys=1),
         ]  # fmt: skip
     if "pinball_decomposition" in t:  # period "all" only
         header, cells = decomposition_cells(t["pinball_decomposition"])
-        table = _table(header, [[_Cell(c) for c in row] for row in cells], n_keys=3)
+        table = _table(header, [[Cell(c) for c in row] for row in cells], n_keys=3)
         sections.append(f'<section id="decomposition"><h2>Pinball loss decomposition</h2><p class="note">{esc(DECOMPOSITION_NOTE)}</p><details><summary>Show the table</summary><div class="pair"><div><h3>{PERIOD_TITLES["all"]}</h3>{table}</div></div></details></section>')  # fmt: skip
     country = _section("country", "Mean pinball loss by country",
                        "Pooled over horizons and quantile levels; green marks the best model "
                        "of the country.",
-                       [t["pinball_by_country"]], _country_rows, n_keys=1, collapsed=True)  # fmt: skip
+                       [t["pinball_by_country"]], country_rows, n_keys=1, collapsed=True)  # fmt: skip
     if missing is None or missing.empty:
         missing_html = "<p>None: every expected fit has forecasts.</p>"
     else:
         shown = missing.head(50)
         rows = [
-            [_Cell(str(v)) for v in record] for record in shown.astype(str).itertuples(index=False)
+            [Cell(str(v)) for v in record] for record in shown.astype(str).itertuples(index=False)
         ]
         more = f"<p class='note'>First 50 of {len(missing)}; all are in <code>forecasts/missing.parquet</code>.</p>" if len(missing) > 50 else ""  # fmt: skip
         missing_html = f"<p><b>{len(missing)}</b> expected forecasts are missing.</p>{more}{_table(list(shown.columns), rows, 1)}"  # fmt: skip
