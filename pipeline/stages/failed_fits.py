@@ -76,9 +76,10 @@ def no_forecasts(output_dir: Path, missing: pd.DataFrame) -> NoForecasts:
     they are missing and where to look (before issue 18's fixes a later step misreported it as
     a config error at evaluation.fan_countries)."""
     reasons = missing["REASON"].value_counts().sort_index() if len(missing) else pd.Series()
-    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items()) or "none expected"
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+    counts = f"{len(missing)} forecasts expected: {why}" if why else "no forecast expected"
     return NoForecasts(
-        f"no fit produced a forecast, so there is nothing to assemble ({len(missing)} forecasts "
-        f"expected: {why}); the errors are in {Path(output_dir) / ERRORS_EXPORT}, and "
-        f"`qpipe monitor --output-dir {output_dir}` shows the run"
+        f"no fit produced a forecast, so there is nothing to assemble ({counts}); the errors "
+        f"are in {Path(output_dir) / ERRORS_EXPORT}, and `qpipe monitor --output-dir "
+        f"{output_dir}` shows the run"
     )
