@@ -219,7 +219,7 @@ def monitor(
     main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if main else None
     try:
-        if not console.is_terminal:  # a pipe or a log file: rich's Live would print nothing
+        if not (console.is_terminal or console.is_jupyter):  # a pipe or a file: Live prints nothing
             show = _plain_printer(console)
             show(snapshot)
             return _follow(output_dir, rows, interval, snapshot, stop, console, show)
