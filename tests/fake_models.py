@@ -95,8 +95,9 @@ def _hang(payload: dict[str, Any]) -> dict[str, Any]:
         for c, o in zip(_countries(payload), payload["origins"], strict=True)
     ):
         mark = os.environ.get("FAKE_HANG_MARK")
-        if mark:  # tells a test that this process is in its hanging fit now
-            Path(mark).write_text(str(os.getpid()))
+        if mark:  # tells a test that this process is in its hanging fit now (whole: renamed)
+            Path(f"{mark}.part").write_text(str(os.getpid()))
+            os.replace(f"{mark}.part", mark)
         time.sleep(float(os.environ.get("FAKE_HANG_S", "3600")))
     return _quantiles(payload)
 
