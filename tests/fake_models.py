@@ -9,7 +9,8 @@ fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin
                with FAKE_HOG_SIGKILL set, such a fit SIGKILLs its worker instead.
 fake_hang:     the same, but a fit of a country in FAKE_HANG_COUNTRIES (at origin month index
                FAKE_HANG_ORIGIN when set) never returns (it sleeps for an hour, or for
-               FAKE_HANG_S seconds when set: one slow task).
+               FAKE_HANG_S seconds when set: one slow task); with FAKE_HANG_MARK set, it
+               first writes its pid to that file.
 slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP; FAKE_FAIL_ONCE_ORIGIN/_MARKER make
                one origin's fits fail through bisection and succeed when retried alone.
 FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run midway.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,6 +94,10 @@ def _hang(payload: dict[str, Any]) -> dict[str, Any]:
         c in _env_set("FAKE_HANG_COUNTRIES") and (origin is None or int(o) == int(origin))
         for c, o in zip(_countries(payload), payload["origins"], strict=True)
     ):
+        mark = os.environ.get("FAKE_HANG_MARK")
+        if mark:  # tells a test that this process is in its hanging fit now (whole: renamed)
+            Path(f"{mark}.part").write_text(str(os.getpid()))
+            os.replace(f"{mark}.part", mark)
         time.sleep(float(os.environ.get("FAKE_HANG_S", "3600")))
     return _quantiles(payload)
 

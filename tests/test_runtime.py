@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +136,18 @@ def page_title(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, pd.DataFrame]:
-    """An uninterrupted slow_ar_qr run (no sleep): the forecasts every other run must equal."""
-    os.environ["PIPELINE_EXTRA_ADAPTERS"] = FAKE_MODELS
-    config = study(tmp_path_factory.mktemp("reference"))
-    summary = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
-    assert summary.trained == summary.fits == 96 and summary.failed == 0
-    return config, pd.read_parquet(summary.path)
+def reference(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[StudyConfig, pd.DataFrame]]:
+    """An uninterrupted slow_ar_qr run (no sleep): the forecasts every other run must equal.
+    The fake adapters stay on the environment for this module's tests only (set directly, they
+    leaked into every test file after this one)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PIPELINE_EXTRA_ADAPTERS", FAKE_MODELS)
+        config = study(tmp_path_factory.mktemp("reference"))
+        summary = run_train(config, "slow_ar_qr", plan_for("slow_ar_qr", 4))
+        assert summary.trained == summary.fits == 96 and summary.failed == 0
+        yield config, pd.read_parquet(summary.path)
 
 
 @pytest.mark.slow

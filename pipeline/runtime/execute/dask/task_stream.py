@@ -25,6 +25,7 @@ from pipeline.runtime.execute.dask.task_watch import (
     executing,
     lost_worker_label,
     quiet_polls,
+    stop_worker,
     task_name,
 )
 from pipeline.runtime.execute.stop import POLL_S, StopFlag
@@ -35,6 +36,10 @@ log = logging.getLogger("pipeline.runtime.execute.dask.task_stream")
 # TIMEOUT_POLL_S, or a hundredth of the timeout when that is longer (each ask is a round trip
 # to the scheduler, and several models' streams ask at once)
 TIMEOUT_POLL_S = 0.5
+# a timed-out task's worker is given this long to close before its nanny kills it (SIGKILL) and
+# as long again to be joined: its one thread is stuck in the task, so it never closes on its
+# own (Dask's restart_workers leaves the nanny's default of 5 s: 4 s of waiting per timeout)
+KILL_S = 0.5
 # the scheduler logs each of those asks at INFO on its `distributed.worker` logger
 logging.getLogger("distributed.worker").addFilter(quiet_polls)
 
@@ -127,13 +132,27 @@ class TaskStream:
                 self.timeout_s,
                 worker,
             )
-            try:  # the task then fails with KilledWorker (allowed-failures is 0)
-                outcome = self.client.restart_workers([worker], timeout=60, raise_for_error=False)
-            except Exception as exc:  # e.g. a worker without a nanny: it cannot be restarted
-                outcome = {worker: str(exc)}
-            if outcome.get(worker, "OK") not in ("OK", "removed"):  # e.g. timed out when loaded
+            outcome = self._restart(worker)  # the task then fails with KilledWorker
+            if outcome not in ("OK", "removed"):  # e.g. timed out when loaded
                 log.warning("could not restart worker %s (%s): trying again", worker, outcome)
                 self._timed_out.discard(key)  # the next poll tries again
+
+    def _restart(self, worker: str) -> str:
+        """Stop `worker`'s process through its nanny, which starts a fresh one: promptly
+        (`task_watch.stop_worker`, KILL_S), else as Dask's `restart_workers` does (a scheduler
+        that runs no function of ours, or a kill that failed: e.g. slower than KILL_S to join
+        the killed process on a loaded machine). "OK" or "removed" when it stopped."""
+        if self._by_heartbeat:
+            try:
+                stopped = self.client.run_on_scheduler(stop_worker(), address=worker, kill_s=KILL_S)
+                return str(stopped)
+            except Exception as exc:
+                log.info("prompt stop of worker %s failed (%r): restarting it", worker, exc)
+        try:
+            outcome = self.client.restart_workers([worker], timeout=60, raise_for_error=False)
+        except Exception as exc:  # e.g. a worker without a nanny: it cannot be restarted
+            return str(exc)
+        return str(outcome.get(worker, "OK"))
 
     def _running(self) -> dict[str, tuple[str, float]]:
         """Tasks that run now: name -> (worker, seconds since their worker started them), as
