@@ -19,7 +19,7 @@ from conftest import ROOT, SMALL_STUDY, make_config
 from test_runtime import study, wait_for
 
 from pipeline.config import ConfigError
-from pipeline.runtime.execute.dask.task_watch import KILL_REASON
+from pipeline.runtime.execute.dask.task_stream import KILL_REASON
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from distributed import Client, as_completed
@@ -25,7 +25,6 @@ from pipeline.runtime.execute.dask.task_watch import (
     executing,
     lost_worker_label,
     quiet_polls,
-    stop_worker,
     task_name,
 )
 from pipeline.runtime.execute.stop import POLL_S, StopFlag
@@ -42,6 +41,38 @@ TIMEOUT_POLL_S = 0.5
 KILL_S = 0.5
 # the scheduler logs each of those asks at INFO on its `distributed.worker` logger
 logging.getLogger("distributed.worker").addFilter(quiet_polls)
+
+
+# why the nanny closes the worker (its log says "Nanny asking worker to close. Reason: ...")
+KILL_REASON = "qpipe-task-timeout"
+
+
+def stop_worker() -> Callable[..., Awaitable[str]]:
+    """A function for `run_on_scheduler(fn, address=..., kill_s=...)`: the worker's nanny kills its
+    process, giving it `kill_s` * 0.8 s to close before SIGKILL (Nanny.kill), and starts a
+    fresh one. Its tasks are lost with it: a task running there fails with KilledWorker
+    (allowed-failures is 0). Returns "OK", or "removed" for a worker already gone.
+
+    Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
+    whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
+    4 s of waiting, then the wait for its worker to come back (the nanny restarts it anyway,
+    and the stream goes on meanwhile)."""
+
+    reason = KILL_REASON  # a local: the function travels without this module's globals
+
+    async def stop_worker(dask_scheduler: Any, address: str, kill_s: float) -> str:
+        from distributed.core import rpc  # on the scheduler, which has it
+
+        ws = dask_scheduler.workers.get(address)
+        if ws is None:
+            return "removed"
+        if not ws.nanny:  # nothing would start it again: Dask's own restart says so
+            raise ValueError(f"worker {address} has no nanny")
+        async with rpc(ws.nanny, connection_args=dask_scheduler.connection_args) as nanny:
+            await nanny.kill(timeout=kill_s, reason=reason)
+        return "OK"
+
+    return stop_worker
 
 
 class TaskStream:
@@ -139,7 +170,7 @@ class TaskStream:
 
     def _restart(self, worker: str) -> str:
         """Stop `worker`'s process through its nanny, which starts a fresh one: promptly
-        (`task_watch.stop_worker`, KILL_S), else as Dask's `restart_workers` does (a scheduler
+        (`stop_worker`, KILL_S), else as Dask's `restart_workers` does (a scheduler
         that runs no function of ours, or a kill that failed: e.g. slower than KILL_S to join
         the killed process on a loaded machine). "OK" or "removed" when it stopped."""
         if self._by_heartbeat:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 
@@ -54,38 +54,6 @@ def executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
         }
 
     return executing
-
-
-# why the nanny closes the worker (its log says "Nanny asking worker to close. Reason: ...")
-KILL_REASON = "qpipe-task-timeout"
-
-
-def stop_worker() -> Callable[..., Awaitable[str]]:
-    """A function for `run_on_scheduler(fn, address=..., kill_s=...)`: the worker's nanny kills its
-    process, giving it `kill_s` * 0.8 s to close before SIGKILL (Nanny.kill), and starts a
-    fresh one. Its tasks are lost with it: a task running there fails with KilledWorker
-    (allowed-failures is 0). Returns "OK", or "removed" for a worker already gone.
-
-    Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
-    whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
-    4 s of waiting, then the wait for its worker to come back (the nanny restarts it anyway,
-    and the stream goes on meanwhile)."""
-
-    reason = KILL_REASON  # a local: the function travels without this module's globals
-
-    async def stop_worker(dask_scheduler: Any, address: str, kill_s: float) -> str:
-        from distributed.core import rpc  # on the scheduler, which has it
-
-        ws = dask_scheduler.workers.get(address)
-        if ws is None:
-            return "removed"
-        if not ws.nanny:  # nothing would start it again: Dask's own restart says so
-            raise ValueError(f"worker {address} has no nanny")
-        async with rpc(ws.nanny, connection_args=dask_scheduler.connection_args) as nanny:
-            await nanny.kill(timeout=kill_s, reason=reason)
-        return "OK"
-
-    return stop_worker
 
 
 def quiet_polls(record: logging.LogRecord) -> bool:
