@@ -113,7 +113,7 @@ def assemble_study(config: StudyConfig) -> AssembleResult:
     fans, why = fan_countries(config, present)
     evaluation = config.evaluation
     # Held in a list that hands it on: assemble's argument is then its only reference, which
-    # assemble drops after reconciling (a local here would keep its 80 MB at 1M fits, and the
+    # assemble drops after reconciling (a local here would keep its ~20 MB at 1M fits, and the
     # panel's, under assemble's peak).
     expected = [expected_fits(config, panel)]
     del panel
