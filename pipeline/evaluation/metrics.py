@@ -331,28 +331,40 @@ def metric_tables(
     dtypes = {c: (frame[c].dtype if key_dtypes is None else key_dtypes[c]) for c in mchq}
     work = compact_frame(frame)
     # the scored rows, their join to the benchmark and the codes of their keys, once per
-    # period for every table (k: the scored rows' codes, jk: the joined rows')
-    makers = {
-        "pinball": lambda f, s, j, k, jk: _pinball_rows(s, list(BY_DEFAULT), k),
-        "pinball_by_country": lambda f, s, j, k, jk: _pinball_rows(s, mchq, k),
-        "relative_pinball": lambda f, s, j, k, jk: _relative_rows(j, list(BY_DEFAULT), jk),
-        "coverage": lambda f, s, j, k, jk: _coverage_rows(s, list(BY_DEFAULT), k),
-        "interval": lambda f, s, j, k, jk: interval_rows(
-            s, [MODEL, HORIZON], list(FORECAST_KEY), k
-        ),
-        "crps": lambda f, s, j, k, jk: _crps_rows(s, [MODEL, HORIZON], k),
-        "crossing": lambda f, s, j, k, jk: _crossing_rows(f[0], [MODEL, HORIZON], f[1], f[2]),
-        "dm": lambda f, s, j, k, jk: dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
-        "dm_by_quantile": lambda f, s, j, k, jk: dm_rows(
-            j, benchmark, list(BY_DEFAULT), True, dtypes
-        ),
+    # period for every table (k: the scored rows' codes, jk: the joined rows'); the tables of
+    # the joined rows first, so the join is dropped before the scored rows' larger steps
+    joined_makers = {
+        "relative_pinball": lambda j, jk: _relative_rows(j, list(BY_DEFAULT), jk),
+        "dm": lambda j, jk: dm_rows(j, benchmark, [MODEL, HORIZON], True, dtypes),
+        "dm_by_quantile": lambda j, jk: dm_rows(j, benchmark, list(BY_DEFAULT), True, dtypes),
     }
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in makers}
+    scored_makers = {
+        "pinball": lambda s, k: _pinball_rows(s, list(BY_DEFAULT), k),
+        "pinball_by_country": lambda s, k: _pinball_rows(s, mchq, k),
+        "coverage": lambda s, k: _coverage_rows(s, list(BY_DEFAULT), k),
+        "interval": lambda s, k: interval_rows(s, [MODEL, HORIZON], list(FORECAST_KEY), k),
+        "crps": lambda s, k: _crps_rows(s, [MODEL, HORIZON], k),
+    }
+    # the tables' order (each table is computed on its own: the order of the steps changes
+    # no table)
+    order = (
+        "pinball",
+        "pinball_by_country",
+        "relative_pinball",
+        "coverage",
+        "interval",
+        "crps",
+        "crossing",
+        "dm",
+        "dm_by_quantile",
+    )
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in order}
     # the key columns factorized once; each period's scored rows take their codes from these,
     # and the COVID months are left out by a mask (no copy of the whole frame)
     work_keys = Keys(work)
     covid = covid_mask(work)
-    for period in ("all", "ex_covid"):  # one period's rows in memory at a time
+    periods = ("all", "ex_covid")
+    for period in periods:  # one period's rows in memory at a time
         where = None if period == "all" else ~covid
         mask = _scored_mask(work).to_numpy()
         if where is not None:
@@ -360,10 +372,18 @@ def metric_tables(
         scored = _scored(work, mask)
         keys = work_keys.subset(scored, mask)
         joined, joined_keys = _with_benchmark(scored, benchmark, keys)
-        for name, make in makers.items():
-            table = make((work, work_keys, where), scored, joined, keys, joined_keys)
-            parts[name].append(table.assign(PERIOD=period))
-        del scored, joined, keys, joined_keys
+        for name, make in joined_makers.items():
+            parts[name].append(make(joined, joined_keys).assign(PERIOD=period))
+        del joined, joined_keys
+        for name, make in scored_makers.items():
+            parts[name].append(make(scored, keys).assign(PERIOD=period))
+        del scored, keys
+    # the crossing table reads the whole frame, not the scored rows: made once they are gone
+    # (its sort of every row's forecast was the metric step's peak beside them)
+    for period in periods:
+        where = None if period == "all" else ~covid
+        table = _crossing_rows(work, [MODEL, HORIZON], work_keys, where)
+        parts["crossing"].append(table.assign(PERIOD=period))
     tables = {}
     for name, pieces in parts.items():
         table = pd.concat(pieces, ignore_index=True)

@@ -12,7 +12,6 @@ from pipeline.evaluation.combination import COMBO
 from pipeline.evaluation.derived import DerivedSettings
 from pipeline.evaluation.fan_choice import choose_fan_countries
 from pipeline.models.plugins.registry import adapter_for, builtin_names
-from pipeline.runtime.fits.fit_groups import expand
 from pipeline.runtime.fits.shared_plan import fit_groups, release_plans
 from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.schema import month_start
@@ -26,43 +25,71 @@ def expected_fits(config: StudyConfig, panel: pd.DataFrame | None = None) -> pd.
 
     Built from the same fit groups train builds, so a fit the data cannot support (a window
     with a gap, a country whose data ended) is not expected, and every expected one is listed
-    as missing by assemble when train did not deliver it. MODEL and COUNTRY are categorical
-    (a million fits are three million rows: codes, not strings).
+    as missing by assemble when train did not deliver it. Every column is categorical: a
+    million fits are three million rows, held under assemble's read of the shards, so each row
+    is ~7 bytes of codes (int8/int16), built from the groups' small arrays without an int64
+    column of every row (26 B a row and ~70 B of temporaries before).
     """
     panel = load_panel(config.output_dir) if panel is None else panel
-    qs = np.asarray(config.data.quantiles, dtype=np.float64)
     models = list(config.models.enabled())
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in EXPECTED_COLUMNS}
-    names: list[np.ndarray] = []  # each group's distinct countries; COUNTRY holds codes in them
-    for m, model in enumerate(models):
-        for group in fit_groups(panel, config, adapter_for(config, model)):
-            fi, cj, hi, qi = expand(group, np.arange(len(group)), len(qs))
-            distinct, codes = np.unique(group.countries, return_inverse=True)
-            cols["MODEL"].append(np.full(fi.size, m, dtype=np.int64))
-            cols["COUNTRY"].append(codes.reshape(group.countries.shape)[fi, cj] + _offset(names))
-            names.append(distinct.astype(str))
-            cols["HORIZON"].append(np.asarray(group.horizons, dtype=np.int64)[hi])
-            cols["QUANTILE"].append(qs[qi])
-            cols["WINDOW_END"].append(group.origin[fi].astype(np.int64))
-    data = {c: np.concatenate(v) if v else np.array([], dtype=np.int64) for c, v in cols.items()}
-    countries = np.concatenate(names) if names else np.array([], dtype=str)
-    categories, country_code = np.unique(countries, return_inverse=True)
-    frame = pd.DataFrame(
-        {
-            "MODEL": pd.Categorical.from_codes(data["MODEL"], categories=models),
-            "COUNTRY": pd.Categorical.from_codes(
-                country_code.reshape(-1)[data["COUNTRY"]], categories=categories.tolist()
-            ),
-            "HORIZON": data["HORIZON"].astype(np.int64),
-            "QUANTILE": data["QUANTILE"].astype(np.float64),
-        }
+    groups = [
+        (m, g)
+        for m, model in enumerate(models)
+        for g in fit_groups(panel, config, adapter_for(config, model))
+    ]
+    quantiles, q_code = np.unique(
+        np.asarray(config.data.quantiles, dtype=np.float64), return_inverse=True
     )
-    frame["WINDOW_END"] = month_start(data["WINDOW_END"].astype(np.int64))
-    return frame
+    distinct = [np.unique(g.countries, return_inverse=True) for _, g in groups]
+    countries = np.unique(
+        np.concatenate([d[0].astype(str) for d in distinct] or [np.array([], str)])
+    )
+    horizons = np.unique(
+        np.concatenate(
+            [np.asarray(g.horizons, np.int64) for _, g in groups] or [np.array([], np.int64)]
+        )
+    )
+    months = np.unique(
+        np.concatenate(
+            [np.asarray(g.origin, np.int64) for _, g in groups] or [np.array([], np.int64)]
+        )
+    )
+    dtypes = [_code_dtype(len(c)) for c in (models, countries, horizons, quantiles, months)]
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in EXPECTED_COLUMNS}
+    for (m, group), (names, inverse) in zip(groups, distinct, strict=True):
+        # one (fit, country) pair per forecast row, fit-major (as fit_groups.expand orders them)
+        fr, cj = np.nonzero(group.rows)
+        country = np.searchsorted(countries, names.astype(str)).astype(dtypes[1])
+        country = country[inverse.reshape(group.countries.shape)[fr, cj]]
+        h = np.searchsorted(horizons, np.asarray(group.horizons, np.int64)).astype(dtypes[2])
+        hq = h.size * quantiles.size
+        month = np.searchsorted(months, np.asarray(group.origin, np.int64)).astype(dtypes[4])
+        cols["MODEL"].append(np.full(fr.size * hq, m, dtype=dtypes[0]))
+        cols["COUNTRY"].append(np.repeat(country, hq))
+        cols["HORIZON"].append(np.tile(np.repeat(h, quantiles.size), fr.size))
+        cols["QUANTILE"].append(np.tile(q_code.astype(dtypes[3]), fr.size * h.size))
+        cols["WINDOW_END"].append(np.repeat(month[fr], hq))
+        del fr, cj, country, month
+    categories = {
+        "MODEL": models,
+        "COUNTRY": countries.tolist(),
+        "HORIZON": pd.Index(horizons, dtype=np.int64),
+        "QUANTILE": pd.Index(quantiles, dtype=np.float64),
+        "WINDOW_END": month_start(months),
+    }
+    data = {}
+    for c, dtype in zip(EXPECTED_COLUMNS, dtypes, strict=True):
+        codes = np.concatenate(cols.pop(c)) if groups else np.array([], dtype=dtype)
+        data[c] = pd.Categorical.from_codes(codes, categories=categories[c])
+    return pd.DataFrame(data)
 
 
-def _offset(names: list[np.ndarray]) -> int:
-    return sum(len(n) for n in names)
+def _code_dtype(n: int) -> type[np.signedinteger]:
+    """The codes' dtype pandas gives a categorical of `n` categories (so from_codes keeps them)."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if n < np.iinfo(dtype).max:
+            return dtype
+    return np.int64
 
 
 def fan_countries(config: StudyConfig, present: list[str]) -> tuple[list[str], str]:
@@ -86,7 +113,7 @@ def assemble_study(config: StudyConfig) -> AssembleResult:
     fans, why = fan_countries(config, present)
     evaluation = config.evaluation
     # Held in a list that hands it on: assemble's argument is then its only reference, which
-    # assemble drops after reconciling (a local here would keep its 80 MB at 1M fits, and the
+    # assemble drops after reconciling (a local here would keep its ~20 MB at 1M fits, and the
     # panel's, under assemble's peak).
     expected = [expected_fits(config, panel)]
     del panel
