@@ -36,17 +36,7 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path, where):
     changes = ["runtime.output_dir=out"]
     if where == "cluster":
         changes.append("runtime.in_process_below_s=0")  # every model on a Dask cluster
-    (tmp_path / "study.py").write_text(SCRIPT.format(overrides=tiny_study(*changes)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "study.py"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _run_script(tmp_path, SCRIPT.format(overrides=tiny_study(*changes)))
     assert "Traceback" not in proc.stderr, proc.stderr
     assert (tmp_path / "runs.txt").read_text() == "ran\n"  # the parent only
     assert "rows " in proc.stdout and (tmp_path / "out" / "forecasts" / "all.parquet").is_file()
@@ -82,16 +72,18 @@ def test_a_guarded_script_may_define_its_own_model(tmp_path):
     """A script with the guard keeps spawn's import of it, so `_target_: __main__.X` works in
     the spawned children too."""
     changes = ["runtime.output_dir=out", "+models.mine._target_=__main__.Median"]
-    (tmp_path / "study.py").write_text(GUARDED.format(overrides=tiny_study(*changes)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "study.py"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _run_script(tmp_path, GUARDED.format(overrides=tiny_study(*changes)))
     rows = [line for line in proc.stdout.splitlines() if line.startswith("rows ")]
     assert rows and int(rows[0].split()[1]) > 0, proc.stdout
+
+
+def _run_script(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """`python study.py` with `text` in `tmp_path`, against this checkout; it must succeed."""
+    (tmp_path / "study.py").write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "study.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
