@@ -7,16 +7,32 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipeline.runtime.fits.tasks import Task, block_task
 
 if TYPE_CHECKING:
-    from pipeline.runtime.execute.train_loop import RunState
+    from pipeline.config import StudyConfig
+    from pipeline.runtime.fits.fit_groups import FitGroup
+    from pipeline.runtime.store.progress import ProgressStore
 
 log = logging.getLogger("pipeline.train")
+
+
+class RunView(Protocol):
+    """What the retries read of a train run (train_loop.RunState has it): this module is
+    imported by that one, not the other way round."""
+
+    config: StudyConfig
+    model: str
+    run_id: str
+    store: ProgressStore
+    groups: list[FitGroup]
+
+    @property
+    def where(self) -> dict[str, tuple[int, int]]: ...
 
 
 class Retries:
@@ -31,7 +47,7 @@ class Retries:
 
     def record(
         self,
-        state: RunState,
+        state: RunView,
         failures: list[dict[str, Any]],
         result: dict[str, Any] | None,
         task: Task,

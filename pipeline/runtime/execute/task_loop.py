@@ -1,13 +1,13 @@
 """The task loop of one model's train: size its tasks, open a cluster (or run them in the
 driver), submit them with a bounded number in flight (longest first on a shared cluster) and
-hand each result to the run's state (train_loop.RunState) as it arrives."""
+hand each result to the run's state (a ResultSink: train_loop.RunState) as it arrives."""
 
 from __future__ import annotations
 
 import logging
 from collections import deque
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,14 +22,37 @@ from pipeline.runtime.store.progress import ProgressStore
 from pipeline.runtime.ui.progress_bar import ProgressReporter
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
+    from pipeline.config import StudyConfig
     from pipeline.runtime.execute.shared_cluster import SharedCluster
-    from pipeline.runtime.execute.train_loop import RunState
+    from pipeline.runtime.fits.fit_groups import FitGroup
 
 log = logging.getLogger("pipeline.train")
 
 
+class ResultSink(Protocol):
+    """The train run that takes each task's outcome (train_loop.RunState is one): this module
+    is imported by that one, not the other way round."""
+
+    config: StudyConfig
+    model: str
+    run_id: str
+    groups: list[FitGroup]
+    trained: int
+
+    def record_result(
+        self,
+        task: Task,
+        row: int,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        queue: deque[Task],
+    ) -> dict[str, Any] | None: ...
+
+    def failed_now(self) -> list[str]: ...
+
+
 def run_tasks(
-    state: RunState,
+    state: ResultSink,
     plan: Plan,
     todo: list[np.ndarray],
     store: ProgressStore,
