@@ -42,9 +42,11 @@ def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[
         return math.nan, math.nan
     mean = float(d[seen].mean())
     e = np.where(seen, d - mean, 0.0)  # a gap contributes no product
+    # autocovariances past the series' end are 0, but the weights stay 1 - k/h: a series
+    # shorter than h keeps the Bartlett kernel of h - 1 lags (statsmodels' too), not T - 1's
     lags = min(int(horizon) - 1, d.size - 1)
     gamma = np.array([e[k:] @ e[: d.size - k] for k in range(lags + 1)]) / t
-    weights = 1.0 - np.arange(lags + 1) / (lags + 1.0)
+    weights = 1.0 - np.arange(lags + 1) / float(horizon)
     long_run = gamma[0] + 2.0 * float(weights[1:] @ gamma[1:])
     if long_run <= 0.0:
         return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
