@@ -210,3 +210,58 @@ def test_pooled_table_equals_statsmodels_per_group():
         assert row["LR_IND"] == pytest.approx(lr_ind, rel=1e-8)
         assert row["DQ"] == pytest.approx(dq, rel=1e-8)
         assert row["P_DQ"] == pytest.approx(stats.chi2.sf(dq, 6), rel=1e-7)
+
+
+@pytest.mark.parametrize("horizon", [1, 3, 12])
+def test_dm_table_equals_statsmodels_on_the_mean_loss_differential(horizon):
+    """The table's series: per outcome month, the mean over the common rows (countries and
+    levels both models scored) of rho(model) - rho(benchmark); its HAC t statistic with
+    h - 1 lags is statsmodels', scaled by the Harvey-Leybourne-Newbold factor."""
+    from pipeline.evaluation.metrics import diebold_mariano
+    from pipeline.schema import conform_forecasts
+
+    rng = np.random.default_rng(horizon)
+    ends = pd.date_range("2012-01-01", periods=48, freq="MS")
+    rows = []
+    for country in ("AT", "BE"):
+        y = rng.normal(size=ends.size)
+        for model, noise in (("m", 0.8), ("ar_qr", 1.0)):
+            for level in (0.1, 0.5, 0.9):
+                f = stats.norm.ppf(level) + rng.normal(0, noise, ends.size)
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "TIME": ends + pd.DateOffset(months=horizon),
+                            "COUNTRY": country,
+                            "TARGET": "y",
+                            "MODEL": model,
+                            "QUANTILE": level,
+                            "HORIZON": horizon,
+                            "WINDOW_START": ends - pd.DateOffset(months=11),
+                            "WINDOW_END": ends,
+                            "FORECAST": f,
+                            "ACTUAL": y,
+                        }
+                    )
+                )
+    frame = pd.concat(rows, ignore_index=True)
+    # rows only one model has (not common) and an unscored row; no month loses every row
+    frame = frame.drop(index=rng.choice(len(frame), 20, replace=False))
+    frame = conform_forecasts(frame)
+    table = diebold_mariano(frame, benchmark="ar_qr")
+    u = frame["ACTUAL"] - frame["FORECAST"]
+    frame["LOSS"] = np.maximum(frame["QUANTILE"] * u, (frame["QUANTILE"] - 1) * u)
+    key = ["COUNTRY", "QUANTILE", "TIME"]
+    both = frame[frame["MODEL"] == "m"].merge(
+        frame[frame["MODEL"] == "ar_qr"], on=key, suffixes=("", "_B")
+    )
+    series = (both["LOSS"] - both["LOSS_B"]).groupby(both["TIME"]).mean().sort_index()
+    assert len(series) == ends.size  # no gap: statsmodels' series is the same
+    t_stat, _ = _statsmodels_dm(series.to_numpy(), horizon)
+    t = series.size
+    factor = math.sqrt((t + 1 - 2 * horizon + horizon * (horizon - 1) / t) / t)
+    row = table.iloc[0]
+    assert (row["N"], row["MONTHS"]) == (len(both), t)
+    assert row["MEAN_DIFF"] == pytest.approx(series.mean(), rel=1e-12)
+    assert row["STAT"] == pytest.approx(t_stat * factor, rel=1e-9)
+    assert row["P_VALUE"] == pytest.approx(2 * stats.t.sf(abs(t_stat * factor), t - 1), rel=1e-9)
