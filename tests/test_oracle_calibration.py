@@ -16,6 +16,7 @@ from scipy import stats
 
 from pipeline.evaluation.calibration import CalibrationSettings, calibrate
 from pipeline.evaluation.combination import combine, rearrange
+from pipeline.evaluation.derived import DerivedSettings, derive
 
 LEVELS = (0.1, 0.5, 0.9)
 KEY = ["MODEL", "COUNTRY", "HORIZON", "WINDOW_END", "QUANTILE"]
@@ -109,10 +110,12 @@ def conformal_panel_oracle(frame: pd.DataFrame, h: int, window: int, min_history
     return _sorted_fans(frame, values)
 
 
-def tracker_panel_oracle(frame: pd.DataFrame, h: int, step: float, min_history: int) -> pd.Series:
+def tracker_panel_oracle(
+    frame: pd.DataFrame, h: int, step: float, min_history: int, scale: dict[tuple, float]
+) -> pd.Series:
     """One theta for all countries: at each origin month T it has absorbed, in month order,
-    step * mean_c (tau - 1{y_c,S+h <= q_c,S + theta_S}) for every S with S + h <= T that has
-    an actual (scale 1); q_T + theta_T once min_history updates are absorbed."""
+    step * mean_c s_c,S (tau - 1{y_c,S+h <= q_c,S + theta_S}) for every S with S + h <= T
+    that has an actual; q_T + theta_T once min_history updates are absorbed."""
     cells = _by_cell(frame)
     months = sorted({t for _, t, _ in cells})
     values = {}
@@ -124,8 +127,8 @@ def tracker_panel_oracle(frame: pd.DataFrame, h: int, step: float, min_history: 
                 if s + h > t:
                     break
                 terms = [
-                    level - float(ys <= qs + theta_at[s])
-                    for (_, ms, lv), (qs, ys) in cells.items()
+                    scale[(c, s)] * (level - float(ys <= qs + theta_at[s]))
+                    for (c, ms, lv), (qs, ys) in cells.items()
                     if ms == s and lv == level and np.isfinite(ys)
                 ]
                 if terms:
@@ -150,9 +153,13 @@ def test_panel_conformal_equals_its_formula(h):
 @pytest.mark.parametrize("h", [1, 3])
 def test_panel_tracker_equals_its_formula(h):
     frame = panel(26, horizon=h, bias=-0.6, seed=10 + h, late_start=4, missing=0.15)
+    rng = np.random.default_rng(h)
+    scale = frame[["COUNTRY", "WINDOW_END"]].drop_duplicates().reset_index(drop=True)
+    scale["SCALE"] = rng.uniform(0.5, 2.0, len(scale))
     s = CalibrationSettings("tracker", step=0.2, min_history=3, pool="panel")
-    got = _got(calibrate(frame, s))
-    want = tracker_panel_oracle(frame, h, step=0.2, min_history=3)
+    got = _got(calibrate(frame, s, scale))
+    by_month = {(r.COUNTRY, _month(r.WINDOW_END)): r.SCALE for r in scale.itertuples()}
+    want = tracker_panel_oracle(frame, h, step=0.2, min_history=3, scale=by_month)
     pd.testing.assert_series_equal(got, want, rtol=1e-12)
 
 
@@ -235,3 +242,44 @@ def test_combined_and_calibrated_fans_never_cross(seed, method, cal, pool):
         assert not out.empty
         steps = out.sort_values(KEY).groupby(KEY[:-1], observed=True)["FORECAST"].diff()
         assert (steps.dropna() >= 0).all()
+
+
+def test_derive_feeds_the_calibrators_with_the_warm_up_and_never_looks_ahead():
+    """derive: combo from the raw members, every model (combo included) recalibrated over
+    every origin, then the warm-up dropped. The scored _cal rows are those of calibrating the
+    whole table (the warm-up fed them, so they differ from calibrating the scored rows
+    alone), and changing any outcome after month T leaves every scored row of origin <= T."""
+    frame = pd.concat(
+        [panel(30, horizon=2, bias=b, seed=i, model=m) for i, (m, b) in
+         enumerate((("a", 0.5), ("b", -0.3)))],
+        ignore_index=True,
+    )  # fmt: skip
+    cal = CalibrationSettings("conformal", window=8, min_history=3)
+    score_from = pd.Timestamp("2001-01-01") + pd.DateOffset(months=12)
+    settings_ = DerivedSettings(combo_members=("a", "b"), calibration=cal, score_from=score_from)
+    out = derive(frame, settings_)
+    assert out["WINDOW_END"].min() == score_from
+    assert set(out["MODEL"]) == {"a", "b", "combo", "a_cal", "b_cal", "combo_cal"}
+    combo = combine(frame, ["a", "b"])
+    whole = calibrate(pd.concat([frame, combo], ignore_index=True), cal)
+    whole = whole[whole["WINDOW_END"] >= score_from]
+    got = out[out["MODEL"].str.endswith("_cal")]
+    pd.testing.assert_series_equal(
+        got.set_index(KEY)["FORECAST"].sort_index(), whole.set_index(KEY)["FORECAST"].sort_index()
+    )
+    alone = derive(frame[frame["WINDOW_END"] >= score_from], settings_)
+    assert not np.allclose(
+        alone[alone["MODEL"] == "a_cal"].set_index(KEY)["FORECAST"].sort_index(),
+        got[got["MODEL"] == "a_cal"].set_index(KEY)["FORECAST"].sort_index(),
+    )
+    t = score_from + pd.DateOffset(months=6)
+    changed = frame.copy()
+    later = changed["TIME"] > t
+    changed.loc[later, "ACTUAL"] += 5.0
+    again = derive(changed, settings_)
+    keep = out["WINDOW_END"] <= t
+    columns = [*KEY, "FORECAST"]
+    pd.testing.assert_frame_equal(
+        out.loc[keep, columns].reset_index(drop=True),
+        again.loc[again["WINDOW_END"] <= t, columns].reset_index(drop=True),
+    )
