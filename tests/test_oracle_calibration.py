@@ -169,8 +169,8 @@ def test_conformal_brings_a_biased_models_coverage_to_its_finite_sample_level(po
     variant's hit rate is what order statistics give for numpy's linear quantile of n
     exchangeable errors: E F(Q_tau) = (1 + (n - 1) tau) / (n + 1) (between the order
     statistics at (n - 1) tau + 1 and the next, E F(X_(k)) = k / (n + 1)): with n = 36
-    errors per country, 0.122 and 0.878 at the tails, not 0.1 and 0.9 (DESIGN's spec; a
-    k = ceil((n + 1) tau) order statistic would be exact); and its pinball loss falls."""
+    errors per country, 0.122 and 0.878 at the tails, not 0.1 and 0.9 (DESIGN's spec;
+    numpy's method="weibull" would be nominal: docs/ORACLES.md); and its pinball loss falls."""
     frame = panel(400, horizon=2, bias=-1.0, seed=3)
     out = calibrate(frame, CalibrationSettings("conformal", window=36, pool=pool))
     n = 36 * (3 if pool == "panel" else 1)  # the window's errors: months x countries
