@@ -143,6 +143,24 @@ def test_dm_with_gaps_equals_the_series_without_them_at_h_1():
     )
 
 
+@pytest.mark.parametrize("horizon", [2, 3, 6, 12])
+def test_dm_with_gaps_is_the_amplitude_modulated_hac(horizon):
+    """With months missing at h > 1, the variance is Parzen's (1963) amplitude-modulated
+    estimator: the differential set to 0 in the gaps and regressed, without a constant,
+    on the indicator of an observed month. Its OLS coefficient is the observed mean, its
+    residuals the demeaned differential (0 in the gaps), and statsmodels' HAC t statistic
+    with h - 1 lags is the DM statistic."""
+    rng = np.random.default_rng(horizon)
+    d = 0.2 + np.convolve(rng.normal(size=80 + horizon), np.ones(horizon) / horizon, "valid")[:80]
+    d[rng.choice(80, 12, replace=False)] = np.nan
+    observed = np.isfinite(d).astype(float)
+    fit = sm.OLS(np.where(observed > 0, d, 0.0), observed).fit(
+        cov_type="HAC", cov_kwds={"maxlags": horizon - 1}
+    )
+    got = dm_test(d, horizon, small_sample=False)
+    assert got == pytest.approx((fit.tvalues[0], fit.pvalues[0]), rel=1e-9)
+
+
 def test_dm_is_antisymmetric_and_scale_free():
     """Swapping model and benchmark flips the sign and keeps the p-value; scaling the losses
     changes nothing (a property of any studentised statistic, checked on random data)."""
