@@ -60,12 +60,17 @@ def test_christoffersen_equals_crosstab_likelihoods():
     assert p_cc == pytest.approx(stats.chi2.sf(uc + stat, 2))
 
 
-def test_christoffersen_clustered_hits_reject_and_degenerate_is_nan():
+def test_christoffersen_clustered_hits_reject_and_degenerate_is_zero_or_nan():
     clustered = np.array([0] * 10 + [1] * 5 + [0] * 10 + [1] * 5)
     assert ct.christoffersen_independence(clustered)[1] < 0.01
-    for degenerate in (np.zeros(12), np.ones(12), np.array([1])):
-        assert all(math.isnan(v) for v in ct.christoffersen_independence(degenerate))
-        assert all(math.isnan(v) for v in ct.christoffersen_conditional(degenerate, 0.5))
+    # a state never seen: the Markov and i.i.d. maxima coincide (LR_ind 0, p 1, as MATLAB's
+    # varbacktest), so LR_cc is LR_uc; no transition at all (n < 2): undefined
+    for degenerate in (np.zeros(12), np.ones(12), np.array([0] * 11 + [1])):
+        assert ct.christoffersen_independence(degenerate) == (0.0, 1.0)
+        uc = ct.kupiec(degenerate, 0.5)[0]
+        assert ct.christoffersen_conditional(degenerate, 0.5) == (uc, stats.chi2.sf(uc, 2))
+    assert all(math.isnan(v) for v in ct.christoffersen_independence(np.array([1])))
+    assert all(math.isnan(v) for v in ct.christoffersen_conditional(np.array([1]), 0.5))
 
 
 def _sequence_with_transitions(n00: int, n01: int, n10: int, n11: int) -> np.ndarray:
@@ -289,7 +294,10 @@ def test_vectorised_table_equals_the_tests_group_by_group(by):
         expected = _reference_row(scored.loc[mask], row.QUANTILE, "COUNTRY" not in by)
         got = [float(getattr(row, c)) for c in ct.TEST_COLUMNS]
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, equal_nan=True)
-    assert table["LR_IND"].isna().any() and table["DQ"].notna().any()
+    # model b never hits: LR_ind 0 (not undefined), so LR_cc is its LR_uc
+    never = table.loc[table["MODEL"] == "b"]
+    assert (never["LR_IND"] == 0.0).all() and (never["LR_CC"] == never["LR_UC"]).all()
+    assert table["DQ"].notna().any()
 
 
 @pytest.mark.parametrize("dtype", ["category", "string"])

@@ -73,8 +73,11 @@ def test_coverage_test_edge_cases_by_formula():
     stat, p = ct.christoffersen_independence(hits)
     assert stat == pytest.approx(want, rel=1e-12)
     assert p == pytest.approx(stats.chi2.sf(want, 1), rel=1e-10)
-    # one hit, at the end: state 1 never precedes a transition, independence undefined
-    assert all(math.isnan(v) for v in ct.christoffersen_independence([0] * 9 + [1]))
+    # one hit, at the end: state 1 never precedes a transition, so pi11 never enters the
+    # Markov likelihood and its maximum is the i.i.d. one: LR_ind 0; as a Logit of hit_t on
+    # a constant and hit_{t-1}, whose slope is then unidentified and adds nothing
+    assert ct.christoffersen_independence([0] * 9 + [1]) == (0.0, 1.0)
+    assert all(math.isnan(v) for v in ct.christoffersen_independence([1]))
     # booleans are hits too
     assert ct.kupiec(hits.astype(bool), 0.5) == ct.kupiec(hits, 0.5)
 
@@ -283,3 +286,40 @@ def test_dm_table_equals_statsmodels_on_the_mean_loss_differential(horizon):
     assert row["MEAN_DIFF"] == pytest.approx(series.mean(), rel=1e-12)
     assert row["STAT"] == pytest.approx(t_stat * factor, rel=1e-9)
     assert row["P_VALUE"] == pytest.approx(2 * stats.t.sf(abs(t_stat * factor), t - 1), rel=1e-9)
+
+
+def test_table_degenerate_groups_zero_or_nan_as_the_single_sequence():
+    """Per country: a country never hit gets LR_ind 0 and LR_cc = LR_uc (MATLAB's zero-count
+    rule); a country with one scored row has no transition: LR_ind and LR_cc NaN."""
+    ends = pd.date_range("2015-01-01", periods=24, freq="MS")
+    rng = np.random.default_rng(4)
+    frame = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "MODEL": "m",
+                    "COUNTRY": c,
+                    "HORIZON": 1,
+                    "QUANTILE": 0.1,
+                    "WINDOW_END": ends,
+                    "FORECAST": f,
+                    "ACTUAL": rng.normal(size=ends.size),
+                }
+            )
+            for c, f in (("AT", -9.0), ("BE", -1.28), ("CY", 0.0))
+        ],
+        ignore_index=True,
+    )
+    frame.loc[(frame["COUNTRY"] == "CY") & (frame["WINDOW_END"] > ends[0]), "ACTUAL"] = np.nan
+    table = ct.coverage_tests(frame, by=["MODEL", "COUNTRY", "HORIZON", "QUANTILE"])
+    table = table.set_index("COUNTRY")
+    at = table.loc["AT"]
+    assert at["HIT_RATE"] == 0.0 and at["LR_IND"] == 0.0 and at["P_IND"] == 1.0
+    assert at["LR_CC"] == pytest.approx(ct.kupiec(np.zeros(24), 0.1)[0], rel=1e-12)
+    assert at["P_CC"] == pytest.approx(stats.chi2.sf(at["LR_UC"], 2), rel=1e-12)
+    assert table.loc["CY", "N"] == 1
+    assert math.isnan(table.loc["CY", "LR_IND"]) and math.isnan(table.loc["CY", "P_CC"])
+    hits = (frame.loc[frame["COUNTRY"] == "BE", "ACTUAL"] <= -1.28).to_numpy(int)
+    assert table.loc["BE", "LR_IND"] == pytest.approx(
+        ct.christoffersen_independence(hits)[0], rel=1e-12, abs=1e-12
+    )

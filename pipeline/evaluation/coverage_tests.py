@@ -10,9 +10,12 @@ hits are i.i.d. Bernoulli(tau). Each test returns `(statistic, p_value)`; `0 * l
   `LR_ind = -2 [ (n00 + n10) ln(1 - pi) + (n01 + n11) ln(pi)
                  - n00 ln(1 - pi01) - n01 ln(pi01) - n10 ln(1 - pi11) - n11 ln(pi11) ]`
   with `n_ij` the transitions i -> j, `pi01 = n01 / (n00 + n01)`, `pi11 = n11 / (n10 + n11)`,
-  `pi = (n01 + n11) / (n - 1)`; chi-square(1). It is undefined (NaN) when one of the two states
-  never occurs among the first n - 1 hits (no hits, all hits, n < 2): nothing can be said
-  about the dependence then.
+  `pi = (n01 + n11) / (n - 1)`; chi-square(1). When a state never occurs among the first
+  n - 1 hits (no hits, all hits, one hit at the very end), its transition probability never
+  enters the Markov likelihood (0 log 0 = 0, as everywhere here), the two models' maxima
+  coincide and LR_ind = 0 (p-value 1), as MATLAB's `varbacktest` (cci) gives for zero
+  counts; only n < 2 (no transition) gives NaN. So a level never hit still fails the
+  conditional-coverage test through its LR_uc, rather than leaving it undefined.
 - Conditional coverage: `LR_cc = LR_uc + LR_ind`, chi-square(2) (Christoffersen's usual
   decomposition; NaN when LR_ind is).
 - Engle and Manganelli (2004) dynamic quantile: `Hit_t = 1{y_t <= F_t} - tau` regressed on a
@@ -90,14 +93,19 @@ def _transitions(h: np.ndarray) -> np.ndarray:
     return np.array([((prev == a) & (cur == b)).sum() for a in (0, 1) for b in (0, 1)], float)
 
 
+def _share(part: float, whole: float) -> float:
+    """part / whole, 0 for a state never seen (its counts are 0: its terms vanish)."""
+    return part / whole if whole else 0.0
+
+
 def _independence(counts: np.ndarray) -> tuple[float, float]:
     n00, n01, n10, n11 = (float(c) for c in counts)
-    if n00 + n01 == 0 or n10 + n11 == 0:
+    if n00 + n01 + n10 + n11 == 0:
         return NAN_RESULT
     pi = (n01 + n11) / (n00 + n01 + n10 + n11)
     restricted = _bernoulli_loglik(n01 + n11, n00 + n10, pi)
-    markov = _bernoulli_loglik(n01, n00, n01 / (n00 + n01)) + _bernoulli_loglik(
-        n11, n10, n11 / (n10 + n11)
+    markov = _bernoulli_loglik(n01, n00, _share(n01, n00 + n01)) + _bernoulli_loglik(
+        n11, n10, _share(n11, n10 + n11)
     )
     stat = max(-2.0 * (restricted - markov), 0.0)
     return stat, float(chi2_sf(stat, 1))
@@ -261,17 +269,21 @@ def _independence_many(
     hits: np.ndarray, group: np.ndarray, segment: np.ndarray, n_groups: int
 ) -> np.ndarray:
     """Christoffersen's LR_ind per group from the transitions inside each segment (a
-    country's sequence); NaN where a state never occurs before the last hit of a segment."""
+    country's sequence); NaN where a group has no transition."""
     inside = segment[1:] == segment[:-1]  # a transition i -> i + 1 within one segment
     kind = (2.0 * hits[:-1] + hits[1:])[inside].astype(np.int64)  # 0: 00, 1: 01, 2: 10, 3: 11
     flat = np.bincount(group[1:][inside] * 4 + kind, minlength=4 * n_groups)
     n00, n01, n10, n11 = flat.reshape(n_groups, 4).astype(np.float64).T
+    from_0, from_1, total = n00 + n01, n10 + n11, n00 + n01 + n10 + n11
     with np.errstate(divide="ignore", invalid="ignore"):
-        pi = (n01 + n11) / (n00 + n01 + n10 + n11)
+        pi = (n01 + n11) / total
+        # a state never seen has no terms (its counts are 0): any probability in [0, 1] will do
+        pi01 = np.where(from_0 > 0, n01 / np.maximum(from_0, 1), 0.0)
+        pi11 = np.where(from_1 > 0, n11 / np.maximum(from_1, 1), 0.0)
         restricted = _loglik(n01 + n11, n00 + n10, pi)
-        markov = _loglik(n01, n00, n01 / (n00 + n01)) + _loglik(n11, n10, n11 / (n10 + n11))
+        markov = _loglik(n01, n00, pi01) + _loglik(n11, n10, pi11)
     stat = np.maximum(-2.0 * (restricted - markov), 0.0)
-    return np.where((n00 + n01 == 0) | (n10 + n11 == 0), np.nan, stat)
+    return np.where(total == 0, np.nan, stat)
 
 
 def _dq_many(
