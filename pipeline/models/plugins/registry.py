@@ -11,6 +11,8 @@
 
 Config validation, the CLI, the DVC stage list (params.yaml `models`), the probe, train, the
 results page and sweep summaries all ask this module.
+
+Imports: plugins/ (spec, builtin/, user) and pipeline.errors; the config for types only.
 """
 
 from __future__ import annotations

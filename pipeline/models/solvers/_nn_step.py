@@ -14,6 +14,8 @@ preallocated buffer (a fresh 1.5 MB tensor per op cost more than the op: page fa
 the head and loss run transposed, (A, H, Q, n) with the n rows fastest, one quantile at a
 time, because torch's elementwise kernels are ~8x slower when an operand is broadcast
 along a short inner axis (Q = 3, H = 4).
+
+Imports: torch only.
 """
 
 from __future__ import annotations

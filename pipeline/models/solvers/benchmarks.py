@@ -7,6 +7,8 @@ numpy's default (linear interpolation), taken over the rows with w > 0 and a fin
 
 - `rw` (no change + the window's h-month changes): q_T = y_T + Q_tau({y_{t+h} - y_t})
 - `climatology`: q_T = Q_tau({y_{t+h}})
+
+Imports: numpy only.
 """
 
 from __future__ import annotations

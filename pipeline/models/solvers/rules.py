@@ -3,6 +3,8 @@
 A `Rule` is attached to a config dataclass field (`field(metadata=rule(...))`); the config
 builder (pipeline.config.structured) checks it when a study is validated, and a model's own
 kernel may check the same Rule object on a direct call, so no range is written twice.
+
+Imports: pipeline.errors only (the ConfigError every layer raises).
 """
 
 from __future__ import annotations
