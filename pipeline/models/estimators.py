@@ -240,11 +240,12 @@ class LQR(_NpzFile, QuantileEstimator):
         return model
 
 
-class _Benchmark(QuantileEstimator):
+class _Benchmark(_NpzFile, QuantileEstimator):
     """A parameter-free benchmark as a scikit-learn estimator: the batch kernel with B = 1.
 
     `fit(X, y)` takes X (n, d) with column 0 = y_t and y (n,) the target y_{t+h} (optional
-    row weights: 0 leaves a row out); `predict(X)` returns (m, Q).
+    row weights: 0 leaves a row out); `predict(X)` returns (m, Q). Fitted: `quantiles_` (Q,),
+    `n_features_in_`.
     """
 
     def __init__(self, *, quantiles: Sequence[float] = QUANTILES) -> None:
@@ -261,6 +262,23 @@ class _Benchmark(QuantileEstimator):
         w = _check_sample_weight(sample_weight, X)
         self.quantiles_ = nan_quantiles(masked(self._values(X, y), w)[None], qs)[0]  # (Q,)
         return self
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Parameters and fitted state as plain arrays (for a safe .npz)."""
+        check_is_fitted(self)
+        return {
+            "quantiles": np.asarray(self.quantiles, dtype=np.float64),
+            "quantiles_": np.asarray(self.quantiles_, dtype=np.float64),
+            "n_features_in_": np.asarray(self.n_features_in_),
+        }
+
+    @classmethod
+    def from_arrays(cls, d: dict[str, np.ndarray]) -> Self:
+        """Rebuild a fitted estimator from `to_arrays()` output."""
+        model = cls(quantiles=check_quantiles(tuple(float(q) for q in d["quantiles"])))
+        model.quantiles_ = np.asarray(d["quantiles_"], dtype=np.float64)
+        model.n_features_in_ = int(d["n_features_in_"])
+        return model
 
 
 class RandomWalk(_Benchmark):
