@@ -58,6 +58,7 @@ def builtin_names() -> tuple[str, ...]:
 
 
 def builtin(name: str) -> Adapter:
+    """The adapter of built-in model `name` (KeyError for any other name)."""
     return _builtins()[name]
 
 
@@ -78,6 +79,7 @@ def register(adapter: Adapter) -> None:
 
 
 def extra_names() -> tuple[str, ...]:
+    """The test-only adapters registered so far (PIPELINE_EXTRA_ADAPTERS loaded first)."""
     _load_extra()
     return tuple(_EXTRA)
 

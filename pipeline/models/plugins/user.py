@@ -53,6 +53,7 @@ def import_target(target: str, python_path: str | None = None) -> Any:
 
 
 def contract_of(obj: Any) -> str:
+    """ESTIMATOR for a class with fit and predict, BATCHED for a function; else TypeError."""
     if inspect.isclass(obj):
         missing = [m for m in ("fit", "predict") if not callable(getattr(obj, m, None))]
         if missing:

@@ -47,6 +47,8 @@ class RowLayout:
         self.width = at
 
     def dims(self, bs: int) -> np.ndarray:
+        """The sizes the kernel reads, int32: layers, countries, H, Q, batch size, row width,
+        layer sizes and parameter offsets; ValueError past the kernel's limits."""
         lay = self.lay
         L = len(lay.sizes) - 1
         if L > MAX_LAYERS or lay.Q > MAX_QUANTILES:

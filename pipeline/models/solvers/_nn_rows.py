@@ -110,6 +110,7 @@ class Members:
 
 
 def padded(rows: Sequence[np.ndarray], width: int, fill: int) -> torch.Tensor:
+    """(len(rows), width) row ids, each list padded with `fill` (the dummy row)."""
     out = torch.full((len(rows), width), fill, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : r.size] = torch.from_numpy(r)

@@ -75,6 +75,7 @@ class Update:
         self.parts: list[tuple[int, int, Step, list, list, list, list]] = []
 
     def rebind(self, buf: torch.Tensor, m: torch.Tensor, v: torch.Tensor, A: int) -> None:
+        """Bind to A members' parameters and Adam moments (after a compaction), chunk by chunk."""
         lay = self.lay
         self.parts = []
         if A == 0:

@@ -19,6 +19,7 @@ from pipeline.models.solvers.rules import check_quantiles
 
 
 def with_intercept(X: np.ndarray) -> np.ndarray:
+    """X (..., p) with a column of ones first (..., p + 1)."""
     return np.concatenate([np.ones((*X.shape[:-1], 1)), X], axis=-1)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 
 def masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """values, NaN where the row is left out (w = 0) or the value is not finite."""
     return np.where((np.asarray(w) > 0) & np.isfinite(values), values, np.nan)
 
 
