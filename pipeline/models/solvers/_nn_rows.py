@@ -1,5 +1,7 @@
-"""The rows each member of ensemble_nn's batch trains on: one table of all windows' rows,
-and each member's epoch laid out by step, so a training step gathers nothing.
+"""The members of ensemble_nn's batch and the rows they train on: who they are (`Members`:
+generator, initial weights, row ids; both trainers start from them), one table of all
+windows' rows (`Stacked`), and each member's epoch laid out by step (`EpochRows`), so a
+training step gathers nothing.
 
 Imports: torch, numpy, `_nn_data` and `_nn_step`.
 """
