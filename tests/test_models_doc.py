@@ -21,43 +21,29 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
+from test_user_models import USER_MODULE
 
 import pipeline
 
 BIN = Path(sys.executable).parent
 DOC = (ROOT / "docs/MODELS.md").read_text()
 
-# MODELS.md's estimator contract, implemented: shrink y_t by alpha, add the quantiles of what is left
-MODULE = """
-import numpy as np
+# MODELS.md's estimator contract (__init__(quantiles, **params), fit, predict, to_arrays,
+# from_arrays(arrays, quantiles, **params)) as tests/test_user_models.py implements it, under
+# the name and with the parameter (`alpha`) of MODELS.md's entry
+MODULE = (
+    USER_MODULE
+    + """
 
-
-class MyQuantileModel:
+class MyQuantileModel(Persistence):
     def __init__(self, quantiles, **params):
-        self.quantiles, self.alpha = list(quantiles), float(params["alpha"])
-
-    def fit(self, X, y):
-        self.offsets_ = np.quantile(y - self.alpha * X[:, 0], self.quantiles)
-        return self
-
-    def predict(self, X):
-        return self.alpha * X[:, [0]] + self.offsets_[None, :]
-
-    def to_arrays(self):
-        return {"offsets": self.offsets_}
-
-    @classmethod
-    def from_arrays(cls, arrays, quantiles, **params):
-        model = cls(quantiles, **params)
-        model.offsets_ = np.asarray(arrays["offsets"])
-        return model
+        super().__init__(quantiles, shrink=params["alpha"])
 
 
-class WrongShape(MyQuantileModel):
-    def predict(self, X):
-        return np.zeros((len(X), len(self.quantiles) + 1))
-
+class MyWrongShape(MyQuantileModel, WrongShape):
+    pass
 """
+)
 
 SCRIPT = """
 import pipeline
@@ -139,7 +125,7 @@ def test_the_documented_switches_and_errors(project: Path) -> None:
     # MODELS.md's error line, to the letter (up to the log file's name)
     documented = re.search(r"^(error: config error at 'models\.mymodel'.*?) \(details: ", DOC, re.M)
     run = qpipe(project, "runtime.output_dir=broken",
-                "models.mymodel._target_=mypkg.mymodule.WrongShape")  # fmt: skip
+                "models.mymodel._target_=mypkg.mymodule.MyWrongShape")  # fmt: skip
     assert run.returncode == 2
     (line,) = [x for x in run.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith(documented.group(1) + " (details: "), line
