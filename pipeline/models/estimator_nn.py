@@ -3,6 +3,9 @@
 One window (all countries pooled) trained by the batched trainer of
 `pipeline.models.solvers.ensemble_nn` (see its docstring for the model); the runtime calls that
 trainer directly, so its workers never load scikit-learn.
+
+Imports: estimators.py (the base class), solvers/ (the trainer), pipeline.io, scikit-learn
+and torch; never plugins/ or the config.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 
 from pipeline.io import atomic_path
 from pipeline.models.estimators import QuantileEstimator, mean_pinball
-from pipeline.models.solvers._batched_mlp import factors_state, predict_state, train_predict_windows
-from pipeline.models.solvers._nn_data import NNSpec, WindowData, check_nn_params, resolve_device
+from pipeline.models.solvers._nn_data import NNSpec, check_nn_params
+from pipeline.models.solvers.ensemble_nn import (
+    WindowData,
+    factors_state,
+    fit_predict_ensemble_windows,
+    predict_state,
+)
 from pipeline.models.solvers.parameters import NN_DEFAULTS, QUANTILES
 
 
@@ -65,18 +73,11 @@ class EnsembleNN(QuantileEstimator):
         return tags
 
     def _spec(self) -> NNSpec:
-        return check_nn_params(
-            quantiles=self.quantiles,
-            units_per_layer=self.units_per_layer,
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            patience=self.patience,
-            parallel_models=self.parallel_models,
-            seed=self.seed,
-            validation_fraction=self.validation_fraction,
-            scale=self.scale,
-        )
+        """The validated hyper-parameters: every parameter but `device` (the trainer's, and
+        checked where it is resolved)."""
+        params = self.get_params()
+        del params["device"]
+        return check_nn_params(**params)
 
     def fit(
         self,
@@ -86,8 +87,7 @@ class EnsembleNN(QuantileEstimator):
         time: np.ndarray | None = None,
     ) -> EnsembleNN:
         """Train the ensemble on one window (all countries pooled); returns self."""
-        spec = self._spec()
-        device = resolve_device(self.device)
+        self._spec()  # a bad parameter fails before the data are looked at
         if y is None:  # scikit-learn's wording (its estimator checks look for it)
             raise ValueError("EnsembleNN requires y to be passed, but the target y is None")
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
@@ -104,7 +104,7 @@ class EnsembleNN(QuantileEstimator):
             country_new=country[:0],
             time=None if time is None else np.asarray(time),
         )
-        (result,) = train_predict_windows([window], spec, device)
+        (result,) = fit_predict_ensemble_windows([window], **self.get_params())
         self._set_state(result.state)
         return self
 
@@ -123,8 +123,7 @@ class EnsembleNN(QuantileEstimator):
 
         `country` may be left out when the model was fitted on one series.
         """
-        self._check_fitted()
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = self._fitted_input(X)
         if country is None:
             if len(self.countries_) != 1:
                 raise ValueError(

@@ -8,12 +8,15 @@ pinball loss over the quantiles, so GridSearchCV picks the best forecaster by de
 
 The kernels (pipeline.models.solvers.ar_qr, lqr, benchmarks, ensemble_nn) do not import this module,
 so the runtime and its workers never load scikit-learn. EnsembleNN: pipeline.models.estimator_nn.
+
+Imports: solvers/ (the kernels), pipeline.io and scikit-learn; never plugins/ or the config.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Self
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -56,8 +59,27 @@ class QuantileEstimator(RegressorMixin, BaseEstimator):
         """Negative mean pinball loss of `predict(X)` (higher is better; replaces R^2)."""
         return -mean_pinball(y, self.predict(X), self.quantiles, sample_weight)
 
+    def _fitted_input(self, X: np.ndarray) -> np.ndarray:
+        """X as float64 (m, n_features_in_) for a fitted estimator (what `predict` starts with)."""
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=np.float64, reset=False)
 
-class ARQR(QuantileEstimator):
+
+class _NpzFile:
+    """`save`/`load` of an estimator whose `to_arrays()` / `from_arrays(d)` hold it whole:
+    one atomic .npz of plain arrays, no pickle."""
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Atomic .npz write (no pickle)."""
+        write_npz(path, self.to_arrays())  # type: ignore[attr-defined]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Rebuild a fitted estimator from a `save()` file."""
+        return cls.from_arrays(read_npz(path))  # type: ignore[attr-defined]
+
+
+class ARQR(_NpzFile, QuantileEstimator):
     """Autoregressive quantile regression, a scikit-learn estimator (one problem; batch core B = 1).
 
     `fit(X, y)` takes X (n, d) = lags y_t, y_{t-1}, ... (d >= p; the first p columns are the
@@ -85,8 +107,7 @@ class ARQR(QuantileEstimator):
         return self
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = self._fitted_input(X)
         return with_intercept(X[:, : self.coef_.shape[1] - 1]) @ self.coef_.T
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -116,16 +137,8 @@ class ARQR(QuantileEstimator):
         model.n_features_in_ = int(d["n_features_in_"]) if "n_features_in_" in d else model.p
         return model
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomic .npz write (no pickle)."""
-        write_npz(path, self.to_arrays())
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ARQR:
-        return cls.from_arrays(read_npz(path))
-
-
-class LQR(QuantileEstimator):
+class LQR(_NpzFile, QuantileEstimator):
     """Penalized (RFF) linear quantile regression, a scikit-learn estimator; batch core B = 1.
 
     `fit(X, y)` takes X (n, d) features in time order (first column y_t) and y (n,);
@@ -164,8 +177,7 @@ class LQR(QuantileEstimator):
         return self
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = self._fitted_input(X)
         return predict_lqr_state(
             {k: v[None] for k, v in self.state_.items()},
             X[None],
@@ -227,20 +239,13 @@ class LQR(QuantileEstimator):
         model.alpha_ = model.state_["alpha"]
         return model
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomic .npz write (no pickle)."""
-        write_npz(path, self.to_arrays())
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LQR:
-        return cls.from_arrays(read_npz(path))
-
-
-class _Benchmark(QuantileEstimator):
+class _Benchmark(_NpzFile, QuantileEstimator):
     """A parameter-free benchmark as a scikit-learn estimator: the batch kernel with B = 1.
 
     `fit(X, y)` takes X (n, d) with column 0 = y_t and y (n,) the target y_{t+h} (optional
-    row weights: 0 leaves a row out); `predict(X)` returns (m, Q).
+    row weights: 0 leaves a row out); `predict(X)` returns (m, Q). Fitted: `quantiles_` (Q,),
+    `n_features_in_`.
     """
 
     def __init__(self, *, quantiles: Sequence[float] = QUANTILES) -> None:
@@ -258,6 +263,23 @@ class _Benchmark(QuantileEstimator):
         self.quantiles_ = nan_quantiles(masked(self._values(X, y), w)[None], qs)[0]  # (Q,)
         return self
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Parameters and fitted state as plain arrays (for a safe .npz)."""
+        check_is_fitted(self)
+        return {
+            "quantiles": np.asarray(self.quantiles, dtype=np.float64),
+            "quantiles_": np.asarray(self.quantiles_, dtype=np.float64),
+            "n_features_in_": np.asarray(self.n_features_in_),
+        }
+
+    @classmethod
+    def from_arrays(cls, d: dict[str, np.ndarray]) -> Self:
+        """Rebuild a fitted estimator from `to_arrays()` output."""
+        model = cls(quantiles=check_quantiles(tuple(float(q) for q in d["quantiles"])))
+        model.quantiles_ = np.asarray(d["quantiles_"], dtype=np.float64)
+        model.n_features_in_ = int(d["n_features_in_"])
+        return model
+
 
 class RandomWalk(_Benchmark):
     """`rw`: q_T = y_T + Q_tau({y_{t+h} - y_t}); `quantiles_` are the change quantiles (Q,)."""
@@ -267,8 +289,7 @@ class RandomWalk(_Benchmark):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(m, Q): each row's y_t (column 0) plus the quantiles of the h-month changes."""
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = self._fitted_input(X)
         return X[:, :1] + self.quantiles_[None, :]
 
 
@@ -280,6 +301,5 @@ class Climatology(_Benchmark):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(m, Q): the training targets' quantiles on every row."""
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = self._fitted_input(X)
         return np.repeat(self.quantiles_[None, :], X.shape[0], axis=0)

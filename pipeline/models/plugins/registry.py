@@ -11,6 +11,8 @@
 
 Config validation, the CLI, the DVC stage list (params.yaml `models`), the probe, train, the
 results page and sweep summaries all ask this module.
+
+Imports: plugins/ (spec, builtin/, user) and pipeline.errors; the config for types only.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def builtin_names() -> tuple[str, ...]:
 
 
 def builtin(name: str) -> Adapter:
+    """The adapter of built-in model `name` (KeyError for any other name)."""
     return _builtins()[name]
 
 
@@ -76,6 +79,7 @@ def register(adapter: Adapter) -> None:
 
 
 def extra_names() -> tuple[str, ...]:
+    """The test-only adapters registered so far (PIPELINE_EXTRA_ADAPTERS loaded first)."""
     _load_extra()
     return tuple(_EXTRA)
 

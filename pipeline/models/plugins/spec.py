@@ -7,6 +7,8 @@ data (pipeline.runtime.fits.tasks.task_payload): `data` holds X (B, n, p), y (B,
 X_new (B, 1, p) for per-country models (B, C, ... for pooled ones), plus `params`,
 `quantiles`, `seed`; `fit_batch` returns {"pred": (B, C, H, Q), "state": {name: (B, ...)}}
 (or "states": one dict per fit for ragged states) and optionally "alpha": (B, Q).
+
+Imports: pipeline.schema; the config for types only.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Either way a fit sees one country's window: X the columns y_lag0..., <feature>_l
 quantile axis (non-crossing rearrangement) and the crossing rate before sorting is kept.
 `models.<name>.python_path` (optional) is a directory put on sys.path of the driver and of
 every worker (the payload carries it) before the target is imported.
+
+Imports: plugins.spec, solvers.common and pipeline.errors; the config for types only.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def import_target(target: str, python_path: str | None = None) -> Any:
 
 
 def contract_of(obj: Any) -> str:
+    """ESTIMATOR for a class with fit and predict, BATCHED for a function; else TypeError."""
     if inspect.isclass(obj):
         missing = [m for m in ("fit", "predict") if not callable(getattr(obj, m, None))]
         if missing:

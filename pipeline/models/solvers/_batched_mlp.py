@@ -7,6 +7,8 @@ weights; a member that stops is removed from the batch ("compaction"), so its we
 longer change and the remaining members stop paying for it. Because all members start
 together and step on every step, they share Adam's step count, which lets one fused Adam
 call update a whole chunk of members (`_nn_update`).
+
+Imports: torch, numpy and the other `_nn_*` modules of solvers/.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ from pipeline.models.solvers._nn_data import (
     PreparedWindow,
     WindowData,
     encode_countries,
-    init_member,
-    member_seed,
     prepare_window,
 )
-from pipeline.models.solvers._nn_rows import EpochRows, Stacked, padded
+from pipeline.models.solvers._nn_rows import EpochRows, Members, Stacked, padded
 from pipeline.models.solvers._nn_step import Layout, flush_denormals, quantiles
 from pipeline.models.solvers._nn_update import Update
 
@@ -90,28 +90,6 @@ def design_matrix(X: np.ndarray, cidx: np.ndarray, n_countries: int) -> np.ndarr
     return np.concatenate([onehot, onehot * X[:, :1]], axis=1)
 
 
-def _members(
-    preps: Sequence[PreparedWindow], spec: NNSpec, data: Stacked
-) -> tuple[list[torch.Generator], list[list[torch.Tensor]], list[np.ndarray], list[np.ndarray]]:
-    """Per member (window-major): generator, initial weights, global train and val row ids.
-
-    Member k of every window is seeded from (seed, k) alone, so a window's members are the
-    same whoever shares the batch.
-    """
-    Q = len(spec.quantiles)
-    gens, inits, train_ids, val_ids = [], [], [], []
-    for g, prep in enumerate(preps):
-        for k in range(spec.parallel_models):
-            gen = torch.Generator().manual_seed(member_seed(spec.seed, k))
-            inits.append(
-                init_member(gen, data.p, spec.units_per_layer, data.H * Q, data.n_countries, data.H)
-            )
-            gens.append(gen)
-            train_ids.append(prep.train_rows[k] + data.offsets[g])
-            val_ids.append(prep.val_rows[k] + data.offsets[g])
-    return gens, inits, train_ids, val_ids
-
-
 BACKENDS = ("auto", "native", "torch")
 
 
@@ -152,21 +130,30 @@ def train_members(
     on a CPU where it is built) the same members, rows and early stopping run in the fused C
     kernel instead (`_nn_native`).
     """
-    bs, Q = spec.batch_size, len(spec.quantiles)
+    Q = len(spec.quantiles)
     data = Stacked(preps, device, dtype)
-    tau = torch.as_tensor(spec.quantiles, dtype=dtype, device=device)
-    gens, inits, train_ids, val_ids = _members(preps, spec, data)
-    B = len(inits)
+    members = Members.of(preps, spec, data)
     lay = Layout((data.p, *spec.units_per_layer, data.H * Q), data.n_countries, data.H, Q)
     if resolve_backend(backend, device, dtype) == "native":
-        best, stats = _nn_native.train_native(lay, data, spec, gens, inits, train_ids, val_ids)
-        return lay.saved(best), stats
-    n_train = np.array([t.size for t in train_ids])
-    steps_per_epoch = -(-n_train // bs)
+        best, stats = _nn_native.train_native(lay, data, spec, members)
+    else:
+        best, stats = _train_torch(lay, data, spec, members)
+    return lay.saved(best), stats
+
+
+def _train_torch(
+    lay: Layout, data: Stacked, spec: NNSpec, members: Members
+) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
+    """`train_members` with the batched torch step (as `_nn_native.train_native` with the
+    kernel): the members' best parameters (B, ...) in `Layout.views` shapes and their stats."""
+    device, dtype = data.x.device, data.x.dtype  # the tables are on the training device
+    bs, Q, B = spec.batch_size, len(spec.quantiles), len(members.inits)
+    tau = torch.as_tensor(spec.quantiles, dtype=dtype, device=device)
+    steps_per_epoch = -(-members.n_train() // bs)
     W = int(steps_per_epoch.max())
+    val_ids = members.val_ids
     val_table = padded(val_ids, max(v.size for v in val_ids), data.dummy).to(device)
-    buf = lay.pack([torch.stack([init[i] for init in inits]) for i in range(len(inits[0]))])
-    buf = buf.to(device=device, dtype=dtype)
+    buf = lay.pack(members.stacked_inits()).to(device=device, dtype=dtype)
     best = [v.clone() for v in lay.views(buf, B)]  # (B, ...) by global id; never compacted
     exp_avg, exp_avg_sq = torch.zeros_like(buf), torch.zeros_like(buf)
     # every active member has taken every step so far, so one shared Adam step count is exact
@@ -179,12 +166,8 @@ def train_members(
     best_val = np.full(B, np.inf)
     best_epoch = np.zeros(B, dtype=np.int64)
 
-    def shuffled(members: np.ndarray) -> torch.Tensor:
-        # each member draws from its own generator: independent of who else is batched
-        perms = [
-            train_ids[b][torch.randperm(n_train[b], generator=gens[b]).numpy()] for b in members
-        ]
-        return padded(perms, W * bs, data.dummy).to(device)
+    def shuffled(ids: np.ndarray) -> torch.Tensor:
+        return padded([members.shuffled(b) for b in ids], W * bs, data.dummy).to(device)
 
     active = np.arange(B)  # global ids of the members still training, in batch order
     rows = EpochRows(data, bs, W, B, Q)  # the coming steps' rows of each active member
@@ -198,24 +181,24 @@ def train_members(
             t += 1
         pos[active] += k
         ended = np.flatnonzero(pos[active] == steps_per_epoch[active])
-        members = active[ended]
+        due = active[ended]  # global ids of the members whose epoch ended
         loc = torch.as_tensor(ended, device=device)
         sub = [v[loc] for v in lay.views(buf, active.size)]
-        val = _validate(lay, sub, data, val_table[torch.as_tensor(members, device=device)], tau)
-        epoch[members] += 1
-        pos[members] = 0
-        improved = val < best_val[members]
+        val = _validate(lay, sub, data, val_table[torch.as_tensor(due, device=device)], tau)
+        epoch[due] += 1
+        pos[due] = 0
+        improved = val < best_val[due]
         if improved.any():
-            imp = members[improved]
+            imp = due[improved]
             best_val[imp], best_epoch[imp], wait[imp] = val[improved], epoch[imp], 0
             keep = torch.as_tensor(np.flatnonzero(improved), device=device)
             imp_t = torch.as_tensor(imp, device=device)
             for b_all, s_new in zip(best, sub, strict=True):
                 b_all[imp_t] = s_new[keep]
-        wait[members[~improved]] += 1
-        stop = (wait[members] >= spec.patience) | (epoch[members] >= spec.epochs)
+        wait[due[~improved]] += 1
+        stop = (wait[due] >= spec.patience) | (epoch[due] >= spec.epochs)
         if (~stop).any():
-            rows.start(torch.as_tensor(ended[~stop], device=device), shuffled(members[~stop]), t)
+            rows.start(torch.as_tensor(ended[~stop], device=device), shuffled(due[~stop]), t)
         if stop.any():
             # compaction: stopped members leave the batch, so nothing can touch them again
             keep_rows = np.ones(active.size, dtype=bool)
@@ -223,14 +206,13 @@ def train_members(
             keep_t = torch.as_tensor(np.flatnonzero(keep_rows), device=device)
             n = int(keep_t.numel())
             buf, exp_avg, exp_avg_sq = (
-                lay.pack([v[keep_t] for v in lay.views(t, active.size)])
-                for t in (buf, exp_avg, exp_avg_sq)
+                lay.pack([v[keep_t] for v in lay.views(packed, active.size)])
+                for packed in (buf, exp_avg, exp_avg_sq)
             )
             update.rebind(buf, exp_avg, exp_avg_sq, n)
             rows.keep(keep_t)
             active = active[keep_rows]
-    stats = {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
-    return lay.saved(best), stats
+    return best, {"epochs_trained": epoch, "best_epoch": best_epoch, "val_loss": best_val}
 
 
 VAL_CHUNK = 32
@@ -285,6 +267,7 @@ def train_predict_windows(
 def window_state(
     prep: PreparedWindow, spec: NNSpec, params: list[torch.Tensor], stats: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
+    """One window's `WindowResult.state` from its members' best parameters and stats."""
     n_c = prep.codes.size
     state = {f"param{i}": p.detach().cpu().double().numpy() for i, p in enumerate(params)}
     # the AR table was padded to the batch's largest country count

@@ -2,6 +2,8 @@
 
 Shared by the batched trainer (`_batched_mlp.py`) and the per-member reference loop
 (tests/ensemble_loop.py), so both see exactly the same rows, splits, seeds and initial weights.
+
+Imports: torch, numpy and solvers/ (common, parameters, rules).
 """
 
 from __future__ import annotations
@@ -183,17 +185,8 @@ def prepare_window(win: WindowData, spec: NNSpec) -> PreparedWindow:
     if not np.isfinite(X).all():
         raise ValueError("X must be finite on every row that has a target")
     codes, cidx = np.unique(country, return_inverse=True)
-    n_c, p = codes.size, X.shape[1]
-    if spec.scale == "per_country":
-        counts = np.bincount(cidx, minlength=n_c).astype(np.float64)
-        loc = np.stack([np.bincount(cidx, X[:, j], n_c) for j in range(p)], 1) / counts[:, None]
-        dev = (X - loc[cidx]) ** 2
-        var = np.stack([np.bincount(cidx, dev[:, j], n_c) for j in range(p)], 1) / counts[:, None]
-        scale = np.sqrt(var)
-        # a constant series keeps unit scale rather than dividing by ~0
-        scale = np.where(scale > 1e-12 * (1.0 + np.abs(loc)), scale, 1.0)
-    else:
-        loc, scale = np.zeros((n_c, p)), np.ones((n_c, p))
+    p = X.shape[1]
+    loc, scale = _country_scaling(X, cidx, codes.size, spec.scale)
     avail = np.isfinite(Y)
     Ys = (Y - loc[cidx, :1]) / scale[cidx, :1]
     X_new = np.asarray(win.X_new, dtype=np.float64)
@@ -220,6 +213,23 @@ def prepare_window(win: WindowData, spec: NNSpec) -> PreparedWindow:
         val_rows=val_rows,
         multi_horizon=multi,
     )
+
+
+def _country_scaling(
+    X: np.ndarray, cidx: np.ndarray, n_c: int, how: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Location and scale (C, p) of each country's rows of X: mean and standard deviation
+    for 'per_country', 0 and 1 for 'none'."""
+    p = X.shape[1]
+    if how != "per_country":
+        return np.zeros((n_c, p)), np.ones((n_c, p))
+    counts = np.bincount(cidx, minlength=n_c).astype(np.float64)
+    loc = np.stack([np.bincount(cidx, X[:, j], n_c) for j in range(p)], 1) / counts[:, None]
+    dev = (X - loc[cidx]) ** 2
+    var = np.stack([np.bincount(cidx, dev[:, j], n_c) for j in range(p)], 1) / counts[:, None]
+    scale = np.sqrt(var)
+    # a constant series keeps unit scale rather than dividing by ~0
+    return loc, np.where(scale > 1e-12 * (1.0 + np.abs(loc)), scale, 1.0)
 
 
 def encode_countries(codes: np.ndarray, country: np.ndarray) -> np.ndarray:

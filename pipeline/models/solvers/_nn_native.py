@@ -11,6 +11,8 @@ own (epochs x steps per epoch), which equals the torch path's shared count.
 The kernel is built twice (AVX-512, AVX2 + FMA) from one source with bits that do not
 depend on the variant; `load` picks the widest the CPU runs. Without either (no compiler at
 install, another ISA, another OS) `available()` is False and the torch path runs.
+
+Imports: torch, numpy, ctypes, solvers.native and the `_nn_*` modules it mirrors.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.models.solvers._nn_data import ADAM_BETAS, ADAM_EPS, NNSpec
-from pipeline.models.solvers._nn_rows import Stacked
+from pipeline.models.solvers._nn_rows import Members, Stacked
 from pipeline.models.solvers._nn_step import Layout
 from pipeline.models.solvers.native import available, load
 
@@ -45,6 +47,8 @@ class RowLayout:
         self.width = at
 
     def dims(self, bs: int) -> np.ndarray:
+        """The sizes the kernel reads, int32: layers, countries, H, Q, batch size, row width,
+        layer sizes and parameter offsets; ValueError past the kernel's limits."""
         lay = self.lay
         L = len(lay.sizes) - 1
         if L > MAX_LAYERS or lay.Q > MAX_QUANTILES:
@@ -134,13 +138,7 @@ class Kernel:
 
 
 def train_native(
-    lay: Layout,
-    data: Stacked,
-    spec: NNSpec,
-    gens: list[torch.Generator],
-    inits: list[list[torch.Tensor]],
-    train_ids: list[np.ndarray],
-    val_ids: list[np.ndarray],
+    lay: Layout, data: Stacked, spec: NNSpec, members: Members
 ) -> tuple[list[torch.Tensor], dict[str, np.ndarray]]:
     """`_batched_mlp.train_members` on the kernel: the members' best parameters (B, ...) in
     `Layout.views` shapes and their stats. The same members, rows, shuffles, epochs and
@@ -148,17 +146,17 @@ def train_native(
     lib = load()  # the widest variant this CPU runs
     if lib is None:
         raise RuntimeError("the native ensemble_nn kernel is not built for this CPU")
-    bs, B = spec.batch_size, len(inits)
+    bs, B = spec.batch_size, len(members.inits)
     rl = RowLayout(lay)
     kern = Kernel(lib, rl, spec, data)
-    params = rl.pack([torch.stack([init[i] for init in inits]) for i in range(len(inits[0]))])
+    params = rl.pack(members.stacked_inits())
     m, v = np.zeros_like(params), np.zeros_like(params)
     best = params.copy()
-    n_train = np.array([t.size for t in train_ids])
+    n_train = members.n_train()
     spe = -(-n_train // bs)
-    n_val = np.array([t.size for t in val_ids], dtype=np.int32)
+    n_val = np.array([t.size for t in members.val_ids], dtype=np.int32)
     val_rows = np.full((B, max(int(n_val.max()), 1)), data.dummy, dtype=np.int32)
-    for b, ids in enumerate(val_ids):
+    for b, ids in enumerate(members.val_ids):
         val_rows[b, : ids.size] = ids
     epoch = np.zeros(B, dtype=np.int64)
     wait = np.zeros(B, dtype=np.int64)
@@ -170,9 +168,7 @@ def train_native(
         rows = epoch_rows[: active.size]
         rows.fill(data.dummy)  # pads each member's short last batch (weight 0)
         for i, b in enumerate(active):
-            rows[i, : n_train[b]] = train_ids[b][
-                torch.randperm(n_train[b], generator=gens[b]).numpy()
-            ]
+            rows[i, : n_train[b]] = members.shuffled(b)
         kern.train(active, rows, spe[active], epoch[active] * spe[active], params, m, v)
         val = kern.validate(active, np.ascontiguousarray(val_rows[active]), n_val[active], params)
         epoch[active] += 1

@@ -1,15 +1,20 @@
-"""The rows each member of ensemble_nn's batch trains on: one table of all windows' rows,
-and each member's epoch laid out by step, so a training step gathers nothing.
+"""The members of ensemble_nn's batch and the rows they train on: who they are (`Members`:
+generator, initial weights, row ids; both trainers start from them), one table of all
+windows' rows (`Stacked`), and each member's epoch laid out by step (`EpochRows`), so a
+training step gathers nothing.
+
+Imports: torch, numpy, `_nn_data` and `_nn_step`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.models.solvers._nn_data import PreparedWindow
+from pipeline.models.solvers._nn_data import NNSpec, PreparedWindow, init_member, member_seed
 from pipeline.models.solvers._nn_step import loss_weights
 
 
@@ -61,7 +66,53 @@ class Stacked:
         return x, c, y.view(-1, B, n).permute(1, 2, 0), w.view(-1, B, n).permute(1, 2, 0)
 
 
+@dataclass
+class Members:
+    """Every member of a batch, window-major (member k of window g at g * M + k): its
+    generator (its shuffles), its initial weights and its training and validation rows (ids
+    in the `Stacked` table). What both trainers (torch and native) start from."""
+
+    gens: list[torch.Generator]
+    inits: list[list[torch.Tensor]]
+    train_ids: list[np.ndarray]
+    val_ids: list[np.ndarray]
+
+    @classmethod
+    def of(cls, preps: Sequence[PreparedWindow], spec: NNSpec, data: Stacked) -> Members:
+        """Member k of every window is seeded from (seed, k) alone, so a window's members are
+        the same whoever shares the batch."""
+        Q = len(spec.quantiles)
+        out = cls([], [], [], [])
+        for g, prep in enumerate(preps):
+            for k in range(spec.parallel_models):
+                gen = torch.Generator().manual_seed(member_seed(spec.seed, k))
+                out.inits.append(
+                    init_member(
+                        gen, data.p, spec.units_per_layer, data.H * Q, data.n_countries, data.H
+                    )
+                )
+                out.gens.append(gen)
+                out.train_ids.append(prep.train_rows[k] + data.offsets[g])
+                out.val_ids.append(prep.val_rows[k] + data.offsets[g])
+        return out
+
+    def n_train(self) -> np.ndarray:
+        """(B,) training rows of each member."""
+        return np.array([t.size for t in self.train_ids])
+
+    def stacked_inits(self) -> list[torch.Tensor]:
+        """The initial weights parameter by parameter, each (B, ...)."""
+        return [torch.stack([init[i] for init in self.inits]) for i in range(len(self.inits[0]))]
+
+    def shuffled(self, b: int) -> np.ndarray:
+        """Member b's training rows in a fresh order drawn from its own generator: the same
+        whoever else is batched, and the same draws in either trainer."""
+        rows = self.train_ids[b]
+        return rows[torch.randperm(rows.size, generator=self.gens[b]).numpy()]
+
+
 def padded(rows: Sequence[np.ndarray], width: int, fill: int) -> torch.Tensor:
+    """(len(rows), width) row ids, each list padded with `fill` (the dummy row)."""
     out = torch.full((len(rows), width), fill, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : r.size] = torch.from_numpy(r)

@@ -14,6 +14,8 @@ preallocated buffer (a fresh 1.5 MB tensor per op cost more than the op: page fa
 the head and loss run transposed, (A, H, Q, n) with the n rows fastest, one quantile at a
 time, because torch's elementwise kernels are ~8x slower when an operand is broadcast
 along a short inner axis (Q = 3, H = 4).
+
+Imports: torch only.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ class Layout:
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
+        """(rows, cols) of every parameter: weights, biases, then the AR table (2C, H)."""
         pairs = list(zip(self.sizes[:-1], self.sizes[1:], strict=True))
         return [*pairs, *[(1, b) for _, b in pairs], (2 * self.n_countries, self.H)]
 
     @property
     def width(self) -> int:
+        """Numbers per member in the parameter-major buffer."""
         return sum(a * b for a, b in self.shapes)
 
     def views(self, buf: torch.Tensor, A: int) -> list[torch.Tensor]:
@@ -153,6 +157,7 @@ class Step:
         self.bufs: _Buffers | None = None
 
     def rebind(self, buf: torch.Tensor, grad: torch.Tensor, A: int) -> None:
+        """Bind to A members' parameters and gradient held in 1-D parameter-major buffers."""
         self.bind(self.lay.views(buf, A), self.lay.views(grad, A))
 
     def bind(self, views: list[torch.Tensor], gviews: list[torch.Tensor]) -> None:

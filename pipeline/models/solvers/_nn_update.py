@@ -8,6 +8,8 @@ members (operands of 0.5-1 MB; one gradient buffer reused by every chunk, still 
 Adam reads it) cost ~14 % less per member-step at A = 360; chunks under ~100 lose more to
 each op's fixed cost than they gain. Members never mix: a chunk is a contiguous range of
 the member axis of every parameter block, and Adam is elementwise.
+
+Imports: torch (its Adam), `_nn_data` and `_nn_step`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Update:
         self.parts: list[tuple[int, int, Step, list, list, list, list]] = []
 
     def rebind(self, buf: torch.Tensor, m: torch.Tensor, v: torch.Tensor, A: int) -> None:
+        """Bind to A members' parameters and Adam moments (after a compaction), chunk by chunk."""
         lay = self.lay
         self.parts = []
         if A == 0:

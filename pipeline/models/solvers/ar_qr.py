@@ -3,6 +3,8 @@
 y_{t+h} is regressed on an intercept and the lags y_t, ..., y_{t-p+1} (the columns of X,
 in that order) by unpenalized linear quantile regression, solved exactly by
 `pipeline.models.solvers.quantile_linear.fit_quantile_lp` for all problems and quantiles at once.
+
+Imports: numpy and solvers/ (common, quantile_linear, rules); never torch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pipeline.models.solvers.rules import check_quantiles
 
 
 def with_intercept(X: np.ndarray) -> np.ndarray:
+    """X (..., p) with a column of ones first (..., p + 1)."""
     return np.concatenate([np.ones((*X.shape[:-1], 1)), X], axis=-1)
 
 

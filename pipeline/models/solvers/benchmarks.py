@@ -7,6 +7,8 @@ numpy's default (linear interpolation), taken over the rows with w > 0 and a fin
 
 - `rw` (no change + the window's h-month changes): q_T = y_T + Q_tau({y_{t+h} - y_t})
 - `climatology`: q_T = Q_tau({y_{t+h}})
+
+Imports: numpy only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 
 def masked(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """values, NaN where the row is left out (w = 0) or the value is not finite."""
     return np.where((np.asarray(w) > 0) & np.isfinite(values), values, np.nan)
 
 

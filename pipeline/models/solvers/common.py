@@ -1,6 +1,8 @@
 """Shared helpers for quantile models: pinball loss, rearrangement, crossing, small checks.
 
-Parameter ranges are declared once, in pipeline.models.solvers.rules and the built-in model modules.
+Parameter ranges are declared once, in solvers/parameters.py (as `Rule`s of rules.py).
+
+Imports: numpy; torch inside the functions that need it (ar_qr's tasks never load it).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ the same for every horizon anyway. Pass y with one column to get one network per
 Several windows (origins) can be trained as one batched network with
 `fit_predict_ensemble_windows`; `EnsembleNN.fit` (pipeline.models.estimator_nn) is that
 code path with a single window.
+
+Imports: torch and the `_batched_mlp` / `_nn_data` modules behind it, parameters.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ One key, one result: the free-row systems are solved by an elimination written a
 elementwise operations over a batch padded to its largest free set (padding rows are
 identity rows: they add exact zeros to the real rows), and H v is one product per problem
 with its own K, so a problem's bits never depend on its batch-mates.
+
+Imports: torch only.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ Alpha is chosen per quantile by time-ordered validation inside the window: fit o
 n - validation_size rows with weight > 0, score the mean pinball on the last validation_size
 ones, refit on all rows with the best alpha (first in `alphas` on ties). Scaling, bandwidth
 and features use the whole training window (all of it is known at the origin).
+
+Imports: numpy, torch and solvers/ (common, parameters, quantile_kernel, rff, rules).
 """
 
 from __future__ import annotations

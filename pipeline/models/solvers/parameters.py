@@ -7,6 +7,8 @@ the bare parameter: one declaration, two checks, the same `allowed` text.
 The defaults are those of the kernels' and the public estimators' keyword arguments (both read
 them from here). A study's defaults are `conf/models/<name>/default.yaml` (the config's one
 source); tests/test_registry.py holds the two equal.
+
+Imports: solvers.rules only.
 """
 
 from __future__ import annotations

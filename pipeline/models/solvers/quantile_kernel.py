@@ -21,6 +21,8 @@ point (one Cholesky factorization per problem and iteration, shared by the predi
 corrector step), which after CROSSOVER_ITER iterations hands its problems to the active-set
 method with the bounds its iterate predicts (most certify at once: a third fewer interior
 point iterations).
+
+Imports: torch and solvers/ (common, kernel_active_set).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ import torch (1.1-1.3 CPU-s, most of a small study's train; issue 18).
 
 The dual (kernel-form) solver of the penalized model `lqr` lives in
 `pipeline.models.solvers.quantile_kernel`.
+
+Imports: numpy and solvers/ (common, rules).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 phi(x~) = [x~, sqrt(2/D) cos(x~ W / bw + b)] on standardized features x~: the linear part
 plus D seeded random features whose inner products approximate the RBF kernel
 exp(-|x - x'|^2 / (2 bw^2)) (Rahimi & Recht, 2007), W ~ N(0, 1), b ~ U(0, 2 pi).
+
+Imports: numpy and torch only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 A `Rule` is attached to a config dataclass field (`field(metadata=rule(...))`); the config
 builder (pipeline.config.structured) checks it when a study is validated, and a model's own
 kernel may check the same Rule object on a direct call, so no range is written twice.
+
+Imports: pipeline.errors only (the ConfigError every layer raises).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def rule(
     return {RULE: Rule(test, allowed, each, non_empty)}
 
 
-def at_least(minimum: float, allowed: str, *, each: bool = False, non_empty: bool = False):
+def at_least(
+    minimum: float, allowed: str, *, each: bool = False, non_empty: bool = False
+) -> dict[str, Rule]:
     """Field metadata: a finite number >= minimum (bool is not a number here)."""
     return rule(lambda v: is_number(v) and v >= minimum, allowed, each=each, non_empty=non_empty)
 
@@ -84,10 +88,12 @@ def declared(one: Rule) -> dict[str, Rule]:
 
 
 def is_integer(value: Any) -> bool:
+    """An integer (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value: Any) -> bool:
+    """A finite real number (numpy's too), not a bool."""
     return (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)

@@ -1,5 +1,8 @@
 """The adapter of the parameter-free benchmarks (rw, climatology): the plugin side of their
-kernels in pipeline.models.solvers.benchmarks (which know nothing of the runtime or the config)."""
+kernels in pipeline.models.solvers.benchmarks (which know nothing of the runtime or the config).
+
+Imports: plugins.spec, solvers.benchmarks (numpy only) and pipeline.schema.
+"""
 
 from __future__ import annotations
 

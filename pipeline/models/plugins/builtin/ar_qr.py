@@ -1,6 +1,9 @@
 """`ar_qr`: direct autoregressive quantile regression, y_{t+h} on 1, y_t, ..., y_{t-p+1}.
 
 The kernel is pipeline.models.solvers.ar_qr (exact LP fit, batched over windows).
+
+Imports: plugins.spec, solvers/ (parameters and rules; the kernel inside `_fit`) and
+pipeline.schema; the config for types only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """`climatology`: the benchmark of the window's empirical quantiles of the target y_{t+h}
 (kernel: pipeline.models.solvers.benchmarks). Parameter-free, so its fits are cached by data
-alone; one batched numpy call per task."""
+alone; one batched numpy call per task.
+
+Imports: builtin._benchmarks and solvers.benchmarks (numpy only).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """`ensemble_nn`: factor neural-network ensemble, a pooled MLP trunk + per-country AR term.
 
 The kernel is pipeline.models.solvers.ensemble_nn (members of many windows trained as one batch).
+
+Imports: plugins.spec, solvers/ (parameters and rules; the trainer, torch and the native
+kernel inside functions); the config for types only.
 """
 
 from __future__ import annotations

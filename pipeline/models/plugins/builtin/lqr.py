@@ -1,6 +1,9 @@
 """`lqr`: penalized linear quantile regression on lagged features + random Fourier features.
 
 The kernel is pipeline.models.solvers.lqr (penalty chosen per window by time-ordered validation).
+
+Imports: plugins.spec, solvers/ (parameters and rules; the kernel inside `_fit`); the
+config for types only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """`rw`: the no-change benchmark, y_T plus the empirical quantiles of the window's h-month
 changes (kernel: pipeline.models.solvers.benchmarks). Parameter-free, so its fits are cached by data
-alone; one batched numpy call per task."""
+alone; one batched numpy call per task.
+
+Imports: builtin._benchmarks and solvers.benchmarks (numpy only).
+"""
 
 from __future__ import annotations
 

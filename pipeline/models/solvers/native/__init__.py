@@ -61,4 +61,5 @@ def load(name: str | None = None) -> ctypes.CDLL | None:
 
 
 def available() -> bool:
+    """Whether a variant of the kernel is built and runs on this CPU."""
     return load() is not None
