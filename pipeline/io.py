@@ -249,7 +249,8 @@ def write_failure_message(error: BaseException) -> str | None:
     import sqlite3
 
     if isinstance(error, OSError) and error.errno in (
-        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR
+        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+        errno.EISDIR,
     ):  # fmt: skip
         return f"cannot write: {describe_os_error(error)}"
     if isinstance(error, sqlite3.OperationalError) and (
@@ -266,8 +267,12 @@ def describe_os_error(error: OSError) -> str:
     """One line for a write failure: the file, the cause and the fix."""
     import errno
 
-    where = f" ({error.filename})" if error.filename else ""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    # a rename onto a directory names the temp file first and the target second
+    named = error.filename2 if error.errno == errno.EISDIR and error.filename2 else error.filename
+    where = f" ({named})" if named else ""
+    if error.errno == errno.EISDIR:
+        fix = "a directory is in the way: move it, or name a file path instead"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free disk space there, or point runtime.output_dir at a disk with room"
     elif error.errno in (errno.ENOTDIR, errno.EEXIST):
         fix = "a file is in the way: move it, or choose another runtime.output_dir"
