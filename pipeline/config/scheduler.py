@@ -37,7 +37,7 @@ def parse_address(address: str) -> tuple[str, str, int | None]:
     return scheme, host, int(port_text)
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(address: str, timeout: float | None = None) -> None:
     """ConfigError (exit 2) unless a Dask scheduler answers at `address`.
 
     A TCP connect alone proves little (a firewall or proxy may accept any connection), so on
@@ -49,7 +49,8 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if port is None:
         return
     try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
+        wait = CONNECT_TIMEOUT_S if timeout is None else timeout
+        with socket.create_connection((host, port), timeout=wait) as connection:
             if scheme == "tcp" and not connection.recv(1):
                 raise ConnectionResetError(0, "closed without a word")
             return
