@@ -114,6 +114,30 @@ def test_a_directory_where_a_file_is_written_is_one_line(tmp_path, capsys, monke
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["inside", "taken"]  # no temp file left
 
 
+@pytest.mark.parametrize(
+    ("override", "key", "fragment"),
+    [
+        ("runtime.output_dir=", "runtime.output_dir", "'.' for the current one"),
+        ("runtime.model_cache_dir=", "runtime.model_cache_dir", "null or a directory path"),
+        ("experiment=nope", "experiment", "['quick', 'seed', 'seed_calibrated', 'seed_qrf']"),
+        ("calibration=nope", "calibration", "['conformal', 'none', 'tracker']"),
+    ],
+)
+def test_an_empty_dir_or_an_unknown_preset_names_the_key_and_the_choices(override, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_dict([override]))
+    assert info.value.key == key and fragment in str(info.value)
+
+
+def test_a_file_in_the_way_of_the_model_cache_names_that_setting(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    cache = tmp_path / "file" / "models"
+    argv = ["run", *tiny_study(), f"runtime.output_dir={tmp_path / 'out'}"]
+    assert main([*argv, f"runtime.model_cache_dir={cache}"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.count("runtime.model_cache_dir") == 2 and "runtime.output_dir" not in line
+
+
 # --- runtime.scheduler_address ------------------------------------------------------------
 
 

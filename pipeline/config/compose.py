@@ -40,6 +40,7 @@ def find_conf_dir(start: Path | None = None) -> Path:
 # `enabled` (a user model's need not: it defaults to true), so the documented key needs no `+`
 _ENABLED = re.compile(r"^models\.[^.=]+\.enabled=")
 _NOT_OVERRIDDEN = re.compile(r"Could not override '([^']+)'")
+_NO_OPTION = re.compile(r"Could not find '([\w/]+)/([^'/]+)'")
 
 
 def forgiving_overrides(overrides: Sequence[str]) -> list[str]:
@@ -91,6 +92,12 @@ def _compose(overrides: Sequence[str], conf_dir: Path, hydra_config: bool = Fals
                 f"prefix it with +: +{given}",
                 "no such key",
             ) from None
+        option = _NO_OPTION.search(str(error))
+        if option and (conf_dir / option.group(1)).is_dir():  # experiment=nope: list the options
+            group = option.group(1)
+            known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+            allowed = f"one of the options in conf/{group}/: {known}"
+            raise ConfigError(group, allowed, option[2]) from None
         raise ConfigError(
             "overrides",
             "keys and values that exist in conf/ (see `qpipe write-config -`)",
