@@ -138,6 +138,18 @@ def test_a_file_in_the_way_of_the_model_cache_names_that_setting(tmp_path, capsy
     assert line.count("runtime.model_cache_dir") == 2 and "runtime.output_dir" not in line
 
 
+def test_init_without_dvc_on_path_writes_nothing(tmp_path, monkeypatch):
+    from pipeline.init_project import init_project
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "git").symlink_to(shutil.which("git"))
+    monkeypatch.setenv("PATH", str(tools))
+    with pytest.raises(ConfigError, match="`dvc` on PATH"):
+        init_project(tmp_path / "project")
+    assert not (tmp_path / "project").exists()  # no half project to finish by hand
+
+
 # --- runtime.scheduler_address ------------------------------------------------------------
 
 
