@@ -28,8 +28,15 @@ def _cmd_results(args: argparse.Namespace) -> int:
         raise ConfigError("--notes", "an existing Markdown file", str(notes))
     output_dir = Path(args.output_dir)
     from pipeline.runtime.store.progress import db_path, read_table
+    from pipeline.schema import META_FILE
 
     db = db_path(output_dir)  # the per-row view derived on read (else an earlier export)
+    needed = [output_dir / META_FILE, db if db.exists() else db.parent / "progress.parquet"]
+    absent = [str(p.relative_to(output_dir)) for p in needed if not p.is_file()]
+    if absent:  # not a study's output dir: one line, not render_results' FileNotFoundError
+        raise ConfigError(
+            "--output-dir", f"a finished study's output dir (it lacks {absent})", str(output_dir)
+        )
     progress = read_table(db, "progress") if db.exists() else None
     timings = read_timings(output_dir)
     render_results(output_dir, Path(args.out), notes=notes, timings=timings, progress=progress)
@@ -40,6 +47,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.runtime.ui.monitor import monitor
 
+    if not args.interval > 0:  # 0 or less redrew the table in a busy loop
+        raise ConfigError("--interval", "a number of seconds > 0", args.interval)
     if args.export:
         return _export_progress(Path(args.output_dir))
     return monitor(Path(args.output_dir), watch=args.watch, interval=args.interval, rows=args.rows)
@@ -67,6 +76,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     out = Path(args.output_dir)
     cache = Path(args.cache_dir) if args.cache_dir else out / "models"
+    # checked before the lock, which would create a missing dir (and fail on a file)
+    if not out.is_dir():
+        raise ConfigError("--output-dir", "a run's output dir", str(out))
+    if not cache.is_dir():
+        key = "--cache-dir" if args.cache_dir else "--output-dir"
+        raise ConfigError(key, "an existing fit cache folder (a run writes it)", str(cache))
     with RunLock(out):  # a running train writes the cache: wait for no one, exit 2 instead
         lines, damaged = verify_cache(cache)
     print("\n".join(lines))

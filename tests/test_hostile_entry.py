@@ -150,6 +150,23 @@ def test_init_without_dvc_on_path_writes_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "project").exists()  # no half project to finish by hand
 
 
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["verify", "--output-dir", "{tmp}/absent"], "--output-dir"),
+        (["verify", "--output-dir", "{tmp}/file"], "--output-dir"),
+        (["verify", "--output-dir", "{tmp}", "--cache-dir", "{tmp}/absent"], "--cache-dir"),
+        (["results", "--output-dir", "{tmp}/absent", "--out", "{tmp}/r.md"], "--output-dir"),
+        (["monitor", "--watch", "--interval", "0", "--output-dir", "{tmp}"], "--interval"),
+    ],
+)
+def test_inspecting_what_is_no_run_is_one_line_and_creates_nothing(tmp_path, capsys, argv, key):
+    (tmp_path / "file").write_text("mine")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert f"config error at '{key}'" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 # --- runtime.scheduler_address ------------------------------------------------------------
 
 
