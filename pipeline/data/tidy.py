@@ -20,14 +20,17 @@ def parse_months(values: pd.Series, where: str) -> pd.Series:
     """
     # each distinct value parsed once (format="mixed" reads every value on its own): a panel
     # repeats a few hundred months over all its rows
-    absent = values.isna() | (values.astype("string").str.strip() == "")
+    codes, distinct = pd.factorize(values)  # a missing value: code -1
+    text = pd.Series(distinct).astype("string").str.strip().str.replace("M", "-", regex=False)
+    blank = np.flatnonzero((text == "").to_numpy(dtype=bool, na_value=False))
+    absent = codes < 0
+    if blank.size:
+        absent |= np.isin(codes, blank)
     if absent.any():  # an empty cell would otherwise read as "not a month start: [nan]"
         raise DataError(
             f"{where}: {int(absent.sum())} rows have an empty TIME; give every row its month "
             "(YYYY-MM) or remove the row"
         )
-    codes, distinct = pd.factorize(values)
-    text = pd.Series(distinct).astype("string").str.strip().str.replace("M", "-", regex=False)
     parsed_distinct = pd.to_datetime(text, errors="coerce", format="mixed").to_numpy()
     parsed = pd.Series(
         np.where(codes >= 0, parsed_distinct[codes], np.datetime64("NaT")),
