@@ -213,7 +213,9 @@ def test_a_port_that_accepts_but_is_no_dask_scheduler_is_refused():
             connection.close()
 
 
-def test_a_running_dask_scheduler_passes_the_check():
+def test_a_dask_scheduler_still_starting_passes_the_check():
+    """Refused connects are retried within the check's time, as Dask's client retries them:
+    `dask scheduler & qpipe run ...` works."""
     from pipeline.config.scheduler import check_reachable
 
     port = _free_port()
@@ -224,14 +226,7 @@ def test_a_running_dask_scheduler_passes_the_check():
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                check_reachable(f"tcp://127.0.0.1:{port}", timeout=5.0)
-                break
-            except ConfigError:
-                assert time.monotonic() < deadline and scheduler.poll() is None
-                time.sleep(0.3)
+        check_reachable(f"tcp://127.0.0.1:{port}", timeout=60.0)  # at once: not listening yet
     finally:
         scheduler.terminate()
         scheduler.wait(timeout=30)

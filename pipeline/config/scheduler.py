@@ -8,6 +8,7 @@ a minute later (its connect timeout, then its close timeout), with exit code 1.
 from __future__ import annotations
 
 import socket
+import time
 
 from pipeline.config.structured import ConfigError
 
@@ -15,7 +16,8 @@ KEY = "runtime.scheduler_address"
 # Dask's schemes that a TCP connect can test; inproc:// and ucx:// are taken as they are
 TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
 SCHEMES = (*TCP_SCHEMES, "inproc", "ucx")
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0  # the whole check, refused connects retried within it
+REFUSED_RETRY_S = 0.5
 
 
 def parse_address(address: str) -> tuple[str, str, int | None]:
@@ -48,17 +50,29 @@ def check_reachable(address: str, timeout: float | None = None) -> None:
     scheme, host, port = parse_address(address)
     if port is None:
         return
-    try:
-        wait = CONNECT_TIMEOUT_S if timeout is None else timeout
-        with socket.create_connection((host, port), timeout=wait) as connection:
-            if scheme == "tcp" and not connection.recv(1):
-                raise ConnectionResetError(0, "closed without a word")
-            return
-    except OSError as error:
-        reason = "no answer" if isinstance(error, TimeoutError) else error.strerror or str(error)
+    wait = CONNECT_TIMEOUT_S if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            left = max(deadline - time.monotonic(), 0.1)
+            with socket.create_connection((host, port), timeout=left) as connection:
+                if scheme == "tcp" and not connection.recv(1):
+                    raise ConnectionResetError(0, "closed without a word")
+                return
+        except ConnectionRefusedError:
+            # a scheduler started just before the run may not listen yet: Dask's client
+            # retries a refused connect too, so retry until the deadline
+            if time.monotonic() + REFUSED_RETRY_S < deadline:
+                time.sleep(REFUSED_RETRY_S)
+                continue
+            reason = "Connection refused"
+        except OSError as error:
+            reason = (
+                "no answer" if isinstance(error, TimeoutError) else error.strerror or str(error)
+            )
         raise ConfigError(
             KEY,
             "the address of a running Dask scheduler (start it first: `dask scheduler`; or "
             "null for a local cluster)",
             f"{address}: {reason}",
-        ) from None
+        )
