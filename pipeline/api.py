@@ -80,7 +80,8 @@ def _backtest(
     from pipeline.config.compose import compose_dict, compose_file
     from pipeline.runner import run_study
 
-    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides or ()):
+    not_a_list = isinstance(overrides, str) or not isinstance(overrides, (Sequence, type(None)))
+    if not_a_list or not all(isinstance(o, str) for o in overrides or ()):
         raise ConfigError("overrides", "a list of strings such as ['experiment=quick']", overrides)
     overrides = list(overrides or ())
     plain = compose_file(Path(config), overrides) if config is not None else compose_dict(overrides)
@@ -152,6 +153,12 @@ def _checked_panel(data: object, settings: dict[str, Any]) -> pd.DataFrame:
         raise DataError(
             f"data= must be a pandas DataFrame with TIME, COUNTRY and value columns; "
             f"got {type(data).__name__}"
+        )
+    in_index = [n for n in ("TIME", "COUNTRY") if n in (data.index.names or ())]
+    if in_index and not all(n in data.columns for n in in_index):
+        raise DataError(
+            f"the data= DataFrame holds {in_index} in its index, not as columns; pass "
+            "data.reset_index()"
         )
     return check_tidy(
         data,

@@ -25,6 +25,9 @@ SCAFFOLD = Path(__file__).resolve().parent / "scaffold"
 def init_project(target: Path) -> list[str]:
     """Create what is missing of a qpipe project in `target`; returns one line per action."""
     check_writable_dir(target, "qpipe init DIR")
+    for tool, made in (("git", ".git"), ("dvc", ".dvc")):  # before anything is written
+        if not (target / made).exists():
+            _executable(tool)
     target.mkdir(parents=True, exist_ok=True)
     done: list[str] = []
     if (target / "conf").exists():
@@ -65,12 +68,17 @@ def init_project(target: Path) -> list[str]:
 HYDRA = "[hydra]\n    enabled = true\n    config_dir = conf\n    config_name = config\n"
 
 
-def _tool(command: list[str], cwd: Path) -> None:
-    executable = shutil.which(command[0])
+def _executable(tool: str) -> str:
+    executable = shutil.which(tool)
     if executable is None:
         raise ConfigError(
-            "qpipe init", f"`{command[0]}` on PATH (install it, or activate the venv)", "missing"
+            "qpipe init", f"`{tool}` on PATH (install it, or activate the venv)", "missing"
         )
+    return executable
+
+
+def _tool(command: list[str], cwd: Path) -> None:
+    executable = _executable(command[0])
     proc = subprocess.run([executable, *command[1:]], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

@@ -211,7 +211,9 @@ def check_writable_dir(path: str | os.PathLike[str], key: str = "runtime.output_
             os.close(fd)
             os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"{key} {path} cannot be written: {describe_os_error(error)}") from None
+        raise OutputError(
+            f"{key} {path} cannot be written: {describe_os_error(error, key)}"
+        ) from None
 
 
 # Folders of the operating system: never an output dir, nor anything under the first group
@@ -249,7 +251,8 @@ def write_failure_message(error: BaseException) -> str | None:
     import sqlite3
 
     if isinstance(error, OSError) and error.errno in (
-        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR
+        errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+        errno.EISDIR,
     ):  # fmt: skip
         return f"cannot write: {describe_os_error(error)}"
     if isinstance(error, sqlite3.OperationalError) and (
@@ -262,17 +265,22 @@ def write_failure_message(error: BaseException) -> str | None:
     return None
 
 
-def describe_os_error(error: OSError) -> str:
-    """One line for a write failure: the file, the cause and the fix."""
+def describe_os_error(error: OSError, key: str = "runtime.output_dir") -> str:
+    """One line for a write failure: the file, the cause and the fix (`key`: the setting or
+    argument that chose the path, named in the fix)."""
     import errno
 
-    where = f" ({error.filename})" if error.filename else ""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free disk space there, or point runtime.output_dir at a disk with room"
+    # a rename onto a directory names the temp file first and the target second
+    named = error.filename2 if error.errno == errno.EISDIR and error.filename2 else error.filename
+    where = f" ({named})" if named else ""
+    if error.errno == errno.EISDIR:
+        fix = "a directory is in the way: move it, or name a file path instead"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free disk space there, or point {key} at a disk with room"
     elif error.errno in (errno.ENOTDIR, errno.EEXIST):
-        fix = "a file is in the way: move it, or choose another runtime.output_dir"
+        fix = f"a file is in the way: move it, or choose another {key}"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "no permission to write there: choose a writable runtime.output_dir"
+        fix = f"no permission to write there: choose a writable {key}"
     else:
-        fix = "choose another runtime.output_dir"
+        fix = f"choose another {key}"
     return f"{error.strerror or error}{where}; {fix}"

@@ -37,6 +37,10 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
         check_data_path(config.data, Path.cwd())
     if config.model_cache_dir != config.output_dir / "models":
         check_writable_dir(config.model_cache_dir, "runtime.model_cache_dir")
+    if config.runtime.scheduler_address and not dry_run:  # a dry run contacts no cluster
+        from pipeline.config.scheduler import check_reachable
+
+        check_reachable(config.runtime.scheduler_address)
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
     from pipeline.runtime.fits.shared_plan import one_plan_per_run
 

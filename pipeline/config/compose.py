@@ -40,6 +40,7 @@ def find_conf_dir(start: Path | None = None) -> Path:
 # `enabled` (a user model's need not: it defaults to true), so the documented key needs no `+`
 _ENABLED = re.compile(r"^models\.[^.=]+\.enabled=")
 _NOT_OVERRIDDEN = re.compile(r"Could not override '([^']+)'")
+_NO_OPTION = re.compile(r"Could not find '([\w/]+)/([^'/]+)'")
 
 
 def forgiving_overrides(overrides: Sequence[str]) -> list[str]:
@@ -76,7 +77,11 @@ def _compose(overrides: Sequence[str], conf_dir: Path, hydra_config: bool = Fals
             return compose(
                 config_name=CONFIG_NAME, overrides=overrides, return_hydra_config=hydra_config
             )
-    except (HydraException, OmegaConfBaseException) as error:
+    except UnicodeDecodeError:  # Hydra does not say which file: find it
+        raise _not_text(next(_undecodable(conf_dir), conf_dir)) from None
+    except (HydraException, OmegaConfBaseException, *_yaml_errors()) as error:
+        if isinstance(error, _yaml_errors()):  # a conf/ file that is not YAML: name its line
+            raise yaml_error(error) from None
         missing = _NOT_OVERRIDDEN.search(str(error))
         if missing:  # a key conf/ does not have: a typo, or a new key that needs `+`
             key = missing.group(1)
@@ -87,6 +92,12 @@ def _compose(overrides: Sequence[str], conf_dir: Path, hydra_config: bool = Fals
                 f"prefix it with +: +{given}",
                 "no such key",
             ) from None
+        option = _NO_OPTION.search(str(error))
+        if option and (conf_dir / option.group(1)).is_dir():  # experiment=nope: list the options
+            group = option.group(1)
+            known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+            allowed = f"one of the options in conf/{group}/: {known}"
+            raise ConfigError(group, allowed, option[2]) from None
         raise ConfigError(
             "overrides",
             "keys and values that exist in conf/ (see `qpipe write-config -`)",
@@ -131,6 +142,7 @@ def compose_file(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
         raise ConfigError(
             "--config", "an existing config file (write one with --write-config FILE)", str(path)
         )
+    _check_config_file(path)  # Hydra reads a temp copy: its errors would name that copy
     with tempfile.TemporaryDirectory() as tmp_dir:
         shutil.copyfile(path, Path(tmp_dir) / f"{CONFIG_NAME}.yaml")
         composed = compose_dict(overrides, Path(tmp_dir))
@@ -174,7 +186,71 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
     if not path.exists():
         raise ConfigError(str(path), "a params file; create it with `qpipe compose`", "missing")
     # YAML 1.2, as DVC (ruamel) writes it: PyYAML's 1.1 rules read `5e-05` as a string
-    from ruamel.yaml import YAML
+    from ruamel.yaml import YAML, YAMLError
 
-    with open(path, encoding="utf-8") as handle:
-        return validate(YAML(typ="safe", pure=True).load(handle) or {})
+    try:
+        with open(path, encoding="utf-8") as handle:
+            plain = YAML(typ="safe", pure=True).load(handle)
+    except UnicodeDecodeError:
+        raise _not_text(path) from None
+    except YAMLError as error:
+        raise yaml_error(error, path) from None
+    if plain is not None and not isinstance(plain, dict):
+        raise ConfigError(
+            str(path),
+            "a mapping of config keys (rewrite it: `qpipe compose`)",
+            type(plain).__name__,
+        )
+    return validate(plain or {})
+
+
+# --- files that are not YAML: one line naming the file and line, not a parser's traceback ---
+
+
+def _yaml_errors() -> tuple[type[Exception], ...]:
+    """PyYAML's (Hydra, --config) and ruamel's (params.yaml, as DVC writes it) parse errors."""
+    import yaml
+    from ruamel.yaml import YAMLError
+
+    return (yaml.YAMLError, YAMLError)
+
+
+def yaml_error(error: Exception, path: Path | None = None) -> ConfigError:
+    """A YAML parse error as a ConfigError keyed by the file: its line and the problem."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    name = str(path) if path is not None else str(getattr(mark, "name", "") or "a YAML file")
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or first_line(error)
+    return ConfigError(name, "valid YAML (fix the line named)", f"{where}{problem}")
+
+
+def _not_text(path: Path) -> ConfigError:
+    return ConfigError(str(path), "a UTF-8 text YAML file", "binary data or another encoding")
+
+
+def _undecodable(conf_dir: Path) -> Any:
+    """The YAML files under conf_dir that are not UTF-8 (in a stable order)."""
+    for candidate in sorted(conf_dir.rglob("*.yaml")):
+        try:
+            candidate.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            yield candidate
+        except OSError:
+            continue
+
+
+def _check_config_file(path: Path) -> None:
+    """A `--config` file must be UTF-8 YAML holding a mapping (what write-config writes)."""
+    import yaml
+
+    try:
+        plain = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _not_text(path) from None
+    except yaml.YAMLError as error:
+        raise yaml_error(error, path) from None
+    if not isinstance(plain, dict):
+        given = "an empty file" if plain is None else f"a {type(plain).__name__}"
+        raise ConfigError(
+            "--config", "a complete config file as `qpipe write-config FILE` writes it", given
+        )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.config.scheduler import parse_address
 from pipeline.config.structured import ConfigError, build
 from pipeline.config.study import StudyConfig
 from pipeline.models.solvers.rules import check_quantiles
@@ -62,6 +63,8 @@ def check_semantics(config: StudyConfig) -> None:
     names = list(config.models.names())
     for name in config.runtime.task_timeout_s_by_model:
         _require(name in names, f"runtime.task_timeout_s_by_model.{name}", f"one of {names}", name)
+    if config.runtime.scheduler_address:
+        parse_address(config.runtime.scheduler_address)
     tls = config.runtime.tls_cert_file, config.runtime.tls_key_file
     _require(
         (tls[0] is None) == (tls[1] is None),

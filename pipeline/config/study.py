@@ -168,8 +168,12 @@ class RuntimeConfig:
     max_workers: int | None = field(  # the probe's worker count; on a cluster, the least sized for
         metadata=at_least(1, "null or an integer >= 1")
     )
-    output_dir: str
-    model_cache_dir: str | None  # None: {output_dir}/models; share it across sweeps
+    output_dir: str = field(  # "" would quietly be the current dir
+        metadata=rule(lambda v: v.strip() != "", "a directory path ('.' for the current one)")
+    )
+    model_cache_dir: str | None = field(  # None: {output_dir}/models; share it across sweeps
+        metadata=rule(lambda v: v.strip() != "", "null or a directory path")
+    )
     scheduler_address: str | None  # use an existing Dask cluster instead of a local one
     dashboard_host: str
     dashboard_port: int = field(  # a free port is taken when this one is busy

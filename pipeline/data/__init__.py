@@ -63,7 +63,7 @@ def read_limits(data: DataConfig, where: str) -> ReadLimits:
 
     def check(chunk: pd.DataFrame) -> None:
         if TIME in chunk.columns:
-            parse_months(chunk[TIME], "TIME")
+            parse_months(chunk[TIME], where)
         present = [c for c in columns if c in chunk.columns]
         if data.non_numeric == "error" and COUNTRY in chunk.columns and TIME in chunk.columns:
             to_numeric_columns(chunk, present, where, "error", data.max_abs_value)

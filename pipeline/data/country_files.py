@@ -49,7 +49,14 @@ def read_country_file(
     """
     if limits.check is not None:
         check, country = limits.check, country_of(path)
-        limits = ReadLimits(limits.max_bytes, lambda chunk: check(_with_country(chunk, country)))
+
+        def check_file(chunk: pd.DataFrame) -> None:
+            try:
+                check(_with_country(chunk, country))
+            except DataError as error:  # the check names data.path, the folder: name the file
+                raise DataError(f"{error} (in {path})") from None
+
+        limits = ReadLimits(limits.max_bytes, check_file)
     frame = (
         read_parquet_file(path, limits)
         if path.suffix.lower() in (".parquet", ".pq")

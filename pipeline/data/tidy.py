@@ -20,8 +20,17 @@ def parse_months(values: pd.Series, where: str) -> pd.Series:
     """
     # each distinct value parsed once (format="mixed" reads every value on its own): a panel
     # repeats a few hundred months over all its rows
-    codes, distinct = pd.factorize(values)  # a missing value: code -1, parsed as NaT
+    codes, distinct = pd.factorize(values)  # a missing value: code -1
     text = pd.Series(distinct).astype("string").str.strip().str.replace("M", "-", regex=False)
+    blank = np.flatnonzero((text == "").to_numpy(dtype=bool, na_value=False))
+    absent = codes < 0
+    if blank.size:
+        absent |= np.isin(codes, blank)
+    if absent.any():  # an empty cell would otherwise read as "not a month start: [nan]"
+        raise DataError(
+            f"{where}: {int(absent.sum())} rows have an empty TIME; give every row its month "
+            "(YYYY-MM) or remove the row"
+        )
     parsed_distinct = pd.to_datetime(text, errors="coerce", format="mixed").to_numpy()
     parsed = pd.Series(
         np.where(codes >= 0, parsed_distinct[codes], np.datetime64("NaT")),
@@ -69,11 +78,22 @@ def check_tidy(
             )
     frame = frame.copy()
     if not pd.api.types.is_datetime64_any_dtype(frame[TIME]):
-        frame[TIME] = parse_months(frame[TIME], "TIME")
+        frame[TIME] = parse_months(frame[TIME], where)
+    elif frame[TIME].isna().any():
+        raise DataError(f"{where}: {int(frame[TIME].isna().sum())} rows have no TIME (NaT)")
     elif (frame[TIME].dt.day != 1).any() or (frame[TIME].dt.normalize() != frame[TIME]).any():
-        raise DataError("TIME is not monthly: every TIME must be the first day of a month")
+        raise DataError(
+            f"{where}: TIME is not monthly: every TIME must be the first day of a month"
+        )
     frame[TIME] = frame[TIME].astype("datetime64[ns]")
     frame[COUNTRY] = frame[COUNTRY].astype("string").str.strip()
+    no_country = frame[COUNTRY].isna() | (frame[COUNTRY] == "")
+    if no_country.any():  # such rows were dropped without a word by the panel's groupby
+        months = [f"{t:%Y-%m}" for t in frame.loc[no_country, TIME].head(3)]
+        raise DataError(
+            f"{where}: {int(no_country.sum())} rows have an empty COUNTRY (e.g. TIME {months}); "
+            "give every row its country code or remove the row"
+        )
     duplicated = frame.duplicated([TIME, COUNTRY], keep=False)
     if duplicated.any():
         sample = frame.loc[duplicated, [COUNTRY, TIME]].head(3)

@@ -25,7 +25,16 @@ from pipeline.data import DataError, load_raw
 from pipeline.data.features import build_panel, month_mean_needed, panel_fingerprint
 from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
-from pipeline.schema import COUNTRY, META_FILE, PANEL_FILE, TIME, Y, lag_column, month_index
+from pipeline.schema import (
+    COUNTRY,
+    META_FILE,
+    PANEL_FILE,
+    TIME,
+    Y,
+    lag_column,
+    month_index,
+    month_start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,7 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
         panel = build_panel(raw, **_panel_kwargs(config))
     else:
         panel = _build_with_dask(raw, config)
+    full = panel
     if not panel.empty:
         panel, too_short = _drop_short_countries(panel, config)
         skipped.update(too_short)
@@ -100,16 +110,8 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
             "check data.target and the file's values"
         )
     if panel.empty:
-        first_needed = add_months(
-            config.rolling_window.start_date,
-            -(config.rolling_window.size - 1) - max(needed_lags(config)),
-        )
-        raise ConfigError(
-            "rolling_window.size",
-            f"a window that fits the data: the first origin needs history from {first_needed:%Y-%m} "
-            f"(window {config.rolling_window.size} months + {max(needed_lags(config))} lags); reasons: {skipped}",
-            config.rolling_window.size,
-        )
+        raise _no_origin_fits(full, config, skipped)
+    _warn_origins_outside(panel, config)
     fingerprint = panel_fingerprint(panel)
     countries = tuple(sorted(panel[COUNTRY].unique()))
     span = panel.groupby(COUNTRY, sort=True, observed=True)[TIME].agg(["min", "max"])
@@ -229,13 +231,81 @@ def _drop_short_countries(
     span = panel.groupby(codes, sort=True)[TIME].agg(["min", "max"])
     skipped: dict[str, str] = {}
     for code in np.flatnonzero(~ok):
+        first, last = span.at[code, "min"], span.at[code, "max"]
+        if last < first_origin:  # not a matter of history: its data stop before the origins
+            skipped[str(countries[code])] = (
+                f"its data ({first:%Y-%m}..{last:%Y-%m}) end before the first origin "
+                f"{first_origin:%Y-%m}"
+            )
+            continue
         skipped[str(countries[code])] = (
-            f"too little history: data {span.at[code, 'min']:%Y-%m}..{span.at[code, 'max']:%Y-%m}, "
+            f"too little history: data {first:%Y-%m}..{last:%Y-%m}, "
             f"but every origin needs {window.size} months plus {max(lags)} lags (the first "
             f"origin {first_origin:%Y-%m} needs data from {needs_from:%Y-%m})"
         )
     keep = ok[codes]
     return (panel if keep.all() else panel[keep].reset_index(drop=True)), skipped
+
+
+def _no_origin_fits(
+    panel: pd.DataFrame, config: StudyConfig, skipped: dict[str, str]
+) -> ConfigError:
+    """Why no country kept a single origin, keyed by the setting to change: the window (no
+    country has that many complete months anywhere) or the origins (they lie outside the
+    months where a complete window exists). A few countries' reasons, not all of them: the
+    log lists every one, and a panel of thousands would make a line of megabytes."""
+    window = config.rolling_window
+    first, last = min(origins(window)), max(origins(window))
+    reasons = [f"{c}: {r}" for c, r in sorted(skipped.items())[:3]]
+    more = f"; and {len(skipped) - 3} more (in the log)" if len(skipped) > 3 else ""
+    why = "; ".join(reasons) + more
+    ends = _window_ends(panel, config)
+    if ends.size == 0:
+        return ConfigError(
+            "rolling_window.size",
+            f"a window that fits the data: no country has {window.size} consecutive months "
+            f"with the target and its lags ({why})",
+            window.size,
+        )
+    earliest, latest = month_start(int(ends.min())), month_start(int(ends.max()))
+    return ConfigError(
+        "rolling_window.start_date",
+        f"origins where some country has a complete {window.size}-month window, from "
+        f"{earliest:%Y-%m} to {latest:%Y-%m} (set rolling_window.start_date and end_date "
+        f"within them; {why})",
+        f"{first:%Y-%m}..{last:%Y-%m}",
+    )
+
+
+def _window_ends(panel: pd.DataFrame, config: StudyConfig) -> np.ndarray:
+    """The months (indices) at which some country of `panel` has a complete window."""
+    if panel.empty:
+        return np.array([], dtype=np.int64)
+    lags = needed_lags(config)
+    complete = panel[[lag_column(Y, lag) for lag in lags]].notna().all(axis=1).to_numpy()
+    codes, _ = pd.factorize(panel[COUNTRY], sort=True)
+    months = month_index(panel[TIME])
+    return complete_window_ends(codes[complete], months[complete], config.rolling_window.size)[1]
+
+
+def _warn_origins_outside(panel: pd.DataFrame, config: StudyConfig) -> None:
+    """Origins before any country's first complete window or after its last one get no fit
+    (so no forecast and no `missing` row): say so, rather than shorten the study silently."""
+    ends = _window_ends(panel, config)
+    wanted = month_index(np.array(origins(config.rolling_window)))
+    outside = wanted[(wanted < ends.min()) | (wanted > ends.max())]
+    if outside.size:
+        log.warning(
+            "prepare: %d of %d origins (%s) have no country with a complete window (the data "
+            "allow origins %s..%s): they are not fitted; set rolling_window.start_date and "
+            "end_date within them",
+            outside.size,
+            wanted.size,
+            ", ".join(f"{month_start(int(m)):%Y-%m}" for m in outside[:3])
+            + (", ..." if outside.size > 3 else ""),
+            f"{month_start(int(ends.min())):%Y-%m}",
+            f"{month_start(int(ends.max())):%Y-%m}",
+        )
 
 
 def complete_window_ends(
