@@ -22,6 +22,7 @@ from pipeline.runtime.fits.tasks import Task
 from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
 from pipeline.runtime.store.progress import ProgressStore
+from pipeline.runtime.store.shard_format import index_keys_hex
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
@@ -58,6 +59,7 @@ class RunState:
         self.trained = 0
         self.loaded = 0
         self.cache = FitCache(config.model_cache_dir, model)
+        self.shard_block = self.cache.block  # entries per checksum of the shards workers encode
 
     @cached_property
     def where(self) -> dict[str, tuple[int, int]]:
@@ -169,22 +171,15 @@ class RunState:
         # the results name the task's fits by position in its payload (task.index)
         idx = np.asarray(task.index, dtype=np.int64)[np.asarray(result["index"], dtype=np.int64)]
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
-        arrays = {
-            "pred": pred,
-            "alpha": alpha,
-            "countries": g.countries[idx].astype(str),
-            "rows": np.asarray(g.rows[idx], dtype=bool),
-        }
         label = f"{self.run_id}-{task.task_id}"
-        states = result["state"] if "state" in result else _stacked_states(result["states"])
-        if states is not None:
-            self.cache.write_stacked(g.key_bytes()[idx], {**arrays, **states}, label)
-        else:  # ragged fitted states: one entry each
-            entries: dict[str, Entry] = {
-                str(key): {**{n: v[j] for n, v in arrays.items()}, **state}
-                for j, (key, state) in enumerate(zip(g.keys[idx], result["states"], strict=True))
-            }
-            self.cache.write_shard(entries, label)
+        shard = result.get("shard")
+        if shard is not None and _same_keys(shard["index"], g.key_bytes()[idx]):
+            # the worker encoded the shard (worker.shard_bytes): only its bytes are written here
+            self.cache.write_encoded(shard["npz"], shard["index"], label)
+        else:
+            if shard is not None:
+                log.warning("task %s: its shard names other fits; encoded here", task.task_id)
+            self._write_shard(g, idx, result, label)
         if idx.size:
             self.pred[gi][idx] = pred
             self.alpha[gi][idx] = alpha
@@ -204,6 +199,26 @@ class RunState:
             result,
             max(int(idx.size) + len(result["failed"]), 1),
         )
+
+    def _write_shard(
+        self, g: FitGroup, idx: np.ndarray, result: dict[str, Any], label: str
+    ) -> None:
+        """The task's fits as one cache shard, encoded here (a result without a worker's)."""
+        arrays = {
+            "pred": np.asarray(result["pred"]),
+            "alpha": np.asarray(result["alpha"]),
+            "countries": g.countries[idx].astype(str),
+            "rows": np.asarray(g.rows[idx], dtype=bool),
+        }
+        states = result["state"] if "state" in result else _stacked_states(result["states"])
+        if states is not None:
+            self.cache.write_stacked(g.key_bytes()[idx], {**arrays, **states}, label)
+        else:  # ragged fitted states: one entry each
+            entries: dict[str, Entry] = {
+                str(key): {**{n: v[j] for n, v in arrays.items()}, **state}
+                for j, (key, state) in enumerate(zip(g.keys[idx], result["states"], strict=True))
+            }
+            self.cache.write_shard(entries, label)
 
     # --- output -----------------------------------------------------------------------------
 
@@ -234,12 +249,18 @@ def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return out
 
 
+def _same_keys(index: bytes, keys: np.ndarray) -> bool:
+    """Whether a shard's index (bytes) lists exactly `keys` (raw digests), in order."""
+    found = index_keys_hex(index)
+    return found is not None and found == np.ascontiguousarray(keys).tobytes().hex().encode()
+
+
 def _only(result: dict[str, Any], task: Task) -> dict[str, Any]:
     """The part of a task's result about its wanted fits (the rest of its block is known)."""
     index = np.asarray(result["index"], dtype=np.int64)
     pick = np.nonzero(np.isin(task.index[index], task.wanted))[0]
     part = {
-        **result,
+        **{k: v for k, v in result.items() if k != "shard"},  # the shard is the whole block's
         "index": index[pick],
         "pred": result["pred"][pick],
         "alpha": result["alpha"][pick],

@@ -22,6 +22,7 @@ from pipeline.models.plugins.registry import task_adapter
 from pipeline.models.plugins.spec import Adapter
 from pipeline.runtime.fits.tasks import with_data
 from pipeline.runtime.sizing.resources import own_peak_mb
+from pipeline.runtime.store.shard_format import encode_stacked
 
 log = logging.getLogger("pipeline.worker")
 
@@ -37,6 +38,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k dicts of `state_*`
     arrays; see fit_states), failed [{index, key (hex), error_type, message, traceback}],
     started, finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
+    With the payload's `shard_block` (a cluster's task), also `shard`: the fit-cache shard of
+    the fits in `index`, encoded here (see shard_bytes).
     """
     started, t0 = time.time(), time.perf_counter()
     payload = with_data(payload)  # a compact payload's windows, built here
@@ -85,6 +88,9 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         sizes = [w.size for w in where]
         per_fit = [s for part, n in zip(parts, sizes, strict=True) for s in _per_fit(part, n)]
         result["states"] = [per_fit[i] for i in order.tolist()]
+    shard = shard_bytes(payload, result)
+    if shard is not None:
+        result["shard"] = shard
     result.update(
         started=started,
         finished=time.time(),
@@ -93,6 +99,37 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     return result
+
+
+def shard_bytes(payload: dict[str, Any], result: dict[str, Any]) -> dict[str, bytes] | None:
+    """The fit-cache shard of the result's fits as the bytes of its two files ({"npz",
+    "index"}: shard_format.encode_stacked, with the payload's `shard_block` entries per
+    checksum), the same arrays and bytes the driver's RunState would write from this result:
+    pred, alpha, the fits' countries (str) and rows, then the stacked state. None when the
+    payload asks for none (the driver's own tasks), no fit succeeded, the state does not
+    stack, or the keys are not raw digests: the driver then encodes the shard itself.
+
+    Made here because encoding (a sha256 per block over every array, the npz) is most of
+    what a result costs the driver, which runs serially while the workers run in parallel;
+    the driver checks the shard's keys against the fits it sent and writes the bytes."""
+    block = payload.get("shard_block")
+    index = result["index"]
+    keys = payload["keys"]
+    if not block or not index.size or "state" not in result:
+        return None
+    if not isinstance(keys, np.ndarray) or keys.dtype.kind not in "uS":
+        return None
+    arrays = {
+        "pred": np.asarray(result["pred"]),
+        "alpha": np.asarray(result["alpha"]),
+        # as the driver's `countries[idx].astype(str)` of its object array: as wide as the
+        # longest country of these fits (the payload's are as wide as the whole task's)
+        "countries": np.asarray(payload["countries"])[index].astype(object).astype(str),
+        "rows": np.asarray(np.asarray(payload["rows"])[index], dtype=bool),
+        **result["state"],
+    }
+    npz, text = encode_stacked(keys[index], arrays, int(block))
+    return {"npz": npz, "index": text}
 
 
 def fit_states(result: dict[str, Any]) -> list[dict[str, np.ndarray]]:

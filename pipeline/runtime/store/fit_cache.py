@@ -43,6 +43,7 @@ from pipeline.runtime.store.shard_format import (
     KEY_BYTES,
     Index,
     block_sums,
+    encode_stacked,
     entry_checksum,
     index_text,
     key_text,
@@ -152,19 +153,20 @@ class FitCache:
         """write_shard for entries whose arrays stack: `arrays[name]` is (n, ...), entry i's
         array at [i]; `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or (n,) S32.
         The same files and bytes as write_shard, with no Python call per entry."""
-        n = len(keys)
-        if not n:
+        if not len(keys):
             return None
-        members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-        for name, a in members.items():
-            if a.shape[0] != n:
-                raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
-        text = key_text(keys)
-        raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
-        sums = block_sums(text if raw is None else raw, members, None, n, self.block)
-        return self._write_files(
-            label, members, index_text(text, list(members), None, sums, n, self.block)
-        )
+        return self.write_encoded(*encode_stacked(keys, arrays, self.block), label)
+
+    def write_encoded(self, npz: bytes, index: bytes, label: str = "") -> Path:
+        """A shard already encoded (shard_format.encode_stacked: by a worker, for its task's
+        fits), written as write_stacked writes its files: the arrays, then the index."""
+        name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
+        path = self.shards / f"{name}.npz"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(npz)
+        with atomic_path(self.shards / f"{name}.json") as tmp:
+            tmp.write_bytes(index)
+        return path
 
     def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:
         """The shard's arrays, then its index (the index last: see remove_orphans)."""

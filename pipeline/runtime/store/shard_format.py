@@ -16,6 +16,7 @@ Format 1 (one sha256 per entry, one JSON object per entry) is still read, never 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,39 @@ def index_text(
     if isinstance(keys, str):
         text = text.replace('"keys": ""', f'"keys": "{keys}"', 1)
     return text
+
+
+def encode_stacked(
+    keys: Sequence[str] | np.ndarray, arrays: Mapping[str, np.ndarray], block: int = BLOCK
+) -> tuple[bytes, bytes]:
+    """A shard of entries whose arrays stack, as the bytes of its two files: `<name>.npz`
+    (np.savez of `arrays`, each (n, ...), in their order) and `<name>.json` (its index).
+    `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or (n,) S32. The driver's
+    FitCache.write_stacked writes these; a worker makes them for its own task's fits
+    (worker.shard_bytes), so that the driver only writes them."""
+    n = len(keys)
+    members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    for name, a in members.items():
+        if a.shape[0] != n:
+            raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
+    text = key_text(keys)
+    raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
+    sums = block_sums(text if raw is None else raw, members, None, n, block)
+    buffer = io.BytesIO()
+    np.savez(buffer, **members)
+    index = index_text(text, list(members), None, sums, n, block).encode()
+    return buffer.getvalue(), index
+
+
+def index_keys_hex(index: bytes) -> bytes | None:
+    """The hex string of raw keys in a format-2 index's bytes (as index_text splices it), found
+    without parsing the JSON; None when its keys are not one hex string."""
+    start = index.find(b'"keys": "')
+    if start < 0:
+        return None
+    start += len(b'"keys": "')
+    end = index.find(b'"', start)
+    return index[start:end] if end >= 0 else None
 
 
 def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
