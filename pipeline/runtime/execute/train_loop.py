@@ -16,13 +16,13 @@ from pipeline.config import StudyConfig
 from pipeline.runtime.execute.retries import Retries
 from pipeline.runtime.execute.stop import StopFlag
 from pipeline.runtime.execute.task_loop import run_tasks
+from pipeline.runtime.execute.worker import shard_arrays
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task
 from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
 from pipeline.runtime.store.progress import ProgressStore
-from pipeline.runtime.store.shard_format import index_keys_hex
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
@@ -134,6 +134,8 @@ class RunState:
         """Record one task's outcome: its fits into the cache and the store, its failures
         (retries queued on `queue`). Returns the result about the task's wanted fits."""
         g = self.groups[task.group]
+        if result is not None:
+            result = shard_arrays(result)  # pred and alpha from a worker's shard
         if result is not None and task.want is not None:
             result = _only(result, task)  # a whole block ran for a part
         if error is not None:
@@ -173,12 +175,10 @@ class RunState:
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
         label = f"{self.run_id}-{task.task_id}"
         shard = result.get("shard")
-        if shard is not None and _same_keys(shard["index"], g.key_bytes()[idx]):
-            # the worker encoded the shard (worker.shard_bytes): only its bytes are written here
-            self.cache.write_encoded(shard["npz"], shard["index"], label)
+        if shard is not None:  # encoded by the worker (worker.shard_bytes): written here
+            keys = g.key_bytes()[idx]
+            self.cache.write_encoded(keys, shard["names"], shard["npz"], shard["sums"], label)
         else:
-            if shard is not None:
-                log.warning("task %s: its shard names other fits; encoded here", task.task_id)
             self._write_shard(g, idx, result, label)
         if idx.size:
             self.pred[gi][idx] = pred
@@ -247,12 +247,6 @@ def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
             return None
         out[name] = np.stack([np.asarray(v) for v in values])
     return out
-
-
-def _same_keys(index: bytes, keys: np.ndarray) -> bool:
-    """Whether a shard's index (bytes) lists exactly `keys` (raw digests), in order."""
-    found = index_keys_hex(index)
-    return found is not None and found == np.ascontiguousarray(keys).tobytes().hex().encode()
 
 
 def _only(result: dict[str, Any], task: Task) -> dict[str, Any]:

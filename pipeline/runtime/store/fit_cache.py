@@ -153,19 +153,34 @@ class FitCache:
         """write_shard for entries whose arrays stack: `arrays[name]` is (n, ...), entry i's
         array at [i]; `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or (n,) S32.
         The same files and bytes as write_shard, with no Python call per entry."""
-        if not len(keys):
+        n = len(keys)
+        if not n:
             return None
-        return self.write_encoded(*encode_stacked(keys, arrays, self.block), label)
+        npz, sums = encode_stacked(keys, arrays, self.block)
+        return self.write_encoded(keys, list(arrays), npz, sums, label)
 
-    def write_encoded(self, npz: bytes, index: bytes, label: str = "") -> Path:
-        """A shard already encoded (shard_format.encode_stacked: by a worker, for its task's
-        fits), written as write_stacked writes its files: the arrays, then the index."""
+    def write_encoded(
+        self,
+        keys: Sequence[str] | np.ndarray,
+        names: Sequence[str],
+        npz: bytes,
+        sums: Sequence[str],
+        label: str = "",
+    ) -> Path:
+        """A shard of `keys` whose npz bytes and block checksums are made already
+        (shard_format.encode_stacked: by a worker, for its task's fits; `names`, the npz's
+        arrays), written as write_stacked writes its files: the arrays, then the index. The
+        index holds these keys: checksums made over other keys make every block of the shard
+        fail its check when it is read (then refit, as any damaged shard)."""
+        if len(sums) != -(-len(keys) // self.block):
+            raise ValueError(f"{len(sums)} checksums for {len(keys)} entries of {self.block}")
+        index = index_text(key_text(keys), names, None, sums, len(keys), self.block).encode()
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         path = self.shards / f"{name}.npz"
         with atomic_path(path) as tmp:
             tmp.write_bytes(npz)
         with atomic_path(self.shards / f"{name}.json") as tmp:
-            tmp.write_bytes(index)
+            tmp.write_bytes(index)  # bytes: no text layer over megabytes of hex
         return path
 
     def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:

@@ -185,35 +185,22 @@ def index_text(
 
 def encode_stacked(
     keys: Sequence[str] | np.ndarray, arrays: Mapping[str, np.ndarray], block: int = BLOCK
-) -> tuple[bytes, bytes]:
-    """A shard of entries whose arrays stack, as the bytes of its two files: `<name>.npz`
-    (np.savez of `arrays`, each (n, ...), in their order) and `<name>.json` (its index).
-    `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or (n,) S32. The driver's
-    FitCache.write_stacked writes these; a worker makes them for its own task's fits
-    (worker.shard_bytes), so that the driver only writes them."""
+) -> tuple[bytes, list[str]]:
+    """A shard of entries whose arrays stack: the bytes of its `<name>.npz` (np.savez of
+    `arrays`, each (n, ...), in their order) and its block checksums (block_sums), from which
+    index_text makes its index. `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or
+    (n,) S32. FitCache.write_stacked writes these; a worker makes them for its own task's fits
+    (worker.shard_bytes), so that the driver only splices its keys into the index and writes."""
     n = len(keys)
     members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
     for name, a in members.items():
         if a.shape[0] != n:
             raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
-    text = key_text(keys)
     raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
-    sums = block_sums(text if raw is None else raw, members, None, n, block)
+    sums = block_sums(key_text(keys) if raw is None else raw, members, None, n, block)
     buffer = io.BytesIO()
     np.savez(buffer, **members)
-    index = index_text(text, list(members), None, sums, n, block).encode()
-    return buffer.getvalue(), index
-
-
-def index_keys_hex(index: bytes) -> bytes | None:
-    """The hex string of raw keys in a format-2 index's bytes (as index_text splices it), found
-    without parsing the JSON; None when its keys are not one hex string."""
-    start = index.find(b'"keys": "')
-    if start < 0:
-        return None
-    start += len(b'"keys": "')
-    end = index.find(b'"', start)
-    return index[start:end] if end >= 0 else None
+    return buffer.getvalue(), sums
 
 
 def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
