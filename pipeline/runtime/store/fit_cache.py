@@ -23,6 +23,7 @@ Shards of format 1 (a sha256 per entry; before issue 18's second pass) are still
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -175,6 +176,16 @@ class FitCache:
         if len(sums) != -(-len(keys) // self.block):
             raise ValueError(f"{len(sums)} checksums for {len(keys)} entries of {self.block}")
         index = index_text(key_text(keys), names, None, sums, len(keys), self.block).encode()
+        return self._write_bytes(label, npz, index)
+
+    def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:
+        """A shard of arrays `members` (np.savez) and its index text."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **members)
+        return self._write_bytes(label, buffer.getvalue(), index.encode())
+
+    def _write_bytes(self, label: str, npz: bytes, index: bytes) -> Path:
+        """The shard's arrays, then its index (the index last: see remove_orphans)."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         path = self.shards / f"{name}.npz"
         with atomic_path(path) as tmp:
@@ -182,16 +193,6 @@ class FitCache:
         with atomic_path(self.shards / f"{name}.json") as tmp:
             tmp.write_bytes(index)  # bytes: no text layer over megabytes of hex
         return path
-
-    def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:
-        """The shard's arrays, then its index (the index last: see remove_orphans)."""
-        name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
-        npz = self.shards / f"{name}.npz"
-        with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **members)
-        with atomic_path(self.shards / f"{name}.json") as tmp:
-            tmp.write_bytes(index.encode())  # bytes: no text layer over megabytes of hex
-        return npz
 
     # --- read and verify ----------------------------------------------------------------
 
