@@ -2,8 +2,9 @@
 
 Flow: build the model's fits and content keys from the prepared panel -> sync the progress
 store (its fits as arrays, one event per task) -> load every fit already in the model cache -> stream the rest as batched tasks to the
-cluster (bounded in flight, completion order) -> record results as they arrive (the driver writes
-each task's fits as one checksummed cache shard, pipeline/runtime/store/fit_cache.py) -> write `train/{model}.parquet` from the cache
+cluster (bounded in flight, completion order) -> record results as they arrive (each task's fits
+as one checksummed cache shard, pipeline/runtime/store/fit_cache.py: encoded by the worker that ran
+the task, written by the driver) -> write `train/{model}.parquet` from the cache
 and the store -> export the progress store's errors (progress/errors.parquet).
 
 A fit that raises is failed with its traceback and retried up to `runtime.retries` times

@@ -38,6 +38,7 @@ class ResultSink(Protocol):
     run_id: str
     groups: list[FitGroup]
     trained: int
+    shard_block: int  # entries per checksum of the cache shards the tasks encode
 
     def record_result(
         self,
@@ -159,6 +160,8 @@ def run_tasks(
                     extra=adapter.payload,
                     compact=True,
                 )
+                # the worker encodes the task's cache shard; the driver writes its bytes
+                payload["shard_block"] = state.shard_block
                 tasks[task.task_id] = task
                 stream.submit(task.task_id, payload, priority=round(1e3 * spf * task.index.size))
 

@@ -16,6 +16,7 @@ from pipeline.config import StudyConfig
 from pipeline.runtime.execute.retries import Retries
 from pipeline.runtime.execute.stop import StopFlag
 from pipeline.runtime.execute.task_loop import run_tasks
+from pipeline.runtime.execute.worker import shard_arrays
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.forecast_rows import forecast_chunks
 from pipeline.runtime.fits.tasks import Task
@@ -58,6 +59,7 @@ class RunState:
         self.trained = 0
         self.loaded = 0
         self.cache = FitCache(config.model_cache_dir, model)
+        self.shard_block = self.cache.block  # entries per checksum of the shards workers encode
 
     @cached_property
     def where(self) -> dict[str, tuple[int, int]]:
@@ -132,6 +134,8 @@ class RunState:
         """Record one task's outcome: its fits into the cache and the store, its failures
         (retries queued on `queue`). Returns the result about the task's wanted fits."""
         g = self.groups[task.group]
+        if result is not None:
+            result = shard_arrays(result)  # pred and alpha from a worker's shard
         if result is not None and task.want is not None:
             result = _only(result, task)  # a whole block ran for a part
         if error is not None:
@@ -169,22 +173,13 @@ class RunState:
         # the results name the task's fits by position in its payload (task.index)
         idx = np.asarray(task.index, dtype=np.int64)[np.asarray(result["index"], dtype=np.int64)]
         pred, alpha = np.asarray(result["pred"]), np.asarray(result["alpha"])
-        arrays = {
-            "pred": pred,
-            "alpha": alpha,
-            "countries": g.countries[idx].astype(str),
-            "rows": np.asarray(g.rows[idx], dtype=bool),
-        }
         label = f"{self.run_id}-{task.task_id}"
-        states = result["state"] if "state" in result else _stacked_states(result["states"])
-        if states is not None:
-            self.cache.write_stacked(g.key_bytes()[idx], {**arrays, **states}, label)
-        else:  # ragged fitted states: one entry each
-            entries: dict[str, Entry] = {
-                str(key): {**{n: v[j] for n, v in arrays.items()}, **state}
-                for j, (key, state) in enumerate(zip(g.keys[idx], result["states"], strict=True))
-            }
-            self.cache.write_shard(entries, label)
+        shard = result.get("shard")
+        if shard is not None:  # encoded by the worker (worker.shard_bytes): written here
+            keys = g.key_bytes()[idx]
+            self.cache.write_encoded(keys, shard["names"], shard["npz"], shard["sums"], label)
+        else:
+            self._write_shard(g, idx, result, label)
         if idx.size:
             self.pred[gi][idx] = pred
             self.alpha[gi][idx] = alpha
@@ -204,6 +199,26 @@ class RunState:
             result,
             max(int(idx.size) + len(result["failed"]), 1),
         )
+
+    def _write_shard(
+        self, g: FitGroup, idx: np.ndarray, result: dict[str, Any], label: str
+    ) -> None:
+        """The task's fits as one cache shard, encoded here (a result without a worker's)."""
+        arrays = {
+            "pred": np.asarray(result["pred"]),
+            "alpha": np.asarray(result["alpha"]),
+            "countries": g.countries[idx].astype(str),
+            "rows": np.asarray(g.rows[idx], dtype=bool),
+        }
+        states = result["state"] if "state" in result else _stacked_states(result["states"])
+        if states is not None:
+            self.cache.write_stacked(g.key_bytes()[idx], {**arrays, **states}, label)
+        else:  # ragged fitted states: one entry each
+            entries: dict[str, Entry] = {
+                str(key): {**{n: v[j] for n, v in arrays.items()}, **state}
+                for j, (key, state) in enumerate(zip(g.keys[idx], result["states"], strict=True))
+            }
+            self.cache.write_shard(entries, label)
 
     # --- output -----------------------------------------------------------------------------
 
@@ -239,7 +254,7 @@ def _only(result: dict[str, Any], task: Task) -> dict[str, Any]:
     index = np.asarray(result["index"], dtype=np.int64)
     pick = np.nonzero(np.isin(task.index[index], task.wanted))[0]
     part = {
-        **result,
+        **{k: v for k, v in result.items() if k != "shard"},  # the shard is the whole block's
         "index": index[pick],
         "pred": result["pred"][pick],
         "alpha": result["alpha"][pick],

@@ -9,6 +9,7 @@ and fitted state as plain arrays; the driver writes them to the fit cache
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from pipeline.models.plugins.registry import task_adapter
 from pipeline.models.plugins.spec import Adapter
 from pipeline.runtime.fits.tasks import with_data
 from pipeline.runtime.sizing.resources import own_peak_mb
+from pipeline.runtime.store.shard_format import encode_stacked
 
 log = logging.getLogger("pipeline.worker")
 
@@ -37,6 +39,9 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k dicts of `state_*`
     arrays; see fit_states), failed [{index, key (hex), error_type, message, traceback}],
     started, finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
+    With the payload's `shard_block` (train's tasks), `shard` instead of pred and alpha: the
+    fit-cache shard of the fits in `index`, encoded here (shard_bytes; shard_arrays reads
+    pred and alpha back).
     """
     started, t0 = time.time(), time.perf_counter()
     payload = with_data(payload)  # a compact payload's windows, built here
@@ -85,6 +90,10 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         sizes = [w.size for w in where]
         per_fit = [s for part, n in zip(parts, sizes, strict=True) for s in _per_fit(part, n)]
         result["states"] = [per_fit[i] for i in order.tolist()]
+    shard = shard_bytes(payload, result)
+    if shard is not None:  # the forecasts travel once, in the shard (see shard_arrays)
+        result["shard"] = shard
+        del result["pred"], result["alpha"]
     result.update(
         started=started,
         finished=time.time(),
@@ -93,6 +102,50 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     return result
+
+
+def shard_bytes(payload: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
+    """The fit-cache shard of the result's fits, encoded: {"npz": its bytes, "names": its
+    arrays, "sums": its block checksums} (shard_format.encode_stacked, `shard_block` entries
+    per checksum), from the same arrays the driver's RunState would write: pred, alpha, the
+    fits' countries (str) and rows, then the stacked state. None when the payload asks for
+    none (the probe's tasks), no fit succeeded, the state does not stack, or the keys are not
+    raw digests: the driver then encodes the shard itself from the result.
+
+    Made here because encoding (a sha256 per block over every array, the npz) was most of what
+    a result cost the driver, which runs serially while the workers run side by side; the
+    driver splices its own keys into the index and writes the files (run_task then leaves
+    pred and alpha out of the result: the driver reads them from the npz, shard_arrays)."""
+    block = payload.get("shard_block")
+    index = result["index"]
+    keys = payload["keys"]
+    if not block or not index.size or "state" not in result:
+        return None
+    if not isinstance(keys, np.ndarray) or keys.dtype.kind not in "uS":
+        return None
+    arrays = {
+        "pred": np.asarray(result["pred"]),
+        "alpha": np.asarray(result["alpha"]),
+        # as the driver's `countries[idx].astype(str)` of its object array: as wide as the
+        # longest country of these fits (the payload's are as wide as the whole task's)
+        "countries": np.asarray(payload["countries"])[index].astype(object).astype(str),
+        "rows": np.asarray(np.asarray(payload["rows"])[index], dtype=bool),
+        **result["state"],
+    }
+    npz, sums = encode_stacked(keys[index], arrays, int(block))
+    return {"npz": npz, "names": list(arrays), "sums": sums}
+
+
+def shard_arrays(result: dict[str, Any]) -> dict[str, Any]:
+    """A result whose forecasts travel in its shard (run_task with a `shard_block`) with
+    `pred` and `alpha` read back from the shard's npz; any other result as it is."""
+    if "pred" in result or "shard" not in result:
+        return result
+    with np.load(io.BytesIO(result["shard"]["npz"])) as npz:
+        pred, alpha = npz["pred"], npz["alpha"]
+    if pred.shape[0] != len(result["index"]) or alpha.shape[0] != len(result["index"]):
+        raise ValueError("a task's shard holds other fits than its result names")
+    return {**result, "pred": pred, "alpha": alpha}
 
 
 def fit_states(result: dict[str, Any]) -> list[dict[str, np.ndarray]]:

@@ -23,6 +23,7 @@ Shards of format 1 (a sha256 per entry; before issue 18's second pass) are still
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -43,6 +44,7 @@ from pipeline.runtime.store.shard_format import (
     KEY_BYTES,
     Index,
     block_sums,
+    encode_stacked,
     entry_checksum,
     index_text,
     key_text,
@@ -155,26 +157,42 @@ class FitCache:
         n = len(keys)
         if not n:
             return None
-        members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-        for name, a in members.items():
-            if a.shape[0] != n:
-                raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
-        text = key_text(keys)
-        raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
-        sums = block_sums(text if raw is None else raw, members, None, n, self.block)
-        return self._write_files(
-            label, members, index_text(text, list(members), None, sums, n, self.block)
-        )
+        npz, sums = encode_stacked(keys, arrays, self.block)
+        return self.write_encoded(keys, list(arrays), npz, sums, label)
+
+    def write_encoded(
+        self,
+        keys: Sequence[str] | np.ndarray,
+        names: Sequence[str],
+        npz: bytes,
+        sums: Sequence[str],
+        label: str = "",
+    ) -> Path:
+        """A shard of `keys` whose npz bytes and block checksums are made already
+        (shard_format.encode_stacked: by a worker, for its task's fits; `names`, the npz's
+        arrays), written as write_stacked writes its files: the arrays, then the index. The
+        index holds these keys: checksums made over other keys make every block of the shard
+        fail its check when it is read (then refit, as any damaged shard)."""
+        if len(sums) != -(-len(keys) // self.block):
+            raise ValueError(f"{len(sums)} checksums for {len(keys)} entries of {self.block}")
+        index = index_text(key_text(keys), names, None, sums, len(keys), self.block).encode()
+        return self._write_bytes(label, npz, index)
 
     def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:
+        """A shard of arrays `members` (np.savez) and its index text."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **members)
+        return self._write_bytes(label, buffer.getvalue(), index.encode())
+
+    def _write_bytes(self, label: str, npz: bytes, index: bytes) -> Path:
         """The shard's arrays, then its index (the index last: see remove_orphans)."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
-        npz = self.shards / f"{name}.npz"
-        with atomic_path(npz) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **members)
+        path = self.shards / f"{name}.npz"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(npz)
         with atomic_path(self.shards / f"{name}.json") as tmp:
-            tmp.write_bytes(index.encode())  # bytes: no text layer over megabytes of hex
-        return npz
+            tmp.write_bytes(index)  # bytes: no text layer over megabytes of hex
+        return path
 
     # --- read and verify ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ Format 1 (one sha256 per entry, one JSON object per entry) is still read, never 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,26 @@ def index_text(
     if isinstance(keys, str):
         text = text.replace('"keys": ""', f'"keys": "{keys}"', 1)
     return text
+
+
+def encode_stacked(
+    keys: Sequence[str] | np.ndarray, arrays: Mapping[str, np.ndarray], block: int = BLOCK
+) -> tuple[bytes, list[str]]:
+    """A shard of entries whose arrays stack: the bytes of its `<name>.npz` (np.savez of
+    `arrays`, each (n, ...), in their order) and its block checksums (block_sums), from which
+    index_text makes its index. `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or
+    (n,) S32. FitCache.write_stacked writes these; a worker makes them for its own task's fits
+    (worker.shard_bytes), so that the driver only splices its keys into the index and writes."""
+    n = len(keys)
+    members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    for name, a in members.items():
+        if a.shape[0] != n:
+            raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
+    raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
+    sums = block_sums(key_text(keys) if raw is None else raw, members, None, n, block)
+    buffer = io.BytesIO()
+    np.savez(buffer, **members)
+    return buffer.getvalue(), sums
 
 
 def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
