@@ -4,9 +4,11 @@ over every row, forecast or forecast pair behind it), never through pipeline.eva
 
 Checked: metrics.json (n_rows, n_scored, the "mean" keys of pinball, relative pinball and
 CRPS, crossing rates), metrics_summary.json, metrics_headline.json and the report's pooled
-cells (the pinball and relative pinball "mean" columns, the crossing rates, the country
+cells (the pinball and relative pinball "mean" columns, CRPS, the crossing rates, the country
 table), on random frames (ties, NaN forecasts and actuals, crossed fans, rows missing,
-COVID months) and on the outputs of a seeded small study run through the command line.
+COVID months) and on the outputs of a seeded small study run through the command line, whose
+results page (the reading's averages over cells, the Calibration table's pooled pinball) is
+checked too.
 """
 
 from __future__ import annotations
@@ -307,3 +309,51 @@ def test_the_small_studys_dm_table_adjusts_each_period_as_one_family(study: Path
             assert close(metrics[period]["dm"][row.MODEL][f"h{row.HORIZON}"]["p_holm"], value)
     page = (study / "reports/index.html").read_text()
     assert "<th>Holm p</th>" in page.replace(' class=""', "")
+
+
+def test_the_results_pages_summaries_match_the_oracle(study: Path, tmp_path: Path) -> None:
+    """docs/RESULTS.md's reading of the study: each model's relative pinball averaged over its
+    horizon x level cells (and their range), each horizon's mean pinball over levels, and the
+    Calibration table's pooled pinball, all from the forecast table."""
+    import re
+
+    from pipeline.evaluation.results import render_results
+    from pipeline.runtime.store.progress import db_path, read_table
+    from pipeline.runtime.store.timings import read_timings
+
+    frame = pd.read_parquet(study / "forecasts/all.parquet")
+    progress = read_table(db_path(study), "progress")
+    text = render_results(
+        study, tmp_path / "RESULTS.md", timings=read_timings(study), progress=progress
+    )
+    cells = ["MODEL", "HORIZON", "QUANTILE"]
+    for period in ("all", "ex_covid"):
+        rows = scored(in_period(frame, period))
+        bench = rows.loc[rows["MODEL"] == BENCH, [*ROW_KEY, "LOSS"]]
+        sums = rows.merge(bench, on=ROW_KEY, suffixes=("", "_B")).groupby(cells)
+        ratio = (
+            (sums["LOSS"].sum() / sums["LOSS_B"].sum()).groupby("MODEL").agg(["mean", "min", "max"])
+        )
+        for model, (mean, low, high) in ratio.drop(index=BENCH).iterrows():
+            said = re.search(
+                rf"^- {period}: `{model}` \w+ `{BENCH}` on average \(relative pinball ([\d.]+), "
+                r"range ([\d.]+) \.\. ([\d.]+) over horizon x quantile cells\)\.$",
+                text,
+                re.M,
+            )
+            assert said, (period, model)
+            for shown_value, value in zip(said.groups(), (mean, low, high), strict=True):
+                assert abs(float(shown_value) - value) <= 5e-4 + 1e-12, (period, model)
+    rows = scored(frame)
+    by_horizon = rows.groupby(cells)["LOSS"].mean().groupby(["HORIZON", "MODEL"]).mean()
+    for horizon, per_model in by_horizon.groupby(level="HORIZON"):
+        line = next(s for s in text.splitlines() if s.startswith(f"- h = {horizon}: lowest"))
+        said = dict(re.findall(r"`(\w+)` \(?(\d+\.\d+)", line))
+        for (_, model), value in per_model.items():
+            assert abs(float(said[model]) - value) <= 5e-4 + 1e-12, (horizon, model)
+    pooled = rows.groupby("MODEL")["LOSS"].mean()
+    table = text.split("| model | h | hit")[1].split("\n\n")[0]  # the Calibration table
+    assert len(table.splitlines()) == 2 + 4 * 2  # its header's end, a rule, model x horizon
+    for line in table.splitlines()[2:]:
+        model, *_, value = (c.strip() for c in line.strip("|").split("|"))
+        assert abs(float(value) - pooled[model]) <= 5e-5 + 1e-12, model
