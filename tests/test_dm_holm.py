@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from pipeline.evaluation.dm import holm
+from pipeline.evaluation.dm import holm, with_holm
 from pipeline.evaluation.metrics import metric_tables
 from pipeline.evaluation.metrics_json import compute_metrics
 from pipeline.evaluation.report import render_report
 from pipeline.evaluation.report_rows import dm_rows
-from pipeline.evaluation.results import _reading_section, _with_holm
+from pipeline.evaluation.results import _reading_section
 from pipeline.schema import conform_forecasts
 
 
@@ -184,4 +184,4 @@ def test_the_reading_counts_both_and_names_only_what_survives(
 def test_an_older_output_dir_gets_the_same_adjustment(tables: dict[str, pd.DataFrame]) -> None:
     """The results page of a run from before P_HOLM computes it as the DM table would."""
     old = tables["dm"].drop(columns="P_HOLM")
-    pd.testing.assert_frame_equal(_with_holm(old), tables["dm"])
+    pd.testing.assert_frame_equal(with_holm(old), tables["dm"])

@@ -120,3 +120,12 @@ def dm_rows(
     if not records:  # keep the key dtypes of the input on an empty result
         table = table.astype({c: key_dtypes[c] for c in by})
     return table.astype({"N": "int64", "MONTHS": "int64"})
+
+
+def with_holm(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A DM table of both periods with P_HOLM: tables written before it get it computed here,
+    one family per PERIOD as dm_rows makes it, so an older output dir's page can be rebuilt."""
+    if table is None or table.empty or "P_HOLM" in table.columns:
+        return table
+    by_period = table.groupby("PERIOD", sort=False)["P_VALUE"]
+    return table.assign(P_HOLM=by_period.transform(lambda p: holm(p.to_numpy(np.float64))))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.evaluation.dm import with_holm
 from pipeline.evaluation.fan_choice import choose_fan_countries
 from pipeline.evaluation.results_calibration import calibration_section
 from pipeline.io import read_json, write_text
@@ -226,7 +227,7 @@ def _metrics_section(tables: dict[str, pd.DataFrame], benchmark: str) -> str:
         )
         lines.append(
             _simple(
-                _with_holm(tables.get("dm")),
+                with_holm(tables.get("dm")),
                 period,
                 ["MEAN_DIFF", "STAT", "P_VALUE", "P_HOLM"],
                 f"Diebold-Mariano vs {benchmark} (pinball averaged over quantiles; HAC, h-1 lags; "
@@ -312,7 +313,7 @@ def _reading_section(
                     else "."
                 )
             )
-    dm = _with_holm(tables.get("dm"))
+    dm = with_holm(tables.get("dm"))
     if dm is not None and not dm.empty:
         mcs = tables.get("mcs")
         has_mcs = mcs is not None and not mcs.empty
@@ -344,17 +345,6 @@ def _dm_reading(part: pd.DataFrame, benchmark: str, has_mcs: bool) -> str:
     if has_mcs:
         text += " The Model Confidence Set (Calibration, above) compares all models at once."
     return text
-
-
-def _with_holm(dm: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The DM table with P_HOLM; an output dir from before P_HOLM gets it computed here, one
-    family per period (as dm.dm_rows does), so its page can be regenerated."""
-    if dm is None or dm.empty or "P_HOLM" in dm.columns:
-        return dm
-    from pipeline.evaluation.dm import holm
-
-    adjusted = dm.groupby("PERIOD", sort=False)["P_VALUE"].transform(lambda p: holm(p.to_numpy()))
-    return dm.assign(P_HOLM=adjusted)
 
 
 def _notes_section(notes: Path | None) -> str:
