@@ -322,6 +322,7 @@ def test_the_small_studys_dm_table_adjusts_each_period_as_one_family(study: Path
             assert close(metrics[period]["dm"][row.MODEL][f"h{row.HORIZON}"]["p_holm"], value)
     page = (study / "reports/index.html").read_text()
     assert "<th>Holm p</th>" in page.replace(' class=""', "")
+    assert '<a href="#mcs">' in page and '<section id="mcs">' in page  # the joint answer
 
 
 def test_the_results_pages_summaries_match_the_oracle(study: Path, tmp_path: Path) -> None:

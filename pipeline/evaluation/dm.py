@@ -78,7 +78,7 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     if finite.sum() < 2:  # no multiplicity (and no statsmodels import for a one-model study)
         out[finite] = p[finite]
         return out
-    # here: 0.5 CPU-s alone, none in a study of 2+ models (the MCS's arch imports it too)
+    # here: 0.5 CPU-s alone, none where this process computes an MCS (arch imports it)
     from statsmodels.stats.multitest import multipletests
 
     out[finite] = multipletests(p[finite], method="holm")[1]

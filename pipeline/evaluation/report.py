@@ -201,6 +201,7 @@ def render_report(
         for group, group_images in sorted(fan_groups.items(), key=lambda kv: _group_order(kv[0]))
     )
     t = tables
+    has_mcs = "coverage_tests" in t and "mcs" in t  # the MCS section below is drawn
     sections = [
         _section("pinball", "Mean pinball loss",
                  "Mean check loss per model, horizon and quantile level over scored forecasts "
@@ -226,10 +227,10 @@ def render_report(
                  f"Loss differential d = pinball(model) − pinball({bench}) on common forecasts, "
                  "averaged over quantile levels and countries per forecast month; HAC variance "
                  "with Bartlett weights and h−1 lags, Harvey-Leybourne-Newbold correction, "
-                 "two-sided t p-value. " + _holm_note(bench, "mcs" in t),
+                 "two-sided t p-value. " + _holm_note(bench, has_mcs),
                  [t["dm"]], dm_rows),
     ]  # fmt: skip
-    if "coverage_tests" in t and "mcs" in t:
+    if has_mcs:
         sections += [
             _section("coverage_tests", "Coverage tests",
                      "Per model, horizon and level, pooled over countries (per country in "
