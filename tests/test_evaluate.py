@@ -200,6 +200,7 @@ def test_diebold_mariano_on_a_forecast_table_matches_its_series():
         "MEAN_DIFF",
         "STAT",
         "P_VALUE",
+        "P_HOLM",
     ]
     assert table["MODEL"].tolist() == ["m"]  # the benchmark is not tested against itself
     row = table.iloc[0]

@@ -257,8 +257,9 @@ def diebold_mariano(
     small_sample: bool = True,
 ) -> pd.DataFrame:
     """DM test of each model against `benchmark` on pinball losses of the common rows:
-    `*by, N, MONTHS, MEAN_DIFF, STAT, P_VALUE` (N rows, MONTHS = T of the series; the
-    benchmark itself is left out). Rows outside `by` are averaged per TIME first."""
+    `*by, N, MONTHS, MEAN_DIFF, STAT, P_VALUE, P_HOLM` (N rows, MONTHS = T of the series;
+    P_HOLM: P_VALUE adjusted for the table's number of rows, dm.holm; the benchmark itself is
+    left out). Rows outside `by` are averaged per TIME first."""
     by = _check_by(by, (MODEL, COUNTRY, HORIZON, QUANTILE), (MODEL, HORIZON))
     check_frame(frame)
     _check_benchmark(frame, benchmark)

@@ -109,7 +109,7 @@ def _period_metrics(t: dict[str, pd.DataFrame], has_bench: bool) -> dict[str, An
         parts = ("PINBALL", "BENCHMARK_PINBALL")
         out["relative_pinball"] = _with_means(t["relative_pinball"], "RELATIVE_PINBALL", parts)
         out["dm"] = {}
-        for column in ("MEAN_DIFF", "STAT", "P_VALUE"):
+        for column in ("MEAN_DIFF", "STAT", "P_VALUE", "P_HOLM"):
             _merge(out["dm"], _nest(t["dm"], column, (HORIZON,), leaf=column.lower()))
     return out
 

@@ -64,6 +64,8 @@ th { background: var(--head); font-weight: 600; }
 td.key, th.key { text-align: left; }
 td.good { background: var(--good); color: var(--good-ink); font-weight: 600; }
 td.bad { background: var(--bad); color: var(--bad-ink); }
+td.weak-good { background: #f2faf4; color: var(--good-ink); font-style: italic; }
+td.weak-bad { background: #fef4f3; color: var(--bad-ink); font-style: italic; }
 tr.first td { border-top: 2px solid #aab4be; }
 figure { margin: 10px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--rule); border-radius: 4px;
@@ -147,6 +149,20 @@ def _figure(image: ReportImage) -> str:
     return f'<figure><img src="{src}" alt="{caption}" loading="eager"><figcaption>{caption}</figcaption></figure>'
 
 
+def _holm_note(bench: str, has_mcs: bool) -> str:
+    """The DM caption's part on many comparisons and what the colours mean (trusted HTML)."""
+    joint = (' Which models nothing beats, all compared at once: the <a href="#mcs">Model '
+             "Confidence Set</a>." if has_mcs else "")  # fmt: skip
+    return (
+        f"<i>Holm p</i> adjusts the p-value for the number of tests (Holm's method; the family "
+        f"is every model × horizon against {bench} in the period), so the chance that any "
+        f"green or red cell is a false alarm is at most {DM_LEVEL:g}. Green: better than the "
+        f"benchmark at {DM_LEVEL:g} after the adjustment; red: worse. Pale italic: below "
+        f"{DM_LEVEL:g} before the adjustment only, as some of many tests are by chance alone."
+        + joint
+    )
+
+
 def render_report(
     tables: Mapping[str, pd.DataFrame],
     images: Sequence[ReportImage],
@@ -185,6 +201,7 @@ def render_report(
         for group, group_images in sorted(fan_groups.items(), key=lambda kv: _group_order(kv[0]))
     )
     t = tables
+    has_mcs = "coverage_tests" in t and "mcs" in t  # the MCS section below is drawn
     sections = [
         _section("pinball", "Mean pinball loss",
                  "Mean check loss per model, horizon and quantile level over scored forecasts "
@@ -210,11 +227,10 @@ def render_report(
                  f"Loss differential d = pinball(model) − pinball({bench}) on common forecasts, "
                  "averaged over quantile levels and countries per forecast month; HAC variance "
                  "with Bartlett weights and h−1 lags, Harvey-Leybourne-Newbold correction, "
-                 f"two-sided t p-value. Green: significantly better at {DM_LEVEL:g}; red: "
-                 "significantly worse.",
+                 "two-sided t p-value. " + _holm_note(bench, has_mcs),
                  [t["dm"]], dm_rows),
     ]  # fmt: skip
-    if "coverage_tests" in t and "mcs" in t:
+    if has_mcs:
         sections += [
             _section("coverage_tests", "Coverage tests",
                      "Per model, horizon and level, pooled over countries (per country in "

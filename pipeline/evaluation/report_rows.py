@@ -24,7 +24,8 @@ DM_LEVEL = 0.05
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: its text and its CSS class ("good", "bad" or none)."""
+    """One table cell: its text and its CSS class ("good", "bad", their paler "weak-good",
+    "weak-bad", or none)."""
 
     text: str
     css: str = ""
@@ -129,14 +130,20 @@ def crps_rows(crps: pd.DataFrame, crossing: pd.DataFrame) -> Rows:
 
 
 def dm_rows(table: pd.DataFrame) -> Rows:
+    """DM tests: green/red (better/worse than the benchmark) where the Holm-adjusted p-value is
+    below DM_LEVEL; pale where only the raw one is (significant alone, not among the many)."""
+
     def cells(part: pd.DataFrame) -> list[Cell]:
         row = part.iloc[0]
-        significant = math.isfinite(row["P_VALUE"]) and row["P_VALUE"] < DM_LEVEL
-        css = ("good" if row["STAT"] < 0 else "bad") if significant else ""
+        side = "good" if row["STAT"] < 0 else "bad"
+        raw, holm = (math.isfinite(row[c]) and row[c] < DM_LEVEL for c in ("P_VALUE", "P_HOLM"))
+        css = side if holm else f"weak-{side}" if raw else ""
         return [Cell(fmt_number(row["MEAN_DIFF"], 3)), Cell(fmt_number(row["STAT"], 3), css),
-                Cell(fmt_number(row["P_VALUE"], 3), css), Cell(str(int(row["MONTHS"])))]  # fmt: skip
+                Cell(fmt_number(row["P_VALUE"], 3), css),
+                Cell(fmt_number(row["P_HOLM"], 3), side if holm else ""),
+                Cell(str(int(row["MONTHS"])))]  # fmt: skip
 
-    header = ["model", "horizon", "mean loss diff", "DM stat", "p-value", "months"]
+    header = ["model", "horizon", "mean loss diff", "DM stat", "p-value", "Holm p", "months"]
     return header, _by_model_horizon(table, cells)
 
 

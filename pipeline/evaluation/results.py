@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.evaluation.dm import with_holm
 from pipeline.evaluation.fan_choice import choose_fan_countries
 from pipeline.evaluation.results_calibration import calibration_section
 from pipeline.io import read_json, write_text
@@ -226,10 +227,11 @@ def _metrics_section(tables: dict[str, pd.DataFrame], benchmark: str) -> str:
         )
         lines.append(
             _simple(
-                tables.get("dm"),
+                with_holm(tables.get("dm")),
                 period,
-                ["MEAN_DIFF", "STAT", "P_VALUE"],
-                f"Diebold-Mariano vs {benchmark} (pinball averaged over quantiles; HAC, h-1 lags)",
+                ["MEAN_DIFF", "STAT", "P_VALUE", "P_HOLM"],
+                f"Diebold-Mariano vs {benchmark} (pinball averaged over quantiles; HAC, h-1 lags; "
+                "p_holm: Holm-adjusted over this period's model x horizon comparisons)",
             )
         )
     return "\n".join(lines)
@@ -311,22 +313,38 @@ def _reading_section(
                     else "."
                 )
             )
-    dm = tables.get("dm")
+    dm = with_holm(tables.get("dm"))
     if dm is not None and not dm.empty:
-        part = dm[(dm["PERIOD"] == "all")]
-        significant = part[part["P_VALUE"] < 0.05]
-        verdicts = [
-            f"`{r.MODEL}` h={r.HORIZON} {'better' if r.MEAN_DIFF < 0 else 'worse'} (p={r.P_VALUE:.3f})"
-            for r in significant.itertuples()
-        ]
-        lines.append(
-            f"- Diebold-Mariano vs `{benchmark}` over all months: {len(significant)} of {len(part)} "
-            f"model x horizon comparisons significant at 5%"
-            + (": " + "; ".join(verdicts) + "." if verdicts else ".")
-        )
+        mcs = tables.get("mcs")
+        has_mcs = mcs is not None and not mcs.empty
+        lines.append(_dm_reading(dm[dm["PERIOD"] == "all"], benchmark, has_mcs))
     failed = int((progress["status"] == "failed").sum())
     lines.append(f"- Failed progress rows at the end of the run: {failed}.")
     return "\n".join(lines) + "\n"
+
+
+def _dm_reading(part: pd.DataFrame, benchmark: str, has_mcs: bool) -> str:
+    """The DM line of the reading: how many comparisons are significant at 5% one at a time
+    and how many after Holm's adjustment for their number (the family: every model x horizon
+    against the benchmark over all months), the latter named."""
+    raw = part[part["P_VALUE"] < 0.05]
+    held = part[part["P_HOLM"] < 0.05]
+    verdicts = [
+        f"`{r.MODEL}` h={r.HORIZON} {'better' if r.MEAN_DIFF < 0 else 'worse'} "
+        f"(p={r.P_VALUE:.3f}, Holm p={r.P_HOLM:.3f})"
+        for r in held.itertuples()
+    ]
+    tested = int(part["P_VALUE"].notna().sum())
+    text = (
+        f"- Diebold-Mariano vs `{benchmark}` over all months: {len(raw)} of {tested} model x "
+        f"horizon comparisons have p < 0.05 one at a time, which about {0.05 * tested:.1f} "
+        f"would reach by chance alone if no model differed from `{benchmark}`; {len(held)} stay "
+        f"significant at 5% after Holm's adjustment for the {tested} comparisons"
+        + (": " + "; ".join(verdicts) + "." if verdicts else ".")
+    )
+    if has_mcs:
+        text += " The Model Confidence Set (Calibration, above) compares all models at once."
+    return text
 
 
 def _notes_section(notes: Path | None) -> str:
