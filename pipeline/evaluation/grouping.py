@@ -114,6 +114,13 @@ class Keys:
             self._groups[by] = self._number(by)
         return self._groups[by]
 
+    def forget_groups(self, keep: Sequence[Sequence[str]] = ()) -> None:
+        """Drop the cached groups (an int32 per row each) of every grouping but `keep`'s: a
+        caller that knows no later step groups by them frees them (they are made again if
+        one does)."""
+        kept = {tuple(by) for by in keep}
+        self._groups = {by: groups for by, groups in self._groups.items() if by in kept}
+
     def _number(self, by: tuple[str, ...]) -> Groups:
         n = len(self.rows)
         combined, span, missing = np.zeros(n, dtype=np.int64), 1, None
