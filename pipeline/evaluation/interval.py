@@ -18,6 +18,9 @@ def interval_rows(
     of forecasts (rows sharing `forecast_key`) whose actual lies between the forecasts at the
     model's lowest and highest level, and the mean width between them. `keys`: the codes of
     `rows`, when already made."""
+    if rows.empty:  # no level to pair (the codes' table below would be empty): pandas' result
+        none = np.zeros(0, dtype=np.int64)
+        return _interval_merge(rows, by, forecast_key, none + 0.0, none + 0.0, none, none)
     if keys is None or keys.rows is not rows or not keys.dropna:
         keys = Keys(rows)
     # each model's lowest and highest level, from the codes of its rows' levels (sorted, -1:
