@@ -43,6 +43,9 @@ class Groups:
     def mean(self, values: np.ndarray) -> np.ndarray:
         """The mean of `values` (one per row of `rows`) per group: pandas' grouped mean."""
         kept = values if self.kept is None else values[self.kept]
+        sorted_means = _sorted_mean(self.ids, kept, self.n_groups)
+        if sorted_means is not None:
+            return sorted_means
         # the ids as a categorical's codes: pandas groups by them without hashing them again
         key = pd.Categorical.from_codes(self.ids, categories=pd.RangeIndex(self.n_groups))
         means = pd.Series(kept, copy=False).groupby(key, sort=True, observed=True).mean()
@@ -50,6 +53,21 @@ class Groups:
 
     def size(self) -> np.ndarray:
         return np.bincount(self.ids, minlength=self.n_groups).astype(np.int64)
+
+
+def _sorted_mean(ids: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray | None:
+    """pandas' grouped mean where it takes `np.add.reduceat` (group ids sorted, no NaN, every
+    group present: pandas 3.1's `BaseGrouper._reduceat_aggregate`), the same sums and division,
+    without the int64 index arrays per row its groupby builds (~28 bytes a row at the CRPS
+    table's million forecasts); None elsewhere (pandas' own kernel then, as before)."""
+    if ids.size == 0 or values.dtype != np.float64 or values.ndim != 1:
+        return None
+    if not np.all(ids[1:] >= ids[:-1]) or np.isnan(values).any():
+        return None
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    if starts.size != n_groups:
+        return None
+    return np.add.reduceat(values, starts) / np.diff(starts, append=ids.size).astype(np.float64)
 
 
 class Keys:

@@ -58,7 +58,6 @@ from pipeline.stages.assemble_report import (
     report_summary,
 )
 from pipeline.stages.assemble_tables import (
-    arrow_table,
     tables_from_ipc,
     test_tables,
     test_tables_ipc,
@@ -182,7 +181,7 @@ def assemble(
         charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
         if fork is not None:  # queued now: the fork takes them as soon as its tables are done
             charts.start(fork)
-        written = write_forecast_tables(fdir, arrow_table(frame), frame, missing)
+        written = write_forecast_tables(fdir, frame, missing)
         forecast_files = written[:-2]
         frame = frame.drop(columns=list(WRITTEN_ONLY))  # 16 of a lean row's ~70 bytes
         # the tables' freed Arrow buffers stay in Arrow's pool and the C heap unless handed
