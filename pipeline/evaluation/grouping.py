@@ -83,7 +83,7 @@ class Keys:
         if len(rows) >= np.iinfo(_INT).max:
             raise ValueError(f"rows must number under 2**31 for int32 codes; got {len(rows)}")
         self.rows, self.dropna = rows, dropna
-        self._parent = parent  # (keys of a larger table, the positions of these rows in it)
+        self._parent = parent  # (keys of a larger table, these rows in it: a mask or positions)
         self._raw: dict[str, tuple[np.ndarray, int]] = {}
         self._missing: dict[str, bool] = {}
         self._groups: dict[tuple[str, ...], Groups] = {}
@@ -92,10 +92,9 @@ class Keys:
         """The keys of `rows`, the rows of this table at `where` (a mask or positions): their
         codes are taken from this table's, not factorized again."""
         dropna = self.dropna if dropna is None else dropna
-        if where.dtype == bool:
-            if where.all():  # the same rows: share the codes (no copy of millions of rows)
-                return Keys(rows, dropna, (self, None))
-            where = np.flatnonzero(where)
+        if where.dtype == bool and where.all():  # the same rows: share the codes (no copy)
+            return Keys(rows, dropna, (self, None))
+        # a mask is kept as a mask (a byte a row while these keys live, not an int64 position)
         return Keys(rows, dropna, (self, where))
 
     def _raw_codes(self, column: str) -> tuple[np.ndarray, int]:
