@@ -18,6 +18,9 @@ def interval_rows(
     of forecasts (rows sharing `forecast_key`) whose actual lies between the forecasts at the
     model's lowest and highest level, and the mean width between them. `keys`: the codes of
     `rows`, when already made."""
+    if rows.empty:  # no level to pair (the codes' table below would be empty): pandas' result
+        none = np.zeros(0, dtype=np.int64)
+        return _interval_merge(rows, by, forecast_key, none + 0.0, none + 0.0, none, none)
     if keys is None or keys.rows is not rows or not keys.dropna:
         keys = Keys(rows)
     # each model's lowest and highest level, from the codes of its rows' levels (sorted, -1:
@@ -38,8 +41,14 @@ def interval_rows(
     model_lower = np.r_[value[lo_code], np.nan]  # by model code; the last: no model (-1)
     model_upper = np.r_[value[hi_code], np.nan]
     inner = model_lower < model_upper  # a model with one level has no interval
-    at_lo = np.flatnonzero(level == np.where(inner, np.r_[lo_code, -1], -2)[model])
-    at_hi = np.flatnonzero(level == np.where(inner, np.r_[hi_code, -1], -2)[model])
+    # each row's model's level code in the codes' own narrow dtype (-2: none): not an int64
+    # per row
+    at_lo = np.flatnonzero(
+        level == np.where(inner, np.r_[lo_code, -1], -2).astype(level.dtype)[model]
+    )
+    at_hi = np.flatnonzero(
+        level == np.where(inner, np.r_[hi_code, -1], -2).astype(level.dtype)[model]
+    )
     # each lower-level row paired with its forecast's upper-level row, in the lower rows'
     # order (the inner merge on the forecast key that this replaces), by forecast number
     forecast = keys.groups(forecast_key)
@@ -51,15 +60,21 @@ def interval_rows(
         lower, upper = model_lower[model], model_upper[model]
         return _interval_merge(rows, by, forecast_key, lower, upper, at_lo, at_hi)
     partner = hi_of[forecast.ids[at_lo]]
+    del hi_of, at_hi  # each array is freed once read: a third of the rows each, at 8 bytes
     matched = partner >= 0
     lo, hi = at_lo[matched], partner[matched]
-    actual = rows[ACTUAL].to_numpy(np.float64)[lo]
+    del at_lo, partner, matched
     f = rows[FORECAST].to_numpy(np.float64)
     f_lo, f_hi = f[lo], f[hi]
-    both = rows[by].iloc[lo].reset_index(drop=True)
+    del hi
+    actual = rows[ACTUAL].to_numpy(np.float64)[lo]
     hit = ((f_lo <= actual) & (actual <= f_hi)).astype(np.float64)
+    del actual
+    width = np.subtract(f_hi, f_lo, out=f_hi)  # f_hi - f_lo, in f_hi's array
+    del f_lo, f_hi
+    both = rows[by].iloc[lo].reset_index(drop=True)
     both_keys = keys.subset(both, lo)
-    table = group_mean(both, by, {"COVERAGE": hit, "WIDTH": f_hi - f_lo}, both_keys)
+    table = group_mean(both, by, {"COVERAGE": hit, "WIDTH": width}, both_keys)
     # LOWER and UPPER are the model's (MODEL is in `by`): grouping by them too, as the
     # merge did, gives these groups, each with its model's pair
     group_model = model[lo][both_keys.groups(by).first]

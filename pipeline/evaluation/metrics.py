@@ -37,7 +37,11 @@ from pipeline.evaluation.dm import dm_rows
 from pipeline.evaluation.dm import dm_test as dm_test  # public here too
 from pipeline.evaluation.grouping import Keys, group_mean
 from pipeline.evaluation.interval import interval_rows
-from pipeline.schema import month_index
+from pipeline.evaluation.periods import COVID_END as COVID_END  # public here too
+from pipeline.evaluation.periods import COVID_START as COVID_START
+from pipeline.evaluation.periods import covid_mask as covid_mask
+from pipeline.evaluation.periods import exclude_covid as exclude_covid
+from pipeline.evaluation.periods import period_frames as period_frames
 
 MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
 TIME, WINDOW_END, FORECAST, ACTUAL = "TIME", "WINDOW_END", "FORECAST", "ACTUAL"
@@ -45,7 +49,9 @@ EVAL_COLUMNS = (TIME, COUNTRY, MODEL, QUANTILE, HORIZON, WINDOW_END, FORECAST, A
 FORECAST_KEY = (MODEL, COUNTRY, HORIZON, WINDOW_END)  # one forecast = all its quantiles
 ROW_KEY = (COUNTRY, HORIZON, QUANTILE, WINDOW_END)  # rows compared across models
 BY_DEFAULT = (MODEL, HORIZON, QUANTILE)
-COVID_START, COVID_END = "2020-03", "2021-12"
+# what the scored rows' tables read (pinball, coverage, interval, CRPS): not TIME, which only
+# the benchmark-relative DM reads (8 of a scored row's ~59 bytes)
+SCORED_COLUMNS = tuple(c for c in EVAL_COLUMNS if c != TIME)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -115,12 +121,16 @@ def pinball_loss(actual: np.ndarray, forecast: np.ndarray, level: np.ndarray) ->
     return np.maximum(level * u, (level - 1.0) * u)
 
 
-def _scored(frame: pd.DataFrame, mask: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+def _scored(
+    frame: pd.DataFrame,
+    mask: pd.Series | np.ndarray | None = None,
+    columns: Sequence[str] = EVAL_COLUMNS,
+) -> pd.DataFrame:
     """Rows with both ACTUAL and FORECAST (`mask`, when already made), plus their pinball
-    loss in column LOSS."""
+    loss in column LOSS; `columns` (default EVAL_COLUMNS): those of `frame` they keep."""
     check_frame(frame)
     mask = _scored_mask(frame) if mask is None else mask
-    rows = select_rows(frame, mask, EVAL_COLUMNS)
+    rows = select_rows(frame, mask, columns)
     y, f = rows[ACTUAL].to_numpy(np.float64), rows[FORECAST].to_numpy(np.float64)
     return rows.assign(LOSS=pinball_loss(y, f, rows[QUANTILE].to_numpy(np.float64)))
 
@@ -273,37 +283,7 @@ def _dm_table(
     return dm_rows(joined, benchmark, by, small_sample, {c: frame[c].dtype for c in by})
 
 
-# --- COVID window ---------------------------------------------------------------------------
-def _month_index(value: str, name: str) -> int:
-    try:
-        period = pd.Period(value, freq="M")
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a month like '2020-03'; got {value!r}") from exc
-    return month_index(period.start_time)
-
-
-def exclude_covid(
-    frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END
-) -> pd.DataFrame:
-    """Drop rows whose TIME (the month forecast) lies in [start, end], both months included."""
-    return frame.loc[~covid_mask(frame, start, end)].reset_index(drop=True)
-
-
-def covid_mask(frame: pd.DataFrame, start: str = COVID_START, end: str = COVID_END) -> np.ndarray:
-    """True where TIME lies in [start, end]."""
-    lo, hi = _month_index(start, "start"), _month_index(end, "end")
-    if hi < lo:
-        raise ValueError(f"end must not precede start; got start={start!r}, end={end!r}")
-    month = np.asarray(month_index(frame[TIME]))
-    return (month >= lo) & (month <= hi)
-
-
 # --- tables for assemble ---------------------------------------------------------------------
-def period_frames(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The evaluation periods: {"all": frame, "ex_covid": frame without the COVID months}."""
-    return {"all": frame, "ex_covid": exclude_covid(frame)}
-
-
 def compact_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns the metrics read (EVAL_COLUMNS) with MODEL and COUNTRY categorical (sorted
     categories, so groups sort as the strings do): every groupby, merge and sort of the
@@ -346,6 +326,14 @@ def metric_tables(
         "interval": lambda s, k: interval_rows(s, [MODEL, HORIZON], list(FORECAST_KEY), k),
         "crps": lambda s, k: _crps_rows(s, [MODEL, HORIZON], k),
     }
+    # the rows' grouping each of them reads from `k` (the others group subsets of their own)
+    scored_groups = {
+        "pinball": BY_DEFAULT,
+        "pinball_by_country": tuple(mchq),
+        "coverage": BY_DEFAULT,
+        "interval": FORECAST_KEY,
+        "crps": FORECAST_KEY,
+    }
     # the tables' order (each table is computed on its own: the order of the steps changes
     # no table)
     order = (
@@ -365,19 +353,29 @@ def metric_tables(
     work_keys = Keys(work)
     covid = covid_mask(work)
     periods = ("all", "ex_covid")
+    has_benchmark = bool(work[MODEL].eq(benchmark).any())
     for period in periods:  # one period's rows in memory at a time
         where = None if period == "all" else ~covid
         mask = _scored_mask(work).to_numpy()
         if where is not None:
             mask = mask & where
-        scored = _scored(work, mask)
-        keys = work_keys.subset(scored, mask)
+        # the joined rows need TIME (DM's months); without the benchmark they are none, made
+        # from no rows (the same empty tables) instead of a copy of every scored row
+        scored = _scored(work, mask if has_benchmark else np.zeros_like(mask))
+        keys = work_keys.subset(scored, mask if has_benchmark else np.zeros_like(mask))
         joined, joined_keys = _with_benchmark(scored, benchmark, keys)
+        del scored, keys
         for name, make in joined_makers.items():
             parts[name].append(make(joined, joined_keys).assign(PERIOD=period))
         del joined, joined_keys
-        for name, make in scored_makers.items():
+        scored = _scored(work, mask, SCORED_COLUMNS)
+        keys = work_keys.subset(scored, mask)
+        for i, (name, make) in enumerate(scored_makers.items()):
             parts[name].append(make(scored, keys).assign(PERIOD=period))
+            # a grouping's ids (4 bytes a row) kept only while a later table groups by it
+            keys.forget_groups(
+                keep=[scored_groups[later] for later in list(scored_makers)[i + 1 :]]
+            )
         del scored, keys
     # the crossing table reads the whole frame, not the scored rows: made once they are gone
     # (its sort of every row's forecast was the metric step's peak beside them)

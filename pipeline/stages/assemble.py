@@ -27,36 +27,37 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from pipeline.errors import ConfigError
 from pipeline.evaluation import metrics as evaluate
 from pipeline.evaluation import metrics_json
 from pipeline.evaluation.calibration import window_scale
 from pipeline.evaluation.derived import DerivedSettings, derive
 from pipeline.evaluation.report import render_report
-from pipeline.io import read_json, write_json, write_parquet, write_text
+from pipeline.io import write_json, write_parquet, write_text
 from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.schema import (
     COUNTRY,
-    META_FILE,
     PANEL_FILE,
     TIME,
     conform_forecasts,
 )
 from pipeline.stages import assemble_fork
 from pipeline.stages import charts as chart_stage
+from pipeline.stages.assemble_report import (
+    check_name,
+    fan_note_line,
+    fan_selection,
+    remove_stale,
+    report_summary,
+)
 from pipeline.stages.assemble_tables import (
-    arrow_table,
     tables_from_ipc,
     test_tables,
     test_tables_ipc,
@@ -73,7 +74,6 @@ from pipeline.stages.forecast_inputs import (
 )
 
 log = logging.getLogger(__name__)
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes
 # Forecast rows from which a fork computes the coverage tests, the MCS and the decomposition
 # (about 0.5 CPU-s at this size, 5 at 3M rows) while this process writes the forecast tables
 # and computes the metric tables; below, the fork (if any) renders charts only.
@@ -162,7 +162,7 @@ def assemble(
     if frame.empty:  # every fit failed or gave NaN: say so, and write (or remove) nothing
         raise no_forecasts(output_dir, missing)
     for model in frame["MODEL"].unique().tolist():
-        _check_name("MODEL", model)  # before anything is written
+        check_name("MODEL", model)  # before anything is written
     fans = fan_selection(frame, fan_countries, n_fan_countries, fan_horizons, max_fan_horizons)
     fdir, rdir = output_dir / "forecasts", output_dir / "reports"
     # a fork of this process (the second core, the rows shared copy-on-write) computes the
@@ -181,7 +181,7 @@ def assemble(
         charts = chart_stage.plan_charts(output_dir, frame, benchmark, fans, model_order)
         if fork is not None:  # queued now: the fork takes them as soon as its tables are done
             charts.start(fork)
-        written = write_forecast_tables(fdir, arrow_table(frame), frame, missing)
+        written = write_forecast_tables(fdir, frame, missing)
         forecast_files = written[:-2]
         frame = frame.drop(columns=list(WRITTEN_ONLY))  # 16 of a lean row's ~70 bytes
         # the tables' freed Arrow buffers stay in Arrow's pool and the C heap unless handed
@@ -210,15 +210,15 @@ def assemble(
         tables,
         images,
         title=f"{target}: quantile forecast evaluation",
-        summary=_summary(output_dir, frame, missing, n_unexpected, benchmark),
+        summary=report_summary(output_dir, frame, missing, n_unexpected, benchmark),
         missing=missing,
         benchmark=benchmark,
-        fan_note=_fan_note(fans, fan_note),
+        fan_note=fan_note_line(fans, fan_note),
     )
     write_text(rdir / "index.html", html)
     written.append(rdir / "index.html")
 
-    removed = _remove_stale(output_dir, written)
+    removed = remove_stale(output_dir, written)
     log.info("assemble: %d forecast rows, %d tables, %d missing fits, %d stale files removed",
              len(frame), len(forecast_files), len(missing), len(removed))  # fmt: skip
     return AssembleResult(
@@ -289,114 +289,3 @@ def _forked(future: Future[bytes] | None) -> bytes | None:
     except BrokenProcessPool as exc:  # killed for memory, say: computed here instead
         log.warning("assemble: the forked process failed (%s); the test tables computed here", exc)
         return None
-
-
-def _check_name(column: str, value: Any) -> None:
-    if not SAFE_NAME.match(str(value)):
-        raise ValueError(
-            f"{column} values must be file-name safe (letters, digits, _ . -); got {value!r}"
-        )
-
-
-def _spread(values: Sequence[int], n: int) -> list[int]:
-    """At most n values evenly spread from the first to the last (both kept)."""
-    values = sorted(set(values))
-    if len(values) <= n:
-        return values
-    picks = np.linspace(0, len(values) - 1, n).round().astype(int)
-    return [values[i] for i in sorted(set(picks.tolist()))]
-
-
-def fan_selection(
-    frame: pd.DataFrame,
-    countries: Sequence[str] | None = None,
-    n_countries: int = 4,
-    horizons: Sequence[int] | None = None,
-    max_horizons: int = 4,
-) -> list[tuple[str, int]]:
-    """(country, horizon) pairs to draw, horizon-major: `countries` or the first `n_countries`
-    alphabetically; `horizons` or at most `max_horizons` spread over the forecast horizons.
-    Pairs without forecasts are skipped."""
-    present = sorted(frame["COUNTRY"].unique().tolist())
-    countries = present[:n_countries] if countries is None else list(countries)
-    unknown = sorted(set(countries) - set(present))
-    if unknown:  # a config error: exit 2 and one line at the command line
-        raise ConfigError(
-            "evaluation.fan_countries", f"countries with forecasts {present}", unknown
-        )
-    for country in countries:
-        _check_name("COUNTRY", country)
-    all_h = sorted(frame["HORIZON"].unique().tolist())
-    horizons = _spread(all_h, max_horizons) if horizons is None else sorted(set(horizons))
-    pairs = frame[["COUNTRY", "HORIZON"]].drop_duplicates()  # not a Python loop over every row
-    have = set(zip(pairs["COUNTRY"].tolist(), pairs["HORIZON"].tolist(), strict=True))
-    return [(c, int(h)) for h in horizons for c in countries if (c, h) in have]
-
-
-def _fan_note(fans: list[tuple[str, int]], why: str) -> str:
-    """The report's line on which countries have fan charts (and why, when the caller says)."""
-    countries = list(dict.fromkeys(c for c, _ in fans))
-    if not countries:
-        return ""
-    return f"Countries: {', '.join(countries)}" + (f" ({why})." if why else ".")
-
-
-def _summary(
-    output_dir: Path, frame: pd.DataFrame, missing: pd.DataFrame, n_unexpected: int, benchmark: str
-) -> dict[str, object]:
-    def listing(values: list[Any], limit: int = 12) -> str:
-        text = ", ".join(str(v) for v in values[:limit])
-        return f"{text}, … ({len(values)} in all)" if len(values) > limit else text
-
-    models = sorted(frame["MODEL"].unique().tolist())
-    origins = frame["WINDOW_END"]
-    scored = frame["ACTUAL"].notna() & frame["FORECAST"].notna()
-    summary: dict[str, object] = {
-        "models": listing(models),
-        "benchmark": benchmark if benchmark in models else f"{benchmark} (not in this run)",
-        "countries": listing(sorted(frame["COUNTRY"].unique().tolist())),
-        "horizons (months)": listing(sorted(frame["HORIZON"].unique().tolist())),
-        "quantile levels": listing([f"{q:g}" for q in sorted(frame["QUANTILE"].unique().tolist())]),
-        "origins": f"{origins.min():%Y-%m} to {origins.max():%Y-%m} ({origins.nunique()})"
-        if len(frame)
-        else "none",
-        "forecast rows": f"{len(frame):,} ({int(scored.sum()):,} with a known actual)",
-        "missing fits": f"{len(missing):,}",
-    }
-    if n_unexpected:
-        summary["rows left out (not in this config)"] = f"{n_unexpected:,}"
-    meta_path = output_dir / META_FILE
-    if meta_path.exists():
-        meta = read_json(meta_path)
-        if "fingerprint" in meta:
-            summary["data fingerprint"] = str(meta["fingerprint"])[:16]
-        if "first_month" in meta and "last_month" in meta:
-            summary["data months"] = f"{meta['first_month']} to {meta['last_month']}"
-    return summary
-
-
-def _remove_stale(output_dir: Path, written: list[Path]) -> list[Path]:
-    """Delete files an earlier assemble wrote that this one did not (a dropped model, horizon,
-    country): only the product's own (its manifest, or its naming in a dir older versions
-    wrote), never a user's file in these folders."""
-    from pipeline.runtime.store.manifest import active
-
-    ours = active(output_dir)
-    ours.written.update(r for r in map(ours.rel, written) if r is not None)
-    keep = {p.resolve() for p in written}
-    patterns = [
-        ("forecasts", "*.parquet"),
-        ("reports", "*.png"),
-        ("reports/fan", "*.png"),
-        ("reports/tables", "*.parquet"),
-        ("reports/plots", "*.csv"),
-    ]
-    removed = []
-    for folder, pattern in patterns:
-        for path in sorted((output_dir / folder).glob(pattern)):
-            if path.resolve() not in keep and ours.owns(path) and not path.is_symlink():
-                path.unlink()
-                removed.append(path)
-    if not ours.tracked:  # called outside a run (a library call): record what it wrote
-        ours.save()
-    return removed

@@ -23,17 +23,26 @@ def forecast_file_name(model: str, quantile: float, horizon: int) -> str:
     return f"{model}_{q}_{h}.parquet"
 
 
-def arrow_table(frame: pd.DataFrame) -> Any:
+def arrow_table(frame: pd.DataFrame, strings: bool = True) -> Any:
     """The frame as an Arrow table, as write_parquet converts it (no index, no metadata), each
-    column one chunk: a take of a chunked column is several times slower (the same bytes)."""
+    column one chunk: a take of a chunked column is several times slower (the same bytes).
+    `strings=False`: a lean frame's categorical columns stay dictionaries (their codes, not a
+    string per row: `as_strings` converts a part of the table when it is written)."""
     import pyarrow as pa
 
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    # a lean frame's categorical columns (forecast_inputs.lean_frame) as the schema's strings
+    return (as_strings(table) if strings else table).combine_chunks()
+
+
+def as_strings(table: Any) -> Any:
+    """The table with its dictionary columns (a lean frame's categoricals, forecast_inputs.
+    lean_frame) as the schema's strings."""
+    import pyarrow as pa
+
     for i, column in enumerate(table.columns):
         if pa.types.is_dictionary(column.type):
             table = table.set_column(i, table.field(i).name, column.cast(pa.large_string()))
-    return table.combine_chunks()
+    return table
 
 
 # Written without a dictionary: nearly every forecast (and actual, over many countries) is a
@@ -41,16 +50,19 @@ def arrow_table(frame: pd.DataFrame) -> Any:
 # it up at its 1 MiB page (~131k values): plain, the tables encode in ~55-75% of the CPU and
 # are ~10% smaller (benchmarks/README.md, ninth pass). A deliberate change of their bytes.
 PLAIN_COLUMNS = ("FORECAST", "ACTUAL")
+# pyarrow's ParquetWriter.write_table splits a table into row groups of at most this many rows
+ROW_GROUP = 1024 * 1024
 
 
-def write_forecast_tables(
-    fdir: Path, whole: Any, frame: pd.DataFrame, missing: pd.DataFrame
-) -> list[Path]:
-    """One table per (model, quantile, horizon), then all.parquet and missing.parquet;
-    `whole` is `arrow_table(frame)`."""
+def write_forecast_tables(fdir: Path, frame: pd.DataFrame, missing: pd.DataFrame) -> list[Path]:
+    """One table per (model, quantile, horizon), then all.parquet and missing.parquet."""
     import pyarrow as pa
 
-    paths, encodings = [], column_encodings(whole.schema.names, plain=PLAIN_COLUMNS)
+    # the frame's Arrow table with its string columns as codes (a whole table of strings was
+    # ~50 bytes a row at the step's peak); each part written gets its strings on its own
+    coded = arrow_table(frame, strings=False)
+    schema = as_strings(coded.slice(0, 0)).schema
+    paths, encodings = [], column_encodings(schema.names, plain=PLAIN_COLUMNS)
     # the groups of a sorted groupby (rows in frame order within each), from integer codes
     keys = ["MODEL", "QUANTILE", "HORIZON"]
     codes = [evaluate.rank_codes(frame[c]) for c in keys]
@@ -61,12 +73,17 @@ def write_forecast_tables(
     # each table its rows of the frame's Arrow table (one part at a time in memory): the
     # bytes write_parquet writes for each part
     for a, b in itertools.pairwise(edges):
-        part = whole.take(pa.array(order[a:b]))
+        part = as_strings(coded.take(pa.array(order[a:b])))
         model, q, h = (part.column(c)[0].as_py() for c in keys)
         paths.append(fdir / forecast_file_name(model, q, h))
-        write_parquet_tables(paths[-1], part.schema, [part], options=encodings)
+        write_parquet_tables(paths[-1], schema, [part], options=encodings)
         del part
-    write_parquet_tables(fdir / "all.parquet", whole.schema, [whole], options=encodings)
+    # all.parquet a row group at a time: the writer's own row groups (ROW_GROUP rows each), so
+    # the same bytes as the whole table written at once
+    blocks = (
+        as_strings(coded.slice(a, ROW_GROUP)) for a in range(0, max(coded.num_rows, 1), ROW_GROUP)
+    )
+    write_parquet_tables(fdir / "all.parquet", schema, blocks, options=encodings)
     write_parquet(fdir / "missing.parquet", missing)
     return [*paths, fdir / "all.parquet", fdir / "missing.parquet"]
 
