@@ -21,6 +21,8 @@ META_FILE = Path("data/prepared/meta.json")
 REPORT_FILE = Path("reports/index.html")
 FORECASTS_FILE = Path("forecasts/all.parquet")
 METRICS_FILE = Path("metrics.json")
+# a model or country code names files and folders (forecasts/<model>_q.._h...parquet, ...)
+SAFE_CODE = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 # --- months -----------------------------------------------------------------------------------
 # A month is a Timestamp at month start in tables; arithmetic uses m = year * 12 + (month - 1),

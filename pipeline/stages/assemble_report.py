@@ -15,9 +15,9 @@ import pandas as pd
 
 from pipeline.errors import ConfigError
 from pipeline.io import read_json
-from pipeline.schema import META_FILE
+from pipeline.schema import META_FILE, SAFE_CODE
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-name-safe model/country codes
+SAFE_NAME = re.compile(rf"^{SAFE_CODE}$")
 
 
 def check_name(column: str, value: Any) -> None:

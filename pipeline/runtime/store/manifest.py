@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.errors import OutputError
 from pipeline.io import read_json, set_write_guard, stable_hash, write_json
-from pipeline.schema import META_FILE, PANEL_FILE
+from pipeline.schema import META_FILE, PANEL_FILE, SAFE_CODE
 
 if TYPE_CHECKING:
     from pipeline.config import StudyConfig
@@ -32,17 +32,16 @@ log = logging.getLogger("pipeline")
 MANIFEST_FILE = Path("logs/qpipe-manifest.json")
 TOP_LEVEL = ("config.yaml", "metrics.json", "metrics_summary.json", "metrics_headline.json",
              "probe.json", "probe_measurements.json")  # fmt: skip
-_SAFE = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # assemble.SAFE_NAME: model and country codes
 _NAMING = re.compile(
     "|".join(
         (
             "|".join(re.escape(name) for name in TOP_LEVEL),
             re.escape(PANEL_FILE.as_posix()),
             re.escape(META_FILE.as_posix()),
-            rf"train/{_SAFE}\.parquet",
-            rf"forecasts/(?:{_SAFE}_q[0-9.e+-]+_h[0-9]+|all|missing)\.parquet",
+            rf"train/{SAFE_CODE}\.parquet",
+            rf"forecasts/(?:{SAFE_CODE}_q[0-9.e+-]+_h[0-9]+|all|missing)\.parquet",
             r"reports/(?:index\.html|pinball_by_horizon\.png|coverage\.png|reliability\.png)",
-            rf"reports/fan/{_SAFE}_h[0-9]+\.png",
+            rf"reports/fan/{SAFE_CODE}_h[0-9]+\.png",
             r"reports/tables/[a-z0-9_]+\.parquet",
             r"reports/plots/[a-z0-9_]+\.csv",
             r"progress/(?:progress|errors)\.parquet",
