@@ -208,3 +208,34 @@ def test_a_small_studys_outputs_adjust_one_family_per_test_table_and_period(
     raw, held = int((part["P_CC"] < 0.05).sum()), int((part["P_CC_HOLM"] < 0.05).sum())
     assert f"- CC: {raw} of 36 cells have p < 0.05 one at a time" in doc.read_text()
     assert f"; {held} after Holm's adjustment for the 36." in doc.read_text()
+
+
+ONE_MODEL = """
+import sys
+import numpy as np, pandas as pd
+from pipeline.evaluation import coverage_tests
+rng = np.random.default_rng(0)
+ends = pd.date_range("2010-01-01", periods=40, freq="MS")
+frame = pd.concat([
+    pd.DataFrame({"MODEL": "ar_qr", "COUNTRY": "DE", "HORIZON": h, "QUANTILE": q,
+                  "WINDOW_END": ends, "FORECAST": rng.normal(size=40), "ACTUAL": rng.normal(size=40)})
+    for h in (1, 3) for q in (0.1, 0.5, 0.9)
+])
+table = coverage_tests.coverage_tests(frame, by=["MODEL", "HORIZON", "QUANTILE"])
+print(len(table), table["P_UC_HOLM"].notna().sum(), "statsmodels" in sys.modules)
+"""
+
+
+def test_a_one_model_studys_adjustment_imports_no_statsmodels() -> None:
+    """Six cells, one family of six: adjusted without statsmodels' import (0.5 CPU-s,
+    benchmarks/README.md), which a one-model study's assemble otherwise never pays."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_MODEL], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.split() == ["6", "6", "False"], done.stderr[-3000:]
