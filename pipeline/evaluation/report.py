@@ -167,9 +167,9 @@ def _holm_note(bench: str, has_mcs: bool) -> str:
 def _tests_holm_note() -> str:
     """The coverage tests' caption on many tests and what the colours mean (trusted HTML)."""
     return (
-        "<i>Holm p</i> adjusts a test's p-value for the number of its tests (Holm's method; the "
-        "family is the test's every model × horizon × level in the period), so the chance that "
-        f"any red cell of that test is a false alarm of a correct forecast is at most "
+        "<i>Holm p</i> adjusts each p-value for the number of cells its test has (Holm's "
+        "method; the family: that test's every model × horizon × level in the period), so the "
+        f"chance that any red cell of a test is a false alarm of a correct forecast is at most "
         f"{TEST_LEVEL:g}. Red: p &lt; {TEST_LEVEL:g} after the adjustment. Pale italic: below "
         f"{TEST_LEVEL:g} before the adjustment only, as some of many tests are by chance alone."
     )
