@@ -488,6 +488,10 @@ def test_assemble_adds_combo_and_calibrated_rows_and_scores_no_warmup(tmp_path):
         "p_cc",
         "dq",
         "p_dq",
+        "p_uc_holm",
+        "p_ind_holm",
+        "p_cc_holm",
+        "p_dq_holm",
     }
     assert (
         set(metrics["mcs"]["h1"]) == models

@@ -17,7 +17,7 @@ from pipeline.evaluation.metrics import metric_tables
 from pipeline.evaluation.metrics_json import compute_metrics
 from pipeline.evaluation.report import render_report
 from pipeline.evaluation.report_rows import dm_rows
-from pipeline.evaluation.results import _reading_section
+from pipeline.evaluation.results_accuracy import reading_section as _reading_section
 from pipeline.schema import conform_forecasts
 
 

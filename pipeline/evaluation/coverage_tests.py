@@ -28,6 +28,13 @@ Hits of an h-step forecast from monthly origins overlap by h - 1 months, so for 
 serially dependent by construction: the independence and DQ tests then reject correct
 forecasts too often and read as diagnostics, not as exact tests (SERIAL_DEPENDENCE_NOTE).
 
+A table tests every model x horizon x level (x country), so some raw p-values fall below 5%
+by chance alone: `coverage_tests` adds each test's p-value adjusted by Holm's step-down method
+(P_UC_HOLM, P_IND_HOLM, P_CC_HOLM, P_DQ_HOLM; `pvalues.holm`, as the DM tables' P_HOLM). The
+family is one test's rows of one call: one table (pooled, or per country) in one evaluation
+period, every model x horizon x level (x country) cell with a p-value; NaN stays NaN and is not
+counted.
+
 The Model Confidence Set is in evaluation/mcs.py.
 """
 
@@ -42,7 +49,7 @@ from scipy.special import xlogy
 
 from pipeline.evaluation.grouping import Keys
 from pipeline.evaluation.metrics import select_rows
-from pipeline.evaluation.pvalues import chi2_sf
+from pipeline.evaluation.pvalues import chi2_sf, holm
 
 DQ_LAGS = 4
 DQ_BATCH_BYTES = 32 << 20  # DQ designs solved at once (peak memory of the batched QR)
@@ -188,6 +195,24 @@ def coverage_test_row(hits: np.ndarray, forecast: np.ndarray, tau: float) -> dic
 
 
 TEST_COLUMNS = tuple(coverage_test_row(np.array([1, 0]), np.zeros(2), 0.5))
+# each test's p-value and its Holm adjustment over the table's cells (one sequence has none)
+P_COLUMNS = ("P_UC", "P_IND", "P_CC", "P_DQ")
+HOLM_COLUMNS = {p: f"{p}_HOLM" for p in P_COLUMNS}
+
+
+def with_holm(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A coverage-test table of both periods with the *_HOLM columns: tables written before them
+    get them computed here, one family per test and PERIOD as `coverage_tests` makes them, so
+    an older output dir's pages can be rebuilt."""
+    if table is None or table.empty or all(c in table.columns for c in HOLM_COLUMNS.values()):
+        return table
+    by_period = table.groupby("PERIOD", sort=False)
+    return table.assign(
+        **{
+            adjusted: by_period[p].transform(lambda v: holm(v.to_numpy(np.float64)))
+            for p, adjusted in HOLM_COLUMNS.items()
+        }
+    )
 
 
 def coverage_tests(
@@ -198,7 +223,7 @@ def coverage_tests(
     where: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The tests per group of scored rows of a forecast table (`by` must include MODEL,
-    HORIZON and QUANTILE). Without COUNTRY in `by`, the countries' hit sequences (each in
+    HORIZON and QUANTILE), each p-value with its Holm adjustment over the groups (*_HOLM). Without COUNTRY in `by`, the countries' hit sequences (each in
     WINDOW_END order) are concatenated country by country: the tests' pooled form, whose
     transitions and DQ lags never cross from one country into the next (the first lags rows
     of each are dropped).
@@ -258,7 +283,9 @@ def coverage_tests(
         DQ=dq,
         P_DQ=chi2_sf(dq, dq_df),
     )
-    return table[[*by, *TEST_COLUMNS]].reset_index(drop=True)
+    # each test's family: this call's cells (one table, one period)
+    table = table.assign(**{a: holm(table[p].to_numpy()) for p, a in HOLM_COLUMNS.items()})
+    return table[[*by, *TEST_COLUMNS, *HOLM_COLUMNS.values()]].reset_index(drop=True)
 
 
 def _loglik(ones: np.ndarray, zeros: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.pvalues import norm_sf, t_sf
+from pipeline.evaluation.pvalues import holm, norm_sf, t_sf
 from pipeline.schema import month_index
 
 MODEL, HORIZON, TIME = "MODEL", "HORIZON", "TIME"  # metrics' column names
@@ -67,24 +67,6 @@ def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[
     return stat, float(2.0 * t_sf(abs(stat), df=t - 1))
 
 
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm-adjusted p-values (statsmodels' `multipletests(method="holm")`) of a family.
-
-    NaN (a comparison without a test) stays NaN and is not counted in the family: a family of
-    m finite p-values is adjusted as m tests. A family of one is its own adjustment."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    finite = np.isfinite(p)
-    if finite.sum() < 2:  # no multiplicity (and no statsmodels import for a one-model study)
-        out[finite] = p[finite]
-        return out
-    # here: 0.5 CPU-s alone, none where this process computes an MCS (arch imports it)
-    from statsmodels.stats.multitest import multipletests
-
-    out[finite] = multipletests(p[finite], method="holm")[1]
-    return out
-
-
 def dm_rows(
     joined: pd.DataFrame,
     benchmark: str,
@@ -94,7 +76,7 @@ def dm_rows(
 ) -> pd.DataFrame:
     """The DM table (metrics.diebold_mariano) from the scored rows joined to the benchmark's
     loss (LOSS, BENCH_LOSS): `*by, N, MONTHS, MEAN_DIFF, STAT, P_VALUE, P_HOLM`; P_HOLM
-    adjusts P_VALUE for the number of the table's rows (`holm`)."""
+    adjusts P_VALUE for the number of the table's rows (`pvalues.holm`)."""
     joined = joined.loc[joined[MODEL] != benchmark]
     joined = joined.assign(
         D=joined["LOSS"] - joined["BENCH_LOSS"],

@@ -188,13 +188,16 @@ def headline_metrics(
 
 
 TEST_KEYS = {"HIT_RATE": "hit_rate", "LR_UC": "lr_uc", "P_UC": "p_uc", "LR_IND": "lr_ind",
-             "P_IND": "p_ind", "LR_CC": "lr_cc", "P_CC": "p_cc", "DQ": "dq", "P_DQ": "p_dq"}  # fmt: skip
+             "P_IND": "p_ind", "LR_CC": "lr_cc", "P_CC": "p_cc", "DQ": "dq", "P_DQ": "p_dq",
+             "P_UC_HOLM": "p_uc_holm", "P_IND_HOLM": "p_ind_holm", "P_CC_HOLM": "p_cc_holm",
+             "P_DQ_HOLM": "p_dq_holm"}  # fmt: skip
 
 
 def test_metrics(tables: Mapping[str, pd.DataFrame], mcs_size: float) -> dict[str, Any]:
     """metrics.json's coverage tests and Model Confidence Set (period "all"; the tables hold
     both periods): coverage_tests[model][h][q] = {n, hit_rate, lr_uc, p_uc, lr_ind, p_ind,
-    lr_cc, p_cc, dq, p_dq} pooled over countries; mcs[h][model] = {p_value, in_mcs}; the
+    lr_cc, p_cc, dq, p_dq, and each p_*_holm: Holm-adjusted over the model x horizon x level
+    cells of its test in the period} pooled over countries; mcs[h][model] = {p_value, in_mcs}; the
     caveat on h > 1 hits; and, when `tables` holds it, the pinball decomposition
     (`decomposition_metrics`)."""
     from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE

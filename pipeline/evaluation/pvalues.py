@@ -1,4 +1,5 @@
-"""Upper-tail probabilities of the chi-squared, normal and Student t distributions.
+"""Upper-tail probabilities of the chi-squared, normal and Student t distributions, and Holm's
+adjustment of a family of p-values.
 
 The same numbers as `scipy.stats.chi2.sf`, `norm.sf` and `t.sf`, bit for bit (they call these
 same `scipy.special` functions, after the argument and support checks repeated here), without
@@ -33,3 +34,23 @@ def t_sf(x: float | np.ndarray, df: float | np.ndarray) -> np.floating | np.ndar
     out = special.stdtr(df, -x)
     out = np.where(df > 0, out, np.nan)
     return out[()]
+
+
+def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
+    """Holm-adjusted p-values of a family: statsmodels' `multipletests(p, method="holm")[1]`,
+    bit for bit (the same sort, products and running maximum; tests compare), without its
+    import (0.5 CPU-s where nothing else loads statsmodels: a one-model study's coverage tests).
+
+    The i-th smallest of m p-values times (m - i + 1), made non-decreasing in that order,
+    capped at 1. NaN (a comparison without a test) stays NaN and is not counted in the family:
+    a family of m finite p-values is adjusted as m tests; a family of one is its own adjustment.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    family = p[finite]
+    order = np.argsort(family)  # multipletests' sort; ties get equal adjusted values anyway
+    adjusted = np.maximum.accumulate(family[order] * np.arange(family.size, 0, -1))
+    adjusted[adjusted > 1] = 1
+    out[np.flatnonzero(finite)[order]] = adjusted
+    return out

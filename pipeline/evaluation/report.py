@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
-from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
+from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE, with_holm
 from pipeline.evaluation.decomposition import DECOMPOSITION_NOTE, decomposition_cells
 from pipeline.evaluation.report_rows import (
     COVERAGE_FLAG_SE,
     DM_LEVEL,
+    TEST_LEVEL,
     Cell,
     Rows,
     country_rows,
@@ -163,6 +164,17 @@ def _holm_note(bench: str, has_mcs: bool) -> str:
     )
 
 
+def _tests_holm_note() -> str:
+    """The coverage tests' caption on many tests and what the colours mean (trusted HTML)."""
+    return (
+        "<i>Holm p</i> adjusts each p-value for the number of cells its test has (Holm's "
+        "method; the family: that test's every model × horizon × level in the period), so the "
+        f"chance that any red cell of a test is a false alarm of a correct forecast is at most "
+        f"{TEST_LEVEL:g}. Red: p &lt; {TEST_LEVEL:g} after the adjustment. Pale italic: below "
+        f"{TEST_LEVEL:g} before the adjustment only, as some of many tests are by chance alone."
+    )
+
+
 def render_report(
     tables: Mapping[str, pd.DataFrame],
     images: Sequence[ReportImage],
@@ -237,9 +249,10 @@ def render_report(
                      "<code>reports/tables/coverage_tests_by_country.parquet</code>): Kupiec's "
                      "unconditional coverage (UC), Christoffersen's independence (IND) and "
                      "conditional coverage (CC), Engle-Manganelli's dynamic quantile test (DQ: "
-                     "constant, 4 lagged hits, the forecast). Red: p &lt; 0.05. "
+                     "constant, 4 lagged hits, the forecast). " + _tests_holm_note() + " "
                      + html.escape(SERIAL_DEPENDENCE_NOTE),
-                     [t["coverage_tests"]], coverage_test_rows, n_keys=3, collapsed=True),
+                     [with_holm(t["coverage_tests"])], coverage_test_rows, n_keys=3,
+                     collapsed=True),
             _section("mcs", "Model Confidence Set",
                      "arch's MCS (range statistic, stationary bootstrap) per horizon on per-origin "
                      "mean pinball losses over the origins every model scored; green: in the set.",

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation import metrics as evaluate
+from pipeline.evaluation.coverage_tests import HOLM_COLUMNS, P_COLUMNS
 
 # A coverage cell is flagged when it misses the nominal level by more than this many binomial
 # standard errors (serial correlation ignored, so it is a screening rule, not a test).
 COVERAGE_FLAG_SE = 2.0
 DM_LEVEL = 0.05
+TEST_LEVEL = 0.05  # a coverage test's p-value flagged below this (after Holm's adjustment)
 
 
 @dataclass(frozen=True)
@@ -168,17 +170,26 @@ def country_rows(table: pd.DataFrame) -> Rows:
 
 
 def coverage_test_rows(table: pd.DataFrame) -> Rows:
-    """Coverage tests: one row per (model, horizon, level); p-values below 5% in red."""
+    """Coverage tests: one row per (model, horizon, level), each test's p-value and its Holm
+    adjustment; red where the adjusted one is below TEST_LEVEL, pale italic red where only the
+    raw one is (below it alone, not among the many), as the DM table."""
 
-    def p_cell(value: float) -> Cell:
-        return Cell(fmt_number(value, 2), "bad" if math.isfinite(value) and value < 0.05 else "")
+    def p_cells(raw: float, adjusted: float) -> list[Cell]:
+        held = math.isfinite(adjusted) and adjusted < TEST_LEVEL
+        alone = math.isfinite(raw) and raw < TEST_LEVEL
+        css = "bad" if held else "weak-bad" if alone else ""
+        return [Cell(fmt_number(raw, 2), css), Cell(fmt_number(adjusted, 2), "bad" if held else "")]
 
     rows = []
     for r in table.sort_values(["MODEL", "HORIZON", "QUANTILE"]).itertuples(index=False):
-        rows.append([Cell(str(r.MODEL)), Cell(evaluate.horizon_label(r.HORIZON)),
-                     Cell(f"{r.QUANTILE:g}"), Cell(str(r.N)), Cell(fmt_percent(r.HIT_RATE)),
-                     p_cell(r.P_UC), p_cell(r.P_IND), p_cell(r.P_CC), p_cell(r.P_DQ)])  # fmt: skip
-    return ["model", "h", "level", "N", "hit rate", "p UC", "p IND", "p CC", "p DQ"], rows
+        cells = [Cell(str(r.MODEL)), Cell(evaluate.horizon_label(r.HORIZON)),
+                 Cell(f"{r.QUANTILE:g}"), Cell(str(r.N)), Cell(fmt_percent(r.HIT_RATE))]  # fmt: skip
+        for p in P_COLUMNS:
+            cells += p_cells(getattr(r, p), getattr(r, HOLM_COLUMNS[p]))
+        rows.append(cells)
+    tests = [p.removeprefix("P_") for p in P_COLUMNS]
+    header = ["model", "h", "level", "N", "hit rate"]
+    return header + [h for t in tests for h in (f"p {t}", f"Holm p {t}")], rows
 
 
 def mcs_rows(table: pd.DataFrame) -> Rows:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.evaluation.coverage_tests import HOLM_COLUMNS, with_holm
 from pipeline.evaluation.decomposition import decomposition_markdown
 
 CAL_TOLERANCE = 0.05  # the target: every calibrated variant within 5 pp of nominal
@@ -18,7 +19,7 @@ CAL_TOLERANCE = 0.05  # the target: every calibrated variant within 5 pp of nomi
 
 def calibration_section(tables: dict[str, pd.DataFrame], output_dir: Path, doc_path: Path) -> str:
     """Tail hit rates per horizon for every model and its _cal variant, pooled pinball raw vs
-    calibrated, coverage-test rejections, the MCS and the reliability chart."""
+    calibrated, coverage-test rejections (raw and Holm-adjusted), the MCS and the reliability chart."""
     coverage, pinball = tables.get("coverage"), tables.get("pinball")
     if coverage is None or coverage.empty or pinball is None:
         return ""
@@ -59,25 +60,9 @@ def calibration_section(tables: dict[str, pd.DataFrame], output_dir: Path, doc_p
                 lines.append(
                     f"- `{cal}`: pooled pinball {loss[cal]:.4f} vs `{raw}` {loss[raw]:.4f} ({verdict})."
                 )
-    tests = tables.get("coverage_tests")
+    tests = with_holm(tables.get("coverage_tests"))
     if tests is not None and not tests.empty:
-        part = tests[tests["PERIOD"] == "all"]
-        lines.append("")
-        lines.append(
-            "**Coverage tests** (pooled over countries; rejections at 5% of the model x horizon x "
-            "level cells; full table in `reports/tables/coverage_tests.parquet`, per country in "
-            "`coverage_tests_by_country.parquet`). Hits of h > 1 forecasts from monthly origins "
-            "overlap, so they are serially dependent by construction: the IND and DQ tests "
-            "over-reject correct forecasts there.\n"
-        )
-        lines += [
-            "| model | cells | UC rejects | CC rejects | DQ rejects |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for model in _ordered(part["MODEL"].unique()):
-            rows = part[part["MODEL"] == model]
-            counts = [int((rows[c] < 0.05).sum()) for c in ("P_UC", "P_CC", "P_DQ")]
-            lines.append(f"| {model} | {len(rows)} | " + " | ".join(map(str, counts)) + " |")
+        lines += ["", _coverage_tests_counts(tests[tests["PERIOD"] == "all"])]
     decomposition = tables.get("pinball_decomposition")
     if decomposition is not None and not decomposition.empty:
         lines += ["", decomposition_markdown(decomposition)]
@@ -95,6 +80,40 @@ def calibration_section(tables: dict[str, pd.DataFrame], output_dir: Path, doc_p
         shutil.copyfile(chart, img_dir / "results_reliability.png")
         lines.append("\n![reliability](img/results_reliability.png)\n")
     return "\n".join(lines) + "\n"
+
+
+TESTS = {"UC": "P_UC", "CC": "P_CC", "DQ": "P_DQ"}  # the tests the page counts
+
+
+def _coverage_tests_counts(part: pd.DataFrame) -> str:
+    """Rejections at 5% per model and test, one at a time and after Holm's adjustment (the
+    family: one test's model x horizon x level cells over all months), and per test how many
+    of its cells reject, against the number chance alone gives if every forecast were right."""
+    lines = [
+        "**Coverage tests** (pooled over countries; rejections at 5% of the model x horizon x "
+        "level cells, one at a time and after Holm's adjustment for the number of cells a test "
+        "has over all months; full table with the adjusted p-values in "
+        "`reports/tables/coverage_tests.parquet`, per country in "
+        "`coverage_tests_by_country.parquet`). Hits of h > 1 forecasts from monthly origins "
+        "overlap, so they are serially dependent by construction: the IND and DQ tests "
+        "over-reject correct forecasts there.\n",
+        "| model | cells | " + " | ".join(f"{t} rejects | {t} after Holm" for t in TESTS) + " |",
+        "|---|---:|" + "---:|---:|" * len(TESTS),
+    ]
+    for model in _ordered(part["MODEL"].unique()):
+        rows = part[part["MODEL"] == model]
+        counts = [int((rows[c] < 0.05).sum()) for p in TESTS.values() for c in (p, HOLM_COLUMNS[p])]
+        lines.append(f"| {model} | {len(rows)} | " + " | ".join(map(str, counts)) + " |")
+    lines.append("")
+    for test, p in TESTS.items():
+        tested = int(part[p].notna().sum())
+        raw, held = (int((part[c] < 0.05).sum()) for c in (p, HOLM_COLUMNS[p]))
+        lines.append(
+            f"- {test}: {raw} of {tested} cells have p < 0.05 one at a time (about "
+            f"{0.05 * tested:.1f} would by chance alone if every forecast were correct); "
+            f"{held} after Holm's adjustment for the {tested}."
+        )
+    return "\n".join(lines)
 
 
 def _ordered(names: Any) -> list[str]:
