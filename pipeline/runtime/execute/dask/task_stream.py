@@ -129,6 +129,10 @@ class TaskStream:
     def _next(self) -> Any:
         """The next finished future; meanwhile, stop tasks past their timeout (and raise
         `Stopped` when a stop was asked for)."""
+        if self.stop is not None:
+            # checked before any wait too: while results are ready at every call (fast tasks,
+            # a busy driver) the loop below never ran, and Ctrl-C went unheeded to the end
+            self.stop.check()
         if self.timeout_s is None and self.stop is None:
             return next(self.pending)
         while not self.pending.has_ready():
