@@ -69,13 +69,18 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
+_CLEAN: list[Path] = []  # each test module binds the fixture anew: one run for them all
+
+
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The study run once, uninterrupted: what every broken-then-resumed run must equal."""
-    out = tmp_path_factory.mktemp("chaos") / "clean"
-    code, err = run(out)
-    assert code == 0, err
-    return out
+    if not _CLEAN:
+        out = tmp_path_factory.mktemp("chaos") / "clean"
+        code, err = run(out)
+        assert code == 0, err
+        _CLEAN.append(out)
+    return _CLEAN[0]
 
 
 # The line each stage ends with (stderr and stdout of `python -m pipeline run` together): a
