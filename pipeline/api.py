@@ -62,12 +62,15 @@ def backtest(
     data: a panel DataFrame (TIME, COUNTRY, value columns) instead of data.source/data.path;
     validated as a file would be.
     """
+    from pipeline.runtime.store.run_lock import forget_held, last_held_output_dir
+
+    forget_held()  # a full disk names this call's output dir, not an earlier call's
     try:
         return _backtest(overrides, config, data)
     except (OSError, sqlite3.OperationalError) as error:
         from pipeline.io import write_failure_message
 
-        message = write_failure_message(error)
+        message = write_failure_message(error, last_held_output_dir())
         if message is None:
             raise
         raise OutputError(message) from None

@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING
 # (tests/test_lazy_imports.py); each command imports what it needs
 from pipeline.cli_parser import parse_args
 from pipeline.errors import ConfigError, OutputError, RunFailed
-from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock, forget_held, remove_temp_files
+from pipeline.runtime.store.run_lock import (
+    OutputDirBusy,
+    RunLock,
+    forget_held,
+    last_held_output_dir,
+    remove_temp_files,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, sqlite3.OperationalError) as error:
         from pipeline.io import write_failure_message
 
-        message = write_failure_message(error)
+        message = write_failure_message(error, last_held_output_dir())
         if message is None:
             raise
         from pipeline.cli_report import bad_input

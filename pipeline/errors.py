@@ -26,6 +26,11 @@ class RunFailed(QpipeError):
         self.result = result
 
 
+class SchedulerLost(RunFailed):
+    """The driver lost its connection to the Dask scheduler mid-train (a scheduler restarted
+    or its machine lost): the run stops, progress saved, exit code 1; a rerun resumes."""
+
+
 class NoForecasts(RunFailed):
     """A study whose train gave no forecast at all (every fit failed, or gave NaN): nothing to
     evaluate. Exit code 1 at the CLI, like any failed fit; the message says where the errors are.

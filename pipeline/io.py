@@ -243,10 +243,14 @@ def refuse_system_dir(path: str | os.PathLike[str], key: str = "runtime.output_d
         )
 
 
-def write_failure_message(error: BaseException) -> str | None:
+def write_failure_message(error: BaseException, output_dir: Path | None = None) -> str | None:
     """The one line for a write the environment refused (a full disk, no permission, a
     read-only or misplaced path), in a file or in the progress store; None for anything else
-    (a bug, worth its traceback). The CLI and pipeline.backtest both report these."""
+    (a bug, worth its traceback). The CLI and pipeline.backtest both report these.
+
+    `output_dir`: the run's output dir, named (with its disk's free space) when the disk is
+    full and the error itself names no file: a write through an open file or a worker's
+    result carries no filename, and "free disk space there" then said nowhere."""
     import errno
     import sqlite3
 
@@ -254,15 +258,34 @@ def write_failure_message(error: BaseException) -> str | None:
         errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
         errno.EISDIR,
     ):  # fmt: skip
+        if error.filename is None and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            error.filename = _disk_of(output_dir)
         return f"cannot write: {describe_os_error(error)}"
     if isinstance(error, sqlite3.OperationalError) and (
         getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
     ):
+        store = Path("progress/progress.sqlite")
+        where = f"{output_dir / store}, {_free_space(output_dir)}" if output_dir else store
         return (
-            f"cannot write the progress store (progress/progress.sqlite): {error}; free disk "
+            f"cannot write the progress store ({where}): {error}; free disk "
             "space there, or point runtime.output_dir at a disk with room"
         )
     return None
+
+
+def _disk_of(output_dir: Path | None) -> str | None:
+    """'in OUTPUT_DIR, N MiB free on its disk' (None without an output dir)."""
+    return f"in {output_dir}, {_free_space(output_dir)}" if output_dir is not None else None
+
+
+def _free_space(output_dir: Path) -> str:
+    import shutil
+
+    try:
+        usage = shutil.disk_usage(output_dir)
+    except OSError:
+        return "its disk unreadable"
+    return f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB on its disk"
 
 
 def describe_os_error(error: OSError, key: str = "runtime.output_dir") -> str:

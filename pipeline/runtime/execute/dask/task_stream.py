@@ -19,6 +19,7 @@ from typing import Any
 from distributed import Client, as_completed
 from distributed.scheduler import KilledWorker
 
+from pipeline.errors import SchedulerLost
 from pipeline.runtime.execute.dask.settings import TASK_GROUP
 from pipeline.runtime.execute.dask.task_watch import (
     MemoryEvents,
@@ -129,6 +130,10 @@ class TaskStream:
     def _next(self) -> Any:
         """The next finished future; meanwhile, stop tasks past their timeout (and raise
         `Stopped` when a stop was asked for)."""
+        if self.stop is not None:
+            # checked before any wait too: while results are ready at every call (fast tasks,
+            # a busy driver) the loop below never ran, and Ctrl-C went unheeded to the end
+            self.stop.check()
         if self.timeout_s is None and self.stop is None:
             return next(self.pending)
         while not self.pending.has_ready():
@@ -235,6 +240,7 @@ class TaskStream:
                     {"error_type": label, "message": message, "traceback": traceback.format_exc()},
                 )
             except Exception as exc:
+                self._raise_if_scheduler_lost(exc)
                 yield (
                     name,
                     None,
@@ -250,6 +256,19 @@ class TaskStream:
                 self._timed_out.discard(name)
                 self._started.pop(name, None)
                 future.release()
+
+    def _raise_if_scheduler_lost(self, exc: Exception) -> None:
+        """A task cancelled because the client lost its scheduler is no fit's failure: every
+        task in flight went with it, the workers may have too, and the retries one fit at a
+        time waited for workers that never came (the run hung). Stop the run instead."""
+        if "scheduler-connection-lost" not in str(exc) and self.client.status == "running":
+            return
+        address = getattr(self.client.scheduler, "address", "the scheduler")
+        raise SchedulerLost(
+            f"lost the connection to the Dask scheduler {address} during train; progress "
+            "is saved: start the scheduler and its workers again, then rerun the same command "
+            "to resume"
+        ) from exc
 
     def cancel(self) -> None:
         """Drop everything still queued or running (on interrupt)."""
