@@ -61,10 +61,15 @@ def holding(lock: threading.Lock, stop: StopFlag | None) -> Iterator[None]:
 @contextmanager
 def on_stop_signals(act: Callable[[str, int], None]) -> Iterator[None]:
     """While inside, SIGINT/SIGTERM call `act(signal name, exit code 130/143)`; in the main
-    thread only (elsewhere Python cannot install handlers: they are left alone)."""
+    thread only (elsewhere Python cannot install handlers: they are left alone). A signal the
+    process was started ignoring stays ignored: a shell starts a background job (`qpipe run &`
+    in a script) and nohup a command with SIGINT ignored, and taking it over here would make
+    Ctrl-C stop a run or not depending on whether it came before or after this point."""
     saved: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue
             saved[sig] = signal.signal(sig, lambda s, f, c=code: act(signal.Signals(s).name, c))
     try:
         yield
