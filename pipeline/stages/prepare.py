@@ -92,8 +92,9 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
     else:
         panel = _build_with_dask(raw, config)
     full = panel
+    window_ends = np.array([], dtype=np.int64)
     if not panel.empty:
-        panel, too_short = _drop_short_countries(panel, config)
+        panel, too_short, window_ends = _drop_short_countries(panel, config)
         skipped.update(too_short)
     for country, reason in sorted(skipped.items()):
         log.warning("prepare: skipped %s: %s", country, reason)
@@ -111,7 +112,7 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
         )
     if panel.empty:
         raise _no_origin_fits(full, config, skipped)
-    _warn_origins_outside(panel, config)
+    _warn_origins_outside(window_ends, config)
     fingerprint = panel_fingerprint(panel)
     countries = tuple(sorted(panel[COUNTRY].unique()))
     span = panel.groupby(COUNTRY, sort=True, observed=True)[TIME].agg(["min", "max"])
@@ -216,8 +217,10 @@ def _build_with_dask(raw: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
 
 def _drop_short_countries(
     panel: pd.DataFrame, config: StudyConfig
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Keep countries with a complete window (y and all lags on every month) at some origin."""
+) -> tuple[pd.DataFrame, dict[str, str], np.ndarray]:
+    """Keep countries with a complete window (y and all lags on every month) at some origin.
+    Returns the kept panel, the dropped countries' reasons and the months (indices) at which a
+    kept country has a complete window."""
     window = config.rolling_window
     lags = needed_lags(config)
     complete = panel[[lag_column(Y, lag) for lag in lags]].notna().all(axis=1).to_numpy()
@@ -244,7 +247,8 @@ def _drop_short_countries(
             f"origin {first_origin:%Y-%m} needs data from {needs_from:%Y-%m})"
         )
     keep = ok[codes]
-    return (panel if keep.all() else panel[keep].reset_index(drop=True)), skipped
+    kept = panel if keep.all() else panel[keep].reset_index(drop=True)
+    return kept, skipped, end_month[ok[end_country]]
 
 
 def _no_origin_fits(
@@ -288,10 +292,10 @@ def _window_ends(panel: pd.DataFrame, config: StudyConfig) -> np.ndarray:
     return complete_window_ends(codes[complete], months[complete], config.rolling_window.size)[1]
 
 
-def _warn_origins_outside(panel: pd.DataFrame, config: StudyConfig) -> None:
-    """Origins before any country's first complete window or after its last one get no fit
-    (so no forecast and no `missing` row): say so, rather than shorten the study silently."""
-    ends = _window_ends(panel, config)
+def _warn_origins_outside(ends: np.ndarray, config: StudyConfig) -> None:
+    """Origins before any country's first complete window or after its last one (`ends`: the
+    months at which a kept country has one) get no fit (so no forecast and no `missing` row):
+    say so, rather than shorten the study silently."""
     wanted = month_index(np.array(origins(config.rolling_window)))
     outside = wanted[(wanted < ends.min()) | (wanted > ends.max())]
     if outside.size:
