@@ -1,6 +1,11 @@
 """`validate`: a StudyConfig built from a composed mapping, then the checks across its fields
 (after `build` has checked each field's own type and range, declared on the field): dates in
-order, names that must exist, no duplicates."""
+order, names that must exist, no duplicates.
+
+Validation is where the model registry is discovered: this module sits above the plugin layer
+and hands the registry to `ModelsConfig` (pipeline.config.study, below the plugins, declares
+only the `ModelCatalog` it needs), so the layers run one way: config.study <- plugins <-
+config.semantics."""
 
 from __future__ import annotations
 
@@ -9,16 +14,24 @@ from typing import Any
 
 from pipeline.config.scheduler import parse_address
 from pipeline.config.structured import ConfigError, build
-from pipeline.config.study import StudyConfig
+from pipeline.config.study import ModelCatalog, ModelsConfig, StudyConfig
+from pipeline.models.plugins import registry
 from pipeline.models.solvers.rules import check_quantiles
 from pipeline.schema import iso_day
 
 
-def validate(mapping: Mapping[str, Any]) -> StudyConfig:
-    """Build a StudyConfig from a composed config mapping; raise ConfigError on the first problem."""
+def validate(mapping: Mapping[str, Any], catalog: ModelCatalog = registry) -> StudyConfig:
+    """Build a StudyConfig from a composed config mapping; raise ConfigError on the first problem.
+
+    `catalog` (the model registry) checks `models.<name>` of the built-in models."""
     if "model_names" not in mapping and isinstance(mapping.get("models"), Mapping):
         # derived: a config file (`write-config`) leaves it out
         mapping = {**mapping, "model_names": list(mapping["models"])}
+    if "models" in mapping:  # built here, with the catalog; `build` takes the instance as is
+        mapping = {
+            **mapping,
+            "models": ModelsConfig.from_mapping(mapping["models"], "models", catalog),
+        }
     config = build(StudyConfig, mapping)
     check_semantics(config)
     return config
@@ -108,9 +121,7 @@ def _check_fan_countries(config: StudyConfig) -> None:
     if fans is not None and data.countries is not None:
         known = list(data.countries)
     elif fans is not None and data.source == "synthetic":
-        from pipeline.data.synthetic import country_names  # lazy: data imports config
-
-        known = country_names(data.synthetic.n_countries)
+        known = data.synthetic.country_names()
     if known is not None:
         unknown = [c for c in fans if c not in known]
         shown = known if len(known) <= 12 else [*known[:12], "..."]

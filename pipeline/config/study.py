@@ -3,18 +3,21 @@
 `validate(mapping)` turns the plain dict that Hydra composes (or that `params.yaml` holds) into a
 frozen `StudyConfig`, or raises `ConfigError` naming the key, what is allowed and what was given.
 Everything below the entry points receives these objects, never raw OmegaConf.
+
+This module is the lowest layer that knows the study's shape: it imports no model plugin.
+`models.<name>` of a built-in model is checked against the registry's dataclass, which
+`validate` (pipeline.config.semantics, above the plugin layer) passes in as a `ModelCatalog`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pipeline.config.structured import ConfigError, build
-from pipeline.models.plugins import registry
 from pipeline.models.solvers.rules import (
     QUANTILE_LEVEL,
     at_least,
@@ -43,6 +46,11 @@ class SyntheticConfig:
     start: str
     end: str
     seed: int
+
+    def country_names(self) -> list[str]:
+        """The synthetic panel's country codes: C01, C02, ... (validation checks names
+        against them without generating the panel)."""
+        return [f"C{i + 1:02d}" for i in range(self.n_countries)]
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,15 @@ class UserModelConfig:
         return {**out, **_to_plain(dict(self.params))}
 
 
+class ModelCatalog(Protocol):
+    """What building `models` asks of the model registry (pipeline.models.plugins.registry
+    is one): declared here so that the config imports no plugin (the plugins read the config)."""
+
+    def builtin_config_types(self) -> dict[str, type]: ...
+
+    def order(self, names: Iterable[str]) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
     """`models.<name>` for every model: the built-ins (registry) and user models (_target_).
@@ -256,10 +273,19 @@ class ModelsConfig:
     """
 
     entries: Mapping[str, Any]
+    table_order: tuple[str, ...]  # the catalog's order of `entries` (built-ins first)
 
     @classmethod
-    def from_mapping(cls, mapping: Any, prefix: str) -> ModelsConfig:
-        types = registry.builtin_config_types()
+    def from_mapping(
+        cls, mapping: Any, prefix: str, catalog: ModelCatalog | None = None
+    ) -> ModelsConfig:
+        """`models` checked against `catalog`'s built-in dataclasses. `validate` builds it
+        first, with the registry; `build(StudyConfig, ...)` then meets the built instance."""
+        if isinstance(mapping, ModelsConfig):
+            return mapping
+        if catalog is None:
+            raise TypeError("models need the model catalog: build the config with validate()")
+        types = catalog.builtin_config_types()
         if not isinstance(mapping, Mapping):
             raise ConfigError(prefix, "a mapping of model names to their settings", mapping)
         missing = [name for name in types if name not in mapping]
@@ -280,7 +306,7 @@ class ModelsConfig:
                     f"a built-in model ({list(types)}) or a user model with a _target_",
                     name,
                 )
-        return cls(entries)
+        return cls(entries, tuple(catalog.order(entries)))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -292,7 +318,7 @@ class ModelsConfig:
 
     def names(self) -> tuple[str, ...]:
         """Every model in the config, in table order (built-ins first)."""
-        return tuple(registry.order(self.entries))
+        return self.table_order
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(name for name in self.names() if self.entries[name].enabled)

@@ -42,16 +42,11 @@ def surge_path(months: pd.DatetimeIndex) -> np.ndarray:
     return bump.astype(np.float64)
 
 
-def country_names(n_countries: int) -> list[str]:
-    """The synthetic panel's country codes: C01, C02, ..."""
-    return [f"C{i + 1:02d}" for i in range(n_countries)]
-
-
 def generate_panel(config: SyntheticConfig) -> SyntheticPanel:
     rng = np.random.default_rng(config.seed)
     months = pd.date_range(config.start, config.end, freq="MS")
     n_t, n_c = len(months), config.n_countries
-    countries = country_names(n_c)
+    countries = config.country_names()
     params = pd.DataFrame(
         {
             "mu": rng.uniform(1.0, 3.5, n_c),

@@ -12,7 +12,8 @@
 Config validation, the CLI, the DVC stage list (params.yaml `models`), the probe, train, the
 results page and sweep summaries all ask this module.
 
-Imports: plugins/ (spec, builtin/, user) and pipeline.errors; the config for types only.
+Imports: plugins/ (spec, builtin/, user) and pipeline.errors; pipeline.config.study for types
+only (never the pipeline.config package, whose validate imports this module).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.plugins.spec import Adapter
 
 if TYPE_CHECKING:
-    from pipeline.config import StudyConfig
+    from pipeline.config.study import StudyConfig
 
 EXTRA_ADAPTERS_ENV = "PIPELINE_EXTRA_ADAPTERS"
 _EXTRA: dict[str, Adapter] = {}

@@ -8,7 +8,7 @@ X_new (B, 1, p) for per-country models (B, C, ... for pooled ones), plus `params
 `quantiles`, `seed`; `fit_batch` returns {"pred": (B, C, H, Q), "state": {name: (B, ...)}}
 (or "states": one dict per fit for ragged states) and optionally "alpha": (B, Q).
 
-Imports: pipeline.schema; the config for types only.
+Imports: pipeline.schema; pipeline.config.study for types only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.config import StudyConfig
+    from pipeline.config.study import StudyConfig
 
 
 @dataclass(frozen=True)

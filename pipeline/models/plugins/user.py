@@ -34,7 +34,7 @@ from pipeline.models.plugins.spec import Adapter, lag_features
 from pipeline.models.solvers.common import crossing_rate_batch, rearrange_quantiles
 
 if TYPE_CHECKING:
-    from pipeline.config import StudyConfig, UserModelConfig
+    from pipeline.config.study import StudyConfig, UserModelConfig
 
 log = logging.getLogger("pipeline.models")
 ESTIMATOR, BATCHED = "estimator", "batched"

@@ -19,7 +19,7 @@ from pipeline.models.solvers.rules import declared
 from pipeline.schema import lag_column
 
 if TYPE_CHECKING:
-    from pipeline.config import StudyConfig
+    from pipeline.config.study import StudyConfig
 
 
 @dataclass(frozen=True)

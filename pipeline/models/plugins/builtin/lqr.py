@@ -25,7 +25,7 @@ from pipeline.models.solvers.parameters import (
 from pipeline.models.solvers.rules import declared, rule
 
 if TYPE_CHECKING:
-    from pipeline.config import StudyConfig
+    from pipeline.config.study import StudyConfig
 
 
 @dataclass(frozen=True)
