@@ -10,6 +10,7 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
+from pipeline.evaluation import coverage_sequence as cs
 from pipeline.evaluation import coverage_tests as ct
 from pipeline.evaluation import mcs
 
@@ -84,7 +85,7 @@ def _sequence_with_transitions(n00: int, n01: int, n10: int, n11: int) -> np.nda
     for run, zeros in zip(runs, zero_runs[1:], strict=True):
         out += [1] * run + [0] * zeros
     h = np.array(out)
-    counts = ct._transitions(h.astype(float))
+    counts = cs._transitions(h.astype(float))
     assert counts.tolist() == [n00, n01, n10, n11]
     return h
 
@@ -259,10 +260,10 @@ def _reference_row(part: pd.DataFrame, tau: float, pooled: bool) -> list[float]:
     hits = np.concatenate([h for h, _ in seqs])
     row = ct.coverage_test_row(hits, np.concatenate([f for _, f in seqs]), tau)
     if pooled:
-        counts = sum(ct._transitions(h) for h, _ in seqs)
-        designs = [ct._dq_design(h, f, tau) for h, f in seqs]
-        ind = ct._independence(counts)
-        dq = ct._dq(
+        counts = sum(cs._transitions(h) for h, _ in seqs)
+        designs = [cs._dq_design(h, f, tau) for h, f in seqs]
+        ind = cs._independence(counts)
+        dq = cs._dq(
             np.vstack([x for x, _ in designs]), np.concatenate([t for _, t in designs]), tau
         )
         cc = row["LR_UC"] + ind[0]

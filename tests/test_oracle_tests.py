@@ -14,6 +14,7 @@ import statsmodels.api as sm
 from scipy import stats
 from scipy.special import logit
 
+from pipeline.evaluation import coverage_sequence as cs
 from pipeline.evaluation import coverage_tests as ct
 from pipeline.evaluation.dm import dm_test
 
@@ -31,7 +32,7 @@ def _random_hits(rng: np.random.Generator, n: int, tau: float) -> np.ndarray:
         h[0] = rng.uniform() < tau
         for i in range(1, n):
             h[i] = rng.uniform() < (p11 if h[i - 1] else p01)
-        counts = ct._transitions(h.astype(float))
+        counts = cs._transitions(h.astype(float))
         if (counts > 0).all():
             return h
 

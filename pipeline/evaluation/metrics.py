@@ -4,6 +4,8 @@ Every metric function has one signature style: `f(frame, *, by=..., ...) -> Data
 `frame` is a forecast table in the schema of `pipeline.schema` and the result is a tidy table
 sorted by the `by` columns, with a row count `N` and the metric columns. A row is *scored*
 when both ACTUAL and FORECAST are non-null; unscored rows never enter a loss or a coverage.
+The forecast table's columns, its check and the row tools the table steps share are in
+`forecast_table` (importable from here too, as `evaluate.<name>`).
 
 Definitions (q = quantile level, y = ACTUAL, F = FORECAST, u = y - F):
 
@@ -35,6 +37,27 @@ import pandas as pd
 from pipeline.evaluation.crossing import crossing_rows as _crossing_rows
 from pipeline.evaluation.dm import dm_rows
 from pipeline.evaluation.dm import dm_test as dm_test  # public here too
+from pipeline.evaluation.forecast_table import (
+    ACTUAL,
+    BY_DEFAULT,
+    COUNTRY,
+    EVAL_COLUMNS,
+    FORECAST,
+    FORECAST_KEY,
+    HORIZON,
+    MODEL,
+    QUANTILE,
+    ROW_KEY,
+    SCORED_COLUMNS,
+    check_frame,
+    select_rows,
+)
+from pipeline.evaluation.forecast_table import TIME as TIME  # public here too
+from pipeline.evaluation.forecast_table import WINDOW_END as WINDOW_END
+from pipeline.evaluation.forecast_table import horizon_label as horizon_label
+from pipeline.evaluation.forecast_table import quantile_label as quantile_label
+from pipeline.evaluation.forecast_table import rank_codes as rank_codes
+from pipeline.evaluation.forecast_table import run_ids as run_ids
 from pipeline.evaluation.grouping import Keys, group_mean
 from pipeline.evaluation.interval import interval_rows
 from pipeline.evaluation.periods import COVID_END as COVID_END  # public here too
@@ -42,66 +65,6 @@ from pipeline.evaluation.periods import COVID_START as COVID_START
 from pipeline.evaluation.periods import covid_mask as covid_mask
 from pipeline.evaluation.periods import exclude_covid as exclude_covid
 from pipeline.evaluation.periods import period_frames as period_frames
-
-MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
-TIME, WINDOW_END, FORECAST, ACTUAL = "TIME", "WINDOW_END", "FORECAST", "ACTUAL"
-EVAL_COLUMNS = (TIME, COUNTRY, MODEL, QUANTILE, HORIZON, WINDOW_END, FORECAST, ACTUAL)
-FORECAST_KEY = (MODEL, COUNTRY, HORIZON, WINDOW_END)  # one forecast = all its quantiles
-ROW_KEY = (COUNTRY, HORIZON, QUANTILE, WINDOW_END)  # rows compared across models
-BY_DEFAULT = (MODEL, HORIZON, QUANTILE)
-# what the scored rows' tables read (pinball, coverage, interval, CRPS): not TIME, which only
-# the benchmark-relative DM reads (8 of a scored row's ~59 bytes)
-SCORED_COLUMNS = tuple(c for c in EVAL_COLUMNS if c != TIME)
-
-
-# --- helpers --------------------------------------------------------------------------------
-def quantile_label(quantile: float) -> str:
-    """`0.1 -> "q0.1"`: the seed's spelling, used in file names and metric keys."""
-    return f"q{float(quantile):g}"
-
-
-def horizon_label(horizon: int) -> str:
-    """`12 -> "h12"`."""
-    return f"h{int(horizon)}"
-
-
-def rank_codes(column: pd.Series) -> np.ndarray:
-    """Integer codes in the column's sort order, missing values last (as sort_values puts
-    them): sorting rows by codes sorts them by the values, without comparing strings. int32
-    (half the memory of int64 over millions of rows) unless the column is longer."""
-    codes, _ = pd.factorize(column, sort=True)
-    codes = codes.astype(np.int32 if codes.size < 2**31 - 1 else np.int64, copy=False)
-    codes[codes < 0] = codes.max(initial=-1) + 1
-    return codes
-
-
-def run_ids(columns: Sequence[np.ndarray]) -> np.ndarray:
-    """0, 1, 2, ... numbering the runs of equal keys of rows sorted by those keys (the
-    ngroup of a sorted groupby), from each key column's codes."""
-    n = columns[0].size if len(columns) else 0
-    change = np.zeros(n, dtype=bool)
-    for codes in columns:
-        change[1:] |= codes[1:] != codes[:-1]
-    return np.cumsum(change)
-
-
-def select_rows(
-    frame: pd.DataFrame, mask: pd.Series | np.ndarray, columns: Sequence[str]
-) -> pd.DataFrame:
-    """`frame.loc[mask, columns]`, without copying millions of rows when the mask keeps all
-    (copy-on-write: a column selection shares the frame's arrays)."""
-    return frame[list(columns)] if bool(mask.all()) else frame.loc[mask, list(columns)]
-
-
-def check_frame(frame: pd.DataFrame) -> None:
-    """ValueError unless `frame` is a DataFrame with every forecast column (EVAL_COLUMNS)."""
-    if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"frame must be a pandas DataFrame; got {type(frame).__name__}")
-    missing = [c for c in EVAL_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"frame must have the forecast columns {list(EVAL_COLUMNS)}; lacks {missing}"
-        )
 
 
 def _check_by(by: Sequence[str], allowed: Sequence[str], required: Sequence[str]) -> list[str]:
