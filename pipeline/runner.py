@@ -173,8 +173,12 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
         # one cluster serves every model (started by the first one with fits to train); the
         # models train side by side on it, the longest tasks first
         with SharedCluster() as cluster:
-            for models in [todo] if together else [[m] for m in todo]:
-                train_side_by_side(config, models, plan, cluster, ended)
+            try:
+                for models in [todo] if together else [[m] for m in todo]:
+                    train_side_by_side(config, models, plan, cluster, ended)
+            except SystemExit as stopped:  # TrainInterrupted: a signal, progress saved
+                _end_at_once(cluster, stopped)
+                raise
         log.info("train: %d models in %.1f s", len(todo), time.perf_counter() - started)
         release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
@@ -200,6 +204,16 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
         ]
         records.record("assemble", assemble_params, assemble_inputs, outputs)
     return 1 if failed else 0
+
+
+def _end_at_once(cluster: Any, stopped: SystemExit) -> None:
+    """After a signal's stop (every lane saved its progress), a local cluster is not closed
+    gracefully: Dask's close took 4-5 s under load. Its workers are killed and the run exits
+    now with the signal's code, as a SIGKILL would leave it (which a resume handles)."""
+    if cluster.handle is not None and cluster.handle.local:
+        from pipeline.runtime.execute.stop import end_now
+
+        end_now(int(stopped.code or 1))
 
 
 def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> tuple[Any, bool]:
