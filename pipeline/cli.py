@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 # (tests/test_lazy_imports.py); each command imports what it needs
 from pipeline.cli_parser import parse_args
 from pipeline.errors import ConfigError, OutputError, RunFailed
-from pipeline.runtime.execute.stop import Stopped, on_stop_signals
+from pipeline.runtime.execute.stop import Stopped, ending_now_allowed, on_stop_signals
 from pipeline.runtime.store.run_lock import (
     OutputDirBusy,
     RunLock,
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _stop_on_signals(command: str) -> AbstractContextManager[None]:
+def _stop_on_signals(command: str) -> AbstractContextManager[object]:
     """For the commands that run stages: SIGINT and SIGTERM raise `Stopped` in the main thread
     (exit 130 or 143 and one line, as train's own stop does) instead of SIGTERM's default
     death (exit -15). Every write is atomic, so unwinding from any point keeps what was
@@ -106,7 +106,10 @@ def _stop_on_signals(command: str) -> AbstractContextManager[None]:
             stopping.append(name)
             raise Stopped(name, code)
 
-    return on_stop_signals(stop)
+    both = ExitStack()
+    both.enter_context(on_stop_signals(stop))
+    both.enter_context(ending_now_allowed())  # this process is the command's own
+    return both
 
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:

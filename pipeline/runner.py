@@ -210,9 +210,10 @@ def _end_at_once(cluster: Any, stopped: SystemExit) -> None:
     """After a signal's stop (every lane saved its progress), a local cluster is not closed
     gracefully: Dask's close took 4-5 s under load. Its workers are killed and the run exits
     now with the signal's code, as a SIGKILL would leave it (which a resume handles)."""
-    if cluster.handle is not None and cluster.handle.local:
-        from pipeline.runtime.execute.stop import end_now
+    from pipeline.runtime.execute.stop import end_now, end_now_allowed
 
+    # (backtest() in a notebook: its process is not ended; the cluster closes as before)
+    if end_now_allowed() and cluster.handle is not None and cluster.handle.local:
         end_now(int(stopped.code or 1))
 
 

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 from pipeline.config import StudyConfig
 from pipeline.runtime.execute.shared_cluster import SharedCluster
-from pipeline.runtime.execute.stop import POLL_S, StopFlag, end_now, on_stop_signals
+from pipeline.runtime.execute.stop import (
+    POLL_S,
+    StopFlag,
+    end_now,
+    end_now_allowed,
+    on_stop_signals,
+)
 from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.ui.logs import LANE_THREAD
 from pipeline.stages.train import TrainSummary, run_train
@@ -104,12 +110,13 @@ def _longest_first(models: list[str], plan: Plan | None) -> list[str]:
 def _next_end(ended: queue.Queue[LaneEnd], stop: StopFlag, cluster: SharedCluster) -> LaneEnd:
     """The next lane's end; polled, so the main thread's signal handlers run meanwhile. A
     signal while the cluster is still starting (8-11 s under load, which Dask's LocalCluster
-    gives no way to cut short) ends the run at once after STARTING_GRACE_S (`end_now`)."""
+    gives no way to cut short) ends the run at once after STARTING_GRACE_S (`end_now`), where
+    the command line allows it."""
     while True:
         try:
             return ended.get(timeout=POLL_S * 4)
         except queue.Empty:
-            signalled = stop.is_set() and stop.name.startswith("SIG")
+            signalled = stop.is_set() and stop.name.startswith("SIG") and end_now_allowed()
             if signalled and cluster.starting and time.monotonic() - stop.at > STARTING_GRACE_S:
                 end_now(
                     stop.code,

@@ -83,6 +83,25 @@ def on_stop_signals(act: Callable[[str, int], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# set by the command line (`run`, `stage`): only there may a stop end the process at once; a
+# library caller's process (pipeline.backtest in a notebook) is never ended
+_END_NOW_ALLOWED = threading.Event()
+
+
+@contextmanager
+def ending_now_allowed() -> Iterator[None]:
+    """While inside (the command's own run), a stop may end the process at once."""
+    _END_NOW_ALLOWED.set()
+    try:
+        yield
+    finally:
+        _END_NOW_ALLOWED.clear()
+
+
+def end_now_allowed() -> bool:
+    return _END_NOW_ALLOWED.is_set()
+
+
 def end_now(code: int, line: str | None = None) -> NoReturn:
     """Exit with `code` at once: one line, every descendant process SIGKILLed (workers being
     spawned by a cluster that is still starting), then os._exit without unwinding. For a stop
