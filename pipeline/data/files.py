@@ -188,7 +188,8 @@ def _refuse_other_separator(path: Path) -> None:
     export (or a TSV). Refused, not read: such a file writes its numbers with the locale's
     marks (`1,5`, often `1.234,5`), and guessing them per file could shift a value by 1000
     without a word; the product never guesses a number's format (pipeline.data.values)."""
-    header = read_prefix(path).split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf")
+    # 4 KiB: a folder of per-country files reads each one's head once more, not the file
+    header = read_prefix(path, 4096).split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf")
     if b"," in header:
         return
     for mark, name, read in (
