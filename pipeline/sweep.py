@@ -150,8 +150,10 @@ def _job(
     import yaml
 
     from pipeline.data.errors import DataError
+    from pipeline.errors import OutputError
     from pipeline.io import write_text
     from pipeline.runner import missing_dirs, run_study
+    from pipeline.runtime.store.run_lock import OutputDirBusy
 
     sweep = hydra["sweep"]
     job_dir = Path(_relative(str(Path(sweep["dir"]) / str(sweep["subdir"]))))
@@ -170,7 +172,8 @@ def _job(
     started = time.time()
     try:
         status, error = run_study(validate(job_plain)), None
-    except (ConfigError, DataError) as exc:  # one bad combination must not stop the others
+    except (ConfigError, DataError, OutputError, OutputDirBusy) as exc:
+        # one bad combination must not stop the others (exit 2 at the command line)
         status, error = 2, str(exc)
         _restore(before, new_dirs)  # a refused job leaves its folder as it found it
     except Exception as exc:

@@ -53,3 +53,20 @@ def test_a_refused_sweep_job_leaves_its_folder_as_it_found_it(
     assert _tree(earlier) == before  # job 1's earlier record put back, byte for byte
     assert not (sweep / "models").exists()
     assert sorted(p.name for p in sweep.iterdir()) == ["1"]  # (summary.csv: run_multirun's)
+
+
+def test_a_sweep_job_whose_folder_is_in_use_leaves_the_running_job_s_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.runtime.store.run_lock import RunLock
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "s"
+    running = sweep / "0"  # another sweep of the same name, running job 0 now
+    (running / ".hydra").mkdir(parents=True)
+    (running / ".hydra" / "overrides.yaml").write_text("- seed=7\n")
+    before = _tree(running)
+    with RunLock(running):
+        (result,) = launch([*STUDY, f"data.path={tmp_path / 'a.csv'}", f"hydra.sweep.dir={sweep}"])
+    assert result.status == 2 and "in use by a running study" in (result.error or "")
+    assert _tree(running) == before
