@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import chaos_study
 import pytest
@@ -22,7 +23,9 @@ STARTING = "tasks of <="  # train's line just before the cluster starts
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_cluster_starts_stops_at_once(tmp_path: Path, clean_run: Path) -> None:
+def test_sigterm_while_the_cluster_starts_stops_at_once(tmp_path: Path, clean_run: Any) -> None:
+    # (clean_run: chaos_study's fixture, a Path or the suite branch's CleanRun; `differing`
+    # takes either as that module defines it)
     out = tmp_path / "out"
     proc = subprocess.Popen(
         command(out, "runtime.in_process_below_s=0"), cwd=ROOT, stdout=subprocess.PIPE,
