@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import sys
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 # (tests/test_lazy_imports.py); each command imports what it needs
 from pipeline.cli_parser import parse_args
 from pipeline.errors import ConfigError, OutputError, RunFailed
+from pipeline.runtime.execute.stop import Stopped, ending_now_allowed, on_stop_signals
 from pipeline.runtime.store.run_lock import (
     OutputDirBusy,
     RunLock,
@@ -58,7 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     # Dask's INFO chatter (nanny/scheduler lifecycle) goes to the run log only
     configure_terminal_logging()
     try:
-        return int(_handler(args.command)(args) or 0)
+        with _stop_on_signals(args.command):
+            return int(_handler(args.command)(args) or 0)
+    except Stopped as stopped:  # SIGINT/SIGTERM outside train (train stops on its own)
+        log.warning(
+            "interrupted (%s): what was written is kept, nothing half-written; run the same "
+            "command again to resume",
+            stopped.name,
+        )
+        return stopped.code
     except _bad_input_errors() as error:
         from pipeline.cli_report import bad_input
 
@@ -78,6 +88,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _stop_on_signals(command: str) -> AbstractContextManager[object]:
+    """For the commands that run stages: SIGINT and SIGTERM raise `Stopped` in the main thread
+    (exit 130 or 143 and one line, as train's own stop does) instead of SIGTERM's default
+    death (exit -15). Every write is atomic, so unwinding from any point keeps what was
+    written; the probe's child and assemble's fork end with the run. Train installs its own
+    handlers while it runs (its fits go back to pending, progress is saved). Only the first
+    signal raises: a second one while the run unwinds is ignored, not raised inside cleanup."""
+    if command not in ("run", "stage"):
+        return nullcontext()
+    stopping: list[str] = []
+
+    def stop(name: str, code: int) -> None:
+        if not stopping:
+            stopping.append(name)
+            raise Stopped(name, code)
+
+    both = ExitStack()
+    both.enter_context(on_stop_signals(stop))
+    both.enter_context(ending_now_allowed())  # this process is the command's own
+    return both
 
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:

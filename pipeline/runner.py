@@ -28,8 +28,6 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
     """
     from pipeline.data import check_data_path
     from pipeline.io import check_writable_dir
-    from pipeline.runtime.store.manifest import tracking
-    from pipeline.runtime.store.run_lock import RunLock, remove_temp_files
 
     # before any work: a bad output location fails in one line and touches nothing
     check_writable_dir(config.output_dir)
@@ -42,7 +40,39 @@ def run_study(config: StudyConfig, dry_run: bool = False, panel: pd.DataFrame | 
 
         check_reachable(config.runtime.scheduler_address)
     # one run per output dir, for the whole run (OutputDirBusy: exit 2 naming the holder)
+    from pipeline.runtime.store.run_lock import OutputDirBusy
+
+    new_dirs = missing_dirs(config.output_dir)
+    try:
+        return _run_held(config, dry_run, panel)
+    except OutputDirBusy:  # the folder is another run's (made since missing_dirs looked)
+        raise
+    except BaseException:
+        # bad data found by prepare (or any stop before a file was written): the folders the
+        # lock made for this run are removed again, so a refused start leaves nothing behind
+        remove_empty(new_dirs)
+        raise
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    path = Path(path).absolute()
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Remove each of `dirs` (deepest first) that is an empty directory; others are kept."""
+    for folder in dirs:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote something), or gone already
+            return
+
+
+def _run_held(config: StudyConfig, dry_run: bool, panel: pd.DataFrame | None) -> int:
     from pipeline.runtime.fits.shared_plan import one_plan_per_run
+    from pipeline.runtime.store.manifest import tracking
+    from pipeline.runtime.store.run_lock import RunLock, remove_temp_files
 
     with RunLock(config.output_dir), tracking(config), one_plan_per_run():
         remove_temp_files(config.output_dir)
@@ -143,8 +173,12 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
         # one cluster serves every model (started by the first one with fits to train); the
         # models train side by side on it, the longest tasks first
         with SharedCluster() as cluster:
-            for models in [todo] if together else [[m] for m in todo]:
-                train_side_by_side(config, models, plan, cluster, ended)
+            try:
+                for models in [todo] if together else [[m] for m in todo]:
+                    train_side_by_side(config, models, plan, cluster, ended)
+            except SystemExit as stopped:  # TrainInterrupted: a signal, progress saved
+                _end_at_once(cluster, stopped)
+                raise
         log.info("train: %d models in %.1f s", len(todo), time.perf_counter() - started)
         release_free_memory()  # what train's threads freed, before assemble allocates
     assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
@@ -170,6 +204,17 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
         ]
         records.record("assemble", assemble_params, assemble_inputs, outputs)
     return 1 if failed else 0
+
+
+def _end_at_once(cluster: Any, stopped: SystemExit) -> None:
+    """After a signal's stop (every lane saved its progress), a local cluster is not closed
+    gracefully: Dask's close took 4-5 s under load. Its workers are killed and the run exits
+    now with the signal's code, as a SIGKILL would leave it (which a resume handles)."""
+    from pipeline.runtime.execute.stop import end_now, end_now_allowed
+
+    # (backtest() in a notebook: its process is not ended; the cluster closes as before)
+    if end_now_allowed() and cluster.handle is not None and cluster.handle.local:
+        end_now(int(stopped.code or 1))
 
 
 def _side_by_side(config: StudyConfig, plan: Any, todo: list[str]) -> tuple[Any, bool]:

@@ -150,21 +150,32 @@ def _job(
     import yaml
 
     from pipeline.data.errors import DataError
+    from pipeline.errors import OutputError
     from pipeline.io import write_text
-    from pipeline.runner import run_study
+    from pipeline.runner import missing_dirs, run_study
+    from pipeline.runtime.store.run_lock import OutputDirBusy
 
     sweep = hydra["sweep"]
     job_dir = Path(_relative(str(Path(sweep["dir"]) / str(sweep["subdir"]))))
-    # what Hydra records for a job: its composed config and its overrides
-    write_text(job_dir / ".hydra" / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
-    write_text(job_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(list(overrides)))
+    # what Hydra records for a job: its composed config and its overrides (written here: the
+    # jobs are composed with hydra.compose, so Hydra itself writes nothing in the folder)
+    record = {
+        job_dir / ".hydra" / "config.yaml": yaml.safe_dump(plain, sort_keys=False),
+        job_dir / ".hydra" / "overrides.yaml": yaml.safe_dump(list(overrides)),
+    }
+    before = {path: path.read_bytes() if path.is_file() else None for path in record}
+    new_dirs = missing_dirs(job_dir / ".hydra")
+    for path, text in record.items():
+        write_text(path, text)
     job_plain = with_job_paths(plain, job_dir, job_dir.parent / CACHE_SUBDIR)
     log.info("multirun job %d (%s) -> %s", number, " ".join(overrides) or "no overrides", job_dir)
     started = time.time()
     try:
         status, error = run_study(validate(job_plain)), None
-    except (ConfigError, DataError) as exc:  # one bad combination must not stop the others
+    except (ConfigError, DataError, OutputError, OutputDirBusy) as exc:
+        # one bad combination must not stop the others (exit 2 at the command line)
         status, error = 2, str(exc)
+        _restore(before, new_dirs)  # a refused job leaves its folder as it found it
     except Exception as exc:
         log.exception("multirun job %d failed", number)
         status, error = 1, f"{type(exc).__name__}: {exc}"
@@ -174,6 +185,21 @@ def _job(
     return JobResult(
         number, tuple(overrides), str(job_dir), status, error, *counts, metrics=metrics
     )
+
+
+def _restore(before: Mapping[Path, bytes | None], new_dirs: list[Path]) -> None:
+    """Put back the job's record files as they were (removed where there were none), then
+    remove the folders made for the job that are empty again."""
+    from pipeline.io import atomic_path
+    from pipeline.runner import remove_empty
+
+    for path, data in before.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+    remove_empty(new_dirs)
 
 
 def with_job_paths(plain: Mapping[str, Any], job_dir: Path, shared_cache: Path) -> dict[str, Any]:

@@ -40,9 +40,14 @@ def load_raw(data: DataConfig, root: Path, seed: int = 0) -> pd.DataFrame:
     else:  # validated earlier; kept for a clear message if called directly
         raise DataError(f"data.source must be synthetic, eurostat or panel; got {data.source!r}")
     where = "the synthetic panel" if data.source == "synthetic" else str(data.path or data.dataset)
-    return check_tidy(
+    frame = check_tidy(
         frame, data.target, data.features, where, data.non_numeric, data.max_abs_value
     )
+    if data.source != "synthetic":  # synthetic months are the config's own choice
+        from pipeline.data.spacing import check_not_future
+
+        check_not_future(frame, data.target, where)
+    return frame
 
 
 def check_data_path(data: DataConfig, root: Path) -> None:

@@ -141,6 +141,7 @@ def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
     import pandas as pd
 
     check_source(path, limits)
+    _refuse_other_separator(path)
     chunks = []
     try:
         with open_guarded(path, limits) as stream:
@@ -180,6 +181,27 @@ def read_csv_text(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:
         raise DataError(f"{path} has no header and no rows; point data.path at the full file")
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
     return _require_rows(frame, path)
+
+
+def _refuse_other_separator(path: Path) -> None:
+    """A header with no comma but semicolons (or tabs) between its names: a European Excel
+    export (or a TSV). Refused, not read: such a file writes its numbers with the locale's
+    marks (`1,5`, often `1.234,5`), and guessing them per file could shift a value by 1000
+    without a word; the product never guesses a number's format (pipeline.data.values)."""
+    # 4 KiB: a folder of per-country files reads each one's head once more, not the file
+    header = read_prefix(path, 4096).split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf")
+    if b"," in header:
+        return
+    for mark, name, read in (
+        (b";", "semicolons (;), not commas (a European Excel export?)", "sep=';', decimal=','"),
+        (b"\t", "tabs, not commas", "sep='\\t'"),
+    ):
+        if mark in header:
+            raise DataError(
+                f"{path} separates its fields with {name}; save it as CSV with commas and "
+                "decimal points, e.g. "
+                f"pd.read_csv(path, {read}).to_csv('panel.csv', index=False)"
+            )
 
 
 def read_parquet_file(path: Path, limits: ReadLimits = NO_LIMITS) -> pd.DataFrame:

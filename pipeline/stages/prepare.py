@@ -23,6 +23,7 @@ import pandas as pd
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.data import DataError, load_raw
 from pipeline.data.features import build_panel, month_mean_needed, panel_fingerprint
+from pipeline.data.spacing import spacing_warnings
 from pipeline.data.windows import add_months, origins
 from pipeline.io import write_json, write_parquet
 from pipeline.schema import (
@@ -82,6 +83,8 @@ def build_prepared(config: StudyConfig, root: Path) -> tuple[pd.DataFrame, dict[
     raw = load_raw(data, root, seed=config.seed)
     raw = _select_countries(raw, data.countries)
     raw, skipped = _drop_countries_without_values(raw, data.target)
+    for line in spacing_warnings(raw, data.target, data.missing):  # quarterly data, long gaps
+        log.warning("prepare: %s", line)
     if raw.empty:
         panel = raw
     elif raw[COUNTRY].nunique() <= IN_MEMORY_COUNTRIES:

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 from pipeline.config import StudyConfig
 from pipeline.runtime.execute.shared_cluster import SharedCluster
-from pipeline.runtime.execute.stop import POLL_S, StopFlag, on_stop_signals
+from pipeline.runtime.execute.stop import (
+    POLL_S,
+    StopFlag,
+    end_now,
+    end_now_allowed,
+    on_stop_signals,
+)
 from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.ui.logs import LANE_THREAD
 from pipeline.stages.train import TrainSummary, run_train
@@ -37,6 +43,9 @@ class LaneEnd:
     summary: TrainSummary | None
     error: BaseException | None
     seconds: float
+
+
+STARTING_GRACE_S = 0.5  # a cluster whose start ends this soon after a signal is closed as usual
 
 
 def train_side_by_side(
@@ -70,7 +79,7 @@ def train_side_by_side(
             for thread in threads:
                 thread.start()
             for _ in threads:
-                end = _next_end(ended)
+                end = _next_end(ended, stop, cluster)
                 if end.error is not None:
                     first = first or end.error
                     stop.set(f"train {end.model} failed", 1)
@@ -98,10 +107,19 @@ def _longest_first(models: list[str], plan: Plan | None) -> list[str]:
     return sorted(models, key=work, reverse=True)
 
 
-def _next_end(ended: queue.Queue[LaneEnd]) -> LaneEnd:
-    """The next lane's end; polled, so the main thread's signal handlers run meanwhile."""
+def _next_end(ended: queue.Queue[LaneEnd], stop: StopFlag, cluster: SharedCluster) -> LaneEnd:
+    """The next lane's end; polled, so the main thread's signal handlers run meanwhile. A
+    signal while the cluster is still starting (8-11 s under load, which Dask's LocalCluster
+    gives no way to cut short) ends the run at once after STARTING_GRACE_S (`end_now`), where
+    the command line allows it."""
     while True:
         try:
             return ended.get(timeout=POLL_S * 4)
         except queue.Empty:
-            continue
+            signalled = stop.is_set() and stop.name.startswith("SIG") and end_now_allowed()
+            if signalled and cluster.starting and time.monotonic() - stop.at > STARTING_GRACE_S:
+                end_now(
+                    stop.code,
+                    f"train interrupted ({stop.name}) while the cluster was starting: stopped "
+                    "at once; run the same command again to resume",
+                )

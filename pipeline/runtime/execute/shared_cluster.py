@@ -32,6 +32,7 @@ class SharedCluster:
         self._stack = ExitStack()
         self.handle: ClusterHandle | None = None
         self._starting = threading.Lock()
+        self.starting = False  # inside make_client's start: a stop cannot interrupt it
 
     def client(
         self,
@@ -45,9 +46,13 @@ class SharedCluster:
             if self.handle is None:
                 from pipeline.runtime.execute.dask.cluster import make_client
 
-                self.handle = self._stack.enter_context(
-                    make_client(n_workers, memory_limit_mb, runtime)
-                )
+                self.starting = True
+                try:
+                    self.handle = self._stack.enter_context(
+                        make_client(n_workers, memory_limit_mb, runtime)
+                    )
+                finally:
+                    self.starting = False
                 if self.handle.dashboard:  # once per run, whichever model starts the cluster
                     log = logging.getLogger("pipeline.train")
                     log.info("dashboard: %s", self.handle.dashboard)

@@ -9,11 +9,15 @@ an interrupt does in the main thread (in-flight fits back to pending, progress e
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, NoReturn
 
 POLL_S = 0.05  # how often a waiting loop looks at the flag
 
@@ -32,10 +36,11 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.name, self.code = "", 0
+        self.at = 0.0  # time.monotonic() when it was set
 
     def set(self, name: str, code: int) -> None:
         if not self._event.is_set():
-            self.name, self.code = name, code
+            self.name, self.code, self.at = name, code, time.monotonic()
             self._event.set()
 
     def is_set(self) -> bool:
@@ -76,3 +81,56 @@ def on_stop_signals(act: Callable[[str, int], None]) -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+# set by the command line (`run`, `stage`): only there may a stop end the process at once; a
+# library caller's process (pipeline.backtest in a notebook) is never ended
+_END_NOW_ALLOWED = threading.Event()
+
+
+@contextmanager
+def ending_now_allowed() -> Iterator[None]:
+    """While inside (the command's own run), a stop may end the process at once."""
+    _END_NOW_ALLOWED.set()
+    try:
+        yield
+    finally:
+        _END_NOW_ALLOWED.clear()
+
+
+def end_now_allowed() -> bool:
+    return _END_NOW_ALLOWED.is_set()
+
+
+def end_now(code: int, line: str | None = None) -> NoReturn:
+    """Exit with `code` at once: one line, every descendant process SIGKILLed (workers being
+    spawned by a cluster that is still starting), then os._exit without unwinding. For a stop
+    that would otherwise wait seconds for code that cannot be interrupted (LocalCluster's
+    start): what is on disk is exactly what a SIGKILL leaves, which a resume handles (every
+    write is atomic, the progress store is SQLite WAL, the output manifest is saved ahead)."""
+    import psutil
+
+    if line:
+        logging.getLogger("pipeline.train").warning(line)
+    logging.shutdown()  # flush the terminal and the run log
+    me = psutil.Process()
+    for _ in range(5):  # a nanny may spawn its worker between a listing and the kills
+        # (multiprocessing's resource tracker is left to end on its own when this process
+        # does: killed, it is relaunched with a warning)
+        children = [p for p in me.children(recursive=True) if not _is_resource_tracker(p)]
+        if not children:
+            break
+        for child in children:
+            with suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(children, timeout=1.0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _is_resource_tracker(process: Any) -> bool:
+    try:
+        return any("resource_tracker" in part for part in process.cmdline())
+    except Exception:  # gone meanwhile, or not ours to read
+        return False

@@ -1,0 +1,72 @@
+"""SIGTERM while train's Dask cluster is still starting (its workers being spawned): the run
+stops within a couple of seconds with exit 143 and one line, leaves no process behind, and a
+resume writes the uninterrupted run's bytes. Before, it waited for the start and then for
+Dask's graceful close (5-9 s under load)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import chaos_study
+import pytest
+from chaos_study import command, differing, run, session_processes
+from conftest import ROOT
+
+clean_run = chaos_study.clean_run  # the session's uninterrupted run (a fixture)
+STARTING = "tasks of <="  # train's line just before the cluster starts
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_cluster_starts_stops_at_once(tmp_path: Path, clean_run: Any) -> None:
+    # (clean_run: chaos_study's fixture, a Path or the suite branch's CleanRun; `differing`
+    # takes either as that module defines it)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        command(out, "runtime.in_process_below_s=0"), cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    starting = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if STARTING in line:
+                starting.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert starting.wait(300), "".join(lines)
+        time.sleep(0.3)  # the scheduler and nannies are starting, the workers being spawned
+        assert not any(line.startswith("INFO pipeline.train: dashboard") for line in lines)
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        stop_s = time.monotonic() - t0
+        deadline = time.monotonic() + 5.0
+        while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphans = [" ".join(p.cmdline()[:4]) for p in left]
+        for p in left:
+            p.kill()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    output = "".join(lines)
+    assert code == 143, output
+    assert stop_s < 3.0, (stop_s, output)  # was 5-9 s: the start, then a graceful close
+    assert orphans == [], orphans
+    assert "interrupted (SIGTERM)" in output and "Traceback" not in output, output
+    code, err = run(out)
+    assert code == 0, err
+    assert differing(out, clean_run) == []
