@@ -37,10 +37,11 @@ def whole(out: Path) -> list[str]:
     return torn
 
 
-# 600 KiB fills in train (shards and the store), 1,500 KiB in assemble (the report's charts):
-# measured on this study; the checks below say which stage each one reached
+# 600 KiB fills in train (shards and the store), 1,200 KiB in assemble (the report's charts):
+# measured on this study (1,000 KiB filled before metrics.json, 1,100-1,300 in the charts);
+# the checks below say which stage each one reached
 @pytest.mark.slow
-@pytest.mark.parametrize(("size", "stage"), [("600k", "train"), ("1500k", "assemble")])
+@pytest.mark.parametrize(("size", "stage"), [("600k", "train"), ("1200k", "assemble")])
 def test_a_full_disk_stops_the_run_with_one_line_and_a_resume_equals_a_clean_run(
     tmp_path: Path, clean_run: Path, size: str, stage: str
 ) -> None:
