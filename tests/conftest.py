@@ -12,6 +12,9 @@
 - probe cache: tests share one session-wide probe cache (QPIPE_PROBE_CACHE, autouse), so a
   study measured once is not probed again by the next test with the same settings, and no test
   writes to the user's ~/.cache; `probe_cache` gives a test its own empty one instead.
+- `oracle_study`: one seeded small study run once per session through the command line (rw,
+  climatology, their combo and the tracker's `_cal` variants, horizons 1 and 3, origins
+  2019-07 .. 2021-06); the oracle tests read its outputs and never write into it.
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
 """
@@ -211,3 +214,35 @@ def probe_cache(
     path = tmp_path_factory.mktemp("probe-cache")
     monkeypatch.setenv("QPIPE_PROBE_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def oracle_study(tmp_path_factory: pytest.TempPathFactory, _session_probe_cache: Path) -> Path:
+    """rw (the benchmark), climatology, their combo and the tracker's `_cal` variants of the
+    three on the synthetic panel, horizons 1 and 3, origins 2019-07 .. 2021-06 (outcomes in and
+    out of the COVID months), run once through `python -m pipeline run`'s entry point; tasks in
+    the driver, no solver (its cost is the run's fixed costs, about 6 CPU-s). Read-only: the
+    oracle tests (test_oracle_pooled.py, test_coverage_holm.py) share it, so a test that writes
+    copies it first."""
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("oracle-study") / "out"
+    overrides = tiny_study(
+        "models.ar_qr.enabled=false",
+        "models.lqr.enabled=false",
+        "models.rw.enabled=true",
+        "models.climatology.enabled=true",
+        "evaluation.combo.enabled=true",
+        "evaluation.combo.members=[rw,climatology]",
+        "evaluation.benchmark=rw",
+        "calibration=tracker",
+        "data.horizons=[1,3]",
+        "rolling_window.start_date=2019-07-01",
+        "rolling_window.end_date=2021-06-01",
+        "runtime.in_process_below_s=60",
+        f"runtime.output_dir={out}",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QPIPE_PROBE_CACHE", str(_session_probe_cache))
+        assert main(["run", *overrides]) == 0
+    return out

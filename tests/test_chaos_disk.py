@@ -12,7 +12,7 @@ from pathlib import Path
 import chaos_study
 import pyarrow.parquet as pq
 import pytest
-from chaos_study import differing, error_lines, run
+from chaos_study import CleanRun, differing, error_lines, run
 
 clean_run = chaos_study.clean_run  # the session's uninterrupted run (a fixture)
 
@@ -37,12 +37,13 @@ def whole(out: Path) -> list[str]:
     return torn
 
 
-# 600 KiB fills in train (shards and the store), 1,500 KiB in assemble (the report's charts):
-# measured on this study; the checks below say which stage each one reached
+# 600 KiB fills in train (shards and the store), 1,200 KiB in assemble (the report's charts):
+# measured on this study (1,000 KiB filled before metrics.json, 1,100-1,300 in the charts);
+# the checks below say which stage each one reached
 @pytest.mark.slow
-@pytest.mark.parametrize(("size", "stage"), [("600k", "train"), ("1500k", "assemble")])
+@pytest.mark.parametrize(("size", "stage"), [("600k", "train"), ("1200k", "assemble")])
 def test_a_full_disk_stops_the_run_with_one_line_and_a_resume_equals_a_clean_run(
-    tmp_path: Path, clean_run: Path, size: str, stage: str
+    tmp_path: Path, clean_run: CleanRun, size: str, stage: str
 ) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import chaos_study
 import pytest
-from chaos_study import differing, error_lines, start
+from chaos_study import CleanRun, differing, error_lines, start
 
 clean_run = chaos_study.clean_run  # the session's uninterrupted run (a fixture)
 
 
 @pytest.mark.slow
 def test_two_runs_racing_on_one_output_dir_one_refuses_with_exit_2(
-    tmp_path: Path, clean_run: Path
+    tmp_path: Path, clean_run: CleanRun
 ) -> None:
     out = tmp_path / "out"
     runs = [start(out), start(out)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import chaos_study
 import pytest
-from chaos_study import command, differing, interrupt, run
+from chaos_study import CleanRun, command, differing, interrupt, run
 
 from pipeline.runtime.execute.stop import StopFlag, Stopped
 
@@ -41,7 +41,7 @@ CASES = [
     ids=[f"{stage}-{sig.name}" for stage, sig, _, _ in CASES],
 )
 def test_a_signal_in_any_stage_ends_the_run_promptly_without_orphans_and_a_resume_equals(
-    tmp_path: Path, clean_run: Path, stage: str, sig: int, delay_s: float, code: int
+    tmp_path: Path, clean_run: CleanRun, stage: str, sig: int, delay_s: float, code: int
 ) -> None:
     out = tmp_path / "out"
     # train on a cluster (its workers and nannies are what could be left behind); elsewhere

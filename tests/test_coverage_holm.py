@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_study
 from statsmodels.stats.multitest import multipletests
 
 from pipeline.evaluation import coverage_tests as ct
@@ -146,40 +145,17 @@ def test_the_results_page_counts_both_ways() -> None:
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory, _session_probe_cache: Path) -> Path:
-    """rw, climatology, their combo and the tracker's _cal variants on the synthetic panel,
-    horizons 1 and 3, origins 2019-07 .. 2021-06; tasks in the driver (about 6 CPU-s)."""
-    from pipeline.cli import main
-
-    out = tmp_path_factory.mktemp("coverage_holm") / "out"
-    overrides = tiny_study(
-        "models.ar_qr.enabled=false",
-        "models.lqr.enabled=false",
-        "models.rw.enabled=true",
-        "models.climatology.enabled=true",
-        "evaluation.combo.enabled=true",
-        "evaluation.combo.members=[rw,climatology]",
-        "evaluation.benchmark=rw",
-        "calibration=tracker",
-        "data.horizons=[1,3]",
-        "rolling_window.start_date=2019-07-01",
-        "rolling_window.end_date=2021-06-01",
-        "runtime.in_process_below_s=60",
-        f"runtime.output_dir={out}",
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QPIPE_PROBE_CACHE", str(_session_probe_cache))
-        assert main(["run", *overrides]) == 0
-    return out
+# `oracle_study` (tests/conftest.py): rw, climatology, their combo and the tracker's `_cal`
+# variants on the synthetic panel, horizons 1 and 3, origins 2019-07 .. 2021-06, run once per
+# session and shared with test_oracle_pooled.py (read-only)
 
 
 def test_a_small_studys_outputs_adjust_one_family_per_test_table_and_period(
-    study: Path, tmp_path: Path
+    oracle_study: Path, tmp_path: Path
 ) -> None:
     from pipeline.cli import main
 
-    tables = study / "reports/tables"
+    tables = oracle_study / "reports/tables"
     for name, cells in (
         ("coverage_tests", 6 * 2 * 3),
         ("coverage_tests_by_country", 6 * 3 * 2 * 3),
@@ -190,7 +166,7 @@ def test_a_small_studys_outputs_adjust_one_family_per_test_table_and_period(
             for p, adjusted in ct.HOLM_COLUMNS.items():
                 np.testing.assert_array_equal(part[adjusted].to_numpy(), want_holm(part[p]))
     pooled = pd.read_parquet(tables / "coverage_tests.parquet")
-    metrics = json.loads((study / "metrics.json").read_text())["coverage_tests"]
+    metrics = json.loads((oracle_study / "metrics.json").read_text())["coverage_tests"]
     for row in pooled[pooled["PERIOD"] == "all"].itertuples():
         leaf = metrics[row.MODEL][f"h{row.HORIZON}"][f"q{row.QUANTILE:g}"]
         for p, adjusted in ct.HOLM_COLUMNS.items():
@@ -199,11 +175,11 @@ def test_a_small_studys_outputs_adjust_one_family_per_test_table_and_period(
                 (adjusted.lower(), getattr(row, adjusted)),
             ):
                 assert leaf[key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
-    page = (study / "reports/index.html").read_text()
+    page = (oracle_study / "reports/index.html").read_text()
     assert "<th>Holm p UC</th>" in page.replace(' class=""', "")
     assert "Red: p &lt; 0.05 after the adjustment" in page
     doc = tmp_path / "RESULTS.md"
-    assert main(["results", "--output-dir", str(study), "--out", str(doc)]) == 0
+    assert main(["results", "--output-dir", str(oracle_study), "--out", str(doc)]) == 0
     part = pooled[pooled["PERIOD"] == "all"]
     raw, held = int((part["P_CC"] < 0.05).sum()), int((part["P_CC_HOLM"] < 0.05).sum())
     assert f"- CC: {raw} of 36 cells have p < 0.05 one at a time" in doc.read_text()

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_study
 
 from pipeline.evaluation.metrics import metric_tables
 from pipeline.evaluation.metrics_json import compute_metrics, headline_metrics, summary_metrics
@@ -267,65 +266,43 @@ def test_a_missing_key_is_a_forecast_of_its_own() -> None:
 
 
 # --- a seeded small study, end to end through the command line ---------------------------------
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory, _session_probe_cache: Path) -> Path:
-    """rw (the benchmark), climatology and their combo on the synthetic panel, horizons 1 and
-    3, origins 2019-07 .. 2021-06 (outcomes in and out of the COVID months); tasks in the
-    driver, no solver (the fixture's cost is the run's fixed costs, about 6 CPU-s)."""
-    from pipeline.cli import main
-
-    out = tmp_path_factory.mktemp("pooled") / "out"
-    overrides = tiny_study(
-        "models.ar_qr.enabled=false",
-        "models.lqr.enabled=false",
-        "models.rw.enabled=true",
-        "models.climatology.enabled=true",
-        "evaluation.combo.enabled=true",
-        "evaluation.combo.members=[rw,climatology]",
-        f"evaluation.benchmark={BENCH}",
-        "data.horizons=[1,3]",
-        "rolling_window.start_date=2019-07-01",
-        "rolling_window.end_date=2021-06-01",
-        "runtime.in_process_below_s=60",
-        f"runtime.output_dir={out}",
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QPIPE_PROBE_CACHE", str(_session_probe_cache))
-        assert main(["run", *overrides]) == 0
-    return out
+# `oracle_study` (tests/conftest.py): rw, climatology, their combo and the tracker's `_cal`
+# variants on the synthetic panel, horizons 1 and 3, origins 2019-07 .. 2021-06, run once per
+# session and shared with test_coverage_holm.py (read-only)
+MEMBERS = ("rw", "climatology", "combo")
 
 
-def test_a_small_studys_outputs_match_the_oracle(study: Path) -> None:
-    frame = pd.read_parquet(study / "forecasts/all.parquet")
-    assert set(frame["MODEL"]) == {"rw", "climatology", "combo"}
+def test_a_small_studys_outputs_match_the_oracle(oracle_study: Path) -> None:
+    frame = pd.read_parquet(oracle_study / "forecasts/all.parquet")
+    assert set(frame["MODEL"]) == {*MEMBERS, *(f"{m}_cal" for m in MEMBERS)}
     assert len(in_period(frame, "ex_covid")) < len(frame)  # both periods have rows of their own
-    metrics = json.loads((study / "metrics.json").read_text())
-    summary = json.loads((study / "metrics_summary.json").read_text())
-    headline = json.loads((study / "metrics_headline.json").read_text())
+    metrics = json.loads((oracle_study / "metrics.json").read_text())
+    summary = json.loads((oracle_study / "metrics_summary.json").read_text())
+    headline = json.loads((oracle_study / "metrics_headline.json").read_text())
     wants = oracles(frame)
     assert check_json(wants, metrics, summary, headline) > 50
-    crossing = pd.read_parquet(study / "reports/tables/crossing.parquet")
+    crossing = pd.read_parquet(oracle_study / "reports/tables/crossing.parquet")
     assert check_crossing_table(wants, crossing) == 0  # every fan rearranged
-    assert check_report(wants, (study / "reports/index.html").read_text()) > 50
+    assert check_report(wants, (oracle_study / "reports/index.html").read_text()) > 50
 
 
-def test_the_small_studys_dm_table_adjusts_each_period_as_one_family(study: Path) -> None:
+def test_the_small_studys_dm_table_adjusts_each_period_as_one_family(oracle_study: Path) -> None:
     from statsmodels.stats.multitest import multipletests
 
-    dm = pd.read_parquet(study / "reports/tables/dm.parquet")
-    metrics = json.loads((study / "metrics.json").read_text())
+    dm = pd.read_parquet(oracle_study / "reports/tables/dm.parquet")
+    metrics = json.loads((oracle_study / "metrics.json").read_text())
     for period, part in dm.groupby("PERIOD"):
-        assert len(part) == 2 * 2  # climatology, combo x h1, h3 against rw
+        assert len(part) == 5 * 2  # climatology, combo and the 3 _cal x h1, h3 against rw
         want = multipletests(part["P_VALUE"].to_numpy(), method="holm")[1]
         np.testing.assert_allclose(part["P_HOLM"].to_numpy(), want, rtol=0, atol=1e-15)
         for row, value in zip(part.itertuples(), want, strict=True):
             assert close(metrics[period]["dm"][row.MODEL][f"h{row.HORIZON}"]["p_holm"], value)
-    page = (study / "reports/index.html").read_text()
+    page = (oracle_study / "reports/index.html").read_text()
     assert "<th>Holm p</th>" in page.replace(' class=""', "")
     assert '<a href="#mcs">' in page and '<section id="mcs">' in page  # the joint answer
 
 
-def test_the_results_pages_summaries_match_the_oracle(study: Path, tmp_path: Path) -> None:
+def test_the_results_pages_summaries_match_the_oracle(oracle_study: Path, tmp_path: Path) -> None:
     """docs/RESULTS.md's reading of the study: each model's relative pinball averaged over its
     horizon x level cells (and their range), each horizon's mean pinball over levels, and the
     Calibration table's pooled pinball, all from the forecast table."""
@@ -335,10 +312,10 @@ def test_the_results_pages_summaries_match_the_oracle(study: Path, tmp_path: Pat
     from pipeline.runtime.store.progress import db_path, read_table
     from pipeline.runtime.store.timings import read_timings
 
-    frame = pd.read_parquet(study / "forecasts/all.parquet")
-    progress = read_table(db_path(study), "progress")
+    frame = pd.read_parquet(oracle_study / "forecasts/all.parquet")
+    progress = read_table(db_path(oracle_study), "progress")
     text = render_results(
-        study, tmp_path / "RESULTS.md", timings=read_timings(study), progress=progress
+        oracle_study, tmp_path / "RESULTS.md", timings=read_timings(oracle_study), progress=progress
     )
     cells = ["MODEL", "HORIZON", "QUANTILE"]
     for period in ("all", "ex_covid"):
@@ -367,7 +344,7 @@ def test_the_results_pages_summaries_match_the_oracle(study: Path, tmp_path: Pat
             assert abs(float(said[model]) - value) <= 5e-4 + 1e-12, (horizon, model)
     pooled = rows.groupby("MODEL")["LOSS"].mean()
     table = text.split("| model | h | hit")[1].split("\n\n")[0]  # the Calibration table
-    assert len(table.splitlines()) == 2 + 3 * 2  # its header's end, a rule, model x horizon
+    assert len(table.splitlines()) == 2 + 6 * 2  # its header's end, a rule, model x horizon
     for line in table.splitlines()[2:]:
         model, *_, value = (c.strip() for c in line.strip("|").split("|"))
         assert abs(float(value) - pooled[model]) <= 5e-5 + 1e-12, model
