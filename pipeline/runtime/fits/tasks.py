@@ -107,7 +107,8 @@ def task_payload(
     `compact`: per-country fits send, instead of `data`, `windows`: the grid rows and months
     their windows read (CountryWindows.part), from which `with_data` builds the same `data`
     on the worker; a task's windows overlap, so this is about 100x smaller on the wire.
-    `countries`: the group's CountryText (the task loop's, made once per group).
+    `countries`: the group's CountryText (the task loop's, made once per group); None converts
+    the fits' own (the probe's and the model check's few payloads).
     """
     windows = group.data if compact and isinstance(group.data, CountryWindows) else None
     payload = {
@@ -120,7 +121,7 @@ def task_payload(
         "seed": int(seed),
         # the fits' content keys as raw digests (one buffer on the wire, not a list of str)
         "keys": group.key_bytes()[index],
-        "countries": (countries or CountryText(group))(index),
+        "countries": group.countries[index].astype(str) if countries is None else countries(index),
         "rows": group.rows[index],
         "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)
         **({"data": group.take(index)} if windows is None else {"windows": windows.part(index)}),
