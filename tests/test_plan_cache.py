@@ -83,14 +83,23 @@ def test_changed_inputs_name_another_plan_and_damage_is_rebuilt(
     assert len(list(plans.glob("*.npz"))) == 4
     monkeypatch.undo()
     monkeypatch.setenv(plan_cache.ENV_VAR, str(plans))
-    # damage: flipped bytes inside the arrays fail the checksum; the entry is rebuilt
+    # damage: flipped bytes inside the arrays fail the checksum; the entry is rebuilt. The
+    # groups' parts and the basis have a checksum each: `load` (the parts alone) checks the
+    # parts', `load_entry` (what the next plan's keys reuse) both
     entry = max(plans.glob("*.npz"), key=lambda p: p.stat().st_mtime)
-    name = entry.stem
-    assert plan_cache.load(name) is not None
-    raw = bytearray(entry.read_bytes())
-    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
-    entry.write_bytes(bytes(raw))
-    assert plan_cache.load(name) is None and not entry.exists()
+    name, intact = entry.stem, entry.read_bytes()
+    assert plan_cache.load(name) is not None and plan_cache.load_entry(name) is not None
+    with np.load(entry) as data:
+        keys, lead = data["0_keys"].tobytes(), data["0_lead"].tobytes()
+    for member, check in ((keys, plan_cache.load), (lead, plan_cache.load_entry)):
+        at = intact.find(member[:64])
+        assert at > 0
+        raw = bytearray(intact)
+        raw[at : at + 64] = bytes(64)
+        entry.write_bytes(bytes(raw))
+        if member is lead:  # the parts alone are intact: still loaded
+            assert plan_cache.load(name) is not None
+        assert check(name) is None and not entry.exists()
 
 
 def test_the_cache_keeps_the_most_recently_used_entries(

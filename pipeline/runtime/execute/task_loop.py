@@ -15,7 +15,7 @@ from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import InProcessStream, in_process_handle, runs_in_process
 from pipeline.runtime.execute.stop import StopFlag
 from pipeline.runtime.execute.worker import run_task
-from pipeline.runtime.fits.tasks import Task, make_tasks, task_payload
+from pipeline.runtime.fits.tasks import CountryText, Task, make_tasks, task_payload
 from pipeline.runtime.sizing.plan import DEFAULT_SECONDS_PER_FIT, Plan, sizing_workers, task_size
 from pipeline.runtime.sizing.timeouts import task_timeout
 from pipeline.runtime.store.progress import ProgressStore
@@ -146,10 +146,14 @@ def run_tasks(
         # tasks start first and the short ones fill the cores around them
         spf = (model_plan.seconds_per_fit if model_plan else None) or DEFAULT_SECONDS_PER_FIT
 
+        countries: dict[int, CountryText] = {}  # per group, made at its first task
+
         def submit_more() -> None:
             while queue and stream.in_flight < limit:
                 task = queue.popleft()
                 g = groups[task.group]
+                if task.group not in countries:
+                    countries[task.group] = CountryText(g)
                 rows[task.task_id] = store.start_task(model, task.group, task.wanted, state.run_id)
                 payload = task_payload(
                     g,
@@ -159,6 +163,7 @@ def run_tasks(
                     seed=config.seed,
                     extra=adapter.payload,
                     compact=True,
+                    countries=countries[task.group],
                 )
                 # the worker encodes the task's cache shard; the driver writes its bytes
                 payload["shard_block"] = state.shard_block

@@ -117,6 +117,7 @@ class _RowsByCountry:
             self.col.append(cj.astype(np.int32))
             self.rank.append(rank)
             self.per_rank += np.bincount(rank, minlength=self.names.size) * len(g.horizons) * Q
+        self.slots = _slots(groups, self.rank, self.fit)
 
     def cuts(self, block_rows: int) -> np.ndarray:
         """Rank boundaries of blocks of about `block_rows` rows (a country's rows never split)."""
@@ -159,6 +160,12 @@ def _sorted_blocks(
     qrank = np.argsort(np.argsort(qs, kind="stable"), kind="stable")
     cuts = rows.cuts(block_rows)
     for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        if rows.slots is not None:  # every row's place known: no sort
+            placed = _placed_block(rows, pred, alpha, qrank, lo, hi)
+            if placed is not None:
+                placed["actual"] = actuals(placed["c"], placed["o"] + placed["h"])
+                yield placed
+            continue
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("c", "h", "q", "o", "f", "a")}
         for gi, g in enumerate(rows.groups):
             c, fi, cj, hi_, qi = rows.block(gi, lo, hi)
@@ -182,6 +189,81 @@ def _sorted_blocks(
         yield flat
 
 
+def _slots(
+    groups: Sequence[FitGroup], rank: Sequence[np.ndarray], fit: Sequence[np.ndarray]
+) -> list[tuple[int, int]] | None:
+    """The (group, horizon index) of every horizon in FORECAST_SORT's order, when each row's
+    sorted place follows from its group, country and fit alone: every horizon in one group
+    only, and each group's fits of a country in strictly increasing origin order (the plan
+    builds them so). Then a country's rows are its horizons' runs in turn, each a
+    (quantile, fit) transpose of the fits' (fit, quantile) forecasts. None otherwise (the
+    rows are sorted instead)."""
+    slots = sorted(
+        (int(h), gi, hj) for gi, g in enumerate(groups) for hj, h in enumerate(g.horizons)
+    )
+    if len({h for h, _, _ in slots}) != len(slots):
+        return None
+    for g, r, f in zip(groups, rank, fit, strict=True):
+        o = np.asarray(g.origin)[f]
+        if np.any((r[1:] == r[:-1]) & (o[1:] <= o[:-1])):
+            return None
+    return [(gi, hj) for _, gi, hj in slots]
+
+
+def _placed_block(
+    rows: _RowsByCountry,
+    pred: Sequence[np.ndarray],
+    alpha: Sequence[np.ndarray],
+    qrank: np.ndarray,
+    lo: int,
+    hi: int,
+) -> dict[str, np.ndarray] | None:
+    """The flat columns of the countries ranked lo..hi-1, each row written at its sorted place
+    (rows.slots: COUNTRY, then the horizons in turn, then QUANTILE, then the fits in their
+    origin order): the rows a stable sort of them gives (their sort keys are unique), in that
+    order; None when the block has no rows. c, h and q are runs of one value each, made as
+    runs; o, f and a are each fit's values scattered to their places."""
+    Q, G, R = rows.Q, len(rows.groups), hi - lo
+    spans = [np.searchsorted(r, [lo, hi]) for r in rows.rank]
+    n = np.zeros((R, G), dtype=np.int64)  # fits per (country, group)
+    for gi, (a, b) in enumerate(spans):
+        n[:, gi] = np.bincount(rows.rank[gi][a:b] - lo, minlength=R)
+    fits = n[:, [gi for gi, _ in rows.slots]]  # (R, slots): the fits of each horizon run
+    per_slot = Q * fits
+    run_start = np.cumsum(per_slot, axis=1) - per_slot  # within the country
+    per_country = per_slot.sum(axis=1)
+    country_start = np.cumsum(per_country) - per_country
+    total = int(per_country.sum())
+    if not total:
+        return None
+    horizon = np.array([rows.groups[gi].horizons[hj] for gi, hj in rows.slots], dtype=np.int64)
+    by_rank = np.argsort(qrank, kind="stable")  # the quantile index at each rank
+    out = {
+        "c": np.repeat(np.arange(lo, hi, dtype=np.int32), per_country),
+        "h": np.repeat(np.tile(horizon, R), per_slot.ravel()),
+        "q": np.repeat(np.tile(by_rank.astype(np.int16), fits.size), np.repeat(fits.ravel(), Q)),
+        **{k: np.empty(total, dtype=np.int64 if k == "o" else np.float64) for k in "ofa"},
+    }
+    slot_of = {s: i for i, s in enumerate(rows.slots)}
+    for gi, g in enumerate(rows.groups):
+        a, b = (int(x) for x in spans[gi])
+        if a == b:
+            continue
+        H = len(g.horizons)
+        r = rows.rank[gi][a:b].astype(np.int64) - lo
+        first = np.cumsum(n[:, gi]) - n[:, gi]
+        j = np.arange(b - a) - first[r]  # the fit's place among its country's in the group
+        runs = run_start[:, [slot_of[(gi, hj)] for hj in range(H)]][r]  # (P, H)
+        runs += (country_start[r] + j)[:, None]
+        dest = runs[:, :, None] + qrank[None, None, :] * n[r, gi][:, None, None]
+        fi, cj = rows.fit[gi][a:b], rows.col[gi][a:b]
+        dest = dest.reshape(-1)  # (fit, horizon, quantile): pred's order
+        out["f"][dest] = pred[gi][fi, cj].reshape(-1)
+        out["a"][dest] = np.broadcast_to(alpha[gi][fi][:, None, :], (b - a, H, Q)).reshape(-1)
+        out["o"][dest] = np.repeat(g.origin[fi], H * Q)
+    return out
+
+
 def _rechunk(
     blocks: Iterator[dict[str, np.ndarray]], chunk: int
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -191,12 +273,17 @@ def _rechunk(
     held: dict[str, np.ndarray] = _no_rows()
     emitted = False
     for block in blocks:
-        if held["c"].size:  # under a chunk left over from the blocks before
-            block = {k: np.concatenate([held[k], v]) for k, v in block.items()}
-        n = block["c"].size
-        full = n - n % chunk
-        for start in range(0, full, chunk):
-            yield {k: v[start : start + chunk] for k, v in block.items()}
+        n, start = block["c"].size, 0
+        if held["c"].size:  # under a chunk left over from the blocks before: filled up first
+            start = min(chunk - held["c"].size, n)
+            held = {k: np.concatenate([held[k], v[:start]]) for k, v in block.items()}
+            if held["c"].size < chunk:
+                continue
+            yield held
+            held, emitted = _no_rows(), True
+        full = start + (n - start) - (n - start) % chunk
+        for at in range(start, full, chunk):
+            yield {k: v[at : at + chunk] for k, v in block.items()}
             emitted = True
         held = {k: v[full:].copy() for k, v in block.items()}  # a copy frees the block
     if held["c"].size or not emitted:

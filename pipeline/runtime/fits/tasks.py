@@ -99,6 +99,7 @@ def task_payload(
     seed: int,
     extra: Mapping[str, Any] | None = None,
     compact: bool = False,
+    countries: CountryText | None = None,
 ) -> dict[str, Any]:
     """Plain data a worker needs for one task (arrays sliced to the task's fits).
 
@@ -106,6 +107,8 @@ def task_payload(
     `compact`: per-country fits send, instead of `data`, `windows`: the grid rows and months
     their windows read (CountryWindows.part), from which `with_data` builds the same `data`
     on the worker; a task's windows overlap, so this is about 100x smaller on the wire.
+    `countries`: the group's CountryText (the task loop's, made once per group); None converts
+    the fits' own (the probe's and the model check's few payloads).
     """
     windows = group.data if compact and isinstance(group.data, CountryWindows) else None
     payload = {
@@ -118,7 +121,7 @@ def task_payload(
         "seed": int(seed),
         # the fits' content keys as raw digests (one buffer on the wire, not a list of str)
         "keys": group.key_bytes()[index],
-        "countries": group.countries[index].astype(str),
+        "countries": group.countries[index].astype(str) if countries is None else countries(index),
         "rows": group.rows[index],
         "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)
         **({"data": group.take(index)} if windows is None else {"windows": windows.part(index)}),
@@ -129,6 +132,24 @@ def task_payload(
         "blocked": group.block is not None,
     }
     return payload
+
+
+class CountryText:
+    """A group's forecast-row countries of some fits as str: `group.countries[index]
+    .astype(str)` (the same dtype, as wide as those fits' longest name) taken from the group's
+    few distinct names, made once, instead of a str made from each fit's object (5 ms per
+    65,536-fit task, 0.07 CPU-s of train's driver at rw 1M)."""
+
+    def __init__(self, group: FitGroup) -> None:
+        names, codes = group.country_codes()
+        self.names = np.asarray(names, dtype=str)
+        self.width = np.char.str_len(self.names) if self.names.size else np.zeros(0, np.int64)
+        self.codes = codes.reshape(len(group), -1)
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        codes = self.codes[index]
+        wide = int(self.width[codes].max()) if codes.size else 0
+        return self.names[codes].astype(f"U{max(wide, 1)}")
 
 
 def with_data(payload: dict[str, Any]) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class ProgressStore:
             self._states[model] = mirror_state(states)
 
     def _write_groups(self, model: str, states: Sequence[GroupState]) -> None:
-        used = sorted({int(t) for s in states for t in np.unique(s.task) if t})
+        used = sorted({int(t) for s in states for t in _task_ids(s.task)})
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.execute("DELETE FROM groups WHERE model = ?", (model,))
@@ -377,6 +377,13 @@ class ProgressStore:
         """Write progress/progress.parquet (the per-row view) and progress/errors.parquet
         (progress_export.write_export): on demand, `monitor --export`."""
         write_export(self.conn, output_dir)
+
+
+def _task_ids(task: np.ndarray) -> np.ndarray:
+    """The distinct nonzero task ids of a group's fits (a task's fits are runs: the unique of
+    the runs' values, not a sort of every fit's; none in a fresh group)."""
+    task = task[task != 0]
+    return np.unique(task[np.r_[True, task[1:] != task[:-1]]]) if task.size else task
 
 
 def pid_alive(pid: int | None) -> bool:
