@@ -56,9 +56,11 @@ def test_reduced_seed_study_and_results_page(tmp_path, monkeypatch):
     uk = progress[(progress["model"] == "ar_qr") & (progress["country"] == "UK")]
     de = progress[(progress["model"] == "ar_qr") & (progress["country"] == "DE")]
     assert 0 < len(uk) < len(de)
-    # every stage timed, memory compared with the probe
+    # every stage timed (by the one run: its start in the last column), memory compared with
+    # the probe
     for stage in ("prepare", "probe", "train@ar_qr", "train@lqr", "train@ensemble_nn", "assemble"):
-        assert re.search(rf"^\| {re.escape(stage)} \| [\d.]+ \| ok \|$", text, re.M), stage
+        run = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+        assert re.search(rf"^\| {re.escape(stage)} \| [\d.]+ \| ok \| {run} \|$", text, re.M), stage
     assert "peak / estimate" in text
     # the metric tables are the assembled ones, not made up
     pinball = pd.read_parquet(out / "reports/tables/pinball.parquet")

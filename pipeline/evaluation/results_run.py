@@ -78,21 +78,17 @@ def coverage_section(meta: dict[str, Any], progress: pd.DataFrame, output_dir: P
     return "\n".join(lines) + "\n"
 
 
+UNRECORDED = "(not recorded)"
+
+
 def cost_section(
     output_dir: Path, progress: pd.DataFrame, timings: Mapping[str, Mapping[str, Any]]
 ) -> str:
     lines = ["## Wall time per stage\n"]
     if timings:
-        lines.append("| stage | seconds | status |")
-        lines.append("|---|---:|---|")
-        total = 0.0
-        order = {"prepare": 0, "probe": 1, "assemble": 3}
-        for stage, entry in sorted(timings.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])):
-            total += float(entry["seconds"])
-            lines.append(f"| {stage} | {float(entry['seconds']):.1f} | {entry['status']} |")
-        lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | |")
+        lines.extend(_stage_table(timings))
     else:
-        lines.append("No timings recorded (logs/timings.json is missing).")
+        lines.append("No timings recorded (logs/timings.json is missing or unreadable).")
     lines.append("\n## Memory: workers against the probe's plan\n")
     probe = read_json(output_dir / "probe.json") if (output_dir / "probe.json").exists() else None
     measured = output_dir / "probe_measurements.json"
@@ -117,6 +113,55 @@ def cost_section(
                 f"| {model} | {worker} | {peak:.0f} | {estimate or '-'} | {ratio} | {peak / limit:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _stage_table(timings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each stage's seconds from the last run that did its work: a no-op rerun records its
+    stages as skipped in ~0 s and keeps that run under "worked" (runtime.store.timings), and
+    the page's tables and memory come from that run, not from the rerun."""
+    order = {"prepare": 0, "probe": 1, "assemble": 3}
+    rows, runs, skipped_by = [], set(), {}
+    for stage, latest in sorted(timings.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])):
+        worked = latest.get("worked") if latest.get("status") == "skipped" else None
+        shown = worked if isinstance(worked, Mapping) else latest
+        if shown is not latest:
+            skipped_by.setdefault(_when(latest.get("run")), []).append(stage)
+        runs.add(_when(shown.get("run")))
+        rows.append((stage, shown))
+    lines = []
+    if runs == {UNRECORDED}:
+        lines.append("The run's start was not recorded (logs/timings.json of an older qpipe).")
+    elif len(runs) == 1:
+        lines.append(f"Every figure below comes from the run started {runs.pop()}.")
+    else:
+        lines.append("Each stage's figure comes from the last run that did its work (column run).")
+    for when, stages in sorted(skipped_by.items()):
+        lines.append(
+            f"The later run started {when} found {_names(stages)} unchanged and skipped "
+            f"{'it' if len(stages) == 1 else 'them'} (a no-op: ~0 s, not shown)."
+        )
+    lines.append("\n| stage | seconds | status | run |")
+    lines.append("|---|---:|---|---|")
+    total = 0.0
+    for stage, entry in rows:
+        total += float(entry["seconds"])
+        lines.append(
+            f"| {stage} | {float(entry['seconds']):.1f} | {entry['status']} | {_when(entry.get('run'))} |"
+        )
+    lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | | |")
+    return lines
+
+
+def _when(stamp: Any) -> str:
+    """`2026-12-06T04:30:12Z` as `2026-12-06 04:30:12 UTC`; an older qpipe recorded none."""
+    if not isinstance(stamp, str) or len(stamp) < 19:
+        return UNRECORDED
+    return f"{stamp[:10]} {stamp[11:19]} UTC"
+
+
+def _names(stages: list[str]) -> str:
+    quoted = [f"`{s}`" for s in stages]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _probe_estimate(measurements: dict[str, Any], model: str) -> int | None:
