@@ -42,11 +42,16 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: sudo apt-get install chromium"; exit 1; fi; }
 
+# The suite on TEST_PROCS processes (pytest-xdist), a whole file to each, so that a module's or a
+# session's study fixture runs once: 2 halves the suite's wall on 2 cores. More processes than
+# cores only contend: every end-to-end test starts its own 2-worker cluster.
+TEST_PROCS ?= 2
+
 test: setup browser
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_PROCS) --dist loadfile
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_PROCS) --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check pipeline tests benchmarks examples
