@@ -9,12 +9,15 @@
                                --max-workers N, --write-config FILE (write it and stop)
     stage NAME [--model M]     run one stage from params.yaml (what dvc.yaml calls)
     check                      verify the set-up: dependencies, data, cores, RAM, dashboard
+    results [--out FILE]       write the results page (docs/RESULTS.md) from a finished study
     monitor [--watch] [--rows] show the progress of a run in an output dir
     verify                     check every fit-cache checksum now (a run checks what it uses)
 
 Bad configuration or data, or an output dir that cannot be written, exits with code 2 and a
 one-line message; the traceback goes to a log file the line names, not to the terminal. A run
 in which some fits failed exits with code 1 (one in which none gave a forecast says so in a line).
+Ctrl-C or SIGTERM ends run and stage with one line and exit code 130 or 143; what was written
+is kept, and the same command resumes.
 """
 
 from __future__ import annotations

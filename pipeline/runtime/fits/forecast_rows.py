@@ -3,8 +3,10 @@ sorted and as Arrow tables of at most `chunk` rows (pure: numpy, pyarrow).
 
 At a million fits the table has millions of rows. Built as a pandas frame of Python strings,
 then copied, cast and sorted (schema.conform_forecasts), it held about a gigabyte at the end of
-train. Here the sort runs on integer codes (country rank, horizon, quantile, origin); the
-numeric columns are taken in that order; timestamps and strings (a take from the few distinct
+train. Here each row is written at its sorted place (country rank, horizon, quantile, origin),
+which follows from its group, country and fit when every horizon is in one group and a
+country's fits come in origin order (the plan builds them so): no argsort; otherwise the rows
+are sorted on those integer codes. Timestamps and strings (a take from the few distinct
 values) are made one chunk at a time, so a chunk's strings are the only ones alive. The flat
 numeric columns (about 60 bytes per row while sorted: 190 per rw fit, 1.9 GB at 10M fits) are
 made for one block of countries at a time: COUNTRY leads the sort, so the blocks in rank order

@@ -7,7 +7,8 @@ machine); loading its entry costs about 50 bytes per fit read and one checksum. 
 named by everything its groups depend on (`plan_name`: the panel's content, the whole study
 config, what the adapter tells the groups, and the source of the modules that build them), so
 a changed input never finds a stale plan. It is derived data: an unreadable or damaged entry
-(its checksum over its arrays does not match) is removed and rebuilt, never trusted.
+(the checksum over its groups' parts, or the one over its basis, does not match) is removed and
+rebuilt, never trusted.
 
 Where: `$QPIPE_PLAN_CACHE`, else `plans/` inside `$QPIPE_PROBE_CACHE` when that is set (tests
 point it at a temp dir), else `$XDG_CACHE_HOME/qpipe/plans`, else `~/.cache/qpipe/plans`. The
