@@ -9,8 +9,10 @@ the driver's child take it in turn (pipeline/runtime/execute/inprocess.py).
 
 Signals reach only the main thread, which waits here: SIGINT/SIGTERM set the lanes' stop flag,
 every lane stops as an interrupted train does (its in-flight fits back to pending, progress
-saved) and `TrainInterrupted` is raised once all have. A lane that fails stops the others
-the same way; its error is raised once every lane has ended.
+saved) and `TrainInterrupted` is raised once all have; while the cluster is still starting,
+the command line's own run ends at once instead (stop.end_now: its processes killed, exit
+143/130). A lane that fails stops the others the same way; its error is raised once every
+lane has ended.
 """
 
 from __future__ import annotations
