@@ -16,10 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import ROOT
+from panel_cli import panel_frame, run_args
 
 from pipeline.cli import main
-from pipeline.config import SyntheticConfig
-from pipeline.data.synthetic import generate_panel
 from pipeline.io import read_json
 from pipeline.schema import META_FILE
 
@@ -27,31 +26,15 @@ COUNTRIES = ("C01", "C02", "C03")
 
 
 def _good_frame() -> pd.DataFrame:
-    panel = generate_panel(SyntheticConfig(3, "2014-01-01", "2019-12-01", 0)).frame
-    frame = panel[["TIME", "COUNTRY", "inflation"]].copy()
-    frame["TIME"] = frame["TIME"].dt.strftime("%Y-%m")
-    frame["inflation"] = frame["inflation"].round(3).astype(str)
+    frame = panel_frame()
+    frame["inflation"] = frame["inflation"].astype(str)
     return frame
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "data.source=panel",
-        f"data.path={data}",
-        "data.target=inflation",
-        "data.lags=[1]",
-        "data.horizons=[1]",
-        "rolling_window.size=24",
-        "rolling_window.start_date=2019-01-01",
-        "rolling_window.end_date=2019-06-01",
-        "models.ar_qr.p=2",
-        "models.lqr.enabled=false",
-        "models.ensemble_nn.enabled=false",
-        f"runtime.output_dir={out}",
-        "runtime.progress_bar=false",
-        *extra,
-    ]
+    """run_args with the one model the cases need (a small ar_qr)."""
+    models = ("models.ar_qr.p=2", "models.lqr.enabled=false", "models.ensemble_nn.enabled=false")
+    return run_args(data, out, *models, *extra)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

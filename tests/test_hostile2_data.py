@@ -13,40 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import ROOT, SMALL_STUDY, make_config
+from panel_cli import panel_frame, run_args
 
 from pipeline.cli import main
-from pipeline.config import SyntheticConfig
 from pipeline.data.errors import DataError
 from pipeline.data.spacing import check_not_future, spacing_warnings
-from pipeline.data.synthetic import generate_panel
-
-
-def _frame() -> pd.DataFrame:
-    panel = generate_panel(SyntheticConfig(3, "2014-01-01", "2019-12-01", 0)).frame
-    frame = panel[["TIME", "COUNTRY", "inflation"]].copy()
-    frame["TIME"] = frame["TIME"].dt.strftime("%Y-%m")
-    frame["inflation"] = frame["inflation"].round(3)
-    return frame
-
-
-def _args(data: Path, out: Path) -> list[str]:
-    return [
-        "run",
-        "data.source=panel",
-        f"data.path={data}",
-        "data.target=inflation",
-        "data.lags=[1]",
-        "data.horizons=[1]",
-        "rolling_window.size=24",
-        "rolling_window.start_date=2019-01-01",
-        "rolling_window.end_date=2019-06-01",
-        f"runtime.output_dir={out}",
-        "runtime.progress_bar=false",
-    ]
 
 
 def _refused(capsys: pytest.CaptureFixture[str], data: Path, out: Path) -> str:
-    assert main(_args(data, out)) == 2
+    assert main(run_args(data, out)) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -67,7 +42,7 @@ def test_a_csv_separated_otherwise_names_its_separator_and_the_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sep: str, decimal: str, needles: tuple
 ) -> None:
     path = tmp_path / "panel.csv"
-    _frame().to_csv(path, sep=sep, decimal=decimal, index=False, encoding="utf-8-sig")
+    panel_frame().to_csv(path, sep=sep, decimal=decimal, index=False, encoding="utf-8-sig")
     line = _refused(capsys, path, tmp_path / "out")
     assert str(path) in line and "not commas" in line
     for needle in needles:
@@ -79,7 +54,7 @@ def test_a_row_dated_in_the_future_is_refused(
 ) -> None:
     stray = pd.DataFrame({"TIME": ["2099-01"], "COUNTRY": ["C02"], "inflation": [1.5]})
     path = tmp_path / "panel.csv"
-    pd.concat([_frame(), stray]).to_csv(path, index=False)
+    pd.concat([panel_frame(), stray]).to_csv(path, index=False)
     line = _refused(capsys, path, tmp_path / "out")
     assert "1 value of inflation dated after this month" in line
     assert "['C02 2099-01']" in line and "fix their TIME" in line
@@ -107,7 +82,7 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_quarterly_data_and_long_gaps_are_one_line_each() -> None:
-    frame = _tidy(_frame())
+    frame = _tidy(panel_frame())
     month = frame["TIME"].dt.month
     assert spacing_warnings(frame, "inflation", "forward_fill_then_mean") == []
     quarterly = frame[(frame["COUNTRY"] == "C01") | (month % 3 == 0)]
@@ -126,7 +101,7 @@ def test_prepare_tells_once_that_quarterly_data_is_filled(
 ) -> None:
     from pipeline.stages.prepare import build_prepared
 
-    frame = _frame()
+    frame = panel_frame()
     month = pd.PeriodIndex(frame["TIME"], freq="M").month
     path = tmp_path / "panel.csv"
     frame[(frame["COUNTRY"] != "C02") | (month % 3 == 0)].to_csv(path, index=False)
