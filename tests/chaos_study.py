@@ -151,6 +151,35 @@ class Interrupted:
     output: str
 
 
+@dataclass
+class Reaped:
+    """A signalled driver's end: its exit code, the seconds from the signal to its exit and to
+    the end of every process of its session, and the orphans (named)."""
+
+    code: int
+    stop_s: float
+    all_gone_s: float
+    orphans: list[str]
+
+
+def signal_and_reap(proc: subprocess.Popen[str], sig: int) -> Reaped:
+    """Send `sig` to the driver `proc` (started in a session of its own) and wait for it and
+    then for every process of its session (those alive 5 s after the driver's exit are
+    orphans: named, then killed)."""
+    t0 = time.monotonic()
+    os.kill(proc.pid, sig)
+    code = proc.wait(timeout=120)
+    stop_s = time.monotonic() - t0
+    deadline = time.monotonic() + 5.0
+    while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    all_gone_s = time.monotonic() - t0
+    orphans = [" ".join(p.cmdline()[:4]) for p in left]
+    for p in left:
+        p.kill()
+    return Reaped(code, stop_s, all_gone_s, orphans)
+
+
 def _default_sigint() -> None:
     """Ctrl-C's default action in the run, whatever this process inherited: a shell without
     job control starts background commands with SIGINT ignored, and so would a suite run in
@@ -187,20 +216,12 @@ def interrupt(command: list[str], stage: str, delay_s: float, sig: int) -> Inter
         time.sleep(delay_s)
         ended = [s for s in order if any(line.startswith(STAGE_ENDS[s]) for line in lines)]
         at = order[len(ended)] if len(ended) < len(order) else "after"
-        t0 = time.monotonic()
-        os.kill(proc.pid, sig)
-        code = proc.wait(timeout=120)
-        stop_s = time.monotonic() - t0
-        deadline = time.monotonic() + 5.0
-        while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        all_gone_s = time.monotonic() - t0
-        orphans = [" ".join(p.cmdline()[:4]) for p in left]
-        for p in left:
-            p.kill()
+        reaped = signal_and_reap(proc, sig)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(10)
-    return Interrupted(at, code, stop_s, orphans, all_gone_s, "".join(lines))
+    return Interrupted(
+        at, reaped.code, reaped.stop_s, reaped.orphans, reaped.all_gone_s, "".join(lines)
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 import chaos_study
 import pytest
-from chaos_study import command, differing, run, session_processes
+from chaos_study import command, differing, run, signal_and_reap
 from conftest import ROOT
 
 clean_run = chaos_study.clean_run  # the session's uninterrupted run (a fixture)
@@ -47,25 +47,17 @@ def test_sigterm_while_the_cluster_starts_stops_at_once(tmp_path: Path, clean_ru
         assert starting.wait(300), "".join(lines)
         time.sleep(0.3)  # the scheduler and nannies are starting, the workers being spawned
         assert not any(line.startswith("INFO pipeline.train: dashboard") for line in lines)
-        t0 = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)
-        code = proc.wait(timeout=120)
-        stop_s = time.monotonic() - t0
-        deadline = time.monotonic() + 5.0
-        while (left := session_processes(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        orphans = [" ".join(p.cmdline()[:4]) for p in left]
-        for p in left:
-            p.kill()
+        reaped = signal_and_reap(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(10)
     output = "".join(lines)
-    assert code == 143, output
-    assert stop_s < 3.0, (stop_s, output)  # was 5-9 s: the start, then a graceful close
-    assert orphans == [], orphans
+    assert reaped.code == 143, output
+    # was 5-9 s: the start, then a graceful close
+    assert reaped.stop_s < 3.0, (reaped.stop_s, output)
+    assert reaped.orphans == [], reaped.orphans
     assert "interrupted (SIGTERM)" in output and "Traceback" not in output, output
     code, err = run(out)
     assert code == 0, err
