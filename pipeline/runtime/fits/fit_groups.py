@@ -27,6 +27,11 @@ import numpy as np
 
 from pipeline.io import stable_hash
 from pipeline.runtime.fits.country_keys import country_fit_keys
+
+# the row helpers live in fit_rows.py (the store reads them without this module);
+# origin_labels and sorted_codes stay importable from here, where the tests import them
+from pipeline.runtime.fits.fit_rows import expand_rows, sorted_codes
+from pipeline.runtime.fits.fit_rows import origin_labels as origin_labels
 from pipeline.runtime.fits.fit_windows import (
     CountryWindows,
     country_grid,
@@ -359,37 +364,3 @@ def expand(group: FitGroup, fits: np.ndarray, n_quantiles: int) -> tuple[np.ndar
     """Index arrays (fit, row, horizon index, quantile index), one entry per forecast of the
     fits `fits` (positions in the group), fit-major, then row, horizon, quantile."""
     return expand_rows(group.rows, fits, len(group.horizons), n_quantiles)
-
-
-def expand_rows(
-    rows: np.ndarray, fits: np.ndarray, n_horizons: int, n_quantiles: int
-) -> tuple[np.ndarray, ...]:
-    """`expand` over a (fits, countries) bool mask of the rows each fit forecasts."""
-    fits = np.asarray(fits, dtype=np.int64)
-    fr, cj = np.nonzero(rows[fits])
-    hq = n_horizons * n_quantiles
-    fi, cj = np.repeat(fits[fr], hq), np.repeat(cj, hq)
-    hi = np.tile(np.repeat(np.arange(n_horizons), n_quantiles), fr.size)
-    qi = np.tile(np.arange(n_quantiles), fr.size * n_horizons)
-    return fi, cj, hi, qi
-
-
-def sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct strings among `values` (F, C), sorted (object array), and each element's
-    index in them ((F * C,) int64, row-major): np.unique(return_inverse=True), sorting one row
-    only where every row holds the same countries (a pooled group's: each fit forecasts every
-    country)."""
-    values = np.asarray(values, dtype=object)
-    if values.ndim == 2 and values.shape[0] > 1 and (values == values[:1]).all():
-        names, row = np.unique(values[0].astype(str), return_inverse=True)
-        return names.astype(object), np.tile(row.reshape(-1).astype(np.int64), values.shape[0])
-    names, codes = np.unique(values.astype(str).ravel(), return_inverse=True)
-    return names.astype(object), codes.reshape(-1).astype(np.int64)
-
-
-def origin_labels(origin: np.ndarray) -> np.ndarray:
-    """'YYYY-MM-DD' of month indexes (object array), formatted once per distinct month."""
-    months, inverse = np.unique(np.asarray(origin, dtype=np.int64), return_inverse=True)
-    days = (months - month_index("1970-01-01")).astype("datetime64[M]").astype("datetime64[D]")
-    labels = np.asarray(np.datetime_as_string(days, unit="D"), dtype=object)
-    return labels[inverse.reshape(-1)] if months.size else np.array([], dtype=object)

@@ -53,6 +53,7 @@ KEEP_BYTES = 1 << 30  # and at most this much in all, the newest entry whatever 
 # the modules whose code decides a group's fits and keys: a change to any renames every entry
 SOURCES = (
     "pipeline.runtime.fits.fit_groups",
+    "pipeline.runtime.fits.fit_rows",
     "pipeline.runtime.fits.keys",
     "pipeline.runtime.fits.country_keys",
     "pipeline.runtime.fits.key_reuse",

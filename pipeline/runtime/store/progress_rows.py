@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.io import atomic_path, column_encodings
-from pipeline.runtime.fits.fit_groups import expand_rows
+from pipeline.runtime.fits.fit_rows import expand_rows
 from pipeline.runtime.store.progress_format import STATUSES, GroupState
 
 if TYPE_CHECKING:  # imported where a frame is made
@@ -88,7 +88,7 @@ def row_chunks(
     del keys
     import pyarrow as pa
 
-    from pipeline.runtime.fits.fit_groups import origin_labels
+    from pipeline.runtime.fits.fit_rows import origin_labels
 
     # every string column's distinct values once per export; rows hold codes into them
     dictionaries = {
