@@ -9,18 +9,15 @@ blocks the writer and always sees the last committed state. What is derived on r
 apart: the counts and tables (progress_view.py: `read_table(path, "progress")` is the seed's
 one row per (model, country, quantile, horizon, origin), built by progress_rows.py), and the
 files (progress_export.py: `progress/errors.parquet`, which train writes at its end and on an
-interrupt; `progress/progress.parquet` only on demand, `monitor --export`). A store in another
-format (an earlier qpipe) or unreadable is moved aside and rebuilt: it is derived data, the fit
-cache holds every result.
+interrupt; `progress/progress.parquet` only on demand, `monitor --export`). Opening it
+(progress_open.py) moves a store in another format (an earlier qpipe) or unreadable aside and
+makes a new one: it is derived data, the fit cache holds every result.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +29,11 @@ from pipeline.runtime.store.key_match import KeyMatcher
 from pipeline.runtime.store.progress_export import write_errors, write_export
 from pipeline.runtime.store.progress_format import (  # the format, one place
     DONE,
-    FORMAT,
     PENDING,
     PROGRESS_DIR,
-    SCHEMA,
     STATUSES,
     TRAINING,
     GroupState,
-    OldFormat,
     apply_event,
     carry_state,
     float_blob,
@@ -50,6 +44,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     mirror_state,
     pack_index,
 )
+from pipeline.runtime.store.progress_open import open_store
 from pipeline.runtime.store.progress_view import read_table, tally
 
 if TYPE_CHECKING:
@@ -57,10 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STATUSES", "ProgressStore", "db_path", "pid_alive", "read_table"]
 
-log = logging.getLogger("pipeline.train")
 DB_NAME = "progress.sqlite"
-# models training side by side open their stores at once: one open (WAL switch, schema) at a time
-_OPENING = threading.Lock()
 
 
 def db_path(output_dir: str | Path) -> Path:
@@ -76,60 +68,10 @@ class ProgressStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rebuilt_from: Path | None = None  # where an unreadable or old store was moved
         self._groups: dict[str, list[FitGroup]] = {}
         self._states: dict[str, list[GroupState]] = {}  # statuses/attempts only (no values)
-        with _OPENING:
-            try:
-                self._open()
-            except sqlite3.DatabaseError as error:
-                code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
-                if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise  # a full disk or a store in use, not a damaged store
-                old = isinstance(error, OldFormat)
-                self.rebuilt_from = self._quarantine("old" if old else "damaged")
-                log.warning(
-                    "progress store %s is %s (%s): moved to %s; rebuilding it from the fit "
-                    "cache (earlier runs' history and tracebacks stay in the moved file)",
-                    self.path,
-                    "in an earlier format" if old else "unreadable",
-                    error,
-                    self.rebuilt_from,
-                )
-                self._open()
-
-    def _open(self) -> None:
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a committed transaction survives a process crash (not power loss)
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            # a checkpointed WAL shrinks back (a run's compaction writes a few MB at once)
-            self.conn.execute("PRAGMA journal_size_limit=8388608")
-            (check,) = self.conn.execute("PRAGMA quick_check").fetchone()
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-            (version,) = self.conn.execute("PRAGMA user_version").fetchone()
-            (tables,) = self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            if version != FORMAT and tables:
-                raise OldFormat(f"format {version}; this qpipe writes format {FORMAT}")
-            if not tables:  # a new file: pages freed by compaction go back to the disk
-                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            # one transaction: a reader sees no tables or every table and the format
-            # (IMMEDIATE: it waits for another connection's write instead of failing as busy)
-            self.conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={FORMAT};COMMIT;")
-        except sqlite3.DatabaseError:
-            self.conn.close()
-            raise
-
-    def _quarantine(self, folder: str) -> Path:
-        target = self.path.parent / folder / f"{self.path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            src = self.path.with_name(self.path.name + suffix)
-            if src.exists():
-                os.replace(src, target.with_name(target.name + suffix))
-        return target
+        # rebuilt_from: where an unreadable or old store was moved (progress_open.py)
+        self.conn, self.rebuilt_from = open_store(self.path)
 
     def close(self) -> None:
         self.conn.close()
@@ -291,7 +233,7 @@ class ProgressStore:
         """Fits `fits` failed in task `task`; failures[i] = {error_type, message, traceback} of
         fits[i], each appended to `errors` with its full traceback. `meta`: the task's result
         when only some of its fits failed (record_done recorded its times)."""
-        from pipeline.runtime.fits.fit_groups import origin_labels
+        from pipeline.runtime.fits.fit_rows import origin_labels
 
         fits = np.asarray(fits, dtype=np.int64)
         g, state, now = self._groups[model][grp], self._states[model][grp], time.time()
