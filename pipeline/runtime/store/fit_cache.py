@@ -29,7 +29,6 @@ import os
 import shutil
 import time
 import uuid
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from pipeline.runtime.store.shard_format import (
     key_text,
     parse_index,
 )
-from pipeline.runtime.store.shard_read import Entry, ShardArrays
+from pipeline.runtime.store.shard_read import Entry, ShardArrays, read_checked
 
 __all__ = ["FORMAT", "CheckReport", "Entry", "FitCache", "Found", "VerifyReport", "entry_checksum"]
 
@@ -59,7 +58,6 @@ SHARDS_DIR = "shards"
 DAMAGED_DIR = "damaged"
 # a live writer renames its index within milliseconds of its arrays; older orphans are dead
 ORPHAN_AGE_S = 600.0
-_UNREADABLE = (KeyError, IndexError, ValueError, OSError, zipfile.BadZipFile, EOFError)
 
 
 @dataclass
@@ -306,38 +304,7 @@ class FitCache:
         return report
 
     def _read_checked(self, name: str, index: Index) -> ShardArrays | None:
-        """The shard's arrays and which entries their checksums confirm; None when its
-        arrays cannot be read at all."""
-        n = index.n
-        stacked: dict[str, np.ndarray] = {}
-        own: list[Entry] = [{} for _ in range(n)] if any(index.own) else []
-        try:
-            with np.load(self.shards / f"{name}.npz", allow_pickle=False) as data:
-                files = set(data.files)
-                for nm in index.stacked:
-                    with contextlib.suppress(*_UNREADABLE):
-                        stacked[nm] = data[nm]
-                for i, names in enumerate(index.own if own else ()):
-                    for nm in names:
-                        if f"{i}/{nm}" in files:
-                            with contextlib.suppress(*_UNREADABLE):
-                                own[i][nm] = data[f"{i}/{nm}"]
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-            return None
-        complete = all(nm in stacked and len(stacked[nm]) == n for nm in index.stacked)
-        fine = np.zeros(n, dtype=bool)
-        if complete and index.format == 1:
-            for i in range(n):
-                mine = own[i] if own else {}
-                if len(mine) == len(index.own[i]):
-                    arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **mine}
-                    fine[i] = entry_checksum(arrays) == index.sums[i]
-        elif complete:
-            keys = index.key_bytes or index.keys
-            sums = block_sums(keys, stacked, own or None, n, index.block)
-            ok = np.array([a == b for a, b in zip(sums, index.sums, strict=True)], dtype=bool)
-            fine = np.repeat(ok, index.block)[:n]
-        return ShardArrays(index, stacked, own, fine)
+        return read_checked(self.shards / f"{name}.npz", index)
 
     def _rewrite_good(self, read: ShardArrays, label: str) -> None:
         """Write a damaged shard's confirmed entries, whole, as a new shard."""

@@ -1,20 +1,25 @@
-"""A fit-cache shard as read back (pure: numpy).
+"""A fit-cache shard as read back and checked (numpy: its .npz read, its checksums compared).
 
 A run reloads its cached fits columnar: the shard's stacked arrays and the entries its block
-checksums confirm (`fine`), never a Python object per entry (fit_cache.FitCache.lookup finds
-the rows of the keys it wants with key_match.KeyMatcher).
+checksums confirm (`read_checked`: `fine`), never a Python object per entry
+(fit_cache.FitCache.lookup finds the rows of the keys it wants with key_match.KeyMatcher).
 """
 
 from __future__ import annotations
 
+import contextlib
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime.store.shard_format import Index
+from pipeline.runtime.store.shard_format import Index, block_sums, entry_checksum
 
 Entry = dict[str, np.ndarray]
+# what reading one array or member of a damaged shard raises
+_UNREADABLE = (KeyError, IndexError, ValueError, OSError, zipfile.BadZipFile, EOFError)
 
 
 @dataclass
@@ -55,3 +60,39 @@ class ShardArrays:
         if name in self.stacked:
             return self.stacked[name][rows]
         return np.stack([self.own[r][name] for r in rows.tolist()])
+
+
+def read_checked(path: Path, index: Index) -> ShardArrays | None:
+    """The arrays of the shard at `path` (its .npz; `index` its index) and which entries
+    their checksums confirm; None when its arrays cannot be read at all (an array or member
+    that cannot be read leaves its entries unconfirmed)."""
+    n = index.n
+    stacked: dict[str, np.ndarray] = {}
+    own: list[Entry] = [{} for _ in range(n)] if any(index.own) else []
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = set(data.files)
+            for nm in index.stacked:
+                with contextlib.suppress(*_UNREADABLE):
+                    stacked[nm] = data[nm]
+            for i, names in enumerate(index.own if own else ()):
+                for nm in names:
+                    if f"{i}/{nm}" in files:
+                        with contextlib.suppress(*_UNREADABLE):
+                            own[i][nm] = data[f"{i}/{nm}"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    complete = all(nm in stacked and len(stacked[nm]) == n for nm in index.stacked)
+    fine = np.zeros(n, dtype=bool)
+    if complete and index.format == 1:
+        for i in range(n):
+            mine = own[i] if own else {}
+            if len(mine) == len(index.own[i]):
+                arrays = {**{nm: stacked[nm][i] for nm in index.stacked}, **mine}
+                fine[i] = entry_checksum(arrays) == index.sums[i]
+    elif complete:
+        keys = index.key_bytes or index.keys
+        sums = block_sums(keys, stacked, own or None, n, index.block)
+        ok = np.array([a == b for a, b in zip(sums, index.sums, strict=True)], dtype=bool)
+        fine = np.repeat(ok, index.block)[:n]
+    return ShardArrays(index, stacked, own, fine)
