@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from forecast_frames import forecast_block
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -34,20 +35,15 @@ def synthetic_frame(
             for h in horizons:
                 for q in QUANTILES:
                     rows.append(
-                        pd.DataFrame(
-                            {
-                                "TIME": ends + pd.DateOffset(months=h),
-                                "COUNTRY": country,
-                                "TARGET": "y",
-                                "MODEL": model,
-                                "QUANTILE": q,
-                                "HORIZON": h,
-                                "WINDOW_START": ends - pd.DateOffset(months=11),
-                                "WINDOW_END": ends,
-                                "FORECAST": stats.norm.ppf(q) + bias,
-                                "ACTUAL": y.iloc[h : h + n_origins].to_numpy(),
-                                "ALPHA": np.nan,
-                            }
+                        forecast_block(
+                            ends,
+                            country=country,
+                            model=model,
+                            level=q,
+                            horizon=h,
+                            forecast=stats.norm.ppf(q) + bias,
+                            actual=y.iloc[h : h + n_origins].to_numpy(),
+                            ALPHA=np.nan,
                         )
                     )
     return pd.concat(rows, ignore_index=True)

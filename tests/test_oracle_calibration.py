@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from forecast_frames import forecast_block
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -43,20 +44,15 @@ def panel(
         y[rng.uniform(size=ends.size) < missing] = np.nan
         for q in LEVELS:
             parts.append(
-                pd.DataFrame(
-                    {
-                        "TIME": ends + pd.DateOffset(months=horizon),
-                        "COUNTRY": country,
-                        "TARGET": "y",
-                        "MODEL": model,
-                        "QUANTILE": q,
-                        "HORIZON": horizon,
-                        "WINDOW_START": ends - pd.DateOffset(months=11),
-                        "WINDOW_END": ends,
-                        "FORECAST": stats.norm.ppf(q) + bias + rng.normal(0, 0.3, ends.size),
-                        "ACTUAL": y,
-                        "ALPHA": np.nan,
-                    }
+                forecast_block(
+                    ends,
+                    country=country,
+                    model=model,
+                    level=q,
+                    horizon=horizon,
+                    forecast=stats.norm.ppf(q) + bias + rng.normal(0, 0.3, ends.size),
+                    actual=y,
+                    ALPHA=np.nan,
                 )
             )
     return pd.concat(parts, ignore_index=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from forecast_frames import forecast_block
 from scipy import sparse
 from scipy.optimize import linprog
 from sklearn.metrics import mean_pinball_loss
@@ -35,19 +36,14 @@ def random_table(seed: int, *, n_origins: int = 30, models=("a", "b", "ar_qr")) 
                 for level in LEVELS:
                     f = (spread * (level - 0.5) * 3 + rng.normal(0, 0.5, n_origins)).round(1)
                     rows.append(
-                        pd.DataFrame(
-                            {
-                                "TIME": ends + pd.DateOffset(months=horizon),
-                                "COUNTRY": country,
-                                "TARGET": "y",
-                                "MODEL": model,
-                                "QUANTILE": level,
-                                "HORIZON": horizon,
-                                "WINDOW_START": ends - pd.DateOffset(months=11),
-                                "WINDOW_END": ends,
-                                "FORECAST": f,
-                                "ACTUAL": y,
-                            }
+                        forecast_block(
+                            ends,
+                            country=country,
+                            model=model,
+                            level=level,
+                            horizon=horizon,
+                            forecast=f,
+                            actual=y,
                         )
                     )
     frame = pd.concat(rows, ignore_index=True)

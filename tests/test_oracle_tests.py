@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from forecast_frames import forecast_block
 from scipy import stats
 from scipy.special import logit
 
@@ -251,19 +252,14 @@ def test_dm_table_equals_statsmodels_on_the_mean_loss_differential(horizon):
             for level in (0.1, 0.5, 0.9):
                 f = stats.norm.ppf(level) + rng.normal(0, noise, ends.size)
                 rows.append(
-                    pd.DataFrame(
-                        {
-                            "TIME": ends + pd.DateOffset(months=horizon),
-                            "COUNTRY": country,
-                            "TARGET": "y",
-                            "MODEL": model,
-                            "QUANTILE": level,
-                            "HORIZON": horizon,
-                            "WINDOW_START": ends - pd.DateOffset(months=11),
-                            "WINDOW_END": ends,
-                            "FORECAST": f,
-                            "ACTUAL": y,
-                        }
+                    forecast_block(
+                        ends,
+                        country=country,
+                        model=model,
+                        level=level,
+                        horizon=horizon,
+                        forecast=f,
+                        actual=y,
                     )
                 )
     frame = pd.concat(rows, ignore_index=True)
