@@ -53,8 +53,10 @@ LATER_END = "rolling_window.end_date=2024-06-01"
 
 
 def stored_fits(shards: Path, seen: dict[str, int]) -> int:
-    """Fits in the shards whose index exists (an index is written last, whole)."""
-    for path in shards.glob("*.json") if shards.is_dir() else ():
+    """Fits in the shards whose index exists (an index is written last, whole; `.idx` since
+    the cache's format 3, `.json` before: both begin with their JSON, which holds `n`)."""
+    indexes = [p for s in ("*.idx", "*.json") for p in shards.glob(s)] if shards.is_dir() else []
+    for path in indexes:
         if path.name not in seen:
             m = N_FIELD.search(path.read_bytes())
             seen[path.name] = int(m[1]) if m else 0

@@ -5,12 +5,12 @@ damage; format 1 shards and keys sharing their first 8 bytes are still matched e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import prepared_rw_study, write_format_1_shard
+from shard_files import index_path, read_head, write_head
 
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.store.fit_cache import DAMAGED_DIR, FitCache
@@ -74,11 +74,11 @@ def test_lookup_reads_only_shards_it_needs_and_heals_a_damaged_block(tmp_path: P
     arrays = arrays_of(rng, 64)
     cache = FitCache(tmp_path, "m", block=8)
     write_parts(cache, keys, arrays, a=slice(32), b=slice(32, None))
-    first, second = sorted(cache.shards.glob("*.json"))
+    first, second = sorted(cache.shards.glob("*.idx"))
     # shard b: the block of its entries 8..15 no longer matches its bytes
-    index = json.loads(second.read_text())
+    index, raw = read_head(second)
     index["sums"][1] = "0" * 64
-    second.write_text(json.dumps(index, sort_keys=True) + "\n")
+    write_head(second, index, raw)
     # a lookup that wants nothing of b does not read it, so does not see its damage
     only_a = cache.lookup(keys[:32])
     assert only_a.index.size == 32 and not only_a.damaged_shards and second.exists()
@@ -169,10 +169,10 @@ def test_check_counts_what_verify_finds(tmp_path: Path) -> None:
     cache = FitCache(tmp_path / "a", "m", block=4)
     write_parts(cache, keys, arrays, a=slice(30), b=slice(20, None))
     cache.write_shard({"plain": {"pred": np.zeros(3)}}, "c")
-    first = next(cache.shards.glob("a-*.json"))
-    index = json.loads(first.read_text())
+    first = next(cache.shards.glob("a-*.idx"))
+    index, raw = read_head(first)
     index["sums"][0] = index["sums"][6] = "0" * 64  # keys 0-3 (lost) and 24-27 (also in b)
-    first.write_text(json.dumps(index, sort_keys=True) + "\n")
+    write_head(first, index, raw)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     report = cache.check()
     per_entry = FitCache(tmp_path / "b", "m").verify(keep=())
@@ -198,7 +198,7 @@ def test_train_reloads_without_a_str_or_dict_per_fit(
     table = train_path(config, "rw").read_bytes()
     shards = sorted(FitCache(config.model_cache_dir, "rw").shards.glob("*.npz"))
     assert len(shards) >= 2
-    shards[1].with_suffix(".json").unlink()  # a task killed before its index was written
+    index_path(shards[1]).unlink()  # a task killed before its index was written
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a str or dict per fit on the reload path")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import tiny_study, write_format_1_shard
+from shard_files import index_path
 
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
@@ -143,7 +144,7 @@ def test_damaged_cache_and_store_heal_in_the_same_dir_and_in_a_dir_sharing_the_c
     cache = FitCache(tmp_path / "a/models", "ar_qr")
     shards = shard_paths(cache)
     assert len(shards) >= 3 and len(cache.keys()) == 18
-    index = {p: parse_index(p.with_suffix(".json").read_text()) for p in shards}
+    index = {p: parse_index(index_path(p).read_bytes()) for p in shards}
     truncated, scrambled = shards[0], shards[1]
     truncated.write_bytes(truncated.read_bytes()[:100])
     raw = bytearray(scrambled.read_bytes())
@@ -192,11 +193,11 @@ def test_verify_keeps_what_is_asked_but_heals_a_shard_with_every_array(tmp_path:
     report = cache.verify(keep=("pred", "alpha"))
     assert sorted(report.entries) == keys and not report.damaged_shards
     assert all(sorted(e) == ["alpha", "pred"] for e in report.entries.values())
-    (index_path,) = cache.shards.glob("*.json")
-    index = json.loads(index_path.read_text())
+    (path,) = cache.shards.glob("*.json")  # plain keys: format 2's JSON index
+    index = json.loads(path.read_text())
     assert index["block"] == 2 and len(index["sums"]) == 3
     index["sums"][1] = "0" * 64  # the block of k2 and k3 no longer matches its bytes
-    index_path.write_text(json.dumps(index, sort_keys=True) + "\n")
+    path.write_text(json.dumps(index, sort_keys=True) + "\n")
     report = FitCache(tmp_path, "m").verify(keep=("pred",))
     assert report.damaged_keys == ["k2", "k3"] and sorted(report.entries) == ["k0", "k1", "k4"]
     assert all(sorted(e) == ["pred"] for e in report.entries.values())
@@ -206,9 +207,9 @@ def test_verify_keeps_what_is_asked_but_heals_a_shard_with_every_array(tmp_path:
 
 
 def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) -> None:
-    """Content keys (64 lowercase hex) go into the index as one hex string of the raw
-    digests, whether given as str or as raw bytes, and the checksums cover them: a key
-    edited in the index (still valid hex) fails its block."""
+    """Content keys (64 lowercase hex) go into the index (format 3: a JSON line, then the raw
+    digests), whether given as str or as raw bytes, and the checksums cover them: a key
+    edited in the index fails its block."""
     rng = np.random.default_rng(2)
     raw = rng.integers(0, 256, (6, 32), dtype=np.uint8)
     raw[0, -1] = 0  # a digest ending in a zero byte (an S32 element would drop it)
@@ -217,12 +218,16 @@ def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) 
     a, b = FitCache(tmp_path / "a", "m", block=4), FitCache(tmp_path / "b", "m", block=4)
     a.write_stacked(raw.view("S32").ravel(), arrays, "t")
     b.write_stacked(keys, arrays, "t")
-    texts = [next(c.shards.glob("*.json")).read_text() for c in (a, b)]
-    assert texts[0] == texts[1] and json.loads(texts[0])["keys"] == "".join(keys)
-    assert texts[0] == json.dumps(json.loads(texts[0]), sort_keys=True) + "\n"  # hex spliced in
+    data = [next(c.shards.glob("*.idx")).read_bytes() for c in (a, b)]
+    head, _, tail = data[0].partition(b"\n")
+    assert data[0] == data[1] and tail == raw.tobytes() and json.loads(head)["format"] == 3
+    assert head == json.dumps(json.loads(head), sort_keys=True).encode()
+    assert not list(a.shards.glob("*.json"))
     assert sorted(a.verify().entries) == sorted(keys)
-    (path,) = a.shards.glob("*.json")
-    path.write_text(texts[0].replace(keys[5], keys[5][:-1] + ("0" if keys[5][-1] != "0" else "1")))
+    (path,) = a.shards.glob("*.idx")
+    edited = bytearray(data[0])
+    edited[-1] ^= 1  # the last key's last byte
+    path.write_bytes(bytes(edited))
     report = FitCache(tmp_path / "a", "m").verify()
     assert sorted(report.entries) == sorted(keys[:4]) and len(report.damaged_keys) == 2
 

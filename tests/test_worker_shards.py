@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import prepared_rw_study
+from shard_files import index_path
 from test_tasks import PANEL, study
 
 from pipeline.models.plugins.registry import get_adapter
@@ -84,8 +85,8 @@ def test_a_workers_shard_has_the_bytes_the_driver_would_write(tmp_path: Path, mo
             assert path is not None
             sums = shard["sums"]
             mine = cache.write_encoded(g.key_bytes()[fits], shard["names"], shard["npz"], sums)
-            index = path.with_suffix(".json").read_bytes()
-            assert mine.with_suffix(".json").read_bytes() == index
+            index = index_path(path).read_bytes()
+            assert index_path(mine).read_bytes() == index
             assert npz_members(mine.read_bytes()) == npz_members(path.read_bytes())
     assert cache.check().damaged == 0
 
@@ -93,7 +94,7 @@ def test_a_workers_shard_has_the_bytes_the_driver_would_write(tmp_path: Path, mo
 def shards_by_content(config) -> list[tuple[bytes, list]]:  # type: ignore[no-untyped-def]
     cache = FitCache(config.model_cache_dir, "rw")
     return sorted(
-        (p.with_suffix(".json").read_bytes(), npz_members(p.read_bytes()))
+        (index_path(p).read_bytes(), npz_members(p.read_bytes()))
         for p in cache.shards.glob("*.npz")
     )
 
@@ -133,7 +134,7 @@ def test_train_writes_the_workers_shards_as_the_driver_would(
     assert train_path(workers, "rw").read_bytes() == train_path(driver, "rw").read_bytes()
     report = FitCache(workers.model_cache_dir, "rw").check()
     assert report.damaged == 0
-    assert report.fits == sum(json.loads(text)["n"] for text, _ in expected)
+    assert report.fits == sum(json.loads(data.partition(b"\n")[0])["n"] for data, _ in expected)
 
 
 def test_a_workers_wrong_checksums_are_found_on_the_next_read_and_refit(

@@ -2,12 +2,13 @@
 
 Layout under `{model_cache_dir}/{model}/shards/`: one shard per finished task, `<name>.npz`
 (the arrays of its fits, stacked per array name where every fit's array has the same shape,
-one member per fit otherwise) plus `<name>.json`, the shard's index (its keys, names and
-checksums: shard_format.py). The index is written last, so a shard without one is a shard
-whose write was killed: it is removed at the start of a run. Shard names are unique (run id,
-task id, random suffix), so several drivers sharing one cache (a sweep, or two output dirs
-with `runtime.model_cache_dir`) never write the same file; a key trained twice is stored twice
-with the same bytes (one key, one result), and the first shard in name order wins.
+one member per fit otherwise) plus `<name>.idx`, the shard's index (its keys, names and
+checksums: shard_format.py; `<name>.json` in formats 1 and 2, still read). The index is written
+last, so a shard without one is a shard whose write was killed: it is removed at the start of a
+run. Shard names are unique (run id, task id, random suffix), so several drivers sharing one
+cache (a sweep, or two output dirs with `runtime.model_cache_dir`) never write the same file; a
+key trained twice is stored twice with the same bytes (one key, one result), and the first
+shard in name order wins.
 
 Integrity: one sha256 per block of consecutive entries (1,024 by default), over the block's
 keys and its rows of every array. A run's `lookup` matches its wanted keys against each
@@ -41,11 +42,12 @@ from pipeline.runtime.store.shard_format import (
     BLOCK,
     FORMAT,
     KEY_BYTES,
+    SUFFIX,
     Index,
     block_sums,
     encode_stacked,
     entry_checksum,
-    index_text,
+    index_file,
     key_text,
     parse_index,
 )
@@ -58,6 +60,7 @@ SHARDS_DIR = "shards"
 DAMAGED_DIR = "damaged"
 # a live writer renames its index within milliseconds of its arrays; older orphans are dead
 ORPHAN_AGE_S = 600.0
+INDEX_SUFFIXES = tuple(sorted(set(SUFFIX.values())))  # an index of any format written
 
 
 @dataclass
@@ -107,11 +110,16 @@ class FitCache:
         return bool(self._indexes())
 
     def _indexes(self) -> list[Path]:
-        return sorted(self.shards.glob("*.json")) if self.shards.is_dir() else []
+        """Every shard's index file (any format), in shard name order."""
+        if not self.shards.is_dir():
+            return []
+        return sorted(
+            (p for s in INDEX_SUFFIXES for p in self.shards.glob(f"*{s}")), key=lambda p: p.stem
+        )
 
     def _read_index(self, path: Path) -> Index | None:
         try:
-            return parse_index(path.read_text(encoding="utf-8"))
+            return parse_index(path.read_bytes())
         except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             return None
 
@@ -141,9 +149,8 @@ class FitCache:
                 stacked[n] = np.stack(arrays)  # type: ignore[arg-type]
         own = [{n: np.asarray(v) for n, v in e.items() if n not in stacked} for e in values]
         members = {**stacked, **{f"{i}/{n}": a for i, o in enumerate(own) for n, a in o.items()}}
-        text = key_text(keys)
-        sums = block_sums(text, stacked, own, len(keys), self.block)
-        index = index_text(text, list(stacked), [list(o) for o in own], sums, len(keys), self.block)
+        sums = block_sums(key_text(keys), stacked, own, len(keys), self.block)
+        index = index_file(keys, list(stacked), [list(o) for o in own], sums, self.block)
         return self._write_files(label, members, index)
 
     def write_stacked(
@@ -173,23 +180,25 @@ class FitCache:
         fail its check when it is read (then refit, as any damaged shard)."""
         if len(sums) != -(-len(keys) // self.block):
             raise ValueError(f"{len(sums)} checksums for {len(keys)} entries of {self.block}")
-        index = index_text(key_text(keys), names, None, sums, len(keys), self.block).encode()
-        return self._write_bytes(label, npz, index)
+        return self._write_bytes(label, npz, index_file(keys, names, None, sums, self.block))
 
-    def _write_files(self, label: str, members: dict[str, np.ndarray], index: str) -> Path:
-        """A shard of arrays `members` (np.savez) and its index text."""
+    def _write_files(
+        self, label: str, members: dict[str, np.ndarray], index: tuple[str, bytes]
+    ) -> Path:
+        """A shard of arrays `members` (np.savez) and its index file (suffix, bytes)."""
         buffer = io.BytesIO()
         np.savez(buffer, **members)
-        return self._write_bytes(label, buffer.getvalue(), index.encode())
+        return self._write_bytes(label, buffer.getvalue(), index)
 
-    def _write_bytes(self, label: str, npz: bytes, index: bytes) -> Path:
+    def _write_bytes(self, label: str, npz: bytes, index: tuple[str, bytes]) -> Path:
         """The shard's arrays, then its index (the index last: see remove_orphans)."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         path = self.shards / f"{name}.npz"
         with atomic_path(path) as tmp:
             tmp.write_bytes(npz)
-        with atomic_path(self.shards / f"{name}.json") as tmp:
-            tmp.write_bytes(index)  # bytes: no text layer over megabytes of hex
+        suffix, data = index
+        with atomic_path(self.shards / f"{name}{suffix}") as tmp:
+            tmp.write_bytes(data)
         return path
 
     # --- read and verify ----------------------------------------------------------------
@@ -323,7 +332,7 @@ class FitCache:
             self._rewrite_good(read, f"healed-{name[:40]}")
         target = self.root / DAMAGED_DIR
         target.mkdir(parents=True, exist_ok=True)
-        for suffix in (".json", ".npz"):
+        for suffix in (*INDEX_SUFFIXES, ".npz"):
             # another driver sharing the cache may have moved it first
             with contextlib.suppress(FileNotFoundError):
                 shutil.move(str(self.shards / f"{name}{suffix}"), str(target / f"{name}{suffix}"))
@@ -345,7 +354,7 @@ class FitCache:
         if not self.shards.is_dir():
             return []
         now = time.time()
-        indexed = {p.stem for p in self.shards.glob("*.json")}
+        indexed = {p.stem for p in self._indexes()}
         orphans = [p for p in self.shards.glob("*.npz") if p.stem not in indexed]
         orphans += list(self.shards.glob(".*.tmp"))
         removed = []

@@ -1,16 +1,20 @@
 """One fit-cache shard's format on disk: its index and checksums (pure: numpy, hashlib, json).
 
-Format 2 (columnar, since issue 18's second pass). `<name>.npz` holds each array name stacked
+Format 3 (since issue 18's scale-out, third pass). `<name>.npz` holds each array name stacked
 over the shard's entries, (n, ...), where every entry's array has the same dtype and shape, and
-`<i>/<name>` for entry i's array that does not stack (a ragged fitted state). `<name>.json`,
-the index, holds `keys` (content keys, the raw 32-byte digests, as one hex string; other keys
-as a list of str), `stacked`, `own` (each entry's unstacked names, [] when none), `block` and
-`sums`: one sha256 per block of `block` consecutive entries over the block's key bytes and its
-rows of every array, contiguous byte ranges, so writing or checking a task's 65,536 fits costs
-a few hundred hashlib calls, not one per fit. A damaged entry therefore refits its whole block
-(1,024 fits by default), not only itself.
+`<i>/<name>` for entry i's array that does not stack (a ragged fitted state). `<name>.idx`, the
+index, is one JSON line (`stacked`, `own`: each entry's unstacked names, [] when none, `block`,
+`sums`, `n`, `format`) followed by the entries' content keys as raw 32-byte digests, n x 32
+bytes. `sums` holds one sha256 per block of `block` consecutive entries over the block's key
+bytes and its rows of every array, contiguous byte ranges, so writing or checking a task's
+65,536 fits costs a few hundred hashlib calls, not one per fit. A damaged entry therefore
+refits its whole block (1,024 fits by default), not only itself.
 
-Format 1 (one sha256 per entry, one JSON object per entry) is still read, never written.
+Format 2 wrote the same index as `<name>.json`, all JSON, its content keys as one hex string
+(twice the bytes, and a hex conversion each way: ~5 ms per 65,536-fit shard written, as much
+read); shards of keys that are not content keys (tests' plain names) are still written in it,
+their `keys` a list of str. Formats 1 (one sha256 per entry, one JSON object per entry) and 2
+are still read: a cache of older shards is used as it is, not refit.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FORMAT = 2
-READS = (1, 2)
+FORMAT = 3
+READS = (1, 2, 3)
+# the index file of each format written: 3 for content keys, 2 for any other keys
+SUFFIX = {3: ".idx", 2: ".json"}
 BLOCK = 1024  # entries per checksum
 KEY_BYTES = 32
 
@@ -65,9 +71,25 @@ class Index:
         return np.frombuffer(raw, dtype=f"S{KEY_BYTES}") if raw.hex() == text else None
 
 
-def parse_index(text: str | bytes) -> Index:
-    """The index of either format; ValueError (KeyError, TypeError) when it is not one."""
-    index = json.loads(text)
+def parse_index(data: str | bytes) -> Index:
+    """The index of any format read (a file's bytes, or format 1 or 2 as text); ValueError
+    (KeyError, TypeError, UnicodeDecodeError) when it is not one."""
+    raw = data.encode() if isinstance(data, str) else data
+    head, _, tail = raw.partition(b"\n")  # format 3: its JSON line, then the raw keys
+    index = json.loads(head)
+    if index.get("format") != 3:  # formats 1 and 2: a JSON line alone
+        if tail.strip():
+            raise ValueError("data after a shard index")
+        return _parse_json_index(index)
+    n, block = int(index["n"]), int(index["block"])
+    if len(tail) != n * KEY_BYTES:
+        raise ValueError("keys do not match n")
+    own, sums = index["own"] or [], list(index["sums"])
+    return _checked(Index(3, n, list(index["stacked"]), own, block, sums, tail))
+
+
+def _parse_json_index(index: dict) -> Index:
+    """Formats 1 and 2 (all JSON)."""
     fmt = index.get("format")
     if fmt == 1:
         entries = index["entries"]
@@ -96,9 +118,17 @@ def parse_index(text: str | bytes) -> Index:
         if len(listed) != n:
             raise ValueError("keys do not match n")
     own = index["own"] or []
-    if (own and len(own) != n) or block < 1 or len(index["sums"]) != -(-n // block):
+    sums = list(index["sums"])
+    return _checked(Index(2, n, list(index["stacked"]), own, block, sums, key_bytes, listed))
+
+
+def _checked(index: Index) -> Index:
+    """`index` when its parts agree (entries, blocks, checksums); else ValueError."""
+    if (index.own and len(index.own) != index.n) or index.block < 1:
         raise ValueError("inconsistent shard index")
-    return Index(2, n, list(index["stacked"]), own, block, list(index["sums"]), key_bytes, listed)
+    if len(index.sums) != -(-index.n // index.block):
+        raise ValueError("inconsistent shard index")
+    return index
 
 
 def key_text(keys: Sequence[str] | np.ndarray) -> str | list[str]:
@@ -164,13 +194,13 @@ def index_text(
     n: int,
     block: int = BLOCK,
 ) -> str:
-    """The index as json.dumps(..., sort_keys=True) writes it, plus a newline. A hex string
+    """Format 2's index as json.dumps(..., sort_keys=True) writes it, plus a newline. A hex string
     of keys (megabytes: 64 characters per entry) is spliced in, not run through the encoder:
     hex needs no escaping, and `"keys": ""` can only be the key itself (json escapes quotes
     inside strings)."""
     index = {
         "block": block,
-        "format": FORMAT,
+        "format": 2,
         "keys": keys if isinstance(keys, list) else "",
         "n": n,
         "own": [sorted(o) for o in own] if own is not None and any(own) else [],
@@ -181,6 +211,36 @@ def index_text(
     if isinstance(keys, str):
         text = text.replace('"keys": ""', f'"keys": "{keys}"', 1)
     return text
+
+
+def index_file(
+    keys: Sequence[str] | np.ndarray,
+    stacked: Sequence[str],
+    own: Sequence[Sequence[str]] | None,
+    sums: Sequence[str],
+    block: int = BLOCK,
+) -> tuple[str, bytes]:
+    """A shard's index file as (suffix, bytes): format 3 for content keys (the raw digests,
+    (n, 32) uint8 or (n,) S32, or their 64-hex str), format 2 (index_text) for other keys."""
+    n = len(keys)
+    if isinstance(keys, np.ndarray) and keys.dtype.kind in "uS":
+        raw = np.ascontiguousarray(keys).tobytes()
+    else:
+        text = key_text(keys)
+        if not isinstance(text, str):  # not content keys: listed in format 2's JSON
+            return SUFFIX[2], index_text(text, stacked, own, sums, n, block).encode()
+        raw = bytes.fromhex(text)
+    if len(raw) != n * KEY_BYTES:
+        raise ValueError(f"{len(raw)} key bytes for {n} entries")
+    head = {
+        "block": block,
+        "format": FORMAT,
+        "n": n,
+        "own": [sorted(o) for o in own] if own is not None and any(own) else [],
+        "stacked": sorted(stacked),
+        "sums": list(sums),
+    }
+    return SUFFIX[3], json.dumps(head, sort_keys=True).encode() + b"\n" + raw
 
 
 def encode_stacked(
