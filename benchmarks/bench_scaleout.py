@@ -28,7 +28,10 @@ train stage's ratio is the overhead a user of a cluster pays.
 staged study, `--train-repeats R` trains R times (each from an empty cache and progress store,
 on the same cluster and prepared data; medians reported), `--baseline DIR` alternates each
 train's driver between this checkout and another (DIR: e.g. `git archive` of main's HEAD), so
-that a before/after shares one cluster, one hour and one load, and `--profile` runs each
+that a before/after shares one cluster, one hour and one load; `--driver-dask KEY=VALUE` sets
+a Dask setting for this checkout's train drivers alone (with `--baseline` naming this checkout
+too: an A/B of the setting; e.g. `distributed.client.direct-to-workers=True`, the results
+fetched from the workers, not relayed by the scheduler), and `--profile` runs each
 train's driver under benchmarks/profile_driver.py (its CPU by thread, a cProfile of the main
 thread). `--baseline` runs the other checkout's driver against this checkout's workers, so the
 two must share the task payload and result contract; across a change of it (issue 18's second
@@ -101,10 +104,7 @@ def bench_environ(base: Path, profiler: str = "on", settings: str = "dask") -> d
     Dask's defaults."""
     from pipeline.runtime.execute.dask.settings import OBSERVER_INTERVALS
 
-    observers = {
-        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): value
-        for key, value in OBSERVER_INTERVALS.items()
-    }
+    observers = dask_environ(tuple(f"{key}={value}" for key, value in OBSERVER_INTERVALS.items()))
     return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -210,6 +210,7 @@ class Staged:
     profile: bool = False
     baseline: Path | None = None
     settings: str = "dask"  # the cluster's tick and system-monitor intervals (bench_environ)
+    driver_dask: tuple[str, ...] = ()  # KEY=VALUE Dask settings of this checkout's drivers
 
 
 def run_ar_qr(
@@ -292,8 +293,12 @@ def run_staged(
                 cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_driver.py")]
                 cmd += [str(base / f"{label}_{name}"), *args, "--params", str(params)]
             root = trees[tree]
+            extra = dask_environ(staged.driver_dask) if train and tree == "this" else {}
             wall, hwm_mb, usage = timed_run(
-                cmd, base / f"{label}_{name}.log", {**env, "PYTHONPATH": str(root)}, cwd=root
+                cmd,
+                base / f"{label}_{name}.log",
+                {**env, **extra, "PYTHONPATH": str(root)},
+                cwd=root,
             )
             after = [tree_cpu_seconds(p) for p in procs]
             rows[name] = {
@@ -339,6 +344,17 @@ def run_staged(
     return {**result, "whole": whole, "whole_overhead_percent": overhead(whole)}
 
 
+def dask_environ(settings: tuple[str, ...]) -> dict[str, str]:
+    """`KEY=VALUE` Dask settings as the environment variables Dask reads them from."""
+    out = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"--driver-dask wants KEY=VALUE, got {item!r}")
+        out["DASK_" + key.upper().replace(".", "__").replace("-", "_")] = value
+    return out
+
+
 def overhead(r: dict[str, float], scheduler: str = "scheduler_cpu_s") -> float:
     """(driver + scheduler) CPU as a percentage of the workers' CPU."""
     return round(100.0 * (r["driver_cpu_s"] + r[scheduler]) / r["workers_cpu_s"], 1)
@@ -366,6 +382,13 @@ def main() -> None:
         "or those the study's own LocalCluster uses)",
     )
     parser.add_argument(
+        "--driver-dask",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="staged studies: a Dask setting for this checkout's train drivers only (repeatable)",
+    )
+    parser.add_argument(
         "--precompile",
         action="store_true",
         help="compile each measured checkout's pipeline/ to bytecode first (what an installed "
@@ -384,7 +407,8 @@ def main() -> None:
     results = []
     if not args.n and not args.ar_qr and not args.rw_staged:
         args.n = [250]
-    staged = (Staged(args.train_repeats, args.profile, args.baseline, args.cluster_settings),)
+    settings = (args.cluster_settings, tuple(args.driver_dask))
+    staged = (Staged(args.train_repeats, args.profile, args.baseline, *settings),)
     jobs = [(run, n, ()) for n in args.n]
     jobs += [(run_ar_qr, k, staged) for k in args.ar_qr]
     jobs += [(run_rw_staged, n, staged) for n in args.rw_staged]
