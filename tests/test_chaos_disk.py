@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from chaos_study import CleanRun, differing, error_lines, run
 
+from pipeline.runtime.store.shard_format import parse_index
+
 clean_run = chaos_study.clean_run  # the session's uninterrupted run (a fixture)
 
 
 def whole(out: Path) -> list[str]:
-    """The files under `out` that are torn: a parquet or JSON that does not read, or a temp
-    file a write left (names as pipeline.io.atomic_path makes them)."""
+    """The files under `out` that are torn: a parquet, JSON or cache shard index that does not
+    read, or a temp file a write left (names as pipeline.io.atomic_path makes them)."""
     torn = []
     for path in out.rglob("*"):
         if path.name.startswith(".") and path.name.endswith(".tmp"):
@@ -33,6 +35,11 @@ def whole(out: Path) -> list[str]:
             try:
                 json.loads(path.read_bytes())
             except ValueError:
+                torn.append(str(path))
+        elif path.suffix == ".idx":  # a cache shard's index (format 3: JSON, then raw keys)
+            try:
+                parse_index(path.read_bytes())
+            except (ValueError, KeyError, TypeError):
                 torn.append(str(path))
     return torn
 
