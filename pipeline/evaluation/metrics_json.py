@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.metrics import (
+    BENCHMARK,
     HORIZON,
     MODEL,
     QUANTILE,
@@ -116,7 +117,7 @@ def _period_metrics(t: dict[str, pd.DataFrame], has_bench: bool) -> dict[str, An
 
 def compute_metrics(
     frame: pd.DataFrame,
-    benchmark: str = "ar_qr",
+    benchmark: str = BENCHMARK,
     *,
     tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def compute_metrics(
 
 def summary_metrics(
     frame: pd.DataFrame,
-    benchmark: str = "ar_qr",
+    benchmark: str = BENCHMARK,
     *,
     tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
