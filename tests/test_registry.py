@@ -43,7 +43,10 @@ def test_conf_defaults_list_names_every_builtin():
               if isinstance(d, dict) and next(iter(d)).startswith("models/")]  # fmt: skip
     missing = [f"- models/{n}: default" for n in registry.builtin_names() if n not in listed]
     assert not missing, f"add to conf/config.yaml's defaults: {missing}"
-    assert listed == list(registry.builtin_names())
+    # the table order is each adapter's `rank`; the defaults list (hence params.yaml's models
+    # and the DVC train stages) follows it
+    order = list(registry.builtin_names())
+    assert listed == order, f"list conf/config.yaml's models in table order (Adapter.rank): {order}"
 
 
 def _name_lists(path: Path, names: set[str]) -> list[int]:
