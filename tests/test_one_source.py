@@ -132,3 +132,31 @@ def test_the_synthetic_columns_are_named_once():
     assert compose_dict([])["data"]["target"] == TARGET_COLUMN
     listed = re.search(r"^features:.*\(synthetic has: ([^)]*)\)", conf_text, re.M)
     assert listed is not None and tuple(listed[1].split(", ")) == FEATURE_COLUMNS
+
+
+def test_a_data_option_repeats_no_default_of_synthetic_yaml():
+    # conf/data/<option>.yaml extends data/synthetic.yaml (its defaults list): it sets only
+    # what differs, or a key whose comment says something the synthetic one does not
+    from pipeline.config.commented import read_comments
+
+    conf = PACKAGE / "conf/data"
+    base = yaml.safe_load((conf / "synthetic.yaml").read_text())
+    base_comments = read_comments(conf / "synthetic.yaml", ("data",))
+    for path in sorted(conf.glob("*.yaml")):
+        if path.name == "synthetic.yaml":
+            continue
+        option = yaml.safe_load(path.read_text())
+        assert option.pop("defaults", None) == ["synthetic", "_self_"], path.name
+        assert set(option) <= set(base), path.name
+        comments = read_comments(path, ("data",))
+        repeated = [
+            key
+            for key, value in option.items()
+            if value == base[key]
+            and comments[("data", key)].eol == base_comments[("data", key)].eol
+        ]
+        assert not repeated, f"{path.name} repeats data/synthetic.yaml's {repeated}"
+        assert (
+            compose_config([f"data={path.stem}"]).data.synthetic
+            == compose_config([]).data.synthetic
+        )
