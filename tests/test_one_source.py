@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_STUDY
+from conftest import SMALL_STUDY, TINY_STUDY, make_config
 
 from pipeline import schema
 from pipeline.config import ConfigError
@@ -45,6 +45,10 @@ def test_a_study_of_some_models_names_the_ones_it_keeps():
     # TINY_STUDY enables ar_qr and lqr by `registry.only`: a new built-in model (enabled by
     # default) stays out of it, where a list of the models switched off would let it in
     assert compose_config(list(TINY_STUDY)).models.enabled() == ("ar_qr", "lqr")
+    assert make_config(SMALL_STUDY).models.enabled() == ("ar_qr", "rw", "climatology")
+    assert registry.only_entries("rw", "ar_qr") == {
+        n: {"enabled": n in ("rw", "ar_qr")} for n in registry.builtin_names()
+    }
     overrides = registry.only("rw")
     assert overrides == [
         f"models.{n}.enabled={'true' if n == 'rw' else 'false'}" for n in registry.builtin_names()
