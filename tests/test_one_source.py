@@ -138,29 +138,53 @@ def test_the_synthetic_columns_are_named_once():
     assert listed is not None and tuple(listed[1].split(", ")) == FEATURE_COLUMNS
 
 
-def test_a_data_option_repeats_no_default_of_synthetic_yaml():
-    # conf/data/<option>.yaml extends data/synthetic.yaml (its defaults list): it sets only
-    # what differs, or a key whose comment says something the synthetic one does not
+@pytest.mark.parametrize(("group", "base"), [("data", "synthetic"), ("calibration", "none")])
+def test_a_group_option_repeats_no_default_of_its_base(group: str, base: str):
+    # conf/<group>/<option>.yaml extends the group's base option (its defaults list): it sets
+    # only what differs, or a key whose comment says something the base's does not
     from pipeline.config.commented import read_comments
 
-    conf = PACKAGE / "conf/data"
-    base = yaml.safe_load((conf / "synthetic.yaml").read_text())
-    base_comments = read_comments(conf / "synthetic.yaml", ("data",))
+    conf = PACKAGE / "conf" / group
+    defaults = yaml.safe_load((conf / f"{base}.yaml").read_text())
+    base_comments = read_comments(conf / f"{base}.yaml", (group,))
     for path in sorted(conf.glob("*.yaml")):
-        if path.name == "synthetic.yaml":
+        if path.stem == base:
             continue
         option = yaml.safe_load(path.read_text())
-        assert option.pop("defaults", None) == ["synthetic", "_self_"], path.name
-        assert set(option) <= set(base), path.name
-        comments = read_comments(path, ("data",))
+        assert option.pop("defaults", None) == [base, "_self_"], path.name
+        assert set(option) <= set(defaults), path.name
+        comments = read_comments(path, (group,))
         repeated = [
             key
             for key, value in option.items()
-            if value == base[key]
-            and comments[("data", key)].eol == base_comments[("data", key)].eol
+            if value == defaults[key]
+            and _eol(comments, (group, key)) == _eol(base_comments, (group, key))
         ]
-        assert not repeated, f"{path.name} repeats data/synthetic.yaml's {repeated}"
-        assert (
-            compose_config([f"data={path.stem}"]).data.synthetic
-            == compose_config([]).data.synthetic
-        )
+        assert not repeated, f"{path.name} repeats {group}/{base}.yaml's {repeated}"
+
+
+def _eol(comments: dict, key: tuple[str, ...]) -> str | None:
+    comment = comments.get(key)
+    return None if comment is None else comment.eol
+
+
+def test_the_evaluations_library_defaults_are_conf_s():
+    # the defaults of the evaluation's own signatures, for direct callers, equal a study's
+    import dataclasses
+    import inspect
+
+    from pipeline.evaluation import mcs
+    from pipeline.evaluation.calibration import CalibrationSettings
+    from pipeline.evaluation.derived import DerivedSettings
+
+    conf = compose_config([]).to_dict()
+    evaluation = conf["evaluation"]
+    for function in (mcs.mcs_table, mcs.model_confidence_set):
+        parameters = inspect.signature(function).parameters
+        assert parameters["size"].default == evaluation["mcs_size"], function.__name__
+        assert parameters["reps"].default == evaluation["mcs_reps"], function.__name__
+    assert DerivedSettings().combo_method == evaluation["combo"]["method"]
+    conformal = yaml.safe_load((PACKAGE / "conf/calibration/none.yaml").read_text())
+    for field in dataclasses.fields(CalibrationSettings):
+        if field.default is not dataclasses.MISSING:
+            assert field.default == conformal[field.name], field.name
