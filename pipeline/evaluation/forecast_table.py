@@ -3,9 +3,9 @@ of levels and horizons, and the row tools every table step shares (codes in sort
 of equal keys, a row selection without a copy).
 
 A forecast table has the columns of `pipeline.schema`, whose names it imports (EVAL_COLUMNS
-here: the ones the metrics read); one *forecast* is
-all the quantile levels of (MODEL, COUNTRY, HORIZON, WINDOW_END). `metrics` re-exports these
-names (its callers read them as `evaluate.<name>`).
+here: the ones the metrics read); one *forecast* is all the quantile levels of (MODEL,
+COUNTRY, HORIZON, WINDOW_END). `metrics` re-exports these names (its callers read them as
+`evaluate.<name>`).
 """
 
 from __future__ import annotations
