@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
-from pipeline.models.plugins.registry import only
-
 # the seed study with ar_qr alone: no other model, no combination
-AR_QR_ONLY = ["experiment=seed", *only("ar_qr"), "evaluation.combo.enabled=false"]
+AR_QR_ONLY = [
+    "experiment=seed",
+    "models.lqr.enabled=false",
+    "models.ensemble_nn.enabled=false",
+    "models.rw.enabled=false",
+    "models.climatology.enabled=false",
+    "evaluation.combo.enabled=false",
+]
 QUIET = ["runtime.progress_bar=false", "runtime.dashboard_port=0"]

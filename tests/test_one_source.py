@@ -58,6 +58,22 @@ def test_a_study_of_some_models_names_the_ones_it_keeps():
         registry.only("nope")
 
 
+def test_the_benchmarks_ar_qr_study_is_ar_qr_alone():
+    # benchmarks/study_overrides.py spells its overrides out (the scripts run the pipeline in
+    # child processes only and import none of it): a new built-in model must be added there
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "study_overrides", ROOT / "benchmarks/study_overrides.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = compose_config(module.AR_QR_ONLY)
+    assert config.models.enabled() == ("ar_qr",), "add the new model to AR_QR_ONLY, switched off"
+    assert not config.evaluation.combo.enabled
+
+
 def test_the_evaluation_names_no_model_but_through_its_one_default():
     # evaluation.benchmark's library default is forecast_table.BENCHMARK, equal to conf/'s
     conf = yaml.safe_load((PACKAGE / "conf/evaluation/default.yaml").read_text())
