@@ -97,18 +97,27 @@ def lead_column(horizon: int) -> str:
 
 
 # --- forecast tables (the seed's columns, in the seed's order, then ours) -----------------
-FORECAST_COLUMNS: tuple[str, ...] = (
-    "TIME",
-    "COUNTRY",
-    "TARGET",
-    "MODEL",
-    "QUANTILE",
-    "HORIZON",
+# Each column's name, once: the evaluation (pipeline.evaluation.forecast_table) imports these
+TARGET, MODEL, QUANTILE, HORIZON = "TARGET", "MODEL", "QUANTILE", "HORIZON"
+WINDOW_START, WINDOW_END, FORECAST, ACTUAL, ALPHA = (
     "WINDOW_START",
     "WINDOW_END",
     "FORECAST",
     "ACTUAL",
     "ALPHA",
+)
+FORECAST_COLUMNS: tuple[str, ...] = (
+    TIME,
+    COUNTRY,
+    TARGET,
+    MODEL,
+    QUANTILE,
+    HORIZON,
+    WINDOW_START,
+    WINDOW_END,
+    FORECAST,
+    ACTUAL,
+    ALPHA,
 )
 SEED_FORECAST_COLUMNS: tuple[str, ...] = FORECAST_COLUMNS[:9]
 

@@ -19,11 +19,10 @@ import psutil
 import pytest
 from conftest import ROOT
 
+from pipeline.models.plugins import registry
+
 RW_STUDY = (
-    "models.ar_qr.enabled=false",
-    "models.lqr.enabled=false",
-    "models.ensemble_nn.enabled=false",
-    "models.climatology.enabled=false",
+    *registry.only("rw"),
     "evaluation.combo.enabled=false",
     "evaluation.mcs_reps=50",
     "rolling_window.start_date=2012-01-01",

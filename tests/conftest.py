@@ -1,8 +1,8 @@
 """Shared fixtures.
 
 - `study_dict(tmp_path)`: a small synthetic study as a plain config dict (4 countries, window 24,
-  origins 2018-01..2018-12, horizons 1 and 3, quantiles 0.1/0.5/0.9, ar_qr p=3, lqr off,
-  ensemble_nn off, no progress bar); tests edit it and call `make_config`.
+  origins 2018-01..2018-12, horizons 1 and 3, quantiles 0.1/0.5/0.9, ar_qr p=3 and the
+  benchmarks rw and climatology, no progress bar); tests edit it and call `make_config`.
 - `tiny_study(*changes)`: Hydra overrides of a seconds-long CLI study (TINY_STUDY: 3 countries,
   one horizon, 6 origins, ar_qr and lqr only, 50 MCS replications), `changes` replacing or
   adding overrides.
@@ -35,6 +35,7 @@ import yaml
 
 from pipeline.config import StudyConfig, validate
 from pipeline.config.defaults import with_defaults
+from pipeline.models.plugins import registry
 
 FAKE_MODELS = str(Path(__file__).with_name("fake_models.py"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,8 @@ SMALL_STUDY: dict[str, Any] = {
     },
     "rolling_window": {"size": 24, "step": 1, "start_date": "2018-01-01", "end_date": "2018-12-01"},
     "runtime": {"progress_bar": False, "task_seconds": 0.5, "retries": 1, "max_workers": 2},
-    "models": {"ar_qr": {"p": 3}, "lqr": {"enabled": False}, "ensemble_nn": {"enabled": False}},
+    # ar_qr and the benchmarks (a new built-in model stays out: tests/test_one_source.py)
+    "models": {**registry.only_entries("ar_qr", "rw", "climatology"), "ar_qr": {"p": 3}},
 }
 
 
@@ -69,9 +71,7 @@ TINY_STUDY: tuple[str, ...] = (
     "rolling_window.end_date=2022-12-01",
     "models.ar_qr.p=3",
     "models.lqr.rff_features=16",
-    "models.ensemble_nn.enabled=false",
-    "models.rw.enabled=false",
-    "models.climatology.enabled=false",
+    *registry.only("ar_qr", "lqr"),  # a new built-in model stays out (tests/test_one_source.py)
     "evaluation.combo.enabled=false",
     "evaluation.mcs_reps=50",
     "runtime.task_seconds=0.2",

@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.config import ConfigError, StudyConfig, validate
 from pipeline.config.compose import compose_config, compose_dict
+from pipeline.models.plugins import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def test_seed_preset_has_every_seed_key_with_its_default():
     nn = models.ensemble_nn
     assert nn.units_per_layer == (32,) * 5 and nn.learning_rate == 5e-5
     assert (nn.epochs, nn.batch_size, nn.patience, nn.parallel_models) == (1500, 32, 50, 10)
-    assert models.enabled() == ("ar_qr", "lqr", "ensemble_nn", "rw", "climatology")
+    assert models.enabled() == registry.builtin_names()  # every built-in model, by default
 
 
 def test_default_is_quick_and_roundtrips_through_validate():

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.models.plugins import registry
 from pipeline.runtime.store.fit_cache import FitCache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,17 +45,10 @@ models:
   ensemble_nn: {enabled: false}
 runtime: {task_seconds: 0.2, max_workers: 1, dashboard_port: 0, progress_bar: false}
 """
-ALL_STAGES = [
-    "prepare",
-    "probe",
-    "train@ar_qr",
-    "train@lqr",
-    "train@ensemble_nn",
-    "train@rw",
-    "train@climatology",
-    "assemble",
-]
-SCORED = {"ar_qr", "lqr", "rw", "climatology", "combo"}  # benchmarks on by default; combo derived
+# a train stage per built-in model (dvc.yaml iterates over params.yaml's models), in table order
+ALL_STAGES = ["prepare", "probe", *(f"train@{n}" for n in registry.builtin_names()), "assemble"]
+TRAINED = {n for n in registry.builtin_names() if n != "ensemble_nn"}  # PARAMS switches it off
+SCORED = {*TRAINED, "combo"}  # combo derived
 
 
 def project_files(root: Path) -> list[str]:
@@ -163,10 +157,7 @@ def test_full_repro_runs_every_stage_in_order_and_writes_the_outputs(repo: Repo)
         p / "data/prepared/meta.json"
     ).is_file()
     plan = json.loads((p / "probe.json").read_text())
-    assert (
-        set(plan["models"]) == {"ar_qr", "lqr", "rw", "climatology"}
-        and plan["memory_limit_mb"] % 256 == 0
-    )
+    assert set(plan["models"]) == TRAINED and plan["memory_limit_mb"] % 256 == 0
     assert "n_workers" not in plan  # the machine's size is no stage's output
     # every fit in its content-addressed file; the disabled model wrote an empty table
     runs = repo.latest_runs()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_STUDY, make_config
 
+from pipeline.models.plugins import registry
 from pipeline.runner import run_study
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.timings import read_timings
@@ -21,13 +22,7 @@ def rw_study(out: Path, **evaluation: object) -> dict:
     d = copy.deepcopy(SMALL_STUDY)
     d["runtime"]["output_dir"] = str(out)
     d["runtime"]["in_process_below_s"] = 1e9  # rw in the driver: no cluster in this test
-    d["models"] = {
-        "ar_qr": {"enabled": False},
-        "lqr": {"enabled": False},
-        "ensemble_nn": {"enabled": False},
-        "climatology": {"enabled": False},
-        "rw": {"enabled": True},
-    }
+    d["models"] = registry.only_entries("rw")
     d["evaluation"] = {"combo": {"enabled": False}, "mcs_reps": 20, **evaluation}
     return d
 

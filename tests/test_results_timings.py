@@ -15,6 +15,7 @@ import pytest
 from conftest import SMALL_STUDY, make_config
 
 from pipeline.cli import main
+from pipeline.models.plugins import registry
 from pipeline.runner import run_study
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.timings import TIMINGS_FILE, read_timings, record_stage
@@ -24,13 +25,7 @@ def two_model_study(out: Path) -> dict:
     d = copy.deepcopy(SMALL_STUDY)
     d["runtime"]["output_dir"] = str(out)
     d["runtime"]["in_process_below_s"] = 1e9  # the benchmarks in the driver: no cluster here
-    d["models"] = {
-        "ar_qr": {"enabled": False},
-        "lqr": {"enabled": False},
-        "ensemble_nn": {"enabled": False},
-        "climatology": {"enabled": True},
-        "rw": {"enabled": True},
-    }
+    d["models"] = registry.only_entries("climatology", "rw")
     d["evaluation"] = {"combo": {"enabled": False}, "mcs_reps": 20}
     return d
 

@@ -21,14 +21,11 @@ def load_raw(data: DataConfig, root: Path, seed: int = 0) -> pd.DataFrame:
     from pipeline.data.tidy import check_tidy
 
     if data.source == "synthetic":
-        from pipeline.data.synthetic import generate_panel
+        from pipeline.data.synthetic import TARGET_COLUMN, generate_panel
 
         frame = generate_panel(data.synthetic).frame
-        frame = (
-            frame.rename(columns={"inflation": data.target})
-            if data.target != "inflation"
-            else frame
-        )
+        if data.target != TARGET_COLUMN:
+            frame = frame.rename(columns={TARGET_COLUMN: data.target})
     elif data.source == "eurostat":
         from pipeline.data.eurostat import load_eurostat
 

@@ -24,11 +24,16 @@ from pipeline.schema import COUNTRY, TIME, month_index
 T_DOF = 5.0
 _T_SD = np.sqrt(T_DOF / (T_DOF - 2.0))  # makes the t(5) shocks unit variance
 PHI_F, S_F = 0.9, 0.35
+# the panel's value columns, named once: the target (conf/data/synthetic.yaml's `target`) and
+# the extra columns a study may lag with data.features (that file's comment lists them;
+# tests/test_one_source.py holds both equal to these)
+TARGET_COLUMN = "inflation"
+FEATURE_COLUMNS = ("core",)
 
 
 @dataclass(frozen=True)
 class SyntheticPanel:
-    frame: pd.DataFrame  # TIME, COUNTRY, inflation, core
+    frame: pd.DataFrame  # TIME, COUNTRY, TARGET_COLUMN, *FEATURE_COLUMNS
     factor: np.ndarray  # (T,)
     idiosyncratic: np.ndarray  # (C, T)
     params: pd.DataFrame  # per country: mu, beta, phi, sigma
@@ -77,18 +82,19 @@ def generate_panel(config: SyntheticConfig) -> SyntheticPanel:
         {
             TIME: np.tile(months.to_numpy(), n_c),
             COUNTRY: np.repeat(countries, n_t),
-            "inflation": np.round(y, 6).ravel(),
+            TARGET_COLUMN: np.round(y, 6).ravel(),
             "core": np.round(core, 6).ravel(),
         }
     )
     # Real panels have gaps: two late starters and a short interior gap, to exercise the policy.
     if n_c >= 3:
         frame.loc[
-            (frame[COUNTRY] == countries[1]) & (frame[TIME] < "2003-01-01"), ["inflation", "core"]
+            (frame[COUNTRY] == countries[1]) & (frame[TIME] < "2003-01-01"),
+            [TARGET_COLUMN, *FEATURE_COLUMNS],
         ] = np.nan
         frame.loc[
             (frame[COUNTRY] == countries[2]) & frame[TIME].between("2010-05-01", "2010-07-01"),
-            "inflation",
+            TARGET_COLUMN,
         ] = np.nan
     return SyntheticPanel(
         frame=frame, factor=factor, idiosyncratic=idio, params=params, surge=surge

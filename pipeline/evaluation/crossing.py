@@ -7,11 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.forecast_table import FORECAST, FORECAST_KEY, QUANTILE
 from pipeline.evaluation.grouping import Keys, group_mean
-
-# metrics' names: a forecast is all the quantiles of one (MODEL, COUNTRY, HORIZON, WINDOW_END)
-FORECAST_KEY = ("MODEL", "COUNTRY", "HORIZON", "WINDOW_END")
-QUANTILE, FORECAST = "QUANTILE", "FORECAST"
 
 
 def crossing_rows(

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.forecast_table import HORIZON, MODEL, TIME
 from pipeline.evaluation.pvalues import holm, norm_sf, t_sf
 from pipeline.schema import month_index
-
-MODEL, HORIZON, TIME = "MODEL", "HORIZON", "TIME"  # metrics' column names
 
 
 def dm_test(d: np.ndarray, horizon: int, *, small_sample: bool = True) -> tuple[float, float]:

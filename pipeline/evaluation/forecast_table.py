@@ -2,9 +2,10 @@
 of levels and horizons, and the row tools every table step shares (codes in sort order, runs
 of equal keys, a row selection without a copy).
 
-A forecast table has the columns of `pipeline.schema` (EVAL_COLUMNS here); one *forecast* is
-all the quantile levels of (MODEL, COUNTRY, HORIZON, WINDOW_END). `metrics` re-exports these
-names (its callers read them as `evaluate.<name>`).
+A forecast table has the columns of `pipeline.schema`, whose names it imports (EVAL_COLUMNS
+here: the ones the metrics read); one *forecast* is all the quantile levels of (MODEL,
+COUNTRY, HORIZON, WINDOW_END). `metrics` re-exports these names (its callers read them as
+`evaluate.<name>`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,25 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-MODEL, COUNTRY, HORIZON, QUANTILE = "MODEL", "COUNTRY", "HORIZON", "QUANTILE"
-TIME, WINDOW_END, FORECAST, ACTUAL = "TIME", "WINDOW_END", "FORECAST", "ACTUAL"
+from pipeline.schema import (  # the columns' names: defined once, in pipeline.schema
+    ACTUAL,
+    COUNTRY,
+    FORECAST,
+    HORIZON,
+    MODEL,
+    QUANTILE,
+    TIME,
+    WINDOW_END,
+)
+
 EVAL_COLUMNS = (TIME, COUNTRY, MODEL, QUANTILE, HORIZON, WINDOW_END, FORECAST, ACTUAL)
 FORECAST_KEY = (MODEL, COUNTRY, HORIZON, WINDOW_END)  # one forecast = all its quantiles
 ROW_KEY = (COUNTRY, HORIZON, QUANTILE, WINDOW_END)  # rows compared across models
 BY_DEFAULT = (MODEL, HORIZON, QUANTILE)
+# the model the relative pinball and the DM tests compare against when a caller names none:
+# the library default of evaluation.benchmark, whose study default is conf/evaluation/
+# default.yaml's (tests/test_one_source.py holds the two equal)
+BENCHMARK = "ar_qr"
 # what the scored rows' tables read (pinball, coverage, interval, CRPS): not TIME, which only
 # the benchmark-relative DM reads (8 of a scored row's ~59 bytes)
 SCORED_COLUMNS = tuple(c for c in EVAL_COLUMNS if c != TIME)

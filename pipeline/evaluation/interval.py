@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.forecast_table import ACTUAL, FORECAST, MODEL, QUANTILE
 from pipeline.evaluation.grouping import Keys, group_mean
-
-MODEL, QUANTILE, ACTUAL, FORECAST = "MODEL", "QUANTILE", "ACTUAL", "FORECAST"  # metrics' names
 
 
 def interval_rows(

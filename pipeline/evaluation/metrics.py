@@ -39,6 +39,7 @@ from pipeline.evaluation.dm import dm_rows
 from pipeline.evaluation.dm import dm_test as dm_test  # public here too
 from pipeline.evaluation.forecast_table import (
     ACTUAL,
+    BENCHMARK,
     BY_DEFAULT,
     COUNTRY,
     EVAL_COLUMNS,
@@ -152,7 +153,7 @@ def _pinball_rows(scored: pd.DataFrame, by: list[str], keys: Keys | None = None)
 
 
 def relative_pinball(
-    frame: pd.DataFrame, *, benchmark: str = "ar_qr", by: Sequence[str] = BY_DEFAULT
+    frame: pd.DataFrame, *, benchmark: str = BENCHMARK, by: Sequence[str] = BY_DEFAULT
 ) -> pd.DataFrame:
     """Pinball relative to `benchmark` on the common rows: `*by, N, PINBALL, BENCHMARK_PINBALL,
     RELATIVE_PINBALL` (< 1 means the model beats the benchmark)."""
@@ -225,7 +226,7 @@ def crossing_rate(frame: pd.DataFrame, *, by: Sequence[str] = (MODEL, HORIZON)) 
 def diebold_mariano(
     frame: pd.DataFrame,
     *,
-    benchmark: str = "ar_qr",
+    benchmark: str = BENCHMARK,
     by: Sequence[str] = (MODEL, HORIZON),
     small_sample: bool = True,
 ) -> pd.DataFrame:
@@ -247,6 +248,21 @@ def _dm_table(
 
 
 # --- tables for assemble ---------------------------------------------------------------------
+# metric_tables' tables, in order (each is computed on its own: the order of the steps changes
+# no table); the report requires them, assemble writes each as reports/tables/<name>.parquet
+METRIC_TABLES = (
+    "pinball",
+    "pinball_by_country",
+    "relative_pinball",
+    "coverage",
+    "interval",
+    "crps",
+    "crossing",
+    "dm",
+    "dm_by_quantile",
+)
+
+
 def compact_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns the metrics read (EVAL_COLUMNS) with MODEL and COUNTRY categorical (sorted
     categories, so groups sort as the strings do): every groupby, merge and sort of the
@@ -262,7 +278,7 @@ def compact_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_tables(
-    frame: pd.DataFrame, benchmark: str = "ar_qr", *, key_dtypes: Mapping[str, Any] | None = None
+    frame: pd.DataFrame, benchmark: str = BENCHMARK, *, key_dtypes: Mapping[str, Any] | None = None
 ) -> dict[str, pd.DataFrame]:
     """Every metric table, each with a leading PERIOD column ("all", "ex_covid").
 
@@ -297,20 +313,7 @@ def metric_tables(
         "interval": FORECAST_KEY,
         "crps": FORECAST_KEY,
     }
-    # the tables' order (each table is computed on its own: the order of the steps changes
-    # no table)
-    order = (
-        "pinball",
-        "pinball_by_country",
-        "relative_pinball",
-        "coverage",
-        "interval",
-        "crps",
-        "crossing",
-        "dm",
-        "dm_by_quantile",
-    )
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in order}
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in METRIC_TABLES}
     # the key columns factorized once; each period's scored rows take their codes from these,
     # and the COVID months are left out by a mask (no copy of the whole frame)
     work_keys = Keys(work)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.metrics import (
+    BENCHMARK,
     HORIZON,
     MODEL,
     QUANTILE,
@@ -116,7 +117,7 @@ def _period_metrics(t: dict[str, pd.DataFrame], has_bench: bool) -> dict[str, An
 
 def compute_metrics(
     frame: pd.DataFrame,
-    benchmark: str = "ar_qr",
+    benchmark: str = BENCHMARK,
     *,
     tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def compute_metrics(
 
 def summary_metrics(
     frame: pd.DataFrame,
-    benchmark: str = "ar_qr",
+    benchmark: str = BENCHMARK,
     *,
     tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
@@ -187,12 +188,6 @@ def headline_metrics(
     }
 
 
-TEST_KEYS = {"HIT_RATE": "hit_rate", "LR_UC": "lr_uc", "P_UC": "p_uc", "LR_IND": "lr_ind",
-             "P_IND": "p_ind", "LR_CC": "lr_cc", "P_CC": "p_cc", "DQ": "dq", "P_DQ": "p_dq",
-             "P_UC_HOLM": "p_uc_holm", "P_IND_HOLM": "p_ind_holm", "P_CC_HOLM": "p_cc_holm",
-             "P_DQ_HOLM": "p_dq_holm"}  # fmt: skip
-
-
 def test_metrics(tables: Mapping[str, pd.DataFrame], mcs_size: float) -> dict[str, Any]:
     """metrics.json's coverage tests and Model Confidence Set (period "all"; the tables hold
     both periods): coverage_tests[model][h][q] = {n, hit_rate, lr_uc, p_uc, lr_ind, p_ind,
@@ -200,15 +195,21 @@ def test_metrics(tables: Mapping[str, pd.DataFrame], mcs_size: float) -> dict[st
     cells of its test in the period} pooled over countries; mcs[h][model] = {p_value, in_mcs}; the
     caveat on h > 1 hits; and, when `tables` holds it, the pinball decomposition
     (`decomposition_metrics`)."""
-    from pipeline.evaluation.coverage_tests import SERIAL_DEPENDENCE_NOTE
+    from pipeline.evaluation.coverage_tests import (
+        HOLM_COLUMNS,
+        SERIAL_DEPENDENCE_NOTE,
+        TEST_COLUMNS,
+    )
 
+    # each test column of the table (but N), then its Holm-adjusted p-values, in lower case
+    test_keys = {c: c.lower() for c in (*TEST_COLUMNS, *HOLM_COLUMNS.values()) if c != "N"}
     tests, mcs = (tables[k].loc[tables[k]["PERIOD"] == "all"] for k in ("coverage_tests", "mcs"))
 
     node: dict[str, Any] = {}
     for row in tests.itertuples(index=False):
         leaf = node.setdefault(str(row.MODEL), {}).setdefault(horizon_label(row.HORIZON), {})
         leaf[quantile_label(row.QUANTILE)] = {"n": int(row.N)} | {
-            key: _num(getattr(row, column)) for column, key in TEST_KEYS.items()
+            key: _num(getattr(row, column)) for column, key in test_keys.items()
         }
     mcs_node: dict[str, Any] = {}
     for row in mcs.itertuples(index=False):

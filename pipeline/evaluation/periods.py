@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import month_index
+from pipeline.schema import TIME, month_index
 
-TIME = "TIME"  # metrics' column name
 COVID_START, COVID_END = "2020-03", "2021-12"
 
 

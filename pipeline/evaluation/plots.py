@@ -68,7 +68,7 @@ def fan_chart(
     horizon: int,
     *,
     models: Sequence[str] | None = None,
-    benchmark: str | None = "ar_qr",
+    benchmark: str | None = evaluate.BENCHMARK,
     order: Sequence[str] = (),
     palette: Sequence[str] | None = None,
 ) -> Figure:
@@ -277,7 +277,7 @@ def _period_means(frame: pd.DataFrame, by: tuple[str, str], name: str) -> dict[s
 
 
 def pinball_chart(
-    frame: pd.DataFrame, *, benchmark: str | None = "ar_qr", order: Sequence[str] = ()
+    frame: pd.DataFrame, *, benchmark: str | None = evaluate.BENCHMARK, order: Sequence[str] = ()
 ) -> Figure:
     """Mean pinball loss (over quantiles and countries) by horizon, one line per model; all
     months vs COVID months excluded. `order` fixes the colours (`model_colors`)."""
@@ -304,7 +304,7 @@ def pinball_chart(
 
 
 def coverage_chart(
-    frame: pd.DataFrame, *, benchmark: str | None = "ar_qr", order: Sequence[str] = ()
+    frame: pd.DataFrame, *, benchmark: str | None = evaluate.BENCHMARK, order: Sequence[str] = ()
 ) -> Figure:
     """Empirical coverage (share of actuals at or below the forecast) against the nominal
     quantile level, pooled over horizons and countries; the diagonal is perfect calibration."""

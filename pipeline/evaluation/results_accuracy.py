@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.evaluation.dm import with_holm
+from pipeline.evaluation.forecast_table import BENCHMARK
 
 
 def metrics_section(tables: dict[str, pd.DataFrame], benchmark: str) -> str:
@@ -68,7 +69,7 @@ def metrics_section(tables: dict[str, pd.DataFrame], benchmark: str) -> str:
 
 
 def reading_section(
-    tables: dict[str, pd.DataFrame], progress: pd.DataFrame, benchmark: str = "ar_qr"
+    tables: dict[str, pd.DataFrame], progress: pd.DataFrame, benchmark: str = BENCHMARK
 ) -> str:
     lines = ["## Reading\n"]
     relative = tables.get("relative_pinball")

@@ -104,7 +104,7 @@ class AssembleResult:
 def assemble(
     output_dir: Path,
     target: str,
-    benchmark: str = "ar_qr",
+    benchmark: str = evaluate.BENCHMARK,
     expected: pd.DataFrame | None = None,
     *,
     fan_countries: Sequence[str] | None = None,

@@ -9,6 +9,9 @@
   (comma-separated module names or .py paths) that call `register` on import, so worker
   processes (which inherit the environment) see them too.
 
+`only(*names)` / `only_entries(*names)`: a study of some built-in models, as overrides or as
+its `models` mapping (tests and benchmarks).
+
 Config validation, the CLI, the DVC stage list (params.yaml `models`), the probe, train, the
 results page and sweep summaries all ask this module.
 
@@ -72,6 +75,24 @@ def order(names: Any) -> list[str]:
     """`names` in table order: built-ins first (registry order), then the rest sorted."""
     rank = {n: i for i, n in enumerate(builtin_names())}
     return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def only_entries(*names: str) -> dict[str, dict[str, bool]]:
+    """`{m: {"enabled": m in names}}` for every built-in model `m`: a config's `models` that
+    enables exactly `names` among them. A study of some models (tests, benchmarks) says which
+    it keeps, not which it drops, so a new built-in model, enabled by default, does not join
+    it unseen."""
+    unknown = [n for n in names if n not in _builtins()]
+    if unknown:
+        raise ConfigError("model", f"built-in models among {list(builtin_names())}", unknown)
+    return {n: {"enabled": n in names} for n in builtin_names()}
+
+
+def only(*names: str) -> list[str]:
+    """`only_entries(*names)` as Hydra overrides, `models.<m>.enabled=true|false`."""
+    return [
+        f"models.{n}.enabled={str(e['enabled']).lower()}" for n, e in only_entries(*names).items()
+    ]
 
 
 def register(adapter: Adapter) -> None:
