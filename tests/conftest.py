@@ -81,6 +81,15 @@ TINY_STUDY: tuple[str, ...] = (
 )
 
 
+# Without a dashboard Dask's scheduler still serves its HTTP routes (health, metrics) on the
+# dashboard's default port 8787, on every interface for `dask scheduler --no-dashboard`, and
+# warns "Port 8787 is already in use" when another process (another test's cluster) holds it.
+# A test's scheduler takes a free port of 127.0.0.1 instead: LocalCluster(dashboard_address=
+# None, scheduler_kwargs=NO_PORT_8787), `dask scheduler ... *NO_DASHBOARD`.
+NO_PORT_8787 = {"dashboard_address": "127.0.0.1:0"}
+NO_DASHBOARD = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
+
+
 def tiny_study(*changes: str) -> list[str]:
     """TINY_STUDY's overrides with `changes`: one for a key already there replaces it (e.g.
     `models.ensemble_nn.enabled=true`, or a sweep `data.horizons=[1],[1,3]`), others are
