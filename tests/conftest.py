@@ -15,6 +15,8 @@
 - `oracle_study`: one seeded small study run once per session through the command line (rw,
   climatology, their combo and the tracker's `_cal` variants, horizons 1 and 3, origins
   2019-07 .. 2021-06); the oracle tests read its outputs and never write into it.
+- temp dir: TMPDIR (and tempfile's) is the session's `basetemp/tmpN` (autouse), so that nothing a
+  test or a process it starts writes to the system temp dir is left in /tmp.
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
 """
@@ -25,6 +27,7 @@ import copy
 import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +203,23 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dir_in_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The system temp dir, for the tests and every process they start (TMPDIR), is a folder
+    of the session's basetemp: what the product puts there (the traceback log of an exit-2
+    error without an output dir, qpipe-error-*.log; Dask's worker scratch space) stays with
+    the test's other files instead of piling up in /tmp, where a suite left about 70 logs."""
+    folder = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)  # (gettempdir() caches its answer)
+    yield folder
+    if before[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before[0]
+    tempfile.tempdir = before[1]
 
 
 @pytest.fixture(scope="session")
