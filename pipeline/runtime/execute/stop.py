@@ -141,8 +141,10 @@ def _unlink_semaphores() -> None:
         return
     from multiprocessing import util
 
-    for finalizer in list(util._finalizer_registry.values()):
-        if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+    # (multiprocessing's own exit finalizers and the semaphores' one: private, looked up softly)
+    cleanup = getattr(synchronize.SemLock, "_cleanup", None)
+    for finalizer in list(getattr(util, "_finalizer_registry", {}).values()):
+        if cleanup is not None and getattr(finalizer, "_callback", None) is cleanup:
             with suppress(Exception):  # unlinked meanwhile (its queue closed on a thread)
                 finalizer()
 
