@@ -163,8 +163,9 @@ def staged_run(cmd: list[str], log_path: Path, env: dict[str, str], out: Path) -
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         meter.stop()
         _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed: see {log_path}")
     others = sorted(meter.others.values(), key=lambda r: -r["peak_mb"])
     return {

@@ -1,7 +1,8 @@
 """Run a whole study in-process: prepare -> probe -> train (every model) -> assemble.
 
 What `python -m pipeline run` and each Hydra sweep job call (dvc.yaml runs the same stages one
-by one through `python -m pipeline stage`).
+by one through `python -m pipeline stage`). Which stages an incremental run skips (what each
+one reads) is stage_inputs.py's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+import pipeline.stage_inputs as inputs
 from pipeline.config import StudyConfig
 
 if TYPE_CHECKING:
@@ -112,10 +114,10 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
     out = config.output_dir
     records = StageRecords(out)
     cfg = config.to_dict()
-    prep_params = _prepare_params(cfg)
-    prep_inputs = _data_inputs(config, root)
+    prep_params = inputs.prepare_params(cfg)
+    prep_inputs = inputs.data_inputs(config, root)
     if records.unchanged("prepare", prep_params, prep_inputs):
-        _skipped(out, "prepare", "the data, its params and the code")
+        inputs.skipped(out, "prepare", "the data, its params and the code")
     else:
         from pipeline.stages.prepare import prepare
 
@@ -137,7 +139,7 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
     start_held_logs()  # the data proved valid: the run's log file may be written now
     # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    todo = _models_to_train(config, records, cfg)
+    todo = inputs.models_to_train(config, records, cfg)
     failed = 0
     if not todo:  # nothing trains, so nothing is probed: not the last run's probe time
         record_stage(out, "probe", 0.0, "skipped")
@@ -168,7 +170,7 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
             last = now
             if end.summary is not None:
                 failed += end.summary.failed
-                _record_train(config, records, cfg, end.model, end.summary.failed)
+                inputs.record_train(config, records, cfg, end.model, end.summary.failed)
 
         # one cluster serves every model (started by the first one with fits to train); the
         # models train side by side on it, the longest tasks first
@@ -181,10 +183,10 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
                 raise
         log.info("train: %d models in %.1f s", len(todo), time.perf_counter() - started)
         release_free_memory()  # what train's threads freed, before assemble allocates
-    assemble_params = {k: v for k, v in cfg.items() if k != "runtime"}
-    assemble_inputs = [out / PANEL_FILE, *(_train_file(config, m) for m in config.models.enabled())]
+    assemble_params = inputs.assemble_params(cfg)
+    assemble_inputs = inputs.assemble_inputs(config)
     if records.unchanged("assemble", assemble_params, assemble_inputs):
-        _skipped(out, "assemble", "the forecasts, the params and the code")
+        inputs.skipped(out, "assemble", "the forecasts, the params and the code")
     else:
         from pipeline.stages.study import assemble_study
 
@@ -274,101 +276,6 @@ def _import_in_background(module: str) -> None:
     threading.Thread(target=load, name=f"qpipe-import-{module}", daemon=True).start()
 
 
-def _skipped(out: Path, stage: str, what: str) -> None:
-    from pipeline.runtime.store.timings import record_stage
-
-    log.info("%s: skipped, unchanged since the last run (%s)", stage, what)
-    record_stage(out, stage, 0.0, "skipped")
-
-
-def _prepare_params(cfg: dict) -> dict:
-    """What prepare's output depends on besides the data files."""
-    return {k: cfg[k] for k in ("data", "rolling_window", "seed")}
-
-
-def _data_inputs(config: StudyConfig, root: Path) -> list[Path]:
-    """The files prepare reads (none for synthetic data: its params say it all)."""
-    data = config.data
-    paths = []
-    if data.path:
-        path = Path(data.path)
-        paths.append(path if path.is_absolute() else root / path)
-    if data.source != "synthetic" and data.raw_dir:
-        raw = Path(data.raw_dir)
-        paths.append(raw if raw.is_absolute() else root / raw)
-    return paths
-
-
-def _train_file(config: StudyConfig, model: str) -> Path:
-    from pipeline.stages.train import train_path
-
-    return train_path(config, model)
-
-
-def _train_params(cfg: dict, model: str) -> dict:
-    """What a model's fits depend on (its keys read no more than this)."""
-    return {
-        "data": cfg["data"],
-        "rolling_window": cfg["rolling_window"],
-        "seed": cfg["seed"],
-        "model": cfg["models"].get(model),
-        "model_cache_dir": str(cfg["runtime"].get("model_cache_dir")),
-    }
-
-
-def _train_inputs(config: StudyConfig, model: str) -> list[Path]:
-    from pipeline.schema import META_FILE, PANEL_FILE
-
-    out = config.output_dir
-    # the model's cache shards: a shard added, removed or rewritten (damaged) reruns train,
-    # which then verifies what it loads
-    return [out / PANEL_FILE, out / META_FILE, Path(config.model_cache_dir) / model / "shards"]
-
-
-def _models_to_train(config: StudyConfig, records: Any, cfg: dict) -> list[str]:
-    """Enabled models whose train stage must run; one line for each that is skipped."""
-    from pipeline.runtime.store.progress import ProgressStore, db_path
-
-    rt = config.runtime
-    models = list(config.models.enabled())
-    path = db_path(config.output_dir)
-    if rt.retrain_if_exists or not rt.allow_reload or not path.exists():
-        return models  # (no store: nothing ran here yet, and none is created before the probe)
-    # an unreadable store is moved aside here (its models then train, rebuilding their rows)
-    with ProgressStore(path) as store:
-        healthy = store.rebuilt_from is None
-        done = store.counts()
-    todo = []
-    for model in models:
-        stage = f"train@{model}"
-        rec = records.get(stage)
-        if (
-            healthy
-            and rec.get("failed") == 0
-            and done.get(model, {}).get("done", -1) == rec.get("done_fits")
-            and records.unchanged(stage, _train_params(cfg, model), _train_inputs(config, model))
-        ):
-            _skipped(config.output_dir, stage, "its fits, the fit cache and the code")
-        else:
-            todo.append(model)
-    return todo
-
-
-def _record_train(config: StudyConfig, records: Any, cfg: dict, model: str, failed: int) -> None:
-    from pipeline.runtime.store.progress import ProgressStore, db_path
-
-    with ProgressStore(db_path(config.output_dir)) as store:
-        done = store.counts(model).get(model, {}).get("done", 0)
-    records.record(
-        f"train@{model}",
-        _train_params(cfg, model),
-        _train_inputs(config, model),
-        [_train_file(config, model)],
-        failed=int(failed),
-        done_fits=int(done),
-    )
-
-
 def _dry_run(config: StudyConfig, root: Path) -> int:
     """The plan for the config given: on the output dir's panel when prepare would keep it,
     else on a panel prepared in memory (a finished run's panel is not replaced)."""
@@ -382,7 +289,7 @@ def _dry_run(config: StudyConfig, root: Path) -> int:
     if not (out / PANEL_FILE).exists():
         prepare(config, root)  # cheap, and the plan needs the real data shapes
     elif not StageRecords(out).unchanged(
-        "prepare", _prepare_params(config.to_dict()), _data_inputs(config, root)
+        "prepare", inputs.prepare_params(config.to_dict()), inputs.data_inputs(config, root)
     ):
         panel, _ = build_prepared(config, root)
         log.info(

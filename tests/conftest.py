@@ -15,16 +15,23 @@
 - `oracle_study`: one seeded small study run once per session through the command line (rw,
   climatology, their combo and the tracker's `_cal` variants, horizons 1 and 3, origins
   2019-07 .. 2021-06); the oracle tests read its outputs and never write into it.
+- processes: after a failed test, whatever processes it started and did not stop are killed by
+  their PID (autouse); a passing test stops its own.
+- temp dir: TMPDIR (and tempfile's) is the session's `basetemp/tmpN` (autouse), so that nothing a
+  test or a process it starts writes to the system temp dir is left in /tmp.
 - `fake_adapters` (autouse in tests that request it): puts tests/fake_models.py on
   PIPELINE_EXTRA_ADAPTERS so the driver and every worker process can load the test-only models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +86,15 @@ TINY_STUDY: tuple[str, ...] = (
     "runtime.dashboard_port=0",
     "runtime.progress_bar=false",
 )
+
+
+# Without a dashboard Dask's scheduler still serves its HTTP routes (health, metrics) on the
+# dashboard's default port 8787, on every interface for `dask scheduler --no-dashboard`, and
+# warns "Port 8787 is already in use" when another process (another test's cluster) holds it.
+# A test's scheduler takes a free port of 127.0.0.1 instead: LocalCluster(dashboard_address=
+# None, scheduler_kwargs=NO_PORT_8787), `dask scheduler ... *NO_DASHBOARD`.
+NO_PORT_8787 = {"dashboard_address": "127.0.0.1:0"}
+NO_DASHBOARD = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
 
 
 def tiny_study(*changes: str) -> list[str]:
@@ -191,6 +207,61 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:  # setup, call or teardown: the test did not get to stop what it started
+        item.stash[_FAILED] = True
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_a_failed_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test stops the processes it starts (a driver, a scheduler, workers) by their PID; one
+    that fails before it gets there would leave them running through the rest of the suite (a
+    study and its cluster competing for the 2 cores, a port held). After a failed test, every
+    descendant of this process started since the test began is SIGKILLed by its PID
+    (multiprocessing's resource tracker aside: killed, it is relaunched with a warning)."""
+    began = time.clock_gettime(time.CLOCK_BOOTTIME)  # a process's start is kept since boot
+    yield
+    if not request.node.stash.get(_FAILED, False):
+        return  # (a passing test stopped its own: nothing to look for, no cost)
+    import psutil
+
+    left = []
+    boot = psutil.boot_time()  # (create_time() is boot_time() plus the start since boot)
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.create_time() - boot >= began - 0.02 and not any(
+                "resource_tracker" in part for part in child.cmdline()
+            ):
+                left.append(child)
+    for child in left:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(left, timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dir_in_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The system temp dir, for the tests and every process they start (TMPDIR), is a folder
+    of the session's basetemp: what the product puts there (the traceback log of an exit-2
+    error without an output dir, qpipe-error-*.log; Dask's worker scratch space) stays with
+    the test's other files instead of piling up in /tmp, where a suite left about 70 logs."""
+    folder = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)  # (gettempdir() caches its answer)
+    yield folder
+    if before[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before[0]
+    tempfile.tempdir = before[1]
 
 
 @pytest.fixture(scope="session")

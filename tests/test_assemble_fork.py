@@ -134,3 +134,4 @@ def test_the_child_dies_with_a_killed_assemble(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, stop_processes
+from conftest import NO_DASHBOARD, ROOT, stop_processes
 
 from pipeline.errors import SchedulerLost
 
@@ -44,7 +44,7 @@ def test_a_lost_scheduler_stops_the_task_stream_with_one_line() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     scheduler = subprocess.Popen(
-        [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"], **quiet
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, *NO_DASHBOARD], **quiet
     )
     worker = subprocess.Popen(
         [DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config, stop_processes
+from conftest import FAKE_MODELS, NO_DASHBOARD, ROOT, SMALL_STUDY, make_config, stop_processes
 
 from pipeline.config import StudyConfig
 from pipeline.data.prepared import load_panel
@@ -92,7 +92,7 @@ def address() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    procs = [start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")]
+    procs = [start("scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_DASHBOARD)]
     try:
         procs.extend(start("worker", address, *WORKER_ARGS) for _ in range(THREADS))
         from distributed import Client

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_STUDY, make_config
+from conftest import NO_PORT_8787, SMALL_STUDY, make_config
 from distributed.security import Security
 
 from pipeline.config import ConfigError, RuntimeConfig
@@ -63,6 +63,7 @@ def _in_process_cluster(protocol: str, **options: object):
         protocol=protocol,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs=NO_PORT_8787,
         **options,
     )
 

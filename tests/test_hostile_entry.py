@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import test_bad_input
-from conftest import ROOT, make_config, tiny_study
+from conftest import NO_DASHBOARD, ROOT, make_config, tiny_study
 from test_bad_input import _args, _expect_bad_input, _good_frame, _write
 
 import pipeline
@@ -244,7 +244,7 @@ def test_a_dask_scheduler_still_starting_passes_the_check():
     port = _free_port()
     dask = str(Path(sys.executable).with_name("dask"))
     scheduler = subprocess.Popen(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_DASHBOARD],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -36,7 +36,8 @@ def test_watch_into_a_pipe_prints_plain_flushed_refreshes(tmp_path: Path) -> Non
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_lines, args=(watch.stdout, lines), daemon=True).start()
+    reader = threading.Thread(target=_lines, args=(watch.stdout, lines), daemon=True)
+    reader.start()
     seen: list[str] = []
     try:
         deadline = time.monotonic() + 20
@@ -49,6 +50,10 @@ def test_watch_into_a_pipe_prints_plain_flushed_refreshes(tmp_path: Path) -> Non
     finally:
         if watch.poll() is None:
             watch.kill()
+            watch.wait()
+        reader.join(10)  # at the pipe's end once the monitor exited
+        watch.stdout.close()
+        watch.stderr.close()
     text = "".join(seen)
     assert running and sum(line.startswith("--- ") for line in seen) >= 3, text
     assert "training" in text and "running" in text

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import psutil
 import pytest
-from conftest import FAKE_MODELS, ROOT, SMALL_STUDY, make_config, stop_processes
+from conftest import FAKE_MODELS, NO_DASHBOARD, ROOT, SMALL_STUDY, make_config, stop_processes
 
 from pipeline.config import StudyConfig
 from pipeline.runtime.sizing.plan import (
@@ -234,7 +234,7 @@ def test_workers_without_the_drivers_disk_give_identical_forecasts_and_a_full_ca
         f"worker {address} --nthreads 1 --memory-limit 2GiB --no-dashboard --host 127.0.0.1"
     )
     scheduler = subprocess.Popen(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_DASHBOARD],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMALL_STUDY, make_config
+from conftest import NO_PORT_8787, SMALL_STUDY, make_config
 
 from pipeline.runtime.execute.dask.cluster import make_client
 
@@ -79,6 +79,7 @@ def test_results_come_from_own_workers_and_through_an_existing_clusters_schedule
                     threads_per_worker=1,
                     host="127.0.0.1",
                     dashboard_address=None,
+                    scheduler_kwargs=NO_PORT_8787,
                     processes=True,
                 )
             )

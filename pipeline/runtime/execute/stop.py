@@ -124,9 +124,29 @@ def end_now(code: int, line: str | None = None) -> NoReturn:
             with suppress(psutil.NoSuchProcess):
                 child.kill()
         psutil.wait_procs(children, timeout=1.0)
+    _unlink_semaphores()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _unlink_semaphores() -> None:
+    """Unlink the named semaphores this process made for the children it spawned (a Dask
+    nanny's queues), as multiprocessing's exit finalizers do at a normal exit and os._exit
+    skips; left, the resource tracker unlinks them once this process is gone and prints
+    "There appear to be N leaked semaphore objects to clean up at shutdown" on the terminal.
+    Their users, the children, are killed by now."""
+    synchronize = sys.modules.get("multiprocessing.synchronize")
+    if synchronize is None:  # never imported: no semaphore was made
+        return
+    from multiprocessing import util
+
+    # (multiprocessing's own exit finalizers and the semaphores' one: private, looked up softly)
+    cleanup = getattr(synchronize.SemLock, "_cleanup", None)
+    for finalizer in list(getattr(util, "_finalizer_registry", {}).values()):
+        if cleanup is not None and getattr(finalizer, "_callback", None) is cleanup:
+            with suppress(Exception):  # unlinked meanwhile (its queue closed on a thread)
+                finalizer()
 
 
 def _is_resource_tracker(process: Any) -> bool:

@@ -138,7 +138,8 @@ def load_entry(name: str, basis: bool = True) -> tuple[list[Part], PlanBasis | N
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # opened here: np.load keeps a file it opened itself when its zip is unreadable
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
             wanted = [k for k in data.files if basis or _is_part(k) or k == "checksum"]
             arrays = {k: data[k] for k in wanted}
         stored = arrays.pop("checksum")

@@ -70,7 +70,8 @@ def read_checked(path: Path, index: Index) -> ShardArrays | None:
     stacked: dict[str, np.ndarray] = {}
     own: list[Entry] = [{} for _ in range(n)] if any(index.own) else []
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # opened here: np.load keeps a file it opened itself when its zip is unreadable
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
             files = set(data.files)
             for nm in index.stacked:
                 with contextlib.suppress(*_UNREADABLE):
