@@ -7,15 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from builders import synthetic_settings
 
-from pipeline.config import SyntheticConfig
 from pipeline.data.synthetic import generate_panel
 
 
 def panel_frame() -> pd.DataFrame:
     """Three countries' monthly inflation, 2014-01 to 2019-12: TIME as 'YYYY-MM', the values
     rounded to 3 decimals (as a user's CSV would hold them)."""
-    panel = generate_panel(SyntheticConfig(3, "2014-01-01", "2019-12-01", 0)).frame
+    panel = generate_panel(
+        synthetic_settings(n_countries=3, start="2014-01-01", end="2019-12-01", seed=0)
+    ).frame
     frame = panel[["TIME", "COUNTRY", "inflation"]].copy()
     frame["TIME"] = frame["TIME"].dt.strftime("%Y-%m")
     frame["inflation"] = frame["inflation"].round(3)

@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
+from builders import synthetic_settings
 
-from pipeline.config import SyntheticConfig
 from pipeline.data import DataError
 from pipeline.data.eurostat import download, read_eurostat_file, read_eurostat_tsv
 from pipeline.data.panel import read_panel_file
@@ -70,8 +70,8 @@ def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_synthetic_is_seeded_and_true_quantiles_are_calibrated():
-    a = generate_panel(SyntheticConfig(n_countries=5, start="1997-01-01", end="2024-12-01", seed=3))
-    b = generate_panel(SyntheticConfig(n_countries=5, start="1997-01-01", end="2024-12-01", seed=3))
+    settings = synthetic_settings(n_countries=5, start="1997-01-01", end="2024-12-01", seed=3)
+    a, b = generate_panel(settings), generate_panel(settings)
     pd.testing.assert_frame_equal(a.frame, b.frame)
     assert a.frame["inflation"].between(-10, 20).all() or a.frame["inflation"].isna().any()
     # the one-step true quantiles cover the realized values at their nominal rates
