@@ -13,21 +13,19 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from builders import synthetic_settings
 from conftest import tiny_study
 
 import pipeline
-from pipeline.config.defaults import base_defaults
 from pipeline.data.synthetic import generate_panel
 from pipeline.errors import ConfigError, OutputError, RunFailed
+from pipeline.models.plugins import registry
 from pipeline.runtime.store.run_lock import OutputDirBusy, RunLock
 
 
 def synthetic_frame(n_countries: int = 3) -> pd.DataFrame:
     """The seeded synthetic panel as a caller would hold it, under a column name of its own."""
-    from pipeline.config import SyntheticConfig
-
-    settings = {**base_defaults()["data"]["synthetic"], "n_countries": n_countries}
-    frame = generate_panel(SyntheticConfig(**settings)).frame
+    frame = generate_panel(synthetic_settings(n_countries=n_countries)).frame
     return frame.rename(columns={"inflation": "hicp"})
 
 
@@ -111,7 +109,7 @@ def test_a_run_with_failed_fits_raises_run_failed_carrying_what_it_wrote(tmp_pat
     overrides = tiny_study(
         f"runtime.output_dir={out}",
         "data.target=hicp",
-        "models.lqr.enabled=false",
+        *registry.only("ar_qr"),
         "+models.flat._target_=um_flat.fit_batch",
         f"+models.flat.python_path={tmp_path / 'code'}",
     )

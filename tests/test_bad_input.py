@@ -20,6 +20,7 @@ from panel_cli import panel_frame, run_args
 
 from pipeline.cli import main
 from pipeline.io import read_json
+from pipeline.models.plugins import registry
 from pipeline.schema import META_FILE
 
 COUNTRIES = ("C01", "C02", "C03")
@@ -32,8 +33,8 @@ def _good_frame() -> pd.DataFrame:
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    """run_args with the one model the cases need (a small ar_qr)."""
-    models = ("models.ar_qr.p=2", "models.lqr.enabled=false", "models.ensemble_nn.enabled=false")
+    """run_args with a small ar_qr and the benchmarks rw and climatology."""
+    models = ("models.ar_qr.p=2", *registry.only("ar_qr", "rw", "climatology"))
     return run_args(data, out, *models, *extra)
 
 

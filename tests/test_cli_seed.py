@@ -9,11 +9,12 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from builders import synthetic_settings
 from conftest import ROOT
 
 from pipeline.cli import main
-from pipeline.config import SyntheticConfig
 from pipeline.data.synthetic import generate_panel
+from pipeline.models.plugins import registry
 from pipeline.schema import PANEL_FILE
 
 SMALL = [
@@ -23,8 +24,7 @@ SMALL = [
     "rolling_window.size=24",
     "rolling_window.start_date=2024-01-01",
     "rolling_window.end_date=2024-03-01",
-    "models.lqr.enabled=false",
-    "models.ensemble_nn.enabled=false",
+    *registry.only("ar_qr", "rw", "climatology"),
 ]
 
 
@@ -83,7 +83,9 @@ def test_run_config_missing_file_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_per_country_directory_equals_one_panel_file(tmp_path, kind):
-    frame = generate_panel(SyntheticConfig(3, "2014-01-01", "2019-12-01", 0)).frame
+    frame = generate_panel(
+        synthetic_settings(n_countries=3, start="2014-01-01", end="2019-12-01", seed=0)
+    ).frame
     frame = frame[["TIME", "COUNTRY", "inflation", "core"]]
     panel_file = tmp_path / "panel.parquet"
     frame.to_parquet(panel_file)
@@ -109,8 +111,7 @@ def test_per_country_directory_equals_one_panel_file(tmp_path, kind):
         "rolling_window.start_date=2019-01-01",
         "rolling_window.end_date=2019-06-01",
         "models.ar_qr.p=2",
-        "models.lqr.enabled=false",
-        "models.ensemble_nn.enabled=false",
+        *registry.only("ar_qr", "rw", "climatology"),
     ]
     outs = {}
     for name, path in (("file", panel_file), ("dir", folder)):

@@ -11,15 +11,11 @@ import pytest
 from conftest import tiny_study
 
 from pipeline.cli import main
+from pipeline.models.plugins import registry
 from pipeline.schema import PANEL_FILE
 
 # rw alone, trained in the driver: a finished run in a few seconds, no cluster
-RW_ONLY = (
-    "models.ar_qr.enabled=false",
-    "models.lqr.enabled=false",
-    "models.rw.enabled=true",
-    "runtime.in_process_below_s=1e9",
-)
+RW_ONLY = (*registry.only("rw"), "runtime.in_process_below_s=1e9")
 
 
 def _plan(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, list[int]]:

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from builders import keeping
 from conftest import ROOT, SMALL_STUDY, make_config
 
 import pipeline.stages.probe as probe_stage
 import pipeline.stages.probe_process as probe_process
 from pipeline.config import StudyConfig
+from pipeline.models.plugins import registry
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.inprocess import runs_in_process
 from pipeline.runtime.execute.probe_child import jobs_at_once
@@ -39,7 +41,7 @@ ONE_FAN = {"fan_countries": ["C01"]}
 
 def study(
     out: Path,
-    models: dict[str, Any] | None = None,
+    keep: tuple[str, ...] = ("ar_qr",),
     start: str | None = None,
     evaluation: dict[str, Any] | None = None,
     **runtime: Any,
@@ -50,8 +52,7 @@ def study(
     if evaluation is not None:
         d["evaluation"] = evaluation
     d["runtime"].update({"output_dir": str(out), **runtime})
-    d["models"].update({"rw": {"enabled": False}, "climatology": {"enabled": False}})
-    d["models"].update(models or {})
+    d["models"] = keeping(d["models"], *keep)  # `keep` alone, with SMALL_STUDY's settings
     config = make_config(d)
     prepare(config, ROOT)
     return config
@@ -226,7 +227,7 @@ def test_ensemble_tasks_hold_one_block_each_so_every_worker_gets_one(tmp_path: P
     whatever the time-based size, so >= 2 blocks keep 2 workers busy."""
     config = study(
         tmp_path / "out",
-        models={"ar_qr": {"enabled": False}, "ensemble_nn": {"enabled": True}},
+        keep=("ensemble_nn",),
         start="2015-01-01",  # 48 origins: two blocks of the adapter's default size
     )
     from pipeline.data.prepared import load_panel
@@ -326,7 +327,7 @@ def test_models_probed_side_by_side_give_the_same_plan(
     for parallel in (1, 2):
         monkeypatch.setenv("QPIPE_PROBE_CACHE", str(tmp_path / f"cache{parallel}"))
         monkeypatch.setattr(probe_stage.ProbeChild, "parallel", parallel)
-        config = study(tmp_path / f"out{parallel}", models={"lqr": {"enabled": True}})
+        config = study(tmp_path / f"out{parallel}", keep=("ar_qr", "lqr"))
         caplog.clear()
         plan = probe_stage.run_probe(config)
         assert f"probe: {parallel} job(s) at a time" in caplog.text
@@ -387,8 +388,7 @@ def test_a_probe_child_that_will_measure_starts_before_prepare_and_ends_with_the
     def rw(out: Path, **runtime: Any) -> StudyConfig:
         d = copy.deepcopy(SMALL_STUDY)
         d["runtime"].update({"output_dir": str(out), "in_process_below_s": 1e9, **runtime})
-        d["models"] = {m: {"enabled": m == "rw"} for m in ("ar_qr", "lqr", "ensemble_nn")}
-        d["models"].update({"climatology": {"enabled": False}, "rw": {"enabled": True}})
+        d["models"] = registry.only_entries("rw")
         d["evaluation"] = {"combo": {"enabled": False}, "mcs_reps": 20}
         return make_config(d)
 
@@ -455,7 +455,7 @@ def test_the_first_run_on_a_machine_starts_the_probe_child_before_composing_its_
 
     monkeypatch.setattr(probe_stage.ProbeChild, "start", start)
     monkeypatch.setattr(compose, "compose_dict", composing)
-    ar_qr = tiny_study("models.lqr.enabled=false")
+    ar_qr = tiny_study(*registry.only("ar_qr"))
     assert main(["run", *ar_qr, f"runtime.output_dir={tmp_path / 'a'}"]) == 0
     assert events == ["child", "compose"] and probe_process._early is None
     assert children[0].imports and children[0].proc is None  # given its imports, measured in
@@ -475,7 +475,7 @@ def test_the_first_run_on_a_machine_starts_the_probe_child_before_composing_its_
     probe_process.start_speculative()  # then a study whose tasks import torch
     speculative = probe_process._early
     assert speculative is not None and speculative.proc is not None
-    lqr = study(tmp_path / "d", models={"ar_qr": {"enabled": False}, "lqr": {"enabled": True}})
+    lqr = study(tmp_path / "d", keep=("lqr",))
     assert "pipeline.models.solvers.lqr" in task_imports(lqr, ["lqr"])
     probe_process.start_early(lqr, ["lqr"])
     assert probe_process._early is None and speculative.proc is None

@@ -14,12 +14,13 @@ import pytest
 from conftest import tiny_study, write_format_1_shard
 from shard_files import index_path
 
+from pipeline.models.plugins import registry
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.store.shard_format import parse_index
 from pipeline.runtime.ui.monitor import monitor
 
-TINY = tiny_study("models.lqr.enabled=false", "runtime.max_in_flight=1")
+TINY = tiny_study(*registry.only("ar_qr"), "runtime.max_in_flight=1")
 
 
 def entry(i: int) -> dict[str, np.ndarray]:

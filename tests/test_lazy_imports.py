@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from conftest import ROOT, make_config, tiny_study
 
 from pipeline.cli import main
+from pipeline.models.plugins import registry
 from pipeline.schema import forecast_arrow_schema
 
 HEAVY = (
@@ -79,9 +80,7 @@ def test_monitor_and_a_noop_run_import_neither_pandas_nor_dask_nor_plotting(
     frame = generate_panel(make_config({}).data.synthetic).frame.head(3 * 144)
     frame.assign(TIME=frame.TIME.dt.strftime("%Y-%m")).to_csv(panel, index=False)
     overrides = tiny_study(
-        "models.ar_qr.enabled=false",
-        "models.lqr.enabled=false",
-        "models.rw.enabled=true",
+        *registry.only("rw"),
         "data.source=panel",
         f"data.path={panel}",
         "data.target=inflation",
@@ -110,8 +109,7 @@ def test_each_dvc_stage_process_imports_only_what_it_uses(tmp_path: Path) -> Non
     out = tmp_path / "out"
     params = tmp_path / "params.yaml"
     overrides = tiny_study(
-        "models.lqr.enabled=false",
-        "models.rw.enabled=true",  # a second model: the plan, the store and the table again
+        *registry.only("ar_qr", "rw"),  # a second model: the plan, the store and the table again
         "data.horizons=[1,3]",
         f"runtime.output_dir={out}",
     )
@@ -215,9 +213,7 @@ def test_an_ar_qr_task_child_imports_neither_pandas_nor_pyarrow_nor_torch(tmp_pa
         "import sys\n\n\ndef heavy(names):\n"
         f"    return [m for m in {list(HEAVY)!r} if m in sys.modules]\n"
     )
-    overrides = tiny_study(
-        "models.lqr.enabled=false", f"runtime.output_dir={tmp_path / 'out'}"
-    )  # ar_qr alone
+    overrides = tiny_study(*registry.only("ar_qr"), f"runtime.output_dir={tmp_path / 'out'}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     done = subprocess.run(
         [sys.executable, "-c", CHILD_SCRIPT, "run", *overrides],

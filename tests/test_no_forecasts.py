@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import keeping
 from conftest import SMALL_STUDY, make_config, prepared_rw_study
 from test_task_limits import plan
 
@@ -64,7 +65,7 @@ def test_the_command_line_exits_1_with_one_line(
     were never trained."""
     d = copy.deepcopy(SMALL_STUDY)
     d["runtime"]["output_dir"] = str(every_fit_failed)
-    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
+    d["models"] = keeping(d["models"], "rw")
     params = yaml.safe_dump(make_config(d).to_dict(), sort_keys=False)
     (tmp_path / "params.yaml").write_text(params)
     monkeypatch.chdir(tmp_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from pipeline.models.plugins import registry
 from pipeline.runtime.ui.logs import RunLog, configure_terminal_logging, third_party_to_run_log
 from pipeline.runtime.ui.progress_bar import ProgressReporter
 
@@ -36,8 +37,7 @@ def test_dask_info_goes_to_the_log_file_only(tmp_path):
             "rolling_window.start_date=2024-01-01",
             "rolling_window.end_date=2024-02-01",
             "models.ar_qr.p=2",
-            "models.lqr.enabled=false",
-            "models.ensemble_nn.enabled=false",
+            *registry.only("ar_qr", "rw", "climatology"),
             "runtime.max_workers=1",
             "runtime.dashboard_port=0",
             "runtime.in_process_below_s=0",  # a real cluster, whose INFO lines are checked

@@ -17,6 +17,7 @@ from conftest import tiny_study
 import pipeline.runner as runner
 from pipeline.config import ConfigError, StudyConfig
 from pipeline.io import write_json
+from pipeline.models.plugins import registry
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.sweep import JobResult, format_table, launch, run_multirun, summary_rows
 
@@ -132,7 +133,7 @@ def test_two_job_multirun_second_job_refits_only_what_differs(tmp_path):
     # job 0: horizon 1; job 1: horizons 1 and 3 -> its horizon-1 fits come from job 0's cache
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "pipeline", "run", "-m",
-           *tiny_study("models.lqr.enabled=false", "data.horizons=[1],[1,3]"),
+           *tiny_study(*registry.only("ar_qr"), "data.horizons=[1],[1,3]"),
            f"hydra.sweep.dir={sweep}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

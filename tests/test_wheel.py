@@ -23,10 +23,12 @@ from conftest import stop_processes, tiny_study
 from test_api import synthetic_frame
 from test_dvc_pipeline import BIN, dvc_env, project_files
 
+from pipeline.models.plugins import registry
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-STUDY = tiny_study("models.lqr.enabled=false")
+STUDY = tiny_study(*registry.only("ar_qr"))
 STRAY = "import pathlib; pathlib.Path('STRAY_RAN').write_text('x'); raise SystemExit(3)\n"
 
 
