@@ -145,7 +145,7 @@ def prepared_rw_study(tmp_path: Path) -> StudyConfig:
 
     d = copy.deepcopy(SMALL_STUDY)
     d["runtime"].update({"output_dir": str(tmp_path / "out"), "in_process_below_s": 60.0})
-    d["models"].update({"ar_qr": {"enabled": False}, "climatology": {"enabled": False}})
+    d["models"] = registry.only_entries("rw")
     config = make_config(d)
     prepare(config, ROOT)
     return config
@@ -299,10 +299,7 @@ def oracle_study(tmp_path_factory: pytest.TempPathFactory, _session_probe_cache:
 
     out = tmp_path_factory.mktemp("oracle-study") / "out"
     overrides = tiny_study(
-        "models.ar_qr.enabled=false",
-        "models.lqr.enabled=false",
-        "models.rw.enabled=true",
-        "models.climatology.enabled=true",
+        *registry.only("rw", "climatology"),
         "evaluation.combo.enabled=true",
         "evaluation.combo.members=[rw,climatology]",
         "evaluation.benchmark=rw",
