@@ -59,8 +59,9 @@ def test_a_study_of_some_models_names_the_ones_it_keeps():
 
 
 def test_the_benchmarks_ar_qr_study_is_ar_qr_alone():
-    # benchmarks/study_overrides.py spells its overrides out (the scripts run the pipeline in
-    # child processes only and import none of it): a new built-in model must be added there
+    # benchmarks/study_overrides.py spells the built-in names out (the scripts run the pipeline
+    # in child processes only and import none of it): a new built-in model must be added to its
+    # BUILTIN_MODELS (tests/test_one_source_studies.py)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -70,7 +71,7 @@ def test_the_benchmarks_ar_qr_study_is_ar_qr_alone():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = compose_config(module.AR_QR_ONLY)
-    assert config.models.enabled() == ("ar_qr",), "add the new model to AR_QR_ONLY, switched off"
+    assert config.models.enabled() == ("ar_qr",), "add the new model to BUILTIN_MODELS"
     assert not config.evaluation.combo.enabled
 
 
