@@ -17,6 +17,7 @@ MALLOC_TRIM_THRESHOLD_ is dropped from it (see `settings.worker_environ`).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,27 @@ class ClusterHandle:
         """Worker threads now: the study's own cluster's (one per worker), or those an existing
         cluster's scheduler reports (a cluster may scale while a run trains model after model)."""
         return self.n_workers if self.local else worker_threads(self.client)
+
+
+# Dask's warning when the dashboard's port is taken at bind time (distributed/node.py)
+_PORT_TAKEN = r"Port \d+ is already in use"
+
+
+def _local_cluster(
+    n_workers: int, memory_limit_mb: int, host: str, port: int, security: Security
+) -> LocalCluster:
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=int(memory_limit_mb) * 2**20,
+        host="127.0.0.1",
+        scheduler_port=0,
+        protocol="tls://",
+        security=security,
+        dashboard_address=f"{host}:{port}",
+        silence_logs=logging.CRITICAL,  # workers' stderr: their warnings are forwarded
+    )
 
 
 def worker_threads(client: Client) -> int:
@@ -80,18 +102,12 @@ def make_client(
                 log.info("dashboard port %d is taken; using a free one", port)
                 port = 0
             security = Security.temporary()  # this run's own CA and certificate, in memory
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=int(memory_limit_mb) * 2**20,
-                host="127.0.0.1",
-                scheduler_port=0,
-                protocol="tls://",
-                security=security,
-                dashboard_address=f"{host}:{port}",
-                silence_logs=logging.CRITICAL,  # workers' stderr: their warnings are forwarded
-            )
+            with warnings.catch_warnings():
+                # the port found free above can be taken before the scheduler binds it (another
+                # study starting at the same moment): Dask then takes a free one, as the check
+                # does, and the dashboard line names it; its warning would only repeat that
+                warnings.filterwarnings("ignore", _PORT_TAKEN, UserWarning)
+                cluster = _local_cluster(n_workers, memory_limit_mb, host, port, security)
             # results gathered straight from these workers (127.0.0.1): relaying every
             # task's forecasts (megabytes) was the scheduler's largest CPU cost in train
             client = Client(cluster, security=security, direct_to_workers=True)
