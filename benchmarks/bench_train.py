@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import StudyConfig, validate
+from pipeline.config.defaults import with_defaults
+from pipeline.models.plugins import registry
 from pipeline.runtime.sizing.plan import ModelPlan, Plan
 from pipeline.runtime.store.progress import db_path, read_table
 from pipeline.stages.prepare import prepare
@@ -36,22 +38,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def seed_config(out: Path, end: str, models: list[str], workers: int | None) -> StudyConfig:
     return validate(
-        {
-            "name": "bench",
-            "data": {
-                "source": "eurostat",
-                "path": str(DATA),
-                "target": "prc_hicp_manr_CP00",
-                "lags": [1, 2, 3, 6, 12],
-                "horizons": [1, 3, 6, 12],
-                "quantiles": [0.1, 0.5, 0.9],
-            },
-            "rolling_window": {"size": 60, "step": 1, "start_date": "2018-01-01", "end_date": end},
-            "runtime": {"output_dir": str(out), "progress_bar": False, "max_workers": workers},
-            "models": {
-                name: {"enabled": name in models} for name in ("ar_qr", "lqr", "ensemble_nn")
-            },
-        }
+        with_defaults(
+            {
+                "name": "bench",
+                "data": {
+                    "source": "eurostat",
+                    "path": str(DATA),
+                    "target": "prc_hicp_manr_CP00",
+                    "lags": [1, 2, 3, 6, 12],
+                    "horizons": [1, 3, 6, 12],
+                    "quantiles": [0.1, 0.5, 0.9],
+                },
+                "rolling_window": {
+                    "size": 60,
+                    "step": 1,
+                    "start_date": "2018-01-01",
+                    "end_date": end,
+                },
+                "runtime": {"output_dir": str(out), "progress_bar": False, "max_workers": workers},
+                # the models measured, beside the benchmarks every study scores against (a new
+                # built-in model stays out)
+                "models": registry.only_entries(*models, "rw", "climatology"),
+            }
+        )
     )
 
 
