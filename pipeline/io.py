@@ -143,9 +143,18 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) ->
         np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
+@contextmanager
+def open_npz(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """An .npz file's arrays (np.load's NpzFile), arrays only: allow_pickle=False, so a
+    crafted file cannot run code. The file is opened here, not by np.load, which keeps a file
+    it opened itself when the zip is unreadable (a damaged file's descriptor left open)."""
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+        yield data
+
+
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Load arrays only: allow_pickle=False, so a crafted file cannot run code."""
-    with np.load(path, allow_pickle=False) as data:
+    """Every array of an .npz file (open_npz)."""
+    with open_npz(path) as data:
         return {k: data[k] for k in data.files}
 
 

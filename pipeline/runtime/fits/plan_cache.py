@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import atomic_path, stable_hash
+from pipeline.io import atomic_path, open_npz, stable_hash
 from pipeline.runtime.fits.key_reuse import PlanBasis
 from pipeline.runtime.fits.keys import KEY_BYTES, raw_keys
 
@@ -138,8 +138,7 @@ def load_entry(name: str, basis: bool = True) -> tuple[list[Part], PlanBasis | N
     if not path.is_file():
         return None
     try:
-        # opened here: np.load keeps a file it opened itself when its zip is unreadable
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+        with open_npz(path) as data:
             wanted = [k for k in data.files if basis or _is_part(k) or k == "checksum"]
             arrays = {k: data[k] for k in wanted}
         stored = arrays.pop("checksum")

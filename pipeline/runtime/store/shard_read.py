@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.io import open_npz
 from pipeline.runtime.store.shard_format import Index, block_sums, entry_checksum
 
 Entry = dict[str, np.ndarray]
@@ -70,8 +71,7 @@ def read_checked(path: Path, index: Index) -> ShardArrays | None:
     stacked: dict[str, np.ndarray] = {}
     own: list[Entry] = [{} for _ in range(n)] if any(index.own) else []
     try:
-        # opened here: np.load keeps a file it opened itself when its zip is unreadable
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+        with open_npz(path) as data:
             files = set(data.files)
             for nm in index.stacked:
                 with contextlib.suppress(*_UNREADABLE):
