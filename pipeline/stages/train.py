@@ -31,7 +31,7 @@ from pipeline.config import StudyConfig
 from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
-from pipeline.runtime.fits.fit_groups import FitGroup
+from pipeline.runtime.fits.fit_groups import FitGroup, plan_columns
 from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.fits.shared_plan import fit_groups
@@ -40,7 +40,7 @@ from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.ui.logs import RunLog, new_run_id
-from pipeline.schema import forecast_arrow_schema
+from pipeline.schema import Y_RAW, forecast_arrow_schema
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
@@ -108,7 +108,8 @@ def run_train(
     out = config.output_dir
     with RunLog(out, run_id) as run_log, ProgressStore(db_path(out)) as store:
         store.start_run(run_id, model, os.getpid(), str(run_log.path))
-        panel = load_panel_columns(out)
+        # what the plan and the table's actuals read of it, not the other models' columns
+        panel = load_panel_columns(out, [*plan_columns(config, adapter), Y_RAW])
         groups = fit_groups(panel, config, adapter)
         if model in config.models.user_models():  # before any cluster starts
             from pipeline.runtime.execute.model_check import check_user_model

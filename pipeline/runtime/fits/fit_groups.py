@@ -39,7 +39,7 @@ from pipeline.runtime.fits.fit_windows import (
 )
 from pipeline.runtime.fits.key_reuse import PlanBasis, previous_fits
 from pipeline.runtime.fits.keys import KEY_BYTES, bulk_keys, country_digests, hex_keys, key_prefix
-from pipeline.schema import month_index
+from pipeline.schema import lead_column, month_index
 
 if TYPE_CHECKING:  # the driver builds groups from a panel; a worker's task needs no pandas
     import pandas as pd
@@ -165,8 +165,6 @@ def build_group(
     `basis` (per-country only): a previous plan of the same model (plan_cache.py); the keys of
     fits whose hashed values it holds unchanged are taken from it (key_reuse.py), not hashed.
     """
-    from pipeline.schema import lead_column
-
     if not pooled and len(horizons) != 1:
         raise ValueError(f"a per-country group has one horizon; got horizons={list(horizons)}")
     columns = [*features, *(lead_column(h) for h in horizons)]
@@ -249,7 +247,7 @@ def build_group(
         key_raw=np.asarray(keys).view(f"S{KEY_BYTES}").ravel(),
         country=np.asarray(fit_country, dtype=object),
         origin=fit_origin,
-        countries=row_countries.astype(object),
+        countries=np.asarray(row_countries, dtype=object),  # per-country: a view of `country`
         rows=rows,
         data=data,
         block=block,
@@ -308,6 +306,12 @@ def plan_parts(groups: Sequence[FitGroup]) -> list[tuple[np.ndarray, np.ndarray,
     ]
 
 
+def plan_columns(config: Any, adapter: Any) -> list[str]:
+    """The panel's columns a model's groups read besides COUNTRY and TIME: its features, then
+    the target of each horizon (what the plan's digest covers and train reads of the panel)."""
+    return [*adapter.features(config), *(lead_column(h) for h in config.data.horizons)]
+
+
 def build_groups(
     panel: Panel,
     config: Any,
@@ -326,15 +330,13 @@ def build_groups(
     models only).
     """
     from pipeline.data.windows import origin_months
-    from pipeline.schema import lead_column
 
     horizon_sets = (
         [tuple(config.data.horizons)] if adapter.pooled else [(h,) for h in config.data.horizons]
     )
     # one month grid of every column any group reads (a grid per group rebuilt the panel's
     # country and month index each time)
-    features = list(adapter.features(config))
-    columns = [*features, *(lead_column(h) for h in config.data.horizons)]
+    columns = plan_columns(config, adapter)
     countries, m0, every = country_grid(panel, columns)
     return [
         build_group(

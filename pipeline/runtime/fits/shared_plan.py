@@ -22,10 +22,17 @@ import numpy as np
 from pipeline.data.prepared import PanelColumns
 from pipeline.io import stable_hash
 from pipeline.runtime.fits import plan_cache
-from pipeline.runtime.fits.fit_groups import FitGroup, build_groups, group_facts, plan_parts
+from pipeline.runtime.fits.fit_groups import (
+    FitGroup,
+    build_groups,
+    group_facts,
+    plan_columns,
+    plan_parts,
+)
 from pipeline.runtime.fits.fit_windows import CountryWindows, grid_countries
 from pipeline.runtime.fits.key_reuse import PlanBasis, canonical
 from pipeline.runtime.fits.keys import key_prefix
+from pipeline.schema import COUNTRY, TIME
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_windows import Panel
@@ -51,13 +58,17 @@ def release_plans() -> None:
         _memo.clear()
 
 
-def panel_digest(panel: Panel) -> str:
+def panel_digest(panel: Panel, columns: Sequence[str] | None = None) -> str:
     """sha256 over the panel's column names, kinds and values, the same for its DataFrame and
     its Arrow columns (pipeline.data.prepared.PanelColumns: probe and train read no pandas):
     a string column as its sorted distinct values and each row's code, times as int64
-    nanoseconds, numbers as their bytes (about 30 ms for a 40 MB panel)."""
+    nanoseconds, numbers as their bytes (about 30 ms for a 40 MB panel).
+
+    `columns`: only these, in this order (those the panel has: a missing one is the grid's
+    error to report); fit_groups digests what the groups read, not the whole panel."""
     digest = hashlib.sha256(b"panel columns 1")
-    for name in panel.columns:
+    names = panel.columns if columns is None else [c for c in columns if c in panel.columns]
+    for name in names:
         values, distinct = _canonical(panel, name)
         values = np.ascontiguousarray(values)
         head = json.dumps([str(name), values.dtype.str, int(values.size), distinct]).encode()
@@ -72,6 +83,8 @@ def _canonical(panel: Panel, name: str) -> tuple[np.ndarray, list[str] | None]:
         import pyarrow as pa
 
         kind = panel.table.schema.field(name).type
+        if pa.types.is_dictionary(kind):  # COUNTRY as read (its values are strings)
+            kind = kind.value_type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             distinct, codes = panel.codes(name)
             return codes, distinct
@@ -94,7 +107,10 @@ def fit_groups(panel: Panel, config: Any, adapter: Any) -> list[FitGroup]:
     """`build_groups(panel, config, adapter)`, built once per run inside one_plan_per_run,
     and a per-country model's fits and keys once per machine (runtime/fits/plan_cache.py):
     the stages of `dvc repro`, each its own process, then build the keys once."""
-    key = (adapter.name, stable_hash(config.to_dict(), length=64), panel_digest(panel))
+    # the digest of what the groups read of the panel: a column they do not read (the
+    # actuals, other models' features) cannot change them
+    read = [COUNTRY, TIME, *plan_columns(config, adapter)]
+    key = (adapter.name, stable_hash(config.to_dict(), length=64), panel_digest(panel, read))
     if _memo is not None and key in _memo:
         return _memo[key]
     groups = _built_or_loaded(panel, config, adapter, key)
