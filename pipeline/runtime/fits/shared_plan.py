@@ -3,8 +3,8 @@
 Inside `one_plan_per_run()` (what `python -m pipeline run` wraps a study in), `fit_groups`
 builds a model's groups once and hands the same objects to every later caller with the same
 panel and config; outside it (one DVC stage per process) each call builds or loads them. The memo
-is keyed by what the groups depend on: the model, the whole study config and the panel's
-content, so a caller with another panel or config never gets a stale plan. A per-country
+is keyed by what the groups depend on: the model, the whole study config and the content of
+the panel's columns they read, so a caller with another panel or config never gets a stale plan. A per-country
 model's fits and keys are also kept on disk under the same names (plan_cache.py), so that one
 DVC stage per process builds them once per study, not once per stage.
 """
