@@ -130,14 +130,15 @@ def country_grid(panel: Panel, columns: Sequence[str]) -> tuple[list[str], int, 
         months = month_index(panel[TIME])
         cidx = pd.Categorical(panel[COUNTRY].astype(str), categories=countries).codes
     m0, m1 = int(months.min()), int(months.max())
-    grid = np.full((len(countries), m1 - m0 + 1, len(columns)), np.nan)
-    if isinstance(panel, PanelColumns):
-        values = np.empty((len(panel), len(columns)))
-        for k, name in enumerate(columns):
-            values[:, k] = panel.values(name)
-    else:
-        values = panel[list(columns)].to_numpy(dtype=np.float64)
-    grid[cidx, months - m0, :] = values
+    C, M = len(countries), m1 - m0 + 1
+    grid = np.full((C, M, len(columns)), np.nan)
+    cells = grid.reshape(C * M, len(columns))  # a row per (country, month): a view
+    at = np.asarray(cidx, dtype=np.int64) * M + (months - m0)
+    for k, name in enumerate(columns):  # column by column: no panel-sized copy of them all
+        if isinstance(panel, PanelColumns):
+            cells[at, k] = panel.values(name)
+        else:
+            cells[at, k] = panel[name].to_numpy(dtype=np.float64)
     return countries, m0, grid
 
 
