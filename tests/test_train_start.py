@@ -186,3 +186,27 @@ assert "pyarrow.compute" not in sys.modules, "pyarrow.compute imported"
 assert "pandas" not in sys.modules, "pandas imported"
 """
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True)
+
+
+def test_groups_share_the_studys_grid_and_read_what_a_copy_of_their_columns_gives() -> None:
+    """A per-country group keeps the study's one grid and the columns it reads (a copy per
+    group cost ~230 MB at 10M fits): its windows and task parts are those of the copy."""
+    import dataclasses
+
+    config = make_config(copy.deepcopy(SMALL_STUDY))
+    for model in ("ar_qr", "rw"):
+        groups = build_groups(PANEL, config, adapter_for(config, model))
+        grids = {id(g.data.grid) for g in groups}
+        assert len(grids) == 1 and all(g.data.columns is not None for g in groups[1:])
+        for g in groups:
+            copied = dataclasses.replace(g.data, grid=g.data.values(), columns=None)
+            for index in (np.arange(len(g)), np.arange(len(g))[::3][::-1]):
+                for mine, theirs in (
+                    (g.data.take(index), copied.take(index)),
+                    (g.data.part(index), copied.part(index)),
+                ):
+                    assert mine.keys() == theirs.keys()
+                    for k in mine:
+                        a, b = np.asarray(mine[k]), np.asarray(theirs[k])
+                        assert a.dtype == b.dtype and a.shape == b.shape, (model, k)
+                        assert a.tobytes() == b.tobytes(), (model, k)

@@ -168,11 +168,14 @@ def build_group(
     if not pooled and len(horizons) != 1:
         raise ValueError(f"a per-country group has one horizon; got horizons={list(horizons)}")
     columns = [*features, *(lead_column(h) for h in horizons)]
+    picked: tuple[int, ...] | None = None  # the columns of `grid` this group reads, or all
     if shared_grid is None:
         countries, m0, grid = country_grid(panel, columns)
-    else:  # the columns this group reads, from the study's one grid
-        countries, m0, every, names = shared_grid
-        grid = every[..., [names.index(c) for c in columns]]
+    else:  # the study's one grid: a per-country group keeps it, not a copy of its columns
+        countries, m0, grid, names = shared_grid
+        picked = tuple(names.index(c) for c in columns)
+        if picked == tuple(range(grid.shape[2])):
+            picked = None
     org = np.array([_month(o) for o in origins], dtype=np.int64)
     carr = np.array(countries, dtype=object)
     step = int(np.diff(org).min()) if len(org) > 1 else 1
@@ -185,7 +188,7 @@ def build_group(
         slots = (org // max(step, 1)) % slot_period if slot_period > 1 else None
         prefix = key_prefix(model, version, params, quantiles, int(horizons[0]), seed)
         c_idx, o_idx, keys = country_fit_keys(
-            grid,
+            _picked(grid, picked),
             m0,
             org,
             size,
@@ -199,8 +202,9 @@ def build_group(
         )
         c_idx, fit_origin = c_idx.astype(np.int64), org[o_idx.astype(np.int64)]
     if not pooled:
+        hs = tuple(int(h) for h in horizons)
         data: dict[str, np.ndarray] | CountryWindows = CountryWindows(
-            grid, m0, size, tuple(int(h) for h in horizons), len(features), c_idx, fit_origin
+            grid, m0, size, hs, len(features), c_idx, fit_origin, picked
         )
         fit_country = carr[c_idx]
         row_countries = fit_country[:, None]
@@ -208,7 +212,7 @@ def build_group(
         if slot_period > 1:
             slot = (fit_origin // max(step, 1)) % slot_period
     else:
-        arr = window_arrays(grid, m0, org, size, horizons, len(features))
+        arr = window_arrays(_picked(grid, picked), m0, org, size, horizons, len(features))
         ok = np.isfinite(arr["X_new"]).all(-1) & (arr["w"].sum(-1) >= min_rows)  # (C, O)
         C = ok.shape[0]
         o_idx = np.nonzero(ok.any(0))[0]
@@ -253,6 +257,12 @@ def build_group(
         block=block,
         slot=slot,
     )
+
+
+def _picked(grid: np.ndarray, picked: tuple[int, ...] | None) -> np.ndarray:
+    """The grid's columns a group reads (what its keys and a pooled model's windows are
+    made from): a copy, made only where they are built."""
+    return grid if picked is None else grid[..., list(picked)]
 
 
 def _month(origin: Any) -> int:

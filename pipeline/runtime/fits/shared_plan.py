@@ -144,7 +144,7 @@ def plan_basis(panel: Panel, groups: Sequence[FitGroup], config: Any, adapter: A
     org = np.array(origin_months(config.rolling_window))
     step = int(np.diff(org).min()) if len(org) > 1 else 1
     every = (  # the features once, then each group's target
-        (w.grid[..., :p], w.grid[..., p]) for w in windows
+        (v[..., :p], v[..., p]) for v in (w.values() for w in windows)
     )
     features, leads = zip(*every, strict=True) if windows else ((), ())
     return PlanBasis(
