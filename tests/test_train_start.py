@@ -210,3 +210,10 @@ def test_groups_share_the_studys_grid_and_read_what_a_copy_of_their_columns_give
                         a, b = np.asarray(mine[k]), np.asarray(theirs[k])
                         assert a.dtype == b.dtype and a.shape == b.shape, (model, k)
                         assert a.tobytes() == b.tobytes(), (model, k)
+
+
+def test_a_panel_without_a_column_train_reads_says_which(tmp_path: Path) -> None:
+    out = _written(PANEL.drop(columns=[COUNTRY, "y_lead1"]), tmp_path)
+    panel = load_panel_columns(out, ["y", "y_lead1"])
+    with pytest.raises(ValueError, match=r"lacks columns \['COUNTRY', 'y_lead1'\]"):
+        country_grid(panel, ["y", "y_lead1"])

@@ -40,12 +40,16 @@ def load_panel_columns(output_dir: Path, columns: Sequence[str] | None = None) -
     COUNTRY is read as the file's dictionary (its type in `table`; its values are the same)."""
     import pyarrow.parquet as pq
 
+    path = output_dir / PANEL_FILE
     # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas
-    with pq.ParquetFile(output_dir / PANEL_FILE, read_dictionary=[COUNTRY]) as file:
-        if columns is not None:
-            there = set(file.schema_arrow.names)
-            wanted = dict.fromkeys([COUNTRY, TIME, *columns])  # in order, once each
-            columns = [c for c in wanted if c in there]
+    with pq.ParquetFile(path) as file:  # its footer: which columns it has
+        there = file.schema_arrow.names
+    if columns is not None:
+        wanted = dict.fromkeys([COUNTRY, TIME, *columns])  # in order, once each
+        columns = [c for c in wanted if c in there]
+    # a panel without COUNTRY is the grid's error to report, as for the whole panel
+    dictionary = [COUNTRY] if COUNTRY in there else None
+    with pq.ParquetFile(path, read_dictionary=dictionary) as file:
         return PanelColumns(file.read(columns=columns))
 
 
