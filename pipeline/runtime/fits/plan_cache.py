@@ -143,6 +143,9 @@ def load_entry(name: str, basis: bool = True) -> tuple[list[Part], PlanBasis | N
                 country.ndim != 1
                 or origin.shape != country.shape
                 or raw.shape != (country.size, KEY_BYTES)
+                or raw.dtype != np.uint8
+                or country.dtype.kind != "i"
+                or origin.dtype.kind != "i"
             ):
                 raise ValueError(f"group {g}'s parts do not match")
             parts.append((country, origin, raw.view(f"S{KEY_BYTES}").ravel()))  # raw digests
