@@ -158,13 +158,14 @@ def test_parts_that_do_not_match_are_not_used(plans: Path) -> None:
     plan_cache.save("ok", [(np.arange(2), np.arange(2), keys)])
     (loaded,) = plan_cache.load("ok") or []
     assert loaded[2].tobytes() == keys.tobytes()
-    # a well-formed entry whose parts disagree (not written by save): refused, removed
-    np.savez(
-        plans / "bad.npz",
-        **{"0_country": np.arange(3), "0_origin": np.arange(2)},
-        **{"0_keys": np.zeros((2, 32), np.uint8)},
-    )
-    assert plan_cache.load("bad") is None and not (plans / "bad.npz").exists()
+    # well-formed entries whose parts disagree (not written by save): refused, removed
+    for country, keys_of in ((np.arange(3), np.uint8), (np.arange(2), np.float64)):
+        np.savez(
+            plans / "bad.npz",
+            **{"0_country": country, "0_origin": np.arange(2)},
+            **{"0_keys": np.zeros((2, 32), keys_of)},
+        )
+        assert plan_cache.load("bad") is None and not (plans / "bad.npz").exists()
 
 
 def test_the_panel_and_the_plan_are_read_without_pyarrow_compute(tmp_path: Path) -> None:
