@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.data.arrow_columns import to_numpy
-from pipeline.schema import COUNTRY, PANEL_FILE, TIME
+from pipeline.schema import COUNTRY, PANEL_FILE, TIME, month_index
 
 if TYPE_CHECKING:  # imported by the read itself
     import pandas as pd
@@ -62,6 +62,7 @@ class PanelColumns:
         self.table = table  # a pyarrow.Table
         self.columns: list[str] = list(table.column_names)
         self._codes: dict[str, tuple[list[str], np.ndarray]] = {}  # the plan and table reuse them
+        self._months: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.table.num_rows)
@@ -69,6 +70,13 @@ class PanelColumns:
     def values(self, name: str) -> np.ndarray:
         """Column `name` as numpy (nulls as NaN or NaT, as pandas reads them)."""
         return to_numpy(self.table.column(name))
+
+    def months(self) -> np.ndarray:
+        """Each row's month index of TIME (int64), made once: the plan's grid and the table's
+        actuals both read it (the datetime conversion is ~20 ns a row)."""
+        if self._months is None:
+            self._months = month_index(self.values(TIME))
+        return self._months
 
     def codes(self, name: str) -> tuple[list[str], np.ndarray]:
         """The distinct strings of column `name`, sorted, and each row's index in them (int64);

@@ -141,7 +141,7 @@ def country_grid(panel: Panel, columns: Sequence[str]) -> tuple[list[str], int, 
         raise ValueError(f"prepared panel lacks columns {missing}")
     if isinstance(panel, PanelColumns):
         countries, cidx = panel.codes(COUNTRY)
-        months = month_index(panel.values(TIME))
+        months = panel.months()
     else:
         import pandas as pd
 
