@@ -24,6 +24,7 @@ from pipeline.data.arrow_columns import from_numpy, strings
 from pipeline.io import column_encodings
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.fits.fit_windows import country_grid
+from pipeline.runtime.fits.kept_forecasts import KeptForecasts
 from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
 
 if TYPE_CHECKING:
@@ -60,9 +61,23 @@ def forecast_chunks(
     chunk: int = CHUNK_ROWS,
     block_rows: int = BLOCK_ROWS,
 ) -> Iterator[Any]:
-    """The forecast table of the fits marked in `have` (per group, (F,) bool), with per group
-    `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables of `chunk` rows (the
-    last shorter; one empty table when no fit is known; forecast_arrow_schema) in
+    """table_chunks of forecasts given as per group arrays of every fit: the fits marked in
+    `have` (per group, (F,) bool), with per group `pred` (F, C, H, Q) and `alpha` (F, Q)."""
+    kept = KeptForecasts.of_arrays(pred, alpha, have)
+    return table_chunks(groups, kept, config, model, panel, chunk, block_rows)
+
+
+def table_chunks(
+    groups: Sequence[FitGroup],
+    kept: KeptForecasts,
+    config: Any,
+    model: str,
+    panel: Panel,
+    chunk: int = CHUNK_ROWS,
+    block_rows: int = BLOCK_ROWS,
+) -> Iterator[Any]:
+    """The forecast table of the fits `kept` knows, as consecutive Arrow tables of `chunk`
+    rows (the last shorter; one empty table when no fit is known; forecast_arrow_schema) in
     FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
 
     The rows are built in blocks of countries (about `block_rows` rows each, one country at
@@ -93,12 +108,12 @@ def forecast_chunks(
         }
         return pa.Table.from_arrays([columns[c] for c in FORECAST_COLUMNS], schema=schema)
 
-    rows = _RowsByCountry(groups, have, len(qs))
+    rows = _RowsByCountry(groups, kept.have, len(qs))
     names = rows.names
     # the string columns' distinct values made once, not once per chunk (1,100 countries x
     # 46 chunks at rw 1M); TARGET and MODEL are one value in every row of a full chunk
     country, target, model_name = _Strings(names), _Strings([config.data.target]), _Strings([model])
-    blocks = _sorted_blocks(rows, pred, alpha, qs, _Actuals(panel, names), block_rows)
+    blocks = _sorted_blocks(rows, kept, qs, _Actuals(panel, names), block_rows)
     yield from (table(cols) for cols in _rechunk(blocks, chunk))
 
 
@@ -159,8 +174,7 @@ class _RowsByCountry:
 
 def _sorted_blocks(
     rows: _RowsByCountry,
-    pred: Sequence[np.ndarray],
-    alpha: Sequence[np.ndarray],
+    kept: KeptForecasts,
     qs: np.ndarray,
     actuals: _Actuals,
     block_rows: int,
@@ -173,7 +187,7 @@ def _sorted_blocks(
     cuts = rows.cuts(block_rows)
     for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
         if rows.slots is not None:  # every row's place known: no sort
-            placed = _placed_block(rows, pred, alpha, qrank, lo, hi)
+            placed = _placed_block(rows, kept, qrank, lo, hi)
             if placed is not None:
                 placed["actual"] = actuals(placed["c"], placed["o"] + placed["h"])
                 yield placed
@@ -183,13 +197,16 @@ def _sorted_blocks(
             c, fi, cj, hi_, qi = rows.block(gi, lo, hi)
             if not c.size:
                 continue
+            # each pair's H x Q forecasts in (horizon, quantile) order, as `block` expands it
+            pairs = slice(None, None, len(g.horizons) * rows.Q)
+            p, a = kept.take(gi, fi[pairs], cj[pairs])
             cols["c"].append(c)
             cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi_])
             cols["q"].append(qi.astype(np.int16))
             cols["o"].append(g.origin[fi].astype(np.int64))
-            cols["f"].append(pred[gi][fi, cj, hi_, qi].astype(np.float64, copy=False))
-            cols["a"].append(alpha[gi][fi, qi].astype(np.float64, copy=False))
-            del fi, cj, hi_, qi
+            cols["f"].append(p.reshape(-1))
+            cols["a"].append(np.broadcast_to(a[:, None, :], p.shape).reshape(-1))
+            del fi, cj, hi_, qi, p, a
         if not cols["c"]:
             continue
         flat = {k: np.concatenate(cols.pop(k)) for k in list(cols)}
@@ -224,8 +241,7 @@ def _slots(
 
 def _placed_block(
     rows: _RowsByCountry,
-    pred: Sequence[np.ndarray],
-    alpha: Sequence[np.ndarray],
+    kept: KeptForecasts,
     qrank: np.ndarray,
     lo: int,
     hi: int,
@@ -268,10 +284,11 @@ def _placed_block(
         runs = run_start[:, [slot_of[(gi, hj)] for hj in range(H)]][r]  # (P, H)
         runs += (country_start[r] + j)[:, None]
         dest = runs[:, :, None] + qrank[None, None, :] * n[r, gi][:, None, None]
-        fi, cj = rows.fit[gi][a:b], rows.col[gi][a:b]
+        fi = rows.fit[gi][a:b]
+        p, al = kept.take(gi, fi, rows.col[gi][a:b])
         dest = dest.reshape(-1)  # (fit, horizon, quantile): pred's order
-        out["f"][dest] = pred[gi][fi, cj].reshape(-1)
-        out["a"][dest] = np.broadcast_to(alpha[gi][fi][:, None, :], (b - a, H, Q)).reshape(-1)
+        out["f"][dest] = p.reshape(-1)
+        out["a"][dest] = np.broadcast_to(al[:, None, :], p.shape).reshape(-1)
         out["o"][dest] = np.repeat(g.origin[fi], H * Q)
     return out
 
