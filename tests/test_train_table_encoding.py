@@ -1,7 +1,7 @@
 """train/<model>.parquet's encodings (forecast_rows.TABLE_OPTIONS): a dictionary only on the
 columns of few distinct values, min/max statistics only on the sort keys that vary, so a
 reader can skip row groups by COUNTRY (the sort's lead) and the write spends nothing on the
-rest. The values read back are the chunks written, whatever the encodings.
+rest; LZ4 but on the forecasts (left uncompressed). The values read back are the chunks written, whatever the encodings.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def test_dictionaries_and_statistics_only_where_they_pay(tmp_path: Path) -> None
             assert column.has_dictionary_page is (name in DICTIONARY), name
             has_min_max = column.is_stats_set and column.statistics.has_min_max
             assert has_min_max is (name in STATISTICS), name
+            codec = "UNCOMPRESSED" if name == "FORECAST" else "LZ4"
+            assert column.compression.startswith(codec), (name, column.compression)
 
 
 def test_a_reader_skips_row_groups_by_country(tmp_path: Path) -> None:
