@@ -69,6 +69,7 @@ def main() -> None:
         "fill_cpu_s": round(fill, 3),
         "rows": rows,
         "build_cpu_s": round(statistics.median(build), 3),
+        "build_min_cpu_s": round(min(build), 3),
         "build_and_write_cpu_s": round(statistics.median(write), 3),
         "us_per_fit": round(1e6 * statistics.median(write) / fits, 3),
         "file_mb": round(size / 1e6, 2),
