@@ -5,8 +5,8 @@ a prepared panel), builds the model's fit groups, fills every fit's forecasts wi
 random values as results of 65,536 fits arrive (the real ones differ only in how well they
 compress: FORECAST is written uncompressed; rw's ALPHA is null) and then, R times, times the build alone (the chunks consumed) and the build
 with train's write (train/<model>.parquet's options) into OUT/table.parquet. Prints the
-process CPU seconds of each (and of storing the results: `fill`), medians over the
-repeats, the rows and the file's size.
+process CPU seconds of each (and of decoding and storing the results: `fill`, once),
+medians over the repeats, the rows and the file's size.
 
 The build takes RunState's forecasts as they are kept (runtime/execute/train_loop.py), so
 the same script measures any tree: run it with that tree on PYTHONPATH.
@@ -17,6 +17,7 @@ Usage: python benchmarks/bench_train_table.py N OUT [R]
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import sys
@@ -79,10 +80,11 @@ def main() -> None:
 
 def _filled_state(config, groups, fpt: int = 65536):  # type: ignore[no-untyped-def]
     """A RunState whose every fit is known, fed as train feeds it: one result of seeded
-    forecasts per task of `fpt` fits (train_phases' tasks), stored as that tree's
-    RunState._done stores one (a tree that keeps each result's arrays, or the older copy
-    into NaN-filled arrays of every fit). Returns the state and the CPU seconds of the
-    feeding (the results' making excluded)."""
+    forecasts per task of `fpt` fits (train_phases' tasks), each arriving as npz bytes (a
+    worker's shard) decoded as worker.shard_arrays decodes it, then stored as that tree's
+    RunState._done stores it (a tree that keeps each result's arrays, or the older copy into
+    NaN-filled arrays of every fit). Returns the state and the CPU seconds of the decoding
+    and storing (the results' making excluded)."""
     import pipeline.runtime.execute.train_loop as train_loop
 
     rng = np.random.default_rng(0)
@@ -92,24 +94,32 @@ def _filled_state(config, groups, fpt: int = 65536):  # type: ignore[no-untyped-
         shape = (g.rows.shape[1], len(g.horizons), Q)
         for lo in range(0, len(g), fpt):
             idx = np.arange(lo, min(lo + fpt, len(g)))
-            pred = rng.normal(size=(idx.size, *shape))
-            results.append((gi, idx, pred, np.full((idx.size, Q), np.nan)))  # rw's: no alpha
+            npz = io.BytesIO()
+            alpha = np.full((idx.size, Q), np.nan)  # rw's: none
+            np.savez(npz, pred=rng.normal(size=(idx.size, *shape)), alpha=alpha)
+            results.append((gi, idx, npz.getvalue()))
+
+    def arrived(npz: bytes) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(io.BytesIO(npz)) as arrays:
+            return arrays["pred"], arrays["alpha"]
+
     state = train_loop.RunState.__new__(train_loop.RunState)
     state.config, state.model, state.groups = config, "rw", groups
     t0 = time.process_time()
     if hasattr(train_loop, "KeptForecasts"):
         shapes = [(len(g), g.rows.shape[1], len(g.horizons)) for g in groups]
         state.kept = train_loop.KeptForecasts(shapes, Q)
-        for gi, idx, pred, alpha in results:
-            state.kept.add(gi, idx, pred, alpha)
+        for gi, idx, npz in results:
+            state.kept.add(gi, idx, *arrived(npz))
     else:
         state.pred = [
             np.full((len(g), g.rows.shape[1], len(g.horizons), Q), np.nan) for g in groups
         ]
         state.alpha = [np.full((len(g), Q), np.nan) for g in groups]
         state.have = [np.zeros(len(g), dtype=bool) for g in groups]
-        for gi, idx, pred, alpha in results:
-            state.pred[gi][idx], state.alpha[gi][idx], state.have[gi][idx] = pred, alpha, True
+        for gi, idx, npz in results:
+            state.pred[gi][idx], state.alpha[gi][idx] = arrived(npz)
+            state.have[gi][idx] = True
     return state, time.process_time() - t0
 
 
