@@ -126,15 +126,24 @@ def write_parquet_tables(
 
 
 def column_encodings(
-    names: Iterable[str], plain: Iterable[str] = (), uncompressed: Iterable[str] = ()
+    names: Iterable[str],
+    plain: Iterable[str] = (),
+    uncompressed: Iterable[str] = (),
+    statistics: Iterable[str] | None = None,
+    codec: str = "zstd",
 ) -> dict[str, Any]:
     """write_parquet_tables `options` for per-column encodings: `plain` columns without a
     dictionary (where nearly every value differs, pyarrow's attempt at one only costs),
-    `uncompressed` ones stored as they are (where zstd saves a few per cent for its CPU)."""
+    `uncompressed` ones stored as they are (where zstd saves a few per cent for its CPU),
+    min/max `statistics` only on these columns (None: on every column; a reader skips row
+    groups by the sort's leading keys, the others' statistics only cost), the others
+    compressed with `codec` (a pyarrow compression name)."""
     names, plain, uncompressed = list(names), set(plain), set(uncompressed)
     options: dict[str, Any] = {"use_dictionary": [n for n in names if n not in plain]}
-    if uncompressed:
-        options["compression"] = {n: "none" if n in uncompressed else "zstd" for n in names}
+    if uncompressed or codec != "zstd":
+        options["compression"] = {n: "none" if n in uncompressed else codec for n in names}
+    if statistics is not None:
+        options["write_statistics"] = [n for n in names if n in set(statistics)]
     return options
 
 

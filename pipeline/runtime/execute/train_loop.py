@@ -18,7 +18,8 @@ from pipeline.runtime.execute.stop import StopFlag
 from pipeline.runtime.execute.task_loop import run_tasks
 from pipeline.runtime.execute.worker import shard_arrays
 from pipeline.runtime.fits.fit_groups import FitGroup
-from pipeline.runtime.fits.forecast_rows import forecast_chunks
+from pipeline.runtime.fits.forecast_rows import table_chunks
+from pipeline.runtime.fits.kept_forecasts import KeptForecasts
 from pipeline.runtime.fits.tasks import Task
 from pipeline.runtime.sizing.plan import Plan
 from pipeline.runtime.store.fit_cache import Entry, FitCache, Found
@@ -50,11 +51,12 @@ class RunState:
             groups,
         )
         self.n_fits = sum(len(g) for g in groups)
-        Q = len(config.data.quantiles)
-        # forecasts known so far, per group: pred (F, C, H, Q), alpha (F, Q), have (F,)
-        self.pred = [np.full((len(g), g.rows.shape[1], len(g.horizons), Q), np.nan) for g in groups]
-        self.alpha = [np.full((len(g), Q), np.nan) for g in groups]
-        self.have = [np.zeros(len(g), dtype=bool) for g in groups]
+        # forecasts known so far: each result's and the cache lookup's arrays as they came,
+        # not copied into arrays of every fit (kept.have: per group, which fits are known)
+        self.kept = KeptForecasts(
+            [(len(g), g.rows.shape[1], len(g.horizons)) for g in groups],
+            len(config.data.quantiles),
+        )
         self.retries = Retries()
         self.trained = 0
         self.loaded = 0
@@ -87,21 +89,22 @@ class RunState:
                 continue
             pick = order[lo:hi]
             idx = at[lo:hi] - (ends[gi] - len(self.groups[gi]))
-            self.pred[gi][idx] = found.arrays["pred"][pick]
-            self.alpha[gi][idx] = found.arrays["alpha"][pick]
-            self.have[gi][idx] = True
+            # the lookup's arrays themselves, each fit at its row there
+            pred, alpha = found.arrays["pred"], found.arrays["alpha"]
+            self.kept.add(gi, idx, pred, alpha, rows=pick)
             cached[gi][idx] = True
-            newly = idx[~known[gi][idx]]
-            if newly.size:
+            new = ~known[gi][idx]
+            if new.any():
+                newly = pick[new]
                 self.store.mark_loaded(
-                    self.model, self.run_id, gi, newly, self.pred[gi][newly], self.alpha[gi][newly]
+                    self.model, self.run_id, gi, idx[new], pred[newly], alpha[newly]
                 )
             self.loaded += int(idx.size)
         return cached
 
     def known(self, key: str) -> bool:
         gi, i = self.where[key]
-        return bool(self.have[gi][i])
+        return bool(self.kept.have[gi][i])
 
     def failed_count(self) -> int:
         return len(self.failed_now())
@@ -180,10 +183,7 @@ class RunState:
             self.cache.write_encoded(keys, shard["names"], shard["npz"], shard["sums"], label)
         else:
             self._write_shard(g, idx, result, label)
-        if idx.size:
-            self.pred[gi][idx] = pred
-            self.alpha[gi][idx] = alpha
-            self.have[gi][idx] = True
+        self.kept.add(gi, idx, pred, alpha)  # kept as they came: no copy
         if self.failed:
             for key in g.keys[idx].tolist():
                 self.failed.pop(key, None)
@@ -225,9 +225,7 @@ class RunState:
     def forecast_chunks(self, panel: Panel) -> Iterator[Any]:
         """The forecast table of every fit known (schema order, deterministic sort), as Arrow
         tables of at most a million rows (runtime/fits/forecast_rows.py)."""
-        return forecast_chunks(
-            self.groups, self.pred, self.alpha, self.have, self.config, self.model, panel
-        )
+        return table_chunks(self.groups, self.kept, self.config, self.model, panel)
 
 
 def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:

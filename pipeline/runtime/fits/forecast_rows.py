@@ -6,11 +6,11 @@ then copied, cast and sorted (schema.conform_forecasts), it held about a gigabyt
 train. Here each row is written at its sorted place (country rank, horizon, quantile, origin),
 which follows from its group, country and fit when every horizon is in one group and a
 country's fits come in origin order (the plan builds them so): no argsort; otherwise the rows
-are sorted on those integer codes. Timestamps and strings (a take from the few distinct
-values) are made one chunk at a time, so a chunk's strings are the only ones alive. The flat
-numeric columns (about 60 bytes per row while sorted: 190 per rw fit, 1.9 GB at 10M fits) are
-made for one block of countries at a time: COUNTRY leads the sort, so the blocks in rank order
-are the sorted table.
+are sorted on those integer codes. Timestamps, strings and actuals are made one chunk (or
+block) at a time from the rows' codes (forecast_columns.py), so a chunk's strings are the
+only ones alive. The flat numeric columns (about 60 bytes per row while sorted: 190 per rw
+fit, 1.9 GB at 10M fits) are made for one block of countries at a time: COUNTRY leads the
+sort, so the blocks in rank order are the sorted table.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.data.arrow_columns import from_numpy, strings
+from pipeline.data.arrow_columns import from_numpy
 from pipeline.io import column_encodings
 from pipeline.runtime.fits.fit_groups import FitGroup
-from pipeline.runtime.fits.fit_windows import country_grid
-from pipeline.schema import FORECAST_COLUMNS, Y_RAW, forecast_arrow_schema
+from pipeline.runtime.fits.forecast_columns import Actuals, Stamps, Strings
+from pipeline.runtime.fits.kept_forecasts import KeptForecasts
+from pipeline.schema import FORECAST_COLUMNS, forecast_arrow_schema
 
 if TYPE_CHECKING:
     from pipeline.runtime.fits.fit_windows import Panel
@@ -32,11 +33,23 @@ if TYPE_CHECKING:
 CHUNK_ROWS = 1 << 16  # rows per Arrow table and parquet row group
 # forecast rows built at once (a block of countries): about 60 bytes each while built
 BLOCK_ROWS = 1 << 19
-# how train writes the table (pipeline.io.write_parquet_tables' options): the forecasts, all
-# but unique doubles, neither dictionary-encoded (pyarrow tries, then falls back to plain
-# after a page: 0.2 CPU-s per 3M rows for nothing) nor compressed (zstd saves under 5 % of
-# them); the other columns, few distinct values each, keep both
-TABLE_OPTIONS = column_encodings(FORECAST_COLUMNS, plain=["FORECAST"], uncompressed=["FORECAST"])
+# how train writes the table (pipeline.io.write_parquet_tables' options), measured on rw 1M's
+# 3M rows (benchmarks/README.md, "The train table's driver cost"): a dictionary only for the
+# columns of a few distinct values (the stamps' ~230 each pay more to encode than they save);
+# FORECAST, all but unique doubles, uncompressed (zstd saves under 5 % of it); min/max
+# statistics only for the sort's keys that vary (COUNTRY leads the sort, then HORIZON,
+# QUANTILE and the origin, so TIME's range): a reader skips row groups on those, the others'
+# statistics only cost; LZ4 (raw), not zstd: 2 % more bytes, a fifth less CPU to write and
+# 40 % less to read. 0.37 -> 0.24 CPU-s per 1M fits for the same values and row groups.
+DICTIONARY = ["COUNTRY", "TARGET", "MODEL", "QUANTILE", "HORIZON"]
+STATISTICS = ["COUNTRY", "HORIZON", "QUANTILE", "TIME"]
+TABLE_OPTIONS = column_encodings(
+    FORECAST_COLUMNS,
+    plain=[c for c in FORECAST_COLUMNS if c not in DICTIONARY],
+    uncompressed=["FORECAST"],
+    statistics=STATISTICS,
+    codec="lz4_raw",
+)
 
 
 def forecast_chunks(
@@ -50,9 +63,23 @@ def forecast_chunks(
     chunk: int = CHUNK_ROWS,
     block_rows: int = BLOCK_ROWS,
 ) -> Iterator[Any]:
-    """The forecast table of the fits marked in `have` (per group, (F,) bool), with per group
-    `pred` (F, C, H, Q) and `alpha` (F, Q), as consecutive Arrow tables of `chunk` rows (the
-    last shorter; one empty table when no fit is known; forecast_arrow_schema) in
+    """table_chunks of forecasts given as per group arrays of every fit: the fits marked in
+    `have` (per group, (F,) bool), with per group `pred` (F, C, H, Q) and `alpha` (F, Q)."""
+    kept = KeptForecasts.of_arrays(pred, alpha, have)
+    return table_chunks(groups, kept, config, model, panel, chunk, block_rows)
+
+
+def table_chunks(
+    groups: Sequence[FitGroup],
+    kept: KeptForecasts,
+    config: Any,
+    model: str,
+    panel: Panel,
+    chunk: int = CHUNK_ROWS,
+    block_rows: int = BLOCK_ROWS,
+) -> Iterator[Any]:
+    """The forecast table of the fits `kept` knows, as consecutive Arrow tables of `chunk`
+    rows (the last shorter; one empty table when no fit is known; forecast_arrow_schema) in
     FORECAST_SORT order. ACTUAL is y_raw at (COUNTRY, TIME) from `panel`.
 
     The rows are built in blocks of countries (about `block_rows` rows each, one country at
@@ -69,26 +96,27 @@ def forecast_chunks(
         origin, h = cols["o"], cols["h"]
         m = origin.size
         columns = {
-            "TIME": _stamps(origin + h),
+            "TIME": stamps(origin + h),
             "COUNTRY": country.take(cols["c"]),
             "TARGET": target.constant(m),
             "MODEL": model_name.constant(m),
             "QUANTILE": from_numpy(qs[cols["q"]], nan_is_null=True),
             "HORIZON": from_numpy(h),
-            "WINDOW_START": _stamps(origin - size + 1),
-            "WINDOW_END": _stamps(origin),
+            "WINDOW_START": stamps(origin - size + 1),
+            "WINDOW_END": stamps(origin),
             "FORECAST": from_numpy(cols["f"], nan_is_null=True),  # NaN is null, as pandas writes
             "ACTUAL": from_numpy(cols["actual"], nan_is_null=True),
             "ALPHA": from_numpy(cols["a"], nan_is_null=True),
         }
         return pa.Table.from_arrays([columns[c] for c in FORECAST_COLUMNS], schema=schema)
 
-    rows = _RowsByCountry(groups, have, len(qs))
+    rows = _RowsByCountry(groups, kept.have, len(qs))
     names = rows.names
     # the string columns' distinct values made once, not once per chunk (1,100 countries x
     # 46 chunks at rw 1M); TARGET and MODEL are one value in every row of a full chunk
-    country, target, model_name = _Strings(names), _Strings([config.data.target]), _Strings([model])
-    blocks = _sorted_blocks(rows, pred, alpha, qs, _Actuals(panel, names), block_rows)
+    country, target, model_name = Strings(names), Strings([config.data.target]), Strings([model])
+    stamps = Stamps()
+    blocks = _sorted_blocks(rows, kept, qs, Actuals(panel, names), block_rows)
     yield from (table(cols) for cols in _rechunk(blocks, chunk))
 
 
@@ -149,10 +177,9 @@ class _RowsByCountry:
 
 def _sorted_blocks(
     rows: _RowsByCountry,
-    pred: Sequence[np.ndarray],
-    alpha: Sequence[np.ndarray],
+    kept: KeptForecasts,
     qs: np.ndarray,
-    actuals: _Actuals,
+    actuals: Actuals,
     block_rows: int,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The flat columns of each block of countries, sorted: c (country rank), h, q (quantile
@@ -163,9 +190,8 @@ def _sorted_blocks(
     cuts = rows.cuts(block_rows)
     for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
         if rows.slots is not None:  # every row's place known: no sort
-            placed = _placed_block(rows, pred, alpha, qrank, lo, hi)
+            placed = _placed_block(rows, kept, qrank, actuals, lo, hi)
             if placed is not None:
-                placed["actual"] = actuals(placed["c"], placed["o"] + placed["h"])
                 yield placed
             continue
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("c", "h", "q", "o", "f", "a")}
@@ -173,13 +199,16 @@ def _sorted_blocks(
             c, fi, cj, hi_, qi = rows.block(gi, lo, hi)
             if not c.size:
                 continue
+            # each pair's H x Q forecasts in (horizon, quantile) order, as `block` expands it
+            pairs = slice(None, None, len(g.horizons) * rows.Q)
+            p, a = kept.take(gi, fi[pairs], cj[pairs])
             cols["c"].append(c)
             cols["h"].append(np.asarray(g.horizons, dtype=np.int64)[hi_])
             cols["q"].append(qi.astype(np.int16))
             cols["o"].append(g.origin[fi].astype(np.int64))
-            cols["f"].append(pred[gi][fi, cj, hi_, qi].astype(np.float64, copy=False))
-            cols["a"].append(alpha[gi][fi, qi].astype(np.float64, copy=False))
-            del fi, cj, hi_, qi
+            cols["f"].append(p.reshape(-1))
+            cols["a"].append(np.broadcast_to(a[:, None, :], p.shape).reshape(-1))
+            del fi, cj, hi_, qi, p, a
         if not cols["c"]:
             continue
         flat = {k: np.concatenate(cols.pop(k)) for k in list(cols)}
@@ -214,9 +243,9 @@ def _slots(
 
 def _placed_block(
     rows: _RowsByCountry,
-    pred: Sequence[np.ndarray],
-    alpha: Sequence[np.ndarray],
+    kept: KeptForecasts,
     qrank: np.ndarray,
+    actuals: Actuals,
     lo: int,
     hi: int,
 ) -> dict[str, np.ndarray] | None:
@@ -224,7 +253,8 @@ def _placed_block(
     (rows.slots: COUNTRY, then the horizons in turn, then QUANTILE, then the fits in their
     origin order): the rows a stable sort of them gives (their sort keys are unique), in that
     order; None when the block has no rows. c, h and q are runs of one value each, made as
-    runs; o, f and a are each fit's values scattered to their places."""
+    runs; o, f, a and actual are each fit's values scattered to their places (the actual
+    looked up once per fit and horizon, not once per quantile)."""
     Q, G, R = rows.Q, len(rows.groups), hi - lo
     spans = [np.searchsorted(r, [lo, hi]) for r in rows.rank]
     n = np.zeros((R, G), dtype=np.int64)  # fits per (country, group)
@@ -244,7 +274,8 @@ def _placed_block(
         "c": np.repeat(np.arange(lo, hi, dtype=np.int32), per_country),
         "h": np.repeat(np.tile(horizon, R), per_slot.ravel()),
         "q": np.repeat(np.tile(by_rank.astype(np.int16), fits.size), np.repeat(fits.ravel(), Q)),
-        **{k: np.empty(total, dtype=np.int64 if k == "o" else np.float64) for k in "ofa"},
+        **{k: np.empty(total, dtype=np.float64) for k in ("f", "a", "actual")},
+        "o": np.empty(total, dtype=np.int64),
     }
     slot_of = {s: i for i, s in enumerate(rows.slots)}
     for gi, g in enumerate(rows.groups):
@@ -258,11 +289,16 @@ def _placed_block(
         runs = run_start[:, [slot_of[(gi, hj)] for hj in range(H)]][r]  # (P, H)
         runs += (country_start[r] + j)[:, None]
         dest = runs[:, :, None] + qrank[None, None, :] * n[r, gi][:, None, None]
-        fi, cj = rows.fit[gi][a:b], rows.col[gi][a:b]
+        fi = rows.fit[gi][a:b]
+        p, al = kept.take(gi, fi, rows.col[gi][a:b])
         dest = dest.reshape(-1)  # (fit, horizon, quantile): pred's order
-        out["f"][dest] = pred[gi][fi, cj].reshape(-1)
-        out["a"][dest] = np.broadcast_to(alpha[gi][fi][:, None, :], (b - a, H, Q)).reshape(-1)
-        out["o"][dest] = np.repeat(g.origin[fi], H * Q)
+        out["f"][dest] = p.reshape(-1)
+        out["a"][dest] = np.broadcast_to(al[:, None, :], p.shape).reshape(-1)
+        origin = g.origin[fi].astype(np.int64)
+        out["o"][dest] = np.repeat(origin, H * Q)
+        months = origin[:, None] + np.asarray(g.horizons, dtype=np.int64)[None, :]
+        actual = actuals(np.repeat(rows.rank[gi][a:b], H), months.reshape(-1))
+        out["actual"][dest] = np.repeat(actual, Q)
     return out
 
 
@@ -327,65 +363,3 @@ def _names(per_group: Sequence[np.ndarray]) -> np.ndarray:
     for found in per_group:
         seen.update(str(c) for c in found)
     return np.array(sorted(seen), dtype=object)
-
-
-class _Actuals:
-    """y_raw of the panel at (names[country], month index), NaN where the panel has no row:
-    the panel's grid made once, looked up per block."""
-
-    def __init__(self, panel: Panel, names: np.ndarray) -> None:
-        self.padded: np.ndarray | None = None
-        if not names.size or not len(panel):
-            return
-        panel_names, self.m0, grid = country_grid(panel, [Y_RAW])
-        known = np.array(panel_names, dtype=object)
-        at = np.searchsorted(known, names)
-        found = (at < known.size) & (known[np.minimum(at, known.size - 1)] == names)
-        # one row per name, a NaN column on either side of the panel's months (months outside
-        # it clip to them): one flat take per forecast row, no masks over the rows
-        self.width = grid.shape[1] + 2
-        self.padded = np.full((names.size, self.width), np.nan)
-        self.padded[np.nonzero(found)[0], 1:-1] = grid[at[found], :, 0]
-
-    def __call__(self, country: np.ndarray, month: np.ndarray) -> np.ndarray:
-        if self.padded is None or not country.size:
-            return np.full(country.size, np.nan)
-        at_row = month - (self.m0 - 1)  # a new array (np.clip is several times slower)
-        np.maximum(at_row, 0, out=at_row)
-        np.minimum(at_row, self.width - 1, out=at_row)
-        at_row += country.astype(np.int64) * self.width
-        return self.padded.ravel().take(at_row)
-
-
-def _stamps(months: np.ndarray) -> Any:
-    """timestamp[ns] of month indexes (schema.month_start without a pandas index): each
-    distinct month converted once, the rows taken from those few stamps."""
-    import pyarrow as pa
-
-    from pipeline.schema import month_index
-
-    months = np.asarray(months, np.int64)
-    if not months.size:
-        return from_numpy(months.astype("datetime64[ns]"), pa.timestamp("ns"))
-    lo = int(months.min())
-    span = np.arange(lo, int(months.max()) + 1, dtype=np.int64) - month_index("1970-01-01")
-    stamps = span.astype("datetime64[M]").astype("datetime64[ns]")[months - lo]
-    return from_numpy(stamps, pa.timestamp("ns"))
-
-
-class _Strings:
-    """A large_string column's few distinct values, made once; `take` gives a chunk's column
-    of them at its codes, `constant` one of the first value in every row (the last such
-    column kept: every chunk but the last has the same length)."""
-
-    def __init__(self, values: Sequence[str] | np.ndarray) -> None:
-        self.values = strings([str(v) for v in values], large=True)
-        self._constant: tuple[int, Any] | None = None
-
-    def take(self, codes: np.ndarray) -> Any:
-        return self.values.take(from_numpy(np.asarray(codes)))
-
-    def constant(self, m: int) -> Any:
-        if self._constant is None or self._constant[0] != m:
-            self._constant = (m, self.take(np.zeros(m, np.int32)))
-        return self._constant[1]
