@@ -9,7 +9,6 @@ and fitted state as plain arrays; the driver writes them to the fit cache
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from pipeline.models.plugins.registry import task_adapter
 from pipeline.models.plugins.spec import Adapter
 from pipeline.runtime.fits.tasks import with_data
 from pipeline.runtime.sizing.resources import own_peak_mb
-from pipeline.runtime.store.shard_format import encode_stacked
+from pipeline.runtime.store.shard_format import encode_stacked, stored_arrays
 
 log = logging.getLogger("pipeline.worker")
 
@@ -141,8 +140,9 @@ def shard_arrays(result: dict[str, Any]) -> dict[str, Any]:
     `pred` and `alpha` read back from the shard's npz; any other result as it is."""
     if "pred" in result or "shard" not in result:
         return result
-    with np.load(io.BytesIO(result["shard"]["npz"])) as npz:
-        pred, alpha = npz["pred"], npz["alpha"]
+    # views of the result's bytes, not copies (the driver copies them into its forecasts)
+    arrays = stored_arrays(result["shard"]["npz"], ("pred", "alpha"))
+    pred, alpha = arrays["pred"], arrays["alpha"]
     if pred.shape[0] != len(result["index"]) or alpha.shape[0] != len(result["index"]):
         raise ValueError("a task's shard holds other fits than its result names")
     return {**result, "pred": pred, "alpha": alpha}

@@ -85,13 +85,18 @@ class CountryWindows:
 
         A task's windows overlap (monthly origins share all but one row), so this is ~100x
         smaller than the windows themselves: what a worker is sent instead of them."""
-        index = np.asarray(index, dtype=np.int64)
-        ci, org = self.country[index], self.origin[index]
-        rows, inverse = np.unique(ci, return_inverse=True)
+        at = positions(index)
+        ci, org = self.country[at], self.origin[at]
+        # the grid rows the fits read, sorted, and each fit's place in them: np.unique(ci,
+        # return_inverse=True) by a mark per grid row instead of a sort of the fits
+        present = np.zeros(self.grid.shape[0], dtype=bool)
+        present[ci] = True
+        rows = np.flatnonzero(present)
+        inverse = (np.cumsum(present) - 1)[ci]
         months = self.grid.shape[1]
         # every month a window reads, clipped to the grid (months outside it read NaN anyway)
-        lo = int(np.clip(org.min() - self.size + 1 - self.m0, 0, months)) if index.size else 0
-        hi = int(np.clip(org.max() - self.m0 + 1, lo, months)) if index.size else 0
+        lo = int(np.clip(org.min() - self.size + 1 - self.m0, 0, months)) if org.size else 0
+        hi = int(np.clip(org.max() - self.m0 + 1, lo, months)) if org.size else 0
         return {
             "grid": np.ascontiguousarray(
                 self.grid[rows, lo:hi]
@@ -121,6 +126,16 @@ class CountryWindows:
     def fit_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         n, p, f8 = self.size - min(self.horizons), self.n_features, np.dtype(np.float64).str
         return {"X": ((n, p), f8), "y": ((n,), f8), "w": ((n,), f8), "X_new": ((1, p), f8)}
+
+
+def positions(index: np.ndarray) -> slice | np.ndarray:
+    """Positions `index` of a fit array as a slice where they are one run of consecutive
+    positions (a task's fits mostly are): the fits' arrays are then taken as views, not
+    copied element by element."""
+    index = np.asarray(index, dtype=np.int64)
+    if index.size and index[-1] - index[0] == index.size - 1 and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
 
 
 def grid_countries(panel: Panel) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime.fits.fit_groups import FitGroup
-from pipeline.runtime.fits.fit_windows import CountryWindows
+from pipeline.runtime.fits.fit_windows import CountryWindows, positions
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ def task_payload(
     the fits' own (the probe's and the model check's few payloads).
     """
     windows = group.data if compact and isinstance(group.data, CountryWindows) else None
+    at = positions(index)  # a task's run of fits: its arrays sent as views of the group's
     payload = {
         **dict(extra or {}),
         "model": group.model,
@@ -120,13 +121,14 @@ def task_payload(
         "quantiles": [float(q) for q in quantiles],
         "seed": int(seed),
         # the fits' content keys as raw digests (one buffer on the wire, not a list of str)
-        "keys": group.key_bytes()[index],
-        "countries": group.countries[index].astype(str) if countries is None else countries(index),
-        "rows": group.rows[index],
-        "origins": group.origin[index].astype(np.int64),  # month index (year * 12 + month - 1)
+        "keys": group.key_bytes()[at],
+        "countries": group.countries[at].astype(str) if countries is None else countries(at),
+        "rows": group.rows[at],
+        # month index (year * 12 + month - 1)
+        "origins": np.asarray(group.origin[at], dtype=np.int64),
         **({"data": group.take(index)} if windows is None else {"windows": windows.part(index)}),
         # each fit's batch slot (see FitGroup.slot); a plain list, so the payload stays JSON + arrays
-        "slots": None if group.slot is None else [int(s) for s in group.slot[index]],
+        "slots": None if group.slot is None else [int(s) for s in group.slot[at]],
         # fits trained in fixed blocks (ensemble_nn): a failing batch is not bisected, since a
         # fit trained in half its block would not give its key's bits
         "blocked": group.block is not None,
@@ -146,7 +148,7 @@ class CountryText:
         self.width = np.char.str_len(self.names) if self.names.size else np.zeros(0, np.int64)
         self.codes = codes.reshape(len(group), -1)
 
-    def __call__(self, index: np.ndarray) -> np.ndarray:
+    def __call__(self, index: np.ndarray | slice) -> np.ndarray:
         codes = self.codes[index]
         wide = int(self.width[codes].max()) if codes.size else 0
         return self.names[codes].astype(f"U{max(wide, 1)}")

@@ -183,22 +183,29 @@ class FitCache:
         return self._write_bytes(label, npz, index_file(keys, names, None, sums, self.block))
 
     def _write_files(
-        self, label: str, members: dict[str, np.ndarray], index: tuple[str, bytes]
+        self,
+        label: str,
+        members: dict[str, np.ndarray],
+        index: tuple[str, list[bytes | memoryview]],
     ) -> Path:
         """A shard of arrays `members` (np.savez) and its index file (suffix, bytes)."""
         buffer = io.BytesIO()
         np.savez(buffer, **members)
         return self._write_bytes(label, buffer.getvalue(), index)
 
-    def _write_bytes(self, label: str, npz: bytes, index: tuple[str, bytes]) -> Path:
-        """The shard's arrays, then its index (the index last: see remove_orphans)."""
+    def _write_bytes(
+        self, label: str, npz: bytes, index: tuple[str, list[bytes | memoryview]]
+    ) -> Path:
+        """The shard's arrays, then its index, its parts one after the other (the index last:
+        see remove_orphans)."""
         name = f"{_safe(label)}-{uuid.uuid4().hex[:12]}" if label else uuid.uuid4().hex
         path = self.shards / f"{name}.npz"
         with atomic_path(path) as tmp:
             tmp.write_bytes(npz)
-        suffix, data = index
-        with atomic_path(self.shards / f"{name}{suffix}") as tmp:
-            tmp.write_bytes(data)
+        suffix, parts = index
+        with atomic_path(self.shards / f"{name}{suffix}") as tmp, open(tmp, "wb") as out:
+            for part in parts:  # unbuffered past the buffer's size: a view is not copied
+                out.write(part)
         return path
 
     # --- read and verify ----------------------------------------------------------------

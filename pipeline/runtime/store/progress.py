@@ -34,7 +34,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     STATUSES,
     TRAINING,
     GroupState,
-    apply_event,
+    apply_fits,
     carry_state,
     float_blob,
     fresh_state,
@@ -43,6 +43,7 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     load_statuses,
     mirror_state,
     pack_index,
+    raw_blob,
 )
 from pipeline.runtime.store.progress_open import open_store
 from pipeline.runtime.store.progress_view import read_table, tally
@@ -284,17 +285,17 @@ class ProgressStore:
         alpha: np.ndarray | None = None,
     ) -> None:
         """One event row (inside the caller's transaction), mirrored in memory."""
-        blob = pack_index(fits)
+        fits = np.asarray(fits, dtype=np.int64)
         row = (
             model,
             grp,
             status,
-            blob,
+            pack_index(fits),
             run_id,
             task,
             bump,
-            None if error is None else np.ascontiguousarray(error, dtype="<i8").tobytes(),
-            None if forecast is None else np.ascontiguousarray(forecast, dtype="<f8").tobytes(),
+            None if error is None else raw_blob(error, "<i8"),
+            None if forecast is None else raw_blob(forecast, "<f8"),
             None if alpha is None else float_blob(alpha),
         )
         self.conn.execute(
@@ -302,7 +303,7 @@ class ProgressStore:
             "alpha) VALUES (?,?,?,?,?,?,?,?,?,?)",
             row,
         )
-        apply_event(self._states[model][grp], *row[2:])
+        apply_fits(self._states[model][grp], status, fits, *row[4:])
 
     # --- reading and export ---------------------------------------------------------------
 

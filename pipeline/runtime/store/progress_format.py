@@ -29,11 +29,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.runtime.fits.fit_windows import positions
 from pipeline.runtime.fits.keys import KEY_BYTES
 
 if TYPE_CHECKING:
@@ -85,8 +87,21 @@ class OldFormat(sqlite3.DatabaseError):
 
 
 def pack(array: np.ndarray) -> bytes:
-    """zlib level 1 of the array's bytes (statuses, indexes and runs compress to almost nothing)."""
-    return zlib.compress(np.ascontiguousarray(array).reshape(-1).view(np.uint8), 1)  # no copy
+    """zlib level 1 of the array's bytes (statuses, indexes and runs compress to almost nothing).
+    An all-zero array (a fresh group's statuses, attempts, tasks, runs and errors) is packed
+    once per length: the groups of a study mostly share their length."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # no copy
+    if flat.size >= _ZEROS_FROM and not flat.any():
+        return _zeros(flat.size)
+    return zlib.compress(flat, 1)
+
+
+_ZEROS_FROM = 1 << 16  # bytes: below, zlib costs less than the check
+
+
+@lru_cache(maxsize=32)
+def _zeros(n: int) -> bytes:
+    return zlib.compress(bytes(n), 1)
 
 
 def unpack(blob: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -103,15 +118,22 @@ def unpack_index(blob: bytes) -> np.ndarray:
     return np.cumsum(np.frombuffer(zlib.decompress(blob), dtype="<i4"), dtype=np.int64)
 
 
-def floats(blob: bytes | None, shape: tuple[int, ...]) -> np.ndarray:
+def floats(blob: bytes | memoryview | None, shape: tuple[int, ...]) -> np.ndarray:
     if blob is None:
         return np.full(shape, np.nan)
     return np.frombuffer(blob, dtype="<f8").reshape(shape).copy()
 
 
-def float_blob(array: np.ndarray) -> bytes | None:
+def float_blob(array: np.ndarray) -> memoryview | None:
+    """The array's float64 bytes as a view (SQLite copies a bound blob itself); None when
+    every value is NaN."""
     array = np.asarray(array, dtype="<f8")
-    return None if np.isnan(array).all() else np.ascontiguousarray(array).tobytes()
+    return None if np.isnan(array).all() else raw_blob(array, "<f8")
+
+
+def raw_blob(array: np.ndarray, dtype: str) -> memoryview:
+    """The array's bytes as `dtype`, a view of it where it is one already: a blob to bind."""
+    return memoryview(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
 
 
 # --- the fits of one group ------------------------------------------------------------------------
@@ -255,22 +277,40 @@ def apply_event(
 ) -> np.ndarray:
     """Apply one event to `state` (the reader's and the writer's one definition); its fits."""
     idx = unpack_index(fits)
-    code = STATUSES.index(status)
-    state.status[idx] = code
-    state.attempts[idx] += int(bump)
+    apply_fits(state, status, idx, run_id, task, bump, error, forecast, alpha)
+    return idx
+
+
+def apply_fits(
+    state: GroupState,
+    status: str,
+    idx: np.ndarray,
+    run_id: str,
+    task: int | None,
+    bump: int,
+    error: bytes | memoryview | None,
+    forecast: bytes | memoryview | None,
+    alpha: bytes | memoryview | None,
+) -> None:
+    """apply_event of an event whose fits `idx` are decoded already (the writer's, which
+    made the event from them)."""
+    code, n = STATUSES.index(status), idx.size
+    at = positions(idx)  # a run of fits (a task's, mostly): assigned as a slice
+    state.status[at] = code
+    if bump:
+        state.attempts[at] += int(bump)
     if task is not None:
-        state.task[idx] = task
-    state.run[idx] = state.run_index(run_id)
+        state.task[at] = task
+    state.run[at] = state.run_index(run_id)
     if code == DONE:
-        state.error[idx] = 0
+        state.error[at] = 0
     if error is not None:
-        state.error[idx] = np.frombuffer(error, dtype="<i8")
+        state.error[at] = np.frombuffer(error, dtype="<i8")
     _, C, H, Q = state.shape()
     if state.forecast is not None and forecast is not None:
-        state.forecast[idx] = np.frombuffer(forecast, dtype="<f8").reshape(idx.size, C, H, Q)
+        state.forecast[at] = np.frombuffer(forecast, dtype="<f8").reshape(n, C, H, Q)
     if state.alpha is not None and code == DONE:
-        state.alpha[idx] = floats(alpha, (idx.size, Q))
-    return idx
+        state.alpha[at] = floats(alpha, (n, Q))
 
 
 # --- writing a group ------------------------------------------------------------------------------
@@ -327,7 +367,10 @@ def mirror_state(states: Sequence[GroupState]) -> list[GroupState]:
 def group_row(s: GroupState) -> tuple[Any, ...]:
     """The `groups` row of a state; only the run ids its fits still name are kept."""
     F, C, _, _ = s.shape()
-    used, run = np.unique(s.run, return_inverse=True)
+    if s.run.size and s.run.min() == s.run.max():  # one run (a fresh sync's): no sort
+        used, run = s.run[:1], np.zeros(s.run.size, dtype=np.intp)
+    else:
+        used, run = np.unique(s.run, return_inverse=True)
     if used.size and used[0] < 0:  # -1 (no run) stays -1
         run = run - 1
         used = used[1:]
@@ -341,7 +384,7 @@ def group_row(s: GroupState) -> tuple[Any, ...]:
         json.dumps(runs),
         F,
         C,
-        np.ascontiguousarray(s.keys, dtype=np.uint8).tobytes(),
+        raw_blob(s.keys, "u1"),
         pack(s.country.astype("<i4", copy=False)),
         pack(s.rows.astype("u1", copy=False)),
         pack(s.origin.astype("<i4", copy=False)),

@@ -219,16 +219,19 @@ def index_file(
     own: Sequence[Sequence[str]] | None,
     sums: Sequence[str],
     block: int = BLOCK,
-) -> tuple[str, bytes]:
-    """A shard's index file as (suffix, bytes): format 3 for content keys (the raw digests,
-    (n, 32) uint8 or (n,) S32, or their 64-hex str), format 2 (index_text) for other keys."""
+) -> tuple[str, list[bytes | memoryview]]:
+    """A shard's index file as (suffix, its bytes in parts, to write one after the other):
+    format 3 for content keys (the raw digests, (n, 32) uint8 or (n,) S32, or their 64-hex
+    str), format 2 (index_text) for other keys. The raw digests are a part as they are (a
+    view: a 131,072-fit shard's 4 MB of keys are not copied twice to join them to the head)."""
     n = len(keys)
+    raw: bytes | memoryview
     if isinstance(keys, np.ndarray) and keys.dtype.kind in "uS":
-        raw = np.ascontiguousarray(keys).tobytes()
+        raw = memoryview(np.ascontiguousarray(keys).reshape(-1).view(np.uint8))
     else:
         text = key_text(keys)
         if not isinstance(text, str):  # not content keys: listed in format 2's JSON
-            return SUFFIX[2], index_text(text, stacked, own, sums, n, block).encode()
+            return SUFFIX[2], [index_text(text, stacked, own, sums, n, block).encode()]
         raw = bytes.fromhex(text)
     if len(raw) != n * KEY_BYTES:
         raise ValueError(f"{len(raw)} key bytes for {n} entries")
@@ -240,7 +243,7 @@ def index_file(
         "stacked": sorted(stacked),
         "sums": list(sums),
     }
-    return SUFFIX[3], json.dumps(head, sort_keys=True).encode() + b"\n" + raw
+    return SUFFIX[3], [json.dumps(head, sort_keys=True).encode() + b"\n", raw]
 
 
 def encode_stacked(
@@ -261,6 +264,45 @@ def encode_stacked(
     buffer = io.BytesIO()
     np.savez(buffer, **members)
     return buffer.getvalue(), sums
+
+
+def stored_arrays(npz: bytes, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Arrays `names` of an .npz held in memory whose members are stored uncompressed (what
+    encode_stacked makes), as read-only views of its bytes: np.load copies each member out
+    of the zip (a worker's result, read by the serial driver). Raises ValueError for a member
+    that is missing, compressed, or not a plain numeric array."""
+    import struct
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(npz)) as archive:  # BytesIO of bytes: no copy
+        for name in names:
+            try:
+                info = archive.getinfo(f"{name}.npy")
+            except KeyError:
+                raise ValueError(f"no array {name!r} in the npz") from None
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"array {name!r} is compressed")
+            # the member's data follows its local header (30 bytes, its name, its extra field)
+            at = info.header_offset
+            name_len, extra_len = struct.unpack("<HH", npz[at + 26 : at + 30])
+            start = at + 30 + name_len + extra_len
+            head = io.BytesIO(npz[start : start + min(info.file_size, 1 << 16)])
+            version = npy.read_magic(head)  # np.savez writes 1.0 (2.0: a header over 64 KiB)
+            read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+            if version not in read:
+                raise ValueError(f"array {name!r}: .npy format {version}")
+            shape, fortran, dtype = read[version](head)
+            if dtype.hasobject:
+                raise ValueError(f"array {name!r} holds objects")
+            count = int(np.prod(shape, dtype=np.int64))
+            if head.tell() + count * dtype.itemsize != info.file_size:
+                raise ValueError(f"array {name!r}: {info.file_size} bytes for {shape} {dtype}")
+            flat = np.frombuffer(npz, dtype=dtype, count=count, offset=start + head.tell())
+            out[name] = flat.reshape(shape, order="F" if fortran else "C")
+    return out
 
 
 def entry_checksum(arrays: Mapping[str, np.ndarray]) -> str:
