@@ -140,7 +140,7 @@ def shard_arrays(result: dict[str, Any]) -> dict[str, Any]:
     `pred` and `alpha` read back from the shard's npz; any other result as it is."""
     if "pred" in result or "shard" not in result:
         return result
-    # views of the result's bytes, not copies (the driver copies them into its forecasts)
+    # views of the result's bytes, not copies (the driver keeps them as its forecasts: KeptForecasts)
     arrays = stored_arrays(result["shard"]["npz"], ("pred", "alpha"))
     pred, alpha = arrays["pred"], arrays["alpha"]
     if pred.shape[0] != len(result["index"]) or alpha.shape[0] != len(result["index"]):
