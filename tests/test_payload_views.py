@@ -38,7 +38,7 @@ def _expected(g, index: np.ndarray) -> dict[str, np.ndarray]:
         w = g.data
         rows, inverse = np.unique(w.country[index], return_inverse=True)
         out["windows.country"] = inverse.reshape(-1).astype(np.int64)
-        out["windows.rows"] = w.grid[rows]
+        out["windows.rows"] = w.values()[rows]  # the columns the fits read (w.columns)
     return out
 
 
