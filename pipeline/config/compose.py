@@ -195,6 +195,10 @@ def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
         raise _not_text(path) from None
     except YAMLError as error:
         raise yaml_error(error, path) from None
+    except ValueError as error:  # a plain scalar ruamel resolves as a number it cannot convert
+        raise ConfigError(
+            str(path), "valid YAML (quote the value that is not a number)", first_line(error)
+        ) from None
     if plain is not None and not isinstance(plain, dict):
         raise ConfigError(
             str(path),
