@@ -2,7 +2,8 @@
 completions' condition (not a 50 ms poll of the stop flag), a stop wakes it at once from a
 thread or a signal handler, and the scheduler is first asked which tasks run only when one
 could be past its timeout; a task past it is still stopped and failed as `timeout`. On a
-real LocalCluster of 2 single-thread workers with nannies."""
+real LocalCluster of 2 single-thread workers with nannies; each test's task names are its own
+(a cancelled task's key, reused, would come back cancelled)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ def executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
 
 def quiet_polls(record: logging.LogRecord) -> bool:
     """A filter for the `distributed.worker` logger (where Dask logs them): not the scheduler's
-    INFO line for each poll of `executing` (twice a second a stream)."""
+    INFO line for each poll of `executing` (up to twice a second a stream, once one of its
+    tasks could be past its timeout)."""
     args = record.args
     ours = isinstance(args, tuple) and args and args[-1] == "executing"
     return not (ours and "out-of-band" in str(record.msg))
