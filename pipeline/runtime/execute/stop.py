@@ -31,17 +31,33 @@ class Stopped(BaseException):
 
 
 class StopFlag:
-    """Set once (the first reason wins); `check()` raises `Stopped` once it is set."""
+    """Set once (the first reason wins); `check()` raises `Stopped` once it is set. A wait on
+    something else (a task stream's results) registers a `waking` call, so that a stop ends it
+    at once rather than at its next poll."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.name, self.code = "", 0
         self.at = 0.0  # time.monotonic() when it was set
+        self._wakers: list[Callable[[], None]] = []
 
     def set(self, name: str, code: int) -> None:
         if not self._event.is_set():
             self.name, self.code, self.at = name, code, time.monotonic()
             self._event.set()
+            for wake in list(self._wakers):  # a copy: a waiter may leave meanwhile
+                wake()
+
+    @contextmanager
+    def waking(self, wake: Callable[[], None]) -> Iterator[None]:
+        """While inside, `set` calls `wake()` in the thread that sets the flag (a signal
+        handler in the main thread included: `wake` must take no lock that thread may hold
+        other than re-entrantly)."""
+        self._wakers.append(wake)
+        try:
+            yield
+        finally:
+            self._wakers.remove(wake)
 
     def is_set(self) -> bool:
         return self._event.is_set()

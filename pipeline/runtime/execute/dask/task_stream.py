@@ -28,7 +28,7 @@ from pipeline.runtime.execute.dask.task_watch import (
     quiet_polls,
     task_name,
 )
-from pipeline.runtime.execute.stop import POLL_S, StopFlag
+from pipeline.runtime.execute.stop import StopFlag
 
 log = logging.getLogger("pipeline.runtime.execute.dask.task_stream")
 
@@ -40,6 +40,9 @@ TIMEOUT_POLL_S = 0.5
 # as long again to be joined: its one thread is stuck in the task, so it never closes on its
 # own (Dask's restart_workers leaves the nanny's default of 5 s: 4 s of waiting per timeout)
 KILL_S = 0.5
+# the longest a wait for results sleeps without looking at the stop flag and the completions
+# itself: each is also woken when either changes, so this only bounds a missed wake-up
+RECHECK_S = 1.0
 # the scheduler logs each of those asks at INFO on its `distributed.worker` logger
 logging.getLogger("distributed.worker").addFilter(quiet_polls)
 
@@ -102,6 +105,8 @@ class TaskStream:
         logging.getLogger("distributed.nanny.memory").addHandler(self._memory)
         self._started: dict[str, float] = {}  # key -> when first seen running on a worker
         self._timed_out: set[str] = set()
+        self._condition = self.pending.thread_condition  # notified as each future finishes
+        self._submitted: dict[str, float] = {}  # key -> when submitted (monotonic)
         self._polled = 0.0
         self._by_heartbeat = True
         # this stream's tasks in flight: the cluster may run other models' streams too, each
@@ -126,30 +131,54 @@ class TaskStream:
         self.pending.add(future)
         self.in_flight += 1
         self._mine.add(name)
+        self._submitted[name] = time.monotonic()
 
     def _next(self) -> Any:
         """The next finished future; meanwhile, stop tasks past their timeout (and raise
-        `Stopped` when a stop was asked for)."""
-        if self.stop is not None:
-            # checked before any wait too: while results are ready at every call (fast tasks,
-            # a busy driver) the loop below never ran, and Ctrl-C went unheeded to the end
-            self.stop.check()
-        if self.timeout_s is None and self.stop is None:
-            return next(self.pending)
-        while not self.pending.has_ready():
+        `Stopped` when a stop was asked for). Waits on the completions' condition: it wakes
+        when a task ends, a stop is asked for, or a task could next be past its timeout."""
+        while True:
+            if self.stop is not None:
+                # checked before any wait too: while results are ready at every call (fast
+                # tasks, a busy driver) no wait happens, and Ctrl-C went unheeded to the end
+                self.stop.check()
+            if self.pending.has_ready():
+                return next(self.pending)
             if self.pending.is_empty():
                 raise StopIteration
-            if self.stop is not None:
-                self.stop.check()
+            wait_s = RECHECK_S
             if self.timeout_s is not None:
-                self._stop_overdue()
-            time.sleep(POLL_S)
-        return next(self.pending)
+                wait_s = min(wait_s, self._stop_overdue())
+            if self.stop is None:
+                self._wait(wait_s)
+            else:
+                with self.stop.waking(self._wake):
+                    self._wait(wait_s)
 
-    def _stop_overdue(self) -> None:
+    def _wait(self, seconds: float) -> None:
+        """Until a result is ready, a stop is asked for, or `seconds` passed. Dask's
+        `as_completed` notifies its condition after queueing each finished future (its own
+        `next` waits on it 100 ms at a time), so nothing ready here is missed. Only this
+        condition is held: the IO loop takes the completions' lock then it, never the
+        reverse."""
+        with self._condition:
+            if self.pending.has_ready() or (self.stop is not None and self.stop.is_set()):
+                return
+            self._condition.wait(seconds)
+
+    def _wake(self) -> None:
+        # from StopFlag.set, maybe a signal handler in the thread that waits: the condition's
+        # lock is re-entrant. A stop set there between `_wait`'s check and its wait is seen
+        # at the next RECHECK_S at the latest.
+        with self._condition:
+            self._condition.notify_all()
+
+    def _stop_overdue(self) -> float:
+        """Stop the tasks past their timeout; the seconds until one could next be."""
         now = time.monotonic()
-        if now - self._polled < max(TIMEOUT_POLL_S, float(self.timeout_s or 0) / 100):
-            return
+        due = self._poll_due()
+        if now < due:
+            return due - now
         self._polled = now
         running = self._running()
         for key in list(self._started):
@@ -172,6 +201,25 @@ class TaskStream:
             if outcome not in ("OK", "removed"):  # e.g. timed out when loaded
                 log.warning("could not restart worker %s (%s): trying again", worker, outcome)
                 self._timed_out.discard(key)  # the next poll tries again
+        return max(self._poll_due() - time.monotonic(), 0.0)
+
+    def _poll_due(self) -> float:
+        """When the scheduler is next asked which tasks run: every TIMEOUT_POLL_S (or a
+        hundredth of the timeout) at most, and not before the first moment a task of this
+        stream could be past its timeout. A task cannot have started before it was submitted
+        (or, once seen running, before its worker says it started), so with timeouts far
+        above the tasks' durations the scheduler is never asked at all. Without the workers'
+        heartbeats a task's clock starts when a poll first sees it: polled at every
+        interval, as before."""
+        timeout = float(self.timeout_s or 0)
+        due = self._polled + max(TIMEOUT_POLL_S, timeout / 100)
+        if not self._by_heartbeat:
+            return due
+        if not self._mine:
+            return max(due, time.monotonic() + timeout)
+        started, submitted = self._started, self._submitted
+        first = min(started.get(k) or submitted.get(k, 0.0) for k in self._mine)
+        return max(due, first + timeout)
 
     def _restart(self, worker: str) -> str:
         """Stop `worker`'s process through its nanny, which starts a fresh one: promptly
@@ -255,6 +303,7 @@ class TaskStream:
             finally:
                 self._timed_out.discard(name)
                 self._started.pop(name, None)
+                self._submitted.pop(name, None)
                 future.release()
 
     def _raise_if_scheduler_lost(self, exc: Exception) -> None:

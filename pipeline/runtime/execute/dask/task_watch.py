@@ -42,13 +42,22 @@ def task_name(key: Any) -> str:
 
 
 def executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
-    """A function for `run_on_scheduler`: each task a worker executes, with how long it had
-    run at that worker's last heartbeat. Made here, so it travels by value (a scheduler
-    elsewhere need not import qpipe)."""
+    """A function for `run_on_scheduler`: each task a worker executes, with how long it has
+    run: as long as it had at that worker's last heartbeat, plus the time since that
+    heartbeat. The task stream asks first only when a task could be past its timeout, so a
+    worker whose heartbeats stopped before then (a task stuck holding the GIL) must not
+    restart its task's clock. Made here, so it travels by value (a scheduler elsewhere need
+    not import qpipe)."""
 
     def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float]]:
+        import time  # the scheduler's clock, which its `last_seen` reads
+
+        now = time.time()
         return {
-            getattr(ts, "key", ts): (str(address), float(seconds))
+            getattr(ts, "key", ts): (
+                str(address),
+                float(seconds) + max(now - float(getattr(ws, "last_seen", now)), 0.0),
+            )
             for address, ws in dask_scheduler.workers.items()
             for ts, seconds in ws.executing.items()
         }
@@ -58,7 +67,8 @@ def executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
 
 def quiet_polls(record: logging.LogRecord) -> bool:
     """A filter for the `distributed.worker` logger (where Dask logs them): not the scheduler's
-    INFO line for each poll of `executing` (twice a second a stream)."""
+    INFO line for each poll of `executing` (up to twice a second a stream, once one of its
+    tasks could be past its timeout)."""
     args = record.args
     ours = isinstance(args, tuple) and args and args[-1] == "executing"
     return not (ours and "out-of-band" in str(record.msg))
