@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import test_plan_cache
 from conftest import SMALL_STUDY, make_config
 from test_tasks import PANEL
 
@@ -22,26 +23,15 @@ from pipeline.data.prepared import PanelColumns, load_panel_columns
 from pipeline.io import write_parquet
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.fits import plan_cache, shared_plan
-from pipeline.runtime.fits.fit_groups import FitGroup, build_groups, plan_columns
+from pipeline.runtime.fits.fit_groups import build_groups, plan_columns
 from pipeline.runtime.fits.fit_windows import country_grid
 from pipeline.schema import COUNTRY, PANEL_FILE, TIME
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "plans"
-    monkeypatch.setenv(plan_cache.ENV_VAR, str(path))
-    return path
-
-
-def _same(a: list[FitGroup], b: list[FitGroup]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.key_raw.tobytes() == y.key_raw.tobytes()
-        for name in ("country", "origin", "countries", "rows"):
-            np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
+plans = test_plan_cache.plans  # the plan cache in tmp_path (a fixture)
+_same = test_plan_cache._same  # two plans' groups equal, keys included
 
 
 def _written(frame: pd.DataFrame, out: Path) -> Path:
