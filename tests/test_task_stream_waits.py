@@ -47,6 +47,15 @@ def client() -> Iterator[Any]:
     ):
         client.wait_for_workers(2, timeout=120)
         yield client
+        # a cancelled task still sleeps in its worker's thread: closed under it, the worker
+        # logs "ended with CancelledError" on the suite's terminal, so let it end first
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(client.run(_executing).values()):
+            time.sleep(0.1)
+
+
+def _executing(dask_worker: Any) -> int:
+    return len(dask_worker.state.executing)
 
 
 def _stream(client: Any, timeout_s: float | None, stop: StopFlag | None) -> Any:
