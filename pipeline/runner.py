@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 import pipeline.stage_inputs as inputs
 from pipeline.config import StudyConfig
+from pipeline.config.plain_scalars import safe_dump
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,8 +136,9 @@ def _run_stages(config: StudyConfig, dry_run: bool) -> int:
     from pipeline.runtime.ui.logs import start_held_logs
 
     start_held_logs()  # the data proved valid: the run's log file may be written now
-    # The config a study ran with travels with its outputs (RESULTS.md and humans read it).
-    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # The config a study ran with travels with its outputs (RESULTS.md, humans and `run
+    # --config` read it: a string either YAML version misreads is quoted).
+    write_text(out / "config.yaml", safe_dump(config.to_dict(), sort_keys=False))
     todo = inputs.models_to_train(config, records, cfg)
     failed = 0
     if not todo:  # nothing trains, so nothing is probed: not the last run's probe time

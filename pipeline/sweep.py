@@ -147,8 +147,7 @@ def _job(
     number: int, overrides: list[str], plain: dict[str, Any], hydra: dict[str, Any]
 ) -> JobResult:
     """One sweep job: the composed config, pointed at its own folder and the shared cache."""
-    import yaml
-
+    from pipeline.config.plain_scalars import safe_dump
     from pipeline.data.errors import DataError
     from pipeline.errors import OutputError
     from pipeline.io import write_text
@@ -160,8 +159,8 @@ def _job(
     # what Hydra records for a job: its composed config and its overrides (written here: the
     # jobs are composed with hydra.compose, so Hydra itself writes nothing in the folder)
     record = {
-        job_dir / ".hydra" / "config.yaml": yaml.safe_dump(plain, sort_keys=False),
-        job_dir / ".hydra" / "overrides.yaml": yaml.safe_dump(list(overrides)),
+        job_dir / ".hydra" / "config.yaml": safe_dump(plain, sort_keys=False),
+        job_dir / ".hydra" / "overrides.yaml": safe_dump(list(overrides)),
     }
     before = {path: path.read_bytes() if path.is_file() else None for path in record}
     new_dirs = missing_dirs(job_dir / ".hydra")

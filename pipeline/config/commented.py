@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.plain_scalars import safe_dump
+
 KeyPath = tuple[str, ...]
 DERIVED_KEYS = ("model_names",)
 _KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(.*)$")
@@ -127,7 +129,7 @@ def collect_comments(sources: Iterable[tuple[Path, KeyPath]]) -> dict[KeyPath, C
 
 def _flow(value: Any) -> str:
     """One value as one line of YAML (flow style for lists and empty mappings)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
+    text = safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
     text = text.strip()
     return text[: -len("...")].strip() if text.endswith("\n...") or text == "..." else text
 

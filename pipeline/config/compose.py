@@ -153,32 +153,35 @@ def compose_file(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
 def write_params(
     output: Path, overrides: Sequence[str] = (), conf_dir: Path | None = None
 ) -> StudyConfig:
-    """Write params.yaml exactly as `dvc exp run -S` would (DVC's own composer and dumper).
+    """Write params.yaml as `dvc exp run -S` does (its Hydra composition, OmegaConf.to_yaml's
+    text), but with every string that YAML 1.1 or 1.2 reads as another type quoted: DVC's
+    writer leaves `0o17` plain, which the stages (YAML 1.2) read as the int 15.
 
     The composed config is validated first, so an invalid override writes nothing.
     """
-    from dvc.utils.hydra import compose_and_dump
-
-    conf_dir = conf_dir or find_conf_dir()
-    config = compose_config(overrides, conf_dir)
-    import tempfile
-
     from pipeline.io import write_text
 
-    # DVC picks its writer by the file's suffix (.yaml: OmegaConf.to_yaml): dump to a file of
-    # the same name, then move the text into place atomically
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir) / Path(output).name
-        compose_and_dump(
-            tmp,
-            str(conf_dir.resolve()),
-            None,
-            CONFIG_NAME,
-            str(conf_dir.parent),
-            forgiving_overrides(overrides),
-        )
-        write_text(output, tmp.read_text(encoding="utf-8"))
+    plain = compose_dict(overrides, conf_dir or find_conf_dir())
+    config = validate(plain)
+    write_text(output, params_text(plain))
     return config
+
+
+def params_text(plain: dict[str, Any]) -> str:
+    """`plain` as OmegaConf.to_yaml writes it (what DVC writes params.yaml with), byte for byte,
+    except for the strings `plain_scalars.reads_as_other_type` quotes."""
+    import yaml
+
+    # OmegaConf's dumper (its public to_yaml takes a config object, not a dumper): its own
+    # quoting of bool-like and number-like strings is kept, so other configs' bytes stay DVC's
+    from omegaconf._utils import get_omega_conf_dumper
+
+    from pipeline.config.plain_scalars import quoting_dumper
+
+    dumper = quoting_dumper(get_omega_conf_dumper())
+    return yaml.dump(
+        plain, Dumper=dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
+    )
 
 
 def load_params(path: Path = Path(PARAMS_FILE)) -> StudyConfig:
