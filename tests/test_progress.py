@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.runtime.fits.fit_groups import FitGroup
 from pipeline.runtime.store.progress import ProgressStore, db_path, read_table
-from pipeline.runtime.store.progress_format import load_groups
+from pipeline.runtime.store.progress_groups import load_groups
 from pipeline.runtime.store.progress_view import connect_ro, fit_counts
 from pipeline.runtime.ui.monitor import monitor
 

@@ -14,7 +14,8 @@ import pytest
 from test_progress import JAN18, NO_ALPHA, QS, group, task
 
 from pipeline.runtime.store.progress import ProgressStore, db_path, read_table
-from pipeline.runtime.store.progress_format import load_groups, pack, unpack
+from pipeline.runtime.store.progress_format import pack, unpack
+from pipeline.runtime.store.progress_groups import load_groups
 
 FAILURE = {"error_type": "ValueError", "message": "boom", "traceback": "Traceback: boom"}
 

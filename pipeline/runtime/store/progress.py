@@ -2,16 +2,17 @@
 of readers.
 
 File: `{output_dir}/progress/progress.sqlite`. Its format (the tables, and each fit group's
-plan and state as arrays plus one event per task transition) is progress_format.py's, so the
-store grows by tens of bytes per fit and the driver writes a few rows per task, not one per
-forecast. Readers open it read-only (`progress_view.connect_ro`): in WAL mode a reader never
-blocks the writer and always sees the last committed state. What is derived on read lives
-apart: the counts and tables (progress_view.py: `read_table(path, "progress")` is the seed's
-one row per (model, country, quantile, horizon, origin), built by progress_rows.py), and the
-files (progress_export.py: `progress/errors.parquet`, which train writes at its end and on an
-interrupt; `progress/progress.parquet` only on demand, `monitor --export`). Opening it
-(progress_open.py) moves a store in another format (an earlier qpipe) or unreadable aside and
-makes a new one: it is derived data, the fit cache holds every result.
+plan and state as arrays plus one event per task transition) is progress_format.py's (the
+states in memory and their events: progress_groups.py), so the store grows by tens of bytes per
+fit and the driver writes a few rows per task, not one per forecast. Readers open it read-only
+(`progress_view.connect_ro`): in WAL mode a reader never blocks the writer and always sees the
+last committed state. What is derived on read lives apart: the counts and tables
+(progress_view.py: `read_table(path, "progress")` is the seed's one row per (model, country,
+quantile, horizon, origin), built by progress_rows.py), and the files (progress_export.py:
+`progress/errors.parquet`, which train writes at its end and on an interrupt;
+`progress/progress.parquet` only on demand, `monitor --export`). Opening it (progress_open.py)
+moves a store in another format (an earlier qpipe) or unreadable aside and makes a new one: it
+is derived data, the fit cache holds every result.
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ from pipeline.runtime.store.progress_format import (  # the format, one place
     STATUSES,
     TRAINING,
     GroupState,
+    float_blob,
+    group_row,
+    pack_index,
+    raw_blob,
+)
+from pipeline.runtime.store.progress_groups import (
     apply_fits,
     carry_state,
-    float_blob,
     fresh_state,
-    group_row,
     load_groups,
     load_statuses,
     mirror_state,
-    pack_index,
-    raw_blob,
 )
 from pipeline.runtime.store.progress_open import open_store
 from pipeline.runtime.store.progress_view import read_table, tally

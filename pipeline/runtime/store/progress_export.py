@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import write_parquet_tables
-from pipeline.runtime.store.progress_format import PROGRESS_DIR, load_groups
+from pipeline.runtime.store.progress_format import PROGRESS_DIR
+from pipeline.runtime.store.progress_groups import load_groups
 from pipeline.runtime.store.progress_rows import row_chunks, write_rows
 from pipeline.runtime.store.progress_view import side_tables
 

@@ -12,12 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.runtime.fits.keys import hex_keys
-from pipeline.runtime.store.progress_format import (
-    FAILED,
-    STATUSES,
-    GroupState,
-    load_groups,
-)
+from pipeline.runtime.store.progress_format import FAILED, STATUSES, GroupState
+from pipeline.runtime.store.progress_groups import load_groups
 from pipeline.runtime.store.progress_rows import rows_frame
 
 if TYPE_CHECKING:  # imported where a frame is made: counts (monitor, a no-op run) need none

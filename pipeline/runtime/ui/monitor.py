@@ -28,7 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.runtime.store.progress import STATUSES, db_path, pid_alive
-from pipeline.runtime.store.progress_format import DONE, PENDING, TRAINING, OldFormat, load_groups
+from pipeline.runtime.store.progress_format import DONE, PENDING, TRAINING, OldFormat
+from pipeline.runtime.store.progress_groups import load_groups
 from pipeline.runtime.store.progress_view import connect_ro, fit_counts
 
 EXIT_NO_RUN = 1
