@@ -35,8 +35,8 @@ from pipeline.config.plain_scalars import reads_as_other_type, safe_dump
 
 # strings that YAML 1.1 or 1.2 (or both) resolve as a number, bool, null, date or merge key
 LOOK_ALIKES = [
-    "0o17", "-0o7", "08_", "-_", "0x1F", "1_000", "yes", "no", "on", "off", "y", "N", "~", "null", "1e3",
-    "-.5", ".inf", "012", "0b11", "1:20", "2005-01-01", "=", "<<", "true", "",
+    "0o17", "-0o7", "08_", "-_", "0x1F", "1_000", "yes", "no", "on", "off", "y", "N", "~",
+    "null", "1e3", "-.5", ".inf", "012", "0b11", "1:20", "2005-01-01", "=", "<<", "true", "",
 ]  # fmt: skip
 
 
@@ -52,8 +52,10 @@ def fuzzed(n: int, seed: int = 18) -> list[str]:
 
 
 def ruamel(version: tuple[int, int]) -> Callable[[str], object]:
+    """ruamel's reader of YAML `version` ((1, 2): load_params's reading, and DVC's)."""
+
     def read(text: str) -> object:
-        loader = YAML(typ="safe", pure=True)  # 1.2: load_params's reading (and DVC's)
+        loader = YAML(typ="safe", pure=True)
         loader.version = version
         return loader.load(text)
 
