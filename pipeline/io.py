@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -113,16 +114,52 @@ def write_parquet_tables(
 ) -> None:
     """write_parquet for a table given as consecutive Arrow tables of `schema` (each its own
     row groups), so only one of them need exist at a time. `options`: pyarrow ParquetWriter
-    arguments over the defaults (zstd, statistics), e.g. per-column encodings."""
+    arguments over the defaults (zstd, statistics), e.g. per-column encodings.
+
+    The tables may hold a column of `schema` as a dictionary array of its values (every table
+    the same types): pyarrow then writes the dictionary and indices as they are instead of
+    hashing every row's value, and the file is the one the plain column gives (`schema`
+    stored for readers: the same bytes, tests/test_dictionary_write.py) as long as each
+    table's dictionary holds exactly its values in order of first appearance (one value, for
+    a column that is constant in every table)."""
     import pyarrow.parquet as pq
 
     settings = {"compression": "zstd", "write_statistics": True, **(options or {})}
+    tables = iter(tables)
+    first = next(tables, None)
+    written = schema if first is None else first.schema
+    if written != schema:
+        settings["store_schema"] = False  # `schema`'s own, added at the end, as pyarrow does
+        _check_encoded(schema, written)
     with (
         atomic_path(path, keep_same) as tmp,
-        pq.ParquetWriter(tmp, schema, **settings) as writer,
+        pq.ParquetWriter(tmp, written, **settings) as writer,
     ):
-        for table in tables:
+        for table in itertools.chain([first] if first is not None else [], tables):
             writer.write_table(table)
+        if written != schema:
+            writer.add_key_value_metadata(_stored_schema(schema))
+
+
+def _check_encoded(schema: Any, written: Any) -> None:
+    """Raise ValueError unless `written` is `schema` with some columns dictionary-encoded."""
+    import pyarrow as pa
+
+    def same(field: Any, other: Any) -> bool:
+        kind = other.type.value_type if pa.types.is_dictionary(other.type) else other.type
+        return field.name == other.name and kind == field.type
+
+    if len(schema) != len(written) or not all(map(same, schema, written)):
+        raise ValueError(f"tables of {written} are not of {schema}, nor it dictionary-encoded")
+
+
+def _stored_schema(schema: Any) -> dict[bytes, bytes]:
+    """The key-value metadata pyarrow's ParquetWriter stores for `schema` (store_schema): its
+    own metadata, then the Arrow schema itself, serialized and base64-encoded."""
+    import base64
+
+    own = {bytes(k): bytes(v) for k, v in (schema.metadata or {}).items()}
+    return {**own, b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())}
 
 
 def column_encodings(

@@ -224,8 +224,9 @@ class RunState:
 
     def forecast_chunks(self, panel: Panel) -> Iterator[Any]:
         """The forecast table of every fit known (schema order, deterministic sort), as Arrow
-        tables of at most a million rows (runtime/fits/forecast_rows.py)."""
-        return table_chunks(self.groups, self.kept, self.config, self.model, panel)
+        tables of 65,536 rows (runtime/fits/forecast_rows.py), TARGET and MODEL dictionary-encoded
+        for pipeline.io.write_parquet_tables."""
+        return table_chunks(self.groups, self.kept, self.config, self.model, panel, encoded=True)
 
 
 def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:

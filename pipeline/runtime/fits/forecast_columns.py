@@ -93,7 +93,7 @@ class Strings:
         self.values = strings([str(v) for v in values], large=True)
         self.encoded = [str(v).encode() for v in values]
         self.lengths = np.array([len(b) for b in self.encoded], dtype=np.int64)
-        self._constant: tuple[int, Any] | None = None
+        self._constant: tuple[int, bool, Any] | None = None
 
     def take(self, codes: np.ndarray) -> Any:
         """The values at `codes`: COUNTRY leads the table's sort, so a chunk's codes are a
@@ -114,7 +114,19 @@ class Strings:
         buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         return pa.Array.from_buffers(pa.large_string(), m, buffers, 0)
 
-    def constant(self, m: int) -> Any:
-        if self._constant is None or self._constant[0] != m:
-            self._constant = (m, self.take(np.zeros(m, np.int32)))
-        return self._constant[1]
+    def constant(self, m: int, encoded: bool = False) -> Any:
+        """The first value in each of `m` rows; `encoded`: as a dictionary array of it (an
+        empty dictionary for no rows, as the parquet writer's own would be), which
+        pipeline.io.write_parquet_tables writes without hashing every row's string."""
+        import pyarrow as pa
+
+        if self._constant is None or self._constant[:2] != (m, encoded):
+            if encoded:
+                zeros = pa.py_buffer(np.zeros(m, np.int32))
+                indices = pa.Array.from_buffers(pa.int32(), m, [None, zeros], 0)
+                one = self.values.slice(0, min(m, 1))
+                column = pa.DictionaryArray.from_arrays(indices, one)
+            else:
+                column = self.take(np.zeros(m, np.int32))
+            self._constant = (m, encoded, column)
+        return self._constant[2]
