@@ -74,6 +74,24 @@ class Stamps:
         values = self.ns.take(months - self.lo)
         return pa.Array.from_buffers(kind, values.size, [None, pa.py_buffer(values)], 0)
 
+    def windows(self, origin: np.ndarray, horizon: np.ndarray, size: int) -> tuple[Any, ...]:
+        """TIME, WINDOW_START and WINDOW_END of rows of `origin` and `horizon` with windows of
+        `size` months: three takes at one index (three calls would make three indexes, each
+        with its own passes over the rows for its range)."""
+        import pyarrow as pa
+
+        origin, horizon = np.asarray(origin, np.int64), np.asarray(horizon, np.int64)
+        if not origin.size or size < 1 or int(horizon.min()) < 0:  # not a study's: per call
+            return self(origin + horizon), self(origin - size + 1), self(origin)
+        lo, hi = int(origin.min()) - size + 1, int(origin.max()) + int(horizon.max())
+        if lo < self.lo or hi >= self.lo + self.ns.size:
+            self._span(lo, hi)
+        start = origin - (self.lo + size - 1)  # WINDOW_START's place in the stamps
+        ends = self.ns[size - 1 :]  # ends[i]: the stamp size - 1 months after ns[i]'s
+        kind = pa.timestamp("ns")
+        made = [ends.take(start + horizon), self.ns.take(start), ends.take(start)]
+        return tuple(pa.Array.from_buffers(kind, v.size, [None, pa.py_buffer(v)], 0) for v in made)
+
     def _span(self, lo: int, hi: int) -> None:
         from pipeline.schema import month_index
 

@@ -99,15 +99,16 @@ def table_chunks(
     def table(cols: dict[str, np.ndarray]) -> Any:
         origin, h = cols["o"], cols["h"]
         m = origin.size
+        time, start, end = stamps.windows(origin, h, size)
         columns = {
-            "TIME": stamps(origin + h),
+            "TIME": time,
             "COUNTRY": country.take(cols["c"]),
             "TARGET": target.constant(m, encoded),
             "MODEL": model_name.constant(m, encoded),
-            "QUANTILE": from_numpy(qs[cols["q"]], nan_is_null=True),
+            "QUANTILE": from_numpy(qs.take(cols["q"])),  # levels in (0, 1): no NaN to null
             "HORIZON": from_numpy(h),
-            "WINDOW_START": stamps(origin - size + 1),
-            "WINDOW_END": stamps(origin),
+            "WINDOW_START": start,
+            "WINDOW_END": end,
             "FORECAST": from_numpy(cols["f"], nan_is_null=True),  # NaN is null, as pandas writes
             "ACTUAL": from_numpy(cols["actual"], nan_is_null=True),
             "ALPHA": from_numpy(cols["a"], nan_is_null=True),
@@ -141,12 +142,17 @@ class _RowsByCountry:
         self.rank: list[np.ndarray] = []  # (pairs,) int32: its country's rank, non-decreasing
         self.per_rank = np.zeros(self.names.size, dtype=np.int64)  # forecast rows per country
         for gi, g in enumerate(groups):
-            fits = np.nonzero(have[gi])[0]
-            fr, cj = np.nonzero(g.rows[fits])
+            fits = np.flatnonzero(have[gi])
             uniques, codes = coded[gi]
             C = g.countries.shape[1]
-            fi = fits[fr]
-            rank = np.searchsorted(self.names, uniques).astype(np.int32)[codes[fi * C + cj]]
+            if C == 1:  # a per-country fit: one row, where the plan made the fit (rows all)
+                fi = fits if g.rows[fits, 0].all() else fits[g.rows[fits, 0]]
+                cj, at = np.zeros(fi.size, dtype=np.int64), fi
+            else:
+                fr, cj = np.nonzero(g.rows[fits])
+                fi = fits[fr]
+                at = fi * C + cj
+            rank = np.searchsorted(self.names, uniques).astype(np.int32)[codes[at]]
             if rank.size and np.any(rank[1:] < rank[:-1]):  # pooled fits: every country each
                 order = np.argsort(rank, kind="stable")
                 fi, cj, rank = fi[order], cj[order], rank[order]
@@ -294,18 +300,22 @@ def _placed_block(
         first = np.cumsum(n[:, gi]) - n[:, gi]
         j = np.arange(b - a) - first[r]  # the fit's place among its country's in the group
         runs = run_start[:, [slot_of[(gi, hj)] for hj in range(H)]][r]  # (P, H)
-        runs += (country_start[r] + j)[:, None]
-        dest = runs[:, :, None] + qrank[None, None, :] * n[r, gi][:, None, None]
+        runs += (country_start[r] + j)[:, None]  # the fit's rows of the first quantile's rank
+        step = n[r, gi][:, None]  # a quantile's run: the country's fits in the group
         fi = rows.fit[gi][a:b]
         p, al = kept.take(gi, fi, rows.col[gi][a:b])
-        dest = dest.reshape(-1)  # (fit, horizon, quantile): pred's order
-        out["f"][dest] = p.reshape(-1)
-        out["a"][dest] = np.broadcast_to(al[:, None, :], p.shape).reshape(-1)
         origin = g.origin[fi].astype(np.int64)
-        out["o"][dest] = np.repeat(origin, H * Q)
         months = origin[:, None] + np.asarray(g.horizons, dtype=np.int64)[None, :]
-        actual = actuals(np.repeat(rows.rank[gi][a:b], H), months.reshape(-1))
-        out["actual"][dest] = np.repeat(actual, Q)
+        actual = actuals(np.repeat(rows.rank[gi][a:b], H), months.reshape(-1)).reshape(-1, H)
+        # one scatter of (P, H) rows per quantile, in rank order: the places of a quantile's
+        # rows are the previous rank's, one run further (no (P, H, Q) index array, nor the
+        # per-fit values repeated Q times to match it)
+        for q in by_rank.tolist():
+            out["f"][runs] = p[:, :, q]
+            out["a"][runs] = al[:, q, None]
+            out["o"][runs] = origin[:, None]
+            out["actual"][runs] = actual
+            runs += step
     return out
 
 

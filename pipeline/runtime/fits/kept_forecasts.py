@@ -87,6 +87,11 @@ class KeptForecasts:
             bounds = np.r_[0, edges, n].tolist()
             for lo, hi in pairwise(bounds):
                 p, a = sources[int(src[lo])]
+                start = _range_start(at[lo:hi]) if C == 1 else None
+                if start is not None:  # a task's consecutive fits (a per-country plan's): a copy
+                    pred[lo:hi] = p[start : start + hi - lo]
+                    alpha[lo:hi] = a[start : start + hi - lo]
+                    continue
                 p.take(at[lo:hi], axis=0, out=pred[lo:hi])
                 a.take(at[lo:hi] // C if C > 1 else at[lo:hi], axis=0, out=alpha[lo:hi])
             return pred.reshape(n, H, Q), alpha
@@ -100,6 +105,13 @@ class KeptForecasts:
             pred[sel] = p.take(at[sel], axis=0)
             alpha[sel] = a.take(at[sel] // C, axis=0)
         return pred.reshape(n, H, Q), alpha
+
+
+def _range_start(at: np.ndarray) -> int | None:
+    """at[0] when `at` is consecutive integers from it (the rows a slice holds), else None."""
+    if not at.size or int(at[-1]) - int(at[0]) != at.size - 1:
+        return None
+    return int(at[0]) if at.size == 1 or bool((np.diff(at) == 1).all()) else None
 
 
 def _float_rows(array: np.ndarray, width: int) -> np.ndarray:
