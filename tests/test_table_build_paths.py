@@ -40,18 +40,22 @@ def test_windows_equal_three_stamps(seed: int) -> None:
 
 @pytest.mark.parametrize("C", [1, 3])
 def test_consecutive_rows_are_taken_as_the_gather_takes_them(C: int) -> None:
-    """A source's rows at consecutive places are copied as a slice; any other order (the same
-    ends, rows swapped inside) is gathered; both equal numpy's indexing."""
+    """A result's rows at consecutive places are read as a slice (the result's own rows when
+    one result holds them all); any other order (the same ends, rows swapped inside) is
+    gathered; all equal numpy's indexing."""
     rng = np.random.default_rng(C)
     F, H, Q = 40, 2, 3
     pred, alpha = rng.normal(size=(F, C, H, Q)), rng.normal(size=(F, Q))
     kept = KeptForecasts([(F, C, H)], Q)
-    kept.add(0, np.arange(F), pred, alpha)
+    kept.add(0, np.arange(F), pred + 1.0, alpha + 1.0)  # then all again, in two results
+    kept.add(0, np.arange(F // 2), pred[: F // 2], alpha[: F // 2])
+    kept.add(0, np.arange(F // 2, F), pred[F // 2 :], alpha[F // 2 :])
     cols = np.zeros(8, dtype=np.int64) if C == 1 else rng.integers(0, C, 8)
-    for fit in (np.arange(5, 13), np.array([5, 7, 6, 8, 9, 10, 11, 12]), np.arange(12, 4, -1)):
-        p, a = kept.take(0, fit, cols)
-        np.testing.assert_array_equal(p, pred[fit, cols])
-        np.testing.assert_array_equal(a, alpha[fit])
+    for first in (5, 16):  # in one result (its rows, read-only), across two (copied)
+        for fit in (np.arange(8), np.array([0, 2, 1, 3, 4, 5, 6, 7]), np.arange(7, -1, -1)):
+            p, a = kept.take(0, first + fit, cols)
+            np.testing.assert_array_equal(p, pred[first + fit, cols])
+            np.testing.assert_array_equal(a, alpha[first + fit])
 
 
 def test_per_country_fits_without_a_forecast_row_are_left_out() -> None:
