@@ -158,7 +158,7 @@ class _RowsByCountry:
             fits = np.flatnonzero(have[gi])
             uniques, codes = coded[gi]
             C = g.countries.shape[1]
-            if C == 1:  # a per-country fit: one row, where the plan made the fit (rows all)
+            if C == 1:  # a per-country fit has one forecast row (there unless masked)
                 fi = fits if g.rows[fits, 0].all() else fits[g.rows[fits, 0]]
                 cj, at = np.zeros(fi.size, dtype=np.int64), fi
             else:
