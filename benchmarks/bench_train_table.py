@@ -39,7 +39,6 @@ def main() -> None:
     from pipeline.models.plugins.registry import adapter_for
     from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS
     from pipeline.runtime.fits.shared_plan import fit_groups
-    from pipeline.schema import forecast_arrow_schema
     from pipeline.stages.prepare import prepare
 
     n, out = int(sys.argv[1]), Path(sys.argv[2])
@@ -53,13 +52,12 @@ def main() -> None:
     build, write = [], []
     rows = size = 0
     target = out / "table.parquet"
+    schema, chunks = _as_train_writes(state, panel)
     for _ in range(repeats):
         t0 = time.process_time()
-        rows = sum(t.num_rows for t in state.forecast_chunks(panel))
+        rows = sum(t.num_rows for t in chunks())
         t1 = time.process_time()
-        write_parquet_tables(
-            target, forecast_arrow_schema(), state.forecast_chunks(panel), options=TABLE_OPTIONS
-        )
+        write_parquet_tables(target, schema, chunks(), options=TABLE_OPTIONS)
         t2 = time.process_time()
         build.append(t1 - t0)
         write.append(t2 - t1)
@@ -76,6 +74,17 @@ def main() -> None:
         "file_mb": round(size / 1e6, 2),
     }
     print(json.dumps(report))
+
+
+def _as_train_writes(state, panel):  # type: ignore[no-untyped-def]
+    """The schema and the chunks train writes: TARGET and MODEL as dictionary arrays in a
+    tree with forecast_rows.written_schema (tablebuild, 2026-12-06), plain before."""
+    import pipeline.runtime.fits.forecast_rows as forecast_rows
+    from pipeline.schema import forecast_arrow_schema
+
+    if hasattr(forecast_rows, "written_schema"):
+        return forecast_rows.written_schema(), lambda: state.forecast_chunks(panel, encoded=True)
+    return forecast_arrow_schema(), lambda: state.forecast_chunks(panel)
 
 
 def _filled_state(config, groups, fpt: int = 65536):  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ from pipeline.io import write_parquet_tables
 from pipeline.models.plugins.registry import adapter_for
 from pipeline.runtime.execute.stop import StopFlag, Stopped, on_stop_signals
 from pipeline.runtime.fits.fit_groups import FitGroup, plan_columns
-from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS
+from pipeline.runtime.fits.forecast_rows import TABLE_OPTIONS, written_schema
 from pipeline.runtime.fits.keys import hex_keys
 from pipeline.runtime.fits.shared_plan import fit_groups
 from pipeline.runtime.sizing.plan import Plan, resolve_plan
@@ -40,7 +40,7 @@ from pipeline.runtime.sizing.resources import release_free_memory
 from pipeline.runtime.store.fit_cache import FitCache
 from pipeline.runtime.store.progress import ProgressStore, db_path
 from pipeline.runtime.ui.logs import RunLog, new_run_id
-from pipeline.schema import Y_RAW, forecast_arrow_schema
+from pipeline.schema import Y_RAW
 
 if TYPE_CHECKING:  # only for the types: a cluster starts only where needed
     from pipeline.runtime.execute.shared_cluster import SharedCluster
@@ -162,8 +162,8 @@ def run_train(
         # an unchanged table keeps its file and mtime: assemble, which reads it, stays skipped
         write_parquet_tables(
             train_path(config, model),
-            forecast_arrow_schema(),
-            state.forecast_chunks(panel),
+            written_schema(),
+            state.forecast_chunks(panel, encoded=True),
             keep_same=True,
             options=TABLE_OPTIONS,
         )

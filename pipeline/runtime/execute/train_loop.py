@@ -222,10 +222,11 @@ class RunState:
 
     # --- output -----------------------------------------------------------------------------
 
-    def forecast_chunks(self, panel: Panel) -> Iterator[Any]:
+    def forecast_chunks(self, panel: Panel, encoded: bool = False) -> Iterator[Any]:
         """The forecast table of every fit known (schema order, deterministic sort), as Arrow
-        tables of at most a million rows (runtime/fits/forecast_rows.py)."""
-        return table_chunks(self.groups, self.kept, self.config, self.model, panel)
+        tables of 65,536 rows (runtime/fits/forecast_rows.py; `encoded`: of written_schema,
+        as train writes them)."""
+        return table_chunks(self.groups, self.kept, self.config, self.model, panel, encoded=encoded)
 
 
 def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:

@@ -74,6 +74,24 @@ class Stamps:
         values = self.ns.take(months - self.lo)
         return pa.Array.from_buffers(kind, values.size, [None, pa.py_buffer(values)], 0)
 
+    def windows(self, origin: np.ndarray, horizon: np.ndarray, size: int) -> tuple[Any, ...]:
+        """TIME, WINDOW_START and WINDOW_END of rows of `origin` and `horizon` with windows of
+        `size` months: three takes at one index (three calls would make three indexes, each
+        with its own passes over the rows for its range)."""
+        import pyarrow as pa
+
+        origin, horizon = np.asarray(origin, np.int64), np.asarray(horizon, np.int64)
+        if not origin.size or size < 1 or int(horizon.min()) < 0:  # not a study's: per call
+            return self(origin + horizon), self(origin - size + 1), self(origin)
+        lo, hi = int(origin.min()) - size + 1, int(origin.max()) + int(horizon.max())
+        if lo < self.lo or hi >= self.lo + self.ns.size:
+            self._span(lo, hi)
+        start = origin - (self.lo + size - 1)  # WINDOW_START's place in the stamps
+        ends = self.ns[size - 1 :]  # ends[i]: the stamp size - 1 months after ns[i]'s
+        kind = pa.timestamp("ns")
+        made = [ends.take(start + horizon), self.ns.take(start), ends.take(start)]
+        return tuple(pa.Array.from_buffers(kind, v.size, [None, pa.py_buffer(v)], 0) for v in made)
+
     def _span(self, lo: int, hi: int) -> None:
         from pipeline.schema import month_index
 
@@ -93,7 +111,7 @@ class Strings:
         self.values = strings([str(v) for v in values], large=True)
         self.encoded = [str(v).encode() for v in values]
         self.lengths = np.array([len(b) for b in self.encoded], dtype=np.int64)
-        self._constant: tuple[int, Any] | None = None
+        self._constant: tuple[int, bool, Any] | None = None
 
     def take(self, codes: np.ndarray) -> Any:
         """The values at `codes`: COUNTRY leads the table's sort, so a chunk's codes are a
@@ -114,7 +132,19 @@ class Strings:
         buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         return pa.Array.from_buffers(pa.large_string(), m, buffers, 0)
 
-    def constant(self, m: int) -> Any:
-        if self._constant is None or self._constant[0] != m:
-            self._constant = (m, self.take(np.zeros(m, np.int32)))
-        return self._constant[1]
+    def constant(self, m: int, encoded: bool = False) -> Any:
+        """The first value in each of `m` rows; `encoded`: as a dictionary array of it (an
+        empty dictionary for no rows, as the parquet writer's own would be), which
+        pipeline.io.write_parquet_tables writes without hashing every row's string."""
+        import pyarrow as pa
+
+        if self._constant is None or self._constant[:2] != (m, encoded):
+            if encoded:
+                zeros = pa.py_buffer(np.zeros(m, np.int32))
+                indices = pa.Array.from_buffers(pa.int32(), m, [None, zeros], 0)
+                one = self.values.slice(0, min(m, 1))
+                column = pa.DictionaryArray.from_arrays(indices, one)
+            else:
+                column = self.take(np.zeros(m, np.int32))
+            self._constant = (m, encoded, column)
+        return self._constant[2]

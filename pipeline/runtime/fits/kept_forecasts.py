@@ -70,12 +70,12 @@ class KeptForecasts:
 
     def take(self, gi: int, fit: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The forecasts of known fits `fit` of group `gi` at their forecast rows `col`:
-        pred (n, H, Q) and alpha (n, Q), float64."""
+        pred (n, H, Q) and alpha (n, Q), float64: read-only (views of a result where one holds
+        them all at consecutive rows)."""
         _, C, H = self.shapes[gi]
         n, Q = fit.size, self.Q
-        pred, alpha = np.empty((n, H * Q)), np.empty((n, Q))
         if not n:
-            return pred.reshape(n, H, Q), alpha
+            return np.empty((n, H, Q)), np.empty((n, Q))
         src = self.source[gi][fit]
         at = self.row[gi][fit].astype(np.int64)
         if C > 1:  # the source's row of (fit, forecast row)
@@ -83,10 +83,20 @@ class KeptForecasts:
             at += col
         sources = self.sources[gi]
         edges = np.flatnonzero(src[1:] != src[:-1]) + 1
+        start = _range_start(at) if C == 1 and not edges.size else None
+        if start is not None:  # one result's consecutive rows (a block of one task's fits)
+            p, a = sources[int(src[0])]
+            return p[start : start + n].reshape(n, H, Q), a[start : start + n]
+        pred, alpha = np.empty((n, H * Q)), np.empty((n, Q))
         if edges.size < _MAX_RUNS:  # runs of one source each: slices
             bounds = np.r_[0, edges, n].tolist()
             for lo, hi in pairwise(bounds):
                 p, a = sources[int(src[lo])]
+                start = _range_start(at[lo:hi]) if C == 1 else None
+                if start is not None:  # a task's consecutive fits (a per-country plan's): a copy
+                    pred[lo:hi] = p[start : start + hi - lo]
+                    alpha[lo:hi] = a[start : start + hi - lo]
+                    continue
                 p.take(at[lo:hi], axis=0, out=pred[lo:hi])
                 a.take(at[lo:hi] // C if C > 1 else at[lo:hi], axis=0, out=alpha[lo:hi])
             return pred.reshape(n, H, Q), alpha
@@ -100,6 +110,13 @@ class KeptForecasts:
             pred[sel] = p.take(at[sel], axis=0)
             alpha[sel] = a.take(at[sel] // C, axis=0)
         return pred.reshape(n, H, Q), alpha
+
+
+def _range_start(at: np.ndarray) -> int | None:
+    """at[0] when `at` is consecutive integers from it (the rows a slice holds), else None."""
+    if not at.size or int(at[-1]) - int(at[0]) != at.size - 1:
+        return None
+    return int(at[0]) if at.size == 1 or bool((np.diff(at) == 1).all()) else None
 
 
 def _float_rows(array: np.ndarray, width: int) -> np.ndarray:
