@@ -35,15 +35,15 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     The payload's `keys`, where it has them, are the fits' raw 32-byte content keys, (n,) S32
     (or any sequence of str); train's payloads have none (the driver binds its keys to the
     shard's checksums). The result names fits by position in the payload, not by key (the
-    driver knows what it sent): index (int64 positions of the fits that succeeded, ascending), pred (k, C, H,
-    Q), alpha (k, Q) (NaN when the model has none), the fitted state as `state`
-    ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k dicts of `state_*`
-    arrays; see fit_states), failed [{index, key (hex, when the payload has keys),
-    error_type, message, traceback}],
-    started, finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
-    With the payload's `shard_block` (train's tasks), `shard` instead of pred and alpha: the
-    fit-cache shard of the fits in `index`, encoded here (shard_bytes; shard_arrays reads
-    pred and alpha back).
+    driver knows what it sent): index (int64 positions of the fits that succeeded,
+    ascending), pred (k, C, H, Q), alpha (k, Q) (NaN when the model has none), the fitted
+    state as `state` ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k
+    dicts of `state_*` arrays; see fit_states), failed [{index, key (hex, when the payload
+    has keys), error_type, message, traceback}], started, finished (unix seconds), seconds,
+    peak_mb (the process's peak RSS) and worker. With the payload's `shard_block` (train's
+    tasks), `shard` instead of pred, alpha and state, and of index where every fit
+    succeeded: the fit-cache shard of the fits in `index`, encoded here (shard_bytes;
+    shard_arrays reads them back).
     """
     started, t0 = time.time(), time.perf_counter()
     payload = with_data(payload)  # a compact payload's windows, built here
@@ -119,7 +119,8 @@ def shard_bytes(payload: dict[str, Any], result: dict[str, Any]) -> dict[str, An
     Made here because encoding (a sha256 per block over every array, the npz) was most of what
     a result cost the driver, which runs serially while the workers run side by side; the
     driver binds its own keys to the digests and writes the files (run_task then leaves
-    pred and alpha out of the result: the driver reads them from the npz, shard_arrays)."""
+    pred, alpha and state out of the result: the driver reads them from the npz,
+    shard_arrays)."""
     block = payload.get("shard_block")
     index = result["index"]
     if not block or not index.size or "state" not in result:
@@ -127,7 +128,8 @@ def shard_bytes(payload: dict[str, Any], result: dict[str, Any]) -> dict[str, An
     arrays = {
         "pred": np.asarray(result["pred"]),
         "alpha": np.asarray(result["alpha"]),
-        "countries": np.asarray(payload["countries"])[index],  # codes, as wide as these need
+        # str: stored as codes, read back as wide as these fits' longest (shard_pack.pack)
+        "countries": np.asarray(payload["countries"])[index],
         "rows": np.asarray(np.asarray(payload["rows"])[index], dtype=bool),
         **result["state"],
     }

@@ -15,9 +15,8 @@ import numpy as np
 
 from pipeline.runtime.store.shard_format import BLOCK, KEY_BYTES
 
-Layout = Mapping[
-    str, Mapping[str, list]
-]  # {"nan": {name: [dtype, shape]}, "codes": {name: [dtype, names]}}
+# an index's {"nan": {name: [dtype, per-entry shape]}, "codes": {name: [dtype, names]}}
+Layout = Mapping[str, Mapping[str, list]]
 
 
 def pack(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
