@@ -111,7 +111,7 @@ register(_adapter("fake_hog", _hog))
 def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
     from pipeline.models.plugins.registry import get_adapter
 
-    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * len(payload["keys"]))
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) * len(payload["origins"]))
     # FAKE_FAIL_ONCE_ORIGIN (month index): batches holding it raise until the fit is alone,
     # which raises once more and leaves FAKE_FAIL_ONCE_MARKER: bisection, then a retry alone
     origin, marker = (
@@ -119,7 +119,11 @@ def _slow_ar_qr(payload: dict[str, Any]) -> dict[str, Any]:
         os.environ.get("FAKE_FAIL_ONCE_MARKER"),
     )
     if origin and marker and not os.path.exists(marker) and int(origin) in set(payload["origins"]):
-        if len(set(payload["keys"])) == 1:  # alone (slot fillers are copies of the fit)
+        # alone (slot fillers are copies of the fit; train's payloads carry no keys)
+        fits = zip(
+            payload["origins"].tolist(), np.asarray(payload["countries"]).tolist(), strict=True
+        )
+        if len({(o, tuple(c)) for o, c in fits}) == 1:
             open(marker, "w").close()
         raise RuntimeError("injected failure (once)")
     return get_adapter("ar_qr").fit_batch(payload)

@@ -208,7 +208,7 @@ def test_verify_keeps_what_is_asked_but_heals_a_shard_with_every_array(tmp_path:
 
 
 def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) -> None:
-    """Content keys (64 lowercase hex) go into the index (format 3: a JSON line, then the raw
+    """Content keys (64 lowercase hex) go into the index (format 4: a JSON line, then the raw
     digests), whether given as str or as raw bytes, and the checksums cover them: a key
     edited in the index fails its block."""
     rng = np.random.default_rng(2)
@@ -221,7 +221,7 @@ def test_content_keys_are_stored_raw_and_a_changed_key_is_found(tmp_path: Path) 
     b.write_stacked(keys, arrays, "t")
     data = [next(c.shards.glob("*.idx")).read_bytes() for c in (a, b)]
     head, _, tail = data[0].partition(b"\n")
-    assert data[0] == data[1] and tail == raw.tobytes() and json.loads(head)["format"] == 3
+    assert data[0] == data[1] and tail == raw.tobytes() and json.loads(head)["format"] == 4
     assert head == json.dumps(json.loads(head), sort_keys=True).encode()
     assert not list(a.shards.glob("*.json"))
     assert sorted(a.verify().entries) == sorted(keys)

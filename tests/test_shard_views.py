@@ -9,7 +9,8 @@ import io
 import numpy as np
 import pytest
 
-from pipeline.runtime.store.shard_format import encode_stacked, stored_arrays
+from pipeline.runtime.store.shard_format import stored_arrays
+from pipeline.runtime.store.shard_pack import encode_arrays
 
 
 def _npz(arrays: dict[str, np.ndarray], compressed: bool = False) -> bytes:
@@ -29,9 +30,10 @@ def test_views_equal_np_loads_copies() -> None:
         "state_f": np.asfortranarray(rng.normal(size=(n, 4)).astype(np.float32)),
         "empty": np.zeros((0, 5), dtype=np.int64),
     }
-    keys = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
-    npz, _ = encode_stacked(keys, {k: v for k, v in arrays.items() if k != "empty"}, 256)
-    for data, names in ((npz, [k for k in arrays if k != "empty"]), (_npz(arrays), list(arrays))):
+    npz = encode_arrays({k: v for k, v in arrays.items() if k != "empty"}, 256)["npz"]
+    # format 4 stores no all-NaN alpha and the countries as codes
+    stored = ["pred", "countries", "rows", "state_f"]
+    for data, names in ((npz, stored), (_npz(arrays), list(arrays))):
         views = stored_arrays(data, names)
         with np.load(io.BytesIO(data)) as loaded:
             for name in names:
@@ -55,7 +57,7 @@ def test_what_cannot_be_viewed_is_refused() -> None:
 
 
 def test_a_written_index_is_its_head_then_the_raw_keys(tmp_path) -> None:
-    """The index written in parts (the keys a view, not joined to the head) is format 3's
+    """The index written in parts (the keys a view, not joined to the head) is format 4's
     one JSON line and the n x 32 raw key bytes, and reads back."""
     from pipeline.runtime.store.fit_cache import FitCache
 
@@ -63,8 +65,8 @@ def test_a_written_index_is_its_head_then_the_raw_keys(tmp_path) -> None:
     n = 3000
     keys = rng.integers(0, 256, size=(n, 32), dtype=np.uint8).view("S32").ravel()
     cache = FitCache(tmp_path, "m")
-    npz, sums = encode_stacked(keys, {"pred": rng.normal(size=(n, 3))}, cache.block)
-    path = cache.write_encoded(keys, ["pred"], npz, sums, "t")
+    shard = encode_arrays({"pred": rng.normal(size=(n, 3))}, cache.block)
+    path = cache.write_encoded(keys, shard, "t")
     head, raw = path.with_suffix(".idx").read_bytes().split(b"\n", 1)
     assert raw == keys.tobytes() and b'"n": 3000' in head
     found = cache.lookup(keys[::-7].copy(), keep=("pred",))

@@ -164,6 +164,7 @@ def run_tasks(
                     extra=adapter.payload,
                     compact=True,
                     countries=countries[task.group],
+                    keys=False,  # the driver binds its keys to the shard's checksums
                 )
                 # the worker encodes the task's cache shard; the driver writes its bytes
                 payload["shard_block"] = state.shard_block

@@ -139,6 +139,7 @@ class RunState:
         g = self.groups[task.group]
         if result is not None:
             result = shard_arrays(result)  # pred and alpha from a worker's shard
+            result = _keyed_failures(result, g, task)
         if result is not None and task.want is not None:
             result = _only(result, task)  # a whole block ran for a part
         if error is not None:
@@ -179,8 +180,7 @@ class RunState:
         label = f"{self.run_id}-{task.task_id}"
         shard = result.get("shard")
         if shard is not None:  # encoded by the worker (worker.shard_bytes): written here
-            keys = g.key_bytes()[idx]
-            self.cache.write_encoded(keys, shard["names"], shard["npz"], shard["sums"], label)
+            self.cache.write_encoded(g.key_bytes()[idx], shard, label)
         else:
             self._write_shard(g, idx, result, label)
         self.kept.add(gi, idx, pred, alpha)  # kept as they came: no copy
@@ -246,6 +246,20 @@ def _stacked_states(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
             return None
         out[name] = np.stack([np.asarray(v) for v in values])
     return out
+
+
+def _keyed_failures(result: dict[str, Any], g: FitGroup, task: Task) -> dict[str, Any]:
+    """The result with each failure's key (hex), which a payload without keys could not give
+    (tasks.task_payload's `keys`): the key of the fit at its position in the task."""
+    if all("key" in f for f in result["failed"]):
+        return result
+    at = [f["index"] for f in result["failed"]]
+    keys = g.keys[np.asarray(task.index, dtype=np.int64)[at]].tolist()
+    failed = [
+        {"index": f["index"], "key": str(k), **f}
+        for f, k in zip(result["failed"], keys, strict=True)
+    ]
+    return {**result, "failed": failed}
 
 
 def _only(result: dict[str, Any], task: Task) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from pipeline.models.plugins.registry import task_adapter
 from pipeline.models.plugins.spec import Adapter
 from pipeline.runtime.fits.tasks import with_data
 from pipeline.runtime.sizing.resources import own_peak_mb
-from pipeline.runtime.store.shard_format import encode_stacked, stored_arrays
+from pipeline.runtime.store.shard_format import stored_arrays
+from pipeline.runtime.store.shard_pack import encode_arrays, unpack
 
 log = logging.getLogger("pipeline.worker")
 
@@ -31,21 +32,23 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Fit a batch of fits; return forecasts, fitted state and failures (plain data only: the
     driver writes the cache, so a worker needs no view of the driver's disk).
 
-    The payload's `keys` are the fits' raw 32-byte content keys, (n,) S32 (or any sequence of
-    str). The result names fits by position in the payload, not by key (the driver knows what
-    it sent): index (int64 positions of the fits that succeeded, ascending), pred (k, C, H,
-    Q), alpha (k, Q) (NaN when the model has none), the fitted state as `state`
-    ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k dicts of `state_*`
-    arrays; see fit_states), failed [{index, key (hex), error_type, message, traceback}],
-    started, finished (unix seconds), seconds, peak_mb (the process's peak RSS) and worker.
-    With the payload's `shard_block` (train's tasks), `shard` instead of pred and alpha: the
-    fit-cache shard of the fits in `index`, encoded here (shard_bytes; shard_arrays reads
-    pred and alpha back).
+    The payload's `keys`, where it has them, are the fits' raw 32-byte content keys, (n,) S32
+    (or any sequence of str); train's payloads have none (the driver binds its keys to the
+    shard's checksums). The result names fits by position in the payload, not by key (the
+    driver knows what it sent): index (int64 positions of the fits that succeeded,
+    ascending), pred (k, C, H, Q), alpha (k, Q) (NaN when the model has none), the fitted
+    state as `state` ({"state_<name>": (k, ...)}) or, when it does not stack, `states` (k
+    dicts of `state_*` arrays; see fit_states), failed [{index, key (hex, when the payload
+    has keys), error_type, message, traceback}], started, finished (unix seconds), seconds,
+    peak_mb (the process's peak RSS) and worker. With the payload's `shard_block` (train's
+    tasks), `shard` instead of pred, alpha and state, and of index where every fit
+    succeeded: the fit-cache shard of the fits in `index`, encoded here (shard_bytes;
+    shard_arrays reads them back).
     """
     started, t0 = time.time(), time.perf_counter()
     payload = with_data(payload)  # a compact payload's windows, built here
     adapter = task_adapter(payload)
-    n = len(payload["keys"])
+    n = len(payload["rows"])
     done: list[tuple[np.ndarray, dict[str, Any]]] = []
     failed: list[dict[str, Any]] = []
     _solve(adapter, payload, np.arange(n), done, failed)
@@ -90,9 +93,11 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         per_fit = [s for part, n in zip(parts, sizes, strict=True) for s in _per_fit(part, n)]
         result["states"] = [per_fit[i] for i in order.tolist()]
     shard = shard_bytes(payload, result)
-    if shard is not None:  # the forecasts travel once, in the shard (see shard_arrays)
+    if shard is not None:  # the forecasts and states travel once, in the shard (shard_arrays)
         result["shard"] = shard
-        del result["pred"], result["alpha"]
+        del result["pred"], result["alpha"], result["state"]
+        if index.size == n:  # every fit succeeded: positions 0..n-1, made again by the driver
+            del result["index"]
     result.update(
         started=started,
         finished=time.time(),
@@ -104,48 +109,62 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def shard_bytes(payload: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
-    """The fit-cache shard of the result's fits, encoded: {"npz": its bytes, "names": its
-    arrays, "sums": its block checksums} (shard_format.encode_stacked, `shard_block` entries
-    per checksum), from the same arrays the driver's RunState would write: pred, alpha, the
-    fits' countries (str) and rows, then the stacked state. None when the payload asks for
-    none (the probe's tasks), no fit succeeded, the state does not stack, or the keys are not
-    raw digests: the driver then encodes the shard itself from the result.
+    """The fit-cache shard of the result's fits, encoded without their keys (plain data:
+    shard_pack.encode_arrays, `shard_block` entries per checksum) from the same arrays the
+    driver's RunState would write: pred, alpha, the fits' countries (str: stored as codes)
+    and rows, then the stacked state. None when the payload asks for none (the probe's
+    tasks), no fit succeeded or the state does not stack: the driver then encodes the shard
+    itself from the result.
 
     Made here because encoding (a sha256 per block over every array, the npz) was most of what
     a result cost the driver, which runs serially while the workers run side by side; the
-    driver splices its own keys into the index and writes the files (run_task then leaves
-    pred and alpha out of the result: the driver reads them from the npz, shard_arrays)."""
+    driver binds its own keys to the digests and writes the files (run_task then leaves
+    pred, alpha and state out of the result: the driver reads them from the npz,
+    shard_arrays)."""
     block = payload.get("shard_block")
     index = result["index"]
-    keys = payload["keys"]
     if not block or not index.size or "state" not in result:
-        return None
-    if not isinstance(keys, np.ndarray) or keys.dtype.kind not in "uS":
         return None
     arrays = {
         "pred": np.asarray(result["pred"]),
         "alpha": np.asarray(result["alpha"]),
-        # as the driver's `countries[idx].astype(str)` of its object array: as wide as the
-        # longest country of these fits (the payload's are as wide as the whole task's)
-        "countries": np.asarray(payload["countries"])[index].astype(object).astype(str),
+        # str: stored as codes, read back as wide as these fits' longest (shard_pack.pack)
+        "countries": np.asarray(payload["countries"])[index],
         "rows": np.asarray(np.asarray(payload["rows"])[index], dtype=bool),
         **result["state"],
     }
-    npz, sums = encode_stacked(keys[index], arrays, int(block))
-    return {"npz": npz, "names": list(arrays), "sums": sums}
+    return encode_arrays(arrays, int(block))
 
 
 def shard_arrays(result: dict[str, Any]) -> dict[str, Any]:
     """A result whose forecasts travel in its shard (run_task with a `shard_block`) with
-    `pred` and `alpha` read back from the shard's npz; any other result as it is."""
+    `pred`, `alpha` and `state` read back from the shard's npz (and `index`, 0..n-1, where
+    every fit succeeded); any other result as it is."""
     if "pred" in result or "shard" not in result:
         return result
-    # views of the result's bytes, not copies (the driver keeps them as its forecasts: KeptForecasts)
-    arrays = stored_arrays(result["shard"]["npz"], ("pred", "alpha"))
-    pred, alpha = arrays["pred"], arrays["alpha"]
-    if pred.shape[0] != len(result["index"]) or alpha.shape[0] != len(result["index"]):
+    # views of the result's bytes, not copies (the driver keeps them as its forecasts:
+    # KeptForecasts); an all-NaN alpha (rw's) is not in the npz, only named in its layout
+    shard = result["shard"]
+    nan, codes = shard["layout"]["nan"], shard["layout"]["codes"]
+    names = [nm for nm in shard["names"] if nm in ("pred", "alpha") or nm.startswith("state_")]
+    stored = stored_arrays(shard["npz"], [nm for nm in names if nm not in nan])
+    n = stored["pred"].shape[0]
+    mine = {
+        "nan": {k: nan[k] for k in names if k in nan},
+        "codes": {k: codes[k] for k in names if k in codes},
+    }
+    arrays = unpack(stored, n, mine)
+    index = result["index"] if "index" in result else np.arange(n, dtype=np.int64)
+    if any(a.shape[0] != len(index) for a in arrays.values()) or len(arrays) != len(names):
         raise ValueError("a task's shard holds other fits than its result names")
-    return {**result, "pred": pred, "alpha": alpha}
+    state = {nm: arrays[nm] for nm in names if nm.startswith("state_")}
+    return {
+        **result,
+        "index": index,
+        "pred": arrays["pred"],
+        "alpha": arrays["alpha"],
+        "state": state,
+    }
 
 
 def fit_states(result: dict[str, Any]) -> list[dict[str, np.ndarray]]:
@@ -163,13 +182,21 @@ def key_hex(keys: Any, i: int) -> str:
 
 
 def _failure(payload: dict[str, Any], i: int, error_type: str, message: str, trace: str) -> dict:
+    """A failure of fit `i`; its key only where the payload has keys (the driver adds them to
+    a train task's failures: RunState.record_result)."""
+    keys = {"key": key_hex(payload["keys"], i)} if "keys" in payload else {}
     return {
         "index": int(i),
-        "key": key_hex(payload["keys"], i),
+        **keys,
         "error_type": error_type,
         "message": message,
         "traceback": trace,
     }
+
+
+def _named(failure: dict[str, Any]) -> str:
+    """A failed fit as a log names it: its key's first 12 hex digits, or its position."""
+    return failure["key"][:12] if "key" in failure else f"#{failure['index']}"
 
 
 def _per_fit(
@@ -204,8 +231,9 @@ def _stack_parts(
 
 def _subset(payload: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
     sub = dict(payload)
-    keys = payload["keys"]
-    sub["keys"] = keys[idx] if isinstance(keys, np.ndarray) else [keys[i] for i in idx]
+    keys = payload.get("keys")
+    if keys is not None:
+        sub["keys"] = keys[idx] if isinstance(keys, np.ndarray) else [keys[i] for i in idx]
     sub["countries"] = payload["countries"][idx]
     sub["rows"] = payload["rows"][idx]
     sub["origins"] = payload["origins"][idx]
@@ -274,7 +302,7 @@ def _solve(
             f = _failure(payload, idx[j], "FloatingPointError", message[:2000], "")
             f["traceback"] = f"FloatingPointError: {message}"
             log.warning(
-                "fit %s of %s failed: FloatingPointError: %s", f["key"][:12], adapter.name, message
+                "fit %s of %s failed: FloatingPointError: %s", _named(f), adapter.name, message
             )
             failed.append(f)
         return
@@ -296,5 +324,5 @@ def _solve(
         return
     error_type = "memory" if isinstance(error, MemoryError) else type(error).__name__
     f = _failure(payload, idx[0], error_type, str(error)[:2000], trace)
-    log.warning("fit %s of %s failed: %s: %s", f["key"][:12], adapter.name, error_type, error)
+    log.warning("fit %s of %s failed: %s: %s", _named(f), adapter.name, error_type, error)
     failed.append(f)

@@ -100,6 +100,7 @@ def task_payload(
     extra: Mapping[str, Any] | None = None,
     compact: bool = False,
     countries: CountryText | None = None,
+    keys: bool = True,
 ) -> dict[str, Any]:
     """Plain data a worker needs for one task (arrays sliced to the task's fits).
 
@@ -109,6 +110,9 @@ def task_payload(
     on the worker; a task's windows overlap, so this is about 100x smaller on the wire.
     `countries`: the group's CountryText (the task loop's, made once per group); None converts
     the fits' own (the probe's and the model check's few payloads).
+    `keys`: send the fits' content keys (32 bytes per fit). Train's tasks send none: their
+    worker encodes the cache shard without them and the driver binds the keys it knows to
+    its checksums (worker.shard_bytes, FitCache.write_encoded).
     """
     windows = group.data if compact and isinstance(group.data, CountryWindows) else None
     at = positions(index)  # a task's run of fits: its arrays sent as views of the group's
@@ -121,7 +125,7 @@ def task_payload(
         "quantiles": [float(q) for q in quantiles],
         "seed": int(seed),
         # the fits' content keys as raw digests (one buffer on the wire, not a list of str)
-        "keys": group.key_bytes()[at],
+        **({"keys": group.key_bytes()[at]} if keys else {}),
         "countries": group.countries[at].astype(str) if countries is None else countries(at),
         "rows": group.rows[at],
         # month index (year * 12 + month - 1)

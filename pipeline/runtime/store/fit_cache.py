@@ -18,7 +18,8 @@ block of such a shard before using any of its rows (columnar: no object per entr
 whose blocks do not all match is moved to `{model}/damaged/`; the entries of its good blocks
 are rewritten into a new shard first, so only the damaged blocks' fits are refit (a damaged
 entry costs its block: up to 1,024 refits). `verify` returns entries by key (tests, tools).
-Shards of format 1 (a sha256 per entry; before issue 18's second pass) are still read.
+Shards of formats 1 (a sha256 per entry; before issue 18's second pass), 2 and 3 (every
+array stored; before issue 18's item 7 at 1M) are still read; shards are written in format 4.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,12 +47,13 @@ from pipeline.runtime.store.shard_format import (
     SUFFIX,
     Index,
     block_sums,
-    encode_stacked,
     entry_checksum,
     index_file,
     key_text,
     parse_index,
+    raw_key_bytes,
 )
+from pipeline.runtime.store.shard_pack import array_digests, bind_keys, encode_arrays, pack
 from pipeline.runtime.store.shard_read import Entry, ShardArrays, read_checked
 
 __all__ = ["FORMAT", "CheckReport", "Entry", "FitCache", "Found", "VerifyReport", "entry_checksum"]
@@ -148,9 +151,17 @@ class FitCache:
             ):
                 stacked[n] = np.stack(arrays)  # type: ignore[arg-type]
         own = [{n: np.asarray(v) for n, v in e.items() if n not in stacked} for e in values]
-        members = {**stacked, **{f"{i}/{n}": a for i, o in enumerate(own) for n, a in o.items()}}
-        sums = block_sums(key_text(keys), stacked, own, len(keys), self.block)
-        index = index_file(keys, list(stacked), [list(o) for o in own], sums, self.block)
+        raw = raw_key_bytes(keys)
+        layout = None
+        if raw is not None:  # content keys: format 4, its stacked arrays packed
+            stored, layout = pack(stacked)
+            digests = array_digests(stored, own, len(keys), self.block, layout)
+            sums = bind_keys(raw, digests, self.block)
+        else:  # other keys (tests' names): format 2
+            stored, sums = stacked, block_sums(key_text(keys), stacked, own, len(keys), self.block)
+        members = {**stored, **{f"{i}/{n}": a for i, o in enumerate(own) for n, a in o.items()}}
+        names = [list(o) for o in own]
+        index = index_file(keys, list(stacked), names, sums, self.block, layout)
         return self._write_files(label, members, index)
 
     def write_stacked(
@@ -162,25 +173,27 @@ class FitCache:
         n = len(keys)
         if not n:
             return None
-        npz, sums = encode_stacked(keys, arrays, self.block)
-        return self.write_encoded(keys, list(arrays), npz, sums, label)
+        if raw_key_bytes(keys) is None:  # not content keys: format 2, entry by entry
+            names = list(arrays)
+            entries = {str(k): {nm: arrays[nm][i] for nm in names} for i, k in enumerate(keys)}
+            return self.write_shard(entries, label)
+        return self.write_encoded(keys, encode_arrays(arrays, self.block), label)
 
     def write_encoded(
-        self,
-        keys: Sequence[str] | np.ndarray,
-        names: Sequence[str],
-        npz: bytes,
-        sums: Sequence[str],
-        label: str = "",
+        self, keys: Sequence[str] | np.ndarray, shard: Mapping[str, Any], label: str = ""
     ) -> Path:
-        """A shard of `keys` whose npz bytes and block checksums are made already
-        (shard_format.encode_stacked: by a worker, for its task's fits; `names`, the npz's
-        arrays), written as write_stacked writes its files: the arrays, then the index. The
-        index holds these keys: checksums made over other keys make every block of the shard
-        fail its check when it is read (then refit, as any damaged shard)."""
+        """A shard of content `keys` whose arrays are encoded already (shard_pack.encode_arrays:
+        by a worker, for its task's fits), written as write_stacked writes its files: the
+        arrays, then the index, whose block checksums bind these keys to the shard's digests
+        (shard_pack.bind_keys: the keys never travel to the worker)."""
+        raw = raw_key_bytes(keys)
+        if raw is None:
+            raise ValueError("an encoded shard's keys must be content keys")
+        sums = bind_keys(raw, shard["digests"], self.block)
         if len(sums) != -(-len(keys) // self.block):
             raise ValueError(f"{len(sums)} checksums for {len(keys)} entries of {self.block}")
-        return self._write_bytes(label, npz, index_file(keys, names, None, sums, self.block))
+        index = index_file(keys, shard["names"], None, sums, self.block, shard["layout"])
+        return self._write_bytes(label, shard["npz"], index)
 
     def _write_files(
         self,

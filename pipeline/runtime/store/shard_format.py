@@ -1,5 +1,15 @@
 """One fit-cache shard's format on disk: its index and checksums (pure: numpy, hashlib, json).
 
+Format 4 (since issue 18's item 7 at 1M) is format 3 with fewer bytes per entry. A stacked
+array whose every value is the same NaN (rw's alpha: 24 bytes per fit) is not stored: the
+index's `nan` names it, {name: [dtype, per-entry shape]}. A stacked str array (the fits'
+countries: 16 bytes per fit at 4 characters) is stored as integer codes into a table the
+index's `codes` holds, {name: [dtype, names]}. And a block's checksum is
+sha256(its key bytes + its arrays' digest), where the digest (sha256 over the block's rows
+of every array as stored, each array's header naming its `nan` or `codes` form and table) is
+made without the keys: a worker makes the digests of its task's shard and the driver,
+which knows the keys, binds them (bind_keys), so a task's payload needs no keys.
+
 Format 3 (since issue 18's scale-out, third pass). `<name>.npz` holds each array name stacked
 over the shard's entries, (n, ...), where every entry's array has the same dtype and shape, and
 `<i>/<name>` for entry i's array that does not stack (a ragged fitted state). `<name>.idx`, the
@@ -14,7 +24,8 @@ Format 2 wrote the same index as `<name>.json`, all JSON, its content keys as on
 (twice the bytes, and a hex conversion each way: ~5 ms per 65,536-fit shard written, as much
 read); shards of keys that are not content keys (tests' plain names) are still written in it,
 their `keys` a list of str. Formats 1 (one sha256 per entry, one JSON object per entry) and 2
-are still read: a cache of older shards is used as it is, not refit.
+are still read: a cache of older shards is used as it is, not refit; as are format 3's, whose
+checksum is one sha256 over the block's keys and rows (block_sums).
 """
 
 from __future__ import annotations
@@ -23,14 +34,14 @@ import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-FORMAT = 3
-READS = (1, 2, 3)
-# the index file of each format written: 3 for content keys, 2 for any other keys
-SUFFIX = {3: ".idx", 2: ".json"}
+FORMAT = 4
+READS = (1, 2, 3, 4)
+# the index file of each format: 4 (3 before it) for content keys, 2 for any other keys
+SUFFIX = {4: ".idx", 3: ".idx", 2: ".json"}
 BLOCK = 1024  # entries per checksum
 KEY_BYTES = 32
 
@@ -47,6 +58,10 @@ class Index:
     sums: list[str]
     key_bytes: bytes  # format 2 with content keys: the raw digests, what the checksums cover
     listed: list[str] | None = None  # keys stored as a list (format 1, keys of tests)
+    # format 4: stacked arrays not stored, all NaN ({name: [dtype, shape]}), and stored as
+    # codes into a table ({name: [dtype, names]})
+    nan: dict[str, list] = field(default_factory=dict)
+    codes: dict[str, list] = field(default_factory=dict)
 
     @property
     def keys(self) -> list[str]:
@@ -75,9 +90,10 @@ def parse_index(data: str | bytes) -> Index:
     """The index of any format read (a file's bytes, or format 1 or 2 as text); ValueError
     (KeyError, TypeError, UnicodeDecodeError) when it is not one."""
     raw = data.encode() if isinstance(data, str) else data
-    head, _, tail = raw.partition(b"\n")  # format 3: its JSON line, then the raw keys
+    head, _, tail = raw.partition(b"\n")  # formats 3, 4: its JSON line, then the raw keys
     index = json.loads(head)
-    if index.get("format") != 3:  # formats 1 and 2: a JSON line alone
+    fmt = index.get("format")
+    if fmt not in (3, 4):  # formats 1 and 2: a JSON line alone
         if tail.strip():
             raise ValueError("data after a shard index")
         return _parse_json_index(index)
@@ -85,7 +101,18 @@ def parse_index(data: str | bytes) -> Index:
     if len(tail) != n * KEY_BYTES:
         raise ValueError("keys do not match n")
     own, sums = index["own"] or [], list(index["sums"])
-    return _checked(Index(3, n, list(index["stacked"]), own, block, sums, tail))
+    nan, codes = _layout(index) if fmt == 4 else ({}, {})
+    stacked = list(index["stacked"])
+    if not set(nan).union(codes) <= set(stacked) or set(nan) & set(codes):
+        raise ValueError("inconsistent shard index")
+    return _checked(Index(fmt, n, stacked, own, block, sums, tail, None, nan, codes))
+
+
+def _layout(index: dict) -> tuple[dict[str, list], dict[str, list]]:
+    """Format 4's `nan` ({name: [dtype, shape]}) and `codes` ({name: [dtype, names]})."""
+    nan = {str(k): [str(d), [int(x) for x in shape]] for k, (d, shape) in index["nan"].items()}
+    codes = {str(k): [str(d), [str(x) for x in names]] for k, (d, names) in index["codes"].items()}
+    return nan, codes
 
 
 def _parse_json_index(index: dict) -> Index:
@@ -219,56 +246,47 @@ def index_file(
     own: Sequence[Sequence[str]] | None,
     sums: Sequence[str],
     block: int = BLOCK,
+    layout: Mapping[str, Mapping[str, list]] | None = None,
 ) -> tuple[str, list[bytes | memoryview]]:
     """A shard's index file as (suffix, its bytes in parts, to write one after the other):
-    format 3 for content keys (the raw digests, (n, 32) uint8 or (n,) S32, or their 64-hex
-    str), format 2 (index_text) for other keys. The raw digests are a part as they are (a
-    view: a 131,072-fit shard's 4 MB of keys are not copied twice to join them to the head)."""
+    format 4 for content keys (the raw digests, (n, 32) uint8 or (n,) S32, or their 64-hex
+    str; `sums` from bind_keys, `layout` encode's {"nan": ..., "codes": ...}), format 2
+    (index_text; `sums` from block_sums) for other keys. The raw digests are a part as they
+    are (a view: a 131,072-fit shard's 4 MB of keys are not copied twice to join them to the
+    head)."""
     n = len(keys)
-    raw: bytes | memoryview
-    if isinstance(keys, np.ndarray) and keys.dtype.kind in "uS":
-        raw = memoryview(np.ascontiguousarray(keys).reshape(-1).view(np.uint8))
-    else:
+    raw = raw_key_bytes(keys)
+    if raw is None:  # not content keys: listed in format 2's JSON
         text = key_text(keys)
-        if not isinstance(text, str):  # not content keys: listed in format 2's JSON
-            return SUFFIX[2], [index_text(text, stacked, own, sums, n, block).encode()]
-        raw = bytes.fromhex(text)
+        return SUFFIX[2], [index_text(text, stacked, own, sums, n, block).encode()]
     if len(raw) != n * KEY_BYTES:
         raise ValueError(f"{len(raw)} key bytes for {n} entries")
+    layout = layout or {}
     head = {
         "block": block,
+        "codes": dict(layout.get("codes", {})),
         "format": FORMAT,
         "n": n,
+        "nan": dict(layout.get("nan", {})),
         "own": [sorted(o) for o in own] if own is not None and any(own) else [],
         "stacked": sorted(stacked),
         "sums": list(sums),
     }
-    return SUFFIX[3], [json.dumps(head, sort_keys=True).encode() + b"\n", raw]
+    return SUFFIX[FORMAT], [json.dumps(head, sort_keys=True).encode() + b"\n", raw]
 
 
-def encode_stacked(
-    keys: Sequence[str] | np.ndarray, arrays: Mapping[str, np.ndarray], block: int = BLOCK
-) -> tuple[bytes, list[str]]:
-    """A shard of entries whose arrays stack: the bytes of its `<name>.npz` (np.savez of
-    `arrays`, each (n, ...), in their order) and its block checksums (block_sums), from which
-    index_text makes its index. `keys`: str, or the raw 32-byte digests as (n, 32) uint8 or
-    (n,) S32. FitCache.write_stacked writes these; a worker makes them for its own task's fits
-    (worker.shard_bytes), so that the driver only splices its keys into the index and writes."""
-    n = len(keys)
-    members = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
-    for name, a in members.items():
-        if a.shape[0] != n:
-            raise ValueError(f"{name}: {a.shape[0]} entries for {n} keys")
-    raw = np.ascontiguousarray(keys).tobytes() if isinstance(keys, np.ndarray) else None
-    sums = block_sums(key_text(keys) if raw is None else raw, members, None, n, block)
-    buffer = io.BytesIO()
-    np.savez(buffer, **members)
-    return buffer.getvalue(), sums
+def raw_key_bytes(keys: Sequence[str] | np.ndarray) -> bytes | memoryview | None:
+    """Content keys' raw digests as one buffer (a view of an (n, 32) uint8 or (n,) S32
+    array); None when the keys are not content keys (then format 2 lists them)."""
+    if isinstance(keys, np.ndarray) and keys.dtype.kind in "uS":
+        return memoryview(np.ascontiguousarray(keys).reshape(-1).view(np.uint8))
+    text = key_text(keys)
+    return bytes.fromhex(text) if isinstance(text, str) else None
 
 
 def stored_arrays(npz: bytes, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Arrays `names` of an .npz held in memory whose members are stored uncompressed (what
-    encode_stacked makes), as read-only views of its bytes: np.load copies each member out
+    shard_pack.encode_arrays makes), as read-only views of its bytes: np.load copies each member out
     of the zip (a worker's result, read by the serial driver). Raises ValueError for a member
     that is missing, compressed, or not a plain numeric array."""
     import struct
