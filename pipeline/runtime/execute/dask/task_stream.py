@@ -4,7 +4,9 @@ flight, results yielded as they complete.
 `TaskStream` turns a worker lost to its memory limit (`KilledWorker` after `allowed-failures`
 restarts, settings.ALLOWED_FAILURES) into a plain "memory" failure (or "worker-lost" when no
 nanny reported a memory kill), and stops a task that runs past its timeout by restarting its
-worker (its fits fail as "timeout"); what it learns about running tasks is task_watch.py's.
+worker (its fits fail as "timeout"; the worker's other tasks go back to the scheduler), a task
+that holds the GIL from its start included (task_watch.executing says how it is seen); what it
+learns about running tasks is task_watch.py's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from distributed import Client, as_completed
-from distributed.scheduler import KilledWorker
+from distributed.scheduler import KilledWorker, heartbeat_interval
 
 from pipeline.errors import SchedulerLost
 from pipeline.runtime.execute.dask.settings import TASK_GROUP
@@ -52,10 +54,14 @@ KILL_REASON = "qpipe-task-timeout"
 
 
 def stop_worker() -> Callable[..., Awaitable[str]]:
-    """A function for `run_on_scheduler(fn, address=..., kill_s=...)`: the worker's nanny kills its
-    process, giving it `kill_s` * 0.8 s to close before SIGKILL (Nanny.kill), and starts a
-    fresh one. Its tasks are lost with it: a task running there fails with KilledWorker
-    (allowed-failures is 0). Returns "OK", or "removed" for a worker already gone.
+    """A function for `run_on_scheduler(fn, address=..., kill_s=..., failing=[keys])`: the
+    worker's nanny kills its process, giving it `kill_s` * 0.8 s to close before SIGKILL
+    (Nanny.kill), and starts a fresh one. The tasks `failing` (those past their timeout) are
+    lost with it: they fail with KilledWorker (allowed-failures is 0). Its other tasks (queued
+    on it behind them, where an existing cluster's worker-saturation lets tasks wait on a
+    worker, or on its other threads) are first released back to the scheduler, with the
+    worker paused so that none lands there again: they run elsewhere, unharmed (killed with
+    it, they would fail as lost workers). Returns "OK", or "removed" for a worker already gone.
 
     Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
     whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
@@ -64,7 +70,11 @@ def stop_worker() -> Callable[..., Awaitable[str]]:
 
     reason = KILL_REASON  # a local: the function travels without this module's globals
 
-    async def stop_worker(dask_scheduler: Any, address: str, kill_s: float) -> str:
+    async def stop_worker(
+        dask_scheduler: Any, address: str, kill_s: float, failing: list[Any]
+    ) -> str:
+        import time
+
         from distributed.core import rpc  # on the scheduler, which has it
 
         ws = dask_scheduler.workers.get(address)
@@ -72,8 +82,19 @@ def stop_worker() -> Callable[..., Awaitable[str]]:
             return "removed"
         if not ws.nanny:  # nothing would start it again: Dask's own restart says so
             raise ValueError(f"worker {address} has no nanny")
-        async with rpc(ws.nanny, connection_args=dask_scheduler.connection_args) as nanny:
-            await nanny.kill(timeout=kill_s, reason=reason)
+        stimulus_id = f"{reason}-{time.time()}"
+        dask_scheduler.handle_worker_status_change("paused", ws, stimulus_id)
+        keep = set(failing)
+        others = {ts.key: "released" for ts in ws.processing if ts.key not in keep}
+        # as Scheduler._reschedule: processing -> released -> waiting (their futures are held)
+        dask_scheduler.transitions(others, stimulus_id)
+        try:
+            async with rpc(ws.nanny, connection_args=dask_scheduler.connection_args) as nanny:
+                await nanny.kill(timeout=kill_s, reason=reason)
+        except BaseException:
+            if address in dask_scheduler.workers:  # still there: let it take tasks again
+                dask_scheduler.handle_worker_status_change("running", ws, stimulus_id)
+            raise
         return "OK"
 
     return stop_worker
@@ -85,8 +106,9 @@ class TaskStream:
     `error` is None on success, else {"error_type", "message", "traceback"}; error_type is
     "memory" when the task's worker was killed by its nanny's memory limit, "worker-lost"
     when its worker died otherwise (SIGKILL, segfault, a node lost), "timeout" when it ran
-    longer than `timeout_s` (from when its worker started it) and its worker was
-    restarted to stop it (a thread cannot be stopped; the process can). With `stop`, waiting
+    longer than `timeout_s` (from when its worker started it, or for a task holding the GIL
+    that its silent worker never reported, from that worker's last heartbeat) and its worker
+    was restarted to stop it (a thread cannot be stopped; the process can). With `stop`, waiting
     raises `Stopped` once the flag is set (a driver thread of a run training models side by
     side: signals reach only the main thread).
     """
@@ -184,23 +206,29 @@ class TaskStream:
         for key in list(self._started):
             if key not in running:
                 del self._started[key]
-        for key, (worker, ran) in running.items():
-            # the earliest start seen: a task whose worker stopped sending heartbeats (stuck
-            # holding the GIL) still times out
-            started = self._started.setdefault(key, now - ran)
+        overdue: dict[str, list[str]] = {}  # worker -> its tasks past their timeout
+        for key, (worker, ran, reported) in running.items():
+            if self._by_heartbeat:  # the scheduler's account, up to now (task_watch.executing)
+                # not before its submission: a silent worker's last heartbeat may be older
+                started = self._started[key] = max(now - ran, self._submitted.get(key, 0.0))
+            else:  # from the first time it was seen on its worker
+                started = self._started.setdefault(key, now - ran)
             if key in self._timed_out or now - started <= float(self.timeout_s or 0):
                 continue
-            self._timed_out.add(key)
+            overdue.setdefault(worker, []).append(key)
             log.warning(
-                "task %s ran past runtime.task_timeout_s = %g s: restarting worker %s",
+                "task %s ran past runtime.task_timeout_s = %g s%s: restarting worker %s",
                 key,
                 self.timeout_s,
+                "" if reported else f" (its worker has sent no heartbeat for {ran:.0f} s)",
                 worker,
             )
-            outcome = self._restart(worker)  # the task then fails with KilledWorker
+        for worker, keys in overdue.items():
+            self._timed_out.update(keys)
+            outcome = self._restart(worker, keys)  # the tasks then fail with KilledWorker
             if outcome not in ("OK", "removed"):  # e.g. timed out when loaded
                 log.warning("could not restart worker %s (%s): trying again", worker, outcome)
-                self._timed_out.discard(key)  # the next poll tries again
+                self._timed_out.difference_update(keys)  # the next poll tries again
         return max(self._poll_due() - time.monotonic(), 0.0)
 
     def _poll_due(self) -> float:
@@ -221,14 +249,19 @@ class TaskStream:
         first = min(started.get(k) or submitted.get(k, 0.0) for k in self._mine)
         return max(due, first + timeout)
 
-    def _restart(self, worker: str) -> str:
-        """Stop `worker`'s process through its nanny, which starts a fresh one: promptly
-        (`stop_worker`, KILL_S), else as Dask's `restart_workers` does (a scheduler
-        that runs no function of ours, or a kill that failed: e.g. slower than KILL_S to join
-        the killed process on a loaded machine). "OK" or "removed" when it stopped."""
+    def _restart(self, worker: str, names: list[str]) -> str:
+        """Stop `worker`'s process through its nanny, which starts a fresh one, failing the
+        tasks `names`: promptly (`stop_worker`, KILL_S; the worker's other tasks go back to
+        the scheduler), else as Dask's `restart_workers` does (a scheduler that runs no
+        function of ours, or a kill that failed: e.g. slower than KILL_S to join the killed
+        process on a loaded machine; the worker's other tasks then fail with it, as lost
+        workers). "OK" or "removed" when it stopped."""
         if self._by_heartbeat:
             try:
-                stopped = self.client.run_on_scheduler(stop_worker(), address=worker, kill_s=KILL_S)
+                failing = [(TASK_GROUP, name) for name in names]
+                stopped = self.client.run_on_scheduler(
+                    stop_worker(), address=worker, kill_s=KILL_S, failing=failing
+                )
                 return str(stopped)
             except Exception as exc:
                 log.info("prompt stop of worker %s failed (%r): restarting it", worker, exc)
@@ -238,24 +271,25 @@ class TaskStream:
             return str(exc)
         return str(outcome.get(worker, "OK"))
 
-    def _running(self) -> dict[str, tuple[str, float]]:
-        """Tasks that run now: name -> (worker, seconds since their worker started them), as
-        the workers' heartbeats tell the scheduler (a task queued on a worker behind another
-        has not started: its clock has not either). A scheduler that runs no function of
-        ours: the tasks it gave a worker, from now on."""
+    def _running(self) -> dict[str, tuple[str, float, bool]]:
+        """Tasks that run now: name -> (worker, seconds since their worker started them,
+        reported), as the workers' heartbeats tell the scheduler (a task queued on a worker
+        behind another has not started: its clock has not either), or a silent worker's
+        silence does (not reported: task_watch.executing). A scheduler that runs no function
+        of ours: the tasks it gave a worker, from now on."""
         if self._by_heartbeat:
             try:
-                running = self.client.run_on_scheduler(executing())
+                running = self.client.run_on_scheduler(executing(heartbeat_interval))
                 return {
-                    task_name(k): (w, ran)
-                    for k, (w, ran) in running.items()
+                    task_name(k): (w, ran, reported)
+                    for k, (w, ran, reported) in running.items()
                     if task_name(k) in self._mine
                 }
             except Exception as exc:  # e.g. a scheduler that refuses pickled functions
                 self._by_heartbeat = False
                 log.info("task timeouts count from assignment (%s)", exc)
         processing = self.client.processing()
-        running = {task_name(k): (w, 0.0) for w, keys in processing.items() for k in keys}
+        running = {task_name(k): (w, 0.0, True) for w, keys in processing.items() for k in keys}
         return {name: at for name, at in running.items() if name in self._mine}
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:

@@ -41,26 +41,58 @@ def task_name(key: Any) -> str:
     return str(key[1]) if isinstance(key, tuple) else str(key)
 
 
-def executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
-    """A function for `run_on_scheduler`: each task a worker executes, with how long it has
-    run: as long as it had at that worker's last heartbeat, plus the time since that
-    heartbeat. The task stream asks first only when a task could be past its timeout, so a
-    worker whose heartbeats stopped before then (a task stuck holding the GIL) must not
-    restart its task's clock. Made here, so it travels by value (a scheduler elsewhere need
-    not import qpipe)."""
+# a worker that has sent no heartbeat for this many of its heartbeat intervals is silent: its
+# event loop has not run (a task holding the GIL), so a task it started since its last
+# heartbeat was never reported (Dask's worker-ttl waits 10 intervals at least, 5 min by default)
+SILENT_HEARTBEATS = 4
 
-    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float]]:
+
+def executing(
+    heartbeat_interval: Callable[[int], float],
+) -> Callable[[Any], dict[Any, tuple[str, float, bool]]]:
+    """A function for `run_on_scheduler`: each task a worker runs now, as key -> (worker, seconds
+    it has run, reported). `heartbeat_interval(n_workers)` is the interval Dask asks of each of n
+    workers (distributed.scheduler.heartbeat_interval; passed in: no Dask import here).
+
+    - Reported: a task its worker's last heartbeat listed as executing, and still processing
+      there (a task finished since is not): its age at that heartbeat plus the time since. The
+      stream asks first only when a task could be past its timeout, so a worker whose
+      heartbeats stopped since (a task stuck holding the GIL) must not restart its clock.
+    - Not reported: a worker silent for SILENT_HEARTBEATS intervals has not run its event loop
+      since its last heartbeat, so a task it started since was never listed (one that holds the
+      GIL from its start). Of the tasks it holds and did not report, those it could be running
+      count from that last heartbeat: as many as its threads not reported busy, the first by
+      priority (the order a worker runs its tasks in). With one thread per worker and one task
+      per thread (the study's cluster) that is the one task it holds. Such a task is counted up
+      to one interval early. A task whose end the worker could not report before its next one
+      took the GIL is counted in that next one's place: it fails, and the hung one goes back
+      to the scheduler with the worker's other tasks, to be caught on its next worker.
+
+    Made here, so it travels by value (a scheduler elsewhere need not import qpipe)."""
+    silent_heartbeats = SILENT_HEARTBEATS  # a local: the function travels without this module
+
+    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float, bool]]:
+        import heapq
         import time  # the scheduler's clock, which its `last_seen` reads
 
         now = time.time()
-        return {
-            getattr(ts, "key", ts): (
-                str(address),
-                float(seconds) + max(now - float(getattr(ws, "last_seen", now)), 0.0),
-            )
-            for address, ws in dask_scheduler.workers.items()
-            for ts, seconds in ws.executing.items()
-        }
+        silent_after = silent_heartbeats * heartbeat_interval(len(dask_scheduler.workers))
+        running: dict[Any, tuple[str, float, bool]] = {}
+        for address, ws in dask_scheduler.workers.items():
+            silent = max(now - float(getattr(ws, "last_seen", now)), 0.0)
+            processing = ws.processing
+            reported = [(ts, s) for ts, s in ws.executing.items() if ts in processing]
+            for ts, seconds in reported:
+                running[getattr(ts, "key", ts)] = (str(address), float(seconds) + silent, True)
+            free = int(getattr(ws, "nthreads", 1)) - len(reported)
+            if silent <= silent_after or free <= 0:
+                continue
+            seceded = getattr(ws, "long_running", ())  # they hold no thread
+            busy = {ts for ts, _ in reported}
+            held = [ts for ts in processing if ts not in busy and ts not in seceded]
+            for ts in heapq.nsmallest(free, held, key=lambda ts: ts.priority or ()):
+                running[getattr(ts, "key", ts)] = (str(address), silent, False)
+        return running
 
     return executing
 
