@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -53,10 +54,11 @@ def _cluster(n_workers: int, saturation: float) -> Iterator[Any]:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def study_cluster() -> Iterator[Any]:
-    """The study's own settings: two workers, one task per worker thread."""
-    yield from _cluster(2, 1.0)
+    """The study's own settings (one task per worker thread), on one worker: a result it holds
+    is asked for after it started the hung task."""
+    yield from _cluster(1, 1.0)
 
 
 @pytest.fixture
@@ -66,9 +68,12 @@ def queueing_cluster() -> Iterator[Any]:
     yield from _cluster(1, float("inf"))
 
 
-def _run(client: Any, tasks: dict[str, range], more: dict[str, range] | None = None) -> Any:
-    """Stream `tasks` (then `more`, once the hung one failed); name -> (result, error, seconds
-    from the start). A watchdog stops the stream after 3 x BOUND_S (main: never failed)."""
+def _run(
+    client: Any, tasks: dict[str, range], more: dict[str, range] | None = None, idle_s: float = 0
+) -> Any:
+    """Stream `tasks` (then `more`, once the hung one failed), looking at the results only
+    `idle_s` after submitting them; name -> (result, error, seconds from the start). A
+    watchdog stops the stream after 3 x BOUND_S (main: never failed)."""
     from pipeline.runtime.execute.dask.task_stream import TaskStream
 
     stop = StopFlag()
@@ -78,6 +83,7 @@ def _run(client: Any, tasks: dict[str, range], more: dict[str, range] | None = N
     t0 = time.monotonic()
     for i, (name, payload) in enumerate(tasks.items()):
         stream.submit(name, payload, priority=len(tasks) - i)  # type: ignore[arg-type]
+    time.sleep(idle_s)
     seen: dict[str, Any] = {}
     try:
         for name, result, error in stream:
@@ -95,17 +101,19 @@ def _run(client: Any, tasks: dict[str, range], more: dict[str, range] | None = N
     return seen
 
 
-def _check_timed_out(seen: dict[str, Any]) -> None:
+def _check_timed_out(seen: dict[str, Any], twice: bool = False) -> None:
+    """`gil` failed as `timeout` within the bound (twice the bound: it hung two workers)."""
     result, error, at = seen["gil"]
     assert result is None and error is not None, seen["gil"]
     assert error["error_type"] == "timeout", error
     assert f"task_timeout_s = {TIMEOUT_S:g} s" in error["message"]
-    assert TIMEOUT_S <= at < BOUND_S
+    assert (2 if twice else 1) * TIMEOUT_S <= at < (2 if twice else 1) * BOUND_S
 
 
 def test_a_task_holding_the_gil_from_its_start_times_out_and_the_others_succeed(
     study_cluster: Any,
 ) -> None:
+    study_cluster.wait_for_workers(1, timeout=60)
     tasks = {"gil": HOLDS_GIL, **{f"quick-{i}": QUICK for i in range(4)}}
     # submitted once the hung worker was stopped: they run on the fresh one too
     more = {f"after-{i}": QUICK for i in range(4)}
@@ -120,15 +128,29 @@ def test_tasks_waiting_on_the_hung_worker_go_back_to_the_scheduler_unharmed(
     queueing_cluster: Any,
 ) -> None:
     """The one worker holds all four tasks, runs the first by priority (the hung one) and keeps
-    the others waiting: they are released before it is stopped, not failed with it (which
-    would read as `worker-lost`), and run on its fresh process."""
+    the others waiting: which one hangs it cannot be told, so the worker is restarted and all
+    four go back to the scheduler (not failed with it, which would read as `worker-lost`);
+    the hung one hangs the fresh worker, is known for it (held by both) and fails alone."""
     tasks = {"gil": HOLDS_GIL, **{f"waiting-{i}": QUICK for i in range(3)}}
     seen = _run(queueing_cluster, tasks)
-    _check_timed_out(seen)
+    _check_timed_out(seen, twice=True)
     for name in ("waiting-0", "waiting-1", "waiting-2"):
         result, error, at = seen[name]
         assert error is None and result == sum(QUICK), (name, error)
         assert at > seen["gil"][2] - 1.0  # they waited behind it
+
+
+@pytest.mark.timeout(90)  # main: the wait for `first`'s result never ended
+def test_a_result_held_by_the_worker_hung_since_is_computed_again(study_cluster: Any) -> None:
+    """`first` ends on the one worker, which then starts the hung task: by the time the driver
+    asks for `first`'s result (straight from that worker), the worker answers nobody. The wait
+    keeps the timeout watch going: the worker is stopped at the hung task's timeout and Dask
+    computes `first` again on its fresh process."""
+    study_cluster.wait_for_workers(1, timeout=60)
+    seen = _run(study_cluster, {"first": QUICK, "gil": HOLDS_GIL}, idle_s=1.0)
+    _check_timed_out(seen)
+    result, error, _ = seen["first"]
+    assert error is None and result == sum(QUICK)
 
 
 def _worker(
@@ -161,9 +183,9 @@ def _task(name: str, priority: int) -> _Task:
 
 def test_which_tasks_a_silent_worker_runs_as_the_scheduler_knows_them() -> None:
     """The scheduler-side rule, on duck-typed scheduler state: a task its worker reported
-    executing (and still processes) counts from its start; a task a silent worker took since
-    its last heartbeat counts from that heartbeat, one per free thread, the first by priority
-    (the order the worker runs them in); a worker heard from recently runs only what it said."""
+    executing (and still processes) counts from its start; a silent worker's tasks count from
+    its last heartbeat, as "silent" when it holds no more than its threads, else as
+    "suspect" (in the order it runs them); a worker heard from recently runs what it said."""
     from pipeline.runtime.execute.dask.task_watch import SILENT_HEARTBEATS, executing
 
     now = time.time()
@@ -171,8 +193,8 @@ def test_which_tasks_a_silent_worker_runs_as_the_scheduler_knows_them() -> None:
     workers = {
         # reported `a` 3 s into it, 1 s ago; `done` finished since (no longer processing)
         "w1": _worker([a], {a: 3.0, done: 5.0}, 1.0, now),
-        # silent for 20 s since it last reported nothing: it runs `b` (priority 2) before `c`
-        "w2": _worker([c, b], {}, 20.0, now),
+        # silent for 20 s since it last reported nothing: it runs `b`, its one task
+        "w2": _worker([b], {}, 20.0, now),
         # reported nothing 0.1 s ago: `d` waits or has just started, not timed yet
         "w3": _worker([d], {}, 0.1, now),
         # silent since it reported `e` (its one thread busy): `e` counts from its start
@@ -183,17 +205,49 @@ def test_which_tasks_a_silent_worker_runs_as_the_scheduler_knows_them() -> None:
     report = executing(lambda n: interval)(scheduler)
     assert set(report) == {a.key, b.key, e.key}
     assert report[a.key][0] == "w1" and report[a.key][1] == pytest.approx(4.0, abs=0.5)
-    assert report[a.key][2] is True
+    assert report[a.key][2] == "reported"
     assert report[b.key][0] == "w2" and report[b.key][1] == pytest.approx(20.0, abs=0.5)
-    assert report[b.key][2] is False
-    assert report[e.key][1] == pytest.approx(21.0, abs=0.5)
+    assert report[b.key][2] == "silent"
+    assert report[e.key][1] == pytest.approx(21.0, abs=0.5) and report[e.key][2] == "reported"
     # silent for just over SILENT_HEARTBEATS intervals: counted; just under: not
     for silent, counted in ((SILENT_HEARTBEATS * interval + 0.3, True), (interval, False)):
         scheduler.workers = {"w": _worker([c], {}, silent, time.time())}
         assert (c.key in executing(lambda n: interval)(scheduler)) is counted
-    # two threads, both idle at the last heartbeat: the first two by priority
-    scheduler.workers = {"w": _worker([e, c, d], {}, 20.0, time.time(), nthreads=2)}
-    assert set(executing(lambda n: interval)(scheduler)) == {c.key, d.key}
-    # two threads, one reported busy with `e`: the first of the others by priority
-    scheduler.workers = {"w": _worker([e, d, c], {e: 1.0}, 20.0, time.time(), nthreads=2)}
-    assert set(executing(lambda n: interval)(scheduler)) == {e.key, c.key}
+    # more tasks than threads, one reported: all suspects, by priority, from the heartbeat
+    scheduler.workers = {"w": _worker([e, c, d], {e: 1.0}, 20.0, time.time())}
+    report = executing(lambda n: interval)(scheduler)
+    assert list(report) == [c.key, d.key, e.key]
+    assert {how for _, _, how in report.values()} == {"suspect"}
+    assert report[e.key][1] == pytest.approx(20.0, abs=0.5)
+    # two threads, two tasks: each could run
+    scheduler.workers = {"w": _worker([e, c], {e: 1.0}, 20.0, time.time(), nthreads=2)}
+    report = executing(lambda n: interval)(scheduler)
+    assert report[c.key][2] == "silent" and report[e.key][2] == "reported"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(
+    120
+)  # main: never stopped (its driver waited on a result from the hung worker)
+def test_a_fit_holding_the_gil_is_stopped_labelled_timeout_and_the_study_completes(
+    tmp_path: Path, fake_adapters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """test_task_limits' hanging fit, holding the GIL: its task and its retry alone are stopped
+    after runtime.task_timeout_s, its two fits fail as `timeout`, every other fit trains."""
+    from test_runtime import study
+    from test_task_limits import HANG_ORIGIN, plan
+
+    from pipeline.runtime.store.progress import db_path, read_table
+    from pipeline.stages.train import run_train
+
+    monkeypatch.setenv("FAKE_HANG_COUNTRIES", "C02")
+    monkeypatch.setenv("FAKE_HANG_ORIGIN", HANG_ORIGIN)
+    monkeypatch.setenv("FAKE_HANG_GIL", "1")
+    config = study(tmp_path / "out", retries=1, task_timeout_s=2.0, in_process_below_s=0.0)
+    summary = run_train(config, "fake_hang", plan("fake_hang", 8, seconds_per_fit=0.001))
+    assert summary.failed == 2 and summary.trained == summary.fits - 2 == 94
+    table = read_table(db_path(config.output_dir), "progress")
+    failed = table[table["status"] == "failed"]
+    assert set(failed["country"]) == {"C02"} and set(failed["origin"]) == {"2018-03-01"}
+    assert (failed["error_type"] == "timeout").all() and (failed["attempts"] == 2).all()
+    assert "has sent no heartbeat" in Path(summary.log_path).read_text()

@@ -49,49 +49,60 @@ SILENT_HEARTBEATS = 4
 
 def executing(
     heartbeat_interval: Callable[[int], float],
-) -> Callable[[Any], dict[Any, tuple[str, float, bool]]]:
+) -> Callable[[Any], dict[Any, tuple[str, float, str]]]:
     """A function for `run_on_scheduler`: each task a worker runs now, as key -> (worker, seconds
-    it has run, reported). `heartbeat_interval(n_workers)` is the interval Dask asks of each of n
-    workers (distributed.scheduler.heartbeat_interval; passed in: no Dask import here).
+    it has run, how it is known). `heartbeat_interval(n_workers)` is the interval Dask asks of
+    each of n workers (distributed.scheduler.heartbeat_interval; passed in: no Dask import here).
 
-    - Reported: a task its worker's last heartbeat listed as executing, and still processing
-      there (a task finished since is not): its age at that heartbeat plus the time since. The
+    - "reported": a task its worker's last heartbeat listed as executing, and still processing
+      there (one finished since is not): its age at that heartbeat plus the time since. The
       stream asks first only when a task could be past its timeout, so a worker whose
       heartbeats stopped since (a task stuck holding the GIL) must not restart its clock.
-    - Not reported: a worker silent for SILENT_HEARTBEATS intervals has not run its event loop
-      since its last heartbeat, so a task it started since was never listed (one that holds the
-      GIL from its start). Of the tasks it holds and did not report, those it could be running
-      count from that last heartbeat: as many as its threads not reported busy, the first by
-      priority (the order a worker runs its tasks in). With one thread per worker and one task
-      per thread (the study's cluster) that is the one task it holds. Such a task is counted up
-      to one interval early. A task whose end the worker could not report before its next one
-      took the GIL is counted in that next one's place: it fails, and the hung one goes back
-      to the scheduler with the worker's other tasks, to be caught on its next worker.
+    - "silent": a worker silent for SILENT_HEARTBEATS intervals has not run its event loop since
+      its last heartbeat, so a task it started since was never listed (one that holds the GIL
+      from its start). When it holds no more tasks than it has threads (the study's cluster:
+      one thread, one task per thread), each task it did not report counts from that heartbeat
+      (up to one interval early).
+    - "suspect": a silent worker holding more tasks than threads (an existing cluster whose
+      worker-saturation lets tasks wait on a worker). Which one hangs it cannot be told: a task
+      whose end the worker could not report before its next one took the GIL stays
+      "processing" beside the hung one, and tasks wait behind it. Each counts from the last
+      heartbeat, listed in the order the worker runs them (by priority); the stream decides.
 
     Made here, so it travels by value (a scheduler elsewhere need not import qpipe)."""
     silent_heartbeats = SILENT_HEARTBEATS  # a local: the function travels without this module
 
-    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float, bool]]:
-        import heapq
+    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float, str]]:
         import time  # the scheduler's clock, which its `last_seen` reads
 
         now = time.time()
         silent_after = silent_heartbeats * heartbeat_interval(len(dask_scheduler.workers))
-        running: dict[Any, tuple[str, float, bool]] = {}
+        running: dict[Any, tuple[str, float, str]] = {}
         for address, ws in dask_scheduler.workers.items():
             silent = max(now - float(getattr(ws, "last_seen", now)), 0.0)
             processing = ws.processing
-            reported = [(ts, s) for ts, s in ws.executing.items() if ts in processing]
-            for ts, seconds in reported:
-                running[getattr(ts, "key", ts)] = (str(address), float(seconds) + silent, True)
-            free = int(getattr(ws, "nthreads", 1)) - len(reported)
-            if silent <= silent_after or free <= 0:
+            reported = {ts: float(s) for ts, s in ws.executing.items() if ts in processing}
+            if silent <= silent_after:
+                for ts, seconds in reported.items():
+                    running[getattr(ts, "key", ts)] = (str(address), seconds + silent, "reported")
                 continue
             seceded = getattr(ws, "long_running", ())  # they hold no thread
-            busy = {ts for ts, _ in reported}
-            held = [ts for ts in processing if ts not in busy and ts not in seceded]
-            for ts in heapq.nsmallest(free, held, key=lambda ts: ts.priority or ()):
-                running[getattr(ts, "key", ts)] = (str(address), silent, False)
+            held = sorted(
+                (ts for ts in processing if ts not in seceded), key=lambda ts: ts.priority or ()
+            )
+            if len(held) > int(getattr(ws, "nthreads", 1)):
+                for ts in held:
+                    running[getattr(ts, "key", ts)] = (str(address), silent, "suspect")
+                continue
+            for ts in held:
+                if ts in reported:
+                    running[getattr(ts, "key", ts)] = (
+                        str(address),
+                        reported[ts] + silent,
+                        "reported",
+                    )
+                else:
+                    running[getattr(ts, "key", ts)] = (str(address), silent, "silent")
         return running
 
     return executing
