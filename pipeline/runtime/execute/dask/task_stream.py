@@ -11,6 +11,8 @@ learns about running tasks is task_watch.py's.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -76,6 +78,7 @@ class TaskStream:
         logging.getLogger("distributed.nanny.memory").addHandler(self._memory)
         self._started: dict[str, float] = {}  # key -> when first seen running on a worker
         self._timed_out: set[str] = set()
+        self._restarts = 0  # workers this stream stopped (a fetch from one starts again)
         self._suspects: set[str] = set()  # held by a silent worker stopped before (_judge_suspects)
         self._condition = self.pending.thread_condition  # notified as each future finishes
         self._submitted: dict[str, float] = {}  # key -> when submitted (monotonic)
@@ -183,6 +186,7 @@ class TaskStream:
                 self._timed_out.difference_update(keys)  # the next poll tries again
             else:
                 self._suspects.update(hung.get(worker, ()))
+                self._restarts += 1
         return max(self._poll_due() - time.monotonic(), 0.0)
 
     def _log_overdue(self, key: str, worker: str, how: str, ran: float) -> None:
@@ -285,20 +289,35 @@ class TaskStream:
         """`future.result()`, the timeout watch and the stop flag kept meanwhile. A result comes
         straight from the worker that holds it, and that worker may have started a task since
         that holds the GIL: it then answers nobody, and a plain wait for the result hung for
-        good with no watch left to stop that task. In spells of at most RECHECK_S, the watch
-        stops the worker at the hung task's timeout and Dask computes the lost result again
-        on another worker. A result at hand returns at once (no scheduler round trip)."""
-        while True:
-            wait_s = RECHECK_S
-            if self.timeout_s is not None:
-                wait_s = min(wait_s, max(self._stop_overdue(), 0.01))
-            try:
-                return future.result(timeout=wait_s)
-            except TimeoutError:
-                if future.status == "error":  # the task's own TimeoutError
-                    raise
-            if self.stop is not None:
-                self.stop.check()
+        good with no watch left to stop that task. The fetch runs on the client's loop while
+        this thread looks at it every RECHECK_S (not cut short: a large result may take longer
+        to arrive); once the watch has stopped a worker meanwhile, the fetch starts again
+        (one begun on the hung worker waited out its connect timeout, 30 s) and Dask computes
+        a result lost with that worker again elsewhere. A result at hand returns at once, and
+        the watch asks the scheduler nothing unless a task could be past its timeout."""
+        fetch, restarts = self._fetch(future), self._restarts
+        try:
+            while True:
+                wait_s = RECHECK_S
+                if self.timeout_s is not None:
+                    wait_s = min(wait_s, max(self._stop_overdue(), 0.01))
+                try:
+                    return fetch.result(timeout=wait_s)
+                except TimeoutError:
+                    if fetch.done():  # the task's own TimeoutError
+                        raise
+                if self.stop is not None:
+                    self.stop.check()
+                if self._restarts != restarts:
+                    fetch.cancel()
+                    fetch, restarts = self._fetch(future), self._restarts
+        finally:
+            fetch.cancel()  # on a stop; nothing once done
+
+    def _fetch(self, future: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(
+            self.client.gather(future, asynchronous=True), self.client.loop.asyncio_loop
+        )
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any] | None, dict[str, str] | None]]:
         while True:
