@@ -10,7 +10,8 @@ fake_hog:      the same, but a fit of a country in FAKE_HOG_COUNTRIES (at origin
 fake_hang:     the same, but a fit of a country in FAKE_HANG_COUNTRIES (at origin month index
                FAKE_HANG_ORIGIN when set) never returns (it sleeps for an hour, or for
                FAKE_HANG_S seconds when set: one slow task); with FAKE_HANG_MARK set, it
-               first writes its pid to that file.
+               first writes its pid to that file; with FAKE_HANG_GIL set, it hangs in one C
+               call that holds the GIL (its worker's heartbeats stop) instead of sleeping.
 slow_ar_qr:    the real ar_qr, slowed down by FAKE_SLEEP; FAKE_FAIL_ONCE_ORIGIN/_MARKER make
                one origin's fits fail through bisection and succeed when retried alone.
 FAKE_SLEEP (seconds per fit) slows every model down so tests can interrupt a run midway.
@@ -98,6 +99,8 @@ def _hang(payload: dict[str, Any]) -> dict[str, Any]:
         if mark:  # tells a test that this process is in its hanging fit now (whole: renamed)
             Path(f"{mark}.part").write_text(str(os.getpid()))
             os.replace(f"{mark}.part", mark)
+        if os.environ.get("FAKE_HANG_GIL"):
+            sum(range(10**13))  # builtin sum over a range: one C loop, the GIL never released
         time.sleep(float(os.environ.get("FAKE_HANG_S", "3600")))
     return _quantiles(payload)
 

@@ -8,7 +8,8 @@ checks it; runtime/ui/check.py only asks whether the dashboard's bokeh imports).
   (imports dask.distributed).
 - `settings.py` is what the study's cluster runs with (Dask config, worker environment, TLS
   files, the dashboard port) and `task_watch.py` what the stream learns about its tasks
-  (memory kills, which tasks run, the quiet scheduler polls): neither imports dask.distributed.
+  (memory kills, which tasks run, the quiet scheduler polls), `worker_stop.py` how it stops a
+  worker (through its nanny, its other tasks sent back): none imports dask.distributed.
 
 Everything else reaches Dask through these, lazily (runtime/execute/shared_cluster.py): a run
 whose work is all cached or small enough for the driver's child never imports it.

@@ -43,6 +43,12 @@ def dask_config(runtime: RuntimeConfig) -> dict[str, Any]:
         # LocalCluster closes a nanny whose worker has not reconnected within this time after
         # a loss; a worker killed twice in a row for memory would otherwise lose its nanny
         "distributed.deploy.lost-worker-timeout": "1 day",
+        # a worker silent while it holds a task (one holding the GIL) is stopped by the task
+        # stream at that task's runtime.task_timeout_s and the task fails as `timeout`: Dask's
+        # worker-ttl (5 min) would drop it first wherever a model's timeout is longer, failing
+        # the task as `worker-lost` before its time. A silent worker holding no task delays
+        # nothing (one given a task is then stopped by the stream too).
+        "distributed.scheduler.worker-ttl": None,
         # Dask's statistical profiler walks the running task's stack every 10 ms from the
         # worker's event loop, taking the GIL from the task: ~1 % of a core per worker beside
         # a long torch task (benchmarks/README.md, issue 19). Off unless the user wants the

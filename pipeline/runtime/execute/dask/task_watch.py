@@ -41,26 +41,69 @@ def task_name(key: Any) -> str:
     return str(key[1]) if isinstance(key, tuple) else str(key)
 
 
-def executing() -> Callable[[Any], dict[Any, tuple[str, float]]]:
-    """A function for `run_on_scheduler`: each task a worker executes, with how long it has
-    run: as long as it had at that worker's last heartbeat, plus the time since that
-    heartbeat. The task stream asks first only when a task could be past its timeout, so a
-    worker whose heartbeats stopped before then (a task stuck holding the GIL) must not
-    restart its task's clock. Made here, so it travels by value (a scheduler elsewhere need
-    not import qpipe)."""
+# a worker that has sent no heartbeat for this many of its heartbeat intervals is silent: its
+# event loop has not run (a task holding the GIL), so a task it started since its last
+# heartbeat was never reported (Dask's worker-ttl waits 10 intervals at least, 5 min by default)
+SILENT_HEARTBEATS = 4
 
-    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float]]:
+
+def executing(
+    heartbeat_interval: Callable[[int], float],
+) -> Callable[[Any], dict[Any, tuple[str, float, str]]]:
+    """A function for `run_on_scheduler`: each task a worker runs now, as key -> (worker, seconds
+    it has run, how it is known). `heartbeat_interval(n_workers)` is the interval Dask asks of
+    each of n workers (distributed.scheduler.heartbeat_interval; passed in: no Dask import here).
+
+    - "reported": a task its worker's last heartbeat listed as executing, and still processing
+      there (one finished since is not): its age at that heartbeat plus the time since. The
+      stream asks first only when a task could be past its timeout, so a worker whose
+      heartbeats stopped since (a task stuck holding the GIL) must not restart its clock.
+    - "silent": a worker silent for SILENT_HEARTBEATS intervals has not run its event loop since
+      its last heartbeat, so a task it started since was never listed (one that holds the GIL
+      from its start). When it holds no more tasks than it has threads (the study's cluster:
+      one thread, one task per thread), each task it did not report counts from that heartbeat
+      (up to one interval early).
+    - "suspect": a silent worker holding more tasks than threads (an existing cluster whose
+      worker-saturation lets tasks wait on a worker). Which one hangs it cannot be told: a task
+      whose end the worker could not report before its next one took the GIL stays
+      "processing" beside the hung one, and tasks wait behind it. Each counts from the last
+      heartbeat, listed in the order the worker runs them (by priority); the stream decides.
+
+    Made here, so it travels by value (a scheduler elsewhere need not import qpipe)."""
+    silent_heartbeats = SILENT_HEARTBEATS  # a local: the function travels without this module
+
+    def executing(dask_scheduler: Any) -> dict[Any, tuple[str, float, str]]:
         import time  # the scheduler's clock, which its `last_seen` reads
 
         now = time.time()
-        return {
-            getattr(ts, "key", ts): (
-                str(address),
-                float(seconds) + max(now - float(getattr(ws, "last_seen", now)), 0.0),
+        silent_after = silent_heartbeats * heartbeat_interval(len(dask_scheduler.workers))
+        running: dict[Any, tuple[str, float, str]] = {}
+        for address, ws in dask_scheduler.workers.items():
+            silent = max(now - float(getattr(ws, "last_seen", now)), 0.0)
+            processing = ws.processing
+            reported = {ts: float(s) for ts, s in ws.executing.items() if ts in processing}
+            if silent <= silent_after:
+                for ts, seconds in reported.items():
+                    running[getattr(ts, "key", ts)] = (str(address), seconds + silent, "reported")
+                continue
+            seceded = getattr(ws, "long_running", ())  # they hold no thread
+            held = sorted(
+                (ts for ts in processing if ts not in seceded), key=lambda ts: ts.priority or ()
             )
-            for address, ws in dask_scheduler.workers.items()
-            for ts, seconds in ws.executing.items()
-        }
+            if len(held) > int(getattr(ws, "nthreads", 1)):
+                for ts in held:
+                    running[getattr(ts, "key", ts)] = (str(address), silent, "suspect")
+                continue
+            for ts in held:
+                if ts in reported:
+                    running[getattr(ts, "key", ts)] = (
+                        str(address),
+                        reported[ts] + silent,
+                        "reported",
+                    )
+                else:
+                    running[getattr(ts, "key", ts)] = (str(address), silent, "silent")
+        return running
 
     return executing
 
