@@ -153,7 +153,7 @@ def shard_arrays(result: dict[str, Any]) -> dict[str, Any]:
         "nan": {k: nan[k] for k in names if k in nan},
         "codes": {k: codes[k] for k in names if k in codes},
     }
-    arrays = unpack(stored, n, mine)
+    arrays = unpack(stored, n, mine, nan_views=True)  # kept: no NaN alpha per fit
     index = result["index"] if "index" in result else np.arange(n, dtype=np.int64)
     if any(a.shape[0] != len(index) for a in arrays.values()) or len(arrays) != len(names):
         raise ValueError("a task's shard holds other fits than its result names")

@@ -120,5 +120,10 @@ def _range_start(at: np.ndarray) -> int | None:
 
 
 def _float_rows(array: np.ndarray, width: int) -> np.ndarray:
-    """`array` as contiguous float64 rows of `width` values: a view where it is one already."""
+    """`array` as contiguous float64 rows of `width` values: a view where it is one already,
+    and one row repeated where `array` repeats one (rw's all-NaN alpha: kept without memory
+    per fit)."""
+    if array.ndim and array.shape[0] > 1 and array.strides[0] == 0:
+        row = np.ascontiguousarray(array[0], dtype=np.float64).reshape(width)
+        return np.broadcast_to(row, (array.shape[0], width))
     return np.ascontiguousarray(array, dtype=np.float64).reshape(-1, width)

@@ -42,13 +42,21 @@ def pack(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[
     return stored, layout
 
 
-def unpack(stored: Mapping[str, np.ndarray], n: int, layout: Layout) -> dict[str, np.ndarray]:
+def unpack(
+    stored: Mapping[str, np.ndarray], n: int, layout: Layout, *, nan_views: bool = False
+) -> dict[str, np.ndarray]:
     """The arrays `pack` packed, from its stored arrays (n entries) and layout: all-NaN
     arrays made again, codes looked up in their tables (a code out of its table, which only
-    a damaged shard holds, leaves its array out: its entries do not check)."""
+    a damaged shard holds, leaves its array out: its entries do not check). `nan_views`: an
+    all-NaN array as a read-only view of one entry repeated, no memory per entry (train's
+    driver keeps rw's alpha of every fit: 24 B per fit made again otherwise)."""
     out = {nm: a for nm, a in stored.items() if nm not in layout.get("codes", {})}
     for name, (dtype, shape) in layout.get("nan", {}).items():
-        out[name] = np.full((n, *shape), np.nan, dtype=np.dtype(dtype))
+        if nan_views:
+            one = np.full(shape, np.nan, dtype=np.dtype(dtype))
+            out[name] = np.broadcast_to(one, (n, *shape))
+        else:
+            out[name] = np.full((n, *shape), np.nan, dtype=np.dtype(dtype))
     for name, (dtype, names) in layout.get("codes", {}).items():
         codes = stored.get(name)
         if (
