@@ -130,20 +130,38 @@ def end_now(code: int, line: str | None = None) -> NoReturn:
         logging.getLogger("pipeline.train").warning(line)
     logging.shutdown()  # flush the terminal and the run log
     me = psutil.Process()
+    # until a round finds no child: _unlink_semaphores gives other threads the GIL for a
+    # moment, and a nanny's thread may spawn its worker then; left, that child failed to
+    # rebuild the queue semaphores just unlinked and printed a traceback on the terminal after
+    # this process had gone. The last kill takes one spawned in the last moment.
+    for _ in range(3):
+        found = _kill_descendants(me)
+        _unlink_semaphores()
+        if not found:
+            break
+    _kill_descendants(me)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _kill_descendants(me: Any) -> bool:
+    """SIGKILL every descendant process of `me` (a psutil.Process) and wait for them, but
+    multiprocessing's resource tracker (left to end on its own when this process does:
+    killed, it is relaunched with a warning). Whether there was any."""
+    import psutil
+
+    found = False
     for _ in range(5):  # a nanny may spawn its worker between a listing and the kills
-        # (multiprocessing's resource tracker is left to end on its own when this process
-        # does: killed, it is relaunched with a warning)
         children = [p for p in me.children(recursive=True) if not _is_resource_tracker(p)]
         if not children:
             break
+        found = True
         for child in children:
             with suppress(psutil.NoSuchProcess):
                 child.kill()
         psutil.wait_procs(children, timeout=1.0)
-    _unlink_semaphores()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return found
 
 
 def _unlink_semaphores() -> None:
