@@ -16,10 +16,12 @@ MALLOC_TRIM_THRESHOLD_ is dropped from it (see `settings.worker_environ`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from distributed.security import Security
 
 from pipeline.config import RuntimeConfig
 from pipeline.runtime.execute.dask.settings import TASK_GROUP, dask_config, port_is_free, tls_files
+from pipeline.runtime.execute.stop import quieted_by_end_now
 from pipeline.runtime.ui.logs import third_party_to_run_log
 
 log = logging.getLogger("pipeline.runtime.execute.dask.cluster")
@@ -51,10 +54,56 @@ class ClusterHandle:
 _PORT_TAKEN = r"Port \d+ is already in use"
 
 
+class _LoopParking:
+    """The study's LocalCluster's event loop, parked by stop.end_now: a callback blocks it (for
+    good: the process exits next), so that no nanny makes a queue (three named semaphores) or
+    asks for a worker process while end_now kills the children and unlinks the semaphores.
+    The loop is known from the cluster's start on, the moment its nannies begin."""
+
+    WAIT_S = 1.0  # a loop busy longer than this is left running (end_now goes on regardless)
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def park(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return
+        parked = threading.Event()
+
+        def block() -> None:
+            parked.set()
+            threading.Event().wait()
+
+        loop.call_soon_threadsafe(block)
+        parked.wait(self.WAIT_S)
+
+
+class _StudyCluster(LocalCluster):
+    """A LocalCluster that tells `parking` its event loop as its start begins."""
+
+    def __init__(self, *args: Any, parking: _LoopParking, **kwargs: Any) -> None:
+        self._parking = parking
+        super().__init__(*args, **kwargs)
+
+    async def _start(self) -> None:
+        self._parking.loop = asyncio.get_running_loop()
+        await super()._start()
+
+
 def _local_cluster(
-    n_workers: int, memory_limit_mb: int, host: str, port: int, security: Security
+    n_workers: int,
+    memory_limit_mb: int,
+    host: str,
+    port: int,
+    security: Security,
+    parking: _LoopParking,
 ) -> LocalCluster:
-    return LocalCluster(
+    # the dashboard's modules (bokeh: 0.5-1 s under load) imported here rather than by the
+    # scheduler's start on the cluster's event loop, which a stop then had to wait for to park
+    with suppress(ImportError):
+        import distributed.dashboard.scheduler  # noqa: F401
+    return _StudyCluster(
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
@@ -65,6 +114,7 @@ def _local_cluster(
         security=security,
         dashboard_address=f"{host}:{port}",
         silence_logs=logging.CRITICAL,  # workers' stderr: their warnings are forwarded
+        parking=parking,
     )
 
 
@@ -81,7 +131,12 @@ def make_client(
     """A client on a fresh LocalCluster (or on runtime.scheduler_address); closed on exit."""
     # Dask's and bokeh's own stderr handlers are detached until the cluster is closed: their
     # warnings (and the workers', forwarded below) go to the run log only
-    with dask.config.set(dask_config(runtime)), third_party_to_run_log() as detach:
+    parking = _LoopParking()
+    with (
+        dask.config.set(dask_config(runtime)),
+        third_party_to_run_log() as detach,
+        quieted_by_end_now(parking.park),
+    ):
         if runtime.scheduler_address:
             # results relayed by the scheduler unless Dask's own config says otherwise
             # (`distributed.client.direct-to-workers`): a driver may reach the scheduler only
@@ -107,7 +162,7 @@ def make_client(
                 # study starting at the same moment): Dask then takes a free one, as the check
                 # does, and the dashboard line names it; its warning would only repeat that
                 warnings.filterwarnings("ignore", _PORT_TAKEN, UserWarning)
-                cluster = _local_cluster(n_workers, memory_limit_mb, host, port, security)
+                cluster = _local_cluster(n_workers, memory_limit_mb, host, port, security, parking)
             # results gathered straight from these workers (127.0.0.1): relaying every
             # task's forecasts (megabytes) was the scheduler's largest CPU cost in train
             client = Client(cluster, security=security, direct_to_workers=True)
