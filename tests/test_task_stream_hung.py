@@ -10,6 +10,10 @@ range is one C loop that never releases the GIL (hours of it); the others sum a 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -42,16 +46,30 @@ def _cluster(n_workers: int, saturation: float) -> Iterator[Any]:
         "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
         "distributed.scheduler.worker-saturation": saturation,
     }
-    with (
-        dask.config.set(config),
-        LocalCluster(
+    with dask.config.set(config):
+        cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.wait_for_workers(n_workers, timeout=120)
-        held = queue_every_task(client, n_workers)  # as the study: every task queued  # noqa: F841
-        yield client
+        )
+        try:
+            with Client(cluster) as client:
+                client.wait_for_workers(n_workers, timeout=120)
+                held = queue_every_task(client, n_workers)  # as the study: every task queued  # noqa: F841
+                yield client
+        finally:
+            # a worker a failed test left in the GIL-holding task answers nobody, and its
+            # nanny's close may wait for it for good: killed first, the close bounded
+            for nanny in list(cluster.workers.values()):
+                _kill_worker_process(nanny)
+            cluster.close(timeout=60)
+
+
+def _kill_worker_process(nanny: Any) -> None:
+    """SIGKILL the worker process of a nanny of this process's LocalCluster, if it has one."""
+    process = getattr(getattr(nanny, "process", None), "process", None)
+    pid = getattr(process, "pid", None)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +169,44 @@ def test_a_result_held_by_the_worker_hung_since_is_computed_again(study_cluster:
     _check_timed_out(seen)
     result, error, _ = seen["first"]
     assert error is None and result == sum(QUICK)
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[Any]:
+    """One worker of its own (its nanny is tampered with below)."""
+    yield from _cluster(1, 1.0)
+
+
+@pytest.mark.timeout(120)  # before: the stop of the hung worker never returned
+def test_a_hung_worker_whose_nanny_kill_never_returns_is_killed_all_the_same(
+    fresh_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask's nanny kill waits for good for a worker that has not yet told its nanny it started,
+    which a task holding the GIL from the worker's first moments keeps it from ever doing (seen
+    in a fresh clone's suite: the stream, then the cluster's close, hung). Here the nanny's
+    kill never returns: past KILL_BOUND_S the worker process is SIGKILLed from the nanny, the
+    hung task fails as `timeout`, the others succeed on the fresh worker."""
+    from pipeline.runtime.execute.dask import worker_stop
+
+    monkeypatch.setattr(worker_stop, "KILL_BOUND_S", 2.0)
+    (nanny,) = fresh_cluster.cluster.workers.values()
+
+    async def never_returns(**kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+    nanny.process.kill = never_returns  # the WorkerProcess the nanny keeps across restarts
+    try:
+        tasks = {"gil": HOLDS_GIL, **{f"quick-{i}": QUICK for i in range(2)}}
+        more = {f"after-{i}": QUICK for i in range(2)}
+        seen = _run(fresh_cluster, tasks, more)
+    finally:
+        del nanny.process.kill
+    _, error, at = seen["gil"]
+    assert error is not None and error["error_type"] == "timeout", seen["gil"]
+    assert TIMEOUT_S + 2.0 <= at < BOUND_S + 2.0, at  # the kill's bound waited out
+    quick = {name: v for name, v in seen.items() if name != "gil"}
+    assert sorted(quick) == sorted([*tasks, *more][1:])
+    assert all(error is None and result == sum(QUICK) for result, error, _ in quick.values())
 
 
 def _worker(

@@ -13,6 +13,11 @@ from typing import Any
 KILL_S = 0.5
 # why the nanny closes the worker (its log says "Nanny asking worker to close. Reason: ...")
 KILL_REASON = "qpipe-task-timeout"
+# the nanny's kill given this long before its worker process is SIGKILLed from the nanny
+# directly: a task that took the GIL in the worker's first moments (it runs tasks before it has
+# told its nanny it started) kept the worker from ever telling it, and Dask's kill waits for
+# that message for good (the stream, then the cluster's close, hung)
+KILL_BOUND_S = 5.0
 
 
 def stop_worker() -> Callable[..., Awaitable[str]]:
@@ -25,16 +30,39 @@ def stop_worker() -> Callable[..., Awaitable[str]]:
     worker paused so that none lands there again: they run elsewhere, unharmed (killed with
     it, they would fail as lost workers). Returns "OK", or "removed" for a worker already gone.
 
+    A nanny whose kill does not return within KILL_BOUND_S has its worker process SIGKILLed
+    from the nanny directly (Nanny.run): Dask's kill waits for good for a worker that has not
+    yet told its nanny it started, and a task holding the GIL from the worker's first moments
+    keeps it from ever doing so.
+
     Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
     whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
     4 s of waiting, then the wait for its worker to come back (the nanny restarts it anyway,
     and the stream goes on meanwhile)."""
 
-    reason = KILL_REASON  # a local: the function travels without this module's globals
+    # locals: the function travels without this module's globals
+    reason, bound_s = KILL_REASON, KILL_BOUND_S
+
+    def kill_process(dask_worker: Any) -> str:
+        """In the nanny (`dask_worker` is the nanny): SIGKILL its worker process, whose exit
+        it then handles as any (the worker unregistered, a fresh one started)."""
+        import os
+        import signal
+
+        process = getattr(getattr(dask_worker, "process", None), "process", None)
+        pid = getattr(process, "pid", None)
+        if pid is None:  # stopped meanwhile
+            return "gone"
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return "gone"
+        return "killed"
 
     async def stop_worker(
         dask_scheduler: Any, address: str, kill_s: float, failing: list[Any]
     ) -> str:
+        import asyncio
         import time
 
         ws = dask_scheduler.workers.get(address)
@@ -48,9 +76,14 @@ def stop_worker() -> Callable[..., Awaitable[str]]:
         others = {ts.key: "released" for ts in ws.processing if ts.key not in keep}
         # as Scheduler._reschedule: processing -> released -> waiting (their futures are held)
         dask_scheduler.transitions(others, stimulus_id)
+        nanny = dask_scheduler.rpc(ws.nanny)  # the scheduler's own connections (its TLS)
         try:
-            # the scheduler's own pool of connections (its TLS settings)
-            await dask_scheduler.rpc(ws.nanny).kill(timeout=kill_s, reason=reason)
+            try:
+                await asyncio.wait_for(nanny.kill(timeout=kill_s, reason=reason), bound_s)
+            except TimeoutError:
+                from distributed.protocol.pickle import dumps
+
+                await asyncio.wait_for(nanny.run(function=dumps(kill_process)), bound_s)
         except BaseException:
             if address in dask_scheduler.workers:  # still there: let it take tasks again
                 dask_scheduler.handle_worker_status_change("running", ws, stimulus_id)
