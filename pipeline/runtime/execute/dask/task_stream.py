@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed import Client, as_completed
+from distributed.protocol.pickle import dumps
 from distributed.scheduler import KilledWorker, heartbeat_interval
 
 from pipeline.errors import SchedulerLost
@@ -32,7 +33,12 @@ from pipeline.runtime.execute.dask.task_watch import (
     quiet_polls,
     task_name,
 )
-from pipeline.runtime.execute.dask.worker_stop import KILL_REASON, KILL_S, stop_worker
+from pipeline.runtime.execute.dask.worker_stop import (
+    KILL_REASON,
+    KILL_S,
+    kill_worker_process,
+    stop_worker,
+)
 from pipeline.runtime.execute.stop import StopFlag
 
 log = logging.getLogger("pipeline.runtime.execute.dask.task_stream")
@@ -251,7 +257,11 @@ class TaskStream:
             try:
                 failing = [(TASK_GROUP, name) for name in names]
                 stopped = self.client.run_on_scheduler(
-                    stop_worker(), address=worker, kill_s=KILL_S, failing=failing
+                    stop_worker(),
+                    address=worker,
+                    kill_s=KILL_S,
+                    failing=failing,
+                    kill_process=dumps(kill_worker_process()),
                 )
                 return str(stopped)
             except Exception as exc:

@@ -20,32 +20,12 @@ KILL_REASON = "qpipe-task-timeout"
 KILL_BOUND_S = 5.0
 
 
-def stop_worker() -> Callable[..., Awaitable[str]]:
-    """A function for `run_on_scheduler(fn, address=..., kill_s=..., failing=[keys])`: the
-    worker's nanny kills its process, giving it `kill_s` * 0.8 s to close before SIGKILL
-    (Nanny.kill), and starts a fresh one. The tasks `failing` (those past their timeout) are
-    lost with it: they fail with KilledWorker (allowed-failures is 0). Its other tasks (queued
-    on it behind them, where an existing cluster's worker-saturation lets tasks wait on a
-    worker, or on its other threads) are first released back to the scheduler, with the
-    worker paused so that none lands there again: they run elsewhere, unharmed (killed with
-    it, they would fail as lost workers). Returns "OK", or "removed" for a worker already gone.
+def kill_worker_process() -> Callable[[Any], str]:
+    """A function for a nanny's `run` (pickled by value: it travels without this module):
+    SIGKILL the nanny's worker process, whose exit the nanny then handles as any (the worker
+    unregistered, a fresh one started). "killed", or "gone" for one that ended meanwhile."""
 
-    A nanny whose kill does not return within KILL_BOUND_S has its worker process SIGKILLed
-    from the nanny directly (Nanny.run): Dask's kill waits for good for a worker that has not
-    yet told its nanny it started, and a task holding the GIL from the worker's first moments
-    keeps it from ever doing so.
-
-    Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
-    whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
-    4 s of waiting, then the wait for its worker to come back (the nanny restarts it anyway,
-    and the stream goes on meanwhile)."""
-
-    # locals: the function travels without this module's globals
-    reason, bound_s = KILL_REASON, KILL_BOUND_S
-
-    def kill_process(dask_worker: Any) -> str:
-        """In the nanny (`dask_worker` is the nanny): SIGKILL its worker process, whose exit
-        it then handles as any (the worker unregistered, a fresh one started)."""
+    def kill(dask_worker: Any) -> str:  # `dask_worker` is the nanny here
         import os
         import signal
 
@@ -59,8 +39,35 @@ def stop_worker() -> Callable[..., Awaitable[str]]:
             return "gone"
         return "killed"
 
+    return kill
+
+
+def stop_worker() -> Callable[..., Awaitable[str]]:
+    """A function for `run_on_scheduler(fn, address=..., kill_s=..., failing=[keys],
+    kill_process=...)`: the worker's nanny kills its process, giving it `kill_s` * 0.8 s to
+    close before SIGKILL (Nanny.kill), and starts a fresh one. The tasks `failing` (those past their timeout) are
+    lost with it: they fail with KilledWorker (allowed-failures is 0). Its other tasks (queued
+    on it behind them, where an existing cluster's worker-saturation lets tasks wait on a
+    worker, or on its other threads) are first released back to the scheduler, with the
+    worker paused so that none lands there again: they run elsewhere, unharmed (killed with
+    it, they would fail as lost workers). Returns "OK", or "removed" for a worker already gone.
+
+    A nanny whose kill does not return within KILL_BOUND_S has its worker process SIGKILLed
+    from the nanny directly (Nanny.run of `kill_process`, `kill_worker_process()` pickled by
+    the caller: this module imports nothing of dask.distributed): Dask's kill waits for good for a worker that has not
+    yet told its nanny it started, and a task holding the GIL from the worker's first moments
+    keeps it from ever doing so.
+
+    Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
+    whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
+    4 s of waiting, then the wait for its worker to come back (the nanny restarts it anyway,
+    and the stream goes on meanwhile)."""
+
+    # locals: the function travels without this module's globals
+    reason, bound_s = KILL_REASON, KILL_BOUND_S
+
     async def stop_worker(
-        dask_scheduler: Any, address: str, kill_s: float, failing: list[Any]
+        dask_scheduler: Any, address: str, kill_s: float, failing: list[Any], kill_process: bytes
     ) -> str:
         import asyncio
         import time
@@ -81,9 +88,7 @@ def stop_worker() -> Callable[..., Awaitable[str]]:
             try:
                 await asyncio.wait_for(nanny.kill(timeout=kill_s, reason=reason), bound_s)
             except TimeoutError:
-                from distributed.protocol.pickle import dumps
-
-                await asyncio.wait_for(nanny.run(function=dumps(kill_process)), bound_s)
+                await asyncio.wait_for(nanny.run(function=kill_process), bound_s)
         except BaseException:
             if address in dask_scheduler.workers:  # still there: let it take tasks again
                 dask_scheduler.handle_worker_status_change("running", ws, stimulus_id)
