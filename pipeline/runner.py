@@ -261,9 +261,17 @@ def _start_child_early(config: StudyConfig, models: list[str]) -> None:
         shared_child().start(task_imports(config, models))
 
 
+BACKGROUND_IMPORT_WAIT_S = 30.0  # at the process's exit, for an import still under way
+
+
 def _import_in_background(module: str) -> None:
     """Import `module` on a daemon thread: assemble's imports (scipy.stats, matplotlib: 1-2
-    CPU-s) then overlap with train, whose driver mostly waits on its workers or child."""
+    CPU-s) then overlap with train, whose driver mostly waits on its workers or child. A
+    process that ends meanwhile (a signal's stop) waits for the import at its exit: a daemon
+    thread still inside an extension's C++ code when the interpreter finalizes is ended by
+    pthread_exit, whose unwinding through that code aborted the process ("terminate called
+    without an active exception", exit -6 instead of 143; once in a fresh clone's suite)."""
+    import atexit
     import contextlib
     import importlib
     import threading
@@ -273,7 +281,10 @@ def _import_in_background(module: str) -> None:
         with contextlib.suppress(Exception):
             importlib.import_module(module)
 
-    threading.Thread(target=load, name=f"qpipe-import-{module}", daemon=True).start()
+    thread = threading.Thread(target=load, name=f"qpipe-import-{module}", daemon=True)
+    thread.start()
+    # (atexit runs before the interpreter starts finalizing, so the thread ends normally)
+    atexit.register(thread.join, BACKGROUND_IMPORT_WAIT_S)
 
 
 def _dry_run(config: StudyConfig, root: Path) -> int:
