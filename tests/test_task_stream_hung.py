@@ -56,11 +56,18 @@ def _cluster(n_workers: int, saturation: float) -> Iterator[Any]:
                 held = queue_every_task(client, n_workers)  # as the study: every task queued  # noqa: F841
                 yield client
         finally:
-            # a worker a failed test left in the GIL-holding task answers nobody, and its
-            # nanny's close may wait for it for good: killed first, the close bounded
-            for nanny in list(cluster.workers.values()):
-                _kill_worker_process(nanny)
-            cluster.close(timeout=60)
+            try:
+                cluster.close(timeout=60)
+            except Exception:
+                # a worker a failed test left in the GIL-holding task answers nobody, and its
+                # nanny's close may wait for it for good: bounded, then killed and closed
+                # again (not killed first: a nanny restarting a killed worker as the close
+                # begins fails the close with "can only join a started process")
+                for nanny in list(cluster.workers.values()):
+                    _kill_worker_process(nanny)
+                with contextlib.suppress(Exception):
+                    cluster.close(timeout=30)
+                raise
 
 
 def _kill_worker_process(nanny: Any) -> None:
