@@ -45,18 +45,18 @@ def kill_worker_process() -> Callable[[Any], str]:
 def stop_worker() -> Callable[..., Awaitable[str]]:
     """A function for `run_on_scheduler(fn, address=..., kill_s=..., failing=[keys],
     kill_process=...)`: the worker's nanny kills its process, giving it `kill_s` * 0.8 s to
-    close before SIGKILL (Nanny.kill), and starts a fresh one. The tasks `failing` (those past their timeout) are
-    lost with it: they fail with KilledWorker (allowed-failures is 0). Its other tasks (queued
-    on it behind them, where an existing cluster's worker-saturation lets tasks wait on a
-    worker, or on its other threads) are first released back to the scheduler, with the
-    worker paused so that none lands there again: they run elsewhere, unharmed (killed with
-    it, they would fail as lost workers). Returns "OK", or "removed" for a worker already gone.
+    close before SIGKILL (Nanny.kill), and starts a fresh one. The tasks `failing` (those past
+    their timeout) are lost with it: they fail with KilledWorker (allowed-failures is 0). Its
+    other tasks (queued on it behind them, where an existing cluster's worker-saturation lets
+    tasks wait on a worker, or on its other threads) are first released back to the
+    scheduler, with the worker paused so that none lands there again: they run elsewhere,
+    unharmed (killed with it, they would fail as lost workers). Returns "OK", or "removed" for a worker already gone.
 
     A nanny whose kill does not return within KILL_BOUND_S has its worker process SIGKILLed
     from the nanny directly (Nanny.run of `kill_process`, `kill_worker_process()` pickled by
-    the caller: this module imports nothing of dask.distributed): Dask's kill waits for good for a worker that has not
-    yet told its nanny it started, and a task holding the GIL from the worker's first moments
-    keeps it from ever doing so.
+    the caller: this module imports nothing of dask.distributed): Dask's kill waits for good
+    for a worker that has not yet told its nanny it started, and a task holding the GIL from
+    the worker's first moments keeps it from ever doing so.
 
     Scheduler.restart_workers does the same but with the nanny's default of 5 s: a worker
     whose only thread is stuck in a fit never finishes closing, so each timed-out task cost
